@@ -1,0 +1,195 @@
+"""The contract between the gateway and every route driver.
+
+A driver turns one outbound SMS into carrier submits and reports what comes back
+(delivery receipts, inbound messages, health changes) to an `EventSink`. Drivers are a
+library: they never import `gateway`. The gateway acts on the outcome of `submit()`:
+
+- a `SubmitResult` means the carrier accepted every part (state `sent`);
+- `TransientSendError` means try again later (after `retry_after` if given);
+- `PermanentSendError` means the message failed and must not be retried;
+- `DriverNotReady` means the route cannot send now (reconnecting); the message is
+  retried, on this or another route;
+- `DriverAuthFailed` means the route is parked until an operator acts.
+
+Error codes are short, stable strings (`"smpp:0x0b"`, `"cms:331"`, `"loopback:reject"`)
+that the API and metrics report verbatim; they never contain a number or a body.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class RouteState(enum.StrEnum):
+    STARTING = "starting"
+    UP = "up"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    PARKED = "parked"
+
+
+class ReceiptState(enum.StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    ENROUTE = "enroute"
+    ACCEPTED = "accepted"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_RECEIPTS
+
+
+_FINAL_RECEIPTS = frozenset({ReceiptState.DELIVERED, ReceiptState.FAILED, ReceiptState.EXPIRED})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSms:
+    """One message as a driver sees it: already normalised and split.
+
+    `parts` are the body's segments in order (see `drivers.text.split`); a driver that
+    sends long messages whole (SMPP `message_payload`) may join them again.
+    `reference` is a stable per-message value drivers use for concatenation references
+    so that a resend reuses the same reference.
+    """
+
+    message_id: str
+    to: str
+    parts: tuple[str, ...]
+    encoding: str
+    sender: str | None = None
+    want_receipt: bool = True
+    reference: int = 0
+    possible_duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """The carrier accepted the message; one carrier id per part, in part order."""
+
+    carrier_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivery receipt for one submitted part, keyed by the carrier's id."""
+
+    carrier_id: str
+    state: ReceiptState
+    error_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    sender: str
+    body: str
+    recipient: str | None = None
+    carrier_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteHealth:
+    """A snapshot of a route for `/routes`, `/metrics` and the router's choice."""
+
+    state: RouteState
+    detail: str = ""
+    in_flight: int = 0
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def can_send(self) -> bool:
+        return self.state in (RouteState.UP, RouteState.DEGRADED)
+
+
+class DriverError(Exception):
+    """Base of every error a driver raises; `code` is stable and free of PHI."""
+
+    code: str = "driver:error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class DriverNotReady(DriverError):
+    code = "driver:not_ready"
+
+
+class DriverAuthFailed(DriverError):
+    code = "driver:auth_failed"
+
+
+class TransientSendError(DriverError):
+    code = "driver:transient"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        maybe_sent: bool = False,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        # True when bytes may have reached the carrier (link lost mid-window): the
+        # resend is then flagged as a possible duplicate.
+        self.maybe_sent = maybe_sent
+
+
+class PermanentSendError(DriverError):
+    code = "driver:permanent"
+
+
+class ProtocolError(DriverError):
+    """The peer (`remote=True`) or this side broke the protocol."""
+
+    code = "driver:protocol"
+
+    def __init__(self, message: str, *, code: str | None = None, remote: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.remote = remote
+
+
+class EventSink(Protocol):
+    """Where a driver reports what happens outside `submit()`.
+
+    Each method returns once the event is durable, so a driver may acknowledge it to
+    the carrier afterwards (for example `deliver_sm_resp` only after the commit).
+    """
+
+    async def receipt(self, route: str, receipt: Receipt) -> None: ...
+
+    async def inbound(self, route: str, sms: InboundSms) -> None: ...
+
+    def health_changed(self, route: str, health: RouteHealth) -> None: ...
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """A route: one carrier link, modem bank or simulator.
+
+    - `start()` connects or begins connecting; it returns without waiting for the
+      carrier and reports progress through `EventSink.health_changed`.
+    - `submit(sms)` sends one message (all its parts) and returns once the carrier
+      accepted it, or raises one of the errors above. The gateway never calls it more
+      often than the route's window and rate allow.
+    - `health()` is cheap and synchronous.
+    - `aclose()` stops sending, finishes or abandons in-flight work within the
+      gateway's grace period, and disconnects politely (e.g. SMPP unbind).
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def submit(self, sms: OutboundSms) -> SubmitResult: ...
+
+    def health(self) -> RouteHealth: ...
+
+    async def aclose(self) -> None: ...

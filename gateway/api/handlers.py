@@ -1,0 +1,331 @@
+"""HTTP handlers of `/api/v1`. Each one is listed, with its scope, in `server.ENDPOINTS`."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api.views import MessagePage, inbound_view, message_view
+from gateway.app import Gateway
+from gateway.errors import ApiError
+from gateway.intake import (
+    Accepted,
+    AwareTime,
+    Prepared,
+    decode_batch,
+    decode_send,
+    normalise_number,
+)
+from gateway.models import Priority, State
+from gateway.store.store import TokenRecord
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+AUTH_RECORD = "smsgw.auth"
+MAX_PAGE = 500
+IDEMPOTENCY_KEY_MAX = 255
+_encode = msgspec.json.encode
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=_encode(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _gateway(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]
+
+
+def _token(request: web.Request) -> TokenRecord:
+    token: TokenRecord = request[AUTH_RECORD]
+    return token
+
+
+# -- sending ---------------------------------------------------------------------------
+
+
+class Idempotency:
+    """`Idempotency-Key` handling: first response stored with the messages it created."""
+
+    def __init__(self, request: web.Request, raw: bytes) -> None:
+        key = request.headers.get("Idempotency-Key")
+        self.key_hash: bytes | None = None
+        if key is not None:
+            if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+                raise ApiError(
+                    400,
+                    "invalid_idempotency_key",
+                    f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+                )
+            self.key_hash = hashlib.sha256(key.encode()).digest()
+            self.request_hash = hashlib.sha256(request.path.encode() + b"\0" + raw).digest()
+
+    async def replay(self, gw: Gateway, token_id: str) -> web.Response | None:
+        if self.key_hash is None:
+            return None
+        row = await gw.store.find_idempotent(token_id, self.key_hash)
+        if row is None:
+            return None
+        if row["request_hash"] != self.request_hash:
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was used with a different request",
+            )
+        return web.Response(
+            body=row["response"],
+            status=row["status"],
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+
+
+async def _commit(
+    gw: Gateway, token_id: str, prepared: list[Prepared], idem: Idempotency, status: int, build: Any
+) -> web.Response:
+    """Commit the messages (and the idempotency record) in one transaction, then answer."""
+    started = time.perf_counter()
+    statements = gw.intake.statements(prepared)
+    accepted = [
+        Accepted(
+            p.message.id,
+            p.message.state.value,
+            p.message.priority.label,
+            p.message.segments,
+            p.message.encoding,
+        )
+        for p in prepared
+    ]
+    body = _encode(build(accepted))
+    if idem.key_hash is not None:
+        statements.append(
+            gw.store.idempotency_statement(
+                token_id, idem.key_hash, idem.request_hash, status, body, gw.clock.time()
+            )
+        )
+    try:
+        await gw.store.insert(statements)
+    except Exception as e:
+        raise ApiError(
+            503, "store_unavailable", "the message store could not commit; nothing was accepted"
+        ) from e
+    gw.intake.accepted(prepared)
+    gw.metrics.accept_latency.observe(time.perf_counter() - started)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _check_accepting(gw: Gateway) -> None:
+    if not gw.accepting:
+        raise ApiError(
+            503,
+            "shutting_down",
+            "the gateway is shutting down; retry shortly",
+            headers={"Retry-After": "5"},
+        )
+
+
+async def send_message(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    _check_accepting(gw)
+    token = _token(request)
+    raw = await request.read()
+    idem = Idempotency(request, raw)
+    replayed = await idem.replay(gw, token.id)
+    if replayed is not None:
+        return replayed
+    req = decode_send(raw)
+    prepared = gw.intake.prepare(req, token.id, gw.clock.time())
+    return await _commit(gw, token.id, [prepared], idem, 202, lambda a: a[0])
+
+
+async def send_batch(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    _check_accepting(gw)
+    token = _token(request)
+    raw = await request.read()
+    idem = Idempotency(request, raw)
+    replayed = await idem.replay(gw, token.id)
+    if replayed is not None:
+        return replayed
+    batch = decode_batch(raw)
+    limit = gw.config.http.max_batch
+    if not batch.messages:
+        raise ApiError(422, "empty_batch", "messages: the batch is empty", field="messages")
+    if len(batch.messages) > limit:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"messages: at most {limit} messages per batch",
+            field="messages",
+        )
+    now = gw.clock.time()
+    prepared: list[Prepared] = []
+    errors: dict[int, dict[str, Any]] = {}
+    for i, item in enumerate(batch.messages):
+        try:
+            prepared.append(gw.intake.prepare(item, token.id, now, f"messages[{i}]."))
+        except ApiError as e:
+            errors[i] = e.body()
+    if not prepared:
+        raise ApiError(422, "batch_rejected", "no message in the batch was valid", field="messages")
+
+    def build(accepted: list[Accepted]) -> dict[str, Any]:
+        results: list[Any] = []
+        it = iter(accepted)
+        for i in range(len(batch.messages)):
+            results.append(errors[i] if i in errors else next(it))
+        return {"accepted": len(accepted), "rejected": len(errors), "results": results}
+
+    return await _commit(gw, token.id, prepared, idem, 202, build)
+
+
+async def cancel_message(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    message_id = request.match_info["id"]
+    state = await gw.store.cancel(message_id, gw.clock.time())
+    if state is None:
+        raise ApiError(404, "not_found", "no message with this id")
+    if state is not State.CANCELLED:
+        raise ApiError(
+            409, "not_cancellable", f"the message is {state.value} and can no longer be cancelled"
+        )
+    gw.scheduler.forget(message_id)
+    return json_response({"id": message_id, "status": state.value})
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+async def get_message(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    message_id = request.match_info["id"]
+    row = await gw.store.message_row(message_id)
+    if row is None:
+        raise ApiError(404, "not_found", "no message with this id")
+    events = await gw.store.events(message_id)
+    return json_response(message_view(gw.store, row, events))
+
+
+def _query_float(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return msgspec.json.decode(f'"{text}"'.encode(), type=AwareTime).timestamp()
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"{name}: expected an RFC 3339 time with a zone or Unix seconds",
+            field=name,
+        ) from None
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    q = request.query
+    where: list[tuple[str, Any]] = []
+    if "status" in q:
+        try:
+            where.append(("state = ?", State(q["status"]).value))
+        except ValueError:
+            raise ApiError(
+                400, "invalid_query", "status: not a message state", field="status"
+            ) from None
+    if "priority" in q:
+        try:
+            where.append(("priority = ?", int(Priority.parse(q["priority"]))))
+        except KeyError:
+            raise ApiError(
+                400, "invalid_query", "priority: not a priority class", field="priority"
+            ) from None
+    if "route" in q:
+        where.append(("route = ?", q["route"]))
+    for name, clause in (("since", "created_at >= ?"), ("until", "created_at < ?")):
+        value = _query_float(request, name)
+        if value is not None:
+            where.append((clause, value))
+    if "to" in q:
+        e164 = normalise_number(q["to"], gw.config.queue.default_region)
+        if e164 is None:
+            raise ApiError(400, "invalid_number", "to: not a valid phone number", field="to")
+        where.append(("to_index = ?", gw.store.blind_index(e164)))
+    try:
+        limit = min(MAX_PAGE, max(1, int(q.get("limit", "50"))))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "limit: expected an integer", field="limit") from None
+    rows = await gw.store.list_messages(where=where, cursor=q.get("cursor"), limit=limit)
+    views = [message_view(gw.store, r) for r in rows]
+    next_cursor = views[-1].id if len(views) == limit else None
+    return json_response(MessagePage(views, next_cursor))
+
+
+async def list_inbound(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    try:
+        limit = min(MAX_PAGE, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "limit: expected an integer", field="limit") from None
+    rows = await gw.store.list_inbound(request.query.get("cursor"), limit)
+    views = [inbound_view(gw.store, r) for r in rows]
+    return json_response(
+        {"inbound": views, "next_cursor": views[-1].id if len(views) == limit else None}
+    )
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    depths = gw.scheduler.depths()
+    counts = await gw.store.state_counts()
+    sending = {p.label: counts.get(("sending", int(p)), 0) for p in Priority}
+    oldest = gw.scheduler.oldest_due()
+    now = gw.clock.time()
+    return json_response(
+        {
+            **depths,
+            "sending": sending,
+            "in_flight": gw.scheduler.in_flight,
+            "oldest_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
+            "possible_duplicates": await gw.store.possible_duplicates(),
+            "accepting": gw.accepting,
+        }
+    )
+
+
+async def get_routes(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    return json_response({"routes": [r.describe() for r in gw.routes.values()]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    up = [r.name for r in gw.routes.values() if r.health().can_send]
+    ok = gw.accepting and bool(up)
+    body = {
+        "status": "ok" if ok else "degraded",
+        "accepting": gw.accepting,
+        "routes_up": len(up),
+        "routes": len(gw.routes),
+    }
+    return json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    for state, per_class in gw.scheduler.depths().items():
+        if state == "queued":
+            for label, n in per_class.items():
+                gw.metrics.queue_depth.labels(label).set(n)
+    data = generate_latest(gw.metrics.registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,240 @@
+"""The aiohttp application: one endpoint table, one auth gate, one error shape.
+
+`ENDPOINTS` is the single list of what the API serves. Registration, authentication
+and the OpenAPI document are all derived from it, so a route cannot be added without a
+scope decision and a description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
+
+from gateway.api import handlers as h
+from gateway.api.openapi import build_openapi
+from gateway.api.views import InboundView, MessagePage, MessageView
+from gateway.app import Gateway
+from gateway.errors import ApiError
+from gateway.intake import Accepted, BatchRequest, SendRequest
+
+log = structlog.get_logger("smsgw.api")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    scope: str | None
+    summary: str
+    request: type | None = None
+    response: type | None = None
+    status: int = 200
+    query: tuple[tuple[str, str], ...] = ()
+    idempotent: bool = False
+
+
+_LIST_QUERY = (
+    ("status", "message state"),
+    ("priority", "priority class"),
+    ("route", "route name"),
+    ("since", "created at or after (RFC 3339 or Unix seconds)"),
+    ("until", "created before (RFC 3339 or Unix seconds)"),
+    ("to", "exact recipient number (matched through the blind index)"),
+    ("limit", "page size, 1-500, default 50"),
+    ("cursor", "next_cursor of the previous page"),
+)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/api/v1/messages",
+        h.send_message,
+        "send",
+        "Queue one message; 202 once it is durably stored",
+        SendRequest,
+        Accepted,
+        202,
+        idempotent=True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/messages/batch",
+        h.send_batch,
+        "send",
+        "Queue many messages in one durable commit; per-item results",
+        BatchRequest,
+        None,
+        202,
+        idempotent=True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/messages",
+        h.list_messages,
+        "read",
+        "List messages, newest first, with cursor paging",
+        None,
+        MessagePage,
+        query=_LIST_QUERY,
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/messages/{id}",
+        h.get_message,
+        "read",
+        "One message with its state history",
+        None,
+        MessageView,
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/messages/{id}",
+        h.cancel_message,
+        "send",
+        "Cancel a message that is not yet sending",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/inbound",
+        h.list_inbound,
+        "read",
+        "Inbound messages, newest first",
+        None,
+        InboundView,
+        query=(("limit", "page size"), ("cursor", "next_cursor of the previous page")),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/queue",
+        h.get_queue,
+        "read",
+        "Queue depths per class, in-flight submits, oldest age",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/routes",
+        h.get_routes,
+        "read",
+        "Routes with health, rate, window and counters",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/healthz",
+        h.healthz,
+        None,
+        "Liveness and readiness; no authentication, no PHI",
+    ),
+    Endpoint("GET", "/api/v1/metrics", h.metrics, "read", "Prometheus metrics"),
+    Endpoint("GET", "/api/v1/openapi.json", lambda r: _openapi(r), None, "This document"),
+)
+
+_OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return h.json_response(request.app[_OPENAPI])
+
+
+def _guard(endpoint: Endpoint) -> Handler:
+    """Wrap a handler with the bearer-token check for its scope."""
+    if endpoint.scope is None:
+        return endpoint.handler
+    scope = endpoint.scope
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, text = header.partition(" ")
+        if scheme.lower() != "bearer" or not text:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "missing bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="smsgw"'},
+            )
+        token = await request.app[h.GATEWAY].tokens.verify(text.strip())
+        if token is None:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "invalid or revoked token",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if scope not in token.scopes and "admin" not in token.scopes:
+            raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
+        request[h.AUTH_RECORD] = token
+        return await endpoint.handler(request)
+
+    return guarded
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        _count_rejection(request, e.code)
+        return h.json_response(e.body(), status=e.status, headers=e.headers)
+    except web.HTTPException as e:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            e.status, "http_error"
+        )
+        _count_rejection(request, code)
+        message = {404: "no such endpoint", 413: "the request body is too large"}.get(
+            e.status, e.reason
+        )
+        headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+        return h.json_response(
+            {"error": {"code": code, "message": message}}, status=e.status, headers=headers
+        )
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.rel_url.path)
+        return h.json_response(
+            {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
+            status=500,
+        )
+
+
+def _count_rejection(request: web.Request, code: str) -> None:
+    gw = request.app.get(h.GATEWAY)
+    if gw is not None:
+        gw.metrics.rejected.labels(code).inc()
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access log without query strings (a `to=` filter is a phone number)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info(
+            "http",
+            method=request.method,
+            path=request.rel_url.path,
+            status=response.status,
+            ms=round(time * 1000, 2),
+        )
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[headers_middleware, error_middleware],
+        client_max_size=gateway.config.http.max_body_bytes,
+    )
+    app[h.GATEWAY] = gateway
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
+    app[_OPENAPI] = build_openapi(ENDPOINTS)
+    return app

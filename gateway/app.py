@@ -1,0 +1,128 @@
+"""Composition root: builds the gateway from a `Config` and stops it in order.
+
+Shutdown order (each step waits for the one before):
+1. the API answers 503 to new sends (reads keep working);
+2. the scheduler stops claiming;
+3. in-flight submits get `http.shutdown_grace` seconds to finish; the rest are cut
+   off and re-queued as possible duplicates;
+4. drivers close (SMPP unbind, serial ports released);
+5. the HTTP server stops;
+6. the store checkpoints its WAL and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from drivers.base import DriverError
+from drivers.clock import Clock, SystemClock
+from drivers.registry import load_driver
+from gateway.config import Config
+from gateway.intake import Intake
+from gateway.metrics import Metrics
+from gateway.models import Priority
+from gateway.ratelimit import TokenBucket
+from gateway.router import Router, RouteRule
+from gateway.routes import RouteRuntime
+from gateway.scheduler import Scheduler
+from gateway.sink import GatewaySink
+from gateway.store import crypto
+from gateway.store.store import Store
+from gateway.tokens import TokenCache
+
+log = structlog.get_logger("smsgw.app")
+
+HOUSEKEEPING_INTERVAL = 3600.0
+
+
+@dataclass
+class Gateway:
+    config: Config
+    clock: Clock
+    store: Store
+    metrics: Metrics
+    routes: dict[str, RouteRuntime]
+    router: Router
+    scheduler: Scheduler
+    intake: Intake
+    tokens: TokenCache
+    sink: GatewaySink
+    accepting: bool = True
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, config: Config, clock: Clock | None = None) -> Gateway:
+        """Open the store and build every part; nothing is sent until `start()`."""
+        clock = clock or SystemClock()
+        key = crypto.read_master_key(config.master_key_path)
+        store = Store(
+            config.db_path,
+            key,
+            synchronous=config.store.synchronous,
+            group_commit_max=config.store.group_commit_max,
+        )
+        await store.open()
+        metrics = Metrics()
+        sink = GatewaySink(store, clock, metrics)
+        routes: dict[str, RouteRuntime] = {}
+        rules = []
+        for rc in config.routes:
+            factory = load_driver(rc.type)
+            driver = factory(rc.name, rc.options, sink, clock)
+            routes[rc.name] = RouteRuntime(
+                rc, driver, TokenBucket(rc.rate, rc.burst, clock.monotonic())
+            )
+            rules.append(
+                RouteRule(rc.name, frozenset(Priority.parse(c) for c in rc.classes), rc.prefixes)
+            )
+        router = Router(rules)
+        scheduler = Scheduler(store, routes, router, config.queue, clock, metrics)
+        sink.wake_on_health(scheduler.wake)
+        intake = Intake(config, store, scheduler, router, clock, metrics)
+        tokens = TokenCache(store, clock, config.http.token_cache_seconds)
+        return cls(config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink)
+
+    async def start(self, *, dispatch: bool = True) -> None:
+        """Load the queue, start the drivers and (unless `dispatch=False`) the scheduler."""
+        loaded = await self.scheduler.load()
+        log.info("queue_loaded", waiting=loaded)
+        for route in self.routes.values():
+            try:
+                await route.driver.start()
+            except DriverError as e:
+                log.error("route_start_failed", route=route.name, code=e.code)
+        if dispatch:
+            self._spawn(self.scheduler.run())
+        self._spawn(self._housekeeping())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await self.clock.sleep(HOUSEKEEPING_INTERVAL)
+            cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
+            removed = await self.store.prune_idempotency(cutoff)
+            log.info("housekeeping", idempotency_keys_removed=removed)
+
+    async def stop(self) -> None:
+        self.accepting = False
+        self.scheduler.stop_claiming()
+        cut = await self.scheduler.drain(self.config.http.shutdown_grace)
+        if cut:
+            log.warning("shutdown_cut_in_flight", count=cut)
+        for route in self.routes.values():
+            try:
+                await route.driver.aclose()
+            except Exception:
+                log.exception("route_close_failed", route=route.name)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+        log.info("stopped")

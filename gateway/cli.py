@@ -1,0 +1,332 @@
+"""The `smsgw` command: init, run, send, token, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from drivers.clock import SystemClock
+from gateway import config as config_mod
+from gateway import logs
+from gateway.app import Gateway
+from gateway.config import Config, ConfigError
+from gateway.store import crypto
+from gateway.store.store import Store
+from gateway.tokens import BadScope, create_token, parse_scopes
+
+log = structlog.get_logger("smsgw.cli")
+ENV_CONFIG = "SMSGW_CONFIG"
+
+_CONFIG_TEMPLATE = """\
+# smsgw configuration, written by `smsgw init`. Every key is documented in
+# config/smsgw.example.toml of the smsgw source.
+data_dir = "{data_dir}"
+
+[http]
+listen = "127.0.0.1:8080"
+
+[store]
+path = "smsgw.db"
+master_key_file = "master.key"   # keep off the data volume in production (see README)
+synchronous = "FULL"
+
+[queue]
+default_region = "US"
+
+[[routes]]
+name = "demo"
+type = "loopback"
+rate = 50
+burst = 10
+window = 20
+receipt_delay = 2.0
+"""
+
+
+def _load(path: str | None) -> Config:
+    path = path or os.environ.get(ENV_CONFIG)
+    return config_mod.load(path)
+
+
+async def _init_store(config: Config) -> str | None:
+    """Create key and store if missing; returns a first token if the store was new."""
+    key_path = config.master_key_path
+    fresh = not config.db_path.exists()
+    if not key_path.exists():
+        if not fresh:
+            raise crypto.MasterKeyError(
+                f"{config.db_path} exists but its master key {key_path} is missing; restore the"
+                " key (a new one cannot open existing data)"
+            )
+        crypto.generate_master_key(key_path)
+    store = Store(
+        config.db_path, crypto.read_master_key(key_path), synchronous=config.store.synchronous
+    )
+    await store.open()
+    try:
+        if fresh or not await store.tokens():
+            token = await create_token(
+                store, "first", frozenset({"send", "read", "admin"}), SystemClock()
+            )
+            return token.text
+        return None
+    finally:
+        await store.close()
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    conf_path = data_dir / "smsgw.toml"
+    if not conf_path.exists():
+        conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir))
+        print(f"wrote {conf_path}")
+    config = config_mod.load(conf_path)
+    token = asyncio.run(_init_store(config))
+    print(f"master key: {config.master_key_path} (mode 0600; back it up apart from the data)")
+    print(f"store:      {config.db_path}")
+    if token:
+        print("first API token (shown once, stored only as a hash):")
+        print(token)
+    else:
+        print("the store already has tokens; create more with `smsgw token create`")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.listen:
+        config = msgspec.structs.replace(
+            config, http=msgspec.structs.replace(config.http, listen=args.listen)
+        )
+    logs.configure(config.log.format, config.log.level)
+    token = None
+    if config.source is None:
+        # The embedded default sets itself up on first start.
+        token = asyncio.run(_init_store(config))
+    _install_uvloop()
+    return asyncio.run(_serve(config, token))
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: Config, first_token: str | None) -> int:
+    from aiohttp import web
+
+    from gateway.api.server import PathOnlyAccessLogger, build_app
+
+    host, _, port = config.http.listen.rpartition(":")
+    gateway = await Gateway.open(config)
+    await gateway.start()
+    app = build_app(gateway)
+    if config.http.access_log:
+        runner = web.AppRunner(app, access_log_class=PathOnlyAccessLogger, handle_signals=False)
+    else:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+    await site.start()
+    log.info(
+        "listening",
+        url=f"http://{config.http.listen}",
+        data_dir=config.data_dir,
+        routes=[r.name for r in config.routes],
+    )
+    if first_token:
+        _print_welcome(config.http.listen, first_token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _sd_notify("READY=1")
+    await stop.wait()
+    _sd_notify("STOPPING=1")
+    log.info("shutting_down")
+    await gateway.stop()
+    await runner.cleanup()
+    return 0
+
+
+def _print_welcome(listen: str, token: str) -> None:
+    print(
+        "\nsmsgw is running with the embedded default (state in ./data, demo loopback route).\n"
+        "Your first API token (shown only now; it is stored as a hash):\n\n"
+        f"  {token}\n\nSend a test message:\n\n"
+        f"  curl -s -X POST http://{listen}/api/v1/messages \\\n"
+        f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
+        '    -d \'{"to": "+12025550123", "body": "Your test results are ready."}\'\n\n'
+        "Then follow it (queued -> sending -> sent -> delivered):\n\n"
+        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n",
+        flush=True,
+    )
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) where we are; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    import socket
+
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(state.encode())
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("SMSGW_TOKEN")
+    if not token:
+        print("smsgw send: give --token or set SMSGW_TOKEN", file=sys.stderr)
+        return 2
+    payload = {"to": args.to, "body": args.body, "priority": args.priority}
+    req = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
+        args.url.rstrip("/") + "/api/v1/messages",
+        data=json.dumps(payload).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - see above
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(e.read().decode(), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as e:
+        print(f"smsgw send: cannot reach {args.url}: {e.reason}", file=sys.stderr)
+        return 1
+
+
+async def _with_store(config: Config) -> Store:
+    store = Store(
+        config.db_path,
+        crypto.read_master_key(config.master_key_path),
+        synchronous=config.store.synchronous,
+    )
+    await store.open()
+    return store
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def run() -> int:
+        store = await _with_store(config)
+        try:
+            if args.action == "create":
+                token = await create_token(
+                    store, args.name, parse_scopes(args.scope), SystemClock()
+                )
+                print(token.text)
+            elif args.action == "list":
+                for t in await store.tokens():
+                    state = "revoked" if t.revoked_at else "active"
+                    print(f"{t.id}  {state:8} {','.join(sorted(t.scopes)):18} {t.name}")
+            elif not await store.revoke_token(args.id, SystemClock().time()):
+                print(f"no active token {args.id}", file=sys.stderr)
+                return 1
+            else:
+                print(
+                    f"revoked {args.id} (running gateways stop accepting it within "
+                    f"{config.http.token_cache_seconds:g} s)"
+                )
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import diagnose
+
+    try:
+        config = _load(args.config)
+    except ConfigError as e:
+        print(f"config: {e}")
+        return 1
+    problems = asyncio.run(diagnose(config))
+    for line in problems:
+        print(line)
+    if not problems:
+        print("all checks passed")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smsgw", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="create config, master key, store and a first token")
+    init.add_argument("--data-dir", required=True)
+    init.set_defaults(func=cmd_init)
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
+    run.add_argument("--listen", help="HOST:PORT, overrides http.listen")
+    run.set_defaults(func=cmd_run)
+
+    send = sub.add_parser("send", help="send a message through a running gateway")
+    send.add_argument("--to", required=True)
+    send.add_argument("--body", required=True)
+    send.add_argument(
+        "--priority", default="normal", choices=["critical", "high", "normal", "bulk"]
+    )
+    send.add_argument("--url", default="http://127.0.0.1:8080")
+    send.add_argument("--token", help="API token (default: $SMSGW_TOKEN)")
+    send.set_defaults(func=cmd_send)
+
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it once")
+    create.add_argument("--scope", default="send,read", help="send,read,admin")
+    create.add_argument("--name", default="api")
+    token_sub.add_parser("list", help="list tokens (ids and scopes, never secrets)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id")
+    for sp in token_sub.choices.values():
+        sp.add_argument("--config", help="TOML file (default: embedded)")
+    token.set_defaults(func=cmd_token)
+
+    doctor = sub.add_parser("doctor", help="check config, key, store and routes")
+    doctor.add_argument("--config")
+    doctor.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as e:
+        print(f"smsgw: configuration error: {e}", file=sys.stderr)
+        return 2
+    except (crypto.MasterKeyError, BadScope) as e:
+        print(f"smsgw: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Configuration: one frozen, typed tree, loaded from TOML and validated at load.
+
+Every key and its default is documented in `config/smsgw.example.toml`. A bad file
+stops start-up with one line naming the key: `routes[1].rate: expected a positive
+number, got "fast"`. No file at all means the embedded default: state in `./data`, one
+`loopback` route, the API on 127.0.0.1:8080.
+
+Routes are a tagged union on `type`: the keys every route shares are checked here,
+the rest by the options struct the driver declares (`drivers.registry`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from drivers.registry import UnknownDriver, load_driver
+from gateway.models import Priority
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Share = Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
+ClassName = Literal["critical", "high", "normal", "bulk"]
+ALL_CLASSES: tuple[ClassName, ...] = ("critical", "high", "normal", "bulk")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as `key: problem` on one line."""
+
+
+class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    max_batch: PositiveInt = 1000
+    token_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    access_log: bool = False
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    path: str = "smsgw.db"
+    master_key_file: str = "master.key"
+    synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
+    group_commit_max: PositiveInt = 2000
+    idempotency_hours: PositiveFloat = 168.0
+
+
+class ClassPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    expires_after: PositiveFloat
+    max_attempts: PositiveInt
+    min_share: Share = 0.0
+    want_receipt: bool = True
+
+
+class ClassesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    critical: ClassPolicy = ClassPolicy(expires_after=4 * 3600, max_attempts=12)
+    high: ClassPolicy = ClassPolicy(expires_after=12 * 3600, max_attempts=10, min_share=0.1)
+    normal: ClassPolicy = ClassPolicy(expires_after=24 * 3600, max_attempts=8, min_share=0.05)
+    bulk: ClassPolicy = ClassPolicy(expires_after=48 * 3600, max_attempts=5, min_share=0.02)
+
+
+class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    default_priority: ClassName = "normal"
+    max_segments: PositiveInt = 10
+    default_region: str = "US"
+    retry_base: PositiveFloat = 2.0
+    retry_cap: PositiveFloat = 600.0
+    classes: ClassesConfig = msgspec.field(default_factory=ClassesConfig)
+
+    def policy(self, priority: Priority) -> ClassPolicy:
+        policy: ClassPolicy = getattr(self.classes, priority.label)
+        return policy
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The keys every route shares; `options` holds the driver's own, typed by it."""
+
+    name: str
+    type: str
+    rate: PositiveFloat | None = None
+    burst: PositiveInt = 1
+    window: PositiveInt = 10
+    classes: tuple[ClassName, ...] = ALL_CLASSES
+    prefixes: tuple[str, ...] = ()
+    options: Any = None
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    data_dir: str = "data"
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    source: str | None = None
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative ones taken against `data_dir`."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.data_dir) / p
+
+    @property
+    def db_path(self) -> Path:
+        return self.resolve(self.store.path)
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.resolve(self.store.master_key_file)
+
+    def route(self, name: str) -> RouteConfig:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+_ROUTE_COMMON = frozenset(RouteConfig.__struct_fields__) - {"options"}
+
+_EMBEDDED_ROUTES: list[dict[str, Any]] = [
+    {
+        "name": "demo",
+        "type": "loopback",
+        "rate": 50,
+        "burst": 10,
+        "window": 20,
+        "receipt_delay": 2.0,
+        "latency": 0.05,
+    },
+]
+
+
+def embedded_default(data_dir: str = "data") -> Config:
+    return from_mapping({"data_dir": data_dir, "routes": _EMBEDDED_ROUTES})
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load a TOML file, or the embedded default when `path` is None."""
+    if path is None:
+        return embedded_default()
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    raw.setdefault("data_dir", str(p.parent.resolve()))
+    raw["source"] = str(p)
+    return from_mapping(raw)
+
+
+def from_mapping(raw: Mapping[str, Any]) -> Config:
+    raw = dict(raw)
+    routes = raw.pop("routes", [])
+    if not isinstance(routes, list):
+        raise ConfigError(f"routes: expected a list of tables, got {_show(routes)}")
+    config: Config = _convert(raw, Config, raw, "")
+    built = tuple(_route(i, r) for i, r in enumerate(routes))
+    names = [r.name for r in built]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"routes[{i}].name: duplicate route name {name!r}")
+    return msgspec.structs.replace(config, routes=built)
+
+
+def _route(index: int, raw: Any) -> RouteConfig:
+    where = f"routes[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {_show(raw)}")
+    common = {k: v for k, v in raw.items() if k in _ROUTE_COMMON}
+    own = {k: v for k, v in raw.items() if k not in _ROUTE_COMMON}
+    if "type" not in common:
+        raise ConfigError(f"{where}.type: missing (one of the driver types)")
+    route: RouteConfig = _convert(common, RouteConfig, raw, where)
+    try:
+        factory = load_driver(route.type)
+    except UnknownDriver as e:
+        raise ConfigError(f"{where}.type: {e}") from None
+    options = _convert(own, factory.Options, raw, where)
+    return msgspec.structs.replace(route, options=options)
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+
+
+def _convert(data: Mapping[str, Any], cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
+    try:
+        converted: Any = msgspec.convert(data, cls, strict=True)
+        return converted
+    except msgspec.ValidationError as e:
+        raise ConfigError(_explain(str(e), cls, raw, where)) from None
+
+
+def _explain(message: str, cls: type[Any], raw: Mapping[str, Any], where: str) -> str:
+    m = _AT.match(message)
+    what, path = (m.group("what"), m.group("path") or "") if m else (message, "")
+    key = (where + path).lstrip(".")
+    for pattern, problem in (
+        (r"Object contains unknown field `([^`]*)`", "unknown key"),
+        (r"Object missing required field `([^`]*)`", "missing"),
+    ):
+        found = re.match(pattern, what)
+        if found:
+            return f"{key + '.' if key else ''}{found.group(1)}: {problem}"
+    expected = _describe(_type_at(msgspec.inspect.type_info(cls), path))
+    return f"{key or 'config'}: expected {expected}, got {_show(_lookup(raw, path))}"
+
+
+def _type_at(info: msgspec.inspect.Type, path: str) -> msgspec.inspect.Type:
+    """The declared type at a msgspec error path like `.classes.bulk.max_attempts`."""
+    for name, _ in re.findall(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]", path):
+        info = _strip_optional(info)
+        if isinstance(info, msgspec.inspect.StructType) and name:
+            info = next((f.type for f in info.fields if f.name == name), info)
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
+            info = info.item_type
+    return _strip_optional(info)
+
+
+def _strip_optional(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    if isinstance(info, msgspec.inspect.UnionType):
+        kinds = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return info
+
+
+def _describe(info: msgspec.inspect.Type) -> str:
+    if isinstance(info, msgspec.inspect.FloatType | msgspec.inspect.IntType):
+        noun = "number" if isinstance(info, msgspec.inspect.FloatType) else "integer"
+        if info.gt == 0 or info.ge == 1:
+            return f"a positive {noun}"
+        low = f"from {info.ge}" if info.ge is not None else ""
+        high = f"below {info.lt}" if info.lt is not None else ""
+        high = f"up to {info.le}" if info.le is not None else high
+        bounds = " ".join(b for b in (low, high) if b)
+        return (
+            f"a {noun} {bounds}".rstrip() if bounds else f"a{'n' if noun[0] == 'i' else ''} {noun}"
+        )
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in info.values)
+    if isinstance(info, msgspec.inspect.StrType):
+        return "a string"
+    if isinstance(info, msgspec.inspect.BoolType):
+        return "true or false"
+    if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
+        return f"a list of {_describe(info.item_type).removeprefix('a ').removeprefix('an ')}s"
+    if isinstance(info, msgspec.inspect.StructType | msgspec.inspect.DictType):
+        return "a table"
+    return "a valid value"
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        name, index = part
+        try:
+            raw = raw[int(index)] if index else raw[name]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

@@ -1,0 +1,71 @@
+"""Prometheus metrics. Labels are route names, classes, states and error codes only:
+never a number, a body or anything a client typed."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        disable_created_metrics()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter(
+            "smsgw_messages_accepted", "Messages accepted by the API", ["priority"], registry=r
+        )
+        self.rejected = Counter(
+            "smsgw_api_rejections", "API requests refused, by error code", ["code"], registry=r
+        )
+        self.sends = Counter(
+            "smsgw_sends", "Submit outcomes per route", ["route", "outcome"], registry=r
+        )
+        self.final = Counter(
+            "smsgw_messages_final", "Messages reaching a final state", ["state"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "smsgw_queue_depth", "Messages waiting, per class", ["priority"], registry=r
+        )
+        self.in_flight = Gauge(
+            "smsgw_route_in_flight", "Submits in flight per route", ["route"], registry=r
+        )
+        self.possible_duplicates = Counter(
+            "smsgw_possible_duplicates",
+            "Messages re-queued after they may have been sent",
+            ["reason"],
+            registry=r,
+        )
+        self.accept_latency = Histogram(
+            "smsgw_accept_seconds",
+            "HTTP accept time, request to durable commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_latency = Histogram(
+            "smsgw_queue_seconds",
+            "Time from due to sending, per class",
+            ["priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.submit_latency = Histogram(
+            "smsgw_submit_seconds",
+            "Driver submit time per route",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_batch = Histogram(
+            "smsgw_commit_batch_size",
+            "Items per group commit",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )

@@ -1,0 +1,38 @@
+"""Token buckets: pure, time passed in, so tests drive them with a fake clock."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up; rate None means unlimited."""
+
+    def __init__(self, rate: float | None, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._stamp = now
+
+    def _refill(self, now: float) -> None:
+        if self.rate is not None and now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = max(self._stamp, now)
+
+    def try_take(self, now: float) -> bool:
+        if self.rate is None:
+            return True
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until a token is available (0 if one is now)."""
+        if self.rate is None:
+            return 0.0
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+    def set_rate(self, rate: float | None, now: float) -> None:
+        self._refill(now)
+        self.rate = rate

@@ -1,0 +1,440 @@
+"""The dispatcher: from the durable queue to the drivers, in priority order.
+
+Theory of operation. The `messages` table is the queue; this module keeps a cache of
+its waiting rows: one heap per priority class ordered by due time (arrival, or the end
+of a retry back-off), a heap of `scheduled` rows waiting for `send_at`, and a heap of
+expiry deadlines. Each round:
+
+1. `scheduled` rows whose time has come become `queued`;
+2. waiting rows past `expires_at` become `expired` (never sent late);
+3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
+   the head of a class goes to the first usable route its rules allow, if that route
+   has a token (rate) and a free slot (window). A route that is down is skipped (fail
+   over); a route that is merely busy makes the class wait, so rate limits hold.
+4. each dispatched message is claimed (`queued → sending`, committed) before the
+   driver sees it; the outcome is recorded as `sent`, a retry with exponential back-off
+   and jitter (honouring `retry_after`), or `failed`.
+
+The loop sleeps until the next due time, token or expiry, or until something wakes it:
+a new message, a freed window slot, a route's health changing. Tests call
+`run_until_idle()` instead, which runs rounds until nothing is due now and nothing is
+in flight, with time moved by a `FakeClock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import random
+import zlib
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.base import (
+    DriverAuthFailed,
+    DriverNotReady,
+    OutboundSms,
+    PermanentSendError,
+    SubmitResult,
+    TransientSendError,
+)
+from drivers.clock import Clock, wait_event
+from drivers.text import Encoding, split
+from gateway.config import QueueConfig
+from gateway.metrics import Metrics
+from gateway.models import Priority, State
+from gateway.router import Router
+from gateway.routes import RouteRuntime
+from gateway.shares import ShareGuard
+from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
+
+log = structlog.get_logger("smsgw.scheduler")
+
+NOT_READY_COOL_DOWN = 1.0
+
+
+@dataclass(slots=True)
+class Entry:
+    id: str
+    priority: Priority
+    due_at: float
+    expires_at: float
+    candidates: tuple[str, ...]
+    attempts: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        routes: dict[str, RouteRuntime],
+        router: Router,
+        queue: QueueConfig,
+        clock: Clock,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._routes = routes
+        self._router = router
+        self._queue = queue
+        self._clock = clock
+        self._metrics = metrics
+        self._rng = rng or random.Random()  # noqa: S311 - back-off jitter, not security
+        self._heaps: dict[Priority, list[tuple[float, str]]] = {p: [] for p in Priority}
+        self._waiting: dict[str, Entry] = {}
+        self._scheduled: list[tuple[float, str, Entry]] = []
+        self._expiry: list[tuple[float, str]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shares = ShareGuard({p: queue.policy(p).min_share for p in Priority})
+        self._wake = asyncio.Event()
+        self._claiming = True
+        self._stopped = asyncio.Event()
+
+    # -- feeding -------------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Rebuild the cache from the store; `sending` rows come back as possible duplicates."""
+        now = self._clock.time()
+        recovered = await self._store.recover_in_flight(now)
+        if recovered:
+            self._metrics.possible_duplicates.labels("restart").inc(recovered)
+            log.warning("requeued_in_flight_after_restart", count=recovered)
+        orphans = []
+        for m in await self._store.live_messages():
+            entry = self.entry_for(m)
+            if not entry.candidates:
+                orphans.append(Transition(m.id, State.FAILED, error_code="route:none"))
+                continue
+            self.add(entry, scheduled=m.state is State.SCHEDULED)
+        if orphans:
+            await self._store.transition_many(orphans, now)
+            log.warning("failed_messages_without_route", count=len(orphans))
+        return len(self._waiting) + len(self._scheduled)
+
+    def entry_for(self, m: LiveMessage) -> Entry:
+        return Entry(
+            m.id,
+            m.priority,
+            m.due_at,
+            m.expires_at,
+            self._router.candidates(m.to, m.priority, m.route_hint),
+            m.attempts,
+        )
+
+    def add(self, entry: Entry, *, scheduled: bool = False) -> None:
+        """Queue a message already committed to the store."""
+        if scheduled:
+            heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))
+        else:
+            self._waiting[entry.id] = entry
+            heapq.heappush(self._heaps[entry.priority], (entry.due_at, entry.id))
+            heapq.heappush(self._expiry, (entry.expires_at, entry.id))
+        self._wake.set()
+
+    def forget(self, message_id: str) -> None:
+        """Drop a message that left the queue by other means (cancelled)."""
+        self._waiting.pop(message_id, None)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- views ---------------------------------------------------------------------------
+
+    def depths(self) -> dict[str, dict[str, int]]:
+        waiting = {p.label: 0 for p in Priority}
+        for e in self._waiting.values():
+            waiting[e.priority.label] += 1
+        scheduled = {p.label: 0 for p in Priority}
+        for _, _, e in self._scheduled:
+            scheduled[e.priority.label] += 1
+        return {"queued": waiting, "scheduled": scheduled}
+
+    def oldest_due(self) -> float | None:
+        heads = [h[0][0] for h in self._heaps.values() if h]
+        return min(heads) if heads else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Dispatch until `stop_claiming()`; sleeps only on events and deadlines."""
+        while self._claiming:
+            self._wake.clear()
+            delay = await self._round()
+            await wait_event(self._clock, self._wake, None if math.isinf(delay) else delay)
+        self._stopped.set()
+
+    async def run_until_idle(self) -> None:
+        """Burst mode for tests: run rounds until nothing is due now and nothing is in flight."""
+        while True:
+            await self._round()
+            if not self._tasks:
+                return
+            await asyncio.gather(*self._tasks)
+
+    def stop_claiming(self) -> None:
+        self._claiming = False
+        self._wake.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait for in-flight submits up to `grace` seconds; returns how many were cut off."""
+        if not self._tasks:
+            return 0
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+    async def _round(self) -> float:
+        now = self._clock.time()
+        await self._promote_scheduled(now)
+        await self._expire_waiting(now)
+        next_wake = self._dispatch_ready(now)
+        if self._scheduled:
+            next_wake = min(next_wake, self._scheduled[0][0] - now)
+        if self._expiry:
+            next_wake = min(next_wake, self._expiry[0][0] - now)
+        return max(0.0, next_wake)
+
+    async def _promote_scheduled(self, now: float) -> None:
+        due: list[Entry] = []
+        while self._scheduled and self._scheduled[0][0] <= now:
+            due.append(heapq.heappop(self._scheduled)[2])
+        if not due:
+            return
+        done = await self._store.transition_many(
+            [Transition(e.id, State.QUEUED, due_at=e.due_at) for e in due], now
+        )
+        for entry, ok in zip(due, done, strict=True):
+            if ok:
+                self.add(entry)
+
+    async def _expire_waiting(self, now: float) -> None:
+        expired: list[Entry] = []
+        while self._expiry and self._expiry[0][0] <= now:
+            _, message_id = heapq.heappop(self._expiry)
+            entry = self._waiting.pop(message_id, None)
+            if entry is not None:
+                expired.append(entry)
+        if expired:
+            await self._store.transition_many(
+                [Transition(e.id, State.EXPIRED, error_code="gateway:expired") for e in expired],
+                now,
+            )
+            self._metrics.final.labels("expired").inc(len(expired))
+            log.info("messages_expired", count=len(expired))
+
+    def _head(self, priority: Priority) -> Entry | None:
+        heap = self._heaps[priority]
+        while heap:
+            due, message_id = heap[0]
+            entry = self._waiting.get(message_id)
+            if entry is not None and entry.due_at == due:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _dispatch_ready(self, now: float) -> float:
+        """Start every submit the queue, rates and windows allow; return the next wake-up."""
+        mono = self._clock.monotonic()
+        next_wake = math.inf
+        while self._claiming:
+            ready: list[Priority] = []
+            for p in Priority:
+                head = self._head(p)
+                if head is None:
+                    continue
+                if head.due_at <= now:
+                    ready.append(p)
+                else:
+                    next_wake = min(next_wake, head.due_at - now)
+            started = False
+            for p in self._shares.order(ready):
+                entry = self._head(p)
+                assert entry is not None
+                route, wait = self._take_route(entry, mono)
+                if route is None:
+                    next_wake = min(next_wake, wait)
+                    continue
+                heapq.heappop(self._heaps[p])
+                del self._waiting[entry.id]
+                self._shares.served(p, ready)
+                self._start(entry, route, now)
+                started = True
+                break
+            if not started:
+                return next_wake
+        return next_wake
+
+    def _take_route(self, entry: Entry, mono: float) -> tuple[RouteRuntime | None, float]:
+        for name in entry.candidates:
+            route = self._routes[name]
+            if not route.usable(mono):
+                continue
+            wait = route.wait_time(mono)
+            if wait > 0 or not route.take(mono):
+                return None, max(wait, 1e-3)
+            return route, 0.0
+        return None, math.inf
+
+    def _start(self, entry: Entry, route: RouteRuntime, now: float) -> None:
+        self._metrics.queue_latency.labels(entry.priority.label).observe(
+            max(0.0, now - entry.due_at)
+        )
+        task = asyncio.create_task(self._send(entry, route))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- one message ---------------------------------------------------------------------
+
+    async def _send(self, entry: Entry, route: RouteRuntime) -> None:
+        self._metrics.in_flight.labels(route.name).inc()
+        try:
+            claimed = await self._store.claim(entry.id, route.name, self._clock.time())
+            if claimed is None:
+                return
+            await self._submit(entry, route, claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("dispatch_failed", message_id=entry.id, route=route.name)
+        finally:
+            route.release()
+            self._metrics.in_flight.labels(route.name).dec()
+            self._wake.set()
+
+    async def _submit(self, entry: Entry, route: RouteRuntime, claimed: ClaimedMessage) -> None:
+        plan = split(claimed.body, encoding=Encoding(claimed.encoding))
+        sms = OutboundSms(
+            message_id=claimed.id,
+            to=claimed.to,
+            parts=plan.parts,
+            encoding=plan.encoding.value,
+            want_receipt=self._queue.policy(claimed.priority).want_receipt,
+            reference=_concat_reference(claimed.id),
+            possible_duplicate=claimed.possible_duplicate,
+        )
+        started = self._clock.monotonic()
+        try:
+            result = await route.driver.submit(sms)
+        except PermanentSendError as e:
+            await self._finish_failed(entry, route, e.code)
+        except DriverAuthFailed as e:
+            route.paused = True
+            log.error("route_auth_failed", route=route.name, code=e.code)
+            await self._retry(entry, route, e.code, consume_attempt=False)
+        except DriverNotReady as e:
+            route.cool_until = self._clock.monotonic() + NOT_READY_COOL_DOWN
+            await self._retry(entry, route, e.code, consume_attempt=False)
+        except TransientSendError as e:
+            await self._retry(
+                entry, route, e.code, retry_after=e.retry_after, maybe_sent=e.maybe_sent
+            )
+        except asyncio.CancelledError:
+            # Shutdown cut the submit short: it may have reached the carrier.
+            await asyncio.shield(
+                self._retry(
+                    entry, route, "gateway:shutdown", consume_attempt=False, maybe_sent=True
+                )
+            )
+            raise
+        except Exception:
+            log.exception("driver_crashed", route=route.name, message_id=entry.id)
+            await self._retry(entry, route, "driver:crash", maybe_sent=True)
+        else:
+            await self._finish_sent(entry, route, result)
+        finally:
+            self._metrics.submit_latency.labels(route.name).observe(
+                self._clock.monotonic() - started
+            )
+
+    async def _finish_sent(self, entry: Entry, route: RouteRuntime, result: SubmitResult) -> None:
+        state = await self._store.mark_sent(
+            entry.id, route.name, result.carrier_ids, self._clock.time()
+        )
+        route.count("sent")
+        self._metrics.sends.labels(route.name, "sent").inc()
+        if state is not State.SENT:
+            self._metrics.final.labels(state.value).inc()
+        log.info(
+            "message_sent", message_id=entry.id, route=route.name, parts=len(result.carrier_ids)
+        )
+
+    async def _finish_failed(self, entry: Entry, route: RouteRuntime, code: str) -> None:
+        await self._store.transition(
+            Transition(entry.id, State.FAILED, route=route.name, error_code=code),
+            self._clock.time(),
+        )
+        route.count("failed")
+        self._metrics.sends.labels(route.name, "failed").inc()
+        self._metrics.final.labels("failed").inc()
+        log.info("message_failed", message_id=entry.id, route=route.name, code=code)
+
+    async def _retry(
+        self,
+        entry: Entry,
+        route: RouteRuntime,
+        code: str,
+        *,
+        retry_after: float | None = None,
+        consume_attempt: bool = True,
+        maybe_sent: bool = False,
+    ) -> None:
+        now = self._clock.time()
+        attempts = entry.attempts + (1 if consume_attempt else 0)
+        route.count("retry")
+        self._metrics.sends.labels(route.name, "retry").inc()
+        if attempts >= self._queue.policy(entry.priority).max_attempts:
+            await self._finish_failed(entry, route, code)
+            return
+        delay = self.backoff(attempts) if consume_attempt else 0.0
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        due = now + delay
+        if due >= entry.expires_at:
+            await self._store.transition(
+                Transition(entry.id, State.EXPIRED, route=route.name, error_code=code), now
+            )
+            self._metrics.final.labels("expired").inc()
+            return
+        await self._store.transition(
+            Transition(
+                entry.id,
+                State.QUEUED,
+                route=route.name,
+                error_code=code,
+                due_at=due,
+                attempts=attempts,
+                possible_duplicate=True if maybe_sent else None,
+            ),
+            now,
+        )
+        if maybe_sent:
+            self._metrics.possible_duplicates.labels("link").inc()
+        log.info(
+            "message_retry",
+            message_id=entry.id,
+            route=route.name,
+            code=code,
+            attempt=attempts,
+            delay=round(delay, 3),
+        )
+        entry.attempts, entry.due_at = attempts, due
+        self.add(entry)
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential back-off with equal jitter: half fixed, half random."""
+        ceiling = min(self._queue.retry_cap, self._queue.retry_base * 2.0 ** max(0, attempts - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+
+def _concat_reference(message_id: str) -> int:
+    """A stable 16-bit concatenation reference, the same on every resend."""
+    return zlib.crc32(message_id.encode()) & 0xFFFF

@@ -1,0 +1,59 @@
+"""What drivers report, made durable: receipts, inbound messages, health changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from drivers.base import InboundSms, Receipt, RouteHealth
+from drivers.clock import Clock
+from gateway.metrics import Metrics
+from gateway.models import new_message_id
+from gateway.store.store import Store
+
+log = structlog.get_logger("smsgw.sink")
+
+
+class GatewaySink:
+    def __init__(self, store: Store, clock: Clock, metrics: Metrics) -> None:
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._wakers: list[Callable[[], None]] = []
+
+    def wake_on_health(self, callback: Callable[[], None]) -> None:
+        self._wakers.append(callback)
+
+    async def receipt(self, route: str, receipt: Receipt) -> None:
+        applied = await self._store.apply_receipt(
+            route, receipt.carrier_id, receipt.state.value, receipt.error_code, self._clock.time()
+        )
+        if applied is not None:
+            message_id, state = applied
+            self._metrics.final.labels(state.value).inc()
+            log.info(
+                "message_final",
+                message_id=message_id,
+                route=route,
+                state=state.value,
+                code=receipt.error_code,
+            )
+
+    async def inbound(self, route: str, sms: InboundSms) -> None:
+        inbound_id = new_message_id()
+        await self._store.insert_inbound(
+            inbound_id,
+            route,
+            sms.sender,
+            sms.body,
+            sms.recipient,
+            sms.carrier_id,
+            self._clock.time(),
+        )
+        log.info("inbound_stored", route=route, inbound_id=inbound_id)
+
+    def health_changed(self, route: str, health: RouteHealth) -> None:
+        log.info("route_health", route=route, state=health.state.value, detail=health.detail)
+        for callback in self._wakers:
+            callback()

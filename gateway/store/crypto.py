@@ -1,0 +1,122 @@
+"""Field-level envelope encryption and the blind index.
+
+Theory of operation. A 256-bit master key lives outside the database (a 0600 file
+written by `smsgw init`, or a systemd credential). It wraps data keys, which live in
+the `keyring` table: one `field` key per generation for AES-256-GCM over personal
+fields, and one `blind` key for the HMAC-SHA256 blind index used to find messages by
+phone number without decrypting. Every ciphertext carries a header (format version and
+key generation) and is authenticated together with its row id and column name, so a
+value copied into another row or column fails to open. A stolen database without the
+master key yields neither numbers nor bodies; the blind index, being keyed, does not
+let anyone test guesses either.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import stat
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_FORMAT = 1
+_HEADER = struct.Struct(">BH")  # format version, key generation
+BLIND_BYTES = 16
+
+
+class MasterKeyError(Exception):
+    """The master key is missing, unreadable, too open, or does not fit the store."""
+
+
+class DecryptError(Exception):
+    """A ciphertext failed authentication (wrong key, row, column, or tampered)."""
+
+
+def generate_master_key(path: Path) -> None:
+    """Write a new random master key readable by the owner only; never overwrite one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
+
+
+def read_master_key(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise MasterKeyError(f"master key file {path} does not exist (run `smsgw init`)") from None
+    except PermissionError:
+        raise MasterKeyError(f"master key file {path} is not readable by this user") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise MasterKeyError(f"master key file {path} is readable by others; chmod 600 it")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise MasterKeyError(f"master key file {path} is not base64") from None
+    if len(key) != KEY_BYTES:
+        raise MasterKeyError(f"master key file {path} must hold {KEY_BYTES} bytes")
+    return key
+
+
+def wrap_key(master: bytes, purpose: str, generation: int, key: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(master).encrypt(nonce, key, _wrap_aad(purpose, generation))
+
+
+def unwrap_key(master: bytes, purpose: str, generation: int, wrapped: bytes) -> bytes:
+    try:
+        return AESGCM(master).decrypt(
+            wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _wrap_aad(purpose, generation)
+        )
+    except InvalidTag:
+        raise MasterKeyError("the master key does not open this store's data keys") from None
+
+
+def _wrap_aad(purpose: str, generation: int) -> bytes:
+    return f"smsgw:{purpose}:{generation}".encode()
+
+
+class FieldCipher:
+    """Encrypts and decrypts personal fields; computes the blind index."""
+
+    def __init__(self, field_keys: Mapping[int, bytes], blind_key: bytes) -> None:
+        if not field_keys:
+            raise ValueError("at least one field key is needed")
+        self._aeads = {gen: AESGCM(k) for gen, k in field_keys.items()}
+        self.generation = max(field_keys)
+        self._current = self._aeads[self.generation]
+        self._blind_key = blind_key
+
+    def encrypt(self, value: str, row_id: str, column: str) -> bytes:
+        header = _HEADER.pack(_FORMAT, self.generation)
+        nonce = os.urandom(NONCE_BYTES)
+        aad = header + row_id.encode() + b"\x00" + column.encode()
+        return header + nonce + self._current.encrypt(nonce, value.encode(), aad)
+
+    def decrypt(self, blob: bytes, row_id: str, column: str) -> str:
+        try:
+            version, gen = _HEADER.unpack_from(blob)
+            aead = self._aeads[gen]
+        except (struct.error, KeyError):
+            raise DecryptError(f"{column} of {row_id}: unknown key generation") from None
+        if version != _FORMAT:
+            raise DecryptError(f"{column} of {row_id}: unknown format {version}")
+        start = _HEADER.size
+        nonce = blob[start : start + NONCE_BYTES]
+        aad = blob[:start] + row_id.encode() + b"\x00" + column.encode()
+        try:
+            return aead.decrypt(nonce, blob[start + NONCE_BYTES :], aad).decode()
+        except InvalidTag:
+            raise DecryptError(f"{column} of {row_id}: authentication failed") from None
+
+    def blind_index(self, e164: str) -> bytes:
+        return hmac.new(self._blind_key, e164.encode(), hashlib.sha256).digest()[:BLIND_BYTES]

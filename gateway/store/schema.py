@@ -1,0 +1,132 @@
+"""Schema migrations, applied in order and counted by `PRAGMA user_version`.
+
+Personal fields are `*_ct` columns (AES-GCM ciphertext, see `crypto.py`) and
+`to_index` (the keyed blind index). Nothing else in the schema may hold a phone
+number or a message body. The `messages` table is the queue: the scheduler's memory
+is only a cache of its `queued` and `scheduled` rows, rebuilt at start.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: messages, their events, carrier ids, receipts waiting for their submit,
+    #    inbound messages, API tokens, idempotency keys, the keyring.
+    """
+    CREATE TABLE keyring (
+        purpose     TEXT NOT NULL,
+        generation  INTEGER NOT NULL,
+        wrapped     BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (purpose, generation)
+    );
+    CREATE TABLE messages (
+        id                 TEXT PRIMARY KEY,
+        token_id           TEXT,
+        priority           INTEGER NOT NULL,
+        state              TEXT NOT NULL,
+        to_ct              BLOB NOT NULL,
+        to_index           BLOB NOT NULL,
+        body_ct            BLOB NOT NULL,
+        reference_ct       BLOB,
+        callback_ct        BLOB,
+        encoding           TEXT NOT NULL,
+        segments           INTEGER NOT NULL,
+        route_hint         TEXT,
+        route              TEXT,
+        category           TEXT,
+        created_at         REAL NOT NULL,
+        updated_at         REAL NOT NULL,
+        send_at            REAL,
+        expires_at         REAL NOT NULL,
+        due_at             REAL NOT NULL,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        possible_duplicate INTEGER NOT NULL DEFAULT 0,
+        error_code         TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_live ON messages (priority, due_at)
+        WHERE state IN ('queued', 'scheduled', 'sending');
+    CREATE INDEX messages_to ON messages (to_index);
+    CREATE INDEX messages_state ON messages (state, id);
+    CREATE TABLE message_events (
+        seq         INTEGER PRIMARY KEY,
+        message_id  TEXT NOT NULL,
+        at          REAL NOT NULL,
+        state       TEXT NOT NULL,
+        route       TEXT,
+        carrier_id  TEXT,
+        error_code  TEXT,
+        attempt     INTEGER
+    );
+    CREATE INDEX message_events_message ON message_events (message_id, seq);
+    CREATE TABLE carrier_ids (
+        route       TEXT NOT NULL,
+        carrier_id  TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        part        INTEGER NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'sent',
+        error_code  TEXT,
+        PRIMARY KEY (route, carrier_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX carrier_ids_message ON carrier_ids (message_id);
+    CREATE TABLE early_receipts (
+        route       TEXT NOT NULL,
+        carrier_id  TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        error_code  TEXT,
+        at          REAL NOT NULL,
+        PRIMARY KEY (route, carrier_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE inbound (
+        id           TEXT PRIMARY KEY,
+        route        TEXT NOT NULL,
+        sender_ct    BLOB NOT NULL,
+        sender_index BLOB NOT NULL,
+        recipient_ct BLOB,
+        body_ct      BLOB NOT NULL,
+        carrier_id   TEXT,
+        received_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_sender ON inbound (sender_index);
+    CREATE TABLE api_tokens (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        secret_hash  BLOB NOT NULL,
+        scopes       TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        revoked_at   REAL
+    );
+    CREATE TABLE idempotency (
+        token_id      TEXT NOT NULL,
+        key_hash      BLOB NOT NULL,
+        request_hash  BLOB NOT NULL,
+        status        INTEGER NOT NULL,
+        response      BLOB NOT NULL,
+        created_at    REAL NOT NULL,
+        PRIMARY KEY (token_id, key_hash)
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version now in force."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the store has schema version {current}, newer than this smsgw "
+            f"({len(MIGRATIONS)}); upgrade smsgw or restore a matching backup"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

@@ -1,0 +1,615 @@
+"""The message store: SQLite in WAL mode, personal fields encrypted, queue on disk.
+
+Writes go through the group-commit writer (one connection, one transaction in
+flight); reads use a separate aiosqlite connection, which in WAL mode never waits for
+the writer. Every state change checks the lifecycle table inside the writer's
+transaction and appends an event row in the same transaction, so a message's history
+and its state never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition
+from gateway.models import Priority, State
+from gateway.store import crypto
+from gateway.store.schema import migrate
+from gateway.store.writer import GroupCommitWriter, Statement
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    id: str
+    token_id: str | None
+    priority: Priority
+    to: str
+    body: str
+    encoding: str
+    segments: int
+    created_at: float
+    expires_at: float
+    send_at: float | None = None
+    reference: str | None = None
+    callback_url: str | None = None
+    route_hint: str | None = None
+    category: str | None = None
+
+    @property
+    def state(self) -> State:
+        scheduled = self.send_at is not None and self.send_at > self.created_at
+        return State.SCHEDULED if scheduled else State.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMessage:
+    """What the scheduler keeps of a queued or scheduled message."""
+
+    id: str
+    priority: Priority
+    state: State
+    to: str
+    due_at: float
+    expires_at: float
+    attempts: int
+    route_hint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: str
+    to: str
+    body: str
+    encoding: str
+    priority: Priority
+    attempts: int
+    possible_duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A state change to apply: `target` and the columns that change with it."""
+
+    message_id: str
+    target: State
+    route: str | None = None
+    error_code: str | None = None
+    due_at: float | None = None
+    attempts: int | None = None
+    possible_duplicate: bool | None = None
+    carrier_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str
+    name: str
+    scopes: frozenset[str]
+    created_at: float
+    revoked_at: float | None
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        master_key: bytes,
+        *,
+        synchronous: str = "FULL",
+        group_commit_max: int = 2000,
+    ) -> None:
+        self.path = path
+        self._master = master_key
+        self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
+        self._reader: aiosqlite.Connection | None = None
+        self.cipher: crypto.FieldCipher | None = None
+
+    # -- life --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self.writer.open()
+        await self.writer.call_outside_transaction(migrate)
+        keys = await self.writer.run(self._load_or_create_keys)
+        self.cipher = crypto.FieldCipher(keys["field"], keys["blind"][1])
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA query_only = ON")
+        self._reader.row_factory = sqlite3.Row
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        await self.writer.close()
+
+    def _load_or_create_keys(self, conn: sqlite3.Connection) -> dict[str, dict[int, bytes]]:
+        rows = conn.execute("SELECT purpose, generation, wrapped FROM keyring").fetchall()
+        keys: dict[str, dict[int, bytes]] = {"field": {}, "blind": {}}
+        for purpose, generation, wrapped in rows:
+            keys[purpose][generation] = crypto.unwrap_key(
+                self._master, purpose, generation, wrapped
+            )
+        for purpose in ("field", "blind"):
+            if not keys[purpose]:
+                key = os.urandom(crypto.KEY_BYTES)
+                conn.execute(
+                    "INSERT INTO keyring VALUES (?, 1, ?, ?)",
+                    (purpose, crypto.wrap_key(self._master, purpose, 1, key), time.time()),
+                )
+                keys[purpose][1] = key
+        return keys
+
+    @property
+    def _crypto(self) -> crypto.FieldCipher:
+        assert self.cipher is not None, "store is not open"
+        return self.cipher
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        assert self._reader is not None, "store is not open"
+        return self._reader
+
+    # -- intake ------------------------------------------------------------------------
+
+    def insert_statements(self, m: NewMessage) -> list[Statement]:
+        """The rows one accepted message adds: the message and its first event."""
+        c = self._crypto
+        due = m.send_at if m.state is State.SCHEDULED and m.send_at is not None else m.created_at
+        return [
+            (
+                "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
+                " reference_ct, callback_ct, encoding, segments, route_hint, category,"
+                " created_at, updated_at, send_at, expires_at, due_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    m.id,
+                    m.token_id,
+                    int(m.priority),
+                    m.state.value,
+                    c.encrypt(m.to, m.id, "to"),
+                    c.blind_index(m.to),
+                    c.encrypt(m.body, m.id, "body"),
+                    None if m.reference is None else c.encrypt(m.reference, m.id, "reference"),
+                    None if m.callback_url is None else c.encrypt(m.callback_url, m.id, "callback"),
+                    m.encoding,
+                    m.segments,
+                    m.route_hint,
+                    m.category,
+                    m.created_at,
+                    m.created_at,
+                    m.send_at,
+                    m.expires_at,
+                    due,
+                ),
+            ),
+            (
+                "INSERT INTO message_events (message_id, at, state) VALUES (?,?,?)",
+                (m.id, m.created_at, m.state.value),
+            ),
+        ]
+
+    @staticmethod
+    def idempotency_statement(
+        token_id: str,
+        key_hash: bytes,
+        request_hash: bytes,
+        status: int,
+        response: bytes,
+        now: float,
+    ) -> Statement:
+        return (
+            "INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
+            (token_id, key_hash, request_hash, status, response, now),
+        )
+
+    async def prune_idempotency(self, before: float) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM idempotency WHERE created_at < ?", (before,)).rowcount
+
+        return await self.writer.run(job)
+
+    async def insert(self, statements: list[Statement]) -> None:
+        await self.writer.insert(statements)
+
+    async def find_idempotent(self, token_id: str, key_hash: bytes) -> sqlite3.Row | None:
+        cur = await self.reader.execute(
+            "SELECT request_hash, status, response FROM idempotency"
+            " WHERE token_id = ? AND key_hash = ?",
+            (token_id, key_hash),
+        )
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
+
+    # -- queue -------------------------------------------------------------------------
+
+    async def recover_in_flight(self, now: float) -> int:
+        """Return every `sending` row to `queued` as a possible duplicate (after a crash)."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute("SELECT id FROM messages WHERE state = 'sending'")]
+            for message_id in ids:
+                _apply(
+                    conn,
+                    Transition(
+                        message_id,
+                        State.QUEUED,
+                        possible_duplicate=True,
+                        error_code="gateway:restart",
+                        due_at=now,
+                    ),
+                    now,
+                )
+            return len(ids)
+
+        return await self.writer.run(job)
+
+    async def live_messages(self) -> list[LiveMessage]:
+        c = self._crypto
+        cur = await self.reader.execute(
+            "SELECT id, priority, state, to_ct, due_at, expires_at, attempts, route_hint"
+            " FROM messages WHERE state IN ('queued', 'scheduled')"
+        )
+        return [
+            LiveMessage(
+                r[0],
+                Priority(r[1]),
+                State(r[2]),
+                c.decrypt(r[3], r[0], "to"),
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+            )
+            for r in await cur.fetchall()
+        ]
+
+    async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | None:
+        """Mark a queued message `sending` (durably) and return what the driver needs.
+
+        None if it is no longer queued (cancelled or expired meanwhile).
+        """
+
+        def job(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            try:
+                _apply(conn, Transition(message_id, State.SENDING, route=route), now)
+            except IllegalTransition:
+                return None
+            row: tuple[Any, ...] = conn.execute(
+                "SELECT to_ct, body_ct, encoding, priority, attempts, possible_duplicate"
+                " FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            return row
+
+        row = await self.writer.run(job)
+        if row is None:
+            return None
+        c = self._crypto
+        return ClaimedMessage(
+            message_id,
+            c.decrypt(row[0], message_id, "to"),
+            c.decrypt(row[1], message_id, "body"),
+            row[2],
+            Priority(row[3]),
+            row[4],
+            bool(row[5]),
+        )
+
+    async def transition(self, t: Transition, now: float) -> None:
+        """Apply one state change; raises `IllegalTransition` and changes nothing if illegal."""
+        await self.writer.run(lambda conn: _apply(conn, t, now))
+
+    async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:
+        """Apply several changes in one transaction; each True if it was legal and done."""
+
+        def job(conn: sqlite3.Connection) -> list[bool]:
+            done = []
+            for t in ts:
+                try:
+                    _apply(conn, t, now)
+                    done.append(True)
+                except IllegalTransition:
+                    done.append(False)
+            return done
+
+        return await self.writer.run(job)
+
+    async def cancel(self, message_id: str, now: float) -> State | None:
+        """Cancel a message not yet sending; returns its state after, None if unknown."""
+
+        def job(conn: sqlite3.Connection) -> State | None:
+            row = conn.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                return None
+            if State(row[0]) in CANCELLABLE:
+                _apply(conn, Transition(message_id, State.CANCELLED), now)
+                return State.CANCELLED
+            return State(row[0])
+
+        return await self.writer.run(job)
+
+    async def mark_sent(
+        self, message_id: str, route: str, carrier_ids: Sequence[str], now: float
+    ) -> State:
+        """Record the carrier's acceptance, then any receipts that arrived before it."""
+
+        def job(conn: sqlite3.Connection) -> State:
+            _apply(
+                conn,
+                Transition(message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)),
+                now,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part)"
+                " VALUES (?,?,?,?)",
+                [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)],
+            )
+            state = State.SENT
+            for cid in carrier_ids:
+                early = conn.execute(
+                    "DELETE FROM early_receipts WHERE route = ? AND carrier_id = ?"
+                    " RETURNING state, error_code",
+                    (route, cid),
+                ).fetchone()
+                if early is not None:
+                    applied = _apply_receipt(conn, route, cid, early[0], early[1], now)
+                    state = applied[1] if applied else state
+            return state
+
+        return await self.writer.run(job)
+
+    async def apply_receipt(
+        self, route: str, carrier_id: str, state: str, error_code: str | None, now: float
+    ) -> tuple[str, State] | None:
+        """Record a receipt for one part; (message id, new state) if the message changed."""
+
+        def job(conn: sqlite3.Connection) -> tuple[str, State] | None:
+            known = conn.execute(
+                "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?", (route, carrier_id)
+            ).fetchone()
+            if known is None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO early_receipts VALUES (?,?,?,?,?)",
+                    (route, carrier_id, state, error_code, now),
+                )
+                return None
+            return _apply_receipt(conn, route, carrier_id, state, error_code, now)
+
+        return await self.writer.run(job)
+
+    async def insert_inbound(
+        self,
+        inbound_id: str,
+        route: str,
+        sender: str,
+        body: str,
+        recipient: str | None,
+        carrier_id: str | None,
+        now: float,
+    ) -> None:
+        c = self._crypto
+        await self.writer.insert(
+            [
+                (
+                    "INSERT INTO inbound VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        inbound_id,
+                        route,
+                        c.encrypt(sender, inbound_id, "sender"),
+                        c.blind_index(sender),
+                        None
+                        if recipient is None
+                        else c.encrypt(recipient, inbound_id, "recipient"),
+                        c.encrypt(body, inbound_id, "body"),
+                        carrier_id,
+                        now,
+                    ),
+                )
+            ]
+        )
+
+    async def list_inbound(self, cursor: str | None, limit: int) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM inbound"
+        params: tuple[Any, ...] = ()
+        if cursor is not None:
+            sql += " WHERE id < ?"
+            params = (cursor,)
+        cur = await self.reader.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return list(await cur.fetchall())
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def message_row(self, message_id: str) -> sqlite3.Row | None:
+        cur = await self.reader.execute("SELECT * FROM messages WHERE id = ?", (message_id,))
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
+
+    async def events(self, message_id: str) -> list[sqlite3.Row]:
+        cur = await self.reader.execute(
+            "SELECT at, state, route, carrier_id, error_code, attempt FROM message_events"
+            " WHERE message_id = ? ORDER BY seq",
+            (message_id,),
+        )
+        return list(await cur.fetchall())
+
+    async def list_messages(
+        self, *, where: Iterable[tuple[str, Any]], cursor: str | None, limit: int
+    ) -> list[sqlite3.Row]:
+        clauses, params = [], []
+        for clause, value in where:
+            clauses.append(clause)
+            params.append(value)
+        if cursor is not None:
+            clauses.append("id < ?")
+            params.append(cursor)
+        sql = "SELECT * FROM messages"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY id DESC LIMIT ?"
+        cur = await self.reader.execute(sql, (*params, limit))
+        return list(await cur.fetchall())
+
+    async def state_counts(self) -> dict[tuple[str, int], int]:
+        cur = await self.reader.execute(
+            "SELECT state, priority, count(*) FROM messages"
+            " WHERE state IN ('queued', 'scheduled', 'sending') GROUP BY state, priority"
+        )
+        return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+
+    async def possible_duplicates(self) -> int:
+        cur = await self.reader.execute(
+            "SELECT count(*) FROM messages WHERE possible_duplicate = 1"
+            " AND state IN ('queued', 'sending')"
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def decrypt(self, blob: bytes, row_id: str, column: str) -> str:
+        return self._crypto.decrypt(blob, row_id, column)
+
+    def blind_index(self, e164: str) -> bytes:
+        return self._crypto.blind_index(e164)
+
+    # -- tokens ------------------------------------------------------------------------
+
+    async def add_token(
+        self, token_id: str, name: str, secret_hash: bytes, scopes: Iterable[str], now: float
+    ) -> None:
+        await self.writer.run(
+            lambda conn: conn.execute(
+                "INSERT INTO api_tokens VALUES (?,?,?,?,?,NULL)",
+                (token_id, name, secret_hash, ",".join(sorted(scopes)), now),
+            )
+        )
+
+    async def token_by_hash(self, token_id: str, secret_hash: bytes) -> TokenRecord | None:
+        cur = await self.reader.execute(
+            "SELECT id, name, scopes, created_at, revoked_at, secret_hash FROM api_tokens"
+            " WHERE id = ?",
+            (token_id,),
+        )
+        row = await cur.fetchone()
+        if row is None or not _same(row[5], secret_hash):
+            return None
+        return _token(row)
+
+    async def tokens(self) -> list[TokenRecord]:
+        cur = await self.reader.execute(
+            "SELECT id, name, scopes, created_at, revoked_at FROM api_tokens ORDER BY created_at"
+        )
+        return [_token(r) for r in await cur.fetchall()]
+
+    async def revoke_token(self, token_id: str, now: float) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            return cur.rowcount == 1
+
+        return await self.writer.run(job)
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def _token(row: Sequence[Any]) -> TokenRecord:
+    scopes = frozenset(s for s in row[2].split(",") if s)
+    return TokenRecord(row[0], row[1], scopes, row[3], row[4])
+
+
+def _apply(conn: sqlite3.Connection, t: Transition, now: float) -> None:
+    row = conn.execute(
+        "SELECT state, attempts FROM messages WHERE id = ?", (t.message_id,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"no message {t.message_id}")
+    check_transition(State(row[0]), t.target)
+    sets = ["state = ?", "updated_at = ?"]
+    params: list[Any] = [t.target.value, now]
+    for column, value in (
+        ("route", t.route),
+        ("error_code", t.error_code),
+        ("due_at", t.due_at),
+        ("attempts", t.attempts),
+    ):
+        if value is not None:
+            sets.append(f"{column} = ?")
+            params.append(value)
+    if t.possible_duplicate is not None:
+        sets.append("possible_duplicate = ?")
+        params.append(int(t.possible_duplicate))
+    conn.execute(
+        f"UPDATE messages SET {', '.join(sets)} WHERE id = ?",  # noqa: S608 - fixed column names
+        (*params, t.message_id),
+    )
+    conn.execute(
+        "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
+        " attempt) VALUES (?,?,?,?,?,?,?)",
+        (
+            t.message_id,
+            now,
+            t.target.value,
+            t.route,
+            t.carrier_id,
+            t.error_code,
+            t.attempts if t.attempts is not None else row[1],
+        ),
+    )
+
+
+_RECEIPT_FINAL = {"delivered": State.DELIVERED, "failed": State.FAILED, "expired": State.EXPIRED}
+
+
+def _apply_receipt(
+    conn: sqlite3.Connection,
+    route: str,
+    carrier_id: str,
+    state: str,
+    error_code: str | None,
+    now: float,
+) -> tuple[str, State] | None:
+    part = conn.execute(
+        "SELECT message_id, state FROM carrier_ids WHERE route = ? AND carrier_id = ?",
+        (route, carrier_id),
+    ).fetchone()
+    if part is None:
+        return None
+    message_id, part_state = part
+    if part_state in _RECEIPT_FINAL or state not in _RECEIPT_FINAL:
+        return None  # duplicates are idempotent; intermediate states never overwrite
+    conn.execute(
+        "UPDATE carrier_ids SET state = ?, error_code = ? WHERE route = ? AND carrier_id = ?",
+        (state, error_code, route, carrier_id),
+    )
+    parts = [
+        r[0]
+        for r in conn.execute("SELECT state FROM carrier_ids WHERE message_id = ?", (message_id,))
+    ]
+    failed = [p for p in parts if p in ("failed", "expired")]
+    if failed:
+        target = _RECEIPT_FINAL[failed[0]]
+    elif all(p == "delivered" for p in parts):
+        target = State.DELIVERED
+    else:
+        return None
+    current = conn.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if current is None or State(current[0]) is not State.SENT:
+        return None
+    _apply(
+        conn,
+        Transition(message_id, target, route=route, carrier_id=carrier_id, error_code=error_code),
+        now,
+    )
+    return message_id, target
