@@ -44,6 +44,7 @@ class FakeClock:
         self._mono = 1000.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._changed: asyncio.Event | None = None
 
     def time(self) -> float:
         return self._wall
@@ -57,6 +58,7 @@ class FakeClock:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
+        self._sleeping_changed().set()
         await fut
 
     def advance(self, seconds: float) -> None:
@@ -69,6 +71,22 @@ class FakeClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+
+    def _sleeping_changed(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    @property
+    def sleeping(self) -> int:
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def wait_sleeping(self, count: int) -> None:
+        """Return once at least `count` tasks are asleep on this clock."""
+        changed = self._sleeping_changed()
+        while self.sleeping < count:
+            changed.clear()
+            await changed.wait()
 
     @property
     def next_deadline(self) -> float | None:

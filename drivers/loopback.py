@@ -61,7 +61,7 @@ class LoopbackDriver:
         self._state = RouteState.STARTING
         self._in_flight = 0
         self._counters = {"submitted": 0, "rejected": 0, "transient": 0, "receipts": 0}
-        self._receipt_tasks: set[asyncio.Task[None]] = set()
+        self._receipt_tasks: dict[asyncio.Task[None], float] = {}
 
     async def start(self) -> None:
         self._set_state(RouteState.UP)
@@ -102,8 +102,8 @@ class LoopbackDriver:
                 sms.to, self._opts.undelivered_prefixes, self._opts.undelivered_fraction
             )
             task = asyncio.create_task(self._send_receipts(ids, failed))
-            self._receipt_tasks.add(task)
-            task.add_done_callback(self._receipt_tasks.discard)
+            self._receipt_tasks[task] = self._clock.monotonic() + self._opts.receipt_delay
+            task.add_done_callback(lambda t: self._receipt_tasks.pop(t, None))
         return SubmitResult(carrier_ids=ids)
 
     def _outcome(self, to: str) -> str:
@@ -127,6 +127,12 @@ class LoopbackDriver:
             code = "loopback:undeliverable" if bad else None
             await self._sink.receipt(self.name, Receipt(carrier_id, state, code))
             self._counters["receipts"] += 1
+
+    async def settle(self) -> None:
+        """Wait until every receipt due by now on the clock has reached the sink."""
+        now = self._clock.monotonic()
+        due = [t for t, at in self._receipt_tasks.items() if at <= now]
+        await asyncio.gather(*due, return_exceptions=True)
 
     async def aclose(self) -> None:
         self._set_state(RouteState.DOWN)

@@ -53,6 +53,7 @@ class Gateway:
     tokens: TokenCache
     sink: GatewaySink
     accepting: bool = True
+    stopped: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -88,7 +89,11 @@ class Gateway:
         return cls(config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink)
 
     async def start(self, *, dispatch: bool = True) -> None:
-        """Load the queue, start the drivers and (unless `dispatch=False`) the scheduler."""
+        """Load the queue, start the drivers and the background loops.
+
+        With `dispatch=False` (tests) no background loop runs: the test drives the
+        scheduler with `run_until_idle()` and calls `housekeeping_once()` itself.
+        """
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
         for route in self.routes.values():
@@ -98,7 +103,7 @@ class Gateway:
                 log.error("route_start_failed", route=route.name, code=e.code)
         if dispatch:
             self._spawn(self.scheduler.run())
-        self._spawn(self._housekeeping())
+            self._spawn(self._housekeeping())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -106,11 +111,17 @@ class Gateway:
     async def _housekeeping(self) -> None:
         while True:
             await self.clock.sleep(HOUSEKEEPING_INTERVAL)
-            cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
-            removed = await self.store.prune_idempotency(cutoff)
-            log.info("housekeeping", idempotency_keys_removed=removed)
+            await self.housekeeping_once()
+
+    async def housekeeping_once(self) -> None:
+        cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
+        removed = await self.store.prune_idempotency(cutoff)
+        log.info("housekeeping", idempotency_keys_removed=removed)
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         self.accepting = False
         self.scheduler.stop_claiming()
         cut = await self.scheduler.drain(self.config.http.shutdown_grace)

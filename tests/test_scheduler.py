@@ -1,0 +1,310 @@
+"""The dispatcher on a fake clock with real loopback routes and a real store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from drivers.base import OutboundSms, SubmitResult
+from gateway.models import State
+from tests.conftest import GatewayFactory, accept, loopback, settle_receipts, state_of
+
+
+async def test_message_goes_queued_sending_sent_delivered(open_gateway: GatewayFactory,
+                                                          clock) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    assert await state_of(gw, mid) == "queued"
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "sent"
+    clock.advance(5)
+    await settle_receipts(gw)
+    assert await state_of(gw, mid) == "delivered"
+    states = [e["state"] for e in await gw.store.events(mid)]
+    assert states == ["queued", "sending", "sent", "delivered"]
+
+
+async def test_sending_is_committed_before_the_driver_sees_the_message(
+        open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    seen: list[str] = []
+    driver = loopback(gw)
+    original = driver.submit
+
+    async def spying_submit(sms: OutboundSms) -> SubmitResult:
+        seen.append(await state_of(gw, sms.message_id))
+        return await original(sms)
+
+    driver.submit = spying_submit  # type: ignore[method-assign]
+    await accept(gw)
+    await gw.scheduler.run_until_idle()
+    assert seen == ["sending"]
+
+
+async def test_higher_class_always_goes_first(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "window": 1}],
+        queue={"classes": {p: {"expires_after": 3600, "max_attempts": 3, "min_share": 0}
+                           for p in ("critical", "high", "normal", "bulk")}})
+    order: list[str] = []
+    driver = loopback(gw)
+    original = driver.submit
+
+    async def recording_submit(sms: OutboundSms) -> SubmitResult:
+        order.append(sms.parts[0])
+        return await original(sms)
+
+    driver.submit = recording_submit  # type: ignore[method-assign]
+    for i in range(3):
+        await accept(gw, body=f"bulk{i}", priority="bulk")
+    await accept(gw, body="normal", priority="normal")
+    await accept(gw, body="high", priority="high")
+    await accept(gw, body="critical", priority="critical")
+    await gw.scheduler.run_until_idle()
+    assert order == ["critical", "high", "normal", "bulk0", "bulk1", "bulk2"]
+
+
+async def test_lower_class_keeps_its_minimum_share(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "window": 1}],
+        queue={"classes": {"bulk": {"expires_after": 3600, "max_attempts": 3,
+                                    "min_share": 0.25}}})
+    order: list[str] = []
+    driver = loopback(gw)
+    original = driver.submit
+
+    async def recording_submit(sms: OutboundSms) -> SubmitResult:
+        order.append(sms.parts[0][:4])
+        return await original(sms)
+
+    driver.submit = recording_submit  # type: ignore[method-assign]
+    for i in range(5):
+        await accept(gw, body=f"bulk{i}", priority="bulk")
+    for i in range(20):
+        await accept(gw, body=f"crit{i}", priority="critical")
+    await gw.scheduler.run_until_idle()
+    first_twenty = order[:20]
+    # 0.25 of a turn per critical send: bulk gets about one turn in five, not zero.
+    assert 3 <= first_twenty.count("bulk") <= 5
+    assert order.count("bulk") == 5
+
+
+async def test_route_rate_is_a_token_bucket_on_the_clock(open_gateway: GatewayFactory,
+                                                         clock) -> None:
+    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 0, "rate": 10,
+                              "burst": 2, "receipt_delay": 100}])
+    ids = [await accept(gw, body=f"m{i}") for i in range(12)]
+    await gw.scheduler.run_until_idle()
+    assert [await state_of(gw, i) for i in ids].count("sent") == 2  # the burst
+    for expected in range(3, 13):
+        clock.advance(0.1)
+        await gw.scheduler.run_until_idle()
+        sent = [await state_of(gw, i) for i in ids].count("sent")
+        assert sent == expected
+
+
+async def test_window_caps_submits_in_flight(open_gateway: GatewayFactory, clock) -> None:
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 1.0, "window": 3}],
+        # No receipts: the only sleepers on the clock are the submits in flight.
+        queue={"classes": {"normal": {"expires_after": 3600, "max_attempts": 3,
+                                      "want_receipt": False}}})
+    for i in range(10):
+        await accept(gw, body=f"m{i}")
+    scheduler_round = gw.scheduler._round  # noqa: SLF001 - one round, without waiting
+    await scheduler_round()
+    assert gw.routes["main"].in_flight == 3
+    assert gw.scheduler.in_flight == 3
+    for _ in range(4):  # each second of latency frees the window for three more
+        await clock.wait_sleeping(gw.scheduler.in_flight)
+        clock.advance(1.0)
+        await asyncio.gather(*gw.scheduler._tasks)  # noqa: SLF001 - the submits now done
+        await scheduler_round()
+        assert gw.routes["main"].in_flight <= 3
+    assert loopback(gw).health().counters["submitted"] == 10
+
+
+async def test_transient_error_retries_with_backoff_then_fails(open_gateway: GatewayFactory,
+                                                               clock) -> None:
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "transient_prefixes": ["+1202"]}],
+        queue={"retry_base": 10, "classes": {"normal": {"expires_after": 86400,
+                                                        "max_attempts": 3}}})
+    mid = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert row["state"] == "queued" and row["attempts"] == 1
+    assert row["error_code"] == "loopback:busy"
+    first_delay = row["due_at"] - clock.time()
+    assert 5 <= first_delay <= 10  # equal jitter: half of 10 s fixed, half random
+    await gw.scheduler.run_until_idle()
+    assert (await gw.store.message_row(mid))["attempts"] == 1  # not due yet: nothing sent
+    clock.advance(first_delay)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert row["attempts"] == 2
+    assert 10 <= row["due_at"] - clock.time() <= 20
+    clock.advance(20)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert row["state"] == "failed" and row["error_code"] == "loopback:busy"
+
+
+async def test_permanent_error_fails_at_once(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "reject_prefixes": ["+1202"]}])
+    mid = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "loopback:reject", 0)
+
+
+async def test_queued_message_expires_instead_of_going_late(open_gateway: GatewayFactory,
+                                                            clock) -> None:
+    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 0, "rate": 1,
+                              "burst": 1}])
+    first = await accept(gw)
+    late = await accept(gw, expires_at=datetime.fromtimestamp(clock.time() + 0.5, UTC))
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, first) == "sent"
+    assert await state_of(gw, late) == "queued"
+    clock.advance(1.0)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, late) == "expired"
+
+
+async def test_send_at_schedules(open_gateway: GatewayFactory, clock) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw, send_at=datetime.fromtimestamp(clock.time() + 60, UTC))
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "scheduled"
+    clock.advance(59)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "scheduled"
+    clock.advance(1)
+    await gw.scheduler.run_until_idle()
+    states = [e["state"] for e in await gw.store.events(mid)]
+    assert states == ["scheduled", "queued", "sending", "sent"]
+
+
+async def test_fails_over_to_next_route_when_first_is_down(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway([
+        {"name": "primary", "type": "loopback", "latency": 0},
+        {"name": "backup", "type": "loopback", "latency": 0},
+    ])
+    loopback(gw, "primary").set_down(True)
+    mid = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert (row["state"], row["route"]) == ("sent", "backup")
+    loopback(gw, "primary").set_down(False)
+    mid2 = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    assert (await gw.store.message_row(mid2))["route"] == "primary"
+
+
+async def test_rules_by_prefix_and_class(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway([
+        {"name": "uk", "type": "loopback", "latency": 0, "prefixes": ["+44"]},
+        {"name": "urgent", "type": "loopback", "latency": 0, "classes": ["critical"]},
+        {"name": "rest", "type": "loopback", "latency": 0},
+    ])
+    uk = await accept(gw, to="+447911123456")
+    crit = await accept(gw, priority="critical")
+    other = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    routes = [(await gw.store.message_row(m))["route"] for m in (uk, crit, other)]
+    assert routes == ["uk", "urgent", "rest"]
+
+
+async def test_restart_requeues_sending_as_possible_duplicate(
+        open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    claimed = await gw.store.claim(mid, "main", gw.clock.time())  # as if we crashed mid-submit
+    assert claimed is not None
+    await gw.stop()
+    gw2 = await open_gateway()
+    row = await gw2.store.message_row(mid)
+    assert row["state"] == "queued" and row["possible_duplicate"] == 1
+    assert row["error_code"] == "gateway:restart"
+    await gw2.scheduler.run_until_idle()
+    assert await state_of(gw2, mid) == "sent"
+
+
+async def test_cancelled_message_is_never_sent(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    assert await gw.store.cancel(mid, gw.clock.time()) is State.CANCELLED
+    gw.scheduler.forget(mid)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "cancelled"
+    assert loopback(gw).health().counters["submitted"] == 0
+
+
+async def test_multipart_is_delivered_only_when_every_part_is(open_gateway: GatewayFactory,
+                                                             clock) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw, body="x" * 400)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert row["segments"] == 3
+    events = await gw.store.events(mid)
+    carrier_ids = events[-1]["carrier_id"].split(",")
+    assert len(carrier_ids) == 3
+    clock.advance(5)
+    await settle_receipts(gw)
+    assert await state_of(gw, mid) == "delivered"
+
+
+async def test_failed_receipt_fails_the_message(open_gateway: GatewayFactory, clock) -> None:
+    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 0,
+                              "receipt_delay": 1, "undelivered_prefixes": ["+1202"]}])
+    mid = await accept(gw, body="y" * 200)
+    await gw.scheduler.run_until_idle()
+    clock.advance(1)
+    await settle_receipts(gw)
+    row = await gw.store.message_row(mid)
+    assert (row["state"], row["error_code"]) == ("failed", "loopback:undeliverable")
+
+
+async def test_receipt_before_submit_response_is_kept_and_applied(
+        open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await gw.store.apply_receipt("main", "early-1", "delivered", None, now) is None
+    assert await gw.store.claim(mid, "main", now) is not None
+    assert await gw.store.mark_sent(mid, "main", ["early-1"], now) is State.DELIVERED
+
+
+async def test_duplicate_and_intermediate_receipts_are_harmless(
+        open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    now = gw.clock.time()
+    await gw.store.claim(mid, "main", now)
+    await gw.store.mark_sent(mid, "main", ["c1"], now)
+    assert await gw.store.apply_receipt("main", "c1", "enroute", None, now) is None
+    assert await gw.store.apply_receipt("main", "c1", "delivered", None, now) == (
+        mid, State.DELIVERED)
+    assert await gw.store.apply_receipt("main", "c1", "failed", "x", now) is None
+    assert await gw.store.apply_receipt("main", "c1", "delivered", None, now) is None
+    assert await state_of(gw, mid) == "delivered"
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3, 8, 30])
+def test_backoff_grows_and_stays_under_the_cap(attempts: int) -> None:
+    from drivers.clock import FakeClock
+    from gateway.config import QueueConfig
+    from gateway.metrics import Metrics
+    from gateway.router import Router
+    from gateway.scheduler import Scheduler
+
+    queue = QueueConfig(retry_base=2, retry_cap=60)
+    s = Scheduler(None, {}, Router([]), queue, FakeClock(), Metrics())  # type: ignore[arg-type]
+    ceiling = min(60, 2 * 2 ** (attempts - 1))
+    for _ in range(50):
+        assert ceiling / 2 <= s.backoff(attempts) <= ceiling
