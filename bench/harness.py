@@ -69,6 +69,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far per thread of a process ("main", or "thread TID")."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        name = "main" if task.name == str(pid) else f"thread {task.name}"
+        out[name] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
 def cpu0_busy_seconds() -> float:
     """Non-idle time of CPU 0 so far; minus the pinned server's CPU it shows other load."""
     for line in Path("/proc/stat").read_text().splitlines():

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import harness
@@ -38,6 +39,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=0, help="messages per request (0: single)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--target", choices=("gateway", "ceiling"), default="gateway", help="server to profile"
+    )
     return p.parse_args(argv)
 
 
@@ -83,11 +87,20 @@ def summarize(raw: str, top: int) -> str:
     return "\n".join(lines)
 
 
-async def profile(args: argparse.Namespace, work: Path, out: Path) -> loadgen.WrkResult:
+@dataclass(frozen=True, slots=True)
+class Profiled:
+    run: loadgen.WrkResult
+    thread_cpu: dict[str, float]
+
+
+async def profile(args: argparse.Namespace, work: Path, out: Path) -> Profiled:
     pinning = harness.setup_pinning()
     home = await harness.init_gateway(work / "gateway")
     script = loadgen.write_script(work / "load.lua", home.token, batch=args.batch)
-    server = harness.gateway_server(home, NO_DISPATCH, pinning, "gateway")
+    if args.target == "gateway":
+        server = harness.gateway_server(home, NO_DISPATCH, pinning, "gateway")
+    else:
+        server = harness.ceiling_server(work / "ceiling", pinning)
     await server.start()
     try:
         await loadgen.run_wrk(pinning.client, server.url, script, args.concurrency, WARMUP_S)
@@ -110,13 +123,16 @@ async def profile(args: argparse.Namespace, work: Path, out: Path) -> loadgen.Wr
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
+        before = harness.thread_cpu_seconds(server.pid)
         run = await loadgen.run_wrk(
             pinning.client, server.url, script, args.concurrency, args.seconds
         )
+        after = harness.thread_cpu_seconds(server.pid)
         await asyncio.wait_for(spy.wait(), args.seconds + 30)
     finally:
         await server.stop()
-    return run
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    return Profiled(run, {k: v / run.duration_s for k, v in used.items() if v > 0})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,17 +141,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("profile: install py-spy first (.venv/bin/pip install py-spy)", file=sys.stderr)
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
-    kind = f"batch{args.batch}" if args.batch else "single"
+    kind = f"{args.target}-" + (f"batch{args.batch}" if args.batch else "single")
     out = RESULTS / f"profile-{kind}-c{args.concurrency}.txt"
     work = Path(tempfile.mkdtemp(prefix="smsgw-profile-"))
     try:
-        run = asyncio.run(profile(args, work, out))
+        profiled = asyncio.run(profile(args, work, out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    run = profiled.run
     print(
         f"{kind} c={args.concurrency}: {run.messages_per_s:,.0f} msg/s,"
         f" p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms"
     )
+    threads = ", ".join(f"{name} {share:.0%}" for name, share in profiled.thread_cpu.items())
+    print(f"CPU per thread (share of one CPU): {threads}")
+    per_message = sum(profiled.thread_cpu.values()) / run.messages_per_s * 1e6
+    print(f"CPU per message: {per_message:.0f} us")
     print(f"(under py-spy at {args.rate} Hz); stacks in {out.relative_to(harness.REPO)}\n")
     print(summarize(out.read_text(), args.top))
     return 0

@@ -24,8 +24,9 @@ CANARY_BODY = "CANARY potassium 6.9 mmol/L call ward 7B"
 LOOPBACK_TEST = {"latency": 0.0, "receipt_delay": 5.0}
 
 
-def make_config(tmp_path: Path, routes: list[dict[str, Any]] | None = None,
-                **sections: Any) -> Config:
+def make_config(
+    tmp_path: Path, routes: list[dict[str, Any]] | None = None, **sections: Any
+) -> Config:
     if routes is None:
         routes = [{"name": "main", "type": "loopback", **LOOPBACK_TEST}]
     sections.setdefault("http", {"shutdown_grace": 1.0})
@@ -49,8 +50,9 @@ async def open_gateway(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Gatewa
     """Open gateways on a fake clock, without the dispatch loop (tests drive it)."""
     opened: list[Gateway] = []
 
-    async def factory(routes: list[dict[str, Any]] | None = None, *, start: bool = True,
-                      **sections: Any) -> Gateway:
+    async def factory(
+        routes: list[dict[str, Any]] | None = None, *, start: bool = True, **sections: Any
+    ) -> Gateway:
         config = make_config(tmp_path, routes, **sections)
         gw = await Gateway.open(config, clock)
         opened.append(gw)

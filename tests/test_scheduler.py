@@ -12,8 +12,9 @@ from gateway.models import State
 from tests.conftest import GatewayFactory, accept, loopback, settle_receipts, state_of
 
 
-async def test_message_goes_queued_sending_sent_delivered(open_gateway: GatewayFactory,
-                                                          clock) -> None:
+async def test_message_goes_queued_sending_sent_delivered(
+    open_gateway: GatewayFactory, clock
+) -> None:
     gw = await open_gateway()
     mid = await accept(gw)
     assert await state_of(gw, mid) == "queued"
@@ -27,7 +28,8 @@ async def test_message_goes_queued_sending_sent_delivered(open_gateway: GatewayF
 
 
 async def test_sending_is_committed_before_the_driver_sees_the_message(
-        open_gateway: GatewayFactory) -> None:
+    open_gateway: GatewayFactory,
+) -> None:
     gw = await open_gateway()
     seen: list[str] = []
     driver = loopback(gw)
@@ -46,8 +48,13 @@ async def test_sending_is_committed_before_the_driver_sees_the_message(
 async def test_higher_class_always_goes_first(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway(
         [{"name": "main", "type": "loopback", "latency": 0, "window": 1}],
-        queue={"classes": {p: {"expires_after": 3600, "max_attempts": 3, "min_share": 0}
-                           for p in ("critical", "high", "normal", "bulk")}})
+        queue={
+            "classes": {
+                p: {"expires_after": 3600, "max_attempts": 3, "min_share": 0}
+                for p in ("critical", "high", "normal", "bulk")
+            }
+        },
+    )
     order: list[str] = []
     driver = loopback(gw)
     original = driver.submit
@@ -69,8 +76,8 @@ async def test_higher_class_always_goes_first(open_gateway: GatewayFactory) -> N
 async def test_lower_class_keeps_its_minimum_share(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway(
         [{"name": "main", "type": "loopback", "latency": 0, "window": 1}],
-        queue={"classes": {"bulk": {"expires_after": 3600, "max_attempts": 3,
-                                    "min_share": 0.25}}})
+        queue={"classes": {"bulk": {"expires_after": 3600, "max_attempts": 3, "min_share": 0.25}}},
+    )
     order: list[str] = []
     driver = loopback(gw)
     original = driver.submit
@@ -91,10 +98,21 @@ async def test_lower_class_keeps_its_minimum_share(open_gateway: GatewayFactory)
     assert order.count("bulk") == 5
 
 
-async def test_route_rate_is_a_token_bucket_on_the_clock(open_gateway: GatewayFactory,
-                                                         clock) -> None:
-    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 0, "rate": 10,
-                              "burst": 2, "receipt_delay": 100}])
+async def test_route_rate_is_a_token_bucket_on_the_clock(
+    open_gateway: GatewayFactory, clock
+) -> None:
+    gw = await open_gateway(
+        [
+            {
+                "name": "main",
+                "type": "loopback",
+                "latency": 0,
+                "rate": 10,
+                "burst": 2,
+                "receipt_delay": 100,
+            }
+        ]
+    )
     ids = [await accept(gw, body=f"m{i}") for i in range(12)]
     await gw.scheduler.run_until_idle()
     assert [await state_of(gw, i) for i in ids].count("sent") == 2  # the burst
@@ -109,33 +127,40 @@ async def test_window_caps_submits_in_flight(open_gateway: GatewayFactory, clock
     gw = await open_gateway(
         [{"name": "main", "type": "loopback", "latency": 1.0, "window": 3}],
         # No receipts: the only sleepers on the clock are the submits in flight.
-        queue={"classes": {"normal": {"expires_after": 3600, "max_attempts": 3,
-                                      "want_receipt": False}}})
+        queue={
+            "classes": {"normal": {"expires_after": 3600, "max_attempts": 3, "want_receipt": False}}
+        },
+    )
     for i in range(10):
         await accept(gw, body=f"m{i}")
-    scheduler_round = gw.scheduler._round  # noqa: SLF001 - one round, without waiting
+    scheduler_round = gw.scheduler._round
     await scheduler_round()
     assert gw.routes["main"].in_flight == 3
     assert gw.scheduler.in_flight == 3
     for _ in range(4):  # each second of latency frees the window for three more
         await clock.wait_sleeping(gw.scheduler.in_flight)
         clock.advance(1.0)
-        await asyncio.gather(*gw.scheduler._tasks)  # noqa: SLF001 - the submits now done
+        await asyncio.gather(*gw.scheduler._tasks)
         await scheduler_round()
         assert gw.routes["main"].in_flight <= 3
     assert loopback(gw).health().counters["submitted"] == 10
 
 
-async def test_transient_error_retries_with_backoff_then_fails(open_gateway: GatewayFactory,
-                                                               clock) -> None:
+async def test_transient_error_retries_with_backoff_then_fails(
+    open_gateway: GatewayFactory, clock
+) -> None:
     gw = await open_gateway(
         [{"name": "main", "type": "loopback", "latency": 0, "transient_prefixes": ["+1202"]}],
-        queue={"retry_base": 10, "classes": {"normal": {"expires_after": 86400,
-                                                        "max_attempts": 3}}})
+        queue={
+            "retry_base": 10,
+            "classes": {"normal": {"expires_after": 86400, "max_attempts": 3}},
+        },
+    )
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
-    assert row["state"] == "queued" and row["attempts"] == 1
+    assert row["state"] == "queued"
+    assert row["attempts"] == 1
     assert row["error_code"] == "loopback:busy"
     first_delay = row["due_at"] - clock.time()
     assert 5 <= first_delay <= 10  # equal jitter: half of 10 s fixed, half random
@@ -149,22 +174,26 @@ async def test_transient_error_retries_with_backoff_then_fails(open_gateway: Gat
     clock.advance(20)
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
-    assert row["state"] == "failed" and row["error_code"] == "loopback:busy"
+    assert row["state"] == "failed"
+    assert row["error_code"] == "loopback:busy"
 
 
 async def test_permanent_error_fails_at_once(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway(
-        [{"name": "main", "type": "loopback", "latency": 0, "reject_prefixes": ["+1202"]}])
+        [{"name": "main", "type": "loopback", "latency": 0, "reject_prefixes": ["+1202"]}]
+    )
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
     assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "loopback:reject", 0)
 
 
-async def test_queued_message_expires_instead_of_going_late(open_gateway: GatewayFactory,
-                                                            clock) -> None:
-    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 0, "rate": 1,
-                              "burst": 1}])
+async def test_queued_message_expires_instead_of_going_late(
+    open_gateway: GatewayFactory, clock
+) -> None:
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "rate": 1, "burst": 1}]
+    )
     first = await accept(gw)
     late = await accept(gw, expires_at=datetime.fromtimestamp(clock.time() + 0.5, UTC))
     await gw.scheduler.run_until_idle()
@@ -190,10 +219,12 @@ async def test_send_at_schedules(open_gateway: GatewayFactory, clock) -> None:
 
 
 async def test_fails_over_to_next_route_when_first_is_down(open_gateway: GatewayFactory) -> None:
-    gw = await open_gateway([
-        {"name": "primary", "type": "loopback", "latency": 0},
-        {"name": "backup", "type": "loopback", "latency": 0},
-    ])
+    gw = await open_gateway(
+        [
+            {"name": "primary", "type": "loopback", "latency": 0},
+            {"name": "backup", "type": "loopback", "latency": 0},
+        ]
+    )
     loopback(gw, "primary").set_down(True)
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
@@ -206,11 +237,13 @@ async def test_fails_over_to_next_route_when_first_is_down(open_gateway: Gateway
 
 
 async def test_rules_by_prefix_and_class(open_gateway: GatewayFactory) -> None:
-    gw = await open_gateway([
-        {"name": "uk", "type": "loopback", "latency": 0, "prefixes": ["+44"]},
-        {"name": "urgent", "type": "loopback", "latency": 0, "classes": ["critical"]},
-        {"name": "rest", "type": "loopback", "latency": 0},
-    ])
+    gw = await open_gateway(
+        [
+            {"name": "uk", "type": "loopback", "latency": 0, "prefixes": ["+44"]},
+            {"name": "urgent", "type": "loopback", "latency": 0, "classes": ["critical"]},
+            {"name": "rest", "type": "loopback", "latency": 0},
+        ]
+    )
     uk = await accept(gw, to="+447911123456")
     crit = await accept(gw, priority="critical")
     other = await accept(gw)
@@ -219,8 +252,7 @@ async def test_rules_by_prefix_and_class(open_gateway: GatewayFactory) -> None:
     assert routes == ["uk", "urgent", "rest"]
 
 
-async def test_restart_requeues_sending_as_possible_duplicate(
-        open_gateway: GatewayFactory) -> None:
+async def test_restart_requeues_sending_as_possible_duplicate(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway()
     mid = await accept(gw)
     claimed = await gw.store.claim(mid, "main", gw.clock.time())  # as if we crashed mid-submit
@@ -228,7 +260,8 @@ async def test_restart_requeues_sending_as_possible_duplicate(
     await gw.stop()
     gw2 = await open_gateway()
     row = await gw2.store.message_row(mid)
-    assert row["state"] == "queued" and row["possible_duplicate"] == 1
+    assert row["state"] == "queued"
+    assert row["possible_duplicate"] == 1
     assert row["error_code"] == "gateway:restart"
     await gw2.scheduler.run_until_idle()
     assert await state_of(gw2, mid) == "sent"
@@ -244,8 +277,9 @@ async def test_cancelled_message_is_never_sent(open_gateway: GatewayFactory) -> 
     assert loopback(gw).health().counters["submitted"] == 0
 
 
-async def test_multipart_is_delivered_only_when_every_part_is(open_gateway: GatewayFactory,
-                                                             clock) -> None:
+async def test_multipart_is_delivered_only_when_every_part_is(
+    open_gateway: GatewayFactory, clock
+) -> None:
     gw = await open_gateway()
     mid = await accept(gw, body="x" * 400)
     await gw.scheduler.run_until_idle()
@@ -260,8 +294,17 @@ async def test_multipart_is_delivered_only_when_every_part_is(open_gateway: Gate
 
 
 async def test_failed_receipt_fails_the_message(open_gateway: GatewayFactory, clock) -> None:
-    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 0,
-                              "receipt_delay": 1, "undelivered_prefixes": ["+1202"]}])
+    gw = await open_gateway(
+        [
+            {
+                "name": "main",
+                "type": "loopback",
+                "latency": 0,
+                "receipt_delay": 1,
+                "undelivered_prefixes": ["+1202"],
+            }
+        ]
+    )
     mid = await accept(gw, body="y" * 200)
     await gw.scheduler.run_until_idle()
     clock.advance(1)
@@ -271,7 +314,8 @@ async def test_failed_receipt_fails_the_message(open_gateway: GatewayFactory, cl
 
 
 async def test_receipt_before_submit_response_is_kept_and_applied(
-        open_gateway: GatewayFactory) -> None:
+    open_gateway: GatewayFactory,
+) -> None:
     gw = await open_gateway()
     mid = await accept(gw)
     now = gw.clock.time()
@@ -281,7 +325,8 @@ async def test_receipt_before_submit_response_is_kept_and_applied(
 
 
 async def test_duplicate_and_intermediate_receipts_are_harmless(
-        open_gateway: GatewayFactory) -> None:
+    open_gateway: GatewayFactory,
+) -> None:
     gw = await open_gateway()
     mid = await accept(gw)
     now = gw.clock.time()
@@ -289,7 +334,9 @@ async def test_duplicate_and_intermediate_receipts_are_harmless(
     await gw.store.mark_sent(mid, "main", ["c1"], now)
     assert await gw.store.apply_receipt("main", "c1", "enroute", None, now) is None
     assert await gw.store.apply_receipt("main", "c1", "delivered", None, now) == (
-        mid, State.DELIVERED)
+        mid,
+        State.DELIVERED,
+    )
     assert await gw.store.apply_receipt("main", "c1", "failed", "x", now) is None
     assert await gw.store.apply_receipt("main", "c1", "delivered", None, now) is None
     assert await state_of(gw, mid) == "delivered"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import Any
@@ -25,7 +26,11 @@ from gateway.models import Priority, State
 from gateway.store.store import TokenRecord
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
-AUTH_RECORD = "smsgw.auth"
+IDEMPOTENCY_LOCKS: web.AppKey[dict[tuple[str, bytes], asyncio.Lock]] = web.AppKey(
+    "idempotency_locks", dict
+)
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+AUTH_RECORD: web.RequestKey[TokenRecord] = web.RequestKey("auth", TokenRecord)
 MAX_PAGE = 500
 IDEMPOTENCY_KEY_MAX = 255
 _encode = msgspec.json.encode
@@ -52,11 +57,18 @@ def _token(request: web.Request) -> TokenRecord:
 
 
 class Idempotency:
-    """`Idempotency-Key` handling: first response stored with the messages it created."""
+    """`Idempotency-Key` handling: first response stored with the messages it created.
 
-    def __init__(self, request: web.Request, raw: bytes) -> None:
+    Requests with the same key from the same token are serialised, so concurrent
+    retries wait for the first one and then get its stored response.
+    """
+
+    def __init__(self, request: web.Request, raw: bytes, token_id: str) -> None:
         key = request.headers.get("Idempotency-Key")
+        self._token_id = token_id
         self.key_hash: bytes | None = None
+        self._locks = request.app[IDEMPOTENCY_LOCKS]
+        self._lock: asyncio.Lock | None = None
         if key is not None:
             if not key or len(key) > IDEMPOTENCY_KEY_MAX:
                 raise ApiError(
@@ -67,10 +79,23 @@ class Idempotency:
             self.key_hash = hashlib.sha256(key.encode()).digest()
             self.request_hash = hashlib.sha256(request.path.encode() + b"\0" + raw).digest()
 
-    async def replay(self, gw: Gateway, token_id: str) -> web.Response | None:
+    async def __aenter__(self) -> Idempotency:
+        if self.key_hash is not None:
+            self._slot = (self._token_id, self.key_hash)
+            self._lock = self._locks.setdefault(self._slot, asyncio.Lock())
+            await self._lock.acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            if not self._lock.locked() and self._locks.get(self._slot) is self._lock:
+                del self._locks[self._slot]
+
+    async def replay(self, gw: Gateway) -> web.Response | None:
         if self.key_hash is None:
             return None
-        row = await gw.store.find_idempotent(token_id, self.key_hash)
+        row = await gw.store.find_idempotent(self._token_id, self.key_hash)
         if row is None:
             return None
         if row["request_hash"] != self.request_hash:
@@ -136,13 +161,13 @@ async def send_message(request: web.Request) -> web.Response:
     _check_accepting(gw)
     token = _token(request)
     raw = await request.read()
-    idem = Idempotency(request, raw)
-    replayed = await idem.replay(gw, token.id)
-    if replayed is not None:
-        return replayed
-    req = decode_send(raw)
-    prepared = gw.intake.prepare(req, token.id, gw.clock.time())
-    return await _commit(gw, token.id, [prepared], idem, 202, lambda a: a[0])
+    async with Idempotency(request, raw, token.id) as idem:
+        replayed = await idem.replay(gw)
+        if replayed is not None:
+            return replayed
+        req = decode_send(raw)
+        prepared = gw.intake.prepare(req, token.id, gw.clock.time())
+        return await _commit(gw, token.id, [prepared], idem, 202, lambda a: a[0])
 
 
 async def send_batch(request: web.Request) -> web.Response:
@@ -150,10 +175,16 @@ async def send_batch(request: web.Request) -> web.Response:
     _check_accepting(gw)
     token = _token(request)
     raw = await request.read()
-    idem = Idempotency(request, raw)
-    replayed = await idem.replay(gw, token.id)
-    if replayed is not None:
-        return replayed
+    async with Idempotency(request, raw, token.id) as idem:
+        replayed = await idem.replay(gw)
+        if replayed is not None:
+            return replayed
+        return await _send_batch(gw, token, raw, idem)
+
+
+async def _send_batch(
+    gw: Gateway, token: TokenRecord, raw: bytes, idem: Idempotency
+) -> web.Response:
     batch = decode_batch(raw)
     limit = gw.config.http.max_batch
     if not batch.messages:
@@ -329,3 +360,7 @@ async def metrics(request: web.Request) -> web.Response:
                 gw.metrics.queue_depth.labels(label).set(n)
     data = generate_latest(gw.metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])

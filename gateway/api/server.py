@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -132,14 +131,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Liveness and readiness; no authentication, no PHI",
     ),
     Endpoint("GET", "/api/v1/metrics", h.metrics, "read", "Prometheus metrics"),
-    Endpoint("GET", "/api/v1/openapi.json", lambda r: _openapi(r), None, "This document"),
+    Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
 )
-
-_OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
-
-
-async def _openapi(request: web.Request) -> web.Response:
-    return h.json_response(request.app[_OPENAPI])
 
 
 def _guard(endpoint: Endpoint) -> Handler:
@@ -234,7 +227,8 @@ def build_app(gateway: Gateway) -> web.Application:
         client_max_size=gateway.config.http.max_body_bytes,
     )
     app[h.GATEWAY] = gateway
+    app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
-    app[_OPENAPI] = build_openapi(ENDPOINTS)
+    app[h.OPENAPI] = build_openapi(ENDPOINTS)
     return app

@@ -1,0 +1,196 @@
+"""The store: encryption at rest, group commit, lifecycle enforcement, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.lifecycle import IllegalTransition
+from gateway.models import State
+from gateway.store import crypto
+from gateway.store.schema import MIGRATIONS
+from gateway.store.store import Store, Transition
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept
+
+KEY = os.urandom(32)
+FIELD_KEYS = {1: os.urandom(32)}
+
+
+def _files(db: Path) -> list[Path]:
+    return [p for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists()]
+
+
+def _scan(paths: list[Path], needles: list[bytes]) -> list[tuple[str, bytes]]:
+    hits = []
+    for p in paths:
+        data = p.read_bytes()
+        hits += [(p.name, n) for n in needles if n in data]
+    return hits
+
+
+def _needles(*texts: str) -> list[bytes]:
+    out = []
+    for t in texts:
+        out += [t.encode(), t.encode("utf-16-be"), t.encode("utf-16-le")]
+    return out
+
+
+async def test_no_plaintext_phi_in_database_wal_or_shm(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = await open_gateway()
+    ids = []
+    for i in range(50):
+        ids.append(
+            await accept(
+                gw, to=CANARY_NUMBER, body=f"{CANARY_BODY} #{i}", reference=f"MRN-CANARY-{i}"
+            )
+        )
+    await gw.store.insert_inbound("in1", "main", CANARY_NUMBER, CANARY_BODY, None, None, 0.0)
+    await gw.scheduler.run_until_idle()
+    needles = _needles(CANARY_NUMBER, CANARY_DIGITS, CANARY_BODY, "MRN-CANARY")
+    # Before the checkpoint the rows live in the WAL; after it, in the main file.
+    before = _files(gw.config.db_path)
+    assert any(p.name.endswith("-wal") for p in before)
+    assert _scan(before, needles) == []
+    await gw.store.writer.call_outside_transaction(
+        lambda c: c.execute("PRAGMA wal_checkpoint(FULL)")
+    )
+    assert _scan(_files(gw.config.db_path), needles) == []
+    await gw.stop()
+    assert _scan(_files(gw.config.db_path), needles) == []
+    # ...and the data is really there, encrypted: the canary decrypts back.
+    gw2 = await open_gateway()
+    row = await gw2.store.message_row(ids[0])
+    assert gw2.store.decrypt(row["body_ct"], ids[0], "body") == f"{CANARY_BODY} #0"
+
+
+def test_ciphertext_is_bound_to_its_row_and_column() -> None:
+    c = crypto.FieldCipher(FIELD_KEYS, os.urandom(32))
+    blob = c.encrypt(CANARY_NUMBER, "row1", "to")
+    assert c.decrypt(blob, "row1", "to") == CANARY_NUMBER
+    with pytest.raises(crypto.DecryptError):
+        c.decrypt(blob, "row2", "to")
+    with pytest.raises(crypto.DecryptError):
+        c.decrypt(blob, "row1", "body")
+    tampered = bytearray(blob)
+    tampered[-1] ^= 1
+    with pytest.raises(crypto.DecryptError):
+        c.decrypt(bytes(tampered), "row1", "to")
+
+
+@given(st.text(max_size=500), st.text(min_size=1, max_size=30))
+def test_encrypt_round_trips_any_text(value: str, row_id: str) -> None:
+    c = crypto.FieldCipher(FIELD_KEYS, b"k" * 32)
+    assert c.decrypt(c.encrypt(value, row_id, "body"), row_id, "body") == value
+
+
+def test_blind_index_is_keyed_and_deterministic() -> None:
+    a = crypto.FieldCipher(FIELD_KEYS, b"a" * 32)
+    b = crypto.FieldCipher(FIELD_KEYS, b"b" * 32)
+    assert a.blind_index(CANARY_NUMBER) == a.blind_index(CANARY_NUMBER)
+    assert a.blind_index(CANARY_NUMBER) != b.blind_index(CANARY_NUMBER)
+    assert a.blind_index(CANARY_NUMBER) != a.blind_index("+12025550148")
+
+
+def test_master_key_file_is_private_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    crypto.generate_master_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(crypto.read_master_key(path)) == 32
+    with pytest.raises(FileExistsError):
+        crypto.generate_master_key(path)
+    path.chmod(0o644)
+    with pytest.raises(crypto.MasterKeyError, match="readable by others"):
+        crypto.read_master_key(path)
+    with pytest.raises(crypto.MasterKeyError, match="does not exist"):
+        crypto.read_master_key(tmp_path / "missing.key")
+
+
+async def test_wrong_master_key_cannot_open_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", KEY)
+    await store.open()
+    await store.close()
+    other = Store(tmp_path / "s.db", os.urandom(32))
+    with pytest.raises(crypto.MasterKeyError):
+        await other.open()
+    await other.close()
+
+
+async def test_concurrent_inserts_share_transactions(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    writer = gw.store.writer
+    batches_before = writer.batches
+    await asyncio.gather(*(accept(gw, body=f"m{i}") for i in range(200)))
+    commits = writer.batches - batches_before
+    assert commits < 20, f"200 concurrent inserts took {commits} commits"
+    cur = await gw.store.reader.execute("SELECT count(*) FROM messages")
+    assert (await cur.fetchone())[0] == 200
+
+
+async def test_store_uses_wal_and_full_sync(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    modes = await gw.store.writer.call_outside_transaction(
+        lambda c: (
+            c.execute("PRAGMA journal_mode").fetchone()[0],
+            c.execute("PRAGMA synchronous").fetchone()[0],
+        )
+    )
+    assert modes == ("wal", 2)  # 2 = FULL
+
+
+async def test_a_failing_job_changes_nothing_and_spares_its_batch(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    good = await accept(gw)
+    bad = await accept(gw)
+    now = gw.clock.time()
+    results = await asyncio.gather(
+        gw.store.transition(Transition(good, State.CANCELLED), now),
+        gw.store.transition(Transition(bad, State.DELIVERED), now),  # queued -> delivered
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], IllegalTransition)
+    assert (await gw.store.message_row(good))["state"] == "cancelled"
+    bad_row = await gw.store.message_row(bad)
+    assert bad_row["state"] == "queued"
+    assert [e["state"] for e in await gw.store.events(bad)] == ["queued"]
+
+
+async def test_a_bad_row_in_a_group_insert_fails_alone(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    ok_sql = ("INSERT INTO api_tokens VALUES (?,?,?,?,?,NULL)", ("t1", "n", b"h", "read", 0.0))
+    dup_sql = ("INSERT INTO api_tokens VALUES (?,?,?,?,?,NULL)", ("t1", "n", b"h", "read", 0.0))
+    other = ("INSERT INTO api_tokens VALUES (?,?,?,?,?,NULL)", ("t2", "n", b"h", "read", 0.0))
+    results = await asyncio.gather(
+        gw.store.writer.insert([ok_sql]),
+        gw.store.writer.insert([dup_sql]),
+        gw.store.writer.insert([other]),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert {t.id for t in await gw.store.tokens()} == {"t1", "t2"}
+
+
+async def test_migrations_set_user_version_and_refuse_newer(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", KEY)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    newer = Store(tmp_path / "s.db", KEY)
+    with pytest.raises(RuntimeError, match="newer than this smsgw"):
+        await newer.open()
+    await newer.close()
