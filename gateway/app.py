@@ -24,6 +24,7 @@ from drivers.clock import Clock, SystemClock
 from drivers.registry import load_driver
 from gateway.config import Config
 from gateway.intake import Intake
+from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
@@ -130,8 +131,8 @@ class Gateway:
         for route in self.routes.values():
             try:
                 await route.driver.aclose()
-            except Exception:
-                log.exception("route_close_failed", route=route.name)
+            except Exception as e:
+                log.error("route_close_failed", route=route.name, error=exception_summary(e))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -130,16 +130,12 @@ def _install_uvloop() -> None:
 async def _serve(config: Config, first_token: str | None) -> int:
     from aiohttp import web
 
-    from gateway.api.server import PathOnlyAccessLogger, build_app
+    from gateway.api.server import build_app, runner_options
 
     host, _, port = config.http.listen.rpartition(":")
     gateway = await Gateway.open(config)
     await gateway.start()
-    app = build_app(gateway)
-    if config.http.access_log:
-        runner = web.AppRunner(app, access_log_class=PathOnlyAccessLogger, handle_signals=False)
-    else:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(gateway), handle_signals=False, **runner_options(gateway))
     await runner.setup()
     site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
     await site.start()

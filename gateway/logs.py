@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -70,8 +70,18 @@ def shared_processors() -> list[Any]:
     ]
 
 
-def configure(format: str = "auto", level: str = "info") -> None:
-    use_json = format == "json" or (format == "auto" and not sys.stderr.isatty())
+def exception_summary(error: BaseException) -> str:
+    """Type and place of an exception, never its message (which may quote PHI)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(error).__name__}{where}"
+
+
+def configure(format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    use_json = format == "json" or (format == "auto" and not stream.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -80,7 +90,7 @@ def configure(format: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=[*shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     # aiohttp and asyncio log through stdlib logging: keep their warnings, in one place.

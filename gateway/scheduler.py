@@ -43,6 +43,7 @@ from drivers.base import (
 from drivers.clock import Clock, wait_event
 from drivers.text import Encoding, split
 from gateway.config import QueueConfig
+from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.router import Router
@@ -303,8 +304,10 @@ class Scheduler:
             await self._submit(entry, route, claimed)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("dispatch_failed", message_id=entry.id, route=route.name)
+        except Exception as e:
+            log.error(
+                "dispatch_failed", message_id=entry.id, route=route.name, error=exception_summary(e)
+            )
         finally:
             route.release()
             self._metrics.in_flight.labels(route.name).dec()
@@ -345,8 +348,10 @@ class Scheduler:
                 )
             )
             raise
-        except Exception:
-            log.exception("driver_crashed", route=route.name, message_id=entry.id)
+        except Exception as e:
+            log.error(
+                "driver_crashed", route=route.name, message_id=entry.id, error=exception_summary(e)
+            )
             await self._retry(entry, route, "driver:crash", maybe_sent=True)
         else:
             await self._finish_sent(entry, route, result)

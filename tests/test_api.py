@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.api.server import ENDPOINTS, build_app
+from gateway.api.server import ENDPOINTS, build_app, runner_options
 from gateway.app import Gateway
 from gateway.tokens import create_token
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, state_of
@@ -43,10 +43,18 @@ class Api:
         return int((await cur.fetchone())[0])
 
 
+async def start_client(gw: Gateway) -> TestClient[Any, Any]:
+    """A client for the app served exactly as `smsgw run` serves it."""
+    server = TestServer(build_app(gw))
+    await server.start_server(**runner_options(gw))
+    client = TestClient(server)
+    await client.start_server()
+    return client
+
+
 async def _api(gw: Gateway) -> AsyncIterator[Api]:
     token = await create_token(gw.store, "test", frozenset({"send", "read"}), gw.clock)
-    client = TestClient(TestServer(build_app(gw)))
-    await client.start_server()
+    client = await start_client(gw)
     try:
         yield Api(gw, client, token.text)
     finally:
@@ -225,8 +233,7 @@ async def test_idempotency_survives_restart(open_gateway: GatewayFactory) -> Non
         token, first_body = a.token, await first.json()
     await gw.stop()
     gw2 = await open_gateway()
-    client = TestClient(TestServer(build_app(gw2)))
-    await client.start_server()
+    client = await start_client(gw2)
     try:
         resp = await client.post(
             "/api/v1/messages",
@@ -308,8 +315,7 @@ async def test_possible_duplicate_is_reported(open_gateway: GatewayFactory) -> N
     await gw.store.claim(mid, "main", gw.clock.time())
     await gw.stop()
     gw2 = await open_gateway()
-    client = TestClient(TestServer(build_app(gw2)))
-    await client.start_server()
+    client = await start_client(gw2)
     try:
         headers = {"Authorization": f"Bearer {token}"}
         view = await (await client.get(f"/api/v1/messages/{mid}", headers=headers)).json()

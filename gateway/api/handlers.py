@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import msgspec
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -22,9 +23,11 @@ from gateway.intake import (
     decode_send,
     normalise_number,
 )
+from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store.store import TokenRecord
 
+log = structlog.get_logger("smsgw.api")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 IDEMPOTENCY_LOCKS: web.AppKey[dict[tuple[str, bytes], asyncio.Lock]] = web.AppKey(
     "idempotency_locks", dict

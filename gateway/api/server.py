@@ -21,6 +21,7 @@ from gateway.api.views import InboundView, MessagePage, MessageView
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
+from gateway.logs import exception_summary
 
 log = structlog.get_logger("smsgw.api")
 
@@ -186,8 +187,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return h.json_response(
             {"error": {"code": code, "message": message}}, status=e.status, headers=headers
         )
-    except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.rel_url.path)
+    except Exception as e:
+        log.error(
+            "unhandled_error",
+            method=request.method,
+            path=request.rel_url.path,
+            error=exception_summary(e),
+        )
         return h.json_response(
             {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
             status=500,
@@ -232,3 +238,10 @@ def build_app(gateway: Gateway) -> web.Application:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
     app[h.OPENAPI] = build_openapi(ENDPOINTS)
     return app
+
+
+def runner_options(gateway: Gateway) -> dict[str, Any]:
+    """AppRunner settings: no access log, or one that never logs query strings."""
+    if gateway.config.http.access_log:
+        return {"access_log_class": PathOnlyAccessLogger}
+    return {"access_log": None}
