@@ -136,7 +136,9 @@ def test_redaction_processor_drops_phi_fields_and_number_shapes() -> None:
     }
     out = logs.redact_phi(None, "info", dict(event))
     _assert_clean(json.dumps(out))
-    assert out["at"] == event["at"] and out["host"] == event["host"] and out["count"] == 12
+    assert out["at"] == event["at"]
+    assert out["host"] == event["host"]
+    assert out["count"] == 12
 
 
 def test_exception_summary_keeps_type_and_place_not_message() -> None:
@@ -144,5 +146,6 @@ def test_exception_summary_keeps_type_and_place_not_message() -> None:
         raise ValueError(f"bad number {CANARY_NUMBER}")
     except ValueError as e:
         summary = logs.exception_summary(e)
-    assert summary.startswith("ValueError at ") and "test_logs.py" in summary
+    assert summary.startswith("ValueError at ")
+    assert "test_logs.py" in summary
     _assert_clean(summary)

@@ -23,7 +23,6 @@ from gateway.intake import (
     decode_send,
     normalise_number,
 )
-from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store.store import TokenRecord
 
