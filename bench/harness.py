@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -63,12 +64,6 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds so far per thread of a process ("main", or "thread TID")."""
     out: dict[str, float] = {}
@@ -82,13 +77,60 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
-def cpu0_busy_seconds() -> float:
-    """Non-idle time of CPU 0 so far; minus the pinned server's CPU it shows other load."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("cpu0 "):
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
-            return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
-    return 0.0
+def machine_busy_seconds() -> float:
+    """Process and stolen CPU time of the whole machine so far (interrupts left out)."""
+    line = Path("/proc/stat").read_text().splitlines()[0]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, line.split()[1:9])
+    return (user + nice + system + steal) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process plus its reaped children (wrk runs end inside an interval)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU over an interval: the server's event-loop thread, its other threads (SQLite
+    writer, aiosqlite reader), and foreign load (machine CPU that was neither the server,
+    this process nor the wrk it ran): runs with foreign load are suspect."""
+
+    seconds: float
+    main_s: float
+    threads_s: float
+    foreign_s: float
+
+    @property
+    def utilisation(self) -> float:
+        return (self.main_s + self.threads_s) / self.seconds
+
+    def per_item_us(self, items: int) -> tuple[float, float]:
+        """(event loop, other threads) CPU microseconds per item."""
+        if items <= 0:
+            return (0.0, 0.0)
+        return (1e6 * self.main_s / items, 1e6 * self.threads_s / items)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    at: float
+    threads: dict[str, float]
+    machine_busy: float
+    own: float
+
+    @classmethod
+    def take(cls, pid: int) -> CpuSnapshot:
+        threads = thread_cpu_seconds(pid)
+        return cls(time.monotonic(), threads, machine_busy_seconds(), own_cpu_seconds())
+
+    def until(self, later: CpuSnapshot) -> CpuUse:
+        used = {k: v - self.threads.get(k, 0.0) for k, v in later.threads.items()}
+        main = used.pop("main", 0.0)
+        threads = sum(used.values())
+        foreign = (later.machine_busy - self.machine_busy) - main - threads - (later.own - self.own)
+        return CpuUse(later.at - self.at, main, threads, max(0.0, foreign))
 
 
 @dataclass

@@ -90,7 +90,7 @@ def summarize(raw: str, top: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Profiled:
     run: loadgen.WrkResult
-    thread_cpu: dict[str, float]
+    cpu: harness.CpuUse
 
 
 async def profile(args: argparse.Namespace, work: Path, out: Path) -> Profiled:
@@ -123,16 +123,15 @@ async def profile(args: argparse.Namespace, work: Path, out: Path) -> Profiled:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        before = harness.thread_cpu_seconds(server.pid)
+        before = harness.CpuSnapshot.take(server.pid)
         run = await loadgen.run_wrk(
             pinning.client, server.url, script, args.concurrency, args.seconds
         )
-        after = harness.thread_cpu_seconds(server.pid)
+        cpu = before.until(harness.CpuSnapshot.take(server.pid))
         await asyncio.wait_for(spy.wait(), args.seconds + 30)
     finally:
         await server.stop()
-    used = {name: after[name] - before.get(name, 0.0) for name in after}
-    return Profiled(run, {k: v / run.duration_s for k, v in used.items() if v > 0})
+    return Profiled(run, cpu)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,10 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{kind} c={args.concurrency}: {run.messages_per_s:,.0f} msg/s,"
         f" p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms"
     )
-    threads = ", ".join(f"{name} {share:.0%}" for name, share in profiled.thread_cpu.items())
-    print(f"CPU per thread (share of one CPU): {threads}")
-    per_message = sum(profiled.thread_cpu.values()) / run.messages_per_s * 1e6
-    print(f"CPU per message: {per_message:.0f} us")
+    cpu = profiled.cpu
+    loop_us, threads_us = cpu.per_item_us(run.messages)
+    print(
+        f"server CPU {cpu.utilisation:.0%} of one core; per message: event loop {loop_us:.0f} us,"
+        f" other threads (SQLite writer) {threads_us:.0f} us"
+    )
     print(f"(under py-spy at {args.rate} Hz); stacks in {out.relative_to(harness.REPO)}\n")
     print(summarize(out.read_text(), args.top))
     return 0

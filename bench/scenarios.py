@@ -116,9 +116,17 @@ class Loaded:
 
     run: loadgen.WrkResult
     acknowledged: int
-    cpu_util: float
-    cpu0_other_s: float
+    cpu: harness.CpuUse
     exit_code: int | None
+
+    def cpu_fields(self, prefix: str = "") -> dict[str, float]:
+        main_us, threads_us = self.cpu.per_item_us(self.run.messages)
+        return {
+            f"{prefix}server_cpu": round(self.cpu.utilisation, 2),
+            f"{prefix}loop_us_per_msg": round(main_us, 1),
+            f"{prefix}threads_us_per_msg": round(threads_us, 1),
+            f"{prefix}foreign_cpu_s": round(self.cpu.foreign_s, 2),
+        }
 
 
 async def load_with_wrk(ctx: Context, server: Server, script: Path, connections: int) -> Loaded:
@@ -129,16 +137,14 @@ async def load_with_wrk(ctx: Context, server: Server, script: Path, connections:
         warm = await loadgen.run_wrk(
             ctx.pinning.client, server.url, script, connections, s.warmup_s
         )
-        cpu_before = harness.cpu_seconds(server.pid)
-        cpu0_before = harness.cpu0_busy_seconds()
+        before = harness.CpuSnapshot.take(server.pid)
         run = await loadgen.run_wrk(
             ctx.pinning.client, server.url, script, connections, s.measure_s
         )
-        cpu = harness.cpu_seconds(server.pid) - cpu_before
-        other = harness.cpu0_busy_seconds() - cpu0_before - cpu
+        cpu = before.until(harness.CpuSnapshot.take(server.pid))
     finally:
         code = await server.stop()
-    return Loaded(run, warm.messages + run.messages, cpu / run.duration_s, max(0.0, other), code)
+    return Loaded(run, warm.messages + run.messages, cpu, code)
 
 
 def durability(db_path: Path, loaded: Loaded) -> dict[str, Any]:
@@ -178,8 +184,8 @@ async def accept_at(ctx: Context, connections: int) -> tuple[dict[str, Any], loa
     gw = await load_with_wrk(ctx, server, script, connections)
     check = durability(home.db_path, gw)
     say(
-        f"gateway {gw.run.ok_per_s:,.0f}/s (server CPU {gw.cpu_util:.0%}),"
-        f" ceiling {raw.run.ok_per_s:,.0f}/s (server CPU {raw.cpu_util:.0%}),"
+        f"gateway {gw.run.ok_per_s:,.0f}/s (server CPU {gw.cpu.utilisation:.0%}),"
+        f" ceiling {raw.run.ok_per_s:,.0f}/s (server CPU {raw.cpu.utilisation:.0%}),"
         f" rows {check['rows']} >= 2xx {check['acknowledged']}: {check['durable']}"
     )
     result = {
@@ -192,10 +198,8 @@ async def accept_at(ctx: Context, connections: int) -> tuple[dict[str, Any], loa
         "gateway_p99_ms": gw.run.p99_ms,
         "ceiling_p50_ms": raw.run.p50_ms,
         "ceiling_p99_ms": raw.run.p99_ms,
-        "gateway_server_cpu": round(gw.cpu_util, 2),
-        "ceiling_server_cpu": round(raw.cpu_util, 2),
-        "gateway_cpu0_other_s": round(gw.cpu0_other_s, 2),
-        "ceiling_cpu0_other_s": round(raw.cpu0_other_s, 2),
+        **gw.cpu_fields("gateway_"),
+        **raw.cpu_fields("ceiling_"),
         "gateway_non_2xx": gw.run.bad,
         "socket_errors": gw.run.socket_errors + raw.run.socket_errors,
         **{f"gateway_{k}": v for k, v in check.items()},
@@ -241,8 +245,7 @@ async def batch(ctx: Context) -> None:
             "requests_per_s": round(loaded.run.ok_per_s, 2),
             "p50_ms": loaded.run.p50_ms,
             "p99_ms": loaded.run.p99_ms,
-            "server_cpu": round(loaded.cpu_util, 2),
-            "cpu0_other_s": round(loaded.cpu0_other_s, 2),
+            **loaded.cpu_fields(),
             "non_2xx": loaded.run.bad,
             **check,
             "log_problems": log_problems(server.log_path),

@@ -101,8 +101,9 @@ class LoopbackDriver:
             failed = self._hit(
                 sms.to, self._opts.undelivered_prefixes, self._opts.undelivered_fraction
             )
-            task = asyncio.create_task(self._send_receipts(ids, failed))
-            self._receipt_tasks[task] = self._clock.monotonic() + self._opts.receipt_delay
+            due = self._clock.monotonic() + self._opts.receipt_delay
+            task = asyncio.create_task(self._send_receipts(ids, failed, due))
+            self._receipt_tasks[task] = due
             task.add_done_callback(lambda t: self._receipt_tasks.pop(t, None))
         return SubmitResult(carrier_ids=ids)
 
@@ -118,8 +119,8 @@ class LoopbackDriver:
             return True
         return fraction > 0 and self._random.random() < fraction
 
-    async def _send_receipts(self, ids: tuple[str, ...], failed: bool) -> None:
-        await self._clock.sleep(self._opts.receipt_delay)
+    async def _send_receipts(self, ids: tuple[str, ...], failed: bool, due: float) -> None:
+        await self._clock.sleep(due - self._clock.monotonic())
         for i, carrier_id in enumerate(ids):
             # A failed message fails on its last part, as carriers report it.
             bad = failed and i == len(ids) - 1

@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # everything smsgw writes may hold PHI or keys: owner only
     try:
         code: int = args.func(args)
     except ConfigError as e:

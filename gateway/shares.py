@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 
 from gateway.models import Priority
 
+_WHOLE_TURN = 1.0 - 1e-9  # tolerate float sums like 10 × 0.1
+
 
 class ShareGuard:
     def __init__(self, min_share: Mapping[Priority, float]) -> None:
@@ -22,7 +24,7 @@ class ShareGuard:
     def order(self, waiting: Iterable[Priority]) -> list[Priority]:
         """The classes with work, in the order to try them now."""
         ready = sorted(waiting)
-        owed = [p for p in ready if self._credit[p] >= 1.0]
+        owed = [p for p in ready if self._credit[p] >= _WHOLE_TURN]
         owed.sort(key=lambda p: (-self._credit[p], p))
         return owed + [p for p in ready if p not in owed]
 

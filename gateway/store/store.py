@@ -116,6 +116,9 @@ class Store:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Owner-only from the first byte; SQLite gives -wal and -shm the same mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         await self.writer.open()
         await self.writer.call_outside_transaction(migrate)
         keys = await self.writer.run(self._load_or_create_keys)

@@ -1,0 +1,203 @@
+"""The `smsgw` command, in-process and as a real daemon on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.cli import main
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+
+SMSGW = [sys.executable, "-m", "gateway.cli"]
+TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    assert main(["init", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    tokens = TOKEN_RE.findall(out)
+    assert len(tokens) == 1
+    conf = tmp_path / "smsgw.toml"
+    text = conf.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}")
+    conf.write_text(text.replace("receipt_delay = 2.0", "receipt_delay = 0.2"))
+    return conf, tokens[0]
+
+
+def test_init_writes_config_private_key_store_and_one_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf, _ = _init(tmp_path, capsys)
+    assert conf.exists()
+    assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "smsgw.db").exists()
+    key_before = (tmp_path / "master.key").read_bytes()
+    assert main(["init", "--data-dir", str(tmp_path)]) == 0
+    again = capsys.readouterr().out
+    assert not TOKEN_RE.search(again), "a second init must not mint another token"
+    assert (tmp_path / "master.key").read_bytes() == key_before
+    # the token is stored only as a hash
+    assert _init_token_hash_only(tmp_path)
+
+
+def _init_token_hash_only(tmp_path: Path) -> bool:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "smsgw.db")
+    rows = conn.execute("SELECT id, secret_hash FROM api_tokens").fetchall()
+    conn.close()
+    return len(rows) == 1 and len(rows[0][1]) == 32
+
+
+def test_token_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf, _ = _init(tmp_path, capsys)
+    assert (
+        main(["token", "create", "--scope", "send,read", "--name", "lab", "--config", str(conf)])
+        == 0
+    )
+    created = capsys.readouterr().out.strip()
+    assert TOKEN_RE.fullmatch(created), "prints only the new token"
+    token_id = created.split("_")[1]
+    assert main(["token", "list", "--config", str(conf)]) == 0
+    listing = capsys.readouterr().out
+    assert token_id in listing and "lab" in listing and created not in listing
+    assert main(["token", "revoke", token_id, "--config", str(conf)]) == 0
+    capsys.readouterr()
+    assert main(["token", "list", "--config", str(conf)]) == 0
+    assert re.search(rf"{token_id}\s+revoked", capsys.readouterr().out)
+    assert main(["token", "revoke", token_id, "--config", str(conf)]) == 1
+    assert main(["token", "create", "--scope", "root", "--config", str(conf)]) == 2
+
+
+def test_bad_config_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text(
+        '[[routes]]\nname = "a"\ntype = "loopback"\n\n'
+        '[[routes]]\nname = "b"\ntype = "loopback"\nrate = "fast"\n'
+    )
+    assert main(["run", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        'smsgw: configuration error: routes[1].rate: expected a positive number, got "fast"'
+    )
+
+
+def test_doctor_reports_health_and_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf, _ = _init(tmp_path, capsys)
+    assert main(["doctor", "--config", str(conf)]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    (tmp_path / "master.key").chmod(0o644)
+    assert main(["doctor", "--config", str(conf)]) == 1
+    out = capsys.readouterr().out
+    assert "master key" in out and "chmod 600" in out
+
+
+class Daemon:
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.lines: list[str] = []
+
+    async def wait_log(self, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
+        """Read the daemon's JSON log until a line matches; the log is our event stream."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.proc.stderr.readline()
+                if not raw:
+                    raise AssertionError("daemon exited:\n" + "".join(self.lines))
+                line = raw.decode()
+                self.lines.append(line)
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if predicate(event):
+                    return dict(event)
+
+
+@pytest.fixture
+async def daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[tuple[Daemon, str]]:
+    conf, token = await asyncio.to_thread(_init, tmp_path, capsys)
+    listen = re.search(r'listen = "([^"]+)"', conf.read_text())
+    assert listen is not None
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "run",
+        "--config",
+        str(conf),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    d = Daemon(proc, f"http://{listen.group(1)}")
+    await d.wait_log(lambda e: e.get("event") == "listening")
+    try:
+        yield d, token
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_daemon_delivers_then_stops_cleanly_on_sigterm(daemon: tuple[Daemon, str]) -> None:
+    d, token = daemon
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        resp = await http.post(
+            f"{d.url}/api/v1/messages", json={"to": CANARY_NUMBER, "body": CANARY_BODY}
+        )
+        assert resp.status == 202
+        mid = (await resp.json())["id"]
+        await d.wait_log(lambda e: e.get("event") == "message_final" and e.get("message_id") == mid)
+        view = await (await http.get(f"{d.url}/api/v1/messages/{mid}")).json()
+        assert [e["state"] for e in view["events"]] == ["queued", "sending", "sent", "delivered"]
+    d.proc.send_signal(signal.SIGTERM)
+    await d.wait_log(lambda e: e.get("event") == "stopped")
+    assert await asyncio.wait_for(d.proc.wait(), 20) == 0
+    rest = await d.proc.stderr.read() if d.proc.stderr else b""
+    log_text = "".join(d.lines) + rest.decode()
+    assert CANARY_DIGITS not in log_text and "CANARY" not in log_text
+
+
+async def test_cli_send_posts_to_a_running_gateway(daemon: tuple[Daemon, str]) -> None:
+    d, token = daemon
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "send",
+        "--to",
+        CANARY_NUMBER,
+        "--body",
+        "from the console",
+        "--priority",
+        "critical",
+        "--url",
+        d.url,
+        "--token",
+        token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["priority"] == "critical"

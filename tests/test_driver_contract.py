@@ -1,0 +1,115 @@
+"""The driver contract: one suite that every route driver must pass.
+
+A new driver joins by adding a harness to `HARNESSES`: something that builds the
+driver against a recording sink and can make its receipts come due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from drivers.base import (
+    Driver,
+    DriverError,
+    DriverNotReady,
+    InboundSms,
+    OutboundSms,
+    Receipt,
+    ReceiptState,
+    RouteHealth,
+    RouteState,
+)
+from drivers.clock import FakeClock
+from drivers.loopback import LoopbackDriver, LoopbackOptions
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+
+
+@dataclass
+class RecordingSink:
+    receipts: list[Receipt] = field(default_factory=list)
+    inbounds: list[InboundSms] = field(default_factory=list)
+    healths: list[RouteHealth] = field(default_factory=list)
+
+    async def receipt(self, route: str, receipt: Receipt) -> None:
+        self.receipts.append(receipt)
+
+    async def inbound(self, route: str, sms: InboundSms) -> None:
+        self.inbounds.append(sms)
+
+    def health_changed(self, route: str, health: RouteHealth) -> None:
+        self.healths.append(health)
+
+
+@dataclass
+class Harness:
+    driver: Driver
+    sink: RecordingSink
+    receipts_due: Callable[[], Awaitable[None]]
+    failing_number: str
+
+
+async def loopback_harness() -> Harness:
+    clock = FakeClock()
+    sink = RecordingSink()
+    opts = LoopbackOptions(latency=0, receipt_delay=3, reject_prefixes=("+1202555019",))
+    driver = LoopbackDriver("lb", opts, sink, clock)
+
+    async def receipts_due() -> None:
+        clock.advance(3)
+        await driver.settle()
+
+    return Harness(driver, sink, receipts_due, "+12025550199")
+
+
+HARNESSES: dict[str, Callable[[], Awaitable[Harness]]] = {"loopback": loopback_harness}
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    h = await HARNESSES[request.param]()
+    await h.driver.start()
+    yield h
+    await h.driver.aclose()
+
+
+def _sms(parts: tuple[str, ...] = ("hello",), to: str = CANARY_NUMBER) -> OutboundSms:
+    return OutboundSms(message_id="m1", to=to, parts=parts, encoding="gsm7", reference=7)
+
+
+async def test_is_a_driver_and_reports_up(harness: Harness) -> None:
+    assert isinstance(harness.driver, Driver)
+    assert harness.driver.health().state is RouteState.UP
+    assert harness.sink.healths and harness.sink.healths[-1].state is RouteState.UP
+
+
+async def test_one_carrier_id_per_part_all_distinct(harness: Harness) -> None:
+    one = await harness.driver.submit(_sms())
+    three = await harness.driver.submit(_sms(("a" * 153, "b" * 153, "c")))
+    assert len(one.carrier_ids) == 1 and len(three.carrier_ids) == 3
+    assert len({*one.carrier_ids, *three.carrier_ids}) == 4
+
+
+async def test_receipts_name_the_carrier_ids(harness: Harness) -> None:
+    result = await harness.driver.submit(_sms(("x", "y")))
+    await harness.receipts_due()
+    got = {r.carrier_id: r.state for r in harness.sink.receipts}
+    assert got == dict.fromkeys(result.carrier_ids, ReceiptState.DELIVERED)
+
+
+async def test_errors_are_typed_with_codes_free_of_phi(harness: Harness) -> None:
+    with pytest.raises(DriverError) as e:
+        await harness.driver.submit(_sms((CANARY_BODY,), to=harness.failing_number))
+    assert e.value.code and ":" in e.value.code
+    for text in (e.value.code, str(e.value)):
+        assert CANARY_DIGITS not in text and "CANARY" not in text
+        assert harness.failing_number[2:] not in text
+
+
+async def test_not_ready_after_close(harness: Harness) -> None:
+    await harness.driver.aclose()
+    assert not harness.driver.health().can_send
+    with pytest.raises(DriverNotReady):
+        await harness.driver.submit(_sms())
