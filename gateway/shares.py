@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from gateway.models import Priority
 
-_WHOLE_TURN = 1.0 - 1e-9  # tolerate float sums like 10 × 0.1
+_WHOLE_TURN = 1.0 - 1e-9  # tolerate float sums like 10 x 0.1
 
 
 class ShareGuard:

@@ -116,10 +116,10 @@ class Daemon:
         self.url = url
         self.lines: list[str] = []
 
-    async def wait_log(self, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_log(self, predicate: Any, limit: float = 20.0) -> dict[str, Any]:
         """Read the daemon's JSON log until a line matches; the log is our event stream."""
         assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while True:
                 raw = await self.proc.stderr.readline()
                 if not raw:
