@@ -19,7 +19,7 @@ import structlog
 
 from drivers.clock import SystemClock
 from gateway import config as config_mod
-from gateway import logs
+from gateway import logs, systemd
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.store import crypto
@@ -151,9 +151,13 @@ async def _serve(config: Config, first_token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _sd_notify("READY=1")
+    systemd.notify("READY=1")
+    interval = systemd.watchdog_interval()
+    beat = asyncio.create_task(systemd.heartbeat(gateway.clock, interval)) if interval else None
     await stop.wait()
-    _sd_notify("STOPPING=1")
+    systemd.notify("STOPPING=1")
+    if beat is not None:
+        beat.cancel()
     log.info("shutting_down")
     await gateway.stop()
     await runner.cleanup()
@@ -172,20 +176,6 @@ def _print_welcome(listen: str, token: str) -> None:
         f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n",
         flush=True,
     )
-
-
-def _sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) where we are; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    import socket
-
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(address)
-        s.sendall(state.encode())
 
 
 def cmd_send(args: argparse.Namespace) -> int:
