@@ -13,7 +13,7 @@ Shutdown order (each step waits for the one before):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +119,10 @@ class Gateway:
         removed = await self.store.prune_idempotency(cutoff)
         log.info("housekeeping", idempotency_keys_removed=removed)
 
-    async def stop(self) -> None:
+    async def stop(
+        self, *, before_store_close: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Stop in the documented order; `before_store_close` stops the HTTP server."""
         if self.stopped:
             return
         self.stopped = True
@@ -136,5 +139,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if before_store_close is not None:
+            await before_store_close()
         await self.store.close()
         log.info("stopped")

@@ -159,8 +159,7 @@ async def _serve(config: Config, first_token: str | None) -> int:
     if beat is not None:
         beat.cancel()
     log.info("shutting_down")
-    await gateway.stop()
-    await runner.cleanup()
+    await gateway.stop(before_store_close=runner.cleanup)
     return 0
 
 

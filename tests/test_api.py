@@ -383,3 +383,22 @@ def test_every_endpoint_declares_a_scope_or_is_public_on_purpose() -> None:
     public = {e.path for e in ENDPOINTS if e.scope is None}
     assert public == {"/api/v1/healthz", "/api/v1/openapi.json"}
     assert all(e.scope in ("send", "read", "admin") for e in ENDPOINTS if e.scope)
+
+
+async def test_admin_can_pause_and_resume_a_route(api: Api) -> None:
+    admin = await create_token(api.gw.store, "a", frozenset({"admin"}), api.gw.clock)
+    resp = await api.post("/api/v1/routes/main/pause", {})
+    await _error(resp, 403, "forbidden")
+    resp = await api.post("/api/v1/routes/main/pause", {}, token=admin.text)
+    assert (await resp.json())["state"] == "parked"
+    mid = (await (await api.post("/api/v1/messages", {"to": CANARY_NUMBER, "body": "x"})).json())[
+        "id"
+    ]
+    await api.gw.scheduler.run_until_idle()
+    assert await state_of(api.gw, mid) == "queued"
+    await api.post("/api/v1/routes/main/resume", {}, token=admin.text)
+    await api.gw.scheduler.run_until_idle()
+    assert await state_of(api.gw, mid) == "sent"
+    await _error(
+        await api.post("/api/v1/routes/nope/pause", {}, token=admin.text), 404, "not_found"
+    )

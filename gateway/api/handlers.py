@@ -341,6 +341,27 @@ async def get_routes(request: web.Request) -> web.Response:
     return json_response({"routes": [r.describe() for r in gw.routes.values()]})
 
 
+async def pause_route(request: web.Request) -> web.Response:
+    return _set_paused(request, paused=True)
+
+
+async def resume_route(request: web.Request) -> web.Response:
+    return _set_paused(request, paused=False)
+
+
+def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
+    gw = _gateway(request)
+    route = gw.routes.get(request.match_info["name"])
+    if route is None:
+        raise ApiError(404, "not_found", "no route with this name")
+    route.paused = paused
+    gw.scheduler.wake()
+    log.info(
+        "route_paused" if paused else "route_resumed", route=route.name, token_id=_token(request).id
+    )
+    return json_response(route.describe())
+
+
 async def healthz(request: web.Request) -> web.Response:
     gw = _gateway(request)
     up = [r.name for r in gw.routes.values() if r.health().can_send]

@@ -112,6 +112,8 @@ def build_openapi(endpoints: Iterable[_Endpoint]) -> dict[str, Any]:
             op["responses"]["503"] = _error("shutting down or store unavailable")
         if "{id}" in e.path:
             op["responses"]["404"] = _error("no such message")
+        if "{name}" in e.path:
+            op["responses"]["404"] = _error("no such route")
         paths.setdefault(e.path, {})[e.method.lower()] = op
     return {
         "openapi": "3.1.0",

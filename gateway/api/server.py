@@ -126,6 +126,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Routes with health, rate, window and counters",
     ),
     Endpoint(
+        "POST",
+        "/api/v1/routes/{name}/pause",
+        h.pause_route,
+        "admin",
+        "Stop dispatching to a route; its messages fail over or wait",
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/routes/{name}/resume",
+        h.resume_route,
+        "admin",
+        "Dispatch to a paused (or auth-parked) route again",
+    ),
+    Endpoint(
         "GET",
         "/api/v1/healthz",
         h.healthz,
