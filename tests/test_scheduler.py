@@ -355,3 +355,34 @@ def test_backoff_grows_and_stays_under_the_cap(attempts: int) -> None:
     ceiling = min(60, 2 * 2 ** (attempts - 1))
     for _ in range(50):
         assert ceiling / 2 <= s.backoff(attempts) <= ceiling
+
+
+async def test_retry_after_from_the_carrier_is_honoured(open_gateway: GatewayFactory,
+                                                        clock) -> None:
+    from drivers.base import TransientSendError
+
+    gw = await open_gateway()
+    driver = loopback(gw)
+    original = driver.submit
+    calls = 0
+
+    async def throttled_once(sms: OutboundSms) -> SubmitResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TransientSendError("throttled", code="test:throttled", retry_after=120,
+                                     maybe_sent=True)
+        return await original(sms)
+
+    driver.submit = throttled_once  # type: ignore[method-assign]
+    mid = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert row["due_at"] - clock.time() == pytest.approx(120)
+    assert row["possible_duplicate"] == 1  # the carrier may have taken it before failing
+    clock.advance(119)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "queued"
+    clock.advance(1)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "sent"
