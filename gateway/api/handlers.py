@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -158,7 +159,11 @@ def _check_accepting(gw: Gateway) -> None:
         )
 
 
-async def send_message(request: web.Request) -> web.Response:
+SendHandler = Callable[[Gateway, TokenRecord, bytes, "Idempotency"], Awaitable[web.Response]]
+
+
+async def _send(request: web.Request, handle: SendHandler) -> web.Response:
+    """The shared path of every send: accepting?, idempotent replay, then `handle`."""
     gw = _gateway(request)
     _check_accepting(gw)
     token = _token(request)
@@ -167,21 +172,20 @@ async def send_message(request: web.Request) -> web.Response:
         replayed = await idem.replay(gw)
         if replayed is not None:
             return replayed
-        req = decode_send(raw)
-        prepared = gw.intake.prepare(req, token.id, gw.clock.time())
-        return await _commit(gw, token.id, [prepared], idem, 202, lambda a: a[0])
+        return await handle(gw, token, raw, idem)
+
+
+async def send_message(request: web.Request) -> web.Response:
+    return await _send(request, _send_one)
 
 
 async def send_batch(request: web.Request) -> web.Response:
-    gw = _gateway(request)
-    _check_accepting(gw)
-    token = _token(request)
-    raw = await request.read()
-    async with Idempotency(request, raw, token.id) as idem:
-        replayed = await idem.replay(gw)
-        if replayed is not None:
-            return replayed
-        return await _send_batch(gw, token, raw, idem)
+    return await _send(request, _send_batch)
+
+
+async def _send_one(gw: Gateway, token: TokenRecord, raw: bytes, idem: Idempotency) -> web.Response:
+    prepared = gw.intake.prepare(decode_send(raw), token.id, gw.clock.time())
+    return await _commit(gw, token.id, [prepared], idem, 202, lambda a: a[0])
 
 
 async def _send_batch(
