@@ -65,11 +65,23 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+FOREIGN_LIMIT_S = 1.0
+
+
 def summary_rows(results: list[dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     for r in results:
         rows.extend(_rows_for(r))
-    return rows
+    return rows + _foreign_load_row(results)
+
+
+def _foreign_load_row(results: list[dict[str, Any]]) -> list[Row]:
+    """Flag the run when other processes used the CPU during a measurement."""
+    foreign = [v for r in results for k, v in r.items() if k.endswith("foreign_cpu_s")]
+    worst = max(foreign, default=0.0)
+    ok = worst < FOREIGN_LIMIT_S
+    value = f"max {worst:.2f} CPU-s in one measurement"
+    return [("foreign load", value, f"< {FOREIGN_LIMIT_S:g} s", "ok" if ok else "SUSPECT")]
 
 
 def _rows_for(r: dict[str, Any]) -> list[Row]:

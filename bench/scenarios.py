@@ -99,12 +99,17 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-def log_problems(log_path: Path) -> int:
-    """Lines at warning level or above in a server's log."""
-    if not log_path.exists():
-        return 0
-    markers = ('"level": "warning"', '"level": "error"', "Traceback", " ERROR ", " WARNING ")
-    return sum(any(m in line for m in markers) for line in log_path.read_text().splitlines())
+LOG_MARKERS = ('"level": "warning"', '"level": "error"', "Traceback", " ERROR ", " WARNING ")
+
+
+def log_check(log_path: Path, prefix: str = "") -> dict[str, Any]:
+    """How many lines of a server's log are warnings or worse, and the first of them."""
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    problems = [line for line in lines if any(m in line for m in LOG_MARKERS)]
+    found: dict[str, Any] = {f"{prefix}log_problems": len(problems)}
+    if problems:
+        found[f"{prefix}log_first_problem"] = problems[0][:300]
+    return found
 
 
 # -- loading one server with wrk -----------------------------------------------------------
@@ -204,7 +209,7 @@ async def accept_at(ctx: Context, connections: int) -> tuple[dict[str, Any], loa
         "socket_errors": gw.run.socket_errors + raw.run.socket_errors,
         **{f"gateway_{k}": v for k, v in check.items()},
         "ceiling_durable": ceiling_check["durable"],
-        "gateway_log_problems": log_problems(server.log_path),
+        **log_check(server.log_path, "gateway_"),
         "route": NO_DISPATCH.describe(),
         "seconds": round(gw.run.duration_s, 2),
     }
@@ -248,7 +253,7 @@ async def batch(ctx: Context) -> None:
             **loaded.cpu_fields(),
             "non_2xx": loaded.run.bad,
             **check,
-            "log_problems": log_problems(server.log_path),
+            **log_check(server.log_path),
             "route": NO_DISPATCH.describe(),
         }
     )
@@ -286,7 +291,7 @@ async def drain(ctx: Context) -> None:
             "per_s": round(int(sent) / span, 1),
             "span_s": round(span, 3),
             "wall_s_incl_start": round(wall, 2),
-            "log_problems": log_problems(server.log_path),
+            **log_check(server.log_path),
             "route": DRAIN_ROUTE.describe(),
             "timing": "first 'sending' to last 'sent' event after the restart",
         }
@@ -340,11 +345,11 @@ async def rate(ctx: Context) -> None:
             "bench": "rate",
             "configured": configured,
             "measured_per_s": round(measured, 2),
-            "error_pct": round(100 * (measured - configured) / configured, 2),
+            "error_pct": round(100 * (measured - configured) / configured, 2) or 0.0,
             "window_s": round(samples[-1][0] - samples[0][0], 2),
             "worst_10s_error_pct": round(100 * worst / configured, 2),
             "backlog_left": backlog,
-            "log_problems": log_problems(server.log_path),
+            **log_check(server.log_path),
             "route": RATE_ROUTE.describe(),
         }
     )
@@ -402,7 +407,7 @@ async def priority(ctx: Context) -> None:
             "max_ms": round(max(delays), 1),
             "mean_ms": round(sum(delays) / len(delays), 1),
             "bulk_left": bulk_left,
-            "log_problems": log_problems(server.log_path),
+            **log_check(server.log_path),
             "route": PRIORITY_ROUTE.describe(),
             "timing": "events: 'sending' at minus 'queued' at (ms resolution)",
         }

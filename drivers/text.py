@@ -93,8 +93,16 @@ class SegmentPlan:
         return len(self.parts)
 
 
+_GSM7_ONLY = re.compile(
+    "[" + re.escape("".join(_BASIC_SEPTETS) + "".join(GSM7_EXTENSION)) + "]*", re.DOTALL
+)
+_EXTENSION_CHAR_RE = re.compile("[" + re.escape("".join(GSM7_EXTENSION)) + "]")
+_SURROGATE_CODE_POINT = re.compile("[\ud800-\udfff]")
+_ASTRAL_CHARS = re.compile("[\U00010000-\U0010ffff]")
+
+
 def is_gsm7(text: str) -> bool:
-    return all(char in _BASIC_SEPTETS or char in GSM7_EXTENSION for char in text)
+    return _GSM7_ONLY.fullmatch(text) is not None
 
 
 def choose_encoding(text: str) -> Encoding:
@@ -111,12 +119,14 @@ def _septet_cost(char: str) -> int:
 
 def septet_length(text: str) -> int:
     """Septets `text` takes in GSM 7-bit; ValueError if it is not representable."""
-    return sum(_septet_cost(char) for char in text)
+    if not is_gsm7(text):
+        raise ValueError("text has a character outside the GSM 7-bit alphabet")
+    return len(text) + len(_EXTENSION_CHAR_RE.findall(text))
 
 
 def ucs2_units(text: str) -> int:
     """UTF-16 code units `text` takes; a character outside the BMP takes two."""
-    return sum(2 if ord(char) > 0xFFFF else 1 for char in text)
+    return len(text) + len(_ASTRAL_CHARS.findall(text))
 
 
 def _fill_greedily(atoms: list[str], cost: Callable[[str], int], capacity: int) -> Iterator[str]:
@@ -144,22 +154,26 @@ def split(
     limit = MAX_CONCAT_SEGMENTS if max_segments is None else max_segments
     if limit > MAX_CONCAT_SEGMENTS:
         raise ValueError(f"max_segments cannot exceed {MAX_CONCAT_SEGMENTS}")
-    chosen = choose_encoding(text) if encoding is None else Encoding(encoding)
-    atoms: list[str]
-    cost: Callable[[str], int]
+    gsm7 = is_gsm7(text)
+    chosen = (Encoding.GSM7 if gsm7 else Encoding.UCS2) if encoding is None else Encoding(encoding)
     if chosen is Encoding.GSM7:
-        if not is_gsm7(text):
+        if not gsm7:
             raise ValueError("text has a character outside the GSM 7-bit alphabet")
-        atoms, cost = list(text), _septet_cost
+        units = len(text) + len(_EXTENSION_CHAR_RE.findall(text))
         single_capacity, part_capacity = GSM7_SINGLE_SEPTETS, GSM7_PART_SEPTETS
     else:
-        atoms, cost = _UCS2_ATOM.findall(text), ucs2_units
+        units = ucs2_units(text)
         single_capacity, part_capacity = UCS2_SINGLE_UNITS, UCS2_PART_UNITS
-    units = sum(cost(atom) for atom in atoms)
+    # Counting is done in C (regexes); only bodies that need splitting walk characters.
     if units <= single_capacity:
         parts: tuple[str, ...] = (text,)
+    elif units == len(text) and not _SURROGATE_CODE_POINT.search(text):
+        # One unit per character and no pair to keep together: plain slices.
+        parts = tuple(text[i : i + part_capacity] for i in range(0, len(text), part_capacity))
+    elif chosen is Encoding.GSM7:
+        parts = tuple(_fill_greedily(list(text), _septet_cost, part_capacity))
     else:
-        parts = tuple(_fill_greedily(atoms, cost, part_capacity))
+        parts = tuple(_fill_greedily(_UCS2_ATOM.findall(text), ucs2_units, part_capacity))
     if len(parts) > limit:
         raise BodyTooLong(len(parts), limit)
     return SegmentPlan(chosen, parts, units)

@@ -117,6 +117,12 @@ def normalise_number(raw: str, region: str) -> str | None:
 class Prepared:
     message: NewMessage
     entry: Entry
+    scheduled: bool
+
+    def answer(self) -> Accepted:
+        m = self.message
+        state = State.SCHEDULED if self.scheduled else State.QUEUED
+        return Accepted(m.id, state.value, m.priority.label, m.segments, m.encoding)
 
 
 class Intake:
@@ -199,8 +205,11 @@ class Intake:
             route_hint=req.route,
             category=req.category,
         )
-        due = send_at if message.state is State.SCHEDULED and send_at is not None else now
-        return Prepared(message, Entry(message.id, priority, due, expires_at, candidates))
+        scheduled = message.state is State.SCHEDULED
+        due = send_at if scheduled and send_at is not None else now
+        return Prepared(
+            message, Entry(message.id, priority, due, expires_at, candidates), scheduled
+        )
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []
@@ -208,12 +217,8 @@ class Intake:
             rows.extend(self._store.insert_statements(p.message))
         return rows
 
-    def accepted(self, prepared: Sequence[Prepared]) -> list[Accepted]:
-        """Hand committed messages to the scheduler; the answers for the client."""
-        out = []
+    def accepted(self, prepared: Sequence[Prepared]) -> None:
+        """Hand committed messages to the scheduler."""
         for p in prepared:
-            m = p.message
-            self._scheduler.add(p.entry, scheduled=m.state is State.SCHEDULED)
-            self._metrics.accepted.labels(m.priority.label).inc()
-            out.append(Accepted(m.id, m.state.value, m.priority.label, m.segments, m.encoding))
-        return out
+            self._scheduler.add(p.entry, scheduled=p.scheduled)
+            self._metrics.accepted_by_class[p.message.priority].inc()

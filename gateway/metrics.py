@@ -11,6 +11,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from gateway.models import Priority
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -22,6 +24,7 @@ class Metrics:
         self.accepted = Counter(
             "smsgw_messages_accepted", "Messages accepted by the API", ["priority"], registry=r
         )
+        self.accepted_by_class = {p: self.accepted.labels(p.label) for p in Priority}
         self.rejected = Counter(
             "smsgw_api_rejections", "API requests refused, by error code", ["code"], registry=r
         )

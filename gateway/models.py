@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
+import random
 import threading
 import time
 
@@ -37,17 +39,22 @@ class State(enum.StrEnum):
     BLOCKED = "blocked"
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 
 
 class IdGenerator:
     """ULID-style ids: 48-bit milliseconds + 80 random bits, monotonic within a process.
 
-    Sorting ids sorts messages by arrival, which the list API's cursor relies on.
+    Sorting ids sorts messages by arrival, which the list API's cursor relies on. Ids
+    are not secrets (every read is authorised), so the random part comes from a PRNG
+    seeded by the OS, not a syscall per id.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._random = random.Random(os.urandom(16))  # noqa: S311 - uniqueness, not secrecy
         self._last_ms = 0
         self._last_rand = 0
 
@@ -58,14 +65,12 @@ class IdGenerator:
                 ms = self._last_ms
                 rand = self._last_rand + 1
             else:
-                rand = int.from_bytes(os.urandom(10), "big") >> 1
+                rand = self._random.getrandbits(79)
             self._last_ms, self._last_rand = ms, rand
-        value = (ms << 80) | (rand & ((1 << 80) - 1))
-        chars = []
-        for _ in range(26):
-            chars.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(chars))
+        value = (ms << 80) | rand
+        # 128 bits in base32 are 26 characters; the translation keeps the sort order.
+        encoded = base64.b32encode(value.to_bytes(16, "big"))[:26]
+        return encoded.translate(_TO_CROCKFORD).decode()
 
 
 new_message_id = IdGenerator().new

@@ -39,11 +39,16 @@ IDEMPOTENCY_KEY_MAX = 255
 _encode = msgspec.json.encode
 
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=_encode(data), status=status, content_type="application/json", headers=headers
+        body=_encode(data),
+        status=status,
+        headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS,
     )
 
 
@@ -110,8 +115,7 @@ class Idempotency:
         return web.Response(
             body=row["response"],
             status=row["status"],
-            content_type="application/json",
-            headers={"Idempotent-Replayed": "true"},
+            headers={**JSON_HEADERS, "Idempotent-Replayed": "true"},
         )
 
 
@@ -121,17 +125,7 @@ async def _commit(
     """Commit the messages (and the idempotency record) in one transaction, then answer."""
     started = time.perf_counter()
     statements = gw.intake.statements(prepared)
-    accepted = [
-        Accepted(
-            p.message.id,
-            p.message.state.value,
-            p.message.priority.label,
-            p.message.segments,
-            p.message.encoding,
-        )
-        for p in prepared
-    ]
-    body = _encode(build(accepted))
+    body = _encode(build([p.answer() for p in prepared]))
     if idem.key_hash is not None:
         statements.append(
             gw.store.idempotency_statement(
@@ -146,7 +140,7 @@ async def _commit(
         ) from e
     gw.intake.accepted(prepared)
     gw.metrics.accept_latency.observe(time.perf_counter() - started)
-    return web.Response(body=body, status=status, content_type="application/json")
+    return web.Response(body=body, status=status, headers=JSON_HEADERS)
 
 
 def _check_accepting(gw: Gateway) -> None:

@@ -183,13 +183,17 @@ def _guard(endpoint: Endpoint) -> Handler:
     return guarded
 
 
+_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into the JSON error shape; add the headers every answer carries."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except ApiError as e:
         _count_rejection(request, e.code)
-        return h.json_response(e.body(), status=e.status, headers=e.headers)
+        response = h.json_response(e.body(), status=e.status, headers=e.headers)
     except web.HTTPException as e:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             e.status, "http_error"
@@ -199,9 +203,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             e.status, e.reason
         )
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
-        return h.json_response(
+        response = h.json_response(
             {"error": {"code": code, "message": message}}, status=e.status, headers=headers
         )
+    except ConnectionResetError:
+        raise  # the client went away mid-request: nothing to answer, nothing lost
     except Exception as e:
         log.error(
             "unhandled_error",
@@ -209,24 +215,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             path=request.rel_url.path,
             error=exception_summary(e),
         )
-        return h.json_response(
+        response = h.json_response(
             {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
             status=500,
         )
+    response.headers.update(_SECURITY_HEADERS)
+    return response
 
 
 def _count_rejection(request: web.Request, code: str) -> None:
     gw = request.app.get(h.GATEWAY)
     if gw is not None:
         gw.metrics.rejected.labels(code).inc()
-
-
-@web.middleware
-async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return response
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
@@ -244,7 +244,7 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 
 def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[headers_middleware, error_middleware],
+        middlewares=[api_middleware],
         client_max_size=gateway.config.http.max_body_bytes,
     )
     app[h.GATEWAY] = gateway

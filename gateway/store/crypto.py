@@ -94,7 +94,7 @@ class FieldCipher:
         self._aeads = {gen: AESGCM(k) for gen, k in field_keys.items()}
         self.generation = max(field_keys)
         self._current = self._aeads[self.generation]
-        self._blind_key = blind_key
+        self._blind = hmac.new(blind_key, digestmod=hashlib.sha256)
 
     def encrypt(self, value: str, row_id: str, column: str) -> bytes:
         header = _HEADER.pack(_FORMAT, self.generation)
@@ -119,4 +119,6 @@ class FieldCipher:
             raise DecryptError(f"{column} of {row_id}: authentication failed") from None
 
     def blind_index(self, e164: str) -> bytes:
-        return hmac.new(self._blind_key, e164.encode(), hashlib.sha256).digest()[:BLIND_BYTES]
+        mac = self._blind.copy()
+        mac.update(e164.encode())
+        return mac.digest()[:BLIND_BYTES]

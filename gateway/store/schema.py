@@ -45,10 +45,10 @@ MIGRATIONS: tuple[str, ...] = (
         possible_duplicate INTEGER NOT NULL DEFAULT 0,
         error_code         TEXT
     ) WITHOUT ROWID;
-    CREATE INDEX messages_live ON messages (priority, due_at)
-        WHERE state IN ('queued', 'scheduled', 'sending');
     CREATE INDEX messages_to ON messages (to_index);
     CREATE INDEX messages_state ON messages (state, id);
+    -- One row per transition: the creation (queued or scheduled at created_at) is
+    -- implied by the message row itself, which keeps an accept to three index writes.
     CREATE TABLE message_events (
         seq         INTEGER PRIMARY KEY,
         message_id  TEXT NOT NULL,

@@ -163,7 +163,7 @@ class Store:
     # -- intake ------------------------------------------------------------------------
 
     def insert_statements(self, m: NewMessage) -> list[Statement]:
-        """The rows one accepted message adds: the message and its first event."""
+        """The row one accepted message adds (its creation is its first event)."""
         c = self._crypto
         due = m.send_at if m.state is State.SCHEDULED and m.send_at is not None else m.created_at
         return [
@@ -192,10 +192,6 @@ class Store:
                     m.expires_at,
                     due,
                 ),
-            ),
-            (
-                "INSERT INTO message_events (message_id, at, state) VALUES (?,?,?)",
-                (m.id, m.created_at, m.state.value),
             ),
         ]
 
@@ -436,10 +432,15 @@ class Store:
         return row
 
     async def events(self, message_id: str) -> list[sqlite3.Row]:
+        """Every state of a message in order, its creation first."""
         cur = await self.reader.execute(
-            "SELECT at, state, route, carrier_id, error_code, attempt FROM message_events"
-            " WHERE message_id = ? ORDER BY seq",
-            (message_id,),
+            "SELECT created_at AS at,"
+            " CASE WHEN send_at > created_at THEN 'scheduled' ELSE 'queued' END AS state,"
+            " NULL AS route, NULL AS carrier_id, NULL AS error_code, NULL AS attempt, 0 AS seq"
+            " FROM messages WHERE id = ?"
+            " UNION ALL SELECT at, state, route, carrier_id, error_code, attempt, seq"
+            " FROM message_events WHERE message_id = ? ORDER BY seq",
+            (message_id, message_id),
         )
         return list(await cur.fetchall())
 
