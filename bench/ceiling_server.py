@@ -1,8 +1,8 @@
 """The raw ceiling: a bare aiohttp handler doing only the durable, group-committed insert.
 
 It answers `POST /api/v1/messages` the way the gateway does at its core: read the
-body, insert the two rows a message insert adds (the message and its first event,
-the SQL taken from `Store.insert_statements`) through the same `GroupCommitWriter`
+body, insert the rows a message insert adds (the SQL taken from
+`Store.insert_statements`) through the same `GroupCommitWriter`
 with `synchronous=FULL`, and reply 202 only after the commit returned. The
 ciphertexts and the blind indexes are prepared once at start-up; there is no
 authentication, no JSON validation, no number parsing, no scheduler. The gateway's
@@ -40,7 +40,7 @@ EXPIRES_AFTER = 24 * 3600.0
 
 @dataclass(frozen=True, slots=True)
 class RowTemplate:
-    """The gateway's two insert statements for one message, encrypted once.
+    """The gateway's insert statements for one message, encrypted once.
 
     The blind index differs per recipient and is indexed, so it is precomputed for
     every number the load generator uses and picked at random per request, giving the
@@ -52,13 +52,14 @@ class RowTemplate:
 
     def rows(self, message_id: str, now: float) -> list[Statement]:
         """The template with a fresh id, recipient index and timestamps."""
-        (message_sql, message_params), (event_sql, event_params) = self.statements
+        (message_sql, message_params), *others = self.statements
         params = list(message_params)
         params[0] = message_id
         params[5] = random.choice(self.blind_indexes)  # to_index
         params[13] = params[14] = params[17] = now  # created_at, updated_at, due_at
         params[16] = now + EXPIRES_AFTER  # expires_at
-        return [(message_sql, params), (event_sql, (message_id, now, *event_params[2:]))]
+        # Any further rows (none today) are keyed by the message id first.
+        return [(message_sql, params), *((sql, (message_id, *p[1:])) for sql, p in others)]
 
 
 def row_template(db_path: Path) -> RowTemplate:
