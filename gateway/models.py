@@ -20,11 +20,14 @@ class Priority(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _LABELS[self]
 
     @classmethod
     def parse(cls, label: str) -> Priority:
         return cls[label.upper()]
+
+
+_LABELS = {p: p.name.lower() for p in Priority}
 
 
 class State(enum.StrEnum):

@@ -357,8 +357,9 @@ def test_backoff_grows_and_stays_under_the_cap(attempts: int) -> None:
         assert ceiling / 2 <= s.backoff(attempts) <= ceiling
 
 
-async def test_retry_after_from_the_carrier_is_honoured(open_gateway: GatewayFactory,
-                                                        clock) -> None:
+async def test_retry_after_from_the_carrier_is_honoured(
+    open_gateway: GatewayFactory, clock
+) -> None:
     from drivers.base import TransientSendError
 
     gw = await open_gateway()
@@ -370,8 +371,9 @@ async def test_retry_after_from_the_carrier_is_honoured(open_gateway: GatewayFac
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise TransientSendError("throttled", code="test:throttled", retry_after=120,
-                                     maybe_sent=True)
+            raise TransientSendError(
+                "throttled", code="test:throttled", retry_after=120, maybe_sent=True
+            )
         return await original(sms)
 
     driver.submit = throttled_once  # type: ignore[method-assign]

@@ -194,3 +194,10 @@ async def test_migrations_set_user_version_and_refuse_newer(tmp_path: Path) -> N
     with pytest.raises(RuntimeError, match="newer than this smsgw"):
         await newer.open()
     await newer.close()
+
+
+def test_nonces_never_repeat_across_refills() -> None:
+    pool = crypto.NoncePool(batch=4)
+    nonces = [pool.take() for _ in range(1000)]
+    assert all(len(n) == crypto.NONCE_BYTES for n in nonces)
+    assert len(set(nonces)) == 1000
