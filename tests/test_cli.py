@@ -111,27 +111,46 @@ def test_doctor_reports_health_and_problems(
 
 
 class Daemon:
+    """A running `smsgw run`; its JSON log on stderr is read all the time (so the pipe
+    never fills) and serves as the event stream tests wait on."""
+
     def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
         self.proc = proc
         self.url = url
         self.lines: list[str] = []
+        self._seen = 0
+        self._grew = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            async with self._grew:
+                self.lines.append(raw.decode())
+                self._grew.notify_all()
+        async with self._grew:
+            self._grew.notify_all()
 
     async def wait_log(self, predicate: Any, limit: float = 20.0) -> dict[str, Any]:
-        """Read the daemon's JSON log until a line matches; the log is our event stream."""
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(limit):
+        """The next log event (after those already matched) for which `predicate` holds."""
+        async with asyncio.timeout(limit), self._grew:
             while True:
-                raw = await self.proc.stderr.readline()
-                if not raw:
+                while self._seen < len(self.lines):
+                    line = self.lines[self._seen]
+                    self._seen += 1
+                    try:
+                        event = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if predicate(event):
+                        return dict(event)
+                if self._reader.done():
                     raise AssertionError("daemon exited:\n" + "".join(self.lines))
-                line = raw.decode()
-                self.lines.append(line)
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if predicate(event):
-                    return dict(event)
+                await self._grew.wait()
+
+    async def finished(self) -> str:
+        await self._reader
+        return "".join(self.lines)
 
 
 @pytest.fixture
@@ -175,8 +194,7 @@ async def test_daemon_delivers_then_stops_cleanly_on_sigterm(daemon: tuple[Daemo
     d.proc.send_signal(signal.SIGTERM)
     await d.wait_log(lambda e: e.get("event") == "stopped")
     assert await asyncio.wait_for(d.proc.wait(), 20) == 0
-    rest = await d.proc.stderr.read() if d.proc.stderr else b""
-    log_text = "".join(d.lines) + rest.decode()
+    log_text = await d.finished()
     assert CANARY_DIGITS not in log_text and "CANARY" not in log_text
 
 
@@ -201,3 +219,61 @@ async def test_cli_send_posts_to_a_running_gateway(daemon: tuple[Daemon, str]) -
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()
     assert json.loads(out)["priority"] == "critical"
+
+
+async def test_kill_9_under_load_loses_no_acknowledged_message(
+    daemon: tuple[Daemon, str], tmp_path: Path
+) -> None:
+    d, token = daemon
+    headers = {"Authorization": f"Bearer {token}"}
+    acknowledged: list[str] = []
+    enough = asyncio.Event()
+
+    async def client(http: aiohttp.ClientSession, n: int) -> None:
+        for i in range(n):
+            try:
+                resp = await http.post(
+                    f"{d.url}/api/v1/messages", json={"to": CANARY_NUMBER, "body": f"load {i}"}
+                )
+            except aiohttp.ClientError:
+                return  # the daemon is gone: this request was never acknowledged
+            if resp.status == 202:
+                acknowledged.append((await resp.json())["id"])
+                if len(acknowledged) >= 150:
+                    enough.set()
+
+    async with aiohttp.ClientSession(headers=headers) as http:
+        clients = [asyncio.create_task(client(http, 100)) for _ in range(8)]
+        await asyncio.wait_for(enough.wait(), 30)
+        d.proc.kill()
+        await d.proc.wait()
+        await asyncio.gather(*clients)
+
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "run",
+        "--config",
+        str(tmp_path / "smsgw.toml"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    d2 = Daemon(proc, d.url)
+    try:
+        await d2.wait_log(lambda e: e.get("event") == "listening")
+        async with aiohttp.ClientSession(headers=headers) as http:
+            for mid in acknowledged:
+                resp = await http.get(f"{d.url}/api/v1/messages/{mid}")
+                assert resp.status == 200, f"acknowledged {mid} lost"
+                view = await resp.json()
+                assert view["status"] in ("queued", "sending", "sent", "delivered")
+                if view["possible_duplicate"]:
+                    # Only a message that was on its way to the route may be resent.
+                    assert "sending" in [e["state"] for e in view["events"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "smsgw.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
