@@ -161,6 +161,13 @@ async def _serve(config: Config, first_token: str | None) -> int:
     )
     if first_token:
         _print_welcome(config.http.listen, first_token)
+    elif config.source is None:
+        print(
+            f"smsgw is running with the embedded default on http://{config.http.listen}"
+            " (state in ./data). API tokens are shown only when created; make another"
+            " with: .venv/bin/smsgw token create --scope send,read",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

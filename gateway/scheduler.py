@@ -275,15 +275,19 @@ class Scheduler:
         return next_wake
 
     def _take_route(self, entry: Entry, mono: float) -> tuple[RouteRuntime | None, float]:
+        """The route to use now, or None and how long until one of them may be."""
+        cooling = math.inf
         for name in entry.candidates:
             route = self._routes[name]
             if not route.usable(mono):
+                if route.cool_until > mono:
+                    cooling = min(cooling, route.cool_until - mono)
                 continue
             wait = route.wait_time(mono)
             if wait > 0 or not route.take(mono):
                 return None, max(wait, 1e-3)
             return route, 0.0
-        return None, math.inf
+        return None, cooling
 
     def _start(self, entry: Entry, route: RouteRuntime, now: float) -> None:
         self._metrics.queue_latency.labels(entry.priority.label).observe(

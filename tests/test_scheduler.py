@@ -388,3 +388,32 @@ async def test_retry_after_from_the_carrier_is_honoured(
     clock.advance(1)
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, mid) == "sent"
+
+
+async def test_route_that_was_not_ready_is_retried_after_its_cool_down(
+    open_gateway: GatewayFactory, clock
+) -> None:
+    from drivers.base import DriverNotReady
+
+    gw = await open_gateway()
+    driver = loopback(gw)
+    original = driver.submit
+    calls = 0
+
+    async def not_ready_once(sms: OutboundSms) -> SubmitResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise DriverNotReady("reconnecting", code="test:not_ready")
+        return await original(sms)
+
+    driver.submit = not_ready_once  # type: ignore[method-assign]
+    mid = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(mid)
+    assert (row["state"], row["attempts"]) == ("queued", 0)  # not ready costs no attempt
+    wake_in = await gw.scheduler._round()  # noqa: SLF001 - the next wake-up it computes
+    assert 0 < wake_in <= 1.0
+    clock.advance(wake_in)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "sent"
