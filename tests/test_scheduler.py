@@ -412,7 +412,7 @@ async def test_route_that_was_not_ready_is_retried_after_its_cool_down(
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
     assert (row["state"], row["attempts"]) == ("queued", 0)  # not ready costs no attempt
-    wake_in = await gw.scheduler._round()  # noqa: SLF001 - the next wake-up it computes
+    wake_in = await gw.scheduler._round()
     assert 0 < wake_in <= 1.0
     clock.advance(wake_in)
     await gw.scheduler.run_until_idle()
