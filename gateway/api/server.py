@@ -207,7 +207,12 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             {"error": {"code": code, "message": message}}, status=e.status, headers=headers
         )
     except ConnectionResetError:
-        raise  # the client went away mid-request: nothing to answer, nothing lost
+        # The client went away mid-request: nothing was stored and nobody will read
+        # this answer, but returning one keeps aiohttp from logging an error.
+        response = h.json_response(
+            {"error": {"code": "client_closed", "message": "the client closed the connection"}},
+            status=400,
+        )
     except Exception as e:
         log.error(
             "unhandled_error",
