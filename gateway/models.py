@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import enum
 import os
 import random
@@ -42,9 +41,9 @@ class State(enum.StrEnum):
     BLOCKED = "blocked"
 
 
-_TO_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every 10-bit value as two Crockford characters: 13 lookups encode 128 bits.
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 
 
 class IdGenerator:
@@ -70,10 +69,8 @@ class IdGenerator:
             else:
                 rand = self._random.getrandbits(79)
             self._last_ms, self._last_rand = ms, rand
-        value = (ms << 80) | rand
-        # 128 bits in base32 are 26 characters; the translation keeps the sort order.
-        encoded = base64.b32encode(value.to_bytes(16, "big"))[:26]
-        return encoded.translate(_TO_CROCKFORD).decode()
+        value = ((ms << 80) | rand) << 2  # 130 bits: 13 groups of 10, most significant first
+        return "".join([_PAIRS[(value >> shift) & 0x3FF] for shift in range(120, -1, -10)])
 
 
 new_message_id = IdGenerator().new
