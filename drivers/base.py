@@ -76,11 +76,17 @@ class SubmitResult:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """A delivery receipt for one submitted part, keyed by the carrier's id."""
+    """A delivery receipt for one submitted part, keyed by the carrier's id.
+
+    `alternate_ids` are other spellings under which the same id may have been
+    recorded (carriers that answer a submit in hex and report receipts in decimal);
+    the gateway tries `carrier_id` first, then these in order.
+    """
 
     carrier_id: str
     state: ReceiptState
     error_code: str | None = None
+    alternate_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

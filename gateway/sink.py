@@ -27,7 +27,12 @@ class GatewaySink:
 
     async def receipt(self, route: str, receipt: Receipt) -> None:
         applied = await self._store.apply_receipt(
-            route, receipt.carrier_id, receipt.state.value, receipt.error_code, self._clock.time()
+            route,
+            receipt.carrier_id,
+            receipt.state.value,
+            receipt.error_code,
+            self._clock.time(),
+            receipt.alternate_ids,
         )
         if applied is not None:
             message_id, state = applied

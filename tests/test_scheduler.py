@@ -417,3 +417,17 @@ async def test_route_that_was_not_ready_is_retried_after_its_cool_down(
     clock.advance(wake_in)
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, mid) == "sent"
+
+
+async def test_receipt_found_under_an_alternate_spelling_of_the_id(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    now = gw.clock.time()
+    await gw.store.claim(mid, "main", now)
+    await gw.store.mark_sent(mid, "main", ["1F4"], now)  # the submit answer, in hex
+    applied = await gw.store.apply_receipt(
+        "main", "500", "delivered", None, now, alternate_ids=("1f4", "1F4")
+    )
+    assert applied == (mid, State.DELIVERED)

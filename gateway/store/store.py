@@ -366,21 +366,33 @@ class Store:
         return await self.writer.run(job)
 
     async def apply_receipt(
-        self, route: str, carrier_id: str, state: str, error_code: str | None, now: float
+        self,
+        route: str,
+        carrier_id: str,
+        state: str,
+        error_code: str | None,
+        now: float,
+        alternate_ids: Sequence[str] = (),
     ) -> tuple[str, State] | None:
-        """Record a receipt for one part; (message id, new state) if the message changed."""
+        """Record a receipt for one part; (message id, new state) if the message changed.
+
+        A receipt for an id not (yet) known is kept in `early_receipts` and applied when
+        the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
+        """
 
         def job(conn: sqlite3.Connection) -> tuple[str, State] | None:
-            known = conn.execute(
-                "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?", (route, carrier_id)
-            ).fetchone()
-            if known is None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO early_receipts VALUES (?,?,?,?,?)",
-                    (route, carrier_id, state, error_code, now),
-                )
-                return None
-            return _apply_receipt(conn, route, carrier_id, state, error_code, now)
+            for candidate in (carrier_id, *alternate_ids):
+                known = conn.execute(
+                    "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?",
+                    (route, candidate),
+                ).fetchone()
+                if known is not None:
+                    return _apply_receipt(conn, route, candidate, state, error_code, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO early_receipts VALUES (?,?,?,?,?)",
+                (route, carrier_id, state, error_code, now),
+            )
+            return None
 
         return await self.writer.run(job)
 
