@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit bench bench-quick clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -27,7 +27,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+# Real peers the suite starts itself: Node.js for the independent SMPP server (npm `smpp`).
+peers: setup
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \
+	  apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	$(BIN)/python -c 'from tests.peers.smpp_peer import ensure_installed; ensure_installed()'
+
+unit: setup peers
 	$(BIN)/pytest
 
 test: lint typecheck unit
