@@ -1,0 +1,670 @@
+"""The SMPP 3.4 session: binds, sequence numbers, the window and timers, with no I/O.
+
+Theory of operation. A `Session` is one end of one TCP connection, an ESME (the
+gateway's carrier link) or an SMSC (the test simulator). It touches no socket and no
+clock: the caller feeds it the octets that arrived (`receive_data(data, now)`), asks it
+to send (`bind`, `send_request`, `respond`, `unbind`), writes out `data_to_send()`
+after *every* call, and calls `on_timer(now)` once `next_deadline()` has passed. `now`
+is monotonic seconds. What happens comes back as events, the frozen dataclasses below.
+
+Two tables govern `State`, here and nowhere else. `_MAY_SEND[state][role]` lists the
+requests a role may send on a session in that state; it checks what we send
+(`LocalProtocolError`) and what the peer sends (answered with ESME_RINVBNDSTS, or
+ESME_RALYBND for a bind, and reported as `PeerProtocolError`). Responses are not in
+it: one is right when it answers an outstanding request of ours. `_TRANSITIONS` gives
+the state after a PDU passes in either direction, without knowing our role: a bind
+moves both ends to BINDING (the SMSC waits there for the caller's `accept_bind` or
+`reject_bind`), its bind_resp to a bound state or back to OPEN, unbind to UNBINDING,
+unbind_resp to CLOSED. Timers, a broken stream and end of file close from any state.
+
+Sequence numbers run 1..0x7FFFFFFF and wrap to 1. Each request we send that has an
+answer is remembered (`InFlight`) until its response, a generic_nack with its
+sequence, or its response timer. Requests sent with `send_request` count against
+`window`; the session's own bind, unbind and enquire_link do not, so a full window
+never blocks a keep-alive.
+
+The session itself answers what needs no decision: enquire_link, unbind (then
+CLOSED), a request the state does not allow, and a frame that does not decode. A known
+request that fails to decode gets its own *_resp with the decoder's command_status (a
+bad destination_addr is submit_sm_resp ESME_RINVDSTADR, SMPP 3.4 §4, which the
+scheduler classes as permanent); an unknown command_id, or a request without a
+response, gets generic_nack. A malformed response is only reported; its request waits
+for its timer. A command_length out of bounds means the stream is out of step: the
+session closes with `ProtocolViolation` and the link must be reset.
+
+Timers (REL-9 and Jasmin defaults, in `SessionConfig`; None turns one off):
+- session init, 30 s from connecting: not bound by then → `BindTimeout`.
+- response, 30 s per request → `ResponseTimeout`, its window slot freed. Our own
+  enquire_link or unbind unanswered means the link is half-open → `LinkDead`.
+- enquire_link, 30 s: bound and nothing received for that long → send enquire_link.
+  Idle counts from the last octet *received*, so a link we only send on is probed too.
+- inactivity, 300 s: nothing received at all → `LinkDead`; the backstop when the
+  enquire_link timer is off, as it often is on the SMSC side.
+
+Errors. `LocalProtocolError`: this side asked for what the protocol or the session
+forbids (the wrong state, a full window, a value the codec cannot encode); it is
+raised and nothing changes. The peer's faults are never raised, they come back as
+`PeerProtocolError`, `UnexpectedResponse` or, when fatal, `ProtocolViolation`. Every
+event that ends the session is a `SessionEnded` carrying the caller's unanswered
+requests (`in_doubt`: they may or may not have reached the peer). Flush
+`data_to_send()` once more after it (an unbind_resp may wait there), then close.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from drivers.base import ProtocolError
+from drivers.smpp.pdu import (
+    MAX_PDU_SIZE,
+    RESPONSE_BIT,
+    Command,
+    Pdu,
+    PduReader,
+    SmppDecodeError,
+    SmppEncodeError,
+    SmppFramingError,
+    Value,
+    decode,
+    encode,
+)
+from drivers.smpp.status import Status
+
+MAX_SEQUENCE = 0x7FFFFFFF
+INTERFACE_VERSION = 0x34
+
+BindMode = Literal["transmitter", "receiver", "transceiver"]
+Params = Mapping[str, Value]
+Tlvs = Mapping[int, Value]
+
+
+class Role(enum.Enum):
+    ESME = "esme"
+    SMSC = "smsc"
+
+
+class State(enum.Enum):
+    OPEN = "open"  # connected, not bound
+    BINDING = "binding"  # a bind is on its way and not answered yet
+    BOUND_TX = "bound_tx"
+    BOUND_RX = "bound_rx"
+    BOUND_TRX = "bound_trx"
+    UNBINDING = "unbinding"  # an unbind is on its way and not answered yet
+    CLOSED = "closed"
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused the session or broke the protocol; the session is unchanged."""
+
+    def __init__(self, message: str, *, code: str = "smpp:local") -> None:
+        super().__init__(message, code=code, remote=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The window and the timers, in seconds; None turns a timer off.
+
+    `window`: requests sent with `send_request` that may await a response at once
+    (REL-9 goal: 10). `response_timeout`: how long each may wait (REL-9: ≤ 30 s).
+    `enquire_link_interval`: silence from the peer after which a bound session probes.
+    `inactivity_timeout`: silence after which the link is dead. `session_init_timeout`:
+    from connecting to a successful bind. `max_pdu_size`: a longer command_length
+    breaks the link (R-SMSC-4: 64 KiB).
+    """
+
+    window: int = 10
+    response_timeout: float = 30.0
+    enquire_link_interval: float | None = 30.0
+    inactivity_timeout: float | None = 300.0
+    session_init_timeout: float | None = 30.0
+    max_pdu_size: int = MAX_PDU_SIZE
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+        timers = ("response_timeout", "enquire_link_interval", "inactivity_timeout")
+        for name in (*timers, "session_init_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A request of ours awaiting its response: what, when, and the caller's `token`."""
+
+    command: Command
+    sequence: int
+    token: object
+    sent_at: float
+    deadline: float
+
+
+class Event:
+    """Base of everything `receive_data` and `on_timer` return."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Event):
+    """A peer request for the caller: submit_sm, deliver_sm, data_sm, query_sm or
+    alert_notification. Answer with `respond(event.pdu, status, params)`, except
+    alert_notification, which takes no answer."""
+
+    pdu: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class BindRequest(Event):
+    """SMSC role: an ESME asks to bind. The session is BINDING until the caller calls
+    `accept_bind(event.pdu, system_id)` or `reject_bind(event.pdu, status)`. The
+    credentials stay in `pdu`, out of the event's repr."""
+
+    pdu: Pdu
+    mode: BindMode
+
+    @property
+    def system_id(self) -> str:
+        return self.pdu.param("system_id", str)
+
+    @property
+    def password(self) -> str:
+        return self.pdu.param("password", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbind(Event):
+    """ESME role: the SMSC asks us to bind (usually as a receiver); call `bind`."""
+
+    pdu: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class Bound(Event):
+    """ESME role: our bind was accepted; `system_id` is the SMSC's."""
+
+    mode: BindMode
+    system_id: str
+    pdu: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class BindRejected(Event):
+    """ESME role: our bind was refused with `status` (ESME_RBINDFAIL, ESME_RINVPASWD…)
+    by bind_resp or generic_nack. The session is OPEN again: bind again or close."""
+
+    status: int
+    pdu: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class Response(Event):
+    """The answer to a `send_request` request: `pdu` is its *_resp or a generic_nack
+    (check `pdu.command` and `pdu.status`), `token` what the caller passed, `rtt` the
+    seconds since it was sent. Its window slot is free again."""
+
+    request_command: Command
+    sequence: int
+    pdu: Pdu
+    token: object
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class UnexpectedResponse(Event):
+    """A response matching no outstanding request, most often one that came after its
+    request timed out. Nothing is sent back."""
+
+    pdu: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTimeout(Event):
+    """No answer to a `send_request` request within `response_timeout`. The session has
+    forgotten it and freed its slot; whether the peer acted on it is unknown."""
+
+    request_command: Command
+    sequence: int
+    token: object
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProtocolError(Event):
+    """The peer broke the protocol and the session survives: a request the state does
+    not allow, a frame that does not decode, a response of the wrong command. `status`
+    is the command_status we answered with, None if we answered nothing (responses are
+    never answered); `pdu` is None if the frame did not decode. No values in `detail`."""
+
+    detail: str
+    status: int | None
+    sequence: int | None
+    pdu: Pdu | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded(Event):
+    """Base of the events that close the session. `in_doubt`: the caller's requests
+    still unanswered, in the order sent; they may or may not have reached the peer."""
+
+    in_doubt: tuple[InFlight, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unbound(SessionEnded):
+    """The unbind handshake is done: the peer's unbind, answered (`by_peer`), or ours."""
+
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BindTimeout(SessionEnded):
+    """Not bound within `session_init_timeout` of connecting, or the bind unanswered."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDead(SessionEnded):
+    """The link is gone though the socket may look open: our enquire_link or unbind
+    went unanswered (`reason`), or nothing arrived for `inactivity_timeout`."""
+
+    reason: Literal["enquire_link", "unbind", "inactivity"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation(SessionEnded):
+    """A command_length out of bounds: the stream cannot be followed. `status` is the
+    decoder's (ESME_RINVCMDLEN). Reset the link."""
+
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost(SessionEnded):
+    """The peer closed the connection (`receive_data(b"")`)."""
+
+
+C = Command
+_BIND_COMMANDS: Mapping[BindMode, Command] = {
+    "transmitter": C.BIND_TRANSMITTER,
+    "receiver": C.BIND_RECEIVER,
+    "transceiver": C.BIND_TRANSCEIVER,
+}
+_BIND_MODES: Mapping[Command, BindMode] = {cmd: mode for mode, cmd in _BIND_COMMANDS.items()}
+_BINDS = frozenset(_BIND_COMMANDS.values())
+_CONTROL = _BINDS | {C.UNBIND, C.ENQUIRE_LINK}  # sent by the session's own methods
+_NO_ANSWER = frozenset({C.OUTBIND, C.ALERT_NOTIFICATION})  # requests without a *_resp
+_BOUND = frozenset({State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX})
+
+_LINK = frozenset({C.ENQUIRE_LINK})
+_BOUND_CONTROL = frozenset({C.ENQUIRE_LINK, C.UNBIND})
+_TO_SMSC = frozenset({C.SUBMIT_SM, C.DATA_SM, C.QUERY_SM}) | _BOUND_CONTROL
+_TO_ESME = frozenset({C.DELIVER_SM, C.DATA_SM, C.ALERT_NOTIFICATION}) | _BOUND_CONTROL
+E, S = Role.ESME, Role.SMSC
+
+# The requests each role may send on a session in each state (SMPP 3.4 §2.3, §4).
+# enquire_link is accepted before the bind completes too: the spec allows it in any
+# state, and some SMSCs probe as soon as the TCP connection is up. In UNBINDING only
+# the peer's own unbind (the two crossed) and probes still pass.
+_MAY_SEND: Mapping[State, Mapping[Role, frozenset[Command]]] = {
+    State.OPEN: {E: _BINDS | _LINK, S: _LINK | {C.OUTBIND}},
+    State.BINDING: {E: _LINK, S: _LINK},
+    State.BOUND_TX: {E: _TO_SMSC, S: _BOUND_CONTROL},
+    State.BOUND_RX: {E: _BOUND_CONTROL, S: _TO_ESME},
+    State.BOUND_TRX: {E: _TO_SMSC, S: _TO_ESME},
+    State.UNBINDING: {E: _BOUND_CONTROL, S: _BOUND_CONTROL},
+    State.CLOSED: {E: frozenset(), S: frozenset()},
+}
+
+# (state, command passing in either direction, its status is ESME_ROK) -> next state.
+# A generic_nack that answers a bind or unbind counts as that bind_resp or unbind_resp.
+_TRANSITIONS: Mapping[tuple[State, Command, bool], State] = {
+    (State.OPEN, C.BIND_TRANSMITTER, True): State.BINDING,
+    (State.OPEN, C.BIND_RECEIVER, True): State.BINDING,
+    (State.OPEN, C.BIND_TRANSCEIVER, True): State.BINDING,
+    (State.BINDING, C.BIND_TRANSMITTER_RESP, True): State.BOUND_TX,
+    (State.BINDING, C.BIND_RECEIVER_RESP, True): State.BOUND_RX,
+    (State.BINDING, C.BIND_TRANSCEIVER_RESP, True): State.BOUND_TRX,
+    (State.BINDING, C.BIND_TRANSMITTER_RESP, False): State.OPEN,
+    (State.BINDING, C.BIND_RECEIVER_RESP, False): State.OPEN,
+    (State.BINDING, C.BIND_TRANSCEIVER_RESP, False): State.OPEN,
+    (State.BOUND_TX, C.UNBIND, True): State.UNBINDING,
+    (State.BOUND_RX, C.UNBIND, True): State.UNBINDING,
+    (State.BOUND_TRX, C.UNBIND, True): State.UNBINDING,
+    (State.UNBINDING, C.UNBIND, True): State.UNBINDING,
+    (State.UNBINDING, C.UNBIND_RESP, True): State.CLOSED,
+    (State.UNBINDING, C.UNBIND_RESP, False): State.CLOSED,
+}
+del C, E, S  # short names for the tables above only
+
+
+class Session:
+    """One end of an SMPP 3.4 connection, as `role`; see the module docstring.
+
+    `now` is when the connection opened; `first_sequence` lets tests start near the
+    wrap."""
+
+    def __init__(
+        self,
+        role: Role,
+        config: SessionConfig | None = None,
+        *,
+        now: float,
+        first_sequence: int = 1,
+    ) -> None:
+        if not 1 <= first_sequence <= MAX_SEQUENCE:
+            raise ValueError(f"first_sequence must be in 1..{MAX_SEQUENCE}")
+        self.role = role
+        self.config = config or SessionConfig()
+        self._state = State.OPEN
+        self._peer = Role.SMSC if role is Role.ESME else Role.ESME
+        self._next_sequence = first_sequence
+        self._pending: dict[int, InFlight] = {}
+        self._pending_bind: Pdu | None = None
+        self._reader = PduReader(self.config.max_pdu_size)
+        self._outgoing = bytearray()
+        self._opened_at = self._last_received = now
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._state is State.CLOSED
+
+    @property
+    def in_flight(self) -> tuple[InFlight, ...]:
+        """The caller's requests awaiting a response, in the order sent."""
+        return tuple(p for p in self._pending.values() if p.command not in _CONTROL)
+
+    @property
+    def outstanding(self) -> int:
+        return sum(1 for p in self._pending.values() if p.command not in _CONTROL)
+
+    @property
+    def window_free(self) -> int:
+        return self.config.window - self.outstanding
+
+    def can_send_request(self, command: Command = Command.SUBMIT_SM) -> bool:
+        """Whether `send_request(command, …)` would be accepted now."""
+        if command in _CONTROL or command not in _MAY_SEND[self._state][self.role]:
+            return False
+        return command in _NO_ANSWER or self.window_free > 0
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call, to write out in order."""
+        data = bytes(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    # -- sending -----------------------------------------------------------------------
+
+    def bind(
+        self,
+        mode: BindMode,
+        system_id: str,
+        password: str,
+        system_type: str = "",
+        *,
+        now: float,
+        params: Params | None = None,
+    ) -> int:
+        """ESME role, OPEN: send bind_`mode` and move to BINDING; returns its sequence.
+        `params` adds or overrides fields (address_range, addr_ton, addr_npi,
+        interface_version, 0x34 by default). The answer is `Bound` or `BindRejected`."""
+        if self.role is not Role.ESME:
+            raise LocalProtocolError("only an ESME binds")
+        command = _BIND_COMMANDS[mode]
+        self._check_may_send(command)
+        fields: dict[str, Value] = {"system_id": system_id, "password": password}
+        fields.update(system_type=system_type, interface_version=INTERFACE_VERSION)
+        return self._send_request(command, {**fields, **(params or {})}, None, None, now)
+
+    def send_request(
+        self,
+        command: Command,
+        params: Params | None = None,
+        tlvs: Tlvs | None = None,
+        *,
+        token: object = None,
+        now: float,
+    ) -> int:
+        """Send submit_sm, deliver_sm, data_sm, query_sm, outbind or alert_notification;
+        returns its sequence. The answer comes as `Response` or `ResponseTimeout`
+        carrying `token`. LocalProtocolError if the state does not allow `command`, the
+        window is full, or a value does not fit its field."""
+        if command in _CONTROL or command.is_response:
+            name = command.name.lower()
+            raise LocalProtocolError(f"{name}: use bind, unbind, respond or the timers")
+        self._check_may_send(command)
+        if command not in _NO_ANSWER and self.window_free <= 0:
+            raise LocalProtocolError(f"window of {self.config.window} requests is full")
+        return self._send_request(command, params, tlvs, token, now)
+
+    def respond(
+        self,
+        request: Pdu,
+        status: int = Status.ESME_ROK,
+        params: Params | None = None,
+        tlvs: Tlvs | None = None,
+    ) -> None:
+        """Answer the peer's `request` (of a `Request` or `BindRequest`) with its *_resp;
+        with an error `status` and no `params` the response has no body."""
+        self._check_open()
+        command = request.command
+        if command.is_response or command in _NO_ANSWER:
+            raise LocalProtocolError(f"{command.name.lower()} takes no answer")
+        if command in (Command.ENQUIRE_LINK, Command.UNBIND):
+            raise LocalProtocolError(f"the session answers {command.name.lower()} itself")
+        if command not in _BINDS:
+            self._send(request.response(status, params, tlvs))
+            return
+        pending = self._pending_bind
+        if pending is None or (pending.command, pending.sequence) != (command, request.sequence):
+            raise LocalProtocolError("no such bind awaits an answer")
+        self._send(request.response(status, params, tlvs))
+        self._pending_bind = None
+        self._advance(command.response, status == Status.ESME_ROK)
+
+    def accept_bind(self, request: Pdu, system_id: str, tlvs: Tlvs | None = None) -> None:
+        """SMSC role: accept the pending bind `request`; the session is bound at once."""
+        self.respond(request, Status.ESME_ROK, {"system_id": system_id}, tlvs)
+
+    def reject_bind(self, request: Pdu, status: int) -> None:
+        """SMSC role: refuse the pending bind `request` with `status`; back to OPEN."""
+        if status == Status.ESME_ROK:
+            raise LocalProtocolError("a rejection needs an error status")
+        self.respond(request, status)
+
+    def unbind(self, *, now: float) -> None:
+        """Start the unbind handshake from a bound state; `Unbound` follows the answer.
+        A second call while UNBINDING does nothing."""
+        if self._state is not State.UNBINDING:
+            self._check_may_send(Command.UNBIND)
+            self._send_request(Command.UNBIND, None, None, None, now)
+
+    def close(self) -> tuple[InFlight, ...]:
+        """Give the session up (the caller drops the connection); returns the requests
+        left in doubt. Idempotent."""
+        in_doubt = self.in_flight
+        self._state = State.CLOSED
+        self._pending.clear()
+        self._pending_bind = None
+        return in_doubt
+
+    # -- receiving and timers ----------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Feed octets from the peer, split anywhere; `b""` means the peer closed.
+        Returns the events in the order they happened; a closed session ignores data."""
+        if self.closed:
+            return []
+        if not data:
+            return [ConnectionLost(in_doubt=self.close())]
+        self._last_received = now
+        events: list[Event] = []
+        try:
+            self._reader.feed(data)
+            while not self.closed and (frame := self._reader.next_frame()) is not None:
+                try:
+                    pdu = decode(frame)
+                except SmppDecodeError as error:
+                    events.append(self._on_bad_frame(error))
+                else:
+                    events.extend(self._on_pdu(pdu, now))
+        except SmppFramingError as error:
+            status, detail = error.command_status, str(error)
+            events.append(ProtocolViolation(in_doubt=self.close(), status=status, detail=detail))
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When `on_timer` next has work to do (the caller's monotonic seconds)."""
+        if self.closed:
+            return None
+        timers = (self._init_deadline(), self._inactive_deadline(), self._probe_due())
+        deadlines = [p.deadline for p in self._pending.values()]
+        return min([*deadlines, *(t for t in timers if t is not None)], default=None)
+
+    def on_timer(self, now: float) -> list[Event]:
+        """Fire every timer due at `now`: timeouts become events, a due enquire_link is
+        queued in `data_to_send()`. Harmless to call early or often."""
+        if self.closed:
+            return []
+        init, inactive = self._init_deadline(), self._inactive_deadline()
+        if init is not None and now >= init:
+            return [BindTimeout(in_doubt=self.close())]
+        if inactive is not None and now >= inactive:
+            return [LinkDead(in_doubt=self.close(), reason="inactivity")]
+        events: list[Event] = []
+        for pending in sorted(self._pending.values(), key=lambda p: p.deadline):
+            if pending.deadline > now:
+                break
+            del self._pending[pending.sequence]
+            if pending.command in _BINDS:
+                return [*events, BindTimeout(in_doubt=self.close())]
+            if pending.command is Command.ENQUIRE_LINK:
+                return [*events, LinkDead(in_doubt=self.close(), reason="enquire_link")]
+            if pending.command is Command.UNBIND:
+                return [*events, LinkDead(in_doubt=self.close(), reason="unbind")]
+            events.append(ResponseTimeout(pending.command, pending.sequence, pending.token))
+        probe = self._probe_due()
+        if probe is not None and now >= probe:
+            self._send_request(Command.ENQUIRE_LINK, None, None, None, now)
+        return events
+
+    def _init_deadline(self) -> float | None:
+        timeout = self.config.session_init_timeout
+        if timeout is None or self._state not in (State.OPEN, State.BINDING):
+            return None
+        return self._opened_at + timeout
+
+    def _inactive_deadline(self) -> float | None:
+        timeout = self.config.inactivity_timeout
+        return None if timeout is None else self._last_received + timeout
+
+    def _probe_due(self) -> float | None:
+        interval = self.config.enquire_link_interval
+        if interval is None or self._state not in _BOUND:
+            return None
+        if any(p.command is Command.ENQUIRE_LINK for p in self._pending.values()):
+            return None  # one probe at a time; its response timer decides
+        return self._last_received + interval
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LocalProtocolError("the session is closed")
+
+    def _check_may_send(self, command: Command) -> None:
+        self._check_open()
+        if command not in _MAY_SEND[self._state][self.role]:
+            role, state = self.role.value, self._state.value
+            raise LocalProtocolError(f"{role} may not send {command.name.lower()} in {state}")
+
+    def _advance(self, command: Command, ok: bool) -> None:
+        self._state = _TRANSITIONS.get((self._state, command, ok), self._state)
+
+    def _send(self, pdu: Pdu) -> None:
+        try:
+            self._outgoing += encode(pdu)
+        except SmppEncodeError as error:
+            raise LocalProtocolError(str(error), code=error.code) from error
+
+    def _send_request(
+        self, command: Command, params: Params | None, tlvs: Tlvs | None, token: object, now: float
+    ) -> int:
+        sequence = self._next_sequence
+        self._send(Pdu(command, sequence, Status.ESME_ROK, params or {}, tlvs or {}))
+        # Reusing a number still outstanding would take 2**31 requests within one
+        # response timeout, so numbers are not checked against `_pending`.
+        self._next_sequence = sequence % MAX_SEQUENCE + 1
+        if command not in _NO_ANSWER:
+            deadline = now + self.config.response_timeout
+            self._pending[sequence] = InFlight(command, sequence, token, now, deadline)
+        self._advance(command, True)
+        return sequence
+
+    def _refuse(self, command_id: int, sequence: int, status: int) -> None:
+        """Answer a request we will not process: its *_resp, or generic_nack if none."""
+        try:
+            answer = Command(command_id).response
+        except ValueError:
+            answer = Command.GENERIC_NACK
+        self._send(Pdu(answer, sequence, status))
+
+    def _on_bad_frame(self, error: SmppDecodeError) -> Event:
+        command_id, sequence = error.command_id, error.sequence
+        status: int | None = None
+        if command_id is not None and sequence is not None and not command_id & RESPONSE_BIT:
+            status = error.command_status
+            self._refuse(command_id, sequence, status)
+        return PeerProtocolError(str(error), status, sequence, None)
+
+    def _on_pdu(self, pdu: Pdu, now: float) -> list[Event]:
+        if pdu.command.is_response:
+            return self._on_response(pdu, now)
+        command = pdu.command
+        if command not in _MAY_SEND[self._state][self._peer]:
+            bound = command in _BINDS and self._state is not State.OPEN
+            status = Status.ESME_RALYBND if bound else Status.ESME_RINVBNDSTS
+            self._refuse(command, pdu.sequence, status)
+            detail = f"{self._peer.value} sent {command.name.lower()} in {self._state.value}"
+            return [PeerProtocolError(detail, status, pdu.sequence, pdu)]
+        self._advance(command, True)
+        if command is Command.ENQUIRE_LINK:
+            self._send(pdu.response())
+            return []
+        if command is Command.UNBIND:
+            self._send(pdu.response())
+            self._advance(Command.UNBIND_RESP, True)
+            return [Unbound(in_doubt=self.close(), by_peer=True)]
+        if command in _BINDS:
+            self._pending_bind = pdu
+            return [BindRequest(pdu, _BIND_MODES[command])]
+        return [Outbind(pdu) if command is Command.OUTBIND else Request(pdu)]
+
+    def _on_response(self, pdu: Pdu, now: float) -> list[Event]:
+        pending = self._pending.get(pdu.sequence)
+        if pending is None:
+            return [UnexpectedResponse(pdu)]
+        command, answer = pending.command, pending.command.response
+        if pdu.command not in (answer, Command.GENERIC_NACK):
+            detail = f"{pdu.command.name.lower()} answers {command.name.lower()}"
+            return [PeerProtocolError(detail, None, pdu.sequence, pdu)]
+        del self._pending[pdu.sequence]
+        ok = pdu.command is answer and pdu.status == Status.ESME_ROK
+        self._advance(answer, ok)
+        if command in _BINDS:
+            if not ok:
+                return [BindRejected(pdu.status, pdu)]
+            return [Bound(_BIND_MODES[command], str(pdu.params.get("system_id", "")), pdu)]
+        if command is Command.UNBIND:
+            return [Unbound(in_doubt=self.close(), by_peer=False)]
+        if command is Command.ENQUIRE_LINK:
+            return []
+        return [Response(command, pdu.sequence, pdu, pending.token, now - pending.sent_at)]
