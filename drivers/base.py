@@ -123,7 +123,18 @@ class DriverError(Exception):
 
 
 class DriverNotReady(DriverError):
+    """The route cannot take the message now (reconnecting, throttled); nothing was sent.
+
+    `retry_after` is how long the route needs before it can be tried again.
+    """
+
     code = "driver:not_ready"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class DriverAuthFailed(DriverError):

@@ -338,7 +338,7 @@ class Scheduler:
             log.error("route_auth_failed", route=route.name, code=e.code)
             await self._retry(entry, route, e.code, consume_attempt=False)
         except DriverNotReady as e:
-            route.cool_until = self._clock.monotonic() + NOT_READY_COOL_DOWN
+            route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)
             await self._retry(entry, route, e.code, consume_attempt=False)
         except TransientSendError as e:
             await self._retry(

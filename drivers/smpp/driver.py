@@ -1,0 +1,532 @@
+"""The SMPP route: asyncio TCP (or TLS) around the sans-I/O session.
+
+Theory of operation. A route holds one or more links; each link is one TCP connection
+with one `Session` (ESME role), bound as a transceiver, or as a transmitter or a
+receiver when the carrier wants separate binds. A supervisor task per link connects,
+binds, pumps octets between the socket and the session, fires the session's timers at
+its deadlines, and reconnects with exponential back-off and jitter when the link
+ends. All protocol decisions are the session's; this module only does I/O and turns
+session events into the driver contract:
+
+- `submit()` sends every part of a message on one transmitting link (round robin over
+  bound ones), each part a `submit_sm` whose future the session's `Response` resolves.
+  Parts use the message's concatenation reference, so a resend reuses it.
+- A submit_sm_resp status is classed by the status table (overridable per link):
+  permanent → `PermanentSendError`, transient → `TransientSendError`, throttle →
+  the link pauses with a growing back-off and the message goes back to the queue
+  without losing its place or an attempt (`DriverNotReady` with `retry_after`).
+- A response timeout, or a link lost with submits outstanding, is a transient error
+  with `maybe_sent`: the carrier may have the message, so the resend is flagged as a
+  possible duplicate.
+- `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt`; others are
+  inbound messages, reassembled when concatenated, handed to the sink's `inbound`.
+  The `*_resp` is sent only after the sink returned, i.e. after the gateway committed;
+  if the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+import structlog
+
+from drivers.base import (
+    DriverNotReady,
+    EventSink,
+    InboundSms,
+    OutboundSms,
+    PermanentSendError,
+    Receipt,
+    RouteHealth,
+    RouteState,
+    SubmitResult,
+    TransientSendError,
+)
+from drivers.clock import Clock
+from drivers.credentials import read_secret
+from drivers.smpp import dlr
+from drivers.smpp.concat import Reassembler
+from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
+from drivers.smpp.pdu import Command, Pdu, Tag
+from drivers.smpp.session import (
+    BindMode,
+    BindRejected,
+    Bound,
+    Event,
+    Request,
+    Response,
+    ResponseTimeout,
+    Session,
+    SessionConfig,
+    SessionEnded,
+)
+from drivers.smpp.session import Role as SessionRole
+from drivers.smpp.status import Status, classify, status_code
+
+log = structlog.get_logger("smsgw.smpp")
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Octet = Annotated[int, msgspec.Meta(ge=0, le=255)]
+ESM_RECEIPT = 0x04
+_RECEIPT_TLVS = {
+    Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
+    Tag.MESSAGE_STATE: "message_state",
+    Tag.NETWORK_ERROR_CODE: "network_error_code",
+    Tag.MESSAGE_PAYLOAD: "message_payload",
+}
+
+
+class SmppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Options of a `type = "smpp"` route (see config/smsgw.example.toml)."""
+
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2775
+    system_id: str
+    password_file: str | None = None
+    password_credential: str | None = None
+    password: str | None = None
+    system_type: str = ""
+    bind: Literal["transceiver", "transmitter+receiver"] = "transceiver"
+    binds: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    tls: bool = False
+    tls_ca_file: str | None = None
+    source_addr: str = ""
+    source_addr_ton: Octet = 0
+    source_addr_npi: Octet = 0
+    dest_addr_ton: Octet = 1
+    dest_addr_npi: Octet = 1
+    gsm_coding: Literal[0, 3] = 0
+    long_messages: Literal["udh", "sar", "payload"] = "udh"
+    ref_bits: Literal[8, 16] = 8
+    session_window: Annotated[int, msgspec.Meta(ge=1)] = 10
+    enquire_link_interval: Positive = 30.0
+    response_timeout: Positive = 30.0
+    bind_timeout: Positive = 30.0
+    inactivity_timeout: Positive = 300.0
+    reconnect_min: Positive = 1.0
+    reconnect_max: Positive = 60.0
+    throttle_min: Positive = 1.0
+    throttle_max: Positive = 30.0
+    status_classes: dict[str, Literal["transient", "permanent", "throttle"]] = {}
+    inbound_reassembly_timeout: Positive = 300.0
+
+    def overrides(self) -> dict[int, str]:
+        return {int(k, 0): v for k, v in self.status_classes.items()}
+
+
+@dataclass(eq=False)
+class _Link:
+    """One connection and its session; `mode` is what this link binds as."""
+
+    index: int
+    mode: BindMode
+    session: Session | None = None
+    writer: asyncio.StreamWriter | None = None
+    bound: bool = False
+    throttled_until: float = 0.0
+    throttle_backoff: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def transmits(self) -> bool:
+        return self.mode != "receiver"
+
+    def flush(self) -> None:
+        if self.session is not None and self.writer is not None:
+            data = self.session.data_to_send()
+            if data:
+                self.writer.write(data)
+
+
+class SmppDriver:
+    Options: ClassVar[type[SmppOptions]] = SmppOptions
+
+    def __init__(self, name: str, options: SmppOptions, sink: EventSink, clock: Clock) -> None:
+        self.name = name
+        self._opts = options
+        self._sink = sink
+        self._clock = clock
+        self._overrides = options.overrides()
+        self._encoding = LinkEncoding(
+            gsm_coding=options.gsm_coding,
+            long_mode=options.long_messages,
+            ref_bits=options.ref_bits,
+        )
+        modes: list[BindMode] = (
+            ["transceiver"] if options.bind == "transceiver" else ["transmitter", "receiver"]
+        )
+        self._links = [_Link(i, m) for i, m in enumerate(modes * options.binds)]
+        self._turn = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reassembler = Reassembler(timeout=options.inbound_reassembly_timeout)
+        self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
+        self._state = RouteState.STARTING
+        self._detail = "connecting"
+        self._closing = False
+        self._counters = dict.fromkeys(
+            ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
+        )
+
+    # -- the driver contract -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._password = self._read_password()
+        for link in self._links:
+            self._tasks.append(asyncio.create_task(self._supervise(link)))
+
+    def health(self) -> RouteHealth:
+        in_flight = sum(lk.session.outstanding for lk in self._links if lk.session is not None)
+        return RouteHealth(self._state, self._detail, in_flight, dict(self._counters))
+
+    async def submit(self, sms: OutboundSms) -> SubmitResult:
+        link = self._pick_link()
+        parts = submit_parts(sms, self._encoding)
+        ids: list[str] = []
+        for i, part in enumerate(parts):
+            params = {
+                "source_addr_ton": self._opts.source_addr_ton,
+                "source_addr_npi": self._opts.source_addr_npi,
+                "source_addr": sms.sender or self._opts.source_addr,
+                "dest_addr_ton": self._opts.dest_addr_ton,
+                "dest_addr_npi": self._opts.dest_addr_npi,
+                "destination_addr": sms.to.removeprefix("+"),
+                "registered_delivery": 1 if sms.want_receipt else 0,
+                **part.params(),
+            }
+            try:
+                response = await self._request(link, Command.SUBMIT_SM, params, part.tlvs)
+            except TransientSendError as e:
+                e.maybe_sent = e.maybe_sent or bool(ids)
+                raise
+            status = response.pdu.status
+            if status != Status.ESME_ROK:
+                self._fail(link, status, sent_parts=i)
+            ids.append(str(response.pdu.params.get("message_id", "")))
+        link.throttle_backoff = 0.0
+        self._counters["submitted"] += 1
+        return SubmitResult(carrier_ids=tuple(ids))
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for link in self._links:
+            if link.session is not None and link.bound and link.writer is not None:
+                link.session.unbind(now=self._now())
+                link.flush()
+                link.wake.set()
+        waiting = [t for t in self._tasks if not t.done()]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=2.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._set_state(RouteState.DOWN, "closed")
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def _pick_link(self) -> _Link:
+        now = self._now()
+        ready = [
+            lk
+            for lk in self._links
+            if lk.transmits
+            and lk.bound
+            and lk.session is not None
+            and lk.session.can_send_request()
+        ]
+        if not ready:
+            throttled = [lk.throttled_until - now for lk in self._links if lk.throttled_until > now]
+            if throttled:
+                raise DriverNotReady(
+                    "carrier is throttling", code="smpp:throttled", retry_after=min(throttled)
+                )
+            raise DriverNotReady(f"route {self.name} has no bound link with room")
+        free = [lk for lk in ready if lk.throttled_until <= now]
+        if not free:
+            wait = min(lk.throttled_until for lk in ready) - now
+            raise DriverNotReady("carrier is throttling", code="smpp:throttled", retry_after=wait)
+        return free[next(self._turn) % len(free)]
+
+    async def _request(
+        self,
+        link: _Link,
+        command: Command,
+        params: Mapping[str, object],
+        tlvs: Mapping[int, int | bytes],
+    ) -> Response:
+        session = link.session
+        if session is None or not link.bound:
+            raise DriverNotReady(f"route {self.name} lost its link")
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        session.send_request(command, params, tlvs, token=future, now=self._now())  # type: ignore[arg-type]  # params are codec values
+        link.flush()
+        link.wake.set()
+        return await future
+
+    def _fail(self, link: _Link, status: int, *, sent_parts: int) -> None:
+        kind = classify(status, self._overrides)
+        code = status_code(status)
+        maybe_sent = sent_parts > 0
+        if kind == "throttle":
+            self._counters["throttled"] += 1
+            backoff = min(
+                self._opts.throttle_max, max(self._opts.throttle_min, link.throttle_backoff * 2)
+            )
+            link.throttle_backoff = backoff
+            link.throttled_until = self._now() + backoff
+            log.warning(
+                "smpp_throttled", route=self.name, link=link.index, code=code, pause=backoff
+            )
+            if maybe_sent:
+                raise TransientSendError(
+                    "throttled mid-message", code=code, retry_after=backoff, maybe_sent=True
+                )
+            raise DriverNotReady("carrier is throttling", code=code, retry_after=backoff)
+        if kind == "permanent" and not maybe_sent:
+            self._counters["rejected"] += 1
+            raise PermanentSendError("carrier refused the message", code=code)
+        raise TransientSendError(
+            "carrier could not take the message now", code=code, maybe_sent=maybe_sent
+        )
+
+    # -- the link's life -----------------------------------------------------------------
+
+    async def _supervise(self, link: _Link) -> None:
+        delay = self._opts.reconnect_min
+        while not self._closing:
+            try:
+                bound = await self._run_link(link)
+            except (TimeoutError, OSError, ssl.SSLError) as e:
+                bound = False
+                log.warning(
+                    "smpp_connect_failed", route=self.name, link=link.index, error=type(e).__name__
+                )
+            self._link_down(link)
+            if self._closing:
+                return
+            delay = self._opts.reconnect_min if bound else min(self._opts.reconnect_max, delay * 2)
+            self._counters["reconnects"] += 1
+            await self._clock.sleep(delay / 2 + self._rng.uniform(0, delay / 2))
+
+    async def _run_link(self, link: _Link) -> bool:
+        """Connect, bind and serve until the session ends; True if it was bound."""
+        opts = self._opts
+        context = None
+        if opts.tls:
+            context = ssl.create_default_context(cafile=opts.tls_ca_file)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(opts.host, opts.port, ssl=context), opts.bind_timeout
+        )
+        config = SessionConfig(
+            window=opts.session_window,
+            response_timeout=opts.response_timeout,
+            enquire_link_interval=opts.enquire_link_interval,
+            inactivity_timeout=opts.inactivity_timeout,
+            session_init_timeout=opts.bind_timeout,
+        )
+        link.session = Session(SessionRole.ESME, config, now=self._now())
+        link.writer = writer
+        link.session.bind(
+            link.mode, opts.system_id, self._password, opts.system_type, now=self._now()
+        )
+        link.flush()
+        was_bound = False
+        read = asyncio.ensure_future(reader.read(65536))
+        try:
+            while link.session is not None and not link.session.closed:
+                deadline = link.session.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self._now())
+                link.wake.clear()
+                woke = asyncio.ensure_future(link.wake.wait())
+                done, _ = await asyncio.wait(
+                    {read, woke}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                woke.cancel()
+                events: list[Event] = []
+                if read in done:
+                    data = read.result()
+                    events += link.session.receive_data(data, self._now())
+                    if data:
+                        read = asyncio.ensure_future(reader.read(65536))
+                events += link.session.on_timer(self._now())
+                link.flush()
+                for event in events:
+                    was_bound = await self._on_event(link, event) or was_bound
+                link.flush()
+                await writer.drain()
+        finally:
+            read.cancel()
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+        return was_bound
+
+    async def _on_event(self, link: _Link, event: Event) -> bool:
+        """Act on one session event; True when it bound the link."""
+        if isinstance(event, Bound):
+            link.bound = True
+            self._update_state()
+            log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
+            return True
+        if isinstance(event, Response):
+            self._resolve(event.token, event)
+        elif isinstance(event, ResponseTimeout):
+            self._reject(
+                event.token,
+                TransientSendError(
+                    "no answer from the carrier in time", code="smpp:timeout", maybe_sent=True
+                ),
+            )
+        elif isinstance(event, BindRejected):
+            log.error(
+                "smpp_bind_rejected",
+                route=self.name,
+                link=link.index,
+                code=status_code(event.status),
+            )
+            self._set_state(RouteState.DOWN, f"bind rejected {status_code(event.status)}")
+        elif isinstance(event, Request):
+            await self._on_request(link, event.pdu)
+        elif isinstance(event, SessionEnded):
+            for item in event.in_doubt:
+                self._reject(
+                    item.token,
+                    TransientSendError(
+                        "link lost with the submit outstanding",
+                        code="smpp:link_lost",
+                        maybe_sent=True,
+                    ),
+                )
+            log.warning(
+                "smpp_session_ended",
+                route=self.name,
+                link=link.index,
+                reason=type(event).__name__,
+                in_doubt=len(event.in_doubt),
+            )
+        return False
+
+    def _link_down(self, link: _Link) -> None:
+        if link.session is not None:
+            for item in link.session.close():
+                self._reject(
+                    item.token,
+                    TransientSendError(
+                        "link lost with the submit outstanding",
+                        code="smpp:link_lost",
+                        maybe_sent=True,
+                    ),
+                )
+        link.session, link.writer, link.bound = None, None, False
+        self._update_state()
+
+    # -- inbound -------------------------------------------------------------------------
+
+    async def _on_request(self, link: _Link, pdu: Pdu) -> None:
+        session = link.session
+        if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
+            return
+        try:
+            receipt = self._receipt(pdu)
+            if receipt is not None:
+                await self._sink.receipt(self.name, receipt)
+                self._counters["receipts"] += 1
+            else:
+                await self._inbound(pdu)
+        except Exception as e:  # the gateway could not store it: let the carrier retry
+            log.error("smpp_inbound_not_stored", route=self.name, error=type(e).__name__)
+            status = Status.ESME_RX_T_APPN
+        else:
+            status = Status.ESME_ROK
+        if not session.closed:
+            session.respond(pdu, status)
+            link.flush()
+
+    def _receipt(self, pdu: Pdu) -> Receipt | None:
+        esm_class = pdu.param("esm_class", int)
+        tlvs = {name: pdu.tlvs[tag] for tag, name in _RECEIPT_TLVS.items() if tag in pdu.tlvs}
+        if not esm_class & ESM_RECEIPT and "receipted_message_id" not in tlvs:
+            return None
+        text = pdu.params.get("short_message", b"")
+        parsed = dlr.parse_receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
+        if parsed is None:
+            return None
+        receipt = dlr.as_receipt(parsed)
+        return Receipt(
+            receipt.carrier_id,
+            receipt.state,
+            receipt.error_code,
+            alternate_ids=dlr.id_variants(parsed.message_id)[1:],
+        )
+
+    async def _inbound(self, pdu: Pdu) -> None:
+        data = pdu.params.get("short_message", b"")
+        if not data and Tag.MESSAGE_PAYLOAD in pdu.tlvs:
+            data = pdu.tlvs[Tag.MESSAGE_PAYLOAD]
+        decoded = decode_inbound(
+            data if isinstance(data, bytes) else b"",
+            pdu.param("data_coding", int),
+            pdu.param("esm_class", int),
+        )
+        sender = "+" + str(pdu.params.get("source_addr", "")).lstrip("+")
+        recipient = str(pdu.params.get("destination_addr", "")) or None
+        concat = decoded.concat or concat_from_tlvs(pdu.tlvs)
+        text: str | None = decoded.text
+        if concat is not None and concat.total > 1:
+            text = self._reassembler.add(
+                (sender, recipient or ""), concat, decoded.text, self._now()
+            )
+        if text is not None:
+            await self._sink.inbound(self.name, InboundSms(sender, text, recipient))
+            self._counters["inbound"] += 1
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _update_state(self) -> None:
+        if self._closing:
+            return
+        bound = [lk for lk in self._links if lk.bound]
+        transmitting = [lk for lk in bound if lk.transmits]
+        if not transmitting:
+            self._set_state(RouteState.DOWN, "no bound transmitter")
+        elif len(bound) < len(self._links):
+            self._set_state(RouteState.DEGRADED, f"{len(bound)} of {len(self._links)} bound")
+        else:
+            self._set_state(RouteState.UP, f"{len(bound)} bound")
+
+    def _set_state(self, state: RouteState, detail: str) -> None:
+        changed = state != self._state or detail != self._detail
+        self._state, self._detail = state, detail
+        if changed:
+            self._sink.health_changed(self.name, self.health())
+
+    def _read_password(self) -> str:
+        opts = self._opts
+        secret = read_secret(
+            file=opts.password_file, credential=opts.password_credential, value=opts.password
+        )
+        if secret is None:
+            raise DriverNotReady(
+                f"route {self.name}: no password configured", code="smpp:no_password"
+            )
+        return secret
+
+    def _now(self) -> float:
+        return self._clock.monotonic()
+
+    @staticmethod
+    def _resolve(token: object, response: Response) -> None:
+        if isinstance(token, asyncio.Future) and not token.done():
+            token.set_result(response)
+
+    @staticmethod
+    def _reject(token: object, error: Exception) -> None:
+        if isinstance(token, asyncio.Future) and not token.done():
+            token.set_exception(error)

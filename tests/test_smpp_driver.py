@@ -1,0 +1,195 @@
+"""The SMPP driver against an SMSC nobody here wrote: the npm `smpp` server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.base import (
+    DriverNotReady,
+    InboundSms,
+    OutboundSms,
+    PermanentSendError,
+    Receipt,
+    ReceiptState,
+    RouteHealth,
+    RouteState,
+)
+from drivers.clock import SystemClock
+from drivers.smpp.driver import SmppDriver, SmppOptions
+from drivers.text import split
+from tests.peers.smpp_peer import SmppPeer, smpp_server
+
+PASSWORD = "s3cret"  # noqa: S105 - a test peer's password
+
+
+@dataclass
+class Sink:
+    receipts: list[Receipt] = field(default_factory=list)
+    inbounds: list[InboundSms] = field(default_factory=list)
+    healths: list[RouteHealth] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def receipt(self, route: str, receipt: Receipt) -> None:
+        self.receipts.append(receipt)
+        self.changed.set()
+
+    async def inbound(self, route: str, sms: InboundSms) -> None:
+        self.inbounds.append(sms)
+        self.changed.set()
+
+    def health_changed(self, route: str, health: RouteHealth) -> None:
+        self.healths.append(health)
+        self.changed.set()
+
+    async def until(self, predicate: Any, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def _sms(body: str, to: str = "+12025550147", reference: int = 0x1234) -> OutboundSms:
+    plan = split(body)
+    return OutboundSms(
+        message_id="m", to=to, parts=plan.parts, encoding=plan.encoding.value, reference=reference
+    )
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[SmppPeer]:
+    async with smpp_server(
+        tmp_path, "hospital", PASSWORD, receipt_delay=0.05, hex_ids=True, receipt_hex_ids=False
+    ) as p:
+        yield p
+
+
+async def _driver(peer: SmppPeer, **options: Any) -> tuple[SmppDriver, Sink]:
+    sink = Sink()
+    opts = SmppOptions(
+        host=peer.host,
+        port=peer.port,
+        system_id="hospital",
+        password=PASSWORD,
+        reconnect_min=0.05,
+        reconnect_max=0.2,
+        **options,
+    )
+    driver = SmppDriver("carrier", opts, sink, SystemClock())
+    await driver.start()
+    await sink.until(lambda: driver.health().state is RouteState.UP)
+    return driver, sink
+
+
+async def test_gsm_ucs2_and_long_messages_reach_the_smsc_as_sent(peer: SmppPeer) -> None:
+    driver, _ = await _driver(peer)
+    try:
+        one = await driver.submit(_sms("Your results are ready"))
+        assert len(one.carrier_ids) == 1
+        pdu = await peer.expect_pdu("submit_sm")
+        assert pdu["data_coding"] == 0 and pdu["destination_addr"] == "12025550147"
+        assert bytes.fromhex(pdu["short_message_hex"]) == b"Your results are ready"
+
+        await driver.submit(_sms("Результаты готовы"))
+        pdu = await peer.expect_pdu("submit_sm")
+        assert pdu["data_coding"] == 8
+        assert bytes.fromhex(pdu["short_message_hex"]).decode("utf-16-be") == "Результаты готовы"
+
+        three = await driver.submit(_sms("x" * 400))
+        assert len(three.carrier_ids) == 3
+        parts = [await peer.expect_pdu("submit_sm") for _ in range(3)]
+        assert all(p["esm_class"] & 0x40 for p in parts)
+        udhs = [bytes.fromhex(p["short_message_hex"])[:6] for p in parts]
+        assert udhs == [bytes([5, 0, 3, 0x34, 3, n]) for n in (1, 2, 3)]
+    finally:
+        await driver.aclose()
+
+
+async def test_receipts_correlate_even_when_hex_and_decimal_disagree(peer: SmppPeer) -> None:
+    driver, sink = await _driver(peer)
+    try:
+        result = await driver.submit(_sms("ping"))
+        await sink.until(lambda: sink.receipts)
+        receipt = sink.receipts[0]
+        assert receipt.state is ReceiptState.DELIVERED
+        # The answer carried a hex id, the receipt a decimal one: one of the spellings
+        # the driver offers must be the id the gateway stored.
+        assert result.carrier_ids[0] in (receipt.carrier_id, *receipt.alternate_ids)
+    finally:
+        await driver.aclose()
+
+
+async def test_inbound_messages_reach_the_sink(peer: SmppPeer) -> None:
+    driver, sink = await _driver(peer)
+    try:
+        await peer.send_mo("+12025550147", "4000", text="STOP", data_coding=0)
+        await peer.send_mo("+12025550148", "4000", text="Да, приду", data_coding=8)
+        await sink.until(lambda: len(sink.inbounds) == 2)
+        assert [(m.sender, m.body) for m in sink.inbounds] == [
+            ("+12025550147", "STOP"),
+            ("+12025550148", "Да, приду"),
+        ]
+    finally:
+        await driver.aclose()
+
+
+async def test_throttling_parks_the_link_without_costing_an_attempt(peer: SmppPeer) -> None:
+    driver, _ = await _driver(peer, throttle_min=0.5)
+    try:
+        await peer.reject_next("ESME_RTHROTTLED")
+        with pytest.raises(DriverNotReady) as e:
+            await driver.submit(_sms("hello"))
+        assert e.value.retry_after == pytest.approx(0.5)
+        with pytest.raises(DriverNotReady):  # still paused: nothing is sent
+            await driver.submit(_sms("hello"))
+    finally:
+        await driver.aclose()
+
+
+async def test_permanent_rejection(peer: SmppPeer) -> None:
+    driver, _ = await _driver(peer)
+    try:
+        await peer.reject_next("ESME_RINVDSTADR")
+        with pytest.raises(PermanentSendError) as e:
+            await driver.submit(_sms("hello"))
+        assert e.value.code == "smpp:0x0000000b"
+    finally:
+        await driver.aclose()
+
+
+async def test_wrong_password_keeps_the_route_down(peer: SmppPeer) -> None:
+    sink = Sink()
+    opts = SmppOptions(
+        host=peer.host,
+        port=peer.port,
+        system_id="hospital",
+        password="wrong",
+        reconnect_min=0.05,
+        reconnect_max=0.1,
+    )
+    driver = SmppDriver("carrier", opts, sink, SystemClock())
+    await driver.start()
+    try:
+        await sink.until(lambda: any("bind rejected" in h.detail for h in sink.healths))
+        assert not driver.health().can_send
+        with pytest.raises(DriverNotReady):
+            await driver.submit(_sms("hello"))
+    finally:
+        await driver.aclose()
+
+
+async def test_reconnects_after_the_link_drops(peer: SmppPeer) -> None:
+    driver, sink = await _driver(peer)
+    try:
+        await peer.drop_connections()
+        await sink.until(lambda: driver.health().state is RouteState.DOWN)
+        await sink.until(lambda: driver.health().state is RouteState.UP)
+        assert driver.health().counters["reconnects"] >= 1
+        assert len((await driver.submit(_sms("after"))).carrier_ids) == 1
+    finally:
+        await driver.aclose()
