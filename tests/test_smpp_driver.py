@@ -25,7 +25,7 @@ from drivers.smpp.driver import SmppDriver, SmppOptions
 from drivers.text import split
 from tests.peers.smpp_peer import SmppPeer, smpp_server
 
-PASSWORD = "s3cret"  # noqa: S105 - a test peer's password
+PASSWORD = "s3cret"
 
 
 @dataclass
