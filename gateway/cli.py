@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import os
+import secrets
 import signal
 import sys
 import urllib.error
@@ -19,6 +20,7 @@ import msgspec
 import structlog
 
 from drivers.clock import SystemClock
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
 from gateway import logs, systemd
 from gateway.app import Gateway
@@ -146,6 +148,9 @@ async def _serve(config: Config, first_token: str | None) -> int:
     from gateway.api.server import build_app, runner_options
 
     host, _, port = config.http.listen.rpartition(":")
+    simulator = None
+    if config.source is None:
+        simulator, config = await _start_embedded_smsc(config)
     gateway = await Gateway.open(config)
     await gateway.start()
     _tune_gc()
@@ -181,12 +186,29 @@ async def _serve(config: Config, first_token: str | None) -> int:
         beat.cancel()
     log.info("shutting_down")
     await gateway.stop(before_store_close=runner.cleanup)
+    if simulator is not None:
+        await simulator.aclose()
     return 0
+
+
+async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:
+    """The embedded default's carrier: the SMSC simulator, in process, on a free port."""
+    password = secrets.token_hex(4)  # SMPP 3.4 passwords hold at most 8 characters
+    simulator = SmscSimulator(
+        SimulatorConfig(
+            system_id=config_mod.EMBEDDED_SMSC_SYSTEM_ID, password=password, receipt_delay=2.0
+        )
+    )
+    await simulator.start()
+    log.info("smsc_simulator_listening", port=simulator.port)
+    routes = config_mod.embedded_routes(simulator.port, password)
+    return simulator, msgspec.structs.replace(config, routes=routes)
 
 
 def _print_welcome(listen: str, token: str) -> None:
     print(
-        "\nsmsgw is running with the embedded default (state in ./data, demo loopback route).\n"
+        "\nsmsgw is running with the embedded default: state in ./data, a built-in SMSC\n"
+        "simulator reached over real SMPP, and a loopback route behind it.\n"
         "Your first API token (shown only now; it is stored as a hash):\n\n"
         f"  {token}\n\nSend a test message:\n\n"
         f"  curl -s -X POST http://{listen}/api/v1/messages \\\n"
@@ -262,6 +284,29 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    logs.configure("auto", "info")
+    config = SimulatorConfig(
+        host=args.host,
+        port=args.port,
+        system_id=args.system_id,
+        password=args.password,
+        receipt_delay=args.receipt_delay,
+        undeliverable=args.undeliverable,
+        expired=args.expired,
+        hex_ids=args.hex_ids,
+        seed=args.seed,
+    )
+    print(
+        f"SMSC simulator on {args.host}:{args.port} (system_id {args.system_id!r});"
+        " Ctrl-C stops it",
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_forever(config))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.doctor import diagnose
 
@@ -312,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in token_sub.choices.values():
         sp.add_argument("--config", help="TOML file (default: embedded)")
     token.set_defaults(func=cmd_token)
+
+    simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
+    peers = simulate.add_subparsers(dest="peer", required=True)
+    smsc = peers.add_parser("smsc", help="an SMPP 3.4 SMSC that answers and sends receipts")
+    smsc.add_argument("--host", default="127.0.0.1")
+    smsc.add_argument("--port", type=int, default=2775)
+    smsc.add_argument("--system-id", default="smsgw")
+    smsc.add_argument("--password", default="secret")
+    smsc.add_argument("--receipt-delay", type=float, default=1.0, help="seconds")
+    smsc.add_argument("--undeliverable", type=float, default=0.0, help="fraction 0..1")
+    smsc.add_argument("--expired", type=float, default=0.0, help="fraction 0..1")
+    smsc.add_argument("--hex-ids", action="store_true", help="message ids in hex")
+    smsc.add_argument("--seed", type=int)
+    simulate.set_defaults(func=cmd_simulate)
 
     doctor = sub.add_parser("doctor", help="check config, key, store and routes")
     doctor.add_argument("--config")

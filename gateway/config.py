@@ -127,21 +127,47 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 _ROUTE_COMMON = frozenset(RouteConfig.__struct_fields__) - {"options"}
 
-_EMBEDDED_ROUTES: list[dict[str, Any]] = [
-    {
-        "name": "demo",
-        "type": "loopback",
-        "rate": 50,
-        "burst": 10,
-        "window": 20,
-        "receipt_delay": 2.0,
-        "latency": 0.05,
-    },
-]
+EMBEDDED_SMSC_SYSTEM_ID = "smsgw"
+
+
+def embedded_routes(
+    smsc_port: int | None = None, smsc_password: str = ""
+) -> tuple[RouteConfig, ...]:
+    """The embedded default's routes: the built-in SMSC simulator over real SMPP (when
+    it runs) and, behind it for failover, a loopback route."""
+    raw: list[dict[str, Any]] = []
+    if smsc_port is not None:
+        raw.append(
+            {
+                "name": "smsc-sim",
+                "type": "smpp",
+                "rate": 50,
+                "burst": 10,
+                "window": 20,
+                "host": "127.0.0.1",
+                "port": smsc_port,
+                "system_id": EMBEDDED_SMSC_SYSTEM_ID,
+                "password": smsc_password,
+                "reconnect_min": 0.5,
+                "reconnect_max": 5.0,
+            }
+        )
+    raw.append(
+        {
+            "name": "demo",
+            "type": "loopback",
+            "rate": 50,
+            "burst": 10,
+            "window": 20,
+            "receipt_delay": 2.0,
+            "latency": 0.05,
+        }
+    )
+    return from_mapping({"routes": raw}).routes
 
 
 def embedded_default(data_dir: str = "data") -> Config:
-    return from_mapping({"data_dir": data_dir, "routes": _EMBEDDED_ROUTES})
+    return msgspec.structs.replace(from_mapping({"data_dir": data_dir}), routes=embedded_routes())
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

@@ -303,10 +303,20 @@ class SmppDriver:
         while not self._closing:
             try:
                 bound = await self._run_link(link)
-            except (TimeoutError, OSError, ssl.SSLError) as e:
+            except (OSError, TimeoutError, ssl.SSLError) as e:
                 bound = False
                 log.warning(
                     "smpp_connect_failed", route=self.name, link=link.index, error=type(e).__name__
+                )
+            except Exception as e:  # a bug or a bad setting must not end the link for good
+                bound = False
+                self._detail = f"link error: {e}"
+                log.error(
+                    "smpp_link_failed",
+                    route=self.name,
+                    link=link.index,
+                    error=type(e).__name__,
+                    detail=str(e),
                 )
             self._link_down(link)
             if self._closing:
