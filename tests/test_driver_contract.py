@@ -6,6 +6,7 @@ driver against a recording sink and can make its receipts come due.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -22,8 +23,11 @@ from drivers.base import (
     RouteHealth,
     RouteState,
 )
-from drivers.clock import FakeClock
+from drivers.clock import FakeClock, SystemClock
 from drivers.loopback import LoopbackDriver, LoopbackOptions
+from drivers.smpp.driver import SmppDriver, SmppOptions
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from drivers.smpp.status import Status
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
 
 
@@ -32,23 +36,37 @@ class RecordingSink:
     receipts: list[Receipt] = field(default_factory=list)
     inbounds: list[InboundSms] = field(default_factory=list)
     healths: list[RouteHealth] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def receipt(self, route: str, receipt: Receipt) -> None:
         self.receipts.append(receipt)
+        self.changed.set()
 
     async def inbound(self, route: str, sms: InboundSms) -> None:
         self.inbounds.append(sms)
+        self.changed.set()
 
     def health_changed(self, route: str, health: RouteHealth) -> None:
         self.healths.append(health)
+        self.changed.set()
+
+    async def until(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
+        """Return once `predicate()` holds, re-checked after everything the driver reports."""
+        async with asyncio.timeout(within):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
 
 
 @dataclass
 class Harness:
     driver: Driver
     sink: RecordingSink
-    receipts_due: Callable[[], Awaitable[None]]
+    receipts_due: Callable[[int], Awaitable[None]]  # returns once `n` receipts are in
+    arrange_failure: Callable[[], Awaitable[None]]  # the next submit must fail for good
+    started: Callable[[], Awaitable[None]]  # returns once the route is up
     failing_number: str
+    cleanup: Callable[[], Awaitable[None]] | None = None
 
 
 async def loopback_harness() -> Harness:
@@ -57,22 +75,55 @@ async def loopback_harness() -> Harness:
     opts = LoopbackOptions(latency=0, receipt_delay=3, reject_prefixes=("+1202555019",))
     driver = LoopbackDriver("lb", opts, sink, clock)
 
-    async def receipts_due() -> None:
+    async def receipts_due(n: int) -> None:
         clock.advance(3)
         await driver.settle()
 
-    return Harness(driver, sink, receipts_due, "+12025550199")
+    async def nothing() -> None:
+        return None
+
+    return Harness(driver, sink, receipts_due, nothing, nothing, "+12025550199")
 
 
-HARNESSES: dict[str, Callable[[], Awaitable[Harness]]] = {"loopback": loopback_harness}
+async def smpp_harness() -> Harness:
+    """The SMPP driver over real TCP against the SMSC simulator."""
+    sim = SmscSimulator(SimulatorConfig(password="pw", receipt_delay=0.0))
+    await sim.start()
+    sink = RecordingSink()
+    opts = SmppOptions(
+        host="127.0.0.1", port=sim.port, system_id="smsgw", password="pw", reconnect_min=0.05
+    )
+    driver = SmppDriver("smpp", opts, sink, SystemClock())
+
+    async def receipts_due(n: int) -> None:
+        await sink.until(lambda: len(sink.receipts) >= n)
+
+    async def arrange_failure() -> None:
+        sim.reject_next(Status.ESME_RINVDSTADR)
+
+    async def started() -> None:
+        await sink.until(lambda: driver.health().can_send)
+
+    return Harness(
+        driver, sink, receipts_due, arrange_failure, started, "+12025550199", cleanup=sim.aclose
+    )
+
+
+HARNESSES: dict[str, Callable[[], Awaitable[Harness]]] = {
+    "loopback": loopback_harness,
+    "smpp": smpp_harness,
+}
 
 
 @pytest.fixture(params=sorted(HARNESSES))
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     h = await HARNESSES[request.param]()
     await h.driver.start()
+    await h.started()
     yield h
     await h.driver.aclose()
+    if h.cleanup is not None:
+        await h.cleanup()
 
 
 def _sms(parts: tuple[str, ...] = ("hello",), to: str = CANARY_NUMBER) -> OutboundSms:
@@ -93,13 +144,15 @@ async def test_one_carrier_id_per_part_all_distinct(harness: Harness) -> None:
 
 
 async def test_receipts_name_the_carrier_ids(harness: Harness) -> None:
-    result = await harness.driver.submit(_sms(("x", "y")))
-    await harness.receipts_due()
+    result = await harness.driver.submit(_sms(("x" * 153, "y" * 20)))
+    assert len(result.carrier_ids) == 2
+    await harness.receipts_due(2)
     got = {r.carrier_id: r.state for r in harness.sink.receipts}
     assert got == dict.fromkeys(result.carrier_ids, ReceiptState.DELIVERED)
 
 
 async def test_errors_are_typed_with_codes_free_of_phi(harness: Harness) -> None:
+    await harness.arrange_failure()
     with pytest.raises(DriverError) as e:
         await harness.driver.submit(_sms((CANARY_BODY,), to=harness.failing_number))
     assert e.value.code and ":" in e.value.code
