@@ -6,9 +6,8 @@ driver against a recording sink and can make its receipts come due.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -16,11 +15,8 @@ from drivers.base import (
     Driver,
     DriverError,
     DriverNotReady,
-    InboundSms,
     OutboundSms,
-    Receipt,
     ReceiptState,
-    RouteHealth,
     RouteState,
 )
 from drivers.clock import FakeClock, SystemClock
@@ -29,33 +25,7 @@ from drivers.smpp.driver import SmppDriver, SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
-
-
-@dataclass
-class RecordingSink:
-    receipts: list[Receipt] = field(default_factory=list)
-    inbounds: list[InboundSms] = field(default_factory=list)
-    healths: list[RouteHealth] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def receipt(self, route: str, receipt: Receipt) -> None:
-        self.receipts.append(receipt)
-        self.changed.set()
-
-    async def inbound(self, route: str, sms: InboundSms) -> None:
-        self.inbounds.append(sms)
-        self.changed.set()
-
-    def health_changed(self, route: str, health: RouteHealth) -> None:
-        self.healths.append(health)
-        self.changed.set()
-
-    async def until(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
-        """Return once `predicate()` holds, re-checked after everything the driver reports."""
-        async with asyncio.timeout(within):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
+from tests.sinks import RecordingSink
 
 
 @dataclass

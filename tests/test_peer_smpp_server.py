@@ -8,12 +8,8 @@ bounded by the socket timeout and every wait by a deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import smpplib.client
@@ -23,71 +19,18 @@ import smpplib.gsm
 import smpplib.smpp
 
 from tests.peers.smpp_peer import SmppPeer, smpp_server
+from tests.peers.smpplib_esme import RECEIPT, RECIPIENT, SENDER, SmpplibEsme
 
 SYSTEM_ID = "smsgw-test"
 PASSWORD = "peer-pw"
-SENDER = "12025550100"  # 555-01xx: fictional numbers
-RECIPIENT = "12025550147"
 SOCKET_TIMEOUT = 5.0
 WAIT = 10.0
 
-RECEIPT = re.compile(
-    r"id:(?P<id>\w+) sub:001 dlvrd:001 submit date:\d{10} done date:\d{10} "
-    r"stat:DELIVRD err:000 text:(?P<text>.*)"
-)
 
-
-class Esme:
-    """An smpplib client; its methods block, so tests call them through asyncio.to_thread."""
-
-    def __init__(self, port: int) -> None:
-        self.client = smpplib.client.Client(
-            "127.0.0.1", port, timeout=SOCKET_TIMEOUT, allow_unknown_opt_params=True
-        )
-        self.delivered: list[Any] = []  # deliver_sm PDUs (smpplib answers them itself)
-        self.message_ids: list[str] = []  # from submit_sm_resp, in order
-        self.client.set_message_received_handler(lambda pdu: self.delivered.append(pdu))
-        self.client.set_message_sent_handler(
-            lambda pdu: self.message_ids.append(pdu.message_id.decode())
-        )
-        self.client.connect()
-
-    def bind(self, mode: str = "transceiver", password: str = PASSWORD) -> None:
-        getattr(self.client, f"bind_{mode}")(system_id=SYSTEM_ID, password=password)
-
-    def submit(self, text: str, **fields: Any) -> None:
-        parts, data_coding, esm_class = smpplib.gsm.make_parts(text)
-        for part in parts:
-            self.client.send_message(
-                source_addr_ton=smpplib.consts.SMPP_TON_INTL,
-                source_addr_npi=smpplib.consts.SMPP_NPI_ISDN,
-                source_addr=SENDER,
-                dest_addr_ton=smpplib.consts.SMPP_TON_INTL,
-                dest_addr_npi=smpplib.consts.SMPP_NPI_ISDN,
-                destination_addr=RECIPIENT,
-                short_message=part,
-                data_coding=data_coding,
-                esm_class=esm_class,
-                **fields,
-            )
-
-    def read_until(self, done: Callable[[], bool], limit: float = WAIT) -> None:
-        """Handle incoming PDUs until `done()`; each read waits at most SOCKET_TIMEOUT."""
-        deadline = time.monotonic() + limit
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"smpplib client: condition not met within {limit}s")
-            with contextlib.suppress(TimeoutError):  # nothing came in SOCKET_TIMEOUT
-                self.client.read_once(auto_send_enquire_link=False)
-
-    def close(self) -> None:
-        if self.client.state in (
-            smpplib.consts.SMPP_CLIENT_STATE_BOUND_TX,
-            smpplib.consts.SMPP_CLIENT_STATE_BOUND_RX,
-            smpplib.consts.SMPP_CLIENT_STATE_BOUND_TRX,
-        ):
-            self.client.unbind()
-        self.client.disconnect()
+def Esme(port: int) -> SmpplibEsme:
+    return SmpplibEsme(
+        port, system_id=SYSTEM_ID, password=PASSWORD, socket_timeout=SOCKET_TIMEOUT, wait=WAIT
+    )
 
 
 @pytest.fixture
@@ -97,14 +40,14 @@ async def peer(tmp_path: Path) -> AsyncIterator[SmppPeer]:
 
 
 @pytest.fixture
-async def esme(peer: SmppPeer) -> AsyncIterator[Esme]:
+async def esme(peer: SmppPeer) -> AsyncIterator[SmpplibEsme]:
     client = await asyncio.to_thread(Esme, peer.port)
     yield client
     await asyncio.to_thread(client.close)
 
 
 async def test_bad_password_is_refused_then_bind_transceiver_works(
-    peer: SmppPeer, esme: Esme
+    peer: SmppPeer, esme: SmpplibEsme
 ) -> None:
     with pytest.raises(smpplib.exceptions.PDUError) as refused:
         await asyncio.to_thread(esme.bind, "transceiver", "wrong-pw")
@@ -124,7 +67,7 @@ async def test_bad_password_is_refused_then_bind_transceiver_works(
 
 
 async def test_submits_are_logged_with_data_coding_bytes_udh_and_tlvs(
-    peer: SmppPeer, esme: Esme
+    peer: SmppPeer, esme: SmpplibEsme
 ) -> None:
     await asyncio.to_thread(esme.bind)
     await asyncio.to_thread(esme.submit, "Ward 7B @ £5")  # GSM 03.38: @ is 0x00, £ is 0x01
@@ -200,7 +143,7 @@ async def test_registered_delivery_gets_a_receipt(tmp_path: Path) -> None:
         assert await p.expect_pdu("deliver_sm_resp", sequence=sent["sequence"])
 
 
-async def test_mo_reaches_a_bound_receiver(peer: SmppPeer, esme: Esme) -> None:
+async def test_mo_reaches_a_bound_receiver(peer: SmppPeer, esme: SmpplibEsme) -> None:
     await asyncio.to_thread(esme.bind, "receiver")
     await peer.expect_pdu("bind_receiver")
     texts = [("Да, приду ☃", 8), ("Yes @ 5£", 0)]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,46 +10,21 @@ import pytest
 
 from drivers.base import (
     DriverNotReady,
-    InboundSms,
     OutboundSms,
     PermanentSendError,
-    Receipt,
     ReceiptState,
-    RouteHealth,
     RouteState,
 )
 from drivers.clock import SystemClock
 from drivers.smpp.driver import SmppDriver, SmppOptions
 from drivers.text import split
 from tests.peers.smpp_peer import SmppPeer, smpp_server
+from tests.sinks import RecordingSink
 
 PASSWORD = "s3cret"
 
 
-@dataclass
-class Sink:
-    receipts: list[Receipt] = field(default_factory=list)
-    inbounds: list[InboundSms] = field(default_factory=list)
-    healths: list[RouteHealth] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def receipt(self, route: str, receipt: Receipt) -> None:
-        self.receipts.append(receipt)
-        self.changed.set()
-
-    async def inbound(self, route: str, sms: InboundSms) -> None:
-        self.inbounds.append(sms)
-        self.changed.set()
-
-    def health_changed(self, route: str, health: RouteHealth) -> None:
-        self.healths.append(health)
-        self.changed.set()
-
-    async def until(self, predicate: Any, within: float = 10.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
+Sink = RecordingSink
 
 
 def _sms(body: str, to: str = "+12025550147", reference: int = 0x1234) -> OutboundSms:

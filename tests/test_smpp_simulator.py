@@ -9,9 +9,7 @@ timers on the event loop with small real timeouts; nothing sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -38,11 +36,10 @@ from drivers.smpp.session import (
 )
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
+from tests.peers.smpplib_esme import RECIPIENT, SENDER, SmpplibEsme
 
 SYSTEM_ID = "smsgw-test"
 PASSWORD = "sim-pw"
-SENDER = "12025550100"  # 555-01xx: fictional numbers
-RECIPIENT = "12025550147"
 SOCKET_TIMEOUT = 2.0
 WAIT = 5.0
 
@@ -64,64 +61,10 @@ async def until(sim: SmscSimulator, predicate: Callable[[], bool]) -> None:
     await asyncio.wait_for(sim.wait_until(predicate), WAIT)
 
 
-class Esme:
-    """An smpplib client; its methods block, so tests call them through asyncio.to_thread."""
-
-    def __init__(self, port: int) -> None:
-        self.client = smpplib.client.Client(
-            "127.0.0.1", port, timeout=SOCKET_TIMEOUT, allow_unknown_opt_params=True
-        )
-        self.delivered: list[Any] = []  # deliver_sm PDUs (smpplib answers them itself)
-        self.message_ids: list[str] = []  # from submit_sm_resp, in order
-        self.answers: list[int] = []  # deliver_sm_resp statuses to give, then ESME_ROK
-        self.client.set_message_received_handler(self._received)
-        self.client.set_message_sent_handler(
-            lambda pdu: self.message_ids.append(pdu.message_id.decode())
-        )
-        self.client.connect()
-
-    def _received(self, pdu: Any) -> int:
-        self.delivered.append(pdu)
-        return self.answers.pop(0) if self.answers else Status.ESME_ROK
-
-    def bind(self, mode: str = "transceiver", password: str = PASSWORD, **fields: Any) -> None:
-        system_id = fields.pop("system_id", SYSTEM_ID)
-        getattr(self.client, f"bind_{mode}")(system_id=system_id, password=password, **fields)
-
-    def submit(self, text: str, **fields: Any) -> None:
-        parts, data_coding, esm_class = smpplib.gsm.make_parts(text)
-        for part in parts:
-            self.client.send_message(
-                source_addr_ton=smpplib.consts.SMPP_TON_INTL,
-                source_addr_npi=smpplib.consts.SMPP_NPI_ISDN,
-                source_addr=SENDER,
-                dest_addr_ton=smpplib.consts.SMPP_TON_INTL,
-                dest_addr_npi=smpplib.consts.SMPP_NPI_ISDN,
-                destination_addr=RECIPIENT,
-                short_message=part,
-                data_coding=data_coding,
-                esm_class=esm_class,
-                **fields,
-            )
-
-    def read_until(self, done: Callable[[], bool], limit: float = WAIT) -> None:
-        """Handle incoming PDUs until `done()`; each read waits at most SOCKET_TIMEOUT."""
-        deadline = time.monotonic() + limit
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"smpplib client: condition not met within {limit}s")
-            with contextlib.suppress(TimeoutError):  # nothing came in SOCKET_TIMEOUT
-                self.client.read_once(auto_send_enquire_link=False)
-
-    def close(self) -> None:
-        with contextlib.suppress(smpplib.exceptions.ConnectionError, OSError):
-            if self.client.state in (
-                smpplib.consts.SMPP_CLIENT_STATE_BOUND_TX,
-                smpplib.consts.SMPP_CLIENT_STATE_BOUND_RX,
-                smpplib.consts.SMPP_CLIENT_STATE_BOUND_TRX,
-            ):
-                self.client.unbind()
-        self.client.disconnect()
+def Esme(port: int) -> SmpplibEsme:
+    return SmpplibEsme(
+        port, system_id=SYSTEM_ID, password=PASSWORD, socket_timeout=SOCKET_TIMEOUT, wait=WAIT
+    )
 
 
 @pytest.fixture
@@ -131,7 +74,7 @@ async def sim() -> AsyncIterator[SmscSimulator]:
 
 
 @pytest.fixture
-async def esme(sim: SmscSimulator) -> AsyncIterator[Esme]:
+async def esme(sim: SmscSimulator) -> AsyncIterator[SmpplibEsme]:
     client = await asyncio.to_thread(Esme, sim.port)
     yield client
     await asyncio.to_thread(client.close)
@@ -140,7 +83,7 @@ async def esme(sim: SmscSimulator) -> AsyncIterator[Esme]:
 # -- smpplib ---------------------------------------------------------------------------
 
 
-async def test_bind_checks_system_id_and_password(sim: SmscSimulator, esme: Esme) -> None:
+async def test_bind_checks_system_id_and_password(sim: SmscSimulator, esme: SmpplibEsme) -> None:
     with pytest.raises(smpplib.exceptions.PDUError) as refused:
         await asyncio.to_thread(esme.bind, "transceiver", "wrong-pw")
     assert refused.value.args[1] == smpplib.consts.SMPP_ESME_RINVPASWD
@@ -157,7 +100,7 @@ async def test_bind_checks_system_id_and_password(sim: SmscSimulator, esme: Esme
     await until(sim, lambda: sim.open_connections == 0)
 
 
-async def test_submits_are_recorded_as_sent(sim: SmscSimulator, esme: Esme) -> None:
+async def test_submits_are_recorded_as_sent(sim: SmscSimulator, esme: SmpplibEsme) -> None:
     await asyncio.to_thread(esme.bind)
     await asyncio.to_thread(esme.submit, "Ward 7B @ £5")  # GSM 03.38: @ is 0x00, £ is 0x01
     await asyncio.to_thread(esme.submit, "Привет ☃")  # not GSM: UCS-2
@@ -186,7 +129,7 @@ async def test_submits_are_recorded_as_sent(sim: SmscSimulator, esme: Esme) -> N
     assert "addr" not in repr(gsm) and "Ward" not in repr(gsm) and RECIPIENT not in repr(gsm)
 
 
-async def test_receipt_follows_a_registered_submit(sim: SmscSimulator, esme: Esme) -> None:
+async def test_receipt_follows_a_registered_submit(sim: SmscSimulator, esme: SmpplibEsme) -> None:
     await asyncio.to_thread(esme.bind)
     await asyncio.to_thread(esme.submit, "no receipt please")
     await asyncio.to_thread(esme.submit, "receipt please", registered_delivery=1)
@@ -252,7 +195,7 @@ async def test_receipt_waits_for_the_clock_and_a_receiver_with_hex_ids() -> None
 
 
 async def test_refused_and_lost_receipts_are_delivered_again(
-    sim: SmscSimulator, esme: Esme
+    sim: SmscSimulator, esme: SmpplibEsme
 ) -> None:
     esme.answers = [Status.ESME_RSYSERR]  # the first deliver_sm is refused
     await asyncio.to_thread(esme.bind)
@@ -283,7 +226,7 @@ async def test_refused_and_lost_receipts_are_delivered_again(
     assert sim.redelivered == 2
 
 
-async def test_injected_mo_reaches_a_receiver(sim: SmscSimulator, esme: Esme) -> None:
+async def test_injected_mo_reaches_a_receiver(sim: SmscSimulator, esme: SmpplibEsme) -> None:
     await asyncio.to_thread(esme.bind, "receiver")
     sim.inject_mo("+12025550147", "4000", "Yes @ 5£")
     sim.inject_mo("+12025550147", "4000", "Да, приду ☃")
@@ -316,7 +259,9 @@ def test_inject_mo_refuses_what_does_not_fit() -> None:
         SimulatorConfig(undeliverable=0.7, expired=0.5)
 
 
-async def test_throttle_and_reject_answer_the_next_submits(sim: SmscSimulator, esme: Esme) -> None:
+async def test_throttle_and_reject_answer_the_next_submits(
+    sim: SmscSimulator, esme: SmpplibEsme
+) -> None:
     await asyncio.to_thread(esme.bind)
     sim.throttle(1)
     sim.reject_next(Status.ESME_RINVDSTADR)
@@ -331,7 +276,7 @@ async def test_throttle_and_reject_answer_the_next_submits(sim: SmscSimulator, e
     assert [m.text for m in sim.submitted] == ["accepted"]
 
 
-async def test_drop_connections_closes_the_socket(sim: SmscSimulator, esme: Esme) -> None:
+async def test_drop_connections_closes_the_socket(sim: SmscSimulator, esme: SmpplibEsme) -> None:
     await asyncio.to_thread(esme.bind)
     sim.drop_connections()
     with pytest.raises(smpplib.exceptions.ConnectionError):
