@@ -28,6 +28,7 @@ import heapq
 import math
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -301,11 +302,23 @@ class Scheduler:
 
     async def _send(self, entry: Entry, route: RouteRuntime) -> None:
         self._metrics.in_flight.labels(route.name).inc()
+        held = True
+
+        def release() -> None:
+            """Free the window slot once: as soon as the carrier answered, not after the
+            outcome is on disk, so the window counts submits, not our fsyncs."""
+            nonlocal held
+            if held:
+                held = False
+                route.release()
+                self._metrics.in_flight.labels(route.name).dec()
+                self._wake.set()
+
         try:
             claimed = await self._store.claim(entry.id, route.name, self._clock.time())
             if claimed is None:
                 return
-            await self._submit(entry, route, claimed)
+            await self._submit(entry, route, claimed, release)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -313,11 +326,15 @@ class Scheduler:
                 "dispatch_failed", message_id=entry.id, route=route.name, error=exception_summary(e)
             )
         finally:
-            route.release()
-            self._metrics.in_flight.labels(route.name).dec()
-            self._wake.set()
+            release()
 
-    async def _submit(self, entry: Entry, route: RouteRuntime, claimed: ClaimedMessage) -> None:
+    async def _submit(
+        self,
+        entry: Entry,
+        route: RouteRuntime,
+        claimed: ClaimedMessage,
+        release: Callable[[], None],
+    ) -> None:
         plan = split(claimed.body, encoding=Encoding(claimed.encoding))
         sms = OutboundSms(
             message_id=claimed.id,
@@ -330,7 +347,10 @@ class Scheduler:
         )
         started = self._clock.monotonic()
         try:
-            result = await route.driver.submit(sms)
+            try:
+                result = await route.driver.submit(sms)
+            finally:
+                release()
         except PermanentSendError as e:
             await self._finish_failed(entry, route, e.code)
         except DriverAuthFailed as e:

@@ -430,6 +430,8 @@ class SmscSimulator:
         self._pump()
 
     def _on_request(self, link: _Link, pdu: Pdu) -> None:
+        if link.session.closed:
+            return  # arrived behind an unbind: the peer gets no answer, as from a real SMSC
         if pdu.command not in (Command.SUBMIT_SM, Command.DATA_SM):
             link.session.respond(pdu, Status.ESME_RQUERYFAIL)  # query_sm: nothing is kept
             return
