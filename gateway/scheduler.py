@@ -426,8 +426,10 @@ class Scheduler:
         delay = self.backoff(attempts) if consume_attempt else 0.0
         if retry_after is not None:
             delay = max(delay, retry_after)
-        due = now + delay
-        if due >= entry.expires_at:
+        # A message the route could not take (not ready, throttled, shutdown) keeps its
+        # place in its class; one the carrier refused waits out its back-off.
+        due = now + delay if consume_attempt or retry_after else min(entry.due_at, now)
+        if max(due, now) >= entry.expires_at:
             await self._store.transition(
                 Transition(entry.id, State.EXPIRED, route=route.name, error_code=code), now
             )

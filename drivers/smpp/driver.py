@@ -15,9 +15,9 @@ session events into the driver contract:
   permanent → `PermanentSendError`, transient → `TransientSendError`, throttle →
   the link pauses with a growing back-off and the message goes back to the queue
   without losing its place or an attempt (`DriverNotReady` with `retry_after`).
-- A response timeout, or a link lost with submits outstanding, is a transient error
-  with `maybe_sent`: the carrier may have the message, so the resend is flagged as a
-  possible duplicate.
+- A response timeout, or a link lost with submits outstanding or between the parts of
+  a message, is a transient error with `maybe_sent`: the carrier may have the message
+  (or some of its parts), so the resend is flagged as a possible duplicate.
 - `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt`; others are
   inbound messages, reassembled when concatenated, handed to the sink's `inbound`.
   The `*_resp` is sent only after the sink returned, i.e. after the gateway committed;
@@ -67,6 +67,7 @@ from drivers.smpp.session import (
     Session,
     SessionConfig,
     SessionEnded,
+    Unbound,
 )
 from drivers.smpp.session import Role as SessionRole
 from drivers.smpp.status import Status, classify, status_code
@@ -206,6 +207,14 @@ class SmppDriver:
             except TransientSendError as e:
                 e.maybe_sent = e.maybe_sent or bool(ids)
                 raise
+            except DriverNotReady as e:
+                if not ids:
+                    raise
+                # DriverNotReady means "nothing was sent", but the carrier already took
+                # earlier parts (the link went between parts): the resend repeats them.
+                raise TransientSendError(
+                    "link lost mid-message", code="smpp:link_lost", maybe_sent=True
+                ) from e
             status = response.pdu.status
             if status != Status.ESME_ROK:
                 self._fail(link, status, sent_parts=i)
@@ -414,7 +423,8 @@ class SmppDriver:
                         maybe_sent=True,
                     ),
                 )
-            log.warning(
+            ours = self._closing and isinstance(event, Unbound) and not event.by_peer
+            (log.info if ours else log.warning)(
                 "smpp_session_ended",
                 route=self.name,
                 link=link.index,

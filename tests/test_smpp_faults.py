@@ -1,0 +1,475 @@
+"""SMSC faults through the real gateway: store + scheduler + SMPP driver over TCP.
+
+Every test runs the whole gateway (dispatch loop included) on the system clock against
+the in-process `SmscSimulator` on 127.0.0.1, with timers shortened to fractions of a
+second. Nothing sleeps: a test waits on `Rig.until`, which re-checks its condition
+after every store commit, every route health change and every simulator event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.base import RouteHealth, RouteState
+from drivers.clock import SystemClock
+from drivers.smpp.driver import SmppDriver
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from drivers.smpp.status import Status
+from gateway.app import Gateway
+from tests.conftest import accept, make_config
+
+PASSWORD = "pw"
+WITHIN = 8.0  # every wait is bounded well under the 10 s a test may take
+FINAL_OK = ("sent", "delivered")
+
+Predicate = Callable[[], bool | Awaitable[bool]]
+
+
+def smpp_route(sim: SmscSimulator, **extra: Any) -> dict[str, Any]:
+    """An SMPP route to the simulator with every timer in fractions of a second."""
+    return {
+        "name": "carrier",
+        "type": "smpp",
+        "host": "127.0.0.1",
+        "port": sim.port,
+        "system_id": "smsgw",
+        "password": PASSWORD,
+        "window": 10,
+        "enquire_link_interval": 0.3,
+        "response_timeout": 0.5,
+        "bind_timeout": 0.5,
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.2,
+        "throttle_min": 0.2,
+        "throttle_max": 0.4,
+        **extra,
+    }
+
+
+@dataclass
+class Rig:
+    """A running gateway and its simulator; `poke()` wakes every `until`."""
+
+    gw: Gateway
+    sim: SmscSimulator
+    waiters: set[asyncio.Event] = field(default_factory=set)
+
+    def poke(self) -> None:
+        for changed in self.waiters:
+            changed.set()
+
+    @property
+    def driver(self) -> SmppDriver:
+        driver = self.gw.routes["carrier"].driver
+        assert isinstance(driver, SmppDriver)
+        return driver
+
+    async def until(self, predicate: Predicate, within: float = WITHIN) -> None:
+        """Return once `predicate()` holds; re-checked after every change."""
+        changed = (
+            asyncio.Event()
+        )  # one per waiter: waits may nest (test_link_lost_between_parts...)
+        self.waiters.add(changed)
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    changed.clear()  # before checking: a change during the check counts
+                    result = predicate()
+                    if inspect.isawaitable(result):
+                        result = await result
+                    if result:
+                        return
+                    await changed.wait()
+        finally:
+            self.waiters.discard(changed)
+
+    async def until_up(self) -> None:
+        await self.until(lambda: self.driver.health().state is RouteState.UP)
+
+    async def rows(self, ids: list[str]) -> list[Any]:
+        rows = [await self.gw.store.message_row(i) for i in ids]
+        assert all(r is not None for r in rows)
+        return rows
+
+    async def states(self, ids: list[str]) -> list[str]:
+        return [str(r["state"]) for r in await self.rows(ids)]
+
+    def all_in(self, ids: list[str], states: tuple[str, ...]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return all(s in states for s in await self.states(ids))
+
+        return check
+
+
+def _watch_futures(obj: object, name: str, poke: Callable[[], None]) -> None:
+    """Make `obj.name(...)`, which returns a future, poke once that future is done."""
+    original = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        future = original(*args, **kwargs)
+        future.add_done_callback(lambda _: poke())
+        return future
+
+    setattr(obj, name, wrapped)
+
+
+async def _relay(sim: SmscSimulator, poke: Callable[[], None]) -> None:
+    """Poke after every simulator event (`wait_until` wakes on each one)."""
+    while True:
+        calls = 0
+
+        def second_call() -> bool:
+            nonlocal calls
+            calls += 1
+            return calls > 1
+
+        await sim.wait_until(second_call)
+        poke()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SmscSimulator]:
+    config = SimulatorConfig(password=PASSWORD, receipt_delay=0.0, redelivery_delay=0.0)
+    async with SmscSimulator(config) as s:
+        yield s
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def open_rig(tmp_path: Path, sim: SmscSimulator) -> AsyncIterator[RigFactory]:
+    opened: list[tuple[Rig, asyncio.Task[None]]] = []
+
+    async def factory(routes: list[dict[str, Any]] | None = None, **route_extra: Any) -> Rig:
+        config = make_config(
+            tmp_path,
+            routes if routes is not None else [smpp_route(sim, **route_extra)],
+            queue={"retry_base": 0.05, "retry_cap": 0.2},
+            http={"shutdown_grace": 0.5},
+        )
+        gw = await Gateway.open(config, SystemClock())
+        rig = Rig(gw, sim)
+        _watch_futures(gw.store.writer, "run", rig.poke)
+        _watch_futures(gw.store.writer, "insert", rig.poke)
+        reported = gw.sink.health_changed
+
+        def health_changed(route: str, health: RouteHealth) -> None:
+            reported(route, health)
+            rig.poke()
+
+        gw.sink.health_changed = health_changed  # type: ignore[method-assign]
+        relay = asyncio.create_task(_relay(sim, rig.poke))
+        opened.append((rig, relay))
+        await gw.start(dispatch=True)
+        await rig.until_up()
+        return rig
+
+    yield factory
+    for rig, relay in opened:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        if not rig.gw.stopped:
+            await rig.gw.stop()
+
+
+def _texts(sim: SmscSimulator) -> list[str]:
+    return [m.text for m in sim.submitted]
+
+
+# -- 1. the happy path --------------------------------------------------------------------
+
+
+async def test_happy_path_every_message_delivered_once(open_rig: RigFactory) -> None:
+    rig = await open_rig()
+    classes = ("critical", "high", "normal", "bulk")
+    bodies = [f"happy {i:02d}" for i in range(20)]
+    ids = [await accept(rig.gw, body=b, priority=classes[i % 4]) for i, b in enumerate(bodies)]
+
+    await rig.until(rig.all_in(ids, ("delivered",)))
+
+    assert Counter(_texts(rig.sim)) == Counter(bodies)  # each exactly once
+    assert rig.sim.receipts_sent == 20
+    by_id = {m.message_id for m in rig.sim.submitted}
+    for mid in ids:
+        events = await rig.gw.store.events(mid)
+        sent = [e for e in events if e["state"] == "sent"]
+        assert len(sent) == 1 and sent[0]["carrier_id"] in by_id
+        row = await rig.gw.store.message_row(mid)
+        assert row is not None
+        assert (row["route"], row["attempts"], row["possible_duplicate"]) == ("carrier", 0, 0)
+
+
+# -- 2. throttling ------------------------------------------------------------------------
+
+
+async def test_throttling_costs_no_attempt_and_keeps_priority(open_rig: RigFactory) -> None:
+    # One submit at a time, so the order the SMSC accepts them in is the dispatch order.
+    rig = await open_rig(window=1)
+    rig.sim.throttle(3)
+    bulk = [await accept(rig.gw, body=f"bulk {i}", priority="bulk") for i in range(3)]
+    await rig.until(lambda: rig.sim.throttled >= 1)
+    critical = await accept(rig.gw, body="critical", priority="critical")
+    ids = [*bulk, critical]
+
+    await rig.until(rig.all_in(ids, FINAL_OK))
+
+    assert rig.sim.throttled == 3
+    texts = _texts(rig.sim)
+    assert sorted(texts) == sorted(["bulk 0", "bulk 1", "bulk 2", "critical"])
+    assert texts[0] == "critical"  # queued during the throttle, yet first out
+    for row in await rig.rows(ids):
+        assert row["attempts"] == 0
+        assert row["possible_duplicate"] == 0
+    assert rig.driver.health().counters["throttled"] == 3
+
+
+async def test_throttling_a_full_window_loses_nothing(open_rig: RigFactory) -> None:
+    rig = await open_rig()  # window 10: every submit is in flight when throttled
+    rig.sim.throttle(6)
+    ids = [await accept(rig.gw, body=f"burst {i}") for i in range(10)]
+
+    await rig.until(rig.all_in(ids, FINAL_OK))
+
+    assert Counter(_texts(rig.sim)) == Counter(f"burst {i}" for i in range(10))
+    for row in await rig.rows(ids):
+        assert (row["attempts"], row["possible_duplicate"]) == (0, 0)
+
+
+async def test_throttled_message_keeps_its_place_in_its_class(open_rig: RigFactory) -> None:
+    rig = await open_rig(window=1)
+    rig.sim.throttle(1)
+    rig.sim.stop_answering()  # all three are queued before the throttle comes back
+    ids = [await accept(rig.gw, body=f"bulk {i}", priority="bulk") for i in range(3)]
+    rig.sim.resume_answering()
+
+    await rig.until(rig.all_in(ids, FINAL_OK))
+
+    assert _texts(rig.sim) == ["bulk 0", "bulk 1", "bulk 2"]
+
+
+# -- 3. the link drops with a window in flight --------------------------------------------
+
+
+async def test_link_dropped_mid_window_flags_in_flight_and_loses_nothing(
+    open_rig: RigFactory,
+) -> None:
+    # A long response timeout: the submits stay in flight until the drop, however slow.
+    rig = await open_rig(window=4, response_timeout=2.0)
+    rig.sim.stop_answering()
+    bodies = [f"drop {i}" for i in range(6)]
+    ids = [await accept(rig.gw, body=b) for b in bodies]
+
+    async def window_in_flight() -> bool:
+        states = await rig.states(ids)
+        return states.count("sending") == 4 and rig.driver.health().in_flight == 4
+
+    await rig.until(window_in_flight)
+    in_flight = [i for i, s in zip(ids, await rig.states(ids), strict=True) if s == "sending"]
+    before = rig.sim.connections
+    rig.sim.drop_connections()
+    rig.sim.resume_answering()
+
+    await rig.until(rig.all_in(ids, FINAL_OK))
+
+    assert rig.sim.connections > before  # the driver reconnected
+    rows = {r["id"]: r for r in await rig.rows(ids)}
+    flagged = {i for i, r in rows.items() if r["possible_duplicate"]}
+    assert flagged == set(in_flight)
+    texts = Counter(_texts(rig.sim))
+    assert set(texts) == set(bodies)  # none lost
+    duplicated = {t for t, n in texts.items() if n > 1}
+    assert duplicated <= {bodies[ids.index(i)] for i in flagged}
+
+
+async def test_link_lost_between_parts_flags_the_resend(
+    open_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SMSC accepted part 1 of 2, then the link went before part 2 was sent: the
+    resend repeats part 1, so the message must be flagged a possible duplicate."""
+    rig = await open_rig()
+    driver = rig.driver
+    submit_part = driver._request
+    dropped = False
+
+    async def request(*args: Any) -> Any:
+        nonlocal dropped
+        response = await submit_part(*args)
+        if not dropped:  # after the first part's answer, before the next part goes
+            dropped = True
+            rig.sim.drop_connections()
+            await rig.until(lambda: driver.health().state is RouteState.DOWN)
+        return response
+
+    monkeypatch.setattr(driver, "_request", request)
+    mid = await accept(rig.gw, body="two parts " + "x" * 200)
+
+    await rig.until(rig.all_in([mid], FINAL_OK))
+
+    row = await rig.gw.store.message_row(mid)
+    assert row is not None
+    assert row["possible_duplicate"] == 1
+    parts = Counter((m.concat.seq if m.concat else 0) for m in rig.sim.submitted)
+    assert parts == {1: 2, 2: 1}  # part 1 twice: a real duplicate, and flagged
+
+
+# -- 4. a half-open link ------------------------------------------------------------------
+
+
+async def test_half_open_link_goes_down_and_recovers(open_rig: RigFactory) -> None:
+    rig = await open_rig()
+    before = rig.sim.connections
+    rig.sim.stop_answering()
+
+    await rig.until(lambda: rig.driver.health().state is RouteState.DOWN)
+    await rig.until(lambda: rig.sim.connections > before)  # it is trying again
+    assert not rig.driver.health().can_send
+    rig.sim.resume_answering()
+    await rig.until_up()
+
+    mid = await accept(rig.gw, body="after recovery")
+    await rig.until(rig.all_in([mid], ("delivered",)))
+    assert _texts(rig.sim) == ["after recovery"]
+
+
+async def test_half_open_with_a_submit_in_flight_flags_it(open_rig: RigFactory) -> None:
+    rig = await open_rig()
+    rig.sim.stop_answering()
+    mid = await accept(rig.gw, body="in doubt")
+    await rig.until(lambda: rig.driver.health().in_flight == 1)
+
+    # Unanswered: the submit times out, then the enquire_link; the link goes down.
+    await rig.until(lambda: rig.driver.health().state is RouteState.DOWN)
+    rig.sim.resume_answering()  # the SMSC now reads the old submit from the dead link
+    await rig.until(rig.all_in([mid], FINAL_OK))
+
+    row = await rig.gw.store.message_row(mid)
+    assert row is not None
+    # Each unanswered try (a response timeout, the link's end) costs an attempt.
+    assert row["possible_duplicate"] == 1 and row["attempts"] >= 1
+    assert set(_texts(rig.sim)) == {"in doubt"}  # at least once; any copies are flagged
+
+
+# -- 5. garbage from the SMSC -------------------------------------------------------------
+
+
+async def test_unknown_command_is_nacked_and_the_session_keeps_working(
+    open_rig: RigFactory,
+) -> None:
+    rig = await open_rig()
+    connections, binds = rig.sim.connections, rig.sim.binds
+    rig.sim.send_garbage(fatal=False)
+
+    mid = await accept(rig.gw, body="after garbage")
+    await rig.until(rig.all_in([mid], ("delivered",)))
+
+    assert (rig.sim.connections, rig.sim.binds) == (connections, binds)
+    assert rig.driver.health().counters["reconnects"] == 0
+    row = await rig.gw.store.message_row(mid)
+    assert row is not None and row["possible_duplicate"] == 0
+
+
+async def test_unframeable_garbage_resets_the_link_and_it_recovers(open_rig: RigFactory) -> None:
+    rig = await open_rig()
+    binds = rig.sim.binds
+    rig.sim.send_garbage(fatal=True)
+
+    await rig.until(lambda: rig.sim.binds > binds)
+    await rig.until_up()
+    assert rig.driver.health().counters["reconnects"] >= 1
+    mid = await accept(rig.gw, body="after reset")
+    await rig.until(rig.all_in([mid], ("delivered",)))
+
+
+# -- 6. permanent rejection ---------------------------------------------------------------
+
+
+async def test_permanent_rejection_fails_without_an_attempt(open_rig: RigFactory) -> None:
+    rig = await open_rig()
+    rig.sim.reject_next(Status.ESME_RINVDSTADR)  # 0x0B
+    mid = await accept(rig.gw, body="bad number")
+
+    await rig.until(rig.all_in([mid], ("failed",)))
+
+    row = await rig.gw.store.message_row(mid)
+    assert row is not None
+    assert (row["error_code"], row["attempts"]) == ("smpp:0x0000000b", 0)
+    assert rig.sim.submitted == []
+
+
+# -- 7. inbound ---------------------------------------------------------------------------
+
+
+async def test_inbound_is_committed_before_it_is_acknowledged(
+    open_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await open_rig()
+    store = rig.gw.store
+    original = store.insert_inbound
+    acked_during_commit: list[tuple[int, int]] = []
+    failures = [RuntimeError("disk full")]  # the first store attempt fails
+
+    async def insert_inbound(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        acked = rig.sim.mo_sent
+        await original(*args, **kwargs)
+        # Committed, and the carrier has not had its deliver_sm_resp yet.
+        acked_during_commit.append((acked, rig.sim.mo_sent))
+
+    monkeypatch.setattr(store, "insert_inbound", insert_inbound)
+    rig.sim.inject_mo("+12025550147", "4000", "STOP")
+
+    async def stored(n: int) -> bool:
+        return len(await store.list_inbound(None, 10)) == n
+
+    await rig.until(lambda: rig.sim.mo_sent == 1)
+    assert await stored(1)
+    assert rig.sim.redelivered == 1  # refused once (ESME_RX_T_APPN), then redelivered
+
+    long_text = "Yes I will come to the appointment on Tuesday at nine. " * 3
+    rig.sim.inject_mo("+12025550148", "4000", long_text, parts=2)
+    await rig.until(lambda: rig.sim.mo_sent == 3)
+    assert await stored(2)
+
+    # When each message was committed, the SMSC had not yet had the deliver_sm_resp of
+    # its last (or only) deliver_sm: 0 of 1 acknowledged at the first commit, at most 2
+    # of 3 at the second. (An earlier part of a concatenated message is acknowledged
+    # when it is buffered, before the whole message is committed.)
+    assert len(acked_during_commit) == 2
+    assert acked_during_commit[0] == (0, 0)
+    assert acked_during_commit[1][1] < 3
+    got = {
+        store.decrypt(r["sender_ct"], r["id"], "sender"): store.decrypt(
+            r["body_ct"], r["id"], "body"
+        )
+        for r in await store.list_inbound(None, 10)
+    }
+    assert got == {"+12025550147": "STOP", "+12025550148": long_text}
+    assert {r["route"] for r in await store.list_inbound(None, 10)} == {"carrier"}
+
+
+# -- 8. failover --------------------------------------------------------------------------
+
+
+async def test_failover_to_the_next_route_when_the_smsc_is_gone(
+    open_rig: RigFactory, sim: SmscSimulator
+) -> None:
+    backup = {"name": "backup", "type": "loopback", "latency": 0.0, "receipt_delay": 0.0}
+    rig = await open_rig([smpp_route(sim), backup])
+    await sim.aclose()
+    await rig.until(lambda: rig.driver.health().state is RouteState.DOWN)
+
+    ids = [await accept(rig.gw, body=f"failover {i}") for i in range(3)]
+    await rig.until(rig.all_in(ids, FINAL_OK))
+
+    assert {r["route"] for r in await rig.rows(ids)} == {"backup"}
+    assert sim.submitted == []
