@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 
@@ -15,10 +16,12 @@ class RouteRuntime:
     config: RouteConfig
     driver: Driver
     bucket: TokenBucket
-    in_flight: int = 0
+    dispatched: int = 0  # claimed for this route and not yet answered by the carrier
+    in_flight: int = 0  # at the carrier now; at most `window`
     paused: bool = False
     cool_until: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+    slots: asyncio.Semaphore = field(init=False)
 
     @property
     def name(self) -> str:
@@ -31,20 +34,29 @@ class RouteRuntime:
         """Healthy and not paused: messages may be routed here (maybe after a wait)."""
         return not self.paused and now >= self.cool_until and self.health().can_send
 
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.config.window)
+
+    @property
+    def dispatch_limit(self) -> int:
+        """Messages that may be claimed at once: the window at the carrier, and as many
+        again being made durable, so fsyncs overlap the carrier's round trips."""
+        return 2 * self.config.window
+
     def wait_time(self, now: float) -> float:
         """0 if a submit may start now; inf while the window is full."""
-        if self.in_flight >= self.config.window:
+        if self.dispatched >= self.dispatch_limit:
             return math.inf
         return self.bucket.wait_time(now)
 
     def take(self, now: float) -> bool:
-        if self.in_flight >= self.config.window or not self.bucket.try_take(now):
+        if self.dispatched >= self.dispatch_limit or not self.bucket.try_take(now):
             return False
-        self.in_flight += 1
+        self.dispatched += 1
         return True
 
     def release(self) -> None:
-        self.in_flight -= 1
+        self.dispatched -= 1
 
     def count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1

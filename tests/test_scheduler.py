@@ -123,27 +123,30 @@ async def test_route_rate_is_a_token_bucket_on_the_clock(
         assert sent == expected
 
 
-async def test_window_caps_submits_in_flight(open_gateway: GatewayFactory, clock) -> None:
+async def test_window_caps_submits_at_the_carrier(open_gateway: GatewayFactory, clock) -> None:
     gw = await open_gateway(
         [{"name": "main", "type": "loopback", "latency": 1.0, "window": 3}],
-        # No receipts: the only sleepers on the clock are the submits in flight.
+        # No receipts: the only sleepers on the clock are the submits at the carrier.
         queue={
             "classes": {"normal": {"expires_after": 3600, "max_attempts": 3, "want_receipt": False}}
         },
     )
-    for i in range(10):
+    for i in range(8):
         await accept(gw, body=f"m{i}")
-    scheduler_round = gw.scheduler._round
-    await scheduler_round()
-    assert gw.routes["main"].in_flight == 3
-    assert gw.scheduler.in_flight == 3
-    for _ in range(4):  # each second of latency frees the window for three more
-        await clock.wait_sleeping(gw.scheduler.in_flight)
-        clock.advance(1.0)
-        await asyncio.gather(*gw.scheduler._tasks)
-        await scheduler_round()
-        assert gw.routes["main"].in_flight <= 3
-    assert loopback(gw).health().counters["submitted"] == 10
+    await gw.scheduler._round()
+    route, carrier = gw.routes["main"], loopback(gw)
+    # Three at the carrier, three more claimed and waiting for a slot, two still queued.
+    assert route.dispatched == 6
+    await clock.wait_sleeping(3)
+    assert (route.in_flight, carrier.health().in_flight) == (3, 3)
+    clock.advance(1.0)  # the first three are answered; the claimed three move up
+    await clock.wait_sleeping(3)
+    assert (route.in_flight, carrier.health().in_flight) == (3, 3)
+    assert carrier.health().counters["submitted"] == 3
+    clock.advance(1.0)
+    await asyncio.gather(*gw.scheduler._tasks)
+    assert carrier.health().counters["submitted"] == 6
+    assert (route.dispatched, route.in_flight) == (0, 0)
 
 
 async def test_transient_error_retries_with_backoff_then_fails(

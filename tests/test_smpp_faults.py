@@ -263,14 +263,15 @@ async def test_link_dropped_mid_window_flags_in_flight_and_loses_nothing(
     open_rig: RigFactory,
 ) -> None:
     # A long response timeout: the submits stay in flight until the drop, however slow.
-    rig = await open_rig(window=4, response_timeout=2.0)
+    rig = await open_rig(window=4, response_timeout=6.0)
     rig.sim.stop_answering()
     bodies = [f"drop {i}" for i in range(6)]
     ids = [await accept(rig.gw, body=b) for b in bodies]
 
     async def window_in_flight() -> bool:
         states = await rig.states(ids)
-        return states.count("sending") == 4 and rig.driver.health().in_flight == 4
+        # Four at the carrier; the other two are claimed (`sending`) behind them.
+        return states.count("sending") == 6 and rig.driver.health().in_flight == 4
 
     await rig.until(window_in_flight)
     in_flight = [i for i, s in zip(ids, await rig.states(ids), strict=True) if s == "sending"]
@@ -283,7 +284,10 @@ async def test_link_dropped_mid_window_flags_in_flight_and_loses_nothing(
     assert rig.sim.connections > before  # the driver reconnected
     rows = {r["id"]: r for r in await rig.rows(ids)}
     flagged = {i for i, r in rows.items() if r["possible_duplicate"]}
-    assert flagged == set(in_flight)
+    # Exactly the window that was at the carrier; messages claimed behind it (also
+    # `sending`) never left and are not flagged.
+    assert len(flagged) == 4
+    assert flagged <= set(in_flight)
     texts = Counter(_texts(rig.sim))
     assert set(texts) == set(bodies)  # none lost
     duplicated = {t for t, n in texts.items() if n > 1}

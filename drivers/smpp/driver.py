@@ -61,6 +61,7 @@ from drivers.smpp.session import (
     BindRejected,
     Bound,
     Event,
+    LocalProtocolError,
     Request,
     Response,
     ResponseTimeout,
@@ -271,10 +272,13 @@ class SmppDriver:
         tlvs: Mapping[int, int | bytes],
     ) -> Response:
         session = link.session
-        if session is None or not link.bound:
+        if session is None or not link.bound or session.closed:
             raise DriverNotReady(f"route {self.name} lost its link")
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        session.send_request(command, params, tlvs, token=future, now=self._now())  # type: ignore[arg-type]  # params are codec values
+        try:
+            session.send_request(command, params, tlvs, token=future, now=self._now())  # type: ignore[arg-type]  # params are codec values
+        except LocalProtocolError as e:  # refused before a byte was written
+            raise DriverNotReady(f"route {self.name} cannot send now: {e}") from None
         link.flush()
         link.wake.set()
         return await future
