@@ -8,8 +8,25 @@ from datetime import UTC, datetime
 import pytest
 
 from drivers.base import OutboundSms, SubmitResult
+from gateway.app import Gateway
 from gateway.models import State
 from tests.conftest import GatewayFactory, accept, loopback, settle_receipts, state_of
+
+
+def fail_first_submit(gw: Gateway, error: Exception) -> None:
+    """Make the route's first submit raise `error`; later ones go through."""
+    driver = loopback(gw)
+    original = driver.submit
+    calls = 0
+
+    async def submit(sms: OutboundSms) -> SubmitResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        return await original(sms)
+
+    driver.submit = submit  # type: ignore[method-assign]
 
 
 async def test_message_goes_queued_sending_sent_delivered(
@@ -366,20 +383,9 @@ async def test_retry_after_from_the_carrier_is_honoured(
     from drivers.base import TransientSendError
 
     gw = await open_gateway()
-    driver = loopback(gw)
-    original = driver.submit
-    calls = 0
-
-    async def throttled_once(sms: OutboundSms) -> SubmitResult:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise TransientSendError(
-                "throttled", code="test:throttled", retry_after=120, maybe_sent=True
-            )
-        return await original(sms)
-
-    driver.submit = throttled_once  # type: ignore[method-assign]
+    fail_first_submit(
+        gw, TransientSendError("throttled", code="test:throttled", retry_after=120, maybe_sent=True)
+    )
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
@@ -399,18 +405,7 @@ async def test_route_that_was_not_ready_is_retried_after_its_cool_down(
     from drivers.base import DriverNotReady
 
     gw = await open_gateway()
-    driver = loopback(gw)
-    original = driver.submit
-    calls = 0
-
-    async def not_ready_once(sms: OutboundSms) -> SubmitResult:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise DriverNotReady("reconnecting", code="test:not_ready")
-        return await original(sms)
-
-    driver.submit = not_ready_once  # type: ignore[method-assign]
+    fail_first_submit(gw, DriverNotReady("reconnecting", code="test:not_ready"))
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
