@@ -173,6 +173,7 @@ class SmppDriver:
         self._state = RouteState.STARTING
         self._detail = "connecting"
         self._closing = False
+        self._last_failure = ""  # why the route is down, for `health().detail`
         self._counters = dict.fromkeys(
             ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
         )
@@ -321,9 +322,10 @@ class SmppDriver:
                 log.warning(
                     "smpp_connect_failed", route=self.name, link=link.index, error=type(e).__name__
                 )
+                self._last_failure = f"cannot connect: {type(e).__name__}"
             except Exception as e:  # a bug or a bad setting must not end the link for good
                 bound = False
-                self._detail = f"link error: {e}"
+                self._last_failure = f"link error: {e}"
                 log.error(
                     "smpp_link_failed",
                     route=self.name,
@@ -395,6 +397,7 @@ class SmppDriver:
         """Act on one session event; True when it bound the link."""
         if isinstance(event, Bound):
             link.bound = True
+            self._last_failure = ""
             self._update_state()
             log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
             return True
@@ -414,7 +417,8 @@ class SmppDriver:
                 link=link.index,
                 code=status_code(event.status),
             )
-            self._set_state(RouteState.DOWN, f"bind rejected {status_code(event.status)}")
+            self._last_failure = f"bind rejected {status_code(event.status)}"
+            self._set_state(RouteState.DOWN, self._last_failure)
         elif isinstance(event, Request):
             await self._on_request(link, event.pdu)
         elif isinstance(event, SessionEnded):
@@ -519,7 +523,7 @@ class SmppDriver:
         bound = [lk for lk in self._links if lk.bound]
         transmitting = [lk for lk in bound if lk.transmits]
         if not transmitting:
-            self._set_state(RouteState.DOWN, "no bound transmitter")
+            self._set_state(RouteState.DOWN, self._last_failure or "no bound transmitter")
         elif len(bound) < len(self._links):
             self._set_state(RouteState.DEGRADED, f"{len(bound)} of {len(self._links)} bound")
         else:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -114,6 +115,7 @@ class SimulatorConfig:
     redelivery_delay: float = 5.0  # before a deliver_sm refused or unanswered goes again
     shutdown_grace: float = 2.0  # how long `aclose` waits for unbind_resp
     session: SessionConfig = field(default_factory=_smsc_session)  # no enquire_link
+    tls: ssl.SSLContext | None = None  # a server context: listen with TLS
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 0xFFFF:
@@ -255,7 +257,9 @@ class SmscSimulator:
             raise RuntimeError("the simulator is already running")
         loop = asyncio.get_running_loop()
         host, port = self.config.host, self.config.port
-        self._server = await loop.create_server(lambda: _Link(self, loop), host, port)
+        self._server = await loop.create_server(
+            lambda: _Link(self, loop), host, port, ssl=self.config.tls
+        )
         self._port = int(self._server.sockets[0].getsockname()[1])
         log.info("simulator_started", port=self._port)
 
