@@ -125,16 +125,24 @@ class DriverError(Exception):
 class DriverNotReady(DriverError):
     """The route cannot take the message now (reconnecting, throttled); nothing was sent.
 
-    `retry_after` is how long the route needs before it can be tried again.
+    `retry_after` is how long the route needs before it can be tried again;
+    `throttled` says the carrier asked us to slow down, so the gateway lowers the
+    route's rate and wins it back gradually.
     """
 
     code = "driver:not_ready"
 
     def __init__(
-        self, message: str, *, code: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class DriverAuthFailed(DriverError):

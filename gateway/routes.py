@@ -10,6 +10,9 @@ from drivers.base import Driver, RouteHealth, RouteState
 from gateway.config import RouteConfig
 from gateway.ratelimit import TokenBucket
 
+MIN_RATE_SHARE = 0.1  # a throttled route never drops below this share of its rate
+RECOVERY_PER_SECOND = 0.1  # share of the configured rate won back per good second
+
 
 @dataclass(slots=True)
 class RouteRuntime:
@@ -22,6 +25,7 @@ class RouteRuntime:
     cool_until: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(init=False)
+    _recovered_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -58,6 +62,26 @@ class RouteRuntime:
     def release(self) -> None:
         self.dispatched -= 1
 
+    def throttled(self, now: float) -> None:
+        """The carrier pushed back: halve the route's rate (down to a tenth of the
+        configured one). Only routes with a configured `rate` adapt."""
+        configured = self.config.rate
+        if configured is None or self.bucket.rate is None:
+            return
+        self.bucket.set_rate(max(configured * MIN_RATE_SHARE, self.bucket.rate / 2), now)
+        self._recovered_at = now
+
+    def succeeded(self, now: float) -> None:
+        """A submit went through: win back a tenth of the configured rate per second
+        since the last change, never above the configured rate."""
+        configured, current = self.config.rate, self.bucket.rate
+        if configured is None or current is None or current >= configured:
+            return
+        gained = configured * RECOVERY_PER_SECOND * max(0.0, now - self._recovered_at)
+        if gained > 0:
+            self.bucket.set_rate(min(configured, current + gained), now)
+            self._recovered_at = now
+
     def count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1
 
@@ -70,6 +94,7 @@ class RouteRuntime:
             "state": state,
             "detail": h.detail,
             "rate": self.bucket.rate,
+            "configured_rate": self.config.rate,
             "burst": self.bucket.burst,
             "window": self.config.window,
             "in_flight": self.in_flight,

@@ -367,6 +367,8 @@ class Scheduler:
             await self._retry(entry, route, e.code, consume_attempt=False)
         except DriverNotReady as e:
             route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)
+            if e.throttled:
+                route.throttled(self._clock.monotonic())
             await self._retry(entry, route, e.code, consume_attempt=False)
         except TransientSendError as e:
             await self._retry(
@@ -386,6 +388,7 @@ class Scheduler:
             )
             await self._retry(entry, route, "driver:crash", maybe_sent=True)
         else:
+            route.succeeded(self._clock.monotonic())
             await self._finish_sent(entry, route, result)
         finally:
             self._metrics.submit_latency.labels(route.name).observe(

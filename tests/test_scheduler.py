@@ -429,3 +429,29 @@ async def test_receipt_found_under_an_alternate_spelling_of_the_id(
         "main", "500", "delivered", None, now, alternate_ids=("1f4", "1F4")
     )
     assert applied == (mid, State.DELIVERED)
+
+
+async def test_throttling_halves_the_route_rate_and_it_recovers_gradually(
+    open_gateway: GatewayFactory, clock
+) -> None:
+    from drivers.base import DriverNotReady
+
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "rate": 10, "burst": 1}]
+    )
+    fail_first_submit(
+        gw, DriverNotReady("slow down", code="test:throttled", retry_after=0.5, throttled=True)
+    )
+    route = gw.routes["main"]
+    mid = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    assert route.bucket.rate == pytest.approx(5.0)
+    assert (await gw.store.message_row(mid))["attempts"] == 0
+    clock.advance(0.5)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, mid) == "sent"
+    assert route.bucket.rate == pytest.approx(5.5)  # a tenth of 10/s per second, 0.5 s
+    clock.advance(10)
+    await accept(gw)
+    await gw.scheduler.run_until_idle()
+    assert route.bucket.rate == pytest.approx(10.0)  # back to the contract, not beyond

@@ -302,7 +302,9 @@ class SmppDriver:
                 raise TransientSendError(
                     "throttled mid-message", code=code, retry_after=backoff, maybe_sent=True
                 )
-            raise DriverNotReady("carrier is throttling", code=code, retry_after=backoff)
+            raise DriverNotReady(
+                "carrier is throttling", code=code, retry_after=backoff, throttled=True
+            )
         if kind == "permanent" and not maybe_sent:
             self._counters["rejected"] += 1
             raise PermanentSendError("carrier refused the message", code=code)
