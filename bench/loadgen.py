@@ -33,13 +33,10 @@ def recipient(i: int) -> str:
     return f"{RECIPIENT_PREFIX}{i:04d}"
 
 
-_LUA = Template(r"""
-wrk.method = "POST"
-wrk.path = "$path"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-local text = "$body"
-local batch = $batch
+# Shared by every wrk script here: per-thread counters `ok`, `bad` and `messages` (set
+# by each script's `response`), reported as one JSON line after the mark at the end.
+REPORT_LUA = (
+    r"""
 local threads = {}
 
 function setup(thread)
@@ -53,6 +50,36 @@ function init(args)
   math.randomseed(os.time())
 end
 
+function done(summary, latency, requests)
+  local ok_all, bad_all, messages_all = 0, 0, 0
+  for _, t in ipairs(threads) do
+    ok_all = ok_all + t:get("ok")
+    bad_all = bad_all + t:get("bad")
+    messages_all = messages_all + t:get("messages")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '"""
+    + _MARK
+    + r"""{"duration_us":%d,"requests":%d,"ok":%d,"bad":%d,"messages":%d,' ..
+    '"connect":%d,"read":%d,"write":%d,"timeout":%d,"status":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.duration, summary.requests, ok_all, bad_all, messages_all,
+    e.connect, e.read, e.write, e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+)
+
+_LUA = Template(r"""
+wrk.method = "POST"
+wrk.path = "$path"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+local text = "$body"
+local batch = $batch
+$report
 local function one()
   return string.format('{"to":"$prefix%04d","body":"%s","priority":"$priority"}',
                        math.random(0, $last), text)
@@ -79,24 +106,6 @@ function response(status, headers, body)
     bad = bad + 1
   end
 end
-
-function done(summary, latency, requests)
-  local ok_all, bad_all, messages_all = 0, 0, 0
-  for _, t in ipairs(threads) do
-    ok_all = ok_all + t:get("ok")
-    bad_all = bad_all + t:get("bad")
-    messages_all = messages_all + t:get("messages")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    '$mark{"duration_us":%d,"requests":%d,"ok":%d,"bad":%d,"messages":%d,' ..
-    '"connect":%d,"read":%d,"write":%d,"timeout":%d,"status":%d,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-    summary.duration, summary.requests, ok_all, bad_all, messages_all,
-    e.connect, e.read, e.write, e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
-end
 """)
 
 
@@ -112,7 +121,7 @@ def write_script(
             body=BODY_160_GSM,
             batch=batch,
             priority=priority,
-            mark=_MARK,
+            report=REPORT_LUA,
             prefix=RECIPIENT_PREFIX,
             last=RECIPIENTS - 1,
         )

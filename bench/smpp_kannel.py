@@ -121,41 +121,18 @@ def process_cpu_seconds(pids: Sequence[int]) -> float:
 _KANNEL_LUA = Template(r"""
 wrk.method = "GET"
 local base = "$base"
-
-function init(args)
-  ok = 0
-  bad = 0
-  math.randomseed(os.time())
-end
-
-local threads = {}
-function setup(thread)
-  table.insert(threads, thread)
-end
-
+$report
 function request()
   return wrk.format(nil, base .. string.format("%04d", math.random(0, $last)))
 end
 
 function response(status, headers, body)
-  if status >= 200 and status < 300 then ok = ok + 1 else bad = bad + 1 end
-end
-
-function done(summary, latency, requests)
-  local ok_all, bad_all = 0, 0
-  for _, t in ipairs(threads) do
-    ok_all = ok_all + t:get("ok")
-    bad_all = bad_all + t:get("bad")
+  if status >= 200 and status < 300 then
+    ok = ok + 1
+    messages = messages + 1
+  else
+    bad = bad + 1
   end
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"duration_us":%d,"requests":%d,"ok":%d,"bad":%d,"messages":%d,' ..
-    '"connect":%d,"read":%d,"write":%d,"timeout":%d,"status":%d,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-    summary.duration, summary.requests, ok_all, bad_all, ok_all,
-    e.connect, e.read, e.write, e.timeout, e.status,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean))
 end
 """)
 
@@ -168,7 +145,9 @@ def kannel_script(path: Path) -> Path:
     )
     to = urllib.parse.quote(loadgen.RECIPIENT_PREFIX, safe="")
     base = f"/cgi-bin/sendsms?{query}&to={to}"
-    path.write_text(_KANNEL_LUA.substitute(base=base, last=loadgen.RECIPIENTS - 1))
+    path.write_text(
+        _KANNEL_LUA.substitute(base=base, last=loadgen.RECIPIENTS - 1, report=loadgen.REPORT_LUA)
+    )
     return path
 
 
