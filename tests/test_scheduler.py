@@ -29,6 +29,15 @@ def fail_first_submit(gw: Gateway, error: Exception) -> None:
     driver.submit = submit  # type: ignore[method-assign]
 
 
+async def sent_with(gw: Gateway, carrier_id: str) -> tuple[str, float]:
+    """A message the carrier accepted under `carrier_id`, recorded as the scheduler does."""
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await gw.store.claim(mid, "main", now) is not None
+    assert await gw.store.mark_sent(mid, "main", [carrier_id], now) is State.SENT
+    return mid, now
+
+
 async def test_message_goes_queued_sending_sent_delivered(
     open_gateway: GatewayFactory, clock
 ) -> None:
@@ -348,10 +357,7 @@ async def test_duplicate_and_intermediate_receipts_are_harmless(
     open_gateway: GatewayFactory,
 ) -> None:
     gw = await open_gateway()
-    mid = await accept(gw)
-    now = gw.clock.time()
-    await gw.store.claim(mid, "main", now)
-    await gw.store.mark_sent(mid, "main", ["c1"], now)
+    mid, now = await sent_with(gw, "c1")
     assert await gw.store.apply_receipt("main", "c1", "enroute", None, now) is None
     assert await gw.store.apply_receipt("main", "c1", "delivered", None, now) == (
         mid,
@@ -421,10 +427,7 @@ async def test_receipt_found_under_an_alternate_spelling_of_the_id(
     open_gateway: GatewayFactory,
 ) -> None:
     gw = await open_gateway()
-    mid = await accept(gw)
-    now = gw.clock.time()
-    await gw.store.claim(mid, "main", now)
-    await gw.store.mark_sent(mid, "main", ["1F4"], now)  # the submit answer, in hex
+    mid, now = await sent_with(gw, "1F4")  # the submit answer, in hex
     applied = await gw.store.apply_receipt(
         "main", "500", "delivered", None, now, alternate_ids=("1f4", "1F4")
     )

@@ -120,7 +120,12 @@ class Idempotency:
 
 
 async def _commit(
-    gw: Gateway, token_id: str, prepared: list[Prepared], idem: Idempotency, status: int, build: Any
+    gw: Gateway,
+    token_id: str,
+    prepared: list[Prepared],
+    idem: Idempotency,
+    status: int,
+    build: Callable[[list[Accepted]], object],
 ) -> web.Response:
     """Commit the messages (and the idempotency record) in one transaction, then answer."""
     started = time.perf_counter()
