@@ -105,6 +105,9 @@ class RouteHealth:
     detail: str = ""
     in_flight: int = 0
     counters: Mapping[str, int] = field(default_factory=dict)
+    # Per member of a route made of several units (a modem bank: one entry per modem,
+    # keyed by its configured name): plain JSON values, never an identifier in full.
+    members: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     @property
     def can_send(self) -> bool:

@@ -12,6 +12,7 @@ from drivers.clock import Clock
 
 DRIVERS: dict[str, str] = {
     "loopback": "drivers.loopback:LoopbackDriver",
+    "modem": "drivers.modem.bank:ModemBankDriver",
     "smpp": "drivers.smpp.driver:SmppDriver",
 }
 

@@ -3,6 +3,8 @@ never a number, a body or anything a client typed."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -66,9 +68,40 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        modem = ["route", "modem"]
+        self.modem_ready = Gauge(
+            "smsgw_modem_ready", "1 when a bank's modem can take work", modem, registry=r
+        )
+        self.modem_signal = Gauge(
+            "smsgw_modem_signal_rssi", "Modem signal, RSSI 0-31 (AT+CSQ)", modem, registry=r
+        )
+        self.modem_registered = Gauge(
+            "smsgw_modem_registered", "1 when the modem is registered", modem, registry=r
+        )
+        self.modem_sent_today = Gauge(
+            "smsgw_modem_sent_today", "Parts a modem sent today", modem, registry=r
+        )
+        self.modem_errors = Gauge(
+            "smsgw_modem_send_errors", "Failed sends per modem since start", modem, registry=r
+        )
         self.commit_batch = Histogram(
             "smsgw_commit_batch_size",
             "Items per group commit",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
+
+    def observe_members(self, route: str, members: Mapping[str, Mapping[str, object]]) -> None:
+        """Per-modem gauges from a bank's health; labels are configured names only."""
+        for name, member in members.items():
+            self.modem_ready.labels(route, name).set(1 if member.get("state") == "ready" else 0)
+            signal = member.get("signal")
+            self.modem_signal.labels(route, name).set(signal if isinstance(signal, int) else -1)
+            registered = member.get("registration") in ("registered", "roaming")
+            self.modem_registered.labels(route, name).set(1 if registered else 0)
+            for gauge, key in (
+                (self.modem_sent_today, "sent_today"),
+                (self.modem_errors, "errors"),
+            ):
+                value = member.get(key)
+                gauge.labels(route, name).set(value if isinstance(value, int) else 0)

@@ -100,4 +100,5 @@ class RouteRuntime:
             "in_flight": self.in_flight,
             "classes": list(self.config.classes),
             "counters": {**h.counters, **{f"gateway_{k}": v for k, v in self.counters.items()}},
+            **({"members": {k: dict(v) for k, v in h.members.items()}} if h.members else {}),
         }

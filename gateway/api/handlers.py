@@ -384,6 +384,10 @@ async def metrics(request: web.Request) -> web.Response:
         if state == "queued":
             for label, n in per_class.items():
                 gw.metrics.queue_depth.labels(label).set(n)
+    for route in gw.routes.values():
+        members = route.health().members
+        if members:
+            gw.metrics.observe_members(route.name, members)
     data = generate_latest(gw.metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
