@@ -117,7 +117,7 @@ class ModemBankDriver:
         elif not self._started:
             state, detail = RouteState.STARTING, "starting"
         elif len(usable) == len(states):
-            state, detail = RouteState.UP, f"{len(usable)} modems ready"
+            state, detail = RouteState.UP, f"{len(usable)} of {len(states)} modems ready"
         elif usable:
             state, detail = RouteState.DEGRADED, f"{len(usable)} of {len(states)} modems ready"
         else:

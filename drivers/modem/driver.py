@@ -41,7 +41,7 @@ import contextlib
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import serial
 import serial_asyncio_fast
@@ -122,6 +122,7 @@ class _InitFailed(Exception):
 
 _TIMEOUT = ErrorInfo("modem:timeout", Kind.MODEM, "the modem did not answer")
 _LOST = ErrorInfo("modem:port_lost", Kind.MODEM, "the modem's port went away")
+_BAD_PDU = ErrorInfo("modem:bad_pdu", Kind.PERMANENT, "the message cannot be encoded")
 _NOT_READY = ErrorInfo("modem:not_ready", Kind.MODEM, "the modem is not ready")
 
 
@@ -189,7 +190,11 @@ class Modem:
         self._urcs: asyncio.Queue[Unsolicited] = asyncio.Queue()
         self._parts = PartStore(bank.reassembly_timeout)
         self._rescan_at: float | None = None
+        self._message_ref = 0
         self._task: asyncio.Task[None] | None = None
+        # Set after every answered command and state change; observers (tests, the
+        # bank) clear it and wait, instead of polling.
+        self.progress = asyncio.Event()
 
     # -- life ----------------------------------------------------------------------------
 
@@ -448,19 +453,24 @@ class Modem:
 
     async def _send_parts(self, sms: OutboundSms) -> tuple[str, ...]:
         total = len(sms.parts)
-        encoding = "ucs2" if sms.encoding == "ucs2" else "gsm7"
+        encoding: Literal["gsm7", "ucs2"] = "ucs2" if sms.encoding == "ucs2" else "gsm7"
         ids: list[str] = []
         for seq, text in enumerate(sms.parts, start=1):
-            concat = Concat(ref=sms.reference & 0xFF, total=total, seq=seq) if total > 1 else None
-            pdu = encode_submit(
-                to=sms.to,
-                text=text,
-                encoding=encoding,
-                concat=concat,
-                request_report=sms.want_receipt,
-                validity_minutes=self._bank.validity_minutes,
-            )
             sent_before = bool(ids)
+            concat = Concat(ref=sms.reference & 0xFF, total=total, seq=seq) if total > 1 else None
+            self._message_ref = (self._message_ref + 1) & 0xFF
+            try:
+                pdu = encode_submit(
+                    to=sms.to,
+                    text=text,
+                    encoding=encoding,
+                    message_ref=self._message_ref,
+                    concat=concat,
+                    request_report=sms.want_receipt,
+                    validity_minutes=self._bank.validity_minutes,
+                )
+            except PduError:
+                raise SendFailed(_BAD_PDU, maybe_sent=sent_before) from None
             try:
                 response = await self._command(
                     f"AT+CMGS={pdu.tpdu_length}", limit=self._bank.send_timeout, pdu=pdu.hex
@@ -479,9 +489,10 @@ class Modem:
                 else:
                     self._attention.set()  # probe registration and signal now
                 raise SendFailed(info, maybe_sent=sent_before)
+            # Most modems set TP-MR themselves; the one they answer is what reports quote.
             mr = cmd.parse_cmgs(response.lines)
             self.counters["sent_parts"] += 1
-            ids.append(f"{self.name}:{mr if mr is not None else 'x'}")
+            ids.append(f"{self.name}:{self._message_ref if mr is None else mr}")
         return tuple(ids)
 
     # -- commands ------------------------------------------------------------------------
@@ -537,6 +548,7 @@ class Modem:
                     for event in self._engine.abandon():
                         self._dispatch(event)
             event = answer.result()
+        self.progress.set()
         if isinstance(event, Response):
             self._timeouts_in_a_row = 0
             return event
@@ -705,6 +717,7 @@ class Modem:
     def _set_state(self, state: ModemState, detail: str) -> None:
         changed = (state, detail) != (self.state, self.detail)
         self.state, self.detail = state, detail
+        self.progress.set()
         if changed:
             log.info("modem_state", route=self.route, modem=self.name, state=state.value)
             self._on_change()
