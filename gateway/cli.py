@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -28,6 +29,9 @@ from gateway.config import Config, ConfigError
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import BadScope, create_token, parse_scopes
+
+if TYPE_CHECKING:
+    from drivers.modem.emulator import EmulatedModem
 
 log = structlog.get_logger("smsgw.cli")
 ENV_CONFIG = "SMSGW_CONFIG"
@@ -149,8 +153,10 @@ async def _serve(config: Config, first_token: str | None) -> int:
 
     host, _, port = config.http.listen.rpartition(":")
     simulator = None
+    modems: list[EmulatedModem] = []
     if config.source is None:
         simulator, config = await _start_embedded_smsc(config)
+        modems, config = await _start_embedded_modems(config)
     gateway = await Gateway.open(config)
     await gateway.start()
     _tune_gc()
@@ -188,6 +194,8 @@ async def _serve(config: Config, first_token: str | None) -> int:
     await gateway.stop(before_store_close=runner.cleanup)
     if simulator is not None:
         await simulator.aclose()
+    for modem in modems:
+        await modem.aclose()
     return 0
 
 
@@ -205,10 +213,34 @@ async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:
     return simulator, msgspec.structs.replace(config, routes=routes)
 
 
+EMBEDDED_MODEM_PROFILES = ("quectel-ec25", "huawei-e3372")
+
+
+async def _start_embedded_modems(config: Config) -> tuple[list[EmulatedModem], Config]:
+    """The embedded default's modem bank: two emulated modems on pseudo-terminals, in
+    process, a second per part as a demo (a real modem takes about three)."""
+    from drivers.modem.emulator import EmulatedModem
+
+    modems = [
+        EmulatedModem(profile, send_latency=1.0, report_delay=2.0)
+        for profile in EMBEDDED_MODEM_PROFILES
+    ]
+    for modem in modems:
+        await modem.start()
+    log.info("modem_emulators_started", ports=[m.path for m in modems])
+    smsc = next((r for r in config.routes if r.type == "smpp"), None)
+    smsc_port = smsc.options.port if smsc is not None else None
+    smsc_password = smsc.options.password if smsc is not None else ""
+    routes = config_mod.embedded_routes(smsc_port, smsc_password, [m.path for m in modems])
+    return modems, msgspec.structs.replace(config, routes=routes)
+
+
 def _print_welcome(listen: str, token: str) -> None:
     print(
         "\nsmsgw is running with the embedded default: state in ./data, a built-in SMSC\n"
-        "simulator reached over real SMPP, and a loopback route behind it.\n"
+        "simulator reached over real SMPP, a bank of two emulated modems (route\n"
+        '"modems": add "route": "modems" to a message to send through it), and a\n'
+        "loopback route behind them.\n"
         "Your first API token (shown only now; it is stored as a hash):\n\n"
         f"  {token}\n\nSend a test message:\n\n"
         f"  curl -s -X POST http://{listen}/api/v1/messages \\\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -130,11 +130,15 @@ _ROUTE_COMMON = frozenset(RouteConfig.__struct_fields__) - {"options"}
 EMBEDDED_SMSC_SYSTEM_ID = "smsgw"
 
 
+EMBEDDED_MODEM_ROUTE = "modems"
+
+
 def embedded_routes(
-    smsc_port: int | None = None, smsc_password: str = ""
+    smsc_port: int | None = None, smsc_password: str = "", modem_ports: Sequence[str] = ()
 ) -> tuple[RouteConfig, ...]:
     """The embedded default's routes: the built-in SMSC simulator over real SMPP (when
-    it runs) and, behind it for failover, a loopback route."""
+    it runs), a bank of emulated modems (when they run; messages reach it when they
+    name it as their route, or on failover), and last a loopback route."""
     raw: list[dict[str, Any]] = []
     if smsc_port is not None:
         raw.append(
@@ -150,6 +154,19 @@ def embedded_routes(
                 "password": smsc_password,
                 "reconnect_min": 0.5,
                 "reconnect_max": 5.0,
+            }
+        )
+    if modem_ports:
+        raw.append(
+            {
+                "name": EMBEDDED_MODEM_ROUTE,
+                "type": "modem",
+                "window": len(modem_ports),
+                "modems": [
+                    {"name": f"modem{i + 1}", "port": port} for i, port in enumerate(modem_ports)
+                ],
+                "reopen_min": 0.5,
+                "reopen_max": 5.0,
             }
         )
     raw.append(

@@ -21,10 +21,13 @@ from drivers.base import (
 )
 from drivers.clock import FakeClock, SystemClock
 from drivers.loopback import LoopbackDriver, LoopbackOptions
+from drivers.modem.bank import ModemBankDriver
+from drivers.modem.emulator import EmulatedModem
 from drivers.smpp.driver import SmppDriver, SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+from tests.modem_rig import bank_options
 from tests.sinks import RecordingSink
 
 
@@ -79,8 +82,30 @@ async def smpp_harness() -> Harness:
     )
 
 
+async def modem_harness() -> Harness:
+    """A one-modem bank over a real pseudo-terminal against the modem emulator."""
+    emulator = EmulatedModem(send_latency=0.0, report_delay=0.0)
+    await emulator.start()
+    sink = RecordingSink()
+    driver = ModemBankDriver("modem", bank_options([emulator.path]), sink, SystemClock())
+
+    async def receipts_due(n: int) -> None:
+        await sink.until(lambda: len(sink.receipts) >= n)
+
+    async def arrange_failure() -> None:
+        emulator.fail_next("AT+CMGS", "+CMS ERROR: 1")  # unassigned number: permanent
+
+    async def started() -> None:
+        await sink.until(lambda: driver.health().can_send)
+
+    return Harness(
+        driver, sink, receipts_due, arrange_failure, started, "+12025550199", emulator.aclose
+    )
+
+
 HARNESSES: dict[str, Callable[[], Awaitable[Harness]]] = {
     "loopback": loopback_harness,
+    "modem": modem_harness,
     "smpp": smpp_harness,
 }
 

@@ -183,7 +183,7 @@ class Modem:
         self._reset_requested = False
         self._reinit_requested = False
         self._closing = False
-        self._pin_tried = False
+        self._pin_refused = False  # a PIN attempt failed or never answered: never again
         self._timeouts_in_a_row = 0
         self._command_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
@@ -257,6 +257,8 @@ class Modem:
                 raise
             except Exception as e:  # a bug must not end the modem for good
                 log.error("modem_failed", route=self.route, modem=self.name, error=repr(e)[:200])
+            if self._reset_requested and self._transport is not None and not self._closing:
+                await self._reset()
             self._close_port()
             if self._closing:
                 return
@@ -303,10 +305,7 @@ class Modem:
                 self._attention.clear()
                 if self._transport is None:
                     raise _PortLost()
-                if self._reset_requested:
-                    await self._reset()
-                    return
-                if self._reinit_requested:
+                if self._reset_requested or self._reinit_requested:
                     return
                 if self._rescan_at is not None and self._clock.monotonic() >= self._rescan_at:
                     await self._scan_storage()
@@ -316,6 +315,7 @@ class Modem:
             await asyncio.gather(worker, return_exceptions=True)
 
     async def _reset(self) -> None:
+        """Ask the modem to restart; a hung one will not answer, and is reopened anyway."""
         log.warning("modem_reset", route=self.route, modem=self.name)
         with contextlib.suppress(_PortLost, _CommandTimeout):
             await self._command("AT+CFUN=1,1", count_timeout=False)
@@ -349,14 +349,16 @@ class Modem:
         raise _CommandTimeout(False)
 
     async def _unlock_sim(self) -> None:
+        entered = False
         for _ in range(self._bank.sim_busy_retries):
             response = await self._command("AT+CPIN?")
             if response.final.ok:
                 sim = cmd.parse_cpin(response.lines)
                 if sim == "ready":
                     return
-                if sim == "pin":
+                if sim == "pin" and not entered:
                     await self._enter_pin()
+                    entered = True
                     continue
                 raise _SimProblem("SIM needs its PUK" if sim == "puk" else "SIM is locked")
             info = response.final.info()
@@ -368,13 +370,13 @@ class Modem:
         raise _SimProblem("SIM stayed busy")
 
     async def _enter_pin(self) -> None:
-        if self._pin_tried:
-            raise _SimProblem("SIM asks for its PIN again; not retried")
+        if self._pin_refused:
+            raise _SimProblem("a PIN attempt failed before; not retried")
         opts = self.options
         pin = read_secret(file=opts.pin_file, credential=opts.pin_credential)
         if pin is None:
             raise _SimProblem("SIM needs a PIN and none is configured")
-        self._pin_tried = True  # before sending: a second try must never happen
+        self._pin_refused = True  # until the SIM accepts it: a failed try is never repeated
         try:
             command = cmd.quote_pin(pin)
         except ValueError as e:
@@ -382,6 +384,7 @@ class Modem:
         response = await self._command(command)
         if not response.final.ok:
             raise _SimProblem(f"SIM refused the PIN ({response.final.info().code})")
+        self._pin_refused = False
         log.info("modem_pin_accepted", route=self.route, modem=self.name)
 
     async def _identify(self) -> None:
@@ -559,6 +562,7 @@ class Modem:
                 self._timeouts_in_a_row += 1
                 if self._timeouts_in_a_row >= self._bank.hang_limit:
                     self._request_reset()
+            self._attention.set()  # probe now: one more silence means the modem hangs
             raise _CommandTimeout(event.pdu_written)
         assert isinstance(event, Abandoned)
         raise _PortLost(event.pdu_written)
@@ -611,6 +615,9 @@ class Modem:
                 await self._on_urc(urc)
             except (_PortLost, _CommandTimeout):
                 return
+            except Exception as e:  # one bad message must not stop the worker
+                log.error("modem_urc_failed", route=self.route, modem=self.name, urc=urc.name,
+                          error=type(e).__name__)  # fmt: skip
 
     async def _on_urc(self, urc: Unsolicited) -> None:
         name = urc.name

@@ -1,0 +1,135 @@
+"""A modem bank driver on emulated modems over real pseudo-terminals, for the modem tests.
+
+Timers are shortened to fractions of a second on the system clock; nothing sleeps: a
+test waits with `Bench.until`, which re-checks its condition after everything a modem
+answers and everything the driver reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from drivers.base import EventSink, OutboundSms
+from drivers.clock import Clock, SystemClock
+from drivers.modem.bank import ModemBankDriver
+from drivers.modem.driver import Modem
+from drivers.modem.emulator import EmulatedModem
+from drivers.modem.options import ModemBankOptions
+from tests.sinks import RecordingSink
+
+FAST: dict[str, Any] = {
+    "command_timeout": 0.5,
+    "send_timeout": 1.0,
+    "probe_interval": 30.0,
+    "hang_limit": 2,
+    "reopen_min": 0.02,
+    "reopen_max": 0.1,
+    "sim_busy_delay": 0.01,
+    "rescan_interval": 0.1,
+}
+EMULATED: dict[str, Any] = {"send_latency": 0.01, "report_delay": 0.01}
+
+
+@dataclass
+class Bench:
+    bank: ModemBankDriver
+    sink: RecordingSink
+    emulators: list[EmulatedModem]
+    extra: list[asyncio.Event] = field(default_factory=list)
+
+    def modem(self, index: int = 0) -> Modem:
+        return list(self.bank.modems.values())[index]
+
+    def member(self, index: int = 0) -> dict[str, Any]:
+        return dict(self.bank.health().members[self.modem(index).name])
+
+    async def until(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
+        """Return once `predicate()` holds, re-checked after every answer and report."""
+        events = [self.sink.changed, *(m.progress for m in self.bank.modems.values())]
+        async with asyncio.timeout(within):
+            while True:
+                for event in events:
+                    event.clear()
+                if predicate():
+                    return
+                waiters = [asyncio.ensure_future(e.wait()) for e in events]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+
+    async def until_ready(self, index: int = 0) -> None:
+        await self.until(lambda: self.modem(index).ready)
+
+
+def bank_options(paths: list[str], modems: list[dict[str, Any]] | None = None, **extra: Any) -> Any:
+    tables = [{"name": f"m{i + 1}", "port": p} for i, p in enumerate(paths)]
+    for table, more in zip(tables, modems or [{} for _ in paths], strict=True):
+        table.update(more)
+    return msgspec.convert({"modems": tables, **FAST, **extra}, ModemBankOptions)
+
+
+BenchFactory = Callable[..., Awaitable[Bench]]
+
+
+@contextlib.asynccontextmanager
+async def bench_factory(clock: Clock | None = None) -> AsyncIterator[BenchFactory]:
+    opened: list[Bench] = []
+    clock = clock or SystemClock()
+
+    async def factory(
+        count: int = 1,
+        *,
+        emulated: list[dict[str, Any]] | None = None,
+        modems: list[dict[str, Any]] | None = None,
+        sink: EventSink | None = None,
+        ready: bool = True,
+        before_start: Callable[[list[EmulatedModem]], None] | None = None,
+        **options: Any,
+    ) -> Bench:
+        emulators = [
+            EmulatedModem(**{**EMULATED, **(emulated[i] if emulated else {})}) for i in range(count)
+        ]
+        for emulator in emulators:
+            await emulator.start()
+        if before_start is not None:
+            before_start(emulators)
+        recording = RecordingSink()
+        bank = ModemBankDriver(
+            "bank",
+            bank_options([e.path for e in emulators], modems, **options),
+            sink or recording,
+            clock,
+        )
+        bench = Bench(bank, recording, emulators)
+        if sink is not None and isinstance(sink, RecordingSink):
+            bench.sink = sink
+        opened.append(bench)
+        await bank.start()
+        if ready:
+            for i in range(count):
+                await bench.until_ready(i)
+        return bench
+
+    try:
+        yield factory
+    finally:
+        for bench in opened:
+            await bench.bank.aclose()
+            for emulator in bench.emulators:
+                await emulator.aclose()
+
+
+def sms(
+    *parts: str, to: str = "+12025550147", encoding: str = "gsm7", reference: int = 7
+) -> OutboundSms:
+    return OutboundSms(
+        message_id="m", to=to, parts=parts or ("hello",), encoding=encoding, reference=reference
+    )

@@ -1,0 +1,172 @@
+"""A modem bank through the real gateway: store, scheduler, API, bank driver, ptys.
+
+The gateway runs its dispatch loop on the system clock with retry back-off in
+fractions of a second; the modems are emulated on pseudo-terminals. Nothing sleeps:
+`Rig.until` re-checks after every store commit, route health change and modem answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.base import RouteHealth
+from drivers.clock import SystemClock
+from drivers.modem.bank import ModemBankDriver
+from drivers.modem.emulator import EmulatedModem
+from gateway.app import Gateway
+from gateway.tokens import create_token
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, accept, make_config
+from tests.modem_rig import EMULATED, FAST
+from tests.test_api import start_client
+
+Predicate = Callable[[], bool | Awaitable[bool]]
+
+
+@dataclass
+class Rig:
+    gw: Gateway
+    emulators: list[EmulatedModem]
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def bank(self) -> ModemBankDriver:
+        driver = self.gw.routes["bank"].driver
+        assert isinstance(driver, ModemBankDriver)
+        return driver
+
+    async def until(self, predicate: Predicate, within: float = 8.0) -> None:
+        progress = [m.progress for m in self.bank.modems.values()]
+        async with asyncio.timeout(within):
+            while True:
+                for event in (self.changed, *progress):
+                    event.clear()
+                result = predicate()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    return
+                waiters = [asyncio.ensure_future(e.wait()) for e in (self.changed, *progress)]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+
+    async def row(self, message_id: str) -> Any:
+        row = await self.gw.store.message_row(message_id)
+        assert row is not None
+        return row
+
+
+def _poke_after(obj: object, name: str, poke: Callable[[], None]) -> None:
+    original = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        future = original(*args, **kwargs)
+        future.add_done_callback(lambda _: poke())
+        return future
+
+    setattr(obj, name, wrapped)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    emulators = [EmulatedModem(**EMULATED, signal=18 + i) for i in range(2)]
+    for emulator in emulators:
+        await emulator.start()
+    route = {
+        "name": "bank",
+        "type": "modem",
+        "window": 2,
+        "modems": [{"name": f"m{i + 1}", "port": e.path} for i, e in enumerate(emulators)],
+        **FAST,
+    }
+    config = make_config(
+        tmp_path,
+        [route],
+        queue={"retry_base": 0.05, "retry_cap": 0.2},
+        http={"shutdown_grace": 0.5},
+    )
+    gw = await Gateway.open(config, SystemClock())
+    r = Rig(gw, emulators)
+    _poke_after(gw.store.writer, "run", r.changed.set)
+    _poke_after(gw.store.writer, "insert", r.changed.set)
+    reported = gw.sink.health_changed
+
+    def health_changed(route: str, health: RouteHealth) -> None:
+        reported(route, health)
+        r.changed.set()
+
+    gw.sink.health_changed = health_changed  # type: ignore[method-assign]
+    await gw.start(dispatch=True)
+    await r.until(lambda: all(m.ready for m in r.bank.modems.values()))
+    yield r
+    if not gw.stopped:
+        await gw.stop()
+    for emulator in emulators:
+        await emulator.aclose()
+
+
+async def test_unplugged_mid_send_the_message_reaches_the_other_modem(rig: Rig) -> None:
+    first, second = rig.emulators
+    first.unplug_during_next_send()
+    message_id = await accept(rig.gw, body=CANARY_BODY)
+
+    async def sent() -> bool:
+        return str((await rig.row(message_id))["state"]) in ("sent", "delivered")
+
+    await rig.until(sent)
+    row = await rig.row(message_id)
+    assert row["possible_duplicate"] == 1
+    assert [p.text for p in second.sent] == [CANARY_BODY]
+    events = await rig.gw.store.events(message_id)
+    (sent_event,) = [e for e in events if e["state"] == "sent"]
+    assert str(sent_event["carrier_id"]).startswith("m2:")
+    # The unplugged modem's port comes back and the bank uses it again.
+    await first.replug()
+    await rig.until(lambda: rig.bank.modems["m1"].ready)
+
+
+async def test_status_report_marks_the_message_delivered(rig: Rig) -> None:
+    message_id = await accept(rig.gw, body="Your appointment is at 10:00")
+
+    async def delivered() -> bool:
+        return str((await rig.row(message_id))["state"]) == "delivered"
+
+    await rig.until(delivered)
+
+
+async def test_routes_metrics_and_inbound_through_the_api(rig: Rig) -> None:
+    token = await create_token(rig.gw.store, "t", frozenset({"read"}), rig.gw.clock)
+    client = await start_client(rig.gw)
+    auth = {"Authorization": f"Bearer {token.text}"}
+    try:
+        routes = await (await client.get("/api/v1/routes", headers=auth)).json()
+        (bank,) = routes["routes"]
+        assert bank["type"] == "modem" and bank["state"] == "up"
+        members = bank["members"]
+        assert set(members) == {"m1", "m2"}
+        assert (members["m1"]["signal"], members["m2"]["signal"]) == (18, 19)
+        assert members["m1"]["operator"] and members["m1"]["registration"] == "registered"
+
+        rig.emulators[1].inject_inbound(CANARY_NUMBER, CANARY_BODY)
+
+        async def stored() -> bool:
+            resp = await client.get("/api/v1/inbound", headers=auth)
+            return bool((await resp.json())["inbound"])
+
+        await rig.until(stored)
+        inbound = await (await client.get("/api/v1/inbound", headers=auth)).text()
+        metrics = await (await client.get("/api/v1/metrics", headers=auth)).text()
+    finally:
+        await client.close()
+    assert 'smsgw_modem_signal_rssi{modem="m1",route="bank"} 18.0' in metrics
+    assert 'smsgw_modem_ready{modem="m2",route="bank"} 1.0' in metrics
+    for text in (inbound, metrics):
+        assert CANARY_DIGITS not in text and "CANARY" not in text

@@ -1,0 +1,179 @@
+"""The modem driver through real pseudo-terminals against the modem emulator.
+
+Each test starts emulated modems (drivers/modem/emulator.py) on ptys and a bank driver
+on their tty paths; what the emulator received is decoded back with the PDU codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from drivers.base import ReceiptState, RouteState
+from drivers.modem.driver import ModemState
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+from tests.modem_rig import BenchFactory, bench_factory, sms
+from tests.sinks import RecordingSink
+
+IMEI = "356938035643809"
+IMSI = "214014455667788"
+ICCID = "89340144556677889900"
+
+
+@pytest.fixture
+async def open_bench() -> AsyncIterator[BenchFactory]:
+    async with bench_factory() as factory:
+        yield factory
+
+
+async def test_initialises_and_reports_identity_masked(open_bench: BenchFactory) -> None:
+    with capture_logs() as logs:
+        bench = await open_bench(
+            emulated=[{"imei": IMEI, "imsi": IMSI, "iccid": ICCID, "operator": "Op", "signal": 17}]
+        )
+    member = bench.member()
+    assert member["state"] == "ready"
+    assert (member["signal"], member["registration"], member["operator"]) == (
+        17,
+        "registered",
+        "Op",
+    )
+    assert member["imei"] == "…3809" and member["iccid"] == "…9900"
+    assert bench.bank.health().state is RouteState.UP
+    text = repr(logs) + repr(bench.bank.health())
+    for identifier in (IMEI, IMSI, ICCID):
+        assert identifier not in text
+
+
+async def test_sends_gsm7_as_a_pdu_with_receipt_request(open_bench: BenchFactory) -> None:
+    bench = await open_bench()
+    result = await bench.bank.submit(sms("Your results are ready"))
+    emulator = bench.emulators[0]
+    await emulator.wait_sent(1)
+    (part,) = emulator.sent
+    assert (part.to, part.text, part.encoding) == (CANARY_NUMBER, "Your results are ready", "gsm7")
+    assert part.request_report and part.concat is None
+    assert result.carrier_ids[0].startswith("m1:")
+
+
+async def test_sends_concatenated_ucs2_with_the_message_reference(
+    open_bench: BenchFactory,
+) -> None:
+    bench = await open_bench()
+    parts = ("Здравствуйте " * 5, "🙂 до свидания")
+    result = await bench.bank.submit(sms(*parts, encoding="ucs2", reference=0x1234))
+    emulator = bench.emulators[0]
+    await emulator.wait_sent(2)
+    assert [p.text for p in emulator.sent] == list(parts)
+    assert all(p.encoding == "ucs2" for p in emulator.sent)
+    concats = [p.concat for p in emulator.sent]
+    assert [(c.ref, c.total, c.seq) for c in concats if c] == [(0x34, 2, 1), (0x34, 2, 2)]
+    assert len(set(result.carrier_ids)) == 2
+
+
+async def test_status_report_marks_the_part_delivered(open_bench: BenchFactory) -> None:
+    bench = await open_bench()
+    result = await bench.bank.submit(sms("a" * 153, "b"))
+    await bench.until(lambda: len(bench.sink.receipts) >= 2)
+    assert {r.carrier_id: r.state for r in bench.sink.receipts} == dict.fromkeys(
+        result.carrier_ids, ReceiptState.DELIVERED
+    )
+    # Stored reports are deleted once the sink has them.
+    await bench.until(lambda: not bench.emulators[0].sim_messages)
+
+
+async def test_failed_status_report(open_bench: BenchFactory) -> None:
+    bench = await open_bench(emulated=[{"report_status": 0x41}])
+    result = await bench.bank.submit(sms())
+    await bench.until(lambda: len(bench.sink.receipts) >= 1)
+    (receipt,) = bench.sink.receipts
+    assert (receipt.carrier_id, receipt.state) == (result.carrier_ids[0], ReceiptState.FAILED)
+    assert receipt.error_code == "tp-st:0x41"
+
+
+async def test_inbound_is_stored_then_deleted_from_the_sim(open_bench: BenchFactory) -> None:
+    bench = await open_bench()
+    emulator = bench.emulators[0]
+    emulator.inject_inbound(CANARY_NUMBER, CANARY_BODY)
+    await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
+    (inbound,) = bench.sink.inbounds
+    assert (inbound.sender, inbound.body) == (CANARY_NUMBER, CANARY_BODY)
+
+
+async def test_multipart_inbound_is_reassembled(open_bench: BenchFactory) -> None:
+    bench = await open_bench()
+    emulator = bench.emulators[0]
+    body = "Please call the ward about your appointment. " * 8
+    emulator.inject_inbound(CANARY_NUMBER, body, parts=3)
+    await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
+    assert bench.sink.inbounds[0].body == body
+
+
+async def test_messages_left_on_the_sim_are_ingested_at_start(open_bench: BenchFactory) -> None:
+    def preload(emulators: list[Any]) -> None:
+        emulators[0].preload_sim(CANARY_NUMBER, "left over 1")
+        emulators[0].preload_sim("+447700900123", "left over 2")
+
+    bench = await open_bench(before_start=preload)
+    emulator = bench.emulators[0]
+    await bench.until(lambda: len(bench.sink.inbounds) == 2 and not emulator.sim_messages)
+    assert sorted(i.body for i in bench.sink.inbounds) == ["left over 1", "left over 2"]
+
+
+class FailingSink(RecordingSink):
+    fail = True
+
+    async def inbound(self, route: str, sms: Any) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        await super().inbound(route, sms)
+
+
+async def test_inbound_stays_on_the_sim_until_the_sink_commits(open_bench: BenchFactory) -> None:
+    sink = FailingSink()
+    bench = await open_bench(sink=sink)
+    emulator = bench.emulators[0]
+    with capture_logs() as logs:
+        emulator.inject_inbound(CANARY_NUMBER, CANARY_BODY)
+        await bench.until(
+            lambda: any(e["event"] == "modem_inbound_not_stored" for e in logs), within=5
+        )
+    assert len(emulator.sim_messages) == 1 and not sink.inbounds
+    assert CANARY_DIGITS not in repr(logs) and "CANARY" not in repr(logs)
+    sink.fail = False  # the gateway recovers: the rescan stores it, then deletes it
+    await bench.until(lambda: len(sink.inbounds) == 1 and not emulator.sim_messages)
+    assert sink.inbounds[0].body == CANARY_BODY
+
+
+async def test_pin_from_a_file_is_entered_once(open_bench: BenchFactory, tmp_path: Path) -> None:
+    pin_file = tmp_path / "sim.pin"
+    pin_file.write_text("4321\n")
+    bench = await open_bench(emulated=[{"pin": "4321"}], modems=[{"pin_file": str(pin_file)}])
+    assert bench.modem().ready
+
+
+async def test_wrong_pin_stops_the_modem_without_a_second_try(
+    open_bench: BenchFactory, tmp_path: Path
+) -> None:
+    pin_file = tmp_path / "sim.pin"
+    pin_file.write_text("1111")
+    with capture_logs() as logs:
+        bench = await open_bench(
+            emulated=[{"pin": "4321"}], modems=[{"pin_file": str(pin_file)}], ready=False
+        )
+        await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)
+    assert [e for e in logs if e["event"] == "modem_sim_problem"]
+    assert "1111" not in repr(logs)
+    assert bench.bank.health().state is RouteState.DOWN
+    # The modem stays stopped: it never asks the SIM again, so no second PIN attempt.
+    assert bench.modem().state is ModemState.SIM_ERROR
+
+
+async def test_no_pin_configured_is_a_sim_error(open_bench: BenchFactory) -> None:
+    bench = await open_bench(emulated=[{"pin": "4321"}], ready=False)
+    await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)
+    assert "PIN" in bench.member()["detail"]
