@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import random
+import termios
 import tty
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -61,6 +62,7 @@ log = structlog.get_logger("smsgw.modem.emulator")
 
 CTRL_Z = 0x1A
 ESC = 0x1B
+SHUTDOWN_SECONDS = 0.1  # from answering AT+CFUN=1,1 to going down
 SMSC = "+15550100000"  # the service centre the emulated network stamps on inbound PDUs
 
 
@@ -73,7 +75,7 @@ class _Pty:
 
     def __init__(self, on_data: Callable[[bytes], None]) -> None:
         self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
+        tty.setraw(self.slave, termios.TCSANOW)
         os.set_blocking(self.master, False)
         self.name = os.ttyname(self.slave)
         self._out = bytearray()
@@ -109,6 +111,9 @@ class _Pty:
             self._loop.remove_writer(self.master)
 
     def close(self) -> None:
+        if self._out:  # what the modem said before the plug was pulled still goes out
+            with contextlib.suppress(OSError):
+                os.write(self.master, self._out)
         self._loop.remove_reader(self.master)
         self._loop.remove_writer(self.master)
         for fd in (self.master, self.slave):
@@ -163,6 +168,7 @@ class EmulatedModem:
         self._input = bytearray()
         self._input_changed = asyncio.Event()
         self._sent_changed = asyncio.Event()
+        self._plug_changed = asyncio.Event()
         self._hung = False
         self._booting = False
         self._unplug_on_send: float | Literal[False] | None = False
@@ -184,6 +190,12 @@ class EmulatedModem:
     @property
     def plugged(self) -> bool:
         return self._pty is not None
+
+    async def wait_plugged(self, plugged: bool = True) -> None:
+        """Return once the port is there (or, with False, gone)."""
+        while self.plugged != plugged:
+            self._plug_changed.clear()
+            await self._plug_changed.wait()
 
     async def start(self) -> None:
         await self._power_on()
@@ -214,6 +226,7 @@ class EmulatedModem:
             temporary.symlink_to(self._pty.name)
             temporary.replace(self.link_path)
         log.info("modem_plugged", profile=self.profile_name)
+        self._plug_changed.set()
         self._spawn(self._serve(), port=True)
         self._boot()
 
@@ -241,6 +254,7 @@ class EmulatedModem:
             with contextlib.suppress(FileNotFoundError):
                 self.link_path.unlink()
         log.info("modem_unplugged", profile=self.profile_name)
+        self._plug_changed.set()
 
     async def unplug(self) -> None:
         """Pull the USB plug: the open slave gets EIO/EOF, `link_path` goes away."""
@@ -437,8 +451,9 @@ class EmulatedModem:
                 self._held.append(pdu)
 
     def storage_changed(self) -> None:
-        """Memory was freed (AT+CMGD): the network retries what it holds."""
-        self._flush_held()
+        """Memory was freed (AT+CMGD): the network retries what it holds, after the OK."""
+        if self._held:
+            asyncio.get_running_loop().call_soon(self._flush_held)
 
     # ------------------------------------------------------------------ faults
 
@@ -479,6 +494,7 @@ class EmulatedModem:
         self._spawn(self._reset(), port=False)
 
     async def _reset(self) -> None:
+        await self.clock.sleep(SHUTDOWN_SECONDS)  # the OK gets out before the port goes
         if self.profile.reset_drops_port:
             self._power_off()
             await self.clock.sleep(self.profile.reset_seconds)
@@ -534,6 +550,12 @@ class ModemBankEmulator:
     @property
     def paths(self) -> list[str]:
         return [modem.path for modem in self.modems]
+
+    async def wait_plugged(self, plugged: bool = True) -> None:
+        """Return once the port is there (or, with False, gone)."""
+        while self.plugged != plugged:
+            self._plug_changed.clear()
+            await self._plug_changed.wait()
 
     async def start(self) -> None:
         for modem in self.modems:
