@@ -551,12 +551,6 @@ class ModemBankEmulator:
     def paths(self) -> list[str]:
         return [modem.path for modem in self.modems]
 
-    async def wait_plugged(self, plugged: bool = True) -> None:
-        """Return once the port is there (or, with False, gone)."""
-        while self.plugged != plugged:
-            self._plug_changed.clear()
-            await self._plug_changed.wait()
-
     async def start(self) -> None:
         for modem in self.modems:
             await modem.start()
