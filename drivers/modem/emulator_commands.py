@@ -26,6 +26,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from drivers.modem.emulator_sim import MessageStatus, PinState, SimCard, Storage
+from drivers.modem.emulator_syntax import (
+    CommandError,
+    format_error,
+    format_reply,
+    ints,
+    kind_and_args,
+    quoted_values,
+    split_commands,
+)
 from drivers.modem.pdu import PduError, SmsSubmit, decode_submit
 from drivers.modem.profiles import ModemProfile
 
@@ -40,64 +49,8 @@ __all__ = [
     "format_error",
 ]
 
-CME_TEXT = {
-    3: "operation not allowed",
-    4: "operation not supported",
-    10: "SIM not inserted",
-    11: "SIM PIN required",
-    12: "SIM PUK required",
-    13: "SIM failure",
-    14: "SIM busy",
-    16: "incorrect password",
-    30: "no network service",
-    100: "unknown",
-}
-CMS_TEXT = {
-    300: "ME failure",
-    302: "operation not allowed",
-    303: "operation not supported",
-    304: "invalid PDU mode parameter",
-    310: "SIM not inserted",
-    311: "SIM PIN required",
-    316: "SIM PUK required",
-    321: "invalid memory index",
-    322: "SIM memory full",
-    330: "SMSC address unknown",
-    331: "no network service",
-    332: "network timeout",
-    500: "unknown error",
-}
-_ERROR_LINE = re.compile(r"\+(CME|CMS) ERROR: (\d+)")
 _COMMAND = re.compile(r"([+^*$%#][A-Z0-9]+|&[A-Z]|[A-Z])(.*)", re.DOTALL)
 REG_COMMANDS = ("+CREG", "+CGREG", "+CEREG")
-
-
-class CommandError(Exception):
-    """Ends a command with an error result: `kind` None is a plain ERROR."""
-
-    def __init__(self, kind: Literal["CME", "CMS"] | None = None, code: int = 0) -> None:
-        super().__init__(f"{kind} {code}")
-        self.kind = kind
-        self.code = code
-
-
-def format_error(kind: Literal["CME", "CMS"] | None, code: int, cmee: int) -> str:
-    if kind is None or cmee == 0:
-        return "ERROR"
-    if cmee == 2:
-        text = (CME_TEXT if kind == "CME" else CMS_TEXT).get(code)
-        if text is not None:
-            return f"+{kind} ERROR: {text}"
-    return f"+{kind} ERROR: {code}"
-
-
-def format_reply(reply: str, cmee: int) -> str:
-    """A fault's reply as this modem would word it under its AT+CMEE setting."""
-    match = _ERROR_LINE.fullmatch(reply)
-    if match is None:
-        return reply
-    kind: Literal["CME", "CMS"] = "CME" if match.group(1) == "CME" else "CMS"
-    return format_error(kind, int(match.group(2)), cmee)
 
 
 @dataclass(slots=True)
@@ -258,7 +211,7 @@ class AtInterpreter:
         if text[:2].upper() != "AT":
             return  # modems ignore what does not start with AT
         try:
-            for command in _split_commands(text[2:]):
+            for command in split_commands(text[2:]):
                 await self._execute(command)
         except CommandError as error:
             self.final(format_error(error.kind, error.code, self.settings.cmee))
@@ -288,7 +241,7 @@ class AtInterpreter:
             raise CommandError()
         if name != "+CMGS":
             self.check_failure("AT" + upper)
-        await handler(*_kind_and_args(rest, command[len(name) :]))
+        await handler(*kind_and_args(rest, command[len(name) :]))
 
     def check_failure(self, command: str) -> None:
         for failure in self.failures:
@@ -396,7 +349,7 @@ class AtInterpreter:
             return
         if kind != "set":
             return
-        values = _quoted_values(args)
+        values = quoted_values(args)
         if state is PinState.READY or self.sim.blocked:
             raise CommandError("CME", 3 if state is PinState.READY else 13)
         if state is PinState.SIM_PIN:
@@ -464,7 +417,7 @@ class AtInterpreter:
             self.info(f'+CSCS: "{self.settings.charset}"')
         elif kind == "test":
             self.info('+CSCS: ("GSM","IRA","UCS2")')
-        elif (values := _quoted_values(args)) and values[0] in ("GSM", "IRA", "UCS2"):
+        elif (values := quoted_values(args)) and values[0] in ("GSM", "IRA", "UCS2"):
             self.settings.charset = values[0]
         else:
             raise CommandError("CME", 4)
@@ -475,7 +428,7 @@ class AtInterpreter:
         elif kind == "test":
             self.info("+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)")
         else:
-            values = _ints(args)
+            values = ints(args)
             limits = (2, 3, 3, 2, 1)
             if (
                 not values
@@ -503,7 +456,7 @@ class AtInterpreter:
             ]
             self.info("+CPMS: " + ",".join(fields))
         else:
-            values = _quoted_values(args)
+            values = quoted_values(args)
             if not 1 <= len(values) <= 3 or any(v not in self.sim.storages for v in values):
                 raise CommandError("CMS", 302)
             chosen = (*values, *self.settings.cpms[len(values) :])
@@ -634,41 +587,3 @@ class AtInterpreter:
 
 class _Replied(Exception):
     """A fault already wrote the final result."""
-
-
-def _split_commands(body: str) -> list[str]:
-    """Split `+A=1;+B?` at semicolons outside quotes."""
-    commands: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in body:
-        if char == '"':
-            quoted = not quoted
-        if char == ";" and not quoted:
-            commands.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    commands.append("".join(current))
-    return [c.strip() for c in commands if c.strip()] or [""]
-
-
-def _kind_and_args(rest_upper: str, rest: str) -> tuple[str, str]:
-    if rest_upper == "?":
-        return "read", ""
-    if rest_upper == "=?":
-        return "test", ""
-    if rest_upper.startswith("="):
-        return "set", rest[1:].strip()
-    return "exec", rest.strip()
-
-
-def _quoted_values(args: str) -> list[str]:
-    return [part.strip().strip('"').upper() for part in args.split(",") if part.strip()]
-
-
-def _ints(args: str) -> list[int]:
-    parts = [p.strip() for p in args.split(",")]
-    if not all(p.isdigit() for p in parts):
-        raise CommandError("CMS", 303)
-    return [int(p) for p in parts]
