@@ -520,6 +520,33 @@ async def test_unplug_during_send(
         again.close()
 
 
+async def test_network_holds_inbound_while_the_port_is_gone(
+    open_modem: ModemFactory, clock: FakeClock
+) -> None:
+    modem, terminal = await open_modem(report_delay=5.0, send_latency=1.0)
+    await terminal.command("AT+CNMI=2,1,0,1,0")
+    pdu = encode_submit(to=NUMBER, text="x", encoding="gsm7", request_report=True)
+    await submit(terminal, pdu.hex, pdu.tpdu_length)
+    await clock.wait_sleeping(1)
+    clock.advance(1.0)
+    await terminal.expect(FINAL)
+    await modem.unplug()
+    modem.inject_inbound(NUMBER, BODY)
+    await clock.wait_sleeping(1)
+    clock.advance(5.0)  # the status report comes while the port is gone: stored
+    terminal.close()
+    await modem.replug()
+    again = Terminal(modem.path)
+    try:
+        await again.expect(boot_done(modem))
+        listed = await again.command("AT+CMGL=4")
+        decoded = [decode_incoming(p) for p in listed[1:-1:2]]
+        assert [type(d) for d in decoded].count(StatusReport) == 1
+        assert [d.text for d in decoded if isinstance(d, SmsDeliver)] == [BODY]
+    finally:
+        again.close()
+
+
 async def test_reset_drops_the_usb_port(open_modem: ModemFactory, clock: FakeClock) -> None:
     modem, terminal = await open_modem("quectel-ec25", link_path=None)
     assert await terminal.command("AT+CFUN=1,1") == ["OK"]

@@ -175,6 +175,7 @@ class EmulatedModem:
         self._held: list[EncodedPdu] = []  # inbound the network could not deliver yet
         self._port_tasks: set[asyncio.Task[None]] = set()  # end with the port
         self._tasks: set[asyncio.Task[None]] = set()  # network side: outlive the port
+        self._periodic: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ life cycle
 
@@ -201,10 +202,11 @@ class EmulatedModem:
         await self._power_on()
 
     async def aclose(self) -> None:
+        tasks = [*self._tasks, *self._port_tasks]
         self._power_off()
-        for task in list(self._tasks):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def __aenter__(self) -> EmulatedModem:
         await self.start()
@@ -235,9 +237,13 @@ class EmulatedModem:
         cpin = self.at.settings.pin_state.value
         for line in self.profile.boot_urcs:
             self.at.urc(line.replace("{cpin}", cpin))
+        for task in self._periodic:
+            task.cancel()
         if self.periodic_urcs:
-            for periodic in self.profile.periodic_urcs:
+            self._periodic = [
                 self._spawn(self._repeat(periodic.text, periodic.interval), port=True)
+                for periodic in self.profile.periodic_urcs
+            ]
         self._flush_held()
 
     def _power_off(self) -> None:
@@ -266,11 +272,12 @@ class EmulatedModem:
         self._power_off()
         await self._power_on()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], *, port: bool) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], *, port: bool) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
         group = self._port_tasks if port else self._tasks
         group.add(task)
         task.add_done_callback(group.discard)
+        return task
 
     # ------------------------------------------------------------------ octets
 
