@@ -29,9 +29,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
+from drivers.modem.tpdu_fields import (
+    TON_ALPHANUMERIC,
+    TON_INTERNATIONAL,
+    TON_NATIONAL,
+    Encoding,
+    PduError,
+    Reader,
+    checked_octet,
+    encode_address,
+    encode_sender,
+    encode_smsc,
+    encode_timestamp,
+    encoding_of,
+    pdu_octets,
+    read_address,
+    read_smsc,
+    read_timestamp,
+    validity_code,
+    validity_minutes_of,
+)
 from drivers.text import (
     decode_gsm7_septets,
     decode_ucs2,
@@ -59,7 +79,6 @@ __all__ = [
     "validity_minutes_of",
 ]
 
-Encoding = Literal["gsm7", "8bit", "ucs2"]
 SenderKind = Literal["international", "national", "alphanumeric", "other"]
 Outcome = Literal["delivered", "pending", "failed"]
 
@@ -74,31 +93,12 @@ VPF_NONE, VPF_ENHANCED, VPF_RELATIVE, VPF_ABSOLUTE = 0x00, 0x08, 0x10, 0x18
 FO_STATUS_REPORT = 0x20  # SUBMIT: TP-SRR; DELIVER: TP-SRI; STATUS-REPORT: TP-SRQ
 FO_UDHI = 0x40
 
-TON_INTERNATIONAL = 1
-TON_NATIONAL = 2
-TON_ALPHANUMERIC = 5
-TOA_INTERNATIONAL = 0x91  # ISDN numbering plan, international number
-TOA_UNKNOWN = 0x81  # ISDN numbering plan, type unknown: how modems send local numbers
-TOA_NATIONAL = 0xA1
-TOA_ALPHANUMERIC = 0xD0
-
 DCS_GSM7, DCS_8BIT, DCS_UCS2 = 0x00, 0x04, 0x08
 IEI_CONCAT_8 = 0x00
 IEI_CONCAT_16 = 0x08
 
 MAX_UD_OCTETS = 140
 MAX_UD_SEPTETS = 160
-MAX_ADDRESS_DIGITS = 20  # address field of at most 12 octets (TS 23.040 9.1.2.5)
-MAX_ALPHANUMERIC_SEPTETS = 11  # 10 octets of packed septets
-MAX_SMSC_OCTETS = 11  # type-of-address and 10 octets of digits (TS 24.011 8.2.5.1)
-
-# Semi-octet digit values of TS 24.008 10.5.4.7 (called party BCD number); 0xF is filler.
-_BCD_DIGITS = "0123456789*#abc"
-_DIGIT_VALUES = {char: value for value, char in enumerate(_BCD_DIGITS)}
-
-
-class PduError(ValueError):
-    """A PDU that cannot be decoded, or arguments that cannot be encoded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,141 +164,6 @@ class StatusReport:
 # ---------------------------------------------------------------------- reading
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, count: int, what: str) -> bytes:
-        end = self.pos + count
-        if end > len(self.data):
-            raise PduError(f"PDU ends inside {what}")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def octet(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def rest(self) -> bytes:
-        chunk = self.data[self.pos :]
-        self.pos = len(self.data)
-        return chunk
-
-    def expect_end(self) -> None:
-        if self.pos != len(self.data):
-            raise PduError(f"{len(self.data) - self.pos} octets after the user data")
-
-
-def _octets(pdu: str | bytes) -> bytes:
-    if isinstance(pdu, bytes):
-        return pdu
-    try:
-        return bytes.fromhex(pdu.strip())
-    except ValueError:
-        raise PduError("PDU is not a hex string") from None
-
-
-def _decode_bcd(octets: bytes, digits: int) -> str:
-    chars: list[str] = []
-    for octet in octets:
-        for nibble in (octet & 0x0F, octet >> 4):
-            if len(chars) < digits and nibble != 0x0F:
-                chars.append(_BCD_DIGITS[nibble])
-    return "".join(chars)
-
-
-def _read_address(reader: _Reader) -> tuple[str, int]:
-    """An originating/destination address: (address, type of number)."""
-    length = reader.octet("an address length")
-    toa = reader.octet("a type of address")
-    ton = (toa >> 4) & 0x07
-    if ton == TON_ALPHANUMERIC:
-        if length > MAX_ADDRESS_DIGITS:
-            raise PduError("alphanumeric address longer than 10 octets")
-        packed = reader.take((length + 1) // 2, "an alphanumeric address")
-        septets = unpack_septets(packed, length * 4 // 7)
-        return decode_gsm7_septets(septets), ton
-    if length > MAX_ADDRESS_DIGITS:
-        raise PduError("address longer than 20 digits")
-    digits = _decode_bcd(reader.take((length + 1) // 2, "an address"), length)
-    return ("+" + digits if ton == TON_INTERNATIONAL else digits), ton
-
-
-def _read_smsc(reader: _Reader) -> str | None:
-    length = reader.octet("the SMSC length")
-    if length == 0:
-        return None
-    if length > MAX_SMSC_OCTETS:
-        raise PduError("SMSC address longer than 11 octets")
-    field = reader.take(length, "the SMSC address")
-    digits = _decode_bcd(field[1:], 2 * (length - 1))
-    return "+" + digits if (field[0] >> 4) & 0x07 == TON_INTERNATIONAL else digits
-
-
-def _bcd_pair(octet: int, what: str) -> int:
-    low, high = octet & 0x0F, octet >> 4
-    if low > 9 or high > 9:
-        raise PduError(f"{what} is not decimal")
-    return low * 10 + high
-
-
-def _read_timestamp(reader: _Reader, what: str) -> datetime:
-    raw = reader.take(7, what)
-    year, month, day, hour, minute, second = (_bcd_pair(octet, what) for octet in raw[:6])
-    zone = raw[6]
-    if zone >> 4 > 9:
-        raise PduError(f"{what} has a time zone that is not decimal")
-    quarters = (zone & 0x07) * 10 + (zone >> 4)
-    offset = timedelta(minutes=15 * quarters) * (-1 if zone & 0x08 else 1)
-    century = 1900 if year >= 90 else 2000  # semi-octet years have no century
-    try:
-        return datetime(century + year, month, day, hour, minute, second, tzinfo=timezone(offset))
-    except ValueError:
-        raise PduError(f"{what} is not a valid date and time") from None
-
-
-def validity_minutes_of(code: int) -> int:
-    """Minutes of a relative TP-VP octet (TS 23.040 9.2.3.12.1)."""
-    if code <= 143:
-        return (code + 1) * 5
-    if code <= 167:
-        return 12 * 60 + (code - 143) * 30
-    if code <= 196:
-        return (code - 166) * 24 * 60
-    return (code - 192) * 7 * 24 * 60
-
-
-def validity_code(minutes: int) -> int:
-    """The smallest relative TP-VP that lasts at least `minutes` (at most 63 weeks)."""
-    if minutes <= 0:
-        raise PduError("validity must be a positive number of minutes")
-    if minutes <= 720:
-        return (minutes + 4) // 5 - 1
-    if minutes <= 1440:
-        return 143 + (minutes - 720 + 29) // 30
-    if minutes <= 30 * 1440:
-        return 166 + (minutes + 1439) // 1440
-    return min(255, 192 + (minutes + 7 * 1440 - 1) // (7 * 1440))
-
-
-_GENERAL_ALPHABETS: tuple[Encoding, ...] = ("gsm7", "8bit", "ucs2", "gsm7")  # 11: reserved
-
-
-def _encoding_of(dcs: int) -> Encoding:
-    """The alphabet of a TP-DCS (TS 23.038 4); reserved values read as the default."""
-    group = dcs >> 4
-    if group <= 0x7:  # general data coding, possibly marked for automatic deletion
-        if dcs & 0x20:
-            return "8bit"  # compressed: we cannot decompress, so the octets are data
-        return _GENERAL_ALPHABETS[(dcs >> 2) & 0x03]
-    if group == 0xE:
-        return "ucs2"  # message waiting indication, store, UCS-2
-    if group == 0xF:
-        return "8bit" if dcs & 0x04 else "gsm7"
-    return "gsm7"
-
-
 @dataclass(frozen=True, slots=True)
 class _UserData:
     text: str
@@ -328,7 +193,7 @@ def _parse_header(header: bytes) -> Concat | None:
     return concat
 
 
-def _read_user_data(reader: _Reader, first_octet: int, encoding: Encoding) -> _UserData:
+def _read_user_data(reader: Reader, first_octet: int, encoding: Encoding) -> _UserData:
     length = reader.octet("the user data length")
     has_header = bool(first_octet & FO_UDHI)
     if encoding == "gsm7":
@@ -363,9 +228,9 @@ def _read_user_data(reader: _Reader, first_octet: int, encoding: Encoding) -> _U
     return _UserData("", concat, payload)
 
 
-def _tpdu_reader(pdu: str | bytes, has_smsc: bool) -> tuple[_Reader, str | None, int]:
-    reader = _Reader(_octets(pdu))
-    smsc = _read_smsc(reader) if has_smsc else None
+def _tpdu_reader(pdu: str | bytes, has_smsc: bool) -> tuple[Reader, str | None, int]:
+    reader = Reader(pdu_octets(pdu))
+    smsc = read_smsc(reader) if has_smsc else None
     return reader, smsc, reader.octet("the first octet")
 
 
@@ -384,10 +249,10 @@ def decode_incoming(pdu: str | bytes, *, has_smsc: bool = True) -> SmsDeliver | 
     reader, smsc, first = _tpdu_reader(pdu, has_smsc)
     kind = first & MTI_MASK
     if kind == MTI_DELIVER:
-        sender, ton = _read_address(reader)
+        sender, ton = read_address(reader)
         reader.octet("the protocol identifier")
-        encoding = _encoding_of(reader.octet("the data coding scheme"))
-        timestamp = _read_timestamp(reader, "the service centre time stamp")
+        encoding = encoding_of(reader.octet("the data coding scheme"))
+        timestamp = read_timestamp(reader, "the service centre time stamp")
         user_data = _read_user_data(reader, first, encoding)
         reader.expect_end()
         return SmsDeliver(
@@ -402,9 +267,9 @@ def decode_incoming(pdu: str | bytes, *, has_smsc: bool = True) -> SmsDeliver | 
         )
     if kind == MTI_STATUS_REPORT:
         message_ref = reader.octet("the message reference")
-        recipient, _ = _read_address(reader)
-        submitted = _read_timestamp(reader, "the service centre time stamp")
-        discharged = _read_timestamp(reader, "the discharge time")
+        recipient, _ = read_address(reader)
+        submitted = read_timestamp(reader, "the service centre time stamp")
+        discharged = read_timestamp(reader, "the discharge time")
         status = reader.octet("the status")
         # Optional TP-PI, PID, DCS and user data may follow; they carry nothing we use.
         return StatusReport(message_ref, recipient, submitted, discharged, status)
@@ -417,9 +282,9 @@ def decode_submit(pdu: str | bytes, *, has_smsc: bool = True) -> SmsSubmit:
     if first & MTI_MASK != MTI_SUBMIT:
         raise PduError(f"message type {first & MTI_MASK} is not an SMS-SUBMIT")
     message_ref = reader.octet("the message reference")
-    to, _ = _read_address(reader)
+    to, _ = read_address(reader)
     reader.octet("the protocol identifier")
-    encoding = _encoding_of(reader.octet("the data coding scheme"))
+    encoding = encoding_of(reader.octet("the data coding scheme"))
     validity: int | None = None
     vpf = first & VPF_MASK
     if vpf == VPF_RELATIVE:
@@ -441,77 +306,6 @@ def decode_submit(pdu: str | bytes, *, has_smsc: bool = True) -> SmsSubmit:
 
 
 # ---------------------------------------------------------------------- writing
-
-
-def _encode_bcd(digits: str) -> bytes:
-    values = []
-    for char in digits:
-        value = _DIGIT_VALUES.get(char)
-        if value is None:
-            raise PduError("address has a character that is not a digit, '*' or '#'")
-        values.append(value)
-    if len(values) % 2:
-        values.append(0x0F)
-    return bytes(values[i] | (values[i + 1] << 4) for i in range(0, len(values), 2))
-
-
-def _number_parts(number: str, plain_toa: int) -> tuple[int, str]:
-    if number.startswith("+"):
-        return TOA_INTERNATIONAL, number[1:]
-    return plain_toa, number
-
-
-def _address(number: str, plain_toa: int = TOA_UNKNOWN) -> bytes:
-    """A phone number: "+digits" is international, bare digits get `plain_toa`."""
-    toa, digits = _number_parts(number, plain_toa)
-    if not digits or len(digits) > MAX_ADDRESS_DIGITS:
-        raise PduError("address must have 1 to 20 digits")
-    return bytes((len(digits), toa)) + _encode_bcd(digits)
-
-
-def _alphanumeric_address(name: str) -> bytes:
-    try:
-        septets = encode_gsm7_septets(name)
-    except ValueError:
-        raise PduError("alphanumeric address is not in the GSM 7-bit alphabet") from None
-    if not septets or len(septets) > MAX_ALPHANUMERIC_SEPTETS:
-        raise PduError("alphanumeric address must have 1 to 11 septets")
-    packed = pack_septets(septets)
-    return bytes(((7 * len(septets) + 3) // 4, TOA_ALPHANUMERIC)) + packed
-
-
-def _sender_address(sender: str) -> bytes:
-    if sender.startswith("+") and sender[1:].isdigit():
-        return _address(sender)
-    if sender.isdigit() and sender.isascii():
-        return _address(sender, TOA_NATIONAL)
-    return _alphanumeric_address(sender)
-
-
-def _smsc_field(smsc: str | None) -> bytes:
-    if not smsc:
-        return b"\x00"
-    toa, digits = _number_parts(smsc, TOA_UNKNOWN)
-    if not digits or len(digits) > 2 * (MAX_SMSC_OCTETS - 1):
-        raise PduError("SMSC address must have 1 to 20 digits")
-    body = bytes((toa,)) + _encode_bcd(digits)
-    return bytes((len(body),)) + body
-
-
-def _timestamp(moment: datetime) -> bytes:
-    offset = moment.utcoffset()
-    if offset is None:
-        raise PduError("timestamp needs a time zone")
-    quarters, remainder = divmod(int(offset.total_seconds()), 15 * 60)
-    if remainder or not -79 <= quarters <= 79:
-        raise PduError("time zone must be whole quarter hours within 19:45 of UTC")
-    if not 1990 <= moment.year <= 2089:
-        raise PduError("timestamp year must be between 1990 and 2089")
-    fields = (moment.year % 100, moment.month, moment.day, moment.hour, moment.minute)
-    octets = [(value % 10) << 4 | value // 10 for value in (*fields, moment.second)]
-    size = abs(quarters)
-    octets.append((size % 10) << 4 | size // 10 | (0x08 if quarters < 0 else 0))
-    return bytes(octets)
 
 
 def _concat_header(concat: Concat | None) -> bytes:
@@ -555,13 +349,7 @@ _DCS: dict[str, int] = {"gsm7": DCS_GSM7, "8bit": DCS_8BIT, "ucs2": DCS_UCS2}
 
 
 def _encoded(smsc: str | None, tpdu: bytes) -> EncodedPdu:
-    return EncodedPdu((_smsc_field(smsc) + tpdu).hex().upper(), len(tpdu))
-
-
-def _byte(value: int, what: str) -> int:
-    if not 0 <= value <= 0xFF:
-        raise PduError(f"{what} must be in 0..255")
-    return value
+    return EncodedPdu((encode_smsc(smsc) + tpdu).hex().upper(), len(tpdu))
 
 
 def encode_submit(
@@ -591,8 +379,8 @@ def encode_submit(
     if concat is not None:
         first |= FO_UDHI
     tpdu = (
-        bytes((first, _byte(message_ref, "message_ref")))
-        + _address(to)
+        bytes((first, checked_octet(message_ref, "message_ref")))
+        + encode_address(to)
         + bytes((0x00, _DCS[encoding]))
         + validity
         + _user_data(text, encoding, concat, b"")
@@ -617,9 +405,9 @@ def encode_deliver(
     first = MTI_DELIVER | FO_NO_MORE_MESSAGES | (FO_UDHI if concat else 0)
     tpdu = (
         bytes((first,))
-        + _sender_address(sender)
+        + encode_sender(sender)
         + bytes((0x00, _DCS[encoding]))
-        + _timestamp(timestamp)
+        + encode_timestamp(timestamp)
         + _user_data(text, encoding, concat, data)
     )
     return _encoded(smsc, tpdu)
@@ -636,11 +424,11 @@ def encode_status_report(
 ) -> EncodedPdu:
     """An SMS-STATUS-REPORT for the SUBMIT with `message_ref` (TP-SRQ clear: a SUBMIT)."""
     tpdu = (
-        bytes((MTI_STATUS_REPORT | FO_NO_MORE_MESSAGES, _byte(message_ref, "message_ref")))
-        + _address(recipient)
-        + _timestamp(submitted)
-        + _timestamp(discharged)
-        + bytes((_byte(status, "status"),))
+        bytes((MTI_STATUS_REPORT | FO_NO_MORE_MESSAGES, checked_octet(message_ref, "message_ref")))
+        + encode_address(recipient)
+        + encode_timestamp(submitted)
+        + encode_timestamp(discharged)
+        + bytes((checked_octet(status, "status"),))
     )
     return _encoded(smsc, tpdu)
 
