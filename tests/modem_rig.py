@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -80,9 +81,12 @@ BenchFactory = Callable[..., Awaitable[Bench]]
 
 
 @contextlib.asynccontextmanager
-async def bench_factory(clock: Clock | None = None) -> AsyncIterator[BenchFactory]:
+async def bench_factory(link_dir: Path, clock: Clock | None = None) -> AsyncIterator[BenchFactory]:
+    """Banks on emulated modems whose ports are symlinks in `link_dir`, re-pointed on
+    replug as udev re-points /dev/serial/by-id/."""
     opened: list[Bench] = []
     clock = clock or SystemClock()
+    made = 0
 
     async def factory(
         count: int = 1,
@@ -94,9 +98,12 @@ async def bench_factory(clock: Clock | None = None) -> AsyncIterator[BenchFactor
         before_start: Callable[[list[EmulatedModem]], None] | None = None,
         **options: Any,
     ) -> Bench:
-        emulators = [
-            EmulatedModem(**{**EMULATED, **(emulated[i] if emulated else {})}) for i in range(count)
-        ]
+        nonlocal made
+        emulators = []
+        for i in range(count):
+            made += 1
+            settings = {**EMULATED, **(emulated[i] if emulated else {})}
+            emulators.append(EmulatedModem(link_path=link_dir / f"modem-{made}", **settings))
         for emulator in emulators:
             await emulator.start()
         if before_start is not None:

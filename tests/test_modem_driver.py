@@ -25,8 +25,8 @@ ICCID = "89340144556677889900"
 
 
 @pytest.fixture
-async def open_bench() -> AsyncIterator[BenchFactory]:
-    async with bench_factory() as factory:
+async def open_bench(tmp_path: Path) -> AsyncIterator[BenchFactory]:
+    async with bench_factory(tmp_path) as factory:
         yield factory
 
 

@@ -7,6 +7,7 @@ repeated failures that drain a modem, and SIM budgets that park one (on a fake c
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,8 @@ from tests.modem_rig import BenchFactory, bench_factory, sms
 
 
 @pytest.fixture
-async def open_bench() -> AsyncIterator[BenchFactory]:
-    async with bench_factory() as factory:
+async def open_bench(tmp_path: Path) -> AsyncIterator[BenchFactory]:
+    async with bench_factory(tmp_path) as factory:
         yield factory
 
 
@@ -89,14 +90,15 @@ async def test_unregistered_modem_is_not_used(open_bench: BenchFactory) -> None:
 async def test_hung_modem_is_reset_and_used_again(open_bench: BenchFactory) -> None:
     bench = await open_bench()
     emulator = bench.emulators[0]
+    await bench.bank.submit(sms())  # after start-up's storage scan: the modem is idle
     emulator.hang()
     with pytest.raises((TransientSendError, DriverNotReady)):
         await bench.bank.submit(sms())
     await bench.until(lambda: bench.modem().counters["resets"] >= 1 or not bench.modem().ready)
     emulator.unhang()
     await bench.until(lambda: bench.modem().counters["resets"] >= 1 and bench.modem().ready)
-    await bench.bank.submit(sms())
-    assert emulator.sent
+    await bench.bank.submit(sms("after the reset"))
+    assert emulator.sent[-1].text == "after the reset"
 
 
 async def test_unplug_and_replug_reopens_without_restart(open_bench: BenchFactory) -> None:
@@ -125,7 +127,8 @@ async def test_cmti_between_prompt_and_pdu_is_read_after_the_send(
 ) -> None:
     bench = await open_bench()
     emulator = bench.emulators[0]
-    emulator.urc_during_next_send(CANARY_NUMBER, CANARY_BODY)
+    index = emulator.preload_sim(CANARY_NUMBER, CANARY_BODY)  # arrives during the send
+    emulator.interleave_next("AT+CMGS", f'+CMTI: "SM",{index}')
     await bench.bank.submit(sms("outbound"))
     await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
     assert bench.sink.inbounds[0].body == CANARY_BODY
@@ -145,9 +148,9 @@ async def test_repeated_failures_drain_a_modem(open_bench: BenchFactory) -> None
     assert len(second.sent) == 3 and not first.sent
 
 
-async def test_budget_parks_a_modem_until_it_resets() -> None:
+async def test_budget_parks_a_modem_until_it_resets(tmp_path: Path) -> None:
     clock = FakeClock()
-    async with bench_factory(clock) as open_bench:
+    async with bench_factory(tmp_path, clock) as open_bench:
         bench = await open_bench(2, modems=[{"per_minute": 1}, {"per_minute": 1}])
         await bench.bank.submit(sms())
         await bench.bank.submit(sms())

@@ -187,6 +187,9 @@ class Modem:
         self._timeouts_in_a_row = 0
         self._command_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
+        # One reader of the storage at a time: a scan and a +CMTI must not both take the
+        # same message (read, store, delete is one step).
+        self._storage_lock = asyncio.Lock()
         self._urcs: asyncio.Queue[Unsolicited] = asyncio.Queue()
         self._parts = PartStore(bank.reassembly_timeout)
         self._rescan_at: float | None = None
@@ -241,6 +244,7 @@ class Modem:
                 delay = min(self._bank.reopen_max, delay * 2)
                 continue
             delay = self._bank.reopen_min
+            why = "reopening"
             try:
                 await self._session()
             except _SimProblem as e:
@@ -248,16 +252,20 @@ class Modem:
                 self._set_state(ModemState.SIM_ERROR, str(e))
                 log.error("modem_sim_problem", route=self.route, modem=self.name, detail=str(e))
                 return
-            except (_PortLost, _CommandTimeout):
-                pass
+            except _PortLost:
+                why = "port lost"
+            except _CommandTimeout:
+                why = "no answer"
             except _InitFailed as e:
-                self._set_state(ModemState.STARTING, f"set-up refused: {e}")
+                why = f"set-up refused: {e}"
                 log.warning("modem_init_refused", route=self.route, modem=self.name, code=str(e))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug must not end the modem for good
+                why = "driver error"
                 log.error("modem_failed", route=self.route, modem=self.name, error=repr(e)[:200])
-            if self._reset_requested and self._transport is not None and not self._closing:
+            lost = self._transport is None
+            if self._reset_requested and not lost and not self._closing:
                 await self._reset()
             self._close_port()
             if self._closing:
@@ -265,8 +273,10 @@ class Modem:
             if self._reset_requested:
                 self.counters["resets"] += 1
                 self._set_state(ModemState.RESETTING, "reset: the modem stopped answering")
-            else:
+            elif lost:
                 self._set_state(ModemState.UNPLUGGED, "port lost")
+            else:
+                self._set_state(ModemState.STARTING, why)
             self.counters["reopens"] += 1
             await self._clock.sleep(self._bank.reopen_min)
 
@@ -296,20 +306,31 @@ class Modem:
         worker = asyncio.create_task(self._urc_worker())
         try:
             await self._initialise()
-            await self._scan_storage()
+            now = self._clock.monotonic()
+            self._rescan_at, probe_at = now, now + self._bank.probe_interval
             while not self._closing:
-                limit = self._bank.probe_interval
-                if self._rescan_at is not None:
-                    limit = max(0.0, min(limit, self._rescan_at - self._clock.monotonic()))
-                await wait_event(self._clock, self._attention, limit)
-                self._attention.clear()
                 if self._transport is None:
                     raise _PortLost()
                 if self._reset_requested or self._reinit_requested:
                     return
-                if self._rescan_at is not None and self._clock.monotonic() >= self._rescan_at:
-                    await self._scan_storage()
-                await self._probe()
+                now = self._clock.monotonic()
+                rescan = self._rescan_at is not None and now >= self._rescan_at
+                try:
+                    if rescan:
+                        await self._scan_storage()
+                        continue
+                    if now >= probe_at or self._attention.is_set():
+                        self._attention.clear()
+                        probe_at = now + self._bank.probe_interval
+                        await self._probe()
+                        continue
+                except _CommandTimeout:
+                    # Counted; `hang_limit` of them in a row request the reset.
+                    if rescan:
+                        self._rescan_at = now + self._bank.rescan_interval
+                    continue
+                due = min(probe_at, self._rescan_at if self._rescan_at is not None else probe_at)
+                await wait_event(self._clock, self._attention, max(0.0, due - now))
         finally:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
@@ -626,7 +647,8 @@ class Modem:
             if index is not None:
                 await self._read_stored(index)
         elif name in ("+CMT", "+CDS") and urc.pdu is not None:
-            await self._ingest(urc.pdu, None)
+            async with self._storage_lock:
+                await self._ingest(urc.pdu, None)
         elif name in _REG_URCS:
             self.info.registration = cmd.parse_registration(urc.value)
             self._update_network_state()
@@ -642,18 +664,20 @@ class Modem:
             self._attention.set()
 
     async def _read_stored(self, index: int) -> None:
-        response = await self._command(f"AT+CMGR={index}")
-        pdu = cmd.parse_cmgr(response.lines) if response.final.ok else None
-        if pdu is not None:
-            await self._ingest(pdu, index)
+        async with self._storage_lock:
+            response = await self._command(f"AT+CMGR={index}")
+            pdu = cmd.parse_cmgr(response.lines) if response.final.ok else None
+            if pdu is not None:
+                await self._ingest(pdu, index)
 
     async def _scan_storage(self) -> None:
-        self._rescan_at = None
-        response = await self._command("AT+CMGL=4", limit=self._bank.command_timeout * 3)
-        for stored in cmd.parse_cmgl(response.lines):
-            await self._ingest(stored.pdu, stored.index)
-        for whole in self._parts.expired(self._clock.monotonic()):
-            await self._deliver(whole, sender=whole.key[0])
+        async with self._storage_lock:
+            self._rescan_at = None
+            response = await self._command("AT+CMGL=4", limit=self._bank.command_timeout * 3)
+            for stored in cmd.parse_cmgl(response.lines):
+                await self._ingest(stored.pdu, stored.index)
+            for whole in self._parts.expired(self._clock.monotonic()):
+                await self._deliver(whole, sender=whole.key[0])
 
     async def _ingest(self, pdu: str, index: int | None) -> None:
         try:
@@ -714,6 +738,7 @@ class Modem:
             log.error("modem_inbound_not_stored", route=self.route, modem=self.name,
                       error=type(e).__name__)  # fmt: skip
             self._rescan_at = self._clock.monotonic() + self._bank.rescan_interval
+            self._attention.set()  # the serve loop takes the new deadline
             return False
         return True
 
