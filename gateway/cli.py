@@ -222,8 +222,16 @@ async def _start_embedded_modems(config: Config) -> tuple[list[EmulatedModem], C
     from drivers.modem.emulator import EmulatedModem
 
     modems = [
-        EmulatedModem(profile, send_latency=1.0, report_delay=2.0)
-        for profile in EMBEDDED_MODEM_PROFILES
+        EmulatedModem(
+            profile,
+            imei=f"35209900176{i:04d}",
+            imsi=f"00101000000{i:04d}",
+            iccid=f"898821100000{i:07d}",
+            signal=21 - 4 * i,
+            send_latency=1.0,
+            report_delay=2.0,
+        )
+        for i, profile in enumerate(EMBEDDED_MODEM_PROFILES, start=1)
     ]
     for modem in modems:
         await modem.start()
