@@ -163,7 +163,16 @@ def test_cmt_without_pdu_line_is_still_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["RDY", "SMS DONE", "*ATREADY", "^BOOT:123,0,0,0,72", "+QIND: SMS DONE", "+CPIN: READY"]
+    "line",
+    [
+        "RDY",
+        "SMS DONE",
+        "*ATREADY",
+        "*ATREADY: 1",
+        "^BOOT:123,0,0,0,72",
+        "+QIND: SMS DONE",
+        "+CPIN: READY",
+    ],
 )
 def test_boot_urcs(line: str) -> None:
     engine = started("AT+CSQ")

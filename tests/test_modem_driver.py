@@ -14,7 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.base import ReceiptState, RouteState
+from drivers.clock import FakeClock
 from drivers.modem.driver import ModemState
+from drivers.modem.emulator import PROFILES
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
 from tests.modem_rig import BenchFactory, bench_factory, sms
 from tests.sinks import RecordingSink
@@ -177,3 +179,37 @@ async def test_no_pin_configured_is_a_sim_error(open_bench: BenchFactory) -> Non
     bench = await open_bench(emulated=[{"pin": "4321"}], ready=False)
     await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)
     assert "PIN" in bench.member()["detail"]
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("echo", [True, False])
+async def test_every_profile_sends_receives_and_reports(
+    open_bench: BenchFactory, profile: str, echo: bool
+) -> None:
+    bench = await open_bench(emulated=[{"profile": profile, "echo": echo, "iccid": ICCID}])
+    assert bench.member()["iccid"] == "…9900"
+    result = await bench.bank.submit(sms("a" * 153, "€uro"))
+    bench.emulators[0].inject_inbound(CANARY_NUMBER, CANARY_BODY)
+    await bench.until(lambda: len(bench.sink.receipts) == 2 and len(bench.sink.inbounds) == 1)
+    assert {r.carrier_id for r in bench.sink.receipts} == set(result.carrier_ids)
+    assert [p.text for p in bench.emulators[0].sent] == ["a" * 153, "€uro"]
+
+
+async def test_a_modem_that_restarts_by_itself_is_initialised_again(
+    open_bench: BenchFactory,
+) -> None:
+    # SIMCom SIM7600: AT+CFUN=1,1 keeps the port and prints its boot lines again.
+    modem_clock = FakeClock()  # the emulator's: its restart takes no real time
+    bench = await open_bench(
+        emulated=[{"profile": "simcom-sim7600", "clock": modem_clock, "send_latency": 0}]
+    )
+    modem = bench.modem()
+    emulator = bench.emulators[0]
+    opened = modem.counters["reopens"]
+    emulator.after_reset_command()  # as if the firmware restarted on its own
+    for _ in range(2):  # the shutdown, then the boot
+        await modem_clock.wait_sleeping(1)
+        modem_clock.advance(10)
+    await bench.until(lambda: modem.counters["reopens"] > opened and modem.ready)
+    await bench.bank.submit(sms("after the restart"))
+    assert emulator.sent[-1].text == "after the restart"

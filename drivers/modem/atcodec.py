@@ -62,7 +62,7 @@ URC_NAMES = frozenset(
         "+CUSD", "+CPIN", "+CRING", "+CLIP", "+CIEV", "+CTZV", "+CTZE", "+CTZR",
         "+QIND", "+QUSIM", "+CFUN", "+CPINR", "+STIN", "+PSUTTZ", "*PSUTTZ", "+CSQN",
         "^RSSI", "^HCSQ", "^BOOT", "^MODE", "^SRVST", "^SIMST", "^SYSINFO", "^SYSINFOEX",
-        "^DSFLOWRPT", "^RSSILVL", "^STIN", "^NDISSTAT", "^CPIN",
+        "^DSFLOWRPT", "^RSSILVL", "^STIN", "^NDISSTAT", "^CPIN", "*ATREADY",
     }
 )  # fmt: skip
 # URCs whose next line is a PDU (TS 27.005 §3.4.1, PDU mode).

@@ -414,7 +414,7 @@ class Modem:
         info.model = cmd.first_text((await self._command("AT+CGMM")).lines)
         info.imei = cmd.parse_identifier((await self._command("AT+CGSN")).lines)
         info.imsi = cmd.parse_identifier((await self._command("AT+CIMI")).lines)
-        for ask in ("AT+CCID", "AT+QCCID", "AT^ICCID", "AT+ICCID"):
+        for ask in ("AT+CCID", "AT+QCCID", "AT^ICCID", "AT+CICCID"):
             response = await self._command(ask)
             if response.final.ok:
                 info.iccid = cmd.parse_identifier(response.lines)
