@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.base import ReceiptState, RouteState
+from drivers.base import DriverAuthFailed, ReceiptState, RouteState
 from drivers.clock import FakeClock
 from drivers.modem.driver import ModemState
 from drivers.modem.emulator import PROFILES
@@ -170,7 +170,9 @@ async def test_wrong_pin_stops_the_modem_without_a_second_try(
         await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)
     assert [e for e in logs if e["event"] == "modem_sim_problem"]
     assert "1111" not in repr(logs)
-    assert bench.bank.health().state is RouteState.DOWN
+    assert bench.bank.health().state is RouteState.PARKED
+    with pytest.raises(DriverAuthFailed):
+        await bench.bank.submit(sms())
     # The modem stays stopped: it never asks the SIM again, so no second PIN attempt.
     assert bench.modem().state is ModemState.SIM_ERROR
 
@@ -213,3 +215,14 @@ async def test_a_modem_that_restarts_by_itself_is_initialised_again(
     await bench.until(lambda: modem.counters["reopens"] > opened and modem.ready)
     await bench.bank.submit(sms("after the restart"))
     assert emulator.sent[-1].text == "after the restart"
+
+
+async def test_direct_reports_and_messages_without_storage(open_bench: BenchFactory) -> None:
+    # AT+CNMI mt=2, ds=1: +CMT and +CDS carry the PDU; nothing is stored on the SIM.
+    bench = await open_bench(cnmi="2,2,0,1,0")
+    result = await bench.bank.submit(sms())
+    bench.emulators[0].inject_inbound(CANARY_NUMBER, CANARY_BODY, parts=2)
+    await bench.until(lambda: len(bench.sink.receipts) == 1 and len(bench.sink.inbounds) == 1)
+    assert bench.sink.receipts[0].carrier_id == result.carrier_ids[0]
+    assert bench.sink.inbounds[0].body == CANARY_BODY
+    assert not bench.emulators[0].sim_messages

@@ -6,6 +6,7 @@ repeated failures that drain a modem, and SIM budgets that park one (on a fake c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -162,3 +163,13 @@ async def test_budget_parks_a_modem_until_it_resets(tmp_path: Path) -> None:
         clock.advance(60)
         await bench.bank.submit(sms())
         assert sum(m["sent_today"] for m in bench.bank.health().members.values()) == 3
+
+
+async def test_work_goes_to_the_least_loaded_modem(open_bench: BenchFactory) -> None:
+    bench = await open_bench(2)
+    for _ in range(4):
+        await bench.bank.submit(sms())
+    assert [len(e.sent) for e in bench.emulators] == [2, 2]
+    # Two at once: each modem takes one, never two sends on one modem.
+    await asyncio.gather(bench.bank.submit(sms("x")), bench.bank.submit(sms("y")))
+    assert sorted(e.sent[-1].text for e in bench.emulators) == ["x", "y"]

@@ -12,7 +12,9 @@ once, so a sick modem costs the message nothing. A send that may have reached th
 network (a part was accepted, or the PDU was written and the answer never came or the
 port went) raises `TransientSendError(maybe_sent=True)`: the gateway re-queues it
 flagged as a possible duplicate, and its next try goes to whichever modem is usable.
-A permanent error (unassigned number, invalid PDU) fails the message.
+A permanent error (unassigned number, invalid PDU) fails the message. When every
+modem's SIM needs an operator (PIN refused, PUK, missing SIM), the route is parked:
+`DriverAuthFailed`, and its state says so.
 
 `failure_limit` failed sends in a row drain a modem for `drain_seconds`; a success
 resets the count. A modem over budget is parked until its budget resets. When no
@@ -35,6 +37,7 @@ from typing import ClassVar
 import structlog
 
 from drivers.base import (
+    DriverAuthFailed,
     DriverNotReady,
     EventSink,
     OutboundSms,
@@ -46,7 +49,7 @@ from drivers.base import (
 )
 from drivers.clock import Clock
 from drivers.modem.budget import Budget
-from drivers.modem.driver import Modem, SendFailed
+from drivers.modem.driver import Modem, ModemState, SendFailed
 from drivers.modem.errors import Kind
 from drivers.modem.options import ModemBankOptions
 
@@ -120,6 +123,8 @@ class ModemBankDriver:
             state, detail = RouteState.UP, f"{len(usable)} of {len(states)} modems ready"
         elif usable:
             state, detail = RouteState.DEGRADED, f"{len(usable)} of {len(states)} modems ready"
+        elif self._all_sims_failed():
+            state, detail = RouteState.PARKED, "every SIM needs an operator (PIN, PUK, missing)"
         else:
             state = RouteState.DOWN
             detail = "no modem ready: " + ", ".join(f"{n} {s}" for n, s in states.items())
@@ -202,6 +207,8 @@ class ModemBankDriver:
             return DriverNotReady(f"route {self.name} is closed", code="modem:closed")
         if last is not None:
             return TransientSendError("no modem could take the message", code=last.info.code)
+        if self._all_sims_failed():
+            return DriverAuthFailed("every SIM of the bank needs an operator", code="modem:sim")
         now = self._clock.monotonic()
         waits = [
             m.budget.wait(parts)
@@ -214,6 +221,9 @@ class ModemBankDriver:
                 "every modem has used its budget", code="modem:budget", retry_after=min(finite)
             )
         return DriverNotReady(f"route {self.name} has no modem ready", code="modem:not_ready")
+
+    def _all_sims_failed(self) -> bool:
+        return all(m.modem.state is ModemState.SIM_ERROR for m in self._members)
 
     def _failed(self, member: _Member, error: SendFailed) -> None:
         if error.info.kind is Kind.PERMANENT:
