@@ -1,24 +1,23 @@
 """One GSM/LTE modem over a serial port, around the sans-I/O AT engine.
 
-Theory of operation. A `Modem` owns one port (pyserial-asyncio-fast) and one
-`AtEngine`. A supervisor task opens the port, initialises the modem, ingests what was
+Theory of operation. A `Modem` owns one `AtPort` (its tty and AT engine). A
+supervisor task opens the port, initialises the modem, ingests what was
 left on the SIM, then serves until the port is lost or a reset is due, and starts over:
 
 - open: a port that is missing (unplugged, re-enumerating) is polled with back-off,
   so a modem that comes back is used again without restarting the daemon;
-- initialise: `AT` until it answers, `ATE0`, `AT+CMEE=1`, the SIM (`AT+CPIN?`; a PIN
-  from the credential file is tried once in the modem's life, a PUK never; SIM busy is
-  asked again a few times), `AT+CMGF=0`, `AT+CSMS=0`, `AT+CPMS`, `AT+CNMI`, identity
+- initialise: `AT` until it answers, `ATE0`, `AT+CMEE=1`, the SIM (`AT+CPIN?`; the PIN
+  from the credential file is entered once per start of the SIM, and never again after
+  the SIM refused it; a PUK never; SIM busy is asked again a few times), `AT+CMGF=0`, `AT+CSMS=0`, `AT+CPMS`, `AT+CNMI`, identity
   (IMEI, IMSI, ICCID: kept, logged only as their last four digits), registration,
   signal and operator;
 - serve: every `probe_interval` seconds signal and registration are polled, which also
   shows a hung modem; URCs are handled by a worker task.
 
-Commands go one at a time (a lock around the engine), so a `+CMTI` that arrives in the
-middle of an `AT+CMGS` is read with `AT+CMGR` right after it. Each command waits for
-its answer or for the engine's deadline on the injected clock. `hang_limit` timeouts
-in a row mean the modem has stopped answering: it gets `AT+CFUN=1,1` and the port is
-reopened.
+Commands go one at a time through the port (drivers/modem/port.py), so a `+CMTI`
+that arrives in the middle of an `AT+CMGS` is read with `AT+CMGR` right after it.
+`hang_limit` timeouts in a row mean the modem has stopped answering: it gets
+`AT+CFUN=1,1` and the port is reopened.
 
 Sending (`send`) writes each part as an SMS-SUBMIT PDU via `AT+CMGS`; the part's
 carrier id is `<modem>:<TP-MR>`, the message reference the modem answered with, which
@@ -26,12 +25,9 @@ is what its status report quotes. Failures come out as `SendFailed`, saying how 
 (`errors.Kind`) and whether the message may have gone (`maybe_sent`: a part was
 accepted, or the PDU was written and then the answer never came or the port went).
 
-Inbound: `+CMTI`/`+CDSI` name a storage index, read with `AT+CMGR`; `+CMT`/`+CDS`
-carry the PDU. A status report becomes `EventSink.receipt`, a message
-`EventSink.inbound`; only after the sink returned (the gateway committed) is the SIM
-copy deleted with `AT+CMGD`. Parts of a long message stay on the SIM until the whole
-message is stored. If the sink fails, the message stays on the SIM and storage is
-scanned again (`AT+CMGL=4`) after `rescan_interval`; it is also scanned at every start.
+Inbound messages and status reports (+CMTI, +CDSI, +CMT, +CDS, and what is left in
+storage at start) go through the `Inbox` (drivers/modem/inbound.py): made durable by
+the sink, and only then deleted from the SIM.
 """
 
 from __future__ import annotations
@@ -39,46 +35,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import serial
-import serial_asyncio_fast
 import structlog
 
-from drivers.base import EventSink, InboundSms, OutboundSms, Receipt, ReceiptState
+from drivers.base import EventSink, OutboundSms
 from drivers.clock import Clock, wait_event
 from drivers.credentials import read_secret
 from drivers.modem import commands as cmd
-from drivers.modem.atcodec import (
-    Abandoned,
-    AtEngine,
-    Event,
-    Garbled,
-    Response,
-    Stray,
-    Timeout,
-    Unsolicited,
-)
+from drivers.modem.atcodec import Response, Unsolicited
 from drivers.modem.errors import ErrorInfo, Kind
-from drivers.modem.inbound import PartStore, Whole
+from drivers.modem.inbound import Inbox
 from drivers.modem.options import ModemBankOptions, ModemOptions
 from drivers.modem.pdu import (
     Concat,
     PduError,
-    SmsDeliver,
-    StatusReport,
-    decode_incoming,
     encode_submit,
 )
+from drivers.modem.port import AtPort, CommandTimeout, PortLost
 
 log = structlog.get_logger("smsgw.modem")
 
 # Only these say the modem restarted; ^BOOT (Huawei) and +QIND repeat in normal running.
 _BOOT_URCS = frozenset({"RDY", "*ATREADY"})
 _REG_URCS = frozenset({"+CREG", "+CGREG", "+CEREG"})
-_EXPIRED_STATUS = 0x46  # TP-ST "SM validity period expired" (TS 23.040 §9.2.3.15)
 
 
 class ModemState(enum.StrEnum):
@@ -98,18 +81,6 @@ class SendFailed(Exception):
         super().__init__(info.description)
         self.info = info
         self.maybe_sent = maybe_sent
-
-
-class _PortLost(Exception):
-    def __init__(self, pdu_written: bool = False) -> None:
-        super().__init__("port lost")
-        self.pdu_written = pdu_written
-
-
-class _CommandTimeout(Exception):
-    def __init__(self, pdu_written: bool) -> None:
-        super().__init__("no answer")
-        self.pdu_written = pdu_written
 
 
 class _SimProblem(Exception):
@@ -140,17 +111,6 @@ class ModemInfo:
     operator: str | None = None
 
 
-class _Port(asyncio.Protocol):
-    def __init__(self, modem: Modem) -> None:
-        self._modem = modem
-
-    def data_received(self, data: bytes) -> None:
-        self._modem._on_data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._modem._on_lost()
-
-
 class Modem:
     def __init__(
         self,
@@ -173,26 +133,36 @@ class Modem:
         self.info = ModemInfo()
         self.sending = False
         self.counters = dict.fromkeys(
-            ("sent_parts", "send_errors", "inbound", "receipts", "timeouts", "resets",
-             "reopens", "garbled"),
+            ("sent_parts", "send_errors", "timeouts", "resets", "reopens"),
             0,
         )  # fmt: skip
-        self._engine = AtEngine()
-        self._transport: asyncio.Transport | None = None
+        self._port = AtPort(
+            options.port,
+            options.baud,
+            clock,
+            on_urc=self._urcs_put,
+            on_lost=self._attention_set,
+            log_keys={"route": route, "modem": options.name},
+        )
         self._attention = asyncio.Event()
         self._reset_requested = False
         self._reinit_requested = False
         self._closing = False
         self._pin_refused = False  # a PIN attempt failed or never answered: never again
         self._timeouts_in_a_row = 0
-        self._command_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
-        # One reader of the storage at a time: a scan and a +CMTI must not both take the
-        # same message (read, store, delete is one step).
-        self._storage_lock = asyncio.Lock()
         self._urcs: asyncio.Queue[Unsolicited] = asyncio.Queue()
-        self._parts = PartStore(bank.reassembly_timeout)
-        self._rescan_at: float | None = None
+        self._inbox = Inbox(
+            route,
+            options.name,
+            sink,
+            clock,
+            self._command,
+            reassembly_timeout=bank.reassembly_timeout,
+            rescan_interval=bank.rescan_interval,
+            scan_limit=bank.command_timeout * 3,
+            wake=self._attention_set,
+        )
         self._message_ref = 0
         self._task: asyncio.Task[None] | None = None
         # Set after every answered command and state change; observers (tests, the
@@ -231,6 +201,9 @@ class Modem:
             "iccid": cmd.mask(self.info.iccid),
             "sending": self.sending,
             **self.counters,
+            "garbled": self._port.garbled,
+            "inbound": self._inbox.inbound,
+            "receipts": self._inbox.receipts,
         }
 
     async def _supervise(self) -> None:
@@ -252,9 +225,9 @@ class Modem:
                 self._set_state(ModemState.SIM_ERROR, str(e))
                 log.error("modem_sim_problem", route=self.route, modem=self.name, detail=str(e))
                 return
-            except _PortLost:
+            except PortLost:
                 why = "port lost"
-            except _CommandTimeout:
+            except CommandTimeout:
                 why = "no answer"
             except _InitFailed as e:
                 why = f"set-up refused: {e}"
@@ -264,7 +237,7 @@ class Modem:
             except Exception as e:  # a bug must not end the modem for good
                 why = "driver error"
                 log.error("modem_failed", route=self.route, modem=self.name, error=repr(e)[:200])
-            lost = self._transport is None
+            lost = not self._port.is_open
             if self._reset_requested and not lost and not self._closing:
                 await self._reset()
             self._close_port()
@@ -281,24 +254,15 @@ class Modem:
             await self._clock.sleep(self._bank.reopen_min)
 
     async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._engine = AtEngine()
         self._attention.clear()
         self._reset_requested = False
         self._reinit_requested = False
         self._timeouts_in_a_row = 0
-        transport, _ = await serial_asyncio_fast.create_serial_connection(
-            loop, lambda: _Port(self), url=self.options.port, baudrate=self.options.baud
-        )
-        self._transport = transport
+        await self._port.open()
         log.info("modem_port_open", route=self.route, modem=self.name)
 
     def _close_port(self) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
-        for event in self._engine.abandon():
-            self._dispatch(event)
+        self._port.close()
 
     async def _session(self) -> None:
         if self.state is not ModemState.RESETTING:
@@ -307,29 +271,30 @@ class Modem:
         try:
             await self._initialise()
             now = self._clock.monotonic()
-            self._rescan_at, probe_at = now, now + self._bank.probe_interval
+            self._inbox.rescan_at, probe_at = now, now + self._bank.probe_interval
             while not self._closing:
-                if self._transport is None:
-                    raise _PortLost()
+                if not self._port.is_open:
+                    raise PortLost()
                 if self._reset_requested or self._reinit_requested:
                     return
                 now = self._clock.monotonic()
-                rescan = self._rescan_at is not None and now >= self._rescan_at
+                rescan = self._inbox.rescan_at is not None and now >= self._inbox.rescan_at
                 try:
                     if rescan:
-                        await self._scan_storage()
+                        await self._inbox.scan()
                         continue
                     if now >= probe_at or self._attention.is_set():
                         self._attention.clear()
                         probe_at = now + self._bank.probe_interval
                         await self._probe()
                         continue
-                except _CommandTimeout:
+                except CommandTimeout:
                     # Counted; `hang_limit` of them in a row request the reset.
                     if rescan:
-                        self._rescan_at = now + self._bank.rescan_interval
+                        self._inbox.rescan_at = now + self._bank.rescan_interval
                     continue
-                due = min(probe_at, self._rescan_at if self._rescan_at is not None else probe_at)
+                rescan_at = self._inbox.rescan_at
+                due = probe_at if rescan_at is None else min(probe_at, rescan_at)
                 await wait_event(self._clock, self._attention, max(0.0, due - now))
         finally:
             worker.cancel()
@@ -338,7 +303,7 @@ class Modem:
     async def _reset(self) -> None:
         """Ask the modem to restart; a hung one will not answer, and is reopened anyway."""
         log.warning("modem_reset", route=self.route, modem=self.name)
-        with contextlib.suppress(_PortLost, _CommandTimeout):
+        with contextlib.suppress(PortLost, CommandTimeout):
             await self._command("AT+CFUN=1,1", count_timeout=False)
 
     # -- initialising --------------------------------------------------------------------
@@ -361,13 +326,13 @@ class Modem:
         for _ in range(3):
             try:
                 response = await self._command("AT", count_timeout=False)
-            except _CommandTimeout:
+            except CommandTimeout:
                 continue
             if response.final.ok:
                 self._timeouts_in_a_row = 0
                 return
         self._request_reset()
-        raise _CommandTimeout(False)
+        raise CommandTimeout("AT", False)
 
     async def _unlock_sim(self) -> None:
         entered = False
@@ -499,10 +464,10 @@ class Modem:
                 response = await self._command(
                     f"AT+CMGS={pdu.tpdu_length}", limit=self._bank.send_timeout, pdu=pdu.hex
                 )
-            except _CommandTimeout as e:
+            except CommandTimeout as e:
                 self.counters["send_errors"] += 1
                 raise SendFailed(_TIMEOUT, maybe_sent=sent_before or e.pdu_written) from None
-            except _PortLost as e:
+            except PortLost as e:
                 self.counters["send_errors"] += 1
                 raise SendFailed(_LOST, maybe_sent=sent_before or e.pdu_written) from None
             if not response.final.ok:
@@ -538,94 +503,33 @@ class Modem:
         pdu: str | None = None,
         count_timeout: bool = True,
     ) -> Response:
-        async with self._command_lock:
-            if self._transport is None:
-                raise _PortLost()
-            answer: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-            self._engine.send(
-                command,
-                now=self._clock.monotonic(),
-                timeout=limit or self._bank.command_timeout,
-                pdu=pdu,
-                token=answer,
+        try:
+            response = await self._port.command(
+                command, limit=limit or self._bank.command_timeout, pdu=pdu
             )
-            self._flush()
-            try:
-                while not answer.done():
-                    deadline = self._engine.next_deadline()
-                    if deadline is None:
-                        break
-                    sleeper = asyncio.ensure_future(
-                        self._clock.sleep(max(0.0, deadline - self._clock.monotonic()))
-                    )
-                    try:
-                        waiting: set[asyncio.Future[Any]] = {answer, sleeper}
-                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        sleeper.cancel()
-                    if not answer.done():
-                        for event in self._engine.on_timer(self._clock.monotonic()):
-                            self._dispatch(event)
-                        self._flush()
-            finally:
-                if not answer.done():
-                    for event in self._engine.abandon():
-                        self._dispatch(event)
-            event = answer.result()
-        self.progress.set()
-        if isinstance(event, Response):
-            self._timeouts_in_a_row = 0
-            return event
-        if isinstance(event, Timeout):
+        except CommandTimeout as e:
             self.counters["timeouts"] += 1
-            log.warning("modem_no_answer", route=self.route, modem=self.name, command=event.name)
+            log.warning("modem_no_answer", route=self.route, modem=self.name, command=e.name)
             if count_timeout:
                 self._timeouts_in_a_row += 1
                 if self._timeouts_in_a_row >= self._bank.hang_limit:
                     self._request_reset()
             self._attention.set()  # probe now: one more silence means the modem hangs
-            raise _CommandTimeout(event.pdu_written)
-        assert isinstance(event, Abandoned)
-        raise _PortLost(event.pdu_written)
+            raise
+        finally:
+            self.progress.set()
+        self._timeouts_in_a_row = 0
+        return response
 
     def _request_reset(self) -> None:
         self._reset_requested = True
         self._attention.set()
 
-    def _flush(self) -> None:
-        data = self._engine.data_to_send()
-        if data and self._transport is not None:
-            self._transport.write(data)
+    def _urcs_put(self, urc: Unsolicited) -> None:
+        self._urcs.put_nowait(urc)
 
-    def _on_data(self, data: bytes) -> None:
-        for event in self._engine.receive_data(data, self._clock.monotonic()):
-            self._dispatch(event)
-        self._flush()
-
-    def _on_lost(self) -> None:
-        if self._transport is None:
-            return
-        self._transport = None
-        log.warning("modem_port_lost", route=self.route, modem=self.name)
-        for event in self._engine.abandon():
-            self._dispatch(event)
+    def _attention_set(self) -> None:
         self._attention.set()
-
-    def _dispatch(self, event: Event) -> None:
-        if isinstance(event, Response | Timeout | Abandoned):
-            token = event.token
-            if isinstance(token, asyncio.Future) and not token.done():
-                token.set_result(event)
-        elif isinstance(event, Unsolicited):
-            self._urcs.put_nowait(event)
-        elif isinstance(event, Garbled):
-            self.counters["garbled"] += 1
-            log.warning(
-                "modem_garbled", route=self.route, modem=self.name, reason=event.reason,
-                size=len(event.data),
-            )  # fmt: skip
-        elif isinstance(event, Stray):
-            log.info("modem_stray_line", route=self.route, modem=self.name)
 
     # -- unsolicited ---------------------------------------------------------------------
 
@@ -634,7 +538,7 @@ class Modem:
             urc = await self._urcs.get()
             try:
                 await self._on_urc(urc)
-            except (_PortLost, _CommandTimeout):
+            except (PortLost, CommandTimeout):
                 return
             except Exception as e:  # one bad message must not stop the worker
                 log.error("modem_urc_failed", route=self.route, modem=self.name, urc=urc.name,
@@ -645,10 +549,9 @@ class Modem:
         if name in ("+CMTI", "+CDSI"):
             index = cmd.parse_storage_index(urc.value)
             if index is not None:
-                await self._read_stored(index)
+                await self._inbox.read(index)
         elif name in ("+CMT", "+CDS") and urc.pdu is not None:
-            async with self._storage_lock:
-                await self._ingest(urc.pdu, None)
+            await self._inbox.take(urc.pdu)
         elif name in _REG_URCS:
             self.info.registration = cmd.parse_registration(urc.value)
             self._update_network_state()
@@ -662,89 +565,6 @@ class Modem:
             log.warning("modem_rebooted", route=self.route, modem=self.name, urc=name)
             self._reinit_requested = True
             self._attention.set()
-
-    async def _read_stored(self, index: int) -> None:
-        async with self._storage_lock:
-            response = await self._command(f"AT+CMGR={index}")
-            pdu = cmd.parse_cmgr(response.lines) if response.final.ok else None
-            if pdu is not None:
-                await self._ingest(pdu, index)
-
-    async def _scan_storage(self) -> None:
-        async with self._storage_lock:
-            self._rescan_at = None
-            response = await self._command("AT+CMGL=4", limit=self._bank.command_timeout * 3)
-            for stored in cmd.parse_cmgl(response.lines):
-                await self._ingest(stored.pdu, stored.index)
-            for whole in self._parts.expired(self._clock.monotonic()):
-                await self._deliver(whole, sender=whole.key[0])
-
-    async def _ingest(self, pdu: str, index: int | None) -> None:
-        try:
-            message = decode_incoming(pdu)
-        except PduError:
-            log.error("modem_pdu_undecodable", route=self.route, modem=self.name, index=index)
-            await self._delete(index)
-            return
-        if isinstance(message, StatusReport):
-            await self._on_status_report(message, index)
-        elif isinstance(message, SmsDeliver):
-            await self._on_deliver(message, index)
-
-    async def _on_status_report(self, report: StatusReport, index: int | None) -> None:
-        outcome = report.outcome
-        if outcome != "pending":
-            if outcome == "delivered":
-                state, code = ReceiptState.DELIVERED, None
-            elif report.status == _EXPIRED_STATUS:
-                state, code = ReceiptState.EXPIRED, f"tp-st:{report.status:#04x}"
-            else:
-                state, code = ReceiptState.FAILED, f"tp-st:{report.status:#04x}"
-            receipt = Receipt(f"{self.name}:{report.message_ref}", state, code)
-            if not await self._to_sink(self._sink.receipt(self.route, receipt)):
-                return
-            self.counters["receipts"] += 1
-        await self._delete(index)
-
-    async def _on_deliver(self, message: SmsDeliver, index: int | None) -> None:
-        sender = message.sender
-        if message.sender_kind == "international" and not sender.startswith("+"):
-            sender = "+" + sender
-        concat = message.concat
-        if concat is None or concat.total <= 1:
-            whole = Whole(("", 0, False, 1), message.text, () if index is None else (index,))
-            await self._deliver(whole, sender=sender)
-            return
-        done = self._parts.add(
-            sender, concat.ref, concat.wide_ref, concat.total, concat.seq, message.text, index,
-            self._clock.monotonic(),
-        )  # fmt: skip
-        if done is not None:
-            await self._deliver(done, sender=sender)
-
-    async def _deliver(self, whole: Whole, *, sender: str) -> None:
-        if not await self._to_sink(self._sink.inbound(self.route, InboundSms(sender, whole.text))):
-            return
-        self._parts.stored(whole)
-        self.counters["inbound"] += 1
-        for index in whole.indices:
-            await self._delete(index)
-
-    async def _to_sink(self, stored: Awaitable[None]) -> bool:
-        """Await the sink; on failure leave the SIM copy and scan again later."""
-        try:
-            await stored
-        except Exception as e:
-            log.error("modem_inbound_not_stored", route=self.route, modem=self.name,
-                      error=type(e).__name__)  # fmt: skip
-            self._rescan_at = self._clock.monotonic() + self._bank.rescan_interval
-            self._attention.set()  # the serve loop takes the new deadline
-            return False
-        return True
-
-    async def _delete(self, index: int | None) -> None:
-        if index is not None:
-            await self._command(f"AT+CMGD={index}")
 
     def _set_state(self, state: ModemState, detail: str) -> None:
         changed = (state, detail) != (self.state, self.detail)
