@@ -8,9 +8,9 @@ left on the SIM, then serves until the port is lost or a reset is due, and start
   so a modem that comes back is used again without restarting the daemon;
 - initialise: `AT` until it answers, `ATE0`, `AT+CMEE=1`, the SIM (`AT+CPIN?`; the PIN
   from the credential file is entered once per start of the SIM, and never again after
-  the SIM refused it; a PUK never; SIM busy is asked again a few times), `AT+CMGF=0`, `AT+CSMS=0`, `AT+CPMS`, `AT+CNMI`, identity
-  (IMEI, IMSI, ICCID: kept, logged only as their last four digits), registration,
-  signal and operator;
+  the SIM refused it; a PUK never; SIM busy is asked again a few times), `AT+CMGF=0`,
+  `AT+CSMS=0`, `AT+CPMS`, `AT+CNMI`, identity (IMEI, IMSI, ICCID: kept, logged only as
+  their last four digits), registration, signal and operator;
 - serve: every `probe_interval` seconds signal and registration are polled, which also
   shows a hung modem; URCs are handled by a worker task.
 
