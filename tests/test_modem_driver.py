@@ -17,6 +17,7 @@ from drivers.base import DriverAuthFailed, ReceiptState, RouteState
 from drivers.clock import FakeClock
 from drivers.modem.driver import ModemState
 from drivers.modem.emulator import PROFILES
+from drivers.modem.emulator_sim import PIN_ATTEMPTS, PUK_ATTEMPTS
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
 from tests.modem_rig import BenchFactory, bench_factory, sms
 from tests.sinks import RecordingSink
@@ -158,6 +159,20 @@ async def test_pin_from_a_file_is_entered_once(open_bench: BenchFactory, tmp_pat
     assert bench.modem().ready
 
 
+async def test_an_accepted_pin_is_entered_again_after_a_power_cycle(
+    open_bench: BenchFactory, tmp_path: Path
+) -> None:
+    pin_file = tmp_path / "sim.pin"
+    pin_file.write_text("4321")
+    bench = await open_bench(emulated=[{"pin": "4321"}], modems=[{"pin_file": str(pin_file)}])
+    emulator = bench.emulators[0]
+    reopens = bench.modem().counters["reopens"]
+    await emulator.unplug()
+    await emulator.replug()  # the SIM lost power: it asks for its PIN again
+    await bench.until(lambda: bench.modem().counters["reopens"] > reopens and bench.modem().ready)
+    assert emulator.sim.pin_attempts == PIN_ATTEMPTS
+
+
 async def test_wrong_pin_stops_the_modem_without_a_second_try(
     open_bench: BenchFactory, tmp_path: Path
 ) -> None:
@@ -173,8 +188,13 @@ async def test_wrong_pin_stops_the_modem_without_a_second_try(
     assert bench.bank.health().state is RouteState.PARKED
     with pytest.raises(DriverAuthFailed):
         await bench.bank.submit(sms())
-    # The modem stays stopped: it never asks the SIM again, so no second PIN attempt.
+    # The modem stays stopped, even when the port comes back: no second PIN attempt.
+    emulator = bench.emulators[0]
+    await emulator.unplug()
+    await emulator.replug()
     assert bench.modem().state is ModemState.SIM_ERROR
+    assert emulator.sim.pin_attempts == PIN_ATTEMPTS - 1
+    assert emulator.sim.puk_attempts == PUK_ATTEMPTS
 
 
 async def test_no_pin_configured_is_a_sim_error(open_bench: BenchFactory) -> None:
