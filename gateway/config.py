@@ -256,6 +256,8 @@ def _explain(message: str, cls: type[Any], raw: Mapping[str, Any], where: str) -
         found = re.match(pattern, what)
         if found:
             return f"{key + '.' if key else ''}{found.group(1)}: {problem}"
+    if not path and not what.startswith(("Expected", "Invalid", "Object")):
+        return f"{key or 'config'}: {what}"  # a struct's own check (`__post_init__`)
     expected = _describe(_type_at(msgspec.inspect.type_info(cls), path))
     return f"{key or 'config'}: expected {expected}, got {_show(_lookup(raw, path))}"
 

@@ -12,6 +12,7 @@ from drivers.modem import commands as cmd
 from drivers.modem.budget import Budget
 from drivers.modem.inbound import PartStore
 from drivers.modem.options import ModemBankOptions, ModemOptions
+from gateway.config import ConfigError, from_mapping
 from tests.test_config import EXAMPLE
 
 
@@ -128,3 +129,11 @@ def test_options_validate() -> None:
         msgspec.convert({"modems": []}, ModemBankOptions)
     opts = msgspec.convert({"modems": [{"name": "a", "port": "/dev/ttyUSB0"}]}, ModemBankOptions)
     assert opts.modems[0].baud == 115200
+
+
+@pytest.mark.parametrize("what", ["name", "port"])
+def test_config_refuses_two_modems_alike(what: str) -> None:
+    modems = [{"name": "a", "port": "/dev/ttyUSB0"}, {"name": "b", "port": "/dev/ttyUSB1"}]
+    modems[1][what] = modems[0][what]
+    with pytest.raises(ConfigError, match=f"routes\\[0\\].*same {what}"):
+        from_mapping({"routes": [{"name": "bank", "type": "modem", "modems": modems}]})

@@ -92,9 +92,6 @@ class ModemBankDriver:
             )
             for m in options.modems
         ]
-        names = [m.name for m in options.modems]
-        if len(set(names)) != len(names):
-            raise ValueError("modem names in a bank must be unique")
         self._last: tuple[RouteState, str] | None = None
         self._wakers: set[asyncio.Task[None]] = set()
         self._counters = dict.fromkeys(("submitted", "rejected", "failovers", "drained"), 0)

@@ -51,3 +51,9 @@ class ModemBankOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     reassembly_timeout: Positive = 600.0
     rescan_interval: Positive = 60.0
     validity_minutes: Annotated[int, msgspec.Meta(ge=5, le=635040)] | None = None
+
+    def __post_init__(self) -> None:
+        for what in ("name", "port"):
+            values = [getattr(m, what) for m in self.modems]
+            if len(set(values)) != len(values):
+                raise ValueError(f"two modems of the bank have the same {what}")
