@@ -108,13 +108,14 @@ async def _check_routes(config: Config, key: bytes | None) -> list[str]:
 
 
 class _ProbeSink:
-    """Doctor starts drivers only to probe them; nothing they report is kept."""
+    """Doctor starts drivers only to probe them. It refuses what they report, so a
+    carrier redelivers it and a modem keeps it on the SIM for the gateway to take."""
 
     async def receipt(self, route: str, receipt: Receipt) -> None:
-        return None
+        raise RuntimeError("smsgw doctor does not store receipts")
 
     async def inbound(self, route: str, sms: InboundSms) -> None:
-        return None
+        raise RuntimeError("smsgw doctor does not store messages")
 
     def health_changed(self, route: str, health: RouteHealth) -> None:
         return None
