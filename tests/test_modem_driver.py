@@ -101,10 +101,14 @@ async def test_failed_status_report(open_bench: BenchFactory) -> None:
 async def test_inbound_is_stored_then_deleted_from_the_sim(open_bench: BenchFactory) -> None:
     bench = await open_bench()
     emulator = bench.emulators[0]
-    emulator.inject_inbound(CANARY_NUMBER, CANARY_BODY)
-    await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
+    with capture_logs() as logs:
+        emulator.inject_inbound(CANARY_NUMBER, CANARY_BODY)
+        await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
+        await bench.bank.submit(sms(CANARY_BODY, to=CANARY_NUMBER))
     (inbound,) = bench.sink.inbounds
     assert (inbound.sender, inbound.body) == (CANARY_NUMBER, CANARY_BODY)
+    text = repr(logs) + repr(bench.bank.health())
+    assert CANARY_DIGITS not in text and "CANARY" not in text
 
 
 async def test_multipart_inbound_is_reassembled(open_bench: BenchFactory) -> None:
