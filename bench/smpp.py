@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import os
@@ -48,6 +49,7 @@ from typing import Any
 import aiohttp
 import harness
 import loadgen
+import profile_gateway
 from harness import LOOPBACK, Server
 
 # The sink runs on the npm package the interop tests pin (tests/peers/package.json).
@@ -98,8 +100,9 @@ class Settings:
     deadline_s: float
 
     @classmethod
-    def for_run(cls, quick: bool) -> Settings:
-        return cls(4000, 1, 64, 120.0) if quick else cls(20000, 2, 64, 300.0)
+    def for_run(cls, quick: bool, n: int | None = None) -> Settings:
+        settings = cls(4000, 1, 64, 120.0) if quick else cls(20000, 2, 64, 300.0)
+        return settings if n is None else dataclasses.replace(settings, n=n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,8 +484,35 @@ class Sink:
             await asyncio.sleep(POLL_S)
 
 
+async def start_profiler(pid: int, placement: Placement, out: Path) -> asyncio.subprocess.Process:
+    """py-spy on smsgw until SIGINT (a profiled run is not a measured one)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        *placement.client,
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "-o",
+        str(out),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def measure(
-    name: str, scenario: Scenario, settings: Settings, placement: Placement, work: Path
+    name: str,
+    scenario: Scenario,
+    settings: Settings,
+    placement: Placement,
+    work: Path,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     n = settings.n
     async with Sink(scenario, placement) as sink:
@@ -497,6 +527,9 @@ async def measure(
             if bound["binds"] < 1:
                 raise RuntimeError(f"{system.name} did not bind to the sink in time")
             key = "receipts_acked" if scenario.receipts else "submits"
+            spy = None
+            if profile is not None:
+                spy = await start_profiler(system.pids[0], placement, profile)
             cpu0 = (process_cpu_seconds(system.pids), children_cpu_seconds())
             t0_wall, t0 = time.time(), time.monotonic()
             stop_wrk = asyncio.Event()
@@ -519,6 +552,9 @@ async def measure(
             cpu1 = (process_cpu_seconds(system.pids), children_cpu_seconds())
             stop_wrk.set()
             run = await wrk
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                await asyncio.wait_for(spy.wait(), 60)
             sizes = log_sizes(system)
         finally:
             codes = await system.stop()
@@ -551,7 +587,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 async def run_all(args: argparse.Namespace, placement: Placement, root: Path) -> int:
-    settings = Settings.for_run(args.quick)
+    settings = Settings.for_run(args.quick, args.n)
     kannel_problem = kannel_binaries()
     if isinstance(kannel_problem, str):
         print(json.dumps({"bench": "smpp", "system": "kannel", "error": kannel_problem}))
@@ -605,6 +641,13 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
         },
     }
     print(json.dumps(summary), flush=True)
+    if args.profile:
+        scenario = next(s for s in SCENARIOS if s.name == args.profile)
+        out = harness.BENCH_DIR / "results" / f"profile-smpp-{scenario.name}.txt"
+        print(f"\n== profile: smsgw, {scenario.name}, under py-spy (not a measured run)")
+        await measure("smsgw", scenario, settings, placement, root / "profile", out)
+        print(f"stacks in {out.relative_to(harness.REPO)}")
+        print(profile_gateway.summarize(out.read_text(), 30) if out.exists() else "no profile")
     return 1 if failures else 0
 
 
@@ -614,7 +657,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenario", action="append", choices=[s.name for s in SCENARIOS], help="only these"
     )
+    p.add_argument("--n", type=int, help="messages per run (default 20000, quick 4000)")
     p.add_argument("--keep", action="store_true", help="keep the data, configs and logs")
+    p.add_argument(
+        "--profile", choices=[s.name for s in SCENARIOS], help="then py-spy smsgw in this one"
+    )
     return p.parse_args(argv)
 
 
@@ -626,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     smpp_peer.ensure_installed()  # the npm `smpp` package the sink runs on
     placement = setup_placement()
     root = Path(tempfile.mkdtemp(prefix="smsgw-bench-smpp-"))
-    settings = Settings.for_run(args.quick)
+    settings = Settings.for_run(args.quick, args.n)
     print(
         f"smpp ({'quick' if args.quick else 'full'}): N={settings.n} per run,"
         f" {settings.repeats} run(s) each, alternating; wrk -t1 -c{settings.concurrency}"

@@ -160,6 +160,7 @@ async def open_rig(tmp_path: Path, sim: SmscSimulator) -> AsyncIterator[RigFacto
         rig = Rig(gw, sim)
         _watch_futures(gw.store.writer, "run", rig.poke)
         _watch_futures(gw.store.writer, "insert", rig.poke)
+        _watch_futures(gw.store.writer, "run_grouped", rig.poke)
         reported = gw.sink.health_changed
 
         def health_changed(route: str, health: RouteHealth) -> None:
