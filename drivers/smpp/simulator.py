@@ -38,7 +38,7 @@ import random
 import ssl
 import struct
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Self, cast
@@ -322,11 +322,15 @@ class SmscSimulator:
         *,
         data_coding: int | None = None,
         parts: int = 1,
+        reference: int | None = None,
+        seqs: Collection[int] | None = None,
     ) -> None:
         """Queue an MO deliver_sm from `source` to `destination` (a leading + means
         international). data_coding 0 (GSM) or 8 (UCS-2) is chosen from the text unless
         given (0 or 8); `parts` > 1 splits it evenly, each part with a concatenation
-        UDH. ValueError if a part does not fit one SMS."""
+        UDH (8-bit `reference`, a fresh one unless given). `seqs` sends only those parts,
+        in that order (a part lost on the way, or the rest of a message sent later).
+        ValueError if a part does not fit one SMS."""
         if data_coding is None:
             data_coding = DC_DEFAULT if is_gsm7(text) else DC_UCS2
         encoder = _ENCODERS.get(data_coding)
@@ -340,8 +344,15 @@ class SmscSimulator:
         udh_size = 0 if parts == 1 else 6
         if max(map(len, bodies)) > part_limit(data_coding, udh_size).octets:
             raise ValueError(f"the text does not fit in {parts} part(s)")
-        reference = next(self._mo_refs) & 0xFF
-        for seq, body in enumerate(bodies, start=1):
+        if reference is None:
+            reference = next(self._mo_refs) & 0xFF
+        elif not 0 <= reference <= 0xFF:
+            raise ValueError("reference must be in 0..255")
+        chosen = list(range(1, parts + 1)) if seqs is None else list(seqs)
+        if not all(1 <= seq <= parts for seq in chosen):
+            raise ValueError("seqs must be in 1..parts")
+        for seq in chosen:
+            body = bodies[seq - 1]
             udh = bytes((5, 0, 3, reference, parts, seq)) if udh_size else b""
             params: dict[str, Value] = {
                 **_addresses(source, destination),
