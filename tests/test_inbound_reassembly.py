@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
+import signal
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.base import InboundPart, InboundSms
 from drivers.clock import FakeClock
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.api.views import mask_number
 from gateway.app import Gateway
 from gateway.inbound import join_parts, missing_marker
@@ -30,6 +35,7 @@ from gateway.store.store import Store
 from gateway.tokens import create_token
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
 from tests.test_api import start_client
+from tests.test_cli import SMSGW, Daemon, _init
 from tests.test_store import _files, _needles, _scan
 
 RECIPIENT = "4000"
@@ -458,3 +464,93 @@ def test_expiry_is_never_early_never_late_and_loses_no_part(
     assert sum(text.count("x") for text, _ in stored) == received
     assert all(incomplete == ("missing" in text) for text, incomplete in stored)
     assert conn.execute("SELECT count(*) FROM inbound_parts").fetchone()[0] == 0
+
+
+# -- THE crash test: kill -9 between two parts ---------------------------------------------
+
+
+async def test_a_part_acknowledged_before_kill_9_is_joined_after_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real `smsgw run` bound to the SMSC simulator acknowledges part 1 of 2 and is
+    killed with SIGKILL; the next `smsgw run` gets part 2 and stores the whole text."""
+    text = "Yes I will come to the appointment on Tuesday at nine. " * 3
+    sim_config = SimulatorConfig(password="pw", receipt_delay=0.0, redelivery_delay=0.0)
+    async with SmscSimulator(sim_config) as sim:
+        conf, token = await asyncio.to_thread(_init, tmp_path, capsys)
+        url = await asyncio.to_thread(_add_smpp_route, conf, sim.port)
+
+        async def wait_for(predicate: Callable[[], bool]) -> None:
+            async with asyncio.timeout(20.0):
+                await sim.wait_until(predicate)
+
+        first = await _daemon(conf, url)
+        try:
+            await wait_for(lambda: sim.binds == 1)
+            sim.inject_mo(CANARY_NUMBER, "4000", text, parts=2, reference=42, seqs=[1])
+            await wait_for(lambda: sim.mo_sent == 1)
+        finally:
+            first.proc.kill()
+            await first.proc.wait()
+
+        second = await _daemon(conf, url)
+        try:
+            await wait_for(lambda: sim.binds == 2)
+            sim.inject_mo(CANARY_NUMBER, "4000", text, parts=2, reference=42, seqs=[2])
+            await wait_for(lambda: sim.mo_sent == 2)
+            headers = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession(headers=headers) as http:
+                page = await (await http.get(f"{second.url}/api/v1/inbound")).json()
+        finally:
+            second.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.proc.wait(), 20) == 0
+        log_text = "".join(first.lines) + await second.finished()
+
+    assert [(m["route"], m["incomplete"]) for m in page["inbound"]] == [("carrier", False)]
+    assert CANARY_DIGITS not in log_text and "Tuesday" not in log_text
+    store = Store(tmp_path / "smsgw.db", crypto.read_master_key(tmp_path / "master.key"))
+    await store.open()
+    try:
+        (row,) = await store.list_inbound(None, 10)
+        assert store.decrypt(row["body_ct"], row["id"], "body") == text
+        assert await store.held_inbound_parts() == 0
+    finally:
+        await store.close()
+
+
+def _add_smpp_route(conf: Path, port: int) -> str:
+    """Add a route to the simulator on `port` to the config; the API's URL."""
+    text = conf.read_text()
+    conf.write_text(
+        text
+        + f"""
+[[routes]]
+name = "carrier"
+type = "smpp"
+host = "127.0.0.1"
+port = {port}
+system_id = "smsgw"
+password = "pw"
+reconnect_min = 0.05
+reconnect_max = 0.2
+"""
+    )
+    listen = re.search(r'listen = "([^"]+)"', text)
+    assert listen is not None
+    return f"http://{listen.group(1)}"
+
+
+async def _daemon(conf: Path, url: str) -> Daemon:
+    """`smsgw run` on `conf`, once it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "run",
+        "--config",
+        str(conf),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    daemon = Daemon(proc, url)
+    await daemon.wait_log(lambda e: e.get("event") == "listening")
+    return daemon

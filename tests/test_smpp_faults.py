@@ -24,6 +24,7 @@ from drivers.smpp.driver import SmppDriver
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
 from gateway.app import Gateway
+from gateway.store.inbound_parts import Filed, FiledPart
 from tests.conftest import accept, make_config
 
 PASSWORD = "pw"
@@ -459,6 +460,60 @@ async def test_inbound_is_committed_before_it_is_acknowledged(
     assert got == {"+12025550147": "STOP", "+12025550148": long_text}
     assert {r["route"] for r in await store.list_inbound(None, 10)} == {"carrier"}
     assert await store.held_inbound_parts() == 0
+
+
+async def test_inbound_parts_survive_a_gateway_restart(open_rig: RigFactory) -> None:
+    """Part 1 of 2 is acknowledged to the SMSC, then the gateway goes away; part 2
+    reaches the next gateway on the same store, which stores the whole message."""
+    text = "Yes I will come to the appointment on Tuesday at nine. " * 3
+    sender = "+12025550148"
+    first = await open_rig()
+    first.sim.inject_mo(sender, "4000", text, parts=2, reference=42, seqs=[1])
+    await first.until(lambda: first.sim.mo_sent == 1)
+    assert await first.gw.store.list_inbound(None, 10) == []
+    await first.gw.stop()  # the SMSC has forgotten part 1: only our disk has it
+
+    second = await open_rig()
+    store = second.gw.store
+    assert await store.held_inbound_parts() == 1
+    second.sim.inject_mo(sender, "4000", text, parts=2, reference=42, seqs=[2])
+    await second.until(lambda: second.sim.mo_sent == 2)
+
+    (row,) = await store.list_inbound(None, 10)
+    assert store.decrypt(row["body_ct"], row["id"], "body") == text
+    assert store.decrypt(row["sender_ct"], row["id"], "sender") == sender
+    assert (row["route"], row["incomplete"]) == ("carrier", 0)
+    assert await store.held_inbound_parts() == 0
+
+
+async def test_a_part_redelivered_after_its_commit_is_stored_once(
+    open_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link falls after the last part is committed, before its deliver_sm_resp: the
+    SMSC delivers that part again, and the gateway recognises it."""
+    rig = await open_rig()
+    store = rig.gw.store
+    file_part = store.file_inbound_part
+    outcomes: list[Filed] = []
+
+    async def file_then_drop(*args: Any, **kwargs: Any) -> FiledPart:
+        filed = await file_part(*args, **kwargs)
+        outcomes.append(filed.outcome)
+        if filed.outcome is Filed.COMPLETED:
+            rig.sim.drop_connections()  # the answer to this deliver_sm never arrives
+        return filed
+
+    monkeypatch.setattr(store, "file_inbound_part", file_then_drop)
+    text = "Please call me back about the results of my blood test. " * 3
+    rig.sim.inject_mo("+12025550148", "4000", text, parts=2)
+
+    await rig.until(lambda: rig.sim.mo_sent == 2)
+
+    assert rig.sim.redelivered == 1
+    assert outcomes == [Filed.HELD, Filed.COMPLETED, Filed.DUPLICATE]
+    (row,) = await store.list_inbound(None, 10)
+    assert store.decrypt(row["body_ct"], row["id"], "body") == text
+    assert await store.held_inbound_parts() == 0  # nothing left to expire as incomplete
 
 
 # -- 8. failover --------------------------------------------------------------------------
