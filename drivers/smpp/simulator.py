@@ -19,7 +19,10 @@ unanswered (response timer) goes back after `redelivery_delay`; one in doubt whe
 connection ends goes back at once. Each send after the first counts in `redelivered`;
 `receipts_sent` and `mo_sent` count deliver_sm the ESME accepted.
 
-Faults. `throttle` and `reject_next` queue the statuses the next submits get.
+Faults. `throttle` and `reject_next` queue the statuses the next submits get;
+`throttle_storm` throttles every other one of the next submits (or every n-th).
+`arrivals` records when each submit arrived (loop time) and the status it got, so a
+test can count the rate a route really sends at.
 `stop_answering` pauses reading on every transport (octets wait in the kernel and the
 stream stays in step) and holds back what we would write; `resume_answering` undoes
 both. `drop_connections` aborts every transport: stop answering first to lose a window
@@ -236,6 +239,7 @@ class SmscSimulator:
         self.config = config or SimulatorConfig()
         self.clock: Clock = clock or SystemClock()
         self.submitted: list[SubmittedMessage] = []
+        self.arrivals: list[tuple[float, int]] = []  # (loop time, status answered)
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = 0
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
@@ -367,6 +371,15 @@ class SmscSimulator:
         """Answer the next `count` submits with ESME_RTHROTTLED (after any queued)."""
         self.reject_next(Status.ESME_RTHROTTLED, count)
 
+    def throttle_storm(self, submits: int, every: int = 2) -> None:
+        """Of the next `submits` submits (after any queued refusal), answer the first and
+        then every `every`-th with ESME_RTHROTTLED; accept the others."""
+        if every < 1:
+            raise ValueError("every must be at least 1")
+        self._refusals.extend(
+            Status.ESME_RTHROTTLED if i % every == 0 else Status.ESME_ROK for i in range(submits)
+        )
+
     def reject_next(self, status: int, count: int = 1) -> None:
         """Answer the next `count` submits with `status` (after any queued)."""
         if status == Status.ESME_ROK or not 0 < status <= 0xFFFFFFFF:
@@ -451,8 +464,9 @@ class SmscSimulator:
             link.session.respond(pdu, Status.ESME_RQUERYFAIL)  # query_sm: nothing is kept
             return
         self.submits += 1
-        if self._refusals:
-            status = self._refusals.popleft()
+        status = self._refusals.popleft() if self._refusals else Status.ESME_ROK
+        self.arrivals.append((link.loop.time(), status))
+        if status != Status.ESME_ROK:  # an ESME_ROK queued by `throttle_storm` accepts
             self.throttled += status == Status.ESME_RTHROTTLED
             link.session.respond(pdu, status)
             return
