@@ -14,13 +14,14 @@ import inspect
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drivers.base import RouteHealth, RouteState
-from drivers.clock import Clock, SystemClock
+from drivers.clock import Clock, FakeClock, SystemClock
 from drivers.smpp.driver import SmppDriver
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
@@ -425,6 +426,81 @@ async def test_half_open_with_a_submit_in_flight_flags_it(open_rig: RigFactory) 
     # Each unanswered try (a response timeout, the link's end) costs an attempt.
     assert row["possible_duplicate"] == 1 and row["attempts"] >= 1
     assert set(_texts(rig.sim)) == {"in doubt"}  # at least once; any copies are flagged
+
+
+class PokingClock(FakeClock):
+    """A fake clock that pokes the rig whenever a task goes to sleep on it, so a test can
+    wait for the driver to be back asleep between two reconnect attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_sleep: list[Callable[[], None]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        for poke in self.on_sleep:
+            poke()
+        await super().sleep(seconds)
+
+
+async def test_two_hour_outage_expires_what_is_due_and_never_sends_it_late(
+    open_rig: RigFactory, sim: SmscSimulator
+) -> None:
+    """The SMSC is unreachable for two hours of fake time. Messages whose expiry falls
+    inside the outage are `expired` as it passes and never reach the SMSC when it comes
+    back; the others are sent then."""
+    clock = PokingClock()
+    rig = await open_rig(clock=clock)
+    clock.on_sleep.append(rig.poke)
+    port = sim.port
+    await sim.aclose()  # not listening any more: every reconnect is refused
+    await rig.until(lambda: rig.driver.health().state is RouteState.DOWN)
+
+    hour = 3600.0
+    start = clock.time()
+
+    def within(seconds: float) -> datetime:
+        return datetime.fromtimestamp(start + seconds, UTC)
+
+    short = [
+        await accept(rig.gw, body="short 1h", priority="critical", expires_at=within(hour)),
+        await accept(rig.gw, body="short 1h59", priority="bulk", expires_at=within(2 * hour - 60)),
+    ]
+    long = [
+        await accept(rig.gw, body="long 4h", priority="critical"),  # the class default
+        await accept(rig.gw, body="long 2h30", priority="bulk", expires_at=within(2.5 * hour)),
+    ]
+
+    clock.advance(hour)
+    await rig.until(rig.all_in(short[:1], ("expired",)))
+    assert await rig.states([*short[1:], *long]) == ["queued"] * 3
+    clock.advance(hour)  # two hours down
+    await rig.until(rig.all_in(short, ("expired",)))
+    assert await rig.states(long) == ["queued"] * 2
+
+    back = SimulatorConfig(port=port, password=PASSWORD, receipt_delay=0.0, redelivery_delay=0.0)
+    async with SmscSimulator(back) as smsc:
+        driver = rig.driver
+        while driver.health().state is not RouteState.UP:
+            tries = driver.health().counters["reconnects"]
+            clock.advance(1.0)  # past any reconnect back-off (at most reconnect_max)
+            await rig.until(
+                lambda tries=tries: (
+                    driver.health().state is RouteState.UP
+                    or driver.health().counters["reconnects"] > tries
+                )
+            )
+        await rig.until(rig.all_in(long, ("delivered",)))
+        assert sorted(m.text for m in smsc.submitted) == ["long 2h30", "long 4h"]
+
+        for row in await rig.rows(short):
+            assert (row["error_code"], row["attempts"], row["route"]) == (
+                "gateway:expired",
+                0,
+                None,
+            )
+            events = [e["state"] for e in await rig.gw.store.events(row["id"])]
+            assert events == ["queued", "expired"]  # never claimed, never sent
+        await rig.gw.stop()  # while the SMSC is there to answer the unbind
 
 
 # -- 5. garbage from the SMSC -------------------------------------------------------------
