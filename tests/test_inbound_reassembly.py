@@ -27,6 +27,7 @@ from drivers.clock import FakeClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.api.views import mask_number
 from gateway.app import Gateway
+from gateway.config import ConfigError, from_mapping
 from gateway.inbound import join_parts, missing_marker
 from gateway.store import crypto, inbound_parts
 from gateway.store.inbound_parts import Filed
@@ -105,6 +106,17 @@ def test_a_part_shows_no_number_or_text() -> None:
     assert InboundPart(0xFFFF, 16, 255, 255).seq == 255
     shown = repr(part(CANARY_BODY, 1))
     assert CANARY_DIGITS not in shown and "CANARY" not in shown
+
+
+def test_the_timeout_is_one_gateway_setting() -> None:
+    assert from_mapping({}).inbound.reassembly_timeout == TIMEOUT
+    assert from_mapping({"inbound": {"reassembly_timeout": 60}}).inbound.reassembly_timeout == 60
+    with pytest.raises(ConfigError, match=r"^inbound.reassembly_timeout: expected a positive"):
+        from_mapping({"inbound": {"reassembly_timeout": 0}})
+    # The SMPP driver no longer reassembles, so it no longer has a timeout of its own.
+    route = {"name": "c", "type": "smpp", "host": "h", "system_id": "s"}
+    with pytest.raises(ConfigError, match=r"^routes\[0\].inbound_reassembly_timeout: unknown"):
+        from_mapping({"routes": [{**route, "inbound_reassembly_timeout": 60}]})
 
 
 # -- reassembly through the sink ----------------------------------------------------------

@@ -205,11 +205,11 @@ def expire_sets(
         (timeout, now),
     ).fetchall()
     ids = tuple(_store_set(conn, cipher, key, total, now, incomplete=True) for key, total in due)
-    conn.execute("DELETE FROM inbound_sets_done WHERE done_at + ? <= ?", (timeout, now))
-    (next_due,) = conn.execute(
-        "SELECT min(received_at) + ? FROM inbound_parts", (timeout,)
-    ).fetchone()
-    return ExpiredSets(ids, next_due)
+    conn.execute("DELETE FROM inbound_sets_done WHERE done_at <= ?", (now - timeout,))
+    (oldest,) = conn.execute("SELECT min(received_at) FROM inbound_parts").fetchone()
+    # The same double arithmetic as the HAVING above: a set reported due at `next_due`
+    # is one that clause takes at that time, never a moment later.
+    return ExpiredSets(ids, None if oldest is None else oldest + timeout)
 
 
 def _store_set(
