@@ -649,8 +649,11 @@ async def test_a_part_redelivered_after_its_commit_is_stored_once(
 
     await rig.until(lambda: rig.sim.mo_sent == 2)
 
-    assert rig.sim.redelivered == 1
-    assert outcomes == [Filed.HELD, Filed.COMPLETED, Filed.DUPLICATE]
+    # The part that completed the set came again (and part 1 too, when its answer was
+    # still on the way as the link fell: the driver handles deliver_sm side by side).
+    assert 1 <= rig.sim.redelivered <= 2
+    assert outcomes[:2] == [Filed.HELD, Filed.COMPLETED]
+    assert outcomes[2:] == [Filed.DUPLICATE] * rig.sim.redelivered
     (row,) = await store.list_inbound(None, 10)
     assert store.decrypt(row["body_ct"], row["id"], "body") == text
     assert await store.held_inbound_parts() == 0  # nothing left to expire as incomplete

@@ -33,7 +33,7 @@ import contextlib
 import itertools
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
@@ -80,6 +80,8 @@ log = structlog.get_logger("smsgw.smpp")
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Octet = Annotated[int, msgspec.Meta(ge=0, le=255)]
 ESM_RECEIPT = 0x04
+# deliver_sm awaiting their commit per link before the link stops reading
+INBOUND_CONCURRENCY = 256
 _RECEIPT_TLVS = {
     Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
     Tag.MESSAGE_STATE: "message_state",
@@ -137,6 +139,9 @@ class _Link:
     throttled_until: float = 0.0
     throttle_backoff: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    inbound_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(INBOUND_CONCURRENCY)
+    )
 
     @property
     def transmits(self) -> bool:
@@ -169,6 +174,8 @@ class SmppDriver:
         self._links = [_Link(i, m) for i, m in enumerate(modes * options.binds)]
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._room = asyncio.Event()  # set when a window slot frees or a link changes
+        self._inbound_tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
         self._state = RouteState.STARTING
         self._detail = "connecting"
@@ -190,7 +197,7 @@ class SmppDriver:
         return RouteHealth(self._state, self._detail, in_flight, dict(self._counters))
 
     async def submit(self, sms: OutboundSms) -> SubmitResult:
-        link = self._pick_link()
+        link = await self._link_with_room()
         parts = submit_parts(sms, self._encoding)
         ids: list[str] = []
         for i, part in enumerate(parts):
@@ -232,7 +239,7 @@ class SmppDriver:
                 link.session.unbind(now=self._now())
                 link.flush()
                 link.wake.set()
-        waiting = [t for t in self._tasks if not t.done()]
+        waiting = [t for t in (*self._tasks, *self._inbound_tasks) if not t.done()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=2.0)
             for task in pending:
@@ -242,17 +249,36 @@ class SmppDriver:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def _pick_link(self) -> _Link:
+    async def _link_with_room(self) -> _Link:
+        """A bound link with a free window slot, waiting (up to the response timeout)
+        while every bound link's window is full: the route's window may be larger than
+        the binds' windows together, and a full window is not a reason to re-queue."""
+        deadline = self._now() + self._opts.response_timeout
+        while True:
+            link = self._pick_link()
+            if link is not None:
+                return link
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), max(0.0, deadline - self._now()))
+            except TimeoutError:
+                raise DriverNotReady(
+                    f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
+                ) from None
+
+    def _pick_link(self) -> _Link | None:
+        """A link to send on now; None when bound links exist but their windows are
+        full; raises DriverNotReady when none is bound or all are throttled."""
         now = self._now()
-        ready = [
+        bound = [
             lk
             for lk in self._links
-            if lk.transmits
-            and lk.bound
-            and lk.session is not None
-            and lk.session.can_send_request()
+            if lk.transmits and lk.bound and lk.session is not None and not lk.session.closed
         ]
+        ready = [lk for lk in bound if lk.session is not None and lk.session.can_send_request()]
         if not ready:
+            if bound and not any(lk.throttled_until > now for lk in bound):
+                return None
             throttled = [lk.throttled_until - now for lk in self._links if lk.throttled_until > now]
             if throttled:
                 raise DriverNotReady(
@@ -273,6 +299,16 @@ class SmppDriver:
         tlvs: Mapping[int, int | bytes],
     ) -> Response:
         session = link.session
+        while session is not None and link.bound and not session.can_send_request():
+            # A later part of a long message waits for room on the link of the first.
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), self._opts.response_timeout)
+            except TimeoutError:
+                raise DriverNotReady(
+                    f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
+                ) from None
+            session = link.session
         if session is None or not link.bound or session.closed:
             raise DriverNotReady(f"route {self.name} lost its link")
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -405,7 +441,9 @@ class SmppDriver:
             return True
         if isinstance(event, Response):
             self._resolve(event.token, event)
+            self._room.set()
         elif isinstance(event, ResponseTimeout):
+            self._room.set()
             self._reject(
                 event.token,
                 TransientSendError(
@@ -422,7 +460,13 @@ class SmppDriver:
             self._last_failure = f"bind rejected {status_code(event.status)}"
             self._set_state(RouteState.DOWN, self._last_failure)
         elif isinstance(event, Request):
-            await self._on_request(link, event.pdu)
+            # Each deliver_sm is answered once its receipt or message is committed; they
+            # are handled side by side so that one commit covers many (group commit), and
+            # the link stops reading while INBOUND_CONCURRENCY of them wait on the store.
+            await link.inbound_slots.acquire()
+            task = asyncio.create_task(self._on_request(link, event.pdu))
+            self._inbound_tasks.add(task)
+            task.add_done_callback(self._inbound_done(link))
         elif isinstance(event, SessionEnded):
             for item in event.in_doubt:
                 self._reject(
@@ -459,6 +503,13 @@ class SmppDriver:
 
     # -- inbound -------------------------------------------------------------------------
 
+    def _inbound_done(self, link: _Link) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._inbound_tasks.discard(task)
+            link.inbound_slots.release()
+
+        return done
+
     async def _on_request(self, link: _Link, pdu: Pdu) -> None:
         session = link.session
         if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
@@ -477,7 +528,9 @@ class SmppDriver:
             status = Status.ESME_ROK
         if not session.closed:
             session.respond(pdu, status)
-            link.flush()
+            if link.session is session:
+                link.flush()
+                link.wake.set()
 
     def _receipt(self, pdu: Pdu) -> Receipt | None:
         esm_class = pdu.param("esm_class", int)
@@ -517,6 +570,7 @@ class SmppDriver:
     # -- state ---------------------------------------------------------------------------
 
     def _update_state(self) -> None:
+        self._room.set()
         if self._closing:
             return
         bound = [lk for lk in self._links if lk.bound]
