@@ -1,8 +1,8 @@
 """SMSC faults through the real gateway: store + scheduler + SMPP driver over TCP.
 
-Every test runs the whole gateway (dispatch loop included) on the system clock against
-the in-process `SmscSimulator` on 127.0.0.1, with timers shortened to fractions of a
-second. Nothing sleeps: a test waits on `Rig.until`, which re-checks its condition
+Every test runs the whole gateway (dispatch loop included) against the in-process
+`SmscSimulator` on 127.0.0.1, on the system clock with timers shortened to fractions of
+a second, or (the two-hour outage) on a `FakeClock` moved by the test. Nothing sleeps: a test waits on `Rig.until`, which re-checks its condition
 after every store commit, every route health change and every simulator event.
 """
 
