@@ -19,7 +19,9 @@ session events into the driver contract:
   a message, is a transient error with `maybe_sent`: the carrier may have the message
   (or some of its parts), so the resend is flagged as a possible duplicate.
 - `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt`; others are
-  inbound messages, reassembled when concatenated, handed to the sink's `inbound`.
+  inbound messages handed to the sink's `inbound`, each part of a concatenated one on
+  its own (UDH or sar_* TLVs, as an `InboundPart`): the gateway reassembles them on
+  disk, so a part acknowledged here survives a crash before the rest arrive.
   The `*_resp` is sent only after the sink returned, i.e. after the gateway committed;
   if the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
 """
@@ -41,6 +43,7 @@ import structlog
 from drivers.base import (
     DriverNotReady,
     EventSink,
+    InboundPart,
     InboundSms,
     OutboundSms,
     PermanentSendError,
@@ -53,7 +56,6 @@ from drivers.base import (
 from drivers.clock import Clock
 from drivers.credentials import read_secret
 from drivers.smpp import dlr
-from drivers.smpp.concat import Reassembler
 from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
 from drivers.smpp.pdu import Command, Pdu, Tag
 from drivers.smpp.session import (
@@ -120,7 +122,6 @@ class SmppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     throttle_min: Positive = 1.0
     throttle_max: Positive = 30.0
     status_classes: dict[str, Literal["transient", "permanent", "throttle"]] = {}
-    inbound_reassembly_timeout: Positive = 300.0
 
     def overrides(self) -> dict[int, str]:
         return {int(k, 0): v for k, v in self.status_classes.items()}
@@ -173,7 +174,6 @@ class SmppDriver:
         self._links = [_Link(i, m) for i, m in enumerate(modes * options.binds)]
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reassembler = Reassembler(timeout=options.inbound_reassembly_timeout)
         self._room = asyncio.Event()  # set when a window slot frees or a link changes
         self._inbound_tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
@@ -561,14 +561,11 @@ class SmppDriver:
         sender = "+" + str(pdu.params.get("source_addr", "")).lstrip("+")
         recipient = str(pdu.params.get("destination_addr", "")) or None
         concat = decoded.concat or concat_from_tlvs(pdu.tlvs)
-        text: str | None = decoded.text
+        part = None
         if concat is not None and concat.total > 1:
-            text = self._reassembler.add(
-                (sender, recipient or ""), concat, decoded.text, self._now()
-            )
-        if text is not None:
-            await self._sink.inbound(self.name, InboundSms(sender, text, recipient))
-            self._counters["inbound"] += 1
+            part = InboundPart(concat.reference, concat.ref_bits, concat.total, concat.seq)
+        await self._sink.inbound(self.name, InboundSms(sender, decoded.text, recipient, part=part))
+        self._counters["inbound"] += 1
 
     # -- state ---------------------------------------------------------------------------
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import aiosqlite
 
+from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
-from gateway.store import crypto
+from gateway.store import crypto, inbound_parts
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -358,27 +359,45 @@ class Store:
         recipient: str | None,
         carrier_id: str | None,
         now: float,
+        *,
+        incomplete: bool = False,
     ) -> None:
-        c = self._crypto
-        await self.writer.insert(
-            [
-                (
-                    "INSERT INTO inbound VALUES (?,?,?,?,?,?,?,?)",
-                    (
-                        inbound_id,
-                        route,
-                        c.encrypt(sender, inbound_id, "sender"),
-                        c.blind_index(sender),
-                        None
-                        if recipient is None
-                        else c.encrypt(recipient, inbound_id, "recipient"),
-                        c.encrypt(body, inbound_id, "body"),
-                        carrier_id,
-                        now,
-                    ),
-                )
-            ]
+        statement = inbound_parts.inbound_statement(
+            self._crypto,
+            inbound_id,
+            route,
+            sender,
+            body,
+            recipient,
+            carrier_id,
+            now,
+            incomplete=incomplete,
         )
+        await self.writer.insert([statement])
+
+    async def file_inbound_part(
+        self, route: str, sms: InboundSms, now: float, hold_for: float
+    ) -> inbound_parts.FiledPart:
+        """Hold one part of a concatenated message, durably; store its set once whole.
+
+        Returns after the commit. `hold_for` is the reassembly timeout: how long a
+        completed set's digests keep a redelivered part from opening a new set.
+        """
+        c = self._crypto
+        part = inbound_parts.prepare_part(c, route, sms, now)
+        return await self.writer.run(
+            lambda conn: inbound_parts.file_part(conn, c, part, now, hold_for)
+        )
+
+    async def expire_inbound_parts(self, now: float, hold_for: float) -> inbound_parts.ExpiredSets:
+        """Store sets held `hold_for` seconds as incomplete messages (one transaction)."""
+        c = self._crypto
+        return await self.writer.run(lambda conn: inbound_parts.expire_sets(conn, c, now, hold_for))
+
+    async def held_inbound_parts(self) -> int:
+        cur = await self.reader.execute("SELECT count(*) FROM inbound_parts")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def list_inbound(self, cursor: str | None, limit: int) -> list[sqlite3.Row]:
         sql = "SELECT * FROM inbound"
