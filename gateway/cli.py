@@ -286,6 +286,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure("auto", "info")
+    if args.peer == "modem":
+        return _simulate_modems(args)
     config = SimulatorConfig(
         host=args.host,
         port=args.port,
@@ -307,6 +309,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_modems(args: argparse.Namespace) -> int:
+    from drivers.modem import emulator
+
+    def ready(bank: emulator.ModemBankEmulator) -> None:
+        for modem in bank.modems:
+            print(f"{modem.profile_name}: {modem.path}", flush=True)
+        print(f"{len(bank.modems)} emulated modem(s) ready; Ctrl-C stops them", flush=True)
+
+    profiles = [args.profile] if args.profile else list(emulator.PROFILES)
+    link_dir = Path(args.link_dir) if args.link_dir else None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            emulator.run_forever(
+                args.count,
+                link_dir,
+                profiles=profiles,
+                send_latency=args.send_latency,
+                on_ready=ready,
+            )
+        )
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.doctor import diagnose
 
@@ -321,6 +346,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if not problems:
         print("all checks passed")
     return 1 if problems else 0
+
+
+def _modem_profiles() -> list[str]:
+    from drivers.modem.profiles import PROFILES
+
+    return list(PROFILES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     smsc.add_argument("--expired", type=float, default=0.0, help="fraction 0..1")
     smsc.add_argument("--hex-ids", action="store_true", help="message ids in hex")
     smsc.add_argument("--seed", type=int)
+    modem = peers.add_parser("modem", help="GSM/LTE modems answering AT commands on ptys")
+    modem.add_argument("--count", type=int, default=2, help="how many modems")
+    modem.add_argument("--link-dir", help="also link each port here as modem-<n>")
+    modem.add_argument("--profile", choices=sorted(_modem_profiles()), help="one model for all")
+    modem.add_argument("--send-latency", type=float, default=3.0, help="seconds per part")
     simulate.set_defaults(func=cmd_simulate)
 
     doctor = sub.add_parser("doctor", help="check config, key, store and routes")
