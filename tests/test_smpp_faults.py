@@ -215,6 +215,25 @@ async def test_happy_path_every_message_delivered_once(open_rig: RigFactory) -> 
         assert (row["route"], row["attempts"], row["possible_duplicate"]) == ("carrier", 0, 0)
 
 
+async def test_a_route_window_wider_than_the_bind_waits_for_room(open_rig: RigFactory) -> None:
+    """Route window 12 over one bind of 3: submits beyond the bind's window wait in the
+    driver for a free slot; none is re-queued as `not ready` or flagged."""
+    rig = await open_rig(window=12, session_window=3)
+    bodies = [f"wide {i:02d}" for i in range(24)]
+    ids = [await accept(rig.gw, body=b) for b in bodies]
+
+    await rig.until(rig.all_in(ids, ("delivered",)))
+
+    assert Counter(_texts(rig.sim)) == Counter(bodies)
+    for mid in ids:
+        assert [e["state"] for e in await rig.gw.store.events(mid)] == [
+            "queued",
+            "sending",
+            "sent",
+            "delivered",
+        ]
+
+
 # -- 2. throttling ------------------------------------------------------------------------
 
 
