@@ -97,9 +97,15 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     rate: PositiveFloat | None = None
     burst: PositiveInt = 1
     window: PositiveInt = 10
+    claim_ahead: PositiveInt | None = None
     classes: tuple[ClassName, ...] = ALL_CLASSES
     prefixes: tuple[str, ...] = ()
     options: Any = None
+
+    @property
+    def claim_ahead_or_default(self) -> int:
+        """Messages claimed (`sending`, durable) beyond the window: three windows unless set."""
+        return 3 * self.window if self.claim_ahead is None else self.claim_ahead
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
