@@ -142,6 +142,8 @@ class _Link:
     inbound_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(INBOUND_CONCURRENCY)
     )
+    flush_pending: bool = False
+    sleeps_until: float | None = None  # the deadline the link's loop waits for
 
     @property
     def transmits(self) -> bool:
@@ -152,6 +154,23 @@ class _Link:
             data = self.session.data_to_send()
             if data:
                 self.writer.write(data)
+
+    def nudge(self) -> None:
+        """After a request or response was queued on the session: write it soon (one
+        write for everything queued in this turn of the loop, not one per PDU), and wake
+        the link's loop only if the session now has an earlier deadline than the one the
+        loop sleeps until."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        session = self.session
+        deadline = None if session is None else session.next_deadline()
+        if deadline is not None and (self.sleeps_until is None or deadline < self.sleeps_until):
+            self.wake.set()
+
+    def _flush_soon(self) -> None:
+        self.flush_pending = False
+        self.flush()
 
 
 class SmppDriver:
@@ -316,8 +335,7 @@ class SmppDriver:
             session.send_request(command, params, tlvs, token=future, now=self._now())  # type: ignore[arg-type]  # params are codec values
         except LocalProtocolError as e:  # refused before a byte was written
             raise DriverNotReady(f"route {self.name} cannot send now: {e}") from None
-        link.flush()
-        link.wake.set()
+        link.nudge()
         return await future
 
     def _fail(self, link: _Link, status: int, *, sent_parts: int) -> None:
@@ -406,6 +424,7 @@ class SmppDriver:
             while link.session is not None and not link.session.closed:
                 deadline = link.session.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self._now())
+                link.sleeps_until = deadline
                 link.wake.clear()
                 woke = asyncio.ensure_future(link.wake.wait())
                 done, _ = await asyncio.wait(
@@ -529,8 +548,7 @@ class SmppDriver:
         if not session.closed:
             session.respond(pdu, status)
             if link.session is session:
-                link.flush()
-                link.wake.set()
+                link.nudge()
 
     def _receipt(self, pdu: Pdu) -> Receipt | None:
         esm_class = pdu.param("esm_class", int)
