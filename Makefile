@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -47,6 +47,10 @@ bench: setup /usr/bin/wrk
 
 bench-quick: setup /usr/bin/wrk
 	$(BIN)/python bench/accept.py --quick
+
+# smsgw vs. Kannel over SMPP (installs wrk, Kannel and Node.js from Debian when missing).
+bench-smpp: setup
+	$(BIN)/python bench/smpp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

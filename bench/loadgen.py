@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -79,6 +80,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
 local text = "$body"
 local batch = $batch
+local quota = $quota  -- stop once this many messages were accepted (0: run for -d)
 $report
 local function one()
   return string.format('{"to":"$prefix%04d","body":"%s","priority":"$priority"}',
@@ -105,14 +107,22 @@ function response(status, headers, body)
   else
     bad = bad + 1
   end
+  if quota > 0 and messages >= quota then wrk.thread:stop() end
 end
 """)
 
 
 def write_script(
-    path: Path, token: str, *, batch: int = 0, priority: str = "normal", url_path: str = ""
+    path: Path,
+    token: str,
+    *,
+    batch: int = 0,
+    priority: str = "normal",
+    url_path: str = "",
+    quota: int = 0,
 ) -> Path:
-    """A wrk script POSTing one message (`batch=0`) or `batch` messages per request."""
+    """A wrk script POSTing one message (`batch=0`) or `batch` messages per request;
+    with `quota`, its thread stops once that many messages were accepted."""
     default_path = "/api/v1/messages/batch" if batch else "/api/v1/messages"
     path.write_text(
         _LUA.substitute(
@@ -120,6 +130,7 @@ def write_script(
             token=token,
             body=BODY_160_GSM,
             batch=batch,
+            quota=quota,
             priority=priority,
             report=REPORT_LUA,
             prefix=RECIPIENT_PREFIX,
@@ -173,9 +184,15 @@ def parse(output: str) -> WrkResult:
 
 
 async def run_wrk(
-    prefix: tuple[str, ...], url: str, script: Path, connections: int, seconds: float
+    prefix: tuple[str, ...],
+    url: str,
+    script: Path,
+    connections: int,
+    seconds: float,
+    stop: asyncio.Event | None = None,
 ) -> WrkResult:
-    """`wrk -t1 -cN -dS --latency` with keep-alive (wrk's default); bounded in time."""
+    """`wrk -t1 -cN -dS --latency` with keep-alive (wrk's default); bounded in time.
+    Setting `stop` ends it early (SIGINT: wrk still reports what it did)."""
     argv = [
         *prefix,
         "wrk",
@@ -195,10 +212,21 @@ async def run_wrk(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    stopper = asyncio.create_task(_interrupt_when(stop, process))
     try:
         out, _ = await asyncio.wait_for(process.communicate(), seconds + WRK_GRACE_S)
     except TimeoutError:
         process.kill()
         await process.wait()
         raise
+    finally:
+        stopper.cancel()
     return parse(out.decode(errors="replace"))
+
+
+async def _interrupt_when(stop: asyncio.Event | None, process: asyncio.subprocess.Process) -> None:
+    if stop is None:
+        return
+    await stop.wait()
+    if process.returncode is None:
+        process.send_signal(signal.SIGINT)

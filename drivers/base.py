@@ -89,12 +89,52 @@ class Receipt:
     alternate_ids: tuple[str, ...] = ()
 
 
+MAX_INBOUND_PARTS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPart:
+    """Where one part of a concatenated inbound message sits in its set.
+
+    `reference` is the concatenation reference as the phone sent it (a UDH IE 0x00 or
+    SMPP `sar_msg_ref_num` is 8 or 16 bits wide: `ref_bits`), `total` the part count
+    it announces and `seq` this part's number, 1-based. The gateway joins the parts of
+    one set (same route, sender, recipient, reference, width and total); a part with
+    another total is another message that reuses the reference. ValueError if the
+    numbers are impossible, so a driver checks a carrier's values by building one.
+    """
+
+    reference: int
+    ref_bits: int  # 8 or 16
+    total: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        if self.ref_bits not in (8, 16):
+            raise ValueError("ref_bits must be 8 or 16")
+        if not 0 <= self.reference < 1 << self.ref_bits:
+            raise ValueError("reference does not fit ref_bits")
+        if not 1 <= self.seq <= self.total <= MAX_INBOUND_PARTS:
+            raise ValueError(f"need 1 <= seq <= total <= {MAX_INBOUND_PARTS}")
+
+
 @dataclass(frozen=True, slots=True)
 class InboundSms:
-    sender: str
-    body: str
-    recipient: str | None = None
+    """A mobile-originated message, or one part of one (`part` set).
+
+    A driver hands every part of a concatenated message to `EventSink.inbound` as it
+    arrives, with `body` that part's text, and acknowledges it to the carrier only once
+    `inbound` returned: the gateway holds the parts on disk and stores the whole message
+    when the last one arrives, or, after its reassembly timeout, what came with a marker
+    for each missing part. A message in one piece has `part` None. Numbers and text stay
+    out of the repr.
+    """
+
+    sender: str = field(repr=False)
+    body: str = field(repr=False)
+    recipient: str | None = field(default=None, repr=False)
     carrier_id: str | None = None
+    part: InboundPart | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +228,9 @@ class EventSink(Protocol):
     """Where a driver reports what happens outside `submit()`.
 
     Each method returns once the event is durable, so a driver may acknowledge it to
-    the carrier afterwards (for example `deliver_sm_resp` only after the commit).
+    the carrier afterwards (for example `deliver_sm_resp` only after the commit). For
+    an inbound part, durable means held on disk: a crash between parts loses nothing
+    the carrier was told it may forget. A part delivered twice is stored once.
     """
 
     async def receipt(self, route: str, receipt: Receipt) -> None: ...

@@ -39,6 +39,8 @@ from gateway.tokens import TokenCache
 log = structlog.get_logger("smsgw.app")
 
 HOUSEKEEPING_INTERVAL = 3600.0
+INBOUND_EXPIRY_MIN_SLEEP = 0.05
+INBOUND_EXPIRY_RETRY = 60.0
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Gateway:
         )
         await store.open()
         metrics = Metrics()
-        sink = GatewaySink(store, clock, metrics)
+        sink = GatewaySink(store, clock, metrics, config.inbound.reassembly_timeout)
         routes: dict[str, RouteRuntime] = {}
         rules = []
         for rc in config.routes:
@@ -105,6 +107,7 @@ class Gateway:
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
+            self._spawn(self._inbound_expiry())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -117,7 +120,21 @@ class Gateway:
     async def housekeeping_once(self) -> None:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)
+        await self.sink.expire_inbound()
         log.info("housekeeping", idempotency_keys_removed=removed)
+
+    async def _inbound_expiry(self) -> None:
+        """Store incomplete inbound sets as they fall due: a part arriving while this
+        sleeps is due later than whatever this sleeps until."""
+        timeout = self.config.inbound.reassembly_timeout
+        while True:
+            try:
+                next_due = await self.sink.expire_inbound()
+            except Exception as e:  # the store is struggling: try again, not never
+                log.error("inbound_expiry_failed", error=exception_summary(e))
+                next_due = self.clock.time() + min(timeout, INBOUND_EXPIRY_RETRY)
+            delay = timeout if next_due is None else next_due - self.clock.time()
+            await self.clock.sleep(max(delay, INBOUND_EXPIRY_MIN_SLEEP))
 
     async def stop(
         self, *, before_store_close: Callable[[], Awaitable[None]] | None = None

@@ -78,6 +78,12 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         return policy
 
 
+class InboundConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # How long the parts of a concatenated inbound message wait for the rest of their
+    # set (counted from the first part) before what came is stored flagged incomplete.
+    reassembly_timeout: PositiveFloat = 300.0
+
+
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -91,9 +97,15 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     rate: PositiveFloat | None = None
     burst: PositiveInt = 1
     window: PositiveInt = 10
+    claim_ahead: PositiveInt | None = None
     classes: tuple[ClassName, ...] = ALL_CLASSES
     prefixes: tuple[str, ...] = ()
     options: Any = None
+
+    @property
+    def claim_ahead_or_default(self) -> int:
+        """Messages claimed (`sending`, durable) beyond the window: three windows unless set."""
+        return 3 * self.window if self.claim_ahead is None else self.claim_ahead
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -101,6 +113,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    inbound: InboundConfig = msgspec.field(default_factory=InboundConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None

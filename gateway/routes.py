@@ -43,9 +43,10 @@ class RouteRuntime:
 
     @property
     def dispatch_limit(self) -> int:
-        """Messages that may be claimed at once: the window at the carrier, and as many
-        again being made durable, so fsyncs overlap the carrier's round trips."""
-        return 2 * self.config.window
+        """Messages that may be claimed at once: the window at the carrier, and
+        `claim_ahead` more being made durable, so the claims' fsyncs overlap the
+        carrier's round trips (and group into larger commits)."""
+        return self.config.window + self.config.claim_ahead_or_default
 
     def wait_time(self, now: float) -> float:
         """0 if a submit may start now; inf while the window is full."""

@@ -9,12 +9,12 @@ expiry deadlines. Each round:
 2. waiting rows past `expires_at` become `expired` (never sent late);
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
-   has a token (rate) and room (at most twice its window dispatched). A route that is
-   down is skipped (fail over); a route that is merely busy makes the class wait, so
-   rate limits hold.
+   has a token (rate) and room (at most its window + `claim_ahead` dispatched). A route
+   that is down is skipped (fail over); a route that is merely busy makes the class
+   wait, so rate limits hold.
 4. each dispatched message is claimed (`queued → sending`, committed) before the
    driver sees it, then waits for one of the route's `window` slots at the carrier
-   (first come, first served, so priority order holds). Claiming up to a window ahead
+   (first come, first served, so priority order holds). Claiming ahead of the window
    lets the fsync of the next claims overlap the carrier's round trips. The slot is
    freed when the carrier answers; the outcome is then recorded as `sent`, a retry with
    exponential back-off and jitter (honouring `retry_after`), or `failed`.

@@ -14,12 +14,21 @@ from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.sink")
 
+DEFAULT_REASSEMBLY_TIMEOUT = 300.0
+
 
 class GatewaySink:
-    def __init__(self, store: Store, clock: Clock, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        reassembly_timeout: float = DEFAULT_REASSEMBLY_TIMEOUT,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._metrics = metrics
+        self.reassembly_timeout = reassembly_timeout
         self._wakers: list[Callable[[], None]] = []
 
     def wake_on_health(self, callback: Callable[[], None]) -> None:
@@ -46,6 +55,9 @@ class GatewaySink:
             )
 
     async def inbound(self, route: str, sms: InboundSms) -> None:
+        if sms.part is not None and sms.part.total > 1:
+            await self._inbound_part(route, sms)
+            return
         inbound_id = new_message_id()
         await self._store.insert_inbound(
             inbound_id,
@@ -57,6 +69,29 @@ class GatewaySink:
             self._clock.time(),
         )
         log.info("inbound_stored", route=route, inbound_id=inbound_id)
+
+    async def _inbound_part(self, route: str, sms: InboundSms) -> None:
+        assert sms.part is not None
+        filed = await self._store.file_inbound_part(
+            route, sms, self._clock.time(), self.reassembly_timeout
+        )
+        log.info(
+            "inbound_part",
+            route=route,
+            seq=sms.part.seq,
+            total=sms.part.total,
+            outcome=filed.outcome.value,
+            inbound_id=filed.inbound_id,
+        )
+
+    async def expire_inbound(self) -> float | None:
+        """Store the sets held too long as incomplete messages; when the next is due."""
+        expired = await self._store.expire_inbound_parts(
+            self._clock.time(), self.reassembly_timeout
+        )
+        for inbound_id in expired.inbound_ids:
+            log.warning("inbound_incomplete_stored", inbound_id=inbound_id)
+        return expired.next_due
 
     def health_changed(self, route: str, health: RouteHealth) -> None:
         log.info("route_health", route=route, state=health.state.value, detail=health.detail)

@@ -155,13 +155,15 @@ async def test_routes_metrics_and_inbound_through_the_api(rig: Rig) -> None:
         assert (members["m1"]["signal"], members["m2"]["signal"]) == (18, 19)
         assert members["m1"]["operator"] and members["m1"]["registration"] == "registered"
 
-        rig.emulators[1].inject_inbound(CANARY_NUMBER, CANARY_BODY)
+        rig.emulators[1].inject_inbound(CANARY_NUMBER, CANARY_BODY, parts=2)
 
         async def stored() -> bool:
             resp = await client.get("/api/v1/inbound", headers=auth)
             return bool((await resp.json())["inbound"])
 
         await rig.until(stored)
+        (row,) = await rig.gw.store.list_inbound(None, 10)
+        assert rig.gw.store.decrypt(row["body_ct"], row["id"], "body") == CANARY_BODY
         inbound = await (await client.get("/api/v1/inbound", headers=auth)).text()
         metrics = await (await client.get("/api/v1/metrics", headers=auth)).text()
     finally:

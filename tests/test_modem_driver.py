@@ -18,6 +18,7 @@ from drivers.clock import FakeClock
 from drivers.modem.driver import ModemState
 from drivers.modem.emulator import PROFILES
 from drivers.modem.emulator_sim import PIN_ATTEMPTS, PUK_ATTEMPTS
+from gateway.inbound import join_parts
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
 from tests.modem_rig import BenchFactory, bench_factory, sms
 from tests.sinks import RecordingSink
@@ -111,13 +112,18 @@ async def test_inbound_is_stored_then_deleted_from_the_sim(open_bench: BenchFact
     assert CANARY_DIGITS not in text and "CANARY" not in text
 
 
-async def test_multipart_inbound_is_reassembled(open_bench: BenchFactory) -> None:
+async def test_multipart_inbound_goes_part_by_part(open_bench: BenchFactory) -> None:
     bench = await open_bench()
     emulator = bench.emulators[0]
     body = "Please call the ward about your appointment. " * 8
-    emulator.inject_inbound(CANARY_NUMBER, body, parts=3)
-    await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
-    assert bench.sink.inbounds[0].body == body
+    emulator.inject_inbound(CANARY_NUMBER, body, parts=3, order=[2, 0, 1])
+    await bench.until(lambda: len(bench.sink.inbounds) == 3 and not emulator.sim_messages)
+    # Each part goes to the gateway, which holds them on disk and joins them.
+    parts = {i.part.seq: i for i in bench.sink.inbounds if i.part is not None}
+    assert sorted(parts) == [1, 2, 3]
+    sets = {(p.reference, p.ref_bits, p.total) for i in parts.values() if (p := i.part)}
+    assert len(sets) == 1 and next(iter(sets))[2] == 3
+    assert join_parts({seq: p.body for seq, p in parts.items()}, 3) == body
 
 
 async def test_messages_left_on_the_sim_are_ingested_at_start(open_bench: BenchFactory) -> None:
@@ -246,7 +252,7 @@ async def test_direct_reports_and_messages_without_storage(open_bench: BenchFact
     bench = await open_bench(cnmi="2,2,0,1,0")
     result = await bench.bank.submit(sms())
     bench.emulators[0].inject_inbound(CANARY_NUMBER, CANARY_BODY, parts=2)
-    await bench.until(lambda: len(bench.sink.receipts) == 1 and len(bench.sink.inbounds) == 1)
+    await bench.until(lambda: len(bench.sink.receipts) == 1 and len(bench.sink.inbounds) == 2)
     assert bench.sink.receipts[0].carrier_id == result.carrier_ids[0]
-    assert bench.sink.inbounds[0].body == CANARY_BODY
+    assert "".join(i.body for i in bench.sink.inbounds) == CANARY_BODY
     assert not bench.emulators[0].sim_messages

@@ -1,4 +1,4 @@
-"""Pure parts of the modem route: answer parsers, SIM budgets, inbound part store, options."""
+"""Pure parts of the modem route: answer parsers, SIM budgets, options."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from drivers.clock import FakeClock
 from drivers.modem import commands as cmd
 from drivers.modem.budget import Budget
-from drivers.modem.inbound import PartStore
 from drivers.modem.options import ModemBankOptions, ModemOptions
 from gateway.config import ConfigError, from_mapping
 from tests.test_config import EXAMPLE
@@ -95,26 +94,6 @@ def test_budget_day_and_month_reset_on_the_calendar() -> None:
     if budget.sent_this_month == 2:  # same month: one part left
         budget.spend(1)
         assert budget.wait(1) > 0
-
-
-def test_part_store_completes_and_expires() -> None:
-    store = PartStore(timeout=100)
-    assert store.add("+1", 7, False, 2, 2, "world", 4, now=0) is None
-    assert store.add("+1", 7, False, 2, 2, "world", 4, now=1) is None  # read twice
-    whole = store.add("+1", 7, False, 2, 1, "hello ", 3, now=2)
-    assert whole is not None and whole.text == "hello world"
-    assert sorted(whole.indices) == [3, 4] and whole.complete
-    assert "hello" not in repr(whole) and "+1" not in repr(whole)
-    # Not stored (the sink failed): reading the parts again completes it again.
-    again = store.add("+1", 7, False, 2, 1, "hello ", 3, now=3)
-    assert again is not None and again.text == "hello world"
-    store.stored(again)
-    assert len(store) == 0
-    store.add("+1", 8, False, 3, 1, "a", 9, now=10)
-    assert store.expired(now=50) == []
-    (late,) = store.expired(now=110)
-    assert not late.complete and late.indices == (9,)
-    assert late.text.startswith("a[part 2 of 3 missing]")
 
 
 def test_options_are_documented_in_the_example() -> None:

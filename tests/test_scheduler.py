@@ -151,7 +151,7 @@ async def test_route_rate_is_a_token_bucket_on_the_clock(
 
 async def test_window_caps_submits_at_the_carrier(open_gateway: GatewayFactory, clock) -> None:
     gw = await open_gateway(
-        [{"name": "main", "type": "loopback", "latency": 1.0, "window": 3}],
+        [{"name": "main", "type": "loopback", "latency": 1.0, "window": 3, "claim_ahead": 3}],
         # No receipts: the only sleepers on the clock are the submits at the carrier.
         queue={
             "classes": {"normal": {"expires_after": 3600, "max_attempts": 3, "want_receipt": False}}

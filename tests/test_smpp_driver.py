@@ -10,6 +10,7 @@ import pytest
 
 from drivers.base import (
     DriverNotReady,
+    InboundPart,
     OutboundSms,
     PermanentSendError,
     ReceiptState,
@@ -106,6 +107,29 @@ async def test_inbound_messages_reach_the_sink(peer: SmppPeer) -> None:
         assert [(m.sender, m.body) for m in sink.inbounds] == [
             ("+12025550147", "STOP"),
             ("+12025550148", "Да, приду"),
+        ]
+    finally:
+        await driver.aclose()
+
+
+async def test_concatenated_parts_reach_the_sink_one_by_one(peer: SmppPeer) -> None:
+    """The driver does not reassemble: every part goes to the sink as it comes (here a
+    16-bit UDH reference, last part first), so each is durable before it is acked."""
+    driver, sink = await _driver(peer)
+
+    def udh16(seq: int) -> bytes:
+        return bytes((6, 8, 4, 0x12, 0x34, 2, seq))  # IEI 0x08: 16-bit reference 0x1234
+
+    try:
+        for seq, text in ((2, b"world"), (1, b"hello ")):
+            sent = await peer.send_mo(
+                "+12025550147", "4000", short_message=udh16(seq) + text, esm_class=0x40
+            )
+            assert sent["command_status"] == 0
+        await sink.until(lambda: len(sink.inbounds) == 2)
+        assert [(m.sender, m.body, m.part) for m in sink.inbounds] == [
+            ("+12025550147", "world", InboundPart(0x1234, 16, 2, 2)),
+            ("+12025550147", "hello ", InboundPart(0x1234, 16, 2, 1)),
         ]
     finally:
         await driver.aclose()

@@ -182,6 +182,85 @@ async def test_a_bad_row_in_a_group_insert_fails_alone(open_gateway: GatewayFact
     assert {t.id for t in await gw.store.tokens()} == {"t1", "t2"}
 
 
+async def test_grouped_items_share_one_call_and_a_bad_item_fails_alone(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    calls: list[int] = []
+
+    def insert_tokens(conn: sqlite3.Connection, names: list[str]) -> list[str]:
+        calls.append(len(names))
+        for name in names:
+            conn.execute(
+                "INSERT INTO api_tokens VALUES (?,?,?,?,?,NULL)", (name, "n", b"h", "read", 0.0)
+            )
+        return [f"ok {name}" for name in names]
+
+    results = await asyncio.gather(
+        gw.store.writer.run_grouped(insert_tokens, "a"),
+        gw.store.writer.run_grouped(insert_tokens, "a"),  # the primary key refuses it
+        gw.store.writer.run_grouped(insert_tokens, "b"),
+        return_exceptions=True,
+    )
+    # One call for the group; it raised, so each item ran again on its own.
+    assert calls == [3, 1, 1, 1]
+    assert results[0] == "ok a"
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert results[2] == "ok b"
+    assert {t.id for t in await gw.store.tokens()} == {"a", "b"}
+
+
+async def test_claims_grouped_with_a_cancel_see_it(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    ids = [await accept(gw, body=f"m{i}") for i in range(3)]
+    now = gw.clock.time()
+    cancelled, *claimed = await asyncio.gather(
+        gw.store.cancel(ids[1], now),
+        *(gw.store.claim(i, "demo", now) for i in ids),
+    )
+    assert cancelled is State.CANCELLED
+    assert claimed[1] is None  # cancelled first, in the same transaction
+    assert [c.body if c else None for c in claimed] == ["m0", None, "m2"]
+    states = [(await gw.store.message_row(i))["state"] for i in ids]
+    assert states == ["sending", "cancelled", "sending"]
+
+
+async def test_multipart_receipts_deliver_once_every_part_is_delivered(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await gw.store.claim(mid, "demo", now) is not None
+    # The second part's receipt overtakes the submit's answer.
+    assert await gw.store.apply_receipt("demo", "p2", "delivered", None, now) is None
+    assert await gw.store.mark_sent(mid, "demo", ["p1", "p2"], now) is State.SENT
+    assert await gw.store.apply_receipt("demo", "p1", "enroute", None, now) is None
+    assert await gw.store.apply_receipt("demo", "p1", "delivered", None, now) == (
+        mid,
+        State.DELIVERED,
+    )
+    # A duplicate, and a late failure, change nothing.
+    assert await gw.store.apply_receipt("demo", "p1", "delivered", None, now) is None
+    assert await gw.store.apply_receipt("demo", "p2", "failed", "e", now) is None
+    assert (await gw.store.message_row(mid))["state"] == "delivered"
+
+
+async def test_one_failed_part_fails_the_message(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    mid = await accept(gw)
+    now = gw.clock.time()
+    await gw.store.claim(mid, "demo", now)
+    await gw.store.mark_sent(mid, "demo", ["q1", "q2"], now)
+    assert await gw.store.apply_receipt("demo", "q2", "failed", "smpp:err", now) == (
+        mid,
+        State.FAILED,
+    )
+    assert await gw.store.apply_receipt("demo", "q1", "delivered", None, now) is None
+    row = await gw.store.message_row(mid)
+    assert (row["state"], row["error_code"]) == ("failed", "smpp:err")
+
+
 async def test_migrations_set_user_version_and_refuse_newer(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", KEY)
     await store.open()

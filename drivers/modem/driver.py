@@ -158,7 +158,6 @@ class Modem:
             sink,
             clock,
             self._command,
-            reassembly_timeout=bank.reassembly_timeout,
             rescan_interval=bank.rescan_interval,
             scan_limit=bank.command_timeout * 3,
             wake=self._attention_set,

@@ -48,7 +48,6 @@ class ModemBankOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     sim_busy_retries: Count = 10
     sim_busy_delay: Positive = 2.0
     cnmi: str = "2,1,0,2,0"
-    reassembly_timeout: Positive = 600.0
     rescan_interval: Positive = 60.0
     validity_minutes: Annotated[int, msgspec.Meta(ge=5, le=635040)] | None = None
 

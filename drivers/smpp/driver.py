@@ -19,7 +19,9 @@ session events into the driver contract:
   a message, is a transient error with `maybe_sent`: the carrier may have the message
   (or some of its parts), so the resend is flagged as a possible duplicate.
 - `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt`; others are
-  inbound messages, reassembled when concatenated, handed to the sink's `inbound`.
+  inbound messages handed to the sink's `inbound`, each part of a concatenated one on
+  its own (UDH or sar_* TLVs, as an `InboundPart`): the gateway reassembles them on
+  disk, so a part acknowledged here survives a crash before the rest arrive.
   The `*_resp` is sent only after the sink returned, i.e. after the gateway committed;
   if the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
 """
@@ -31,7 +33,7 @@ import contextlib
 import itertools
 import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
@@ -41,6 +43,7 @@ import structlog
 from drivers.base import (
     DriverNotReady,
     EventSink,
+    InboundPart,
     InboundSms,
     OutboundSms,
     PermanentSendError,
@@ -53,7 +56,6 @@ from drivers.base import (
 from drivers.clock import Clock
 from drivers.credentials import read_secret
 from drivers.smpp import dlr
-from drivers.smpp.concat import Reassembler
 from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
 from drivers.smpp.pdu import Command, Pdu, Tag
 from drivers.smpp.session import (
@@ -78,6 +80,8 @@ log = structlog.get_logger("smsgw.smpp")
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Octet = Annotated[int, msgspec.Meta(ge=0, le=255)]
 ESM_RECEIPT = 0x04
+# deliver_sm awaiting their commit per link before the link stops reading
+INBOUND_CONCURRENCY = 256
 _RECEIPT_TLVS = {
     Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
     Tag.MESSAGE_STATE: "message_state",
@@ -118,7 +122,6 @@ class SmppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     throttle_min: Positive = 1.0
     throttle_max: Positive = 30.0
     status_classes: dict[str, Literal["transient", "permanent", "throttle"]] = {}
-    inbound_reassembly_timeout: Positive = 300.0
 
     def overrides(self) -> dict[int, str]:
         return {int(k, 0): v for k, v in self.status_classes.items()}
@@ -136,6 +139,11 @@ class _Link:
     throttled_until: float = 0.0
     throttle_backoff: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    inbound_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(INBOUND_CONCURRENCY)
+    )
+    flush_pending: bool = False
+    sleeps_until: float | None = None  # the deadline the link's loop waits for
 
     @property
     def transmits(self) -> bool:
@@ -146,6 +154,23 @@ class _Link:
             data = self.session.data_to_send()
             if data:
                 self.writer.write(data)
+
+    def nudge(self) -> None:
+        """After a request or response was queued on the session: write it soon (one
+        write for everything queued in this turn of the loop, not one per PDU), and wake
+        the link's loop only if the session now has an earlier deadline than the one the
+        loop sleeps until."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        session = self.session
+        deadline = None if session is None else session.next_deadline()
+        if deadline is not None and (self.sleeps_until is None or deadline < self.sleeps_until):
+            self.wake.set()
+
+    def _flush_soon(self) -> None:
+        self.flush_pending = False
+        self.flush()
 
 
 class SmppDriver:
@@ -168,7 +193,8 @@ class SmppDriver:
         self._links = [_Link(i, m) for i, m in enumerate(modes * options.binds)]
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reassembler = Reassembler(timeout=options.inbound_reassembly_timeout)
+        self._room = asyncio.Event()  # set when a window slot frees or a link changes
+        self._inbound_tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
         self._state = RouteState.STARTING
         self._detail = "connecting"
@@ -190,7 +216,7 @@ class SmppDriver:
         return RouteHealth(self._state, self._detail, in_flight, dict(self._counters))
 
     async def submit(self, sms: OutboundSms) -> SubmitResult:
-        link = self._pick_link()
+        link = await self._link_with_room()
         parts = submit_parts(sms, self._encoding)
         ids: list[str] = []
         for i, part in enumerate(parts):
@@ -232,7 +258,7 @@ class SmppDriver:
                 link.session.unbind(now=self._now())
                 link.flush()
                 link.wake.set()
-        waiting = [t for t in self._tasks if not t.done()]
+        waiting = [t for t in (*self._tasks, *self._inbound_tasks) if not t.done()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=2.0)
             for task in pending:
@@ -242,17 +268,36 @@ class SmppDriver:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def _pick_link(self) -> _Link:
+    async def _link_with_room(self) -> _Link:
+        """A bound link with a free window slot, waiting (up to the response timeout)
+        while every bound link's window is full: the route's window may be larger than
+        the binds' windows together, and a full window is not a reason to re-queue."""
+        deadline = self._now() + self._opts.response_timeout
+        while True:
+            link = self._pick_link()
+            if link is not None:
+                return link
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), max(0.0, deadline - self._now()))
+            except TimeoutError:
+                raise DriverNotReady(
+                    f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
+                ) from None
+
+    def _pick_link(self) -> _Link | None:
+        """A link to send on now; None when bound links exist but their windows are
+        full; raises DriverNotReady when none is bound or all are throttled."""
         now = self._now()
-        ready = [
+        bound = [
             lk
             for lk in self._links
-            if lk.transmits
-            and lk.bound
-            and lk.session is not None
-            and lk.session.can_send_request()
+            if lk.transmits and lk.bound and lk.session is not None and not lk.session.closed
         ]
+        ready = [lk for lk in bound if lk.session is not None and lk.session.can_send_request()]
         if not ready:
+            if bound and not any(lk.throttled_until > now for lk in bound):
+                return None
             throttled = [lk.throttled_until - now for lk in self._links if lk.throttled_until > now]
             if throttled:
                 raise DriverNotReady(
@@ -273,6 +318,16 @@ class SmppDriver:
         tlvs: Mapping[int, int | bytes],
     ) -> Response:
         session = link.session
+        while session is not None and link.bound and not session.can_send_request():
+            # A later part of a long message waits for room on the link of the first.
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), self._opts.response_timeout)
+            except TimeoutError:
+                raise DriverNotReady(
+                    f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
+                ) from None
+            session = link.session
         if session is None or not link.bound or session.closed:
             raise DriverNotReady(f"route {self.name} lost its link")
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -280,8 +335,7 @@ class SmppDriver:
             session.send_request(command, params, tlvs, token=future, now=self._now())  # type: ignore[arg-type]  # params are codec values
         except LocalProtocolError as e:  # refused before a byte was written
             raise DriverNotReady(f"route {self.name} cannot send now: {e}") from None
-        link.flush()
-        link.wake.set()
+        link.nudge()
         return await future
 
     def _fail(self, link: _Link, status: int, *, sent_parts: int) -> None:
@@ -370,6 +424,7 @@ class SmppDriver:
             while link.session is not None and not link.session.closed:
                 deadline = link.session.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self._now())
+                link.sleeps_until = deadline
                 link.wake.clear()
                 woke = asyncio.ensure_future(link.wake.wait())
                 done, _ = await asyncio.wait(
@@ -405,7 +460,9 @@ class SmppDriver:
             return True
         if isinstance(event, Response):
             self._resolve(event.token, event)
+            self._room.set()
         elif isinstance(event, ResponseTimeout):
+            self._room.set()
             self._reject(
                 event.token,
                 TransientSendError(
@@ -422,7 +479,13 @@ class SmppDriver:
             self._last_failure = f"bind rejected {status_code(event.status)}"
             self._set_state(RouteState.DOWN, self._last_failure)
         elif isinstance(event, Request):
-            await self._on_request(link, event.pdu)
+            # Each deliver_sm is answered once its receipt or message is committed; they
+            # are handled side by side so that one commit covers many (group commit), and
+            # the link stops reading while INBOUND_CONCURRENCY of them wait on the store.
+            await link.inbound_slots.acquire()
+            task = asyncio.create_task(self._on_request(link, event.pdu))
+            self._inbound_tasks.add(task)
+            task.add_done_callback(self._inbound_done(link))
         elif isinstance(event, SessionEnded):
             for item in event.in_doubt:
                 self._reject(
@@ -459,6 +522,13 @@ class SmppDriver:
 
     # -- inbound -------------------------------------------------------------------------
 
+    def _inbound_done(self, link: _Link) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._inbound_tasks.discard(task)
+            link.inbound_slots.release()
+
+        return done
+
     async def _on_request(self, link: _Link, pdu: Pdu) -> None:
         session = link.session
         if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
@@ -477,7 +547,8 @@ class SmppDriver:
             status = Status.ESME_ROK
         if not session.closed:
             session.respond(pdu, status)
-            link.flush()
+            if link.session is session:
+                link.nudge()
 
     def _receipt(self, pdu: Pdu) -> Receipt | None:
         esm_class = pdu.param("esm_class", int)
@@ -508,18 +579,16 @@ class SmppDriver:
         sender = "+" + str(pdu.params.get("source_addr", "")).lstrip("+")
         recipient = str(pdu.params.get("destination_addr", "")) or None
         concat = decoded.concat or concat_from_tlvs(pdu.tlvs)
-        text: str | None = decoded.text
+        part = None
         if concat is not None and concat.total > 1:
-            text = self._reassembler.add(
-                (sender, recipient or ""), concat, decoded.text, self._now()
-            )
-        if text is not None:
-            await self._sink.inbound(self.name, InboundSms(sender, text, recipient))
-            self._counters["inbound"] += 1
+            part = InboundPart(concat.reference, concat.ref_bits, concat.total, concat.seq)
+        await self._sink.inbound(self.name, InboundSms(sender, decoded.text, recipient, part=part))
+        self._counters["inbound"] += 1
 
     # -- state ---------------------------------------------------------------------------
 
     def _update_state(self) -> None:
+        self._room.set()
         if self._closing:
             return
         bound = [lk for lk in self._links if lk.bound]

@@ -19,7 +19,10 @@ unanswered (response timer) goes back after `redelivery_delay`; one in doubt whe
 connection ends goes back at once. Each send after the first counts in `redelivered`;
 `receipts_sent` and `mo_sent` count deliver_sm the ESME accepted.
 
-Faults. `throttle` and `reject_next` queue the statuses the next submits get.
+Faults. `throttle` and `reject_next` queue the statuses the next submits get;
+`throttle_storm` throttles every other one of the next submits (or every n-th).
+`arrivals` records when each submit arrived (loop time) and the status it got, so a
+test can count the rate a route really sends at.
 `stop_answering` pauses reading on every transport (octets wait in the kernel and the
 stream stays in step) and holds back what we would write; `resume_answering` undoes
 both. `drop_connections` aborts every transport: stop answering first to lose a window
@@ -38,7 +41,7 @@ import random
 import ssl
 import struct
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Self, cast
@@ -236,6 +239,7 @@ class SmscSimulator:
         self.config = config or SimulatorConfig()
         self.clock: Clock = clock or SystemClock()
         self.submitted: list[SubmittedMessage] = []
+        self.arrivals: list[tuple[float, int]] = []  # (loop time, status answered)
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = 0
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
@@ -322,11 +326,15 @@ class SmscSimulator:
         *,
         data_coding: int | None = None,
         parts: int = 1,
+        reference: int | None = None,
+        seqs: Collection[int] | None = None,
     ) -> None:
         """Queue an MO deliver_sm from `source` to `destination` (a leading + means
         international). data_coding 0 (GSM) or 8 (UCS-2) is chosen from the text unless
         given (0 or 8); `parts` > 1 splits it evenly, each part with a concatenation
-        UDH. ValueError if a part does not fit one SMS."""
+        UDH (8-bit `reference`, a fresh one unless given). `seqs` sends only those parts,
+        in that order (a part lost on the way, or the rest of a message sent later).
+        ValueError if a part does not fit one SMS."""
         if data_coding is None:
             data_coding = DC_DEFAULT if is_gsm7(text) else DC_UCS2
         encoder = _ENCODERS.get(data_coding)
@@ -340,8 +348,15 @@ class SmscSimulator:
         udh_size = 0 if parts == 1 else 6
         if max(map(len, bodies)) > part_limit(data_coding, udh_size).octets:
             raise ValueError(f"the text does not fit in {parts} part(s)")
-        reference = next(self._mo_refs) & 0xFF
-        for seq, body in enumerate(bodies, start=1):
+        if reference is None:
+            reference = next(self._mo_refs) & 0xFF
+        elif not 0 <= reference <= 0xFF:
+            raise ValueError("reference must be in 0..255")
+        chosen = list(range(1, parts + 1)) if seqs is None else list(seqs)
+        if not all(1 <= seq <= parts for seq in chosen):
+            raise ValueError("seqs must be in 1..parts")
+        for seq in chosen:
+            body = bodies[seq - 1]
             udh = bytes((5, 0, 3, reference, parts, seq)) if udh_size else b""
             params: dict[str, Value] = {
                 **_addresses(source, destination),
@@ -355,6 +370,15 @@ class SmscSimulator:
     def throttle(self, count: int) -> None:
         """Answer the next `count` submits with ESME_RTHROTTLED (after any queued)."""
         self.reject_next(Status.ESME_RTHROTTLED, count)
+
+    def throttle_storm(self, submits: int, every: int = 2) -> None:
+        """Of the next `submits` submits (after any queued refusal), answer the first and
+        then every `every`-th with ESME_RTHROTTLED; accept the others."""
+        if every < 1:
+            raise ValueError("every must be at least 1")
+        self._refusals.extend(
+            Status.ESME_RTHROTTLED if i % every == 0 else Status.ESME_ROK for i in range(submits)
+        )
 
     def reject_next(self, status: int, count: int = 1) -> None:
         """Answer the next `count` submits with `status` (after any queued)."""
@@ -440,8 +464,9 @@ class SmscSimulator:
             link.session.respond(pdu, Status.ESME_RQUERYFAIL)  # query_sm: nothing is kept
             return
         self.submits += 1
-        if self._refusals:
-            status = self._refusals.popleft()
+        status = self._refusals.popleft() if self._refusals else Status.ESME_ROK
+        self.arrivals.append((link.loop.time(), status))
+        if status != Status.ESME_ROK:  # an ESME_ROK queued by `throttle_storm` accepts
             self.throttled += status == Status.ESME_RTHROTTLED
             link.session.respond(pdu, status)
             return

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.api.views import MessagePage, inbound_view, message_view
+from gateway.api.views import InboundPage, MessagePage, inbound_view, message_view
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.intake import (
@@ -316,7 +316,7 @@ async def list_inbound(request: web.Request) -> web.Response:
     rows = await gw.store.list_inbound(request.query.get("cursor"), limit)
     views = [inbound_view(gw.store, r) for r in rows]
     return json_response(
-        {"inbound": views, "next_cursor": views[-1].id if len(views) == limit else None}
+        InboundPage(inbound=views, next_cursor=views[-1].id if len(views) == limit else None)
     )
 
 

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.api import handlers as h
 from gateway.api.openapi import build_openapi
-from gateway.api.views import InboundView, MessagePage, MessageView
+from gateway.api.views import InboundPage, MessagePage, MessageView
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
@@ -108,7 +108,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "read",
         "Inbound messages, newest first",
         None,
-        InboundView,
+        InboundPage,
         query=(("limit", "page size"), ("cursor", "next_cursor of the previous page")),
     ),
     Endpoint(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -53,6 +53,18 @@ class InboundView(msgspec.Struct, frozen=True):
     route: str
     sender_masked: str
     received_at: str
+    incomplete: Annotated[
+        bool,
+        msgspec.Meta(
+            description="a concatenated message stored with parts missing after the"
+            " reassembly timeout; its text marks each gap as [part k of n missing]"
+        ),
+    ] = False
+
+
+class InboundPage(msgspec.Struct, frozen=True):
+    inbound: list[InboundView]
+    next_cursor: str | None
 
 
 def iso(ts: float | None) -> str | None:
@@ -108,7 +120,13 @@ def message_view(
 
 def inbound_view(store: Store, row: sqlite3.Row) -> InboundView:
     sender = store.decrypt(row["sender_ct"], row["id"], "sender")
-    return InboundView(row["id"], row["route"], mask_number(sender), _iso(row["received_at"]))
+    return InboundView(
+        row["id"],
+        row["route"],
+        mask_number(sender),
+        _iso(row["received_at"]),
+        incomplete=bool(row["incomplete"]),
+    )
 
 
 def _iso(ts: float) -> str:

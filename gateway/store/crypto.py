@@ -19,6 +19,7 @@ import hmac
 import os
 import stat
 import struct
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -90,21 +91,25 @@ class NoncePool:
 
     Same randomness as one `os.urandom(12)` per nonce, without a system call per
     message: each call releases the GIL, and under load the writer thread then holds
-    it and the event loop waits.
+    it and the event loop waits. The event loop and the writer thread (which encrypts
+    reassembled inbound messages inside its transaction) both draw from it, so taking a
+    nonce holds a lock: two threads must never get the same one.
     """
 
     def __init__(self, batch: int = 1024) -> None:
         self._batch = batch
         self._buffer = b""
         self._offset = 0
+        self._lock = threading.Lock()
 
     def take(self) -> bytes:
-        if self._offset >= len(self._buffer):
-            self._buffer = os.urandom(NONCE_BYTES * self._batch)
-            self._offset = 0
-        start = self._offset
-        self._offset += NONCE_BYTES
-        return self._buffer[start : self._offset]
+        with self._lock:
+            if self._offset >= len(self._buffer):
+                self._buffer = os.urandom(NONCE_BYTES * self._batch)
+                self._offset = 0
+            start = self._offset
+            self._offset += NONCE_BYTES
+            return self._buffer[start : self._offset]
 
 
 class FieldCipher:
@@ -144,4 +149,16 @@ class FieldCipher:
     def blind_index(self, e164: str) -> bytes:
         mac = self._blind.copy()
         mac.update(e164.encode())
+        return mac.digest()[:BLIND_BYTES]
+
+    def keyed_digest(self, purpose: str, *fields: str) -> bytes:
+        """A blind index over several values (a set of inbound parts, a part's text).
+
+        Each value is length-prefixed, so no two tuples share an input, and `purpose`
+        keeps digests of one kind apart from another's and from `blind_index`.
+        """
+        mac = self._blind.copy()
+        for value in (purpose, *fields):
+            data = value.encode("utf-8", "surrogatepass")
+            mac.update(len(data).to_bytes(4, "big") + data)
         return mac.digest()[:BLIND_BYTES]

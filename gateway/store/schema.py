@@ -107,6 +107,37 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (token_id, key_hash)
     ) WITHOUT ROWID;
     """,
+    # 2: parts of concatenated inbound messages held until their set is whole (so a
+    #    part acknowledged to the carrier survives a crash), digests of the parts of
+    #    sets already joined (a redelivered part is recognised, not held again), and
+    #    the flag on inbound messages stored with parts missing.
+    #    `set_key` is a keyed blind index over route, sender, recipient, reference,
+    #    its width and the part count: it holds no number in the clear.
+    """
+    CREATE TABLE inbound_parts (
+        id           TEXT PRIMARY KEY,
+        route        TEXT NOT NULL,
+        set_key      BLOB NOT NULL,
+        seq          INTEGER NOT NULL,
+        total        INTEGER NOT NULL,
+        sender_ct    BLOB NOT NULL,
+        recipient_ct BLOB,
+        body_ct      BLOB NOT NULL,
+        carrier_id   TEXT,
+        received_at  REAL NOT NULL,
+        UNIQUE (set_key, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_parts_received ON inbound_parts (received_at);
+    CREATE TABLE inbound_sets_done (
+        set_key      BLOB NOT NULL,
+        seq          INTEGER NOT NULL,
+        digest       BLOB NOT NULL,
+        done_at      REAL NOT NULL,
+        PRIMARY KEY (set_key, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_sets_done_at ON inbound_sets_done (done_at);
+    ALTER TABLE inbound ADD COLUMN incomplete INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition
+from drivers.base import InboundSms
+from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
-from gateway.store import crypto
+from gateway.store import crypto, inbound_parts
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -275,20 +276,7 @@ class Store:
 
         None if it is no longer queued (cancelled or expired meanwhile).
         """
-
-        def job(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            try:
-                _apply(conn, Transition(message_id, State.SENDING, route=route), now)
-            except IllegalTransition:
-                return None
-            row: tuple[Any, ...] = conn.execute(
-                "SELECT to_ct, body_ct, encoding, priority, attempts, possible_duplicate"
-                " FROM messages WHERE id = ?",
-                (message_id,),
-            ).fetchone()
-            return row
-
-        row = await self.writer.run(job)
+        row = await self.writer.run_grouped(_claim_many, (message_id, route, now))
         if row is None:
             return None
         c = self._crypto
@@ -339,31 +327,10 @@ class Store:
         self, message_id: str, route: str, carrier_ids: Sequence[str], now: float
     ) -> State:
         """Record the carrier's acceptance, then any receipts that arrived before it."""
-
-        def job(conn: sqlite3.Connection) -> State:
-            _apply(
-                conn,
-                Transition(message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)),
-                now,
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part)"
-                " VALUES (?,?,?,?)",
-                [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)],
-            )
-            state = State.SENT
-            for cid in carrier_ids:
-                early = conn.execute(
-                    "DELETE FROM early_receipts WHERE route = ? AND carrier_id = ?"
-                    " RETURNING state, error_code",
-                    (route, cid),
-                ).fetchone()
-                if early is not None:
-                    applied = _apply_receipt(conn, route, cid, early[0], early[1], now)
-                    state = applied[1] if applied else state
-            return state
-
-        return await self.writer.run(job)
+        state: State = await self.writer.run_grouped(
+            _mark_sent_many, (message_id, route, tuple(carrier_ids), now)
+        )
+        return state
 
     async def apply_receipt(
         self,
@@ -379,22 +346,9 @@ class Store:
         A receipt for an id not (yet) known is kept in `early_receipts` and applied when
         the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
         """
-
-        def job(conn: sqlite3.Connection) -> tuple[str, State] | None:
-            for candidate in (carrier_id, *alternate_ids):
-                known = conn.execute(
-                    "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?",
-                    (route, candidate),
-                ).fetchone()
-                if known is not None:
-                    return _apply_receipt(conn, route, candidate, state, error_code, now)
-            conn.execute(
-                "INSERT OR REPLACE INTO early_receipts VALUES (?,?,?,?,?)",
-                (route, carrier_id, state, error_code, now),
-            )
-            return None
-
-        return await self.writer.run(job)
+        item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
+        outcome: tuple[str, State] | None = await self.writer.run_grouped(_receipts_many, item)
+        return outcome
 
     async def insert_inbound(
         self,
@@ -405,27 +359,45 @@ class Store:
         recipient: str | None,
         carrier_id: str | None,
         now: float,
+        *,
+        incomplete: bool = False,
     ) -> None:
-        c = self._crypto
-        await self.writer.insert(
-            [
-                (
-                    "INSERT INTO inbound VALUES (?,?,?,?,?,?,?,?)",
-                    (
-                        inbound_id,
-                        route,
-                        c.encrypt(sender, inbound_id, "sender"),
-                        c.blind_index(sender),
-                        None
-                        if recipient is None
-                        else c.encrypt(recipient, inbound_id, "recipient"),
-                        c.encrypt(body, inbound_id, "body"),
-                        carrier_id,
-                        now,
-                    ),
-                )
-            ]
+        statement = inbound_parts.inbound_statement(
+            self._crypto,
+            inbound_id,
+            route,
+            sender,
+            body,
+            recipient,
+            carrier_id,
+            now,
+            incomplete=incomplete,
         )
+        await self.writer.insert([statement])
+
+    async def file_inbound_part(
+        self, route: str, sms: InboundSms, now: float, hold_for: float
+    ) -> inbound_parts.FiledPart:
+        """Hold one part of a concatenated message, durably; store its set once whole.
+
+        Returns after the commit. `hold_for` is the reassembly timeout: how long a
+        completed set's digests keep a redelivered part from opening a new set.
+        """
+        c = self._crypto
+        part = inbound_parts.prepare_part(c, route, sms, now)
+        return await self.writer.run(
+            lambda conn: inbound_parts.file_part(conn, c, part, now, hold_for)
+        )
+
+    async def expire_inbound_parts(self, now: float, hold_for: float) -> inbound_parts.ExpiredSets:
+        """Store sets held `hold_for` seconds as incomplete messages (one transaction)."""
+        c = self._crypto
+        return await self.writer.run(lambda conn: inbound_parts.expire_sets(conn, c, now, hold_for))
+
+    async def held_inbound_parts(self) -> int:
+        cur = await self.reader.execute("SELECT count(*) FROM inbound_parts")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def list_inbound(self, cursor: str | None, limit: int) -> list[sqlite3.Row]:
         sql = "SELECT * FROM inbound"
@@ -545,13 +517,22 @@ def _token(row: Sequence[Any]) -> TokenRecord:
     return TokenRecord(row[0], row[1], scopes, row[3], row[4])
 
 
-def _apply(conn: sqlite3.Connection, t: Transition, now: float) -> None:
-    row = conn.execute(
-        "SELECT state, attempts FROM messages WHERE id = ?", (t.message_id,)
-    ).fetchone()
-    if row is None:
-        raise LookupError(f"no message {t.message_id}")
-    check_transition(State(row[0]), t.target)
+class _PartsPending(Exception):
+    """The message still waits for receipts of other parts."""
+
+
+def _apply(
+    conn: sqlite3.Connection,
+    t: Transition,
+    now: float,
+    *,
+    only_from: State | None = None,
+    returning: str = "",
+    unless_parts_pending: bool = False,
+) -> tuple[Any, ...]:
+    """Apply `t` and record its event; raises (changing nothing) if it is illegal, or
+    if the message is not in `only_from` when that is given. Returns the row's
+    `attempts` followed by the `returning` columns."""
     sets = ["state = ?", "updated_at = ?"]
     params: list[Any] = [t.target.value, now]
     for column, value in (
@@ -566,23 +547,46 @@ def _apply(conn: sqlite3.Connection, t: Transition, now: float) -> None:
     if t.possible_duplicate is not None:
         sets.append("possible_duplicate = ?")
         params.append(int(t.possible_duplicate))
-    conn.execute(
-        f"UPDATE messages SET {', '.join(sets)} WHERE id = ?",  # noqa: S608 - fixed column names
-        (*params, t.message_id),
-    )
+    if only_from is not None:
+        check_transition(only_from, t.target)
+        sources = f"'{only_from.value}'"
+    else:
+        sources = _SOURCES[t.target]
+    where = f"id = ? AND state IN ({sources})"
+    where_params: list[Any] = [t.message_id]
+    if unless_parts_pending:
+        where += (
+            " AND NOT EXISTS (SELECT 1 FROM carrier_ids WHERE message_id = ?"
+            " AND state != 'delivered')"
+        )
+        where_params.append(t.message_id)
+    extra = f", {returning}" if returning else ""
+    # One statement checks the transition and makes it; only a refusal looks further.
+    row: tuple[Any, ...] | None = conn.execute(
+        f"UPDATE messages SET {', '.join(sets)} WHERE {where} RETURNING attempts{extra}",  # noqa: S608 - fixed column names and states
+        (*params, *where_params),
+    ).fetchone()
+    if row is None:
+        if unless_parts_pending:
+            raise _PartsPending(t.message_id)
+        current = conn.execute(
+            "SELECT state FROM messages WHERE id = ?", (t.message_id,)
+        ).fetchone()
+        if current is None:
+            raise LookupError(f"no message {t.message_id}")
+        raise IllegalTransition(State(current[0]), t.target)
     conn.execute(
         "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
         " attempt) VALUES (?,?,?,?,?,?,?)",
-        (
-            t.message_id,
-            now,
-            t.target.value,
-            t.route,
-            t.carrier_id,
-            t.error_code,
-            t.attempts if t.attempts is not None else row[1],
-        ),
+        (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0]),
     )
+    return row
+
+
+_SOURCES = {
+    target: ",".join(f"'{s.value}'" for s in sorted(sources_of(target))) or "NULL"
+    for target in State
+}
 
 
 _RECEIPT_FINAL = {"delivered": State.DELIVERED, "failed": State.FAILED, "expired": State.EXPIRED}
@@ -595,37 +599,109 @@ def _apply_receipt(
     state: str,
     error_code: str | None,
     now: float,
-) -> tuple[str, State] | None:
+) -> tuple[str, State] | bool | None:
+    """Record a receipt for a known part; returns (message id, new state) when the
+    message changed, None when it did not, False when no such part is recorded."""
+    if state not in _RECEIPT_FINAL:
+        # Intermediate states never overwrite anything; the part may still be unknown.
+        known = conn.execute(
+            "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?", (route, carrier_id)
+        ).fetchone()
+        return None if known else False
+    # Duplicates are idempotent: a part already final is not touched again.
     part = conn.execute(
-        "SELECT message_id, state FROM carrier_ids WHERE route = ? AND carrier_id = ?",
-        (route, carrier_id),
+        "UPDATE carrier_ids SET state = ?, error_code = ? WHERE route = ? AND carrier_id = ?"
+        " AND state NOT IN ('delivered', 'failed', 'expired') RETURNING message_id",
+        (state, error_code, route, carrier_id),
     ).fetchone()
     if part is None:
-        return None
-    message_id, part_state = part
-    if part_state in _RECEIPT_FINAL or state not in _RECEIPT_FINAL:
-        return None  # duplicates are idempotent; intermediate states never overwrite
-    conn.execute(
-        "UPDATE carrier_ids SET state = ?, error_code = ? WHERE route = ? AND carrier_id = ?",
-        (state, error_code, route, carrier_id),
+        known = conn.execute(
+            "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?", (route, carrier_id)
+        ).fetchone()
+        return None if known else False
+    message_id = part[0]
+    target = _RECEIPT_FINAL[state]
+    transition = Transition(
+        message_id, target, route=route, carrier_id=carrier_id, error_code=error_code
     )
-    parts = [
-        r[0]
-        for r in conn.execute("SELECT state FROM carrier_ids WHERE message_id = ?", (message_id,))
-    ]
-    failed = [p for p in parts if p in ("failed", "expired")]
-    if failed:
-        target = _RECEIPT_FINAL[failed[0]]
-    elif all(p == "delivered" for p in parts):
-        target = State.DELIVERED
-    else:
+    try:
+        if target is State.DELIVERED:
+            # Delivered once no part is left undelivered (a failed part already failed it).
+            _apply(conn, transition, now, only_from=State.SENT, unless_parts_pending=True)
+        else:
+            _apply(conn, transition, now, only_from=State.SENT)
+    except (IllegalTransition, LookupError, _PartsPending):
         return None
-    current = conn.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
-    if current is None or State(current[0]) is not State.SENT:
-        return None
-    _apply(
-        conn,
-        Transition(message_id, target, route=route, carrier_id=carrier_id, error_code=error_code),
-        now,
-    )
     return message_id, target
+
+
+def _claim_many(
+    conn: sqlite3.Connection, items: list[tuple[str, str, float]]
+) -> list[tuple[Any, ...] | None]:
+    claimed: list[tuple[Any, ...] | None] = []
+    for message_id, route, now in items:
+        try:
+            row = _apply(
+                conn,
+                Transition(message_id, State.SENDING, route=route),
+                now,
+                returning="to_ct, body_ct, encoding, priority, attempts, possible_duplicate",
+            )
+        except IllegalTransition:
+            claimed.append(None)
+        else:
+            claimed.append(row[1:])
+    return claimed
+
+
+def _mark_sent_many(
+    conn: sqlite3.Connection, items: list[tuple[str, str, Sequence[str], float]]
+) -> list[State]:
+    states = []
+    # Receipts rarely overtake their submit's answer: look them up only if any wait.
+    early_waiting = conn.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is not None
+    for message_id, route, carrier_ids, now in items:
+        _apply(
+            conn,
+            Transition(message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)),
+            now,
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part)"
+            " VALUES (?,?,?,?)",
+            [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)],
+        )
+        state = State.SENT
+        for cid in carrier_ids if early_waiting else ():
+            early = conn.execute(
+                "DELETE FROM early_receipts WHERE route = ? AND carrier_id = ?"
+                " RETURNING state, error_code",
+                (route, cid),
+            ).fetchone()
+            if early is not None:
+                applied = _apply_receipt(conn, route, cid, early[0], early[1], now)
+                state = applied[1] if isinstance(applied, tuple) else state
+        states.append(state)
+    return states
+
+
+_ReceiptItem = tuple[str, str, str, str | None, float, Sequence[str]]
+
+
+def _receipts_many(
+    conn: sqlite3.Connection, items: list[_ReceiptItem]
+) -> list[tuple[str, State] | None]:
+    outcomes: list[tuple[str, State] | None] = []
+    for route, carrier_id, state, error_code, now, alternate_ids in items:
+        for candidate in (carrier_id, *alternate_ids):
+            applied = _apply_receipt(conn, route, candidate, state, error_code, now)
+            if applied is not False:
+                outcomes.append(applied if isinstance(applied, tuple) else None)
+                break
+        else:
+            conn.execute(
+                "INSERT OR REPLACE INTO early_receipts VALUES (?,?,?,?,?)",
+                (route, carrier_id, state, error_code, now),
+            )
+            outcomes.append(None)
+    return outcomes

@@ -29,15 +29,37 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 Statement = tuple[str, Sequence[Any]]
+# Handles many items of one kind in one go; returns one outcome per item, in order (an
+# exception instance as the outcome fails that item alone).
+GroupJob = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+
+
+@dataclass(slots=True)
+class _Group:
+    fn: GroupJob
+    items: list[Any] = field(default_factory=list)
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _Batch:
     inserts: list[tuple[list[Statement], asyncio.Future[None]]] = field(default_factory=list)
-    jobs: list[tuple[Job, asyncio.Future[Any]]] = field(default_factory=list)
+    # Jobs and groups in the order they first arrived.
+    steps: list[tuple[Job, asyncio.Future[Any]] | _Group] = field(default_factory=list)
+    groups: dict[GroupJob, _Group] = field(default_factory=dict)
+    size: int = 0
 
     def __len__(self) -> int:
-        return len(self.inserts) + len(self.jobs)
+        return self.size
+
+    def futures(self) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = [fut for _, fut in self.inserts]
+        for step in self.steps:
+            if isinstance(step, _Group):
+                futures.extend(step.futures)
+            else:
+                futures.append(step[1])
+        return futures
 
 
 class WriterClosed(RuntimeError):
@@ -90,13 +112,32 @@ class GroupCommitWriter:
         fut: asyncio.Future[None] = self._loop().create_future()
         self._enqueue()
         self._pending.inserts.append((statements, fut))
+        self._pending.size += 1
         return fut
 
     def run(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Run `job` in the writer's next transaction, in its own savepoint."""
         fut: asyncio.Future[T] = self._loop().create_future()
         self._enqueue()
-        self._pending.jobs.append((job, fut))
+        self._pending.steps.append((job, fut))
+        self._pending.size += 1
+        return fut
+
+    def run_grouped(self, fn: GroupJob, item: Any) -> asyncio.Future[Any]:
+        """Hand `item` to `fn` in the next transaction, together with every other item
+        given to the same `fn` meanwhile: one call and one savepoint for all of them (the
+        hot paths: claims, sends, receipts). If the call raises, each item is retried on
+        its own so that one bad item rolls back alone."""
+        fut: asyncio.Future[Any] = self._loop().create_future()
+        self._enqueue()
+        batch = self._pending
+        group = batch.groups.get(fn)
+        if group is None:
+            group = batch.groups[fn] = _Group(fn)
+            batch.steps.append(group)
+        group.items.append(item)
+        group.futures.append(fut)
+        batch.size += 1
         return fut
 
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -117,10 +158,12 @@ class GroupCommitWriter:
             self._busy = False
             self._idle.set()
             return
-        if len(batch) > self._max_batch:
+        if len(batch.inserts) > self._max_batch:
+            # Inserts beyond the cap wait for the next transaction; the rest goes now.
             self._pending.inserts = batch.inserts[self._max_batch :]
+            self._pending.size = len(self._pending.inserts)
             batch.inserts = batch.inserts[: self._max_batch]
-            self._pending.jobs, batch.jobs = batch.jobs, []
+            batch.size -= self._pending.size
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, self._commit, batch)
         done.add_done_callback(lambda f: self._settle(batch, f))
@@ -129,13 +172,14 @@ class GroupCommitWriter:
         self.batches += 1
         self.items += len(batch)
         error = done.exception()
+        futures = batch.futures()
         if error is not None:
-            for _, fut in (*batch.inserts, *batch.jobs):
+            for fut in futures:
                 if not fut.done():
                     fut.set_exception(error)
         else:
             outcomes = done.result()
-            for (_, fut), outcome in zip((*batch.inserts, *batch.jobs), outcomes, strict=True):
+            for fut, outcome in zip(futures, outcomes, strict=True):
                 if fut.done():
                     continue
                 if isinstance(outcome, BaseException):
@@ -150,8 +194,11 @@ class GroupCommitWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             outcomes: list[Any] = self._insert_all(conn, batch.inserts)
-            for job, _ in batch.jobs:
-                outcomes.append(self._savepoint(conn, job))
+            for step in batch.steps:
+                if isinstance(step, _Group):
+                    outcomes.extend(self._group(conn, step))
+                else:
+                    outcomes.append(self._savepoint(conn, step[0]))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -177,6 +224,17 @@ class GroupCommitWriter:
             conn.execute("RELEASE bulk")
         # One bad row must not sink its neighbours: retry each group on its own.
         return [self._savepoint(conn, _statements_job(s)) for s, _ in inserts]
+
+    def _group(self, conn: sqlite3.Connection, group: _Group) -> list[Any]:
+        conn.execute("SAVEPOINT grouped")
+        try:
+            outcomes = group.fn(conn, group.items)
+        except Exception:
+            conn.execute("ROLLBACK TO grouped")
+            conn.execute("RELEASE grouped")
+            return [self._savepoint(conn, _one_item(group.fn, item)) for item in group.items]
+        conn.execute("RELEASE grouped")
+        return outcomes
 
     @staticmethod
     def _savepoint(conn: sqlite3.Connection, job: Job) -> Any:
@@ -209,6 +267,16 @@ def _statements_job(statements: list[Statement]) -> Job:
     def job(conn: sqlite3.Connection) -> None:
         for sql, params in statements:
             conn.execute(sql, params)
+
+    return job
+
+
+def _one_item(fn: GroupJob, item: Any) -> Job:
+    def job(conn: sqlite3.Connection) -> Any:
+        outcome = fn(conn, [item])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     return job
 
