@@ -23,6 +23,7 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.registry import load_driver
 from gateway.config import Config
+from gateway.demo import DemoPeers
 from gateway.intake import Intake
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
@@ -57,6 +58,7 @@ class Gateway:
     sink: GatewaySink
     accepting: bool = True
     stopped: bool = False
+    demo: DemoPeers | None = None  # the embedded default's simulated peers
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod

@@ -26,6 +26,7 @@ from gateway import config as config_mod
 from gateway import logs, systemd
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
+from gateway.demo import DemoPeers
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import BadScope, create_token, parse_scopes
@@ -158,6 +159,8 @@ async def _serve(config: Config, first_token: str | None) -> int:
         simulator, config = await _start_embedded_smsc(config)
         modems, config = await _start_embedded_modems(config)
     gateway = await Gateway.open(config)
+    if config.source is None:
+        gateway.demo = DemoPeers(simulator, modems)
     await gateway.start()
     _tune_gc()
     runner = web.AppRunner(build_app(gateway), handle_signals=False, **runner_options(gateway))
@@ -192,10 +195,7 @@ async def _serve(config: Config, first_token: str | None) -> int:
         beat.cancel()
     log.info("shutting_down")
     await gateway.stop(before_store_close=runner.cleanup)
-    if simulator is not None:
-        await simulator.aclose()
-    for modem in modems:
-        await modem.aclose()
+    await DemoPeers(simulator, modems).aclose()
     return 0
 
 

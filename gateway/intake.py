@@ -68,14 +68,15 @@ _batch_decoder = msgspec.json.Decoder(BatchRequest)
 
 
 def decode_send(raw: bytes) -> SendRequest:
-    return _decode(_send_decoder, raw)
+    return decode_with(_send_decoder, raw)
 
 
 def decode_batch(raw: bytes) -> BatchRequest:
-    return _decode(_batch_decoder, raw)
+    return decode_with(_batch_decoder, raw)
 
 
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
+def decode_with(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
+    """Decode a request body; errors are `ApiError`s that never quote the input."""
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as e:

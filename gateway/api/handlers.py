@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api.views import InboundPage, MessagePage, inbound_view, message_view
 from gateway.app import Gateway
+from gateway.demo import DemoInbound, DemoPeers, UnknownPeer
 from gateway.errors import ApiError
 from gateway.intake import (
     Accepted,
@@ -22,6 +23,7 @@ from gateway.intake import (
     Prepared,
     decode_batch,
     decode_send,
+    decode_with,
     normalise_number,
 )
 from gateway.models import Priority, State
@@ -394,3 +396,47 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi_document(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI])
+
+
+# -- the embedded default's simulated peers (see gateway/demo.py) --------------------------
+
+
+_DEMO_INBOUND = msgspec.json.Decoder(DemoInbound)
+
+
+def _demo(request: web.Request) -> DemoPeers:
+    demo = _gateway(request).demo
+    if demo is None:
+        raise ApiError(404, "demo_off", "no simulated peers run with a config file")
+    return demo
+
+
+async def demo_inbound(request: web.Request) -> web.Response:
+    demo = _demo(request)
+    body = decode_with(_DEMO_INBOUND, await request.read())
+    try:
+        demo.inject_inbound(body)
+    except UnknownPeer as e:
+        raise ApiError(404, "demo_off", str(e)) from None
+    log.info("demo_inbound_injected", via=body.via, parts=body.parts, token_id=_token(request).id)
+    return json_response({"injected": True, "via": body.via}, status=202)
+
+
+async def demo_unplug_modem(request: web.Request) -> web.Response:
+    return await _plug(request, plugged=False)
+
+
+async def demo_replug_modem(request: web.Request) -> web.Response:
+    return await _plug(request, plugged=True)
+
+
+async def _plug(request: web.Request, *, plugged: bool) -> web.Response:
+    demo = _demo(request)
+    try:
+        modem = demo.modem(int(request.match_info["index"]))
+    except (UnknownPeer, ValueError):
+        raise ApiError(404, "not_found", "no emulated modem with this index") from None
+    if modem.plugged != plugged:
+        await (modem.replug() if plugged else modem.unplug())
+    log.info("demo_modem_plug", plugged=plugged, token_id=_token(request).id)
+    return json_response({"plugged": modem.plugged})

@@ -20,6 +20,7 @@ from gateway.api import handlers as h
 from gateway.api.openapi import build_openapi
 from gateway.api.views import InboundPage, MessagePage, MessageView
 from gateway.app import Gateway
+from gateway.demo import DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
@@ -145,6 +146,30 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.healthz,
         None,
         "Liveness and readiness; no authentication, no PHI",
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/demo/inbound",
+        h.demo_inbound,
+        "admin",
+        "Embedded default only: a simulated handset sends a message (via SMSC or modem)",
+        DemoInbound,
+        None,
+        202,
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/demo/modems/{index}/unplug",
+        h.demo_unplug_modem,
+        "admin",
+        "Embedded default only: pull an emulated modem's USB plug",
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/demo/modems/{index}/replug",
+        h.demo_replug_modem,
+        "admin",
+        "Embedded default only: plug an emulated modem back in",
     ),
     Endpoint("GET", "/api/v1/metrics", h.metrics, "read", "Prometheus metrics"),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),

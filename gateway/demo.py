@@ -1,0 +1,66 @@
+"""The embedded default's simulated peers, and what a newcomer may do to them.
+
+`make run` (no config file) starts an SMSC simulator and two emulated modems in
+process. So that a newcomer can see inbound messages and a failover without hardware,
+the API offers a few `/api/v1/demo/...` calls (admin scope) that act on these peers:
+inject a mobile-originated message, unplug or replug an emulated modem. With a config
+file there are no simulated peers and these calls answer 404 `demo_off`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import msgspec
+
+from drivers.text import is_gsm7
+
+if TYPE_CHECKING:
+    from drivers.modem.emulator import EmulatedModem
+    from drivers.smpp.simulator import SmscSimulator
+
+DEMO_RECIPIENT = "4000"  # the short code the simulated carrier delivers MO messages to
+
+
+class DemoInbound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A message a simulated handset sends to the gateway."""
+
+    sender: Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=1600)]
+    via: Literal["smsc", "modem"] = "smsc"
+    parts: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+
+
+class UnknownPeer(LookupError):
+    pass
+
+
+@dataclass
+class DemoPeers:
+    smsc: SmscSimulator | None = None
+    modems: list[EmulatedModem] = field(default_factory=list)
+
+    def inject_inbound(self, request: DemoInbound) -> None:
+        if request.via == "smsc":
+            if self.smsc is None:
+                raise UnknownPeer("no simulated SMSC is running")
+            self.smsc.inject_mo(request.sender, DEMO_RECIPIENT, request.body, parts=request.parts)
+            return
+        if not self.modems:
+            raise UnknownPeer("no emulated modem is running")
+        encoding: Literal["gsm7", "ucs2"] = "gsm7" if is_gsm7(request.body) else "ucs2"
+        self.modems[0].inject_inbound(
+            request.sender, request.body, encoding=encoding, parts=request.parts
+        )
+
+    def modem(self, index: int) -> EmulatedModem:
+        if not 0 <= index < len(self.modems):
+            raise UnknownPeer(f"no emulated modem {index} (there are {len(self.modems)})")
+        return self.modems[index]
+
+    async def aclose(self) -> None:
+        if self.smsc is not None:
+            await self.smsc.aclose()
+        for modem in self.modems:
+            await modem.aclose()

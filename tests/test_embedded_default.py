@@ -1,0 +1,170 @@
+"""`make run` as a newcomer meets it: `smsgw run` with no config file, in a fresh folder.
+
+The embedded default starts the SMSC simulator and two emulated modems in process; this
+walks what the README promises over the real HTTP API of the real daemon: both modems
+listed with signal and operator, a long UCS-2 message through the modem bank delivered,
+inbound messages through the SMSC and a modem listed in `/inbound`, and an unplugged
+modem's work taken by the other one. A wait re-reads the API after each line the daemon
+logs (every send, receipt, inbound message and health change logs one), with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+SMSGW = [sys.executable, "-m", "gateway.cli"]
+TOKEN = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Newcomer:
+    def __init__(self, http: aiohttp.ClientSession, url: str, logged: asyncio.Event) -> None:
+        self.http = http
+        self.url = url
+        self.logged = logged
+
+    async def get(self, path: str) -> Any:
+        async with self.http.get(self.url + path) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def post(self, path: str, body: dict[str, Any] | None = None, status: int = 202) -> Any:
+        async with self.http.post(self.url + path, json=body) as resp:
+            assert resp.status == status, await resp.text()
+            return await resp.json()
+
+    async def until(self, check: Callable[[], Awaitable[Any]], limit: float = 30.0) -> Any:
+        """Re-run `check` (an API read) after each log line until it returns something."""
+        async with asyncio.timeout(limit):
+            while True:
+                self.logged.clear()
+                if found := await check():
+                    return found
+                await self.logged.wait()
+
+    async def state_of(self, mid: str) -> str:
+        view = await self.get(f"/api/v1/messages/{mid}")
+        return str(view["status"])
+
+
+@pytest.fixture
+async def newcomer(tmp_path: Path) -> AsyncIterator[Newcomer]:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "SMSGW_CONFIG"},
+    )
+    assert proc.stdout is not None
+    token = None
+    async with asyncio.timeout(30):
+        while token is None:
+            line = await proc.stdout.readline()
+            assert line, "smsgw run exited before printing its first token"
+            if match := TOKEN.search(line.decode()):
+                token = match.group(0)
+    logged = asyncio.Event()
+
+    async def follow_log() -> None:
+        assert proc.stderr is not None
+        while await proc.stderr.readline():
+            logged.set()
+
+    drain = asyncio.gather(proc.stdout.read(), follow_log())
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            yield Newcomer(http, f"http://127.0.0.1:{port}", logged)
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await drain
+
+
+async def test_make_run_shows_modems_sends_receives_and_fails_over(newcomer: Newcomer) -> None:
+    async def modems_up() -> Any:
+        routes = {r["name"]: r for r in (await newcomer.get("/api/v1/routes"))["routes"]}
+        bank = routes.get("modems")
+        up = bank is not None and all(m["state"] == "ready" for m in bank["members"].values())
+        return routes if up and routes["smsc-sim"]["state"] == "up" else None
+
+    routes = await newcomer.until(modems_up)
+    members = routes["modems"]["members"]
+    assert len(members) == 2
+    for member in members.values():
+        assert member["signal"] is not None and member["operator"]
+
+    long_ucs2 = "Résultats prêts — merci 🙂 " * 4
+    sent = await newcomer.post(
+        "/api/v1/messages", {"to": "+12025550123", "body": long_ucs2, "route": "modems"}
+    )
+    assert sent["encoding"] == "ucs2" and sent["segments"] > 1
+
+    async def delivered() -> bool:
+        return await newcomer.state_of(sent["id"]) == "delivered"
+
+    await newcomer.until(delivered)
+
+    await newcomer.post("/api/v1/demo/inbound", {"sender": "+12025550147", "body": "YES"})
+    await newcomer.post(
+        "/api/v1/demo/inbound",
+        {"sender": "+12025550148", "body": "Reschedule please " * 12, "via": "modem", "parts": 2},
+    )
+
+    async def both_inbound() -> bool:
+        page = await newcomer.get("/api/v1/inbound")
+        return len(page["inbound"]) >= 2
+
+    await newcomer.until(both_inbound)
+
+    assert (await newcomer.post("/api/v1/demo/modems/0/unplug", status=200)) == {"plugged": False}
+    ids = [
+        (
+            await newcomer.post(
+                "/api/v1/messages", {"to": "+12025550123", "body": f"m{i}", "route": "modems"}
+            )
+        )["id"]
+        for i in range(3)
+    ]
+
+    async def all_sent() -> bool:
+        return all([await newcomer.state_of(i) in ("sent", "delivered") for i in ids])
+
+    await newcomer.until(all_sent, limit=45)
+    routes = (await newcomer.get("/api/v1/routes"))["routes"]
+    bank = next(r for r in routes if r["name"] == "modems")
+    assert bank["members"]["modem1"]["state"] != "ready"  # the unplugged one
+    for mid in ids:
+        view = await newcomer.get(f"/api/v1/messages/{mid}")
+        assert all(c.startswith("modem2:") for c in view["carrier_ids"]), view["carrier_ids"]
+    assert (await newcomer.post("/api/v1/demo/modems/0/replug", status=200)) == {"plugged": True}
+
+
+async def test_demo_calls_need_the_admin_scope_and_valid_input(newcomer: Newcomer) -> None:
+    bad = await newcomer.post("/api/v1/demo/inbound", {"sender": "12345", "body": "x"}, status=422)
+    assert bad["error"]["code"] == "invalid_field" and "12345" not in str(bad)
+    missing = await newcomer.post("/api/v1/demo/modems/7/unplug", status=404)
+    assert missing["error"]["code"] == "not_found"
