@@ -152,12 +152,16 @@ async def test_non_get_panel_routes_refuse_requests_without_csrf(panel: PanelCli
             continue
         path = route.path.replace("{user_id:[0-9a-f]{12}}", SAMPLES["user_id"])
         cases = {
-            "no token": dict(token=None),
-            "wrong token": dict(token="x" * 43),
-            "foreign origin": dict(token=token, origin=foreign),
-            "no origin or referer": dict(token=token, origin=None),
-            "cross-site fetch": dict(token=token, headers={"Sec-Fetch-Site": "cross-site"}),
-            "foreign referer": dict(token=token, origin=None, headers={"Referer": foreign + "/"}),
+            "no token": {"token": None},
+            "wrong token": {"token": "x" * 43},
+            "foreign origin": {"token": token, "origin": foreign},
+            "no origin or referer": {"token": token, "origin": None},
+            "cross-site fetch": {"token": token, "headers": {"Sec-Fetch-Site": "cross-site"}},
+            "foreign referer": {
+                "token": token,
+                "origin": None,
+                "headers": {"Referer": foreign + "/"},
+            },
         }
         for case, kwargs in cases.items():
             r = await panel.post(path, {"username": "x", "role": "admin"}, **kwargs)  # type: ignore[arg-type]
