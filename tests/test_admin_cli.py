@@ -17,13 +17,17 @@ from cryptography import x509
 
 from gateway.cli import main
 from tests.admin_support import PASSWORD
+from tests.conftest import FAST_PASSWORD_HASH
 from tests.test_cli import SMSGW, Daemon, _free_port
 
 
 def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
     assert main(["init", "--data-dir", str(tmp_path), *extra]) == 0
     capsys.readouterr()
-    return tmp_path / "smsgw.toml"
+    conf = tmp_path / "smsgw.toml"
+    fast = "".join(f"{k} = {v}\n" for k, v in FAST_PASSWORD_HASH.items())
+    conf.write_text(conf.read_text() + "\n[admin]\n" + fast)
+    return conf
 
 
 def _password_file(tmp_path: Path, text: str = PASSWORD) -> str:

@@ -21,7 +21,7 @@ from gateway.admin.repo import Role
 from gateway.admin.routing import PanelRoute
 from gateway.api.server import ENDPOINTS, build_app
 from tests.admin_support import PanelClient
-from tests.conftest import GatewayFactory
+from tests.conftest import FAST_PASSWORD_HASH, GatewayFactory
 
 SAMPLES = {"user_id": "0123456789ab", "path": "favicon.svg", "name": "main", "id": "06H1X"}
 
@@ -277,7 +277,9 @@ async def test_over_tls_cookies_are_host_prefixed_and_secure_with_hsts(
     open_gateway: GatewayFactory, tls_pair: tuple[Path, Path]
 ) -> None:
     cert, key = tls_pair
-    gw = await open_gateway(http={"tls_cert_file": str(cert), "tls_key_file": str(key)})
+    gw = await open_gateway(
+        http={"tls_cert_file": str(cert), "tls_key_file": str(key)}, admin=FAST_PASSWORD_HASH
+    )
     assert gw.config.tls_paths == (cert, key)
     server = TestServer(build_app(gw))
     await server.start_server(ssl=tls.server_context(cert, key))
