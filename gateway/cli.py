@@ -226,7 +226,9 @@ async def _serve(config: Config, first_token: str | None) -> int:
         print(
             f"smsgw is running with the embedded default on http://{config.http.listen}"
             " (state in ./data). API tokens are shown only when created; make another"
-            " with: .venv/bin/smsgw token create --scope send,read",
+            " with: .venv/bin/smsgw token create --scope send,read. Admin panel:"
+            f" http://{config.http.listen}/login (first admin: .venv/bin/smsgw user add"
+            " --role admin NAME)",
             flush=True,
         )
     stop = asyncio.Event()
@@ -271,7 +273,9 @@ def _print_welcome(listen: str, token: str) -> None:
         f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"to": "+12025550123", "body": "Your test results are ready."}\'\n\n'
         "Then follow it (queued -> sending -> sent -> delivered):\n\n"
-        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n",
+        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n\n"
+        f"Admin panel: http://{listen}/login, after creating the first admin with\n\n"
+        "  .venv/bin/smsgw user add --role admin YOUR_NAME\n",
         flush=True,
     )
 
