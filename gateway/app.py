@@ -22,6 +22,8 @@ import structlog
 from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.registry import load_driver
+from gateway.admin.audit import AuditTrail, audit_key
+from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
@@ -56,6 +58,7 @@ class Gateway:
     intake: Intake
     tokens: TokenCache
     sink: GatewaySink
+    audit: AuditTrail
     accepting: bool = True
     stopped: bool = False
     demo: DemoPeers | None = None  # the embedded default's simulated peers
@@ -91,7 +94,10 @@ class Gateway:
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
-        return cls(config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink)
+        audit = AuditTrail(store, audit_key(key), clock)
+        return cls(
+            config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink, audit
+        )
 
     async def start(self, *, dispatch: bool = True) -> None:
         """Load the queue, start the drivers and the background loops.
@@ -123,7 +129,13 @@ class Gateway:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)
         await self.sink.expire_inbound()
-        log.info("housekeeping", idempotency_keys_removed=removed)
+        now, admin = self.clock.time(), self.config.admin
+        sessions = await AdminRepo(self.store).prune(
+            idle_before=now - admin.idle_timeout,
+            created_before=now - admin.absolute_lifetime,
+            failed_before=now - admin.lockout_minutes * 60,
+        )
+        log.info("housekeeping", idempotency_keys_removed=removed, sessions_removed=sessions)
 
     async def _inbound_expiry(self) -> None:
         """Store incomplete inbound sets as they fall due: a part arriving while this

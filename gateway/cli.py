@@ -1,4 +1,4 @@
-"""The `smsgw` command: init, run, send, token, doctor."""
+"""The `smsgw` command: init, run, send, token, user, audit, doctor."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ import structlog
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import logs, systemd
+from gateway import logs, systemd, tls
+from gateway.admin import commands
+from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.demo import DemoPeers
@@ -44,7 +46,7 @@ data_dir = "{data_dir}"
 
 [http]
 listen = "127.0.0.1:8080"
-
+{tls}
 [store]
 path = "smsgw.db"
 master_key_file = "master.key"   # keep off the data volume in production (see README)
@@ -68,10 +70,15 @@ def _load(path: str | None) -> Config:
     return config_mod.load(path)
 
 
+TLS_CERT = "tls/cert.pem"
+TLS_KEY = "tls/key.pem"
+
+
 async def _init_store(config: Config) -> str | None:
     """Create key and store if missing; returns a first token if the store was new."""
     key_path = config.master_key_path
     fresh = not config.db_path.exists()
+    new_key = False
     if not key_path.exists():
         if not fresh:
             raise crypto.MasterKeyError(
@@ -79,14 +86,22 @@ async def _init_store(config: Config) -> str | None:
                 " key (a new one cannot open existing data)"
             )
         crypto.generate_master_key(key_path)
+        new_key = True
     store = Store(
         config.db_path, crypto.read_master_key(key_path), synchronous=config.store.synchronous
     )
     await store.open()
     try:
+        audit = audit_trail(store, config)
+        if new_key:
+            await audit.record(CONSOLE, "master_key_generated", "key", "master")
+        if fresh:
+            await audit.record(CONSOLE, "store_created", "store", None)
         if fresh or not await store.tokens():
-            token = await create_token(
-                store, "first", frozenset({"send", "read", "admin"}), SystemClock()
+            scopes = frozenset({"send", "read", "admin"})
+            token = await create_token(store, "first", scopes, SystemClock())
+            await audit.record(
+                CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
             )
             return token.text
         return None
@@ -98,19 +113,47 @@ def cmd_init(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     conf_path = data_dir / "smsgw.toml"
+    tls_lines = ""
+    if args.self_signed_cert:
+        tls_lines = f'tls_cert_file = "{TLS_CERT}"\ntls_key_file = "{TLS_KEY}"\n'
     if not conf_path.exists():
-        conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir))
+        conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir, tls=tls_lines))
         print(f"wrote {conf_path}")
+    elif args.self_signed_cert and "tls_cert_file" not in conf_path.read_text():
+        print(f"add to [http] in {conf_path}:\n{tls_lines}", end="")
     config = config_mod.load(conf_path)
     token = asyncio.run(_init_store(config))
     print(f"master key: {config.master_key_path} (mode 0600; back it up apart from the data)")
     print(f"store:      {config.db_path}")
+    if args.self_signed_cert:
+        _self_signed(config, args.hostname or tls.default_names())
     if token:
         print("first API token (shown once, stored only as a hash):")
         print(token)
     else:
         print("the store already has tokens; create more with `smsgw token create`")
+    print("create the first panel admin with: smsgw user add --role admin NAME")
     return 0
+
+
+def _self_signed(config: Config, names: list[str]) -> None:
+    cert, key = config.resolve(TLS_CERT), config.resolve(TLS_KEY)
+    if cert.exists() or key.exists():
+        print(f"TLS:        {cert} exists; kept")
+        return
+    tls.generate_self_signed(cert, key, names)
+
+    async def record() -> None:
+        store = await with_store(config)
+        try:
+            await audit_trail(store, config).record(
+                CONSOLE, "tls_key_generated", "key", "tls", names=",".join(names)[:200]
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    print(f"TLS:        self-signed certificate {cert} for {', '.join(names)} (key {key}, 0600)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -165,11 +208,15 @@ async def _serve(config: Config, first_token: str | None) -> int:
     _tune_gc()
     runner = web.AppRunner(build_app(gateway), handle_signals=False, **runner_options(gateway))
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024)
+    tls_paths = config.tls_paths
+    context = tls.server_context(*tls_paths) if tls_paths else None
+    site = web.TCPSite(
+        runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024, ssl_context=context
+    )
     await site.start()
     log.info(
         "listening",
-        url=f"http://{config.http.listen}",
+        url=f"{'https' if context else 'http'}://{config.http.listen}",
         data_dir=config.data_dir,
         routes=[r.name for r in config.routes],
     )
@@ -179,7 +226,9 @@ async def _serve(config: Config, first_token: str | None) -> int:
         print(
             f"smsgw is running with the embedded default on http://{config.http.listen}"
             " (state in ./data). API tokens are shown only when created; make another"
-            " with: .venv/bin/smsgw token create --scope send,read",
+            " with: .venv/bin/smsgw token create --scope send,read. Admin panel:"
+            f" http://{config.http.listen}/login (first admin: .venv/bin/smsgw user add"
+            " --role admin NAME)",
             flush=True,
         )
     stop = asyncio.Event()
@@ -255,7 +304,9 @@ def _print_welcome(listen: str, token: str) -> None:
         f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"to": "+12025550123", "body": "Your test results are ready."}\'\n\n'
         "Then follow it (queued -> sending -> sent -> delivered):\n\n"
-        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n",
+        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n\n"
+        f"Admin panel: http://{listen}/login, after creating the first admin with\n\n"
+        "  .venv/bin/smsgw user add --role admin YOUR_NAME\n",
         flush=True,
     )
 
@@ -284,25 +335,18 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _with_store(config: Config) -> Store:
-    store = Store(
-        config.db_path,
-        crypto.read_master_key(config.master_key_path),
-        synchronous=config.store.synchronous,
-    )
-    await store.open()
-    return store
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     config = _load(args.config)
 
     async def run() -> int:
-        store = await _with_store(config)
+        store = await with_store(config)
         try:
+            audit = audit_trail(store, config)
             if args.action == "create":
-                token = await create_token(
-                    store, args.name, parse_scopes(args.scope), SystemClock()
+                scopes = parse_scopes(args.scope)
+                token = await create_token(store, args.name, scopes, SystemClock())
+                await audit.record(
+                    CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
                 )
                 print(token.text)
             elif args.action == "list":
@@ -313,6 +357,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                 print(f"no active token {args.id}", file=sys.stderr)
                 return 1
             else:
+                await audit.record(CONSOLE, "token_revoked", "token", args.id)
                 print(
                     f"revoked {args.id} (running gateways stop accepting it within "
                     f"{config.http.token_cache_seconds:g} s)"
@@ -322,6 +367,14 @@ def cmd_token(args: argparse.Namespace) -> int:
             await store.close()
 
     return asyncio.run(run())
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    return commands.user(args, _load(args.config))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return commands.audit_verify(_load(args.config))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -400,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create config, master key, store and a first token")
     init.add_argument("--data-dir", required=True)
+    init.add_argument(
+        "--self-signed-cert",
+        action="store_true",
+        help="also write a self-signed TLS certificate and serve HTTPS",
+    )
+    init.add_argument(
+        "--hostname",
+        action="append",
+        help="a DNS name or IP for the certificate (repeatable; default: this host)",
+    )
     init.set_defaults(func=cmd_init)
 
     run = sub.add_parser("run", help="run the gateway")
@@ -428,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in token_sub.choices.values():
         sp.add_argument("--config", help="TOML file (default: embedded)")
     token.set_defaults(func=cmd_token)
+
+    commands.add_parsers(sub, cmd_user, cmd_audit)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)
