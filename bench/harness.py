@@ -303,7 +303,7 @@ class GatewayHome:
 
 
 async def init_gateway(data_dir: Path) -> GatewayHome:
-    """`smsgw init --data-dir DIR`; the first token is the last line it prints."""
+    """`smsgw init --data-dir DIR`; the first token is the line that starts `smsgw_`."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -316,10 +316,10 @@ async def init_gateway(data_dir: Path) -> GatewayHome:
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await asyncio.wait_for(process.communicate(), READY_TIMEOUT_S)
-    lines = out.decode().strip().splitlines()
-    if process.returncode != 0 or not lines or not lines[-1].startswith("smsgw_"):
+    tokens = [x.strip() for x in out.decode().splitlines() if x.startswith("smsgw_")]
+    if process.returncode != 0 or len(tokens) != 1:
         raise RuntimeError(f"smsgw init failed in {data_dir}: {out.decode()!r}")
-    return GatewayHome(data_dir, lines[-1].strip())
+    return GatewayHome(data_dir, tokens[0])
 
 
 def gateway_server(home: GatewayHome, route: RouteSpec, pinning: Pinning, name: str) -> Server:
