@@ -8,7 +8,9 @@ commits, everything that piled up goes in the next transaction. Under load batch
 grow by themselves, so durability costs one fsync per batch, not per message; with no
 load a write commits at once. Inserts of the same statement are sent with one
 `executemany`. Each job runs inside a savepoint, so a job that raises rolls back alone
-and changes nothing, while the rest of the batch commits. A caller's future resolves
+and changes nothing, while the rest of the batch commits. The hot paths (claims, sends,
+receipts) are grouped jobs (`run_grouped`): every item handed to the same function meanwhile
+goes to one call in one savepoint, and only if that call raises is each item retried alone. A caller's future resolves
 only after the commit returned, i.e. after the WAL is synced (`synchronous=FULL`).
 
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
