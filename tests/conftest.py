@@ -116,3 +116,18 @@ async def panel(open_gateway: GatewayFactory) -> AsyncIterator[Any]:
         yield PanelClient(gw, client)
     finally:
         await client.close()
+
+
+def poke_on_commit(writer: Any, poke: Callable[[], None]) -> None:
+    """Call `poke` after every store write commits (each of the writer's entry points
+    returns a future that resolves after the commit): tests waiting on the store's state
+    re-check then instead of sleeping."""
+    for name in ("run", "run_grouped", "insert"):
+        original = getattr(writer, name)
+
+        def wrapped(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            future = _original(*args, **kwargs)
+            future.add_done_callback(lambda _: poke())
+            return future
+
+        setattr(writer, name, wrapped)

@@ -21,7 +21,14 @@ from drivers.modem.bank import ModemBankDriver
 from drivers.modem.emulator import EmulatedModem
 from gateway.app import Gateway
 from gateway.tokens import create_token
-from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, accept, make_config
+from tests.conftest import (
+    CANARY_BODY,
+    CANARY_DIGITS,
+    CANARY_NUMBER,
+    accept,
+    make_config,
+    poke_on_commit,
+)
 from tests.modem_rig import EMULATED, FAST
 from tests.test_api import start_client
 
@@ -64,17 +71,6 @@ class Rig:
         return row
 
 
-def _poke_after(obj: object, name: str, poke: Callable[[], None]) -> None:
-    original = getattr(obj, name)
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        future = original(*args, **kwargs)
-        future.add_done_callback(lambda _: poke())
-        return future
-
-    setattr(obj, name, wrapped)
-
-
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     emulators = [EmulatedModem(**EMULATED, signal=18 + i) for i in range(2)]
@@ -95,8 +91,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     )
     gw = await Gateway.open(config, SystemClock())
     r = Rig(gw, emulators)
-    _poke_after(gw.store.writer, "run", r.changed.set)
-    _poke_after(gw.store.writer, "insert", r.changed.set)
+    poke_on_commit(gw.store.writer, r.changed.set)
     reported = gw.sink.health_changed
 
     def health_changed(route: str, health: RouteHealth) -> None:

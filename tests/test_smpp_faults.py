@@ -28,7 +28,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
 from gateway.app import Gateway
 from gateway.store.inbound_parts import Filed, FiledPart
-from tests.conftest import accept, make_config
+from tests.conftest import accept, make_config, poke_on_commit
 
 PASSWORD = "pw"
 WITHIN = 8.0  # every wait is bounded well under the 10 s a test may take
@@ -113,18 +113,6 @@ class Rig:
         return check
 
 
-def _watch_futures(obj: object, name: str, poke: Callable[[], None]) -> None:
-    """Make `obj.name(...)`, which returns a future, poke once that future is done."""
-    original = getattr(obj, name)
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        future = original(*args, **kwargs)
-        future.add_done_callback(lambda _: poke())
-        return future
-
-    setattr(obj, name, wrapped)
-
-
 async def _relay(sim: SmscSimulator, poke: Callable[[], None]) -> None:
     """Poke after every simulator event (`wait_until` wakes on each one)."""
     while True:
@@ -164,9 +152,7 @@ async def open_rig(tmp_path: Path, sim: SmscSimulator) -> AsyncIterator[RigFacto
         )
         gw = await Gateway.open(config, clock or SystemClock())
         rig = Rig(gw, sim)
-        _watch_futures(gw.store.writer, "run", rig.poke)
-        _watch_futures(gw.store.writer, "insert", rig.poke)
-        _watch_futures(gw.store.writer, "run_grouped", rig.poke)
+        poke_on_commit(gw.store.writer, rig.poke)
         reported = gw.sink.health_changed
 
         def health_changed(route: str, health: RouteHealth) -> None:
