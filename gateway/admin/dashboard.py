@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -27,8 +28,14 @@ from typing import Any
 
 import msgspec
 import structlog
+from aiohttp import web
 
 from drivers.clock import Clock
+from gateway.admin.panel import panel
+from gateway.admin.render import render
+from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
+from gateway.admin.sessions import Session
+from gateway.api.handlers import GATEWAY
 from gateway.app import Gateway
 from gateway.models import Priority
 from gateway.store.store import Store
@@ -282,3 +289,103 @@ class DashboardHub:
             if queue.full():
                 queue.get_nowait()  # a slow browser gets only the newest snapshot
             queue.put_nowait(self._last)
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+DASHBOARD_HUB: web.AppKey[DashboardHub] = web.AppKey("dashboard_hub", DashboardHub)
+KEEPALIVE_SECONDS = 15.0
+
+
+def install(app: web.Application, gw: Gateway) -> None:
+    """Give the app its one hub, closed with the app."""
+    hub = DashboardHub(gw)
+    app[DASHBOARD_HUB] = hub
+
+    async def close(_: web.Application) -> None:
+        await hub.aclose()
+
+    app.on_cleanup.append(close)
+
+
+def _share_text(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
+
+
+async def dashboard_page(request: web.Request) -> web.Response:
+    snap = json.loads(await request.app[DASHBOARD_HUB].current())
+    return render(request, "dashboard.html", snap=snap, fmt_share=_share_text)
+
+
+async def _session_deadline(request: web.Request, session: Session) -> float | None:
+    """When this session ends if nothing else touches it; None if it has ended.
+
+    Read without touching: a stream left open must not keep a session alive."""
+    p = panel(request)
+    row = await p.repo.session(session.id_hash)
+    if row is None:
+        return None
+    return min(row.last_seen + p.sessions.idle, row.created_at + p.sessions.absolute)
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `snapshot` (JSON) on every change; `logout` when the session
+    ends, after which the browser goes to the sign-in page."""
+    gw = request.app[GATEWAY]
+    hub = request.app[DASHBOARD_HUB]
+    session = current_session(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    listener = hub.subscribe()
+    deadline = min(
+        session.last_seen + panel(request).sessions.idle,
+        session.created_at + panel(request).sessions.absolute,
+    )
+    try:
+        await response.write(b"retry: 2000\nevent: snapshot\ndata: " + await hub.current() + b"\n\n")
+        while True:
+            now = gw.clock.time()
+            if now >= deadline:
+                found = await _session_deadline(request, session)
+                if found is None or found <= now:
+                    await response.write(b"event: logout\ndata: {}\n\n")
+                    break
+                deadline = found
+            wait = min(KEEPALIVE_SECONDS, max(0.0, deadline - now))
+            data = await _next(gw.clock, listener, wait)
+            if data is None:
+                await response.write(b": keepalive\n\n")
+            else:
+                await response.write(b"event: snapshot\ndata: " + data + b"\n\n")
+    except (ConnectionResetError, ConnectionError):
+        pass  # the browser went away
+    finally:
+        hub.unsubscribe(listener)
+    return response
+
+
+async def _next(clock: Clock, listener: asyncio.Queue[bytes], limit: float) -> bytes | None:
+    """The next snapshot, or None after `limit` seconds on `clock`."""
+    getter = asyncio.ensure_future(listener.get())
+    sleeper = asyncio.ensure_future(clock.sleep(limit))
+    try:
+        await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (getter, sleeper):
+            if not task.done():
+                task.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return None
+
+
+ROUTES: tuple[PanelRoute, ...] = (
+    PanelRoute("GET", "/", dashboard_page, ANY_ROLE, False, "dashboard"),
+    PanelRoute("GET", "/events", events_stream, ANY_ROLE, False, "dashboard_events"),
+)
