@@ -22,6 +22,7 @@ import structlog
 from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.registry import load_driver
+from gateway.admin.audit import AuditTrail, audit_key
 from gateway.config import Config
 from gateway.intake import Intake
 from gateway.logs import exception_summary
@@ -53,6 +54,7 @@ class Gateway:
     intake: Intake
     tokens: TokenCache
     sink: GatewaySink
+    audit: AuditTrail
     accepting: bool = True
     stopped: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -87,7 +89,10 @@ class Gateway:
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
-        return cls(config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink)
+        audit = AuditTrail(store, audit_key(key), clock)
+        return cls(
+            config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink, audit
+        )
 
     async def start(self, *, dispatch: bool = True) -> None:
         """Load the queue, start the drivers and the background loops.

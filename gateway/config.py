@@ -41,6 +41,8 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     token_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     access_log: bool = False
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -83,6 +85,21 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+Role = Literal["admin", "operator", "viewer", "auditor"]
+
+
+class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    idle_timeout: PositiveFloat = 15 * 60.0
+    absolute_lifetime: PositiveFloat = 12 * 3600.0
+    throttle_after: Annotated[int, msgspec.Meta(ge=0)] = 3
+    max_delay: PositiveFloat = 60.0
+    max_failed_logins: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    lockout_minutes: PositiveFloat = 15.0
+    totp_required_roles: tuple[Role, ...] = ()
+    totp_issuer: str = "smsgw"
+
+
 class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The keys every route shares; `options` holds the driver's own, typed by it."""
 
@@ -102,6 +119,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None
 
@@ -117,6 +135,17 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def master_key_path(self) -> Path:
         return self.resolve(self.store.master_key_file)
+
+    @property
+    def tls_paths(self) -> tuple[Path, Path] | None:
+        """(certificate, key) when the HTTP server speaks TLS."""
+        cert, key = self.http.tls_cert_file, self.http.tls_key_file
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            missing = "tls_key_file" if key is None else "tls_cert_file"
+            raise ConfigError(f"http.{missing}: missing (TLS needs both a certificate and a key)")
+        return self.resolve(cert), self.resolve(key)
 
     def route(self, name: str) -> RouteConfig:
         for r in self.routes:

@@ -91,3 +91,22 @@ async def state_of(gw: Gateway, message_id: str) -> str:
     row = await gw.store.message_row(message_id)
     assert row is not None
     return str(row["state"])
+
+
+@pytest.fixture
+async def panel(open_gateway: GatewayFactory) -> AsyncIterator[Any]:
+    """The gateway's whole app (API and admin panel) on a loopback socket, fake clock."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.api.server import build_app, runner_options
+    from tests.admin_support import PanelClient
+
+    gw = await open_gateway()
+    server = TestServer(build_app(gw))
+    await server.start_server(**runner_options(gw))
+    client = TestClient(server)
+    await client.start_server()
+    try:
+        yield PanelClient(gw, client)
+    finally:
+        await client.close()

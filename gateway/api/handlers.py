@@ -345,23 +345,24 @@ async def get_routes(request: web.Request) -> web.Response:
 
 
 async def pause_route(request: web.Request) -> web.Response:
-    return _set_paused(request, paused=True)
+    return await _set_paused(request, paused=True)
 
 
 async def resume_route(request: web.Request) -> web.Response:
-    return _set_paused(request, paused=False)
+    return await _set_paused(request, paused=False)
 
 
-def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
+async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
     gw = _gateway(request)
     route = gw.routes.get(request.match_info["name"])
     if route is None:
         raise ApiError(404, "not_found", "no route with this name")
+    action = "route_paused" if paused else "route_resumed"
+    token_id = _token(request).id
+    await gw.audit.record(f"token:{token_id}", action, "route", route.name)
     route.paused = paused
     gw.scheduler.wake()
-    log.info(
-        "route_paused" if paused else "route_resumed", route=route.name, token_id=_token(request).id
-    )
+    log.info(action, route=route.name, token_id=token_id)
     return json_response(route.describe())
 
 

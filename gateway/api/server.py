@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
+from gateway.admin import headers, panel
 from gateway.api import handlers as h
 from gateway.api.openapi import build_openapi
 from gateway.api.views import InboundView, MessagePage, MessageView
@@ -183,12 +184,9 @@ def _guard(endpoint: Endpoint) -> Handler:
     return guarded
 
 
-_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into the JSON error shape; add the headers every answer carries."""
+    """Turn every error into the JSON error shape (headers: `gateway/admin/headers.py`)."""
     try:
         response = await handler(request)
     except ApiError as e:
@@ -224,7 +222,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
             status=500,
         )
-    response.headers.update(_SECURITY_HEADERS)
     return response
 
 
@@ -257,6 +254,9 @@ def build_app(gateway: Gateway) -> web.Application:
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
     app[h.OPENAPI] = build_openapi(ENDPOINTS)
+    headers.install(app)
+    if gateway.config.admin.enabled:
+        panel.install(app, gateway)
     return app
 
 

@@ -107,7 +107,73 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (token_id, key_hash)
     ) WITHOUT ROWID;
     """,
+    # 2: the admin panel: users, their sessions, login failures, per-role policies and
+    #    the audit trail. Only hashes of session ids and passwords are stored; the TOTP
+    #    secret is a `*_ct` column. The triggers make the audit trail append-only for
+    #    anyone who does not drop them; `gateway/admin/audit.py` detects who did.
+    """
+    CREATE TABLE users (
+        id                  TEXT PRIMARY KEY,
+        username            TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        role                TEXT NOT NULL,
+        password_hash       TEXT NOT NULL,
+        password_changed_at REAL NOT NULL,
+        totp_secret_ct      BLOB,
+        totp_enabled        INTEGER NOT NULL DEFAULT 0,
+        totp_last_step      INTEGER NOT NULL DEFAULT 0,
+        created_at          REAL NOT NULL,
+        disabled_at         REAL
+    );
+    CREATE TABLE sessions (
+        id_hash     BLOB PRIMARY KEY,
+        user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        stage       TEXT NOT NULL,
+        csrf_token  TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        last_seen   REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_user ON sessions (user_id);
+    CREATE TABLE login_failures (
+        key           TEXT PRIMARY KEY,
+        failures      INTEGER NOT NULL,
+        last_failure  REAL NOT NULL,
+        locked_until  REAL
+    ) WITHOUT ROWID;
+    CREATE TABLE role_policies (
+        role           TEXT PRIMARY KEY,
+        totp_required  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_log (
+        seq          INTEGER PRIMARY KEY,
+        at           REAL NOT NULL,
+        actor        TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        target_kind  TEXT,
+        target_id    TEXT,
+        detail       TEXT NOT NULL,
+        prev_hash    TEXT NOT NULL,
+        hash         TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    """,
 )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a trigger body's `;` does not end one."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n\t;"):
+        raise ValueError("a migration ends in an incomplete statement")
+    return statements
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -121,9 +187,8 @@ def migrate(conn: sqlite3.Connection) -> int:
     for version in range(current + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[version - 1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(MIGRATIONS[version - 1]):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:

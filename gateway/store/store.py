@@ -488,6 +488,9 @@ class Store:
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    def encrypt(self, value: str, row_id: str, column: str) -> bytes:
+        return self._crypto.encrypt(value, row_id, column)
+
     def decrypt(self, blob: bytes, row_id: str, column: str) -> str:
         return self._crypto.decrypt(blob, row_id, column)
 

@@ -1,0 +1,185 @@
+"""The audit trail: append-only, hash-chained, keyed.
+
+Theory of operation. Every entry is one row of `audit_log`: `seq` (1, 2, 3, ... with no
+gaps), `at` (UTC seconds), `actor` (`user:<id>`, `token:<id>`, `console`,
+`anonymous`, `system`), `action`, an optional target (kind and id) and `detail`, a JSON
+object of ids and codes only, never PHI. Its `hash` is
+
+    HMAC-SHA256(audit key, prev_hash || "\\n" || canonical JSON of the entry)
+
+where `prev_hash` is the previous entry's hash (64 zeros for the first). The audit key
+is derived from the master key, which never lives in the database: someone holding only
+the database file can edit, delete, insert or reorder rows, but cannot recompute the
+chain after doing so, so `verify()` finds the first entry that no longer fits. (A plain
+SHA-256 chain would be recomputable by that same person.) What a chain alone cannot
+show is the newest entries being cut off the end; `verify()` reports the head (last seq
+and hash) so it can be compared with one recorded elsewhere, e.g. a log line.
+
+Entries are written through the store's single writer, each inside the writer's
+transaction, so seq order is commit order, and an awaited `record()` is durable.
+SQLite triggers refuse UPDATE and DELETE on the table as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from drivers.clock import Clock
+from gateway.store.store import Store
+
+GENESIS = "0" * 64
+_KEY_LABEL = b"smsgw audit chain v1"
+_NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_MAX_VALUE = 200
+DetailValue = str | int | bool | None
+
+
+def audit_key(master_key: bytes) -> bytes:
+    """The chain's HMAC key: derived from, and only as secret as, the master key."""
+    return hmac.new(master_key, _KEY_LABEL, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: float
+    actor: str
+    action: str
+    target_kind: str | None
+    target_id: str | None
+    detail: str
+    prev_hash: str
+    hash: str
+
+    def detail_map(self) -> dict[str, DetailValue]:
+        loaded: dict[str, DetailValue] = json.loads(self.detail)
+        return loaded
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    entries: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_seq: int = 0
+    head_hash: str = GENESIS
+
+
+def canonical(
+    seq: int,
+    at: float,
+    actor: str,
+    action: str,
+    target_kind: str | None,
+    target_id: str | None,
+    detail: str,
+) -> bytes:
+    return json.dumps(
+        [seq, at, actor, action, target_kind, target_id, detail],
+        ensure_ascii=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+def chain_hash(key: bytes, prev_hash: str, entry: bytes) -> str:
+    return hmac.new(key, prev_hash.encode() + b"\n" + entry, hashlib.sha256).hexdigest()
+
+
+def encode_detail(ids: Mapping[str, DetailValue]) -> str:
+    """Detail as canonical JSON; only short scalar values under plain names."""
+    for name, value in ids.items():
+        if not _NAME.match(name):
+            raise ValueError(f"audit detail key {name!r} is not a plain name")
+        if not isinstance(value, str | int | bool) and value is not None:
+            raise TypeError(f"audit detail {name} must be an id, a number or a flag")
+        if isinstance(value, str) and len(value) > _MAX_VALUE:
+            raise ValueError(f"audit detail {name} is too long for an id")
+    return json.dumps(dict(ids), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+
+
+class AuditTrail:
+    def __init__(self, store: Store, key: bytes, clock: Clock) -> None:
+        self._store = store
+        self._key = key
+        self._clock = clock
+
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        target_kind: str | None = None,
+        target_id: str | None = None,
+        **ids: DetailValue,
+    ) -> int:
+        """Append one entry and wait until it is committed; returns its seq."""
+        if not _NAME.match(action):
+            raise ValueError(f"audit action {action!r} is not a plain name")
+        detail = encode_detail(ids)
+        at = self._clock.time()
+        key = self._key
+
+        def job(conn: sqlite3.Connection) -> int:
+            head = conn.execute(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+            entry = canonical(seq, at, actor, action, target_kind, target_id, detail)
+            conn.execute(
+                "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    seq,
+                    at,
+                    actor,
+                    action,
+                    target_kind,
+                    target_id,
+                    detail,
+                    prev,
+                    chain_hash(key, prev, entry),
+                ),
+            )
+            return int(seq)
+
+        return await self._store.writer.run(job)
+
+    async def entries(self, *, before: int | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Newest first; `before` is a seq for paging."""
+        sql = "SELECT * FROM audit_log"
+        params: tuple[int, ...] = ()
+        if before is not None:
+            sql += " WHERE seq < ?"
+            params = (before,)
+        cur = await self._store.reader.execute(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return [AuditEntry(*row) for row in await cur.fetchall()]
+
+    async def verify(self) -> Verification:
+        """Walk the chain from the first entry; the first one that does not fit is reported."""
+        cur = await self._store.reader.execute("SELECT * FROM audit_log ORDER BY seq")
+        expected_seq, prev, count = 1, GENESIS, 0
+        while rows := await cur.fetchmany(1000):
+            for row in rows:
+                e = AuditEntry(*row)
+                count += 1
+                problem = self._problem(e, expected_seq, prev)
+                if problem is not None:
+                    await cur.close()
+                    return Verification(False, count, min(e.seq, expected_seq), problem)
+                expected_seq, prev = e.seq + 1, e.hash
+        return Verification(True, count, head_seq=expected_seq - 1, head_hash=prev)
+
+    def _problem(self, e: AuditEntry, expected_seq: int, prev: str) -> str | None:
+        if e.seq != expected_seq:
+            return f"entry {expected_seq} is missing (next found is {e.seq})"
+        if e.prev_hash != prev:
+            return f"entry {e.seq} does not follow entry {e.seq - 1}"
+        entry = canonical(e.seq, e.at, e.actor, e.action, e.target_kind, e.target_id, e.detail)
+        if not hmac.compare_digest(chain_hash(self._key, prev, entry), e.hash):
+            return f"entry {e.seq} was changed after it was written"
+        return None

@@ -1,0 +1,37 @@
+"""Security headers on every response the app sends (ASVS 3.4; WEB-4).
+
+Set in `on_response_prepare`, which runs for every response just before its headers
+go out, including errors, static files and streamed (SSE) answers, so no handler can
+forget them. `Cache-Control: no-store` is the default; a handler may choose caching
+explicitly (vendored static files do).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+HSTS = "max-age=31536000; includeSubDomains"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+async def add_security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.setdefault("Cache-Control", "no-store")
+    if request.secure:
+        response.headers["Strict-Transport-Security"] = HSTS
+
+
+def install(app: web.Application) -> None:
+    app.on_response_prepare.append(add_security_headers)

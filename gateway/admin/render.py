@@ -1,0 +1,76 @@
+"""Jinja2 pages from `admin_ui/templates/`, and the panel's error answers.
+
+Autoescaping is on for every template. Each page gets `user`, `csrf_token`, `role`
+and `url(name, **parts)` (a path from a route's name) besides its own values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from gateway.admin.routing import CSRF_TOKEN, USER
+from gateway.api.handlers import json_response
+from gateway.errors import ApiError
+
+ADMIN_UI = Path(__file__).resolve().parent.parent.parent / "admin_ui"
+TEMPLATES = ADMIN_UI / "templates"
+STATIC = ADMIN_UI / "static"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["utc"] = utc
+    return env
+
+
+def utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+TEMPLATE_ENV: web.AppKey[jinja2.Environment] = web.AppKey("panel_templates", jinja2.Environment)
+
+
+def render(
+    request: web.Request, template: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    env = request.app[TEMPLATE_ENV]
+    user = request.get(USER)
+    router = request.app.router
+
+    def url(name: str, **parts: Any) -> str:
+        return str(router[name].url_for(**{k: str(v) for k, v in parts.items()}))
+
+    page = env.get_template(template).render(
+        url=url,
+        user=user,
+        role=user.role.value if user is not None else None,
+        csrf_token=request.get(CSRF_TOKEN, ""),
+        **context,
+    )
+    return web.Response(text=page, status=status, content_type="text/html", charset="utf-8")
+
+
+def wants_html(request: web.BaseRequest) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def error_response(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """`{"error": {...}}` for programs, the same as a page for browsers."""
+    if wants_html(request) and TEMPLATE_ENV in request.app:
+        return render(request, "error.html", status=status, code=code, message=message)
+    return json_response(ApiError(status, code, message).body(), status=status)
+
+
+def redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
