@@ -348,7 +348,9 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         session.created_at + panel(request).sessions.absolute,
     )
     try:
-        await response.write(b"retry: 2000\nevent: snapshot\ndata: " + await hub.current() + b"\n\n")
+        await response.write(
+            b"retry: 2000\nevent: snapshot\ndata: " + await hub.current() + b"\n\n"
+        )
         while True:
             now = gw.clock.time()
             if now >= deadline:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.admin.panel import actor
 from gateway.admin.phi import mask_body, mask_number, may_see_phi
 from gateway.admin.render import error_response, redirect, render
 from gateway.admin.routing import ADMIN, ANY_ROLE, OPERATORS, PanelRoute, current_user
@@ -42,16 +43,10 @@ def _gateway(request: web.Request) -> Gateway:
     return request.app[GATEWAY]
 
 
-def _actor(request: web.Request) -> str:
-    return f"user:{current_user(request).id}"
-
-
 async def _audit(
     request: web.Request, action: str, kind: str, target: str, **ids: str | int | bool | None
 ) -> None:
-    from gateway.admin.panel import audit_trail
-
-    await audit_trail(request).record(_actor(request), action, kind, target, **ids)
+    await _gateway(request).audit.record(actor(request), action, kind, target, **ids)
 
 
 def _sees_phi(request: web.Request) -> bool:
@@ -119,7 +114,10 @@ def _message_where(
             problems.append("Unknown priority class.")
     if f.route:
         where.append(("route = ?", f.route))
-    for text, clause, label in ((f.since, "created_at >= ?", "From"), (f.until, "created_at < ?", "To")):
+    for text, clause, label in (
+        (f.since, "created_at >= ?", "From"),
+        (f.until, "created_at < ?", "To"),
+    ):
         if text:
             ts = _parse_time(text)
             if ts is None:
@@ -295,7 +293,10 @@ async def cancel_message(request: web.Request) -> web.Response:
         return _refused(request, 404, "not_found", "No message with this id.")
     if state is not State.CANCELLED:
         return _refused(
-            request, 409, "not_cancellable", f"The message is {state.value}; it can no longer be cancelled."
+            request,
+            409,
+            "not_cancellable",
+            f"The message is {state.value}; it can no longer be cancelled.",
         )
     gw.scheduler.forget(mid)
     await _audit(request, "message.cancel", "message", mid)
@@ -466,9 +467,7 @@ async def create_token_action(request: web.Request) -> web.Response:
         problem = "Choose at least one scope."
     else:
         token = await create_token(gw.store, name, scopes, gw.clock)
-        await _audit(
-            request, "token.create", "token", token.id, scopes=",".join(sorted(scopes))
-        )
+        await _audit(request, "token.create", "token", token.id, scopes=",".join(sorted(scopes)))
         new_token = {"id": token.id, "text": token.text, "name": name}
     response = render(
         request,
@@ -497,28 +496,16 @@ async def revoke_token_action(request: web.Request) -> web.Response:
 ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute("GET", "/messages", messages_page, STAFF, False, "messages"),
     PanelRoute("GET", "/messages/{id}", message_page, STAFF, False, "message"),
-    PanelRoute(
-        "POST", "/messages/{id}/reveal", reveal_message, OPERATORS, True, "message_reveal"
-    ),
-    PanelRoute(
-        "POST", "/messages/{id}/cancel", cancel_message, OPERATORS, False, "message_cancel"
-    ),
-    PanelRoute(
-        "POST", "/messages/{id}/retry", retry_message, OPERATORS, False, "message_retry"
-    ),
+    PanelRoute("POST", "/messages/{id}/reveal", reveal_message, OPERATORS, True, "message_reveal"),
+    PanelRoute("POST", "/messages/{id}/cancel", cancel_message, OPERATORS, False, "message_cancel"),
+    PanelRoute("POST", "/messages/{id}/retry", retry_message, OPERATORS, False, "message_retry"),
     PanelRoute("GET", "/inbound", inbound_page, STAFF, False, "inbound"),
-    PanelRoute(
-        "POST", "/inbound/{id}/reveal", reveal_inbound, OPERATORS, True, "inbound_reveal"
-    ),
+    PanelRoute("POST", "/inbound/{id}/reveal", reveal_inbound, OPERATORS, True, "inbound_reveal"),
     PanelRoute("GET", "/routes", routes_page, STAFF, False, "routes"),
     PanelRoute("POST", "/routes/{name}/pause", pause_route, OPERATORS, False, "route_pause"),
-    PanelRoute(
-        "POST", "/routes/{name}/resume", resume_route, OPERATORS, False, "route_resume"
-    ),
+    PanelRoute("POST", "/routes/{name}/resume", resume_route, OPERATORS, False, "route_resume"),
     PanelRoute("POST", "/routes/{name}/drain", drain_unit, OPERATORS, False, "route_drain"),
     PanelRoute("GET", "/tokens", tokens_page, ADMIN, False, "tokens"),
     PanelRoute("POST", "/tokens", create_token_action, ADMIN, False, "token_create"),
-    PanelRoute(
-        "POST", "/tokens/{id}/revoke", revoke_token_action, ADMIN, False, "token_revoke"
-    ),
+    PanelRoute("POST", "/tokens/{id}/revoke", revoke_token_action, ADMIN, False, "token_revoke"),
 )

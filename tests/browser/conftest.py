@@ -45,7 +45,6 @@ VIEWER = ("victor", "viewer passphrase with plenty of letters")
 TEST_NUMBER = "+12025550147"
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,7 +151,7 @@ def start_gateway(root: Path, *, idle_timeout: float = 900.0) -> Gateway:
     )
     crypto.generate_master_key(root / "master.key")
     gw = Gateway(
-        subprocess.Popen(  # noqa: S603 - our own CLI
+        subprocess.Popen(
             [*SMSGW, "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

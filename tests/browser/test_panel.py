@@ -40,9 +40,11 @@ def new_page(context: Any) -> Any:
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on(
         "console",
-        lambda m: problems.append(m.text)
-        if m.type == "error" and "Content Security Policy" in m.text
-        else None,
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and "Content Security Policy" in m.text
+            else None
+        ),
     )
     page.problems = problems
     return page
@@ -120,7 +122,8 @@ def test_dashboard_numbers_change_live_after_sends(
     gateway.send(to="+12025550190", body="will not be delivered")
     started = time.monotonic()
     page.wait_for_function(
-        "n => Number(document.querySelector('#sent-last-hour').textContent.replace(/\\D/g, '')) >= n",
+        "n => Number(document.querySelector('#sent-last-hour').textContent"
+        ".replace(/\\D/g, '')) >= n",
         arg=before + 5,
         timeout=LIVE_BUDGET_MS,
     )
