@@ -1,4 +1,4 @@
-"""The `smsgw` command: init, run, send, token, doctor."""
+"""The `smsgw` command: init, run, send, token, user, audit, doctor."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import getpass
 import json
 import os
 import secrets
@@ -22,7 +23,11 @@ import structlog
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import logs, systemd
+from gateway import logs, systemd, tls
+from gateway.admin import passwords
+from gateway.admin.accounts import Accounts, InvalidUsername
+from gateway.admin.audit import AuditTrail, audit_key
+from gateway.admin.repo import AdminRepo, Role, UserExists
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.store import crypto
@@ -39,7 +44,7 @@ data_dir = "{data_dir}"
 
 [http]
 listen = "127.0.0.1:8080"
-
+{tls}
 [store]
 path = "smsgw.db"
 master_key_file = "master.key"   # keep off the data volume in production (see README)
@@ -63,10 +68,21 @@ def _load(path: str | None) -> Config:
     return config_mod.load(path)
 
 
+CONSOLE = "console"
+TLS_CERT = "tls/cert.pem"
+TLS_KEY = "tls/key.pem"
+
+
+def _audit(store: Store, config: Config) -> AuditTrail:
+    key = crypto.read_master_key(config.master_key_path)
+    return AuditTrail(store, audit_key(key), SystemClock())
+
+
 async def _init_store(config: Config) -> str | None:
     """Create key and store if missing; returns a first token if the store was new."""
     key_path = config.master_key_path
     fresh = not config.db_path.exists()
+    new_key = False
     if not key_path.exists():
         if not fresh:
             raise crypto.MasterKeyError(
@@ -74,14 +90,22 @@ async def _init_store(config: Config) -> str | None:
                 " key (a new one cannot open existing data)"
             )
         crypto.generate_master_key(key_path)
+        new_key = True
     store = Store(
         config.db_path, crypto.read_master_key(key_path), synchronous=config.store.synchronous
     )
     await store.open()
     try:
+        audit = _audit(store, config)
+        if new_key:
+            await audit.record(CONSOLE, "master_key_generated", "key", "master")
+        if fresh:
+            await audit.record(CONSOLE, "store_created", "store", None)
         if fresh or not await store.tokens():
-            token = await create_token(
-                store, "first", frozenset({"send", "read", "admin"}), SystemClock()
+            scopes = frozenset({"send", "read", "admin"})
+            token = await create_token(store, "first", scopes, SystemClock())
+            await audit.record(
+                CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
             )
             return token.text
         return None
@@ -93,19 +117,47 @@ def cmd_init(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     conf_path = data_dir / "smsgw.toml"
+    tls_lines = ""
+    if args.self_signed_cert:
+        tls_lines = f'tls_cert_file = "{TLS_CERT}"\ntls_key_file = "{TLS_KEY}"\n'
     if not conf_path.exists():
-        conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir))
+        conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir, tls=tls_lines))
         print(f"wrote {conf_path}")
+    elif args.self_signed_cert and "tls_cert_file" not in conf_path.read_text():
+        print(f"add to [http] in {conf_path}:\n{tls_lines}", end="")
     config = config_mod.load(conf_path)
     token = asyncio.run(_init_store(config))
     print(f"master key: {config.master_key_path} (mode 0600; back it up apart from the data)")
     print(f"store:      {config.db_path}")
+    if args.self_signed_cert:
+        _self_signed(config, args.hostname or tls.default_names())
     if token:
         print("first API token (shown once, stored only as a hash):")
         print(token)
     else:
         print("the store already has tokens; create more with `smsgw token create`")
+    print("create the first panel admin with: smsgw user add --role admin NAME")
     return 0
+
+
+def _self_signed(config: Config, names: list[str]) -> None:
+    cert, key = config.resolve(TLS_CERT), config.resolve(TLS_KEY)
+    if cert.exists() or key.exists():
+        print(f"TLS:        {cert} exists; kept")
+        return
+    tls.generate_self_signed(cert, key, names)
+
+    async def record() -> None:
+        store = await _with_store(config)
+        try:
+            await _audit(store, config).record(
+                CONSOLE, "tls_key_generated", "key", "tls", names=",".join(names)[:200]
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    print(f"TLS:        self-signed certificate {cert} for {', '.join(names)} (key {key}, 0600)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -156,11 +208,15 @@ async def _serve(config: Config, first_token: str | None) -> int:
     _tune_gc()
     runner = web.AppRunner(build_app(gateway), handle_signals=False, **runner_options(gateway))
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024)
+    tls_paths = config.tls_paths
+    context = tls.server_context(*tls_paths) if tls_paths else None
+    site = web.TCPSite(
+        runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024, ssl_context=context
+    )
     await site.start()
     log.info(
         "listening",
-        url=f"http://{config.http.listen}",
+        url=f"{'https' if context else 'http'}://{config.http.listen}",
         data_dir=config.data_dir,
         routes=[r.name for r in config.routes],
     )
@@ -260,9 +316,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     async def run() -> int:
         store = await _with_store(config)
         try:
+            audit = _audit(store, config)
             if args.action == "create":
-                token = await create_token(
-                    store, args.name, parse_scopes(args.scope), SystemClock()
+                scopes = parse_scopes(args.scope)
+                token = await create_token(store, args.name, scopes, SystemClock())
+                await audit.record(
+                    CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
                 )
                 print(token.text)
             elif args.action == "list":
@@ -273,6 +332,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                 print(f"no active token {args.id}", file=sys.stderr)
                 return 1
             else:
+                await audit.record(CONSOLE, "token_revoked", "token", args.id)
                 print(
                     f"revoked {args.id} (running gateways stop accepting it within "
                     f"{config.http.token_cache_seconds:g} s)"
@@ -280,6 +340,109 @@ def cmd_token(args: argparse.Namespace) -> int:
             return 0
         finally:
             await store.close()
+
+    return asyncio.run(run())
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    """From `--password-file` (its first line), or typed twice on the console."""
+    if args.password_file:
+        text = Path(args.password_file).read_text(encoding="utf-8")
+        return text.splitlines()[0] if text else ""
+    if not sys.stdin.isatty():
+        print(
+            "smsgw user: no console to read a password from; use --password-file", file=sys.stderr
+        )
+        return None
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("password again: "):
+        print("smsgw user: the two passwords differ", file=sys.stderr)
+        return None
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    password = _read_password(args) if args.action == "add" else None
+    if args.action == "add" and password is None:
+        return 1
+
+    async def run() -> int:
+        store = await _with_store(config)
+        try:
+            repo = AdminRepo(store)
+            accounts = Accounts(repo, _audit(store, config), SystemClock(), config.admin)
+            if args.action == "add":
+                assert password is not None
+                try:
+                    user = await accounts.create_user(
+                        args.username, Role(args.role), password, CONSOLE
+                    )
+                except (InvalidUsername, passwords.WeakPassword) as e:
+                    print(f"smsgw user add: {e}", file=sys.stderr)
+                    return 1
+                except UserExists:
+                    print(f"smsgw user add: {args.username} exists", file=sys.stderr)
+                    return 1
+                print(f"added {user.username} ({user.role.value}), id {user.id}")
+                return 0
+            if args.action == "list":
+                for u in await repo.users():
+                    state = "disabled" if u.disabled else "active"
+                    factor = "totp" if u.totp_enabled else "-"
+                    print(f"{u.id}  {state:8} {u.role.value:8} {factor:4} {u.username}")
+                return 0
+            found = await repo.user_by_name(args.username)
+            if found is None:
+                print(f"smsgw user: no user {args.username}", file=sys.stderr)
+                return 1
+            user = found[0]
+            if args.action == "disable":
+                await repo.set_disabled(user.id, SystemClock().time())
+                await accounts.audit.record(CONSOLE, "user_disabled", "user", user.id)
+            elif args.action == "enable":
+                await repo.set_disabled(user.id, None)
+                await accounts.audit.record(CONSOLE, "user_enabled", "user", user.id)
+            elif args.action == "reset-totp":
+                await repo.reset_totp(user.id)
+                await accounts.audit.record(CONSOLE, "totp_reset", "user", user.id)
+            elif args.action == "unlock":
+                await accounts.unlock(user.username, CONSOLE)
+            print(f"{args.action}: {user.username} done")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def run() -> int:
+        store = await _with_store(config)
+        try:
+            audit = _audit(store, config)
+            result = await audit.verify()
+            await audit.record(
+                CONSOLE,
+                "audit_verified",
+                "audit_log",
+                None,
+                ok=result.ok,
+                entries=result.entries,
+                first_bad_seq=result.first_bad_seq,
+            )
+        finally:
+            await store.close()
+        if result.ok:
+            print(
+                f"audit chain intact: {result.entries} entries, head {result.head_seq}"
+                f" {result.head_hash}"
+            )
+            return 0
+        print(f"audit chain BROKEN at entry {result.first_bad_seq}: {result.reason}")
+        return 1
 
     return asyncio.run(run())
 
@@ -329,6 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create config, master key, store and a first token")
     init.add_argument("--data-dir", required=True)
+    init.add_argument(
+        "--self-signed-cert",
+        action="store_true",
+        help="also write a self-signed TLS certificate and serve HTTPS",
+    )
+    init.add_argument(
+        "--hostname",
+        action="append",
+        help="a DNS name or IP for the certificate (repeatable; default: this host)",
+    )
     init.set_defaults(func=cmd_init)
 
     run = sub.add_parser("run", help="run the gateway")
@@ -357,6 +530,30 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in token_sub.choices.values():
         sp.add_argument("--config", help="TOML file (default: embedded)")
     token.set_defaults(func=cmd_token)
+
+    user = sub.add_parser("user", help="manage admin panel users")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    add = user_sub.add_parser("add", help="add a user (the password is asked twice)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--password-file", help="read the password from this file's first line")
+    user_sub.add_parser("list", help="list users")
+    for action, text in (
+        ("disable", "disable a user and end their sessions"),
+        ("enable", "enable a disabled user"),
+        ("reset-totp", "remove a user's second factor (they enrol again at next sign-in)"),
+        ("unlock", "lift a lock after too many failed sign-ins"),
+    ):
+        user_sub.add_parser(action, help=text).add_argument("username")
+    for sp in user_sub.choices.values():
+        sp.add_argument("--config", help="TOML file (default: embedded)")
+    user.set_defaults(func=cmd_user)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
+    verify.add_argument("--config", help="TOML file (default: embedded)")
+    audit.set_defaults(func=cmd_audit)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)
