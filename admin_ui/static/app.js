@@ -81,13 +81,20 @@
       window.location.assign(self.root.getAttribute("data-login") || "/login");
     });
     source.addEventListener("error", function () {
-      if (source.readyState === EventSource.CLOSED) {
-        // The server refused the stream (session ended): the page itself will say why.
-        self.setStatus("lost", "Disconnected");
-        window.location.reload();
-      } else {
+      if (source.readyState !== EventSource.CLOSED) {
         self.setStatus("lost", "Reconnecting…");
+        return;
       }
+      // The server refused the stream. Signed out? Then go to the sign-in page;
+      // otherwise say so and leave reloading to the user (no reload loop).
+      self.setStatus("lost", "Disconnected");
+      fetch(window.location.href, { method: "HEAD", credentials: "same-origin" }).then(function (r) {
+        if (r.redirected && /\/login$/.test(new URL(r.url).pathname)) {
+          window.location.assign(r.url);
+        } else {
+          self.setStatus("lost", "Disconnected — reload the page");
+        }
+      }, function () { self.setStatus("lost", "Gateway unreachable"); });
     });
   };
 

@@ -39,9 +39,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ADMIN = ("admin", "correct horse battery staple 42")
-OPERATOR = ("olivia", "operator passphrase for the night shift")
-VIEWER = ("victor", "viewer passphrase with plenty of letters")
+ADMIN = ("admin", "Ward7B kettle quietly hums at dawn")
+OPERATOR = ("olivia", "Night shift lanterns drift over Elm Street")
+VIEWER = ("victor", "Seventeen amber pebbles beside the fjord")
 TEST_NUMBER = "+12025550147"
 
 
