@@ -6,8 +6,8 @@ NFC-normalised so the same text typed on two keyboards hashes the same; no compo
 rules. Refused: the most common breached passwords (a list shipped with smsgw, since
 the appliance is offline), those words dressed with digits and symbols
 (`Password123456!`), passwords built from context words (`smsgw`, `hospital`, the
-user name) plus digits, keyboard and alphabet runs, and fewer than 4 distinct
-characters.
+user name) plus digits, keyboard and alphabet runs, a shorter pattern repeated, and
+fewer than 4 distinct characters.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def check(password: str, *, username: str = "", totp_required: bool = False) -> 
     letters = "".join(ch for ch in folded if ch.isalpha())
     if folded in common or letters in common:
         raise WeakPassword("this password is on the list of commonly used passwords")
+    if _repeats(folded):
+        raise WeakPassword("this password repeats a shorter pattern")
     if _is_run(folded):
         raise WeakPassword("this password is a keyboard or alphabet sequence")
     context = [w for w in (*CONTEXT_WORDS, username.casefold()) if len(w) >= 3]
@@ -73,6 +75,13 @@ def check(password: str, *, username: str = "", totp_required: bool = False) -> 
     if rest != folded and not any(ch.isalpha() for ch in rest):
         raise WeakPassword("this password is made of the user name or words about this system")
     return pw
+
+
+def _repeats(folded: str) -> bool:
+    n = len(folded)
+    return any(
+        n % size == 0 and folded == folded[:size] * (n // size) for size in range(1, n // 2 + 1)
+    )
 
 
 def _is_run(folded: str) -> bool:

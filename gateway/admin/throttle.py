@@ -5,7 +5,8 @@ and per source address. After `throttle_after` failures each next attempt must w
 1 s, 2 s, 4 s, ... up to `max_delay`; at `max_failed_logins` consecutive failures the
 account name is locked for `lockout_minutes` (a source is only ever delayed, so one
 address cannot lock every admin out, and a lock always ends by itself; an admin can lift
-it sooner with `smsgw user unlock`). A success clears the account's count.
+it sooner with `smsgw user unlock`). A success clears the account's count; any count
+is forgotten after `lockout_minutes` without a failure.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ class LoginThrottle:
         return cls(c.throttle_after, c.max_delay, c.max_failed_logins, c.lockout_minutes * 60)
 
     def current(self, state: FailureState, now: float) -> FailureState:
-        """The state as it stands at `now`: an expired lock starts the count afresh."""
-        if state.locked_until is not None and now >= state.locked_until:
+        """The state as it stands at `now`: an expired lock, or a lockout period with no
+        failure, starts the count afresh."""
+        if state.locked_until is not None:
+            return FailureState() if now >= state.locked_until else state
+        if now - state.last_failure >= self.lockout_seconds:
             return FailureState()
         return state
 

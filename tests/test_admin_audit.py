@@ -1,0 +1,162 @@
+"""The audit trail: hash chain keyed by the master key, tamper detection, triggers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+
+import pytest
+
+from gateway.admin.audit import GENESIS, AuditTrail, canonical, chain_hash
+from gateway.app import Gateway
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, GatewayFactory
+
+
+async def _trail(open_gateway: GatewayFactory, n: int = 5) -> Gateway:
+    gw = await open_gateway()
+    for i in range(n):
+        await gw.audit.record("user:abc", "route_paused", "route", f"r{i}", attempt=i)
+    return gw
+
+
+@contextmanager
+def raw(gw: Gateway, *, drop_triggers: bool = True) -> Iterator[sqlite3.Connection]:
+    """The database file as an attacker with write access to it sees it."""
+    with closing(sqlite3.connect(gw.config.db_path, isolation_level=None)) as conn:
+        if drop_triggers:
+            conn.execute("DROP TRIGGER audit_log_no_update")
+            conn.execute("DROP TRIGGER audit_log_no_delete")
+        yield conn
+
+
+async def test_entries_chain_and_verify(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway)
+    entries = list(reversed(await gw.audit.entries()))
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert entries[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert entries[2].detail_map() == {"attempt": 2}
+    result = await gw.audit.verify()
+    assert result.ok and result.entries == 5 and result.head_seq == 5
+    assert result.head_hash == entries[-1].hash
+
+
+async def test_concurrent_records_get_consecutive_seqs(open_gateway: GatewayFactory) -> None:
+    import asyncio
+
+    gw = await open_gateway()
+    seqs = await asyncio.gather(*(gw.audit.record("system", "x", None, None) for _ in range(50)))
+    assert sorted(seqs) == list(range(1, 51))
+    assert (await gw.audit.verify()).ok
+
+
+async def test_triggers_refuse_update_and_delete(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway, 2)
+    with raw(gw, drop_triggers=False) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE audit_log SET actor = 'user:x' WHERE seq = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM audit_log WHERE seq = 2")
+
+
+async def test_an_edited_row_is_found(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway)
+    with raw(gw) as conn:
+        conn.execute("UPDATE audit_log SET actor = 'user:someone-else' WHERE seq = 3")
+    result = await gw.audit.verify()
+    assert not result.ok and result.first_bad_seq == 3
+    assert "changed" in (result.reason or "")
+
+
+async def test_a_deleted_row_is_found(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway)
+    with raw(gw) as conn:
+        conn.execute("DELETE FROM audit_log WHERE seq = 2")
+    result = await gw.audit.verify()
+    assert not result.ok and result.first_bad_seq == 2
+    assert "missing" in (result.reason or "")
+
+
+async def test_reordered_rows_are_found(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway)
+    with raw(gw) as conn:
+        conn.execute("UPDATE audit_log SET seq = 100 WHERE seq = 2")
+        conn.execute("UPDATE audit_log SET seq = 2 WHERE seq = 4")
+        conn.execute("UPDATE audit_log SET seq = 4 WHERE seq = 100")
+    result = await gw.audit.verify()
+    assert not result.ok and result.first_bad_seq == 2
+
+
+async def test_a_recomputed_chain_without_the_key_is_found(open_gateway: GatewayFactory) -> None:
+    """Someone with the database but not the master key edits a row and re-hashes the
+    chain from there with a key of their own: the first re-hashed entry fails."""
+    gw = await _trail(open_gateway)
+    forged_key = b"\x00" * 32
+    with raw(gw) as conn:
+        conn.execute("UPDATE audit_log SET target_id = 'r-other' WHERE seq = 3")
+        prev = conn.execute("SELECT hash FROM audit_log WHERE seq = 2").fetchone()[0]
+        for row in conn.execute("SELECT * FROM audit_log WHERE seq >= 3 ORDER BY seq").fetchall():
+            digest = chain_hash(forged_key, prev, canonical(*row[:7]))
+            conn.execute(
+                "UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row[0])
+            )
+            prev = digest
+    result = await gw.audit.verify()
+    assert not result.ok and result.first_bad_seq == 3
+
+
+async def test_an_inserted_row_is_found(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway, 3)
+    with raw(gw) as conn:
+        conn.execute("UPDATE audit_log SET seq = seq + 100 WHERE seq >= 2")
+        conn.execute("UPDATE audit_log SET seq = seq - 99 WHERE seq >= 100")
+        head = conn.execute("SELECT hash FROM audit_log WHERE seq = 1").fetchone()[0]
+        conn.execute(
+            "INSERT INTO audit_log VALUES (2, 1.0, 'console', 'user_created', 'user', 'evil',"
+            " '{}', ?, ?)",
+            (head, "f" * 64),
+        )
+    result = await gw.audit.verify()
+    assert not result.ok and result.first_bad_seq == 2
+
+
+async def test_a_different_master_key_cannot_verify(open_gateway: GatewayFactory) -> None:
+    gw = await _trail(open_gateway, 2)
+    other = AuditTrail(gw.store, b"k" * 32, gw.clock)
+    result = await other.verify()
+    assert not result.ok and result.first_bad_seq == 1
+
+
+async def test_detail_holds_ids_only(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    with pytest.raises(TypeError):
+        await gw.audit.record("system", "x", None, None, numbers=["+1202"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="too long"):
+        await gw.audit.record("system", "x", None, None, body=CANARY_BODY * 10)
+    with pytest.raises(ValueError, match="plain name"):
+        await gw.audit.record("system", "Reveal Body!", None, None)
+    assert await gw.audit.entries() == []
+
+
+async def test_route_pause_through_the_api_is_audited(open_gateway: GatewayFactory) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.api.server import build_app
+    from gateway.tokens import create_token
+
+    gw = await open_gateway()
+    token = await create_token(gw.store, "ops", frozenset({"admin"}), gw.clock)
+    async with TestClient(TestServer(build_app(gw))) as client:
+        for action in ("pause", "resume"):
+            r = await client.post(
+                f"/api/v1/routes/main/{action}", headers={"Authorization": f"Bearer {token.text}"}
+            )
+            assert r.status == 200
+    entries = list(reversed(await gw.audit.entries()))
+    assert [(e.actor, e.action, e.target_id) for e in entries] == [
+        (f"token:{token.id}", "route_paused", "main"),
+        (f"token:{token.id}", "route_resumed", "main"),
+    ]
+    data = gw.config.db_path.read_bytes()
+    assert CANARY_DIGITS.encode() not in data
