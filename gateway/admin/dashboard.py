@@ -336,7 +336,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     session = current_session(request)
     response = web.StreamResponse(
         headers={
-            "Content-Type": "text/event-stream",
+            "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",
         }

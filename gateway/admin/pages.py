@@ -382,7 +382,7 @@ async def routes_page(request: web.Request) -> web.Response:
 
 
 def _route(request: web.Request) -> RouteRuntime | None:
-    return _gateway(request).routes.get(request.match_info["name"])
+    return _gateway(request).routes.get(request.match_info["route"])
 
 
 async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
@@ -502,9 +502,9 @@ ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute("GET", "/inbound", inbound_page, STAFF, False, "inbound"),
     PanelRoute("POST", "/inbound/{id}/reveal", reveal_inbound, OPERATORS, True, "inbound_reveal"),
     PanelRoute("GET", "/routes", routes_page, STAFF, False, "routes"),
-    PanelRoute("POST", "/routes/{name}/pause", pause_route, OPERATORS, False, "route_pause"),
-    PanelRoute("POST", "/routes/{name}/resume", resume_route, OPERATORS, False, "route_resume"),
-    PanelRoute("POST", "/routes/{name}/drain", drain_unit, OPERATORS, False, "route_drain"),
+    PanelRoute("POST", "/routes/{route}/pause", pause_route, OPERATORS, False, "route_pause"),
+    PanelRoute("POST", "/routes/{route}/resume", resume_route, OPERATORS, False, "route_resume"),
+    PanelRoute("POST", "/routes/{route}/drain", drain_unit, OPERATORS, False, "route_drain"),
     PanelRoute("GET", "/tokens", tokens_page, ADMIN, False, "tokens"),
     PanelRoute("POST", "/tokens", create_token_action, ADMIN, False, "token_create"),
     PanelRoute("POST", "/tokens/{id}/revoke", revoke_token_action, ADMIN, False, "token_revoke"),
