@@ -23,6 +23,7 @@
     if (kind === "percent") return (value * 100).toFixed(1) + " %";
     if (kind === "age") return formatAge(value);
     if (kind === "rate") return value.toFixed(2);
+    if (kind === "yesno") return value ? "Yes" : "No";
     if (typeof value === "number") return numberFormat.format(value);
     return String(value);
   }

@@ -27,6 +27,7 @@ from gateway.api.handlers import GATEWAY, json_response
 from gateway.api.views import iso
 from gateway.app import Gateway
 from gateway.intake import SendRequest, normalise_number
+from gateway.lifecycle import CANCELLABLE
 from gateway.models import Priority, State
 from gateway.routes import RouteRuntime
 from gateway.tokens import SCOPES, BadScope, create_token, parse_scopes
@@ -288,10 +289,13 @@ def _reveal_answer(request: web.Request, values: dict[str, Any], kind: str) -> w
 async def cancel_message(request: web.Request) -> web.Response:
     gw = _gateway(request)
     mid = request.match_info["id"]
-    state = await gw.store.cancel(mid, gw.clock.time())
-    if state is None:
+    row = await gw.store.message_row(mid)
+    if row is None:
         return _refused(request, 404, "not_found", "No message with this id.")
-    if state is not State.CANCELLED:
+    state = State(row["state"])
+    if state in CANCELLABLE:
+        state = await gw.store.cancel(mid, gw.clock.time()) or state
+    if state is not State.CANCELLED or State(row["state"]) is State.CANCELLED:
         return _refused(
             request,
             409,

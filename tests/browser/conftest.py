@@ -122,9 +122,20 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
-def start_gateway(root: Path, *, idle_timeout: float = 900.0) -> Gateway:
+USERS = ((ADMIN, "admin"), (OPERATOR, "operator"), (VIEWER, "viewer"))
+
+
+def start_gateway(
+    root: Path,
+    *,
+    idle_timeout: float = 900.0,
+    users: tuple[tuple[tuple[str, str], str], ...] = USERS,
+    api_token: bool = True,
+) -> Gateway:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "smsgw.toml"
@@ -163,8 +174,10 @@ def start_gateway(root: Path, *, idle_timeout: float = 900.0) -> Gateway:
     )
     gw.start_reader()
     gw.wait_log(lambda e: e.get("event") == "listening")
-    gw.token = gw.cli("token", "create", "--scope", "send,read,admin", "--name", "tests").strip()
-    for (name, password), role in ((ADMIN, "admin"), (OPERATOR, "operator"), (VIEWER, "viewer")):
+    if api_token:
+        gw.token = gw.cli("token", "create", "--scope", "send,read,admin", "--name", "tests")
+        gw.token = gw.token.strip()
+    for (name, password), role in users:
         secret = root / f"{name}.password"
         secret.write_text(password + "\n")
         gw.cli("user", "add", "--role", role, "--password-file", str(secret), name)

@@ -279,16 +279,23 @@ def test_the_audit_chain_check_finds_a_tampered_row(
 def test_the_idle_timeout_signs_the_user_out(
     browser: Any, tmp_path_factory: pytest.TempPathFactory, artifacts: Path
 ) -> None:
-    gw = start_gateway(tmp_path_factory.mktemp("idle"), idle_timeout=6)
+    gw = start_gateway(
+        tmp_path_factory.mktemp("idle"),
+        idle_timeout=5,
+        users=((VIEWER, "viewer"),),
+        api_token=False,
+    )
     try:
         context = operator_context(browser, gw, VIEWER)
         page = new_page(context)
         page.goto(gw.url + "/")
         page.wait_for_selector("#live-status[data-state=live]")
+        started = time.monotonic()
         # Nobody touches the page: the live stream ends with the session, the page
         # goes to the sign-in form, and the server no longer knows the session.
         page.wait_for_url(re.compile(r"/login$"), timeout=20_000)
         page.wait_for_selector("#username")
+        assert time.monotonic() - started < 5 + 2
         shot(page, artifacts, "15-signed-out-idle")
         response = page.goto(gw.url + "/messages")
         assert response is not None

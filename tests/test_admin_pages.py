@@ -1,0 +1,168 @@
+"""The panel's operational pages over a real loopback socket (no browser): masking,
+reveal and its audit entry, role limits, cancel and retry, filters, routes, tokens, the
+live event stream, and the origin check under `Referrer-Policy: no-referrer`."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.admin.repo import Role
+from gateway.models import State
+from gateway.store.store import Transition
+from tests.admin_support import PanelClient
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, accept, state_of
+
+MASKED = "+1 202 ••• ••47"
+
+
+async def signed_in(panel: PanelClient, role: Role) -> str:
+    await panel.add_user(role.value, role)
+    return await panel.login_ok(role.value)
+
+
+async def reveal(panel: PanelClient, path: str, token: str) -> tuple[int, dict[str, object]]:
+    r = await panel.post(path, headers={"X-CSRF-Token": token})
+    return r.status, await r.json()
+
+
+async def test_operator_sees_masked_numbers_and_reveal_is_audited(panel: PanelClient) -> None:
+    token = await signed_in(panel, Role.OPERATOR)
+    mid = await accept(panel.gw, body=CANARY_BODY)
+    for path in ("/messages", f"/messages/{mid}"):
+        page = await (await panel.client.get(path)).text()
+        assert MASKED in page
+        assert CANARY_DIGITS not in page and "CANARY" not in page
+    before = await panel.audit_actions()
+    status, body = await reveal(panel, f"/messages/{mid}/reveal", token)
+    assert status == 200
+    assert body["to"] == CANARY_NUMBER and body["body"] == CANARY_BODY
+    entries = await panel.gw.audit.entries(limit=5)
+    newest = entries[0]
+    assert (newest.action, newest.target_kind, newest.target_id) == ("reveal", "message", mid)
+    assert CANARY_DIGITS not in newest.detail
+    assert len(await panel.audit_actions()) == len(before) + 1
+    r = await panel.post(
+        f"/messages/{mid}/reveal", headers={"X-CSRF-Token": token, "HX-Request": "true"}
+    )
+    assert r.headers["Cache-Control"] == "no-store"
+    assert 'data-phi="number">' + CANARY_NUMBER in await r.text()
+
+
+async def test_viewer_and_auditor_never_see_phi_and_cannot_reveal(panel: PanelClient) -> None:
+    mid = await accept(panel.gw, body=CANARY_BODY)
+    for role in (Role.VIEWER, Role.AUDITOR):
+        panel.client.session.cookie_jar.clear()
+        token = await signed_in(panel, role)
+        if role is Role.VIEWER:
+            for path in ("/messages", f"/messages/{mid}", "/inbound", "/"):
+                page = await (await panel.client.get(path)).text()
+                assert "202 •••" not in page and CANARY_DIGITS not in page, path
+        before = len(await panel.audit_actions())
+        status, body = await reveal(panel, f"/messages/{mid}/reveal", token)
+        assert status == 403 and body["error"]["code"] == "forbidden"  # type: ignore[index]
+        assert len(await panel.audit_actions()) == before
+
+
+async def test_number_search_uses_the_blind_index_and_filters_combine(
+    panel: PanelClient,
+) -> None:
+    await signed_in(panel, Role.OPERATOR)
+    mine = await accept(panel.gw, priority="critical", reference="lab-4711")
+    other = await accept(panel.gw, to="+12025550123")
+    page = await (await panel.client.get("/messages", params={"number": "(202) 555-0147"})).text()
+    assert mine in page and other not in page
+    page = await (await panel.client.get("/messages", params={"priority": "normal"})).text()
+    assert other in page and mine not in page
+    page = await (await panel.client.get("/messages", params={"reference": "lab-4711"})).text()
+    assert mine in page and other not in page
+    page = await (await panel.client.get("/messages", params={"state": "bogus"})).text()
+    assert "Unknown state." in page
+
+
+async def test_cancel_queued_and_retry_failed_are_audited(panel: PanelClient) -> None:
+    token = await signed_in(panel, Role.OPERATOR)
+    gw = panel.gw
+    mid = await accept(gw)
+    r = await panel.post(f"/messages/{mid}/cancel", token=token)
+    assert r.status == 303
+    assert await state_of(gw, mid) == "cancelled"
+    r = await panel.post(f"/messages/{mid}/cancel", token=token)
+    assert r.status == 409
+    failed = await accept(gw, body=CANARY_BODY)
+    gw.scheduler.forget(failed)
+    await gw.store.transition(Transition(failed, State.FAILED, error_code="test:x"), 0.0)
+    r = await panel.post(f"/messages/{failed}/retry", token=token)
+    assert r.status == 303
+    new_id = r.headers["Location"].split("/")[2].split("?")[0]
+    assert new_id != failed
+    assert await state_of(gw, new_id) == "queued"
+    row = await gw.store.message_row(new_id)
+    assert row is not None and gw.store.decrypt(row["body_ct"], new_id, "body") == CANARY_BODY
+    newest = (await gw.audit.entries(limit=1))[0]
+    assert newest.action == "message.retry" and newest.target_id == failed
+    assert json.loads(newest.detail) == {"new_message_id": new_id}
+    assert "message.cancel" in await panel.audit_actions()
+
+
+async def test_pause_and_resume_a_route_from_the_panel(panel: PanelClient) -> None:
+    token = await signed_in(panel, Role.OPERATOR)
+    r = await panel.post("/routes/main/pause", token=token)
+    assert r.status == 303
+    assert panel.gw.routes["main"].paused
+    assert 'data-field="state">paused' in await (await panel.client.get("/routes")).text()
+    await panel.post("/routes/main/resume", token=token)
+    assert not panel.gw.routes["main"].paused
+    actions = await panel.audit_actions()
+    assert actions[-2:] == ["route.pause", "route.resume"]
+    assert (await panel.post("/routes/nowhere/pause", token=token)).status == 404
+
+
+async def test_tokens_are_shown_once_and_revocable_by_admins_only(panel: PanelClient) -> None:
+    token = await signed_in(panel, Role.ADMIN)
+    r = await panel.post(
+        "/tokens",
+        {"name": "lab", "scope": "send"},
+        token=token,
+    )
+    assert r.status == 201
+    page = await r.text()
+    text = page.split('id="new-token">')[1].split("<")[0]
+    assert text.startswith("smsgw_")
+    assert await panel.gw.tokens.verify(text) is not None
+    listing = await (await panel.client.get("/tokens")).text()
+    assert text not in listing  # shown once
+    token_id = text.split("_")[1]
+    assert (await panel.post(f"/tokens/{token_id}/revoke", token=token)).status == 303
+    assert await panel.gw.tokens.verify(text) is None
+    assert (await panel.audit_actions())[-2:] == ["token.create", "token.revoke"]
+
+
+async def test_events_stream_sends_a_snapshot_at_once(panel: PanelClient) -> None:
+    await signed_in(panel, Role.VIEWER)
+    await accept(panel.gw, priority="high")
+    r = await panel.client.get("/events")
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    chunk = b""
+    while b"\n\n" not in chunk.split(b"data: ", 1)[-1]:
+        chunk += await r.content.readany()
+    data = chunk.split(b"data: ", 1)[1].split(b"\n\n")[0]
+    snap = json.loads(data)
+    assert snap["queue"]["classes"][1] == {
+        "name": "high",
+        "queued": 1,
+        "scheduled": 0,
+        "sending": 0,
+    }
+    r.close()
+
+
+async def test_origin_null_is_judged_by_fetch_metadata(panel: PanelClient) -> None:
+    """Under `Referrer-Policy: no-referrer` browsers send `Origin: null` on every POST."""
+    token = await signed_in(panel, Role.ADMIN)
+    same = {"Sec-Fetch-Site": "same-origin"}
+    r = await panel.post("/audit/verify", token=token, origin="null", headers=same)
+    assert r.status == 200
+    for headers in ({}, {"Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = await panel.post("/audit/verify", token=token, origin="null", headers=headers)
+        assert r.status == 403, headers
+        assert (await r.json())["error"]["code"] == "csrf_origin"
