@@ -23,6 +23,7 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.registry import load_driver
 from gateway.admin.audit import AuditTrail, audit_key
+from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.intake import Intake
 from gateway.logs import exception_summary
@@ -122,7 +123,13 @@ class Gateway:
     async def housekeeping_once(self) -> None:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)
-        log.info("housekeeping", idempotency_keys_removed=removed)
+        now, admin = self.clock.time(), self.config.admin
+        sessions = await AdminRepo(self.store).prune(
+            idle_before=now - admin.idle_timeout,
+            created_before=now - admin.absolute_lifetime,
+            failed_before=now - admin.lockout_minutes * 60,
+        )
+        log.info("housekeeping", idempotency_keys_removed=removed, sessions_removed=sessions)
 
     async def stop(
         self, *, before_store_close: Callable[[], Awaitable[None]] | None = None

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import getpass
 import json
 import os
 import secrets
@@ -24,10 +23,8 @@ from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
 from gateway import logs, systemd, tls
-from gateway.admin import passwords
-from gateway.admin.accounts import Accounts, InvalidUsername
-from gateway.admin.audit import AuditTrail, audit_key
-from gateway.admin.repo import AdminRepo, Role, UserExists
+from gateway.admin import commands
+from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.store import crypto
@@ -68,14 +65,8 @@ def _load(path: str | None) -> Config:
     return config_mod.load(path)
 
 
-CONSOLE = "console"
 TLS_CERT = "tls/cert.pem"
 TLS_KEY = "tls/key.pem"
-
-
-def _audit(store: Store, config: Config) -> AuditTrail:
-    key = crypto.read_master_key(config.master_key_path)
-    return AuditTrail(store, audit_key(key), SystemClock())
 
 
 async def _init_store(config: Config) -> str | None:
@@ -96,7 +87,7 @@ async def _init_store(config: Config) -> str | None:
     )
     await store.open()
     try:
-        audit = _audit(store, config)
+        audit = audit_trail(store, config)
         if new_key:
             await audit.record(CONSOLE, "master_key_generated", "key", "master")
         if fresh:
@@ -148,9 +139,9 @@ def _self_signed(config: Config, names: list[str]) -> None:
     tls.generate_self_signed(cert, key, names)
 
     async def record() -> None:
-        store = await _with_store(config)
+        store = await with_store(config)
         try:
-            await _audit(store, config).record(
+            await audit_trail(store, config).record(
                 CONSOLE, "tls_key_generated", "key", "tls", names=",".join(names)[:200]
             )
         finally:
@@ -226,7 +217,9 @@ async def _serve(config: Config, first_token: str | None) -> int:
         print(
             f"smsgw is running with the embedded default on http://{config.http.listen}"
             " (state in ./data). API tokens are shown only when created; make another"
-            " with: .venv/bin/smsgw token create --scope send,read",
+            " with: .venv/bin/smsgw token create --scope send,read. Admin panel:"
+            f" http://{config.http.listen}/login (first admin: .venv/bin/smsgw user add"
+            " --role admin NAME)",
             flush=True,
         )
     stop = asyncio.Event()
@@ -271,7 +264,9 @@ def _print_welcome(listen: str, token: str) -> None:
         f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"to": "+12025550123", "body": "Your test results are ready."}\'\n\n'
         "Then follow it (queued -> sending -> sent -> delivered):\n\n"
-        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n",
+        f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n\n"
+        f"Admin panel: http://{listen}/login, after creating the first admin with\n\n"
+        "  .venv/bin/smsgw user add --role admin YOUR_NAME\n",
         flush=True,
     )
 
@@ -300,23 +295,13 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _with_store(config: Config) -> Store:
-    store = Store(
-        config.db_path,
-        crypto.read_master_key(config.master_key_path),
-        synchronous=config.store.synchronous,
-    )
-    await store.open()
-    return store
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     config = _load(args.config)
 
     async def run() -> int:
-        store = await _with_store(config)
+        store = await with_store(config)
         try:
-            audit = _audit(store, config)
+            audit = audit_trail(store, config)
             if args.action == "create":
                 scopes = parse_scopes(args.scope)
                 token = await create_token(store, args.name, scopes, SystemClock())
@@ -344,107 +329,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _read_password(args: argparse.Namespace) -> str | None:
-    """From `--password-file` (its first line), or typed twice on the console."""
-    if args.password_file:
-        text = Path(args.password_file).read_text(encoding="utf-8")
-        return text.splitlines()[0] if text else ""
-    if not sys.stdin.isatty():
-        print(
-            "smsgw user: no console to read a password from; use --password-file", file=sys.stderr
-        )
-        return None
-    first = getpass.getpass("password: ")
-    if first != getpass.getpass("password again: "):
-        print("smsgw user: the two passwords differ", file=sys.stderr)
-        return None
-    return first
-
-
 def cmd_user(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    password = _read_password(args) if args.action == "add" else None
-    if args.action == "add" and password is None:
-        return 1
-
-    async def run() -> int:
-        store = await _with_store(config)
-        try:
-            repo = AdminRepo(store)
-            accounts = Accounts(repo, _audit(store, config), SystemClock(), config.admin)
-            if args.action == "add":
-                assert password is not None
-                try:
-                    user = await accounts.create_user(
-                        args.username, Role(args.role), password, CONSOLE
-                    )
-                except (InvalidUsername, passwords.WeakPassword) as e:
-                    print(f"smsgw user add: {e}", file=sys.stderr)
-                    return 1
-                except UserExists:
-                    print(f"smsgw user add: {args.username} exists", file=sys.stderr)
-                    return 1
-                print(f"added {user.username} ({user.role.value}), id {user.id}")
-                return 0
-            if args.action == "list":
-                for u in await repo.users():
-                    state = "disabled" if u.disabled else "active"
-                    factor = "totp" if u.totp_enabled else "-"
-                    print(f"{u.id}  {state:8} {u.role.value:8} {factor:4} {u.username}")
-                return 0
-            found = await repo.user_by_name(args.username)
-            if found is None:
-                print(f"smsgw user: no user {args.username}", file=sys.stderr)
-                return 1
-            user = found[0]
-            if args.action == "disable":
-                await repo.set_disabled(user.id, SystemClock().time())
-                await accounts.audit.record(CONSOLE, "user_disabled", "user", user.id)
-            elif args.action == "enable":
-                await repo.set_disabled(user.id, None)
-                await accounts.audit.record(CONSOLE, "user_enabled", "user", user.id)
-            elif args.action == "reset-totp":
-                await repo.reset_totp(user.id)
-                await accounts.audit.record(CONSOLE, "totp_reset", "user", user.id)
-            elif args.action == "unlock":
-                await accounts.unlock(user.username, CONSOLE)
-            print(f"{args.action}: {user.username} done")
-            return 0
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
+    return commands.user(args, _load(args.config))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-
-    async def run() -> int:
-        store = await _with_store(config)
-        try:
-            audit = _audit(store, config)
-            result = await audit.verify()
-            await audit.record(
-                CONSOLE,
-                "audit_verified",
-                "audit_log",
-                None,
-                ok=result.ok,
-                entries=result.entries,
-                first_bad_seq=result.first_bad_seq,
-            )
-        finally:
-            await store.close()
-        if result.ok:
-            print(
-                f"audit chain intact: {result.entries} entries, head {result.head_seq}"
-                f" {result.head_hash}"
-            )
-            return 0
-        print(f"audit chain BROKEN at entry {result.first_bad_seq}: {result.reason}")
-        return 1
-
-    return asyncio.run(run())
+    return commands.audit_verify(_load(args.config))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -531,29 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="TOML file (default: embedded)")
     token.set_defaults(func=cmd_token)
 
-    user = sub.add_parser("user", help="manage admin panel users")
-    user_sub = user.add_subparsers(dest="action", required=True)
-    add = user_sub.add_parser("add", help="add a user (the password is asked twice)")
-    add.add_argument("username")
-    add.add_argument("--role", required=True, choices=[r.value for r in Role])
-    add.add_argument("--password-file", help="read the password from this file's first line")
-    user_sub.add_parser("list", help="list users")
-    for action, text in (
-        ("disable", "disable a user and end their sessions"),
-        ("enable", "enable a disabled user"),
-        ("reset-totp", "remove a user's second factor (they enrol again at next sign-in)"),
-        ("unlock", "lift a lock after too many failed sign-ins"),
-    ):
-        user_sub.add_parser(action, help=text).add_argument("username")
-    for sp in user_sub.choices.values():
-        sp.add_argument("--config", help="TOML file (default: embedded)")
-    user.set_defaults(func=cmd_user)
-
-    audit = sub.add_parser("audit", help="the audit trail")
-    audit_sub = audit.add_subparsers(dest="action", required=True)
-    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
-    verify.add_argument("--config", help="TOML file (default: embedded)")
-    audit.set_defaults(func=cmd_audit)
+    commands.add_parsers(sub, cmd_user, cmd_audit)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)

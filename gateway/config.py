@@ -98,6 +98,9 @@ class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     lockout_minutes: PositiveFloat = 15.0
     totp_required_roles: tuple[Role, ...] = ()
     totp_issuer: str = "smsgw"
+    password_hash_memory_kib: Annotated[int, msgspec.Meta(ge=19456)] = 65536
+    password_hash_iterations: Annotated[int, msgspec.Meta(ge=2)] = 3
+    password_hash_lanes: PositiveInt = 4
 
 
 class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ class PanelClient:
     def origin(self) -> str:
         return str(self.client.make_url("/")).rstrip("/")
 
-    @property
+    @functools.cached_property
     def accounts(self) -> Accounts:
         return Accounts(
             AdminRepo(self.gw.store), self.gw.audit, self.gw.clock, self.gw.config.admin

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -35,7 +36,7 @@ async def test_entries_chain_and_verify(open_gateway: GatewayFactory) -> None:
     entries = list(reversed(await gw.audit.entries()))
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0].prev_hash == GENESIS
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert entries[2].detail_map() == {"attempt": 2}
     result = await gw.audit.verify()
     assert result.ok and result.entries == 5 and result.head_seq == 5

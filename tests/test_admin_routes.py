@@ -21,7 +21,7 @@ from gateway.admin.repo import Role
 from gateway.admin.routing import PanelRoute
 from gateway.api.server import ENDPOINTS, build_app
 from tests.admin_support import PanelClient
-from tests.conftest import GatewayFactory
+from tests.conftest import FAST_PASSWORD_HASH, GatewayFactory
 
 SAMPLES = {
     "user_id": "0123456789ab",
@@ -164,12 +164,16 @@ async def test_non_get_panel_routes_refuse_requests_without_csrf(panel: PanelCli
             continue
         path = sample(route.path)
         cases = {
-            "no token": dict(token=None),
-            "wrong token": dict(token="x" * 43),
-            "foreign origin": dict(token=token, origin=foreign),
-            "no origin or referer": dict(token=token, origin=None),
-            "cross-site fetch": dict(token=token, headers={"Sec-Fetch-Site": "cross-site"}),
-            "foreign referer": dict(token=token, origin=None, headers={"Referer": foreign + "/"}),
+            "no token": {"token": None},
+            "wrong token": {"token": "x" * 43},
+            "foreign origin": {"token": token, "origin": foreign},
+            "no origin or referer": {"token": token, "origin": None},
+            "cross-site fetch": {"token": token, "headers": {"Sec-Fetch-Site": "cross-site"}},
+            "foreign referer": {
+                "token": token,
+                "origin": None,
+                "headers": {"Referer": foreign + "/"},
+            },
         }
         for case, kwargs in cases.items():
             r = await panel.post(path, {"username": "x", "role": "admin"}, **kwargs)  # type: ignore[arg-type]
@@ -285,7 +289,9 @@ async def test_over_tls_cookies_are_host_prefixed_and_secure_with_hsts(
     open_gateway: GatewayFactory, tls_pair: tuple[Path, Path]
 ) -> None:
     cert, key = tls_pair
-    gw = await open_gateway(http={"tls_cert_file": str(cert), "tls_key_file": str(key)})
+    gw = await open_gateway(
+        http={"tls_cert_file": str(cert), "tls_key_file": str(key)}, admin=FAST_PASSWORD_HASH
+    )
     assert gw.config.tls_paths == (cert, key)
     server = TestServer(build_app(gw))
     await server.start_server(ssl=tls.server_context(cert, key))

@@ -118,3 +118,21 @@ async def test_disabling_a_user_ends_their_sessions(panel: PanelClient) -> None:
     panel.client.session.cookie_jar.update_cookies({"smsgw_session": vera_cookie or ""})
     assert (await panel.client.get("/account", allow_redirects=False)).status == 303
     assert (await panel.login("vera")).status == 401
+
+
+async def test_housekeeping_removes_sessions_nobody_came_back_to(panel: PanelClient) -> None:
+    await panel.add_user("alice")
+    await panel.add_user("bob")
+    await panel.login_ok("alice")
+    panel.client.session.cookie_jar.clear()
+    await panel.login("bob", "wrong password, twice over")
+    panel.clock.advance(panel.gw.config.admin.idle_timeout - 60)
+    await panel.login_ok("bob")
+    panel.clock.advance(120)
+    await panel.gw.housekeeping_once()
+    rows = await _session_rows(panel)
+    assert len(rows) == 1, "alice's idle session is gone, bob's is kept"
+    panel.clock.advance(panel.gw.config.admin.lockout_minutes * 60)
+    await panel.gw.housekeeping_once()
+    cur = await panel.gw.store.reader.execute("SELECT count(*) FROM login_failures")
+    assert (await cur.fetchone())[0] == 0

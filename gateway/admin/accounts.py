@@ -59,6 +59,11 @@ class Accounts:
         self.clock = clock
         self.config = config
         self.throttle = LoginThrottle.from_config(config)
+        self.hasher = passwords.Hasher(
+            config.password_hash_memory_kib,
+            config.password_hash_iterations,
+            config.password_hash_lanes,
+        )
 
     # -- policy --------------------------------------------------------------------------
 
@@ -86,7 +91,7 @@ class Accounts:
         user_id = secrets.token_hex(6)
         now = self.clock.time()
         await self.repo.add_user(
-            user_id, username, role, await passwords.hash_password_async(password), now
+            user_id, username, role, await self.hasher.hash_async(password), now
         )
         await self.audit.record(actor, "user_created", "user", user_id, role=role.value)
         found = await self.repo.user_by_id(user_id)
@@ -98,7 +103,7 @@ class Accounts:
     ) -> None:
         """Set a new password (policy checked); the user's other sessions end."""
         await self.check_new_password(password, user.username, user.role)
-        digest = await passwords.hash_password_async(password)
+        digest = await self.hasher.hash_async(password)
         await self.repo.set_password(user.id, digest, self.clock.time(), keep_session=keep_session)
         await self.audit.record(actor, "password_changed", "user", user.id)
 
@@ -132,7 +137,7 @@ class Accounts:
                 "anonymous", "login_throttled", "user", user.id if user else None
             )
             return LoginOutcome(retry_after=wait)
-        ok = await passwords.verify_async(found[1].password_hash if found else None, password)
+        ok = await self.hasher.verify_async(found[1].password_hash if found else None, password)
         if user is None or not ok or user.disabled:
             await self._failed(states, user)
             await self.audit.record(
@@ -145,10 +150,10 @@ class Accounts:
             return LoginOutcome()
         await self.repo.clear_failures(keys[:1])
         creds = found[1] if found else None
-        if creds is not None and passwords.needs_rehash(creds.password_hash):
+        if creds is not None and self.hasher.needs_rehash(creds.password_hash):
             await self.repo.set_password(
                 user.id,
-                await passwords.hash_password_async(password),
+                await self.hasher.hash_async(password),
                 user.password_changed_at,
                 keep_session=None,
             )

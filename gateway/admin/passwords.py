@@ -27,9 +27,9 @@ MAX_LENGTH = 1024
 CONTEXT_WORDS = ("smsgw", "sms", "gateway", "hospital", "admin", "panel", "password")
 _RUNS = ("0123456789", "abcdefghijklmnopqrstuvwxyz", "qwertyuiopasdfghjklzxcvbnm", "1qaz2wsx3edc")
 
-# RFC 9106's second recommended profile (argon2-cffi's default): 64 MiB, 3 passes,
-# 4 lanes. About 50 ms on a Raspberry Pi 4, far above OWASP's 19 MiB/2 passes floor.
-HASHER = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4, hash_len=32, salt_len=16)
+# OWASP's floor for argon2id (19 MiB, 2 passes, 1 lane); the configuration cannot go below.
+MIN_MEMORY_KIB = 19456
+MIN_ITERATIONS = 2
 
 
 class WeakPassword(ValueError):
@@ -96,32 +96,48 @@ def _is_run(folded: str) -> bool:
     return False
 
 
-def hash_password(password: str) -> str:
-    return HASHER.hash(normalise(password))
+class Hasher:
+    """argon2id with the configured cost. The default is RFC 9106's second recommended
+    profile (argon-cffi's own default): 64 MiB, 3 passes, 4 lanes."""
 
+    def __init__(self, memory_kib: int = 65536, iterations: int = 3, lanes: int = 4) -> None:
+        if memory_kib < MIN_MEMORY_KIB or iterations < MIN_ITERATIONS or lanes < 1:
+            raise ValueError("argon2id cost below OWASP's floor (19 MiB, 2 passes)")
+        self._argon2 = PasswordHasher(
+            time_cost=iterations,
+            memory_cost=memory_kib,
+            parallelism=lanes,
+            hash_len=32,
+            salt_len=16,
+        )
 
-def verify(stored_hash: str, password: str) -> bool:
-    try:
-        return HASHER.verify(stored_hash, normalise(password))
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    @functools.cached_property
+    def _dummy(self) -> str:
+        # Verified against when the user does not exist: both cases cost one argon2 run.
+        return self._argon2.hash("smsgw timing equaliser, never a real password")
 
+    def hash(self, password: str) -> str:
+        return self._argon2.hash(normalise(password))
 
-# Verified against when the user does not exist, so both cases cost one argon2 run.
-_DUMMY_HASH = HASHER.hash("smsgw timing equaliser, never a real password")
+    def verify(self, stored_hash: str, password: str) -> bool:
+        try:
+            return self._argon2.verify(stored_hash, normalise(password))
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
 
+    def needs_rehash(self, stored_hash: str) -> bool:
+        try:
+            return self._argon2.check_needs_rehash(stored_hash)
+        except InvalidHashError:
+            return True
 
-async def hash_password_async(password: str) -> str:
-    return await asyncio.to_thread(hash_password, password)
+    async def hash_async(self, password: str) -> str:
+        """Off the event loop: argon2 takes tens to hundreds of milliseconds by design."""
+        return await asyncio.to_thread(self.hash, password)
 
-
-async def verify_async(stored_hash: str | None, password: str) -> bool:
-    """Verify off the event loop; with no hash, spend the same time and answer False."""
-    if stored_hash is None:
-        await asyncio.to_thread(verify, _DUMMY_HASH, password)
-        return False
-    return await asyncio.to_thread(verify, stored_hash, password)
-
-
-def needs_rehash(stored_hash: str) -> bool:
-    return HASHER.check_needs_rehash(stored_hash)
+    async def verify_async(self, stored_hash: str | None, password: str) -> bool:
+        """Verify off the event loop; with no hash, spend the same time and answer False."""
+        if stored_hash is None:
+            await asyncio.to_thread(self.verify, self._dummy, password)
+            return False
+        return await asyncio.to_thread(self.verify, stored_hash, password)

@@ -253,6 +253,25 @@ class AdminRepo:
         row = await self._one("SELECT count(*) FROM sessions WHERE user_id = ?", (user_id,))
         return int(row[0]) if row else 0
 
+    async def prune(
+        self, *, idle_before: float, created_before: float, failed_before: float
+    ) -> int:
+        """Delete sessions past their time that nobody came back to, and stale failure counts."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            ended = conn.execute(
+                "DELETE FROM sessions WHERE last_seen < ? OR created_at < ?",
+                (idle_before, created_before),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM login_failures WHERE last_failure < ?"
+                " AND (locked_until IS NULL OR locked_until < ?)",
+                (failed_before, failed_before),
+            )
+            return int(ended)
+
+        return await self._store.writer.run(job)
+
     # -- login failures ------------------------------------------------------------------
 
     async def failures(self, keys: Iterable[str]) -> dict[str, FailureState]:

@@ -205,7 +205,9 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
     def again(status: int, error: str) -> web.Response:
         return render(request, "password.html", status=status, error=error, done=False)
 
-    if not await passwords.verify_async(creds.password_hash, form.get("current_password", "")):
+    if not await p.accounts.hasher.verify_async(
+        creds.password_hash, form.get("current_password", "")
+    ):
         await p.gateway.audit.record(actor(request), "password_change_refused", "user", user.id)
         return again(403, "The current password is not right.")
     if new != form.get("confirm_password", ""):
