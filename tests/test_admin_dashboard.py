@@ -129,3 +129,13 @@ async def test_hub_pushes_a_snapshot_when_something_changes(
     finally:
         hub.unsubscribe(listener)
         await hub.aclose()
+
+
+async def test_closing_the_hub_ends_every_stream(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(ROUTES)
+    hub = DashboardHub(gw)
+    listeners = [hub.subscribe(), hub.subscribe()]
+    await hub.aclose()
+    for listener in listeners:
+        while (item := listener.get_nowait()) != b"":
+            json.loads(item)  # a snapshot published before the close

@@ -252,6 +252,11 @@ class DashboardHub:
         self._listeners.discard(queue)
 
     async def aclose(self) -> None:
+        """Stop polling and tell every open stream to end (an empty message)."""
+        for queue in self._listeners:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(b"")
         self._listeners.clear()
         if self._task is not None:
             self._task.cancel()
@@ -305,7 +310,8 @@ def install(app: web.Application, gw: Gateway) -> None:
     async def close(_: web.Application) -> None:
         await hub.aclose()
 
-    app.on_cleanup.append(close)
+    # On shutdown, before aiohttp waits for open connections: the streams end at once.
+    app.on_shutdown.append(close)
 
 
 def _share_text(value: float | None) -> str:
@@ -361,6 +367,8 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
                 deadline = found
             wait = min(KEEPALIVE_SECONDS, max(0.0, deadline - now))
             data = await _next(gw.clock, listener, wait)
+            if data == b"":  # the gateway is stopping
+                break
             if data is None:
                 await response.write(b": keepalive\n\n")
             else:

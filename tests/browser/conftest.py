@@ -3,14 +3,14 @@ gateway (`smsgw run` in a subprocess on a free loopback port).
 
 Playwright never downloads a browser here: it launches /usr/bin/chromium
 (`make browser` installs it). Tests are synchronous (Playwright's sync API runs its
-own loop) and wait on selectors and conditions, never on time.
+own event loop, so its fixtures are module-scoped: it must be gone before the async
+tests of other modules run) and wait on selectors and conditions, never on time.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -184,14 +184,14 @@ def start_gateway(
     return gw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = start_gateway(tmp_path_factory.mktemp("panel"))
     yield gw
     gw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():  # `make test` installs it (make browser)
         pytest.skip("Debian chromium is not installed: run `make browser`")
@@ -201,8 +201,7 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def artifacts() -> Path:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
