@@ -99,9 +99,9 @@ async def test_cancel_queued_and_retry_failed_are_audited(panel: PanelClient) ->
     row = await gw.store.message_row(new_id)
     assert row is not None and gw.store.decrypt(row["body_ct"], new_id, "body") == CANARY_BODY
     newest = (await gw.audit.entries(limit=1))[0]
-    assert newest.action == "message.retry" and newest.target_id == failed
+    assert newest.action == "message_retried" and newest.target_id == failed
     assert json.loads(newest.detail) == {"new_message_id": new_id}
-    assert "message.cancel" in await panel.audit_actions()
+    assert "message_cancelled" in await panel.audit_actions()
 
 
 async def test_pause_and_resume_a_route_from_the_panel(panel: PanelClient) -> None:
@@ -113,7 +113,7 @@ async def test_pause_and_resume_a_route_from_the_panel(panel: PanelClient) -> No
     await panel.post("/routes/main/resume", token=token)
     assert not panel.gw.routes["main"].paused
     actions = await panel.audit_actions()
-    assert actions[-2:] == ["route.pause", "route.resume"]
+    assert actions[-2:] == ["route_paused", "route_resumed"]
     assert (await panel.post("/routes/nowhere/pause", token=token)).status == 404
 
 
@@ -134,7 +134,7 @@ async def test_tokens_are_shown_once_and_revocable_by_admins_only(panel: PanelCl
     token_id = text.split("_")[1]
     assert (await panel.post(f"/tokens/{token_id}/revoke", token=token)).status == 303
     assert await panel.gw.tokens.verify(text) is None
-    assert (await panel.audit_actions())[-2:] == ["token.create", "token.revoke"]
+    assert (await panel.audit_actions())[-2:] == ["token_created", "token_revoked"]
 
 
 async def test_events_stream_sends_a_snapshot_at_once(panel: PanelClient) -> None:

@@ -23,7 +23,7 @@
     if (kind === "percent") return (value * 100).toFixed(1) + " %";
     if (kind === "age") return formatAge(value);
     if (kind === "rate") return value.toFixed(2);
-    if (kind === "yesno") return value ? "Yes" : "No";
+    if (kind === "accepting") return value ? "Accepting messages" : "Not accepting messages";
     if (typeof value === "number") return numberFormat.format(value);
     return String(value);
   }
@@ -38,7 +38,7 @@
   function localTimes(root) {
     var fmt = new Intl.DateTimeFormat(undefined, {
       year: "numeric", month: "short", day: "2-digit",
-      hour: "2-digit", minute: "2-digit", second: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
     });
     root.querySelectorAll("time[datetime]").forEach(function (t) {
       var d = new Date(t.getAttribute("datetime"));
@@ -109,6 +109,8 @@
     this.root.querySelectorAll("[data-bind]").forEach(function (node) {
       node.textContent = formatValue(get(snap, node.getAttribute("data-bind")), node.getAttribute("data-format"));
     });
+    var accepting = this.root.querySelector("[data-format=accepting]");
+    if (accepting) accepting.className = "badge " + (snap.queue.accepting ? "badge-ok" : "badge-bad");
     this.root.querySelectorAll("[data-warn-above]").forEach(function (node) {
       var value = get(snap, node.getAttribute("data-warn-key")) || 0;
       node.classList.toggle("is-warn", value > Number(node.getAttribute("data-warn-above")));
@@ -246,6 +248,7 @@
       axes: [{}, { label: "per second", size: 60 }],
       scales: { y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.15)]; } } },
       cursor: { drag: { x: false, y: false } },
+      legend: { show: false },
     };
     this.chart = new window.uPlot(opts, data, box);
     var chart = this.chart;

@@ -303,7 +303,7 @@ async def cancel_message(request: web.Request) -> web.Response:
             f"The message is {state.value}; it can no longer be cancelled.",
         )
     gw.scheduler.forget(mid)
-    await _audit(request, "message.cancel", "message", mid)
+    await _audit(request, "message_cancelled", "message", mid)
     return redirect(f"/messages/{mid}?done=cancelled")
 
 
@@ -333,7 +333,7 @@ async def retry_message(request: web.Request) -> web.Response:
     await gw.store.insert(gw.intake.statements([prepared]))
     gw.intake.accepted([prepared])
     new_id = prepared.message.id
-    await _audit(request, "message.retry", "message", mid, new_message_id=new_id)
+    await _audit(request, "message_retried", "message", mid, new_message_id=new_id)
     return redirect(f"/messages/{new_id}?done=retried")
 
 
@@ -395,9 +395,9 @@ async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
         return _refused(request, 404, "not_found", "No route with this name.")
     route.paused = paused
     _gateway(request).scheduler.wake()
-    action = "route.pause" if paused else "route.resume"
+    action = "route_paused" if paused else "route_resumed"
     await _audit(request, action, "route", route.name)
-    return redirect(f"/routes?done={action.split('.')[1]}d")
+    return redirect(f"/routes?done={'paused' if paused else 'resumed'}")
 
 
 async def pause_route(request: web.Request) -> web.Response:
@@ -426,7 +426,7 @@ async def drain_unit(request: web.Request) -> web.Response:
             await result
     except (KeyError, ValueError):
         return _refused(request, 404, "not_found", "No such unit on this route.")
-    await _audit(request, "route.drain", "route", route.name, unit=unit)
+    await _audit(request, "modem_drained", "route", route.name, unit=unit)
     return redirect("/routes?done=drained")
 
 
@@ -471,7 +471,7 @@ async def create_token_action(request: web.Request) -> web.Response:
         problem = "Choose at least one scope."
     else:
         token = await create_token(gw.store, name, scopes, gw.clock)
-        await _audit(request, "token.create", "token", token.id, scopes=",".join(sorted(scopes)))
+        await _audit(request, "token_created", "token", token.id, scopes=",".join(sorted(scopes)))
         new_token = {"id": token.id, "text": token.text, "name": name}
     response = render(
         request,
@@ -493,7 +493,7 @@ async def revoke_token_action(request: web.Request) -> web.Response:
     if not await gw.store.revoke_token(token_id, gw.clock.time()):
         return _refused(request, 404, "not_found", "No active token with this id.")
     gw.tokens.forget()
-    await _audit(request, "token.revoke", "token", token_id)
+    await _audit(request, "token_revoked", "token", token_id)
     return redirect("/tokens?done=revoked")
 
 
