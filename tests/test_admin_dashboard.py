@@ -7,6 +7,7 @@ import json
 
 from drivers.clock import FakeClock
 from gateway.admin.dashboard import DashboardHub, EventTail, build_snapshot
+from gateway.admin.route_cards import unit_rows
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, GatewayFactory, accept, settle_receipts
 
 ROUTES = [
@@ -139,3 +140,19 @@ async def test_closing_the_hub_ends_every_stream(open_gateway: GatewayFactory) -
     for listener in listeners:
         while (item := listener.get_nowait()) != b"":
             json.loads(item)  # a snapshot published before the close
+
+
+def test_unit_rows_put_the_usual_columns_first_and_keep_other_plain_values() -> None:
+    members = {
+        "sim1": {"state": "ready", "signal": 21, "operator": "Telia", "imei": "35•••12", "x": [1]},
+        "sim2": {"state": "drained", "errors": 3, "model": "E3372"},
+    }
+    columns, rows = unit_rows(members)
+    assert columns == ["state", "signal", "operator", "errors"]
+    assert rows[0] == {
+        "name": "sim1",
+        "cells": ["ready", 21, "Telia", None],
+        "extra": {"imei": "35•••12"},
+    }
+    assert rows[1]["cells"] == ["drained", None, None, 3]
+    assert rows[1]["extra"] == {"model": "E3372"}

@@ -192,7 +192,7 @@
       facts.appendChild(el("dd", null, typeof pair[1] === "number" ? numberFormat.format(pair[1]) : pair[1]));
     });
     card.appendChild(facts);
-    if (r.units && r.units.length) card.appendChild(unitTable(r.units));
+    if (r.units && r.units.length) card.appendChild(unitTable(r.unit_columns, r.units));
     var counters = el("div", "counters");
     Object.keys(r.counters).forEach(function (k) {
       var item = el("span", null, k.replace(/_/g, " ") + " ");
@@ -203,24 +203,22 @@
     return card;
   }
 
-  function unitTable(units) {
-    var keys = [];
-    units.forEach(function (u) {
-      Object.keys(u).forEach(function (k) { if (k !== "name" && keys.indexOf(k) < 0) keys.push(k); });
-    });
+  function unitTable(columns, units) {
     var wrap = el("div", "table-wrap units");
     var table = el("table");
     var head = el("tr");
-    head.appendChild(el("th", null, "Unit"));
-    keys.forEach(function (k) { head.appendChild(el("th", null, k.replace(/_/g, " "))); });
+    head.appendChild(el("th", null, "Modem"));
+    columns.forEach(function (c) { head.appendChild(el("th", null, c.replace(/_/g, " "))); });
     var thead = el("thead");
     thead.appendChild(head);
     table.appendChild(thead);
     var body = el("tbody");
     units.forEach(function (u) {
       var tr = el("tr");
-      tr.appendChild(el("th", null, u.name));
-      keys.forEach(function (k) { tr.appendChild(el("td", null, u[k] === undefined ? "—" : u[k])); });
+      var name = el("th", null, u.name);
+      name.scope = "row";
+      tr.appendChild(name);
+      u.cells.forEach(function (v) { tr.appendChild(el("td", null, v === null ? "—" : v)); });
       body.appendChild(tr);
     });
     table.appendChild(body);

@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from aiohttp import web
 from drivers.clock import Clock
 from gateway.admin.panel import panel
 from gateway.admin.render import render
+from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
 from gateway.admin.sessions import Session
 from gateway.api.handlers import GATEWAY
@@ -173,53 +173,8 @@ async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
         "failures": [
             {"code": code, "count": n} for code, n in tail.failure_codes().most_common(10)
         ],
-        "routes": route_cards(gw, await gw.store.sending_by_route(), now),
+        "routes": route_cards(gw, await gw.store.sending_by_route()),
     }
-
-
-def route_cards(gw: Gateway, sending: Mapping[str, int], now: float) -> list[dict[str, Any]]:
-    """One card per route: state, window use, throttling, and the driver's own counters.
-
-    Drivers report what they know in `RouteHealth.counters`; keys of the form
-    `unit.metric` (a modem in a bank: `sim1.signal`) are grouped into one row per unit,
-    so any driver's detail shows without the panel knowing its type."""
-    queued = gw.scheduler.depths_by_route()
-    cards = []
-    for route in gw.routes.values():
-        health = route.health()
-        configured = route.config.rate
-        rate = route.bucket.rate
-        counters: dict[str, int] = {}
-        units: dict[str, dict[str, Any]] = {}
-        for key, value in sorted(health.counters.items()):
-            unit, dot, metric = key.partition(".")
-            if dot:
-                units.setdefault(unit, {})[metric] = value
-            else:
-                counters[key] = value
-        for key, value in sorted(route.counters.items()):
-            counters[f"gateway_{key}"] = value
-        cards.append(
-            {
-                "name": route.name,
-                "type": route.config.type,
-                "state": "paused" if route.paused else health.state.value,
-                "detail": health.detail,
-                "paused": route.paused,
-                "throttled": bool(configured is not None and rate is not None and rate < configured)
-                or route.cool_until > gw.clock.monotonic(),
-                "rate": None if rate is None else round(rate, 2),
-                "configured_rate": configured,
-                "window": route.config.window,
-                "in_flight": route.in_flight,
-                "queued": queued.get(route.name, 0),
-                "sending": sending.get(route.name, 0),
-                "counters": counters,
-                "units": [{"name": name, **metrics} for name, metrics in units.items()],
-                "drainable": callable(getattr(route.driver, "drain", None)),
-            }
-        )
-    return cards
 
 
 class DashboardHub:

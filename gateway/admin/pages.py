@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.admin.panel import actor
 from gateway.admin.phi import mask_body, mask_number, may_see_phi
 from gateway.admin.render import error_response, redirect, render
+from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ADMIN, ANY_ROLE, OPERATORS, PanelRoute, current_user
 from gateway.api.handlers import GATEWAY, json_response
 from gateway.api.views import iso
@@ -372,10 +373,8 @@ async def inbound_page(request: web.Request) -> web.Response:
 
 
 async def routes_page(request: web.Request) -> web.Response:
-    from gateway.admin.dashboard import route_cards
-
     gw = _gateway(request)
-    cards = route_cards(gw, await gw.store.sending_by_route(), gw.clock.time())
+    cards = route_cards(gw, await gw.store.sending_by_route())
     return render(
         request,
         "routes.html",
