@@ -5,6 +5,7 @@ live event stream, and the origin check under `Referrer-Policy: no-referrer`."""
 from __future__ import annotations
 
 import json
+import re
 
 from gateway.admin.repo import Role
 from gateway.models import State
@@ -166,3 +167,41 @@ async def test_origin_null_is_judged_by_fetch_metadata(panel: PanelClient) -> No
         r = await panel.post("/audit/verify", token=token, origin="null", headers=headers)
         assert r.status == 403, headers
         assert (await r.json())["error"]["code"] == "csrf_origin"
+
+
+def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
+    from gateway.admin.render import environment
+
+    card = {
+        "name": "sims",
+        "type": "modem",
+        "state": "degraded",
+        "detail": "1 of 2 modems ready",
+        "paused": False,
+        "throttled": False,
+        "rate": None,
+        "configured_rate": None,
+        "window": 2,
+        "in_flight": 1,
+        "queued": 4,
+        "sending": 1,
+        "counters": {"submitted": 9},
+        "unit_columns": ["state", "signal"],
+        "units": [
+            {"name": "sim1", "cells": ["ready", 21], "extra": {"model": "E3372"}},
+            {"name": "sim2", "cells": ["drained", None], "extra": {}},
+        ],
+        "drainable": True,
+    }
+    template = environment().get_template("_route_card.html")
+
+    def url(name: str, **parts: str) -> str:
+        return f"/{name}/{'/'.join(parts.values())}"
+
+    page = re.sub(r">\s+<", "><", template.render(r=card, can_act=True, csrf_token="t", url=url))
+    assert '<th scope="row">sim1</th><td>ready</td><td>21</td>' in page
+    assert "<td>drained</td><td>—</td>" in page
+    assert page.count('name="unit" value="sim') == 2
+    assert "E3372" in page
+    viewer = template.render(r=card, can_act=False, csrf_token="t", url=url)
+    assert "Drain" not in viewer and "Pause" not in viewer
