@@ -49,6 +49,37 @@
     });
   }
 
+  // Time filters in the browser's own time zone; the server gets UTC.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function localInputValue(date) {
+    return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
+      "T" + pad(date.getHours()) + ":" + pad(date.getMinutes());
+  }
+
+  function localTimeFilters() {
+    document.querySelectorAll("form[data-local-times]").forEach(function (form) {
+      form.querySelectorAll("[data-zone-label]").forEach(function (l) { l.textContent = "(your time)"; });
+      var inputs = form.querySelectorAll("input[type=datetime-local][data-utc]");
+      inputs.forEach(function (input) {
+        var utc = input.getAttribute("data-utc");
+        var d = new Date(/[zZ]|[+-]\d\d:\d\d$/.test(utc) ? utc : utc + "Z");
+        if (utc && !isNaN(d.getTime())) input.value = localInputValue(d);
+      });
+      form.addEventListener("submit", function () {
+        inputs.forEach(function (input) {
+          if (!input.value) return;
+          var hidden = document.createElement("input");
+          hidden.type = "hidden";
+          hidden.name = input.name;
+          hidden.value = new Date(input.value).toISOString().replace(/\.\d{3}Z$/, "Z");
+          input.removeAttribute("name");
+          form.appendChild(hidden);
+        });
+      });
+    });
+  }
+
   // Forms that change something important ask first.
   function confirmForms() {
     document.addEventListener("submit", function (event) {
@@ -259,6 +290,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
+    localTimeFilters();
     confirmForms();
     var root = document.getElementById("dashboard");
     if (root) {

@@ -92,11 +92,13 @@ class MessageFilter:
 
 
 def _parse_time(text: str) -> float | None:
-    """`YYYY-MM-DDTHH:MM` (an `<input type=datetime-local>`), read as UTC."""
+    """An ISO 8601 time; without a zone (an `<input type=datetime-local>` sent
+    without script) it is read as UTC. app.js sends the browser's local time as UTC."""
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _message_where(

@@ -31,6 +31,12 @@ from tests.browser.conftest import (
 )
 
 LIVE_BUDGET_MS = 2000  # the dashboard shows a change within 2 s
+LOCAL_HOUR_AGO = """() => {
+    const d = new Date(Date.now() - 3600e3);
+    const p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`
+        + `T${p(d.getHours())}:${p(d.getMinutes())}`;
+}"""
 
 
 def new_page(context: Any) -> Any:
@@ -147,6 +153,17 @@ def test_reveal_writes_an_audit_entry(
     assert TEST_NUMBER not in page.content()
     assert page.locator(f"tr[data-message-id='{mid}'] .masked").inner_text() == "+1 202 ••• ••47"
     shot(page, artifacts, "04-messages")
+    # Time filters are typed in the browser's time zone and sent as UTC.
+    hour_ago = page.evaluate(LOCAL_HOUR_AGO)
+    page.fill("#f-since", hour_ago)
+    page.click("form[role=search] button[type=submit]")
+    page.wait_for_selector(f"tr[data-message-id='{mid}']")
+    assert re.search(r"since=\d{4}-\d\d-\d\dT\d\d%3A\d\d%3A00Z", page.url)
+    assert page.input_value("#f-since") == hour_ago
+    page.fill("#f-since", "")
+    page.fill("#f-until", hour_ago)
+    page.click("form[role=search] button[type=submit]")
+    page.wait_for_selector("td.empty")
     page.goto(f"{gateway.url}/messages/{mid}")
     assert TEST_NUMBER not in page.content()
     assert "ward 7B" not in page.content()
