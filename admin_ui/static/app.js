@@ -188,6 +188,9 @@
 
   Dashboard.prototype.renderRoutes = function (routes) {
     if (!this.routes) return;
+    var text = JSON.stringify(routes);
+    if (text === this.routesText) return;  // unchanged: keep the DOM (and any focus) as it is
+    this.routesText = text;
     this.routes.replaceChildren.apply(this.routes, routes.map(routeCard));
   };
 
@@ -299,7 +302,15 @@
       if (initial) dashboard.render(JSON.parse(initial.textContent));
       dashboard.connect();
     }
-    document.body.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
+    document.body.addEventListener("htmx:afterSwap", function (event) {
+      localTimes(event.target);
+      // The button that was pressed is gone: keyboard focus goes to what replaced it.
+      var revealed = event.target.querySelector(".revealed");
+      if (revealed) {
+        revealed.tabIndex = -1;
+        revealed.focus();
+      }
+    });
     document.body.addEventListener("htmx:responseError", function (event) {
       var target = event.detail.target;
       var xhr = event.detail.xhr;

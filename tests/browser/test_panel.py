@@ -88,7 +88,10 @@ def admin(browser: Any, gateway: Gateway, artifacts: Path) -> Iterator[Any]:
 
 
 def operator_context(browser: Any, gw: Gateway, who: tuple[str, str] = OPERATOR) -> Any:
-    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    # Another time zone than the machine's: times shown and typed are local to the browser.
+    context = browser.new_context(
+        viewport={"width": 1024, "height": 768}, timezone_id="America/Chicago"
+    )
     page = new_page(context)
     sign_in(page, gw, who)
     page.wait_for_selector("nav.sidenav")
