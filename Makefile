@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers browser vendor bench bench-quick clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -37,6 +37,7 @@ peers: setup
 # The panel's front-end libraries. npm ci checks every tarball against the sha512 in
 # admin_ui/package-lock.json; vendor.py copies the served files into admin_ui/static/vendor/
 # (committed, so `make run` needs no npm) and records their SHA-256 in admin_ui/vendor.json.
+.PHONY: vendor browser
 UI_MODULES := admin_ui/node_modules/.package-lock.json
 
 $(UI_MODULES): admin_ui/package-lock.json
