@@ -20,10 +20,11 @@ import structlog
 from aiohttp import web
 
 from gateway.admin.panel import actor
-from gateway.admin.phi import mask_body, mask_number, may_see_phi
+from gateway.admin.phi import mask_body, mask_number
 from gateway.admin.render import error_response, redirect, render
+from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
-from gateway.admin.routing import ADMIN, ANY_ROLE, OPERATORS, PanelRoute, current_user
+from gateway.admin.routing import ADMIN, OPERATORS, PHI_READERS, PanelRoute, current_user
 from gateway.api.handlers import GATEWAY, json_response
 from gateway.api.views import iso
 from gateway.app import Gateway
@@ -37,7 +38,7 @@ log = structlog.get_logger("smsgw.admin.pages")
 
 PAGE_SIZE = 50
 REFERENCE_SCAN_LIMIT = 10_000  # references have no index: search the newest this many
-STAFF = frozenset(r for r in ANY_ROLE if r.value != "auditor")  # admin, operator, viewer
+STAFF = frozenset({Role.ADMIN, Role.OPERATOR, Role.VIEWER})  # not the auditor
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -52,15 +53,7 @@ async def _audit(
 
 
 def _sees_phi(request: web.Request) -> bool:
-    return may_see_phi(current_user(request).role.value)
-
-
-def _time(ts: float | None) -> str | None:
-    return iso(ts)
-
-
-def _refused(request: web.Request, status: int, code: str, message: str) -> web.Response:
-    return error_response(request, status, code, message)
+    return current_user(request).role in PHI_READERS
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -68,7 +61,7 @@ def _refused(request: web.Request, status: int, code: str, message: str) -> web.
 
 @dataclass(frozen=True, slots=True)
 class MessageFilter:
-    """The messages page's query, parsed; `problems` are shown above the table."""
+    """The messages page's query string; every field optional, `before` the cursor."""
 
     state: str = ""
     priority: str = ""
@@ -91,7 +84,7 @@ class MessageFilter:
         return urlencode({k: v for k, v in values.items() if v})
 
 
-def _parse_time(text: str) -> float | None:
+def _parseiso(text: str) -> float | None:
     """An ISO 8601 time; without a zone (an `<input type=datetime-local>` sent
     without script) it is read as UTC. app.js sends the browser's local time as UTC."""
     try:
@@ -123,7 +116,7 @@ def _message_where(
         (f.until, "created_at < ?", "To"),
     ):
         if text:
-            ts = _parse_time(text)
+            ts = _parseiso(text)
             if ts is None:
                 problems.append(f"{label}: not a date and time.")
             else:
@@ -144,8 +137,8 @@ def _message_row(gw: Gateway, row: sqlite3.Row, phi: bool) -> dict[str, Any]:
         "state": row["state"],
         "priority": Priority(row["priority"]).label,
         "route": row["route"] or row["route_hint"],
-        "created_at": _time(row["created_at"]),
-        "updated_at": _time(row["updated_at"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
         "segments": row["segments"],
         "attempts": row["attempts"],
         "error_code": row["error_code"],
@@ -214,11 +207,11 @@ async def message_page(request: web.Request) -> web.Response:
     mid = request.match_info["id"]
     row = await gw.store.message_row(mid)
     if row is None:
-        return _refused(request, 404, "not_found", "No message with this id.")
+        return error_response(request, 404, "not_found", "No message with this id.")
     phi = _sees_phi(request)
     events = [
         {
-            "at": _time(e["at"]),
+            "at": iso(e["at"]),
             "state": e["state"],
             "route": e["route"],
             "carrier_id": e["carrier_id"],
@@ -234,8 +227,8 @@ async def message_page(request: web.Request) -> web.Response:
         m=_message_row(gw, row, phi),
         phi=phi,
         events=events,
-        expires_at=_time(row["expires_at"]),
-        send_at=_time(row["send_at"]),
+        expires_at=iso(row["expires_at"]),
+        send_at=iso(row["send_at"]),
         can_act=current_user(request).role in OPERATORS,
         cancellable=state in (State.QUEUED, State.SCHEDULED),
         retryable=state in (State.FAILED, State.EXPIRED),
@@ -249,7 +242,7 @@ async def reveal_message(request: web.Request) -> web.StreamResponse:
     mid = request.match_info["id"]
     row = await gw.store.message_row(mid)
     if row is None:
-        return _refused(request, 404, "not_found", "No message with this id.")
+        return error_response(request, 404, "not_found", "No message with this id.")
     await _audit(request, "reveal", "message", mid)
     log.info("phi_revealed", message_id=mid, user_id=current_user(request).id)
     values = {
@@ -268,7 +261,7 @@ async def reveal_inbound(request: web.Request) -> web.StreamResponse:
     iid = request.match_info["id"]
     row = await gw.store.inbound_row(iid)
     if row is None:
-        return _refused(request, 404, "not_found", "No inbound message with this id.")
+        return error_response(request, 404, "not_found", "No inbound message with this id.")
     await _audit(request, "reveal", "inbound", iid)
     log.info("phi_revealed", inbound_id=iid, user_id=current_user(request).id)
     values = {
@@ -294,12 +287,12 @@ async def cancel_message(request: web.Request) -> web.Response:
     mid = request.match_info["id"]
     row = await gw.store.message_row(mid)
     if row is None:
-        return _refused(request, 404, "not_found", "No message with this id.")
+        return error_response(request, 404, "not_found", "No message with this id.")
     state = State(row["state"])
     if state in CANCELLABLE:
         state = await gw.store.cancel(mid, gw.clock.time()) or state
     if state is not State.CANCELLED or State(row["state"]) is State.CANCELLED:
-        return _refused(
+        return error_response(
             request,
             409,
             "not_cancellable",
@@ -316,13 +309,13 @@ async def retry_message(request: web.Request) -> web.Response:
     mid = request.match_info["id"]
     row = await gw.store.message_row(mid)
     if row is None:
-        return _refused(request, 404, "not_found", "No message with this id.")
+        return error_response(request, 404, "not_found", "No message with this id.")
     if State(row["state"]) not in (State.FAILED, State.EXPIRED):
-        return _refused(
+        return error_response(
             request, 409, "not_retryable", "Only failed or expired messages can be retried."
         )
     if not gw.accepting:
-        return _refused(request, 503, "shutting_down", "The gateway is shutting down.")
+        return error_response(request, 503, "shutting_down", "The gateway is shutting down.")
     reference = row["reference_ct"]
     copy = SendRequest(
         to=gw.store.decrypt(row["to_ct"], mid, "to"),
@@ -354,7 +347,7 @@ async def inbound_page(request: web.Request) -> web.Response:
         {
             "id": r["id"],
             "route": r["route"],
-            "received_at": _time(r["received_at"]),
+            "received_at": iso(r["received_at"]),
             "sender_masked": mask_number(gw.store.decrypt(r["sender_ct"], r["id"], "sender"))
             if phi
             else None,
@@ -393,7 +386,7 @@ def _route(request: web.Request) -> RouteRuntime | None:
 async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
     route = _route(request)
     if route is None:
-        return _refused(request, 404, "not_found", "No route with this name.")
+        return error_response(request, 404, "not_found", "No route with this name.")
     route.paused = paused
     _gateway(request).scheduler.wake()
     action = "route_paused" if paused else "route_resumed"
@@ -413,20 +406,20 @@ async def drain_unit(request: web.Request) -> web.Response:
     """Drain one unit (a modem) of a route whose driver offers `drain(unit)`."""
     route = _route(request)
     if route is None:
-        return _refused(request, 404, "not_found", "No route with this name.")
+        return error_response(request, 404, "not_found", "No route with this name.")
     drain = getattr(route.driver, "drain", None)
     if not callable(drain):
-        return _refused(request, 409, "not_drainable", "This route has nothing to drain.")
+        return error_response(request, 409, "not_drainable", "This route has nothing to drain.")
     form = await request.post()
     unit = form.get("unit")
     if not isinstance(unit, str) or not unit:
-        return _refused(request, 422, "missing_field", "unit: required")
+        return error_response(request, 422, "missing_field", "unit: required")
     try:
         result = drain(unit)
         if inspect.isawaitable(result):
             await result
     except (KeyError, ValueError):
-        return _refused(request, 404, "not_found", "No such unit on this route.")
+        return error_response(request, 404, "not_found", "No such unit on this route.")
     await _audit(request, "modem_drained", "route", route.name, unit=unit)
     return redirect("/routes?done=drained")
 
@@ -440,8 +433,8 @@ async def _token_list(gw: Gateway) -> list[dict[str, Any]]:
             "id": t.id,
             "name": t.name,
             "scopes": sorted(t.scopes),
-            "created_at": _time(t.created_at),
-            "revoked_at": _time(t.revoked_at),
+            "created_at": iso(t.created_at),
+            "revoked_at": iso(t.revoked_at),
         }
         for t in reversed(await gw.store.tokens())
     ]
@@ -492,7 +485,7 @@ async def revoke_token_action(request: web.Request) -> web.Response:
     gw = _gateway(request)
     token_id = request.match_info["id"]
     if not await gw.store.revoke_token(token_id, gw.clock.time()):
-        return _refused(request, 404, "not_found", "No active token with this id.")
+        return error_response(request, 404, "not_found", "No active token with this id.")
     gw.tokens.forget()
     await _audit(request, "token_revoked", "token", token_id)
     return redirect("/tokens?done=revoked")

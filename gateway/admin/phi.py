@@ -2,19 +2,15 @@
 
 A masked number keeps the country code, the first three national digits and the
 last two (`+1 555 ••• ••67`): enough to tell two numbers apart on a screen, not
-enough to call anyone. Roles without PHI rights (viewer, auditor) see neither.
+enough to call anyone. Roles without PHI rights (viewer, auditor: see
+`routing.PHI_READERS`) get neither.
 """
 
 from __future__ import annotations
 
 import phonenumbers
 
-PHI_ROLES = frozenset({"admin", "operator"})
 DOT = "•"
-
-
-def may_see_phi(role: str) -> bool:
-    return role in PHI_ROLES
 
 
 def mask_number(e164: str) -> str:

@@ -175,6 +175,7 @@ def test_reveal_writes_an_audit_entry(
     assert page.inner_text("[data-phi=number]") == TEST_NUMBER
     assert page.inner_text("[data-phi=body]") == "Reveal check: please call ward 7B"
     shot(page, artifacts, "05-message-revealed")
+    assert page.problems == []
     context.close()
     audit = new_page(admin)
     assert audit_rows(audit, gateway, "reveal", mid) == 1
@@ -197,6 +198,7 @@ def test_a_viewer_cannot_reveal(browser: Any, admin: Any, gateway: Gateway) -> N
         f"/messages/{mid}/reveal",
     )
     assert status == 403
+    assert [p for p in page.problems if "403" not in p] == []
     context.close()
     assert audit_rows(new_page(admin), gateway, "reveal", mid) == 0
 
