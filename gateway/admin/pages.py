@@ -15,6 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -77,14 +78,12 @@ class MessageFilter:
         return cls(**{name: query.get(name, "").strip() for name in cls.__slots__})
 
     def query_string(self, **change: str) -> str:
-        from urllib.parse import urlencode
-
         values = {name: getattr(self, name) for name in self.__slots__}
         values.update(change)
         return urlencode({k: v for k, v in values.items() if v})
 
 
-def _parseiso(text: str) -> float | None:
+def _parse_time(text: str) -> float | None:
     """An ISO 8601 time; without a zone (an `<input type=datetime-local>` sent
     without script) it is read as UTC. app.js sends the browser's local time as UTC."""
     try:
@@ -116,7 +115,7 @@ def _message_where(
         (f.until, "created_at < ?", "To"),
     ):
         if text:
-            ts = _parseiso(text)
+            ts = _parse_time(text)
             if ts is None:
                 problems.append(f"{label}: not a date and time.")
             else:
