@@ -4,9 +4,12 @@ live event stream, and the origin check under `Referrer-Policy: no-referrer`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from typing import Any
 
+from gateway.admin.dashboard import KEEPALIVE_SECONDS
 from gateway.admin.repo import Role
 from gateway.models import State
 from gateway.store.store import Transition
@@ -116,6 +119,8 @@ async def test_pause_and_resume_a_route_from_the_panel(panel: PanelClient) -> No
     actions = await panel.audit_actions()
     assert actions[-2:] == ["route_paused", "route_resumed"]
     assert (await panel.post("/routes/nowhere/pause", token=token)).status == 404
+    r = await panel.post("/routes/main/drain", {"unit": "sim1"}, token=token)
+    assert r.status == 409 and (await r.json())["error"]["code"] == "not_drainable"
 
 
 async def test_tokens_are_shown_once_and_revocable_by_admins_only(panel: PanelClient) -> None:
@@ -205,3 +210,38 @@ def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
     assert "E3372" in page
     viewer = template.render(r=card, can_act=False, csrf_token="t", url=url)
     assert "Drain" not in viewer and "Pause" not in viewer
+
+
+async def _read_event(r: Any, name: str) -> bytes:
+    """Read the stream until an event called `name`; its data."""
+    buffer = b""
+    marker = b"event: " + name.encode() + b"\ndata: "
+    while marker not in buffer or not buffer.split(marker, 1)[1].count(b"\n\n"):
+        chunk = await asyncio.wait_for(r.content.readany(), 5)
+        assert chunk, "the stream ended first"
+        buffer += chunk
+    return buffer.split(marker, 1)[1].split(b"\n\n")[0]
+
+
+async def test_events_stream_ends_when_the_session_does(panel: PanelClient) -> None:
+    """Idle: the stream itself does not keep the session alive."""
+    await signed_in(panel, Role.VIEWER)
+    r = await panel.client.get("/events")
+    await _read_event(r, "snapshot")
+    await panel.clock.wait_sleeping(2)  # the stream and the hub's poller
+    panel.clock.advance(panel.gw.config.admin.idle_timeout)
+    assert await _read_event(r, "logout") == b"{}"
+    r.close()
+    assert (await panel.client.get("/", allow_redirects=False)).headers["Location"] == "/login"
+
+
+async def test_events_stream_ends_soon_after_a_sign_out_elsewhere(panel: PanelClient) -> None:
+    token = await signed_in(panel, Role.VIEWER)
+    r = await panel.client.get("/events")
+    await _read_event(r, "snapshot")
+    other = PanelClient(panel.gw, panel.client)
+    assert (await other.post("/logout", token=token)).status == 303
+    await panel.clock.wait_sleeping(2)
+    panel.clock.advance(KEEPALIVE_SECONDS)
+    assert await _read_event(r, "logout") == b"{}"
+    r.close()

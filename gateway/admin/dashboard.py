@@ -291,9 +291,14 @@ async def _session_deadline(request: web.Request, session: Session) -> float | N
 
 async def events_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: `snapshot` (JSON) on every change; `logout` when the session
-    ends, after which the browser goes to the sign-in page."""
+    ends, after which the browser goes to the sign-in page.
+
+    The stream does not keep its session alive: it ends at the session's idle or
+    absolute deadline unless another request moved it, and it looks again every
+    `KEEPALIVE_SECONDS`, so a sign-out elsewhere (or a disabled user) ends it too."""
     gw = request.app[GATEWAY]
     hub = request.app[DASHBOARD_HUB]
+    sessions = panel(request).sessions
     session = current_session(request)
     response = web.StreamResponse(
         headers={
@@ -304,29 +309,25 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     listener = hub.subscribe()
-    deadline = min(
-        session.last_seen + panel(request).sessions.idle,
-        session.created_at + panel(request).sessions.absolute,
-    )
+    deadline = min(session.last_seen + sessions.idle, session.created_at + sessions.absolute)
     try:
         await response.write(
             b"retry: 2000\nevent: snapshot\ndata: " + await hub.current() + b"\n\n"
         )
+        check_at = gw.clock.time() + KEEPALIVE_SECONDS
         while True:
             now = gw.clock.time()
-            if now >= deadline:
+            if now >= min(deadline, check_at):
                 found = await _session_deadline(request, session)
                 if found is None or found <= now:
                     await response.write(b"event: logout\ndata: {}\n\n")
                     break
-                deadline = found
-            wait = min(KEEPALIVE_SECONDS, max(0.0, deadline - now))
-            data = await _next(gw.clock, listener, wait)
+                deadline, check_at = found, now + KEEPALIVE_SECONDS
+                await response.write(b": keepalive\n\n")
+            data = await _next(gw.clock, listener, max(0.0, min(deadline, check_at) - now))
             if data == b"":  # the gateway is stopping
                 break
-            if data is None:
-                await response.write(b": keepalive\n\n")
-            else:
+            if data is not None:
                 await response.write(b"event: snapshot\ndata: " + data + b"\n\n")
     except (ConnectionResetError, ConnectionError):
         pass  # the browser went away

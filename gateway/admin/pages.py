@@ -411,14 +411,12 @@ async def drain_unit(request: web.Request) -> web.Response:
         return error_response(request, 409, "not_drainable", "This route has nothing to drain.")
     form = await request.post()
     unit = form.get("unit")
-    if not isinstance(unit, str) or not unit:
-        return error_response(request, 422, "missing_field", "unit: required")
-    try:
-        result = drain(unit)
-        if inspect.isawaitable(result):
-            await result
-    except (KeyError, ValueError):
+    members = getattr(route.health(), "members", None) or {}
+    if not isinstance(unit, str) or unit not in members:
         return error_response(request, 404, "not_found", "No such unit on this route.")
+    result = drain(unit)
+    if inspect.isawaitable(result):
+        await result
     await _audit(request, "modem_drained", "route", route.name, unit=unit)
     return redirect("/routes?done=drained")
 
