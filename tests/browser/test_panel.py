@@ -22,6 +22,7 @@ import pytest
 
 from tests.browser.conftest import (
     ADMIN,
+    INBOUND_SENDER,
     OPERATOR,
     TEST_NUMBER,
     VIEWER,
@@ -175,10 +176,20 @@ def test_reveal_writes_an_audit_entry(
     assert page.inner_text("[data-phi=number]") == TEST_NUMBER
     assert page.inner_text("[data-phi=body]") == "Reveal check: please call ward 7B"
     shot(page, artifacts, "05-message-revealed")
+    # Inbound replies: masked sender, revealed one at a time.
+    page.goto(f"{gateway.url}/inbound")
+    row = page.locator("tr[data-inbound-id]").first
+    inbound_id = row.get_attribute("data-inbound-id")
+    assert row.locator(".masked").inner_text() == "+1 202 ••• ••68"
+    row.locator("button").click()
+    page.wait_for_selector(f"tr[data-inbound-id='{inbound_id}'] [data-phi=number]")
+    assert row.locator("[data-phi=number]").inner_text() == INBOUND_SENDER
+    shot(page, artifacts, "08-inbound")
     assert page.problems == []
     context.close()
     audit = new_page(admin)
     assert audit_rows(audit, gateway, "reveal", mid) == 1
+    assert inbound_id is not None and audit_rows(audit, gateway, "reveal", inbound_id) == 1
     shot(audit, artifacts, "06-audit")
 
 
@@ -244,7 +255,6 @@ def test_a_cross_site_post_is_refused(admin: Any, gateway: Gateway, artifacts: P
 def test_every_page_renders_for_the_admin(admin: Any, gateway: Gateway, artifacts: Path) -> None:
     page = new_page(admin)
     for name, path in (
-        ("08-inbound", "/inbound"),
         ("09-routes", "/routes"),
         ("10-users", "/users"),
         ("11-account", "/account"),
