@@ -183,9 +183,7 @@ def start_gateway(
         'undelivered_prefixes = ["+1202555019"]\n'
     )
     crypto.generate_master_key(root / "master.key")
-    subprocess.run(
-        [sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60
-    )
+    subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)
     gw = Gateway(
         subprocess.Popen(
             [*SMSGW, "run", "--config", str(config)],
