@@ -156,3 +156,13 @@ def test_unit_rows_put_the_usual_columns_first_and_keep_other_plain_values() -> 
     }
     assert rows[1]["cells"] == ["drained", None, None, 3]
     assert rows[1]["extra"] == {"model": "E3372"}
+
+
+async def test_concurrent_refreshes_count_each_event_once(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(ROUTES)
+    tail = EventTail(gw.store, gw.clock)
+    await tail.refresh()
+    await accept(gw)
+    await gw.scheduler.run_until_idle()
+    await asyncio.gather(tail.refresh(), tail.refresh(), tail.refresh())
+    assert tail.totals()["sent"] == 1

@@ -64,9 +64,14 @@ class EventTail:
         self._clock = clock
         self._seq: int | None = None
         self.buckets: dict[int, Bucket] = {}
+        self._reading = asyncio.Lock()  # two refreshes must not count the same events
 
     async def refresh(self) -> bool:
         """Read the events since the last refresh; True if any arrived or aged out."""
+        async with self._reading:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         now = self._clock.time()
         first_minute = _minute(now) - WINDOW_SECONDS // BUCKET_SECONDS + 1
         if self._seq is None:
@@ -188,6 +193,7 @@ class DashboardHub:
         self._task: asyncio.Task[None] | None = None
         self._last: bytes | None = None
         self._compared: bytes | None = None
+        self._polling = asyncio.Lock()
 
     async def current(self) -> bytes:
         """The newest snapshot as JSON (computed now if nobody is polling)."""
@@ -233,15 +239,16 @@ class DashboardHub:
 
     async def _poll_once(self) -> bool:
         """Refresh the snapshot; True if what the dashboard shows changed."""
-        await self._tail.refresh()
-        snapshot = await build_snapshot(self._gw, self._tail)
-        compared = msgspec.json.encode(snapshot)
-        changed = compared != self._compared
-        self._compared = compared
-        if changed or self._last is None:
-            snapshot["at"] = self._gw.clock.time()
-            self._last = msgspec.json.encode(snapshot)
-        return changed
+        async with self._polling:
+            await self._tail.refresh()
+            snapshot = await build_snapshot(self._gw, self._tail)
+            compared = msgspec.json.encode(snapshot)
+            changed = compared != self._compared
+            self._compared = compared
+            if changed or self._last is None:
+                snapshot["at"] = self._gw.clock.time()
+                self._last = msgspec.json.encode(snapshot)
+            return changed
 
     def _publish(self) -> None:
         assert self._last is not None
