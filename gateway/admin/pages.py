@@ -383,13 +383,11 @@ def _route(request: web.Request) -> RouteRuntime | None:
 
 
 async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
-    route = _route(request)
+    route = await _gateway(request).set_route_paused(
+        request.match_info["route"], paused=paused, actor=actor(request)
+    )
     if route is None:
         return error_response(request, 404, "not_found", "No route with this name.")
-    route.paused = paused
-    _gateway(request).scheduler.wake()
-    action = "route_paused" if paused else "route_resumed"
-    await _audit(request, action, "route", route.name)
     return redirect(f"/routes?done={'paused' if paused else 'resumed'}")
 
 
