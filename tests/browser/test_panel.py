@@ -114,6 +114,11 @@ def test_first_admin_signs_in_with_totp(admin: Any, gateway: Gateway, artifacts:
     for label in ("Dashboard", "Messages", "Inbound", "Routes", "API tokens", "Users", "Audit"):
         assert any(label in t for t in labels), labels
     assert "admin" in page.inner_text(".user-menu summary")
+    # Keyboard: the first Tab reaches the skip link, which moves focus to the content.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
     page.goto(gateway.url + "/audit")
     assert page.locator("tbody tr", has_text="login").count() >= 1
     assert page.problems == []
@@ -193,13 +198,16 @@ def test_reveal_writes_an_audit_entry(
     shot(audit, artifacts, "06-audit")
 
 
-def test_a_viewer_cannot_reveal(browser: Any, admin: Any, gateway: Gateway) -> None:
+def test_a_viewer_cannot_reveal(
+    browser: Any, admin: Any, gateway: Gateway, artifacts: Path
+) -> None:
     mid = gateway.send(body="Viewer must not read this")
     context = operator_context(browser, gateway, VIEWER)
     page = new_page(context)
     page.goto(f"{gateway.url}/messages/{mid}")
     assert page.locator("#reveal-button").count() == 0
     assert "hidden for your role" in page.inner_text("dl.facts")
+    shot(page, artifacts, "16-message-as-viewer")
     status = page.evaluate(
         """async (url) => {
             const token = document.querySelector('meta[name=csrf-token]').content;
