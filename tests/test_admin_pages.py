@@ -148,11 +148,7 @@ async def test_events_stream_sends_a_snapshot_at_once(panel: PanelClient) -> Non
     await accept(panel.gw, priority="high")
     r = await panel.client.get("/events")
     assert r.headers["Content-Type"].startswith("text/event-stream")
-    chunk = b""
-    while b"\n\n" not in chunk.split(b"data: ", 1)[-1]:
-        chunk += await r.content.readany()
-    data = chunk.split(b"data: ", 1)[1].split(b"\n\n")[0]
-    snap = json.loads(data)
+    snap = json.loads(await _read_event(r, "snapshot"))
     assert snap["queue"]["classes"][1] == {
         "name": "high",
         "queued": 1,
