@@ -34,7 +34,28 @@ peers: setup
 	  apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	$(BIN)/python -c 'from tests.peers.smpp_peer import ensure_installed; ensure_installed()'
 
-unit: setup peers
+# The panel's front-end libraries. npm ci checks every tarball against the sha512 in
+# admin_ui/package-lock.json; vendor.py copies the served files into admin_ui/static/vendor/
+# (committed, so `make run` needs no npm) and records their SHA-256 in admin_ui/vendor.json.
+.PHONY: vendor browser
+UI_MODULES := admin_ui/node_modules/.package-lock.json
+
+$(UI_MODULES): admin_ui/package-lock.json
+	@command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (Debian) for the panel's front-end packages"; \
+	  apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd admin_ui && npm ci --ignore-scripts --no-audit --no-fund --silent
+
+vendor: setup $(UI_MODULES)
+	$(BIN)/python admin_ui/vendor.py
+
+# Debian's headless Chromium for the Playwright browser tests (never a downloaded browser).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium (Debian) for the browser tests"; \
+	  apt-get update -qq && apt-get install -y -qq chromium; }
+
+unit: setup peers browser $(UI_MODULES)
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -125,6 +125,19 @@ class Gateway:
             await self.clock.sleep(HOUSEKEEPING_INTERVAL)
             await self.housekeeping_once()
 
+    async def set_route_paused(self, name: str, *, paused: bool, actor: str) -> RouteRuntime | None:
+        """Pause or resume a route (API and panel alike): audited, then the scheduler
+        is woken so its messages fail over or go out. None if there is no such route."""
+        route = self.routes.get(name)
+        if route is None:
+            return None
+        action = "route_paused" if paused else "route_resumed"
+        await self.audit.record(actor, action, "route", route.name)
+        route.paused = paused
+        self.scheduler.wake()
+        log.info(action, route=route.name, actor=actor)
+        return route
+
     async def housekeeping_once(self) -> None:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)

@@ -158,6 +158,17 @@ class Scheduler:
             scheduled[e.priority.label] += 1
         return {"queued": waiting, "scheduled": scheduled}
 
+    def depths_by_route(self) -> dict[str, int]:
+        """Messages waiting (due or not) per the route they would try first."""
+        counts = dict.fromkeys(self._routes, 0)
+        for e in self._waiting.values():
+            if e.candidates:
+                counts[e.candidates[0]] = counts.get(e.candidates[0], 0) + 1
+        for _, _, e in self._scheduled:
+            if e.candidates:
+                counts[e.candidates[0]] = counts.get(e.candidates[0], 0) + 1
+        return counts
+
     def oldest_due(self) -> float | None:
         heads = [h[0][0] for h in self._heaps.values() if h]
         return min(heads) if heads else None

@@ -85,7 +85,7 @@ class PanelClient:
         """Sign in (password only); the session's CSRF token."""
         r = await self.login(username, password)
         assert r.status == 303, await r.text()
-        assert r.headers["Location"] == "/account"
+        assert r.headers["Location"] == "/"
         return await self.csrf("/account")
 
     async def totp_secret(self, user_id: str) -> str:

@@ -107,7 +107,7 @@ async def test_totp_enrolment_then_login_with_a_code_once(panel: PanelClient) ->
     panel.clock.advance(totp.STEP_SECONDS)
     code = panel.code(secret)
     r = await panel.post("/login/totp", {"code": code}, token=token)
-    assert r.status == 303 and r.headers["Location"] == "/account"
+    assert r.status == 303 and r.headers["Location"] == "/"
     assert panel.cookie("smsgw_session") != pending, "new id after the second factor"
     assert (await panel.client.get("/audit", allow_redirects=False)).status == 200
 

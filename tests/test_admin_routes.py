@@ -23,7 +23,13 @@ from gateway.api.server import ENDPOINTS, build_app
 from tests.admin_support import PanelClient
 from tests.conftest import FAST_PASSWORD_HASH, GatewayFactory
 
-SAMPLES = {"user_id": "0123456789ab", "path": "favicon.svg", "name": "main", "id": "06H1X"}
+SAMPLES = {
+    "user_id": "0123456789ab",
+    "path": "favicon.svg",
+    "name": "main",
+    "route": "main",
+    "id": "06H1X",
+}
 
 
 def served(app: web.Application) -> list[tuple[str, str, dict[str, Any]]]:
@@ -46,6 +52,11 @@ def concrete(info: dict[str, Any]) -> str:
     if "path" in info:
         return str(info["path"])
     return str(info["formatter"]).format_map(defaultdict(lambda: "x", SAMPLES))
+
+
+def sample(path: str) -> str:
+    """A declared path with every `{part}` filled from SAMPLES."""
+    return canonical(path).format_map(defaultdict(lambda: "x", SAMPLES))
 
 
 def panel_routes(panel: PanelClient) -> tuple[PanelRoute, ...]:
@@ -131,10 +142,11 @@ async def test_every_route_carries_the_security_headers(panel: PanelClient) -> N
     for route in panel_routes(panel):  # signed in as admin: every page
         if route.method != "GET":
             continue
-        path = route.path.replace("{path:.+}", SAMPLES["path"])
+        path = sample(route.path)
         r = await panel.client.get(path, allow_redirects=False)
         assert_security_headers(r, f"GET {route.path}")
-        assert r.status in (200, 303), route.path
+        # A page about one thing (a message) answers 404 for a sample id.
+        assert r.status in (200, 303) or ("{" in route.path and r.status == 404), route.path
         if route is not STATIC_ROUTE:
             assert r.headers["Cache-Control"] == "no-store", route.path
     r = await panel.client.get("/no/such/page")
@@ -150,7 +162,7 @@ async def test_non_get_panel_routes_refuse_requests_without_csrf(panel: PanelCli
     for route in panel_routes(panel):
         if not route.state_changing:
             continue
-        path = route.path.replace("{user_id:[0-9a-f]{12}}", SAMPLES["user_id"])
+        path = sample(route.path)
         cases = {
             "no token": {"token": None},
             "wrong token": {"token": "x" * 43},
@@ -223,7 +235,7 @@ async def test_roles_reach_only_their_routes(panel: PanelClient, role: Role) -> 
     for route in panel_routes(panel):
         if route.roles is None or role in route.roles or not route.state_changing:
             continue
-        path = route.path.replace("{user_id:[0-9a-f]{12}}", SAMPLES["user_id"])
+        path = sample(route.path)
         r = await panel.post(path, {"username": "x", "role": "admin"}, token=token)
         assert r.status == 403, f"{role} {route.name}"
     assert [u.username for u in await panel.accounts.repo.users()] == ["someone"]

@@ -25,9 +25,16 @@ def request_origin(request: web.BaseRequest) -> str:
 
 
 def same_origin(request: web.BaseRequest) -> bool:
-    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site in ("cross-site", "same-site"):
         return False
     origin = request.headers.get("Origin")
+    if origin == "null" and site:
+        # `Referrer-Policy: no-referrer` makes browsers send `Origin: null` on every
+        # POST (Fetch standard, "append a request Origin header"), same-origin ones
+        # included. Fetch metadata, which no page script can set, still says where
+        # the request came from.
+        return site == "same-origin"
     if origin is None:
         referer = request.headers.get("Referer")
         if not referer:

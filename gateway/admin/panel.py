@@ -43,11 +43,13 @@ ROUTE_MODULES = (
     "gateway.admin.views_auth",
     "gateway.admin.views_users",
     "gateway.admin.views_audit",
+    "gateway.admin.dashboard",
+    "gateway.admin.pages",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"
 ENROL_PATH = "/account/totp"
-LANDING_PATH = "/account"
+LANDING_PATH = "/"
 SESSION_COOKIE = "smsgw_session"
 PRE_SESSION_COOKIE = "smsgw_pre"
 SECURE_PREFIX = "__Host-"
@@ -248,6 +250,11 @@ def install(app: web.Application, gateway: Gateway) -> Panel:
     app[TEMPLATE_ENV] = environment()
     for route in routes:
         app.router.add_route(route.method, route.path, _gate(route), name=route.name)
+    for name in ROUTE_MODULES:
+        # A route module may own app-wide state (the dashboard's live hub).
+        setup = getattr(importlib.import_module(name), "install", None)
+        if setup is not None:
+            setup(app, gateway)
     return p
 
 

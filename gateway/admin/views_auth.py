@@ -231,7 +231,7 @@ ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute(
         "POST", ENROL_PATH, enrol_submit, ANY_ROLE, False, "totp_enrol_submit", mfa_pending=True
     ),
-    PanelRoute("GET", LANDING_PATH, account_page, ANY_ROLE, False, "account"),
+    PanelRoute("GET", "/account", account_page, ANY_ROLE, False, "account"),
     PanelRoute("GET", "/account/password", password_page, ANY_ROLE, False, "password"),
     PanelRoute("POST", "/account/password", password_submit, ANY_ROLE, False, "password_submit"),
 )

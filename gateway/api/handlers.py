@@ -355,16 +355,11 @@ async def resume_route(request: web.Request) -> web.Response:
 
 
 async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
-    gw = _gateway(request)
-    route = gw.routes.get(request.match_info["name"])
+    route = await _gateway(request).set_route_paused(
+        request.match_info["name"], paused=paused, actor=f"token:{_token(request).id}"
+    )
     if route is None:
         raise ApiError(404, "not_found", "no route with this name")
-    action = "route_paused" if paused else "route_resumed"
-    token_id = _token(request).id
-    await gw.audit.record(f"token:{token_id}", action, "route", route.name)
-    route.paused = paused
-    gw.scheduler.wake()
-    log.info(action, route=route.name, token_id=token_id)
     return json_response(route.describe())
 
 

@@ -508,6 +508,60 @@ class Store:
 
         return await self.writer.run(job)
 
+    # -- admin panel reads (gateway/admin/dashboard.py, pages.py) ------------------------
+    # Read-only, on the reader connection. Kept together to ease merging.
+
+    async def last_event_seq(self) -> int:
+        cur = await self.reader.execute("SELECT max(seq) FROM message_events")
+        row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def first_event_seq_since(self, since: float) -> int:
+        """The seq of the first event at or after `since` (binary search on the rowid:
+        seq grows with time, so this costs a few lookups instead of a table scan)."""
+        lo, hi = 1, await self.last_event_seq() + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            cur = await self.reader.execute(
+                "SELECT at FROM message_events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] >= since:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    async def events_after(self, seq: int, limit: int) -> list[sqlite3.Row]:
+        """Transitions with a seq above `seq`, oldest first (the dashboard's tail)."""
+        cur = await self.reader.execute(
+            "SELECT seq, at, state, route, error_code FROM message_events"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return list(await cur.fetchall())
+
+    async def sending_by_route(self) -> dict[str, int]:
+        cur = await self.reader.execute(
+            "SELECT route, count(*) FROM messages WHERE state = 'sending' GROUP BY route"
+        )
+        return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+
+    async def inbound_row(self, inbound_id: str) -> sqlite3.Row | None:
+        cur = await self.reader.execute("SELECT * FROM inbound WHERE id = ?", (inbound_id,))
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
+
+    async def token_record(self, token_id: str) -> TokenRecord | None:
+        cur = await self.reader.execute(
+            "SELECT id, name, scopes, created_at, revoked_at FROM api_tokens WHERE id = ?",
+            (token_id,),
+        )
+        row = await cur.fetchone()
+        return None if row is None else _token(row)
+
+    # -- end of admin panel reads ---------------------------------------------------------
+
 
 def _same(a: bytes, b: bytes) -> bool:
     import hmac

@@ -10,8 +10,9 @@ load a write commits at once. Inserts of the same statement are sent with one
 `executemany`. Each job runs inside a savepoint, so a job that raises rolls back alone
 and changes nothing, while the rest of the batch commits. The hot paths (claims, sends,
 receipts) are grouped jobs (`run_grouped`): every item handed to the same function meanwhile
-goes to one call in one savepoint, and only if that call raises is each item retried alone. A caller's future resolves
-only after the commit returned, i.e. after the WAL is synced (`synchronous=FULL`).
+goes to one call in one savepoint, and only if that call raises is each item retried
+alone. A caller's future resolves only after the commit returned, i.e. after the WAL is
+synced (`synchronous=FULL`).
 
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's

@@ -1,0 +1,326 @@
+/* smsgw admin panel behaviour. Loaded from /static/ (CSP script-src 'self': no inline
+   script anywhere). Everything received is written with textContent, never as HTML. */
+(function () {
+  "use strict";
+
+  // -- small helpers -----------------------------------------------------------------------
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function get(obj, path) {
+    return path.split(".").reduce(function (o, k) { return o == null ? undefined : o[k]; }, obj);
+  }
+
+  var numberFormat = new Intl.NumberFormat();
+
+  function formatValue(value, kind) {
+    if (value === null || value === undefined) return "—";
+    if (kind === "percent") return (value * 100).toFixed(1) + " %";
+    if (kind === "age") return formatAge(value);
+    if (kind === "rate") return value.toFixed(2);
+    if (kind === "accepting") return value ? "Accepting messages" : "Not accepting messages";
+    if (typeof value === "number") return numberFormat.format(value);
+    return String(value);
+  }
+
+  function formatAge(seconds) {
+    if (seconds < 60) return seconds + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
+    return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
+  }
+
+  // <time datetime="…Z">: shown in the browser's time zone, the UTC text stays as a title.
+  function localTimes(root) {
+    var fmt = new Intl.DateTimeFormat(undefined, {
+      year: "numeric", month: "short", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+    });
+    root.querySelectorAll("time[datetime]").forEach(function (t) {
+      var d = new Date(t.getAttribute("datetime"));
+      if (!isNaN(d.getTime())) {
+        t.title = t.getAttribute("datetime");
+        t.textContent = fmt.format(d);
+      }
+    });
+  }
+
+  // Time filters in the browser's own time zone; the server gets UTC.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function localInputValue(date) {
+    return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
+      "T" + pad(date.getHours()) + ":" + pad(date.getMinutes());
+  }
+
+  function localTimeFilters() {
+    document.querySelectorAll("form[data-local-times]").forEach(function (form) {
+      form.querySelectorAll("[data-zone-label]").forEach(function (l) { l.textContent = "(your time)"; });
+      var inputs = form.querySelectorAll("input[type=datetime-local][data-utc]");
+      inputs.forEach(function (input) {
+        var utc = input.getAttribute("data-utc");
+        var d = new Date(/[zZ]|[+-]\d\d:\d\d$/.test(utc) ? utc : utc + "Z");
+        if (utc && !isNaN(d.getTime())) input.value = localInputValue(d);
+      });
+      form.addEventListener("submit", function () {
+        inputs.forEach(function (input) {
+          if (!input.value) return;
+          var hidden = document.createElement("input");
+          hidden.type = "hidden";
+          hidden.name = input.name;
+          hidden.value = new Date(input.value).toISOString().replace(/\.\d{3}Z$/, "Z");
+          input.removeAttribute("name");
+          form.appendChild(hidden);
+        });
+      });
+    });
+  }
+
+  // Forms that change something important ask first.
+  function confirmForms() {
+    document.addEventListener("submit", function (event) {
+      var form = event.target;
+      var question = form.getAttribute && form.getAttribute("data-confirm");
+      if (question && !window.confirm(question)) event.preventDefault();
+    });
+  }
+
+  // -- dashboard ---------------------------------------------------------------------------
+
+  function Dashboard(root) {
+    this.root = root;
+    this.status = document.getElementById("live-status");
+    this.chart = null;
+    this.chartBox = document.getElementById("throughput-chart");
+    this.routes = document.getElementById("route-cards");
+    this.failures = document.getElementById("failure-rows");
+    this.classes = document.getElementById("class-rows");
+  }
+
+  Dashboard.prototype.connect = function () {
+    var self = this;
+    var source = new EventSource(this.root.getAttribute("data-events"));
+    source.addEventListener("snapshot", function (event) {
+      self.setStatus("live", "Live");
+      self.render(JSON.parse(event.data));
+    });
+    source.addEventListener("logout", function () {
+      source.close();
+      window.location.assign(self.root.getAttribute("data-login") || "/login");
+    });
+    source.addEventListener("error", function () {
+      if (source.readyState !== EventSource.CLOSED) {
+        self.setStatus("lost", "Reconnecting…");
+        return;
+      }
+      // The server refused the stream. Signed out? Then go to the sign-in page;
+      // otherwise say so and leave reloading to the user (no reload loop).
+      self.setStatus("lost", "Disconnected");
+      fetch(window.location.href, { method: "HEAD", credentials: "same-origin" }).then(function (r) {
+        if (r.redirected && /\/login$/.test(new URL(r.url).pathname)) {
+          window.location.assign(r.url);
+        } else {
+          self.setStatus("lost", "Disconnected — reload the page");
+        }
+      }, function () { self.setStatus("lost", "Gateway unreachable"); });
+    });
+  };
+
+  Dashboard.prototype.setStatus = function (state, text) {
+    if (!this.status) return;
+    this.status.setAttribute("data-state", state);
+    this.status.textContent = text;
+  };
+
+  Dashboard.prototype.render = function (snap) {
+    this.root.querySelectorAll("[data-bind]").forEach(function (node) {
+      node.textContent = formatValue(get(snap, node.getAttribute("data-bind")), node.getAttribute("data-format"));
+    });
+    var accepting = this.root.querySelector("[data-format=accepting]");
+    if (accepting) accepting.className = "badge " + (snap.queue.accepting ? "badge-ok" : "badge-bad");
+    this.root.querySelectorAll("[data-warn-above]").forEach(function (node) {
+      var value = get(snap, node.getAttribute("data-warn-key")) || 0;
+      node.classList.toggle("is-warn", value > Number(node.getAttribute("data-warn-above")));
+    });
+    this.renderClasses(snap.queue.classes);
+    this.renderFailures(snap.failures);
+    this.renderRoutes(snap.routes);
+    this.renderChart(snap.throughput);
+  };
+
+  Dashboard.prototype.renderClasses = function (classes) {
+    if (!this.classes) return;
+    var rows = classes.map(function (c) {
+      var tr = el("tr");
+      var name = el("th", null);
+      name.scope = "row";
+      name.appendChild(el("span", "badge badge-" + c.name, c.name));
+      tr.appendChild(name);
+      ["queued", "scheduled", "sending"].forEach(function (k) {
+        tr.appendChild(el("td", "num", numberFormat.format(c[k])));
+      });
+      return tr;
+    });
+    this.classes.replaceChildren.apply(this.classes, rows);
+  };
+
+  Dashboard.prototype.renderFailures = function (failures) {
+    if (!this.failures) return;
+    if (!failures.length) {
+      var tr = el("tr");
+      var td = el("td", "empty", "No failures in the last hour.");
+      td.colSpan = 2;
+      tr.appendChild(td);
+      this.failures.replaceChildren(tr);
+      return;
+    }
+    this.failures.replaceChildren.apply(this.failures, failures.map(function (f) {
+      var tr = el("tr");
+      tr.appendChild(el("td", "mono", f.code));
+      tr.appendChild(el("td", "num", numberFormat.format(f.count)));
+      return tr;
+    }));
+  };
+
+  Dashboard.prototype.renderRoutes = function (routes) {
+    if (!this.routes) return;
+    var text = JSON.stringify(routes);
+    if (text === this.routesText) return;  // unchanged: keep the DOM (and any focus) as it is
+    this.routesText = text;
+    this.routes.replaceChildren.apply(this.routes, routes.map(routeCard));
+  };
+
+  function routeCard(r) {
+    var card = el("article", "card route-card");
+    card.setAttribute("aria-label", "Route " + r.name);
+    var head = el("header");
+    var title = el("div");
+    title.appendChild(el("h3", null, r.name));
+    title.appendChild(el("span", "route-type", r.type));
+    head.appendChild(title);
+    var badges = el("div");
+    badges.appendChild(el("span", "badge badge-" + r.state, r.state));
+    if (r.throttled) {
+      badges.appendChild(document.createTextNode(" "));
+      badges.appendChild(el("span", "badge badge-throttled", "throttled"));
+    }
+    head.appendChild(badges);
+    card.appendChild(head);
+    card.appendChild(el("div", "route-detail", r.detail || ""));
+    var label = el("div", "stat-sub", "Window " + r.in_flight + " of " + r.window + " in use");
+    card.appendChild(label);
+    var meter = el("progress", "meter");
+    meter.max = r.window;
+    meter.value = Math.min(r.in_flight, r.window);
+    meter.setAttribute("aria-label", "Window in use");
+    card.appendChild(meter);
+    var facts = el("dl", "facts");
+    [["Queued", r.queued], ["Sending", r.sending],
+     ["Rate", r.rate === null ? "unlimited" : r.rate + " /s" + (r.configured_rate && r.rate < r.configured_rate ? " of " + r.configured_rate : "")]
+    ].forEach(function (pair) {
+      facts.appendChild(el("dt", null, pair[0]));
+      facts.appendChild(el("dd", null, typeof pair[1] === "number" ? numberFormat.format(pair[1]) : pair[1]));
+    });
+    card.appendChild(facts);
+    if (r.units && r.units.length) card.appendChild(unitTable(r.unit_columns, r.units));
+    var counters = el("div", "counters");
+    Object.keys(r.counters).forEach(function (k) {
+      var item = el("span", null, k.replace(/_/g, " ") + " ");
+      item.appendChild(el("b", null, numberFormat.format(r.counters[k])));
+      counters.appendChild(item);
+    });
+    card.appendChild(counters);
+    return card;
+  }
+
+  function unitTable(columns, units) {
+    var wrap = el("div", "table-wrap units");
+    var table = el("table");
+    var head = el("tr");
+    head.appendChild(el("th", null, "Modem"));
+    columns.forEach(function (c) { head.appendChild(el("th", null, c.replace(/_/g, " "))); });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var body = el("tbody");
+    units.forEach(function (u) {
+      var tr = el("tr");
+      var name = el("th", null, u.name);
+      name.scope = "row";
+      tr.appendChild(name);
+      u.cells.forEach(function (v) { tr.appendChild(el("td", null, v === null ? "—" : v)); });
+      body.appendChild(tr);
+    });
+    table.appendChild(body);
+    wrap.appendChild(table);
+    return wrap;
+  }
+
+  Dashboard.prototype.renderChart = function (t) {
+    if (!this.chartBox || typeof window.uPlot !== "function") return;
+    var xs = t.per_second.map(function (_, i) { return t.start + i * t.step; });
+    var data = [xs, t.per_second];
+    if (this.chart) {
+      this.chart.setData(data);
+      return;
+    }
+    var box = this.chartBox;
+    var opts = {
+      width: Math.max(280, box.clientWidth),
+      height: 240,
+      series: [
+        {},
+        { label: "Sends per second", stroke: "#1f5fbf", fill: "rgba(31,95,191,0.12)", width: 2,
+          value: function (u, v) { return v == null ? "—" : v.toFixed(2); } },
+      ],
+      axes: [{}, { label: "per second", size: 60 }],
+      scales: { y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.15)]; } } },
+      cursor: { drag: { x: false, y: false } },
+      legend: { show: false },
+    };
+    this.chart = new window.uPlot(opts, data, box);
+    var chart = this.chart;
+    window.addEventListener("resize", function () {
+      chart.setSize({ width: Math.max(280, box.clientWidth), height: 240 });
+    });
+  };
+
+  // -- start --------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    localTimeFilters();
+    confirmForms();
+    var root = document.getElementById("dashboard");
+    if (root) {
+      var dashboard = new Dashboard(root);
+      var initial = document.getElementById("dashboard-initial");
+      if (initial) dashboard.render(JSON.parse(initial.textContent));
+      dashboard.connect();
+    }
+    document.body.addEventListener("htmx:afterSwap", function (event) {
+      localTimes(event.target);
+      // The button that was pressed is gone: keyboard focus goes to what replaced it.
+      var revealed = event.target.querySelector(".revealed");
+      if (revealed) {
+        revealed.tabIndex = -1;
+        revealed.focus();
+      }
+    });
+    document.body.addEventListener("htmx:responseError", function (event) {
+      var target = event.detail.target;
+      var xhr = event.detail.xhr;
+      var message = "The request was refused (" + xhr.status + ").";
+      try { message = JSON.parse(xhr.responseText).error.message; } catch (e) { /* not JSON */ }
+      if (target) {
+        var note = el("span", "notice notice-bad", message);
+        note.setAttribute("role", "alert");
+        target.replaceChildren(note);
+      }
+    });
+  });
+})();

@@ -1,0 +1,85 @@
+"""Route cards for the dashboard and the routes page, from any driver's health.
+
+A card shows what every route has (state, window in use, rate and whether the carrier
+throttled it, queued and sending counts, counters) and, for a route made of units (a
+modem bank), one row per unit from `RouteHealth.members`: the usual columns first
+(state, signal, registration, operator, sent today, errors), any other plain value the
+driver reports after them. The panel never needs to know the driver's type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.routes import RouteRuntime
+
+UNIT_COLUMNS = ("state", "signal", "registration", "operator", "sent_today", "errors")
+
+
+def _plain(value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return None
+
+
+def unit_rows(members: Mapping[str, Mapping[str, object]]) -> tuple[list[str], list[Any]]:
+    """(the usual columns present, one row per unit: name, cells, other values)."""
+    present = {key for m in members.values() for key in m}
+    columns = [c for c in UNIT_COLUMNS if c in present]
+    rows = []
+    for name, values in members.items():
+        extra = {
+            k: _plain(v)
+            for k, v in sorted(values.items())
+            if k not in UNIT_COLUMNS and _plain(v) is not None
+        }
+        rows.append(
+            {
+                "name": name,
+                "cells": [_plain(values.get(c)) for c in columns],
+                "extra": extra,
+            }
+        )
+    return columns, rows
+
+
+def _throttled(gw: Gateway, route: RouteRuntime) -> bool:
+    configured, rate = route.config.rate, route.bucket.rate
+    lowered = configured is not None and rate is not None and rate < configured
+    return lowered or route.cool_until > gw.clock.monotonic()
+
+
+def route_cards(gw: Gateway, sending: Mapping[str, int]) -> list[dict[str, Any]]:
+    queued = gw.scheduler.depths_by_route()
+    cards = []
+    for route in gw.routes.values():
+        health = route.health()
+        # `members` arrives with the modem bank (drivers/base.py); older drivers lack it.
+        members: Mapping[str, Mapping[str, object]] = getattr(health, "members", None) or {}
+        columns, units = unit_rows(members)
+        counters = dict(sorted(health.counters.items()))
+        counters.update({f"gateway_{k}": v for k, v in sorted(route.counters.items())})
+        rate = route.bucket.rate
+        cards.append(
+            {
+                "name": route.name,
+                "type": route.config.type,
+                "state": "paused" if route.paused else health.state.value,
+                "detail": health.detail,
+                "paused": route.paused,
+                "throttled": _throttled(gw, route),
+                "rate": None if rate is None else round(rate, 2),
+                "configured_rate": route.config.rate,
+                "window": route.config.window,
+                "in_flight": route.in_flight,
+                "queued": queued.get(route.name, 0),
+                "sending": sending.get(route.name, 0),
+                "counters": counters,
+                "unit_columns": columns,
+                "units": units,
+                "drainable": callable(getattr(route.driver, "drain", None)),
+            }
+        )
+    return cards

@@ -1,0 +1,230 @@
+"""Browser tests: Debian's headless Chromium, driven by Playwright, against a real
+gateway (`smsgw run` in a subprocess on a free loopback port).
+
+Playwright never downloads a browser here: it launches /usr/bin/chromium
+(`make browser` installs it). Tests are synchronous (Playwright's sync API runs its
+own event loop, so its fixtures are module-scoped: it must be gone before the async
+tests of other modules run) and wait on selectors and conditions, never on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright import sync_api
+
+from gateway.store import crypto
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+SMSGW = [sys.executable, "-m", "gateway.cli"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ADMIN = ("admin", "Ward7B kettle quietly hums at dawn")
+OPERATOR = ("olivia", "Night shift lanterns drift over Elm Street")
+VIEWER = ("victor", "Seventeen amber pebbles beside the fjord")
+TEST_NUMBER = "+12025550147"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    """A running `smsgw run`; its JSON log (stderr) is read by a thread, so tests can
+    wait for an event instead of guessing how long something takes."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    config: Path
+    db: Path
+    token: str = ""
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def start_reader(self) -> None:
+        def read() -> None:
+            assert self.proc.stderr is not None
+            for raw in self.proc.stderr:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    event = {"event": "text", "text": raw.decode(errors="replace")}
+                with self._cond:
+                    self.lines.append(event)
+                    self._cond.notify_all()
+            with self._cond:
+                self._cond.notify_all()
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], limit: float = 20) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: any(predicate(e) for e in self.lines) or self.proc.poll() is not None,
+                timeout=limit,
+            )
+            if not ok or not any(predicate(e) for e in self.lines):
+                raise AssertionError(f"gateway log never matched; it said: {self.lines[-20:]}")
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            [*SMSGW, *args, "--config", str(self.config)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        req = urllib.request.Request(  # noqa: S310 - our own gateway on loopback
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - see above
+            return json.loads(resp.read())
+
+    def send(self, to: str = TEST_NUMBER, body: str = "Your results are ready.") -> str:
+        return str(self.api("POST", "/api/v1/messages", {"to": to, "body": body})["id"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+USERS = ((ADMIN, "admin"), (OPERATOR, "operator"), (VIEWER, "viewer"))
+INBOUND_SENDER = "+12025550168"
+# Replies already received, stored as a driver's sink stores them (before the gateway
+# starts, so only one process writes at a time).
+SEED_INBOUND = f"""
+import asyncio, sys, time
+from gateway.config import load
+from gateway.models import new_message_id
+from gateway.store import crypto
+from gateway.store.store import Store
+
+async def main():
+    config = load(sys.argv[1])
+    store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+    await store.open()
+    for body in ("YES, I will come on Tuesday", "Please call me back"):
+        await store.insert_inbound(
+            new_message_id(), "main", "{INBOUND_SENDER}", body, None, None, time.time()
+        )
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def start_gateway(
+    root: Path,
+    *,
+    idle_timeout: float = 900.0,
+    users: tuple[tuple[tuple[str, str], str], ...] = USERS,
+    api_token: bool = True,
+) -> Gateway:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = root / "smsgw.toml"
+    config.write_text(
+        f'data_dir = "{root}"\n'
+        "[http]\n"
+        f'listen = "127.0.0.1:{port}"\n'
+        "token_cache_seconds = 0.5\n"
+        "shutdown_grace = 1.0\n"
+        "[log]\n"
+        'format = "json"\n'
+        "[admin]\n"
+        f"idle_timeout = {idle_timeout}\n"
+        'totp_required_roles = ["admin"]\n'
+        "[[routes]]\n"
+        'name = "main"\n'
+        'type = "loopback"\n'
+        "rate = 20\n"
+        "burst = 5\n"
+        "window = 10\n"
+        "latency = 0.05\n"
+        "receipt_delay = 0.5\n"
+        'undelivered_prefixes = ["+1202555019"]\n'
+    )
+    crypto.generate_master_key(root / "master.key")
+    subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)
+    gw = Gateway(
+        subprocess.Popen(
+            [*SMSGW, "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        ),
+        f"http://127.0.0.1:{port}",
+        config,
+        root / "smsgw.db",
+    )
+    gw.start_reader()
+    gw.wait_log(lambda e: e.get("event") == "listening")
+    if api_token:
+        gw.token = gw.cli("token", "create", "--scope", "send,read,admin", "--name", "tests")
+        gw.token = gw.token.strip()
+    for (name, password), role in users:
+        secret = root / f"{name}.password"
+        secret.write_text(password + "\n")
+        gw.cli("user", "add", "--role", role, "--password-file", str(secret), name)
+    return gw
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("panel"))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():  # `make test` installs it (make browser)
+        pytest.skip("Debian chromium is not installed: run `make browser`")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
