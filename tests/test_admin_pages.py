@@ -189,8 +189,8 @@ def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
         "counters": {"submitted": 9},
         "unit_columns": ["state", "signal"],
         "units": [
-            {"name": "sim1", "cells": ["ready", 21], "extra": {"model": "E3372"}},
-            {"name": "sim2", "cells": ["drained", None], "extra": {}},
+            {"name": "sim1", "cells": ["ready", 21], "extra": {"model": "E3372"}, "drained": False},
+            {"name": "sim2", "cells": ["drained", None], "extra": {}, "drained": True},
         ],
         "drainable": True,
     }
@@ -203,6 +203,7 @@ def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
     assert '<th scope="row">sim1</th><td>ready</td><td>21</td>' in page
     assert "<td>drained</td><td>—</td>" in page
     assert page.count('name="unit" value="sim') == 2
+    assert "/route_drain/sims" in page and "/route_restore/sims" in page  # sim2 is drained
     assert "E3372" in page
     viewer = template.render(r=card, can_act=False, csrf_token="t", url=url)
     assert "Drain" not in viewer and "Pause" not in viewer

@@ -167,3 +167,20 @@ async def test_routes_metrics_and_inbound_through_the_api(rig: Rig) -> None:
     assert 'smsgw_modem_ready{modem="m2",route="bank"} 1.0' in metrics
     for text in (inbound, metrics):
         assert CANARY_DIGITS not in text and "CANARY" not in text
+
+
+async def test_an_operator_drains_a_modem_and_restores_it(rig: Rig) -> None:
+    first, second = rig.emulators
+    rig.bank.drain("m1")
+    assert rig.bank.health().members["m1"]["state"] == "drained"
+    ids = [await accept(rig.gw, body=f"drained {i}") for i in range(2)]
+
+    async def all_sent() -> bool:
+        return all([str((await rig.row(i))["state"]) in ("sent", "delivered") for i in ids])
+
+    await rig.until(all_sent)
+    assert not first.sent and len(second.sent) == 2
+    rig.bank.restore("m1")
+    assert rig.bank.health().members["m1"]["state"] == "ready"
+    with pytest.raises(KeyError):
+        rig.bank.drain("m9")

@@ -100,6 +100,28 @@ class ModemBankDriver:
     def modems(self) -> dict[str, Modem]:
         return {m.modem.name: m.modem for m in self._members}
 
+    def drain(self, unit: str) -> None:
+        """An operator takes a modem out of rotation until `restore`; its current send
+        finishes, new work goes to the others."""
+        member = self._member(unit)
+        member.drained_until = math.inf
+        log.info("modem_drained_by_operator", route=self.name, modem=unit)
+        self._changed()
+
+    def restore(self, unit: str) -> None:
+        """Put a drained modem (by an operator or after repeated failures) back."""
+        member = self._member(unit)
+        member.drained_until = 0.0
+        member.failures_in_a_row = 0
+        log.info("modem_restored", route=self.name, modem=unit)
+        self._changed()
+
+    def _member(self, unit: str) -> _Member:
+        for member in self._members:
+            if member.modem.name == unit:
+                return member
+        raise KeyError(unit)
+
     # -- the driver contract -------------------------------------------------------------
 
     async def start(self) -> None:

@@ -401,22 +401,31 @@ async def resume_route(request: web.Request) -> web.Response:
 
 async def drain_unit(request: web.Request) -> web.Response:
     """Drain one unit (a modem) of a route whose driver offers `drain(unit)`."""
+    return await _unit_action(request, "drain", "modem_drained", "drained")
+
+
+async def restore_unit(request: web.Request) -> web.Response:
+    """Put a drained unit back, on a route whose driver offers `restore(unit)`."""
+    return await _unit_action(request, "restore", "modem_restored", "restored")
+
+
+async def _unit_action(request: web.Request, method: str, action: str, done: str) -> web.Response:
     route = _route(request)
     if route is None:
         return error_response(request, 404, "not_found", "No route with this name.")
-    drain = getattr(route.driver, "drain", None)
-    if not callable(drain):
+    act = getattr(route.driver, method, None)
+    if not callable(act):
         return error_response(request, 409, "not_drainable", "This route has nothing to drain.")
     form = await request.post()
     unit = form.get("unit")
     members = getattr(route.health(), "members", None) or {}
     if not isinstance(unit, str) or unit not in members:
         return error_response(request, 404, "not_found", "No such unit on this route.")
-    result = drain(unit)
+    result = act(unit)
     if inspect.isawaitable(result):
         await result
-    await _audit(request, "modem_drained", "route", route.name, unit=unit)
-    return redirect("/routes?done=drained")
+    await _audit(request, action, "route", route.name, unit=unit)
+    return redirect(f"/routes?done={done}")
 
 
 # -- API tokens ----------------------------------------------------------------------------
@@ -498,6 +507,7 @@ ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute("POST", "/routes/{route}/pause", pause_route, OPERATORS, False, "route_pause"),
     PanelRoute("POST", "/routes/{route}/resume", resume_route, OPERATORS, False, "route_resume"),
     PanelRoute("POST", "/routes/{route}/drain", drain_unit, OPERATORS, False, "route_drain"),
+    PanelRoute("POST", "/routes/{route}/restore", restore_unit, OPERATORS, False, "route_restore"),
     PanelRoute("GET", "/tokens", tokens_page, ADMIN, False, "tokens"),
     PanelRoute("POST", "/tokens", create_token_action, ADMIN, False, "token_create"),
     PanelRoute("POST", "/tokens/{id}/revoke", revoke_token_action, ADMIN, False, "token_revoke"),

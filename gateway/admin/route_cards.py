@@ -40,6 +40,7 @@ def unit_rows(members: Mapping[str, Mapping[str, object]]) -> tuple[list[str], l
                 "name": name,
                 "cells": [_plain(values.get(c)) for c in columns],
                 "extra": extra,
+                "drained": values.get("state") == "drained",
             }
         )
     return columns, rows
