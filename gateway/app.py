@@ -38,6 +38,7 @@ from gateway.sink import GatewaySink
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
+from gateway.usage import unit_usage
 
 log = structlog.get_logger("smsgw.app")
 
@@ -108,6 +109,9 @@ class Gateway:
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
         for route in self.routes.values():
+            seed_usage = getattr(route.driver, "seed_usage", None)
+            if callable(seed_usage):
+                seed_usage(await unit_usage(self.store, route.name, self.clock.time()))
             try:
                 await route.driver.start()
             except DriverError as e:

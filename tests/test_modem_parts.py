@@ -116,3 +116,14 @@ def test_config_refuses_two_modems_alike(what: str) -> None:
     modems[1][what] = modems[0][what]
     with pytest.raises(ConfigError, match=f"routes\\[0\\].*same {what}"):
         from_mapping({"routes": [{"name": "bank", "type": "modem", "modems": modems}]})
+
+
+def test_a_seeded_budget_remembers_what_was_sent_before_a_restart() -> None:
+    clock = FakeClock()
+    budget = Budget(clock, per_day=5, per_month=8)
+    budget.seed(today=4, this_month=7)
+    assert (budget.sent_today, budget.sent_this_month) == (4, 7)
+    assert budget.wait(1) == 0
+    assert budget.wait(2) > 0  # the day's cap
+    budget.spend(1)
+    assert budget.wait(1) > 0

@@ -280,3 +280,27 @@ def test_nonces_never_repeat_across_refills() -> None:
     nonces = [pool.take() for _ in range(1000)]
     assert all(len(n) == crypto.NONCE_BYTES for n in nonces)
     assert len(set(nonces)) == 1000
+
+
+async def test_unit_usage_counts_parts_per_modem_today_and_this_month(
+    open_gateway: GatewayFactory,
+) -> None:
+    from gateway.usage import day_and_month_start, unit_usage
+
+    gw = await open_gateway()
+    now = gw.clock.time()
+    day_start, month_start = day_and_month_start(now)
+    sends = [
+        (["m1:5", "m1:6"], now),  # two parts today
+        (["m2:7"], now),
+        (["m1:8"], day_start - 1 if day_start > month_start else now),  # earlier this month
+        (["m1:9"], month_start - 1),  # last month: not counted
+    ]
+    for carrier_ids, at in sends:
+        mid = await accept(gw)
+        await gw.store.claim(mid, "bank", at)
+        await gw.store.mark_sent(mid, "bank", carrier_ids, at)
+    usage = await unit_usage(gw.store, "bank", now)
+    earlier_today = day_start <= month_start  # the 1st of the month: "earlier" is today
+    assert usage == {"m1": (2 + earlier_today, 3), "m2": (1, 1)}
+    assert await unit_usage(gw.store, "other", now) == {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -99,6 +100,13 @@ class ModemBankDriver:
     @property
     def modems(self) -> dict[str, Modem]:
         return {m.modem.name: m.modem for m in self._members}
+
+    def seed_usage(self, usage: Mapping[str, tuple[int, int]]) -> None:
+        """Parts each modem sent earlier today and this month, by modem name (from the
+        gateway's store at start), so per-day and per-month caps survive a restart."""
+        for member in self._members:
+            today, this_month = usage.get(member.modem.name, (0, 0))
+            member.budget.seed(today, this_month)
 
     def drain(self, unit: str) -> None:
         """An operator takes a modem out of rotation until `restore`; its current send

@@ -3,7 +3,8 @@
 Minutes slide (the last 60 s on the monotonic clock); days and months are calendar
 periods in the host's local time on the wall clock, as SIM plans reset. A modem whose
 budget has no room for a message is parked until `wait(parts)` seconds from now.
-Counts live in memory: a restart forgets what was sent earlier in the day.
+Counts live in memory; at start the gateway `seed`s them from what its store says the
+modem sent earlier in the day and month, so a restart does not reset a SIM's plan.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class Budget:
     def sent_this_month(self) -> int:
         self._roll()
         return self._month
+
+    def seed(self, today: int, this_month: int) -> None:
+        """Parts already sent today and this month (before a restart)."""
+        self._roll()
+        self._day, self._month = today, max(this_month, today)
 
     def spend(self, parts: int) -> None:
         self._roll()

@@ -410,6 +410,15 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------
 
+    async def sent_events_since(self, route: str, since: float) -> list[tuple[float, str]]:
+        """(time, carrier ids joined by commas) of every `sent` on `route` since `since`."""
+        cur = await self.reader.execute(
+            "SELECT at, carrier_id FROM message_events"
+            " WHERE state = 'sent' AND route = ? AND at >= ? AND carrier_id IS NOT NULL",
+            (route, since),
+        )
+        return [(float(r[0]), str(r[1])) for r in await cur.fetchall()]
+
     async def message_row(self, message_id: str) -> sqlite3.Row | None:
         cur = await self.reader.execute("SELECT * FROM messages WHERE id = ?", (message_id,))
         row: sqlite3.Row | None = await cur.fetchone()
