@@ -153,9 +153,11 @@ def test_unit_rows_put_the_usual_columns_first_and_keep_other_plain_values() -> 
         "name": "sim1",
         "cells": ["ready", 21, "Telia", None],
         "extra": {"imei": "35•••12"},
+        "drained": False,
     }
     assert rows[1]["cells"] == ["drained", None, None, 3]
     assert rows[1]["extra"] == {"model": "E3372"}
+    assert rows[1]["drained"] is True  # its card offers Restore, not Drain
 
 
 async def test_concurrent_refreshes_count_each_event_once(open_gateway: GatewayFactory) -> None:
