@@ -195,7 +195,8 @@
   };
 
   function routeCard(r) {
-    var card = el("article", "card route-card");
+    var wide = r.units && r.units.length;  // a modem bank's table needs the whole row
+    var card = el("article", "card route-card" + (wide ? " route-card-wide" : ""));
     card.setAttribute("aria-label", "Route " + r.name);
     var head = el("header");
     var title = el("div");
