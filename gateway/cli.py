@@ -162,6 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = msgspec.structs.replace(
             config, http=msgspec.structs.replace(config.http, listen=args.listen)
         )
+    if problem := config.http.plain_http_problem():
+        raise ConfigError(problem)
     logs.configure(config.log.format, config.log.level)
     token = None
     if config.source is None:

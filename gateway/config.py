@@ -11,6 +11,7 @@ the rest by the options struct the driver declares (`drivers.registry`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -43,6 +44,33 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     access_log: bool = False
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    allow_plain_http: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    def plain_http_problem(self) -> str | None:
+        """Why serving this listen address without TLS is refused, or None if it is not.
+
+        The panel's sessions and the API's tokens must not cross the hospital network in
+        clear: plain HTTP is for loopback, or for a TLS-terminating proxy on this host
+        (then set `allow_plain_http`)."""
+        if self.tls or self.allow_plain_http:
+            return None
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return None
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:
+            pass  # a host name: it may resolve off the machine
+        return (
+            f"http.listen: {self.listen} is not a loopback address and TLS is off; set"
+            " http.tls_cert_file and http.tls_key_file (smsgw init --self-signed-cert makes a"
+            " pair), or http.allow_plain_http = true behind a TLS proxy on this host"
+        )
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -35,6 +35,8 @@ async def diagnose(config: Config) -> list[str]:
     elif key is not None:
         problems.extend(await _check_store(config, key))
     problems.extend(_check_listen(config.http.listen))
+    if plain := config.http.plain_http_problem():
+        problems.append(plain)
     problems.extend(await _check_routes(config, key))
     return problems
 

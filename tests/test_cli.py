@@ -277,3 +277,33 @@ async def test_kill_9_under_load_loses_no_acknowledged_message(
     conn = sqlite3.connect(tmp_path / "smsgw.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("listen", "refused"),
+    [
+        ("0.0.0.0:8080", True),
+        ("[::]:8080", True),
+        ("gw.hospital.local:8443", True),
+        ("10.1.2.3:8080", True),
+        ("127.0.0.1:8080", False),
+        ("[::1]:8080", False),
+        ("localhost:8080", False),
+    ],
+)
+def test_plain_http_only_on_loopback(listen: str, refused: bool) -> None:
+    from gateway.config import HttpConfig
+
+    assert (HttpConfig(listen=listen).plain_http_problem() is not None) is refused
+    assert HttpConfig(listen=listen, allow_plain_http=True).plain_http_problem() is None
+    with_tls = HttpConfig(listen=listen, tls_cert_file="c.pem", tls_key_file="k.pem")
+    assert with_tls.plain_http_problem() is None
+
+
+def test_run_refuses_plain_http_off_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf, _ = _init(tmp_path, capsys)
+    assert main(["run", "--config", str(conf), "--listen", "0.0.0.0:18080"]) == 2
+    err = capsys.readouterr().err
+    assert "not a loopback address and TLS is off" in err
