@@ -207,6 +207,28 @@ async def test_wrong_pin_stops_the_modem_without_a_second_try(
     assert emulator.sim.puk_attempts == PUK_ATTEMPTS
 
 
+async def test_restore_retries_the_sim_but_never_the_refused_pin(
+    open_bench: BenchFactory, tmp_path: Path
+) -> None:
+    pin_file = tmp_path / "sim.pin"
+    pin_file.write_text("1111")
+    bench = await open_bench(
+        emulated=[{"pin": "4321"}], modems=[{"pin_file": str(pin_file)}], ready=False
+    )
+    await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)
+    emulator = bench.emulators[0]
+    # An operator presses Restore without fixing the PIN: the same PIN is not tried again.
+    bench.bank.restore(bench.modem().name)
+    await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)
+    assert "not retried" in bench.member()["detail"]
+    assert emulator.sim.pin_attempts == PIN_ATTEMPTS - 1
+    # With the right PIN in the file, Restore brings the modem up.
+    pin_file.write_text("4321")
+    bench.bank.restore(bench.modem().name)
+    await bench.until(lambda: bench.modem().ready)
+    assert emulator.sim.pin_attempts == PIN_ATTEMPTS
+
+
 async def test_no_pin_configured_is_a_sim_error(open_bench: BenchFactory) -> None:
     bench = await open_bench(emulated=[{"pin": "4321"}], ready=False)
     await bench.until(lambda: bench.modem().state is ModemState.SIM_ERROR)

@@ -117,10 +117,12 @@ class ModemBankDriver:
         self._changed()
 
     def restore(self, unit: str) -> None:
-        """Put a drained modem (by an operator or after repeated failures) back."""
+        """Put a drained modem (by an operator or after repeated failures) back; a modem
+        stopped on its SIM (PIN, PUK, missing SIM) tries its SIM again."""
         member = self._member(unit)
         member.drained_until = 0.0
         member.failures_in_a_row = 0
+        member.modem.retry_sim()
         log.info("modem_restored", route=self.name, modem=unit)
         self._changed()
 

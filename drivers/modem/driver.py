@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -148,7 +149,9 @@ class Modem:
         self._reset_requested = False
         self._reinit_requested = False
         self._closing = False
-        self._pin_refused = False  # a PIN attempt failed or never answered: never again
+        # A PIN attempt failed or never answered: that PIN is never tried again (only a
+        # different one, after an operator changed it and asked for a retry).
+        self._refused_pin: bytes | None = None
         self._timeouts_in_a_row = 0
         self._send_lock = asyncio.Lock()
         self._urcs: asyncio.Queue[Unsolicited] = asyncio.Queue()
@@ -181,6 +184,19 @@ class Modem:
             await asyncio.gather(self._task, return_exceptions=True)
         self._close_port()
         self._set_state(ModemState.CLOSED, "closed")
+
+    def retry_sim(self) -> bool:
+        """After an operator fixed a SIM problem (a new PIN file, a SIM reseated): start
+        again. The PIN that was refused is still never tried twice. False if the modem
+        was not stopped on its SIM."""
+        if self.state is not ModemState.SIM_ERROR or self._closing:
+            return False
+        if self._task is not None and not self._task.done():
+            return False
+        log.info("modem_sim_retry", route=self.route, modem=self.name)
+        self._set_state(ModemState.STARTING, "retrying the SIM")
+        self.start()
+        return True
 
     @property
     def ready(self) -> bool:
@@ -355,13 +371,14 @@ class Modem:
         raise _SimProblem("SIM stayed busy")
 
     async def _enter_pin(self) -> None:
-        if self._pin_refused:
-            raise _SimProblem("a PIN attempt failed before; not retried")
         opts = self.options
         pin = read_secret(file=opts.pin_file, credential=opts.pin_credential)
         if pin is None:
             raise _SimProblem("SIM needs a PIN and none is configured")
-        self._pin_refused = True  # until the SIM accepts it: a failed try is never repeated
+        digest = hashlib.sha256(pin.encode()).digest()
+        if digest == self._refused_pin:
+            raise _SimProblem("the PIN that failed before is still configured; not retried")
+        self._refused_pin = digest  # until the SIM accepts it: a failed try is never repeated
         try:
             command = cmd.quote_pin(pin)
         except ValueError as e:
@@ -369,7 +386,7 @@ class Modem:
         response = await self._command(command)
         if not response.final.ok:
             raise _SimProblem(f"SIM refused the PIN ({response.final.info().code})")
-        self._pin_refused = False
+        self._refused_pin = None
         log.info("modem_pin_accepted", route=self.route, modem=self.name)
 
     async def _identify(self) -> None:

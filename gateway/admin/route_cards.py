@@ -40,7 +40,8 @@ def unit_rows(members: Mapping[str, Mapping[str, object]]) -> tuple[list[str], l
                 "name": name,
                 "cells": [_plain(values.get(c)) for c in columns],
                 "extra": extra,
-                "drained": values.get("state") == "drained",
+                # Restore instead of Drain: drained, or stopped on its SIM (retry it)
+                "drained": values.get("state") in ("drained", "sim_error"),
             }
         )
     return columns, rows
