@@ -3,7 +3,8 @@
 `make run` (no config file) starts an SMSC simulator and two emulated modems in
 process. So that a newcomer can see inbound messages and a failover without hardware,
 the API offers a few `/api/v1/demo/...` calls (admin scope) that act on these peers:
-inject a mobile-originated message, unplug or replug an emulated modem. With a config
+inject a mobile-originated message, cut the carrier's SMPP links, unplug or replug an
+emulated modem. With a config
 file there are no simulated peers and these calls answer 404 `demo_off`.
 """
 
@@ -53,6 +54,14 @@ class DemoPeers:
         self.modems[0].inject_inbound(
             request.sender, request.body, encoding=encoding, parts=request.parts
         )
+
+    def drop_smsc_links(self) -> None:
+        """Cut every SMPP connection to the simulated carrier, mid-window, as a carrier's
+        network does: in-flight submits come back as possible duplicates, nothing is
+        lost, and the route reconnects."""
+        if self.smsc is None:
+            raise UnknownPeer("no simulated SMSC is running")
+        self.smsc.drop_connections()
 
     def modem(self, index: int) -> EmulatedModem:
         if not 0 <= index < len(self.modems):

@@ -168,3 +168,21 @@ async def test_demo_calls_need_the_admin_scope_and_valid_input(newcomer: Newcome
     assert bad["error"]["code"] == "invalid_field" and "12345" not in str(bad)
     missing = await newcomer.post("/api/v1/demo/modems/7/unplug", status=404)
     assert missing["error"]["code"] == "not_found"
+
+
+async def test_cutting_the_carrier_links_mid_load_loses_nothing(newcomer: Newcomer) -> None:
+    async def smsc_up() -> bool:
+        routes = (await newcomer.get("/api/v1/routes"))["routes"]
+        return any(r["name"] == "smsc-sim" and r["state"] == "up" for r in routes)
+
+    await newcomer.until(smsc_up)
+    batch = {"messages": [{"to": "+12025550123", "body": f"load {i}"} for i in range(60)]}
+    accepted = await newcomer.post("/api/v1/messages/batch", batch)
+    ids = [r["id"] for r in accepted["results"]]
+    assert len(ids) == 60
+    assert (await newcomer.post("/api/v1/demo/smsc/drop", status=200)) == {"dropped": True}
+
+    async def all_delivered() -> bool:
+        return all([await newcomer.state_of(i) == "delivered" for i in ids])
+
+    await newcomer.until(all_delivered, limit=60)

@@ -418,6 +418,16 @@ async def demo_inbound(request: web.Request) -> web.Response:
     return json_response({"injected": True, "via": body.via}, status=202)
 
 
+async def demo_drop_smsc(request: web.Request) -> web.Response:
+    demo = _demo(request)
+    try:
+        demo.drop_smsc_links()
+    except UnknownPeer as e:
+        raise ApiError(404, "demo_off", str(e)) from None
+    log.info("demo_smsc_links_dropped", token_id=_token(request).id)
+    return json_response({"dropped": True})
+
+
 async def demo_unplug_modem(request: web.Request) -> web.Response:
     return await _plug(request, plugged=False)
 

@@ -160,6 +160,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST",
+        "/api/v1/demo/smsc/drop",
+        h.demo_drop_smsc,
+        "admin",
+        "Embedded default only: cut the simulated carrier's SMPP links mid-window",
+    ),
+    Endpoint(
+        "POST",
         "/api/v1/demo/modems/{index}/unplug",
         h.demo_unplug_modem,
         "admin",
