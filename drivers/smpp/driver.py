@@ -273,17 +273,19 @@ class SmppDriver:
         while every bound link's window is full: the route's window may be larger than
         the binds' windows together, and a full window is not a reason to re-queue."""
         deadline = self._now() + self._opts.response_timeout
-        while True:
-            link = self._pick_link()
-            if link is not None:
-                return link
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), max(0.0, deadline - self._now()))
-            except TimeoutError:
-                raise DriverNotReady(
-                    f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
-                ) from None
+        while (link := self._pick_link()) is None:
+            await self._wait_for_room(deadline)
+        return link
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        """Until a window slot frees or a link changes; DriverNotReady past `deadline`."""
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), max(0.0, deadline - self._now()))
+        except TimeoutError:
+            raise DriverNotReady(
+                f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
+            ) from None
 
     def _pick_link(self) -> _Link | None:
         """A link to send on now; None when bound links exist but their windows are
@@ -318,15 +320,10 @@ class SmppDriver:
         tlvs: Mapping[int, int | bytes],
     ) -> Response:
         session = link.session
+        deadline = self._now() + self._opts.response_timeout
         while session is not None and link.bound and not session.can_send_request():
             # A later part of a long message waits for room on the link of the first.
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), self._opts.response_timeout)
-            except TimeoutError:
-                raise DriverNotReady(
-                    f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
-                ) from None
+            await self._wait_for_room(deadline)
             session = link.session
         if session is None or not link.bound or session.closed:
             raise DriverNotReady(f"route {self.name} lost its link")

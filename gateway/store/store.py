@@ -411,11 +411,13 @@ class Store:
     # -- reads -------------------------------------------------------------------------
 
     async def sent_events_since(self, route: str, since: float) -> list[tuple[float, str]]:
-        """(time, carrier ids joined by commas) of every `sent` on `route` since `since`."""
+        """(time, carrier ids joined by commas) of every `sent` on `route` since `since`;
+        reads only the events from `since` on (found by seq), not the whole history."""
+        first = await self.first_event_seq_since(since)
         cur = await self.reader.execute(
-            "SELECT at, carrier_id FROM message_events"
-            " WHERE state = 'sent' AND route = ? AND at >= ? AND carrier_id IS NOT NULL",
-            (route, since),
+            "SELECT at, carrier_id FROM message_events WHERE seq >= ?"
+            " AND state = 'sent' AND route = ? AND at >= ? AND carrier_id IS NOT NULL",
+            (first, route, since),
         )
         return [(float(r[0]), str(r[1])) for r in await cur.fetchall()]
 
