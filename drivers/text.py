@@ -59,6 +59,14 @@ GSM7_EXTENSION: dict[str, int] = {
 
 _BASIC_SEPTETS = {char: septet for septet, char in enumerate(GSM7_BASIC) if septet != GSM7_ESCAPE}
 _EXTENSION_CHARS = {code: char for char, code in GSM7_EXTENSION.items()}
+# For str.translate: each GSM character to its septet (an extension character to the
+# escape and its code), and every other ASCII character to a non-ASCII stand-in, so the
+# result is ASCII exactly when the whole text was in the alphabet.
+_SEPTETS_OF: dict[int, str] = {
+    **dict.fromkeys(range(0x80), "\ufffd"),
+    **{ord(char): chr(septet) for char, septet in _BASIC_SEPTETS.items()},
+    **{ord(char): chr(GSM7_ESCAPE) + chr(code) for char, code in GSM7_EXTENSION.items()},
+}
 _UCS2_ATOM = re.compile("[\ud800-\udbff][\udc00-\udfff]|.", re.DOTALL)
 _SURROGATE_PAIR_OR_LONE = re.compile("([\ud800-\udbff][\udc00-\udfff])|[\ud800-\udfff]")
 
@@ -181,17 +189,12 @@ def split(
 
 def encode_gsm7_septets(text: str) -> bytes:
     """One septet per byte; an extension character becomes 0x1B and its code."""
-    septets = bytearray()
-    for position, char in enumerate(text):
-        septet = _BASIC_SEPTETS.get(char)
-        if septet is not None:
-            septets.append(septet)
-            continue
-        code = GSM7_EXTENSION.get(char)
-        if code is None:
-            raise ValueError(f"character at position {position} is not in the GSM 7-bit alphabet")
-        septets += bytes((GSM7_ESCAPE, code))
-    return bytes(septets)
+    septets = text.translate(_SEPTETS_OF)
+    if septets.isascii():  # every character was in the alphabet (see _SEPTETS_OF)
+        return septets.encode("ascii")
+    alphabet = _BASIC_SEPTETS.keys() | GSM7_EXTENSION.keys()
+    position = next(i for i, char in enumerate(text) if char not in alphabet)
+    raise ValueError(f"character at position {position} is not in the GSM 7-bit alphabet")
 
 
 def decode_gsm7_septets(data: bytes) -> str:

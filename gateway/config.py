@@ -257,7 +257,10 @@ def embedded_routes(
 
 
 def embedded_default(data_dir: str = "data") -> Config:
-    return msgspec.structs.replace(from_mapping({"data_dir": data_dir}), routes=embedded_routes())
+    """The `make run` demo: simulated routes, and every send and receipt in the log
+    (debug level), so a newcomer watches messages go through."""
+    raw = {"data_dir": data_dir, "log": {"level": "debug"}}
+    return msgspec.structs.replace(from_mapping(raw), routes=embedded_routes())
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

@@ -4,6 +4,7 @@ never a number, a body or anything a client typed."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +17,15 @@ from prometheus_client import (
 from gateway.models import Priority
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMetrics:
+    """One route's labelled series, looked up once rather than on every submit."""
+
+    in_flight: Gauge
+    sends: Mapping[str, Counter]  # by outcome: sent, failed, retry
+    submit_latency: Histogram
 
 
 class Metrics:
@@ -68,6 +78,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.queue_latency_by_class = {p: self.queue_latency.labels(p.label) for p in Priority}
+        self._routes: dict[str, RouteMetrics] = {}
         modem = ["route", "modem"]
         self.modem_ready = Gauge(
             "smsgw_modem_ready", "1 when a bank's modem can take work", modem, registry=r
@@ -90,6 +102,16 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
+
+    def route(self, name: str) -> RouteMetrics:
+        found = self._routes.get(name)
+        if found is None:
+            found = self._routes[name] = RouteMetrics(
+                self.in_flight.labels(name),
+                {o: self.sends.labels(name, o) for o in ("sent", "failed", "retry")},
+                self.submit_latency.labels(name),
+            )
+        return found
 
     def observe_members(self, route: str, members: Mapping[str, Mapping[str, object]]) -> None:
         """Per-modem gauges from a bank's health; labels are configured names only."""

@@ -306,9 +306,7 @@ class Scheduler:
         return None, cooling
 
     def _start(self, entry: Entry, route: RouteRuntime, now: float) -> None:
-        self._metrics.queue_latency.labels(entry.priority.label).observe(
-            max(0.0, now - entry.due_at)
-        )
+        self._metrics.queue_latency_by_class[entry.priority].observe(max(0.0, now - entry.due_at))
         task = asyncio.create_task(self._send(entry, route))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -316,7 +314,8 @@ class Scheduler:
     # -- one message ---------------------------------------------------------------------
 
     async def _send(self, entry: Entry, route: RouteRuntime) -> None:
-        self._metrics.in_flight.labels(route.name).inc()
+        metrics = self._metrics.route(route.name)
+        metrics.in_flight.inc()
         held = True
 
         def release() -> None:
@@ -326,7 +325,7 @@ class Scheduler:
             if held:
                 held = False
                 route.release()
-                self._metrics.in_flight.labels(route.name).dec()
+                metrics.in_flight.dec()
                 self._wake.set()
 
         try:
@@ -402,7 +401,7 @@ class Scheduler:
             route.succeeded(self._clock.monotonic())
             await self._finish_sent(entry, route, result)
         finally:
-            self._metrics.submit_latency.labels(route.name).observe(
+            self._metrics.route(route.name).submit_latency.observe(
                 self._clock.monotonic() - started
             )
 
@@ -411,10 +410,11 @@ class Scheduler:
             entry.id, route.name, result.carrier_ids, self._clock.time()
         )
         route.count("sent")
-        self._metrics.sends.labels(route.name, "sent").inc()
+        self._metrics.route(route.name).sends["sent"].inc()
         if state is not State.SENT:
             self._metrics.final.labels(state.value).inc()
-        log.info(
+        # Per-message success is in `message_events`; the log keeps it at debug level.
+        log.debug(
             "message_sent", message_id=entry.id, route=route.name, parts=len(result.carrier_ids)
         )
 
@@ -424,7 +424,7 @@ class Scheduler:
             self._clock.time(),
         )
         route.count("failed")
-        self._metrics.sends.labels(route.name, "failed").inc()
+        self._metrics.route(route.name).sends["failed"].inc()
         self._metrics.final.labels("failed").inc()
         log.info("message_failed", message_id=entry.id, route=route.name, code=code)
 
@@ -441,7 +441,7 @@ class Scheduler:
         now = self._clock.time()
         attempts = entry.attempts + (1 if consume_attempt else 0)
         route.count("retry")
-        self._metrics.sends.labels(route.name, "retry").inc()
+        self._metrics.route(route.name).sends["retry"].inc()
         if attempts >= self._queue.policy(entry.priority).max_attempts:
             await self._finish_failed(entry, route, code)
             return

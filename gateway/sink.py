@@ -9,7 +9,7 @@ import structlog
 from drivers.base import InboundSms, Receipt, RouteHealth
 from drivers.clock import Clock
 from gateway.metrics import Metrics
-from gateway.models import new_message_id
+from gateway.models import State, new_message_id
 from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.sink")
@@ -46,7 +46,8 @@ class GatewaySink:
         if applied is not None:
             message_id, state = applied
             self._metrics.final.labels(state.value).inc()
-            log.info(
+            # Deliveries are the common case and are in `message_events`: debug level.
+            (log.debug if state is State.DELIVERED else log.info)(
                 "message_final",
                 message_id=message_id,
                 route=route,

@@ -158,6 +158,9 @@ async def daemon(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> AsyncIterator[tuple[Daemon, str]]:
     conf, token = await asyncio.to_thread(_init, tmp_path, capsys)
+    # Debug level: per-message events (message_final) are what the tests wait on, and
+    # the PHI scan then covers the most talkative log the daemon can write.
+    conf.write_text(conf.read_text() + '\n[log]\nlevel = "debug"\n')
     listen = re.search(r'listen = "([^"]+)"', conf.read_text())
     assert listen is not None
     proc = await asyncio.create_subprocess_exec(

@@ -13,6 +13,8 @@ from drivers.smpp.encoding import (
     Concat,
     LinkEncoding,
     PartParams,
+    _fits,
+    _split,
     concat_from_tlvs,
     decode_inbound,
     decode_short_message,
@@ -25,6 +27,7 @@ from drivers.text import (
     GSM7_EXTENSION,
     BodyTooLong,
     encode_gsm7_septets,
+    is_gsm7,
     pack_septets,
     split,
 )
@@ -319,6 +322,16 @@ def test_ucs2_parts_never_cut_a_pair(body: str) -> None:
             text_octets = part.short_message[len(udh_of(part)) :]
             if part.data_coding == 8:
                 text_octets.decode("utf-16-be")  # strict: a cut pair raises
+
+
+@given(body=any_body, udh_octets=st.sampled_from([0, 6, 7]))
+def test_one_part_check_agrees_with_the_character_walk(body: str, udh_octets: int) -> None:
+    """`_fits` counts in C; it must say what walking the characters says."""
+    for data_coding in (0, 3, 8):
+        if data_coding != 8 and not is_gsm7(body):
+            continue
+        limit = part_limit(data_coding, udh_octets)
+        assert _fits(body, data_coding, limit) == (len(_split(body, data_coding, limit)) == 1)
 
 
 @given(st.integers(1, 3000))

@@ -154,6 +154,22 @@ def test_encode_gsm7_rejects_unrepresentable_without_echoing_text() -> None:
     assert "secret" not in str(caught.value)
 
 
+@given(st.text(st.sampled_from([*GSM7_BASIC, *GSM7_EXTENSION, "`", "ж", "\x7f", "\U0001f600"])))
+def test_gsm7_encoding_matches_the_tables_character_by_character(text: str) -> None:
+    """The translate-based encoder against the definition: table lookups per character."""
+    expected = bytearray()
+    for position, char in enumerate(text):
+        if char in GSM7_EXTENSION:
+            expected += bytes((0x1B, GSM7_EXTENSION[char]))
+        elif char in GSM7_BASIC and GSM7_BASIC.index(char) != 0x1B:
+            expected.append(GSM7_BASIC.index(char))
+        else:
+            with pytest.raises(ValueError, match=f"position {position} "):
+                encode_gsm7_septets(text)
+            return
+    assert encode_gsm7_septets(text) == bytes(expected)
+
+
 def test_pack_argument_checks() -> None:
     with pytest.raises(ValueError, match="fill_bits"):
         pack_septets(b"\x01", fill_bits=7)

@@ -70,6 +70,8 @@ from drivers.text import (
     encode_gsm7_septets,
     encode_ucs2,
     is_gsm7,
+    septet_length,
+    ucs2_units,
 )
 
 DC_DEFAULT = 0
@@ -227,7 +229,12 @@ def _split(text: str, data_coding: int, limit: PartLimit) -> list[str]:
 
 
 def _fits(text: str, data_coding: int, limit: PartLimit) -> bool:
-    return len(_split(text, data_coding, limit)) == 1
+    """Whether `text` fits one part, counted in C rather than character by character."""
+    if data_coding not in (DC_DEFAULT, DC_LATIN1):
+        return 2 * ucs2_units(text) <= limit.octets
+    septets = septet_length(text)
+    octets = septets if data_coding == DC_DEFAULT else len(text)
+    return octets <= limit.octets and (limit.septets is None or septets <= limit.septets)
 
 
 def _encode(text: str, data_coding: int) -> bytes:
