@@ -29,6 +29,7 @@ No input makes anything here raise, and nothing returned carries the `text:` fie
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,7 +102,9 @@ _KEY = re.compile(
 )
 _KEY_NAMES = {"status": "stat", "error": "err"}
 _RECEIPT_KEYS = frozenset({"sub", "dlvrd", "submitdate", "donedate", "stat", "err"})
+_KEY_SPACING = re.compile(r"[\s_]")
 _NOT_WORD = re.compile(r"[^0-9A-Za-z_-]")
+_NOT_LETTER = re.compile(r"[^A-Z]")
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -228,13 +231,20 @@ def _fields(text: str | bytes | bytearray) -> dict[str, str]:
     for match in _KEY.finditer(text):
         if pending is not None:
             _keep(found, pending[0], text[pending[1] : match.start()])
-        key = re.sub(r"[\s_]", "", match[1].lower())
+        key = _key_name(match[1])
         if key == "text":
             return found
-        pending = (_KEY_NAMES.get(key, key), match.end())
+        pending = (key, match.end())
     if pending is not None:
         _keep(found, pending[0], text[pending[1] :])
     return found
+
+
+@functools.lru_cache(maxsize=256)
+def _key_name(spelling: str) -> str:
+    """`Submit_Date` -> `submitdate`, `status` -> `stat`: the table's name for a key."""
+    key = _KEY_SPACING.sub("", spelling.lower())
+    return _KEY_NAMES.get(key, key)
 
 
 def _keep(found: dict[str, str], key: str, segment: str) -> None:
@@ -265,7 +275,7 @@ def _tlv_int(value: object, size: int, missing: int) -> int:
 
 
 def _letters(word: str) -> str:
-    return "".join(c for c in word.upper() if "A" <= c <= "Z")
+    return _NOT_LETTER.sub("", word.upper())
 
 
 def _digits(word: str) -> bool:

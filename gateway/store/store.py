@@ -9,6 +9,7 @@ and its state never disagree.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -601,38 +602,24 @@ def _apply(
     """Apply `t` and record its event; raises (changing nothing) if it is illegal, or
     if the message is not in `only_from` when that is given. Returns the row's
     `attempts` followed by the `returning` columns."""
-    sets = ["state = ?", "updated_at = ?"]
-    params: list[Any] = [t.target.value, now]
-    for column, value in (
-        ("route", t.route),
-        ("error_code", t.error_code),
-        ("due_at", t.due_at),
-        ("attempts", t.attempts),
-    ):
-        if value is not None:
-            sets.append(f"{column} = ?")
-            params.append(value)
-    if t.possible_duplicate is not None:
-        sets.append("possible_duplicate = ?")
-        params.append(int(t.possible_duplicate))
-    if only_from is not None:
-        check_transition(only_from, t.target)
-        sources = f"'{only_from.value}'"
-    else:
-        sources = _SOURCES[t.target]
-    where = f"id = ? AND state IN ({sources})"
-    where_params: list[Any] = [t.message_id]
-    if unless_parts_pending:
-        where += (
-            " AND NOT EXISTS (SELECT 1 FROM carrier_ids WHERE message_id = ?"
-            " AND state != 'delivered')"
-        )
-        where_params.append(t.message_id)
-    extra = f", {returning}" if returning else ""
+    changed = [
+        value for value in (t.route, t.error_code, t.due_at, t.attempts) if value is not None
+    ]
+    duplicate = t.possible_duplicate
+    if duplicate is not None:
+        changed.append(int(duplicate))
+    shape = (
+        t.route is not None,
+        t.error_code is not None,
+        t.due_at is not None,
+        t.attempts is not None,
+        duplicate is not None,
+    )
+    sql = _update_sql(t.target, shape, only_from, returning, unless_parts_pending)
+    where = (t.message_id, t.message_id) if unless_parts_pending else (t.message_id,)
     # One statement checks the transition and makes it; only a refusal looks further.
     row: tuple[Any, ...] | None = conn.execute(
-        f"UPDATE messages SET {', '.join(sets)} WHERE {where} RETURNING attempts{extra}",  # noqa: S608 - fixed column names and states
-        (*params, *where_params),
+        sql, (t.target.value, now, *changed, *where)
     ).fetchone()
     if row is None:
         if unless_parts_pending:
@@ -649,6 +636,39 @@ def _apply(
         (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0]),
     )
     return row
+
+
+_OPTIONAL_COLUMNS = ("route", "error_code", "due_at", "attempts", "possible_duplicate")
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(
+    target: State,
+    shape: tuple[bool, ...],
+    only_from: State | None,
+    returning: str,
+    unless_parts_pending: bool,
+) -> str:
+    """The UPDATE for one shape of transition (built once, then served from the cache):
+    parameters are the target, the time, the columns `shape` marks present, the id (and
+    the id again when `unless_parts_pending`)."""
+    sets = ["state = ?", "updated_at = ?"]
+    sets += [
+        f"{column} = ?" for column, present in zip(_OPTIONAL_COLUMNS, shape, strict=True) if present
+    ]
+    if only_from is not None:
+        check_transition(only_from, target)
+        sources = f"'{only_from.value}'"
+    else:
+        sources = _SOURCES[target]
+    where = f"id = ? AND state IN ({sources})"
+    if unless_parts_pending:
+        where += (
+            " AND NOT EXISTS (SELECT 1 FROM carrier_ids WHERE message_id = ?"
+            " AND state != 'delivered')"
+        )
+    extra = f", {returning}" if returning else ""
+    return f"UPDATE messages SET {', '.join(sets)} WHERE {where} RETURNING attempts{extra}"  # noqa: S608 - fixed column names and states
 
 
 _SOURCES = {
