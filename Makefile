@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-modems clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -72,6 +72,11 @@ bench-quick: setup /usr/bin/wrk
 # smsgw vs. Kannel over SMPP (installs wrk, Kannel and Node.js from Debian when missing).
 bench-smpp: setup
 	$(BIN)/python bench/smpp.py
+
+# What one core needs at least per message (bare HTTP, bare SQL, the SMPP codec) against
+# the budgets the SMPP targets leave; run after bench-smpp to use its Kannel rates.
+bench-floors: setup /usr/bin/wrk
+	$(BIN)/python bench/floors.py
 
 # A bank of 1, 2, 4 and 8 emulated modems (3 s per part) behind smsgw run; about 4.5 minutes.
 bench-modems: setup

@@ -499,6 +499,45 @@ def test_response_timeout_frees_the_window_slot() -> None:
     assert pair.submit("m2") == sequence + 1
 
 
+@settings(max_examples=150)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["submit", "answer", "tick", "probe"]), st.integers(0, 9)),
+        max_size=60,
+    )
+)
+def test_window_and_deadlines_agree_with_the_requests_in_flight(
+    steps: list[tuple[str, int]],
+) -> None:
+    """The session keeps its window count and earliest deadline as it goes (counters and a
+    heap); they must always say what walking the requests in flight says."""
+    pair = bound_pair(config=SessionConfig(window=5, response_timeout=3, enquire_link_interval=2))
+    waiting: list[Request] = []
+    for action, n in steps:
+        if pair.esme.closed:
+            break
+        if action == "submit" and pair.esme.can_send_request():
+            pair.submit(n)
+        elif action == "answer" and waiting:
+            request = waiting.pop(n % len(waiting))
+            pair.smsc.respond(request.pdu, params={"message_id": str(n)})
+        elif action == "tick":
+            pair.at(pair.now + n / 4)
+        elif action == "probe":
+            pair.at(pair.now + 2)
+        _, seen = pair.pump()
+        waiting += [e for e in seen if isinstance(e, Request)]
+        in_flight = pair.esme.in_flight
+        assert pair.esme.outstanding == len(in_flight)
+        assert pair.esme.window_free == 5 - len(in_flight)
+        # Every timer due by now has fired: nothing overdue is left in flight.
+        assert all(f.deadline > pair.now for f in in_flight)
+        if not pair.esme.closed and in_flight:
+            deadline = pair.esme.next_deadline()
+            assert deadline is not None
+            assert deadline <= min(f.deadline for f in in_flight)
+
+
 def test_bind_timeout() -> None:
     pair = Pair()
     assert pair.esme.next_deadline() == pair.smsc.next_deadline() == T0 + 30
