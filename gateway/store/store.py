@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiosqlite
 
@@ -624,18 +624,31 @@ def _apply(
     if row is None:
         if unless_parts_pending:
             raise _PartsPending(t.message_id)
-        current = conn.execute(
-            "SELECT state FROM messages WHERE id = ?", (t.message_id,)
-        ).fetchone()
-        if current is None:
-            raise LookupError(f"no message {t.message_id}")
-        raise IllegalTransition(State(current[0]), t.target)
+        _refuse(conn, t.message_id, t.target)
     conn.execute(
-        "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
-        " attempt) VALUES (?,?,?,?,?,?,?)",
+        _INSERT_EVENT,
         (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0]),
     )
     return row
+
+
+def _refuse(conn: sqlite3.Connection, message_id: str, target: State) -> NoReturn:
+    """Why a transition's UPDATE matched no row: no such message, or not from its state."""
+    current = conn.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if current is None:
+        raise LookupError(f"no message {message_id}")
+    raise IllegalTransition(State(current[0]), target)
+
+
+_INSERT_EVENT = (
+    "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
+    " attempt) VALUES (?,?,?,?,?,?,?)"
+)
+_INSERT_PART = (
+    "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part) VALUES (?,?,?,?)"
+)
+_CLAIM_RETURNING = "to_ct, body_ct, encoding, priority, attempts, possible_duplicate"
+_ROUTE_ONLY = (True, False, False, False, False)  # a transition's shape: only `route` set
 
 
 _OPTIONAL_COLUMNS = ("route", "error_code", "due_at", "attempts", "possible_duplicate")
@@ -726,50 +739,66 @@ def _apply_receipt(
 def _claim_many(
     conn: sqlite3.Connection, items: list[tuple[str, str, float]]
 ) -> list[tuple[Any, ...] | None]:
+    """`queued -> sending` for each item, its row returned (None if it was no longer
+    queued). The hot path: one UPDATE per message, the events in one executemany."""
+    sql = _update_sql(State.SENDING, _ROUTE_ONLY, None, _CLAIM_RETURNING, False)
     claimed: list[tuple[Any, ...] | None] = []
+    events = []
     for message_id, route, now in items:
-        try:
-            row = _apply(
-                conn,
-                Transition(message_id, State.SENDING, route=route),
-                now,
-                returning="to_ct, body_ct, encoding, priority, attempts, possible_duplicate",
-            )
-        except IllegalTransition:
-            claimed.append(None)
-        else:
-            claimed.append(row[1:])
+        row = conn.execute(sql, (State.SENDING.value, now, route, message_id)).fetchone()
+        if row is None:
+            try:
+                _refuse(conn, message_id, State.SENDING)
+            except IllegalTransition:
+                claimed.append(None)
+                continue
+        events.append((message_id, now, State.SENDING.value, route, None, None, row[0]))
+        claimed.append(row[1:])
+    conn.executemany(_INSERT_EVENT, events)
     return claimed
 
 
 def _mark_sent_many(
     conn: sqlite3.Connection, items: list[tuple[str, str, Sequence[str], float]]
 ) -> list[State]:
+    """`sending -> sent` with the carrier's ids for each item, then any receipts that
+    overtook the submit's answer. Events and ids are written in one executemany each,
+    before the early receipts (which need them) are looked at."""
+    sql = _update_sql(State.SENT, _ROUTE_ONLY, None, "", False)
     states = []
+    events: list[tuple[Any, ...]] = []
+    parts: list[tuple[Any, ...]] = []
+
+    def write() -> None:
+        conn.executemany(_INSERT_EVENT, events)
+        conn.executemany(_INSERT_PART, parts)
+        events.clear()
+        parts.clear()
+
     # Receipts rarely overtake their submit's answer: look them up only if any wait.
     early_waiting = conn.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is not None
     for message_id, route, carrier_ids, now in items:
-        _apply(
-            conn,
-            Transition(message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)),
-            now,
+        row = conn.execute(sql, (State.SENT.value, now, route, message_id)).fetchone()
+        if row is None:
+            _refuse(conn, message_id, State.SENT)
+        events.append(
+            (message_id, now, State.SENT.value, route, ",".join(carrier_ids), None, row[0])
         )
-        conn.executemany(
-            "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part)"
-            " VALUES (?,?,?,?)",
-            [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)],
-        )
+        parts += [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)]
         state = State.SENT
-        for cid in carrier_ids if early_waiting else ():
-            early = conn.execute(
-                "DELETE FROM early_receipts WHERE route = ? AND carrier_id = ?"
-                " RETURNING state, error_code",
-                (route, cid),
-            ).fetchone()
-            if early is not None:
-                applied = _apply_receipt(conn, route, cid, early[0], early[1], now)
-                state = applied[1] if isinstance(applied, tuple) else state
+        if early_waiting:
+            write()
+            for cid in carrier_ids:
+                early = conn.execute(
+                    "DELETE FROM early_receipts WHERE route = ? AND carrier_id = ?"
+                    " RETURNING state, error_code",
+                    (route, cid),
+                ).fetchone()
+                if early is not None:
+                    applied = _apply_receipt(conn, route, cid, early[0], early[1], now)
+                    state = applied[1] if isinstance(applied, tuple) else state
         states.append(state)
+    write()
     return states
 
 
