@@ -246,6 +246,30 @@ async def test_multipart_receipts_deliver_once_every_part_is_delivered(
     assert (await gw.store.message_row(mid))["state"] == "delivered"
 
 
+async def test_sends_committed_together_apply_an_early_receipt_after_its_send(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Sends grouped in one transaction write their events and ids together; a receipt
+    that overtook one of them still finds its part and follows its `sent` event."""
+    gw = await open_gateway()
+    ids = [await accept(gw) for _ in range(3)]
+    now = gw.clock.time()
+    for mid in ids:
+        assert await gw.store.claim(mid, "demo", now) is not None
+    assert await gw.store.apply_receipt("demo", "g1", "delivered", None, now) is None
+    states = await asyncio.gather(
+        *(gw.store.mark_sent(mid, "demo", [f"g{i}"], now) for i, mid in enumerate(ids))
+    )
+    assert states == [State.SENT, State.DELIVERED, State.SENT]
+    history = [[e["state"] for e in await gw.store.events(mid)] for mid in ids]
+    assert history[1][-2:] == ["sent", "delivered"]
+    assert history[0][-1] == history[2][-1] == "sent"
+    assert await gw.store.apply_receipt("demo", "g2", "delivered", None, now) == (
+        ids[2],
+        State.DELIVERED,
+    )
+
+
 async def test_one_failed_part_fails_the_message(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway()
     mid = await accept(gw)
