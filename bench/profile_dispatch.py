@@ -1,0 +1,119 @@
+"""Dispatch alone: N messages preloaded, then the scheduler drains them to the SMPP sink.
+
+    .venv/bin/python bench/profile_dispatch.py                 # raw: no receipts
+    .venv/bin/python bench/profile_dispatch.py --receipts      # clinical: a receipt each
+    .venv/bin/python bench/profile_dispatch.py --cprofile 30   # and the top 30 functions
+
+The gateway runs in this process (pinned to CPU 0 when taskset-style pinning is possible)
+with the real store, scheduler and SMPP driver, against `bench/smpp_sink.js` (on CPU 1).
+No HTTP: the messages are committed before the clock starts, so what is measured is the
+way from the queue to the carrier and back (claim, submit, `sent`, and with `--receipts`
+each receipt). Prints the rate and CPU per message of the event loop's thread and of the
+others (the SQLite writer). With `--cprofile`, the event loop's functions by own time
+(cProfile inflates small functions; use it to find, timeit to measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import harness
+import uvloop
+from smpp import _SMSGW_EXTRA, SCENARIOS, SYSTEM_ID, SYSTEM_PASSWORD, WINDOW, Placement, Sink
+
+from gateway import config as gateway_config
+from gateway import logs
+from gateway.app import Gateway
+from gateway.cli import _tune_gc
+from gateway.intake import SendRequest
+
+PRELOAD_CHUNK = 500
+BIND_TIMEOUT_S = 20.0
+RUN_TIMEOUT_S = 300.0
+
+
+async def run(n: int, receipts: bool, top: int) -> None:
+    scenario = next(s for s in SCENARIOS if s.name == ("clinical" if receipts else "raw"))
+    pinning = harness.setup_pinning()  # this process on CPU 1 for now
+    placement = Placement(pinning.server, pinning.client, "")
+    work = Path(tempfile.mkdtemp(prefix="smsgw-dispatch-"))
+    async with Sink(scenario, placement) as sink:
+        home = await harness.init_gateway(work / "gateway")
+        head = home.config_path.read_text().partition("[[routes]]")[0]
+        extra = _SMSGW_EXTRA.format(
+            port=sink.port,
+            system_id=SYSTEM_ID,
+            password=SYSTEM_PASSWORD,
+            window=WINDOW,
+            want_receipt="true" if receipts else "false",
+        )
+        home.config_path.write_text(head + "\n" + extra)
+        with (work / "gateway.log").open("w") as log_file:
+            logs.configure("json", "info", stream=log_file)
+            if pinning.active:
+                os.sched_setaffinity(0, {0})  # the gateway, as bench/smpp.py places servers
+            gw = await Gateway.open(gateway_config.load(home.config_path))
+            now = gw.clock.time()
+            prepared = [
+                gw.intake.prepare(
+                    SendRequest(to=f"+1202555{1000 + i % 9000:04d}", body="x" * 150), None, now
+                )
+                for i in range(n)
+            ]
+            for first in range(0, n, PRELOAD_CHUNK):
+                await gw.store.insert(gw.intake.statements(prepared[first : first + PRELOAD_CHUNK]))
+            health_changed = asyncio.Event()
+            gw.sink.wake_on_health(health_changed.set)
+            await gw.start(dispatch=False)
+            async with asyncio.timeout(BIND_TIMEOUT_S):
+                while not all(r.health().can_send for r in gw.routes.values()):
+                    health_changed.clear()
+                    await health_changed.wait()
+            gw.intake.accepted(prepared)
+            _tune_gc()  # as `smsgw run` does once started
+            profile = cProfile.Profile() if top else None
+            before, started = harness.thread_cpu_seconds(os.getpid()), time.perf_counter()
+            if profile is not None:
+                profile.enable()
+            task = asyncio.create_task(gw.scheduler.run())
+            key = "receipts_acked" if receipts else "submits"
+            done = await sink.wait_for(key, n, time.monotonic() + RUN_TIMEOUT_S)
+            if done[key] < n:
+                raise RuntimeError(f"only {done[key]} of {n} {key} in {RUN_TIMEOUT_S:.0f} s")
+            if profile is not None:
+                profile.disable()
+            elapsed = time.perf_counter() - started
+            after = harness.thread_cpu_seconds(os.getpid())
+            loop_cpu = after["main"] - before.get("main", 0.0)
+            others = sum(v - before.get(k, 0.0) for k, v in after.items() if k != "main")
+            print(
+                f"{n} messages in {elapsed:.2f} s: {n / elapsed:,.0f}/s; CPU per message:"
+                f" event loop {loop_cpu / n * 1e6:.1f} us, other threads"
+                f" {others / n * 1e6:.1f} us"
+            )
+            gw.scheduler.stop_claiming()
+            await task
+            await gw.stop()
+            if profile is not None:
+                pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=20_000, help="messages (default 20,000)")
+    p.add_argument("--receipts", action="store_true", help="a receipt per message")
+    p.add_argument("--cprofile", type=int, default=0, metavar="TOP", help="profile; top N")
+    args = p.parse_args()
+    uvloop.install()
+    asyncio.run(run(args.n, args.receipts, args.cprofile))
+
+
+if __name__ == "__main__":
+    main()
