@@ -104,6 +104,7 @@ _KEY_NAMES = {"status": "stat", "error": "err"}
 _RECEIPT_KEYS = frozenset({"sub", "dlvrd", "submitdate", "donedate", "stat", "err"})
 _KEY_SPACING = re.compile(r"[\s_]")
 _NOT_WORD = re.compile(r"[^0-9A-Za-z_-]")
+_PRINTABLE_ASCII = re.compile(r"[!-~]+")
 _NOT_LETTER = re.compile(r"[^A-Z]")
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -254,7 +255,7 @@ def _keep(found: dict[str, str], key: str, segment: str) -> None:
 
 def _clean_id(word: str) -> str | None:
     word = word.strip()
-    if not word or len(word) > MAX_ID_LENGTH or not all("!" <= c <= "~" for c in word):
+    if len(word) > MAX_ID_LENGTH or not _PRINTABLE_ASCII.fullmatch(word):
         return None
     return word
 
@@ -293,6 +294,7 @@ def _count(word: str) -> int | None:
     return int(word) if _digits(word) and len(word) <= 9 else None
 
 
+@functools.lru_cache(maxsize=1024)  # a burst of receipts shares a few minute stamps
 def _date(word: str, tz: tzinfo) -> datetime | None:
     if not _digits(word) or len(word) not in (10, 12):
         return None
