@@ -10,7 +10,8 @@ Measured on CPU 0 (as `bench/smpp.py` places the servers), each part on its own:
    no validation, no store and no scheduler; `wrk -c64` keep-alive from CPU 1 for 5 s.
    CPU per request of the server process.
 2. SQLite: the statements of one message's life on smsgw's own schema, commits of 50,
-   `synchronous = FULL`, written out bare (no Python around them but the calls): insert;
+   `synchronous = FULL`: the store's own UPDATE and INSERT statements run bare (no Python
+   around them but the calls): insert;
    claim (`sending` + its event); sent (+ event + carrier id); receipt (the part, the
    message, the event). CPU per message of the thread.
 3. SMPP codec: encode a submit_sm, decode its submit_sm_resp (raw); plus decode a
@@ -41,7 +42,9 @@ from pathlib import Path
 import harness
 
 from drivers.smpp.pdu import Command, Pdu, decode, encode
+from gateway.models import State
 from gateway.store.schema import migrate
+from gateway.store.store import _CLAIM_RETURNING, _INSERT_EVENT, _INSERT_PART, _update_sql
 
 N = 20_000
 GROUP = 50
@@ -141,36 +144,34 @@ def sql_floors() -> dict[str, float]:
             ),
         )
 
-    def step(i: str, target: str, source: str, carrier_id: str | None) -> None:
-        row = conn.execute(
-            "UPDATE messages SET state = ?, updated_at = ?, route = ? WHERE id = ?"
-            " AND state IN (?) RETURNING attempts, to_ct, body_ct",
-            (target, now, "r", i, source),
-        ).fetchone()
-        conn.execute(
-            "INSERT INTO message_events (message_id, at, state, route, carrier_id,"
-            " error_code, attempt) VALUES (?,?,?,?,?,?,?)",
-            (i, now, target, "r", carrier_id, None, row[0]),
-        )
+    # The store's own statements (gateway.store.store), run bare: no Transition, no
+    # savepoints, no grouping code around them.
+    route_only = (True, False, False, False, False)
+    claim_sql = _update_sql(State.SENDING, route_only, None, _CLAIM_RETURNING, False)
+    sent_sql = _update_sql(State.SENT, route_only, None, "", False)
+    delivered_sql = _update_sql(State.DELIVERED, route_only, State.SENT, "", True)
+
+    def claim(i: str) -> None:
+        row = conn.execute(claim_sql, ("sending", now, "r", i)).fetchone()
+        conn.execute(_INSERT_EVENT, (i, now, "sending", "r", None, None, row[0]))
 
     def sent(i: str) -> None:
-        step(i, "sent", "sending", "c" + i)
-        conn.execute(
-            "INSERT INTO carrier_ids (route, carrier_id, message_id, part) VALUES (?,?,?,?)",
-            ("r", "c" + i, i, 0),
-        )
+        row = conn.execute(sent_sql, ("sent", now, "r", i)).fetchone()
+        conn.execute(_INSERT_EVENT, (i, now, "sent", "r", "c" + i, None, row[0]))
+        conn.execute(_INSERT_PART, ("r", "c" + i, i, 0))
 
     def receipt(i: str) -> None:
         conn.execute(
-            "UPDATE carrier_ids SET state = 'delivered' WHERE route = ? AND carrier_id = ?"
-            " RETURNING message_id",
-            ("r", "c" + i),
+            "UPDATE carrier_ids SET state = ?, error_code = ? WHERE route = ? AND carrier_id = ?"
+            " AND state NOT IN ('delivered', 'failed', 'expired') RETURNING message_id",
+            ("delivered", None, "r", "c" + i),
         ).fetchone()
-        step(i, "delivered", "sent", "c" + i)
+        row = conn.execute(delivered_sql, ("delivered", now, "r", i, i)).fetchone()
+        conn.execute(_INSERT_EVENT, (i, now, "delivered", "r", "c" + i, None, row[0]))
 
     steps: dict[str, Callable[[str], None]] = {
         "insert": insert,
-        "claim": lambda i: step(i, "sending", "queued", None),
+        "claim": claim,
         "sent": sent,
         "receipt": receipt,
     }

@@ -598,10 +598,12 @@ def _apply(
     only_from: State | None = None,
     returning: str = "",
     unless_parts_pending: bool = False,
+    events: list[tuple[Any, ...]] | None = None,
 ) -> tuple[Any, ...]:
     """Apply `t` and record its event; raises (changing nothing) if it is illegal, or
     if the message is not in `only_from` when that is given. Returns the row's
-    `attempts` followed by the `returning` columns."""
+    `attempts` followed by the `returning` columns. With `events`, the event row is
+    appended there for the caller to write with the rest of its group."""
     changed = [
         value for value in (t.route, t.error_code, t.due_at, t.attempts) if value is not None
     ]
@@ -625,10 +627,11 @@ def _apply(
         if unless_parts_pending:
             raise _PartsPending(t.message_id)
         _refuse(conn, t.message_id, t.target)
-    conn.execute(
-        _INSERT_EVENT,
-        (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0]),
-    )
+    event = (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0])
+    if events is None:
+        conn.execute(_INSERT_EVENT, event)
+    else:
+        events.append(event)
     return row
 
 
@@ -648,9 +651,6 @@ _INSERT_PART = (
     "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part) VALUES (?,?,?,?)"
 )
 _CLAIM_RETURNING = "to_ct, body_ct, encoding, priority, attempts, possible_duplicate"
-_ROUTE_ONLY = (True, False, False, False, False)  # a transition's shape: only `route` set
-
-
 _OPTIONAL_COLUMNS = ("route", "error_code", "due_at", "attempts", "possible_duplicate")
 
 
@@ -740,20 +740,17 @@ def _claim_many(
     conn: sqlite3.Connection, items: list[tuple[str, str, float]]
 ) -> list[tuple[Any, ...] | None]:
     """`queued -> sending` for each item, its row returned (None if it was no longer
-    queued). The hot path: one UPDATE per message, the events in one executemany."""
-    sql = _update_sql(State.SENDING, _ROUTE_ONLY, None, _CLAIM_RETURNING, False)
+    queued); the group's events go in one executemany."""
     claimed: list[tuple[Any, ...] | None] = []
-    events = []
+    events: list[tuple[Any, ...]] = []
     for message_id, route, now in items:
-        row = conn.execute(sql, (State.SENDING.value, now, route, message_id)).fetchone()
-        if row is None:
-            try:
-                _refuse(conn, message_id, State.SENDING)
-            except IllegalTransition:
-                claimed.append(None)
-                continue
-        events.append((message_id, now, State.SENDING.value, route, None, None, row[0]))
-        claimed.append(row[1:])
+        transition = Transition(message_id, State.SENDING, route=route)
+        try:
+            row = _apply(conn, transition, now, returning=_CLAIM_RETURNING, events=events)
+        except IllegalTransition:
+            claimed.append(None)
+        else:
+            claimed.append(row[1:])
     conn.executemany(_INSERT_EVENT, events)
     return claimed
 
@@ -764,7 +761,6 @@ def _mark_sent_many(
     """`sending -> sent` with the carrier's ids for each item, then any receipts that
     overtook the submit's answer. Events and ids are written in one executemany each,
     before the early receipts (which need them) are looked at."""
-    sql = _update_sql(State.SENT, _ROUTE_ONLY, None, "", False)
     states = []
     events: list[tuple[Any, ...]] = []
     parts: list[tuple[Any, ...]] = []
@@ -778,12 +774,10 @@ def _mark_sent_many(
     # Receipts rarely overtake their submit's answer: look them up only if any wait.
     early_waiting = conn.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is not None
     for message_id, route, carrier_ids, now in items:
-        row = conn.execute(sql, (State.SENT.value, now, route, message_id)).fetchone()
-        if row is None:
-            _refuse(conn, message_id, State.SENT)
-        events.append(
-            (message_id, now, State.SENT.value, route, ",".join(carrier_ids), None, row[0])
+        transition = Transition(
+            message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)
         )
+        _apply(conn, transition, now, events=events)
         parts += [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)]
         state = State.SENT
         if early_waiting:
