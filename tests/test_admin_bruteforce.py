@@ -146,6 +146,13 @@ async def test_parallel_wrong_codes_get_at_most_the_configured_checks(
     assert (await panel.login("alice")).status == 429
     locks = [e for e in await panel.gw.audit.entries() if e.action == "account_locked"]
     assert len(locks) == 1 and locks[0].detail_map()["factor"] == "totp"
+    # `smsgw user unlock` lifts a lock of either count.
+    await panel.accounts.unlock("alice", "console")
+    assert (await panel.login("alice")).status == 303
+    token = await panel.csrf("/login/totp")
+    assert (
+        await panel.post("/login/totp", {"code": panel.code(secret)}, token=token)
+    ).status == 303
 
 
 async def test_a_good_password_does_not_reset_the_code_count(panel: PanelClient) -> None:
