@@ -40,7 +40,6 @@ import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from drivers.clock import Clock
 from gateway.store.store import Store
@@ -172,7 +171,7 @@ class AuditTrail:
             ).rowcount
             if counted:
                 return None
-            self._close(conn, at, "key = ?", (key,))
+            self._close(conn, at, key)
             seq = self._append(conn, at, actor, action, target_kind, target_id, detail)
             conn.execute(
                 "INSERT INTO audit_repeats VALUES (?,?,?,?,?)", (key, seq, at + window, 1, at)
@@ -184,24 +183,22 @@ class AuditTrail:
     async def close_repeats(self) -> int:
         """Append the count of every repeat window that is over; returns how many closed."""
         now = self._clock.time()
-        return await self._store.writer.run(
-            lambda conn: self._close(conn, now, "closes_at <= ?", (now,))
-        )
+        return await self._store.writer.run(lambda conn: self._close(conn, now))
 
-    def _close(
-        self, conn: sqlite3.Connection, at: float, where: str, params: tuple[Any, ...]
-    ) -> int:
+    def _close(self, conn: sqlite3.Connection, at: float, key: str | None = None) -> int:
+        """Close the windows over at `at` (only `key`'s, if given): each with more than
+        the opening entry gets its `repeated` entry, and every one is forgotten."""
         rows = conn.execute(
-            "SELECT r.key, r.first_seq, r.count, r.last_at, a.actor, a.action"  # noqa: S608
+            "SELECT r.key, r.first_seq, r.count, r.last_at, a.actor, a.action"
             " FROM audit_repeats r JOIN audit_log a ON a.seq = r.first_seq"
-            f" WHERE r.{where} ORDER BY r.first_seq",
-            params,
+            " WHERE r.closes_at <= ? AND (? IS NULL OR r.key = ?) ORDER BY r.first_seq",
+            (at, key, key),
         ).fetchall()
-        for key, first_seq, count, last_at, actor, action in rows:
+        for row_key, first_seq, count, last_at, actor, action in rows:
             if count > 1:
                 detail = encode_detail({"action": action, "count": count, "last_at": int(last_at)})
                 self._append(conn, at, actor, REPEATED, "audit_log", str(first_seq), detail)
-            conn.execute("DELETE FROM audit_repeats WHERE key = ?", (key,))
+            conn.execute("DELETE FROM audit_repeats WHERE key = ?", (row_key,))
         return len(rows)
 
     def _append(
