@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.admin.audit import AuditEntry
+from gateway.config import ConfigError, from_mapping
 from tests.admin_support import PanelClient
 
 WRONG = "not the password, clearly"
@@ -72,3 +75,9 @@ async def test_one_client_spraying_names_leaves_a_bounded_trail(panel: PanelClie
     assert len(entries) <= 6, [e.action for e in entries]
     assert counted(entries, FAILURES) == sent
     assert (await panel.gw.audit.verify()).ok
+
+
+def test_the_window_is_configured_and_checked() -> None:
+    assert from_mapping({"admin": {"failure_audit_window": 60}}).admin.failure_audit_window == 60
+    with pytest.raises(ConfigError, match=r"admin\.failure_audit_window"):
+        from_mapping({"admin": {"failure_audit_window": 0}})
