@@ -152,6 +152,7 @@ class Gateway:
             created_before=now - admin.absolute_lifetime,
             failed_before=now - admin.lockout_minutes * 60,
         )
+        await self.audit.close_repeats()  # failed sign-ins counted in windows now over
         log.info("housekeeping", idempotency_keys_removed=removed, sessions_removed=sessions)
 
     async def _inbound_expiry(self) -> None:

@@ -130,6 +130,7 @@ class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     max_delay: PositiveFloat = 60.0
     max_failed_logins: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     lockout_minutes: PositiveFloat = 15.0
+    failure_audit_window: PositiveFloat = 900.0
     totp_required_roles: tuple[Role, ...] = ()
     totp_issuer: str = "smsgw"
     password_hash_memory_kib: Annotated[int, msgspec.Meta(ge=19456)] = 65536

@@ -161,3 +161,72 @@ async def test_route_pause_through_the_api_is_audited(open_gateway: GatewayFacto
     ]
     data = gw.config.db_path.read_bytes()
     assert CANARY_DIGITS.encode() not in data
+
+
+async def test_repeats_in_a_window_are_one_entry_and_a_count(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    window = 900.0
+    record = gw.audit.record_repeated
+    first = await record(window, "anonymous", "login_failed", "user", None, source="10.0.0.9")
+    assert first == 1
+    for _ in range(49):
+        counted = await record(window, "anonymous", "login_failed", "user", None, source="10.0.0.9")
+        assert counted is None
+    # Anything that differs is its own entry; plain records go on as before.
+    other = await record(window, "anonymous", "login_failed", "user", None, source="10.0.0.10")
+    assert other == 2
+    assert await gw.audit.record("system", "account_locked", "user", "u1") == 3
+    gw.clock.advance(window - 1)
+    assert await gw.audit.close_repeats() == 0
+    gw.clock.advance(1)
+    assert await gw.audit.close_repeats() == 2
+    entries = await gw.audit.entries()
+    # The single failure from .10 needs no count; the 50 from .9 get one.
+    actions = ["repeated", "account_locked", "login_failed", "login_failed"]
+    assert [e.action for e in entries] == actions
+    closing = entries[0]
+    assert (closing.actor, closing.target_kind, closing.target_id) == (
+        "anonymous",
+        "audit_log",
+        "1",
+    )
+    assert closing.detail_map() == {
+        "action": "login_failed",
+        "count": 50,
+        "last_at": int(entries[-1].at),
+    }
+    assert (await gw.audit.verify()).ok
+    with raw(gw, drop_triggers=False) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_repeats").fetchone()[0] == 0
+
+
+async def test_a_repeat_after_its_window_closes_it_and_opens_the_next(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    for _ in range(3):
+        await gw.audit.record_repeated(60.0, "user:abc", "totp_failed", "user", "abc")
+    gw.clock.advance(60)
+    seq = await gw.audit.record_repeated(60.0, "user:abc", "totp_failed", "user", "abc")
+    entries = list(reversed(await gw.audit.entries()))
+    assert [(e.seq, e.action) for e in entries] == [
+        (1, "totp_failed"),
+        (2, "repeated"),
+        (3, "totp_failed"),
+    ]
+    assert seq == 3 and entries[1].detail_map()["count"] == 3
+    assert (await gw.audit.verify()).ok
+
+
+async def test_parallel_repeats_are_counted_exactly(open_gateway: GatewayFactory) -> None:
+    import asyncio
+
+    gw = await open_gateway()
+    seqs = await asyncio.gather(
+        *(gw.audit.record_repeated(60.0, "anonymous", "login_throttled") for _ in range(500))
+    )
+    assert [s for s in seqs if s is not None] == [1]
+    gw.clock.advance(60)
+    await gw.audit.close_repeats()
+    entries = await gw.audit.entries()
+    assert len(entries) == 2 and entries[0].detail_map()["count"] == 500

@@ -116,8 +116,14 @@ async def test_totp_enrolment_then_login_with_a_code_once(panel: PanelClient) ->
     await panel.login("alice")
     token = await panel.csrf("/login/totp")
     assert (await panel.post("/login/totp", {"code": code}, token=token)).status == 401
+    # The three wrong codes from this address are one entry, then one with their count.
+    assert (await panel.audit_actions()).count("totp_failed") == 1
+    panel.clock.advance(panel.gw.config.admin.failure_audit_window)
+    await panel.gw.audit.close_repeats()
     entries = await panel.gw.audit.entries()
-    assert entries[0].action == "totp_failed"
+    assert entries[0].action == "repeated"
+    assert entries[0].detail_map()["action"] == "totp_failed"
+    assert entries[0].detail_map()["count"] == 3
 
 
 async def test_codes_from_an_authenticator_app_within_one_step_of_drift(

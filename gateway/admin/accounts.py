@@ -3,6 +3,11 @@
 The web views and the CLI both go through here, so every path is throttled and
 audited the same way. A failed login answers the same whether the name exists, is
 disabled, or the password is wrong, and costs one argon2 verification in each case.
+Every check of a secret (the password at sign-in, a code, the current password before
+a change) first reserves its try with the throttle, in one writer transaction, so
+guesses sent in parallel get no more checks than guesses sent one by one. Failures go
+to the audit trail as repeats (one entry and a count per window); successes and
+lock-outs are each an entry.
 """
 
 from __future__ import annotations
@@ -10,16 +15,18 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from drivers.clock import Clock
 from gateway.admin import passwords, totp
-from gateway.admin.audit import AuditTrail
+from gateway.admin.audit import AuditTrail, DetailValue
 from gateway.admin.repo import AdminRepo, Credentials, FailureState, Role, User
-from gateway.admin.throttle import LoginThrottle
+from gateway.admin.throttle import LoginThrottle, Reservation
 from gateway.config import AdminConfig
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+SOURCE_CHARS = 64
 
 
 class InvalidUsername(ValueError):
@@ -40,14 +47,22 @@ def user_actor(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def _account_key(username: str) -> str:
+def _name_digest(username: str) -> str:
     # Hashed: people type passwords into the name field, and unknown names are counted too.
-    digest = hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]
-    return f"account:{digest}"
+    return hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]
+
+
+def _account_key(username: str) -> str:
+    return f"account:{_name_digest(username)}"
+
+
+def _totp_key(username: str) -> str:
+    """Second-factor failures: a count of their own, which a right password leaves alone."""
+    return f"totp:{_name_digest(username)}"
 
 
 def _source_key(source: str) -> str:
-    return f"source:{source[:64]}"
+    return f"source:{source[:SOURCE_CHARS]}"
 
 
 class Accounts:
@@ -64,6 +79,7 @@ class Accounts:
             config.password_hash_iterations,
             config.password_hash_lanes,
         )
+        self.match_code = totp.match_step  # the code check, one call per code tried
 
     # -- policy --------------------------------------------------------------------------
 
@@ -107,48 +123,70 @@ class Accounts:
         await self.repo.set_password(user.id, digest, self.clock.time(), keep_session=keep_session)
         await self.audit.record(actor, "password_changed", "user", user.id)
 
+    # -- checking a secret ----------------------------------------------------------------
+
+    async def _reserve(self, counted: list[str], guards: list[str], lockable: str) -> Reservation:
+        """Count this try as failed before checking it, or refuse it (`throttle.py`)."""
+        now = self.clock.time()
+
+        def decide(
+            states: dict[str, FailureState],
+        ) -> tuple[Reservation, Mapping[str, FailureState]]:
+            r = self.throttle.reserve(
+                states, now, counted=counted, lockable=(lockable,), guards=guards
+            )
+            return r, r.after
+
+        return await self.repo.reserve_attempt([*counted, *guards], decide)
+
+    async def _succeeded(self, r: Reservation, proved: str) -> None:
+        """The try was right: its own count starts again, the others lose this try."""
+        undo = {k: (r.before[k], s) for k, s in r.after.items() if k != proved}
+        await self.repo.settle_attempt([proved], undo)
+
+    async def _repeat(
+        self, actor: str, action: str, user: User | None, source: str, **ids: DetailValue
+    ) -> None:
+        await self.audit.record_repeated(
+            self.config.failure_audit_window,
+            actor,
+            action,
+            "user",
+            user.id if user else None,
+            source=source[:SOURCE_CHARS],
+            **ids,
+        )
+
+    async def _failed(self, r: Reservation, user: User | None, factor: str, source: str) -> None:
+        if user is not None and r.locking:
+            await self.audit.record(
+                "system",
+                "account_locked",
+                "user",
+                user.id,
+                factor=factor,
+                source=source[:SOURCE_CHARS],
+            )
+
     # -- login ---------------------------------------------------------------------------
 
-    async def _throttled(self, keys: list[str]) -> tuple[dict[str, FailureState], float]:
-        states = await self.repo.failures(keys)
-        now = self.clock.time()
-        return states, max(self.throttle.wait(s, now) for s in states.values())
-
-    async def _failed(self, states: dict[str, FailureState], user: User | None) -> None:
-        now = self.clock.time()
-        updated = {
-            key: self.throttle.after_failure(s, now, can_lock=key.startswith("account:"))
-            for key, s in states.items()
-        }
-        await self.repo.save_failures(updated)
-        if user is not None and any(
-            self.throttle.locked(updated[k], now) and not self.throttle.locked(states[k], now)
-            for k in updated
-        ):
-            await self.audit.record("system", "account_locked", "user", user.id)
-
     async def login(self, username: str, password: str, source: str) -> LoginOutcome:
-        keys = [_account_key(username), _source_key(source)]
-        states, wait = await self._throttled(keys)
+        account = _account_key(username)
         found = await self.repo.user_by_name(username) if USERNAME.match(username) else None
         user = found[0] if found else None
-        if wait > 0:
-            await self.audit.record(
-                "anonymous", "login_throttled", "user", user.id if user else None
-            )
-            return LoginOutcome(retry_after=wait)
+        r = await self._reserve(
+            [account, _source_key(source)], [_totp_key(username)], lockable=account
+        )
+        if not r.allowed:
+            await self._repeat("anonymous", "login_throttled", user, source, factor="password")
+            return LoginOutcome(retry_after=r.wait)
         ok = await self.hasher.verify_async(found[1].password_hash if found else None, password)
         if user is None or not ok or user.disabled:
-            await self._failed(states, user)
-            await self.audit.record(
-                "anonymous",
-                "login_failed",
-                "user",
-                user.id if user else None,
-                reason="disabled" if ok and user and user.disabled else "credentials",
-            )
+            reason = "disabled" if ok and user and user.disabled else "credentials"
+            await self._repeat("anonymous", "login_failed", user, source, reason=reason)
+            await self._failed(r, user, "password", source)
             return LoginOutcome()
-        await self.repo.clear_failures(keys[:1])
+        await self._succeeded(r, account)
         creds = found[1] if found else None
         if creds is not None and self.hasher.needs_rehash(creds.password_hash):
             await self.repo.set_password(
@@ -174,27 +212,51 @@ class Accounts:
         enrolling: bool,
         completes_login: bool = True,
     ) -> LoginOutcome:
-        """Check a TOTP code (enrolment confirmation when `enrolling`); throttled like a login."""
-        keys = [_account_key(user.username), _source_key(source)]
-        states, wait = await self._throttled(keys)
-        if wait > 0:
-            await self.audit.record(user_actor(user.id), "login_throttled", "user", user.id)
-            return LoginOutcome(retry_after=wait)
+        """Check a TOTP code (enrolment confirmation when `enrolling`); throttled like a
+        login, on a count of its own that a right password does not reset."""
+        codes = _totp_key(user.username)
+        r = await self._reserve(
+            [codes, _source_key(source)], [_account_key(user.username)], lockable=codes
+        )
+        actor = user_actor(user.id)
+        if not r.allowed:
+            await self._repeat(actor, "login_throttled", user, source, factor="totp")
+            return LoginOutcome(retry_after=r.wait)
         step = None
         if creds.totp_secret is not None:
-            step = totp.match_step(creds.totp_secret, code, self.clock.time(), creds.totp_last_step)
+            step = self.match_code(creds.totp_secret, code, self.clock.time(), creds.totp_last_step)
         if step is None or not await self.repo.spend_totp_step(user.id, step, enable=enrolling):
-            await self._failed(states, user)
-            await self.audit.record(user_actor(user.id), "totp_failed", "user", user.id)
+            await self._repeat(actor, "totp_failed", user, source)
+            await self._failed(r, user, "totp", source)
             return LoginOutcome()
-        await self.repo.clear_failures(keys[:1])
+        await self._succeeded(r, codes)
         if enrolling:
-            await self.audit.record(user_actor(user.id), "totp_enrolled", "user", user.id)
+            await self.audit.record(actor, "totp_enrolled", "user", user.id)
         if completes_login:
-            await self.audit.record(user_actor(user.id), "login", "user", user.id, factors=2)
+            await self.audit.record(actor, "login", "user", user.id, factors=2)
+        return LoginOutcome(user)
+
+    async def check_current_password(
+        self, user: User, creds: Credentials, password: str, source: str
+    ) -> LoginOutcome:
+        """The signed-in user's password, asked again before a change: a stolen session
+        must not make it guessable, so it is throttled and locks like a login."""
+        account = _account_key(user.username)
+        r = await self._reserve(
+            [account, _source_key(source)], [_totp_key(user.username)], lockable=account
+        )
+        actor = user_actor(user.id)
+        if not r.allowed:
+            await self._repeat(actor, "password_change_refused", user, source, reason="throttled")
+            return LoginOutcome(retry_after=r.wait)
+        if not await self.hasher.verify_async(creds.password_hash, password):
+            await self._repeat(actor, "password_change_refused", user, source, reason="credentials")
+            await self._failed(r, user, "password", source)
+            return LoginOutcome()
+        await self._succeeded(r, account)
         return LoginOutcome(user)
 
     async def unlock(self, username: str, actor: str) -> None:
-        await self.repo.clear_failures([_account_key(username)])
+        await self.repo.clear_failures([_account_key(username), _totp_key(username)])
         found = await self.repo.user_by_name(username)
         await self.audit.record(actor, "account_unlocked", "user", found[0].id if found else None)

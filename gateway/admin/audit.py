@@ -18,6 +18,17 @@ and hash) so it can be compared with one recorded elsewhere, e.g. a log line.
 Entries are written through the store's single writer, each inside the writer's
 transaction, so seq order is commit order, and an awaited `record()` is durable.
 SQLite triggers refuse UPDATE and DELETE on the table as a second line of defence.
+
+Repeats. What an unauthenticated client can repeat at will (failed and throttled
+sign-ins) would otherwise grow the trail, and the disk, without bound. Such entries go
+through `record_repeated`: the first one is appended as usual and opens a window (a row
+of `audit_repeats`, keyed by a hash of actor, action, target and detail); identical ones
+within the window only add to its count; when the window is over (at the next identical
+entry, or at housekeeping, `close_repeats`) an entry `repeated` is appended whose target
+is the first entry's seq and whose detail holds the total count. So a client costs at
+most two entries per window for each distinct thing it does, every count ends up in the
+chain, and successes, lock-outs and every other decision are still one entry each. The
+open count lives in `audit_repeats` until then, outside the chain.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ _KEY_LABEL = b"smsgw audit chain v1"
 _NAME = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _MAX_VALUE = 200
 DetailValue = str | int | bool | None
+# The action of the entry that closes a window of repeats (`record_repeated`).
+REPEATED = "repeated"
 
 
 def audit_key(master_key: bytes) -> bytes:
@@ -104,6 +117,12 @@ def encode_detail(ids: Mapping[str, DetailValue]) -> str:
     return json.dumps(dict(ids), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
 
 
+def _checked(action: str, ids: Mapping[str, DetailValue]) -> str:
+    if not _NAME.match(action):
+        raise ValueError(f"audit action {action!r} is not a plain name")
+    return encode_detail(ids)
+
+
 class AuditTrail:
     def __init__(self, store: Store, key: bytes, clock: Clock) -> None:
         self._store = store
@@ -119,35 +138,98 @@ class AuditTrail:
         **ids: DetailValue,
     ) -> int:
         """Append one entry and wait until it is committed; returns its seq."""
-        if not _NAME.match(action):
-            raise ValueError(f"audit action {action!r} is not a plain name")
-        detail = encode_detail(ids)
+        detail = _checked(action, ids)
         at = self._clock.time()
-        key = self._key
+        return await self._store.writer.run(
+            lambda conn: self._append(conn, at, actor, action, target_kind, target_id, detail)
+        )
 
-        def job(conn: sqlite3.Connection) -> int:
-            head = conn.execute(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-            entry = canonical(seq, at, actor, action, target_kind, target_id, detail)
+    async def record_repeated(
+        self,
+        window: float,
+        actor: str,
+        action: str,
+        target_kind: str | None = None,
+        target_id: str | None = None,
+        **ids: DetailValue,
+    ) -> int | None:
+        """Like `record`, for what an attacker can repeat at will (failed sign-ins): the
+        first entry opens a window of `window` seconds in which identical entries (same
+        actor, action, target and detail) are only counted; the count is appended as a
+        `repeated` entry when the window closes. Returns the seq if an entry was written."""
+        detail = _checked(action, ids)
+        at = self._clock.time()
+        key = hashlib.sha256(
+            json.dumps([actor, action, target_kind, target_id, detail]).encode()
+        ).hexdigest()
+
+        def job(conn: sqlite3.Connection) -> int | None:
+            counted = conn.execute(
+                "UPDATE audit_repeats SET count = count + 1, last_at = ?"
+                " WHERE key = ? AND closes_at > ?",
+                (at, key, at),
+            ).rowcount
+            if counted:
+                return None
+            self._close(conn, at, key)
+            seq = self._append(conn, at, actor, action, target_kind, target_id, detail)
             conn.execute(
-                "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    seq,
-                    at,
-                    actor,
-                    action,
-                    target_kind,
-                    target_id,
-                    detail,
-                    prev,
-                    chain_hash(key, prev, entry),
-                ),
+                "INSERT INTO audit_repeats VALUES (?,?,?,?,?)", (key, seq, at + window, 1, at)
             )
-            return int(seq)
+            return seq
 
         return await self._store.writer.run(job)
+
+    async def close_repeats(self) -> int:
+        """Append the count of every repeat window that is over; returns how many closed."""
+        now = self._clock.time()
+        return await self._store.writer.run(lambda conn: self._close(conn, now))
+
+    def _close(self, conn: sqlite3.Connection, at: float, key: str | None = None) -> int:
+        """Close the windows over at `at` (only `key`'s, if given): each with more than
+        the opening entry gets its `repeated` entry, and every one is forgotten."""
+        rows = conn.execute(
+            "SELECT r.key, r.first_seq, r.count, r.last_at, a.actor, a.action"
+            " FROM audit_repeats r JOIN audit_log a ON a.seq = r.first_seq"
+            " WHERE r.closes_at <= ? AND (? IS NULL OR r.key = ?) ORDER BY r.first_seq",
+            (at, key, key),
+        ).fetchall()
+        for row_key, first_seq, count, last_at, actor, action in rows:
+            if count > 1:
+                detail = encode_detail({"action": action, "count": count, "last_at": int(last_at)})
+                self._append(conn, at, actor, REPEATED, "audit_log", str(first_seq), detail)
+            conn.execute("DELETE FROM audit_repeats WHERE key = ?", (row_key,))
+        return len(rows)
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        at: float,
+        actor: str,
+        action: str,
+        target_kind: str | None,
+        target_id: str | None,
+        detail: str,
+    ) -> int:
+        """Chain one entry onto the head, inside the writer's transaction."""
+        head = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        entry = canonical(seq, at, actor, action, target_kind, target_id, detail)
+        conn.execute(
+            "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                seq,
+                at,
+                actor,
+                action,
+                target_kind,
+                target_id,
+                detail,
+                prev,
+                chain_hash(self._key, prev, entry),
+            ),
+        )
+        return int(seq)
 
     async def entries(self, *, before: int | None = None, limit: int = 100) -> list[AuditEntry]:
         """Newest first; `before` is a seq for paging."""

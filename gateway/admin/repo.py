@@ -8,12 +8,14 @@ authenticated); session ids are stored only as SHA-256 hashes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.store.store import Store
+
+T = TypeVar("T")
 
 
 class Role(StrEnum):
@@ -285,12 +287,66 @@ class AdminRepo:
         found = {r[0]: FailureState(r[1], r[2], r[3]) for r in rows}
         return {k: found.get(k, FailureState()) for k in keys}
 
-    async def save_failures(self, states: dict[str, FailureState]) -> None:
-        def job(conn: sqlite3.Connection) -> None:
+    async def reserve_attempt(
+        self,
+        keys: Sequence[str],
+        decide: Callable[[dict[str, FailureState]], tuple[T, Mapping[str, FailureState]]],
+    ) -> T:
+        """Read the counts under `keys`, let `decide` answer and say what to store, and
+        store it, all in one writer transaction: the writer is the store's only writing
+        connection and holds SQLite's write lock (BEGIN IMMEDIATE) from the read to the
+        commit, so no other attempt, in this process or another, reads in between."""
+
+        def job(conn: sqlite3.Connection) -> T:
+            found = {
+                row[0]: FailureState(row[1], row[2], row[3])
+                for key in keys
+                for row in conn.execute(
+                    "SELECT key, failures, last_failure, locked_until FROM login_failures"
+                    " WHERE key = ?",
+                    (key,),
+                )
+            }
+            answer, writes = decide({k: found.get(k, FailureState()) for k in keys})
             conn.executemany(
                 "INSERT OR REPLACE INTO login_failures VALUES (?,?,?,?)",
-                [(k, s.failures, s.last_failure, s.locked_until) for k, s in states.items()],
+                [(k, s.failures, s.last_failure, s.locked_until) for k, s in writes.items()],
             )
+            return answer
+
+        return await self._store.writer.run(job)
+
+    async def settle_attempt(
+        self,
+        clear: Sequence[str],
+        undo: Mapping[str, tuple[FailureState, FailureState]],
+    ) -> None:
+        """After a success: forget the counts under `clear`; under each `undo` key take
+        back the one failure reserved, `(before, after)`: the count goes back to `before`
+        if nothing else was counted since, else it only loses one."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM login_failures WHERE key = ?", [(k,) for k in clear])
+            for key, (before, after) in undo.items():
+                row = conn.execute(
+                    "SELECT failures, last_failure, locked_until FROM login_failures WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                if row is None:
+                    continue
+                if FailureState(*row) != after:
+                    conn.execute(
+                        "UPDATE login_failures SET failures = max(failures - 1, 0) WHERE key = ?",
+                        (key,),
+                    )
+                elif before.failures == 0:
+                    conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+                else:
+                    conn.execute(
+                        "UPDATE login_failures SET failures = ?, last_failure = ?,"
+                        " locked_until = ? WHERE key = ?",
+                        (before.failures, before.last_failure, before.locked_until, key),
+                    )
 
         await self._store.writer.run(job)
 

@@ -205,13 +205,15 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
     def again(status: int, error: str) -> web.Response:
         return render(request, "password.html", status=status, error=error, done=False)
 
-    if not await p.accounts.hasher.verify_async(
-        creds.password_hash, form.get("current_password", "")
-    ):
-        await p.gateway.audit.record(actor(request), "password_change_refused", "user", user.id)
-        return again(403, "The current password is not right.")
     if new != form.get("confirm_password", ""):
         return again(422, "The new password and its confirmation differ.")
+    checked = await p.accounts.check_current_password(
+        user, creds, form.get("current_password", ""), _source(request)
+    )
+    if checked.retry_after is not None:
+        return again(429, _retry_message(checked.retry_after))
+    if checked.user is None:
+        return again(403, "The current password is not right.")
     try:
         await p.accounts.set_password(
             user, new, actor(request), keep_session=current_session(request).id_hash

@@ -190,6 +190,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     """,
+    # 4 (i10-auth): windows of repeated audit entries (failed sign-ins): the entry that
+    #    opened each, its count so far and when it closes (`gateway/admin/audit.py`).
+    """
+    CREATE TABLE audit_repeats (
+        key        TEXT PRIMARY KEY,
+        first_seq  INTEGER NOT NULL,
+        closes_at  REAL NOT NULL,
+        count      INTEGER NOT NULL,
+        last_at    REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX audit_repeats_closes ON audit_repeats (closes_at);
+    """,
 )
 
 
