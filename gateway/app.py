@@ -21,6 +21,7 @@ import structlog
 
 from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
+from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway.admin.audit import AuditTrail, audit_key
 from gateway.admin.repo import AdminRepo
@@ -35,6 +36,7 @@ from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
+from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
@@ -77,6 +79,14 @@ class Gateway:
             group_commit_max=config.store.group_commit_max,
         )
         await store.open()
+        try:
+            return cls._build(config, clock, store, key)
+        except BaseException:
+            await store.close()  # its writer thread would keep the process alive
+            raise
+
+    @classmethod
+    def _build(cls, config: Config, clock: Clock, store: Store, key: bytes) -> Gateway:
         metrics = Metrics()
         sink = GatewaySink(store, clock, metrics, config.inbound.reassembly_timeout)
         routes: dict[str, RouteRuntime] = {}
@@ -116,6 +126,8 @@ class Gateway:
                 await route.driver.start()
             except DriverError as e:
                 log.error("route_start_failed", route=route.name, code=e.code)
+            except SecretError as e:  # a setting, not the carrier: no retry will mend it
+                raise StartupFault(f"route {route.name!r}: {e}", exit_code=2) from None
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())

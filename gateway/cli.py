@@ -29,6 +29,8 @@ from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.demo import DemoPeers
+from gateway.startup import DataDirLock, Startup, StartupFault
+from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import BadScope, create_token, parse_scopes
@@ -165,12 +167,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem := config.http.plain_http_problem():
         raise ConfigError(problem)
     logs.configure(config.log.format, config.log.level)
-    token = None
-    if config.source is None:
-        # The embedded default sets itself up on first start.
-        token = asyncio.run(_init_store(config))
-    _install_uvloop()
-    return asyncio.run(_serve(config, token))
+    with DataDirLock(config.data_dir):
+        token = None
+        if config.source is None:
+            # The embedded default sets itself up on first start.
+            token = asyncio.run(_init_store(config))
+        _install_uvloop()
+        return asyncio.run(_serve_or_explain(config, token))
+
+
+async def _serve_or_explain(config: Config, first_token: str | None) -> int:
+    """Serve; a fault before the gateway is up closes what started and becomes one line."""
+    startup = Startup()
+    try:
+        return await _serve(config, first_token, startup)
+    except Exception as e:
+        if startup.finished:
+            raise
+        fault = describe_fault(e, config)
+        if not await startup.unwind():
+            # A part would not close in time: say why and leave anyway (the store is
+            # crash-safe and nothing has been sent yet).
+            print(f"smsgw: {fault}", file=sys.stderr, flush=True)
+            os._exit(fault.exit_code)
+        raise fault from None
+    except BaseException:  # Ctrl-C or a cancel during start-up: close, then go
+        if not startup.finished:
+            await startup.unwind()
+        raise
 
 
 def _tune_gc() -> None:
@@ -192,7 +216,7 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: Config, first_token: str | None) -> int:
+async def _serve(config: Config, first_token: str | None, startup: Startup) -> int:
     from aiohttp import web
 
     from gateway.api.server import build_app, runner_options
@@ -202,8 +226,10 @@ async def _serve(config: Config, first_token: str | None) -> int:
     modems: list[EmulatedModem] = []
     if config.source is None:
         simulator, config = await _start_embedded_smsc(config)
-        modems, config = await _start_embedded_modems(config)
+        startup.on_fault(simulator.aclose)
+        modems, config = await _start_embedded_modems(config, startup)
     gateway = await Gateway.open(config)
+    startup.on_fault(gateway.stop)
     if config.source is None:
         gateway.demo = DemoPeers(simulator, modems)
     await gateway.start()
@@ -237,6 +263,7 @@ async def _serve(config: Config, first_token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    startup.done()
     systemd.notify("READY=1")
     interval = systemd.watchdog_interval()
     beat = asyncio.create_task(systemd.heartbeat(gateway.clock, interval)) if interval else None
@@ -267,7 +294,9 @@ async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:
 EMBEDDED_MODEM_PROFILES = ("quectel-ec25", "huawei-e3372")
 
 
-async def _start_embedded_modems(config: Config) -> tuple[list[EmulatedModem], Config]:
+async def _start_embedded_modems(
+    config: Config, startup: Startup
+) -> tuple[list[EmulatedModem], Config]:
     """The embedded default's modem bank: two emulated modems on pseudo-terminals, in
     process, a second per part as a demo (a real modem takes about three)."""
     from drivers.modem.emulator import EmulatedModem
@@ -286,6 +315,7 @@ async def _start_embedded_modems(config: Config) -> tuple[list[EmulatedModem], C
     ]
     for modem in modems:
         await modem.start()
+        startup.on_fault(modem.aclose)
     log.info("modem_emulators_started", ports=[m.path for m in modems])
     smsc = next((r for r in config.routes if r.type == "smpp"), None)
     smsc_port = smsc.options.port if smsc is not None else None
@@ -532,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (crypto.MasterKeyError, BadScope) as e:
         print(f"smsgw: {e}", file=sys.stderr)
         return 2
+    except StartupFault as e:
+        print(f"smsgw: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
     return code
