@@ -141,6 +141,22 @@ class Gateway:
             await self.clock.sleep(HOUSEKEEPING_INTERVAL)
             await self.housekeeping_once()
 
+    def not_ready(self) -> str | None:
+        """Why no message could go out now, or None when some route can send.
+
+        Readiness, not liveness: a gateway with every route paused still accepts and
+        queues messages, but a monitor (or a load balancer) must hear that none leaves.
+        Public (`/healthz`), so it names no route."""
+        if not self.accepting:
+            return "shutting down"
+        if not self.routes:
+            return "no route configured"
+        if all(r.paused for r in self.routes.values()):
+            return "every route is paused"
+        if not any(not r.paused and r.health().can_send for r in self.routes.values()):
+            return "no route can send (paused or down)"
+        return None
+
     async def set_route_paused(self, name: str, *, paused: bool, actor: str) -> RouteRuntime | None:
         """Pause or resume a route (API and panel alike): audited, then the scheduler
         is woken so its messages fail over or go out. None if there is no such route."""
