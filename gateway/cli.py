@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -133,8 +134,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         print("first API token (shown once, stored only as a hash):")
         print(token)
     else:
-        print("the store already has tokens; create more with `smsgw token create`")
-    print("create the first panel admin with: smsgw user add --role admin NAME")
+        print(
+            "the store already has tokens; create more with:"
+            f" smsgw token create --config {conf_path}"
+        )
+    print(
+        f"create the first panel admin with: smsgw user add --config {conf_path} --role admin NAME"
+    )
+    print(f"start the gateway with:            smsgw run --config {conf_path}")
     return 0
 
 
@@ -164,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = msgspec.structs.replace(
             config, http=msgspec.structs.replace(config.http, listen=args.listen)
         )
+        if problem := config_mod.listen_problem(args.listen):
+            raise ConfigError(f"http.listen: {problem} (given with --listen)")
     if problem := config.http.plain_http_problem():
         raise ConfigError(problem)
     logs.configure(config.log.format, config.log.level)
@@ -349,22 +358,35 @@ def cmd_send(args: argparse.Namespace) -> int:
         print("smsgw send: give --token or set SMSGW_TOKEN", file=sys.stderr)
         return 2
     payload = {"to": args.to, "body": args.body, "priority": args.priority}
+    url, context = (args.url, None) if args.url else _own_url(_load(args.config))
     req = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
-        args.url.rstrip("/") + "/api/v1/messages",
+        url.rstrip("/") + "/api/v1/messages",
         data=json.dumps(payload).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - see above
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:  # noqa: S310
             print(resp.read().decode())
             return 0
     except urllib.error.HTTPError as e:
         print(e.read().decode(), file=sys.stderr)
         return 1
     except urllib.error.URLError as e:
-        print(f"smsgw send: cannot reach {args.url}: {e.reason}", file=sys.stderr)
+        print(f"smsgw send: cannot reach {url}: {e.reason}", file=sys.stderr)
         return 1
+
+
+def _own_url(config: Config) -> tuple[str, ssl.SSLContext | None]:
+    """The gateway's own address from its configuration: a wildcard listen address is
+    reached on loopback, and a TLS listener is trusted through its configured certificate
+    (so the self-signed one from `smsgw init --self-signed-cert` works)."""
+    host, _, port = config.http.listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # noqa: S104
+    tls_paths = config.tls_paths
+    if tls_paths is None:
+        return f"http://{host}:{port}", None
+    return f"https://{host}:{port}", ssl.create_default_context(cafile=tls_paths[0])
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -508,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--priority", default="normal", choices=["critical", "high", "normal", "bulk"]
     )
-    send.add_argument("--url", default="http://127.0.0.1:8080")
+    send.add_argument("--url", help="the gateway's base URL (default: from the configuration)")
+    send.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     send.add_argument("--token", help="API token (default: $SMSGW_TOKEN)")
     send.set_defaults(func=cmd_send)
 
