@@ -487,7 +487,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config: {e}")
         return 1
-    problems = asyncio.run(diagnose(config))
+    # The report is stdout; the drivers' own log lines would interleave with it.
+    logs.configure(config.log.format, "debug" if args.verbose else "critical")
+    problems = asyncio.run(diagnose(config, settle=args.wait))
     for line in problems:
         print(line)
     if not problems:
@@ -570,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check config, key, store and routes")
     doctor.add_argument("--config")
+    doctor.add_argument(
+        "--wait", type=float, default=10.0, help="seconds a route gets to come up (default 10)"
+    )
+    doctor.add_argument(
+        "--verbose", action="store_true", help="also the drivers' log lines, on stderr"
+    )
     doctor.set_defaults(func=cmd_doctor)
     return p
 

@@ -99,18 +99,6 @@ def test_bad_config_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     )
 
 
-def test_doctor_reports_health_and_problems(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    conf, _ = _init(tmp_path, capsys)
-    assert main(["doctor", "--config", str(conf)]) == 0
-    assert "all checks passed" in capsys.readouterr().out
-    (tmp_path / "master.key").chmod(0o644)
-    assert main(["doctor", "--config", str(conf)]) == 1
-    out = capsys.readouterr().out
-    assert "master key" in out and "chmod 600" in out
-
-
 class Daemon:
     """A running `smsgw run`; its JSON log on stderr is read all the time (so the pipe
     never fills) and serves as the event stream tests wait on."""
