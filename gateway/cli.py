@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import ssl
 import sys
 import urllib.error
@@ -180,7 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         token = None
         if config.source is None:
             # The embedded default sets itself up on first start.
-            token = asyncio.run(_init_store(config))
+            try:
+                token = asyncio.run(_init_store(config))
+            except (OSError, sqlite3.DatabaseError) as e:
+                raise describe_fault(e, config) from None
         _install_uvloop()
         return asyncio.run(_serve_or_explain(config, token))
 
@@ -595,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StartupFault as e:
         print(f"smsgw: {e}", file=sys.stderr)
+        systemd.notify(f"STATUS=start-up failed: {e}")  # for `systemctl status`
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -165,3 +165,30 @@ async def test_lock_is_released_when_the_holder_is_killed(first: Daemon, conf: P
     finally:
         again.kill()
         await again.wait()
+
+
+async def test_data_dir_that_cannot_be_made_ends_with_one_line(conf: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    _edit(conf, lambda text: re.sub(r"(?m)^data_dir = .*$", f'data_dir = "{blocker}/data"', text))
+    line, _ = await _refused(await _run(conf))
+    assert f"{blocker}/data" in line
+
+
+async def test_unusable_notify_socket_is_no_start_up_fault(conf: Path, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "run",
+        "--config",
+        str(conf),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "no-such-socket")},
+    )
+    d = Daemon(proc, "")
+    try:
+        await d.wait_log(lambda e: e.get("event") == "listening")
+        await d.wait_log(lambda e: e.get("event") == "systemd_notify_failed")
+    finally:
+        proc.kill()
+        await proc.wait()
