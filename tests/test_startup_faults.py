@@ -192,3 +192,12 @@ async def test_unusable_notify_socket_is_no_start_up_fault(conf: Path, tmp_path:
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_bad_config_key_ends_with_one_line(conf: Path) -> None:
+    _edit(conf, lambda text: text.replace("rate = 50", 'rate = "fast"'))
+    line, code = await _refused(await _run(conf))
+    assert (
+        line == 'smsgw: configuration error: routes[0].rate: expected a positive number, got "fast"'
+    )
+    assert code == 2
