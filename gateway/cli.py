@@ -31,7 +31,7 @@ from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.demo import DemoPeers
-from gateway.startup import DataDirLock, Startup, StartupFault
+from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
@@ -186,28 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             except (OSError, sqlite3.DatabaseError) as e:
                 raise describe_fault(e, config) from None
         _install_uvloop()
-        return asyncio.run(_serve_or_explain(config, token))
-
-
-async def _serve_or_explain(config: Config, first_token: str | None) -> int:
-    """Serve; a fault before the gateway is up closes what started and becomes one line."""
-    startup = Startup()
-    try:
-        return await _serve(config, first_token, startup)
-    except Exception as e:
-        if startup.finished:
-            raise
-        fault = describe_fault(e, config)
-        if not await startup.unwind():
-            # A part would not close in time: say why and leave anyway (the store is
-            # crash-safe and nothing has been sent yet).
-            print(f"smsgw: {fault}", file=sys.stderr, flush=True)
-            os._exit(fault.exit_code)
-        raise fault from None
-    except BaseException:  # Ctrl-C or a cancel during start-up: close, then go
-        if not startup.finished:
-            await startup.unwind()
-        raise
+        return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, s)))
 
 
 def _tune_gc() -> None:

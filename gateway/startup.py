@@ -17,6 +17,7 @@ import os
 import socket
 import sqlite3
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -133,6 +134,28 @@ class Startup:
         except Exception:  # noqa: S110 - the fault being reported matters, not this one
             pass
         return True
+
+
+async def serve_or_explain(config: Config, serve: Callable[[Startup], Awaitable[int]]) -> int:
+    """Run `serve`; a fault before it calls `startup.done()` closes what had started and
+    is raised as a `StartupFault`."""
+    startup = Startup()
+    try:
+        return await serve(startup)
+    except Exception as e:
+        if startup.finished:
+            raise
+        fault = describe(e, config)
+        if not await startup.unwind():
+            # A part would not close in time: say why and leave anyway (the store is
+            # crash-safe and nothing has been sent yet).
+            print(f"smsgw: {fault}", file=sys.stderr, flush=True)
+            os._exit(fault.exit_code)
+        raise fault from None
+    except BaseException:  # Ctrl-C or a cancel during start-up: close, then go
+        if not startup.finished:
+            await startup.unwind()
+        raise
 
 
 def describe(error: BaseException, config: Config) -> StartupFault:
