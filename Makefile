@@ -10,14 +10,19 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "installing python3-venv (Debian)"; apt-get update -qq && apt-get install -y -qq python3-venv; }
+	@echo "make: creating the virtual environment $(VENV)/ (once)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "make: upgrading pip in $(VENV)/"
 	$(BIN)/pip install -q --upgrade pip
+	@echo "make: installing smsgw and its dependencies into $(VENV)/ (about 30 s the first time)"
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
+	@echo "make: $(VENV)/ is ready"
 
 setup: $(STAMP)
 
 run: setup
+	@echo "make: starting smsgw on the embedded default (Ctrl-C stops it)"
 	$(BIN)/smsgw run
 
 lint: setup

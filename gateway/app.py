@@ -21,6 +21,7 @@ import structlog
 
 from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
+from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway.admin.audit import AuditTrail, audit_key
 from gateway.admin.repo import AdminRepo
@@ -35,6 +36,7 @@ from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
+from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
@@ -77,6 +79,14 @@ class Gateway:
             group_commit_max=config.store.group_commit_max,
         )
         await store.open()
+        try:
+            return cls._build(config, clock, store, key)
+        except BaseException:
+            await store.close()  # its writer thread would keep the process alive
+            raise
+
+    @classmethod
+    def _build(cls, config: Config, clock: Clock, store: Store, key: bytes) -> Gateway:
         metrics = Metrics()
         sink = GatewaySink(store, clock, metrics, config.inbound.reassembly_timeout)
         routes: dict[str, RouteRuntime] = {}
@@ -116,6 +126,8 @@ class Gateway:
                 await route.driver.start()
             except DriverError as e:
                 log.error("route_start_failed", route=route.name, code=e.code)
+            except SecretError as e:  # a setting, not the carrier: no retry will mend it
+                raise StartupFault(f"route {route.name!r}: {e}", exit_code=2) from None
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
@@ -128,6 +140,22 @@ class Gateway:
         while True:
             await self.clock.sleep(HOUSEKEEPING_INTERVAL)
             await self.housekeeping_once()
+
+    def not_ready(self) -> str | None:
+        """Why no message could go out now, or None when some route can send.
+
+        Readiness, not liveness: a gateway with every route paused still accepts and
+        queues messages, but a monitor (or a load balancer) must hear that none leaves.
+        Public (`/healthz`), so it names no route."""
+        if not self.accepting:
+            return "shutting down"
+        if not self.routes:
+            return "no route configured"
+        if all(r.paused for r in self.routes.values()):
+            return "every route is paused"
+        if not any(not r.paused and r.health().can_send for r in self.routes.values()):
+            return "no route can send (paused or down)"
+        return None
 
     async def set_route_paused(self, name: str, *, paused: bool, actor: str) -> RouteRuntime | None:
         """Pause or resume a route (API and panel alike): audited, then the scheduler

@@ -10,6 +10,8 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -29,6 +31,8 @@ from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.demo import DemoPeers
+from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
+from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import BadScope, create_token, parse_scopes
@@ -131,8 +135,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         print("first API token (shown once, stored only as a hash):")
         print(token)
     else:
-        print("the store already has tokens; create more with `smsgw token create`")
-    print("create the first panel admin with: smsgw user add --role admin NAME")
+        print(
+            "the store already has tokens; create more with:"
+            f" smsgw token create --config {conf_path}"
+        )
+    print(
+        f"create the first panel admin with: smsgw user add --config {conf_path} --role admin NAME"
+    )
+    print(f"start the gateway with:            smsgw run --config {conf_path}")
     return 0
 
 
@@ -162,15 +172,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = msgspec.structs.replace(
             config, http=msgspec.structs.replace(config.http, listen=args.listen)
         )
+        if problem := config_mod.listen_problem(args.listen):
+            raise ConfigError(f"http.listen: {problem} (given with --listen)")
     if problem := config.http.plain_http_problem():
         raise ConfigError(problem)
     logs.configure(config.log.format, config.log.level)
-    token = None
-    if config.source is None:
-        # The embedded default sets itself up on first start.
-        token = asyncio.run(_init_store(config))
-    _install_uvloop()
-    return asyncio.run(_serve(config, token))
+    with DataDirLock(config.data_dir):
+        token = None
+        if config.source is None:
+            # The embedded default sets itself up on first start.
+            try:
+                token = asyncio.run(_init_store(config))
+            except (OSError, sqlite3.DatabaseError) as e:
+                raise describe_fault(e, config) from None
+        _install_uvloop()
+        return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, s)))
 
 
 def _tune_gc() -> None:
@@ -192,7 +208,7 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: Config, first_token: str | None) -> int:
+async def _serve(config: Config, first_token: str | None, startup: Startup) -> int:
     from aiohttp import web
 
     from gateway.api.server import build_app, runner_options
@@ -202,8 +218,10 @@ async def _serve(config: Config, first_token: str | None) -> int:
     modems: list[EmulatedModem] = []
     if config.source is None:
         simulator, config = await _start_embedded_smsc(config)
-        modems, config = await _start_embedded_modems(config)
+        startup.on_fault(simulator.aclose)
+        modems, config = await _start_embedded_modems(config, startup)
     gateway = await Gateway.open(config)
+    startup.on_fault(gateway.stop)
     if config.source is None:
         gateway.demo = DemoPeers(simulator, modems)
     await gateway.start()
@@ -237,6 +255,7 @@ async def _serve(config: Config, first_token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    startup.done()
     systemd.notify("READY=1")
     interval = systemd.watchdog_interval()
     beat = asyncio.create_task(systemd.heartbeat(gateway.clock, interval)) if interval else None
@@ -267,7 +286,9 @@ async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:
 EMBEDDED_MODEM_PROFILES = ("quectel-ec25", "huawei-e3372")
 
 
-async def _start_embedded_modems(config: Config) -> tuple[list[EmulatedModem], Config]:
+async def _start_embedded_modems(
+    config: Config, startup: Startup
+) -> tuple[list[EmulatedModem], Config]:
     """The embedded default's modem bank: two emulated modems on pseudo-terminals, in
     process, a second per part as a demo (a real modem takes about three)."""
     from drivers.modem.emulator import EmulatedModem
@@ -286,6 +307,7 @@ async def _start_embedded_modems(config: Config) -> tuple[list[EmulatedModem], C
     ]
     for modem in modems:
         await modem.start()
+        startup.on_fault(modem.aclose)
     log.info("modem_emulators_started", ports=[m.path for m in modems])
     smsc = next((r for r in config.routes if r.type == "smpp"), None)
     smsc_port = smsc.options.port if smsc is not None else None
@@ -319,22 +341,35 @@ def cmd_send(args: argparse.Namespace) -> int:
         print("smsgw send: give --token or set SMSGW_TOKEN", file=sys.stderr)
         return 2
     payload = {"to": args.to, "body": args.body, "priority": args.priority}
+    url, context = (args.url, None) if args.url else _own_url(_load(args.config))
     req = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
-        args.url.rstrip("/") + "/api/v1/messages",
+        url.rstrip("/") + "/api/v1/messages",
         data=json.dumps(payload).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - see above
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:  # noqa: S310
             print(resp.read().decode())
             return 0
     except urllib.error.HTTPError as e:
         print(e.read().decode(), file=sys.stderr)
         return 1
     except urllib.error.URLError as e:
-        print(f"smsgw send: cannot reach {args.url}: {e.reason}", file=sys.stderr)
+        print(f"smsgw send: cannot reach {url}: {e.reason}", file=sys.stderr)
         return 1
+
+
+def _own_url(config: Config) -> tuple[str, ssl.SSLContext | None]:
+    """The gateway's own address from its configuration: a wildcard listen address is
+    reached on loopback, and a TLS listener is trusted through its configured certificate
+    (so the self-signed one from `smsgw init --self-signed-cert` works)."""
+    host, _, port = config.http.listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # noqa: S104
+    tls_paths = config.tls_paths
+    if tls_paths is None:
+        return f"http://{host}:{port}", None
+    return f"https://{host}:{port}", ssl.create_default_context(cafile=tls_paths[0])
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -435,7 +470,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config: {e}")
         return 1
-    problems = asyncio.run(diagnose(config))
+    # The report is stdout; the drivers' own log lines would interleave with it.
+    logs.configure(config.log.format, "debug" if args.verbose else "critical")
+    problems = asyncio.run(diagnose(config, settle=args.wait))
     for line in problems:
         print(line)
     if not problems:
@@ -478,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--priority", default="normal", choices=["critical", "high", "normal", "bulk"]
     )
-    send.add_argument("--url", default="http://127.0.0.1:8080")
+    send.add_argument("--url", help="the gateway's base URL (default: from the configuration)")
+    send.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     send.add_argument("--token", help="API token (default: $SMSGW_TOKEN)")
     send.set_defaults(func=cmd_send)
 
@@ -517,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check config, key, store and routes")
     doctor.add_argument("--config")
+    doctor.add_argument(
+        "--wait", type=float, default=10.0, help="seconds a route gets to come up (default 10)"
+    )
+    doctor.add_argument(
+        "--verbose", action="store_true", help="also the drivers' log lines, on stderr"
+    )
     doctor.set_defaults(func=cmd_doctor)
     return p
 
@@ -532,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (crypto.MasterKeyError, BadScope) as e:
         print(f"smsgw: {e}", file=sys.stderr)
         return 2
+    except StartupFault as e:
+        print(f"smsgw: {e}", file=sys.stderr)
+        systemd.notify(f"STATUS=start-up failed: {e}")  # for `systemctl status`
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
     return code

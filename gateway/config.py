@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import phonenumbers
 
 from drivers.registry import UnknownDriver, load_driver
 from gateway.models import Priority
@@ -286,6 +287,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
     if not isinstance(routes, list):
         raise ConfigError(f"routes: expected a list of tables, got {_show(routes)}")
     config: Config = _convert(raw, Config, raw, "")
+    _check_values(config)
     built = tuple(_route(i, r) for i, r in enumerate(routes))
     names = [r.name for r in built]
     for i, name in enumerate(names):
@@ -309,6 +311,36 @@ def _route(index: int, raw: Any) -> RouteConfig:
         raise ConfigError(f"{where}.type: {e}") from None
     options = _convert(own, factory.Options, raw, where)
     return msgspec.structs.replace(route, options=options)
+
+
+# -- values their type cannot check ----------------------------------------------------
+
+
+def _check_values(config: Config) -> None:
+    if problem := listen_problem(config.http.listen):
+        raise ConfigError(f"http.listen: {problem}")
+    region = config.queue.default_region
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(
+            f'queue.default_region: "{region}" is not a region; write a two-letter country'
+            ' code in capitals (ISO 3166-1, as phone numbers use them), e.g. "US" or "GB"'
+        )
+
+
+def listen_problem(listen: str) -> str | None:
+    """What is wrong with a HOST:PORT listen address, or None."""
+    host, colon, port = listen.rpartition(":")
+    bare = host.strip("[]")
+    if ":" in bare and not (host.startswith("[") and host.endswith("]")):
+        return f'"{listen}": an IPv6 address goes in brackets, e.g. "[::1]:8080"'
+    if not colon or not port.isdigit():
+        example = (host if colon else listen) or "127.0.0.1"
+        return f'"{listen}" has no port; write HOST:PORT, e.g. "{example}:8080"'
+    if not bare:
+        return f'"{listen}" has no host; write e.g. "127.0.0.1:{port}" (this machine only)'
+    if int(port) > 65535:
+        return f"port {port} is out of range (0-65535)"
+    return None
 
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import socket
 
+import structlog
+
 from drivers.clock import Clock
+
+log = structlog.get_logger("smsgw.systemd")
 
 
 def notify(state: str) -> bool:
@@ -15,9 +19,13 @@ def notify(state: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(address)
-        s.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(state.encode())
+    except OSError as e:  # systemd's problem to report; the gateway itself is fine
+        log.warning("systemd_notify_failed", error=type(e).__name__, state=state.split("=")[0])
+        return False
     return True
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,18 +97,6 @@ def test_bad_config_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert err == (
         'smsgw: configuration error: routes[1].rate: expected a positive number, got "fast"'
     )
-
-
-def test_doctor_reports_health_and_problems(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    conf, _ = _init(tmp_path, capsys)
-    assert main(["doctor", "--config", str(conf)]) == 0
-    assert "all checks passed" in capsys.readouterr().out
-    (tmp_path / "master.key").chmod(0o644)
-    assert main(["doctor", "--config", str(conf)]) == 1
-    out = capsys.readouterr().out
-    assert "master key" in out and "chmod 600" in out
 
 
 class Daemon:
@@ -310,3 +299,58 @@ def test_run_refuses_plain_http_off_loopback(
     assert main(["run", "--config", str(conf), "--listen", "0.0.0.0:18080"]) == 2
     err = capsys.readouterr().err
     assert "not a loopback address and TLS is off" in err
+
+
+def test_init_hints_carry_the_config_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    conf = tmp_path / "smsgw.toml"
+    hints = [line for line in out.splitlines() if "smsgw user add" in line]
+    assert hints and all(f"--config {conf}" in line for line in hints), out
+    assert main(["init", "--data-dir", str(tmp_path)]) == 0
+    again = capsys.readouterr().out
+    hints = [line for line in again.splitlines() if "smsgw token create" in line]
+    assert hints and all(f"--config {conf}" in line for line in hints), again
+
+
+async def test_cli_send_uses_the_configured_listen_address(
+    daemon: tuple[Daemon, str], tmp_path: Path
+) -> None:
+    _, token = daemon
+    proc = await asyncio.create_subprocess_exec(
+        *SMSGW,
+        "send",
+        "--config",
+        str(tmp_path / "smsgw.toml"),
+        "--to",
+        CANARY_NUMBER,
+        "--body",
+        "from the console",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SMSGW_TOKEN": token},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["status"] == "queued"
+
+
+def test_run_with_a_listen_override_lacking_a_port_names_the_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf, _ = _init(tmp_path, capsys)
+    assert main(["run", "--config", str(conf), "--listen", "localhost"]) == 2
+    err = capsys.readouterr().err
+    assert 'http.listen: "localhost" has no port' in err and "loopback" not in err
+
+
+def test_make_says_what_it_installs_before_it_installs() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(
+        ["make", "-n", "-B", "setup"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for slow in ("-m venv", "pip install -q -e"):
+        at = next(i for i, line in enumerate(dry) if slow in line)
+        assert dry[at - 1].startswith("echo "), f"nothing said before {slow!r}: {dry}"

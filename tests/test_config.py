@@ -130,3 +130,34 @@ def test_route_options_are_typed_by_the_driver() -> None:
     assert route.options.latency == 0.5
     assert route.rate == 10.0 and route.prefixes == ("+44",)
     assert isinstance(route.options, msgspec.Struct)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"queue": {"default_region": "XX"}}, 'queue.default_region: "XX" is not a region'),
+        ({"queue": {"default_region": "us"}}, 'queue.default_region: "us" is not a region'),
+        ({"queue": {"default_region": ""}}, 'queue.default_region: "" is not a region'),
+        ({"http": {"listen": "localhost"}}, 'http.listen: "localhost" has no port'),
+        ({"http": {"listen": "127.0.0.1"}}, 'http.listen: "127.0.0.1" has no port'),
+        ({"http": {"listen": "localhost:"}}, 'http.listen: "localhost:" has no port'),
+        ({"http": {"listen": "127.0.0.1:http"}}, 'http.listen: "127.0.0.1:http" has no port'),
+        ({"http": {"listen": "127.0.0.1:70000"}}, "http.listen: port 70000 is out of range"),
+        ({"http": {"listen": "::1:8080"}}, 'http.listen: "::1:8080": an IPv6 address goes in'),
+        ({"http": {"listen": ":8080"}}, 'http.listen: ":8080" has no host'),
+    ],
+)
+def test_region_and_listen_mistakes_name_the_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.from_mapping(raw)
+    assert str(e.value).startswith(message), str(e.value)
+    assert "loopback" not in str(e.value), "a missing port is not a non-loopback address"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8080", "[::1]:8443", "localhost:0", "gw.local:80"])
+def test_good_listen_addresses_load(listen: str) -> None:
+    assert config.from_mapping({"http": {"listen": listen}}).http.listen == listen
+
+
+def test_known_regions_load() -> None:
+    assert config.from_mapping({"queue": {"default_region": "GB"}}).queue.default_region == "GB"

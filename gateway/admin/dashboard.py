@@ -160,7 +160,9 @@ async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
             "sending": sum(c["sending"] for c in classes),
             "oldest_age_seconds": None if oldest is None else max(0, int(now - oldest)),
             "possible_duplicates": await gw.store.possible_duplicates(),
-            "accepting": gw.accepting,
+            # The badge says "Accepting messages" only while some route can send them.
+            "accepting": gw.not_ready() is None,
+            "not_ready": gw.not_ready(),
         },
         "throughput": {
             "start": start,

@@ -365,15 +365,18 @@ async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    up = [r.name for r in gw.routes.values() if r.health().can_send]
-    ok = gw.accepting and bool(up)
-    body = {
-        "status": "ok" if ok else "degraded",
+    up = [r.name for r in gw.routes.values() if not r.paused and r.health().can_send]
+    reason = gw.not_ready()
+    body: dict[str, object] = {
+        "status": "ok" if reason is None else "degraded",
+        "ready": reason is None,
         "accepting": gw.accepting,
         "routes_up": len(up),
         "routes": len(gw.routes),
     }
-    return json_response(body, status=200 if ok else 503)
+    if reason is not None:
+        body["reason"] = reason
+    return json_response(body, status=200 if reason is None else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
