@@ -48,7 +48,13 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     to: Annotated[
         str,
-        msgspec.Meta(min_length=1, max_length=64, description="Recipient, E.164 or national form"),
+        msgspec.Meta(
+            min_length=1,
+            max_length=64,
+            description="Recipient, E.164 or national form: ASCII digits, a leading +,"
+            " spaces, dots, dashes, slashes and parentheses; no letters or extensions",
+            extra_json_schema={"format": "phone"},
+        ),
     ]
     body: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
     priority: PriorityName | None = None

@@ -7,7 +7,7 @@ Every status an endpoint can answer is described: the ones each kind of endpoint
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,8 +98,12 @@ def openapi_path(path: str) -> str:
     return _PARAM.sub(lambda m: "{" + m.group(1) + "}", path)
 
 
-def build_openapi(endpoints: Iterable[_Endpoint], *, max_batch: int) -> dict[str, Any]:
-    """The document; `max_batch` (`http.max_batch`) is the batch's `maxItems`."""
+def build_openapi(
+    endpoints: Iterable[_Endpoint], *, max_batch: int, routes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The document, with this deployment's limits: `max_batch` (`http.max_batch`) is
+    the batch's `maxItems`, and a send's `route` and `/routes/{name}` name one of
+    `routes` (the configured route names)."""
     endpoints = list(endpoints)
     types = {t for e in endpoints for t in (e.request, e.response) if t is not None}
     ordered = sorted(types, key=lambda t: t.__name__)
@@ -111,6 +115,9 @@ def build_openapi(endpoints: Iterable[_Endpoint], *, max_batch: int) -> dict[str
     batch = components.get("BatchRequest")
     if batch is not None:
         batch["properties"]["messages"]["maxItems"] = max_batch
+    send = components.get("SendRequest")
+    if send is not None and routes:
+        send["properties"]["route"] = {"anyOf": [{"enum": list(routes)}, {"type": "null"}]}
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
         path = openapi_path(e.path)
@@ -130,6 +137,8 @@ def build_openapi(endpoints: Iterable[_Endpoint], *, max_batch: int) -> dict[str
             schema: dict[str, Any] = {"type": "string"}
             if m.group(2):
                 schema["pattern"] = f"^{m.group(2)}$"
+            if m.group(1) == "name" and routes:
+                schema["enum"] = list(routes)
             params.append({"name": m.group(1), "in": "path", "required": True, "schema": schema})
         for q in e.query:
             params.append(

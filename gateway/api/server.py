@@ -56,17 +56,19 @@ _LIMIT = Query(
     {"type": "integer", "minimum": 1, "maximum": h.MAX_PAGE, "default": 50},
 )
 _CURSOR = Query("cursor", "next_cursor of the previous page")
+_TIME = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]}
 _INVALID_QUERY = Answer(400, "`invalid_query`: a query parameter is invalid; `field` names it")
 _LIST_QUERY = (
     Query("status", "message state", {"type": "string", "enum": [s.value for s in State]}),
     Query("priority", "priority class", {"type": "string", "enum": [p.label for p in Priority]}),
     Query("route", "route name"),
-    Query("since", "created at or after (RFC 3339 or Unix seconds)"),
-    Query("until", "created before (RFC 3339 or Unix seconds)"),
+    Query("since", "created at or after (RFC 3339 or Unix seconds)", _TIME),
+    Query("until", "created before (RFC 3339 or Unix seconds)", _TIME),
     Query(
         "to",
         "exact recipient number (matched through the blind index); needs the 'phi' scope,"
         " and every lookup is audited",
+        {"type": "string", "format": "phone"},
     ),
     _LIMIT,
     _CURSOR,
@@ -344,7 +346,9 @@ def build_app(gateway: Gateway) -> web.Application:
     app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
-    app[h.OPENAPI] = build_openapi(ENDPOINTS, max_batch=gateway.config.http.max_batch)
+    app[h.OPENAPI] = build_openapi(
+        ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
+    )
     headers.install(app)
     if gateway.config.admin.enabled:
         panel.install(app, gateway)
