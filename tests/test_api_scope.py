@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.tokens import SCOPES, create_token, parse_scopes
+from gateway.cli import main
+from gateway.tokens import SCOPES, create_token
 from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, state_of
 from tests.test_api import Api, _api, _error
+from tests.test_cli import _init
 
 ABSENT_ID = "0" * 26  # well-formed, never issued
 
@@ -110,6 +114,12 @@ async def test_number_lookup_needs_the_phi_scope_and_is_audited(api: Api) -> Non
     assert CANARY_DIGITS not in repr(entries[0])
 
 
-def test_phi_is_a_scope_tokens_can_be_granted() -> None:
+def test_smsgw_token_grants_the_phi_scope(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert "phi" in SCOPES
-    assert parse_scopes("read,phi") == frozenset({"read", "phi"})
+    conf, _ = _init(tmp_path, capsys)
+    assert main(["token", "create", "--scope", "read,phi", "--config", str(conf)]) == 0
+    token_id = capsys.readouterr().out.strip().split("_")[1]
+    assert main(["token", "list", "--config", str(conf)]) == 0
+    assert re.search(rf"{token_id}\s+active\s+phi,read\b", capsys.readouterr().out)
