@@ -35,7 +35,7 @@ from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
-from gateway.tokens import BadScope, create_token, parse_scopes
+from gateway.tokens import SCOPES, BadScope, create_token, parse_scopes
 
 if TYPE_CHECKING:
     from drivers.modem.emulator import EmulatedModem
@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="action", required=True)
     create = token_sub.add_parser("create", help="create a token and print it once")
-    create.add_argument("--scope", default="send,read", help="send,read,admin")
+    create.add_argument("--scope", default="send,read", help="comma-separated: " + ",".join(SCOPES))
     create.add_argument("--name", default="api")
     token_sub.add_parser("list", help="list tokens (ids and scopes, never secrets)")
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")

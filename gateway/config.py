@@ -102,6 +102,9 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     default_region: str = "US"
     retry_base: PositiveFloat = 2.0
     retry_cap: PositiveFloat = 600.0
+    # How far ahead a send may be scheduled (send_at) and expire (expires_at, counted
+    # from send_at): later times are refused at accept.
+    max_schedule_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 365.0
     classes: ClassesConfig = msgspec.field(default_factory=ClassesConfig)
 
     def policy(self, priority: Priority) -> ClassPolicy:

@@ -8,9 +8,10 @@ stores every message it was accepted for, or nothing.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -32,6 +33,14 @@ PriorityName = Literal["critical", "high", "normal", "bulk"]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 MAX_BODY_CHARS = 10_000
+# A send_at this far in the past is still "now" (the client's clock may lag ours);
+# earlier ones are refused rather than sent at once.
+SEND_AT_SKEW = 300.0
+MAX_UTC_OFFSET = timedelta(hours=14)  # UTC+14:00 (Kiribati) and -12:00 are the extremes
+# A number as people write it: ASCII digits, an optional leading +, and the usual
+# separators. Letters (vanity numbers, canaries), non-ASCII digits and extensions are
+# refused here, before phonenumbers could translate or drop them.
+_DIALABLE = re.compile(r"\+?[0-9 ().\-/]+", re.ASCII)
 
 
 class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -39,7 +48,13 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     to: Annotated[
         str,
-        msgspec.Meta(min_length=1, max_length=64, description="Recipient, E.164 or national form"),
+        msgspec.Meta(
+            min_length=1,
+            max_length=64,
+            description="Recipient, E.164 or national form: ASCII digits, a leading +,"
+            " spaces, dots, dashes, slashes and parentheses; no letters or extensions",
+            extra_json_schema={"format": "phone"},
+        ),
     ]
     body: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
     priority: PriorityName | None = None
@@ -52,7 +67,17 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    messages: list[SendRequest]
+    """Many messages (`POST /api/v1/messages/batch`); each item is checked on its own.
+
+    The API document sets `maxItems` from `http.max_batch`."""
+
+    messages: Annotated[list[SendRequest], msgspec.Meta(min_length=1)]
+
+
+class _BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a batch is decoded as: its items stay raw, so one bad item refuses only itself."""
+
+    messages: list[msgspec.Raw]
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -64,15 +89,24 @@ class Accepted(msgspec.Struct, frozen=True):
 
 
 _send_decoder = msgspec.json.Decoder(SendRequest)
-_batch_decoder = msgspec.json.Decoder(BatchRequest)
+_batch_decoder = msgspec.json.Decoder(_BatchEnvelope)
 
 
 def decode_send(raw: bytes) -> SendRequest:
     return decode_with(_send_decoder, raw)
 
 
-def decode_batch(raw: bytes) -> BatchRequest:
-    return decode_with(_batch_decoder, raw)
+def decode_batch(raw: bytes) -> list[msgspec.Raw]:
+    """The batch's items, still undecoded: `decode_item` checks each on its own."""
+    return decode_with(_batch_decoder, raw).messages
+
+
+def decode_item(raw: msgspec.Raw, index: int) -> SendRequest:
+    """One batch item; errors name the field as `messages[i].field`."""
+    try:
+        return _send_decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        raise validation_error(str(e), f"messages[{index}]") from None
 
 
 def decode_with(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
@@ -85,33 +119,72 @@ def decode_with(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
         raise ApiError(400, "bad_json", "the request body is not valid JSON") from None
 
 
+# msgspec's "Expected `type`..." messages name types and the schema's own limits only;
+# every other message may quote what was sent (an enum value, a key) and is replaced.
+_SAFE_DETAIL = re.compile(r"Expected `[a-z |]+`[^'\"]*|Expected `str` matching regex '[^']*'")
+
+
 def validation_error(text: str, prefix: str = "") -> ApiError:
-    """Turn msgspec's message (which never quotes values) into an `ApiError`."""
-    what, _, at = text.partition(" - at `$")
-    path = prefix + at.rstrip("`").lstrip(".")
-    unknown = what.startswith("Object contains unknown field")
-    if unknown:
-        name = what.split("`")[1]
-        field = f"{path}.{name}" if path else name
-        return ApiError(422, "unknown_field", f"{field}: unknown field", field=field)
+    """Turn msgspec's message into an `ApiError` that names the field by its schema
+    name and never quotes the value sent, nor the name of a field we do not declare."""
+    what, found, at = text.rpartition(" - at `$")
+    if not found:
+        what, at = text, ""
+    path = _join(prefix, at.rstrip("`").lstrip("."))
+    where = path or "request"
+    if what.startswith("Object contains unknown field"):
+        return ApiError(422, "unknown_field", f"{where}: unknown field", field=path or None)
     if what.startswith("Object missing required field"):
-        name = what.split("`")[1]
-        field = f"{path}.{name}" if path else name
+        field = _join(path, what.split("`")[1])
         return ApiError(422, "missing_field", f"{field}: required", field=field)
-    what = what[:1].lower() + what[1:]
-    return ApiError(422, "invalid_field", f"{path or 'body'}: {what}", field=path or None)
+    if what.startswith("Invalid enum value"):
+        detail = "not one of the allowed values"
+    elif what.startswith("Invalid RFC3339"):
+        detail = "expected an RFC 3339 date and time with a zone"
+    elif _SAFE_DETAIL.fullmatch(what):
+        detail = what[:1].lower() + what[1:]
+    else:
+        detail = "invalid value"
+    return ApiError(422, "invalid_field", f"{where}: {detail}", field=path or None)
+
+
+def _join(path: str, name: str) -> str:
+    if not path:
+        return name
+    return f"{path}{name}" if name.startswith("[") else f"{path}.{name}" if name else path
 
 
 @functools.lru_cache(maxsize=8192)
 def normalise_number(raw: str, region: str) -> str | None:
-    """E.164 form of a dialable number, or None if it is not a valid number."""
+    """E.164 form of a dialable number, or None if it is not a valid number.
+
+    Only ASCII digits with the usual separators are read: phonenumbers would turn
+    letters into digits (`1-800-FLOWERS`), read other scripts' digits, skip leading
+    text, and drop an extension, and each of those sends to a number nobody wrote."""
+    raw = raw.strip(" ")
+    if _DIALABLE.fullmatch(raw) is None:
+        return None
     try:
         parsed = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(parsed):
+    if parsed.extension or not phonenumbers.is_valid_number(parsed):
         return None
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _bad_field(field: str, detail: str) -> ApiError:
+    return ApiError(422, "invalid_field", f"{field}: {detail}", field=field)
+
+
+def _instant(value: datetime | None, field: str) -> float | None:
+    """Unix seconds of a client's time, refusing offsets no zone uses (beyond ±14:00)."""
+    if value is None:
+        return None
+    offset = value.utcoffset()
+    if offset is None or abs(offset) > MAX_UTC_OFFSET:
+        raise _bad_field(field, "the UTC offset must be within -14:00 to +14:00")
+    return value.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,15 +244,24 @@ class Intake:
                 f"{field_prefix}route: no such route",
                 field=f"{field_prefix}route",
             )
-        send_at = req.send_at.timestamp() if req.send_at else None
-        default_expiry = max(now, send_at or now) + self._queue.policy(priority).expires_after
-        expires_at = req.expires_at.timestamp() if req.expires_at else default_expiry
-        if expires_at <= max(now, send_at or now):
-            raise ApiError(
-                422,
-                "invalid_field",
-                f"{field_prefix}expires_at: must be after now and after send_at",
-                field=f"{field_prefix}expires_at",
+        horizon = self._queue.max_schedule_days * 86400.0
+        send_at = _instant(req.send_at, f"{field_prefix}send_at")
+        if send_at is not None and not now - SEND_AT_SKEW <= send_at <= now + horizon:
+            raise _bad_field(
+                f"{field_prefix}send_at",
+                "must be from now to queue.max_schedule_days ahead"
+                f" ({self._queue.max_schedule_days:g} days)",
+            )
+        start = max(now, send_at or now)
+        default_expiry = start + self._queue.policy(priority).expires_after
+        expires_at = _instant(req.expires_at, f"{field_prefix}expires_at")
+        if expires_at is None:
+            expires_at = default_expiry
+        if not start < expires_at <= start + horizon:
+            raise _bad_field(
+                f"{field_prefix}expires_at",
+                "must be after now and after send_at, and at most"
+                f" queue.max_schedule_days ({self._queue.max_schedule_days:g}) after them",
             )
         candidates = self._router.candidates(to, priority, req.route)
         if not candidates:

@@ -324,7 +324,8 @@ async def retry_message(request: web.Request) -> web.Response:
         category=row["category"],
         reference=None if reference is None else gw.store.decrypt(reference, mid, "reference"),
     )
-    prepared = gw.intake.prepare(copy, None, gw.clock.time())
+    # The copy belongs to the token that sent the original, so that client sees it.
+    prepared = gw.intake.prepare(copy, row["token_id"], gw.clock.time())
     await gw.store.insert(gw.intake.statements([prepared]))
     gw.intake.accepted([prepared])
     new_id = prepared.message.id

@@ -22,6 +22,7 @@ from gateway.intake import (
     AwareTime,
     Prepared,
     decode_batch,
+    decode_item,
     decode_send,
     decode_with,
     normalise_number,
@@ -61,6 +62,17 @@ def _gateway(request: web.Request) -> Gateway:
 def _token(request: web.Request) -> TokenRecord:
     token: TokenRecord = request[AUTH_RECORD]
     return token
+
+
+def _owner(token: TokenRecord) -> str | None:
+    """The token whose messages this one may see and act on; None for all (admin)."""
+    return None if "admin" in token.scopes else token.id
+
+
+def _not_found() -> ApiError:
+    # The same answer for "no such message" and "another token's message": a token
+    # cannot learn that someone else's message exists.
+    return ApiError(404, "not_found", "no message with this id")
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -192,11 +204,11 @@ async def _send_one(gw: Gateway, token: TokenRecord, raw: bytes, idem: Idempoten
 async def _send_batch(
     gw: Gateway, token: TokenRecord, raw: bytes, idem: Idempotency
 ) -> web.Response:
-    batch = decode_batch(raw)
+    items = decode_batch(raw)
     limit = gw.config.http.max_batch
-    if not batch.messages:
+    if not items:
         raise ApiError(422, "empty_batch", "messages: the batch is empty", field="messages")
-    if len(batch.messages) > limit:
+    if len(items) > limit:
         raise ApiError(
             413,
             "batch_too_large",
@@ -206,9 +218,10 @@ async def _send_batch(
     now = gw.clock.time()
     prepared: list[Prepared] = []
     errors: dict[int, dict[str, Any]] = {}
-    for i, item in enumerate(batch.messages):
+    for i, item in enumerate(items):
         try:
-            prepared.append(gw.intake.prepare(item, token.id, now, f"messages[{i}]."))
+            request = decode_item(item, i)
+            prepared.append(gw.intake.prepare(request, token.id, now, f"messages[{i}]."))
         except ApiError as e:
             errors[i] = e.body()
     if not prepared:
@@ -217,7 +230,7 @@ async def _send_batch(
     def build(accepted: list[Accepted]) -> dict[str, Any]:
         results: list[Any] = []
         it = iter(accepted)
-        for i in range(len(batch.messages)):
+        for i in range(len(items)):
             results.append(errors[i] if i in errors else next(it))
         return {"accepted": len(accepted), "rejected": len(errors), "results": results}
 
@@ -227,9 +240,9 @@ async def _send_batch(
 async def cancel_message(request: web.Request) -> web.Response:
     gw = _gateway(request)
     message_id = request.match_info["id"]
-    state = await gw.store.cancel(message_id, gw.clock.time())
+    state = await gw.store.cancel(message_id, gw.clock.time(), owner=_owner(_token(request)))
     if state is None:
-        raise ApiError(404, "not_found", "no message with this id")
+        raise _not_found()
     if state is not State.CANCELLED:
         raise ApiError(
             409, "not_cancellable", f"the message is {state.value} and can no longer be cancelled"
@@ -243,12 +256,23 @@ async def cancel_message(request: web.Request) -> web.Response:
 
 async def get_message(request: web.Request) -> web.Response:
     gw = _gateway(request)
+    token = _token(request)
     message_id = request.match_info["id"]
     row = await gw.store.message_row(message_id)
-    if row is None:
-        raise ApiError(404, "not_found", "no message with this id")
+    owner = _owner(token)
+    if row is None or (owner is not None and row["token_id"] != owner):
+        raise _not_found()
     events = await gw.store.events(message_id)
-    return json_response(message_view(gw.store, row, events))
+    return json_response(message_view(gw.store, row, events, viewer=token.id))
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", "50")
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise ApiError(
+            400, "invalid_query", f"limit: expected an integer from 1 to {MAX_PAGE}", field="limit"
+        )
+    return int(text)
 
 
 def _query_float(request: web.Request, name: str) -> float | None:
@@ -272,8 +296,12 @@ def _query_float(request: web.Request, name: str) -> float | None:
 
 async def list_messages(request: web.Request) -> web.Response:
     gw = _gateway(request)
+    token = _token(request)
     q = request.query
     where: list[tuple[str, Any]] = []
+    owner = _owner(token)
+    if owner is not None:
+        where.append(("token_id = ?", owner))
     if "status" in q:
         try:
             where.append(("state = ?", State(q["status"]).value))
@@ -294,27 +322,26 @@ async def list_messages(request: web.Request) -> web.Response:
         value = _query_float(request, name)
         if value is not None:
             where.append((clause, value))
+    limit = _limit(request)
     if "to" in q:
+        if "phi" not in token.scopes:
+            raise ApiError(
+                403, "forbidden", "to: looking up a number needs the 'phi' scope", field="to"
+            )
         e164 = normalise_number(q["to"], gw.config.queue.default_region)
         if e164 is None:
             raise ApiError(400, "invalid_number", "to: not a valid phone number", field="to")
         where.append(("to_index = ?", gw.store.blind_index(e164)))
-    try:
-        limit = min(MAX_PAGE, max(1, int(q.get("limit", "50"))))
-    except ValueError:
-        raise ApiError(400, "invalid_query", "limit: expected an integer", field="limit") from None
+        await gw.audit.record(f"token:{token.id}", "phi_number_lookup", "messages", None)
     rows = await gw.store.list_messages(where=where, cursor=q.get("cursor"), limit=limit)
-    views = [message_view(gw.store, r) for r in rows]
+    views = [message_view(gw.store, r, viewer=token.id) for r in rows]
     next_cursor = views[-1].id if len(views) == limit else None
     return json_response(MessagePage(views, next_cursor))
 
 
 async def list_inbound(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    try:
-        limit = min(MAX_PAGE, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        raise ApiError(400, "invalid_query", "limit: expected an integer", field="limit") from None
+    limit = _limit(request)
     rows = await gw.store.list_inbound(request.query.get("cursor"), limit)
     views = [inbound_view(gw.store, r) for r in rows]
     return json_response(

@@ -1,9 +1,14 @@
-"""OpenAPI 3.1 document built from the endpoint table and the msgspec schemas."""
+"""OpenAPI 3.1 document built from the endpoint table and the msgspec schemas.
+
+Every status an endpoint can answer is described: the ones each kind of endpoint shares
+(auth, body, idempotency) are added here, the endpoint's own in its `answers`.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
@@ -27,6 +32,37 @@ ERROR_SCHEMA = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A query parameter: its name, what it does, and its JSON schema."""
+
+    name: str
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A status an endpoint may answer besides its success, with the error codes it
+    carries; `schema` None means the standard error object."""
+
+    status: int
+    description: str
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An OpenAPI link from the success answer to another operation."""
+
+    name: str
+    operation_id: str
+    parameters: dict[str, str]
+
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+
+
 class _Endpoint(Protocol):
     @property
     def method(self) -> str: ...
@@ -43,12 +79,31 @@ class _Endpoint(Protocol):
     @property
     def status(self) -> int: ...
     @property
-    def query(self) -> tuple[tuple[str, str], ...]: ...
+    def query(self) -> tuple[Query, ...]: ...
     @property
     def idempotent(self) -> bool: ...
+    @property
+    def answers(self) -> tuple[Answer, ...]: ...
+    @property
+    def links(self) -> tuple[Link, ...]: ...
+    @property
+    def content_type(self) -> str: ...
 
 
-def build_openapi(endpoints: Iterable[_Endpoint]) -> dict[str, Any]:
+_PARAM = re.compile(r"{(\w+)(?::((?:[^{}]|{[^{}]*})+))?}")
+
+
+def openapi_path(path: str) -> str:
+    """An aiohttp route path with its `{name:regex}` parts written as `{name}`."""
+    return _PARAM.sub(lambda m: "{" + m.group(1) + "}", path)
+
+
+def build_openapi(
+    endpoints: Iterable[_Endpoint], *, max_batch: int, routes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The document, with this deployment's limits: `max_batch` (`http.max_batch`) is
+    the batch's `maxItems`, and a send's `route` and `/routes/{name}` name one of
+    `routes` (the configured route names)."""
     endpoints = list(endpoints)
     types = {t for e in endpoints for t in (e.request, e.response) if t is not None}
     ordered = sorted(types, key=lambda t: t.__name__)
@@ -57,28 +112,42 @@ def build_openapi(endpoints: Iterable[_Endpoint]) -> dict[str, Any]:
     )
     ref_of = dict(zip(ordered, refs, strict=True))
     components["Error"] = ERROR_SCHEMA
+    batch = components.get("BatchRequest")
+    if batch is not None:
+        batch["properties"]["messages"]["maxItems"] = max_batch
+    send = components.get("SendRequest")
+    if send is not None and routes:
+        send["properties"]["route"] = {"anyOf": [{"enum": list(routes)}, {"type": "null"}]}
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
+        path = openapi_path(e.path)
+        success = _body(ref_of.get(e.response) if e.response else None, "success", e.content_type)
+        if e.links:
+            success["links"] = {
+                link.name: {"operationId": link.operation_id, "parameters": link.parameters}
+                for link in e.links
+            }
         op: dict[str, Any] = {
             "summary": e.summary,
-            "operationId": _operation_id(e.method, e.path),
-            "responses": {
-                str(e.status): _body(ref_of.get(e.response) if e.response else None, "success")
-            },
+            "operationId": _operation_id(e.method, path),
+            "responses": {str(e.status): success},
         }
         params: list[dict[str, Any]] = []
-        for name in re.findall(r"{(\w+)}", e.path):
-            params.append(
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            )
-        for name, description in e.query:
+        for m in _PARAM.finditer(e.path):
+            schema: dict[str, Any] = {"type": "string"}
+            if m.group(2):
+                schema["pattern"] = f"^{m.group(2)}$"
+            if m.group(1) == "name" and routes:
+                schema["enum"] = list(routes)
+            params.append({"name": m.group(1), "in": "path", "required": True, "schema": schema})
+        for q in e.query:
             params.append(
                 {
-                    "name": name,
+                    "name": q.name,
                     "in": "query",
                     "required": False,
-                    "description": description,
-                    "schema": {"type": "string"},
+                    "description": q.description,
+                    "schema": q.schema,
                 }
             )
         if e.idempotent:
@@ -88,8 +157,8 @@ def build_openapi(endpoints: Iterable[_Endpoint]) -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "description": "replays return the first response; reuse with a"
-                    " different body is 409",
-                    "schema": {"type": "string", "maxLength": 255},
+                    " different body is 409; empty or longer than 255 is 400",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 }
             )
         if params:
@@ -99,22 +168,31 @@ def build_openapi(endpoints: Iterable[_Endpoint]) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": ref_of[e.request]}},
             }
+        answers: list[Answer] = []
         if e.scope is not None:
             op["security"] = [{"bearer": [e.scope]}]
-            op["responses"]["401"] = _error("missing, invalid or revoked token")
-            op["responses"]["403"] = _error(f"token lacks the {e.scope!r} scope")
+            answers.append(Answer(401, "`unauthenticated`: missing, invalid or revoked token"))
+            answers.append(Answer(403, f"`forbidden`: the token lacks the {e.scope!r} scope"))
         else:
             op["security"] = []
         if e.request is not None:
-            op["responses"]["400"] = _error("malformed JSON")
-            op["responses"]["422"] = _error("a field is invalid; `field` names it")
-            op["responses"]["409"] = _error("Idempotency-Key reused with another body")
-            op["responses"]["503"] = _error("shutting down or store unavailable")
-        if "{id}" in e.path:
-            op["responses"]["404"] = _error("no such message")
-        if "{name}" in e.path:
-            op["responses"]["404"] = _error("no such route")
-        paths.setdefault(e.path, {})[e.method.lower()] = op
+            answers.append(Answer(400, "`bad_json`: the body is not JSON"))
+            answers.append(Answer(413, "`too_large`: the body is over http.max_body_bytes"))
+            answers.append(
+                Answer(
+                    422,
+                    "`invalid_field`, `missing_field`, `unknown_field`, ...:"
+                    " a field is invalid; `field` names it",
+                )
+            )
+            answers.append(Answer(503, "`shutting_down` or `store_unavailable`"))
+        if e.idempotent:
+            answers.append(Answer(400, "`invalid_idempotency_key`: empty or too long"))
+            answers.append(Answer(409, "`idempotency_conflict`: key reused with another body"))
+        answers.extend(e.answers)
+        for status, answer in _merge(answers).items():
+            op["responses"][str(status)] = answer
+        paths.setdefault(path, {})[e.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {
@@ -142,13 +220,26 @@ def _operation_id(method: str, path: str) -> str:
     return method.lower() + "".join(w.capitalize() for w in words)
 
 
-def _body(schema: dict[str, Any] | None, description: str) -> dict[str, Any]:
+def _body(
+    schema: dict[str, Any] | None, description: str, content_type: str = "application/json"
+) -> dict[str, Any]:
+    if content_type != "application/json":
+        text = {content_type: {"schema": {"type": "string"}}}
+        return {"description": description, "content": text}
     content = {"application/json": {"schema": schema or {"type": "object"}}}
     return {"description": description, "content": content}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+def _merge(answers: Iterable[Answer]) -> dict[int, dict[str, Any]]:
+    """One response per status; the descriptions of the answers sharing it joined."""
+    merged: dict[int, dict[str, Any]] = {}
+    for a in answers:
+        schema = a.schema or {"$ref": "#/components/schemas/Error"}
+        if a.status in merged:
+            merged[a.status]["description"] += "; " + a.description
+        else:
+            merged[a.status] = {
+                "description": a.description,
+                "content": {"application/json": {"schema": schema}},
+            }
+    return dict(sorted(merged.items()))

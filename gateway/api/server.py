@@ -18,13 +18,14 @@ from aiohttp.typedefs import Handler
 
 from gateway.admin import headers, panel
 from gateway.api import handlers as h
-from gateway.api.openapi import build_openapi
+from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, MessagePage, MessageView
 from gateway.app import Gateway
 from gateway.demo import DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
+from gateway.models import Priority, State
 
 log = structlog.get_logger("smsgw.api")
 
@@ -39,20 +40,50 @@ class Endpoint:
     request: type | None = None
     response: type | None = None
     status: int = 200
-    query: tuple[tuple[str, str], ...] = ()
+    query: tuple[Query, ...] = ()
     idempotent: bool = False
+    answers: tuple[Answer, ...] = ()
+    links: tuple[Link, ...] = ()
+    content_type: str = "application/json"
 
 
-_LIST_QUERY = (
-    ("status", "message state"),
-    ("priority", "priority class"),
-    ("route", "route name"),
-    ("since", "created at or after (RFC 3339 or Unix seconds)"),
-    ("until", "created before (RFC 3339 or Unix seconds)"),
-    ("to", "exact recipient number (matched through the blind index)"),
-    ("limit", "page size, 1-500, default 50"),
-    ("cursor", "next_cursor of the previous page"),
+# A message id (`gateway.models.IdGenerator`): 26 Crockford base-32 characters. The
+# pattern also keeps `/messages/batch` from being read as a message id.
+MESSAGE_ID = "{id:[0-9A-HJKMNP-TV-Z]{26}}"
+_LIMIT = Query(
+    "limit",
+    f"page size, 1 to {h.MAX_PAGE}",
+    {"type": "integer", "minimum": 1, "maximum": h.MAX_PAGE, "default": 50},
 )
+_CURSOR = Query("cursor", "next_cursor of the previous page")
+_TIME = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]}
+_INVALID_QUERY = Answer(400, "`invalid_query`: a query parameter is invalid; `field` names it")
+_LIST_QUERY = (
+    Query("status", "message state", {"type": "string", "enum": [s.value for s in State]}),
+    Query("priority", "priority class", {"type": "string", "enum": [p.label for p in Priority]}),
+    Query("route", "route name"),
+    Query("since", "created at or after (RFC 3339 or Unix seconds)", _TIME),
+    Query("until", "created before (RFC 3339 or Unix seconds)", _TIME),
+    Query(
+        "to",
+        "exact recipient number (matched through the blind index); needs the 'phi' scope,"
+        " and every lookup is audited",
+        {"type": "string", "format": "phone"},
+    ),
+    _LIMIT,
+    _CURSOR,
+)
+_ON_MESSAGE = (
+    Link("GetMessage", "getMessagesId", {"id": "$response.body#/id"}),
+    Link("CancelMessage", "deleteMessagesId", {"id": "$response.body#/id"}),
+)
+_NO_MESSAGE = Answer(404, "`not_found`: no message with this id that this token may see")
+_DEMO_OFF = Answer(404, "`demo_off`: only the embedded default (no config file) runs these peers")
+_HEALTH = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]}},
+}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -65,6 +96,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Accepted,
         202,
         idempotent=True,
+        links=_ON_MESSAGE,
     ),
     Endpoint(
         "POST",
@@ -76,6 +108,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         202,
         idempotent=True,
+        answers=(
+            Answer(413, "`batch_too_large`: more than http.max_batch messages"),
+            Answer(422, "`empty_batch`: no messages; `batch_rejected`: no item was valid"),
+        ),
     ),
     Endpoint(
         "GET",
@@ -86,22 +122,32 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         MessagePage,
         query=_LIST_QUERY,
+        answers=(
+            _INVALID_QUERY,
+            Answer(400, "`invalid_number`: `to` is not a valid phone number"),
+            Answer(403, "`forbidden`: `to` needs the 'phi' scope"),
+        ),
     ),
     Endpoint(
         "GET",
-        "/api/v1/messages/{id}",
+        f"/api/v1/messages/{MESSAGE_ID}",
         h.get_message,
         "read",
         "One message with its state history",
         None,
         MessageView,
+        answers=(_NO_MESSAGE,),
     ),
     Endpoint(
         "DELETE",
-        "/api/v1/messages/{id}",
+        f"/api/v1/messages/{MESSAGE_ID}",
         h.cancel_message,
         "send",
         "Cancel a message that is not yet sending",
+        answers=(
+            _NO_MESSAGE,
+            Answer(409, "`not_cancellable`: the message is sending or done"),
+        ),
     ),
     Endpoint(
         "GET",
@@ -111,7 +157,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Inbound messages, newest first",
         None,
         InboundPage,
-        query=(("limit", "page size"), ("cursor", "next_cursor of the previous page")),
+        query=(_LIMIT, _CURSOR),
+        answers=(_INVALID_QUERY,),
     ),
     Endpoint(
         "GET",
@@ -133,6 +180,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.pause_route,
         "admin",
         "Stop dispatching to a route; its messages fail over or wait",
+        answers=(Answer(404, "`not_found`: no route with this name"),),
     ),
     Endpoint(
         "POST",
@@ -140,6 +188,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.resume_route,
         "admin",
         "Dispatch to a paused (or auth-parked) route again",
+        answers=(Answer(404, "`not_found`: no route with this name"),),
     ),
     Endpoint(
         "GET",
@@ -147,6 +196,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.healthz,
         None,
         "Liveness and readiness; no authentication, no PHI",
+        answers=(Answer(503, "not ready: shutting down, or no route can send", _HEALTH),),
     ),
     Endpoint(
         "POST",
@@ -157,6 +207,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         DemoInbound,
         None,
         202,
+        answers=(_DEMO_OFF,),
     ),
     Endpoint(
         "POST",
@@ -164,6 +215,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.demo_drop_smsc,
         "admin",
         "Embedded default only: cut the simulated carrier's SMPP links mid-window",
+        answers=(_DEMO_OFF,),
     ),
     Endpoint(
         "POST",
@@ -171,6 +223,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.demo_unplug_modem,
         "admin",
         "Embedded default only: pull an emulated modem's USB plug",
+        answers=(_DEMO_OFF, Answer(404, "`not_found`: no emulated modem with this index")),
     ),
     Endpoint(
         "POST",
@@ -178,8 +231,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.demo_replug_modem,
         "admin",
         "Embedded default only: plug an emulated modem back in",
+        answers=(_DEMO_OFF, Answer(404, "`not_found`: no emulated modem with this index")),
     ),
-    Endpoint("GET", "/api/v1/metrics", h.metrics, "read", "Prometheus metrics"),
+    Endpoint(
+        "GET",
+        "/api/v1/metrics",
+        h.metrics,
+        "read",
+        "Prometheus metrics (text exposition format)",
+        content_type=PROMETHEUS_TEXT,
+    ),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
 )
 
@@ -285,7 +346,9 @@ def build_app(gateway: Gateway) -> web.Application:
     app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
-    app[h.OPENAPI] = build_openapi(ENDPOINTS)
+    app[h.OPENAPI] = build_openapi(
+        ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
+    )
     headers.install(app)
     if gateway.config.admin.enabled:
         panel.install(app, gateway)

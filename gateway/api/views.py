@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -22,6 +23,9 @@ class EventView(msgspec.Struct, frozen=True, omit_defaults=True):
     attempt: int | None = None
 
 
+_REFERENCE_DOC = "the client's own reference; shown only to the token that sent the message"
+
+
 class MessageView(msgspec.Struct, frozen=True):
     id: str
     status: str
@@ -35,7 +39,7 @@ class MessageView(msgspec.Struct, frozen=True):
     send_at: str | None
     route: str | None
     category: str | None
-    reference: str | None
+    reference: Annotated[str | None, msgspec.Meta(description=_REFERENCE_DOC)]
     attempts: int
     possible_duplicate: bool
     error_code: str | None
@@ -67,10 +71,26 @@ class InboundPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-def iso(ts: float | None) -> str | None:
-    if ts is None:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def iso(ts: object) -> str | None:
+    """RFC 3339 UTC of stored Unix seconds, for the API and the panel alike.
+
+    Safe for any stored value, including ones older versions accepted: a time beyond
+    what a datetime holds shows as its first or last instant, a non-number as None.
+    """
+    if ts is None or isinstance(ts, bool) or not isinstance(ts, int | float):
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if math.isnan(ts):
+        return None
+    try:
+        moment = _EPOCH + timedelta(seconds=ts)
+    except OverflowError:
+        moment = _LAST if ts > 0 else _FIRST
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def mask_number(e164: str) -> str:
@@ -81,10 +101,15 @@ def mask_number(e164: str) -> str:
 
 
 def message_view(
-    store: Store, row: sqlite3.Row, events: Sequence[sqlite3.Row] | None = None
+    store: Store,
+    row: sqlite3.Row,
+    events: Sequence[sqlite3.Row] | None = None,
+    *,
+    viewer: str | None = None,
 ) -> MessageView:
+    """The API's view of a stored message, as token `viewer` may see it."""
     mid = row["id"]
-    reference = row["reference_ct"]
+    reference = row["reference_ct"] if viewer is not None and row["token_id"] == viewer else None
     carrier_ids = None
     event_views = None
     if events is not None:
@@ -129,10 +154,8 @@ def inbound_view(store: Store, row: sqlite3.Row) -> InboundView:
     )
 
 
-def _iso(ts: float) -> str:
-    text = iso(ts)
-    assert text is not None
-    return text
+def _iso(ts: object) -> str:
+    return iso(ts) or iso(0.0) or ""
 
 
 def _event(e: sqlite3.Row) -> EventView:

@@ -310,12 +310,17 @@ class Store:
 
         return await self.writer.run(job)
 
-    async def cancel(self, message_id: str, now: float) -> State | None:
-        """Cancel a message not yet sending; returns its state after, None if unknown."""
+    async def cancel(
+        self, message_id: str, now: float, *, owner: str | None = None
+    ) -> State | None:
+        """Cancel a message not yet sending; returns its state after, None if unknown
+        (or, with `owner`, if that token did not create it)."""
 
         def job(conn: sqlite3.Connection) -> State | None:
-            row = conn.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is None:
+            row = conn.execute(
+                "SELECT state, token_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None or (owner is not None and row[1] != owner):
                 return None
             if State(row[0]) in CANCELLABLE:
                 _apply(conn, Transition(message_id, State.CANCELLED), now)

@@ -1,0 +1,61 @@
+"""Schemathesis hooks for `test_api_fuzz.py` (loaded through SCHEMATHESIS_HOOKS).
+
+The fuzzer's positive phase should reach the code behind validation, so it gets data
+the gateway documents as acceptable but JSON Schema cannot state: numbers that are
+real (`format: phone`), and times inside the accepted window (from now to
+`queue.max_schedule_days` ahead, offsets within ±14:00, expiry after the send time).
+Negative data is still generated from the schema alone.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import schemathesis
+from hypothesis import strategies as st
+
+# Valid numbers the test route carries (555-01xx is reserved for fiction in the US).
+PHONES = ("+12025550147", "+12025550199", "(202) 555-0123", "202.555.0188", "+1 202 555 0100")
+OFFSETS = tuple(timedelta(minutes=m) for m in (-720, -210, 0, 60, 330, 345, 840))
+
+
+def _ahead(seconds: int, offset: timedelta) -> str:
+    moment = datetime.fromtimestamp(time.time() + seconds, UTC)
+    return moment.astimezone(timezone(offset)).isoformat()
+
+
+schemathesis.openapi.format("phone", st.sampled_from(PHONES))
+schemathesis.openapi.format(
+    "date-time",
+    st.builds(_ahead, st.integers(120, 200 * 86400), st.sampled_from(OFFSETS)),
+)
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def _order(message: Any) -> None:
+    """An expiry the generator put before the send time goes a day after it."""
+    if not isinstance(message, dict):
+        return
+    send_at, expires_at = _moment(message.get("send_at")), _moment(message.get("expires_at"))
+    if send_at is not None and expires_at is not None and expires_at <= send_at:
+        message["expires_at"] = (send_at + timedelta(days=1)).isoformat()
+
+
+@schemathesis.hook
+def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+    _order(body)
+    if isinstance(body, dict) and isinstance(body.get("messages"), list):
+        for item in body["messages"]:
+            _order(item)
+    return body
