@@ -52,8 +52,10 @@ async def start_client(gw: Gateway) -> TestClient[Any, Any]:
     return client
 
 
-async def _api(gw: Gateway) -> AsyncIterator[Api]:
-    token = await create_token(gw.store, "test", frozenset({"send", "read"}), gw.clock)
+async def _api(
+    gw: Gateway, scopes: frozenset[str] = frozenset({"send", "read"})
+) -> AsyncIterator[Api]:
+    token = await create_token(gw.store, "test", scopes, gw.clock)
     client = await start_client(gw)
     try:
         yield Api(gw, client, token.text)
