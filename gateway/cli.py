@@ -195,7 +195,7 @@ def _install_uvloop() -> None:
 async def _serve(config: Config, first_token: str | None) -> int:
     from aiohttp import web
 
-    from gateway.api.server import build_app, runner_options
+    from gateway.api.server import build_runner
 
     host, _, port = config.http.listen.rpartition(":")
     simulator = None
@@ -208,7 +208,7 @@ async def _serve(config: Config, first_token: str | None) -> int:
         gateway.demo = DemoPeers(simulator, modems)
     await gateway.start()
     _tune_gc()
-    runner = web.AppRunner(build_app(gateway), handle_signals=False, **runner_options(gateway))
+    runner = build_runner(gateway)
     await runner.setup()
     tls_paths = config.tls_paths
     context = tls.server_context(*tls_paths) if tls_paths else None

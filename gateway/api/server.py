@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from gateway.admin import headers, panel
+from gateway.admin import panel
 from gateway.api import handlers as h
 from gateway.api.openapi import build_openapi
 from gateway.api.views import InboundPage, MessagePage, MessageView
@@ -25,6 +25,10 @@ from gateway.demo import DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
+from gateway.web import headers
+from gateway.web.client import ProxyTrust, client_address
+from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
+from gateway.web.guard import ServerNames, default_local_names, guard_middleware
 
 log = structlog.get_logger("smsgw.api")
 
@@ -272,14 +276,22 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
             method=request.method,
             path=request.rel_url.path,
             status=response.status,
+            client=client_address(request),
             ms=round(time * 1000, 2),
         )
 
 
+def proxy_trust(gateway: Gateway) -> ProxyTrust:
+    c = gateway.config.http
+    return ProxyTrust(c.trusted_proxies, c.proxy_headers)
+
+
 def build_app(gateway: Gateway) -> web.Application:
+    c = gateway.config.http
+    names = ServerNames(c.server_names, default_local_names(c.listen))
     app = web.Application(
-        middlewares=[api_middleware],
-        client_max_size=gateway.config.http.max_body_bytes,
+        middlewares=[api_middleware, guard_middleware(proxy_trust(gateway), names)],
+        client_max_size=c.max_body_bytes,
     )
     app[h.GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
@@ -297,3 +309,29 @@ def runner_options(gateway: Gateway) -> dict[str, Any]:
     if gateway.config.http.access_log:
         return {"access_log_class": PathOnlyAccessLogger}
     return {"access_log": None}
+
+
+def build_runner(gateway: Gateway, app: web.Application | None = None) -> GuardedAppRunner:
+    """The runner for `app` (default: `build_app`), with the connection guards."""
+    c = gateway.config.http
+    limits = Limits(
+        header_timeout=c.header_timeout,
+        body_timeout=c.body_timeout,
+        keepalive_timeout=c.keepalive_timeout,
+        max_connections=connection_cap(c.max_connections),
+        max_connections_per_address=c.max_connections_per_address,
+    )
+    if limits.max_connections < c.max_connections:
+        log.warning(
+            "http_connection_cap_lowered",
+            configured=c.max_connections,
+            cap=limits.max_connections,
+            hint="raise LimitNOFILE (systemd) or ulimit -n",
+        )
+    return GuardedAppRunner(
+        app or build_app(gateway),
+        limits,
+        proxy_trust(gateway),
+        handle_signals=False,
+        **runner_options(gateway),
+    )

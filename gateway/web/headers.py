@@ -3,12 +3,16 @@
 Set in `on_response_prepare`, which runs for every response just before its headers
 go out, including errors, static files and streamed (SSE) answers, so no handler can
 forget them. `Cache-Control: no-store` is the default; a handler may choose caching
-explicitly (vendored static files do).
+explicitly (vendored static files do). Answers written below the application (a
+request aiohttp could not parse, a refused connection) take `SECURITY_HEADERS` from
+here too (`connections.py`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
+
+from gateway.web.client import is_secure
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -29,7 +33,7 @@ SECURITY_HEADERS = {
 async def add_security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
     response.headers.setdefault("Cache-Control", "no-store")
-    if request.secure:
+    if is_secure(request):
         response.headers["Strict-Transport-Security"] = HSTS
 
 
