@@ -67,7 +67,8 @@ def redact_phi(
 
 
 def traceback_without_messages(error: BaseException) -> str:
-    """Frames and exception types, causes included, with every message withheld."""
+    """Frames (file, line, function) and exception types, causes included; no
+    messages, and no source lines (a literal in one could be data)."""
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and current not in chain:
@@ -78,7 +79,10 @@ def traceback_without_messages(error: BaseException) -> str:
     parts: list[str] = []
     for e in reversed(chain):
         parts.append("Traceback (most recent call last):\n")
-        parts.extend(traceback.format_list(traceback.extract_tb(e.__traceback__)))
+        parts.extend(
+            f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
+            for f in traceback.extract_tb(e.__traceback__)
+        )
         parts.append(f"{type(e).__module__}.{type(e).__qualname__} (message withheld)\n")
     return "".join(parts)
 

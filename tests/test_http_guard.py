@@ -9,7 +9,9 @@ makes a 500. In-process tests serve the app on a real loopback site exactly as
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,10 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from structlog.stdlib import ProcessorFormatter
 from structlog.testing import capture_logs
 
+from gateway import logs
 from gateway.admin.accounts import Accounts
 from gateway.admin.repo import AdminRepo, Role
 from gateway.api.server import build_runner
@@ -28,9 +33,10 @@ from gateway.app import Gateway
 from gateway.config import ConfigError, HttpConfig, from_mapping
 from gateway.tokens import create_token
 from gateway.web.client import ProxyTrust
+from gateway.web.guard import ServerNames, default_local_names
 from gateway.web.headers import SECURITY_HEADERS
 from tests.admin_support import PASSWORD
-from tests.conftest import FAST_PASSWORD_HASH, GatewayFactory
+from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, FAST_PASSWORD_HASH, GatewayFactory
 from tests.http_daemon import exchange, read_to_close, running, split_response
 
 Serve = Callable[..., Awaitable[tuple[int, Gateway]]]
@@ -298,6 +304,17 @@ async def test_unknown_host_is_refused_for_api_and_panel(serve: Serve, path: str
         assert resp.status == 421
 
 
+def test_a_wildcard_listen_answers_to_this_machine_and_the_address_dialled() -> None:
+    names = ServerNames((), default_local_names("0.0.0.0:8443"))
+    me = socket.gethostname()
+    assert names.allows(f"{me}:8443", "10.1.2.3", 8443)
+    assert names.allows("10.1.2.3:8443", "10.1.2.3", 8443)
+    assert names.allows("[2001:db8::5]:8443", "[2001:db8::5]", 8443)
+    assert not names.allows("10.1.2.4:8443", "10.1.2.3", 8443)
+    assert not names.allows("rebound.attacker.example:8443", "10.1.2.3", 8443)
+    assert not names.allows(f"{me}:9999", "10.1.2.3", 8443)
+
+
 async def test_missing_host_is_refused(serve: Serve) -> None:
     port, _gw = await serve()
     with _connect(port) as s:
@@ -307,7 +324,34 @@ async def test_missing_host_is_refused(serve: Serve) -> None:
     assert json.loads(body)["error"]["code"] == "missing_host"
 
 
-# -- 7 and 8 are against a real `smsgw run`: tests/test_http_daemon.py --------------------
+# -- 7: library loggers (and 7, 8 against a real `smsgw run`: test_http_daemon.py) ------
+
+
+def test_library_loggers_go_through_the_redacting_pipeline() -> None:
+    out = io.StringIO()
+    logs.configure("json", "info", stream=out)
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h.formatter, ProcessorFormatter)]
+    try:
+        try:
+            raise ValueError(f"Got more than 8190 bytes: b'CANARY {CANARY_NUMBER}'")
+        except ValueError:
+            logging.getLogger("aiohttp.server").exception("Error handling request from %s", "::1")
+        logging.getLogger("asyncio").error(
+            "Task exception was never retrieved\nfuture: <Task exception=ValueError('CANARY')>"
+        )
+        logging.getLogger("aiohttp.access").warning("GET /api/v1/messages?to=%s", CANARY_NUMBER)
+    finally:
+        structlog.reset_defaults()
+        for handler in ours:
+            root.removeHandler(handler)
+    text = out.getvalue()
+    assert "CANARY" not in text and CANARY_DIGITS not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    assert [e["logger"] for e in events] == ["aiohttp.server", "asyncio", "aiohttp.access"]
+    assert events[0]["level"] == "error" and events[0]["event"] == "Error handling request from ::1"
+    assert "ValueError (message withheld)" in events[0]["exception"]
+    assert "test_http_guard.py" in events[0]["exception"]
 
 
 async def test_token_for_fuzzing_is_accepted(serve: Serve) -> None:

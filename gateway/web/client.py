@@ -46,9 +46,12 @@ def _ip(text: str) -> IpAddress | None:
     elif text.count(":") == 1:
         text = text.partition(":")[0]  # `192.0.2.1:4711`
     try:
-        return ipaddress.ip_address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+    return ip
 
 
 class ProxyTrust:

@@ -12,8 +12,8 @@ subclass adds what a slow or hostile client would otherwise get away with:
 - per address: at most `max_connections_per_address` open connections from one client
   address (a trusted proxy is exempt: it carries everybody), and at most
   `max_connections` in all, kept below the open-file limit so a flood cannot starve the
-  store and the drivers of descriptors. A connection over a cap gets a JSON 503 and is
-  closed at once.
+  store and the drivers of descriptors. A connection over a cap is sent a JSON 503 and
+  closed at once (a client that writes its request first may see a reset instead).
 
 A connection that overruns a timer is closed without an answer (nobody is reading it).
 A request aiohttp cannot parse (a 20,000-byte header, a control character) gets the

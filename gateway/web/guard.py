@@ -10,12 +10,14 @@ around it turns a refusal into the JSON error, and the security headers follow):
    and no endpoint; it is refused here, before a file system call could choke on it.
 3. The `Host` header (DNS-rebinding defence): a page on another site whose name the
    attacker points at 127.0.0.1 reaches us with its own name in `Host`. Only the names
-   in `ServerNames` are served; anything else gets 421, a missing `Host` 400.
+   in `ServerNames` and the address the connection came in on are served; anything
+   else gets 421, a missing `Host` 400.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -57,26 +59,33 @@ class ServerNames:
         self.exact = frozenset(f"{name}:{port}" for name, port in split if port is not None)
         self.local = frozenset(split_host(n)[0] for n in local)
 
-    def allows(self, host: str, local_port: int | None) -> bool:
+    def allows(self, host: str, local_ip: str | None, local_port: int | None) -> bool:
+        """Whether to serve `Host: host` on a connection to `local_ip`:`local_port`.
+
+        The address the connection came in on is a name too: a rebinding page always
+        sends its own domain name, never our address."""
         name, port = split_host(host)
         if name in self.any_port or f"{name}:{port}" in self.exact:
             return True
-        return name in self.local and (port is None or port == str(local_port))
+        local = name in self.local or (local_ip is not None and name == local_ip)
+        return local and (port is None or port == str(local_port))
 
 
 def default_local_names(listen: str) -> tuple[str, ...]:
-    """The loopback names, and the listen host unless it is a wildcard."""
+    """The loopback names and the listen host; for a wildcard, this machine's name."""
     host = split_host(listen)[0]
-    extra = () if host in ("0.0.0.0", "[::]", "::", "") else (host,)  # noqa: S104 - compared, not bound
-    return (*LOOPBACK_NAMES, *extra)
+    wildcard = host in ("0.0.0.0", "[::]", "")  # noqa: S104 - compared, not bound
+    return (*LOOPBACK_NAMES, socket.gethostname().lower() if wildcard else host)
 
 
-def _local_port(request: web.BaseRequest) -> int | None:
+def _local_address(request: web.BaseRequest) -> tuple[str | None, int | None]:
+    """The address and port the connection came in on."""
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
-        return sockname[1]
-    return None
+        ip = str(sockname[0])
+        return (f"[{ip}]" if ":" in ip else ip), sockname[1]
+    return None, None
 
 
 def guard_middleware(trust: ProxyTrust, names: ServerNames) -> Middleware:
@@ -89,7 +98,8 @@ def guard_middleware(trust: ProxyTrust, names: ServerNames) -> Middleware:
         host = request.headers.get("Host")
         if not host:
             raise ApiError(400, "missing_host", "the request has no Host header")
-        if not names.allows(host, _local_port(request)):
+        local_ip, local_port = _local_address(request)
+        if not names.allows(host, local_ip, local_port):
             raise ApiError(
                 421,
                 "unknown_host",
