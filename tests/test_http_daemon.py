@@ -76,6 +76,15 @@ def test_a_request_line_too_long_is_answered_in_json(daemon: Daemon) -> None:
     assert CANARY not in daemon.stderr()
 
 
+@pytest.mark.parametrize("value", [CANARY, CANARY + "\x80"])
+def test_an_unknown_expectation_is_refused_in_json(daemon: Daemon, value: str) -> None:
+    """aiohttp answers `Expect` itself, before any middleware: text quoting the value,
+    or a 500 when the value is not ASCII."""
+    raw = exchange(daemon.port, _request("GET", "/api/v1/healthz", [("Expect", value)]))
+    assert _assert_standard_error(raw, 417)["code"] == "expectation_failed"
+    assert CANARY.encode() not in raw
+
+
 @pytest.mark.parametrize(
     "target", ["/static/app.js%00.png", "/static/%00", "/api/v1/messages/%00", "/login%0a"]
 )
@@ -118,12 +127,13 @@ _PATH = st.tuples(st.sampled_from(_PREFIXES), st.lists(_SEGMENT, max_size=4)).ma
 _QUERY = st.lists(
     st.tuples(
         st.sampled_from(["to", "status", "priority", "limit", "cursor", "since", "until", "x"]),
-        st.one_of(_TEXT, st.sampled_from(_ESCAPES)),
+        st.one_of(_TEXT, st.sampled_from(_ESCAPES), _TEXT.map(lambda t: CANARY + t)),
     ),
     max_size=4,
 ).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
 # Header values: any latin-1 text but CR and LF (which would end the header).
 _VALUE = st.text(alphabet=st.characters(max_codepoint=255, exclude_characters="\r\n"), max_size=60)
+_VALUE = st.one_of(_VALUE, _VALUE.map(lambda v: CANARY + v))
 _HEADER = st.tuples(
     st.sampled_from(
         [
@@ -185,6 +195,8 @@ def test_fuzzed_requests_never_make_a_500(
     raw = exchange(daemon.port, _request(method, target, headers, body))
     status, got, payload = split_response(raw)
     assert status < 500, raw[:400]
+    if status >= 400:
+        assert CANARY.encode() not in raw, raw[:400]
     if status >= 400 and method != "HEAD" and path.startswith("/api/"):
         assert got["content-type"].startswith("application/json"), raw[:400]
         assert "error" in json.loads(payload)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +86,46 @@ _TOO_MANY = _raw_answer(
 )
 
 
+def json_error(status: int, code: str, message: str) -> web.Response:
+    """The JSON error with the security headers, for answers given outside the app."""
+    response = web.Response(
+        status=status,
+        body=error_body(status, code, message),
+        content_type="application/json",
+        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
+    )
+    response.force_close()
+    return response
+
+
+RequestHandlerFn = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def answer_expectations(handler: RequestHandlerFn) -> RequestHandlerFn:
+    """Refuse an `Expect` other than `100-continue` in JSON (RFC 9110 10.1.1).
+
+    aiohttp answers one itself, before any middleware, in plain text quoting the value
+    (and with a 500 when the value is not ASCII)."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if (
+            expect is not None
+            and request.version >= (1, 1)
+            and expect.strip().lower() != "100-continue"
+        ):
+            return json_error(417, "expectation_failed", "only Expect: 100-continue is supported")
+        return await handler(request)
+
+    return handle
+
+
 class GuardedServer(web.Server):
     """The protocol factory, with the connection counts the caps need."""
 
     def __init__(self, plain: web.Server, limits: Limits, trust: ProxyTrust) -> None:
         super().__init__(
-            plain.request_handler,
+            answer_expectations(plain.request_handler),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,
@@ -210,17 +245,8 @@ class GuardedRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("an answer was already under way")
         if status >= 500:
-            code, text = "internal", "internal error; see the gateway log"
-        else:
-            code, text = "bad_request", "the request could not be parsed as HTTP"
-        response = web.Response(
-            status=status,
-            body=error_body(status, code, text),
-            content_type="application/json",
-            headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
-        )
-        response.force_close()
-        return response
+            return json_error(status, "internal", "internal error; see the gateway log")
+        return json_error(status, "bad_request", "the request could not be parsed as HTTP")
 
 
 class GuardedAppRunner(web.AppRunner):
