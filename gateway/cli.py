@@ -193,9 +193,8 @@ def _install_uvloop() -> None:
 
 
 async def _serve(config: Config, first_token: str | None) -> int:
-    from aiohttp import web
-
     from gateway.api.server import build_runner
+    from gateway.web.connections import GuardedTCPSite
 
     host, _, port = config.http.listen.rpartition(":")
     simulator = None
@@ -212,7 +211,7 @@ async def _serve(config: Config, first_token: str | None) -> int:
     await runner.setup()
     tls_paths = config.tls_paths
     context = tls.server_context(*tls_paths) if tls_paths else None
-    site = web.TCPSite(
+    site = GuardedTCPSite(
         runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024, ssl_context=context
     )
     await site.start()

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from structlog.stdlib import ProcessorFormatter
 from structlog.testing import capture_logs
 
-from gateway import logs
+from gateway import logs, tls
 from gateway.admin.accounts import Accounts
 from gateway.admin.repo import AdminRepo, Role
 from gateway.api.server import build_runner
@@ -33,6 +34,7 @@ from gateway.app import Gateway
 from gateway.config import ConfigError, HttpConfig, from_mapping
 from gateway.tokens import create_token
 from gateway.web.client import ProxyTrust
+from gateway.web.connections import GuardedTCPSite
 from gateway.web.guard import ServerNames, default_local_names
 from gateway.web.headers import SECURITY_HEADERS
 from tests.admin_support import PASSWORD
@@ -52,11 +54,11 @@ async def serve(open_gateway: GatewayFactory) -> AsyncIterator[Serve]:
         runner = build_runner(gw)
         await runner.setup()
         runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        paths = gw.config.tls_paths
+        context = tls.server_context(*paths) if paths else None
+        site = GuardedTCPSite(runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
-        server = site._server  # the bound port of port 0
-        assert server is not None and server.sockets
-        return int(server.sockets[0].getsockname()[1]), gw
+        return site.port, gw
 
     yield start
     for runner in runners:
@@ -135,6 +137,21 @@ async def test_connections_over_the_per_address_cap_get_503(serve: Serve) -> Non
     finally:
         for s in held:
             s.close()
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_off(serve: Serve, tmp_path: Path) -> None:
+    """Before its handshake a TLS connection has not reached our protocol (asyncio
+    allows 60 s); the header timeout bounds it too."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    tls.generate_self_signed(cert, key, ["127.0.0.1"])
+    port, _ = await serve(tls_cert_file=str(cert), tls_key_file=str(key), header_timeout=0.3)
+    with _connect(port) as s:
+        assert await _closed(s) == b""
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
+        resp = await http.get(f"https://127.0.0.1:{port}/api/v1/openapi.json")
+        assert resp.status == 200
+        assert "Strict-Transport-Security" in resp.headers
 
 
 def test_slowloris_under_a_low_open_file_limit_leaves_service_to_others(
