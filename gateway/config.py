@@ -50,9 +50,9 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # headers on an idle connection; connection caps.
     header_timeout: PositiveFloat = 10.0
     body_timeout: PositiveFloat = 60.0
-    keepalive_timeout: PositiveFloat = 30.0
+    keepalive_timeout: PositiveFloat = 60.0
     max_connections: PositiveInt = 4096
-    max_connections_per_address: PositiveInt = 64
+    max_connections_per_address: PositiveInt = 128
     # Proxies whose forwarded headers are believed (gateway/web/client.py), and names
     # the Host header may carry besides the loopback ones (gateway/web/guard.py).
     trusted_proxies: tuple[str, ...] = ()
