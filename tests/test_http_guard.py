@@ -268,6 +268,43 @@ async def test_forwarded_client_and_scheme_only_from_a_trusted_proxy(
         assert "Strict-Transport-Security" not in page.headers
 
 
+async def _sign_in(http: aiohttp.ClientSession, port: int, username: str, client: str) -> int:
+    """One failed-or-not sign-in by `client`, as the proxy on 127.0.0.1 reports it."""
+    url = f"http://127.0.0.1:{port}/login"
+    proxy = {"X-Forwarded-For": client}
+    page = await http.get(url, headers=proxy)
+    token = (await page.text()).split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    resp = await http.post(
+        url,
+        data={"username": username, "password": "wrong horse battery", "csrf": token},
+        headers={
+            **proxy,
+            "Origin": f"http://127.0.0.1:{port}",
+            "Cookie": f"smsgw_pre={page.cookies['smsgw_pre'].value}",
+        },
+        allow_redirects=False,
+    )
+    await resp.read()
+    return resp.status
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_sign_in_throttling_tells_clients_apart_only_behind_a_trusted_proxy(
+    serve: Serve, trusted: bool
+) -> None:
+    """Behind the proxy every client was 127.0.0.1: one attacker throttled everyone."""
+    port, gw = await serve(trusted_proxies=["127.0.0.1"] if trusted else ["192.0.2.1"])
+    assert gw.config.admin.throttle_after >= 1
+    async with aiohttp.ClientSession() as http:
+        statuses = [
+            await _sign_in(http, port, f"guess{i}", "203.0.113.66")
+            for i in range(gw.config.admin.throttle_after + 2)
+        ]
+        assert statuses[-1] == 429, statuses  # the attacker's address is slowed down
+        other = await _sign_in(http, port, "nurse", "203.0.113.7")
+    assert other == (401 if trusted else 429)
+
+
 async def test_sign_in_works_behind_a_trusted_tls_proxy(serve: Serve) -> None:
     """CSRF's origin check sees https://, as the browser's `Origin` does."""
     port, gw = await serve(trusted_proxies=["127.0.0.1"])
