@@ -174,6 +174,8 @@ def test_slowloris_under_a_low_open_file_limit_leaves_service_to_others(
         for s in slow:
             with contextlib.suppress(OSError):  # already refused and closed
                 s.sendall(b"GET /api/v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # 256 open files leave room for 128 connections, not the configured 4,096.
+        assert '"cap": 128' in d.stderr() and "http_connection_cap_lowered" in d.stderr()
         d.wait_log(lambda e: e.get("event") == "http_connection_refused")
         for _ in range(20):
             raw = exchange(

@@ -35,8 +35,6 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
 from gateway.logs import exception_summary
 from gateway.web.client import ProxyTrust
@@ -98,7 +96,7 @@ def json_error(status: int, code: str, message: str) -> web.Response:
     return response
 
 
-RequestHandlerFn = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+RequestHandlerFn = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def answer_expectations(handler: RequestHandlerFn) -> RequestHandlerFn:
@@ -107,7 +105,7 @@ def answer_expectations(handler: RequestHandlerFn) -> RequestHandlerFn:
     aiohttp answers one itself, before any middleware, in plain text quoting the value
     (and with a 500 when the value is not ASCII)."""
 
-    async def handle(request: BaseRequest) -> web.StreamResponse:
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
         expect = request.headers.get("Expect")
         if (
             expect is not None
@@ -157,7 +155,7 @@ class GuardedServer(web.Server):
             del self.per_address[address]
 
 
-class GuardedRequestHandler(RequestHandler):
+class GuardedRequestHandler(web.RequestHandler):
     """One connection, with the timers and the caps (module docstring)."""
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
@@ -230,7 +228,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
