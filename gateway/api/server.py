@@ -222,7 +222,7 @@ def _guard(endpoint: Endpoint) -> Handler:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into the JSON error shape (headers: `gateway/admin/headers.py`)."""
+    """Turn every error into the JSON error shape (headers: `gateway/web/headers.py`)."""
     try:
         response = await handler(request)
     except ApiError as e:
