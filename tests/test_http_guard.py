@@ -8,6 +8,7 @@ makes a 500. In-process tests serve the app on a real loopback site exactly as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -72,8 +73,6 @@ def _assert_security_headers(headers: Any) -> None:
 
 async def _closed(sock: socket.socket) -> bytes:
     """What the server sent before closing `sock` (waits on the close, not a clock)."""
-    import asyncio
-
     return await asyncio.to_thread(read_to_close, sock)
 
 
@@ -410,7 +409,7 @@ def test_library_loggers_go_through_the_redacting_pipeline() -> None:
     assert "test_http_guard.py" in events[0]["exception"]
 
 
-async def test_token_for_fuzzing_is_accepted(serve: Serve) -> None:
+async def test_an_ordinary_send_passes_the_guards(serve: Serve) -> None:
     """The guards do not get in the way of an ordinary authenticated request."""
     port, gw = await serve()
     token = await create_token(gw.store, "t", frozenset({"send", "read"}), gw.clock)
