@@ -27,6 +27,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    # In place of aiohttp's "Python/3.11 aiohttp/3.x.y" (ASVS 14.3.3: no versions).
+    "Server": "smsgw",
 }
 
 
