@@ -16,6 +16,7 @@ around it turns a refusal into the JSON error, and the security headers follow):
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from collections.abc import Iterable
@@ -83,8 +84,10 @@ def _local_address(request: web.BaseRequest) -> tuple[str | None, int | None]:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
-        ip = str(sockname[0])
-        return (f"[{ip}]" if ":" in ip else ip), sockname[1]
+        ip = ipaddress.ip_address(str(sockname[0]).partition("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket reached over IPv4
+        return (f"[{ip}]" if ip.version == 6 else str(ip)), sockname[1]
     return None, None
 
 
