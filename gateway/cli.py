@@ -209,9 +209,8 @@ def _install_uvloop() -> None:
 
 
 async def _serve(config: Config, first_token: str | None, startup: Startup) -> int:
-    from aiohttp import web
-
-    from gateway.api.server import build_app, runner_options
+    from gateway.api.server import build_runner
+    from gateway.web.connections import GuardedTCPSite
 
     host, _, port = config.http.listen.rpartition(":")
     simulator = None
@@ -226,11 +225,11 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
         gateway.demo = DemoPeers(simulator, modems)
     await gateway.start()
     _tune_gc()
-    runner = web.AppRunner(build_app(gateway), handle_signals=False, **runner_options(gateway))
+    runner = build_runner(gateway)
     await runner.setup()
     tls_paths = config.tls_paths
     context = tls.server_context(*tls_paths) if tls_paths else None
-    site = web.TCPSite(
+    site = GuardedTCPSite(
         runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024, ssl_context=context
     )
     await site.start()

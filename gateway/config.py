@@ -46,6 +46,33 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     allow_plain_http: bool = False
+    # Slow clients (gateway/web/connections.py): seconds to finish a request's headers
+    # from its first byte, its body from the end of the headers, and the next request's
+    # headers on an idle connection; connection caps.
+    header_timeout: PositiveFloat = 10.0
+    body_timeout: PositiveFloat = 60.0
+    keepalive_timeout: PositiveFloat = 60.0
+    max_connections: PositiveInt = 4096
+    max_connections_per_address: PositiveInt = 128
+    # Proxies whose forwarded headers are believed (gateway/web/client.py), and names
+    # the Host header may carry besides the loopback ones (gateway/web/guard.py).
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_headers: Literal["x-forwarded", "forwarded"] = "x-forwarded"
+    server_names: tuple[str, ...] = ()
+
+    def problems(self) -> str | None:
+        """The first proxy or server name that is not one, as `http.key[i]: problem`."""
+        for i, proxy in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                return (
+                    f'http.trusted_proxies[{i}]: expected an IP address or network, got "{proxy}"'
+                )
+        for i, name in enumerate(self.server_names):
+            if not name or any(c.isspace() or c in "/@,;" for c in name):
+                return f'http.server_names[{i}]: expected a host name, got "{name}"'
+        return None
 
     @property
     def tls(self) -> bool:
@@ -55,9 +82,10 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
         """Why serving this listen address without TLS is refused, or None if it is not.
 
         The panel's sessions and the API's tokens must not cross the hospital network in
-        clear: plain HTTP is for loopback, or for a TLS-terminating proxy on this host
-        (then set `allow_plain_http`)."""
-        if self.tls or self.allow_plain_http:
+        clear: plain HTTP is for loopback only, where a TLS-terminating proxy on this
+        host reaches us (name it in `trusted_proxies`). `allow_plain_http` no longer
+        widens that; it is refused with any other address."""
+        if self.tls:
             return None
         host = self.listen.rpartition(":")[0].strip("[]")
         if host == "localhost":
@@ -67,10 +95,12 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
                 return None
         except ValueError:
             pass  # a host name: it may resolve off the machine
+        key = "http.allow_plain_http" if self.allow_plain_http else "http.listen"
         return (
-            f"http.listen: {self.listen} is not a loopback address and TLS is off; set"
-            " http.tls_cert_file and http.tls_key_file (smsgw init --self-signed-cert makes a"
-            " pair), or http.allow_plain_http = true behind a TLS proxy on this host"
+            f"{key}: {self.listen} is not a loopback address and TLS is off; plain HTTP is"
+            " served on loopback only. Set http.tls_cert_file and http.tls_key_file (smsgw"
+            " init --self-signed-cert makes a pair), or listen on 127.0.0.1 behind a TLS"
+            " proxy on this host and list it in http.trusted_proxies"
         )
 
 
@@ -322,6 +352,8 @@ def _route(index: int, raw: Any) -> RouteConfig:
 def _check_values(config: Config) -> None:
     if problem := listen_problem(config.http.listen):
         raise ConfigError(f"http.listen: {problem}")
+    if problem := config.http.problems():
+        raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(

@@ -287,7 +287,9 @@ def test_plain_http_only_on_loopback(listen: str, refused: bool) -> None:
     from gateway.config import HttpConfig
 
     assert (HttpConfig(listen=listen).plain_http_problem() is not None) is refused
-    assert HttpConfig(listen=listen, allow_plain_http=True).plain_http_problem() is None
+    # allow_plain_http does not open plain HTTP beyond loopback (issue 10, point 5).
+    plain = HttpConfig(listen=listen, allow_plain_http=True).plain_http_problem()
+    assert (plain is not None) is refused
     with_tls = HttpConfig(listen=listen, tls_cert_file="c.pem", tls_key_file="k.pem")
     assert with_tls.plain_http_problem() is None
 

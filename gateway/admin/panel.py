@@ -7,7 +7,7 @@ lifetime); refuses a non-public route without a session (a page redirects to the
 anything else gets 401); sends a password-only session to the TOTP step; refuses a
 role the route does not list (403); on anything but GET/HEAD checks the origin and the
 CSRF token (403); then calls the handler and marks the answer `no-store`. Security
-headers are added to every response of the app (`headers.py`). Because registration,
+headers are added to every response of the app (`gateway/web/headers.py`). Because registration,
 the gate and the checks all come from the same table, a route cannot skip them; the
 route-table test walks `app.router` to prove it.
 """

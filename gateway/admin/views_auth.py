@@ -21,6 +21,7 @@ from gateway.admin.panel import (
 from gateway.admin.render import redirect, render
 from gateway.admin.repo import Credentials, User
 from gateway.admin.routing import ANY_ROLE, SESSION, PanelRoute, current_session, current_user
+from gateway.web.client import client_address
 
 MAX_FIELD = 4 * passwords.MAX_LENGTH
 
@@ -31,7 +32,7 @@ async def _form(request: web.Request) -> dict[str, str]:
 
 
 def _source(request: web.Request) -> str:
-    return request.remote or "unknown"
+    return client_address(request)
 
 
 def _retry_message(seconds: float) -> str:

@@ -190,6 +190,7 @@ def build_openapi(
             answers.append(Answer(400, "`invalid_idempotency_key`: empty or too long"))
             answers.append(Answer(409, "`idempotency_conflict`: key reused with another body"))
         answers.extend(e.answers)
+        answers.extend(_HTTP_LAYER)
         for status, answer in _merge(answers).items():
             op["responses"][str(status)] = answer
         paths.setdefault(path, {})[e.method.lower()] = op
@@ -215,6 +216,15 @@ def build_openapi(
     }
 
 
+# What the HTTP layer below the endpoints (gateway/web/) answers for any request.
+_HTTP_LAYER = (
+    Answer(400, "`bad_request`, `invalid_path` or `missing_host`: the request is malformed"),
+    Answer(417, "`expectation_failed`: an `Expect` other than 100-continue"),
+    Answer(421, "`unknown_host`: the Host header names none of http.server_names"),
+    Answer(503, "`too_many_connections`: this address or the server is at its connection cap"),
+)
+
+
 def _operation_id(method: str, path: str) -> str:
     words = [w for w in re.split(r"[/{}.]", path.removeprefix("/api/v1/")) if w]
     return method.lower() + "".join(w.capitalize() for w in words)
@@ -237,6 +247,11 @@ def _merge(answers: Iterable[Answer]) -> dict[int, dict[str, Any]]:
         schema = a.schema or {"$ref": "#/components/schemas/Error"}
         if a.status in merged:
             merged[a.status]["description"] += "; " + a.description
+            body = merged[a.status]["content"]["application/json"]
+            if body["schema"] != schema:
+                alternatives = body["schema"].get("anyOf", [body["schema"]])
+                if schema not in alternatives:
+                    body["schema"] = {"anyOf": [*alternatives, schema]}
         else:
             merged[a.status] = {
                 "description": a.description,

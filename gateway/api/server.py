@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from gateway.admin import headers, panel
+from gateway.admin import panel
 from gateway.api import handlers as h
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, MessagePage, MessageView
@@ -26,6 +26,10 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
+from gateway.web import headers
+from gateway.web.client import ProxyTrust, client_address
+from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
+from gateway.web.guard import ServerNames, default_local_names, guard_middleware
 
 log = structlog.get_logger("smsgw.api")
 
@@ -279,7 +283,7 @@ def _guard(endpoint: Endpoint) -> Handler:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into the JSON error shape (headers: `gateway/admin/headers.py`)."""
+    """Turn every error into the JSON error shape (headers: `gateway/web/headers.py`)."""
     try:
         response = await handler(request)
     except ApiError as e:
@@ -333,14 +337,22 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
             method=request.method,
             path=request.rel_url.path,
             status=response.status,
+            client=client_address(request),
             ms=round(time * 1000, 2),
         )
 
 
+def proxy_trust(gateway: Gateway) -> ProxyTrust:
+    c = gateway.config.http
+    return ProxyTrust(c.trusted_proxies, c.proxy_headers)
+
+
 def build_app(gateway: Gateway) -> web.Application:
+    c = gateway.config.http
+    names = ServerNames(c.server_names, default_local_names(c.listen))
     app = web.Application(
-        middlewares=[api_middleware],
-        client_max_size=gateway.config.http.max_body_bytes,
+        middlewares=[api_middleware, guard_middleware(proxy_trust(gateway), names)],
+        client_max_size=c.max_body_bytes,
     )
     app[h.GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
@@ -360,3 +372,29 @@ def runner_options(gateway: Gateway) -> dict[str, Any]:
     if gateway.config.http.access_log:
         return {"access_log_class": PathOnlyAccessLogger}
     return {"access_log": None}
+
+
+def build_runner(gateway: Gateway, app: web.Application | None = None) -> GuardedAppRunner:
+    """The runner for `app` (default: `build_app`), with the connection guards."""
+    c = gateway.config.http
+    limits = Limits(
+        header_timeout=c.header_timeout,
+        body_timeout=c.body_timeout,
+        keepalive_timeout=c.keepalive_timeout,
+        max_connections=connection_cap(c.max_connections),
+        max_connections_per_address=c.max_connections_per_address,
+    )
+    if limits.max_connections < c.max_connections:
+        log.warning(
+            "http_connection_cap_lowered",
+            configured=c.max_connections,
+            cap=limits.max_connections,
+            hint="raise LimitNOFILE (systemd) or ulimit -n",
+        )
+    return GuardedAppRunner(
+        app or build_app(gateway),
+        limits,
+        proxy_trust(gateway),
+        handle_signals=False,
+        **runner_options(gateway),
+    )

@@ -3,12 +3,16 @@
 Set in `on_response_prepare`, which runs for every response just before its headers
 go out, including errors, static files and streamed (SSE) answers, so no handler can
 forget them. `Cache-Control: no-store` is the default; a handler may choose caching
-explicitly (vendored static files do).
+explicitly (vendored static files do). Answers written below the application (a
+request aiohttp could not parse, a refused connection) take `SECURITY_HEADERS` from
+here too (`connections.py`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
+
+from gateway.web.client import is_secure
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -23,13 +27,15 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    # In place of aiohttp's "Python/3.11 aiohttp/3.x.y" (ASVS 14.3.3: no versions).
+    "Server": "smsgw",
 }
 
 
 async def add_security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
     response.headers.setdefault("Cache-Control", "no-store")
-    if request.secure:
+    if is_secure(request):
         response.headers["Strict-Transport-Security"] = HSTS
 
 

@@ -1,0 +1,147 @@
+"""A real `smsgw run` for the HTTP hardening tests, driven from plain (blocking) sockets.
+
+The daemon's stderr (its JSON log, and anything else written there) is read all the
+time on a thread, so the pipe never fills and tests can wait on log events and scan
+the whole of it for canaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway.cli import main
+
+SMSGW = [sys.executable, "-m", "gateway.cli"]
+TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, tmp_path: Path, http: str = "", nofile: int | None = None) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["init", "--data-dir", str(tmp_path)]) == 0
+        tokens = TOKEN_RE.findall(out.getvalue())
+        assert len(tokens) == 1
+        self.token = tokens[0]
+        self.port = free_port()
+        conf = tmp_path / "smsgw.toml"
+        conf.write_text(
+            f'data_dir = "{tmp_path}"\n\n[http]\nlisten = "127.0.0.1:{self.port}"\n{http}\n'
+            '[log]\nformat = "json"\nlevel = "debug"\n\n'
+            '[[routes]]\nname = "demo"\ntype = "loopback"\nreceipt_delay = 0.2\n'
+        )
+
+        def lower_open_files() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self.proc = subprocess.Popen(
+            [*SMSGW, "run", "--config", str(conf)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=lower_open_files,
+        )
+        self.lines: list[str] = []
+        self._seen = 0
+        self._grew = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_log(lambda e: e.get("event") == "listening")
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with self._grew:
+                self.lines.append(raw.decode(errors="replace"))
+                self._grew.notify_all()
+        with self._grew:
+            self._grew.notify_all()
+
+    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], limit: float = 20) -> None:
+        """Until a log event (after those already matched) satisfies `predicate`."""
+
+        def found() -> bool:
+            while self._seen < len(self.lines):
+                line = self.lines[self._seen]
+                self._seen += 1
+                with contextlib.suppress(json.JSONDecodeError):
+                    if predicate(json.loads(line)):
+                        return True
+            if not self._reader.is_alive():
+                raise AssertionError("daemon exited:\n" + "".join(self.lines))
+            return False
+
+        with self._grew:
+            assert self._grew.wait_for(found, limit), "no such log event"
+
+    def stderr(self) -> str:
+        with self._grew:
+            return "".join(self.lines)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return self.stderr()
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, http: str = "", nofile: int | None = None) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path, http, nofile)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def exchange(port: int, raw: bytes, source: str = "127.0.0.1", timeout: float = 20) -> bytes:
+    """Send `raw` on a new connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout, (source, 0)) as s:
+        s.sendall(raw)
+        return read_to_close(s)
+
+
+def read_to_close(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
