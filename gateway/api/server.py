@@ -223,7 +223,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST",
-        "/api/v1/demo/modems/{index}/unplug",
+        "/api/v1/demo/modems/{index:[0-9]{1,3}}/unplug",
         h.demo_unplug_modem,
         "admin",
         "Embedded default only: pull an emulated modem's USB plug",
@@ -231,7 +231,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST",
-        "/api/v1/demo/modems/{index}/replug",
+        "/api/v1/demo/modems/{index:[0-9]{1,3}}/replug",
         h.demo_replug_modem,
         "admin",
         "Embedded default only: plug an emulated modem back in",
