@@ -1,8 +1,9 @@
 """The message store: SQLite in WAL mode, personal fields encrypted, queue on disk.
 
 Writes go through the group-commit writer (one connection, one transaction in
-flight); reads use a separate aiosqlite connection, which in WAL mode never waits for
-the writer. Every state change checks the lifecycle table inside the writer's
+flight); reads go through a pool of read-only connections (`reads.py`), each read whole
+in one call, so a read that starts after a commit sees it, and in WAL mode never waits
+for the writer. Every state change checks the lifecycle table inside the writer's
 transaction and appends an event row in the same transaction, so a message's history
 and its state never disagree.
 """
@@ -18,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aiosqlite
-
 from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts
+from gateway.store.reads import ReadPool
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -111,7 +111,7 @@ class Store:
         self.path = path
         self._master = master_key
         self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
-        self._reader: aiosqlite.Connection | None = None
+        self._reader: ReadPool | None = None
         self.cipher: crypto.FieldCipher | None = None
 
     # -- life --------------------------------------------------------------------------
@@ -125,9 +125,8 @@ class Store:
         await self.writer.call_outside_transaction(migrate)
         keys = await self.writer.run(self._load_or_create_keys)
         self.cipher = crypto.FieldCipher(keys["field"], keys["blind"][1])
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA query_only = ON")
-        self._reader.row_factory = sqlite3.Row
+        self._reader = ReadPool(self.path)
+        await self._reader.open()
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -158,7 +157,7 @@ class Store:
         return self.cipher
 
     @property
-    def reader(self) -> aiosqlite.Connection:
+    def reader(self) -> ReadPool:
         assert self._reader is not None, "store is not open"
         return self._reader
 
