@@ -6,23 +6,23 @@ transaction began. With one connection serving every reader, the cursors of conc
 requests overlap (execute, then fetch in a later hop), so the transaction never ends
 and a message committed a moment ago reads back as missing (issue 10).
 
-Here a read is one function run on one pooled connection on a worker thread: it
-executes, fetches every row and closes its cursor before the call returns, so no
-transaction outlives the call and a read that starts after a commit sees it. Reads
-still run side by side (one per connection) and never wait for the writer.
+Here a read takes a connection from a small pool and executes and fetches every row in
+one hop on that connection's thread (`execute_fetchall`): the statement is finished
+before the call returns, so no read transaction outlives it and a read that starts
+after a commit sees it. Reads still run side by side (one per connection) and never
+wait for the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+import aiosqlite
+
 DEFAULT_SIZE = 4
 
 
@@ -54,71 +54,37 @@ class ReadPool:
     def __init__(self, path: Path, size: int = DEFAULT_SIZE) -> None:
         self._path = path
         self._size = size
-        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all: list[sqlite3.Connection] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all: list[aiosqlite.Connection] = []
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="smsgw-db-reader")
         for _ in range(self._size):
-            conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+            conn = await aiosqlite.connect(self._path, isolation_level=None)
+            await conn.execute("PRAGMA query_only = ON")
+            conn.row_factory = sqlite3.Row
             self._all.append(conn)
-            self._idle.put(conn)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.row_factory = sqlite3.Row
-        return conn
+            self._idle.put_nowait(conn)
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        executor.shutdown(wait=True)
-        for conn in self._all:
-            conn.close()
-        self._all.clear()
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` on a pooled connection; it must read everything it needs before
-        returning (every cursor exhausted or closed)."""
-        if self._executor is None:
-            raise RuntimeError("the store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # As many connections as threads: a worker never waits here.
-        conn = self._idle.get()
-        try:
-            return fn(conn)
-        finally:
-            self._idle.put(conn)
+        conns, self._all = self._all, []
+        for conn in conns:
+            await conn.close()
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return await self.run(lambda conn: _fetch_all(conn, sql, params))
+        """Every row of `sql`: executed and fetched in one hop on one connection, so
+        the statement (and its read transaction) ends before this returns."""
+        if not self._all:
+            raise RuntimeError("the store is closed")
+        conn = await self._idle.get()
+        try:
+            return list(await conn.execute_fetchall(sql, params))
+        finally:
+            self._idle.put_nowait(conn)
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        return await self.run(lambda conn: _fetch_one(conn, sql, params))
+        rows = await self.all(sql, params)
+        return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """The whole result of `sql`, read at once (for callers written against a cursor)."""
         return Rows(await self.all(sql, params))
-
-
-def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-    cur = conn.execute(sql, params)
-    try:
-        return cur.fetchall()
-    finally:
-        cur.close()
-
-
-def _fetch_one(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
-    cur = conn.execute(sql, params)
-    try:
-        row: sqlite3.Row | None = cur.fetchone()
-        return row
-    finally:
-        cur.close()  # resets the statement: its read transaction ends here
