@@ -439,6 +439,8 @@ class Scheduler:
         maybe_sent: bool = False,
     ) -> None:
         now = self._clock.time()
+        # The claim counted this try; one that cost nothing (the route could not take
+        # the message) is given back by writing the count from before the claim.
         attempts = entry.attempts + (1 if consume_attempt else 0)
         route.count("retry")
         self._metrics.route(route.name).sends["retry"].inc()
@@ -453,7 +455,10 @@ class Scheduler:
         due = now + delay if consume_attempt or retry_after else min(entry.due_at, now)
         if max(due, now) >= entry.expires_at:
             await self._store.transition(
-                Transition(entry.id, State.EXPIRED, route=route.name, error_code=code), now
+                Transition(
+                    entry.id, State.EXPIRED, route=route.name, error_code=code, attempts=attempts
+                ),
+                now,
             )
             self._metrics.final.labels("expired").inc()
             return

@@ -88,6 +88,7 @@ class Transition:
     attempts: int | None = None
     possible_duplicate: bool | None = None
     carrier_id: str | None = None
+    count_attempt: bool = False  # one more submit: `attempts + 1`, in the same UPDATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,6 +616,7 @@ def _apply(
         t.due_at is not None,
         t.attempts is not None,
         duplicate is not None,
+        t.count_attempt,
     )
     sql = _update_sql(t.target, shape, only_from, returning, unless_parts_pending)
     where = (t.message_id, t.message_id) if unless_parts_pending else (t.message_id,)
@@ -663,11 +665,17 @@ def _update_sql(
 ) -> str:
     """The UPDATE for one shape of transition (built once, then served from the cache):
     parameters are the target, the time, the columns `shape` marks present, the id (and
-    the id again when `unless_parts_pending`)."""
+    the id again when `unless_parts_pending`). The last item of `shape` adds one to
+    `attempts`, which RETURNING then reports."""
     sets = ["state = ?", "updated_at = ?"]
+    *optional, count_attempt = shape
     sets += [
-        f"{column} = ?" for column, present in zip(_OPTIONAL_COLUMNS, shape, strict=True) if present
+        f"{column} = ?"
+        for column, present in zip(_OPTIONAL_COLUMNS, optional, strict=True)
+        if present
     ]
+    if count_attempt:
+        sets.append("attempts = attempts + 1")
     if only_from is not None:
         check_transition(only_from, target)
         sources = f"'{only_from.value}'"
@@ -743,7 +751,9 @@ def _claim_many(
     claimed: list[tuple[Any, ...] | None] = []
     events: list[tuple[Any, ...]] = []
     for message_id, route, now in items:
-        transition = Transition(message_id, State.SENDING, route=route)
+        # Every submit counts: the claim that hands the message to a driver is an attempt
+        # (the scheduler gives it back if the route could not take the message).
+        transition = Transition(message_id, State.SENDING, route=route, count_attempt=True)
         try:
             row = _apply(conn, transition, now, returning=_CLAIM_RETURNING, events=events)
         except IllegalTransition:
