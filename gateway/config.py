@@ -101,6 +101,9 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     default_region: str = "US"
     retry_base: PositiveFloat = 2.0
     retry_cap: PositiveFloat = 600.0
+    # Seconds a `sent` message waits for its receipt before it is reported
+    # `receipt_overdue` (still `sent`, not failed); 0 turns the report off.
+    receipt_deadline: Annotated[float, msgspec.Meta(ge=0)] = 72 * 3600.0
     classes: ClassesConfig = msgspec.field(default_factory=ClassesConfig)
 
     def policy(self, priority: Priority) -> ClassPolicy:

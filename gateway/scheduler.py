@@ -6,7 +6,9 @@ of a retry back-off), a heap of `scheduled` rows waiting for `send_at`, and a he
 expiry deadlines. Each round:
 
 1. `scheduled` rows whose time has come become `queued`;
-2. waiting rows past `expires_at` become `expired` (never sent late);
+2. waiting rows past `expires_at` become `expired` (never sent late), and `sent`
+   rows whose receipt is past `receipt_deadline` are flagged `receipt_overdue` (still
+   `sent`; the next sweep is due when the oldest one still waiting is);
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
    has a token (rate) and room (at most its window + `claim_ahead` dispatched). A route
@@ -59,6 +61,8 @@ from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
 log = structlog.get_logger("smsgw.scheduler")
 
 NOT_READY_COOL_DOWN = 1.0
+RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
+RECEIPT_SWEEP_RETRY = 60.0
 
 
 @dataclass(slots=True)
@@ -98,6 +102,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._claiming = True
         self._stopped = asyncio.Event()
+        self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class Scheduler:
         now = self._clock.time()
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
-        next_wake = self._dispatch_ready(now)
+        next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))
         if self._scheduled:
             next_wake = min(next_wake, self._scheduled[0][0] - now)
         if self._expiry:
@@ -247,6 +252,35 @@ class Scheduler:
             )
             self._metrics.final.labels("expired").inc(len(expired))
             log.info("messages_expired", count=len(expired))
+
+    async def _sweep_receipts(self, now: float) -> float:
+        """Flag `sent` messages whose receipt is overdue, when the oldest one falls due;
+        returns the seconds until the next sweep (inf with no deadline configured)."""
+        deadline = self._queue.receipt_deadline
+        if deadline <= 0:
+            return math.inf
+        if now < self._receipts_due:
+            return self._receipts_due - now
+        wanting = [int(p) for p in Priority if self._queue.policy(p).want_receipt]
+        try:
+            swept = await self._store.sweep_receipts(now - deadline, wanting, now, RECEIPT_BATCH)
+        except Exception as e:  # the store is struggling: try again later, not never
+            log.error("receipt_sweep_failed", error=exception_summary(e))
+            self._receipts_due = now + RECEIPT_SWEEP_RETRY
+            return RECEIPT_SWEEP_RETRY
+        by_route: dict[str, int] = {}
+        for _, route in swept.overdue:
+            by_route[route or ""] = by_route.get(route or "", 0) + 1
+        for route, count in by_route.items():
+            self._metrics.receipts_overdue.labels(route).inc(count)
+            log.warning("receipts_overdue", route=route, count=count)
+        if swept.more:
+            self._receipts_due = now
+        elif swept.oldest_waiting is not None:
+            self._receipts_due = swept.oldest_waiting + deadline
+        else:  # nothing waits: what is sent from now on falls due a deadline from now
+            self._receipts_due = now + deadline
+        return max(0.0, self._receipts_due - now)
 
     def _head(self, priority: Priority) -> Entry | None:
         heap = self._heaps[priority]

@@ -47,6 +47,7 @@ _LIST_QUERY = (
     ("status", "message state"),
     ("priority", "priority class"),
     ("route", "route name"),
+    ("receipt_overdue", "true: only messages whose receipt is overdue; false: the others"),
     ("since", "created at or after (RFC 3339 or Unix seconds)"),
     ("until", "created before (RFC 3339 or Unix seconds)"),
     ("to", "exact recipient number (matched through the blind index)"),

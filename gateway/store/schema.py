@@ -190,6 +190,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     """,
+    # 4 (i10-store): the receipt deadline. `receipt_overdue` is 1 for a `sent` message
+    #    whose receipt did not come within `[queue] receipt_deadline` (it stays 1 once
+    #    the receipt does come), 2 for one past the deadline in a class that asks for
+    #    no receipt (nothing to report). The partial index holds only the sent messages
+    #    still at 0, by the time they became `sent`: the sweep reads just the due ones.
+    """
+    ALTER TABLE messages ADD COLUMN receipt_overdue INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_awaiting_receipt ON messages (updated_at)
+        WHERE state = 'sent' AND receipt_overdue = 0;
+    """,
 )
 
 

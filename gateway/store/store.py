@@ -14,7 +14,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
-from gateway.store import crypto, inbound_parts
+from gateway.store import crypto, inbound_parts, receipt_deadline
 from gateway.store.reads import ReadPool
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
@@ -332,6 +332,14 @@ class Store:
             _mark_sent_many, (message_id, route, tuple(carrier_ids), now)
         )
         return state
+
+    async def sweep_receipts(
+        self, sent_before: float, wanting_receipts: Collection[int], now: float, limit: int
+    ) -> receipt_deadline.Sweep:
+        """Flag `sent` messages whose receipt is overdue (see `receipt_deadline.py`)."""
+        return await self.writer.run(
+            lambda conn: receipt_deadline.sweep(conn, sent_before, wanting_receipts, now, limit)
+        )
 
     async def apply_receipt(
         self,
