@@ -189,6 +189,9 @@ class DriverNotReady(DriverError):
 
 
 class DriverAuthFailed(DriverError):
+    """The carrier refused the route's credentials. The driver parks (health
+    `PARKED`): it tries them no more, on no timer, until `Resumable.resume()`."""
+
     code = "driver:auth_failed"
 
 
@@ -263,3 +266,14 @@ class Driver(Protocol):
     def health(self) -> RouteHealth: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A driver that parks on refused credentials (`DriverAuthFailed`).
+
+    `resume()` is the operator's action: read the credentials again and try them once
+    more. It returns False, changing nothing, when the route was not parked.
+    """
+
+    def resume(self) -> bool: ...

@@ -136,8 +136,10 @@ class Gateway:
         if route is None:
             return None
         action = "route_paused" if paused else "route_resumed"
+        if not paused and route.awaits_resume:
+            action = "route_reconnected"  # parked for refused credentials: bind once more
         await self.audit.record(actor, action, "route", route.name)
-        route.paused = paused
+        route.set_paused(paused)
         self.scheduler.wake()
         log.info(action, route=route.name, actor=actor)
         return route

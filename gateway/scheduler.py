@@ -103,6 +103,7 @@ class Scheduler:
         self._claiming = True
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
+        self._routes_changed = True  # a route's health may have changed: alert on parks
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -150,6 +151,8 @@ class Scheduler:
         self._waiting.pop(message_id, None)
 
     def wake(self) -> None:
+        """Something outside changed (a route's health, a pause): look again."""
+        self._routes_changed = True
         self._wake.set()
 
     # -- views ---------------------------------------------------------------------------
@@ -216,6 +219,10 @@ class Scheduler:
 
     async def _round(self) -> float:
         now = self._clock.time()
+        if self._routes_changed:
+            self._routes_changed = False
+            for route in self._routes.values():
+                route.observe_health(self._metrics)
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
         next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))
@@ -406,8 +413,8 @@ class Scheduler:
         except PermanentSendError as e:
             await self._finish_failed(entry, route, e.code)
         except DriverAuthFailed as e:
-            route.paused = True
-            log.error("route_auth_failed", route=route.name, code=e.code)
+            # The driver parked the route; its health says so (and wakes us to alert).
+            route.observe_health(self._metrics)
             await self._retry(entry, route, e.code, consume_attempt=False)
         except DriverNotReady as e:
             route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)
