@@ -108,6 +108,7 @@ class Gateway:
         """
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
+        await self.scheduler.restore_parks()  # refused credentials, still the same: no bind
         for route in self.routes.values():
             seed_usage = getattr(route.driver, "seed_usage", None)
             if callable(seed_usage):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -12,6 +14,7 @@ from drivers.base import Driver, Resumable, RouteHealth, RouteState
 from gateway.config import RouteConfig
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
+from gateway.store.route_parks import RouteParks
 
 log = structlog.get_logger("smsgw.routes")
 
@@ -89,13 +92,14 @@ class RouteRuntime:
             self.bucket.set_rate(min(configured, current + gained), now)
             self._recovered_at = now
 
-    def observe_health(self, metrics: Metrics) -> None:
+    def observe_health(self, metrics: Metrics) -> bool | None:
         """Raise the alert when the driver parks (the carrier refused its credentials:
-        an error in the log, `smsgw_route_auth_failed` 1) and clear it when it leaves."""
+        an error in the log, `smsgw_route_auth_failed` 1) and clear it when it leaves;
+        True when it just parked, False when it just left, None if neither."""
         health = self.health()
         parked = health.state is RouteState.PARKED
         if parked == self.auth_failed:
-            return
+            return None
         self.auth_failed = parked
         metrics.route_auth_failed.labels(self.name).set(1 if parked else 0)
         if parked:
@@ -103,6 +107,7 @@ class RouteRuntime:
             log.error("route_auth_failed", route=self.name, detail=health.detail)
         else:
             log.info("route_auth_cleared", route=self.name, state=health.state.value)
+        return parked
 
     def set_paused(self, paused: bool) -> bool:
         """An operator's pause or resume. Resuming a route parked for its credentials
@@ -140,3 +145,42 @@ class RouteRuntime:
             "counters": {**h.counters, **{f"gateway_{k}": v for k, v in self.counters.items()}},
             **({"members": {k: dict(v) for k, v in h.members.items()}} if h.members else {}),
         }
+
+
+async def note_parks(
+    routes: Iterable[RouteRuntime], parks: RouteParks, metrics: Metrics, now: float
+) -> None:
+    """Alert on routes that parked or left it, and remember (or forget) the refused
+    credentials' MAC so that a restart with the same ones stays parked."""
+    for route in routes:
+        changed = route.observe_health(metrics)
+        driver = route.driver
+        if changed is None or not isinstance(driver, Resumable):
+            continue
+        try:
+            code = driver.parked_code
+            if changed and code is not None:
+                await parks.remember(route.name, code, driver.credentials_mac(parks.key), now)
+            elif not changed:
+                await parks.forget(route.name)
+        except Exception as e:  # the alert stands; only the memory of it is lost
+            log.error("route_park_not_stored", route=route.name, error=type(e).__name__)
+
+
+async def restore_parks(routes: Iterable[RouteRuntime], parks: RouteParks) -> None:
+    """Before the drivers start: a route whose credentials the carrier refused before
+    a restart starts parked if they are unchanged; changed ones are tried."""
+    remembered = await parks.all()
+    for route in routes:
+        park, driver = remembered.get(route.name), route.driver
+        if park is None or not isinstance(driver, Resumable):
+            continue
+        try:
+            mac = driver.credentials_mac(parks.key)
+        except ValueError:  # unreadable: the driver cannot start either; keep the memory
+            continue
+        if hmac.compare_digest(mac, park.credentials_mac):
+            driver.park(park.code)
+        else:
+            log.info("route_credentials_changed", route=route.name)
+            await parks.forget(route.name)

@@ -54,8 +54,9 @@ from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.router import Router
-from gateway.routes import RouteRuntime
+from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
+from gateway.store.route_parks import RouteParks
 from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
 
 log = structlog.get_logger("smsgw.scheduler")
@@ -104,6 +105,7 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
+        self._parks = RouteParks(store)
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -149,6 +151,10 @@ class Scheduler:
     def forget(self, message_id: str) -> None:
         """Drop a message that left the queue by other means (cancelled)."""
         self._waiting.pop(message_id, None)
+
+    async def restore_parks(self) -> None:
+        """Before the drivers start: routes refused before a restart stay parked."""
+        await restore_parks(self._routes.values(), self._parks)
 
     def wake(self) -> None:
         """Something outside changed (a route's health, a pause): look again."""
@@ -221,8 +227,7 @@ class Scheduler:
         now = self._clock.time()
         if self._routes_changed:
             self._routes_changed = False
-            for route in self._routes.values():
-                route.observe_health(self._metrics)
+            await note_parks(self._routes.values(), self._parks, self._metrics, now)
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
         next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))
@@ -413,8 +418,7 @@ class Scheduler:
         except PermanentSendError as e:
             await self._finish_failed(entry, route, e.code)
         except DriverAuthFailed as e:
-            # The driver parked the route; its health says so (and wakes us to alert).
-            route.observe_health(self._metrics)
+            self.wake()  # the driver parked the route: the next round alerts
             await self._retry(entry, route, e.code, consume_attempt=False)
         except DriverNotReady as e:
             route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)

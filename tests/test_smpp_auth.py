@@ -27,6 +27,7 @@ from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
 from gateway.api.server import build_app, runner_options
 from gateway.app import Gateway
+from gateway.store.route_parks import RouteParks
 from gateway.tokens import create_token
 from tests.admin_support import PanelClient
 from tests.conftest import FAST_PASSWORD_HASH, accept, make_config, state_of
@@ -228,6 +229,7 @@ async def test_gateway_parks_alerts_and_resumes_on_the_operator_action(
         await gw.scheduler.run_until_idle()
         assert await state_of(gw, mid) in ("sent", "delivered")
         assert registry.get_sample_value("smsgw_route_auth_failed", {"route": "carrier"}) == 0
+        assert await RouteParks(gw.store).all() == {}  # a restart now binds
     finally:
         await client.close()
         await gw.stop()
@@ -265,3 +267,36 @@ async def test_panel_shows_the_parked_route_and_its_resume_rebinds(
     finally:
         await panel.client.close()
         await gw.stop()
+
+
+async def test_a_restart_with_the_same_credentials_stays_parked(
+    tmp_path: Path, sim: SmscSimulator, secret: Path
+) -> None:
+    clock = FakeClock()
+    config = make_config(tmp_path, [{"name": "carrier", "type": "smpp", **options(sim, secret)}])
+
+    async def run(until: RouteState) -> Gateway:
+        gw = await Gateway.open(config, clock)
+        until_state = watch_health(gw)
+        await gw.start(dispatch=False)
+        await until_state(until)
+        await gw.scheduler.run_until_idle()  # alerts, and remembers or forgets the park
+        return gw
+
+    gw = await run(RouteState.PARKED)
+    (park,) = (await RouteParks(gw.store).all()).values()
+    assert park.code == "smpp:0x0000000e"
+    await gw.stop()
+
+    gw = await run(RouteState.PARKED)  # parked from the start: no bind tried
+    registry = gw.metrics.registry
+    assert registry.get_sample_value("smsgw_route_auth_failed", {"route": "carrier"}) == 1
+    await parked_for(5, sim, clock)
+    assert (sim.connections, sim.binds) == (1, 0)
+    await gw.stop()
+
+    set_secret(secret, RIGHT)  # changed credentials: tried at the next start
+    gw = await run(RouteState.UP)
+    assert (sim.connections, sim.binds) == (2, 1)
+    assert await RouteParks(gw.store).all() == {}
+    await gw.stop()

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import random
 import ssl
@@ -193,6 +195,25 @@ class SmppDriver:
         self._open_gate()
         self._update_state()
         return True
+
+    @property
+    def parked_code(self) -> str | None:
+        return self._refused
+
+    def credentials_mac(self, key: bytes) -> bytes:
+        """HMAC of where and as whom the route binds, and the secret configured now."""
+        opts = self._opts
+        secret = read_secret(
+            file=opts.password_file, credential=opts.password_credential, value=opts.password
+        )
+        who = "\0".join((opts.host, str(opts.port), opts.system_id, secret or ""))
+        return hmac.new(key, who.encode(), hashlib.sha256).digest()
+
+    def park(self, code: str) -> None:
+        """Start parked: the carrier refused these credentials (`code`) before a restart."""
+        log.error("smpp_still_parked", route=self.name, code=code)
+        self._refused = code
+        self._update_state()
 
     async def aclose(self) -> None:
         self._closing = True

@@ -153,6 +153,11 @@ class Store:
         return keys
 
     @property
+    def master_key(self) -> bytes:
+        """For keys derived from it (audit chain, route credential MACs)."""
+        return self._master
+
+    @property
     def _crypto(self) -> crypto.FieldCipher:
         assert self.cipher is not None, "store is not open"
         return self.cipher
