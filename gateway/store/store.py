@@ -534,7 +534,7 @@ class Store:
         return await self.writer.run(job)
 
     # -- admin panel reads (gateway/admin/dashboard.py, pages.py) ------------------------
-    # Read-only, on the reader connection. Kept together to ease merging.
+    # Read-only, through the read pool. Kept together to ease merging.
 
     async def last_event_seq(self) -> int:
         cur = await self.reader.execute("SELECT max(seq) FROM message_events")
