@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 
 from drivers.base import DriverAuthFailed, OutboundSms, RouteHealth, RouteState
 from drivers.clock import FakeClock
-from drivers.smpp.driver import CREDENTIAL_CHECK, SmppDriver, SmppOptions
+from drivers.smpp.driver import SmppDriver, SmppOptions
+from drivers.smpp.gate import CREDENTIAL_CHECK
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.text import split
 from gateway.admin.repo import Role

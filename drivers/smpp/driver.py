@@ -17,11 +17,9 @@ session events into the driver contract:
   without losing its place or an attempt (`DriverNotReady` with `retry_after`).
 - A bind refused for its credentials (ESME_RINVPASWD, ESME_RINVSYSID, ESME_RBINDFAIL)
   is never retried on a timer, since carriers lock accounts after a few: the route
-  parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and no link binds until
-  `resume()` (an operator's action) or until the configured secret changes (re-read
-  every `CREDENTIAL_CHECK` seconds on the clock; reading a file costs the carrier
-  nothing). Links after the first bind only once the credentials were accepted, so
-  a wrong password costs one refused bind, not one per link.
+  parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and the `CredentialGate`
+  (`gate.py`) lets no link bind until `resume()` (an operator's action) or a changed
+  secret; links after the first bind only once the credentials were accepted.
 - A response timeout, or a link lost with submits outstanding or between the parts of
   a message, is a transient error with `maybe_sent`: the carrier may have the message
   (or some of its parts), so the resend is flagged as a possible duplicate.
@@ -37,8 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import random
 import ssl
@@ -61,10 +57,11 @@ from drivers.base import (
     SubmitResult,
     TransientSendError,
 )
-from drivers.clock import Clock, wait_event
-from drivers.credentials import SecretError, read_secret
+from drivers.clock import Clock
+from drivers.credentials import SecretError
 from drivers.smpp import dlr
 from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
+from drivers.smpp.gate import AUTH_REFUSALS, CredentialGate
 from drivers.smpp.link import Link
 from drivers.smpp.options import SmppOptions
 from drivers.smpp.pdu import Command, Pdu, Tag
@@ -88,9 +85,6 @@ from drivers.smpp.status import Status, classify, status_code
 log = structlog.get_logger("smsgw.smpp")
 
 ESM_RECEIPT = 0x04
-# bind refusals that mean the credentials are wrong: park, never rebind on a timer
-AUTH_REFUSALS = frozenset({Status.ESME_RBINDFAIL, Status.ESME_RINVPASWD, Status.ESME_RINVSYSID})
-CREDENTIAL_CHECK = 30.0  # seconds between re-reads of the secret while parked
 _RECEIPT_TLVS = {
     Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
     Tag.MESSAGE_STATE: "message_state",
@@ -126,9 +120,7 @@ class SmppDriver:
         self._detail = "connecting"
         self._closing = False
         self._last_failure = ""  # why the route is down, for `health().detail`
-        self._refused: str | None = None  # the status code that parked the route
-        self._credentials_ok = False  # accepted since start or resume: any link may bind
-        self._gate = asyncio.Event()  # set (and replaced) when either of those changes
+        self._gate = CredentialGate(name, options, clock)
         self._counters = dict.fromkeys(
             ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
         )
@@ -136,7 +128,7 @@ class SmppDriver:
     # -- the driver contract -------------------------------------------------------------
 
     async def start(self) -> None:
-        self._password = self._read_password()
+        self._gate.load()
         for link in self._links:
             self._tasks.append(asyncio.create_task(self._supervise(link)))
 
@@ -182,42 +174,35 @@ class SmppDriver:
 
     def resume(self) -> bool:
         """Read the credentials again and let the links bind; False if not parked."""
-        if self._refused is None:
+        was = self._gate.refused
+        if was is None:
             return False
         try:
-            self._password = self._read_password()
+            self._gate.reopen()
         except (DriverNotReady, SecretError) as e:
             log.error("smpp_resume_failed", route=self.name, error=str(e))
             return False
-        log.info("smpp_resumed", route=self.name, was=self._refused)
-        self._refused, self._credentials_ok = None, False
+        log.info("smpp_resumed", route=self.name, was=was)
         self._last_failure = "resumed: binding"
-        self._open_gate()
         self._update_state()
         return True
 
     @property
     def parked_code(self) -> str | None:
-        return self._refused
+        return self._gate.refused
 
     def credentials_mac(self, key: bytes) -> bytes:
-        """HMAC of where and as whom the route binds, and the secret configured now."""
-        opts = self._opts
-        secret = read_secret(
-            file=opts.password_file, credential=opts.password_credential, value=opts.password
-        )
-        who = "\0".join((opts.host, str(opts.port), opts.system_id, secret or ""))
-        return hmac.new(key, who.encode(), hashlib.sha256).digest()
+        return self._gate.mac(key)
 
     def park(self, code: str) -> None:
         """Start parked: the carrier refused these credentials (`code`) before a restart."""
         log.error("smpp_still_parked", route=self.name, code=code)
-        self._refused = code
+        self._gate.refuse(code)
         self._update_state()
 
     async def aclose(self) -> None:
         self._closing = True
-        self._open_gate()
+        self._gate.release()
         for link in self._links:
             if link.session is not None and link.bound and link.writer is not None:
                 link.session.unbind(now=self._now())
@@ -270,8 +255,8 @@ class SmppDriver:
                 raise DriverNotReady(
                     "carrier is throttling", code="smpp:throttled", retry_after=min(throttled)
                 )
-            if self._refused is not None:
-                raise DriverAuthFailed(self._parked_detail(), code=self._refused)
+            if self._gate.refused is not None:
+                raise DriverAuthFailed(self._gate.detail(), code=self._gate.refused)
             raise DriverNotReady(f"route {self.name} has no bound link with room")
         free = [lk for lk in ready if lk.throttled_until <= now]
         if not free:
@@ -335,7 +320,9 @@ class SmppDriver:
     async def _supervise(self, link: Link) -> None:
         delay = self._opts.reconnect_min
         while not self._closing:
-            if not await self._wait_turn(link):
+            if not await self._gate.wait_turn(
+                link.index == 0, lambda: self._closing, self._secret_changed
+            ):
                 return
             try:
                 bound = await self._run_link(link)
@@ -358,48 +345,16 @@ class SmppDriver:
             self._link_down(link)
             if self._closing:
                 return
-            if self._refused is not None:  # parked: `_wait_turn` holds the next bind
+            if self._gate.refused is not None:  # parked: the gate holds the next bind
                 delay = self._opts.reconnect_min
                 continue
             delay = self._opts.reconnect_min if bound else min(self._opts.reconnect_max, delay * 2)
             self._counters["reconnects"] += 1
             await self._clock.sleep(delay / 2 + self._rng.uniform(0, delay / 2))
 
-    async def _wait_turn(self, link: Link) -> bool:
-        """Hold a link's next connection while the route is parked (link 0 re-reads the
-        secret every `CREDENTIAL_CHECK` seconds and resumes if it changed) and, for
-        links after the first, until the credentials were accepted since start or
-        resume. False once the driver is closing."""
-        while not self._closing:
-            parked = self._refused is not None
-            if not parked and (link.index == 0 or self._credentials_ok):
-                return True
-            limit = CREDENTIAL_CHECK if parked and link.index == 0 else None
-            if not await wait_event(self._clock, self._gate, limit) and self._secret_changed():
-                log.info("smpp_credentials_changed", route=self.name)
-                self.resume()
-        return False
-
-    def _secret_changed(self) -> bool:
-        opts = self._opts
-        try:
-            secret = read_secret(
-                file=opts.password_file, credential=opts.password_credential, value=opts.password
-            )
-        except SecretError:
-            return False
-        return secret is not None and secret != self._password
-
-    def _open_gate(self) -> None:
-        """Wake every link waiting in `_wait_turn`."""
-        self._gate.set()
-        self._gate = asyncio.Event()
-
-    def _parked_detail(self) -> str:
-        return (
-            f"the carrier refused the credentials ({self._refused}): parked, no rebinds"
-            " until an operator resumes the route or the secret changes"
-        )
+    def _secret_changed(self) -> None:
+        log.info("smpp_credentials_changed", route=self.name)
+        self.resume()
 
     async def _run_link(self, link: Link) -> bool:
         """Connect, bind and serve until the session ends; True if it was bound."""
@@ -420,7 +375,7 @@ class SmppDriver:
         link.session = Session(SessionRole.ESME, config, now=self._now())
         link.writer = writer
         link.session.bind(
-            link.mode, opts.system_id, self._password, opts.system_type, now=self._now()
+            link.mode, opts.system_id, self._gate.password, opts.system_type, now=self._now()
         )
         link.flush()
         was_bound = False
@@ -460,9 +415,7 @@ class SmppDriver:
         if isinstance(event, Bound):
             link.bound = True
             self._last_failure = ""
-            if not self._credentials_ok:
-                self._credentials_ok = True
-                self._open_gate()
+            self._gate.accept()
             self._update_state()
             log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
             return True
@@ -483,8 +436,7 @@ class SmppDriver:
             log.error("smpp_bind_rejected", route=self.name, link=link.index, code=code, auth=auth)
             self._last_failure = f"bind rejected {code}"
             if auth:
-                self._refused = code
-                self._open_gate()
+                self._gate.refuse(code)
                 if link.session is not None:
                     link.session.close()  # nothing is in flight before a bind: just hang up
                 self._update_state()
@@ -605,14 +557,14 @@ class SmppDriver:
             return
         bound = [lk for lk in self._links if lk.bound]
         transmitting = [lk for lk in bound if lk.transmits]
-        if not transmitting and self._refused is not None:
-            self._set_state(RouteState.PARKED, self._parked_detail())
+        if not transmitting and self._gate.refused is not None:
+            self._set_state(RouteState.PARKED, self._gate.detail())
         elif not transmitting:
             self._set_state(RouteState.DOWN, self._last_failure or "no bound transmitter")
         elif len(bound) < len(self._links):
             detail = f"{len(bound)} of {len(self._links)} bound"
-            if self._refused is not None:  # the bound links serve on; none binds again
-                detail += f"; {self._parked_detail()}"
+            if self._gate.refused is not None:  # the bound links serve on; none rebinds
+                detail += f"; {self._gate.detail()}"
             self._set_state(RouteState.DEGRADED, detail)
         else:
             self._set_state(RouteState.UP, f"{len(bound)} bound")
@@ -622,17 +574,6 @@ class SmppDriver:
         self._state, self._detail = state, detail
         if changed:
             self._sink.health_changed(self.name, self.health())
-
-    def _read_password(self) -> str:
-        opts = self._opts
-        secret = read_secret(
-            file=opts.password_file, credential=opts.password_credential, value=opts.password
-        )
-        if secret is None:
-            raise DriverNotReady(
-                f"route {self.name}: no password configured", code="smpp:no_password"
-            )
-        return secret
 
     def _now(self) -> float:
         return self._clock.monotonic()
