@@ -4,13 +4,15 @@ scheduler's own timer, the store and the HTTP API."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drivers.clock import FakeClock
 from gateway.app import Gateway
-from tests.conftest import GatewayFactory, accept, settle_receipts, state_of
+from gateway.config import ConfigError
+from tests.conftest import GatewayFactory, accept, make_config, settle_receipts, state_of
 from tests.test_api import _api
 
 HOUR = 3600.0
@@ -133,3 +135,8 @@ async def test_a_full_batch_is_swept_again_at_once(
     await gw.scheduler._round()
     assert [await overdue_flag(gw, m) for m in ids] == [1] * 5
     assert overdue_count(gw) == 5
+
+
+def test_a_negative_deadline_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"queue\.receipt_deadline"):
+        make_config(tmp_path, queue={"receipt_deadline": -1})
