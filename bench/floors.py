@@ -146,8 +146,9 @@ def sql_floors() -> dict[str, float]:
 
     # The store's own statements (gateway.store.store), run bare: no Transition, no
     # savepoints, no grouping code around them.
-    route_only = (True, False, False, False, False)
-    claim_sql = _update_sql(State.SENDING, route_only, None, _CLAIM_RETURNING, False)
+    route_only = (True, False, False, False, False, False)
+    counted = (True, False, False, False, False, True)  # a claim counts the attempt
+    claim_sql = _update_sql(State.SENDING, counted, None, _CLAIM_RETURNING, False)
     sent_sql = _update_sql(State.SENT, route_only, None, "", False)
     delivered_sql = _update_sql(State.DELIVERED, route_only, State.SENT, "", True)
 

@@ -94,7 +94,7 @@ def own_cpu_seconds() -> float:
 @dataclass(frozen=True, slots=True)
 class CpuUse:
     """CPU over an interval: the server's event-loop thread, its other threads (SQLite
-    writer, aiosqlite reader), and foreign load (machine CPU that was neither the server,
+    writer, aiosqlite read pool), and foreign load (machine CPU that was neither the server,
     this process nor the wrk it ran): runs with foreign load are suspect."""
 
     seconds: float

@@ -189,6 +189,9 @@ class DriverNotReady(DriverError):
 
 
 class DriverAuthFailed(DriverError):
+    """The carrier refused the route's credentials. The driver parks (health
+    `PARKED`): it tries them no more, on no timer, until `Resumable.resume()`."""
+
     code = "driver:auth_failed"
 
 
@@ -263,3 +266,27 @@ class Driver(Protocol):
     def health(self) -> RouteHealth: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A driver that parks on refused credentials (`DriverAuthFailed`).
+
+    - `resume()` is the operator's action: read the credentials again and try them
+      once more. It returns False, changing nothing, when the route was not parked.
+    - `parked_code` is the refusal's error code while parked, else None.
+    - `credentials_mac(key)` is an HMAC-SHA256 under `key` of the credentials the
+      driver would present now (read afresh; `ValueError` if they cannot be read), so
+      the gateway can remember refused ones across a restart without keeping them.
+    - `park(code)`, before `start()`: start parked, as if just refused with `code`
+      (these credentials were refused before a restart and have not changed).
+    """
+
+    def resume(self) -> bool: ...
+
+    @property
+    def parked_code(self) -> str | None: ...
+
+    def credentials_mac(self, key: bytes) -> bytes: ...
+
+    def park(self, code: str) -> None: ...

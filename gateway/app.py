@@ -118,6 +118,7 @@ class Gateway:
         """
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
+        await self.scheduler.restore_parks()  # refused credentials, still the same: no bind
         for route in self.routes.values():
             seed_usage = getattr(route.driver, "seed_usage", None)
             if callable(seed_usage):
@@ -164,8 +165,10 @@ class Gateway:
         if route is None:
             return None
         action = "route_paused" if paused else "route_resumed"
+        if not paused and route.awaits_resume:
+            action = "route_reconnected"  # parked for refused credentials: bind once more
         await self.audit.record(actor, action, "route", route.name)
-        route.paused = paused
+        route.set_paused(paused)
         self.scheduler.wake()
         log.info(action, route=route.name, actor=actor)
         return route

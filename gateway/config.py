@@ -135,6 +135,9 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # How far ahead a send may be scheduled (send_at) and expire (expires_at, counted
     # from send_at): later times are refused at accept.
     max_schedule_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 365.0
+    # Seconds a `sent` message waits for its receipt before it is reported
+    # `receipt_overdue` (still `sent`, not failed); 0 turns the report off.
+    receipt_deadline: Annotated[float, msgspec.Meta(ge=0)] = 72 * 3600.0
     classes: ClassesConfig = msgspec.field(default_factory=ClassesConfig)
 
     def policy(self, priority: Priority) -> ClassPolicy:

@@ -58,6 +58,24 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.receipts_overdue = Counter(
+            "smsgw_receipts_overdue",
+            "Sent messages whose receipt did not come within [queue] receipt_deadline",
+            ["route"],
+            registry=r,
+        )
+        self.route_auth_failed = Gauge(
+            "smsgw_route_auth_failed",
+            "1 while a route is parked because the carrier refused its credentials",
+            ["route"],
+            registry=r,
+        )
+        self.route_auth_refusals = Counter(
+            "smsgw_route_auth_refusals",
+            "Times a carrier refused a route's credentials (each parks the route)",
+            ["route"],
+            registry=r,
+        )
         self.accept_latency = Histogram(
             "smsgw_accept_seconds",
             "HTTP accept time, request to durable commit",

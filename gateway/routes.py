@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from drivers.base import Driver, RouteHealth, RouteState
+import structlog
+
+from drivers.base import Driver, Resumable, RouteHealth, RouteState
 from gateway.config import RouteConfig
+from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
+from gateway.store.route_parks import RouteParks
+
+log = structlog.get_logger("smsgw.routes")
 
 MIN_RATE_SHARE = 0.1  # a throttled route never drops below this share of its rate
 RECOVERY_PER_SECOND = 0.1  # share of the configured rate won back per good second
@@ -21,7 +29,8 @@ class RouteRuntime:
     bucket: TokenBucket
     dispatched: int = 0  # claimed for this route and not yet answered by the carrier
     in_flight: int = 0  # at the carrier now; at most `window`
-    paused: bool = False
+    paused: bool = False  # by an operator
+    auth_failed: bool = False  # the driver parked: the carrier refused its credentials
     cool_until: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(init=False)
@@ -83,6 +92,36 @@ class RouteRuntime:
             self.bucket.set_rate(min(configured, current + gained), now)
             self._recovered_at = now
 
+    def observe_health(self, metrics: Metrics) -> bool | None:
+        """Raise the alert when the driver parks (the carrier refused its credentials:
+        an error in the log, `smsgw_route_auth_failed` 1) and clear it when it leaves;
+        True when it just parked, False when it just left, None if neither."""
+        health = self.health()
+        parked = health.state is RouteState.PARKED
+        if parked == self.auth_failed:
+            return None
+        self.auth_failed = parked
+        metrics.route_auth_failed.labels(self.name).set(1 if parked else 0)
+        if parked:
+            metrics.route_auth_refusals.labels(self.name).inc()
+            log.error("route_auth_failed", route=self.name, detail=health.detail)
+        else:
+            log.info("route_auth_cleared", route=self.name, state=health.state.value)
+        return parked
+
+    def set_paused(self, paused: bool) -> bool:
+        """An operator's pause or resume. Resuming a route parked for its credentials
+        also has its driver try them once more; True if it did."""
+        self.paused = paused
+        if paused or not isinstance(self.driver, Resumable):
+            return False
+        return self.driver.resume()
+
+    @property
+    def awaits_resume(self) -> bool:
+        """Parked by a driver that binds again only when resumed (refused credentials)."""
+        return self.health().state is RouteState.PARKED and isinstance(self.driver, Resumable)
+
     def count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1
 
@@ -99,7 +138,49 @@ class RouteRuntime:
             "burst": self.bucket.burst,
             "window": self.config.window,
             "in_flight": self.in_flight,
+            "paused": self.paused,
+            # the alert: the carrier refused the credentials; resume after fixing them
+            "auth_failed": h.state is RouteState.PARKED,
             "classes": list(self.config.classes),
             "counters": {**h.counters, **{f"gateway_{k}": v for k, v in self.counters.items()}},
             **({"members": {k: dict(v) for k, v in h.members.items()}} if h.members else {}),
         }
+
+
+async def note_parks(
+    routes: Iterable[RouteRuntime], parks: RouteParks, metrics: Metrics, now: float
+) -> None:
+    """Alert on routes that parked or left it, and remember (or forget) the refused
+    credentials' MAC so that a restart with the same ones stays parked."""
+    for route in routes:
+        changed = route.observe_health(metrics)
+        driver = route.driver
+        if changed is None or not isinstance(driver, Resumable):
+            continue
+        try:
+            code = driver.parked_code
+            if changed and code is not None:
+                await parks.remember(route.name, code, driver.credentials_mac(parks.key), now)
+            elif not changed:
+                await parks.forget(route.name)
+        except Exception as e:  # the alert stands; only the memory of it is lost
+            log.error("route_park_not_stored", route=route.name, error=type(e).__name__)
+
+
+async def restore_parks(routes: Iterable[RouteRuntime], parks: RouteParks) -> None:
+    """Before the drivers start: a route whose credentials the carrier refused before
+    a restart starts parked if they are unchanged; changed ones are tried."""
+    remembered = await parks.all()
+    for route in routes:
+        park, driver = remembered.get(route.name), route.driver
+        if park is None or not isinstance(driver, Resumable):
+            continue
+        try:
+            mac = driver.credentials_mac(parks.key)
+        except ValueError:  # unreadable: the driver cannot start either; keep the memory
+            continue
+        if hmac.compare_digest(mac, park.credentials_mac):
+            driver.park(park.code)
+        else:
+            log.info("route_credentials_changed", route=route.name)
+            await parks.forget(route.name)

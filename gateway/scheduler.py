@@ -6,7 +6,9 @@ of a retry back-off), a heap of `scheduled` rows waiting for `send_at`, and a he
 expiry deadlines. Each round:
 
 1. `scheduled` rows whose time has come become `queued`;
-2. waiting rows past `expires_at` become `expired` (never sent late);
+2. waiting rows past `expires_at` become `expired` (never sent late), and `sent`
+   rows whose receipt is past `receipt_deadline` are flagged `receipt_overdue` (still
+   `sent`; the next sweep is due when the oldest one still waiting is);
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
    has a token (rate) and room (at most its window + `claim_ahead` dispatched). A route
@@ -52,13 +54,16 @@ from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.router import Router
-from gateway.routes import RouteRuntime
+from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
+from gateway.store.route_parks import RouteParks
 from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
 
 log = structlog.get_logger("smsgw.scheduler")
 
 NOT_READY_COOL_DOWN = 1.0
+RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
+RECEIPT_SWEEP_RETRY = 60.0
 
 
 @dataclass(slots=True)
@@ -98,6 +103,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._claiming = True
         self._stopped = asyncio.Event()
+        self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
+        self._routes_changed = True  # a route's health may have changed: alert on parks
+        self._parks = RouteParks(store)
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -144,7 +152,13 @@ class Scheduler:
         """Drop a message that left the queue by other means (cancelled)."""
         self._waiting.pop(message_id, None)
 
+    async def restore_parks(self) -> None:
+        """Before the drivers start: routes refused before a restart stay parked."""
+        await restore_parks(self._routes.values(), self._parks)
+
     def wake(self) -> None:
+        """Something outside changed (a route's health, a pause): look again."""
+        self._routes_changed = True
         self._wake.set()
 
     # -- views ---------------------------------------------------------------------------
@@ -211,9 +225,12 @@ class Scheduler:
 
     async def _round(self) -> float:
         now = self._clock.time()
+        if self._routes_changed:
+            self._routes_changed = False
+            await note_parks(self._routes.values(), self._parks, self._metrics, now)
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
-        next_wake = self._dispatch_ready(now)
+        next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))
         if self._scheduled:
             next_wake = min(next_wake, self._scheduled[0][0] - now)
         if self._expiry:
@@ -247,6 +264,35 @@ class Scheduler:
             )
             self._metrics.final.labels("expired").inc(len(expired))
             log.info("messages_expired", count=len(expired))
+
+    async def _sweep_receipts(self, now: float) -> float:
+        """Flag `sent` messages whose receipt is overdue, when the oldest one falls due;
+        returns the seconds until the next sweep (inf with no deadline configured)."""
+        deadline = self._queue.receipt_deadline
+        if deadline <= 0:
+            return math.inf
+        if now < self._receipts_due:
+            return self._receipts_due - now
+        wanting = [int(p) for p in Priority if self._queue.policy(p).want_receipt]
+        try:
+            swept = await self._store.sweep_receipts(now - deadline, wanting, now, RECEIPT_BATCH)
+        except Exception as e:  # the store is struggling: try again later, not never
+            log.error("receipt_sweep_failed", error=exception_summary(e))
+            self._receipts_due = now + RECEIPT_SWEEP_RETRY
+            return RECEIPT_SWEEP_RETRY
+        by_route: dict[str, int] = {}
+        for _, route in swept.overdue:
+            by_route[route or ""] = by_route.get(route or "", 0) + 1
+        for route, count in by_route.items():
+            self._metrics.receipts_overdue.labels(route).inc(count)
+            log.warning("receipts_overdue", route=route, count=count)
+        if swept.more:
+            self._receipts_due = now
+        elif swept.oldest_waiting is not None:
+            self._receipts_due = swept.oldest_waiting + deadline
+        else:  # nothing waits: what is sent from now on falls due a deadline from now
+            self._receipts_due = now + deadline
+        return max(0.0, self._receipts_due - now)
 
     def _head(self, priority: Priority) -> Entry | None:
         heap = self._heaps[priority]
@@ -372,8 +418,7 @@ class Scheduler:
         except PermanentSendError as e:
             await self._finish_failed(entry, route, e.code)
         except DriverAuthFailed as e:
-            route.paused = True
-            log.error("route_auth_failed", route=route.name, code=e.code)
+            self.wake()  # the driver parked the route: the next round alerts
             await self._retry(entry, route, e.code, consume_attempt=False)
         except DriverNotReady as e:
             route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)
@@ -439,6 +484,8 @@ class Scheduler:
         maybe_sent: bool = False,
     ) -> None:
         now = self._clock.time()
+        # The claim counted this try; one that cost nothing (the route could not take
+        # the message) is given back by writing the count from before the claim.
         attempts = entry.attempts + (1 if consume_attempt else 0)
         route.count("retry")
         self._metrics.route(route.name).sends["retry"].inc()
@@ -453,7 +500,10 @@ class Scheduler:
         due = now + delay if consume_attempt or retry_after else min(entry.due_at, now)
         if max(due, now) >= entry.expires_at:
             await self._store.transition(
-                Transition(entry.id, State.EXPIRED, route=route.name, error_code=code), now
+                Transition(
+                    entry.id, State.EXPIRED, route=route.name, error_code=code, attempts=attempts
+                ),
+                now,
             )
             self._metrics.final.labels("expired").inc()
             return

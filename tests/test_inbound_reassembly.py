@@ -349,6 +349,30 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+def _back_to_version_1(conn: sqlite3.Connection) -> None:
+    """Undo every migration after the first: their tables, indexes and columns."""
+    fresh = sqlite3.connect(":memory:")
+    fresh.executescript(MIGRATIONS[0])
+
+    def names(c: sqlite3.Connection, kind: str) -> set[str]:
+        rows = c.execute(
+            "SELECT name FROM sqlite_master WHERE type = ? AND sql IS NOT NULL", (kind,)
+        )
+        return {r[0] for r in rows}
+
+    for table in _tables(conn) - _tables(fresh):
+        conn.execute(f"DROP TABLE {table}")
+    for index in names(conn, "index") - names(fresh, "index"):
+        conn.execute(f"DROP INDEX {index}")
+    for table in _tables(fresh):
+        extra = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        extra -= {r[1] for r in fresh.execute(f"PRAGMA table_info({table})")}
+        for column in extra:
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 1")
+    fresh.close()
+
+
 async def test_migration_2_keeps_inbound_rows_stored_before_it(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -364,10 +388,8 @@ async def test_migration_2_keeps_inbound_rows_stored_before_it(tmp_path: Path) -
         await store.close()
     # Now as if that row had been written by the version before: no `incomplete` yet.
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA user_version = 1")
-    for table in _tables(conn) - version_1:  # what migration 2 and later made
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("ALTER TABLE inbound DROP COLUMN incomplete")
+    _back_to_version_1(conn)  # what migration 2 and later made goes
+    assert _tables(conn) == version_1
     assert migrate(conn) == len(MIGRATIONS)
     conn.close()
     store = Store(path, key)

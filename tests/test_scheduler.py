@@ -214,7 +214,8 @@ async def test_permanent_error_fails_at_once(open_gateway: GatewayFactory) -> No
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(mid)
-    assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "loopback:reject", 0)
+    # The refused submit was an attempt all the same.
+    assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "loopback:reject", 1)
 
 
 async def test_queued_message_expires_instead_of_going_late(
@@ -458,3 +459,35 @@ async def test_throttling_halves_the_route_rate_and_it_recovers_gradually(
     await accept(gw)
     await gw.scheduler.run_until_idle()
     assert route.bucket.rate == pytest.approx(10.0)  # back to the contract, not beyond
+
+
+async def test_attempts_count_every_submit(open_gateway: GatewayFactory, clock) -> None:
+    """Issue 10, point 14: a message sent at the first try shows one attempt, one sent
+    after a refused try two; a try the route could not take (not ready) is none."""
+    from drivers.base import DriverNotReady, TransientSendError
+
+    gw = await open_gateway(queue={"retry_base": 1, "retry_cap": 1})
+    first = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(first)
+    assert (row["state"], row["attempts"]) == ("sent", 1)
+    sending = [e for e in await gw.store.events(first) if e["state"] == "sending"]
+    assert [e["attempt"] for e in sending] == [1]
+
+    fail_first_submit(gw, TransientSendError("busy", code="test:busy"))
+    second = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    assert (await gw.store.message_row(second))["attempts"] == 1
+    clock.advance(1)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(second)
+    assert (row["state"], row["attempts"]) == ("sent", 2)
+
+    fail_first_submit(gw, DriverNotReady("reconnecting", code="test:not_ready"))
+    third = await accept(gw)
+    await gw.scheduler.run_until_idle()
+    assert (await gw.store.message_row(third))["attempts"] == 0
+    clock.advance(1)
+    await gw.scheduler.run_until_idle()
+    row = await gw.store.message_row(third)
+    assert (row["state"], row["attempts"]) == ("sent", 1)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from drivers.base import (
+    DriverAuthFailed,
     DriverNotReady,
     InboundPart,
     OutboundSms,
@@ -159,7 +160,9 @@ async def test_permanent_rejection(peer: SmppPeer) -> None:
         await driver.aclose()
 
 
-async def test_wrong_password_keeps_the_route_down(peer: SmppPeer) -> None:
+async def test_wrong_password_parks_the_route(peer: SmppPeer) -> None:
+    """A bind refused for its credentials parks the route (no rebinds on a timer:
+    carriers lock accounts); sends get `DriverAuthFailed` until an operator resumes."""
     sink = Sink()
     opts = SmppOptions(
         host=peer.host,
@@ -172,9 +175,10 @@ async def test_wrong_password_keeps_the_route_down(peer: SmppPeer) -> None:
     driver = SmppDriver("carrier", opts, sink, SystemClock())
     await driver.start()
     try:
-        await sink.until(lambda: any("bind rejected" in h.detail for h in sink.healths))
+        await sink.until(lambda: driver.health().state is RouteState.PARKED)
+        assert "refused the credentials" in driver.health().detail
         assert not driver.health().can_send
-        with pytest.raises(DriverNotReady):
+        with pytest.raises(DriverAuthFailed):
             await driver.submit(_sms("hello"))
     finally:
         await driver.aclose()

@@ -198,7 +198,7 @@ async def test_happy_path_every_message_delivered_once(open_rig: RigFactory) -> 
         assert len(sent) == 1 and sent[0]["carrier_id"] in by_id
         row = await rig.gw.store.message_row(mid)
         assert row is not None
-        assert (row["route"], row["attempts"], row["possible_duplicate"]) == ("carrier", 0, 0)
+        assert (row["route"], row["attempts"], row["possible_duplicate"]) == ("carrier", 1, 0)
 
 
 async def test_a_route_window_wider_than_the_bind_waits_for_room(open_rig: RigFactory) -> None:
@@ -239,7 +239,7 @@ async def test_throttling_costs_no_attempt_and_keeps_priority(open_rig: RigFacto
     assert sorted(texts) == sorted(["bulk 0", "bulk 1", "bulk 2", "critical"])
     assert texts[0] == "critical"  # queued during the throttle, yet first out
     for row in await rig.rows(ids):
-        assert row["attempts"] == 0
+        assert row["attempts"] == 1  # the submit that went through; throttled ones cost none
         assert row["possible_duplicate"] == 0
     assert rig.driver.health().counters["throttled"] == 3
 
@@ -253,7 +253,7 @@ async def test_throttling_a_full_window_loses_nothing(open_rig: RigFactory) -> N
 
     assert Counter(_texts(rig.sim)) == Counter(f"burst {i}" for i in range(10))
     for row in await rig.rows(ids):
-        assert (row["attempts"], row["possible_duplicate"]) == (0, 0)
+        assert (row["attempts"], row["possible_duplicate"]) == (1, 0)
 
 
 async def test_throttled_message_keeps_its_place_in_its_class(open_rig: RigFactory) -> None:
@@ -318,7 +318,7 @@ async def test_throttling_storm_keeps_to_the_rate_costs_nothing_and_keeps_priori
         # for the window's edges and the loopback's jitter.
         assert _busiest(arrivals, width) <= burst + rate * width + 1, width
     for row in await rig.rows(ids):
-        assert (row["attempts"], row["possible_duplicate"]) == (0, 0)
+        assert (row["attempts"], row["possible_duplicate"]) == (1, 0)
     texts = _texts(rig.sim)
     assert Counter(texts) == Counter(
         [f"storm bulk {i}" for i in range(12)] + [f"storm critical {i}" for i in range(3)]
@@ -544,7 +544,7 @@ async def test_unframeable_garbage_resets_the_link_and_it_recovers(open_rig: Rig
 # -- 6. permanent rejection ---------------------------------------------------------------
 
 
-async def test_permanent_rejection_fails_without_an_attempt(open_rig: RigFactory) -> None:
+async def test_permanent_rejection_fails_without_a_retry(open_rig: RigFactory) -> None:
     rig = await open_rig()
     rig.sim.reject_next(Status.ESME_RINVDSTADR)  # 0x0B
     mid = await accept(rig.gw, body="bad number")
@@ -553,7 +553,7 @@ async def test_permanent_rejection_fails_without_an_attempt(open_rig: RigFactory
 
     row = await rig.gw.store.message_row(mid)
     assert row is not None
-    assert (row["error_code"], row["attempts"]) == ("smpp:0x0000000b", 0)
+    assert (row["error_code"], row["attempts"]) == ("smpp:0x0000000b", 1)
     assert rig.sim.submitted == []
 
 

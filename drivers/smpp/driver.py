@@ -15,6 +15,11 @@ session events into the driver contract:
   permanent → `PermanentSendError`, transient → `TransientSendError`, throttle →
   the link pauses with a growing back-off and the message goes back to the queue
   without losing its place or an attempt (`DriverNotReady` with `retry_after`).
+- A bind refused for its credentials (ESME_RINVPASWD, ESME_RINVSYSID, ESME_RBINDFAIL)
+  is never retried on a timer, since carriers lock accounts after a few: the route
+  parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and the `CredentialGate`
+  (`gate.py`) lets no link bind until `resume()` (an operator's action) or a changed
+  secret; links after the first bind only once the credentials were accepted.
 - A response timeout, or a link lost with submits outstanding or between the parts of
   a message, is a transient error with `maybe_sent`: the carrier may have the message
   (or some of its parts), so the resend is flagged as a possible duplicate.
@@ -34,13 +39,12 @@ import itertools
 import random
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar
 
-import msgspec
 import structlog
 
 from drivers.base import (
+    DriverAuthFailed,
     DriverNotReady,
     EventSink,
     InboundPart,
@@ -54,9 +58,12 @@ from drivers.base import (
     TransientSendError,
 )
 from drivers.clock import Clock
-from drivers.credentials import read_secret
+from drivers.credentials import SecretError
 from drivers.smpp import dlr
 from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
+from drivers.smpp.gate import AUTH_REFUSALS, CredentialGate
+from drivers.smpp.link import Link
+from drivers.smpp.options import SmppOptions
 from drivers.smpp.pdu import Command, Pdu, Tag
 from drivers.smpp.session import (
     BindMode,
@@ -77,100 +84,13 @@ from drivers.smpp.status import Status, classify, status_code
 
 log = structlog.get_logger("smsgw.smpp")
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-Octet = Annotated[int, msgspec.Meta(ge=0, le=255)]
 ESM_RECEIPT = 0x04
-# deliver_sm awaiting their commit per link before the link stops reading
-INBOUND_CONCURRENCY = 256
 _RECEIPT_TLVS = {
     Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
     Tag.MESSAGE_STATE: "message_state",
     Tag.NETWORK_ERROR_CODE: "network_error_code",
     Tag.MESSAGE_PAYLOAD: "message_payload",
 }
-
-
-class SmppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Options of a `type = "smpp"` route (see config/smsgw.example.toml)."""
-
-    host: str
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2775
-    system_id: str
-    password_file: str | None = None
-    password_credential: str | None = None
-    password: str | None = None
-    system_type: str = ""
-    bind: Literal["transceiver", "transmitter+receiver"] = "transceiver"
-    binds: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
-    tls: bool = False
-    tls_ca_file: str | None = None
-    source_addr: str = ""
-    source_addr_ton: Octet = 0
-    source_addr_npi: Octet = 0
-    dest_addr_ton: Octet = 1
-    dest_addr_npi: Octet = 1
-    gsm_coding: Literal[0, 3] = 0
-    long_messages: Literal["udh", "sar", "payload"] = "udh"
-    ref_bits: Literal[8, 16] = 8
-    session_window: Annotated[int, msgspec.Meta(ge=1)] = 10
-    enquire_link_interval: Positive = 30.0
-    response_timeout: Positive = 30.0
-    bind_timeout: Positive = 30.0
-    inactivity_timeout: Positive = 300.0
-    reconnect_min: Positive = 1.0
-    reconnect_max: Positive = 60.0
-    throttle_min: Positive = 1.0
-    throttle_max: Positive = 30.0
-    status_classes: dict[str, Literal["transient", "permanent", "throttle"]] = {}
-
-    def overrides(self) -> dict[int, str]:
-        return {int(k, 0): v for k, v in self.status_classes.items()}
-
-
-@dataclass(eq=False)
-class _Link:
-    """One connection and its session; `mode` is what this link binds as."""
-
-    index: int
-    mode: BindMode
-    session: Session | None = None
-    writer: asyncio.StreamWriter | None = None
-    bound: bool = False
-    throttled_until: float = 0.0
-    throttle_backoff: float = 0.0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    inbound_slots: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(INBOUND_CONCURRENCY)
-    )
-    flush_pending: bool = False
-    sleeps_until: float | None = None  # the deadline the link's loop waits for
-
-    @property
-    def transmits(self) -> bool:
-        return self.mode != "receiver"
-
-    def flush(self) -> None:
-        if self.session is not None and self.writer is not None:
-            data = self.session.data_to_send()
-            if data:
-                self.writer.write(data)
-
-    def nudge(self) -> None:
-        """After a request or response was queued on the session: write it soon (one
-        write for everything queued in this turn of the loop, not one per PDU), and wake
-        the link's loop only if the session now has an earlier deadline than the one the
-        loop sleeps until."""
-        if not self.flush_pending:
-            self.flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-        session = self.session
-        deadline = None if session is None else session.next_deadline()
-        if deadline is not None and (self.sleeps_until is None or deadline < self.sleeps_until):
-            self.wake.set()
-
-    def _flush_soon(self) -> None:
-        self.flush_pending = False
-        self.flush()
 
 
 class SmppDriver:
@@ -190,7 +110,7 @@ class SmppDriver:
         modes: list[BindMode] = (
             ["transceiver"] if options.bind == "transceiver" else ["transmitter", "receiver"]
         )
-        self._links = [_Link(i, m) for i, m in enumerate(modes * options.binds)]
+        self._links = [Link(i, m) for i, m in enumerate(modes * options.binds)]
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._room = asyncio.Event()  # set when a window slot frees or a link changes
@@ -200,6 +120,7 @@ class SmppDriver:
         self._detail = "connecting"
         self._closing = False
         self._last_failure = ""  # why the route is down, for `health().detail`
+        self._gate = CredentialGate(name, options, clock)
         self._counters = dict.fromkeys(
             ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
         )
@@ -207,7 +128,7 @@ class SmppDriver:
     # -- the driver contract -------------------------------------------------------------
 
     async def start(self) -> None:
-        self._password = self._read_password()
+        self._gate.load()
         for link in self._links:
             self._tasks.append(asyncio.create_task(self._supervise(link)))
 
@@ -251,8 +172,37 @@ class SmppDriver:
         self._counters["submitted"] += 1
         return SubmitResult(carrier_ids=tuple(ids))
 
+    def resume(self) -> bool:
+        """Read the credentials again and let the links bind; False if not parked."""
+        was = self._gate.refused
+        if was is None:
+            return False
+        try:
+            self._gate.reopen()
+        except (DriverNotReady, SecretError) as e:
+            log.error("smpp_resume_failed", route=self.name, error=str(e))
+            return False
+        log.info("smpp_resumed", route=self.name, was=was)
+        self._last_failure = "resumed: binding"
+        self._update_state()
+        return True
+
+    @property
+    def parked_code(self) -> str | None:
+        return self._gate.refused
+
+    def credentials_mac(self, key: bytes) -> bytes:
+        return self._gate.mac(key)
+
+    def park(self, code: str) -> None:
+        """Start parked: the carrier refused these credentials (`code`) before a restart."""
+        log.error("smpp_still_parked", route=self.name, code=code)
+        self._gate.refuse(code)
+        self._update_state()
+
     async def aclose(self) -> None:
         self._closing = True
+        self._gate.release()
         for link in self._links:
             if link.session is not None and link.bound and link.writer is not None:
                 link.session.unbind(now=self._now())
@@ -268,7 +218,7 @@ class SmppDriver:
 
     # -- submitting ----------------------------------------------------------------------
 
-    async def _link_with_room(self) -> _Link:
+    async def _link_with_room(self) -> Link:
         """A bound link with a free window slot, waiting (up to the response timeout)
         while every bound link's window is full: the route's window may be larger than
         the binds' windows together, and a full window is not a reason to re-queue."""
@@ -287,7 +237,7 @@ class SmppDriver:
                 f"route {self.name}: the carrier's window stayed full", code="smpp:window_full"
             ) from None
 
-    def _pick_link(self) -> _Link | None:
+    def _pick_link(self) -> Link | None:
         """A link to send on now; None when bound links exist but their windows are
         full; raises DriverNotReady when none is bound or all are throttled."""
         now = self._now()
@@ -305,6 +255,8 @@ class SmppDriver:
                 raise DriverNotReady(
                     "carrier is throttling", code="smpp:throttled", retry_after=min(throttled)
                 )
+            if self._gate.refused is not None:
+                raise DriverAuthFailed(self._gate.detail(), code=self._gate.refused)
             raise DriverNotReady(f"route {self.name} has no bound link with room")
         free = [lk for lk in ready if lk.throttled_until <= now]
         if not free:
@@ -314,7 +266,7 @@ class SmppDriver:
 
     async def _request(
         self,
-        link: _Link,
+        link: Link,
         command: Command,
         params: Mapping[str, object],
         tlvs: Mapping[int, int | bytes],
@@ -335,7 +287,7 @@ class SmppDriver:
         link.nudge()
         return await future
 
-    def _fail(self, link: _Link, status: int, *, sent_parts: int) -> None:
+    def _fail(self, link: Link, status: int, *, sent_parts: int) -> None:
         kind = classify(status, self._overrides)
         code = status_code(status)
         maybe_sent = sent_parts > 0
@@ -365,9 +317,13 @@ class SmppDriver:
 
     # -- the link's life -----------------------------------------------------------------
 
-    async def _supervise(self, link: _Link) -> None:
+    async def _supervise(self, link: Link) -> None:
         delay = self._opts.reconnect_min
         while not self._closing:
+            if not await self._gate.wait_turn(
+                link.index == 0, lambda: self._closing, self._secret_changed
+            ):
+                return
             try:
                 bound = await self._run_link(link)
             except (OSError, TimeoutError, ssl.SSLError) as e:
@@ -389,11 +345,18 @@ class SmppDriver:
             self._link_down(link)
             if self._closing:
                 return
+            if self._gate.refused is not None:  # parked: the gate holds the next bind
+                delay = self._opts.reconnect_min
+                continue
             delay = self._opts.reconnect_min if bound else min(self._opts.reconnect_max, delay * 2)
             self._counters["reconnects"] += 1
             await self._clock.sleep(delay / 2 + self._rng.uniform(0, delay / 2))
 
-    async def _run_link(self, link: _Link) -> bool:
+    def _secret_changed(self) -> None:
+        log.info("smpp_credentials_changed", route=self.name)
+        self.resume()
+
+    async def _run_link(self, link: Link) -> bool:
         """Connect, bind and serve until the session ends; True if it was bound."""
         opts = self._opts
         context = None
@@ -412,7 +375,7 @@ class SmppDriver:
         link.session = Session(SessionRole.ESME, config, now=self._now())
         link.writer = writer
         link.session.bind(
-            link.mode, opts.system_id, self._password, opts.system_type, now=self._now()
+            link.mode, opts.system_id, self._gate.password, opts.system_type, now=self._now()
         )
         link.flush()
         was_bound = False
@@ -447,11 +410,12 @@ class SmppDriver:
                 await writer.wait_closed()
         return was_bound
 
-    async def _on_event(self, link: _Link, event: Event) -> bool:
+    async def _on_event(self, link: Link, event: Event) -> bool:
         """Act on one session event; True when it bound the link."""
         if isinstance(event, Bound):
             link.bound = True
             self._last_failure = ""
+            self._gate.accept()
             self._update_state()
             log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
             return True
@@ -467,14 +431,17 @@ class SmppDriver:
                 ),
             )
         elif isinstance(event, BindRejected):
-            log.error(
-                "smpp_bind_rejected",
-                route=self.name,
-                link=link.index,
-                code=status_code(event.status),
-            )
-            self._last_failure = f"bind rejected {status_code(event.status)}"
-            self._set_state(RouteState.DOWN, self._last_failure)
+            code = status_code(event.status)
+            auth = event.status in AUTH_REFUSALS
+            log.error("smpp_bind_rejected", route=self.name, link=link.index, code=code, auth=auth)
+            self._last_failure = f"bind rejected {code}"
+            if auth:
+                self._gate.refuse(code)
+                if link.session is not None:
+                    link.session.close()  # nothing is in flight before a bind: just hang up
+                self._update_state()
+            else:
+                self._set_state(RouteState.DOWN, self._last_failure)
         elif isinstance(event, Request):
             # Each deliver_sm is answered once its receipt or message is committed; they
             # are handled side by side so that one commit covers many (group commit), and
@@ -503,7 +470,7 @@ class SmppDriver:
             )
         return False
 
-    def _link_down(self, link: _Link) -> None:
+    def _link_down(self, link: Link) -> None:
         if link.session is not None:
             for item in link.session.close():
                 self._reject(
@@ -519,14 +486,14 @@ class SmppDriver:
 
     # -- inbound -------------------------------------------------------------------------
 
-    def _inbound_done(self, link: _Link) -> Callable[[asyncio.Task[None]], None]:
+    def _inbound_done(self, link: Link) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
             self._inbound_tasks.discard(task)
             link.inbound_slots.release()
 
         return done
 
-    async def _on_request(self, link: _Link, pdu: Pdu) -> None:
+    async def _on_request(self, link: Link, pdu: Pdu) -> None:
         session = link.session
         if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
             return
@@ -590,10 +557,15 @@ class SmppDriver:
             return
         bound = [lk for lk in self._links if lk.bound]
         transmitting = [lk for lk in bound if lk.transmits]
-        if not transmitting:
+        if not transmitting and self._gate.refused is not None:
+            self._set_state(RouteState.PARKED, self._gate.detail())
+        elif not transmitting:
             self._set_state(RouteState.DOWN, self._last_failure or "no bound transmitter")
         elif len(bound) < len(self._links):
-            self._set_state(RouteState.DEGRADED, f"{len(bound)} of {len(self._links)} bound")
+            detail = f"{len(bound)} of {len(self._links)} bound"
+            if self._gate.refused is not None:  # the bound links serve on; none rebinds
+                detail += f"; {self._gate.detail()}"
+            self._set_state(RouteState.DEGRADED, detail)
         else:
             self._set_state(RouteState.UP, f"{len(bound)} bound")
 
@@ -602,17 +574,6 @@ class SmppDriver:
         self._state, self._detail = state, detail
         if changed:
             self._sink.health_changed(self.name, self.health())
-
-    def _read_password(self) -> str:
-        opts = self._opts
-        secret = read_secret(
-            file=opts.password_file, credential=opts.password_credential, value=opts.password
-        )
-        if secret is None:
-            raise DriverNotReady(
-                f"route {self.name}: no password configured", code="smpp:no_password"
-            )
-        return secret
 
     def _now(self) -> float:
         return self._clock.monotonic()

@@ -70,7 +70,9 @@ def route_cards(gw: Gateway, sending: Mapping[str, int]) -> list[dict[str, Any]]
                 "type": route.config.type,
                 "state": "paused" if route.paused else health.state.value,
                 "detail": health.detail,
-                "paused": route.paused,
+                # Parked for refused credentials: offer Resume, which binds once more.
+                "paused": route.paused or route.awaits_resume,
+                "auth_failed": health.state.value == "parked",  # the alert, for any driver
                 "throttled": _throttled(gw, route),
                 "rate": None if rate is None else round(rate, 2),
                 "configured_rate": route.config.rate,

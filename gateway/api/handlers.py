@@ -318,6 +318,15 @@ async def list_messages(request: web.Request) -> web.Response:
             ) from None
     if "route" in q:
         where.append(("route = ?", q["route"]))
+    if "receipt_overdue" in q:
+        if q["receipt_overdue"] not in ("true", "false"):
+            raise ApiError(
+                400,
+                "invalid_query",
+                "receipt_overdue: expected true or false",
+                field="receipt_overdue",
+            )
+        where.append(("(receipt_overdue = 1) = ?", q["receipt_overdue"] == "true"))
     for name, clause in (("since", "created_at >= ?"), ("until", "created_at < ?")):
         value = _query_float(request, name)
         if value is not None:

@@ -66,6 +66,11 @@ _LIST_QUERY = (
     Query("status", "message state", {"type": "string", "enum": [s.value for s in State]}),
     Query("priority", "priority class", {"type": "string", "enum": [p.label for p in Priority]}),
     Query("route", "route name"),
+    Query(
+        "receipt_overdue",
+        "true: only messages whose receipt is overdue; false: the others",
+        {"type": "string", "enum": ["true", "false"]},
+    ),
     Query("since", "created at or after (RFC 3339 or Unix seconds)", _TIME),
     Query("until", "created before (RFC 3339 or Unix seconds)", _TIME),
     Query(

@@ -43,6 +43,8 @@ class MessageView(msgspec.Struct, frozen=True):
     attempts: int
     possible_duplicate: bool
     error_code: str | None
+    # `sent`, and no receipt within [queue] receipt_deadline (stays true once it comes)
+    receipt_overdue: bool
     carrier_ids: list[str] | None = None
     events: list[EventView] | None = None
 
@@ -138,6 +140,7 @@ def message_view(
         attempts=row["attempts"],
         possible_duplicate=bool(row["possible_duplicate"]),
         error_code=row["error_code"],
+        receipt_overdue=row["receipt_overdue"] == 1,
         carrier_ids=carrier_ids,
         events=event_views,
     )

@@ -202,6 +202,25 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX audit_repeats_closes ON audit_repeats (closes_at);
     """,
+    # 5 (i10-store): the receipt deadline. `receipt_overdue` is 1 for a `sent` message
+    #    whose receipt did not come within `[queue] receipt_deadline` (it stays 1 once
+    #    the receipt does come), 2 for one past the deadline in a class that asks for
+    #    no receipt (nothing to report). The partial index holds only the sent messages
+    #    still at 0, by the time they became `sent`: the sweep reads just the due ones.
+    #    `route_parks`: routes parked because the carrier refused their credentials,
+    #    with an HMAC of those credentials (never the secret), so a restart with the
+    #    same ones stays parked instead of trying them again.
+    """
+    ALTER TABLE messages ADD COLUMN receipt_overdue INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_awaiting_receipt ON messages (updated_at)
+        WHERE state = 'sent' AND receipt_overdue = 0;
+    CREATE TABLE route_parks (
+        route            TEXT PRIMARY KEY,
+        code             TEXT NOT NULL,
+        credentials_mac  BLOB NOT NULL,
+        parked_at        REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 

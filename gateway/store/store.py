@@ -1,8 +1,9 @@
 """The message store: SQLite in WAL mode, personal fields encrypted, queue on disk.
 
 Writes go through the group-commit writer (one connection, one transaction in
-flight); reads use a separate aiosqlite connection, which in WAL mode never waits for
-the writer. Every state change checks the lifecycle table inside the writer's
+flight); reads go through a pool of read-only connections (`reads.py`), each read whole
+in one call, so a read that starts after a commit sees it, and in WAL mode never waits
+for the writer. Every state change checks the lifecycle table inside the writer's
 transaction and appends an event row in the same transaction, so a message's history
 and its state never disagree.
 """
@@ -13,17 +14,16 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aiosqlite
-
 from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
-from gateway.store import crypto, inbound_parts
+from gateway.store import crypto, inbound_parts, receipt_deadline
+from gateway.store.reads import ReadPool
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -88,6 +88,7 @@ class Transition:
     attempts: int | None = None
     possible_duplicate: bool | None = None
     carrier_id: str | None = None
+    count_attempt: bool = False  # one more submit: `attempts + 1`, in the same UPDATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,7 @@ class Store:
         self.path = path
         self._master = master_key
         self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
-        self._reader: aiosqlite.Connection | None = None
+        self._reader: ReadPool | None = None
         self.cipher: crypto.FieldCipher | None = None
 
     # -- life --------------------------------------------------------------------------
@@ -125,9 +126,8 @@ class Store:
         await self.writer.call_outside_transaction(migrate)
         keys = await self.writer.run(self._load_or_create_keys)
         self.cipher = crypto.FieldCipher(keys["field"], keys["blind"][1])
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA query_only = ON")
-        self._reader.row_factory = sqlite3.Row
+        self._reader = ReadPool(self.path)
+        await self._reader.open()
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -153,12 +153,17 @@ class Store:
         return keys
 
     @property
+    def master_key(self) -> bytes:
+        """For keys derived from it (audit chain, route credential MACs)."""
+        return self._master
+
+    @property
     def _crypto(self) -> crypto.FieldCipher:
         assert self.cipher is not None, "store is not open"
         return self.cipher
 
     @property
-    def reader(self) -> aiosqlite.Connection:
+    def reader(self) -> ReadPool:
         assert self._reader is not None, "store is not open"
         return self._reader
 
@@ -337,6 +342,14 @@ class Store:
             _mark_sent_many, (message_id, route, tuple(carrier_ids), now)
         )
         return state
+
+    async def sweep_receipts(
+        self, sent_before: float, wanting_receipts: Collection[int], now: float, limit: int
+    ) -> receipt_deadline.Sweep:
+        """Flag `sent` messages whose receipt is overdue (see `receipt_deadline.py`)."""
+        return await self.writer.run(
+            lambda conn: receipt_deadline.sweep(conn, sent_before, wanting_receipts, now, limit)
+        )
 
     async def apply_receipt(
         self,
@@ -526,7 +539,7 @@ class Store:
         return await self.writer.run(job)
 
     # -- admin panel reads (gateway/admin/dashboard.py, pages.py) ------------------------
-    # Read-only, on the reader connection. Kept together to ease merging.
+    # Read-only, through the read pool. Kept together to ease merging.
 
     async def last_event_seq(self) -> int:
         cur = await self.reader.execute("SELECT max(seq) FROM message_events")
@@ -621,6 +634,7 @@ def _apply(
         t.due_at is not None,
         t.attempts is not None,
         duplicate is not None,
+        t.count_attempt,
     )
     sql = _update_sql(t.target, shape, only_from, returning, unless_parts_pending)
     where = (t.message_id, t.message_id) if unless_parts_pending else (t.message_id,)
@@ -669,11 +683,17 @@ def _update_sql(
 ) -> str:
     """The UPDATE for one shape of transition (built once, then served from the cache):
     parameters are the target, the time, the columns `shape` marks present, the id (and
-    the id again when `unless_parts_pending`)."""
+    the id again when `unless_parts_pending`). The last item of `shape` adds one to
+    `attempts`, which RETURNING then reports."""
     sets = ["state = ?", "updated_at = ?"]
+    *optional, count_attempt = shape
     sets += [
-        f"{column} = ?" for column, present in zip(_OPTIONAL_COLUMNS, shape, strict=True) if present
+        f"{column} = ?"
+        for column, present in zip(_OPTIONAL_COLUMNS, optional, strict=True)
+        if present
     ]
+    if count_attempt:
+        sets.append("attempts = attempts + 1")
     if only_from is not None:
         check_transition(only_from, target)
         sources = f"'{only_from.value}'"
@@ -749,7 +769,9 @@ def _claim_many(
     claimed: list[tuple[Any, ...] | None] = []
     events: list[tuple[Any, ...]] = []
     for message_id, route, now in items:
-        transition = Transition(message_id, State.SENDING, route=route)
+        # Every submit counts: the claim that hands the message to a driver is an attempt
+        # (the scheduler gives it back if the route could not take the message).
+        transition = Transition(message_id, State.SENDING, route=route, count_attempt=True)
         try:
             row = _apply(conn, transition, now, returning=_CLAIM_RETURNING, events=events)
         except IllegalTransition:
