@@ -88,7 +88,9 @@ async def _page(request: web.Request, verification: object = None) -> web.Respon
     users = {u.id: u.username for u in await p.repo.users()}
     tokens = {t.id: t.name for t in await p.gateway.store.tokens()}
     rows = [
-        AuditRow(e, _who(e.actor, users, tokens), _target(e, users, tokens), _details(e.detail, users))
+        AuditRow(
+            e, _who(e.actor, users, tokens), _target(e, users, tokens), _details(e.detail, users)
+        )
         for e in entries
     ]
     return render(

@@ -50,7 +50,10 @@ CONTRAST_JS = """() => {
     return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
   }
   function lum(c) {
-    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    const f = (v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    };
     return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
   }
   function ratio(a, b) {
@@ -66,7 +69,8 @@ CONTRAST_JS = """() => {
   }
   function describe(n) {
     return n.tagName.toLowerCase() + (n.id ? "#" + n.id : "") +
-      (n.className && typeof n.className === "string" ? "." + n.className.trim().split(/\\s+/).join(".") : "") +
+      (typeof n.className === "string" && n.className
+        ? "." + n.className.trim().split(/\\s+/).join(".") : "") +
       " '" + (n.textContent || n.value || "").trim().slice(0, 30) + "'";
   }
   window.__a11y = {parse, ratio, background, describe};
@@ -190,9 +194,7 @@ def axe_violations(page: Any) -> list[str]:
     result = page.evaluate(
         "tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", AXE_TAGS
     )
-    return [
-        f"{v['id']}: {[n['target'] for n in v['nodes']][:3]}" for v in result["violations"]
-    ]
+    return [f"{v['id']}: {[n['target'] for n in v['nodes']][:3]}" for v in result["violations"]]
 
 
 def overflow(page: Any) -> str | None:
@@ -214,7 +216,8 @@ def overflow(page: Any) -> str | None:
             if (r.right > right + 0.5) { right = r.right; worst = n; }
           });
           return document.documentElement.scrollWidth + " > " + width + " (" +
-            (worst ? worst.tagName + "." + worst.className + " right " + Math.round(right) : "?") + ")";
+            (worst ? worst.tagName + "." + worst.className + " right " + Math.round(right)
+                   : "?") + ")";
         }"""
     )
 
@@ -334,11 +337,14 @@ def test_chart_labels_do_not_overlap_on_a_tablet(admin_ctx: Any, gw: Gateway) ->
                   return {text, lo: at - size / 2, hi: at + size / 2};
                 }).filter((b) => b.text).sort((a, b) => a.lo - b.lo);
                 for (let j = 1; j < boxes.length; j++) {
-                  if (boxes[j].lo < boxes[j - 1].hi + 4) out.push(boxes[j - 1].text + ' / ' + boxes[j].text);
+                  if (boxes[j].lo < boxes[j - 1].hi + 4) {
+                    out.push(boxes[j - 1].text + ' / ' + boxes[j].text);
+                  }
                 }
                 const plot = u.over.getBoundingClientRect();
-                if (i === 0 && boxes.length && (boxes[0].lo < -plot.left ||
-                    boxes[boxes.length - 1].hi > document.documentElement.clientWidth - plot.left)) {
+                const right = document.documentElement.clientWidth - plot.left;
+                if (i === 0 && boxes.length &&
+                    (boxes[0].lo < -plot.left || boxes[boxes.length - 1].hi > right)) {
                   out.push('a label leaves the page');
                 }
               });
@@ -374,7 +380,8 @@ def test_live_figures_are_rewritten_only_when_they_change(
     before = int(re.sub(r"\D", "", page.inner_text("#sent-last-hour")) or 0)
     gw.send(body="counted")
     page.wait_for_function(
-        "n => Number(document.querySelector('#sent-last-hour').textContent.replace(/\\D/g, '')) > n",
+        "n => Number(document.querySelector('#sent-last-hour').textContent"
+        ".replace(/\\D/g, '')) > n",
         arg=before,
     )
     assert "sent-last-hour" in page.evaluate("window.__mutated")
@@ -421,7 +428,7 @@ def test_modem_signal_is_shown_in_dbm_and_bars(admin_ctx: Any, gw: Gateway) -> N
         settle(page, path)
         cell = page.locator("[data-route=sim-bank] td[data-col=signal]").first
         cell.wait_for()
-        assert re.search(r"−\d+ dBm", cell.inner_text()), cell.inner_text()
+        assert re.search("\u2212\\d+ dBm", cell.inner_text()), cell.inner_text()
         assert cell.locator(".bars").count() == 1
 
 
