@@ -530,6 +530,10 @@
     confirmForms();
     copyButtons();
     idleWarning();
+    // On a narrow screen the navigation scrolls sideways: show where we are.
+    var nav = document.querySelector(".sidenav");
+    var here = nav && nav.querySelector("a[aria-current=page]");
+    if (here && nav.scrollWidth > nav.clientWidth) nav.scrollLeft = Math.max(0, here.offsetLeft - 8);
     scrollRegions(document);
     var resizing = false;
     window.addEventListener("resize", function () {

@@ -495,7 +495,8 @@ def test_screenshots_at_320_and_1440(
         page.set_viewport_size(VIEWPORTS[viewport])
         for name, path in (("dashboard", "/"), ("messages", "/messages"), ("tokens", "/tokens"),
                            ("routes", "/routes"), ("audit", "/audit"),
-                           ("message", f"/messages/{seeded['sent']}")):  # fmt: skip
+                           ("message", f"/messages/{seeded['sent']}"),
+                           ("inbound", "/inbound")):  # fmt: skip
             page.goto(gw.url + path)
             settle(page, path)
             shot(page, artifacts, f"a11y-{name}-{viewport}")
