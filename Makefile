@@ -42,6 +42,7 @@ peers: setup
 # The panel's front-end libraries. npm ci checks every tarball against the sha512 in
 # admin_ui/package-lock.json; vendor.py copies the served files into admin_ui/static/vendor/
 # (committed, so `make run` needs no npm) and records their SHA-256 in admin_ui/vendor.json.
+# --include=dev: axe-core, which the browser tests inject into every page (never served).
 .PHONY: vendor browser
 UI_MODULES := admin_ui/node_modules/.package-lock.json
 
@@ -49,7 +50,7 @@ $(UI_MODULES): admin_ui/package-lock.json
 	@command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the panel's front-end packages"; \
 	  apt-get update -qq && apt-get install -y -qq nodejs npm; }
-	cd admin_ui && npm ci --ignore-scripts --no-audit --no-fund --silent
+	cd admin_ui && npm ci --include=dev --ignore-scripts --no-audit --no-fund --silent
 
 vendor: setup $(UI_MODULES)
 	$(BIN)/python admin_ui/vendor.py

@@ -172,15 +172,16 @@ class Scheduler:
             scheduled[e.priority.label] += 1
         return {"queued": waiting, "scheduled": scheduled}
 
-    def depths_by_route(self) -> dict[str, int]:
-        """Messages waiting (due or not) per the route they would try first."""
-        counts = dict.fromkeys(self._routes, 0)
-        for e in self._waiting.values():
+    def depths_by_route(self) -> dict[str, dict[str, int]]:
+        """Per the route they would try first: messages due (`queued`) and not yet due
+        (`scheduled`), counted apart as `depths()` counts them per class."""
+        counts = {kind: dict.fromkeys(self._routes, 0) for kind in ("queued", "scheduled")}
+        entries = [("queued", e) for e in self._waiting.values()]
+        entries += [("scheduled", e) for _, _, e in self._scheduled]
+        for kind, e in entries:
             if e.candidates:
-                counts[e.candidates[0]] = counts.get(e.candidates[0], 0) + 1
-        for _, _, e in self._scheduled:
-            if e.candidates:
-                counts[e.candidates[0]] = counts.get(e.candidates[0], 0) + 1
+                first = e.candidates[0]
+                counts[kind][first] = counts[kind].get(first, 0) + 1
         return counts
 
     def oldest_due(self) -> float | None:

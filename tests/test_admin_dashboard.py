@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 
 from drivers.clock import FakeClock
 from gateway.admin.dashboard import DashboardHub, EventTail, build_snapshot
-from gateway.admin.route_cards import unit_rows
+from gateway.admin.route_cards import signal_cell, unit_rows
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, GatewayFactory, accept, settle_receipts
 
 ROUTES = [
@@ -151,11 +152,11 @@ def test_unit_rows_put_the_usual_columns_first_and_keep_other_plain_values() -> 
     assert columns == ["state", "signal", "operator", "errors"]
     assert rows[0] == {
         "name": "sim1",
-        "cells": ["ready", 21, "Telia", None],
+        "cells": ["ready", signal_cell(21), "Telia", None],
         "extra": {"imei": "35•••12"},
         "drained": False,
     }
-    assert rows[1]["cells"] == ["drained", None, None, 3]
+    assert rows[1]["cells"] == ["drained", signal_cell(None), None, 3]
     assert rows[1]["extra"] == {"model": "E3372"}
     assert rows[1]["drained"] is True  # its card offers Restore, not Drain
 
@@ -168,3 +169,36 @@ async def test_concurrent_refreshes_count_each_event_once(open_gateway: GatewayF
     await gw.scheduler.run_until_idle()
     await asyncio.gather(tail.refresh(), tail.refresh(), tail.refresh())
     assert tail.totals()["sent"] == 1
+
+
+async def test_route_cards_count_scheduled_apart_from_queued(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The dashboard lists scheduled messages apart; the route cards agree with it."""
+    gw = await open_gateway(ROUTES)
+    await accept(gw)
+    await accept(gw, send_at=datetime.fromtimestamp(gw.clock.time(), UTC) + timedelta(days=1))
+    tail = EventTail(gw.store, gw.clock)
+    await tail.refresh()
+    snap = await build_snapshot(gw, tail)
+    assert (snap["queue"]["queued"], snap["queue"]["scheduled"]) == (1, 1)
+    main = next(r for r in snap["routes"] if r["name"] == "main")
+    assert (main["queued"], main["scheduled"]) == (1, 1)
+
+
+def test_modem_signal_is_dbm_bars_and_words_never_the_bare_csq() -> None:
+    columns, rows = unit_rows(
+        {
+            "sim1": {"state": "ready", "signal": 20},
+            "sim2": {"state": "ready", "signal": None},  # the modem answered 99: unknown
+            "sim3": {"state": "ready", "signal": 0},
+            "sim4": {"state": "ready", "signal": 12},
+        }
+    )
+    at = columns.index("signal")
+    cells = [r["cells"][at] for r in rows]
+    assert cells[0] == {"text": "\u221273 dBm, excellent (4 of 4 bars)", "bars": 4}
+    assert cells[1] == {"text": "unknown", "bars": 0}
+    assert cells[2] == {"text": "\u2212113 dBm, no signal (0 of 4 bars)", "bars": 0}
+    assert cells[3] == {"text": "\u221289 dBm, fair (2 of 4 bars)", "bars": 2}
+    assert signal_cell(99) == {"text": "unknown", "bars": 0}

@@ -172,6 +172,7 @@ async def test_origin_null_is_judged_by_fetch_metadata(panel: PanelClient) -> No
 
 def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
     from gateway.admin.render import environment
+    from gateway.admin.route_cards import signal_cell
 
     card = {
         "name": "sims",
@@ -185,11 +186,17 @@ def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
         "window": 2,
         "in_flight": 1,
         "queued": 4,
+        "scheduled": 2,
         "sending": 1,
         "counters": {"submitted": 9},
         "unit_columns": ["state", "signal"],
         "units": [
-            {"name": "sim1", "cells": ["ready", 21], "extra": {"model": "E3372"}, "drained": False},
+            {
+                "name": "sim1",
+                "cells": ["ready", signal_cell(21)],
+                "extra": {"model": "E3372"},
+                "drained": False,
+            },
             {"name": "sim2", "cells": ["drained", None], "extra": {}, "drained": True},
         ],
         "drainable": True,
@@ -200,8 +207,11 @@ def test_route_card_shows_modem_rows_and_drain_for_operators() -> None:
         return f"/{name}/{'/'.join(parts.values())}"
 
     page = re.sub(r">\s+<", "><", template.render(r=card, can_act=True, csrf_token="t", url=url))
-    assert '<th scope="row">sim1</th><td>ready</td><td>21</td>' in page
-    assert "<td>drained</td><td>—</td>" in page
+    assert '<th scope="row">sim1</th><td data-col="state">ready</td>' in page
+    assert '<span class="bars bars-4" aria-hidden="true">' in page
+    assert "\u221271 dBm, excellent (4 of 4 bars)</td>" in page
+    assert '<td data-col="state">drained</td><td data-col="signal">—</td>' in page
+    assert "<dt>Queued</dt><dd>4</dd><dt>Scheduled</dt><dd>2</dd>" in page
     assert page.count('name="unit" value="sim') == 2
     assert "/route_drain/sims" in page and "/route_restore/sims" in page  # sim2 is drained
     assert "E3372" in page
@@ -242,3 +252,79 @@ async def test_events_stream_ends_soon_after_a_sign_out_elsewhere(panel: PanelCl
     panel.clock.advance(KEEPALIVE_SECONDS)
     assert await _read_event(r, "logout") == b"{}"
     r.close()
+
+
+# -- issue 10, point 22 ------------------------------------------------------------------
+
+_ENDS_IN = re.compile(r'data-session-ends-in="([0-9.]+)" data-session-idle="([0-9.]+)"')
+
+
+async def _ends_in(panel: PanelClient, path: str = "/account") -> float:
+    found = _ENDS_IN.search(await (await panel.client.get(path)).text())
+    assert found is not None, "the page does not say when the session ends"
+    return float(found.group(1))
+
+
+async def test_pages_say_when_the_session_ends_and_keepalive_moves_it(panel: PanelClient) -> None:
+    idle = panel.gw.config.admin.idle_timeout
+    token = await signed_in(panel, Role.VIEWER)
+    panel.clock.advance(3)  # under TOUCH_EVERY: the stored last_seen stays where it was
+    assert await _ends_in(panel) == idle - 3
+    page = await (await panel.client.get("/")).text()
+    assert 'id="idle-warning"' in page and "Stay signed in" in page
+    panel.clock.advance(idle - 60)
+    r = await panel.post("/session/keepalive", headers={"X-CSRF-Token": token})
+    assert r.status == 200
+    assert await r.json() == {"ends_in": idle, "idle": idle}
+    # Past the deadline the session had before: it is still there.
+    panel.clock.advance(idle - 1)
+    assert (await panel.client.get("/account", allow_redirects=False)).status == 200
+    actions = await panel.audit_actions()
+    assert "session_timeout" not in actions
+
+
+async def test_keepalive_needs_the_csrf_token_and_a_session(panel: PanelClient) -> None:
+    token = await signed_in(panel, Role.VIEWER)
+    r = await panel.post("/session/keepalive", headers={"X-CSRF-Token": "forged"})
+    assert r.status == 403 and (await r.json())["error"]["code"] == "csrf_token"
+    panel.clock.advance(panel.gw.config.admin.idle_timeout)
+    r = await panel.post("/session/keepalive", headers={"X-CSRF-Token": token})
+    assert r.status == 401 and (await r.json())["error"]["code"] == "unauthenticated"
+
+
+async def test_keepalive_never_passes_the_absolute_lifetime(panel: PanelClient) -> None:
+    admin = panel.gw.config.admin
+    token = await signed_in(panel, Role.VIEWER)
+    step = admin.idle_timeout / 2
+    elapsed = 0.0
+    while elapsed + step < admin.absolute_lifetime - admin.idle_timeout / 4:
+        panel.clock.advance(step)
+        elapsed += step
+        r = await panel.post("/session/keepalive", headers={"X-CSRF-Token": token})
+        assert r.status == 200
+    answer = await r.json()
+    assert answer["ends_in"] == min(admin.idle_timeout, admin.absolute_lifetime - elapsed)
+
+
+async def test_a_failed_sign_in_keeps_the_user_name_never_the_password(
+    panel: PanelClient,
+) -> None:
+    await panel.add_user("olivia", Role.OPERATOR)
+    r = await panel.login("olivia", "a wrong password of some length")
+    assert r.status == 401
+    page = await r.text()
+    assert 'value="olivia"' in page
+    assert "a wrong password of some length" not in page
+
+
+async def test_audit_page_shows_names_and_readable_details(panel: PanelClient) -> None:
+    victor = await panel.add_user("victor", Role.VIEWER)
+    await signed_in(panel, Role.ADMIN)
+    page = await (await panel.client.get("/audit")).text()
+    row = next(r for r in page.split("<tr>") if "user created" in r and "victor" in r)
+    assert f"user {victor.username}" in row  # the target by name
+    assert "<dt>role</dt><dd>viewer</dd>" in row  # the detail, labelled
+    assert "&#34;" not in page and "{" not in row  # no raw JSON anywhere
+    login = next(r for r in page.split("<tr>") if ">login<" in r)
+    assert ">admin <span" in login  # who: the user's name, with the id beside it
+    assert "When (UTC)" not in page

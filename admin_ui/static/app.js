@@ -18,6 +18,19 @@
 
   var numberFormat = new Intl.NumberFormat();
 
+  // A live region announces every write, even of the same text: write only changes.
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  function setAttr(node, name, value) {
+    if (value === null) {
+      if (node.hasAttribute(name)) node.removeAttribute(name);
+    } else if (node.getAttribute(name) !== value) {
+      node.setAttribute(name, value);
+    }
+  }
+
   function formatValue(value, kind) {
     if (value === null || value === undefined) return "—";
     if (kind === "percent") return (value * 100).toFixed(1) + " %";
@@ -34,11 +47,13 @@
     return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
   }
 
-  // <time datetime="…Z">: shown in the browser's time zone, the UTC text stays as a title.
+  // <time datetime="…Z">: shown in the browser's time zone, named (e.g. "CST"), so no
+  // reader takes it for UTC; the UTC text stays as a title.
   function localTimes(root) {
     var fmt = new Intl.DateTimeFormat(undefined, {
       year: "numeric", month: "short", day: "2-digit",
       hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+      timeZoneName: "short",
     });
     root.querySelectorAll("time[datetime]").forEach(function (t) {
       var d = new Date(t.getAttribute("datetime"));
@@ -99,14 +114,45 @@
     this.routes = document.getElementById("route-cards");
     this.failures = document.getElementById("failure-rows");
     this.classes = document.getElementById("class-rows");
+    this.toggle = document.getElementById("live-toggle");
+    this.paused = false;
+    this.pending = null;
+    var self = this;
+    if (this.toggle) {
+      this.toggle.addEventListener("click", function () { self.setPaused(!self.paused); });
+    }
   }
+
+  // WCAG 2.2.2: live updates can be paused; what arrives meanwhile is kept (only the
+  // newest snapshot) and shown on resume.
+  Dashboard.prototype.receive = function (snap) {
+    if (this.paused) {
+      this.pending = snap;
+      this.setStatus("paused", "Paused; new figures are waiting", true);
+      return;
+    }
+    this.setStatus("live", "Live");
+    this.render(snap);
+  };
+
+  Dashboard.prototype.setPaused = function (paused) {
+    this.paused = paused;
+    setText(this.toggle, paused ? "Resume live updates" : "Pause live updates");
+    if (paused) {
+      this.setStatus("paused", "Paused");
+      return;
+    }
+    var snap = this.pending;
+    this.pending = null;
+    this.setStatus("live", "Live");
+    if (snap) this.render(snap);
+  };
 
   Dashboard.prototype.connect = function () {
     var self = this;
     var source = new EventSource(this.root.getAttribute("data-events"));
     source.addEventListener("snapshot", function (event) {
-      self.setStatus("live", "Live");
-      self.render(JSON.parse(event.data));
+      self.receive(JSON.parse(event.data));
     });
     source.addEventListener("logout", function () {
       source.close();
@@ -130,30 +176,39 @@
     });
   };
 
-  Dashboard.prototype.setStatus = function (state, text) {
+  Dashboard.prototype.setStatus = function (state, text, waiting) {
     if (!this.status) return;
-    this.status.setAttribute("data-state", state);
-    this.status.textContent = text;
+    setAttr(this.status, "data-state", state);
+    setAttr(this.status, "data-waiting", waiting ? "true" : null);
+    setText(this.status, text);
   };
 
   Dashboard.prototype.render = function (snap) {
     this.root.querySelectorAll("[data-bind]").forEach(function (node) {
-      node.textContent = formatValue(get(snap, node.getAttribute("data-bind")), node.getAttribute("data-format"));
+      setText(node, formatValue(get(snap, node.getAttribute("data-bind")), node.getAttribute("data-format")));
     });
     var accepting = this.root.querySelector("[data-format=accepting]");
-    if (accepting) accepting.className = "badge " + (snap.queue.accepting ? "badge-ok" : "badge-bad");
+    if (accepting) setAttr(accepting, "class", "badge " + (snap.queue.accepting ? "badge-ok" : "badge-bad"));
+    // A warning is said in words (the flag), not by the tile's colour alone.
     this.root.querySelectorAll("[data-warn-above]").forEach(function (node) {
       var value = get(snap, node.getAttribute("data-warn-key")) || 0;
-      node.classList.toggle("is-warn", value > Number(node.getAttribute("data-warn-above")));
+      var warn = value > Number(node.getAttribute("data-warn-above"));
+      if (node.classList.contains("is-warn") !== warn) node.classList.toggle("is-warn", warn);
+      var flag = node.querySelector(".warn-flag");
+      if (flag && flag.hidden === warn) flag.hidden = !warn;
     });
     this.renderClasses(snap.queue.classes);
     this.renderFailures(snap.failures);
     this.renderRoutes(snap.routes);
     this.renderChart(snap.throughput);
+    scrollRegions(this.root);
   };
 
   Dashboard.prototype.renderClasses = function (classes) {
     if (!this.classes) return;
+    var text = JSON.stringify(classes);
+    if (text === this.classesText) return;
+    this.classesText = text;
     var rows = classes.map(function (c) {
       var tr = el("tr");
       var name = el("th", null);
@@ -170,6 +225,9 @@
 
   Dashboard.prototype.renderFailures = function (failures) {
     if (!this.failures) return;
+    var text = JSON.stringify(failures);
+    if (text === this.failuresText) return;
+    this.failuresText = text;
     if (!failures.length) {
       var tr = el("tr");
       var td = el("td", "empty", "No failures in the last hour.");
@@ -192,19 +250,23 @@
     if (text === this.routesText) return;  // unchanged: keep the DOM (and any focus) as it is
     this.routesText = text;
     this.routes.replaceChildren.apply(this.routes, routes.map(routeCard));
+    scrollRegions(this.routes);
   };
 
   function routeCard(r) {
     var wide = r.units && r.units.length;  // a modem bank's table needs the whole row
     var card = el("article", "card route-card" + (wide ? " route-card-wide" : ""));
     card.setAttribute("aria-label", "Route " + r.name);
+    card.setAttribute("data-route", r.name);
     var head = el("header");
     var title = el("div");
     title.appendChild(el("h3", null, r.name));
     title.appendChild(el("span", "route-type", r.type));
     head.appendChild(title);
     var badges = el("div");
-    badges.appendChild(el("span", "badge badge-" + r.state, r.state));
+    var state = el("span", "badge badge-" + r.state, r.state);
+    state.setAttribute("data-field", "state");
+    badges.appendChild(state);
     if (r.throttled) {
       badges.appendChild(document.createTextNode(" "));
       badges.appendChild(el("span", "badge badge-throttled", "throttled"));
@@ -220,7 +282,7 @@
     meter.setAttribute("aria-label", "Window in use");
     card.appendChild(meter);
     var facts = el("dl", "facts");
-    [["Queued", r.queued], ["Sending", r.sending],
+    [["Queued", r.queued], ["Scheduled", r.scheduled], ["Sending", r.sending],
      ["Rate", r.rate === null ? "unlimited" : r.rate + " /s" + (r.configured_rate && r.rate < r.configured_rate ? " of " + r.configured_rate : "")]
     ].forEach(function (pair) {
       facts.appendChild(el("dt", null, pair[0]));
@@ -253,7 +315,18 @@
       var name = el("th", null, u.name);
       name.scope = "row";
       tr.appendChild(name);
-      u.cells.forEach(function (v) { tr.appendChild(el("td", null, v === null ? "—" : v)); });
+      u.cells.forEach(function (v, i) {
+        var td = el("td", null, v === null ? "—" : (typeof v === "object" ? null : v));
+        td.setAttribute("data-col", columns[i]);
+        if (v !== null && typeof v === "object") {  // a modem's signal: bars and words
+          var bars = el("span", "bars bars-" + v.bars);
+          bars.setAttribute("aria-hidden", "true");
+          for (var b = 0; b < 4; b++) bars.appendChild(el("i"));
+          td.appendChild(bars);
+          td.appendChild(document.createTextNode(" " + v.text));
+        }
+        tr.appendChild(td);
+      });
       body.appendChild(tr);
     });
     table.appendChild(body);
@@ -270,25 +343,184 @@
       return;
     }
     var box = this.chartBox;
+    var hours = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
     var opts = {
-      width: Math.max(280, box.clientWidth),
+      width: chartWidth(box),
       height: 240,
       series: [
         {},
         { label: "Sends per second", stroke: "#1f5fbf", fill: "rgba(31,95,191,0.12)", width: 2,
           value: function (u, v) { return v == null ? "—" : v.toFixed(2); } },
       ],
-      axes: [{}, { label: "per second", size: 60 }],
+      // Short labels, far enough apart not to overlap on a tablet or a phone.
+      axes: [
+        { space: 72, values: function (u, splits) {
+          return splits.map(function (v) { return hours.format(new Date(v * 1000)); });
+        } },
+        { label: "per second", size: 56, space: 36 },
+      ],
       scales: { y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.15)]; } } },
       cursor: { drag: { x: false, y: false } },
       legend: { show: false },
     };
     this.chart = new window.uPlot(opts, data, box);
     var chart = this.chart;
-    window.addEventListener("resize", function () {
-      chart.setSize({ width: Math.max(280, box.clientWidth), height: 240 });
-    });
+    box.uplotChart = chart;  // for the browser tests' label check
+    var width = chartWidth(box);
+    new ResizeObserver(function () {
+      if (chartWidth(box) !== width) {
+        width = chartWidth(box);
+        chart.setSize({ width: width, height: 240 });
+      }
+    }).observe(box);
   };
+
+  function chartWidth(box) {
+    return Math.max(180, Math.floor(box.clientWidth));
+  }
+
+  // -- tables that scroll sideways can be scrolled from the keyboard ----------------------
+
+  function scrollRegions(root) {
+    root.querySelectorAll(".table-wrap").forEach(function (wrap) {
+      if (wrap.scrollWidth > wrap.clientWidth + 1) {
+        if (wrap.getAttribute("tabindex") === "0") return;
+        var caption = wrap.querySelector("caption");
+        var section = wrap.closest("section[aria-labelledby], article[aria-labelledby]");
+        var heading = section && document.getElementById(section.getAttribute("aria-labelledby"));
+        var name = (caption || heading || { textContent: "Table" }).textContent.trim();
+        wrap.tabIndex = 0;
+        wrap.setAttribute("role", "region");
+        wrap.setAttribute("aria-label", name + " (scrolls sideways)");
+      } else if (wrap.getAttribute("tabindex") === "0") {
+        ["tabindex", "role", "aria-label"].forEach(function (a) { wrap.removeAttribute(a); });
+      }
+    });
+  }
+
+  // -- copy a secret shown once -----------------------------------------------------------
+
+  function copyButtons() {
+    document.querySelectorAll("button[data-copy]").forEach(function (button) {
+      var source = document.querySelector(button.getAttribute("data-copy"));
+      var result = document.getElementById("copy-result");
+      if (!source || !result) return;
+      button.addEventListener("click", function () {
+        var text = source.textContent.trim();
+        function fallback() {
+          var range = document.createRange();
+          range.selectNodeContents(source);
+          var selection = window.getSelection();
+          selection.removeAllRanges();
+          selection.addRange(range);
+          result.textContent = "Could not copy by itself: the token is selected, press Ctrl+C (⌘C on a Mac).";
+        }
+        result.textContent = "";
+        if (navigator.clipboard && navigator.clipboard.writeText) {
+          navigator.clipboard.writeText(text).then(function () {
+            result.textContent = "Copied to the clipboard.";
+          }, fallback);
+        } else {
+          fallback();
+        }
+      });
+    });
+  }
+
+  // -- the idle sign-out, announced before it happens (WCAG 2.2.1) ---------------------------
+
+  var TOUCH_SLACK = 5000;  // the server writes last_seen at most every 5 s (sessions.py)
+  var SHARED_DEADLINE = "smsgw.session-ends";
+
+  function idleWarning() {
+    var body = document.body;
+    var dialog = document.getElementById("idle-warning");
+    var endsIn = parseFloat(body.getAttribute("data-session-ends-in"));
+    if (!dialog || isNaN(endsIn)) return;
+    var idle = parseFloat(body.getAttribute("data-session-idle")) * 1000;
+    var lead = Math.min(120000, idle / 2);  // warn two minutes before (less for short timeouts)
+    var stay = document.getElementById("idle-stay");
+    var countdown = document.getElementById("idle-countdown");
+    var problem = document.getElementById("idle-problem");
+    var deadline = Date.now() + endsIn * 1000;
+    var timer = null;
+
+    function shared() {
+      try { return Number(window.localStorage.getItem(SHARED_DEADLINE)) || 0; } catch (e) { return 0; }
+    }
+    function share() {  // other tabs of this session: their activity counts too
+      try {
+        if (shared() < deadline) window.localStorage.setItem(SHARED_DEADLINE, String(deadline));
+      } catch (e) { /* storage disabled: each tab keeps its own time */ }
+    }
+    function say(text) {
+      problem.textContent = text;
+      problem.hidden = !text;
+    }
+    function show(now) {
+      if (!dialog.open) {
+        say("");
+        dialog.showModal();
+        stay.focus();
+      }
+      setText(countdown, "Time left: " + formatAge(Math.max(0, Math.ceil((deadline - now) / 1000))) + ".");
+    }
+    function schedule() {
+      clearTimeout(timer);
+      var now = Date.now();
+      deadline = Math.max(deadline, shared());
+      if (now >= deadline) {
+        // The server has ended the session by now: loading the page shows the sign-in form.
+        window.location.assign(window.location.href);
+        return;
+      }
+      if (now >= deadline - lead) {
+        show(now);
+        timer = setTimeout(schedule, Math.min(1000, deadline - now));
+        return;
+      }
+      if (dialog.open) dialog.close();
+      timer = setTimeout(schedule, deadline - lead - now);
+    }
+    stay.addEventListener("click", function () {
+      var token = document.querySelector("meta[name=csrf-token]").content;
+      fetch(body.getAttribute("data-keepalive"), {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": token, "Accept": "application/json" },
+      }).then(function (r) {
+        if (r.status === 401) {
+          window.location.assign(window.location.href);
+          return null;
+        }
+        if (!r.ok) throw new Error(String(r.status));
+        return r.json();
+      }).then(function (answer) {
+        if (!answer) return;
+        deadline = Date.now() + answer.ends_in * 1000;
+        share();
+        schedule();
+        if (answer.ends_in * 1000 <= lead) {
+          say("This session has reached its longest allowed time: sign in again to go on.");
+        }
+      }, function () { say("The gateway did not answer. Try again."); });
+    });
+    // Escape answers the question too: someone is there.
+    dialog.addEventListener("cancel", function (event) {
+      event.preventDefault();
+      stay.click();
+    });
+    window.addEventListener("storage", function (event) {
+      if (event.key === SHARED_DEADLINE) schedule();
+    });
+    document.body.addEventListener("htmx:afterRequest", function () {
+      deadline = Math.max(deadline, Date.now() + idle - TOUCH_SLACK);
+      share();
+      schedule();
+    });
+    share();
+    schedule();
+  }
 
   // -- start --------------------------------------------------------------------------------
 
@@ -296,6 +528,22 @@
     localTimes(document);
     localTimeFilters();
     confirmForms();
+    copyButtons();
+    idleWarning();
+    // On a narrow screen the navigation scrolls sideways: show where we are.
+    var nav = document.querySelector(".sidenav");
+    var here = nav && nav.querySelector("a[aria-current=page]");
+    if (here && nav.scrollWidth > nav.clientWidth) nav.scrollLeft = Math.max(0, here.offsetLeft - 8);
+    scrollRegions(document);
+    var resizing = false;
+    window.addEventListener("resize", function () {
+      if (resizing) return;
+      resizing = true;
+      window.requestAnimationFrame(function () {
+        resizing = false;
+        scrollRegions(document);
+      });
+    });
     var root = document.getElementById("dashboard");
     if (root) {
       var dashboard = new Dashboard(root);
@@ -305,6 +553,7 @@
     }
     document.body.addEventListener("htmx:afterSwap", function (event) {
       localTimes(event.target);
+      scrollRegions(document);
       // The button that was pressed is gone: keyboard focus goes to what replaced it.
       var revealed = event.target.querySelector(".revealed");
       if (revealed) {

@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway.admin import csrf
 from gateway.admin.accounts import Accounts, user_actor
 from gateway.admin.render import (
+    SESSIONS,
     STATIC,
     TEMPLATE_ENV,
     environment,
@@ -45,6 +46,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_audit",
     "gateway.admin.dashboard",
     "gateway.admin.pages",
+    "gateway.admin.views_session",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"
@@ -248,6 +250,7 @@ def install(app: web.Application, gateway: Gateway) -> Panel:
     app[PANEL] = p
     routes = (*p.routes, STATIC_ROUTE)
     app[TEMPLATE_ENV] = environment()
+    app[SESSIONS] = p.sessions
     for route in routes:
         app.router.add_route(route.method, route.path, _gate(route), name=route.name)
     for name in ROUTE_MODULES:

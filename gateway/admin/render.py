@@ -1,7 +1,9 @@
 """Jinja2 pages from `admin_ui/templates/`, and the panel's error answers.
 
-Autoescaping is on for every template. Each page gets `user`, `csrf_token`, `role`
-and `url(name, **parts)` (a path from a route's name) besides its own values.
+Autoescaping is on for every template. Each page gets `user`, `csrf_token`, `role`,
+`url(name, **parts)` (a path from a route's name) and, for a signed-in session,
+`session_timing` (seconds until the server ends it, and the idle timeout: the page's
+script warns before the end) besides its own values.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from gateway.admin.routing import CSRF_TOKEN, USER
+from gateway.admin.routing import CSRF_TOKEN, SESSION, USER
+from gateway.admin.sessions import SessionManager
 from gateway.api.handlers import json_response
 from gateway.errors import ApiError
 
@@ -39,6 +42,17 @@ def utc(seconds: float) -> str:
 
 
 TEMPLATE_ENV: web.AppKey[jinja2.Environment] = web.AppKey("panel_templates", jinja2.Environment)
+SESSIONS: web.AppKey[SessionManager] = web.AppKey("panel_sessions", SessionManager)
+
+
+def session_timing(request: web.Request) -> dict[str, float] | None:
+    """Seconds until the server ends the signed-in session, and its idle timeout."""
+    session = request.get(SESSION)
+    sessions = request.app.get(SESSIONS)
+    if session is None or sessions is None or session.stage != "full":
+        return None
+    now = sessions.clock_time()
+    return {"ends_in": max(0.0, sessions.ends_at(session) - now), "idle": sessions.idle}
 
 
 def render(
@@ -56,6 +70,7 @@ def render(
         user=user,
         role=user.role.value if user is not None else None,
         csrf_token=request.get(CSRF_TOKEN, ""),
+        session_timing=session_timing(request),
         **context,
     )
     return web.Response(text=page, status=status, content_type="text/html", charset="utf-8")

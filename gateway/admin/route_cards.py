@@ -4,7 +4,9 @@ A card shows what every route has (state, window in use, rate and whether the ca
 throttled it, queued and sending counts, counters) and, for a route made of units (a
 modem bank), one row per unit from `RouteHealth.members`: the usual columns first
 (state, signal, registration, operator, sent today, errors), any other plain value the
-driver reports after them. The panel never needs to know the driver's type.
+driver reports after them. The panel never needs to know the driver's type. A
+modem's `signal` is the CSQ figure (0-31, None when the modem reports 99, unknown): it
+is shown as dBm (-113 + 2n) with bars and a word, never as the bare number.
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ def _plain(value: object) -> str | int | float | bool | None:
     return None
 
 
+SIGNAL_WORDS = ("no signal", "marginal", "fair", "good", "excellent")
+
+
+def signal_cell(csq: object) -> dict[str, Any]:
+    """A CSQ figure as text and 0-4 bars (the thresholds most modem vendors use)."""
+    if not isinstance(csq, int) or isinstance(csq, bool) or not 0 <= csq <= 31:
+        return {"text": "unknown", "bars": 0}
+    bars = 0 if csq == 0 else 1 if csq < 10 else 2 if csq < 15 else 3 if csq < 20 else 4
+    dbm = -113 + 2 * csq
+    return {
+        "text": f"\u2212{-dbm} dBm, {SIGNAL_WORDS[bars]} ({bars} of 4 bars)",
+        "bars": bars,
+    }
+
+
+def _cell(column: str, value: object) -> object:
+    return signal_cell(value) if column == "signal" else _plain(value)
+
+
 def unit_rows(members: Mapping[str, Mapping[str, object]]) -> tuple[list[str], list[Any]]:
     """(the usual columns present, one row per unit: name, cells, other values)."""
     present = {key for m in members.values() for key in m}
@@ -38,7 +59,7 @@ def unit_rows(members: Mapping[str, Mapping[str, object]]) -> tuple[list[str], l
         rows.append(
             {
                 "name": name,
-                "cells": [_plain(values.get(c)) for c in columns],
+                "cells": [_cell(c, values.get(c)) for c in columns],
                 "extra": extra,
                 # Restore instead of Drain: drained, or stopped on its SIM (retry it)
                 "drained": values.get("state") in ("drained", "sim_error"),
@@ -54,7 +75,7 @@ def _throttled(gw: Gateway, route: RouteRuntime) -> bool:
 
 
 def route_cards(gw: Gateway, sending: Mapping[str, int]) -> list[dict[str, Any]]:
-    queued = gw.scheduler.depths_by_route()
+    waiting = gw.scheduler.depths_by_route()
     cards = []
     for route in gw.routes.values():
         health = route.health()
@@ -78,7 +99,8 @@ def route_cards(gw: Gateway, sending: Mapping[str, int]) -> list[dict[str, Any]]
                 "configured_rate": route.config.rate,
                 "window": route.config.window,
                 "in_flight": route.in_flight,
-                "queued": queued.get(route.name, 0),
+                "queued": waiting["queued"].get(route.name, 0),
+                "scheduled": waiting["scheduled"].get(route.name, 0),
                 "sending": sending.get(route.name, 0),
                 "counters": counters,
                 "unit_columns": columns,

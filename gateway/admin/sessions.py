@@ -7,7 +7,9 @@ up issues a new id and deletes the old one (no fixation). A session ends after
 `idle_timeout` without a request or `absolute_lifetime` after login, whichever comes
 first; logout, a password change, a role change or disabling the user delete it on the
 server. `last_seen` is written at most every `TOUCH_EVERY` seconds, so a page and its
-assets cost one write, not one per request.
+assets cost one write, not one per request; a resolved `Session` carries the stored
+value, so `ends_at()` is when the server really ends it. `keep_alive()` (the panel's
+"Stay signed in" button, shown before the idle deadline) always writes it.
 """
 
 from __future__ import annotations
@@ -98,10 +100,33 @@ class SessionManager:
         if reason is not None:
             await self._repo.delete_session(row.id_hash)
             return Ended(row.user_id, reason)
+        last_seen = row.last_seen
         if now - row.last_seen >= TOUCH_EVERY:
             await self._repo.touch_session(row.id_hash, now)
+            last_seen = now
         stage: Stage = "full" if row.stage == "full" else "mfa"
-        return Session(row.id_hash, row.user_id, stage, row.csrf_token, row.created_at, now)
+        return Session(row.id_hash, row.user_id, stage, row.csrf_token, row.created_at, last_seen)
+
+    def clock_time(self) -> float:
+        return self._clock.time()
+
+    def ends_at(self, session: Session) -> float:
+        """When the server ends this session if no request comes before."""
+        return min(session.last_seen + self.idle, session.created_at + self.absolute)
+
+    async def keep_alive(self, session: Session) -> Session:
+        """The user asked to stay signed in: the idle time starts again now (never past
+        the absolute lifetime)."""
+        now = self._clock.time()
+        await self._repo.touch_session(session.id_hash, now)
+        return Session(
+            session.id_hash,
+            session.user_id,
+            session.stage,
+            session.csrf_token,
+            session.created_at,
+            now,
+        )
 
     async def end(self, session: Session) -> bool:
         return await self._repo.delete_session(session.id_hash)

@@ -1,25 +1,102 @@
-"""The audit trail page (admin, auditor) and its "verify chain" action."""
+"""The audit trail page (admin, auditor) and its "verify chain" action.
+
+Entries store ids (`user:<id>`, a user id as target) and a JSON detail; the page
+shows user names and API token names beside them and the detail as labelled values,
+so a reader needs no second lookup. The stored entry is never changed.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from aiohttp import web
 
+from gateway.admin.audit import AuditEntry
 from gateway.admin.panel import actor, panel
 from gateway.admin.render import render
 from gateway.admin.routing import AUDIT_READERS, PanelRoute
 
 PAGE = 100
+FIXED_ACTORS = {
+    "console": "command line",
+    "system": "the gateway",
+    "anonymous": "not signed in",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One entry as the page shows it: names resolved, detail as (label, value) pairs."""
+
+    entry: AuditEntry
+    who: str
+    target: str
+    details: list[tuple[str, str]]
+
+
+def _value(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _details(detail: str, names: dict[str, str]) -> list[tuple[str, str]]:
+    try:
+        loaded = json.loads(detail)
+    except ValueError:
+        return [("detail", detail)]
+    if not isinstance(loaded, dict):
+        return [("detail", _value(loaded))]
+    pairs = []
+    for key, value in loaded.items():
+        text = _value(value)
+        if key.endswith("user_id") and text in names:
+            text = f"{names[text]} ({text})"
+        pairs.append((key.replace("_", " "), text))
+    return pairs
+
+
+def _who(actor_id: str, users: dict[str, str], tokens: dict[str, str]) -> str:
+    kind, _, ident = actor_id.partition(":")
+    if kind == "user" and ident in users:
+        return users[ident]
+    if kind == "token" and ident in tokens:
+        return f"API token “{tokens[ident]}”"
+    return FIXED_ACTORS.get(actor_id, actor_id)
+
+
+def _target(e: AuditEntry, users: dict[str, str], tokens: dict[str, str]) -> str:
+    if not e.target_kind:
+        return ""
+    ident = e.target_id or ""
+    if e.target_kind == "user" and ident in users:
+        return f"user {users[ident]}"
+    if e.target_kind == "token" and ident in tokens:
+        return f"token “{tokens[ident]}” ({ident})"
+    return f"{e.target_kind.replace('_', ' ')} {ident}".strip()
 
 
 async def _page(request: web.Request, verification: object = None) -> web.Response:
+    p = panel(request)
     before = request.query.get("before")
-    entries = await panel(request).gateway.audit.entries(
+    entries = await p.gateway.audit.entries(
         before=int(before) if before and before.isdigit() else None, limit=PAGE
     )
+    users = {u.id: u.username for u in await p.repo.users()}
+    tokens = {t.id: t.name for t in await p.gateway.store.tokens()}
+    rows = [
+        AuditRow(
+            e, _who(e.actor, users, tokens), _target(e, users, tokens), _details(e.detail, users)
+        )
+        for e in entries
+    ]
     return render(
         request,
         "audit.html",
-        entries=entries,
+        rows=rows,
         verification=verification,
         older=entries[-1].seq if len(entries) == PAGE else None,
     )

@@ -61,12 +61,13 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     outcome = await p.accounts.login(
         form.get("username", "").strip(), form.get("password", ""), _source(request)
     )
+    name = form.get("username", "").strip()[:128]  # typed again, never the password
     if outcome.retry_after is not None:
-        return render(request, "login.html", status=429, error=_retry_message(outcome.retry_after))
+        error = _retry_message(outcome.retry_after)
+        return render(request, "login.html", status=429, error=error, username=name)
     if outcome.user is None:
-        return render(
-            request, "login.html", status=401, error="The user name or password is not right."
-        )
+        error = "The user name or password is not right."
+        return render(request, "login.html", status=401, error=error, username=name)
     old = request.get(SESSION)
     token, _ = await p.sessions.start(
         outcome.user.id,

@@ -157,10 +157,24 @@ def start_gateway(
     idle_timeout: float = 900.0,
     users: tuple[tuple[tuple[str, str], str], ...] = USERS,
     api_token: bool = True,
+    modems: list[str] | None = None,
 ) -> Gateway:
+    """`modems`: tty paths of emulated modems (see `modem_simulator`) for a second route."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "smsgw.toml"
+    bank = ""
+    if modems:
+        listed = ", ".join(
+            f'{{ name = "sim{i + 1}", port = "{path}" }}' for i, path in enumerate(modems)
+        )
+        bank = (
+            "[[routes]]\n"
+            'name = "sim-bank"\n'
+            'type = "modem"\n'
+            f"window = {len(modems)}\n"
+            f"modems = [{listed}]\n"
+        )
     config.write_text(
         f'data_dir = "{root}"\n'
         "[http]\n"
@@ -180,7 +194,7 @@ def start_gateway(
         "window = 10\n"
         "latency = 0.05\n"
         "receipt_delay = 0.5\n"
-        'undelivered_prefixes = ["+1202555019"]\n'
+        'undelivered_prefixes = ["+1202555019"]\n' + bank
     )
     crypto.generate_master_key(root / "master.key")
     subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)
@@ -205,6 +219,41 @@ def start_gateway(
         secret.write_text(password + "\n")
         gw.cli("user", "add", "--role", role, "--password-file", str(secret), name)
     return gw
+
+
+@dataclass
+class ModemSimulator:
+    """`smsgw simulate modem`: emulated modems on real ptys, in their own process."""
+
+    proc: subprocess.Popen[str]
+    paths: list[str]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def modem_simulator(count: int) -> ModemSimulator:
+    proc = subprocess.Popen(
+        [*SMSGW, "simulate", "modem", "--count", str(count), "--send-latency", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    paths: list[str] = []
+    for line in proc.stdout:  # each modem's "profile: /dev/pts/N", then "ready"
+        if "ready" in line:
+            return ModemSimulator(proc, paths)
+        paths.append(line.rsplit(": ", 1)[1].strip())
+    raise AssertionError("the modem simulator ended before it was ready")
 
 
 @pytest.fixture(scope="module")
