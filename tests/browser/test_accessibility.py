@@ -141,6 +141,11 @@ def close_pages(admin_ctx: Any) -> Iterator[None]:
         page.close()
 
 
+def _in_days(days: int) -> str:
+    """A send_at inside the accept horizon (queue.max_schedule_days)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + days * 86400))
+
+
 @pytest.fixture(scope="module")
 def seeded(gw: Gateway) -> dict[str, str]:
     """Messages in several states, a failure, a scheduled one, and a long-named token."""
@@ -149,7 +154,7 @@ def seeded(gw: Gateway) -> dict[str, str]:
     ids["scheduled"] = gw.api(
         "POST",
         "/api/v1/messages",
-        {"to": "+12025550147", "body": "Tomorrow", "send_at": "2099-01-01T08:00:00Z"},
+        {"to": "+12025550147", "body": "Tomorrow", "send_at": _in_days(30)},
     )["id"]
     gw.cli("token", "create", "--scope", "send,read", "--name", LONG_TOKEN_NAME)
     return ids
