@@ -23,8 +23,9 @@ Unsolicited result codes (`URC_NAMES`: +CMTI, +CDSI, +CREG, RING, ^RSSI, RDY, ..
 recognised anywhere: between commands, between the lines of an answer (a `+CMGL`
 header and its PDU line included), between the prompt and the PDU. `+CMT`, `+CDS` and
 `+CBM` carry a PDU on the following hex line, which the `Unsolicited` event holds; a
-known notification in between is reported on its own and the PDU still awaited. With no command in flight, every line is unsolicited;
-a stray final result (an answer that came after its command timed out) is `Stray`.
+known notification in between is reported on its own and the PDU still awaited. With
+no command in flight, every line is unsolicited; a stray final result (an answer that
+came after its command timed out) is `Stray`.
 
 A line that is not UTF-8, or a run of more than `MAX_LINE` bytes without a terminator,
 is reported as `Garbled` and otherwise ignored; the engine never raises on input.

@@ -16,7 +16,11 @@ in `sent`; with TP-SRR set, a status report comes `report_delay` later as `+CDS`
 While the port is gone or the modem hangs, the network holds inbound messages and
 delivers them once the modem answers again; reports that fire then are stored.
 
-Faults. `fail_next` and `interleave_next` are the interpreter's. `hang` makes the modem
+Faults. `fail_next` and `interleave_next` are the interpreter's (the latter puts a
+vendor notification such as `^CEND` between a +CMGL/+CMGR header and its PDU).
+`preload_record` and `inject_record` put a record on the SIM, or deliver one, exactly
+as given: real phones' records with FF fill or octets past TP-UDL, undecodable ones,
+SMS-SUBMITs saved with status 2/3. `hang` makes the modem
 answer nothing (input is lost) until `unhang` or a power cycle (`replug`). `unplug`
 closes the master: the open slave reads EIO or EOF and `link_path` disappears; `replug`
 opens a new pty, re-points the link and boots (boot lines, settings reset, the SIM and
@@ -64,6 +68,15 @@ CTRL_Z = 0x1A
 ESC = 0x1B
 SHUTDOWN_SECONDS = 0.1  # from answering AT+CFUN=1,1 to going down
 SMSC = "+15550100000"  # the service centre the emulated network stamps on inbound PDUs
+
+
+def _tpdu_length(pdu_hex: str) -> int:
+    """The <length> a modem announces: the octets after the SMSC field."""
+    try:
+        smsc = int(pdu_hex[:2], 16)
+    except ValueError:
+        smsc = 0
+    return max(0, len(pdu_hex) // 2 - smsc - 1)
 
 
 class _PoweredOff(Exception):
@@ -406,6 +419,20 @@ class EmulatedModem:
         if index is None:
             raise ValueError("the SIM is full")
         return index
+
+    def preload_record(self, pdu_hex: str, status: MessageStatus = MessageStatus.REC_UNREAD) -> int:
+        """A record exactly as given (a real phone's dump: FF fill, octets past TP-UDL,
+        a saved SMS-SUBMIT with status 2 or 3) already on the SIM; its index."""
+        index = self.sim.storages["SM"].put(pdu_hex, _tpdu_length(pdu_hex), status)
+        if index is None:
+            raise ValueError("the SIM is full")
+        return index
+
+    def inject_record(self, pdu_hex: str, *, store: bool = True) -> None:
+        """A record exactly as given arrives from the network (+CMTI or +CMT)."""
+        pdu = EncodedPdu(pdu_hex, _tpdu_length(pdu_hex))
+        if not self._deliver(pdu, store):
+            self._held.append(pdu)
 
     @property
     def sim_messages(self) -> dict[int, str]:

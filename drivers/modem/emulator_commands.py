@@ -346,6 +346,8 @@ class AtInterpreter:
         state = self.settings.pin_state
         if kind == "read":
             self.info(f"+CPIN: {state.value}")
+            if self.profile.cpin_read_without_ok:
+                raise _Replied()  # the model's quirk: no final result
             return
         if kind != "set":
             return
