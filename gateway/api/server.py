@@ -25,6 +25,7 @@ from gateway.demo import DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
+from gateway.store.quarantine import HeldUndecodable
 
 log = structlog.get_logger("smsgw.api")
 
@@ -112,6 +113,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         InboundPage,
         query=(("limit", "page size"), ("cursor", "next_cursor of the previous page")),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/inbound/undecodable",
+        h.undecodable_inbound,
+        "read",
+        "Inbound records no codec could read, held encrypted for an operator: count only",
+        None,
+        HeldUndecodable,
     ),
     Endpoint(
         "GET",
