@@ -219,10 +219,10 @@ async def test_an_undecodable_record_is_held_encrypted_counted_then_deleted(
             )
 
         await rig.until(deleted_again)
-    (held_id, source, record), *more = await quarantine.records()
-    assert (source, record, more) == ("m1", TRUNCATED_UCS2, [])
+    (held, record), *more = await quarantine.records()
+    assert (held.route, held.source, record, more) == ("bank", "m1", TRUNCATED_UCS2, [])
     alerts = [e for e in logs if e["event"] == "inbound_undecodable_held"]
-    assert [(a["log_level"], a["held_id"]) for a in alerts] == [("error", held_id)]
+    assert [(a["log_level"], a["held_id"]) for a in alerts] == [("error", held.id)]
     assert TRUNCATED_UCS2[20:44] not in repr(logs)
     needles = [TRUNCATED_UCS2.encode(), bytes.fromhex(TRUNCATED_UCS2)[12:40]]
     assert _scan(_files(rig.gw.config.db_path), needles) == []

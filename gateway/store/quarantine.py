@@ -23,7 +23,7 @@ from gateway.models import new_message_id
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import Store
 
-__all__ = ["HeldUndecodable", "Quarantine"]
+__all__ = ["HeldRecord", "HeldUndecodable", "Quarantine"]
 
 _PURPOSE = "inbound-undecodable"
 
@@ -33,6 +33,13 @@ class HeldUndecodable(msgspec.Struct, frozen=True):
 
     held: int
     oldest_at: float | None
+
+
+class HeldRecord(msgspec.Struct, frozen=True):
+    id: str
+    route: str
+    source: str
+    received_at: float
 
 
 class Quarantine:
@@ -79,15 +86,40 @@ class Quarantine:
         summary: HeldUndecodable = await self._store.writer.run(count)
         return summary
 
-    async def records(self) -> list[tuple[str, str, str]]:
-        """(id, source, record) of every held record, decrypted, oldest first: for an
-        operator's export; the caller audits the access."""
+    async def held(self) -> list[HeldRecord]:
+        """Every held record, oldest first, without its content."""
+
+        def read(conn: sqlite3.Connection) -> list[HeldRecord]:
+            rows = conn.execute(
+                "SELECT id, route, source, received_at FROM inbound_undecodable"
+                " ORDER BY received_at, id"
+            ).fetchall()
+            return [HeldRecord(*row) for row in rows]
+
+        held: list[HeldRecord] = await self._store.writer.run(read)
+        return held
+
+    async def records(self) -> list[tuple[HeldRecord, str]]:
+        """Every held record with its content decrypted, oldest first: an operator's
+        export (the caller audits it)."""
         cipher = self._cipher()
 
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
-            return conn.execute(
-                "SELECT id, source, record_ct FROM inbound_undecodable ORDER BY received_at, id"
+        def read(conn: sqlite3.Connection) -> list[tuple[HeldRecord, bytes]]:
+            rows = conn.execute(
+                "SELECT id, route, source, received_at, record_ct FROM inbound_undecodable"
+                " ORDER BY received_at, id"
             ).fetchall()
+            return [(HeldRecord(*row[:4]), row[4]) for row in rows]
 
-        rows: list[tuple[str, str, bytes]] = await self._store.writer.run(read)
-        return [(i, source, cipher.decrypt(ct, i, "record")) for i, source, ct in rows]
+        rows: list[tuple[HeldRecord, bytes]] = await self._store.writer.run(read)
+        return [(held, cipher.decrypt(ct, held.id, "record")) for held, ct in rows]
+
+    async def release(self, record_id: str) -> bool:
+        """Forget one record an operator has dealt with; False if there is none."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            gone = conn.execute("DELETE FROM inbound_undecodable WHERE id = ?", (record_id,))
+            return gone.rowcount > 0
+
+        released: bool = await self._store.writer.run(delete)
+        return released
