@@ -188,3 +188,14 @@ async def test_wavecom_starts_though_cpin_gets_no_ok(open_bench: BenchFactory) -
     assert bench.member()["state"] == "ready" and bench.member()["model"].startswith("MULTIBAND")
     assert any(e["event"] == "modem_cpin_without_ok" for e in logs)
     await bench.until(lambda: len(bench.sink.inbounds) == 1 and not emulator.sim_messages)
+
+
+async def test_an_undecodable_record_given_directly_is_quarantined(
+    open_bench: BenchFactory,
+) -> None:
+    bench = await open_bench()
+    emulator = bench.emulators[0]
+    emulator.inject_record(TRUNCATED_UCS2, store=False)  # +CMT: nothing on the SIM
+    emulator.inject_record(ff_padded(PLAIN_GSM7), store=False)
+    await bench.until(lambda: bench.sink.quarantined == [TRUNCATED_UCS2])
+    await bench.until(lambda: [i.body for i in bench.sink.inbounds] == ["Ok sir"])
