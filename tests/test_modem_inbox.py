@@ -199,3 +199,15 @@ async def test_an_undecodable_record_given_directly_is_quarantined(
     emulator.inject_record(ff_padded(PLAIN_GSM7), store=False)
     await bench.until(lambda: bench.sink.quarantined == [TRUNCATED_UCS2])
     await bench.until(lambda: [i.body for i in bench.sink.inbounds] == ["Ok sir"])
+
+
+@pytest.mark.parametrize("notification", NOTIFICATIONS)
+async def test_a_notification_between_cmt_and_its_pdu_is_not_taken_as_the_pdu(
+    open_bench: BenchFactory, notification: str
+) -> None:
+    bench = await open_bench()
+    emulator = bench.emulators[0]
+    emulator.interleave_next("+CMT", notification)
+    emulator.inject_record(PLAIN_GSM7, store=False)
+    await bench.until(lambda: [i.body for i in bench.sink.inbounds] == ["Ok sir"])
+    assert not bench.sink.quarantined

@@ -61,6 +61,7 @@ from drivers.modem.port import AtPort, CommandTimeout, PortLost
 log = structlog.get_logger("smsgw.modem")
 
 # Only these say the modem restarted; ^BOOT (Huawei) and +QIND repeat in normal running.
+# Wavecom says it with "+WIND: 3" (product ready), its other +WIND values come any time.
 _BOOT_URCS = frozenset({"RDY", "*ATREADY"})
 _REG_URCS = frozenset({"+CREG", "+CGREG", "+CEREG"})
 
@@ -588,7 +589,9 @@ class Modem:
             self.info.signal = cmd.parse_rssi_urc(urc.value)
             self._on_change()
         elif self.state is ModemState.READY and (
-            name in _BOOT_URCS or (name == "+CPIN" and "READY" not in urc.value.upper())
+            name in _BOOT_URCS
+            or (name == "+WIND" and urc.value.strip() == "3")
+            or (name == "+CPIN" and "READY" not in urc.value.upper())
         ):
             # The modem restarted by itself: initialise it again.
             log.warning("modem_rebooted", route=self.route, modem=self.name, urc=name)

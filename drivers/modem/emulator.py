@@ -469,7 +469,9 @@ class EmulatedModem:
             return False
         mt = self.at.settings.cnmi[1]
         if not store or mt == 2:
-            self.at.urc(f"+CMT: ,{pdu.tpdu_length}\r\n{pdu.hex}")
+            between = self.at.take_interleave("+CMT")
+            lines = [f"+CMT: ,{pdu.tpdu_length}", *([between] if between else []), pdu.hex]
+            self.at.urc("\r\n".join(lines))
             return True
         index = self.at.storage(2).put(pdu.hex, pdu.tpdu_length, MessageStatus.REC_UNREAD)
         if index is None:
@@ -498,7 +500,7 @@ class EmulatedModem:
 
     def interleave_next(self, command_prefix: str, urc: str) -> None:
         """Put `urc` after the first line of the next such command's response (after
-        the `> ` prompt for AT+CMGS)."""
+        the `> ` prompt for AT+CMGS); with "+CMT", between the next +CMT and its PDU."""
         self.at.interleaves.append((command_prefix, urc))
 
     def set_registered(self, registered: bool) -> None:
