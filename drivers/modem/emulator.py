@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import termios
-import tty
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +45,7 @@ import structlog
 
 from drivers.clock import Clock, SystemClock
 from drivers.modem.emulator_commands import AtInterpreter, Failure, Identity, Network
+from drivers.modem.emulator_pty import Pty
 from drivers.modem.emulator_sim import MessageStatus, SimCard, Storage
 from drivers.modem.pdu import (
     Concat,
@@ -81,57 +79,6 @@ def _tpdu_length(pdu_hex: str) -> int:
 
 class _PoweredOff(Exception):
     """The port was pulled in the middle of a command."""
-
-
-class _Pty:
-    """One pty pair; the master's octets in and out, without blocking the loop."""
-
-    def __init__(self, on_data: Callable[[bytes], None]) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave, termios.TCSANOW)
-        os.set_blocking(self.master, False)
-        self.name = os.ttyname(self.slave)
-        self._out = bytearray()
-        self._loop = asyncio.get_running_loop()
-        self._on_data = on_data
-        self._loop.add_reader(self.master, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._loop.remove_reader(self.master)
-            return
-        if data:
-            self._on_data(data)
-
-    def write(self, data: bytes) -> None:
-        if not self._out:
-            self._loop.add_writer(self.master, self._writable)
-        self._out += data
-
-    def _writable(self) -> None:
-        try:
-            written = os.write(self.master, self._out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            written = len(self._out)  # nobody can read it any more
-        del self._out[:written]
-        if not self._out:
-            self._loop.remove_writer(self.master)
-
-    def close(self) -> None:
-        if self._out:  # what the modem said before the plug was pulled still goes out
-            with contextlib.suppress(OSError):
-                os.write(self.master, self._out)
-        self._loop.remove_reader(self.master)
-        self._loop.remove_writer(self.master)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class EmulatedModem:
@@ -177,7 +124,7 @@ class EmulatedModem:
         self._next_ref = first_message_ref % 256
         self._next_concat_ref = 1
         self._random = random.Random(seed)  # noqa: S311 - part order in tests, not secrets
-        self._pty: _Pty | None = None
+        self._pty: Pty | None = None
         self._input = bytearray()
         self._input_changed = asyncio.Event()
         self._sent_changed = asyncio.Event()
@@ -233,7 +180,7 @@ class EmulatedModem:
             return
         self._hung = False
         self._input.clear()
-        self._pty = _Pty(self._received)
+        self._pty = Pty(self._received)
         if self.link_path is not None:
             temporary = self.link_path.with_name(self.link_path.name + ".new")
             with contextlib.suppress(FileNotFoundError):
