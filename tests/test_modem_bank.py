@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from drivers.base import RouteHealth
 from drivers.clock import SystemClock
@@ -196,34 +195,27 @@ async def test_an_undecodable_record_is_held_encrypted_counted_then_deleted(
 ) -> None:
     """A real phone's record no codec reads (gammu at-sms-failing/35) is kept for an
     operator in the store, encrypted, before the SIM's copy goes; an FF-padded one is
-    stored as a message. Admins see the count; nothing of the record reaches a log."""
+    stored as a message. Admins see the count and the metric, never the record."""
     first = rig.emulators[0]
     quarantine = Quarantine(rig.gw.store)
     token = await create_token(rig.gw.store, "t", frozenset({"read"}), rig.gw.clock)
     auth = {"Authorization": f"Bearer {token.text}"}
-    with capture_logs() as logs:
-        first.inject_record(TRUNCATED_UCS2)
-        first.inject_record(ff_padded(PLAIN_GSM7))
+    first.inject_record(TRUNCATED_UCS2)
+    first.inject_record(ff_padded(PLAIN_GSM7))
 
-        async def settled() -> bool:
-            held = (await quarantine.summary()).held
-            stored = await rig.gw.store.list_inbound(None, 10)
-            return held == 1 and not first.sim_messages and len(stored) == 1
+    async def settled() -> bool:
+        held = (await quarantine.summary()).held
+        stored = await rig.gw.store.list_inbound(None, 10)
+        return held == 1 and not first.sim_messages and len(stored) == 1
 
-        await rig.until(settled)
-        first.inject_record(TRUNCATED_UCS2)  # the same record again: held once
-
-        async def deleted_again() -> bool:
-            return not first.sim_messages and any(
-                e["event"] == "inbound_undecodable_again" for e in logs
-            )
-
-        await rig.until(deleted_again)
+    await rig.until(settled)
+    first.inject_record(TRUNCATED_UCS2)  # the same record again: held once, then deleted
+    assert first.sim_messages
+    await rig.until(lambda: not first.sim_messages)
     (held, record), *more = await quarantine.records()
     assert (held.route, held.source, record, more) == ("bank", "m1", TRUNCATED_UCS2, [])
-    alerts = [e for e in logs if e["event"] == "inbound_undecodable_held"]
-    assert [(a["log_level"], a["held_id"]) for a in alerts] == [("error", held.id)]
-    assert TRUNCATED_UCS2[20:44] not in repr(logs)
+    # The alert's log lines (modem side, sink side) are checked without PHI in
+    # tests/test_modem_inbox.py and tests/test_undecodable_cli.py.
     needles = [TRUNCATED_UCS2.encode(), bytes.fromhex(TRUNCATED_UCS2)[12:40]]
     assert _scan(_files(rig.gw.config.db_path), needles) == []
     client = await start_client(rig.gw)

@@ -8,6 +8,8 @@ import asyncio
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,47 @@ def test_the_same_record_is_held_once(tmp_path: Path, capsys: pytest.CaptureFixt
             await store.close()
 
     assert asyncio.run(again()) == (None, 2)
+
+
+ALERT = """
+import asyncio, sys
+from drivers.clock import SystemClock
+from gateway import config, logs
+from gateway.admin.commands import with_store
+from gateway.metrics import Metrics
+from gateway.sink import GatewaySink
+
+async def hold() -> None:
+    store = await with_store(config.load(sys.argv[1]))
+    try:
+        sink = GatewaySink(store, SystemClock(), Metrics())
+        await sink.quarantine("bank", "m1", sys.argv[2])
+        await sink.quarantine("bank", "m1", sys.argv[2])
+    finally:
+        await store.close()
+
+logs.configure("json", "info")
+asyncio.run(hold())
+"""
+
+
+def test_the_alert_is_an_error_log_without_the_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a process of its own, so the JSON log is the one the gateway writes."""
+    conf, _ = _init(tmp_path, capsys)
+    done = subprocess.run(
+        [sys.executable, "-c", ALERT, str(conf), TRUNCATED_UCS2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    held = [e for e in events if e["event"] == "inbound_undecodable_held"]
+    assert [(e["level"], e["route"], e["source"]) for e in held] == [("error", "bank", "m1")]
+    assert [e["event"] for e in events if e["event"].startswith("inbound_undecodable")] == [
+        "inbound_undecodable_held",
+        "inbound_undecodable_again",
+    ]
+    assert TRUNCATED_UCS2[20:44] not in done.stderr + done.stdout
