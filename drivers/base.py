@@ -244,6 +244,19 @@ class EventSink(Protocol):
 
 
 @runtime_checkable
+class QuarantineSink(Protocol):
+    """An `EventSink` that can hold what a driver received but could not decode.
+
+    `quarantine` returns once `record` (the raw record as the device gave it, e.g. a
+    modem's PDU hex, which is patient data) is durable, encrypted, for an operator; only
+    then may the driver let the device forget it. A driver whose sink cannot do this
+    leaves such a record where it is.
+    """
+
+    async def quarantine(self, route: str, source: str, record: str) -> None: ...
+
+
+@runtime_checkable
 class Driver(Protocol):
     """A route: one carrier link, modem bank or simulator.
 

@@ -25,7 +25,7 @@ import structlog
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import logs, systemd, tls
+from gateway import logs, systemd, tls, undecodable_cmd
 from gateway.admin import commands
 from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
@@ -532,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     commands.add_parsers(sub, cmd_user, cmd_audit)
+    undecodable_cmd.add_parser(sub, _load)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)

@@ -114,6 +114,12 @@ class Metrics:
         self.modem_errors = Gauge(
             "smsgw_modem_send_errors", "Failed sends per modem since start", modem, registry=r
         )
+        self.inbound_undecodable = Counter(
+            "smsgw_inbound_undecodable",
+            "Inbound records that could not be decoded, held for an operator",
+            ["route"],
+            registry=r,
+        )
         self.commit_batch = Histogram(
             "smsgw_commit_batch_size",
             "Items per group commit",

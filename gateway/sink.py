@@ -1,4 +1,5 @@
-"""What drivers report, made durable: receipts, inbound messages, health changes."""
+"""What drivers report, made durable: receipts, inbound messages, health changes, and
+inbound records no codec could read (held encrypted for an operator, with an alert)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from drivers.base import InboundSms, Receipt, RouteHealth
 from drivers.clock import Clock
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
+from gateway.store.quarantine import HeldUndecodable, Quarantine
 from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.sink")
@@ -30,6 +32,7 @@ class GatewaySink:
         self._metrics = metrics
         self.reassembly_timeout = reassembly_timeout
         self._wakers: list[Callable[[], None]] = []
+        self._quarantine = Quarantine(store)
 
     def wake_on_health(self, callback: Callable[[], None]) -> None:
         self._wakers.append(callback)
@@ -84,6 +87,18 @@ class GatewaySink:
             outcome=filed.outcome.value,
             inbound_id=filed.inbound_id,
         )
+
+    async def quarantine(self, route: str, source: str, record: str) -> None:
+        """`drivers.base.QuarantineSink`: hold an undecodable record, then alert."""
+        held_id = await self._quarantine.hold(route, source, record, self._clock.time())
+        if held_id is None:
+            log.warning("inbound_undecodable_again", route=route, source=source)
+            return
+        self._metrics.inbound_undecodable.labels(route).inc()
+        log.error("inbound_undecodable_held", route=route, source=source, held_id=held_id)
+
+    async def undecodable_summary(self) -> HeldUndecodable:
+        return await self._quarantine.summary()
 
     async def expire_inbound(self) -> float | None:
         """Store the sets held too long as incomplete messages; when the next is due."""

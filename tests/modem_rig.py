@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from drivers.base import EventSink, OutboundSms
+from drivers.base import EventSink, InboundSms, OutboundSms
 from drivers.clock import Clock, SystemClock
 from drivers.modem.bank import ModemBankDriver
 from drivers.modem.driver import Modem
@@ -38,9 +38,38 @@ EMULATED: dict[str, Any] = {"send_latency": 0.01, "report_delay": 0.01}
 
 
 @dataclass
+class HoldingSink(RecordingSink):
+    """The gateway's sink as the modem sees it: it also quarantines what does not decode.
+    With `gate` set (a cleared Event) every commit waits for it, and `waiting` counts
+    the commits held, so a test can look at the SIM while the gateway has not committed."""
+
+    quarantined: list[str] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    waiting: int = 0
+
+    async def _commit(self) -> None:
+        if self.gate is not None and not self.gate.is_set():
+            self.waiting += 1
+            self.changed.set()
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
+
+    async def inbound(self, route: str, sms: InboundSms) -> None:
+        await self._commit()
+        await super().inbound(route, sms)
+
+    async def quarantine(self, route: str, source: str, record: str) -> None:
+        await self._commit()
+        self.quarantined.append(record)
+        self.changed.set()
+
+
+@dataclass
 class Bench:
     bank: ModemBankDriver
-    sink: RecordingSink
+    sink: HoldingSink
     emulators: list[EmulatedModem]
     extra: list[asyncio.Event] = field(default_factory=list)
 
@@ -108,7 +137,7 @@ async def bench_factory(link_dir: Path, clock: Clock | None = None) -> AsyncIter
             await emulator.start()
         if before_start is not None:
             before_start(emulators)
-        recording = RecordingSink()
+        recording = HoldingSink()
         bank = ModemBankDriver(
             "bank",
             bank_options([e.path for e in emulators], modems, **options),
@@ -117,7 +146,7 @@ async def bench_factory(link_dir: Path, clock: Clock | None = None) -> AsyncIter
         )
         bench = Bench(bank, recording, emulators)
         if sink is not None and isinstance(sink, RecordingSink):
-            bench.sink = sink
+            bench.sink = sink  # type: ignore[assignment]  # a test's own recording sink
         opened.append(bench)
         await bank.start()
         if ready:

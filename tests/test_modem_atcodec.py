@@ -153,13 +153,22 @@ def test_cmt_and_cds_carry_their_pdu_line() -> None:
 
 def test_cmt_without_pdu_line_is_still_reported() -> None:
     engine = AtEngine()
-    events = engine.receive_data(b"+CMT: ,24\r\nRING\r\n", T0)
-    assert [(type(e).__name__, getattr(e, "name", "")) for e in events] == [
-        ("Unsolicited", "+CMT"),
-        ("Unsolicited", "RING"),
-    ]
+    events = engine.receive_data(b"+CMT: ,24\r\nOK\r\n", T0)
+    assert [type(e).__name__ for e in events] == ["Unsolicited", "Stray"]
     first = events[0]
-    assert isinstance(first, Unsolicited) and first.pdu is None
+    assert isinstance(first, Unsolicited) and (first.name, first.pdu) == ("+CMT", None)
+
+
+def test_a_notification_between_cmt_and_its_pdu_is_not_the_pdu() -> None:
+    engine = AtEngine()
+    events = engine.receive_data(b"+CMT: ,24\r\nRING\r\n^CEND:1,0,104,16\r\n0791AB\r\n", T0)
+    assert [(type(e).__name__, getattr(e, "name", "")) for e in events] == [
+        ("Unsolicited", "RING"),
+        ("Unsolicited", "^CEND"),
+        ("Unsolicited", "+CMT"),
+    ]
+    last = events[-1]
+    assert isinstance(last, Unsolicited) and last.pdu == "0791AB"
 
 
 @pytest.mark.parametrize(
@@ -240,7 +249,12 @@ def test_command_names_and_finals() -> None:
 # A realistic session: echo on, boot URCs, a CMGS with URCs interleaved, a CMGR,
 # junk bytes, and a +CMT/+CDS pair. Each segment is what the modem writes once the
 # command before it was sent; fed in any chunking it must give the same events.
-STREAM_COMMANDS = [("AT+CMGS=23", PDU), ("AT+CMGR=3", None), ("AT+CSQ", None)]
+STREAM_COMMANDS = [
+    ("AT+CMGS=23", PDU),
+    ("AT+CMGR=3", None),
+    ("AT+CSQ", None),
+    ("AT+CMGL=4", None),
+]
 SEGMENTS = [
     b"\r\nRDY\r\n"
     b'AT+CMGS=23\r\r\n+CMTI: "SM",3\r\n\r\n> ' + PDU.encode() + b"\x1a"
@@ -248,6 +262,11 @@ SEGMENTS = [
     b'AT+CMGR=3\r\r\n+CMGR: 0,,24\r\n07911326040000F0\r\n+CDSI: "SM",4\r\n\r\nOK\r\n',
     b"\xff\x00garbage\r\n+CMT: ,24\r\n0791AB\r\n"
     b"AT+CSQ\r\r\n+CSQ: 20,99\r\n\r\n+CMS ERROR: no network service\r\n",
+    # Vendor notifications between +CMGL headers and their PDUs, and between a +CMT
+    # and its PDU (Huawei call progress, Wavecom +WIND, HANGUP).
+    b"AT+CMGL=4\r\r\n+CMGL: 1,1,,24\r\n^CEND:1,0,104,16\r\n07911326040000F0\r\n"
+    b"+CMGL: 2,0,,24\r\n\r\n^ORIG:1,0\r\n\r\n^CONF:1\r\n^CONN:1,0\r\n0791AB\r\n"
+    b"+CMT: ,24\r\n+WIND: 4\r\nHANGUP: 1\r\n0791CD\r\n\r\nOK\r\n",
 ]
 
 
@@ -277,11 +296,30 @@ def test_stream_events_in_one_piece() -> None:
         "Garbled",
         "Unsolicited",  # +CMT with its PDU
         "Response",  # CSQ ending in CMS 331
+        "Unsolicited",  # ^CEND
+        "Unsolicited",  # ^ORIG
+        "Unsolicited",  # ^CONF
+        "Unsolicited",  # ^CONN
+        "Unsolicited",  # +WIND, while the +CMT waits for its PDU
+        "Unsolicited",  # HANGUP
+        "Unsolicited",  # +CMT with its PDU
+        "Response",  # CMGL with only its own lines
     ]
     cmgr = events[6]
     assert isinstance(cmgr, Response) and cmgr.lines == ("+CMGR: 0,,24", "07911326040000F0")
-    last = events[-1]
-    assert isinstance(last, Response) and last.final == Final("cms", 331)
+    csq = events[9]
+    assert isinstance(csq, Response) and csq.final == Final("cms", 331)
+    notified = [e.name for e in events[10:16] if isinstance(e, Unsolicited)]
+    assert notified == ["^CEND", "^ORIG", "^CONF", "^CONN", "+WIND", "HANGUP"]
+    cmt = events[16]
+    assert isinstance(cmt, Unsolicited) and (cmt.name, cmt.pdu) == ("+CMT", "0791CD")
+    cmgl = events[17]
+    assert isinstance(cmgl, Response) and cmgl.lines == (
+        "+CMGL: 1,1,,24",
+        "07911326040000F0",
+        "+CMGL: 2,0,,24",
+        "0791AB",
+    )
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,6 +8,7 @@ fractions of a second; the modems are emulated on pseudo-terminals. Nothing slee
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from drivers.clock import SystemClock
 from drivers.modem.bank import ModemBankDriver
 from drivers.modem.emulator import EmulatedModem
 from gateway.app import Gateway
+from gateway.store.quarantine import Quarantine
 from gateway.tokens import create_token
 from tests.conftest import (
     CANARY_BODY,
@@ -31,6 +33,8 @@ from tests.conftest import (
 )
 from tests.modem_rig import EMULATED, FAST
 from tests.test_api import start_client
+from tests.test_modem_records import PLAIN_GSM7, TRUNCATED_UCS2, ff_padded
+from tests.test_store import _files, _scan
 
 Predicate = Callable[[], bool | Awaitable[bool]]
 
@@ -184,3 +188,44 @@ async def test_an_operator_drains_a_modem_and_restores_it(rig: Rig) -> None:
     assert rig.bank.health().members["m1"]["state"] == "ready"
     with pytest.raises(KeyError):
         rig.bank.drain("m9")
+
+
+async def test_an_undecodable_record_is_held_encrypted_counted_then_deleted(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A real phone's record no codec reads (gammu at-sms-failing/35) is kept for an
+    operator in the store, encrypted, before the SIM's copy goes; an FF-padded one is
+    stored as a message. Admins see the count and the metric, never the record."""
+    first = rig.emulators[0]
+    quarantine = Quarantine(rig.gw.store)
+    token = await create_token(rig.gw.store, "t", frozenset({"read"}), rig.gw.clock)
+    auth = {"Authorization": f"Bearer {token.text}"}
+    first.inject_record(TRUNCATED_UCS2)
+    first.inject_record(ff_padded(PLAIN_GSM7))
+
+    async def settled() -> bool:
+        held = (await quarantine.summary()).held
+        stored = await rig.gw.store.list_inbound(None, 10)
+        return held == 1 and not first.sim_messages and len(stored) == 1
+
+    await rig.until(settled)
+    first.inject_record(TRUNCATED_UCS2)  # the same record again: held once, then deleted
+    assert first.sim_messages
+    await rig.until(lambda: not first.sim_messages)
+    (held, record), *more = await quarantine.records()
+    assert (held.route, held.source, record, more) == ("bank", "m1", TRUNCATED_UCS2, [])
+    # The alert's log lines (modem side, sink side) are checked without PHI in
+    # tests/test_modem_inbox.py and tests/test_undecodable_cli.py.
+    needles = [TRUNCATED_UCS2.encode(), bytes.fromhex(TRUNCATED_UCS2)[12:40]]
+    assert _scan(_files(rig.gw.config.db_path), needles) == []
+    client = await start_client(rig.gw)
+    try:
+        resp = await client.get("/api/v1/inbound/undecodable", headers=auth)
+        body = await resp.json()
+        assert resp.status == 200 and body["held"] == 1 and body["oldest_at"] > 0
+        assert TRUNCATED_UCS2[20:44] not in json.dumps(body)
+        metrics = await (await client.get("/api/v1/metrics", headers=auth)).text()
+        assert 'smsgw_inbound_undecodable_total{route="bank"} 1.0' in metrics
+        assert (await client.get("/api/v1/inbound/undecodable")).status == 401
+    finally:
+        await client.close()

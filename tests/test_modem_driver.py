@@ -249,13 +249,15 @@ async def test_every_profile_sends_receives_and_reports(
     assert [p.text for p in bench.emulators[0].sent] == ["a" * 153, "€uro"]
 
 
+@pytest.mark.parametrize("profile", ["simcom-sim7600", "wavecom-fastrack"])
 async def test_a_modem_that_restarts_by_itself_is_initialised_again(
-    open_bench: BenchFactory,
+    open_bench: BenchFactory, profile: str
 ) -> None:
-    # SIMCom SIM7600: AT+CFUN=1,1 keeps the port and prints its boot lines again.
+    # SIMCom SIM7600 (*ATREADY) and Wavecom Fastrack (+WIND: 3): AT+CFUN=1,1 keeps the
+    # port and prints the boot lines again.
     modem_clock = FakeClock()  # the emulator's: its restart takes no real time
     bench = await open_bench(
-        emulated=[{"profile": "simcom-sim7600", "clock": modem_clock, "send_latency": 0}]
+        emulated=[{"profile": profile, "clock": modem_clock, "send_latency": 0}]
     )
     modem = bench.modem()
     emulator = bench.emulators[0]

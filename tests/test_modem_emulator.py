@@ -594,9 +594,10 @@ async def test_huawei_periodic_rssi_until_curc_off(
 
 
 async def test_bank_cycles_profiles_with_links(tmp_path: Path, clock: FakeClock) -> None:
-    bank = ModemBankEmulator(4, link_dir=tmp_path, clock=clock, echo=False)
+    count = len(PROFILES) + 1  # every profile, then the first again
+    bank = ModemBankEmulator(count, link_dir=tmp_path, clock=clock, echo=False)
     async with bank:
-        assert bank.paths == [str(tmp_path / f"modem-{i}") for i in range(1, 5)]
+        assert bank.paths == [str(tmp_path / f"modem-{i}") for i in range(1, count + 1)]
         models = []
         for modem in bank.modems:
             terminal = Terminal(modem.path)
@@ -609,7 +610,7 @@ async def test_bank_cycles_profiles_with_links(tmp_path: Path, clock: FakeClock)
                 terminal.close()
         expected = [PROFILES[name].model for name in sorted(PROFILES, key=list(PROFILES).index)]
         assert models == [*expected, expected[0]]
-        assert len({m.at.identity.imei for m in bank.modems}) == 4
+        assert len({m.at.identity.imei for m in bank.modems}) == count
     assert os.listdir(tmp_path) == []
 
 

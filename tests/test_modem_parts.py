@@ -48,7 +48,7 @@ def test_signal_operator_mr_and_indices() -> None:
     assert cmd.parse_cmgs(["+CMGS: 300"]) == 300 & 0xFF
     assert cmd.parse_storage_index('"SM",12') == 12
     assert cmd.parse_storage_index('"SM"') is None
-    assert cmd.parse_cmgr(["+CMGR: 1,,24", "07ABCD"]) == "07ABCD"
+    assert cmd.parse_cmgr(["+CMGR: 1,,24", "07ABCD"]) == cmd.Record(1, "07ABCD")
     assert cmd.parse_cmgr(["+CMGR: 1,,24"]) is None
     listed = cmd.parse_cmgl(["+CMGL: 3,1,,24", "07AB", "+CMGL: 5,0,,30", "07CD"])
     assert [(s.index, s.pdu) for s in listed] == [(3, "07AB"), (5, "07CD")]

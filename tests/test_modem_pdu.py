@@ -241,7 +241,6 @@ def test_data_coding_groups(dcs: int, encoding: str) -> None:
         "zz",
         "00",  # SMSC field only
         HELLOHELLO_DELIVER[:-2],  # user data one octet short
-        HELLOHELLO_DELIVER + "00",  # an octet after the user data
         "0C" + HELLOHELLO_DELIVER[2:],  # SMSC length past the limit
         "00" + "04" + "15" + HELLOHELLO_DELIVER[22:],  # 21-digit address
         "0004" + "0B916407281553F8" + "0000" + "32211321000040" + "A1" + "00" * 141,  # UDL 161

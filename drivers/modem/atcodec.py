@@ -20,10 +20,12 @@ flight at a time (`busy`). While it is:
   part of the answer, any other line naming an unsolicited result code is not.
 
 Unsolicited result codes (`URC_NAMES`: +CMTI, +CDSI, +CREG, RING, ^RSSI, RDY, ...) are
-recognised anywhere: between commands, between the lines of an answer, between the
-prompt and the PDU. `+CMT`, `+CDS` and `+CBM` carry a PDU on the following line, which
-the `Unsolicited` event holds. With no command in flight, every line is unsolicited;
-a stray final result (an answer that came after its command timed out) is `Stray`.
+recognised anywhere: between commands, between the lines of an answer (a `+CMGL`
+header and its PDU line included), between the prompt and the PDU. `+CMT`, `+CDS` and
+`+CBM` carry a PDU on the following hex line, which the `Unsolicited` event holds; a
+known notification in between is reported on its own and the PDU still awaited. With
+no command in flight, every line is unsolicited; a stray final result (an answer that
+came after its command timed out) is `Stray`.
 
 A line that is not UTF-8, or a run of more than `MAX_LINE` bytes without a terminator,
 is reported as `Garbled` and otherwise ignored; the engine never raises on input.
@@ -63,6 +65,13 @@ URC_NAMES = frozenset(
         "+QIND", "+QUSIM", "+CFUN", "+CPINR", "+STIN", "+PSUTTZ", "*PSUTTZ", "+CSQN",
         "^RSSI", "^HCSQ", "^BOOT", "^MODE", "^SRVST", "^SIMST", "^SYSINFO", "^SYSINFOEX",
         "^DSFLOWRPT", "^RSSILVL", "^STIN", "^NDISSTAT", "^CPIN", "*ATREADY",
+        # Call progress that voice-capable sticks report even on an SMS-only SIM: Huawei
+        # ^ORIG/^CONF/^CONN/^CEND (and ^SMMEMFULL), ZTE/Telit-style HANGUP, the
+        # supplementary-service +CSSI/+CSSU/+CCWA; Wavecom's +WIND (boot, SIM and
+        # call indications, Fastrack M1306B) — a modem may put any of them between a
+        # +CMGL/+CMGR header and its PDU.
+        "^ORIG", "^CONF", "^CONN", "^CEND", "^SMMEMFULL", "HANGUP",
+        "+CSSI", "+CSSU", "+CCWA", "+WIND",
     }
 )  # fmt: skip
 # URCs whose next line is a PDU (TS 27.005 §3.4.1, PDU mode).
@@ -331,9 +340,14 @@ class AtEngine:
         events: list[Event] = []
         pending = self._pending_urc
         if pending is not None:
-            self._pending_urc = None
             if _HEX.match(line):
+                self._pending_urc = None
                 return [Unsolicited(pending.name, pending.value, line)]
+            name = urc_name(line)
+            if name is not None and name not in URC_WITH_PDU:
+                # A notification between +CMT/+CDS and its PDU: the PDU still follows.
+                return self._unsolicited(name, line)
+            self._pending_urc = None
             events.append(pending)
         cmd = self._command
         if cmd is not None and self._is_echo(cmd, line):

@@ -28,6 +28,7 @@ _REG_STAT: dict[int, Registration] = {
 _INTS = re.compile(r"-?\d+")
 _QUOTED = re.compile(r'"([^"]*)"')
 _DIGITS = re.compile(r"\b(\d{6,22}[0-9A-Fa-f]?)\b")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 
 
 def mask(identifier: str | None) -> str | None:
@@ -114,12 +115,13 @@ def parse_storage_index(value: str) -> int | None:
     return int(numbers[0]) if numbers else None
 
 
-def parse_cmgr(lines: Sequence[str]) -> str | None:
-    """The PDU of an AT+CMGR answer (`+CMGR: stat,[alpha],length` then the PDU)."""
-    for i, line in enumerate(lines):
-        if line.upper().startswith("+CMGR:") and i + 1 < len(lines):
-            return lines[i + 1].strip()
-    return None
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored message as AT+CMGR gives it: `stat` (0 received unread, 1 read, 2 stored
+    unsent, 3 stored sent; None when the modem left it out) and the PDU hex."""
+
+    stat: int | None
+    pdu: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,19 +129,52 @@ class Stored:
     """One message in the modem's storage, from AT+CMGL."""
 
     index: int
+    stat: int | None
     pdu: str = field(repr=False)
+
+
+def _header_fields(value: str) -> list[str]:
+    return [f.strip() for f in value.split(",")]
+
+
+def _stat(fields: Sequence[str]) -> int | None:
+    """<stat> of `stat,[alpha],length` (also `stat,length`); None if absent or odd."""
+    if len(fields) >= 2 and fields[0].isdigit() and int(fields[0]) <= 3:
+        return int(fields[0])
+    return None
+
+
+def _pdu_after(lines: Sequence[str], start: int, header: str) -> str | None:
+    """The first hex line after `start`, before the next `header` line. A vendor line
+    that slipped in (a notification the engine did not know) is never taken as the PDU."""
+    for line in lines[start + 1 :]:
+        text = line.strip()
+        if text.upper().startswith(header):
+            return None
+        if _HEX.fullmatch(text):
+            return text
+    return None
+
+
+def parse_cmgr(lines: Sequence[str]) -> Record | None:
+    """The record of an AT+CMGR answer (`+CMGR: stat,[alpha],length` then the PDU)."""
+    for i, line in enumerate(lines):
+        if line.upper().startswith("+CMGR:"):
+            pdu = _pdu_after(lines, i, "+CMGR:")
+            return None if pdu is None else Record(_stat(_header_fields(line[6:])), pdu)
+    return None
 
 
 def parse_cmgl(lines: Sequence[str]) -> list[Stored]:
     """`+CMGL: index,stat,[alpha],length` lines, each followed by its PDU."""
     found: list[Stored] = []
     for i, line in enumerate(lines):
-        if not line.upper().startswith("+CMGL:") or i + 1 >= len(lines):
+        if not line.upper().startswith("+CMGL:"):
             continue
-        numbers = _INTS.findall(line[6:])
-        pdu = lines[i + 1].strip()
-        if numbers and not pdu.upper().startswith("+CMGL"):
-            found.append(Stored(int(numbers[0]), pdu))
+        fields = _header_fields(line[6:])
+        pdu = _pdu_after(lines, i, "+CMGL:")
+        if fields[0].isdigit() and pdu is not None:
+            found.append(Stored(int(fields[0]), _stat(fields[1:]), pdu))
     return found
 
 

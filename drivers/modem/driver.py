@@ -47,7 +47,7 @@ from drivers.base import EventSink, OutboundSms
 from drivers.clock import Clock, wait_event
 from drivers.credentials import read_secret
 from drivers.modem import commands as cmd
-from drivers.modem.atcodec import Response, Unsolicited
+from drivers.modem.atcodec import Final, Response, Unsolicited
 from drivers.modem.errors import ErrorInfo, Kind
 from drivers.modem.inbound import Inbox
 from drivers.modem.options import ModemBankOptions, ModemOptions
@@ -61,6 +61,7 @@ from drivers.modem.port import AtPort, CommandTimeout, PortLost
 log = structlog.get_logger("smsgw.modem")
 
 # Only these say the modem restarted; ^BOOT (Huawei) and +QIND repeat in normal running.
+# Wavecom says it with "+WIND: 3" (product ready), its other +WIND values come any time.
 _BOOT_URCS = frozenset({"RDY", "*ATREADY"})
 _REG_URCS = frozenset({"+CREG", "+CGREG", "+CEREG"})
 
@@ -219,6 +220,7 @@ class Modem:
             "garbled": self._port.garbled,
             "inbound": self._inbox.inbound,
             "receipts": self._inbox.receipts,
+            "quarantined": self._inbox.quarantined,
         }
 
     async def _supervise(self) -> None:
@@ -352,7 +354,7 @@ class Modem:
     async def _unlock_sim(self) -> None:
         entered = False
         for _ in range(self._bank.sim_busy_retries):
-            response = await self._command("AT+CPIN?")
+            response = await self._ask_sim()
             if response.final.ok:
                 sim = cmd.parse_cpin(response.lines)
                 if sim == "ready":
@@ -369,6 +371,18 @@ class Modem:
                 continue
             raise _SimProblem(f"SIM not usable ({info.code}: {info.description})")
         raise _SimProblem("SIM stayed busy")
+
+    async def _ask_sim(self) -> Response:
+        """`AT+CPIN?`. Wavecom Fastrack M1306B (firmware R7.43) gives its `+CPIN:` line
+        and never the OK that should end it: once the timeout passes, that line is the
+        answer (start-up waits one command timeout longer on such a modem)."""
+        try:
+            return await self._command("AT+CPIN?", count_timeout=False)
+        except CommandTimeout as e:
+            if cmd.parse_cpin(e.lines) is None:
+                raise
+            log.info("modem_cpin_without_ok", route=self.route, modem=self.name)
+            return Response("+CPIN", Final("ok"), e.lines)
 
     async def _enter_pin(self) -> None:
         opts = self.options
@@ -575,7 +589,9 @@ class Modem:
             self.info.signal = cmd.parse_rssi_urc(urc.value)
             self._on_change()
         elif self.state is ModemState.READY and (
-            name in _BOOT_URCS or (name == "+CPIN" and "READY" not in urc.value.upper())
+            name in _BOOT_URCS
+            or (name == "+WIND" and urc.value.strip() == "3")
+            or (name == "+CPIN" and "READY" not in urc.value.upper())
         ):
             # The modem restarted by itself: initialise it again.
             log.warning("modem_rebooted", route=self.route, modem=self.name, urc=name)

@@ -16,7 +16,11 @@ in `sent`; with TP-SRR set, a status report comes `report_delay` later as `+CDS`
 While the port is gone or the modem hangs, the network holds inbound messages and
 delivers them once the modem answers again; reports that fire then are stored.
 
-Faults. `fail_next` and `interleave_next` are the interpreter's. `hang` makes the modem
+Faults. `fail_next` and `interleave_next` are the interpreter's (the latter puts a
+vendor notification such as `^CEND` between a +CMGL/+CMGR header and its PDU).
+`preload_record` and `inject_record` put a record on the SIM, or deliver one, exactly
+as given: real phones' records with FF fill or octets past TP-UDL, undecodable ones,
+SMS-SUBMITs saved with status 2/3. `hang` makes the modem
 answer nothing (input is lost) until `unhang` or a power cycle (`replug`). `unplug`
 closes the master: the open slave reads EIO or EOF and `link_path` disappears; `replug`
 opens a new pty, re-points the link and boots (boot lines, settings reset, the SIM and
@@ -32,10 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import termios
-import tty
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ import structlog
 
 from drivers.clock import Clock, SystemClock
 from drivers.modem.emulator_commands import AtInterpreter, Failure, Identity, Network
+from drivers.modem.emulator_pty import Pty
 from drivers.modem.emulator_sim import MessageStatus, SimCard, Storage
 from drivers.modem.pdu import (
     Concat,
@@ -66,59 +68,17 @@ SHUTDOWN_SECONDS = 0.1  # from answering AT+CFUN=1,1 to going down
 SMSC = "+15550100000"  # the service centre the emulated network stamps on inbound PDUs
 
 
+def _tpdu_length(pdu_hex: str) -> int:
+    """The <length> a modem announces: the octets after the SMSC field."""
+    try:
+        smsc = int(pdu_hex[:2], 16)
+    except ValueError:
+        smsc = 0
+    return max(0, len(pdu_hex) // 2 - smsc - 1)
+
+
 class _PoweredOff(Exception):
     """The port was pulled in the middle of a command."""
-
-
-class _Pty:
-    """One pty pair; the master's octets in and out, without blocking the loop."""
-
-    def __init__(self, on_data: Callable[[bytes], None]) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave, termios.TCSANOW)
-        os.set_blocking(self.master, False)
-        self.name = os.ttyname(self.slave)
-        self._out = bytearray()
-        self._loop = asyncio.get_running_loop()
-        self._on_data = on_data
-        self._loop.add_reader(self.master, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._loop.remove_reader(self.master)
-            return
-        if data:
-            self._on_data(data)
-
-    def write(self, data: bytes) -> None:
-        if not self._out:
-            self._loop.add_writer(self.master, self._writable)
-        self._out += data
-
-    def _writable(self) -> None:
-        try:
-            written = os.write(self.master, self._out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            written = len(self._out)  # nobody can read it any more
-        del self._out[:written]
-        if not self._out:
-            self._loop.remove_writer(self.master)
-
-    def close(self) -> None:
-        if self._out:  # what the modem said before the plug was pulled still goes out
-            with contextlib.suppress(OSError):
-                os.write(self.master, self._out)
-        self._loop.remove_reader(self.master)
-        self._loop.remove_writer(self.master)
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class EmulatedModem:
@@ -164,7 +124,7 @@ class EmulatedModem:
         self._next_ref = first_message_ref % 256
         self._next_concat_ref = 1
         self._random = random.Random(seed)  # noqa: S311 - part order in tests, not secrets
-        self._pty: _Pty | None = None
+        self._pty: Pty | None = None
         self._input = bytearray()
         self._input_changed = asyncio.Event()
         self._sent_changed = asyncio.Event()
@@ -220,7 +180,7 @@ class EmulatedModem:
             return
         self._hung = False
         self._input.clear()
-        self._pty = _Pty(self._received)
+        self._pty = Pty(self._received)
         if self.link_path is not None:
             temporary = self.link_path.with_name(self.link_path.name + ".new")
             with contextlib.suppress(FileNotFoundError):
@@ -407,6 +367,20 @@ class EmulatedModem:
             raise ValueError("the SIM is full")
         return index
 
+    def preload_record(self, pdu_hex: str, status: MessageStatus = MessageStatus.REC_UNREAD) -> int:
+        """A record exactly as given (a real phone's dump: FF fill, octets past TP-UDL,
+        a saved SMS-SUBMIT with status 2 or 3) already on the SIM; its index."""
+        index = self.sim.storages["SM"].put(pdu_hex, _tpdu_length(pdu_hex), status)
+        if index is None:
+            raise ValueError("the SIM is full")
+        return index
+
+    def inject_record(self, pdu_hex: str, *, store: bool = True) -> None:
+        """A record exactly as given arrives from the network (+CMTI or +CMT)."""
+        pdu = EncodedPdu(pdu_hex, _tpdu_length(pdu_hex))
+        if not self._deliver(pdu, store):
+            self._held.append(pdu)
+
     @property
     def sim_messages(self) -> dict[int, str]:
         """What the SIM stores now: index -> PDU hex (SMSC field included)."""
@@ -442,7 +416,9 @@ class EmulatedModem:
             return False
         mt = self.at.settings.cnmi[1]
         if not store or mt == 2:
-            self.at.urc(f"+CMT: ,{pdu.tpdu_length}\r\n{pdu.hex}")
+            between = self.at.take_interleave("+CMT")
+            lines = [f"+CMT: ,{pdu.tpdu_length}", *([between] if between else []), pdu.hex]
+            self.at.urc("\r\n".join(lines))
             return True
         index = self.at.storage(2).put(pdu.hex, pdu.tpdu_length, MessageStatus.REC_UNREAD)
         if index is None:
@@ -471,7 +447,7 @@ class EmulatedModem:
 
     def interleave_next(self, command_prefix: str, urc: str) -> None:
         """Put `urc` after the first line of the next such command's response (after
-        the `> ` prompt for AT+CMGS)."""
+        the `> ` prompt for AT+CMGS); with "+CMT", between the next +CMT and its PDU."""
         self.at.interleaves.append((command_prefix, urc))
 
     def set_registered(self, registered: bool) -> None:

@@ -229,7 +229,7 @@ class AtInterpreter:
     async def _execute(self, command: str) -> None:
         self._lines_out = 0
         upper = command.upper()
-        self._pending_interleave = self._take_interleave("AT" + upper)
+        self._pending_interleave = self.take_interleave("AT" + upper)
         if not command:
             return
         match = _COMMAND.fullmatch(upper)
@@ -252,7 +252,7 @@ class AtInterpreter:
                 self.final(format_reply(failure.reply, self.settings.cmee))
                 raise _Replied()
 
-    def _take_interleave(self, command: str) -> str | None:
+    def take_interleave(self, command: str) -> str | None:
         for entry in self.interleaves:
             if command.startswith(entry[0].upper()):
                 self.interleaves.remove(entry)
@@ -346,6 +346,8 @@ class AtInterpreter:
         state = self.settings.pin_state
         if kind == "read":
             self.info(f"+CPIN: {state.value}")
+            if self.profile.cpin_read_without_ok:
+                raise _Replied()  # the model's quirk: no final result
             return
         if kind != "set":
             return

@@ -9,8 +9,15 @@ and a +CMTI never both take the same message. A status report becomes
 one, becomes `EventSink.inbound` (the gateway holds parts on disk and joins them).
 Only after the sink returned (the gateway committed) is the stored copy deleted
 (`AT+CMGD`). When the sink fails, the copy stays and `rescan_at` says when to scan
-again. A PDU that does not decode is logged (its index only) and deleted, so it cannot
-fill the SIM.
+again.
+
+What is not ours is left alone: an SMS-SUBMIT saved on the SIM (stat 2 "stored unsent"
+or 3 "stored sent", or any record whose TP-MTI says SUBMIT) is skipped, never deleted,
+and so is a stat 2/3 record that does not decode (an emptied slot of FF). A received
+record that does not decode is never simply deleted: the raw record goes to the sink's
+quarantine (`drivers.base.QuarantineSink`, encrypted there for an operator), an error
+is logged with its index only, and the SIM copy is deleted only after that commit. A
+sink without a quarantine leaves it on the SIM.
 """
 
 from __future__ import annotations
@@ -21,15 +28,30 @@ from typing import Protocol
 
 import structlog
 
-from drivers.base import EventSink, InboundPart, InboundSms, Receipt, ReceiptState
+from drivers.base import (
+    EventSink,
+    InboundPart,
+    InboundSms,
+    QuarantineSink,
+    Receipt,
+    ReceiptState,
+)
 from drivers.clock import Clock
 from drivers.modem import commands as cmd
 from drivers.modem.atcodec import Response
-from drivers.modem.pdu import PduError, SmsDeliver, StatusReport, decode_incoming
+from drivers.modem.pdu import (
+    MTI_SUBMIT,
+    PduError,
+    SmsDeliver,
+    StatusReport,
+    decode_incoming,
+    message_type,
+)
 
 log = structlog.get_logger("smsgw.modem")
 
 EXPIRED_STATUS = 0x46  # TP-ST "SM validity period expired" (TS 23.040 §9.2.3.15)
+STORED_OUTGOING = frozenset({2, 3})  # <stat> "STO UNSENT", "STO SENT" (TS 27.005 3.1)
 
 
 class Commander(Protocol):
@@ -61,36 +83,55 @@ class Inbox:
         self.rescan_at: float | None = None
         self.inbound = 0
         self.receipts = 0
+        self.quarantined = 0
 
     async def read(self, index: int) -> None:
         async with self._lock:
             response = await self._command(f"AT+CMGR={index}")
-            pdu = cmd.parse_cmgr(response.lines) if response.final.ok else None
-            if pdu is not None:
-                await self._ingest(pdu, index)
+            record = cmd.parse_cmgr(response.lines) if response.final.ok else None
+            if record is not None:
+                await self._ingest(record.pdu, index, record.stat)
 
     async def take(self, pdu: str) -> None:
         async with self._lock:
-            await self._ingest(pdu, None)
+            await self._ingest(pdu, None, None)
 
     async def scan(self) -> None:
         async with self._lock:
             self.rescan_at = None
             response = await self._command("AT+CMGL=4", limit=self._scan_limit)
             for stored in cmd.parse_cmgl(response.lines):
-                await self._ingest(stored.pdu, stored.index)
+                await self._ingest(stored.pdu, stored.index, stored.stat)
 
-    async def _ingest(self, pdu: str, index: int | None) -> None:
+    async def _ingest(self, pdu: str, index: int | None, stat: int | None) -> None:
+        if message_type(pdu) == MTI_SUBMIT:
+            log.debug("modem_stored_submit_skipped", route=self.route, modem=self.modem,
+                      index=index)  # fmt: skip
+            return
         try:
             message = decode_incoming(pdu)
         except PduError:
-            log.error("modem_pdu_undecodable", route=self.route, modem=self.modem, index=index)
-            await self._delete(index)
+            if stat in STORED_OUTGOING:
+                log.info("modem_stored_record_skipped", route=self.route, modem=self.modem,
+                         index=index)  # fmt: skip
+                return
+            await self._quarantine(pdu, index)
             return
         if isinstance(message, StatusReport):
             await self._status_report(message, index)
         elif isinstance(message, SmsDeliver):
             await self._message(message, index)
+
+    async def _quarantine(self, pdu: str, index: int | None) -> None:
+        """Hold an undecodable record for an operator; delete the SIM's copy after that."""
+        log.error("modem_pdu_undecodable", route=self.route, modem=self.modem, index=index,
+                  octets=len(pdu) // 2)  # fmt: skip
+        sink = self._sink
+        if not isinstance(sink, QuarantineSink):
+            return  # nowhere to keep it: it stays on the SIM
+        if await self._stored(sink.quarantine(self.route, self.modem, pdu)):
+            self.quarantined += 1
+            await self._delete(index)
 
     async def _status_report(self, report: StatusReport, index: int | None) -> None:
         outcome = report.outcome

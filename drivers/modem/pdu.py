@@ -20,6 +20,12 @@ reference IEI 0x00, 16-bit IEI 0x08); others are skipped, and a concatenation el
 that contradicts itself (part 0, or a part past the total) is ignored, as TS 23.040
 9.2.3.24.1 asks.
 
+An incoming TPDU is read by its own lengths and ends where TP-UDL says: octets after the
+user data are ignored. Phones and modems hand out the whole SIM record (EF-SMS, 176
+octets) padded with FF, and some carry other octets past TP-UDL (gammu's tests/at-sms/
+32.dump and 39.dump are such records); refusing them would lose a patient's reply.
+An SMS-SUBMIT (what our side wrote) is still read strictly.
+
 Every decoding error is a `PduError` and every length is checked against the octets
 that are there: the bytes come from a serial line and may be anything. No error message
 holds a number or a text, which are patient data.
@@ -62,6 +68,9 @@ from drivers.text import (
 )
 
 __all__ = [
+    "MTI_DELIVER",
+    "MTI_STATUS_REPORT",
+    "MTI_SUBMIT",
     "Concat",
     "EncodedPdu",
     "Encoding",
@@ -75,6 +84,7 @@ __all__ = [
     "encode_deliver",
     "encode_status_report",
     "encode_submit",
+    "message_type",
     "validity_code",
     "validity_minutes_of",
 ]
@@ -254,7 +264,7 @@ def decode_incoming(pdu: str | bytes, *, has_smsc: bool = True) -> SmsDeliver | 
         encoding = encoding_of(reader.octet("the data coding scheme"))
         timestamp = read_timestamp(reader, "the service centre time stamp")
         user_data = _read_user_data(reader, first, encoding)
-        reader.expect_end()
+        # Whatever follows TP-UD (FF fill, a record's leftovers) is not the message.
         return SmsDeliver(
             sender=sender,
             sender_kind=_SENDER_KINDS.get(ton, "other"),
@@ -274,6 +284,15 @@ def decode_incoming(pdu: str | bytes, *, has_smsc: bool = True) -> SmsDeliver | 
         # Optional TP-PI, PID, DCS and user data may follow; they carry nothing we use.
         return StatusReport(message_ref, recipient, submitted, discharged, status)
     raise PduError(f"message type {kind} is not an SMS-DELIVER or SMS-STATUS-REPORT")
+
+
+def message_type(pdu: str | bytes, *, has_smsc: bool = True) -> int | None:
+    """The TP-MTI of a stored record (0 DELIVER, 1 SUBMIT, 2 STATUS-REPORT, 3 reserved),
+    or None when not even the first octet can be read."""
+    try:
+        return _tpdu_reader(pdu, has_smsc)[2] & MTI_MASK
+    except PduError:
+        return None
 
 
 def decode_submit(pdu: str | bytes, *, has_smsc: bool = True) -> SmsSubmit:

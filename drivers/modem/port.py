@@ -41,10 +41,13 @@ class PortLost(Exception):
 
 
 class CommandTimeout(Exception):
-    def __init__(self, name: str, pdu_written: bool) -> None:
+    """No final result in time; `lines` are the answer lines that did come."""
+
+    def __init__(self, name: str, pdu_written: bool, lines: tuple[str, ...] = ()) -> None:
         super().__init__("no answer")
         self.name = name
         self.pdu_written = pdu_written
+        self.lines = lines
 
 
 class _Protocol(asyncio.Protocol):
@@ -116,7 +119,7 @@ class AtPort:
         if isinstance(event, Response):
             return event
         if isinstance(event, Timeout):
-            raise CommandTimeout(event.name, event.pdu_written)
+            raise CommandTimeout(event.name, event.pdu_written, event.lines)
         assert isinstance(event, Abandoned)
         raise PortLost(event.pdu_written)
 

@@ -40,6 +40,8 @@ class ModemProfile:
     empty_read_ok: bool = False
     storage_sizes: dict[str, int] = field(default_factory=lambda: {"SM": 30, "ME": 100})
     extra_commands: tuple[str, ...] = ()  # vendor commands this model answers
+    # AT+CPIN? gives its +CPIN line and no final result (no OK).
+    cpin_read_without_ok: bool = False
 
 
 PROFILES: dict[str, ModemProfile] = {
@@ -91,5 +93,19 @@ PROFILES: dict[str, ModemProfile] = {
         reset_drops_port=False,
         reset_seconds=3.0,
         empty_read_ok=True,
+    ),
+    # Wavecom Fastrack M1306B (firmware R7.43, a serial modem: AT+CFUN=1,1 keeps the
+    # port): +WIND lines at boot (3 product ready, 1 SIM inserted, 4 ready for AT
+    # commands) and for calls and the SIM later on; AT+CPIN? answers "+CPIN: READY"
+    # without the OK that should end it.
+    "wavecom-fastrack": ModemProfile(
+        manufacturer="WAVECOM MODEM",
+        model="MULTIBAND  900E  1800",
+        revision="R7.43.0.201003231718.FXT002 1966548 032310 17:18",
+        boot_urcs=("+WIND: 3", "+WIND: 1", "+WIND: 4"),
+        iccid_commands=("+CCID",),
+        reset_drops_port=False,
+        reset_seconds=3.0,
+        cpin_read_without_ok=True,
     ),
 }

@@ -358,6 +358,11 @@ async def list_inbound(request: web.Request) -> web.Response:
     )
 
 
+async def undecodable_inbound(request: web.Request) -> web.Response:
+    """How many inbound records are held undecoded for an operator (no record shown)."""
+    return json_response(await _gateway(request).sink.undecodable_summary())
+
+
 async def get_queue(request: web.Request) -> web.Response:
     gw = _gateway(request)
     depths = gw.scheduler.depths()

@@ -26,6 +26,7 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
+from gateway.store.quarantine import HeldUndecodable
 from gateway.web import headers
 from gateway.web.client import ProxyTrust, client_address
 from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
@@ -168,6 +169,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         InboundPage,
         query=(_LIMIT, _CURSOR),
         answers=(_INVALID_QUERY,),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/inbound/undecodable",
+        h.undecodable_inbound,
+        "read",
+        "Inbound records no codec could read, held encrypted for an operator: count only",
+        None,
+        HeldUndecodable,
     ),
     Endpoint(
         "GET",

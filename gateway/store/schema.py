@@ -221,6 +221,20 @@ MIGRATIONS: tuple[str, ...] = (
         parked_at        REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 6 (i10-modem): inbound records a driver could not decode (a modem's SIM record),
+    #    held for an operator before the device's copy is deleted. `record_ct` is the
+    #    raw record, encrypted; `digest` a keyed digest of route, source and record, so
+    #    a record read again is held once. `source` is the modem's configured name.
+    """
+    CREATE TABLE inbound_undecodable (
+        id           TEXT PRIMARY KEY,
+        route        TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        record_ct    BLOB NOT NULL,
+        digest       BLOB NOT NULL UNIQUE,
+        received_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 
