@@ -328,3 +328,12 @@ async def test_audit_page_shows_names_and_readable_details(panel: PanelClient) -
     login = next(r for r in page.split("<tr>") if ">login<" in r)
     assert ">admin <span" in login  # who: the user's name, with the id beside it
     assert "When (UTC)" not in page
+
+
+async def test_dashboard_badge_says_why_no_message_is_accepted(panel: PanelClient) -> None:
+    await signed_in(panel, Role.VIEWER)
+    page = await (await panel.client.get("/")).text()
+    assert ">Accepting messages</span>" in page
+    await panel.gw.set_route_paused("main", paused=True, actor="test")
+    page = await (await panel.client.get("/")).text()
+    assert ">Not accepting messages: every route is paused</span>" in page

@@ -32,11 +32,12 @@
   }
 
   function formatValue(value, kind) {
+    // queue.not_ready: null while some route can send, else the reason it cannot.
+    if (kind === "readiness") return value ? "Not accepting messages: " + value : "Accepting messages";
     if (value === null || value === undefined) return "—";
     if (kind === "percent") return (value * 100).toFixed(1) + " %";
     if (kind === "age") return formatAge(value);
     if (kind === "rate") return value.toFixed(2);
-    if (kind === "accepting") return value ? "Accepting messages" : "Not accepting messages";
     if (typeof value === "number") return numberFormat.format(value);
     return String(value);
   }
@@ -187,7 +188,7 @@
     this.root.querySelectorAll("[data-bind]").forEach(function (node) {
       setText(node, formatValue(get(snap, node.getAttribute("data-bind")), node.getAttribute("data-format")));
     });
-    var accepting = this.root.querySelector("[data-format=accepting]");
+    var accepting = this.root.querySelector("[data-format=readiness]");
     if (accepting) setAttr(accepting, "class", "badge " + (snap.queue.accepting ? "badge-ok" : "badge-bad"));
     // A warning is said in words (the flag), not by the tile's colour alone.
     this.root.querySelectorAll("[data-warn-above]").forEach(function (node) {

@@ -243,15 +243,19 @@ class AuditTrail:
 
     async def verify(self) -> Verification:
         """Walk the chain from the first entry; the first one that does not fit is reported."""
-        cur = await self._store.reader.execute("SELECT * FROM audit_log ORDER BY seq")
         expected_seq, prev, count = 1, GENESIS, 0
-        while rows := await cur.fetchmany(1000):
+        # A page at a time by seq: each read is fetched whole, so the trail is never all
+        # in memory at once; entries are only ever appended, so pages cannot shift.
+        while rows := await (
+            await self._store.reader.execute(
+                "SELECT * FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT 1000", (expected_seq,)
+            )
+        ).fetchall():
             for row in rows:
                 e = AuditEntry(*row)
                 count += 1
                 problem = self._problem(e, expected_seq, prev)
                 if problem is not None:
-                    await cur.close()
                     return Verification(False, count, min(e.seq, expected_seq), problem)
                 expected_seq, prev = e.seq + 1, e.hash
         return Verification(True, count, head_seq=expected_seq - 1, head_hash=prev)
