@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,21 @@ FAST_PASSWORD_HASH = {
     "password_hash_iterations": 2,
     "password_hash_lanes": 1,
 }
+
+
+SMSGW = [sys.executable, "-m", "gateway.cli"]
+
+
+async def smsgw_process(*args: str, **env: str) -> asyncio.subprocess.Process:
+    """`smsgw ARGS` as a child with stdout and stderr piped and its output unbuffered;
+    `env` is laid over this process's environment."""
+    return await asyncio.create_subprocess_exec(
+        *SMSGW,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+    )
 
 
 def make_config(

@@ -16,15 +16,14 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gateway.cli import main
+from tests.conftest import SMSGW
 
-SMSGW = [sys.executable, "-m", "gateway.cli"]
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
 

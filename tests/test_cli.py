@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,8 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
-from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, SMSGW, smsgw_process
 
-SMSGW = [sys.executable, "-m", "gateway.cli"]
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
 
@@ -152,15 +150,7 @@ async def daemon(
     conf.write_text(conf.read_text() + '\n[log]\nlevel = "debug"\n')
     listen = re.search(r'listen = "([^"]+)"', conf.read_text())
     assert listen is not None
-    proc = await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "run",
-        "--config",
-        str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = await smsgw_process("run", "--config", str(conf))
     d = Daemon(proc, f"http://{listen.group(1)}")
     await d.wait_log(lambda e: e.get("event") == "listening")
     try:
@@ -241,14 +231,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_message(
         await d.proc.wait()
         await asyncio.gather(*clients)
 
-    proc = await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "run",
-        "--config",
-        str(tmp_path / "smsgw.toml"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await smsgw_process("run", "--config", str(tmp_path / "smsgw.toml"))
     d2 = Daemon(proc, d.url)
     try:
         await d2.wait_log(lambda e: e.get("event") == "listening")

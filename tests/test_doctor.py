@@ -7,10 +7,8 @@ names each cause, and prints only its report on stdout.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import ssl
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,9 +17,9 @@ import pytest
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway import tls
 from gateway.cli import main
+from tests.conftest import smsgw_process
 from tests.test_cli import TOKEN_RE, Daemon, _free_port
 
-SMSGW = [sys.executable, "-m", "gateway.cli"]
 SYSTEM_ID, PASSWORD = "hosp", "right"
 
 
@@ -57,16 +55,7 @@ def _edit(path: Path, change: Callable[[str], str]) -> None:
 
 
 async def _doctor(conf: Path, *extra: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "doctor",
-        "--config",
-        str(conf),
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = await smsgw_process("doctor", "--config", str(conf), *extra)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
@@ -168,14 +157,7 @@ async def test_master_key_problem_is_reported(conf: Path, tmp_path: Path) -> Non
 
 
 async def test_a_running_gateway_is_not_probed_twice(conf: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "run",
-        "--config",
-        str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await smsgw_process("run", "--config", str(conf))
     d = Daemon(proc, "")
     try:
         await d.wait_log(lambda e: e.get("event") == "listening")

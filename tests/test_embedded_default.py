@@ -14,7 +14,6 @@ import asyncio
 import os
 import re
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-SMSGW = [sys.executable, "-m", "gateway.cli"]
+from tests.conftest import SMSGW
+
 TOKEN = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
 pytestmark = pytest.mark.timeout(90)

@@ -34,9 +34,15 @@ from gateway.store.inbound_parts import Filed
 from gateway.store.schema import MIGRATIONS, migrate
 from gateway.store.store import Store
 from gateway.tokens import create_token
-from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
+from tests.conftest import (
+    CANARY_BODY,
+    CANARY_DIGITS,
+    CANARY_NUMBER,
+    GatewayFactory,
+    smsgw_process,
+)
 from tests.test_api import start_client
-from tests.test_cli import SMSGW, Daemon, _init
+from tests.test_cli import Daemon, _init
 from tests.test_store import _files, _needles, _scan
 
 RECIPIENT = "4000"
@@ -584,15 +590,7 @@ reconnect_max = 0.2
 
 async def _daemon(conf: Path, url: str) -> Daemon:
     """`smsgw run` on `conf`, once it listens."""
-    proc = await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "run",
-        "--config",
-        str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = await smsgw_process("run", "--config", str(conf))
     daemon = Daemon(proc, url)
     await daemon.wait_log(lambda e: e.get("event") == "listening")
     return daemon

@@ -8,20 +8,18 @@ process to end (within two seconds of the line), with no traceback on either str
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
+from tests.conftest import smsgw_process
 from tests.test_cli import TOKEN_RE, Daemon, _free_port
 
-SMSGW = [sys.executable, "-m", "gateway.cli"]
 EXIT_AFTER_LINE = 2.0  # the promise: the process ends within two seconds of the fault
 
 
@@ -43,15 +41,7 @@ def _with_port(text: str, port: int) -> str:
 
 
 async def _run(conf: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "run",
-        "--config",
-        str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return await smsgw_process("run", "--config", str(conf))
 
 
 async def _refused(proc: asyncio.subprocess.Process) -> tuple[str, int]:
@@ -176,14 +166,8 @@ async def test_data_dir_that_cannot_be_made_ends_with_one_line(conf: Path, tmp_p
 
 
 async def test_unusable_notify_socket_is_no_start_up_fault(conf: Path, tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *SMSGW,
-        "run",
-        "--config",
-        str(conf),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "no-such-socket")},
+    proc = await smsgw_process(
+        "run", "--config", str(conf), NOTIFY_SOCKET=str(tmp_path / "no-such-socket")
     )
     d = Daemon(proc, "")
     try:
