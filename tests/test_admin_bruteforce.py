@@ -186,10 +186,14 @@ async def test_current_password_guesses_are_throttled_and_lock(panel: PanelClien
         panel.clock.advance(config.max_delay)
         await burst(panel, "/account/password", lambda _: form, token)
     assert hasher.verified == config.max_failed_logins
+    # The lock ended the session that guessed (a stolen one, as far as we can tell).
+    assert "account_locked" in await panel.audit_actions()
+    assert "sessions_ended" in await panel.audit_actions()
     right = {"current_password": PASSWORD, "new_password": new, "confirm_password": new}
     r = await panel.post("/account/password", right, token=token)
-    assert r.status == 429 and "Try again in" in await r.text()
+    assert r.status == 401, "the session is gone"
+    r = await panel.client.get("/account", allow_redirects=False)
+    assert r.headers["Location"] == "/login"
     assert hasher.verified == config.max_failed_logins
-    assert "account_locked" in await panel.audit_actions()
     panel.client.session.cookie_jar.clear()
     assert (await panel.login("alice")).status == 429

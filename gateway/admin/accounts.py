@@ -35,12 +35,14 @@ class InvalidUsername(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LoginOutcome:
-    """`user` is set on success; `retry_after` when the attempt was not even tried."""
+    """`user` is set on success; `retry_after` when the attempt was not even tried;
+    `signed_out` when the failure locked the account and ended its sessions."""
 
     user: User | None = None
     needs_totp: bool = False
     needs_enrolment: bool = False
     retry_after: float | None = None
+    signed_out: bool = False
 
 
 def user_actor(user_id: str) -> str:
@@ -252,6 +254,12 @@ class Accounts:
         if not await self.hasher.verify_async(creds.password_hash, password):
             await self._repeat(actor, "password_change_refused", user, source, reason="credentials")
             await self._failed(r, user, "password", source)
+            if r.locking:
+                # Guessing from inside a session is what a stolen session does: the lock
+                # ends every session of the account, the guesser's included.
+                ended = await self.repo.end_user_sessions(user.id)
+                await self.audit.record("system", "sessions_ended", "user", user.id, count=ended)
+                return LoginOutcome(signed_out=True)
             return LoginOutcome()
         await self._succeeded(r, account)
         return LoginOutcome(user)

@@ -214,6 +214,10 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
     )
     if checked.retry_after is not None:
         return again(429, _retry_message(checked.retry_after))
+    if checked.signed_out:
+        response = redirect(LOGIN_PATH)
+        clear_cookie(response, request, SESSION_COOKIE)
+        return response
     if checked.user is None:
         return again(403, "The current password is not right.")
     try:
