@@ -35,10 +35,10 @@ from gateway.admin.render import render
 from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
 from gateway.admin.sessions import Session
-from gateway.api.handlers import GATEWAY
 from gateway.app import Gateway
 from gateway.models import Priority
 from gateway.store.store import Store
+from gateway.web.context import GATEWAY
 
 log = structlog.get_logger("smsgw.admin.dashboard")
 
