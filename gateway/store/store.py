@@ -471,23 +471,6 @@ class Store:
         )
         return list(await cur.fetchall())
 
-    async def list_messages(
-        self, *, where: Iterable[tuple[str, Any]], cursor: str | None, limit: int
-    ) -> list[sqlite3.Row]:
-        clauses, params = [], []
-        for clause, value in where:
-            clauses.append(clause)
-            params.append(value)
-        if cursor is not None:
-            clauses.append("id < ?")
-            params.append(cursor)
-        sql = "SELECT * FROM messages"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY id DESC LIMIT ?"
-        cur = await self.reader.execute(sql, (*params, limit))
-        return list(await cur.fetchall())
-
     async def state_counts(self) -> dict[tuple[str, int], int]:
         cur = await self.reader.execute(
             "SELECT state, priority, count(*) FROM messages"
@@ -589,11 +572,6 @@ class Store:
             "SELECT route, count(*) FROM messages WHERE state = 'sending' GROUP BY route"
         )
         return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
-
-    async def inbound_row(self, inbound_id: str) -> sqlite3.Row | None:
-        cur = await self.reader.execute("SELECT * FROM inbound WHERE id = ?", (inbound_id,))
-        row: sqlite3.Row | None = await cur.fetchone()
-        return row
 
     async def token_record(self, token_id: str) -> TokenRecord | None:
         cur = await self.reader.execute(
