@@ -118,7 +118,7 @@ async def test_the_inbound_list_on_request_audits_every_id_it_shows(api: Api) ->
 
 
 async def _poll(api: Api, token: str, cursor: str, limit: int) -> tuple[list[str], str]:
-    resp = await api.get(f"/api/v1/inbound?after={cursor}&limit={limit}", token)
+    resp = await api.get(f"/api/v1/inbound?order=oldest&cursor={cursor}&limit={limit}", token)
     assert resp.status == 200, await resp.text()
     page = await resp.json()
     return [m["id"] for m in page["inbound"]], str(page["next_cursor"])
@@ -178,9 +178,13 @@ async def test_newest_first_pages_are_unmoved_by_arrivals(api: Api) -> None:
 
 
 async def test_cursors_are_checked(api: Api) -> None:
-    for query in ("after=abc", "after=-1", "cursor=01ABC", "after=1&cursor=2", "after=" + "9" * 30):
+    for query in ("order=oldest&cursor=abc", "cursor=-1", "cursor=01ABC", "cursor=" + "9" * 19):
         error = await _error(await api.get(f"/api/v1/inbound?{query}"), 400, "invalid_query")
-        assert error["field"] in ("after", "cursor")
+        assert error["field"] == "cursor"
+    error = await _error(await api.get("/api/v1/inbound?order=up"), 400, "invalid_query")
+    assert error["field"] == "order"
+    first = await (await api.get("/api/v1/inbound?order=oldest")).json()
+    assert first == {"inbound": [], "next_cursor": "0"}
 
 
 async def test_migration_numbers_inbound_rows_stored_before_it_in_id_order(

@@ -262,14 +262,15 @@ async def list_inbound(request: web.Request) -> web.Response:
     gw = _gateway(request)
     limit = _limit(request)
     phi = _include_phi(request)
-    caller = _caller(request)
-    after = request.query.get("after")
-    if after is not None:
-        if "cursor" in request.query:
-            raise ApiError(400, "invalid_query", "after: use either after or cursor", field="after")
-        page = await gw.usecases.inbound.after(caller, after, limit, phi=phi)
+    order = request.query.get("order", "newest")
+    if order not in ("newest", "oldest"):
+        raise ApiError(400, "invalid_query", "order: expected newest or oldest", field="order")
+    inbound = gw.usecases.inbound
+    cursor = request.query.get("cursor")
+    if order == "oldest":
+        page = await inbound.after(_caller(request), cursor, limit, phi=phi)
     else:
-        page = await gw.usecases.inbound.newest(caller, request.query.get("cursor"), limit, phi=phi)
+        page = await inbound.newest(_caller(request), cursor, limit, phi=phi)
     return json_response(InboundPage([inbound_view(r) for r in page.inbound], page.next_cursor))
 
 

@@ -86,12 +86,15 @@ _INCLUDE = Query(
 _NO_PHI = Answer(403, "`forbidden`: `include=phi` needs the 'phi' scope")
 _INBOUND_QUERY = (
     _LIMIT,
-    Query("cursor", "newest first: next_cursor of the previous page"),
     Query(
-        "after",
-        "poll: messages stored after this cursor, oldest first (0: from the first);"
-        " answer's next_cursor is where to poll next. Not with `cursor`",
-        {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "order",
+        "newest (default): newest first, `cursor` goes to older ones; oldest: in commit"
+        " order from the first, or after `cursor`, with next_cursor always set, so a"
+        " client polling with it never misses or re-reads a message",
+        {"type": "string", "enum": ["newest", "oldest"], "default": "newest"},
+    ),
+    Query(
+        "cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[0-9]{1,18}$"}
     ),
     _INCLUDE,
 )
@@ -177,7 +180,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/v1/inbound",
         h.list_inbound,
         "read",
-        "Inbound messages: newest first, or polled in commit order with `after`",
+        "Inbound messages: newest first, or polled oldest first in commit order",
         None,
         InboundPage,
         query=_INBOUND_QUERY,

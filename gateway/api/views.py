@@ -83,7 +83,7 @@ class InboundPage(msgspec.Struct, frozen=True):
         str | None,
         msgspec.Meta(
             description="newest first: the cursor of the next (older) page, null after"
-            " the last; with `after`: always set, the cursor to poll with next"
+            " the last; order=oldest: always set, the cursor to poll with next"
         ),
     ]
 

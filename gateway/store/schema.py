@@ -236,7 +236,7 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     """,
     # 7 (i11-app): `inbound.seq`, the order inbound messages were committed in: the
-    #    cursor of `GET /api/v1/inbound?after=`. Ids are made before their commit, so two
+    #    cursor of `GET /api/v1/inbound?order=oldest`. Ids are made before their commit, so two
     #    may commit out of order, and a poller paging by id would skip the later one.
     #    Rows stored before this are numbered in id order.
     """

@@ -2,10 +2,10 @@
 
 Paging. Each inbound message has a cursor: its place in commit order (`inbound.seq`,
 given inside the writer's transaction). Newest-first pages go backwards from a cursor;
-`after` polls forwards, oldest first, and always answers the cursor to resume from,
-so a client polling in a loop never misses or re-reads a message, including ones
-committed while it pages: a message's cursor is only ever above every one already
-visible.
+`after` (the API's `order=oldest`) goes forwards, oldest first, and always answers the
+cursor to resume from, so a client polling in a loop never misses or re-reads a
+message, including ones committed while it pages: a new message's cursor is above
+every one already visible.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from gateway.usecases.caller import Caller
 from gateway.usecases.messages import forbidden
 from gateway.usecases.records import InboundPage, InboundRecord, Revealed
 
-MAX_CURSOR = 2**63 - 1
+MAX_CURSOR_DIGITS = 18  # below 2**63: SQLite's integers
 
 
-def parse_cursor(text: str, field: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_CURSOR:
-        raise ApiError(400, "invalid_query", f"{field}: not a cursor from this API", field=field)
+def parse_cursor(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_CURSOR_DIGITS:
+        raise ApiError(400, "invalid_query", "cursor: not a cursor from this API", field="cursor")
     return int(text)
 
 
@@ -51,7 +51,7 @@ class Inbound:
     ) -> InboundPage:
         """Newest first; `cursor` (a page's `next_cursor`) continues with older ones."""
         self._check_phi(caller, phi)
-        before = None if cursor is None else parse_cursor(cursor, "cursor")
+        before = None if cursor is None else parse_cursor(cursor)
         stored = await self._store.records.inbound_newest(before, limit + 1)
         more = len(stored) > limit
         stored = stored[:limit]
@@ -59,12 +59,12 @@ class Inbound:
         return InboundPage(records, records[-1].cursor if more and records else None)
 
     async def after(
-        self, caller: Caller, cursor: str, limit: int, *, phi: bool = False
+        self, caller: Caller, cursor: str | None, limit: int, *, phi: bool = False
     ) -> InboundPage:
-        """Oldest first, stored after `cursor` (`0`: from the first). `next_cursor` is
+        """Oldest first, stored after `cursor` (None: from the first). `next_cursor` is
         always set: the cursor to poll with next (the same one if nothing came)."""
         self._check_phi(caller, phi)
-        start = parse_cursor(cursor, "after")
+        start = 0 if cursor is None else parse_cursor(cursor)
         stored = await self._store.records.inbound_after(start, limit)
         records = await self._records(caller, stored, phi)
         return InboundPage(records, records[-1].cursor if records else str(start))
