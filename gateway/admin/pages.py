@@ -5,7 +5,9 @@ CSRF and header checks come from the panel's one gate. Phone numbers and bodies 
 masked for admin and operator and absent for viewer and auditor; one message at a time
 can be revealed by a POST that writes a `reveal` audit entry first. Every action
 (cancel, retry, reveal, pause, resume, drain, token create and revoke) is audited with
-ids only.
+ids only. Messages and inbound messages are read and acted on through the application
+layer (`gw.usecases`, with the user as a `Caller`), which masks them for the user's
+role and writes the audit entries of cancel, retry and reveal.
 """
 
 from __future__ import annotations

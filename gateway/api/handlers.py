@@ -33,7 +33,7 @@ from gateway.models import Priority, State
 from gateway.store.store import TokenRecord
 from gateway.usecases import Caller
 from gateway.usecases.messages import IdempotencyKey, MessageSearch
-from gateway.web.context import GATEWAY, JSON_HEADERS, gateway_of, json_response
+from gateway.web.context import JSON_HEADERS, gateway_of, json_response
 
 log = structlog.get_logger("smsgw.api")
 IDEMPOTENCY_LOCKS: web.AppKey[dict[tuple[str, bytes], asyncio.Lock]] = web.AppKey(
@@ -45,7 +45,6 @@ MAX_PAGE = 500
 IDEMPOTENCY_KEY_MAX = 255
 INCLUDE_PHI = "phi"
 _encode = msgspec.json.encode
-__all__ = ["GATEWAY", "json_response"]
 
 
 def _gateway(request: web.Request) -> Gateway:
