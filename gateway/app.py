@@ -42,7 +42,7 @@ from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
-from gateway.usecases import Inbound, Messages, UseCases
+from gateway.usecases import Inbound, Messages, Status, UseCases
 
 log = structlog.get_logger("smsgw.app")
 
@@ -149,7 +149,14 @@ class Gateway:
             audit=self.audit,
             accepting=lambda: self.accepting,
         )
-        return UseCases(messages, Inbound(store=self.store, audit=self.audit))
+        status = Status(
+            store=self.store,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            accepting=lambda: self.accepting,
+            not_ready=self.not_ready,
+        )
+        return UseCases(messages, Inbound(store=self.store, audit=self.audit), status)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))

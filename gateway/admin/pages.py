@@ -316,7 +316,7 @@ async def inbound_page(request: web.Request) -> web.Response:
 
 async def routes_page(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    cards = route_cards(gw, await gw.store.sending_by_route())
+    cards = route_cards(gw, await gw.usecases.status.sending_by_route())
     return render(
         request,
         "routes.html",

@@ -287,20 +287,16 @@ async def undecodable_inbound(request: web.Request) -> web.Response:
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    gw = _gateway(request)
-    depths = gw.scheduler.depths()
-    counts = await gw.store.state_counts()
-    sending = {p.label: counts.get(("sending", int(p)), 0) for p in Priority}
-    oldest = gw.scheduler.oldest_due()
-    now = gw.clock.time()
+    q = await _gateway(request).usecases.status.queue()
     return json_response(
         {
-            **depths,
-            "sending": sending,
-            "in_flight": gw.scheduler.in_flight,
-            "oldest_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
-            "possible_duplicates": await gw.store.possible_duplicates(),
-            "accepting": gw.accepting,
+            "queued": {c.name: c.queued for c in q.classes},
+            "scheduled": {c.name: c.scheduled for c in q.classes},
+            "sending": {c.name: c.sending for c in q.classes},
+            "in_flight": q.in_flight,
+            "oldest_age_seconds": None if q.oldest_age is None else round(q.oldest_age, 3),
+            "possible_duplicates": q.possible_duplicates,
+            "accepting": q.accepting,
         }
     )
 
