@@ -214,3 +214,22 @@ async def test_migration_numbers_inbound_rows_stored_before_it_in_id_order(
         assert [(r.id, r.seq) for r in newest] == [("00NEW", 4)]
     finally:
         await store.close()
+
+
+async def test_the_message_list_on_request_audits_every_id_it_shows(api: Api) -> None:
+    phi = await _token(api, "send", "read", "phi")
+    plain = await _token(api, "send", "read")
+    ids = [await _send(api, phi, body=f"body {i}") for i in range(3)]
+    page = await (await api.get("/api/v1/messages?include=phi&limit=2", phi)).json()
+    assert [(m["id"], m["to"], m["body"]) for m in page["messages"]] == [
+        (ids[2], CANARY_NUMBER, "body 2"),
+        (ids[1], CANARY_NUMBER, "body 1"),
+    ]
+    reads = await _phi_reads(api)
+    assert [(kind, target) for _, kind, target, _ in reads] == [
+        ("message", ids[2]),
+        ("message", ids[1]),
+    ]
+    error = await _error(await api.get("/api/v1/messages?include=phi", plain), 403, "forbidden")
+    assert error["field"] == "include"
+    assert len(await _phi_reads(api)) == 2

@@ -253,7 +253,8 @@ async def list_messages(request: web.Request) -> web.Response:
     gw = _gateway(request)
     search = _search(request)
     limit = _limit(request)
-    page = await gw.usecases.messages.search(_caller(request), search, limit)
+    phi = _include_phi(request)
+    page = await gw.usecases.messages.search(_caller(request), search, limit, phi=phi)
     return json_response(MessagePage([message_view(m) for m in page.messages], page.next_cursor))
 
 

@@ -146,11 +146,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List messages, newest first, with cursor paging",
         None,
         MessagePage,
-        query=_LIST_QUERY,
+        query=(*_LIST_QUERY, _INCLUDE),
         answers=(
             _INVALID_QUERY,
             Answer(400, "`invalid_number`: `to` is not a valid phone number"),
-            Answer(403, "`forbidden`: `to` needs the 'phi' scope"),
+            Answer(403, "`forbidden`: `to` or `include=phi` needs the 'phi' scope"),
         ),
     ),
     Endpoint(

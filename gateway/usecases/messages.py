@@ -296,8 +296,13 @@ class Messages:
             caller, stored, tuple(EventRecord(**vars_of(e)) for e in events), phi=phi
         )
 
-    async def search(self, caller: Caller, search: MessageSearch, limit: int) -> MessagePage:
-        """Messages newest first, `limit` a page; `next_cursor` only if more follow."""
+    async def search(
+        self, caller: Caller, search: MessageSearch, limit: int, *, phi: bool = False
+    ) -> MessagePage:
+        """Messages newest first, `limit` a page; `next_cursor` only if more follow.
+        `phi`: with numbers and bodies whole (PHI rights; each id shown is audited)."""
+        if phi and not caller.may_read_phi:
+            raise forbidden("include", "reading numbers and bodies")
         to = None
         if search.number is not None:
             if not caller.may_read_phi:
@@ -326,8 +331,12 @@ class Messages:
             stored = await self._store.records.messages(query, limit + 1)
         more = len(stored) > limit
         stored = stored[:limit]
+        if phi and stored:
+            await self._audit.record_each(
+                caller.actor, "phi_read", "message", [m.id for m in stored]
+            )
         return MessagePage(
-            tuple(self._record(caller, m) for m in stored),
+            tuple(self._record(caller, m, phi=phi) for m in stored),
             stored[-1].id if more and stored else None,
             truncated,
         )
