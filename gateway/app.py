@@ -13,6 +13,7 @@ Shutdown order (each step waits for the one before):
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
+from gateway.usecases import Inbound, Messages, Status, UseCases
 
 log = structlog.get_logger("smsgw.app")
 
@@ -133,6 +135,28 @@ class Gateway:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
             self._spawn(self._inbound_expiry())
+
+    @functools.cached_property
+    def usecases(self) -> UseCases:
+        """The application layer every front end calls (`gateway/usecases/`)."""
+        messages = Messages(
+            config=self.config,
+            store=self.store,
+            intake=self.intake,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            metrics=self.metrics,
+            audit=self.audit,
+            accepting=lambda: self.accepting,
+        )
+        status = Status(
+            store=self.store,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            accepting=lambda: self.accepting,
+            not_ready=self.not_ready,
+        )
+        return UseCases(messages, Inbound(store=self.store, audit=self.audit), status)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))

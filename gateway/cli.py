@@ -209,7 +209,7 @@ def _install_uvloop() -> None:
 
 
 async def _serve(config: Config, first_token: str | None, startup: Startup) -> int:
-    from gateway.api.server import build_runner
+    from gateway.http_app import build_runner
     from gateway.web.connections import GuardedTCPSite
 
     host, _, port = config.http.listen.rpartition(":")

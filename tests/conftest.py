@@ -122,7 +122,7 @@ async def panel(open_gateway: GatewayFactory) -> AsyncIterator[Any]:
     """The gateway's whole app (API and admin panel) on a loopback socket, fake clock."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from gateway.api.server import build_app, runner_options
+    from gateway.http_app import build_app, runner_options
     from tests.admin_support import PanelClient
 
     gw = await open_gateway(admin=FAST_PASSWORD_HASH)

@@ -143,7 +143,7 @@ async def test_detail_holds_ids_only(open_gateway: GatewayFactory) -> None:
 async def test_route_pause_through_the_api_is_audited(open_gateway: GatewayFactory) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from gateway.api.server import build_app
+    from gateway.http_app import build_app
     from gateway.tokens import create_token
 
     gw = await open_gateway()

@@ -337,3 +337,18 @@ async def test_dashboard_badge_says_why_no_message_is_accepted(panel: PanelClien
     await panel.gw.set_route_paused("main", paused=True, actor="test")
     page = await (await panel.client.get("/")).text()
     assert ">Not accepting messages: every route is paused</span>" in page
+
+
+# -- issue 11, point 1 -------------------------------------------------------------------
+
+
+async def test_parallel_cancels_from_the_panel_cancel_once(panel: PanelClient) -> None:
+    """Check and cancel are one step: of many operators' clicks, one cancels."""
+    token = await signed_in(panel, Role.OPERATOR)
+    mid = await accept(panel.gw)
+    resps = await asyncio.gather(
+        *(panel.post(f"/messages/{mid}/cancel", token=token) for _ in range(10))
+    )
+    assert sorted(r.status for r in resps) == [303] + [409] * 9
+    assert (await panel.audit_actions()).count("message_cancelled") == 1
+    assert await state_of(panel.gw, mid) == "cancelled"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.admin.phi import DOT, mask_body, mask_number
+from gateway.usecases.masking import DOT, mask_body, mask_number
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.api.server import ENDPOINTS, build_app, runner_options
+from gateway.api.server import ENDPOINTS
 from gateway.app import Gateway
+from gateway.http_app import build_app, runner_options
 from gateway.tokens import create_token
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, state_of
 

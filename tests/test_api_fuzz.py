@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 
 from drivers.clock import SystemClock
-from gateway.api.server import build_app, runner_options
 from gateway.app import Gateway
+from gateway.http_app import build_app, runner_options
 from gateway.tokens import SCOPES, create_token
 from tests.conftest import make_config
 

@@ -30,9 +30,9 @@ from structlog.testing import capture_logs
 from gateway import logs, tls
 from gateway.admin.accounts import Accounts
 from gateway.admin.repo import AdminRepo, Role
-from gateway.api.server import build_runner
 from gateway.app import Gateway
 from gateway.config import ConfigError, HttpConfig, from_mapping
+from gateway.http_app import build_runner
 from gateway.tokens import create_token
 from gateway.web.client import ProxyTrust
 from gateway.web.connections import GuardedTCPSite

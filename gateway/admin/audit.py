@@ -38,7 +38,7 @@ import hmac
 import json
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from drivers.clock import Clock
@@ -143,6 +143,19 @@ class AuditTrail:
         return await self._store.writer.run(
             lambda conn: self._append(conn, at, actor, action, target_kind, target_id, detail)
         )
+
+    async def record_each(
+        self, actor: str, action: str, target_kind: str, target_ids: Sequence[str]
+    ) -> None:
+        """One entry per target (a page of PHI reads), in one transaction."""
+        detail = _checked(action, {})
+        at = self._clock.time()
+
+        def job(conn: sqlite3.Connection) -> None:
+            for target_id in target_ids:
+                self._append(conn, at, actor, action, target_kind, target_id, detail)
+
+        await self._store.writer.run(job)
 
     async def record_repeated(
         self,

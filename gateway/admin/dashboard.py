@@ -35,10 +35,9 @@ from gateway.admin.render import render
 from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
 from gateway.admin.sessions import Session
-from gateway.api.handlers import GATEWAY
 from gateway.app import Gateway
-from gateway.models import Priority
 from gateway.store.store import Store
+from gateway.web.context import GATEWAY
 
 log = structlog.get_logger("smsgw.admin.dashboard")
 
@@ -137,32 +136,25 @@ def _share(part: int, whole: int) -> float | None:
 async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
     """Everything the dashboard shows; numbers, names and error codes only."""
     now = gw.clock.time()
-    depths = gw.scheduler.depths()
-    counts = await gw.store.state_counts()
+    q = await gw.usecases.status.queue()
     classes = [
-        {
-            "name": p.label,
-            "queued": depths["queued"][p.label],
-            "scheduled": depths["scheduled"][p.label],
-            "sending": counts.get(("sending", int(p)), 0),
-        }
-        for p in Priority
+        {"name": c.name, "queued": c.queued, "scheduled": c.scheduled, "sending": c.sending}
+        for c in q.classes
     ]
-    oldest = gw.scheduler.oldest_due()
     totals = tail.totals()
     finals = totals["delivered"] + totals["failed"] + totals["expired"]
     start, series = tail.sends_per_second(now)
     return {
         "queue": {
             "classes": classes,
-            "queued": sum(c["queued"] for c in classes),
-            "scheduled": sum(c["scheduled"] for c in classes),
-            "sending": sum(c["sending"] for c in classes),
-            "oldest_age_seconds": None if oldest is None else max(0, int(now - oldest)),
-            "possible_duplicates": await gw.store.possible_duplicates(),
+            "queued": sum(c.queued for c in q.classes),
+            "scheduled": sum(c.scheduled for c in q.classes),
+            "sending": sum(c.sending for c in q.classes),
+            "oldest_age_seconds": None if q.oldest_age is None else int(q.oldest_age),
+            "possible_duplicates": q.possible_duplicates,
             # The badge says "Accepting messages" only while some route can send them.
-            "accepting": gw.not_ready() is None,
-            "not_ready": gw.not_ready(),
+            "accepting": q.not_ready is None,
+            "not_ready": q.not_ready,
         },
         "throughput": {
             "start": start,
@@ -180,7 +172,7 @@ async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
         "failures": [
             {"code": code, "count": n} for code, n in tail.failure_codes().most_common(10)
         ],
-        "routes": route_cards(gw, await gw.store.sending_by_route()),
+        "routes": route_cards(gw, await gw.usecases.status.sending_by_route()),
     }
 
 

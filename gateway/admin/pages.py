@@ -5,13 +5,14 @@ CSRF and header checks come from the panel's one gate. Phone numbers and bodies 
 masked for admin and operator and absent for viewer and auditor; one message at a time
 can be revealed by a POST that writes a `reveal` audit entry first. Every action
 (cancel, retry, reveal, pause, resume, drain, token create and revoke) is audited with
-ids only.
+ids only. Messages and inbound messages are read and acted on through the application
+layer (`gw.usecases`, with the user as a `Caller`), which masks them for the user's
+role and writes the audit entries of cancel, retry and reveal.
 """
 
 from __future__ import annotations
 
 import inspect
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,24 +22,24 @@ import structlog
 from aiohttp import web
 
 from gateway.admin.panel import actor
-from gateway.admin.phi import mask_body, mask_number
 from gateway.admin.render import error_response, redirect, render
 from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ADMIN, OPERATORS, PHI_READERS, PanelRoute, current_user
-from gateway.api.handlers import GATEWAY, json_response
-from gateway.api.views import iso
 from gateway.app import Gateway
-from gateway.intake import SendRequest, normalise_number
-from gateway.lifecycle import CANCELLABLE
+from gateway.errors import ApiError
 from gateway.models import Priority, State
 from gateway.routes import RouteRuntime
 from gateway.tokens import SCOPES, BadScope, create_token, parse_scopes
+from gateway.usecases import Caller
+from gateway.usecases.messages import REFERENCE_SCAN_LIMIT, RETRYABLE, MessageSearch
+from gateway.usecases.records import MessageRecord, Revealed
+from gateway.web.context import GATEWAY, json_response
+from gateway.web.formats import iso
 
 log = structlog.get_logger("smsgw.admin.pages")
 
 PAGE_SIZE = 50
-REFERENCE_SCAN_LIMIT = 10_000  # references have no index: search the newest this many
 STAFF = frozenset({Role.ADMIN, Role.OPERATOR, Role.VIEWER})  # not the auditor
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -55,6 +56,19 @@ async def _audit(
 
 def _sees_phi(request: web.Request) -> bool:
     return current_user(request).role in PHI_READERS
+
+
+def _caller(request: web.Request) -> Caller:
+    """The signed-in user as the application layer knows them."""
+    role = current_user(request).role
+    return Caller.for_panel_user(
+        actor(request), reads_phi=role in PHI_READERS, acts=role in OPERATORS
+    )
+
+
+def _failed(request: web.Request, e: ApiError) -> web.Response:
+    message = e.message[:1].upper() + e.message[1:]
+    return error_response(request, e.status, e.code, message.rstrip(".") + ".")
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -82,6 +96,38 @@ class MessageFilter:
         values.update(change)
         return urlencode({k: v for k, v in values.items() if v})
 
+    def search(self, phi: bool) -> tuple[MessageSearch, list[str]]:
+        """The use case's filter, and what the form got wrong (in the form's words)."""
+        problems: list[str] = []
+        state = priority = None
+        if self.state:
+            try:
+                state = State(self.state)
+            except ValueError:
+                problems.append("Unknown state.")
+        if self.priority:
+            try:
+                priority = Priority.parse(self.priority)
+            except KeyError:
+                problems.append("Unknown priority class.")
+        times: list[float | None] = []
+        for text, label in ((self.since, "From"), (self.until, "To")):
+            ts = _parse_time(text) if text else None
+            if text and ts is None:
+                problems.append(f"{label}: not a date and time.")
+            times.append(ts)
+        search = MessageSearch(
+            state=state,
+            priority=priority,
+            route=self.route or None,
+            since=times[0],
+            until=times[1],
+            number=self.number if self.number and phi else None,
+            reference=self.reference if self.reference and phi else None,
+            cursor=self.before or None,
+        )
+        return search, problems
+
 
 def _parse_time(text: str) -> float | None:
     """An ISO 8601 time; without a zone (an `<input type=datetime-local>` sent
@@ -93,97 +139,41 @@ def _parse_time(text: str) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def _message_where(
-    gw: Gateway, f: MessageFilter, phi: bool
-) -> tuple[list[tuple[str, Any]], list[str]]:
-    where: list[tuple[str, Any]] = []
-    problems: list[str] = []
-    if f.state:
-        try:
-            where.append(("state = ?", State(f.state).value))
-        except ValueError:
-            problems.append("Unknown state.")
-    if f.priority:
-        try:
-            where.append(("priority = ?", int(Priority.parse(f.priority))))
-        except KeyError:
-            problems.append("Unknown priority class.")
-    if f.route:
-        where.append(("route = ?", f.route))
-    for text, clause, label in (
-        (f.since, "created_at >= ?", "From"),
-        (f.until, "created_at < ?", "To"),
-    ):
-        if text:
-            ts = _parse_time(text)
-            if ts is None:
-                problems.append(f"{label}: not a date and time.")
-            else:
-                where.append((clause, ts))
-    if f.number and phi:
-        e164 = normalise_number(f.number, gw.config.queue.default_region)
-        if e164 is None:
-            problems.append("Phone number: not a valid number.")
-        else:
-            where.append(("to_index = ?", gw.store.blind_index(e164)))
-    return where, problems
-
-
-def _message_row(gw: Gateway, row: sqlite3.Row, phi: bool) -> dict[str, Any]:
-    mid = row["id"]
+def _message_row(m: MessageRecord) -> dict[str, Any]:
     return {
-        "id": mid,
-        "state": row["state"],
-        "priority": Priority(row["priority"]).label,
-        "route": row["route"] or row["route_hint"],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-        "segments": row["segments"],
-        "attempts": row["attempts"],
-        "error_code": row["error_code"],
-        "possible_duplicate": bool(row["possible_duplicate"]),
-        "to_masked": mask_number(gw.store.decrypt(row["to_ct"], mid, "to")) if phi else None,
-        "body_masked": mask_body(gw.store.decrypt(row["body_ct"], mid, "body")) if phi else None,
-        "category": row["category"],
+        "id": m.id,
+        "state": m.status.value,
+        "priority": m.priority.label,
+        "route": m.route or m.route_hint,
+        "created_at": iso(m.created_at),
+        "updated_at": iso(m.updated_at),
+        "segments": m.segments,
+        "attempts": m.attempts,
+        "error_code": m.error_code,
+        "possible_duplicate": m.possible_duplicate,
+        "to_masked": m.to_masked,
+        "body_masked": m.body_masked,
+        "category": m.category,
     }
-
-
-async def _rows_by_reference(
-    gw: Gateway, where: list[tuple[str, Any]], reference: str, cursor: str | None
-) -> tuple[list[sqlite3.Row], bool]:
-    """Rows whose (encrypted) reference equals `reference`, newest first, scanning at
-    most REFERENCE_SCAN_LIMIT rows; True if the scan stopped at that limit."""
-    found: list[sqlite3.Row] = []
-    scanned = 0
-    while scanned < REFERENCE_SCAN_LIMIT and len(found) <= PAGE_SIZE:
-        rows = await gw.store.list_messages(where=where, cursor=cursor, limit=500)
-        if not rows:
-            return found, False
-        for row in rows:
-            scanned += 1
-            blob = row["reference_ct"]
-            if blob is not None and gw.store.decrypt(blob, row["id"], "reference") == reference:
-                found.append(row)
-        cursor = rows[-1]["id"]
-    return found, scanned >= REFERENCE_SCAN_LIMIT
 
 
 async def messages_page(request: web.Request) -> web.Response:
     gw = _gateway(request)
     phi = _sees_phi(request)
     f = MessageFilter.from_query(request.query)
-    where, problems = _message_where(gw, f, phi)
+    search, problems = f.search(phi)
+    messages: list[MessageRecord] = []
+    next_cursor = None
     truncated = False
-    if problems:
-        rows: list[sqlite3.Row] = []
-    elif f.reference and phi:
-        rows, truncated = await _rows_by_reference(gw, where, f.reference, f.before or None)
-    else:
-        rows = await gw.store.list_messages(
-            where=where, cursor=f.before or None, limit=PAGE_SIZE + 1
-        )
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    if not problems:
+        try:
+            page = await gw.usecases.messages.search(_caller(request), search, PAGE_SIZE)
+        except ApiError as e:
+            if e.code != "invalid_number":
+                raise
+            problems.append("Phone number: not a valid number.")
+        else:
+            messages, next_cursor, truncated = list(page.messages), page.next_cursor, page.truncated
     return render(
         request,
         "messages.html",
@@ -191,8 +181,8 @@ async def messages_page(request: web.Request) -> web.Response:
         phi=phi,
         problems=problems,
         truncated=truncated,
-        messages=[_message_row(gw, r, phi) for r in rows],
-        next_query=f.query_string(before=rows[-1]["id"]) if more and rows else None,
+        messages=[_message_row(m) for m in messages],
+        next_query=f.query_string(before=next_cursor) if next_cursor else None,
         first_query=f.query_string(before="") if f.before else None,
         states=[s.value for s in State],
         priorities=[p.label for p in Priority],
@@ -203,34 +193,32 @@ async def messages_page(request: web.Request) -> web.Response:
 
 async def message_page(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    mid = request.match_info["id"]
-    row = await gw.store.message_row(mid)
-    if row is None:
-        return error_response(request, 404, "not_found", "No message with this id.")
-    phi = _sees_phi(request)
+    try:
+        m = await gw.usecases.messages.get(_caller(request), request.match_info["id"])
+    except ApiError as e:
+        return _failed(request, e)
     events = [
         {
-            "at": iso(e["at"]),
-            "state": e["state"],
-            "route": e["route"],
-            "carrier_id": e["carrier_id"],
-            "error_code": e["error_code"],
-            "attempt": e["attempt"],
+            "at": iso(e.at),
+            "state": e.state,
+            "route": e.route,
+            "carrier_id": e.carrier_id,
+            "error_code": e.error_code,
+            "attempt": e.attempt,
         }
-        for e in await gw.store.events(mid)
+        for e in m.events or ()
     ]
-    state = State(row["state"])
     return render(
         request,
         "message.html",
-        m=_message_row(gw, row, phi),
-        phi=phi,
+        m=_message_row(m),
+        phi=_sees_phi(request),
         events=events,
-        expires_at=iso(row["expires_at"]),
-        send_at=iso(row["send_at"]),
+        expires_at=iso(m.expires_at),
+        send_at=iso(m.send_at),
         can_act=current_user(request).role in OPERATORS,
-        cancellable=state in (State.QUEUED, State.SCHEDULED),
-        retryable=state in (State.FAILED, State.EXPIRED),
+        cancellable=m.status in (State.QUEUED, State.SCHEDULED),
+        retryable=m.status in RETRYABLE,
         notice=request.query.get("done", ""),
     )
 
@@ -238,41 +226,31 @@ async def message_page(request: web.Request) -> web.Response:
 async def reveal_message(request: web.Request) -> web.StreamResponse:
     """The plain number and body of one message; audited before it is answered."""
     gw = _gateway(request)
-    mid = request.match_info["id"]
-    row = await gw.store.message_row(mid)
-    if row is None:
-        return error_response(request, 404, "not_found", "No message with this id.")
-    await _audit(request, "reveal", "message", mid)
-    log.info("phi_revealed", message_id=mid, user_id=current_user(request).id)
-    values = {
-        "id": mid,
-        "to": gw.store.decrypt(row["to_ct"], mid, "to"),
-        "body": gw.store.decrypt(row["body_ct"], mid, "body"),
-        "reference": None
-        if row["reference_ct"] is None
-        else gw.store.decrypt(row["reference_ct"], mid, "reference"),
-    }
-    return _reveal_answer(request, values, "message")
+    try:
+        revealed = await gw.usecases.messages.reveal(_caller(request), request.match_info["id"])
+    except ApiError as e:
+        return _failed(request, e)
+    log.info("phi_revealed", message_id=revealed.id, user_id=current_user(request).id)
+    return _reveal_answer(request, revealed, "message")
 
 
 async def reveal_inbound(request: web.Request) -> web.StreamResponse:
     gw = _gateway(request)
-    iid = request.match_info["id"]
-    row = await gw.store.inbound_row(iid)
-    if row is None:
-        return error_response(request, 404, "not_found", "No inbound message with this id.")
-    await _audit(request, "reveal", "inbound", iid)
-    log.info("phi_revealed", inbound_id=iid, user_id=current_user(request).id)
+    try:
+        revealed = await gw.usecases.inbound.reveal(_caller(request), request.match_info["id"])
+    except ApiError as e:
+        return _failed(request, e)
+    log.info("phi_revealed", inbound_id=revealed.id, user_id=current_user(request).id)
+    return _reveal_answer(request, revealed, "inbound")
+
+
+def _reveal_answer(request: web.Request, revealed: Revealed, kind: str) -> web.Response:
     values = {
-        "id": iid,
-        "to": gw.store.decrypt(row["sender_ct"], iid, "sender"),
-        "body": gw.store.decrypt(row["body_ct"], iid, "body"),
-        "reference": None,
+        "id": revealed.id,
+        "to": revealed.to,
+        "body": revealed.body,
+        "reference": revealed.reference,
     }
-    return _reveal_answer(request, values, "inbound")
-
-
-def _reveal_answer(request: web.Request, values: dict[str, Any], kind: str) -> web.Response:
     if request.headers.get("HX-Request") == "true":
         response = render(request, "_reveal.html", v=values, kind=kind)
     else:
@@ -284,53 +262,23 @@ def _reveal_answer(request: web.Request, values: dict[str, Any], kind: str) -> w
 async def cancel_message(request: web.Request) -> web.Response:
     gw = _gateway(request)
     mid = request.match_info["id"]
-    row = await gw.store.message_row(mid)
-    if row is None:
-        return error_response(request, 404, "not_found", "No message with this id.")
-    state = State(row["state"])
-    if state in CANCELLABLE:
-        state = await gw.store.cancel(mid, gw.clock.time()) or state
-    if state is not State.CANCELLED or State(row["state"]) is State.CANCELLED:
-        return error_response(
-            request,
-            409,
-            "not_cancellable",
-            f"The message is {state.value}; it can no longer be cancelled.",
-        )
-    gw.scheduler.forget(mid)
-    await _audit(request, "message_cancelled", "message", mid)
+    try:
+        done = await gw.usecases.messages.cancel(_caller(request), mid)
+    except ApiError as e:
+        return _failed(request, e)
+    if not done.changed:  # someone else cancelled it first
+        return error_response(request, 409, "not_cancellable", "The message is cancelled already.")
     return redirect(f"/messages/{mid}?done=cancelled")
 
 
 async def retry_message(request: web.Request) -> web.Response:
     """A failed or expired message is final; retry sends a copy as a new message."""
     gw = _gateway(request)
-    mid = request.match_info["id"]
-    row = await gw.store.message_row(mid)
-    if row is None:
-        return error_response(request, 404, "not_found", "No message with this id.")
-    if State(row["state"]) not in (State.FAILED, State.EXPIRED):
-        return error_response(
-            request, 409, "not_retryable", "Only failed or expired messages can be retried."
-        )
-    if not gw.accepting:
-        return error_response(request, 503, "shutting_down", "The gateway is shutting down.")
-    reference = row["reference_ct"]
-    copy = SendRequest(
-        to=gw.store.decrypt(row["to_ct"], mid, "to"),
-        body=gw.store.decrypt(row["body_ct"], mid, "body"),
-        priority=Priority(row["priority"]).label,  # type: ignore[arg-type]  # a valid label
-        route=row["route_hint"],
-        category=row["category"],
-        reference=None if reference is None else gw.store.decrypt(reference, mid, "reference"),
-    )
-    # The copy belongs to the token that sent the original, so that client sees it.
-    prepared = gw.intake.prepare(copy, row["token_id"], gw.clock.time())
-    await gw.store.insert(gw.intake.statements([prepared]))
-    gw.intake.accepted([prepared])
-    new_id = prepared.message.id
-    await _audit(request, "message_retried", "message", mid, new_message_id=new_id)
-    return redirect(f"/messages/{new_id}?done=retried")
+    try:
+        copy = await gw.usecases.messages.retry(_caller(request), request.match_info["id"])
+    except ApiError as e:
+        return _failed(request, e)
+    return redirect(f"/messages/{copy.id}?done=retried")
 
 
 # -- inbound -------------------------------------------------------------------------------
@@ -340,26 +288,25 @@ async def inbound_page(request: web.Request) -> web.Response:
     gw = _gateway(request)
     phi = _sees_phi(request)
     before = request.query.get("before") or None
-    rows = await gw.store.list_inbound(before, PAGE_SIZE + 1)
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    try:
+        page = await gw.usecases.inbound.newest(_caller(request), before, PAGE_SIZE)
+    except ApiError as e:
+        return _failed(request, e)
     items = [
         {
-            "id": r["id"],
-            "route": r["route"],
-            "received_at": iso(r["received_at"]),
-            "sender_masked": mask_number(gw.store.decrypt(r["sender_ct"], r["id"], "sender"))
-            if phi
-            else None,
+            "id": r.id,
+            "route": r.route,
+            "received_at": iso(r.received_at),
+            "sender_masked": r.sender_masked,
         }
-        for r in rows
+        for r in page.inbound
     ]
     return render(
         request,
         "inbound.html",
         items=items,
         phi=phi,
-        next_before=rows[-1]["id"] if more and rows else None,
+        next_before=page.next_cursor,
         paged=before is not None,
     )
 
@@ -369,7 +316,7 @@ async def inbound_page(request: web.Request) -> web.Response:
 
 async def routes_page(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    cards = route_cards(gw, await gw.store.sending_by_route())
+    cards = route_cards(gw, await gw.usecases.status.sending_by_route())
     return render(
         request,
         "routes.html",

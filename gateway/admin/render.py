@@ -17,8 +17,8 @@ from aiohttp import web
 
 from gateway.admin.routing import CSRF_TOKEN, SESSION, USER
 from gateway.admin.sessions import SessionManager
-from gateway.api.handlers import json_response
 from gateway.errors import ApiError
+from gateway.web.context import json_response
 
 ADMIN_UI = Path(__file__).resolve().parent.parent.parent / "admin_ui"
 TEMPLATES = ADMIN_UI / "templates"

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.admin.panel import panel
 from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
-from gateway.api.handlers import json_response
+from gateway.web.context import json_response
 
 
 async def keep_alive(request: web.Request) -> web.StreamResponse:

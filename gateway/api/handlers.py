@@ -1,10 +1,14 @@
-"""HTTP handlers of `/api/v1`. Each one is listed, with its scope, in `server.ENDPOINTS`."""
+"""HTTP handlers of `/api/v1`. Each one is listed, with its scope, in `server.ENDPOINTS`.
+
+Handlers translate: a request into a call to the application layer
+(`gateway/usecases/`, reached as `gw.usecases`) with the token's `Caller`, and its
+typed records into JSON. They do not read or write the store for messages or inbound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,20 +22,20 @@ from gateway.app import Gateway
 from gateway.demo import DemoInbound, DemoPeers, UnknownPeer
 from gateway.errors import ApiError
 from gateway.intake import (
-    Accepted,
     AwareTime,
-    Prepared,
+    SendRequest,
     decode_batch,
     decode_item,
     decode_send,
     decode_with,
-    normalise_number,
 )
 from gateway.models import Priority, State
 from gateway.store.store import TokenRecord
+from gateway.usecases import Caller
+from gateway.usecases.messages import IdempotencyKey, MessageSearch
+from gateway.web.context import JSON_HEADERS, gateway_of, json_response
 
 log = structlog.get_logger("smsgw.api")
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 IDEMPOTENCY_LOCKS: web.AppKey[dict[tuple[str, bytes], asyncio.Lock]] = web.AppKey(
     "idempotency_locks", dict
 )
@@ -39,24 +43,12 @@ OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 AUTH_RECORD: web.RequestKey[TokenRecord] = web.RequestKey("auth", TokenRecord)
 MAX_PAGE = 500
 IDEMPOTENCY_KEY_MAX = 255
+INCLUDE_PHI = "phi"
 _encode = msgspec.json.encode
 
 
-JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=_encode(data),
-        status=status,
-        headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS,
-    )
-
-
 def _gateway(request: web.Request) -> Gateway:
-    return request.app[GATEWAY]
+    return gateway_of(request)
 
 
 def _token(request: web.Request) -> TokenRecord:
@@ -64,15 +56,8 @@ def _token(request: web.Request) -> TokenRecord:
     return token
 
 
-def _owner(token: TokenRecord) -> str | None:
-    """The token whose messages this one may see and act on; None for all (admin)."""
-    return None if "admin" in token.scopes else token.id
-
-
-def _not_found() -> ApiError:
-    # The same answer for "no such message" and "another token's message": a token
-    # cannot learn that someone else's message exists.
-    return ApiError(404, "not_found", "no message with this id")
+def _caller(request: web.Request) -> Caller:
+    return Caller.for_token(_token(request))
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -85,10 +70,10 @@ class Idempotency:
     retries wait for the first one and then get its stored response.
     """
 
-    def __init__(self, request: web.Request, raw: bytes, token_id: str) -> None:
+    def __init__(self, request: web.Request, raw: bytes, token_id: str, status: int) -> None:
         key = request.headers.get("Idempotency-Key")
         self._token_id = token_id
-        self.key_hash: bytes | None = None
+        self.key: IdempotencyKey | None = None
         self._locks = request.app[IDEMPOTENCY_LOCKS]
         self._lock: asyncio.Lock | None = None
         if key is not None:
@@ -98,12 +83,15 @@ class Idempotency:
                     "invalid_idempotency_key",
                     f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
                 )
-            self.key_hash = hashlib.sha256(key.encode()).digest()
-            self.request_hash = hashlib.sha256(request.path.encode() + b"\0" + raw).digest()
+            self.key = IdempotencyKey(
+                hashlib.sha256(key.encode()).digest(),
+                hashlib.sha256(request.path.encode() + b"\0" + raw).digest(),
+                status,
+            )
 
     async def __aenter__(self) -> Idempotency:
-        if self.key_hash is not None:
-            self._slot = (self._token_id, self.key_hash)
+        if self.key is not None:
+            self._slot = (self._token_id, self.key.key_hash)
             self._lock = self._locks.setdefault(self._slot, asyncio.Lock())
             await self._lock.acquire()
         return self
@@ -114,78 +102,33 @@ class Idempotency:
             if not self._lock.locked() and self._locks.get(self._slot) is self._lock:
                 del self._locks[self._slot]
 
-    async def replay(self, gw: Gateway) -> web.Response | None:
-        if self.key_hash is None:
+    async def replay(self, gw: Gateway, caller: Caller) -> web.Response | None:
+        if self.key is None:
             return None
-        row = await gw.store.find_idempotent(self._token_id, self.key_hash)
-        if row is None:
+        stored = await gw.usecases.messages.replay(caller, self.key)
+        if stored is None:
             return None
-        if row["request_hash"] != self.request_hash:
-            raise ApiError(
-                409,
-                "idempotency_conflict",
-                "this Idempotency-Key was used with a different request",
-            )
         return web.Response(
-            body=row["response"],
-            status=row["status"],
+            body=stored.body,
+            status=stored.status,
             headers={**JSON_HEADERS, "Idempotent-Replayed": "true"},
         )
 
 
-async def _commit(
-    gw: Gateway,
-    token_id: str,
-    prepared: list[Prepared],
-    idem: Idempotency,
-    status: int,
-    build: Callable[[list[Accepted]], object],
-) -> web.Response:
-    """Commit the messages (and the idempotency record) in one transaction, then answer."""
-    started = time.perf_counter()
-    statements = gw.intake.statements(prepared)
-    body = _encode(build([p.answer() for p in prepared]))
-    if idem.key_hash is not None:
-        statements.append(
-            gw.store.idempotency_statement(
-                token_id, idem.key_hash, idem.request_hash, status, body, gw.clock.time()
-            )
-        )
-    try:
-        await gw.store.insert(statements)
-    except Exception as e:
-        raise ApiError(
-            503, "store_unavailable", "the message store could not commit; nothing was accepted"
-        ) from e
-    gw.intake.accepted(prepared)
-    gw.metrics.accept_latency.observe(time.perf_counter() - started)
-    return web.Response(body=body, status=status, headers=JSON_HEADERS)
-
-
-def _check_accepting(gw: Gateway) -> None:
-    if not gw.accepting:
-        raise ApiError(
-            503,
-            "shutting_down",
-            "the gateway is shutting down; retry shortly",
-            headers={"Retry-After": "5"},
-        )
-
-
-SendHandler = Callable[[Gateway, TokenRecord, bytes, "Idempotency"], Awaitable[web.Response]]
+SendHandler = Callable[[Gateway, Caller, bytes, Idempotency], Awaitable[object]]
 
 
 async def _send(request: web.Request, handle: SendHandler) -> web.Response:
     """The shared path of every send: accepting?, idempotent replay, then `handle`."""
     gw = _gateway(request)
-    _check_accepting(gw)
-    token = _token(request)
+    gw.usecases.messages.check_accepting()
+    caller = _caller(request)
     raw = await request.read()
-    async with Idempotency(request, raw, token.id) as idem:
-        replayed = await idem.replay(gw)
+    async with Idempotency(request, raw, _token(request).id, 202) as idem:
+        replayed = await idem.replay(gw, caller)
         if replayed is not None:
             return replayed
-        return await handle(gw, token, raw, idem)
+        return json_response(await handle(gw, caller, raw, idem), status=202)
 
 
 async def send_message(request: web.Request) -> web.Response:
@@ -196,74 +139,48 @@ async def send_batch(request: web.Request) -> web.Response:
     return await _send(request, _send_batch)
 
 
-async def _send_one(gw: Gateway, token: TokenRecord, raw: bytes, idem: Idempotency) -> web.Response:
-    prepared = gw.intake.prepare(decode_send(raw), token.id, gw.clock.time())
-    return await _commit(gw, token.id, [prepared], idem, 202, lambda a: a[0])
+async def _send_one(gw: Gateway, caller: Caller, raw: bytes, idem: Idempotency) -> object:
+    return await gw.usecases.messages.accept(caller, decode_send(raw), idempotency=idem.key)
 
 
-async def _send_batch(
-    gw: Gateway, token: TokenRecord, raw: bytes, idem: Idempotency
-) -> web.Response:
-    items = decode_batch(raw)
-    limit = gw.config.http.max_batch
-    if not items:
-        raise ApiError(422, "empty_batch", "messages: the batch is empty", field="messages")
-    if len(items) > limit:
-        raise ApiError(
-            413,
-            "batch_too_large",
-            f"messages: at most {limit} messages per batch",
-            field="messages",
-        )
-    now = gw.clock.time()
-    prepared: list[Prepared] = []
-    errors: dict[int, dict[str, Any]] = {}
-    for i, item in enumerate(items):
+async def _send_batch(gw: Gateway, caller: Caller, raw: bytes, idem: Idempotency) -> object:
+    messages = gw.usecases.messages
+    raw_items = decode_batch(raw)
+    messages.check_batch_size(len(raw_items))
+    items: list[SendRequest | ApiError] = []
+    for i, item in enumerate(raw_items):
         try:
-            request = decode_item(item, i)
-            prepared.append(gw.intake.prepare(request, token.id, now, f"messages[{i}]."))
+            items.append(decode_item(item, i))
         except ApiError as e:
-            errors[i] = e.body()
-    if not prepared:
-        raise ApiError(422, "batch_rejected", "no message in the batch was valid", field="messages")
-
-    def build(accepted: list[Accepted]) -> dict[str, Any]:
-        results: list[Any] = []
-        it = iter(accepted)
-        for i in range(len(items)):
-            results.append(errors[i] if i in errors else next(it))
-        return {"accepted": len(accepted), "rejected": len(errors), "results": results}
-
-    return await _commit(gw, token.id, prepared, idem, 202, build)
+            items.append(e)
+    return await messages.accept_batch(caller, items, idempotency=idem.key)
 
 
 async def cancel_message(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    message_id = request.match_info["id"]
-    state = await gw.store.cancel(message_id, gw.clock.time(), owner=_owner(_token(request)))
-    if state is None:
-        raise _not_found()
-    if state is not State.CANCELLED:
-        raise ApiError(
-            409, "not_cancellable", f"the message is {state.value} and can no longer be cancelled"
-        )
-    gw.scheduler.forget(message_id)
-    return json_response({"id": message_id, "status": state.value})
+    done = await gw.usecases.messages.cancel(_caller(request), request.match_info["id"])
+    return json_response({"id": done.id, "status": done.status.value})
 
 
 # -- reading ---------------------------------------------------------------------------
 
 
+def _include_phi(request: web.Request) -> bool:
+    """`include=phi`: the whole number and body (needs the 'phi' scope; audited)."""
+    text = request.query.get("include")
+    if text is None:
+        return False
+    if text != INCLUDE_PHI:
+        raise ApiError(400, "invalid_query", "include: expected phi", field="include")
+    return True
+
+
 async def get_message(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    token = _token(request)
-    message_id = request.match_info["id"]
-    row = await gw.store.message_row(message_id)
-    owner = _owner(token)
-    if row is None or (owner is not None and row["token_id"] != owner):
-        raise _not_found()
-    events = await gw.store.events(message_id)
-    return json_response(message_view(gw.store, row, events, viewer=token.id))
+    record = await gw.usecases.messages.get(
+        _caller(request), request.match_info["id"], phi=_include_phi(request)
+    )
+    return json_response(message_view(record))
 
 
 def _limit(request: web.Request) -> int:
@@ -294,30 +211,23 @@ def _query_float(request: web.Request, name: str) -> float | None:
         ) from None
 
 
-async def list_messages(request: web.Request) -> web.Response:
-    gw = _gateway(request)
-    token = _token(request)
+def _search(request: web.Request) -> MessageSearch:
     q = request.query
-    where: list[tuple[str, Any]] = []
-    owner = _owner(token)
-    if owner is not None:
-        where.append(("token_id = ?", owner))
+    state = priority = overdue = None
     if "status" in q:
         try:
-            where.append(("state = ?", State(q["status"]).value))
+            state = State(q["status"])
         except ValueError:
             raise ApiError(
                 400, "invalid_query", "status: not a message state", field="status"
             ) from None
     if "priority" in q:
         try:
-            where.append(("priority = ?", int(Priority.parse(q["priority"]))))
+            priority = Priority.parse(q["priority"])
         except KeyError:
             raise ApiError(
                 400, "invalid_query", "priority: not a priority class", field="priority"
             ) from None
-    if "route" in q:
-        where.append(("route = ?", q["route"]))
     if "receipt_overdue" in q:
         if q["receipt_overdue"] not in ("true", "false"):
             raise ApiError(
@@ -326,36 +236,50 @@ async def list_messages(request: web.Request) -> web.Response:
                 "receipt_overdue: expected true or false",
                 field="receipt_overdue",
             )
-        where.append(("(receipt_overdue = 1) = ?", q["receipt_overdue"] == "true"))
-    for name, clause in (("since", "created_at >= ?"), ("until", "created_at < ?")):
-        value = _query_float(request, name)
-        if value is not None:
-            where.append((clause, value))
+        overdue = q["receipt_overdue"] == "true"
+    return MessageSearch(
+        state=state,
+        priority=priority,
+        route=q.get("route"),
+        receipt_overdue=overdue,
+        since=_query_float(request, "since"),
+        until=_query_float(request, "until"),
+        number=q.get("to"),
+        cursor=q.get("cursor"),
+    )
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    search = _search(request)
     limit = _limit(request)
-    if "to" in q:
-        if "phi" not in token.scopes:
-            raise ApiError(
-                403, "forbidden", "to: looking up a number needs the 'phi' scope", field="to"
-            )
-        e164 = normalise_number(q["to"], gw.config.queue.default_region)
-        if e164 is None:
-            raise ApiError(400, "invalid_number", "to: not a valid phone number", field="to")
-        where.append(("to_index = ?", gw.store.blind_index(e164)))
-        await gw.audit.record(f"token:{token.id}", "phi_number_lookup", "messages", None)
-    rows = await gw.store.list_messages(where=where, cursor=q.get("cursor"), limit=limit)
-    views = [message_view(gw.store, r, viewer=token.id) for r in rows]
-    next_cursor = views[-1].id if len(views) == limit else None
-    return json_response(MessagePage(views, next_cursor))
+    phi = _include_phi(request)
+    page = await gw.usecases.messages.search(_caller(request), search, limit, phi=phi)
+    return json_response(MessagePage([message_view(m) for m in page.messages], page.next_cursor))
 
 
 async def list_inbound(request: web.Request) -> web.Response:
     gw = _gateway(request)
     limit = _limit(request)
-    rows = await gw.store.list_inbound(request.query.get("cursor"), limit)
-    views = [inbound_view(gw.store, r) for r in rows]
-    return json_response(
-        InboundPage(inbound=views, next_cursor=views[-1].id if len(views) == limit else None)
+    phi = _include_phi(request)
+    order = request.query.get("order", "newest")
+    if order not in ("newest", "oldest"):
+        raise ApiError(400, "invalid_query", "order: expected newest or oldest", field="order")
+    inbound = gw.usecases.inbound
+    cursor = request.query.get("cursor")
+    if order == "oldest":
+        page = await inbound.after(_caller(request), cursor, limit, phi=phi)
+    else:
+        page = await inbound.newest(_caller(request), cursor, limit, phi=phi)
+    return json_response(InboundPage([inbound_view(r) for r in page.inbound], page.next_cursor))
+
+
+async def get_inbound(request: web.Request) -> web.Response:
+    gw = _gateway(request)
+    record = await gw.usecases.inbound.get(
+        _caller(request), request.match_info["id"], phi=_include_phi(request)
     )
+    return json_response(inbound_view(record))
 
 
 async def undecodable_inbound(request: web.Request) -> web.Response:
@@ -364,20 +288,16 @@ async def undecodable_inbound(request: web.Request) -> web.Response:
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    gw = _gateway(request)
-    depths = gw.scheduler.depths()
-    counts = await gw.store.state_counts()
-    sending = {p.label: counts.get(("sending", int(p)), 0) for p in Priority}
-    oldest = gw.scheduler.oldest_due()
-    now = gw.clock.time()
+    q = await _gateway(request).usecases.status.queue()
     return json_response(
         {
-            **depths,
-            "sending": sending,
-            "in_flight": gw.scheduler.in_flight,
-            "oldest_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 3),
-            "possible_duplicates": await gw.store.possible_duplicates(),
-            "accepting": gw.accepting,
+            "queued": {c.name: c.queued for c in q.classes},
+            "scheduled": {c.name: c.scheduled for c in q.classes},
+            "sending": {c.name: c.sending for c in q.classes},
+            "in_flight": q.in_flight,
+            "oldest_age_seconds": None if q.oldest_age is None else round(q.oldest_age, 3),
+            "possible_duplicates": q.possible_duplicates,
+            "accepting": q.accepting,
         }
     )
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from gateway.admin import panel
 from gateway.api import handlers as h
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
-from gateway.api.views import InboundPage, MessagePage, MessageView
+from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
 from gateway.demo import DemoInbound
 from gateway.errors import ApiError
@@ -27,10 +24,7 @@ from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store.quarantine import HeldUndecodable
-from gateway.web import headers
-from gateway.web.client import ProxyTrust, client_address
-from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
-from gateway.web.guard import ServerNames, default_local_names, guard_middleware
+from gateway.web.context import GATEWAY, json_response
 
 log = structlog.get_logger("smsgw.api")
 
@@ -83,6 +77,27 @@ _LIST_QUERY = (
     _LIMIT,
     _CURSOR,
 )
+_INCLUDE = Query(
+    "include",
+    "phi: also the whole number and body (sender and text for inbound); needs the"
+    " 'phi' scope, and every message so read is written to the audit trail by id",
+    {"type": "string", "enum": ["phi"]},
+)
+_NO_PHI = Answer(403, "`forbidden`: `include=phi` needs the 'phi' scope")
+_INBOUND_QUERY = (
+    _LIMIT,
+    Query(
+        "order",
+        "newest (default): newest first, `cursor` goes to older ones; oldest: in commit"
+        " order from the first, or after `cursor`, with next_cursor always set, so a"
+        " client polling with it never misses or re-reads a message",
+        {"type": "string", "enum": ["newest", "oldest"], "default": "newest"},
+    ),
+    Query(
+        "cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[0-9]{1,18}$"}
+    ),
+    _INCLUDE,
+)
 _ON_MESSAGE = (
     Link("GetMessage", "getMessagesId", {"id": "$response.body#/id"}),
     Link("CancelMessage", "deleteMessagesId", {"id": "$response.body#/id"}),
@@ -131,11 +146,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List messages, newest first, with cursor paging",
         None,
         MessagePage,
-        query=_LIST_QUERY,
+        query=(*_LIST_QUERY, _INCLUDE),
         answers=(
             _INVALID_QUERY,
             Answer(400, "`invalid_number`: `to` is not a valid phone number"),
-            Answer(403, "`forbidden`: `to` needs the 'phi' scope"),
+            Answer(403, "`forbidden`: `to` or `include=phi` needs the 'phi' scope"),
         ),
     ),
     Endpoint(
@@ -146,7 +161,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "One message with its state history",
         None,
         MessageView,
-        answers=(_NO_MESSAGE,),
+        query=(_INCLUDE,),
+        answers=(_NO_MESSAGE, _INVALID_QUERY, _NO_PHI),
     ),
     Endpoint(
         "DELETE",
@@ -164,11 +180,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/v1/inbound",
         h.list_inbound,
         "read",
-        "Inbound messages, newest first",
+        "Inbound messages: newest first, or polled oldest first in commit order",
         None,
         InboundPage,
-        query=(_LIMIT, _CURSOR),
-        answers=(_INVALID_QUERY,),
+        query=_INBOUND_QUERY,
+        answers=(_INVALID_QUERY, _NO_PHI),
+    ),
+    Endpoint(
+        "GET",
+        f"/api/v1/inbound/{MESSAGE_ID}",
+        h.get_inbound,
+        "read",
+        "One inbound message (sender masked; whole with include=phi)",
+        None,
+        InboundView,
+        query=(_INCLUDE,),
+        answers=(
+            Answer(404, "`not_found`: no inbound message with this id"),
+            _INVALID_QUERY,
+            _NO_PHI,
+        ),
     ),
     Endpoint(
         "GET",
@@ -280,7 +311,7 @@ def _guard(endpoint: Endpoint) -> Handler:
                 "missing bearer token",
                 headers={"WWW-Authenticate": 'Bearer realm="smsgw"'},
             )
-        token = await request.app[h.GATEWAY].tokens.verify(text.strip())
+        token = await request.app[GATEWAY].tokens.verify(text.strip())
         if token is None:
             raise ApiError(
                 401,
@@ -303,7 +334,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = await handler(request)
     except ApiError as e:
         _count_rejection(request, e.code)
-        response = h.json_response(e.body(), status=e.status, headers=e.headers)
+        response = json_response(e.body(), status=e.status, headers=e.headers)
     except web.HTTPException as e:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             e.status, "http_error"
@@ -313,13 +344,13 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             e.status, e.reason
         )
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
-        response = h.json_response(
+        response = json_response(
             {"error": {"code": code, "message": message}}, status=e.status, headers=headers
         )
     except ConnectionResetError:
         # The client went away mid-request: nothing was stored and nobody will read
         # this answer, but returning one keeps aiohttp from logging an error.
-        response = h.json_response(
+        response = json_response(
             {"error": {"code": "client_closed", "message": "the client closed the connection"}},
             status=400,
         )
@@ -330,7 +361,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             path=request.rel_url.path,
             error=exception_summary(e),
         )
-        response = h.json_response(
+        response = json_response(
             {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
             status=500,
         )
@@ -338,78 +369,17 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _count_rejection(request: web.Request, code: str) -> None:
-    gw = request.app.get(h.GATEWAY)
+    gw = request.app.get(GATEWAY)
     if gw is not None:
         gw.metrics.rejected.labels(code).inc()
 
 
-class PathOnlyAccessLogger(AbstractAccessLogger):
-    """Access log without query strings (a `to=` filter is a phone number)."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        log.info(
-            "http",
-            method=request.method,
-            path=request.rel_url.path,
-            status=response.status,
-            client=client_address(request),
-            ms=round(time * 1000, 2),
-        )
-
-
-def proxy_trust(gateway: Gateway) -> ProxyTrust:
-    c = gateway.config.http
-    return ProxyTrust(c.trusted_proxies, c.proxy_headers)
-
-
-def build_app(gateway: Gateway) -> web.Application:
-    c = gateway.config.http
-    names = ServerNames(c.server_names, default_local_names(c.listen))
-    app = web.Application(
-        middlewares=[api_middleware, guard_middleware(proxy_trust(gateway), names)],
-        client_max_size=c.max_body_bytes,
-    )
-    app[h.GATEWAY] = gateway
+def install(app: web.Application, gateway: Gateway) -> None:
+    """Serve the API from `app`: every endpoint behind its scope, and its document."""
+    app[GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
-    )
-    headers.install(app)
-    if gateway.config.admin.enabled:
-        panel.install(app, gateway)
-    return app
-
-
-def runner_options(gateway: Gateway) -> dict[str, Any]:
-    """AppRunner settings: no access log, or one that never logs query strings."""
-    if gateway.config.http.access_log:
-        return {"access_log_class": PathOnlyAccessLogger}
-    return {"access_log": None}
-
-
-def build_runner(gateway: Gateway, app: web.Application | None = None) -> GuardedAppRunner:
-    """The runner for `app` (default: `build_app`), with the connection guards."""
-    c = gateway.config.http
-    limits = Limits(
-        header_timeout=c.header_timeout,
-        body_timeout=c.body_timeout,
-        keepalive_timeout=c.keepalive_timeout,
-        max_connections=connection_cap(c.max_connections),
-        max_connections_per_address=c.max_connections_per_address,
-    )
-    if limits.max_connections < c.max_connections:
-        log.warning(
-            "http_connection_cap_lowered",
-            configured=c.max_connections,
-            cap=limits.max_connections,
-            hint="raise LimitNOFILE (systemd) or ulimit -n",
-        )
-    return GuardedAppRunner(
-        app or build_app(gateway),
-        limits,
-        proxy_trust(gateway),
-        handle_signals=False,
-        **runner_options(gateway),
     )

@@ -1,17 +1,21 @@
-"""How stored rows look to API clients: no phone number, no body, ever."""
+"""How messages look to API clients: masked, or whole only on an audited PHI read.
+
+`to` and `body` (a message), `sender` and `text` (an inbound message) are present only
+when the request asked for them with `include=phi` and the token has the `phi` scope.
+"""
 
 from __future__ import annotations
 
-import math
-import sqlite3
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-from gateway.models import Priority
-from gateway.store.store import Store
+from gateway.usecases.masking import mask_number_compact as mask_number
+from gateway.usecases.records import EventRecord, InboundRecord, MessageRecord
+from gateway.web.formats import iso
+
+__all__ = ["iso", "mask_number"]
 
 
 class EventView(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -24,6 +28,7 @@ class EventView(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 _REFERENCE_DOC = "the client's own reference; shown only to the token that sent the message"
+_PHI_DOC = "whole, only with include=phi and the 'phi' scope (each read is audited)"
 
 
 class MessageView(msgspec.Struct, frozen=True):
@@ -47,6 +52,8 @@ class MessageView(msgspec.Struct, frozen=True):
     receipt_overdue: bool
     carrier_ids: list[str] | None = None
     events: list[EventView] | None = None
+    to: Annotated[str | UnsetType, msgspec.Meta(description=_PHI_DOC)] = UNSET
+    body: Annotated[str | UnsetType, msgspec.Meta(description=_PHI_DOC)] = UNSET
 
 
 class MessagePage(msgspec.Struct, frozen=True):
@@ -66,94 +73,57 @@ class InboundView(msgspec.Struct, frozen=True):
             " reassembly timeout; its text marks each gap as [part k of n missing]"
         ),
     ] = False
+    sender: Annotated[str | UnsetType, msgspec.Meta(description=_PHI_DOC)] = UNSET
+    text: Annotated[str | UnsetType, msgspec.Meta(description=_PHI_DOC)] = UNSET
 
 
 class InboundPage(msgspec.Struct, frozen=True):
     inbound: list[InboundView]
-    next_cursor: str | None
+    next_cursor: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="newest first: the cursor of the next (older) page, null after"
+            " the last; order=oldest: always set, the cursor to poll with next"
+        ),
+    ]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_FIRST = datetime.min.replace(tzinfo=UTC)
-_LAST = datetime.max.replace(tzinfo=UTC)
-
-
-def iso(ts: object) -> str | None:
-    """RFC 3339 UTC of stored Unix seconds, for the API and the panel alike.
-
-    Safe for any stored value, including ones older versions accepted: a time beyond
-    what a datetime holds shows as its first or last instant, a non-number as None.
-    """
-    if ts is None or isinstance(ts, bool) or not isinstance(ts, int | float):
-        return None
-    if math.isnan(ts):
-        return None
-    try:
-        moment = _EPOCH + timedelta(seconds=ts)
-    except OverflowError:
-        moment = _LAST if ts > 0 else _FIRST
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def mask_number(e164: str) -> str:
-    """`+15551234567` → `+155•••••67`: enough to tell numbers apart on a screen."""
-    if len(e164) <= 6:
-        return "•" * len(e164)
-    return e164[:4] + "•" * (len(e164) - 6) + e164[-2:]
-
-
-def message_view(
-    store: Store,
-    row: sqlite3.Row,
-    events: Sequence[sqlite3.Row] | None = None,
-    *,
-    viewer: str | None = None,
-) -> MessageView:
-    """The API's view of a stored message, as token `viewer` may see it."""
-    mid = row["id"]
-    reference = row["reference_ct"] if viewer is not None and row["token_id"] == viewer else None
-    carrier_ids = None
-    event_views = None
-    if events is not None:
-        event_views = [_event(e) for e in events]
-        carrier_ids = [
-            c
-            for e in events
-            if e["carrier_id"]
-            for c in e["carrier_id"].split(",")
-            if e["state"] == "sent"
-        ]
+def message_view(m: MessageRecord) -> MessageView:
+    """The API's view of a message record (already masked for its caller)."""
     return MessageView(
-        id=mid,
-        status=row["state"],
-        priority=Priority(row["priority"]).label,
-        to_masked=mask_number(store.decrypt(row["to_ct"], mid, "to")),
-        segments=row["segments"],
-        encoding=row["encoding"],
-        created_at=_iso(row["created_at"]),
-        updated_at=_iso(row["updated_at"]),
-        expires_at=_iso(row["expires_at"]),
-        send_at=iso(row["send_at"]),
-        route=row["route"],
-        category=row["category"],
-        reference=None if reference is None else store.decrypt(reference, mid, "reference"),
-        attempts=row["attempts"],
-        possible_duplicate=bool(row["possible_duplicate"]),
-        error_code=row["error_code"],
-        receipt_overdue=row["receipt_overdue"] == 1,
-        carrier_ids=carrier_ids,
-        events=event_views,
+        id=m.id,
+        status=m.status.value,
+        priority=m.priority.label,
+        to_masked=m.to_masked or "",
+        segments=m.segments,
+        encoding=m.encoding,
+        created_at=_iso(m.created_at),
+        updated_at=_iso(m.updated_at),
+        expires_at=_iso(m.expires_at),
+        send_at=iso(m.send_at),
+        route=m.route,
+        category=m.category,
+        reference=m.reference,
+        attempts=m.attempts,
+        possible_duplicate=m.possible_duplicate,
+        error_code=m.error_code,
+        receipt_overdue=m.receipt_overdue,
+        carrier_ids=m.carrier_ids,
+        events=None if m.events is None else [_event(e) for e in m.events],
+        to=UNSET if m.to is None else m.to,
+        body=UNSET if m.body is None else m.body,
     )
 
 
-def inbound_view(store: Store, row: sqlite3.Row) -> InboundView:
-    sender = store.decrypt(row["sender_ct"], row["id"], "sender")
+def inbound_view(r: InboundRecord) -> InboundView:
     return InboundView(
-        row["id"],
-        row["route"],
-        mask_number(sender),
-        _iso(row["received_at"]),
-        incomplete=bool(row["incomplete"]),
+        r.id,
+        r.route,
+        r.sender_masked or "",
+        _iso(r.received_at),
+        incomplete=r.incomplete,
+        sender=UNSET if r.sender is None else r.sender,
+        text=UNSET if r.text is None else r.text,
     )
 
 
@@ -161,8 +131,12 @@ def _iso(ts: object) -> str:
     return iso(ts) or iso(0.0) or ""
 
 
-def _event(e: sqlite3.Row) -> EventView:
-    values: dict[str, Any] = {
-        k: e[k] for k in ("state", "route", "carrier_id", "error_code", "attempt")
-    }
-    return EventView(at=_iso(e["at"]), **values)
+def _event(e: EventRecord) -> EventView:
+    return EventView(
+        at=_iso(e.at),
+        state=e.state,
+        route=e.route,
+        carrier_id=e.carrier_id,
+        error_code=e.error_code,
+        attempt=e.attempt,
+    )

@@ -135,8 +135,11 @@ def inbound_statement(
 ) -> Statement:
     """The row of one inbound message, its personal fields encrypted."""
     return (
+        # `seq` is the commit order, given inside the writer's transaction (the polling
+        # cursor: ids are made before the commit, so they may commit out of order).
         "INSERT INTO inbound (id, route, sender_ct, sender_index, recipient_ct, body_ct,"
-        " carrier_id, received_at, incomplete) VALUES (?,?,?,?,?,?,?,?,?)",
+        " carrier_id, received_at, incomplete, seq) VALUES (?,?,?,?,?,?,?,?,?,"
+        " (SELECT coalesce(max(seq), 0) + 1 FROM inbound))",
         (
             inbound_id,
             route,

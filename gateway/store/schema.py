@@ -235,6 +235,17 @@ MIGRATIONS: tuple[str, ...] = (
         received_at  REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 7 (i11-app): `inbound.seq`, the order inbound messages were committed in: the
+    #    cursor of `GET /api/v1/inbound?order=oldest`. Ids are made before their commit, so two
+    #    may commit out of order, and a poller paging by id would skip the later one.
+    #    Rows stored before this are numbered in id order.
+    """
+    ALTER TABLE inbound ADD COLUMN seq INTEGER;
+    UPDATE inbound SET seq = r.n
+        FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM inbound) AS r
+        WHERE inbound.id = r.id;
+    CREATE UNIQUE INDEX inbound_seq ON inbound (seq);
+    """,
 )
 
 

@@ -24,6 +24,7 @@ from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, 
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, receipt_deadline
 from gateway.store.reads import ReadPool
+from gateway.store.records import Records
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -166,6 +167,11 @@ class Store:
     def reader(self) -> ReadPool:
         assert self._reader is not None, "store is not open"
         return self._reader
+
+    @property
+    def records(self) -> Records:
+        """Typed reads of messages and inbound messages (`records.py`)."""
+        return Records(self.reader, self._crypto)
 
     # -- intake ------------------------------------------------------------------------
 
@@ -320,8 +326,15 @@ class Store:
     ) -> State | None:
         """Cancel a message not yet sending; returns its state after, None if unknown
         (or, with `owner`, if that token did not create it)."""
+        found = await self.withdraw(message_id, now, owner=owner)
+        return None if found is None else found[0]
 
-        def job(conn: sqlite3.Connection) -> State | None:
+    async def withdraw(
+        self, message_id: str, now: float, *, owner: str | None = None
+    ) -> tuple[State, bool] | None:
+        """`cancel`, also saying whether this call was the one that cancelled it."""
+
+        def job(conn: sqlite3.Connection) -> tuple[State, bool] | None:
             row = conn.execute(
                 "SELECT state, token_id FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
@@ -329,8 +342,8 @@ class Store:
                 return None
             if State(row[0]) in CANCELLABLE:
                 _apply(conn, Transition(message_id, State.CANCELLED), now)
-                return State.CANCELLED
-            return State(row[0])
+                return State.CANCELLED, True
+            return State(row[0]), False
 
         return await self.writer.run(job)
 
@@ -458,23 +471,6 @@ class Store:
         )
         return list(await cur.fetchall())
 
-    async def list_messages(
-        self, *, where: Iterable[tuple[str, Any]], cursor: str | None, limit: int
-    ) -> list[sqlite3.Row]:
-        clauses, params = [], []
-        for clause, value in where:
-            clauses.append(clause)
-            params.append(value)
-        if cursor is not None:
-            clauses.append("id < ?")
-            params.append(cursor)
-        sql = "SELECT * FROM messages"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY id DESC LIMIT ?"
-        cur = await self.reader.execute(sql, (*params, limit))
-        return list(await cur.fetchall())
-
     async def state_counts(self) -> dict[tuple[str, int], int]:
         cur = await self.reader.execute(
             "SELECT state, priority, count(*) FROM messages"
@@ -576,11 +572,6 @@ class Store:
             "SELECT route, count(*) FROM messages WHERE state = 'sending' GROUP BY route"
         )
         return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
-
-    async def inbound_row(self, inbound_id: str) -> sqlite3.Row | None:
-        cur = await self.reader.execute("SELECT * FROM inbound WHERE id = ?", (inbound_id,))
-        row: sqlite3.Row | None = await cur.fetchone()
-        return row
 
     async def token_record(self, token_id: str) -> TokenRecord | None:
         cur = await self.reader.execute(

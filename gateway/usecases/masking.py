@@ -1,9 +1,8 @@
-"""What the panel shows of personal data: masked by default, whole only on reveal.
+"""How personal data looks masked: enough to tell two apart, not enough to call anyone.
 
-A masked number keeps the country code, the first three national digits and the
-last two (`+1 555 ••• ••67`): enough to tell two numbers apart on a screen, not
-enough to call anyone. Roles without PHI rights (viewer, auditor: see
-`routing.PHI_READERS`) get neither.
+Two styles, both kept as their front ends have always shown them: the panel's
+(`+1 555 ••• ••67`: the country code, the first three national digits and the last
+two) and the API's compact one (`+155•••••67`). A body masked is its length only.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ DOT = "•"
 
 
 def mask_number(e164: str) -> str:
-    """`+15551234567` → `+1 555 ••• ••67`."""
+    """The panel's style: `+15551234567` → `+1 555 ••• ••67`."""
     try:
         parsed = phonenumbers.parse(e164, None)
         country, national = str(parsed.country_code), str(parsed.national_number)
@@ -35,3 +34,10 @@ def mask_number(e164: str) -> str:
 def mask_body(body: str) -> str:
     """A body's placeholder: its length only."""
     return f"{DOT * 6} ({len(body)} characters)"
+
+
+def mask_number_compact(e164: str) -> str:
+    """The API's style: `+15551234567` → `+155•••••67`."""
+    if len(e164) <= 6:
+        return DOT * len(e164)
+    return e164[:4] + DOT * (len(e164) - 6) + e164[-2:]

@@ -1,0 +1,91 @@
+"""The one aiohttp application: the API and the panel side by side, and its runner.
+
+Composed here, above both front ends, so neither `gateway/api/` nor `gateway/admin/`
+imports the other (tests/test_layers.py checks). Middleware order: the API's error
+shape (`api.server.api_middleware`) around the Host and path checks
+(`web.guard`); security headers on every answer (`web.headers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.admin import panel
+from gateway.api import server
+from gateway.app import Gateway
+from gateway.web import headers
+from gateway.web.client import ProxyTrust, client_address
+from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
+from gateway.web.guard import ServerNames, default_local_names, guard_middleware
+
+log = structlog.get_logger("smsgw.api")
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access log without query strings (a `to=` filter is a phone number)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info(
+            "http",
+            method=request.method,
+            path=request.rel_url.path,
+            status=response.status,
+            client=client_address(request),
+            ms=round(time * 1000, 2),
+        )
+
+
+def proxy_trust(gateway: Gateway) -> ProxyTrust:
+    c = gateway.config.http
+    return ProxyTrust(c.trusted_proxies, c.proxy_headers)
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    c = gateway.config.http
+    names = ServerNames(c.server_names, default_local_names(c.listen))
+    app = web.Application(
+        middlewares=[server.api_middleware, guard_middleware(proxy_trust(gateway), names)],
+        client_max_size=c.max_body_bytes,
+    )
+    server.install(app, gateway)
+    headers.install(app)
+    if gateway.config.admin.enabled:
+        panel.install(app, gateway)
+    return app
+
+
+def runner_options(gateway: Gateway) -> dict[str, Any]:
+    """AppRunner settings: no access log, or one that never logs query strings."""
+    if gateway.config.http.access_log:
+        return {"access_log_class": PathOnlyAccessLogger}
+    return {"access_log": None}
+
+
+def build_runner(gateway: Gateway, app: web.Application | None = None) -> GuardedAppRunner:
+    """The runner for `app` (default: `build_app`), with the connection guards."""
+    c = gateway.config.http
+    limits = Limits(
+        header_timeout=c.header_timeout,
+        body_timeout=c.body_timeout,
+        keepalive_timeout=c.keepalive_timeout,
+        max_connections=connection_cap(c.max_connections),
+        max_connections_per_address=c.max_connections_per_address,
+    )
+    if limits.max_connections < c.max_connections:
+        log.warning(
+            "http_connection_cap_lowered",
+            configured=c.max_connections,
+            cap=limits.max_connections,
+            hint="raise LimitNOFILE (systemd) or ulimit -n",
+        )
+    return GuardedAppRunner(
+        app or build_app(gateway),
+        limits,
+        proxy_trust(gateway),
+        handle_signals=False,
+        **runner_options(gateway),
+    )

@@ -1,0 +1,427 @@
+"""Outbound messages: accept (one or a batch), cancel, retry, get, search, reveal.
+
+Every front end (HTTP API, panel, MQTT, Kannel `sendsms`) calls these with a `Caller`
+and gets typed records back, masked for that caller; errors are `ApiError`s with the
+API's stable codes, which each front end translates into its own answer. The store
+keeps the SQL and the decryption; nothing here formats for a wire.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from drivers.clock import Clock
+from gateway.config import Config
+from gateway.errors import ApiError
+from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_number
+from gateway.metrics import Metrics
+from gateway.models import Priority, State
+from gateway.scheduler import Scheduler
+from gateway.store.records import MessageQuery, StoredMessage
+from gateway.store.store import Store
+from gateway.store.writer import Statement
+from gateway.usecases.audit import AuditSink
+from gateway.usecases.caller import Caller
+from gateway.usecases.masking import mask_body
+from gateway.usecases.records import EventRecord, MessagePage, MessageRecord, Revealed
+
+T = TypeVar("T")
+REFERENCE_SCAN_LIMIT = 10_000  # references have no index: search the newest this many
+RETRYABLE = frozenset({State.FAILED, State.EXPIRED})
+
+
+class BatchAccepted(msgspec.Struct, frozen=True):
+    """Per-item results of a batch: an `Accepted` or an error object, in request order."""
+
+    accepted: int
+    rejected: int
+    results: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A client's `Idempotency-Key` (hashed) and a hash of its request: the answer is
+    stored with the messages, in their transaction, with `status`."""
+
+    key_hash: bytes
+    request_hash: bytes
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    id: str
+    status: State
+    changed: bool  # False: it was already cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSearch:
+    """Filters of a message list; every field optional. `number` is as typed (needs
+    PHI rights, audited); `reference` is searched by decrypting (PHI rights)."""
+
+    state: State | None = None
+    priority: Priority | None = None
+    route: str | None = None
+    receipt_overdue: bool | None = None
+    since: float | None = None
+    until: float | None = None
+    number: str | None = None
+    reference: str | None = None
+    cursor: str | None = None
+
+
+def not_found() -> ApiError:
+    # The same answer for "no such message" and "another token's message": a token
+    # cannot learn that someone else's message exists.
+    return ApiError(404, "not_found", "no message with this id")
+
+
+def forbidden(field: str, what: str) -> ApiError:
+    return ApiError(403, "forbidden", f"{field}: {what} needs the 'phi' scope", field=field)
+
+
+class Messages:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        intake: Intake,
+        scheduler: Scheduler,
+        clock: Clock,
+        metrics: Metrics,
+        audit: AuditSink,
+        accepting: Callable[[], bool],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._intake = intake
+        self._scheduler = scheduler
+        self._clock = clock
+        self._metrics = metrics
+        self._audit = audit
+        self._accepting = accepting
+
+    # -- accepting ---------------------------------------------------------------------
+
+    def check_accepting(self) -> None:
+        if not self._accepting():
+            raise ApiError(
+                503,
+                "shutting_down",
+                "the gateway is shutting down; retry shortly",
+                headers={"Retry-After": "5"},
+            )
+
+    def check_batch_size(self, count: int) -> None:
+        limit = self._config.http.max_batch
+        if count == 0:
+            raise ApiError(422, "empty_batch", "messages: the batch is empty", field="messages")
+        if count > limit:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"messages: at most {limit} messages per batch",
+                field="messages",
+            )
+
+    async def accept(
+        self,
+        caller: Caller,
+        request: SendRequest,
+        *,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Accepted:
+        """Validate one message and commit it; returns once it is durably stored.
+
+        Raises `ApiError` (the API's codes: `invalid_number`, `no_route`, ...,
+        `shutting_down`, `store_unavailable`) and then stores nothing."""
+        self._require_send(caller)
+        self.check_accepting()
+        prepared = self._intake.prepare(request, caller.token_id, self._clock.time())
+        return await self._commit(caller, [prepared], idempotency, lambda a: a[0])
+
+    async def accept_batch(
+        self,
+        caller: Caller,
+        items: Sequence[SendRequest | ApiError],
+        *,
+        idempotency: IdempotencyKey | None = None,
+    ) -> BatchAccepted:
+        """Each valid item is accepted, all in one commit; an `ApiError` item (one the
+        front end could not decode) and each invalid one is reported in its place."""
+        self._require_send(caller)
+        self.check_accepting()
+        self.check_batch_size(len(items))
+        now = self._clock.time()
+        prepared: list[Prepared] = []
+        errors: dict[int, dict[str, Any]] = {}
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, ApiError):
+                    raise item
+                prepared.append(self._intake.prepare(item, caller.token_id, now, f"messages[{i}]."))
+            except ApiError as e:
+                errors[i] = e.body()
+        if not prepared:
+            raise ApiError(
+                422, "batch_rejected", "no message in the batch was valid", field="messages"
+            )
+
+        def build(accepted: list[Accepted]) -> BatchAccepted:
+            it = iter(accepted)
+            results = [errors[i] if i in errors else next(it) for i in range(len(items))]
+            return BatchAccepted(len(accepted), len(errors), results)
+
+        return await self._commit(caller, prepared, idempotency, build)
+
+    async def _commit(
+        self,
+        caller: Caller,
+        prepared: list[Prepared],
+        idempotency: IdempotencyKey | None,
+        build: Callable[[list[Accepted]], T],
+    ) -> T:
+        """Commit the messages (and the idempotent answer) in one transaction."""
+        started = time.perf_counter()
+        statements: list[Statement] = self._intake.statements(prepared)
+        answer = build([p.answer() for p in prepared])
+        if idempotency is not None:
+            if caller.token_id is None:
+                raise ValueError("an Idempotency-Key belongs to a token")
+            statements.append(
+                self._store.idempotency_statement(
+                    caller.token_id,
+                    idempotency.key_hash,
+                    idempotency.request_hash,
+                    idempotency.status,
+                    msgspec.json.encode(answer),
+                    self._clock.time(),
+                )
+            )
+        try:
+            await self._store.insert(statements)
+        except Exception as e:
+            raise ApiError(
+                503, "store_unavailable", "the message store could not commit; nothing was accepted"
+            ) from e
+        self._intake.accepted(prepared)
+        self._metrics.accept_latency.observe(time.perf_counter() - started)
+        return answer
+
+    async def replay(self, caller: Caller, key: IdempotencyKey) -> StoredAnswer | None:
+        """The answer stored under this key by this token, if any; 409 if the key was
+        used with a different request."""
+        if caller.token_id is None:
+            return None
+        row = await self._store.find_idempotent(caller.token_id, key.key_hash)
+        if row is None:
+            return None
+        if row["request_hash"] != key.request_hash:
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was used with a different request",
+            )
+        return StoredAnswer(int(row["status"]), bytes(row["response"]))
+
+    # -- acting on one message ---------------------------------------------------------
+
+    async def cancel(self, caller: Caller, message_id: str) -> Cancelled:
+        """Cancel a message not yet sending, in one atomic step; audited when it was
+        this call that cancelled it. An already cancelled message answers as done."""
+        self._require_send(caller)
+        found = await self._store.withdraw(message_id, self._clock.time(), owner=caller.owner)
+        if found is None:
+            raise not_found()
+        state, changed = found
+        if state is not State.CANCELLED:
+            raise ApiError(
+                409,
+                "not_cancellable",
+                f"the message is {state.value} and can no longer be cancelled",
+            )
+        self._scheduler.forget(message_id)
+        if changed:
+            await self._audit.record(caller.actor, "message_cancelled", "message", message_id)
+        return Cancelled(message_id, state, changed)
+
+    async def retry(self, caller: Caller, message_id: str) -> Accepted:
+        """A failed or expired message is final; retry sends a copy as a new message,
+        owned by the token that sent the original (so that client sees it)."""
+        self._require_send(caller)
+        stored = await self._visible(caller, message_id)
+        if stored.state not in RETRYABLE:
+            raise ApiError(409, "not_retryable", "only failed or expired messages can be retried")
+        self.check_accepting()
+        copy = SendRequest(
+            to=stored.to.open(),
+            body=stored.body.open(),
+            priority=stored.priority.label,  # type: ignore[arg-type]  # a valid label
+            route=stored.route_hint,
+            category=stored.category,
+            reference=None if stored.reference is None else stored.reference.open(),
+        )
+        prepared = self._intake.prepare(copy, stored.token_id, self._clock.time())
+        answer = await self._commit(caller, [prepared], None, lambda a: a[0])
+        await self._audit.record(
+            caller.actor, "message_retried", "message", message_id, new_message_id=answer.id
+        )
+        return answer
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def get(self, caller: Caller, message_id: str, *, phi: bool = False) -> MessageRecord:
+        """One message with its history. `phi`: with its number and body whole (PHI
+        rights needed; the read is audited before anything is returned)."""
+        if phi and not caller.may_read_phi:
+            raise forbidden("include", "reading numbers and bodies")
+        stored = await self._visible(caller, message_id)
+        events = await self._store.records.events(message_id)
+        if phi:
+            await self._audit.record(caller.actor, "phi_read", "message", message_id)
+        return self._record(
+            caller, stored, tuple(EventRecord(**vars_of(e)) for e in events), phi=phi
+        )
+
+    async def search(
+        self, caller: Caller, search: MessageSearch, limit: int, *, phi: bool = False
+    ) -> MessagePage:
+        """Messages newest first, `limit` a page; `next_cursor` only if more follow.
+        `phi`: with numbers and bodies whole (PHI rights; each id shown is audited)."""
+        if phi and not caller.may_read_phi:
+            raise forbidden("include", "reading numbers and bodies")
+        to = None
+        if search.number is not None:
+            if not caller.may_read_phi:
+                raise forbidden("to", "looking up a number")
+            to = normalise_number(search.number, self._config.queue.default_region)
+            if to is None:
+                raise ApiError(400, "invalid_number", "to: not a valid phone number", field="to")
+            await self._audit.record(caller.actor, "phi_number_lookup", "messages", None)
+        query = MessageQuery(
+            owner=caller.owner,
+            state=search.state,
+            priority=search.priority,
+            route=search.route,
+            receipt_overdue=search.receipt_overdue,
+            since=search.since,
+            until=search.until,
+            to=to,
+            before=search.cursor,
+        )
+        truncated = False
+        if search.reference is not None:
+            if not caller.may_read_phi:
+                raise forbidden("reference", "searching by reference")
+            stored, truncated = await self._by_reference(query, search.reference, limit)
+        else:
+            stored = await self._store.records.messages(query, limit + 1)
+        more = len(stored) > limit
+        stored = stored[:limit]
+        if phi and stored:
+            await self._audit.record_each(
+                caller.actor, "phi_read", "message", [m.id for m in stored]
+            )
+        return MessagePage(
+            tuple(self._record(caller, m, phi=phi) for m in stored),
+            stored[-1].id if more and stored else None,
+            truncated,
+        )
+
+    async def _by_reference(
+        self, query: MessageQuery, reference: str, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """Messages whose (encrypted) reference is `reference`, newest first, scanning
+        at most REFERENCE_SCAN_LIMIT; True if the scan stopped at that limit."""
+        found: list[StoredMessage] = []
+        scanned = 0
+        while scanned < REFERENCE_SCAN_LIMIT and len(found) <= limit:
+            batch = await self._store.records.messages(query, 500)
+            if not batch:
+                return found, False
+            for m in batch:
+                scanned += 1
+                if m.reference is not None and m.reference.open() == reference:
+                    found.append(m)
+            query = MessageQuery(**{**vars_of(query), "before": batch[-1].id})
+        return found, scanned >= REFERENCE_SCAN_LIMIT
+
+    async def reveal(self, caller: Caller, message_id: str) -> Revealed:
+        """A message's number, body and reference whole; audited before it is returned."""
+        if not caller.may_read_phi:
+            raise forbidden("id", "revealing a message")
+        stored = await self._visible(caller, message_id)
+        await self._audit.record(caller.actor, "reveal", "message", message_id)
+        return Revealed(
+            message_id,
+            stored.to.open(),
+            stored.body.open(),
+            None if stored.reference is None else stored.reference.open(),
+        )
+
+    async def _visible(self, caller: Caller, message_id: str) -> StoredMessage:
+        stored = await self._store.records.message(message_id)
+        owner = caller.owner
+        if stored is None or (owner is not None and stored.token_id != owner):
+            raise not_found()
+        return stored
+
+    def _require_send(self, caller: Caller) -> None:
+        if not caller.may_send:
+            raise ApiError(403, "forbidden", "this caller may not send or act on messages")
+
+    @staticmethod
+    def _record(
+        caller: Caller,
+        m: StoredMessage,
+        events: tuple[EventRecord, ...] | None = None,
+        *,
+        phi: bool = False,
+    ) -> MessageRecord:
+        to = m.to.open() if caller.sees_masked or phi else None
+        body = m.body.open() if (caller.sees_masked and caller.shows_body_length) or phi else None
+        own = caller.token_id is not None and m.token_id == caller.token_id
+        return MessageRecord(
+            id=m.id,
+            status=m.state,
+            priority=m.priority,
+            segments=m.segments,
+            encoding=m.encoding,
+            created_at=m.created_at,
+            updated_at=m.updated_at,
+            expires_at=m.expires_at,
+            send_at=m.send_at,
+            route=m.route,
+            route_hint=m.route_hint,
+            category=m.category,
+            attempts=m.attempts,
+            possible_duplicate=m.possible_duplicate,
+            error_code=m.error_code,
+            receipt_overdue=m.receipt_overdue,
+            to_masked=caller.mask(to) if to is not None and caller.sees_masked else None,
+            body_masked=mask_body(body)
+            if body is not None and caller.sees_masked and caller.shows_body_length
+            else None,
+            reference=m.reference.open() if own and m.reference is not None else None,
+            to=to if phi else None,
+            body=body if phi else None,
+            events=events,
+        )
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    """The fields of a slotted dataclass, by name."""
+    return {name: getattr(obj, name) for name in obj.__slots__}
