@@ -358,3 +358,26 @@ async def test_the_send_topic_is_not_subscribed_without_a_token_that_can_send(
     with pytest.raises(StartupFault, match=r"^mqtt\.send_token_file: .*send scope"):
         await gw.start(dispatch=False)
     assert gw.mqtt is None
+
+
+async def test_no_reply_goes_to_the_gateways_own_topics(
+    open_gateway: GatewayFactory, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A response topic naming the send topic would loop; under the prefix it would
+    pass for an event. Such a request is handled, its reply not published."""
+    await send_gateway(open_gateway, tmp_path, broker.port)
+    with capture_logs() as logs:
+        async with subscriber(broker.port, "#") as watcher:
+            for reply_to in ("hosp/send", "hosp/messages/x/status"):
+                props = Properties(PacketTypes.PUBLISH)
+                props.ResponseTopic = reply_to
+                await watcher.publish("hosp/send", b"{}", qos=1, properties=props)
+            await request(broker.port, b"{}")
+            # The gateway publishes in order: a reply to either request above would
+            # reach the watcher before the reply to the third one.
+            seen: list[str] = []
+            while not seen or seen[-1] != "client/replies":
+                seen.append(str((await next_message(watcher)).topic))
+    assert seen == ["hosp/send", "hosp/send", "hosp/send", "client/replies"]
+    refused = [e for e in logs if e["event"] == "mqtt_reply_refused"]
+    assert len(refused) == 2

@@ -18,6 +18,7 @@ the event and delivers it, in order, once the broker is back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,10 @@ from gateway.integrations.events import (
 from gateway.logs import exception_summary
 
 log = structlog.get_logger("smsgw.mqtt")
+# The client library's own log (connects, packets by topic and size): warnings only,
+# our structlog lines above say what an operator needs.
+_client_log = logging.getLogger("smsgw.mqtt.client")
+_client_log.setLevel(logging.WARNING)
 
 QOS = 1
 # CONNACK reason codes that mean the broker refused our login (MQTT 3.1.1: 4, 5;
@@ -141,6 +146,7 @@ class MqttLink:
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=c.timeout,
             tls_context=self._tls,
+            logger=_client_log,
         )
 
     async def _run(self) -> None:

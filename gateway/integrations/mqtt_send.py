@@ -76,11 +76,21 @@ class SendTopic:
         else:
             status, body = 202, msgspec.json.encode(accepted)
             log.info("mqtt_send_accepted", message_id=accepted.id, replied=bool(reply_to))
-        if reply_to:
+        if reply_to and not self._may_reply_to(reply_to):
+            log.warning("mqtt_reply_refused", reason="response_topic_reserved")
+        elif reply_to:
             try:
                 await self._link.publish(reply_to, body, response_properties(correlation, status))
             except DeliveryFailed as e:
                 log.warning("mqtt_reply_lost", reason=e.reason)
+
+    def _may_reply_to(self, topic: str) -> bool:
+        """Not into the gateway's own topics (a reply on the send topic would be read as
+        the next request, and one under the prefix would pass for an event), nor a
+        wildcard, which no one can publish to."""
+        m = self._gw.config.mqtt
+        own = topic == m.send_topic_path or topic.startswith(m.topic_prefix + "/")
+        return not own and not any(c in topic for c in "#+\0")
 
     async def _accept(self, payload: bytes) -> Accepted:
         limit = self._gw.config.http.max_body_bytes
