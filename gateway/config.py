@@ -166,7 +166,7 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
+    port: int = 1883
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
@@ -186,6 +186,8 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
     def problems(self) -> str | None:
         """The first setting that cannot work, as `mqtt.key: problem`."""
+        if not 1 <= self.port <= 65535:
+            return f"mqtt.port: expected a port from 1 to 65535, got {self.port}"
         if not self.enabled:
             return None
         if self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
