@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -381,3 +382,31 @@ async def test_no_reply_goes_to_the_gateways_own_topics(
     assert seen == ["hosp/send", "hosp/send", "hosp/send", "client/replies"]
     refused = [e for e in logs if e["event"] == "mqtt_reply_refused"]
     assert len(refused) == 2
+
+
+# paho-mqtt does not close its socket when the TLS handshake fails (`_ssl_wrap_socket`
+# in paho 2.2); the collector closes it, and this test collects before it ends.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_broker_certificate_that_does_not_verify_is_refused_and_retried(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    broker = Mosquitto(directory, tls=True)
+    await broker.start()
+    try:
+        assert broker.tls_port is not None
+        with capture_logs() as logs:
+            gw = await open_gateway(
+                mqtt={"enabled": True, "port": broker.tls_port, "tls": True}  # system CAs only
+            )
+            assert gw.mqtt is not None
+            async with asyncio.timeout(WAIT):
+                await gw.mqtt.wait_backing_off(1)
+            assert not gw.mqtt.connected
+    finally:
+        await broker.stop()
+        gc.collect()
+    failed = [e for e in logs if e["event"] == "mqtt_connect_failed"]
+    assert failed[0]["reason"] == "tls" and failed[0]["log_level"] == "warning"
