@@ -132,8 +132,8 @@ class MqttLink:
         if sending.cancelled():
             raise DeliveryFailed("mqtt_down")
         if (error := sending.exception()) is not None:
-            reason = "mqtt_timeout" if isinstance(error, aiomqtt.MqttError) else "mqtt_error"
-            raise DeliveryFailed(reason) from None
+            timed_out = isinstance(error, aiomqtt.MqttError) and "timed out" in str(error)
+            raise DeliveryFailed("mqtt_timeout" if timed_out else "mqtt_publish_failed") from None
 
     def _client_for_attempt(self) -> aiomqtt.Client:
         c = self._config
@@ -162,6 +162,9 @@ class MqttLink:
                 reason = _reason(e)
             except OSError as e:  # TLS handshake and socket errors paho lets through
                 reason = "tls" if isinstance(e, ssl.SSLError) else "network"
+            except Exception as e:  # the client library's own faults: log, and try again
+                reason = "client_error"
+                log.error("mqtt_client_error", error=exception_summary(e))
             finally:
                 was_up = self._client is not None
                 self._client = None
