@@ -32,11 +32,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# Real peers the suite starts itself: Node.js for the independent SMPP server (npm `smpp`).
+# Real peers the suite starts itself: Node.js for the independent SMPP server (npm `smpp`),
+# Debian's mosquitto for the MQTT tests (tests/peers/mosquitto.py runs it on a free port).
 peers: setup
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \
 	  apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	@PATH="$$PATH:/usr/sbin" command -v mosquitto >/dev/null || { \
+	  echo "installing mosquitto (Debian) for the MQTT tests"; \
+	  apt-get update -qq && apt-get install -y -qq mosquitto; }
 	$(BIN)/python -c 'from tests.peers.smpp_peer import ensure_installed; ensure_installed()'
 
 # The panel's front-end libraries. npm ci checks every tarball against the sha512 in

@@ -6,7 +6,7 @@ Shutdown order (each step waits for the one before):
 3. in-flight submits get `http.shutdown_grace` seconds to finish; the rest are cut
    off and re-queued as possible duplicates;
 4. drivers close (SMPP unbind, serial ports released);
-5. the HTTP server stops;
+5. the MQTT connection closes; the HTTP server stops;
 6. the store checkpoints its WAL and closes.
 """
 
@@ -29,6 +29,8 @@ from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
+from gateway.integrations.mqtt import MqttLink
+from gateway.integrations.mqtt_send import start_mqtt
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority
@@ -67,6 +69,7 @@ class Gateway:
     accepting: bool = True
     stopped: bool = False
     demo: DemoPeers | None = None  # the embedded default's simulated peers
+    mqtt: MqttLink | None = None  # [mqtt] enabled: the broker connection
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -131,6 +134,8 @@ class Gateway:
                 log.error("route_start_failed", route=route.name, code=e.code)
             except SecretError as e:  # a setting, not the carrier: no retry will mend it
                 raise StartupFault(f"route {route.name!r}: {e}", exit_code=2) from None
+        if self.config.mqtt.enabled:
+            self.mqtt = await start_mqtt(self)
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
@@ -240,6 +245,8 @@ class Gateway:
                 await route.driver.aclose()
             except Exception as e:
                 log.error("route_close_failed", route=route.name, error=exception_summary(e))
+        if self.mqtt is not None:
+            await self.mqtt.aclose()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -156,6 +156,64 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# An MQTT topic to publish or subscribe to: no wildcards, no NUL.
+_TOPIC = r"^[^#+\x00]+$"
+
+
+class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[mqtt]`: events published to a broker, and an optional send topic
+    (gateway/integrations/mqtt.py). QoS is always 1."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "smsgw"
+    qos: Literal[1] = 1  # always at least once: receivers drop duplicates by event id
+    topic_prefix: Annotated[str, msgspec.Meta(min_length=1, pattern=_TOPIC)] = "smsgw"
+    phi: bool = False
+    send_topic: bool = False
+    send_topic_name: Annotated[str, msgspec.Meta(min_length=1, pattern=_TOPIC)] | None = None
+    send_token_file: str | None = None
+    reconnect_min: PositiveFloat = 0.5
+    reconnect_max: PositiveFloat = 60.0
+    timeout: PositiveFloat = 10.0
+
+    def problems(self) -> str | None:
+        """The first setting that cannot work, as `mqtt.key: problem`."""
+        if not 1 <= self.port <= 65535:
+            return f"mqtt.port: expected a port from 1 to 65535, got {self.port}"
+        if not self.enabled:
+            return None
+        if self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
+            return "mqtt.topic_prefix: must not start or end with /"
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            return f"mqtt.{missing}: missing (a client certificate needs both files)"
+        if not self.tls and (self.ca_file or self.cert_file):
+            return "mqtt.tls: must be true when ca_file or cert_file is set"
+        if (self.username is None) != (self.password_file is None):
+            missing = "password_file" if self.password_file is None else "username"
+            return f"mqtt.{missing}: missing (a broker login needs a username and a password file)"
+        if self.send_topic and self.send_token_file is None:
+            return (
+                "mqtt.send_token_file: missing; the send topic acts with an API token with"
+                " the send scope, kept in this file (smsgw token create --scope send)"
+            )
+        if self.reconnect_min > self.reconnect_max:
+            return "mqtt.reconnect_min: must not exceed mqtt.reconnect_max"
+        return None
+
+    @property
+    def send_topic_path(self) -> str:
+        return self.send_topic_name or f"{self.topic_prefix}/send"
+
+
 Role = Literal["admin", "operator", "viewer", "auditor"]
 
 
@@ -202,6 +260,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     inbound: InboundConfig = msgspec.field(default_factory=InboundConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None
 
@@ -356,6 +415,8 @@ def _check_values(config: Config) -> None:
     if problem := listen_problem(config.http.listen):
         raise ConfigError(f"http.listen: {problem}")
     if problem := config.http.problems():
+        raise ConfigError(problem)
+    if problem := config.mqtt.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

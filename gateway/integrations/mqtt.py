@@ -1,0 +1,337 @@
+"""MQTT: the gateway's events published to a broker, and a topic to send through.
+
+Theory of operation. One `MqttLink` keeps one connection to the broker (MQTT 5, QoS 1)
+in a task: connect, subscribe to the send topic if it is on, hand each message it
+brings to the send handler, and when the connection ends or cannot be made, wait an
+exponentially growing delay (with jitter, on the gateway's clock) and try again. Each
+attempt is a fresh client, so nothing published during a dead connection is kept in
+the client to be sent later behind the outbox's back: the outbox alone decides what
+is published and in what order.
+
+`MqttConsumer` is the outbox's consumer (`gateway.integrations.events`): it turns an
+event into a topic that carries ids and route names only and a JSON payload with the
+personal fields only when `[mqtt] phi = true`, and publishes it through the link.
+While the link is down it raises `DeliveryFailed("mqtt_down")`, so the outbox keeps
+the event and delivers it, in order, once the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+import msgspec
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from drivers.clock import Clock
+from drivers.credentials import read_secret
+from gateway.config import Config, MqttConfig
+from gateway.integrations.events import (
+    EVENT_TYPES,
+    MESSAGE_INBOUND,
+    MESSAGE_STATUS,
+    ROUTE_HEALTH,
+    DeliveryFailed,
+    OutboxEvent,
+)
+from gateway.logs import exception_summary
+
+log = structlog.get_logger("smsgw.mqtt")
+# The client library's own log (connects, packets by topic and size): warnings only,
+# our structlog lines above say what an operator needs.
+_client_log = logging.getLogger("smsgw.mqtt.client")
+_client_log.setLevel(logging.WARNING)
+
+QOS = 1
+# CONNACK reason codes that mean the broker refused our login (MQTT 3.1.1: 4, 5;
+# MQTT 5: 0x86 bad user name or password, 0x87 not authorized, 0x8C bad auth method).
+_AUTH_REFUSED = frozenset({4, 5, 0x86, 0x87, 0x8C})
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
+class MqttLink:
+    """One connection to the broker, kept up with reconnect and back-off."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        clock: Clock,
+        *,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._password = password
+        self._tls = tls_context
+        self._client: aiomqtt.Client | None = None
+        self._subscription: tuple[str, MessageHandler] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._down.set()
+        self._backing_off = False
+        self._changed = asyncio.Condition()
+        self.failures = 0  # attempts in a row that ended without a connection, or lost it
+
+    def subscribe(self, topic: str, handler: MessageHandler) -> None:
+        """Subscribe to `topic` on every connection; `handler` gets each message."""
+        self._subscription = (topic, handler)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def wait_connected(self) -> None:
+        await self._up.wait()
+
+    async def wait_disconnected(self) -> None:
+        await self._down.wait()
+
+    async def wait_backing_off(self, failures: int = 1) -> None:
+        """Return once the link waits out its back-off after `failures` failed attempts
+        in a row (a lost connection counts as the first)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._backing_off and self.failures >= failures)
+
+    async def publish(
+        self, topic: str, payload: bytes, properties: Properties | None = None
+    ) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK, or raise `DeliveryFailed`."""
+        client = self._client
+        if client is None:
+            raise DeliveryFailed("mqtt_down")
+        sending = asyncio.ensure_future(
+            client.publish(topic, payload, qos=QOS, properties=properties)
+        )
+        lost = asyncio.ensure_future(self._down.wait())
+        try:
+            await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not sending.done():
+                sending.cancel()
+        if sending.cancelled():
+            raise DeliveryFailed("mqtt_down")
+        if (error := sending.exception()) is not None:
+            timed_out = isinstance(error, aiomqtt.MqttError) and "timed out" in str(error)
+            raise DeliveryFailed("mqtt_timeout" if timed_out else "mqtt_publish_failed") from None
+
+    def _client_for_attempt(self) -> aiomqtt.Client:
+        c = self._config
+        return aiomqtt.Client(
+            c.host,
+            c.port,
+            username=c.username,
+            password=self._password,
+            identifier=c.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=c.timeout,
+            tls_context=self._tls,
+            logger=_client_log,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            client = self._client_for_attempt()
+            reason = "closed"
+            try:
+                async with client:
+                    await self._connected(client)
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as e:
+                reason = _reason(e)
+            except OSError as e:  # TLS handshake and socket errors paho lets through
+                reason = "tls" if isinstance(e, ssl.SSLError) else "network"
+            except Exception as e:  # the client library's own faults: log, and try again
+                reason = "client_error"
+                log.error("mqtt_client_error", error=exception_summary(e))
+            finally:
+                was_up = self._client is not None
+                self._client = None
+                self._up.clear()
+                self._down.set()
+            self.failures = 1 if was_up else self.failures + 1
+            delay = self._backoff(self.failures)
+            fields = {"reason": reason, "retry_in": round(delay, 3), "attempt": self.failures}
+            if reason == "auth_refused":
+                log.error("mqtt_login_refused", username=self._config.username, **fields)
+            elif was_up:
+                log.warning("mqtt_disconnected", **fields)
+            else:
+                log.warning("mqtt_connect_failed", **fields)
+            async with self._changed:
+                self._backing_off = True
+                self._changed.notify_all()
+            try:
+                await self._clock.sleep(delay)
+            finally:
+                self._backing_off = False
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        if self._subscription is not None:
+            await client.subscribe(self._subscription[0], qos=QOS)
+        self._client = client
+        self._down.clear()
+        self._up.set()
+        log.info("mqtt_connected", host=self._config.host, port=self._config.port)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        if self._subscription is None:
+            return
+        try:
+            await self._subscription[1](message)
+        except Exception as e:  # one bad message must not end the connection
+            log.error("mqtt_message_failed", error=exception_summary(e))
+
+    def _backoff(self, failures: int) -> float:
+        c = self._config
+        delay = min(c.reconnect_max, c.reconnect_min * 2.0 ** min(failures - 1, 30))
+        jitter: float = random.uniform(0.8, 1.0)  # noqa: S311  # jitter, not a secret
+        return delay * jitter
+
+
+def _reason(error: aiomqtt.MqttError) -> str:
+    """A short code for the log; never the broker's text (it may quote a client id)."""
+    rc = getattr(error, "rc", None)
+    code = getattr(rc, "value", rc)
+    if isinstance(code, int) and code in _AUTH_REFUSED:
+        return "auth_refused"
+    if (
+        isinstance(error.__cause__, ssl.SSLError)
+        or "SSL" in str(error)
+        or "certificate" in str(error)
+    ):
+        return "tls"
+    if isinstance(code, int):
+        return f"mqtt_rc_{code}"
+    return "network"
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The client's TLS context: the broker's certificate checked against `ca_file` (or
+    the system's CAs), its name against `host`; a client certificate when given."""
+    m = config.mqtt
+    if not m.tls:
+        return None
+    ca = str(config.resolve(m.ca_file)) if m.ca_file else None
+    context = ssl.create_default_context(cafile=ca)
+    if m.cert_file and m.key_file:
+        context.load_cert_chain(config.resolve(m.cert_file), config.resolve(m.key_file))
+    return context
+
+
+def open_link(config: Config, clock: Clock) -> MqttLink:
+    """A link built from `[mqtt]`, its secrets read now (a `SecretError` or an
+    `ssl.SSLError`/`OSError` for a file that cannot be read stops start-up)."""
+    m = config.mqtt
+    password = None
+    if m.password_file is not None:
+        password = read_secret(file=str(config.resolve(m.password_file)))
+    return MqttLink(m, clock, password=password, tls_context=tls_context(config))
+
+
+# -- events out ------------------------------------------------------------------------
+
+
+def _segment(value: str) -> str:
+    """A topic level from an id or a route name: MQTT's separators and wildcards escaped."""
+    return "".join(f"%{ord(c):02X}" if c in "/+#%\0" else c for c in value) or "%00"
+
+
+def event_topic(prefix: str, event: OutboxEvent) -> str:
+    """`<prefix>/messages/<id>/status`, `<prefix>/inbound/<id>` or
+    `<prefix>/routes/<route>/health`: ids and route names, never a number."""
+    if event.type == MESSAGE_STATUS and event.message_id is not None:
+        return f"{prefix}/messages/{_segment(event.message_id)}/status"
+    if event.type == MESSAGE_INBOUND:
+        inbound_id = event.data.get("inbound_id") or event.message_id
+        if isinstance(inbound_id, str):
+            return f"{prefix}/inbound/{_segment(inbound_id)}"
+    if event.type == ROUTE_HEALTH and event.route is not None:
+        return f"{prefix}/routes/{_segment(event.route)}/health"
+    return f"{prefix}/events/{_segment(event.type)}"
+
+
+class EventPayload(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: str
+    seq: int
+    type: str
+    at: float
+    message_id: str | None = None
+    route: str | None = None
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    phi: dict[str, Any] | None = None
+
+
+def event_payload(event: OutboxEvent, *, phi: bool) -> bytes:
+    return msgspec.json.encode(
+        EventPayload(
+            event.id,
+            event.seq,
+            event.type,
+            event.at,
+            event.message_id,
+            event.route,
+            event.data,
+            event.phi if phi else None,
+        )
+    )
+
+
+class MqttConsumer:
+    """The outbox's consumer for the broker (the `EventConsumer` protocol)."""
+
+    def __init__(self, config: MqttConfig, link: MqttLink) -> None:
+        self._config = config
+        self._link = link
+
+    @property
+    def name(self) -> str:
+        return "mqtt"
+
+    @property
+    def wants_phi(self) -> bool:
+        return self._config.phi
+
+    def accepts(self, event_type: str) -> bool:
+        return event_type in EVENT_TYPES
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        topic = event_topic(self._config.topic_prefix, event)
+        await self._link.publish(topic, event_payload(event, phi=self._config.phi))
+        log.debug("mqtt_published", event_id=event.id, type=event.type, seq=event.seq)
+
+
+def mqtt_consumer(config: Config, link: MqttLink) -> MqttConsumer:
+    """The consumer the outbox dispatcher delivers to (wired in at merge)."""
+    return MqttConsumer(config.mqtt, link)
+
+
+def response_properties(correlation: bytes | None, status: int) -> Properties:
+    """MQTT 5 properties of a reply: the request's correlation data and an HTTP-like
+    status as a user property, so a client tells a result from an error at a glance."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no hints
+    if correlation is not None:
+        props.CorrelationData = correlation
+    props.UserProperty = [("status", str(status))]
+    return props

@@ -1,0 +1,136 @@
+"""The MQTT send topic: a JSON send request in, its result or error out.
+
+A payload on the send topic is what `POST /api/v1/messages` takes, checked by the same
+decoder and accepted by the same path (`accept_one`, the one call to re-point when the
+application layer moves). It acts with the API token in `[mqtt] send_token_file`: the
+message belongs to that token, and without a valid token with the `send` scope the
+topic is not subscribed at all. The answer — the accepted record, or the API's error
+body, which never quotes what was sent — goes to the request's MQTT 5 Response Topic
+with its Correlation Data; a request without a response topic is processed and only
+logged (by id).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+import aiomqtt
+import msgspec
+import structlog
+
+from drivers.credentials import SecretError, read_secret
+from gateway.errors import ApiError
+from gateway.intake import Accepted, decode_send
+from gateway.integrations.events import DeliveryFailed
+from gateway.integrations.mqtt import MqttLink, open_link, response_properties
+from gateway.startup import StartupFault
+from gateway.store.store import TokenRecord
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = structlog.get_logger("smsgw.mqtt")
+
+
+async def accept_one(gw: Gateway, token: TokenRecord, raw: bytes) -> Accepted:
+    """Validate, commit and enqueue one message exactly as `POST /messages` does."""
+    if not gw.accepting:
+        raise ApiError(503, "shutting_down", "the gateway is shutting down; retry shortly")
+    prepared = gw.intake.prepare(decode_send(raw), token.id, gw.clock.time())
+    try:
+        await gw.store.insert(gw.intake.statements([prepared]))
+    except Exception as e:
+        raise ApiError(
+            503, "store_unavailable", "the message store could not commit; nothing was accepted"
+        ) from e
+    gw.intake.accepted([prepared])
+    return prepared.answer()
+
+
+class SendTopic:
+    """Handles the messages of the send topic on a link."""
+
+    def __init__(self, gw: Gateway, link: MqttLink, token_text: str) -> None:
+        self._gw = gw
+        self._link = link
+        self._token_text = token_text
+
+    async def token(self) -> TokenRecord | None:
+        """The send token's record when it is valid and may send; None otherwise."""
+        record = await self._gw.tokens.verify(self._token_text)
+        if record is None or "send" not in record.scopes:
+            return None
+        return record
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        props = message.properties
+        reply_to: str | None = getattr(props, "ResponseTopic", None) if props else None
+        correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            accepted = await self._accept(payload)
+        except ApiError as e:
+            status, body = e.status, msgspec.json.encode(e.body())
+            log.info("mqtt_send_refused", code=e.code, field=e.field, replied=bool(reply_to))
+        else:
+            status, body = 202, msgspec.json.encode(accepted)
+            log.info("mqtt_send_accepted", message_id=accepted.id, replied=bool(reply_to))
+        if reply_to and not self._may_reply_to(reply_to):
+            log.warning("mqtt_reply_refused", reason="response_topic_reserved")
+        elif reply_to:
+            try:
+                await self._link.publish(reply_to, body, response_properties(correlation, status))
+            except DeliveryFailed as e:
+                log.warning("mqtt_reply_lost", reason=e.reason)
+
+    def _may_reply_to(self, topic: str) -> bool:
+        """Not into the gateway's own topics (a reply on the send topic would be read as
+        the next request, and one under the prefix would pass for an event), nor a
+        wildcard, which no one can publish to."""
+        m = self._gw.config.mqtt
+        own = topic == m.send_topic_path or topic.startswith(m.topic_prefix + "/")
+        return not own and not any(c in topic for c in "#+\0")
+
+    async def _accept(self, payload: bytes) -> Accepted:
+        limit = self._gw.config.http.max_body_bytes
+        if len(payload) > limit:
+            raise ApiError(413, "too_large", f"the request is larger than {limit} bytes")
+        token = await self.token()
+        if token is None:
+            raise ApiError(
+                401, "unauthenticated", "the gateway's MQTT send token is not valid for sending"
+            )
+        return await accept_one(self._gw, token, payload)
+
+
+async def start_mqtt(gw: Gateway) -> MqttLink:
+    """Connect to the broker per `[mqtt]` (in the background) and, when the send topic
+    is on, subscribe to it. Unreadable secrets or a send token that cannot send stop
+    start-up with one line naming the key."""
+    config = gw.config
+    try:
+        link = open_link(config, gw.clock)
+    except SecretError as e:
+        raise StartupFault(f"mqtt.password_file: {e}", exit_code=2) from None
+    except (ssl.SSLError, OSError) as e:
+        raise StartupFault(
+            f"mqtt.tls: the CA file or client certificate does not load ({type(e).__name__})",
+            exit_code=2,
+        ) from None
+    m = config.mqtt
+    if m.send_topic and m.send_token_file is not None:
+        try:
+            token_text = read_secret(file=str(config.resolve(m.send_token_file))) or ""
+        except SecretError as e:
+            raise StartupFault(f"mqtt.send_token_file: {e}", exit_code=2) from None
+        topic = SendTopic(gw, link, token_text.strip())
+        if await topic.token() is None:
+            raise StartupFault(
+                "mqtt.send_token_file: the token in this file is unknown, revoked or lacks"
+                " the send scope; the send topic is not subscribed without one",
+                exit_code=2,
+            )
+        link.subscribe(m.send_topic_path, topic.handle)
+    link.start()
+    return link
