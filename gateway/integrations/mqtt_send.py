@@ -26,6 +26,7 @@ from gateway.integrations.events import DeliveryFailed
 from gateway.integrations.mqtt import MqttLink, open_link, response_properties
 from gateway.startup import StartupFault
 from gateway.store.store import TokenRecord
+from gateway.usecases import Caller
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -34,18 +35,8 @@ log = structlog.get_logger("smsgw.mqtt")
 
 
 async def accept_one(gw: Gateway, token: TokenRecord, raw: bytes) -> Accepted:
-    """Validate, commit and enqueue one message exactly as `POST /messages` does."""
-    if not gw.accepting:
-        raise ApiError(503, "shutting_down", "the gateway is shutting down; retry shortly")
-    prepared = gw.intake.prepare(decode_send(raw), token.id, gw.clock.time())
-    try:
-        await gw.store.insert(gw.intake.statements([prepared]))
-    except Exception as e:
-        raise ApiError(
-            503, "store_unavailable", "the message store could not commit; nothing was accepted"
-        ) from e
-    gw.intake.accepted([prepared])
-    return prepared.answer()
+    """Decode one send request and hand it to the same use case as `POST /messages`."""
+    return await gw.usecases.messages.accept(Caller.for_token(token), decode_send(raw))
 
 
 class SendTopic:
