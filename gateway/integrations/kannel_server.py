@@ -107,7 +107,7 @@ async def _authorise(
 
 async def sendsms_get(request: web.Request) -> web.StreamResponse:
     """GET: Kannel's CGI parameters in the query string."""
-    return await _sendsms(request, kannel.parse_get(request.query_string))
+    return await _sendsms(request, kannel.parse_get(request.rel_url.raw_query_string))
 
 
 async def sendsms_post(request: web.Request) -> web.StreamResponse:
