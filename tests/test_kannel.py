@@ -36,13 +36,14 @@ async def open_listener(
     open_gateway: GatewayFactory,
     tmp_path: Path,
     scopes: frozenset[str] = frozenset({"send"}),
+    origins: list[str] | None = None,
     **user: Any,
 ) -> tuple[Gateway, TestServer]:
     users = [
         {"username": USERNAME, "password_file": "kannel.pw", "token_file": "kannel.token", **user}
     ]
     gw = await open_gateway(
-        kannel={"enabled": True, "users": users, "dlr_url_origins": [CALLBACK_ORIGIN]}
+        kannel={"enabled": True, "users": users, "dlr_url_origins": origins or [CALLBACK_ORIGIN]}
     )
     token = await create_token(gw.store, "kannel", scopes, gw.clock)
     (tmp_path / "kannel.pw").write_text(PASSWORD + "\n")
