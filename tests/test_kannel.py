@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
+from gateway.config import ConfigError, from_mapping
 from gateway.integrations import kannel_server
 from gateway.tokens import create_token
 from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
@@ -313,3 +314,29 @@ async def test_no_number_or_text_reaches_the_log(smsgw: Smsgw) -> None:
         await send(smsgw.url, to=CANARY_NUMBER, text="CANARY body")
         await send(smsgw.url, to=CANARY_NUMBER, text="CANARY body", coding="9")
     assert CANARY_DIGITS not in repr(logs) and "CANARY" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"enabled": True}, "kannel.users: at least one user is needed"),
+        ({"listen": "13013"}, "kannel.listen:"),
+        ({"dlr_url_origins": ["https://ehr.example.org/path"]}, "kannel.dlr_url_origins[0]:"),
+        ({"dlr_url_origins": ["HTTPS://EHR.example.org"]}, "kannel.dlr_url_origins[0]:"),
+        ({"users": [{"username": "a", "password_file": "p"}]}, "kannel.users[0]"),
+        ({"colour": "blue"}, "kannel.colour"),
+        (
+            {"users": [{"username": "a", "password_file": "p", "token_file": "t"}] * 2},
+            "kannel.users[1].username: duplicate",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"kannel": section})
+    assert message in str(e.value)
+
+
+def test_config_defaults_to_off_on_kannels_port() -> None:
+    c = from_mapping({}).kannel
+    assert (c.enabled, c.listen, c.users, c.dlr_url_origins) == (False, "127.0.0.1:13013", (), ())
