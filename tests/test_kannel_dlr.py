@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +11,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
+from gateway.config import from_mapping
 from gateway.integrations.events import MESSAGE_STATUS, DeliveryFailed, OutboxEvent
 from gateway.integrations.kannel_dlr import (
+    GuardedResolver,
     KannelDlrConsumer,
+    build_consumer,
     fill_escapes,
     forbidden_address,
     report_type,
@@ -222,3 +227,45 @@ def test_report_type(state: str, mask: int, kind: int | None) -> None:
 def test_escape_percent_at_the_end_is_kept() -> None:
     assert fill_escapes("a%d%", {"d": "1"}) == "a1%"
     assert fill_escapes("%%41", {}) == "%41"
+
+
+class _Answers(AbstractResolver):
+    """A name server that answers with fixed addresses (as a rebinding one would)."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(hostname=host, host=a, port=port, family=family, proto=0, flags=0)
+            for a in self.addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_guarded_resolver_refuses_a_name_that_resolves_to_a_forbidden_address() -> None:
+    with pytest.raises(OSError, match="forbidden"):
+        await GuardedResolver(_Answers("10.0.0.1", "169.254.169.254")).resolve("ehr.example")
+    (ok,) = await GuardedResolver(_Answers("10.0.0.1")).resolve("ehr.example", 443)
+    assert (ok["host"], ok["port"]) == ("10.0.0.1", 443)
+
+
+async def test_a_named_origin_goes_through_the_resolver(
+    open_gateway: GatewayFactory, tmp_path: Path, receiver: Receiver
+) -> None:
+    origin = receiver.origin.replace("127.0.0.1", "localhost")
+    gw, mid = await accepted_with_dlr(open_gateway, tmp_path, origin)
+    consumer = build_consumer(gw.store, gw.config.kannel)
+    assert consumer is not None
+    await consumer.deliver(status_event(mid, "delivered"))
+    assert [c["type"] for c in receiver.calls] == ["1"]
+    assert isinstance(consumer, KannelDlrConsumer)
+    await consumer.aclose()
+
+
+def test_no_consumer_when_the_listener_is_off() -> None:
+    assert build_consumer(None, from_mapping({}).kannel) is None  # type: ignore[arg-type]

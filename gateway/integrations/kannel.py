@@ -40,7 +40,7 @@ ACCOUNT_MAX_LEN = 64
 MAX_SMS_OCTETS = 140
 CODING_7BIT, CODING_8BIT, CODING_UCS2 = 0, 1, 2
 # dlr-mask bits smsgw reports (Kannel's DLR_SUCCESS, DLR_FAIL, DLR_BUFFERED,
-# DLR_SMSC_SUCCESS, DLR_SMSC_FAIL); 32 (intermediate notifications) it has none of.
+# DLR_SMSC_SUCCESS, DLR_SMSC_FAIL); 32 (intermediate) and 64 it has none of.
 DLR_DELIVERED, DLR_FAILED, DLR_BUFFERED, DLR_SMSC_SUCCESS, DLR_SMSC_FAIL = 1, 2, 4, 8, 16
 DLR_SUPPORTED = 31
 # Kannel's priority 0 (lowest) to 3 (highest) onto smsgw's classes.
@@ -254,7 +254,7 @@ def check(req: KannelRequest, *, sender: str | None, origins: frozenset[str]) ->
         raise _field("DLR-URL field misformed, rejected")
     n = req.number
     for name, low, high, label in (
-        ("dlr-mask", -1, 63, "DLR-Mask"),
+        ("dlr-mask", -1, 66, "DLR-Mask"),  # 66 = 0b1000010 in Debian's 1.4.5
         ("mclass", -1, 3, "MClass"),
         ("pid", -1, 255, "PID"),
         ("rpi", -1, 2, "RPI"),
@@ -301,7 +301,7 @@ def check(req: KannelRequest, *, sender: str | None, origins: frozenset[str]) ->
         raise _field("Sender not allowed for this user, rejected")
     mask = max(n("dlr-mask"), 0)
     if mask & ~DLR_SUPPORTED:
-        raise _field("DLR-Mask 32 (intermediate notifications) not supported, rejected")
+        raise _field("DLR-Mask bits 32 and 64 not supported by this gateway, rejected")
     url = None if dlr_url is None else dlr_url.decode("latin-1")
     if (url is None) != (mask == 0):
         raise _field("DLR-URL and DLR-Mask go together, rejected")

@@ -22,9 +22,17 @@ from datetime import UTC, datetime
 
 import aiohttp
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
+from gateway.config import KannelConfig
 from gateway.integrations import kannel
-from gateway.integrations.events import MESSAGE_STATUS, DeliveryFailed, OutboxEvent
+from gateway.integrations.events import (
+    MESSAGE_STATUS,
+    DeliveryFailed,
+    EventConsumer,
+    OutboxEvent,
+)
 from gateway.models import State
 from gateway.store.store import Store
 from gateway.store.writer import Statement
@@ -167,6 +175,32 @@ def forbidden_address(address: str) -> bool:
     return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip in _METADATA
 
 
+class GuardedResolver(AbstractResolver):
+    """Resolves as usual but never to a forbidden address, so a name that changes its
+    answer between the check and the connection (DNS rebinding) still cannot reach one."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not results or any(forbidden_address(r["host"]) for r in results):
+            raise OSError("forbidden address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def build_consumer(store: Store, config: KannelConfig) -> EventConsumer | None:
+    """The dlr-url consumer for the outbox, when the listener is on (None otherwise)."""
+    if not config.enabled:
+        return None
+    return KannelDlrConsumer(store, frozenset(config.dlr_url_origins))
+
+
 class KannelDlrConsumer:
     """Calls sendsms dlr-urls for the status events of the messages that asked."""
 
@@ -245,7 +279,11 @@ class KannelDlrConsumer:
 
     async def _call(self, url: str, message_id: str, kind: int) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(resolver=GuardedResolver()),
+                trust_env=False,  # no proxy from the environment: the URL is the peer
+            )
         try:
             async with self._session.get(url, allow_redirects=False) as response:
                 status = response.status
