@@ -353,3 +353,13 @@ def test_config_errors_name_the_key(section: dict[str, Any], message: str) -> No
 def test_config_defaults_to_off_on_kannels_port() -> None:
     c = from_mapping({}).kannel
     assert (c.enabled, c.listen, c.users, c.dlr_url_origins) == (False, "127.0.0.1:13013", (), ())
+
+
+async def test_queued_for_later_while_no_route_can_send(smsgw: Smsgw) -> None:
+    """Kannel answers "3: Queued for later delivery" while its SMSC is down; so does
+    smsgw while every route is paused or down (the message is stored all the same)."""
+    smsgw.gw.routes["main"].set_paused(True)
+    assert await send(smsgw.url, to=TO, text="hi") == (202, "3: Queued for later delivery")
+    assert len(await messages(smsgw.gw)) == 1
+    smsgw.gw.routes["main"].set_paused(False)
+    assert await send(smsgw.url, to=TO, text="hi") == (202, "0: Accepted for delivery")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -269,3 +270,30 @@ async def test_a_named_origin_goes_through_the_resolver(
 
 def test_no_consumer_when_the_listener_is_off() -> None:
     assert build_consumer(None, from_mapping({}).kannel) is None  # type: ignore[arg-type]
+
+
+async def test_parallel_sends_each_commit_their_message_with_its_dlr_row(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    origin = "http://127.0.0.1:9"
+    gw, server = await open_listener(open_gateway, tmp_path, origins=[origin])
+    url = f"http://127.0.0.1:{server.port}/cgi-bin/sendsms"
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        query = q(to=f"+1202555{i:04d}", text="hi", dlr_mask="1", dlr_url=f"{origin}/d?n={i}")
+        async with session.get(f"{url}?{query}") as r:
+            return r.status
+
+    async with aiohttp.ClientSession() as session:
+        statuses = await asyncio.gather(*(one(session, 100 + i) for i in range(20)))
+    await server.close()
+    assert statuses == [202] * 20
+    cur = await gw.store.reader.execute(
+        "SELECT COUNT(*) FROM messages m JOIN kannel_dlr k ON k.message_id = m.id"
+    )
+    assert (await cur.fetchone())[0] == 20
+    consumer = KannelDlrConsumer(gw.store, frozenset({origin}))
+    wishes = [await consumer.wish(m["id"]) for m in await messages(gw)]
+    assert {w.url for w in wishes if w is not None} == {
+        f"{origin}/d?n={100 + i}" for i in range(20)
+    }

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 # Kannel's answers (gw/smsbox.c). Status and text are what a client parses.
 ACCEPTED = (202, "0: Accepted for delivery")
+QUEUED = (202, "3: Queued for later delivery")  # Kannel's answer while no SMSC is up
 AUTH_FAILED = (403, "Authorization failed for sendsms")
 NOT_ROUTABLE = (403, "Not routable. Do not try again.")
 TEMPORARY = (503, "Temporal failure, try again later.")

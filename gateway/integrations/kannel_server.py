@@ -125,6 +125,8 @@ async def _sendsms(request: web.Request, req: kannel.KannelRequest) -> web.Strea
     sender = user.sender
     plan = kannel.check(req, sender=sender, origins=listener.origins)
     await accept(listener.gateway, token, user, plan)
+    if listener.gateway.not_ready() is not None:
+        return answer(*kannel.QUEUED)  # stored, but no route can send it now
     return answer(*kannel.ACCEPTED)
 
 
