@@ -136,6 +136,8 @@ CASES: list[Case] = [
     post("post odd type", "image/png", to=TO),
     post("post bad coding", coding="7", to=TO),
     post("post bad priority", priority="4", to=TO),
+    post("post udh misformed", udh="0500030102", to=TO),
+    post("post dlr-url misformed", dlr_url="ftp://x", to=TO),
 ]
 
 
@@ -363,3 +365,13 @@ async def test_queued_for_later_while_no_route_can_send(smsgw: Smsgw) -> None:
     assert len(await messages(smsgw.gw)) == 1
     smsgw.gw.routes["main"].set_paused(False)
     assert await send(smsgw.url, to=TO, text="hi") == (202, "0: Accepted for delivery")
+
+
+async def test_post_udh_header_is_read_as_hex_and_refused(smsgw: Smsgw) -> None:
+    async with aiohttp.ClientSession() as session:
+        for udh, answer in (
+            ("0500030102", "UDH field misformed, rejected"),  # length octet 5, 5 octets
+            ("050003010201", "UDH field not supported by this gateway, rejected"),
+        ):
+            case = post("udh", udh=udh, to=TO)
+            assert (await ask(session, smsgw.url, case))[:2] == (400, answer)

@@ -66,7 +66,6 @@ _HEADER_STRINGS = {
     "x-kannel-username": "username",
     "x-kannel-password": "password",
     "x-kannel-smsc": "smsc",
-    "x-kannel-udh": "udh",
     "x-kannel-dlr-url": "dlr-url",
     "x-kannel-account": "account",
     "x-kannel-binfo": "binfo",
@@ -167,6 +166,8 @@ def parse_post(headers: Iterable[tuple[str, str]], body: bytes) -> KannelRequest
         key = name.lower()
         if key == "content-type":
             content_type, charset = _content_type(value)
+        elif key == "x-kannel-udh":
+            values["udh"] = _udh_header(value.strip())
         elif key in _HEADER_STRINGS:
             values[_HEADER_STRINGS[key]] = value.strip().encode("latin-1", "replace")
         elif key in _HEADER_INTS:
@@ -178,6 +179,14 @@ def parse_post(headers: Iterable[tuple[str, str]], body: bytes) -> KannelRequest
         binary = content_type == "application/octet-stream"
         numbers["coding"] = CODING_8BIT if binary else CODING_7BIT
     return KannelRequest(values, numbers, True, content_type, charset)
+
+
+def _udh_header(value: str) -> bytes:
+    """X-Kannel-UDH: hex, else URL-encoded (Kannel tries both in that order)."""
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return urllib.parse.unquote_to_bytes(value)
 
 
 def _content_type(value: str) -> tuple[str, str | None]:
@@ -214,10 +223,8 @@ class SendPlan:
             req["priority"] = self.priority
         if self.category is not None:
             req["category"] = self.category
-        start = now
         if self.deferred_minutes is not None and self.deferred_minutes > 0:
-            start = now + self.deferred_minutes * 60
-            req["send_at"] = _rfc3339(start)
+            req["send_at"] = _rfc3339(now + self.deferred_minutes * 60)
         if self.validity_minutes is not None:
             req["expires_at"] = _rfc3339(now + self.validity_minutes * 60)
         return req
