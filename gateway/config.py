@@ -199,7 +199,9 @@ class KannelUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
     username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     password_file: Annotated[str, msgspec.Meta(min_length=1)]
-    token_file: Annotated[str, msgspec.Meta(min_length=1)]
+    # The token: its text in a file, or the name of a live API token (one of the two).
+    token_file: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     sender: str | None = None  # the one `from` this user may name
 
 
@@ -221,6 +223,8 @@ class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         for i, name in enumerate(names):
             if name in names[:i]:
                 return f"kannel.users[{i}].username: duplicate user name {name!r}"
+            if (self.users[i].token is None) == (self.users[i].token_file is None):
+                return f"kannel.users[{i}].token_file: give token_file or token (one of the two)"
         for i, origin in enumerate(self.dlr_url_origins):
             if not re.fullmatch(r"https?://[^/?#@\s]+", origin) or origin != origin.lower():
                 return (

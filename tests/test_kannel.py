@@ -338,7 +338,12 @@ async def test_no_number_or_text_reaches_the_log(smsgw: Smsgw) -> None:
         ({"listen": "13013"}, "kannel.listen:"),
         ({"dlr_url_origins": ["https://ehr.example.org/path"]}, "kannel.dlr_url_origins[0]:"),
         ({"dlr_url_origins": ["HTTPS://EHR.example.org"]}, "kannel.dlr_url_origins[0]:"),
-        ({"users": [{"username": "a", "password_file": "p"}]}, "kannel.users[0]"),
+        ({"users": [{"username": "a", "password_file": "p"}]}, "kannel.users[0].token_file"),
+        (
+            {"users": [{"username": "a", "password_file": "p", "token_file": "t", "token": "n"}]},
+            "kannel.users[0].token_file: give token_file or token",
+        ),
+        ({"users": [{"username": "a", "token": "n"}]}, "kannel.users[0]"),
         ({"colour": "blue"}, "kannel.colour"),
         (
             {"users": [{"username": "a", "password_file": "p", "token_file": "t"}] * 2},
@@ -375,3 +380,25 @@ async def test_post_udh_header_is_read_as_hex_and_refused(smsgw: Smsgw) -> None:
         ):
             case = post("udh", udh=udh, to=TO)
             assert (await ask(session, smsgw.url, case))[:2] == (400, answer)
+
+
+async def test_a_user_may_name_its_token(open_gateway: GatewayFactory, tmp_path: Path) -> None:
+    users = [{"username": USERNAME, "password_file": "kannel.pw", "token": "ehr-kannel"}]
+    gw = await open_gateway(kannel={"enabled": True, "users": users})
+    (tmp_path / "kannel.pw").write_text(PASSWORD)
+    server = TestServer(kannel_server.build_app(gw), host="127.0.0.1", port=0)
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}"
+    refused = (403, "Authorization failed for sendsms")
+    try:
+        assert await send(url, to=TO, text="hi") == refused  # no such token yet
+        first = await create_token(gw.store, "ehr-kannel", frozenset({"send"}), gw.clock)
+        assert await send(url, to=TO, text="hi") == (202, "0: Accepted for delivery")
+        (row,) = await messages(gw)
+        assert row["token_id"] == first.id
+        await create_token(gw.store, "ehr-kannel", frozenset({"send"}), gw.clock)
+        assert await send(url, to=TO, text="hi") == refused  # ambiguous: which one?
+        await gw.store.revoke_token(first.id, gw.clock.time())
+        assert (await send(url, to=TO, text="hi"))[0] == 202
+    finally:
+        await server.close()

@@ -44,7 +44,8 @@ class KannelUser:
 
     username: str
     password: str
-    token: str
+    token: str | None  # the token's text, or
+    token_name: str | None  # the name of a live API token
     sender: str | None
 
 
@@ -75,8 +76,11 @@ def read_users(gateway: Gateway) -> dict[str, KannelUser]:
     """The configured users with their password and token files read (at start-up)."""
     users: dict[str, KannelUser] = {}
     for i, u in enumerate(gateway.config.kannel.users):
-        secrets = []
+        secrets: list[str | None] = []
         for key, path in (("password_file", u.password_file), ("token_file", u.token_file)):
+            if path is None:
+                secrets.append(None)
+                continue
             try:
                 text = gateway.config.resolve(path).read_text(encoding="utf-8").strip()
             except OSError as e:
@@ -84,7 +88,9 @@ def read_users(gateway: Gateway) -> dict[str, KannelUser]:
             if not text:
                 raise ValueError(f"kannel.users[{i}].{key}: the file is empty")
             secrets.append(text)
-        users[u.username] = KannelUser(u.username, secrets[0], secrets[1], u.sender)
+        password = secrets[0]
+        assert password is not None
+        users[u.username] = KannelUser(u.username, password, secrets[1], u.token, u.sender)
     return users
 
 
@@ -98,11 +104,21 @@ async def _authorise(
         raise kannel.Refused(kannel.AUTH_FAILED)
     if not hmac.compare_digest(password.encode(), user.password.encode()):
         raise kannel.Refused(kannel.AUTH_FAILED)
-    token = await listener.gateway.tokens.verify(user.token)
+    token = await _token(listener.gateway, user)
     if token is None or not {SEND_SCOPE, "admin"} & token.scopes:
         log.warning("kannel_user_token_unusable", user=user.username)
         raise kannel.Refused(kannel.AUTH_FAILED)
     return user, token
+
+
+async def _token(gw: Gateway, user: KannelUser) -> TokenRecord | None:
+    """The user's token if it is live: by its text, or by its name when exactly one
+    live token has that name."""
+    if user.token is not None:
+        return await gw.tokens.verify(user.token)
+    named = [t for t in await gw.store.tokens() if t.name == user.token_name]
+    live = [t for t in named if t.revoked_at is None]
+    return live[0] if len(live) == 1 else None
 
 
 async def sendsms_get(request: web.Request) -> web.StreamResponse:
