@@ -34,6 +34,7 @@ typecheck: setup
 
 # Real peers the suite starts itself: Node.js for the independent SMPP server (npm `smpp`),
 # Debian's mosquitto for the MQTT tests (tests/peers/mosquitto.py runs it on a free port).
+# Debian's Kannel (bearerbox + smsbox) for the sendsms listener's side-by-side tests.
 peers: setup
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \
@@ -42,6 +43,9 @@ peers: setup
 	  echo "installing mosquitto (Debian) for the MQTT tests"; \
 	  apt-get update -qq && apt-get install -y -qq mosquitto; }
 	$(BIN)/python -c 'from tests.peers.smpp_peer import ensure_installed; ensure_installed()'
+	@command -v bearerbox >/dev/null || test -x /usr/sbin/bearerbox || { \
+	  echo "installing kannel (Debian) for the sendsms side-by-side peer"; \
+	  apt-get update -qq && apt-get install -y -qq kannel; }
 
 # The panel's front-end libraries. npm ci checks every tarball against the sha512 in
 # admin_ui/package-lock.json; vendor.py copies the served files into admin_ui/static/vendor/

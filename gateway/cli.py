@@ -15,12 +15,13 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
+from aiohttp import web
 
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
@@ -233,6 +234,7 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
         runner, host.strip("[]") or "127.0.0.1", int(port), backlog=1024, ssl_context=context
     )
     await site.start()
+    kannel_runner = await _start_kannel(gateway)
     log.info(
         "listening",
         url=f"{'https' if context else 'http'}://{config.http.listen}",
@@ -263,9 +265,36 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
     if beat is not None:
         beat.cancel()
     log.info("shutting_down")
-    await gateway.stop(before_store_close=runner.cleanup)
+    await gateway.stop(before_store_close=_cleanup(runner, kannel_runner))
     await DemoPeers(simulator, modems).aclose()
     return 0
+
+
+async def _start_kannel(gateway: Gateway) -> web.BaseRunner | None:
+    """The Kannel-compatible sendsms listener, when `kannel.enabled`."""
+    if not gateway.config.kannel.enabled:
+        return None
+    from gateway.integrations import kannel_server
+    from gateway.web.connections import GuardedTCPSite
+
+    try:
+        runner = kannel_server.build_runner(gateway)
+    except ValueError as e:
+        raise StartupFault(str(e), exit_code=2) from None
+    await runner.setup()
+    host, _, port = gateway.config.kannel.listen.rpartition(":")
+    await GuardedTCPSite(runner, host.strip("[]"), int(port), backlog=1024).start()
+    log.info("kannel_listening", url=f"http://{gateway.config.kannel.listen}/cgi-bin/sendsms")
+    return runner
+
+
+def _cleanup(*runners: web.BaseRunner | None) -> Callable[[], Awaitable[None]]:
+    async def cleanup() -> None:
+        for runner in runners:
+            if runner is not None:
+                await runner.cleanup()
+
+    return cleanup
 
 
 async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:

@@ -252,6 +252,46 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         return 3 * self.window if self.claim_ahead is None else self.claim_ahead
 
 
+class KannelUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A Kannel sendsms user and the smsgw API token its sends are made as."""
+
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    password_file: Annotated[str, msgspec.Meta(min_length=1)]
+    # The token: its text in a file, or the name of a live API token (one of the two).
+    token_file: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    token: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    sender: str | None = None  # the one `from` this user may name
+
+
+class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The Kannel-compatible `/cgi-bin/sendsms` listener (gateway/integrations/)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:13013"  # Kannel's sendsms-port default
+    users: tuple[KannelUser, ...] = ()
+    dlr_url_origins: tuple[str, ...] = ()
+
+    def problems(self) -> str | None:
+        """The first bad key, as `kannel.key: problem`."""
+        if problem := listen_problem(self.listen):
+            return f"kannel.listen: {problem}"
+        if self.enabled and not self.users:
+            return "kannel.users: at least one user is needed when kannel.enabled is true"
+        names = [u.username for u in self.users]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                return f"kannel.users[{i}].username: duplicate user name {name!r}"
+            if (self.users[i].token is None) == (self.users[i].token_file is None):
+                return f"kannel.users[{i}].token_file: give token_file or token (one of the two)"
+        for i, origin in enumerate(self.dlr_url_origins):
+            if not re.fullmatch(r"https?://[^/?#@\s]+", origin) or origin != origin.lower():
+                return (
+                    f"kannel.dlr_url_origins[{i}]: expected scheme://host[:port] in lower"
+                    ' case with no path, e.g. "https://ehr.example.org"'
+                )
+        return None
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "data"
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
@@ -261,6 +301,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
+    kannel: KannelConfig = msgspec.field(default_factory=KannelConfig)
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None
 
@@ -417,6 +458,8 @@ def _check_values(config: Config) -> None:
     if problem := config.http.problems():
         raise ConfigError(problem)
     if problem := config.mqtt.problems():
+        raise ConfigError(problem)
+    if problem := config.kannel.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

@@ -246,6 +246,20 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE inbound.id = r.id;
     CREATE UNIQUE INDEX inbound_seq ON inbound (seq);
     """,
+    # 8 (i11-kannel): what a Kannel sendsms asked to hear back: its dlr-url (may carry
+    #    PHI in its query, so encrypted), dlr-mask, and the receiver and sender as the
+    #    client wrote them (for %P and %p; the receiver encrypted), by message id.
+    """
+    CREATE TABLE kannel_dlr (
+        message_id   TEXT PRIMARY KEY,
+        url_ct       BLOB NOT NULL,
+        mask         INTEGER NOT NULL,
+        receiver_ct  BLOB NOT NULL,
+        sender       TEXT NOT NULL,
+        username     TEXT NOT NULL,
+        created_at   REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 

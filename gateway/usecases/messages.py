@@ -153,6 +153,23 @@ class Messages:
         prepared = self._intake.prepare(request, caller.token_id, self._clock.time())
         return await self._commit(caller, [prepared], idempotency, lambda a: a[0])
 
+    async def accept_together(
+        self,
+        caller: Caller,
+        requests: Sequence[SendRequest],
+        *,
+        attached: Callable[[list[str]], list[Statement]] | None = None,
+    ) -> list[Accepted]:
+        """All of `requests` in one commit, or none of them (the first invalid one's
+        `ApiError` is raised). `attached` gives a front end's own rows for the new
+        message ids (a Kannel dlr-url), written in the same transaction."""
+        self._require_send(caller)
+        self.check_accepting()
+        now = self._clock.time()
+        prepared = [self._intake.prepare(r, caller.token_id, now) for r in requests]
+        extra = attached([p.message.id for p in prepared]) if attached else []
+        return await self._commit(caller, prepared, None, lambda a: a, extra)
+
     async def accept_batch(
         self,
         caller: Caller,
@@ -193,10 +210,12 @@ class Messages:
         prepared: list[Prepared],
         idempotency: IdempotencyKey | None,
         build: Callable[[list[Accepted]], T],
+        extra: Sequence[Statement] = (),
     ) -> T:
-        """Commit the messages (and the idempotent answer) in one transaction."""
+        """Commit the messages (and the idempotent answer, and `extra` rows) in one
+        transaction."""
         started = time.perf_counter()
-        statements: list[Statement] = self._intake.statements(prepared)
+        statements: list[Statement] = [*self._intake.statements(prepared), *extra]
         answer = build([p.answer() for p in prepared])
         if idempotency is not None:
             if caller.token_id is None:
