@@ -6,8 +6,9 @@ Shutdown order (each step waits for the one before):
 3. in-flight submits get `http.shutdown_grace` seconds to finish; the rest are cut
    off and re-queued as possible duplicates;
 4. drivers close (SMPP unbind, serial ports released);
-5. the HTTP server stops;
-6. the store checkpoints its WAL and closes.
+5. the outbox's lanes stop (what they had not delivered stays in the store);
+6. the HTTP server stops;
+7. the store checkpoints its WAL and closes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
+from gateway.integrations.outbox import Outbox
+from gateway.integrations.webhooks import (
+    CallbackConsumer,
+    Poster,
+    WebhookConsumer,
+    WebhookSecretError,
+)
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority
@@ -62,6 +70,7 @@ class Gateway:
     tokens: TokenCache
     sink: GatewaySink
     audit: AuditTrail
+    outbox: Outbox  # register more consumers (`outbox.register(c)`) before `start()`
     accepting: bool = True
     stopped: bool = False
     demo: DemoPeers | None = None  # the embedded default's simulated peers
@@ -106,8 +115,20 @@ class Gateway:
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
+        outbox = build_outbox(config, store, clock)
         return cls(
-            config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink, audit
+            config,
+            clock,
+            store,
+            metrics,
+            routes,
+            router,
+            scheduler,
+            intake,
+            tokens,
+            sink,
+            audit,
+            outbox,
         )
 
     async def start(self, *, dispatch: bool = True) -> None:
@@ -129,6 +150,7 @@ class Gateway:
                 log.error("route_start_failed", route=route.name, code=e.code)
             except SecretError as e:  # a setting, not the carrier: no retry will mend it
                 raise StartupFault(f"route {route.name!r}: {e}", exit_code=2) from None
+        await self.outbox.start(run=dispatch)
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
@@ -219,7 +241,25 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.outbox.stop()
         if before_store_close is not None:
             await before_store_close()
         await self.store.close()
         log.info("stopped")
+
+
+def build_outbox(config: Config, store: Store, clock: Clock) -> Outbox:
+    """The outbox with a consumer per webhook endpoint and one for its callbacks."""
+    outbox = Outbox(store, config.outbox, clock)
+    for i, hook in enumerate(config.webhooks):
+        try:
+            poster = Poster(hook, config)
+        except (SecretError, WebhookSecretError) as e:
+            raise StartupFault(f"webhooks[{i}] ({hook.name}): secret: {e}", exit_code=2) from None
+        except OSError as e:  # a CA or client certificate file
+            raise StartupFault(
+                f"webhooks[{i}] ({hook.name}): TLS files: {e.strerror or e}", exit_code=2
+            ) from None
+        outbox.register(WebhookConsumer(poster))
+        outbox.register(CallbackConsumer(poster, outbox.repo.callback_url))
+    return outbox
