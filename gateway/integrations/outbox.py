@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
-from drivers.clock import Clock
+from drivers.clock import Clock, wait_event
 from gateway.config import OutboxConfig
 from gateway.integrations.events import DeliveryFailed, EventConsumer, OutboxEvent
 from gateway.logs import exception_summary
@@ -162,10 +162,8 @@ class Outbox:
                 continue
             if busy:
                 continue
-            try:
-                await asyncio.wait_for(lane.wake.wait(), self._config.safety_poll)
-            except TimeoutError:
-                continue
+            if not await wait_event(self._clock, lane.wake, self._config.safety_poll):
+                continue  # the safety poll: a wake lost to a bug costs at most this long
             # Real time, not the injected clock: this only lets a burst of commits
             # land before one read picks them all up.
             await asyncio.sleep(self._config.debounce)
