@@ -170,7 +170,7 @@ async def test_backoff_grows_with_full_jitter_then_dead_letter(
         ceilings.append(ceiling)
         return ceiling  # the top of the range: the longest wait full jitter allows
 
-    gw.outbox._jitter = jitter  # noqa: SLF001 - a chosen random draw, as a seeded one would be
+    gw.outbox.jitter = jitter  # a chosen draw, as a seeded random one would be
     await gw.store.cancel(await accept(gw), clock.time())
     await drive(clock, asyncio.create_task(gw.outbox.run_once("webhook:rx")))
     assert ceilings[:4] == [1.0, 2.0, 4.0, 8.0] and set(ceilings[4:]) <= {8.0}

@@ -65,9 +65,7 @@ class Receiver:
             context = server_context(cert, key)
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp keeps the bound socket here
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:

@@ -86,7 +86,8 @@ class Outbox:
         self._store = store
         self._config = config
         self._clock = clock
-        self._jitter = jitter or (lambda ceiling: random.uniform(0.0, ceiling))  # noqa: S311 - back-off jitter, not a secret
+        # Full jitter: a draw from [0, ceiling); tests may set a chosen one.
+        self.jitter = jitter or (lambda ceiling: random.uniform(0.0, ceiling))  # noqa: S311 - not a secret
         self._lanes: dict[str, _Lane] = {}
         self._limit = asyncio.Semaphore(config.concurrency)
         self._tasks: list[asyncio.Task[None]] = []
@@ -250,7 +251,7 @@ class Outbox:
             ceiling = min(
                 self._config.backoff_max, self._config.backoff_initial * 2 ** (attempts - 1)
             )
-            delay = min(self._jitter(ceiling), first_at + self._config.retry_for - now)
+            delay = min(self.jitter(ceiling), first_at + self._config.retry_for - now)
             pending = Attempt(
                 lane.name, row.seq, outbox_sql.PENDING, attempts, first_at, now, now + delay, reason
             )
