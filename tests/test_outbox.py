@@ -4,19 +4,17 @@ to real receivers on loopback (signatures checked with `standardwebhooks`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
 from gateway.store import outbox_sql
+from tests import webhook_rig
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory, accept, settle_receipts
-from tests.webhook_rig import Receiver, write_secret
+from tests.webhook_rig import write_secret
 
 FAST = {"backoff_initial": 1.0, "backoff_max": 8.0, "retry_for": 60.0}
 
@@ -34,18 +32,7 @@ def hook(name: str, url: str, secret: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def receivers() -> AsyncIterator[Callable[..., Any]]:
-    made: list[Receiver] = []
-
-    async def make(secret: str, mode: str = "ok", tls_dir: Path | None = None) -> Receiver:
-        rx = await Receiver(secret, mode, tls_dir).start()
-        made.append(rx)
-        return rx
-
-    yield make
-    for rx in made:
-        await rx.close()
+receivers = webhook_rig.receivers  # the fixture
 
 
 async def outbox_rows(gw: Gateway, kind: str | None = None) -> list[outbox_sql.OutboxRow]:

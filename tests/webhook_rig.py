@@ -14,9 +14,11 @@ import base64
 import json
 import os
 import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -152,3 +154,18 @@ class Dribbler:
 
 def client_trusting(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[Callable[..., Any]]:
+    """Start receivers (`await receivers(secret, mode, tls_dir)`); closed after the test."""
+    made: list[Receiver] = []
+
+    async def make(secret: str, mode: str = "ok", tls_dir: Path | None = None) -> Receiver:
+        rx = await Receiver(secret, mode, tls_dir).start()
+        made.append(rx)
+        return rx
+
+    yield make
+    for rx in made:
+        await rx.close()
