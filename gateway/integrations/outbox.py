@@ -145,9 +145,6 @@ class Outbox:
             lane.wake.set()
         return done
 
-    def backlog(self) -> dict[str, int]:
-        return {name: lane.position for name, lane in self._lanes.items()}
-
     # -- a lane ----------------------------------------------------------------------
 
     async def _run(self, lane: _Lane) -> None:
