@@ -33,6 +33,7 @@ class _Daemon:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.listening = asyncio.Event()
+        self.final = asyncio.Event()  # a message's receipt is stored
         self.lines: list[str] = []
         self._reader = asyncio.create_task(self._read())
 
@@ -40,8 +41,10 @@ class _Daemon:
         assert self.proc.stderr is not None
         async for line in self.proc.stderr:
             self.lines.append(line.decode(errors="replace"))
-            if b'"event": "listening"' in line or b'"event":"listening"' in line:
+            if b'"event": "listening"' in line:
                 self.listening.set()
+            if b'"event": "message_final"' in line:
+                self.final.set()
 
     async def wait_listening(self) -> None:
         await asyncio.wait_for(self.listening.wait(), 30)
@@ -84,15 +87,16 @@ async def test_events_survive_sigkill_and_are_delivered_once(tmp_path: Path) -> 
     daemon = await _run(conf)
     try:
         message_id = await _send(port, token)
-        await rx.wait_for(2, requests=True)  # committed, tried, refused: still pending
+        await asyncio.wait_for(daemon.final.wait(), 20)  # sending, sent, delivered: stored
+        await rx.wait_for(2, requests=True)  # and refused by the receiver so far
         await daemon.end(kill=True)
         rx.mode = "ok"
         daemon = await _run(conf)
         await rx.wait_for(3)
         states = [e["body"]["data"]["state"] for e in rx.events]
-        assert states[:3] == ["sending", "sent", "delivered"]
+        assert states == ["sending", "sent", "delivered"]
         assert {e["body"]["data"]["message_id"] for e in rx.events} == {message_id}
-        assert len({e["id"] for e in rx.events}) == len(rx.events)
+        assert len({e["id"] for e in rx.events}) == 3
         assert rx.bad_signatures == 0
     finally:
         await daemon.end(kill=False)
