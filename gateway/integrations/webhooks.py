@@ -113,6 +113,8 @@ class Poster:
 
     async def post(self, url: str, event: OutboxEvent, phi: bool) -> None:
         body = payload(event, phi)
+        # Real wall time, not the injected clock: receivers reject a timestamp outside
+        # their replay window (5 minutes in the reference library).
         stamp = int(self._wall())
         headers = {
             "content-type": "application/json",
