@@ -6,8 +6,9 @@ Shutdown order (each step waits for the one before):
 3. in-flight submits get `http.shutdown_grace` seconds to finish; the rest are cut
    off and re-queued as possible duplicates;
 4. drivers close (SMPP unbind, serial ports released);
-5. the MQTT connection closes; the HTTP server stops;
-6. the store checkpoints its WAL and closes.
+5. the outbox's lanes stop (what they had not delivered stays in the store);
+6. the MQTT connection closes; the HTTP server stops;
+7. the store checkpoints its WAL and closes.
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
-from gateway.integrations.mqtt import MqttLink
+from gateway.integrations import kannel_dlr
+from gateway.integrations.mqtt import MqttLink, mqtt_consumer
 from gateway.integrations.mqtt_send import start_mqtt
+from gateway.integrations.outbox import Outbox
+from gateway.integrations.webhooks import (
+    CallbackConsumer,
+    Poster,
+    WebhookConsumer,
+    WebhookSecretError,
+)
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority
@@ -66,6 +75,7 @@ class Gateway:
     tokens: TokenCache
     sink: GatewaySink
     audit: AuditTrail
+    outbox: Outbox  # register more consumers (`outbox.register(c)`) before `start()`
     accepting: bool = True
     stopped: bool = False
     demo: DemoPeers | None = None  # the embedded default's simulated peers
@@ -111,8 +121,20 @@ class Gateway:
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
+        outbox = build_outbox(config, store, clock)
         return cls(
-            config, clock, store, metrics, routes, router, scheduler, intake, tokens, sink, audit
+            config,
+            clock,
+            store,
+            metrics,
+            routes,
+            router,
+            scheduler,
+            intake,
+            tokens,
+            sink,
+            audit,
+            outbox,
         )
 
     async def start(self, *, dispatch: bool = True) -> None:
@@ -136,6 +158,8 @@ class Gateway:
                 raise StartupFault(f"route {route.name!r}: {e}", exit_code=2) from None
         if self.config.mqtt.enabled:
             self.mqtt = await start_mqtt(self)
+            self.outbox.register(mqtt_consumer(self.config, self.mqtt))
+        await self.outbox.start(run=dispatch)
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
@@ -250,7 +274,28 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.outbox.stop()
         if before_store_close is not None:
             await before_store_close()
         await self.store.close()
         log.info("stopped")
+
+
+def build_outbox(config: Config, store: Store, clock: Clock) -> Outbox:
+    """The outbox with a consumer per webhook endpoint and one for its callbacks, and
+    one for Kannel dlr-urls when that listener is on (MQTT's joins at start)."""
+    outbox = Outbox(store, config.outbox, clock)
+    for i, hook in enumerate(config.webhooks):
+        try:
+            poster = Poster(hook, config)
+        except (SecretError, WebhookSecretError) as e:
+            raise StartupFault(f"webhooks[{i}] ({hook.name}): secret: {e}", exit_code=2) from None
+        except OSError as e:  # a CA or client certificate file
+            raise StartupFault(
+                f"webhooks[{i}] ({hook.name}): TLS files: {e.strerror or e}", exit_code=2
+            ) from None
+        outbox.register(WebhookConsumer(poster))
+        outbox.register(CallbackConsumer(poster, outbox.repo.callback_url))
+    if (dlr := kannel_dlr.build_consumer(store, config.kannel)) is not None:
+        outbox.register(dlr)
+    return outbox

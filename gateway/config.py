@@ -292,6 +292,36 @@ class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         return None
 
 
+EventName = Literal["message.status", "message.inbound", "route.health"]
+
+
+class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One `[[webhooks]]` endpoint (gateway/integrations/webhooks.py)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    url: Annotated[str, msgspec.Meta(max_length=2048)]
+    events: tuple[EventName, ...] = ("message.status", "message.inbound", "route.health")
+    secret_file: str | None = None
+    secret_credential: str | None = None
+    phi: bool = False
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    timeout: PositiveFloat = 10.0
+    allow_loopback: bool = False
+    allow_plain_http: bool = False
+
+
+class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    retry_for: PositiveFloat = 86400.0
+    backoff_initial: PositiveFloat = 1.0
+    backoff_max: PositiveFloat = 600.0
+    retention_days: PositiveFloat = 7.0
+    concurrency: PositiveInt = 8
+    debounce: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    safety_poll: PositiveFloat = 30.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "data"
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
@@ -303,6 +333,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     kannel: KannelConfig = msgspec.field(default_factory=KannelConfig)
     routes: tuple[RouteConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     source: str | None = None
 
     def resolve(self, path: str) -> Path:
@@ -467,6 +499,33 @@ def _check_values(config: Config) -> None:
             f'queue.default_region: "{region}" is not a region; write a two-letter country'
             ' code in capitals (ISO 3166-1, as phone numbers use them), e.g. "US" or "GB"'
         )
+    _check_webhooks(config)
+
+
+def _check_webhooks(config: Config) -> None:
+    from gateway.integrations.addresses import url_problem  # no import cycle at load
+
+    names: list[str] = []
+    for i, hook in enumerate(config.webhooks):
+        where = f"webhooks[{i}]"
+        if hook.name in names:
+            raise ConfigError(f"{where}.name: duplicate webhook name {hook.name!r}")
+        names.append(hook.name)
+        if problem := url_problem(hook.url, hook.allow_loopback, hook.allow_plain_http):
+            raise ConfigError(f"{where}.url: {problem}")
+        if (hook.secret_file is None) == (hook.secret_credential is None):
+            raise ConfigError(
+                f"{where}.secret_file: give exactly one of secret_file or secret_credential"
+            )
+        if (hook.client_cert_file is None) != (hook.client_key_file is None):
+            raise ConfigError(
+                f"{where}.client_key_file: a client certificate needs both"
+                " client_cert_file and client_key_file"
+            )
+        if not hook.events:
+            raise ConfigError(f"{where}.events: name at least one event type")
+    if config.outbox.backoff_initial > config.outbox.backoff_max:
+        raise ConfigError("outbox.backoff_initial: must not exceed outbox.backoff_max")
 
 
 def listen_problem(listen: str) -> str | None:

@@ -21,6 +21,7 @@ from drivers.clock import Clock
 from drivers.text import BodyTooLong, split
 from gateway.config import Config
 from gateway.errors import ApiError
+from gateway.integrations.callbacks import check_callback
 from gateway.metrics import Metrics
 from gateway.models import Priority, State, new_message_id
 from gateway.router import Router
@@ -263,6 +264,7 @@ class Intake:
                 "must be after now and after send_at, and at most"
                 f" queue.max_schedule_days ({self._queue.max_schedule_days:g}) after them",
             )
+        check_callback(req.callback_url, self._config.webhooks, f"{field_prefix}callback_url")
         candidates = self._router.candidates(to, priority, req.route)
         if not candidates:
             raise ApiError(

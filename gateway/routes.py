@@ -32,6 +32,7 @@ class RouteRuntime:
     paused: bool = False  # by an operator
     auth_failed: bool = False  # the driver parked: the carrier refused its credentials
     cool_until: float = 0.0
+    reported_state: str | None = None  # the health state last put in the outbox
     counters: dict[str, int] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(init=False)
     _recovered_at: float = 0.0
@@ -151,7 +152,10 @@ async def note_parks(
     routes: Iterable[RouteRuntime], parks: RouteParks, metrics: Metrics, now: float
 ) -> None:
     """Alert on routes that parked or left it, and remember (or forget) the refused
-    credentials' MAC so that a restart with the same ones stays parked."""
+    credentials' MAC so that a restart with the same ones stays parked. Each route
+    whose health state changed is reported through the outbox (`route.health`)."""
+    routes = list(routes)
+    await _report_health(routes, parks, now)
     for route in routes:
         changed = route.observe_health(metrics)
         driver = route.driver
@@ -165,6 +169,23 @@ async def note_parks(
                 await parks.forget(route.name)
         except Exception as e:  # the alert stands; only the memory of it is lost
             log.error("route_park_not_stored", route=route.name, error=type(e).__name__)
+
+
+async def _report_health(routes: list[RouteRuntime], parks: RouteParks, now: float) -> None:
+    changed = {
+        route.name: state
+        for route in routes
+        if (state := route.health().state.value) != route.reported_state
+    }
+    if not changed:
+        return
+    try:
+        await parks.report_health(list(changed.items()), now)
+    except Exception as e:  # reported at the next change instead
+        log.error("route_health_not_stored", error=type(e).__name__)
+        return
+    for route in routes:
+        route.reported_state = changed.get(route.name, route.reported_state)
 
 
 async def restore_parks(routes: Iterable[RouteRuntime], parks: RouteParks) -> None:

@@ -47,6 +47,7 @@ ROUTE_MODULES = (
     "gateway.admin.dashboard",
     "gateway.admin.pages",
     "gateway.admin.views_session",
+    "gateway.admin.views_webhooks",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

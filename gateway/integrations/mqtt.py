@@ -323,7 +323,7 @@ class MqttConsumer:
 
 
 def mqtt_consumer(config: Config, link: MqttLink) -> MqttConsumer:
-    """The consumer the outbox dispatcher delivers to (wired in at merge)."""
+    """The consumer the outbox delivers to (registered by `Gateway.start`)."""
     return MqttConsumer(config.mqtt, link)
 
 

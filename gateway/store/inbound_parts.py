@@ -39,6 +39,7 @@ from typing import Any
 from drivers.base import InboundPart, InboundSms
 from gateway.inbound import join_parts
 from gateway.models import new_message_id
+from gateway.store import outbox_sql
 from gateway.store.crypto import FieldCipher
 from gateway.store.writer import Statement
 
@@ -243,6 +244,7 @@ def _store_set(
         incomplete=incomplete,
     )
     conn.execute(sql, params)
+    outbox_sql.write_inbound(conn, inbound_id, route, now)
     conn.execute("DELETE FROM inbound_parts WHERE set_key = ?", (key,))
     conn.executemany(
         "INSERT OR REPLACE INTO inbound_sets_done (set_key, seq, digest, done_at) VALUES (?,?,?,?)",

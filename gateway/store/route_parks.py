@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from gateway.store import outbox_sql
 from gateway.store.store import Store
 
 _KEY_LABEL = b"smsgw route credentials mac v1"
@@ -43,6 +44,10 @@ class RouteParks:
                 (route, code, credentials_mac, now),
             )
         )
+
+    async def report_health(self, changes: list[tuple[str, str]], now: float) -> None:
+        """`route.health` outbox rows for (route, state) changes."""
+        await self._store.writer.run(lambda conn: outbox_sql.write_health(conn, changes, now))
 
     async def forget(self, route: str) -> None:
         await self._store.writer.run(

@@ -260,6 +260,43 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 9 (i11-webhooks): the outbox. One row per reported change (a message's state,
+    #    an inbound message, a route's health), written in the transaction that makes
+    #    the change; ids and codes only, never a number or a text (a consumer that
+    #    wants those reads them, decrypted, when it delivers). Pruning never removes
+    #    the newest row, so `seq` (max + 1) never goes back: consumers keep their
+    #    position by it. `outbox_consumers` holds each consumer's position (all below
+    #    it are delivered or dead); `outbox_deliveries` the attempt state per event and
+    #    consumer: pending (retrying), delivered, dead, or redeliver (an admin asked).
+    """
+    CREATE TABLE outbox (
+        seq         INTEGER PRIMARY KEY,
+        id          TEXT NOT NULL DEFAULT ('evt_' || lower(hex(randomblob(12)))),
+        type        TEXT NOT NULL,
+        at          REAL NOT NULL,
+        message_id  TEXT,
+        route       TEXT,
+        state       TEXT,
+        code        TEXT,
+        attempt     INTEGER
+    );
+    CREATE TABLE outbox_consumers (
+        name        TEXT PRIMARY KEY,
+        position    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox_deliveries (
+        consumer    TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        first_at    REAL NOT NULL,
+        last_at     REAL NOT NULL,
+        next_at     REAL,
+        reason      TEXT,
+        PRIMARY KEY (consumer, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_deliveries_recent ON outbox_deliveries (last_at);
+    """,
 )
 
 

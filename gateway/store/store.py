@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
-from gateway.store import crypto, inbound_parts, receipt_deadline
+from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records
 from gateway.store.schema import migrate
@@ -405,7 +405,7 @@ class Store:
             now,
             incomplete=incomplete,
         )
-        await self.writer.insert([statement])
+        await self.writer.insert([statement, outbox_sql.inbound_statement(inbound_id, route, now)])
 
     async def file_inbound_part(
         self, route: str, sms: InboundSms, now: float, hold_for: float
@@ -639,7 +639,7 @@ def _apply(
         _refuse(conn, t.message_id, t.target)
     event = (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0])
     if events is None:
-        conn.execute(_INSERT_EVENT, event)
+        _write_events(conn, [event])
     else:
         events.append(event)
     return row
@@ -657,6 +657,14 @@ _INSERT_EVENT = (
     "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
     " attempt) VALUES (?,?,?,?,?,?,?)"
 )
+
+
+def _write_events(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
+    """A group's transitions: their history rows and their outbox rows, together."""
+    conn.executemany(_INSERT_EVENT, events)
+    outbox_sql.write_status(conn, events)
+
+
 _INSERT_PART = (
     "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part) VALUES (?,?,?,?)"
 )
@@ -716,6 +724,7 @@ def _apply_receipt(
     state: str,
     error_code: str | None,
     now: float,
+    events: list[tuple[Any, ...]] | None = None,
 ) -> tuple[str, State] | bool | None:
     """Record a receipt for a known part; returns (message id, new state) when the
     message changed, None when it did not, False when no such part is recorded."""
@@ -744,9 +753,16 @@ def _apply_receipt(
     try:
         if target is State.DELIVERED:
             # Delivered once no part is left undelivered (a failed part already failed it).
-            _apply(conn, transition, now, only_from=State.SENT, unless_parts_pending=True)
+            _apply(
+                conn,
+                transition,
+                now,
+                only_from=State.SENT,
+                unless_parts_pending=True,
+                events=events,
+            )
         else:
-            _apply(conn, transition, now, only_from=State.SENT)
+            _apply(conn, transition, now, only_from=State.SENT, events=events)
     except (IllegalTransition, LookupError, _PartsPending):
         return None
     return message_id, target
@@ -769,7 +785,7 @@ def _claim_many(
             claimed.append(None)
         else:
             claimed.append(row[1:])
-    conn.executemany(_INSERT_EVENT, events)
+    _write_events(conn, events)
     return claimed
 
 
@@ -784,7 +800,7 @@ def _mark_sent_many(
     parts: list[tuple[Any, ...]] = []
 
     def write() -> None:
-        conn.executemany(_INSERT_EVENT, events)
+        _write_events(conn, events)
         conn.executemany(_INSERT_PART, parts)
         events.clear()
         parts.clear()
@@ -807,7 +823,7 @@ def _mark_sent_many(
                     (route, cid),
                 ).fetchone()
                 if early is not None:
-                    applied = _apply_receipt(conn, route, cid, early[0], early[1], now)
+                    applied = _apply_receipt(conn, route, cid, early[0], early[1], now, events)
                     state = applied[1] if isinstance(applied, tuple) else state
         states.append(state)
     write()
@@ -821,9 +837,10 @@ def _receipts_many(
     conn: sqlite3.Connection, items: list[_ReceiptItem]
 ) -> list[tuple[str, State] | None]:
     outcomes: list[tuple[str, State] | None] = []
+    events: list[tuple[Any, ...]] = []
     for route, carrier_id, state, error_code, now, alternate_ids in items:
         for candidate in (carrier_id, *alternate_ids):
-            applied = _apply_receipt(conn, route, candidate, state, error_code, now)
+            applied = _apply_receipt(conn, route, candidate, state, error_code, now, events)
             if applied is not False:
                 outcomes.append(applied if isinstance(applied, tuple) else None)
                 break
@@ -833,4 +850,5 @@ def _receipts_many(
                 (route, carrier_id, state, error_code, now),
             )
             outcomes.append(None)
+    _write_events(conn, events)
     return outcomes

@@ -95,6 +95,9 @@ class GroupCommitWriter:
         self._idle.set()
         self.batches = 0
         self.items = 0
+        # Called on the loop after each commit (the outbox dispatcher's wake): cheap,
+        # never blocking.
+        self.after_commit: list[Callable[[], None]] = []
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,6 +192,8 @@ class GroupCommitWriter:
                     fut.set_exception(outcome)
                 else:
                     fut.set_result(outcome)
+            for callback in self.after_commit:
+                callback()
         self._flush()
 
     def _commit(self, batch: _Batch) -> list[Any]:

@@ -182,6 +182,7 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/tokens",
         "/users",
         "/audit",
+        "/webhooks",
         "/account",
         "/account/password",
         "/account/totp",

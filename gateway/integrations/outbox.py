@@ -1,0 +1,292 @@
+"""The outbox dispatcher: delivers committed events to every consumer, at least once.
+
+Theory of operation. Writers put an outbox row in the transaction of the change it
+reports (`gateway/store/outbox_sql.py`). Each registered consumer has a lane: a task
+that reads rows after its stored position and delivers them **strictly in order, one
+at a time** (ordered per message follows; one consumer's backlog never waits on
+another's). A failed delivery (`DeliveryFailed`) is retried after an exponential
+back-off with full jitter (`uniform(0, min(backoff_max, backoff_initial * 2**n))`)
+until `retry_for` seconds have passed since its first attempt; then it becomes a dead
+letter and the lane moves on. Every attempt's outcome is stored, and the position
+moves in the same transaction as a delivered or dead outcome, so after a restart a
+lane resumes with the event it had not finished (its back-off counted from its first
+attempt). A dead letter an admin redelivers is tried again out of order, ahead of the
+lane's next event.
+
+Lanes wake when the writer commits (debounced by `debounce` seconds so a burst of
+commits costs one read), with a slow safety poll. Network waits hold no store
+connection and no writer slot, and all lanes together keep at most `concurrency`
+requests in flight, so a slow or dead receiver delays only its own lane, never a send.
+Delivered history is pruned after `retention_days`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import structlog
+
+from drivers.clock import Clock, wait_event
+from gateway.config import OutboxConfig
+from gateway.integrations.events import DeliveryFailed, EventConsumer, OutboxEvent
+from gateway.logs import exception_summary
+from gateway.store import outbox_sql
+from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
+from gateway.store.store import Store
+
+log = structlog.get_logger("smsgw.outbox")
+
+BATCH = 200
+PRUNE_INTERVAL = 3600.0
+STORE_RETRY = 5.0  # seconds before a lane tries again after the store failed it
+
+
+@runtime_checkable
+class Selective(Protocol):
+    """A consumer that takes only some events of an accepted type (callbacks: only
+    messages that asked for one); skipped events leave no delivery record."""
+
+    async def wanted(self, event: OutboxEvent) -> bool: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Lane:
+    consumer: EventConsumer
+    position: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: int = 0
+    dead: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.consumer.name
+
+
+class Outbox:
+    """Register consumers with `register()` before `start()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: OutboxConfig,
+        clock: Clock,
+        *,
+        jitter: Callable[[float], float] | None = None,
+    ) -> None:
+        self._repo = OutboxStore(store)
+        self._store = store
+        self._config = config
+        self._clock = clock
+        # Full jitter: a draw from [0, ceiling); tests may set a chosen one.
+        self.jitter = jitter or (lambda ceiling: random.uniform(0.0, ceiling))  # noqa: S311 - not a secret
+        self._lanes: dict[str, _Lane] = {}
+        self._limit = asyncio.Semaphore(config.concurrency)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    @property
+    def repo(self) -> OutboxStore:
+        return self._repo
+
+    @property
+    def consumers(self) -> list[EventConsumer]:
+        return [lane.consumer for lane in self._lanes.values()]
+
+    def register(self, consumer: EventConsumer) -> None:
+        """Add a consumer (webhook endpoint, MQTT); before `start()`."""
+        if self._started:
+            raise RuntimeError("register consumers before the outbox starts")
+        if consumer.name in self._lanes:
+            raise ValueError(f"two outbox consumers named {consumer.name!r}")
+        self._lanes[consumer.name] = _Lane(consumer)
+
+    async def start(self, *, run: bool = True) -> None:
+        """Load positions; with `run`, start a task per lane and the pruner (tests
+        pass False and call `run_once()`)."""
+        self._started = True
+        positions = await self._repo.join(list(self._lanes))
+        for name, lane in self._lanes.items():
+            lane.position = positions[name]
+        self._store.writer.after_commit.append(self.wake)
+        if run:
+            for lane in self._lanes.values():
+                self._tasks.append(asyncio.create_task(self._run(lane)))
+            self._tasks.append(asyncio.create_task(self._prune_loop()))
+
+    def wake(self) -> None:
+        for lane in self._lanes.values():
+            lane.wake.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.wake in self._store.writer.after_commit:
+            self._store.writer.after_commit.remove(self.wake)
+        for lane in self._lanes.values():
+            if isinstance(lane.consumer, Closable):
+                await lane.consumer.close()
+
+    async def redeliver(self, consumer: str, seq: int) -> bool:
+        """Put a dead letter back in line (the panel's button); False if none."""
+        done = await self._repo.redeliver(consumer, seq)
+        lane = self._lanes.get(consumer)
+        if done and lane is not None:
+            lane.wake.set()
+        return done
+
+    # -- a lane ----------------------------------------------------------------------
+
+    async def _run(self, lane: _Lane) -> None:
+        while True:
+            lane.wake.clear()
+            try:
+                busy = await self.run_once(lane.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the store: try again later, never give up
+                log.error("outbox_lane_failed", consumer=lane.name, error=exception_summary(e))
+                await self._clock.sleep(STORE_RETRY)
+                continue
+            if busy:
+                continue
+            if not await wait_event(self._clock, lane.wake, self._config.safety_poll):
+                continue  # the safety poll: a wake lost to a bug costs at most this long
+            # Real time, not the injected clock: this only lets a burst of commits
+            # land before one read picks them all up.
+            await asyncio.sleep(self._config.debounce)
+
+    async def run_once(self, name: str) -> bool:
+        """Deliver what is due for one lane: redeliveries (one attempt each), then up
+        to a batch of events in order, each retried until delivered or dead. True if
+        it did anything."""
+        lane = self._lanes[name]
+        worked = False
+        for seq in await self._repo.due_redeliveries(lane.name, self._clock.time()):
+            row = await self._repo.row(seq)
+            if row is not None:
+                await self._until_done(lane, row, await self._event(lane, row), redelivery=True)
+                worked = True
+        rows = await self._repo.after(lane.position, BATCH)
+        skipped_to = None
+        for row in rows:
+            event = None
+            if lane.consumer.accepts(row.type):
+                event = await self._event(lane, row)
+                if isinstance(lane.consumer, Selective) and not await lane.consumer.wanted(event):
+                    event = None
+            if event is not None:
+                await self._until_done(lane, row, event)
+                skipped_to = None
+            else:
+                skipped_to = row.seq
+            lane.position = row.seq
+            worked = True
+        if skipped_to is not None:
+            await self._repo.set_position(lane.name, skipped_to)
+        return worked
+
+    async def _event(self, lane: _Lane, row: OutboxRow) -> OutboxEvent:
+        phi = await self._repo.phi(row) if lane.consumer.wants_phi else None
+        return OutboxEvent(
+            id=row.id,
+            seq=row.seq,
+            type=row.type,
+            at=row.at,
+            message_id=row.message_id,
+            route=row.route,
+            data=row.data(),
+            phi=phi,
+        )
+
+    async def _until_done(
+        self, lane: _Lane, row: OutboxRow, event: OutboxEvent, *, redelivery: bool = False
+    ) -> None:
+        """Deliver one event, retrying, until it is delivered or dead (each outcome
+        stored). A redelivery gets one attempt and stays dead if that fails."""
+        previous = await self._repo.attempt(lane.name, row.seq)
+        attempts = 0 if previous is None else previous.attempts
+        first_at = self._clock.time() if previous is None else previous.first_at
+        if not redelivery and previous is not None and previous.next_at is not None:
+            await self._clock.sleep(previous.next_at - self._clock.time())  # resumed back-off
+        advance = not redelivery
+        while True:
+            attempts += 1
+            reason = await self._attempt(lane, event)
+            now = self._clock.time()
+            if reason is None:
+                done = Attempt(
+                    lane.name, row.seq, outbox_sql.DELIVERED, attempts, first_at, now, None, None
+                )
+                await self._repo.record(done, advance=advance)
+                lane.delivered += 1
+                return
+            if redelivery or now - first_at >= self._config.retry_for:
+                dead = Attempt(
+                    lane.name, row.seq, outbox_sql.DEAD, attempts, first_at, now, None, reason
+                )
+                await self._repo.record(dead, advance=advance)
+                lane.dead += 1
+                log.error(
+                    "outbox_dead_letter",
+                    consumer=lane.name,
+                    event_id=event.id,
+                    attempts=attempts,
+                    reason=reason,
+                )
+                return
+            ceiling = min(
+                self._config.backoff_max, self._config.backoff_initial * 2 ** (attempts - 1)
+            )
+            delay = min(self.jitter(ceiling), first_at + self._config.retry_for - now)
+            pending = Attempt(
+                lane.name, row.seq, outbox_sql.PENDING, attempts, first_at, now, now + delay, reason
+            )
+            await self._repo.record(pending, advance=False)
+            log.warning(
+                "outbox_retry",
+                consumer=lane.name,
+                event_id=event.id,
+                attempts=attempts,
+                reason=reason,
+                delay=round(delay, 3),
+            )
+            await self._clock.sleep(delay)
+
+    async def _attempt(self, lane: _Lane, event: OutboxEvent) -> str | None:
+        """One delivery; None if it went through, else the reason it did not."""
+        try:
+            async with self._limit:
+                await lane.consumer.deliver(event)
+        except DeliveryFailed as e:
+            return e.reason
+        except Exception as e:  # a consumer's bug: retried like any failure, and logged
+            log.error("outbox_consumer_error", consumer=lane.name, error=exception_summary(e))
+            return "consumer_error"
+        return None
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await self.prune_once()
+            await self._clock.sleep(PRUNE_INTERVAL)
+
+    async def prune_once(self) -> int:
+        before = self._clock.time() - self._config.retention_days * 86400
+        try:
+            removed = await self._repo.prune(before)
+        except Exception as e:
+            log.error("outbox_prune_failed", error=exception_summary(e))
+            return 0
+        if removed:
+            log.info("outbox_pruned", events_removed=removed)
+        return removed

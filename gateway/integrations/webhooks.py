@@ -1,0 +1,215 @@
+"""Webhook endpoints: events POSTed as JSON, signed per the Standard Webhooks spec.
+
+Each `[[webhooks]]` endpoint is two outbox consumers: the endpoint itself (the event
+types it lists), and its callbacks (status events of messages whose `callback_url`
+has this endpoint's origin, POSTed to that URL with this endpoint's secret and TLS
+settings). Headers: `webhook-id` (the event's stable id, for de-duplication),
+`webhook-timestamp` (Unix seconds) and `webhook-signature`
+(`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, the secret a `whsec_` base64 key).
+
+Redirects are never followed; hosts resolve through `CheckedResolver` (no link-local,
+metadata or unconfigured loopback addresses); HTTPS verifies the certificate (against
+`ca_file` when given). A failure becomes `DeliveryFailed` with a short reason code; a
+log line names the endpoint and the code, never the URL or the payload.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import aiohttp
+
+from drivers.credentials import read_secret
+from gateway.config import Config, WebhookConfig
+from gateway.integrations.addresses import AddressRefused, CheckedResolver, origin
+from gateway.integrations.events import MESSAGE_STATUS, DeliveryFailed, OutboxEvent
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's key prefix, not a secret
+USER_AGENT = "smsgw-webhooks/1"
+
+
+class WebhookSecretError(ValueError):
+    """An endpoint's secret is missing or not a `whsec_` base64 key (never quoted)."""
+
+
+def decode_secret(text: str) -> bytes:
+    raw = text.strip()
+    raw = raw.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise WebhookSecretError("expected whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise WebhookSecretError("the key must be at least 16 bytes (24 base64 characters)")
+    return key
+
+
+def sign(key: bytes, event_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value for one delivery."""
+    mac = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode("ascii")
+
+
+def payload(event: OutboxEvent, phi: bool) -> bytes:
+    """`{"type", "timestamp", "data"}`, the spec's recommended shape; the personal
+    fields join `data` only for an endpoint configured with `phi = true`."""
+    data = dict(event.data)
+    if phi and event.phi:
+        data.update(event.phi)
+    stamp = datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z")
+    body = {"type": event.type, "timestamp": stamp, "data": data}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def client_context(hook: WebhookConfig, config: Config) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        cafile=None if hook.ca_file is None else str(config.resolve(hook.ca_file))
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if hook.client_cert_file is not None and hook.client_key_file is not None:
+        context.load_cert_chain(
+            config.resolve(hook.client_cert_file), config.resolve(hook.client_key_file)
+        )
+    return context
+
+
+class Poster:
+    """One endpoint's HTTP client: its secret, TLS context and checked resolver."""
+
+    def __init__(
+        self, hook: WebhookConfig, config: Config, wall: Callable[[], float] = time.time
+    ) -> None:
+        secret = read_secret(
+            file=None if hook.secret_file is None else str(config.resolve(hook.secret_file)),
+            credential=hook.secret_credential,
+        )
+        if secret is None:
+            raise WebhookSecretError("no secret configured")
+        self.hook = hook
+        self.origin = origin(hook.url)
+        self._key = decode_secret(secret)
+        self._ssl = client_context(hook, config)
+        self._wall = wall
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=CheckedResolver(self.hook.allow_loopback), ssl=self._ssl, limit=4
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.hook.timeout),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
+
+    async def post(self, url: str, event: OutboxEvent, phi: bool) -> None:
+        body = payload(event, phi)
+        # Real wall time, not the injected clock: receivers reject a timestamp outside
+        # their replay window (5 minutes in the reference library).
+        stamp = int(self._wall())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event.id,
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(self._key, event.id, stamp, body),
+        }
+        try:
+            async with self._client().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+        except TimeoutError:
+            raise DeliveryFailed("timeout") from None
+        except aiohttp.ClientConnectorCertificateError:
+            raise DeliveryFailed("tls_certificate") from None
+        except aiohttp.ClientSSLError:
+            raise DeliveryFailed("tls") from None
+        except aiohttp.ClientConnectorError as e:
+            refused = isinstance(e.os_error, AddressRefused)
+            raise DeliveryFailed("address_refused" if refused else "connect") from None
+        except AddressRefused:
+            raise DeliveryFailed("address_refused") from None
+        except (aiohttp.ClientError, OSError):
+            raise DeliveryFailed("http_error") from None
+        if 300 <= status < 400:
+            raise DeliveryFailed("redirect_refused")
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"http_{status}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class WebhookConsumer:
+    """The endpoint's own feed: every event of the types it lists."""
+
+    def __init__(self, poster: Poster) -> None:
+        self._poster = poster
+        self._events = frozenset(poster.hook.events)
+
+    @property
+    def name(self) -> str:
+        return f"webhook:{self._poster.hook.name}"
+
+    @property
+    def wants_phi(self) -> bool:
+        return self._poster.hook.phi
+
+    def accepts(self, event_type: str) -> bool:
+        return event_type in self._events
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        await self._poster.post(self._poster.hook.url, event, self.wants_phi)
+
+    async def close(self) -> None:
+        await self._poster.close()
+
+
+class CallbackConsumer:
+    """Status events of messages whose `callback_url` shares this endpoint's origin,
+    POSTed to that URL (checked again here: the accept-time check could predate a
+    config change)."""
+
+    def __init__(self, poster: Poster, lookup: Callable[[str], Awaitable[str | None]]) -> None:
+        self._poster = poster
+        self._lookup = lookup  # message id -> its callback URL or None
+
+    @property
+    def name(self) -> str:
+        return f"callback:{self._poster.hook.name}"
+
+    @property
+    def wants_phi(self) -> bool:
+        return self._poster.hook.phi
+
+    def accepts(self, event_type: str) -> bool:
+        return event_type == MESSAGE_STATUS
+
+    async def _url(self, event: OutboxEvent) -> str | None:
+        if event.message_id is None:
+            return None
+        url = await self._lookup(event.message_id)
+        return url if url is not None and origin(url) == self._poster.origin else None
+
+    async def wanted(self, event: OutboxEvent) -> bool:
+        """Whether this event is ours at all (the dispatcher skips it silently if not)."""
+        return await self._url(event) is not None
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        url = await self._url(event)
+        if url is not None:
+            await self._poster.post(url, event, self.wants_phi)
+
+    async def close(self) -> None:
+        """The endpoint's consumer closes the shared client."""

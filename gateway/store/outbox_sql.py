@@ -1,0 +1,298 @@
+"""The outbox's SQL: rows written with the changes they report, and what the
+dispatcher (`gateway/integrations/outbox.py`) reads and records.
+
+Writers call the row helpers inside their own transaction (the hot paths add one
+`executemany` per group). Rows carry ids, states and codes only; personal fields are
+read from their encrypted columns at delivery, for consumers configured to get them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
+
+if TYPE_CHECKING:
+    from gateway.store.store import Store
+
+INSERT_ROW = (
+    "INSERT INTO outbox (type, at, message_id, route, state, code, attempt) VALUES (?,?,?,?,?,?,?)"
+)
+
+# Attempt states of one event for one consumer (`outbox_deliveries.state`).
+PENDING = "pending"
+DELIVERED = "delivered"
+DEAD = "dead"
+REDELIVER = "redeliver"
+
+
+def write_status(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
+    """Outbox rows for `message_events` rows (message_id, at, state, route,
+    carrier_id, error_code, attempt), in the caller's transaction."""
+    conn.executemany(
+        INSERT_ROW, [(MESSAGE_STATUS, e[1], e[0], e[3], e[2], e[5], e[6]) for e in events]
+    )
+
+
+def write_inbound(conn: sqlite3.Connection, inbound_id: str, route: str, at: float) -> None:
+    conn.execute(INSERT_ROW, (MESSAGE_INBOUND, at, inbound_id, route, None, None, None))
+
+
+def inbound_statement(inbound_id: str, route: str, at: float) -> tuple[str, tuple[Any, ...]]:
+    return INSERT_ROW, (MESSAGE_INBOUND, at, inbound_id, route, None, None, None)
+
+
+def write_health(conn: sqlite3.Connection, changes: Iterable[tuple[str, str]], at: float) -> None:
+    """One `route.health` row per (route, state) change."""
+    conn.executemany(
+        INSERT_ROW, [(ROUTE_HEALTH, at, None, route, state, None, None) for route, state in changes]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    id: str
+    type: str
+    at: float
+    message_id: str | None
+    route: str | None
+    state: str | None
+    code: str | None
+    attempt: int | None
+
+    def data(self) -> dict[str, Any]:
+        """The event's `data`: ids, states and codes, never a number or a text."""
+        if self.type == MESSAGE_STATUS:
+            return {
+                "message_id": self.message_id,
+                "state": self.state,
+                "route": self.route,
+                "error_code": self.code,
+                "attempts": self.attempt,
+            }
+        if self.type == MESSAGE_INBOUND:
+            return {"inbound_id": self.message_id, "route": self.route}
+        return {"route": self.route, "state": self.state}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Where one event stands for one consumer."""
+
+    consumer: str
+    seq: int
+    state: str
+    attempts: int
+    first_at: float
+    last_at: float
+    next_at: float | None
+    reason: str | None
+    type: str | None = None
+    event_id: str | None = None
+
+
+ROW_COLUMNS = "seq, id, type, at, message_id, route, state, code, attempt"
+
+
+def rows_after(conn: sqlite3.Connection, position: int, limit: int) -> list[OutboxRow]:
+    cur = conn.execute(
+        f"SELECT {ROW_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - fixed columns
+        (position, limit),
+    )
+    return [OutboxRow(*r) for r in cur.fetchall()]
+
+
+def join_consumer(conn: sqlite3.Connection, name: str) -> int:
+    """The consumer's position; a new one starts at the end (no history replayed)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox_consumers (name, position)"
+        " SELECT ?, coalesce(max(seq), 0) FROM outbox",
+        (name,),
+    )
+    row = conn.execute("SELECT position FROM outbox_consumers WHERE name = ?", (name,)).fetchone()
+    return int(row[0])
+
+
+def record(
+    conn: sqlite3.Connection,
+    attempt: Attempt,
+    *,
+    advance: bool,
+) -> None:
+    """Store one attempt's outcome; with `advance`, the consumer has finished with
+    every event up to this one (delivered or dead)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO outbox_deliveries (consumer, seq, state, attempts, first_at,"
+        " last_at, next_at, reason) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            attempt.consumer,
+            attempt.seq,
+            attempt.state,
+            attempt.attempts,
+            attempt.first_at,
+            attempt.last_at,
+            attempt.next_at,
+            attempt.reason,
+        ),
+    )
+    if advance:
+        conn.execute(
+            "UPDATE outbox_consumers SET position = max(position, ?) WHERE name = ?",
+            (attempt.seq, attempt.consumer),
+        )
+
+
+def mark_redeliver(conn: sqlite3.Connection, consumer: str, seq: int) -> bool:
+    """A dead letter back in line; False if there is no such dead letter (atomic, so
+    two admins pressing the button queue it once)."""
+    row = conn.execute(
+        "UPDATE outbox_deliveries SET state = ?, next_at = NULL WHERE consumer = ?"
+        " AND seq = ? AND state = ? RETURNING seq",
+        (REDELIVER, consumer, seq, DEAD),
+    ).fetchone()
+    return row is not None
+
+
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Drop delivered history older than `before`, and outbox rows every consumer has
+    passed that no dead letter still needs; never the newest row (it keeps `seq`
+    growing)."""
+    conn.execute(
+        "DELETE FROM outbox_deliveries WHERE state = ? AND last_at < ?", (DELIVERED, before)
+    )
+    return conn.execute(
+        "DELETE FROM outbox WHERE at < ? AND seq < (SELECT max(seq) FROM outbox)"
+        " AND seq <= (SELECT coalesce(min(position), 9223372036854775807) FROM outbox_consumers)"
+        " AND seq NOT IN (SELECT seq FROM outbox_deliveries WHERE state != ?)",
+        (before, DELIVERED),
+    ).rowcount
+
+
+ATTEMPT_COLUMNS = (
+    "d.consumer, d.seq, d.state, d.attempts, d.first_at, d.last_at, d.next_at, d.reason,"
+    " o.type, o.id"
+)
+
+
+def attempts_sql(where: str) -> str:
+    return (
+        f"SELECT {ATTEMPT_COLUMNS} FROM outbox_deliveries d"  # noqa: S608 - fixed clauses
+        f" LEFT JOIN outbox o ON o.seq = d.seq WHERE {where} ORDER BY d.last_at DESC LIMIT ?"
+    )
+
+
+class OutboxStore:
+    """The dispatcher's reads and records (reads through the pool, writes through the
+    writer, each one short: nothing here waits on a network)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def join(self, names: Sequence[str]) -> dict[str, int]:
+        """Each consumer's position (new ones at the end); forget consumers no longer
+        configured, so their positions do not hold back pruning."""
+
+        def job(conn: sqlite3.Connection) -> dict[str, int]:
+            marks = ",".join("?" * len(names)) or "NULL"
+            conn.execute(f"DELETE FROM outbox_consumers WHERE name NOT IN ({marks})", names)  # noqa: S608 - placeholders only
+            return {name: join_consumer(conn, name) for name in names}
+
+        return await self._store.writer.run(job)
+
+    async def after(self, position: int, limit: int) -> list[OutboxRow]:
+        rows = await self._store.reader.all(
+            f"SELECT {ROW_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - fixed columns
+            (position, limit),
+        )
+        return [OutboxRow(*r) for r in rows]
+
+    async def row(self, seq: int) -> OutboxRow | None:
+        r = await self._store.reader.one(
+            f"SELECT {ROW_COLUMNS} FROM outbox WHERE seq = ?",  # noqa: S608 - fixed columns
+            (seq,),
+        )
+        return None if r is None else OutboxRow(*r)
+
+    async def last_seq(self) -> int:
+        r = await self._store.reader.one("SELECT coalesce(max(seq), 0) FROM outbox")
+        return int(r[0]) if r else 0
+
+    async def attempt(self, consumer: str, seq: int) -> Attempt | None:
+        rows = await self._store.reader.all(
+            attempts_sql("d.consumer = ? AND d.seq = ?"), (consumer, seq, 1)
+        )
+        return Attempt(*rows[0]) if rows else None
+
+    async def record(self, attempt: Attempt, *, advance: bool) -> None:
+        await self._store.writer.run(lambda conn: record(conn, attempt, advance=advance))
+
+    async def set_position(self, consumer: str, seq: int) -> None:
+        await self._store.writer.run(
+            lambda conn: conn.execute(
+                "UPDATE outbox_consumers SET position = max(position, ?) WHERE name = ?",
+                (seq, consumer),
+            )
+        )
+
+    async def due_redeliveries(self, consumer: str, now: float) -> list[int]:
+        rows = await self._store.reader.all(
+            "SELECT seq FROM outbox_deliveries WHERE consumer = ? AND state = ?"
+            " AND (next_at IS NULL OR next_at <= ?) ORDER BY seq",
+            (consumer, REDELIVER, now),
+        )
+        return [int(r[0]) for r in rows]
+
+    async def redeliver(self, consumer: str, seq: int) -> bool:
+        return await self._store.writer.run(lambda conn: mark_redeliver(conn, consumer, seq))
+
+    async def prune(self, before: float) -> int:
+        return await self._store.writer.run(lambda conn: prune(conn, before))
+
+    async def recent(self, limit: int, *, state: str | None = None) -> list[Attempt]:
+        if state is None:
+            rows = await self._store.reader.all(attempts_sql("1"), (limit,))
+        else:
+            rows = await self._store.reader.all(attempts_sql("d.state = ?"), (state, limit))
+        return [Attempt(*r) for r in rows]
+
+    async def phi(self, row: OutboxRow) -> dict[str, Any] | None:
+        """The personal fields an event reports, decrypted (for consumers that may
+        have them): `to`/`body` of a message, `from`/`to`/`text` of an inbound one."""
+        if row.message_id is None:
+            return None
+        store = self._store
+        if row.type == MESSAGE_STATUS:
+            r = await store.reader.one(
+                "SELECT to_ct, body_ct FROM messages WHERE id = ?", (row.message_id,)
+            )
+            if r is None:
+                return None
+            return {
+                "to": store.decrypt(r[0], row.message_id, "to"),
+                "body": store.decrypt(r[1], row.message_id, "body"),
+            }
+        if row.type == MESSAGE_INBOUND:
+            r = await store.reader.one(
+                "SELECT sender_ct, recipient_ct, body_ct FROM inbound WHERE id = ?",
+                (row.message_id,),
+            )
+            if r is None:
+                return None
+            return {
+                "from": store.decrypt(r[0], row.message_id, "sender"),
+                "to": None if r[1] is None else store.decrypt(r[1], row.message_id, "recipient"),
+                "text": store.decrypt(r[2], row.message_id, "body"),
+            }
+        return None
+
+    async def callback_url(self, message_id: str) -> str | None:
+        r = await self._store.reader.one(
+            "SELECT callback_ct FROM messages WHERE id = ?", (message_id,)
+        )
+        if r is None or r[0] is None:
+            return None
+        return self._store.decrypt(r[0], message_id, "callback")
