@@ -410,3 +410,29 @@ async def test_a_broker_certificate_that_does_not_verify_is_refused_and_retried(
         gc.collect()
     failed = [e for e in logs if e["event"] == "mqtt_connect_failed"]
     assert failed[0]["reason"] == "tls" and failed[0]["log_level"] == "warning"
+
+
+async def test_a_send_over_mqtt_reports_its_status_through_the_outbox(
+    open_gateway: GatewayFactory, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """End to end: the MQTT consumer is registered with the gateway's outbox, so the
+    state changes of a message sent over the send topic come back on its id topic, in
+    order, with ids only."""
+    gw, _ = await send_gateway(open_gateway, tmp_path, broker.port)
+    async with subscriber(broker.port, "hosp/messages/#") as sub:
+        reply = await request(
+            broker.port, json.dumps({"to": CANARY_NUMBER, "body": CANARY_BODY}).encode()
+        )
+        message_id = json.loads(bytes(reply.payload))["id"]
+        await gw.scheduler.run_until_idle()
+        assert await gw.outbox.run_once("mqtt")
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["data"]["state"] != "sent":
+            message = await next_message(sub)
+            assert str(message.topic) == f"hosp/messages/{message_id}/status"
+            text = bytes(message.payload).decode()
+            assert CANARY_DIGITS not in text and CANARY_BODY not in text
+            seen.append(json.loads(text))
+    seqs = [e["seq"] for e in seen]
+    assert seqs == sorted(seqs) and len({e["id"] for e in seen}) == len(seen)
+    assert [e["data"]["state"] for e in seen][-2:] == ["sending", "sent"]
