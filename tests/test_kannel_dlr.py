@@ -16,10 +16,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.config import from_mapping
 from gateway.integrations.events import MESSAGE_STATUS, DeliveryFailed, OutboxEvent
 from gateway.integrations.kannel_dlr import (
+    CONSUMER_NAME,
     GuardedResolver,
     KannelDlrConsumer,
     build_consumer,
@@ -27,7 +29,14 @@ from gateway.integrations.kannel_dlr import (
     forbidden_address,
     report_type,
 )
-from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
+from tests.conftest import (
+    CANARY_DIGITS,
+    CANARY_NUMBER,
+    LOOPBACK_TEST,
+    GatewayFactory,
+    settle_receipts,
+    state_of,
+)
 from tests.test_kannel import messages, open_listener, q
 
 SECRET_QUERY = "mrn-CANARY-4711"  # stands for PHI a client puts in its dlr-url
@@ -297,3 +306,19 @@ async def test_parallel_sends_each_commit_their_message_with_its_dlr_row(
     assert {w.url for w in wishes if w is not None} == {
         f"{origin}/d?n={100 + i}" for i in range(20)
     }
+
+
+async def test_a_sendsms_dlr_url_is_called_through_the_gateways_outbox(
+    open_gateway: GatewayFactory, tmp_path: Path, receiver: Receiver, clock: FakeClock
+) -> None:
+    """End to end: the dlr-url consumer is registered with the gateway's outbox, so a
+    message sent through sendsms reports "SMSC success" and then "delivered" to its
+    dlr-url as Kannel would."""
+    gw, message_id = await accepted_with_dlr(open_gateway, tmp_path, receiver.origin, mask="9")
+    await gw.scheduler.run_until_idle()
+    clock.advance(LOOPBACK_TEST["receipt_delay"])
+    await settle_receipts(gw)
+    assert await state_of(gw, message_id) == "delivered"
+    await gw.outbox.run_once(CONSUMER_NAME)
+    assert [c["type"] for c in receiver.calls] == ["8", "1"]
+    assert all(c["id"] == message_id and c["ref"] == SECRET_QUERY for c in receiver.calls)
