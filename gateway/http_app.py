@@ -19,7 +19,7 @@ from gateway.api import server
 from gateway.app import Gateway
 from gateway.web import headers
 from gateway.web.client import ProxyTrust, client_address
-from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
+from gateway.web.connections import GuardedAppRunner, limits_for
 from gateway.web.guard import ServerNames, default_local_names, guard_middleware
 
 log = structlog.get_logger("smsgw.api")
@@ -68,13 +68,7 @@ def runner_options(gateway: Gateway) -> dict[str, Any]:
 def build_runner(gateway: Gateway, app: web.Application | None = None) -> GuardedAppRunner:
     """The runner for `app` (default: `build_app`), with the connection guards."""
     c = gateway.config.http
-    limits = Limits(
-        header_timeout=c.header_timeout,
-        body_timeout=c.body_timeout,
-        keepalive_timeout=c.keepalive_timeout,
-        max_connections=connection_cap(c.max_connections),
-        max_connections_per_address=c.max_connections_per_address,
-    )
+    limits = limits_for(c)
     if limits.max_connections < c.max_connections:
         log.warning(
             "http_connection_cap_lowered",

@@ -30,7 +30,7 @@ from gateway.store.writer import Statement
 from gateway.usecases import Caller
 from gateway.web import headers
 from gateway.web.client import ProxyTrust
-from gateway.web.connections import GuardedAppRunner, Limits, connection_cap
+from gateway.web.connections import GuardedAppRunner, limits_for
 
 log = structlog.get_logger("smsgw.kannel")
 
@@ -248,13 +248,7 @@ def build_app(gateway: Gateway, users: dict[str, KannelUser] | None = None) -> w
 def build_runner(gateway: Gateway, app: web.Application | None = None) -> GuardedAppRunner:
     """The listener's runner, with the API's slow-client and connection guards."""
     c = gateway.config.http
-    limits = Limits(
-        header_timeout=c.header_timeout,
-        body_timeout=c.body_timeout,
-        keepalive_timeout=c.keepalive_timeout,
-        max_connections=connection_cap(c.max_connections),
-        max_connections_per_address=c.max_connections_per_address,
-    )
+    limits = limits_for(c)
     return GuardedAppRunner(
         app or build_app(gateway),
         limits,

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.config import HttpConfig
 from gateway.logs import exception_summary
 from gateway.web.client import ProxyTrust
 from gateway.web.errors import error_body
@@ -55,6 +56,17 @@ class Limits:
     keepalive_timeout: float
     max_connections: int
     max_connections_per_address: int
+
+
+def limits_for(c: HttpConfig) -> Limits:
+    """The guards `[http]` asks for, the total cap lowered to fit the open-file limit."""
+    return Limits(
+        header_timeout=c.header_timeout,
+        body_timeout=c.body_timeout,
+        keepalive_timeout=c.keepalive_timeout,
+        max_connections=connection_cap(c.max_connections),
+        max_connections_per_address=c.max_connections_per_address,
+    )
 
 
 def connection_cap(configured: int) -> int:
