@@ -125,8 +125,8 @@ async def test_unplugged_mid_send_the_message_reaches_the_other_modem(rig: Rig) 
     assert row["possible_duplicate"] == 1
     assert [p.text for p in second.sent] == [CANARY_BODY]
     events = await rig.gw.store.events(message_id)
-    (sent_event,) = [e for e in events if e["state"] == "sent"]
-    assert str(sent_event["carrier_id"]).startswith("m2:")
+    (sent_event,) = [e for e in events if e.state == "sent"]
+    assert str(sent_event.carrier_id).startswith("m2:")
     # The unplugged modem's port comes back and the bank uses it again.
     await first.replug()
     await rig.until(lambda: rig.bank.modems["m1"].ready)

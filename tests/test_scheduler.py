@@ -49,7 +49,7 @@ async def test_message_goes_queued_sending_sent_delivered(
     clock.advance(5)
     await settle_receipts(gw)
     assert await state_of(gw, mid) == "delivered"
-    states = [e["state"] for e in await gw.store.events(mid)]
+    states = [e.state for e in await gw.store.events(mid)]
     assert states == ["queued", "sending", "sent", "delivered"]
 
 
@@ -244,7 +244,7 @@ async def test_send_at_schedules(open_gateway: GatewayFactory, clock) -> None:
     assert await state_of(gw, mid) == "scheduled"
     clock.advance(1)
     await gw.scheduler.run_until_idle()
-    states = [e["state"] for e in await gw.store.events(mid)]
+    states = [e.state for e in await gw.store.events(mid)]
     assert states == ["scheduled", "queued", "sending", "sent"]
 
 
@@ -316,7 +316,7 @@ async def test_multipart_is_delivered_only_when_every_part_is(
     row = await gw.store.message_row(mid)
     assert row["segments"] == 3
     events = await gw.store.events(mid)
-    carrier_ids = events[-1]["carrier_id"].split(",")
+    carrier_ids = events[-1].carrier_id.split(",")
     assert len(carrier_ids) == 3
     clock.advance(5)
     await settle_receipts(gw)
@@ -471,8 +471,8 @@ async def test_attempts_count_every_submit(open_gateway: GatewayFactory, clock) 
     await gw.scheduler.run_until_idle()
     row = await gw.store.message_row(first)
     assert (row["state"], row["attempts"]) == ("sent", 1)
-    sending = [e for e in await gw.store.events(first) if e["state"] == "sending"]
-    assert [e["attempt"] for e in sending] == [1]
+    sending = [e for e in await gw.store.events(first) if e.state == "sending"]
+    assert [e.attempt for e in sending] == [1]
 
     fail_first_submit(gw, TransientSendError("busy", code="test:busy"))
     second = await accept(gw)

@@ -194,8 +194,8 @@ async def test_happy_path_every_message_delivered_once(open_rig: RigFactory) -> 
     by_id = {m.message_id for m in rig.sim.submitted}
     for mid in ids:
         events = await rig.gw.store.events(mid)
-        sent = [e for e in events if e["state"] == "sent"]
-        assert len(sent) == 1 and sent[0]["carrier_id"] in by_id
+        sent = [e for e in events if e.state == "sent"]
+        assert len(sent) == 1 and sent[0].carrier_id in by_id
         row = await rig.gw.store.message_row(mid)
         assert row is not None
         assert (row["route"], row["attempts"], row["possible_duplicate"]) == ("carrier", 1, 0)
@@ -212,7 +212,7 @@ async def test_a_route_window_wider_than_the_bind_waits_for_room(open_rig: RigFa
 
     assert Counter(_texts(rig.sim)) == Counter(bodies)
     for mid in ids:
-        assert [e["state"] for e in await rig.gw.store.events(mid)] == [
+        assert [e.state for e in await rig.gw.store.events(mid)] == [
             "queued",
             "sending",
             "sent",
@@ -505,7 +505,7 @@ async def test_two_hour_outage_expires_what_is_due_and_never_sends_it_late(
                 0,
                 None,
             )
-            events = [e["state"] for e in await rig.gw.store.events(row["id"])]
+            events = [e.state for e in await rig.gw.store.events(row["id"])]
             assert events == ["queued", "expired"]  # never claimed, never sent
         await rig.gw.stop()  # while the SMSC is there to answer the unbind
 

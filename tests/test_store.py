@@ -162,7 +162,7 @@ async def test_a_failing_job_changes_nothing_and_spares_its_batch(
     assert (await gw.store.message_row(good))["state"] == "cancelled"
     bad_row = await gw.store.message_row(bad)
     assert bad_row["state"] == "queued"
-    assert [e["state"] for e in await gw.store.events(bad)] == ["queued"]
+    assert [e.state for e in await gw.store.events(bad)] == ["queued"]
 
 
 async def test_a_bad_row_in_a_group_insert_fails_alone(open_gateway: GatewayFactory) -> None:
@@ -261,7 +261,7 @@ async def test_sends_committed_together_apply_an_early_receipt_after_its_send(
         *(gw.store.mark_sent(mid, "demo", [f"g{i}"], now) for i, mid in enumerate(ids))
     )
     assert states == [State.SENT, State.DELIVERED, State.SENT]
-    history = [[e["state"] for e in await gw.store.events(mid)] for mid in ids]
+    history = [[e.state for e in await gw.store.events(mid)] for mid in ids]
     assert history[1][-2:] == ["sent", "delivered"]
     assert history[0][-1] == history[2][-1] == "sent"
     assert await gw.store.apply_receipt("demo", "g2", "delivered", None, now) == (

@@ -24,7 +24,7 @@ from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, 
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
 from gateway.store.reads import ReadPool
-from gateway.store.records import Records
+from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -458,18 +458,9 @@ class Store:
         row: sqlite3.Row | None = await cur.fetchone()
         return row
 
-    async def events(self, message_id: str) -> list[sqlite3.Row]:
+    async def events(self, message_id: str) -> list[StoredEvent]:
         """Every state of a message in order, its creation first."""
-        cur = await self.reader.execute(
-            "SELECT created_at AS at,"
-            " CASE WHEN send_at > created_at THEN 'scheduled' ELSE 'queued' END AS state,"
-            " NULL AS route, NULL AS carrier_id, NULL AS error_code, NULL AS attempt, 0 AS seq"
-            " FROM messages WHERE id = ?"
-            " UNION ALL SELECT at, state, route, carrier_id, error_code, attempt, seq"
-            " FROM message_events WHERE message_id = ? ORDER BY seq",
-            (message_id, message_id),
-        )
-        return list(await cur.fetchall())
+        return await self.records.events(message_id)
 
     async def state_counts(self) -> dict[tuple[str, int], int]:
         cur = await self.reader.execute(
