@@ -33,6 +33,7 @@ from aiohttp import web
 LOOPBACK = "127.0.0.1"
 TOPICS = "smsgw/#"
 START_TIMEOUT_S = 20.0
+SCRIPT = str(Path(__file__).resolve())
 
 
 class Counts:
@@ -97,13 +98,19 @@ async def serve(args: argparse.Namespace) -> None:
             site = web.TCPSite(runner, LOOPBACK, port, reuse_address=True)
             await site.start()
         elif cmd == "dump":
-            Path(command["path"]).write_text(
-                json.dumps({"webhook": dict(hooks.ids), "mqtt": dict(mqtt.ids)})
-            )
+            _write(Path(command["path"]), {"webhook": hooks.ids, "mqtt": mqtt.ids})
         print(json.dumps({"webhook": hooks.stats(), "mqtt": mqtt.stats()}), flush=True)
     if subscriber is not None:
         subscriber.cancel()
     await runner.cleanup()
+
+
+def _write(path: Path, ids: dict[str, Counter[str]]) -> None:
+    path.write_text(json.dumps({k: dict(v) for k, v in ids.items()}))
+
+
+def _read(path: Path) -> dict[str, Counter[str]]:
+    return {k: Counter(v) for k, v in json.loads(path.read_text()).items()}
 
 
 async def subscribe(port: int, counts: Counts, ready: asyncio.Event) -> None:
@@ -137,7 +144,7 @@ class Receiver:
         return f"http://{LOOPBACK}:{self.port}/events"
 
     async def __aenter__(self) -> Receiver:
-        argv = [*self.prefix, sys.executable, str(Path(__file__).resolve())]
+        argv = [*self.prefix, sys.executable, SCRIPT]
         if self.mqtt_port:
             argv += ["--mqtt-port", str(self.mqtt_port)]
         self.process = await asyncio.create_subprocess_exec(
@@ -174,8 +181,7 @@ class Receiver:
 
     async def ids(self, path: Path) -> dict[str, Counter[str]]:
         await self.command("dump", path=str(path))
-        raw = json.loads(path.read_text())
-        return {k: Counter(v) for k, v in raw.items()}
+        return _read(path)
 
 
 class Broker:

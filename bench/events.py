@@ -55,6 +55,14 @@ allow_plain_http = true
 """
 
 
+def write_secret(work: Path) -> Path:
+    """A fresh directory with the endpoint's `whsec_` secret file in it."""
+    work.mkdir(parents=True)
+    secret = work / "bench.whsec"
+    secret.write_text("whsec_" + base64.b64encode(b"bench-secret-0123456789").decode())
+    return secret
+
+
 def outbox_ids(db: Path) -> list[str]:
     """Every event id the gateway wrote, read after it stopped (read-only)."""
     import sqlite3
@@ -88,9 +96,7 @@ async def events_run(
     work: Path,
     drain_timeout: float,
 ) -> dict[str, Any]:
-    work.mkdir(parents=True)
-    secret = work / "bench.whsec"
-    secret.write_text("whsec_" + base64.b64encode(b"bench-secret-0123456789").decode())
+    secret = write_secret(work)
     mqtt_port = harness.free_port()
     async with (
         Broker(work / "mosquitto", mqtt_port, placement.client),
