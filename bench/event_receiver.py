@@ -9,7 +9,8 @@ listening (and subscribed), then answers JSON commands on stdin, one per line:
 
     {"cmd": "stats"}             counters and first/last arrival (wall clock)
     {"cmd": "down"}              stop listening (connections refused: an outage)
-    {"cmd": "up"}                listen again on the same port
+    {"cmd": "up"}                listen again on the same port (stats then show
+                                 `first_since_up`, the first arrival after it)
     {"cmd": "dump", "path": P}   write {"webhook": {id: count}, "mqtt": {...}} to P
 
 `Receiver` (imported by the benches) starts it pinned where the load generator runs,
@@ -42,6 +43,7 @@ class Counts:
         self.first = 0.0
         self.last = 0.0
         self.bad = 0
+        self.first_since_mark = 0.0
 
     def add(self, event_id: str | None) -> None:
         if not event_id:
@@ -49,6 +51,7 @@ class Counts:
             return
         now = time.time()
         self.first = self.first or now
+        self.first_since_mark = self.first_since_mark or now
         self.last = now
         self.ids[event_id] += 1
 
@@ -61,6 +64,7 @@ class Counts:
             "bad": self.bad,
             "first": self.first,
             "last": self.last,
+            "first_since_up": self.first_since_mark,
         }
 
 
@@ -72,12 +76,18 @@ async def serve(args: argparse.Namespace) -> None:
         hooks.add(request.headers.get("webhook-id"))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, args.port, reuse_address=True)
-    await site.start()
+    async def listen(port: int) -> web.AppRunner:
+        # A fresh app and runner per period up: `cleanup()` on "down" closes the
+        # kept-alive connections too, as a stopped receiver would.
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", receive)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, LOOPBACK, port, reuse_address=True).start()
+        return runner
+
+    runner: web.AppRunner | None = await listen(args.port)
+    assert runner is not None
     port = runner.addresses[0][1]
     subscriber = None
     if args.mqtt_port:
@@ -91,18 +101,19 @@ async def serve(args: argparse.Namespace) -> None:
     while line := await reader.readline():
         command = json.loads(line)
         cmd = command["cmd"]
-        if cmd == "down" and site is not None:
-            await site.stop()
-            site = None
-        elif cmd == "up" and site is None:
-            site = web.TCPSite(runner, LOOPBACK, port, reuse_address=True)
-            await site.start()
+        if cmd == "down" and runner is not None:
+            await runner.cleanup()
+            runner = None
+        elif cmd == "up" and runner is None:
+            runner = await listen(port)
+            hooks.first_since_mark = 0.0
         elif cmd == "dump":
             _write(Path(command["path"]), {"webhook": hooks.ids, "mqtt": mqtt.ids})
         print(json.dumps({"webhook": hooks.stats(), "mqtt": mqtt.stats()}), flush=True)
     if subscriber is not None:
         subscriber.cancel()
-    await runner.cleanup()
+    if runner is not None:
+        await runner.cleanup()
 
 
 def _write(path: Path, ids: dict[str, Counter[str]]) -> None:
