@@ -172,8 +172,8 @@ async def run_all(args: argparse.Namespace, placement: smpp.Placement, root: Pat
             rates[kind].append(result["per_s"])
             if kind == "events":
                 checks.append(result)
-    base = statistics.median(rates["base"]) if rates["base"] else None
-    with_events = statistics.median(rates["events"]) if rates["events"] else None
+    base = round(statistics.median(rates["base"]), 1) if rates["base"] else None
+    with_events = round(statistics.median(rates["events"]), 1) if rates["events"] else None
     lost = sum(c[k]["missing"] for c in checks for k in ("webhook", "mqtt"))
     if lost or not checks or not all(c["events_drained"] for c in checks):
         failures += 1
