@@ -5,8 +5,8 @@ receiver outage under load, exactly once by id.
     .venv/bin/python bench/webhooks.py --n 2000 --outage 60  # shorter
 
 Both parts run `smsgw run` (CPU 0) with one loopback route (no rate limit, window 50,
-a receipt 0.2 s after each send, so a message raises queued, sending, sent and
-delivered events) and one `[[webhooks]]` endpoint taking every event, POSTing to
+a receipt 0.2 s after each send, so a message raises its sending, sent and delivered
+events) and one `[[webhooks]]` endpoint taking every event, POSTing to
 bench/event_receiver.py (CPU 1, with this script), which counts by `webhook-id`.
 
 rate: the receiver is down (connection refused) while N messages go in through
