@@ -97,8 +97,8 @@ bench-modems: setup
 	$(BIN)/python bench/modems.py
 
 # The SMPP clinical scenario with a webhook endpoint and MQTT taking every event, against
-# the same run without (installs wrk, Kannel and Node.js when missing; needs mosquitto).
-bench-events: setup
+# the same run without (installs wrk, Kannel, Node.js and mosquitto when missing).
+bench-events: setup peers
 	$(BIN)/python bench/events.py
 
 # Webhook delivery rate from an outbox backlog, then the drain after a 600 s receiver outage.

@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = smpp.install_missing()
     for tool in ("wrk", "mosquitto"):
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
-            print(f"bench: {tool} is not installed; {problem or 'apt-get install it'}")
+            print(f"bench: {tool} is not installed; {problem or 'make peers installs it'}")
             return 2
     smpp.smpp_peer.ensure_installed()
     placement = smpp.setup_placement()
