@@ -161,7 +161,11 @@ class Receiver:
         self.process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        self.port = int((await self._line())["port"])
+        try:
+            self.port = int((await self._line())["port"])
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -225,10 +229,16 @@ class Broker:
             stderr=asyncio.subprocess.PIPE,
         )
         assert self.process.stderr is not None
-        async with asyncio.timeout(START_TIMEOUT_S):
-            while " running" not in (line := (await self.process.stderr.readline()).decode()):
-                if not line:
-                    raise RuntimeError("mosquitto exited")
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                while " running" not in (line := (await self.process.stderr.readline()).decode()):
+                    if not line:
+                        raise RuntimeError("mosquitto exited")
+        except BaseException:
+            # __aexit__ does not run when __aenter__ fails: leave no broker behind.
+            self.process.kill()
+            await self.process.wait()
+            raise
         self._drain = asyncio.create_task(self._read_rest(self.process.stderr))
         return self
 
