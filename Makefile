@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -95,6 +95,15 @@ bench-floors: setup /usr/bin/wrk
 # A bank of 1, 2, 4 and 8 emulated modems (3 s per part) behind smsgw run; about 4.5 minutes.
 bench-modems: setup
 	$(BIN)/python bench/modems.py
+
+# The SMPP clinical scenario with a webhook endpoint and MQTT taking every event, against
+# the same run without (installs wrk, Kannel, Node.js and mosquitto when missing).
+bench-events: setup peers
+	$(BIN)/python bench/events.py
+
+# Webhook delivery rate from an outbox backlog, then the drain after a 600 s receiver outage.
+bench-webhooks: setup
+	$(BIN)/python bench/webhooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -41,7 +41,7 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -328,8 +328,15 @@ session_window = {window}
 
 
 async def smsgw_system(
-    work: Path, sink_port: int, placement: Placement, scenario: Scenario, quota: int
+    work: Path,
+    sink_port: int,
+    placement: Placement,
+    scenario: Scenario,
+    quota: int,
+    extra_config: str = "",
 ) -> System:
+    """`extra_config`: TOML tables added before the route (bench/events.py: outbox
+    consumers)."""
     home = await harness.init_gateway(work)
     if not re.fullmatch(TOKEN_PATTERN, home.token):
         raise RuntimeError(f"smsgw init printed no token: {home.token!r}")
@@ -338,6 +345,7 @@ async def smsgw_system(
     home.config_path.write_text(
         head.rstrip()
         + "\n\n"
+        + (extra_config.strip() + "\n\n" if extra_config else "")
         + _SMSGW_EXTRA.format(
             port=sink_port,
             system_id=SYSTEM_ID,
@@ -515,13 +523,19 @@ async def measure(
     placement: Placement,
     work: Path,
     profile: Path | None = None,
+    *,
+    extra_config: str = "",
+    before_stop: Callable[[System], Awaitable[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
+    """One run. `before_stop`, if given, runs once the N-th message is done and wrk has
+    stopped, with smsgw still up (bench/events.py waits there for its receivers); what
+    it returns joins the result."""
     n = settings.n
     async with Sink(scenario, placement) as sink:
         if name == "kannel":
             system = kannel_system(work, sink.port, placement, scenario, n)
         else:
-            system = await smsgw_system(work, sink.port, placement, scenario, n)
+            system = await smsgw_system(work, sink.port, placement, scenario, n, extra_config)
         say(f"{scenario.name}: {name} starting (sink on port {sink.port})")
         await system.start()
         try:
@@ -557,6 +571,7 @@ async def measure(
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 await asyncio.wait_for(spy.wait(), 60)
+            after = {} if before_stop is None else await before_stop(system)
             sizes = log_sizes(system)
         finally:
             codes = await system.stop()
@@ -580,6 +595,7 @@ async def measure(
         "server_cpu": round(server_cpu / elapsed, 2),
         "exit_codes": codes,
     }
+    result.update(after)
     result.update(log_findings(system, sizes))
     return result
 
