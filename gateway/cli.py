@@ -216,13 +216,20 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
     host, _, port = config.http.listen.rpartition(":")
     simulator = None
     modems: list[EmulatedModem] = []
-    if config.source is None:
-        simulator, config = await _start_embedded_smsc(config)
+    if config.demo_peers:
+        simulator, smsc_password = await _start_embedded_smsc()
         startup.on_fault(simulator.aclose)
-        modems, config = await _start_embedded_modems(config, startup)
+        modems = await _start_embedded_modems(startup)
+        # After a config file's own routes: turning the demo on never moves their
+        # traffic. The embedded default's routes are the peers' (they replace its loopback).
+        own = config.routes if config.source is not None else ()
+        embedded = config_mod.embedded_routes(
+            simulator.port, smsc_password, [m.path for m in modems]
+        )
+        config = msgspec.structs.replace(config, routes=own + embedded)
     gateway = await Gateway.open(config)
     startup.on_fault(gateway.stop)
-    if config.source is None:
+    if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems)
     await gateway.start()
     _tune_gc()
@@ -252,6 +259,7 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
             " --role admin NAME)",
             flush=True,
         )
+        print(TRY_EVENTS_HINT, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -297,8 +305,9 @@ def _cleanup(*runners: web.BaseRunner | None) -> Callable[[], Awaitable[None]]:
     return cleanup
 
 
-async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:
-    """The embedded default's carrier: the SMSC simulator, in process, on a free port."""
+async def _start_embedded_smsc() -> tuple[SmscSimulator, str]:
+    """The embedded default's carrier: the SMSC simulator, in process, on a free port;
+    with the password its route logs in with."""
     password = secrets.token_hex(4)  # SMPP 3.4 passwords hold at most 8 characters
     simulator = SmscSimulator(
         SimulatorConfig(
@@ -307,16 +316,13 @@ async def _start_embedded_smsc(config: Config) -> tuple[SmscSimulator, Config]:
     )
     await simulator.start()
     log.info("smsc_simulator_listening", port=simulator.port)
-    routes = config_mod.embedded_routes(simulator.port, password)
-    return simulator, msgspec.structs.replace(config, routes=routes)
+    return simulator, password
 
 
 EMBEDDED_MODEM_PROFILES = ("quectel-ec25", "huawei-e3372")
 
 
-async def _start_embedded_modems(
-    config: Config, startup: Startup
-) -> tuple[list[EmulatedModem], Config]:
+async def _start_embedded_modems(startup: Startup) -> list[EmulatedModem]:
     """The embedded default's modem bank: two emulated modems on pseudo-terminals, in
     process, a second per part as a demo (a real modem takes about three)."""
     from drivers.modem.emulator import EmulatedModem
@@ -337,11 +343,7 @@ async def _start_embedded_modems(
         await modem.start()
         startup.on_fault(modem.aclose)
     log.info("modem_emulators_started", ports=[m.path for m in modems])
-    smsc = next((r for r in config.routes if r.type == "smpp"), None)
-    smsc_port = smsc.options.port if smsc is not None else None
-    smsc_password = smsc.options.password if smsc is not None else ""
-    routes = config_mod.embedded_routes(smsc_port, smsc_password, [m.path for m in modems])
-    return modems, msgspec.structs.replace(config, routes=routes)
+    return modems
 
 
 def _print_welcome(listen: str, token: str) -> None:
@@ -358,9 +360,16 @@ def _print_welcome(listen: str, token: str) -> None:
         "Then follow it (queued -> sending -> sent -> delivered):\n\n"
         f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n\n"
         f"Admin panel: http://{listen}/login, after creating the first admin with\n\n"
-        "  .venv/bin/smsgw user add --role admin YOUR_NAME\n",
+        "  .venv/bin/smsgw user add --role admin YOUR_NAME\n\n"
+        f"{TRY_EVENTS_HINT}\n",
         flush=True,
     )
+
+
+TRY_EVENTS_HINT = (
+    "Webhooks, MQTT and Kannel's sendsms with these simulated peers: README.md,"
+    ' section "Try events without hardware".'
+)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

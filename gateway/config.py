@@ -322,6 +322,12 @@ class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     safety_poll: PositiveFloat = 30.0
 
 
+class DemoConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[demo]`: the embedded default's simulated peers with a config file too."""
+
+    peers: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "data"
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
@@ -335,7 +341,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     routes: tuple[RouteConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
+    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     source: str | None = None
+
+    @property
+    def demo_peers(self) -> bool:
+        """Whether `smsgw run` starts the simulated SMSC and modems and answers the
+        `/api/v1/demo/...` calls: always for the embedded default, else on `demo.peers`."""
+        return self.source is None or self.demo.peers
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative ones taken against `data_dir`."""
@@ -374,6 +387,9 @@ EMBEDDED_SMSC_SYSTEM_ID = "smsgw"
 
 
 EMBEDDED_MODEM_ROUTE = "modems"
+EMBEDDED_SMSC_ROUTE = "smsc-sim"
+EMBEDDED_LOOPBACK_ROUTE = "demo"
+EMBEDDED_ROUTE_NAMES = (EMBEDDED_SMSC_ROUTE, EMBEDDED_MODEM_ROUTE, EMBEDDED_LOOPBACK_ROUTE)
 
 
 def embedded_routes(
@@ -386,7 +402,7 @@ def embedded_routes(
     if smsc_port is not None:
         raw.append(
             {
-                "name": "smsc-sim",
+                "name": EMBEDDED_SMSC_ROUTE,
                 "type": "smpp",
                 "rate": 50,
                 "burst": 10,
@@ -414,7 +430,7 @@ def embedded_routes(
         )
     raw.append(
         {
-            "name": "demo",
+            "name": EMBEDDED_LOOPBACK_ROUTE,
             "type": "loopback",
             "rate": 50,
             "burst": 10,
@@ -461,6 +477,11 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"routes[{i}].name: duplicate route name {name!r}")
+        if config.demo.peers and name in EMBEDDED_ROUTE_NAMES:
+            raise ConfigError(
+                f"demo.peers: the simulated peers add a route named {name!r}, and routes[{i}]"
+                " has that name; rename that route or set demo.peers = false"
+            )
     return msgspec.structs.replace(config, routes=built)
 
 

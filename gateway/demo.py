@@ -4,8 +4,8 @@
 process. So that a newcomer can see inbound messages and a failover without hardware,
 the API offers a few `/api/v1/demo/...` calls (admin scope) that act on these peers:
 inject a mobile-originated message, cut the carrier's SMPP links, unplug or replug an
-emulated modem. With a config
-file there are no simulated peers and these calls answer 404 `demo_off`.
+emulated modem. A config file runs them only with `[demo] peers = true` (their
+routes added after its own); otherwise these calls answer 404 `demo_off`.
 """
 
 from __future__ import annotations

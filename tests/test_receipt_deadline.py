@@ -51,7 +51,7 @@ async def test_sent_without_receipt_is_reported_overdue_and_a_late_receipt_compl
     await gw.scheduler.run_until_idle()
     assert (await state_of(gw, mid), await overdue_flag(gw, mid)) == ("sent", 1)
     assert overdue_count(gw) == 1
-    events = [(e["state"], e["error_code"]) for e in await gw.store.events(mid)]
+    events = [(e.state, e.error_code) for e in await gw.store.events(mid)]
     assert events[-1] == ("receipt_overdue", "gateway:receipt_overdue")
     clock.advance(HOUR)  # reported once, not on every sweep
     await gw.scheduler.run_until_idle()
@@ -105,7 +105,7 @@ async def test_no_deadline_and_classes_without_receipts_are_never_reported(
     assert await overdue_flag(gw, normal) == 1
     assert await overdue_flag(gw, bulk) == 2  # set aside: no receipt was asked for
     assert overdue_count(gw) == 1
-    assert "receipt_overdue" not in [e["state"] for e in await gw.store.events(bulk)]
+    assert "receipt_overdue" not in [e.state for e in await gw.store.events(bulk)]
 
 
 async def test_a_deadline_of_zero_reports_nothing(

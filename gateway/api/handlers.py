@@ -367,7 +367,7 @@ _DEMO_INBOUND = msgspec.json.Decoder(DemoInbound)
 def _demo(request: web.Request) -> DemoPeers:
     demo = _gateway(request).demo
     if demo is None:
-        raise ApiError(404, "demo_off", "no simulated peers run with a config file")
+        raise ApiError(404, "demo_off", "no simulated peers here (demo.peers = true runs them)")
     return demo
 
 

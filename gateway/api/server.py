@@ -103,7 +103,9 @@ _ON_MESSAGE = (
     Link("CancelMessage", "deleteMessagesId", {"id": "$response.body#/id"}),
 )
 _NO_MESSAGE = Answer(404, "`not_found`: no message with this id that this token may see")
-_DEMO_OFF = Answer(404, "`demo_off`: only the embedded default (no config file) runs these peers")
+_DEMO_OFF = Answer(
+    404, "`demo_off`: only the embedded default or a config with demo.peers = true runs these"
+)
 _HEALTH = {
     "type": "object",
     "required": ["status"],
