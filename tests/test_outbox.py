@@ -10,7 +10,13 @@ from typing import Any
 from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.app import Gateway
-from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
+from gateway.integrations.events import (
+    MESSAGE_INBOUND,
+    MESSAGE_STATUS,
+    ROUTE_HEALTH,
+    DeliveryFailed,
+    OutboxEvent,
+)
 from gateway.store import outbox_sql
 from tests import webhook_rig
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory, accept, settle_receipts
@@ -197,3 +203,48 @@ async def test_delivered_history_is_pruned_after_retention(
     assert await gw.outbox.repo.recent(10) == []
     await gw.store.cancel(await accept(gw), clock.time())
     assert (await outbox_rows(gw))[-1].seq > rows[0].seq
+
+
+class FailsOnce:
+    """A consumer that refuses the third event once (the outbox's contract only)."""
+
+    name = "probe"
+    wants_phi = False
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.refused = False
+
+    def accepts(self, event_type: str) -> bool:
+        return event_type == MESSAGE_STATUS
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        if len(self.delivered) == 2 and not self.refused:
+            self.refused = True
+            raise DeliveryFailed("probe_refused")
+        self.delivered.append(event.id)
+
+
+async def test_first_try_deliveries_are_recorded_before_a_retry_waits(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """First-try deliveries are written together at the end of a batch; a failure
+    writes them first, so a long back-off never holds delivered events unrecorded."""
+    gw = await open_gateway(outbox=FAST, start=False)
+    consumer = FailsOnce()
+    gw.outbox.register(consumer)
+    await gw.start(dispatch=False)
+    for _ in range(3):
+        await gw.store.cancel(await accept(gw), clock.time())
+    rows = await outbox_rows(gw, MESSAGE_STATUS)
+    lane = asyncio.create_task(gw.outbox.run_once("probe"))
+    await clock.wait_sleeping(1)  # the third event's back-off
+    for row in rows[:2]:
+        attempt = await gw.outbox.repo.attempt("probe", row.seq)
+        assert attempt is not None and attempt.state == outbox_sql.DELIVERED
+    position = await gw.store.reader.one(
+        "SELECT position FROM outbox_consumers WHERE name = 'probe'"
+    )
+    assert position is not None and position[0] == rows[1].seq
+    await drive(clock, lane)
+    assert consumer.delivered == [r.id for r in rows]

@@ -10,7 +10,10 @@ until `retry_for` seconds have passed since its first attempt; then it becomes a
 letter and the lane moves on. Every attempt's outcome is stored, and the position
 moves in the same transaction as a delivered or dead outcome, so after a restart a
 lane resumes with the event it had not finished (its back-off counted from its first
-attempt). A dead letter an admin redelivers is tried again out of order, ahead of the
+attempt). Deliveries that went through at the first try are recorded together, one
+write per batch (or before any retry or dead letter is recorded): one write per event
+per consumer took the writer from the sends. A crash before that write delivers them
+again, which at-least-once allows (receivers drop duplicates by id). A dead letter an admin redelivers is tried again out of order, ahead of the
 lane's next event.
 
 Lanes wake when the writer commits (debounced by `debounce` seconds so a burst of
@@ -45,6 +48,13 @@ PRUNE_INTERVAL = 3600.0
 STORE_RETRY = 5.0  # seconds before a lane tries again after the store failed it
 
 
+class _Unread:
+    """`previous` not read yet (None means read, and there is none)."""
+
+
+UNREAD = _Unread()
+
+
 @runtime_checkable
 class Selective(Protocol):
     """A consumer that takes only some events of an accepted type (callbacks: only
@@ -65,6 +75,9 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     delivered: int = 0
     dead: int = 0
+    # First-try deliveries not yet recorded: written together, with the position
+    # past them, at the end of a batch or before anything else is recorded.
+    unrecorded: list[Attempt] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -178,23 +191,38 @@ class Outbox:
                 await self._until_done(lane, row, await self._event(lane, row), redelivery=True)
                 worked = True
         rows = await self._repo.after(lane.position, BATCH)
+        tried = (
+            await self._repo.attempts_between(lane.name, rows[0].seq, rows[-1].seq) if rows else {}
+        )
         skipped_to = None
-        for row in rows:
-            event = None
-            if lane.consumer.accepts(row.type):
-                event = await self._event(lane, row)
-                if isinstance(lane.consumer, Selective) and not await lane.consumer.wanted(event):
-                    event = None
-            if event is not None:
-                await self._until_done(lane, row, event)
-                skipped_to = None
-            else:
-                skipped_to = row.seq
-            lane.position = row.seq
-            worked = True
+        try:
+            for row in rows:
+                event = None
+                if lane.consumer.accepts(row.type):
+                    event = await self._event(lane, row)
+                    if isinstance(lane.consumer, Selective) and not await lane.consumer.wanted(
+                        event
+                    ):
+                        event = None
+                if event is not None:
+                    await self._until_done(lane, row, event, previous=tried.get(row.seq))
+                    skipped_to = None
+                else:
+                    skipped_to = row.seq
+                lane.position = row.seq
+                worked = True
+        finally:
+            await self._record_unrecorded(lane)
         if skipped_to is not None:
             await self._repo.set_position(lane.name, skipped_to)
         return worked
+
+    async def _record_unrecorded(self, lane: _Lane) -> None:
+        """One write for a run of first-try deliveries. Until it commits, a crash
+        delivers them again (at least once; receivers drop duplicates by id)."""
+        if lane.unrecorded:
+            done, lane.unrecorded = lane.unrecorded, []
+            await self._repo.record_delivered(done)
 
     async def _event(self, lane: _Lane, row: OutboxRow) -> OutboxEvent:
         phi = await self._repo.phi(row) if lane.consumer.wants_phi else None
@@ -210,11 +238,19 @@ class Outbox:
         )
 
     async def _until_done(
-        self, lane: _Lane, row: OutboxRow, event: OutboxEvent, *, redelivery: bool = False
+        self,
+        lane: _Lane,
+        row: OutboxRow,
+        event: OutboxEvent,
+        *,
+        redelivery: bool = False,
+        previous: Attempt | _Unread | None = UNREAD,
     ) -> None:
         """Deliver one event, retrying, until it is delivered or dead (each outcome
-        stored). A redelivery gets one attempt and stays dead if that fails."""
-        previous = await self._repo.attempt(lane.name, row.seq)
+        stored). A redelivery gets one attempt and stays dead if that fails. A batch
+        passes what it already read of the event's earlier attempts as `previous`."""
+        if isinstance(previous, _Unread):
+            previous = await self._repo.attempt(lane.name, row.seq)
         attempts = 0 if previous is None else previous.attempts
         first_at = self._clock.time() if previous is None else previous.first_at
         if not redelivery and previous is not None and previous.next_at is not None:
@@ -228,9 +264,14 @@ class Outbox:
                 done = Attempt(
                     lane.name, row.seq, outbox_sql.DELIVERED, attempts, first_at, now, None, None
                 )
-                await self._repo.record(done, advance=advance)
+                if advance and previous is None and attempts == 1:
+                    lane.unrecorded.append(done)  # the common case: written with its batch
+                else:
+                    await self._record_unrecorded(lane)
+                    await self._repo.record(done, advance=advance)
                 lane.delivered += 1
                 return
+            await self._record_unrecorded(lane)  # before a retry's wait, or a dead letter
             if redelivery or now - first_at >= self._config.retry_for:
                 dead = Attempt(
                     lane.name, row.seq, outbox_sql.DEAD, attempts, first_at, now, None, reason

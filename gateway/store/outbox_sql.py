@@ -146,6 +146,22 @@ def record(
         )
 
 
+def record_many(conn: sqlite3.Connection, done: Sequence[Attempt]) -> None:
+    """`record` for a run of deliveries of one consumer, with one position update."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO outbox_deliveries (consumer, seq, state, attempts, first_at,"
+        " last_at, next_at, reason) VALUES (?,?,?,?,?,?,?,?)",
+        [
+            (a.consumer, a.seq, a.state, a.attempts, a.first_at, a.last_at, a.next_at, a.reason)
+            for a in done
+        ],
+    )
+    conn.execute(
+        "UPDATE outbox_consumers SET position = max(position, ?) WHERE name = ?",
+        (max(a.seq for a in done), done[0].consumer),
+    )
+
+
 def mark_redeliver(conn: sqlite3.Connection, consumer: str, seq: int) -> bool:
     """A dead letter back in line; False if there is no such dead letter (atomic, so
     two admins pressing the button queue it once)."""
@@ -226,6 +242,18 @@ class OutboxStore:
             attempts_sql("d.consumer = ? AND d.seq = ?"), (consumer, seq, 1)
         )
         return Attempt(*rows[0]) if rows else None
+
+    async def attempts_between(self, consumer: str, first: int, last: int) -> dict[int, Attempt]:
+        """A consumer's earlier attempts at the events `first`..`last`, by seq."""
+        rows = await self._store.reader.all(
+            attempts_sql("d.consumer = ? AND d.seq BETWEEN ? AND ?"),
+            (consumer, first, last, last - first + 1),
+        )
+        return {a.seq: a for a in (Attempt(*r) for r in rows)}
+
+    async def record_delivered(self, done: Sequence[Attempt]) -> None:
+        """First-try deliveries of one consumer, in order, and its position past them."""
+        await self._store.writer.run(lambda conn: record_many(conn, done))
 
     async def record(self, attempt: Attempt, *, advance: bool) -> None:
         await self._store.writer.run(lambda conn: record(conn, attempt, advance=advance))
