@@ -13,8 +13,8 @@ lane resumes with the event it had not finished (its back-off counted from its f
 attempt). Deliveries that went through at the first try are recorded together, one
 write per batch (or before any retry or dead letter is recorded): one write per event
 per consumer took the writer from the sends. A crash before that write delivers them
-again, which at-least-once allows (receivers drop duplicates by id). A dead letter an admin redelivers is tried again out of order, ahead of the
-lane's next event.
+again, which at-least-once allows (receivers drop duplicates by id). A dead letter
+an admin redelivers is tried again out of order, ahead of the lane's next event.
 
 Lanes wake when the writer commits (debounced by `debounce` seconds so a burst of
 commits costs one read), with a slow safety poll. Network waits hold no store
