@@ -4,6 +4,7 @@ requests get the same status and body; then what smsgw does with an accepted one
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -400,5 +401,39 @@ async def test_a_user_may_name_its_token(open_gateway: GatewayFactory, tmp_path:
         assert await send(url, to=TO, text="hi") == refused  # ambiguous: which one?
         await gw.store.revoke_token(first.id, gw.clock.time())
         assert (await send(url, to=TO, text="hi"))[0] == 202
+    finally:
+        await server.close()
+
+
+async def test_password_guesses_are_throttled_like_panel_sign_ins(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """Hundreds of parallel wrong passwords: only the first few are counted (each try
+    is counted before its answer), the rest refused unchecked; while the delay holds
+    even the right password is refused (no oracle), and afterwards it works."""
+    gw, server = await open_listener(open_gateway, tmp_path)
+    url = f"http://127.0.0.1:{server.port}"
+    admin = gw.config.admin
+    try:
+        wrong = await asyncio.gather(
+            *(
+                send(url, username=USERNAME, password=f"guess{i}", to=TO, text="hi")
+                for i in range(200)
+            )
+        )
+        assert {status for status, _ in wrong} == {403}
+        counts = await gw.store.reader.all(
+            "SELECT key, failures FROM login_failures WHERE key LIKE 'kannel%'"
+        )
+        assert counts and max(f for _, f in counts) == admin.throttle_after + 1
+        right = await send(url, username=USERNAME, password=PASSWORD, to=TO, text="hi")
+        assert right[0] == 403, "refused while the delay holds"
+        gw.clock.advance(admin.max_delay)  # type: ignore[attr-defined]  # the fake clock
+        right = await send(url, username=USERNAME, password=PASSWORD, to=TO, text="hi")
+        assert right == (202, "0: Accepted for delivery")
+        repeats = await gw.store.reader.all(
+            "SELECT count(*) FROM audit_log WHERE action = 'service_login_failed'"
+        )
+        assert repeats[0][0] == 1, "failures are audited once per window, with a count"
     finally:
         await server.close()

@@ -264,6 +264,48 @@ class Accounts:
         await self._succeeded(r, account)
         return LoginOutcome(user)
 
+    async def service_login(self, realm: str, name: str, source: str, *, right: bool) -> bool:
+        """A service's shared-secret login (a Kannel sendsms user), throttled and locked
+        like a panel sign-in on counts of its own (`realm`), so a password cannot be
+        guessed at wire speed. The caller compares the secret (cheap); a wrong one is
+        counted in one atomic step, a right one only checked against the counts, so a
+        client's parallel sends are never throttled by each other, and while a delay or
+        lock holds a right password is refused too (no oracle). A success resets no
+        count: counts lapse after `lockout_minutes` without failures, so a client's
+        traffic cannot keep an attacker's count from locking the account."""
+        account = f"{realm}:{_name_digest(name)}"
+        keys = [account, f"{realm}-{_source_key(source)}"]
+        if right:
+            now = self.clock.time()
+
+            def check(states: dict[str, FailureState]) -> tuple[float, dict[str, FailureState]]:
+                return max(self.throttle.wait(states[k], now) for k in keys), {}
+
+            if await self.repo.reserve_attempt(keys, check) <= 0:
+                return True
+            await self._repeat_service("service_login_throttled", realm, source)
+            return False
+        r = await self._reserve(keys, [], lockable=account)
+        if not r.allowed:
+            await self._repeat_service("service_login_throttled", realm, source)
+            return False
+        await self._repeat_service("service_login_failed", realm, source)
+        if r.locking:
+            await self.audit.record(
+                "system", "account_locked", realm, None, source=source[:SOURCE_CHARS]
+            )
+        return False
+
+    async def _repeat_service(self, action: str, realm: str, source: str) -> None:
+        await self.audit.record_repeated(
+            self.config.failure_audit_window,
+            "anonymous",
+            action,
+            realm,
+            None,
+            source=source[:SOURCE_CHARS],
+        )
+
     async def unlock(self, username: str, actor: str) -> None:
         await self.repo.clear_failures([_account_key(username), _totp_key(username)])
         found = await self.repo.user_by_name(username)

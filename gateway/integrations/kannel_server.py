@@ -20,6 +20,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.admin.accounts import Accounts
+from gateway.admin.repo import AdminRepo
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.intake import SendRequest, validation_error
@@ -29,7 +31,7 @@ from gateway.store.store import TokenRecord
 from gateway.store.writer import Statement
 from gateway.usecases import Caller
 from gateway.web import headers
-from gateway.web.client import ProxyTrust
+from gateway.web.client import ProxyTrust, client_address
 from gateway.web.connections import GuardedAppRunner, limits_for
 
 log = structlog.get_logger("smsgw.kannel")
@@ -56,6 +58,7 @@ class Listener:
     gateway: Gateway
     users: dict[str, KannelUser]
     origins: frozenset[str]
+    accounts: Accounts  # throttles and locks password guesses like panel sign-ins
 
 
 LISTENER = web.AppKey("kannel_listener", Listener)
@@ -97,15 +100,18 @@ def read_users(gateway: Gateway) -> dict[str, KannelUser]:
 
 
 async def _authorise(
-    listener: Listener, req: kannel.KannelRequest
+    listener: Listener, req: kannel.KannelRequest, source: str
 ) -> tuple[KannelUser, TokenRecord]:
-    """The user and its token, or Kannel's authorisation failure."""
+    """The user and its token, or Kannel's authorisation failure (also while the user
+    or this address is throttled or locked for wrong passwords)."""
     name, password = req.username, req.password
-    user = listener.users.get(name) if name is not None else None
-    if user is None or password is None:
+    if name is None or password is None:
         raise kannel.Refused(kannel.AUTH_FAILED)
-    if not hmac.compare_digest(password.encode(), user.password.encode()):
+    user = listener.users.get(name)
+    right = user is not None and hmac.compare_digest(password.encode(), user.password.encode())
+    if not await listener.accounts.service_login("kannel", name, source, right=right):
         raise kannel.Refused(kannel.AUTH_FAILED)
+    assert user is not None  # a right password belongs to a configured user
     token = await _token(listener.gateway, user)
     if token is None or not {SEND_SCOPE, "admin"} & token.scopes:
         log.warning("kannel_user_token_unusable", user=user.username)
@@ -139,7 +145,7 @@ async def sendsms_post(request: web.Request) -> web.StreamResponse:
 
 async def _sendsms(request: web.Request, req: kannel.KannelRequest) -> web.StreamResponse:
     listener = request.app[LISTENER]
-    user, token = await _authorise(listener, req)
+    user, token = await _authorise(listener, req, client_address(request))
     sender = user.sender
     plan = kannel.check(req, sender=sender, origins=listener.origins)
     await accept(listener.gateway, token, user, plan)
@@ -238,6 +244,7 @@ def build_app(gateway: Gateway, users: dict[str, KannelUser] | None = None) -> w
         gateway,
         read_users(gateway) if users is None else users,
         frozenset(c.kannel.dlr_url_origins),
+        Accounts(AdminRepo(gateway.store), gateway.audit, gateway.clock, c.admin),
     )
     for endpoint in KANNEL_ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
