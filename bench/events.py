@@ -204,9 +204,7 @@ async def run_all(args: argparse.Namespace, placement: smpp.Placement, root: Pat
         f" ratio {summary['ratio']} (target >= {TARGET}); every event at both receivers:"
         f" {summary['all_events_delivered']}"
     )
-    print(json.dumps(summary), flush=True)
-    LATEST.parent.mkdir(exist_ok=True)
-    LATEST.write_text(json.dumps(summary) + "\n")
+    harness.publish_summary(summary, LATEST)
     return 1 if failures else 0
 
 
@@ -238,19 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (alone, then with a webhook endpoint + MQTT); {placement.text}; data in {root}",
         flush=True,
     )
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        return runner(asyncio.wait_for(run_all(args, placement, root), smpp.RUN_TIMEOUT_S))
-    finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return harness.run_bench(
+        lambda: run_all(args, placement, root), root, args.keep, smpp.RUN_TIMEOUT_S
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ generators (wrk, and this process itself) on CPU 1 when `taskset` and two CPUs e
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import shutil
@@ -16,6 +17,7 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -351,3 +353,32 @@ def ceiling_server(data_dir: Path, pinning: Pinning) -> Server:
         f"{LOOPBACK}:{port}",
     )
     return Server("ceiling", argv, port, data_dir / "ceiling.log")
+
+
+def run_bench(main: Callable[[], Awaitable[int]], root: Path, keep: bool, timeout: float) -> int:
+    """Run a bench's coroutine (on uvloop when installed, as `smsgw run` is), bounded
+    by `timeout`; then remove its scratch folder `root` unless `keep`."""
+    try:
+        import uvloop
+
+        runner: Callable[[Awaitable[int]], int] = uvloop.run
+    except ImportError:
+        runner = asyncio.run  # type: ignore[assignment]  # a coroutine is what it runs
+
+    async def bounded() -> int:
+        return await asyncio.wait_for(main(), timeout)
+
+    try:
+        return runner(bounded())
+    finally:
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def publish_summary(summary: dict[str, Any], latest: Path) -> None:
+    """A bench's last line: the summary as JSON, printed and kept in `latest`."""
+    print(json.dumps(summary), flush=True)
+    latest.parent.mkdir(exist_ok=True)
+    latest.write_text(json.dumps(summary) + "\n")

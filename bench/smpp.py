@@ -658,9 +658,7 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
             "placement": placement.text,
         },
     }
-    print(json.dumps(summary), flush=True)
-    LATEST.parent.mkdir(exist_ok=True)
-    LATEST.write_text(json.dumps(summary) + "\n")  # bench/floors.py reads Kannel's rates here
+    harness.publish_summary(summary, LATEST)  # bench/floors.py reads Kannel's rates here
     if args.profile:
         scenario = next(s for s in SCENARIOS if s.name == args.profile)
         out = harness.BENCH_DIR / "results" / f"profile-smpp-{scenario.name}.txt"
@@ -722,19 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" data in {root}"
     )
     print(f"note: {DURABILITY_NOTE}", flush=True)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        return runner(asyncio.wait_for(run_all(args, placement, root), RUN_TIMEOUT_S))
-    finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return harness.run_bench(lambda: run_all(args, placement, root), root, args.keep, RUN_TIMEOUT_S)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -247,9 +246,7 @@ async def run_all(args: argparse.Namespace, pinning: Pinning, root: Path) -> int
         f" queued, drained {summary['drain_after_return_s']} s after the return;"
         f" missing {summary['missing']}, duplicates {summary['duplicates']}"
     )
-    print(json.dumps(summary), flush=True)
-    LATEST.parent.mkdir(exist_ok=True)
-    LATEST.write_text(json.dumps(summary) + "\n")
+    harness.publish_summary(summary, LATEST)
     return 1 if failures else 0
 
 
@@ -274,19 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {pinning.describe()}; data in {root}",
         flush=True,
     )
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        return runner(asyncio.wait_for(run_all(args, pinning, root), RUN_TIMEOUT_S))
-    finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return harness.run_bench(lambda: run_all(args, pinning, root), root, args.keep, RUN_TIMEOUT_S)
 
 
 if __name__ == "__main__":
