@@ -115,15 +115,20 @@ class Gateway:
         return str(self.api("POST", "/api/v1/messages", {"to": to, "body": body})["id"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+def end_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 USERS = ((ADMIN, "admin"), (OPERATOR, "operator"), (VIEWER, "viewer"))
@@ -229,12 +234,7 @@ class ModemSimulator:
     paths: list[str]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
