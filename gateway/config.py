@@ -23,6 +23,7 @@ import msgspec
 import phonenumbers
 
 from drivers.registry import UnknownDriver, load_driver
+from gateway.consent.settings import ConsentConfig
 from gateway.models import Priority
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -342,6 +343,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     webhooks: tuple[WebhookConfig, ...] = ()
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+    consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     source: str | None = None
 
     @property
@@ -513,6 +515,8 @@ def _check_values(config: Config) -> None:
     if problem := config.mqtt.problems():
         raise ConfigError(problem)
     if problem := config.kannel.problems():
+        raise ConfigError(problem)
+    if problem := config.consent.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

@@ -297,6 +297,80 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX outbox_deliveries_recent ON outbox_deliveries (last_at);
     """,
+    # 10 (consent): each message's purpose; contacts by blind index (number and
+    #    patient reference encrypted; language and time zone for replies and quiet
+    #    hours); the consent ledger, append-only (a trigger refuses any change but the
+    #    erasure of its encrypted texts), with `consent_state`, the latest decision
+    #    per contact, program and scope, kept in the ledger row's transaction; free-text
+    #    revocations waiting for staff review; and a token's default purpose.
+    """
+    ALTER TABLE messages ADD COLUMN purpose TEXT;
+    ALTER TABLE api_tokens ADD COLUMN default_purpose TEXT;
+    CREATE TABLE contacts (
+        idx            BLOB PRIMARY KEY,
+        number_ct      BLOB NOT NULL,
+        patient_ref_ct BLOB,
+        language       TEXT,
+        time_zone      TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE consent_ledger (
+        seq            INTEGER PRIMARY KEY,
+        id             TEXT NOT NULL UNIQUE,
+        contact_idx    BLOB NOT NULL,
+        at             REAL NOT NULL,
+        decision       TEXT NOT NULL CHECK (decision IN ('opt_in', 'opt_out')),
+        scope          TEXT NOT NULL,
+        program        TEXT NOT NULL,
+        source         TEXT NOT NULL,
+        inbound_id     TEXT,
+        message_id     TEXT,
+        actor          TEXT,
+        disclosure_ct  BLOB,
+        note_ct        BLOB
+    );
+    CREATE INDEX consent_ledger_contact ON consent_ledger (contact_idx, seq);
+    CREATE TRIGGER consent_ledger_no_delete BEFORE DELETE ON consent_ledger
+    BEGIN
+        SELECT RAISE(ABORT, 'consent_ledger is append-only');
+    END;
+    CREATE TRIGGER consent_ledger_no_update BEFORE UPDATE ON consent_ledger
+    WHEN NEW.seq IS NOT OLD.seq OR NEW.id IS NOT OLD.id
+        OR NEW.contact_idx IS NOT OLD.contact_idx OR NEW.at IS NOT OLD.at
+        OR NEW.decision IS NOT OLD.decision OR NEW.scope IS NOT OLD.scope
+        OR NEW.program IS NOT OLD.program OR NEW.source IS NOT OLD.source
+        OR NEW.inbound_id IS NOT OLD.inbound_id OR NEW.message_id IS NOT OLD.message_id
+        OR NEW.actor IS NOT OLD.actor
+        OR (NEW.disclosure_ct IS NOT NULL AND NEW.disclosure_ct IS NOT OLD.disclosure_ct)
+        OR (NEW.note_ct IS NOT NULL AND NEW.note_ct IS NOT OLD.note_ct)
+    BEGIN
+        SELECT RAISE(ABORT, 'consent_ledger is append-only');
+    END;
+    CREATE TABLE consent_state (
+        contact_idx    BLOB NOT NULL,
+        program        TEXT NOT NULL,
+        scope          TEXT NOT NULL,
+        opted          TEXT NOT NULL CHECK (opted IN ('in', 'out')),
+        seq            INTEGER NOT NULL,
+        since          REAL NOT NULL,
+        source         TEXT NOT NULL,
+        written_seq    INTEGER,
+        PRIMARY KEY (contact_idx, program, scope)
+    ) WITHOUT ROWID;
+    CREATE TABLE consent_review (
+        id             TEXT PRIMARY KEY,
+        inbound_id     TEXT NOT NULL,
+        contact_idx    BLOB NOT NULL,
+        program        TEXT NOT NULL,
+        reason         TEXT NOT NULL,
+        created_at     REAL NOT NULL,
+        resolved_at    REAL,
+        resolution     TEXT,
+        actor          TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX consent_review_open ON consent_review (resolved_at, created_at);
+    """,
 )
 
 

@@ -1,0 +1,1 @@
+"""Consent and send policy: purposes, the consent ledger, keywords, quiet hours, caps."""

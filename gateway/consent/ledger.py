@@ -1,0 +1,182 @@
+"""The consent ledger: append-only decisions, and the standing derived from them.
+
+Functions here run on the writer's connection inside the caller's transaction, so a
+decision commits with whatever caused it (the inbound STOP that carried it, the staff
+action that logged it) and a claim that starts after that commit sees it (MSG-5).
+
+`consent_state` holds, per contact, program and scope, the latest decision and the
+latest written opt-in; the standing of a message is the newest of the rows whose
+scope covers its purpose, in its program or in every program (`*`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.consent.purposes import SCOPE_ALL, PurposePolicy, covering_scopes
+from gateway.models import new_message_id
+from gateway.store.crypto import FieldCipher
+
+Decision = Literal["opt_in", "opt_out"]
+Source = Literal["keyword", "phrase", "api", "panel", "import", "phone", "email", "review"]
+ALL_PROGRAMS = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One decision to append. `disclosure` is the exact consent text shown for a
+    written (marketing) opt-in; `note` what staff wrote. Both are stored encrypted."""
+
+    contact_idx: bytes
+    decision: Decision
+    scope: str
+    program: str
+    source: Source
+    at: float
+    actor: str | None = None
+    inbound_id: str | None = None
+    message_id: str | None = None
+    disclosure: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the ledger says about one contact for one purpose and program."""
+
+    latest: Literal["in", "out"] | None  # the newest covering decision
+    latest_scope: str | None
+    all_out: bool  # the newest covering decision is an opt-out of every purpose
+    written: bool  # a written opt-in covering the purpose exists (MSG-2)
+
+    def refusal(self, policy: PurposePolicy) -> str | None:
+        """The stable reason code a message of `policy` is refused for, or None."""
+        if policy.opt_out == "honour" and self.latest == "out":
+            return "opted_out"
+        if policy.opt_out == "stop_all_only" and self.all_out:
+            return "opted_out"
+        if policy.consent == "written" and not (self.written and self.latest == "in"):
+            return "opted_out" if self.latest == "out" else "no_consent"
+        return None
+
+
+NO_RECORD = Standing(None, None, False, False)
+
+_INSERT = (
+    "INSERT INTO consent_ledger (id, contact_idx, at, decision, scope, program, source,"
+    " inbound_id, message_id, actor, disclosure_ct, note_ct)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING seq"
+)
+_UPSERT = (
+    "INSERT INTO consent_state (contact_idx, program, scope, opted, seq, since, source,"
+    " written_seq) VALUES (?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (contact_idx, program, scope) DO UPDATE SET opted = excluded.opted,"
+    " seq = excluded.seq, since = excluded.since, source = excluded.source,"
+    " written_seq = coalesce(excluded.written_seq, consent_state.written_seq)"
+)
+
+
+def append(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry) -> tuple[str, int]:
+    """Append `e` and bring `consent_state` up to date; (ledger id, seq)."""
+    entry_id = "cns_" + new_message_id()
+    disclosure = cipher.encrypt(e.disclosure, entry_id, "disclosure") if e.disclosure else None
+    note = cipher.encrypt(e.note, entry_id, "note") if e.note else None
+    (seq,) = conn.execute(
+        _INSERT,
+        (
+            entry_id,
+            e.contact_idx,
+            e.at,
+            e.decision,
+            e.scope,
+            e.program,
+            e.source,
+            e.inbound_id,
+            e.message_id,
+            e.actor,
+            disclosure,
+            note,
+        ),
+    ).fetchone()
+    opted = "in" if e.decision == "opt_in" else "out"
+    written = seq if e.decision == "opt_in" and e.disclosure else None
+    conn.execute(_UPSERT, (e.contact_idx, e.program, e.scope, opted, seq, e.at, e.source, written))
+    return entry_id, int(seq)
+
+
+def standing(
+    conn: sqlite3.Connection | sqlite3.Cursor,
+    contact_idx: bytes,
+    program: str,
+    policy: PurposePolicy,
+) -> Standing:
+    rows = conn.execute(
+        "SELECT opted, scope, written_seq FROM consent_state"
+        " WHERE contact_idx = ? AND program IN (?, '*') AND scope IN (?, ?, ?)"
+        " ORDER BY seq DESC",
+        (contact_idx, program, *covering_scopes(policy.purpose)),
+    ).fetchall()
+    return standing_of(rows)
+
+
+def standing_of(rows: Sequence[Sequence[object]]) -> Standing:
+    """The standing from covering `consent_state` rows, newest first."""
+    if not rows:
+        return NO_RECORD
+    opted, scope = rows[0][0], rows[0][1]
+    latest: Literal["in", "out"] = "in" if opted == "in" else "out"
+    return Standing(
+        latest=latest,
+        latest_scope=str(scope),
+        all_out=latest == "out" and scope == SCOPE_ALL,
+        written=any(r[2] is not None for r in rows),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    id: str
+    seq: int
+    at: float
+    decision: Decision
+    scope: str
+    program: str
+    source: str
+    inbound_id: str | None
+    message_id: str | None
+    actor: str | None
+    disclosure: str | None
+    note: str | None
+
+
+def history(
+    conn: sqlite3.Connection | sqlite3.Cursor, cipher: FieldCipher, contact_idx: bytes
+) -> list[LedgerRow]:
+    """Every decision about one contact, oldest first, texts decrypted (erased ones None)."""
+    out = []
+    for r in conn.execute(
+        "SELECT id, seq, at, decision, scope, program, source, inbound_id, message_id, actor,"
+        " disclosure_ct, note_ct FROM consent_ledger WHERE contact_idx = ? ORDER BY seq",
+        (contact_idx,),
+    ):
+        entry_id = r[0]
+        out.append(
+            LedgerRow(
+                entry_id,
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                cipher.decrypt(r[10], entry_id, "disclosure") if r[10] is not None else None,
+                cipher.decrypt(r[11], entry_id, "note") if r[11] is not None else None,
+            )
+        )
+    return out
