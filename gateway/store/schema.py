@@ -305,7 +305,6 @@ MIGRATIONS: tuple[str, ...] = (
     #    revocations waiting for staff review; and a token's default purpose.
     """
     ALTER TABLE messages ADD COLUMN purpose TEXT;
-    ALTER TABLE api_tokens ADD COLUMN default_purpose TEXT;
     CREATE TABLE contacts (
         idx            BLOB PRIMARY KEY,
         number_ct      BLOB NOT NULL,
@@ -370,6 +369,10 @@ MIGRATIONS: tuple[str, ...] = (
         actor          TEXT
     ) WITHOUT ROWID;
     CREATE INDEX consent_review_open ON consent_review (resolved_at, created_at);
+    CREATE TABLE token_purposes (
+        token_id        TEXT PRIMARY KEY,
+        default_purpose TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
