@@ -293,7 +293,7 @@ class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         return None
 
 
-EventName = Literal["message.status", "message.inbound", "route.health"]
+EventName = Literal["message.status", "message.inbound", "route.health", "consent.changed"]
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -301,7 +301,12 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     url: Annotated[str, msgspec.Meta(max_length=2048)]
-    events: tuple[EventName, ...] = ("message.status", "message.inbound", "route.health")
+    events: tuple[EventName, ...] = (
+        "message.status",
+        "message.inbound",
+        "route.health",
+        "consent.changed",
+    )
     secret_file: str | None = None
     secret_credential: str | None = None
     phi: bool = False

@@ -20,7 +20,8 @@ from gateway.store import crypto
 from gateway.store.schema import migrate
 
 CIPHER = crypto.FieldCipher({1: os.urandom(32)}, os.urandom(32))
-ALICE = CIPHER.blind_index("+12025550147")
+ALICE_NUMBER = "+12025550147"
+ALICE = CIPHER.blind_index(ALICE_NUMBER)
 MARKETING = DEFAULT_POLICIES[Purpose.MARKETING]
 APPOINTMENT = DEFAULT_POLICIES[Purpose.APPOINTMENT]
 EMERGENCY = DEFAULT_POLICIES[Purpose.EMERGENCY]
@@ -37,7 +38,7 @@ def conn() -> sqlite3.Connection:
 def _decide(
     conn: sqlite3.Connection, decision: ledger.Decision, scope: str, at: float, **kw: object
 ) -> int:
-    entry = ledger.Entry(ALICE, decision, scope, "default", "api", at, **kw)  # type: ignore[arg-type]
+    entry = ledger.Entry(ALICE, ALICE_NUMBER, decision, scope, "default", "api", at, **kw)  # type: ignore[arg-type]
     return ledger.append(conn, CIPHER, entry)[1]
 
 
@@ -74,11 +75,15 @@ def test_stop_all_reaches_emergency_only_through_its_rule(conn: sqlite3.Connecti
 
 def test_programs_are_separate_and_star_covers_all(conn: sqlite3.Connection) -> None:
     ledger.append(
-        conn, CIPHER, ledger.Entry(ALICE, "opt_out", SCOPE_ALL, "pharmacy", "keyword", 1.0)
+        conn,
+        CIPHER,
+        ledger.Entry(ALICE, ALICE_NUMBER, "opt_out", SCOPE_ALL, "pharmacy", "keyword", 1.0),
     )
     assert ledger.standing(conn, ALICE, "pharmacy", APPOINTMENT).latest == "out"
     assert ledger.standing(conn, ALICE, "default", APPOINTMENT).latest is None
-    ledger.append(conn, CIPHER, ledger.Entry(ALICE, "opt_out", SCOPE_ALL, "*", "phone", 2.0))
+    ledger.append(
+        conn, CIPHER, ledger.Entry(ALICE, ALICE_NUMBER, "opt_out", SCOPE_ALL, "*", "phone", 2.0)
+    )
     assert ledger.standing(conn, ALICE, "default", APPOINTMENT).latest == "out"
 
 
@@ -95,3 +100,15 @@ def test_ledger_is_append_only_but_texts_can_be_erased(conn: sqlite3.Connection)
     conn.execute("UPDATE consent_ledger SET disclosure_ct = NULL, note_ct = NULL")
     (row,) = ledger.history(conn, CIPHER, ALICE)
     assert (row.disclosure, row.note, row.decision) == (None, None, "opt_in")
+
+
+def test_a_decision_creates_the_contact_and_reports_itself(conn: sqlite3.Connection) -> None:
+    entry_id, _ = ledger.append(
+        conn,
+        CIPHER,
+        ledger.Entry(ALICE, ALICE_NUMBER, "opt_out", SCOPE_ALL, "default", "phone", 1.0),
+    )
+    (number_ct,) = conn.execute("SELECT number_ct FROM contacts WHERE idx = ?", (ALICE,)).fetchone()
+    assert CIPHER.decrypt(number_ct, ledger.contact_row_id(ALICE), "number") == ALICE_NUMBER
+    rows = conn.execute("SELECT type, message_id, route, state, code FROM outbox").fetchall()
+    assert rows == [("consent.changed", entry_id, "default", "all", "opt_out")]

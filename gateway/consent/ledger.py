@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.consent.purposes import SCOPE_ALL, PurposePolicy, covering_scopes
+from gateway.integrations.events import CONSENT_CHANGED
 from gateway.models import new_message_id
 from gateway.store.crypto import FieldCipher
+from gateway.store.outbox_sql import INSERT_ROW as OUTBOX_ROW
 
 Decision = Literal["opt_in", "opt_out"]
 Source = Literal["keyword", "phrase", "api", "panel", "import", "phone", "email", "review"]
@@ -31,6 +33,7 @@ class Entry:
     written (marketing) opt-in; `note` what staff wrote. Both are stored encrypted."""
 
     contact_idx: bytes
+    number: str  # E.164; kept encrypted in `contacts`, which the entry creates if new
     decision: Decision
     scope: str
     program: str
@@ -80,7 +83,9 @@ _UPSERT = (
 
 
 def append(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry) -> tuple[str, int]:
-    """Append `e` and bring `consent_state` up to date; (ledger id, seq)."""
+    """Append `e`, bring `consent_state` up to date, make sure the contact exists and
+    report the change (`consent.changed`, ids only) through the outbox; (ledger id, seq)."""
+    ensure_contact(conn, cipher, e.contact_idx, e.number, e.at)
     entry_id = "cns_" + new_message_id()
     disclosure = cipher.encrypt(e.disclosure, entry_id, "disclosure") if e.disclosure else None
     note = cipher.encrypt(e.note, entry_id, "note") if e.note else None
@@ -104,7 +109,27 @@ def append(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry) -> tuple[str
     opted = "in" if e.decision == "opt_in" else "out"
     written = seq if e.decision == "opt_in" and e.disclosure else None
     conn.execute(_UPSERT, (e.contact_idx, e.program, e.scope, opted, seq, e.at, e.source, written))
+    conn.execute(
+        OUTBOX_ROW, (CONSENT_CHANGED, e.at, entry_id, e.program, e.scope, e.decision, None)
+    )
     return entry_id, int(seq)
+
+
+def contact_row_id(contact_idx: bytes) -> str:
+    """The associated data that binds a contact's encrypted fields to its row."""
+    return "contact:" + contact_idx.hex()
+
+
+def ensure_contact(
+    conn: sqlite3.Connection, cipher: FieldCipher, contact_idx: bytes, number: str, at: float
+) -> None:
+    """A `contacts` row for this number, created (number encrypted) if there is none."""
+    if conn.execute("SELECT 1 FROM contacts WHERE idx = ?", (contact_idx,)).fetchone():
+        return
+    conn.execute(
+        "INSERT INTO contacts (idx, number_ct, created_at, updated_at) VALUES (?,?,?,?)",
+        (contact_idx, cipher.encrypt(number, contact_row_id(contact_idx), "number"), at, at),
+    )
 
 
 def standing(

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 MESSAGE_STATUS = "message.status"
 MESSAGE_INBOUND = "message.inbound"
 ROUTE_HEALTH = "route.health"
-EVENT_TYPES = frozenset({MESSAGE_STATUS, MESSAGE_INBOUND, ROUTE_HEALTH})
+CONSENT_CHANGED = "consent.changed"
+EVENT_TYPES = frozenset({MESSAGE_STATUS, MESSAGE_INBOUND, ROUTE_HEALTH, CONSENT_CHANGED})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
+from gateway.integrations.events import (
+    CONSENT_CHANGED,
+    MESSAGE_INBOUND,
+    MESSAGE_STATUS,
+    ROUTE_HEALTH,
+)
 
 if TYPE_CHECKING:
     from gateway.store.store import Store
@@ -76,6 +81,14 @@ class OutboxRow:
             }
         if self.type == MESSAGE_INBOUND:
             return {"inbound_id": self.message_id, "route": self.route}
+        if self.type == CONSENT_CHANGED:
+            # A ledger entry: its id, program, scope and decision (see gateway.consent.ledger).
+            return {
+                "consent_id": self.message_id,
+                "program": self.route,
+                "scope": self.state,
+                "decision": self.code,
+            }
         return {"route": self.route, "state": self.state}
 
 
