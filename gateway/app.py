@@ -53,7 +53,16 @@ from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
-from gateway.usecases import Inbound, Messages, Status, UseCases
+from gateway.usecases import (
+    Activity,
+    Deliveries,
+    Inbound,
+    Messages,
+    Status,
+    Tokens,
+    Undecodable,
+    UseCases,
+)
 
 log = structlog.get_logger("smsgw.app")
 
@@ -185,7 +194,15 @@ class Gateway:
             accepting=lambda: self.accepting,
             not_ready=self.not_ready,
         )
-        return UseCases(messages, Inbound(store=self.store, audit=self.audit), status)
+        return UseCases(
+            messages,
+            Inbound(store=self.store, audit=self.audit),
+            status,
+            Tokens(store=self.store, audit=self.audit, clock=self.clock, forget=self.tokens.forget),
+            Activity(store=self.store),
+            Deliveries(outbox=self.outbox, audit=self.audit),
+            Undecodable(sink=self.sink),
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))

@@ -59,3 +59,35 @@ _STORE_CALL = re.compile(
 def test_message_views_do_not_touch_the_store(path: Path) -> None:
     found = [m.group(0) for m in _STORE_CALL.finditer(path.read_text())]
     assert not found, f"{path.name} reads or writes the store directly: {found}"
+
+
+# No module of either web front end imports the store: tokens, the dashboard's live
+# stream, webhook deliveries, held records all go through `gateway/usecases/`.
+FRONT_END_MODULES = sorted(
+    [*(GATEWAY / "api").glob("*.py"), *(GATEWAY / "admin").glob("*.py")],
+    key=lambda p: (p.parent.name, p.name),
+)
+
+
+def store_imports(path: Path) -> set[str]:
+    return {
+        name
+        for name in imported_modules(path)
+        if name == "gateway.store" or name.startswith("gateway.store.")
+    }
+
+
+@pytest.mark.parametrize("path", FRONT_END_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_front_ends_do_not_import_the_store(path: Path) -> None:
+    found = store_imports(path)
+    assert not found, f"{path.parent.name}/{path.name} imports the store: {sorted(found)}"
+
+
+def test_the_store_check_sees_a_package_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from gateway.store import crypto\nimport gateway.store.store\n")
+    assert store_imports(module) == {
+        "gateway.store",
+        "gateway.store.crypto",
+        "gateway.store.store",
+    }

@@ -86,7 +86,7 @@ async def _page(request: web.Request, verification: object = None) -> web.Respon
         before=int(before) if before and before.isdigit() else None, limit=PAGE
     )
     users = {u.id: u.username for u in await p.repo.users()}
-    tokens = {t.id: t.name for t in await p.gateway.store.tokens()}
+    tokens = await p.gateway.usecases.tokens.names()
     rows = [
         AuditRow(
             e, _who(e.actor, users, tokens), _target(e, users, tokens), _details(e.detail, users)
