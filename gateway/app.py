@@ -25,7 +25,6 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
-from gateway.admin.audit import AuditTrail, audit_key
 from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
@@ -50,11 +49,13 @@ from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
 from gateway.startup import StartupFault
 from gateway.store import crypto
+from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
 from gateway.usecases import (
     Activity,
+    AuditLog,
     Deliveries,
     Inbound,
     Messages,
@@ -175,6 +176,11 @@ class Gateway:
             self._spawn(self._inbound_expiry())
 
     @functools.cached_property
+    def admin_repo(self) -> AdminRepo:
+        """The panel's users and sessions tables."""
+        return AdminRepo(self.store)
+
+    @functools.cached_property
     def usecases(self) -> UseCases:
         """The application layer every front end calls (`gateway/usecases/`)."""
         messages = Messages(
@@ -202,6 +208,7 @@ class Gateway:
             Activity(store=self.store),
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
+            AuditLog(trail=self.audit),
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -248,7 +255,7 @@ class Gateway:
         removed = await self.store.prune_idempotency(cutoff)
         await self.sink.expire_inbound()
         now, admin = self.clock.time(), self.config.admin
-        sessions = await AdminRepo(self.store).prune(
+        sessions = await self.admin_repo.prune(
             idle_before=now - admin.idle_timeout,
             created_before=now - admin.absolute_lifetime,
             failed_before=now - admin.lockout_minutes * 60,

@@ -26,11 +26,11 @@ from aiohttp import web
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
+from gateway import console as commands
 from gateway import logs, systemd, tls, undecodable_cmd
-from gateway.admin import commands
-from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
+from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault

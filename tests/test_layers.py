@@ -61,33 +61,98 @@ def test_message_views_do_not_touch_the_store(path: Path) -> None:
     assert not found, f"{path.name} reads or writes the store directly: {found}"
 
 
-# No module of either web front end imports the store: tokens, the dashboard's live
-# stream, webhook deliveries, held records all go through `gateway/usecases/`.
+# No module of either web front end imports the store or reads `gw.store`: tokens, the
+# dashboard's live stream, webhook deliveries, held records and the audit trail go
+# through `gateway/usecases/`. An import only for annotations (`if TYPE_CHECKING:`) is
+# allowed: it runs nothing.
 FRONT_END_MODULES = sorted(
     [*(GATEWAY / "api").glob("*.py"), *(GATEWAY / "admin").glob("*.py")],
     key=lambda p: (p.parent.name, p.name),
 )
+# The panel's users and sessions tables (SQL) still live here: gateway/integrations/
+# kannel_server.py imports `AdminRepo` from this path, and that package is another
+# branch's; it moves to gateway/store/ with that one import at merge.
+STILL_HOLDS_SQL = {"admin/repo.py"}
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """Line numbers of the statements inside `if TYPE_CHECKING:` blocks."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in {
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        }:
+            for inner in node.body:
+                lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
+    return lines
 
 
 def store_imports(path: Path) -> set[str]:
-    return {
-        name
-        for name in imported_modules(path)
-        if name == "gateway.store" or name.startswith("gateway.store.")
-    }
+    """The store modules `path` imports at run time (not only for annotations)."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = _type_checking_only(tree)
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if n == "gateway.store" or n.startswith("gateway.store.")}
 
 
-@pytest.mark.parametrize("path", FRONT_END_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def store_reads(path: Path) -> list[str]:
+    """Every `<something>.store` the module's code reaches for (`gw.store.tokens()`)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "store"
+    ]
+
+
+def _module_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in FRONT_END_MODULES if _module_id(p) not in STILL_HOLDS_SQL], ids=_module_id
+)
 def test_front_ends_do_not_import_the_store(path: Path) -> None:
     found = store_imports(path)
-    assert not found, f"{path.parent.name}/{path.name} imports the store: {sorted(found)}"
+    assert not found, f"{_module_id(path)} imports the store: {sorted(found)}"
 
 
-def test_the_store_check_sees_a_package_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", FRONT_END_MODULES, ids=_module_id)
+def test_front_ends_do_not_reach_for_the_store(path: Path) -> None:
+    found = store_reads(path)
+    assert not found, f"{_module_id(path)} uses the store directly: {found}"
+
+
+def test_the_store_checks_see_imports_and_reads(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("from gateway.store import crypto\nimport gateway.store.store\n")
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from gateway.store import crypto\n"
+        "if TYPE_CHECKING:\n"
+        "    from gateway.store.records import Sealed\n"
+        "def f(gw):\n"
+        "    import gateway.store.store\n"
+        "    return gw.store.tokens()\n"
+    )
     assert store_imports(module) == {
         "gateway.store",
         "gateway.store.crypto",
         "gateway.store.store",
     }
+    assert store_reads(module) == ["line 7: gw.store"]
+
+
+def test_only_the_listed_module_still_holds_sql() -> None:
+    """The allowance shrinks, never grows: each listed module still imports the store
+    (else take it off the list)."""
+    for module in STILL_HOLDS_SQL:
+        assert store_imports(GATEWAY / module), f"{module} no longer imports the store"

@@ -81,7 +81,7 @@ class Panel:
     @classmethod
     def build(cls, gateway: Gateway) -> Panel:
         c = gateway.config.admin
-        repo = AdminRepo(gateway.store)
+        repo = gateway.admin_repo
         return cls(
             gateway,
             repo,

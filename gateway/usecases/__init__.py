@@ -12,6 +12,7 @@ into their answers. None of them reads or writes the store for these operations.
 - `activity.Activity`: state changes after a position (the dashboard's live stream).
 - `deliveries.Deliveries`: event deliveries and dead letters, redeliver (audited).
 - `undecodable.Undecodable`: how many unreadable inbound records are held.
+- `audit_log.AuditLog`: the audit trail's entries, and the check of its chain (audited).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.usecases.activity import Activity
+from gateway.usecases.audit_log import AuditLog
 from gateway.usecases.caller import Caller
 from gateway.usecases.deliveries import Deliveries
 from gateway.usecases.inbound import Inbound
@@ -29,6 +31,7 @@ from gateway.usecases.undecodable import Undecodable
 
 __all__ = [
     "Activity",
+    "AuditLog",
     "Caller",
     "Deliveries",
     "Inbound",
@@ -49,3 +52,4 @@ class UseCases:
     activity: Activity
     deliveries: Deliveries
     undecodable: Undecodable
+    audit_log: AuditLog
