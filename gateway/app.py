@@ -25,7 +25,6 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
-from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
@@ -50,6 +49,7 @@ from gateway.sink import GatewaySink
 from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage

@@ -18,10 +18,11 @@ from typing import Any
 from drivers.clock import SystemClock
 from gateway.admin import passwords
 from gateway.admin.accounts import Accounts, InvalidUsername
-from gateway.admin.repo import AdminRepo, Role, UserExists
 from gateway.config import Config
+from gateway.panel_users import Role, UserExists
 from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
 from gateway.usecases.audit_log import AuditLog
 

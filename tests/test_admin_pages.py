@@ -10,8 +10,8 @@ import re
 from typing import Any
 
 from gateway.admin.dashboard import KEEPALIVE_SECONDS
-from gateway.admin.repo import Role
 from gateway.models import State
+from gateway.panel_users import Role
 from gateway.store.store import Transition
 from tests.admin_support import PanelClient
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, accept, state_of

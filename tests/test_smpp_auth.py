@@ -24,10 +24,10 @@ from drivers.smpp.driver import SmppDriver, SmppOptions
 from drivers.smpp.gate import CREDENTIAL_CHECK
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.text import split
-from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
 from gateway.app import Gateway
 from gateway.http_app import build_app, runner_options
+from gateway.panel_users import Role
 from gateway.store.route_parks import RouteParks
 from gateway.tokens import create_token
 from tests.admin_support import PanelClient

@@ -24,12 +24,12 @@ from aiohttp import web
 
 from gateway.admin.panel import actor
 from gateway.admin.render import error_response, redirect, render
-from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ADMIN, OPERATORS, PHI_READERS, PanelRoute, current_user
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.models import Priority, State
+from gateway.panel_users import Role
 from gateway.routes import RouteRuntime
 from gateway.tokens import SCOPES, BadScope, parse_scopes
 from gateway.usecases import Caller
