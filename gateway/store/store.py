@@ -23,6 +23,7 @@ from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
+from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
@@ -165,6 +166,11 @@ class Store:
     def records(self) -> Records:
         """Typed reads of messages and inbound messages (`records.py`)."""
         return Records(self.reader, self._crypto)
+
+    @property
+    def event_log(self) -> EventLog:
+        """`message_events` by position (`event_log.py`)."""
+        return EventLog(self.reader)
 
     @property
     def api_tokens(self) -> TokenTable:
@@ -436,17 +442,6 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------
 
-    async def sent_events_since(self, route: str, since: float) -> list[tuple[float, str]]:
-        """(time, carrier ids joined by commas) of every `sent` on `route` since `since`;
-        reads only the events from `since` on (found by seq), not the whole history."""
-        first = await self.first_event_seq_since(since)
-        cur = await self.reader.execute(
-            "SELECT at, carrier_id FROM message_events WHERE seq >= ?"
-            " AND state = 'sent' AND route = ? AND at >= ? AND carrier_id IS NOT NULL",
-            (first, route, since),
-        )
-        return [(float(r[0]), str(r[1])) for r in await cur.fetchall()]
-
     async def events(self, message_id: str) -> list[StoredEvent]:
         """Every state of a message in order, its creation first."""
         return await self.records.events(message_id)
@@ -475,38 +470,8 @@ class Store:
     def blind_index(self, e164: str) -> bytes:
         return self._crypto.blind_index(e164)
 
-    # -- admin panel reads (gateway/admin/dashboard.py, pages.py) ------------------------
+    # -- admin panel reads (gateway/usecases/status.py) ---------------------------------
     # Read-only, through the read pool. Kept together to ease merging.
-
-    async def last_event_seq(self) -> int:
-        cur = await self.reader.execute("SELECT max(seq) FROM message_events")
-        row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    async def first_event_seq_since(self, since: float) -> int:
-        """The seq of the first event at or after `since` (binary search on the rowid:
-        seq grows with time, so this costs a few lookups instead of a table scan)."""
-        lo, hi = 1, await self.last_event_seq() + 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            cur = await self.reader.execute(
-                "SELECT at FROM message_events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
-            )
-            row = await cur.fetchone()
-            if row is None or row[0] >= since:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
-
-    async def events_after(self, seq: int, limit: int) -> list[sqlite3.Row]:
-        """Transitions with a seq above `seq`, oldest first (the dashboard's tail)."""
-        cur = await self.reader.execute(
-            "SELECT seq, at, state, route, error_code FROM message_events"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
-        )
-        return list(await cur.fetchall())
 
     async def sending_by_route(self) -> dict[str, int]:
         cur = await self.reader.execute(

@@ -29,17 +29,11 @@ class Activity:
 
     async def position_before(self, since: float) -> int:
         """The position to read from to get every change at or after `since`."""
-        return await self._store.first_event_seq_since(since) - 1
+        return await self._store.event_log.first_seq_since(since) - 1
 
     async def after(self, position: int, limit: int) -> list[ActivityEvent]:
         """Up to `limit` changes committed after `position`, oldest first."""
         return [
-            ActivityEvent(
-                int(r["seq"]),
-                float(r["at"]),
-                str(r["state"]),
-                None if r["route"] is None else str(r["route"]),
-                None if r["error_code"] is None else str(r["error_code"]),
-            )
-            for r in await self._store.events_after(position, limit)
+            ActivityEvent(e.seq, e.at, e.state, e.route, e.error_code)
+            for e in await self._store.event_log.after(position, limit)
         ]
