@@ -25,8 +25,6 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
-from gateway.admin.audit import AuditTrail, audit_key
-from gateway.admin.repo import AdminRepo
 from gateway.config import Config
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
@@ -50,10 +48,22 @@ from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
 from gateway.startup import StartupFault
 from gateway.store import crypto
+from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
-from gateway.usecases import Inbound, Messages, Status, UseCases
+from gateway.usecases import (
+    Activity,
+    AuditLog,
+    Deliveries,
+    Inbound,
+    Messages,
+    Status,
+    Tokens,
+    Undecodable,
+    UseCases,
+)
 
 log = structlog.get_logger("smsgw.app")
 
@@ -166,6 +176,11 @@ class Gateway:
             self._spawn(self._inbound_expiry())
 
     @functools.cached_property
+    def admin_repo(self) -> AdminRepo:
+        """The panel's users and sessions tables."""
+        return AdminRepo(self.store)
+
+    @functools.cached_property
     def usecases(self) -> UseCases:
         """The application layer every front end calls (`gateway/usecases/`)."""
         messages = Messages(
@@ -185,7 +200,16 @@ class Gateway:
             accepting=lambda: self.accepting,
             not_ready=self.not_ready,
         )
-        return UseCases(messages, Inbound(store=self.store, audit=self.audit), status)
+        return UseCases(
+            messages,
+            Inbound(store=self.store, audit=self.audit),
+            status,
+            Tokens(store=self.store, audit=self.audit, clock=self.clock, forget=self.tokens.forget),
+            Activity(store=self.store),
+            Deliveries(outbox=self.outbox, audit=self.audit),
+            Undecodable(sink=self.sink),
+            AuditLog(trail=self.audit),
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -231,7 +255,7 @@ class Gateway:
         removed = await self.store.prune_idempotency(cutoff)
         await self.sink.expire_inbound()
         now, admin = self.clock.time(), self.config.admin
-        sessions = await AdminRepo(self.store).prune(
+        sessions = await self.admin_repo.prune(
             idle_before=now - admin.idle_timeout,
             created_before=now - admin.absolute_lifetime,
             failed_before=now - admin.lockout_minutes * 60,

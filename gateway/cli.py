@@ -26,17 +26,18 @@ from aiohttp import web
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
+from gateway import console as commands
 from gateway import logs, systemd, tls, undecodable_cmd
-from gateway.admin import commands
-from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
+from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
-from gateway.tokens import SCOPES, BadScope, create_token, parse_scopes
+from gateway.tokens import SCOPES, BadScope, parse_scopes
+from gateway.usecases.tokens import Tokens
 
 if TYPE_CHECKING:
     from drivers.modem.emulator import EmulatedModem
@@ -102,12 +103,9 @@ async def _init_store(config: Config) -> str | None:
             await audit.record(CONSOLE, "master_key_generated", "key", "master")
         if fresh:
             await audit.record(CONSOLE, "store_created", "store", None)
-        if fresh or not await store.tokens():
-            scopes = frozenset({"send", "read", "admin"})
-            token = await create_token(store, "first", scopes, SystemClock())
-            await audit.record(
-                CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
-            )
+        tokens = Tokens(store=store, audit=audit, clock=SystemClock())
+        if fresh or not await tokens.list():
+            token = await tokens.create(CONSOLE, "first", frozenset({"send", "read", "admin"}))
             return token.text
         return None
     finally:
@@ -415,23 +413,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     async def run() -> int:
         store = await with_store(config)
         try:
-            audit = audit_trail(store, config)
+            tokens = Tokens(store=store, audit=audit_trail(store, config), clock=SystemClock())
             if args.action == "create":
-                scopes = parse_scopes(args.scope)
-                token = await create_token(store, args.name, scopes, SystemClock())
-                await audit.record(
-                    CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
-                )
+                token = await tokens.create(CONSOLE, args.name, parse_scopes(args.scope))
                 print(token.text)
             elif args.action == "list":
-                for t in await store.tokens():
+                for t in await tokens.list():
                     state = "revoked" if t.revoked_at else "active"
                     print(f"{t.id}  {state:8} {','.join(sorted(t.scopes)):18} {t.name}")
-            elif not await store.revoke_token(args.id, SystemClock().time()):
+            elif not await tokens.revoke(CONSOLE, args.id):
                 print(f"no active token {args.id}", file=sys.stderr)
                 return 1
             else:
-                await audit.record(CONSOLE, "token_revoked", "token", args.id)
                 print(
                     f"revoked {args.id} (running gateways stop accepting it within "
                     f"{config.http.token_cache_seconds:g} s)"

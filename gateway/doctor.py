@@ -105,7 +105,7 @@ async def _check_store(config: Config, key: bytes) -> list[str]:
         row = await cur.fetchone()
         if row is None or str(row[0]).lower() != "wal":
             problems.append("store: not in WAL mode")
-        active = [t for t in await store.tokens() if t.revoked_at is None]
+        active = [t for t in await store.api_tokens.all() if t.revoked_at is None]
         print(f"store: {config.db_path} ok ({len(active)} active API tokens)")
         if not active:
             problems.append("store: no active API token; create one with `smsgw token create`")

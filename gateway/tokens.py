@@ -12,7 +12,20 @@ import secrets
 from dataclasses import dataclass
 
 from drivers.clock import Clock
-from gateway.store.store import Store, TokenRecord
+from gateway.store.store import Store
+from gateway.store.tokens_sql import TokenRecord
+
+__all__ = [
+    "SCOPES",
+    "BadScope",
+    "NewToken",
+    "TokenCache",
+    "TokenRecord",
+    "create_token",
+    "parse_scopes",
+    "secret_hash",
+    "split_token",
+]
 
 # send: send messages, cancel its own. read: read its own messages (numbers masked),
 # inbound, queue, routes, metrics. admin: all of those on every token's messages, and
@@ -55,8 +68,9 @@ def split_token(text: str) -> tuple[str, str] | None:
 
 
 async def create_token(store: Store, name: str, scopes: frozenset[str], clock: Clock) -> NewToken:
+    """Store a new token (not audited: `gateway/usecases/tokens.py` is what front ends call)."""
     token = NewToken(secrets.token_hex(6), secrets.token_urlsafe(32))
-    await store.add_token(token.id, name, secret_hash(token.secret), scopes, clock.time())
+    await store.api_tokens.add(token.id, name, secret_hash(token.secret), scopes, clock.time())
     return token
 
 
@@ -80,7 +94,7 @@ class TokenCache:
         parts = split_token(text)
         record = None
         if parts is not None:
-            record = await self._store.token_by_hash(parts[0], secret_hash(parts[1]))
+            record = await self._store.api_tokens.by_hash(parts[0], secret_hash(parts[1]))
             if record is not None and record.revoked_at is not None:
                 record = None
         if len(self._cache) > 10_000:

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.config import Config
+from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.store.quarantine import Quarantine
 
 

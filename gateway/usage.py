@@ -22,7 +22,7 @@ async def unit_usage(store: Store, route: str, now: float) -> dict[str, tuple[in
     """{unit: (parts sent today, parts sent this month)} for `route`."""
     day_start, month_start = day_and_month_start(now)
     usage: dict[str, tuple[int, int]] = {}
-    for at, carrier_ids in await store.sent_events_since(route, month_start):
+    for at, carrier_ids in await store.event_log.sent_since(route, month_start):
         for carrier_id in carrier_ids.split(","):
             unit, colon, _ = carrier_id.rpartition(":")
             if not colon:

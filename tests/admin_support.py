@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient
 from drivers.clock import FakeClock
 from gateway.admin import totp
 from gateway.admin.accounts import Accounts
-from gateway.admin.repo import AdminRepo, Role, User
 from gateway.app import Gateway
+from gateway.panel_users import Role, User
+from gateway.store.panel_sql import AdminRepo
 
 PASSWORD = "violet staircase under the harbour"
 _CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')

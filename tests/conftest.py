@@ -17,6 +17,7 @@ from gateway.app import Gateway
 from gateway.config import Config, from_mapping
 from gateway.intake import SendRequest
 from gateway.store import crypto
+from tests.store_rows import message_row
 
 # Canaries: if any of these turns up in a log, an error body or the database files,
 # PHI has leaked. The number is valid (phonenumbers accepts it), the body distinctive.
@@ -112,7 +113,7 @@ async def accept(gw: Gateway, to: str = CANARY_NUMBER, body: str = "hello", **fi
 
 
 async def state_of(gw: Gateway, message_id: str) -> str:
-    row = await gw.store.message_row(message_id)
+    row = await message_row(gw.store, message_id)
     assert row is not None
     return str(row["state"])
 

@@ -9,8 +9,8 @@ from contextlib import closing, contextmanager
 
 import pytest
 
-from gateway.admin.audit import GENESIS, AuditTrail, canonical, chain_hash
 from gateway.app import Gateway
+from gateway.store.audit_log import GENESIS, AuditTrail, canonical, chain_hash
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, GatewayFactory
 
 

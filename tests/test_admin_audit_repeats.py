@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from gateway.admin.audit import AuditEntry
 from gateway.config import ConfigError, from_mapping
+from gateway.store.audit_log import AuditEntry
 from tests.admin_support import PanelClient
 
 WRONG = "not the password, clearly"

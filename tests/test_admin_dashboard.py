@@ -28,7 +28,7 @@ async def test_snapshot_counts_queue_per_class_and_route(open_gateway: GatewayFa
     await accept(gw, priority="critical")
     await accept(gw, priority="critical")
     await accept(gw, priority="bulk")
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     snap = await build_snapshot(gw, tail)
     queued = {c["name"]: c["queued"] for c in snap["queue"]["classes"]}
@@ -45,7 +45,7 @@ async def test_snapshot_counts_outcomes_failures_and_sends_per_minute(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:
     gw = await open_gateway(ROUTES)
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     for _ in range(3):
         await accept(gw)
@@ -82,7 +82,7 @@ async def test_a_new_tail_backfills_the_last_hour_only(
     await accept(gw)
     await accept(gw)
     await gw.scheduler.run_until_idle()
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     assert tail.totals()["sent"] == 2
 
@@ -91,7 +91,7 @@ async def test_snapshot_holds_no_phi(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway(ROUTES)
     await accept(gw, body=CANARY_BODY)
     await gw.scheduler.run_until_idle()
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     text = json.dumps(await build_snapshot(gw, tail))
     assert CANARY_DIGITS not in text
@@ -163,7 +163,7 @@ def test_unit_rows_put_the_usual_columns_first_and_keep_other_plain_values() -> 
 
 async def test_concurrent_refreshes_count_each_event_once(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway(ROUTES)
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     await accept(gw)
     await gw.scheduler.run_until_idle()
@@ -178,7 +178,7 @@ async def test_route_cards_count_scheduled_apart_from_queued(
     gw = await open_gateway(ROUTES)
     await accept(gw)
     await accept(gw, send_at=datetime.fromtimestamp(gw.clock.time(), UTC) + timedelta(days=1))
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     snap = await build_snapshot(gw, tail)
     assert (snap["queue"]["queued"], snap["queue"]["scheduled"]) == (1, 1)

@@ -8,7 +8,7 @@ import re
 import pyotp
 
 from gateway.admin import totp
-from gateway.admin.repo import Role
+from gateway.panel_users import Role
 from tests.admin_support import PASSWORD, PanelClient
 
 WRONG = "not the password, clearly"

@@ -10,11 +10,12 @@ import re
 from typing import Any
 
 from gateway.admin.dashboard import KEEPALIVE_SECONDS
-from gateway.admin.repo import Role
 from gateway.models import State
+from gateway.panel_users import Role
 from gateway.store.store import Transition
 from tests.admin_support import PanelClient
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, accept, state_of
+from tests.store_rows import message_row
 
 MASKED = "+1 202 ••• ••47"
 
@@ -100,7 +101,7 @@ async def test_cancel_queued_and_retry_failed_are_audited(panel: PanelClient) ->
     new_id = r.headers["Location"].split("/")[2].split("?")[0]
     assert new_id != failed
     assert await state_of(gw, new_id) == "queued"
-    row = await gw.store.message_row(new_id)
+    row = await message_row(gw.store, new_id)
     assert row is not None and gw.store.decrypt(row["body_ct"], new_id, "body") == CANARY_BODY
     newest = (await gw.audit.entries(limit=1))[0]
     assert newest.action == "message_retried" and newest.target_id == failed

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import tls
 from gateway.admin.panel import PANEL, STATIC_ROUTE
-from gateway.admin.repo import Role
 from gateway.admin.routing import PanelRoute
 from gateway.api.server import ENDPOINTS
 from gateway.http_app import build_app
+from gateway.panel_users import Role
 from gateway.web.headers import CSP
 from tests.admin_support import PanelClient
 from tests.conftest import FAST_PASSWORD_HASH, GatewayFactory

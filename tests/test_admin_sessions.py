@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from gateway.admin.repo import Role
+from gateway.panel_users import Role
 from tests.admin_support import PanelClient
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.admin.repo import AdminRepo, FailureState
 from gateway.admin.throttle import LoginThrottle, Reservation
+from gateway.panel_users import FailureState
+from gateway.store.panel_sql import AdminRepo
 from tests.conftest import GatewayFactory
 
 T = LoginThrottle(throttle_after=3, max_delay=60.0, max_failures=10, lockout_seconds=900.0)

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from drivers.clock import FakeClock
-from gateway.admin.repo import Role
 from gateway.http_app import build_app, runner_options
+from gateway.panel_users import Role
 from gateway.store import outbox_sql
 from tests import webhook_rig
 from tests.admin_support import PanelClient

@@ -202,7 +202,7 @@ async def test_revoked_token_stops_working(api: Api) -> None:
     api.gw.tokens.forget()
     token = await create_token(api.gw.store, "t", frozenset({"read"}), api.gw.clock)
     assert (await api.get("/api/v1/queue", token=token.text)).status == 200
-    assert await api.gw.store.revoke_token(token.id, api.gw.clock.time())
+    assert await api.gw.store.api_tokens.revoke(token.id, api.gw.clock.time())
     api.gw.clock.advance(api.gw.config.http.token_cache_seconds + 0.1)
     await _error(await api.get("/api/v1/queue", token=token.text), 401, "unauthenticated")
 

@@ -29,10 +29,11 @@ from structlog.testing import capture_logs
 
 from gateway import logs, tls
 from gateway.admin.accounts import Accounts
-from gateway.admin.repo import AdminRepo, Role
 from gateway.app import Gateway
 from gateway.config import ConfigError, HttpConfig, from_mapping
 from gateway.http_app import build_runner
+from gateway.panel_users import Role
+from gateway.store.panel_sql import AdminRepo
 from gateway.tokens import create_token
 from gateway.web.client import ProxyTrust
 from gateway.web.connections import GuardedTCPSite

@@ -41,6 +41,7 @@ from tests.conftest import (
     GatewayFactory,
     smsgw_process,
 )
+from tests.store_rows import inbound_rows
 from tests.test_api import start_client
 from tests.test_cli import Daemon, _init
 from tests.test_store import _files, _needles, _scan
@@ -70,7 +71,7 @@ async def deliver(gw: Gateway, *parts: InboundSms, route: str = ROUTE) -> None:
 
 async def inbound(gw: Gateway) -> list[tuple[str, bool]]:
     """Every stored inbound message as (text, incomplete), oldest first."""
-    rows = await gw.store.list_inbound(None, 100)
+    rows = await inbound_rows(gw.store, 100)
     return [
         (gw.store.decrypt(r["body_ct"], r["id"], "body"), bool(r["incomplete"]))
         for r in reversed(rows)
@@ -141,7 +142,7 @@ async def test_parts_in_any_order_make_one_message(
     await deliver(gw, part(words[order[-1]], order[-1]))
     assert await inbound(gw) == [("Yes I will come on Tuesday", False)]
     assert await gw.store.held_inbound_parts() == 0
-    (row,) = await gw.store.list_inbound(None, 10)
+    (row,) = await inbound_rows(gw.store, 10)
     assert gw.store.decrypt(row["sender_ct"], row["id"], "sender") == CANARY_NUMBER
     assert gw.store.decrypt(row["recipient_ct"], row["id"], "recipient") == RECIPIENT
     assert row["route"] == ROUTE
@@ -234,7 +235,7 @@ async def test_an_incomplete_set_expires_as_one_message_with_markers(
     expected = "a" + missing_marker(2, 4) + "c" + missing_marker(4, 4)
     assert await inbound(gw) == [(expected, True)]
     assert await gw.store.held_inbound_parts() == 0
-    (row,) = await gw.store.list_inbound(None, 10)
+    (row,) = await inbound_rows(gw.store, 10)
     assert row["received_at"] == clock.time() - (TIMEOUT - 100.0)  # its last part's arrival
 
     # A part delivered again after the expiry is one already stored: ignored. A
@@ -401,7 +402,7 @@ async def test_migration_2_keeps_inbound_rows_stored_before_it(tmp_path: Path) -
     store = Store(path, key)
     await store.open()
     try:
-        (row,) = await store.list_inbound(None, 10)
+        (row,) = await inbound_rows(store, 10)
         assert (row["id"], row["incomplete"]) == ("01OLD", 0)
         assert store.decrypt(row["body_ct"], row["id"], "body") == "STOP"
     finally:
@@ -559,7 +560,7 @@ async def test_a_part_acknowledged_before_kill_9_is_joined_after_restart(
     store = Store(tmp_path / "smsgw.db", crypto.read_master_key(tmp_path / "master.key"))
     await store.open()
     try:
-        (row,) = await store.list_inbound(None, 10)
+        (row,) = await inbound_rows(store, 10)
         assert store.decrypt(row["body_ct"], row["id"], "body") == text
         assert await store.held_inbound_parts() == 0
     finally:

@@ -295,7 +295,7 @@ async def test_token_without_send_scope_or_revoked_fails_authorisation(
 async def test_revoked_token_fails_authorisation(smsgw: Smsgw) -> None:
     gw = smsgw.gw
     (token,) = await gw.store.tokens()
-    await gw.store.revoke_token(token.id, gw.clock.time())
+    await gw.store.api_tokens.revoke(token.id, gw.clock.time())
     gw.tokens.forget()
     status, body = await send(smsgw.url, to=TO, text="hi")
     assert (status, body) == (403, "Authorization failed for sendsms")
@@ -399,7 +399,7 @@ async def test_a_user_may_name_its_token(open_gateway: GatewayFactory, tmp_path:
         assert row["token_id"] == first.id
         await create_token(gw.store, "ehr-kannel", frozenset({"send"}), gw.clock)
         assert await send(url, to=TO, text="hi") == refused  # ambiguous: which one?
-        await gw.store.revoke_token(first.id, gw.clock.time())
+        await gw.store.api_tokens.revoke(first.id, gw.clock.time())
         assert (await send(url, to=TO, text="hi"))[0] == 202
     finally:
         await server.close()

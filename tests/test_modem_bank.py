@@ -32,6 +32,7 @@ from tests.conftest import (
     poke_on_commit,
 )
 from tests.modem_rig import EMULATED, FAST
+from tests.store_rows import inbound_rows, message_row
 from tests.test_api import start_client
 from tests.test_modem_records import PLAIN_GSM7, TRUNCATED_UCS2, ff_padded
 from tests.test_store import _files, _scan
@@ -70,7 +71,7 @@ class Rig:
                         w.cancel()
 
     async def row(self, message_id: str) -> Any:
-        row = await self.gw.store.message_row(message_id)
+        row = await message_row(self.gw.store, message_id)
         assert row is not None
         return row
 
@@ -161,7 +162,7 @@ async def test_routes_metrics_and_inbound_through_the_api(rig: Rig) -> None:
             return bool((await resp.json())["inbound"])
 
         await rig.until(stored)
-        (row,) = await rig.gw.store.list_inbound(None, 10)
+        (row,) = await inbound_rows(rig.gw.store, 10)
         assert rig.gw.store.decrypt(row["body_ct"], row["id"], "body") == CANARY_BODY
         inbound = await (await client.get("/api/v1/inbound", headers=auth)).text()
         metrics = await (await client.get("/api/v1/metrics", headers=auth)).text()
@@ -205,7 +206,7 @@ async def test_an_undecodable_record_is_held_encrypted_counted_then_deleted(
 
     async def settled() -> bool:
         held = (await quarantine.summary()).held
-        stored = await rig.gw.store.list_inbound(None, 10)
+        stored = await inbound_rows(rig.gw.store, 10)
         return held == 1 and not first.sim_messages and len(stored) == 1
 
     await rig.until(settled)

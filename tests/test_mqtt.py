@@ -30,6 +30,7 @@ from gateway.startup import StartupFault
 from gateway.tokens import create_token
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, state_of
 from tests.peers.mosquitto import Mosquitto, binary
+from tests.store_rows import message_row
 
 pytestmark = pytest.mark.skipif(binary("mosquitto") is None, reason="make peers installs it")
 
@@ -283,7 +284,7 @@ async def test_a_send_over_mqtt_is_accepted_answered_and_sent(
     assert ("status", "202") in reply.properties.UserProperty
     answer = json.loads(bytes(reply.payload))
     assert answer["status"] == "queued" and answer["segments"] == 1
-    row = await gw.store.message_row(answer["id"])
+    row = await message_row(gw.store, answer["id"])
     assert row is not None and row["token_id"] == token_id
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, answer["id"]) == "sent"

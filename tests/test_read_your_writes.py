@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.admin.repo import Role
+from gateway.panel_users import Role
 from tests.admin_support import PanelClient
 from tests.conftest import CANARY_NUMBER, GatewayFactory
 from tests.test_api import Api, _api

@@ -26,7 +26,7 @@ async def _health(gw: Gateway) -> tuple[int, dict[str, Any]]:
 
 
 async def _dashboard_accepting(gw: Gateway) -> bool:
-    tail = EventTail(gw.store, gw.clock)
+    tail = EventTail(gw.usecases.activity, gw.clock)
     await tail.refresh()
     snap = await build_snapshot(gw, tail)
     return bool(snap["queue"]["accepting"])

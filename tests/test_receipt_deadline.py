@@ -13,6 +13,7 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.config import ConfigError
 from tests.conftest import GatewayFactory, accept, make_config, settle_receipts, state_of
+from tests.store_rows import message_row
 from tests.test_api import _api
 
 HOUR = 3600.0
@@ -29,7 +30,7 @@ def overdue_count(gw: Gateway, route: str = "main") -> float:
 
 
 async def overdue_flag(gw: Gateway, message_id: str) -> int:
-    row = await gw.store.message_row(message_id)
+    row = await message_row(gw.store, message_id)
     assert row is not None
     return int(row["receipt_overdue"])
 

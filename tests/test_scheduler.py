@@ -11,6 +11,7 @@ from drivers.base import OutboundSms, SubmitResult
 from gateway.app import Gateway
 from gateway.models import State
 from tests.conftest import GatewayFactory, accept, loopback, settle_receipts, state_of
+from tests.store_rows import message_row
 
 
 def fail_first_submit(gw: Gateway, error: Exception) -> None:
@@ -187,22 +188,22 @@ async def test_transient_error_retries_with_backoff_then_fails(
     )
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert row["state"] == "queued"
     assert row["attempts"] == 1
     assert row["error_code"] == "loopback:busy"
     first_delay = row["due_at"] - clock.time()
     assert 5 <= first_delay <= 10  # equal jitter: half of 10 s fixed, half random
     await gw.scheduler.run_until_idle()
-    assert (await gw.store.message_row(mid))["attempts"] == 1  # not due yet: nothing sent
+    assert (await message_row(gw.store, mid))["attempts"] == 1  # not due yet: nothing sent
     clock.advance(first_delay)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert row["attempts"] == 2
     assert 10 <= row["due_at"] - clock.time() <= 20
     clock.advance(20)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert row["state"] == "failed"
     assert row["error_code"] == "loopback:busy"
 
@@ -213,7 +214,7 @@ async def test_permanent_error_fails_at_once(open_gateway: GatewayFactory) -> No
     )
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     # The refused submit was an attempt all the same.
     assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "loopback:reject", 1)
 
@@ -258,12 +259,12 @@ async def test_fails_over_to_next_route_when_first_is_down(open_gateway: Gateway
     loopback(gw, "primary").set_down(True)
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert (row["state"], row["route"]) == ("sent", "backup")
     loopback(gw, "primary").set_down(False)
     mid2 = await accept(gw)
     await gw.scheduler.run_until_idle()
-    assert (await gw.store.message_row(mid2))["route"] == "primary"
+    assert (await message_row(gw.store, mid2))["route"] == "primary"
 
 
 async def test_rules_by_prefix_and_class(open_gateway: GatewayFactory) -> None:
@@ -278,7 +279,7 @@ async def test_rules_by_prefix_and_class(open_gateway: GatewayFactory) -> None:
     crit = await accept(gw, priority="critical")
     other = await accept(gw)
     await gw.scheduler.run_until_idle()
-    routes = [(await gw.store.message_row(m))["route"] for m in (uk, crit, other)]
+    routes = [(await message_row(gw.store, m))["route"] for m in (uk, crit, other)]
     assert routes == ["uk", "urgent", "rest"]
 
 
@@ -289,7 +290,7 @@ async def test_restart_requeues_sending_as_possible_duplicate(open_gateway: Gate
     assert claimed is not None
     await gw.stop()
     gw2 = await open_gateway()
-    row = await gw2.store.message_row(mid)
+    row = await message_row(gw2.store, mid)
     assert row["state"] == "queued"
     assert row["possible_duplicate"] == 1
     assert row["error_code"] == "gateway:restart"
@@ -313,7 +314,7 @@ async def test_multipart_is_delivered_only_when_every_part_is(
     gw = await open_gateway()
     mid = await accept(gw, body="x" * 400)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert row["segments"] == 3
     events = await gw.store.events(mid)
     carrier_ids = events[-1].carrier_id.split(",")
@@ -339,7 +340,7 @@ async def test_failed_receipt_fails_the_message(open_gateway: GatewayFactory, cl
     await gw.scheduler.run_until_idle()
     clock.advance(1)
     await settle_receipts(gw)
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert (row["state"], row["error_code"]) == ("failed", "loopback:undeliverable")
 
 
@@ -395,7 +396,7 @@ async def test_retry_after_from_the_carrier_is_honoured(
     )
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert row["due_at"] - clock.time() == pytest.approx(120)
     assert row["possible_duplicate"] == 1  # the carrier may have taken it before failing
     clock.advance(119)
@@ -415,7 +416,7 @@ async def test_route_that_was_not_ready_is_retried_after_its_cool_down(
     fail_first_submit(gw, DriverNotReady("reconnecting", code="test:not_ready"))
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert (row["state"], row["attempts"]) == ("queued", 0)  # not ready costs no attempt
     wake_in = await gw.scheduler._round()
     assert 0 < wake_in <= 1.0
@@ -450,7 +451,7 @@ async def test_throttling_halves_the_route_rate_and_it_recovers_gradually(
     mid = await accept(gw)
     await gw.scheduler.run_until_idle()
     assert route.bucket.rate == pytest.approx(5.0)
-    assert (await gw.store.message_row(mid))["attempts"] == 0
+    assert (await message_row(gw.store, mid))["attempts"] == 0
     clock.advance(0.5)
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, mid) == "sent"
@@ -469,7 +470,7 @@ async def test_attempts_count_every_submit(open_gateway: GatewayFactory, clock) 
     gw = await open_gateway(queue={"retry_base": 1, "retry_cap": 1})
     first = await accept(gw)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(first)
+    row = await message_row(gw.store, first)
     assert (row["state"], row["attempts"]) == ("sent", 1)
     sending = [e for e in await gw.store.events(first) if e.state == "sending"]
     assert [e.attempt for e in sending] == [1]
@@ -477,17 +478,17 @@ async def test_attempts_count_every_submit(open_gateway: GatewayFactory, clock) 
     fail_first_submit(gw, TransientSendError("busy", code="test:busy"))
     second = await accept(gw)
     await gw.scheduler.run_until_idle()
-    assert (await gw.store.message_row(second))["attempts"] == 1
+    assert (await message_row(gw.store, second))["attempts"] == 1
     clock.advance(1)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(second)
+    row = await message_row(gw.store, second)
     assert (row["state"], row["attempts"]) == ("sent", 2)
 
     fail_first_submit(gw, DriverNotReady("reconnecting", code="test:not_ready"))
     third = await accept(gw)
     await gw.scheduler.run_until_idle()
-    assert (await gw.store.message_row(third))["attempts"] == 0
+    assert (await message_row(gw.store, third))["attempts"] == 0
     clock.advance(1)
     await gw.scheduler.run_until_idle()
-    row = await gw.store.message_row(third)
+    row = await message_row(gw.store, third)
     assert (row["state"], row["attempts"]) == ("sent", 1)

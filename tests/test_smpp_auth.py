@@ -24,15 +24,16 @@ from drivers.smpp.driver import SmppDriver, SmppOptions
 from drivers.smpp.gate import CREDENTIAL_CHECK
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.text import split
-from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
 from gateway.app import Gateway
 from gateway.http_app import build_app, runner_options
+from gateway.panel_users import Role
 from gateway.store.route_parks import RouteParks
 from gateway.tokens import create_token
 from tests.admin_support import PanelClient
 from tests.conftest import FAST_PASSWORD_HASH, accept, make_config, state_of
 from tests.sinks import RecordingSink
+from tests.store_rows import message_row
 from tests.test_api import start_client
 
 RIGHT, WRONG = "right-pw", "wrong-pw"
@@ -209,7 +210,7 @@ async def test_gateway_parks_alerts_and_resumes_on_the_operator_action(
             "smsgw_route_auth_refusals_total", {"route": "carrier"}
         )
         assert refusals == 1
-        row = await gw.store.message_row(mid)
+        row = await message_row(gw.store, mid)
         assert row is not None and (row["state"], row["attempts"]) == ("queued", 0)
 
         listed = await (await client.get("/api/v1/routes", headers=auth)).json()

@@ -29,6 +29,7 @@ from drivers.smpp.status import Status
 from gateway.app import Gateway
 from gateway.store.inbound_parts import Filed, FiledPart
 from tests.conftest import accept, make_config, poke_on_commit
+from tests.store_rows import inbound_rows, message_row
 
 PASSWORD = "pw"
 WITHIN = 8.0  # every wait is bounded well under the 10 s a test may take
@@ -99,7 +100,7 @@ class Rig:
         await self.until(lambda: self.driver.health().state is RouteState.UP)
 
     async def rows(self, ids: list[str]) -> list[Any]:
-        rows = [await self.gw.store.message_row(i) for i in ids]
+        rows = [await message_row(self.gw.store, i) for i in ids]
         assert all(r is not None for r in rows)
         return rows
 
@@ -196,7 +197,7 @@ async def test_happy_path_every_message_delivered_once(open_rig: RigFactory) -> 
         events = await rig.gw.store.events(mid)
         sent = [e for e in events if e.state == "sent"]
         assert len(sent) == 1 and sent[0].carrier_id in by_id
-        row = await rig.gw.store.message_row(mid)
+        row = await message_row(rig.gw.store, mid)
         assert row is not None
         assert (row["route"], row["attempts"], row["possible_duplicate"]) == ("carrier", 1, 0)
 
@@ -391,7 +392,7 @@ async def test_link_lost_between_parts_flags_the_resend(
 
     await rig.until(rig.all_in([mid], FINAL_OK))
 
-    row = await rig.gw.store.message_row(mid)
+    row = await message_row(rig.gw.store, mid)
     assert row is not None
     assert row["possible_duplicate"] == 1
     parts = Counter((m.concat.seq if m.concat else 0) for m in rig.sim.submitted)
@@ -428,7 +429,7 @@ async def test_half_open_with_a_submit_in_flight_flags_it(open_rig: RigFactory) 
     rig.sim.resume_answering()  # the SMSC now reads the old submit from the dead link
     await rig.until(rig.all_in([mid], FINAL_OK))
 
-    row = await rig.gw.store.message_row(mid)
+    row = await message_row(rig.gw.store, mid)
     assert row is not None
     # Each unanswered try (a response timeout, the link's end) costs an attempt.
     assert row["possible_duplicate"] == 1 and row["attempts"] >= 1
@@ -525,7 +526,7 @@ async def test_unknown_command_is_nacked_and_the_session_keeps_working(
 
     assert (rig.sim.connections, rig.sim.binds) == (connections, binds)
     assert rig.driver.health().counters["reconnects"] == 0
-    row = await rig.gw.store.message_row(mid)
+    row = await message_row(rig.gw.store, mid)
     assert row is not None and row["possible_duplicate"] == 0
 
 
@@ -551,7 +552,7 @@ async def test_permanent_rejection_fails_without_a_retry(open_rig: RigFactory) -
 
     await rig.until(rig.all_in([mid], ("failed",)))
 
-    row = await rig.gw.store.message_row(mid)
+    row = await message_row(rig.gw.store, mid)
     assert row is not None
     assert (row["error_code"], row["attempts"]) == ("smpp:0x0000000b", 1)
     assert rig.sim.submitted == []
@@ -583,7 +584,7 @@ async def test_inbound_is_committed_before_it_is_acknowledged(
     rig.sim.inject_mo("+12025550147", "4000", "STOP")
 
     async def stored(n: int) -> bool:
-        return len(await store.list_inbound(None, 10)) == n
+        return len(await inbound_rows(store, 10)) == n
 
     await rig.until(lambda: rig.sim.mo_sent == 1)
     assert await stored(1)
@@ -602,10 +603,10 @@ async def test_inbound_is_committed_before_it_is_acknowledged(
         store.decrypt(r["sender_ct"], r["id"], "sender"): store.decrypt(
             r["body_ct"], r["id"], "body"
         )
-        for r in await store.list_inbound(None, 10)
+        for r in await inbound_rows(store, 10)
     }
     assert got == {"+12025550147": "STOP", "+12025550148": long_text}
-    assert {r["route"] for r in await store.list_inbound(None, 10)} == {"carrier"}
+    assert {r["route"] for r in await inbound_rows(store, 10)} == {"carrier"}
     assert await store.held_inbound_parts() == 0
 
 
@@ -617,7 +618,7 @@ async def test_inbound_parts_survive_a_gateway_restart(open_rig: RigFactory) -> 
     first = await open_rig()
     first.sim.inject_mo(sender, "4000", text, parts=2, reference=42, seqs=[1])
     await first.until(lambda: first.sim.mo_sent == 1)
-    assert await first.gw.store.list_inbound(None, 10) == []
+    assert await inbound_rows(first.gw.store, 10) == []
     await first.gw.stop()  # the SMSC has forgotten part 1: only our disk has it
 
     second = await open_rig()
@@ -626,7 +627,7 @@ async def test_inbound_parts_survive_a_gateway_restart(open_rig: RigFactory) -> 
     second.sim.inject_mo(sender, "4000", text, parts=2, reference=42, seqs=[2])
     await second.until(lambda: second.sim.mo_sent == 2)
 
-    (row,) = await store.list_inbound(None, 10)
+    (row,) = await inbound_rows(store, 10)
     assert store.decrypt(row["body_ct"], row["id"], "body") == text
     assert store.decrypt(row["sender_ct"], row["id"], "sender") == sender
     assert (row["route"], row["incomplete"]) == ("carrier", 0)
@@ -661,7 +662,7 @@ async def test_a_part_redelivered_after_its_commit_is_stored_once(
     assert 1 <= rig.sim.redelivered <= 2
     assert outcomes[:2] == [Filed.HELD, Filed.COMPLETED]
     assert outcomes[2:] == [Filed.DUPLICATE] * rig.sim.redelivered
-    (row,) = await store.list_inbound(None, 10)
+    (row,) = await inbound_rows(store, 10)
     assert store.decrypt(row["body_ct"], row["id"], "body") == text
     assert await store.held_inbound_parts() == 0  # nothing left to expire as incomplete
 

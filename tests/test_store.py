@@ -17,6 +17,7 @@ from gateway.store import crypto
 from gateway.store.schema import MIGRATIONS
 from gateway.store.store import Store, Transition
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept
+from tests.store_rows import message_row
 
 KEY = os.urandom(32)
 FIELD_KEYS = {1: os.urandom(32)}
@@ -67,7 +68,7 @@ async def test_no_plaintext_phi_in_database_wal_or_shm(
     assert _scan(_files(gw.config.db_path), needles) == []
     # ...and the data is really there, encrypted: the canary decrypts back.
     gw2 = await open_gateway()
-    row = await gw2.store.message_row(ids[0])
+    row = await message_row(gw2.store, ids[0])
     assert gw2.store.decrypt(row["body_ct"], ids[0], "body") == f"{CANARY_BODY} #0"
 
 
@@ -159,8 +160,8 @@ async def test_a_failing_job_changes_nothing_and_spares_its_batch(
     )
     assert results[0] is None
     assert isinstance(results[1], IllegalTransition)
-    assert (await gw.store.message_row(good))["state"] == "cancelled"
-    bad_row = await gw.store.message_row(bad)
+    assert (await message_row(gw.store, good))["state"] == "cancelled"
+    bad_row = await message_row(gw.store, bad)
     assert bad_row["state"] == "queued"
     assert [e.state for e in await gw.store.events(bad)] == ["queued"]
 
@@ -179,7 +180,7 @@ async def test_a_bad_row_in_a_group_insert_fails_alone(open_gateway: GatewayFact
     assert results[0] is None
     assert results[2] is None
     assert isinstance(results[1], sqlite3.IntegrityError)
-    assert {t.id for t in await gw.store.tokens()} == {"t1", "t2"}
+    assert {t.id for t in await gw.store.api_tokens.all()} == {"t1", "t2"}
 
 
 async def test_grouped_items_share_one_call_and_a_bad_item_fails_alone(
@@ -207,7 +208,7 @@ async def test_grouped_items_share_one_call_and_a_bad_item_fails_alone(
     assert results[0] == "ok a"
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert results[2] == "ok b"
-    assert {t.id for t in await gw.store.tokens()} == {"a", "b"}
+    assert {t.id for t in await gw.store.api_tokens.all()} == {"a", "b"}
 
 
 async def test_claims_grouped_with_a_cancel_see_it(open_gateway: GatewayFactory) -> None:
@@ -221,7 +222,7 @@ async def test_claims_grouped_with_a_cancel_see_it(open_gateway: GatewayFactory)
     assert cancelled is State.CANCELLED
     assert claimed[1] is None  # cancelled first, in the same transaction
     assert [c.body if c else None for c in claimed] == ["m0", None, "m2"]
-    states = [(await gw.store.message_row(i))["state"] for i in ids]
+    states = [(await message_row(gw.store, i))["state"] for i in ids]
     assert states == ["sending", "cancelled", "sending"]
 
 
@@ -243,7 +244,7 @@ async def test_multipart_receipts_deliver_once_every_part_is_delivered(
     # A duplicate, and a late failure, change nothing.
     assert await gw.store.apply_receipt("demo", "p1", "delivered", None, now) is None
     assert await gw.store.apply_receipt("demo", "p2", "failed", "e", now) is None
-    assert (await gw.store.message_row(mid))["state"] == "delivered"
+    assert (await message_row(gw.store, mid))["state"] == "delivered"
 
 
 async def test_sends_committed_together_apply_an_early_receipt_after_its_send(
@@ -281,7 +282,7 @@ async def test_one_failed_part_fails_the_message(open_gateway: GatewayFactory) -
         State.FAILED,
     )
     assert await gw.store.apply_receipt("demo", "q1", "delivered", None, now) is None
-    row = await gw.store.message_row(mid)
+    row = await message_row(gw.store, mid)
     assert (row["state"], row["error_code"]) == ("failed", "smpp:err")
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_mod
-from gateway.admin.commands import with_store
 from gateway.cli import main
+from gateway.console import with_store
 from gateway.store.quarantine import Quarantine
 from tests.test_cli import _init
 from tests.test_modem_records import TRUNCATED_UCS2
@@ -95,7 +95,7 @@ ALERT = """
 import asyncio, sys
 from drivers.clock import SystemClock
 from gateway import config, logs
-from gateway.admin.commands import with_store
+from gateway.console import with_store
 from gateway.metrics import Metrics
 from gateway.sink import GatewaySink
 

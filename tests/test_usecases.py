@@ -18,7 +18,7 @@ async def _caller(gw: object, *scopes: str) -> Caller:
 
     assert isinstance(gw, Gateway)
     token = await create_token(gw.store, "t", frozenset(scopes), gw.clock)
-    record = await gw.store.token_record(token.id)
+    record = await gw.store.api_tokens.get(token.id)
     assert record is not None
     return Caller.for_token(record)
 

@@ -17,13 +17,18 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from drivers.clock import Clock
 from gateway.admin import passwords, totp
-from gateway.admin.audit import AuditTrail, DetailValue
-from gateway.admin.repo import AdminRepo, Credentials, FailureState, Role, User
 from gateway.admin.throttle import LoginThrottle, Reservation
 from gateway.config import AdminConfig
+from gateway.panel_users import Credentials, FailureState, Role, User
+from gateway.usecases.audit import DetailValue
+
+if TYPE_CHECKING:  # both built by the composition root (`app.py`)
+    from gateway.store.audit_log import AuditTrail
+    from gateway.store.panel_sql import AdminRepo
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SOURCE_CHARS = 64

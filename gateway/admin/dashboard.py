@@ -3,10 +3,11 @@
 Theory of operation:
 
 - `EventTail` counts transitions (sent, delivered, failed, expired) and failure codes
-  per minute over the last hour. It reads `message_events` by `seq`: on first use a
-  binary search finds the hour's first event, then every refresh reads only the rows
-  above the last seq it saw (a rowid range), so a refresh costs what happened since
-  the previous one, not the size of the table, and the figures survive a restart.
+  per minute over the last hour. It reads them through the application layer
+  (`gw.usecases.activity`) by position: on first use the position of the hour's first
+  event, then every refresh reads only the events after the last position it saw, so
+  a refresh costs what happened since the previous one, not the size of the history,
+  and the figures survive a restart.
 - `build_snapshot()` joins those counts with the scheduler's in-memory depths and
   each route's health into a dict of numbers, names and error codes: never a phone
   number or a body, so viewers and auditors may see all of it.
@@ -36,7 +37,7 @@ from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
 from gateway.admin.sessions import Session
 from gateway.app import Gateway
-from gateway.store.store import Store
+from gateway.usecases.activity import Activity
 from gateway.web.context import GATEWAY
 
 log = structlog.get_logger("smsgw.admin.dashboard")
@@ -56,12 +57,12 @@ class Bucket:
 
 
 class EventTail:
-    """Per-minute transition counts over the last hour, fed from `message_events`."""
+    """Per-minute transition counts over the last hour, fed from `activity`."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self._store = store
+    def __init__(self, activity: Activity, clock: Clock) -> None:
+        self._activity = activity
         self._clock = clock
-        self._seq: int | None = None
+        self._position: int | None = None
         self.buckets: dict[int, Bucket] = {}
         self._reading = asyncio.Lock()  # two refreshes must not count the same events
 
@@ -73,25 +74,24 @@ class EventTail:
     async def _refresh(self) -> bool:
         now = self._clock.time()
         first_minute = _minute(now) - WINDOW_SECONDS // BUCKET_SECONDS + 1
-        if self._seq is None:
-            self._seq = await self._store.first_event_seq_since(first_minute * 60) - 1
+        if self._position is None:
+            self._position = await self._activity.position_before(first_minute * 60)
         changed = False
         while True:
-            rows = await self._store.events_after(self._seq, TAIL_BATCH)
-            for row in rows:
-                self._seq = int(row["seq"])
-                state = str(row["state"])
-                if state not in OUTCOMES:
+            events = await self._activity.after(self._position, TAIL_BATCH)
+            for event in events:
+                self._position = event.position
+                if event.state not in OUTCOMES:
                     continue
-                minute = _minute(float(row["at"]))
+                minute = _minute(event.at)
                 if minute < first_minute:
                     continue
                 bucket = self.buckets.setdefault(minute, Bucket())
-                bucket.counts[state] += 1
-                if state in FAILURE_STATES:
-                    bucket.codes[str(row["error_code"] or "unknown")] += 1
+                bucket.counts[event.state] += 1
+                if event.state in FAILURE_STATES:
+                    bucket.codes[event.error_code or "unknown"] += 1
                 changed = True
-            if len(rows) < TAIL_BATCH:
+            if len(events) < TAIL_BATCH:
                 break
         for minute in [m for m in self.buckets if m < first_minute]:
             del self.buckets[minute]
@@ -182,7 +182,7 @@ class DashboardHub:
     def __init__(self, gw: Gateway, interval: float = POLL_SECONDS) -> None:
         self._gw = gw
         self._interval = interval
-        self._tail = EventTail(gw.store, gw.clock)
+        self._tail = EventTail(gw.usecases.activity, gw.clock)
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._task: asyncio.Task[None] | None = None
         self._last: bytes | None = None

@@ -5,9 +5,10 @@ CSRF and header checks come from the panel's one gate. Phone numbers and bodies 
 masked for admin and operator and absent for viewer and auditor; one message at a time
 can be revealed by a POST that writes a `reveal` audit entry first. Every action
 (cancel, retry, reveal, pause, resume, drain, token create and revoke) is audited with
-ids only. Messages and inbound messages are read and acted on through the application
-layer (`gw.usecases`, with the user as a `Caller`), which masks them for the user's
-role and writes the audit entries of cancel, retry and reveal.
+ids only. Messages, inbound messages and API tokens are read and acted on through the
+application layer (`gw.usecases`, with the user as a `Caller` or actor), which masks
+them for the user's role and writes the audit entries of cancel, retry, reveal and
+token create and revoke.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from aiohttp import web
 
 from gateway.admin.panel import actor
 from gateway.admin.render import error_response, redirect, render
-from gateway.admin.repo import Role
 from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ADMIN, OPERATORS, PHI_READERS, PanelRoute, current_user
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.models import Priority, State
+from gateway.panel_users import Role
 from gateway.routes import RouteRuntime
-from gateway.tokens import SCOPES, BadScope, create_token, parse_scopes
+from gateway.tokens import SCOPES, BadScope, parse_scopes
 from gateway.usecases import Caller
 from gateway.usecases.messages import REFERENCE_SCAN_LIMIT, RETRYABLE, MessageSearch
 from gateway.usecases.records import MessageRecord, Revealed
@@ -388,7 +389,7 @@ async def _token_list(gw: Gateway) -> list[dict[str, Any]]:
             "created_at": iso(t.created_at),
             "revoked_at": iso(t.revoked_at),
         }
-        for t in reversed(await gw.store.tokens())
+        for t in reversed(await gw.usecases.tokens.list())
     ]
 
 
@@ -416,8 +417,7 @@ async def create_token_action(request: web.Request) -> web.Response:
     except BadScope:
         problem = "Choose at least one scope."
     else:
-        token = await create_token(gw.store, name, scopes, gw.clock)
-        await _audit(request, "token_created", "token", token.id, scopes=",".join(sorted(scopes)))
+        token = await gw.usecases.tokens.create(actor(request), name, scopes)
         new_token = {"id": token.id, "text": token.text, "name": name}
     response = render(
         request,
@@ -436,10 +436,8 @@ async def create_token_action(request: web.Request) -> web.Response:
 async def revoke_token_action(request: web.Request) -> web.Response:
     gw = _gateway(request)
     token_id = request.match_info["id"]
-    if not await gw.store.revoke_token(token_id, gw.clock.time()):
+    if not await gw.usecases.tokens.revoke(actor(request), token_id):
         return error_response(request, 404, "not_found", "No active token with this id.")
-    gw.tokens.forget()
-    await _audit(request, "token_revoked", "token", token_id)
     return redirect("/tokens?done=revoked")
 
 

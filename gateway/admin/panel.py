@@ -18,6 +18,7 @@ import importlib
 import mimetypes
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -32,10 +33,13 @@ from gateway.admin.render import (
     error_response,
     redirect,
 )
-from gateway.admin.repo import AdminRepo, User
 from gateway.admin.routing import CSRF_TOKEN, SESSION, USER, Handler, PanelRoute
 from gateway.admin.sessions import Ended, Session, SessionManager
 from gateway.app import Gateway
+from gateway.panel_users import User
+
+if TYPE_CHECKING:  # built by the composition root (`Gateway.admin_repo`)
+    from gateway.store.panel_sql import AdminRepo
 
 log = structlog.get_logger("smsgw.admin")
 
@@ -81,7 +85,7 @@ class Panel:
     @classmethod
     def build(cls, gateway: Gateway) -> Panel:
         c = gateway.config.admin
-        repo = AdminRepo(gateway.store)
+        repo = gateway.admin_repo
         return cls(
             gateway,
             repo,

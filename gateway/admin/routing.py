@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.admin.repo import Role, User
 from gateway.admin.sessions import Session
+from gateway.panel_users import Role, User
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

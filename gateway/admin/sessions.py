@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from drivers.clock import Clock
-from gateway.admin.repo import AdminRepo, SessionRow
+from gateway.panel_users import SessionRow
+
+if TYPE_CHECKING:  # built by the composition root (`Gateway.admin_repo`)
+    from gateway.store.panel_sql import AdminRepo
 
 Stage = Literal["mfa", "full"]
 TOUCH_EVERY = 5.0

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.admin.repo import FailureState
 from gateway.config import AdminConfig
+from gateway.panel_users import FailureState
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.admin.audit import AuditEntry
 from gateway.admin.panel import actor, panel
 from gateway.admin.render import render
 from gateway.admin.routing import AUDIT_READERS, PanelRoute
+from gateway.usecases.audit_log import AuditEntry
 
 PAGE = 100
 FIXED_ACTORS = {
@@ -82,11 +82,11 @@ def _target(e: AuditEntry, users: dict[str, str], tokens: dict[str, str]) -> str
 async def _page(request: web.Request, verification: object = None) -> web.Response:
     p = panel(request)
     before = request.query.get("before")
-    entries = await p.gateway.audit.entries(
+    entries = await p.gateway.usecases.audit_log.entries(
         before=int(before) if before and before.isdigit() else None, limit=PAGE
     )
     users = {u.id: u.username for u in await p.repo.users()}
-    tokens = {t.id: t.name for t in await p.gateway.store.tokens()}
+    tokens = await p.gateway.usecases.tokens.names()
     rows = [
         AuditRow(
             e, _who(e.actor, users, tokens), _target(e, users, tokens), _details(e.detail, users)
@@ -107,17 +107,7 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
 
 
 async def verify_chain(request: web.Request) -> web.StreamResponse:
-    audit = panel(request).gateway.audit
-    result = await audit.verify()
-    await audit.record(
-        actor(request),
-        "audit_verified",
-        "audit_log",
-        None,
-        ok=result.ok,
-        entries=result.entries,
-        first_bad_seq=result.first_bad_seq,
-    )
+    result = await panel(request).gateway.usecases.audit_log.verify(actor(request))
     return await _page(request, result)
 
 

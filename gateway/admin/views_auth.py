@@ -19,8 +19,8 @@ from gateway.admin.panel import (
     start_session_cookie,
 )
 from gateway.admin.render import redirect, render
-from gateway.admin.repo import Credentials, User
 from gateway.admin.routing import ANY_ROLE, SESSION, PanelRoute, current_session, current_user
+from gateway.panel_users import Credentials, User
 from gateway.web.client import client_address
 
 MAX_FIELD = 4 * passwords.MAX_LENGTH

@@ -9,8 +9,8 @@ from gateway.admin import passwords
 from gateway.admin.accounts import InvalidUsername
 from gateway.admin.panel import actor, panel
 from gateway.admin.render import error_response, redirect, render
-from gateway.admin.repo import Role, User, UserExists
 from gateway.admin.routing import ADMIN, PanelRoute, current_user
+from gateway.panel_users import Role, User, UserExists
 
 USERS_PATH = "/users"
 

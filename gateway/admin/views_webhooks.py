@@ -2,7 +2,7 @@
 
 Shows ids, event types, states and reason codes only; endpoint URLs as their origin
 (a path may carry a receiver's routing key). Redelivering a dead letter is audited
-and queued once however often the button is pressed (`OutboxStore.redeliver`).
+and queued once however often the button is pressed (`gw.usecases.deliveries`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from gateway.admin.panel import actor, panel
 from gateway.admin.render import redirect, render
 from gateway.admin.routing import ADMIN, PanelRoute
 from gateway.integrations.addresses import origin
-from gateway.store import outbox_sql
 
 RECENT = 50
 DEAD = 100
@@ -36,7 +35,7 @@ def _origin(url: str) -> str:
 
 async def webhooks_page(request: web.Request) -> web.StreamResponse:
     p = panel(request)
-    outbox = p.gateway.outbox
+    deliveries = p.gateway.usecases.deliveries
     endpoints = [
         Endpoint(h.name, _origin(h.url), ", ".join(h.events), h.phi)
         for h in p.gateway.config.webhooks
@@ -46,9 +45,9 @@ async def webhooks_page(request: web.Request) -> web.StreamResponse:
         request,
         "webhooks.html",
         endpoints=endpoints,
-        consumers=[c.name for c in outbox.consumers],
-        recent=await outbox.repo.recent(RECENT),
-        dead=await outbox.repo.recent(DEAD, state=outbox_sql.DEAD),
+        consumers=deliveries.consumers(),
+        recent=await deliveries.recent(RECENT),
+        dead=await deliveries.dead(DEAD),
         redelivered=redelivered if redelivered in ("1", "0") else None,
     )
 
@@ -57,14 +56,9 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
     p = panel(request)
     form = await request.post()
     consumer, seq = str(form.get("consumer", "")), str(form.get("seq", ""))
-    names = {c.name for c in p.gateway.outbox.consumers}
-    done = False
-    if consumer in names and seq.isdigit():
-        done = await p.gateway.outbox.redeliver(consumer, int(seq))
-        if done:
-            await p.gateway.audit.record(
-                actor(request), "webhook_redelivered", "outbox_event", seq, consumer=consumer
-            )
+    done = seq.isdigit() and await p.gateway.usecases.deliveries.redeliver(
+        actor(request), consumer, int(seq)
+    )
     return redirect(f"/webhooks?redelivered={int(done)}")
 
 

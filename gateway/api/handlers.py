@@ -30,7 +30,7 @@ from gateway.intake import (
     decode_with,
 )
 from gateway.models import Priority, State
-from gateway.store.store import TokenRecord
+from gateway.tokens import TokenRecord
 from gateway.usecases import Caller
 from gateway.usecases.messages import IdempotencyKey, MessageSearch
 from gateway.web.context import JSON_HEADERS, gateway_of, json_response
@@ -284,7 +284,7 @@ async def get_inbound(request: web.Request) -> web.Response:
 
 async def undecodable_inbound(request: web.Request) -> web.Response:
     """How many inbound records are held undecoded for an operator (no record shown)."""
-    return json_response(await _gateway(request).sink.undecodable_summary())
+    return json_response(await _gateway(request).usecases.undecodable.summary())
 
 
 async def get_queue(request: web.Request) -> web.Response:

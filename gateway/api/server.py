@@ -23,7 +23,7 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
-from gateway.store.quarantine import HeldUndecodable
+from gateway.usecases.undecodable import HeldUndecodable
 from gateway.web.context import GATEWAY, json_response
 
 log = structlog.get_logger("smsgw.api")

@@ -141,7 +141,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: the admin panel: users, their sessions, login failures, per-role policies and
     #    the audit trail. Only hashes of session ids and passwords are stored; the TOTP
     #    secret is a `*_ct` column. The triggers make the audit trail append-only for
-    #    anyone who does not drop them; `gateway/admin/audit.py` detects who did.
+    #    anyone who does not drop them; `gateway/store/audit_log.py` detects who did.
     """
     CREATE TABLE users (
         id                  TEXT PRIMARY KEY,
@@ -191,7 +191,7 @@ MIGRATIONS: tuple[str, ...] = (
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     """,
     # 4 (i10-auth): windows of repeated audit entries (failed sign-ins): the entry that
-    #    opened each, its count so far and when it closes (`gateway/admin/audit.py`).
+    #    opened each, its count so far and when it closes (`gateway/store/audit_log.py`).
     """
     CREATE TABLE audit_repeats (
         key        TEXT PRIMARY KEY,

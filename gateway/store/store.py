@@ -14,7 +14,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,9 +23,12 @@ from drivers.base import InboundSms
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
+from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
+from gateway.store.tokens_sql import TokenRecord as TokenRecord  # for integrations/
+from gateway.store.tokens_sql import TokenTable
 from gateway.store.writer import GroupCommitWriter, Statement
 
 
@@ -90,15 +93,6 @@ class Transition:
     possible_duplicate: bool | None = None
     carrier_id: str | None = None
     count_attempt: bool = False  # one more submit: `attempts + 1`, in the same UPDATE
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    id: str
-    name: str
-    scopes: frozenset[str]
-    created_at: float
-    revoked_at: float | None
 
 
 class Store:
@@ -172,6 +166,21 @@ class Store:
     def records(self) -> Records:
         """Typed reads of messages and inbound messages (`records.py`)."""
         return Records(self.reader, self._crypto)
+
+    @property
+    def event_log(self) -> EventLog:
+        """`message_events` by position (`event_log.py`)."""
+        return EventLog(self.reader)
+
+    @property
+    def api_tokens(self) -> TokenTable:
+        """The API tokens' table (`tokens_sql.py`)."""
+        return TokenTable(self.reader, self.writer)
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Every API token; `gateway/integrations/kannel_server.py` still calls this
+        (its owner moves it to `gw.usecases.tokens` at merge)."""
+        return await self.api_tokens.all()
 
     # -- intake ------------------------------------------------------------------------
 
@@ -431,32 +440,7 @@ class Store:
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def list_inbound(self, cursor: str | None, limit: int) -> list[sqlite3.Row]:
-        sql = "SELECT * FROM inbound"
-        params: tuple[Any, ...] = ()
-        if cursor is not None:
-            sql += " WHERE id < ?"
-            params = (cursor,)
-        cur = await self.reader.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return list(await cur.fetchall())
-
     # -- reads -------------------------------------------------------------------------
-
-    async def sent_events_since(self, route: str, since: float) -> list[tuple[float, str]]:
-        """(time, carrier ids joined by commas) of every `sent` on `route` since `since`;
-        reads only the events from `since` on (found by seq), not the whole history."""
-        first = await self.first_event_seq_since(since)
-        cur = await self.reader.execute(
-            "SELECT at, carrier_id FROM message_events WHERE seq >= ?"
-            " AND state = 'sent' AND route = ? AND at >= ? AND carrier_id IS NOT NULL",
-            (first, route, since),
-        )
-        return [(float(r[0]), str(r[1])) for r in await cur.fetchall()]
-
-    async def message_row(self, message_id: str) -> sqlite3.Row | None:
-        cur = await self.reader.execute("SELECT * FROM messages WHERE id = ?", (message_id,))
-        row: sqlite3.Row | None = await cur.fetchone()
-        return row
 
     async def events(self, message_id: str) -> list[StoredEvent]:
         """Every state of a message in order, its creation first."""
@@ -486,77 +470,8 @@ class Store:
     def blind_index(self, e164: str) -> bytes:
         return self._crypto.blind_index(e164)
 
-    # -- tokens ------------------------------------------------------------------------
-
-    async def add_token(
-        self, token_id: str, name: str, secret_hash: bytes, scopes: Iterable[str], now: float
-    ) -> None:
-        await self.writer.run(
-            lambda conn: conn.execute(
-                "INSERT INTO api_tokens VALUES (?,?,?,?,?,NULL)",
-                (token_id, name, secret_hash, ",".join(sorted(scopes)), now),
-            )
-        )
-
-    async def token_by_hash(self, token_id: str, secret_hash: bytes) -> TokenRecord | None:
-        cur = await self.reader.execute(
-            "SELECT id, name, scopes, created_at, revoked_at, secret_hash FROM api_tokens"
-            " WHERE id = ?",
-            (token_id,),
-        )
-        row = await cur.fetchone()
-        if row is None or not _same(row[5], secret_hash):
-            return None
-        return _token(row)
-
-    async def tokens(self) -> list[TokenRecord]:
-        cur = await self.reader.execute(
-            "SELECT id, name, scopes, created_at, revoked_at FROM api_tokens ORDER BY created_at"
-        )
-        return [_token(r) for r in await cur.fetchall()]
-
-    async def revoke_token(self, token_id: str, now: float) -> bool:
-        def job(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (now, token_id),
-            )
-            return cur.rowcount == 1
-
-        return await self.writer.run(job)
-
-    # -- admin panel reads (gateway/admin/dashboard.py, pages.py) ------------------------
+    # -- admin panel reads (gateway/usecases/status.py) ---------------------------------
     # Read-only, through the read pool. Kept together to ease merging.
-
-    async def last_event_seq(self) -> int:
-        cur = await self.reader.execute("SELECT max(seq) FROM message_events")
-        row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    async def first_event_seq_since(self, since: float) -> int:
-        """The seq of the first event at or after `since` (binary search on the rowid:
-        seq grows with time, so this costs a few lookups instead of a table scan)."""
-        lo, hi = 1, await self.last_event_seq() + 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            cur = await self.reader.execute(
-                "SELECT at FROM message_events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
-            )
-            row = await cur.fetchone()
-            if row is None or row[0] >= since:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
-
-    async def events_after(self, seq: int, limit: int) -> list[sqlite3.Row]:
-        """Transitions with a seq above `seq`, oldest first (the dashboard's tail)."""
-        cur = await self.reader.execute(
-            "SELECT seq, at, state, route, error_code FROM message_events"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
-        )
-        return list(await cur.fetchall())
 
     async def sending_by_route(self) -> dict[str, int]:
         cur = await self.reader.execute(
@@ -564,26 +479,7 @@ class Store:
         )
         return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
 
-    async def token_record(self, token_id: str) -> TokenRecord | None:
-        cur = await self.reader.execute(
-            "SELECT id, name, scopes, created_at, revoked_at FROM api_tokens WHERE id = ?",
-            (token_id,),
-        )
-        row = await cur.fetchone()
-        return None if row is None else _token(row)
-
     # -- end of admin panel reads ---------------------------------------------------------
-
-
-def _same(a: bytes, b: bytes) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a, b)
-
-
-def _token(row: Sequence[Any]) -> TokenRecord:
-    scopes = frozenset(s for s in row[2].split(",") if s)
-    return TokenRecord(row[0], row[1], scopes, row[3], row[4])
 
 
 class _PartsPending(Exception):

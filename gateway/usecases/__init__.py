@@ -8,18 +8,39 @@ into their answers. None of them reads or writes the store for these operations.
   reveal.
 - `inbound.Inbound`: get, newest-first pages, polling (`after`), reveal.
 - `status.Status`: the queue's counts, and what each route is sending.
+- `tokens.Tokens`: API tokens: list, create, revoke (audited).
+- `activity.Activity`: state changes after a position (the dashboard's live stream).
+- `deliveries.Deliveries`: event deliveries and dead letters, redeliver (audited).
+- `undecodable.Undecodable`: how many unreadable inbound records are held.
+- `audit_log.AuditLog`: the audit trail's entries, and the check of its chain (audited).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.usecases.activity import Activity
+from gateway.usecases.audit_log import AuditLog
 from gateway.usecases.caller import Caller
+from gateway.usecases.deliveries import Deliveries
 from gateway.usecases.inbound import Inbound
 from gateway.usecases.messages import Messages
 from gateway.usecases.status import Status
+from gateway.usecases.tokens import Tokens
+from gateway.usecases.undecodable import Undecodable
 
-__all__ = ["Caller", "Inbound", "Messages", "Status", "UseCases"]
+__all__ = [
+    "Activity",
+    "AuditLog",
+    "Caller",
+    "Deliveries",
+    "Inbound",
+    "Messages",
+    "Status",
+    "Tokens",
+    "Undecodable",
+    "UseCases",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +48,8 @@ class UseCases:
     messages: Messages
     inbound: Inbound
     status: Status
+    tokens: Tokens
+    activity: Activity
+    deliveries: Deliveries
+    undecodable: Undecodable
+    audit_log: AuditLog

@@ -1,4 +1,4 @@
-"""The audit trail as the use cases see it (`gateway.admin.audit.AuditTrail` is one)."""
+"""The audit trail as the use cases see it (`gateway.store.audit_log.AuditTrail` is one)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.store.store import TokenRecord
+from gateway.store.tokens_sql import TokenRecord
 from gateway.usecases.masking import mask_number, mask_number_compact
 
 

@@ -1,4 +1,5 @@
-"""The console side of the admin panel: `smsgw user ...` and `smsgw audit verify`.
+"""The console side of the admin panel: `smsgw user ...` and `smsgw audit verify`
+(moved out of `gateway/admin/`, which imports nothing from the store).
 
 The console is where the first admin is made (there is no default account). Every
 change is audited with the actor `console`.
@@ -17,11 +18,13 @@ from typing import Any
 from drivers.clock import SystemClock
 from gateway.admin import passwords
 from gateway.admin.accounts import Accounts, InvalidUsername
-from gateway.admin.audit import AuditTrail, audit_key
-from gateway.admin.repo import AdminRepo, Role, UserExists
 from gateway.config import Config
+from gateway.panel_users import Role, UserExists
 from gateway.store import crypto
+from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
+from gateway.usecases.audit_log import AuditLog
 
 CONSOLE = "console"
 
@@ -119,17 +122,7 @@ def audit_verify(config: Config) -> int:
     async def run() -> int:
         store = await with_store(config)
         try:
-            audit = audit_trail(store, config)
-            result = await audit.verify()
-            await audit.record(
-                CONSOLE,
-                "audit_verified",
-                "audit_log",
-                None,
-                ok=result.ok,
-                entries=result.entries,
-                first_bad_seq=result.first_bad_seq,
-            )
+            result = await AuditLog(trail=audit_trail(store, config)).verify(CONSOLE)
         finally:
             await store.close()
         if result.ok:

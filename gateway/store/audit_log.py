@@ -1,4 +1,4 @@
-"""The audit trail: append-only, hash-chained, keyed.
+"""The audit trail: append-only, hash-chained, keyed (the `audit_log` table).
 
 Theory of operation. Every entry is one row of `audit_log`: `seq` (1, 2, 3, ... with no
 gaps), `at` (UTC seconds), `actor` (`user:<id>`, `token:<id>`, `console`,
@@ -16,7 +16,8 @@ show is the newest entries being cut off the end; `verify()` reports the head (l
 and hash) so it can be compared with one recorded elsewhere, e.g. a log line.
 
 Entries are written through the store's single writer, each inside the writer's
-transaction, so seq order is commit order, and an awaited `record()` is durable.
+transaction, so seq order is commit order, and an awaited `record()` is durable. Front ends read
+and verify it through `gateway/usecases/audit_log.py`.
 SQLite triggers refuse UPDATE and DELETE on the table as a second line of defence.
 
 Repeats. What an unauthenticated client can repeat at will (failed and throttled
