@@ -28,6 +28,7 @@ from drivers.registry import load_driver
 from gateway.admin.audit import AuditTrail, audit_key
 from gateway.admin.repo import AdminRepo
 from gateway.config import Config
+from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
 from gateway.integrations import kannel_dlr
@@ -119,6 +120,7 @@ class Gateway:
         scheduler = Scheduler(store, routes, router, config.queue, clock, metrics)
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
+        sink.answer_keywords(InboundConsent(config, store, router, scheduler))
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
         outbox = build_outbox(config, store, clock)
