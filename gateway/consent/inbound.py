@@ -65,6 +65,7 @@ log = structlog.get_logger("smsgw.consent")
 HOUR = 3600.0
 ASKED_WINDOW = 86400.0  # a YES counts as an opt-in this long after our opt-out confirmation
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DIGITS = frozenset(_CROCKFORD)
 _REPLY_BIT = 1 << 81  # the top bit of an id's 80-bit random part: never set by IdGenerator
 _OPT_OUT = (Action.OPT_OUT, Action.OPT_OUT_ALL, Action.REVOCATION)
 _OPT_IN = (Action.OPT_IN, Action.OPT_IN_IF_ASKED)
@@ -74,11 +75,11 @@ _LEFT = ("sending", "sent", "delivered")  # a message in these states has left f
 def reply_id(inbound_id: str) -> str:
     """The id of the one reply an inbound message may get: deterministic, and never an
     id `new_message_id` makes (its random part stays below 2**79)."""
+    if len(inbound_id) != 26 or not set(inbound_id) <= _DIGITS or inbound_id[0] > "3":
+        raise ValueError("not a message id")
     value = 0
     for ch in inbound_id:
         value = value * 32 + _CROCKFORD.index(ch)
-    if len(inbound_id) != 26 or value >= 1 << 130:
-        raise ValueError("not a message id")
     value |= _REPLY_BIT
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
