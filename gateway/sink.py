@@ -140,11 +140,13 @@ class GatewaySink:
 
     async def expire_inbound(self) -> float | None:
         """Store the sets held too long as incomplete messages; when the next is due."""
+        hook, handled = self._keyword_step()
         expired = await self._store.expire_inbound_parts(
-            self._clock.time(), self.reassembly_timeout
+            self._clock.time(), self.reassembly_timeout, then=hook
         )
         for inbound_id in expired.inbound_ids:
             log.warning("inbound_incomplete_stored", inbound_id=inbound_id)
+        self._after_commit(handled)
         return expired.next_due
 
     def health_changed(self, route: str, health: RouteHealth) -> None:

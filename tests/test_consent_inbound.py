@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from drivers.clock import SystemClock
+from drivers.base import InboundPart, InboundSms
+from drivers.clock import FakeClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, SubmittedMessage
 from drivers.text import Encoding, split
 from gateway.app import Gateway
@@ -26,7 +27,14 @@ from gateway.consent.inbound import reply_id
 from gateway.models import Priority, new_message_id
 from gateway.scheduler import Entry
 from gateway.store.store import NewMessage
-from tests.conftest import CANARY_BODY, CANARY_DIGITS, make_config, poke_on_commit
+from tests.conftest import (
+    CANARY_BODY,
+    CANARY_DIGITS,
+    GatewayFactory,
+    make_config,
+    poke_on_commit,
+    state_of,
+)
 from tests.test_smpp_faults import PASSWORD, Rig, _relay, smpp_route
 
 SHORT_CODE = "4000"
@@ -518,3 +526,26 @@ async def test_an_opt_out_is_confirmed_even_when_the_auto_reply_limit_is_spent(
         *["consent:help:default"] * 3,
         "consent:opt_out_all:default",
     ]
+
+
+async def test_a_revocation_in_a_message_that_never_arrived_whole_is_still_caught(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Part 2 of 2 never comes: the text stored as incomplete at the reassembly timeout
+    still holds a revocation phrase, decided in the transaction that stores it."""
+    gw = await open_gateway()
+    who = number(15)
+    part = InboundPart(reference=9, ref_bits=8, total=2, seq=1)
+    await gw.sink.inbound("main", InboundSms(who, "Wrong number, please ", SHORT_CODE, part=part))
+    assert await decisions(gw, who) == []
+    clock.advance(gw.sink.reassembly_timeout)
+    await gw.housekeeping_once()
+    (inbound_id,) = await inbound_ids(gw)
+    assert [r[:5] for r in await decisions(gw, who)] == [
+        ("opt_out", "all", "default", "phrase", inbound_id)
+    ]
+    assert await reviews(gw, who) == [("phrase", "default", inbound_id)]
+    ((reply, *_),) = await replies(gw, who)
+    assert reply == reply_id(inbound_id)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, reply) in ("sent", "delivered")

@@ -93,8 +93,11 @@ class Handled:
     program: str
     decisions: int  # ledger rows appended
     review: bool
-    reply: Entry | None
+    reply: Entry | None  # the reply committed with the decision, for the scheduler
     reply_kind: Reply | None
+    # Why no reply: opted_out (HELP, not answered), repeated (STOP already confirmed),
+    # not_opted_out (START), not_asked (YES), limit (auto-replies), no_route.
+    withheld: str | None
 
 
 class InboundConsent:
@@ -132,11 +135,11 @@ class InboundConsent:
         if match.action is Action.HELP:
             out = _currently_out(conn, idx, program)
             if out and not self._config.answer_help_opted_out:
-                return step.handled(0, False, None, None)
+                return step.handled(0, False, withheld="opted_out")
             kind = Reply.HELP_OPTED_OUT if out else Reply.HELP
             return self._answer(step, 0, False, kind, forced=False)
         _review(conn, s, idx, program, "ambiguous")
-        return step.handled(0, True, None, None)
+        return step.handled(0, True)
 
     def _opt_out(self, step: _Step) -> Handled:
         conn, s = step.conn, step.inbound
@@ -171,18 +174,18 @@ class InboundConsent:
             _review(conn, s, step.idx, step.program, "phrase")
         kind = Reply.OPT_OUT_ALL if SCOPE_ALL in scopes else Reply.OPT_OUT
         if not new and _confirmed_within(conn, step.idx, step.program, s.received_at - HOUR):
-            return step.handled(0, revocation, None, None)
+            return step.handled(0, revocation, withheld="repeated")
         # An opt-out that changed something is confirmed once, whatever the limit (MSG-6).
         return self._answer(step, len(new), revocation, kind, forced=bool(new))
 
     def _opt_in(self, step: _Step) -> Handled:
         conn, s = step.conn, step.inbound
         if not _currently_out(conn, step.idx, step.program):
-            return step.handled(0, False, None, None)
+            return step.handled(0, False, withheld="not_opted_out")
         if step.match.action is Action.OPT_IN_IF_ASKED and not _just_asked(
             conn, step.idx, step.program, s.received_at - ASKED_WINDOW
         ):
-            return step.handled(0, False, None, None)
+            return step.handled(0, False, withheld="not_asked")
         assert self._store.cipher is not None
         ledger.append(
             conn,
@@ -211,13 +214,13 @@ class InboundConsent:
                 (step.idx, Purpose.COMPLIANCE.value, s.received_at - HOUR),
             ).fetchone()
             if sent >= self._config.auto_replies_per_hour:
-                return step.handled(decisions, review, None, kind)
+                return step.handled(decisions, review, withheld="limit")
         row = conn.execute("SELECT language FROM contacts WHERE idx = ?", (step.idx,)).fetchone()
         language = self._book.language_for((row[0] if row else None, *step.match.languages))
         body = self._book.render(kind, language, step.program)
         candidates, hint = self._routes_for(step.number, s.route, step.program)
         if not candidates:
-            return step.handled(decisions, review, None, kind)
+            return step.handled(decisions, review, withheld="no_route")
         plan = split(body)
         message = NewMessage(
             id=reply_id(s.id),
@@ -287,6 +290,7 @@ class InboundConsent:
             review=h.review,
             reply=None if h.reply_kind is None else h.reply_kind.value,
             reply_id=None if h.reply is None else h.reply.id,
+            withheld=h.withheld,
         )
 
 
@@ -300,10 +304,23 @@ class _Step:
     match: Match
 
     def handled(
-        self, decisions: int, review: bool, reply: Entry | None, kind: Reply | None
+        self,
+        decisions: int,
+        review: bool,
+        reply: Entry | None = None,
+        kind: Reply | None = None,
+        *,
+        withheld: str | None = None,
     ) -> Handled:
         return Handled(
-            self.inbound.id, self.match.action, self.program, decisions, review, reply, kind
+            self.inbound.id,
+            self.match.action,
+            self.program,
+            decisions,
+            review,
+            reply,
+            kind,
+            withheld,
         )
 
 

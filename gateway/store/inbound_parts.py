@@ -221,15 +221,24 @@ def file_part(
 
 
 def expire_sets(
-    conn: sqlite3.Connection, cipher: FieldCipher, now: float, timeout: float
+    conn: sqlite3.Connection,
+    cipher: FieldCipher,
+    now: float,
+    timeout: float,
+    then: InboundHook | None = None,
 ) -> ExpiredSets:
-    """Store every set whose first part is `timeout` old as an incomplete message."""
+    """Store every set whose first part is `timeout` old as an incomplete message (and
+    run `then` on each)."""
     due = conn.execute(
         "SELECT set_key, max(total) FROM inbound_parts GROUP BY set_key"
         " HAVING min(received_at) + ? <= ? ORDER BY min(received_at)",
         (timeout, now),
     ).fetchall()
-    ids = tuple(_store_set(conn, cipher, key, total, now, incomplete=True).id for key, total in due)
+    stored = [_store_set(conn, cipher, key, total, now, incomplete=True) for key, total in due]
+    if then is not None:
+        for message in stored:
+            then(conn, message)
+    ids = tuple(message.id for message in stored)
     conn.execute("DELETE FROM inbound_sets_done WHERE done_at <= ?", (now - timeout,))
     (oldest,) = conn.execute("SELECT min(received_at) FROM inbound_parts").fetchone()
     # The same double arithmetic as the HAVING above: a set reported due at `next_due`

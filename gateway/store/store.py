@@ -440,10 +440,14 @@ class Store:
             lambda conn: inbound_parts.file_part(conn, c, part, now, hold_for, then)
         )
 
-    async def expire_inbound_parts(self, now: float, hold_for: float) -> inbound_parts.ExpiredSets:
+    async def expire_inbound_parts(
+        self, now: float, hold_for: float, *, then: inbound_parts.InboundHook | None = None
+    ) -> inbound_parts.ExpiredSets:
         """Store sets held `hold_for` seconds as incomplete messages (one transaction)."""
         c = self._crypto
-        return await self.writer.run(lambda conn: inbound_parts.expire_sets(conn, c, now, hold_for))
+        return await self.writer.run(
+            lambda conn: inbound_parts.expire_sets(conn, c, now, hold_for, then)
+        )
 
     async def held_inbound_parts(self) -> int:
         cur = await self.reader.execute("SELECT count(*) FROM inbound_parts")
