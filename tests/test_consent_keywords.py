@@ -8,6 +8,10 @@ keyword is ever an opt-in.
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -15,9 +19,14 @@ from hypothesis import strategies as st
 from drivers.text import Encoding, split
 from gateway.config import ConfigError, from_mapping
 from gateway.consent.inbound import reply_id
-from gateway.consent.inbound_config import matcher_for, replies_for
+from gateway.consent.inbound_config import (
+    KeywordsConfig,
+    RepliesConfig,
+    matcher_for,
+    replies_for,
+)
 from gateway.consent.keywords import DEFAULT_TABLES, Action, Matcher, normalise
-from gateway.consent.replies import Reply
+from gateway.consent.replies import DEFAULT_TEXTS, Reply
 from gateway.models import new_message_id
 
 MATCHER = matcher_for(from_mapping({}).consent)
@@ -83,10 +92,9 @@ def test_info_matches_both_languages_and_english_comes_first() -> None:
 
 
 def test_the_most_conservative_class_wins_when_languages_disagree() -> None:
-    # A site whose Spanish table makes "fin" a help word still reads "END"-like FIN
-    # as... whatever is most conservative: an opt-out beats help.
-    clash = Matcher({**DEFAULT_TABLES}).classify("fin")
-    assert clash.action is Action.OPT_OUT
+    # FIN is an opt-out in Spanish; a site that also lists it as a help word still
+    # gets an opt-out: an opt-out beats help, help beats an opt-in.
+    assert Matcher(DEFAULT_TABLES).classify("fin").action is Action.OPT_OUT
     config = from_mapping({"consent": {"keywords": {"es": {"help": ["fin"]}}}})
     assert matcher_for(config.consent).classify("FIN").action is Action.OPT_OUT
 
@@ -219,3 +227,20 @@ def test_keywords_survive_any_surrounding_punctuation_spacing_and_emoji(
     keyword: str, lead: str, trail: str
 ) -> None:
     assert MATCHER.classify(lead + keyword + trail) == MATCHER.classify(keyword)
+
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "smsgw.example.toml"
+
+
+def test_the_example_documents_every_inbound_key_and_the_built_in_replies() -> None:
+    text = EXAMPLE.read_text()
+    mine = ("keywords", "replies", "language", "brand", "program_titles", "help_contact")
+    mine += ("reply_segments", "auto_replies_per_hour", "answer_help_opted_out")
+    for name in (*mine, *KeywordsConfig.__struct_fields__, *RepliesConfig.__struct_fields__):
+        assert re.search(rf"^# (\[consent\.)?{name}( =|\.)", text, re.M), name
+    block = text.split("# [consent.replies.en]", 1)[1].split("\n\n", 1)[0]
+    lines = [ln.removeprefix("# ") for ln in block.splitlines()[2:]]
+    documented = tomllib.loads("\n".join(lines))
+    assert documented == {
+        k.value if isinstance(k, Reply) else k: v for k, v in DEFAULT_TEXTS["en"].items()
+    }
