@@ -117,11 +117,11 @@ class InboundConsent:
     def decide(self, conn: sqlite3.Connection, s: StoredInbound) -> Handled | None:
         if not self._config.enabled:
             return None
-        number = normalise_number(s.sender, self._region)
-        if number is None:  # an alphanumeric sender or a short code: nobody to answer
-            return None
         match = self._matcher.classify(s.body)
         if match.action is Action.NONE:
+            return None
+        number = normalise_number(s.sender, self._region)
+        if number is None:  # an alphanumeric sender or a short code: nobody to answer
             return None
         cipher = self._store.cipher
         assert cipher is not None, "store is not open"
