@@ -80,6 +80,33 @@ MATRIX = [
 ]
 
 
+# Variants written the way people text, none of them in the tables as written.
+HELD_OUT = [
+    ("Stop!!!", Action.OPT_OUT),
+    ("STOP 🙏🏽", Action.OPT_OUT),
+    ("  unsubscribe.  ", Action.OPT_OUT),
+    ("Opt-Out!", Action.OPT_OUT),
+    ("Quit texting me", Action.REVOCATION),
+    ("Please unsubscribe", Action.REVOCATION),
+    ("Please don't text me anymore", Action.REVOCATION),
+    ("I don't want texts from you", Action.REVOCATION),
+    ("Remove my number please", Action.REVOCATION),
+    ("who is this? wrong number", Action.REVOCATION),
+    ("Dejen de mandarme mensajes", Action.REVOCATION),
+    ("Ya no quiero mas mensajes", Action.REVOCATION),
+    ("I'll stop by the front desk", Action.AMBIGUOUS),
+    ("I don't want to reschedule", Action.NONE),
+    ("Yes, see you then", Action.NONE),
+    ("Starting my new meds today", Action.NONE),
+    ("Helpful, thanks", Action.NONE),
+]
+
+
+@pytest.mark.parametrize(("text", "action"), HELD_OUT, ids=repr)
+def test_held_out_variants_are_read_as_a_person_would(text: str, action: Action) -> None:
+    assert MATCHER.classify(text).action is action
+
+
 @pytest.mark.parametrize(("text", "action", "language"), MATRIX, ids=repr)
 def test_the_keyword_and_look_alike_matrix(text: str, action: Action, language: str) -> None:
     match = MATCHER.classify(text)
