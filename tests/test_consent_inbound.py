@@ -549,3 +549,17 @@ async def test_a_revocation_in_a_message_that_never_arrived_whole_is_still_caugh
     assert reply == reply_id(inbound_id)
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, reply) in ("sent", "delivered")
+
+
+async def test_a_stop_from_a_number_the_numbering_plan_does_not_know_still_counts(
+    open_rig: RigFactory,
+) -> None:
+    """+1 555 numbers are not valid to phonenumbers (as a range newer than its data
+    would not be): the carrier says who sent the STOP, and that is who is suppressed."""
+    rig = await open_rig()
+    who = "+15551230000"
+    rig.sim.inject_mo(who, SHORT_CODE, "STOP")
+    rig.sim.inject_mo("HOSPITAL", SHORT_CODE, "STOP")  # alphanumeric: nobody to suppress
+    await settled(rig, who, 2, 1)
+    assert [r[:2] for r in await decisions(rig.gw, who)] == [("opt_out", "all")]
+    assert len(rig.sim.submitted) == 1

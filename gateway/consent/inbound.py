@@ -32,6 +32,7 @@ auto-responders). Nothing here logs a number or a text.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 
@@ -120,8 +121,8 @@ class InboundConsent:
         match = self._matcher.classify(s.body)
         if match.action is Action.NONE:
             return None
-        number = normalise_number(s.sender, self._region)
-        if number is None:  # an alphanumeric sender or a short code: nobody to answer
+        number = _sender_number(s.sender, self._region)
+        if number is None:  # an alphanumeric sender: nobody to answer
             return None
         cipher = self._store.cipher
         assert cipher is not None, "store is not open"
@@ -322,6 +323,18 @@ class _Step:
             kind,
             withheld,
         )
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
+
+
+def _sender_number(sender: str, region: str) -> str | None:
+    """The sender as the E.164 number messages to it are stored under. A number in
+    E.164 form is taken as it is, even one the numbering metadata does not know yet
+    (a new range): its STOP must count all the same."""
+    if _E164.fullmatch(sender):
+        return sender
+    return normalise_number(sender, region)
 
 
 def _covering(scope: str) -> tuple[str, ...]:
