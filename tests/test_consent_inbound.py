@@ -371,7 +371,7 @@ async def test_the_reply_speaks_the_contacts_language_else_the_keywords(
 
     def job(conn: Any) -> None:
         ledger.ensure_contact(conn, cipher, idx, spanish_contact, 0.0)
-        conn.execute("UPDATE contacts SET language = 'es' WHERE idx = ?", (idx,))
+        conn.execute("UPDATE contacts SET language = 'es-MX' WHERE idx = ?", (idx,))
 
     await rig.gw.store.writer.run(job)
     rig.sim.inject_mo(spanish_keyword, SHORT_CODE, "¡Alto!")
@@ -563,3 +563,15 @@ async def test_a_stop_from_a_number_the_numbering_plan_does_not_know_still_count
     await settled(rig, who, 2, 1)
     assert [r[:2] for r in await decisions(rig.gw, who)] == [("opt_out", "all")]
     assert len(rig.sim.submitted) == 1
+
+
+async def test_with_consent_off_a_stop_is_only_stored(
+    open_gateway: GatewayFactory,
+) -> None:
+    """`consent.enabled = false` (a benchmark's baseline) turns keyword handling off too."""
+    gw = await open_gateway(consent={"enabled": False})
+    who = number(16)
+    await gw.sink.inbound("main", InboundSms(who, "STOP", SHORT_CODE))
+    assert len(await inbound_ids(gw)) == 1
+    assert await decisions(gw, who) == []
+    assert await replies(gw, who) == []

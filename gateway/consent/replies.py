@@ -94,8 +94,10 @@ class ReplyBook:
     def language_for(self, preferred: Iterable[str | None]) -> str:
         """The first of `preferred` that has texts, else the default language."""
         for lang in preferred:
-            if lang is not None and lang in self._texts:
-                return lang
+            # A contact's language may be a tag ("es-MX", "ES"): its language part counts.
+            code = None if lang is None else lang.split("-")[0].split("_")[0].lower()
+            if code is not None and code in self._texts:
+                return code
         return self.default_language
 
     def title(self, program: str) -> str:
