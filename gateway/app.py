@@ -26,6 +26,7 @@ from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway.config import Config
+from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
 from gateway.intake import Intake
 from gateway.integrations import kannel_dlr
@@ -129,6 +130,7 @@ class Gateway:
         scheduler = Scheduler(store, routes, router, config.queue, clock, metrics)
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
+        sink.answer_keywords(InboundConsent(config, store, router, scheduler))
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
         outbox = build_outbox(config, store, clock)

@@ -23,6 +23,7 @@ import msgspec
 import phonenumbers
 
 from drivers.registry import UnknownDriver, load_driver
+from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
 from gateway.models import Priority
 
@@ -522,6 +523,8 @@ def _check_values(config: Config) -> None:
     if problem := config.kannel.problems():
         raise ConfigError(problem)
     if problem := config.consent.problems():
+        raise ConfigError(problem)
+    if problem := inbound_problems(config.consent):
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

@@ -1,9 +1,15 @@
 """What drivers report, made durable: receipts, inbound messages, health changes, and
-inbound records no codec could read (held encrypted for an operator, with an alert)."""
+inbound records no codec could read (held encrypted for an operator, with an alert).
+
+An inbound message's keywords (STOP, START, HELP, revocation phrases) are decided in
+the transaction that stores it (`consent/inbound.py`); a reply it earned is handed to
+the scheduler after that commit."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -11,8 +17,12 @@ from drivers.base import InboundSms, Receipt, RouteHealth
 from drivers.clock import Clock
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
+from gateway.store.inbound_parts import InboundHook, StoredInbound
 from gateway.store.quarantine import HeldUndecodable, Quarantine
 from gateway.store.store import Store
+
+if TYPE_CHECKING:
+    from gateway.consent.inbound import Handled, InboundConsent
 
 log = structlog.get_logger("smsgw.sink")
 
@@ -33,6 +43,29 @@ class GatewaySink:
         self.reassembly_timeout = reassembly_timeout
         self._wakers: list[Callable[[], None]] = []
         self._quarantine = Quarantine(store)
+        self._consent: InboundConsent | None = None
+
+    def answer_keywords(self, consent: InboundConsent) -> None:
+        """Decide keywords in each inbound's transaction (the gateway wires this in)."""
+        self._consent = consent
+
+    def _keyword_step(self) -> tuple[InboundHook | None, list[Handled]]:
+        handled: list[Handled] = []
+        consent = self._consent
+        if consent is None:
+            return None, handled
+
+        def hook(conn: sqlite3.Connection, stored: StoredInbound) -> None:
+            outcome = consent.decide(conn, stored)
+            if outcome is not None:
+                handled.append(outcome)
+
+        return hook, handled
+
+    def _after_commit(self, handled: list[Handled]) -> None:
+        if self._consent is not None:
+            for outcome in handled:
+                self._consent.after(outcome)
 
     def wake_on_health(self, callback: Callable[[], None]) -> None:
         self._wakers.append(callback)
@@ -63,6 +96,7 @@ class GatewaySink:
             await self._inbound_part(route, sms)
             return
         inbound_id = new_message_id()
+        hook, handled = self._keyword_step()
         await self._store.insert_inbound(
             inbound_id,
             route,
@@ -71,13 +105,16 @@ class GatewaySink:
             sms.recipient,
             sms.carrier_id,
             self._clock.time(),
+            then=hook,
         )
         log.info("inbound_stored", route=route, inbound_id=inbound_id)
+        self._after_commit(handled)
 
     async def _inbound_part(self, route: str, sms: InboundSms) -> None:
         assert sms.part is not None
+        hook, handled = self._keyword_step()
         filed = await self._store.file_inbound_part(
-            route, sms, self._clock.time(), self.reassembly_timeout
+            route, sms, self._clock.time(), self.reassembly_timeout, then=hook
         )
         log.info(
             "inbound_part",
@@ -87,6 +124,7 @@ class GatewaySink:
             outcome=filed.outcome.value,
             inbound_id=filed.inbound_id,
         )
+        self._after_commit(handled)
 
     async def quarantine(self, route: str, source: str, record: str) -> None:
         """`drivers.base.QuarantineSink`: hold an undecodable record, then alert."""
@@ -102,11 +140,13 @@ class GatewaySink:
 
     async def expire_inbound(self) -> float | None:
         """Store the sets held too long as incomplete messages; when the next is due."""
+        hook, handled = self._keyword_step()
         expired = await self._store.expire_inbound_parts(
-            self._clock.time(), self.reassembly_timeout
+            self._clock.time(), self.reassembly_timeout, then=hook
         )
         for inbound_id in expired.inbound_ids:
             log.warning("inbound_incomplete_stored", inbound_id=inbound_id)
+        self._after_commit(handled)
         return expired.next_due
 
     def health_changed(self, route: str, health: RouteHealth) -> None:

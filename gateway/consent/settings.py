@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.consent.inbound_config import KeywordsConfig, RepliesConfig
 from gateway.consent.purposes import (
     CLIENT_PURPOSES,
     DEFAULT_POLICIES,
@@ -66,6 +67,16 @@ class ConsentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     revoke_all: bool = False  # MSG-7: one STOP stops every purpose (the FCC's pending rule)
     programs: tuple[ProgramConfig, ...] = ()
     purposes: dict[str, PurposeOverride] = msgspec.field(default_factory=dict)
+    # -- inbound keywords and their replies (i12-inbound; checked by inbound_problems) --
+    keywords: dict[str, KeywordsConfig] = msgspec.field(default_factory=dict)
+    replies: dict[str, RepliesConfig] = msgspec.field(default_factory=dict)
+    language: str = "en"  # replies when neither the contact nor the keyword decide
+    brand: str = "Hospital"  # a program's title in replies unless program_titles has one
+    program_titles: dict[str, str] = msgspec.field(default_factory=dict)
+    help_contact: str = "call your care team"  # where HELP sends people: number, URL
+    reply_segments: int = 1  # a reply must fit this many SMS (1: 160 GSM-7 characters)
+    auto_replies_per_hour: int = 3  # per number (R-OPT-1); an opt-out's one confirmation
+    answer_help_opted_out: bool = True  # false: HELP from an opted-out number is not answered
 
     def problems(self) -> str | None:
         try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,23 @@ class FiledPart:
 class ExpiredSets:
     inbound_ids: tuple[str, ...]  # one incomplete message per set given up on
     next_due: float | None  # when the oldest set still held expires; None if none is
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInbound:
+    """A whole inbound message just inserted, for a hook run in the same transaction."""
+
+    id: str
+    route: str
+    sender: str = field(repr=False)
+    body: str = field(repr=False)
+    recipient: str | None = field(repr=False)
+    received_at: float
+
+
+# Runs inside the transaction that stores an inbound message (the consent step: a STOP
+# commits with its text, or neither does).
+InboundHook = Callable[[sqlite3.Connection, StoredInbound], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +178,10 @@ def file_part(
     part: PreparedPart,
     now: float,
     timeout: float,
+    then: InboundHook | None = None,
 ) -> FiledPart:
-    """Hold one part; store its set if that made it whole. Run as one writer job."""
+    """Hold one part; store its set if that made it whole, then run `then` on the
+    stored message. Run as one writer job."""
     done = conn.execute(
         "SELECT digest, done_at FROM inbound_sets_done WHERE set_key = ? AND seq = ?",
         (part.set_key, part.seq),
@@ -195,20 +214,31 @@ def file_part(
     ).fetchone()
     if held < part.total:
         return FiledPart(Filed.HELD)
-    inbound_id = _store_set(conn, cipher, part.set_key, part.total, now, incomplete=False)
-    return FiledPart(Filed.COMPLETED, inbound_id)
+    stored = _store_set(conn, cipher, part.set_key, part.total, now, incomplete=False)
+    if then is not None:
+        then(conn, stored)
+    return FiledPart(Filed.COMPLETED, stored.id)
 
 
 def expire_sets(
-    conn: sqlite3.Connection, cipher: FieldCipher, now: float, timeout: float
+    conn: sqlite3.Connection,
+    cipher: FieldCipher,
+    now: float,
+    timeout: float,
+    then: InboundHook | None = None,
 ) -> ExpiredSets:
-    """Store every set whose first part is `timeout` old as an incomplete message."""
+    """Store every set whose first part is `timeout` old as an incomplete message (and
+    run `then` on each)."""
     due = conn.execute(
         "SELECT set_key, max(total) FROM inbound_parts GROUP BY set_key"
         " HAVING min(received_at) + ? <= ? ORDER BY min(received_at)",
         (timeout, now),
     ).fetchall()
-    ids = tuple(_store_set(conn, cipher, key, total, now, incomplete=True) for key, total in due)
+    stored = [_store_set(conn, cipher, key, total, now, incomplete=True) for key, total in due]
+    if then is not None:
+        for message in stored:
+            then(conn, message)
+    ids = tuple(message.id for message in stored)
     conn.execute("DELETE FROM inbound_sets_done WHERE done_at <= ?", (now - timeout,))
     (oldest,) = conn.execute("SELECT min(received_at) FROM inbound_parts").fetchone()
     # The same double arithmetic as the HAVING above: a set reported due at `next_due`
@@ -224,23 +254,31 @@ def _store_set(
     now: float,
     *,
     incomplete: bool,
-) -> str:
+) -> StoredInbound:
     rows: Sequence[Any] = conn.execute(
         f"SELECT {_PART_COLUMNS} FROM inbound_parts WHERE set_key = ? ORDER BY seq",  # noqa: S608 - fixed column list
         (key,),
     ).fetchall()
     part_id, route, _, sender_ct, recipient_ct, _, carrier_id, _ = rows[0]
     texts = {row[2]: cipher.decrypt(row[5], row[0], "body") for row in rows}
-    inbound_id = new_message_id()
-    sql, params = inbound_statement(
-        cipher,
-        inbound_id,
+    stored = StoredInbound(
+        new_message_id(),
         route,
         cipher.decrypt(sender_ct, part_id, "sender"),
         join_parts(texts, total),
         None if recipient_ct is None else cipher.decrypt(recipient_ct, part_id, "recipient"),
-        carrier_id,
         max(row[7] for row in rows),
+    )
+    inbound_id = stored.id
+    sql, params = inbound_statement(
+        cipher,
+        inbound_id,
+        route,
+        stored.sender,
+        stored.body,
+        stored.recipient,
+        carrier_id,
+        stored.received_at,
         incomplete=incomplete,
     )
     conn.execute(sql, params)
@@ -250,4 +288,4 @@ def _store_set(
         "INSERT OR REPLACE INTO inbound_sets_done (set_key, seq, digest, done_at) VALUES (?,?,?,?)",
         [(key, seq, _part_digest(cipher, key, seq, text), now) for seq, text in texts.items()],
     )
-    return inbound_id
+    return stored

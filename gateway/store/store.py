@@ -402,7 +402,9 @@ class Store:
         now: float,
         *,
         incomplete: bool = False,
+        then: inbound_parts.InboundHook | None = None,
     ) -> None:
+        """Store one whole inbound message; `then` runs in the same transaction."""
         statement = inbound_parts.inbound_statement(
             self._crypto,
             inbound_id,
@@ -414,10 +416,27 @@ class Store:
             now,
             incomplete=incomplete,
         )
-        await self.writer.insert([statement, outbox_sql.inbound_statement(inbound_id, route, now)])
+        rows = [statement, outbox_sql.inbound_statement(inbound_id, route, now)]
+        if then is None:
+            await self.writer.insert(rows)
+            return
+        stored = inbound_parts.StoredInbound(inbound_id, route, sender, body, recipient, now)
+
+        def job(conn: sqlite3.Connection) -> None:
+            for sql, params in rows:
+                conn.execute(sql, params)
+            then(conn, stored)
+
+        await self.writer.run(job)
 
     async def file_inbound_part(
-        self, route: str, sms: InboundSms, now: float, hold_for: float
+        self,
+        route: str,
+        sms: InboundSms,
+        now: float,
+        hold_for: float,
+        *,
+        then: inbound_parts.InboundHook | None = None,
     ) -> inbound_parts.FiledPart:
         """Hold one part of a concatenated message, durably; store its set once whole.
 
@@ -427,13 +446,17 @@ class Store:
         c = self._crypto
         part = inbound_parts.prepare_part(c, route, sms, now)
         return await self.writer.run(
-            lambda conn: inbound_parts.file_part(conn, c, part, now, hold_for)
+            lambda conn: inbound_parts.file_part(conn, c, part, now, hold_for, then)
         )
 
-    async def expire_inbound_parts(self, now: float, hold_for: float) -> inbound_parts.ExpiredSets:
+    async def expire_inbound_parts(
+        self, now: float, hold_for: float, *, then: inbound_parts.InboundHook | None = None
+    ) -> inbound_parts.ExpiredSets:
         """Store sets held `hold_for` seconds as incomplete messages (one transaction)."""
         c = self._crypto
-        return await self.writer.run(lambda conn: inbound_parts.expire_sets(conn, c, now, hold_for))
+        return await self.writer.run(
+            lambda conn: inbound_parts.expire_sets(conn, c, now, hold_for, then)
+        )
 
     async def held_inbound_parts(self) -> int:
         cur = await self.reader.execute("SELECT count(*) FROM inbound_parts")
