@@ -35,6 +35,7 @@ from tests.conftest import (
     poke_on_commit,
     state_of,
 )
+from tests.store_rows import inbound_rows
 from tests.test_smpp_faults import PASSWORD, Rig, _relay, smpp_route
 
 SHORT_CODE = "4000"
@@ -90,11 +91,11 @@ def to(sim: SmscSimulator, who: str) -> list[SubmittedMessage]:
 
 
 async def inbound_count(gw: Gateway) -> int:
-    return len(await gw.store.list_inbound(None, 1000))
+    return len(await inbound_rows(gw.store, 1000))
 
 
 async def inbound_ids(gw: Gateway) -> list[str]:
-    return [r["id"] for r in reversed(await gw.store.list_inbound(None, 1000))]
+    return [r["id"] for r in reversed(await inbound_rows(gw.store, 1000))]
 
 
 async def decisions(gw: Gateway, who: str) -> list[tuple[Any, ...]]:
