@@ -7,8 +7,10 @@ stores every message it was accepted for, or nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,10 +22,13 @@ import phonenumbers
 from drivers.clock import Clock
 from drivers.text import BodyTooLong, split
 from gateway.config import Config
+from gateway.consent.policy import Policy, Verdict
+from gateway.consent.purposes import Purpose
+from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
 from gateway.integrations.callbacks import check_callback
 from gateway.metrics import Metrics
-from gateway.models import Priority, State, new_message_id
+from gateway.models import State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
 from gateway.store.store import NewMessage, Store
@@ -65,6 +70,9 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     category: Label | None = None
     reference: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     callback_url: Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://")] | None = None
+    purpose: ClientPurpose | None = None
+    quiet_hours_override: bool = False
+    quiet_hours_reason: Annotated[str, msgspec.Meta(min_length=3, max_length=200)] | None = None
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -81,12 +89,17 @@ class _BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     messages: list[msgspec.Raw]
 
 
-class Accepted(msgspec.Struct, frozen=True):
+class Accepted(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`status` is `queued`, `scheduled` (its send_at, or held by the policy: then
+    `reason` says why, `quiet_hours` or `frequency_cap`) or `blocked` (`reason`:
+    `opted_out`, `no_consent`, `frequency_cap`, ...): stored, and never sent."""
+
     id: str
     status: str
     priority: str
     segments: int
     encoding: str
+    reason: str | None = None
 
 
 _send_decoder = msgspec.json.Decoder(SendRequest)
@@ -193,11 +206,28 @@ class Prepared:
     message: NewMessage
     entry: Entry
     scheduled: bool
+    purpose: Purpose = Purpose.INFORMATIONAL
+    quiet_hours_override: bool = False
+    quiet_hours_reason: str | None = None
 
     def answer(self) -> Accepted:
         m = self.message
-        state = State.SCHEDULED if self.scheduled else State.QUEUED
-        return Accepted(m.id, state.value, m.priority.label, m.segments, m.encoding)
+        state = m.state
+        reason = m.blocked or m.held_for
+        return Accepted(m.id, state.value, m.priority.label, m.segments, m.encoding, reason)
+
+    def judged(self, verdict: Verdict) -> Prepared:
+        """This message as the policy's verdict stores it."""
+        if verdict.state is State.QUEUED:
+            return self
+        m = self.message
+        if verdict.state is State.BLOCKED:
+            blocked = dataclasses.replace(m, blocked=verdict.reason)
+            return dataclasses.replace(self, message=blocked, scheduled=False)
+        held = dataclasses.replace(m, send_at=verdict.send_at, held_for=verdict.reason)
+        assert verdict.send_at is not None
+        self.entry.due_at = verdict.send_at
+        return dataclasses.replace(self, message=held, scheduled=True)
 
 
 class Intake:
@@ -218,11 +248,22 @@ class Intake:
         self._clock = clock
         self._metrics = metrics
         self._routes = frozenset(router.names)
+        self.policy = Policy(config.consent)
+        if self.policy.enabled:
+            store.claim_check = self.policy.claim_refusal
 
     def prepare(
-        self, req: SendRequest, token_id: str | None, now: float, field_prefix: str = ""
+        self,
+        req: SendRequest,
+        token_id: str | None,
+        now: float,
+        field_prefix: str = "",
+        *,
+        token_purpose: str | None = None,
     ) -> Prepared:
-        """Validate and shape one message; raises `ApiError` naming the field."""
+        """Validate and shape one message; raises `ApiError` naming the field. Its
+        purpose is the one named, else `token_purpose` (the token's default), else the
+        config's default."""
         to = normalise_number(req.to, self._queue.default_region)
         if to is None:
             raise ApiError(
@@ -237,7 +278,19 @@ class Intake:
             raise ApiError(
                 422, "body_too_long", f"{field_prefix}body: {e}", field=f"{field_prefix}body"
             ) from None
-        priority = Priority.parse(req.priority or self._queue.default_priority)
+        purpose = self.policy.purpose_of(req.purpose, token_purpose, field_prefix)
+        priority = self.policy.priority_of(purpose, req.priority, field_prefix)
+        if req.quiet_hours_override and not req.quiet_hours_reason:
+            raise ApiError(
+                422,
+                "missing_field",
+                f"{field_prefix}quiet_hours_reason: required with quiet_hours_override",
+                field=f"{field_prefix}quiet_hours_reason",
+            )
+        if req.quiet_hours_reason is not None and not req.quiet_hours_override:
+            raise _bad_field(
+                f"{field_prefix}quiet_hours_reason", "only with quiet_hours_override: true"
+            )
         if req.route is not None and req.route not in self._routes:
             raise ApiError(
                 422,
@@ -289,12 +342,36 @@ class Intake:
             callback_url=req.callback_url,
             route_hint=req.route,
             category=req.category,
+            purpose=purpose.value,
         )
         scheduled = message.state is State.SCHEDULED
         due = send_at if scheduled and send_at is not None else now
+        entry = Entry(message.id, priority, due, expires_at, candidates)
         return Prepared(
-            message, Entry(message.id, priority, due, expires_at, candidates), scheduled
+            message,
+            entry,
+            scheduled,
+            purpose,
+            req.quiet_hours_override,
+            req.quiet_hours_reason,
         )
+
+    def judge(self, conn: sqlite3.Connection, p: Prepared) -> Prepared:
+        """The policy's verdict on one prepared message, on the writer's connection
+        (in the transaction that will insert it)."""
+        m = p.message
+        verdict = self.policy.decide(
+            conn,
+            to=m.to,
+            to_index=self._store.blind_index(m.to),
+            purpose=p.purpose,
+            priority=m.priority,
+            route=p.entry.candidates[0] if p.entry.candidates else m.route_hint,
+            start=max(m.created_at, m.send_at or m.created_at),
+            expires_at=m.expires_at,
+            quiet_hours_override=p.quiet_hours_override,
+        )
+        return p.judged(verdict)
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []
@@ -303,7 +380,9 @@ class Intake:
         return rows
 
     def accepted(self, prepared: Sequence[Prepared]) -> None:
-        """Hand committed messages to the scheduler."""
+        """Hand committed messages to the scheduler (a blocked one never goes)."""
         for p in prepared:
+            if p.message.blocked is not None:
+                continue
             self._scheduler.add(p.entry, scheduled=p.scheduled)
             self._metrics.accepted_by_class[p.message.priority].inc()

@@ -35,6 +35,25 @@ FAST_PASSWORD_HASH = {
 
 SMSGW = [sys.executable, "-m", "gateway.cli"]
 
+# The suite's default purpose: most tests send without naming one, at any hour of the
+# day the suite runs, many to one number. `informational` here has no sending window,
+# no caps and allows every class, so those tests see the gateway as before the send
+# policy; the policy's own tests (test_consent_policy*, test_quiet_hours*, test_caps*)
+# build their configs explicitly.
+TEST_CONSENT: dict[str, Any] = {
+    "default_purpose": "informational",
+    "purposes": {"informational": {"window": "", "caps": [], "highest": "critical"}},
+}
+TEST_CONSENT_TOML = """
+[consent]
+default_purpose = "informational"
+
+[consent.purposes.informational]
+window = ""
+caps = []
+highest = "critical"
+"""
+
 
 async def smsgw_process(*args: str, **env: str) -> asyncio.subprocess.Process:
     """`smsgw ARGS` as a child with stdout and stderr piped and its output unbuffered;
@@ -54,6 +73,7 @@ def make_config(
     if routes is None:
         routes = [{"name": "main", "type": "loopback", **LOOPBACK_TEST}]
     sections.setdefault("http", {"shutdown_grace": 1.0})
+    sections.setdefault("consent", TEST_CONSENT)
     raw: dict[str, Any] = {"data_dir": str(tmp_path), "routes": routes, **sections}
     config = from_mapping(raw)
     if not config.master_key_path.exists():
