@@ -31,6 +31,7 @@ from gateway.admin import commands
 from gateway.admin.commands import CONSOLE, audit_trail, with_store
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
+from gateway.consent import token_purposes
 from gateway.demo import DemoPeers
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
@@ -419,8 +420,15 @@ def cmd_token(args: argparse.Namespace) -> int:
             if args.action == "create":
                 scopes = parse_scopes(args.scope)
                 token = await create_token(store, args.name, scopes, SystemClock())
+                if args.purpose:  # a send naming no purpose takes this one
+                    await token_purposes.set_default(store, token.id, args.purpose)
                 await audit.record(
-                    CONSOLE, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
+                    CONSOLE,
+                    "token_created",
+                    "token",
+                    token.id,
+                    scopes=",".join(sorted(scopes)),
+                    purpose=args.purpose,
                 )
                 print(token.text)
             elif args.action == "list":
@@ -562,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", help="create a token and print it once")
     create.add_argument("--scope", default="send,read", help="comma-separated: " + ",".join(SCOPES))
     create.add_argument("--name", default="api")
+    create.add_argument(
+        "--purpose",
+        choices=token_purposes.NAMES,
+        help="the purpose of its sends that name none (else [consent] default_purpose)",
+    )
     token_sub.add_parser("list", help="list tokens (ids and scopes, never secrets)")
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id")

@@ -169,3 +169,51 @@ def poke_on_commit(writer: Any, poke: Callable[[], None]) -> None:
             return future
 
         setattr(writer, name, wrapped)
+
+
+async def record_decision(
+    gw: Gateway,
+    number: str,
+    decision: str,
+    scope: str,
+    *,
+    program: str = "*",
+    disclosure: str | None = None,
+    source: str = "api",
+) -> int:
+    """Append one consent decision through the writer, as the keyword flow and the
+    consent API do (`ledger.append` in a writer transaction); its ledger seq."""
+    from gateway.consent import ledger
+
+    store = gw.store
+    assert store.cipher is not None
+    cipher = store.cipher
+    entry = ledger.Entry(
+        contact_idx=store.blind_index(number),
+        number=number,
+        decision=decision,  # type: ignore[arg-type]  # the tests pass valid names
+        scope=scope,
+        program=program,
+        source=source,  # type: ignore[arg-type]
+        at=gw.clock.time(),
+        disclosure=disclosure,
+    )
+    _, seq = await store.writer.run(lambda conn: ledger.append(conn, cipher, entry))
+    return seq
+
+
+async def set_time_zone(gw: Gateway, number: str, zone: str) -> None:
+    """Record a contact's time zone (as staff or an import would)."""
+    from gateway.consent import ledger
+
+    store = gw.store
+    assert store.cipher is not None
+    cipher = store.cipher
+    idx = store.blind_index(number)
+    now = gw.clock.time()
+
+    def job(conn: Any) -> None:
+        ledger.ensure_contact(conn, cipher, idx, number, now)
+        conn.execute("UPDATE contacts SET time_zone = ? WHERE idx = ?", (zone, idx))
+
+    await store.writer.run(job)

@@ -162,6 +162,11 @@ class Records:
             " CASE WHEN send_at > created_at THEN 'scheduled' ELSE 'queued' END AS state,"
             " NULL AS route, NULL AS carrier_id, NULL AS error_code, NULL AS attempt, 0 AS seq"
             " FROM messages WHERE id = ?"
+            # A message the send policy held or blocked at accept has that as its
+            # creation event (the store's `insert_statements`), with its reason.
+            " AND NOT EXISTS (SELECT 1 FROM message_events e WHERE e.message_id = messages.id"
+            " AND e.at = messages.created_at AND e.route IS NULL AND e.attempt = 0"
+            " AND e.state IN ('blocked', 'scheduled'))"
             " UNION ALL SELECT at, state, route, carrier_id, error_code, attempt, seq"
             " FROM message_events WHERE message_id = ? ORDER BY seq",
             (message_id, message_id),
