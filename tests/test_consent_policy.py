@@ -27,7 +27,9 @@ from tests.test_api import start_client
 # Every purpose sendable at any hour and without caps, so only consent decides here.
 ANY_TIME = {"window": "", "caps": []}
 OPEN_POLICY: dict[str, Any] = {
-    "purposes": dict.fromkeys(("appointment", "results", "informational", "marketing", "emergency"), ANY_TIME)
+    "purposes": dict.fromkeys(
+        ("appointment", "results", "informational", "marketing", "emergency"), ANY_TIME
+    )
 }
 
 

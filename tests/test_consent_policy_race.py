@@ -92,9 +92,12 @@ async def _run_race(
     caller = Caller.for_token(record)
     requests: list[SendRequest] = []
     for i in range(MARKETING + CLINICAL):
-        clinical = i % 26 == 25
-        body, purpose = (f"clinical {i}", "appointment") if clinical else (f"offer {i}", "marketing")
-        requests.append(SendRequest(to=CANARY_NUMBER, body=body, purpose=purpose))  # type: ignore[arg-type]
+        if i % 26 == 25:
+            requests.append(
+                SendRequest(to=CANARY_NUMBER, body=f"clinical {i}", purpose="appointment")
+            )
+        else:
+            requests.append(SendRequest(to=CANARY_NUMBER, body=f"offer {i}", purpose="marketing"))
     ids: dict[str, str] = {}
     for start in range(0, len(requests), 100):
         chunk = requests[start : start + 100]

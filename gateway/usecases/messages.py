@@ -264,9 +264,7 @@ class Messages:
                     _execute(conn, [*extra, *rows])
                     return judged, answer
 
-                outcome: tuple[list[Prepared], T] = await self._store.writer.run_grouped(
-                    _jobs, job
-                )
+                outcome: tuple[list[Prepared], T] = await self._store.writer.run_grouped(_jobs, job)
                 prepared, answer = outcome
             else:
                 rows, answer = finish(prepared)
