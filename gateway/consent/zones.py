@@ -58,13 +58,16 @@ def zones_for_number(e164: str) -> tuple[str, ...]:
         parsed = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
         return ("UTC",)
-    zones = tuple(
-        z for z in pn_timezone.time_zones_for_number(parsed) if z != UNKNOWN and valid_zone(z)
-    )
-    if zones:
-        return tuple(sorted(set(zones)))
+    zones = {z for z in pn_timezone.time_zones_for_number(parsed) if z != UNKNOWN and valid_zone(z)}
     region = phonenumbers.region_code_for_number(parsed)
-    return _country_zones().get(region or "", ("UTC",))
+    country = _country_zones().get(region or "", ())
+    if country and zones - set(country):
+        # A number of a shared plan (+1 800 spans the Caribbean, Guam and Samoa):
+        # the zones of its own country, where it is registered.
+        zones &= set(country)
+    if zones:
+        return tuple(sorted(zones))
+    return country or ("UTC",)
 
 
 def recipient_zones(e164: str, contact_zone: str | None) -> tuple[str, ...]:
