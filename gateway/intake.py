@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -209,6 +210,9 @@ class Prepared:
     purpose: Purpose = Purpose.INFORMATIONAL
     quiet_hours_override: bool = False
     quiet_hours_reason: str | None = None
+    # The class's default lifetime when the client set no expires_at: a message held
+    # by the policy keeps it from when it may go, as one with a send_at does.
+    lifetime: float | None = None
 
     def answer(self) -> Accepted:
         m = self.message
@@ -224,9 +228,15 @@ class Prepared:
         if verdict.state is State.BLOCKED:
             blocked = dataclasses.replace(m, blocked=verdict.reason)
             return dataclasses.replace(self, message=blocked, scheduled=False)
-        held = dataclasses.replace(m, send_at=verdict.send_at, held_for=verdict.reason)
         assert verdict.send_at is not None
+        expires_at = m.expires_at
+        if self.lifetime is not None:
+            expires_at = max(expires_at, verdict.send_at + self.lifetime)
+        held = dataclasses.replace(
+            m, send_at=verdict.send_at, held_for=verdict.reason, expires_at=expires_at
+        )
         self.entry.due_at = verdict.send_at
+        self.entry.expires_at = expires_at
         return dataclasses.replace(self, message=held, scheduled=True)
 
 
@@ -354,6 +364,7 @@ class Intake:
             purpose,
             req.quiet_hours_override,
             req.quiet_hours_reason,
+            None if req.expires_at is not None else self._queue.policy(priority).expires_after,
         )
 
     def judge(self, conn: sqlite3.Connection, p: Prepared) -> Prepared:
@@ -368,7 +379,7 @@ class Intake:
             priority=m.priority,
             route=p.entry.candidates[0] if p.entry.candidates else m.route_hint,
             start=max(m.created_at, m.send_at or m.created_at),
-            expires_at=m.expires_at,
+            expires_at=math.inf if p.lifetime is not None else m.expires_at,
             quiet_hours_override=p.quiet_hours_override,
         )
         return p.judged(verdict)
