@@ -50,6 +50,13 @@ MAX_UTC_OFFSET = timedelta(hours=14)  # UTC+14:00 (Kiribati) and -12:00 are the 
 _DIALABLE = re.compile(r"\+?[0-9 ().\-/]+", re.ASCII)
 
 
+class QuietHoursOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Send now although the recipient's local sending window is closed: needs the
+    `urgent` scope, and the reason is written to the audit trail with the message id."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
+
+
 class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One message to send (`POST /api/v1/messages`)."""
 
@@ -72,8 +79,7 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     reference: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     callback_url: Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://")] | None = None
     purpose: ClientPurpose | None = None
-    quiet_hours_override: bool = False
-    quiet_hours_reason: Annotated[str, msgspec.Meta(min_length=3, max_length=200)] | None = None
+    quiet_hours_override: QuietHoursOverride | None = None
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -290,17 +296,6 @@ class Intake:
             ) from None
         purpose = self.policy.purpose_of(req.purpose, token_purpose, field_prefix)
         priority = self.policy.priority_of(purpose, req.priority, field_prefix)
-        if req.quiet_hours_override and not req.quiet_hours_reason:
-            raise ApiError(
-                422,
-                "missing_field",
-                f"{field_prefix}quiet_hours_reason: required with quiet_hours_override",
-                field=f"{field_prefix}quiet_hours_reason",
-            )
-        if req.quiet_hours_reason is not None and not req.quiet_hours_override:
-            raise _bad_field(
-                f"{field_prefix}quiet_hours_reason", "only with quiet_hours_override: true"
-            )
         if req.route is not None and req.route not in self._routes:
             raise ApiError(
                 422,
@@ -362,8 +357,8 @@ class Intake:
             entry,
             scheduled,
             purpose,
-            req.quiet_hours_override,
-            req.quiet_hours_reason,
+            req.quiet_hours_override is not None,
+            None if req.quiet_hours_override is None else req.quiet_hours_override.reason,
             None if req.expires_at is not None else self._queue.policy(priority).expires_after,
         )
 

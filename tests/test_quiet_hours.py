@@ -20,6 +20,7 @@ from drivers.clock import FakeClock
 from gateway.consent.purposes import Window
 from gateway.consent.zones import local_minutes, next_open, recipient_zones, zones_for_number
 from gateway.errors import ApiError
+from gateway.intake import QuietHoursOverride
 from tests.conftest import CANARY_NUMBER, GatewayFactory, record_decision, set_time_zone, state_of
 from tests.test_consent_policy import caller, send
 
@@ -166,31 +167,18 @@ async def test_emergency_and_critical_messages_ignore_quiet_hours(
     assert (await send(gw, who, purpose="results")).status == "scheduled"
 
 
-async def test_the_override_needs_the_urgent_scope_a_reason_and_is_audited(
+async def test_the_override_needs_the_urgent_scope_and_its_reason_is_audited(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:
     gw = await open_gateway(consent=WINDOWS)
     move_to(clock, utc(NEW_YORK, 2027, 6, 1, 3, 0))
     plain = await caller(gw, "send")
     urgent = await caller(gw, "send", "urgent")
+    override = QuietHoursOverride(reason="surgery moved to 06:00")
     with pytest.raises(ApiError) as refused:
-        await send(
-            gw, plain, purpose="procedure", quiet_hours_override=True, quiet_hours_reason="surgery"
-        )
+        await send(gw, plain, purpose="procedure", quiet_hours_override=override)
     assert (refused.value.status, refused.value.field) == (403, "quiet_hours_override")
-    with pytest.raises(ApiError) as no_reason:
-        await send(gw, urgent, purpose="procedure", quiet_hours_override=True)
-    assert no_reason.value.field == "quiet_hours_reason"
-    with pytest.raises(ApiError) as stray:
-        await send(gw, urgent, purpose="procedure", quiet_hours_reason="surgery moved")
-    assert stray.value.field == "quiet_hours_reason"
-    sent = await send(
-        gw,
-        urgent,
-        purpose="procedure",
-        quiet_hours_override=True,
-        quiet_hours_reason="surgery moved to 06:00",
-    )
+    sent = await send(gw, urgent, purpose="procedure", quiet_hours_override=override)
     assert sent.status == "queued"
     entry = (await gw.audit.entries(limit=1))[0]
     assert (entry.action, entry.target_id, entry.actor) == (
