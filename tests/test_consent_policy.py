@@ -266,3 +266,15 @@ async def test_consent_disabled_switches_every_check_off(open_gateway: GatewayFa
     assert accepted.status == "queued"
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, accepted.id) == "sent"
+
+
+async def test_the_panel_shows_a_messages_purpose_and_why_it_was_blocked(panel: Any) -> None:
+    from gateway.admin.repo import Role
+
+    await panel.add_user("op", Role.OPERATOR)
+    await panel.login_ok("op")
+    who = await caller(panel.gw, "send")
+    blocked = await send(panel.gw, who, purpose="marketing")
+    page = await (await panel.client.get(f"/messages/{blocked.id}")).text()
+    assert "<dt>Purpose</dt><dd>marketing</dd>" in page
+    assert "no_consent" in page
