@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
-from gateway.store.store import NewMessage, Store
+from gateway.store.store import ClaimSubject, Held, NewMessage, Store
 from gateway.store.writer import Statement
 
 T = TypeVar("T")
@@ -266,7 +266,15 @@ class Intake:
         self._routes = frozenset(router.names)
         self.policy = Policy(config.consent)
         if self.policy.enabled:
-            store.claim_check = self.policy.claim_refusal
+            policy = self.policy
+
+            def recipient(s: ClaimSubject) -> str:
+                return store.decrypt(s.to_ct, s.message_id, "to")
+
+            def claim_check(conn: sqlite3.Connection, s: ClaimSubject) -> str | Held | None:
+                return policy.claim_verdict(conn, s, recipient)
+
+            store.claim_check = claim_check
 
     def prepare(
         self,
@@ -377,6 +385,8 @@ class Intake:
             expires_at=math.inf if p.lifetime is not None else m.expires_at,
             quiet_hours_override=p.quiet_hours_override,
         )
+        if p.quiet_hours_override:
+            p = dataclasses.replace(p, message=dataclasses.replace(m, quiet_override=True))
         return p.judged(verdict)
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:

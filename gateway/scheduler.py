@@ -57,7 +57,7 @@ from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
 from gateway.store.route_parks import RouteParks
-from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
+from gateway.store.store import ClaimedMessage, Held, LiveMessage, Store, Transition
 
 log = structlog.get_logger("smsgw.scheduler")
 
@@ -378,6 +378,10 @@ class Scheduler:
         try:
             claimed = await self._store.claim(entry.id, route.name, self._clock.time())
             if claimed is None:
+                return
+            if isinstance(claimed, Held):  # the send policy: not now (quiet hours)
+                entry.due_at = claimed.until
+                self.add(entry)
                 return
             await self._submit(entry, route, claimed, release)
         except asyncio.CancelledError:

@@ -13,7 +13,8 @@ from gateway.consent import token_purposes
 from gateway.consent.purposes import Purpose
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
-from gateway.models import State
+from gateway.models import Priority, State
+from gateway.store.store import ClaimSubject
 from gateway.tokens import create_token
 from gateway.usecases import Caller
 from tests.conftest import (
@@ -252,7 +253,10 @@ async def test_compliance_messages_are_never_blocked(open_gateway: GatewayFactor
             start=gw.clock.time(),
             expires_at=gw.clock.time() + 60,
         )
-        return verdict, policy.claim_refusal(conn, idx, "compliance", "main")
+        subject = ClaimSubject(
+            "m", idx, b"", "compliance", Priority.HIGH, False, "main", gw.clock.time()
+        )
+        return verdict, policy.claim_verdict(conn, subject, lambda s: CANARY_NUMBER)
 
     verdict, at_claim = await gw.store.writer.run(job)
     assert (verdict.state, verdict.reason, at_claim) == (State.QUEUED, None, None)

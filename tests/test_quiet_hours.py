@@ -200,3 +200,33 @@ async def test_an_opt_out_still_blocks_a_message_held_for_quiet_hours(
     clock.advance(10 * 3600)
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, held.id) == "blocked"
+
+
+async def test_a_message_that_waited_past_the_windows_end_is_held_at_claim(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Accepted at 19:59 (inside the window), not claimed before 20:05: the claim keeps
+    it `queued` until 08:00 (event `quiet_hours`), then it goes; an overridden one
+    goes at once."""
+    gw = await open_gateway(consent=WINDOWS)
+    who = await caller(gw, "send", "read")
+    urgent = await caller(gw, "send", "urgent")
+    move_to(clock, utc(NEW_YORK, 2027, 6, 1, 19, 59))
+    late = await send(gw, who, purpose="appointment")
+    override = QuietHoursOverride(reason="ward moved")
+    overridden = await send(
+        gw, urgent, purpose="procedure", to="+12025550123", quiet_hours_override=override
+    )
+    assert (late.status, overridden.status) == ("queued", "queued")
+    clock.advance(6 * 60)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, late.id) == "queued"
+    assert await state_of(gw, overridden.id) == "sent"
+    record = await gw.usecases.messages.get(who, late.id)
+    assert [(e.state, e.error_code) for e in record.events or ()][-1] == ("queued", "quiet_hours")
+    clock.advance(utc(NEW_YORK, 2027, 6, 2, 8, 0) - clock.time() - 1)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, late.id) == "queued"
+    clock.advance(1)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, late.id) == "sent"

@@ -11,10 +11,12 @@ are one step (parallel accepts cannot both take the last place). The verdict is 
 - block: stored `blocked` with the reason (`opted_out`, `no_consent`, `frequency_cap`,
   or `quiet_hours` / `frequency_cap` when holding it would outlive its expiry).
 
-At claim, `claim_refusal` runs inside the claim's own transaction (the store's
+At claim, `claim_verdict` runs inside the claim's own transaction (the store's
 `_claim_many`), so an opt-out committed before the claim keeps the message from ever
-becoming `sending` (MSG-5). `compliance` messages (keyword replies) are never refused.
-With `[consent] enabled = false` nothing is checked (a benchmark's baseline).
+becoming `sending` (MSG-5), and a message that waited in the queue until its window
+closed waits, still `queued`, for the next opening. `compliance` messages (keyword
+replies) are never refused. With `[consent] enabled = false` nothing is checked (a
+benchmark's baseline).
 
 Caps count messages to the same recipient (blind index) of the same purpose — every
 clinical purpose together — that are not blocked, cancelled or expired, each at the
@@ -25,7 +27,7 @@ it was accepted. A cap `n/W` holds when no span of length W holds more than n of
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.consent import ledger
@@ -39,6 +41,7 @@ from gateway.consent.settings import ConsentConfig, policy_table
 from gateway.consent.zones import next_open, recipient_zones
 from gateway.errors import ApiError
 from gateway.models import Priority, State
+from gateway.store.store import ClaimSubject, Held
 
 BLOCKING = ("blocked", "cancelled", "expired")
 _CLINICAL = tuple(p.value for p in CLIENT_PURPOSES if p.kind is Kind.CLINICAL)
@@ -143,16 +146,29 @@ class Policy:
 
     # -- the check at claim ------------------------------------------------------------
 
-    def claim_refusal(
-        self, conn: sqlite3.Connection, to_index: bytes, purpose: str | None, route: str
-    ) -> str | None:
-        """Why a queued message may not be claimed now (an opt-out since it was
-        accepted), or None. Runs in the claim's transaction."""
-        if not self.enabled or purpose is None or purpose == Purpose.COMPLIANCE.value:
+    def claim_verdict(
+        self, conn: sqlite3.Connection, s: ClaimSubject, number: Callable[[ClaimSubject], str]
+    ) -> str | Held | None:
+        """At claim, in the claim's transaction: the reason to block a queued message
+        (an opt-out since it was accepted), `Held` until its sending window opens (a
+        message that waited in the queue past the window's end), or None to send it.
+        `number` decrypts the recipient, needed only when the window is looked at."""
+        if not self.enabled or s.purpose is None or s.purpose == Purpose.COMPLIANCE.value:
             return None
-        policy = self.table[Purpose(purpose)]
-        program = self.config.program_for_route(route)
-        return ledger.standing(conn, to_index, program, policy).refusal(policy)
+        policy = self.table[Purpose(s.purpose)]
+        program = self.config.program_for_route(s.route)
+        refusal = ledger.standing(conn, s.to_index, program, policy).refusal(policy)
+        if refusal is not None:
+            return refusal
+        window = policy.window
+        if window is None or s.quiet_override or s.priority is Priority.CRITICAL:
+            return None
+        found = conn.execute(
+            "SELECT time_zone FROM contacts WHERE idx = ?", (s.to_index,)
+        ).fetchone()
+        zones = recipient_zones(number(s), found[0] if found else None)
+        opening = next_open(window, zones, s.now)
+        return Held(opening, "quiet_hours") if opening > s.now else None
 
 
 def cap_group(purpose: Purpose) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ class NewMessage:
     # held (`send_at` moved to when it may go) for it; recorded as the first event.
     blocked: str | None = None
     held_for: str | None = None
+    quiet_override: bool = False  # an audited override of the purpose's sending window
 
     @property
     def state(self) -> State:
@@ -196,8 +197,8 @@ class Store:
             (
                 "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
                 " reference_ct, callback_ct, encoding, segments, route_hint, category,"
-                " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
+                " quiet_override) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id,
                     m.token_id,
@@ -219,6 +220,7 @@ class Store:
                     due,
                     m.purpose,
                     m.blocked,
+                    int(m.quiet_override),
                 ),
             ),
         ]
@@ -305,16 +307,17 @@ class Store:
             for r in await cur.fetchall()
         ]
 
-    async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | None:
+    async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | Held | None:
         """Mark a queued message `sending` (durably) and return what the driver needs.
 
         None if it is no longer queued (cancelled or expired meanwhile), or if the
-        policy's claim check refused it (it is then `blocked`, in the same transaction).
+        policy's claim check refused it (it is then `blocked`, in the same transaction);
+        `Held` if the policy keeps it waiting (outside its sending window).
         """
         item = (message_id, route, now, self.claim_check)
         row = await self.writer.run_grouped(_claim_many, item)
-        if row is None:
-            return None
+        if row is None or isinstance(row, Held):
+            return row
         c = self._crypto
         return ClaimedMessage(
             message_id,
@@ -783,34 +786,76 @@ def _apply_receipt(
     return message_id, target
 
 
-ClaimCheck = Callable[[sqlite3.Connection, bytes, str | None, str], str | None]
+@dataclass(frozen=True, slots=True)
+class ClaimSubject:
+    """What the send policy looks at when a queued message is about to be claimed."""
+
+    message_id: str
+    to_index: bytes
+    to_ct: bytes
+    purpose: str | None
+    priority: Priority
+    quiet_override: bool
+    route: str
+    now: float
 
 
-def _claim_refused(
-    conn: sqlite3.Connection, check: ClaimCheck, message_id: str, route: str
-) -> str | None:
-    """The policy's reason to refuse a queued message now; only a recipient with any
-    consent decision on record is looked at further."""
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The policy's answer to a claim: not now, wait (still `queued`) until `until`."""
+
+    until: float
+    reason: str
+
+
+# Returns a reason to block the message (it becomes `blocked`), a `Held`, or None.
+ClaimCheck = Callable[[sqlite3.Connection, ClaimSubject], "str | Held | None"]
+
+
+def _claim_verdict(
+    conn: sqlite3.Connection, check: ClaimCheck, message_id: str, route: str, now: float
+) -> str | Held | None:
     row = conn.execute(
-        "SELECT to_index, purpose FROM messages WHERE id = ? AND state = 'queued'"
-        " AND EXISTS (SELECT 1 FROM consent_state WHERE contact_idx = messages.to_index)",
+        "SELECT to_index, to_ct, purpose, priority, quiet_override FROM messages"
+        " WHERE id = ? AND state = 'queued'",
         (message_id,),
     ).fetchone()
-    return None if row is None else check(conn, row[0], row[1], route)
+    if row is None:
+        return None  # the claim itself reports it
+    subject = ClaimSubject(
+        message_id, row[0], row[1], row[2], Priority(row[3]), bool(row[4]), route, now
+    )
+    return check(conn, subject)
+
+
+def _hold(
+    conn: sqlite3.Connection, message_id: str, held: Held, now: float, events: list[Any]
+) -> None:
+    """Keep a queued message waiting until `held.until` (its due time moves; an event
+    with the reason says why)."""
+    conn.execute(
+        "UPDATE messages SET due_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+        (held.until, now, message_id),
+    )
+    events.append((message_id, now, State.QUEUED.value, None, None, held.reason, None))
 
 
 def _claim_many(
     conn: sqlite3.Connection, items: list[tuple[str, str, float, ClaimCheck | None]]
-) -> list[tuple[Any, ...] | None]:
+) -> list[tuple[Any, ...] | Held | None]:
     """`queued -> sending` for each item, its row returned (None if it was no longer
     queued, or `blocked` now: an opt-out committed before this claim keeps it from
     leaving, MSG-5); the group's events go in one executemany."""
-    claimed: list[tuple[Any, ...] | None] = []
+    claimed: list[tuple[Any, ...] | Held | None] = []
     events: list[tuple[Any, ...]] = []
     for message_id, route, now, check in items:
-        refused = None if check is None else _claim_refused(conn, check, message_id, route)
-        if refused is not None:
-            blocked = Transition(message_id, State.BLOCKED, route=route, error_code=refused)
+        verdict = None if check is None else _claim_verdict(conn, check, message_id, route, now)
+        if isinstance(verdict, Held):
+            _hold(conn, message_id, verdict, now, events)
+            claimed.append(verdict)
+            continue
+        if verdict is not None:
+            blocked = Transition(message_id, State.BLOCKED, route=route, error_code=verdict)
             _apply(conn, blocked, now, events=events)
             claimed.append(None)
             continue
