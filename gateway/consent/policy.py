@@ -87,8 +87,8 @@ class Policy:
             raise ApiError(
                 422,
                 "priority_not_allowed",
-                f"{field_prefix}priority: a {purpose.value} message may be at most"
-                f" {policy.highest}",
+                f"{field_prefix}priority: above the most urgent class the message's purpose"
+                f" allows ({policy.highest})",
                 field=f"{field_prefix}priority",
             )
         return priority
