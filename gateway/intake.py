@@ -32,7 +32,8 @@ from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
-from gateway.store.store import ClaimSubject, Held, NewMessage, Store
+from gateway.store.claim_check import ClaimSubject, Held
+from gateway.store.store import NewMessage, Store
 from gateway.store.writer import Statement
 
 T = TypeVar("T")

@@ -56,8 +56,9 @@ from gateway.models import Priority, State
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
+from gateway.store.claim_check import Held
 from gateway.store.route_parks import RouteParks
-from gateway.store.store import ClaimedMessage, Held, LiveMessage, Store, Transition
+from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
 
 log = structlog.get_logger("smsgw.scheduler")
 

@@ -14,7 +14,7 @@ from gateway.consent.purposes import Purpose
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
 from gateway.models import Priority, State
-from gateway.store.store import ClaimSubject
+from gateway.store.claim_check import ClaimSubject
 from gateway.tokens import create_token
 from gateway.usecases import Caller
 from tests.conftest import (
@@ -282,3 +282,32 @@ async def test_the_panel_shows_a_messages_purpose_and_why_it_was_blocked(panel: 
     page = await (await panel.client.get(f"/messages/{blocked.id}")).text()
     assert "<dt>Purpose</dt><dd>marketing</dd>" in page
     assert "no_consent" in page
+
+
+def test_token_create_purpose_sets_the_tokens_default(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from gateway.cli import main
+    from gateway.store import crypto
+    from gateway.store.store import Store
+
+    assert main(["init", "--data-dir", str(tmp_path)]) == 0
+    conf = str(tmp_path / "smsgw.toml")
+    capsys.readouterr()
+    args = ["token", "create", "--scope", "send", "--purpose", "appointment", "--config", conf]
+    assert main(args) == 0
+    token_id = capsys.readouterr().out.strip().split("_")[1]
+    with pytest.raises(SystemExit):
+        main(["token", "create", "--purpose", "compliance", "--config", conf])
+
+    async def read() -> str | None:
+        store = Store(tmp_path / "smsgw.db", crypto.read_master_key(tmp_path / "master.key"))
+        await store.open()
+        try:
+            return await token_purposes.read_default(store, token_id)
+        finally:
+            await store.close()
+
+    assert asyncio.run(read()) == "appointment"

@@ -41,7 +41,7 @@ from gateway.consent.settings import ConsentConfig, policy_table
 from gateway.consent.zones import next_open, recipient_zones
 from gateway.errors import ApiError
 from gateway.models import Priority, State
-from gateway.store.store import ClaimSubject, Held
+from gateway.store.claim_check import ClaimSubject, Held
 
 BLOCKING = ("blocked", "cancelled", "expired")
 _CLINICAL = tuple(p.value for p in CLIENT_PURPOSES if p.kind is Kind.CLINICAL)

@@ -14,7 +14,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,6 +24,7 @@ from gateway.integrations.events import MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
+from gateway.store.claim_check import ClaimCheck, Held, claim_verdict, hold
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
@@ -786,60 +787,6 @@ def _apply_receipt(
     return message_id, target
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimSubject:
-    """What the send policy looks at when a queued message is about to be claimed."""
-
-    message_id: str
-    to_index: bytes
-    to_ct: bytes
-    purpose: str | None
-    priority: Priority
-    quiet_override: bool
-    route: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """The policy's answer to a claim: not now, wait (still `queued`) until `until`."""
-
-    until: float
-    reason: str
-
-
-# Returns a reason to block the message (it becomes `blocked`), a `Held`, or None.
-ClaimCheck = Callable[[sqlite3.Connection, ClaimSubject], "str | Held | None"]
-
-
-def _claim_verdict(
-    conn: sqlite3.Connection, check: ClaimCheck, message_id: str, route: str, now: float
-) -> str | Held | None:
-    row = conn.execute(
-        "SELECT to_index, to_ct, purpose, priority, quiet_override FROM messages"
-        " WHERE id = ? AND state = 'queued'",
-        (message_id,),
-    ).fetchone()
-    if row is None:
-        return None  # the claim itself reports it
-    subject = ClaimSubject(
-        message_id, row[0], row[1], row[2], Priority(row[3]), bool(row[4]), route, now
-    )
-    return check(conn, subject)
-
-
-def _hold(
-    conn: sqlite3.Connection, message_id: str, held: Held, now: float, events: list[Any]
-) -> None:
-    """Keep a queued message waiting until `held.until` (its due time moves; an event
-    with the reason says why)."""
-    conn.execute(
-        "UPDATE messages SET due_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
-        (held.until, now, message_id),
-    )
-    events.append((message_id, now, State.QUEUED.value, None, None, held.reason, None))
-
-
 def _claim_many(
     conn: sqlite3.Connection, items: list[tuple[str, str, float, ClaimCheck | None]]
 ) -> list[tuple[Any, ...] | Held | None]:
@@ -849,9 +796,9 @@ def _claim_many(
     claimed: list[tuple[Any, ...] | Held | None] = []
     events: list[tuple[Any, ...]] = []
     for message_id, route, now, check in items:
-        verdict = None if check is None else _claim_verdict(conn, check, message_id, route, now)
+        verdict = None if check is None else claim_verdict(conn, check, message_id, route, now)
         if isinstance(verdict, Held):
-            _hold(conn, message_id, verdict, now, events)
+            hold(conn, message_id, verdict, now, events)
             claimed.append(verdict)
             continue
         if verdict is not None:
