@@ -62,6 +62,18 @@ def test_a_window_opens_at_local_eight_on_both_dst_days() -> None:
     assert next_open(CLINICAL_DAY, ("America/New_York",), inside) == inside
 
 
+def test_the_window_is_closed_at_its_end_and_open_at_its_start() -> None:
+    ny = ("America/New_York",)
+    last = utc(NEW_YORK, 2027, 6, 1, 19, 59) + 59.999
+    assert next_open(CLINICAL_DAY, ny, last) == last
+    closing = utc(NEW_YORK, 2027, 6, 1, 20, 0)
+    assert next_open(CLINICAL_DAY, ny, closing) == utc(NEW_YORK, 2027, 6, 2, 8, 0)
+    opening = utc(NEW_YORK, 2027, 6, 2, 8, 0)
+    assert next_open(CLINICAL_DAY, ny, opening - 0.001) == opening
+    assert next_open(CLINICAL_DAY, ny, opening) == opening
+    assert next_open(None, ny, closing) == closing
+
+
 def test_unknown_zone_takes_the_intersection_of_the_countrys_windows() -> None:
     """A toll-free +1 800 number has no area: every US zone, Hawaii to Maine. The
     window opens when it is 08:00 in Honolulu (18:00 UTC) and closes at 20:00 in
