@@ -30,6 +30,7 @@ from gateway import console as commands
 from gateway import logs, systemd, tls, undecodable_cmd
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
+from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
@@ -354,8 +355,10 @@ def _print_welcome(listen: str, token: str) -> None:
         f"  {token}\n\nSend a test message:\n\n"
         f"  curl -s -X POST http://{listen}/api/v1/messages \\\n"
         f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
-        '    -d \'{"to": "+12025550123", "body": "Your test results are ready."}\'\n\n'
-        "Then follow it (queued -> sending -> sent -> delivered):\n\n"
+        '    -d \'{"to": "+12025550123", "body": "Your test results are ready.",'
+        ' "purpose": "results"}\'\n\n'
+        "Then follow it (queued -> sending -> sent -> delivered; from 20:00 to 08:00 in\n"
+        "the recipient's time zone a results message waits, scheduled, for the morning):\n\n"
         f"  curl -s http://{listen}/api/v1/messages/<id> -H 'Authorization: Bearer {token}'\n\n"
         f"Admin panel: http://{listen}/login, after creating the first admin with\n\n"
         "  .venv/bin/smsgw user add --role admin YOUR_NAME\n\n"
@@ -375,7 +378,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not token:
         print("smsgw send: give --token or set SMSGW_TOKEN", file=sys.stderr)
         return 2
-    payload = {"to": args.to, "body": args.body, "priority": args.priority}
+    payload = {"to": args.to, "body": args.body}
+    if args.priority:  # else the purpose's class
+        payload["priority"] = args.priority
+    if args.purpose:  # else the token's default purpose, else the gateway's
+        payload["purpose"] = args.purpose
     url, context = (args.url, None) if args.url else _own_url(_load(args.config))
     req = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
         url.rstrip("/") + "/api/v1/messages",
@@ -415,7 +422,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         try:
             tokens = Tokens(store=store, audit=audit_trail(store, config), clock=SystemClock())
             if args.action == "create":
-                token = await tokens.create(CONSOLE, args.name, parse_scopes(args.scope))
+                token = await tokens.create(
+                    CONSOLE, args.name, parse_scopes(args.scope), args.purpose or None
+                )
                 print(token.text)
             elif args.action == "list":
                 for t in await tokens.list():
@@ -542,9 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="send a message through a running gateway")
     send.add_argument("--to", required=True)
     send.add_argument("--body", required=True)
-    send.add_argument(
-        "--priority", default="normal", choices=["critical", "high", "normal", "bulk"]
-    )
+    send.add_argument("--priority", choices=["critical", "high", "normal", "bulk"])
+    send.add_argument("--purpose", choices=token_purposes.NAMES)
     send.add_argument("--url", help="the gateway's base URL (default: from the configuration)")
     send.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     send.add_argument("--token", help="API token (default: $SMSGW_TOKEN)")
@@ -555,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", help="create a token and print it once")
     create.add_argument("--scope", default="send,read", help="comma-separated: " + ",".join(SCOPES))
     create.add_argument("--name", default="api")
+    create.add_argument(
+        "--purpose",
+        choices=token_purposes.NAMES,
+        help="the purpose of its sends that name none (else [consent] default_purpose)",
+    )
     token_sub.add_parser("list", help="list tokens (ids and scopes, never secrets)")
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id")

@@ -7,8 +7,11 @@ stores every message it was accepted for, or nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import re
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,12 +23,16 @@ import phonenumbers
 from drivers.clock import Clock
 from drivers.text import BodyTooLong, split
 from gateway.config import Config
+from gateway.consent.policy import Policy, Verdict
+from gateway.consent.purposes import Purpose
+from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
 from gateway.integrations.callbacks import check_callback
 from gateway.metrics import Metrics
-from gateway.models import Priority, State, new_message_id
+from gateway.models import State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
+from gateway.store.claim_check import ClaimSubject, Held
 from gateway.store.store import NewMessage, Store
 from gateway.store.writer import Statement
 
@@ -42,6 +49,13 @@ MAX_UTC_OFFSET = timedelta(hours=14)  # UTC+14:00 (Kiribati) and -12:00 are the 
 # separators. Letters (vanity numbers, canaries), non-ASCII digits and extensions are
 # refused here, before phonenumbers could translate or drop them.
 _DIALABLE = re.compile(r"\+?[0-9 ().\-/]+", re.ASCII)
+
+
+class QuietHoursOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Send now although the recipient's local sending window is closed: needs the
+    `urgent` scope, and the reason is written to the audit trail with the message id."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
 
 
 class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -65,6 +79,8 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     category: Label | None = None
     reference: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     callback_url: Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://")] | None = None
+    purpose: ClientPurpose | None = None
+    quiet_hours_override: QuietHoursOverride | None = None
 
 
 class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -81,12 +97,17 @@ class _BatchEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     messages: list[msgspec.Raw]
 
 
-class Accepted(msgspec.Struct, frozen=True):
+class Accepted(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`status` is `queued`, `scheduled` (its send_at, or held by the policy: then
+    `reason` says why, `quiet_hours` or `frequency_cap`) or `blocked` (`reason`:
+    `opted_out`, `no_consent`, `frequency_cap`, ...): stored, and never sent."""
+
     id: str
     status: str
     priority: str
     segments: int
     encoding: str
+    reason: str | None = None
 
 
 _send_decoder = msgspec.json.Decoder(SendRequest)
@@ -193,11 +214,37 @@ class Prepared:
     message: NewMessage
     entry: Entry
     scheduled: bool
+    purpose: Purpose = Purpose.INFORMATIONAL
+    quiet_hours_override: bool = False
+    quiet_hours_reason: str | None = None
+    # The class's default lifetime when the client set no expires_at: a message held
+    # by the policy keeps it from when it may go, as one with a send_at does.
+    lifetime: float | None = None
 
     def answer(self) -> Accepted:
         m = self.message
-        state = State.SCHEDULED if self.scheduled else State.QUEUED
-        return Accepted(m.id, state.value, m.priority.label, m.segments, m.encoding)
+        state = m.state
+        reason = m.blocked or m.held_for
+        return Accepted(m.id, state.value, m.priority.label, m.segments, m.encoding, reason)
+
+    def judged(self, verdict: Verdict) -> Prepared:
+        """This message as the policy's verdict stores it."""
+        if verdict.state is State.QUEUED:
+            return self
+        m = self.message
+        if verdict.state is State.BLOCKED:
+            blocked = dataclasses.replace(m, blocked=verdict.reason)
+            return dataclasses.replace(self, message=blocked, scheduled=False)
+        assert verdict.send_at is not None
+        expires_at = m.expires_at
+        if self.lifetime is not None:
+            expires_at = max(expires_at, verdict.send_at + self.lifetime)
+        held = dataclasses.replace(
+            m, send_at=verdict.send_at, held_for=verdict.reason, expires_at=expires_at
+        )
+        self.entry.due_at = verdict.send_at
+        self.entry.expires_at = expires_at
+        return dataclasses.replace(self, message=held, scheduled=True)
 
 
 class Intake:
@@ -218,11 +265,30 @@ class Intake:
         self._clock = clock
         self._metrics = metrics
         self._routes = frozenset(router.names)
+        self.policy = Policy(config.consent)
+        if self.policy.enabled:
+            policy = self.policy
+
+            def recipient(s: ClaimSubject) -> str:
+                return store.decrypt(s.to_ct, s.message_id, "to")
+
+            def claim_check(conn: sqlite3.Connection, s: ClaimSubject) -> str | Held | None:
+                return policy.claim_verdict(conn, s, recipient)
+
+            store.claim_check = claim_check
 
     def prepare(
-        self, req: SendRequest, token_id: str | None, now: float, field_prefix: str = ""
+        self,
+        req: SendRequest,
+        token_id: str | None,
+        now: float,
+        field_prefix: str = "",
+        *,
+        token_purpose: str | None = None,
     ) -> Prepared:
-        """Validate and shape one message; raises `ApiError` naming the field."""
+        """Validate and shape one message; raises `ApiError` naming the field. Its
+        purpose is the one named, else `token_purpose` (the token's default), else the
+        config's default."""
         to = normalise_number(req.to, self._queue.default_region)
         if to is None:
             raise ApiError(
@@ -237,7 +303,8 @@ class Intake:
             raise ApiError(
                 422, "body_too_long", f"{field_prefix}body: {e}", field=f"{field_prefix}body"
             ) from None
-        priority = Priority.parse(req.priority or self._queue.default_priority)
+        purpose = self.policy.purpose_of(req.purpose, token_purpose, field_prefix)
+        priority = self.policy.priority_of(purpose, req.priority, field_prefix)
         if req.route is not None and req.route not in self._routes:
             raise ApiError(
                 422,
@@ -289,12 +356,39 @@ class Intake:
             callback_url=req.callback_url,
             route_hint=req.route,
             category=req.category,
+            purpose=purpose.value,
         )
         scheduled = message.state is State.SCHEDULED
         due = send_at if scheduled and send_at is not None else now
+        entry = Entry(message.id, priority, due, expires_at, candidates)
         return Prepared(
-            message, Entry(message.id, priority, due, expires_at, candidates), scheduled
+            message,
+            entry,
+            scheduled,
+            purpose,
+            req.quiet_hours_override is not None,
+            None if req.quiet_hours_override is None else req.quiet_hours_override.reason,
+            None if req.expires_at is not None else self._queue.policy(priority).expires_after,
         )
+
+    def judge(self, conn: sqlite3.Connection, p: Prepared) -> Prepared:
+        """The policy's verdict on one prepared message, on the writer's connection
+        (in the transaction that will insert it)."""
+        m = p.message
+        verdict = self.policy.decide(
+            conn,
+            to=m.to,
+            to_index=self._store.blind_index(m.to),
+            purpose=p.purpose,
+            priority=m.priority,
+            route=p.entry.candidates[0] if p.entry.candidates else m.route_hint,
+            start=max(m.created_at, m.send_at or m.created_at),
+            expires_at=math.inf if p.lifetime is not None else m.expires_at,
+            quiet_hours_override=p.quiet_hours_override,
+        )
+        if p.quiet_hours_override:
+            p = dataclasses.replace(p, message=dataclasses.replace(m, quiet_override=True))
+        return p.judged(verdict)
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []
@@ -303,7 +397,9 @@ class Intake:
         return rows
 
     def accepted(self, prepared: Sequence[Prepared]) -> None:
-        """Hand committed messages to the scheduler."""
+        """Hand committed messages to the scheduler (a blocked one never goes)."""
         for p in prepared:
+            if p.message.blocked is not None:
+                continue
             self._scheduler.add(p.entry, scheduled=p.scheduled)
             self._metrics.accepted_by_class[p.message.priority].inc()

@@ -56,6 +56,7 @@ from gateway.models import Priority, State
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
+from gateway.store.claim_check import Held
 from gateway.store.route_parks import RouteParks
 from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
 
@@ -378,6 +379,10 @@ class Scheduler:
         try:
             claimed = await self._store.claim(entry.id, route.name, self._clock.time())
             if claimed is None:
+                return
+            if isinstance(claimed, Held):  # the send policy: not now (quiet hours)
+                entry.due_at = claimed.until
+                self.add(entry)
                 return
             await self._submit(entry, route, claimed, release)
         except asyncio.CancelledError:

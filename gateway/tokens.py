@@ -31,8 +31,9 @@ __all__ = [
 # inbound, queue, routes, metrics. admin: all of those on every token's messages, and
 # pause/resume routes. phi: look messages up by number (GET /messages?to=), read
 # numbers, bodies, senders and texts (include=phi), each read audited; never implied
-# by admin. A message's reference is shown only to the token that sent it.
-SCOPES = ("send", "read", "admin", "phi")
+# by admin. A message's reference is shown only to the token that sent it. urgent:
+# send outside a purpose's quiet hours (`quiet_hours_override` with a reason, audited).
+SCOPES = ("send", "read", "admin", "phi", "urgent")
 _FORMAT = re.compile(r"^smsgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 

@@ -36,6 +36,25 @@ FAST_PASSWORD_HASH = {
 
 SMSGW = [sys.executable, "-m", "gateway.cli"]
 
+# The suite's default purpose: most tests send without naming one, at any hour of the
+# day the suite runs, many to one number. `informational` here has no sending window,
+# no caps and allows every class, so those tests see the gateway as before the send
+# policy; the policy's own tests (test_consent_policy*, test_quiet_hours*, test_caps*)
+# build their configs explicitly.
+TEST_CONSENT: dict[str, Any] = {
+    "default_purpose": "informational",
+    "purposes": {"informational": {"window": "", "caps": [], "highest": "critical"}},
+}
+TEST_CONSENT_TOML = """
+[consent]
+default_purpose = "informational"
+
+[consent.purposes.informational]
+window = ""
+caps = []
+highest = "critical"
+"""
+
 
 async def smsgw_process(*args: str, **env: str) -> asyncio.subprocess.Process:
     """`smsgw ARGS` as a child with stdout and stderr piped and its output unbuffered;
@@ -55,6 +74,7 @@ def make_config(
     if routes is None:
         routes = [{"name": "main", "type": "loopback", **LOOPBACK_TEST}]
     sections.setdefault("http", {"shutdown_grace": 1.0})
+    sections.setdefault("consent", TEST_CONSENT)
     raw: dict[str, Any] = {"data_dir": str(tmp_path), "routes": routes, **sections}
     config = from_mapping(raw)
     if not config.master_key_path.exists():
@@ -150,3 +170,51 @@ def poke_on_commit(writer: Any, poke: Callable[[], None]) -> None:
             return future
 
         setattr(writer, name, wrapped)
+
+
+async def record_decision(
+    gw: Gateway,
+    number: str,
+    decision: str,
+    scope: str,
+    *,
+    program: str = "*",
+    disclosure: str | None = None,
+    source: str = "api",
+) -> int:
+    """Append one consent decision through the writer, as the keyword flow and the
+    consent API do (`ledger.append` in a writer transaction); its ledger seq."""
+    from gateway.consent import ledger
+
+    store = gw.store
+    assert store.cipher is not None
+    cipher = store.cipher
+    entry = ledger.Entry(
+        contact_idx=store.blind_index(number),
+        number=number,
+        decision=decision,  # type: ignore[arg-type]  # the tests pass valid names
+        scope=scope,
+        program=program,
+        source=source,  # type: ignore[arg-type]
+        at=gw.clock.time(),
+        disclosure=disclosure,
+    )
+    _, seq = await store.writer.run(lambda conn: ledger.append(conn, cipher, entry))
+    return seq
+
+
+async def set_time_zone(gw: Gateway, number: str, zone: str) -> None:
+    """Record a contact's time zone (as staff or an import would)."""
+    from gateway.consent import ledger
+
+    store = gw.store
+    assert store.cipher is not None
+    cipher = store.cipher
+    idx = store.blind_index(number)
+    now = gw.clock.time()
+
+    def job(conn: Any) -> None:
+        ledger.ensure_contact(conn, cipher, idx, number, now)
+        conn.execute("UPDATE contacts SET time_zone = ? WHERE idx = ?", (zone, idx))
+
+    await store.writer.run(job)

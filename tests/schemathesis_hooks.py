@@ -17,6 +17,8 @@ from typing import Any
 import schemathesis
 from hypothesis import strategies as st
 
+from gateway.consent.purposes import DEFAULT_POLICIES
+
 # Valid numbers the test route carries (555-01xx is reserved for fiction in the US).
 PHONES = ("+12025550147", "+12025550199", "(202) 555-0123", "202.555.0188", "+1 202 555 0100")
 OFFSETS = tuple(timedelta(minutes=m) for m in (-720, -210, 0, 60, 330, 345, 840))
@@ -63,6 +65,24 @@ def _no_callback(message: Any) -> None:
             del message["callback_url"]
 
 
+_RANK = {"critical": 0, "high": 1, "normal": 2, "bulk": 3}
+
+
+def _class_within_purpose(message: Any) -> None:
+    """A class above the named purpose's most urgent one goes (422
+    `priority_not_allowed` across two fields, tested in test_consent_policy.py)."""
+    if not isinstance(message, dict):
+        return
+    purpose, priority = message.get("purpose"), message.get("priority")
+    if not (isinstance(purpose, str) and isinstance(priority, str)):
+        return
+    if purpose in _HIGHEST and priority in _RANK and _RANK[priority] < _RANK[_HIGHEST[purpose]]:
+        del message["priority"]
+
+
+_HIGHEST = {p.value: policy.highest for p, policy in DEFAULT_POLICIES.items()}
+
+
 @schemathesis.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     _order(body)
@@ -77,6 +97,8 @@ def before_call(context: schemathesis.HookContext, case: Any, kwargs: Any) -> No
     """Every phase (the coverage phase's bodies bypass `map_body`)."""
     body = case.body
     _no_callback(body)
+    _class_within_purpose(body)
     if isinstance(body, dict) and isinstance(body.get("messages"), list):
         for item in body["messages"]:
             _no_callback(item)
+            _class_within_purpose(item)

@@ -17,7 +17,14 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
-from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, SMSGW, smsgw_process
+from tests.conftest import (
+    CANARY_BODY,
+    CANARY_DIGITS,
+    CANARY_NUMBER,
+    SMSGW,
+    TEST_CONSENT_TOML,
+    smsgw_process,
+)
 
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
@@ -35,7 +42,8 @@ def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str
     assert len(tokens) == 1
     conf = tmp_path / "smsgw.toml"
     text = conf.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}")
-    conf.write_text(text.replace("receipt_delay = 2.0", "receipt_delay = 0.2"))
+    text = text.replace("receipt_delay = 2.0", "receipt_delay = 0.2")
+    conf.write_text(text + TEST_CONSENT_TOML)  # the suite's default purpose (conftest)
     return conf, tokens[0]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import ClientSession
 
-from tests.conftest import CANARY_NUMBER, smsgw_process
+from tests.conftest import CANARY_NUMBER, TEST_CONSENT_TOML, smsgw_process
 from tests.http_daemon import TOKEN_RE, free_port
 from tests.webhook_rig import Receiver, write_secret
 
@@ -23,6 +23,7 @@ def _config(tmp_path: Path, port: int, rx: Receiver, secret: Path) -> Path:
         f'[[webhooks]]\nname = "rx"\nurl = "{rx.url}"\nsecret_file = "{secret}"\n'
         'events = ["message.status"]\nallow_loopback = true\nallow_plain_http = true\n\n'
         '[[routes]]\nname = "demo"\ntype = "loopback"\nreceipt_delay = 0.2\n'
+        + TEST_CONSENT_TOML  # the suite's default purpose (conftest)
     )
     return conf
 

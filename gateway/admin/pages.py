@@ -155,6 +155,7 @@ def _message_row(m: MessageRecord) -> dict[str, Any]:
         "to_masked": m.to_masked,
         "body_masked": m.body_masked,
         "category": m.category,
+        "purpose": m.purpose,
     }
 
 

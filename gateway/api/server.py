@@ -118,19 +118,31 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/v1/messages",
         h.send_message,
         "send",
-        "Queue one message; 202 once it is durably stored",
+        "Queue one message; 202 once it is durably stored. The send policy's verdict is"
+        " in the answer: `status` `queued`; `scheduled` (its send_at, or held: `reason`"
+        " `quiet_hours` or `frequency_cap`); or `blocked` with `reason` (`opted_out`,"
+        " `no_consent`, `frequency_cap`, `quiet_hours`): stored, never sent",
         SendRequest,
         Accepted,
         202,
         idempotent=True,
         links=_ON_MESSAGE,
+        answers=(
+            Answer(
+                422,
+                "`missing_purpose`: no purpose named and no default for the token or the"
+                " gateway; `priority_not_allowed`: a priority above the purpose's highest",
+            ),
+            Answer(403, "`forbidden`: quiet_hours_override without the 'urgent' scope"),
+        ),
     ),
     Endpoint(
         "POST",
         "/api/v1/messages/batch",
         h.send_batch,
         "send",
-        "Queue many messages in one durable commit; per-item results",
+        "Queue many messages in one durable commit; per-item results (each an error, or"
+        " an answer as for one message: a blocked item is `status: blocked` with `reason`)",
         BatchRequest,
         None,
         202,

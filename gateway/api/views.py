@@ -44,6 +44,10 @@ class MessageView(msgspec.Struct, frozen=True):
     send_at: str | None
     route: str | None
     category: str | None
+    purpose: Annotated[
+        str | None,
+        msgspec.Meta(description="what the message is for (MSG-1); null only for old messages"),
+    ]
     reference: Annotated[str | None, msgspec.Meta(description=_REFERENCE_DOC)]
     attempts: int
     possible_duplicate: bool
@@ -103,6 +107,7 @@ def message_view(m: MessageRecord) -> MessageView:
         send_at=iso(m.send_at),
         route=m.route,
         category=m.category,
+        purpose=m.purpose,
         reference=m.reference,
         attempts=m.attempts,
         possible_duplicate=m.possible_duplicate,

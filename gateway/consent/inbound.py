@@ -235,12 +235,10 @@ class InboundConsent:
             expires_at=s.received_at + self._expires_after,
             route_hint=hint,
             category=f"consent:{kind.value}:{step.program}",
+            purpose=Purpose.COMPLIANCE.value,
         )
         for sql, params in self._store.insert_statements(message):
             conn.execute(sql, params)
-        conn.execute(
-            "UPDATE messages SET purpose = ? WHERE id = ?", (Purpose.COMPLIANCE.value, message.id)
-        )
         entry = Entry(message.id, self._priority, s.received_at, message.expires_at, candidates)
         return step.handled(decisions, review, entry, kind)
 

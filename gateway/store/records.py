@@ -51,6 +51,7 @@ class StoredMessage:
     possible_duplicate: bool
     error_code: str | None
     receipt_overdue: bool
+    purpose: str | None = None  # None only for messages stored before purposes existed
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class MessageQuery:
 _MESSAGE_COLUMNS = (
     "id, token_id, state, priority, to_ct, body_ct, reference_ct, encoding, segments,"
     " route_hint, route, category, created_at, updated_at, send_at, expires_at, attempts,"
-    " possible_duplicate, error_code, receipt_overdue"
+    " possible_duplicate, error_code, receipt_overdue, purpose"
 )
 _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
@@ -130,6 +131,7 @@ class Records:
             possible_duplicate=bool(r[17]),
             error_code=r[18],
             receipt_overdue=r[19] == 1,
+            purpose=r[20],
         )
 
     def _inbound(self, r: Sequence[Any]) -> StoredInbound:
@@ -160,6 +162,11 @@ class Records:
             " CASE WHEN send_at > created_at THEN 'scheduled' ELSE 'queued' END AS state,"
             " NULL AS route, NULL AS carrier_id, NULL AS error_code, NULL AS attempt, 0 AS seq"
             " FROM messages WHERE id = ?"
+            # A message the send policy held or blocked at accept has that as its
+            # creation event (the store's `insert_statements`), with its reason.
+            " AND NOT EXISTS (SELECT 1 FROM message_events e WHERE e.message_id = messages.id"
+            " AND e.at = messages.created_at AND e.route IS NULL AND e.attempt = 0"
+            " AND e.state IN ('blocked', 'scheduled'))"
             " UNION ALL SELECT at, state, route, carrier_id, error_code, attempt, seq"
             " FROM message_events WHERE message_id = ? ORDER BY seq",
             (message_id, message_id),

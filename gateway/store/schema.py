@@ -374,6 +374,11 @@ MIGRATIONS: tuple[str, ...] = (
         default_purpose TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 11 (i12-policy): a message sent outside quiet hours by an audited override, so the
+    #    claim's own check of the sending window lets it go.
+    """
+    ALTER TABLE messages ADD COLUMN quiet_override INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from drivers.base import InboundSms
+from gateway.integrations.events import MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
+from gateway.store.claim_check import ClaimCheck, Held, claim_verdict, hold
 from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent
@@ -48,9 +50,17 @@ class NewMessage:
     callback_url: str | None = None
     route_hint: str | None = None
     category: str | None = None
+    purpose: str | None = None
+    # The policy's verdict (gateway/consent/policy.py): blocked with this reason, or
+    # held (`send_at` moved to when it may go) for it; recorded as the first event.
+    blocked: str | None = None
+    held_for: str | None = None
+    quiet_override: bool = False  # an audited override of the purpose's sending window
 
     @property
     def state(self) -> State:
+        if self.blocked is not None:
+            return State.BLOCKED
         scheduled = self.send_at is not None and self.send_at > self.created_at
         return State.SCHEDULED if scheduled else State.QUEUED
 
@@ -109,6 +119,9 @@ class Store:
         self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
         self._reader: ReadPool | None = None
         self.cipher: crypto.FieldCipher | None = None
+        # Set by the send policy: why a queued message may not be claimed now (an
+        # opt-out since its accept), checked in the claim's own transaction.
+        self.claim_check: ClaimCheck | None = None
 
     # -- life --------------------------------------------------------------------------
 
@@ -185,15 +198,17 @@ class Store:
     # -- intake ------------------------------------------------------------------------
 
     def insert_statements(self, m: NewMessage) -> list[Statement]:
-        """The row one accepted message adds (its creation is its first event)."""
+        """The row one accepted message adds (its creation is its first event; a
+        policy's hold or block is recorded as an event with its reason)."""
         c = self._crypto
-        due = m.send_at if m.state is State.SCHEDULED and m.send_at is not None else m.created_at
-        return [
+        state = m.state
+        due = m.send_at if state is State.SCHEDULED and m.send_at is not None else m.created_at
+        rows: list[Statement] = [
             (
                 "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
                 " reference_ct, callback_ct, encoding, segments, route_hint, category,"
-                " created_at, updated_at, send_at, expires_at, due_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
+                " quiet_override) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id,
                     m.token_id,
@@ -213,9 +228,19 @@ class Store:
                     m.send_at,
                     m.expires_at,
                     due,
+                    m.purpose,
+                    m.blocked,
+                    int(m.quiet_override),
                 ),
             ),
         ]
+        reason = m.blocked or m.held_for
+        if reason is not None:
+            event = (m.id, m.created_at, state.value, None, None, reason, 0)
+            rows.append((_INSERT_EVENT, event))
+            status = (MESSAGE_STATUS, m.created_at, m.id, None, state.value, reason, 0)
+            rows.append((outbox_sql.INSERT_ROW, status))
+        return rows
 
     @staticmethod
     def idempotency_statement(
@@ -292,14 +317,17 @@ class Store:
             for r in await cur.fetchall()
         ]
 
-    async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | None:
+    async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | Held | None:
         """Mark a queued message `sending` (durably) and return what the driver needs.
 
-        None if it is no longer queued (cancelled or expired meanwhile).
+        None if it is no longer queued (cancelled or expired meanwhile), or if the
+        policy's claim check refused it (it is then `blocked`, in the same transaction);
+        `Held` if the policy keeps it waiting (outside its sending window).
         """
-        row = await self.writer.run_grouped(_claim_many, (message_id, route, now))
-        if row is None:
-            return None
+        item = (message_id, route, now, self.claim_check)
+        row = await self.writer.run_grouped(_claim_many, item)
+        if row is None or isinstance(row, Held):
+            return row
         c = self._crypto
         return ClaimedMessage(
             message_id,
@@ -679,13 +707,24 @@ def _apply_receipt(
 
 
 def _claim_many(
-    conn: sqlite3.Connection, items: list[tuple[str, str, float]]
-) -> list[tuple[Any, ...] | None]:
+    conn: sqlite3.Connection, items: list[tuple[str, str, float, ClaimCheck | None]]
+) -> list[tuple[Any, ...] | Held | None]:
     """`queued -> sending` for each item, its row returned (None if it was no longer
-    queued); the group's events go in one executemany."""
-    claimed: list[tuple[Any, ...] | None] = []
+    queued, or `blocked` now: an opt-out committed before this claim keeps it from
+    leaving, MSG-5); the group's events go in one executemany."""
+    claimed: list[tuple[Any, ...] | Held | None] = []
     events: list[tuple[Any, ...]] = []
-    for message_id, route, now in items:
+    for message_id, route, now, check in items:
+        verdict = None if check is None else claim_verdict(conn, check, message_id, route, now)
+        if isinstance(verdict, Held):
+            hold(conn, message_id, verdict, now, events)
+            claimed.append(verdict)
+            continue
+        if verdict is not None:
+            blocked = Transition(message_id, State.BLOCKED, route=route, error_code=verdict)
+            _apply(conn, blocked, now, events=events)
+            claimed.append(None)
+            continue
         # Every submit counts: the claim that hands the message to a driver is an attempt
         # (the scheduler gives it back if the route could not take the message).
         transition = Transition(message_id, State.SENDING, route=route, count_attempt=True)

@@ -34,6 +34,7 @@ class Caller:
     sees_masked: bool = True
     mask: Callable[[str], str] = mask_number_compact
     shows_body_length: bool = False
+    may_override_quiet_hours: bool = False  # the `urgent` scope (audited per message)
 
     @classmethod
     def for_token(cls, token: TokenRecord) -> Caller:
@@ -46,6 +47,7 @@ class Caller:
             sees_all="admin" in scopes,
             may_send=bool({"send", "admin"} & scopes),
             may_read_phi="phi" in scopes,
+            may_override_quiet_hours="urgent" in scopes,
         )
 
     @classmethod

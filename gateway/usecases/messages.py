@@ -8,6 +8,7 @@ keeps the SQL and the decryption; nothing here formats for a wire.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import msgspec
 
 from drivers.clock import Clock
 from gateway.config import Config
+from gateway.consent.token_purposes import TokenPurposes
 from gateway.errors import ApiError
 from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_number
 from gateway.metrics import Metrics
@@ -113,6 +115,7 @@ class Messages:
         self._metrics = metrics
         self._audit = audit
         self._accepting = accepting
+        self._token_purposes = TokenPurposes(store)
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -150,7 +153,10 @@ class Messages:
         `shutting_down`, `store_unavailable`) and then stores nothing."""
         self._require_send(caller)
         self.check_accepting()
-        prepared = self._intake.prepare(request, caller.token_id, self._clock.time())
+        default = await self._token_purposes.default_for(caller.token_id)
+        prepared = self._intake.prepare(
+            request, caller.token_id, self._clock.time(), token_purpose=default
+        )
         return await self._commit(caller, [prepared], idempotency, lambda a: a[0])
 
     async def accept_together(
@@ -166,7 +172,10 @@ class Messages:
         self._require_send(caller)
         self.check_accepting()
         now = self._clock.time()
-        prepared = [self._intake.prepare(r, caller.token_id, now) for r in requests]
+        default = await self._token_purposes.default_for(caller.token_id)
+        prepared = [
+            self._intake.prepare(r, caller.token_id, now, token_purpose=default) for r in requests
+        ]
         extra = attached([p.message.id for p in prepared]) if attached else []
         return await self._commit(caller, prepared, None, lambda a: a, extra)
 
@@ -183,13 +192,18 @@ class Messages:
         self.check_accepting()
         self.check_batch_size(len(items))
         now = self._clock.time()
+        default = await self._token_purposes.default_for(caller.token_id)
         prepared: list[Prepared] = []
         errors: dict[int, dict[str, Any]] = {}
         for i, item in enumerate(items):
             try:
                 if isinstance(item, ApiError):
                     raise item
-                prepared.append(self._intake.prepare(item, caller.token_id, now, f"messages[{i}]."))
+                prepared.append(
+                    self._intake.prepare(
+                        item, caller.token_id, now, f"messages[{i}].", token_purpose=default
+                    )
+                )
             except ApiError as e:
                 errors[i] = e.body()
         if not prepared:
@@ -213,32 +227,77 @@ class Messages:
         extra: Sequence[Statement] = (),
     ) -> T:
         """Commit the messages (and the idempotent answer, and `extra` rows) in one
-        transaction."""
+        transaction. With the send policy on, its verdict on each message is reached in
+        that transaction too (`Intake.judge`), so a cap's count and the insert it allowed
+        are one step, and the answer says what became of each message."""
         started = time.perf_counter()
-        statements: list[Statement] = [*self._intake.statements(prepared), *extra]
-        answer = build([p.answer() for p in prepared])
-        if idempotency is not None:
+        await self._audit_overrides(caller, prepared)
+        now = self._clock.time()
+
+        def finish(judged: list[Prepared]) -> tuple[list[Statement], T]:
+            answer = build([p.answer() for p in judged])
+            if idempotency is None:
+                return [], answer
             if caller.token_id is None:
                 raise ValueError("an Idempotency-Key belongs to a token")
-            statements.append(
-                self._store.idempotency_statement(
-                    caller.token_id,
-                    idempotency.key_hash,
-                    idempotency.request_hash,
-                    idempotency.status,
-                    msgspec.json.encode(answer),
-                    self._clock.time(),
-                )
+            row = self._store.idempotency_statement(
+                caller.token_id,
+                idempotency.key_hash,
+                idempotency.request_hash,
+                idempotency.status,
+                msgspec.json.encode(answer),
+                now,
             )
+            return [row], answer
+
+        intake = self._intake
         try:
-            await self._store.insert(statements)
+            if intake.policy.enabled:
+
+                def job(conn: sqlite3.Connection) -> tuple[list[Prepared], T]:
+                    judged = []
+                    for p in prepared:
+                        p = intake.judge(conn, p)
+                        _execute(conn, intake.statements([p]))
+                        judged.append(p)
+                    rows, answer = finish(judged)
+                    _execute(conn, [*extra, *rows])
+                    return judged, answer
+
+                outcome: tuple[list[Prepared], T] = await self._store.writer.run_grouped(_jobs, job)
+                prepared, answer = outcome
+            else:
+                rows, answer = finish(prepared)
+                await self._store.insert([*intake.statements(prepared), *extra, *rows])
         except Exception as e:
             raise ApiError(
                 503, "store_unavailable", "the message store could not commit; nothing was accepted"
             ) from e
-        self._intake.accepted(prepared)
+        intake.accepted(prepared)
         self._metrics.accept_latency.observe(time.perf_counter() - started)
         return answer
+
+    async def _audit_overrides(self, caller: Caller, prepared: Sequence[Prepared]) -> None:
+        """A send outside quiet hours is allowed only with the `urgent` right, and
+        audited (with its reason) before the message is stored."""
+        overriding = [p for p in prepared if p.quiet_hours_override]
+        if not overriding:
+            return
+        if not caller.may_override_quiet_hours:
+            raise ApiError(
+                403,
+                "forbidden",
+                "quiet_hours_override: needs the 'urgent' scope",
+                field="quiet_hours_override",
+            )
+        for p in overriding:
+            await self._audit.record(
+                caller.actor,
+                "quiet_hours_override",
+                "message",
+                p.message.id,
+                reason=p.quiet_hours_reason,
+            )
 
     async def replay(self, caller: Caller, key: IdempotencyKey) -> StoredAnswer | None:
         """The answer stored under this key by this token, if any; 409 if the key was
@@ -292,8 +351,12 @@ class Messages:
             route=stored.route_hint,
             category=stored.category,
             reference=None if stored.reference is None else stored.reference.open(),
+            purpose=stored.purpose,  # type: ignore[arg-type]  # stored from a valid name
         )
-        prepared = self._intake.prepare(copy, stored.token_id, self._clock.time())
+        default = await self._token_purposes.default_for(stored.token_id)
+        prepared = self._intake.prepare(
+            copy, stored.token_id, self._clock.time(), token_purpose=default
+        )
         answer = await self._commit(caller, [prepared], None, lambda a: a[0])
         await self._audit.record(
             caller.actor, "message_retried", "message", message_id, new_message_id=answer.id
@@ -430,6 +493,7 @@ class Messages:
             possible_duplicate=m.possible_duplicate,
             error_code=m.error_code,
             receipt_overdue=m.receipt_overdue,
+            purpose=m.purpose,
             to_masked=caller.mask(to) if to is not None and caller.sees_masked else None,
             body_masked=mask_body(body)
             if body is not None and caller.sees_masked and caller.shows_body_length
@@ -439,6 +503,17 @@ class Messages:
             body=body if phi else None,
             events=events,
         )
+
+
+def _jobs(conn: sqlite3.Connection, jobs: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    """Run accept jobs grouped: one writer call and one savepoint for every request
+    that arrived meanwhile (each retried alone if one of them fails)."""
+    return [job(conn) for job in jobs]
+
+
+def _execute(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    for sql, params in statements:
+        conn.execute(sql, params)
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class MessageRecord:
     possible_duplicate: bool
     error_code: str | None
     receipt_overdue: bool
+    purpose: str | None
     to_masked: str | None
     body_masked: str | None
     reference: str | None  # only for the token that sent the message

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from drivers.clock import Clock
+from gateway.consent import token_purposes
 from gateway.store.store import Store
 from gateway.tokens import NewToken, TokenRecord, create_token
 from gateway.usecases.audit import AuditSink
@@ -40,11 +41,23 @@ class Tokens:
         """Token id -> name, for showing who acted in the audit trail."""
         return {t.id: t.name for t in await self.list()}
 
-    async def create(self, actor: str, name: str, scopes: frozenset[str]) -> NewToken:
-        """A new token; its text (with the secret) is in the answer and nowhere else."""
+    async def create(
+        self, actor: str, name: str, scopes: frozenset[str], purpose: str | None = None
+    ) -> NewToken:
+        """A new token; its text (with the secret) is in the answer and nowhere else.
+        `purpose` is the one its sends take when they name none."""
+        if purpose is not None:
+            token_purposes.check(purpose)
         token = await create_token(self._store, name, scopes, self._clock)
+        if purpose is not None:
+            await token_purposes.set_default(self._store, token.id, purpose)
         await self._audit.record(
-            actor, "token_created", "token", token.id, scopes=",".join(sorted(scopes))
+            actor,
+            "token_created",
+            "token",
+            token.id,
+            scopes=",".join(sorted(scopes)),
+            purpose=purpose,
         )
         return token
 

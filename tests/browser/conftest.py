@@ -25,6 +25,7 @@ import pytest
 from playwright import sync_api
 
 from gateway.store import crypto
+from tests.conftest import TEST_CONSENT_TOML
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -199,7 +200,9 @@ def start_gateway(
         "window = 10\n"
         "latency = 0.05\n"
         "receipt_delay = 0.5\n"
-        'undelivered_prefixes = ["+1202555019"]\n' + bank
+        'undelivered_prefixes = ["+1202555019"]\n'
+        + bank
+        + TEST_CONSENT_TOML  # the suite's default purpose (tests/conftest.py)
     )
     crypto.generate_master_key(root / "master.key")
     subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)

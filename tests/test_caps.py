@@ -1,0 +1,128 @@
+"""Issue 12 point 6 (MSG-3): frequency caps per recipient and purpose over rolling
+windows, counted from the store; deferred or blocked per policy; atomic under parallel
+requests (the count and the insert are one writer transaction)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from drivers.clock import FakeClock
+from gateway.tokens import create_token
+from tests.conftest import CANARY_NUMBER, GatewayFactory, record_decision
+from tests.test_api import start_client
+from tests.test_consent_policy import caller, send
+
+DAY = 86400.0
+# Caps only: every purpose at any hour, so the caps alone decide here.
+CAPS: dict[str, Any] = {
+    "purposes": {
+        "appointment": {"window": ""},
+        "results": {"window": ""},
+        "informational": {"window": "", "caps": ["2/1h"]},
+        "marketing": {"window": ""},
+    }
+}
+
+
+async def _send_at(gw: Any, who: Any, message_id: str) -> float | None:
+    return (await gw.usecases.messages.get(who, message_id)).send_at
+
+
+async def test_clinical_caps_defer_to_the_instant_the_rolling_windows_have_room(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """1 a day and 3 a week: the 2nd goes a day after the 1st, the 3rd two days after,
+    the 4th a week after the 1st (when it leaves the 7-day window)."""
+    gw = await open_gateway(consent=CAPS)
+    who = await caller(gw, "send", "read")
+    t0 = clock.time()
+    answers = [await send(gw, who, purpose="appointment", body=f"m{i}") for i in range(4)]
+    assert [(a.status, a.reason) for a in answers] == [
+        ("queued", None),
+        ("scheduled", "frequency_cap"),
+        ("scheduled", "frequency_cap"),
+        ("scheduled", "frequency_cap"),
+    ]
+    times = [await _send_at(gw, who, a.id) for a in answers[1:]]
+    assert times == [t0 + DAY, t0 + 2 * DAY, t0 + 7 * DAY]
+
+
+async def test_at_the_window_edge_one_instant_early_waits_and_on_the_edge_goes(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(consent=CAPS)
+    who = await caller(gw, "send", "read")
+    first = await send(gw, who, purpose="appointment")
+    t0 = clock.time()
+    clock.advance(DAY - 0.001)
+    early = await send(gw, who, purpose="appointment", to="+12025550123")
+    assert early.status == "queued"  # another recipient: its own cap
+    early = await send(gw, who, purpose="appointment")
+    assert (early.status, await _send_at(gw, who, early.id)) == ("scheduled", t0 + DAY)
+    await gw.usecases.messages.cancel(who, early.id)  # cancelled: no longer counted
+    clock.advance(0.001)
+    on_edge = await send(gw, who, purpose="appointment")
+    assert on_edge.status == "queued"
+    assert first.status == "queued"
+
+
+async def test_every_clinical_purpose_shares_one_cap_and_other_purposes_have_their_own(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway(consent=CAPS)
+    who = await caller(gw, "send")
+    assert (await send(gw, who, purpose="appointment")).status == "queued"
+    assert (await send(gw, who, purpose="results")).reason == "frequency_cap"
+    two_an_hour = [await send(gw, who, purpose="informational") for _ in range(3)]
+    assert [a.status for a in two_an_hour] == ["queued", "queued", "scheduled"]
+
+
+async def test_marketing_over_its_cap_is_blocked_and_blocked_ones_do_not_count(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway(consent=CAPS)
+    who = await caller(gw, "send")
+    no_consent = await send(gw, who, purpose="marketing")
+    assert (no_consent.status, no_consent.reason) == ("blocked", "no_consent")
+    await record_decision(gw, CANARY_NUMBER, "opt_in", "purpose:marketing", disclosure="YES")
+    assert (await send(gw, who, purpose="marketing")).status == "queued"
+    over = await send(gw, who, purpose="marketing")
+    assert (over.status, over.reason) == ("blocked", "frequency_cap")
+
+
+async def test_a_deferral_past_the_messages_expiry_blocks_it(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(consent=CAPS)
+    who = await caller(gw, "send")
+    await send(gw, who, purpose="appointment")
+    soon = datetime.fromtimestamp(clock.time(), UTC) + timedelta(hours=2)
+    late = await send(gw, who, purpose="appointment", expires_at=soon)
+    assert (late.status, late.reason) == ("blocked", "frequency_cap")
+
+
+async def test_parallel_requests_cannot_race_past_a_cap(open_gateway: GatewayFactory) -> None:
+    """40 sends over HTTP at once, marketing capped at 1 a day: one goes, 39 blocked."""
+    gw = await open_gateway(consent=CAPS)
+    await record_decision(gw, CANARY_NUMBER, "opt_in", "purpose:marketing", disclosure="YES")
+    token = await create_token(gw.store, "api", frozenset({"send"}), gw.clock)
+    headers = {"Authorization": f"Bearer {token.text}"}
+    client = await start_client(gw)
+    body = json.dumps({"to": CANARY_NUMBER, "body": "offer", "purpose": "marketing"})
+    try:
+        responses = await asyncio.gather(
+            *(client.post("/api/v1/messages", data=body, headers=headers) for _ in range(40))
+        )
+        answers = [await r.json() for r in responses]
+    finally:
+        await client.close()
+    assert {r.status for r in responses} == {202}
+    statuses = sorted((a["status"], a.get("reason")) for a in answers)
+    assert statuses == [("blocked", "frequency_cap")] * 39 + [("queued", None)]
+    cur = await gw.store.reader.execute(
+        "SELECT state, count(*) FROM messages GROUP BY state ORDER BY state"
+    )
+    assert [tuple(r) for r in await cur.fetchall()] == [("blocked", 39), ("queued", 1)]

@@ -1,0 +1,169 @@
+"""R-OPT-1 (MSG-5): the STOP race through the real gateway and the SMSC simulator.
+
+500 marketing messages (with written consent on record) and 20 clinical ones are queued
+to one number and flowing to the simulator over real SMPP when an opt-out commits (the
+ledger's own `append`, in a writer transaction, as the keyword flow commits a STOP).
+The claim re-checks consent in its own transaction, so the set of messages that may
+still reach the simulator is exactly the set claimed before that commit, read in the
+commit's own transaction; every other marketing message ends `blocked` (`opted_out`).
+Clinical messages follow the opt-out's scope (MSG-7): untouched by a marketing STOP,
+stopped by STOP ALL. Nothing sleeps: waits re-check after every commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.clock import SystemClock
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from gateway.app import Gateway
+from gateway.consent import ledger
+from gateway.intake import SendRequest
+from gateway.tokens import create_token
+from gateway.usecases import Caller
+from tests.conftest import CANARY_NUMBER, make_config, poke_on_commit, record_decision
+
+pytestmark = pytest.mark.timeout(60)
+
+MARKETING, CLINICAL = 500, 20
+FLOWING = {"window": "", "caps": []}
+# Marketing at the clinical messages' class, so the two interleave in arrival order.
+CONSENT = {
+    "purposes": {
+        "marketing": {**FLOWING, "priority": "normal", "highest": "normal"},
+        "appointment": FLOWING,
+    }
+}
+
+
+async def _until(changed: asyncio.Event, check: Callable[[], Awaitable[bool]]) -> None:
+    async with asyncio.timeout(40):
+        while True:
+            changed.clear()
+            if await check():
+                return
+            await changed.wait()
+
+
+@pytest.mark.parametrize(("scope", "clinical_stopped"), [("kind:marketing", False), ("all", True)])
+async def test_no_message_claimed_after_a_stop_commits_reaches_the_carrier(
+    tmp_path: Path, scope: str, clinical_stopped: bool
+) -> None:
+    sim_config = SimulatorConfig(password="pw", receipt_delay=0.0, redelivery_delay=0.0)
+    async with SmscSimulator(sim_config) as sim:
+        route = {
+            "name": "carrier",
+            "type": "smpp",
+            "host": "127.0.0.1",
+            "port": sim.port,
+            "system_id": "smsgw",
+            "password": "pw",
+            "window": 10,
+            "rate": 400,  # 520 messages take over a second: the STOP lands mid-flow
+            "burst": 10,
+            "reconnect_min": 0.05,
+            "reconnect_max": 0.2,
+        }
+        config = make_config(tmp_path, [route], consent=CONSENT)
+        gw = await Gateway.open(config, SystemClock())
+        changed = asyncio.Event()
+        poke_on_commit(gw.store.writer, changed.set)
+        try:
+            await gw.start(dispatch=True)
+            await _run_race(gw, sim, changed, scope, clinical_stopped)
+        finally:
+            await gw.stop()
+
+
+async def _run_race(
+    gw: Gateway, sim: SmscSimulator, changed: asyncio.Event, scope: str, clinical_stopped: bool
+) -> None:
+    await record_decision(
+        gw, CANARY_NUMBER, "opt_in", "purpose:marketing", disclosure="Offers by text: YES"
+    )
+    token = await create_token(gw.store, "ehr", frozenset({"send"}), gw.clock)
+    record = await gw.store.token_record(token.id)
+    assert record is not None
+    caller = Caller.for_token(record)
+    requests: list[SendRequest] = []
+    for i in range(MARKETING + CLINICAL):
+        if i % 26 == 25:
+            requests.append(
+                SendRequest(to=CANARY_NUMBER, body=f"clinical {i}", purpose="appointment")
+            )
+        else:
+            requests.append(SendRequest(to=CANARY_NUMBER, body=f"offer {i}", purpose="marketing"))
+    ids: dict[str, str] = {}
+    for start in range(0, len(requests), 100):
+        chunk = requests[start : start + 100]
+        accepted = await gw.usecases.messages.accept_together(caller, chunk)
+        assert {a.status for a in accepted} == {"queued"}
+        ids.update({r.body: a.id for r, a in zip(chunk, accepted, strict=True)})
+
+    def offers_sent() -> int:
+        return sum(1 for m in sim.submitted if m.text.startswith("offer"))
+
+    async def flowing() -> bool:
+        return offers_sent() >= 50
+
+    await _until(changed, flowing)
+    claimed_before = await _opt_out(gw, scope)
+    assert 50 <= len(claimed_before) < MARKETING + CLINICAL  # the STOP landed mid-flow
+
+    async def settled() -> bool:
+        cur = await gw.store.reader.execute(
+            "SELECT count(*) FROM messages WHERE state IN ('queued', 'sending', 'sent')"
+        )
+        return (await cur.fetchone())[0] == 0
+
+    await _until(changed, settled)
+    reached = {m.text for m in sim.submitted}
+    in_scope = {t for t in reached if t.startswith("offer") or clinical_stopped}
+    after_commit = {ids[t] for t in in_scope} - claimed_before
+    assert after_commit == set()  # nothing in scope claimed after the STOP reached the carrier
+    states = await _states(gw)
+    for body, mid in ids.items():
+        stopped = body.startswith("offer") or clinical_stopped
+        if mid in claimed_before or not stopped:
+            assert states[mid] == ("delivered", None), body
+        else:
+            assert states[mid] == ("blocked", "opted_out"), body
+    blocked = sum(1 for s in states.values() if s[0] == "blocked")
+    assert blocked == len(ids) - len(reached)
+
+
+async def _opt_out(gw: Gateway, scope: str) -> set[str]:
+    """Commit an opt-out; the ids claimed (sending or beyond) before it, read in its
+    own transaction."""
+    store = gw.store
+    assert store.cipher is not None
+    cipher = store.cipher
+    entry = ledger.Entry(
+        contact_idx=store.blind_index(CANARY_NUMBER),
+        number=CANARY_NUMBER,
+        decision="opt_out",
+        scope=scope,
+        program="*",
+        source="keyword",
+        at=gw.clock.time(),
+    )
+
+    def job(conn: Any) -> set[str]:
+        ledger.append(conn, cipher, entry)
+        rows = conn.execute(
+            "SELECT id FROM messages WHERE state IN ('sending', 'sent', 'delivered')"
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    claimed: set[str] = await store.writer.run(job)
+    return claimed
+
+
+async def _states(gw: Gateway) -> dict[str, tuple[str, str | None]]:
+    cur = await gw.store.reader.execute("SELECT id, state, error_code FROM messages")
+    return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
