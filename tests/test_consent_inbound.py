@@ -51,6 +51,11 @@ async def sim() -> AsyncIterator[SmscSimulator]:
         yield s
 
 
+# The clinical messages these tests send go at any hour of the test run (quiet hours
+# and caps have their own tests).
+ANY_HOUR = {p: {"window": "", "caps": []} for p in ("appointment", "informational")}
+
+
 @pytest.fixture
 async def open_rig(tmp_path: Path, sim: SmscSimulator) -> AsyncIterator[RigFactory]:
     """Gateways on one store and one simulator; `consent` settings as keywords."""
@@ -62,7 +67,7 @@ async def open_rig(tmp_path: Path, sim: SmscSimulator) -> AsyncIterator[RigFacto
             [smpp_route(sim)],
             queue={"retry_base": 0.05, "retry_cap": 0.2},
             http={"shutdown_grace": 0.5},
-            consent={"help_contact": "555-0100", **consent},
+            consent={"help_contact": "555-0100", "purposes": ANY_HOUR, **consent},
         )
         gw = await Gateway.open(config, SystemClock())
         rig = Rig(gw, sim)

@@ -23,6 +23,7 @@ from tests.conftest import (
     record_decision,
     state_of,
 )
+from tests.store_rows import message_row
 from tests.test_api import start_client
 
 # Every purpose sendable at any hour and without caps, so only consent decides here.
@@ -38,7 +39,7 @@ async def caller(gw: Gateway, *scopes: str, purpose: str | None = None) -> Calle
     token = await create_token(gw.store, "t", frozenset(scopes), gw.clock)
     if purpose is not None:
         await token_purposes.set_default(gw.store, token.id, purpose)
-    record = await gw.store.token_record(token.id)
+    record = await gw.store.api_tokens.get(token.id)
     assert record is not None
     return Caller.for_token(record)
 
@@ -50,7 +51,7 @@ async def send(gw: Gateway, who: Caller, **fields: Any) -> Any:
 
 
 async def error_code(gw: Gateway, message_id: str) -> str | None:
-    row = await gw.store.message_row(message_id)
+    row = await message_row(gw.store, message_id)
     assert row is not None
     return row["error_code"]
 
@@ -273,7 +274,7 @@ async def test_consent_disabled_switches_every_check_off(open_gateway: GatewayFa
 
 
 async def test_the_panel_shows_a_messages_purpose_and_why_it_was_blocked(panel: Any) -> None:
-    from gateway.admin.repo import Role
+    from gateway.panel_users import Role
 
     await panel.add_user("op", Role.OPERATOR)
     await panel.login_ok("op")

@@ -87,7 +87,7 @@ async def _run_race(
         gw, CANARY_NUMBER, "opt_in", "purpose:marketing", disclosure="Offers by text: YES"
     )
     token = await create_token(gw.store, "ehr", frozenset({"send"}), gw.clock)
-    record = await gw.store.token_record(token.id)
+    record = await gw.store.api_tokens.get(token.id)
     assert record is not None
     caller = Caller.for_token(record)
     requests: list[SendRequest] = []

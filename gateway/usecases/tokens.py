@@ -51,14 +51,10 @@ class Tokens:
         token = await create_token(self._store, name, scopes, self._clock)
         if purpose is not None:
             await token_purposes.set_default(self._store, token.id, purpose)
-        await self._audit.record(
-            actor,
-            "token_created",
-            "token",
-            token.id,
-            scopes=",".join(sorted(scopes)),
-            purpose=purpose,
-        )
+        details = {"scopes": ",".join(sorted(scopes))}
+        if purpose is not None:
+            details["purpose"] = purpose
+        await self._audit.record(actor, "token_created", "token", token.id, **details)
         return token
 
     async def revoke(self, actor: str, token_id: str) -> bool:
