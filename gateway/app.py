@@ -53,7 +53,7 @@ from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
-from gateway.usecases import Inbound, Messages, Status, UseCases
+from gateway.usecases import Consent, Inbound, Messages, Status, UseCases
 
 log = structlog.get_logger("smsgw.app")
 
@@ -185,7 +185,8 @@ class Gateway:
             accepting=lambda: self.accepting,
             not_ready=self.not_ready,
         )
-        return UseCases(messages, Inbound(store=self.store, audit=self.audit), status)
+        consent = Consent(config=self.config, store=self.store, clock=self.clock, audit=self.audit)
+        return UseCases(messages, Inbound(store=self.store, audit=self.audit), status, consent)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))

@@ -18,8 +18,10 @@ from gateway.store.store import Store, TokenRecord
 # inbound, queue, routes, metrics. admin: all of those on every token's messages, and
 # pause/resume routes. phi: look messages up by number (GET /messages?to=), read
 # numbers, bodies, senders and texts (include=phi), each read audited; never implied
-# by admin. A message's reference is shown only to the token that sent it.
-SCOPES = ("send", "read", "admin", "phi")
+# by admin. A message's reference is shown only to the token that sent it. consent:
+# record opt-outs, opt-ins and written consents, set contact details, import consent
+# lists (looking a number up or exporting also needs phi).
+SCOPES = ("send", "read", "admin", "phi", "consent")
 _FORMAT = re.compile(r"^smsgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 

@@ -88,6 +88,8 @@ class _Endpoint(Protocol):
     def links(self) -> tuple[Link, ...]: ...
     @property
     def content_type(self) -> str: ...
+    @property
+    def request_text(self) -> str | None: ...
 
 
 _PARAM = re.compile(r"{(\w+)(?::((?:[^{}]|{[^{}]*})+))?}")
@@ -167,6 +169,11 @@ def build_openapi(
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": ref_of[e.request]}},
+            }
+        elif e.request_text is not None:  # a text body (a CSV list), read as a stream
+            op["requestBody"] = {
+                "required": True,
+                "content": {e.request_text: {"schema": {"type": "string"}}},
             }
         answers: list[Answer] = []
         if e.scope is not None:
