@@ -8,7 +8,7 @@ read, audited); recording needs `consent`; the export also needs `phi`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -16,13 +16,18 @@ from msgspec import UNSET, UnsetType
 
 from gateway.api.handlers import AUTH_RECORD
 from gateway.consent.ledger import ALL_PROGRAMS, Decision, Source
-from gateway.consent.purposes import SCOPE_ALL, Purpose
-from gateway.consent.settings import ClientPurpose
+from gateway.consent.purposes import CLIENT_PURPOSES, SCOPE_ALL, Kind
 from gateway.errors import ApiError
 from gateway.intake import decode_with
 from gateway.store.consent_sql import Contact, ContactChanges
 from gateway.usecases import Caller
-from gateway.usecases.consent import ConsentView, DecisionRequest, ImportReport, Recorded
+from gateway.usecases.consent import (
+    ConsentView,
+    DecisionRequest,
+    ImportReport,
+    Language,
+    Recorded,
+)
 from gateway.usecases.consent_csv import (
     EXPORT_HEADER,
     Options,
@@ -34,6 +39,17 @@ from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso as iso_ms
 
 ApiSource = Literal["api", "phone", "email"]
+_KINDS = "|".join(k.value for k in Kind if k is not Kind.COMPLIANCE)
+_PURPOSES = "|".join(p.value for p in CLIENT_PURPOSES)
+SCOPE_PATTERN = f"^(all|kind:({_KINDS})|purpose:({_PURPOSES}))$"
+SCOPE_SCHEMA = {"type": "string", "pattern": SCOPE_PATTERN}
+PROGRAM_SCHEMA = {"type": "string"}  # its enum (the configured programs) is set at install
+Phone = Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"format": "phone"})]
+Scope = Annotated[str, msgspec.Meta(pattern=SCOPE_PATTERN)]
+Program = Annotated[str, msgspec.Meta(max_length=64)]
+TimeZone = Annotated[
+    str, msgspec.Meta(max_length=64, extra_json_schema={"format": "iana-time-zone"})
+]
 _SCOPE_DOC = "all (default), kind:<kind> or purpose:<purpose>"
 _PROGRAM_DOC = "a configured program's name, default or * (every program, the default)"
 _NUMBER_DOC = "the phone number (E.164, or national in queue.default_region)"
@@ -41,20 +57,17 @@ Text = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 
 
 class OptOutRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    number: Annotated[str, msgspec.Meta(description=_NUMBER_DOC, max_length=64)]
-    scope: Annotated[str, msgspec.Meta(description=_SCOPE_DOC, max_length=64)] = SCOPE_ALL
-    program: Annotated[str, msgspec.Meta(description=_PROGRAM_DOC, max_length=64)] = ALL_PROGRAMS
+    number: Annotated[Phone, msgspec.Meta(description=_NUMBER_DOC)]
+    scope: Annotated[Scope, msgspec.Meta(description=_SCOPE_DOC)] = SCOPE_ALL
+    program: Annotated[Program, msgspec.Meta(description=_PROGRAM_DOC)] = ALL_PROGRAMS
     source: Annotated[ApiSource, msgspec.Meta(description="how it was given")] = "api"
     note: Text | None = None
 
 
 class ConsentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    number: Annotated[str, msgspec.Meta(description=_NUMBER_DOC, max_length=64)]
-    scope: Annotated[str, msgspec.Meta(description=_SCOPE_DOC, max_length=64)] | None = None
-    purpose: Annotated[
-        ClientPurpose | None, msgspec.Meta(description="shorthand for scope purpose:<purpose>")
-    ] = None
-    program: Annotated[str, msgspec.Meta(description=_PROGRAM_DOC, max_length=64)] = ALL_PROGRAMS
+    number: Annotated[Phone, msgspec.Meta(description=_NUMBER_DOC)]
+    scope: Annotated[Scope, msgspec.Meta(description=_SCOPE_DOC)] = SCOPE_ALL
+    program: Annotated[Program, msgspec.Meta(description=_PROGRAM_DOC)] = ALL_PROGRAMS
     source: ApiSource = "api"
     disclosure: Annotated[
         Text | None,
@@ -67,11 +80,14 @@ _KEEP = "left out: kept; null: cleared"
 
 
 class ContactRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    number: Annotated[str, msgspec.Meta(description=_NUMBER_DOC, max_length=64)]
-    patient_ref: Annotated[str | UnsetType | None, msgspec.Meta(description=_KEEP)] = UNSET
-    language: Annotated[str | UnsetType | None, msgspec.Meta(description=_KEEP)] = UNSET
+    number: Annotated[Phone, msgspec.Meta(description=_NUMBER_DOC)]
+    patient_ref: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | UnsetType | None,
+        msgspec.Meta(description=_KEEP),
+    ] = UNSET
+    language: Annotated[Language | UnsetType | None, msgspec.Meta(description=_KEEP)] = UNSET
     time_zone: Annotated[
-        str | UnsetType | None, msgspec.Meta(description="an IANA zone; " + _KEEP)
+        TimeZone | UnsetType | None, msgspec.Meta(description="an IANA zone; " + _KEEP)
     ] = UNSET
 
 
@@ -142,6 +158,19 @@ class ImportResult(msgspec.Struct, frozen=True):
 _OPT_OUT = msgspec.json.Decoder(OptOutRequest)
 _CONSENT = msgspec.json.Decoder(ConsentRequest)
 _CONTACT = msgspec.json.Decoder(ContactRequest)
+
+
+def describe_programs(document: dict[str, Any], programs: list[str]) -> None:
+    """The configured programs as the enum of every `program` in the document."""
+    schemas = document["components"]["schemas"]
+    for name in ("OptOutRequest", "ConsentRequest"):
+        if name in schemas:
+            schemas[name]["properties"]["program"]["enum"] = programs
+    for ops in document["paths"].values():
+        for op in ops.values():
+            for p in op.get("parameters", []):
+                if p["name"] == "program" and p["in"] == "query":
+                    p["schema"] = {**p["schema"], "enum": programs}
 
 
 def _caller(request: web.Request) -> Caller:
@@ -221,16 +250,13 @@ async def post_optout(request: web.Request) -> web.Response:
 
 async def post_consent(request: web.Request) -> web.Response:
     body = decode_with(_CONSENT, await request.read())
-    if body.scope is not None and body.purpose is not None:
-        raise ApiError(422, "invalid_field", "purpose: give a scope or a purpose", field="purpose")
-    scope = body.scope or (f"purpose:{Purpose(body.purpose).value}" if body.purpose else SCOPE_ALL)
     return await _record(
         request,
         DecisionRequest(
             body.number,
             "opt_in",
             body.source,
-            scope,
+            body.scope,
             body.program,
             body.note,
             body.disclosure,

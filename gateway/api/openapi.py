@@ -39,6 +39,7 @@ class Query:
     name: str
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ def build_openapi(
                 {
                     "name": q.name,
                     "in": "query",
-                    "required": False,
+                    "required": q.required,
                     "description": q.description,
                     "schema": q.schema,
                 }

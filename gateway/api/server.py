@@ -115,9 +115,16 @@ _HEALTH = {
 }
 
 # -- consent (issue 12): numbers in the query or the body, never in the path ----------
-_NUMBER = Query("number", "the phone number (matched through the blind index)", {"type": "string"})
-_SCOPE = Query("scope", "all (default), kind:<kind> or purpose:<purpose>")
-_PROGRAM = Query("program", "a configured program, default, or * (every program; default)")
+_NUMBER = Query(
+    "number",
+    "the phone number (matched through the blind index)",
+    {"type": "string", "format": "phone"},
+    required=True,
+)
+_SCOPE = Query("scope", "all (default), kind:<kind> or purpose:<purpose>", c.SCOPE_SCHEMA)
+_PROGRAM = Query(
+    "program", "a configured program, default, or * (every program; default)", c.PROGRAM_SCHEMA
+)
 _NUMBER_FIELDS = (
     Answer(400, "`invalid_query`: `number` missing, or an unknown query parameter"),
     Answer(422, "`invalid_number`: not a valid phone number (the number is never echoed)"),
@@ -540,3 +547,4 @@ def install(app: web.Application, gateway: Gateway) -> None:
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
+    c.describe_programs(app[h.OPENAPI], sorted(gateway.usecases.consent.programs))

@@ -297,6 +297,7 @@ def number_of(conn: sqlite3.Connection, cipher: FieldCipher, idx: bytes) -> str 
 APPENDED = "appended"
 UNCHANGED = "unchanged"  # an identical decision is already in the ledger
 SUPERSEDED = "superseded"  # appended as evidence; a newer decision still stands
+AT_TOLERANCE = 0.0005
 
 
 def import_entries(
@@ -315,9 +316,9 @@ def _import_one(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry, dated: 
         " AND scope = ? AND program = ? AND source = ?"
     )
     args: list[Any] = [e.contact_idx, e.decision, e.scope, e.program, e.source]
-    if dated:
-        sql += " AND at = ?"
-        args.append(e.at)
+    if dated:  # as exported: RFC 3339 to the microsecond
+        sql += " AND at BETWEEN ? AND ?"
+        args += [e.at - AT_TOLERANCE, e.at + AT_TOLERANCE]
     for entry_id, ct in conn.execute(sql, args).fetchall():
         text = None if ct is None else cipher.decrypt(ct, entry_id, "disclosure")
         if text == e.disclosure:

@@ -15,6 +15,7 @@ import sqlite3
 import zoneinfo
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from drivers.clock import Clock
 from gateway.config import Config
@@ -34,7 +35,8 @@ from gateway.usecases.messages import forbidden
 
 # Reply languages a contact may have. The reply texts are configured per language
 # (`[consent.replies.<lang>]`, inbound keywords); English and Spanish at least.
-LANGUAGES = ("en", "es")
+Language = Literal["en", "es"]
+LANGUAGES: tuple[str, ...] = get_args(Language)
 IMPORT_CHUNK = 500  # rows per writer transaction: sends wait for one chunk at most
 EXPORT_PAGE = 500
 MAX_NOTE = 2000
@@ -212,6 +214,7 @@ class Consent:
             raise _invalid("disclosure", "invalid_field", "only an opt-in carries a disclosure")
         if (
             req.decision == "opt_in"
+            and not req.lifts  # a re-subscribe restores what was consented before
             and req.scope in consent_csv.MARKETING_SCOPES
             and req.disclosure is None
         ):
