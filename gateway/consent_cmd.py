@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from gateway.usecases.consent_csv import (
     Options,
     csv_line,
     export_line,
+    file_chunks,
     parse_mapping,
 )
 
-READ_SIZE = 64 * 1024
 CONSOLE_CALLER = Caller(
     actor=CONSOLE,
     token_id=None,
@@ -81,12 +81,6 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         return await _export(consent, args.file)
     finally:
         await store.close()
-
-
-async def file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := await asyncio.to_thread(f.read, READ_SIZE):
-            yield chunk
 
 
 def progress_line(report: ImportReport) -> str:

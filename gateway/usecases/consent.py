@@ -261,20 +261,24 @@ class Consent:
 
     # -- the review queue (MSG-4) ------------------------------------------------------
 
-    async def reviews(self, caller: Caller, limit: int = 100) -> list[ReviewItem]:
-        """Open free-text revocations, oldest first; texts shown (and audited) only
-        to a caller with PHI rights."""
+    async def reviews(
+        self, caller: Caller, limit: int = 100, *, texts: bool = False
+    ) -> list[ReviewItem]:
+        """Open free-text revocations, oldest first; `texts`: with the messages' texts
+        (PHI rights; audited)."""
+        if texts and not caller.may_read_phi:
+            raise forbidden("texts", "reading the messages")
         open_ = await consent_sql.open_reviews(self._store, limit)
         numbers: dict[bytes, str] = {}
-        texts: dict[str, str] = {}
+        bodies: dict[str, str] = {}
         if caller.sees_masked:
             numbers = await consent_sql.contact_numbers(
                 self._store, [bytes(r.contact_idx) for r in open_]
             )
-        if caller.may_read_phi and open_:
+        if texts and open_:
             ids = [r.inbound_id for r in open_]
             await self._audit.record_each(caller.actor, "phi_read", "inbound", ids)
-            texts = await consent_sql.inbound_texts(self._store, ids)
+            bodies = await consent_sql.inbound_texts(self._store, ids)
         return [
             ReviewItem(
                 r.id,
@@ -285,7 +289,7 @@ class Consent:
                 caller.mask(numbers[bytes(r.contact_idx)])
                 if bytes(r.contact_idx) in numbers
                 else None,
-                texts.get(r.inbound_id),
+                bodies.get(r.inbound_id),
             )
             for r in open_
         ]

@@ -11,14 +11,16 @@ becomes an error naming its line, a code and the column, never the value.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import io
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from gateway.consent.ledger import Decision, Source
 from gateway.consent.purposes import (
@@ -157,6 +159,18 @@ def parse_mapping(text: str) -> dict[str, str]:
             )
         out[field] = header.strip()
     return out
+
+
+async def file_chunks(
+    path: Path, on_read: Callable[[int], None] | None = None, size: int = 64 * 1024
+) -> AsyncIterator[bytes]:
+    """A file's bytes, a chunk at a time (read off the event loop); `on_read` gets
+    each chunk's length (an upload's progress)."""
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, size):
+            if on_read is not None:
+                on_read(len(chunk))
+            yield chunk
 
 
 async def lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
