@@ -195,3 +195,13 @@ def test_cli_import_with_progress_then_export(
     assert main(["consent", "import", str(export), *config]) == 0
     assert "0 appended, 1200 already there" in capsys.readouterr().out
     assert main(["consent", "export", str(export), *config]) == 1  # never overwritten
+
+
+async def test_the_export_keeps_an_erased_contact_by_its_key(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    await gw.usecases.consent.record(STAFF, DecisionRequest(CANARY_NUMBER, "opt_out", "phone"))
+    await gw.store.writer.run(lambda conn: conn.execute("DELETE FROM contacts"))  # erased
+    (row,) = [r async for r in await gw.usecases.consent.export(STAFF)]
+    assert row.number is None
+    assert row.contact == gw.store.blind_index(CANARY_NUMBER).hex()
+    assert await _refusal(gw, CANARY_NUMBER) == "opted_out"  # MSG-11: still suppressed

@@ -62,7 +62,8 @@ class Review:
 class ExportRow:
     seq: int
     id: str
-    number: str
+    contact: str  # the blind index, hex: stays when the number is erased
+    number: str | None
     at: float
     decision: str
     scope: str
@@ -155,11 +156,12 @@ async def history(store: Store, idx: bytes) -> list[LedgerRow]:
 
 
 async def export_page(store: Store, after_seq: int, limit: int) -> list[ExportRow]:
-    """Ledger rows after `after_seq` in order, each with its contact's number."""
+    """Ledger rows after `after_seq` in order, each with its contact's key (the blind
+    index, hex) and number; a row whose contact was erased keeps its key only (MSG-11)."""
     rows = await store.reader.all(
         "SELECT l.id, l.seq, l.at, l.decision, l.scope, l.program, l.source, l.inbound_id,"
         " l.message_id, l.actor, l.disclosure_ct, l.note_ct, c.number_ct, l.contact_idx"
-        " FROM consent_ledger l JOIN contacts c ON c.idx = l.contact_idx"
+        " FROM consent_ledger l LEFT JOIN contacts c ON c.idx = l.contact_idx"
         " WHERE l.seq > ? ORDER BY l.seq LIMIT ?",
         (after_seq, limit),
     )
@@ -167,11 +169,13 @@ async def export_page(store: Store, after_seq: int, limit: int) -> list[ExportRo
     out = []
     for r in rows:
         e = _ledger_row(c, r)
-        number = c.decrypt(r[12], contact_row_id(r[13]), "number")
+        idx = bytes(r[13])
+        number = None if r[12] is None else c.decrypt(r[12], contact_row_id(idx), "number")
         out.append(
             ExportRow(
                 e.seq,
                 e.id,
+                idx.hex(),
                 number,
                 e.at,
                 e.decision,

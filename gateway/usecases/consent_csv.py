@@ -343,6 +343,7 @@ def row(
 EXPORT_HEADER = (
     "seq",
     "id",
+    "contact",
     "number",
     "at",
     "decision",
@@ -369,6 +370,7 @@ def export_line(r: ExportRow) -> str:
         (
             r.seq,
             r.id,
+            r.contact,
             r.number,
             iso(r.at),
             r.decision,
