@@ -10,6 +10,7 @@ so two staff members acting at once cannot both lift one opt-out or resolve one 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import zoneinfo
@@ -38,6 +39,7 @@ from gateway.usecases.messages import forbidden
 Language = Literal["en", "es"]
 LANGUAGES: tuple[str, ...] = get_args(Language)
 IMPORT_CHUNK = 500  # rows per writer transaction: sends wait for one chunk at most
+YIELD_EVERY = 50  # rows parsed between two turns of the event loop
 EXPORT_PAGE = 500
 MAX_NOTE = 2000
 MAX_LINE_ERRORS = 100  # reported one by one; the rest only counted
@@ -371,6 +373,8 @@ class Consent:
                     cols, report.ignored_columns = consent_csv.columns(fields, options)
                     continue
                 report.rows += 1
+                if report.rows % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # parsing is CPU: let requests in between
                 entry = self._entry(caller, line, fields, cols, options, report)
                 if entry is not None:
                     pending.append(entry)
