@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -297,3 +298,29 @@ def test_mqtt_renders_consent_changed_with_phi_only_when_configured() -> None:
     plain = json.loads(event_payload(event, phi=False))
     assert plain["data"]["decision"] == "opt_out" and "phi" not in plain
     assert json.loads(event_payload(event, phi=True))["phi"]["number"] == CANARY_NUMBER
+
+
+async def test_the_document_describes_the_consent_endpoints(api: Api) -> None:
+    spec = await (await api.get("/api/v1/openapi.json")).json()
+    paths = spec["paths"]
+    lookup = paths["/api/v1/optouts"]["get"]
+    (number,) = lookup["parameters"]
+    assert number["required"] is True and number["schema"]["format"] == "phone"
+    assert lookup["security"] == [{"bearer": ["read"]}]
+    assert paths["/api/v1/optouts"]["post"]["security"] == [{"bearer": ["consent"]}]
+    assert "not_opted_out" in paths["/api/v1/optouts"]["delete"]["responses"]["404"]["description"]
+    assert (
+        "disclosure_required"
+        in paths["/api/v1/consents"]["post"]["responses"]["422"]["description"]
+    )
+    body = paths["/api/v1/consents/import"]["post"]["requestBody"]["content"]
+    assert list(body) == ["text/csv"]
+    export = paths["/api/v1/consents/export"]["get"]["responses"]["200"]["content"]
+    assert list(export) == ["text/csv"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["OptOutRequest"]["properties"]["program"]["enum"] == ["*", "default", "pharmacy"]
+    scope = re.compile(schemas["ConsentRequest"]["properties"]["scope"]["pattern"])
+    assert scope.match("purpose:marketing") and scope.match("kind:clinical") and scope.match("all")
+    assert not scope.match("purpose:compliance") and not scope.match("kind:compliance")
+    served = {p for p in paths if p.startswith(("/api/v1/optouts", "/api/v1/consents"))}
+    assert all("{" not in p for p in served)  # numbers never in a path: access logs keep paths

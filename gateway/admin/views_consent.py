@@ -47,6 +47,7 @@ log = structlog.get_logger("smsgw.admin.consent")
 PANEL_SOURCES: tuple[Source, ...] = ("phone", "email", "panel")
 UPLOAD_CHUNK = 64 * 1024
 CSRF_HEADER = "X-CSRF-Token"
+KEEP_JOBS = 20
 
 
 @dataclass
@@ -250,6 +251,8 @@ async def start_import(request: web.Request) -> web.StreamResponse:
             _discard(path)
 
     jobs = request.app[JOBS]
+    for old in [j for j in jobs.values() if j.report.done][: max(0, len(jobs) - KEEP_JOBS)]:
+        del jobs[old.id]  # finished ones beyond the newest KEEP_JOBS are forgotten
     jobs[job.id] = job
     job.task = asyncio.create_task(run())
     log.info("consent_import_started", job=job.id, bytes=size)
