@@ -205,3 +205,15 @@ async def test_the_export_keeps_an_erased_contact_by_its_key(open_gateway: Gatew
     assert row.number is None
     assert row.contact == gw.store.blind_index(CANARY_NUMBER).hex()
     assert await _refusal(gw, CANARY_NUMBER) == "opted_out"  # MSG-11: still suppressed
+
+
+async def test_the_same_list_imported_twice_at_once_is_appended_once(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    rows = 3 * IMPORT_CHUNK
+    text = "number,decision\n" + "".join(f"+1202555{i:04d},opt_out\n" for i in range(rows))
+    first, second = await asyncio.gather(_import(gw, text), _import(gw, text))
+    assert first.appended + second.appended == rows
+    assert first.unchanged + second.unchanged == rows
+    assert await _ledger_rows(gw) == rows

@@ -48,6 +48,7 @@ PANEL_SOURCES: tuple[Source, ...] = ("phone", "email", "panel")
 UPLOAD_CHUNK = 64 * 1024
 CSRF_HEADER = "X-CSRF-Token"
 KEEP_JOBS = 20
+MAX_UPLOAD = 256 * 2**20  # about 8 million rows
 
 
 @dataclass
@@ -189,6 +190,8 @@ async def _save_upload(request: web.Request, target: Path) -> tuple[Options, int
                 if part.name == "file":
                     while chunk := await part.read_chunk(UPLOAD_CHUNK):
                         size += len(chunk)
+                        if size > MAX_UPLOAD:
+                            return f"The file is over {MAX_UPLOAD // 2**20} MiB; split it."
                         await asyncio.to_thread(out.write, chunk)
                 else:
                     fields[part.name] = (await part.text())[:512]
