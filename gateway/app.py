@@ -57,6 +57,7 @@ from gateway.usage import unit_usage
 from gateway.usecases import (
     Activity,
     AuditLog,
+    Consent,
     Deliveries,
     Inbound,
     Messages,
@@ -211,6 +212,7 @@ class Gateway:
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),
+            Consent(config=self.config, store=self.store, clock=self.clock, audit=self.audit),
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -1,4 +1,4 @@
-"""The `smsgw` command: init, run, send, token, user, audit, doctor."""
+"""The `smsgw` command: init, run, send, token, user, audit, consent, doctor."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from aiohttp import web
 from drivers.clock import SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
+from gateway import consent_cmd, logs, systemd, tls, undecodable_cmd
 from gateway import console as commands
-from gateway import logs, systemd, tls, undecodable_cmd
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
 from gateway.consent import token_purposes
@@ -577,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parsers(sub, cmd_user, cmd_audit)
     undecodable_cmd.add_parser(sub, _load)
+    consent_cmd.add_parser(sub, _load)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)

@@ -33,7 +33,9 @@ __all__ = [
 # numbers, bodies, senders and texts (include=phi), each read audited; never implied
 # by admin. A message's reference is shown only to the token that sent it. urgent:
 # send outside a purpose's quiet hours (`quiet_hours_override` with a reason, audited).
-SCOPES = ("send", "read", "admin", "phi", "urgent")
+# consent: record opt-outs, opt-ins and written consents, set contact details, import
+# consent lists (looking a number up or exporting also needs phi).
+SCOPES = ("send", "read", "admin", "phi", "urgent", "consent")
 _FORMAT = re.compile(r"^smsgw_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 

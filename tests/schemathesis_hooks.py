@@ -31,6 +31,9 @@ def _ahead(seconds: int, offset: timedelta) -> str:
 
 schemathesis.openapi.format("phone", st.sampled_from(PHONES))
 schemathesis.openapi.format(
+    "iana-time-zone", st.sampled_from(("America/Chicago", "America/New_York", "Europe/Madrid"))
+)
+schemathesis.openapi.format(
     "date-time",
     st.builds(_ahead, st.integers(120, 200 * 86400), st.sampled_from(OFFSETS)),
 )
@@ -83,9 +86,19 @@ def _class_within_purpose(message: Any) -> None:
 _HIGHEST = {p.value: policy.highest for p, policy in DEFAULT_POLICIES.items()}
 
 
+def _disclosed(path: str, body: Any) -> None:
+    """A marketing opt-in needs the text the patient agreed to (MSG-2; 422
+    `disclosure_required`, tested in test_consent_api.py): a valid one gets one."""
+    if path != "/api/v1/consents" or not isinstance(body, dict) or body.get("disclosure"):
+        return
+    if body.get("scope") in ("kind:marketing", "purpose:marketing"):
+        body["disclosure"] = "Reply YES for news from the clinic. Msg & data rates may apply."
+
+
 @schemathesis.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     _order(body)
+    _disclosed(context.operation.path, body)
     if isinstance(body, dict) and isinstance(body.get("messages"), list):
         for item in body["messages"]:
             _order(item)
@@ -98,6 +111,7 @@ def before_call(context: schemathesis.HookContext, case: Any, kwargs: Any) -> No
     body = case.body
     _no_callback(body)
     _class_within_purpose(body)
+    _disclosed(case.operation.path, body)
     if isinstance(body, dict) and isinstance(body.get("messages"), list):
         for item in body["messages"]:
             _no_callback(item)

@@ -388,7 +388,7 @@ async def test_openapi_describes_every_endpoint(api: Api) -> None:
 def test_every_endpoint_declares_a_scope_or_is_public_on_purpose() -> None:
     public = {e.path for e in ENDPOINTS if e.scope is None}
     assert public == {"/api/v1/healthz", "/api/v1/openapi.json"}
-    assert all(e.scope in ("send", "read", "admin") for e in ENDPOINTS if e.scope)
+    assert all(e.scope in ("send", "read", "admin", "consent") for e in ENDPOINTS if e.scope)
 
 
 async def test_admin_can_pause_and_resume_a_route(api: Api) -> None:

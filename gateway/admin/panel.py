@@ -52,6 +52,7 @@ ROUTE_MODULES = (
     "gateway.admin.pages",
     "gateway.admin.views_session",
     "gateway.admin.views_webhooks",
+    "gateway.admin.views_consent",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

@@ -39,6 +39,7 @@ class Query:
     name: str
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,8 @@ class _Endpoint(Protocol):
     def links(self) -> tuple[Link, ...]: ...
     @property
     def content_type(self) -> str: ...
+    @property
+    def request_text(self) -> str | None: ...
 
 
 _PARAM = re.compile(r"{(\w+)(?::((?:[^{}]|{[^{}]*})+))?}")
@@ -145,7 +148,7 @@ def build_openapi(
                 {
                     "name": q.name,
                     "in": "query",
-                    "required": False,
+                    "required": q.required,
                     "description": q.description,
                     "schema": q.schema,
                 }
@@ -167,6 +170,11 @@ def build_openapi(
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": ref_of[e.request]}},
+            }
+        elif e.request_text is not None:  # a text body (a CSV list), read as a stream
+            op["requestBody"] = {
+                "required": True,
+                "content": {e.request_text: {"schema": {"type": "string"}}},
             }
         answers: list[Answer] = []
         if e.scope is not None:

@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.api import consent as c
 from gateway.api import handlers as h
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
@@ -44,6 +45,7 @@ class Endpoint:
     answers: tuple[Answer, ...] = ()
     links: tuple[Link, ...] = ()
     content_type: str = "application/json"
+    request_text: str | None = None  # the media type of a text body (no JSON schema)
 
 
 # A message id (`gateway.models.IdGenerator`): 26 Crockford base-32 characters. The
@@ -111,6 +113,165 @@ _HEALTH = {
     "required": ["status"],
     "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]}},
 }
+
+# -- consent (issue 12): numbers in the query or the body, never in the path ----------
+_NUMBER = Query(
+    "number",
+    "the phone number (matched through the blind index)",
+    {"type": "string", "format": "phone"},
+    required=True,
+)
+_SCOPE = Query("scope", "all (default), kind:<kind> or purpose:<purpose>", c.SCOPE_SCHEMA)
+_PROGRAM = Query(
+    "program", "a configured program, default, or * (every program; default)", c.PROGRAM_SCHEMA
+)
+_NUMBER_FIELDS = (
+    Answer(400, "`invalid_query`: `number` missing, or an unknown query parameter"),
+    Answer(422, "`invalid_number`: not a valid phone number (the number is never echoed)"),
+)
+_DECIDING = (
+    Answer(
+        422,
+        "`invalid_scope`, `unknown_program`, `invalid_number`; `disclosure_required`:"
+        " a marketing opt-in without the consent text shown (MSG-2)",
+    ),
+)
+_LOOKUP = Answer(403, "`forbidden`: a lookup by number needs the 'phi' scope as well")
+_CONSENT_VIEW = "Standing per program and scope, and every decision (needs phi; audited)"
+CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        "/api/v1/optouts",
+        c.get_consent,
+        "read",
+        _CONSENT_VIEW,
+        None,
+        c.ConsentLookup,
+        query=(_NUMBER,),
+        answers=(*_NUMBER_FIELDS, _LOOKUP),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/optouts",
+        c.post_optout,
+        "consent",
+        "Record an opt-out given by API, phone or email (appended to the ledger; audited)",
+        c.OptOutRequest,
+        c.RecordedView,
+        201,
+        answers=_DECIDING,
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/optouts",
+        c.delete_optout,
+        "consent",
+        "Re-subscribe: an opt-in lifting an opt-out (no ledger row is ever deleted)",
+        None,
+        c.RecordedView,
+        201,
+        query=(_NUMBER, _SCOPE, _PROGRAM),
+        answers=(
+            *_NUMBER_FIELDS,
+            *_DECIDING,
+            Answer(404, "`not_opted_out`: no opt-out of this scope to lift"),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/consents",
+        c.get_consent,
+        "read",
+        _CONSENT_VIEW,
+        None,
+        c.ConsentLookup,
+        query=(_NUMBER,),
+        answers=(*_NUMBER_FIELDS, _LOOKUP),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/consents",
+        c.post_consent,
+        "consent",
+        "Record an opt-in (for marketing with the exact disclosure text; audited)",
+        c.ConsentRequest,
+        c.RecordedView,
+        201,
+        answers=_DECIDING,
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/consents",
+        c.delete_consent,
+        "consent",
+        "Withdraw consent: an opt-out of the scope (appended; audited)",
+        None,
+        c.RecordedView,
+        201,
+        query=(_NUMBER, _SCOPE, _PROGRAM),
+        answers=(*_NUMBER_FIELDS, *_DECIDING),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/consents/import",
+        c.import_consents,
+        "consent",
+        "Import a CSV list of opt-outs and consents (streamed; idempotent; audited)",
+        None,
+        c.ImportResult,
+        query=(
+            Query(
+                "map",
+                "FIELD=Header,...: which column holds number, decision, scope,"
+                " purpose, program, date, source, disclosure, note",
+            ),
+            Query(
+                "decision",
+                "the decision of a list without a decision column",
+                {"type": "string", "enum": ["opt_in", "opt_out"]},
+            ),
+            Query("program", "the program of rows naming none (default *: every program)"),
+        ),
+        answers=(
+            Answer(400, "`invalid_query`: a bad `map`, `decision` or parameter"),
+            Answer(415, "`unsupported_media_type`: not text/csv"),
+            Answer(422, "`missing_column`, `empty_file`, `unreadable_header`, `unknown_program`"),
+        ),
+        request_text="text/csv",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/consents/export",
+        c.export_consents,
+        "consent",
+        "The whole consent ledger as CSV, numbers included (needs phi as well; audited)",
+        answers=(Answer(403, "`forbidden`: the export needs the 'phi' scope as well"),),
+        content_type="text/csv",
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/contacts",
+        c.get_contact,
+        "read",
+        "A contact's patient reference, language and time zone (needs phi; audited)",
+        None,
+        c.ContactView,
+        query=(_NUMBER,),
+        answers=(*_NUMBER_FIELDS, _LOOKUP, Answer(404, "`not_found`: no such contact")),
+    ),
+    Endpoint(
+        "PUT",
+        "/api/v1/contacts",
+        c.put_contact,
+        "consent",
+        "Set a contact's patient reference, language or time zone (audited)",
+        c.ContactRequest,
+        c.ContactView,
+        answers=(
+            Answer(422, "`invalid_number`, `invalid_time_zone` (not IANA), `invalid_language`"),
+        ),
+    ),
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -306,6 +467,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         content_type=PROMETHEUS_TEXT,
     ),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
+    *CONSENT_ENDPOINTS,
 )
 
 
@@ -397,3 +559,4 @@ def install(app: web.Application, gateway: Gateway) -> None:
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
+    c.describe_programs(app[h.OPENAPI], sorted(gateway.usecases.consent.programs))

@@ -302,7 +302,8 @@ class OutboxStore:
 
     async def phi(self, row: OutboxRow) -> dict[str, Any] | None:
         """The personal fields an event reports, decrypted (for consumers that may
-        have them): `to`/`body` of a message, `from`/`to`/`text` of an inbound one."""
+        have them): `to`/`body` of a message, `from`/`to`/`text` of an inbound one,
+        `number`/`patient_ref` of a consent decision's contact."""
         if row.message_id is None:
             return None
         store = self._store
@@ -327,6 +328,21 @@ class OutboxStore:
                 "from": store.decrypt(r[0], row.message_id, "sender"),
                 "to": None if r[1] is None else store.decrypt(r[1], row.message_id, "recipient"),
                 "text": store.decrypt(r[2], row.message_id, "body"),
+            }
+        if row.type == CONSENT_CHANGED:  # the contact the decision is about
+            r = await store.reader.one(
+                "SELECT c.idx, c.number_ct, c.patient_ref_ct FROM consent_ledger l"
+                " JOIN contacts c ON c.idx = l.contact_idx WHERE l.id = ?",
+                (row.message_id,),
+            )
+            if r is None:
+                return None
+            contact = "contact:" + bytes(r[0]).hex()  # ledger.contact_row_id
+            return {
+                "number": store.decrypt(r[1], contact, "number"),
+                "patient_ref": None
+                if r[2] is None
+                else store.decrypt(r[2], contact, "patient_ref"),
             }
         return None
 

@@ -13,6 +13,8 @@ into their answers. None of them reads or writes the store for these operations.
 - `deliveries.Deliveries`: event deliveries and dead letters, redeliver (audited).
 - `undecodable.Undecodable`: how many unreadable inbound records are held.
 - `audit_log.AuditLog`: the audit trail's entries, and the check of its chain (audited).
+- `consent.Consent`: look a number up, record decisions, contacts, the review queue,
+  CSV import and export of the ledger.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from gateway.usecases.activity import Activity
 from gateway.usecases.audit_log import AuditLog
 from gateway.usecases.caller import Caller
+from gateway.usecases.consent import Consent
 from gateway.usecases.deliveries import Deliveries
 from gateway.usecases.inbound import Inbound
 from gateway.usecases.messages import Messages
@@ -33,6 +36,7 @@ __all__ = [
     "Activity",
     "AuditLog",
     "Caller",
+    "Consent",
     "Deliveries",
     "Inbound",
     "Messages",
@@ -53,3 +57,4 @@ class UseCases:
     deliveries: Deliveries
     undecodable: Undecodable
     audit_log: AuditLog
+    consent: Consent

@@ -24,6 +24,7 @@ class Caller:
     `sees_masked`: masked numbers at all (the panel's viewer and auditor see none).
     `mask`: how a masked number looks to this caller's front end.
     `shows_body_length`: a masked body (its length) in records (the panel's lists).
+    `may_record_consent`: opt-outs, opt-ins, contacts, reviews, import (`consent` scope).
     """
 
     actor: str
@@ -35,6 +36,7 @@ class Caller:
     mask: Callable[[str], str] = mask_number_compact
     shows_body_length: bool = False
     may_override_quiet_hours: bool = False  # the `urgent` scope (audited per message)
+    may_record_consent: bool = False
 
     @classmethod
     def for_token(cls, token: TokenRecord) -> Caller:
@@ -48,6 +50,7 @@ class Caller:
             may_send=bool({"send", "admin"} & scopes),
             may_read_phi="phi" in scopes,
             may_override_quiet_hours="urgent" in scopes,
+            may_record_consent=bool({"consent", "admin"} & scopes),
         )
 
     @classmethod
@@ -62,6 +65,7 @@ class Caller:
             sees_masked=reads_phi,
             mask=mask_number,
             shows_body_length=reads_phi,
+            may_record_consent=acts,
         )
 
     @property

@@ -183,6 +183,8 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/users",
         "/audit",
         "/webhooks",
+        "/consent",
+        "/consent/reviews",
         "/account",
         "/account/password",
         "/account/totp",

@@ -296,6 +296,41 @@ def test_routes_pause_and_resume_from_the_panel(browser: Any, gateway: Gateway) 
     context.close()
 
 
+# Numbers no other test sends to: once consent is enforced, an opt-out here would
+# block their messages.
+OPTED_OUT = "+12025550177"
+
+
+def test_an_operator_records_an_opt_out_and_imports_a_list(
+    browser: Any, gateway: Gateway, artifacts: Path, tmp_path: Path
+) -> None:
+    context = operator_context(browser, gateway)
+    page = new_page(context)
+    page.goto(gateway.url + "/consent")
+    page.fill("#o-number", OPTED_OUT)
+    page.select_option("#o-source", "phone")
+    page.fill("#o-note", "called reception")
+    page.click("form[action='/consent/optout'] button[type=submit]")
+    page.wait_for_selector(".notice-ok")
+    page.fill("#c-number", OPTED_OUT)
+    page.click("form[action='/consent/lookup'] button[type=submit]")
+    page.wait_for_selector("#history")
+    assert "called reception" in page.inner_text("#history")
+    assert OPTED_OUT not in page.content()  # shown masked
+    shot(page, artifacts, "14-consent")
+    listing = tmp_path / "optouts.csv"
+    listing.write_text("Mobile\n+12025550191\n+12025550192\n+12025550193\n")
+    page.set_input_files("#i-file", str(listing))
+    page.select_option("#i-decision", "opt_out")
+    page.click("form[action='/consent/import'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/consent/import/[A-Za-z0-9_-]+$"))
+    page.wait_for_selector("#import-progress:has-text('Done.')")
+    assert page.inner_text("#import-appended") == "3"
+    shot(page, artifacts, "15-consent-import")
+    assert page.problems == []
+    context.close()
+
+
 def test_the_audit_chain_check_finds_a_tampered_row(
     admin: Any, gateway: Gateway, artifacts: Path
 ) -> None:

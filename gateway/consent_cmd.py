@@ -1,0 +1,133 @@
+"""`smsgw consent import FILE` and `smsgw consent export FILE`: the ledger as CSV.
+
+Import reads the file in chunks (never whole) and commits IMPORT_CHUNK rows per
+transaction, so a running gateway on the same store keeps sending meanwhile; a
+progress line shows how far it got, and each refused line is printed with its
+number and a code, never its content. Export writes every ledger row, numbers
+decrypted, to a new owner-only file. Both are audited (actor `console`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from drivers.clock import SystemClock
+from gateway.config import Config
+from gateway.console import CONSOLE, audit_trail, with_store
+from gateway.usecases import Caller, Consent
+from gateway.usecases.consent import ImportReport
+from gateway.usecases.consent_csv import (
+    EXPORT_HEADER,
+    Options,
+    csv_line,
+    export_line,
+    file_chunks,
+    parse_mapping,
+)
+
+CONSOLE_CALLER = Caller(
+    actor=CONSOLE,
+    token_id=None,
+    sees_all=True,
+    may_send=False,
+    may_read_phi=True,
+    may_record_consent=True,
+)
+
+
+def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
+    parser = sub.add_parser("consent", help="import or export the consent ledger as CSV")
+    actions = parser.add_subparsers(dest="action", required=True)
+    imp = actions.add_parser("import", help="append a CSV list of opt-outs and consents")
+    imp.add_argument("file")
+    imp.add_argument(
+        "--map",
+        default="",
+        help="FIELD=Header,... for columns the usual names miss (fields: number, decision,"
+        " scope, purpose, program, date, source, disclosure, note)",
+    )
+    imp.add_argument(
+        "--decision", choices=("opt_out", "opt_in"), help="for a list with no decision column"
+    )
+    imp.add_argument("--program", help="for rows naming no program (default *: every program)")
+    exp = actions.add_parser("export", help="write the ledger to a new 0600 CSV file")
+    exp.add_argument("file")
+    for action in actions.choices.values():
+        action.add_argument("--config", help="TOML file (default: embedded)")
+    parser.set_defaults(func=lambda args: run(args, load(args.config)))
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    if args.action == "import" and not Path(args.file).is_file():
+        print(f"smsgw consent import: {args.file} is not a file", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(args, config))
+
+
+async def _run(args: argparse.Namespace, config: Config) -> int:
+    store = await with_store(config)
+    try:
+        consent = Consent(
+            config=config, store=store, clock=SystemClock(), audit=audit_trail(store, config)
+        )
+        if args.action == "import":
+            return await _import(consent, args)
+        return await _export(consent, args.file)
+    finally:
+        await store.close()
+
+
+def progress_line(report: ImportReport) -> str:
+    return (
+        f"line {report.lines}: {report.appended} appended, {report.unchanged} already there,"
+        f" {report.superseded} superseded, {report.failed} refused"
+    )
+
+
+async def _import(consent: Consent, args: argparse.Namespace) -> int:
+    try:
+        options = Options(parse_mapping(args.map), args.decision, args.program)
+    except ValueError as e:
+        print(f"smsgw consent import: --map: {e}", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+
+    def show(report: ImportReport) -> None:
+        if not report.done:
+            print("\r" + progress_line(report), end="", file=sys.stderr, flush=True)
+
+    report = await consent.import_csv(CONSOLE_CALLER, file_chunks(path), options, show)
+    print("\r" + progress_line(report), file=sys.stderr)
+    if report.fatal is not None:
+        print(f"smsgw consent import: {report.fatal}: no usable header row", file=sys.stderr)
+        return 1
+    for err in report.errors:
+        print(f"line {err.line}: {err.code}" + (f" ({err.field})" if err.field else ""))
+    if report.failed > len(report.errors):
+        print(f"... and {report.failed - len(report.errors)} more refused lines")
+    if report.ignored_columns:
+        print("columns not read: " + ", ".join(report.ignored_columns))
+    print(f"{report.rows} rows: {report.appended} appended, {report.unchanged} already there")
+    return 0 if report.failed == 0 else 1
+
+
+async def _export(consent: Consent, file: str) -> int:
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"smsgw consent export: {file} exists; not overwritten", file=sys.stderr)
+        return 1
+    count = 0
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+        out.write(csv_line(EXPORT_HEADER))
+        async for row in await consent.export(CONSOLE_CALLER):
+            out.write(export_line(row))
+            count += 1
+    print(f"{count} ledger row(s) written to {file}")
+    return 0

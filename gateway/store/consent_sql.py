@@ -1,0 +1,356 @@
+"""Consent reads and the few writes the consent use cases make besides `ledger.append`.
+
+Reads go through the read pool (one hop each); writes are functions of the writer's
+connection, run with `store.writer.run`, so a check and the change it allows commit
+in one transaction (a review resolved once, an import row compared with the ledger
+and appended in the same step). Numbers, patient references, notes and disclosure
+texts are decrypted here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.consent import ledger
+from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_id
+from gateway.consent.purposes import SCOPE_ALL
+from gateway.store.crypto import FieldCipher
+from gateway.store.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    number: str
+    patient_ref: str | None
+    language: str | None
+    time_zone: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    """The latest decision for one program and scope (`consent_state`)."""
+
+    program: str
+    scope: str
+    opted: str  # "in" | "out"
+    since: float
+    source: str
+    written: bool  # a written opt-in (with its disclosure) exists for this scope
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A free-text revocation waiting for staff (`consent_review`)."""
+
+    id: str
+    inbound_id: str
+    contact_idx: bytes
+    program: str
+    reason: str
+    created_at: float
+    resolved_at: float | None
+    resolution: str | None
+    actor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    seq: int
+    id: str
+    contact: str  # the blind index, hex: stays when the number is erased
+    number: str | None
+    at: float
+    decision: str
+    scope: str
+    program: str
+    source: str
+    actor: str | None
+    inbound_id: str | None
+    message_id: str | None
+    disclosure: str | None
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChanges:
+    """What `PUT /contacts` changes: a field left None is kept; `clear` names the
+    fields set back to nothing."""
+
+    patient_ref: str | None = None
+    language: str | None = None
+    time_zone: str | None = None
+    clear: frozenset[str] = frozenset()
+
+
+def cipher_of(store: Store) -> FieldCipher:
+    if store.cipher is None:
+        raise RuntimeError("the store is not open")
+    return store.cipher
+
+
+# -- reads -----------------------------------------------------------------------------
+
+
+async def contact(store: Store, idx: bytes) -> Contact | None:
+    r = await store.reader.one(
+        "SELECT number_ct, patient_ref_ct, language, time_zone, created_at, updated_at"
+        " FROM contacts WHERE idx = ?",
+        (idx,),
+    )
+    if r is None:
+        return None
+    c, row_id = cipher_of(store), contact_row_id(idx)
+    return Contact(
+        c.decrypt(r[0], row_id, "number"),
+        None if r[1] is None else c.decrypt(r[1], row_id, "patient_ref"),
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+    )
+
+
+async def states(store: Store, idx: bytes) -> list[StateRow]:
+    rows = await store.reader.all(
+        "SELECT program, scope, opted, since, source, written_seq FROM consent_state"
+        " WHERE contact_idx = ? ORDER BY program, scope",
+        (idx,),
+    )
+    return [StateRow(r[0], r[1], r[2], r[3], r[4], r[5] is not None) for r in rows]
+
+
+_HISTORY = (
+    "SELECT id, seq, at, decision, scope, program, source, inbound_id, message_id, actor,"
+    " disclosure_ct, note_ct FROM consent_ledger"
+)
+
+
+def _ledger_row(c: FieldCipher, r: Sequence[Any]) -> LedgerRow:
+    entry_id = r[0]
+    return LedgerRow(
+        entry_id,
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        None if r[10] is None else c.decrypt(r[10], entry_id, "disclosure"),
+        None if r[11] is None else c.decrypt(r[11], entry_id, "note"),
+    )
+
+
+async def history(store: Store, idx: bytes) -> list[LedgerRow]:
+    """Every decision about one contact, oldest first (erased texts None)."""
+    rows = await store.reader.all(f"{_HISTORY} WHERE contact_idx = ? ORDER BY seq", (idx,))
+    c = cipher_of(store)
+    return [_ledger_row(c, r) for r in rows]
+
+
+async def export_page(store: Store, after_seq: int, limit: int) -> list[ExportRow]:
+    """Ledger rows after `after_seq` in order, each with its contact's key (the blind
+    index, hex) and number; a row whose contact was erased keeps its key only (MSG-11)."""
+    rows = await store.reader.all(
+        "SELECT l.id, l.seq, l.at, l.decision, l.scope, l.program, l.source, l.inbound_id,"
+        " l.message_id, l.actor, l.disclosure_ct, l.note_ct, c.number_ct, l.contact_idx"
+        " FROM consent_ledger l LEFT JOIN contacts c ON c.idx = l.contact_idx"
+        " WHERE l.seq > ? ORDER BY l.seq LIMIT ?",
+        (after_seq, limit),
+    )
+    c = cipher_of(store)
+    out = []
+    for r in rows:
+        e = _ledger_row(c, r)
+        idx = bytes(r[13])
+        number = None if r[12] is None else c.decrypt(r[12], contact_row_id(idx), "number")
+        out.append(
+            ExportRow(
+                e.seq,
+                e.id,
+                idx.hex(),
+                number,
+                e.at,
+                e.decision,
+                e.scope,
+                e.program,
+                e.source,
+                e.actor,
+                e.inbound_id,
+                e.message_id,
+                e.disclosure,
+                e.note,
+            )
+        )
+    return out
+
+
+_REVIEW = (
+    "SELECT id, inbound_id, contact_idx, program, reason, created_at, resolved_at,"
+    " resolution, actor FROM consent_review"
+)
+
+
+async def open_reviews(store: Store, limit: int) -> list[Review]:
+    rows = await store.reader.all(
+        f"{_REVIEW} WHERE resolved_at IS NULL ORDER BY created_at LIMIT ?",
+        (limit,),
+    )
+    return [Review(*r) for r in rows]
+
+
+async def contact_numbers(store: Store, idxs: Sequence[bytes]) -> dict[bytes, str]:
+    """Numbers of these contacts, decrypted (the review queue shows them masked)."""
+    if not idxs:
+        return {}
+    marks = ",".join("?" * len(idxs))
+    rows = await store.reader.all(
+        f"SELECT idx, number_ct FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+        list(idxs),
+    )
+    c = cipher_of(store)
+    return {bytes(r[0]): c.decrypt(r[1], contact_row_id(r[0]), "number") for r in rows}
+
+
+async def inbound_texts(store: Store, ids: Sequence[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = await store.reader.all(
+        f"SELECT id, body_ct FROM inbound WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+        list(ids),
+    )
+    c = cipher_of(store)
+    return {r[0]: c.decrypt(r[1], r[0], "body") for r in rows}
+
+
+# -- writes (on the writer's connection) -----------------------------------------------
+
+
+def put_contact(
+    conn: sqlite3.Connection,
+    cipher: FieldCipher,
+    idx: bytes,
+    number: str,
+    changes: ContactChanges,
+    now: float,
+) -> None:
+    ledger.ensure_contact(conn, cipher, idx, number, now)
+    sets: list[str] = ["updated_at = ?"]
+    values: list[Any] = [now]
+    if changes.patient_ref is not None:
+        sets.append("patient_ref_ct = ?")
+        values.append(cipher.encrypt(changes.patient_ref, contact_row_id(idx), "patient_ref"))
+    if changes.language is not None:
+        sets.append("language = ?")
+        values.append(changes.language)
+    if changes.time_zone is not None:
+        sets.append("time_zone = ?")
+        values.append(changes.time_zone)
+    for name in sorted(changes.clear):
+        column = {"patient_ref": "patient_ref_ct", "language": "language"}.get(name, "time_zone")
+        sets.append(f"{column} = NULL")
+    conn.execute(
+        f"UPDATE contacts SET {', '.join(sets)} WHERE idx = ?",  # noqa: S608 - fixed columns
+        (*values, idx),
+    )
+
+
+def has_opt_out(conn: sqlite3.Connection, idx: bytes, program: str, scope: str) -> bool:
+    """An opt-out this opt-in would lift: of `scope` (any scope if it is `all`), in
+    `program` or every program (any program if `program` is `*`)."""
+    sql = "SELECT 1 FROM consent_state WHERE contact_idx = ? AND opted = 'out'"
+    args: list[Any] = [idx]
+    if program != ALL_PROGRAMS:
+        sql += " AND program IN (?, '*')"
+        args.append(program)
+    if scope != SCOPE_ALL:
+        sql += " AND scope = ?"
+        args.append(scope)
+    return conn.execute(sql + " LIMIT 1", args).fetchone() is not None
+
+
+def resolve_review(
+    conn: sqlite3.Connection, review_id: str, resolution: str, actor: str, now: float
+) -> Review | None:
+    """Mark an open review resolved; None if there is none open (resolved once only,
+    however many reviewers press at once)."""
+    r = conn.execute(
+        "UPDATE consent_review SET resolved_at = ?, resolution = ?, actor = ?"
+        " WHERE id = ? AND resolved_at IS NULL"
+        " RETURNING id, inbound_id, contact_idx, program, reason, created_at, resolved_at,"
+        " resolution, actor",
+        (now, resolution, actor, review_id),
+    ).fetchone()
+    return None if r is None else Review(*r)
+
+
+def number_of(conn: sqlite3.Connection, cipher: FieldCipher, idx: bytes) -> str | None:
+    r = conn.execute("SELECT number_ct FROM contacts WHERE idx = ?", (idx,)).fetchone()
+    return None if r is None else cipher.decrypt(r[0], contact_row_id(idx), "number")
+
+
+# What an imported row came to.
+APPENDED = "appended"
+UNCHANGED = "unchanged"  # an identical decision is already in the ledger
+SUPERSEDED = "superseded"  # appended as evidence; a newer decision still stands
+AT_TOLERANCE = 0.0005
+
+
+def import_entries(
+    conn: sqlite3.Connection, cipher: FieldCipher, entries: Sequence[tuple[Entry, bool]]
+) -> list[str]:
+    """Append each imported entry unless an identical one is in the ledger; (entry,
+    dated): an undated entry matches an identical one at any time. An entry older than
+    a decision already standing for its program is kept as evidence but does not
+    change the standing: an old list imported late must not undo a newer STOP."""
+    return [_import_one(conn, cipher, e, dated) for e, dated in entries]
+
+
+def _import_one(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry, dated: bool) -> str:
+    sql = (
+        "SELECT id, disclosure_ct FROM consent_ledger WHERE contact_idx = ? AND decision = ?"
+        " AND scope = ? AND program = ? AND source = ?"
+    )
+    args: list[Any] = [e.contact_idx, e.decision, e.scope, e.program, e.source]
+    if dated:  # as exported: RFC 3339 to the microsecond
+        sql += " AND at BETWEEN ? AND ?"
+        args += [e.at - AT_TOLERANCE, e.at + AT_TOLERANCE]
+    for entry_id, ct in conn.execute(sql, args).fetchall():
+        text = None if ct is None else cipher.decrypt(ct, entry_id, "disclosure")
+        if text == e.disclosure:
+            return UNCHANGED
+    newer_sql = "SELECT 1 FROM consent_state WHERE contact_idx = ? AND since > ?"
+    newer_args: list[Any] = [e.contact_idx, e.at]
+    if e.program != ALL_PROGRAMS:
+        newer_sql += " AND program IN (?, '*')"
+        newer_args.append(e.program)
+    newer = conn.execute(newer_sql + " LIMIT 1", newer_args).fetchone() is not None
+    before = conn.execute(
+        "SELECT opted, seq, since, source, written_seq FROM consent_state"
+        " WHERE contact_idx = ? AND program = ? AND scope = ?",
+        (e.contact_idx, e.program, e.scope),
+    ).fetchone()
+    ledger.append(conn, cipher, e)
+    if not newer:
+        return APPENDED
+    key = (e.contact_idx, e.program, e.scope)
+    if before is None:
+        conn.execute(
+            "DELETE FROM consent_state WHERE contact_idx = ? AND program = ? AND scope = ?", key
+        )
+    else:
+        conn.execute(
+            "UPDATE consent_state SET opted = ?, seq = ?, since = ?, source = ?,"
+            " written_seq = coalesce(?, written_seq)"
+            " WHERE contact_idx = ? AND program = ? AND scope = ?",
+            (before[0], before[1], before[2], before[3], before[4], *key),
+        )
+    return SUPERSEDED

@@ -1,0 +1,390 @@
+"""Consent lists as CSV: reading one in a stream, row by row, and writing the ledger.
+
+Theory of operation. The input arrives as byte chunks (an HTTP body, an upload, a
+file) and is never held whole: chunks are decoded incrementally and cut into lines;
+lines are joined into one record while a quoted field is still open (RFC 4180 doubles
+a quote inside a field, so an odd count of `"` so far means the record goes on), and
+each record is parsed alone. The first record is the header; columns are found by
+name (with common aliases) or by an explicit mapping. A row that cannot be read
+becomes an error naming its line, a code and the column, never the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import csv
+import io
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.consent.ledger import Decision, Source
+from gateway.consent.purposes import (
+    SCOPE_ALL,
+    Kind,
+    Purpose,
+    kind_scope,
+    purpose_scope,
+    scope_valid,
+)
+from gateway.store.consent_sql import ExportRow
+
+FIELDS = (
+    "number",
+    "decision",
+    "scope",
+    "purpose",
+    "program",
+    "date",
+    "source",
+    "disclosure",
+    "note",
+)
+ALIASES: dict[str, str] = {
+    **{name: name for name in FIELDS},
+    "phone": "number",
+    "phone_number": "number",
+    "mobile": "number",
+    "msisdn": "number",
+    "cell": "number",
+    "to": "number",
+    "status": "decision",
+    "action": "decision",
+    "opted": "decision",
+    "category": "purpose",
+    "at": "date",
+    "time": "date",
+    "timestamp": "date",
+    "date_time": "date",
+    "opted_at": "date",
+    "channel": "source",
+    "method": "source",
+    "disclosure_text": "disclosure",
+    "consent_text": "disclosure",
+    "notes": "note",
+    "comment": "note",
+}
+OPT_OUT_WORDS = frozenset(
+    [
+        "opt_out",
+        "optout",
+        "opt-out",
+        "out",
+        "stop",
+        "stopped",
+        "unsubscribe",
+        "unsubscribed",
+        "revoke",
+        "revoked",
+        "no",
+    ]
+)
+OPT_IN_WORDS = frozenset(
+    [
+        "opt_in",
+        "optin",
+        "opt-in",
+        "in",
+        "start",
+        "subscribe",
+        "subscribed",
+        "yes",
+        "consent",
+        "consented",
+        "granted",
+    ]
+)
+SOURCES: frozenset[str] = frozenset(
+    ("keyword", "phrase", "api", "panel", "import", "phone", "email", "review")
+)
+MAX_TEXT = 2000
+MAX_LINE = 64 * 1024
+MARKETING_SCOPES = frozenset({kind_scope(Kind.MARKETING), purpose_scope(Purpose.MARKETING)})
+
+
+class HeaderError(ValueError):
+    """The file cannot be read at all (no header, a needed column missing)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    code: str
+    field: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One decision read from the file, still with its number as written."""
+
+    line: int
+    number: str
+    decision: Decision
+    scope: str
+    program: str | None
+    at: float | None
+    source: Source
+    disclosure: str | None
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """`columns`: field → header name, over the aliases. `decision`: for a list with
+    no decision column (a plain opt-out list). `program`: for rows naming none."""
+
+    columns: Mapping[str, str] = dc_field(default_factory=dict)
+    decision: Decision | None = None
+    program: str | None = None
+
+
+def parse_mapping(text: str) -> dict[str, str]:
+    """`number=Phone,decision=Status` → {"number": "Phone", ...}; ValueError names
+    what is wrong (field names only, which are ours)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        field, sep, header = part.partition("=")
+        field = field.strip().lower()
+        if not sep or field not in FIELDS or not header.strip():
+            raise ValueError(
+                f"write each mapping as FIELD=HEADER with FIELD one of {', '.join(FIELDS)}"
+            )
+        out[field] = header.strip()
+    return out
+
+
+async def file_chunks(
+    path: Path, on_read: Callable[[int], None] | None = None, size: int = 64 * 1024
+) -> AsyncIterator[bytes]:
+    """A file's bytes, a chunk at a time (read off the event loop); `on_read` gets
+    each chunk's length (an upload's progress)."""
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, size):
+            if on_read is not None:
+                on_read(len(chunk))
+            yield chunk
+
+
+async def lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """Text lines (with their ending) from UTF-8 bytes (a BOM is dropped)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    pending = ""
+    async for chunk in chunks:
+        pending += decoder.decode(chunk)
+        while True:
+            cut = pending.find("\n")
+            if cut < 0:
+                break
+            yield pending[: cut + 1]
+            pending = pending[cut + 1 :]
+        if len(pending) > MAX_LINE:
+            yield pending  # an endless line: the record check refuses it
+            pending = ""
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
+async def records(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, list[str] | None]]:
+    """(first line number, fields) per CSV record; fields None for one that cannot be
+    read (too long, or a quote never closed)."""
+    line_no = 0
+    start = 0
+    parts: list[str] = []
+    quotes = 0
+    size = 0
+    async for text in lines(chunks):
+        line_no += 1
+        if not parts:
+            start = line_no
+        parts.append(text)
+        quotes += text.count('"')
+        size += len(text)
+        if size > MAX_LINE:
+            yield start, None
+            parts, quotes, size = [], 0, 0
+            continue
+        if quotes % 2:
+            continue
+        record = "".join(parts)
+        parts, quotes, size = [], 0, 0
+        if not record.strip():
+            continue
+        try:
+            yield start, next(csv.reader(io.StringIO(record, newline="")), [])
+        except csv.Error:
+            yield start, None
+    if parts:
+        yield start, None
+
+
+def _key(header: str) -> str:
+    return re.sub(r"[\s\-]+", "_", header.strip().lower())
+
+
+def columns(header: list[str], options: Options) -> tuple[dict[str, int], list[str]]:
+    """Field → column index, and the headers no field takes (reported, not guessed)."""
+    by_key = {_key(h): i for i, h in enumerate(header)}
+    found: dict[str, int] = {}
+    for field, name in options.columns.items():
+        if _key(name) not in by_key:
+            raise HeaderError("missing_column", f"{field}: the mapped column is not in the header")
+        found[field] = by_key[_key(name)]
+    for key, i in by_key.items():
+        alias = ALIASES.get(key)
+        if alias is not None and alias not in found and i not in found.values():
+            found[alias] = i
+    if "number" not in found:
+        raise HeaderError("missing_column", "number: no column holds the phone number")
+    if "decision" not in found and options.decision is None:
+        raise HeaderError(
+            "missing_column", "decision: no decision column; say which decision the list holds"
+        )
+    ignored = [h for i, h in enumerate(header) if i not in found.values()]
+    return found, ignored
+
+
+def _date(text: str) -> float | None:
+    text = text.strip()
+    if re.fullmatch(r"[0-9]{1,12}(\.[0-9]+)?", text):
+        return float(text)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # a date, or a time written without a zone: UTC
+    return when.timestamp()
+
+
+def scope_of(scope: str | None, purpose: str | None) -> str | None:
+    """The ledger scope of a row's `scope` or `purpose` cell (a purpose, a kind or
+    `all`); None if it names neither."""
+    if scope:
+        return scope if scope_valid(scope) else None
+    if not purpose:
+        return SCOPE_ALL
+    name = purpose.strip().lower()
+    if name == SCOPE_ALL:
+        return SCOPE_ALL
+    for candidate in (f"purpose:{name}", f"kind:{name}"):
+        if scope_valid(candidate):
+            return candidate
+    return None
+
+
+def row(
+    line: int, fields: list[str], cols: Mapping[str, int], options: Options, now: float
+) -> Row | LineError:
+    """One record as a decision, or the first thing wrong with it."""
+
+    def cell(name: str) -> str | None:
+        i = cols.get(name)
+        if i is None or i >= len(fields):
+            return None
+        value = fields[i].strip()
+        return value or None
+
+    number = cell("number")
+    if number is None:
+        return LineError(line, "missing_value", "number")
+    decision: Decision | None = options.decision
+    if (word := cell("decision")) is not None:
+        word = word.lower()
+        decision = (
+            "opt_out" if word in OPT_OUT_WORDS else "opt_in" if word in OPT_IN_WORDS else None
+        )
+        if decision is None:
+            return LineError(line, "invalid_decision", "decision")
+    if decision is None:
+        return LineError(line, "missing_value", "decision")
+    scope = scope_of(cell("scope"), cell("purpose"))
+    if scope is None:
+        return LineError(line, "invalid_scope", "scope" if cell("scope") else "purpose")
+    at = None
+    if (text := cell("date")) is not None:
+        at = _date(text)
+        if at is None:
+            return LineError(line, "invalid_date", "date")
+        if at > now:
+            return LineError(line, "future_date", "date")
+    source = (cell("source") or "import").lower()
+    if source not in SOURCES:
+        return LineError(line, "invalid_source", "source")
+    disclosure, note = cell("disclosure"), cell("note")
+    for name, value in (("disclosure", disclosure), ("note", note)):
+        if value is not None and len(value) > MAX_TEXT:
+            return LineError(line, "too_long", name)
+    if disclosure is not None and decision == "opt_out":
+        return LineError(line, "disclosure_not_allowed", "disclosure")
+    if decision == "opt_in" and scope in MARKETING_SCOPES and disclosure is None:
+        return LineError(line, "disclosure_required", "disclosure")  # MSG-2
+    return Row(
+        line,
+        number,
+        decision,
+        scope,
+        cell("program") or options.program,
+        at,
+        source,  # type: ignore[arg-type]  # checked against SOURCES
+        disclosure,
+        note,
+    )
+
+
+EXPORT_HEADER = (
+    "seq",
+    "id",
+    "contact",
+    "number",
+    "at",
+    "decision",
+    "scope",
+    "program",
+    "source",
+    "actor",
+    "inbound_id",
+    "message_id",
+    "disclosure",
+    "note",
+)
+
+
+def csv_line(values: Iterable[object]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(["" if v is None else v for v in values])
+    return out.getvalue()
+
+
+def export_line(r: ExportRow) -> str:
+    """One ledger row as a CSV line under EXPORT_HEADER (re-importable as it is)."""
+    return csv_line(
+        (
+            r.seq,
+            r.id,
+            r.contact,
+            r.number,
+            iso(r.at),
+            r.decision,
+            r.scope,
+            r.program,
+            r.source,
+            r.actor,
+            r.inbound_id,
+            r.message_id,
+            r.disclosure,
+            r.note,
+        )
+    )
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
