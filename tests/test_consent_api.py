@@ -195,7 +195,7 @@ async def test_contacts_validate_zone_and_language(api: Api) -> None:
     r = await api.client.put(
         "/api/v1/contacts", json={**NUMBER, "language": "fr"}, headers=api.auth()
     )
-    error = await _error(r, 422, "invalid_field")  # the configured languages
+    error = await _error(r, 422, "invalid_language")  # the configured reply languages
     assert error["field"] == "language"
     r = await api.get(f"/api/v1/contacts?number={CANARY_NUMBER}")
     await _error(r, 404, "not_found")

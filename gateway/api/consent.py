@@ -19,10 +19,11 @@ from gateway.consent.ledger import ALL_PROGRAMS, Decision, Source
 from gateway.consent.purposes import CLIENT_PURPOSES, SCOPE_ALL, Kind
 from gateway.errors import ApiError
 from gateway.intake import decode_with
-from gateway.store.consent_sql import Contact, ContactChanges
 from gateway.usecases import Caller
 from gateway.usecases.consent import (
     ConsentView,
+    Contact,
+    ContactChanges,
     DecisionRequest,
     ImportReport,
     Language,
@@ -160,9 +161,16 @@ _CONSENT = msgspec.json.Decoder(ConsentRequest)
 _CONTACT = msgspec.json.Decoder(ContactRequest)
 
 
-def describe_programs(document: dict[str, Any], programs: list[str]) -> None:
-    """The configured programs as the enum of every `program` in the document."""
+def describe_consent(document: dict[str, Any], programs: list[str], languages: list[str]) -> None:
+    """The configured programs as the enum of every `program` in the document, and
+    the configured reply languages as a contact's `language`."""
     schemas = document["components"]["schemas"]
+    if "ContactRequest" in schemas:
+        language = schemas["ContactRequest"]["properties"]["language"]
+        schemas["ContactRequest"]["properties"]["language"] = {
+            "anyOf": [{"type": "string", "enum": languages}, {"type": "null"}],
+            **({"description": language["description"]} if "description" in language else {}),
+        }
     for name in ("OptOutRequest", "ConsentRequest"):
         if name in schemas:
             schemas[name]["properties"]["program"]["enum"] = programs

@@ -559,4 +559,5 @@ def install(app: web.Application, gateway: Gateway) -> None:
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
-    c.describe_programs(app[h.OPENAPI], sorted(gateway.usecases.consent.programs))
+    consent = gateway.usecases.consent
+    c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))

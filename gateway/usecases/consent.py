@@ -30,7 +30,9 @@ from gateway.consent.settings import DEFAULT_PROGRAM
 from gateway.errors import ApiError
 from gateway.intake import normalise_number
 from gateway.store import consent_sql
-from gateway.store.consent_sql import Contact, ContactChanges, ExportRow, StateRow
+from gateway.store.consent_sql import Contact as Contact
+from gateway.store.consent_sql import ContactChanges as ContactChanges
+from gateway.store.consent_sql import ExportRow, StateRow
 from gateway.store.store import Store
 from gateway.usecases import consent_csv
 from gateway.usecases.audit import AuditSink
@@ -128,7 +130,7 @@ def _invalid(field_name: str, code: str, what: str) -> ApiError:
 class Consent:
     def __init__(self, *, config: Config, store: Store, clock: Clock, audit: AuditSink) -> None:
         self._config = config
-        self._languages = replies_for(config.consent).languages
+        self.languages: tuple[str, ...] = replies_for(config.consent).languages
         self._store = store
         self._clock = clock
         self._audit = audit
@@ -240,7 +242,7 @@ class Consent:
         e164, idx = self.contact_key(number)
         if changes.time_zone is not None and not _zone_ok(changes.time_zone):
             raise _invalid("time_zone", "invalid_time_zone", "not an IANA time zone")
-        languages = self._languages
+        languages = self.languages
         if changes.language is not None and changes.language not in languages:
             raise _invalid("language", "invalid_language", f"one of {', '.join(languages)}")
         if changes.patient_ref is not None and not 0 < len(changes.patient_ref) <= 128:
