@@ -131,9 +131,9 @@ class Gateway:
         scheduler = Scheduler(store, routes, router, config.queue, clock, metrics)
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
-        sink.answer_keywords(InboundConsent(config, store, router, scheduler))
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
+        sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         outbox = build_outbox(config, store, clock)
         return cls(
             config,

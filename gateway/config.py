@@ -129,7 +129,6 @@ class ClassesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    default_priority: ClassName = "normal"
     max_segments: PositiveInt = 10
     default_region: str = "US"
     retry_base: PositiveFloat = 2.0
@@ -475,6 +474,12 @@ def load(path: str | os.PathLike[str] | None) -> Config:
 
 def from_mapping(raw: Mapping[str, Any]) -> Config:
     raw = dict(raw)
+    queue = raw.get("queue")
+    if isinstance(queue, dict) and "default_priority" in queue:
+        raise ConfigError(
+            "queue.default_priority: no longer used; a send naming no class takes its"
+            " purpose's (set [consent.purposes.<purpose>] priority) — remove this key"
+        )
     routes = raw.pop("routes", [])
     if not isinstance(routes, list):
         raise ConfigError(f"routes: expected a list of tables, got {_show(routes)}")

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from gateway import config
-from gateway.config import ConfigError
+from gateway.config import ConfigError, from_mapping
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "smsgw.example.toml"
 
@@ -161,3 +161,8 @@ def test_good_listen_addresses_load(listen: str) -> None:
 
 def test_known_regions_load() -> None:
     assert config.from_mapping({"queue": {"default_region": "GB"}}).queue.default_region == "GB"
+
+
+def test_the_removed_default_priority_is_refused_with_what_replaced_it() -> None:
+    with pytest.raises(ConfigError, match=r"queue.default_priority: .*consent.purposes"):
+        from_mapping({"queue": {"default_priority": "normal"}})

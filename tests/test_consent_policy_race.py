@@ -167,3 +167,115 @@ async def _opt_out(gw: Gateway, scope: str) -> set[str]:
 async def _states(gw: Gateway) -> dict[str, tuple[str, str | None]]:
     cur = await gw.store.reader.execute("SELECT id, state, error_code FROM messages")
     return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
+async def test_a_keyword_stop_mid_flow_stops_everything_waiting_and_is_confirmed_once(
+    tmp_path: Path,
+) -> None:
+    """R-OPT-1 end to end: the STOP is a deliver_sm from the handset, not a direct ledger
+    write. Its transaction appends the opt-out, blocks every message waiting in its
+    scope, audits it and commits the one confirmation; no message in scope gets a
+    `sending` event after that transaction's, so none reaches the carrier after it."""
+    sim_config = SimulatorConfig(password="pw", receipt_delay=0.0, redelivery_delay=0.0)
+    async with SmscSimulator(sim_config) as sim:
+        route = {
+            "name": "carrier",
+            "type": "smpp",
+            "host": "127.0.0.1",
+            "port": sim.port,
+            "system_id": "smsgw",
+            "password": "pw",
+            "window": 10,
+            "rate": 400,
+            "burst": 10,
+            "reconnect_min": 0.05,
+            "reconnect_max": 0.2,
+        }
+        config = make_config(tmp_path, [route], consent=CONSENT)
+        gw = await Gateway.open(config, SystemClock())
+        changed = asyncio.Event()
+        poke_on_commit(gw.store.writer, changed.set)
+        try:
+            await gw.start(dispatch=True)
+            await _keyword_race(gw, sim, changed)
+        finally:
+            await gw.stop()
+
+
+async def _keyword_race(gw: Gateway, sim: SmscSimulator, changed: asyncio.Event) -> None:
+    await record_decision(
+        gw, CANARY_NUMBER, "opt_in", "purpose:marketing", disclosure="Offers by text: YES"
+    )
+    token = await create_token(gw.store, "ehr", frozenset({"send"}), gw.clock)
+    record = await gw.store.api_tokens.get(token.id)
+    assert record is not None
+    caller = Caller.for_token(record)
+    ids: dict[str, str] = {}
+    for start in range(0, MARKETING + CLINICAL, 100):
+        chunk = [
+            SendRequest(to=CANARY_NUMBER, body=f"clinical {i}", purpose="appointment")
+            if i % 26 == 25
+            else SendRequest(to=CANARY_NUMBER, body=f"offer {i}", purpose="marketing")
+            for i in range(start, min(start + 100, MARKETING + CLINICAL))
+        ]
+        accepted = await gw.usecases.messages.accept_together(caller, chunk)
+        ids.update({r.body: a.id for r, a in zip(chunk, accepted, strict=True)})
+
+    async def flowing() -> bool:
+        return sum(1 for m in sim.submitted if m.text.startswith("offer")) >= 50
+
+    await _until(changed, flowing)
+    sim.inject_mo(CANARY_NUMBER, "4000", "STOP")
+    idx = gw.store.blind_index(CANARY_NUMBER)
+
+    async def settled() -> bool:
+        row = await gw.store.reader.one(
+            "SELECT count(*) FROM messages WHERE state IN ('queued', 'sending', 'sent')"
+            " OR (purpose = 'compliance' AND state != 'delivered')"
+        )
+        stopped = await gw.store.reader.one(
+            "SELECT count(*) FROM consent_ledger WHERE contact_idx = ? AND decision = 'opt_out'",
+            (idx,),
+        )
+        assert row is not None and stopped is not None
+        return row[0] == 0 and stopped[0] > 0
+
+    await _until(changed, settled)
+    stop = await gw.store.reader.one("SELECT id, received_at FROM inbound")
+    assert stop is not None
+    scopes = {
+        r[0]
+        for r in await gw.store.reader.all(
+            "SELECT scope FROM consent_ledger WHERE inbound_id = ? AND decision = 'opt_out'",
+            (stop["id"],),
+        )
+    }
+    assert "kind:marketing" in scopes or "all" in scopes
+    clinical_stopped = bool({"all", "purpose:appointment"} & scopes)
+    # The STOP's transaction blocked what was waiting: its events mark where it committed.
+    first = await gw.store.reader.one(
+        "SELECT min(seq) FROM message_events WHERE state = 'blocked' AND at = ?",
+        (stop["received_at"],),
+    )
+    assert first is not None and first[0] is not None  # it landed mid-flow
+    in_scope = {mid for body, mid in ids.items() if body.startswith("offer") or clinical_stopped}
+    late = await gw.store.reader.all(
+        "SELECT message_id FROM message_events WHERE state = 'sending' AND seq > ?", (first[0],)
+    )
+    assert {r[0] for r in late} & in_scope == set()
+    states = await _states(gw)
+    reached = {m.text for m in sim.submitted if m.destination == CANARY_NUMBER.lstrip("+")}
+    for body, mid in ids.items():
+        assert (body in reached) == (states[mid][0] == "delivered"), body
+        if mid in in_scope and states[mid][0] != "delivered":
+            assert states[mid] == ("blocked", "opted_out"), body
+        if mid not in in_scope:
+            assert states[mid][0] == "delivered", body
+    assert sum(1 for mid in in_scope if states[mid][0] == "blocked") > 0
+    confirmations = await gw.store.reader.all(
+        "SELECT id, body_ct FROM messages WHERE purpose = 'compliance'"
+    )
+    assert len(confirmations) == 1  # exactly one confirmation
+    assert len(reached - set(ids)) == 1  # ... and it reached the handset
+    (entry,) = [e for e in await gw.audit.entries() if e.action == "consent_opt_out"][:1]
+    assert entry.target_id == idx.hex()

@@ -54,10 +54,12 @@ from gateway.consent.purposes import (
 )
 from gateway.consent.replies import Reply
 from gateway.consent.settings import policy_table
+from gateway.consent.withdraw import Withdrawal
 from gateway.intake import normalise_number
 from gateway.models import Priority, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
+from gateway.store.audit_log import AuditTrail
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import NewMessage, Store
 
@@ -102,8 +104,17 @@ class Handled:
 
 
 class InboundConsent:
-    def __init__(self, config: Config, store: Store, router: Router, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        router: Router,
+        scheduler: Scheduler,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._config = config.consent
+        self._audit = audit
+        self._withdrawal = Withdrawal(config.consent)
         self._region = config.queue.default_region
         self._store = store
         self._router = router
@@ -156,21 +167,18 @@ class InboundConsent:
         new = [scope for scope in scopes if not _already_out(conn, step.idx, step.program, scope)]
         assert self._store.cipher is not None
         for scope in new:
-            ledger.append(
-                conn,
-                self._store.cipher,
-                ledger.Entry(
-                    contact_idx=step.idx,
-                    number=step.number,
-                    decision="opt_out",
-                    scope=scope,
-                    program=step.program,
-                    source="phrase" if revocation else "keyword",
-                    at=s.received_at,
-                    inbound_id=s.id,
-                    message_id=None if last is None else last[0],
-                ),
+            entry = ledger.Entry(
+                contact_idx=step.idx,
+                number=step.number,
+                decision="opt_out",
+                scope=scope,
+                program=step.program,
+                source="phrase" if revocation else "keyword",
+                at=s.received_at,
+                inbound_id=s.id,
+                message_id=None if last is None else last[0],
             )
+            self._record(conn, entry)
         if revocation:
             _review(conn, s, step.idx, step.program, "phrase")
         kind = Reply.OPT_OUT_ALL if SCOPE_ALL in scopes else Reply.OPT_OUT
@@ -187,22 +195,39 @@ class InboundConsent:
             conn, step.idx, step.program, s.received_at - ASKED_WINDOW
         ):
             return step.handled(0, False, withheld="not_asked")
-        assert self._store.cipher is not None
-        ledger.append(
-            conn,
-            self._store.cipher,
-            ledger.Entry(
-                contact_idx=step.idx,
-                number=step.number,
-                decision="opt_in",
-                scope=SCOPE_ALL,
-                program=step.program,
-                source="keyword",
-                at=s.received_at,
-                inbound_id=s.id,
-            ),
+        entry = ledger.Entry(
+            contact_idx=step.idx,
+            number=step.number,
+            decision="opt_in",
+            scope=SCOPE_ALL,
+            program=step.program,
+            source="keyword",
+            at=s.received_at,
+            inbound_id=s.id,
         )
+        self._record(conn, entry)
         return self._answer(step, 1, False, Reply.OPT_IN, forced=False)
+
+    def _record(self, conn: sqlite3.Connection, entry: ledger.Entry) -> None:
+        """Append a patient's decision, stop what it now refuses, and audit it: all in
+        the inbound's transaction (R-OPT-1: the STOP is in the audit trail)."""
+        assert self._store.cipher is not None
+        ledger.append(conn, self._store.cipher, entry)
+        blocked = self._withdrawal.after(conn, entry)
+        if self._audit is not None:
+            self._audit.append_in(
+                conn,
+                entry.at,
+                "patient",
+                f"consent_{entry.decision}",
+                "contact",
+                entry.contact_idx.hex(),
+                inbound_id=entry.inbound_id,
+                scope=entry.scope,
+                program=entry.program,
+                source=entry.source,
+                blocked=len(blocked),
+            )
 
     def _answer(
         self, step: _Step, decisions: int, review: bool, kind: Reply, *, forced: bool

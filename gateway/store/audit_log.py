@@ -145,6 +145,20 @@ class AuditTrail:
             lambda conn: self._append(conn, at, actor, action, target_kind, target_id, detail)
         )
 
+    def append_in(
+        self,
+        conn: sqlite3.Connection,
+        at: float,
+        actor: str,
+        action: str,
+        target_kind: str | None = None,
+        target_id: str | None = None,
+        **ids: DetailValue,
+    ) -> int:
+        """Append one entry inside the caller's writer transaction (it commits, or
+        not, with the change it records)."""
+        return self._append(conn, at, actor, action, target_kind, target_id, _checked(action, ids))
+
     async def record_each(
         self, actor: str, action: str, target_kind: str, target_ids: Sequence[str]
     ) -> None:

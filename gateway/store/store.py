@@ -597,6 +597,16 @@ _INSERT_EVENT = (
 )
 
 
+def block_waiting(conn: sqlite3.Connection, message_id: str, reason: str, now: float) -> bool:
+    """A `queued` or `scheduled` message made `blocked` with `reason`, in the caller's
+    transaction (with its event and outbox row); False if it was no longer waiting."""
+    try:
+        _apply(conn, Transition(message_id, State.BLOCKED, error_code=reason), now)
+    except IllegalTransition:
+        return False
+    return True
+
+
 def _write_events(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
     """A group's transitions: their history rows and their outbox rows, together."""
     conn.executemany(_INSERT_EVENT, events)

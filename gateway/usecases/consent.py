@@ -27,6 +27,7 @@ from gateway.consent.inbound_config import replies_for
 from gateway.consent.ledger import ALL_PROGRAMS, Decision, Entry, LedgerRow, Source
 from gateway.consent.purposes import SCOPE_ALL, scope_valid
 from gateway.consent.settings import DEFAULT_PROGRAM
+from gateway.consent.withdraw import Withdrawal
 from gateway.errors import ApiError
 from gateway.intake import normalise_number
 from gateway.store import consent_sql
@@ -131,6 +132,7 @@ class Consent:
     def __init__(self, *, config: Config, store: Store, clock: Clock, audit: AuditSink) -> None:
         self._config = config
         self.languages: tuple[str, ...] = replies_for(config.consent).languages
+        self._withdrawal = Withdrawal(config.consent)
         self._store = store
         self._clock = clock
         self._audit = audit
@@ -191,7 +193,9 @@ class Consent:
         def job(conn: sqlite3.Connection) -> tuple[str, int] | None:
             if req.lifts and not consent_sql.has_opt_out(conn, idx, req.program, req.scope):
                 return None
-            return ledger.append(conn, cipher, entry)
+            done = ledger.append(conn, cipher, entry)
+            self._withdrawal.after(conn, entry)
+            return done
 
         done = await self._store.writer.run(job)
         if done is None:
@@ -456,9 +460,15 @@ class Consent:
 
     async def _commit_chunk(self, chunk: list[tuple[Entry, bool]], report: ImportReport) -> None:
         cipher = consent_sql.cipher_of(self._store)
-        outcomes = await self._store.writer.run(
-            lambda conn: consent_sql.import_entries(conn, cipher, chunk)
-        )
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            outcomes = consent_sql.import_entries(conn, cipher, chunk)
+            for (entry, _), outcome in zip(chunk, outcomes, strict=True):
+                if outcome != consent_sql.UNCHANGED:
+                    self._withdrawal.after(conn, entry)
+            return outcomes
+
+        outcomes = await self._store.writer.run(job)
         report.appended += outcomes.count(consent_sql.APPENDED)
         report.unchanged += outcomes.count(consent_sql.UNCHANGED)
         report.superseded += outcomes.count(consent_sql.SUPERSEDED)
