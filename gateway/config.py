@@ -320,6 +320,9 @@ class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     concurrency: PositiveInt = 8
     debounce: Annotated[float, msgspec.Meta(ge=0)] = 0.05
     safety_poll: PositiveFloat = 30.0
+    # i11-perf: deliveries give way to sends, and get a grace period at shutdown.
+    yield_to_sends: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 3.0
 
 
 class DemoConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

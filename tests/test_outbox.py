@@ -59,8 +59,28 @@ async def drive(clock: FakeClock, task: asyncio.Task[Any]) -> Any:
     return task.result()
 
 
+class TakesAll:
+    """A consumer of every event type, so that the store writes them all."""
+
+    name = "all"
+    wants_phi = False
+
+    def accepts(self, event_type: str) -> bool:
+        return True
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        return None
+
+
+async def consumed(open_gateway: GatewayFactory) -> Gateway:
+    gw = await open_gateway(start=False)
+    gw.outbox.register(TakesAll())
+    await gw.start(dispatch=False)
+    return gw
+
+
 async def test_each_change_commits_with_its_outbox_row(open_gateway: GatewayFactory) -> None:
-    gw = await open_gateway()
+    gw = await consumed(open_gateway)
     message_id = await accept(gw)
     await gw.scheduler.run_until_idle()
     await gw.sink.inbound("main", InboundSms(sender=CANARY_NUMBER, body=CANARY_BODY))
@@ -86,7 +106,7 @@ async def test_each_change_commits_with_its_outbox_row(open_gateway: GatewayFact
 
 
 async def test_rolled_back_change_leaves_no_event(open_gateway: GatewayFactory) -> None:
-    gw = await open_gateway()
+    gw = await consumed(open_gateway)
     message_id = await accept(gw)
     await gw.store.cancel(message_id, gw.clock.time())
     before = await outbox_rows(gw)

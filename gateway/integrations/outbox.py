@@ -21,6 +21,15 @@ commits costs one read), with a slow safety poll. Network waits hold no store
 connection and no writer slot, and all lanes together keep at most `concurrency`
 requests in flight, so a slow or dead receiver delays only its own lane, never a send.
 Delivered history is pruned after `retention_days`.
+
+Sends come first. While the scheduler has submits in flight (`busy`), a lane delivers
+at most `BUSY_BATCH` events per `yield_to_sends` seconds and catches up once sends
+pause: on one core every delivery (JSON, a POST, a publish) is CPU taken from the sends,
+and events are not time-critical. An event's lag under load is so bounded by its place
+in the lane, not unbounded. Only consumed event types are written at all: `start()`
+tells the store which types some consumer accepts (`outbox_sql.keep_only`). At
+shutdown, `stop(grace)` lets the lanes deliver what is pending for up to `grace`
+seconds; whatever is left stays in the store and goes after the restart.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import structlog
 
 from drivers.clock import Clock, wait_event
 from gateway.config import OutboxConfig
-from gateway.integrations.events import DeliveryFailed, EventConsumer, OutboxEvent
+from gateway.integrations.events import EVENT_TYPES, DeliveryFailed, EventConsumer, OutboxEvent
 from gateway.logs import exception_summary
 from gateway.store import outbox_sql
 from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
@@ -44,6 +53,8 @@ from gateway.store.store import Store
 log = structlog.get_logger("smsgw.outbox")
 
 BATCH = 200
+BUSY_BATCH = 50  # events a lane delivers per `yield_to_sends` while sends are in flight
+BUSY_POLL = 0.05  # seconds between looks at whether sends are still in flight
 PRUNE_INTERVAL = 3600.0
 STORE_RETRY = 5.0  # seconds before a lane tries again after the store failed it
 
@@ -75,6 +86,7 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     delivered: int = 0
     dead: int = 0
+    last_run: float = float("-inf")  # monotonic start of the lane's last non-empty batch
     # First-try deliveries not yet recorded: written together, with the position
     # past them, at the end of a batch or before anything else is recorded.
     unrecorded: list[Attempt] = field(default_factory=list)
@@ -94,7 +106,9 @@ class Outbox:
         clock: Clock,
         *,
         jitter: Callable[[float], float] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
+        """`busy` says whether sends are in flight now (the lanes give way to them)."""
         self._repo = OutboxStore(store)
         self._store = store
         self._config = config
@@ -105,6 +119,8 @@ class Outbox:
         self._limit = asyncio.Semaphore(config.concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._busy = busy
+        self._progress = asyncio.Event()  # set after every lane's batch (`stop`'s grace)
 
     @property
     def repo(self) -> OutboxStore:
@@ -126,6 +142,8 @@ class Outbox:
         """Load positions; with `run`, start a task per lane and the pruner (tests
         pass False and call `run_once()`)."""
         self._started = True
+        consumers = [lane.consumer for lane in self._lanes.values()]
+        await self._repo.keep_only({t for t in EVENT_TYPES for c in consumers if c.accepts(t)})
         positions = await self._repo.join(list(self._lanes))
         for name, lane in self._lanes.items():
             lane.position = positions[name]
@@ -139,7 +157,13 @@ class Outbox:
         for lane in self._lanes.values():
             lane.wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop the lanes, after up to `grace` seconds in which they deliver what is
+        pending now (what is left goes after the next start)."""
+        if grace > 0 and self._tasks:
+            left = await self._settle(grace)
+            if left:
+                log.warning("outbox_shutdown_pending", consumers=left)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -149,6 +173,25 @@ class Outbox:
         for lane in self._lanes.values():
             if isinstance(lane.consumer, Closable):
                 await lane.consumer.close()
+
+    async def _settle(self, grace: float) -> list[str]:
+        """Wait up to `grace` seconds until every lane has finished (and recorded)
+        each event committed before now; the names of the lanes that have not."""
+        target = await self._repo.last_seq()
+        deadline = self._clock.monotonic() + grace
+        self.wake()
+
+        def behind() -> list[str]:
+            return [
+                lane.name
+                for lane in self._lanes.values()
+                if lane.position < target or lane.unrecorded
+            ]
+
+        while (late := behind()) and (left := deadline - self._clock.monotonic()) > 0:
+            self._progress.clear()
+            await wait_event(self._clock, self._progress, left)
+        return late
 
     async def redeliver(self, consumer: str, seq: int) -> bool:
         """Put a dead letter back in line (the panel's button); False if none."""
@@ -163,15 +206,18 @@ class Outbox:
     async def _run(self, lane: _Lane) -> None:
         while True:
             lane.wake.clear()
+            limit = await self._give_way(lane)
             try:
-                busy = await self.run_once(lane.name)
+                worked = await self.run_once(lane.name, limit)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the store: try again later, never give up
                 log.error("outbox_lane_failed", consumer=lane.name, error=exception_summary(e))
                 await self._clock.sleep(STORE_RETRY)
                 continue
-            if busy:
+            finally:
+                self._progress.set()
+            if worked:
                 continue
             if not await wait_event(self._clock, lane.wake, self._config.safety_poll):
                 continue  # the safety poll: a wake lost to a bug costs at most this long
@@ -179,18 +225,33 @@ class Outbox:
             # land before one read picks them all up.
             await asyncio.sleep(self._config.debounce)
 
-    async def run_once(self, name: str) -> bool:
+    async def _give_way(self, lane: _Lane) -> int:
+        """While sends are in flight, wait until they pause or `yield_to_sends` has
+        passed since this lane's last batch; the size of the batch it may run now."""
+        hold = self._config.yield_to_sends
+        if self._busy is None or hold <= 0:
+            return BATCH
+        until = lane.last_run + hold
+        while self._busy():
+            now = self._clock.monotonic()
+            if now >= until:
+                return BUSY_BATCH
+            await self._clock.sleep(min(BUSY_POLL, until - now))
+        return BATCH
+
+    async def run_once(self, name: str, limit: int = BATCH) -> bool:
         """Deliver what is due for one lane: redeliveries (one attempt each), then up
-        to a batch of events in order, each retried until delivered or dead. True if
-        it did anything."""
+        to `limit` events in order, each retried until delivered or dead. True if it
+        did anything."""
         lane = self._lanes[name]
+        started = self._clock.monotonic()
         worked = False
         for seq in await self._repo.due_redeliveries(lane.name, self._clock.time()):
             row = await self._repo.row(seq)
             if row is not None:
                 await self._until_done(lane, row, await self._event(lane, row), redelivery=True)
                 worked = True
-        rows = await self._repo.after(lane.position, BATCH)
+        rows = await self._repo.after(lane.position, limit)
         tried = (
             await self._repo.attempts_between(lane.name, rows[0].seq, rows[-1].seq) if rows else {}
         )
@@ -215,6 +276,8 @@ class Outbox:
             await self._record_unrecorded(lane)
         if skipped_to is not None:
             await self._repo.set_position(lane.name, skipped_to)
+        if worked:
+            lane.last_run = started
         return worked
 
     async def _record_unrecorded(self, lane: _Lane) -> None:

@@ -9,11 +9,11 @@ read from their encrypted columns at delivery, for consumers configured to get t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
+from gateway.integrations.events import EVENT_TYPES, MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
 
 if TYPE_CHECKING:
     from gateway.store.store import Store
@@ -27,6 +27,27 @@ PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
 REDELIVER = "redeliver"
+
+
+def keep_only(conn: sqlite3.Connection, types: Collection[str]) -> None:
+    """On the writer's connection, outbox rows of `types` only: a temporary BEFORE
+    INSERT trigger drops the others (RAISE(IGNORE) skips the row, the statement and its
+    transaction go on), so a gateway with no consumer for a type writes none of it and
+    no writer has to know who listens. Lasts as long as the connection; the dispatcher
+    sets it at every start."""
+    conn.execute("DROP TRIGGER IF EXISTS temp.outbox_unwanted")
+    unknown = set(types) - EVENT_TYPES
+    if unknown:
+        raise ValueError(f"unknown event types {sorted(unknown)}")
+    if set(types) == EVENT_TYPES:
+        return
+    # Literals, not parameters (a trigger cannot take any): names from EVENT_TYPES only.
+    kept = ",".join(f"'{t}'" for t in sorted(types))
+    when = f"NEW.type NOT IN ({kept})" if kept else "1"
+    conn.execute(
+        "CREATE TEMP TRIGGER outbox_unwanted BEFORE INSERT ON main.outbox"
+        f" WHEN {when} BEGIN SELECT RAISE(IGNORE); END"
+    )
 
 
 def write_status(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
@@ -218,6 +239,10 @@ class OutboxStore:
             return {name: join_consumer(conn, name) for name in names}
 
         return await self._store.writer.run(job)
+
+    async def keep_only(self, types: Collection[str]) -> None:
+        """From now on, write outbox rows of these event types only (`keep_only`)."""
+        await self._store.writer.run(lambda conn: keep_only(conn, types))
 
     async def after(self, position: int, limit: int) -> list[OutboxRow]:
         rows = await self._store.reader.all(
