@@ -135,11 +135,9 @@ async def sendsms_get(request: web.Request) -> web.StreamResponse:
 
 
 async def sendsms_post(request: web.Request) -> web.StreamResponse:
-    """POST: the text as the body with X-Kannel-* headers (text/plain or octet-stream),
-    or (an smsgw extension; Kannel 1.4 answers "Invalid content-type") a form body."""
+    """POST: the text as the body with X-Kannel-* headers (text/plain or octet-stream);
+    a form body is refused "Invalid content-type", as Kannel 1.4.5 refuses it."""
     body = await request.read()
-    if request.content_type == "application/x-www-form-urlencoded":
-        return await _sendsms(request, kannel.parse_get(body))
     return await _sendsms(request, kannel.parse_post(request.headers.items(), body))
 
 
