@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from drivers.base import InboundSms
 from drivers.clock import FakeClock, SystemClock
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import OutboxConfig
+from gateway.config import ConfigError, OutboxConfig
 from gateway.integrations import outbox as outbox_mod
 from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, OutboxEvent
 from gateway.integrations.outbox import Outbox
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory, accept
+from tests.test_config import EXAMPLE
 
 
 class Recorder:
@@ -159,3 +163,10 @@ async def test_shutdown_grace_is_bounded_and_the_rest_goes_after_restart(
         assert fresh.delivered == [r.id for r in rows[2:]]
     finally:
         await again.stop()
+
+
+@pytest.mark.parametrize("key", ["yield_to_sends", "shutdown_grace"])
+def test_the_new_keys_are_documented_and_checked(key: str) -> None:
+    assert f"{key} =" in EXAMPLE.read_text().split("[outbox]", 1)[1]
+    with pytest.raises(ConfigError, match=f"^outbox.{key}: expected a number from 0"):
+        config_mod.from_mapping({"outbox": {key: -1}})

@@ -25,11 +25,11 @@ Delivered history is pruned after `retention_days`.
 Sends come first. While the scheduler has submits in flight (`busy`), a lane delivers
 at most `BUSY_BATCH` events per `yield_to_sends` seconds and catches up once sends
 pause: on one core every delivery (JSON, a POST, a publish) is CPU taken from the sends,
-and events are not time-critical. An event's lag under load is so bounded by its place
-in the lane, not unbounded. Only consumed event types are written at all: `start()`
-tells the store which types some consumer accepts (`outbox_sql.keep_only`). At
-shutdown, `stop(grace)` lets the lanes deliver what is pending for up to `grace`
-seconds; whatever is left stays in the store and goes after the restart.
+and events are not time-critical. Under load an event so waits at most `yield_to_sends`
+seconds for each `BUSY_BATCH` events ahead of it in its lane. Only consumed event
+types are written at all: `start()` tells the store which types some consumer accepts
+(`outbox_sql.keep_only`). At shutdown, `stop(grace)` lets the lanes deliver what is
+pending for up to `grace` seconds; the rest stays in the store and goes after restart.
 """
 
 from __future__ import annotations
