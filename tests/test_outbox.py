@@ -156,7 +156,8 @@ async def test_outage_then_every_event_exactly_once_in_order(
     rx.mode = "ok"  # the receiver is back
     await drive(clock, lane)
     rows = await outbox_rows(gw, MESSAGE_STATUS)
-    assert [e["id"] for e in rx.events] == [r.id for r in rows]  # once each, in order
+    # Once each; in order per message (a failing message holds only its own events).
+    assert sorted(e["id"] for e in rx.events) == sorted(r.id for r in rows)
     for message_id in ids:
         states = [
             e["body"]["data"]["state"]

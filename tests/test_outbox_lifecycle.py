@@ -14,10 +14,16 @@ from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.config import ConfigError, OutboxConfig
 from gateway.integrations import outbox as outbox_mod
-from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, OutboxEvent
+from gateway.integrations.events import (
+    MESSAGE_INBOUND,
+    MESSAGE_STATUS,
+    DeliveryFailed,
+    OutboxEvent,
+)
 from gateway.integrations.outbox import Outbox
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory, accept
 from tests.test_config import EXAMPLE
+from tests.test_outbox import FAST, drive
 
 
 class Recorder:
@@ -170,3 +176,81 @@ def test_the_new_keys_are_documented_and_checked(key: str) -> None:
     assert f"{key} =" in EXAMPLE.read_text().split("[outbox]", 1)[1]
     with pytest.raises(ConfigError, match=f"^outbox.{key}: expected a number from 0"):
         config_mod.from_mapping({"outbox": {key: -1}})
+
+
+class RefusesSome(Recorder):
+    """Refuses every event of the messages in `refused` (a receiver that chokes on them)."""
+
+    def __init__(self) -> None:
+        super().__init__(frozenset({MESSAGE_STATUS}))
+        self.refused: set[str] = set()
+        self.tries: list[str] = []
+
+    async def deliver(self, event: OutboxEvent) -> None:
+        self.tries.append(event.id)
+        if event.message_id in self.refused:
+            raise DeliveryFailed("probe_refused")
+        await super().deliver(event)
+
+
+async def two_messages(gw: Gateway) -> tuple[str, str]:
+    """Two messages with two status events each (sending, sent), interleaved or not."""
+    first, second = await accept(gw), await accept(gw)
+    await gw.scheduler.run_until_idle()
+    return first, second
+
+
+async def stored_position(gw: Gateway, name: str) -> int:
+    row = await gw.store.reader.one("SELECT position FROM outbox_consumers WHERE name = ?", (name,))
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_failing_message_holds_only_its_own_events(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(outbox=FAST, start=False)
+    consumer = RefusesSome()
+    gw.outbox.register(consumer)
+    await gw.start(dispatch=False)
+    stuck, fine = await two_messages(gw)
+    consumer.refused.add(stuck)
+    rows = await gw.outbox.repo.after(0, 100)
+    ids = {m: [r.id for r in rows if r.message_id == m] for m in (stuck, fine)}
+    lane = asyncio.create_task(gw.outbox.run_once("probe"))
+    await consumer.wait_for(2)  # the other message's events go on...
+    await clock.wait_sleeping(1)  # ...while the stuck one waits out its back-off
+    assert consumer.delivered == ids[fine]
+    assert ids[stuck][1] not in consumer.tries  # held behind its message's first event
+    first_stuck = next(r.seq for r in rows if r.message_id == stuck)
+    assert await stored_position(gw, "probe") == first_stuck - 1  # held events keep it back
+    consumer.refused.clear()  # the receiver takes it again
+    await drive(clock, lane)
+    assert consumer.delivered == ids[fine] + ids[stuck]  # each once; in order per message
+    assert await stored_position(gw, "probe") == rows[-1].seq
+
+
+async def test_held_events_go_after_a_restart_in_order_and_the_rest_not_again(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway()
+    consumer = RefusesSome()
+    outbox = Outbox(gw.store, OutboxConfig(**FAST), clock)
+    outbox.register(consumer)
+    await outbox.start(run=False)
+    stuck, fine = await two_messages(gw)
+    consumer.refused.add(stuck)
+    lane = asyncio.create_task(outbox.run_once("probe"))
+    await consumer.wait_for(2)
+    await clock.wait_sleeping(1)
+    lane.cancel()
+    await asyncio.gather(lane, return_exceptions=True)
+    await outbox.stop()  # the process ends with the stuck message held
+    rows = await gw.outbox.repo.after(0, 100)
+    again = RefusesSome()
+    restarted = Outbox(gw.store, OutboxConfig(**FAST), clock)
+    restarted.register(again)
+    await restarted.start(run=False)
+    await drive(clock, asyncio.create_task(restarted.run_once("probe")))
+    assert again.delivered == [r.id for r in rows if r.message_id == stuck]
+    assert consumer.delivered == [r.id for r in rows if r.message_id == fine]

@@ -167,8 +167,9 @@ def record(
         )
 
 
-def record_many(conn: sqlite3.Connection, done: Sequence[Attempt]) -> None:
-    """`record` for a run of deliveries of one consumer, with one position update."""
+def record_many(conn: sqlite3.Connection, done: Sequence[Attempt], position: int) -> None:
+    """`record` for a run of deliveries of one consumer, and its `position` (which
+    events held back behind a failed one may keep below some of these)."""
     conn.executemany(
         "INSERT OR REPLACE INTO outbox_deliveries (consumer, seq, state, attempts, first_at,"
         " last_at, next_at, reason) VALUES (?,?,?,?,?,?,?,?)",
@@ -179,7 +180,7 @@ def record_many(conn: sqlite3.Connection, done: Sequence[Attempt]) -> None:
     )
     conn.execute(
         "UPDATE outbox_consumers SET position = max(position, ?) WHERE name = ?",
-        (max(a.seq for a in done), done[0].consumer),
+        (position, done[0].consumer),
     )
 
 
@@ -276,9 +277,9 @@ class OutboxStore:
         )
         return {a.seq: a for a in (Attempt(*r) for r in rows)}
 
-    async def record_delivered(self, done: Sequence[Attempt]) -> None:
-        """First-try deliveries of one consumer, in order, and its position past them."""
-        await self._store.writer.run(lambda conn: record_many(conn, done))
+    async def record_delivered(self, done: Sequence[Attempt], position: int) -> None:
+        """First-try deliveries of one consumer, and its position."""
+        await self._store.writer.run(lambda conn: record_many(conn, done, position))
 
     async def record(self, attempt: Attempt, *, advance: bool) -> None:
         await self._store.writer.run(lambda conn: record(conn, attempt, advance=advance))
