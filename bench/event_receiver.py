@@ -33,6 +33,7 @@ from aiohttp import web
 
 LOOPBACK = "127.0.0.1"
 TOPICS = "smsgw/#"
+STATUS_TOPIC = "smsgw/status"
 START_TIMEOUT_S = 20.0
 SCRIPT = str(Path(__file__).resolve())
 
@@ -131,6 +132,8 @@ async def subscribe(port: int, counts: Counts, ready: asyncio.Event) -> None:
         await client.subscribe(TOPICS, qos=1)
         ready.set()
         async for message in client.messages:
+            if str(message.topic) == STATUS_TOPIC:
+                continue  # the gateway's online/offline, not an event
             try:
                 event_id = json.loads(bytes(message.payload)).get("id")  # type: ignore[arg-type]
             except (ValueError, TypeError, AttributeError):

@@ -6,7 +6,8 @@ Shutdown order (each step waits for the one before):
 3. in-flight submits get `http.shutdown_grace` seconds to finish; the rest are cut
    off and re-queued as possible duplicates;
 4. drivers close (SMPP unbind, serial ports released);
-5. the outbox's lanes stop (what they had not delivered stays in the store);
+5. the outbox's lanes get `outbox.shutdown_grace` seconds to deliver what is pending,
+   then stop (what they had not delivered stays in the store, sent after restart);
 6. the MQTT connection closes; the HTTP server stops;
 7. the store checkpoints its WAL and closes.
 """
@@ -134,7 +135,7 @@ class Gateway:
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
-        outbox = build_outbox(config, store, clock)
+        outbox = build_outbox(config, store, clock, busy=lambda: scheduler.in_flight > 0)
         return cls(
             config,
             clock,
@@ -297,22 +298,24 @@ class Gateway:
                 await route.driver.aclose()
             except Exception as e:
                 log.error("route_close_failed", route=route.name, error=exception_summary(e))
-        if self.mqtt is not None:
-            await self.mqtt.aclose()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.outbox.stop()
+        await self.outbox.stop(self.config.outbox.shutdown_grace)  # MQTT still up for it
+        if self.mqtt is not None:
+            await self.mqtt.aclose()
         if before_store_close is not None:
             await before_store_close()
         await self.store.close()
         log.info("stopped")
 
 
-def build_outbox(config: Config, store: Store, clock: Clock) -> Outbox:
+def build_outbox(
+    config: Config, store: Store, clock: Clock, busy: Callable[[], bool] | None = None
+) -> Outbox:
     """The outbox with a consumer per webhook endpoint and one for its callbacks, and
     one for Kannel dlr-urls when that listener is on (MQTT's joins at start)."""
-    outbox = Outbox(store, config.outbox, clock)
+    outbox = Outbox(store, config.outbox, clock, busy=busy)
     for i, hook in enumerate(config.webhooks):
         try:
             poster = Poster(hook, config)

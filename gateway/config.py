@@ -184,6 +184,9 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     reconnect_min: PositiveFloat = 0.5
     reconnect_max: PositiveFloat = 60.0
     timeout: PositiveFloat = 10.0
+    # i11-perf: seconds the broker keeps the gateway's session (its send-topic
+    # subscription and the sends posted meanwhile) across a disconnect; 0 = none.
+    session_expiry: Annotated[int, msgspec.Meta(ge=0, le=4294967295)] = 86400
 
     def problems(self) -> str | None:
         """The first setting that cannot work, as `mqtt.key: problem`."""
@@ -326,6 +329,9 @@ class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     concurrency: PositiveInt = 8
     debounce: Annotated[float, msgspec.Meta(ge=0)] = 0.05
     safety_poll: PositiveFloat = 30.0
+    # i11-perf: deliveries give way to sends, and get a grace period at shutdown.
+    yield_to_sends: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 3.0
 
 
 class DemoConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

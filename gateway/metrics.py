@@ -120,6 +120,25 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        # i11-perf: the MQTT link (gateway/integrations/mqtt.py).
+        self.mqtt_connected = Gauge(
+            "smsgw_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
+        self.mqtt_published = Counter(
+            "smsgw_mqtt_published", "Publishes the MQTT broker acknowledged (QoS 1)", registry=r
+        )
+        self.mqtt_publish_failed = Counter(
+            "smsgw_mqtt_publish_failures",
+            "MQTT publishes that failed, by reason code",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_sends = Counter(
+            "smsgw_mqtt_sends_received",
+            "Send requests taken from the MQTT send topic, by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.commit_batch = Histogram(
             "smsgw_commit_batch_size",
             "Items per group commit",

@@ -322,3 +322,20 @@ async def test_a_sendsms_dlr_url_is_called_through_the_gateways_outbox(
     await gw.outbox.run_once(CONSUMER_NAME)
     assert [c["type"] for c in receiver.calls] == ["8", "1"]
     assert all(c["id"] == message_id and c["ref"] == SECRET_QUERY for c in receiver.calls)
+
+
+async def test_percent_f_is_the_carriers_message_id_through_the_outbox(
+    open_gateway: GatewayFactory, tmp_path: Path, receiver: Receiver, clock: FakeClock
+) -> None:
+    """`%F` is the id the carrier gave the message (Kannel's foreign id), looked up for
+    each report, the way a Kannel client matches reports against its SMSC's logs."""
+    gw, message_id = await accepted_with_dlr(open_gateway, tmp_path, receiver.origin, mask="9")
+    await gw.scheduler.run_until_idle()
+    clock.advance(LOOPBACK_TEST["receipt_delay"])
+    await settle_receipts(gw)
+    await gw.outbox.run_once(CONSUMER_NAME)
+    row = await gw.store.reader.one(
+        "SELECT carrier_id FROM carrier_ids WHERE message_id = ? ORDER BY part", (message_id,)
+    )
+    assert row is not None and row[0]
+    assert [(c["type"], c["fid"]) for c in receiver.calls] == [("8", row[0]), ("1", row[0])]

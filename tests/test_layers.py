@@ -69,9 +69,6 @@ FRONT_END_MODULES = sorted(
     [*(GATEWAY / "api").glob("*.py"), *(GATEWAY / "admin").glob("*.py")],
     key=lambda p: (p.parent.name, p.name),
 )
-# A re-export left for gateway/integrations/kannel_server.py (another branch's package),
-# which imports `AdminRepo` from this path; it goes at merge with that one import.
-REEXPORTS = {"admin/repo.py"}
 
 
 def _type_checking_only(tree: ast.AST) -> set[int]:
@@ -117,9 +114,7 @@ def _module_id(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in FRONT_END_MODULES if _module_id(p) not in REEXPORTS], ids=_module_id
-)
+@pytest.mark.parametrize("path", FRONT_END_MODULES, ids=_module_id)
 def test_front_ends_do_not_import_the_store(path: Path) -> None:
     found = store_imports(path)
     assert not found, f"{_module_id(path)} imports the store: {sorted(found)}"
@@ -148,20 +143,3 @@ def test_the_store_checks_see_imports_and_reads(tmp_path: Path) -> None:
         "gateway.store.store",
     }
     assert store_reads(module) == ["line 7: gw.store"]
-
-
-def test_the_listed_reexport_only_reexports() -> None:
-    """The allowance shrinks, never grows: a listed module holds nothing but imports
-    (else it is code that reads the store), and still imports the store (else take
-    it off the list)."""
-    for module in REEXPORTS:
-        path = GATEWAY / module
-        body = ast.parse(path.read_text()).body
-        code = [
-            ast.unparse(node)
-            for node in body
-            if not isinstance(node, ast.ImportFrom | ast.Import | ast.Expr)
-            and not (isinstance(node, ast.Assign) and ast.unparse(node).startswith("__all__ ="))
-        ]
-        assert not code, f"{module} holds more than a re-export: {code}"
-        assert store_imports(path), f"{module} no longer imports the store"

@@ -57,9 +57,13 @@ async def subscriber(port: int, topic: str, **options: Any) -> AsyncIterator[aio
         yield client
 
 
-async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
+async def next_message(client: aiomqtt.Client, *, status: bool = False) -> aiomqtt.Message:
+    """The next message; the gateway's `hosp/status` (online/offline) only if `status`."""
     async with asyncio.timeout(WAIT):
-        return await anext(aiter(client.messages))
+        async for message in client.messages:
+            if status or str(message.topic) != "hosp/status":
+                return message
+    raise AssertionError("the subscription ended")
 
 
 def status_event(seq: int, message_id: str = "06HMSG0001") -> OutboxEvent:

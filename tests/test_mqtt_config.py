@@ -37,6 +37,7 @@ def test_every_mqtt_key_is_documented_in_the_example() -> None:
             "mqtt.reconnect_min: must not exceed",
         ),
         ({"phi": "yes"}, 'mqtt.phi: expected true or false, got "yes"'),
+        ({"session_expiry": -5}, "mqtt.session_expiry: expected a integer from 0"),
     ],
 )
 def test_mistakes_name_the_key(mqtt: dict[str, Any], message: str) -> None:

@@ -136,8 +136,11 @@ def _quote(text: str) -> str:
     return urllib.parse.quote_plus(text, safe="")
 
 
-def escape_values(event: OutboxEvent, wish: DlrWish, kind: int) -> dict[str, str]:
-    """Values of the escapes a Kannel DLR fills in (gw/urltrans.c)."""
+def escape_values(
+    event: OutboxEvent, wish: DlrWish, kind: int, carrier_id: str | None = None
+) -> dict[str, str]:
+    """Values of the escapes a Kannel DLR fills in (gw/urltrans.c); `carrier_id` is
+    the id the carrier gave the message (`%F`)."""
     data = event.data
     answer = _ANSWER[kind]
     if kind == kannel.DLR_SMSC_FAIL and data.get("error_code"):
@@ -154,7 +157,7 @@ def escape_values(event: OutboxEvent, wish: DlrWish, kind: int) -> dict[str, str
         "k": _quote(answer.split()[0]) if answer.split() else "",
         "i": _quote(str(event.route or data.get("route") or "")),
         "I": _quote(event.message_id or ""),
-        "F": _quote(str(data.get("carrier_id") or "")),
+        "F": _quote(carrier_id or str(data.get("carrier_id") or "")),
         "p": _quote(wish.sender),
         "P": _quote(wish.receiver),
         "q": _quote(receiver_q),
@@ -228,6 +231,10 @@ class KannelDlrConsumer:
             await self._session.close()
             self._session = None
 
+    async def close(self) -> None:
+        """The outbox's `Closable`: called when its lanes stop."""
+        await self.aclose()
+
     async def wish(self, message_id: str) -> DlrWish | None:
         cur = await self._store.reader.execute(
             "SELECT url_ct, mask, receiver_ct, sender, username FROM kannel_dlr"
@@ -247,6 +254,16 @@ class KannelDlrConsumer:
             row[4],
         )
 
+    async def carrier_id(self, event: OutboxEvent) -> str | None:
+        """The carrier's id for the message (its first part's, on the event's route):
+        status events carry ids of smsgw's own, so `%F` is looked up here."""
+        row = await self._store.reader.one(
+            "SELECT carrier_id FROM carrier_ids WHERE message_id = ?"
+            " AND (route = ? OR ? IS NULL) ORDER BY part LIMIT 1",
+            (event.message_id, event.route, event.route),
+        )
+        return None if row is None else str(row[0])
+
     async def deliver(self, event: OutboxEvent) -> None:
         if event.type != MESSAGE_STATUS or event.message_id is None:
             return
@@ -256,7 +273,8 @@ class KannelDlrConsumer:
         kind = report_type(str(event.data.get("state", "")), wish.mask)
         if kind is None:
             return
-        url = fill_escapes(wish.url, escape_values(event, wish, kind))
+        carrier_id = await self.carrier_id(event) if "%F" in wish.url else None
+        url = fill_escapes(wish.url, escape_values(event, wish, kind, carrier_id))
         if kannel.url_origin(url) not in self._origins:
             # The allowlist changed since accept (or an escape changed the origin).
             log.warning("kannel_dlr_origin_refused", message_id=event.message_id)

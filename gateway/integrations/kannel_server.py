@@ -21,14 +21,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.admin.accounts import Accounts
-from gateway.admin.repo import AdminRepo
 from gateway.app import Gateway
 from gateway.errors import ApiError
 from gateway.intake import SendRequest, validation_error
 from gateway.integrations import kannel, kannel_dlr
 from gateway.logs import exception_summary
-from gateway.store.store import TokenRecord
 from gateway.store.writer import Statement
+from gateway.tokens import TokenRecord
 from gateway.usecases import Caller
 from gateway.web import headers
 from gateway.web.client import ProxyTrust, client_address
@@ -124,7 +123,7 @@ async def _token(gw: Gateway, user: KannelUser) -> TokenRecord | None:
     live token has that name."""
     if user.token is not None:
         return await gw.tokens.verify(user.token)
-    named = [t for t in await gw.store.tokens() if t.name == user.token_name]
+    named = [t for t in await gw.usecases.tokens.list() if t.name == user.token_name]
     live = [t for t in named if t.revoked_at is None]
     return live[0] if len(live) == 1 else None
 
@@ -135,11 +134,9 @@ async def sendsms_get(request: web.Request) -> web.StreamResponse:
 
 
 async def sendsms_post(request: web.Request) -> web.StreamResponse:
-    """POST: the text as the body with X-Kannel-* headers (text/plain or octet-stream),
-    or (an smsgw extension; Kannel 1.4 answers "Invalid content-type") a form body."""
+    """POST: the text as the body with X-Kannel-* headers (text/plain or octet-stream);
+    a form body is refused "Invalid content-type", as Kannel 1.4.5 refuses it."""
     body = await request.read()
-    if request.content_type == "application/x-www-form-urlencoded":
-        return await _sendsms(request, kannel.parse_get(body))
     return await _sendsms(request, kannel.parse_post(request.headers.items(), body))
 
 
@@ -244,7 +241,7 @@ def build_app(gateway: Gateway, users: dict[str, KannelUser] | None = None) -> w
         gateway,
         read_users(gateway) if users is None else users,
         frozenset(c.kannel.dlr_url_origins),
-        Accounts(AdminRepo(gateway.store), gateway.audit, gateway.clock, c.admin),
+        Accounts(gateway.admin_repo, gateway.audit, gateway.clock, c.admin),
     )
     for endpoint in KANNEL_ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)

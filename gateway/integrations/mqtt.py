@@ -8,6 +8,12 @@ attempt is a fresh client, so nothing published during a dead connection is kept
 the client to be sent later behind the outbox's back: the outbox alone decides what
 is published and in what order.
 
+The broker keeps the gateway's session across a disconnect (`clean_start` false, a
+`session_expiry`, the stable `client_id`): the send-topic subscription stays, and sends
+posted while the gateway is away are queued by the broker and handled on reconnect.
+`<prefix>/status` says `online` (retained) once connected and `offline` at a clean
+stop; the broker publishes `offline` as the connection's last will when it is lost.
+
 `MqttConsumer` is the outbox's consumer (`gateway.integrations.events`): it turns an
 event into a topic that carries ids and route names only and a JSON payload with the
 personal fields only when `[mqtt] phi = true`, and publishes it through the link.
@@ -42,6 +48,7 @@ from gateway.integrations.events import (
     OutboxEvent,
 )
 from gateway.logs import exception_summary
+from gateway.metrics import Metrics
 
 log = structlog.get_logger("smsgw.mqtt")
 # The client library's own log (connects, packets by topic and size): warnings only,
@@ -50,6 +57,9 @@ _client_log = logging.getLogger("smsgw.mqtt.client")
 _client_log.setLevel(logging.WARNING)
 
 QOS = 1
+ONLINE = b"online"
+OFFLINE = b"offline"
+CANCEL_AGAIN = 0.5  # seconds before a cancel of the link's task is repeated
 # CONNACK reason codes that mean the broker refused our login (MQTT 3.1.1: 4, 5;
 # MQTT 5: 0x86 bad user name or password, 0x87 not authorized, 0x8C bad auth method).
 _AUTH_REFUSED = frozenset({4, 5, 0x86, 0x87, 0x8C})
@@ -67,8 +77,10 @@ class MqttLink:
         *,
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._clock = clock
         self._password = password
         self._tls = tls_context
@@ -90,11 +102,25 @@ class MqttLink:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
+    @property
+    def status_topic(self) -> str:
+        return f"{self._config.topic_prefix}/status"
+
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Say `offline` (retained) if connected, then disconnect."""
+        client = self._client
+        if client is not None:
+            try:
+                async with asyncio.timeout(self._config.timeout):
+                    await client.publish(self.status_topic, OFFLINE, qos=QOS, retain=True)
+            except (aiomqtt.MqttError, TimeoutError):
+                log.warning("mqtt_offline_not_published")  # "online" may stay retained
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            # Again until it ends: Python 3.11's `asyncio.wait_for` (under aiomqtt's
+            # publish and subscribe) drops a cancel that races the broker's answer.
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_AGAIN)
 
     @property
     def connected(self) -> bool:
@@ -116,6 +142,16 @@ class MqttLink:
         self, topic: str, payload: bytes, properties: Properties | None = None
     ) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK, or raise `DeliveryFailed`."""
+        try:
+            await self._publish(topic, payload, properties)
+        except DeliveryFailed as e:
+            if self._metrics is not None:
+                self._metrics.mqtt_publish_failed.labels(e.reason).inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.mqtt_published.inc()
+
+    async def _publish(self, topic: str, payload: bytes, properties: Properties | None) -> None:
         client = self._client
         if client is None:
             raise DeliveryFailed("mqtt_down")
@@ -137,6 +173,10 @@ class MqttLink:
 
     def _client_for_attempt(self) -> aiomqtt.Client:
         c = self._config
+        connect = None
+        if c.session_expiry > 0:
+            connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
+            connect.SessionExpiryInterval = c.session_expiry
         return aiomqtt.Client(
             c.host,
             c.port,
@@ -147,6 +187,9 @@ class MqttLink:
             timeout=c.timeout,
             tls_context=self._tls,
             logger=_client_log,
+            clean_start=c.session_expiry == 0,
+            properties=connect,
+            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=QOS, retain=True),
         )
 
     async def _run(self) -> None:
@@ -170,6 +213,8 @@ class MqttLink:
                 self._client = None
                 self._up.clear()
                 self._down.set()
+                if self._metrics is not None:
+                    self._metrics.mqtt_connected.set(0)
             self.failures = 1 if was_up else self.failures + 1
             delay = self._backoff(self.failures)
             fields = {"reason": reason, "retry_in": round(delay, 3), "attempt": self.failures}
@@ -190,9 +235,12 @@ class MqttLink:
     async def _connected(self, client: aiomqtt.Client) -> None:
         if self._subscription is not None:
             await client.subscribe(self._subscription[0], qos=QOS)
-        self._client = client
+        self._client = client  # first: a stop from now on publishes "offline" after this
+        await client.publish(self.status_topic, ONLINE, qos=QOS, retain=True)
         self._down.clear()
         self._up.set()
+        if self._metrics is not None:
+            self._metrics.mqtt_connected.set(1)
         log.info("mqtt_connected", host=self._config.host, port=self._config.port)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
@@ -240,14 +288,14 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def open_link(config: Config, clock: Clock) -> MqttLink:
+def open_link(config: Config, clock: Clock, metrics: Metrics | None = None) -> MqttLink:
     """A link built from `[mqtt]`, its secrets read now (a `SecretError` or an
     `ssl.SSLError`/`OSError` for a file that cannot be read stops start-up)."""
     m = config.mqtt
     password = None
     if m.password_file is not None:
         password = read_secret(file=str(config.resolve(m.password_file)))
-    return MqttLink(m, clock, password=password, tls_context=tls_context(config))
+    return MqttLink(m, clock, password=password, tls_context=tls_context(config), metrics=metrics)
 
 
 # -- events out ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from gateway.intake import Accepted, decode_send
 from gateway.integrations.events import DeliveryFailed
 from gateway.integrations.mqtt import MqttLink, open_link, response_properties
 from gateway.startup import StartupFault
-from gateway.store.store import TokenRecord
+from gateway.tokens import TokenRecord
 from gateway.usecases import Caller
 
 if TYPE_CHECKING:
@@ -62,9 +62,11 @@ class SendTopic:
         try:
             accepted = await self._accept(payload)
         except ApiError as e:
+            self._gw.metrics.mqtt_sends.labels("refused").inc()
             status, body = e.status, msgspec.json.encode(e.body())
             log.info("mqtt_send_refused", code=e.code, field=e.field, replied=bool(reply_to))
         else:
+            self._gw.metrics.mqtt_sends.labels("accepted").inc()
             status, body = 202, msgspec.json.encode(accepted)
             log.info("mqtt_send_accepted", message_id=accepted.id, replied=bool(reply_to))
         if reply_to and not self._may_reply_to(reply_to):
@@ -101,7 +103,7 @@ async def start_mqtt(gw: Gateway) -> MqttLink:
     start-up with one line naming the key."""
     config = gw.config
     try:
-        link = open_link(config, gw.clock)
+        link = open_link(config, gw.clock, gw.metrics)
     except SecretError as e:
         raise StartupFault(f"mqtt.password_file: {e}", exit_code=2) from None
     except (ssl.SSLError, OSError) as e:

@@ -2,31 +2,45 @@
 
 Theory of operation. Writers put an outbox row in the transaction of the change it
 reports (`gateway/store/outbox_sql.py`). Each registered consumer has a lane: a task
-that reads rows after its stored position and delivers them **strictly in order, one
-at a time** (ordered per message follows; one consumer's backlog never waits on
-another's). A failed delivery (`DeliveryFailed`) is retried after an exponential
-back-off with full jitter (`uniform(0, min(backoff_max, backoff_initial * 2**n))`)
-until `retry_for` seconds have passed since its first attempt; then it becomes a dead
-letter and the lane moves on. Every attempt's outcome is stored, and the position
-moves in the same transaction as a delivered or dead outcome, so after a restart a
-lane resumes with the event it had not finished (its back-off counted from its first
-attempt). Deliveries that went through at the first try are recorded together, one
-write per batch (or before any retry or dead letter is recorded): one write per event
-per consumer took the writer from the sends. A crash before that write delivers them
-again, which at-least-once allows (receivers drop duplicates by id). A dead letter
-an admin redelivers is tried again out of order, ahead of the lane's next event.
+that reads rows in order and delivers them one at a time, **strictly in order per
+message** (one consumer's backlog never waits on another's). A failed delivery
+(`DeliveryFailed`) holds only its own message's events on that lane (route health
+events are held per route): they wait behind it in a queue of their own, retried by a
+task of their own after an exponential back-off with full jitter (`uniform(0,
+min(backoff_max, backoff_initial * 2**n))`) until `retry_for` seconds have passed since
+the first attempt; then it becomes a dead letter and its message's next event goes.
+The lane goes on with every other message meanwhile. The stored position is the last
+event below which everything is finished (delivered or dead): the first held event
+keeps it back. Every attempt's outcome is stored, so after a restart a lane re-reads
+from its position, skips what it finished out of order, and resumes a held event's
+back-off from its first attempt. Deliveries that went through at the first try are
+recorded together, one write per batch (or before any retry or dead letter is
+recorded): one write per event per consumer took the writer from the sends. A crash
+before that write delivers them again, which at-least-once allows (receivers drop
+duplicates by id). A dead letter an admin redelivers is tried again out of order,
+ahead of the lane's next event.
 
 Lanes wake when the writer commits (debounced by `debounce` seconds so a burst of
 commits costs one read), with a slow safety poll. Network waits hold no store
 connection and no writer slot, and all lanes together keep at most `concurrency`
 requests in flight, so a slow or dead receiver delays only its own lane, never a send.
 Delivered history is pruned after `retention_days`.
+
+Sends come first. While the scheduler has submits in flight (`busy`), a lane delivers
+at most `BUSY_BATCH` events per `yield_to_sends` seconds and catches up once sends
+pause: on one core every delivery (JSON, a POST, a publish) is CPU taken from the sends,
+and events are not time-critical. Under load an event so waits at most `yield_to_sends`
+seconds for each `BUSY_BATCH` events ahead of it in its lane. Only consumed event
+types are written at all: `start()` tells the store which types some consumer accepts
+(`outbox_sql.keep_only`). At shutdown, `stop(grace)` lets the lanes deliver what is
+pending for up to `grace` seconds; the rest stays in the store and goes after restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -35,7 +49,7 @@ import structlog
 
 from drivers.clock import Clock, wait_event
 from gateway.config import OutboxConfig
-from gateway.integrations.events import DeliveryFailed, EventConsumer, OutboxEvent
+from gateway.integrations.events import EVENT_TYPES, DeliveryFailed, EventConsumer, OutboxEvent
 from gateway.logs import exception_summary
 from gateway.store import outbox_sql
 from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
@@ -44,15 +58,10 @@ from gateway.store.store import Store
 log = structlog.get_logger("smsgw.outbox")
 
 BATCH = 200
+BUSY_BATCH = 50  # events a lane delivers per `yield_to_sends` while sends are in flight
+BUSY_POLL = 0.05  # seconds between looks at whether sends are still in flight
 PRUNE_INTERVAL = 3600.0
 STORE_RETRY = 5.0  # seconds before a lane tries again after the store failed it
-
-
-class _Unread:
-    """`previous` not read yet (None means read, and there is none)."""
-
-
-UNREAD = _Unread()
 
 
 @runtime_checkable
@@ -68,6 +77,18 @@ class Closable(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    row: OutboxRow
+    event: OutboxEvent
+    previous: Attempt | None  # its stored attempt (a resumed back-off), if any
+    failed: str | None = None  # the reason its first attempt just failed, if it did
+
+
+def _hold_key(row: OutboxRow) -> str:
+    return row.message_id if row.message_id is not None else f"route:{row.route}"
+
+
 @dataclass(slots=True)
 class _Lane:
     consumer: EventConsumer
@@ -75,9 +96,21 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     delivered: int = 0
     dead: int = 0
+    last_run: float = float("-inf")  # monotonic start of the lane's last non-empty batch
     # First-try deliveries not yet recorded: written together, with the position
     # past them, at the end of a batch or before anything else is recorded.
     unrecorded: list[Attempt] = field(default_factory=list)
+    cursor: int = 0  # the last event read (`position` may lag behind held events)
+    # Per held message (or route): its failed event first, then its later ones, in order;
+    # and the task retrying them.
+    held: dict[str, deque[_Held]] = field(default_factory=dict)
+    retrying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def safe_position(self) -> int:
+        """Everything up to here is finished: just below the first held event."""
+        if self.held:
+            return min(queue[0].row.seq for queue in self.held.values()) - 1
+        return self.cursor
 
     @property
     def name(self) -> str:
@@ -94,7 +127,9 @@ class Outbox:
         clock: Clock,
         *,
         jitter: Callable[[float], float] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
+        """`busy` says whether sends are in flight now (the lanes give way to them)."""
         self._repo = OutboxStore(store)
         self._store = store
         self._config = config
@@ -105,6 +140,8 @@ class Outbox:
         self._limit = asyncio.Semaphore(config.concurrency)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._busy = busy
+        self._progress = asyncio.Event()  # set after every lane's batch (`stop`'s grace)
 
     @property
     def repo(self) -> OutboxStore:
@@ -126,9 +163,11 @@ class Outbox:
         """Load positions; with `run`, start a task per lane and the pruner (tests
         pass False and call `run_once()`)."""
         self._started = True
+        consumers = [lane.consumer for lane in self._lanes.values()]
+        await self._repo.keep_only({t for t in EVENT_TYPES for c in consumers if c.accepts(t)})
         positions = await self._repo.join(list(self._lanes))
         for name, lane in self._lanes.items():
-            lane.position = positions[name]
+            lane.position = lane.cursor = positions[name]
         self._store.writer.after_commit.append(self.wake)
         if run:
             for lane in self._lanes.values():
@@ -139,16 +178,42 @@ class Outbox:
         for lane in self._lanes.values():
             lane.wake.set()
 
-    async def stop(self) -> None:
-        for task in self._tasks:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop the lanes, after up to `grace` seconds in which they deliver what is
+        pending now (what is left goes after the next start)."""
+        if grace > 0 and self._tasks:
+            left = await self._settle(grace)
+            if left:
+                log.warning("outbox_shutdown_pending", consumers=left)
+        retrying = [t for lane in self._lanes.values() for t in lane.retrying.values()]
+        for task in self._tasks + retrying:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *retrying, return_exceptions=True)
         self._tasks.clear()
         if self.wake in self._store.writer.after_commit:
             self._store.writer.after_commit.remove(self.wake)
         for lane in self._lanes.values():
             if isinstance(lane.consumer, Closable):
                 await lane.consumer.close()
+
+    async def _settle(self, grace: float) -> list[str]:
+        """Wait up to `grace` seconds until every lane has finished (and recorded)
+        each event committed before now; the names of the lanes that have not."""
+        target = await self._repo.last_seq()
+        deadline = self._clock.monotonic() + grace
+        self.wake()
+
+        def behind() -> list[str]:
+            return [
+                lane.name
+                for lane in self._lanes.values()
+                if lane.position < target or lane.unrecorded or lane.held
+            ]
+
+        while (late := behind()) and (left := deadline - self._clock.monotonic()) > 0:
+            self._progress.clear()
+            await wait_event(self._clock, self._progress, left)
+        return late
 
     async def redeliver(self, consumer: str, seq: int) -> bool:
         """Put a dead letter back in line (the panel's button); False if none."""
@@ -163,15 +228,18 @@ class Outbox:
     async def _run(self, lane: _Lane) -> None:
         while True:
             lane.wake.clear()
+            limit = await self._give_way(lane)
             try:
-                busy = await self.run_once(lane.name)
+                worked = await self.run_once(lane.name, limit, finish=False)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the store: try again later, never give up
                 log.error("outbox_lane_failed", consumer=lane.name, error=exception_summary(e))
                 await self._clock.sleep(STORE_RETRY)
                 continue
-            if busy:
+            finally:
+                self._progress.set()
+            if worked:
                 continue
             if not await wait_event(self._clock, lane.wake, self._config.safety_poll):
                 continue  # the safety poll: a wake lost to a bug costs at most this long
@@ -179,50 +247,134 @@ class Outbox:
             # land before one read picks them all up.
             await asyncio.sleep(self._config.debounce)
 
-    async def run_once(self, name: str) -> bool:
+    async def _give_way(self, lane: _Lane) -> int:
+        """While sends are in flight, wait until they pause or `yield_to_sends` has
+        passed since this lane's last batch; the size of the batch it may run now."""
+        hold = self._config.yield_to_sends
+        if self._busy is None or hold <= 0:
+            return BATCH
+        until = lane.last_run + hold
+        while self._busy():
+            now = self._clock.monotonic()
+            if now >= until:
+                return BUSY_BATCH
+            await self._clock.sleep(min(BUSY_POLL, until - now))
+        return BATCH
+
+    async def run_once(self, name: str, limit: int = BATCH, *, finish: bool = True) -> bool:
         """Deliver what is due for one lane: redeliveries (one attempt each), then up
-        to a batch of events in order, each retried until delivered or dead. True if
-        it did anything."""
+        to `limit` events in order, each tried once; a failed one holds its message's
+        later events, retried by a task of its own. With `finish` (burst mode for
+        tests), wait for those retries too. True if it did anything."""
         lane = self._lanes[name]
+        started = self._clock.monotonic()
         worked = False
         for seq in await self._repo.due_redeliveries(lane.name, self._clock.time()):
             row = await self._repo.row(seq)
             if row is not None:
-                await self._until_done(lane, row, await self._event(lane, row), redelivery=True)
+                previous = await self._repo.attempt(lane.name, seq)
+                event = await self._event(lane, row)
+                await self._until_done(lane, row, event, previous, redelivery=True)
                 worked = True
-        rows = await self._repo.after(lane.position, BATCH)
+        rows = await self._repo.after(lane.cursor, limit)
         tried = (
             await self._repo.attempts_between(lane.name, rows[0].seq, rows[-1].seq) if rows else {}
         )
-        skipped_to = None
         try:
             for row in rows:
-                event = None
-                if lane.consumer.accepts(row.type):
-                    event = await self._event(lane, row)
-                    if isinstance(lane.consumer, Selective) and not await lane.consumer.wanted(
-                        event
-                    ):
-                        event = None
-                if event is not None:
-                    await self._until_done(lane, row, event, previous=tried.get(row.seq))
-                    skipped_to = None
-                else:
-                    skipped_to = row.seq
-                lane.position = row.seq
+                previous = tried.get(row.seq)
+                # Not one finished out of order before a restart:
+                if previous is None or previous.state == outbox_sql.PENDING:
+                    wanted = await self._wanted_event(lane, row)
+                    if wanted is not None:
+                        await self._deliver_in_turn(lane, row, wanted, previous)
+                lane.cursor = row.seq  # after: a store failure re-reads this row
                 worked = True
         finally:
             await self._record_unrecorded(lane)
-        if skipped_to is not None:
-            await self._repo.set_position(lane.name, skipped_to)
+        if lane.safe_position() > lane.position:
+            await self._advance(lane)
+        if finish:
+            while lane.retrying:
+                await asyncio.gather(*lane.retrying.values())
+        if worked:
+            lane.last_run = started
         return worked
+
+    async def _wanted_event(self, lane: _Lane, row: OutboxRow) -> OutboxEvent | None:
+        if not lane.consumer.accepts(row.type):
+            return None
+        event = await self._event(lane, row)
+        if isinstance(lane.consumer, Selective) and not await lane.consumer.wanted(event):
+            return None
+        return event
+
+    async def _deliver_in_turn(
+        self, lane: _Lane, row: OutboxRow, event: OutboxEvent, previous: Attempt | None
+    ) -> None:
+        """One try now, unless its message is held (then it queues behind) or it is a
+        resumed back-off; a failure holds its message."""
+        key = _hold_key(row)
+        if key in lane.held:
+            lane.held[key].append(_Held(row, event, previous))
+            return
+        if previous is not None:
+            self._hold(lane, key, _Held(row, event, previous))
+            return
+        now = self._clock.time()
+        reason = await self._attempt(lane, event)
+        if reason is None:
+            lane.unrecorded.append(
+                Attempt(lane.name, row.seq, outbox_sql.DELIVERED, 1, now, now, None, None)
+            )
+            lane.delivered += 1
+        else:
+            self._hold(lane, key, _Held(row, event, None, failed=reason))
+
+    def _hold(self, lane: _Lane, key: str, first: _Held) -> None:
+        lane.held[key] = deque([first])
+        lane.retrying[key] = asyncio.create_task(self._retry_held(lane, key))
+
+    async def _retry_held(self, lane: _Lane, key: str) -> None:
+        """Finish a held message's events in order, then let its later ones through."""
+        queue = lane.held[key]
+        try:
+            while queue:
+                item = queue[0]
+                try:
+                    await self._until_done(lane, item.row, item.event, item.previous, item.failed)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # the store: try again later, never give up
+                    log.error("outbox_lane_failed", consumer=lane.name, error=exception_summary(e))
+                    queue[0] = _Held(item.row, item.event, item.previous)  # tried afresh
+                    await self._clock.sleep(STORE_RETRY)
+                    continue
+                queue.popleft()
+                if not queue:
+                    del lane.held[key]
+                await self._advance(lane)
+        finally:
+            if lane.retrying.get(key) is asyncio.current_task():
+                del lane.retrying[key]  # (a new hold of the same key has its own task)
+            self._progress.set()
+
+    async def _advance(self, lane: _Lane) -> None:
+        """Store the position (everything below the first held event is finished)."""
+        await self._record_unrecorded(lane)
+        position = lane.safe_position()
+        if position > lane.position:
+            lane.position = position
+            await self._repo.set_position(lane.name, position)
 
     async def _record_unrecorded(self, lane: _Lane) -> None:
         """One write for a run of first-try deliveries. Until it commits, a crash
         delivers them again (at least once; receivers drop duplicates by id)."""
         if lane.unrecorded:
             done, lane.unrecorded = lane.unrecorded, []
-            await self._repo.record_delivered(done)
+            position = max(lane.position, lane.safe_position())
+            await self._repo.record_delivered(done, position)
+            lane.position = position
 
     async def _event(self, lane: _Lane, row: OutboxRow) -> OutboxEvent:
         phi = await self._repo.phi(row) if lane.consumer.wants_phi else None
@@ -242,41 +394,37 @@ class Outbox:
         lane: _Lane,
         row: OutboxRow,
         event: OutboxEvent,
+        previous: Attempt | None,
+        failed: str | None = None,
         *,
         redelivery: bool = False,
-        previous: Attempt | _Unread | None = UNREAD,
     ) -> None:
         """Deliver one event, retrying, until it is delivered or dead (each outcome
-        stored). A redelivery gets one attempt and stays dead if that fails. A batch
-        passes what it already read of the event's earlier attempts as `previous`."""
-        if isinstance(previous, _Unread):
-            previous = await self._repo.attempt(lane.name, row.seq)
+        stored; the position is the caller's). `previous` is its stored attempt (a
+        back-off to resume), `failed` the reason a first attempt just failed. A
+        redelivery gets one attempt and stays dead if that fails."""
         attempts = 0 if previous is None else previous.attempts
         first_at = self._clock.time() if previous is None else previous.first_at
         if not redelivery and previous is not None and previous.next_at is not None:
             await self._clock.sleep(previous.next_at - self._clock.time())  # resumed back-off
-        advance = not redelivery
         while True:
             attempts += 1
-            reason = await self._attempt(lane, event)
+            reason, failed = (failed, None) if failed is not None else (None, None)
+            if reason is None:
+                reason = await self._attempt(lane, event)
             now = self._clock.time()
             if reason is None:
                 done = Attempt(
                     lane.name, row.seq, outbox_sql.DELIVERED, attempts, first_at, now, None, None
                 )
-                if advance and previous is None and attempts == 1:
-                    lane.unrecorded.append(done)  # the common case: written with its batch
-                else:
-                    await self._record_unrecorded(lane)
-                    await self._repo.record(done, advance=advance)
+                await self._repo.record(done, advance=False)
                 lane.delivered += 1
                 return
-            await self._record_unrecorded(lane)  # before a retry's wait, or a dead letter
             if redelivery or now - first_at >= self._config.retry_for:
                 dead = Attempt(
                     lane.name, row.seq, outbox_sql.DEAD, attempts, first_at, now, None, reason
                 )
-                await self._repo.record(dead, advance=advance)
+                await self._repo.record(dead, advance=False)
                 lane.dead += 1
                 log.error(
                     "outbox_dead_letter",

@@ -9,12 +9,13 @@ read from their encrypted columns at delivery, for consumers configured to get t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.integrations.events import (
     CONSENT_CHANGED,
+    EVENT_TYPES,
     MESSAGE_INBOUND,
     MESSAGE_STATUS,
     ROUTE_HEALTH,
@@ -32,6 +33,27 @@ PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
 REDELIVER = "redeliver"
+
+
+def keep_only(conn: sqlite3.Connection, types: Collection[str]) -> None:
+    """On the writer's connection, outbox rows of `types` only: a temporary BEFORE
+    INSERT trigger drops the others (RAISE(IGNORE) skips the row, the statement and its
+    transaction go on), so a gateway with no consumer for a type writes none of it and
+    no writer has to know who listens. Lasts as long as the connection; the dispatcher
+    sets it at every start."""
+    conn.execute("DROP TRIGGER IF EXISTS temp.outbox_unwanted")
+    unknown = set(types) - EVENT_TYPES
+    if unknown:
+        raise ValueError(f"unknown event types {sorted(unknown)}")
+    if set(types) == EVENT_TYPES:
+        return
+    # Literals, not parameters (a trigger cannot take any): names from EVENT_TYPES only.
+    kept = ",".join(f"'{t}'" for t in sorted(types))
+    when = f"NEW.type NOT IN ({kept})" if kept else "1"
+    conn.execute(
+        "CREATE TEMP TRIGGER outbox_unwanted BEFORE INSERT ON main.outbox"
+        f" WHEN {when} BEGIN SELECT RAISE(IGNORE); END"
+    )
 
 
 def write_status(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
@@ -159,8 +181,9 @@ def record(
         )
 
 
-def record_many(conn: sqlite3.Connection, done: Sequence[Attempt]) -> None:
-    """`record` for a run of deliveries of one consumer, with one position update."""
+def record_many(conn: sqlite3.Connection, done: Sequence[Attempt], position: int) -> None:
+    """`record` for a run of deliveries of one consumer, and its `position` (which
+    events held back behind a failed one may keep below some of these)."""
     conn.executemany(
         "INSERT OR REPLACE INTO outbox_deliveries (consumer, seq, state, attempts, first_at,"
         " last_at, next_at, reason) VALUES (?,?,?,?,?,?,?,?)",
@@ -171,7 +194,7 @@ def record_many(conn: sqlite3.Connection, done: Sequence[Attempt]) -> None:
     )
     conn.execute(
         "UPDATE outbox_consumers SET position = max(position, ?) WHERE name = ?",
-        (max(a.seq for a in done), done[0].consumer),
+        (position, done[0].consumer),
     )
 
 
@@ -232,6 +255,10 @@ class OutboxStore:
 
         return await self._store.writer.run(job)
 
+    async def keep_only(self, types: Collection[str]) -> None:
+        """From now on, write outbox rows of these event types only (`keep_only`)."""
+        await self._store.writer.run(lambda conn: keep_only(conn, types))
+
     async def after(self, position: int, limit: int) -> list[OutboxRow]:
         rows = await self._store.reader.all(
             f"SELECT {ROW_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - fixed columns
@@ -264,9 +291,9 @@ class OutboxStore:
         )
         return {a.seq: a for a in (Attempt(*r) for r in rows)}
 
-    async def record_delivered(self, done: Sequence[Attempt]) -> None:
-        """First-try deliveries of one consumer, in order, and its position past them."""
-        await self._store.writer.run(lambda conn: record_many(conn, done))
+    async def record_delivered(self, done: Sequence[Attempt], position: int) -> None:
+        """First-try deliveries of one consumer, and its position."""
+        await self._store.writer.run(lambda conn: record_many(conn, done, position))
 
     async def record(self, attempt: Attempt, *, advance: bool) -> None:
         await self._store.writer.run(lambda conn: record(conn, attempt, advance=advance))

@@ -29,7 +29,6 @@ from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
-from gateway.store.tokens_sql import TokenRecord as TokenRecord  # for integrations/
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.writer import GroupCommitWriter, Statement
 
@@ -189,11 +188,6 @@ class Store:
     def api_tokens(self) -> TokenTable:
         """The API tokens' table (`tokens_sql.py`)."""
         return TokenTable(self.reader, self.writer)
-
-    async def tokens(self) -> list[TokenRecord]:
-        """Every API token; `gateway/integrations/kannel_server.py` still calls this
-        (its owner moves it to `gw.usecases.tokens` at merge)."""
-        return await self.api_tokens.all()
 
     # -- intake ------------------------------------------------------------------------
 
