@@ -20,7 +20,7 @@ from gateway.app import Gateway
 from gateway.config import ConfigError, from_mapping
 from gateway.integrations import kannel_server
 from gateway.tokens import create_token
-from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
+from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, record_decision
 from tests.peers import kannel_peer
 from tests.peers.kannel_peer import PASSWORD, USERNAME, KannelPeer
 
@@ -380,6 +380,20 @@ async def test_queued_for_later_while_no_route_can_send(smsgw: Smsgw) -> None:
     assert len(await messages(smsgw.gw)) == 1
     smsgw.gw.routes["main"].set_paused(False)
     assert await send(smsgw.url, to=TO, text="hi") == (202, "0: Accepted for delivery")
+
+
+async def test_a_message_the_consent_policy_refuses_is_refused_as_kannel_would(
+    smsgw: Smsgw,
+) -> None:
+    """Kannel knows no consent: a message stored `blocked` is refused with a 4xx a Kannel
+    client does not retry, naming smsgw's reason; the row is kept, blocked."""
+    await record_decision(smsgw.gw, TO, "opt_out", "all")
+    assert await send(smsgw.url, to=TO, text="hi") == (
+        403,
+        "Refused by consent policy (opted_out), rejected",
+    )
+    cur = await smsgw.gw.store.reader.execute("SELECT state, error_code FROM messages")
+    assert [tuple(r) for r in await cur.fetchall()] == [("blocked", "opted_out")]
 
 
 async def test_post_udh_header_is_read_as_hex_and_refused(smsgw: Smsgw) -> None:

@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler
 from gateway.admin.accounts import Accounts
 from gateway.app import Gateway
 from gateway.errors import ApiError
-from gateway.intake import SendRequest, validation_error
+from gateway.intake import Accepted, SendRequest, validation_error
 from gateway.integrations import kannel, kannel_dlr
 from gateway.logs import exception_summary
 from gateway.store.writer import Statement
@@ -145,13 +145,21 @@ async def _sendsms(request: web.Request, req: kannel.KannelRequest) -> web.Strea
     user, token = await _authorise(listener, req, client_address(request))
     sender = user.sender
     plan = kannel.check(req, sender=sender, origins=listener.origins)
-    await accept(listener.gateway, token, user, plan)
-    if listener.gateway.not_ready() is not None:
-        return answer(*kannel.QUEUED)  # stored, but no route can send it now
+    accepted = await accept(listener.gateway, token, user, plan)
+    blocked = [a for a in accepted if a.status == "blocked"]
+    if blocked and len(blocked) == len(accepted):
+        # Stored `blocked` (the calling system can read why); Kannel has no such answer,
+        # so a refusal a Kannel client will not retry, with smsgw's reason code.
+        raise kannel.Refused((403, f"Refused by consent policy ({blocked[0].reason}), rejected"))
+    held = any(a.status == "scheduled" and a.reason is not None for a in accepted)
+    if held or listener.gateway.not_ready() is not None:
+        return answer(*kannel.QUEUED)  # stored; goes later (held by the policy, or no route up)
     return answer(*kannel.ACCEPTED)
 
 
-async def accept(gw: Gateway, token: TokenRecord, user: KannelUser, plan: kannel.SendPlan) -> None:
+async def accept(
+    gw: Gateway, token: TokenRecord, user: KannelUser, plan: kannel.SendPlan
+) -> list[Accepted]:
     """Accept one message per receiver in one commit, with their dlr-url rows.
 
     The one place this front end reaches the gateway: the accept use case validates,
@@ -183,6 +191,7 @@ async def accept(gw: Gateway, token: TokenRecord, user: KannelUser, plan: kannel
             raise kannel.Refused(kannel.TEMPORARY) from None
         raise _refusal(e) from None
     log.info("kannel_accepted", user=user.username, ids=[a.id for a in accepted])
+    return accepted
 
 
 def _refusal(e: ApiError) -> kannel.Refused:
