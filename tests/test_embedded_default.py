@@ -11,10 +11,14 @@ logs (every send, receipt, inbound message and health change logs one), with a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +198,77 @@ async def test_cutting_the_carrier_links_mid_load_loses_nothing(newcomer: Newcom
         return all([await newcomer.state_of(i) == "delivered" for i in ids])
 
     await newcomer.until(all_delivered, limit=60)
+
+
+async def test_make_run_honours_stop_start_and_help_from_the_demo_handset(
+    newcomer: Newcomer, tmp_path: Path
+) -> None:
+    """Issue 12's walk on the embedded default: messages of several purposes wait for one
+    number (marketing among them, with written consent on record); a STOP from the
+    demo handset blocks them all at once (nothing had left for it: scope "all"), exactly
+    one confirmation goes back, and the ledger shows the STOP with the inbound text it
+    came in; START brings the number back with its own confirmation; HELP from a
+    number never seen before is answered."""
+    who, stranger = "+12025550177", "+12025550178"
+    await newcomer.post(
+        "/api/v1/consents",
+        {"number": who, "scope": "kind:marketing", "disclosure": "Clinic news by text: YES"},
+        status=201,
+    )
+    waiting = []
+    for purpose in ("appointment", "marketing", "informational", "emergency"):
+        answer = await newcomer.post(
+            "/api/v1/messages",
+            {
+                "to": who,
+                "body": f"{purpose} for the walk",
+                "purpose": purpose,
+                "send_at": _in_an_hour(),
+            },
+        )
+        assert answer["status"] == "scheduled", answer
+        waiting.append(answer["id"])
+
+    async def compliance() -> list[dict[str, Any]]:
+        page = await newcomer.get("/api/v1/messages?limit=500")
+        return [m for m in page["messages"] if m.get("purpose") == "compliance"]
+
+    await newcomer.post("/api/v1/demo/inbound", {"sender": who, "body": "Stop"})
+
+    async def all_blocked() -> bool:
+        return all([await newcomer.state_of(mid) == "blocked" for mid in waiting])
+
+    await newcomer.until(all_blocked)
+
+    async def confirmations(count: int) -> list[dict[str, Any]] | None:
+        found = await compliance()
+        delivered = [m for m in found if m["status"] == "delivered"]
+        return found if len(delivered) == count == len(found) else None
+
+    await newcomer.until(lambda: confirmations(1))
+    # The ledger (over the API it needs the phi scope, which the first token lacks).
+    (stop,) = [d for d in _ledger(tmp_path) if d[0] == "opt_out"]
+    assert stop[1:3] == ("all", "keyword")
+    inbound = await newcomer.get("/api/v1/inbound")
+    assert stop[3] in [m["id"] for m in inbound["inbound"]]
+
+    await newcomer.post("/api/v1/demo/inbound", {"sender": who, "body": "START"})
+    await newcomer.until(lambda: confirmations(2))
+    assert _ledger(tmp_path)[-1][:3] == ("opt_in", "all", "keyword")
+
+    await newcomer.post("/api/v1/demo/inbound", {"sender": stranger, "body": "help"})
+    await newcomer.until(lambda: confirmations(3))
+
+
+def _ledger(tmp_path: Path) -> list[tuple[Any, ...]]:
+    """(decision, scope, source, inbound_id) of every ledger row, read-only, in order."""
+    uri = f"file:{tmp_path / 'data' / 'smsgw.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        rows = db.execute(
+            "SELECT decision, scope, source, inbound_id FROM consent_ledger ORDER BY seq"
+        ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def _in_an_hour() -> str:
+    return datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
