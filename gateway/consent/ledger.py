@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.consent.purposes import SCOPE_ALL, PurposePolicy, covering_scopes
 from gateway.integrations.events import CONSENT_CHANGED
@@ -177,31 +177,37 @@ class LedgerRow:
     note: str | None
 
 
+LEDGER_COLUMNS = (
+    "id, seq, at, decision, scope, program, source, inbound_id, message_id, actor,"
+    " disclosure_ct, note_ct"
+)
+
+
+def row_of(cipher: FieldCipher, r: Sequence[Any]) -> LedgerRow:
+    """A `LEDGER_COLUMNS` row, its texts decrypted (an erased one is None)."""
+    entry_id = r[0]
+    return LedgerRow(
+        entry_id,
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        None if r[10] is None else cipher.decrypt(r[10], entry_id, "disclosure"),
+        None if r[11] is None else cipher.decrypt(r[11], entry_id, "note"),
+    )
+
+
 def history(
     conn: sqlite3.Connection | sqlite3.Cursor, cipher: FieldCipher, contact_idx: bytes
 ) -> list[LedgerRow]:
-    """Every decision about one contact, oldest first, texts decrypted (erased ones None)."""
-    out = []
-    for r in conn.execute(
-        "SELECT id, seq, at, decision, scope, program, source, inbound_id, message_id, actor,"
-        " disclosure_ct, note_ct FROM consent_ledger WHERE contact_idx = ? ORDER BY seq",
+    """Every decision about one contact, oldest first."""
+    rows = conn.execute(
+        f"SELECT {LEDGER_COLUMNS} FROM consent_ledger WHERE contact_idx = ? ORDER BY seq",  # noqa: S608 - a constant
         (contact_idx,),
-    ):
-        entry_id = r[0]
-        out.append(
-            LedgerRow(
-                entry_id,
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                r[9],
-                cipher.decrypt(r[10], entry_id, "disclosure") if r[10] is not None else None,
-                cipher.decrypt(r[11], entry_id, "note") if r[11] is not None else None,
-            )
-        )
-    return out
+    ).fetchall()
+    return [row_of(cipher, r) for r in rows]

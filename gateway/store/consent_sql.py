@@ -124,35 +124,14 @@ async def states(store: Store, idx: bytes) -> list[StateRow]:
     return [StateRow(r[0], r[1], r[2], r[3], r[4], r[5] is not None) for r in rows]
 
 
-_HISTORY = (
-    "SELECT id, seq, at, decision, scope, program, source, inbound_id, message_id, actor,"
-    " disclosure_ct, note_ct FROM consent_ledger"
-)
-
-
-def _ledger_row(c: FieldCipher, r: Sequence[Any]) -> LedgerRow:
-    entry_id = r[0]
-    return LedgerRow(
-        entry_id,
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-        None if r[10] is None else c.decrypt(r[10], entry_id, "disclosure"),
-        None if r[11] is None else c.decrypt(r[11], entry_id, "note"),
-    )
+_HISTORY = f"SELECT {ledger.LEDGER_COLUMNS} FROM consent_ledger"  # noqa: S608 - a constant
 
 
 async def history(store: Store, idx: bytes) -> list[LedgerRow]:
     """Every decision about one contact, oldest first (erased texts None)."""
     rows = await store.reader.all(f"{_HISTORY} WHERE contact_idx = ? ORDER BY seq", (idx,))
     c = cipher_of(store)
-    return [_ledger_row(c, r) for r in rows]
+    return [ledger.row_of(c, r) for r in rows]
 
 
 async def export_page(store: Store, after_seq: int, limit: int) -> list[ExportRow]:
@@ -168,7 +147,7 @@ async def export_page(store: Store, after_seq: int, limit: int) -> list[ExportRo
     c = cipher_of(store)
     out = []
     for r in rows:
-        e = _ledger_row(c, r)
+        e = ledger.row_of(c, r)
         idx = bytes(r[13])
         number = None if r[12] is None else c.decrypt(r[12], contact_row_id(idx), "number")
         out.append(
