@@ -21,6 +21,7 @@ from gateway.integrations.mqtt import MqttLink
 from tests import test_mqtt
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory
 from tests.peers.mosquitto import Mosquitto, binary
+from tests.store_rows import message_row
 from tests.test_mqtt import WAIT, gateway_with_mqtt, next_message, send_gateway, subscriber
 
 pytestmark = pytest.mark.skipif(binary("mosquitto") is None, reason="make peers installs it")
@@ -109,7 +110,7 @@ async def test_a_send_posted_while_the_gateway_is_away_is_handled_after_reconnec
     assert reply.properties is not None
     assert reply.properties.CorrelationData == b"while-away"
     assert ("status", "202") in reply.properties.UserProperty
-    row = await gw.store.message_row(json.loads(bytes(reply.payload))["id"])
+    row = await message_row(gw.store, json.loads(bytes(reply.payload))["id"])
     assert row is not None and row["token_id"] == token_id
     assert metric(gw, "smsgw_mqtt_sends_received_total", {"outcome": "accepted"}) == 1
     assert (metric(gw, "smsgw_mqtt_published_total") or 0) >= 1
