@@ -136,8 +136,9 @@ async def one_run(
     home = await harness.init_gateway(work)
     server = harness.gateway_server(home, HELD, pinning, f"consent-{enabled}")
     purposes = "".join(_OPEN_WINDOW.format(name=p) for p in PURPOSES)
-    with home.config_path.open("a") as f:
-        f.write(_CONSENT.substitute(enabled=str(enabled).lower(), purposes=purposes))
+    own = _CONSENT.substitute(enabled=str(enabled).lower(), purposes=purposes)
+    config = home.config_path.read_text().replace(harness.BENCH_CONSENT, "")
+    home.config_path.write_text(config + own)
     t0 = asyncio.get_running_loop().time()
     await smsgw("consent", "import", str(listing), "--config", str(home.config_path))
     seeded_s = asyncio.get_running_loop().time() - t0
