@@ -23,7 +23,7 @@ import phonenumbers
 from drivers.clock import Clock
 from drivers.text import BodyTooLong, split
 from gateway.config import Config
-from gateway.consent.policy import Policy, Verdict
+from gateway.consent.policy import GroupView, Policy, Verdict
 from gateway.consent.purposes import Purpose
 from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
@@ -233,18 +233,26 @@ class Prepared:
             return self
         m = self.message
         if verdict.state is State.BLOCKED:
-            blocked = dataclasses.replace(m, blocked=verdict.reason)
-            return dataclasses.replace(self, message=blocked, scheduled=False)
+            return self._with(m.judged(blocked=verdict.reason), scheduled=False)
         assert verdict.send_at is not None
         expires_at = m.expires_at
         if self.lifetime is not None:
             expires_at = max(expires_at, verdict.send_at + self.lifetime)
-        held = dataclasses.replace(
-            m, send_at=verdict.send_at, held_for=verdict.reason, expires_at=expires_at
-        )
+        held = m.judged(held_for=verdict.reason, send_at=verdict.send_at, expires_at=expires_at)
         self.entry.due_at = verdict.send_at
         self.entry.expires_at = expires_at
-        return dataclasses.replace(self, message=held, scheduled=True)
+        return self._with(held, scheduled=True)
+
+    def _with(self, message: NewMessage, *, scheduled: bool) -> Prepared:
+        return Prepared(
+            message,
+            self.entry,
+            scheduled,
+            self.purpose,
+            self.quiet_hours_override,
+            self.quiet_hours_reason,
+            self.lifetime,
+        )
 
 
 class Intake:
@@ -341,8 +349,9 @@ class Intake:
                 f"at priority {priority.label}",
                 field=f"{field_prefix}to",
             )
+        message_id = new_message_id()
         message = NewMessage(
-            id=new_message_id(),
+            id=message_id,
             token_id=token_id,
             priority=priority,
             to=to,
@@ -357,6 +366,9 @@ class Intake:
             route_hint=req.route,
             category=req.category,
             purpose=purpose.value,
+            to_index=self._store.blind_index(to),
+            # Encrypted here, on the event loop, not in the writer's transaction.
+            sealed=self._store.seal(message_id, to, req.body, req.reference, req.callback_url),
         )
         scheduled = message.state is State.SCHEDULED
         due = send_at if scheduled and send_at is not None else now
@@ -371,14 +383,14 @@ class Intake:
             None if req.expires_at is not None else self._queue.policy(priority).expires_after,
         )
 
-    def judge(self, conn: sqlite3.Connection, p: Prepared) -> Prepared:
-        """The policy's verdict on one prepared message, on the writer's connection
-        (in the transaction that will insert it)."""
+    def judge(self, view: GroupView, p: Prepared) -> Prepared:
+        """The policy's verdict on one prepared message, from what `view` read in the
+        transaction that will insert it (and the messages judged before it there)."""
         m = p.message
         verdict = self.policy.decide(
-            conn,
+            view,
             to=m.to,
-            to_index=self._store.blind_index(m.to),
+            to_index=m.to_index or self._store.blind_index(m.to),
             purpose=p.purpose,
             priority=m.priority,
             route=p.entry.candidates[0] if p.entry.candidates else m.route_hint,
@@ -388,7 +400,11 @@ class Intake:
         )
         if p.quiet_hours_override:
             p = dataclasses.replace(p, message=dataclasses.replace(m, quiet_override=True))
-        return p.judged(verdict)
+        p = p.judged(verdict)
+        m = p.message
+        if m.blocked is None and m.purpose is not None and m.to_index is not None:
+            view.add(m.to_index, m.purpose, max(m.send_at or m.created_at, m.created_at))
+        return p
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []

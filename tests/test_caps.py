@@ -9,7 +9,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from drivers.clock import FakeClock
+from gateway.consent.policy import _fits
+from gateway.consent.purposes import Cap
 from gateway.tokens import create_token
 from tests.conftest import CANARY_NUMBER, GatewayFactory, record_decision
 from tests.test_api import start_client
@@ -126,3 +131,27 @@ async def test_parallel_requests_cannot_race_past_a_cap(open_gateway: GatewayFac
         "SELECT state, count(*) FROM messages GROUP BY state ORDER BY state"
     )
     assert [tuple(r) for r in await cur.fetchall()] == [("blocked", 39), ("queued", 1)]
+
+
+def _fits_by_definition(times: list[float], cap: Cap, x: float) -> bool:
+    """A message at x keeps cap n/W unless some span [s, s + W) that holds x holds n
+    others: every start s in (x - W, x] is tried."""
+    starts = [t for t in times if x - cap.seconds < t <= x] + [x]
+    return all(sum(1 for t in times if s <= t < s + cap.seconds) < cap.count for s in starts)
+
+
+@settings(max_examples=3000)
+@given(
+    st.lists(st.integers(0, 40), max_size=8),
+    st.integers(1, 4),
+    st.integers(1, 12),
+    st.integers(0, 40),
+)
+def test_the_cap_check_agrees_with_its_definition(
+    times: list[int], count: int, width: int, x: int
+) -> None:
+    """The check looks only at the runs of n around x's place; on a small integer grid
+    (ties and window edges everywhere) it agrees with trying every span."""
+    ordered = sorted(float(t) for t in times)
+    cap = Cap(count, float(width))
+    assert _fits(ordered, cap, float(x)) == _fits_by_definition(ordered, cap, float(x))

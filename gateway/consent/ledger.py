@@ -138,13 +138,44 @@ def standing(
     program: str,
     policy: PurposePolicy,
 ) -> Standing:
-    rows = conn.execute(
-        "SELECT opted, scope, written_seq FROM consent_state"
-        " WHERE contact_idx = ? AND program IN (?, '*') AND scope IN (?, ?, ?)"
-        " ORDER BY seq DESC",
-        (contact_idx, program, *covering_scopes(policy.purpose)),
-    ).fetchall()
-    return standing_of(rows)
+    return standing_among(state_rows(conn, [contact_idx]).get(contact_idx, ()), program, policy)
+
+
+StateRow = tuple[str, str, str, int | None, int]  # program, scope, opted, written_seq, seq
+
+
+def state_rows(
+    conn: sqlite3.Connection | sqlite3.Cursor, contact_idxs: Sequence[bytes]
+) -> dict[bytes, list[StateRow]]:
+    """The `consent_state` rows of these contacts (a few each at most), by contact: one
+    read for many, as an accept's transaction judges a whole group of messages."""
+    found: dict[bytes, list[StateRow]] = {}
+    for start in range(0, len(contact_idxs), _IN_CHUNK):
+        chunk = contact_idxs[start : start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for r in conn.execute(
+            "SELECT contact_idx, program, scope, opted, written_seq, seq FROM consent_state"  # noqa: S608 - placeholders only
+            f" WHERE contact_idx IN ({marks})",
+            chunk,
+        ):
+            found.setdefault(r[0], []).append((r[1], r[2], r[3], r[4], r[5]))
+    return found
+
+
+_IN_CHUNK = 500
+
+
+def standing_among(rows: Sequence[StateRow], program: str, policy: PurposePolicy) -> Standing:
+    """The standing for `policy`'s purpose in `program` from one contact's rows."""
+    if not rows:
+        return NO_RECORD
+    scopes = covering_scopes(policy.purpose)
+    covering = [
+        (r[2], r[1], r[3])
+        for r in sorted(rows, key=lambda r: -r[4])
+        if r[0] in (program, ALL_PROGRAMS) and r[1] in scopes
+    ]
+    return standing_of(covering)
 
 
 def standing_of(rows: Sequence[Sequence[object]]) -> Standing:

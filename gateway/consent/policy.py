@@ -26,6 +26,7 @@ it was accepted. A cap `n/W` holds when no span of length W holds more than n of
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from gateway.consent.purposes import (
     Cap,
     Kind,
     Purpose,
+    PurposePolicy,
 )
 from gateway.consent.settings import ConsentConfig, policy_table
 from gateway.consent.zones import next_open, recipient_zones
@@ -55,11 +57,26 @@ class Verdict:
     reason: str | None  # why it was held or blocked; None when it goes as asked
 
 
+_QUEUED = Verdict(State.QUEUED, None, None)
+_SKEW_MARGIN = 600.0
+
+
 class Policy:
     def __init__(self, config: ConsentConfig) -> None:
         self.config = config
         self.enabled = config.enabled
         self.table = policy_table(config)
+        # How far back any cap looks: what a group's view reads of recent messages.
+        self.reach = max((c.seconds for p in self.table.values() for c in p.caps), default=0.0)
+        self.capped = sorted(
+            {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
+        )
+
+    def view(self, conn: sqlite3.Connection, to_indexes: Sequence[bytes], now: float) -> GroupView:
+        """What the accepts of one transaction need to know of these recipients."""
+        # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
+        # much further than the caps, so every message a cap counts is read.
+        return GroupView(conn, to_indexes, now - self.reach - _SKEW_MARGIN, self.capped)
 
     # -- shaping at accept -------------------------------------------------------------
 
@@ -97,7 +114,7 @@ class Policy:
 
     def decide(
         self,
-        conn: sqlite3.Connection,
+        view: GroupView,
         *,
         to: str,
         to_index: bytes,
@@ -108,23 +125,26 @@ class Policy:
         expires_at: float,
         quiet_hours_override: bool = False,
     ) -> Verdict:
-        """Whether a message may go at `start` (now, or its `send_at`), later, or never."""
+        """Whether a message may go at `start` (now, or its `send_at`), later, or never,
+        from what `view` knows of its recipient."""
         policy = self.table[purpose]
         if not self.enabled or purpose is Purpose.COMPLIANCE:
-            return Verdict(State.QUEUED, None, None)
+            return _QUEUED
         program = self.config.program_for_route(route or "")
-        refusal = ledger.standing(conn, to_index, program, policy).refusal(policy)
+        refusal = view.standing(to_index, program, policy).refusal(policy)
         if refusal is not None:
             return Verdict(State.BLOCKED, None, refusal)
         window = policy.window
         if quiet_hours_override or priority is Priority.CRITICAL:
             window = None
+        times: list[float] = []
+        if policy.caps:
+            times = view.times(to_index, purpose, start - max(c.seconds for c in policy.caps))
+        if window is None and not times:
+            return _QUEUED  # the common case: nothing to wait for
         zones: tuple[str, ...] = ()
         if window is not None:
-            row = conn.execute("SELECT time_zone FROM contacts WHERE idx = ?", (to_index,))
-            found = row.fetchone()
-            zones = recipient_zones(to, found[0] if found else None)
-        times = _cap_times(conn, to_index, purpose, start, policy.caps) if policy.caps else []
+            zones = recipient_zones(to, view.time_zone(to_index))
         at, reason = start, None
         for _ in range(_MAX_STEPS):
             room = _cap_room(times, policy.caps, at)
@@ -141,7 +161,7 @@ class Policy:
         if at >= expires_at:
             return Verdict(State.BLOCKED, None, reason or "quiet_hours")
         if reason is None:
-            return Verdict(State.QUEUED, None, None)
+            return _QUEUED
         return Verdict(State.SCHEDULED, at, reason)
 
     # -- the check at claim ------------------------------------------------------------
@@ -171,25 +191,64 @@ class Policy:
         return Held(opening, "quiet_hours") if opening > s.now else None
 
 
+class GroupView:
+    """What one writer transaction's accepts know of their recipients, read once for
+    the whole group (consent rows, the times of recent messages, time zones), with the
+    messages judged so far added in: their rows are inserted together at its end, so a
+    cap's count and the inserts it allowed stay one step."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        to_indexes: Sequence[bytes],
+        since: float,
+        capped: Sequence[str],
+    ) -> None:
+        """`capped`: the purposes some cap counts (the only messages read)."""
+        idxs = list(dict.fromkeys(to_indexes))
+        kinds = ",".join("?" * len(capped))
+        self._state = ledger.state_rows(conn, idxs)
+        self._sent: dict[bytes, list[tuple[str, float]]] = {}
+        self._zones: dict[bytes, str | None] = {}
+        for start in range(0, len(idxs), _IN_CHUNK):
+            chunk = idxs[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for idx, purpose, at in conn.execute(
+                "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
+                f" FROM messages WHERE to_index IN ({marks}) AND purpose IN ({kinds})"
+                " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
+                (*chunk, *capped, since),
+            ):
+                self._sent.setdefault(idx, []).append((purpose, at))
+            for idx, zone in conn.execute(
+                f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            ):
+                self._zones[idx] = zone
+
+    def standing(self, to_index: bytes, program: str, policy: PurposePolicy) -> ledger.Standing:
+        return ledger.standing_among(self._state.get(to_index, ()), program, policy)
+
+    def times(self, to_index: bytes, purpose: Purpose, since: float) -> list[float]:
+        """When each counted message to this recipient goes (those `purpose`'s caps
+        count), after `since`, in order."""
+        group = cap_group(purpose)
+        sent = self._sent.get(to_index, ())
+        return sorted(at for p, at in sent if p in group and at > since)
+
+    def time_zone(self, to_index: bytes) -> str | None:
+        return self._zones.get(to_index)
+
+    def add(self, to_index: bytes, purpose: str, at: float) -> None:
+        self._sent.setdefault(to_index, []).append((purpose, at))
+
+
+_IN_CHUNK = 500
+
+
 def cap_group(purpose: Purpose) -> tuple[str, ...]:
     """The purposes whose messages count against `purpose`'s caps."""
     return _CLINICAL if purpose.kind is Kind.CLINICAL else (purpose.value,)
-
-
-def _cap_times(
-    conn: sqlite3.Connection, to_index: bytes, purpose: Purpose, start: float, caps: Sequence[Cap]
-) -> list[float]:
-    """When each counted message to this recipient goes, from the longest cap's reach back."""
-    group = cap_group(purpose)
-    since = start - max(c.seconds for c in caps)
-    marks = ",".join("?" * len(group))
-    rows = conn.execute(
-        "SELECT max(coalesce(send_at, created_at), created_at) AS at FROM messages"  # noqa: S608 - placeholders only
-        f" WHERE to_index = ? AND purpose IN ({marks})"
-        " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
-        (to_index, *group, since),
-    ).fetchall()
-    return sorted(float(r[0]) for r in rows)
 
 
 def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
@@ -198,8 +257,8 @@ def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
     A cap n/W holds for a new message at x when no span [s, s + W) containing x holds n
     others; such spans start at x - W (exclusive) or at one of the others. Moving x only
     helps once it passes some other's t + W, so those are the candidates."""
-    if not caps:
-        return at
+    if not times or all(_fits(times, cap, at) for cap in caps):
+        return at  # the common case: room now, no candidates to weigh
     candidates = sorted({at, *(t + c.seconds for t in times for c in caps if t + c.seconds > at)})
     for x in candidates:
         if all(_fits(times, cap, x) for cap in caps):
@@ -208,15 +267,16 @@ def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
 
 
 def _fits(times: Sequence[float], cap: Cap, x: float) -> bool:
-    w = cap.seconds
-    near = [t for t in times if x - w < t < x + w]
-    if len(near) < cap.count:
+    """Whether a message at `x` keeps cap n/W over the others at `times` (sorted): no
+    span [s, s + W) holds x and n others. If one does, it holds n others that stand
+    next to each other in `times`, so only the runs of n around x's place are looked at
+    (those nearest x have the shortest span with it)."""
+    n, w = cap.count, cap.seconds
+    if len(times) < n:
         return True
-    # The span ending at x, and each span starting at another message before or at x.
-    if sum(1 for t in near if t <= x) >= cap.count:
-        return False
-    for s in near:
-        if s <= x and sum(1 for t in near if s <= t < s + w) >= cap.count:
+    i = bisect.bisect_left(times, x)
+    for j in range(max(0, i - n), min(i, len(times) - n) + 1):
+        first, last = times[j], times[j + n - 1]
+        if max(last, x) - min(first, x) < w:
             return False
-    # Spans starting after x - W that contain x but start at x itself.
-    return sum(1 for t in near if x <= t < x + w) < cap.count
+    return True

@@ -9,6 +9,7 @@ must reach a number that has just opted out; no front end may name it.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -70,6 +71,7 @@ def purpose_scope(purpose: Purpose) -> str:
     return f"purpose:{purpose.value}"
 
 
+@functools.cache
 def covering_scopes(purpose: Purpose) -> tuple[str, str, str]:
     """The ledger scopes whose decisions apply to a message of `purpose`."""
     return (SCOPE_ALL, kind_scope(purpose.kind), purpose_scope(purpose))

@@ -379,6 +379,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN quiet_override INTEGER NOT NULL DEFAULT 0;
     """,
+    # 12: the index by recipient covers what the send policy reads of a recipient's
+    #    messages at every accept (its frequency caps count them by purpose, state and
+    #    time) and what an opt-out looks for (those still waiting), so neither reads the
+    #    rows themselves. It replaces the index on `to_index` alone, which it extends.
+    """
+    DROP INDEX messages_to;
+    CREATE INDEX messages_to ON messages (to_index, purpose, state, created_at, send_at);
+    """,
 )
 
 

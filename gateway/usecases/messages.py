@@ -12,12 +12,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from drivers.clock import Clock
 from gateway.config import Config
+from gateway.consent.policy import GroupView
 from gateway.consent.token_purposes import TokenPurposes
 from gateway.errors import ApiError
 from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_number
@@ -254,18 +255,14 @@ class Messages:
         try:
             if intake.policy.enabled:
 
-                def job(conn: sqlite3.Connection) -> tuple[list[Prepared], T]:
-                    judged = []
-                    for p in prepared:
-                        p = intake.judge(conn, p)
-                        _execute(conn, intake.statements([p]))
-                        judged.append(p)
+                def judge(view: GroupView) -> _Judged[T]:
+                    judged = [intake.judge(view, p) for p in prepared]
                     rows, answer = finish(judged)
-                    _execute(conn, [*extra, *rows])
-                    return judged, answer
+                    return _Judged(judged, answer, [*intake.statements(judged), *extra, *rows])
 
-                outcome: tuple[list[Prepared], T] = await self._store.writer.run_grouped(_jobs, job)
-                prepared, answer = outcome
+                job = _AcceptJob(intake, prepared, now, judge)
+                outcome: _Judged[T] = await self._store.writer.run_grouped(_judged_jobs, job)
+                prepared, answer = outcome.prepared, outcome.answer
             else:
                 rows, answer = finish(prepared)
                 await self._store.insert([*intake.statements(prepared), *extra, *rows])
@@ -505,15 +502,40 @@ class Messages:
         )
 
 
-def _jobs(conn: sqlite3.Connection, jobs: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-    """Run accept jobs grouped: one writer call and one savepoint for every request
-    that arrived meanwhile (each retried alone if one of them fails)."""
-    return [job(conn) for job in jobs]
+@dataclass(frozen=True, slots=True)
+class _Judged(Generic[T]):
+    prepared: list[Prepared]
+    answer: T
+    rows: list[Statement]
 
 
-def _execute(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    for sql, params in statements:
-        conn.execute(sql, params)
+@dataclass(frozen=True, slots=True)
+class _AcceptJob(Generic[T]):
+    """One request's messages, judged with the others of its writer transaction."""
+
+    intake: Intake
+    prepared: list[Prepared]
+    now: float
+    judge: Callable[[GroupView], _Judged[T]]
+
+
+def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[_Judged[Any]]:
+    """Judge the messages of every request that arrived meanwhile, in order, from one
+    read of what the policy needs to know of all their recipients (each sees the ones
+    judged before it), then insert all their rows at once: one executemany per
+    statement. If anything fails, the writer runs each request alone."""
+    if not jobs:
+        return []
+    indexes = [p.message.to_index for j in jobs for p in j.prepared if p.message.to_index]
+    view = jobs[0].intake.policy.view(conn, indexes, min(j.now for j in jobs))
+    judged = [job.judge(view) for job in jobs]
+    by_sql: dict[str, list[Sequence[Any]]] = {}
+    for outcome in judged:
+        for sql, params in outcome.rows:
+            by_sql.setdefault(sql, []).append(params)
+    for sql, rows in by_sql.items():
+        conn.executemany(sql, rows)
+    return judged
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
