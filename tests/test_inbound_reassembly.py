@@ -361,21 +361,27 @@ def _back_to_version_1(conn: sqlite3.Connection) -> None:
     fresh = sqlite3.connect(":memory:")
     fresh.executescript(MIGRATIONS[0])
 
-    def names(c: sqlite3.Connection, kind: str) -> set[str]:
+    def indexes(c: sqlite3.Connection) -> dict[str, str]:
         rows = c.execute(
-            "SELECT name FROM sqlite_master WHERE type = ? AND sql IS NOT NULL", (kind,)
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"
         )
-        return {r[0] for r in rows}
+        return {r[0]: r[1] for r in rows}
 
     for table in _tables(conn) - _tables(fresh):
         conn.execute(f"DROP TABLE {table}")
-    for index in names(conn, "index") - names(fresh, "index"):
-        conn.execute(f"DROP INDEX {index}")
+    first = indexes(fresh)
+    # Indexes a later migration added or redefined (it may cover a column it added).
+    for index, sql in indexes(conn).items():
+        if first.get(index) != sql:
+            conn.execute(f"DROP INDEX {index}")
     for table in _tables(fresh):
         extra = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         extra -= {r[1] for r in fresh.execute(f"PRAGMA table_info({table})")}
         for column in extra:
             conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    for index, sql in first.items():
+        if index not in indexes(conn):
+            conn.execute(sql)
     conn.execute("PRAGMA user_version = 1")
     fresh.close()
 
