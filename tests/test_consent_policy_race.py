@@ -41,6 +41,24 @@ CONSENT = {
 }
 
 
+async def _open(tmp_path: Path, sim: SmscSimulator) -> Gateway:
+    route = {
+        "name": "carrier",
+        "type": "smpp",
+        "host": "127.0.0.1",
+        "port": sim.port,
+        "system_id": "smsgw",
+        "password": "pw",
+        "window": 10,
+        "rate": 400,  # 520 messages take over a second: the STOP lands mid-flow
+        "burst": 10,
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.2,
+    }
+    config = make_config(tmp_path, [route], consent=CONSENT)
+    return await Gateway.open(config, SystemClock())
+
+
 async def _until(changed: asyncio.Event, check: Callable[[], Awaitable[bool]]) -> None:
     async with asyncio.timeout(40):
         while True:
@@ -56,21 +74,7 @@ async def test_no_message_claimed_after_a_stop_commits_reaches_the_carrier(
 ) -> None:
     sim_config = SimulatorConfig(password="pw", receipt_delay=0.0, redelivery_delay=0.0)
     async with SmscSimulator(sim_config) as sim:
-        route = {
-            "name": "carrier",
-            "type": "smpp",
-            "host": "127.0.0.1",
-            "port": sim.port,
-            "system_id": "smsgw",
-            "password": "pw",
-            "window": 10,
-            "rate": 400,  # 520 messages take over a second: the STOP lands mid-flow
-            "burst": 10,
-            "reconnect_min": 0.05,
-            "reconnect_max": 0.2,
-        }
-        config = make_config(tmp_path, [route], consent=CONSENT)
-        gw = await Gateway.open(config, SystemClock())
+        gw = await _open(tmp_path, sim)
         changed = asyncio.Event()
         poke_on_commit(gw.store.writer, changed.set)
         try:
@@ -178,21 +182,7 @@ async def test_a_keyword_stop_mid_flow_stops_everything_waiting_and_is_confirmed
     `sending` event after that transaction's, so none reaches the carrier after it."""
     sim_config = SimulatorConfig(password="pw", receipt_delay=0.0, redelivery_delay=0.0)
     async with SmscSimulator(sim_config) as sim:
-        route = {
-            "name": "carrier",
-            "type": "smpp",
-            "host": "127.0.0.1",
-            "port": sim.port,
-            "system_id": "smsgw",
-            "password": "pw",
-            "window": 10,
-            "rate": 400,
-            "burst": 10,
-            "reconnect_min": 0.05,
-            "reconnect_max": 0.2,
-        }
-        config = make_config(tmp_path, [route], consent=CONSENT)
-        gw = await Gateway.open(config, SystemClock())
+        gw = await _open(tmp_path, sim)
         changed = asyncio.Event()
         poke_on_commit(gw.store.writer, changed.set)
         try:
