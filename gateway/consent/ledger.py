@@ -166,16 +166,22 @@ _IN_CHUNK = 500
 
 
 def standing_among(rows: Sequence[StateRow], program: str, policy: PurposePolicy) -> Standing:
-    """The standing for `policy`'s purpose in `program` from one contact's rows."""
+    """The standing for `policy`'s purpose in `program` from one contact's rows (one
+    pass: this runs for every message accepted)."""
     if not rows:
         return NO_RECORD
     scopes = covering_scopes(policy.purpose)
-    covering = [
-        (r[2], r[1], r[3])
-        for r in sorted(rows, key=lambda r: -r[4])
-        if r[0] in (program, ALL_PROGRAMS) and r[1] in scopes
-    ]
-    return standing_of(covering)
+    latest: StateRow | None = None
+    written = False
+    for r in rows:
+        if (r[0] == program or r[0] == ALL_PROGRAMS) and r[1] in scopes:
+            if latest is None or r[4] > latest[4]:
+                latest = r
+            written = written or r[3] is not None
+    if latest is None:
+        return NO_RECORD
+    opted: Literal["in", "out"] = "in" if latest[2] == "in" else "out"
+    return Standing(opted, latest[1], opted == "out" and latest[1] == SCOPE_ALL, written)
 
 
 def standing_of(rows: Sequence[Sequence[object]]) -> Standing:
