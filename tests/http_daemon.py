@@ -23,14 +23,9 @@ from typing import Any
 
 from gateway.cli import main
 from tests.conftest import SMSGW
+from tests.ports import free_port
 
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:

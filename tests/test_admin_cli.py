@@ -18,7 +18,8 @@ from cryptography import x509
 from gateway.cli import main
 from tests.admin_support import PASSWORD
 from tests.conftest import FAST_PASSWORD_HASH
-from tests.test_cli import SMSGW, Daemon, _free_port
+from tests.ports import free_port
+from tests.test_cli import SMSGW, Daemon
 
 
 def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
@@ -133,7 +134,7 @@ async def test_daemon_serves_the_panel_over_https(
     conf = await asyncio.to_thread(
         _init, tmp_path, capsys, "--self-signed-cert", "--hostname", "127.0.0.1"
     )
-    port = _free_port()
+    port = free_port()
     conf.write_text(conf.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
     pw = _password_file(tmp_path)
     add = ["user", "add", "--role", "admin", "root", "--password-file", pw, "--config", str(conf)]

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,14 +24,9 @@ from tests.conftest import (
     TEST_CONSENT_TOML,
     smsgw_process,
 )
+from tests.ports import free_port
 
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
@@ -41,7 +35,7 @@ def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str
     tokens = TOKEN_RE.findall(out)
     assert len(tokens) == 1
     conf = tmp_path / "smsgw.toml"
-    text = conf.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}")
+    text = conf.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}")
     text = text.replace("receipt_delay = 2.0", "receipt_delay = 0.2")
     conf.write_text(text + TEST_CONSENT_TOML)  # the suite's default purpose (conftest)
     return conf, tokens[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,18 +24,13 @@ from gateway.cli import TRY_EVENTS_HINT, _print_welcome, main
 from gateway.config import ConfigError, from_mapping, load
 from tests.conftest import smsgw_process
 from tests.peers.mosquitto import Mosquitto, binary
+from tests.ports import free_port
 from tests.test_cli import TOKEN_RE, Daemon
 from tests.webhook_rig import new_secret
 
 WAIT = 20.0
 README = Path(__file__).resolve().parent.parent / "README.md"
 HANDSET, TEXT = "+12025550147", "C-CANARY-REPLY"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def readme_config() -> str:
@@ -123,7 +117,7 @@ async def walk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncItera
     await receiver.start()
     data = tmp_path / "demo-data"
     data.mkdir()
-    http_port, kannel_port = _free_port(), _free_port()
+    http_port, kannel_port = free_port(), free_port()
     origin = f"http://127.0.0.1:{receiver.port}"
     conf_text = (
         readme_config()

@@ -18,7 +18,8 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway import tls
 from gateway.cli import main
 from tests.conftest import smsgw_process
-from tests.test_cli import TOKEN_RE, Daemon, _free_port
+from tests.ports import free_port
+from tests.test_cli import TOKEN_RE, Daemon
 
 SYSTEM_ID, PASSWORD = "hosp", "right"
 
@@ -28,7 +29,7 @@ def conf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     assert main(["init", "--data-dir", str(tmp_path)]) == 0
     assert TOKEN_RE.search(capsys.readouterr().out)
     path = tmp_path / "smsgw.toml"
-    path.write_text(path.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}"))
+    path.write_text(path.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}"))
     return path
 
 

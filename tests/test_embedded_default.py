@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import SMSGW
+from tests.ports import free_port
 
 TOKEN = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
@@ -35,13 +35,6 @@ pytestmark = pytest.mark.timeout(90)
 # the purpose with no sending window, cap or consent to wait for, so this walk runs at
 # any hour; at the normal class, as these sends had before purposes existed.
 ANY_HOUR = {"purpose": "emergency", "priority": "normal"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Newcomer:
@@ -76,7 +69,7 @@ class Newcomer:
 
 @pytest.fixture
 async def newcomer(tmp_path: Path) -> AsyncIterator[Newcomer]:
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *SMSGW,
         "run",

@@ -11,14 +11,15 @@ import aiohttp
 import pytest
 
 from tests.conftest import smsgw_process
-from tests.test_cli import Daemon, _free_port, _init
+from tests.ports import free_port
+from tests.test_cli import Daemon, _init
 
 
 async def test_run_serves_sendsms_when_enabled(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conf, token = await asyncio.to_thread(_init, tmp_path, capsys)
-    port = _free_port()
+    port = free_port()
     (tmp_path / "kannel.pw").write_text("s3cret\n")
     (tmp_path / "kannel.token").write_text(token + "\n")
     conf.write_text(
@@ -54,7 +55,7 @@ async def test_run_refuses_to_start_with_an_unreadable_password_file(
 ) -> None:
     conf, _ = await asyncio.to_thread(_init, tmp_path, capsys)
     conf.write_text(
-        conf.read_text() + f'\n[kannel]\nenabled = true\nlisten = "127.0.0.1:{_free_port()}"\n\n'
+        conf.read_text() + f'\n[kannel]\nenabled = true\nlisten = "127.0.0.1:{free_port()}"\n\n'
         '[[kannel.users]]\nusername = "ehr"\npassword_file = "missing.pw"\n'
         'token_file = "missing.token"\n'
     )

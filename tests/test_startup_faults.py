@@ -18,7 +18,8 @@ import pytest
 
 from gateway.cli import main
 from tests.conftest import smsgw_process
-from tests.test_cli import TOKEN_RE, Daemon, _free_port
+from tests.ports import free_port
+from tests.test_cli import TOKEN_RE, Daemon
 
 EXIT_AFTER_LINE = 2.0  # the promise: the process ends within two seconds of the fault
 
@@ -28,7 +29,7 @@ def conf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     assert main(["init", "--data-dir", str(tmp_path)]) == 0
     assert TOKEN_RE.search(capsys.readouterr().out)
     path = tmp_path / "smsgw.toml"
-    path.write_text(path.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{_free_port()}"))
+    path.write_text(path.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}"))
     return path
 
 
@@ -139,7 +140,7 @@ async def test_second_instance_on_the_data_dir_is_refused_naming_the_first(
 ) -> None:
     other = tmp_path / "other.toml"  # another port: only the data directory is shared
     shutil.copy(conf, other)
-    _edit(other, lambda text: _with_port(text, _free_port()))
+    _edit(other, lambda text: _with_port(text, free_port()))
     line, _ = await _refused(await _run(other))
     assert f"pid {first.proc.pid}" in line and str(tmp_path) in line
     assert first.proc.returncode is None, "the first gateway keeps running"

@@ -24,7 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.test_cli import TOKEN_RE, Daemon, _free_port
+from tests.ports import free_port
+from tests.test_cli import TOKEN_RE, Daemon
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "gateway", "drivers", "admin_ui")
@@ -123,7 +124,7 @@ async def test_installed_wheel_serves_login_and_static_files(tmp_path: Path) -> 
     )
     assert TOKEN_RE.search(init.stdout)
     conf = outside / "data" / "smsgw.toml"
-    port = _free_port()
+    port = free_port()
     text = await asyncio.to_thread(conf.read_text)
     await asyncio.to_thread(conf.write_text, re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", text))
 

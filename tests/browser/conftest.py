@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from playwright import sync_api
 
 from gateway.store import crypto
 from tests.conftest import TEST_CONSENT_TOML
+from tests.ports import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -44,12 +44,6 @@ ADMIN = ("admin", "Ward7B kettle quietly hums at dawn")
 OPERATOR = ("olivia", "Night shift lanterns drift over Elm Street")
 VIEWER = ("victor", "Seventeen amber pebbles beside the fjord")
 TEST_NUMBER = "+12025550147"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

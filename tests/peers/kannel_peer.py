@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.ports import free_port
 
 USERNAME, PASSWORD = "kannel-user", "kannel-pw"
 START_TIMEOUT = 30.0
@@ -71,12 +72,6 @@ def ensure_installed() -> tuple[str, str] | None:
         if subprocess.run(cmd, env=env, capture_output=True, check=False).returncode != 0:
             return None
     return binaries()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import free_port
 from tests.tlsfiles import self_signed
 
 START_TIMEOUT = 10.0
@@ -25,12 +25,6 @@ def binary(name: str) -> str | None:
         (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()),
         None,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
