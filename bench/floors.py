@@ -44,7 +44,7 @@ import harness
 from drivers.smpp.pdu import Command, Pdu, decode, encode
 from gateway.models import State
 from gateway.store.schema import migrate
-from gateway.store.store import _CLAIM_RETURNING, _INSERT_EVENT, _INSERT_PART, _update_sql
+from gateway.store.transitions import CLAIM_RETURNING, INSERT_EVENT, INSERT_PART, update_sql
 
 N = 20_000
 GROUP = 50
@@ -148,18 +148,18 @@ def sql_floors() -> dict[str, float]:
     # savepoints, no grouping code around them.
     route_only = (True, False, False, False, False, False)
     counted = (True, False, False, False, False, True)  # a claim counts the attempt
-    claim_sql = _update_sql(State.SENDING, counted, None, _CLAIM_RETURNING, False)
-    sent_sql = _update_sql(State.SENT, route_only, None, "", False)
-    delivered_sql = _update_sql(State.DELIVERED, route_only, State.SENT, "", True)
+    claim_sql = update_sql(State.SENDING, counted, None, CLAIM_RETURNING, False)
+    sent_sql = update_sql(State.SENT, route_only, None, "", False)
+    delivered_sql = update_sql(State.DELIVERED, route_only, State.SENT, "", True)
 
     def claim(i: str) -> None:
         row = conn.execute(claim_sql, ("sending", now, "r", i)).fetchone()
-        conn.execute(_INSERT_EVENT, (i, now, "sending", "r", None, None, row[0]))
+        conn.execute(INSERT_EVENT, (i, now, "sending", "r", None, None, row[0]))
 
     def sent(i: str) -> None:
         row = conn.execute(sent_sql, ("sent", now, "r", i)).fetchone()
-        conn.execute(_INSERT_EVENT, (i, now, "sent", "r", "c" + i, None, row[0]))
-        conn.execute(_INSERT_PART, ("r", "c" + i, i, 0))
+        conn.execute(INSERT_EVENT, (i, now, "sent", "r", "c" + i, None, row[0]))
+        conn.execute(INSERT_PART, ("r", "c" + i, i, 0))
 
     def receipt(i: str) -> None:
         conn.execute(
@@ -168,7 +168,7 @@ def sql_floors() -> dict[str, float]:
             ("delivered", None, "r", "c" + i),
         ).fetchone()
         row = conn.execute(delivered_sql, ("delivered", now, "r", i, i)).fetchone()
-        conn.execute(_INSERT_EVENT, (i, now, "delivered", "r", "c" + i, None, row[0]))
+        conn.execute(INSERT_EVENT, (i, now, "delivered", "r", "c" + i, None, row[0]))
 
     steps: dict[str, Callable[[str], None]] = {
         "insert": insert,

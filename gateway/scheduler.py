@@ -58,7 +58,8 @@ from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
 from gateway.store.claim_check import Held
 from gateway.store.route_parks import RouteParks
-from gateway.store.store import ClaimedMessage, LiveMessage, Store, Transition
+from gateway.store.store import ClaimedMessage, LiveMessage, Store
+from gateway.store.transitions import Transition
 
 log = structlog.get_logger("smsgw.scheduler")
 

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.admin.dashboard import KEEPALIVE_SECONDS
 from gateway.models import State
 from gateway.panel_users import Role
-from gateway.store.store import Transition
+from gateway.store.transitions import Transition
 from tests.admin_support import PanelClient
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, accept, state_of
 from tests.store_rows import message_row

@@ -15,7 +15,8 @@ from gateway.lifecycle import IllegalTransition
 from gateway.models import State
 from gateway.store import crypto
 from gateway.store.schema import MIGRATIONS
-from gateway.store.store import Store, Transition
+from gateway.store.store import Store
+from gateway.store.transitions import Transition
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept
 from tests.store_rows import message_row
 

@@ -7,7 +7,7 @@ import pytest
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
 from gateway.models import State
-from gateway.store.store import Transition
+from gateway.store.transitions import Transition
 from gateway.tokens import create_token
 from gateway.usecases import Caller
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, state_of

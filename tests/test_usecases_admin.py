@@ -8,7 +8,7 @@ import asyncio
 
 from gateway.app import Gateway
 from gateway.models import State
-from gateway.store.store import Transition
+from gateway.store.transitions import Transition
 from gateway.tokens import TokenRecord
 from gateway.usecases import Caller
 from tests.conftest import GatewayFactory, accept

@@ -13,7 +13,7 @@ import sqlite3
 from gateway.consent import ledger
 from gateway.consent.purposes import Purpose
 from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
-from gateway.store.store import block_waiting
+from gateway.store.transitions import block_waiting
 
 
 class Withdrawal:

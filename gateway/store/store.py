@@ -10,26 +10,32 @@ and its state never disagree.
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
 
 from drivers.base import InboundSms
 from gateway.integrations.events import MESSAGE_STATUS
-from gateway.lifecycle import CANCELLABLE, IllegalTransition, check_transition, sources_of
+from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
-from gateway.store.claim_check import ClaimCheck, Held, claim_verdict, hold
+from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
+from gateway.store.transitions import (
+    INSERT_EVENT,
+    Transition,
+    apply,
+    claim_many,
+    mark_sent_many,
+    receipts_many,
+)
 from gateway.store.writer import GroupCommitWriter, Statement
 
 Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
@@ -127,21 +133,6 @@ class ClaimedMessage:
     priority: Priority
     attempts: int
     possible_duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A state change to apply: `target` and the columns that change with it."""
-
-    message_id: str
-    target: State
-    route: str | None = None
-    error_code: str | None = None
-    due_at: float | None = None
-    attempts: int | None = None
-    possible_duplicate: bool | None = None
-    carrier_id: str | None = None
-    count_attempt: bool = False  # one more submit: `attempts + 1`, in the same UPDATE
 
 
 class Store:
@@ -274,7 +265,7 @@ class Store:
         reason = m.blocked or m.held_for
         if reason is not None:
             event = (m.id, m.created_at, state.value, None, None, reason, 0)
-            rows.append((_INSERT_EVENT, event))
+            rows.append((INSERT_EVENT, event))
             status = (MESSAGE_STATUS, m.created_at, m.id, None, state.value, reason, 0)
             rows.append((outbox_sql.INSERT_ROW, status))
         return rows
@@ -336,7 +327,7 @@ class Store:
         def job(conn: sqlite3.Connection) -> int:
             ids = [r[0] for r in conn.execute("SELECT id FROM messages WHERE state = 'sending'")]
             for message_id in ids:
-                _apply(
+                apply(
                     conn,
                     Transition(
                         message_id,
@@ -379,7 +370,7 @@ class Store:
         `Held` if the policy keeps it waiting (outside its sending window).
         """
         item = (message_id, route, now, self.claim_check)
-        row = await self.writer.run_grouped(_claim_many, item)
+        row = await self.writer.run_grouped(claim_many, item)
         if row is None or isinstance(row, Held):
             return row
         c = self._crypto
@@ -395,7 +386,7 @@ class Store:
 
     async def transition(self, t: Transition, now: float) -> None:
         """Apply one state change; raises `IllegalTransition` and changes nothing if illegal."""
-        await self.writer.run(lambda conn: _apply(conn, t, now))
+        await self.writer.run(lambda conn: apply(conn, t, now))
 
     async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:
         """Apply several changes in one transaction; each True if it was legal and done."""
@@ -404,7 +395,7 @@ class Store:
             done = []
             for t in ts:
                 try:
-                    _apply(conn, t, now)
+                    apply(conn, t, now)
                     done.append(True)
                 except IllegalTransition:
                     done.append(False)
@@ -432,7 +423,7 @@ class Store:
             if row is None or (owner is not None and row[1] != owner):
                 return None
             if State(row[0]) in CANCELLABLE:
-                _apply(conn, Transition(message_id, State.CANCELLED), now)
+                apply(conn, Transition(message_id, State.CANCELLED), now)
                 return State.CANCELLED, True
             return State(row[0]), False
 
@@ -443,7 +434,7 @@ class Store:
     ) -> State:
         """Record the carrier's acceptance, then any receipts that arrived before it."""
         state: State = await self.writer.run_grouped(
-            _mark_sent_many, (message_id, route, tuple(carrier_ids), now)
+            mark_sent_many, (message_id, route, tuple(carrier_ids), now)
         )
         return state
 
@@ -470,7 +461,7 @@ class Store:
         the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
         """
         item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
-        outcome: tuple[str, State] | None = await self.writer.run_grouped(_receipts_many, item)
+        outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
         return outcome
 
     async def insert_inbound(
@@ -585,283 +576,3 @@ class Store:
         return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
 
     # -- end of admin panel reads ---------------------------------------------------------
-
-
-class _PartsPending(Exception):
-    """The message still waits for receipts of other parts."""
-
-
-def _apply(
-    conn: sqlite3.Connection,
-    t: Transition,
-    now: float,
-    *,
-    only_from: State | None = None,
-    returning: str = "",
-    unless_parts_pending: bool = False,
-    events: list[tuple[Any, ...]] | None = None,
-) -> tuple[Any, ...]:
-    """Apply `t` and record its event; raises (changing nothing) if it is illegal, or
-    if the message is not in `only_from` when that is given. Returns the row's
-    `attempts` followed by the `returning` columns. With `events`, the event row is
-    appended there for the caller to write with the rest of its group."""
-    changed = [
-        value for value in (t.route, t.error_code, t.due_at, t.attempts) if value is not None
-    ]
-    duplicate = t.possible_duplicate
-    if duplicate is not None:
-        changed.append(int(duplicate))
-    shape = (
-        t.route is not None,
-        t.error_code is not None,
-        t.due_at is not None,
-        t.attempts is not None,
-        duplicate is not None,
-        t.count_attempt,
-    )
-    sql = _update_sql(t.target, shape, only_from, returning, unless_parts_pending)
-    where = (t.message_id, t.message_id) if unless_parts_pending else (t.message_id,)
-    # One statement checks the transition and makes it; only a refusal looks further.
-    row: tuple[Any, ...] | None = conn.execute(
-        sql, (t.target.value, now, *changed, *where)
-    ).fetchone()
-    if row is None:
-        if unless_parts_pending:
-            raise _PartsPending(t.message_id)
-        _refuse(conn, t.message_id, t.target)
-    event = (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0])
-    if events is None:
-        _write_events(conn, [event])
-    else:
-        events.append(event)
-    return row
-
-
-def _refuse(conn: sqlite3.Connection, message_id: str, target: State) -> NoReturn:
-    """Why a transition's UPDATE matched no row: no such message, or not from its state."""
-    current = conn.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
-    if current is None:
-        raise LookupError(f"no message {message_id}")
-    raise IllegalTransition(State(current[0]), target)
-
-
-_INSERT_EVENT = (
-    "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
-    " attempt) VALUES (?,?,?,?,?,?,?)"
-)
-
-
-def block_waiting(conn: sqlite3.Connection, message_id: str, reason: str, now: float) -> bool:
-    """A `queued` or `scheduled` message made `blocked` with `reason`, in the caller's
-    transaction (with its event and outbox row); False if it was no longer waiting."""
-    try:
-        _apply(conn, Transition(message_id, State.BLOCKED, error_code=reason), now)
-    except IllegalTransition:
-        return False
-    return True
-
-
-def _write_events(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
-    """A group's transitions: their history rows and their outbox rows, together."""
-    conn.executemany(_INSERT_EVENT, events)
-    outbox_sql.write_status(conn, events)
-
-
-_INSERT_PART = (
-    "INSERT OR REPLACE INTO carrier_ids (route, carrier_id, message_id, part) VALUES (?,?,?,?)"
-)
-_CLAIM_RETURNING = "to_ct, body_ct, encoding, priority, attempts, possible_duplicate"
-_OPTIONAL_COLUMNS = ("route", "error_code", "due_at", "attempts", "possible_duplicate")
-
-
-@functools.lru_cache(maxsize=256)
-def _update_sql(
-    target: State,
-    shape: tuple[bool, ...],
-    only_from: State | None,
-    returning: str,
-    unless_parts_pending: bool,
-) -> str:
-    """The UPDATE for one shape of transition (built once, then served from the cache):
-    parameters are the target, the time, the columns `shape` marks present, the id (and
-    the id again when `unless_parts_pending`). The last item of `shape` adds one to
-    `attempts`, which RETURNING then reports."""
-    sets = ["state = ?", "updated_at = ?"]
-    *optional, count_attempt = shape
-    sets += [
-        f"{column} = ?"
-        for column, present in zip(_OPTIONAL_COLUMNS, optional, strict=True)
-        if present
-    ]
-    if count_attempt:
-        sets.append("attempts = attempts + 1")
-    if only_from is not None:
-        check_transition(only_from, target)
-        sources = f"'{only_from.value}'"
-    else:
-        sources = _SOURCES[target]
-    where = f"id = ? AND state IN ({sources})"
-    if unless_parts_pending:
-        where += (
-            " AND NOT EXISTS (SELECT 1 FROM carrier_ids WHERE message_id = ?"
-            " AND state != 'delivered')"
-        )
-    extra = f", {returning}" if returning else ""
-    return f"UPDATE messages SET {', '.join(sets)} WHERE {where} RETURNING attempts{extra}"  # noqa: S608 - fixed column names and states
-
-
-_SOURCES = {
-    target: ",".join(f"'{s.value}'" for s in sorted(sources_of(target))) or "NULL"
-    for target in State
-}
-
-
-_RECEIPT_FINAL = {"delivered": State.DELIVERED, "failed": State.FAILED, "expired": State.EXPIRED}
-
-
-def _apply_receipt(
-    conn: sqlite3.Connection,
-    route: str,
-    carrier_id: str,
-    state: str,
-    error_code: str | None,
-    now: float,
-    events: list[tuple[Any, ...]] | None = None,
-) -> tuple[str, State] | bool | None:
-    """Record a receipt for a known part; returns (message id, new state) when the
-    message changed, None when it did not, False when no such part is recorded."""
-    if state not in _RECEIPT_FINAL:
-        # Intermediate states never overwrite anything; the part may still be unknown.
-        known = conn.execute(
-            "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?", (route, carrier_id)
-        ).fetchone()
-        return None if known else False
-    # Duplicates are idempotent: a part already final is not touched again.
-    part = conn.execute(
-        "UPDATE carrier_ids SET state = ?, error_code = ? WHERE route = ? AND carrier_id = ?"
-        " AND state NOT IN ('delivered', 'failed', 'expired') RETURNING message_id",
-        (state, error_code, route, carrier_id),
-    ).fetchone()
-    if part is None:
-        known = conn.execute(
-            "SELECT 1 FROM carrier_ids WHERE route = ? AND carrier_id = ?", (route, carrier_id)
-        ).fetchone()
-        return None if known else False
-    message_id = part[0]
-    target = _RECEIPT_FINAL[state]
-    transition = Transition(
-        message_id, target, route=route, carrier_id=carrier_id, error_code=error_code
-    )
-    try:
-        if target is State.DELIVERED:
-            # Delivered once no part is left undelivered (a failed part already failed it).
-            _apply(
-                conn,
-                transition,
-                now,
-                only_from=State.SENT,
-                unless_parts_pending=True,
-                events=events,
-            )
-        else:
-            _apply(conn, transition, now, only_from=State.SENT, events=events)
-    except (IllegalTransition, LookupError, _PartsPending):
-        return None
-    return message_id, target
-
-
-def _claim_many(
-    conn: sqlite3.Connection, items: list[tuple[str, str, float, ClaimCheck | None]]
-) -> list[tuple[Any, ...] | Held | None]:
-    """`queued -> sending` for each item, its row returned (None if it was no longer
-    queued, or `blocked` now: an opt-out committed before this claim keeps it from
-    leaving, MSG-5); the group's events go in one executemany."""
-    claimed: list[tuple[Any, ...] | Held | None] = []
-    events: list[tuple[Any, ...]] = []
-    for message_id, route, now, check in items:
-        verdict = None if check is None else claim_verdict(conn, check, message_id, route, now)
-        if isinstance(verdict, Held):
-            hold(conn, message_id, verdict, now, events)
-            claimed.append(verdict)
-            continue
-        if verdict is not None:
-            blocked = Transition(message_id, State.BLOCKED, route=route, error_code=verdict)
-            _apply(conn, blocked, now, events=events)
-            claimed.append(None)
-            continue
-        # Every submit counts: the claim that hands the message to a driver is an attempt
-        # (the scheduler gives it back if the route could not take the message).
-        transition = Transition(message_id, State.SENDING, route=route, count_attempt=True)
-        try:
-            row = _apply(conn, transition, now, returning=_CLAIM_RETURNING, events=events)
-        except IllegalTransition:
-            claimed.append(None)
-        else:
-            claimed.append(row[1:])
-    _write_events(conn, events)
-    return claimed
-
-
-def _mark_sent_many(
-    conn: sqlite3.Connection, items: list[tuple[str, str, Sequence[str], float]]
-) -> list[State]:
-    """`sending -> sent` with the carrier's ids for each item, then any receipts that
-    overtook the submit's answer. Events and ids are written in one executemany each,
-    before the early receipts (which need them) are looked at."""
-    states = []
-    events: list[tuple[Any, ...]] = []
-    parts: list[tuple[Any, ...]] = []
-
-    def write() -> None:
-        _write_events(conn, events)
-        conn.executemany(_INSERT_PART, parts)
-        events.clear()
-        parts.clear()
-
-    # Receipts rarely overtake their submit's answer: look them up only if any wait.
-    early_waiting = conn.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is not None
-    for message_id, route, carrier_ids, now in items:
-        transition = Transition(
-            message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)
-        )
-        _apply(conn, transition, now, events=events)
-        parts += [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)]
-        state = State.SENT
-        if early_waiting:
-            write()
-            for cid in carrier_ids:
-                early = conn.execute(
-                    "DELETE FROM early_receipts WHERE route = ? AND carrier_id = ?"
-                    " RETURNING state, error_code",
-                    (route, cid),
-                ).fetchone()
-                if early is not None:
-                    applied = _apply_receipt(conn, route, cid, early[0], early[1], now, events)
-                    state = applied[1] if isinstance(applied, tuple) else state
-        states.append(state)
-    write()
-    return states
-
-
-_ReceiptItem = tuple[str, str, str, str | None, float, Sequence[str]]
-
-
-def _receipts_many(
-    conn: sqlite3.Connection, items: list[_ReceiptItem]
-) -> list[tuple[str, State] | None]:
-    outcomes: list[tuple[str, State] | None] = []
-    events: list[tuple[Any, ...]] = []
-    for route, carrier_id, state, error_code, now, alternate_ids in items:
-        for candidate in (carrier_id, *alternate_ids):
-            applied = _apply_receipt(conn, route, candidate, state, error_code, now, events)
-            if applied is not False:
-                outcomes.append(applied if isinstance(applied, tuple) else None)
-                break
-        else:
-            conn.execute(
-                "INSERT OR REPLACE INTO early_receipts VALUES (?,?,?,?,?)",
-                (route, carrier_id, state, error_code, now),
-            )
-            outcomes.append(None)
-    _write_events(conn, events)
-    return outcomes
