@@ -184,20 +184,6 @@ def standing_among(rows: Sequence[StateRow], program: str, policy: PurposePolicy
     return Standing(opted, latest[1], opted == "out" and latest[1] == SCOPE_ALL, written)
 
 
-def standing_of(rows: Sequence[Sequence[object]]) -> Standing:
-    """The standing from covering `consent_state` rows, newest first."""
-    if not rows:
-        return NO_RECORD
-    opted, scope = rows[0][0], rows[0][1]
-    latest: Literal["in", "out"] = "in" if opted == "in" else "out"
-    return Standing(
-        latest=latest,
-        latest_scope=str(scope),
-        all_out=latest == "out" and scope == SCOPE_ALL,
-        written=any(r[2] is not None for r in rows),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
     id: str

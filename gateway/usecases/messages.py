@@ -18,7 +18,7 @@ import msgspec
 
 from drivers.clock import Clock
 from gateway.config import Config
-from gateway.consent.policy import GroupView
+from gateway.consent.policy import GroupView, Policy
 from gateway.consent.token_purposes import TokenPurposes
 from gateway.errors import ApiError
 from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_number
@@ -260,7 +260,7 @@ class Messages:
                     rows, answer = finish(judged)
                     return _Judged(judged, answer, [*intake.statements(judged), *extra, *rows])
 
-                job = _AcceptJob(intake, prepared, now, judge)
+                job = _AcceptJob(intake.policy, prepared, now, judge)
                 outcome: _Judged[T] = await self._store.writer.run_grouped(_judged_jobs, job)
                 prepared, answer = outcome.prepared, outcome.answer
             else:
@@ -513,7 +513,7 @@ class _Judged(Generic[T]):
 class _AcceptJob(Generic[T]):
     """One request's messages, judged with the others of its writer transaction."""
 
-    intake: Intake
+    policy: Policy
     prepared: list[Prepared]
     now: float
     judge: Callable[[GroupView], _Judged[T]]
@@ -527,7 +527,7 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     if not jobs:
         return []
     indexes = [p.message.to_index for j in jobs for p in j.prepared if p.message.to_index]
-    view = jobs[0].intake.policy.view(conn, indexes, min(j.now for j in jobs))
+    view = jobs[0].policy.view(conn, indexes, min(j.now for j in jobs))
     judged = [job.judge(view) for job in jobs]
     by_sql: dict[str, list[Sequence[Any]]] = {}
     for outcome in judged:
