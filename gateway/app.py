@@ -26,6 +26,7 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
+from gateway.clinical.commands import ClinicalHooks
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
@@ -93,6 +94,8 @@ class Gateway:
     stopped: bool = False
     demo: DemoPeers | None = None  # the embedded default's simulated peers
     mqtt: MqttLink | None = None  # [mqtt] enabled: the broker connection
+    # What the clinical parts do when an appointment changes (the reminder planner).
+    clinical_hooks: ClinicalHooks = field(default_factory=ClinicalHooks)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod

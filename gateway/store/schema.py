@@ -387,6 +387,114 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX messages_to;
     CREATE INDEX messages_to ON messages (to_index, purpose, state, created_at, send_at);
     """,
+    # 13 (clinical contract): patients by a keyed index of their MRN (encrypted), with
+    #    the consent contact they are texted at; appointments from HL7 feeds and the API
+    #    (external key indexed and encrypted, provider encrypted) and their change trail
+    #    (no PHI); timed notices (reminders, moved/cancelled, results, medication) with
+    #    encrypted template variables, one pending per appointment and rule; HL7
+    #    messages queued for an EHR (write-back), encrypted.
+    """
+    CREATE TABLE patients (
+        id             TEXT PRIMARY KEY,
+        source         TEXT NOT NULL,
+        mrn_index      BLOB NOT NULL,
+        mrn_ct         BLOB NOT NULL,
+        contact_idx    BLOB,
+        phone_source   TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL,
+        UNIQUE (source, mrn_index)
+    );
+    CREATE INDEX patients_contact ON patients (contact_idx);
+    CREATE TABLE appointments (
+        id                  TEXT PRIMARY KEY,
+        source              TEXT NOT NULL,
+        ext_index           BLOB NOT NULL,
+        ext_key_ct          BLOB NOT NULL,
+        patient_id          TEXT NOT NULL REFERENCES patients (id),
+        status              TEXT NOT NULL,
+        start_at            REAL,
+        end_at              REAL,
+        time_zone           TEXT,
+        service             TEXT,
+        location_code       TEXT,
+        location_label_ct   BLOB,
+        provider_ct         BLOB,
+        short_code          TEXT NOT NULL,
+        version             INTEGER NOT NULL DEFAULT 1,
+        last_event          TEXT,
+        last_msg_at         REAL,
+        created_from_update INTEGER NOT NULL DEFAULT 0,
+        confirmed_at        REAL,
+        confirmed_via       TEXT,
+        created_at          REAL NOT NULL,
+        updated_at          REAL NOT NULL,
+        UNIQUE (source, ext_index)
+    );
+    CREATE INDEX appointments_patient ON appointments (patient_id, start_at);
+    CREATE INDEX appointments_start ON appointments (start_at);
+    CREATE TABLE appointment_events (
+        seq            INTEGER PRIMARY KEY,
+        appointment_id TEXT NOT NULL,
+        at             REAL NOT NULL,
+        event          TEXT NOT NULL,
+        source_ref     TEXT,
+        old_status     TEXT,
+        new_status     TEXT,
+        old_start      REAL,
+        new_start      REAL,
+        version        INTEGER NOT NULL
+    );
+    CREATE INDEX appointment_events_appt ON appointment_events (appointment_id, seq);
+    CREATE TABLE clinical_notices (
+        id             TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL,
+        contact_idx    BLOB NOT NULL,
+        template       TEXT NOT NULL,
+        purpose        TEXT NOT NULL,
+        due_at         REAL NOT NULL,
+        variables_ct   BLOB,
+        language       TEXT,
+        expires_at     REAL,
+        patient_id     TEXT,
+        appointment_id TEXT,
+        appt_version   INTEGER,
+        rule_id        TEXT,
+        rule_version   INTEGER,
+        variant        TEXT,
+        ref            TEXT,
+        priority       TEXT,
+        state          TEXT NOT NULL CHECK (state IN
+                           ('pending', 'queued', 'skipped', 'cancelled', 'superseded')),
+        reason         TEXT,
+        message_id     TEXT,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL
+    );
+    CREATE INDEX clinical_notices_due ON clinical_notices (due_at) WHERE state = 'pending';
+    CREATE UNIQUE INDEX clinical_notices_one_pending ON clinical_notices
+        (appointment_id, rule_id) WHERE state = 'pending' AND rule_id IS NOT NULL;
+    CREATE INDEX clinical_notices_appointment ON clinical_notices (appointment_id, state);
+    CREATE INDEX clinical_notices_contact ON clinical_notices (contact_idx, kind, updated_at);
+    CREATE INDEX clinical_notices_message ON clinical_notices (message_id);
+    CREATE TABLE hl7_outbound (
+        id              TEXT PRIMARY KEY,
+        interface       TEXT NOT NULL,
+        control_id      TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        ref             TEXT,
+        message_ct      BLOB NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN
+                            ('pending', 'acked', 'parked', 'cancelled')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        ack_code        TEXT,
+        last_error      TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX hl7_outbound_due ON hl7_outbound (next_attempt_at) WHERE state = 'pending';
+    """,
 )
 
 

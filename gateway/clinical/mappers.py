@@ -1,0 +1,49 @@
+"""Which mapper reads which message: routed by MSH-9 (type and trigger event), never by
+EVN-1 (research §I: ADT-A08-01 must route by MSH-9).
+
+A part registers its mappers with `@maps("SIU", "S12", "S13")`; `load()` imports
+every module that registers some, so a listener needs only `mapper_for`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+import hl7
+
+from gateway.clinical.commands import Command
+from gateway.clinical.profile import InterfaceProfile
+
+Mapper = Callable[[hl7.Message, InterfaceProfile], Sequence[Command]]
+
+_MAPPERS: dict[tuple[str, str], Mapper] = {}
+
+# The modules that register mappers; each part adds its own line.
+MAPPER_MODULES: tuple[str, ...] = ()
+
+
+def maps(message_type: str, *events: str) -> Callable[[Mapper], Mapper]:
+    def register(fn: Mapper) -> Mapper:
+        for event in events:
+            key = (message_type, event)
+            if key in _MAPPERS and _MAPPERS[key] is not fn:
+                raise RuntimeError(f"two mappers for {message_type}^{event}")
+            _MAPPERS[key] = fn
+        return fn
+
+    return register
+
+
+def load() -> None:
+    for name in MAPPER_MODULES:
+        importlib.import_module(name)
+
+
+def mapper_for(message_type: str, event: str) -> Mapper | None:
+    """The mapper for MSH-9.1 / MSH-9.2, or None (answered as an unsupported event)."""
+    return _MAPPERS.get((message_type, event))
+
+
+def supported() -> list[tuple[str, str]]:
+    return sorted(_MAPPERS)
