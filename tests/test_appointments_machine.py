@@ -152,7 +152,7 @@ async def test_5_s15_then_s12_within_the_debounce_is_one_moved_notice(rig: Rig) 
     assert (kind, appt, due) == ("appointment_moved", new_id, now + 60 + 300.0)
     cipher = rig.ctx().cipher
     rows = await rig.store.writer.run(lambda c: notices.of_appointment(c, cipher, new_id))
-    moved = [r for r in rows if r.state is NoticeState.PENDING][0]
+    [moved] = [r for r in rows if r.state is NoticeState.PENDING]
     assert moved.notice.variables["start"].startswith("2027-01-30")
     rig.clock.advance(400)
     assert await rig.store.writer.run(lambda c: notices.recheck(c, moved, rig.clock.time())) is None
