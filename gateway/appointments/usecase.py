@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
 from drivers.clock import Clock
 from gateway.appointments import queries
-from gateway.appointments.hltime import utc_iso
 from gateway.appointments.machine import AppointmentChange, load_id
 from gateway.appointments.model import Facts, Location, Status, Trigger
 from gateway.appointments.queries import AppointmentRecord, EventRecord, Search
@@ -161,7 +160,7 @@ class Appointments:
                 stored.status.value,
                 stored.version,
                 stored.short_code,
-                None if stored.start is None else utc_iso(stored.start),
+                None if stored.start is None else _rfc3339(stored.start),
                 change.created,
                 change.outcome is None,
             )
@@ -211,7 +210,7 @@ class Appointments:
         if req.number is not None:
             e164 = normalise_number(req.number, self._region)
             if e164 is None:
-                raise _invalid("number", "invalid_number", "not a valid phone number")
+                raise _invalid("patient.number", "invalid_number", "not a valid phone number")
             phones = (Phone(e164, "api", "", "", 0),)
         changed_at = req.changed_at.timestamp() if req.changed_at else self._clock.time()
         location = None
@@ -260,3 +259,8 @@ class Appointments:
 
 def _invalid(field_name: str, code: str, what: str) -> ApiError:
     return ApiError(422, code, f"{field_name}: {what}", field=field_name)
+
+
+def _rfc3339(seconds: float) -> str:
+    """As the API shows every time (`gateway.web.formats.iso`): UTC, milliseconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
