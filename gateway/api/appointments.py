@@ -37,7 +37,7 @@ from gateway.web.formats import iso
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Status = Literal["booked", "pending", "waitlist", "checked_in", "fulfilled", "cancelled", "noshow"]
 ALL_STATUSES = (*API_STATUSES, "discontinued", "deleted")
-APPOINTMENT_ID = "{id:apt_[0-9a-f]{16}}"
+APPOINTMENT_ID = "{id}"
 _CURSOR = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?)\|(apt_[0-9a-f]{16})")
 
 
