@@ -123,7 +123,7 @@ ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute("GET", "/appointments", appointments_page, READERS, False, "appointments"),
     PanelRoute(
         "GET",
-        "/appointments/{id}",
+        "/appointments/{id:[A-Za-z0-9_]{1,64}}",
         appointment_page,
         READERS,
         False,

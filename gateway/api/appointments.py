@@ -37,8 +37,9 @@ from gateway.web.formats import iso
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Status = Literal["booked", "pending", "waitlist", "checked_in", "fulfilled", "cancelled", "noshow"]
 ALL_STATUSES = (*API_STATUSES, "discontinued", "deleted")
-APPOINTMENT_ID = "{id}"
-_CURSOR = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?)\|(apt_[0-9a-f]{16})")
+APPOINTMENT_ID = "{id:[A-Za-z0-9_]{1,64}}"
+CURSOR = r"(-?[0-9]+(?:\.[0-9]+)?)\|(apt_[0-9a-f]{16})"
+_CURSOR = re.compile(CURSOR)
 
 
 class PatientBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -304,7 +305,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         200,
         idempotent=True,
         answers=(
-            Answer(201, "created"),
+            Answer(201, "created", {"$ref": "#/components/schemas/Saved"}),
             Answer(
                 409,
                 "`stale_update`: a change newer than changed_at was applied;"
@@ -335,7 +336,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 f"page size, 1 to {MAX_PAGE}",
                 {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
             ),
-            Query("cursor", "next_cursor of the previous page"),
+            Query(
+                "cursor",
+                "next_cursor of the previous page",
+                {"type": "string", "pattern": f"^{CURSOR}$"},
+            ),
         ),
         answers=(Answer(400, "`invalid_query`: a query parameter is invalid; `field` names it"),),
     ),
