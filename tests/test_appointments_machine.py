@@ -12,7 +12,7 @@ import pytest
 
 from drivers.clock import FakeClock
 from gateway.appointments import debounce
-from gateway.appointments.machine import AppointmentChange
+from gateway.appointments.machine import AppointmentChange, confirm, ignored
 from gateway.clinical import notices
 from gateway.clinical.notices import Notice, NoticeKind, NoticeState
 from gateway.clinical.profile import InterfaceProfile
@@ -284,3 +284,30 @@ async def test_no_phi_in_the_store_in_clear(rig: Rig) -> None:
     # The point-of-care code (ROOM1) is kept in clear for rule filters; names are not.
     for secret in (b"MRN42", b"North Clinic", b"House", b"5550123", b"APPT77810"):
         assert secret not in raw
+
+
+async def test_confirm_bumps_the_version_once_and_only_for_a_live_one(rig: Rig) -> None:
+    now = rig.clock.time()
+    await rig.feed(siu("S12", sent=now, start=now + 10 * DAY))
+    appt_id = str((await appointment(rig))[0])
+    ctx = rig.ctx()
+    done = [await rig.store.writer.run(lambda c: confirm(c, ctx, appt_id, "sms")) for _ in range(2)]
+    assert done == [True, False]
+    _, _, _, version, _, _, last = await appointment(rig)
+    assert (version, last) == (2, "confirmed")
+    assert rig.changed == [appt_id, appt_id]
+    await rig.feed(siu("S15", key="B1", sent=now, start=now + 10 * DAY))
+    other = str((await appointment(rig, 1))[0])
+    assert not await rig.store.writer.run(lambda c: confirm(c, ctx, other, "sms"))
+
+
+async def test_ignored_tells_the_listener_what_changed_nothing(rig: Rig) -> None:
+    now = rig.clock.time()
+    applied = await rig.feed(siu("S12", sent=now, start=now + 10 * DAY))
+    stale = await rig.feed(siu("S13", sent=now - 60, start=now + 11 * DAY))
+    unknown = await rig.feed(siu("S17", key="ZZ", sent=now, start=now + DAY))
+    assert [ignored(c) for c in (applied, stale, unknown)] == [
+        None,
+        "stale",
+        "unknown_appointment",
+    ]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,3 +409,32 @@ def short_code(conn: sqlite3.Connection, patient_id: str, appt_id: str, keep: st
     if not free:
         raise MappingError(ERR_APPLICATION_INTERNAL, "the patient has 10000 live appointments")
     return free[secrets.randbelow(len(free))]
+
+
+def confirm(conn: sqlite3.Connection, ctx: ApplyContext, appointment_id: str, via: str) -> bool:
+    """The patient confirmed (a reply `C`, `via` e.g. `sms`): `confirmed_at`, a version
+    bump, a `confirmed` event and the hooks, in the caller's transaction. False (nothing
+    written) if the appointment is not live or already confirmed."""
+    live = tuple(s.value for s in LIVE)
+    row = conn.execute(
+        "UPDATE appointments SET confirmed_at = ?, confirmed_via = ?, version = version + 1,"  # noqa: S608
+        " last_event = 'confirmed', updated_at = ? WHERE id = ? AND confirmed_at IS NULL"
+        f" AND status IN ({','.join('?' * len(live))}) RETURNING id",
+        (ctx.now, via, ctx.now, appointment_id, *live),
+    ).fetchone()
+    if row is None:
+        return False
+    now = load_id(conn, ctx, appointment_id)
+    assert now is not None
+    _event(conn, ctx, appointment_id, "confirmed", now, now.status, now.start, now.version)
+    ctx.hooks.changed(conn, ctx, appointment_id)
+    return True
+
+
+def ignored(commands: Sequence[object]) -> str | None:
+    """Why a mapped message changed nothing (`stale`, `unknown_appointment`), for the
+    listener to store it as ignored; None if it was applied. Call after `apply`."""
+    outcomes = {c.outcome for c in commands if isinstance(c, AppointmentChange)}
+    if not outcomes or None in outcomes or "unchanged" in outcomes:
+        return None
+    return sorted(o for o in outcomes if o is not None)[0]
