@@ -311,3 +311,14 @@ async def test_ignored_tells_the_listener_what_changed_nothing(rig: Rig) -> None
         "stale",
         "unknown_appointment",
     ]
+
+
+async def test_moving_another_appointment_is_no_rebooking_of_a_cancelled_one(rig: Rig) -> None:
+    now = rig.clock.time()
+    await rig.feed(siu("S12", key="A1", sent=now, start=now + 10 * DAY))
+    await rig.feed(siu("S12", key="B1", sent=now, start=now + 20 * DAY))
+    await rig.feed(siu("S15", key="A1", sent=now + 60, start=now + 10 * DAY))
+    await rig.feed(siu("S14", key="B1", sent=now + 90, start=now + 12 * DAY))
+    assert [k for k, *_ in await pending(rig)] == ["appointment_cancelled"]
+    await rig.feed(siu("S13", key="B1", sent=now + 120, start=now + 11 * DAY))
+    assert [k for k, *_ in await pending(rig)] == ["appointment_moved"]  # S13: a rebooking

@@ -62,10 +62,16 @@ def hold_cancellation(conn: sqlite3.Connection, ctx: ApplyContext, appt: Stored)
 
 
 def rebooked(
-    conn: sqlite3.Connection, ctx: ApplyContext, settings: Settings, appt: Stored
+    conn: sqlite3.Connection,
+    ctx: ApplyContext,
+    settings: Settings,
+    appt: Stored,
+    *,
+    others: bool = True,
 ) -> str | None:
-    """`appt` was booked, moved or reinstated: turn a held cancellation of its patient
-    (or its own pending moved notice) into one moved notice; returns its id."""
+    """`appt` was booked, moved or reinstated: turn its own held cancellation or
+    pending moved notice, and with `others` a held cancellation of another appointment
+    of its patient, into one moved notice; returns its id."""
     if appt.start is None:
         return None
     window = settings.rebook_window
@@ -73,10 +79,10 @@ def rebooked(
         "SELECT n.id, n.due_at, n.appointment_id, n.variables_ct FROM clinical_notices n"
         " JOIN appointments a ON a.id = n.appointment_id"
         " WHERE n.patient_id = ? AND n.state = 'pending' AND ("
-        "  (n.kind = 'appointment_cancelled' AND (a.id = ? OR a.start_at BETWEEN ? AND ?))"
+        "  (n.kind = 'appointment_cancelled' AND (a.id = ? OR (? AND a.start_at BETWEEN ? AND ?)))"
         "  OR (n.kind = 'appointment_moved' AND a.id = ?))"
         " ORDER BY n.due_at",
-        (appt.patient_id, appt.id, appt.start - window, appt.start + window, appt.id),
+        (appt.patient_id, appt.id, others, appt.start - window, appt.start + window, appt.id),
     ).fetchall()
     if not held:
         return None

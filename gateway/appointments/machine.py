@@ -15,8 +15,9 @@ a keyed index of its external key, then:
    - leaving the live statuses closes the appointment's pending notices at once;
    - a cancellation (not a deletion, not a discontinuation) holds a "cancelled"
      notice for the debounce (`debounce.hold_cancellation`), if the profile says so;
-   - a booking, a move or a reinstatement looks for a held cancellation of the same
-     patient to turn into one "moved" notice (`debounce.rebooked`);
+   - a booking or reschedule (S12, S13, a new appointment) looks for a held
+     cancellation of the same patient to turn into one "moved" notice, and any move
+     or reinstatement re-plans the appointment's own held notices (`debounce.rebooked`);
    - `ctx.hooks.changed` (the reminder planner) is called.
 
 | trigger      | new status                                                  |
@@ -119,7 +120,7 @@ class AppointmentChange:
             assert new is not None
             created = "booked" if facts.trigger in (Trigger.BOOK, Trigger.UPSERT) else None
             _event(conn, ctx, new.id, created or "created_from_update", None, status, new.start, 1)
-            _after(conn, ctx, settings, None, new)
+            _after(conn, ctx, settings, None, new, facts.trigger)
             return
         self.appointment_id = old.id
         patient_id = old.patient_id
@@ -149,7 +150,7 @@ class AppointmentChange:
             new = _with_code(new, short_code(conn, new.patient_id, new.id, old.short_code))
         _update(conn, ctx, new, settings)
         _event(conn, ctx, new.id, _event_name(old, new), old, new.status, new.start, new.version)
-        _after(conn, ctx, settings, old, new)
+        _after(conn, ctx, settings, old, new, facts.trigger)
 
 
 def decide(facts: Facts, old: Stored | None) -> Status:
@@ -191,6 +192,7 @@ def _after(
     settings: Settings,
     old: Stored | None,
     new: Stored,
+    trigger: Trigger,
 ) -> None:
     was_live = old is None or old.status in LIVE
     if new.status not in LIVE:
@@ -214,7 +216,11 @@ def _after(
         ):
             debounce.hold_cancellation(conn, ctx, new)
     elif old is None or old.status not in LIVE or new.start != old.start:
-        debounce.rebooked(conn, ctx, settings, new)
+        # Another appointment's held cancellation is a rebooking's only for a booking
+        # or a reschedule (Epic's cancel + S12/S13); a modification that moves an
+        # appointment re-plans its own notices only.
+        booking = old is None or trigger in (Trigger.BOOK, Trigger.RESCHEDULE)
+        debounce.rebooked(conn, ctx, settings, new, others=booking)
     ctx.hooks.changed(conn, ctx, new.id)
 
 
