@@ -85,7 +85,7 @@ async def test_2_s13_moves_it_and_bumps_the_version(rig: Rig) -> None:
     assert (status, start, version) == ("booked", now + 12 * DAY, 2)
     assert rig.changed == [appt_id, appt_id]
     events = await rig.rows("SELECT event, old_start, new_start FROM appointment_events")
-    assert events[-1] == ("moved", now + 10 * DAY, now + 12 * DAY)
+    assert events[-1] == ("rescheduled", now + 10 * DAY, now + 12 * DAY)
 
 
 async def test_3_s14_with_a_changed_tq1_is_a_move(rig: Rig) -> None:
@@ -322,3 +322,25 @@ async def test_moving_another_appointment_is_no_rebooking_of_a_cancelled_one(rig
     assert [k for k, *_ in await pending(rig)] == ["appointment_cancelled"]
     await rig.feed(siu("S13", key="B1", sent=now + 120, start=now + 11 * DAY))
     assert [k for k, *_ in await pending(rig)] == ["appointment_moved"]  # S13: a rebooking
+
+
+async def test_the_cancelled_recheck_skips_when_a_rebooking_slipped_past_the_merge(
+    rig: Rig,
+) -> None:
+    """A rebooking the in-transaction merge did not see (the interface's window was
+    narrower then) still stops the cancelled notice at send time, judged by the window
+    stored with the cancelled appointment."""
+    now = rig.clock.time()
+    narrow = InterfaceProfile("ehr", extra={"rebook_window_days": "1"})
+    await rig.feed(siu("S12", key="A1", sent=now, start=now + 10 * DAY))
+    await rig.feed(siu("S15", key="A1", sent=now + 60, start=now + 10 * DAY))
+    rig.clock.advance(60)
+    await rig.feed(siu("S12", key="B1", sent=now + 120, start=now + 14 * DAY), narrow)
+    assert [k for k, *_ in await pending(rig)] == ["appointment_cancelled"]
+    cipher = rig.ctx().cipher
+
+    def check(conn: sqlite3.Connection) -> str | None:
+        [row] = notices.due(conn, cipher, now + DAY, 10)
+        return notices.recheck(conn, row, now + DAY)
+
+    assert await rig.store.writer.run(check) == "rebooked"

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 PURPOSE = "appointment"
 _LIVE = tuple(s.value for s in LIVE)
 _IN_LIVE = f"({','.join('?' * len(_LIVE))})"
-_BOOKINGS = ("booked", "created_from_update", "moved", "reinstated")
+_BOOKINGS = ("booked", "created_from_update", "rescheduled", "reinstated")
 
 
 def variables(conn: sqlite3.Connection, appt: Stored) -> dict[str, str]:

@@ -149,7 +149,8 @@ class AppointmentChange:
         if new.status in LIVE and (old.status not in LIVE or new.patient_id != old.patient_id):
             new = _with_code(new, short_code(conn, new.patient_id, new.id, old.short_code))
         _update(conn, ctx, new, settings)
-        _event(conn, ctx, new.id, _event_name(old, new), old, new.status, new.start, new.version)
+        name = _event_name(old, new, facts.trigger)
+        _event(conn, ctx, new.id, name, old, new.status, new.start, new.version)
         _after(conn, ctx, settings, old, new, facts.trigger)
 
 
@@ -176,13 +177,15 @@ def _cross_check(facts: Facts, status: Status) -> None:
         )
 
 
-def _event_name(old: Stored, new: Stored) -> str:
+def _event_name(old: Stored, new: Stored, trigger: Trigger) -> str:
+    """The trail's name of a change; `rescheduled` (S13) and `moved` (any other change
+    of start) stay apart because only a reschedule is a rebooking (`debounce`)."""
     if new.status in LIVE and old.status not in LIVE:
         return "reinstated"
     if new.status is not old.status and new.status in _EVENT_OF:
         return _EVENT_OF[new.status]
     if new.start != old.start and old.start is not None:
-        return "moved"
+        return "rescheduled" if trigger is Trigger.RESCHEDULE else "moved"
     return "modified"
 
 
