@@ -344,3 +344,15 @@ async def test_the_cancelled_recheck_skips_when_a_rebooking_slipped_past_the_mer
         return notices.recheck(conn, row, now + DAY)
 
     assert await rig.store.writer.run(check) == "rebooked"
+
+
+async def test_a_move_asks_for_a_new_confirmation(rig: Rig) -> None:
+    now = rig.clock.time()
+    await rig.feed(siu("S12", sent=now, start=now + 10 * DAY))
+    appt_id = str((await appointment(rig))[0])
+    ctx = rig.ctx()
+    assert await rig.store.writer.run(lambda c: confirm(c, ctx, appt_id, "sms"))
+    await rig.feed(siu("S14", sent=now + 60, start=now + 10 * DAY, status="Booked"))
+    assert await rig.rows("SELECT confirmed_via FROM appointments") == [("sms",)]
+    await rig.feed(siu("S13", sent=now + 90, start=now + 11 * DAY))
+    assert await rig.rows("SELECT confirmed_at, confirmed_via FROM appointments") == [(None, None)]

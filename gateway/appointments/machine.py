@@ -148,7 +148,10 @@ class AppointmentChange:
             return
         if new.status in LIVE and (old.status not in LIVE or new.patient_id != old.patient_id):
             new = _with_code(new, short_code(conn, new.patient_id, new.id, old.short_code))
-        _update(conn, ctx, new, settings)
+        # A confirmation was for the time and booking it answered: a move or a
+        # reinstatement asks for a new one.
+        unconfirm = new.start != old.start or old.status not in LIVE
+        _update(conn, ctx, new, settings, unconfirm=unconfirm)
         name = _event_name(old, new, facts.trigger)
         _event(conn, ctx, new.id, name, old, new.status, new.start, new.version)
         _after(conn, ctx, settings, old, new, facts.trigger)
@@ -341,13 +344,17 @@ def _insert(
     return appt_id
 
 
-def _update(conn: sqlite3.Connection, ctx: ApplyContext, s: Stored, settings: Settings) -> None:
+def _update(
+    conn: sqlite3.Connection, ctx: ApplyContext, s: Stored, settings: Settings, *, unconfirm: bool
+) -> None:
     label, provider = _sealed(ctx, s.id, s)
     conn.execute(
         "UPDATE appointments SET patient_id = ?, status = ?, start_at = ?, end_at = ?,"
         " time_zone = ?, service = ?, location_code = ?, location_label_ct = ?,"
         " provider_ct = ?, short_code = ?, version = ?, last_event = ?, last_msg_at = ?,"
-        " rebook_window = ?, updated_at = ? WHERE id = ?",
+        " rebook_window = ?, updated_at = ?,"
+        " confirmed_at = CASE WHEN ? THEN NULL ELSE confirmed_at END,"
+        " confirmed_via = CASE WHEN ? THEN NULL ELSE confirmed_via END WHERE id = ?",
         (
             s.patient_id,
             s.status.value,
@@ -364,6 +371,8 @@ def _update(conn: sqlite3.Connection, ctx: ApplyContext, s: Stored, settings: Se
             s.last_msg_at,
             settings.rebook_window,
             ctx.now,
+            unconfirm,
+            unconfirm,
             s.id,
         ),
     )
