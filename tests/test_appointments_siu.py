@@ -84,9 +84,27 @@ def test_every_siu_sample_is_golden() -> None:
         assert f.patient is not None and f.patient.ref.mrn == "PATID1234"  # never the SSN
 
 
-def test_status_falls_back_to_ais10_and_sch25_is_read_where_given() -> None:
-    f = _facts("SIU-S15-01.hl7", TQ1).facts  # SCH-6 still says Add; AIS-10 Cancelled
-    assert f.status is not None and f.status.value == "cancelled"
+def _without(name: str, segment: str, n: int) -> str:
+    """The sample with field `n` of its first `segment` emptied."""
+    lines = text(name).split("\r")
+    for i, line in enumerate(lines):
+        if line.startswith(segment + "|"):
+            parts = line.split("|")
+            parts[n] = ""
+            lines[i] = "|".join(parts)
+            break
+    return "\r".join(lines)
+
+
+def test_the_filler_status_is_sch25_else_the_first_ais10() -> None:
+    no_sch25 = _without("SIU-S15-01.hl7", "SCH", 25)  # AIS-10 still says Cancelled
+    [cmd] = map_siu(parse(no_sch25), TQ1)
+    assert isinstance(cmd, AppointmentChange) and cmd.facts.status is not None
+    assert cmd.facts.status.value == "cancelled"
+    neither = _without("SIU-S15-02.hl7", "SCH", 25)  # its AIS-10 is empty
+    [cmd] = map_siu(parse(neither), TQ1)
+    assert isinstance(cmd, AppointmentChange) and cmd.facts.status is None
+    assert cmd.facts.trigger.value == "cancel"  # the trigger still decides
 
 
 def test_the_timing_sources_disagree_and_the_profile_decides() -> None:
