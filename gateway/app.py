@@ -58,6 +58,7 @@ from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
 from gateway.usecases import (
     Activity,
+    Appointments,
     AuditLog,
     Consent,
     Deliveries,
@@ -217,6 +218,14 @@ class Gateway:
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),
             Consent(config=self.config, store=self.store, clock=self.clock, audit=self.audit),
+            Appointments(
+                config=self.config.appointments,
+                region=self.config.queue.default_region,
+                store=self.store,
+                clock=self.clock,
+                audit=self.audit,
+                hooks=self.clinical_hooks,
+            ),
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

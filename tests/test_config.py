@@ -166,3 +166,18 @@ def test_known_regions_load() -> None:
 def test_the_removed_default_priority_is_refused_with_what_replaced_it() -> None:
     with pytest.raises(ConfigError, match=r"queue.default_priority: .*consent.purposes"):
         from_mapping({"queue": {"default_priority": "normal"}})
+
+
+def test_appointments_keys_are_documented_and_checked() -> None:
+    text = EXAMPLE.read_text()
+    for name in config.AppointmentsConfig.__struct_fields__:
+        assert f"{name} =" in text, f"appointments.{name} undocumented"
+    assert from_mapping({"appointments": {"time_zone": "Europe/Paris"}}).appointments.time_zone
+    for raw, key in (
+        ({"time_zone": "Mars/Olympus"}, "appointments.time_zone"),
+        ({"cancel_debounce": -1}, "appointments.cancel_debounce"),
+        ({"rebook_window_days": 400}, "appointments.rebook_window_days"),
+        ({"default_language": "English"}, "appointments.default_language"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            from_mapping({"appointments": raw})

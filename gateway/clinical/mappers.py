@@ -20,7 +20,10 @@ Mapper = Callable[[hl7.Message, InterfaceProfile], Sequence[Command]]
 _MAPPERS: dict[tuple[str, str], Mapper] = {}
 
 # The modules that register mappers; each part adds its own line.
-MAPPER_MODULES: tuple[str, ...] = ()
+MAPPER_MODULES: tuple[str, ...] = (
+    "gateway.appointments.siu",
+    "gateway.appointments.adt",
+)
 
 
 def maps(message_type: str, *events: str) -> Callable[[Mapper], Mapper]:

@@ -495,6 +495,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX hl7_outbound_due ON hl7_outbound (next_attempt_at) WHERE state = 'pending';
     """,
+    # 14 (i13-appointments): the rebooking window in force for an appointment (seconds),
+    #    so the send-time recheck of a held "cancelled" notice judges a rebooking by the
+    #    interface's own setting; the appointment list's filter by status and start.
+    """
+    ALTER TABLE appointments ADD COLUMN rebook_window REAL;
+    CREATE INDEX appointments_status_start ON appointments (status, start_at);
+    """,
 )
 
 

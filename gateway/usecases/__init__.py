@@ -15,12 +15,14 @@ into their answers. None of them reads or writes the store for these operations.
 - `audit_log.AuditLog`: the audit trail's entries, and the check of its chain (audited).
 - `consent.Consent`: look a number up, record decisions, contacts, the review queue,
   CSV import and export of the ledger.
+- `gateway.appointments.usecase.Appointments`: upsert, cancel, list and read appointments.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.appointments.usecase import Appointments
 from gateway.usecases.activity import Activity
 from gateway.usecases.audit_log import AuditLog
 from gateway.usecases.caller import Caller
@@ -34,6 +36,7 @@ from gateway.usecases.undecodable import Undecodable
 
 __all__ = [
     "Activity",
+    "Appointments",
     "AuditLog",
     "Caller",
     "Consent",
@@ -58,3 +61,4 @@ class UseCases:
     undecodable: Undecodable
     audit_log: AuditLog
     consent: Consent
+    appointments: Appointments

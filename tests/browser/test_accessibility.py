@@ -157,6 +157,17 @@ def seeded(gw: Gateway) -> dict[str, str]:
         {"to": "+12025550147", "body": "Tomorrow", "send_at": _in_days(30)},
     )["id"]
     gw.cli("token", "create", "--scope", "send,read", "--name", LONG_TOKEN_NAME)
+    ids["appointment"] = gw.api(
+        "POST",
+        "/api/v1/appointments",
+        {
+            "external_key": "ehr-1",
+            "patient": {"mrn": "M1", "number": "+12025550147"},
+            "start": _in_days(10),
+            "clinic": "North Clinic",
+            "location": "Room 4",
+        },
+    )["id"]
     return ids
 
 
@@ -185,6 +196,8 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/webhooks",
         "/consent",
         "/consent/reviews",
+        "/appointments",
+        f"/appointments/{seeded['appointment']}",
         "/account",
         "/account/password",
         "/account/totp",
