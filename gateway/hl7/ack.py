@@ -26,14 +26,11 @@ class Outcome(enum.StrEnum):
 
 ENHANCED = {Outcome.ACCEPT: "CA", Outcome.ERROR: "CE", Outcome.REJECT: "CR"}
 
-# Table 0155: when an ACK is wanted. An empty field in enhanced mode asks for one always.
-_WANTS = {
-    "AL": lambda ok: True,
-    "": lambda ok: True,
-    "NE": lambda ok: False,
-    "ER": lambda ok: not ok,
-    "SU": lambda ok: ok,
-}
+
+# Table 0155: when an ACK is wanted (ok: the outcome was AA). An empty field in
+# enhanced mode asks for one always.
+def _wanted(condition: str, ok: bool) -> bool:
+    return {"NE": False, "ER": not ok, "SU": ok}.get(condition, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +101,7 @@ def _err(h: Header, error: Error) -> str:
     text = _escape(error.text, h)
     if _before_25(h.version_id):  # ERR-1 ELD: location, then the code as a CE
         loc = _location(error.location, h).split(cs) if error.location else ["", "", ""]
-        loc = (loc + ["", "", ""])[:3]
+        loc = [*loc, "", "", ""][:3]
         return fs.join(["ERR", cs.join([*loc, sub.join([str(error.code), text, "HL70357"])])])
     err3 = cs.join([str(error.code), text, "HL70357"])
     return fs.join(["ERR", "", _location(error.location, h), err3, "E", "", "", "", text])
@@ -133,8 +130,8 @@ def acks(
     ok = outcome is Outcome.ACCEPT
     out = []
     committed = outcome is not Outcome.REJECT  # stored (AE: quarantined) or refused
-    if _WANTS.get(h.accept_ack, _WANTS["AL"])(ok):
+    if _wanted(h.accept_ack, ok):
         out.append(message(h, ENHANCED[outcome], control_id, now, error))
-    if committed and h.app_ack and _WANTS.get(h.app_ack, _WANTS["NE"])(ok):
+    if committed and h.app_ack and _wanted(h.app_ack, ok):
         out.append(message(h, outcome.value, control_id + "A", now, error))
     return out

@@ -61,7 +61,7 @@ class Rejected(Exception):
 
 def parse(text: str) -> Header:
     """The MSH of `text`; `Rejected` if the message does not open with one."""
-    seg = text.split("\r", 1)[0]
+    seg = text.split("\r", 1)[0].split("\n", 1)[0]
     if not seg.startswith("MSH") or len(seg) < 8:
         raise Rejected(c.ERR_SEGMENT_SEQUENCE, "the message does not start with MSH", "MSH")
     fs = seg[3]

@@ -121,7 +121,7 @@ class Hl7Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
                 if target is None or target.direction != "out":
                     return (
                         f"hl7.interfaces[{n}].writeback: {i.writeback!r} is not the name of"
-                        " an outbound interface (direction = \"out\")"
+                        ' an outbound interface (direction = "out")'
                     )
         return None
 
