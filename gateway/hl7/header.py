@@ -92,8 +92,6 @@ def check(h: Header, *, known_types: Collection[str], processing_ids: Collection
     """Raise `Rejected` for a header this interface does not take."""
     if not h.control_id:
         raise Rejected(c.ERR_REQUIRED_FIELD_MISSING, "MSH-10 (control id) is empty", "MSH-10")
-    if h.message_type not in known_types:
-        raise Rejected(c.ERR_UNSUPPORTED_MESSAGE_TYPE, "unsupported message type", "MSH-9")
     if h.version_id not in SUPPORTED_VERSIONS:
         raise Rejected(c.ERR_UNSUPPORTED_VERSION_ID, "unsupported version", "MSH-12")
     if h.processing not in processing_ids:
@@ -102,3 +100,5 @@ def check(h: Header, *, known_types: Collection[str], processing_ids: Collection
             "this interface does not take this processing id",
             "MSH-11",
         )
+    if h.message_type not in known_types:
+        raise Rejected(c.ERR_UNSUPPORTED_MESSAGE_TYPE, "unsupported message type", "MSH-9")

@@ -42,8 +42,9 @@ def peer_allowed(iface: Hl7Interface, host: str) -> bool:
 
 
 class MllpConnection(asyncio.Protocol):
-    def __init__(self, inbound: Hl7Inbound) -> None:
+    def __init__(self, inbound: Hl7Inbound, live: set[MllpConnection]) -> None:
         self.inbound = inbound
+        self.live = live
         self.iface = inbound.iface
         self.decoder = framing.MllpDecoder(
             max_size=self.iface.max_frame_bytes,
@@ -67,6 +68,7 @@ class MllpConnection(asyncio.Protocol):
             transport.abort()
             return
         log.info("hl7_connected", interface=self.iface.name, peer=self.peer)
+        self.live.add(self)
         self.worker = asyncio.get_running_loop().create_task(self._answer())
         self._touch()
 
@@ -95,9 +97,7 @@ class MllpConnection(asyncio.Protocol):
             if isinstance(event, framing.Frame):
                 self.frames.put_nowait(event.payload)
             elif isinstance(event, framing.Skipped):
-                log.warning(
-                    "hl7_bytes_outside_frame", interface=self.iface.name, count=event.count
-                )
+                log.warning("hl7_bytes_outside_frame", interface=self.iface.name, count=event.count)
             elif isinstance(event, framing.Fault):
                 log.warning("hl7_framing_fault", interface=self.iface.name, reason=event.reason)
                 self.frames.put_nowait(None)  # answer what came before, then close
@@ -112,6 +112,7 @@ class MllpConnection(asyncio.Protocol):
         return True  # keep writing: frames already read are still answered
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.live.discard(self)
         if self.idle is not None:
             self.idle.cancel()
         if self.worker is not None:
@@ -137,14 +138,46 @@ class MllpConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a defect here must not take the listener down
-            log.error("hl7_connection_failed", interface=self.iface.name, error=exception_summary(e))
+            log.error(
+                "hl7_connection_failed", interface=self.iface.name, error=exception_summary(e)
+            )
         self._close()
+
+
+class Listener:
+    """One interface's server and its open connections (closed on `aclose`)."""
+
+    def __init__(self, inbound: Hl7Inbound) -> None:
+        self.inbound = inbound
+        self.live: set[MllpConnection] = set()
+        self.server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int, context: ssl.SSLContext | None = None) -> None:
+        factory: Callable[[], MllpConnection] = lambda: MllpConnection(self.inbound, self.live)  # noqa: E731
+        self.server = await asyncio.get_running_loop().create_server(
+            factory, host, port, ssl=context, backlog=128
+        )
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.live):
+            if conn.worker is not None:
+                conn.worker.cancel()
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
 
 
 async def serve(
     inbound: Hl7Inbound, host: str, port: int, context: ssl.SSLContext | None = None
-) -> asyncio.Server:
-    factory: Callable[[], MllpConnection] = lambda: MllpConnection(inbound)  # noqa: E731
-    return await asyncio.get_running_loop().create_server(
-        factory, host, port, ssl=context, backlog=128
-    )
+) -> Listener:
+    listener = Listener(inbound)
+    await listener.start(host, port, context)
+    return listener
