@@ -25,6 +25,7 @@ import phonenumbers
 from drivers.registry import UnknownDriver, load_driver
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
+from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
 
@@ -460,7 +461,11 @@ def embedded_routes(
 def embedded_default(data_dir: str = "data") -> Config:
     """The `make run` demo: simulated routes, and every send and receipt in the log
     (debug level), so a newcomer watches messages go through."""
-    raw = {"data_dir": data_dir, "log": {"level": "debug"}}
+    raw = {
+        "data_dir": data_dir,
+        "log": {"level": "debug"},
+        "hl7": {"interfaces": [DEMO_HL7_INTERFACE]},  # an EHR feed to try `smsgw hl7 send` on
+    }
     return msgspec.structs.replace(from_mapping(raw), routes=embedded_routes())
 
 

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 import structlog
 
@@ -59,8 +60,7 @@ class MllpConnection(asyncio.Protocol):
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "?"
         if not peer_allowed(self.iface, self.peer):

@@ -142,3 +142,16 @@ def _common_problem(i: Hl7Interface) -> str | None:
         if f not in ("PID-13", "PID-14", "NK1-5"):
             return f'phone_fields[{k}]: one of "PID-13", "PID-14", "NK1-5"'
     return None
+
+
+# The embedded default's feed (`make run`): the shared sample files are accepted as
+# sent (`smsgw hl7 send tests/data/hl7v2-samples/SIU-S12-01.hl7`), training messages
+# included, numbers with no equipment type taken as mobiles.
+DEMO_PORT = 2575
+DEMO_INTERFACE: dict[str, object] = {
+    "name": "demo-ehr",
+    "listen": f"127.0.0.1:{DEMO_PORT}",
+    "processing_ids": ["P", "T", "D"],
+    "accept_untyped_phone": True,
+    "lenient": True,
+}
