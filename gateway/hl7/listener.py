@@ -65,7 +65,7 @@ class MllpConnection(asyncio.Protocol):
         self.peer = str(peername[0]) if peername else "?"
         if not peer_allowed(self.iface, self.peer):
             log.warning("hl7_peer_refused", interface=self.iface.name, peer=self.peer)
-            transport.abort()
+            self.transport.abort()
             return
         log.info("hl7_connected", interface=self.iface.name, peer=self.peer)
         self.live.add(self)
