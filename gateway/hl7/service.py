@@ -21,6 +21,8 @@ from gateway.store.audit_log import AuditTrail
 from gateway.store.consent_sql import cipher_of
 from gateway.store.store import Store
 from gateway.tls import server_context
+from gateway.usecases.caller import Caller
+from gateway.usecases.messages import forbidden
 
 log = structlog.get_logger("smsgw.hl7")
 
@@ -127,7 +129,7 @@ class Hl7Service:
         found: sql.Listed | None = await self.store.writer.run(lambda c: sql.one(c, row_id))
         return found
 
-    async def reprocess(self, row_id: str, actor: str) -> str | None:
+    async def reprocess(self, row_id: str, caller: Caller) -> str | None:
         """The message's new state; None if it is not a quarantined message of a
         configured interface."""
         row = await self.message(row_id)
@@ -135,16 +137,18 @@ class Hl7Service:
             return None
         state = await self.inbound[row.interface].reprocess(row_id)
         if state is not None:
-            await self.audit.record(actor, "hl7_reprocessed", "hl7_message", row_id)
+            await self.audit.record(caller.actor, "hl7_reprocessed", "hl7_message", row_id)
         return state
 
-    async def raw(self, row_id: str, actor: str) -> str | None:
+    async def raw(self, row_id: str, caller: Caller) -> str | None:
         """The message as received (PHI): audited before it is returned."""
+        if not caller.may_read_phi:
+            raise forbidden("id", "the raw message")
         cipher = cipher_of(self.store)
         found = await self.store.writer.run(lambda c: sql.raw_text(c, cipher, row_id))
         if found is None:
             return None
-        await self.audit.record(actor, "hl7_raw_revealed", "hl7_message", row_id)
+        await self.audit.record(caller.actor, "hl7_raw_revealed", "hl7_message", row_id)
         return found[1]
 
     async def outbound(self, state: str | None = None, limit: int = 100) -> list[OutboundRow]:
@@ -163,10 +167,10 @@ class Hl7Service:
         rows: list[OutboundRow] = await self.store.writer.run(read)
         return rows
 
-    async def resend(self, row_id: str, actor: str) -> bool:
+    async def resend(self, row_id: str, caller: Caller) -> bool:
         done = await lane.resend(self.store, row_id, self.clock.time())
         if done:
-            await self.audit.record(actor, "hl7_outbound_resent", "hl7_outbound", row_id)
+            await self.audit.record(caller.actor, "hl7_outbound_resent", "hl7_outbound", row_id)
             for ln in self.lanes.values():
                 ln.wake()
         return done
