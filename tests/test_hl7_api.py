@@ -14,7 +14,6 @@ from gateway.clinical import outbound
 from gateway.hl7 import framing
 from gateway.store.consent_sql import cipher_of
 from gateway.tokens import create_token
-from tests import hl7_rig
 from tests.conftest import GatewayFactory
 from tests.hl7_rig import Peer, message, msa
 from tests.test_api import Api, _api, _error
@@ -81,8 +80,9 @@ async def test_reprocess_after_a_profile_fix(open_gateway: GatewayFactory) -> No
         [q] = (await (await api.get("/api/v1/hl7/messages?state=quarantined")).json())["messages"]
         assert api.gw.hl7 is not None
         # move the quarantined row to the fixed interface's name, as a renamed feed would
+        qid = q["id"]
         await api.gw.store.writer.run(
-            lambda c: c.execute("UPDATE hl7_messages SET interface='fixed' WHERE id=?", (q["id"],))
+            lambda c: c.execute("UPDATE hl7_messages SET interface='fixed' WHERE id=?", (qid,))
         )
         path = f"/api/v1/hl7/messages/{q['id']}/reprocess"
         a, b = await asyncio.gather(api.post(path, {}), api.post(path, {}))
