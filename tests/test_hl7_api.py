@@ -18,6 +18,7 @@ from tests.conftest import GatewayFactory
 from tests.hl7_rig import Peer, message, msa
 from tests.test_api import Api, _api, _error
 
+SET_FIXED = "UPDATE hl7_messages SET interface = 'fixed' WHERE id = ?"
 IFACES = {
     "interfaces": [
         {"name": "ehr", "listen": "127.0.0.1:0"},
@@ -81,9 +82,7 @@ async def test_reprocess_after_a_profile_fix(open_gateway: GatewayFactory) -> No
         assert api.gw.hl7 is not None
         # move the quarantined row to the fixed interface's name, as a renamed feed would
         qid = q["id"]
-        await api.gw.store.writer.run(
-            lambda c: c.execute("UPDATE hl7_messages SET interface='fixed' WHERE id=?", (qid,))
-        )
+        await api.gw.store.writer.run(lambda c, qid=qid: c.execute(SET_FIXED, (qid,)))
         path = f"/api/v1/hl7/messages/{q['id']}/reprocess"
         a, b = await asyncio.gather(api.post(path, {}), api.post(path, {}))
         assert sorted([a.status, b.status]) == [200, 409]
