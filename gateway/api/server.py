@@ -276,8 +276,8 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 # -- HL7 feeds (issue 13, gateway/hl7/): ids and states only; /raw needs phi (audited) --
-_HL7_ID = "{id:hl7_[0-9a-f]{16}}"
-_HL7_OUT_ID = "{id:hlo_[0-9a-f]{16}}"
+_HL7_ID = "{id:[A-Za-z0-9_]{1,64}}"  # hl7_<hex>; unknown ids answer 404
+_HL7_OUT_ID = "{id:[A-Za-z0-9_]{1,64}}"  # hlo_<hex>
 _NO_HL7 = Answer(404, "`not_found`: no HL7 message with this id")
 _HL7_LIMIT = Query(
     "limit",
