@@ -235,7 +235,7 @@ class Hl7Inbound:
                 trigger=h.event,
                 alert=self.iface.on_mapping_error == "accept_quarantine",
             )
-        log.info(
+        log.debug(  # one per message: at info level a busy feed would flood the log
             "hl7_received",
             interface=self.iface.name,
             type=h.message_type,

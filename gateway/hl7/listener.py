@@ -2,11 +2,13 @@
 (research §H.1-§H.2).
 
 A peer not on the interface's allowlist is cut off at once (logged, never answered).
-Frames are answered strictly in arrival order by one task per connection, each ACK
-written only after its message committed; a pipelining sender is slowed by pausing
-reads, not by buffering without end. A framing fault (oversize, strict EB without
-CR) or the idle timeout closes the connection with a log line; nothing a peer sends
-raises out of here.
+Each frame starts its pipeline at once (so a pipelining sender's messages share group
+commits; they reach the writer in arrival order, since nothing before the writer job
+awaits), and one task per connection writes the answers strictly in arrival order,
+each only after its message committed. A sender is slowed by pausing reads at
+`PAUSE_AT` frames in flight, not by buffering without end. A framing fault (oversize,
+strict EB without CR) or the idle timeout closes the connection with a log line;
+nothing a peer sends raises out of here.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from typing import cast
 import structlog
 
 from gateway.hl7 import framing
-from gateway.hl7.inbound import Hl7Inbound
+from gateway.hl7.inbound import Answer, Hl7Inbound
 from gateway.hl7.settings import Hl7Interface
 from gateway.logs import exception_summary
 
 log = structlog.get_logger("smsgw.hl7")
 
-PAUSE_AT = 64  # frames waiting for their answer before reads pause
+PAUSE_AT = 64  # frames in flight before reads pause
 RESUME_AT = 16
 
 
@@ -53,7 +55,8 @@ class MllpConnection(asyncio.Protocol):
             r2=self.iface.r2_commit,
         )
         self.transport: asyncio.Transport | None = None
-        self.frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[asyncio.Task[Answer] | None] = asyncio.Queue()
+        self.inflight: set[asyncio.Task[Answer]] = set()
         self.worker: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
@@ -95,7 +98,10 @@ class MllpConnection(asyncio.Protocol):
     def _drain_events(self) -> None:
         for event in self.decoder.events():
             if isinstance(event, framing.Frame):
-                self.frames.put_nowait(event.payload)
+                task = asyncio.get_running_loop().create_task(self.inbound.receive(event.payload))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+                self.frames.put_nowait(task)
             elif isinstance(event, framing.Skipped):
                 log.warning("hl7_bytes_outside_frame", interface=self.iface.name, count=event.count)
             elif isinstance(event, framing.Fault):
@@ -113,6 +119,7 @@ class MllpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.live.discard(self)
+        # in-flight messages still commit (and a resend is answered from the store)
         if self.idle is not None:
             self.idle.cancel()
         if self.worker is not None:
@@ -121,11 +128,11 @@ class MllpConnection(asyncio.Protocol):
 
     async def _answer(self) -> None:
         try:
-            while (payload := await self.frames.get()) is not None:
+            while (task := await self.frames.get()) is not None:
                 if self.paused and self.frames.qsize() <= RESUME_AT and self.transport:
                     self.paused = False
                     self.transport.resume_reading()
-                answer = await self.inbound.receive(payload)
+                answer = await task
                 if self.transport is None or self.transport.is_closing():
                     return
                 if self.iface.r2_commit:
@@ -166,11 +173,14 @@ class Listener:
     async def aclose(self) -> None:
         if self.server is not None:
             self.server.close()
+        inflight: list[asyncio.Task[Answer]] = []
         for conn in list(self.live):
+            inflight += conn.inflight
             if conn.worker is not None:
                 conn.worker.cancel()
             if conn.transport is not None:
                 conn.transport.abort()
+        await asyncio.gather(*inflight, return_exceptions=True)  # their commits finish
         if self.server is not None:
             await self.server.wait_closed()
 
