@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from gateway.store.consent_sql import cipher_of
 from gateway.tokens import create_token
 from tests.conftest import GatewayFactory
 from tests.hl7_rig import Peer, message, msa
+from tests.ports import free_port
 from tests.test_api import Api, _api, _error
+from tests.tlsfiles import self_signed
 
 SET_FIXED = "UPDATE hl7_messages SET interface = 'fixed' WHERE id = ?"
 IFACES = {
@@ -131,3 +134,53 @@ async def test_a_parked_write_back_is_listed_and_resent(api: Api) -> None:
     await _error(
         await api.post(f"/api/v1/hl7/outbound/{rid}/resend", {}, token=admin), 409, "not_parked"
     )
+
+
+async def test_tls_feed_and_a_tls_write_back_to_it(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path, "mllp", "127.0.0.1")
+    port = free_port()
+    gw = await open_gateway(
+        hl7={
+            "interfaces": [
+                {
+                    "name": "secure",
+                    "listen": f"127.0.0.1:{port}",
+                    "tls_cert_file": str(cert),
+                    "tls_key_file": str(key),
+                },
+                {
+                    "name": "back",
+                    "direction": "out",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "tls": True,
+                    "tls_ca_file": str(cert),
+                    "ack_timeout": 5.0,
+                },
+            ]
+        }
+    )
+    assert gw.hl7 is not None
+
+    def job(conn: Any) -> str:
+        return outbound.enqueue(
+            conn,
+            cipher_of(gw.store),
+            "back",
+            message("Z02", "T1"),
+            "T1",
+            gw.clock.time(),
+            kind="appointment_reply",
+        )
+
+    rid = await gw.store.writer.run(job)
+    assert await gw.hl7.lanes["back"].run_due() == 1
+    [row] = await gw.hl7.outbound("acked")
+    assert row.id == rid and row.ack_code == "AA"
+    plain = await Peer.open(port)  # no TLS: the handshake fails, nothing is stored
+    await plain.send(framing.encode(message("Z01", "P1").encode()))
+    assert b"MSA" not in await plain.closed()
+    await plain.aclose()
+    assert [m.control_id for m in await gw.hl7.messages(None, None)] == ["T1"]
