@@ -79,6 +79,9 @@ async def test_persist_then_ack_and_a_resend_gets_the_stored_ack_with_no_second_
     assert await rig.count("SELECT COUNT(*) FROM patients") == 1
     assert await rig.count("SELECT duplicates FROM hl7_messages") == 1
     await peer.aclose()
+    stored = b"".join(p.read_bytes() for p in rig.store.path.parent.glob("gw.db*"))
+    assert b"Doe^Jane" not in stored and b"5550123" not in stored  # raw encrypted
+    assert b"MSA|AA|C1" in stored  # the ACK, plain: MSH ids only
 
 
 async def test_a_crash_between_commit_and_ack_is_answered_from_the_store(
