@@ -129,6 +129,8 @@ async def test_a_parked_write_back_is_listed_and_resent(api: Api) -> None:
     [row] = (await r.json())["messages"]
     assert row["id"] == rid and row["attempts"] == 1
     admin = (await create_token(gw.store, "a", frozenset({"admin"}), gw.clock)).text
+    unknown = "/api/v1/hl7/outbound/hlo_0000000000000000/resend"
+    await _error(await api.post(unknown, {}, token=admin), 404, "not_found")
     ok = await api.post(f"/api/v1/hl7/outbound/{rid}/resend", {}, token=admin)
     assert ok.status == 200
     await _error(

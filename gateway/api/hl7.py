@@ -210,7 +210,9 @@ async def get_outbound(request: web.Request) -> web.Response:
 
 
 async def resend(request: web.Request) -> web.Response:
-    row_id = request.match_info["id"]
-    if not await _service(request).resend(row_id, _caller(request)):
+    row_id, service = request.match_info["id"], _service(request)
+    if not await service.outbound_exists(row_id):
+        raise ApiError(404, "not_found", "no HL7 outbound message with this id")
+    if not await service.resend(row_id, _caller(request)):
         raise ApiError(409, "not_parked", "only a parked message is re-sent")
     return json_response({"id": row_id, "state": "pending"})

@@ -367,7 +367,10 @@ HL7_ENDPOINTS: tuple[Endpoint, ...] = (
         hl7_api.resend,
         "admin",
         "Send a parked write-back message again, attempts counted afresh (audited)",
-        answers=(Answer(409, "`not_parked`: no parked message with this id"),),
+        answers=(
+            Answer(404, "`not_found`: no HL7 outbound message with this id"),
+            Answer(409, "`not_parked`: the message is not parked"),
+        ),
     ),
 )
 

@@ -167,6 +167,15 @@ class Hl7Service:
         rows: list[OutboundRow] = await self.store.writer.run(read)
         return rows
 
+    async def outbound_exists(self, row_id: str) -> bool:
+        found: bool = await self.store.writer.run(
+            lambda c: (
+                c.execute("SELECT 1 FROM hl7_outbound WHERE id = ?", (row_id,)).fetchone()
+                is not None
+            )
+        )
+        return found
+
     async def resend(self, row_id: str, caller: Caller) -> bool:
         done = await lane.resend(self.store, row_id, self.clock.time())
         if done:
