@@ -33,6 +33,7 @@ from gateway.clinical.commands import (
     Ignore,
     MappingError,
 )
+from gateway.clinical.profile import InterfaceProfile
 from gateway.hl7 import ack, charset, header
 from gateway.hl7 import messages_sql as sql
 from gateway.hl7.settings import Hl7Interface
@@ -58,7 +59,7 @@ class Answer:
 Mapped = list[Command] | MappingError
 
 
-def map_text(text: str, h: header.Header, iface: Hl7Interface) -> Mapped:
+def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
     """The commands a message maps to, or the `MappingError` that quarantines it.
     Anything else a mapper raises is a defect: it propagates (answered AR)."""
     try:
@@ -69,7 +70,7 @@ def map_text(text: str, h: header.Header, iface: Hl7Interface) -> Mapped:
     if mapper is None:
         return MappingError(ERR_UNSUPPORTED_EVENT_CODE, "unsupported event", "MSH-9.2")
     try:
-        return list(mapper(message, iface.profile()))
+        return list(mapper(message, profile))
     except MappingError as e:
         return e
 
@@ -105,6 +106,7 @@ class Hl7Inbound:
         self, iface: Hl7Interface, store: Store, clock: Clock, hooks: ClinicalHooks
     ) -> None:
         self.iface = iface
+        self.profile = iface.profile()
         self.store = store
         self.clock = clock
         self.hooks = hooks
@@ -117,7 +119,7 @@ class Hl7Inbound:
             now,
             self.iface.name,
             f"hl7:{self.iface.name}",
-            self.iface.profile(),
+            self.profile,
             self.store,
             self.hooks,
             message_ref,
@@ -146,7 +148,7 @@ class Hl7Inbound:
                 header.check(h, known_types=known_types(), processing_ids=self.iface.processing_ids)
             except header.Rejected as r:
                 rejected = r
-        mapped: Mapped = [] if rejected is not None else map_text(text, h, self.iface)
+        mapped: Mapped = [] if rejected is not None else map_text(text, h, self.profile)
         row_id = "hl7_" + secrets.token_hex(8)
 
         def job(conn: sqlite3.Connection) -> Answer:
@@ -258,7 +260,7 @@ class Hl7Inbound:
             return None
         text = found[1]
         h = header.parse(text)
-        mapped = map_text(text, h, self.iface)
+        mapped = map_text(text, h, self.profile)
 
         def job(conn: sqlite3.Connection) -> str | None:
             if not sql.claim_quarantined(conn, row_id, now):
