@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent bench-hl7 clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -109,6 +109,11 @@ bench-webhooks: setup
 # purposes) against the same run with [consent] enabled = false.
 bench-consent: setup /usr/bin/wrk
 	$(BIN)/python bench/consent.py
+
+# SIU messages over one pipelined MLLP connection (synchronous = FULL), ACK rate and
+# p99, against the raw ceiling of the same framing and commit; about 20 s.
+bench-hl7: setup
+	$(BIN)/python bench/hl7.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,7 +1,7 @@
 """Composition root: builds the gateway from a `Config` and stops it in order.
 
 Shutdown order (each step waits for the one before):
-1. the API answers 503 to new sends (reads keep working);
+1. the API answers 503 to new sends (reads keep working); the HL7 listeners close;
 2. the scheduler stops claiming;
 3. in-flight submits get `http.shutdown_grace` seconds to finish; the rest are cut
    off and re-queued as possible duplicates;
@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
 from drivers.base import DriverError
@@ -30,6 +31,8 @@ from gateway.clinical.commands import ClinicalHooks
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
+from gateway.hl7.service import Hl7Service
+from gateway.hl7.settings import Hl7Config
 from gateway.intake import Intake
 from gateway.integrations import kannel_dlr
 from gateway.integrations.mqtt import MqttLink, mqtt_consumer
@@ -97,6 +100,7 @@ class Gateway:
     mqtt: MqttLink | None = None  # [mqtt] enabled: the broker connection
     # What the clinical parts do when an appointment changes (the reminder planner).
     clinical_hooks: ClinicalHooks = field(default_factory=ClinicalHooks)
+    hl7: Hl7Service | None = None  # [hl7] feeds: listeners and write-back lanes (at start)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -178,10 +182,31 @@ class Gateway:
             self.mqtt = await start_mqtt(self)
             self.outbox.register(mqtt_consumer(self.config, self.mqtt))
         await self.outbox.start(run=dispatch)
+        await self._start_hl7(dispatch=dispatch)
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
             self._spawn(self._inbound_expiry())
+
+    async def _start_hl7(self, *, dispatch: bool) -> None:
+        self.hl7 = Hl7Service(self.config, self.store, self.clock, self.clinical_hooks, self.audit)
+        try:
+            await self.hl7.start(dispatch=dispatch)
+        except OSError as e:  # the listen address is taken or not ours
+            await self.hl7.stop()
+            if self.config.source is None:  # the demo feed is a nicety, not a reason to stop
+                log.warning("hl7_demo_listener_unavailable", error=e.strerror or str(e))
+                self.hl7 = Hl7Service(
+                    msgspec.structs.replace(self.config, hl7=Hl7Config()),
+                    self.store,
+                    self.clock,
+                    self.clinical_hooks,
+                    self.audit,
+                )
+                return
+            raise StartupFault(
+                f"hl7.interfaces: cannot listen: {e.strerror or e}", exit_code=2
+            ) from None
 
     @functools.cached_property
     def admin_repo(self) -> AdminRepo:
@@ -301,6 +326,8 @@ class Gateway:
             return
         self.stopped = True
         self.accepting = False
+        if self.hl7 is not None:  # no new HL7 message is taken in from here
+            await self.hl7.stop()
         self.scheduler.stop_claiming()
         cut = await self.scheduler.drain(self.config.http.shutdown_grace)
         if cut:

@@ -33,6 +33,7 @@ from gateway.config import Config, ConfigError
 from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
+from gateway.hl7 import send_cmd as hl7_send
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
@@ -176,6 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"http.listen: {problem} (given with --listen)")
     if problem := config.http.plain_http_problem():
         raise ConfigError(problem)
+    if args.hl7_listen:
+        config = _hl7_demo_listen(config, args.hl7_listen)
     logs.configure(config.log.format, config.log.level)
     with DataDirLock(config.data_dir):
         token = None
@@ -187,6 +190,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise describe_fault(e, config) from None
         _install_uvloop()
         return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, s)))
+
+
+def _hl7_demo_listen(config: Config, listen: str) -> Config:
+    if config.source is not None:
+        raise ConfigError("--hl7-listen: only for the embedded default; set hl7.interfaces")
+    if problem := config_mod.listen_problem(listen):
+        raise ConfigError(f"--hl7-listen: {problem}")
+    interfaces = tuple(
+        msgspec.structs.replace(i, listen=listen) if i.direction == "in" else i
+        for i in config.hl7.interfaces
+    )
+    return msgspec.structs.replace(
+        config, hl7=msgspec.structs.replace(config.hl7, interfaces=interfaces)
+    )
 
 
 def _tune_gc() -> None:
@@ -548,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway")
     run.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     run.add_argument("--listen", help="HOST:PORT, overrides http.listen")
+    run.add_argument("--hl7-listen", help="HOST:PORT of the embedded default's HL7 feed")
     run.set_defaults(func=cmd_run)
 
     send = sub.add_parser("send", help="send a message through a running gateway")
@@ -580,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parsers(sub, cmd_user, cmd_audit)
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
+    hl7_send.add_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)

@@ -26,6 +26,8 @@ from drivers.registry import UnknownDriver, load_driver
 from gateway.appointments.settings import AppointmentsConfig
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
+from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
+from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -357,6 +359,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     appointments: AppointmentsConfig = msgspec.field(default_factory=AppointmentsConfig)
+    hl7: Hl7Config = msgspec.field(default_factory=Hl7Config)  # MLLP feeds (gateway/hl7/)
     source: str | None = None
 
     @property
@@ -460,7 +463,11 @@ def embedded_routes(
 def embedded_default(data_dir: str = "data") -> Config:
     """The `make run` demo: simulated routes, and every send and receipt in the log
     (debug level), so a newcomer watches messages go through."""
-    raw = {"data_dir": data_dir, "log": {"level": "debug"}}
+    raw = {
+        "data_dir": data_dir,
+        "log": {"level": "debug"},
+        "hl7": {"interfaces": [DEMO_HL7_INTERFACE]},  # an EHR feed to try `smsgw hl7 send` on
+    }
     return msgspec.structs.replace(from_mapping(raw), routes=embedded_routes())
 
 
@@ -540,6 +547,7 @@ def _check_values(config: Config) -> None:
     if problem := inbound_problems(config.consent):
         raise ConfigError(problem)
     if problem := config.appointments.problems():
+    if problem := config.hl7.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

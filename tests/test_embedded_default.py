@@ -75,6 +75,8 @@ async def newcomer(tmp_path: Path) -> AsyncIterator[Newcomer]:
         "run",
         "--listen",
         f"127.0.0.1:{port}",
+        "--hl7-listen",  # the demo HL7 feed, off its fixed 2575
+        f"127.0.0.1:{free_port()}",
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

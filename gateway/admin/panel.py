@@ -54,6 +54,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_webhooks",
     "gateway.admin.views_consent",
     "gateway.admin.views_appointments",
+    "gateway.admin.views_hl7",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

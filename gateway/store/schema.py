@@ -501,6 +501,38 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE appointments ADD COLUMN rebook_window REAL;
     CREATE INDEX appointments_status_start ON appointments (status, start_at);
+    # 14 (i13-mllp): HL7 messages received over MLLP, one row per interface, sending
+    #    application and facility and control id (a resend is a duplicate, answered with
+    #    the stored ACK, which holds MSH ids only); the message itself encrypted; its
+    #    state, and for a quarantined or rejected one a reason without PHI.
+    """
+    CREATE TABLE hl7_messages (
+        id               TEXT PRIMARY KEY,
+        interface        TEXT NOT NULL,
+        sending_app      TEXT NOT NULL,
+        sending_facility TEXT NOT NULL,
+        control_id       TEXT NOT NULL,
+        msg_type         TEXT NOT NULL,
+        event            TEXT NOT NULL,
+        version          TEXT NOT NULL,
+        msg_time         TEXT NOT NULL,
+        charset          TEXT NOT NULL,
+        charset_flag     TEXT,
+        raw_ct           BLOB NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN
+                             ('mapped', 'ignored', 'quarantined', 'rejected')),
+        error_code       INTEGER,
+        error_text       TEXT,
+        error_location   TEXT,
+        ack_code         TEXT,
+        ack              TEXT NOT NULL,
+        duplicates       INTEGER NOT NULL DEFAULT 0,
+        reprocessed      INTEGER NOT NULL DEFAULT 0,
+        received_at      REAL NOT NULL,
+        updated_at       REAL NOT NULL,
+        UNIQUE (interface, sending_app, sending_facility, control_id)
+    );
+    CREATE INDEX hl7_messages_state ON hl7_messages (interface, state, received_at);
     """,
 )
 

@@ -198,6 +198,7 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/consent/reviews",
         "/appointments",
         f"/appointments/{seeded['appointment']}",
+        "/hl7",
         "/account",
         "/account/password",
         "/account/totp",

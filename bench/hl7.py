@@ -1,0 +1,270 @@
+"""HL7 over MLLP: SIU messages over one pipelined connection, acknowledged after an
+fsync'd commit (`synchronous = FULL`), beside the raw ceiling measured in the same run.
+
+    .venv/bin/python bench/hl7.py            # 5,000 messages per target (make bench-hl7)
+    .venv/bin/python bench/hl7.py --quick    # 1,000
+
+Each target is a server in its own process (on CPU 0 when `taskset` exists; the
+sender on CPU 1), on fresh data in a temporary directory:
+* `gateway`: the real listener (`gateway.hl7.listener`) with the real pipeline:
+  charset, header check, dedupe, parse, the registered SIU^S12 mapper (the
+  appointments part's; without it, a stand-in that upserts the patient, as every SIU
+  mapper does first), the encrypted message row and its ACK, in one transaction;
+* `ceiling`: the same framer and the same group-committed writer inserting a row of
+  the same size per frame and answering a fixed ACK: no decoding, no mapping.
+The sender keeps `--window` messages outstanding and times each from its write to its
+ACK. One JSON line per target, then the ratio line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# This file is named like python-hl7's package: its own folder must not shadow `hl7`.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from gateway.hl7 import framing  # noqa: E402  # after the path fix for a plain checkout
+
+SAMPLES = ROOT / "tests" / "data" / "hl7v2-samples"
+# A small synthetic v2.3 booking as Epic Cadence ships them (research §A6.1): start in
+# SCH-11, one patient, one resource, location and provider (no real person).
+SMALL_SIU = (
+    "MSH|^~\\&|EPIC|NORTH|SMSGW|NORTH|20261201090000||SIU^S12|{cid}|P|2.3\r"
+    "SCH|{n}|{n}|||||ROUTINE^Routine||30|MIN|^^30^20261215093000|||||||||||||||Booked\r"
+    "PID|1||MRN{n}^^^HOSP^MR||Doe^Jane||19800101|F|||1 Main St^^Town^ST^00000||"
+    "^PRN^CP^^1^202^5550123||ENG\r"
+    "RGS|1\r"
+    "AIS|1||CARDIO^Cardiology|20261215093000|||30|MIN\r"
+    "AIL|1||NORTH^Clinic North\r"
+    "AIP|1||1234^Smith^Ann|ATTENDING\r"
+)
+
+
+def siu(i: int, sample: str | None) -> bytes:
+    if sample is None:
+        return SMALL_SIU.format(cid=f"B{i:08d}", n=i % 500).encode("utf-8")
+    text = (SAMPLES / sample).read_bytes().decode("utf-8").lstrip("\ufeff")
+    text = text.replace("\r\n", "\r").replace("\n", "\r").rstrip("\r") + "\r"
+    msh = text.split("\r", 1)[0].split("|")
+    return text.replace(f"|{msh[9]}|", f"|B{i:08d}|", 1).encode("utf-8")
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+async def serve_gateway(data: Path, port_file: Path) -> None:
+    import hl7
+
+    from drivers.clock import SystemClock
+    from gateway import logs
+    from gateway.clinical import mappers, patients
+    from gateway.clinical.commands import ApplyContext, ClinicalHooks, Command
+    from gateway.clinical.profile import InterfaceProfile
+    from gateway.hl7 import listener
+    from gateway.hl7.inbound import Hl7Inbound
+    from gateway.hl7.settings import Hl7Interface
+    from gateway.store.store import Store
+
+    logs.configure("json", "info")  # as `smsgw run` does with the default [log]
+    mappers.load()
+    if mappers.mapper_for("SIU", "S12") is None:
+
+        class Upsert:
+            def __init__(self, details: patients.PatientDetails) -> None:
+                self.details = details
+
+            def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None:
+                patients.upsert(conn, ctx, self.details)
+
+        @mappers.maps("SIU", "S12")
+        def stand_in(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command]:
+            return [Upsert(patients.extract(message, profile))]
+
+    store = Store(data / "gw.db", os.urandom(32), synchronous="FULL")
+    await store.open()
+    iface = Hl7Interface(
+        name="bench", processing_ids=("P", "T"), accept_untyped_phone=True, timing_source="sch11"
+    )
+    server = await listener.serve(
+        Hl7Inbound(iface, store, SystemClock(), ClinicalHooks()), "127.0.0.1", 0
+    )
+    await _announce(port_file, server.port)
+
+
+async def serve_ceiling(data: Path, port_file: Path) -> None:
+    from gateway.store.writer import GroupCommitWriter
+
+    writer = GroupCommitWriter(data / "ceiling.db", "FULL")
+    await writer.open()
+    await writer.run(
+        lambda c: c.execute(
+            "CREATE TABLE IF NOT EXISTS m (id INTEGER PRIMARY KEY, raw BLOB, ack TEXT)"
+        )
+    )
+    ack_text = "MSH|^~\\&|A|B|C|D|20260101000000||ACK^S12^ACK|1|P|2.3\rMSA|AA|1\r"
+    ack = framing.encode(ack_text.encode())
+
+    def insert(payload: bytes) -> asyncio.Future[None]:
+        return writer.run(
+            lambda c: c.execute("INSERT INTO m (raw, ack) VALUES (?, ?)", (payload, ack_text))
+        )
+
+    class Ceiling(asyncio.Protocol):
+        """Like the listener: each frame's commit starts at once (group commit), the
+        answers go out in arrival order."""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.decoder = framing.MllpDecoder()
+            self.queue: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self.answer())
+
+        def data_received(self, data: bytes) -> None:
+            self.decoder.receive_data(data)
+            for e in self.decoder.events():
+                if isinstance(e, framing.Frame):
+                    self.queue.put_nowait(insert(e.payload))
+
+        async def answer(self) -> None:
+            while True:
+                await (await self.queue.get())
+                self.transport.write(ack)  # type: ignore[attr-defined]
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.task.cancel()
+
+    server = await asyncio.get_running_loop().create_server(Ceiling, "127.0.0.1", 0)
+    await _announce(port_file, int(server.sockets[0].getsockname()[1]))
+
+
+async def _announce(port_file: Path, port: int) -> None:
+    port_file.write_text(str(port))  # noqa: ASYNC240  # once, before anything is served
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+# -- sender ----------------------------------------------------------------------------
+
+
+async def drive(port: int, count: int, window: int, sample: str | None) -> dict[str, float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    frames = [framing.encode(siu(i, sample)) for i in range(count)]
+    decoder = framing.MllpDecoder()
+    sent_at: list[float] = []
+    latencies: list[float] = []
+    acked = 0
+    start = time.perf_counter()
+    next_i = 0
+    while acked < count:
+        while next_i < count and next_i - acked < window:
+            sent_at.append(time.perf_counter())
+            writer.write(frames[next_i])
+            next_i += 1
+        data = await reader.read(65536)
+        if not data:
+            raise SystemExit("the server closed the connection")
+        decoder.receive_data(data)
+        now = time.perf_counter()
+        for e in decoder.events():
+            if isinstance(e, framing.Frame):
+                if b"MSA|AA" not in e.payload and b"MSA|CA" not in e.payload:
+                    raise SystemExit(f"not accepted: {e.payload[:200]!r}")
+                latencies.append(now - sent_at[acked])
+                acked += 1
+    elapsed = time.perf_counter() - start
+    writer.close()
+    latencies.sort()
+    return {
+        "messages": count,
+        "seconds": round(elapsed, 3),
+        "acks_per_s": round(count / elapsed, 1),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+    }
+
+
+def run_target(target: str, count: int, window: int, sample: str | None) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-hl7-{target}-"))
+    port_file = tmp / "port"
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    proc = subprocess.Popen(  # our own interpreter and script
+        [*pin, sys.executable, __file__, "--serve", target, "--data", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{target}: the server did not start")
+            time.sleep(0.05)
+        result = asyncio.run(drive(int(port_file.read_text()), count, window, sample))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {  # type: ignore[dict-item]
+        "target": target,
+        "sample": sample or "small v2.3 SIU",
+        "window": window,
+        **result,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--count", type=int)
+    p.add_argument("--window", type=int, default=16, help="messages outstanding (default 16)")
+    p.add_argument("--sample", help="a file in tests/data/hl7v2-samples (default: a small SIU)")
+    p.add_argument("--serve", choices=["gateway", "ceiling"], help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        serve = serve_gateway if args.serve == "gateway" else serve_ceiling
+        asyncio.run(serve(Path(args.data), Path(args.data) / "port"))
+        return 0
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    count = args.count or (1000 if args.quick else 5000)
+    results = [run_target(t, count, args.window, args.sample) for t in ("ceiling", "gateway")]
+    for r in results:
+        print(json.dumps(r), flush=True)
+    ceiling, gateway = results
+    print(
+        json.dumps(
+            {
+                "ratio": round(gateway["acks_per_s"] / ceiling["acks_per_s"], 2),
+                "target_ratio": 0.7,
+                "p99_ms": gateway["p99_ms"],
+                "target_p99_ms": 50,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())

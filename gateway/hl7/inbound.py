@@ -1,0 +1,284 @@
+"""One inbound interface's pipeline: a frame's bytes in, the ACKs to answer out
+(research §H.3-§H.8).
+
+Theory of operation. Decode (never fails), read MSH, check it (AR/CR for what the
+sender must fix), map with the registered mapper (pure, on the loop), then ONE writer
+job: look the (interface, sending app, facility, control id) up — a message already
+stored gets its stored ACK again and changes nothing — else store the encrypted
+message with its state and its ACK and apply every command in a savepoint. A
+`MappingError` from a command rolls back the commands, not the row: the message is
+quarantined. Any other exception rolls the whole job back, nothing is stored, and the
+sender is answered AR (retry later). Only after the commit does the ACK leave.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import hl7
+import structlog
+
+from drivers.clock import Clock
+from gateway.clinical import mappers
+from gateway.clinical.commands import (
+    ERR_APPLICATION_INTERNAL,
+    ERR_SEGMENT_SEQUENCE,
+    ERR_UNSUPPORTED_EVENT_CODE,
+    ApplyContext,
+    ClinicalHooks,
+    Command,
+    Ignore,
+    MappingError,
+)
+from gateway.clinical.profile import InterfaceProfile
+from gateway.hl7 import ack, charset, header
+from gateway.hl7 import messages_sql as sql
+from gateway.hl7.settings import Hl7Interface
+from gateway.logs import exception_summary
+from gateway.store.consent_sql import cipher_of
+from gateway.store.store import Store
+
+log = structlog.get_logger("smsgw.hl7")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a frame is answered with: ACK texts in order (none when the sender asked
+    for none), the message's state (`duplicate` for a resend, `failed` when nothing
+    was stored) and whether it was committed (MLLP R2: commit ACK or NAK)."""
+
+    acks: list[str]
+    state: str
+    committed: bool
+    codec: str = "utf-8"
+
+
+Mapped = list[Command] | MappingError
+
+
+def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
+    """The commands a message maps to, or the `MappingError` that quarantines it.
+    Anything else a mapper raises is a defect: it propagates (answered AR)."""
+    try:
+        message = hl7.parse(text)
+    except (hl7.HL7Exception, ValueError, IndexError):
+        return MappingError(ERR_SEGMENT_SEQUENCE, "the message cannot be parsed", "MSH")
+    mapper = mappers.mapper_for(h.message_type, h.event)
+    if mapper is None:
+        return MappingError(ERR_UNSUPPORTED_EVENT_CODE, "unsupported event", "MSH-9.2")
+    try:
+        return list(mapper(message, profile))
+    except MappingError as e:
+        return e
+
+
+def known_types() -> set[str]:
+    return {t for t, _ in mappers.supported()}
+
+
+def apply(
+    conn: sqlite3.Connection, commands: Sequence[Command], ctx: ApplyContext
+) -> tuple[str, MappingError | None, str | None]:
+    """Apply `commands` in a savepoint: (state, error, ignore reason)."""
+    conn.execute("SAVEPOINT hl7_apply")
+    try:
+        for cmd in commands:
+            cmd.apply(conn, ctx)
+    except MappingError as e:
+        conn.execute("ROLLBACK TO hl7_apply")
+        conn.execute("RELEASE hl7_apply")
+        return "quarantined", e, None
+    except BaseException:
+        conn.execute("ROLLBACK TO hl7_apply")
+        conn.execute("RELEASE hl7_apply")
+        raise
+    conn.execute("RELEASE hl7_apply")
+    if commands and all(isinstance(c, Ignore) for c in commands):
+        return "ignored", None, next(c.reason for c in commands if isinstance(c, Ignore))
+    return "mapped", None, None
+
+
+class Hl7Inbound:
+    def __init__(
+        self, iface: Hl7Interface, store: Store, clock: Clock, hooks: ClinicalHooks
+    ) -> None:
+        self.iface = iface
+        self.profile = iface.profile()
+        self.store = store
+        self.clock = clock
+        self.hooks = hooks
+        self._override = (
+            None if iface.ack_mode_override is None else ack.AckMode(iface.ack_mode_override)
+        )
+
+    def context(self, now: float, message_ref: str) -> ApplyContext:
+        return ApplyContext(
+            now,
+            self.iface.name,
+            f"hl7:{self.iface.name}",
+            self.profile,
+            self.store,
+            self.hooks,
+            message_ref,
+        )
+
+    async def receive(self, payload: bytes) -> Answer:
+        now = self.clock.time()
+        decoded = charset.decode(payload, self.iface.codec)
+        text = decoded.text
+        rejected: header.Rejected | None = None
+        if "\n" in text:
+            if self.iface.lenient:
+                text = text.replace("\r\n", "\r").replace("\n", "\r")
+            else:
+                rejected = header.Rejected(
+                    ERR_SEGMENT_SEQUENCE, "segments end with LF; MLLP needs CR", "MSH"
+                )
+        try:
+            h = header.parse(text)
+        except header.Rejected as r:  # no MSH: nothing to store it under
+            log.warning("hl7_rejected", interface=self.iface.name, code=r.code, reason=r.text)
+            err = ack.Error(r.code, r.text, r.location)
+            return Answer(self._acks(header.EMPTY, ack.Outcome.REJECT, now, err), "rejected", True)
+        if rejected is None:
+            try:
+                header.check(h, known_types=known_types(), processing_ids=self.iface.processing_ids)
+            except header.Rejected as r:
+                rejected = r
+        mapped: Mapped = [] if rejected is not None else map_text(text, h, self.profile)
+        row_id = "hl7_" + secrets.token_hex(8)
+
+        def job(conn: sqlite3.Connection) -> Answer:
+            old = sql.find(conn, self.iface.name, h.sending_app, h.sending_facility, h.control_id)
+            if old is not None and old.state != "rejected":
+                sql.count_duplicate(conn, old.id, now)
+                return Answer(old.ack.split("\n") if old.ack else [], "duplicate", True)
+            reason: str | None = None
+            error: ack.Error | None
+            if rejected is not None:
+                state, error = (
+                    "rejected",
+                    ack.Error(rejected.code, rejected.text, rejected.location),
+                )
+                outcome = ack.Outcome.REJECT
+            else:
+                failure: MappingError | None = None
+                if isinstance(mapped, MappingError):
+                    state, failure = "quarantined", mapped
+                else:
+                    state, failure, reason = apply(conn, mapped, self.context(now, row_id))
+                error = (
+                    None
+                    if failure is None
+                    else ack.Error(failure.code, failure.text, failure.location)
+                )
+                outcome = ack.Outcome.ACCEPT
+                if error is not None and self.iface.on_mapping_error != "accept_quarantine":
+                    outcome = ack.Outcome.ERROR
+            acks = self._acks(
+                h, outcome, now, error if outcome is not ack.Outcome.ACCEPT else None, row_id
+            )
+            sql.put(
+                conn,
+                cipher_of(self.store),
+                sql.Row(
+                    row_id,
+                    self.iface.name,
+                    h.sending_app,
+                    h.sending_facility,
+                    h.control_id,
+                    h.message_type,
+                    h.event,
+                    h.version_id,
+                    h.message_time,
+                    decoded.codec,
+                    decoded.flag,
+                    text,
+                    state,
+                    None if error is None else error.code,
+                    reason if error is None else error.text,
+                    None if error is None else error.location,
+                    outcome.value,
+                    "\n".join(acks),
+                ),
+                now,
+            )
+            return Answer(acks, state, True)
+
+        try:
+            answer: Answer = await self.store.writer.run(job)
+        except Exception as e:  # rolled back: the sender retries later
+            log.error("hl7_store_failed", interface=self.iface.name, error=exception_summary(e))
+            err = ack.Error(ERR_APPLICATION_INTERNAL, "internal error; resend later")
+            return Answer(self._acks(h, ack.Outcome.REJECT, now, err), "failed", False)
+        self._log(h, answer, decoded.flag)
+        return Answer(answer.acks, answer.state, True, decoded.codec)
+
+    def _acks(
+        self,
+        h: header.Header,
+        outcome: ack.Outcome,
+        now: float,
+        error: ack.Error | None,
+        row_id: str | None = None,
+    ) -> list[str]:
+        control = "A" + (row_id or "hl7_" + secrets.token_hex(8))[4:]
+        return ack.acks(h, outcome, control, now, error, self._override)
+
+    def _log(self, h: header.Header, answer: Answer, flag: str | None) -> None:
+        if answer.state == "quarantined":
+            log.warning(
+                "hl7_quarantined",
+                interface=self.iface.name,
+                type=h.message_type,
+                trigger=h.event,
+                alert=self.iface.on_mapping_error == "accept_quarantine",
+            )
+        log.debug(  # one per message: at info level a busy feed would flood the log
+            "hl7_received",
+            interface=self.iface.name,
+            type=h.message_type,
+            trigger=h.event,
+            state=answer.state,
+            charset_flag=flag,
+        )
+
+    async def reprocess(self, row_id: str) -> str | None:
+        """Map a quarantined message again (after a profile or mapper fix): its new
+        state, or None if it is not (or no longer) quarantined."""
+        now = self.clock.time()
+        cipher = cipher_of(self.store)
+
+        def read(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            return sql.raw_text(conn, cipher, row_id)
+
+        found = await self.store.writer.run(read)
+        if found is None or found[0] != self.iface.name:
+            return None
+        text = found[1]
+        h = header.parse(text)
+        mapped = map_text(text, h, self.profile)
+
+        def job(conn: sqlite3.Connection) -> str | None:
+            if not sql.claim_quarantined(conn, row_id, now):
+                return None
+            failure: MappingError | None = None
+            if isinstance(mapped, MappingError):
+                state, failure, reason = "quarantined", mapped, None
+            else:
+                state, failure, reason = apply(conn, mapped, self.context(now, row_id))
+            error = (
+                (None, reason, None)
+                if failure is None
+                else (failure.code, failure.text, failure.location)
+            )
+            sql.set_state(conn, row_id, state, error, now)
+            return state
+
+        state: str | None = await self.store.writer.run(job)
+        if state is not None:
+            log.info("hl7_reprocessed", interface=self.iface.name, message=row_id, state=state)
+        return state

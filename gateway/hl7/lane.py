@@ -1,0 +1,182 @@
+"""The outbound lane: HL7 messages queued in `hl7_outbound` (reply write-back, see
+`gateway.clinical.outbound`) sent to their EHR one at a time, in order.
+
+Theory of operation. Per outbound interface, one task takes the oldest due `pending`
+row, sends it with the MLLP client and waits for its ACK. AA/CA: `acked`. AE/CE: the
+EHR refused the content, a resend would fail the same: `parked` for staff. AR/CR, a
+timeout or a broken connection: `pending` again after a back-off that doubles from
+`backoff_initial` to `backoff_max`, until `retries` more attempts failed: `parked`.
+Every outcome is one conditional UPDATE on the writer (`WHERE state = 'pending'`), so a
+row cancelled or re-sent meanwhile is not overwritten. `run_due()` drains what is due
+now, for tests; `run()` loops on the gateway clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import ssl
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.clock import Clock
+from gateway.clinical.outbound import OutboundState
+from gateway.hl7.client import Ack, MllpClient, MllpError
+from gateway.hl7.settings import Hl7Interface
+from gateway.store.consent_sql import cipher_of
+from gateway.store.store import Store
+
+log = structlog.get_logger("smsgw.hl7")
+
+POLL = 1.0  # rows are queued by other parts' transactions: look again this often
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    id: str
+    control_id: str
+    message: str
+    attempts: int
+
+
+def backoff(iface: Hl7Interface, attempts: int) -> float:
+    return float(min(iface.backoff_max, iface.backoff_initial * 2 ** max(0, attempts - 1)))
+
+
+def ssl_context(iface: Hl7Interface, ca_path: str | None) -> ssl.SSLContext | None:
+    if not iface.tls:
+        return None
+    context = ssl.create_default_context(cafile=ca_path)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class OutboundLane:
+    def __init__(
+        self,
+        iface: Hl7Interface,
+        store: Store,
+        clock: Clock,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.iface, self.store, self.clock = iface, store, clock
+        self.client = MllpClient(iface.host, iface.port, context=context, timeout=iface.ack_timeout)
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _next(self) -> Due | None:
+        now, cipher, name = self.clock.time(), cipher_of(self.store), self.iface.name
+
+        def job(conn: sqlite3.Connection) -> Due | None:
+            r = conn.execute(
+                "SELECT id, control_id, message_ct, attempts FROM hl7_outbound"
+                " WHERE interface = ? AND state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, created_at LIMIT 1",
+                (name, now),
+            ).fetchone()
+            if r is None:
+                return None
+            return Due(r[0], r[1], cipher.decrypt(r[2], r[0], "message"), r[3])
+
+        due: Due | None = await self.store.writer.run(job)
+        return due
+
+    async def run_due(self) -> int:
+        """Send every row due now; how many were tried."""
+        tried = 0
+        while (due := await self._next()) is not None:
+            await self._attempt(due)
+            tried += 1
+        return tried
+
+    async def _attempt(self, due: Due) -> None:
+        attempts = due.attempts + 1
+        try:
+            ack: Ack | None = await self.client.send(due.message)
+            problem = None
+        except MllpError as e:
+            ack, problem = None, str(e)
+        code = ack.code if ack is not None else ""
+        if ack is not None and ack.control_id != due.control_id:
+            code, problem = "", "the ACK answers another message"
+        if code in ("AA", "CA"):
+            state, next_at = OutboundState.ACKED, None
+        elif code in ("AE", "CE"):
+            state, next_at, problem = OutboundState.PARKED, None, f"refused ({code})"
+        elif attempts > self.iface.retries:
+            state, next_at = OutboundState.PARKED, None
+            problem = f"attempts exhausted: {problem or 'rejected (' + code + ')'}"
+        else:
+            state = OutboundState.PENDING
+            next_at = self.clock.time() + backoff(self.iface, attempts)
+            problem = problem or f"rejected ({code or 'no MSA'})"
+        now = self.clock.time()
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE hl7_outbound SET state = ?, attempts = ?, next_attempt_at = ?,"
+                " ack_code = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
+                (state.value, attempts, next_at, code or None, problem, now, due.id),
+            )
+
+        await self.store.writer.run(job)
+        log.info(
+            "hl7_outbound_attempt",
+            interface=self.iface.name,
+            id=due.id,
+            attempt=attempts,
+            ack=code or None,
+            state=state.value,
+        )
+
+    async def _next_due_in(self) -> float:
+        name = self.iface.name
+
+        def job(conn: sqlite3.Connection) -> float | None:
+            r = conn.execute(
+                "SELECT MIN(next_attempt_at) FROM hl7_outbound"
+                " WHERE interface = ? AND state = 'pending'",
+                (name,),
+            ).fetchone()
+            return None if r is None or r[0] is None else float(r[0])
+
+        at: float | None = await self.store.writer.run(job)
+        return POLL if at is None else max(0.0, min(POLL, at - self.clock.time()))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.run_due()
+                    delay = await self._next_due_in()
+                except Exception as e:  # the store is struggling: look again later
+                    log.error(
+                        "hl7_outbound_failed", interface=self.iface.name, error=type(e).__name__
+                    )
+                    delay = POLL
+                self._wake.clear()
+                sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+                waker = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                sleeper.cancel()
+                waker.cancel()
+        finally:
+            await self.client.aclose()
+
+
+async def resend(store: Store, row_id: str, now: float) -> bool:
+    """A parked message back to `pending`, due now, attempts counted afresh."""
+
+    def job(conn: sqlite3.Connection) -> bool:
+        r = conn.execute(
+            "UPDATE hl7_outbound SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+            " updated_at = ? WHERE id = ? AND state = 'parked' RETURNING id",
+            (now, now, row_id),
+        ).fetchone()
+        return r is not None
+
+    done: bool = await store.writer.run(job)
+    return done
