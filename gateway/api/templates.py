@@ -75,7 +75,8 @@ class DraftBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         msgspec.Meta(description="preview only: values for variables (samples otherwise)"),
     ] = msgspec.field(default_factory=dict)
     time_zone: Annotated[
-        str | None, msgspec.Meta(max_length=64, description="preview only: the clinic's zone")
+        Annotated[str, msgspec.Meta(max_length=64)] | None,
+        msgspec.Meta(description="preview only: the clinic's zone"),
     ] = None
 
 
