@@ -244,3 +244,17 @@ async def test_the_openapi_document_describes_the_template_paths(api: Api) -> No
     assert "/api/v1/templates" in paths and "/api/v1/templates/preview" in paths
     put = paths["/api/v1/templates/{name}/{language}"]["put"]
     assert "422" in put["responses"]
+
+
+async def test_a_preview_too_long_for_any_sms_says_how_many_segments(api: Api) -> None:
+    draft = {
+        "language": "en",
+        "purpose": "informational",
+        "variables": {"a": {"type": "text", "max_length": 160}},
+        "body": "{a}" * 333,
+        "values": {"a": "x" * 160},
+    }
+    r = await api.post("/api/v1/templates/preview", draft)
+    assert r.status == 200, await r.text()
+    text = (await r.json())["texts"][0]
+    assert (text["characters"], text["encoding"], text["segments"]) == (53280, "gsm7", 349)

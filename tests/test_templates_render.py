@@ -196,3 +196,13 @@ async def test_a_variant_split_is_stable_and_follows_the_weights(
     # A variant the notice was planned with wins; one that no longer exists falls back.
     assert (await render(gw, "visit", "en", VALUES, variant="B")).variant == "B"
     assert (await render(gw, "visit", "en", VALUES, variant="Z")).variant in ("A", "B")
+
+
+@pytest.mark.parametrize(
+    "value", ["999999999999", "-999999999999", "0001-01-01T00:00+14:00", "2026-02-30"]
+)
+def test_instants_out_of_range_are_refused_not_crashed_on(value: str) -> None:
+    from gateway.templates.variables import BadVariable
+
+    with pytest.raises(BadVariable, match="start: not a datetime value"):
+        START.render(value, None, "en", NY)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from drivers.clock import Clock
-from drivers.text import split
+from drivers.text import BodyTooLong, choose_encoding, split
 from gateway.clinical.notices import NoticeKind
 from gateway.consent.purposes import CLIENT_PURPOSES
 from gateway.errors import ApiError
@@ -247,16 +247,8 @@ class Templates:
             except RenderRefused as e:
                 text = None
                 problems.append(lint.Problem("render", str(e), v.name))
-            plan = split(text) if text else None
-            texts.append(
-                PreviewText(
-                    v.name,
-                    text,
-                    len(text or ""),
-                    plan.encoding.value if plan else None,
-                    plan.segments if plan else 0,
-                )
-            )
+            encoding, segments = _segments(text)
+            texts.append(PreviewText(v.name, text, len(text or ""), encoding, segments))
         return Preview(draft.language, tuple(texts), tuple(problems))
 
     def _samples(self, variables: tuple[Variable, ...], zone_name: str) -> dict[str, str]:
@@ -273,6 +265,16 @@ class Templates:
             else:
                 out[v.name] = _SAMPLES[v.type][: v.limit]
         return out
+
+
+def _segments(text: str | None) -> tuple[str | None, int]:
+    if not text:
+        return None, 0
+    try:
+        plan = split(text)
+    except BodyTooLong as e:  # over 255 segments: no SMS at all, but say how many
+        return choose_encoding(text).value, e.segments
+    return plan.encoding.value, plan.segments
 
 
 def _variants(req: DraftRequest) -> tuple[Variant, ...]:

@@ -104,7 +104,7 @@ class Variable:
                 return dates.format_date(dates.parse_date(value, zone), fmt or "date", language)
             if self.type is VarType.TIME:
                 return dates.format_time(dates.parse_time(value, zone), language)
-        except (dates.BadValue, ValueError, OverflowError):
+        except (ValueError, OverflowError, OSError):  # BadValue is a ValueError
             raise BadVariable(f"{self.name}: not a {self.type.value} value") from None
         text = _CONTROL.sub(" ", value).strip()
         if not text:
