@@ -185,6 +185,8 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/webhooks",
         "/consent",
         "/consent/reviews",
+        "/templates",
+        "/templates/reminder/es",
         "/account",
         "/account/password",
         "/account/totp",
@@ -192,6 +194,8 @@ def pages(seeded: dict[str, str]) -> list[str]:
 
 
 def settle(page: Any, path: str) -> None:
+    if path.startswith("/templates/"):
+        page.wait_for_selector("#template-preview .preview-body")
     if path == "/":
         page.wait_for_selector("#live-status[data-state=live]")
         page.wait_for_function("document.querySelector('#throughput-chart canvas') !== null")
