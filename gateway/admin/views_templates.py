@@ -84,7 +84,7 @@ def _form_request(form: Any) -> DraftRequest:
         None if variants else body,
         variants,
         str(form.get("kind", "")) or None,
-        str(form.get("name", "")).strip() or "preview",
+        str(form.get("name", "")).strip() or "draft",
     )
 
 

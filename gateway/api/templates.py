@@ -16,10 +16,13 @@ from aiohttp import web
 
 from gateway.api.handlers import AUTH_RECORD
 from gateway.api.openapi import Answer
+from gateway.clinical.notices import NoticeKind
+from gateway.consent.purposes import CLIENT_PURPOSES
 from gateway.intake import decode_with
 from gateway.templates.lint import Problem
 from gateway.templates.store import Version
 from gateway.templates.usecase import DraftRequest, Preview
+from gateway.templates.variables import VarType
 from gateway.usecases import Caller
 from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso
@@ -35,9 +38,29 @@ _VARS_DOC = (
 )
 
 
+# Documented in the schema, checked by the use case (its codes: invalid_purpose, ...).
+_PURPOSES = {"enum": [p.value for p in CLIENT_PURPOSES]}
+_KINDS = {"enum": [k.value for k in NoticeKind]}
+_TYPES = {"enum": [t.value for t in VarType]}
+_NAMES = {"propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,31}$"}}
+_LANGUAGE = {"pattern": "^[a-z]{2,3}(-[A-Z]{2})?$"}
+Purpose = Annotated[
+    str, msgspec.Meta(max_length=32, description=_PURPOSE_DOC, extra_json_schema=_PURPOSES)
+]
+Kind = Annotated[
+    Annotated[str, msgspec.Meta(max_length=32, extra_json_schema=_KINDS)] | None,
+    msgspec.Meta(description="the notice kind it is written for, if any"),
+]
+
+
 class VariableSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    type: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    type: Annotated[str, msgspec.Meta(max_length=16, extra_json_schema=_TYPES)] | None = None
     max_length: Annotated[int, msgspec.Meta(ge=1, le=160)] | None = None
+
+
+Variables = Annotated[
+    dict[str, VariableSpec], msgspec.Meta(description=_VARS_DOC, extra_json_schema=_NAMES)
+]
 
 
 class VariantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -46,37 +69,37 @@ class VariantSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
+Variants = Annotated[
+    list[VariantSpec] | None,
+    msgspec.Meta(description="A/B variants with weights (2 to 8, unique names); or body"),
+]
+
+
 class TemplateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    purpose: Annotated[str, msgspec.Meta(max_length=32, description=_PURPOSE_DOC)]
-    kind: Annotated[
-        str | None, msgspec.Meta(description="the notice kind it is written for, if any")
-    ] = None
-    variables: Annotated[dict[str, VariableSpec], msgspec.Meta(description=_VARS_DOC)] = (
-        msgspec.field(default_factory=dict)
-    )
+    purpose: Purpose
+    kind: Kind = None
+    variables: Variables = msgspec.field(default_factory=dict)
     body: Annotated[Body | None, msgspec.Meta(description="the text; or variants")] = None
-    variants: Annotated[
-        list[VariantSpec] | None,
-        msgspec.Meta(description="A/B variants with weights (2 to 8); or body"),
-    ] = None
+    variants: Variants = None
 
 
 class DraftBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    language: Annotated[str, msgspec.Meta(max_length=8, description=_LANG_DOC)]
-    purpose: Annotated[str, msgspec.Meta(max_length=32, description=_PURPOSE_DOC)]
-    kind: str | None = None
-    variables: Annotated[dict[str, VariableSpec], msgspec.Meta(description=_VARS_DOC)] = (
-        msgspec.field(default_factory=dict)
-    )
-    body: Body | None = None
-    variants: list[VariantSpec] | None = None
+    language: Annotated[
+        str, msgspec.Meta(max_length=8, description=_LANG_DOC, extra_json_schema=_LANGUAGE)
+    ]
+    purpose: Purpose
+    kind: Kind = None
+    variables: Variables = msgspec.field(default_factory=dict)
+    body: Annotated[Body | None, msgspec.Meta(description="the text; or variants")] = None
+    variants: Variants = None
     values: Annotated[
         dict[str, Annotated[str, msgspec.Meta(max_length=160)]],
         msgspec.Meta(description="preview only: values for variables (samples otherwise)"),
     ] = msgspec.field(default_factory=dict)
     time_zone: Annotated[
-        Annotated[str, msgspec.Meta(max_length=64)] | None,
-        msgspec.Meta(description="preview only: the clinic's zone"),
+        Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"format": "iana-time-zone"})]
+        | None,
+        msgspec.Meta(description="preview only: the clinic's IANA zone"),
     ] = None
 
 
@@ -226,7 +249,7 @@ async def delete_template(request: web.Request) -> web.Response:
 
 async def preview_template(request: web.Request) -> web.Response:
     body = decode_with(_DRAFT, await request.read())
-    req = draft_request(body, "preview", body.language)
+    req = draft_request(body, "draft", body.language)
     done = gateway_of(request).templates.preview(_caller(request), req, body.values, body.time_zone)
     return json_response(preview_view(done))
 
@@ -234,15 +257,17 @@ async def preview_template(request: web.Request) -> web.Response:
 async def lint_template(request: web.Request) -> web.Response:
     body = decode_with(_DRAFT, await request.read())
     problems = gateway_of(request).templates.lint(
-        _caller(request), draft_request(body, "preview", body.language)
+        _caller(request), draft_request(body, "draft", body.language)
     )
     return json_response(LintView(not problems, [problem_view(p) for p in problems]))
 
 
 # -- the endpoint table's rows (`gateway.api.server.ENDPOINTS`) --------------------------
-_TPL_NAME = "{name:[a-z][a-z0-9_.-]{0,63}}"
+# "preview" and "lint" are actions, never a template's name (`usecase.NAME`).
+_TPL_NAME = "{name:(?!(?:preview|lint)$)[a-z][a-z0-9_.-]{0,63}}"
 _TPL_LANG = "{language:[a-z]{2,3}(?:-[A-Z]{2})?}"
 _TPL_NONE = Answer(404, "`not_found`: no such template (or version)")
+_TPL_PATH = Answer(404, "`not_found`: a name or language tag the path does not take")
 _TPL_DRAFT = Answer(
     422,
     "`invalid_name`, `invalid_language`, `invalid_purpose`, `invalid_kind`,"
@@ -284,6 +309,7 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
             201,
             answers=(
                 _TPL_DRAFT,
+                _TPL_PATH,
                 Answer(
                     422,
                     "`template_<rule>`: the lint refused it; rules: syntax, unknown_variable,"
@@ -300,7 +326,7 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
             "Make an earlier (or later) version the active one (audited)",
             None,
             TemplateView,
-            answers=(_TPL_NONE,),
+            answers=(Answer(404, "`not_found`: no such template version"),),
         ),
         make(
             "DELETE",

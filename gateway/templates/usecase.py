@@ -29,7 +29,7 @@ from gateway.templates.store import Draft, Variant, Version
 from gateway.templates.variables import Variable, VarType, declare
 from gateway.usecases.caller import Caller
 
-NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+NAME = re.compile(r"^(?!(?:preview|lint)$)[a-z][a-z0-9_.-]{0,63}$")  # those two are actions
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 MAX_BODY = 1000
 MAX_VARIANTS = 8
@@ -55,7 +55,7 @@ class DraftRequest:
     body: str | None = None
     variants: tuple[tuple[str, str, int], ...] | None = None  # (name, body, weight)
     kind: str | None = None
-    name: str = "preview"
+    name: str = "draft"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,8 @@ class Templates:
     def draft(self, req: DraftRequest) -> Draft:
         """Check the shape of a request (not the lint); `ApiError` 422 naming the field."""
         if not NAME.match(req.name):
-            raise _invalid("name", "invalid_name", "lower case letters, digits, _ . -")
+            what = "lower case letters, digits, _ . - (not preview, lint)"
+            raise _invalid("name", "invalid_name", what)
         language = normalise(req.language)
         if language is None or language != req.language:
             raise _invalid("language", "invalid_language", 'a tag like "en", "es" or "es-MX"')
