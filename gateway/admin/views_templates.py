@@ -76,7 +76,9 @@ def _form_request(form: Any) -> DraftRequest:
     if body_b:
         share = str(form.get("share_b", "50"))
         weight_b = int(share) if share.isdigit() and 1 <= int(share) <= 99 else 50
-        variants = (("A", body, 100 - weight_b), ("B", body_b, weight_b))
+        name_a = str(form.get("name_a", "")) or "A"
+        name_b = str(form.get("name_b", "")) or "B"
+        variants = ((name_a, body, 100 - weight_b), (name_b, body_b, weight_b))
     return DraftRequest(
         str(form.get("language", "")).strip(),
         str(form.get("purpose", "")),
@@ -107,6 +109,8 @@ def _editor(
         "variables": variables_text(version),
         "body": variants[0].body if variants else "",
         "body_b": variants[1].body if len(variants) > 1 else "",
+        "name_a": (variants[0].name or "A") if variants else "A",
+        "name_b": (variants[1].name or "B") if len(variants) > 1 else "B",
         "share_b": str(
             round(100 * variants[1].weight / sum(v.weight for v in variants))
             if len(variants) > 1
@@ -124,7 +128,8 @@ def _editor(
         purposes=[p.value for p in CLIENT_PURPOSES],
         kinds=[k.value for k in NoticeKind],
         types=[t.value for t in VarType],
-        may_edit=current_user(request).role in ADMIN,
+        may_edit=current_user(request).role in ADMIN and len(variants) <= 2,
+        many_variants=len(variants) > 2,
         problem=problem,
         notice=request.query.get("notice"),
     )
@@ -166,7 +171,8 @@ async def preview(request: web.Request) -> web.StreamResponse:
 async def save(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     fields = {k: str(form.get(k, "")) for k in ("name", "language", "purpose", "kind")}
-    fields.update({k: str(form.get(k, "")) for k in ("variables", "body", "body_b", "share_b")})
+    texts = ("variables", "body", "body_b", "share_b", "name_a", "name_b")
+    fields.update({k: str(form.get(k, "")) for k in texts})
     try:
         saved = await _templates(request).save(_caller(request), _form_request(form))
     except ApiError as e:
