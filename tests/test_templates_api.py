@@ -51,9 +51,9 @@ async def test_the_built_in_templates_are_listed_and_a_save_makes_a_new_version(
     saved = await r.json()
     assert (saved["version"], saved["active"], saved["builtin"]) == (2, True, False)
     assert saved["variables"] == [
-        {"name": "clinic", "type": "provider", "max_length": None},
-        {"name": "start", "type": "datetime", "max_length": None},
-        {"name": "ward", "type": "text", "max_length": 20},
+        {"name": "clinic", "type": "provider", "max_length": None, "default": None},
+        {"name": "start", "type": "datetime", "max_length": None, "default": None},
+        {"name": "ward", "type": "text", "max_length": 20, "default": None},
     ]
     versions = (await (await api.get("/api/v1/templates/reminder")).json())["templates"]
     en = [(v["version"], v["active"]) for v in versions if v["language"] == "en"]
@@ -121,6 +121,9 @@ async def test_bad_requests_get_stable_codes(api: Api) -> None:
         422,
         "invalid_kind",
     )
+    long_default = {"ward": {"type": "text", "max_length": 3, "default": "East"}}
+    r = await _put(api, "/api/v1/templates/visit/en", {**REMINDER, "variables": long_default})
+    await _error(r, 422, "invalid_variable")
     bad_var = {**REMINDER, "variables": {"ward": {"type": "html"}}}
     await _error(await _put(api, "/api/v1/templates/visit/en", bad_var), 422, "invalid_variable")
     await _error(
@@ -132,6 +135,14 @@ async def test_bad_requests_get_stable_codes(api: Api) -> None:
     await _error(await _put(api, "/api/v1/templates/visit/EN", REMINDER), 404, "not_found")
     r = await api.post("/api/v1/templates/preview", {"language": "english", "purpose": "x"})
     await _error(r, 422, "invalid_language")
+
+
+async def test_a_default_is_saved_and_shown(api: Api) -> None:
+    variables = {**REMINDER["variables"], "ward": {"type": "text", "default": "East wing"}}
+    r = await _put(api, "/api/v1/templates/visit/en", {**REMINDER, "variables": variables})
+    assert r.status == 201, await r.text()
+    ward = [v for v in (await r.json())["variables"] if v["name"] == "ward"]
+    assert ward == [{"name": "ward", "type": "text", "max_length": None, "default": "East wing"}]
 
 
 async def test_editing_needs_admin_and_reading_needs_read(api: Api) -> None:

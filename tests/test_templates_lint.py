@@ -187,9 +187,20 @@ def test_variable_declarations_are_checked() -> None:
         ({"ward": {"type": "text", "max_length": 500}}, "max_length is 1 to 160"),
         ({"Bad-Name": {"type": "text"}}, "lower case"),
         ({"time_zone": {"type": "text"}}, "lower case"),  # reserved
+        ({"start": {"default": "soon"}}, "has no default"),
+        ({"ward": {"type": "text", "max_length": 3, "default": "East"}}, "1 to 3 characters"),
     ):
         with pytest.raises(ValueError, match=what):
             declare(bad)  # type: ignore[arg-type]  # the wrong shapes on purpose
+
+
+def test_a_default_is_linted_like_the_text() -> None:
+    ward = declare({"ward": {"type": "text", "default": "Oncology ward"}})
+    assert rules("{clinic}: see you {start} at {ward}", variables=(*VARS, *ward)) == set()
+    ward = declare({"ward": {"type": "text", "default": "HIV clinic"}})
+    found = lint([Body(None, "{clinic}: {ward}")], (*VARS, *ward), "informational", "en")
+    assert [p.rule for p in found] == ["diagnosis"]
+    assert found[0].message.startswith("ward: its default") and "HIV" not in found[0].message
 
 
 def test_every_built_in_template_passes_the_lint() -> None:

@@ -129,9 +129,20 @@ async def test_values_that_do_not_fit_refuse_the_render_naming_only_the_variable
         assert isinstance(e.value, TemplateMissing)  # the runner skips, never sends
         for value in changed.values():
             assert value not in str(e.value) or value == "Mars/Olympus"
-    missing = {k: v for k, v in VALUES.items() if k != "location"}
-    with pytest.raises(RenderRefused, match="no value for location"):
+    missing = {k: v for k, v in VALUES.items() if k != "short_code"}
+    with pytest.raises(RenderRefused, match="no value for short_code"):
         await render(gw, "reminder", "en", missing)
+
+
+async def test_a_declared_default_fills_a_label_no_one_gave(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    no_location = {k: v for k, v in VALUES.items() if k != "location"}
+    en = await render(gw, "reminder", "en", no_location)
+    assert "2:30 PM at the clinic. Reply C 4821" in en.text
+    es = await render(gw, "medication_ready", "es", {})
+    assert es.text.startswith("Hospital: su receta está lista para recoger en la farmacia.")
+    # The notice's value wins over the default.
+    assert "at Room 4." in (await render(gw, "reminder", "en", VALUES)).text
 
 
 async def test_site_values_fill_what_a_notice_does_not_carry(open_gateway: GatewayFactory) -> None:

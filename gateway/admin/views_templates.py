@@ -5,7 +5,7 @@ The editor's form is posted to the preview as the user types (htmx, debounced), 
 the answer is a fragment: each variant's text with sample values, its encoding,
 segment count and characters, and the lint's problems. Saving goes through the same
 use case as the API (`gw.templates`), which refuses what the lint refuses and audits
-what it saves. Variables are written one a line: `name`, or `name: type [max_length]`.
+what it saves. Variables are written one a line: `name`, or `name: type [max_length] [= default]`.
 """
 
 from __future__ import annotations
@@ -42,20 +42,25 @@ def variables_text(version: Version | None) -> str:
     if version is None:
         return "clinic\nstart"
     return "\n".join(
-        f"{v.name}: {v.type.value}" + (f" {v.max_length}" if v.max_length else "")
+        f"{v.name}: {v.type.value}"
+        + (f" {v.max_length}" if v.max_length else "")
+        + (f" = {v.default}" if v.default is not None else "")
         for v in version.draft.variables
     )
 
 
 def parse_variables(text: str) -> dict[str, dict[str, object]]:
-    """`name` or `name: type [max_length]` per line; ApiError naming the line."""
+    """`name` or `name: type [max_length] [= default]` per line; ApiError naming the line."""
     out: dict[str, dict[str, object]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        line, eq, default = line.partition("=")
         name, _, rest = line.partition(":")
         parts = rest.split()
         spec: dict[str, object] = {"type": parts[0] if parts else None}
+        if eq:
+            spec["default"] = default.strip()
         if len(parts) > 1:
             if not parts[1].isdigit() or len(parts) > 2:
                 raise ApiError(

@@ -56,6 +56,10 @@ Kind = Annotated[
 class VariableSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     type: Annotated[str, msgspec.Meta(max_length=16, extra_json_schema=_TYPES)] | None = None
     max_length: Annotated[int, msgspec.Meta(ge=1, le=160)] | None = None
+    default: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=160)] | None,
+        msgspec.Meta(description="text types: the text when no value is given"),
+    ] = None
 
 
 Variables = Annotated[
@@ -107,6 +111,7 @@ class VariableView(msgspec.Struct, frozen=True):
     name: str
     type: str
     max_length: int | None
+    default: str | None
 
 
 class VariantView(msgspec.Struct, frozen=True):
@@ -179,7 +184,7 @@ def template_view(v: Version) -> TemplateView:
         v.version,
         d.purpose,
         d.kind,
-        [VariableView(x.name, x.type.value, x.max_length) for x in d.variables],
+        [VariableView(x.name, x.type.value, x.max_length, x.default) for x in d.variables],
         [VariantView(x.name, x.body, x.weight) for x in d.variants],
         v.builtin,
         v.active,
@@ -205,7 +210,10 @@ def draft_request(body: TemplateRequest | DraftBody, name: str, language: str) -
     return DraftRequest(
         language,
         body.purpose,
-        {k: {"type": v.type, "max_length": v.max_length} for k, v in body.variables.items()},
+        {
+            k: {"type": v.type, "max_length": v.max_length, "default": v.default}
+            for k, v in body.variables.items()
+        },
         body.body,
         None if body.variants is None else tuple((v.name, v.body, v.weight) for v in body.variants),
         body.kind,

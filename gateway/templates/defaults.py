@@ -14,14 +14,22 @@ from gateway.templates.store import Draft, Variant
 from gateway.templates.variables import Variable, VarType
 
 CLINIC = Variable("clinic", VarType.PROVIDER, 24)
-LOCATION = Variable("location", VarType.TEXT, 24)
 START = Variable("start", VarType.DATETIME)
 SHORT_CODE = Variable("short_code", VarType.SHORT_CODE, 4)
+# A notice without a location label still reads well (and is sent).
+LOCATION = {
+    "en": Variable("location", VarType.TEXT, 24, "the clinic"),
+    "es": Variable("location", VarType.TEXT, 24, "la clínica"),
+}
+PHARMACY = {
+    "en": Variable("location", VarType.TEXT, 24, "the pharmacy"),
+    "es": Variable("location", VarType.TEXT, 24, "la farmacia"),
+}
 
-_TEXTS: dict[NoticeKind, tuple[Purpose, tuple[Variable, ...], str, str]] = {
+_TEXTS: dict[NoticeKind, tuple[Purpose, tuple[Variable | str, ...], str, str]] = {
     NoticeKind.REMINDER: (
         Purpose.APPOINTMENT,
-        (CLINIC, START, LOCATION, SHORT_CODE),
+        (CLINIC, START, "location", SHORT_CODE),
         "{clinic}: appointment {start} at {location}. Reply C {short_code} to confirm,"
         " R to reschedule, STOP to opt out",
         "{clinic}: cita el {start} en {location}. Responda C {short_code} para confirmar,"
@@ -29,7 +37,7 @@ _TEXTS: dict[NoticeKind, tuple[Purpose, tuple[Variable, ...], str, str]] = {
     ),
     NoticeKind.APPOINTMENT_MOVED: (
         Purpose.APPOINTMENT,
-        (CLINIC, START, LOCATION, SHORT_CODE),
+        (CLINIC, START, "location", SHORT_CODE),
         "{clinic}: your appointment moved to {start} at {location}. Reply C {short_code}"
         " to confirm, STOP to opt out",
         "{clinic}: su cita pasó al {start} en {location}. Responda C {short_code} para"
@@ -52,7 +60,7 @@ _TEXTS: dict[NoticeKind, tuple[Purpose, tuple[Variable, ...], str, str]] = {
     ),
     NoticeKind.MEDICATION_READY: (
         Purpose.MEDICATION,
-        (CLINIC, LOCATION),
+        (CLINIC, "pharmacy"),
         "{clinic}: your prescription is ready for pick-up at {location}. Reply STOP to opt out",
         "{clinic}: su receta está lista para recoger en {location}."
         " Responda STOP para no recibir más",
@@ -72,12 +80,13 @@ def builtin() -> list[Draft]:
     out = []
     for kind, (purpose, variables, en, es) in _TEXTS.items():
         for language, body in (("en", en), ("es", es)):
+            labels = {"location": LOCATION[language], "pharmacy": PHARMACY[language]}
             out.append(
                 Draft(
                     kind.value,
                     language,
                     purpose.value,
-                    variables,
+                    tuple(labels[v] if isinstance(v, str) else v for v in variables),
                     (Variant(None, body),),
                     kind.value,
                 )

@@ -169,9 +169,31 @@ def lint(
                     f"{v.name}: drug names are off at this site (templates.allow_drug_names)",
                 )
             )
+        if v.default is not None:
+            for rule, what, _ in _word_problems(fold(v.default), allow_drug_names):
+                problems.append(Problem(rule, f"{v.name}: its default has {what}"))
     for body in bodies:
         problems.extend(_lint_body(body, declared, purpose, language, allow_drug_names))
     return problems
+
+
+def _word_problems(words: str, allow_drug_names: bool) -> Iterator[tuple[str, str, re.Match[str]]]:
+    for pattern, rule, what in (
+        (_NUMBER_UNIT, Rule.RESULT_VALUE, "a number with a unit (a result value)"),
+        (_DECIMAL, Rule.RESULT_VALUE, "a decimal number (a result value)"),
+        (_COMPARISON, Rule.RESULT_VALUE, "a comparison with a number (a result)"),
+        (_RESULT_WORDS, Rule.RESULT_VALUE, "a word that states a result"),
+        (_DIAGNOSES, Rule.DIAGNOSIS, "a word that names a diagnosis"),
+    ):
+        for m in pattern.finditer(words):
+            yield rule, what, m
+    if not allow_drug_names:
+        for m in _DRUGS.finditer(words):
+            yield (
+                Rule.DRUG_NAME,
+                "a drug name; this site does not allow them (templates.allow_drug_names)",
+                m,
+            )
 
 
 def _lint_body(
@@ -207,23 +229,8 @@ def _lint_body(
     for p in used:
         masked[p.start : p.end] = " " * (p.end - p.start)
     words = fold("".join(masked))
-    for pattern, rule, what in (
-        (_NUMBER_UNIT, Rule.RESULT_VALUE, "a number with a unit reads as a result value"),
-        (_DECIMAL, Rule.RESULT_VALUE, "a decimal number reads as a result value"),
-        (_COMPARISON, Rule.RESULT_VALUE, "a comparison with a number reads as a result"),
-        (_RESULT_WORDS, Rule.RESULT_VALUE, "a word that states a result"),
-        (_DIAGNOSES, Rule.DIAGNOSIS, "a word that names a diagnosis"),
-    ):
-        for m in pattern.finditer(words):
-            yield problem(rule, f"{what} (characters {m.start() + 1}-{m.end()})", m.span())
-    if not allow_drug_names:
-        for m in _DRUGS.finditer(words):
-            yield problem(
-                Rule.DRUG_NAME,
-                f"a drug name (characters {m.start() + 1}-{m.end()}); this site does not"
-                " allow them (templates.allow_drug_names)",
-                m.span(),
-            )
+    for rule, what, m in _word_problems(words, allow_drug_names):
+        yield problem(rule, f"{what} (characters {m.start() + 1}-{m.end()})", m.span())
     if not exempt(purpose):
         return
     for m in _MARKETING.finditer(words):

@@ -6,8 +6,9 @@ language, then English. Choosing: a named variant if the version has it; otherwi
 the weights split deterministically on the notice's `split_key` (or, without one, on
 all its values), so rendering the same notice again picks the same variant, and a
 share of `w / sum(weights)` of keys lands on each. Filling: the notice's values over
-the site's (`[templates.values]`), each formatted by its declared type in the clinic's
-zone (the notice's `time_zone`, else `[templates] time_zone`) and the language found.
+the site's (`[templates.values]`) over the variable's declared default, each formatted
+by its declared type in the clinic's zone (the notice's `time_zone`, else
+`[templates] time_zone`) and the language found.
 A value that does not fit, or a variable without a value, refuses the render with
 `RenderRefused` — a `TemplateMissing`, so the runner skips the notice with the reason
 (which names the variable, never a value) and nothing half-filled is ever sent.
@@ -130,12 +131,11 @@ class TemplateRenderer:
             var = declared.get(p.name)
             if var is None:
                 raise RenderRefused(f"template {draft.name}: {p.name} is not declared")
-            if p.name not in values:
+            value = values.get(p.name, var.default)
+            if value is None:
                 raise RenderRefused(f"template {draft.name}: no value for {p.name}")
             try:
-                filled[(p.name, p.format)] = var.render(
-                    values[p.name], p.format, draft.language, zone
-                )
+                filled[(p.name, p.format)] = var.render(value, p.format, draft.language, zone)
             except BadVariable as e:
                 raise RenderRefused(f"template {draft.name}: {e}") from None
         return lang.fill(pieces, filled)

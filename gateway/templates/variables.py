@@ -83,6 +83,7 @@ class Variable:
     name: str
     type: VarType
     max_length: int | None = None  # text types; None: the type's default
+    default: str | None = None  # the text when neither the notice nor the site give one
 
     @property
     def limit(self) -> int:
@@ -138,12 +139,24 @@ def declare(raw: Mapping[str, Mapping[str, object]]) -> tuple[Variable, ...]:
                 raise ValueError(f"{name}: a {var_type.value} has no max_length")
             if not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH:
                 raise ValueError(f"{name}: max_length is 1 to {MAX_LENGTH}")
-        out.append(Variable(name, var_type, max_length))
+        default = spec.get("default")
+        variable = Variable(name, var_type, max_length)
+        if default is not None:
+            if var_type in FORMATS_OF or var_type in (VarType.DRUG, VarType.NOTE):
+                raise ValueError(f"{name}: a {var_type.value} has no default")
+            if not isinstance(default, str) or not 0 < len(default) <= variable.limit:
+                raise ValueError(f"{name}: the default is 1 to {variable.limit} characters")
+            variable = Variable(name, var_type, max_length, default)
+        out.append(variable)
     return tuple(out)
 
 
 def as_json(variables: tuple[Variable, ...]) -> dict[str, dict[str, object]]:
     return {
-        v.name: {"type": v.type.value, **({"max_length": v.max_length} if v.max_length else {})}
+        v.name: {
+            "type": v.type.value,
+            **({"max_length": v.max_length} if v.max_length else {}),
+            **({"default": v.default} if v.default is not None else {}),
+        }
         for v in variables
     }
