@@ -57,6 +57,8 @@ from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
+from gateway.templates.renderer import TemplateRenderer
+from gateway.templates.usecase import Templates
 from gateway.tokens import TokenCache
 from gateway.usage import unit_usage
 from gateway.usecases import (
@@ -167,6 +169,7 @@ class Gateway:
         """
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
+        await self.templates.ensure_defaults()  # the built-in templates, at the first start
         await self.scheduler.restore_parks()  # refused credentials, still the same: no bind
         for route in self.routes.values():
             seed_usage = getattr(route.driver, "seed_usage", None)
@@ -251,6 +254,18 @@ class Gateway:
                 audit=self.audit,
                 hooks=self.clinical_hooks,
             ),
+        )
+
+    @functools.cached_property
+    def templates(self) -> Templates:
+        """Message templates (`gateway/templates/`); `.renderer` renders notices."""
+        consent = self.config.consent
+        return Templates(
+            renderer=TemplateRenderer(self.config.templates, consent.language, consent.brand),
+            allow_drug_names=self.config.templates.allow_drug_names,
+            store_=self.store,
+            clock=self.clock,
+            audit=self.audit,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -29,6 +29,7 @@ from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
+from gateway.templates.settings import TemplatesConfig
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -360,6 +361,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     appointments: AppointmentsConfig = msgspec.field(default_factory=AppointmentsConfig)
     hl7: Hl7Config = msgspec.field(default_factory=Hl7Config)  # MLLP feeds (gateway/hl7/)
+    templates: TemplatesConfig = msgspec.field(default_factory=TemplatesConfig)
     source: str | None = None
 
     @property
@@ -548,6 +550,7 @@ def _check_values(config: Config) -> None:
         raise ConfigError(problem)
     if problem := config.appointments.problems():
     if problem := config.hl7.problems():
+    if problem := config.templates.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

@@ -31,6 +31,8 @@ SAMPLES = {
     "route": "main",
     "id": "06H1X8ZQ0000000000000000AA",  # a well-formed message id (the API's pattern)
     "index": "0",  # an emulated modem's number (the demo routes take digits only)
+    "language": "en",  # a template's language tag
+    "version": "1",  # a template's version
 }
 
 

@@ -55,6 +55,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_consent",
     "gateway.admin.views_appointments",
     "gateway.admin.views_hl7",
+    "gateway.admin.views_templates",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

@@ -16,6 +16,7 @@ from gateway.api import consent as c
 from gateway.api import handlers as h
 from gateway.api.endpoint import Endpoint
 from gateway.api import hl7 as hl7_api
+from gateway.api import templates as t
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -563,6 +564,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *CONSENT_ENDPOINTS,
     *ap.ENDPOINTS,
     *HL7_ENDPOINTS,
+    *t.endpoints(Endpoint),
 )
 
 

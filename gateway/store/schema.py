@@ -533,6 +533,33 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (interface, sending_app, sending_facility, control_id)
     );
     CREATE INDEX hl7_messages_state ON hl7_messages (interface, state, received_at);
+    # 14 (i13-templates): message templates. Each save is a new, immutable row (a
+    #     version of one name in one language, with its purpose, typed variables and
+    #     A/B variants as JSON); `template_heads` names the active version of each
+    #     name and language (NULL once deleted: the versions stay, and a built-in
+    #     default deleted by a site is not seeded again).
+    """
+    CREATE TABLE templates (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        language    TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        purpose     TEXT NOT NULL,
+        kind        TEXT,
+        variables   TEXT NOT NULL,
+        variants    TEXT NOT NULL,
+        builtin     INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        created_by  TEXT NOT NULL,
+        UNIQUE (name, language, version)
+    );
+    CREATE TABLE template_heads (
+        name        TEXT NOT NULL,
+        language    TEXT NOT NULL,
+        active      INTEGER,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (name, language)
+    );
     """,
 )
 

@@ -37,6 +37,7 @@ class Caller:
     shows_body_length: bool = False
     may_override_quiet_hours: bool = False  # the `urgent` scope (audited per message)
     may_record_consent: bool = False
+    may_edit_templates: bool = False  # the `admin` scope or panel role (gateway.templates)
 
     @classmethod
     def for_token(cls, token: TokenRecord) -> Caller:
@@ -51,6 +52,7 @@ class Caller:
             may_read_phi="phi" in scopes,
             may_override_quiet_hours="urgent" in scopes,
             may_record_consent=bool({"consent", "admin"} & scopes),
+            may_edit_templates="admin" in scopes,
         )
 
     @classmethod

@@ -199,6 +199,8 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/appointments",
         f"/appointments/{seeded['appointment']}",
         "/hl7",
+        "/templates",
+        "/templates/reminder/es",
         "/account",
         "/account/password",
         "/account/totp",
@@ -206,6 +208,8 @@ def pages(seeded: dict[str, str]) -> list[str]:
 
 
 def settle(page: Any, path: str) -> None:
+    if path.startswith("/templates/"):
+        page.wait_for_selector("#template-preview .preview-body")
     if path == "/":
         page.wait_for_selector("#live-status[data-state=live]")
         page.wait_for_function("document.querySelector('#throughput-chart canvas') !== null")

@@ -1,0 +1,1 @@
+"""Message templates: versioned, per language, typed variables, lint, preview, A/B."""
