@@ -55,7 +55,7 @@ def _pending(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
 
 
 async def test_booking_plans_each_matching_rule_and_a_move_replans(store: Store) -> None:
-    planner, hooks = _hooks()
+    _, hooks = _hooks()
     ctx = context(store, NOW, hooks)
 
     def job(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -217,8 +217,6 @@ async def test_the_recheck_says_why_a_reminder_no_longer_goes(store: Store) -> N
 
 
 async def test_variants_are_stable_per_appointment_and_follow_the_weights(store: Store) -> None:
-    _, hooks = _hooks()
-    ctx = context(store, NOW, hooks)
     spec = RuleSpec("ab", "-2h", "reminder", variants=(Variant("a", 3), Variant("b", 1)))
 
     def job(conn: sqlite3.Connection) -> list[str | None]:
