@@ -49,6 +49,7 @@ from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
 from gateway.reminders.planner import Planner
+from gateway.reminders.usecase import ReminderRules
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -200,6 +201,17 @@ class Gateway:
     def planner(self) -> Planner:
         """Plans reminders on every appointment change (installed in `clinical_hooks`)."""
         return Planner(self.notice_bell)
+
+    @functools.cached_property
+    def reminder_rules(self) -> ReminderRules:
+        """The reminder rules' use cases (API `/reminder-rules`, panel page)."""
+        return ReminderRules(
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            policy=self.intake.policy,
+            planner=self.planner,
+        )
 
     def notice_runner(self, renderer: Renderer) -> NoticeRunner:
         """A runner of the due clinical notices (`start()` runs one with `renderer`)."""

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.api import consent as c
 from gateway.api import handlers as h
+from gateway.api import reminder_rules
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -468,6 +469,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
     *CONSENT_ENDPOINTS,
+    *reminder_rules.endpoints(Endpoint),  # issue 13: /reminder-rules
 )
 
 

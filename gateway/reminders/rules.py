@@ -126,7 +126,7 @@ def check(spec: RuleSpec) -> tuple[str, str] | None:
     return None
 
 
-_COLUMNS = (
+COLUMNS = (
     "id, version, name, lead, delivery_time, services, locations, appt_types, skip_booked,"
     " purpose, priority, template, variants, active, current, actor, created_at"
 )
@@ -149,7 +149,7 @@ def save(
             return None
         version = int(r[0]) + 1
     conn.execute(
-        f"INSERT INTO reminder_rules ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",  # noqa: S608
+        f"INSERT INTO reminder_rules ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",  # noqa: S608
         (
             rule_id,
             version,
@@ -175,7 +175,7 @@ def save(
 def current(conn: sqlite3.Connection, *, active_only: bool = False) -> list[Rule]:
     where = "current = 1" + (" AND active = 1" if active_only else "")
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM reminder_rules WHERE {where} ORDER BY created_at, id"  # noqa: S608
+        f"SELECT {COLUMNS} FROM reminder_rules WHERE {where} ORDER BY created_at, id"  # noqa: S608
     ).fetchall()
     return [row_of(r) for r in rows]
 
@@ -185,13 +185,13 @@ def get(conn: sqlite3.Connection, rule_id: str, version: int | None = None) -> R
     sql, args = "id = ? AND current = 1", [rule_id]
     if version is not None:
         sql, args = "id = ? AND version = ?", [rule_id, version]
-    r = conn.execute(f"SELECT {_COLUMNS} FROM reminder_rules WHERE {sql}", args).fetchone()  # noqa: S608
+    r = conn.execute(f"SELECT {COLUMNS} FROM reminder_rules WHERE {sql}", args).fetchone()  # noqa: S608
     return None if r is None else row_of(r)
 
 
 def history(conn: sqlite3.Connection, rule_id: str) -> list[Rule]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM reminder_rules WHERE id = ? ORDER BY version",  # noqa: S608
+        f"SELECT {COLUMNS} FROM reminder_rules WHERE id = ? ORDER BY version",  # noqa: S608
         (rule_id,),
     ).fetchall()
     return [row_of(r) for r in rows]
