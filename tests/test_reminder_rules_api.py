@@ -37,11 +37,11 @@ async def _delete(api: Api, path: str, token: str | None = None) -> Any:
 
 async def test_create_version_deactivate_and_the_audit(api: Api) -> None:
     r = await api.post(BASE, {**RULE, "services": ["CARDIO"], "skip_if_booked_within": "48h",
-                              "variants": [{"name": "a", "weight": 3}, {"name": "b"}]})  # fmt: skip
+                              "variants": {"a": 3, "b": 1}})  # fmt: skip
     assert r.status == 201, await r.text()
     made = await r.json()
     assert made["version"] == 1 and made["offset"] == "-1d" and made["purpose"] == "appointment"
-    assert made["variants"] == [{"name": "a", "weight": 3}, {"name": "b", "weight": 1}]
+    assert made["variants"] == {"a": 3, "b": 1}
     rid = made["id"]
     r = await _put(api, f"{BASE}/{rid}", {**RULE, "offset": "-2h", "delivery_time": None})
     assert r.status == 200, await r.text()
@@ -114,7 +114,8 @@ async def test_preview_gives_due_times_in_the_clinics_zone_across_dst(api: Api) 
         ({"delivery_time": "25:00"}, "delivery_time"),
         ({"skip_if_booked_within": "forever"}, "skip_if_booked_within"),
         ({"purpose": "compliance"}, "purpose"),
-        ({"variants": [{"name": "a"}, {"name": "a"}]}, "variants"),
+        ({"variants": {"a b": 1}}, "variants"),
+        ({"variants": {"a": 0}}, "variants"),
         ({"colour": "red"}, None),
         ({"template": ""}, "template"),
     ],
@@ -145,6 +146,10 @@ async def test_reading_needs_read_and_changing_needs_admin(api: Api) -> None:
     await _error(await _delete(api, f"{BASE}/{rid}", token=reader), 403, "forbidden")
     sample = {"start": "2030-01-01T09:00:00Z", "time_zone": "UTC"}
     assert (await api.post(f"{BASE}/{rid}/preview", sample, token=reader)).status == 200
+
+
+async def test_a_body_that_is_not_json_is_a_400(api: Api) -> None:
+    await _error(await api.post(BASE, b"\x00"), 400, "bad_json")
 
 
 async def test_unknown_rules_and_zones(api: Api) -> None:

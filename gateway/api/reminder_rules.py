@@ -33,9 +33,19 @@ Labels = Annotated[list[Label], msgspec.Meta(max_length=50)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class VariantBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
-    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+# At most 90 days before the start, in each unit (a regex, so the schema says it).
+LEAD_PATTERN = (
+    r"^-((?:[1-9][0-9]{0,4}|1[01][0-9]{4}|12[0-8][0-9]{3}|129[0-5][0-9]{2}|129600)m"
+    r"|(?:[1-9][0-9]{0,2}|1[0-9]{3}|20[0-9]{2}|21[0-5][0-9]|2160)h"
+    r"|(?:[1-9]|[1-8][0-9]|90)d|(?:[1-9]|1[0-2])w)$"
+)
+SPAN_PATTERN = (
+    r"^((?:[0-9]{1,5}|1[01][0-9]{4}|12[0-8][0-9]{3}|129[0-5][0-9]{2}|129600)m"
+    r"|(?:[0-9]{1,3}|1[0-9]{3}|20[0-9]{2}|21[0-5][0-9]|2160)h"
+    r"|(?:[0-9]|[1-8][0-9]|90)d|(?:[0-9]|1[0-2])w)$"
+)
+VariantName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+Weight = Annotated[float, msgspec.Meta(ge=1, le=1000)]
 
 
 class RuleRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -45,7 +55,7 @@ class RuleRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     offset: Annotated[
         str,
         msgspec.Meta(
-            pattern=r"^-[1-9][0-9]{0,5}[mhdw]$",
+            pattern=LEAD_PATTERN,
             description="before the start: -30m, -2h, -1d (a calendar day in the clinic's"
             " zone), -1w; at most 90 days",
         ),
@@ -63,7 +73,7 @@ class RuleRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         Labels, msgspec.Meta(description="only these appointment types; [] any")
     ] = []
     skip_if_booked_within: Annotated[
-        Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}[mhdw]$")] | None,
+        Annotated[str, msgspec.Meta(pattern=SPAN_PATTERN)] | None,
         msgspec.Meta(
             description="no reminder for an appointment booked less than this before its"
             " start: 30m, 48h, 2d, 1w"
@@ -73,9 +83,13 @@ class RuleRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     priority: Literal["critical", "high", "normal", "bulk"] | None = None
     template: Label
     variants: Annotated[
-        list[VariantBody],
-        msgspec.Meta(max_length=10, description="A/B variants of the template and their weights"),
-    ] = []
+        dict[VariantName, Weight],
+        msgspec.Meta(
+            max_length=10,
+            description="A/B variants of the template by name, with their relative weights;"
+            " each appointment gets one, the same at every re-plan",
+        ),
+    ] = {}
     active: bool = True
 
 
@@ -83,7 +97,9 @@ class PreviewRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """A sample appointment: its start, the clinic's zone, when it was booked."""
 
     start: AwareTime
-    time_zone: Annotated[str, msgspec.Meta(max_length=64)]
+    time_zone: Annotated[
+        str, msgspec.Meta(max_length=64, extra_json_schema={"format": "iana-time-zone"})
+    ]
     booked_at: AwareTime | None = None
     service: Label | None = None
     location: Label | None = None
@@ -103,7 +119,7 @@ class RuleView(msgspec.Struct, frozen=True):
     purpose: str
     priority: str | None
     template: str
-    variants: list[VariantBody]
+    variants: dict[str, float]
     active: bool
     created_at: str | None
     created_by: str
@@ -142,6 +158,33 @@ _RULE = msgspec.json.Decoder(RuleRequest)
 _PREVIEW = msgspec.json.Decoder(PreviewRequest)
 
 
+def _decode_rule(raw: bytes) -> RuleRequest:
+    """`decode_with`, and a refused variant name reported on `variants` (msgspec says
+    "at `key` in `$.variants`", which the shared translation does not read)."""
+    try:
+        return _RULE.decode(raw)
+    except msgspec.ValidationError as e:
+        _, found, where = str(e).rpartition(" - at `key` in `$.")
+        if found:
+            field = where.rstrip("`")
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"{field}: a name is 1 to 32 letters, digits, _ or -",
+                field=field,
+            ) from None
+    except msgspec.DecodeError:
+        pass  # not JSON: answered below as for every request
+    try:
+        return decode_with(_RULE, raw)  # every other error, translated as for every request
+    except ApiError as e:
+        if e.field and e.field.startswith("variants["):  # a weight, under the variant's name
+            raise ApiError(
+                422, "invalid_field", "variants: a weight is from 1 to 1000", field="variants"
+            ) from None
+        raise
+
+
 def _caller(request: web.Request) -> Caller:
     return Caller.for_token(request[AUTH_RECORD])  # set by the guard
 
@@ -158,7 +201,7 @@ def spec_of(body: RuleRequest) -> RuleSpec:
         skip_if_booked_within=body.skip_if_booked_within,
         purpose=body.purpose,
         priority=body.priority,
-        variants=tuple(Variant(v.name, v.weight) for v in body.variants),
+        variants=tuple(Variant(name, weight) for name, weight in body.variants.items()),
         active=body.active,
     )
 
@@ -178,7 +221,7 @@ def view_of(rule: Rule) -> RuleView:
         s.purpose,
         s.priority,
         s.template,
-        [VariantBody(v.name, v.weight) for v in s.variants],
+        {v.name: v.weight for v in s.variants},
         s.active,
         iso_ms(rule.created_at),
         rule.actor,
@@ -205,13 +248,13 @@ async def get_rule(request: web.Request) -> web.Response:
 
 
 async def post_rule(request: web.Request) -> web.Response:
-    body = decode_with(_RULE, await request.read())
+    body = _decode_rule(await request.read())
     rule = await gateway_of(request).reminder_rules.create(_caller(request), spec_of(body))
     return json_response(view_of(rule), status=201)
 
 
 async def put_rule(request: web.Request) -> web.Response:
-    body = decode_with(_RULE, await request.read())
+    body = _decode_rule(await request.read())
     rule = await gateway_of(request).reminder_rules.update(
         _caller(request), request.match_info["id"], spec_of(body)
     )
@@ -227,10 +270,6 @@ async def delete_rule(request: web.Request) -> web.Response:
 
 async def preview_rule(request: web.Request) -> web.Response:
     body = decode_with(_PREVIEW, await request.read())
-    if body.booked_at is not None and body.booked_at > body.start:
-        raise ApiError(
-            422, "invalid_field", "booked_at: must not be after start", field="booked_at"
-        )
     sample = Sample(
         body.start.timestamp(),
         body.time_zone,
@@ -276,5 +315,5 @@ def endpoints(endpoint: Callable[..., Any]) -> tuple[Any, ...]:
                  "Due time of the rule for a sample appointment, in the clinic's zone"
                  " (DST-aware), or why it would not be planned",
                  PreviewRequest, PreviewView,
-                 answers=(_NO_RULE, Answer(422, "`invalid_field`: time_zone or booked_at"))),
+                 answers=(_NO_RULE, Answer(422, "`invalid_field`: time_zone is not an IANA zone"))),
     )  # fmt: skip

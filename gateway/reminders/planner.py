@@ -149,7 +149,7 @@ def verdict(
     due = due_at(appt.start_at, zone(appt.time_zone), rule.lead, rule.delivery)
     if due >= appt.start_at:
         return NOT_BEFORE_START, due
-    if appt.start_at - appt.booked_at < rule.skip_within:
+    if rule.skip_within and appt.start_at - appt.booked_at < rule.skip_within:
         return BOOKED_LATE, due
     if due <= now and due != keep_due:
         return PAST, due

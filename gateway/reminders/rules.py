@@ -29,7 +29,7 @@ from gateway.reminders.timing import Lead, parse_clock, parse_duration
 @dataclass(frozen=True, slots=True)
 class Variant:
     name: str
-    weight: int
+    weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +92,12 @@ class Rule:
             return None
         total = sum(v.weight for v in variants)
         digest = hashlib.sha256(f"{self.id}\x1f{key}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") % total
+        point = int.from_bytes(digest[:8], "big") / 2**64 * total
         for v in variants:
             if point < v.weight:
                 return v.name
             point -= v.weight
-        raise AssertionError("weights cover the total")
+        return variants[-1].name  # float rounding at the very top
 
 
 def _folded(values: Sequence[str]) -> frozenset[str]:
@@ -209,7 +209,7 @@ def row_of(r: Sequence[Any]) -> Rule:
         purpose=r[9],
         priority=r[10],
         template=r[11],
-        variants=tuple(Variant(n, int(w)) for n, w in json.loads(r[12])),
+        variants=tuple(Variant(n, float(w)) for n, w in json.loads(r[12])),
         active=bool(r[13]),
     )
     return Rule(r[0], int(r[1]), spec, r[15], float(r[16]), bool(r[14]))
