@@ -31,6 +31,7 @@ SAMPLES = {
     "route": "main",
     "id": "06H1X8ZQ0000000000000000AA",  # a well-formed message id (the API's pattern)
     "index": "0",  # an emulated modem's number (the demo routes take digits only)
+    "rule_id": "rul_0123456789abcdef",  # a reminder rule's id (issue 13)
 }
 
 

@@ -69,8 +69,8 @@ async def test_a_bad_rule_is_shown_back_with_the_reason(panel: PanelClient) -> N
 async def test_operator_previews_due_times_but_cannot_change_rules(panel: PanelClient) -> None:
     admin = await signed_in(panel, Role.ADMIN)
     await panel.post("/reminder-rules", RULE, token=admin)
-    await panel.post("/reminder-rules", {**RULE, "name": "Two hours", "offset": "-2h",
-                                         "delivery_time": "", "services": ""}, token=admin)  # fmt: skip
+    two = {**RULE, "name": "Two hours", "offset": "-2h", "delivery_time": "", "services": ""}
+    await panel.post("/reminder-rules", two, token=admin)
     await panel.client.post("/logout", data={"csrf": admin})
     token = await signed_in(panel, Role.OPERATOR)
     page = await (await panel.client.get("/reminder-rules")).text()

@@ -165,7 +165,7 @@ async def create_rule(request: web.Request) -> web.StreamResponse:
 
 async def rule_page(request: web.Request) -> web.StreamResponse:
     try:
-        rule, versions = await _rules(request).get(_caller(request), request.match_info["id"])
+        rule, versions = await _rules(request).get(_caller(request), request.match_info["rule_id"])
     except ApiError as e:
         return await _page(request, 404, problem=_problem(e))
     return await _page(
@@ -175,7 +175,7 @@ async def rule_page(request: web.Request) -> web.StreamResponse:
 
 
 async def update_rule(request: web.Request) -> web.StreamResponse:
-    rule_id = request.match_info["id"]
+    rule_id = request.match_info["rule_id"]
     form = await request.post()
     try:
         await _rules(request).update(_caller(request), rule_id, spec_of(form))
@@ -189,7 +189,7 @@ async def update_rule(request: web.Request) -> web.StreamResponse:
 
 async def deactivate_rule(request: web.Request) -> web.StreamResponse:
     try:
-        await _rules(request).deactivate(_caller(request), request.match_info["id"])
+        await _rules(request).deactivate(_caller(request), request.match_info["rule_id"])
     except ApiError as e:
         return await _page(request, e.status, problem=_problem(e))
     return redirect("/reminder-rules?notice=deactivated")
@@ -231,10 +231,10 @@ ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute("POST", "/reminder-rules", create_rule, ADMIN, False, "reminder_rules_create"),
     PanelRoute("POST", "/reminder-rules/preview", preview, OPERATORS, False,
                "reminder_rules_preview"),
-    PanelRoute("GET", "/reminder-rules/{id:rul_[0-9a-f]{16}}", rule_page, OPERATORS, False,
+    PanelRoute("GET", "/reminder-rules/{rule_id:rul_[0-9a-f]{16}}", rule_page, OPERATORS, False,
                "reminder_rule"),
-    PanelRoute("POST", "/reminder-rules/{id:rul_[0-9a-f]{16}}", update_rule, ADMIN, False,
+    PanelRoute("POST", "/reminder-rules/{rule_id:rul_[0-9a-f]{16}}", update_rule, ADMIN, False,
                "reminder_rule_update"),
-    PanelRoute("POST", "/reminder-rules/{id:rul_[0-9a-f]{16}}/deactivate", deactivate_rule,
+    PanelRoute("POST", "/reminder-rules/{rule_id:rul_[0-9a-f]{16}}/deactivate", deactivate_rule,
                ADMIN, False, "reminder_rule_deactivate"),
 )  # fmt: skip

@@ -27,7 +27,7 @@ from gateway.usecases import Caller
 from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso as iso_ms
 
-RULE_ID = "{id:rul_[0-9a-f]{16}}"
+RULE_ID = "{rule_id:rul_[0-9a-f]{16}}"
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/ -]+$")]
 Labels = Annotated[list[Label], msgspec.Meta(max_length=50)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -242,7 +242,7 @@ async def list_rules(request: web.Request) -> web.Response:
 
 async def get_rule(request: web.Request) -> web.Response:
     rule, versions = await gateway_of(request).reminder_rules.get(
-        _caller(request), request.match_info["id"]
+        _caller(request), request.match_info["rule_id"]
     )
     return json_response(RuleDetail(view_of(rule), [view_of(v) for v in versions]))
 
@@ -256,14 +256,14 @@ async def post_rule(request: web.Request) -> web.Response:
 async def put_rule(request: web.Request) -> web.Response:
     body = _decode_rule(await request.read())
     rule = await gateway_of(request).reminder_rules.update(
-        _caller(request), request.match_info["id"], spec_of(body)
+        _caller(request), request.match_info["rule_id"], spec_of(body)
     )
     return json_response(view_of(rule))
 
 
 async def delete_rule(request: web.Request) -> web.Response:
     rule = await gateway_of(request).reminder_rules.deactivate(
-        _caller(request), request.match_info["id"]
+        _caller(request), request.match_info["rule_id"]
     )
     return json_response(view_of(rule))
 
@@ -279,7 +279,7 @@ async def preview_rule(request: web.Request) -> web.Response:
         body.appointment_type,
     )
     found = await gateway_of(request).reminder_rules.preview(
-        _caller(request), request.match_info["id"], sample
+        _caller(request), request.match_info["rule_id"], sample
     )
     return json_response(PreviewView(timing.zone(body.time_zone).key, [due_view(p) for p in found]))
 
