@@ -247,3 +247,47 @@ async def test_the_running_gateway_sends_a_reminder_when_the_clock_reaches_it(
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await gw.stop()
+
+
+class SleepLog(FakeClock):
+    """A fake clock that tells the test each time a task goes to sleep, and for how long."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+        self.changed = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.changed.set()
+        await super().sleep(seconds)
+
+    async def until_asleep_for(self, seconds: float) -> None:
+        async with asyncio.timeout(5):
+            while not any(abs(s - seconds) < 1e-6 for s in self.slept):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_a_notice_planned_while_the_runner_sleeps_rings_it_awake(tmp_path: Path) -> None:
+    """The runner sleeps up to a minute with nothing due; a reminder planned meanwhile
+    and due in 7 s must not wait for that minute: the planner's bell wakes it, it sleeps
+    7 s instead, and goes when the clock gets there."""
+    clock = SleepLog()
+    gw = await Gateway.open(make_config(tmp_path, consent=CONSENT), clock)
+    gw.renderer = DictRenderer()
+    try:
+        await gw.start(dispatch=True)
+        await clock.until_asleep_for(60.0)  # MAX_SLEEP: nothing planned
+        clock.slept.clear()
+        appt = await _setup(gw, lead="-1m", start_in=67.0)
+        await clock.until_asleep_for(7.0)
+        clock.advance(7.0)
+        changed = asyncio.Event()
+        poke_on_commit(gw.store.writer, changed.set)
+        async with asyncio.timeout(5):
+            while (await _notices(gw, appt))[0].state is not NoticeState.QUEUED:
+                changed.clear()
+                await changed.wait()
+    finally:
+        await gw.stop()
