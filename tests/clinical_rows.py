@@ -97,8 +97,8 @@ class DictRenderer:
 
     texts: dict[tuple[str, str], str] = field(
         default_factory=lambda: {
-            ("reminder", "en"): "Reminder: {clinic} at {start}. Reply C {short_code}",
-            ("reminder", "es"): "Recordatorio: {clinic} el {start}. Responda C {short_code}",
+            ("reminder", "en"): "Reminder: {location} at {start}. Reply C {short_code}",
+            ("reminder", "es"): "Recordatorio: {location} el {start}. Responda C {short_code}",
         }
     )
     calls: list[tuple[str, str | None, dict[str, str], str | None]] = field(default_factory=list)

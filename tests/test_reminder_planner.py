@@ -94,7 +94,6 @@ async def test_booking_plans_each_matching_rule_and_a_move_replans(store: Store)
         "start": "2026-06-10T09:00:00-04:00",
         "time_zone": "America/New_York",
         "short_code": "1234",
-        "clinic": "North Clinic",
         "location": "North Clinic",
         "provider": "Dr Rivera",
         "service": "CARDIO",

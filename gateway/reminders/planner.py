@@ -122,13 +122,14 @@ def _appointment(cipher: FieldCipher, r: Any) -> Appointment:
 
 def variables(appt: Appointment) -> dict[str, str]:
     """What the template may use, raw: the templates format `start` in `time_zone` and
-    the patient's language. Values that are unknown are left out."""
+    the patient's language. Values that are unknown are left out. `clinic` (the
+    provider's name an exempt text must carry) is the site's, from the templates'
+    settings: an appointment names where it is (`location`), not who runs it."""
     assert appt.start_at is not None
     found = {
         "start": iso_local(appt.start_at, zone(appt.time_zone)),
         "time_zone": zone(appt.time_zone).key,
         "short_code": appt.short_code,
-        "clinic": appt.location_label or appt.location_code,
         "location": appt.location_label or appt.location_code,
         "provider": appt.provider,
         "service": appt.service,
