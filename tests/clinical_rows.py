@@ -1,10 +1,12 @@
 """Appointments for the reminder tests, written as the appointments part writes them
 (patients through the contract's `patients.upsert`, the appointment row with its
-provider and label encrypted, then `hooks.changed` in the same transaction), and a
+provider and label sealed as that part seals them, then `hooks.changed` in the same
+transaction), and a
 minimal real `Renderer` for the notice runner's tests."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Mapping
@@ -27,7 +29,8 @@ class Booking:
     zone: str = "America/New_York"
     service: str | None = "CARDIO"
     location: str | None = "NORTH"
-    label: str | None = "North Clinic"
+    label: str | None = "North Clinic"  # the location's clinic
+    place: str | None = "Room 4"
     provider: str | None = "Dr Rivera"
     appt_type: str | None = "FOLLOWUP"
     number: str | None = NUMBER
@@ -51,6 +54,7 @@ def book(conn: sqlite3.Connection, ctx: ApplyContext, b: Booking) -> str:
     )
     appt_id = "apt_" + secrets.token_hex(8)
     c = ctx.cipher
+    label = json.dumps({"clinic": b.label, "place": b.place}, sort_keys=True)
     conn.execute(
         "INSERT INTO appointments (id, source, ext_index, ext_key_ct, patient_id, status,"
         " start_at, end_at, time_zone, service, location_code, location_label_ct, provider_ct,"
@@ -68,7 +72,7 @@ def book(conn: sqlite3.Connection, ctx: ApplyContext, b: Booking) -> str:
             b.zone,
             b.service,
             b.location,
-            None if b.label is None else c.encrypt(b.label, appt_id, "location_label"),
+            None if b.label is None else c.encrypt(label, appt_id, "location"),
             None if b.provider is None else c.encrypt(b.provider, appt_id, "provider"),
             "1234",
             b.appt_type,
@@ -97,8 +101,8 @@ class DictRenderer:
 
     texts: dict[tuple[str, str], str] = field(
         default_factory=lambda: {
-            ("reminder", "en"): "Reminder: {location} at {start}. Reply C {short_code}",
-            ("reminder", "es"): "Recordatorio: {location} el {start}. Responda C {short_code}",
+            ("reminder", "en"): "Reminder: {clinic} at {start}. Reply C {short_code}",
+            ("reminder", "es"): "Recordatorio: {clinic} el {start}. Responda C {short_code}",
         }
     )
     calls: list[tuple[str, str | None, dict[str, str], str | None]] = field(default_factory=list)

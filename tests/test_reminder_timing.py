@@ -47,7 +47,7 @@ def _exists(day: datetime, at: time, tz: ZoneInfo) -> bool:
 def _appt(start: float, zone: str, booked_at: float = 0.0) -> Appointment:
     return Appointment(
         "apt_1", "pat_1", b"i", "en", "booked", start, 1, zone,
-        "CARDIO", "NORTH", "FOLLOWUP", booked_at, "1234", None, None,
+        "CARDIO", "NORTH", "FOLLOWUP", booked_at, "1234", None, None, None,
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ version still current.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ class Appointment:
     appt_type: str | None
     booked_at: float
     short_code: str
-    location_label: str | None
+    clinic: str | None  # the location's clinic and place (the label, decrypted)
+    place: str | None
     provider: str | None
 
 
@@ -96,10 +98,10 @@ def upcoming(conn: sqlite3.Connection, cipher: FieldCipher, now: float) -> list[
 
 
 def _appointment(cipher: FieldCipher, r: Any) -> Appointment:
-    # The appointments part encrypts these with the row id and the column's name
-    # without `_ct` as associated data, like every clinical table.
+    # As the appointments part seals them: the label as JSON {"clinic", "place"} under
+    # "location", the provider under "provider", each with the appointment's id.
     appt_id = str(r[0])
-    label = None if r[13] is None else cipher.decrypt(r[13], appt_id, "location_label")
+    label = json.loads(cipher.decrypt(r[13], appt_id, "location")) if r[13] else {}
     provider = None if r[14] is None else cipher.decrypt(r[14], appt_id, "provider")
     return Appointment(
         id=appt_id,
@@ -115,22 +117,23 @@ def _appointment(cipher: FieldCipher, r: Any) -> Appointment:
         appt_type=r[10],
         booked_at=float(r[11]),
         short_code=str(r[12]),
-        location_label=label,
+        clinic=label.get("clinic"),
+        place=label.get("place"),
         provider=provider,
     )
 
 
 def variables(appt: Appointment) -> dict[str, str]:
     """What the template may use, raw: the templates format `start` in `time_zone` and
-    the patient's language. Values that are unknown are left out. `clinic` (the
-    provider's name an exempt text must carry) is the site's, from the templates'
-    settings: an appointment names where it is (`location`), not who runs it."""
+    the patient's language. Values that are unknown are left out (the templates fill
+    `clinic` from the site's settings when the appointment names none)."""
     assert appt.start_at is not None
     found = {
         "start": iso_local(appt.start_at, zone(appt.time_zone)),
         "time_zone": zone(appt.time_zone).key,
         "short_code": appt.short_code,
-        "location": appt.location_label or appt.location_code,
+        "clinic": appt.clinic,
+        "location": appt.place or appt.location_code,
         "provider": appt.provider,
         "service": appt.service,
         "split_key": appt.id,

@@ -156,7 +156,8 @@ class ReminderRules:
             appt_type=sample.appointment_type,
             booked_at=sample.booked_at if sample.booked_at is not None else float("-inf"),
             short_code="0000",
-            location_label=None,
+            clinic=None,
+            place=None,
             provider=None,
         )
         out = []
