@@ -3,6 +3,7 @@ preview (DST-aware), scopes, audit, errors that name the field and never echo.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -163,3 +164,17 @@ async def test_unknown_rules_and_zones(api: Api) -> None:
     assert error["field"] == "time_zone" and "Mars" not in error["message"]
     naive = {"start": "2030-01-01T09:00:00", "time_zone": "UTC"}
     await _error(await api.post(f"{BASE}/{rid}/preview", naive), 422, "invalid_field")
+
+
+async def test_parallel_edits_make_one_version_each_and_one_current(api: Api) -> None:
+    rid = (await (await api.post(BASE, RULE)).json())["id"]
+    edits = [{**RULE, "offset": f"-{h}h", "delivery_time": None} for h in range(1, 9)]
+    answers = await asyncio.gather(*(_put(api, f"{BASE}/{rid}", e) for e in edits))
+    versions = sorted([(await r.json())["version"] for r in answers])
+    assert versions == list(range(2, 10))
+    detail = await (await api.get(f"{BASE}/{rid}")).json()
+    assert [v["version"] for v in detail["versions"]] == list(range(1, 10))
+    row = await api.gw.store.reader.one(
+        "SELECT count(*) FROM reminder_rules WHERE id = ? AND current = 1", (rid,)
+    )
+    assert row is not None and row[0] == 1
