@@ -33,6 +33,7 @@ from gateway.config import Config, ConfigError
 from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
+from gateway.reminders import demo as reminders_demo
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
@@ -230,6 +231,7 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
     startup.on_fault(gateway.stop)
     if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems)
+        await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
     await gateway.start()
     _tune_gc()
     runner = build_runner(gateway)

@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 from gateway.clinical import notices
 from gateway.clinical.commands import ClinicalHooks
 from gateway.clinical.notices import NoticeKind, NoticeState
-from gateway.reminders import rules
+from gateway.reminders import demo, rules
 from gateway.reminders.planner import Planner, recheck_reminder
 from gateway.reminders.rules import RuleSpec, Variant
 from gateway.store.store import Store
 from tests.clinical_rows import Booking, book, change, context
+from tests.conftest import GatewayFactory
 
 NY = ZoneInfo("America/New_York")
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=NY).timestamp()
@@ -316,3 +317,14 @@ def _invariants(conn: sqlite3.Connection, now: float) -> None:
         "SELECT count(*) FROM clinical_notices WHERE state = 'pending'"
     ).fetchone()[0]
     assert total == len(rows)  # none left behind by a rule or appointment that changed
+
+
+async def test_the_demo_seeds_its_rules_once(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway()
+    assert await demo.seed(gw.reminder_rules) == 2
+    assert await demo.seed(gw.reminder_rules) == 0  # never over a site's own rules
+    made = await gw.reminder_rules.list_rules(demo._DEMO)
+    assert [(r.spec.lead, r.spec.delivery_time, r.actor) for r in made] == [
+        ("-1d", "18:00", "system:demo"),
+        ("-2h", None, "system:demo"),
+    ]

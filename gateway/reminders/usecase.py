@@ -74,6 +74,10 @@ class ReminderRules:
         )
         return [rules.row_of(r) for r in rows]
 
+    async def any_rule(self) -> bool:
+        """Whether any rule was ever made (active or not)."""
+        return await self._store.reader.one("SELECT 1 FROM reminder_rules LIMIT 1") is not None
+
     async def get(self, caller: Caller, rule_id: str) -> tuple[Rule, list[Rule]]:
         """The current version and every version before it (oldest first)."""
         rows = await self._store.reader.all(
