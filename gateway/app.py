@@ -222,6 +222,7 @@ class Gateway:
             self.clock,
             horizon=self.config.queue.max_schedule_days * 86400.0,
             bell=self.notice_bell,
+            metrics=self.metrics,
         )
 
     @functools.cached_property

@@ -90,6 +90,8 @@ async def test_a_due_reminder_is_sent_once_in_the_patients_language(
     await gw.scheduler.run_until_idle()
     assert [m["state"] for m in await _messages(gw)] == ["sent"]
     assert (await runner.run_once()).outcomes == {}  # sent once
+    metrics = gw.metrics.registry.get_sample_value
+    assert metrics("smsgw_clinical_notices_total", {"kind": "reminder", "outcome": "queued"}) == 1
 
 
 async def test_recheck_expiry_and_missing_template_skip_once(

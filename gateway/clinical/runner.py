@@ -45,6 +45,7 @@ from gateway.clinical.rendering import Renderer, TemplateMissing
 from gateway.errors import ApiError
 from gateway.intake import Prepared, SendRequest
 from gateway.logs import exception_summary
+from gateway.metrics import Metrics
 from gateway.store.consent_sql import cipher_of, number_of
 from gateway.store.store import Store
 from gateway.usecases.caller import Caller
@@ -71,6 +72,7 @@ class PassResult:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     prepared: list[Prepared] = field(default_factory=list)
+    by_kind: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def messages(self) -> list[str]:
@@ -91,6 +93,7 @@ class NoticeRunner:
         *,
         horizon: float,
         bell: threading.Event | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`horizon`: how far ahead a message may expire (`queue.max_schedule_days`)."""
         self._store = store
@@ -99,6 +102,7 @@ class NoticeRunner:
         self._clock = clock
         self._horizon = horizon
         self.bell = bell or threading.Event()
+        self._metrics = metrics
         self._wake = asyncio.Event()
         self._running = False
 
@@ -134,6 +138,9 @@ class NoticeRunner:
         now = self._clock.time()
         result: PassResult = await self._store.writer.run(lambda conn: self._pass(conn, now))
         self._messages.hand_over(result.prepared)
+        if self._metrics is not None:
+            for (kind, outcome), count in result.by_kind.items():
+                self._metrics.notices.labels(kind, outcome).inc(count)
         return result
 
     def _pass(self, conn: sqlite3.Connection, now: float) -> PassResult:
@@ -151,6 +158,7 @@ class NoticeRunner:
                 raise
             conn.execute("RELEASE notice")
             result.outcomes[outcome] += 1
+            result.by_kind[(row.notice.kind.value, outcome)] += 1
             if prepared is not None:
                 result.prepared.append(prepared)
         return result
