@@ -160,13 +160,17 @@ def verdict(
     return PLANNED, due
 
 
-def _plannable(appt: Appointment | None) -> bool:
-    return (
-        appt is not None
-        and appt.status in PLANNABLE
-        and appt.start_at is not None
-        and appt.contact_idx is not None
-    )
+def _unplannable(appt: Appointment | None) -> str | None:
+    """Why an appointment gets no reminders (its pending ones are cancelled), or None."""
+    if appt is None:
+        return "appointment_gone"
+    if appt.status not in PLANNABLE:
+        return "not_booked"
+    if appt.start_at is None:
+        return "no_start"
+    if appt.contact_idx is None:
+        return "no_number"
+    return None
 
 
 def _overdue(conn: sqlite3.Connection, now: float, **key: str) -> dict[tuple[str, str], float]:
@@ -230,13 +234,13 @@ class Planner:
     ) -> list[str]:
         """Steps 1-3 for one appointment; the ids of the notices planned."""
         appt = load(conn, cipher, appointment_id)
-        if not _plannable(appt):
+        why = _unplannable(appt)
+        if why is not None:
             notices.close_pending(
-                conn, now, NoticeState.CANCELLED, "not_booked",
-                appointment_id=appointment_id, kinds=KINDS,
-            )  # fmt: skip
+                conn, now, NoticeState.CANCELLED, why, appointment_id=appointment_id, kinds=KINDS
+            )
             return []
-        assert appt is not None
+        assert appt is not None and appt.start_at is not None
         overdue = _overdue(conn, now, appointment_id=appointment_id)
         notices.close_pending(
             conn,
