@@ -111,3 +111,46 @@ async def wait_event(clock: Clock, event: asyncio.Event, limit: float | None) ->
             if not task.done():
                 task.cancel()
     return event.is_set()
+
+
+class AdjustableClock(SystemClock):
+    """The real clock, that a demo may move forward (`advance`), never back.
+
+    Only the embedded default's demo uses it (`POST /api/v1/demo/clock/advance`), so a
+    newcomer can see tomorrow's reminders go out now. Both `time()` and `monotonic()`
+    move together, as with `FakeClock`, and a sleeper whose deadline the jump passes
+    wakes at once."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._advanced: asyncio.Event | None = None
+
+    @property
+    def offset(self) -> float:
+        return self._offset
+
+    def time(self) -> float:
+        return time.time() + self._offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._offset
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self.monotonic() + max(0.0, seconds)
+        while (remaining := deadline - self.monotonic()) > 0:
+            if self._advanced is None:
+                self._advanced = asyncio.Event()
+            advanced = self._advanced
+            try:
+                await asyncio.wait_for(advanced.wait(), remaining)
+            except TimeoutError:
+                return
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self._offset += seconds
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None

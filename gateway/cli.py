@@ -23,7 +23,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from drivers.clock import SystemClock
+from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
 from gateway import consent_cmd, logs, systemd, tls, undecodable_cmd
@@ -227,10 +227,12 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
             simulator.port, smsc_password, [m.path for m in modems]
         )
         config = msgspec.structs.replace(config, routes=own + embedded)
-    gateway = await Gateway.open(config)
+    # The demo's clock may be moved forward, so tomorrow's reminders can be seen now.
+    clock = AdjustableClock() if config.demo_peers else None
+    gateway = await Gateway.open(config, clock)
     startup.on_fault(gateway.stop)
     if config.demo_peers:
-        gateway.demo = DemoPeers(simulator, modems)
+        gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
     await gateway.start()
     _tune_gc()

@@ -4,8 +4,9 @@
 process. So that a newcomer can see inbound messages and a failover without hardware,
 the API offers a few `/api/v1/demo/...` calls (admin scope) that act on these peers:
 inject a mobile-originated message, cut the carrier's SMPP links, unplug or replug an
-emulated modem. A config file runs them only with `[demo] peers = true` (their
-routes added after its own); otherwise these calls answer 404 `demo_off`.
+emulated modem, move the gateway's clock forward (to see reminders due tomorrow). A
+config file runs them only with `[demo] peers = true` (their routes added after its
+own); otherwise these calls answer 404 `demo_off`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 from drivers.text import is_gsm7
 
 if TYPE_CHECKING:
+    from drivers.clock import AdjustableClock
     from drivers.modem.emulator import EmulatedModem
     from drivers.smpp.simulator import SmscSimulator
 
@@ -33,6 +35,15 @@ class DemoInbound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     parts: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
 
 
+MAX_ADVANCE = 90 * 86400.0  # one call moves the demo clock at most 90 days
+
+
+class DemoAdvance(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How far to move the demo's clock forward (seconds; it never goes back)."""
+
+    seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_ADVANCE)]
+
+
 class UnknownPeer(LookupError):
     pass
 
@@ -41,6 +52,14 @@ class UnknownPeer(LookupError):
 class DemoPeers:
     smsc: SmscSimulator | None = None
     modems: list[EmulatedModem] = field(default_factory=list)
+    clock: AdjustableClock | None = None
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the gateway's clock forward; returns the total offset from real time."""
+        if self.clock is None:
+            raise UnknownPeer("this gateway runs on the real clock")
+        self.clock.advance(seconds)
+        return self.clock.offset
 
     def inject_inbound(self, request: DemoInbound) -> None:
         if request.via == "smsc":

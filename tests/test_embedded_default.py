@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +265,24 @@ def _ledger(tmp_path: Path) -> list[tuple[Any, ...]]:
 
 def _in_an_hour() -> str:
     return datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
+
+
+async def test_the_demo_clock_moves_forward_and_a_message_due_tomorrow_goes_now(
+    newcomer: Newcomer,
+) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    sent = await newcomer.post(
+        "/api/v1/messages",
+        {"to": "+12025550123", "body": "see you tomorrow", "send_at": tomorrow, **ANY_HOUR},
+    )
+    assert sent["status"] == "scheduled"
+    backwards = await newcomer.post("/api/v1/demo/clock/advance", {"seconds": -5}, status=422)
+    assert backwards["error"]["code"] == "invalid_field"
+    moved = await newcomer.post("/api/v1/demo/clock/advance", {"seconds": 86400 + 60}, status=200)
+    assert moved["offset"] >= 86400 + 60
+    assert datetime.fromisoformat(moved["now"]) > datetime.fromisoformat(tomorrow)
+
+    async def delivered() -> bool:
+        return await newcomer.state_of(sent["id"]) == "delivered"
+
+    await newcomer.until(delivered)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -19,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api.views import InboundPage, MessagePage, inbound_view, message_view
 from gateway.app import Gateway
-from gateway.demo import DemoInbound, DemoPeers, UnknownPeer
+from gateway.demo import DemoAdvance, DemoInbound, DemoPeers, UnknownPeer
 from gateway.errors import ApiError
 from gateway.intake import (
     AwareTime,
@@ -362,6 +363,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 _DEMO_INBOUND = msgspec.json.Decoder(DemoInbound)
+_DEMO_ADVANCE = msgspec.json.Decoder(DemoAdvance)
 
 
 def _demo(request: web.Request) -> DemoPeers:
@@ -380,6 +382,20 @@ async def demo_inbound(request: web.Request) -> web.Response:
         raise ApiError(404, "demo_off", str(e)) from None
     log.info("demo_inbound_injected", via=body.via, parts=body.parts, token_id=_token(request).id)
     return json_response({"injected": True, "via": body.via}, status=202)
+
+
+async def demo_advance_clock(request: web.Request) -> web.Response:
+    demo = _demo(request)
+    body = decode_with(_DEMO_ADVANCE, await request.read())
+    try:
+        offset = demo.advance_clock(body.seconds)
+    except UnknownPeer as e:
+        raise ApiError(404, "demo_off", str(e)) from None
+    gateway = _gateway(request)
+    gateway.scheduler.wake()
+    log.info("demo_clock_advanced", seconds=body.seconds, token_id=_token(request).id)
+    now = datetime.fromtimestamp(gateway.clock.time(), UTC).isoformat(timespec="seconds")
+    return json_response({"advanced": body.seconds, "offset": offset, "now": now})
 
 
 async def demo_drop_smsc(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from gateway.api import reminder_rules
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
-from gateway.demo import DemoInbound
+from gateway.demo import DemoAdvance, DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
@@ -433,6 +433,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         DemoInbound,
         None,
         202,
+        answers=(_DEMO_OFF,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/demo/clock/advance",
+        h.demo_advance_clock,
+        "admin",
+        "Embedded default only: move the gateway's clock forward (to see tomorrow's"
+        " reminders now); it never goes back",
+        DemoAdvance,
+        None,
         answers=(_DEMO_OFF,),
     ),
     Endpoint(
