@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from drivers.clock import FakeClock
+from drivers.clock import AdjustableClock, FakeClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.app import Gateway
 from gateway.clinical import notices
@@ -291,5 +291,26 @@ async def test_a_notice_planned_while_the_runner_sleeps_rings_it_awake(tmp_path:
             while (await _notices(gw, appt))[0].state is not NoticeState.QUEUED:
                 changed.clear()
                 await changed.wait()
+    finally:
+        await gw.stop()
+
+
+async def test_the_demos_clock_jump_sends_tomorrows_reminder_now(tmp_path: Path) -> None:
+    """The embedded default's adjustable clock (`POST /demo/clock/advance`): a jump past
+    a reminder's due time wakes the sleeping runner, which sends it at once."""
+    clock = AdjustableClock()
+    gw = await Gateway.open(make_config(tmp_path, consent=CONSENT), clock)
+    gw.renderer = DictRenderer()
+    changed = asyncio.Event()
+    poke_on_commit(gw.store.writer, changed.set)
+    try:
+        await gw.start(dispatch=True)
+        appt = await _setup(gw, start_in=26 * H)  # due tomorrow, 2 h before the start
+        clock.advance(24 * H + 60)
+        async with asyncio.timeout(10):
+            while (await _notices(gw, appt))[0].state is not NoticeState.QUEUED:
+                changed.clear()
+                await changed.wait()
+        assert [m["category"] for m in await _messages(gw)] == ["reminder"]
     finally:
         await gw.stop()
