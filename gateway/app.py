@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway.clinical.commands import ClinicalHooks
+from gateway.clinical.rendering import Renderer
+from gateway.clinical.runner import NoticeRunner
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
@@ -48,6 +51,8 @@ from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
+from gateway.reminders.planner import Planner
+from gateway.reminders.usecase import ReminderRules
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -103,6 +108,10 @@ class Gateway:
     # What the clinical parts do when an appointment changes (the reminder planner).
     clinical_hooks: ClinicalHooks = field(default_factory=ClinicalHooks)
     hl7: Hl7Service | None = None  # [hl7] feeds: listeners and write-back lanes (at start)
+    # Renders clinical notices (`gateway.templates`); set before `start()`: without
+    # one the notice runner does not run and notices wait, pending.
+    renderer: Renderer | None = None
+    notice_bell: threading.Event = field(default_factory=threading.Event)  # planner -> runner
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -146,7 +155,7 @@ class Gateway:
         audit = AuditTrail(store, audit_key(key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         outbox = build_outbox(config, store, clock, busy=lambda: scheduler.in_flight > 0)
-        return cls(
+        gateway = cls(
             config,
             clock,
             store,
@@ -160,6 +169,8 @@ class Gateway:
             audit,
             outbox,
         )
+        gateway.planner.install(gateway.clinical_hooks)
+        return gateway
 
     async def start(self, *, dispatch: bool = True) -> None:
         """Load the queue, start the drivers and the background loops.
@@ -190,6 +201,38 @@ class Gateway:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
             self._spawn(self._inbound_expiry())
+            if self.renderer is not None:
+                self._spawn(self.notice_runner(self.renderer).run())
+            else:
+                log.warning("notice_runner_off", reason="no template renderer")
+
+    @functools.cached_property
+    def planner(self) -> Planner:
+        """Plans reminders on every appointment change (installed in `clinical_hooks`)."""
+        return Planner(self.notice_bell)
+
+    @functools.cached_property
+    def reminder_rules(self) -> ReminderRules:
+        """The reminder rules' use cases (API `/reminder-rules`, panel page)."""
+        return ReminderRules(
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            policy=self.intake.policy,
+            planner=self.planner,
+        )
+
+    def notice_runner(self, renderer: Renderer) -> NoticeRunner:
+        """A runner of the due clinical notices (`start()` runs one with `renderer`)."""
+        return NoticeRunner(
+            self.store,
+            self.usecases.messages,
+            renderer,
+            self.clock,
+            horizon=self.config.queue.max_schedule_days * 86400.0,
+            bell=self.notice_bell,
+            metrics=self.metrics,
+        )
 
     async def _start_hl7(self, *, dispatch: bool) -> None:
         self.hl7 = Hl7Service(self.config, self.store, self.clock, self.clinical_hooks, self.audit)

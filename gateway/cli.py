@@ -34,6 +34,7 @@ from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
+from gateway.reminders import demo as reminders_demo
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
@@ -249,6 +250,7 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
     startup.on_fault(gateway.stop)
     if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems, clock)
+        await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
     await gateway.start()
     _tune_gc()
     runner = build_runner(gateway)

@@ -139,6 +139,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.notices = Counter(
+            "smsgw_clinical_notices",
+            "Clinical notices leaving pending, by kind and outcome (queued, skipped:<reason>)",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.commit_batch = Histogram(
             "smsgw_commit_batch_size",
             "Items per group commit",

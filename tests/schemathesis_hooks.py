@@ -86,6 +86,17 @@ def _class_within_purpose(message: Any) -> None:
 _HIGHEST = {p.value: policy.highest for p, policy in DEFAULT_POLICIES.items()}
 
 
+def _rule_class(path: str, body: Any) -> None:
+    """A reminder rule naming no purpose is for `appointment` (issue 13): a class above
+    that purpose's most urgent goes, as `_class_within_purpose` does for a named one."""
+    if not (path.startswith("/api/v1/reminder-rules") and isinstance(body, dict)):
+        return
+    priority = body.get("priority")
+    above = isinstance(priority, str) and _RANK.get(priority, 9) < _RANK["high"]
+    if "purpose" not in body and above:  # appointment's most urgent class is high
+        del body["priority"]
+
+
 def _disclosed(path: str, body: Any) -> None:
     """A marketing opt-in needs the text the patient agreed to (MSG-2; 422
     `disclosure_required`, tested in test_consent_api.py): a valid one gets one."""
@@ -126,6 +137,7 @@ def before_call(context: schemathesis.HookContext, case: Any, kwargs: Any) -> No
     body = case.body
     _no_callback(body)
     _class_within_purpose(body)
+    _rule_class(case.operation.path, body)
     _disclosed(case.operation.path, body)
     _end_after_start(case.operation.path, body)
     if isinstance(body, dict) and isinstance(body.get("messages"), list):

@@ -33,6 +33,7 @@ SAMPLES = {
     "index": "0",  # an emulated modem's number (the demo routes take digits only)
     "language": "en",  # a template's language tag
     "version": "1",  # a template's version
+    "rule_id": "rul_0123456789abcdef",  # a reminder rule's id (issue 13)
 }
 
 

@@ -56,6 +56,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_appointments",
     "gateway.admin.views_hl7",
     "gateway.admin.views_templates",
+    "gateway.admin.views_reminders",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

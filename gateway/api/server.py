@@ -17,6 +17,7 @@ from gateway.api import handlers as h
 from gateway.api.endpoint import Endpoint
 from gateway.api import hl7 as hl7_api
 from gateway.api import templates as t
+from gateway.api import reminder_rules
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -565,6 +566,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *ap.ENDPOINTS,
     *HL7_ENDPOINTS,
     *t.endpoints(Endpoint),
+    *reminder_rules.endpoints(Endpoint),  # issue 13: /reminder-rules
 )
 
 

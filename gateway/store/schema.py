@@ -560,6 +560,49 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at  REAL NOT NULL,
         PRIMARY KEY (name, language)
     );
+    # 14 (i13-reminders): reminder rules, one row per version; a version is never changed
+    #    (an edit inserts the next one and only clears the old one's `current` flag), so a
+    #    notice's (rule_id, rule_version) always names what planned it. Offsets and
+    #    durations are kept as written ("-24h", "-1d"); filters and variants as JSON. An
+    #    appointment's type (SCH-8 or the API's), which rules may filter on.
+    """
+    CREATE TABLE reminder_rules (
+        id             TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        name           TEXT NOT NULL,
+        lead           TEXT NOT NULL,
+        delivery_time  TEXT,
+        services       TEXT NOT NULL,
+        locations      TEXT NOT NULL,
+        appt_types     TEXT NOT NULL,
+        skip_booked    TEXT,
+        purpose        TEXT NOT NULL,
+        priority       TEXT,
+        template       TEXT NOT NULL,
+        variants       TEXT NOT NULL,
+        active         INTEGER NOT NULL,
+        current        INTEGER NOT NULL,
+        actor          TEXT NOT NULL,
+        created_at     REAL NOT NULL,
+        PRIMARY KEY (id, version)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX reminder_rules_current ON reminder_rules (id) WHERE current = 1;
+    CREATE TRIGGER reminder_rules_immutable BEFORE UPDATE OF id, version, name, lead,
+        delivery_time, services, locations, appt_types, skip_booked, purpose, priority,
+        template, variants, active, actor, created_at ON reminder_rules
+    BEGIN
+        SELECT RAISE(ABORT, 'reminder rule versions are immutable');
+    END;
+    CREATE TRIGGER reminder_rules_retire BEFORE UPDATE OF current ON reminder_rules
+    WHEN NOT (OLD.current = 1 AND NEW.current = 0)
+    BEGIN
+        SELECT RAISE(ABORT, 'a reminder rule version is only ever retired');
+    END;
+    CREATE TRIGGER reminder_rules_kept BEFORE DELETE ON reminder_rules
+    BEGIN
+        SELECT RAISE(ABORT, 'reminder rule versions are kept');
+    END;
+    ALTER TABLE appointments ADD COLUMN appt_type TEXT;
     """,
 )
 

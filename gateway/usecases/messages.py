@@ -180,6 +180,29 @@ class Messages:
         extra = attached([p.message.id for p in prepared]) if attached else []
         return await self._commit(caller, prepared, None, lambda a: a, extra)
 
+    def accept_within(
+        self, conn: sqlite3.Connection, caller: Caller, request: SendRequest
+    ) -> Prepared:
+        """Accept one message inside a writer job the caller runs, so it commits with
+        the caller's own rows or not at all (the notice runner: a message and its
+        notice's `finish`). The policy judges it in that transaction, as at `accept`;
+        once the job has committed, `hand_over` gives it to the scheduler."""
+        self._require_send(caller)
+        self.check_accepting()
+        intake = self._intake
+        prepared = intake.prepare(request, caller.token_id, self._clock.time())
+        if intake.policy.enabled:
+            m = prepared.message
+            indexes = [m.to_index] if m.to_index else []
+            prepared = intake.judge(intake.policy.view(conn, indexes, m.created_at), prepared)
+        for sql, params in intake.statements([prepared]):
+            conn.execute(sql, params)
+        return prepared
+
+    def hand_over(self, prepared: Sequence[Prepared]) -> None:
+        """Messages `accept_within` stored, after their transaction committed."""
+        self._intake.accepted(prepared)
+
     async def accept_batch(
         self,
         caller: Caller,

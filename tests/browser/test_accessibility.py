@@ -201,6 +201,7 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/hl7",
         "/templates",
         "/templates/reminder/es",
+        "/reminder-rules",
         "/account",
         "/account/password",
         "/account/totp",
