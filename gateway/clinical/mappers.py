@@ -20,7 +20,10 @@ Mapper = Callable[[hl7.Message, InterfaceProfile], Sequence[Command]]
 _MAPPERS: dict[tuple[str, str], Mapper] = {}
 
 # The modules that register mappers; each part adds its own line.
-MAPPER_MODULES: tuple[str, ...] = ()
+MAPPER_MODULES: tuple[str, ...] = (
+    "gateway.results.mapper",  # ORU^R01 (i13-results)
+    "gateway.medication.mapper",  # RDE^O11/O25, RDS^O13 (i13-results)
+)
 
 
 def maps(message_type: str, *events: str) -> Callable[[Mapper], Mapper]:
