@@ -26,6 +26,7 @@ from drivers.registry import UnknownDriver, load_driver
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
 from gateway.models import Priority
+from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -355,6 +356,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
+    results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
+    medication: MedicationConfig = msgspec.field(default_factory=MedicationConfig)
     source: str | None = None
 
     @property
@@ -536,6 +539,8 @@ def _check_values(config: Config) -> None:
     if problem := config.consent.problems():
         raise ConfigError(problem)
     if problem := inbound_problems(config.consent):
+        raise ConfigError(problem)
+    for problem in pattern_problems(config.medication):
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

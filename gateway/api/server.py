@@ -7,15 +7,14 @@ scope decision and a description.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.api import consent as c
 from gateway.api import handlers as h
+from gateway.api.endpoint import Endpoint
+from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -28,24 +27,6 @@ from gateway.usecases.undecodable import HeldUndecodable
 from gateway.web.context import GATEWAY, json_response
 
 log = structlog.get_logger("smsgw.api")
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    method: str
-    path: str
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    scope: str | None
-    summary: str
-    request: type | None = None
-    response: type | None = None
-    status: int = 200
-    query: tuple[Query, ...] = ()
-    idempotent: bool = False
-    answers: tuple[Answer, ...] = ()
-    links: tuple[Link, ...] = ()
-    content_type: str = "application/json"
-    request_text: str | None = None  # the media type of a text body (no JSON schema)
 
 
 # A message id (`gateway.models.IdGenerator`): 26 Crockford base-32 characters. The
@@ -273,6 +254,7 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
@@ -468,6 +450,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
     *CONSENT_ENDPOINTS,
+    *MEDICATION_ENDPOINTS,
 )
 
 

@@ -13,7 +13,12 @@ import sqlite3
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.clinical.commands import ERR_DATA_TYPE, ApplyContext, MappingError
+from gateway.clinical.commands import (
+    ERR_DATA_TYPE,
+    ERR_REQUIRED_FIELD_MISSING,
+    ApplyContext,
+    MappingError,
+)
 from gateway.clinical.notices import NoticeKind
 from gateway.consent.purposes import Purpose
 from gateway.medication import schedules
@@ -70,6 +75,7 @@ class PutSchedule:
     label: str | None = None  # dropped unless `[medication] allow_drug_names`
     language: str | None = None
     time_zone: str | None = None  # None: the patient's zone, else the interface's
+    zone_fallback: bool = True  # False (the API): no zone of the patient's is refused
 
     def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None:
         self.run(conn, ctx)
@@ -80,7 +86,12 @@ class PutSchedule:
         recipient = resolve(conn, ctx, self.target)
         if recipient.contact_idx is None:
             return None
-        zone_name = self.time_zone or recipient.time_zone or ctx.profile.time_zone
+        zone_name = self.time_zone or recipient.time_zone
+        if zone_name is None and not self.zone_fallback:
+            raise MappingError(
+                ERR_REQUIRED_FIELD_MISSING, "no time zone is known for this patient", "time_zone"
+            )
+        zone_name = zone_name or ctx.profile.time_zone
         try:
             zone = ZoneInfo(zone_name)
         except (ZoneInfoNotFoundError, ValueError):

@@ -55,7 +55,7 @@ class MedicationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     plan_ahead_hours: Annotated[float, msgspec.Meta(ge=1, le=24 * 14)] = 48.0
     top_up_minutes: Annotated[float, msgspec.Meta(gt=0, le=24 * 60)] = 60.0
     dose_grace_minutes: Annotated[float, msgspec.Meta(gt=0, le=24 * 60)] = 60.0
-    pattern_times: dict[str, tuple[TimeOfDay, ...]] = msgspec.field(default_factory=dict)
+    pattern_times: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
 
 
 def pattern_problems(config: MedicationConfig) -> list[str]:
@@ -66,6 +66,10 @@ def pattern_problems(config: MedicationConfig) -> list[str]:
             problems.append(f"medication.pattern_times.{code}: a code such as BID or Q8H")
         elif not times:
             problems.append(f"medication.pattern_times.{code}: list at least one time")
+        elif not all(re.fullmatch(_HHMM, t) for t in times):
+            problems.append(
+                f'medication.pattern_times.{code}: write times as "HH:MM", e.g. "08:00"'
+            )
     return problems
 
 
