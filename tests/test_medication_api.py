@@ -240,3 +240,53 @@ async def test_the_openapi_document_lists_them(api: Api) -> None:
     assert {"post", "get"} <= set(paths["/api/v1/medications"])
     assert {"get", "delete"} <= set(paths["/api/v1/medications/{id}"])
     assert "post" in paths["/api/v1/events/results-available"]
+
+
+async def test_the_periodic_top_up_extends_the_plan_once(api: Api) -> None:
+    """`run_top_up` plans on its start and every `top_up_minutes` on the gateway's clock:
+    the doses beyond the first 48 h appear as time goes by, none twice."""
+    await _at(api, "2027-01-15T12:00:00+00:00")
+    long = {**SCHEDULE, "times": ["08:00"], "end_date": "2027-01-20"}
+    made = await (await api.post("/api/v1/medications", long)).json()
+
+    async def due_times() -> list[str]:
+        got = await (await api.get(f"/api/v1/medications/{made['id']}")).json()
+        return [d["due_at"][:10] for d in got["doses"]]
+
+    assert await due_times() == ["2027-01-15", "2027-01-16"]
+    clock = api.gw.clock
+    asleep = clock.sleeping  # type: ignore[attr-defined]
+    task = asyncio.create_task(api.gw.medications.run_top_up())
+    try:
+        await clock.wait_sleeping(asleep + 1)  # type: ignore[attr-defined]
+        assert await due_times() == ["2027-01-15", "2027-01-16"]  # nothing new yet
+        for _ in range(30):  # 30 hours, an hour at a time
+            clock.advance(3600)  # type: ignore[attr-defined]
+            await clock.wait_sleeping(asleep + 1)  # type: ignore[attr-defined]
+        assert await due_times() == ["2027-01-15", "2027-01-16", "2027-01-17", "2027-01-18"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_settings_are_documented_and_refused_by_key() -> None:
+    from gateway import config
+    from gateway.results.settings import MedicationConfig, ResultsConfig
+    from tests.test_config import EXAMPLE
+
+    text = EXAMPLE.read_text()
+    for struct in (ResultsConfig, MedicationConfig):
+        for name in struct.__struct_fields__:
+            assert f"{name} =" in text or f"[medication.{name}]" in text, name
+    for raw, message in [
+        ({"results": {"notify_delay_hours": -1}}, "results.notify_delay_hours:"),
+        ({"medication": {"plan_ahead_hours": 0}}, "medication.plan_ahead_hours:"),
+        ({"medication": {"allow_drug_names": "yes"}}, "medication.allow_drug_names:"),
+        ({"medication": {"pattern_times": {"bid": ["08:00"]}}}, "medication.pattern_times.bid:"),
+        ({"medication": {"pattern_times": {"BID": ["8am"]}}}, "medication.pattern_times.BID:"),
+        ({"medication": {"pattern_times": {"BID": []}}}, "medication.pattern_times.BID:"),
+        ({"medication": {"colour": 1}}, "medication.colour:"),
+    ]:
+        with pytest.raises(config.ConfigError) as e:
+            config.from_mapping(raw)
+        assert str(e.value).startswith(message), str(e.value)
