@@ -18,11 +18,12 @@ from gateway.clinical import patients
 from gateway.clinical.commands import ApplyContext, ClinicalHooks
 from gateway.clinical.profile import InterfaceProfile
 from gateway.tokens import create_token
-from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
+from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, set_time_zone
 from tests.test_api import Api, _api, _error
 
 NY = "America/New_York"
 LABEL = "Warfarin 5 mg"
+TOLL_FREE = "+18885551212"
 SCHEDULE = {
     "number": CANARY_NUMBER,
     "times": ["08:00", "20:00"],
@@ -86,6 +87,16 @@ async def test_a_schedule_is_planned_read_listed_and_stopped(api: Api) -> None:
     await _error(r, 404, "not_found")
 
 
+async def test_the_zone_is_the_contacts_else_the_area_codes(api: Api) -> None:
+    await _at(api, "2027-01-15T12:00:00+00:00")
+    no_zone = {k: v for k, v in SCHEDULE.items() if k != "time_zone"}
+    made = await (await api.post("/api/v1/medications", no_zone)).json()
+    assert made["time_zone"] == NY  # +1 202: Washington, DC
+    await set_time_zone(api.gw, CANARY_NUMBER, "America/Los_Angeles")
+    made = await (await api.post("/api/v1/medications", no_zone)).json()
+    assert made["time_zone"] == "America/Los_Angeles"
+
+
 async def test_an_external_key_changes_its_schedule_until_it_is_stopped(api: Api) -> None:
     await _at(api, "2027-01-15T12:00:00+00:00")
     keyed = {**SCHEDULE, "external_key": "rx-77"}
@@ -133,8 +144,8 @@ async def test_errors_are_json_with_stable_codes_and_never_echo(api: Api) -> Non
             "unknown_patient",
             "patient",
         ),
-        (
-            {k: v for k, v in SCHEDULE.items() if k != "time_zone"},
+        (  # a toll-free number: eleven zones, none of them the patient's for sure
+            {k: v for k, v in SCHEDULE.items() if k != "time_zone"} | {"number": TOLL_FREE},
             422,
             "time_zone_required",
             "time_zone",
@@ -151,7 +162,7 @@ async def test_errors_are_json_with_stable_codes_and_never_echo(api: Api) -> Non
         if field is not None:
             assert error.get("field") == field, (code, error)
         text = json.dumps(error)
-        for sent in (LABEL, "NOBODY-9", "Mars", "555 01", "25:00", CANARY_DIGITS):
+        for sent in (LABEL, "NOBODY-9", "Mars", "555 01", "25:00", CANARY_DIGITS, "8885551212"):
             assert sent not in text, (code, sent)
     r = await api.post("/api/v1/medications", b"{not json")
     await _error(r, 400, "bad_json")

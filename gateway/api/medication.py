@@ -10,10 +10,12 @@ path. Views hold no PHI: a schedule's drug label is never returned.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal, cast
+import re
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET, UnsetType
 
 from gateway.api.handlers import AUTH_RECORD, MAX_PAGE, Idempotency
 from gateway.clinical import patients
@@ -33,6 +35,7 @@ from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso
 
 SCHEDULE_ID = "{id:med_[0-9a-f]{16}}"
+CURSOR = re.compile("med_[0-9a-f]{16}")
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Phone = Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"format": "phone"})]
 _NUMBER_DOC = "the patient's phone number (E.164, or national in queue.default_region)"
@@ -50,8 +53,8 @@ class PatientByMrn(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 class ResultsAvailableRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 ):
-    patient: Annotated[PatientByMrn | None, msgspec.Meta(description=_ONE_OF)] = None
-    number: Annotated[Phone | None, msgspec.Meta(description=_NUMBER_DOC)] = None
+    patient: Annotated[PatientByMrn | UnsetType, msgspec.Meta(description=_ONE_OF)] = UNSET
+    number: Annotated[Phone | UnsetType, msgspec.Meta(description=_NUMBER_DOC)] = UNSET
     order: Annotated[Short, msgspec.Meta(description="the lab's order (accession) number")]
     order_namespace: Annotated[
         str, msgspec.Meta(max_length=64, description="who numbered the order (EI-2)")
@@ -79,8 +82,8 @@ class ResultsAvailableAnswer(msgspec.Struct, frozen=True):
 
 
 class MedicationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    patient: Annotated[PatientByMrn | None, msgspec.Meta(description=_ONE_OF)] = None
-    number: Annotated[Phone | None, msgspec.Meta(description=_NUMBER_DOC)] = None
+    patient: Annotated[PatientByMrn | UnsetType, msgspec.Meta(description=_ONE_OF)] = UNSET
+    number: Annotated[Phone | UnsetType, msgspec.Meta(description=_NUMBER_DOC)] = UNSET
     times: Annotated[
         list[TimeOfDay],
         msgspec.Meta(min_length=1, max_length=12, description="local times of day, HH:MM"),
@@ -90,8 +93,12 @@ class MedicationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
         dt.date | None, msgspec.Meta(description="the last day (inclusive); none: until stopped")
     ] = None
     time_zone: Annotated[
-        Annotated[str, msgspec.Meta(max_length=64)] | None,
-        msgspec.Meta(description="IANA zone; default: the patient's (required if none known)"),
+        Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"format": "iana-time-zone"})]
+        | None,
+        msgspec.Meta(
+            description="IANA zone; default: the contact's, else its area code's if it has"
+            " one zone (422 time_zone_required if neither)"
+        ),
     ] = None
     label: Annotated[
         Annotated[str, msgspec.Meta(min_length=1, max_length=80)] | None,
@@ -146,12 +153,23 @@ def _caller(request: web.Request) -> Caller:
     return Caller.for_token(request[AUTH_RECORD])
 
 
-def _target(request: web.Request, patient: PatientByMrn | None, number: str | None) -> Target:
-    if (patient is None) == (number is None):
-        raise ApiError(422, "invalid_patient", _ONE_OF, field="patient")
-    if patient is not None:
+def describe(document: dict[str, Any]) -> None:
+    """Exactly one of `patient` and `number`, which msgspec's schema cannot say."""
+    schemas = document["components"]["schemas"]
+    for name in ("ResultsAvailableRequest", "MedicationRequest"):
+        if name in schemas:
+            schemas[name]["oneOf"] = [{"required": ["patient"]}, {"required": ["number"]}]
+
+
+def _target(
+    request: web.Request, patient: PatientByMrn | UnsetType, number: str | UnsetType
+) -> Target:
+    if isinstance(patient, PatientByMrn):
+        if not isinstance(number, UnsetType):
+            raise ApiError(422, "invalid_patient", _ONE_OF, field="patient")
         return KnownPatient(patient.source, patients.PatientRef(patient.authority, patient.mrn))
-    assert number is not None
+    if isinstance(number, UnsetType):
+        raise ApiError(422, "invalid_patient", _ONE_OF, field="patient")
     e164 = normalise_number(number, gateway_of(request).config.queue.default_region)
     if e164 is None:
         raise ApiError(422, "invalid_number", "not a valid phone number", field="number")
@@ -256,7 +274,7 @@ async def list_medications(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, "invalid_query", f"limit: 1 to {MAX_PAGE}", field="limit")
     cursor = q.get("cursor")
-    if cursor is not None and not (cursor.startswith("med_") and len(cursor) == 20):
+    if cursor is not None and CURSOR.fullmatch(cursor) is None:
         raise ApiError(400, "invalid_query", "cursor: next_cursor of the last page", field="cursor")
     rows = await gateway_of(request).medications.page(
         _caller(request), state=state, before=cursor, limit=limit

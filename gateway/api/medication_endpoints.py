@@ -35,7 +35,14 @@ MEDICATION_ENDPOINTS: tuple[Endpoint, ...] = (
         med.ResultsAvailableRequest,
         med.ResultsAvailableAnswer,
         201,
-        answers=_PATIENT_ERRORS,
+        answers=(
+            Answer(
+                200,
+                "outcome `duplicate`: this order and status were seen; nothing planned",
+                {"$ref": "#/components/schemas/ResultsAvailableAnswer"},
+            ),
+            *_PATIENT_ERRORS,
+        ),
     ),
     Endpoint(
         "POST",
@@ -49,6 +56,11 @@ MEDICATION_ENDPOINTS: tuple[Endpoint, ...] = (
         201,
         idempotent=True,
         answers=(
+            Answer(
+                200,
+                "the schedule of this `external_key`, changed (re-planned from now)",
+                {"$ref": "#/components/schemas/MedicationView"},
+            ),
             *_PATIENT_ERRORS,
             Answer(409, "`schedule_stopped`: this external key's schedule was stopped"),
             Answer(
@@ -74,7 +86,11 @@ MEDICATION_ENDPOINTS: tuple[Endpoint, ...] = (
                 {"type": "string", "enum": ["active", "stopped", "ended"]},
             ),
             _LIMIT,
-            Query("cursor", "next_cursor of the previous page"),
+            Query(
+                "cursor",
+                "next_cursor of the previous page",
+                {"type": "string", "pattern": f"^{med.CURSOR.pattern}$"},
+            ),
         ),
         answers=(_INVALID_QUERY,),
     ),

@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from gateway.api import consent as c
 from gateway.api import handlers as h
 from gateway.api.endpoint import Endpoint
+from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
@@ -544,3 +545,4 @@ def install(app: web.Application, gateway: Gateway) -> None:
     )
     consent = gateway.usecases.consent
     c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))
+    describe_medication(app[h.OPENAPI])

@@ -1,6 +1,7 @@
 """Who a results or medication notice goes to: a patient from the message (upserted as
 the feed describes them), a patient already known by MRN (the JSON API), or a bare
-phone number (the JSON API, for a lab or pharmacy with no MRN to give).
+phone number (the JSON API, for a lab or pharmacy with no MRN to give), whose zone,
+when no one recorded the contact's, is its area code's if that has only one.
 
 Resolved inside the writer's transaction, so the number the notice is planned for is
 the one stored with it."""
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from gateway.clinical import patients
 from gateway.clinical.commands import ERR_UNKNOWN_KEY, ApplyContext, MappingError
-from gateway.consent import ledger
+from gateway.consent import ledger, zones
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,4 +59,10 @@ def resolve(conn: sqlite3.Connection, ctx: ApplyContext, target: Target) -> Reci
         " ORDER BY p.updated_at DESC LIMIT 1) FROM contacts c WHERE c.idx = ?",
         (idx,),
     ).fetchone()
-    return Recipient(r[2], idx, r[0], r[1])
+    return Recipient(r[2], idx, r[0], r[1] or _only_zone(target.e164))
+
+
+def _only_zone(e164: str) -> str | None:
+    """The number's zone when its area code has exactly one (+1 202: New York's)."""
+    found = zones.zones_for_number(e164)
+    return found[0] if len(found) == 1 and found[0] != "UTC" else None
