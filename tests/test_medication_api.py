@@ -111,6 +111,20 @@ async def test_an_external_key_changes_its_schedule_until_it_is_stopped(api: Api
     await _error(r, 409, "schedule_stopped")
 
 
+async def test_parallel_posts_of_one_external_key_make_one_schedule(api: Api) -> None:
+    await _at(api, "2027-01-15T12:00:00+00:00")
+    keyed = {**SCHEDULE, "external_key": "rx-88"}
+    answers = await asyncio.gather(*(api.post("/api/v1/medications", keyed) for _ in range(5)))
+    assert sorted(a.status for a in answers) == [200, 200, 200, 200, 201]
+    assert len({(await a.json())["id"] for a in answers}) == 1
+    row = await api.gw.store.reader.one("SELECT count(*), max(version) FROM medication_schedules")
+    assert row is not None and tuple(row) == (1, 5)
+    doses = await api.gw.store.reader.all(
+        "SELECT due_at FROM clinical_notices WHERE state = 'pending'"
+    )
+    assert len(doses) == len({d[0] for d in doses}) == 4  # each re-plan superseded the last
+
+
 async def test_an_idempotency_key_makes_one_schedule_under_parallel_retries(api: Api) -> None:
     await _at(api, "2027-01-15T12:00:00+00:00")
     headers = {"Idempotency-Key": "k-1"}

@@ -105,7 +105,7 @@ def test_golden_over_the_shared_oru_samples() -> None:
     assert e.value.location == "PID-3" and "555" not in e.value.text
 
 
-@pytest.mark.parametrize("status", ["P", "I", "R", "S", "X", ""])
+@pytest.mark.parametrize("status", ["P", "I", "R", "S", "A", ""])
 def test_a_result_not_final_or_corrected_notifies_nothing(status: str) -> None:
     message = with_status(text("LAB-ORU-1.hl7"), status)
     assert map_message(parse(message)) == [Ignore("no final or corrected result")]
@@ -168,6 +168,23 @@ async def test_results_of_one_visit_join_the_pending_notice(store: Store) -> Non
     )
     got = [(o[0], o[1]) for o in outcomes]
     assert got == [("notice", row.id), ("joined", row.id), ("joined", row.id)]
+
+
+async def test_a_cancelled_order_withdraws_the_notice_still_waiting(store: Store) -> None:
+    """With the site's delay the notice waits; an X for its order (no results will come)
+    makes its recheck skip it. A notice covering another order too still goes."""
+    settings.configure(store, settings.Settings(settings.ResultsConfig(notify_delay_hours=72)))
+    await apply(store, map_message(sample("LAB-ORU-1.hl7")), ctx_of(store))
+    cancelled = map_message(parse(with_status(text("LAB-ORU-1.hl7"), "X")))
+    assert [type(c).__name__ for c in cancelled] == ["ResultsWithdrawn"]
+    (row,) = await notice_rows(store, NoticeKind.RESULT_AVAILABLE)
+    due = row.notice.due_at
+    assert await store.writer.run(lambda conn: notices.recheck(conn, row, due)) is None
+    await apply(store, cancelled, ctx_of(store, now=NOW + 60))
+    assert await store.writer.run(lambda conn: notices.recheck(conn, row, due)) == "withdrawn"
+    other = with_status(text("LAB-ORU-1.hl7"), "F", 1).replace("890775544", "77777777")
+    await apply(store, map_message(parse(other)), ctx_of(store, now=NOW + 120))  # joins it
+    assert await store.writer.run(lambda conn: notices.recheck(conn, row, due)) is None
 
 
 async def test_a_patient_without_a_number_is_recorded_not_texted(store: Store) -> None:

@@ -3,7 +3,8 @@
 Built by the ORU^R01 mapper (per patient, the OBRs with OBR-25 F or C) and by
 `POST /events/results-available`. It carries order numbers and status codes only:
 never an OBX value, a test name, an abnormal flag or a note, so nothing of the result
-can reach the notice's variables.
+can reach the notice's variables. An X (order cancelled, no results) withdraws the
+order: a notice still waiting with nothing else in it is then skipped (its recheck).
 
 Once per order and status: a repeated F notifies nothing; a C after an F is an
 "updated results" notice (the same `result_available` template, with
@@ -26,6 +27,7 @@ from gateway.results.recipient import Target, resolve
 
 FINAL = "F"
 CORRECTED = "C"
+CANCELLED = "X"  # "no results available; order cancelled": a pending notice is withdrawn
 NOTIFYING = {FINAL: "final", CORRECTED: "corrected"}  # OBR-25, table 0123
 TEMPLATE = NoticeKind.RESULT_AVAILABLE.value
 
@@ -53,3 +55,14 @@ class ResultsAvailable:
             due_at=ctx.now + delay,
             variables={"result_status": NOTIFYING[CORRECTED if corrected else FINAL]},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsWithdrawn:
+    """Orders whose results will not come (OBR-25 X): a results notice still waiting
+    for them (the site's delay) is skipped at send time if nothing else is in it."""
+
+    orders: tuple[OrderKey, ...]
+
+    def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None:
+        events.withdraw(conn, ctx, NoticeKind.RESULT_AVAILABLE, self.orders)

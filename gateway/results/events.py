@@ -123,3 +123,31 @@ def record(
         (notice_id, outcome, *new),
     )
     return Outcome(tuple(new), notice_id, outcome)
+
+
+def withdraw(
+    conn: sqlite3.Connection, ctx: ApplyContext, kind: NoticeKind, orders: Sequence[OrderKey]
+) -> int:
+    """Mark the events of `orders` withdrawn (their results will not come); returns how
+    many. A notice whose every event is withdrawn is skipped at send time (`recheck`)."""
+    refs = [order_ref(ctx, o) for o in orders]
+    marks = ",".join("?" * len(refs))
+    return conn.execute(
+        "UPDATE clinical_events SET withdrawn_at = ? WHERE kind = ? AND source = ?"  # noqa: S608
+        f" AND order_ref IN ({marks}) AND withdrawn_at IS NULL",
+        (ctx.now, kind.value, ctx.source, *refs),
+    ).rowcount
+
+
+def recheck(conn: sqlite3.Connection, row: notices.NoticeRow, now: float) -> str | None:
+    """RESULT_AVAILABLE / MEDICATION_READY at send time: something is still to tell."""
+    del now
+    r = conn.execute(
+        "SELECT count(*), count(withdrawn_at) FROM clinical_events WHERE notice_id = ?",
+        (row.id,),
+    ).fetchone()
+    return "withdrawn" if r[0] and r[0] == r[1] else None
+
+
+notices.register_recheck(NoticeKind.RESULT_AVAILABLE, recheck)
+notices.register_recheck(NoticeKind.MEDICATION_READY, recheck)

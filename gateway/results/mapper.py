@@ -2,8 +2,9 @@
 
 An ORU holds one or more PATIENT_RESULT groups (PID, then ORDER_OBSERVATIONs of ORC,
 OBR, OBX, NTE...). Each OBR whose OBR-25 (result status, table 0123) is F (final) or
-C (corrected) names an order whose results the patient may be told about; P, I, R, S
-and the rest notify nothing. The order is OBR-3 (filler order number), else OBR-2
+C (corrected) names an order whose results the patient may be told about; X (order
+cancelled) withdraws a notice still waiting for it; P, I, R, S and the rest notify
+nothing. The order is OBR-3 (filler order number), else OBR-2
 (placer), else the ORC's. Nothing else of the OBR, and nothing of OBX or NTE, is read.
 """
 
@@ -17,7 +18,7 @@ from gateway.clinical import fields, patients
 from gateway.clinical.commands import ERR_REQUIRED_FIELD_MISSING, Command, Ignore, MappingError
 from gateway.clinical.mappers import maps
 from gateway.clinical.profile import InterfaceProfile
-from gateway.results.commands import NOTIFYING, ResultsAvailable
+from gateway.results.commands import CANCELLED, NOTIFYING, ResultsAvailable, ResultsWithdrawn
 from gateway.results.events import OrderKey
 
 
@@ -28,6 +29,7 @@ def map_oru(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command
         raise MappingError(ERR_REQUIRED_FIELD_MISSING, "the message has no PID segment", "PID")
     commands: list[Command] = []
     seen_obr = False
+    withdrawn: list[OrderKey] = []
     for group in groups:
         orders: list[tuple[OrderKey, str]] = []
         orc: hl7.Segment | None = None
@@ -40,11 +42,15 @@ def map_oru(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command
                 status = fields.value(message, segment, 25).strip().upper()
                 if status in NOTIFYING:
                     orders.append((order_of(message, segment, orc), status))
+                elif status == CANCELLED:
+                    withdrawn.append(order_of(message, segment, orc))
         if orders:
             sub = hl7.parse("\r".join(str(s) for s in [fields.first(message, "MSH"), *group]))
             commands.append(ResultsAvailable(patients.extract(sub, profile), tuple(orders)))
     if not seen_obr:
         raise MappingError(ERR_REQUIRED_FIELD_MISSING, "the message has no OBR segment", "OBR")
+    if withdrawn:
+        commands.append(ResultsWithdrawn(tuple(withdrawn)))
     return commands or [Ignore("no final or corrected result")]
 
 

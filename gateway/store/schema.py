@@ -496,7 +496,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX hl7_outbound_due ON hl7_outbound (next_attempt_at) WHERE state = 'pending';
     """,
     # 14 (i13-results): results-available and medication-ready events, one per order
-    #    (keyed index, no PHI) and status, so a repeated final result notifies once;
+    #    (keyed index, no PHI) and status, so a repeated final result notifies once, and
+    #    when an order's results were withdrawn (OBR-25 X) before their notice went;
     #    medication schedules (times of day in a zone, start and end dates, the drug's
     #    label encrypted and only if the site allows drug names) with how far ahead their
     #    dose notices are planned; at most one live dose notice per schedule and time.
@@ -512,6 +513,7 @@ MIGRATIONS: tuple[str, ...] = (
         notice_id   TEXT,
         outcome     TEXT NOT NULL CHECK (outcome IN ('notice', 'joined', 'no_contact')),
         message_ref TEXT,
+        withdrawn_at REAL,
         created_at  REAL NOT NULL,
         UNIQUE (kind, source, order_ref, status)
     );
