@@ -362,3 +362,17 @@ async def test_rds_golden_ready_for_pick_up_once(store: Store) -> None:
     n = row.notice
     assert (n.template, n.purpose, n.due_at) == ("medication_ready", "medication", NOW)
     assert dict(n.variables) == {"location": "Unity"}  # no drug name by default
+
+
+async def test_an_ended_schedule_whose_end_moves_is_planned_again(store: Store) -> None:
+    one_day = parse(_rde("TQ1|1|||0800|||20270110|20270110"))
+    await apply(store, map_message(one_day, PHARMACY), ctx_of(store, PHARMACY, NOW))
+    row = await store.reader.one("SELECT state FROM medication_schedules")
+    assert row is not None and row[0] == "ended"  # its only dose is planned
+    longer = parse(_rde("TQ1|1|||0800|||20270110|20270111"))
+    await apply(store, map_message(longer, PHARMACY), ctx_of(store, PHARMACY, NOW + HOUR))
+    pending = await _pending_doses(store)
+    assert [dt.datetime.fromtimestamp(r.notice.due_at, ZoneInfo(NY)).day for r in pending] == [
+        10,
+        11,
+    ]

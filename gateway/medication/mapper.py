@@ -36,7 +36,8 @@ from gateway.medication.timing import time_of_day
 from gateway.results.events import OrderKey
 
 STOPS = frozenset({"DC", "OD", "CA", "OC"})  # discontinue / cancel, request or done
-_UNITS_DAYS = {"D": 1.0, "DAY": 1.0, "D&DAY": 1.0, "WK": 7.0, "W": 7.0, "H": 1 / 24, "HR": 1 / 24}
+# TQ1-6 service duration units (CQ.2, ISO+ / UCUM codes) in days.
+_UNITS_DAYS = {"D": 1.0, "DAY": 1.0, "WK": 7.0, "W": 7.0, "H": 1 / 24, "HR": 1 / 24}
 
 
 def order_groups(message: hl7.Message) -> list[list[hl7.Segment]]:
@@ -176,7 +177,7 @@ def _plus_duration(
         days = float(qty) * _UNITS_DAYS[unit]
     except ValueError:
         raise MappingError(ERR_DATA_TYPE, "not a number", "TQ1-6") from None
-    if unit in ("D", "DAY", "D&DAY", "WK", "W"):
+    if unit in ("D", "DAY", "WK", "W"):
         # "3 days" from the start: the start's date and the two after it.
         return _day(start) + dt.timedelta(days=max(days - 1, 0))
     return start + dt.timedelta(days=days)

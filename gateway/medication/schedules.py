@@ -162,7 +162,8 @@ def insert(conn: sqlite3.Connection, cipher: FieldCipher, new: NewSchedule, now:
 def replace(
     conn: sqlite3.Connection, cipher: FieldCipher, schedule_id: str, new: NewSchedule, now: float
 ) -> None:
-    """A changed order: what was pending is superseded, the schedule re-planned from now."""
+    """A changed order: what was pending is superseded, the schedule (active again if it
+    had ended: its end may have moved) re-planned from now."""
     notices.close_pending(
         conn,
         now,
@@ -174,7 +175,8 @@ def replace(
     conn.execute(
         "UPDATE medication_schedules SET patient_id = ?, contact_idx = ?, times = ?,"
         " time_zone = ?, start_date = ?, end_date = ?, label_ct = ?, language = ?,"
-        " version = version + 1, planned_until = ?, updated_at = ? WHERE id = ?",
+        " state = 'active', version = version + 1, planned_until = ?, updated_at = ?"
+        " WHERE id = ?",
         (
             new.patient_id,
             new.contact_idx,
