@@ -376,3 +376,37 @@ async def test_an_ended_schedule_whose_end_moves_is_planned_again(store: Store) 
         10,
         11,
     ]
+
+
+async def test_one_unreadable_order_leaves_the_whole_message_unapplied(store: Store) -> None:
+    """Applied as the listener applies a message (every command in one transaction): the
+    first order's schedule does not survive the second's refusal."""
+    two = (
+        _rde("TQ1|1|||0800|||20270110|20270112") + "ORC|NW|ORD-10^EHR\rRXE||1^X^NDC|1\rTQ1|1||Q3X\r"
+    )
+    commands = map_message(parse(two), PHARMACY)
+    assert [type(c).__name__ for c in commands] == ["PutSchedule", "PutSchedule"]
+    with pytest.raises(MappingError):
+        await apply(store, commands, ctx_of(store, PHARMACY, NOW))
+    for table in ("medication_schedules", "clinical_notices", "patients"):
+        row = await store.reader.one(f"SELECT count(*) FROM {table}")  # noqa: S608
+        assert row is not None and row[0] == 0, table
+
+
+async def test_no_drug_name_from_the_samples_is_stored_by_default(store: Store) -> None:
+    """Every RDE and RDS sample, its patient given a mobile number: schedules and ready
+    notices exist, and no drug name of RXE-2, RXO-1, RXC-2 or RXD-2 is in the store."""
+    profile = InterfaceProfile("pharmacy", time_zone=NY)
+    names = ("RDE-O11-01", "RDE-O11-02", "RDE-O25-01", "RDE-O25-02", "RDS-O13-01", "RDS-O13-02")
+    drugs = ("Doxycycline", "NICARDIPINE", "niCARdipine", "Ampicillin", "amoxicillin", "CARDENE")
+    for name in names:
+        message = text(f"{name}.hl7").replace("|GL|", "|GL|^PRN^CP^^1^202^5550123~", 1)
+        await apply(store, map_message(parse(message), profile), ctx_of(store, profile, NOW))
+    ready = await notice_rows(store, NoticeKind.MEDICATION_READY)
+    row = await store.reader.one("SELECT count(*) FROM medication_schedules")
+    assert ready and row is not None and row[0] == 2  # two orders, the samples repeat them
+    for n in ready:
+        assert not any(d.lower() in v.lower() for v in n.notice.variables.values() for d in drugs)
+    raw = b"".join(p.read_bytes() for p in store.path.parent.glob("gw.db*"))
+    for drug in drugs:
+        assert drug.encode() not in raw, drug
