@@ -255,7 +255,6 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
-
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
