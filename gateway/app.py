@@ -48,11 +48,14 @@ from gateway.integrations.webhooks import (
     WebhookSecretError,
 )
 from gateway.logs import exception_summary
+from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
 from gateway.reminders.planner import Planner
 from gateway.reminders.usecase import ReminderRules
+from gateway.results.settings import Settings as ClinicalSettings
+from gateway.results.usecase import ResultEvents
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -197,6 +200,7 @@ class Gateway:
             self.outbox.register(mqtt_consumer(self.config, self.mqtt))
         await self.outbox.start(run=dispatch)
         await self._start_hl7(dispatch=dispatch)
+        self.medications  # noqa: B018  # the clinical commands read its settings from now on
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
@@ -253,6 +257,28 @@ class Gateway:
             raise StartupFault(
                 f"hl7.interfaces: cannot listen: {e.strerror or e}", exit_code=2
             ) from None
+            self._spawn(self.medications.run_top_up())
+
+    # -- results and medication notices (issue 13, i13-results) --------------------------
+    @functools.cached_property
+    def medications(self) -> Medications:
+        """Medication schedules (API) and their dose top-up; registers the `[results]`
+        and `[medication]` settings the clinical commands read."""
+        site = ClinicalSettings(self.config.results, self.config.medication)
+        return Medications(
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            hooks=self.clinical_hooks,
+            site=site,
+        )
+
+    @functools.cached_property
+    def result_events(self) -> ResultEvents:
+        self.medications  # noqa: B018  # registers the site's settings with the store
+        return ResultEvents(
+            store=self.store, clock=self.clock, audit=self.audit, hooks=self.clinical_hooks
+        )
 
     @functools.cached_property
     def admin_repo(self) -> AdminRepo:

@@ -30,6 +30,7 @@ from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
 from gateway.templates.settings import TemplatesConfig
+from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -362,6 +363,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     appointments: AppointmentsConfig = msgspec.field(default_factory=AppointmentsConfig)
     hl7: Hl7Config = msgspec.field(default_factory=Hl7Config)  # MLLP feeds (gateway/hl7/)
     templates: TemplatesConfig = msgspec.field(default_factory=TemplatesConfig)
+    results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
+    medication: MedicationConfig = msgspec.field(default_factory=MedicationConfig)
     source: str | None = None
 
     @property
@@ -551,6 +554,7 @@ def _check_values(config: Config) -> None:
     if problem := config.appointments.problems():
     if problem := config.hl7.problems():
     if problem := config.templates.problems():
+    for problem in pattern_problems(config.medication):
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

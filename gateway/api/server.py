@@ -18,6 +18,8 @@ from gateway.api.endpoint import Endpoint
 from gateway.api import hl7 as hl7_api
 from gateway.api import templates as t
 from gateway.api import reminder_rules
+from gateway.api.medication import describe as describe_medication
+from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -567,6 +569,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *HL7_ENDPOINTS,
     *t.endpoints(Endpoint),
     *reminder_rules.endpoints(Endpoint),  # issue 13: /reminder-rules
+    *MEDICATION_ENDPOINTS,
 )
 
 
@@ -660,3 +663,4 @@ def install(app: web.Application, gateway: Gateway) -> None:
     )
     consent = gateway.usecases.consent
     c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))
+    describe_medication(app[h.OPENAPI])

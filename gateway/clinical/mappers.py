@@ -23,6 +23,8 @@ _MAPPERS: dict[tuple[str, str], Mapper] = {}
 MAPPER_MODULES: tuple[str, ...] = (
     "gateway.appointments.siu",
     "gateway.appointments.adt",
+    "gateway.results.mapper",  # ORU^R01 (i13-results)
+    "gateway.medication.mapper",  # RDE^O11/O25, RDS^O13 (i13-results)
 )
 
 

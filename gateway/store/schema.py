@@ -603,6 +603,55 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT RAISE(ABORT, 'reminder rule versions are kept');
     END;
     ALTER TABLE appointments ADD COLUMN appt_type TEXT;
+    # 14 (i13-results): results-available and medication-ready events, one per order
+    #    (keyed index, no PHI) and status, so a repeated final result notifies once, and
+    #    when an order's results were withdrawn (OBR-25 X) before their notice went;
+    #    medication schedules (times of day in a zone, start and end dates, the drug's
+    #    label encrypted and only if the site allows drug names) with how far ahead their
+    #    dose notices are planned; at most one live dose notice per schedule and time.
+    """
+    CREATE TABLE clinical_events (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('result_available', 'medication_ready')),
+        source      TEXT NOT NULL,
+        order_ref   TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        patient_id  TEXT,
+        contact_idx BLOB,
+        notice_id   TEXT,
+        outcome     TEXT NOT NULL CHECK (outcome IN ('notice', 'joined', 'no_contact')),
+        message_ref TEXT,
+        withdrawn_at REAL,
+        created_at  REAL NOT NULL,
+        UNIQUE (kind, source, order_ref, status)
+    );
+    CREATE INDEX clinical_events_patient ON clinical_events (patient_id, created_at);
+    CREATE TABLE medication_schedules (
+        id            TEXT PRIMARY KEY,
+        source        TEXT NOT NULL,
+        ext_index     BLOB,
+        patient_id    TEXT,
+        contact_idx   BLOB NOT NULL,
+        times         TEXT NOT NULL,
+        time_zone     TEXT NOT NULL,
+        start_date    TEXT NOT NULL,
+        end_date      TEXT,
+        label_ct      BLOB,
+        language      TEXT,
+        state         TEXT NOT NULL CHECK (state IN ('active', 'stopped', 'ended')),
+        version       INTEGER NOT NULL DEFAULT 1,
+        planned_until REAL NOT NULL,
+        stopped_at    REAL,
+        stop_reason   TEXT,
+        created_by    TEXT NOT NULL,
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL,
+        UNIQUE (source, ext_index)
+    );
+    CREATE INDEX medication_schedules_active ON medication_schedules (planned_until)
+        WHERE state = 'active';
+    CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
+        WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
     """,
 )
 
