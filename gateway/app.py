@@ -27,6 +27,7 @@ from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway.clinical.commands import ClinicalHooks
+from gateway.clinical.profile import InterfaceProfile
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
@@ -45,6 +46,7 @@ from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
+from gateway.replies.inbound import InboundReplies
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -96,6 +98,8 @@ class Gateway:
     mqtt: MqttLink | None = None  # [mqtt] enabled: the broker connection
     # What the clinical parts do when an appointment changes (the reminder planner).
     clinical_hooks: ClinicalHooks = field(default_factory=ClinicalHooks)
+    # Interface profiles by name (`[[hl7.interfaces]]`): replies write back per these.
+    clinical_profiles: dict[str, InterfaceProfile] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -138,6 +142,9 @@ class Gateway:
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
+        hooks, profiles = ClinicalHooks(), dict[str, InterfaceProfile]()
+        replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
+        sink.answer_replies(replies)
         outbox = build_outbox(config, store, clock, busy=lambda: scheduler.in_flight > 0)
         return cls(
             config,
@@ -152,6 +159,8 @@ class Gateway:
             sink,
             audit,
             outbox,
+            clinical_hooks=hooks,
+            clinical_profiles=profiles,
         )
 
     async def start(self, *, dispatch: bool = True) -> None:

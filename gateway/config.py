@@ -26,6 +26,7 @@ from drivers.registry import UnknownDriver, load_driver
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
 from gateway.models import Priority
+from gateway.replies.settings import RepliesConfig
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -296,7 +297,9 @@ class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         return None
 
 
-EventName = Literal["message.status", "message.inbound", "route.health", "consent.changed"]
+EventName = Literal[
+    "message.status", "message.inbound", "route.health", "consent.changed", "appointment.reply"
+]
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -309,6 +312,7 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         "message.inbound",
         "route.health",
         "consent.changed",
+        "appointment.reply",
     )
     secret_file: str | None = None
     secret_credential: str | None = None
@@ -355,6 +359,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
+    replies: RepliesConfig = msgspec.field(default_factory=RepliesConfig)
     source: str | None = None
 
     @property
