@@ -53,6 +53,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_session",
     "gateway.admin.views_webhooks",
     "gateway.admin.views_consent",
+    "gateway.admin.views_worklist",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.api import consent as c
 from gateway.api import handlers as h
+from gateway.api import replies as r
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -273,6 +274,43 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
+# -- replies to appointment texts and the staff worklist (issue 13) ------------------
+REPLY_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        "/api/v1/replies",
+        r.list_replies,
+        "read",
+        "Patients' replies to appointment texts; state=open is the staff worklist"
+        " (reschedule and cancel requests without a write-back, unmatched and unclear"
+        " replies), oldest first. Numbers masked",
+        None,
+        r.ReplyPage,
+        query=(
+            Query(
+                "state",
+                "open (the worklist), done or resolved; all if absent",
+                {"type": "string", "enum": ["open", "done", "resolved"]},
+            ),
+            Query("limit", "at most this many", {"type": "integer", "minimum": 1, "maximum": 500}),
+        ),
+        answers=(_INVALID_QUERY,),
+    ),
+    Endpoint(
+        "POST",
+        f"/api/v1/replies/{r.REPLY_ID}/resolve",
+        r.resolve_reply,
+        "send",
+        "Take a reply off the worklist, once (audited)",
+        r.ResolveRequest,
+        r.ReplyView,
+        answers=(
+            Answer(404, "`not_found`: no reply with this id"),
+            Answer(409, "`not_open`: the reply is not on the worklist (already resolved)"),
+        ),
+    ),
+)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
@@ -468,6 +506,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
     *CONSENT_ENDPOINTS,
+    *REPLY_ENDPOINTS,
 )
 
 

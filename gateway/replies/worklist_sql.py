@@ -82,36 +82,33 @@ def insert(conn: sqlite3.Connection, reply_id: str, r: NewReply, writeback_id: s
     )
 
 
-def _row(r: Any) -> ReplyRow:
+def row_of(r: Any) -> ReplyRow:
     values = list(r)
     values[2] = bytes(values[2])
     values[5] = bool(values[5])
     return ReplyRow(*values)
 
 
-def listed(
-    conn: sqlite3.Connection | sqlite3.Cursor, state: str | None, limit: int
-) -> list[ReplyRow]:
-    """Replies in `state` (None: all), oldest first for open ones, else newest first."""
+def listed(state: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The query for replies in `state` (None: all): open ones oldest first (a
+    worklist), else newest first."""
     if state is None:
         sql = f"SELECT {COLUMNS} FROM appointment_replies ORDER BY created_at DESC LIMIT ?"  # noqa: S608
-        rows = conn.execute(sql, (limit,)).fetchall()
-    else:
-        order = "ASC" if state == "open" else "DESC"
-        sql = (
-            f"SELECT {COLUMNS} FROM appointment_replies WHERE state = ?"  # noqa: S608
-            f" ORDER BY created_at {order} LIMIT ?"
-        )
-        rows = conn.execute(sql, (state, limit)).fetchall()
-    return [_row(r) for r in rows]
+        return sql, (limit,)
+    order = "ASC" if state == "open" else "DESC"
+    sql = (
+        f"SELECT {COLUMNS} FROM appointment_replies WHERE state = ?"  # noqa: S608
+        f" ORDER BY created_at {order} LIMIT ?"
+    )
+    return sql, (state, limit)
 
 
-def one(conn: sqlite3.Connection | sqlite3.Cursor, reply_id: str) -> ReplyRow | None:
+def one(conn: sqlite3.Connection, reply_id: str) -> ReplyRow | None:
     r = conn.execute(
         f"SELECT {COLUMNS} FROM appointment_replies WHERE id = ?",  # noqa: S608 - a constant
         (reply_id,),
     ).fetchone()
-    return None if r is None else _row(r)
+    return None if r is None else row_of(r)
 
 
 def resolve(
