@@ -32,9 +32,7 @@ class Booked:
 
 def context(gw: Gateway, source: str = "ehr") -> ApplyContext:
     profile = gw.clinical_profiles.get(source) or InterfaceProfile(source)
-    return ApplyContext(
-        gw.clock.time(), source, "test", profile, gw.store, gw.clinical_hooks
-    )
+    return ApplyContext(gw.clock.time(), source, "test", profile, gw.store, gw.clinical_hooks)
 
 
 async def book(
