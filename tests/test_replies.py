@@ -34,7 +34,7 @@ OTHER = "+12025550188"
 async def text(gw: Gateway, body: str, sender: str = WHO) -> str:
     """`body` from `sender` through the sink; the stored inbound id."""
     await gw.sink.inbound("main", InboundSms(sender=sender, body=body, recipient="4000"))
-    row = await gw.store.reader.one("SELECT id FROM inbound ORDER BY id DESC LIMIT 1")
+    row = await gw.store.reader.one("SELECT id FROM inbound ORDER BY seq DESC LIMIT 1")
     assert row is not None
     return str(row[0])
 

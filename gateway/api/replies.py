@@ -20,7 +20,7 @@ from gateway.usecases import Caller
 from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso
 
-REPLY_ID = "{id:rpl_[0-9a-f]{16}}"
+REPLY_ID = "{id}"
 
 
 class ReplyView(msgspec.Struct, frozen=True):
