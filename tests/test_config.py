@@ -92,7 +92,10 @@ def test_example_file_loads_and_documents_every_key() -> None:
             'queue.classes.bulk.expires_after: expected a positive number, got "a day"',
         ),
         ({"queue": {"classes": {"urgent": {}}}}, "queue.classes.urgent: unknown key"),
-        ({"replies": {"cancel_on_reply": "yes"}}, "replies.cancel_on_reply: expected true or false"),
+        (
+            {"replies": {"cancel_on_reply": "yes"}},
+            "replies.cancel_on_reply: expected true or false",
+        ),
         ({"replies": {"cancel_on_answer": True}}, "replies.cancel_on_answer: unknown key"),
     ],
 )
