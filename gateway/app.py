@@ -47,6 +47,7 @@ from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
 from gateway.replies.inbound import InboundReplies
+from gateway.replies.usecase import Replies
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -226,6 +227,7 @@ class Gateway:
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),
             Consent(config=self.config, store=self.store, clock=self.clock, audit=self.audit),
+            Replies(self.store, self.clock, self.audit),
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -18,8 +18,7 @@ from gateway.web.context import GATEWAY
 
 
 def _use_case(request: web.Request) -> Replies:
-    gw = request.app[GATEWAY]
-    return Replies(gw.store, gw.clock, gw.audit)
+    return request.app[GATEWAY].usecases.replies
 
 
 def _caller(request: web.Request) -> Caller:

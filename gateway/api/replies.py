@@ -64,8 +64,7 @@ _RESOLVE = msgspec.json.Decoder(ResolveRequest)
 
 
 def _use_case(request: web.Request) -> Replies:
-    gw = gateway_of(request)
-    return Replies(gw.store, gw.clock, gw.audit)
+    return gateway_of(request).usecases.replies
 
 
 def _caller(request: web.Request) -> Caller:

@@ -16,7 +16,7 @@ from gateway.replies import worklist_sql as sql
 from gateway.store import consent_sql
 from gateway.store.audit_log import AuditTrail
 from gateway.store.store import Store
-from gateway.usecases import Caller
+from gateway.usecases.caller import Caller
 
 STATES = ("open", "done", "resolved")
 MAX_LIST = 500

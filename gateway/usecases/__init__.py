@@ -20,6 +20,7 @@ into their answers. None of them reads or writes the store for these operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.usecases.activity import Activity
 from gateway.usecases.audit_log import AuditLog
@@ -31,6 +32,9 @@ from gateway.usecases.messages import Messages
 from gateway.usecases.status import Status
 from gateway.usecases.tokens import Tokens
 from gateway.usecases.undecodable import Undecodable
+
+if TYPE_CHECKING:
+    from gateway.replies.usecase import Replies
 
 __all__ = [
     "Activity",
@@ -58,3 +62,4 @@ class UseCases:
     undecodable: Undecodable
     audit_log: AuditLog
     consent: Consent
+    replies: Replies  # gateway/replies/usecase.py: the worklist
