@@ -159,6 +159,9 @@ async def test_confirm_bumps_the_version_and_answers_in_the_patients_language(
     )
     assert [tuple(t) for t in trail] == [("confirmed", 2, inbound_id)]
     assert await ledger(gw) == []  # YES was no opt-in: nothing had been opted out
+    await text(gw, body)  # confirmed again: answered, no second version
+    assert (await appointment(gw, booked.id))["version"] == 2 and seen == [booked.id]
+    assert [r["outcome"] for r in await reply_rows(gw)] == ["confirmed", "confirmed"]
 
 
 async def test_yes_after_an_opt_out_confirmation_stays_an_opt_in(gw: Gateway) -> None:
@@ -489,3 +492,22 @@ async def test_replies_off_leaves_every_text_to_the_keywords(open_gateway: Gatew
     assert (await appointment(gw, booked.id))["version"] == 1
     assert await reply_rows(gw) == []
     assert await ledger(gw) == []  # STOP 1234: a look-alike for staff, as before
+
+
+async def test_a_reply_that_fails_is_rolled_back_alone_and_the_text_is_kept(
+    gw: Gateway,
+) -> None:
+    gw.clinical_profiles["ehr"] = InterfaceProfile("ehr", writeback="ehr-out")
+    booked = await book(gw, WHO)
+    await gw.store.writer.run(
+        lambda conn: conn.execute(
+            "UPDATE appointments SET ext_key_ct = ? WHERE id = ?", (b"\0" * 40, booked.id)
+        )
+    )
+    with capture_logs() as logs:
+        inbound_id = await text(gw, "C")  # the write-back cannot read the key
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["reply_failed"]
+    assert (await appointment(gw, booked.id))["version"] == 1  # the confirm undone too
+    assert await reply_rows(gw) == [] and await outbound_messages(gw) == []
+    row = await gw.store.reader.one("SELECT id FROM inbound WHERE id = ?", (inbound_id,))
+    assert row is not None  # the patient's text is stored all the same

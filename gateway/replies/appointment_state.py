@@ -40,14 +40,18 @@ def confirm(
     conn: sqlite3.Connection, ctx: ApplyContext, appointment_id: str, via: str, ref: str
 ) -> int | None:
     """Mark the appointment confirmed (`via`: how, e.g. `sms`; `ref`: the inbound id);
-    its new version, or None if it is gone."""
+    its version (bumped only by the first confirmation), or None if it is gone."""
     row = conn.execute(
         "UPDATE appointments SET confirmed_at = ?, confirmed_via = ?, version = version + 1,"
-        " updated_at = ? WHERE id = ? RETURNING version, status, start_at",
+        " updated_at = ? WHERE id = ? AND confirmed_at IS NULL RETURNING version, status,"
+        " start_at",
         (ctx.now, via, ctx.now, appointment_id),
     ).fetchone()
     if row is None:
-        return None
+        again = conn.execute(
+            "SELECT version FROM appointments WHERE id = ?", (appointment_id,)
+        ).fetchone()
+        return None if again is None else int(again[0])
     version, status, start = row
     _event(conn, ctx, appointment_id, "confirmed", (status, start), status, version, ref)
     ctx.hooks.changed(conn, ctx, appointment_id)

@@ -185,6 +185,7 @@ def pages(seeded: dict[str, str]) -> list[str]:
         "/webhooks",
         "/consent",
         "/consent/reviews",
+        "/worklist",
         "/account",
         "/account/password",
         "/account/totp",
