@@ -20,7 +20,7 @@ from gateway.usecases import Caller
 from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso
 
-REPLY_ID = "{id}"
+REPLY_ID = "{id:[A-Za-z0-9_]{1,40}}"  # rpl_ and 16 hex digits; others answer 404
 
 
 class ReplyView(msgspec.Struct, frozen=True):
