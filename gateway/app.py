@@ -31,6 +31,7 @@ from drivers.registry import load_driver
 from gateway.clinical.commands import ClinicalHooks
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import NoticeRunner
+from gateway.clinical.profile import InterfaceProfile
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
@@ -56,6 +57,8 @@ from gateway.reminders.planner import Planner
 from gateway.reminders.usecase import ReminderRules
 from gateway.results.settings import Settings as ClinicalSettings
 from gateway.results.usecase import ResultEvents
+from gateway.replies.inbound import InboundReplies
+from gateway.replies.usecase import Replies
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -115,6 +118,8 @@ class Gateway:
     # one the notice runner does not run and notices wait, pending.
     renderer: Renderer | None = None
     notice_bell: threading.Event = field(default_factory=threading.Event)  # planner -> runner
+    # Interface profiles by name (`[[hl7.interfaces]]`): replies write back per these.
+    clinical_profiles: dict[str, InterfaceProfile] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -157,6 +162,9 @@ class Gateway:
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
+        hooks, profiles = ClinicalHooks(), dict[str, InterfaceProfile]()
+        replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
+        sink.answer_replies(replies)
         outbox = build_outbox(config, store, clock, busy=lambda: scheduler.in_flight > 0)
         gateway = cls(
             config,
@@ -171,6 +179,8 @@ class Gateway:
             sink,
             audit,
             outbox,
+            clinical_hooks=hooks,
+            clinical_profiles=profiles,
         )
         gateway.planner.install(gateway.clinical_hooks)
         return gateway
@@ -335,6 +345,7 @@ class Gateway:
             store_=self.store,
             clock=self.clock,
             audit=self.audit,
+            Replies(self.store, self.clock, self.audit),
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

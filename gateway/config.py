@@ -31,6 +31,7 @@ from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
 from gateway.templates.settings import TemplatesConfig
 from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
+from gateway.replies.settings import RepliesConfig
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -301,7 +302,9 @@ class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         return None
 
 
-EventName = Literal["message.status", "message.inbound", "route.health", "consent.changed"]
+EventName = Literal[
+    "message.status", "message.inbound", "route.health", "consent.changed", "appointment.reply"
+]
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -314,6 +317,7 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         "message.inbound",
         "route.health",
         "consent.changed",
+        "appointment.reply",
     )
     secret_file: str | None = None
     secret_credential: str | None = None
@@ -365,6 +369,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     templates: TemplatesConfig = msgspec.field(default_factory=TemplatesConfig)
     results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
     medication: MedicationConfig = msgspec.field(default_factory=MedicationConfig)
+    replies: RepliesConfig = msgspec.field(default_factory=RepliesConfig)
     source: str | None = None
 
     @property

@@ -7,6 +7,7 @@ the scheduler after that commit."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,7 +23,8 @@ from gateway.store.quarantine import HeldUndecodable, Quarantine
 from gateway.store.store import Store
 
 if TYPE_CHECKING:
-    from gateway.consent.inbound import Handled, InboundConsent
+    from gateway.consent.inbound import InboundConsent
+    from gateway.replies.inbound import InboundReplies
 
 log = structlog.get_logger("smsgw.sink")
 
@@ -44,28 +46,41 @@ class GatewaySink:
         self._wakers: list[Callable[[], None]] = []
         self._quarantine = Quarantine(store)
         self._consent: InboundConsent | None = None
+        self._replies: InboundReplies | None = None
 
     def answer_keywords(self, consent: InboundConsent) -> None:
         """Decide keywords in each inbound's transaction (the gateway wires this in)."""
         self._consent = consent
 
-    def _keyword_step(self) -> tuple[InboundHook | None, list[Handled]]:
-        handled: list[Handled] = []
-        consent = self._consent
-        if consent is None:
-            return None, handled
+    def answer_replies(self, replies: InboundReplies) -> None:
+        """Match replies to appointments in the same transaction, around the keywords."""
+        self._replies = replies
+
+    def _keyword_step(self) -> tuple[InboundHook | None, list[Callable[[], None]]]:
+        """The hook deciding keywords and replies in the inbound's transaction, and the
+        list it fills with what to do after the commit."""
+        later: list[Callable[[], None]] = []
+        consent, replies = self._consent, self._replies
+        if consent is None and replies is None:
+            return None, later
 
         def hook(conn: sqlite3.Connection, stored: StoredInbound) -> None:
-            outcome = consent.decide(conn, stored)
-            if outcome is not None:
-                handled.append(outcome)
+            scoped = None if replies is None else replies.before_keywords(conn, stored)
+            if replies is not None and scoped is not None:  # `STOP 1234`, a known code
+                later.append(functools.partial(replies.after, scoped))
+                return
+            outcome = None if consent is None else consent.decide(conn, stored)
+            if consent is not None and outcome is not None:
+                later.append(functools.partial(consent.after, outcome))
+            reply = None if replies is None else replies.decide(conn, stored, outcome)
+            if replies is not None and reply is not None:
+                later.append(functools.partial(replies.after, reply))
 
-        return hook, handled
+        return hook, later
 
-    def _after_commit(self, handled: list[Handled]) -> None:
-        if self._consent is not None:
-            for outcome in handled:
-                self._consent.after(outcome)
+    def _after_commit(self, later: list[Callable[[], None]]) -> None:
+        for step in later:
+            step()
 
     def wake_on_health(self, callback: Callable[[], None]) -> None:
         self._wakers.append(callback)

@@ -31,7 +31,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
     c = config.load(EXAMPLE)
     assert c.routes, "the example shows at least one route"
     text = EXAMPLE.read_text()
-    for section in ("http", "store", "queue", "log", "admin"):
+    for section in ("http", "store", "queue", "log", "admin", "replies"):
         struct = getattr(c, section)
         for name in struct.__struct_fields__:
             assert f"{name} =" in text or f"{name}=" in text, f"{section}.{name} undocumented"
@@ -92,6 +92,11 @@ def test_example_file_loads_and_documents_every_key() -> None:
             'queue.classes.bulk.expires_after: expected a positive number, got "a day"',
         ),
         ({"queue": {"classes": {"urgent": {}}}}, "queue.classes.urgent: unknown key"),
+        (
+            {"replies": {"cancel_on_reply": "yes"}},
+            "replies.cancel_on_reply: expected true or false",
+        ),
+        ({"replies": {"cancel_on_answer": True}}, "replies.cancel_on_answer: unknown key"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict[str, object], message: str) -> None:

@@ -57,6 +57,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_hl7",
     "gateway.admin.views_templates",
     "gateway.admin.views_reminders",
+    "gateway.admin.views_worklist",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

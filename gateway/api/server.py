@@ -20,6 +20,7 @@ from gateway.api import templates as t
 from gateway.api import reminder_rules
 from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
+from gateway.api import replies as r
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -343,6 +344,25 @@ HL7_ENDPOINTS: tuple[Endpoint, ...] = (
                 {"type": "string", "enum": ["pending", "acked", "parked", "cancelled"]},
             ),
             _HL7_LIMIT,
+# -- replies to appointment texts and the staff worklist (issue 13) ------------------
+REPLY_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        "/api/v1/replies",
+        r.list_replies,
+        "read",
+        "Patients' replies to appointment texts; state=open is the staff worklist"
+        " (reschedule and cancel requests without a write-back, unmatched and unclear"
+        " replies), oldest first. Numbers masked",
+        None,
+        r.ReplyPage,
+        query=(
+            Query(
+                "state",
+                "open (the worklist), done or resolved; all if absent",
+                {"type": "string", "enum": ["open", "done", "resolved"]},
+            ),
+            Query("limit", "at most this many", {"type": "integer", "minimum": 1, "maximum": 500}),
         ),
         answers=(_INVALID_QUERY,),
     ),
@@ -355,6 +375,15 @@ HL7_ENDPOINTS: tuple[Endpoint, ...] = (
         answers=(
             Answer(404, "`not_found`: no HL7 outbound message with this id"),
             Answer(409, "`not_parked`: the message is not parked"),
+        f"/api/v1/replies/{r.REPLY_ID}/resolve",
+        r.resolve_reply,
+        "send",
+        "Take a reply off the worklist, once (audited)",
+        r.ResolveRequest,
+        r.ReplyView,
+        answers=(
+            Answer(404, "`not_found`: no reply with this id"),
+            Answer(409, "`not_open`: the reply is not on the worklist (already resolved)"),
         ),
     ),
 )
@@ -570,6 +599,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *t.endpoints(Endpoint),
     *reminder_rules.endpoints(Endpoint),  # issue 13: /reminder-rules
     *MEDICATION_ENDPOINTS,
+    *REPLY_ENDPOINTS,
 )
 
 

@@ -17,7 +17,10 @@ MESSAGE_STATUS = "message.status"
 MESSAGE_INBOUND = "message.inbound"
 ROUTE_HEALTH = "route.health"
 CONSENT_CHANGED = "consent.changed"
-EVENT_TYPES = frozenset({MESSAGE_STATUS, MESSAGE_INBOUND, ROUTE_HEALTH, CONSENT_CHANGED})
+APPOINTMENT_REPLY = "appointment.reply"  # a patient's reply matched (or not) to an appointment
+EVENT_TYPES = frozenset(
+    {MESSAGE_STATUS, MESSAGE_INBOUND, ROUTE_HEALTH, CONSENT_CHANGED, APPOINTMENT_REPLY}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.integrations.events import (
+    APPOINTMENT_REPLY,
     CONSENT_CHANGED,
     EVENT_TYPES,
     MESSAGE_INBOUND,
@@ -110,6 +111,15 @@ class OutboxRow:
                 "program": self.route,
                 "scope": self.state,
                 "decision": self.code,
+            }
+        if self.type == APPOINTMENT_REPLY:
+            # A reply row: its id, the appointment (None: unmatched), intent, outcome
+            # (see gateway.replies.worklist_sql).
+            return {
+                "reply_id": self.message_id,
+                "appointment_id": self.route,
+                "intent": self.state,
+                "outcome": self.code,
             }
         return {"route": self.route, "state": self.state}
 

@@ -652,6 +652,41 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'active';
     CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
         WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
+    # 14 (i13-replies): patients' replies to appointment texts (C / R / N / STOP 1234):
+    #    one row per inbound reply, what it meant and did, and the staff worklist
+    #    (`state` open -> resolved, once). An appointment-scoped opt-out (a consent
+    #    ledger scope `appointment:<id>`, from `STOP 1234`) cancels every notice
+    #    planned for that appointment afterwards, whoever plans it (the trigger),
+    #    until an opt-in of everything (START) is newer.
+    """
+    CREATE TABLE appointment_replies (
+        id             TEXT PRIMARY KEY,
+        inbound_id     TEXT NOT NULL UNIQUE,
+        contact_idx    BLOB NOT NULL,
+        appointment_id TEXT,
+        intent         TEXT NOT NULL,
+        by_code        INTEGER NOT NULL DEFAULT 0,
+        outcome        TEXT NOT NULL,
+        writeback_id   TEXT,
+        state          TEXT NOT NULL CHECK (state IN ('done', 'open', 'resolved')),
+        created_at     REAL NOT NULL,
+        resolved_at    REAL,
+        resolved_by    TEXT,
+        resolution     TEXT
+    );
+    CREATE INDEX appointment_replies_state ON appointment_replies (state, created_at);
+    CREATE INDEX appointment_replies_appointment ON appointment_replies (appointment_id);
+    CREATE TRIGGER clinical_notices_appointment_optout AFTER INSERT ON clinical_notices
+    WHEN NEW.appointment_id IS NOT NULL AND NEW.state = 'pending' AND EXISTS (
+        SELECT 1 FROM consent_state s WHERE s.contact_idx = NEW.contact_idx
+        AND s.scope = 'appointment:' || NEW.appointment_id AND s.opted = 'out'
+        AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a
+                     WHERE a.contact_idx = NEW.contact_idx AND a.scope = 'all'
+                     AND a.opted = 'in'))
+    BEGIN
+        UPDATE clinical_notices SET state = 'cancelled', reason = 'opted_out'
+        WHERE id = NEW.id;
+    END;
     """,
 )
 

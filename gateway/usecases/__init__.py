@@ -21,6 +21,7 @@ into their answers. None of them reads or writes the store for these operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.appointments.usecase import Appointments
 from gateway.usecases.activity import Activity
@@ -33,6 +34,9 @@ from gateway.usecases.messages import Messages
 from gateway.usecases.status import Status
 from gateway.usecases.tokens import Tokens
 from gateway.usecases.undecodable import Undecodable
+
+if TYPE_CHECKING:
+    from gateway.replies.usecase import Replies
 
 __all__ = [
     "Activity",
@@ -62,3 +66,4 @@ class UseCases:
     audit_log: AuditLog
     consent: Consent
     appointments: Appointments
+    replies: Replies  # gateway/replies/usecase.py: the worklist

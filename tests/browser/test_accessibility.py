@@ -277,6 +277,22 @@ def test_every_page_passes_axe_and_reflows(
     assert problems == []
 
 
+@pytest.mark.parametrize("viewport", list(VIEWPORTS))
+def test_the_worklist_passes_axe_and_reflows(axe_ctx: Any, gw: Gateway, viewport: str) -> None:
+    """The Worklist page (issue 13) on its own: the page list above is near its time
+    limit on a busy machine."""
+    page = axe_ctx.new_page()
+    page.set_viewport_size(VIEWPORTS[viewport])
+    response = page.goto(gw.url + "/worklist")
+    assert response is not None and response.status == 200
+    problems = [f"/worklist {v}" for v in axe_violations(page)]
+    wide = overflow(page)
+    if wide:
+        problems.append(f"/worklist wider than the viewport: {wide}")
+    page.close()
+    assert problems == []
+
+
 def test_focus_rings_and_input_borders_reach_3_to_1(
     admin_ctx: Any, gw: Gateway, seeded: dict[str, str]
 ) -> None:
