@@ -29,9 +29,9 @@ from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway.clinical.commands import ClinicalHooks
+from gateway.clinical.profile import InterfaceProfile
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import NoticeRunner
-from gateway.clinical.profile import InterfaceProfile
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.demo import DemoPeers
@@ -55,10 +55,10 @@ from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
 from gateway.reminders.planner import Planner
 from gateway.reminders.usecase import ReminderRules
-from gateway.results.settings import Settings as ClinicalSettings
-from gateway.results.usecase import ResultEvents
 from gateway.replies.inbound import InboundReplies
 from gateway.replies.usecase import Replies
+from gateway.results.settings import Settings as ClinicalSettings
+from gateway.results.usecase import ResultEvents
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -162,7 +162,8 @@ class Gateway:
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
-        hooks, profiles = ClinicalHooks(), dict[str, InterfaceProfile]()
+        hooks = ClinicalHooks()
+        profiles = {i.name: i.profile() for i in config.hl7.inbound()}
         replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
         sink.answer_replies(replies)
         outbox = build_outbox(config, store, clock, busy=lambda: scheduler.in_flight > 0)
@@ -183,6 +184,7 @@ class Gateway:
             clinical_profiles=profiles,
         )
         gateway.planner.install(gateway.clinical_hooks)
+        gateway.renderer = gateway.templates.renderer
         return gateway
 
     async def start(self, *, dispatch: bool = True) -> None:
@@ -215,6 +217,7 @@ class Gateway:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
             self._spawn(self._inbound_expiry())
+            self._spawn(self.medications.run_top_up())
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:
@@ -267,7 +270,6 @@ class Gateway:
             raise StartupFault(
                 f"hl7.interfaces: cannot listen: {e.strerror or e}", exit_code=2
             ) from None
-            self._spawn(self.medications.run_top_up())
 
     # -- results and medication notices (issue 13, i13-results) --------------------------
     @functools.cached_property
@@ -333,6 +335,7 @@ class Gateway:
                 audit=self.audit,
                 hooks=self.clinical_hooks,
             ),
+            Replies(self.store, self.clock, self.audit),
         )
 
     @functools.cached_property
@@ -345,7 +348,6 @@ class Gateway:
             store_=self.store,
             clock=self.clock,
             audit=self.audit,
-            Replies(self.store, self.clock, self.audit),
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -29,9 +29,9 @@ from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
-from gateway.templates.settings import TemplatesConfig
-from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
 from gateway.replies.settings import RepliesConfig
+from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
+from gateway.templates.settings import TemplatesConfig
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -557,8 +557,11 @@ def _check_values(config: Config) -> None:
     if problem := inbound_problems(config.consent):
         raise ConfigError(problem)
     if problem := config.appointments.problems():
+        raise ConfigError(problem)
     if problem := config.hl7.problems():
+        raise ConfigError(problem)
     if problem := config.templates.problems():
+        raise ConfigError(problem)
     for problem in pattern_problems(config.medication):
         raise ConfigError(problem)
     region = config.queue.default_region

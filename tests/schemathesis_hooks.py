@@ -118,6 +118,8 @@ def _end_after_start(path: str, body: Any) -> None:
             del body["end"]
     except (ValueError, TypeError):
         return
+
+
 def _medication(path: str, body: Any) -> None:
     """A schedule ending before it starts gets its end moved to its start (422
     `invalid_dates`), and a drug name goes (422 `drug_names_not_allowed` where

@@ -1,6 +1,3 @@
-"""One entry of the API's endpoint table (`server.ENDPOINTS`), in a module of its own so
-that the modules of each part of the API can declare their endpoints next to their
-handlers."""
 """One row of the API's endpoint table (`gateway.api.server.ENDPOINTS`): its route, the
 scope that guards it, and what the OpenAPI document says of it. Its own module so a
 part's endpoints can be declared next to its handlers."""

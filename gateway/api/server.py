@@ -14,13 +14,13 @@ from aiohttp.typedefs import Handler
 from gateway.api import appointments as ap
 from gateway.api import consent as c
 from gateway.api import handlers as h
-from gateway.api.endpoint import Endpoint
 from gateway.api import hl7 as hl7_api
-from gateway.api import templates as t
 from gateway.api import reminder_rules
+from gateway.api import replies as r
+from gateway.api import templates as t
+from gateway.api.endpoint import Endpoint
 from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
-from gateway.api import replies as r
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
@@ -260,7 +260,6 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
-
 # -- HL7 feeds (issue 13, gateway/hl7/): ids and states only; /raw needs phi (audited) --
 _HL7_ID = "{id:[A-Za-z0-9_]{1,64}}"  # hl7_<hex>; unknown ids answer 404
 _HL7_OUT_ID = "{id:[A-Za-z0-9_]{1,64}}"  # hlo_<hex>
@@ -344,6 +343,22 @@ HL7_ENDPOINTS: tuple[Endpoint, ...] = (
                 {"type": "string", "enum": ["pending", "acked", "parked", "cancelled"]},
             ),
             _HL7_LIMIT,
+        ),
+        answers=(_INVALID_QUERY,),
+    ),
+    Endpoint(
+        "POST",
+        f"/api/v1/hl7/outbound/{_HL7_OUT_ID}/resend",
+        hl7_api.resend,
+        "admin",
+        "Send a parked write-back message again, attempts counted afresh (audited)",
+        answers=(
+            Answer(404, "`not_found`: no HL7 outbound message with this id"),
+            Answer(409, "`not_parked`: the message is not parked"),
+        ),
+    ),
+)
+
 # -- replies to appointment texts and the staff worklist (issue 13) ------------------
 REPLY_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -368,13 +383,6 @@ REPLY_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST",
-        f"/api/v1/hl7/outbound/{_HL7_OUT_ID}/resend",
-        hl7_api.resend,
-        "admin",
-        "Send a parked write-back message again, attempts counted afresh (audited)",
-        answers=(
-            Answer(404, "`not_found`: no HL7 outbound message with this id"),
-            Answer(409, "`not_parked`: the message is not parked"),
         f"/api/v1/replies/{r.REPLY_ID}/resolve",
         r.resolve_reply,
         "send",
@@ -597,7 +605,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *ap.ENDPOINTS,
     *HL7_ENDPOINTS,
     *t.endpoints(Endpoint),
-    *reminder_rules.endpoints(Endpoint),  # issue 13: /reminder-rules
+    *reminder_rules.endpoints(Endpoint),  # /reminder-rules
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
 )

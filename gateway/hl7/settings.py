@@ -48,6 +48,10 @@ class Hl7Interface(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     region: str = "US"
     writeback: str | None = None  # an outbound interface's name
     writeback_message: Literal["siu_s14", "srm_s03", "srm_s04"] = "siu_s14"
+    # the appointments' choices (gateway/appointments/settings.py reads them as `extra`)
+    appointment_key: Literal["filler", "placer"] = "filler"  # SCH-2 or SCH-1
+    notify_cancellation: bool = True
+    rebook_window_days: Annotated[float, msgspec.Meta(gt=0, le=366)] = 30.0
     # -- outbound (direction = "out"): the MLLP client ----------------------------------
     host: str = ""
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
@@ -74,6 +78,11 @@ class Hl7Interface(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             region=self.region,
             writeback=self.writeback,
             writeback_message=self.writeback_message,
+            extra={
+                "appointment_key": self.appointment_key,
+                "notify_cancellation": "true" if self.notify_cancellation else "false",
+                "rebook_window_days": repr(self.rebook_window_days),
+            },
         )
 
     @property

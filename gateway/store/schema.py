@@ -501,7 +501,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE appointments ADD COLUMN rebook_window REAL;
     CREATE INDEX appointments_status_start ON appointments (status, start_at);
-    # 14 (i13-mllp): HL7 messages received over MLLP, one row per interface, sending
+    """,
+    # 15 (i13-mllp): HL7 messages received over MLLP, one row per interface, sending
     #    application and facility and control id (a resend is a duplicate, answered with
     #    the stored ACK, which holds MSH ids only); the message itself encrypted; its
     #    state, and for a quarantined or rejected one a reason without PHI.
@@ -533,7 +534,8 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (interface, sending_app, sending_facility, control_id)
     );
     CREATE INDEX hl7_messages_state ON hl7_messages (interface, state, received_at);
-    # 14 (i13-templates): message templates. Each save is a new, immutable row (a
+    """,
+    # 16 (i13-templates): message templates. Each save is a new, immutable row (a
     #     version of one name in one language, with its purpose, typed variables and
     #     A/B variants as JSON); `template_heads` names the active version of each
     #     name and language (NULL once deleted: the versions stay, and a built-in
@@ -560,7 +562,8 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at  REAL NOT NULL,
         PRIMARY KEY (name, language)
     );
-    # 14 (i13-reminders): reminder rules, one row per version; a version is never changed
+    """,
+    # 17 (i13-reminders): reminder rules, one row per version; a version is never changed
     #    (an edit inserts the next one and only clears the old one's `current` flag), so a
     #    notice's (rule_id, rule_version) always names what planned it. Offsets and
     #    durations are kept as written ("-24h", "-1d"); filters and variants as JSON. An
@@ -603,7 +606,8 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT RAISE(ABORT, 'reminder rule versions are kept');
     END;
     ALTER TABLE appointments ADD COLUMN appt_type TEXT;
-    # 14 (i13-results): results-available and medication-ready events, one per order
+    """,
+    # 18 (i13-results): results-available and medication-ready events, one per order
     #    (keyed index, no PHI) and status, so a repeated final result notifies once, and
     #    when an order's results were withdrawn (OBR-25 X) before their notice went;
     #    medication schedules (times of day in a zone, start and end dates, the drug's
@@ -652,7 +656,8 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'active';
     CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
         WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
-    # 14 (i13-replies): patients' replies to appointment texts (C / R / N / STOP 1234):
+    """,
+    # 19 (i13-replies): patients' replies to appointment texts (C / R / N / STOP 1234):
     #    one row per inbound reply, what it meant and did, and the staff worklist
     #    (`state` open -> resolved, once). An appointment-scoped opt-out (a consent
     #    ledger scope `appointment:<id>`, from `STOP 1234`) cancels every notice
