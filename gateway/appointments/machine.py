@@ -449,6 +449,29 @@ def confirm(conn: sqlite3.Connection, ctx: ApplyContext, appointment_id: str, vi
     return True
 
 
+def cancel_by_patient(conn: sqlite3.Connection, ctx: ApplyContext, appointment_id: str) -> bool:
+    """The patient cancelled by reply (only where a site lets a reply cancel): status
+    cancelled, a version bump, a `patient_cancel` event, its pending notices withdrawn
+    and the hooks, in the caller's transaction. False if it was not live."""
+    old = load_id(conn, ctx, appointment_id)
+    if old is None or old.status not in LIVE:
+        return False
+    row = conn.execute(
+        "UPDATE appointments SET status = ?, version = version + 1,"
+        " last_event = 'patient_cancel', updated_at = ? WHERE id = ? AND version = ?"
+        " RETURNING version",
+        (Status.CANCELLED.value, ctx.now, appointment_id, old.version),
+    ).fetchone()
+    if row is None:
+        return False
+    _event(conn, ctx, appointment_id, "patient_cancel", old, Status.CANCELLED, old.start, row[0])
+    notices.close_pending(
+        conn, ctx.now, NoticeState.CANCELLED, "patient_cancel", appointment_id=appointment_id
+    )
+    ctx.hooks.changed(conn, ctx, appointment_id)
+    return True
+
+
 def ignored(commands: Sequence[object]) -> str | None:
     """Why a mapped message changed nothing (`stale`, `unknown_appointment`), for the
     listener to store it as ignored; None if it was applied. Call after `apply`."""

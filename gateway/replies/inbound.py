@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import structlog
 
 from drivers.text import split
+from gateway.appointments import machine
 from gateway.clinical import notices
 from gateway.clinical.commands import ApplyContext, ClinicalHooks
 from gateway.clinical.notices import NoticeState
@@ -50,7 +51,7 @@ from gateway.consent.settings import policy_table
 from gateway.intake import normalise_number
 from gateway.logs import exception_summary
 from gateway.models import Priority
-from gateway.replies import appointment_state, matching, writeback
+from gateway.replies import matching, writeback
 from gateway.replies import worklist_sql as sql
 from gateway.replies.intents import Intent, Parsed, parse, scoped_stop
 from gateway.replies.texts import Answer, render
@@ -174,18 +175,20 @@ class InboundReplies:
         conn, s = step.conn, step.inbound
         now = s.received_at
         profile = self._profiles.get(found.source) or InterfaceProfile(found.source)
-        ctx = ApplyContext(now, found.source, f"sms:{s.id}", profile, self._store, self._hooks)
+        ctx = ApplyContext(
+            now, found.source, f"sms:{s.id}", profile, self._store, self._hooks, message_ref=s.id
+        )
         intent = parsed.intent
         cancelled = False
         forced = False
         if intent is Intent.CONFIRM:
-            appointment_state.confirm(conn, ctx, found.id, "sms", s.id)
+            machine.confirm(conn, ctx, found.id, "sms")
             outcome = "confirmed"
         elif intent is Intent.RESCHEDULE:
             outcome = "reschedule_requested"
         elif intent is Intent.CANCEL:
             if self._settings.cancel_on_reply:
-                cancelled = appointment_state.cancel(conn, ctx, found.id, s.id) is not None
+                cancelled = machine.cancel_by_patient(conn, ctx, found.id)
             outcome = "cancelled" if cancelled else "cancel_requested"
         else:
             forced = self._stop(step, found.id)
