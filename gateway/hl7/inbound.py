@@ -125,6 +125,9 @@ class Hl7Inbound:
             message_ref,
         )
 
+    def map(self, text: str, h: header.Header) -> Mapped:
+        return map_text(text, h, self.profile)
+
     async def receive(self, payload: bytes) -> Answer:
         now = self.clock.time()
         decoded = charset.decode(payload, self.iface.codec)
@@ -148,7 +151,7 @@ class Hl7Inbound:
                 header.check(h, known_types=known_types(), processing_ids=self.iface.processing_ids)
             except header.Rejected as r:
                 rejected = r
-        mapped: Mapped = [] if rejected is not None else map_text(text, h, self.profile)
+        mapped: Mapped = [] if rejected is not None else self.map(text, h)
         row_id = "hl7_" + secrets.token_hex(8)
 
         def job(conn: sqlite3.Connection) -> Answer:
@@ -260,7 +263,7 @@ class Hl7Inbound:
             return None
         text = found[1]
         h = header.parse(text)
-        mapped = map_text(text, h, self.profile)
+        mapped = self.map(text, h)
 
         def job(conn: sqlite3.Connection) -> str | None:
             if not sql.claim_quarantined(conn, row_id, now):
