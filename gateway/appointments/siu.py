@@ -55,7 +55,11 @@ _UNITS = {
 _NEEDS_START = (Trigger.BOOK, Trigger.RESCHEDULE)
 
 
-@maps("SIU", *TRIGGERS)
+# Every segment read below (PID's phone fields come with the profile's).
+SEGMENTS = ("SCH", "TQ1", "PID", "PV1", "AIS", "AIL", "AIP")
+
+
+@maps("SIU", *TRIGGERS, segments=SEGMENTS)
 def map_siu(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command]:
     msh = fields.first(message, "MSH")
     trigger = TRIGGERS[fields.value(message, msh, 9, 2).strip()]

@@ -2,13 +2,16 @@
 EVN-1 (research §I: ADT-A08-01 must route by MSH-9).
 
 A part registers its mappers with `@maps("SIU", "S12", "S13")`; `load()` imports
-every module that registers some, so a listener needs only `mapper_for`.
+every module that registers some, so a listener needs only `mapper_for`. A mapper
+that reads segments by name only (not by their grouping) may declare them,
+`segments=("SCH", "PID", ...)`: the pipeline then parses just those (with MSH and the
+profile's phone-field segments), as python-hl7 spends its time on every segment.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import hl7
 
@@ -18,6 +21,7 @@ from gateway.clinical.profile import InterfaceProfile
 Mapper = Callable[[hl7.Message, InterfaceProfile], Sequence[Command]]
 
 _MAPPERS: dict[tuple[str, str], Mapper] = {}
+_SEGMENTS: dict[tuple[str, str], frozenset[str]] = {}
 
 # The modules that register mappers; each part adds its own line.
 MAPPER_MODULES: tuple[str, ...] = (
@@ -28,13 +32,17 @@ MAPPER_MODULES: tuple[str, ...] = (
 )
 
 
-def maps(message_type: str, *events: str) -> Callable[[Mapper], Mapper]:
+def maps(
+    message_type: str, *events: str, segments: Collection[str] | None = None
+) -> Callable[[Mapper], Mapper]:
     def register(fn: Mapper) -> Mapper:
         for event in events:
             key = (message_type, event)
             if key in _MAPPERS and _MAPPERS[key] is not fn:
                 raise RuntimeError(f"two mappers for {message_type}^{event}")
             _MAPPERS[key] = fn
+            if segments is not None:
+                _SEGMENTS[key] = frozenset(segments)
         return fn
 
     return register
@@ -48,6 +56,11 @@ def load() -> None:
 def mapper_for(message_type: str, event: str) -> Mapper | None:
     """The mapper for MSH-9.1 / MSH-9.2, or None (answered as an unsupported event)."""
     return _MAPPERS.get((message_type, event))
+
+
+def segments_for(message_type: str, event: str) -> frozenset[str] | None:
+    """The segments the mapper for MSH-9 declared it reads, or None (the whole message)."""
+    return _SEGMENTS.get((message_type, event))
 
 
 def supported() -> list[tuple[str, str]]:

@@ -62,17 +62,35 @@ Mapped = list[Command] | MappingError
 def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
     """The commands a message maps to, or the `MappingError` that quarantines it.
     Anything else a mapper raises is a defect: it propagates (answered AR)."""
+    mapper = mappers.mapper_for(h.message_type, h.event)
+    needed = mappers.segments_for(h.message_type, h.event) if mapper is not None else None
+    if needed is not None:
+        text = scoped(text, needed | phone_segments(profile), h.field_sep)
     try:
         message = hl7.parse(text)
     except (hl7.HL7Exception, ValueError, IndexError):
         return MappingError(ERR_SEGMENT_SEQUENCE, "the message cannot be parsed", "MSH")
-    mapper = mappers.mapper_for(h.message_type, h.event)
     if mapper is None:
         return MappingError(ERR_UNSUPPORTED_EVENT_CODE, "unsupported event", "MSH-9.2")
     try:
         return list(mapper(message, profile))
     except MappingError as e:
         return e
+
+
+def phone_segments(profile: InterfaceProfile) -> frozenset[str]:
+    return frozenset(f.partition("-")[0] for f in profile.phone_fields)
+
+
+def scoped(text: str, names: frozenset[str], field_sep: str) -> str:
+    """MSH and the segments called `names`, in their order: python-hl7 builds a tree
+    of every field, component and sub-component of what it is given."""
+    kept = [
+        seg
+        for seg in text.split("\r")
+        if seg.startswith("MSH") or seg.partition(field_sep)[0] in names
+    ]
+    return "\r".join(kept) + "\r"
 
 
 def known_types() -> set[str]:
