@@ -63,9 +63,9 @@ def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
     """The commands a message maps to, or the `MappingError` that quarantines it.
     Anything else a mapper raises is a defect: it propagates (answered AR)."""
     mapper = mappers.mapper_for(h.message_type, h.event)
-    needed = mappers.segments_for(h.message_type, h.event) if mapper is not None else None
-    if needed is not None:
-        text = scoped(text, needed | phone_segments(profile), h.field_sep)
+    reads = mappers.segments_for(h.message_type, h.event) if mapper is not None else None
+    if reads is not None:
+        text = scoped(text, with_phones(reads, profile), h.field_sep)
     try:
         message = hl7.parse(text)
     except (hl7.HL7Exception, ValueError, IndexError):
@@ -78,18 +78,34 @@ def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
         return e
 
 
-def phone_segments(profile: InterfaceProfile) -> frozenset[str]:
-    return frozenset(f.partition("-")[0] for f in profile.phone_fields)
+def with_phones(reads: mappers.Reads, profile: InterfaceProfile) -> mappers.Reads:
+    """`reads` and the profile's phone fields (`patients.extract` reads those)."""
+    out = dict(reads)
+    for source in profile.phone_fields:
+        name, _, number = source.partition("-")
+        known = out.get(name, frozenset())
+        if known is not None and number.isdigit():
+            out[name] = known | {int(number)}
+    return out
 
 
-def scoped(text: str, names: frozenset[str], field_sep: str) -> str:
-    """MSH and the segments called `names`, in their order: python-hl7 builds a tree
-    of every field, component and sub-component of what it is given."""
-    kept = [
-        seg
-        for seg in text.split("\r")
-        if seg.startswith("MSH") or seg.partition(field_sep)[0] in names
-    ]
+def scoped(text: str, reads: mappers.Reads, field_sep: str) -> str:
+    """MSH and what `reads` names, in place (other fields emptied, other segments
+    dropped): python-hl7 builds a container for every component it is given."""
+    kept = []
+    for seg in text.split("\r"):
+        name = seg.partition(field_sep)[0]
+        if name == "MSH":
+            kept.append(seg)
+        elif name in reads:
+            wanted = reads[name]
+            if wanted is None:
+                kept.append(seg)
+            else:
+                f = seg.split(field_sep)
+                kept.append(
+                    field_sep.join(v if i == 0 or i in wanted else "" for i, v in enumerate(f))
+                )
     return "\r".join(kept) + "\r"
 
 
