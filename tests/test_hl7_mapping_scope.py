@@ -30,7 +30,7 @@ from tests.hl7_samples import names, text
 SEEN: list[str] = []
 
 
-@mappers.maps("ZZZ", "Z90", "Z92", segments={"PID": (3,), "ZXX": None})
+@mappers.maps("ZZZ", "Z90", "Z92", segments={"MSH": (9, 10), "PID": (3,), "ZXX": None})
 def _scoped(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command]:
     SEEN.append(str(message))
     return [Ignore("seen")]
@@ -58,15 +58,18 @@ def test_a_mapper_is_handed_only_the_fields_it_declares() -> None:
     for event in ("Z90", "Z91"):
         body = _zzz(event)
         assert map_text(body, header.parse(body), profile) == [Ignore("seen")]
-    msh = _zzz("Z90").split("\r")[0]
     assert SEEN[0].split("\r")[:-1] == [
-        msh,
-        "PID|||MRN42^^^HOSP^MR||",  # PID-3; PID-13 (a phone field) is absent here
-        "NK1|||||^PRN^CP^^1^202^5550123|",  # NK1-5 (a phone field), NK1-6 emptied
+        "MSH|^~\\&|||||||ZZZ^Z90|C1",  # MSH-1, MSH-2 and the declared MSH-9, MSH-10
+        "PID|||MRN42^^^HOSP^MR",  # PID-3; PID-13 (a phone field) is absent here
+        "NK1|||||^PRN^CP^^1^202^5550123",  # NK1-5 (a phone field), NK1-6 emptied
         "ZXX|1|any^thing",  # declared whole
     ]
     assert SEEN[1] == _zzz("Z91")  # no declaration: the whole message
-    assert mappers.segments_for("ZZZ", "Z92") == {"PID": frozenset({3}), "ZXX": None}
+    assert mappers.segments_for("ZZZ", "Z92") == {
+        "MSH": frozenset({9, 10}),
+        "PID": frozenset({3}),
+        "ZXX": None,
+    }
     assert mappers.segments_for("ZZZ", "Z91") is None
 
 

@@ -58,6 +58,7 @@ _NEEDS_START = (Trigger.BOOK, Trigger.RESCHEDULE)
 # Every field read below, by segment (the pipeline parses only these; PID's phone
 # fields come with the profile's). SCH-8 is the appointment type.
 SEGMENTS = {
+    "MSH": (7, 9),
     "SCH": (1, 2, 8, 11, 16, 25),
     "TQ1": (7, 8),
     "PID": (3, 15),

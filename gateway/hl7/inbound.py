@@ -90,22 +90,25 @@ def with_phones(reads: mappers.Reads, profile: InterfaceProfile) -> mappers.Read
 
 
 def scoped(text: str, reads: mappers.Reads, field_sep: str) -> str:
-    """MSH and what `reads` names, in place (other fields emptied, other segments
-    dropped): python-hl7 builds a container for every component it is given."""
+    """MSH and what `reads` names, in place (other fields emptied, trailing empty ones
+    dropped, other segments dropped): python-hl7 builds a container for every field
+    and component it is given. MSH is kept whole unless `reads` names its fields."""
     kept = []
     for seg in text.split("\r"):
         name = seg.partition(field_sep)[0]
-        if name == "MSH":
-            kept.append(seg)
-        elif name in reads:
-            wanted = reads[name]
-            if wanted is None:
+        if name not in reads:
+            if name == "MSH":
                 kept.append(seg)
-            else:
-                f = seg.split(field_sep)
-                kept.append(
-                    field_sep.join(v if i == 0 or i in wanted else "" for i, v in enumerate(f))
-                )
+            continue
+        wanted = reads[name]
+        if wanted is None:
+            kept.append(seg)
+            continue
+        # MSH-1 is the separator itself: there the n-th split piece is field n + 1.
+        shift, keep = (1, 2) if name == "MSH" else (0, 1)
+        f = seg.split(field_sep)
+        out = [v if i < keep or i + shift in wanted else "" for i, v in enumerate(f)]
+        kept.append(field_sep.join(out).rstrip(field_sep))
     return "\r".join(kept) + "\r"
 
 
