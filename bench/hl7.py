@@ -5,15 +5,21 @@ fsync'd commit (`synchronous = FULL`), beside the raw ceiling measured in the sa
     .venv/bin/python bench/hl7.py --quick    # 1,000
 
 Each target is a server in its own process (on CPU 0 when `taskset` exists; the
-sender on CPU 1), on fresh data in a temporary directory:
-* `gateway`: the real listener (`gateway.hl7.listener`) with the real pipeline:
-  charset, header check, dedupe, parse, the registered SIU^S12 mapper (the
-  appointments part's; without it, a stand-in that upserts the patient, as every SIU
-  mapper does first), the encrypted message row and its ACK, in one transaction;
-* `ceiling`: the same framer and the same group-committed writer inserting a row of
-  the same size per frame and answering a fixed ACK: no decoding, no mapping.
+sender on CPU 1), on fresh data in a temporary directory, with the real listener
+(`gateway.hl7.listener`) and the real inbound pipeline (`Hl7Inbound`):
+* `gateway`: all of it: charset, header check, dedupe, the parse of what the mapper
+  reads, the real SIU mapper, the appointments' state machine and the reminder
+  planner with the demo's rules (each booking plans its reminders), the encrypted
+  message row and its stored ACK, in one group-committed transaction;
+* `ceiling`: the same listener, framing, decode, header check, dedupe, encrypted row
+  and stored ACK, but no parse, map or apply (the issue's "raw ceiling of the same
+  framing and commit without mapping"): a subclass whose `map` maps to nothing, built
+  here only, so no configuration can turn mapping off;
+* `bare` (reference): the framer and the group-committed writer alone, one row of
+  raw bytes and a fixed ACK per frame.
 The sender keeps `--window` messages outstanding and times each from its write to its
-ACK. One JSON line per target, then the ratio line.
+ACK. One JSON line per target (with what the server stored: messages, mapped,
+appointments, pending notices), then the ratio of `gateway` to `ceiling`.
 """
 
 from __future__ import annotations
@@ -70,9 +76,12 @@ def siu(i: int, sample: str | None) -> bytes:
             f[9] = f"B{i:08d}"
         elif f[0] == "SCH":
             f[1:3] = [f"P{i}", f"F{i}"]
+        elif f[0] == "PID" and len(f) > 13:
+            f[13] = "^PRN^CP^^1^202^5550123"  # the samples' numbers are not valid ones
         segs[n] = "|".join(f)
     # The sample's times are in the past: move them to next year, so the booking is
-    # still ahead and the planner plans it as it would a live one (birth dates stay).
+    # still ahead and the planner plans it as a live one (birth dates stay); with a
+    # textable number, its reminders are planned too.
     next_year = str(time.gmtime().tm_year + 1)
     text = re.sub(r"(?<=[|^&])20\d\d(?=\d{4})", next_year, "\r".join(segs))
     return text.encode("utf-8")
