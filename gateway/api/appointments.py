@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.api.endpoint import Endpoint
 from gateway.api.handlers import AUTH_RECORD, MAX_PAGE, Idempotency
 from gateway.api.openapi import Answer, Query
+from gateway.api.query import query_time
 from gateway.appointments.queries import Search
 from gateway.appointments.usecase import (
     API_STATUSES,
@@ -227,25 +228,6 @@ async def cancel_appointment(request: web.Request) -> web.Response:
     return json_response(saved)
 
 
-def _time(request: web.Request, name: str) -> float | None:
-    text = request.query.get(name)
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return msgspec.json.decode(f'"{text}"'.encode(), type=AwareTime).timestamp()
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        raise ApiError(
-            400,
-            "invalid_query",
-            f"{name}: expected an RFC 3339 time with a zone or Unix seconds",
-            field=name,
-        ) from None
-
-
 def _search(request: web.Request) -> Search:
     q = request.query
     unknown = set(q) - {"from", "to", "status", "limit", "cursor"}
@@ -267,7 +249,7 @@ def _search(request: web.Request) -> Search:
                 400, "invalid_query", "cursor: not a cursor of this list", field="cursor"
             )
         after = (float(m.group(1)), m.group(2))
-    return Search(_time(request, "from"), _time(request, "to"), status, int(text), after)
+    return Search(query_time(request, "from"), query_time(request, "to"), status, int(text), after)
 
 
 async def list_appointments(request: web.Request) -> web.Response:
