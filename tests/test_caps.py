@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.clock import FakeClock
-from gateway.consent.policy import _fits
+from gateway.consent.policy import _cap_room, _fits
 from gateway.consent.purposes import Cap
 from gateway.tokens import create_token
 from tests.conftest import CANARY_NUMBER, GatewayFactory, record_decision
@@ -155,3 +155,24 @@ def test_the_cap_check_agrees_with_its_definition(
     ordered = sorted(float(t) for t in times)
     cap = Cap(count, float(width))
     assert _fits(ordered, cap, float(x)) == _fits_by_definition(ordered, cap, float(x))
+
+
+@settings(max_examples=3000)
+@given(
+    st.lists(st.integers(0, 60), max_size=10),
+    st.lists(st.tuples(st.integers(1, 4), st.integers(1, 15)), min_size=1, max_size=3),
+    st.integers(0, 60),
+)
+def test_the_cap_search_finds_the_first_instant_every_cap_has_room(
+    times: list[int], caps: list[tuple[int, int]], at: int
+) -> None:
+    """The search jumps past the runs x breaks; it must land where trying every
+    candidate (x, or some other's t + W after it) in order and checking each against
+    the definition lands."""
+    ordered = sorted(float(t) for t in times)
+    rules = [Cap(n, float(w)) for n, w in caps]
+    candidates = sorted({float(at), *(t + c.seconds for t in ordered for c in rules)})
+    expected = next(
+        x for x in candidates if x >= at and all(_fits_by_definition(ordered, c, x) for c in rules)
+    )
+    assert _cap_room(ordered, rules, float(at)) == expected

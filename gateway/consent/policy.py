@@ -27,6 +27,7 @@ it was accepted. A cap `n/W` holds when no span of length W holds more than n of
 from __future__ import annotations
 
 import bisect
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ class Policy:
         self.table = policy_table(config)
         # How far back any cap looks: what a group's view reads of recent messages.
         self.reach = max((c.seconds for p in self.table.values() for c in p.caps), default=0.0)
+        self._cap_reach = {
+            p: max((c.seconds for c in r.caps), default=0.0) for p, r in self.table.items()
+        }
         self.capped = sorted(
             {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
         )
@@ -139,7 +143,7 @@ class Policy:
             window = None
         times: list[float] = []
         if policy.caps:
-            times = view.times(to_index, purpose, start - max(c.seconds for c in policy.caps))
+            times = view.times(to_index, purpose, start - self._cap_reach[purpose])
         if window is None and not times:
             return _QUEUED  # the common case: nothing to wait for
         zones: tuple[str, ...] = ()
@@ -205,26 +209,30 @@ class GroupView:
         capped: Sequence[str],
     ) -> None:
         """`capped`: the purposes some cap counts (the only messages read)."""
-        idxs = list(dict.fromkeys(to_indexes))
+        self._conn = conn
+        self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
         self._state = ledger.state_rows(conn, idxs)
-        self._sent: dict[bytes, list[tuple[str, float]]] = {}
-        self._zones: dict[bytes, str | None] = {}
+        # Per recipient, per cap group (`cap_group`): when each counted message goes,
+        # sorted, so a cap check slices instead of filtering and sorting per message.
+        self._sent: dict[bytes, dict[tuple[str, ...], list[float]]] = {}
+        group_of = _GROUP_OF
         for start in range(0, len(idxs), _IN_CHUNK):
             chunk = idxs[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
+            # `+purpose`: seek the recipient index by `to_index` alone and filter the
+            # few entries each has, rather than one seek per recipient and purpose.
             for idx, purpose, at in conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
-                f" FROM messages WHERE to_index IN ({marks}) AND purpose IN ({kinds})"
+                f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
                 " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
                 (*chunk, *capped, since),
             ):
-                self._sent.setdefault(idx, []).append((purpose, at))
-            for idx, zone in conn.execute(
-                f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
-                chunk,
-            ):
-                self._zones[idx] = zone
+                self._sent.setdefault(idx, {}).setdefault(group_of[purpose], []).append(at)
+        for groups in self._sent.values():
+            for times in groups.values():
+                times.sort()
+        self._zones: dict[bytes, str | None] | None = None
 
     def standing(self, to_index: bytes, program: str, policy: PurposePolicy) -> ledger.Standing:
         return ledger.standing_among(self._state.get(to_index, ()), program, policy)
@@ -232,15 +240,29 @@ class GroupView:
     def times(self, to_index: bytes, purpose: Purpose, since: float) -> list[float]:
         """When each counted message to this recipient goes (those `purpose`'s caps
         count), after `since`, in order."""
-        group = cap_group(purpose)
-        sent = self._sent.get(to_index, ())
-        return sorted(at for p, at in sent if p in group and at > since)
+        groups = self._sent.get(to_index)
+        times = groups.get(_GROUP_OF[purpose]) if groups is not None else None
+        if not times:
+            return []
+        return times[bisect.bisect_right(times, since) :]
 
     def time_zone(self, to_index: bytes) -> str | None:
+        if self._zones is None:
+            # Read on first need only: with no sending window to check, no group asks.
+            self._zones = {}
+            for start in range(0, len(self._idxs), _IN_CHUNK):
+                chunk = self._idxs[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for idx, zone in self._conn.execute(
+                    f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                ):
+                    self._zones[idx] = zone
         return self._zones.get(to_index)
 
     def add(self, to_index: bytes, purpose: str, at: float) -> None:
-        self._sent.setdefault(to_index, []).append((purpose, at))
+        group = self._sent.setdefault(to_index, {}).setdefault(_GROUP_OF[purpose], [])
+        bisect.insort(group, at)
 
 
 _IN_CHUNK = 500
@@ -251,32 +273,48 @@ def cap_group(purpose: Purpose) -> tuple[str, ...]:
     return _CLINICAL if purpose.kind is Kind.CLINICAL else (purpose.value,)
 
 
+_GROUP_OF: dict[str, tuple[str, ...]] = {p: cap_group(p) for p in Purpose}
+
+
 def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
     """The first instant at or after `at` where one more message keeps every cap.
 
     A cap n/W holds for a new message at x when no span [s, s + W) containing x holds n
     others; such spans start at x - W (exclusive) or at one of the others. Moving x only
-    helps once it passes some other's t + W, so those are the candidates."""
-    if not times or all(_fits(times, cap, at) for cap in caps):
-        return at  # the common case: room now, no candidates to weigh
-    candidates = sorted({at, *(t + c.seconds for t in times for c in caps if t + c.seconds > at)})
-    for x in candidates:
-        if all(_fits(times, cap, x) for cap in caps):
+    helps once it passes some other's t + W, so the answer is `at` or one of those. A
+    run of n others that x breaks keeps breaking it until x passes its first + W, so
+    the search jumps there instead of trying each t + W in between."""
+    x = at
+    while True:  # each jump passes one of the finitely many t + W, or x grows past them
+        later = x
+        for cap in caps:
+            until = _blocked_until(times, cap, x)
+            if until > later:
+                later = until
+        if later == x:
             return x
-    return candidates[-1]
+        x = later
 
 
-def _fits(times: Sequence[float], cap: Cap, x: float) -> bool:
-    """Whether a message at `x` keeps cap n/W over the others at `times` (sorted): no
-    span [s, s + W) holds x and n others. If one does, it holds n others that stand
-    next to each other in `times`, so only the runs of n around x's place are looked at
-    (those nearest x have the shortest span with it)."""
+def _blocked_until(times: Sequence[float], cap: Cap, x: float) -> float:
+    """`x` if a message at `x` keeps cap n/W over the others at `times` (sorted): no
+    span [s, s + W) holds x and n others. Else an instant after `x` before which none
+    does: the latest first + W of the runs that x breaks. If a span breaks the cap, it
+    holds n others that stand next to each other in `times`, so only the runs of n
+    around x's place are looked at (those nearest x have the shortest span with it)."""
     n, w = cap.count, cap.seconds
     if len(times) < n:
-        return True
+        return x
     i = bisect.bisect_left(times, x)
+    until = x
     for j in range(max(0, i - n), min(i, len(times) - n) + 1):
         first, last = times[j], times[j + n - 1]
         if max(last, x) - min(first, x) < w:
-            return False
-    return True
+            # In exact arithmetic first + w > x; rounding may say otherwise.
+            until = max(until, first + w, math.nextafter(x, math.inf))
+    return until
+
+
+def _fits(times: Sequence[float], cap: Cap, x: float) -> bool:
+    """Whether a message at `x` keeps cap n/W over the others at `times` (sorted)."""
+    return _blocked_until(times, cap, x) == x
