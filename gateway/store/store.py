@@ -29,7 +29,6 @@ from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
-    INSERT_EVENT,
     Transition,
     apply,
     claim_many,
@@ -223,8 +222,9 @@ class Store:
     # -- intake ------------------------------------------------------------------------
 
     def insert_statements(self, m: NewMessage) -> list[Statement]:
-        """The row one accepted message adds (its creation is its first event; a
-        policy's hold or block is recorded as an event with its reason)."""
+        """The row one accepted message adds. Its creation is its first event, implied
+        by the row (`Records.events`), a policy's hold or block with its reason too;
+        those two also add their `message.status` outbox row."""
         c = self._crypto
         state = m.state
         due = m.send_at if state is State.SCHEDULED and m.send_at is not None else m.created_at
@@ -236,7 +236,7 @@ class Store:
                 "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
                 " reference_ct, callback_ct, encoding, segments, route_hint, category,"
                 " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-                " quiet_override) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " quiet_override, held_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id,
                     m.token_id,
@@ -259,13 +259,12 @@ class Store:
                     m.purpose,
                     m.blocked,
                     int(m.quiet_override),
+                    m.held_for,
                 ),
             ),
         ]
         reason = m.blocked or m.held_for
         if reason is not None:
-            event = (m.id, m.created_at, state.value, None, None, reason, 0)
-            rows.append((INSERT_EVENT, event))
             status = (MESSAGE_STATUS, m.created_at, m.id, None, state.value, reason, 0)
             rows.append((outbox_sql.INSERT_ROW, status))
         return rows
