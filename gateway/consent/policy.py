@@ -76,11 +76,21 @@ class Policy:
             {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
         )
 
-    def view(self, conn: sqlite3.Connection, to_indexes: Sequence[bytes], now: float) -> GroupView:
-        """What the accepts of one transaction need to know of these recipients."""
+    def view(
+        self, conn: sqlite3.Connection, recipients: Sequence[tuple[bytes, Purpose]], now: float
+    ) -> GroupView:
+        """What the accepts of one transaction need to know of these recipients (each
+        with the purpose of a message to it)."""
         # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
         # much further than the caps, so every message a cap counts is read.
-        return GroupView(conn, to_indexes, now - self.reach - _SKEW_MARGIN, self.capped)
+        capped = [idx for idx, purpose in recipients if self._cap_reach[purpose]]
+        return GroupView(
+            conn,
+            [idx for idx, _ in recipients],
+            capped,
+            now - self.reach - _SKEW_MARGIN,
+            self.capped,
+        )
 
     # -- shaping at accept -------------------------------------------------------------
 
@@ -205,20 +215,23 @@ class GroupView:
         self,
         conn: sqlite3.Connection,
         to_indexes: Sequence[bytes],
+        capped_indexes: Sequence[bytes],
         since: float,
         capped: Sequence[str],
     ) -> None:
-        """`capped`: the purposes some cap counts (the only messages read)."""
+        """`capped_indexes`: the recipients of messages some cap applies to, whose
+        messages of the `capped` purposes (those some cap counts) are read."""
         self._conn = conn
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
         self._state = ledger.state_rows(conn, idxs)
-        # Per recipient, per cap group (`cap_group`): when each counted message goes,
+        # Per recipient and cap group (`cap_group`): when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
-        self._sent: dict[bytes, dict[tuple[str, ...], list[float]]] = {}
-        group_of = _GROUP_OF
-        for start in range(0, len(idxs), _IN_CHUNK):
-            chunk = idxs[start : start + _IN_CHUNK]
+        self._sent: dict[tuple[bytes, tuple[str, ...]], list[float]] = {}
+        sent, group_of = self._sent, _GROUP_OF
+        read = list(dict.fromkeys(capped_indexes))
+        for start in range(0, len(read), _IN_CHUNK):
+            chunk = read[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
@@ -228,9 +241,14 @@ class GroupView:
                 " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
                 (*chunk, *capped, since),
             ):
-                self._sent.setdefault(idx, {}).setdefault(group_of[purpose], []).append(at)
-        for groups in self._sent.values():
-            for times in groups.values():
+                key = (idx, group_of[purpose])
+                times = sent.get(key)
+                if times is None:
+                    sent[key] = [at]
+                else:
+                    times.append(at)
+        for times in sent.values():
+            if len(times) > 1:
                 times.sort()
         self._zones: dict[bytes, str | None] | None = None
 
@@ -240,8 +258,7 @@ class GroupView:
     def times(self, to_index: bytes, purpose: Purpose, since: float) -> list[float]:
         """When each counted message to this recipient goes (those `purpose`'s caps
         count), after `since`, in order."""
-        groups = self._sent.get(to_index)
-        times = groups.get(_GROUP_OF[purpose]) if groups is not None else None
+        times = self._sent.get((to_index, _GROUP_OF[purpose]))
         if not times:
             return []
         return times[bisect.bisect_right(times, since) :]
@@ -261,8 +278,7 @@ class GroupView:
         return self._zones.get(to_index)
 
     def add(self, to_index: bytes, purpose: str, at: float) -> None:
-        group = self._sent.setdefault(to_index, {}).setdefault(_GROUP_OF[purpose], [])
-        bisect.insort(group, at)
+        bisect.insort(self._sent.setdefault((to_index, _GROUP_OF[purpose]), []), at)
 
 
 _IN_CHUNK = 500

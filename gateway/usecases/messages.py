@@ -526,8 +526,10 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     statement. If anything fails, the writer runs each request alone."""
     if not jobs:
         return []
-    indexes = [p.message.to_index for j in jobs for p in j.prepared if p.message.to_index]
-    view = jobs[0].policy.view(conn, indexes, min(j.now for j in jobs))
+    recipients = [
+        (p.message.to_index, p.purpose) for j in jobs for p in j.prepared if p.message.to_index
+    ]
+    view = jobs[0].policy.view(conn, recipients, min(j.now for j in jobs))
     judged = [job.judge(view) for job in jobs]
     by_sql: dict[str, list[Sequence[Any]]] = {}
     for outcome in judged:
