@@ -241,7 +241,7 @@ class Store:
                     m.id,
                     m.token_id,
                     int(m.priority),
-                    m.state.value,
+                    state.value,
                     to_ct,
                     m.to_index or c.blind_index(m.to),
                     body_ct,
