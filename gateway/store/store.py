@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.base import InboundSms
-from gateway.integrations.events import MESSAGE_STATUS
+from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
@@ -151,6 +151,9 @@ class Store:
         # Set by the send policy: why a queued message may not be claimed now (an
         # opt-out since its accept), checked in the claim's own transaction.
         self.claim_check: ClaimCheck | None = None
+        # The event types some outbox consumer takes (`OutboxRepo.keep_only`): an
+        # accept leaves out a status row the outbox's trigger would drop anyway.
+        self.outbox_types: frozenset[str] = EVENT_TYPES
 
     # -- life --------------------------------------------------------------------------
 
@@ -224,7 +227,7 @@ class Store:
     def insert_statements(self, m: NewMessage) -> list[Statement]:
         """The row one accepted message adds. Its creation is its first event, implied
         by the row (`Records.events`), a policy's hold or block with its reason too;
-        those two also add their `message.status` outbox row."""
+        those two also add their `message.status` outbox row, if some consumer takes it."""
         c = self._crypto
         state = m.state
         due = m.send_at if state is State.SCHEDULED and m.send_at is not None else m.created_at
@@ -264,7 +267,7 @@ class Store:
             ),
         ]
         reason = m.blocked or m.held_for
-        if reason is not None:
+        if reason is not None and MESSAGE_STATUS in self.outbox_types:
             status = (MESSAGE_STATUS, m.created_at, m.id, None, state.value, reason, 0)
             rows.append((outbox_sql.INSERT_ROW, status))
         return rows
