@@ -27,6 +27,7 @@ it was accepted. A cap `n/W` holds when no span of length W holds more than n of
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -59,6 +60,13 @@ class Verdict:
 
 
 _QUEUED = Verdict(State.QUEUED, None, None)
+
+
+@functools.cache
+def _blocked(reason: str) -> Verdict:
+    return Verdict(State.BLOCKED, None, reason)
+
+
 _SKEW_MARGIN = 600.0
 
 
@@ -75,6 +83,7 @@ class Policy:
         self.capped = sorted(
             {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
         )
+        self._programs: dict[str | None, str] = {}  # by route: the config is fixed
 
     def view(
         self, conn: sqlite3.Connection, recipients: Sequence[tuple[bytes, Purpose]], now: float
@@ -144,10 +153,12 @@ class Policy:
         policy = self.table[purpose]
         if not self.enabled or purpose is Purpose.COMPLIANCE:
             return _QUEUED
-        program = self.config.program_for_route(route or "")
+        program = self._programs.get(route)
+        if program is None:
+            program = self._programs[route] = self.config.program_for_route(route or "")
         refusal = view.standing(to_index, program, policy).refusal(policy)
         if refusal is not None:
-            return Verdict(State.BLOCKED, None, refusal)
+            return _blocked(refusal)
         window = policy.window
         if quiet_hours_override or priority is Priority.CRITICAL:
             window = None
@@ -325,7 +336,8 @@ def _blocked_until(times: Sequence[float], cap: Cap, x: float) -> float:
     until = x
     for j in range(max(0, i - n), min(i, len(times) - n) + 1):
         first, last = times[j], times[j + n - 1]
-        if max(last, x) - min(first, x) < w:
+        # The span of x and the run: runs end at or after x, or start at or before it.
+        if (last if last > x else x) - (first if first < x else x) < w:
             # In exact arithmetic first + w > x; rounding may say otherwise.
             until = max(until, first + w, math.nextafter(x, math.inf))
     return until
