@@ -132,8 +132,8 @@ async def test_connections_over_the_per_address_cap_get_503(serve: Serve) -> Non
         _assert_security_headers(CIMultiDict(headers))
         # Another address is not affected.
         async with aiohttp.ClientSession() as http:
-            resp = await http.get(f"http://127.0.0.1:{port}/api/v1/openapi.json")
-            assert resp.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/api/v1/openapi.json") as resp:
+                assert resp.status == 200
     finally:
         for s in held:
             s.close()
@@ -149,9 +149,9 @@ async def test_a_tls_handshake_that_never_comes_is_cut_off(serve: Serve, tmp_pat
         assert await _closed(s) == b""
     trust = ssl.create_default_context(cafile=str(cert))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
-        resp = await http.get(f"https://127.0.0.1:{port}/api/v1/openapi.json")
-        assert resp.status == 200
-        assert "Strict-Transport-Security" in resp.headers
+        async with http.get(f"https://127.0.0.1:{port}/api/v1/openapi.json") as resp:
+            assert resp.status == 200
+            assert "Strict-Transport-Security" in resp.headers
 
 
 def test_slowloris_under_a_low_open_file_limit_leaves_service_to_others(
