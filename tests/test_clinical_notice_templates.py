@@ -191,3 +191,29 @@ def _obx_and_nte_values(message: str) -> list[str]:
         if f[0] == "NTE" and len(f) > 3:
             out.append(f[3])
     return [v for v in out if len(v) >= 3]
+
+
+async def test_labels_too_long_for_the_templates_give_way_to_the_sites(gw: Gateway) -> None:
+    """A facility or place longer than the built-in templates' 24 characters would have
+    every reminder, moved and cancelled notice refused (and skipped); the producers
+    leave it out, so the text names the site (`clinic`) and the declared default."""
+    ehr = InterfaceProfile("ehr", time_zone="America/New_York")
+    now = gw.clock.time()
+    await gw.store.writer.run(
+        lambda conn: rules.save(conn, None, RuleSpec("r", "-1d", "reminder"), "t", now)
+    )
+    long_ail = (
+        "AIL|1||CARDIO&Cardiology Outpatient Wing^Room 12^^Saint Mary Regional Medical Center"
+    )
+    message = siu("S12", key="A1", sent=now, start=now + 10 * DAY, phone=NUMBER_XTN)
+    await _feed(gw, message.replace("AIL|1||ROOM1^^^North Clinic", long_ail), ehr)
+    rows = await _notices(gw, NoticeKind.REMINDER)
+    assert {"clinic", "location"}.isdisjoint(rows[0].notice.variables)
+    texts = await _render_all(gw, rows)
+    assert texts[0].startswith("Hospital: appointment") and "at the clinic." in texts[0]
+    assert "en la clínica." in texts[1]
+    pharmacy = InterfaceProfile("pharmacy", time_zone="America/New_York")
+    rds = text("RDS-O13-01.hl7").replace("|GL|", "|GL|^PRN^CP^^1^202^5550123~", 1)
+    await _feed(gw, rds.replace("Unity", "Unity Outpatient Pharmacy Building C"), pharmacy)
+    texts = await _render_all(gw, await _notices(gw, NoticeKind.MEDICATION_READY))
+    assert "pick-up at the pharmacy." in texts[0] and "Building C" not in texts[0]

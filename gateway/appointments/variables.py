@@ -4,13 +4,18 @@ appointment uses (the reminder planner, the debounce's moved and cancelled notic
 Values are raw: the templates format `start` in `time_zone` and the patient's
 language. Values that are unknown are left out (the templates fill `clinic` from the
 site's settings and `location` from the variable's default when the appointment names
-none). `split_key` (the appointment's id) keeps an A/B split stable across re-plans.
+none), and so are labels longer than the templates' length for them (`fits`): a
+facility called "Saint Mary Regional Medical Center" would otherwise have every
+notice of its appointments refused at render and skipped. `split_key` (the
+appointment's id) keeps an A/B split stable across re-plans.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.templates.variables import fits
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -51,4 +56,4 @@ def notice_variables(
         "service": service,
         "split_key": appointment_id,
     }
-    return {k: v for k, v in found.items() if v}
+    return {k: v for k, v in found.items() if v and fits(k, v)}
