@@ -46,7 +46,7 @@ from gateway.consent import ledger
 from gateway.consent.inbound import Handled, reply_id
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.keywords import Action
-from gateway.consent.purposes import SCOPE_ALL, Purpose
+from gateway.consent.purposes import SCOPE_ALL, Purpose, appointment_scope
 from gateway.consent.settings import policy_table
 from gateway.intake import normalise_number
 from gateway.logs import exception_summary
@@ -66,7 +66,6 @@ from gateway.store.transitions import block_waiting
 log = structlog.get_logger("smsgw.replies")
 
 HOUR = 3600.0
-SCOPE_PREFIX = "appointment:"
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _ANSWERS = {
     "confirmed": Answer.CONFIRMED,
@@ -75,10 +74,6 @@ _ANSWERS = {
     "cancelled": Answer.CANCELLED,
     "opted_out": Answer.STOPPED,
 }
-
-
-def appointment_scope(appointment_id: str) -> str:
-    return SCOPE_PREFIX + appointment_id
 
 
 @dataclass(frozen=True, slots=True)
