@@ -14,7 +14,8 @@ What is read (research §A2, §0.3):
   types), for the reminder rules' type filter. SCH-7, the appointment *reason*
   (table 0276: CHECKUP, EMERGENCY, FOLLOWUP...), is not a fallback: it is another
   vocabulary, and a rule written for a type must not match a reason that happens to
-  share its code. An empty SCH-8 leaves the stored type as it was.
+  share its code. An empty SCH-8 leaves the stored type as it was. (Epic's outgoing
+  SIU leaves both empty and sends the visit type as AIS-3: the service filter.)
 
 The trigger event (MSH-9.2) decides what happened (`model.Trigger`); routing is by
 MSH-9 alone, so a message labelled SIU elsewhere (Microsoft's `SIU_12.hl7` is an
