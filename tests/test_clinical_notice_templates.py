@@ -26,7 +26,7 @@ from gateway.reminders import rules
 from gateway.reminders.rules import RuleSpec
 from gateway.results import settings
 from tests.appointment_rig import DAY, siu
-from tests.conftest import GatewayFactory
+from tests.conftest import TEST_CONSENT, GatewayFactory
 from tests.hl7_samples import parse, text
 from tests.test_results_notices import map_message
 
@@ -168,17 +168,56 @@ async def test_dose_reminders_render_without_the_drug(gw: Gateway, drug_names: b
         settings.Settings(medication=settings.MedicationConfig(allow_drug_names=drug_names)),
     )
     pharmacy = InterfaceProfile("pharmacy", time_zone="America/New_York")
-    rde = (
-        "MSH|^~\\&|PHARM|HOSP|SMSGW|HOSP|20270110070000||RDE^O11^RDE_O11|C1|P|2.5.1\r"
-        "PID|1||MRN7^^^HOSP^MR||Doe^Jane||||||||^PRN^CP^^1^202^5550123||spa\r"
-        "ORC|NW|ORD-9^EHR\r"
-        "RXE||123^Amoxicillin 500 mg^NDC|1\r"
-        "TQ1|1||TID|||3^D|20270116\r"
-    )
-    await _feed(gw, rde, pharmacy)
+    await _feed(gw, _RDE, pharmacy)
     rows = await _notices(gw, NoticeKind.MEDICATION_DOSE)
     assert ("medication" in rows[0].notice.variables) is drug_names
     _clean(await _render_all(gw, rows[:2]), "Amoxicillin")
+
+
+ANY_HOUR = {"window": "", "caps": []}
+ALL_DAY = {p: ANY_HOUR for p in ("appointment", "results", "medication")}
+
+
+async def test_the_runner_sends_every_kind_through_the_real_renderer(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Planned by the producers, due, then one pass of the gateway's notice runner with
+    the templates' renderer: every notice is queued as a message, none skipped."""
+    consent = {**TEST_CONSENT, "purposes": {**TEST_CONSENT["purposes"], **ALL_DAY}}
+    gw = await open_gateway(consent=consent)
+    ehr = InterfaceProfile("ehr", time_zone="America/New_York", cancel_debounce=300.0)
+    now = gw.clock.time()
+    await gw.store.writer.run(
+        lambda conn: rules.save(conn, None, RuleSpec("r", "-1h", "reminder"), "t", now)
+    )
+    start = now + 2 * 3600
+    await _feed(gw, siu("S12", key="A1", sent=now, start=start, mrn="M1"), ehr)
+    await _feed(gw, siu("S12", key="B1", sent=now, start=start + DAY, mrn="M2"), ehr)
+    await _feed(gw, siu("S15", key="B1", sent=now + 1, start=start + DAY, mrn="M2"), ehr)
+    await _feed(gw, text("LAB-ORU-1.hl7"), InterfaceProfile("lab", accept_untyped_phone=True))
+    pharmacy = InterfaceProfile("pharmacy", time_zone="America/New_York")
+    rds = text("RDS-O13-01.hl7").replace("|GL|", "|GL|^PRN^CP^^1^202^5550188~", 1)
+    await _feed(gw, rds, pharmacy)
+    one_dose = "TQ1|1|||0330|||20270115|20270115"  # 03:30 in New York, today
+    await _feed(gw, _RDE.replace("TQ1|1||TID|||3^D|20270116", one_dose), pharmacy)
+    gw.clock.advance(3600 + 60)
+    assert gw.templates.renderer is not None
+    result = await gw.notice_runner(gw.templates.renderer).run_once()
+    kinds = {kind for kind, _ in result.by_kind}
+    assert set(result.outcomes) == {"queued"}, result.outcomes
+    assert kinds == {
+        "reminder", "appointment_cancelled", "result_available", "medication_ready",
+        "medication_dose",
+    }  # fmt: skip
+
+
+_RDE = (
+    "MSH|^~\\&|PHARM|HOSP|SMSGW|HOSP|20270110070000||RDE^O11^RDE_O11|C1|P|2.5.1\r"
+    "PID|1||MRN7^^^HOSP^MR||Doe^Jane||||||||^PRN^CP^^1^202^5550123||spa\r"
+    "ORC|NW|ORD-9^EHR\r"
+    "RXE||123^Amoxicillin 500 mg^NDC|1\r"
+    "TQ1|1||TID|||3^D|20270116\r"
+)
 
 
 def _obx_and_nte_values(message: str) -> list[str]:
