@@ -175,7 +175,7 @@ async def test_dose_reminders_render_without_the_drug(gw: Gateway, drug_names: b
 
 
 ANY_HOUR = {"window": "", "caps": []}
-ALL_DAY = {p: ANY_HOUR for p in ("appointment", "results", "medication")}
+ALL_DAY = dict.fromkeys(("appointment", "results", "medication"), ANY_HOUR)
 
 
 async def test_the_runner_sends_every_kind_through_the_real_renderer(
