@@ -73,6 +73,13 @@ class AppointmentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     clinic: Short | None = None
     location: Annotated[Short | None, msgspec.Meta(description="room or place, as texted")] = None
     provider: Short | None = None
+    type: Annotated[
+        Short | None,
+        msgspec.Meta(
+            description="the appointment type code (what reminder rules filter on as"
+            " appointment_types); left out: the one stored is kept"
+        ),
+    ] = None
     changed_at: Annotated[
         AwareTime | None,
         msgspec.Meta(
@@ -112,6 +119,7 @@ class AppointmentOut(msgspec.Struct, frozen=True, kw_only=True):
     end: str | None
     time_zone: str
     service: str | None
+    type: str | None
     location_code: str | None
     clinic: str | None
     location: str | None
@@ -153,6 +161,7 @@ def _fields(v: AppointmentView) -> dict[str, object]:
         "end": iso(r.end),
         "time_zone": r.time_zone,
         "service": r.service,
+        "type": r.appt_type,
         "location_code": r.location_code,
         "clinic": r.clinic,
         "location": r.place,
@@ -205,6 +214,7 @@ def _request(body: AppointmentBody) -> AppointmentRequest:
         body.location,
         body.provider,
         body.changed_at,
+        body.type,
     )
 
 

@@ -44,6 +44,7 @@ from gateway.consent.answers import HOUR, Answers, Recipient
 from gateway.consent.inbound_config import matcher_for, replies_for
 from gateway.consent.keywords import Action, Match
 from gateway.consent.purposes import (
+    APPOINTMENT_SCOPE_PREFIX,
     KIND_OF,
     SCOPE_ALL,
     Kind,
@@ -127,7 +128,8 @@ class InboundConsent:
         if match.action in _OPT_IN:
             return self._opt_in(step)
         if match.action is Action.HELP:
-            out = _currently_out(conn, idx, program)
+            # `STOP 1234` stopped one appointment's texts: still subscribed to the rest.
+            out = _currently_out(conn, idx, program, appointments=False)
             if out and not self._config.answer_help_opted_out:
                 return step.handled(0, False, withheld="opted_out")
             kind = Reply.HELP_OPTED_OUT if out else Reply.HELP
@@ -338,14 +340,27 @@ def _already_out(conn: sqlite3.Connection, idx: bytes, program: str, scope: str)
     return row is not None and row[0] == "out" and row[1] in _covering(scope)
 
 
-def _currently_out(conn: sqlite3.Connection, idx: bytes, program: str) -> bool:
-    """Is any opt-out in force in `program`: newer than the last opt-in of everything?"""
+def _currently_out(
+    conn: sqlite3.Connection, idx: bytes, program: str, *, appointments: bool = True
+) -> bool:
+    """Is any opt-out in force in `program`: newer than the last opt-in of everything?
+    Without `appointments`, one appointment's opt-out (`STOP 1234`) does not count."""
     row = conn.execute(
         "SELECT 1 FROM consent_state WHERE contact_idx = ? AND program IN (?, '*')"
-        " AND opted = 'out' AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
+        " AND opted = 'out' AND (? OR substr(scope, 1, ?) != ?)"
+        " AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
         " WHERE contact_idx = ? AND program IN (?, '*') AND scope = ? AND opted = 'in')"
         " LIMIT 1",
-        (idx, program, idx, program, SCOPE_ALL),
+        (
+            idx,
+            program,
+            appointments,
+            len(APPOINTMENT_SCOPE_PREFIX),
+            APPOINTMENT_SCOPE_PREFIX,
+            idx,
+            program,
+            SCOPE_ALL,
+        ),
     ).fetchone()
     return row is not None
 

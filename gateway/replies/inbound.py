@@ -46,7 +46,7 @@ from gateway.consent.answers import Answers, Recipient
 from gateway.consent.inbound import Handled
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.keywords import Action
-from gateway.consent.purposes import SCOPE_ALL
+from gateway.consent.purposes import SCOPE_ALL, appointment_scope
 from gateway.intake import normalise_number
 from gateway.logs import exception_summary
 from gateway.replies import matching, writeback
@@ -63,7 +63,6 @@ from gateway.store.transitions import block_waiting
 
 log = structlog.get_logger("smsgw.replies")
 
-SCOPE_PREFIX = "appointment:"
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _ANSWERS = {
     "confirmed": Answer.CONFIRMED,
@@ -72,10 +71,6 @@ _ANSWERS = {
     "cancelled": Answer.CANCELLED,
     "opted_out": Answer.STOPPED,
 }
-
-
-def appointment_scope(appointment_id: str) -> str:
-    return SCOPE_PREFIX + appointment_id
 
 
 @dataclass(frozen=True, slots=True)
