@@ -77,6 +77,7 @@ def siu(i: int, sample: str | None) -> bytes:
         elif f[0] == "SCH":
             f[1:3] = [f"P{i}", f"F{i}"]
         elif f[0] == "PID" and len(f) > 13:
+            f[3] = f"MRN{i % 500}^^^HOSP^MR"  # 500 patients, as for the small SIU
             f[13] = "^PRN^CP^^1^202^5550123"  # the samples' numbers are not valid ones
         segs[n] = "|".join(f)
     # The sample's times are in the past: move them to next year, so the booking is
