@@ -46,6 +46,6 @@ class UpdatePatient:
             ctx.hooks.changed(conn, ctx, appt_id)
 
 
-@maps("ADT", *EVENTS)
+@maps("ADT", *EVENTS, segments={"PID": (3, 15)})  # what `patients.extract` reads
 def map_adt(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command]:
     return [UpdatePatient(patients.extract(message, profile))]

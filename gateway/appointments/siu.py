@@ -61,7 +61,21 @@ _UNITS = {
 _NEEDS_START = (Trigger.BOOK, Trigger.RESCHEDULE)
 
 
-@maps("SIU", *TRIGGERS)
+# Every field read below, by segment (the pipeline parses only these; PID's phone
+# fields come with the profile's). SCH-8 is the appointment type.
+SEGMENTS = {
+    "MSH": (7, 9),
+    "SCH": (1, 2, 8, 11, 16, 25),
+    "TQ1": (7, 8),
+    "PID": (3, 15),
+    "PV1": (3,),
+    "AIS": (3, 4, 7, 8, 10),
+    "AIL": (3, 6, 9, 10),
+    "AIP": (3, 6, 9, 10),
+}
+
+
+@maps("SIU", *TRIGGERS, segments=SEGMENTS)
 def map_siu(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command]:
     msh = fields.first(message, "MSH")
     trigger = TRIGGERS[fields.value(message, msh, 9, 2).strip()]

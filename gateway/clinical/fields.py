@@ -16,7 +16,7 @@ import hl7
 
 def segments(message: hl7.Message, name: str) -> list[hl7.Segment]:
     """Every segment called `name`, in order (none if it is absent)."""
-    return [s for s in message if str(s[0]) == name]
+    return list(_index(message)[0].get(name, ()))
 
 
 def first(message: hl7.Message, name: str) -> hl7.Segment | None:
@@ -64,6 +64,22 @@ def subcomponents(message: hl7.Message, text: str) -> list[str]:
 
 def _encoding(message: hl7.Message) -> str:
     """MSH-2's encoding characters: component, repetition, escape, sub-component."""
-    msh = first(message, "MSH")
-    enc = str(msh[2]) if msh is not None and len(msh) > 2 else ""
-    return enc if len(enc) >= 4 else "^~\\&"
+    return _index(message)[1]
+
+
+def _index(message: hl7.Message) -> tuple[dict[str, list[hl7.Segment]], str]:
+    """The message's segments by name and its encoding characters, worked out once per
+    message (mappers ask for them field by field) and kept on it."""
+    found: tuple[dict[str, list[hl7.Segment]], str] | None = getattr(message, _KEY, None)
+    if found is None or sum(map(len, found[0].values())) != len(message):
+        by_name: dict[str, list[hl7.Segment]] = {}
+        for s in message:
+            by_name.setdefault(str(s[0]), []).append(s)
+        msh = by_name.get("MSH", [None])[0]
+        enc = str(msh[2]) if msh is not None and len(msh) > 2 else ""
+        found = (by_name, enc if len(enc) >= 4 else "^~\\&")
+        setattr(message, _KEY, found)
+    return found
+
+
+_KEY = "_smsgw_fields_index"

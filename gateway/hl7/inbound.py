@@ -62,17 +62,54 @@ Mapped = list[Command] | MappingError
 def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
     """The commands a message maps to, or the `MappingError` that quarantines it.
     Anything else a mapper raises is a defect: it propagates (answered AR)."""
+    mapper = mappers.mapper_for(h.message_type, h.event)
+    reads = mappers.segments_for(h.message_type, h.event) if mapper is not None else None
+    if reads is not None:
+        text = scoped(text, with_phones(reads, profile), h.field_sep)
     try:
         message = hl7.parse(text)
     except (hl7.HL7Exception, ValueError, IndexError):
         return MappingError(ERR_SEGMENT_SEQUENCE, "the message cannot be parsed", "MSH")
-    mapper = mappers.mapper_for(h.message_type, h.event)
     if mapper is None:
         return MappingError(ERR_UNSUPPORTED_EVENT_CODE, "unsupported event", "MSH-9.2")
     try:
         return list(mapper(message, profile))
     except MappingError as e:
         return e
+
+
+def with_phones(reads: mappers.Reads, profile: InterfaceProfile) -> mappers.Reads:
+    """`reads` and the profile's phone fields (`patients.extract` reads those)."""
+    out = dict(reads)
+    for source in profile.phone_fields:
+        name, _, number = source.partition("-")
+        known = out.get(name, frozenset())
+        if known is not None and number.isdigit():
+            out[name] = known | {int(number)}
+    return out
+
+
+def scoped(text: str, reads: mappers.Reads, field_sep: str) -> str:
+    """MSH and what `reads` names, in place (other fields emptied, trailing empty ones
+    dropped, other segments dropped): python-hl7 builds a container for every field
+    and component it is given. MSH is kept whole unless `reads` names its fields."""
+    kept = []
+    for seg in text.split("\r"):
+        name = seg.partition(field_sep)[0]
+        if name not in reads:
+            if name == "MSH":
+                kept.append(seg)
+            continue
+        wanted = reads[name]
+        if wanted is None:
+            kept.append(seg)
+            continue
+        # MSH-1 is the separator itself: there the n-th split piece is field n + 1.
+        shift, keep = (1, 2) if name == "MSH" else (0, 1)
+        f = seg.split(field_sep)
+        out = [v if i < keep or i + shift in wanted else "" for i, v in enumerate(f)]
+        kept.append(field_sep.join(out).rstrip(field_sep))
+    return "\r".join(kept) + "\r"
 
 
 def known_types() -> set[str]:
@@ -125,6 +162,9 @@ class Hl7Inbound:
             message_ref,
         )
 
+    def map(self, text: str, h: header.Header) -> Mapped:
+        return map_text(text, h, self.profile)
+
     async def receive(self, payload: bytes) -> Answer:
         now = self.clock.time()
         decoded = charset.decode(payload, self.iface.codec)
@@ -148,7 +188,7 @@ class Hl7Inbound:
                 header.check(h, known_types=known_types(), processing_ids=self.iface.processing_ids)
             except header.Rejected as r:
                 rejected = r
-        mapped: Mapped = [] if rejected is not None else map_text(text, h, self.profile)
+        mapped: Mapped = [] if rejected is not None else self.map(text, h)
         row_id = "hl7_" + secrets.token_hex(8)
 
         def job(conn: sqlite3.Connection) -> Answer:
@@ -260,7 +300,7 @@ class Hl7Inbound:
             return None
         text = found[1]
         h = header.parse(text)
-        mapped = map_text(text, h, self.profile)
+        mapped = self.map(text, h)
 
         def job(conn: sqlite3.Connection) -> str | None:
             if not sql.claim_quarantined(conn, row_id, now):

@@ -14,6 +14,7 @@ is a version too (active = false), so the history shows who turned it off.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -198,6 +199,13 @@ def history(conn: sqlite3.Connection, rule_id: str) -> list[Rule]:
 
 
 def row_of(r: Sequence[Any]) -> Rule:
+    return _rule(tuple(r))
+
+
+# A row is one immutable version (its `current` flag is in the key), and the planner
+# reads every current rule on each appointment change: decode each row once.
+@functools.lru_cache(maxsize=1024)
+def _rule(r: tuple[Any, ...]) -> Rule:
     spec = RuleSpec(
         name=r[2],
         lead=r[3],

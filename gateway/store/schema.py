@@ -702,6 +702,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN held_for TEXT;
     """,
+    # 21 (i13-hl7bench): a patient's pending notices by index. A booking looks for a held
+    #    cancellation or a moved notice of its patient to fold into one "moved" notice;
+    #    without this it walked every pending notice of the site.
+    """
+    CREATE INDEX clinical_notices_patient_pending ON clinical_notices (patient_id)
+        WHERE state = 'pending';
+    """,
 )
 
 
