@@ -1,17 +1,23 @@
 """`smsgw hl7 send FILE...`: a console MLLP client. Each file may hold one message or
 several (split where a line starts with MSH); LF or CRLF line ends are sent as CR.
 Prints one line per message: file, MSH-10, and the ACK's MSA-1 (with the ERR text
-when there is one). Exit status 0 only if every message was accepted (AA or CA)."""
+when there is one). Exit status 0 only if every message was accepted (AA or CA).
+
+For a demo, `--phone`, `--language`, `--shift-days` and `--control-id-suffix` edit each
+message before it leaves (see gateway/hl7/demo_edit.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import ssl
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from gateway.hl7 import demo_edit
 from gateway.hl7.client import MllpClient, MllpError
 from gateway.hl7.settings import DEMO_PORT
 
@@ -26,7 +32,46 @@ def add_parser(sub: Any) -> None:
     send.add_argument("--tls", action="store_true", help="speak TLS")
     send.add_argument("--ca-file", help="trust this CA for --tls (default: the system's)")
     send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per ACK")
+    send.add_argument("--phone", metavar="+E164", help="make PID-13 this mobile number")
+    send.add_argument("--language", metavar="CODE", help="make PID-15 this language (es, spa)")
+    send.add_argument(
+        "--shift-days",
+        type=int,
+        metavar="N",
+        help="move every timestamp by whole days so the (first) start is N days from today",
+    )
+    send.add_argument(
+        "--control-id-suffix",
+        metavar="TEXT",
+        help="append TEXT to each MSH-10 ('auto': a fresh suffix per run), so a re-send is new",
+    )
     parser.set_defaults(func=run)
+
+
+def edit(messages: list[str], args: argparse.Namespace, today: date) -> list[str]:
+    """The messages with the demo edits the options ask for (ValueError: say why not)."""
+    suffix = args.control_id_suffix
+    if suffix == "auto":
+        suffix = "-" + secrets.token_hex(3)
+    days = None
+    if args.shift_days is not None:
+        # one offset for all, from the first start, so an S15 and its S12 stay in step
+        starts = [d for d in map(demo_edit.start_day, messages) if d is not None]
+        if not starts:
+            raise ValueError("--shift-days: no message has a start (TQ1-7, SCH-11, AIS-4 ...)")
+        days = (today - starts[0]).days + args.shift_days
+    out = []
+    for m in messages:
+        if days is not None:
+            m = demo_edit.shift_by(m, days)
+        if args.phone:
+            m = demo_edit.set_phone(m, args.phone)
+        if args.language:
+            m = demo_edit.set_language(m, args.language)
+        if suffix:
+            m = demo_edit.suffix_control_id(m, suffix)
+        out.append(m)
+    return out
 
 
 def split_messages(raw: bytes) -> list[str]:
@@ -56,28 +101,38 @@ def _err_text(ack: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    files: list[tuple[str, bytes | None]] = []
+    files: list[tuple[str, list[str] | None]] = []
     for name in args.files:
         try:
-            files.append((name, Path(name).read_bytes()))
+            files.append((name, split_messages(Path(name).read_bytes())))
         except OSError as e:
             print(f"{name}: cannot read: {e.strerror or e}", file=sys.stderr)
             files.append((name, None))
+    if any(
+        v is not None for v in (args.phone, args.language, args.shift_days, args.control_id_suffix)
+    ):
+        readable = [m for _, ms in files for m in ms or []]
+        try:
+            edited = iter(edit(readable, args, date.today()))
+        except ValueError as e:
+            print(f"cannot edit the messages: {e}", file=sys.stderr)
+            return 2
+        files = [(n, None if ms is None else [next(edited) for _ in ms]) for n, ms in files]
     return asyncio.run(_send(args, files))
 
 
-async def _send(args: argparse.Namespace, files: list[tuple[str, bytes | None]]) -> int:
+async def _send(args: argparse.Namespace, files: list[tuple[str, list[str] | None]]) -> int:
     context = None
     if args.tls:
         context = ssl.create_default_context(cafile=args.ca_file)
     client = MllpClient(args.host, args.port, context=context, timeout=args.timeout)
     ok = True
     try:
-        for name, raw in files:
-            if raw is None:
+        for name, messages in files:
+            if messages is None:
                 ok = False
                 continue
-            for message in split_messages(raw):
+            for message in messages:
                 try:
                     ack = await client.send(message)
                 except MllpError as e:
