@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import hl7
@@ -24,6 +24,7 @@ from tests.conftest import smsgw_process
 from tests.hl7_samples import SAMPLES, parse, text
 
 TODAY = date(2026, 12, 6)
+NOW = datetime(2026, 12, 6, 12, 0, 30, tzinfo=UTC)
 
 
 def _args(**kw: object) -> argparse.Namespace:
@@ -77,17 +78,20 @@ def test_phone_and_language_make_a_textable_spanish_patient() -> None:
 
 def test_the_control_id_suffix_makes_a_resend_new_unless_left_out() -> None:
     two = [text("SIU-S15-01.hl7"), text("SIU-S12-01.hl7")]
-    fixed = edit(two, _args(control_id_suffix="-b"), TODAY)
+    fixed = edit(two, _args(control_id_suffix="-b"), NOW)
     assert [demo_edit.control_id(m) for m in fixed] == ["MSG00015-b", "MSG00012-b"]
-    once, again = (edit(two, _args(control_id_suffix="auto"), TODAY) for _ in range(2))
+    once, again = (edit(two, _args(control_id_suffix="auto"), NOW) for _ in range(2))
     assert demo_edit.control_id(once[0]) != demo_edit.control_id(again[0])
     assert demo_edit.control_id(once[0]).startswith("MSG00015-")
-    assert edit(two, _args(), TODAY) == two
+    assert edit(two, _args(), NOW) == two
 
 
 def test_one_offset_for_all_messages_keeps_a_cancel_and_its_rebooking_in_step() -> None:
-    s15, s12 = edit([text("SIU-S15-01.hl7"), text("SIU-S12-01.hl7")], _args(shift_days=3), TODAY)
+    s15, s12 = edit([text("SIU-S15-01.hl7"), text("SIU-S12-01.hl7")], _args(shift_days=3), NOW)
     assert _field(s15, "TQ1", 7) == _field(s12, "TQ1", 7) == "20261209093000+0215"
+    # MSH-7 is the time of sending, in its own offset and precision (minutes): the
+    # samples' S15 is dated after their S12, which would make the rebooking stale
+    assert _field(s15, "MSH", 7) == _field(s12, "MSH", 7) == "202612061415+0215"
 
 
 @pytest.fixture
@@ -123,7 +127,7 @@ def test_the_edited_sample_still_parses_with_python_hl7() -> None:
     m = edit(
         [text("SIU-S12-01.hl7")],
         _args(phone="+12025550147", language="spa", shift_days=1, control_id_suffix="-x"),
-        TODAY,
+        NOW,
     )[0]
     msg = hl7.parse(m)
     assert str(msg.segment("MSH")[10]) == "MSG00012-x"

@@ -6,7 +6,7 @@ segments are separated by CR."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 # The TS/DTM fields (1-based, as HL7 numbers them) of the segments the gateway reads;
 # inside a field every component or sub-component that reads as a timestamp moves (a TQ
@@ -180,3 +180,30 @@ def control_id(message: str) -> str:
 def suffix_control_id(message: str, suffix: str) -> str:
     """MSH-10 with `suffix` appended, so a re-send is a new message to the listener."""
     return _set_field(message, "MSH", 10, control_id(message) + suffix)
+
+
+def stamp_sent(message: str, now: datetime) -> str:
+    """MSH-7 becomes `now` in MSH-7's own offset (none: this machine's local time) and
+    precision. A shifted sample keeps its events' order only this way: the listener
+    ignores an update older (by MSH-7) than the last one applied, and the samples' S15
+    is dated after the S12 a demo sends next."""
+    seps = Separators(message)
+    f = _fields(_segments(message)[0], seps)
+    old = f[6] if len(f) > 6 else ""
+    m = _TS.match(old.split(seps.component)[0])
+    if m is None:
+        digits, offset = 14, ""
+    else:
+        digits, offset = 8 + len(m.group(2)), m.group(3) or ""
+    if offset:
+        sign = -1 if offset[0] == "-" else 1
+        zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+        local = now.astimezone(zone)
+    else:
+        local = now.astimezone()
+    text = local.strftime("%Y%m%d%H%M%S.%f")[:digits]
+    return _set_field(message, "MSH", 7, text + offset)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

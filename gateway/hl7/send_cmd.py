@@ -13,7 +13,7 @@ import asyncio
 import secrets
 import ssl
 import sys
-from datetime import date
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,10 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def edit(messages: list[str], args: argparse.Namespace, today: date) -> list[str]:
-    """The messages with the demo edits the options ask for (ValueError: say why not)."""
+def edit(messages: list[str], args: argparse.Namespace, now: datetime) -> list[str]:
+    """The messages with the demo edits the options ask for (ValueError: say why not).
+    `--shift-days` counts from `now`'s date; MSH-7 then becomes `now` (demo_edit.stamp_sent)."""
+    today = now.astimezone().date()
     suffix = args.control_id_suffix
     if suffix == "auto":
         suffix = "-" + secrets.token_hex(3)
@@ -63,7 +65,7 @@ def edit(messages: list[str], args: argparse.Namespace, today: date) -> list[str
     out = []
     for m in messages:
         if days is not None:
-            m = demo_edit.shift_by(m, days)
+            m = demo_edit.stamp_sent(demo_edit.shift_by(m, days), now)
         if args.phone:
             m = demo_edit.set_phone(m, args.phone)
         if args.language:
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         readable = [m for _, ms in files for m in ms or []]
         try:
-            edited = iter(edit(readable, args, date.today()))
+            edited = iter(edit(readable, args, demo_edit.utc_now()))
         except ValueError as e:
             print(f"cannot edit the messages: {e}", file=sys.stderr)
             return 2
