@@ -132,3 +132,15 @@ def test_the_edited_sample_still_parses_with_python_hl7() -> None:
     msg = hl7.parse(m)
     assert str(msg.segment("MSH")[10]) == "MSG00012-x"
     assert str(msg.segment("PID")[15]) == "spa"
+
+
+async def test_send_prints_the_error_text_of_a_v24_ack_too(store: Store, tmp_path: Path) -> None:
+    """Before v2.5 the ACK's ERR is ERR-1 (location^code&text&table), not ERR-3/ERR-8."""
+    rig = await hl7_rig.start(store, Hl7Interface(name="ehr"))
+    old = tmp_path / "v24.hl7"
+    old.write_text(hl7_rig.message("Z03", "V24").replace("|2.5.1|", "|2.4|"))
+    proc = await smsgw_process("hl7", "send", "--port", str(rig.port), str(old))
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert out.decode().splitlines() == [f"{old} V24: AE no identifier of the configured authority"]
+    await rig.server.aclose()

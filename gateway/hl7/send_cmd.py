@@ -95,10 +95,18 @@ def _control_id(message: str) -> str:
 
 
 def _err_text(ack: str) -> str:
+    msh = ack.split("\r", 1)[0]
+    cs, sub = (msh[4], msh[7]) if len(msh) > 7 else ("^", "&")
     for seg in ack.split("\r"):
         if seg.startswith("ERR"):
             f = seg.split(seg[3])
-            return f[8] if len(f) > 8 and f[8] else (f[3] if len(f) > 3 else "")
+            if len(f) > 8 and f[8]:
+                return f[8]
+            if len(f) > 3 and f[3]:
+                return f[3]
+            if len(f) > 1:  # before v2.5: ERR-1 is location^...^code&text&table
+                code = (f[1].split(cs) + [""] * 4)[3].split(sub)
+                return code[1] if len(code) > 1 else ""
     return ""
 
 
