@@ -107,23 +107,32 @@ async def test_kill_9_between_commit_and_ack_then_resend_applies_each_message_on
     conf.write_text(CONFIG.format(data=data, http=free_port(), hl7=hl7_port))
     messages = {f"C{i:04d}": siu(i) for i in range(BURST)}
 
-    first = await start(conf)
-    acked = await burst(hl7_port, messages, kill=first)
-    assert await asyncio.wait_for(first.proc.wait(), 30) == -signal.SIGKILL
-    assert KILL_AFTER <= len(acked) < BURST and set(acked.values()) == {"AA"}
+    started: list[Daemon] = []
+    try:
+        first = await start(conf)
+        started.append(first)
+        acked = await burst(hl7_port, messages, kill=first)
+        assert await asyncio.wait_for(first.proc.wait(), 30) == -signal.SIGKILL
+        assert KILL_AFTER <= len(acked) < BURST and set(acked.values()) == {"AA"}
 
-    with sqlite3.connect(data / "smsgw.db") as db:  # what the dead process committed
-        committed = {r[0] for r in db.execute("SELECT control_id FROM hl7_messages")}
-    unanswered = committed - set(acked)
-    assert unanswered, "no message was committed and left unanswered: the crash missed"
+        with sqlite3.connect(data / "smsgw.db") as db:  # what the dead process committed
+            committed = {r[0] for r in db.execute("SELECT control_id FROM hl7_messages")}
+        unanswered = committed - set(acked)
+        assert unanswered, "no message was committed and left unanswered: the crash missed"
 
-    second = await start(conf)
-    resend = {cid: m for cid, m in messages.items() if cid not in acked}
-    again = await burst(hl7_port, resend, kill=None)
-    assert again == dict.fromkeys(resend, "AA")
-    second.proc.terminate()
-    assert await asyncio.wait_for(second.proc.wait(), 30) == 0
-    await second.finished()
+        second = await start(conf)
+        started.append(second)
+        resend = {cid: m for cid, m in messages.items() if cid not in acked}
+        again = await burst(hl7_port, resend, kill=None)
+        assert again == dict.fromkeys(resend, "AA")
+        second.proc.terminate()
+        assert await asyncio.wait_for(second.proc.wait(), 30) == 0
+        await second.finished()
+    finally:
+        for daemon in started:
+            if daemon.proc.returncode is None:
+                daemon.proc.kill()
+                await daemon.proc.wait()
 
     with sqlite3.connect(data / "smsgw.db") as db:
         assert db.execute("SELECT COUNT(*) FROM hl7_messages").fetchone()[0] == BURST
