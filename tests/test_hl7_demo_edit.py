@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import hl7
+import hl7.mllp
 import pytest
 
 from gateway.clinical import patients
@@ -144,3 +147,26 @@ async def test_send_prints_the_error_text_of_a_v24_ack_too(store: Store, tmp_pat
     assert proc.returncode == 1
     assert out.decode().splitlines() == [f"{old} V24: AE no identifier of the configured authority"]
     await rig.server.aclose()
+
+
+async def test_hl7_listen_prints_what_it_gets_and_answers_aa() -> None:
+    """`smsgw hl7 listen`: the console EHR the embedded default writes replies back to."""
+    proc = await smsgw_process("hl7", "listen", "--port", "0")
+    assert proc.stdout is not None
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        match = re.search(rb"127\.0\.0\.1:(\d+)", first)
+        assert match, first
+        reader, writer = await hl7.mllp.open_hl7_connection(
+            "127.0.0.1", int(match.group(1)), encoding="utf-8"
+        )
+        s14 = "MSH|^~\\&|SMSGW||EHR||20261201090000||SIU^S14^SIU_S12|W1|P|2.5.1\rNTE|1|P|Müller\r"
+        writer.writemessage(hl7.parse(s14))
+        ack = await asyncio.wait_for(reader.readmessage(), 30)
+        assert str(ack.segment("MSA")[1]) == "AA" and str(ack.segment("MSA")[2]) == "W1"
+        writer.close()
+        lines = [await asyncio.wait_for(proc.stdout.readline(), 30) for _ in range(2)]
+        assert [ln.decode().rstrip("\n") for ln in lines] == s14.rstrip("\r").split("\r")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -4,7 +4,11 @@ Prints one line per message: file, MSH-10, and the ACK's MSA-1 (with the ERR tex
 when there is one). Exit status 0 only if every message was accepted (AA or CA).
 
 For a demo, `--phone`, `--language`, `--shift-days` and `--control-id-suffix` edit each
-message before it leaves (see gateway/hl7/demo_edit.py)."""
+message before it leaves (see gateway/hl7/demo_edit.py).
+
+`smsgw hl7 listen [--port 2576]`: a console MLLP server standing for the EHR that
+replies are written back to (the embedded default's `demo-ehr-out`): prints each
+message it gets, one segment a line, and answers AA."""
 
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import hl7
+import hl7.mllp
+
 from gateway.hl7 import demo_edit
 from gateway.hl7.client import MllpClient, MllpError
-from gateway.hl7.settings import DEMO_PORT
+from gateway.hl7.settings import DEMO_PORT, DEMO_WRITEBACK_PORT
 
 
 def add_parser(sub: Any) -> None:
@@ -45,7 +52,11 @@ def add_parser(sub: Any) -> None:
         metavar="TEXT",
         help="append TEXT to each MSH-10 ('auto': a fresh suffix per run), so a re-send is new",
     )
-    parser.set_defaults(func=run)
+    send.set_defaults(func=run)
+    listen = actions.add_parser("listen", help="print the HL7 messages sent here, answer AA")
+    listen.add_argument("--host", default="127.0.0.1")
+    listen.add_argument("--port", type=int, default=DEMO_WRITEBACK_PORT)
+    listen.set_defaults(func=run_listener)
 
 
 def edit(messages: list[str], args: argparse.Namespace, now: datetime) -> list[str]:
@@ -155,3 +166,34 @@ async def _send(args: argparse.Namespace, files: list[tuple[str, list[str] | Non
     finally:
         await client.aclose()
     return 0 if ok else 1
+
+
+def run_listener(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(_listen(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        print(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _listen(host: str, port: int) -> None:
+    async def handle(reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
+        try:
+            while not writer.is_closing():
+                message = await reader.readmessage()
+                print(str(message).replace("\r", "\n").rstrip("\n") + "\n", flush=True)
+                writer.writemessage(message.create_ack("AA"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await hl7.mllp.start_hl7_server(handle, host, port, encoding="utf-8")
+    bound = server.sockets[0].getsockname()[1]
+    print(f"listening for HL7 over MLLP on {host}:{bound} (Ctrl-C stops)", flush=True)
+    async with server:
+        await server.serve_forever()
