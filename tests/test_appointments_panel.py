@@ -17,13 +17,15 @@ DAY = 86400.0
 API = Caller.for_panel_user("user:test", reads_phi=True, acts=True)
 
 
-async def _book(panel: PanelClient, key: str, days: float, status: str = "booked") -> str:
+async def _book(
+    panel: PanelClient, key: str, days: float, status: str = "booked", kind: str | None = None
+) -> str:
     start = datetime.fromtimestamp(panel.gw.clock.time() + days * DAY, UTC)
     saved = await panel.gw.usecases.appointments.upsert(
         API,
         AppointmentRequest(
             key, "MRN-CANARY-7731", start, status=status, number=CANARY_NUMBER,
-            clinic="North Clinic", location="Room 4",
+            clinic="North Clinic", location="Room 4", appt_type=kind,
         ),
     )  # fmt: skip
     return saved.id
@@ -34,7 +36,7 @@ async def test_operator_sees_the_list_and_one_appointment_with_notices(
 ) -> None:
     first = await _book(panel, "k1", 3)
     await _book(panel, "k1", 3, status="cancelled")
-    await _book(panel, "k2", 4)
+    second = await _book(panel, "k2", 4, kind="NEWPT")
     await signed_in(panel, Role.OPERATOR)
     r = await panel.client.get("/appointments")
     page = await r.text()
@@ -49,6 +51,8 @@ async def test_operator_sees_the_list_and_one_appointment_with_notices(
     assert "appointment_moved" not in page  # k2 was booked for the same patient: moved
     assert "superseded" in page and "rebooked" in page
     assert ">booked<" in page and ">cancelled<" in page and MASKED in page
+    page = await (await panel.client.get(f"/appointments/{second}")).text()
+    assert "<dt>Type</dt><dd>NEWPT</dd>" in page
     r = await panel.client.get("/appointments/apt_0000000000000000")
     assert r.status == 404
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,12 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.clock import FakeClock
-from gateway.consent.policy import _fits
+from gateway.consent.policy import _cap_room, _fits
 from gateway.consent.purposes import Cap
+from gateway.integrations.events import MESSAGE_STATUS
 from gateway.tokens import create_token
 from tests.conftest import CANARY_NUMBER, GatewayFactory, record_decision
+from tests.store_rows import message_row
 from tests.test_api import start_client
 from tests.test_consent_policy import caller, send
+from tests.test_outbox import TakesAll, outbox_rows
 
 DAY = 86400.0
 # Caps only: every purpose at any hour, so the caps alone decide here.
@@ -133,6 +137,60 @@ async def test_parallel_requests_cannot_race_past_a_cap(open_gateway: GatewayFac
     assert [tuple(r) for r in await cur.fetchall()] == [("blocked", 39), ("queued", 1)]
 
 
+async def test_a_hold_or_block_at_accept_is_the_message_row_and_its_status_event(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The accept the policy holds or blocks writes its reason with the message row and
+    no row of history besides (a queued one's creation is implied by its row too): the
+    history still opens with the hold or the block and its reason, and the
+    `message.status` event is still written for webhooks."""
+    gw = await open_gateway(consent=CAPS, start=False)
+    gw.outbox.register(TakesAll())
+    await gw.start(dispatch=False)
+    who = await caller(gw, "send", "read")
+    await send(gw, who, purpose="appointment")
+    held = await send(gw, who, purpose="appointment")
+    blocked = await send(gw, who, purpose="marketing")  # no written consent
+    assert (held.status, held.reason) == ("scheduled", "frequency_cap")
+    assert (blocked.status, blocked.reason) == ("blocked", "no_consent")
+    assert await gw.store.reader.all("SELECT * FROM message_events") == []
+    for answer in (held, blocked):
+        record = await gw.usecases.messages.get(who, answer.id)
+        history = [(e.state, e.error_code, e.attempt) for e in record.events or ()]
+        assert history == [(answer.status, answer.reason, 0)]
+    status = [(r.message_id, r.state, r.code) for r in await outbox_rows(gw, MESSAGE_STATUS)]
+    assert status == [
+        (held.id, "scheduled", "frequency_cap"),
+        (blocked.id, "blocked", "no_consent"),
+    ]
+
+
+async def test_a_hold_stored_with_its_own_event_row_reads_once(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Messages held before the reason moved onto the row have an event row for it and
+    no reason on the row: their history shows the hold once."""
+    gw = await open_gateway(consent=CAPS)
+    who = await caller(gw, "send", "read")
+    await send(gw, who, purpose="appointment")
+    held = await send(gw, who, purpose="appointment")
+    row = await message_row(gw.store, held.id)
+    assert row is not None
+
+    def as_before(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE messages SET held_for = NULL WHERE id = ?", (held.id,))
+        conn.execute(
+            "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
+            " attempt) VALUES (?, ?, 'scheduled', NULL, NULL, 'frequency_cap', 0)",
+            (held.id, row["created_at"]),
+        )
+
+    await gw.store.writer.run(as_before)
+    record = await gw.usecases.messages.get(who, held.id)
+    history = [(e.state, e.error_code, e.attempt) for e in record.events or ()]
+    assert history == [("scheduled", "frequency_cap", 0)]
+
+
 def _fits_by_definition(times: list[float], cap: Cap, x: float) -> bool:
     """A message at x keeps cap n/W unless some span [s, s + W) that holds x holds n
     others: every start s in (x - W, x] is tried."""
@@ -155,3 +213,24 @@ def test_the_cap_check_agrees_with_its_definition(
     ordered = sorted(float(t) for t in times)
     cap = Cap(count, float(width))
     assert _fits(ordered, cap, float(x)) == _fits_by_definition(ordered, cap, float(x))
+
+
+@settings(max_examples=3000)
+@given(
+    st.lists(st.integers(0, 60), max_size=10),
+    st.lists(st.tuples(st.integers(1, 4), st.integers(1, 15)), min_size=1, max_size=3),
+    st.integers(0, 60),
+)
+def test_the_cap_search_finds_the_first_instant_every_cap_has_room(
+    times: list[int], caps: list[tuple[int, int]], at: int
+) -> None:
+    """The search jumps past the runs x breaks; it must land where trying every
+    candidate (x, or some other's t + W after it) in order and checking each against
+    the definition lands."""
+    ordered = sorted(float(t) for t in times)
+    rules = [Cap(n, float(w)) for n, w in caps]
+    candidates = sorted({float(at), *(t + c.seconds for t in ordered for c in rules)})
+    expected = next(
+        x for x in candidates if x >= at and all(_fits_by_definition(ordered, c, x) for c in rules)
+    )
+    assert _cap_room(ordered, rules, float(at)) == expected

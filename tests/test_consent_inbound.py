@@ -23,7 +23,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, SubmittedMess
 from drivers.text import Encoding, split
 from gateway.app import Gateway
 from gateway.consent import ledger
-from gateway.consent.inbound import reply_id
+from gateway.consent.answers import reply_id
 from gateway.models import Priority, new_message_id
 from gateway.scheduler import Entry
 from gateway.store.store import NewMessage

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from drivers.text import Encoding, split
 from gateway.config import ConfigError, from_mapping
-from gateway.consent.inbound import reply_id
+from gateway.consent.answers import reply_id
 from gateway.consent.inbound_config import (
     KeywordsConfig,
     RepliesConfig,

@@ -131,8 +131,10 @@ async def test_connections_over_the_per_address_cap_get_503(serve: Serve) -> Non
         assert json.loads(body)["error"]["code"] == "too_many_connections"
         _assert_security_headers(CIMultiDict(headers))
         # Another address is not affected.
-        async with aiohttp.ClientSession() as http:
-            resp = await http.get(f"http://127.0.0.1:{port}/api/v1/openapi.json")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/api/v1/openapi.json") as resp,
+        ):
             assert resp.status == 200
     finally:
         for s in held:
@@ -148,8 +150,10 @@ async def test_a_tls_handshake_that_never_comes_is_cut_off(serve: Serve, tmp_pat
     with _connect(port) as s:
         assert await _closed(s) == b""
     trust = ssl.create_default_context(cafile=str(cert))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
-        resp = await http.get(f"https://127.0.0.1:{port}/api/v1/openapi.json")
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http,
+        http.get(f"https://127.0.0.1:{port}/api/v1/openapi.json") as resp,
+    ):
         assert resp.status == 200
         assert "Strict-Transport-Security" in resp.headers
 

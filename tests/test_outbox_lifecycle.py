@@ -21,6 +21,9 @@ from gateway.integrations.events import (
     OutboxEvent,
 )
 from gateway.integrations.outbox import Outbox
+from gateway.models import Priority
+from gateway.store import outbox_sql
+from gateway.store.store import NewMessage
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory, accept
 from tests.test_config import EXAMPLE
 from tests.test_outbox import FAST, drive
@@ -96,6 +99,38 @@ async def test_rows_only_for_the_types_some_consumer_takes(open_gateway: Gateway
     await again.start(dispatch=False)
     await make_events(again, 1)
     assert [r.type for r in await again.outbox.repo.after(rows[-1].seq, 100)] == [MESSAGE_STATUS]
+
+
+async def test_an_accept_builds_no_status_row_that_no_consumer_takes(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The store leaves out, as it builds an accept's rows, a status row that the
+    trigger would drop (the policy's holds and blocks are on the hot path); with a
+    consumer of status events the row is there."""
+    blocked = NewMessage(
+        id="m1",
+        token_id=None,
+        priority=Priority.NORMAL,
+        to=CANARY_NUMBER,
+        body=CANARY_BODY,
+        encoding="gsm7",
+        segments=1,
+        created_at=1.0,
+        expires_at=9.0,
+        blocked="opted_out",
+    )
+    gw = await open_gateway(start=False)
+    gw.outbox.register(Recorder(frozenset({MESSAGE_INBOUND})))
+    await gw.start(dispatch=False)
+    assert [sql for sql, _ in gw.store.insert_statements(blocked)][1:] == []
+    await gw.stop()
+    again = await open_gateway(start=False)
+    again.outbox.register(Recorder(frozenset({MESSAGE_STATUS})))
+    await again.start(dispatch=False)
+    rows = again.store.insert_statements(blocked)
+    assert rows[1:] == [
+        (outbox_sql.INSERT_ROW, (MESSAGE_STATUS, 1.0, "m1", None, "blocked", "opted_out", 0))
+    ]
 
 
 async def test_lane_gives_way_while_sends_are_in_flight(

@@ -116,6 +116,8 @@ async def test_the_panel_worklist_shows_masked_replies_and_resolves_them(
     assert MASKED in page and CANARY_DIGITS not in page
     assert row["id"] in page and booked.id in page and "reschedule requested" in page
     assert "Handled" in page and "Reveal text" in page
+    detail = await (await panel.client.get(f"/appointments/{booked.id}")).text()
+    assert row["id"] in detail and "reschedule requested" in detail  # its replies, too
     r = await panel.post(f"/worklist/{row['id']}", {"resolution": "handled"})
     assert r.status == 403  # no CSRF token
     r = await panel.post(f"/worklist/{row['id']}", {"resolution": "dismissed"}, token=token)

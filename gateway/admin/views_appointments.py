@@ -95,11 +95,13 @@ async def appointments_page(request: web.Request) -> web.StreamResponse:
 
 
 async def appointment_page(request: web.Request) -> web.StreamResponse:
-    usecase = request.app[GATEWAY].usecases.appointments
+    usecases = request.app[GATEWAY].usecases
+    caller = _caller(request)
     try:
-        detail = await usecase.get(_caller(request), request.match_info["id"])
+        detail = await usecases.appointments.get(caller, request.match_info["id"])
     except ApiError as e:
         return error_response(request, e.status, e.code, e.message)
+    replies = await usecases.replies.of_appointment(caller, detail.view.record.id)
     zone = detail.view.record.time_zone
     return render(
         request,
@@ -111,6 +113,10 @@ async def appointment_page(request: web.Request) -> web.StreamResponse:
             for n in detail.notices
         ],
         events=[_event(e, zone) for e in detail.events],
+        replies=[
+            (local(r.received_at, zone), r.intent, r.outcome.replace("_", " "), r.state, r.id)
+            for r in replies
+        ],
     )
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.api.endpoint import Endpoint
 from gateway.api.handlers import AUTH_RECORD, MAX_PAGE, Idempotency
 from gateway.api.openapi import Answer, Query
+from gateway.api.query import query_time
 from gateway.appointments.queries import Search
 from gateway.appointments.usecase import (
     API_STATUSES,
@@ -72,6 +73,13 @@ class AppointmentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     clinic: Short | None = None
     location: Annotated[Short | None, msgspec.Meta(description="room or place, as texted")] = None
     provider: Short | None = None
+    type: Annotated[
+        Short | None,
+        msgspec.Meta(
+            description="the appointment type code (what reminder rules filter on as"
+            " appointment_types); left out: the one stored is kept"
+        ),
+    ] = None
     changed_at: Annotated[
         AwareTime | None,
         msgspec.Meta(
@@ -111,6 +119,7 @@ class AppointmentOut(msgspec.Struct, frozen=True, kw_only=True):
     end: str | None
     time_zone: str
     service: str | None
+    type: str | None
     location_code: str | None
     clinic: str | None
     location: str | None
@@ -152,6 +161,7 @@ def _fields(v: AppointmentView) -> dict[str, object]:
         "end": iso(r.end),
         "time_zone": r.time_zone,
         "service": r.service,
+        "type": r.appt_type,
         "location_code": r.location_code,
         "clinic": r.clinic,
         "location": r.place,
@@ -204,6 +214,7 @@ def _request(body: AppointmentBody) -> AppointmentRequest:
         body.location,
         body.provider,
         body.changed_at,
+        body.type,
     )
 
 
@@ -227,25 +238,6 @@ async def cancel_appointment(request: web.Request) -> web.Response:
     return json_response(saved)
 
 
-def _time(request: web.Request, name: str) -> float | None:
-    text = request.query.get(name)
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return msgspec.json.decode(f'"{text}"'.encode(), type=AwareTime).timestamp()
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        raise ApiError(
-            400,
-            "invalid_query",
-            f"{name}: expected an RFC 3339 time with a zone or Unix seconds",
-            field=name,
-        ) from None
-
-
 def _search(request: web.Request) -> Search:
     q = request.query
     unknown = set(q) - {"from", "to", "status", "limit", "cursor"}
@@ -267,7 +259,7 @@ def _search(request: web.Request) -> Search:
                 400, "invalid_query", "cursor: not a cursor of this list", field="cursor"
             )
         after = (float(m.group(1)), m.group(2))
-    return Search(_time(request, "from"), _time(request, "to"), status, int(text), after)
+    return Search(query_time(request, "from"), query_time(request, "to"), status, int(text), after)
 
 
 async def list_appointments(request: web.Request) -> web.Response:

@@ -18,12 +18,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api.query import query_time
 from gateway.api.views import InboundPage, MessagePage, inbound_view, message_view
 from gateway.app import Gateway
 from gateway.demo import DemoAdvance, DemoInbound, DemoPeers, UnknownPeer
 from gateway.errors import ApiError
 from gateway.intake import (
-    AwareTime,
     SendRequest,
     decode_batch,
     decode_item,
@@ -193,25 +193,6 @@ def _limit(request: web.Request) -> int:
     return int(text)
 
 
-def _query_float(request: web.Request, name: str) -> float | None:
-    text = request.query.get(name)
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return msgspec.json.decode(f'"{text}"'.encode(), type=AwareTime).timestamp()
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        raise ApiError(
-            400,
-            "invalid_query",
-            f"{name}: expected an RFC 3339 time with a zone or Unix seconds",
-            field=name,
-        ) from None
-
-
 def _search(request: web.Request) -> MessageSearch:
     q = request.query
     state = priority = overdue = None
@@ -243,8 +224,8 @@ def _search(request: web.Request) -> MessageSearch:
         priority=priority,
         route=q.get("route"),
         receipt_overdue=overdue,
-        since=_query_float(request, "since"),
-        until=_query_float(request, "until"),
+        since=query_time(request, "since"),
+        until=query_time(request, "until"),
         number=q.get("to"),
         cursor=q.get("cursor"),
     )

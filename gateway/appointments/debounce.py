@@ -20,8 +20,8 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from gateway.appointments import hltime
 from gateway.appointments.model import LIVE, Status
+from gateway.appointments.variables import notice_variables, start_text
 from gateway.clinical import notices
 from gateway.clinical.commands import ApplyContext
 from gateway.clinical.notices import Notice, NoticeKind, NoticeRow, NoticeState
@@ -37,21 +37,20 @@ _BOOKINGS = ("booked", "created_from_update", "rescheduled", "reinstated")
 
 
 def variables(conn: sqlite3.Connection, appt: Stored) -> dict[str, str]:
-    """The templates' variables of an appointment (agreed names; the templates part
-    formats `start` in `time_zone` and the patient's language)."""
-    zone = _zone(conn, appt.id)
-    out = {"time_zone": zone, "short_code": appt.short_code}
-    if appt.start is not None:
-        out["start"] = hltime.iso(appt.start, zone)
+    """The templates' variables of an appointment with a start (`notice_variables`)."""
+    assert appt.start is not None
     loc = appt.location
-    if loc is not None:
-        if loc.clinic:
-            out["clinic"] = loc.clinic
-        if loc.place or loc.code:
-            out["location"] = loc.place or loc.code or ""
-    if appt.provider:
-        out["provider"] = appt.provider
-    return out
+    return notice_variables(
+        appt.id,
+        appt.start,
+        _zone(conn, appt.id),
+        appt.short_code,
+        clinic=loc.clinic if loc else None,
+        place=loc.place if loc else None,
+        location_code=loc.code if loc else None,
+        provider=appt.provider,
+        service=appt.service,
+    )
 
 
 def hold_cancellation(conn: sqlite3.Connection, ctx: ApplyContext, appt: Stored) -> str | None:
@@ -182,7 +181,7 @@ def recheck_moved(conn: sqlite3.Connection, row: NoticeRow, now: float) -> str |
         return "appointment_gone"
     if a[1] is None or a[1] <= now:
         return "appointment_past"
-    if row.notice.variables.get("start") != hltime.iso(a[1], a[2] or "UTC"):
+    if row.notice.variables.get("start") != start_text(a[1], a[2]):
         return "appointment_changed"
     return None
 

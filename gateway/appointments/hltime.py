@@ -43,10 +43,5 @@ def _offset(text: str) -> timezone:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
-def iso(seconds: float, zone: str) -> str:
-    """`seconds` as ISO 8601 in `zone`, with its offset (the templates' `start`)."""
-    return datetime.fromtimestamp(seconds, zoneinfo.ZoneInfo(zone)).isoformat(timespec="minutes")
-
-
 def utc_iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -30,6 +30,7 @@ a keyed index of its external key, then:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -69,7 +70,7 @@ _EVENT_OF: dict[Status, str] = {
 }
 _ROW = (
     "id, patient_id, status, start_at, end_at, service, location_code, location_label_ct,"
-    " provider_ct, short_code, version, last_msg_at"
+    " provider_ct, short_code, version, last_msg_at, appt_type"
 )
 
 
@@ -86,6 +87,7 @@ class Stored:
     short_code: str
     version: int
     last_msg_at: float | None
+    appt_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +140,7 @@ class AppointmentChange:
             old.short_code,
             old.version + 1,
             facts.msg_at,
+            facts.appt_type if facts.appt_type is not None else old.appt_type,
         )
         if _same(old, new):
             conn.execute(
@@ -262,8 +265,9 @@ def _stored(ctx: ApplyContext, r: tuple[Any, ...]) -> Stored:
         location = Location(r[6], label.get("clinic"), label.get("place"))
     provider = cipher.decrypt(r[8], appt_id, "provider") if r[8] else None
     return Stored(
-        appt_id, r[1], Status(r[2]), r[3], r[4], r[5], location, provider, r[9], r[10], r[11]
-    )
+        appt_id, r[1], Status(r[2]), r[3], r[4], r[5], location, provider, r[9], r[10], r[11],
+        r[12],
+    )  # fmt: skip
 
 
 def _same(old: Stored, new: Stored) -> bool:
@@ -274,14 +278,11 @@ def _same(old: Stored, new: Stored) -> bool:
         new.end,
         new.service,
         new.location,
-    ) and old.provider == new.provider
+    ) and (old.provider, old.appt_type) == (new.provider, new.appt_type)
 
 
 def _with_code(s: Stored, code: str) -> Stored:
-    return Stored(
-        s.id, s.patient_id, s.status, s.start, s.end, s.service, s.location, s.provider,
-        code, s.version, s.last_msg_at,
-    )  # fmt: skip
+    return dataclasses.replace(s, short_code=code)
 
 
 def _sealed(
@@ -317,7 +318,7 @@ def _insert(
         "INSERT INTO appointments (id, source, ext_index, ext_key_ct, patient_id, status,"
         " start_at, end_at, time_zone, service, location_code, location_label_ct, provider_ct,"
         " short_code, version, last_event, last_msg_at, created_from_update, rebook_window,"
-        " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?,?)",
+        " created_at, updated_at, appt_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?,?,?)",
         (
             appt_id,
             ctx.source,
@@ -339,6 +340,7 @@ def _insert(
             settings.rebook_window,
             ctx.now,
             ctx.now,
+            facts.appt_type,
         ),
     )
     return appt_id
@@ -352,7 +354,7 @@ def _update(
         "UPDATE appointments SET patient_id = ?, status = ?, start_at = ?, end_at = ?,"
         " time_zone = ?, service = ?, location_code = ?, location_label_ct = ?,"
         " provider_ct = ?, short_code = ?, version = ?, last_event = ?, last_msg_at = ?,"
-        " rebook_window = ?, updated_at = ?,"
+        " rebook_window = ?, updated_at = ?, appt_type = ?,"
         " confirmed_at = CASE WHEN ? THEN NULL ELSE confirmed_at END,"
         " confirmed_via = CASE WHEN ? THEN NULL ELSE confirmed_via END WHERE id = ?",
         (
@@ -371,6 +373,7 @@ def _update(
             s.last_msg_at,
             settings.rebook_window,
             ctx.now,
+            s.appt_type,
             unconfirm,
             unconfirm,
             s.id,

@@ -69,7 +69,8 @@ class Facts:
     """One message's or request's view of an appointment. `key`: the external id
     (placer or filler, per profile); `msg_at`: when the sender made the change (MSH-7),
     for ordering; `status`: the status the sender states (SCH-25), if any; `start` and
-    `end`: Unix seconds. None means "not given" (an update keeps what is stored)."""
+    `end`: Unix seconds; `appt_type`: the appointment type code. None means "not given"
+    (an update keeps what is stored)."""
 
     trigger: Trigger
     key: str
@@ -81,3 +82,4 @@ class Facts:
     service: str | None = None
     location: Location | None = None
     provider: str | None = None
+    appt_type: str | None = None  # SCH-8.1 / the API's `type`: the rules' type filter

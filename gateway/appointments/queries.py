@@ -22,7 +22,7 @@ _COLUMNS = (
     "a.id, a.source, a.status, a.start_at, a.end_at, a.time_zone, a.service,"
     " a.location_code, a.location_label_ct, a.short_code, a.version, a.last_event,"
     " a.created_from_update, a.confirmed_at, a.confirmed_via, a.created_at, a.updated_at,"
-    " a.patient_id, c.idx, c.number_ct, c.language"
+    " a.patient_id, c.idx, c.number_ct, c.language, a.appt_type"
 )
 _FROM = (
     " FROM appointments a JOIN patients p ON p.id = a.patient_id"
@@ -53,6 +53,7 @@ class AppointmentRecord:
     patient_id: str
     number: str | None  # the patient's number in clear: the use case masks it
     language: str | None
+    appt_type: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ def _record(cipher: FieldCipher, r: Any) -> AppointmentRecord:
     return AppointmentRecord(
         r[0], r[1], r[2], r[3], r[4], r[5] or "UTC", r[6], r[7], label.get("clinic"),
         label.get("place"), r[9], r[10], r[11], bool(r[12]), r[13], r[14], r[15], r[16],
-        r[17], number, r[20],
+        r[17], number, r[20], r[21],
     )  # fmt: skip
 
 

@@ -9,7 +9,13 @@ What is read (research §A2, §0.3):
   a time with an offset is taken as such, one without in the profile's time zone;
 - the filler status (SCH-25, else the first AIS-10), a cross-check of the trigger;
 - the service (AIS-3's code), the location (AIL-3, else PV1-3), the provider (AIP-3,
-  else SCH-16), and the patient through `patients.extract` when a PID is present.
+  else SCH-16), and the patient through `patients.extract` when a PID is present;
+- the appointment type: SCH-8's code (CE.1; table 0277 or the site's own visit
+  types), for the reminder rules' type filter. SCH-7, the appointment *reason*
+  (table 0276: CHECKUP, EMERGENCY, FOLLOWUP...), is not a fallback: it is another
+  vocabulary, and a rule written for a type must not match a reason that happens to
+  share its code. An empty SCH-8 leaves the stored type as it was. (Epic's outgoing
+  SIU leaves both empty and sends the visit type as AIS-3: the service filter.)
 
 The trigger event (MSH-9.2) decides what happened (`model.Trigger`); routing is by
 MSH-9 alone, so a message labelled SIU elsewhere (Microsoft's `SIU_12.hl7` is an
@@ -81,6 +87,7 @@ def map_siu(message: hl7.Message, profile: InterfaceProfile) -> Sequence[Command
         _code(message, fields.first(message, "AIS"), 3),
         location(message),
         provider(message, sch),
+        fields.value(message, sch, 8).strip() or None,
     )
     return [AppointmentChange(facts)]
 

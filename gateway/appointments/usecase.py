@@ -55,6 +55,7 @@ class AppointmentRequest:
     location: str | None = None
     provider: str | None = None
     changed_at: datetime | None = None
+    appt_type: str | None = None
 
 
 class Saved(msgspec.Struct, frozen=True):
@@ -227,6 +228,7 @@ class Appointments:
             req.service,
             location,
             req.provider,
+            req.appt_type,
         )
 
     @staticmethod

@@ -38,12 +38,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.text import split
 from gateway.config import Config
 from gateway.consent import ledger
+from gateway.consent.answers import HOUR, Answers, Recipient
 from gateway.consent.inbound_config import matcher_for, replies_for
 from gateway.consent.keywords import Action, Match
 from gateway.consent.purposes import (
+    APPOINTMENT_SCOPE_PREFIX,
     KIND_OF,
     SCOPE_ALL,
     Kind,
@@ -53,38 +54,21 @@ from gateway.consent.purposes import (
     purpose_scope,
 )
 from gateway.consent.replies import Reply
-from gateway.consent.settings import policy_table
 from gateway.consent.withdraw import Withdrawal
 from gateway.intake import normalise_number
-from gateway.models import Priority, new_message_id
+from gateway.models import new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
 from gateway.store.audit_log import AuditTrail
 from gateway.store.inbound_parts import StoredInbound
-from gateway.store.store import NewMessage, Store
+from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.consent")
 
-HOUR = 3600.0
 ASKED_WINDOW = 86400.0  # a YES counts as an opt-in this long after our opt-out confirmation
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_DIGITS = frozenset(_CROCKFORD)
-_REPLY_BIT = 1 << 81  # the top bit of an id's 80-bit random part: never set by IdGenerator
 _OPT_OUT = (Action.OPT_OUT, Action.OPT_OUT_ALL, Action.REVOCATION)
 _OPT_IN = (Action.OPT_IN, Action.OPT_IN_IF_ASKED)
 _LEFT = ("sending", "sent", "delivered")  # a message in these states has left for the number
-
-
-def reply_id(inbound_id: str) -> str:
-    """The id of the one reply an inbound message may get: deterministic, and never an
-    id `new_message_id` makes (its random part stays below 2**79)."""
-    if len(inbound_id) != 26 or not set(inbound_id) <= _DIGITS or inbound_id[0] > "3":
-        raise ValueError("not a message id")
-    value = 0
-    for ch in inbound_id:
-        value = value * 32 + _CROCKFORD.index(ch)
-    value |= _REPLY_BIT
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +105,7 @@ class InboundConsent:
         self._scheduler = scheduler
         self._matcher = matcher_for(config.consent)
         self._book = replies_for(config.consent)
-        self._priority = Priority.parse(policy_table(config.consent)[Purpose.COMPLIANCE].priority)
-        self._expires_after = config.queue.policy(self._priority).expires_after
+        self._answers = Answers(config, store, router)
 
     # -- on the writer thread, in the inbound's transaction ----------------------------
 
@@ -145,7 +128,8 @@ class InboundConsent:
         if match.action in _OPT_IN:
             return self._opt_in(step)
         if match.action is Action.HELP:
-            out = _currently_out(conn, idx, program)
+            # `STOP 1234` stopped one appointment's texts: still subscribed to the rest.
+            out = _currently_out(conn, idx, program, appointments=False)
             if out and not self._config.answer_help_opted_out:
                 return step.handled(0, False, withheld="opted_out")
             kind = Reply.HELP_OPTED_OUT if out else Reply.HELP
@@ -233,51 +217,17 @@ class InboundConsent:
         self, step: _Step, decisions: int, review: bool, kind: Reply, *, forced: bool
     ) -> Handled:
         conn, s = step.conn, step.inbound
-        if not forced:
-            (sent,) = conn.execute(
-                "SELECT count(*) FROM messages WHERE to_index = ? AND purpose = ?"
-                " AND created_at > ?",
-                (step.idx, Purpose.COMPLIANCE.value, s.received_at - HOUR),
-            ).fetchone()
-            if sent >= self._config.auto_replies_per_hour:
-                return step.handled(decisions, review, withheld="limit")
-        row = conn.execute("SELECT language FROM contacts WHERE idx = ?", (step.idx,)).fetchone()
-        language = self._book.language_for((row[0] if row else None, *step.match.languages))
-        body = self._book.render(kind, language, step.program)
-        candidates, hint = self._routes_for(step.number, s.route, step.program)
-        if not candidates:
-            return step.handled(decisions, review, withheld="no_route")
-        plan = split(body)
-        message = NewMessage(
-            id=reply_id(s.id),
-            token_id=None,
-            priority=self._priority,
-            to=step.number,
-            body=body,
-            encoding=plan.encoding.value,
-            segments=plan.segments,
-            created_at=s.received_at,
-            expires_at=s.received_at + self._expires_after,
-            route_hint=hint,
-            category=f"consent:{kind.value}:{step.program}",
-            purpose=Purpose.COMPLIANCE.value,
+        to = Recipient(step.number, step.idx, step.program)
+        if not forced and self._answers.over_limit(conn, to, s.received_at):
+            return step.handled(decisions, review, withheld="limit")
+        language = self._book.language_for(
+            (self._answers.language_of(conn, to), *step.match.languages)
         )
-        for sql, params in self._store.insert_statements(message):
-            conn.execute(sql, params)
-        entry = Entry(message.id, self._priority, s.received_at, message.expires_at, candidates)
+        body = self._book.render(kind, language, step.program)
+        entry = self._answers.queue(conn, s, to, body, f"consent:{kind.value}:{step.program}")
+        if entry is None:
+            return step.handled(decisions, review, withheld="no_route")
         return step.handled(decisions, review, entry, kind)
-
-    def _routes_for(
-        self, number: str, inbound_route: str, program: str
-    ) -> tuple[tuple[str, ...], str | None]:
-        """Where a reply may leave: by the route the text came in on if it can carry
-        it (the same sender identity), else by one of the program's routes, else any."""
-        mine = [p.routes for p in self._config.programs if p.name == program]
-        for hint in (inbound_route, *(mine[0] if mine else ())):
-            candidates = self._router.candidates(number, self._priority, hint)
-            if candidates:
-                return candidates, hint
-        return self._router.candidates(number, self._priority), None
 
     def _last_left(
         self, conn: sqlite3.Connection, idx: bytes, program: str
@@ -390,14 +340,27 @@ def _already_out(conn: sqlite3.Connection, idx: bytes, program: str, scope: str)
     return row is not None and row[0] == "out" and row[1] in _covering(scope)
 
 
-def _currently_out(conn: sqlite3.Connection, idx: bytes, program: str) -> bool:
-    """Is any opt-out in force in `program`: newer than the last opt-in of everything?"""
+def _currently_out(
+    conn: sqlite3.Connection, idx: bytes, program: str, *, appointments: bool = True
+) -> bool:
+    """Is any opt-out in force in `program`: newer than the last opt-in of everything?
+    Without `appointments`, one appointment's opt-out (`STOP 1234`) does not count."""
     row = conn.execute(
         "SELECT 1 FROM consent_state WHERE contact_idx = ? AND program IN (?, '*')"
-        " AND opted = 'out' AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
+        " AND opted = 'out' AND (? OR substr(scope, 1, ?) != ?)"
+        " AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
         " WHERE contact_idx = ? AND program IN (?, '*') AND scope = ? AND opted = 'in')"
         " LIMIT 1",
-        (idx, program, idx, program, SCOPE_ALL),
+        (
+            idx,
+            program,
+            appointments,
+            len(APPOINTMENT_SCOPE_PREFIX),
+            APPOINTMENT_SCOPE_PREFIX,
+            idx,
+            program,
+            SCOPE_ALL,
+        ),
     ).fetchone()
     return row is not None
 

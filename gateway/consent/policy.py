@@ -27,6 +27,8 @@ it was accepted. A cap `n/W` holds when no span of length W holds more than n of
 from __future__ import annotations
 
 import bisect
+import functools
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,13 @@ class Verdict:
 
 
 _QUEUED = Verdict(State.QUEUED, None, None)
+
+
+@functools.cache
+def _blocked(reason: str) -> Verdict:
+    return Verdict(State.BLOCKED, None, reason)
+
+
 _SKEW_MARGIN = 600.0
 
 
@@ -68,15 +77,29 @@ class Policy:
         self.table = policy_table(config)
         # How far back any cap looks: what a group's view reads of recent messages.
         self.reach = max((c.seconds for p in self.table.values() for c in p.caps), default=0.0)
+        self._cap_reach = {
+            p: max((c.seconds for c in r.caps), default=0.0) for p, r in self.table.items()
+        }
         self.capped = sorted(
             {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
         )
+        self._programs: dict[str | None, str] = {}  # by route: the config is fixed
 
-    def view(self, conn: sqlite3.Connection, to_indexes: Sequence[bytes], now: float) -> GroupView:
-        """What the accepts of one transaction need to know of these recipients."""
+    def view(
+        self, conn: sqlite3.Connection, recipients: Sequence[tuple[bytes, Purpose]], now: float
+    ) -> GroupView:
+        """What the accepts of one transaction need to know of these recipients (each
+        with the purpose of a message to it)."""
         # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
         # much further than the caps, so every message a cap counts is read.
-        return GroupView(conn, to_indexes, now - self.reach - _SKEW_MARGIN, self.capped)
+        capped = [idx for idx, purpose in recipients if self._cap_reach[purpose]]
+        return GroupView(
+            conn,
+            [idx for idx, _ in recipients],
+            capped,
+            now - self.reach - _SKEW_MARGIN,
+            self.capped,
+        )
 
     # -- shaping at accept -------------------------------------------------------------
 
@@ -130,16 +153,18 @@ class Policy:
         policy = self.table[purpose]
         if not self.enabled or purpose is Purpose.COMPLIANCE:
             return _QUEUED
-        program = self.config.program_for_route(route or "")
+        program = self._programs.get(route)
+        if program is None:
+            program = self._programs[route] = self.config.program_for_route(route or "")
         refusal = view.standing(to_index, program, policy).refusal(policy)
         if refusal is not None:
-            return Verdict(State.BLOCKED, None, refusal)
+            return _blocked(refusal)
         window = policy.window
         if quiet_hours_override or priority is Priority.CRITICAL:
             window = None
         times: list[float] = []
         if policy.caps:
-            times = view.times(to_index, purpose, start - max(c.seconds for c in policy.caps))
+            times = view.times(to_index, purpose, start - self._cap_reach[purpose])
         if window is None and not times:
             return _QUEUED  # the common case: nothing to wait for
         zones: tuple[str, ...] = ()
@@ -201,30 +226,42 @@ class GroupView:
         self,
         conn: sqlite3.Connection,
         to_indexes: Sequence[bytes],
+        capped_indexes: Sequence[bytes],
         since: float,
         capped: Sequence[str],
     ) -> None:
-        """`capped`: the purposes some cap counts (the only messages read)."""
-        idxs = list(dict.fromkeys(to_indexes))
+        """`capped_indexes`: the recipients of messages some cap applies to, whose
+        messages of the `capped` purposes (those some cap counts) are read."""
+        self._conn = conn
+        self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
         self._state = ledger.state_rows(conn, idxs)
-        self._sent: dict[bytes, list[tuple[str, float]]] = {}
-        self._zones: dict[bytes, str | None] = {}
-        for start in range(0, len(idxs), _IN_CHUNK):
-            chunk = idxs[start : start + _IN_CHUNK]
+        # Per recipient and cap group (`cap_group`): when each counted message goes,
+        # sorted, so a cap check slices instead of filtering and sorting per message.
+        self._sent: dict[tuple[bytes, tuple[str, ...]], list[float]] = {}
+        sent, group_of = self._sent, _GROUP_OF
+        read = list(dict.fromkeys(capped_indexes))
+        for start in range(0, len(read), _IN_CHUNK):
+            chunk = read[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
+            # `+purpose`: seek the recipient index by `to_index` alone and filter the
+            # few entries each has, rather than one seek per recipient and purpose.
             for idx, purpose, at in conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
-                f" FROM messages WHERE to_index IN ({marks}) AND purpose IN ({kinds})"
+                f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
                 " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
                 (*chunk, *capped, since),
             ):
-                self._sent.setdefault(idx, []).append((purpose, at))
-            for idx, zone in conn.execute(
-                f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
-                chunk,
-            ):
-                self._zones[idx] = zone
+                key = (idx, group_of[purpose])
+                times = sent.get(key)
+                if times is None:
+                    sent[key] = [at]
+                else:
+                    times.append(at)
+        for times in sent.values():
+            if len(times) > 1:
+                times.sort()
+        self._zones: dict[bytes, str | None] | None = None
 
     def standing(self, to_index: bytes, program: str, policy: PurposePolicy) -> ledger.Standing:
         return ledger.standing_among(self._state.get(to_index, ()), program, policy)
@@ -232,15 +269,27 @@ class GroupView:
     def times(self, to_index: bytes, purpose: Purpose, since: float) -> list[float]:
         """When each counted message to this recipient goes (those `purpose`'s caps
         count), after `since`, in order."""
-        group = cap_group(purpose)
-        sent = self._sent.get(to_index, ())
-        return sorted(at for p, at in sent if p in group and at > since)
+        times = self._sent.get((to_index, _GROUP_OF[purpose]))
+        if not times:
+            return []
+        return times[bisect.bisect_right(times, since) :]
 
     def time_zone(self, to_index: bytes) -> str | None:
+        if self._zones is None:
+            # Read on first need only: with no sending window to check, no group asks.
+            self._zones = {}
+            for start in range(0, len(self._idxs), _IN_CHUNK):
+                chunk = self._idxs[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for idx, zone in self._conn.execute(
+                    f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                ):
+                    self._zones[idx] = zone
         return self._zones.get(to_index)
 
     def add(self, to_index: bytes, purpose: str, at: float) -> None:
-        self._sent.setdefault(to_index, []).append((purpose, at))
+        bisect.insort(self._sent.setdefault((to_index, _GROUP_OF[purpose]), []), at)
 
 
 _IN_CHUNK = 500
@@ -251,32 +300,49 @@ def cap_group(purpose: Purpose) -> tuple[str, ...]:
     return _CLINICAL if purpose.kind is Kind.CLINICAL else (purpose.value,)
 
 
+_GROUP_OF: dict[str, tuple[str, ...]] = {p: cap_group(p) for p in Purpose}
+
+
 def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
     """The first instant at or after `at` where one more message keeps every cap.
 
     A cap n/W holds for a new message at x when no span [s, s + W) containing x holds n
     others; such spans start at x - W (exclusive) or at one of the others. Moving x only
-    helps once it passes some other's t + W, so those are the candidates."""
-    if not times or all(_fits(times, cap, at) for cap in caps):
-        return at  # the common case: room now, no candidates to weigh
-    candidates = sorted({at, *(t + c.seconds for t in times for c in caps if t + c.seconds > at)})
-    for x in candidates:
-        if all(_fits(times, cap, x) for cap in caps):
+    helps once it passes some other's t + W, so the answer is `at` or one of those. A
+    run of n others that x breaks keeps breaking it until x passes its first + W, so
+    the search jumps there instead of trying each t + W in between."""
+    x = at
+    while True:  # each jump passes one of the finitely many t + W, or x grows past them
+        later = x
+        for cap in caps:
+            until = _blocked_until(times, cap, x)
+            if until > later:
+                later = until
+        if later == x:
             return x
-    return candidates[-1]
+        x = later
+
+
+def _blocked_until(times: Sequence[float], cap: Cap, x: float) -> float:
+    """`x` if a message at `x` keeps cap n/W over the others at `times` (sorted): no
+    span [s, s + W) holds x and n others. Else an instant after `x` before which none
+    does: the latest first + W of the runs that x breaks. If a span breaks the cap, it
+    holds n others that stand next to each other in `times`, so only the runs of n
+    around x's place are looked at (those nearest x have the shortest span with it)."""
+    n, w = cap.count, cap.seconds
+    if len(times) < n:
+        return x
+    i = bisect.bisect_left(times, x)
+    until = x
+    for j in range(max(0, i - n), min(i, len(times) - n) + 1):
+        first, last = times[j], times[j + n - 1]
+        # The span of x and the run: runs end at or after x, or start at or before it.
+        if (last if last > x else x) - (first if first < x else x) < w:
+            # In exact arithmetic first + w > x; rounding may say otherwise.
+            until = max(until, first + w, math.nextafter(x, math.inf))
+    return until
 
 
 def _fits(times: Sequence[float], cap: Cap, x: float) -> bool:
-    """Whether a message at `x` keeps cap n/W over the others at `times` (sorted): no
-    span [s, s + W) holds x and n others. If one does, it holds n others that stand
-    next to each other in `times`, so only the runs of n around x's place are looked at
-    (those nearest x have the shortest span with it)."""
-    n, w = cap.count, cap.seconds
-    if len(times) < n:
-        return True
-    i = bisect.bisect_left(times, x)
-    for j in range(max(0, i - n), min(i, len(times) - n) + 1):
-        first, last = times[j], times[j + n - 1]
-        if max(last, x) - min(first, x) < w:
-            return False
-    return True
+    """Whether a message at `x` keeps cap n/W over the others at `times` (sorted)."""
+    return _blocked_until(times, cap, x) == x

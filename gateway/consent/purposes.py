@@ -77,6 +77,20 @@ def covering_scopes(purpose: Purpose) -> tuple[str, str, str]:
     return (SCOPE_ALL, kind_scope(purpose.kind), purpose_scope(purpose))
 
 
+# `STOP 1234`: an opt-out of one appointment's texts (gateway/replies). Recorded by
+# the replies only, never through the consent API; the CSV export and import carry it.
+APPOINTMENT_SCOPE_PREFIX = "appointment:"
+_APPOINTMENT_SCOPE = re.compile(r"^appointment:apt_[0-9a-f]{16}$")
+
+
+def appointment_scope(appointment_id: str) -> str:
+    return APPOINTMENT_SCOPE_PREFIX + appointment_id
+
+
+def appointment_scope_valid(scope: str) -> bool:
+    return _APPOINTMENT_SCOPE.match(scope) is not None
+
+
 def scope_valid(scope: str) -> bool:
     if scope == SCOPE_ALL:
         return True

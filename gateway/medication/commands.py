@@ -27,6 +27,7 @@ from gateway.medication.timing import DoseSchedule, normalise_times
 from gateway.results import events, settings
 from gateway.results.events import Event, OrderKey, Outcome
 from gateway.results.recipient import Target, resolve
+from gateway.templates.variables import fits
 
 When = dt.date | dt.datetime | None  # a date, or a time (aware, or naive: local)
 
@@ -179,7 +180,7 @@ class MedicationReady:
     def run(self, conn: sqlite3.Connection, ctx: ApplyContext) -> Outcome:
         site = settings.of(ctx.store)
         variables: dict[str, str] = {}
-        if self.location:
+        if self.location and fits("location", self.location):  # else "the pharmacy"
             variables["location"] = self.location
         if self.label and site.medication.allow_drug_names:
             variables["medication"] = self.label

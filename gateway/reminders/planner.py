@@ -29,12 +29,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.appointments.variables import notice_variables
 from gateway.clinical import notices
 from gateway.clinical.commands import ApplyContext, ClinicalHooks
 from gateway.clinical.notices import Notice, NoticeKind, NoticeRow, NoticeState
 from gateway.reminders import rules
 from gateway.reminders.rules import Rule
-from gateway.reminders.timing import due_at, iso_local, zone
+from gateway.reminders.timing import due_at, zone
 from gateway.store.crypto import FieldCipher
 
 # Appointment statuses (FHIR Appointment.status codes, as the appointments part
@@ -124,21 +125,19 @@ def _appointment(cipher: FieldCipher, r: Any) -> Appointment:
 
 
 def variables(appt: Appointment) -> dict[str, str]:
-    """What the template may use, raw: the templates format `start` in `time_zone` and
-    the patient's language. Values that are unknown are left out (the templates fill
-    `clinic` from the site's settings when the appointment names none)."""
+    """What the template may use: the appointments' one builder (`notice_variables`)."""
     assert appt.start_at is not None
-    found = {
-        "start": iso_local(appt.start_at, zone(appt.time_zone)),
-        "time_zone": zone(appt.time_zone).key,
-        "short_code": appt.short_code,
-        "clinic": appt.clinic,
-        "location": appt.place or appt.location_code,
-        "provider": appt.provider,
-        "service": appt.service,
-        "split_key": appt.id,
-    }
-    return {k: v for k, v in found.items() if v}
+    return notice_variables(
+        appt.id,
+        appt.start_at,
+        appt.time_zone,
+        appt.short_code,
+        clinic=appt.clinic,
+        place=appt.place,
+        location_code=appt.location_code,
+        provider=appt.provider,
+        service=appt.service,
+    )
 
 
 def verdict(

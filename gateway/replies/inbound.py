@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.text import split
 from gateway.appointments import machine
 from gateway.clinical import notices
 from gateway.clinical.commands import ApplyContext, ClinicalHooks
@@ -43,14 +42,13 @@ from gateway.clinical.notices import NoticeState
 from gateway.clinical.profile import InterfaceProfile
 from gateway.config import Config
 from gateway.consent import ledger
-from gateway.consent.inbound import Handled, reply_id
+from gateway.consent.answers import Answers, Recipient
+from gateway.consent.inbound import Handled
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.keywords import Action
-from gateway.consent.purposes import SCOPE_ALL, Purpose
-from gateway.consent.settings import policy_table
+from gateway.consent.purposes import SCOPE_ALL, appointment_scope
 from gateway.intake import normalise_number
 from gateway.logs import exception_summary
-from gateway.models import Priority
 from gateway.replies import matching, writeback
 from gateway.replies import worklist_sql as sql
 from gateway.replies.intents import Intent, Parsed, parse, scoped_stop
@@ -60,13 +58,11 @@ from gateway.scheduler import Entry, Scheduler
 from gateway.store.audit_log import AuditTrail
 from gateway.store.crypto import FieldCipher
 from gateway.store.inbound_parts import StoredInbound
-from gateway.store.store import NewMessage, Store
+from gateway.store.store import Store
 from gateway.store.transitions import block_waiting
 
 log = structlog.get_logger("smsgw.replies")
 
-HOUR = 3600.0
-SCOPE_PREFIX = "appointment:"
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _ANSWERS = {
     "confirmed": Answer.CONFIRMED,
@@ -75,10 +71,6 @@ _ANSWERS = {
     "cancelled": Answer.CANCELLED,
     "opted_out": Answer.STOPPED,
 }
-
-
-def appointment_scope(appointment_id: str) -> str:
-    return SCOPE_PREFIX + appointment_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +118,7 @@ class InboundReplies:
         self._hooks = hooks
         self._profiles = profiles
         self._audit = audit
-        self._priority = Priority.parse(policy_table(config.consent)[Purpose.COMPLIANCE].priority)
-        self._expires_after = config.queue.policy(self._priority).expires_after
+        self._answers = Answers(config, store, router)
 
     # -- on the writer thread, in the inbound's transaction ----------------------------
 
@@ -302,54 +293,15 @@ class InboundReplies:
         )
 
     def _answer(self, step: _Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
-        """The answer SMS, written with the store's own insert statements in this
-        transaction (as the consent replies are)."""
+        """The answer SMS, in this transaction, as the consent replies are written."""
         conn, s = step.conn, step.inbound
-        if not forced:
-            (sent,) = conn.execute(
-                "SELECT count(*) FROM messages WHERE to_index = ? AND purpose = ?"
-                " AND created_at > ?",
-                (step.idx, Purpose.COMPLIANCE.value, s.received_at - HOUR),
-            ).fetchone()
-            if sent >= self._consent.auto_replies_per_hour:
-                return None, "limit"
-        row = conn.execute("SELECT language FROM contacts WHERE idx = ?", (step.idx,)).fetchone()
-        language = (row[0] if row else None) or self._book.default_language
+        to = Recipient(step.number, step.idx, step.program)
+        if not forced and self._answers.over_limit(conn, to, s.received_at):
+            return None, "limit"
+        language = self._answers.language_of(conn, to) or self._book.default_language
         body = render(kind, language, self._book.title(step.program))
-        candidates, hint = self._routes_for(step.number, s.route, step.program)
-        if not candidates:
-            return None, "no_route"
-        plan = split(body)
-        message = NewMessage(
-            id=reply_id(s.id),
-            token_id=None,
-            priority=self._priority,
-            to=step.number,
-            body=body,
-            encoding=plan.encoding.value,
-            segments=plan.segments,
-            created_at=s.received_at,
-            expires_at=s.received_at + self._expires_after,
-            route_hint=hint,
-            category=f"reply:{kind.value}:{step.program}",
-            purpose=Purpose.COMPLIANCE.value,
-        )
-        for statement, params in self._store.insert_statements(message):
-            conn.execute(statement, params)
-        entry = Entry(message.id, self._priority, s.received_at, message.expires_at, candidates)
-        return entry, None
-
-    def _routes_for(
-        self, number: str, inbound_route: str, program: str
-    ) -> tuple[tuple[str, ...], str | None]:
-        """By the route the reply came in on if it can carry the answer, else one of
-        the program's routes, else any (as the consent replies choose)."""
-        mine = [p.routes for p in self._consent.programs if p.name == program]
-        for hint in (inbound_route, *(mine[0] if mine else ())):
-            candidates = self._router.candidates(number, self._priority, hint)
-            if candidates:
-                return candidates, hint
-        return self._router.candidates(number, self._priority), None
+        entry = self._answers.queue(conn, s, to, body, f"reply:{kind.value}:{step.program}")
+        return (entry, None) if entry is not None else (None, "no_route")
 
     def _step(self, conn: sqlite3.Connection, s: StoredInbound) -> _Step | None:
         number = s.sender if _E164.fullmatch(s.sender) else normalise_number(s.sender, self._region)

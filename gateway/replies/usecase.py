@@ -57,6 +57,12 @@ class Replies:
         rows = await self._store.reader.all(query, params)
         return await self._items(caller, [sql.row_of(r) for r in rows])
 
+    async def of_appointment(self, caller: Caller, appointment_id: str) -> list[ReplyItem]:
+        """One appointment's replies, oldest first (the panel's appointment page)."""
+        query, params = sql.of_appointment(appointment_id)
+        rows = await self._store.reader.all(query, params)
+        return await self._items(caller, [sql.row_of(r) for r in rows])
+
     async def resolve(self, caller: Caller, reply_id: str, resolution: str) -> ReplyItem:
         """Take an open reply off the worklist (`handled` or `dismissed`), once: a
         second resolve answers 409 `not_open`, an unknown id 404 `not_found`."""

@@ -103,6 +103,15 @@ def listed(state: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:
     return sql, (state, limit)
 
 
+def of_appointment(appointment_id: str) -> tuple[str, tuple[Any, ...]]:
+    """The query for an appointment's replies, oldest first."""
+    sql = (
+        f"SELECT {COLUMNS} FROM appointment_replies WHERE appointment_id = ?"  # noqa: S608
+        " ORDER BY created_at, id"
+    )
+    return sql, (appointment_id,)
+
+
 def one(conn: sqlite3.Connection, reply_id: str) -> ReplyRow | None:
     r = conn.execute(
         f"SELECT {COLUMNS} FROM appointment_replies WHERE id = ?",  # noqa: S608 - a constant

@@ -266,8 +266,10 @@ class OutboxStore:
         return await self._store.writer.run(job)
 
     async def keep_only(self, types: Collection[str]) -> None:
-        """From now on, write outbox rows of these event types only (`keep_only`)."""
+        """From now on, write outbox rows of these event types only (`keep_only`); the
+        store's accept path, told too, does not even build the others."""
         await self._store.writer.run(lambda conn: keep_only(conn, types))
+        self._store.outbox_types = frozenset(types)
 
     async def after(self, position: int, limit: int) -> list[OutboxRow]:
         rows = await self._store.reader.all(

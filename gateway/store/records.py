@@ -158,14 +158,19 @@ class Records:
     async def events(self, message_id: str) -> list[StoredEvent]:
         """Every state of a message in order, its creation first."""
         rows = await self._reader.all(
-            "SELECT created_at AS at,"
-            " CASE WHEN send_at > created_at THEN 'scheduled' ELSE 'queued' END AS state,"
-            " NULL AS route, NULL AS carrier_id, NULL AS error_code, NULL AS attempt, 0 AS seq"
-            " FROM messages WHERE id = ?"
-            # A message the send policy held or blocked at accept has that as its
-            # creation event (the store's `insert_statements`), with its reason.
-            " AND NOT EXISTS (SELECT 1 FROM message_events e WHERE e.message_id = messages.id"
-            " AND e.at = messages.created_at AND e.route IS NULL AND e.attempt = 0"
+            # The creation, implied by the row: blocked at accept (blocked, and with no
+            # event: blocked is final, and a block at claim writes one), held at accept
+            # (`held_for`), or queued or scheduled as the client asked.
+            "SELECT created_at AS at, CASE WHEN accept_block THEN 'blocked'"
+            " WHEN send_at > created_at THEN 'scheduled' ELSE 'queued' END AS state,"
+            " NULL AS route, NULL AS carrier_id,"
+            " CASE WHEN accept_block THEN error_code ELSE held_for END AS error_code,"
+            " CASE WHEN accept_block OR held_for IS NOT NULL THEN 0 END AS attempt, 0 AS seq"
+            " FROM (SELECT *, state = 'blocked' AND NOT EXISTS (SELECT 1 FROM message_events e"
+            " WHERE e.message_id = messages.id) AS accept_block FROM messages WHERE id = ?) m"
+            # Stored before `held_for`: a hold or block at accept is an event row.
+            " WHERE NOT EXISTS (SELECT 1 FROM message_events e WHERE e.message_id = m.id"
+            " AND e.at = m.created_at AND e.route IS NULL AND e.attempt = 0"
             " AND e.state IN ('blocked', 'scheduled'))"
             " UNION ALL SELECT at, state, route, carrier_id, error_code, attempt, seq"
             " FROM message_events WHERE message_id = ? ORDER BY seq",

@@ -693,6 +693,15 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE id = NEW.id;
     END;
     """,
+    # 20 (i12-bench): why the send policy held a message at accept (`quiet_hours`,
+    #    `frequency_cap`), kept on its row: its creation event is implied by the row, as
+    #    a queued one's is, rather than written as a row of `message_events` on every
+    #    accept the policy holds. One blocked at accept needs nothing new: it is
+    #    `blocked` with its reason in `error_code` and, blocked being final, no events.
+    #    Rows from before keep their event row, which the history reads as before.
+    """
+    ALTER TABLE messages ADD COLUMN held_for TEXT;
+    """,
 )
 
 

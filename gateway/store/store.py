@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.base import InboundSms
-from gateway.integrations.events import MESSAGE_STATUS
+from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.models import Priority, State
 from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
@@ -29,7 +29,6 @@ from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
-    INSERT_EVENT,
     Transition,
     apply,
     claim_many,
@@ -152,6 +151,9 @@ class Store:
         # Set by the send policy: why a queued message may not be claimed now (an
         # opt-out since its accept), checked in the claim's own transaction.
         self.claim_check: ClaimCheck | None = None
+        # The event types some outbox consumer takes (`OutboxRepo.keep_only`): an
+        # accept leaves out a status row the outbox's trigger would drop anyway.
+        self.outbox_types: frozenset[str] = EVENT_TYPES
 
     # -- life --------------------------------------------------------------------------
 
@@ -223,8 +225,9 @@ class Store:
     # -- intake ------------------------------------------------------------------------
 
     def insert_statements(self, m: NewMessage) -> list[Statement]:
-        """The row one accepted message adds (its creation is its first event; a
-        policy's hold or block is recorded as an event with its reason)."""
+        """The row one accepted message adds. Its creation is its first event, implied
+        by the row (`Records.events`), a policy's hold or block with its reason too;
+        those two also add their `message.status` outbox row, if some consumer takes it."""
         c = self._crypto
         state = m.state
         due = m.send_at if state is State.SCHEDULED and m.send_at is not None else m.created_at
@@ -236,12 +239,12 @@ class Store:
                 "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
                 " reference_ct, callback_ct, encoding, segments, route_hint, category,"
                 " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-                " quiet_override) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " quiet_override, held_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id,
                     m.token_id,
                     int(m.priority),
-                    m.state.value,
+                    state.value,
                     to_ct,
                     m.to_index or c.blind_index(m.to),
                     body_ct,
@@ -259,13 +262,12 @@ class Store:
                     m.purpose,
                     m.blocked,
                     int(m.quiet_override),
+                    m.held_for,
                 ),
             ),
         ]
         reason = m.blocked or m.held_for
-        if reason is not None:
-            event = (m.id, m.created_at, state.value, None, None, reason, 0)
-            rows.append((INSERT_EVENT, event))
+        if reason is not None and MESSAGE_STATUS in self.outbox_types:
             status = (MESSAGE_STATUS, m.created_at, m.id, None, state.value, reason, 0)
             rows.append((outbox_sql.INSERT_ROW, status))
         return rows

@@ -119,6 +119,17 @@ class Variable:
         return text
 
 
+def fits(name: str, value: str) -> bool:
+    """Whether `value` fits the default length of the well-known variable `name` (what
+    the built-in templates declare). A producer leaves a longer label out rather than
+    have every render of its notices refused: the text then says the site's value or
+    the declared default (`clinic` the site's name, `location` "the clinic")."""
+    kind = WELL_KNOWN.get(name)
+    if kind is None or kind in FORMATS_OF:
+        return True
+    return len(_CONTROL.sub(" ", value).strip()) <= DEFAULT_MAX.get(kind, MAX_LENGTH)
+
+
 def declare(raw: Mapping[str, Mapping[str, object]]) -> tuple[Variable, ...]:
     """Declarations from `{name: {"type": ..., "max_length": ...}}`; ValueError naming
     the variable for an unknown type or a bad length."""

@@ -2,7 +2,9 @@
 
 A position is an event's place in commit order (`message_events.seq`): `after(p)`
 answers the changes committed after `p`, oldest first, so a reader that keeps the last
-position it saw reads each change once. What comes back carries no personal field (no
+position it saw reads each change once. A message's creation is not one of them, even
+held or blocked at accept (its row implies it; only the dashboard reads this, for
+sent, delivered, failed and expired). What comes back carries no personal field (no
 message id, number, body or carrier id): a state, a route name, an error code and a
 time, which every panel role may see, so there is nothing to mask per caller.
 """

@@ -27,6 +27,7 @@ from gateway.consent.purposes import (
     SCOPE_ALL,
     Kind,
     Purpose,
+    appointment_scope_valid,
     kind_scope,
     purpose_scope,
     scope_valid,
@@ -266,10 +267,10 @@ def _date(text: str) -> float | None:
 
 
 def scope_of(scope: str | None, purpose: str | None) -> str | None:
-    """The ledger scope of a row's `scope` or `purpose` cell (a purpose, a kind or
-    `all`); None if it names neither."""
+    """The ledger scope of a row's `scope` or `purpose` cell (a purpose, a kind, `all`,
+    or an appointment's scope as the export writes it); None if it names neither."""
     if scope:
-        return scope if scope_valid(scope) else None
+        return scope if scope_valid(scope) or appointment_scope_valid(scope) else None
     if not purpose:
         return SCOPE_ALL
     name = purpose.strip().lower()

@@ -193,8 +193,8 @@ class Messages:
         prepared = intake.prepare(request, caller.token_id, self._clock.time())
         if intake.policy.enabled:
             m = prepared.message
-            indexes = [m.to_index] if m.to_index else []
-            prepared = intake.judge(intake.policy.view(conn, indexes, m.created_at), prepared)
+            recipients = [(m.to_index, prepared.purpose)] if m.to_index else []
+            prepared = intake.judge(intake.policy.view(conn, recipients, m.created_at), prepared)
         for sql, params in intake.statements([prepared]):
             conn.execute(sql, params)
         return prepared
@@ -549,8 +549,10 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     statement. If anything fails, the writer runs each request alone."""
     if not jobs:
         return []
-    indexes = [p.message.to_index for j in jobs for p in j.prepared if p.message.to_index]
-    view = jobs[0].policy.view(conn, indexes, min(j.now for j in jobs))
+    recipients = [
+        (p.message.to_index, p.purpose) for j in jobs for p in j.prepared if p.message.to_index
+    ]
+    view = jobs[0].policy.view(conn, recipients, min(j.now for j in jobs))
     judged = [job.judge(view) for job in jobs]
     by_sql: dict[str, list[Sequence[Any]]] = {}
     for outcome in judged:
