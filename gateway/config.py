@@ -27,6 +27,7 @@ from gateway.appointments.settings import AppointmentsConfig
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
+from gateway.hl7.settings import DEMO_OUTBOUND as DEMO_HL7_OUTBOUND
 from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
 from gateway.replies.settings import RepliesConfig
@@ -476,7 +477,8 @@ def embedded_default(data_dir: str = "data") -> Config:
     raw = {
         "data_dir": data_dir,
         "log": {"level": "debug"},
-        "hl7": {"interfaces": [DEMO_HL7_INTERFACE]},  # an EHR feed to try `smsgw hl7 send` on
+        # an EHR feed to try `smsgw hl7 send` on, its write-back to `smsgw hl7 listen`
+        "hl7": {"interfaces": [DEMO_HL7_INTERFACE, DEMO_HL7_OUTBOUND]},
     }
     return msgspec.structs.replace(from_mapping(raw), routes=embedded_routes())
 

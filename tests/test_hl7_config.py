@@ -71,5 +71,7 @@ def test_an_outbound_interface_needs_its_peer_and_names_are_unique() -> None:
 
 
 def test_the_embedded_default_has_its_demo_feed() -> None:
-    [demo] = embedded_default().hl7.interfaces
+    demo, out = embedded_default().hl7.interfaces
     assert demo.listen == "127.0.0.1:2575" and "T" in demo.processing_ids
+    assert demo.writeback == out.name == "demo-ehr-out" and out.direction == "out"
+    assert (out.host, out.port) == ("127.0.0.1", 2576)  # `smsgw hl7 listen`'s default

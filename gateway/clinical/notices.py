@@ -95,9 +95,21 @@ def recheck(conn: sqlite3.Connection, row: NoticeRow, now: float) -> str | None:
     return None if check is None else check(conn, row, now)
 
 
+_planned = 0  # notices scheduled in this process; see planned()
+
+
+def planned() -> int:
+    """How many notices `schedule` has inserted in this process. The notice runner
+    compares it after each commit and makes a pass when it grew: a part that plans a
+    notice (results, medication, the cancel debounce) need not know the runner."""
+    return _planned
+
+
 def schedule(conn: sqlite3.Connection, cipher: FieldCipher, notice: Notice, now: float) -> str:
     """Insert a pending notice; returns its id. A second pending notice for the same
     appointment and rule raises `sqlite3.IntegrityError` (re-plan: close first)."""
+    global _planned
+    _planned += 1
     notice_id = "ntc_" + secrets.token_hex(8)
     variables = json.dumps(dict(notice.variables), sort_keys=True)
     conn.execute(

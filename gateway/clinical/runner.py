@@ -23,7 +23,8 @@ Every step's skip is itself a `finish`, so it happens once. What the gateway can
 now (shutting down, the store failing) leaves the notice pending for the next pass.
 After the commit the new messages are handed to the scheduler. Between passes the task
 sleeps until the next due notice (`notices.next_due`), at most `MAX_SLEEP`, or until
-the planner rings the bell (a notice planned that may be due sooner); sleeps go
+the planner rings the bell or any part plans a notice (`notices.planned()` grew: one
+that may be due sooner); sleeps go
 through the gateway's clock, so tests move a `FakeClock` and the pass runs.
 """
 
@@ -105,6 +106,7 @@ class NoticeRunner:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._running = False
+        self._planned = notices.planned()
 
     def wake(self) -> None:
         self._wake.set()
@@ -112,6 +114,9 @@ class NoticeRunner:
     def _after_commit(self) -> None:
         if self.bell.is_set():
             self.bell.clear()
+            self._wake.set()
+        if (planned := notices.planned()) != self._planned:  # planned by any part
+            self._planned = planned
             self._wake.set()
 
     async def run(self) -> None:

@@ -2,9 +2,9 @@
 accept ACK CA/CE/CR per MSH-15 and an application ACK per MSH-16.
 
 MSA-2 echoes MSH-10; sending and receiving application/facility swap; MSH-11/12 are
-copied; MSH-9 is `ACK^<event>^ACK`. ERR carries the table-0357 code (ERR-3), the
-severity (ERR-4) and a text (ERR-8) that never quotes the message, so an ACK holds
-no PHI: only the message's MSH ids.
+copied; MSH-9 is `ACK^<event>^ACK` (`ACK^<event>` before v2.3.1). ERR carries the
+table-0357 code (ERR-3), the severity (ERR-4) and a text (ERR-8) that never quotes
+the message, so an ACK holds no PHI: only the message's MSH ids.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def message(h: Header, code: str, control_id: str, now: float, error: Error | No
             h.sending_facility,
             timestamp(now),
             "",
-            cs.join(["ACK", event, "ACK"]) if event else cs.join(["ACK", "", "ACK"]),
+            cs.join(["ACK", event, "ACK"] if _has_structure(h.version_id) else ["ACK", event]),
             control_id,
             h.processing_id or "P",
             h.version or "2.5.1",
@@ -105,6 +105,15 @@ def _err(h: Header, error: Error) -> str:
         return fs.join(["ERR", cs.join([*loc, sub.join([str(error.code), text, "HL70357"])])])
     err3 = cs.join([str(error.code), text, "HL70357"])
     return fs.join(["ERR", "", _location(error.location, h), err3, "E", "", "", "", text])
+
+
+def _has_structure(version: str) -> bool:
+    """MSH-9.3 (message structure) exists from v2.3.1; a v2.3 ACK with it fails strict
+    validation (MSH-9 is a two-component CM there)."""
+    try:
+        return tuple(int(p) for p in version.split(".")[:3]) >= (2, 3, 1)
+    except ValueError:
+        return True
 
 
 def _before_25(version: str) -> bool:

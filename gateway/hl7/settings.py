@@ -163,4 +163,16 @@ DEMO_INTERFACE: dict[str, object] = {
     "processing_ids": ["P", "T", "D"],
     "accept_untyped_phone": True,
     "lenient": True,
+    "writeback": "demo-ehr-out",
+}
+# Where the demo feed's replies (C, R, N) are written back as SIU^S14: whatever listens
+# there, e.g. `smsgw hl7 listen`; with nothing there they are retried, then parked.
+DEMO_WRITEBACK_PORT = 2576
+DEMO_OUTBOUND: dict[str, object] = {
+    "name": "demo-ehr-out",
+    "direction": "out",
+    "host": "127.0.0.1",
+    "port": DEMO_WRITEBACK_PORT,
+    "backoff_initial": 1.0,
+    "backoff_max": 30.0,
 }
