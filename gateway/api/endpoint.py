@@ -28,3 +28,7 @@ class Endpoint:
     links: tuple[Link, ...] = ()
     content_type: str = "application/json"
     request_text: str | None = None  # the media type of a text body (no JSON schema)
+
+
+# The answer every list endpoint gives a bad query parameter.
+INVALID_QUERY = Answer(400, "`invalid_query`: a query parameter is invalid; `field` names it")

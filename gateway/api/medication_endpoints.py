@@ -4,7 +4,7 @@ patients by MRN or number in the body, never in the path."""
 from __future__ import annotations
 
 from gateway.api import medication as med
-from gateway.api.endpoint import Endpoint
+from gateway.api.endpoint import INVALID_QUERY, Endpoint
 from gateway.api.handlers import MAX_PAGE
 from gateway.api.openapi import Answer, Query
 
@@ -13,7 +13,6 @@ _LIMIT = Query(
     f"page size, 1 to {MAX_PAGE}",
     {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
 )
-_INVALID_QUERY = Answer(400, "`invalid_query`: a query parameter is invalid; `field` names it")
 _PATIENT_ERRORS = (
     Answer(404, "`unknown_patient`: no patient with this MRN from this source"),
     Answer(
@@ -92,7 +91,7 @@ MEDICATION_ENDPOINTS: tuple[Endpoint, ...] = (
                 {"type": "string", "pattern": f"^{med.CURSOR.pattern}$"},
             ),
         ),
-        answers=(_INVALID_QUERY,),
+        answers=(INVALID_QUERY,),
     ),
     Endpoint(
         "GET",

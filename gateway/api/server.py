@@ -14,14 +14,14 @@ from aiohttp.typedefs import Handler
 from gateway.api import appointments as ap
 from gateway.api import consent as c
 from gateway.api import handlers as h
-from gateway.api import hl7 as hl7_api
 from gateway.api import reminder_rules
-from gateway.api import replies as r
 from gateway.api import templates as t
-from gateway.api.endpoint import Endpoint
+from gateway.api.endpoint import INVALID_QUERY, Endpoint
+from gateway.api.hl7_endpoints import HL7_ENDPOINTS
 from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
+from gateway.api.reply_endpoints import REPLY_ENDPOINTS
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
 from gateway.demo import DemoAdvance, DemoInbound
@@ -45,7 +45,6 @@ _LIMIT = Query(
 )
 _CURSOR = Query("cursor", "next_cursor of the previous page")
 _TIME = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]}
-_INVALID_QUERY = Answer(400, "`invalid_query`: a query parameter is invalid; `field` names it")
 _LIST_QUERY = (
     Query("status", "message state", {"type": "string", "enum": [s.value for s in State]}),
     Query("priority", "priority class", {"type": "string", "enum": [p.label for p in Priority]}),
@@ -260,142 +259,6 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
 )
 
-# -- HL7 feeds (issue 13, gateway/hl7/): ids and states only; /raw needs phi (audited) --
-_HL7_ID = "{id:[A-Za-z0-9_]{1,64}}"  # hl7_<hex>; unknown ids answer 404
-_HL7_OUT_ID = "{id:[A-Za-z0-9_]{1,64}}"  # hlo_<hex>
-_NO_HL7 = Answer(404, "`not_found`: no HL7 message with this id")
-_HL7_LIMIT = Query(
-    "limit",
-    "at most this many, 1 to 500",
-    {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
-)
-HL7_ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
-        "GET",
-        "/api/v1/hl7/interfaces",
-        hl7_api.get_interfaces,
-        "read",
-        "HL7 interfaces with message counts per state (inbound) or per outbound state",
-        None,
-        hl7_api.InterfaceList,
-    ),
-    Endpoint(
-        "GET",
-        "/api/v1/hl7/messages",
-        hl7_api.get_messages,
-        "read",
-        "Stored inbound HL7 messages, newest first: ids, type, state and reason, no content",
-        None,
-        hl7_api.MessageList,
-        query=(
-            Query(
-                "state",
-                "only messages in this state (quarantined: the ones to look at)",
-                {"type": "string", "enum": ["mapped", "ignored", "quarantined", "rejected"]},
-            ),
-            Query("interface", "only this inbound interface"),
-            _HL7_LIMIT,
-        ),
-        answers=(_INVALID_QUERY,),
-    ),
-    Endpoint(
-        "GET",
-        f"/api/v1/hl7/messages/{_HL7_ID}",
-        hl7_api.get_message,
-        "read",
-        "One stored HL7 message (no content)",
-        None,
-        hl7_api.MessageView,
-        answers=(_NO_HL7,),
-    ),
-    Endpoint(
-        "POST",
-        f"/api/v1/hl7/messages/{_HL7_ID}/reprocess",
-        hl7_api.reprocess,
-        "admin",
-        "Map a quarantined message again with the interface's current profile (audited)",
-        None,
-        hl7_api.Reprocessed,
-        answers=(_NO_HL7, Answer(409, "`not_quarantined`: only a quarantined message")),
-    ),
-    Endpoint(
-        "GET",
-        f"/api/v1/hl7/messages/{_HL7_ID}/raw",
-        hl7_api.get_raw,
-        "read",
-        "The message as received (PHI: needs the 'phi' scope as well; every read audited)",
-        None,
-        hl7_api.RawMessage,
-        answers=(_NO_HL7, Answer(403, "`forbidden`: needs the 'phi' scope")),
-    ),
-    Endpoint(
-        "GET",
-        "/api/v1/hl7/outbound",
-        hl7_api.get_outbound,
-        "read",
-        "HL7 write-back messages queued for an EHR, with attempts and the last ACK code",
-        None,
-        hl7_api.OutboundList,
-        query=(
-            Query(
-                "state",
-                "only messages in this state (parked: the ones staff must look at)",
-                {"type": "string", "enum": ["pending", "acked", "parked", "cancelled"]},
-            ),
-            _HL7_LIMIT,
-        ),
-        answers=(_INVALID_QUERY,),
-    ),
-    Endpoint(
-        "POST",
-        f"/api/v1/hl7/outbound/{_HL7_OUT_ID}/resend",
-        hl7_api.resend,
-        "admin",
-        "Send a parked write-back message again, attempts counted afresh (audited)",
-        answers=(
-            Answer(404, "`not_found`: no HL7 outbound message with this id"),
-            Answer(409, "`not_parked`: the message is not parked"),
-        ),
-    ),
-)
-
-# -- replies to appointment texts and the staff worklist (issue 13) ------------------
-REPLY_ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
-        "GET",
-        "/api/v1/replies",
-        r.list_replies,
-        "read",
-        "Patients' replies to appointment texts; state=open is the staff worklist"
-        " (reschedule and cancel requests without a write-back, unmatched and unclear"
-        " replies), oldest first. Numbers masked",
-        None,
-        r.ReplyPage,
-        query=(
-            Query(
-                "state",
-                "open (the worklist), done or resolved; all if absent",
-                {"type": "string", "enum": ["open", "done", "resolved"]},
-            ),
-            Query("limit", "at most this many", {"type": "integer", "minimum": 1, "maximum": 500}),
-        ),
-        answers=(_INVALID_QUERY,),
-    ),
-    Endpoint(
-        "POST",
-        f"/api/v1/replies/{r.REPLY_ID}/resolve",
-        r.resolve_reply,
-        "send",
-        "Take a reply off the worklist, once (audited)",
-        r.ResolveRequest,
-        r.ReplyView,
-        answers=(
-            Answer(404, "`not_found`: no reply with this id"),
-            Answer(409, "`not_open`: the reply is not on the worklist (already resolved)"),
-        ),
-    ),
-)
-
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
@@ -446,7 +309,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         MessagePage,
         query=(*_LIST_QUERY, _INCLUDE),
         answers=(
-            _INVALID_QUERY,
+            INVALID_QUERY,
             Answer(400, "`invalid_number`: `to` is not a valid phone number"),
             Answer(403, "`forbidden`: `to` or `include=phi` needs the 'phi' scope"),
         ),
@@ -460,7 +323,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         MessageView,
         query=(_INCLUDE,),
-        answers=(_NO_MESSAGE, _INVALID_QUERY, _NO_PHI),
+        answers=(_NO_MESSAGE, INVALID_QUERY, _NO_PHI),
     ),
     Endpoint(
         "DELETE",
@@ -482,7 +345,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         InboundPage,
         query=_INBOUND_QUERY,
-        answers=(_INVALID_QUERY, _NO_PHI),
+        answers=(INVALID_QUERY, _NO_PHI),
     ),
     Endpoint(
         "GET",
@@ -495,7 +358,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         query=(_INCLUDE,),
         answers=(
             Answer(404, "`not_found`: no inbound message with this id"),
-            _INVALID_QUERY,
+            INVALID_QUERY,
             _NO_PHI,
         ),
     ),
