@@ -212,14 +212,18 @@ def start_gateway(
         root / "smsgw.db",
     )
     gw.start_reader()
-    gw.wait_log(lambda e: e.get("event") == "listening")
-    if api_token:
-        gw.token = gw.cli("token", "create", "--scope", "send,read,admin", "--name", "tests")
-        gw.token = gw.token.strip()
-    for (name, password), role in users:
-        secret = root / f"{name}.password"
-        secret.write_text(password + "\n")
-        gw.cli("user", "add", "--role", role, "--password-file", str(secret), name)
+    try:  # a set-up step that fails must not leave the gateway running
+        gw.wait_log(lambda e: e.get("event") == "listening")
+        if api_token:
+            gw.token = gw.cli("token", "create", "--scope", "send,read,admin", "--name", "tests")
+            gw.token = gw.token.strip()
+        for (name, password), role in users:
+            secret = root / f"{name}.password"
+            secret.write_text(password + "\n")
+            gw.cli("user", "add", "--role", role, "--password-file", str(secret), name)
+    except BaseException:
+        gw.stop()
+        raise
     return gw
 
 
