@@ -29,6 +29,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.cli import main
 from gateway.hl7 import demo_edit
 from tests.conftest import smsgw_process
+from tests.hl7_peers import Ehr
 from tests.hl7_samples import text
 from tests.ports import free_port
 
@@ -38,41 +39,6 @@ WAIT = 30.0
 HANDSET = "+12025550147"
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 DEBOUNCE = 300
-
-
-class Ehr:
-    """python-hl7's MLLP server: the EHR that replies are written back to."""
-
-    def __init__(self, changed: asyncio.Event) -> None:
-        self.changed = changed
-        self.received: list[str] = []
-        self.server: asyncio.Server | None = None
-        self.writers: list[hl7.mllp.HL7StreamWriter] = []
-
-    async def handle(
-        self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter
-    ) -> None:
-        self.writers.append(writer)
-        try:
-            while not writer.is_closing():
-                message = await reader.readmessage()
-                self.received.append(str(message))
-                writer.writemessage(message.create_ack("AA"))
-                await writer.drain()
-                self.changed.set()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-
-    async def start(self) -> int:
-        self.server = await hl7.mllp.start_hl7_server(self.handle, "127.0.0.1", 0, encoding="utf-8")
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def aclose(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.close()
-        await self.server.wait_closed()
 
 
 class Site:
@@ -137,14 +103,17 @@ class Site:
         await self.post("/api/v1/demo/clock/advance", {"seconds": (when - now).total_seconds()})
 
     def texts_to_handset(self) -> list[str]:
-        """The carrier's view: each message to the handset, its parts joined."""
+        """The carrier's view: each message to the handset whose parts have all
+        arrived, its parts joined (a part alone is not yet the text)."""
         parts: dict[object, list[tuple[int, str]]] = {}
+        totals: dict[object, int] = {}
         for i, sub in enumerate(self.carrier.submitted):
             if sub.destination.lstrip("+") != HANDSET.lstrip("+"):
                 continue
             key = ("c", sub.concat.reference) if sub.concat else ("s", i)
+            totals[key] = sub.concat.total if sub.concat else 1
             parts.setdefault(key, []).append((sub.concat.seq if sub.concat else 0, sub.text))
-        return ["".join(t for _, t in sorted(p)) for p in parts.values()]
+        return ["".join(t for _, t in sorted(p)) for k, p in parts.items() if len(p) == totals[k]]
 
 
 def _config(data: Path, http_port: int, hl7_port: int, smsc: SmscSimulator, ehr_port: int) -> str:
@@ -215,7 +184,7 @@ async def site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncItera
     changed = asyncio.Event()
     carrier = SmscSimulator(SimulatorConfig(system_id="smsgw", password="walk", receipt_delay=0.2))
     await carrier.start()
-    ehr = Ehr(changed)
+    ehr = Ehr(changed=changed)
     ehr_port = await ehr.start()
     data = tmp_path / "data"
     data.mkdir()
@@ -318,14 +287,14 @@ async def test_the_checkers_walk_book_remind_confirm_move_and_results(site: Site
         view = await site.get(f"/api/v1/appointments/{appt['id']}")
         kinds = [n for n in view["notices"] if n["kind"].startswith("appointment_")]
         done = [n for n in kinds if n["state"] != "pending"]
-        texts = [t for t in site.texts_to_handset() if "pasó" in t]
+        texts = [t for t in site.texts_to_handset() if "paso al" in t]
         return kinds if len(done) == len(kinds) and texts else None
 
     notices = await site.until(moved_sent)
     queued = [n for n in notices if n["state"] == "queued"]
     assert [n["kind"] for n in queued] == ["appointment_moved"]
     assert all(n["kind"] != "appointment_cancelled" or n["state"] == "superseded" for n in notices)
-    assert len([t for t in site.texts_to_handset() if "pasó" in t]) == 1
+    assert len([t for t in site.texts_to_handset() if "paso al" in t]) == 1
     assert not [t for t in site.texts_to_handset() if "cancel" in t.lower()]
     moved = await site.get(f"/api/v1/appointments/{appt['id']}")
     assert moved["status"] == "booked"

@@ -250,7 +250,7 @@ async def test_labels_too_long_for_the_templates_give_way_to_the_sites(gw: Gatew
     assert {"clinic", "location"}.isdisjoint(rows[0].notice.variables)
     texts = await _render_all(gw, rows)
     assert texts[0].startswith("Hospital: appointment") and "at the clinic." in texts[0]
-    assert "en la clínica." in texts[1]
+    assert "en la clinica." in texts[1]
     pharmacy = InterfaceProfile("pharmacy", time_zone="America/New_York")
     rds = text("RDS-O13-01.hl7").replace("|GL|", "|GL|^PRN^CP^^1^202^5550123~", 1)
     await _feed(gw, rds.replace("Unity", "Unity Outpatient Pharmacy Building C"), pharmacy)

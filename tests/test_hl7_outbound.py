@@ -19,6 +19,7 @@ from gateway.hl7 import lane
 from gateway.hl7.settings import Hl7Interface
 from gateway.store.consent_sql import cipher_of
 from gateway.store.store import Store
+from tests.hl7_peers import Ehr
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -27,43 +28,6 @@ S14 = (
     "SCH|A1^EHR|F1^EHR||||||||||||||||||||||||Booked\r"
     "NTE|1||Confirmed by SMS (Müller)\r"
 )
-
-
-class Ehr:
-    """python-hl7's server answering each message with the next code in `script`
-    (None: no answer at all)."""
-
-    def __init__(self, script: list[str | None]) -> None:
-        self.script = script
-        self.received: list[str] = []
-        self.server: asyncio.Server | None = None
-        self.writers: list[hl7.mllp.HL7StreamWriter] = []
-
-    async def handle(
-        self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter
-    ) -> None:
-        self.writers.append(writer)
-        try:
-            while not writer.is_closing():
-                message = await reader.readmessage()
-                self.received.append(str(message))
-                code = self.script.pop(0) if self.script else "AA"
-                if code is not None:
-                    writer.writemessage(message.create_ack(code))
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-
-    async def start(self) -> int:
-        self.server = await hl7.mllp.start_hl7_server(self.handle, "127.0.0.1", 0, encoding="utf-8")
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def aclose(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.close()
-        await self.server.wait_closed()
 
 
 @pytest.fixture

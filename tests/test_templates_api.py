@@ -216,7 +216,11 @@ async def test_preview_renders_each_variant_with_encoding_segments_and_the_lint(
     assert (a["encoding"], a["segments"], a["characters"]) == ("ucs2", 2, len(a["text"]))
     assert b["text"] == "Clínica Norte: cita el miércoles 1 de julio a las 9:00, traiga su carnet"
     assert view["ok"] is False
-    assert [(p["rule"], p["variant"]) for p in view["problems"]] == [("opt_out", "B")]
+    # A is UCS-2 (í, á) and longer than the 70 characters one such SMS holds
+    assert [(p["rule"], p["variant"]) for p in view["problems"]] == [
+        ("too_long", "A"),
+        ("opt_out", "B"),
+    ]
     # Without values, samples fill in; an English text in GSM-7 is one segment.
     plain = {
         "language": "en",

@@ -145,6 +145,20 @@ def test_a_clinical_text_over_160_characters_at_maximum_lengths_is_refused() -> 
     assert START.widest("long", "es") > START.widest("long", "en")
 
 
+def test_a_clinical_text_in_ucs2_must_fit_the_70_characters_of_one_such_sms() -> None:
+    accented = "{clinic}: cita el {start}. Responda STOP para no recibir más"
+    plain = "{clinic}: cita el {start}. Responda STOP para no recibir mas"
+    # á is outside the GSM 7-bit alphabet: the text is UCS-2, whatever the values.
+    assert "too_long" in rules(accented, "appointment", "es")
+    assert "too_long" not in rules(plain, "appointment", "es")
+    # A declared default with such a letter decides the encoding too.
+    place = Variable("location", VarType.TEXT, 24, "la clínica")
+    at = plain.replace(". Responda", " en {location}. Responda")
+    assert "too_long" in rules(at, "appointment", "es", (*VARS, place))
+    # Outside MSG-3 a longer UCS-2 text is allowed (it goes as several parts).
+    assert "too_long" not in rules(accented, "informational", "es")
+
+
 def test_marketing_and_billing_words_are_refused_in_clinical_texts() -> None:
     assert "marketing" in rules(
         "{clinic}: 20% off flu shots this week!" + OK_TAIL, "appointment"

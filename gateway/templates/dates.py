@@ -48,8 +48,9 @@ _ES_MONTHS = [
     "noviembre",
     "diciembre",
 ]
-_ES_DAYS = ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"]
-_ES_SHORT_DAYS = ("lun", "mar", "mié", "jue", "vie", "sáb", "dom")
+# Within the GSM 7-bit alphabet (é is in it, á is not): a date never turns a text UCS-2.
+_ES_DAYS = ["lunes", "martes", "miércoles", "jueves", "viernes", "sabado", "domingo"]
+_ES_SHORT_DAYS = ("lun", "mar", "mié", "jue", "vie", "sab", "dom")
 _ES_SHORT_MONTHS = (
     "ene",
     "feb",

@@ -6,9 +6,11 @@ diagnosis, a drug name (unless the site allows them: `[templates] allow_drug_nam
 or a `note` variable (free text from an NTE segment, which nobody has vetted). A
 template for a clinical purpose (the FCC's exempt healthcare messages, MSG-3) must
 also name the provider through a `provider` variable, carry the opt-out line in its
-language ("Reply STOP to opt out", "Responda STOP para no recibir más"), hold no
-marketing, billing or collection words, and stay within 160 characters when every
-variable is at its declared maximum length. Each A/B variant is checked on its own.
+language ("Reply STOP to opt out", "Responda STOP para no recibir mas"), hold no
+marketing, billing or collection words, and fit one SMS when every variable is at its
+declared maximum length: 160 characters, or 70 when a letter of its own words or of
+its variables' defaults lies outside the GSM 7-bit alphabet (á, í, ó, ú make a text
+UCS-2, and the 160-character rule exists so that the text is one message). Each A/B variant is checked on its own.
 
 Word lists are matched on whole words, lower case with accents folded, so "Cáncer"
 and "cancer" are one word. A problem carries its rule (a stable code), the variant,
@@ -22,6 +24,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from drivers.text import UCS2_SINGLE_UNITS, is_gsm7
 from gateway.consent.purposes import Kind, Purpose
 from gateway.templates import language as lang
 from gateway.templates.dates import base_language
@@ -121,7 +124,7 @@ _OPT_OUT = {
     ),
 }
 _OPT_OUT_ANY = (re.compile(r"(?<![\w])stop(?![\w])"),)
-_OPT_OUT_LINE = {"en": "Reply STOP to opt out", "es": "Responda STOP para no recibir más"}
+_OPT_OUT_LINE = {"en": "Reply STOP to opt out", "es": "Responda STOP para no recibir mas"}
 
 
 def fold(text: str) -> str:
@@ -262,3 +265,20 @@ def _lint_body(
             f"{widest} characters with every variable at its maximum length; a clinical"
             f" text may have {MAX_LENGTH} (MSG-3)",
         )
+    elif widest > UCS2_SINGLE_UNITS and not is_gsm7(_fixed_text(pieces, valid, declared)):
+        yield problem(
+            Rule.TOO_LONG,
+            f"{widest} characters with every variable at its maximum length, and a letter"
+            " outside the GSM 7-bit alphabet (such as á, í, ó, ú) makes it a UCS-2 text, of"
+            f" which one SMS holds {UCS2_SINGLE_UNITS}: write it without such letters or"
+            " shorter (MSG-3: one concise message)",
+        )
+
+
+def _fixed_text(
+    pieces: tuple[lang.Piece, ...], used: list[lang.Placeholder], declared: dict[str, Variable]
+) -> str:
+    """What every rendering of the text contains: its own words and the defaults of
+    its variables (which decide its encoding whatever the values)."""
+    words = "".join(p for p in pieces if isinstance(p, str))
+    return words + "".join(declared[p.name].default or "" for p in used)
