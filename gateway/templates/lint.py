@@ -10,7 +10,8 @@ language ("Reply STOP to opt out", "Responda STOP para no recibir mas"), hold no
 marketing, billing or collection words, and fit one SMS when every variable is at its
 declared maximum length: 160 characters, or 70 when a letter of its own words or of
 its variables' defaults lies outside the GSM 7-bit alphabet (á, í, ó, ú make a text
-UCS-2, and the 160-character rule exists so that the text is one message). Each A/B variant is checked on its own.
+UCS-2, and the 160-character rule exists so that the text is one message). Each A/B
+variant is checked on its own.
 
 Word lists are matched on whole words, lower case with accents folded, so "Cáncer"
 and "cancer" are one word. A problem carries its rule (a stable code), the variant,
