@@ -13,6 +13,7 @@ from gateway.clinical.notices import Notice, NoticeKind
 from gateway.usecases.consent_csv import EXPORT_HEADER, Options, csv_line, export_line
 from tests.appointment_rows import DAY, book, context
 from tests.conftest import GatewayFactory
+from tests.store_rows import message_row
 from tests.test_consent_import import STAFF, _chunks
 from tests.test_replies import WHO, answers, ledger, notice_states, text
 
@@ -65,6 +66,22 @@ async def test_an_imported_appointment_opt_out_stops_its_pending_notices(gw: Gat
     assert await notice_states(gw, other.id) == [("pending", None)]
     await _plan(gw, booked.id, "rule-2")  # planned after it: cancelled as it is made
     assert await notice_states(gw, booked.id, "rule-2") == [("cancelled", "opted_out")]
+
+
+async def test_an_imported_appointment_opt_out_blocks_its_waiting_message(gw: Gateway) -> None:
+    """The import withdraws as `STOP 1234` does: the appointment's reminder already
+    queued is blocked at once, another appointment's is not."""
+    booked = await book(gw, WHO, code="1234")
+    other = await book(gw, WHO, code="5678", ext_key="A2")
+    assert booked.reminder_message is not None and other.reminder_message is not None
+    csv_text = f"number,decision,scope\n{WHO},opt_out,appointment:{booked.id}\n"
+    report = await gw.usecases.consent.import_csv(STAFF, _chunks(csv_text.encode()), Options())
+    assert report.appended == 1
+    stopped = await message_row(gw.store, booked.reminder_message)
+    kept = await message_row(gw.store, other.reminder_message)
+    assert stopped is not None and kept is not None
+    assert (stopped["state"], stopped["error_code"]) == ("blocked", "opted_out")
+    assert kept["state"] == "queued"
 
 
 async def test_help_after_stop_1234_is_the_ordinary_help(gw: Gateway) -> None:

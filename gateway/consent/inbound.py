@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.config import Config
-from gateway.consent import ledger
+from gateway.consent import ledger, withdraw
 from gateway.consent.answers import HOUR, Answers, Recipient
 from gateway.consent.inbound_config import matcher_for, replies_for
 from gateway.consent.keywords import Action, Match
@@ -193,25 +193,8 @@ class InboundConsent:
         return self._answer(step, 1, False, Reply.OPT_IN, forced=False)
 
     def _record(self, conn: sqlite3.Connection, entry: ledger.Entry) -> None:
-        """Append a patient's decision, stop what it now refuses, and audit it: all in
-        the inbound's transaction (R-OPT-1: the STOP is in the audit trail)."""
         assert self._store.cipher is not None
-        ledger.append(conn, self._store.cipher, entry)
-        blocked = self._withdrawal.after(conn, entry)
-        if self._audit is not None:
-            self._audit.append_in(
-                conn,
-                entry.at,
-                "patient",
-                f"consent_{entry.decision}",
-                "contact",
-                entry.contact_idx.hex(),
-                inbound_id=entry.inbound_id,
-                scope=entry.scope,
-                program=entry.program,
-                source=entry.source,
-                blocked=len(blocked),
-            )
+        withdraw.record(conn, self._store.cipher, self._withdrawal, self._audit, entry)
 
     def _answer(
         self, step: _Step, decisions: int, review: bool, kind: Reply, *, forced: bool

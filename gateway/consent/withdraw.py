@@ -3,9 +3,10 @@
 The claim re-checks consent anyway (MSG-5), so nothing in the opt-out's scope could
 leave after it; this makes the waiting ones `blocked` (`opted_out`) at once, so the
 calling system hears it (a `message.status` event) now rather than when each would
-have been due. An appointment's opt-out (`appointment:<id>`, imported from a CSV
-export) cancels that appointment's pending notices to the number, as `STOP 1234`
-does; notices planned later are cancelled by the store's trigger (migration 19).
+have been due. An appointment's opt-out (`appointment:<id>`: `STOP 1234`, or a
+CSV import) cancels that appointment's pending notices to the number and blocks its
+messages still waiting; notices planned later are cancelled by the store's trigger
+(migration 19).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sqlite3
 from gateway.consent import ledger
 from gateway.consent.purposes import APPOINTMENT_SCOPE_PREFIX, SCOPE_ALL, Purpose
 from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
+from gateway.store.audit_log import AuditTrail
+from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import block_waiting
 
 
@@ -28,14 +31,14 @@ class Withdrawal:
         their ids. Run in the transaction that appended `entry`."""
         if not self._config.enabled or entry.decision != "opt_out":
             return []
+        blocked = []
         if entry.scope.startswith(APPOINTMENT_SCOPE_PREFIX):
-            _close_notices(conn, entry)
+            blocked = _withdraw_appointment(conn, entry)
         rows = conn.execute(
             "SELECT id, purpose, route_hint FROM messages"
             " WHERE to_index = ? AND state IN ('queued', 'scheduled')",
             (entry.contact_idx,),
         ).fetchall()
-        blocked = []
         for message_id, purpose, hint in rows:
             try:
                 policy = self._table[Purpose(purpose)]
@@ -50,23 +53,56 @@ class Withdrawal:
         return blocked
 
 
-def _close_notices(conn: sqlite3.Connection, entry: ledger.Entry) -> None:
-    """Cancel the appointment's pending notices to the contact if its opt-out is in
-    force (an older import row may have been superseded by a newer START)."""
+def record(
+    conn: sqlite3.Connection,
+    cipher: FieldCipher,
+    withdrawal: Withdrawal,
+    audit: AuditTrail | None,
+    entry: ledger.Entry,
+) -> list[str]:
+    """Append a patient's decision, stop what it now refuses, and audit it, all in the
+    caller's transaction (R-OPT-1: the STOP is in the audit trail); the ids of the
+    messages it blocked."""
+    ledger.append(conn, cipher, entry)
+    blocked = withdrawal.after(conn, entry)
+    if audit is not None:
+        audit.append_in(
+            conn,
+            entry.at,
+            "patient",
+            f"consent_{entry.decision}",
+            "contact",
+            entry.contact_idx.hex(),
+            inbound_id=entry.inbound_id,
+            scope=entry.scope,
+            program=entry.program,
+            source=entry.source,
+            blocked=len(blocked),
+        )
+    return blocked
+
+
+def _withdraw_appointment(conn: sqlite3.Connection, entry: ledger.Entry) -> list[str]:
+    """If the appointment's opt-out is in force (an older import row may have been
+    superseded by a newer START): cancel its pending notices to the contact and block
+    its messages still waiting; the ids blocked."""
     appointment_id = entry.scope.removeprefix(APPOINTMENT_SCOPE_PREFIX)
+    in_force = conn.execute(
+        "SELECT 1 FROM consent_state s WHERE s.contact_idx = ? AND s.scope = ?"
+        " AND s.opted = 'out' AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a"
+        " WHERE a.contact_idx = ? AND a.scope = ? AND a.opted = 'in')",
+        (entry.contact_idx, entry.scope, entry.contact_idx, SCOPE_ALL),
+    ).fetchone()
+    if in_force is None:
+        return []
     conn.execute(
         "UPDATE clinical_notices SET state = 'cancelled', reason = 'opted_out', updated_at = ?"
-        " WHERE appointment_id = ? AND contact_idx = ? AND state = 'pending' AND EXISTS ("
-        "  SELECT 1 FROM consent_state s WHERE s.contact_idx = ? AND s.scope = ?"
-        "  AND s.opted = 'out' AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a"
-        "  WHERE a.contact_idx = ? AND a.scope = ? AND a.opted = 'in'))",
-        (
-            entry.at,
-            appointment_id,
-            entry.contact_idx,
-            entry.contact_idx,
-            entry.scope,
-            entry.contact_idx,
-            SCOPE_ALL,
-        ),
+        " WHERE appointment_id = ? AND contact_idx = ? AND state = 'pending'",
+        (entry.at, appointment_id, entry.contact_idx),
     )
+    waiting = conn.execute(
+        "SELECT message_id FROM clinical_notices WHERE appointment_id = ? AND contact_idx = ?"
+        " AND state = 'queued' AND message_id IS NOT NULL",
+        (appointment_id, entry.contact_idx),
+    ).fetchall()
+    return [m for (m,) in waiting if block_waiting(conn, m, "opted_out", entry.at)]

@@ -36,17 +36,16 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.appointments import machine
-from gateway.clinical import notices
 from gateway.clinical.commands import ApplyContext, ClinicalHooks
-from gateway.clinical.notices import NoticeState
 from gateway.clinical.profile import InterfaceProfile
 from gateway.config import Config
-from gateway.consent import ledger
+from gateway.consent import ledger, withdraw
 from gateway.consent.answers import Answers, Recipient
 from gateway.consent.inbound import Handled
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.keywords import Action
 from gateway.consent.purposes import SCOPE_ALL, appointment_scope
+from gateway.consent.withdraw import Withdrawal
 from gateway.intake import normalise_number
 from gateway.logs import exception_summary
 from gateway.replies import matching, writeback
@@ -59,7 +58,6 @@ from gateway.store.audit_log import AuditTrail
 from gateway.store.crypto import FieldCipher
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import Store
-from gateway.store.transitions import block_waiting
 
 log = structlog.get_logger("smsgw.replies")
 
@@ -119,6 +117,7 @@ class InboundReplies:
         self._profiles = profiles
         self._audit = audit
         self._answers = Answers(config, store, router)
+        self._withdrawal = Withdrawal(config.consent)
 
     # -- on the writer thread, in the inbound's transaction ----------------------------
 
@@ -224,30 +223,7 @@ class InboundReplies:
             at=s.received_at,
             inbound_id=s.id,
         )
-        ledger.append(conn, self._cipher(), entry)
-        notices.close_pending(
-            conn, s.received_at, NoticeState.CANCELLED, "opted_out", appointment_id=appointment_id
-        )
-        waiting = conn.execute(
-            "SELECT message_id FROM clinical_notices WHERE appointment_id = ? AND state = 'queued'"
-            " AND message_id IS NOT NULL",
-            (appointment_id,),
-        ).fetchall()
-        blocked = sum(block_waiting(conn, m, "opted_out", s.received_at) for (m,) in waiting)
-        if self._audit is not None:
-            self._audit.append_in(
-                conn,
-                s.received_at,
-                "patient",
-                "consent_opt_out",
-                "contact",
-                step.idx.hex(),
-                inbound_id=s.id,
-                scope=scope,
-                program=step.program,
-                source="keyword",
-                blocked=blocked,
-            )
+        withdraw.record(conn, self._cipher(), self._withdrawal, self._audit, entry)
         return True
 
     def _record(
