@@ -24,6 +24,8 @@ import phonenumbers
 
 from drivers.registry import UnknownDriver, load_driver
 from gateway.appointments.settings import AppointmentsConfig
+from gateway.config_errors import ConfigError as ConfigError  # raised here, caught by callers
+from gateway.config_errors import convert, show
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
@@ -39,10 +41,6 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Share = Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
 ClassName = Literal["critical", "high", "normal", "bulk"]
 ALL_CLASSES: tuple[ClassName, ...] = ("critical", "high", "normal", "bulk")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as `key: problem` on one line."""
 
 
 class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -509,8 +507,8 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
         )
     routes = raw.pop("routes", [])
     if not isinstance(routes, list):
-        raise ConfigError(f"routes: expected a list of tables, got {_show(routes)}")
-    config: Config = _convert(raw, Config, raw, "")
+        raise ConfigError(f"routes: expected a list of tables, got {show(routes)}")
+    config: Config = convert(raw, Config, raw, "")
     _check_values(config)
     built = tuple(_route(i, r) for i, r in enumerate(routes))
     names = [r.name for r in built]
@@ -528,17 +526,17 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
 def _route(index: int, raw: Any) -> RouteConfig:
     where = f"routes[{index}]"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {_show(raw)}")
+        raise ConfigError(f"{where}: expected a table, got {show(raw)}")
     common = {k: v for k, v in raw.items() if k in _ROUTE_COMMON}
     own = {k: v for k, v in raw.items() if k not in _ROUTE_COMMON}
     if "type" not in common:
         raise ConfigError(f"{where}.type: missing (one of the driver types)")
-    route: RouteConfig = _convert(common, RouteConfig, raw, where)
+    route: RouteConfig = convert(common, RouteConfig, raw, where)
     try:
         factory = load_driver(route.type)
     except UnknownDriver as e:
         raise ConfigError(f"{where}.type: {e}") from None
-    options = _convert(own, factory.Options, raw, where)
+    options = convert(own, factory.Options, raw, where)
     return msgspec.structs.replace(route, options=options)
 
 
@@ -615,99 +613,3 @@ def listen_problem(listen: str) -> str | None:
     if int(port) > 65535:
         return f"port {port} is out of range (0-65535)"
     return None
-
-
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
-
-
-def _convert(data: Mapping[str, Any], cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
-    try:
-        converted: Any = msgspec.convert(data, cls, strict=True)
-        return converted
-    except msgspec.ValidationError as e:
-        raise ConfigError(_explain(str(e), cls, raw, where)) from None
-
-
-def _explain(message: str, cls: type[Any], raw: Mapping[str, Any], where: str) -> str:
-    m = _AT.match(message)
-    what, path = (m.group("what"), m.group("path") or "") if m else (message, "")
-    key = (where + path).lstrip(".")
-    for pattern, problem in (
-        (r"Object contains unknown field `([^`]*)`", "unknown key"),
-        (r"Object missing required field `([^`]*)`", "missing"),
-    ):
-        found = re.match(pattern, what)
-        if found:
-            return f"{key + '.' if key else ''}{found.group(1)}: {problem}"
-    if not path and not what.startswith(("Expected", "Invalid", "Object")):
-        return f"{key or 'config'}: {what}"  # a struct's own check (`__post_init__`)
-    expected = _describe(_type_at(msgspec.inspect.type_info(cls), path))
-    return f"{key or 'config'}: expected {expected}, got {_show(_lookup(raw, path))}"
-
-
-def _type_at(info: msgspec.inspect.Type, path: str) -> msgspec.inspect.Type:
-    """The declared type at a msgspec error path like `.classes.bulk.max_attempts`."""
-    for name, _ in re.findall(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]", path):
-        info = _strip_optional(info)
-        if isinstance(info, msgspec.inspect.StructType) and name:
-            info = next((f.type for f in info.fields if f.name == name), info)
-        elif isinstance(info, msgspec.inspect.DictType):
-            info = info.value_type
-        elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
-            info = info.item_type
-    return _strip_optional(info)
-
-
-def _strip_optional(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
-    if isinstance(info, msgspec.inspect.UnionType):
-        kinds = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
-        if len(kinds) == 1:
-            return kinds[0]
-    return info
-
-
-def _describe(info: msgspec.inspect.Type) -> str:
-    if isinstance(info, msgspec.inspect.FloatType | msgspec.inspect.IntType):
-        noun = "number" if isinstance(info, msgspec.inspect.FloatType) else "integer"
-        if info.gt == 0 or info.ge == 1:
-            return f"a positive {noun}"
-        low = f"from {info.ge}" if info.ge is not None else ""
-        high = f"below {info.lt}" if info.lt is not None else ""
-        high = f"up to {info.le}" if info.le is not None else high
-        bounds = " ".join(b for b in (low, high) if b)
-        return (
-            f"a {noun} {bounds}".rstrip() if bounds else f"a{'n' if noun[0] == 'i' else ''} {noun}"
-        )
-    if isinstance(info, msgspec.inspect.LiteralType):
-        return "one of " + ", ".join(repr(v) for v in info.values)
-    if isinstance(info, msgspec.inspect.StrType):
-        return "a string"
-    if isinstance(info, msgspec.inspect.BoolType):
-        return "true or false"
-    if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
-        return f"a list of {_describe(info.item_type).removeprefix('a ').removeprefix('an ')}s"
-    if isinstance(info, msgspec.inspect.StructType | msgspec.inspect.DictType):
-        return "a table"
-    return "a valid value"
-
-
-def _lookup(raw: Any, path: str) -> Any:
-    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
-        name, index = part
-        try:
-            raw = raw[int(index)] if index else raw[name]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return raw
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
