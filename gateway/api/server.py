@@ -124,10 +124,13 @@ _DECIDING = (
 )
 _LOOKUP = Answer(403, "`forbidden`: a lookup by number needs the 'phi' scope as well")
 _CONSENT_VIEW = "Standing per program and scope, and every decision (needs phi; audited)"
-CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
+
+
+def _consent_lookup(path: str) -> Endpoint:
+    """A number's standing and decisions: the same answer under both names."""
+    return Endpoint(
         "GET",
-        "/api/v1/optouts",
+        path,
         c.get_consent,
         "read",
         _CONSENT_VIEW,
@@ -135,7 +138,11 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
         c.ConsentLookup,
         query=(_NUMBER,),
         answers=(*_NUMBER_FIELDS, _LOOKUP),
-    ),
+    )
+
+
+CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
+    _consent_lookup("/api/v1/optouts"),
     Endpoint(
         "POST",
         "/api/v1/optouts",
@@ -163,17 +170,7 @@ CONSENT_ENDPOINTS: tuple[Endpoint, ...] = (
             Answer(404, "`not_opted_out`: no opt-out of this scope to lift"),
         ),
     ),
-    Endpoint(
-        "GET",
-        "/api/v1/consents",
-        c.get_consent,
-        "read",
-        _CONSENT_VIEW,
-        None,
-        c.ConsentLookup,
-        query=(_NUMBER,),
-        answers=(*_NUMBER_FIELDS, _LOOKUP),
-    ),
+    _consent_lookup("/api/v1/consents"),
     Endpoint(
         "POST",
         "/api/v1/consents",
