@@ -82,19 +82,25 @@ def record(
     return blocked
 
 
+def appointment_out(conn: sqlite3.Connection, idx: bytes, scope: str) -> bool:
+    """Whether the contact's opt-out of the appointment scope `scope` is in force: no
+    opt-in of everything (START) has come after it."""
+    row = conn.execute(
+        "SELECT 1 FROM consent_state s WHERE s.contact_idx = ? AND s.scope = ?"
+        " AND s.opted = 'out' AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a"
+        " WHERE a.contact_idx = ? AND a.scope = ? AND a.opted = 'in')",
+        (idx, scope, idx, SCOPE_ALL),
+    ).fetchone()
+    return row is not None
+
+
 def _withdraw_appointment(conn: sqlite3.Connection, entry: ledger.Entry) -> list[str]:
     """If the appointment's opt-out is in force (an older import row may have been
     superseded by a newer START): cancel its pending notices to the contact and block
     its messages still waiting; the ids blocked."""
-    appointment_id = entry.scope.removeprefix(APPOINTMENT_SCOPE_PREFIX)
-    in_force = conn.execute(
-        "SELECT 1 FROM consent_state s WHERE s.contact_idx = ? AND s.scope = ?"
-        " AND s.opted = 'out' AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a"
-        " WHERE a.contact_idx = ? AND a.scope = ? AND a.opted = 'in')",
-        (entry.contact_idx, entry.scope, entry.contact_idx, SCOPE_ALL),
-    ).fetchone()
-    if in_force is None:
+    if not appointment_out(conn, entry.contact_idx, entry.scope):
         return []
+    appointment_id = entry.scope.removeprefix(APPOINTMENT_SCOPE_PREFIX)
     conn.execute(
         "UPDATE clinical_notices SET state = 'cancelled', reason = 'opted_out', updated_at = ?"
         " WHERE appointment_id = ? AND contact_idx = ? AND state = 'pending'",

@@ -44,7 +44,7 @@ from gateway.consent.answers import Answers, Recipient
 from gateway.consent.inbound import Handled
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.keywords import Action
-from gateway.consent.purposes import SCOPE_ALL, appointment_scope
+from gateway.consent.purposes import appointment_scope
 from gateway.consent.withdraw import Withdrawal
 from gateway.intake import normalise_number
 from gateway.logs import exception_summary
@@ -204,14 +204,7 @@ class InboundReplies:
         notices cancelled, its waiting messages blocked. False if it already was."""
         conn, s = step.conn, step.inbound
         scope = appointment_scope(appointment_id)
-        row = conn.execute(
-            "SELECT opted FROM consent_state WHERE contact_idx = ? AND scope = ?"
-            " AND program IN (?, ?) AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
-            " WHERE contact_idx = ? AND scope = ? AND opted = 'in')"
-            " ORDER BY seq DESC LIMIT 1",
-            (step.idx, scope, step.program, ledger.ALL_PROGRAMS, step.idx, SCOPE_ALL),
-        ).fetchone()
-        if row is not None and row[0] == "out":
+        if withdraw.appointment_out(conn, step.idx, scope):
             return False
         entry = ledger.Entry(
             contact_idx=step.idx,
