@@ -1,0 +1,3 @@
+"""Imports every module that registers ops (one line each), so `lookup` finds them."""
+
+from __future__ import annotations
