@@ -1,3 +1,5 @@
 """Imports every module that registers ops (one line each), so `lookup` finds them."""
 
 from __future__ import annotations
+
+from gateway import console  # noqa: F401  # user.*, token.*, audit.verify
