@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import socket
 import sys
 from pathlib import Path
@@ -64,12 +65,12 @@ def run_remote(config: Config, name: str, args: dict[str, Any]) -> int:
         sock.settimeout(None)  # an op (a backup) may take long; the daemon ends it
         actor = f"console:{user_name(os.getuid())}"
         sock.sendall(json.dumps({"op": name, "args": args, "actor": actor}).encode() + b"\n")
-        return _follow(sock.makefile("rb"), name)
+        return _follow(sock.makefile("rb"), f"the service stopped before {name} finished")
     finally:
         sock.close()
 
 
-def _follow(lines: Any, name: str) -> int:
+def _follow(lines: Any, gone: str) -> int:
     progress = ProgressLine()
     try:
         for raw in lines:
@@ -88,8 +89,12 @@ def _follow(lines: Any, name: str) -> int:
                 return 2
     finally:
         progress.close()
-    print(f"smsgw: the service stopped before {name} finished", file=sys.stderr)
+    print(f"smsgw: {gone}", file=sys.stderr)
     return 1
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 # -- no service running: here ------------------------------------------------------------
@@ -112,41 +117,63 @@ def _owner(data_dir: str) -> tuple[int, int] | None:
 
 
 def _as_owner(config: Config, name: str, args: dict[str, Any], owner: tuple[int, int]) -> int:
-    """Fork; the child drops to `owner` (groups, gid, then uid) and runs the op."""
+    """Fork; the child drops to `owner` (groups, gid, then uid) and runs the op, sending
+    its lines back over a pipe as the admin socket would."""
     sys.stdout.flush()
     sys.stderr.flush()
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        code = 1
+        os.close(read_end)
+        pipe = os.fdopen(write_end, "wb")
+
+        def emit(message: dict[str, Any]) -> None:
+            pipe.write(json.dumps(message).encode() + b"\n")
+            pipe.flush()
+
         try:
             uid, gid = owner
             os.setgroups(_groups(uid, gid))
             os.setgid(gid)
             os.setuid(uid)
-            code = _local(config, name, args)
+            code = _local(
+                config,
+                name,
+                args,
+                out=lambda line: emit({"out": line}),
+                err=lambda line: emit({"err": line}),
+                progress=lambda done, total, what: emit({"progress": [done, total, what]}),
+            )
+            emit({"exit": code})
         except crypto.MasterKeyError as e:
-            print(f"smsgw: {e}", file=sys.stderr)
-            code = 2
-        except BaseException as e:  # the child must exit (os._exit), never return
-            print(f"smsgw: {name} failed: {type(e).__name__}", file=sys.stderr)
+            emit({"error": {"code": "master_key", "message": str(e)}})
+        except BaseException as e:  # the child must end here (os._exit), never return
+            emit({"error": {"code": "op_failed", "message": f"{name} failed: {type(e).__name__}"}})
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as lines:
+        code = _follow(lines, f"{name} ended before it finished (as uid {owner[0]})")
+    os.waitpid(pid, 0)
+    return code
 
 
 def _groups(uid: int, gid: int) -> list[int]:
     try:
-        import pwd
-
         return os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
     except KeyError:
         return [gid]
 
 
-def _local(config: Config, name: str, args: dict[str, Any]) -> int:
+def _local(
+    config: Config,
+    name: str,
+    args: dict[str, Any],
+    *,
+    out: registry.Out = print,
+    err: registry.Out = _to_stderr,
+    progress: registry.Progress | None = None,
+) -> int:
     try:
         key = custody.load_master_key(config)
     except crypto.MasterKeyError as e:
@@ -156,21 +183,22 @@ def _local(config: Config, name: str, args: dict[str, Any]) -> int:
             " readable here (mount its media, or `smsgw keys unprotect`; see"
             " docs/ops/key-custody.md)"
         ) from None
-    progress = ProgressLine()
 
     async def go() -> int:
         store = Store(config.db_path, key, synchronous=config.store.synchronous)
         await store.open()
         try:
             return await registry.run_in(
-                config, store, key, name, args, actor="console", out=print, progress=progress
+                config, store, key, name, args, actor="console", out=out, err=err, progress=shown
             )
         finally:
             await store.close()
 
     if not registry.lookup(name).needs_store:
         raise ValueError(f"op {name} opens no store: call its handler's own entry")
+    line = ProgressLine()
+    shown = line if progress is None else progress
     try:
         return asyncio.run(go())
     finally:
-        progress.close()
+        line.close()

@@ -93,7 +93,9 @@ class AdminSocket:
     async def start(self) -> None:
         path = self.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if not path.parent.exists():
+                path.parent.mkdir(parents=True)
+                path.parent.chmod(0o750)  # the umask (0077) would leave the group out
             self._clear_stale(path)
             # The process umask (0077) makes the socket 0600 at bind; it is opened to
             # the group only after, so it is never wider than 0660.
