@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -48,6 +49,7 @@ _BOUNDS: dict[str, tuple[int, int]] = {
     "lanes": (1, 64),
 }
 ASK_SECONDS = 0  # systemd-ask-password: wait as long as the operator needs
+log = structlog.get_logger("smsgw.custody")
 
 
 class CustodyError(crypto.MasterKeyError):
@@ -195,6 +197,7 @@ def ask_operator(prompt: str) -> str | None:
     Plymouth screen or `systemd-tty-ask-password-agent`), else the terminal, else None."""
     tool = shutil.which("systemd-ask-password")
     if os.environ.get("INVOCATION_ID") and tool:
+        log.info("master_key_passphrase_asked", via="systemd-ask-password")
         done = subprocess.run(  # noqa: S603 - a fixed system tool, no shell
             [tool, "--id=smsgw:master-key", f"--timeout={ASK_SECONDS}", prompt],
             stdout=subprocess.PIPE,
@@ -205,5 +208,6 @@ def ask_operator(prompt: str) -> str | None:
             raise CustodyError("systemd-ask-password gave no passphrase for the master key")
         return done.stdout.decode().rstrip("\n")
     if sys.stdin.isatty():
+        log.info("master_key_passphrase_asked", via="terminal")
         return getpass.getpass(prompt + " ")
     return None

@@ -102,6 +102,8 @@ class Service:
         """Wait for the process to end by itself."""
         code = self.proc.wait(limit)
         self._reader.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         return code
 
     def stderr(self) -> str:
