@@ -98,7 +98,7 @@ async def _init_store(config: Config) -> str | None:
         crypto.generate_master_key(key_path)
         new_key = True
     store = Store(
-        config.db_path, crypto.read_master_key(key_path), synchronous=config.store.synchronous
+        config.db_path, custody.load_master_key(config), synchronous=config.store.synchronous
     )
     await store.open()
     try:
@@ -194,6 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             key = custody.load_master_key(config)
         except crypto.MasterKeyError as e:
             raise StartupFault(str(e), exit_code=2) from None
+        except OSError as e:
+            raise describe_fault(e, config) from None
         _install_uvloop()
         return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, key, s)))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.clock import SystemClock
+from gateway import custody
 from gateway.admin import passwords
 from gateway.admin.accounts import Accounts, InvalidUsername
 from gateway.config import Config
@@ -26,7 +27,6 @@ from gateway.consent import token_purposes
 from gateway.ops import client
 from gateway.ops.registry import OpContext, op
 from gateway.panel_users import Role, UserExists
-from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
@@ -40,18 +40,14 @@ TOKEN_HEADER = f"{'ID':12}  {'STATE':8} {'SCOPES':18} NAME"
 
 
 async def with_store(config: Config) -> Store:
-    store = Store(
-        config.db_path,
-        crypto.read_master_key(config.master_key_path),
-        synchronous=config.store.synchronous,
-    )
+    key = custody.load_master_key(config)  # a protected key is unlocked once
+    store = Store(config.db_path, key, synchronous=config.store.synchronous)
     await store.open()
     return store
 
 
 def audit_trail(store: Store, config: Config) -> AuditTrail:
-    key = crypto.read_master_key(config.master_key_path)
-    return AuditTrail(store, audit_key(key), SystemClock())
+    return AuditTrail(store, audit_key(store.master_key), SystemClock())
 
 
 # -- the ops ---------------------------------------------------------------------------
