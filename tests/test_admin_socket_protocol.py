@@ -9,6 +9,7 @@ import io
 import json
 import os
 import socket
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,17 @@ async def test_a_socket_path_longer_than_sun_path(
     finally:
         await server.close()
     assert not path.exists()
+
+
+async def test_a_socket_directory_it_makes_is_0750_and_the_socket_0660(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "run" / "smsgw" / "admin.sock"
+    gw = await open_gateway(admin={"socket": str(path)})
+    server = AdminSocket(gw, crypto.read_master_key(gw.config.master_key_path))
+    await server.start()
+    try:
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o660
+    finally:
+        await server.close()
