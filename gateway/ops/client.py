@@ -39,16 +39,15 @@ def run(config: Config, name: str, args: dict[str, Any]) -> int:
     try:
         return run_remote(config, name, args)
     except NotServed:
-        pass
+        return run_here(config, name, args)
     except PermissionError:
-        path = config.admin_socket_path
-        print(
-            f"smsgw: the service's admin socket {path} is not open to this user; run the"
-            " command as root or as the service's user",
-            file=sys.stderr,
-        )
-        return 2
-    return run_here(config, name, args)
+        problem = "is not open to this user; run the command as root or as the service's user"
+    except TimeoutError:
+        problem = f"takes no connection within {CONNECT_SECONDS:g} s; is the service hung?"
+    print(
+        f"smsgw: the service's admin socket {config.admin_socket_path} {problem}", file=sys.stderr
+    )
+    return 2
 
 
 def run_remote(config: Config, name: str, args: dict[str, Any]) -> int:
@@ -70,10 +69,18 @@ def run_remote(config: Config, name: str, args: dict[str, Any]) -> int:
         sock.close()
 
 
+def _lines(stream: Any) -> Any:
+    """The stream's lines, ending (not raising) when the other side resets it."""
+    try:
+        yield from stream
+    except ConnectionError:
+        return
+
+
 def _follow(lines: Any, gone: str) -> int:
     progress = ProgressLine()
     try:
-        for raw in lines:
+        for raw in _lines(lines):
             message = json.loads(raw)
             if "out" in message:
                 print(message["out"], flush=True)

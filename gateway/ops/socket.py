@@ -175,7 +175,14 @@ class AdminSocket:
                 None,
                 uid=uid,
             )
-            await _send(writer, _error("forbidden", "only root and the service's user may"))
+            await _send(
+                writer,
+                _error(
+                    "forbidden",
+                    "this user may not run commands in the service: only root and the"
+                    " service's user may",
+                ),
+            )
             return
         request = await self._request(reader)
         if isinstance(request, str):
