@@ -19,6 +19,8 @@ from typing import Any
 
 from gateway import custody
 from gateway.config import Config
+from gateway.ops import client
+from gateway.ops.registry import OpContext, op
 from gateway.store import crypto
 
 
@@ -59,7 +61,7 @@ def protect(args: argparse.Namespace, config: Config) -> int:
         " its next start (docs/ops/key-custody.md). Keep the passphrase apart from the"
         " key's backup."
     )
-    return 0
+    return _record(config, "protected", key)
 
 
 def unprotect(args: argparse.Namespace, config: Config) -> int:
@@ -74,7 +76,25 @@ def unprotect(args: argparse.Namespace, config: Config) -> int:
     key = custody.unprotect(text, passphrase, path)
     _replace(path, base64.b64encode(key).decode() + "\n")
     print(f"master key {path} is a plain key file again (mode 0600)")
+    return _record(config, "unprotected", key)
+
+
+@op("keys.custody_changed")
+async def custody_changed(ctx: OpContext, args: dict[str, Any]) -> int:
+    """Audit a change of the key file's custody (`master_key_protected`/`_unprotected`)."""
+    change = args.get("change")
+    if change not in ("protected", "unprotected"):
+        ctx.err("smsgw keys: change must be protected or unprotected")
+        return 2
+    await ctx.audit.record(ctx.actor, f"master_key_{change}", "key", "master")
     return 0
+
+
+def _record(config: Config, change: str, key: bytes) -> int:
+    """Audit the change: in the running service, else here with the key in hand."""
+    if not config.db_path.exists():
+        return 0  # no store yet: nothing to record in
+    return client.run(config, "keys.custody_changed", {"change": change}, key=key)
 
 
 def _replace(path: Path, text: str) -> None:

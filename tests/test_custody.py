@@ -11,9 +11,11 @@ import os
 import pty
 import select
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,12 @@ def _protected(tmp_path: Path) -> tuple[Path, str, Path]:
     return conf, plain, phrase
 
 
+def _audit(data_dir: Path) -> list[tuple[str, str]]:
+    with closing(sqlite3.connect(data_dir / "smsgw.db")) as conn:
+        rows = conn.execute("SELECT actor, action FROM audit_log ORDER BY seq").fetchall()
+    return [(str(a), str(b)) for a, b in rows]
+
+
 def test_protect_and_unprotect_round_trip(tmp_path: Path) -> None:
     conf, plain, phrase = _protected(tmp_path)
     key_file = tmp_path / "master.key"
@@ -70,6 +78,10 @@ def test_protect_and_unprotect_round_trip(tmp_path: Path) -> None:
     assert key_file.read_text() == plain
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert not list(tmp_path.glob(".master.key*")), "no temporary file left"
+    assert _audit(tmp_path)[-2:] == [
+        ("console", "master_key_protected"),
+        ("console", "master_key_unprotected"),
+    ]
 
 
 def test_a_short_passphrase_is_refused(tmp_path: Path) -> None:
@@ -117,10 +129,18 @@ def test_the_service_unlocks_with_the_configured_passphrase_file(tmp_path: Path)
             "[store]\n", f'[store]\nmaster_key_passphrase_file = "{phrase}"\n', 1
         )
     )
+    cfg = ("--config", str(conf))
     with running(conf):
-        assert _cli("audit", "verify", "--config", str(conf))[0] == 0
+        assert _cli("audit", "verify", *cfg)[0] == 0
+        # Custody changes while it runs are audited by the service, as the console's user.
+        assert _cli("keys", "unprotect", "--passphrase-file", str(phrase), *cfg)[0] == 0
+        assert _cli("keys", "protect", "--passphrase-file", str(phrase), *cfg)[0] == 0
+    assert _audit(tmp_path)[-2:] == [
+        ("console:root", "master_key_unprotected"),
+        ("console:root", "master_key_protected"),
+    ]
     # With the file there, the console unlocks the key itself too.
-    assert _cli("audit", "verify", "--config", str(conf))[0] == 0
+    assert _cli("audit", "verify", *cfg)[0] == 0
 
 
 def _files(directory: Path) -> dict[str, tuple[int, int]]:

@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-from gateway import console  # noqa: F401  # user.*, token.*, audit.verify
+from gateway import (
+    console,  # noqa: F401  # user.*, token.*, audit.verify
+    custody_cmd,  # noqa: F401  # keys.custody_changed
+)

@@ -34,12 +34,13 @@ class NotServed(Exception):
     """No service answers on the admin socket (none runs, or a killed one's file)."""
 
 
-def run(config: Config, name: str, args: dict[str, Any]) -> int:
-    """Run op `name` in the running service if there is one, else here; its exit code."""
+def run(config: Config, name: str, args: dict[str, Any], *, key: bytes | None = None) -> int:
+    """Run op `name` in the running service if there is one, else here; its exit code.
+    `key`: the master key when the caller holds it already (else read, or unlocked)."""
     try:
         return run_remote(config, name, args)
     except NotServed:
-        return run_here(config, name, args)
+        return run_here(config, name, args, key=key)
     except PermissionError:
         problem = "is not open to this user; run the command as root or as the service's user"
     except TimeoutError:
@@ -107,12 +108,12 @@ def _to_stderr(line: str) -> None:
 # -- no service running: here ------------------------------------------------------------
 
 
-def run_here(config: Config, name: str, args: dict[str, Any]) -> int:
+def run_here(config: Config, name: str, args: dict[str, Any], *, key: bytes | None = None) -> int:
     """Run op `name` in this process, as the data directory's owner when we are root."""
     owner = _owner(config.data_dir)
     if os.geteuid() == 0 and owner is not None and owner[0] != 0:
-        return _as_owner(config, name, args, owner)
-    return _local(config, name, args)
+        return _as_owner(config, name, args, owner, key)
+    return _local(config, name, args, key=key)
 
 
 def _owner(data_dir: str) -> tuple[int, int] | None:
@@ -123,7 +124,9 @@ def _owner(data_dir: str) -> tuple[int, int] | None:
     return st.st_uid, st.st_gid
 
 
-def _as_owner(config: Config, name: str, args: dict[str, Any], owner: tuple[int, int]) -> int:
+def _as_owner(
+    config: Config, name: str, args: dict[str, Any], owner: tuple[int, int], key: bytes | None
+) -> int:
     """Fork; the child drops to `owner` (groups, gid, then uid) and runs the op, sending
     its lines back over a pipe as the admin socket would."""
     sys.stdout.flush()
@@ -150,6 +153,7 @@ def _as_owner(config: Config, name: str, args: dict[str, Any], owner: tuple[int,
                 out=lambda line: emit({"out": line}),
                 err=lambda line: emit({"err": line}),
                 progress=lambda done, total, what: emit({"progress": [done, total, what]}),
+                key=key,
             )
             emit({"exit": code})
         except crypto.MasterKeyError as e:
@@ -180,9 +184,10 @@ def _local(
     out: registry.Out = print,
     err: registry.Out = _to_stderr,
     progress: registry.Progress | None = None,
+    key: bytes | None = None,
 ) -> int:
     try:
-        key = custody.load_master_key(config)
+        key = key or custody.load_master_key(config)
     except crypto.MasterKeyError as e:
         raise crypto.MasterKeyError(
             f"{e}; and no smsgw service answers on {config.admin_socket_path}. Start the"
