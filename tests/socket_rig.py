@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -55,13 +56,25 @@ def open_dir(mode: int = 0o755) -> Iterator[Path]:
 class Service:
     """`smsgw run --config CONF` as a child process."""
 
-    def __init__(self, conf: Path, env: dict[str, str] | None = None, ready: bool = True) -> None:
+    def __init__(
+        self,
+        conf: Path,
+        env: dict[str, str] | None = None,
+        ready: bool = True,
+        uid: int | None = None,
+    ) -> None:
+        argv, extra = SMSGW, {}
+        if uid is not None:  # as that user, with an interpreter it can read
+            argv, extra = interpreter_for_others()
         self.proc = subprocess.Popen(
-            [*SMSGW, "run", "--config", str(conf)],
+            [*argv, "run", "--config", str(conf)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **extra, **(env or {})},
+            user=uid,
+            group=uid,
+            extra_groups=[] if uid is not None else None,
         )
         self.lines: list[str] = []
         self._seen = 0
@@ -124,9 +137,23 @@ class Service:
         return self.stderr()
 
 
+def interpreter_for_others() -> tuple[list[str], dict[str, str]]:
+    """`smsgw` as another uid would run it: an interpreter of this version that others
+    can execute (this one may sit in root's 0700 home, as pyenv's does), with this
+    checkout and the venv's packages on its path."""
+    candidates = [Path(sys.executable).resolve(), Path(f"/usr/bin/python3.{sys.version_info[1]}")]
+    for python in candidates:
+        if python.exists() and all(p.stat().st_mode & 0o001 for p in python.parents):
+            paths = [str(Path(__file__).resolve().parent.parent), *site.getsitepackages()]
+            return [str(python), "-m", "gateway.cli"], {"PYTHONPATH": ":".join(paths)}
+    raise FileNotFoundError(f"no Python 3.{sys.version_info[1]} that other users can run")
+
+
 @contextlib.contextmanager
-def running(conf: Path, env: dict[str, str] | None = None) -> Iterator[Service]:
-    service = Service(conf, env)
+def running(
+    conf: Path, env: dict[str, str] | None = None, uid: int | None = None
+) -> Iterator[Service]:
+    service = Service(conf, env, uid=uid)
     try:
         yield service
     finally:

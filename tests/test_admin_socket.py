@@ -12,6 +12,7 @@ import re
 import shutil
 import sqlite3
 import stat
+import subprocess
 import urllib.error
 import urllib.request
 from contextlib import closing
@@ -176,4 +177,41 @@ def test_a_uid_neither_root_nor_the_services_is_refused_and_audited() -> None:
                 "admin_socket_refused",
                 json.dumps({"uid": NOBODY}, separators=(",", ":")),
             )
+        ]
+
+
+def test_a_service_running_as_its_own_user_serves_root_and_that_user() -> None:
+    # As packaged: the service runs as its own user, owns the data directory, and alone
+    # can read the key (a 0700 directory of its own). Root's console and the service
+    # user's both go through the socket; every file stays the service's.
+    with open_dir() as base:
+        data = base / "data"
+        conf = init_data_dir(data)
+        secrets = base / "secrets"
+        secrets.mkdir(mode=0o700)
+        key = secrets / "master.key"
+        shutil.move(data / "master.key", key)
+        conf.write_text(conf.read_text().replace('"master.key"', f'"{key}"'))
+        pw = base / "pw"
+        pw.write_text(PASSWORD + "\n")
+        for path in (data, secrets):
+            subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(path)], check=True)
+        config = config_mod.load(conf)
+        cfg = ("--config", str(conf))
+        with running(conf, uid=NOBODY):
+            code, out, err = _cli(
+                "user", "add", "--role", "admin", "carol", "--password-file", str(pw), *cfg
+            )
+            assert code == 0 and "added carol" in out, err
+            assert _cli("token", "create", *cfg)[0] == 0
+            code, out, err = as_user(lambda: client.run(config, "user.list", {}), NOBODY, NOBODY)
+            assert code == 0 and "carol" in out, err
+            code, _, err = as_user(lambda: client.run(config, "audit.verify", {}), NOBODY, NOBODY)
+            assert code == 0, err
+        assert set(owners(data).values()) == {NOBODY}, owners(data)
+        actors = [(a, b) for a, b, _ in _audit(data / "smsgw.db") if a.startswith("console:")]
+        assert actors == [
+            ("console:root", "user_created"),
+            ("console:root", "token_created"),
+            ("console:nobody", "audit_verified"),
         ]
