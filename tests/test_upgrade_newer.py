@@ -26,7 +26,7 @@ def _newer_store(tmp_path: Path) -> tuple[Path, int]:
 
 def test_run_refuses_a_newer_store_naming_both_versions(tmp_path: Path) -> None:
     conf, newer = _newer_store(tmp_path)
-    done = subprocess.run(  # noqa: S603 - our own command line
+    done = subprocess.run(
         [*SMSGW, "run", "--config", str(conf)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2, done.stderr
