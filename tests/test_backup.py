@@ -293,3 +293,20 @@ def test_restore_command_refuses_a_running_gateway(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert not (target / "smsgw.db").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")
+async def test_restore_as_root_hands_the_files_to_the_data_dirs_owner(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = await open_gateway()
+    path = await _taken(gw, tmp_path)
+    target = tmp_path / "owned"
+    target.mkdir(mode=0o750)
+    service = (65534, 65534)  # nobody: stands for the `smsgw` service user
+    os.chown(target, *service)
+    code, lines = await asyncio.to_thread(_restore, path, target, gw.config.master_key_path)
+    assert code == 0, lines
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in target.iterdir()}
+    assert set(owners) >= {"smsgw.db", "smsgw.lock"}
+    assert set(owners.values()) == {service}, owners
