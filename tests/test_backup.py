@@ -114,16 +114,23 @@ async def test_backup_op_reports_progress_and_audits(
     assert any(w == "backup: pages copied" and d == t for d, t, w in steps)
     (entry, *_) = await gw.audit.entries(limit=1)
     assert (entry.action, entry.target_id) == ("backup_created", path.name)
-    with pytest.raises(ValueError, match="step_pages"):
-        await registry.run_in(
-            gw.config,
-            gw.store,
-            gw.store.master_key,
-            "backup.create",
-            {"out": str(tmp_path / "x"), "step_pages": 0},
-            actor="console",
-            out=lines.append,
-        )
+    lines.clear()
+    refused = await registry.run_in(
+        gw.config, gw.store, gw.store.master_key, "backup.create",
+        {"out": str(tmp_path / "x"), "step_pages": 0}, actor="console", out=lines.append,
+    )  # fmt: skip
+    assert refused == 2 and lines == [
+        "backup: step_pages: expected a positive whole number of pages"
+    ]
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # --out names a file: the directory cannot be made
+    lines.clear()
+    code = await registry.run_in(
+        gw.config, gw.store, gw.store.master_key, "backup.create",
+        {"out": str(blocked / "sub")}, actor="console", out=lines.append,
+    )  # fmt: skip
+    assert code == 1 and lines[0].startswith("backup: failed: ")
+    assert lines[0].endswith("no backup was written")
 
 
 async def _taken(gw: Gateway, tmp_path: Path) -> Path:

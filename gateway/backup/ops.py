@@ -9,11 +9,13 @@ admin socket refuses it.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from gateway.backup import restore, snapshot, verify
 from gateway.ops.registry import OpContext, Out, Progress, op
+from gateway.store import crypto
 
 
 def _threadsafe(progress: Progress) -> Progress:
@@ -35,25 +37,30 @@ def _threadsafe_out(out: Out) -> Out:
     return write
 
 
-def _step_pages(args: dict[str, Any]) -> int:
-    value = args.get("step_pages", snapshot.DEFAULT_STEP_PAGES)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError("step_pages: expected a positive whole number of pages")
-    return value
-
-
 @op("backup.create")
 async def create(ctx: OpContext, args: dict[str, Any]) -> int:
     """Args: `out` (a directory; default `<data_dir>/backups`), `step_pages` (optional)."""
     out = Path(args["out"]) if args.get("out") else Path(ctx.config.data_dir) / "backups"
-    path, manifest = await asyncio.to_thread(
-        snapshot.take,
-        ctx.store.path,
-        out,
-        ctx.master_key,
-        step_pages=_step_pages(args),
-        progress=_threadsafe(ctx.progress),
-    )
+    step_pages = args.get("step_pages", snapshot.DEFAULT_STEP_PAGES)
+    if not isinstance(step_pages, int) or isinstance(step_pages, bool) or step_pages < 1:
+        ctx.out("backup: step_pages: expected a positive whole number of pages")
+        return 2
+    try:
+        path, manifest = await asyncio.to_thread(
+            snapshot.take,
+            ctx.store.path,
+            out,
+            ctx.master_key,
+            step_pages=step_pages,
+            progress=_threadsafe(ctx.progress),
+        )
+    except OSError as e:  # no room, no permission: nothing is left behind (snapshot.take)
+        where = f" ({e.filename})" if e.filename else ""
+        ctx.out(f"backup: failed: {e.strerror or e}{where}; no backup was written")
+        return 1
+    except (sqlite3.Error, crypto.MasterKeyError) as e:
+        ctx.out(f"backup: failed: {e}; no backup was written")
+        return 1
     await ctx.audit.record(
         ctx.actor,
         "backup_created",
