@@ -39,10 +39,6 @@ def _ids_in(backup: Path) -> set[str]:
         conn.close()
 
 
-def _lines() -> tuple[list[str], list[tuple[int, int, str]]]:
-    return [], []
-
-
 async def test_backup_under_writes_is_the_snapshot_it_started_from(
     open_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
@@ -96,7 +92,8 @@ async def test_backup_op_reports_progress_and_audits(
 ) -> None:
     gw = await open_gateway()
     await accept(gw)
-    lines, steps = _lines()
+    lines: list[str] = []
+    steps: list[tuple[int, int, str]] = []
     code = await registry.run_in(
         gw.config,
         gw.store,
@@ -116,9 +113,14 @@ async def test_backup_op_reports_progress_and_audits(
     assert (entry.action, entry.target_id) == ("backup_created", path.name)
     lines.clear()
     refused = await registry.run_in(
-        gw.config, gw.store, gw.store.master_key, "backup.create",
-        {"out": str(tmp_path / "x"), "step_pages": 0}, actor="console", out=lines.append,
-    )  # fmt: skip
+        gw.config,
+        gw.store,
+        gw.store.master_key,
+        "backup.create",
+        {"out": str(tmp_path / "x"), "step_pages": 0},
+        actor="console",
+        out=lines.append,
+    )
     assert refused == 2 and lines == [
         "backup: step_pages: expected a positive whole number of pages"
     ]
@@ -126,9 +128,14 @@ async def test_backup_op_reports_progress_and_audits(
     blocked.write_text("")  # --out names a file: the directory cannot be made
     lines.clear()
     code = await registry.run_in(
-        gw.config, gw.store, gw.store.master_key, "backup.create",
-        {"out": str(blocked / "sub")}, actor="console", out=lines.append,
-    )  # fmt: skip
+        gw.config,
+        gw.store,
+        gw.store.master_key,
+        "backup.create",
+        {"out": str(blocked / "sub")},
+        actor="console",
+        out=lines.append,
+    )
     assert code == 1 and lines[0].startswith("backup: failed: ")
     assert lines[0].endswith("no backup was written")
 

@@ -178,6 +178,9 @@ async def test_backup_under_smpp_load_restores_everything_acknowledged(tmp_path:
     assert smsc.submits > 0  # and went out over SMPP
     (backup,) = (tmp_path / "backups").glob("*.db")
     assert out.splitlines()[0] == f"backup: {backup}"
+    # The console's `backup_created` entry went into the live chain beside the daemon's.
+    code, out, _ = await _smsgw("audit", "verify", "--config", str(conf_a))
+    assert code == 0, out
 
     # A tampered copy fails --verify; the backup itself passes.
     tampered = tmp_path / "tampered.db"
