@@ -28,6 +28,7 @@ from gateway.cli import main
 from gateway.ops import registry
 from gateway.startup import DataDirLock
 from gateway.store import crypto
+from gateway.store.schema import MIGRATIONS
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, GatewayFactory, accept, make_config
 
 
@@ -181,6 +182,23 @@ async def test_verify_finds_damage_tampering_and_a_wrong_key(
     verdict = verify.verify(edited, key)
     assert verdict.code == verify.BAD
     assert verdict.lines[-1].startswith("audit chain: BROKEN")
+
+    # A backup from a newer smsgw (its schema version above this code's).
+    newer = tmp_path / "newer.db"
+    newer.write_bytes(path.read_bytes())
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 2}")
+    conn.close()
+    manifest = json.loads(manifest_path(path).read_bytes())
+    manifest["sha256"] = hashlib.sha256(newer.read_bytes()).hexdigest()
+    manifest["schema_version"] = len(MIGRATIONS) + 2
+    manifest_path(newer).write_text(json.dumps(manifest))
+    verdict = verify.verify(newer, key)
+    assert verdict.code == verify.BAD
+    assert (
+        f"version {len(MIGRATIONS) + 2} is newer than this smsgw ({len(MIGRATIONS)})"
+        in (verdict.lines[-1])
+    )
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
