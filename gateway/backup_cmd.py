@@ -73,6 +73,9 @@ def cmd_backup(args: argparse.Namespace, load: Callable[[str | None], Config]) -
             )
         if args.key:
             raise ConfigError("--key: only with --verify (a backup uses the gateway's key)")
+        if not config.db_path.exists():  # opening it here would create an empty one
+            print(f"smsgw backup: no store at {config.db_path}; check --config", file=sys.stderr)
+            return 2
         out = str(Path(args.out).resolve()) if args.out else None
         return registry.run_local(
             config, "backup.create", {"out": out}, out=print, progress=progress

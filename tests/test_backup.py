@@ -313,6 +313,10 @@ def test_restore_command_refuses_a_running_gateway(tmp_path: Path) -> None:
         assert main(["backup", "--config", str(source / "smsgw.toml"), "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*.db")
     assert read_manifest(path).schema_version > 0
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(f'data_dir = "{tmp_path / "none"}"\n')
+    assert main(["backup", "--config", str(elsewhere)]) == 2  # no store: none made either
+    assert not (tmp_path / "none" / "smsgw.db").exists()
     target = tmp_path / "target"
     target.mkdir()
     fd = os.open(target / "smsgw.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -342,3 +346,32 @@ async def test_restore_as_root_hands_the_files_to_the_data_dirs_owner(
     owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in target.iterdir()}
     assert set(owners) >= {"smsgw.db", "smsgw.lock"}
     assert set(owners.values()) == {service}, owners
+
+
+async def test_verify_and_restore_ops_run_through_the_registry(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """What the daemon's socket calls: `backup.verify` with the daemon's key; and
+    `backup.restore`, which the registry marks offline only."""
+    gw = await open_gateway()
+    path = await _taken(gw, tmp_path)
+    lines: list[str] = []
+
+    async def run(name: str, args: dict[str, str]) -> int:
+        return await registry.run_in(
+            gw.config, gw.store, gw.store.master_key, name, args, actor="console",
+            out=lines.append,
+        )  # fmt: skip
+
+    assert await run("backup.verify", {"file": str(path)}) == 0
+    assert lines[-1] == "backup verified"
+    assert registry.lookup("backup.restore").offline_only
+    target = tmp_path / "t"
+    args = {
+        "file": str(path),
+        "data_dir": str(target),
+        "db_path": str(target / "smsgw.db"),
+        "key_path": str(gw.config.master_key_path),
+    }
+    assert await run("backup.restore", args) == 0
+    assert lines[-1].startswith(f"restored: {target / 'smsgw.db'}")
