@@ -14,8 +14,11 @@ import hashlib
 import io
 import json
 import os
+import resource
+import shutil
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,14 @@ from gateway.ops import registry
 from gateway.startup import DataDirLock
 from gateway.store import crypto
 from gateway.store.schema import MIGRATIONS
-from tests.conftest import CANARY_BODY, CANARY_DIGITS, GatewayFactory, accept, make_config
+from tests.conftest import (
+    CANARY_BODY,
+    CANARY_DIGITS,
+    SMSGW,
+    GatewayFactory,
+    accept,
+    make_config,
+)
 
 
 def _ids_in(backup: Path) -> set[str]:
@@ -375,3 +385,26 @@ async def test_verify_and_restore_ops_run_through_the_registry(
     }
     assert await run("backup.restore", args) == 0
     assert lines[-1].startswith(f"restored: {target / 'smsgw.db'}")
+
+
+def test_restore_that_runs_out_of_room_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A file-size limit stands for a full disk: the copy fails part way."""
+    source = tmp_path / "src"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["init", "--data-dir", str(source)]) == 0
+        assert main(["backup", "--config", str(source / "smsgw.toml"), "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.db")
+    target = tmp_path / "target"
+    target.mkdir()
+    shutil.copy(source / "master.key", target / "master.key")
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run(
+        [*SMSGW, "restore", str(path), "--data-dir", str(target)],
+        capture_output=True, text=True, timeout=60, preexec_fn=small_files,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("restore: failed: File too large")
+    assert sorted(p.name for p in target.iterdir()) == ["master.key", "smsgw.lock"]

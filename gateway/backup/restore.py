@@ -86,7 +86,11 @@ def _restore_locked(
     if verdict.code != OK or verdict.manifest is None:
         out("restore: refused: the backup did not verify; nothing was written")
         return verdict.code
-    _copy(backup, db_path, verdict.manifest, progress)
+    try:
+        _copy(backup, db_path, verdict.manifest, progress)
+    except OSError as e:  # no room, or the backup changed under us: nothing left behind
+        out(f"restore: failed: {e.strerror or e}; nothing was restored")
+        return 1
     _own_like_dir(db_path.parent, _store_files(db_path))
     asyncio.run(_record(db_path, key, actor, verdict.manifest))
     _own_like_dir(db_path.parent, _store_files(db_path))
