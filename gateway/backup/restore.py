@@ -73,6 +73,8 @@ def _restore_locked(
         )
         return REFUSED
     try:
+        if not key_path.exists():
+            raise crypto.MasterKeyError(f"no master key at {key_path}")
         key = crypto.read_master_key(key_path)
     except crypto.MasterKeyError as e:
         out(
