@@ -29,6 +29,7 @@ from gateway import config as config_mod
 from gateway import consent_cmd, custody, custody_cmd, logs, systemd, tls, undecodable_cmd
 from gateway import console as commands
 from gateway.app import Gateway
+from gateway.backup_cmd import add_parser as add_backup_parsers
 from gateway.config import Config, ConfigError
 from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
@@ -559,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     custody_cmd.add_parsers(keys.add_subparsers(dest="action", required=True), _load)
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
+    add_backup_parsers(sub, _load)
     hl7_send.add_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")

@@ -6,3 +6,4 @@ from gateway import (
     console,  # noqa: F401  # user.*, token.*, audit.verify
     custody_cmd,  # noqa: F401  # keys.custody_changed
 )
+from gateway.backup import ops as _backup_ops  # noqa: F401  # backup.create, .verify, .restore
