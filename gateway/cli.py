@@ -26,7 +26,7 @@ from aiohttp import web
 from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import consent_cmd, logs, systemd, tls, undecodable_cmd
+from gateway import consent_cmd, keys_cmd, logs, systemd, tls, undecodable_cmd
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
@@ -601,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
     hl7_send.add_parser(sub)
+    keys_cmd.add_parser(sub)  # custody_cmd.add_parsers(<its return>) adds to `smsgw keys`
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)

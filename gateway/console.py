@@ -40,8 +40,8 @@ async def with_store(config: Config) -> Store:
 
 
 def audit_trail(store: Store, config: Config) -> AuditTrail:
-    key = crypto.read_master_key(config.master_key_path)
-    return AuditTrail(store, audit_key(key), SystemClock())
+    del config  # the chain's key comes from the keyring's root (keyring_sql.py)
+    return AuditTrail(store, audit_key(store.master_key), SystemClock())
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
