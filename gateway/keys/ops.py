@@ -75,7 +75,7 @@ async def _run_to_end(ctx: OpContext) -> int:
         ctx.progress(min(scanned, total), total, "re-encrypting rows")
 
     job = rekey.RekeyJob(store, ctx.clock, OFFLINE_RATE, ctx.audit, ctx.actor)
-    await job.run_once(until_done=True, report=report)
+    await job.run_to_end(report)
     if total:
         ctx.progress(total, total, "re-encrypting rows")
     cipher = store.cipher

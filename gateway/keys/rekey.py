@@ -173,12 +173,14 @@ class RekeyJob:
     async def run(self) -> None:
         while True:
             try:
-                busy = await self.run_once()
+                pause = await self.run_once()
             except Exception:  # a failed pass is logged; the next poll retries
                 log.exception("rekey_failed")
-                busy = False
-            if not busy:
+                pause = None
+            if pause is None:
                 await self._idle()
+            else:
+                await self._clock.sleep(pause)
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -190,18 +192,24 @@ class RekeyJob:
             waiter.cancel()
             sleeper.cancel()
 
-    async def run_once(
-        self, *, until_done: bool = False, report: Callable[[Step], None] | None = None
-    ) -> bool:
-        """One batch (or, `until_done`, every batch and the retirement); whether there
-        is more to do right away."""
+    async def run_to_end(self, report: Callable[[Step], None] | None = None) -> None:
+        """Every batch with no pause, then the retirement (offline: nothing else writes)."""
+        while await self.run_once(report) is not None:
+            pass
+
+    async def run_once(self, report: Callable[[Step], None] | None = None) -> float | None:
+        """One batch; the pause before the next that keeps to the rate, or None when no
+        job is left (the retirement done)."""
         store = self._store
         cipher = store.cipher
         assert cipher is not None, "store is not open"
-        gens = await store.writer.run(keyring_sql.field_generations)
-        if {g for g, _ in gens} != cipher.generations:
+        # Reads, not writer jobs: an idle poll writes nothing to the disk.
+        gens = await store.reader.all("SELECT generation FROM keyring WHERE purpose = 'field'")
+        if {int(g[0]) for g in gens} != cipher.generations:
             await store.reload_keys()
             log.info("keyring_reloaded", generation=cipher.generation)
+        if await store.reader.one("SELECT 1 FROM key_rekey LIMIT 1") is None:
+            return None
         limit = max(1, min(MAX_BATCH, int(self._rate)))
         while True:
             try:
@@ -209,22 +217,20 @@ class RekeyJob:
             except StaleCipher:
                 await store.reload_keys()
                 continue
-            if done is None:
-                break
-            if done.rewritten or done.unreadable:
-                log.info(
-                    "rekey_batch",
-                    table=done.table,
-                    rewritten=done.rewritten,
-                    unreadable=done.unreadable,
-                )
-            if report is not None:
-                report(done)
-            await self._clock.sleep(done.scanned / self._rate if done.scanned else 0)
-            if not until_done:
-                return True
-        await self.retire()
-        return False
+            break
+        if done is None:
+            await self.retire()
+            return None
+        if done.rewritten or done.unreadable:
+            log.info(
+                "rekey_batch",
+                table=done.table,
+                rewritten=done.rewritten,
+                unreadable=done.unreadable,
+            )
+        if report is not None:
+            report(done)
+        return done.scanned / self._rate
 
     async def retire(self) -> list[int]:
         """Retire every older field generation no ciphertext is left of (the job must
