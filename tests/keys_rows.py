@@ -17,10 +17,10 @@ from gateway.clinical import notices, outbound
 from gateway.consent import ledger
 from gateway.hl7 import messages_sql
 from gateway.integrations import kannel, kannel_dlr
+from gateway.keys.catalog import CATALOG
 from gateway.medication import schedules
 from gateway.medication.timing import DoseSchedule
 from gateway.panel_users import Role
-from gateway.keys.catalog import CATALOG
 from gateway.store import consent_sql, crypto
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.quarantine import Quarantine

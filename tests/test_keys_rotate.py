@@ -112,9 +112,7 @@ async def test_a_new_process_resumes_after_the_cursor(
     assert set(counts) == {2}
 
 
-async def test_sends_go_on_while_the_job_runs(
-    open_gateway: GatewayFactory, tmp_path: Path
-) -> None:
+async def test_sends_go_on_while_the_job_runs(open_gateway: GatewayFactory, tmp_path: Path) -> None:
     gw = await open_gateway(store={"rekey_rows_per_second": 5})
     first = [await accept(gw, body=f"before {i}") for i in range(30)]
     await _rotate(gw)
