@@ -64,16 +64,22 @@ def start(conn: sqlite3.Connection, target: int) -> None:
 def step(conn: sqlite3.Connection, cipher: crypto.FieldCipher, limit: int) -> Step | None:
     """One batch of the first unfinished table; None when no job is left."""
     row = conn.execute(
-        "SELECT table_name, target, after FROM key_rekey WHERE done = 0 ORDER BY table_name LIMIT 1"
+        "SELECT table_name, target, after, until FROM key_rekey WHERE done = 0"
+        " ORDER BY table_name LIMIT 1"
     ).fetchone()
     if row is None:
         return None
-    table, target, after = row
+    table, target, after, until = row
     if cipher.generation != target:
         raise StaleCipher(f"job target {target}, cipher at {cipher.generation}")
     s = BY_TABLE[table]
+    if until is None:  # the walk reaches this table: later rows are sealed under target
+        (until,) = conn.execute(f"SELECT max({s.key}) FROM {s.table}").fetchone()  # noqa: S608  # catalog
+        conn.execute("UPDATE key_rekey SET until = ? WHERE table_name = ?", (until, table))
     columns = ", ".join(c for c, _ in s.columns)
-    where, params = ("", ()) if after is None else (f" WHERE {s.key} > ?", (after,))
+    where, params = f" WHERE {s.key} <= ?", [until]
+    if after is not None:
+        where, params = where + f" AND {s.key} > ?", [until, after]
     rows = conn.execute(
         f"SELECT {s.key}, {s.row_id}, {columns} FROM {s.table}{where}"  # noqa: S608  # names from the catalog
         f" ORDER BY {s.key} LIMIT ?",
@@ -102,8 +108,9 @@ def step(conn: sqlite3.Connection, cipher: crypto.FieldCipher, limit: int) -> St
             rewritten += 1
     done = len(rows) < limit
     conn.execute(
-        "UPDATE key_rekey SET after = ?, rewritten = rewritten + ?, done = ? WHERE table_name = ?",
-        (rows[-1][0] if rows else after, rewritten, int(done), table),
+        "UPDATE key_rekey SET after = ?, rewritten = rewritten + ?, unreadable = unreadable + ?,"
+        " done = ? WHERE table_name = ?",
+        (rows[-1][0] if rows else after, rewritten, unreadable, int(done), table),
     )
     return Step(table, len(rows), rewritten, unreadable, done)
 
@@ -233,29 +240,41 @@ class RekeyJob:
         return done.scanned / self._rate
 
     async def retire(self) -> list[int]:
-        """Retire every older field generation no ciphertext is left of (the job must
-        be through: a table not walked yet may still hold some)."""
+        """After a pass: retire every older field generation no ciphertext is left of.
+        If some are left that the pass could open (written under an older key by a
+        process that had not taken the rotation up yet), walk again; if the pass met
+        ciphertexts it could not open, stop and leave them (and their generation) for
+        an operator (`smsgw keys status`). The generations retired."""
         store = self._store
         cipher = store.cipher
         assert cipher is not None, "store is not open"
         current = cipher.generation
         old = sorted(g for g in cipher.generations if g < current)
-        if not old:
-            await store.writer.run(lambda conn: conn.execute("DELETE FROM key_rekey"))
-            return []
-        counts = await generation_counts(store)
+        counts = await generation_counts(store) if old else {}
         retired = [g for g in old if counts.get(g, 0) == 0]
+        left = {g: counts[g] for g in old if counts.get(g, 0)}
+        row = await store.reader.one("SELECT coalesce(sum(unreadable), 0) FROM key_rekey")
+        unreadable = int(row[0]) if row is not None else 0
 
-        def drop(conn: sqlite3.Connection) -> None:
+        def finish(conn: sqlite3.Connection) -> None:
             for g in retired:
                 keyring_sql.retire_field(conn, g)
-            if len(retired) == len(old):
+            if left and not unreadable:
+                start(conn, current)
+            else:
                 conn.execute("DELETE FROM key_rekey")
 
-        await store.writer.run(drop)
+        await store.writer.run(finish)
         for g in retired:
             await self._audit.record(self._actor, "key_generation_retired", "key", f"field:{g}")
             log.info("key_generation_retired", generation=g)
+        if left:
+            log.warning(
+                "rekey_left_behind",
+                ciphertexts=sum(left.values()),
+                unreadable=unreadable,
+                walking_again=not unreadable,
+            )
         if retired:
             await store.reload_keys()
         return retired

@@ -711,8 +711,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 22 (i14-keys): the re-encryption after a key rotation (`gateway/keys/rekey.py`):
     #    one row per table with encrypted columns, the generation its rows are brought
-    #    to, the key of the last row done (a kill resumes after it) and whether the table
-    #    is through. The consent ledger's trigger now also lets a re-encryption replace
+    #    to, the key of the last row done (a kill resumes after it), the last key the
+    #    walk goes to (the table's end when it was reached: rows added later are under
+    #    the new key already), the rows it re-encrypted and could not open, and whether
+    #    the table is through. The consent ledger's trigger now also lets a re-encryption replace
     #    an encrypted text by one of a newer key generation (the header's bytes compare
     #    as the generation does); any other change is refused as before.
     """
@@ -720,7 +722,9 @@ MIGRATIONS: tuple[str, ...] = (
         table_name  TEXT PRIMARY KEY,
         target      INTEGER NOT NULL,
         after       BLOB,
+        until       BLOB,
         rewritten   INTEGER NOT NULL DEFAULT 0,
+        unreadable  INTEGER NOT NULL DEFAULT 0,
         done        INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     DROP TRIGGER consent_ledger_no_update;
