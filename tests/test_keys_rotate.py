@@ -16,9 +16,11 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.keys import rekey
+from gateway.models import Priority, new_message_id
 from gateway.ops.registry import run_in
 from gateway.store import crypto
-from tests.conftest import CANARY_BODY, GatewayFactory, accept
+from gateway.store.store import NewMessage
+from tests.conftest import CANARY_BODY, CANARY_NUMBER, GatewayFactory, accept
 from tests.keys_rows import fill, open_every_ciphertext, webhook_sections
 from tests.store_rows import message_row
 
@@ -203,3 +205,42 @@ async def test_consent_ledger_takes_a_reencryption_and_refuses_any_other_change(
                 conn, "UPDATE consent_ledger SET note_ct = ? WHERE seq = ?", note, seq
             )
         )
+
+
+async def test_a_row_sealed_before_the_switch_and_committed_after_the_walk_is_caught(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The accept path seals before the writer's transaction: a message sealed under
+    generation 1 may commit after the walk went past its place. The check before the
+    retirement finds it and walks again; generation 1 goes only once nothing is left."""
+    gw = await open_gateway(store={"rekey_rows_per_second": 50})
+    for i in range(3):
+        await accept(gw, body=f"early {i}")
+    late_id = new_message_id()
+    now = gw.clock.time()
+    late = NewMessage(
+        id=late_id,
+        token_id=None,
+        priority=Priority.NORMAL,
+        to=CANARY_NUMBER,
+        body="sealed before, committed after",
+        encoding="GSM7",
+        segments=1,
+        created_at=now,
+        expires_at=now + 3600,
+        sealed=gw.store.seal(late_id, CANARY_NUMBER, "sealed before, committed after", None, None),
+    )
+    await _rotate(gw)
+    while True:  # the walk goes past the messages table
+        assert await gw.rekey.run_once() is not None
+        row = await gw.store.reader.one("SELECT done FROM key_rekey WHERE table_name = 'messages'")
+        if row is not None and row[0] == 1:
+            break
+    await gw.store.insert(gw.store.insert_statements(late))
+    await _drain(gw)
+    row = await message_row(gw.store, late_id)
+    assert row is not None and crypto.header_generation(row["body_ct"]) == 2
+    cipher = gw.store.cipher
+    assert cipher is not None and cipher.generations == {2}
+    m = await gw.store.records.message(late_id)
+    assert m is not None and m.body.open() == "sealed before, committed after"

@@ -227,7 +227,8 @@ class RekeyJob:
             break
         if done is None:
             await self.retire()
-            return None
+            again = await store.reader.one("SELECT 1 FROM key_rekey LIMIT 1")
+            return None if again is None else 0.0
         if done.rewritten or done.unreadable:
             log.info(
                 "rekey_batch",
