@@ -137,5 +137,8 @@ async def replace_master(ctx: OpContext, args: dict[str, Any]) -> int:
         return 2
     await ctx.audit.record(ctx.actor, "master_key_replaced", "key", "master", keys_rewrapped=count)
     ctx.out(f"{count} keys re-wrapped; the new master key is in {key_path}")
-    ctx.out("back up the new key now, apart from the data; destroy copies of the old one")
+    ctx.out(
+        "back up the new key now, apart from the data; keep the old one only with the"
+        " backups taken before now (they open with it alone), then destroy it"
+    )
     return 0
