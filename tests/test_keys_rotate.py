@@ -8,13 +8,18 @@ re-encryption but still no other change."""
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import sqlite3
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.app import Gateway
+from gateway.cli import main
+from gateway.config import ConfigError, from_mapping
 from gateway.keys import rekey
 from gateway.models import Priority, new_message_id
 from gateway.ops.registry import run_in
@@ -244,3 +249,57 @@ async def test_a_row_sealed_before_the_switch_and_committed_after_the_walk_is_ca
     assert cipher is not None and cipher.generations == {2}
     m = await gw.store.records.message(late_id)
     assert m is not None and m.body.open() == "sealed before, committed after"
+
+
+def test_the_rekey_rate_must_be_positive_and_its_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"store\.rekey_rows_per_second"):
+        from_mapping({"store": {"rekey_rows_per_second": 0}})
+
+
+async def test_status_shows_the_job_while_it_runs(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(store={"rekey_rows_per_second": 2})
+    for i in range(5):
+        await accept(gw, body=f"s {i}")
+    await _rotate(gw)
+    while True:
+        await gw.rekey.run_once()
+        row = await gw.store.reader.one("SELECT after FROM key_rekey WHERE table_name='messages'")
+        if row is not None and row[0] is not None:
+            break
+    lines: list[str] = []
+    await run_in(gw.config, gw.store, b"", "keys.status", {}, actor="console", out=lines.append)
+    assert [line.split()[0] for line in lines[1:3]] == ["1", "2"]
+    assert lines[1].split()[3:] == ["older", "6"] and lines[2].split()[3:] == ["current", "4"]
+    assert "re-encryption to generation 2:" in lines[3] and "now in messages" in lines[3]
+    assert "2 rows re-encrypted" in lines[3]
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_console_rotate_with_no_gateway_running_does_it_all_with_progress(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    gw = await open_gateway(**webhook_sections(tmp_path))
+    await fill(gw, messages=3)
+    await gw.stop()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'data_dir = "{tmp_path}"\n')
+    code, out, err = await asyncio.to_thread(_cli, "keys", "rotate", "--config", str(conf))
+    assert code == 0, err
+    assert "generation 2 is current" in out and "older generations retired" in out
+    assert re.search(r"re-encrypting rows: (\d+)/\1 \(100%\)", err)
+    code, out, _ = await asyncio.to_thread(
+        _cli, "keys", "rotate", "--background", "--config", str(conf)
+    )
+    assert code == 0 and "starts with the gateway" in out
+    again = await open_gateway(**webhook_sections(tmp_path))
+    assert set(await open_every_ciphertext(again.store)) == {2}
+    await _drain(again)  # what `smsgw run` does in the background
+    assert set(await open_every_ciphertext(again.store)) == {3}
+    code, out, _ = await asyncio.to_thread(_cli, "keys", "status", "--config", str(conf))
+    assert code == 0 and "none running" in out
