@@ -202,3 +202,27 @@ def test_the_daemon_refuses_to_start_on_a_half_replaced_key(tmp_path: Path) -> N
         check=False,
     )
     assert run.returncode != 0 and "recover-master" in run.stderr
+
+
+async def test_replacing_twice_and_back_to_the_first_key_keeps_the_chain(tmp_path: Path) -> None:
+    config, conf = await _prepare(tmp_path)
+    first = crypto.read_master_key(config.master_key_path)
+    kept = tmp_path / "first.key"
+    master.write_key_file(kept, first)
+    for args in ([], [], ["--new-key-file", str(kept)]):
+        code, out, _ = await asyncio.to_thread(
+            _smsgw, "keys", "replace-master", *args, "--config", str(conf)
+        )
+        assert code == 0, out
+        code, out, _ = await asyncio.to_thread(_smsgw, "audit", "verify", "--config", str(conf))
+        assert code == 0 and "intact" in out
+    assert crypto.read_master_key(config.master_key_path) == first
+    store = Store(config.db_path, first)
+    await store.open()
+    try:
+        # Back on the first key, the root is that key again and needs no row of its own.
+        rows = await store.reader.all("SELECT purpose FROM keyring ORDER BY 1")
+        assert [r[0] for r in rows] == ["blind", "field"]
+        assert store.master_key == first
+    finally:
+        await store.close()

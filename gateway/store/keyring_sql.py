@@ -3,16 +3,18 @@
 Purposes: `field` (one AES-256-GCM key per generation; the newest seals new writes,
 older ones only open what is not re-encrypted yet), `blind` (the blind index's HMAC
 key, generation 1, never rotated: see docs/ops/keys.md), and `root` (the key the audit
-chain's and route credentials' MAC keys are derived from). A store made before `root`
-existed derived those from the master key itself, so `root` starts as the master key
-of the day it is first opened: replacing the master later re-wraps it, and the audit
-chain written before stays verifiable.
+chain's and route credentials' MAC keys are derived from). Those were derived from the
+master key itself before the master could be replaced, so the root is the store's
+first master key: with no `root` row the root IS the master key (not stored, so the
+master is never wrapped under itself); the first replacement writes the old master as
+the `root` row, wrapped under the new one, and the audit chain stays verifiable.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 
 from gateway.store import crypto
@@ -32,18 +34,18 @@ def load(conn: sqlite3.Connection, master: bytes, *, create: bool, now: float) -
     keys: dict[str, dict[int, bytes]] = {"field": {}, "blind": {}, "root": {}}
     for purpose, generation, wrapped in rows:
         keys[purpose][generation] = crypto.unwrap_key(master, purpose, generation, wrapped)
-    for purpose in ("field", "blind", "root"):
+    for purpose in ("field", "blind"):
         if keys[purpose]:
             continue
         if not create:
             raise crypto.MasterKeyError(f"the keyring has no {purpose} key")
-        key = master if purpose == "root" else os.urandom(crypto.KEY_BYTES)
+        key = os.urandom(crypto.KEY_BYTES)
         conn.execute(
             "INSERT INTO keyring VALUES (?, 1, ?, ?)",
             (purpose, crypto.wrap_key(master, purpose, 1, key), now),
         )
         keys[purpose][1] = key
-    return Keys(keys["field"], keys["blind"][1], keys["root"][1])
+    return Keys(keys["field"], keys["blind"][1], keys["root"].get(1, master))
 
 
 def add_field_generation(conn: sqlite3.Connection, master: bytes, now: float) -> int:
@@ -73,15 +75,28 @@ def retire_field(conn: sqlite3.Connection, generation: int) -> None:
 
 
 def rewrap(conn: sqlite3.Connection, old: bytes, new: bytes) -> int:
-    """Every key wrapped under `new` instead of `old` (call inside one transaction)."""
+    """Every key wrapped under `new` instead of `old` (call inside one transaction),
+    the root kept (see above); how many keys `new` wraps now."""
     rows = conn.execute("SELECT purpose, generation, wrapped FROM keyring").fetchall()
+    root = old
     for purpose, generation, wrapped in rows:
         key = crypto.unwrap_key(old, purpose, generation, wrapped)
+        if purpose == "root":
+            root = key
+            continue
         conn.execute(
             "UPDATE keyring SET wrapped = ? WHERE purpose = ? AND generation = ?",
             (crypto.wrap_key(new, purpose, generation, key), purpose, generation),
         )
-    return len(rows)
+    count = sum(1 for r in rows if r[0] != "root")
+    conn.execute("DELETE FROM keyring WHERE purpose = 'root'")
+    if root == new:  # the first master key again: it is the root without a row
+        return count
+    conn.execute(
+        "INSERT INTO keyring VALUES ('root', 1, ?, ?)",
+        (crypto.wrap_key(new, "root", 1, root), time.time()),
+    )
+    return count + 1
 
 
 def opens(conn: sqlite3.Connection, master: bytes) -> bool:
