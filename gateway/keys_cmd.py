@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> Any:
     )
     for action in actions.choices.values():
         action.add_argument("--config", help="TOML file (default: embedded)")
-    parser.set_defaults(func=run)
+        action.set_defaults(func=run)  # on each, so commands added later bring their own
     return actions
 
 
