@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> Any:
         "recover-master", help="finish or undo a replace-master that was interrupted"
     )
     for action in actions.choices.values():
-        action.add_argument("--config", help="TOML file (default: embedded)")
+        action.add_argument("--config", help="TOML file (default: $SMSGW_CONFIG, else embedded)")
         action.set_defaults(func=run)  # on each, so commands added later bring their own
     return actions
 
