@@ -48,6 +48,7 @@ from gateway.integrations.webhooks import (
     WebhookConsumer,
     WebhookSecretError,
 )
+from gateway.keys.rekey import RekeyJob
 from gateway.logs import exception_summary
 from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
@@ -165,7 +166,7 @@ class Gateway:
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
-        audit = AuditTrail(store, audit_key(key), clock)
+        audit = AuditTrail(store, audit_key(store.master_key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
@@ -223,10 +224,16 @@ class Gateway:
             self._spawn(self._housekeeping())
             self._spawn(self._inbound_expiry())
             self._spawn(self.medications.run_top_up())
+            self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:
                 log.warning("notice_runner_off", reason="no template renderer")
+
+    @functools.cached_property
+    def rekey(self) -> RekeyJob:
+        """Re-encryption after a key rotation (`gateway/keys/rekey.py`)."""
+        return RekeyJob(self.store, self.clock, self.config.store.rekey_rows_per_second, self.audit)
 
     @functools.cached_property
     def planner(self) -> Planner:

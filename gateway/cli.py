@@ -26,7 +26,7 @@ from aiohttp import web
 from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import consent_cmd, custody, custody_cmd, logs, systemd, tls, undecodable_cmd
+from gateway import consent_cmd, custody, custody_cmd, keys_cmd, logs, systemd, tls, undecodable_cmd
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.backup_cmd import add_parser as add_backup_parsers
@@ -556,8 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     commands.add_parsers(sub, _load)
-    keys = sub.add_parser("keys", help="the master key and data keys")  # i14-keys owns it
-    custody_cmd.add_parsers(keys.add_subparsers(dest="action", required=True), _load)
+    custody_cmd.add_parsers(keys_cmd.add_parser(sub), _load)
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
     add_backup_parsers(sub, _load)

@@ -117,6 +117,8 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     group_commit_max: PositiveInt = 2000
     idempotency_hours: PositiveFloat = 168.0
+    # i14-keys: re-encryption after `smsgw keys rotate`, rows read per second at most
+    rekey_rows_per_second: PositiveFloat = 200.0
     # i14-socket: key custody without a TPM (gateway/custody.py).
     master_key_passphrase_file: str | None = None  # unlocks a passphrase-protected key
     master_key_media: str | None = None  # a mount point the key file must sit on

@@ -7,3 +7,4 @@ from gateway import (
     custody_cmd,  # noqa: F401  # keys.custody_changed
 )
 from gateway.backup import ops as _backup_ops  # noqa: F401  # backup.create, .verify, .restore
+from gateway.keys import ops as _keys  # noqa: F401

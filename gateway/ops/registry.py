@@ -110,7 +110,7 @@ async def run_in(
     if gateway is not None:
         audit = gateway.audit
     else:
-        audit = AuditTrail(store, audit_key(master_key), clock)
+        audit = AuditTrail(store, audit_key(store.master_key), clock)
     ctx = OpContext(config, store, master_key, audit, clock, actor, out, progress, gateway, err=err)
     return await lookup(name).handler(ctx, args)
 

@@ -49,7 +49,23 @@ def generate_master_key(path: Path) -> None:
         f.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
 
 
+def pending_path(path: Path) -> Path:
+    """Where `smsgw keys replace-master` writes the new key before its commit
+    (`gateway/keys/master.py`)."""
+    return path.with_name(path.name + ".new")
+
+
 def read_master_key(path: Path) -> bytes:
+    if pending_path(path).exists():
+        raise MasterKeyError(
+            f"an interrupted `smsgw keys replace-master` left {pending_path(path).name} next"
+            f" to {path}; run `smsgw keys recover-master` first"
+        )
+    return read_key_file(path)
+
+
+def read_key_file(path: Path) -> bytes:
+    """A master key file as it is, checked for mode, encoding and length."""
     try:
         st = path.stat()
         text = path.read_text().strip()
@@ -86,6 +102,19 @@ def _wrap_aad(purpose: str, generation: int) -> bytes:
     return f"smsgw:{purpose}:{generation}".encode()
 
 
+def header_generation(blob: bytes) -> int | None:
+    """The key generation a ciphertext names, or None if it has no header of ours."""
+    if len(blob) < _HEADER.size + NONCE_BYTES + 16:
+        return None
+    version, gen = _HEADER.unpack_from(blob)
+    return gen if version == _FORMAT else None
+
+
+def generation_prefix(generation: int) -> bytes:
+    """The first bytes of every ciphertext of `generation` (for SQL over the header)."""
+    return _HEADER.pack(_FORMAT, generation)
+
+
 class NoncePool:
     """Random 96-bit GCM nonces, drawn from the OS a thousand at a time.
 
@@ -115,20 +144,40 @@ class NoncePool:
 class FieldCipher:
     """Encrypts and decrypts personal fields; computes the blind index."""
 
+    _aeads: dict[int, AESGCM]
+    _current: tuple[bytes, AESGCM, int]  # header, key and number of the current generation
+
     def __init__(self, field_keys: Mapping[int, bytes], blind_key: bytes) -> None:
-        if not field_keys:
-            raise ValueError("at least one field key is needed")
-        self._aeads = {gen: AESGCM(k) for gen, k in field_keys.items()}
-        self.generation = max(field_keys)
-        self._current = self._aeads[self.generation]
         self._blind = hmac.new(blind_key, digestmod=hashlib.sha256)
         self._nonces = NoncePool()
+        self.install(field_keys)
+
+    def install(self, field_keys: Mapping[int, bytes]) -> None:
+        """Make these the field keys, the newest current for new writes (a rotation, a
+        retirement), while other threads encrypt and decrypt: each reads the header and
+        key of the current generation as one tuple, so never a mix of two."""
+        if not field_keys:
+            raise ValueError("at least one field key is needed")
+        aeads = {gen: AESGCM(k) for gen, k in field_keys.items()}
+        generation = max(field_keys)
+        self._aeads = aeads
+        self._current = (_HEADER.pack(_FORMAT, generation), aeads[generation], generation)
+
+    @property
+    def generation(self) -> int:
+        """The generation new ciphertexts are sealed under."""
+        return self._current[2]
+
+    @property
+    def generations(self) -> frozenset[int]:
+        """Every generation this cipher can open."""
+        return frozenset(self._aeads)
 
     def encrypt(self, value: str, row_id: str, column: str) -> bytes:
-        header = _HEADER.pack(_FORMAT, self.generation)
+        header, aead, _ = self._current
         nonce = self._nonces.take()
         aad = header + row_id.encode() + b"\x00" + column.encode()
-        return header + nonce + self._current.encrypt(nonce, value.encode(), aad)
+        return header + nonce + aead.encrypt(nonce, value.encode(), aad)
 
     def decrypt(self, blob: bytes, row_id: str, column: str) -> str:
         try:

@@ -709,6 +709,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX clinical_notices_patient_pending ON clinical_notices (patient_id)
         WHERE state = 'pending';
     """,
+    # 22 (i14-keys): the re-encryption after a key rotation (`gateway/keys/rekey.py`):
+    #    one row per table with encrypted columns, the generation its rows are brought
+    #    to, the key of the last row done (a kill resumes after it), the last key the
+    #    walk goes to (the table's end when it was reached: rows added later are under
+    #    the new key already), the rows it re-encrypted and could not open, and whether
+    #    the table is through. The consent ledger's trigger now also lets a re-encryption replace
+    #    an encrypted text by one of a newer key generation (the header's bytes compare
+    #    as the generation does); any other change is refused as before.
+    """
+    CREATE TABLE key_rekey (
+        table_name  TEXT PRIMARY KEY,
+        target      INTEGER NOT NULL,
+        after       BLOB,
+        until       BLOB,
+        rewritten   INTEGER NOT NULL DEFAULT 0,
+        unreadable  INTEGER NOT NULL DEFAULT 0,
+        done        INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    DROP TRIGGER consent_ledger_no_update;
+    CREATE TRIGGER consent_ledger_no_update BEFORE UPDATE ON consent_ledger
+    WHEN NEW.seq IS NOT OLD.seq OR NEW.id IS NOT OLD.id
+        OR NEW.contact_idx IS NOT OLD.contact_idx OR NEW.at IS NOT OLD.at
+        OR NEW.decision IS NOT OLD.decision OR NEW.scope IS NOT OLD.scope
+        OR NEW.program IS NOT OLD.program OR NEW.source IS NOT OLD.source
+        OR NEW.inbound_id IS NOT OLD.inbound_id OR NEW.message_id IS NOT OLD.message_id
+        OR NEW.actor IS NOT OLD.actor
+        OR (NEW.disclosure_ct IS NOT NULL AND NEW.disclosure_ct IS NOT OLD.disclosure_ct
+            AND (OLD.disclosure_ct IS NULL
+                 OR substr(NEW.disclosure_ct, 1, 3) <= substr(OLD.disclosure_ct, 1, 3)))
+        OR (NEW.note_ct IS NOT NULL AND NEW.note_ct IS NOT OLD.note_ct
+            AND (OLD.note_ct IS NULL OR substr(NEW.note_ct, 1, 3) <= substr(OLD.note_ct, 1, 3)))
+    BEGIN
+        SELECT RAISE(ABORT, 'consent_ledger is append-only');
+    END;
+    """,
 )
 
 

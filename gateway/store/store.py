@@ -21,7 +21,7 @@ from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.models import Priority, State
-from gateway.store import crypto, inbound_parts, outbox_sql, receipt_deadline
+from gateway.store import crypto, inbound_parts, keyring_sql, outbox_sql, receipt_deadline
 from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
@@ -148,6 +148,7 @@ class Store:
         self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
         self._reader: ReadPool | None = None
         self.cipher: crypto.FieldCipher | None = None
+        self._root = master_key  # until `open` reads the keyring's root key
         # Set by the send policy: why a queued message may not be claimed now (an
         # opt-out since its accept), checked in the claim's own transaction.
         self.claim_check: ClaimCheck | None = None
@@ -165,7 +166,8 @@ class Store:
         await self.writer.open()
         await self.writer.call_outside_transaction(migrate)
         keys = await self.writer.run(self._load_or_create_keys)
-        self.cipher = crypto.FieldCipher(keys["field"], keys["blind"][1])
+        self._root = keys.root
+        self.cipher = crypto.FieldCipher(keys.field, keys.blind)
         self._reader = ReadPool(self.path)
         await self._reader.open()
 
@@ -175,27 +177,37 @@ class Store:
             self._reader = None
         await self.writer.close()
 
-    def _load_or_create_keys(self, conn: sqlite3.Connection) -> dict[str, dict[int, bytes]]:
-        rows = conn.execute("SELECT purpose, generation, wrapped FROM keyring").fetchall()
-        keys: dict[str, dict[int, bytes]] = {"field": {}, "blind": {}}
-        for purpose, generation, wrapped in rows:
-            keys[purpose][generation] = crypto.unwrap_key(
-                self._master, purpose, generation, wrapped
-            )
-        for purpose in ("field", "blind"):
-            if not keys[purpose]:
-                key = os.urandom(crypto.KEY_BYTES)
-                conn.execute(
-                    "INSERT INTO keyring VALUES (?, 1, ?, ?)",
-                    (purpose, crypto.wrap_key(self._master, purpose, 1, key), time.time()),
-                )
-                keys[purpose][1] = key
-        return keys
+    def _load_or_create_keys(self, conn: sqlite3.Connection) -> keyring_sql.Keys:
+        return keyring_sql.load(conn, self._master, create=True, now=time.time())
+
+    async def reload_keys(self) -> int:
+        """Take up the keyring as it is now (a rotation or a retirement, perhaps by
+        another process): new writes go under its newest field key at once. Returns
+        that generation."""
+        keys = await self.writer.run(
+            lambda conn: keyring_sql.load(conn, self._master, create=False, now=0.0)
+        )
+        self._crypto.install(keys.field)
+        return self._crypto.generation
+
+    def new_field_generation(self, conn: sqlite3.Connection, now: float) -> int:
+        """Add field key generation N+1 (on the writer thread); `reload_keys` makes it
+        current."""
+        return keyring_sql.add_field_generation(conn, self._master, now)
+
+    async def replace_master(self, new: bytes) -> int:
+        """Re-wrap every key under `new` in one transaction; this store unwraps with
+        `new` from then on. The number of keys re-wrapped."""
+        old = self._master
+        count = await self.writer.run(lambda conn: keyring_sql.rewrap(conn, old, new))
+        self._master = new
+        return count
 
     @property
     def master_key(self) -> bytes:
-        """For keys derived from it (audit chain, route credential MACs)."""
-        return self._master
+        """The key the audit chain's and route credentials' MAC keys derive from: the
+        keyring's `root`, the same across master key replacements."""
+        return self._root
 
     @property
     def _crypto(self) -> crypto.FieldCipher:
