@@ -1,0 +1,262 @@
+"""/metrics as Prometheus scrapes it, over a real loopback socket: parsed with
+prometheus_client's own text parser, each family's type checked, and values that move
+as messages, receipts, inbound, webhooks, throttling and the audit chain do."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from drivers.base import InboundSms
+from drivers.clock import FakeClock
+from gateway import metrics_state
+from gateway.app import Gateway
+from tests import test_smpp_faults as smpp_faults
+from tests import webhook_rig
+from tests.conftest import (
+    CANARY_BODY,
+    CANARY_DIGITS,
+    CANARY_NUMBER,
+    GatewayFactory,
+    accept,
+    loopback,
+    settle_receipts,
+)
+from tests.test_api import Api, _api
+from tests.test_outbox import FAST, hook
+from tests.test_smpp_faults import FINAL_OK, RigFactory
+from tests.webhook_rig import Receiver, write_secret
+
+receivers = webhook_rig.receivers  # the fixtures
+open_rig, sim = smpp_faults.open_rig, smpp_faults.sim
+
+# Every family operators alert on or chart, with its type (docs/ops/monitoring.md).
+EXPECTED = {
+    "smsgw_route_up": "gauge",
+    "smsgw_route_state": "gauge",
+    "smsgw_route_events": "counter",
+    "smsgw_route_throttled": "counter",
+    "smsgw_queue_messages": "gauge",
+    "smsgw_queue_oldest_seconds": "gauge",
+    "smsgw_queue_depth": "gauge",
+    "smsgw_messages_accepted": "counter",
+    "smsgw_messages_final": "counter",
+    "smsgw_sends": "counter",
+    "smsgw_inbound_messages": "counter",
+    "smsgw_outbox_backlog": "gauge",
+    "smsgw_outbox_held": "gauge",
+    "smsgw_outbox_delivered": "counter",
+    "smsgw_outbox_dead_letters": "counter",
+    "smsgw_mqtt_connected": "gauge",
+    "smsgw_hl7_messages": "gauge",
+    "smsgw_data_volume_free_bytes": "gauge",
+    "smsgw_data_volume_size_bytes": "gauge",
+    "smsgw_store_bytes": "gauge",
+    "smsgw_store_commit_failures": "counter",
+    "smsgw_store_writable": "gauge",
+    "smsgw_audit_chain_ok": "gauge",
+    "smsgw_audit_chain_verified_timestamp_seconds": "gauge",
+    "smsgw_build_info": "gauge",
+    "smsgw_submit_seconds": "histogram",
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_start_time_seconds": "gauge",
+}
+
+
+class Scrape:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.types: dict[str, str] = {}
+        self.samples: list[Sample] = []
+        for family in text_string_to_metric_families(text):
+            assert family.name not in self.types, f"{family.name} exposed twice"
+            self.types[family.name] = family.type
+            self.samples += family.samples
+            if family.type == "counter":
+                assert all(s.name == family.name + "_total" for s in family.samples), family.name
+
+    def value(self, name: str, **labels: str) -> float:
+        found = [s.value for s in self.samples if s.name == name and s.labels == labels]
+        assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
+        return float(found[0])
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def scrape(api: Api) -> Scrape:
+    resp = await api.get("/api/v1/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    return Scrape(await resp.text())
+
+
+@pytest.fixture
+async def gw(open_gateway: GatewayFactory) -> Gateway:
+    return await open_gateway()
+
+
+@pytest.fixture
+async def api(gw: Gateway) -> AsyncIterator[Api]:
+    async for a in _api(gw, frozenset({"send", "read", "admin"})):
+        yield a
+
+
+async def test_every_family_has_its_type_and_counters_end_in_total(api: Api) -> None:
+    await accept(api.gw, body=CANARY_BODY)
+    m = await scrape(api)
+    missing = {n: t for n, t in EXPECTED.items() if m.types.get(n) != t}
+    assert not missing, f"absent or of another type: {missing}"
+    assert m.value("process_open_fds") > 0
+    assert m.value("process_resident_memory_bytes") > 0
+    assert CANARY_DIGITS not in m.text and "CANARY" not in m.text
+
+
+async def test_queue_per_class_and_state_and_the_oldest_wait(
+    api: Api, gw: Gateway, clock: FakeClock
+) -> None:
+    for _ in range(2):
+        await accept(gw, priority="critical")
+    await accept(gw, priority="bulk")
+    await accept(gw, priority="normal", send_at=datetime.fromtimestamp(clock.time() + 3600, UTC))
+    m = await scrape(api)
+    assert m.value("smsgw_queue_messages", priority="critical", state="queued") == 2
+    assert m.value("smsgw_queue_messages", priority="bulk", state="queued") == 1
+    assert m.value("smsgw_queue_messages", priority="normal", state="scheduled") == 1
+    assert m.value("smsgw_queue_messages", priority="critical", state="sending") == 0
+    assert m.value("smsgw_queue_oldest_seconds", priority="critical") == 0
+
+    clock.advance(90)
+    m = await scrape(api)
+    assert m.value("smsgw_queue_oldest_seconds", priority="critical") == 90
+    assert m.value("smsgw_queue_oldest_seconds", priority="bulk") == 90
+    assert m.value("smsgw_queue_oldest_seconds", priority="high") == 0
+
+    await gw.scheduler.run_until_idle()
+    await settle_receipts(gw)
+    m = await scrape(api)
+    assert m.value("smsgw_queue_messages", priority="critical", state="queued") == 0
+    assert m.value("smsgw_queue_oldest_seconds", priority="critical") == 0
+    assert m.value("smsgw_sends_total", route="main", outcome="sent") == 3
+    assert m.value("smsgw_messages_accepted_total", priority="critical") == 2
+    assert m.value("smsgw_route_events_total", route="main", event="submitted") == 3
+
+
+async def test_sending_counts_a_class_while_its_submit_is_at_the_route(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway([{"name": "main", "type": "loopback", "latency": 5.0}])
+    async for api in _api(gw):
+        await accept(gw, priority="high")
+        dispatch = asyncio.create_task(gw.scheduler.run_until_idle())
+        async with asyncio.timeout(5):
+            await clock.wait_sleeping(1)  # the submit waits at the route
+        m = await scrape(api)
+        assert m.value("smsgw_queue_messages", priority="high", state="sending") == 1
+        assert m.value("smsgw_queue_messages", priority="high", state="queued") == 0
+        clock.advance(5)
+        await dispatch
+        m = await scrape(api)
+        assert m.value("smsgw_queue_messages", priority="high", state="sending") == 0
+
+
+async def test_route_up_and_state_follow_pause_and_link_loss(api: Api, gw: Gateway) -> None:
+    m = await scrape(api)
+    assert m.value("smsgw_route_up", route="main") == 1
+    assert m.value("smsgw_route_state", route="main", state="up") == 1
+    loopback(gw).set_down(True)
+    m = await scrape(api)
+    assert m.value("smsgw_route_up", route="main") == 0
+    assert m.value("smsgw_route_state", route="main", state="down") == 1
+    assert m.value("smsgw_route_state", route="main", state="up") == 0
+    loopback(gw).set_down(False)
+    await gw.set_route_paused("main", paused=True, actor="test")
+    m = await scrape(api)
+    assert m.value("smsgw_route_up", route="main") == 0
+    assert m.value("smsgw_route_state", route="main", state="paused") == 1
+
+
+async def test_inbound_messages_are_counted_per_route(api: Api, gw: Gateway) -> None:
+    before = await scrape(api)
+    assert "smsgw_inbound_messages_total" not in {s.name for s in before.samples}
+    for _ in range(2):
+        await gw.sink.inbound("main", InboundSms(sender=CANARY_NUMBER, body=CANARY_BODY))
+    m = await scrape(api)
+    assert m.value("smsgw_inbound_messages_total", route="main") == 2
+    assert CANARY_DIGITS not in m.text
+
+
+async def test_audit_chain_state_turns_to_broken_when_an_entry_is_changed(
+    api: Api, gw: Gateway, clock: FakeClock
+) -> None:
+    await gw.audit.record("test", "route_paused", "route", "main")
+    assert await metrics_state.check_audit(gw.audit, gw.metrics, clock)
+    m = await scrape(api)
+    assert m.value("smsgw_audit_chain_ok") == 1
+    assert m.value("smsgw_audit_chain_verified_timestamp_seconds") == clock.time()
+    assert m.value("smsgw_audit_chain_entries") == 1
+
+    conn = sqlite3.connect(gw.config.db_path)
+    with conn:  # what an intruder with the file would do: the triggers go first
+        conn.execute("DROP TRIGGER audit_log_no_update")
+        assert conn.execute("UPDATE audit_log SET action = 'x' WHERE seq = 1").rowcount == 1
+    conn.close()
+    clock.advance(3600)
+    assert not await metrics_state.check_audit(gw.audit, gw.metrics, clock)
+    m = await scrape(api)
+    assert m.value("smsgw_audit_chain_ok") == 0
+    assert m.value("smsgw_audit_chain_verified_timestamp_seconds") == clock.time()
+
+
+async def test_disk_and_store_sizes(api: Api, gw: Gateway) -> None:
+    m = await scrape(api)
+    free = m.value("smsgw_data_volume_free_bytes")
+    assert 0 < free <= m.value("smsgw_data_volume_size_bytes")
+    assert m.value("smsgw_store_bytes", file="db") == file_size(gw.config.db_path)
+    assert m.value("smsgw_store_writable") == 1
+    assert m.value("smsgw_store_commit_failures_total") == 0
+
+
+async def test_webhook_backlog_grows_while_undelivered_and_drains(
+    tmp_path: Path, open_gateway: GatewayFactory, receivers: Any
+) -> None:
+    path, secret = write_secret(tmp_path, "rx")
+    rx: Receiver = await receivers(secret)
+    gw = await open_gateway(
+        webhooks=[hook("rx", rx.url, path, events=["message.status"])], outbox=FAST
+    )
+    async for api in _api(gw):
+        await accept(gw)
+        await gw.scheduler.run_until_idle()  # queued -> sending -> sent: two events
+        m = await scrape(api)
+        assert m.value("smsgw_outbox_backlog", consumer="webhook:rx") == 2
+        assert m.value("smsgw_outbox_delivered_total", consumer="webhook:rx") == 0
+        await gw.outbox.run_once("webhook:rx")
+        m = await scrape(api)
+        assert m.value("smsgw_outbox_backlog", consumer="webhook:rx") == 0
+        assert m.value("smsgw_outbox_delivered_total", consumer="webhook:rx") == 2
+
+
+async def test_carrier_throttling_is_counted_on_a_real_smpp_route(open_rig: RigFactory) -> None:
+    rig = await open_rig(window=1)
+    rig.sim.throttle(2)
+    ids = [await accept(rig.gw, body=f"t {i}") for i in range(2)]
+    await rig.until(rig.all_in(ids, FINAL_OK))
+    async for api in _api(rig.gw):
+        m = await scrape(api)
+        assert m.value("smsgw_route_throttled_total", route="carrier") == 2
+        assert m.value("smsgw_route_events_total", route="carrier", event="throttled") == 2
+        assert m.value("smsgw_route_up", route="carrier") == 1
+        assert m.value("smsgw_route_state", route="carrier", state="up") == 1
+        assert m.value("smsgw_queue_messages", priority="normal", state="sending") == 0
