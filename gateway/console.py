@@ -145,8 +145,10 @@ def add_parsers(
     user_parser = sub.add_parser("user", help="manage admin panel users")
     user_sub = user_parser.add_subparsers(dest="action", required=True)
     add = user_sub.add_parser("add", help="add a user (the password is asked twice)")
-    add.add_argument("username")
-    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("username", help="the sign-in name")
+    add.add_argument(
+        "--role", required=True, choices=[r.value for r in Role], help="what the user may do"
+    )
     add.add_argument("--password-file", help="read the password from this file's first line")
     user_sub.add_parser("list", help="list users")
     for action, text in (
@@ -155,7 +157,7 @@ def add_parsers(
         ("reset-totp", "remove a user's second factor (they enrol again at next sign-in)"),
         ("unlock", "lift a lock after too many failed sign-ins"),
     ):
-        user_sub.add_parser(action, help=text).add_argument("username")
+        user_sub.add_parser(action, help=text).add_argument("username", help="the sign-in name")
     for sp in user_sub.choices.values():
         sp.add_argument("--config", help="TOML file (default: embedded)")
     user_parser.set_defaults(func=cmd_user)
