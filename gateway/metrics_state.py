@@ -264,6 +264,8 @@ async def check_audit(trail: AuditTrail, metrics: Metrics, clock: Clock) -> bool
     metrics.audit_entries.set(result.entries)
     if not result.ok:
         log.error("audit_chain_broken", first_bad_seq=result.first_bad_seq, reason=result.reason)
+    else:
+        log.debug("audit_chain_checked", entries=result.entries)
     return result.ok
 
 

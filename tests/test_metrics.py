@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,12 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from drivers.base import InboundSms
-from drivers.clock import FakeClock
+from drivers.base import InboundSms, RouteHealth, RouteState
+from drivers.clock import FakeClock, SystemClock
+from drivers.modem.emulator import EmulatedModem
 from gateway import metrics_state
 from gateway.app import Gateway
+from tests import http_daemon, modem_rig, webhook_rig
 from tests import test_smpp_faults as smpp_faults
-from tests import webhook_rig
 from tests.conftest import (
     CANARY_BODY,
     CANARY_DIGITS,
@@ -28,6 +30,7 @@ from tests.conftest import (
     GatewayFactory,
     accept,
     loopback,
+    make_config,
     settle_receipts,
 )
 from tests.test_api import Api, _api
@@ -260,3 +263,56 @@ async def test_carrier_throttling_is_counted_on_a_real_smpp_route(open_rig: RigF
         assert m.value("smsgw_route_up", route="carrier") == 1
         assert m.value("smsgw_route_state", route="carrier", state="up") == 1
         assert m.value("smsgw_queue_messages", priority="normal", state="sending") == 0
+
+
+async def test_a_modem_whose_sim_wants_a_pin_shows_as_sim_error(tmp_path: Path) -> None:
+    """A real modem bank over a pseudo-terminal: the emulated SIM asks for a PIN that
+    is not configured, so the modem stops on its SIM and the route parks."""
+    modem = EmulatedModem("quectel-ec25", pin="1234", **modem_rig.EMULATED)
+    await modem.start()
+    route = {"name": "bank", "type": "modem", "modems": [{"name": "m1", "port": modem.path}]}
+    gw = await Gateway.open(make_config(tmp_path, [{**route, **modem_rig.FAST}]), SystemClock())
+    changed = asyncio.Event()
+    reported = gw.sink.health_changed
+
+    def health_changed(name: str, health: RouteHealth) -> None:
+        reported(name, health)
+        changed.set()
+
+    gw.sink.health_changed = health_changed  # type: ignore[method-assign]
+    try:
+        await gw.start(dispatch=False)
+        async with asyncio.timeout(8):
+            while gw.routes["bank"].health().state is not RouteState.PARKED:
+                changed.clear()
+                await changed.wait()
+        async for api in _api(gw):
+            m = await scrape(api)
+            assert m.value("smsgw_modem_state", route="bank", modem="m1", state="sim_error") == 1
+            assert m.value("smsgw_modem_state", route="bank", modem="m1", state="ready") == 0
+            assert m.value("smsgw_route_state", route="bank", state="parked") == 1
+            assert m.value("smsgw_route_up", route="bank") == 0
+    finally:
+        await gw.stop()
+        await modem.aclose()
+
+
+def test_a_real_smsgw_run_exposes_process_metrics_and_checks_its_audit_chain(
+    tmp_path: Path,
+) -> None:
+    with http_daemon.running(tmp_path) as d:
+        d.wait_log(lambda e: e.get("event") == "audit_chain_checked")
+        raw = http_daemon.exchange(
+            d.port,
+            b"GET /api/v1/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {d.token}\r\n\r\n".encode(),
+        )
+        status, _, body = http_daemon.split_response(raw)
+        assert status == 200
+        m = Scrape(body.decode())
+        assert m.value("smsgw_audit_chain_ok") == 1
+        assert m.value("smsgw_audit_chain_entries") >= 1  # `smsgw init` wrote some
+        started = m.value("process_start_time_seconds")
+        assert abs(started - time.time()) < 120
+        assert m.value("process_cpu_seconds_total") > 0
+        assert m.value("smsgw_route_up", route="demo") == 1
