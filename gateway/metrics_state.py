@@ -113,8 +113,8 @@ class StateCollector(Collector):
         yield from _lanes(s.lanes)
         hl7 = GaugeMetricFamily(
             "smsgw_hl7_messages",
-            "HL7 messages kept per feed, direction and state (inbound: processed,"
-            " quarantined, rejected...; outbound write-back: pending, acked, parked...)",
+            "HL7 messages kept per feed, direction and state (inbound: mapped, ignored,"
+            " quarantined, rejected, duplicate; outbound write-back: pending, acked, parked...)",
             labels=["interface", "direction", "state"],
         )
         for name, direction, counts in s.hl7:

@@ -21,7 +21,8 @@ from drivers.clock import FakeClock, SystemClock
 from drivers.modem.emulator import EmulatedModem
 from gateway import metrics_state
 from gateway.app import Gateway
-from tests import http_daemon, modem_rig, webhook_rig
+from tests import hl7_rig, http_daemon, modem_rig, webhook_rig
+from tests import test_hl7_api as hl7_api
 from tests import test_smpp_faults as smpp_faults
 from tests.conftest import (
     CANARY_BODY,
@@ -316,3 +317,21 @@ def test_a_real_smsgw_run_exposes_process_metrics_and_checks_its_audit_chain(
         assert abs(started - time.time()) < 120
         assert m.value("process_cpu_seconds_total") > 0
         assert m.value("smsgw_route_up", route="demo") == 1
+
+
+async def test_hl7_feed_counts_move_as_messages_arrive(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(hl7=hl7_api.IFACES)
+    async for api in _api(gw):
+        m = await scrape(api)
+        assert m.value("smsgw_hl7_messages", interface="ehr", direction="in", state="mapped") == 0
+        msgs = [
+            hl7_rig.message("Z01", "A"),
+            hl7_rig.message("Z03", "Q"),
+            hl7_rig.message("Z01", "A"),
+        ]
+        await hl7_api._send(api, "ehr", *msgs)
+        m = await scrape(api)
+        for state, n in (("mapped", 1), ("quarantined", 1), ("duplicate", 1), ("rejected", 0)):
+            assert m.value("smsgw_hl7_messages", interface="ehr", direction="in", state=state) == n
+        out = m.value("smsgw_hl7_messages", interface="ehr-out", direction="out", state="parked")
+        assert out == 0
