@@ -36,6 +36,7 @@ from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
+from gateway.table import table
 from gateway.tokens import SCOPES, BadScope, parse_scopes
 from gateway.usecases.tokens import Tokens
 
@@ -459,8 +460,8 @@ def _simulate_modems(args: argparse.Namespace) -> int:
     from drivers.modem import emulator
 
     def ready(bank: emulator.ModemBankEmulator) -> None:
-        for modem in bank.modems:
-            print(f"{modem.profile_name}: {modem.path}", flush=True)
+        rows = [(m.profile_name, m.path) for m in bank.modems]
+        print("\n".join(table(("PROFILE", "PORT"), rows)), flush=True)
         print(f"{len(bank.modems)} emulated modem(s) ready; Ctrl-C stops them", flush=True)
 
     profiles = [args.profile] if args.profile else list(emulator.PROFILES)
