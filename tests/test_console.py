@@ -141,7 +141,7 @@ async def test_send_wait_exits_1_when_the_route_refuses_it(
 async def test_send_wait_exits_3_when_it_expires(gateway: tuple[Daemon, Path, str]) -> None:
     _, conf, token = gateway
     code, out, err = await send(
-        conf, token, "--route", "busy", "--expires-in", "1", "--wait", "--timeout", "30"
+        conf, token, "--route", "busy", "--expires-in", "3", "--wait", "--timeout", "30"
     )
     assert code == 3, err
     assert states(out)[1][-1] == "expired"
