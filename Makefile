@@ -50,6 +50,20 @@ peers: setup
 	@command -v systemd-ask-password >/dev/null && command -v systemd-tty-ask-password-agent >/dev/null || { \
 	  echo "installing systemd's password tools (Debian) for the key custody tests"; \
 	  apt-get update -qq && apt-get install -y -qq systemd; }
+	@$(MAKE) --no-print-directory $(PROMTOOL)
+
+# Debian's promtool (package `prometheus`) for the alert rules' tests: only the binary is
+# taken out of the package, so no Prometheus server is installed, enabled or started.
+PROMTOOL := tests/peers/bin/promtool
+$(PROMTOOL):
+	@mkdir -p $(@D)
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; else \
+	  echo "fetching promtool from Debian's prometheus package for the alert rules' tests"; \
+	  tmp=$$(mktemp -d) && chmod 755 $$tmp && cd $$tmp && \
+	  { apt-get download -qq prometheus 2>/dev/null || \
+	    { apt-get update -qq && apt-get download -qq prometheus; }; } && \
+	  dpkg-deb -x prometheus_*.deb x && cd - >/dev/null && \
+	  cp $$tmp/x/usr/bin/promtool $@ && rm -rf $$tmp; fi
 
 # The panel's front-end libraries. npm ci checks every tarball against the sha512 in
 # admin_ui/package-lock.json; vendor.py copies the served files into admin_ui/static/vendor/

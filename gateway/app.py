@@ -28,6 +28,7 @@ from drivers.base import DriverError
 from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
+from gateway import metrics_state
 from gateway.clinical.commands import ClinicalHooks
 from gateway.clinical.profile import InterfaceProfile
 from gateway.clinical.rendering import Renderer
@@ -225,6 +226,7 @@ class Gateway:
             self._spawn(self._inbound_expiry())
             self._spawn(self.medications.run_top_up())
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
+            self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:

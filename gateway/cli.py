@@ -6,15 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
+import importlib.metadata
 import os
 import secrets
 import signal
 import sqlite3
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,13 +22,23 @@ from aiohttp import web
 
 from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
+from gateway import (
+    __version__,
+    consent_cmd,
+    custody,
+    custody_cmd,
+    keys_cmd,
+    logs,
+    send_cmd,
+    systemd,
+    tls,
+    undecodable_cmd,
+)
 from gateway import config as config_mod
-from gateway import consent_cmd, custody, custody_cmd, keys_cmd, logs, systemd, tls, undecodable_cmd
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.backup_cmd import add_parser as add_backup_parsers
 from gateway.config import Config, ConfigError
-from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
@@ -41,6 +48,7 @@ from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
+from gateway.table import table
 from gateway.tokens import BadScope
 from gateway.usecases.tokens import Tokens
 
@@ -408,47 +416,6 @@ TRY_EVENTS_HINT = (
 )
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    token = args.token or os.environ.get("SMSGW_TOKEN")
-    if not token:
-        print("smsgw send: give --token or set SMSGW_TOKEN", file=sys.stderr)
-        return 2
-    payload = {"to": args.to, "body": args.body}
-    if args.priority:  # else the purpose's class
-        payload["priority"] = args.priority
-    if args.purpose:  # else the token's default purpose, else the gateway's
-        payload["purpose"] = args.purpose
-    url, context = (args.url, None) if args.url else _own_url(_load(args.config))
-    req = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
-        url.rstrip("/") + "/api/v1/messages",
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30, context=context) as resp:  # noqa: S310
-            print(resp.read().decode())
-            return 0
-    except urllib.error.HTTPError as e:
-        print(e.read().decode(), file=sys.stderr)
-        return 1
-    except urllib.error.URLError as e:
-        print(f"smsgw send: cannot reach {url}: {e.reason}", file=sys.stderr)
-        return 1
-
-
-def _own_url(config: Config) -> tuple[str, ssl.SSLContext | None]:
-    """The gateway's own address from its configuration: a wildcard listen address is
-    reached on loopback, and a TLS listener is trusted through its configured certificate
-    (so the self-signed one from `smsgw init --self-signed-cert` works)."""
-    host, _, port = config.http.listen.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # noqa: S104
-    tls_paths = config.tls_paths
-    if tls_paths is None:
-        return f"http://{host}:{port}", None
-    return f"https://{host}:{port}", ssl.create_default_context(cafile=tls_paths[0])
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure("auto", "info")
     if args.peer == "modem":
@@ -478,8 +445,8 @@ def _simulate_modems(args: argparse.Namespace) -> int:
     from drivers.modem import emulator
 
     def ready(bank: emulator.ModemBankEmulator) -> None:
-        for modem in bank.modems:
-            print(f"{modem.profile_name}: {modem.path}", flush=True)
+        rows = [(m.profile_name, m.path) for m in bank.modems]
+        print("\n".join(table(("PROFILE", "PORT"), rows)), flush=True)
         print(f"{len(bank.modems)} emulated modem(s) ready; Ctrl-C stops them", flush=True)
 
     profiles = [args.profile] if args.profile else list(emulator.PROFILES)
@@ -521,12 +488,23 @@ def _modem_profiles() -> list[str]:
     return list(PROFILES)
 
 
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    try:
+        return importlib.metadata.version("smsgw")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsgw", description=__doc__)
+    p.add_argument("--version", action="version", version=f"smsgw {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", help="create config, master key, store and a first token")
-    init.add_argument("--data-dir", required=True)
+    init.add_argument(
+        "--data-dir", required=True, help="where config, key and store go (created 0750)"
+    )
     init.add_argument(
         "--self-signed-cert",
         action="store_true",
@@ -545,15 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hl7-listen", help="HOST:PORT of the embedded default's HL7 feed")
     run.set_defaults(func=cmd_run)
 
-    send = sub.add_parser("send", help="send a message through a running gateway")
-    send.add_argument("--to", required=True)
-    send.add_argument("--body", required=True)
-    send.add_argument("--priority", choices=["critical", "high", "normal", "bulk"])
-    send.add_argument("--purpose", choices=token_purposes.NAMES)
-    send.add_argument("--url", help="the gateway's base URL (default: from the configuration)")
-    send.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
-    send.add_argument("--token", help="API token (default: $SMSGW_TOKEN)")
-    send.set_defaults(func=cmd_send)
+    send_cmd.add_parser(sub, _load, ENV_CONFIG)
 
     commands.add_parsers(sub, _load)
     custody_cmd.add_parsers(keys_cmd.add_parser(sub), _load)
@@ -565,15 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)
     smsc = peers.add_parser("smsc", help="an SMPP 3.4 SMSC that answers and sends receipts")
-    smsc.add_argument("--host", default="127.0.0.1")
-    smsc.add_argument("--port", type=int, default=2775)
-    smsc.add_argument("--system-id", default="smsgw")
-    smsc.add_argument("--password", default="secret")
+    smsc.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    smsc.add_argument("--port", type=int, default=2775, help="TCP port (default 2775)")
+    smsc.add_argument("--system-id", default="smsgw", help="the system_id a bind must give")
+    smsc.add_argument("--password", default="secret", help="the password a bind must give")
     smsc.add_argument("--receipt-delay", type=float, default=1.0, help="seconds")
     smsc.add_argument("--undeliverable", type=float, default=0.0, help="fraction 0..1")
     smsc.add_argument("--expired", type=float, default=0.0, help="fraction 0..1")
     smsc.add_argument("--hex-ids", action="store_true", help="message ids in hex")
-    smsc.add_argument("--seed", type=int)
+    smsc.add_argument("--seed", type=int, help="seed the random faults (repeatable runs)")
     modem = peers.add_parser("modem", help="GSM/LTE modems answering AT commands on ptys")
     modem.add_argument("--count", type=int, default=2, help="how many modems")
     modem.add_argument("--link-dir", help="also link each port here as modem-<n>")
@@ -582,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=cmd_simulate)
 
     doctor = sub.add_parser("doctor", help="check config, key, store and routes")
-    doctor.add_argument("--config")
+    doctor.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     doctor.add_argument(
         "--wait", type=float, default=10.0, help="seconds a route gets to come up (default 10)"
     )

@@ -2,9 +2,10 @@
 
 Import reads the file in chunks (never whole) and commits IMPORT_CHUNK rows per
 transaction, so a running gateway on the same store keeps sending meanwhile; a
-progress line shows how far it got, and each refused line is printed with its
-number and a code, never its content. Export writes every ledger row, numbers
-decrypted, to a new owner-only file. Both are audited (actor `console`).
+progress line (`gateway/progress.py`, on stderr) shows how much of the file is in, and
+the refused lines are listed by number and code (a LINE, CODE, FIELD table), never
+their content. Export writes every ledger row, numbers decrypted, to a new owner-only
+file. Both are audited (actor `console`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 from drivers.clock import SystemClock
 from gateway.config import Config
 from gateway.console import CONSOLE, audit_trail, with_store
+from gateway.progress import ProgressLine
+from gateway.table import table
 from gateway.usecases import Caller, Consent
 from gateway.usecases.consent import ImportReport
 from gateway.usecases.consent_csv import (
@@ -45,7 +48,7 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
     parser = sub.add_parser("consent", help="import or export the consent ledger as CSV")
     actions = parser.add_subparsers(dest="action", required=True)
     imp = actions.add_parser("import", help="append a CSV list of opt-outs and consents")
-    imp.add_argument("file")
+    imp.add_argument("file", help="the CSV file (a header row names the columns)")
     imp.add_argument(
         "--map",
         default="",
@@ -57,7 +60,7 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
     )
     imp.add_argument("--program", help="for rows naming no program (default *: every program)")
     exp = actions.add_parser("export", help="write the ledger to a new 0600 CSV file")
-    exp.add_argument("file")
+    exp.add_argument("file", help="a new file to write (never overwritten)")
     for action in actions.choices.values():
         action.add_argument("--config", help="TOML file (default: embedded)")
     parser.set_defaults(func=lambda args: run(args, load(args.config)))
@@ -83,11 +86,11 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         await store.close()
 
 
-def progress_line(report: ImportReport) -> str:
-    return (
-        f"line {report.lines}: {report.appended} appended, {report.unchanged} already there,"
-        f" {report.superseded} superseded, {report.failed} refused"
-    )
+PROGRESS_WHAT = "consent import, bytes read"
+
+
+def _refused(report: ImportReport) -> list[tuple[int, str, str]]:
+    return [(e.line, e.code, e.field or "") for e in report.errors]
 
 
 async def _import(consent: Consent, args: argparse.Namespace) -> int:
@@ -97,23 +100,35 @@ async def _import(consent: Consent, args: argparse.Namespace) -> int:
         print(f"smsgw consent import: --map: {e}", file=sys.stderr)
         return 2
     path = Path(args.file)
+    total = path.stat().st_size  # noqa: ASYNC240 - one stat before the import
+    read = 0
+    line = ProgressLine()
 
-    def show(report: ImportReport) -> None:
-        if not report.done:
-            print("\r" + progress_line(report), end="", file=sys.stderr, flush=True)
+    def on_read(size: int) -> None:
+        nonlocal read
+        read += size
 
-    report = await consent.import_csv(CONSOLE_CALLER, file_chunks(path), options, show)
-    print("\r" + progress_line(report), file=sys.stderr)
+    def show(report: ImportReport) -> None:  # after each chunk's rows are committed
+        line(total if report.done else min(read, total - 1), total, PROGRESS_WHAT)
+
+    chunks = file_chunks(path, on_read)
+    try:
+        report = await consent.import_csv(CONSOLE_CALLER, chunks, options, show)
+    finally:
+        line.close()
     if report.fatal is not None:
         print(f"smsgw consent import: {report.fatal}: no usable header row", file=sys.stderr)
         return 1
-    for err in report.errors:
-        print(f"line {err.line}: {err.code}" + (f" ({err.field})" if err.field else ""))
+    if report.errors:
+        print("\n".join(table(("LINE", "CODE", "FIELD"), _refused(report))))
     if report.failed > len(report.errors):
         print(f"... and {report.failed - len(report.errors)} more refused lines")
     if report.ignored_columns:
         print("columns not read: " + ", ".join(report.ignored_columns))
-    print(f"{report.rows} rows: {report.appended} appended, {report.unchanged} already there")
+    print(
+        f"{report.rows} rows: {report.appended} appended, {report.unchanged} already there,"
+        f" {report.superseded} superseded, {report.failed} refused"
+    )
     return 0 if report.failed == 0 else 1
 
 

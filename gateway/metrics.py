@@ -1,5 +1,10 @@
 """Prometheus metrics. Labels are route names, classes, states and error codes only:
-never a number, a body or anything a client typed."""
+never a number, a body or anything a client typed.
+
+Two kinds: instruments fed as events happen (counters, histograms, a few gauges set on
+a change), and the state read at each scrape (routes, queue, outbox, disk, store,
+audit chain) by the collector in `gateway/metrics_state.py`. Process metrics
+(`process_*`) come from prometheus_client's own collector."""
 
 from __future__ import annotations
 
@@ -11,9 +16,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 
+from gateway import __version__
+from gateway.metrics_state import StateCollector
 from gateway.models import Priority
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -145,6 +153,37 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        # i14-monitor: what operators alert on (docs/ops/monitoring.md).
+        self.inbound = Counter(
+            "smsgw_inbound_messages",
+            "Inbound messages stored (a multi-part one once, when its set is whole)",
+            ["route"],
+            registry=r,
+        )
+        self.route_throttled = Counter(
+            "smsgw_route_throttled",
+            "Submits the carrier pushed back (SMPP ESME_RTHROTTLED and the like)",
+            ["route"],
+            registry=r,
+        )
+        self.audit_chain_ok = Gauge(
+            "smsgw_audit_chain_ok",
+            "1 if the audit chain verified at the last check, 0 if broken (absent before one)",
+            registry=r,
+        )
+        self.audit_verified_at = Gauge(
+            "smsgw_audit_chain_verified_timestamp_seconds",
+            "Unix time of the last audit chain check",
+            registry=r,
+        )
+        self.audit_entries = Gauge(
+            "smsgw_audit_chain_entries", "Entries in the audit chain at the last check", registry=r
+        )
+        build = Gauge("smsgw_build_info", "1; the version as a label", ["version"], registry=r)
+        build.labels(__version__).set(1)
+        ProcessCollector(registry=r)
+        self.state = StateCollector()  # filled by `metrics_state.refresh` at each scrape
+        r.register(self.state)
         self.commit_batch = Histogram(
             "smsgw_commit_batch_size",
             "Items per group commit",

@@ -101,6 +101,7 @@ class Scheduler:
         self._scheduled: list[tuple[float, str, Entry]] = []
         self._expiry: list[tuple[float, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sending = dict.fromkeys(Priority, 0)  # dispatched and not yet answered
         self._shares = ShareGuard({p: queue.policy(p).min_share for p in Priority})
         self._wake = asyncio.Event()
         self._claiming = True
@@ -185,6 +186,18 @@ class Scheduler:
                 first = e.candidates[0]
                 counts[kind][first] = counts[kind].get(first, 0) + 1
         return counts
+
+    def sending_by_class(self) -> dict[str, int]:
+        return {p.label: n for p, n in self._sending.items()}
+
+    def oldest_waiting(self, now: float) -> dict[str, float]:
+        """Per class, how long its oldest due message has waited since it fell due."""
+        oldest = {p.label: 0.0 for p in Priority}
+        for e in self._waiting.values():
+            waited = now - e.due_at
+            if waited > oldest[e.priority.label]:
+                oldest[e.priority.label] = waited
+        return oldest
 
     def oldest_due(self) -> float | None:
         heads = [h[0][0] for h in self._heaps.values() if h]
@@ -358,7 +371,12 @@ class Scheduler:
         self._metrics.queue_latency_by_class[entry.priority].observe(max(0.0, now - entry.due_at))
         task = asyncio.create_task(self._send(entry, route))
         self._tasks.add(task)
+        self._sending[entry.priority] += 1
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._sent_one(entry.priority))
+
+    def _sent_one(self, priority: Priority) -> None:
+        self._sending[priority] -= 1
 
     # -- one message ---------------------------------------------------------------------
 
@@ -431,6 +449,7 @@ class Scheduler:
             route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)
             if e.throttled:
                 route.throttled(self._clock.monotonic())
+                self._metrics.route_throttled.labels(route.name).inc()
             await self._retry(entry, route, e.code, consume_attempt=False)
         except TransientSendError as e:
             await self._retry(

@@ -18,7 +18,7 @@ from drivers.base import InboundSms, Receipt, RouteHealth
 from drivers.clock import Clock
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
-from gateway.store.inbound_parts import InboundHook, StoredInbound
+from gateway.store.inbound_parts import Filed, InboundHook, StoredInbound
 from gateway.store.quarantine import HeldUndecodable, Quarantine
 from gateway.store.store import Store
 
@@ -122,6 +122,7 @@ class GatewaySink:
             self._clock.time(),
             then=hook,
         )
+        self._metrics.inbound.labels(route).inc()
         log.info("inbound_stored", route=route, inbound_id=inbound_id)
         self._after_commit(handled)
 
@@ -131,6 +132,8 @@ class GatewaySink:
         filed = await self._store.file_inbound_part(
             route, sms, self._clock.time(), self.reassembly_timeout, then=hook
         )
+        if filed.outcome is Filed.COMPLETED:
+            self._metrics.inbound.labels(route).inc()
         log.info(
             "inbound_part",
             route=route,

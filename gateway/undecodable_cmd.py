@@ -21,6 +21,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.store.quarantine import Quarantine
+from gateway.table import table
 
 
 def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
@@ -30,12 +31,16 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="ids, routes, modems and times (no content)")
     export = actions.add_parser("export", help="write the records to a new 0600 file")
-    export.add_argument("file")
+    export.add_argument("file", help="a new file to write (never overwritten)")
     release = actions.add_parser("release", help="forget a record that was dealt with")
-    release.add_argument("id")
+    release.add_argument("id", help="the record's id, as `undecodable list` shows it")
     for action in actions.choices.values():
         action.add_argument("--config", help="TOML file (default: embedded)")
     parser.set_defaults(func=lambda args: run(args, load(args.config)))
+
+
+def _stamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -47,9 +52,11 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     try:
         quarantine = Quarantine(store)
         if args.action == "list":
-            for held in await quarantine.held():
-                stamp = datetime.fromtimestamp(held.received_at, UTC).isoformat(timespec="seconds")
-                print(f"{held.id}  {stamp}  {held.route}/{held.source}")
+            rows = [
+                (h.id, _stamp(h.received_at), h.route, h.source) for h in await quarantine.held()
+            ]
+            if rows:  # nothing at all when none is held (scripts test for empty output)
+                print("\n".join(table(("ID", "RECEIVED (UTC)", "ROUTE", "SOURCE"), rows)))
             return 0
         audit = audit_trail(store, config)
         if args.action == "export":

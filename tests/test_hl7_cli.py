@@ -36,6 +36,11 @@ def test_a_file_with_lf_lines_and_two_messages_is_split_at_msh() -> None:
     ]
 
 
+def rows(out: bytes) -> list[list[str]]:
+    """The table's rows, split at the column gaps (two spaces or more)."""
+    return [re.split(r"  +", line) for line in out.decode().splitlines()]
+
+
 async def test_send_prints_each_ack_and_fails_unless_all_accepted(
     store: Store, tmp_path: Path
 ) -> None:
@@ -47,13 +52,17 @@ async def test_send_prints_each_ack_and_fails_unless_all_accepted(
     proc = await smsgw_process("hl7", "send", "--port", str(rig.port), str(good))
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
-    assert out.decode().splitlines() == [f"{good} A: AA", f"{good} B: AA"]
+    assert rows(out) == [
+        ["FILE", "CONTROL-ID", "ACK", "ERROR"],
+        [str(good), "A", "AA"],
+        [str(good), "B", "AA"],
+    ]
     proc = await smsgw_process("hl7", "send", "--port", str(rig.port), str(good), str(bad))
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
-    lines = out.decode().splitlines()
-    assert lines[:2] == [f"{good} A: AA", f"{good} B: AA"]  # duplicates: the stored ACKs
-    assert lines[2] == f"{bad} C: AE no identifier of the configured authority"
+    lines = rows(out)
+    assert lines[1:3] == [[str(good), "A", "AA"], [str(good), "B", "AA"]]  # the stored ACKs
+    assert lines[3] == [str(bad), "C", "AE", "no identifier of the configured authority"]
     await rig.server.aclose()
 
 
@@ -82,7 +91,9 @@ async def test_the_embedded_default_takes_the_sample_files_on_its_demo_feed(
         send = await smsgw_process("hl7", "send", "--port", str(hl7_port), str(sample))
         out, _ = await asyncio.wait_for(send.communicate(), 30)
         # the SIU mapper is the appointments part's: accepted with it, refused without
-        assert re.fullmatch(rf"{sample} MSG00012: A[AR].*\n", out.decode())
+        assert re.fullmatch(
+            rf"FILE +CONTROL-ID +ACK +ERROR\n{sample} +MSG00012 +A[AR].*\n", out.decode()
+        )
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.communicate(), 30)

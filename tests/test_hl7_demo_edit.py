@@ -115,7 +115,7 @@ async def test_send_with_the_demo_options_stores_the_edited_message(
     for extra in ([], demo, demo):
         proc = await smsgw_process(*args, *extra)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert out.decode().count(": ") == 1, err.decode()
+        assert len(out.decode().splitlines()) == 2, err.decode()  # the header and one ACK
     # the plain send and two demo sends with fresh control ids: three messages, no duplicate
     assert await rig.count("SELECT count(*) FROM hl7_messages") == 3
     assert await rig.count("SELECT sum(duplicates) FROM hl7_messages") == 0
@@ -145,7 +145,10 @@ async def test_send_prints_the_error_text_of_a_v24_ack_too(store: Store, tmp_pat
     proc = await smsgw_process("hl7", "send", "--port", str(rig.port), str(old))
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
-    assert out.decode().splitlines() == [f"{old} V24: AE no identifier of the configured authority"]
+    header, row = out.decode().splitlines()
+    assert header.split() == ["FILE", "CONTROL-ID", "ACK", "ERROR"]
+    error = "no identifier of the configured authority"
+    assert re.split(r"  +", row) == [str(old), "V24", "AE", error]
     await rig.server.aclose()
 
 

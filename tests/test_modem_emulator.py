@@ -633,11 +633,13 @@ async def test_cli_simulate_modem_prints_ports(tmp_path: Path) -> None:
     assert process.stdout is not None
     try:
         async with asyncio.timeout(20):
+            header = (await process.stdout.readline()).decode()
             first = (await process.stdout.readline()).decode()
             second = (await process.stdout.readline()).decode()
             ready = (await process.stdout.readline()).decode()
-        assert first.strip() == f"simcom-sim7600: {tmp_path / 'modem-1'}"
-        assert second.strip() == f"simcom-sim7600: {tmp_path / 'modem-2'}"
+        assert header.split() == ["PROFILE", "PORT"]
+        assert first.split() == ["simcom-sim7600", str(tmp_path / "modem-1")]
+        assert second.split() == ["simcom-sim7600", str(tmp_path / "modem-2")]
         assert "2 emulated modem(s) ready" in ready
         terminal = Terminal(str(tmp_path / "modem-2"))
         try:

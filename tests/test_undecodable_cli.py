@@ -44,7 +44,10 @@ def test_operator_lists_exports_and_releases(
 
     assert main(["undecodable", "list", *config]) == 0
     listed = capsys.readouterr().out
-    assert f"{held_id}  2023-11-14T22:13:20+00:00  bank/m1" in listed
+    assert [line.split() for line in listed.splitlines()] == [
+        ["ID", "RECEIVED", "(UTC)", "ROUTE", "SOURCE"],
+        [held_id, "2023-11-14T22:13:20+00:00", "bank", "m1"],
+    ]
     assert TRUNCATED_UCS2[20:44] not in listed
 
     export = tmp_path / "held.jsonl"

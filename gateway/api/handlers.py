@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import metrics_state
 from gateway.api.query import query_time
 from gateway.api.views import InboundPage, MessagePage, inbound_view, message_view
 from gateway.app import Gateway
@@ -324,14 +325,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = _gateway(request)
-    for state, per_class in gw.scheduler.depths().items():
-        if state == "queued":
-            for label, n in per_class.items():
-                gw.metrics.queue_depth.labels(label).set(n)
-    for route in gw.routes.values():
-        members = route.health().members
-        if members:
-            gw.metrics.observe_members(route.name, members)
+    await metrics_state.refresh(gw)
     data = generate_latest(gw.metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,7 +1,8 @@
 """`smsgw hl7 send FILE...`: a console MLLP client. Each file may hold one message or
 several (split where a line starts with MSH); LF or CRLF line ends are sent as CR.
-Prints one line per message: file, MSH-10, and the ACK's MSA-1 (with the ERR text
-when there is one). Exit status 0 only if every message was accepted (AA or CA).
+Prints a row per message under a header: FILE, CONTROL-ID (MSH-10), ACK (the ACK's
+MSA-1) and ERROR (its ERR text, if any). Exit status 0 only if every message was
+accepted (AA or CA).
 
 For a demo, `--phone`, `--language`, `--shift-days` and `--control-id-suffix` edit each
 message before it leaves (see gateway/hl7/demo_edit.py).
@@ -27,15 +28,18 @@ import hl7.mllp
 from gateway.hl7 import demo_edit
 from gateway.hl7.client import MllpClient, MllpError
 from gateway.hl7.settings import DEMO_PORT, DEMO_WRITEBACK_PORT
+from gateway.table import Table
 
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("hl7", help="HL7 v2 over MLLP tools")
     actions = parser.add_subparsers(dest="action", required=True)
     send = actions.add_parser("send", help="send HL7 files to an MLLP listener, print each ACK")
-    send.add_argument("files", nargs="+", metavar="FILE")
-    send.add_argument("--host", default="127.0.0.1")
-    send.add_argument("--port", type=int, default=DEMO_PORT)
+    send.add_argument("files", nargs="+", metavar="FILE", help="HL7 files, each of 1+ messages")
+    send.add_argument("--host", default="127.0.0.1", help="the MLLP listener's address")
+    send.add_argument(
+        "--port", type=int, default=DEMO_PORT, help=f"its port (default {DEMO_PORT}, the demo feed)"
+    )
     send.add_argument("--tls", action="store_true", help="speak TLS")
     send.add_argument("--ca-file", help="trust this CA for --tls (default: the system's)")
     send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per ACK")
@@ -54,8 +58,13 @@ def add_parser(sub: Any) -> None:
     )
     send.set_defaults(func=run)
     listen = actions.add_parser("listen", help="print the HL7 messages sent here, answer AA")
-    listen.add_argument("--host", default="127.0.0.1")
-    listen.add_argument("--port", type=int, default=DEMO_WRITEBACK_PORT)
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    listen.add_argument(
+        "--port",
+        type=int,
+        default=DEMO_WRITEBACK_PORT,
+        help=f"port (default {DEMO_WRITEBACK_PORT}, the demo's write-back)",
+    )
     listen.set_defaults(func=run_listener)
 
 
@@ -148,6 +157,7 @@ async def _send(args: argparse.Namespace, files: list[tuple[str, list[str] | Non
         context = ssl.create_default_context(cafile=args.ca_file)
     client = MllpClient(args.host, args.port, context=context, timeout=args.timeout)
     ok = True
+    acks = Table(("FILE", "CONTROL-ID", "ACK", "ERROR"), (max(len(n) for n, _ in files), 20))
     try:
         for name, messages in files:
             if messages is None:
@@ -157,11 +167,11 @@ async def _send(args: argparse.Namespace, files: list[tuple[str, list[str] | Non
                 try:
                     ack = await client.send(message)
                 except MllpError as e:
-                    print(f"{name} {_control_id(message)}: no ACK ({e})")
+                    acks.row(name, _control_id(message), "-", f"no ACK ({e})")
                     ok = False
                     continue
                 err = _err_text(ack.text)
-                print(f"{name} {_control_id(message)}: {ack.code or '?'}{' ' + err if err else ''}")
+                acks.row(name, _control_id(message), ack.code or "?", err or "")
                 ok = ok and ack.code in ("AA", "CA")
     finally:
         await client.aclose()

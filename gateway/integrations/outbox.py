@@ -215,6 +215,14 @@ class Outbox:
             await wait_event(self._clock, self._progress, left)
         return late
 
+    def lanes_state(self, last_seq: int) -> list[tuple[str, int, int, int, int]]:
+        """Per consumer, for /metrics: backlog up to event `last_seq`, messages held,
+        and events delivered and dead since start."""
+        return [
+            (name, max(0, last_seq - lane.position), len(lane.held), lane.delivered, lane.dead)
+            for name, lane in self._lanes.items()
+        ]
+
     async def redeliver(self, consumer: str, seq: int) -> bool:
         """Put a dead letter back in line (the panel's button); False if none."""
         done = await self._repo.redeliver(consumer, seq)

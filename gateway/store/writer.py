@@ -98,6 +98,8 @@ class GroupCommitWriter:
         # Called on the loop after each commit (the outbox dispatcher's wake): cheap,
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
+        self.failed_batches = 0  # transactions that failed to commit (for /metrics)
+        self.failing = False  # the last one did
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,6 +180,8 @@ class GroupCommitWriter:
         self.batches += 1
         self.items += len(batch)
         error = done.exception()
+        self.failing = error is not None
+        self.failed_batches += self.failing
         futures = batch.futures()
         if error is not None:
             for fut in futures:

@@ -250,10 +250,11 @@ def modem_simulator(count: int) -> ModemSimulator:
     )
     assert proc.stdout is not None
     paths: list[str] = []
-    for line in proc.stdout:  # each modem's "profile: /dev/pts/N", then "ready"
+    next(proc.stdout)  # the header: PROFILE  PORT
+    for line in proc.stdout:  # each modem's "profile  /dev/pts/N", then "ready"
         if "ready" in line:
             return ModemSimulator(proc, paths)
-        paths.append(line.rsplit(": ", 1)[1].strip())
+        paths.append(line.split()[1])
     raise AssertionError("the modem simulator ended before it was ready")
 
 
