@@ -83,7 +83,12 @@ async def test_schemathesis_finds_no_failure(live: tuple[str, str], tmp_path: Pa
     out, _ = await asyncio.wait_for(proc.communicate(), BUDGET_SECONDS + 40)
     report = out.decode(errors="replace")
     assert proc.returncode == 0, report[-6000:]
-    assert " failed" not in report and "errored" not in report, report[-6000:]
+    # A warning is not a failure. "Authentication failed: 1 operation returned only
+    # 401/403" names a different operation each run: the time budget ended that
+    # operation's examples while only its unauthenticated probes (the ignored_auth
+    # check, which passed) had run. Every check's failure still fails the test.
+    checked = "\n".join(line for line in report.splitlines() if "Authentication failed" not in line)
+    assert " failed" not in checked and "errored" not in checked, report[-6000:]
     # The stateful phase ran and followed links from accepted sends to their messages.
     assert re.search(r"Stateful \(in ", report), report[-3000:]
     assert re.search(r"API Links:\s+[1-9]\d* covered", report), report[-3000:]
