@@ -26,7 +26,7 @@ from aiohttp import web
 from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import consent_cmd, logs, systemd, tls, undecodable_cmd
+from gateway import consent_cmd, logs, retention_cmd, systemd, tls, undecodable_cmd
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError
@@ -600,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parsers(sub, cmd_user, cmd_audit)
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
+    retention_cmd.add_parser(sub, _load)  # retention run|status, erase (i14-retention)
     hl7_send.add_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")

@@ -29,6 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
+from gateway.store.space import storage_failure
+
+log = structlog.get_logger("smsgw.store")
+
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 Statement = tuple[str, Sequence[Any]]
@@ -95,6 +101,9 @@ class GroupCommitWriter:
         self._idle.set()
         self.batches = 0
         self.items = 0
+        # Why the last transaction could not be written (`space.storage_failure`: the
+        # disk is full or failing), until one commits again.
+        self.failure: str | None = None
         # Called on the loop after each commit (the outbox dispatcher's wake): cheap,
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
@@ -179,6 +188,7 @@ class GroupCommitWriter:
         self.items += len(batch)
         error = done.exception()
         futures = batch.futures()
+        self._note_failure(error, None if error is not None else done.result())
         if error is not None:
             for fut in futures:
                 if not fut.done():
@@ -195,6 +205,18 @@ class GroupCommitWriter:
             for callback in self.after_commit:
                 callback()
         self._flush()
+
+    def _note_failure(self, error: BaseException | None, outcomes: list[Any] | None) -> None:
+        failed = (error,) if error is not None else (outcomes or ())
+        for e in failed:
+            if isinstance(e, BaseException) and (why := storage_failure(e)) is not None:
+                if self.failure is None:
+                    log.error("store_failing", reason=why)
+                self.failure = why
+                return
+        if error is None and self.failure is not None:
+            log.info("store_recovered", was=self.failure)
+            self.failure = None
 
     def _commit(self, batch: _Batch) -> list[Any]:
         conn = self._conn

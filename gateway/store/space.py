@@ -1,0 +1,67 @@
+"""The store's file: overwriting what is deleted, giving space back, and telling a
+full or failing disk from an ordinary error.
+
+`secure_delete` makes SQLite overwrite deleted content with zeros (in the page, and
+freed pages), so a removed body is not left in free space. `auto_vacuum = INCREMENTAL`
+lets the retention job hand free pages back to the file system
+(`PRAGMA incremental_vacuum`). A store made before these were set gets them with one
+`VACUUM` at its next start (it rewrites the file: it needs free space about the size
+of the store, and time; if it fails, start-up goes on and it is tried again next time).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import structlog
+
+log = structlog.get_logger("smsgw.store")
+
+INCREMENTAL = 2
+# SQLite primary result codes that mean the file cannot be written (not a bad query).
+_STORAGE_CODES = {
+    10: "io_error",  # SQLITE_IOERR
+    13: "disk_full",  # SQLITE_FULL
+    14: "cannot_open",  # SQLITE_CANTOPEN
+}
+VACUUM_STEP = 2000  # free pages handed back per writer turn
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """`disk_full` / `io_error` / `cannot_open` if `e` is the store failing to write."""
+    if not isinstance(e, sqlite3.Error):
+        return None
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    return _STORAGE_CODES.get(code & 0xFF)
+
+
+def secure_file(conn: sqlite3.Connection) -> None:
+    """On the writer's connection, before migrations: overwrite deleted content, and
+    switch the file to incremental auto-vacuum (one VACUUM for an existing store)."""
+    conn.execute("PRAGMA secure_delete = ON")
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+        return
+    conn.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
+    if not conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+        return  # a new file: the setting holds from its first table
+    try:
+        conn.execute("VACUUM")
+    except sqlite3.Error as e:
+        log.warning("store_vacuum_failed", error=storage_failure(e) or type(e).__name__)
+        return
+    log.info("store_vacuumed", auto_vacuum="incremental")
+
+
+def reclaim_step(conn: sqlite3.Connection) -> int:
+    """Hand up to `VACUUM_STEP` free pages back; the free pages there were before."""
+    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if free:
+        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP})").fetchall()
+    return free
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the file and empty it, so removed values are not left there."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
