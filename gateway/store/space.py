@@ -43,9 +43,8 @@ def secure_file(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA secure_delete = ON")
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
         return
+    # In WAL mode even a new, empty file takes the setting only through VACUUM.
     conn.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
-    if not conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-        return  # a new file: the setting holds from its first table
     try:
         conn.execute("VACUUM")
     except sqlite3.Error as e:
