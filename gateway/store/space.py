@@ -11,7 +11,9 @@ of the store, and time; if it fails, start-up goes on and it is tried again next
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 import structlog
 
@@ -25,10 +27,19 @@ _STORAGE_CODES = {
     14: "cannot_open",  # SQLITE_CANTOPEN
 }
 VACUUM_STEP = 2000  # free pages handed back per writer turn
+# Room the probe wants before it calls a full store writable again: a write that fits
+# in a page SQLite already has could succeed with the disk still full.
+PROBE_BYTES = 1 << 20
+
+
+class NoRoom(Exception):
+    """The probe found too little room to call the store writable again."""
 
 
 def storage_failure(e: BaseException) -> str | None:
     """`disk_full` / `io_error` / `cannot_open` if `e` is the store failing to write."""
+    if isinstance(e, NoRoom):
+        return "disk_full"
     if not isinstance(e, sqlite3.Error):
         return None
     code = getattr(e, "sqlite_errorcode", None)
@@ -64,3 +75,15 @@ def reclaim_step(conn: sqlite3.Connection) -> int:
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Copy the WAL into the file and empty it, so removed values are not left there."""
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def probe(conn: sqlite3.Connection, directory: Path, now: float) -> None:
+    """Raise `NoRoom` unless the file may grow by `PROBE_BYTES` (on the file system and
+    under `max_page_count`), then make one small real write."""
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    cap = int(conn.execute("PRAGMA max_page_count").fetchone()[0])
+    fs = os.statvfs(directory)
+    if (cap - pages) * page < PROBE_BYTES or fs.f_bavail * fs.f_frsize < PROBE_BYTES:
+        raise NoRoom("too little room for the store to grow")
+    conn.execute("INSERT OR REPLACE INTO store_probe VALUES (1, ?)", (now,))

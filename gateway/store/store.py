@@ -200,9 +200,7 @@ class Store:
 
     async def probe(self, now: float) -> None:
         """A small real write: while the store is failing, one that commits clears it."""
-        await self.writer.run(
-            lambda conn: conn.execute("INSERT OR REPLACE INTO store_probe VALUES (1, ?)", (now,))
-        )
+        await self.writer.run(lambda conn: space.probe(conn, self.path.parent, now))
 
     @property
     def master_key(self) -> bytes:

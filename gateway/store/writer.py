@@ -250,6 +250,8 @@ class GroupCommitWriter:
             conn.execute("RELEASE bulk")
             return [None] * len(inserts)
         except sqlite3.Error:
+            if not conn.in_transaction:  # SQLite rolled it all back (disk full): no retry
+                raise
             conn.execute("ROLLBACK TO bulk")
             conn.execute("RELEASE bulk")
         # One bad row must not sink its neighbours: retry each group on its own.
@@ -260,6 +262,8 @@ class GroupCommitWriter:
         try:
             outcomes = group.fn(conn, group.items)
         except Exception:
+            if not conn.in_transaction:
+                raise
             conn.execute("ROLLBACK TO grouped")
             conn.execute("RELEASE grouped")
             return [self._savepoint(conn, _one_item(group.fn, item)) for item in group.items]
@@ -272,6 +276,8 @@ class GroupCommitWriter:
         try:
             result = job(conn)
         except Exception as e:
+            if not conn.in_transaction:  # the whole transaction is gone: fail the batch
+                raise
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
             return e
