@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from drivers.clock import FakeClock
-from gateway.store.space import NoRoom
+from gateway.store_failure import NoRoom
 from gateway.tokens import create_token
 from tests.conftest import CANARY_BODY, CANARY_NUMBER, TEST_CONSENT_TOML, GatewayFactory
 from tests.http_daemon import Daemon, exchange, split_response

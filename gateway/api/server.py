@@ -30,7 +30,7 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
-from gateway.store.space import storage_failure
+from gateway.store_failure import storage_failure
 from gateway.usecases.undecodable import HeldUndecodable
 from gateway.web.context import GATEWAY, json_response
 

@@ -1,5 +1,5 @@
-"""The store's file: overwriting what is deleted, giving space back, and telling a
-full or failing disk from an ordinary error.
+"""The store's file: overwriting what is deleted, giving space back, and probing a
+full disk for room.
 
 `secure_delete` makes SQLite overwrite deleted content with zeros (in the page, and
 freed pages), so a removed body is not left in free space. `auto_vacuum = INCREMENTAL`
@@ -17,35 +17,15 @@ from pathlib import Path
 
 import structlog
 
+from gateway.store_failure import NoRoom, storage_failure
+
 log = structlog.get_logger("smsgw.store")
 
 INCREMENTAL = 2
-# SQLite primary result codes that mean the file cannot be written (not a bad query).
-_STORAGE_CODES = {
-    10: "io_error",  # SQLITE_IOERR
-    13: "disk_full",  # SQLITE_FULL
-    14: "cannot_open",  # SQLITE_CANTOPEN
-}
 VACUUM_STEP = 2000  # free pages handed back per writer turn
 # Room the probe wants before it calls a full store writable again: a write that fits
 # in a page SQLite already has could succeed with the disk still full.
 PROBE_BYTES = 1 << 20
-
-
-class NoRoom(Exception):
-    """The probe found too little room to call the store writable again."""
-
-
-def storage_failure(e: BaseException) -> str | None:
-    """`disk_full` / `io_error` / `cannot_open` if `e` is the store failing to write."""
-    if isinstance(e, NoRoom):
-        return "disk_full"
-    if not isinstance(e, sqlite3.Error):
-        return None
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is None:
-        return None
-    return _STORAGE_CODES.get(code & 0xFF)
 
 
 def secure_file(conn: sqlite3.Connection) -> None:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway.store.space import storage_failure
+from gateway.store_failure import storage_failure
 
 log = structlog.get_logger("smsgw.store")
 
