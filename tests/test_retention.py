@@ -228,3 +228,35 @@ async def test_the_run_op_and_status_from_the_console(tmp_path: Path, clock: Fak
 def test_retention_keys_are_checked_by_name(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match="^" + re.escape(key)):
         from_mapping({"retention": raw})
+
+
+async def test_notices_hl7_texts_and_quarantined_records_go_after_the_text_period(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    from gateway.store.quarantine import Quarantine
+    from tests.appointment_rows import book
+    from tests.test_erasure import _hl7
+
+    gw = await open_gateway(retention=RETENTION)
+    booked = await book(gw, CANARY_NUMBER)  # a reminder notice, queued, with variables
+    hl7_id = await _hl7(gw, "(202) 555-0147", "MRN-R1")
+    held = await Quarantine(gw.store).hold("main", "modem1", "07 CANARY RAW PDU", clock.time())
+    assert held is not None
+    cur = await gw.store.reader.execute(
+        "SELECT id FROM clinical_notices WHERE appointment_id = ?", (booked.id,)
+    )
+    (notice_id,) = await cur.fetchone()
+    assert await _column(gw, "clinical_notices", "variables_ct", notice_id) is not None
+    hl7_ct = await _column(gw, "hl7_messages", "raw_ct", hl7_id)
+
+    clock.advance(89 * DAY)
+    await gw.housekeeping_once()
+    assert await _plain(gw, "hl7_messages", "raw_ct", hl7_id, "raw") != ""
+    clock.advance(2 * DAY)
+    await gw.housekeeping_once()
+    assert await _column(gw, "clinical_notices", "variables_ct", notice_id) is None
+    assert await _plain(gw, "hl7_messages", "raw_ct", hl7_id, "raw") == ""
+    assert await _column(gw, "hl7_messages", "erased_at", hl7_id) == clock.time()
+    cur = await gw.store.reader.execute("SELECT count(*) FROM inbound_undecodable")
+    assert (await cur.fetchone())[0] == 0
+    assert hl7_ct not in _store_bytes(gw)
