@@ -288,3 +288,22 @@ async def test_erase_from_the_console_offline(
         assert entry.actor == "console"
     finally:
         await gw.store.close()
+
+
+async def test_a_message_sending_during_the_erasure_never_leaves_again(
+    open_gateway: GatewayFactory,
+) -> None:
+    from gateway.models import State
+    from gateway.store.transitions import Transition
+
+    gw = await open_gateway()
+    mid = await accept(gw, body=CANARY_BODY)
+    now = gw.clock.time()
+    assert await gw.store.claim(mid, "main", now) is not None  # on its way to the carrier
+    erased = await gw.erasures.erase(CANARY_NUMBER, "test")
+    assert erased.counts["messages"] == 1 and erased.counts["messages_cancelled"] == 0
+    # The carrier did not take it: a retry puts it back in the queue...
+    await gw.store.transition(Transition(mid, State.QUEUED, error_code="retry"), now)
+    # ...and the claim refuses it: there is no number to send to any more.
+    assert await gw.store.claim(mid, "main", now) is None
+    assert await state_of(gw, mid) == "blocked"
