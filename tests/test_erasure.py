@@ -307,3 +307,23 @@ async def test_a_message_sending_during_the_erasure_never_leaves_again(
     # ...and the claim refuses it: there is no number to send to any more.
     assert await gw.store.claim(mid, "main", now) is None
     assert await state_of(gw, mid) == "blocked"
+
+
+async def test_sends_racing_the_erasure_are_erased_or_blocked(site: Site) -> None:
+    gw = site.gw
+    send = {"to": CANARY_NUMBER, "body": CANARY_BODY}
+    sends = [site.post("/api/v1/messages", send, site.sender) for _ in range(20)]
+    erasure = site.post("/api/v1/erasures", {"number": CANARY_NUMBER}, site.admin)
+    answers = await asyncio.gather(*sends[:10], erasure, *sends[10:])
+    assert all(status in (200, 202) for status, _ in answers), answers
+    # Each message is either one the erasure found (cancelled, number gone) or one
+    # accepted after it (blocked by the suppression entry): none waits to go out.
+    cur = await gw.store.reader.execute("SELECT id, state, error_code, to_ct FROM messages")
+    rows = await cur.fetchall()
+    assert len(rows) == 20
+    for mid, state, code, to_ct in rows:
+        number = gw.store.decrypt(to_ct, mid, "to")
+        assert (state, code, number) in {
+            ("cancelled", "erased", ""),
+            ("blocked", "opted_out", CANARY_NUMBER),
+        }, (state, code)
