@@ -78,15 +78,21 @@ def blank(cipher: FieldCipher, row_id: str, column: str) -> bytes:
     return cipher.encrypt("", row_id, column)
 
 
-def _due_messages(level: int, g: Group, limit: int | None) -> tuple[str, tuple[Any, ...]]:
-    """Rows at `level` (0: text kept; 1: number kept; -1: either) past their cutoff."""
-    before = g.body_before if level == 0 else g.number_before
-    at = "redacted = ?" if level >= 0 else "redacted <> ?"
-    due = f"{at} AND created_at < ? AND updated_at < ? AND {_FINISHED_SQL} AND {g.where}"
-    sql = f"SELECT id FROM messages WHERE redacted < 2 AND {due} ORDER BY created_at"  # noqa: S608
-    params: tuple[Any, ...] = (level, before, before, *g.params)
+def _due_messages(
+    level: int, g: Group, limit: int | None, before: float | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """Finished rows at `level` (0: text kept; 1: number kept) created and last changed
+    before `before` (default: the level's own cutoff), read through that level's partial
+    index, which holds only rows still due for it (`redacted = <literal>` matches its
+    WHERE; a bound parameter would not)."""
+    if before is None:
+        before = g.body_before if level == 0 else g.number_before
+    due = f"created_at < ? AND updated_at < ? AND {_FINISHED_SQL} AND {g.where}"
+    index = ("messages_text_kept", "messages_number_kept")[level]  # not `messages_state`
+    sql = f"SELECT id FROM messages INDEXED BY {index} WHERE redacted = {level} AND {due}"  # noqa: S608
+    params: tuple[Any, ...] = (before, before, *g.params)
     if limit is not None:
-        sql += " LIMIT ?"
+        sql += " ORDER BY created_at LIMIT ?"
         params += (limit,)
     return sql, params
 
@@ -114,11 +120,9 @@ def message_numbers(conn: sqlite3.Connection, c: FieldCipher, g: Group, limit: i
 
 
 def _due_inbound(level: int, before: float) -> tuple[str, tuple[Any, ...]]:
-    return (
-        "SELECT id FROM inbound WHERE redacted < 2 AND redacted = ? AND received_at < ?"
-        " ORDER BY received_at",
-        (level, before),
-    )
+    index = ("inbound_text_kept", "inbound_number_kept")[level]
+    sql = f"SELECT id FROM inbound INDEXED BY {index} WHERE redacted = {level}"  # noqa: S608
+    return sql + " AND received_at < ? ORDER BY received_at", (before,)
 
 
 def inbound_texts(conn: sqlite3.Connection, c: FieldCipher, before: float, limit: int) -> int:
@@ -208,14 +212,15 @@ def due_counts(conn: sqlite3.Connection, config: RetentionConfig, now: float) ->
     for g in groups(config, now):
         counts["message_texts"] += count(*_due_messages(0, g, None))
         # A number past its period goes whether its text went before or goes now.
-        counts["message_numbers"] += count(*_due_messages(-1, g, None))
+        counts["message_numbers"] += count(*_due_messages(1, g, None))
+        counts["message_numbers"] += count(*_due_messages(0, g, None, g.number_before))
         sql = _DUE_NOTICES.format(where=g.where)
         counts["notice_variables"] += count(sql, (g.body_before, *g.params))
     body_before = now - config.body_days * DAY
     number_before = now - config.number_days * DAY
     counts["inbound_texts"] = count(*_due_inbound(0, body_before))
-    counts["inbound_numbers"] = count(
-        "SELECT id FROM inbound WHERE redacted < 2 AND received_at < ?", (number_before,)
+    counts["inbound_numbers"] = count(*_due_inbound(1, number_before)) + count(
+        *_due_inbound(0, number_before)
     )
     counts["hl7_messages"] = count(_DUE_HL7, (body_before,))
     counts["hl7_writebacks"] = count(_DUE_WRITEBACKS, (body_before,))

@@ -101,7 +101,7 @@ class GroupCommitWriter:
         self._idle.set()
         self.batches = 0
         self.items = 0
-        # Why the last transaction could not be written (`space.storage_failure`: the
+        # Why the last transaction could not be written (`store_failure.storage_failure`: the
         # disk is full or failing), until one commits again.
         self.failure: str | None = None
         # Called on the loop after each commit (the outbox dispatcher's wake): cheap,
