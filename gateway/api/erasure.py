@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from gateway.api.consent import Phone
 from gateway.api.endpoint import Endpoint
 from gateway.api.handlers import AUTH_RECORD
 from gateway.api.openapi import Answer
@@ -21,8 +22,7 @@ from gateway.web.context import gateway_of, json_response
 
 class ErasureRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     number: Annotated[
-        str,
-        msgspec.Meta(max_length=32, description="the person's phone number, E.164 or national"),
+        Phone, msgspec.Meta(description="the person's phone number, E.164 or national")
     ]
 
 
