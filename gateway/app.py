@@ -61,6 +61,8 @@ from gateway.replies.inbound import InboundReplies
 from gateway.replies.usecase import Replies
 from gateway.results.settings import Settings as ClinicalSettings
 from gateway.results.usecase import ResultEvents
+from gateway.retention.job import Retention
+from gateway.retention.usecase import Erasures
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
@@ -91,6 +93,7 @@ from gateway.usecases import (
 log = structlog.get_logger("smsgw.app")
 
 HOUSEKEEPING_INTERVAL = 3600.0
+STORE_PROBE_INTERVAL = 5.0  # while commits fail (disk full): how often to try one
 INBOUND_EXPIRY_MIN_SLEEP = 0.05
 INBOUND_EXPIRY_RETRY = 60.0
 
@@ -223,6 +226,7 @@ class Gateway:
         if dispatch:
             self._spawn(self.scheduler.run())
             self._spawn(self._housekeeping())
+            self._spawn(self._store_watch())
             self._spawn(self._inbound_expiry())
             self._spawn(self.medications.run_top_up())
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
@@ -370,7 +374,33 @@ class Gateway:
     async def _housekeeping(self) -> None:
         while True:
             await self.clock.sleep(HOUSEKEEPING_INTERVAL)
-            await self.housekeeping_once()
+            try:
+                await self.housekeeping_once()
+            except Exception as e:  # the store is failing (disk full): next hour, not never
+                log.error("housekeeping_failed", error=exception_summary(e))
+
+    # -- retention, erasure and a failing store (issue 14, i14-retention) ----------------
+    @functools.cached_property
+    def retention(self) -> Retention:
+        """The retention job (hourly in housekeeping; `smsgw retention run`)."""
+        return Retention(self.store, self.config.retention, self.clock, self.audit)
+
+    @functools.cached_property
+    def erasures(self) -> Erasures:
+        """Erasure of one person by number (API `/erasures`, `smsgw erase`)."""
+        return Erasures(self.store, self.audit, self.clock, self.scheduler.forget)
+
+    async def _store_watch(self) -> None:
+        """While commits fail (disk full), try a small write every few seconds: the
+        first that commits clears `store.failing`, and readiness, with no restart."""
+        while True:
+            await self.clock.sleep(STORE_PROBE_INTERVAL)
+            if self.store.failing is None:
+                continue
+            try:
+                await self.store.probe(self.clock.time())
+            except Exception as e:
+                log.debug("store_probe_failed", error=exception_summary(e))
 
     def not_ready(self) -> str | None:
         """Why no message could go out now, or None when some route can send.
@@ -380,6 +410,8 @@ class Gateway:
         Public (`/healthz`), so it names no route."""
         if not self.accepting:
             return "shutting down"
+        if self.store.failing is not None:
+            return f"the store cannot commit ({self.store.failing})"
         if not self.routes:
             return "no route configured"
         if all(r.paused for r in self.routes.values()):
@@ -414,6 +446,8 @@ class Gateway:
             failed_before=now - admin.lockout_minutes * 60,
         )
         await self.audit.close_repeats()  # failed sign-ins counted in windows now over
+        if self.config.retention.enabled:
+            await self.retention.run("gateway", audit_empty=False)
         log.info("housekeeping", idempotency_keys_removed=removed, sessions_removed=sessions)
 
     async def _inbound_expiry(self) -> None:

@@ -29,6 +29,7 @@ from gateway import (
     custody_cmd,
     keys_cmd,
     logs,
+    retention_cmd,
     send_cmd,
     systemd,
     tls,
@@ -530,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
     add_backup_parsers(sub, _load)
+    retention_cmd.add_parser(sub, _load)  # retention run|status, erase
     hl7_send.add_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")

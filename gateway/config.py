@@ -34,6 +34,7 @@ from gateway.hl7.settings import Hl7Config
 from gateway.models import Priority
 from gateway.replies.settings import RepliesConfig
 from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
+from gateway.retention.settings import RetentionConfig
 from gateway.templates.settings import TemplatesConfig
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -395,6 +396,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     results: ResultsConfig = msgspec.field(default_factory=ResultsConfig)
     medication: MedicationConfig = msgspec.field(default_factory=MedicationConfig)
     replies: RepliesConfig = msgspec.field(default_factory=RepliesConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)  # MSG-12
     source: str | None = None
 
     @property
@@ -595,6 +597,8 @@ def _check_values(config: Config) -> None:
     if problem := config.templates.problems():
         raise ConfigError(problem)
     for problem in pattern_problems(config.medication):
+        raise ConfigError(problem)
+    if problem := config.retention.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

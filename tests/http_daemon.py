@@ -44,23 +44,33 @@ class Daemon:
             '[[routes]]\nname = "demo"\ntype = "loopback"\nreceipt_delay = 0.2\n'
         )
 
-        def lower_open_files() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.proc = subprocess.Popen(
-            [*SMSGW, "run", "--config", str(conf)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=lower_open_files,
-        )
+        self._nofile = nofile
+        self.proc = self.launch(conf)
         self.lines: list[str] = []
         self._seen = 0
         self._grew = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.wait_log(lambda e: e.get("event") == "listening")
+
+    def command(self, conf: Path) -> list[str]:
+        return [*SMSGW, "run", "--config", str(conf)]
+
+    def launch(self, conf: Path) -> subprocess.Popen[bytes]:
+        """Start the daemon (a subclass may start it another way: in its own mounts)."""
+        nofile = self._nofile
+
+        def lower_open_files() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        return subprocess.Popen(
+            self.command(conf),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=lower_open_files,
+        )
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -17,6 +17,7 @@ from gateway.api import handlers as h
 from gateway.api import reminder_rules
 from gateway.api import templates as t
 from gateway.api.endpoint import INVALID_QUERY, Endpoint
+from gateway.api.erasure import ERASURE_ENDPOINTS
 from gateway.api.hl7_endpoints import HL7_ENDPOINTS
 from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
@@ -29,6 +30,7 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
+from gateway.store_failure import storage_failure
 from gateway.usecases.undecodable import HeldUndecodable
 from gateway.web.context import GATEWAY, json_response
 
@@ -468,6 +470,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *reminder_rules.endpoints(Endpoint),  # /reminder-rules
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
+    *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
 )
 
 
@@ -503,6 +506,11 @@ def _guard(endpoint: Endpoint) -> Handler:
     return guarded
 
 
+STORE_UNAVAILABLE = {
+    "error": {"code": "store_unavailable", "message": "the store could not commit; try again"}
+}
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into the JSON error shape (headers: `gateway/web/headers.py`)."""
@@ -531,6 +539,10 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             status=400,
         )
     except Exception as e:
+        if (why := storage_failure(e)) is not None:  # disk full: nothing was changed
+            _count_rejection(request, "store_unavailable")
+            log.error("store_unavailable", path=request.rel_url.path, reason=why)
+            return json_response(STORE_UNAVAILABLE, status=503)
         log.error(
             "unhandled_error",
             method=request.method,

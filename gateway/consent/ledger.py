@@ -23,7 +23,9 @@ from gateway.store.crypto import FieldCipher
 from gateway.store.outbox_sql import INSERT_ROW as OUTBOX_ROW
 
 Decision = Literal["opt_in", "opt_out"]
-Source = Literal["keyword", "phrase", "api", "panel", "import", "phone", "email", "review"]
+Source = Literal[
+    "keyword", "phrase", "api", "panel", "import", "phone", "email", "review", "erasure"
+]
 ALL_PROGRAMS = "*"
 
 

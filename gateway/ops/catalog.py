@@ -8,3 +8,4 @@ from gateway import (
 )
 from gateway.backup import ops as _backup_ops  # noqa: F401  # backup.create, .verify, .restore
 from gateway.keys import ops as _keys  # noqa: F401
+from gateway.retention import ops as retention_ops  # noqa: F401  # retention.*, erase.number

@@ -51,6 +51,8 @@ def claim_verdict(
     ).fetchone()
     if row is None:
         return None  # the claim itself reports it
+    if not row[0]:  # its number was erased while it was sending (i14-retention)
+        return "erased"
     subject = ClaimSubject(
         message_id, row[0], row[1], row[2], Priority(row[3]), bool(row[4]), route, now
     )

@@ -744,6 +744,28 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT RAISE(ABORT, 'consent_ledger is append-only');
     END;
     """,
+    # 23 (i14-retention): retention and erasure (MSG-11, MSG-12). `redacted` on messages
+    #    and inbound: 1 once the text is removed, 2 once the number is too (the row and
+    #    its metadata stay). One partial index per step, by creation time, holds only the
+    #    rows still waiting for it, so a run reads what is due, not years of rows;
+    #    transitions change neither column, so a message costs one index write.
+    #    `erased_at`: when a stored HL7 message's or write-back's raw text was removed.
+    #    Notices whose variables are still kept, by last change. `store_probe`: the row
+    #    the store writes to learn that a full disk has room again.
+    """
+    ALTER TABLE messages ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_text_kept ON messages (created_at) WHERE redacted = 0;
+    CREATE INDEX messages_number_kept ON messages (created_at) WHERE redacted = 1;
+    ALTER TABLE inbound ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX inbound_text_kept ON inbound (received_at) WHERE redacted = 0;
+    CREATE INDEX inbound_number_kept ON inbound (received_at) WHERE redacted = 1;
+    ALTER TABLE hl7_messages ADD COLUMN erased_at REAL;
+    CREATE INDEX hl7_messages_retention ON hl7_messages (received_at) WHERE erased_at IS NULL;
+    ALTER TABLE hl7_outbound ADD COLUMN erased_at REAL;
+    CREATE INDEX clinical_notices_retention ON clinical_notices (updated_at)
+        WHERE variables_ct IS NOT NULL AND state <> 'pending';
+    CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+    """,
 )
 
 

@@ -21,7 +21,7 @@ from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.models import Priority, State
-from gateway.store import crypto, inbound_parts, keyring_sql, outbox_sql, receipt_deadline
+from gateway.store import crypto, inbound_parts, keyring_sql, outbox_sql, receipt_deadline, space
 from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
@@ -164,6 +164,7 @@ class Store:
             # Owner-only from the first byte; SQLite gives -wal and -shm the same mode.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         await self.writer.open()
+        await self.writer.call_outside_transaction(space.secure_file)  # i14-retention
         await self.writer.call_outside_transaction(migrate)
         keys = await self.writer.run(self._load_or_create_keys)
         self._root = keys.root
@@ -202,6 +203,15 @@ class Store:
         count = await self.writer.run(lambda conn: keyring_sql.rewrap(conn, old, new))
         self._master = new
         return count
+
+    @property
+    def failing(self) -> str | None:
+        """`disk_full` (or `io_error`...) while commits fail; None once one succeeds."""
+        return self.writer.failure
+
+    async def probe(self, now: float) -> None:
+        """A small real write: while the store is failing, one that commits clears it."""
+        await self.writer.run(lambda conn: space.probe(conn, self.path.parent, now))
 
     @property
     def master_key(self) -> bytes:

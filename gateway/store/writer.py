@@ -29,6 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
+from gateway.store_failure import storage_failure
+
+log = structlog.get_logger("smsgw.store")
+
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 Statement = tuple[str, Sequence[Any]]
@@ -95,6 +101,9 @@ class GroupCommitWriter:
         self._idle.set()
         self.batches = 0
         self.items = 0
+        # Why the last transaction could not be written (`store_failure.storage_failure`: the
+        # disk is full or failing), until one commits again.
+        self.failure: str | None = None
         # Called on the loop after each commit (the outbox dispatcher's wake): cheap,
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
@@ -183,6 +192,7 @@ class GroupCommitWriter:
         self.failing = error is not None
         self.failed_batches += self.failing
         futures = batch.futures()
+        self._note_failure(error, None if error is not None else done.result())
         if error is not None:
             for fut in futures:
                 if not fut.done():
@@ -199,6 +209,18 @@ class GroupCommitWriter:
             for callback in self.after_commit:
                 callback()
         self._flush()
+
+    def _note_failure(self, error: BaseException | None, outcomes: list[Any] | None) -> None:
+        failed = (error,) if error is not None else (outcomes or ())
+        for e in failed:
+            if isinstance(e, BaseException) and (why := storage_failure(e)) is not None:
+                if self.failure is None:
+                    log.error("store_failing", reason=why)
+                self.failure = why
+                return
+        if error is None and self.failure is not None:
+            log.info("store_recovered", was=self.failure)
+            self.failure = None
 
     def _commit(self, batch: _Batch) -> list[Any]:
         conn = self._conn
@@ -232,6 +254,8 @@ class GroupCommitWriter:
             conn.execute("RELEASE bulk")
             return [None] * len(inserts)
         except sqlite3.Error:
+            if not conn.in_transaction:  # SQLite rolled it all back (disk full): no retry
+                raise
             conn.execute("ROLLBACK TO bulk")
             conn.execute("RELEASE bulk")
         # One bad row must not sink its neighbours: retry each group on its own.
@@ -242,6 +266,8 @@ class GroupCommitWriter:
         try:
             outcomes = group.fn(conn, group.items)
         except Exception:
+            if not conn.in_transaction:
+                raise
             conn.execute("ROLLBACK TO grouped")
             conn.execute("RELEASE grouped")
             return [self._savepoint(conn, _one_item(group.fn, item)) for item in group.items]
@@ -254,6 +280,8 @@ class GroupCommitWriter:
         try:
             result = job(conn)
         except Exception as e:
+            if not conn.in_transaction:  # the whole transaction is gone: fail the batch
+                raise
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
             return e

@@ -1,0 +1,65 @@
+"""Operator commands: `retention.run`, `retention.status`, `erase.number` (see
+`gateway.ops.registry` for the contract). Answers name counts and a reference id,
+never a number."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.intake import normalise_number
+from gateway.ops.registry import OpContext, op
+from gateway.retention.job import Retention
+from gateway.retention.usecase import Erasures
+
+
+def _retention(ctx: OpContext) -> Retention:
+    if ctx.gateway is not None:
+        return ctx.gateway.retention
+    return Retention(ctx.store, ctx.config.retention, ctx.clock, ctx.audit)
+
+
+@op("retention.status")
+async def retention_status(ctx: OpContext, args: dict[str, Any]) -> int:
+    del args
+    status = await _retention(ctx).status()
+    cfg = ctx.config.retention
+    ctx.out(f"hourly job: {'on' if cfg.enabled else 'off'}")
+    ctx.out(f"texts kept {cfg.body_days:g} days, numbers {cfg.number_days:g} days")
+    for name in sorted(cfg.purposes):
+        body, number = cfg.periods(name)
+        ctx.out(f"  {name}: texts {body:g} days, numbers {number:g} days")
+    ctx.out(f"{'due now':<22}{'rows':>10}")
+    for step, n in status.due.items():
+        ctx.out(f"{step:<22}{n:>10}")
+    ctx.out(f"free pages: {status.free_pages}; auto_vacuum: {status.auto_vacuum}")
+    return 0
+
+
+@op("retention.run")
+async def retention_run(ctx: OpContext, args: dict[str, Any]) -> int:
+    del args
+    outcome = await _retention(ctx).run(ctx.actor, ctx.progress)
+    ctx.out(f"{'removed':<22}{'rows':>10}")
+    for step, n in outcome.removed.items():
+        ctx.out(f"{step:<22}{n:>10}")
+    ctx.out(f"pages freed: {outcome.pages_freed}")
+    return 0
+
+
+@op("erase.number")
+async def erase_number(ctx: OpContext, args: dict[str, Any]) -> int:
+    number = args.get("number")
+    e164 = None
+    if isinstance(number, str):
+        e164 = normalise_number(number, ctx.config.queue.default_region)
+    if e164 is None:
+        ctx.out("erase: --number is not a valid phone number (write it in E.164, +CC...)")
+        return 2
+    forget = ctx.gateway.scheduler.forget if ctx.gateway is not None else None
+    done = await Erasures(ctx.store, ctx.audit, ctx.clock, forget).erase(e164, ctx.actor)
+    ctx.out(f"erased; reference {done.reference} (in the audit trail)")
+    ctx.out(f"{'what':<22}{'rows':>10}")
+    for what, n in done.counts.items():
+        ctx.out(f"{what:<22}{n:>10}")
+    ctx.out("kept: the suppression entry (keyed hash and opt-out time): never texted again")
+    return 0

@@ -1,0 +1,247 @@
+"""The retention sweep's SQL: one bounded batch per call, run on the writer's connection.
+
+A removed text or number is replaced by the encryption of "" under its own row and
+column (so every reader still decrypts it, and reads an empty value), or by NULL where
+the column allows it; a blind index becomes the empty blob, which no lookup matches.
+`redacted` records how far a row went (1: text, 2: number too), so each batch reads
+only rows still due. A message still waiting (queued, scheduled, sending) is never
+touched; a finished one is due once both its creation and its last change are older
+than its purpose's period.
+
+| table | removed after `body_days` | after `number_days` |
+|---|---|---|
+| messages | body, client reference, callback URL; its Kannel dlr-url row | number, blind index |
+| inbound | body | sender, blind index |
+| clinical_notices (not pending) | template variables | - |
+| hl7_messages | raw message | - |
+| hl7_outbound (not pending) | raw message | - |
+| inbound_undecodable | the whole row | - |
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.consent.purposes import Purpose
+from gateway.retention.settings import RetentionConfig
+from gateway.store.crypto import FieldCipher
+
+FINISHED = ("sent", "delivered", "failed", "expired", "cancelled", "blocked")
+_FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
+DAY = 86400.0
+
+# What each step of the sweep removes, in the order it runs (audit detail names).
+STEPS = (
+    "message_texts",
+    "message_numbers",
+    "inbound_texts",
+    "inbound_numbers",
+    "notice_variables",
+    "hl7_messages",
+    "hl7_writebacks",
+    "quarantined_records",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Messages (or notices) of some purposes, with their cutoffs (epoch seconds)."""
+
+    where: str  # a condition on `purpose`
+    params: tuple[Any, ...]
+    body_before: float
+    number_before: float
+
+
+def groups(config: RetentionConfig, now: float) -> Iterator[Group]:
+    """One group per purpose with its own periods, then one for every other purpose."""
+    named = [p for p in config.purposes if p in {q.value for q in Purpose}]
+    for name in named:
+        body, number = config.periods(name)
+        yield Group("purpose = ?", (name,), now - body * DAY, now - number * DAY)
+    rest = "purpose IS NULL"
+    if named:
+        rest += " OR purpose NOT IN (" + ", ".join("?" * len(named)) + ")"
+    yield Group(
+        f"({rest})",
+        tuple(named),
+        now - config.body_days * DAY,
+        now - config.number_days * DAY,
+    )
+
+
+def blank(cipher: FieldCipher, row_id: str, column: str) -> bytes:
+    """What a removed encrypted value becomes: "" encrypted for the same place."""
+    return cipher.encrypt("", row_id, column)
+
+
+def _due_messages(
+    level: int, g: Group, limit: int | None, before: float | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """Finished rows at `level` (0: text kept; 1: number kept) created and last changed
+    before `before` (default: the level's own cutoff), read through that level's partial
+    index, which holds only rows still due for it (`redacted = <literal>` matches its
+    WHERE; a bound parameter would not)."""
+    if before is None:
+        before = g.body_before if level == 0 else g.number_before
+    due = f"created_at < ? AND updated_at < ? AND {_FINISHED_SQL} AND {g.where}"
+    index = ("messages_text_kept", "messages_number_kept")[level]  # not `messages_state`
+    sql = f"SELECT id FROM messages INDEXED BY {index} WHERE redacted = {level} AND {due}"  # noqa: S608
+    params: tuple[Any, ...] = (before, before, *g.params)
+    if limit is not None:
+        sql += " ORDER BY created_at LIMIT ?"
+        params += (limit,)
+    return sql, params
+
+
+def message_texts(conn: sqlite3.Connection, c: FieldCipher, g: Group, limit: int) -> int:
+    ids = [r[0] for r in conn.execute(*_due_messages(0, g, limit))]
+    for mid in ids:
+        conn.execute(
+            "UPDATE messages SET body_ct = ?, reference_ct = NULL, callback_ct = NULL,"
+            " redacted = 1 WHERE id = ?",
+            (blank(c, mid, "body"), mid),
+        )
+        conn.execute("DELETE FROM kannel_dlr WHERE message_id = ?", (mid,))
+    return len(ids)
+
+
+def message_numbers(conn: sqlite3.Connection, c: FieldCipher, g: Group, limit: int) -> int:
+    ids = [r[0] for r in conn.execute(*_due_messages(1, g, limit))]
+    for mid in ids:
+        conn.execute(
+            "UPDATE messages SET to_ct = ?, to_index = x'', redacted = 2 WHERE id = ?",
+            (blank(c, mid, "to"), mid),
+        )
+    return len(ids)
+
+
+def _due_inbound(level: int, before: float) -> tuple[str, tuple[Any, ...]]:
+    index = ("inbound_text_kept", "inbound_number_kept")[level]
+    sql = f"SELECT id FROM inbound INDEXED BY {index} WHERE redacted = {level}"  # noqa: S608
+    return sql + " AND received_at < ? ORDER BY received_at", (before,)
+
+
+def inbound_texts(conn: sqlite3.Connection, c: FieldCipher, before: float, limit: int) -> int:
+    sql, params = _due_inbound(0, before)
+    ids = [r[0] for r in conn.execute(sql + " LIMIT ?", (*params, limit))]
+    for iid in ids:
+        conn.execute(
+            "UPDATE inbound SET body_ct = ?, redacted = 1 WHERE id = ?",
+            (blank(c, iid, "body"), iid),
+        )
+    return len(ids)
+
+
+def inbound_numbers(conn: sqlite3.Connection, c: FieldCipher, before: float, limit: int) -> int:
+    sql, params = _due_inbound(1, before)
+    ids = [r[0] for r in conn.execute(sql + " LIMIT ?", (*params, limit))]
+    for iid in ids:
+        conn.execute(
+            "UPDATE inbound SET sender_ct = ?, sender_index = x'', redacted = 2 WHERE id = ?",
+            (blank(c, iid, "sender"), iid),
+        )
+    return len(ids)
+
+
+_DUE_NOTICES = (
+    "SELECT id FROM clinical_notices WHERE variables_ct IS NOT NULL AND state <> 'pending'"
+    " AND updated_at < ? AND {where}"
+)
+
+
+def notice_variables(conn: sqlite3.Connection, g: Group, limit: int) -> int:
+    sql = _DUE_NOTICES.format(where=g.where) + " LIMIT ?"
+    ids = [r[0] for r in conn.execute(sql, (g.body_before, *g.params, limit))]
+    conn.executemany(
+        "UPDATE clinical_notices SET variables_ct = NULL WHERE id = ?", [(i,) for i in ids]
+    )
+    return len(ids)
+
+
+_DUE_HL7 = "SELECT id FROM hl7_messages WHERE erased_at IS NULL AND received_at < ?"
+_DUE_WRITEBACKS = (
+    "SELECT id FROM hl7_outbound WHERE erased_at IS NULL AND state <> 'pending' AND updated_at < ?"
+)
+
+
+def hl7_messages(
+    conn: sqlite3.Connection, c: FieldCipher, before: float, now: float, limit: int
+) -> int:
+    ids = [r[0] for r in conn.execute(_DUE_HL7 + " LIMIT ?", (before, limit))]
+    for hid in ids:
+        conn.execute(
+            "UPDATE hl7_messages SET raw_ct = ?, erased_at = ? WHERE id = ?",
+            (blank(c, hid, "raw"), now, hid),
+        )
+    return len(ids)
+
+
+def hl7_writebacks(
+    conn: sqlite3.Connection, c: FieldCipher, before: float, now: float, limit: int
+) -> int:
+    ids = [r[0] for r in conn.execute(_DUE_WRITEBACKS + " LIMIT ?", (before, limit))]
+    for hid in ids:
+        conn.execute(
+            "UPDATE hl7_outbound SET message_ct = ?, erased_at = ? WHERE id = ?",
+            (blank(c, hid, "message"), now, hid),
+        )
+    return len(ids)
+
+
+_DUE_QUARANTINE = "SELECT id FROM inbound_undecodable WHERE received_at < ?"
+
+
+def quarantined_records(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    ids = [r[0] for r in conn.execute(_DUE_QUARANTINE + " LIMIT ?", (before, limit))]
+    conn.executemany("DELETE FROM inbound_undecodable WHERE id = ?", [(i,) for i in ids])
+    return len(ids)
+
+
+def due_counts(conn: sqlite3.Connection, config: RetentionConfig, now: float) -> dict[str, int]:
+    """How many rows each step would change now (for `smsgw retention status`)."""
+
+    def count(sql: str, params: Sequence[Any]) -> int:
+        counted = f"SELECT count(*) FROM ({sql})"  # noqa: S608  # our own queries
+        return int(conn.execute(counted, params).fetchone()[0])
+
+    counts = dict.fromkeys(STEPS, 0)
+    for g in groups(config, now):
+        counts["message_texts"] += count(*_due_messages(0, g, None))
+        # A number past its period goes whether its text went before or goes now.
+        counts["message_numbers"] += count(*_due_messages(1, g, None))
+        counts["message_numbers"] += count(*_due_messages(0, g, None, g.number_before))
+        sql = _DUE_NOTICES.format(where=g.where)
+        counts["notice_variables"] += count(sql, (g.body_before, *g.params))
+    body_before = now - config.body_days * DAY
+    number_before = now - config.number_days * DAY
+    counts["inbound_texts"] = count(*_due_inbound(0, body_before))
+    counts["inbound_numbers"] = count(*_due_inbound(1, number_before)) + count(
+        *_due_inbound(0, number_before)
+    )
+    counts["hl7_messages"] = count(_DUE_HL7, (body_before,))
+    counts["hl7_writebacks"] = count(_DUE_WRITEBACKS, (body_before,))
+    counts["quarantined_records"] = count(_DUE_QUARANTINE, (body_before,))
+    return counts
+
+
+def sweep_batch(
+    conn: sqlite3.Connection, c: FieldCipher, config: RetentionConfig, now: float
+) -> dict[str, int]:
+    """One bounded pass over every step (at most `config.batch` rows each); the counts."""
+    n = config.batch
+    done = dict.fromkeys(STEPS, 0)
+    for g in groups(config, now):
+        done["message_texts"] += message_texts(conn, c, g, n)
+        done["message_numbers"] += message_numbers(conn, c, g, n)
+        done["notice_variables"] += notice_variables(conn, g, n)
+    body_before = now - config.body_days * DAY
+    done["inbound_texts"] = inbound_texts(conn, c, body_before, n)
+    done["inbound_numbers"] = inbound_numbers(conn, c, now - config.number_days * DAY, n)
+    done["hl7_messages"] = hl7_messages(conn, c, body_before, now, n)
+    done["hl7_writebacks"] = hl7_writebacks(conn, c, body_before, now, n)
+    done["quarantined_records"] = quarantined_records(conn, body_before, n)
+    return done
