@@ -78,6 +78,7 @@ class StopDeadline:
         self.step = "signal received"
         self._armed = False
         self._cancelled = threading.Event()
+        self.thread: threading.Thread | None = None
 
     @property
     def armed(self) -> bool:
@@ -92,7 +93,8 @@ class StopDeadline:
             return
         self._armed = True
         # A daemon thread: it keeps running while the interpreter waits for the others.
-        threading.Thread(target=self._wait, name="smsgw-stop-deadline", daemon=True).start()
+        self.thread = threading.Thread(target=self._wait, name="smsgw-stop-deadline", daemon=True)
+        self.thread.start()
 
     def disarm_if_nothing_can_hang(self) -> bool:
         """After the event loop ended: if no thread but this one is left that the

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.cli import main
-from gateway.shutdown import EXIT_STOP_OVERDUE, StopSteps, blocking_threads
+from gateway.shutdown import EXIT_STOP_OVERDUE, StopSteps
 from tests.conftest import SMSGW, TEST_CONSENT_TOML, GatewayFactory
 from tests.ports import free_port
 from tests.test_cli import TOKEN_RE
@@ -92,11 +92,22 @@ def test_a_process_stuck_at_exit_is_ended_loudly_by_the_deadline() -> None:
     assert "at: closing the widget" in proc.stderr and "stuck-worker" in proc.stderr
 
 
-def test_deadline_is_dropped_when_no_thread_is_left_to_wait_for() -> None:
-    from gateway.shutdown import StopDeadline
-
-    deadline = StopDeadline(0.2)
-    assert deadline.disarm_if_nothing_can_hang() == (not blocking_threads())
+def test_deadline_is_dropped_once_no_thread_is_left_to_wait_for() -> None:
+    """A process that goes on after a clean stop (a test calling `main`) is not ended."""
+    script = textwrap.dedent(
+        """
+        from gateway.shutdown import StopDeadline
+        deadline = StopDeadline(0.5)
+        deadline.arm()
+        assert deadline.disarm_if_nothing_can_hang()
+        deadline.thread.join(10)
+        assert not deadline.thread.is_alive()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=EXIT_BOUND
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def _daemon_config(tmp_path: Path) -> tuple[Path, str, int]:
