@@ -10,6 +10,9 @@ Shutdown order (each step waits for the one before):
    then stop (what they had not delivered stays in the store, sent after restart);
 6. the MQTT connection closes; the HTTP server stops;
 7. the store checkpoints its WAL and closes.
+
+Each step is bounded and one that fails is logged and passed over, so the store always
+closes (`gateway/shutdown.py`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from gateway.retention.usecase import Erasures
 from gateway.router import Router, RouteRule
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Scheduler
+from gateway.shutdown import STEP_LIMIT, StopSteps
 from gateway.sink import GatewaySink
 from gateway.startup import StartupFault
 from gateway.store import crypto
@@ -89,11 +93,13 @@ from gateway.usecases import (
     Undecodable,
     UseCases,
 )
+from gateway.web.connections import HTTP_SHUTDOWN_TIMEOUT
 
 log = structlog.get_logger("smsgw.app")
 
 HOUSEKEEPING_INTERVAL = 3600.0
 STORE_PROBE_INTERVAL = 5.0  # while commits fail (disk full): how often to try one
+STORE_CLOSE_LIMIT = 15.0  # the WAL checkpoint of a busy store takes a few seconds
 INBOUND_EXPIRY_MIN_SLEEP = 0.05
 INBOUND_EXPIRY_RETRY = 60.0
 
@@ -464,34 +470,56 @@ class Gateway:
             await self.clock.sleep(max(delay, INBOUND_EXPIRY_MIN_SLEEP))
 
     async def stop(
-        self, *, before_store_close: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
-        """Stop in the documented order; `before_store_close` stops the HTTP server."""
+        self,
+        *,
+        before_store_close: Callable[[], Awaitable[None]] | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        """Stop in the documented order; `before_store_close` stops the HTTP server.
+
+        Each step is bounded and a failing one is logged, never raised, so the store
+        closes whatever happened before it (`gateway/shutdown.py` says why). Returns
+        the steps that failed or overran; `on_step` hears each step's name as it starts.
+        """
         if self.stopped:
-            return
+            return []
         self.stopped = True
         self.accepting = False
+        steps = StopSteps(on_step)
         if self.hl7 is not None:  # no new HL7 message is taken in from here
-            await self.hl7.stop()
+            await steps.run("hl7", self.hl7.stop)
         self.scheduler.stop_claiming()
-        cut = await self.scheduler.drain(self.config.http.shutdown_grace)
+        grace = self.config.http.shutdown_grace
+        await steps.run(
+            "in-flight submits", lambda: self._drain_in_flight(grace), grace + STEP_LIMIT
+        )
+        for route in self.routes.values():
+            await steps.run(f"route {route.name}", route.driver.aclose)
+        await steps.run("background loops", self._cancel_tasks)
+        outbox_grace = self.config.outbox.shutdown_grace
+        await steps.run(  # MQTT still up for it
+            "outbox", lambda: self.outbox.stop(outbox_grace), outbox_grace + STEP_LIMIT
+        )
+        if self.mqtt is not None:
+            await steps.run("mqtt", self.mqtt.aclose)
+        if before_store_close is not None:
+            await steps.run("http server", before_store_close, HTTP_SHUTDOWN_TIMEOUT + STEP_LIMIT)
+        await steps.run("store", self.store.close, STORE_CLOSE_LIMIT)
+        if steps.failed:
+            log.error("stopped_incompletely", failed=steps.failed)
+        else:
+            log.info("stopped")
+        return steps.failed
+
+    async def _drain_in_flight(self, grace: float) -> None:
+        cut = await self.scheduler.drain(grace)
         if cut:
             log.warning("shutdown_cut_in_flight", count=cut)
-        for route in self.routes.values():
-            try:
-                await route.driver.aclose()
-            except Exception as e:
-                log.error("route_close_failed", route=route.name, error=exception_summary(e))
+
+    async def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.outbox.stop(self.config.outbox.shutdown_grace)  # MQTT still up for it
-        if self.mqtt is not None:
-            await self.mqtt.aclose()
-        if before_store_close is not None:
-            await before_store_close()
-        await self.store.close()
-        log.info("stopped")
 
 
 def build_outbox(

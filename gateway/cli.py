@@ -45,6 +45,7 @@ from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
 from gateway.ops.socket import AdminSocket
 from gateway.reminders import demo as reminders_demo
+from gateway.shutdown import EXIT_STOP_INCOMPLETE, STEP_LIMIT, StopDeadline, stop_limit
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
@@ -207,7 +208,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise describe_fault(e, config) from None
         _install_uvloop()
-        return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, key, s)))
+        # Armed by the first SIGTERM or SIGINT; it must also cover the interpreter's
+        # exit, which waits for every non-daemon thread (`gateway/shutdown.py`).
+        deadline = StopDeadline(
+            stop_limit(config.http.shutdown_grace, config.outbox.shutdown_grace)
+        )
+        try:
+            return asyncio.run(
+                serve_or_explain(config, lambda s: _serve(config, token, key, s, deadline))
+            )
+        finally:
+            deadline.phase("interpreter exit (waiting for threads)")
+            deadline.disarm_if_nothing_can_hang()
 
 
 def _hl7_demo_listen(config: Config, listen: str) -> Config:
@@ -244,12 +256,18 @@ def _install_uvloop() -> None:
 
 
 async def _serve(
-    config: Config, first_token: str | None, master_key: bytes, startup: Startup
+    config: Config,
+    first_token: str | None,
+    master_key: bytes,
+    startup: Startup,
+    deadline: StopDeadline,
 ) -> int:
     from gateway.http_app import build_runner
     from gateway.web.connections import GuardedTCPSite
 
     host, _, port = config.http.listen.rpartition(":")
+    stop = asyncio.Event()
+    _on_stop_signals(deadline, stop)
     simulator = None
     modems: list[EmulatedModem] = []
     if config.demo_peers:
@@ -302,10 +320,6 @@ async def _serve(
             flush=True,
         )
         print(TRY_EVENTS_HINT, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     startup.done()
     systemd.notify("READY=1")
     interval = systemd.watchdog_interval()
@@ -315,10 +329,30 @@ async def _serve(
     if beat is not None:
         beat.cancel()
     log.info("shutting_down")
-    await admin_socket.close()
-    await gateway.stop(before_store_close=_cleanup(runner, kannel_runner))
-    await DemoPeers(simulator, modems).aclose()
-    return 0
+    deadline.phase("admin socket (running console commands)")
+    with contextlib.suppress(Exception):  # bounded by its own drain; never stops the stop
+        await asyncio.wait_for(admin_socket.close(), STEP_LIMIT + 1)
+    failed = await gateway.stop(
+        before_store_close=_cleanup(runner, kannel_runner), on_step=deadline.phase
+    )
+    deadline.phase("simulated peers")
+    with contextlib.suppress(Exception):  # the demo's peers: nothing of the gateway's
+        await asyncio.wait_for(DemoPeers(simulator, modems).aclose(), STEP_LIMIT)
+    deadline.phase("event loop end (tasks still running, executor threads)")
+    return EXIT_STOP_INCOMPLETE if failed else 0
+
+
+def _on_stop_signals(deadline: StopDeadline, stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop` and arm the deadline the whole stop must meet;
+    from the start of serving, so a signal during start-up is a clean stop after it."""
+
+    def on_signal() -> None:
+        deadline.arm()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
 
 
 async def _start_kannel(gateway: Gateway) -> web.BaseRunner | None:

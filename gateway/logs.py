@@ -119,6 +119,21 @@ def exception_summary(error: BaseException) -> str:
     return f"{type(error).__name__}{where}"
 
 
+class _LossyPrintLogger(structlog.PrintLogger):
+    """A line that cannot be written is dropped, never raised: with stderr's reader gone
+    (a closed pipe, journald restarted) a log call raised BrokenPipeError in whatever
+    code made it, failing sends and, in a driver's close, the shutdown itself."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):  # ValueError: the stream is closed
+            return
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]  # TextIO stream
     """Ours, so that `configure()` can run again without stacking handlers."""
 
@@ -145,7 +160,7 @@ def configure(format: str = "auto", level: str = "info", stream: TextIO | None =
     structlog.configure(
         processors=[*shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *_: _LossyPrintLogger(stream),
         cache_logger_on_first_use=True,
     )
     # aiohttp, asyncio and any other library log through the standard library: their

@@ -47,7 +47,7 @@ log = structlog.get_logger("smsgw.ops.socket")
 
 MAX_REQUEST = 64 * 1024  # bytes in the request line (args hold a password at most)
 REQUEST_SECONDS = 10.0  # a client that connects must send its request within this
-DRAIN_SECONDS = 10.0  # at shutdown, how long running ops get before they are cancelled
+DRAIN_SECONDS = 5.0  # at shutdown, how long running ops get before they are cancelled
 PROGRESS_BACKLOG = 64 * 1024  # unread bytes beyond which progress lines are dropped
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the final NUL

@@ -259,12 +259,18 @@ class GuardedRequestHandler(web.RequestHandler):
         return json_error(status, "bad_request", "the request could not be parsed as HTTP")
 
 
+# What requests still being answered get when the server stops (aiohttp's default, 60 s,
+# is longer than systemd waits for the whole stop); the rest are cancelled.
+HTTP_SHUTDOWN_TIMEOUT = 5.0
+
+
 class GuardedAppRunner(web.AppRunner):
     """`web.AppRunner` whose server is a `GuardedServer`."""
 
     def __init__(
         self, app: web.Application, limits: Limits, trust: ProxyTrust, **kwargs: Any
     ) -> None:
+        kwargs.setdefault("shutdown_timeout", HTTP_SHUTDOWN_TIMEOUT)
         super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
         self.limits = limits
         self._trust = trust
