@@ -352,18 +352,23 @@ def _root_tarball(suite: str, arch: str) -> Path:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=ROOT_CACHE) as tmp:
         root = Path(tmp) / "root"
-        _host(
-            "/usr/sbin/debootstrap",
-            "--variant=minbase",
-            f"--arch={arch}",
-            suite,
-            str(root),
-            MIRROR,
-        )
+        try:
+            _host(
+                "/usr/sbin/debootstrap",
+                "--variant=minbase",
+                f"--arch={arch}",
+                suite,
+                str(root),
+                MIRROR,
+                timeout=1800,
+            )
+        finally:  # debootstrap mounts these while it runs; a failed run may leave them
+            for mount in ("proc", "sys"):
+                subprocess.run(["umount", "-l", str(root / mount)], capture_output=True)
         part = tarball.with_suffix(".part")
-        _host("tar", "--numeric-owner", "-C", str(root), "-cf", str(part), ".")
+        _host("tar", "--numeric-owner", "--one-file-system", "-C", str(root), "-cf", str(part), ".")
         part.rename(tarball)
-    timings["root_bootstrap_cold_s"] = time.monotonic() - started
+    timings[f"root_bootstrap_cold_{suite}_{arch}_s"] = time.monotonic() - started
     return tarball
 
 
@@ -506,14 +511,43 @@ def _check_install(chroot: Chroot, version: str) -> None:
     chroot.run("sh", "-c", "cd /usr/lib/smsgw/wheels && sha256sum --check --quiet SHA256SUMS")
 
 
+def _arm64_runs_here() -> bool:
+    """Whether arm64 programs run on this amd64 machine (qemu-user-static via binfmt)."""
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    try:
+        return entry.read_text().startswith("enabled")
+    except OSError:
+        return False
+
+
+ROOTS = [
+    pytest.param("bookworm", "3.11", None, id="bookworm"),
+    pytest.param("trixie", "3.13", None, id="trixie"),
+    pytest.param(
+        "bookworm",
+        "3.11",
+        "arm64",
+        id="bookworm-arm64",
+        marks=[
+            pytest.mark.skipif(
+                not _arm64_runs_here(), reason="no arm64 emulation (qemu-user-static, binfmt)"
+            ),
+            pytest.mark.timeout(3600),
+        ],
+    ),
+]
+
+
 @pytest.mark.skipif(not PACKAGE_TEST, reason="in a Debian root: make test-package")
 @pytest.mark.timeout(1200)
+@pytest.mark.parametrize(("suite", "python", "arch"), ROOTS)
 async def test_package_installs_upgrades_and_purges_in_a_clean_debian_root(
-    tmp_path: Path,
+    tmp_path: Path, suite: str, python: str, arch: str | None
 ) -> None:
-    arch = _host("dpkg", "--print-architecture")
+    arch = arch or _host("dpkg", "--print-architecture")
+    timings.clear()
     started = time.monotonic()
-    tarball = await asyncio.to_thread(_root_tarball, "bookworm", arch)
+    tarball = await asyncio.to_thread(_root_tarball, suite, arch)
     root = tmp_path / "root"
     root.mkdir()
     mark = time.monotonic()
@@ -521,7 +555,7 @@ async def test_package_installs_upgrades_and_purges_in_a_clean_debian_root(
     timings["root_unpack_s"] = time.monotonic() - mark
     mark = time.monotonic()
     first_deb, second_deb, first, second = await asyncio.to_thread(
-        _build_debs, tmp_path / "build", arch, "3.11"
+        _build_debs, tmp_path / "build", arch, python
     )
     timings["wheelhouses_and_debs_s"] = time.monotonic() - mark
     for deb in (first_deb, second_deb):
@@ -541,6 +575,8 @@ async def test_package_installs_upgrades_and_purges_in_a_clean_debian_root(
             )
             timings["install_s"] = time.monotonic() - mark
             await asyncio.to_thread(_check_install, chroot, first)
+            code = "import sys; print('%d.%d' % sys.version_info[:2])"
+            assert chroot.out("/opt/smsgw/bin/python", "-c", code) == python
             key = (root / "var/lib/smsgw/master.key").read_bytes()
 
             # 2. First start, as the service would: the smsgw user, the packaged config.
@@ -603,4 +639,5 @@ async def test_package_installs_upgrades_and_purges_in_a_clean_debian_root(
     finally:
         await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
     timings["total_s"] = time.monotonic() - started
-    print("\npackage test timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    shown = json.dumps({k: round(v, 1) for k, v in timings.items()})
+    print(f"\npackage test timings ({suite}, {arch}, Python {python}): {shown}")
