@@ -132,13 +132,23 @@ deb: setup
 	$(BIN)/python packaging/wheelhouse.py $(WHEELHOUSE_ARGS) --arch $(ARCH)
 	$(BIN)/python packaging/build_deb.py --arch $(ARCH) --wheelhouse dist/wheelhouse/$(ARCH) --out dist
 
-# Install, upgrade, remove and purge the .deb in a clean Debian bookworm root (debootstrap,
-# cached as a tarball in /var/cache/smsgw-test/), with `smsgw run` answering from inside.
+# Install, upgrade, remove and purge the .deb in clean Debian roots, bookworm and trixie
+# (debootstrap, cached as tarballs in /var/cache/smsgw-test/), with `smsgw run` answering
+# from inside. PKG_ARM64=1 also runs it on an arm64 root under qemu-user-static (it turns
+# on the kernel's binfmt_misc handler for aarch64; slow: minutes per step).
 test-package: setup
 	@test -x /usr/sbin/debootstrap || { \
 	  echo "installing debootstrap (Debian) for the package install test"; \
 	  apt-get update -qq && apt-get install -y -qq debootstrap; }
-	SMSGW_PACKAGE_TEST=1 $(BIN)/pytest tests/test_package.py -q -s -p no:cacheprovider
+	@if [ "$(PKG_ARM64)" = 1 ]; then \
+	  test -x /usr/bin/qemu-aarch64-static || { apt-get update -qq && \
+	    apt-get install -y -qq qemu-user-static binfmt-support; }; \
+	  test -e /proc/sys/fs/binfmt_misc/register || \
+	    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+	  update-binfmts --enable qemu-aarch64 || true; \
+	fi
+	SMSGW_PACKAGE_TEST=1 SMSGW_PACKAGE_ARM64=$(PKG_ARM64) \
+	  $(BIN)/pytest tests/test_package_root.py -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist
