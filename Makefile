@@ -35,6 +35,7 @@ typecheck: setup
 # Real peers the suite starts itself: Node.js for the independent SMPP server (npm `smpp`),
 # Debian's mosquitto for the MQTT tests (tests/peers/mosquitto.py runs it on a free port).
 # Debian's Kannel (bearerbox + smsbox) for the sendsms listener's side-by-side tests.
+# systemd-ask-password and its tty agent for the passphrase-at-boot test (i14-socket).
 peers: setup
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \
@@ -46,6 +47,9 @@ peers: setup
 	@command -v bearerbox >/dev/null || test -x /usr/sbin/bearerbox || { \
 	  echo "installing kannel (Debian) for the sendsms side-by-side peer"; \
 	  apt-get update -qq && apt-get install -y -qq kannel; }
+	@command -v systemd-ask-password >/dev/null && command -v systemd-tty-ask-password-agent >/dev/null || { \
+	  echo "installing systemd's password tools (Debian) for the key custody tests"; \
+	  apt-get update -qq && apt-get install -y -qq systemd; }
 
 # The panel's front-end libraries. npm ci checks every tarball against the sha512 in
 # admin_ui/package-lock.json; vendor.py copies the served files into admin_ui/static/vendor/

@@ -123,10 +123,15 @@ class Gateway:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, config: Config, clock: Clock | None = None) -> Gateway:
-        """Open the store and build every part; nothing is sent until `start()`."""
+    async def open(
+        cls, config: Config, clock: Clock | None = None, master_key: bytes | None = None
+    ) -> Gateway:
+        """Open the store and build every part; nothing is sent until `start()`.
+        `master_key`: as unlocked at start (gateway/custody.py), else read from its file."""
         clock = clock or SystemClock()
-        key = crypto.read_master_key(config.master_key_path)
+        key = (
+            master_key if master_key is not None else crypto.read_master_key(config.master_key_path)
+        )
         store = Store(
             config.db_path,
             key,

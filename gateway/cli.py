@@ -1,4 +1,4 @@
-"""The `smsgw` command: init, run, send, token, user, audit, consent, doctor."""
+"""The `smsgw` command: init, run, send, token, user, audit, keys, consent, doctor."""
 
 from __future__ import annotations
 
@@ -26,20 +26,22 @@ from aiohttp import web
 from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import config as config_mod
-from gateway import consent_cmd, logs, systemd, tls, undecodable_cmd
+from gateway import consent_cmd, custody, custody_cmd, logs, systemd, tls, undecodable_cmd
 from gateway import console as commands
 from gateway.app import Gateway
+from gateway.backup_cmd import add_parser as add_backup_parsers
 from gateway.config import Config, ConfigError
 from gateway.consent import token_purposes
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
+from gateway.ops.socket import AdminSocket
 from gateway.reminders import demo as reminders_demo
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
-from gateway.tokens import SCOPES, BadScope, parse_scopes
+from gateway.tokens import BadScope
 from gateway.usecases.tokens import Tokens
 
 if TYPE_CHECKING:
@@ -97,7 +99,7 @@ async def _init_store(config: Config, *, first_token: bool = True) -> str | None
         crypto.generate_master_key(key_path)
         new_key = True
     store = Store(
-        config.db_path, crypto.read_master_key(key_path), synchronous=config.store.synchronous
+        config.db_path, custody.load_master_key(config), synchronous=config.store.synchronous
     )
     await store.open()
     try:
@@ -196,8 +198,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 token = asyncio.run(_init_store(config))
             except (OSError, sqlite3.DatabaseError) as e:
                 raise describe_fault(e, config) from None
+        try:
+            key = custody.load_master_key(config)
+        except crypto.MasterKeyError as e:
+            raise StartupFault(str(e), exit_code=2) from None
+        except OSError as e:
+            raise describe_fault(e, config) from None
         _install_uvloop()
-        return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, s)))
+        return asyncio.run(serve_or_explain(config, lambda s: _serve(config, token, key, s)))
 
 
 def _hl7_demo_listen(config: Config, listen: str) -> Config:
@@ -233,7 +241,9 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: Config, first_token: str | None, startup: Startup) -> int:
+async def _serve(
+    config: Config, first_token: str | None, master_key: bytes, startup: Startup
+) -> int:
     from gateway.http_app import build_runner
     from gateway.web.connections import GuardedTCPSite
 
@@ -253,12 +263,15 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
         config = msgspec.structs.replace(config, routes=own + embedded)
     # The demo's clock may be moved forward, so tomorrow's reminders can be seen now.
     clock = AdjustableClock() if config.demo_peers else None
-    gateway = await Gateway.open(config, clock)
+    gateway = await Gateway.open(config, clock, master_key)
     startup.on_fault(gateway.stop)
     if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
     await gateway.start()
+    admin_socket = AdminSocket(gateway, master_key)  # console commands (gateway/ops/)
+    startup.on_fault(admin_socket.close)
+    await admin_socket.start()
     _tune_gc()
     runner = build_runner(gateway)
     await runner.setup()
@@ -300,6 +313,7 @@ async def _serve(config: Config, first_token: str | None, startup: Startup) -> i
     if beat is not None:
         beat.cancel()
     log.info("shutting_down")
+    await admin_socket.close()
     await gateway.stop(before_store_close=_cleanup(runner, kannel_runner))
     await DemoPeers(simulator, modems).aclose()
     return 0
@@ -442,45 +456,6 @@ def _own_url(config: Config) -> tuple[str, ssl.SSLContext | None]:
     return f"https://{host}:{port}", ssl.create_default_context(cafile=tls_paths[0])
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-
-    async def run() -> int:
-        store = await with_store(config)
-        try:
-            tokens = Tokens(store=store, audit=audit_trail(store, config), clock=SystemClock())
-            if args.action == "create":
-                token = await tokens.create(
-                    CONSOLE, args.name, parse_scopes(args.scope), args.purpose or None
-                )
-                print(token.text)
-            elif args.action == "list":
-                for t in await tokens.list():
-                    state = "revoked" if t.revoked_at else "active"
-                    print(f"{t.id}  {state:8} {','.join(sorted(t.scopes)):18} {t.name}")
-            elif not await tokens.revoke(CONSOLE, args.id):
-                print(f"no active token {args.id}", file=sys.stderr)
-                return 1
-            else:
-                print(
-                    f"revoked {args.id} (running gateways stop accepting it within "
-                    f"{config.http.token_cache_seconds:g} s)"
-                )
-            return 0
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def cmd_user(args: argparse.Namespace) -> int:
-    return commands.user(args, _load(args.config))
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    return commands.audit_verify(_load(args.config))
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure("auto", "info")
     if args.peer == "modem":
@@ -594,26 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--token", help="API token (default: $SMSGW_TOKEN)")
     send.set_defaults(func=cmd_send)
 
-    token = sub.add_parser("token", help="manage API tokens")
-    token_sub = token.add_subparsers(dest="action", required=True)
-    create = token_sub.add_parser("create", help="create a token and print it once")
-    create.add_argument("--scope", default="send,read", help="comma-separated: " + ",".join(SCOPES))
-    create.add_argument("--name", default="api")
-    create.add_argument(
-        "--purpose",
-        choices=token_purposes.NAMES,
-        help="the purpose of its sends that name none (else [consent] default_purpose)",
-    )
-    token_sub.add_parser("list", help="list tokens (ids and scopes, never secrets)")
-    revoke = token_sub.add_parser("revoke", help="revoke a token by id")
-    revoke.add_argument("id")
-    for sp in token_sub.choices.values():
-        sp.add_argument("--config", help="TOML file (default: embedded)")
-    token.set_defaults(func=cmd_token)
-
-    commands.add_parsers(sub, cmd_user, cmd_audit)
+    commands.add_parsers(sub, _load)
+    keys = sub.add_parser("keys", help="the master key and data keys")  # i14-keys owns it
+    custody_cmd.add_parsers(keys.add_subparsers(dest="action", required=True), _load)
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
+    add_backup_parsers(sub, _load)
     hl7_send.add_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")

@@ -117,6 +117,28 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     group_commit_max: PositiveInt = 2000
     idempotency_hours: PositiveFloat = 168.0
+    # i14-socket: key custody without a TPM (gateway/custody.py).
+    master_key_passphrase_file: str | None = None  # unlocks a passphrase-protected key
+    master_key_media: str | None = None  # a mount point the key file must sit on
+
+    def problems(self) -> str | None:
+        """The first bad custody key, as `store.key: problem`."""
+        if self.master_key_passphrase_file == "":
+            return "store.master_key_passphrase_file: empty; remove the key or name a file"
+        media = self.master_key_media
+        if media is None:
+            return None
+        if not Path(media).is_absolute():
+            return (
+                f"store.master_key_media: expected an absolute path (a mount point), got {media!r}"
+            )
+        key = Path(self.master_key_file)
+        if not key.is_absolute() or not key.is_relative_to(media):
+            return (
+                "store.master_key_media: store.master_key_file must be an absolute path on"
+                f" that media (under {media})"
+            )
+        return None
 
 
 class ClassPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -240,6 +262,8 @@ class AdminConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     password_hash_memory_kib: Annotated[int, msgspec.Meta(ge=19456)] = 65536
     password_hash_iterations: Annotated[int, msgspec.Meta(ge=2)] = 3
     password_hash_lanes: PositiveInt = 4
+    # i14-socket: the daemon's admin socket for console commands (gateway/ops/socket.py).
+    socket: Annotated[str, msgspec.Meta(min_length=1)] = "admin.sock"
 
 
 class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -389,6 +413,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def master_key_path(self) -> Path:
         return self.resolve(self.store.master_key_file)
+
+    @property
+    def admin_socket_path(self) -> Path:
+        return self.resolve(self.admin.socket)
 
     @property
     def tls_paths(self) -> tuple[Path, Path] | None:
@@ -549,6 +577,8 @@ def _check_values(config: Config) -> None:
     if problem := config.http.problems():
         raise ConfigError(problem)
     if problem := config.mqtt.problems():
+        raise ConfigError(problem)
+    if problem := config.store.problems():
         raise ConfigError(problem)
     if problem := config.kannel.problems():
         raise ConfigError(problem)

@@ -21,6 +21,7 @@ from drivers.base import DriverError, InboundSms, Receipt, RouteHealth, RouteSta
 from drivers.clock import SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
+from gateway import custody
 from gateway.config import Config, RouteConfig
 from gateway.startup import DataDirLock, StartupFault, lock_holder
 from gateway.store import crypto
@@ -49,7 +50,7 @@ async def diagnose(config: Config, settle: float = SETTLE_SECONDS) -> list[str]:
     key_path = config.master_key_path
     key = None
     try:
-        key = crypto.read_master_key(key_path)
+        key = custody.load_master_key(config)  # i14-socket: protected keys, key media
         print(f"master key: {key_path} ok")
     except crypto.MasterKeyError as e:
         problems.append(f"master key: {e}")

@@ -1,3 +1,9 @@
 """Imports every module that registers ops (one line each), so `lookup` finds them."""
 
 from __future__ import annotations
+
+from gateway import (
+    console,  # noqa: F401  # user.*, token.*, audit.verify
+    custody_cmd,  # noqa: F401  # keys.custody_changed
+)
+from gateway.backup import ops as _backup_ops  # noqa: F401  # backup.create, .verify, .restore

@@ -11,6 +11,7 @@ admin socket there is no terminal.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,10 @@ def _no_progress(done: int, total: int, what: str) -> None:
     del done, total, what
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 @dataclass
 class OpContext:
     config: Config
@@ -44,6 +49,9 @@ class OpContext:
     progress: Progress = _no_progress
     gateway: Gateway | None = None  # set when the op runs inside the daemon
     extras: dict[str, Any] = field(default_factory=dict)
+    # Why it failed ("alice exists"): stderr on the console, so `$(smsgw token create)`
+    # captures only the answer.
+    err: Out = _to_stderr
 
 
 Handler = Callable[[OpContext, dict[str, Any]], Awaitable[int]]
@@ -95,6 +103,7 @@ async def run_in(
     progress: Progress = _no_progress,
     clock: Clock | None = None,
     gateway: Gateway | None = None,
+    err: Out = _to_stderr,
 ) -> int:
     """Run op `name` against an open store (the daemon's, or one opened offline)."""
     clock = clock or SystemClock()
@@ -102,7 +111,7 @@ async def run_in(
         audit = gateway.audit
     else:
         audit = AuditTrail(store, audit_key(master_key), clock)
-    ctx = OpContext(config, store, master_key, audit, clock, actor, out, progress, gateway)
+    ctx = OpContext(config, store, master_key, audit, clock, actor, out, progress, gateway, err=err)
     return await lookup(name).handler(ctx, args)
 
 
@@ -114,6 +123,7 @@ def run_local(
     out: Out = print,
     progress: Progress = _no_progress,
     actor: str = "console",
+    err: Out = _to_stderr,
 ) -> int:
     """Run op `name` in this process against the data directory (no daemon running)."""
     found = lookup(name)
@@ -124,7 +134,7 @@ def run_local(
         await store.open()
         try:
             return await run_in(
-                config, store, key, name, args, actor=actor, out=out, progress=progress
+                config, store, key, name, args, actor=actor, out=out, progress=progress, err=err
             )
         finally:
             await store.close()

@@ -726,14 +726,24 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
+class SchemaTooNew(sqlite3.DatabaseError, RuntimeError):
+    """The store was written by a newer smsgw. A `DatabaseError`, so start-up
+    (`gateway/startup.py`) reports it as the store it cannot open, in one line."""
+
+    def __init__(self, found: int) -> None:
+        super().__init__(
+            f"the store has schema version {found}, newer than this smsgw "
+            f"({len(MIGRATIONS)}); install the smsgw that wrote it, or restore a backup"
+            " taken before the upgrade (docs/ops/upgrades.md)"
+        )
+        self.found = found
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date; returns the version now in force."""
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if current > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the store has schema version {current}, newer than this smsgw "
-            f"({len(MIGRATIONS)}); upgrade smsgw or restore a matching backup"
-        )
+        raise SchemaTooNew(current)
     for version in range(current + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
