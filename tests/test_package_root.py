@@ -41,6 +41,7 @@ CHROOT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
 }
 BODY = "Package test: your results are ready."
+CONF = "/etc/smsgw/smsgw.toml"
 timings: dict[str, float] = {}
 
 
@@ -151,6 +152,8 @@ def _configure_for_test(root: Path, port: int) -> None:
 async def _start(chroot: Chroot, port: int) -> Daemon:
     uid, gid = chroot.ids("smsgw")
     dialout = chroot.out("getent", "group", "dialout").split(":")[2]
+    # What the unit's RuntimeDirectory=smsgw makes: the admin socket's directory.
+    chroot.run("install", "-d", "-o", "smsgw", "-g", "smsgw", "-m", "0750", "/run/smsgw")
     # chroot --userspec execs the gateway itself (no su in between), so SIGTERM reaches it.
     proc = await asyncio.create_subprocess_exec(
         "chroot",
@@ -295,16 +298,33 @@ async def test_package_installs_upgrades_and_purges_in_a_clean_debian_root(
             # 2. First start, as the service would: the smsgw user, the packaged config.
             await asyncio.to_thread(_configure_for_test, root, port)
             conf = (root / "etc/smsgw/smsgw.toml").read_text()
-            token = await asyncio.to_thread(
-                chroot.out, "runuser", "-u", "smsgw", "--", "smsgw", "token", "create",
-                "--config", "/etc/smsgw/smsgw.toml", "--scope", "send,read,phi",
-            )  # fmt: skip
-            assert TOKEN_RE.fullmatch(token), token
             tls = _tls(root)
             daemon = await _start(chroot, port)
             async with aiohttp.ClientSession() as http:
                 try:
                     await _healthz(http, daemon, tls)
+                    # The first admin and a token, as root, through the admin socket.
+                    (root / "root/admin.pw").write_text("ward7 lantern oxbow quill 4721\n")
+                    await asyncio.to_thread(
+                        chroot.run, "smsgw", "user", "add", "--config", CONF, "--role", "admin",
+                        "--password-file", "/root/admin.pw", "alice",
+                    )  # fmt: skip
+                    token = await asyncio.to_thread(
+                        chroot.out, "smsgw", "token", "create", "--config", CONF,
+                        "--scope", "send,read,phi",
+                    )  # fmt: skip
+                    assert TOKEN_RE.fullmatch(token), token
+                    for name in ("user.add", "token.create"):  # run by the service itself
+                        await daemon.wait_log(
+                            lambda e, n=name: (
+                                e.get("event") == "admin_op_finished" and e.get("op") == n
+                            ),
+                            limit=60,
+                        )
+                    verify = await asyncio.to_thread(
+                        chroot.out, "smsgw", "audit", "verify", "--config", CONF
+                    )
+                    assert verify.startswith("audit chain intact"), verify
                     async with http.post(
                         f"{daemon.url}/api/v1/messages",
                         json={"to": "+12025550123", "body": BODY, "purpose": "informational"},
