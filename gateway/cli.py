@@ -95,7 +95,7 @@ TLS_CERT = "tls/cert.pem"
 TLS_KEY = "tls/key.pem"
 
 
-async def _init_store(config: Config) -> str | None:
+async def _init_store(config: Config, *, first_token: bool = True) -> str | None:
     """Create key and store if missing; returns a first token if the store was new."""
     key_path = config.master_key_path
     fresh = not config.db_path.exists()
@@ -119,7 +119,7 @@ async def _init_store(config: Config) -> str | None:
         if fresh:
             await audit.record(CONSOLE, "store_created", "store", None)
         tokens = Tokens(store=store, audit=audit, clock=SystemClock())
-        if fresh or not await tokens.list():
+        if first_token and (fresh or not await tokens.list()):
             token = await tokens.create(CONSOLE, "first", frozenset({"send", "read", "admin"}))
             return token.text
         return None
@@ -128,19 +128,24 @@ async def _init_store(config: Config) -> str | None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    conf_path = data_dir / "smsgw.toml"
     tls_lines = ""
     if args.self_signed_cert:
         tls_lines = f'tls_cert_file = "{TLS_CERT}"\ntls_key_file = "{TLS_KEY}"\n'
-    if not conf_path.exists():
-        conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir, tls=tls_lines))
-        print(f"wrote {conf_path}")
-    elif args.self_signed_cert and "tls_cert_file" not in conf_path.read_text():
-        print(f"add to [http] in {conf_path}:\n{tls_lines}", end="")
-    config = config_mod.load(conf_path)
-    token = asyncio.run(_init_store(config))
+    if args.config:  # an existing file (the Debian package's /etc/smsgw/smsgw.toml)
+        conf_path = Path(args.config)
+        config = config_mod.load(conf_path)
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    else:
+        data_dir = Path(args.data_dir).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        conf_path = data_dir / "smsgw.toml"
+        if not conf_path.exists():
+            conf_path.write_text(_CONFIG_TEMPLATE.format(data_dir=data_dir, tls=tls_lines))
+            print(f"wrote {conf_path}")
+        elif args.self_signed_cert and "tls_cert_file" not in conf_path.read_text():
+            print(f"add to [http] in {conf_path}:\n{tls_lines}", end="")
+        config = config_mod.load(conf_path)
+    token = asyncio.run(_init_store(config, first_token=not args.no_token))
     print(f"master key: {config.master_key_path} (mode 0600; back it up apart from the data)")
     print(f"store:      {config.db_path}")
     if args.self_signed_cert:
@@ -148,6 +153,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if token:
         print("first API token (shown once, stored only as a hash):")
         print(token)
+    elif args.no_token:
+        print(f"create an API token with:          smsgw token create --config {conf_path}")
     else:
         print(
             "the store already has tokens; create more with:"
@@ -537,8 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", help="create config, master key, store and a first token")
+    where = init.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--data-dir",
+        help="where config, key and store go (created 0750; smsgw.toml kept if it exists)",
+    )
+    where.add_argument("--config", help="use this existing file and its data_dir instead")
     init.add_argument(
-        "--data-dir", required=True, help="where config, key and store go (created 0750)"
+        "--no-token",
+        action="store_true",
+        help="mint no first API token (create one later with smsgw token create)",
     )
     init.add_argument(
         "--self-signed-cert",
