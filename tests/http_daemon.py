@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import resource
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gateway.cli import main
+from tests.child_log import ChildLog
 from tests.conftest import SMSGW
 from tests.ports import free_port
 
@@ -46,11 +45,8 @@ class Daemon:
 
         self._nofile = nofile
         self.proc = self.launch(conf)
-        self.lines: list[str] = []
-        self._seen = 0
-        self._grew = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        assert self.proc.stderr is not None
+        self.log = ChildLog(self.proc.stderr)
         self.wait_log(lambda e: e.get("event") == "listening")
 
     def command(self, conf: Path) -> list[str]:
@@ -72,35 +68,12 @@ class Daemon:
             preexec_fn=lower_open_files,
         )
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._grew:
-                self.lines.append(raw.decode(errors="replace"))
-                self._grew.notify_all()
-        with self._grew:
-            self._grew.notify_all()
-
     def wait_log(self, predicate: Callable[[dict[str, Any]], bool], limit: float = 20) -> None:
         """Until a log event (after those already matched) satisfies `predicate`."""
-
-        def found() -> bool:
-            while self._seen < len(self.lines):
-                line = self.lines[self._seen]
-                self._seen += 1
-                with contextlib.suppress(json.JSONDecodeError):
-                    if predicate(json.loads(line)):
-                        return True
-            if not self._reader.is_alive():
-                raise AssertionError("daemon exited:\n" + "".join(self.lines))
-            return False
-
-        with self._grew:
-            assert self._grew.wait_for(found, limit), "no such log event"
+        self.log.wait(predicate, limit)
 
     def stderr(self) -> str:
-        with self._grew:
-            return "".join(self.lines)
+        return self.log.text()
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -110,10 +83,9 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._reader.join(10)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        self.log.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.stderr()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import signal
@@ -18,12 +17,12 @@ import site
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gateway.cli import main
+from tests.child_log import ChildLog
 from tests.conftest import FAST_PASSWORD_HASH, SMSGW
 from tests.ports import free_port
 
@@ -76,52 +75,23 @@ class Service:
             group=uid,
             extra_groups=[] if uid is not None else None,
         )
-        self.lines: list[str] = []
-        self._seen = 0
-        self._grew = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        assert self.proc.stderr is not None
+        self.log = ChildLog(self.proc.stderr)
         if ready:
             self.wait_log(lambda e: e.get("event") == "listening")
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._grew:
-                self.lines.append(raw.decode(errors="replace"))
-                self._grew.notify_all()
-        with self._grew:
-            self._grew.notify_all()
-
     def wait_log(self, predicate: Callable[[dict[str, Any]], bool], limit: float = 30) -> None:
         """Until a log event (after those already matched) satisfies `predicate`."""
-
-        def found() -> bool:
-            while self._seen < len(self.lines):
-                line = self.lines[self._seen]
-                self._seen += 1
-                with contextlib.suppress(json.JSONDecodeError):
-                    event = json.loads(line)
-                    if isinstance(event, dict) and predicate(event):
-                        return True
-            if not self._reader.is_alive():
-                raise AssertionError("daemon exited:\n" + "".join(self.lines))
-            return False
-
-        with self._grew:
-            assert self._grew.wait_for(found, limit), "no such log event"
+        self.log.wait(predicate, limit)
 
     def exit_code(self, limit: float = 60) -> int:
         """Wait for the process to end by itself."""
         code = self.proc.wait(limit)
-        self._reader.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.log.close()
         return code
 
     def stderr(self) -> str:
-        with self._grew:
-            return "".join(self.lines)
+        return self.log.text()
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -131,9 +101,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._reader.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.log.close()
         return self.stderr()
 
 

@@ -256,11 +256,19 @@ async def test_forwarded_client_and_scheme_only_from_a_trusted_proxy(
         trusted_proxies=["127.0.0.1"] if trusted else ["192.0.2.1"], access_log=True
     )
     forwarded = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9", "X-Forwarded-Proto": "https"}
+    logged = asyncio.Event()  # the server logs the access after the response is sent
+
+    def note_access(_logger: object, _name: str, event: Any) -> Any:
+        if event.get("event") == "http":
+            logged.set()
+        return event
+
     async with aiohttp.ClientSession() as http:
-        with capture_logs() as events:
+        with capture_logs(processors=[note_access]) as events:
             page = await http.get(f"http://127.0.0.1:{port}/login", headers=forwarded)
             assert page.status == 200
             await page.read()
+            await asyncio.wait_for(logged.wait(), 10)
     access = [e for e in events if e.get("event") == "http"]
     assert access and access[-1]["client"] == ("203.0.113.9" if trusted else "127.0.0.1")
     cookies = page.headers.getall("Set-Cookie")
