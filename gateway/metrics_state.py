@@ -78,7 +78,7 @@ class Snapshot:
     disk: tuple[int, int] | None = None  # free, size of the data volume
     store_files: dict[str, int] = field(default_factory=dict)  # db, wal -> bytes
     commit_failures: int = 0
-    last_commit_failed: bool = False
+    failing: bool = False  # the store cannot write (disk full or failing)
 
 
 class StateCollector(Collector):
@@ -145,8 +145,8 @@ class StateCollector(Collector):
         )
         yield GaugeMetricFamily(
             "smsgw_store_writable",
-            "0 while the store's last transaction failed to commit, else 1",
-            value=0 if s.last_commit_failed else 1,
+            "0 while the store cannot write (disk full or failing, as /healthz says), else 1",
+            value=0 if s.failing else 1,
         )
 
 
@@ -234,7 +234,7 @@ async def refresh(gw: Gateway) -> None:
     s.disk = _disk(gw.config.data_dir)
     s.store_files = _store_files(gw.config.db_path)
     writer = gw.store.writer
-    s.commit_failures, s.last_commit_failed = writer.failed_batches, writer.failing
+    s.commit_failures, s.failing = writer.failed_batches, writer.failure is not None
     gw.metrics.state.snapshot = s
 
 

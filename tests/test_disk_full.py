@@ -88,6 +88,7 @@ async def test_a_full_store_refuses_sends_and_recovers_without_restart(
         with pytest.raises(NoRoom):
             await gw.store.probe(clock.time())  # what the daemon's store watch tries
         assert gw.store.failing == "disk_full"
+        assert await _writable(client, auth) == 0.0
 
         # Nothing half-written: exactly the acknowledged messages are stored.
         cur = await gw.store.reader.execute("SELECT id FROM messages")
@@ -99,6 +100,7 @@ async def test_a_full_store_refuses_sends_and_recovers_without_restart(
         await gw.store.probe(clock.time())
         assert gw.store.failing is None
         assert (await client.get("/api/v1/healthz")).status == 200
+        assert await _writable(client, auth) == 1.0
         status, _ = await send()
         assert status == 202
         check = await gw.store.writer.call_outside_transaction(
@@ -108,6 +110,15 @@ async def test_a_full_store_refuses_sends_and_recovers_without_restart(
         assert (await gw.audit.verify()).ok
     finally:
         await client.close()
+
+
+async def _writable(client: Any, auth: dict[str, str]) -> float:
+    """`smsgw_store_writable` as /metrics shows it."""
+    resp = await client.get("/api/v1/metrics", headers=auth)
+    for line in (await resp.text()).splitlines():
+        if line.startswith("smsgw_store_writable "):
+            return float(line.split()[1])
+    raise AssertionError("no smsgw_store_writable in /metrics")
 
 
 # -- on a real, small file system ------------------------------------------------------

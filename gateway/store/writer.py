@@ -108,7 +108,6 @@ class GroupCommitWriter:
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
         self.failed_batches = 0  # transactions that failed to commit (for /metrics)
-        self.failing = False  # the last one did
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,8 +188,7 @@ class GroupCommitWriter:
         self.batches += 1
         self.items += len(batch)
         error = done.exception()
-        self.failing = error is not None
-        self.failed_batches += self.failing
+        self.failed_batches += error is not None
         futures = batch.futures()
         self._note_failure(error, None if error is not None else done.result())
         if error is not None:
