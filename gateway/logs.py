@@ -149,6 +149,12 @@ def first_line_only(
     return event
 
 
+# Each module's logger is built once, at its first call, with the level filter then in
+# force (fast). The test suite turns this off: it runs `smsgw` commands in-process, and a
+# logger cached under one command's level would hide later tests' events from them.
+CACHE_LOGGERS = True
+
+
 def configure(format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     use_json = format == "json" or (format == "auto" and not stream.isatty())
@@ -161,7 +167,7 @@ def configure(format: str = "auto", level: str = "info", stream: TextIO | None =
         processors=[*shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *_: _LossyPrintLogger(stream),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     # aiohttp, asyncio and any other library log through the standard library: their
     # records take the same processors (redaction included) and the same renderer.

@@ -10,14 +10,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from drivers.clock import FakeClock
 from drivers.loopback import LoopbackDriver
+from gateway import logs
 from gateway.app import Gateway
 from gateway.config import Config, from_mapping
 from gateway.intake import SendRequest
 from gateway.store import crypto
 from tests.store_rows import message_row
+
+logs.CACHE_LOGGERS = False  # see gateway/logs.py: in-process commands must not pin a level
+
+
+@pytest.fixture(autouse=True)
+def _log_settings_restored() -> Any:
+    """A test that runs a command in-process (`main(["doctor", ...])`) configures
+    logging for it: the next test starts from the settings before it."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
 
 # Canaries: if any of these turns up in a log, an error body or the database files,
 # PHI has leaked. The number is valid (phonenumbers accepts it), the body distinctive.
