@@ -12,6 +12,7 @@ when the clock reaches it on the new offset.
 from __future__ import annotations
 
 import functools
+import math
 import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -139,5 +140,7 @@ def next_open(window: Window | None, zones: tuple[str, ...], at: float) -> float
 
 def local_minutes(zone: str, at: float) -> int:
     """Minutes since local midnight at `at` (for checks and tests)."""
-    t = datetime.fromtimestamp(at, UTC).astimezone(zoneinfo.ZoneInfo(zone))
+    # Whole seconds, floored: fromtimestamp rounds to the microsecond, and an instant a
+    # fraction of one before midnight would read as the next day's 00:00.
+    t = datetime.fromtimestamp(math.floor(at), UTC).astimezone(zoneinfo.ZoneInfo(zone))
     return t.hour * 60 + t.minute
