@@ -296,6 +296,9 @@ async def _serve(
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
     await gateway.start()
+    if (source := custody.unlock_source(config)) is not None:
+        # Who unlocked a passphrase-protected key, and how, is evidence like any change.
+        await gateway.audit.record("smsgw", "master_key_unlocked", "key", "master", via=source)
     admin_socket = AdminSocket(gateway, master_key)  # console commands (gateway/ops/)
     startup.on_fault(admin_socket.close)
     await admin_socket.start()

@@ -174,6 +174,20 @@ def load_master_key(config: Config, ask: Ask | None = None) -> bytes:
     return unprotect(text, passphrase, path)
 
 
+def unlock_source(config: Config) -> str | None:
+    """How a protected key's passphrase reaches the service (for the audit of its
+    unlock at start): `credential`, `file` or `operator`; None for a plain key file."""
+    try:
+        if not is_protected(read_key_text(config)):
+            return None
+    except (CustodyError, OSError):
+        return None
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / CREDENTIAL).exists():
+        return "credential"
+    return "file" if config.store.master_key_passphrase_file else "operator"
+
+
 def given_passphrase(config: Config) -> str | None:
     """The passphrase from the systemd credential or the configured file, if any."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")

@@ -117,6 +117,7 @@ def test_the_service_unlocks_with_the_systemd_credential(tmp_path: Path) -> None
         # The console has no passphrase (no terminal): it goes through the service.
         code, out, _ = _cli("token", "create", "--scope", "read", "--config", str(conf))
         assert code == 0 and TOKEN_RE.fullmatch(out.strip())
+    assert ("smsgw", "master_key_unlocked") in _audit(tmp_path)  # at start, via the credential
     code, out, err = _cli("token", "list", "--config", str(conf))
     assert code == 2 and out == ""
     assert "protected by a passphrase" in err and "Start the service" in err
@@ -135,7 +136,9 @@ def test_the_service_unlocks_with_the_configured_passphrase_file(tmp_path: Path)
         # Custody changes while it runs are audited by the service, as the console's user.
         assert _cli("keys", "unprotect", "--passphrase-file", str(phrase), *cfg)[0] == 0
         assert _cli("keys", "protect", "--passphrase-file", str(phrase), *cfg)[0] == 0
-    assert _audit(tmp_path)[-2:] == [
+    assert _audit(tmp_path)[-4:] == [
+        ("smsgw", "master_key_unlocked"),  # at start, with the configured file
+        ("console:root", "audit_verified"),
         ("console:root", "master_key_unprotected"),
         ("console:root", "master_key_protected"),
     ]
