@@ -357,7 +357,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Saved,
         answers=(
             _NOT_FOUND,
-            Answer(409, "`managed_by_interface`: it comes from an HL7 feed; cancel it in the EHR"),
+            Answer(
+                409,
+                "`managed_by_interface`: it comes from an HL7 feed; cancel it in the EHR;"
+                " `erased`: its details were erased (`POST /erasures`)",
+            ),
             _WRITE,
         ),
     ),

@@ -198,6 +198,10 @@ class Appointments:
             "SELECT ext_key_ct FROM appointments WHERE id = ?", (cancel_id,)
         ).fetchone()[0]
         external = ctx.cipher.decrypt(key, cancel_id, "ext_key")
+        if not external:  # erased (MSG-12): no booking to find it by, nothing to change
+            raise ApiError(
+                409, "erased", "this appointment's details were erased; it can no longer change"
+            )
         return AppointmentChange(Facts(Trigger.CANCEL, external, ctx.now))
 
     def _facts(self, req: AppointmentRequest) -> Facts:
