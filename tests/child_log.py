@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import IO, Any
@@ -53,3 +55,14 @@ class ChildLog:
         """After the process ended: the rest of its output read, the pipe closed."""
         self._reader.join(10)
         self._stream.close()
+
+
+def terminate(proc: subprocess.Popen[bytes], limit: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within `limit` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -12,7 +12,6 @@ import io
 import os
 import re
 import resource
-import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import main
-from tests.child_log import ChildLog
+from tests.child_log import ChildLog, terminate
 from tests.conftest import SMSGW
 from tests.ports import free_port
 
@@ -76,13 +75,7 @@ class Daemon:
         return self.log.text()
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
         self.log.close()
         if self.proc.stdout is not None:
             self.proc.stdout.close()

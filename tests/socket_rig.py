@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import re
-import signal
 import site
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import main
-from tests.child_log import ChildLog
+from tests.child_log import ChildLog, terminate
 from tests.conftest import FAST_PASSWORD_HASH, SMSGW
 from tests.ports import free_port
 
@@ -94,13 +93,7 @@ class Service:
         return self.log.text()
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         self.log.close()
         return self.stderr()
 

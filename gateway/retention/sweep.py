@@ -168,26 +168,24 @@ _DUE_WRITEBACKS = (
 )
 
 
-def hl7_messages(
-    conn: sqlite3.Connection, c: FieldCipher, before: float, now: float, limit: int
-) -> int:
-    ids = [r[0] for r in conn.execute(_DUE_HL7 + " LIMIT ?", (before, limit))]
-    for hid in ids:
-        conn.execute(
-            "UPDATE hl7_messages SET raw_ct = ?, erased_at = ? WHERE id = ?",
-            (blank(c, hid, "raw"), now, hid),
-        )
-    return len(ids)
+# HL7 texts: (the due rows, the table, its encrypted column).
+_HL7_TEXTS = {
+    "hl7_messages": (_DUE_HL7, "hl7_messages", "raw"),
+    "hl7_writebacks": (_DUE_WRITEBACKS, "hl7_outbound", "message"),
+}
 
 
-def hl7_writebacks(
-    conn: sqlite3.Connection, c: FieldCipher, before: float, now: float, limit: int
+def hl7_texts(
+    conn: sqlite3.Connection, c: FieldCipher, kind: str, before: float, now: float, limit: int
 ) -> int:
-    ids = [r[0] for r in conn.execute(_DUE_WRITEBACKS + " LIMIT ?", (before, limit))]
+    """Blank the raw texts of stored HL7 messages (`hl7_messages`) or write-backs
+    (`hl7_writebacks`) due before `before`; the rows stay, marked `erased_at`."""
+    due, table, column = _HL7_TEXTS[kind]
+    ids = [r[0] for r in conn.execute(due + " LIMIT ?", (before, limit))]
     for hid in ids:
         conn.execute(
-            "UPDATE hl7_outbound SET message_ct = ?, erased_at = ? WHERE id = ?",
-            (blank(c, hid, "message"), now, hid),
+            f"UPDATE {table} SET {column}_ct = ?, erased_at = ? WHERE id = ?",  # noqa: S608  # our names
+            (blank(c, hid, column), now, hid),
         )
     return len(ids)
 
@@ -241,7 +239,7 @@ def sweep_batch(
     body_before = now - config.body_days * DAY
     done["inbound_texts"] = inbound_texts(conn, c, body_before, n)
     done["inbound_numbers"] = inbound_numbers(conn, c, now - config.number_days * DAY, n)
-    done["hl7_messages"] = hl7_messages(conn, c, body_before, now, n)
-    done["hl7_writebacks"] = hl7_writebacks(conn, c, body_before, now, n)
+    for kind in _HL7_TEXTS:
+        done[kind] = hl7_texts(conn, c, kind, body_before, now, n)
     done["quarantined_records"] = quarantined_records(conn, body_before, n)
     return done
