@@ -18,6 +18,7 @@ from gateway.admin.panel import actor
 from gateway.admin.render import redirect, render
 from gateway.admin.routing import ADMIN, OPERATORS, PanelRoute, current_user
 from gateway.app import Gateway
+from gateway.consent import zones
 from gateway.consent.purposes import CLIENT_PURPOSES
 from gateway.errors import ApiError
 from gateway.reminders import timing
@@ -201,7 +202,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     sample = {k: _text(form, k) for k in SAMPLE}
     try:
-        if not timing.valid_zone(sample["time_zone"]):
+        if not zones.valid_zone(sample["time_zone"]):
             raise ApiError(422, "invalid_field", "time_zone: not an IANA time zone",
                            field="time_zone")  # fmt: skip
         tz = ZoneInfo(sample["time_zone"])

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.api.handlers import AUTH_RECORD
 from gateway.api.openapi import Answer
+from gateway.consent import zones
 from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
 from gateway.intake import decode_with
@@ -229,7 +230,7 @@ def view_of(rule: Rule) -> RuleView:
 
 
 def due_view(p: Preview) -> DueView:
-    tz = timing.zone(p.time_zone)
+    tz = zones.zone(p.time_zone)
     local = None if p.due_at is None else timing.iso_local(p.due_at, tz)
     utc = None if p.due_at is None else timing.iso_utc(p.due_at)
     return DueView(p.rule.id, p.rule.version, p.rule.spec.name, p.status, local, utc)
@@ -281,7 +282,7 @@ async def preview_rule(request: web.Request) -> web.Response:
     found = await gateway_of(request).reminder_rules.preview(
         _caller(request), request.match_info["rule_id"], sample
     )
-    return json_response(PreviewView(timing.zone(body.time_zone).key, [due_view(p) for p in found]))
+    return json_response(PreviewView(zones.zone(body.time_zone).key, [due_view(p) for p in found]))
 
 
 _NO_RULE = Answer(404, "`not_found`: no reminder rule with this id")

@@ -13,19 +13,9 @@ appointment's id) keeps an A/B split stable across re-plans.
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.consent.zones import zone
 from gateway.templates.variables import fits
-
-
-def zone(name: str | None) -> ZoneInfo:
-    """The IANA zone `name`, or UTC when it is empty or unknown."""
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return ZoneInfo("UTC")
 
 
 def start_text(start: float, time_zone: str | None) -> str:

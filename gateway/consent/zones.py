@@ -27,6 +27,16 @@ _ZONE_TAB = Path("/usr/share/zoneinfo/zone.tab")
 SEARCH_DAYS = 9  # a window that never opens within this many days never opens
 
 
+def zone(name: str | None) -> zoneinfo.ZoneInfo:
+    """The IANA zone `name`, or UTC when it is empty or unknown."""
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return zoneinfo.ZoneInfo("UTC")
+
+
 def valid_zone(name: str) -> bool:
     try:
         zoneinfo.ZoneInfo(name)

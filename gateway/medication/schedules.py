@@ -142,14 +142,7 @@ def insert(conn: sqlite3.Connection, cipher: FieldCipher, new: NewSchedule, now:
             schedule_id,
             new.source,
             new.ext_index,
-            new.patient_id,
-            new.contact_idx,
-            ",".join(new.dose.times),
-            new.dose.time_zone,
-            new.dose.start.isoformat(),
-            None if new.dose.end is None else new.dose.end.isoformat(),
-            None if new.label is None else cipher.encrypt(new.label, schedule_id, "label"),
-            new.language,
+            *_columns(cipher, schedule_id, new),
             now,
             new.actor,
             now,
@@ -157,6 +150,20 @@ def insert(conn: sqlite3.Connection, cipher: FieldCipher, new: NewSchedule, now:
         ),
     )
     return schedule_id
+
+
+def _columns(cipher: FieldCipher, schedule_id: str, new: NewSchedule) -> tuple[Any, ...]:
+    """patient_id .. language, as both the insert and a replacement write them."""
+    return (
+        new.patient_id,
+        new.contact_idx,
+        ",".join(new.dose.times),
+        new.dose.time_zone,
+        new.dose.start.isoformat(),
+        None if new.dose.end is None else new.dose.end.isoformat(),
+        None if new.label is None else cipher.encrypt(new.label, schedule_id, "label"),
+        new.language,
+    )
 
 
 def replace(
@@ -178,14 +185,7 @@ def replace(
         " state = 'active', version = version + 1, planned_until = ?, updated_at = ?"
         " WHERE id = ?",
         (
-            new.patient_id,
-            new.contact_idx,
-            ",".join(new.dose.times),
-            new.dose.time_zone,
-            new.dose.start.isoformat(),
-            None if new.dose.end is None else new.dose.end.isoformat(),
-            None if new.label is None else cipher.encrypt(new.label, schedule_id, "label"),
-            new.language,
+            *_columns(cipher, schedule_id, new),
             now,
             now,
             schedule_id,

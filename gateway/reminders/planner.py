@@ -33,9 +33,10 @@ from gateway.appointments.variables import notice_variables
 from gateway.clinical import notices
 from gateway.clinical.commands import ApplyContext, ClinicalHooks
 from gateway.clinical.notices import Notice, NoticeKind, NoticeRow, NoticeState
+from gateway.consent.zones import zone
 from gateway.reminders import rules
 from gateway.reminders.rules import Rule
-from gateway.reminders.timing import due_at, zone
+from gateway.reminders.timing import due_at
 from gateway.store.crypto import FieldCipher
 
 # Appointment statuses (FHIR Appointment.status codes, as the appointments part

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 _LEAD = re.compile(r"^-([1-9][0-9]{0,5})([mhdw])$")
 _DURATION = re.compile(r"^([0-9]{1,6})([mhdw])$")
@@ -73,24 +73,6 @@ def parse_clock(text: str) -> time:
     if m is None:
         raise ValueError('write it as HH:MM, e.g. "18:00"')
     return time(int(m[1]), int(m[2]))
-
-
-def zone(name: str | None) -> ZoneInfo:
-    """The IANA zone `name`, or UTC when it is empty or unknown."""
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return ZoneInfo("UTC")
-
-
-def valid_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
 
 
 def due_at(start: float, tz: ZoneInfo, lead: Lead, delivery: time | None = None) -> float:

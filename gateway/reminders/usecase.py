@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo
 from drivers.clock import Clock
 from gateway.consent.policy import Policy
 from gateway.consent.purposes import CLIENT_PURPOSES, Purpose
+from gateway.consent.zones import valid_zone
 from gateway.errors import ApiError
 from gateway.reminders import planner, rules
 from gateway.reminders.planner import Appointment, Planner
 from gateway.reminders.rules import Rule, RuleSpec
-from gateway.reminders.timing import valid_zone
 from gateway.store.consent_sql import cipher_of
 from gateway.store.store import Store
 from gateway.usecases.audit import AuditSink
