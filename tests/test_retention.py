@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,7 +155,7 @@ async def test_the_store_overwrites_deletions_and_vacuums_incrementally(
 
 
 async def test_an_existing_store_is_switched_to_incremental_vacuum_at_open(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = make_config(tmp_path)
     gw = await Gateway.open(config, clock)
@@ -164,11 +165,19 @@ async def test_an_existing_store_is_switched_to_incremental_vacuum_at_open(
     conn.execute("VACUUM")  # as a store made before this change
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
     conn.close()
+    # Its one VACUUM asks systemd for start-up time in proportion to the store's size.
+    systemd_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd_socket.bind(str(tmp_path / "notify"))
+    systemd_socket.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     gw = await Gateway.open(config, clock)
     try:
         mode = await gw.store.writer.run(lambda c: c.execute("PRAGMA auto_vacuum").fetchone()[0])
         assert mode == 2
+        told = systemd_socket.recv(256).decode()
+        assert told.startswith("EXTEND_TIMEOUT_USEC=") and int(told.split("=")[1]) >= 60_000_000
     finally:
+        systemd_socket.close()
         await gw.store.close()
 
 

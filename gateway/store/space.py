@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from gateway import systemd
 from gateway.store_failure import NoRoom, storage_failure
 
 log = structlog.get_logger("smsgw.store")
@@ -26,6 +27,9 @@ VACUUM_STEP = 2000  # free pages handed back per writer turn
 # Room the probe wants before it calls a full store writable again: a write that fits
 # in a page SQLite already has could succeed with the disk still full.
 PROBE_BYTES = 1 << 20
+# The one VACUUM of an older store, told to systemd as its start-up allowance.
+VACUUM_SLACK_S = 60.0
+VACUUM_SLOW_BYTES_PER_S = 2_000_000  # a slow SD card reading and writing the copy
 
 
 def secure_file(conn: sqlite3.Connection) -> None:
@@ -36,6 +40,14 @@ def secure_file(conn: sqlite3.Connection) -> None:
         return
     # In WAL mode even a new, empty file takes the setting only through VACUUM.
     conn.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
+    size = int(conn.execute("PRAGMA page_count").fetchone()[0]) * int(
+        conn.execute("PRAGMA page_size").fetchone()[0]
+    )
+    # Rewriting a large store upgraded from before this may outlast systemd's start
+    # timeout (90 s) on an SD card: ask for the time a slow card needs.
+    seconds = VACUUM_SLACK_S + size / VACUUM_SLOW_BYTES_PER_S
+    systemd.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+    log.info("store_vacuuming", bytes=size, allowed_seconds=round(seconds))
     try:
         conn.execute("VACUUM")
     except sqlite3.Error as e:
