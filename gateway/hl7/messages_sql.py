@@ -6,7 +6,9 @@ ids, codes and our own error texts only: no PHI)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.store.crypto import FieldCipher
 
@@ -189,13 +191,16 @@ def one(conn: sqlite3.Connection, row_id: str) -> Listed | None:
     return None if r is None else Listed(*r)
 
 
-def counters(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-    """Per interface: messages per state, and `duplicate` (resends answered)."""
+COUNTERS = (
+    "SELECT interface, state, COUNT(*), SUM(duplicates) FROM hl7_messages GROUP BY interface, state"
+)
+
+
+def counters(rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
+    """Per interface (the rows of `COUNTERS`): messages per state, and `duplicate`
+    (resends answered)."""
     out: dict[str, dict[str, int]] = {}
-    for interface, state, n, dups in conn.execute(
-        "SELECT interface, state, COUNT(*), SUM(duplicates) FROM hl7_messages"
-        " GROUP BY interface, state"
-    ):
+    for interface, state, n, dups in rows:
         c = out.setdefault(interface, dict.fromkeys((*STATES, "duplicate"), 0))
         c[state] = n
         c["duplicate"] += int(dups or 0)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -98,8 +100,9 @@ class Hl7Service:
     # -- use cases ----------------------------------------------------------------------
 
     async def interfaces(self) -> list[InterfaceSummary]:
-        counts = await self.store.writer.run(sql.counters)
-        out_counts = await self.store.writer.run(_outbound_counters)
+        # Reads, on the read pool: a scrape of /metrics must not queue behind writes.
+        counts = sql.counters(await self.store.reader.all(sql.COUNTERS))
+        out_counts = _outbound_counters(await self.store.reader.all(_OUTBOUND_COUNTERS))
         rows = []
         for i in self.config.hl7.interfaces:
             if i.direction == "in":
@@ -185,11 +188,12 @@ class Hl7Service:
         return done
 
 
-def _outbound_counters(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+_OUTBOUND_COUNTERS = "SELECT interface, state, COUNT(*) FROM hl7_outbound GROUP BY interface, state"
+
+
+def _outbound_counters(rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for interface, state, n in conn.execute(
-        "SELECT interface, state, COUNT(*) FROM hl7_outbound GROUP BY interface, state"
-    ):
+    for interface, state, n in rows:
         c = out.setdefault(interface, dict.fromkeys(("pending", "acked", "parked", "cancelled"), 0))
         c[state] = n
     return out
