@@ -766,6 +766,68 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE variables_ct IS NOT NULL AND state <> 'pending';
     CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
     """,
+    # 24 (i15 contract): contacts as an audience. Attributes to choose audiences by
+    #    (age band, clinic, preferences as a JSON array of keys; language and time zone
+    #    are the consent issue's); groups with their members and free tags, all by the
+    #    contact's blind index (numbers stay encrypted in `contacts`). A message made by
+    #    a campaign names it and its template variant, for progress and analytics. A
+    #    click on a tracked link, one row each, classified (`human` 1: a person; 0: a
+    #    preview bot, a link scanner, a HEAD or a prefetch).
+    """
+    ALTER TABLE contacts ADD COLUMN age_band TEXT;
+    ALTER TABLE contacts ADD COLUMN clinic TEXT;
+    ALTER TABLE contacts ADD COLUMN preferences TEXT;
+    CREATE TABLE contact_groups (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        description TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE contact_group_members (
+        group_id    TEXT NOT NULL,
+        contact_idx BLOB NOT NULL,
+        added_at    REAL NOT NULL,
+        PRIMARY KEY (group_id, contact_idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX contact_group_members_contact ON contact_group_members (contact_idx);
+    CREATE TABLE contact_tags (
+        tag         TEXT NOT NULL,
+        contact_idx BLOB NOT NULL,
+        PRIMARY KEY (tag, contact_idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX contact_tags_contact ON contact_tags (contact_idx);
+    ALTER TABLE messages ADD COLUMN campaign_id TEXT;
+    ALTER TABLE messages ADD COLUMN variant TEXT;
+    CREATE INDEX messages_campaign ON messages (campaign_id, variant, state)
+        WHERE campaign_id IS NOT NULL;
+    CREATE TABLE link_clicks (
+        seq         INTEGER PRIMARY KEY,
+        link_id     TEXT NOT NULL,
+        message_id  TEXT,
+        at          REAL NOT NULL,
+        human       INTEGER NOT NULL,
+        agent_class TEXT NOT NULL
+    );
+    CREATE INDEX link_clicks_message ON link_clicks (message_id);
+    """,
+    # 25 (i15-contacts): reserved for the contacts and import branch.
+    "",
+    # ---
+    # 26 (i15-campaigns): reserved for the campaigns branch.
+    "",
+    # ---
+    # 27 (i15-surveys): reserved for the surveys branch.
+    "",
+    # ---
+    # 28 (i15-links): reserved for the tracked links branch.
+    "",
+    # ---
+    # 29 (i15-analytics): reserved for the analytics branch.
+    "",
+    # ---
+    # 30 (i15-spread): reserved for the broadcast branch.
+    "",
 )
 
 
