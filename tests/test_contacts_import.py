@@ -194,7 +194,7 @@ async def test_the_consent_reader_refuses_a_long_line_once() -> None:
 
 async def test_a_formula_in_a_group_name_stays_text(open_gateway: GatewayFactory) -> None:
     gw = await open_gateway()
-    report = await _import(gw, 'number,group\n+12025550147,"=cmd|\' /C calc\'!A0"\n')
+    report = await _import(gw, "number,group\n+12025550147,\"=cmd|' /C calc'!A0\"\n")
     assert report.created == 1
     names = {g.name for g in await gw.contacts.groups(STAFF)}
     assert names == {"=cmd", "' /C calc'!A0"}  # `|` separates groups: text, never evaluated
@@ -204,7 +204,9 @@ async def test_a_header_without_a_number_column_is_refused(open_gateway: Gateway
     gw = await open_gateway()
     assert (await _import(gw, "name,clinic\nAna,north\n")).fatal == "missing_column"
     assert (await _import(gw, "")).fatal == "empty_file"
-    mapped = await _import(gw, "Cell phone,x\n+12025550147,1\n", Options(columns={"number": "Cell phone"}))
+    mapped = await _import(
+        gw, "Cell phone,x\n+12025550147,1\n", Options(columns={"number": "Cell phone"})
+    )
     assert (mapped.created, mapped.ignored_columns) == (1, ["x"])
 
 
@@ -236,9 +238,7 @@ async def test_a_big_import_commits_in_chunks_and_sends_go_between(
         elif not report.done:
             sent_during_import.append(send.done())
 
-    report = await gw.contacts.imports.run(
-        STAFF, _chunks(text.encode(), 4096), Options(), progress
-    )
+    report = await gw.contacts.imports.run(STAFF, _chunks(text.encode(), 4096), Options(), progress)
     assert report.created == rows
     # The send started after the first chunk was accepted before the import ended.
     assert send is not None and sent_during_import and sent_during_import[-1] is True
