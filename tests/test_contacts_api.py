@@ -120,7 +120,7 @@ async def test_groups_members_and_saved_audiences(api: Api) -> None:
     assert r.status == 201, await r.text()
     group = await r.json()
     r = await api.post(
-        f"/api/v1/groups/{group['id']}/members", {"audience": {"age_bands": ["65-plus"]}}
+        f"/api/v1/groups/{group['id']}/members/audience", {"audience": {"age_bands": ["65-plus"]}}
     )
     assert await r.json() == {"changed": 2, "members": 2}
     key = api.gw.store.blind_index("+12025550148").hex()

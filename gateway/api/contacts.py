@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -24,12 +24,19 @@ from msgspec import UNSET, UnsetType
 from gateway.api.handlers import AUTH_RECORD
 from gateway.api.openapi import Answer, Query
 from gateway.contacts.audience import AudienceSpec, Key
-from gateway.contacts.csv_import import Options, parse_mapping
+from gateway.contacts.csv_import import FIELDS, Options, parse_mapping, regions
 from gateway.contacts.importer import ImportJob
-from gateway.contacts.usecase import MAX_PAGE, ContactDetail, ContactItem, SavedAudience
+from gateway.contacts.usecase import (
+    MAX_PAGE,
+    NAME_PATTERN,
+    Changes,
+    ContactDetail,
+    ContactItem,
+    GroupRow,
+    SavedAudience,
+)
 from gateway.errors import ApiError
 from gateway.intake import decode_with
-from gateway.store.contacts_sql import Changes, GroupRow
 from gateway.usecases import Caller
 from gateway.web.context import gateway_of, json_response
 from gateway.web.formats import iso
@@ -41,7 +48,9 @@ GROUP_ID = "{group_id:g[0-9a-f]{12}}"
 AUDIENCE_ID = "{audience_id:a[0-9a-f]{12}}"
 JOB_ID = "{job_id:[A-Za-z0-9_-]{16}}"
 _KEEP = "left out: kept; null: cleared"
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+_MAP_ONE = f"({'|'.join(FIELDS)})=[^,]*[^\\s,][^,]*"
+MAP_PATTERN = f"^{_MAP_ONE}(,{_MAP_ONE})*$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 Description = Annotated[str, msgspec.Meta(max_length=500)]
 Keys = Annotated[list[Key], msgspec.Meta(max_length=50)]
 ContactKey = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
@@ -126,13 +135,11 @@ class GroupList(msgspec.Struct, frozen=True):
 
 
 class MembersRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    contacts: Annotated[
-        Annotated[list[ContactKey], msgspec.Meta(max_length=1000)] | None,
-        msgspec.Meta(description="contact keys"),
-    ] = None
-    audience: Annotated[
-        AudienceSpec | None, msgspec.Meta(description="everyone in this audience (add only)")
-    ] = None
+    contacts: Annotated[list[ContactKey], msgspec.Meta(max_length=1000, description="keys")]
+
+
+class AudienceMembersRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    audience: Annotated[AudienceSpec, msgspec.Meta(description="everyone in it now joins")]
 
 
 class MembersChanged(msgspec.Struct, frozen=True):
@@ -194,6 +201,7 @@ _ATTRS = msgspec.json.Decoder(AttributesRequest)
 _GROUP = msgspec.json.Decoder(GroupRequest)
 _GROUP_CHANGE = msgspec.json.Decoder(GroupChange)
 _MEMBERS = msgspec.json.Decoder(MembersRequest)
+_AUDIENCE_MEMBERS = msgspec.json.Decoder(AudienceMembersRequest)
 _AUDIENCE = msgspec.json.Decoder(AudienceRequest)
 _COUNT = msgspec.json.Decoder(CountRequest)
 
@@ -364,24 +372,33 @@ async def delete_group(request: web.Request) -> web.Response:
     return json_response({"id": gid, "deleted": True})
 
 
+async def _members(request: web.Request, n: int) -> web.Response:
+    gid = request.match_info["group_id"]
+    group = await gateway_of(request).contacts.group(_caller(request), gid)
+    return json_response(MembersChanged(n, group.members))
+
+
 async def add_members(request: web.Request) -> web.Response:
     body = decode_with(_MEMBERS, await request.read())
-    if body.contacts is None and body.audience is None:
-        raise ApiError(
-            422, "invalid_field", "contacts or audience: name who joins", field="contacts"
-        )
-    contacts, gid = gateway_of(request).contacts, request.match_info["group_id"]
-    n = await contacts.add_members(_caller(request), gid, body.contacts, body.audience)
-    return json_response(MembersChanged(n, (await contacts.group(_caller(request), gid)).members))
+    gid = request.match_info["group_id"]
+    n = await gateway_of(request).contacts.add_members(_caller(request), gid, body.contacts)
+    return await _members(request, n)
+
+
+async def add_audience(request: web.Request) -> web.Response:
+    body = decode_with(_AUDIENCE_MEMBERS, await request.read())
+    gid = request.match_info["group_id"]
+    n = await gateway_of(request).contacts.add_members(
+        _caller(request), gid, audience=body.audience
+    )
+    return await _members(request, n)
 
 
 async def remove_members(request: web.Request) -> web.Response:
     body = decode_with(_MEMBERS, await request.read())
-    if body.contacts is None or body.audience is not None:
-        raise ApiError(422, "invalid_field", "contacts: the keys to remove", field="contacts")
-    contacts, gid = gateway_of(request).contacts, request.match_info["group_id"]
-    n = await contacts.remove_members(_caller(request), gid, body.contacts)
-    return json_response(MembersChanged(n, (await contacts.group(_caller(request), gid)).members))
+    gid = request.match_info["group_id"]
+    n = await gateway_of(request).contacts.remove_members(_caller(request), gid, body.contacts)
+    return await _members(request, n)
 
 
 # -- saved audiences -------------------------------------------------------------------
@@ -532,11 +549,12 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
                     "map",
                     "FIELD=Header,... (fields: number, language, time_zone, age_band,"
                     " clinic, preferences, tags, groups)",
+                    {"type": "string", "pattern": MAP_PATTERN},
                 ),
                 Query(
                     "region",
                     "ISO 3166 region national numbers are read in",
-                    {"type": "string", "pattern": "^[A-Z]{2}$"},
+                    {"type": "string", "enum": regions()},
                 ),
                 Query(
                     "group",
@@ -643,10 +661,20 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
             f"/api/v1/groups/{GROUP_ID}/members",
             add_members,
             "consent",
-            "Add contacts by key, or everyone in an audience (audited)",
+            "Add contacts by key (audited)",
             MembersRequest,
             MembersChanged,
             answers=(_NONE, _WRITE, _ATTR),
+        ),
+        make(
+            "POST",
+            f"/api/v1/groups/{GROUP_ID}/members/audience",
+            add_audience,
+            "consent",
+            "Add everyone in an audience, as it is now (audited)",
+            AudienceMembersRequest,
+            MembersChanged,
+            answers=(_NONE, _WRITE),
         ),
         make(
             "POST",
@@ -716,3 +744,14 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
             answers=(_NONE, _WRITE),
         ),
     )
+
+
+def describe(document: dict[str, Any], languages: list[str]) -> None:
+    """The configured reply languages as the enum of a contact's `language`."""
+    schema = document["components"]["schemas"].get("AttributesRequest")
+    if schema is not None:
+        language = schema["properties"]["language"]
+        schema["properties"]["language"] = {
+            "anyOf": [{"type": "string", "enum": languages}, {"type": "null"}],
+            **({"description": language["description"]} if "description" in language else {}),
+        }

@@ -576,3 +576,4 @@ def install(app: web.Application, gateway: Gateway) -> None:
     consent = gateway.usecases.consent
     c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))
     describe_medication(app[h.OPENAPI])
+    contacts_api.describe(app[h.OPENAPI], list(consent.languages))

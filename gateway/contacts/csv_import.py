@@ -76,6 +76,10 @@ def region_ok(region: str) -> bool:
     return region in phonenumbers.SUPPORTED_REGIONS
 
 
+def regions() -> list[str]:
+    return sorted(phonenumbers.SUPPORTED_REGIONS)
+
+
 def parse_mapping(text: str) -> dict[str, str]:
     """`number=Mobile,clinic=Site` → {"number": "Mobile", ...}; ValueError names what
     is wrong (field names only, which are ours)."""

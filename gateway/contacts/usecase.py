@@ -22,7 +22,9 @@ from gateway.contacts.importer import Importer
 from gateway.errors import ApiError
 from gateway.store import consent_sql, contacts_sql
 from gateway.store.consent_sql import StateRow
-from gateway.store.contacts_sql import AudienceRow, Changes, ContactRow, GroupRow
+from gateway.store.contacts_sql import AudienceRow, ContactRow
+from gateway.store.contacts_sql import Changes as Changes
+from gateway.store.contacts_sql import GroupRow as GroupRow
 from gateway.store.store import Store
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
@@ -31,6 +33,9 @@ MAX_PAGE = 200
 MAX_MEMBERS = 1000  # keys in one add or remove request
 ADD_BATCH = 1000  # an audience added to a group: contacts per writer transaction
 CONTACT_KEY = re.compile(r"^[0-9a-f]{32}$")
+# A group's or audience's name: no control characters, not starting with a space.
+NAME_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +83,8 @@ def _not_found(what: str) -> ApiError:
 
 
 def _name(name: str, field: str = "name") -> str:
-    name = name.strip()
-    if not 0 < len(name) <= MAX_NAME or not name.isprintable():
-        raise _invalid(field, "invalid_name", f"1 to {MAX_NAME} printable characters")
+    if not len(name) <= MAX_NAME or not _NAME.fullmatch(name):
+        raise _invalid(field, "invalid_name", f"1 to {MAX_NAME} characters, no control ones")
     return name
 
 
