@@ -27,8 +27,8 @@ from gateway.admin.routing import OPERATORS, PHI_READERS, PanelRoute, current_us
 from gateway.app import Gateway
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import FIELDS, Options, columns
+from gateway.contacts.usecase import Changes
 from gateway.errors import ApiError
-from gateway.store.contacts_sql import Changes
 from gateway.usecases import Caller
 from gateway.usecases.csv_reader import HeaderError, coded_records, file_chunks
 from gateway.web.context import GATEWAY

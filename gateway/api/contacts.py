@@ -564,7 +564,7 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
                 Query(
                     "name",
                     "the file's name, for the audit trail",
-                    {"type": "string", "maxLength": 128},
+                    {"type": "string", "minLength": 1, "maxLength": 128},
                 ),
             ),
             answers=(

@@ -81,12 +81,15 @@ def regions() -> list[str]:
 
 
 def parse_mapping(text: str) -> dict[str, str]:
-    """`number=Mobile,clinic=Site` → {"number": "Mobile", ...}; ValueError names what
-    is wrong (field names only, which are ours)."""
+    """`number=Mobile,clinic=Site` → {"number": "Mobile", ...}; `Mobile=number` (the
+    column first) is read the same way. ValueError names what is wrong (field names
+    only, which are ours)."""
     out: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, header = part.partition("=")
         name = name.strip().lower()
+        if name not in FIELDS and header.strip().lower() in FIELDS:
+            name, header = header.strip().lower(), part.partition("=")[0]
         if not sep or name not in FIELDS or not header.strip():
             raise ValueError(
                 f"write each mapping as FIELD=HEADER with FIELD one of {', '.join(FIELDS)}"
