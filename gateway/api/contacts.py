@@ -503,7 +503,12 @@ _ATTR = Answer(
     " `invalid_preferences`, `invalid_tags`, `invalid_name`, `invalid_field`, `too_many`",
 )
 _FILTER_QUERY = tuple(
-    Query(name, f"only contacts with one of these {target} (comma-separated keys)")
+    Query(
+        name,
+        f"only contacts with {'all' if name == 'preference' else 'one'} of these {target}"
+        " (comma-separated keys)",
+        {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}(,[A-Za-z0-9_.:-]{1,64})*$"},
+    )
     for name, target in _FILTERS.items()
 )
 

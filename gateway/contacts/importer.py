@@ -33,7 +33,7 @@ from gateway.usecases.csv_reader import (
     file_chunks,
 )
 
-IMPORT_CHUNK = 500  # rows per writer transaction: sends wait for one chunk at most
+IMPORT_CHUNK = 200  # rows per writer transaction: sends wait for one chunk at most
 YIELD_EVERY = 50  # rows parsed between two turns of the event loop
 MAX_LINE_ERRORS = 100  # reported one by one; the rest only counted
 MAX_SEEN = 2_000_000  # numbers remembered for the in-file duplicate count
