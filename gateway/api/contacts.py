@@ -22,7 +22,7 @@ from aiohttp import web
 from msgspec import UNSET, UnsetType
 
 from gateway.api.handlers import AUTH_RECORD
-from gateway.api.openapi import Answer, Query
+from gateway.api.openapi import Answer, Link, Query
 from gateway.contacts.audience import AudienceSpec, Key
 from gateway.contacts.csv_import import FIELDS, Options, parse_mapping, regions
 from gateway.contacts.importer import ImportJob
@@ -580,6 +580,9 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
                 Answer(415, "`unsupported_media_type`: not text/csv"),
                 Answer(422, "`invalid_region`"),
             ),
+            links=(
+                Link("GetImport", "getContactsImportsJob_id", {"job_id": "$response.body#/id"}),
+            ),
             request_text="text/csv",
         ),
         make(
@@ -632,6 +635,15 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
             GroupView,
             201,
             answers=(_NAME, _WRITE, _ATTR),
+            links=(
+                Link("GetGroup", "getGroupsGroup_id", {"group_id": "$response.body#/id"}),
+                Link(
+                    "AddMembers",
+                    "postGroupsGroup_idMembersAudience",
+                    {"group_id": "$response.body#/id"},
+                ),
+                Link("DeleteGroup", "deleteGroupsGroup_id", {"group_id": "$response.body#/id"}),
+            ),
         ),
         make(
             "GET",
@@ -710,6 +722,16 @@ def endpoints(make: Callable[..., E]) -> tuple[E, ...]:
             AudienceView,
             201,
             answers=(_NAME, _WRITE, _ATTR),
+            links=(
+                Link(
+                    "GetAudience", "getAudiencesAudience_id", {"audience_id": "$response.body#/id"}
+                ),
+                Link(
+                    "DeleteAudience",
+                    "deleteAudiencesAudience_id",
+                    {"audience_id": "$response.body#/id"},
+                ),
+            ),
         ),
         make(
             "POST",
