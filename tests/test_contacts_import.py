@@ -254,3 +254,21 @@ async def test_the_import_is_audited_with_counts_and_no_numbers(
     (entry,) = [json.loads(r[1]) for r in rows if r[0] == "contacts_imported"]
     assert (entry["file"], entry["created"], entry["rows"]) == ("spring.csv", 1, 1)
     assert CANARY_DIGITS not in str([tuple(r) for r in rows])
+
+
+async def test_an_erased_person_leaves_no_tag_or_group_membership(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway()
+    await _import(gw, f"number,tags,groups\n{CANARY_NUMBER},vip,Flu\n+12025550148,vip,Flu\n")
+    await gw.erasures.erase(CANARY_NUMBER, "user:admin")
+    (group,) = await gw.contacts.groups(STAFF)
+    assert group.members == 1
+    assert await gw.contacts.count(STAFF, AudienceSpec(tags=["vip"])) == 1
+    idx = gw.store.blind_index(CANARY_NUMBER)
+    for table in ("contact_tags", "contact_group_members"):
+        row = await gw.store.reader.one(
+            f"SELECT count(*) FROM {table} WHERE contact_idx = ?",  # noqa: S608 - a fixed name
+            (idx,),
+        )
+        assert row is not None and row[0] == 0, table
