@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from gateway.api import appointments as ap
 from gateway.api import consent as c
 from gateway.api import contacts as contacts_api
+from gateway.api import contacts_endpoints as contacts_table
 from gateway.api import handlers as h
 from gateway.api import reminder_rules
 from gateway.api import templates as t
@@ -469,7 +470,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *HL7_ENDPOINTS,
     *t.endpoints(Endpoint),
     *reminder_rules.endpoints(Endpoint),  # /reminder-rules
-    *contacts_api.endpoints(Endpoint),  # /contacts/list, /contacts/imports, /groups, /audiences
+    *contacts_table.endpoints(Endpoint),  # /contacts/..., /groups, /audiences
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)

@@ -260,13 +260,10 @@ class Contacts:
         await self.group(caller, group_id)
         now = self._clock.time()
         added = 0
-        batches: list[list[bytes]] = []
         if keys is not None:
             if len(keys) > MAX_MEMBERS:
                 raise _invalid("contacts", "too_many", f"at most {MAX_MEMBERS} per request")
-            batches.append([contact_idx(k) for k in keys])
-        for idxs in batches:
-            added += await self._add(group_id, idxs, now)
+            added += await self._add(group_id, [contact_idx(k) for k in keys], now)
         if audience is not None:
             after = b""
             while idxs := await contacts_sql.audience_idxs(self._store, audience, after, ADD_BATCH):
