@@ -105,6 +105,18 @@ def test_the_contacts_pages_pass_axe_and_reflow(
             if wide:
                 problems.append(f"{url} wider than the viewport: {wide}")
             problems.extend(f"{url} {v}" for v in axe_violations(page))
+        # The mapping step: a small file uploaded, its columns to choose.
+        page.goto(gateway.url + "/contacts/import")
+        small = b"Mobile,Site\n+12025550149,north\n"
+        page.set_input_files(
+            "#u-file", files=[{"name": "s.csv", "mimeType": "text/csv", "buffer": small}]
+        )
+        page.click("main form button[type=submit]")
+        page.wait_for_selector("#m-number")
+        problems.extend(f"mapping {v}" for v in axe_violations(page))
+        wide = overflow(page)
+        if wide:
+            problems.append(f"mapping wider than the viewport: {wide}")
         page.close()
     axe.close()
     assert problems == []
