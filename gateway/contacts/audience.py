@@ -49,7 +49,9 @@ def _in(column: str, values: list[str], params: list[object]) -> str:
     return f"{column} IN ({','.join('?' * len(values))})"
 
 
-def _conditions(spec: AudienceSpec) -> tuple[list[str], list[object]]:
+def audience_query(spec: AudienceSpec) -> tuple[str, list[object]]:
+    """`SELECT idx FROM contacts ...` for this audience, ordered by index (stable
+    batches: a walk resumes after the last index it saw)."""
     where: list[str] = []
     params: list[object] = []
     members: list[str] = []
@@ -76,25 +78,9 @@ def _conditions(spec: AudienceSpec) -> tuple[list[str], list[object]]:
     for pref in spec.preferences:
         where.append("EXISTS (SELECT 1 FROM json_each(c.preferences) p WHERE p.value = ?)")
         params.append(pref)
-    return where, params
-
-
-def audience_query(spec: AudienceSpec) -> tuple[str, list[object]]:
-    """`SELECT idx FROM contacts ...` for this audience, ordered by index (stable
-    batches: a walk resumes after the last index it saw)."""
-    where, params = _conditions(spec)
     where.append("c.idx > ?")
     sql = "SELECT c.idx FROM contacts c WHERE " + " AND ".join(where)  # noqa: S608 - placeholders only
     sql += " ORDER BY c.idx LIMIT ?"
-    return sql, params
-
-
-def count_query(spec: AudienceSpec) -> tuple[str, list[object]]:
-    """`SELECT count(*)` of this audience, in one statement (a live count)."""
-    where, params = _conditions(spec)
-    sql = "SELECT count(*) FROM contacts c"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
     return sql, params
 
 
@@ -117,3 +103,10 @@ def audience_batches(
 
 def audience_size(conn: sqlite3.Connection, spec: AudienceSpec) -> int:
     return sum(len(b) for b in audience_batches(conn, spec, batch=10_000))
+
+
+def count_query(spec: AudienceSpec) -> tuple[str, list[object]]:
+    """`SELECT count(*)` of this audience in one statement (a live count): the batch
+    query from the first index on, with no limit (SQLite's LIMIT -1)."""
+    sql, params = audience_query(spec)
+    return f"SELECT count(*) FROM ({sql})", [*params, b"", -1]  # noqa: S608 - placeholders only
