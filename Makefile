@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent bench-hl7 bench-writes clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent bench-import bench-hl7 bench-writes clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -127,6 +127,11 @@ bench-webhooks: setup
 # purposes) against the same run with [consent] enabled = false.
 bench-consent: setup /usr/bin/wrk
 	$(BIN)/python bench/consent.py
+
+# Contacts CSV import of 100,000 rows through the API (rows/s), with one send every
+# 100 ms meanwhile (accept p50/p99); ROWS=5000 for a quick check.
+bench-import: setup
+	$(BIN)/python bench/contacts_import.py --rows $(or $(ROWS),100000)
 
 # SIU messages over one pipelined MLLP connection (synchronous = FULL), ACK rate and
 # p99, against the raw ceiling of the same framing and commit; about 20 s.

@@ -38,6 +38,7 @@ from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import NoticeRunner
 from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
+from gateway.contacts.usecase import Contacts
 from gateway.demo import DemoPeers
 from gateway.hl7.service import Hl7Service
 from gateway.hl7.settings import Hl7Config
@@ -360,6 +361,17 @@ class Gateway:
                 hooks=self.clinical_hooks,
             ),
             Replies(self.store, self.clock, self.audit),
+        )
+
+    @functools.cached_property
+    def contacts(self) -> Contacts:
+        """Contacts, groups, saved audiences and CSV import (`gateway/contacts/`)."""
+        return Contacts(
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            region=self.config.queue.default_region,
+            languages=self.usecases.consent.languages,
         )
 
     @functools.cached_property

@@ -41,6 +41,7 @@ from gateway.app import Gateway
 from gateway.backup_cmd import add_parser as add_backup_parsers
 from gateway.config import Config, ConfigError
 from gateway.console import CONSOLE, audit_trail, with_store
+from gateway.contacts import ops as contacts_ops
 from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
 from gateway.ops.socket import AdminSocket
@@ -582,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     custody_cmd.add_parsers(keys_cmd.add_parser(sub), _load)
     undecodable_cmd.add_parser(sub, _load)
     consent_cmd.add_parser(sub, _load)
+    contacts_ops.add_parser(sub, _load)  # smsgw import contacts FILE
     add_backup_parsers(sub, _load)
     retention_cmd.add_parser(sub, _load)  # retention run|status, erase
     hl7_send.add_parser(sub)

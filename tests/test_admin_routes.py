@@ -34,6 +34,10 @@ SAMPLES = {
     "language": "en",  # a template's language tag
     "version": "1",  # a template's version
     "rule_id": "rul_0123456789abcdef",  # a reminder rule's id (issue 13)
+    "key": "0" * 32,  # a contact's key (issue 15)
+    "job_id": "A" * 16,  # a contacts import job
+    "group_id": "g" + "0" * 12,  # a contact group
+    "audience_id": "a" + "0" * 12,  # a saved audience
 }
 
 

@@ -58,6 +58,8 @@ ROUTE_MODULES = (
     "gateway.admin.views_templates",
     "gateway.admin.views_reminders",
     "gateway.admin.views_worklist",
+    "gateway.admin.views_contacts",
+    "gateway.admin.views_groups",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

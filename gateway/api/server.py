@@ -13,6 +13,8 @@ from aiohttp.typedefs import Handler
 
 from gateway.api import appointments as ap
 from gateway.api import consent as c
+from gateway.api import contacts as contacts_api
+from gateway.api import contacts_endpoints as contacts_table
 from gateway.api import handlers as h
 from gateway.api import reminder_rules
 from gateway.api import templates as t
@@ -468,6 +470,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *HL7_ENDPOINTS,
     *t.endpoints(Endpoint),
     *reminder_rules.endpoints(Endpoint),  # /reminder-rules
+    *contacts_table.endpoints(Endpoint),  # /contacts/..., /groups, /audiences
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
@@ -574,3 +577,4 @@ def install(app: web.Application, gateway: Gateway) -> None:
     consent = gateway.usecases.consent
     c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))
     describe_medication(app[h.OPENAPI])
+    contacts_api.describe(app[h.OPENAPI], list(consent.languages))

@@ -103,3 +103,10 @@ def audience_batches(
 
 def audience_size(conn: sqlite3.Connection, spec: AudienceSpec) -> int:
     return sum(len(b) for b in audience_batches(conn, spec, batch=10_000))
+
+
+def count_query(spec: AudienceSpec) -> tuple[str, list[object]]:
+    """`SELECT count(*)` of this audience in one statement (a live count): the batch
+    query from the first index on, with no limit (SQLite's LIMIT -1)."""
+    sql, params = audience_query(spec)
+    return f"SELECT count(*) FROM ({sql})", [*params, b"", -1]  # noqa: S608 - placeholders only

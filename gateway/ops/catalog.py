@@ -7,5 +7,6 @@ from gateway import (
     custody_cmd,  # noqa: F401  # keys.custody_changed
 )
 from gateway.backup import ops as _backup_ops  # noqa: F401  # backup.create, .verify, .restore
+from gateway.contacts import ops as _contacts_ops  # noqa: F401  # contacts.import
 from gateway.keys import ops as _keys  # noqa: F401
 from gateway.retention import ops as retention_ops  # noqa: F401  # retention.*, erase.number

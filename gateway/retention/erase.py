@@ -119,6 +119,8 @@ def erase(
         (idx,),
     ).rowcount
     n["contacts"] = conn.execute("DELETE FROM contacts WHERE idx = ?", (idx,)).rowcount
+    for table in ("contact_tags", "contact_group_members"):  # what the audience knew of them
+        conn.execute(f"DELETE FROM {table} WHERE contact_idx = ?", (idx,))  # noqa: S608  # fixed names
 
     mrns = _erase_patients(conn, c, person, now, n)
     n["hl7_messages"] = _erase_hl7(conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw")

@@ -811,8 +811,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX link_clicks_message ON link_clicks (message_id);
     """,
-    # 25 (i15-contacts): reserved for the contacts and import branch.
-    "",
+    # 25 (i15-contacts): saved audiences ("saved queries"): a named AudienceSpec kept as
+    #    its JSON, so a campaign or a group send can name one and count it live.
+    """
+    CREATE TABLE contact_audiences (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        spec        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
     # ---
     # 26 (i15-campaigns): reserved for the campaigns branch.
     "",

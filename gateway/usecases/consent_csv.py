@@ -1,26 +1,22 @@
 """Consent lists as CSV: reading one in a stream, row by row, and writing the ledger.
 
-Theory of operation. The input arrives as byte chunks (an HTTP body, an upload, a
-file) and is never held whole: chunks are decoded incrementally and cut into lines;
-lines are joined into one record while a quoted field is still open (RFC 4180 doubles
-a quote inside a field, so an odd count of `"` so far means the record goes on), and
-each record is parsed alone. The first record is the header; columns are found by
+Theory of operation. The input arrives as byte chunks and is never held whole:
+`gateway.usecases.csv_reader` decodes it (the encoding found from the bytes), cuts it
+into lines and joins them into records while a quoted field is open, and each record
+is parsed alone. The first record is the header; columns are found by
 name (with common aliases) or by an explicit mapping. A row that cannot be read
 becomes an error naming its line, a code and the column, never the value.
 """
 
 from __future__ import annotations
 
-import asyncio
-import codecs
 import csv
 import io
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from gateway.consent.ledger import Decision, Source
 from gateway.consent.purposes import (
@@ -33,6 +29,10 @@ from gateway.consent.purposes import (
     scope_valid,
 )
 from gateway.store.consent_sql import ExportRow
+from gateway.usecases.csv_reader import HeaderError as HeaderError
+from gateway.usecases.csv_reader import LineError as LineError
+from gateway.usecases.csv_reader import file_chunks as file_chunks
+from gateway.usecases.csv_reader import records as records
 
 FIELDS = (
     "number",
@@ -103,23 +103,7 @@ SOURCES: frozenset[str] = frozenset(
     ("keyword", "phrase", "api", "panel", "import", "phone", "email", "review")
 )
 MAX_TEXT = 2000
-MAX_LINE = 64 * 1024
 MARKETING_SCOPES = frozenset({kind_scope(Kind.MARKETING), purpose_scope(Purpose.MARKETING)})
-
-
-class HeaderError(ValueError):
-    """The file cannot be read at all (no header, a needed column missing)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class LineError:
-    line: int
-    code: str
-    field: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,71 +144,6 @@ def parse_mapping(text: str) -> dict[str, str]:
             )
         out[field] = header.strip()
     return out
-
-
-async def file_chunks(
-    path: Path, on_read: Callable[[int], None] | None = None, size: int = 64 * 1024
-) -> AsyncIterator[bytes]:
-    """A file's bytes, a chunk at a time (read off the event loop); `on_read` gets
-    each chunk's length (an upload's progress)."""
-    with path.open("rb") as f:
-        while chunk := await asyncio.to_thread(f.read, size):
-            if on_read is not None:
-                on_read(len(chunk))
-            yield chunk
-
-
-async def lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """Text lines (with their ending) from UTF-8 bytes (a BOM is dropped)."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
-    pending = ""
-    async for chunk in chunks:
-        pending += decoder.decode(chunk)
-        while True:
-            cut = pending.find("\n")
-            if cut < 0:
-                break
-            yield pending[: cut + 1]
-            pending = pending[cut + 1 :]
-        if len(pending) > MAX_LINE:
-            yield pending  # an endless line: the record check refuses it
-            pending = ""
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
-
-
-async def records(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, list[str] | None]]:
-    """(first line number, fields) per CSV record; fields None for one that cannot be
-    read (too long, or a quote never closed)."""
-    line_no = 0
-    start = 0
-    parts: list[str] = []
-    quotes = 0
-    size = 0
-    async for text in lines(chunks):
-        line_no += 1
-        if not parts:
-            start = line_no
-        parts.append(text)
-        quotes += text.count('"')
-        size += len(text)
-        if size > MAX_LINE:
-            yield start, None
-            parts, quotes, size = [], 0, 0
-            continue
-        if quotes % 2:
-            continue
-        record = "".join(parts)
-        parts, quotes, size = [], 0, 0
-        if not record.strip():
-            continue
-        try:
-            yield start, next(csv.reader(io.StringIO(record, newline="")), [])
-        except csv.Error:
-            yield start, None
-    if parts:
-        yield start, None
 
 
 def _key(header: str) -> str:
