@@ -39,8 +39,7 @@ from gateway.logs import exception_summary
 from gateway.replies.intents import parse
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import Store
-from gateway.surveys import flow
-from gateway.surveys import store as sql
+from gateway.surveys import flow, sql
 from gateway.surveys.answers import judge
 from gateway.surveys.asking import SYSTEM, ask
 from gateway.surveys.flow import Position

@@ -14,9 +14,8 @@ from decimal import Decimal
 
 from gateway.errors import ApiError
 from gateway.store.store import Store
-from gateway.surveys import store as sql
-from gateway.surveys.spec import Question
-from gateway.surveys.store import Survey
+from gateway.surveys import sql
+from gateway.surveys.spec import Question, Survey
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
 from gateway.web.formats import iso

@@ -14,7 +14,7 @@ import structlog
 from drivers.clock import Clock, wait_event
 from gateway.logs import exception_summary
 from gateway.store.store import Store
-from gateway.surveys import store as sql
+from gateway.surveys import sql
 
 log = structlog.get_logger("smsgw.surveys")
 

@@ -8,6 +8,7 @@ field and never quoting what was sent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
@@ -139,3 +140,14 @@ _DECODER = msgspec.json.Decoder(SurveySpec)
 
 def decode(text: str) -> SurveySpec:
     return _DECODER.decode(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """One stored version of a survey."""
+
+    id: str
+    version: int
+    spec: SurveySpec
+    created_at: float
+    created_by: str

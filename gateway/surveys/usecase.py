@@ -25,12 +25,10 @@ from gateway.contacts.audience import AudienceSpec, audience_batches
 from gateway.errors import ApiError
 from gateway.intake import Prepared, normalise_number
 from gateway.store.store import Store
-from gateway.surveys import flow, results
-from gateway.surveys import store as sql
+from gateway.surveys import flow, results, sql
 from gateway.surveys.asking import ask
 from gateway.surveys.results import Results
-from gateway.surveys.spec import SurveySpec, check
-from gateway.surveys.store import Survey
+from gateway.surveys.spec import Survey, SurveySpec, check
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
 from gateway.usecases.messages import Messages

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.store.store import Store
 from gateway.surveys import spec as specs
-from gateway.surveys.spec import SurveySpec
+from gateway.surveys.spec import Survey, SurveySpec
 
 OPEN = "open"
 CLOSED_STATES = ("completed", "timed_out", "stopped", "blocked", "failed")
@@ -26,15 +26,6 @@ def new_survey_id() -> str:
 
 def new_session_id() -> str:
     return "svs_" + secrets.token_hex(8)
-
-
-@dataclass(frozen=True, slots=True)
-class Survey:
-    id: str
-    version: int
-    spec: SurveySpec
-    created_at: float
-    created_by: str
 
 
 @dataclass(frozen=True, slots=True)
