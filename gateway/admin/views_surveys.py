@@ -162,13 +162,14 @@ async def results_page(request: web.Request) -> web.StreamResponse:
         found = await _results(request)
     except ApiError as e:
         return await _list_page(request, 404, problem=_problem(e))
-    return render(request, "survey_results.html", results=found, chart=chart(found))
+    live = request.query.get("live") != "off"
+    return render(request, "survey_results.html", results=found, chart=chart(found), live=live)
 
 
 async def results_live(request: web.Request) -> web.StreamResponse:
     """The results' fragment, which the page asks for again every few seconds."""
     found = await _results(request)
-    return render(request, "_survey_results.html", results=found, chart=chart(found))
+    return render(request, "_survey_results.html", results=found, chart=chart(found), live=True)
 
 
 async def export(request: web.Request) -> web.StreamResponse:
