@@ -222,3 +222,16 @@ async def _contacts(gw: Gateway, numbers: list[str], group: str) -> None:
             )
 
     await gw.store.writer.run(job)
+
+
+async def test_an_erasure_ends_the_survey_and_unlinks_the_number(gw: Gateway) -> None:
+    sid = await make_survey(gw)
+    session = await start(gw, sid)
+    await text(gw, "1")
+    erased = await gw.erasures.erase(WHO, "test")
+    assert erased.counts["survey_sessions"] == 1
+    row = await gw.store.reader.one(
+        "SELECT state, contact_idx FROM survey_sessions WHERE id = ?", (session,)
+    )
+    assert row is not None and row[0] == "stopped" and bytes(row[1]) == b""
+    await start(gw, sid)  # the number may be surveyed afresh: nothing links it to before
