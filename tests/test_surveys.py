@@ -12,15 +12,17 @@ answer texts stay encrypted; the send policy blocks a first question; audience s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from structlog.testing import capture_logs
 
+from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.contacts.audience import AudienceSpec
 from gateway.errors import ApiError
 from gateway.surveys.usecase import Target
-from tests.conftest import GatewayFactory, record_decision
+from tests.conftest import GatewayFactory, poke_on_commit, record_decision
 from tests.survey_rows import (
     ADMIN,
     OTHER,
@@ -235,3 +237,44 @@ async def test_an_erasure_ends_the_survey_and_unlinks_the_number(gw: Gateway) ->
     )
     assert row is not None and row[0] == "stopped" and bytes(row[1]) == b""
     await start(gw, sid)  # the number may be surveyed afresh: nothing links it to before
+
+
+async def test_emoji_and_other_scripts_are_read_or_asked_again(gw: Gateway) -> None:
+    sid = await make_survey(gw)
+    session = await start(gw, sid)
+    await text(gw, "\U0001f44d")  # a thumbs-up: no option, asked again
+    assert await session_state(gw, session) == ("open", 0, 1)
+    await text(gw, "\u0663")  # Arabic-Indic three
+    await text(gw, "\uff18 \U0001f642")  # full-width eight and a smile
+    assert await answer_rows(gw, session) == [(0, True, "3", None), (1, True, "8", None)]
+
+
+async def test_a_language_the_survey_does_not_speak_is_refused(gw: Gateway) -> None:
+    sid = await make_survey(gw)
+    with pytest.raises(ApiError) as e:
+        await gw.surveys.send(ADMIN, sid, Target(to=WHO, language="fr"))
+    assert (e.value.code, e.value.field) == ("invalid_field", "language")
+    assert await sent_to(gw) == []
+
+
+async def test_the_runner_sleeps_until_the_deadline_on_the_clock(gw: Gateway) -> None:
+    sid = await make_survey(gw, timeout_minutes=1)
+    session = await start(gw, sid)
+    committed = asyncio.Event()
+    poke_on_commit(gw.store.writer, committed.set)
+    task = asyncio.create_task(gw.survey_timeouts.run())
+    clock = gw.clock
+    assert isinstance(clock, FakeClock)
+    try:
+        await asyncio.wait_for(clock.wait_sleeping(1), 5)  # its pass done, asleep
+        assert clock.next_deadline == pytest.approx(60)  # until the deadline, no sooner
+        assert (await session_state(gw, session))[0] == "open"
+        clock.advance(61)
+        while (await session_state(gw, session))[0] == "open":
+            await asyncio.wait_for(committed.wait(), 5)
+            committed.clear()
+        assert (await session_state(gw, session))[0] == "timed_out"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -163,11 +163,10 @@ class Surveys:
             raise ApiError(
                 422, "invalid_field", "to: give a number or an audience, not both", field="to"
             )
-        survey = await self._store.reader.one(
-            "SELECT 1 FROM surveys WHERE id = ? AND current = 1", (survey_id,)
-        )
-        if survey is None:
-            raise not_found()
+        current, _ = await self.get(caller, survey_id)
+        if target.language is not None and target.language not in current.spec.languages:
+            raise ApiError(422, "invalid_field", "language: not a language of this survey",
+                           field="language")  # fmt: skip
         sent = Sent()
         if target.to is not None:
             await self._send_one(caller, survey_id, target, sent)
