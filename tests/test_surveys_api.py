@@ -121,6 +121,8 @@ async def test_export_escapes_formulas_and_keeps_numbers_out(api: Api) -> None:
         ({**SURVEY, "questions": [{"kind": "number", "text": {"en": "?", "es": "?"}}]},
          "invalid_field", "questions[0].min"),
         ({**SURVEY, "purpose": "secret-sauce-4711"}, "invalid_field", "purpose"),
+        ({**SURVEY, "questions": [{"kind": "scale", "text": {"en": "?", "es": "?"},
+          "min": 0, "max": 5, "max_length": 9}]}, "invalid_field", "questions[0].max_length"),
     ],
 )  # fmt: skip
 async def test_bad_surveys_are_refused_by_field(

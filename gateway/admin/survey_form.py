@@ -133,7 +133,7 @@ def form_of(spec: SurveySpec | None = None, typed: FormData | None = None) -> di
             ),
             "min": "" if q.min is None else str(q.min),
             "max": "" if q.max is None else str(q.max),
-            "max_length": str(q.max_length) if q.kind == "text" else "",
+            "max_length": "" if q.max_length is None else str(q.max_length),
             "timeout_minutes": "" if q.timeout_minutes is None else str(q.timeout_minutes),
         }
         for q in spec.questions

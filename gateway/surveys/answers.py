@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from gateway.consent.keywords import normalise
-from gateway.surveys.spec import Question
+from gateway.surveys.spec import DEFAULT_TEXT_LENGTH, Question
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,6 @@ def _free_text(question: Question, text: str) -> Verdict:
     said = text.strip()
     if not said or all(unicodedata.category(c)[0] in "ZC" for c in said):
         return Verdict(False, reason="empty")
-    if len(said) > question.max_length:
+    if len(said) > (question.max_length or DEFAULT_TEXT_LENGTH):
         return Verdict(False, reason="too_long")
     return Verdict(True)

@@ -27,6 +27,7 @@ Kind = Literal["choice", "number", "scale", "text"]
 MAX_QUESTIONS = 20
 MAX_SCALE_STEPS = 11  # 0-10
 DEFAULT_TIMEOUT_MINUTES = 24 * 60
+DEFAULT_TEXT_LENGTH = 160
 REASK: dict[str, str] = {
     "en": "Sorry, we could not read that answer.",
     "es": "Lo sentimos, no pudimos leer esa respuesta.",
@@ -47,7 +48,7 @@ class Question(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     options: Annotated[list[Option], msgspec.Meta(max_length=10)] = []  # choice
     min: Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)] | None = None  # number, scale
     max: Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)] | None = None
-    max_length: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 160  # text
+    max_length: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None  # text; default 160
     timeout_minutes: Annotated[int, msgspec.Meta(ge=1, le=30 * 24 * 60)] | None = None
 
 
@@ -108,6 +109,8 @@ def check(spec: SurveySpec) -> SurveySpec:
             _check_range(q, where)
         elif q.min is not None or q.max is not None:
             raise _invalid(f"{where}.min", "only a number or scale question has a range")
+        if q.kind != "text" and q.max_length is not None:
+            raise _invalid(f"{where}.max_length", "only a text question has a longest answer")
     for field, texts in named:
         if texts is not None and set(texts) != languages:
             raise _invalid(field, "needs a text in each language of the first question")
