@@ -278,3 +278,27 @@ async def test_the_runner_sleeps_until_the_deadline_on_the_clock(gw: Gateway) ->
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_question_held_by_quiet_hours_times_out_from_when_it_may_go(
+    open_gateway: GatewayFactory,
+) -> None:
+    import zoneinfo
+    from datetime import datetime
+
+    windows = {"purposes": {"informational": {"caps": [], "window": "08:00-21:00"}}}
+    gw = await open_gateway(consent=windows)
+    clock = gw.clock
+    assert isinstance(clock, FakeClock)
+    new_york = zoneinfo.ZoneInfo("America/New_York")
+    clock.advance(datetime(2027, 3, 2, 23, 0, tzinfo=new_york).timestamp() - clock.time())
+    sid = await make_survey(gw, timeout_minutes=60)
+    sent = await gw.surveys.send(ADMIN, sid, Target(to=WHO))
+    assert (sent.status, sent.started) == ("scheduled", 1)
+    opening = datetime(2027, 3, 3, 8, 0, tzinfo=new_york).timestamp()
+    row = await gw.store.reader.one(
+        "SELECT deadline FROM survey_sessions WHERE id = ?", (sent.session_id,)
+    )
+    assert row is not None and row[0] == opening + 3600  # not an hour after 23:00
+    clock.advance(opening + 1800 - clock.time())
+    assert await gw.survey_timeouts.run_once() == []
