@@ -77,6 +77,9 @@ from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
+from gateway.surveys.inbound import InboundSurveys
+from gateway.surveys.runner import TimeoutRunner
+from gateway.surveys.usecase import Surveys
 from gateway.templates.renderer import TemplateRenderer
 from gateway.templates.usecase import Templates
 from gateway.tokens import TokenCache
@@ -201,6 +204,7 @@ class Gateway:
             clinical_profiles=profiles,
         )
         gateway.planner.install(gateway.clinical_hooks)
+        sink.answer_surveys(gateway.survey_answers)  # i15-surveys
         gateway.renderer = gateway.templates.renderer
         return gateway
 
@@ -238,6 +242,7 @@ class Gateway:
             self._spawn(self.medications.run_top_up())
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
             self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
+            self._spawn(self.survey_timeouts.run())  # i15-surveys
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:
@@ -361,6 +366,33 @@ class Gateway:
                 hooks=self.clinical_hooks,
             ),
             Replies(self.store, self.clock, self.audit),
+        )
+
+    # -- surveys (issue 15, i15-surveys) -------------------------------------------------
+    @functools.cached_property
+    def surveys(self) -> Surveys:
+        """SMS surveys (`gateway/surveys/`): API `/surveys`, the panel's pages."""
+        return Surveys(
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            messages=self.usecases.messages,
+            region=self.config.queue.default_region,
+            wake=self.survey_timeouts.wake,
+        )
+
+    @functools.cached_property
+    def survey_timeouts(self) -> TimeoutRunner:
+        return TimeoutRunner(self.store, self.clock)
+
+    @functools.cached_property
+    def survey_answers(self) -> InboundSurveys:
+        """Answers matched in each inbound's transaction (wired into the sink)."""
+        return InboundSurveys(
+            self.store,
+            self.config.queue.default_region,
+            lambda: self.usecases.messages,
+            self.survey_timeouts.wake,
         )
 
     @functools.cached_property

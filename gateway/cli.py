@@ -51,6 +51,7 @@ from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
+from gateway.surveys import demo as surveys_demo
 from gateway.table import table
 from gateway.tokens import BadScope
 from gateway.usecases.tokens import Tokens
@@ -296,6 +297,7 @@ async def _serve(
     if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
+        await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
     await gateway.start()
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.

@@ -25,6 +25,7 @@ from gateway.store.store import Store
 if TYPE_CHECKING:
     from gateway.consent.inbound import InboundConsent
     from gateway.replies.inbound import InboundReplies
+    from gateway.surveys.inbound import InboundSurveys
 
 log = structlog.get_logger("smsgw.sink")
 
@@ -47,6 +48,7 @@ class GatewaySink:
         self._quarantine = Quarantine(store)
         self._consent: InboundConsent | None = None
         self._replies: InboundReplies | None = None
+        self._surveys: InboundSurveys | None = None
 
     def answer_keywords(self, consent: InboundConsent) -> None:
         """Decide keywords in each inbound's transaction (the gateway wires this in)."""
@@ -56,12 +58,16 @@ class GatewaySink:
         """Match replies to appointments in the same transaction, around the keywords."""
         self._replies = replies
 
+    def answer_surveys(self, surveys: InboundSurveys) -> None:
+        """Take survey answers after the keywords, before the appointment replies."""
+        self._surveys = surveys
+
     def _keyword_step(self) -> tuple[InboundHook | None, list[Callable[[], None]]]:
         """The hook deciding keywords and replies in the inbound's transaction, and the
         list it fills with what to do after the commit."""
         later: list[Callable[[], None]] = []
-        consent, replies = self._consent, self._replies
-        if consent is None and replies is None:
+        consent, replies, surveys = self._consent, self._replies, self._surveys
+        if consent is None and replies is None and surveys is None:
             return None, later
 
         def hook(conn: sqlite3.Connection, stored: StoredInbound) -> None:
@@ -72,6 +78,11 @@ class GatewaySink:
             outcome = None if consent is None else consent.decide(conn, stored)
             if consent is not None and outcome is not None:
                 later.append(functools.partial(consent.after, outcome))
+            survey = None if surveys is None else surveys.decide(conn, stored, outcome)
+            if surveys is not None and survey is not None:
+                later.append(functools.partial(surveys.after, survey))
+                if survey.took:  # an answer (or the STOP that ended it): not a reply
+                    return
             reply = None if replies is None else replies.decide(conn, stored, outcome)
             if replies is not None and reply is not None:
                 later.append(functools.partial(replies.after, reply))

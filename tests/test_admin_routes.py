@@ -38,6 +38,7 @@ SAMPLES = {
     "job_id": "A" * 16,  # a contacts import job
     "group_id": "g" + "0" * 12,  # a contact group
     "audience_id": "a" + "0" * 12,  # a saved audience
+    "survey_id": "svy_0123456789abcdef",  # a survey's id (issue 15, i15-surveys)
 }
 
 

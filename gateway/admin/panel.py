@@ -60,6 +60,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_worklist",
     "gateway.admin.views_contacts",
     "gateway.admin.views_groups",
+    "gateway.admin.views_surveys",  # i15-surveys
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

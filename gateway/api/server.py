@@ -16,7 +16,7 @@ from gateway.api import consent as c
 from gateway.api import contacts as contacts_api
 from gateway.api import contacts_endpoints as contacts_table
 from gateway.api import handlers as h
-from gateway.api import reminder_rules
+from gateway.api import reminder_rules, surveys
 from gateway.api import templates as t
 from gateway.api.endpoint import INVALID_QUERY, Endpoint
 from gateway.api.erasure import ERASURE_ENDPOINTS
@@ -474,6 +474,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
+    *surveys.endpoints(Endpoint),  # /surveys (i15-surveys)
 )
 
 

@@ -135,6 +135,16 @@ def erase(
     n["clinical_events"] = conn.execute(
         "UPDATE clinical_events SET contact_idx = NULL WHERE contact_idx = ?", (idx,)
     ).rowcount
+    # A survey under way ends; answers stay as counts, unlinked (their texts were in
+    # `inbound`, blanked above).
+    conn.execute(
+        "UPDATE survey_sessions SET state = 'stopped', deadline = NULL, closed_at = ?,"
+        " updated_at = ? WHERE contact_idx = ? AND state = 'open'",
+        (now, now, idx),
+    )
+    n["survey_sessions"] = conn.execute(
+        "UPDATE survey_sessions SET contact_idx = x'' WHERE contact_idx = ?", (idx,)
+    ).rowcount
     return out
 
 

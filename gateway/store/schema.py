@@ -826,8 +826,60 @@ MIGRATIONS: tuple[str, ...] = (
     # 26 (i15-campaigns): reserved for the campaigns branch.
     "",
     # ---
-    # 27 (i15-surveys): reserved for the surveys branch.
-    "",
+    # 27 (i15-surveys): SMS surveys (gateway/surveys/). A survey's versions are
+    #    immutable (a session is pinned to the version it started with); one open
+    #    session per number is a partial unique index, so two parallel starts cannot
+    #    both open one. An answer keeps the canonical value of a choice, number or
+    #    scale (an option key, a number) for the counts; the text the patient sent
+    #    stays only in `inbound.body_ct`, encrypted, named by `inbound_id`.
+    """
+    CREATE TABLE surveys (
+        id          TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        current     INTEGER NOT NULL,
+        name        TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        created_by  TEXT NOT NULL,
+        PRIMARY KEY (id, version)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX surveys_current ON surveys (id) WHERE current = 1;
+    CREATE TABLE survey_sessions (
+        id           TEXT PRIMARY KEY,
+        survey_id    TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        contact_idx  BLOB NOT NULL,
+        language     TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN
+                     ('open', 'completed', 'timed_out', 'stopped', 'blocked', 'failed')),
+        question     INTEGER NOT NULL,
+        asks         INTEGER NOT NULL DEFAULT 0,
+        deadline     REAL,
+        message_id   TEXT,
+        actor        TEXT NOT NULL,
+        started_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL,
+        closed_at    REAL
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX survey_sessions_open ON survey_sessions (contact_idx)
+        WHERE state = 'open';
+    CREATE INDEX survey_sessions_deadline ON survey_sessions (deadline) WHERE state = 'open';
+    CREATE INDEX survey_sessions_survey ON survey_sessions (survey_id, version, state);
+    CREATE TABLE survey_answers (
+        seq         INTEGER PRIMARY KEY,
+        session_id  TEXT NOT NULL,
+        survey_id   TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        question    INTEGER NOT NULL,
+        valid       INTEGER NOT NULL,
+        value       TEXT,
+        reason      TEXT,
+        inbound_id  TEXT NOT NULL,
+        at          REAL NOT NULL
+    );
+    CREATE INDEX survey_answers_survey ON survey_answers (survey_id, version, question);
+    CREATE INDEX survey_answers_session ON survey_answers (session_id);
+    """,
     # ---
     # 28 (i15-links): reserved for the tracked links branch.
     "",
