@@ -323,6 +323,7 @@ class Gateway:
             clock=self.clock,
             audit=self.audit,
             max_segments=self.config.queue.max_segments,
+            horizon=self.config.queue.max_schedule_days * 86400.0,
             allow_drug_names=self.config.templates.allow_drug_names,
             wake=self.campaign_runner.wake,
         )

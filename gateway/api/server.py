@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.api import appointments as ap
+from gateway.api import campaigns as cmp  # i15-campaigns
 from gateway.api import consent as c
 from gateway.api import handlers as h
 from gateway.api import reminder_rules
@@ -471,6 +472,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
+    *cmp.endpoints(Endpoint),  # /campaigns (i15-campaigns)
 )
 
 

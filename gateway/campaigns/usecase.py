@@ -110,6 +110,7 @@ class Campaigns:
         clock: Clock,
         audit: AuditTrail,
         max_segments: int,
+        horizon: float,
         allow_drug_names: bool,
         wake: Callable[[], None],
     ) -> None:
@@ -122,6 +123,7 @@ class Campaigns:
         self._clock = clock
         self._audit = audit
         self._max_segments = max_segments
+        self._horizon = horizon
         self._allow_drugs = allow_drug_names
         self._wake = wake
         self._read = pv.ReadOnly(store.path)
@@ -278,7 +280,11 @@ class Campaigns:
         to: str | None = None,
         until_allowed: bool = False,
     ) -> Judgement:
-        start = spec.starts_at if spec.starts_at is not None and spec.starts_at > now else None
+        # Judged at its start, if the queue could hold a message that long (its send_at);
+        # consent and opt-outs, what a start is refused for, do not depend on the time.
+        start = spec.starts_at
+        if start is not None and not now < start <= now + self._horizon:
+            start = None
         request = SendRequest(
             to=to or "0",
             body=body,
