@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.api.handlers import AUTH_RECORD
-from gateway.api.openapi import Answer
+from gateway.api.openapi import Answer, Link
 from gateway.campaigns.model import Campaign, CampaignSpec, Judgement, Progress, Split, Tally
 from gateway.campaigns.usecase import Preview
 from gateway.consent.settings import ClientPurpose
@@ -326,6 +326,15 @@ def _action(action: str) -> Callable[[web.Request], Any]:
     return handler
 
 
+_ON_CAMPAIGN = tuple(
+    Link(name, operation, {"campaign_id": "$response.body#/id"})
+    for name, operation in (
+        ("GetCampaign", "getCampaignsCampaign_id"),
+        ("StartCampaign", "postCampaignsCampaign_idStart"),
+        ("PauseCampaign", "postCampaignsCampaign_idPause"),
+        ("CancelCampaign", "postCampaignsCampaign_idCancel"),
+    )
+)
 _NO_CAMPAIGN = Answer(404, "`not_found`: no campaign with this id")
 _STATE = Answer(409, "`invalid_state`: not allowed from the campaign's state (e.g. resume a"
                 " cancelled one)")  # fmt: skip

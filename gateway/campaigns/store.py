@@ -41,6 +41,11 @@ LIVE_SQL = (
     " WHERE state IN ('scheduled', 'running') ORDER BY created_at, id"
 )
 
+GROUPS_SQL = "SELECT id, name FROM contact_groups ORDER BY name, id LIMIT 500"
+TEMPLATE_NAMES_SQL = (
+    "SELECT DISTINCT name FROM template_heads WHERE active IS NOT NULL ORDER BY name LIMIT 500"
+)
+
 
 def new_id() -> str:
     return "cmp_" + secrets.token_hex(8)

@@ -141,6 +141,12 @@ class Campaigns:
             raise not_found()
         return sql.campaign_of(cipher_of(self._store), r)
 
+    async def choices(self, caller: Caller) -> tuple[list[tuple[str, str]], list[str]]:
+        """What a form offers: the contact groups (id, name) and the template names."""
+        groups = await self._store.reader.all(sql.GROUPS_SQL)
+        names = await self._store.reader.all(sql.TEMPLATE_NAMES_SQL)
+        return [(r[0], r[1]) for r in groups], [r[0] for r in names]
+
     async def progress(self, caller: Caller, campaign: Campaign) -> Progress:
         reader, args = self._store.reader, (campaign.id,)
         return sql.progress_of(
