@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +16,12 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.campaigns.model import CampaignSpec, CampaignState, Split
 from gateway.campaigns.runner import CampaignRunner
+from gateway.config import ConfigError
 from gateway.contacts.audience import AudienceSpec
 from gateway.errors import ApiError
 from gateway.usecases.caller import Caller
 from tests.campaign_rows import add_contacts, campaign_messages, save_template
-from tests.conftest import TEST_CONSENT, GatewayFactory, record_decision
+from tests.conftest import TEST_CONSENT, GatewayFactory, make_config, record_decision
 
 USER = Caller(actor="user:u1", token_id=None, sees_all=True, may_send=True, may_read_phi=False)
 GROUP = AudienceSpec(groups=["g1"])
@@ -282,3 +284,15 @@ async def test_progress_reads_use_the_campaign_indexes(open_gateway: GatewayFact
         )
         assert "SCAN messages" not in plan and "SCAN campaign_recipients" not in plan, plan
         assert "SCAN inbound" not in plan and "SCAN consent_ledger" not in plan, plan
+
+
+def test_campaign_rates_are_checked_naming_the_key(tmp_path: Path) -> None:
+    for section, key in (
+        ({"default_rate": 60.0}, "campaigns.default_rate"),
+        ({"max_rate": 0}, "campaigns.max_rate"),
+        ({"max_rate": "fast"}, "campaigns.max_rate"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            make_config(tmp_path, campaigns=section)
+        assert key in str(e.value)
+    assert make_config(tmp_path).campaigns.max_rate == 50.0

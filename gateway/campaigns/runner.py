@@ -139,7 +139,8 @@ class CampaignRunner:
         has something to do (at most `MAX_SLEEP`)."""
         now = self._clock.time()
         cipher = cipher_of(self._store)
-        campaigns = await self._store.writer.run(lambda c: sql.live(c, cipher))
+        rows = await self._store.reader.all(sql.LIVE_SQL)
+        campaigns = [sql.campaign_of(cipher, r) for r in rows]
         delay = MAX_SLEEP
         for campaign in campaigns:
             delay = min(delay, await self._step_one(campaign, now))

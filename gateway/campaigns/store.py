@@ -139,10 +139,6 @@ def get(conn: sqlite3.Connection, cipher: FieldCipher, campaign_id: str) -> Camp
     return None if r is None else campaign_of(cipher, r)
 
 
-def live(conn: sqlite3.Connection, cipher: FieldCipher) -> list[Campaign]:
-    return [campaign_of(cipher, r) for r in conn.execute(LIVE_SQL).fetchall()]
-
-
 def move(
     conn: sqlite3.Connection,
     campaign_id: str,
