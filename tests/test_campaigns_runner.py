@@ -296,3 +296,44 @@ def test_campaign_rates_are_checked_naming_the_key(tmp_path: Path) -> None:
             make_config(tmp_path, campaigns=section)
         assert key in str(e.value)
     assert make_config(tmp_path).campaigns.max_rate == 50.0
+
+
+async def test_the_demo_template_passes_the_lint_once_per_language(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    from gateway.campaigns import demo
+
+    gw = await open_gateway(campaigns=FAST)
+    assert await demo.seed(gw.templates) == 2
+    assert await demo.seed(gw.templates) == 0  # a restart saves nothing again
+    await add_contacts(gw, 4, language="es")
+    cid = await _started(gw, text=None, template=demo.NAME, split=(Split("A", 1), Split("B", 1)))
+    await _drain(gw, clock)
+    rows = await campaign_messages(gw, cid)
+    stored = await gw.store.records.message(str(rows[0]["id"]))
+    assert stored is not None and "gripe" in stored.body.open()
+
+
+async def test_a_scheduled_campaign_starts_at_its_time_and_ends_at_its_end(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway()
+    await add_contacts(gw, 50)
+    now = clock.time()
+    cid = await _started(gw, rate=2.0, starts_at=now + 60.0, ends_at=now + 63.0)
+    assert await _state(gw, cid) is CampaignState.SCHEDULED
+    assert await gw.campaign_runner.step() == 5.0  # at most MAX_SLEEP: wakes to look again
+    assert await _count(gw, cid) == 0
+    clock.advance(60.0)
+    await gw.campaign_runner.step()
+    assert await _state(gw, cid) is CampaignState.RUNNING and await _count(gw, cid) == 1
+    clock.advance(2.0)
+    await gw.campaign_runner.step()
+    assert await _count(gw, cid) == 3
+    rows = await gw.store.reader.all(
+        "SELECT expires_at FROM messages WHERE campaign_id = ?", (cid,)
+    )
+    assert {r[0] for r in rows} == {now + 63.0}  # never sent after the campaign's end
+    clock.advance(1.0)
+    await gw.campaign_runner.step()
+    assert await _state(gw, cid) is CampaignState.ENDED and await _count(gw, cid) == 3
