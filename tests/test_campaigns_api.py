@@ -118,6 +118,8 @@ async def test_bad_input_is_refused_with_a_stable_code_and_no_echo(api: Api) -> 
         ({"purpose": "marketing", "priority": "critical"}, 422, "priority_not_allowed",
          "priority"),
         ({"purpose": "compliance"}, 422, "invalid_field", "purpose"),
+        ({"template": None, "split": {}, "text": "Hi", "variables": {"clinic": "North"}}, 422,
+         "invalid_field", "variables"),
         ({"name": secret * 10}, 422, "invalid_field", "name"),
         ({"split": {secret: 1}}, 422, "invalid_field", "split"),
         ({"variables": {"clinic": secret * 20}}, 422, "invalid_field", "variables"),

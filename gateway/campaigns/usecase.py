@@ -215,6 +215,8 @@ class Campaigns:
                     raise _invalid("split", "unknown_variant", "no such variant of the template")
         if spec.split and spec.template is None:
             raise _invalid("split", "invalid_field", "a split needs a template with variants")
+        if spec.variables and spec.template is None:
+            raise _invalid("variables", "invalid_field", "values fill a template, not a text")
         if spec.starts_at is not None and spec.starts_at < now - 300:
             raise _invalid("starts_at", "invalid_field", "must not lie in the past")
         if spec.ends_at is not None and spec.ends_at <= max(now, spec.starts_at or now):
