@@ -337,3 +337,19 @@ async def test_a_scheduled_campaign_starts_at_its_time_and_ends_at_its_end(
     clock.advance(1.0)
     await gw.campaign_runner.step()
     assert await _state(gw, cid) is CampaignState.ENDED and await _count(gw, cid) == 3
+
+
+async def test_an_erasure_removes_who_a_campaign_reached(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(campaigns=FAST)
+    numbers = await add_contacts(gw, 3)
+    cid = await _started(gw, rate=1000.0)
+    await _drain(gw, clock)
+    erased = await gw.erasures.erase(numbers[0], "test")
+    assert erased.counts["campaign_recipients"] == 1
+    left = await gw.store.reader.all(
+        "SELECT contact_idx FROM campaign_recipients WHERE campaign_id = ?", (cid,)
+    )
+    assert gw.store.blind_index(numbers[0]) not in {bytes(r[0]) for r in left}
+    assert len(left) == 2

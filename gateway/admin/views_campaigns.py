@@ -24,7 +24,7 @@ from multidict import MultiDictProxy
 
 from gateway.admin.panel import actor
 from gateway.admin.render import redirect, render
-from gateway.admin.routing import OPERATORS, PHI_READERS, PanelRoute, current_user
+from gateway.admin.routing import OPERATORS, PHI_READERS, Handler, PanelRoute, current_user
 from gateway.app import Gateway
 from gateway.campaigns.model import Campaign, CampaignSpec, Split
 from gateway.campaigns.usecase import Campaigns, ComposeRequest
@@ -214,18 +214,21 @@ async def progress_fragment(request: web.Request) -> web.StreamResponse:
     return render(request, "_campaign_progress.html", campaign=campaign, progress=progress)
 
 
-async def act(request: web.Request) -> web.StreamResponse:
-    campaign_id, action = request.match_info["campaign_id"], request.match_info["action"]
-    campaigns, caller = _campaigns(request), _caller(request)
-    try:
-        if action == "start":
-            await campaigns.start(caller, campaign_id)
-        else:
-            await campaigns.act(caller, campaign_id, action)
-    except ApiError as e:
-        return await _campaign(request, campaign_id, e.status, problem=_problem(e))
-    url = request.app.router["campaign"].url_for(campaign_id=campaign_id)
-    return redirect(f"{url}?notice={action}")
+def _acting(action: str) -> Handler:
+    async def act(request: web.Request) -> web.StreamResponse:
+        campaign_id = request.match_info["campaign_id"]
+        campaigns, caller = _campaigns(request), _caller(request)
+        try:
+            if action == "start":
+                await campaigns.start(caller, campaign_id)
+            else:
+                await campaigns.act(caller, campaign_id, action)
+        except ApiError as e:
+            return await _campaign(request, campaign_id, e.status, problem=_problem(e))
+        url = request.app.router["campaign"].url_for(campaign_id=campaign_id)
+        return redirect(f"{url}?notice={action}")
+
+    return act
 
 
 # -- preview and compose -----------------------------------------------------------------
@@ -288,8 +291,8 @@ ROUTES: tuple[PanelRoute, ...] = (
     PanelRoute("GET", f"/campaigns/{CAMPAIGN_ID}", campaign_page, OPERATORS, False, "campaign"),
     PanelRoute("GET", f"/campaigns/{CAMPAIGN_ID}/progress", progress_fragment, OPERATORS,
                False, "campaign_progress"),
-    PanelRoute("POST", f"/campaigns/{CAMPAIGN_ID}/{{action:(start|pause|resume|cancel)}}", act,
-               OPERATORS, False, "campaign_action"),
+    *(PanelRoute("POST", f"/campaigns/{CAMPAIGN_ID}/{action}", _acting(action), OPERATORS,
+                 False, f"campaign_{action}") for action in ACTIONS),
     PanelRoute("GET", "/compose", compose_page, OPERATORS, True, "compose"),
     PanelRoute("POST", "/compose", compose, OPERATORS, True, "compose_send"),
 )  # fmt: skip

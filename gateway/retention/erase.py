@@ -133,6 +133,9 @@ def erase(
     n["clinical_events"] = conn.execute(
         "UPDATE clinical_events SET contact_idx = NULL WHERE contact_idx = ?", (idx,)
     ).rowcount
+    n["campaign_recipients"] = conn.execute(  # i15-campaigns: who a campaign reached
+        "DELETE FROM campaign_recipients WHERE contact_idx = ?", (idx,)
+    ).rowcount
     return out
 
 

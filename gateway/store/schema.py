@@ -819,8 +819,9 @@ MIGRATIONS: tuple[str, ...] = (
     #    in `content_ct`. `cursor`: the last contact index (the audience's order) the
     #    runner handled. One `campaign_recipients` row per contact handled, committed
     #    with its message (or the reason it got none): its key is what makes a restart
-    #    or a second pass unable to send one recipient two messages. The partial index
-    #    serves the runner's "which campaigns are live" read and the skipped counts.
+    #    or a second pass unable to send one recipient two messages. The partial indexes
+    #    serve the runner's "which campaigns are live" read and the skipped counts; the
+    #    one by contact, an erasure (which deletes the person's rows).
     """
     CREATE TABLE campaigns (
         id            TEXT PRIMARY KEY,
@@ -847,6 +848,7 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX campaign_recipients_skipped ON campaign_recipients (campaign_id, outcome)
         WHERE message_id IS NULL;
+    CREATE INDEX campaign_recipients_contact ON campaign_recipients (contact_idx);
     """,
     # ---
     # 27 (i15-surveys): reserved for the surveys branch.
