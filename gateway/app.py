@@ -32,6 +32,8 @@ from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway import metrics_state
+from gateway.campaigns.runner import CampaignRunner  # i15-campaigns
+from gateway.campaigns.usecase import Campaigns  # i15-campaigns
 from gateway.clinical.commands import ClinicalHooks
 from gateway.clinical.profile import InterfaceProfile
 from gateway.clinical.rendering import Renderer
@@ -247,6 +249,7 @@ class Gateway:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:
                 log.warning("notice_runner_off", reason="no template renderer")
+            self._spawn(self.campaign_runner.run())  # i15-campaigns
 
     @functools.cached_property
     def rekey(self) -> RekeyJob:
@@ -300,6 +303,36 @@ class Gateway:
             raise StartupFault(
                 f"hl7.interfaces: cannot listen: {e.strerror or e}", exit_code=2
             ) from None
+
+    # -- campaigns and compose (issue 15, i15-campaigns) ---------------------------------
+    @functools.cached_property
+    def campaign_runner(self) -> CampaignRunner:
+        """Feeds running campaigns into the queue at their rates (`start()` runs it)."""
+        return CampaignRunner(
+            self.store,
+            self.usecases.messages,
+            self.renderer or self.templates.renderer,
+            self.clock,
+            horizon=self.config.queue.max_schedule_days * 86400.0,
+        )
+
+    @functools.cached_property
+    def campaigns(self) -> Campaigns:
+        """Campaigns and compose-and-send (API `/campaigns`, panel Campaigns, Compose)."""
+        return Campaigns(
+            config=self.config.campaigns,
+            store=self.store,
+            intake=self.intake,
+            messages=self.usecases.messages,
+            scheduler=self.scheduler,
+            renderer=self.templates.renderer,
+            clock=self.clock,
+            audit=self.audit,
+            max_segments=self.config.queue.max_segments,
+            horizon=self.config.queue.max_schedule_days * 86400.0,
+            allow_drug_names=self.config.templates.allow_drug_names,
+            wake=self.campaign_runner.wake,
+        )
 
     # -- results and medication notices (issue 13, i13-results) --------------------------
     @functools.cached_property

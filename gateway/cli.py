@@ -39,6 +39,7 @@ from gateway import config as config_mod
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.backup_cmd import add_parser as add_backup_parsers
+from gateway.campaigns import demo as campaigns_demo  # i15-campaigns
 from gateway.config import Config, ConfigError
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.contacts import ops as contacts_ops
@@ -298,6 +299,7 @@ async def _serve(
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
         await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
+        await campaigns_demo.seed(gateway.templates)  # issue 15: an A/B campaign text
     await gateway.start()
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.

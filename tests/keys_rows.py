@@ -13,8 +13,11 @@ from typing import Any
 from drivers.base import InboundPart, InboundSms
 from gateway.admin.accounts import Accounts
 from gateway.app import Gateway
+from gateway.campaigns import store as campaigns_sql
+from gateway.campaigns.model import CampaignSpec
 from gateway.clinical import notices, outbound
 from gateway.consent import ledger
+from gateway.contacts.audience import AudienceSpec
 from gateway.hl7 import messages_sql
 from gateway.integrations import kannel, kannel_dlr
 from gateway.keys.catalog import CATALOG
@@ -44,6 +47,7 @@ SECRETS = {
     "hl7_out": "CANARY hl7 out 5521",
     "label": "CANARY drug label 4471",
     "dlr_url": "https://dlr.example/CANARY-DLR-3318",
+    "campaign": "CANARY campaign text 6120",
 }
 
 
@@ -166,6 +170,12 @@ async def fill(gw: Gateway, messages: int = 5) -> list[str]:
         sender="4000",
     )
     await store.insert([kannel_dlr.statement(store, ids[0], plan, CANARY_NUMBER, "kannel", now)])
+    text = CampaignSpec("c", AudienceSpec(), "informational", text=SECRETS["campaign"])
+    await store.writer.run(  # i15-campaigns: a campaign's free text
+        lambda conn: campaigns_sql.insert(
+            conn, cipher, campaigns_sql.new_id(), text, "bulk", 1.0, "console", now
+        )
+    )
     return ids
 
 

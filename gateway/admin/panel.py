@@ -61,6 +61,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_contacts",
     "gateway.admin.views_groups",
     "gateway.admin.views_surveys",  # i15-surveys
+    "gateway.admin.views_campaigns",  # i15-campaigns
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.api import appointments as ap
+from gateway.api import campaigns as cmp  # i15-campaigns
 from gateway.api import consent as c
 from gateway.api import contacts as contacts_api
 from gateway.api import contacts_endpoints as contacts_table
@@ -475,6 +476,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
     *surveys.endpoints(Endpoint),  # /surveys (i15-surveys)
+    *cmp.endpoints(Endpoint),  # /campaigns (i15-campaigns)
 )
 
 

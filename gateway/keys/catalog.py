@@ -71,6 +71,7 @@ CATALOG: tuple[Sealed, ...] = (
     Sealed("hl7_outbound", "id", "id", (("message_ct", "message"),)),
     Sealed("hl7_messages", "id", "id", (("raw_ct", "raw"),)),
     Sealed("medication_schedules", "id", "id", (("label_ct", "label"),)),
+    Sealed("campaigns", "id", "id", (("content_ct", "content"),)),  # i15-campaigns
 )
 
 BY_TABLE = {s.table: s for s in CATALOG}

@@ -145,6 +145,9 @@ def erase(
     n["survey_sessions"] = conn.execute(
         "UPDATE survey_sessions SET contact_idx = x'' WHERE contact_idx = ?", (idx,)
     ).rowcount
+    n["campaign_recipients"] = conn.execute(  # i15-campaigns: who a campaign reached
+        "DELETE FROM campaign_recipients WHERE contact_idx = ?", (idx,)
+    ).rowcount
     return out
 
 

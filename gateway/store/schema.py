@@ -823,8 +823,42 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     """,
     # ---
-    # 26 (i15-campaigns): reserved for the campaigns branch.
-    "",
+    # 26 (i15-campaigns): campaigns and their recipients. A campaign's settings that
+    #    hold no PHI are JSON in `spec`; its free text and variable values are encrypted
+    #    in `content_ct`. `cursor`: the last contact index (the audience's order) the
+    #    runner handled. One `campaign_recipients` row per contact handled, committed
+    #    with its message (or the reason it got none): its key is what makes a restart
+    #    or a second pass unable to send one recipient two messages. The partial indexes
+    #    serve the runner's "which campaigns are live" read and the skipped counts; the
+    #    one by contact, an erasure (which deletes the person's rows).
+    """
+    CREATE TABLE campaigns (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        spec          TEXT NOT NULL,
+        content_ct    BLOB,
+        cursor        BLOB NOT NULL DEFAULT x'',
+        audience_size INTEGER,
+        created_by    TEXT NOT NULL,
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL,
+        started_at    REAL,
+        done_at       REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX campaigns_live ON campaigns (state) WHERE state IN ('scheduled', 'running');
+    CREATE TABLE campaign_recipients (
+        campaign_id TEXT NOT NULL,
+        contact_idx BLOB NOT NULL,
+        message_id  TEXT,
+        outcome     TEXT NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (campaign_id, contact_idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX campaign_recipients_skipped ON campaign_recipients (campaign_id, outcome)
+        WHERE message_id IS NULL;
+    CREATE INDEX campaign_recipients_contact ON campaign_recipients (contact_idx);
+    """,
     # ---
     # 27 (i15-surveys): SMS surveys (gateway/surveys/). A survey's versions are
     #    immutable (a session is pinned to the version it started with); one open

@@ -1,0 +1,295 @@
+"""The campaign runner: feeds each running campaign's audience into the queue at its rate.
+
+Theory of operation. One background task (started by `Gateway.start` with the other
+loops, cancelled at stop) runs steps. A step reads the live campaigns; one whose start
+time has come goes `scheduled → running`, one whose end time has passed goes
+`running → ended`, and each running one gets a pass if its token bucket (its `rate`
+a second, at most one second's worth saved up) holds at least one message.
+
+A pass is one writer job. It reads the campaign's state and cursor in that transaction
+and does nothing unless the campaign is `running`: so a pause, resume or cancel (each
+one `UPDATE` on the same writer) lands wholly before or after a pass, and once a pause
+has answered nothing more is queued. It takes the next contacts of the audience after
+the cursor (`audience_query`, in index order) and, for each, inside a savepoint:
+
+1. `claim_recipient` inserts the (campaign, contact) row; if it is already there the
+   contact was handled before (a pass cut short by a crash commits nothing, so this
+   only guards against a second runner) and is passed over;
+2. the number and language come from `contacts` (no number: skipped `no_number`);
+3. the text: the template in the contact's language (its fallback chain), the variant
+   chosen by the campaign's split (or the template's own weights) deterministically
+   from the campaign and contact, so a re-run picks the same one; or the free text;
+4. accepted through `Messages.accept_within` as the system caller `campaign:<id>` with
+   the campaign's purpose and class: the send policy judges it in this transaction, as
+   it judges every message; a blocked message is stored `blocked` with its reason;
+5. the message is tagged with the campaign and variant and the recipient row settled
+   (`queued`, `scheduled`, `blocked:<reason>`, or `skipped:<reason>` with no message).
+
+The cursor moves in the same transaction, so a restart resumes after the last contact
+committed; fewer contacts than asked for means the audience is exhausted and the
+campaign is `finished`. After the commit the messages go to the scheduler. Messages
+not blocked draw on the bucket. Between steps the task sleeps on the gateway's clock
+until the next bucket can pay for a message, a campaign's start or end, or a wake-up
+(start, resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from drivers.clock import Clock, wait_event
+from gateway.campaigns import store as sql
+from gateway.campaigns.model import Campaign, CampaignState
+from gateway.clinical.rendering import Renderer, TemplateMissing
+from gateway.consent.ledger import contact_row_id
+from gateway.contacts.audience import audience_query
+from gateway.errors import ApiError
+from gateway.intake import Prepared, SendRequest
+from gateway.logs import exception_summary
+from gateway.store.consent_sql import cipher_of
+from gateway.store.store import Store
+from gateway.templates.renderer import RenderRefused, choose
+from gateway.templates.store import Variant
+from gateway.usecases.caller import Caller
+from gateway.usecases.messages import Messages
+
+log = structlog.get_logger("smsgw.campaigns")
+
+MAX_BATCH = 200  # recipients per pass (one transaction)
+MAX_PASSES = 20  # per campaign and step
+MAX_SLEEP = 5.0
+MIN_SLEEP = 0.02
+RETRY = 10.0  # after a step failed (the store struggling)
+BURST = 1.0  # seconds of a campaign's rate its bucket may save up
+CATEGORY = "campaign"
+
+
+def system_caller(campaign_id: str) -> Caller:
+    return Caller(
+        actor=f"campaign:{campaign_id}",
+        token_id=None,
+        sees_all=True,
+        may_send=True,
+        may_read_phi=False,
+    )
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one pass did: recipients by outcome, the messages it stored, and whether
+    the campaign left `running` (finished, ended) or was not running at all."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    prepared: list[Prepared] = field(default_factory=list)
+    state: CampaignState | None = None
+
+    @property
+    def allowed(self) -> int:
+        """Messages stored that may go (what the rate counts)."""
+        return sum(1 for p in self.prepared if p.message.blocked is None)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class CampaignRunner:
+    def __init__(
+        self,
+        store: Store,
+        messages: Messages,
+        renderer: Renderer,
+        clock: Clock,
+        *,
+        horizon: float,
+    ) -> None:
+        """`horizon`: how far ahead a message may expire (`queue.max_schedule_days`)."""
+        self._store = store
+        self._messages = messages
+        self._renderer = renderer
+        self._clock = clock
+        self._horizon = horizon
+        self._wake = asyncio.Event()
+        self._buckets: dict[str, _Bucket] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Steps until cancelled (the gateway's stop cancels it with its other loops)."""
+        while True:
+            self._wake.clear()
+            try:
+                delay = await self.step()
+            except Exception as e:  # the store is struggling: try again, not never
+                log.error("campaign_step_failed", error=exception_summary(e))
+                delay = RETRY
+            await wait_event(self._clock, self._wake, min(max(delay, MIN_SLEEP), MAX_SLEEP))
+
+    async def step(self) -> float:
+        """Start, end and feed the live campaigns as of now; seconds until the next step
+        has something to do (at most `MAX_SLEEP`)."""
+        now = self._clock.time()
+        cipher = cipher_of(self._store)
+        rows = await self._store.reader.all(sql.LIVE_SQL)
+        campaigns = [sql.campaign_of(cipher, r) for r in rows]
+        delay = MAX_SLEEP
+        for campaign in campaigns:
+            delay = min(delay, await self._step_one(campaign, now))
+        for gone in set(self._buckets) - {c.id for c in campaigns}:
+            del self._buckets[gone]
+        return delay
+
+    async def _step_one(self, campaign: Campaign, now: float) -> float:
+        spec = campaign.spec
+        if campaign.state is CampaignState.SCHEDULED:
+            if spec.starts_at is not None and now < spec.starts_at:
+                return spec.starts_at - now
+            await self._move(campaign, CampaignState.SCHEDULED, CampaignState.RUNNING, now)
+        if spec.ends_at is not None and now >= spec.ends_at:
+            await self._move(campaign, CampaignState.RUNNING, CampaignState.ENDED, now)
+            return MAX_SLEEP
+        bucket = self._buckets.get(campaign.id)
+        if bucket is None:
+            bucket = self._buckets[campaign.id] = _Bucket(1.0, now)
+        capacity = max(1.0, campaign.rate * BURST)
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * campaign.rate)
+        bucket.at = now
+        for _ in range(MAX_PASSES):
+            if bucket.tokens < 1.0:
+                break
+            result = await self.run_pass(campaign, min(MAX_BATCH, int(bucket.tokens)))
+            bucket.tokens -= result.allowed
+            if result.state is not CampaignState.RUNNING:
+                return MAX_SLEEP
+        else:
+            return 0.0  # blocked recipients cost no tokens: go on after other writes
+        wait = (1.0 - bucket.tokens) / campaign.rate
+        if spec.ends_at is not None:
+            wait = min(wait, spec.ends_at - now)
+        return wait
+
+    async def _move(
+        self, campaign: Campaign, source: CampaignState, target: CampaignState, now: float
+    ) -> None:
+        moved = await self._store.writer.run(
+            lambda c: sql.move(c, campaign.id, (source,), target, now)
+        )
+        if moved:
+            log.info("campaign_state", campaign=campaign.id, state=target.value)
+
+    async def run_pass(self, campaign: Campaign, limit: int) -> PassResult:
+        """Up to `limit` recipients of a running campaign, in one transaction; the
+        messages go to the scheduler once it committed."""
+        now = self._clock.time()
+        result: PassResult = await self._store.writer.run(
+            lambda conn: self._pass(conn, campaign, limit, now)
+        )
+        self._messages.hand_over(result.prepared)
+        if result.outcomes:
+            log.info("campaign_pass", campaign=campaign.id, **dict(result.outcomes))
+        if result.state is not None and result.state.done:
+            log.info("campaign_state", campaign=campaign.id, state=result.state.value)
+        return result
+
+    def _pass(
+        self, conn: sqlite3.Connection, campaign: Campaign, limit: int, now: float
+    ) -> PassResult:
+        result = PassResult()
+        found = sql.state_of(conn, campaign.id)
+        if found is None or found[0] is not CampaignState.RUNNING:
+            result.state = None if found is None else found[0]
+            return result
+        result.state = CampaignState.RUNNING
+        query, params = audience_query(campaign.spec.audience)
+        idxs = [bytes(r[0]) for r in conn.execute(query, [*params, found[1], limit]).fetchall()]
+        for idx in idxs:
+            conn.execute("SAVEPOINT recipient")
+            try:
+                outcome, prepared = self._one(conn, campaign, idx, now)
+            except BaseException:
+                conn.execute("ROLLBACK TO recipient")
+                conn.execute("RELEASE recipient")
+                raise
+            conn.execute("RELEASE recipient")
+            result.outcomes[outcome] += 1
+            if prepared is not None:
+                result.prepared.append(prepared)
+        if idxs:
+            sql.set_cursor(conn, campaign.id, idxs[-1], now)
+        if len(idxs) < limit:
+            sql.move(conn, campaign.id, (CampaignState.RUNNING,), CampaignState.FINISHED, now)
+            result.state = CampaignState.FINISHED
+        return result
+
+    def _one(
+        self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, now: float
+    ) -> tuple[str, Prepared | None]:
+        if not sql.claim_recipient(conn, campaign.id, idx, now):
+            return "handled_before", None
+        contact = conn.execute(
+            "SELECT number_ct, language FROM contacts WHERE idx = ?", (idx,)
+        ).fetchone()
+        if contact is None:
+            return self._skip(conn, campaign, idx, "no_number"), None
+        number = cipher_of(self._store).decrypt(contact[0], contact_row_id(idx), "number")
+        try:
+            body, variant = self._text(conn, campaign, idx, contact[1])
+        except RenderRefused:
+            return self._skip(conn, campaign, idx, "render_refused"), None
+        except TemplateMissing:
+            return self._skip(conn, campaign, idx, "template_missing"), None
+        request = SendRequest(
+            to=number,
+            body=body,
+            priority=campaign.priority,  # type: ignore[arg-type]  # a class name, checked at create
+            purpose=campaign.spec.purpose,  # type: ignore[arg-type]  # checked at create
+            category=CATEGORY,
+            expires_at=self._expiry(campaign, now),
+        )
+        try:
+            prepared = self._messages.accept_within(conn, system_caller(campaign.id), request)
+        except ApiError as e:
+            if e.status >= 500:  # shutting down, the store: not this recipient's fault
+                raise
+            return self._skip(conn, campaign, idx, e.code), None
+        answer = prepared.answer()
+        outcome = answer.status if answer.reason is None else f"{answer.status}:{answer.reason}"
+        sql.settle_recipient(conn, campaign.id, idx, outcome, answer.id, variant)
+        return outcome, prepared
+
+    def _text(
+        self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, language: str | None
+    ) -> tuple[str, str | None]:
+        spec = campaign.spec
+        if spec.template is None:
+            return spec.text or "", None
+        key = f"{campaign.id}:{idx.hex()}"
+        chosen = None
+        if spec.split:
+            weights = [Variant(s.name, "", s.weight) for s in spec.split]
+            chosen = choose(spec.template, weights, key).name
+        variables = {**dict(spec.variables), "split_key": key}
+        rendered = self._renderer.render(conn, spec.template, language, variables, variant=chosen)
+        return rendered.text, rendered.variant
+
+    def _expiry(self, campaign: Campaign, now: float) -> datetime | None:
+        """A campaign's message is not sent after the campaign's end (the policy then
+        blocks one its quiet hours would hold past it)."""
+        ends_at = campaign.spec.ends_at
+        if ends_at is None or ends_at <= now:
+            return None
+        return datetime.fromtimestamp(min(ends_at, now + self._horizon), UTC)
+
+    @staticmethod
+    def _skip(conn: sqlite3.Connection, campaign: Campaign, idx: bytes, reason: str) -> str:
+        sql.settle_recipient(conn, campaign.id, idx, f"skipped:{reason}")
+        return f"skipped:{reason}"

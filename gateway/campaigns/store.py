@@ -1,0 +1,286 @@
+"""Campaigns in SQLite: the rows, their state changes, the per-recipient ledger that
+keeps a recipient from a second message, and the progress counts.
+
+Write functions take the writer's connection, so a change commits with its audit entry
+(and a recipient's row with its message). The progress reads are indexed:
+`messages_campaign` (campaign, variant, state) for the message counts, the inbound and
+ledger indexes by number for replies and opt-outs, `campaign_recipients_skipped` for
+the recipients that got no message.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from gateway.campaigns.model import (
+    FROM,
+    Campaign,
+    CampaignSpec,
+    CampaignState,
+    Progress,
+    Split,
+    Tally,
+)
+from gateway.contacts.audience import AudienceSpec
+from gateway.store.crypto import FieldCipher
+
+COLUMNS = (
+    "id, name, state, spec, content_ct, audience_size, created_by, created_at, updated_at,"
+    " started_at, done_at"
+)
+GET_SQL = f"SELECT {COLUMNS} FROM campaigns WHERE id = ?"  # noqa: S608 - constant columns
+LIST_SQL = f"SELECT {COLUMNS} FROM campaigns ORDER BY created_at DESC, id LIMIT ?"  # noqa: S608
+LIVE_SQL = (
+    f"SELECT {COLUMNS} FROM campaigns"  # noqa: S608 - constant columns
+    " WHERE state IN ('scheduled', 'running') ORDER BY created_at, id"
+)
+
+GROUPS_SQL = "SELECT id, name FROM contact_groups ORDER BY name, id LIMIT 500"
+TEMPLATE_NAMES_SQL = (
+    "SELECT DISTINCT name FROM template_heads WHERE active IS NOT NULL ORDER BY name LIMIT 500"
+)
+
+
+def new_id() -> str:
+    return "cmp_" + secrets.token_hex(8)
+
+
+def _spec_json(spec: CampaignSpec, priority: str, rate: float) -> str:
+    return json.dumps(
+        {
+            "audience": msgspec.to_builtins(spec.audience),
+            "purpose": spec.purpose,
+            "template": spec.template,
+            "split": [[s.name, s.weight] for s in spec.split],
+            "priority": spec.priority,
+            "class": priority,
+            "starts_at": spec.starts_at,
+            "ends_at": spec.ends_at,
+            "rate": rate,
+        },
+        sort_keys=True,
+    )
+
+
+def insert(
+    conn: sqlite3.Connection,
+    cipher: FieldCipher,
+    campaign_id: str,
+    spec: CampaignSpec,
+    priority: str,
+    rate: float,
+    actor: str,
+    now: float,
+) -> None:
+    content = None
+    if spec.text is not None or spec.variables:
+        content = cipher.encrypt(
+            json.dumps({"text": spec.text, "variables": dict(spec.variables)}),
+            campaign_id,
+            "content",
+        )
+    conn.execute(
+        "INSERT INTO campaigns (id, name, state, spec, content_ct, created_by, created_at,"
+        " updated_at) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            campaign_id,
+            spec.name,
+            CampaignState.DRAFT.value,
+            _spec_json(spec, priority, rate),
+            content,
+            actor,
+            now,
+            now,
+        ),
+    )
+
+
+def campaign_of(cipher: FieldCipher, r: Sequence[Any]) -> Campaign:
+    raw = json.loads(r[3])
+    content: dict[str, Any] = {}
+    if r[4] is not None:
+        content = json.loads(cipher.decrypt(r[4], r[0], "content"))
+    spec = CampaignSpec(
+        name=r[1],
+        audience=msgspec.convert(raw["audience"], AudienceSpec),
+        purpose=raw["purpose"],
+        template=raw["template"],
+        text=content.get("text"),
+        split=tuple(Split(n, w) for n, w in raw["split"]),
+        variables=tuple(sorted(content.get("variables", {}).items())),
+        priority=raw["priority"],
+        starts_at=raw["starts_at"],
+        ends_at=raw["ends_at"],
+        rate=raw["rate"],
+    )
+    return Campaign(
+        id=r[0],
+        spec=spec,
+        state=CampaignState(r[2]),
+        priority=raw["class"],
+        rate=raw["rate"],
+        audience_size=r[5],
+        created_by=r[6],
+        created_at=r[7],
+        updated_at=r[8],
+        started_at=r[9],
+        done_at=r[10],
+    )
+
+
+def get(conn: sqlite3.Connection, cipher: FieldCipher, campaign_id: str) -> Campaign | None:
+    r = conn.execute(GET_SQL, (campaign_id,)).fetchone()
+    return None if r is None else campaign_of(cipher, r)
+
+
+def move(
+    conn: sqlite3.Connection,
+    campaign_id: str,
+    allowed: Iterable[CampaignState],
+    target: CampaignState,
+    now: float,
+    *,
+    audience_size: int | None = None,
+) -> bool:
+    """`target` if the campaign is in one of `allowed`, in one statement; False if not."""
+    states = [s.value for s in allowed]
+    marks = ",".join("?" * len(states))
+    started = now if target in (CampaignState.SCHEDULED, CampaignState.RUNNING) else None
+    done = now if target.done else None
+    r = conn.execute(
+        "UPDATE campaigns SET state = ?, updated_at = ?,"  # noqa: S608 - placeholders only
+        " started_at = coalesce(started_at, ?), done_at = coalesce(?, done_at),"
+        " audience_size = coalesce(?, audience_size)"
+        f" WHERE id = ? AND state IN ({marks}) RETURNING id",
+        (target.value, now, started, done, audience_size, campaign_id, *states),
+    ).fetchone()
+    return r is not None
+
+
+def act(
+    conn: sqlite3.Connection, campaign_id: str, action: str, target: CampaignState, now: float
+) -> bool:
+    return move(conn, campaign_id, FROM[action], target, now)
+
+
+def state_of(conn: sqlite3.Connection, campaign_id: str) -> tuple[CampaignState, bytes] | None:
+    r = conn.execute("SELECT state, cursor FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+    return None if r is None else (CampaignState(r[0]), bytes(r[1]))
+
+
+def set_cursor(conn: sqlite3.Connection, campaign_id: str, cursor: bytes, now: float) -> None:
+    conn.execute(
+        "UPDATE campaigns SET cursor = ?, updated_at = ? WHERE id = ?", (cursor, now, campaign_id)
+    )
+
+
+def claim_recipient(conn: sqlite3.Connection, campaign_id: str, idx: bytes, now: float) -> bool:
+    """Record that this pass handles `idx`; False if it was handled before (a second
+    pass, a restart): the caller must then not send."""
+    r = conn.execute(
+        "INSERT INTO campaign_recipients (campaign_id, contact_idx, outcome, at)"
+        " VALUES (?, ?, 'pending', ?) ON CONFLICT DO NOTHING RETURNING contact_idx",
+        (campaign_id, idx, now),
+    ).fetchone()
+    return r is not None
+
+
+def settle_recipient(
+    conn: sqlite3.Connection,
+    campaign_id: str,
+    idx: bytes,
+    outcome: str,
+    message_id: str | None = None,
+    variant: str | None = None,
+) -> None:
+    conn.execute(
+        "UPDATE campaign_recipients SET outcome = ?, message_id = ?"
+        " WHERE campaign_id = ? AND contact_idx = ?",
+        (outcome, message_id, campaign_id, idx),
+    )
+    if message_id is not None:
+        conn.execute(
+            "UPDATE messages SET campaign_id = ?, variant = ? WHERE id = ?",
+            (campaign_id, variant, message_id),
+        )
+
+
+def waiting_messages(conn: sqlite3.Connection, campaign_id: str) -> list[str]:
+    """The campaign's messages not yet handed to a carrier (what a cancel withdraws)."""
+    rows = conn.execute(
+        "SELECT id FROM messages WHERE campaign_id = ? AND state IN ('queued', 'scheduled')",
+        (campaign_id,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# -- progress ---------------------------------------------------------------------------
+
+STATES_SQL = (
+    "SELECT coalesce(variant, ''), state, count(*) FROM messages"
+    " WHERE campaign_id = ? GROUP BY 1, 2"
+)
+BLOCKED_SQL = (
+    "SELECT coalesce(variant, ''), coalesce(error_code, 'blocked'), count(*) FROM messages"
+    " WHERE campaign_id = ? AND state = 'blocked' GROUP BY 1, 2"
+)
+SKIPPED_SQL = (
+    "SELECT outcome, count(*) FROM campaign_recipients"
+    " WHERE campaign_id = ? AND message_id IS NULL GROUP BY outcome"
+)
+# A reply: an inbound message from a recipient received after the campaign's message.
+REPLIES_SQL = (
+    "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE m.campaign_id = ?"
+    " AND EXISTS (SELECT 1 FROM inbound i WHERE i.sender_index = m.to_index"
+    " AND i.received_at >= m.created_at) GROUP BY 1"
+)
+# An opt-out: a ledger entry naming the campaign's message, or any opt-out after it
+# (a STOP keyword is recorded with the inbound message, not with ours).
+OPT_OUTS_SQL = (
+    "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE m.campaign_id = ?"
+    " AND EXISTS (SELECT 1 FROM consent_ledger l WHERE l.contact_idx = m.to_index"
+    " AND l.decision = 'opt_out' AND (l.message_id = m.id OR l.at >= m.created_at))"
+    " GROUP BY 1"
+)
+
+
+def progress_of(
+    states: Iterable[Sequence[Any]],
+    blocked: Iterable[Sequence[Any]],
+    skipped: Iterable[Sequence[Any]],
+    replies: Iterable[Sequence[Any]],
+    opt_outs: Iterable[Sequence[Any]],
+    audience_size: int | None,
+) -> Progress:
+    """The counts from the rows of the five progress queries."""
+    total = Tally()
+    variants: dict[str, Tally] = {}
+    handled = 0
+
+    def of(variant: str) -> Tally:
+        return variants.setdefault(variant, Tally())
+
+    for variant, state, n in states:
+        total.add_state(state, n)
+        of(variant).add_state(state, n)
+        handled += n
+    for variant, reason, n in blocked:
+        for t in (total, of(variant)):
+            t.blocked[reason] = t.blocked.get(reason, 0) + n
+    for outcome, n in skipped:
+        reason = str(outcome).removeprefix("skipped:")
+        total.skipped[reason] = total.skipped.get(reason, 0) + n
+        handled += n
+    for variant, n in replies:
+        total.replies += n
+        of(variant).replies += n
+    for variant, n in opt_outs:
+        total.opt_outs += n
+        of(variant).opt_outs += n
+    return Progress(total, variants, handled, audience_size)

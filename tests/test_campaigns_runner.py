@@ -1,0 +1,355 @@
+"""The campaign runner: feeds an audience through the accept path at the campaign's rate,
+splits template variants by weight, resumes after a crash or restart without a second
+message to anyone, and never queues after a pause or cancel has answered. Progress is
+read from indexed queries."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.clock import FakeClock
+from gateway.app import Gateway
+from gateway.campaigns.model import CampaignSpec, CampaignState, Split
+from gateway.campaigns.runner import CampaignRunner
+from gateway.config import ConfigError
+from gateway.contacts.audience import AudienceSpec
+from gateway.errors import ApiError
+from gateway.usecases.caller import Caller
+from tests.campaign_rows import add_contacts, campaign_messages, save_template
+from tests.conftest import TEST_CONSENT, GatewayFactory, make_config, record_decision
+
+USER = Caller(actor="user:u1", token_id=None, sees_all=True, may_send=True, may_read_phi=False)
+GROUP = AudienceSpec(groups=["g1"])
+FAST = {"max_rate": 1000.0, "default_rate": 10.0}
+
+
+def _spec(**fields: Any) -> CampaignSpec:
+    base: dict[str, Any] = {
+        "name": "Flu drive",
+        "audience": GROUP,
+        "purpose": "informational",
+        "text": "Flu shots at the clinic this week.",
+    }
+    return CampaignSpec(**{**base, **fields})
+
+
+async def _started(gw: Gateway, **fields: Any) -> str:
+    campaign = await gw.campaigns.create(USER, _spec(**fields))
+    await gw.campaigns.start(USER, campaign.id)
+    return campaign.id
+
+
+async def _count(gw: Gateway, campaign_id: str) -> int:
+    return len(await campaign_messages(gw, campaign_id))
+
+
+async def _drain(gw: Gateway, clock: FakeClock) -> None:
+    """Steps until a fast campaign's bucket has paid for everyone (a new bucket holds
+    one message; a second later, a second's worth)."""
+    await gw.campaign_runner.step()
+    clock.advance(1.0)
+    await gw.campaign_runner.step()
+
+
+async def _state(gw: Gateway, campaign_id: str) -> CampaignState:
+    return (await gw.campaigns.get(USER, campaign_id)).state
+
+
+async def test_the_rate_paces_the_audience_into_the_queue(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway()
+    await add_contacts(gw, 23)
+    cid = await _started(gw, rate=5.0)
+    runner = gw.campaign_runner
+    delay = await runner.step()
+    assert await _count(gw, cid) == 1  # one message's worth in the bucket at the start
+    assert delay == pytest.approx(0.2)  # the next one's token
+    counts = []
+    for _ in range(3):
+        clock.advance(1.0)
+        await runner.step()
+        counts.append(await _count(gw, cid))
+    assert counts == [6, 11, 16]  # 5 a second, never a burst beyond one second's worth
+    clock.advance(10.0)
+    await runner.step()
+    assert await _count(gw, cid) == 21  # the bucket holds at most one second's worth
+    clock.advance(1.0)
+    await runner.step()
+    assert await _count(gw, cid) == 23
+    assert await _state(gw, cid) is CampaignState.FINISHED
+    rows = await campaign_messages(gw, cid)
+    assert {r["purpose"] for r in rows} == {"informational"}
+    assert {r["priority"] for r in rows} == {3}  # bulk by default
+
+
+async def test_the_split_of_variants_holds_within_bounds(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 1200)
+    await save_template(gw)  # A weighs 3, B 1
+    own = await _started(gw, text=None, template="flu", rate=1000.0)
+    even = await _started(
+        gw, text=None, template="flu", rate=1000.0, split=(Split("A", 1), Split("B", 1))
+    )
+    for _ in range(4):
+        clock.advance(1.0)
+        await gw.campaign_runner.step()
+    for cid, low, high in ((own, 820, 980), (even, 520, 680)):
+        variants = [r["variant"] for r in await campaign_messages(gw, cid)]
+        assert len(variants) == 1200
+        assert low <= variants.count("A") <= high, variants.count("A")
+        progress = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
+        assert set(progress.variants) == {"A", "B"}
+        assert progress.variants["A"].queued == variants.count("A")
+    stored = await gw.store.records.message(str((await campaign_messages(gw, own))[0]["id"]))
+    assert stored is not None and stored.body.open().startswith(("Flu shots", "Get your flu"))
+
+
+async def test_a_crashed_pass_commits_nothing_and_a_restart_sends_each_once(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 30)
+    cid = await _started(gw, rate=1000.0)
+    campaign = await gw.campaigns.get(USER, cid)
+    real = gw.usecases.messages.accept_within
+    calls = 0
+
+    def dying(conn: sqlite3.Connection, caller: Caller, request: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 12:
+            raise RuntimeError("power cut")  # the process dies in the middle of a pass
+        return real(conn, caller, request)
+
+    gw.usecases.messages.accept_within = dying  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await gw.campaign_runner.run_pass(campaign, 20)
+    assert await _count(gw, cid) == 0  # the whole pass rolled back, cursor included
+    gw.usecases.messages.accept_within = real  # type: ignore[method-assign]
+    assert len((await gw.campaign_runner.run_pass(campaign, 10)).prepared) == 10
+    await gw.stop()
+
+    again = await open_gateway(campaigns=FAST)  # the same store, a new process
+    runner = again.campaign_runner
+    assert isinstance(runner, CampaignRunner)
+    # Even a cursor lost would not send twice: each recipient's row is keyed.
+    await again.store.writer.run(
+        lambda c: c.execute("UPDATE campaigns SET cursor = x'' WHERE id = ?", (cid,))
+    )
+    result = await runner.run_pass(campaign, 1000)
+    assert result.outcomes["handled_before"] == 10 and len(result.prepared) == 20
+    rows = await campaign_messages(again, cid)
+    assert len(rows) == 30 and len({r["to_index"] for r in rows}) == 30
+    assert await _state(again, cid) is CampaignState.FINISHED
+
+
+async def test_pause_and_cancel_are_atomic_against_the_runner(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 600)
+    cid = await _started(gw, rate=1000.0)
+    campaign = await gw.campaigns.get(USER, cid)
+    runner = gw.campaign_runner
+    # Passes and a pause race on the writer: whichever commits first wins, and once the
+    # pause has answered no pass queues anything.
+    passes = [asyncio.ensure_future(runner.run_pass(campaign, 50)) for _ in range(4)]
+    paused = await gw.campaigns.act(USER, cid, "pause")
+    assert paused.changed and paused.campaign.state is CampaignState.PAUSED
+    after_pause = await _count(gw, cid)
+    await asyncio.gather(*passes)
+    assert await _count(gw, cid) == after_pause
+    clock.advance(5.0)
+    await runner.step()
+    assert await _count(gw, cid) == after_pause
+    assert after_pause % 50 == 0 and after_pause < 600
+
+    # Parallel requests: one resume changes it, the rest find it done.
+    results = await asyncio.gather(*(gw.campaigns.act(USER, cid, "resume") for _ in range(6)))
+    assert sorted(r.changed for r in results) == [False] * 5 + [True]
+    await runner.run_pass(campaign, 30)
+    assert await _count(gw, cid) == after_pause + 30
+    results = await asyncio.gather(*(gw.campaigns.act(USER, cid, "cancel") for _ in range(6)))
+    assert sorted(r.changed for r in results) == [False] * 5 + [True]
+    rows = await campaign_messages(gw, cid)
+    assert {r["state"] for r in rows} == {"cancelled"}  # none had gone to a carrier yet
+    await gw.scheduler.run_until_idle()
+    assert {r["state"] for r in await campaign_messages(gw, cid)} == {"cancelled"}
+    assert (await runner.run_pass(campaign, 30)).prepared == []
+    with pytest.raises(ApiError) as e:
+        await gw.campaigns.act(USER, cid, "resume")
+    assert e.value.status == 409 and e.value.code == "invalid_state"
+    audit = await gw.store.reader.all(
+        "SELECT action FROM audit_log WHERE target_id = ? ORDER BY seq", (cid,)
+    )
+    assert [r[0] for r in audit] == [
+        "campaign_created",
+        "campaign_started",
+        "campaign_paused",
+        "campaign_resumed",
+        "campaign_cancelled",
+    ]
+
+
+MARKETING = {
+    **TEST_CONSENT,
+    "purposes": {**TEST_CONSENT["purposes"], "marketing": {"window": "", "caps": []}},
+}
+
+
+async def test_blocked_recipients_are_recorded_with_their_reason(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(campaigns=FAST)
+    numbers = await add_contacts(gw, 5, language="es")
+    await add_contacts(gw, 1, first=5)  # English: no version of the template for them
+    await save_template(gw, variants=((None, "Vacunas contra la gripe esta semana.", 1),),
+                        language="es")  # fmt: skip
+    await record_decision(gw, numbers[1], "opt_out", "all")
+    cid = await _started(gw, rate=1000.0, text=None, template="flu")
+    await _drain(gw, clock)
+    rows = await campaign_messages(gw, cid)
+    assert sorted(str(r["state"]) for r in rows) == ["blocked"] + ["queued"] * 4
+    progress = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
+    total = progress.campaign
+    assert total.blocked == {"opted_out": 1} and total.skipped == {"template_missing": 1}
+    assert (total.queued, total.waiting, progress.handled) == (4, 4, 6)
+
+
+async def test_no_consenting_recipient_refuses_the_start_naming_the_reasons(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(consent=MARKETING)
+    await add_contacts(gw, 3)
+    campaign = await gw.campaigns.create(USER, _spec(purpose="marketing"))
+    assert campaign.priority == "bulk"
+    with pytest.raises(ApiError) as e:
+        await gw.campaigns.start(USER, campaign.id)
+    assert e.value.status == 422 and e.value.code == "no_consenting_recipients"
+    assert "no_consent: 3" in e.value.message and "+1" not in e.value.message
+    assert await _state(gw, campaign.id) is CampaignState.DRAFT
+    assert await gw.store.reader.all("SELECT id FROM messages") == []
+
+
+async def test_an_emergency_campaign_goes_critical_past_marketing_consent(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    consent = {**MARKETING, "purposes": {**MARKETING["purposes"]}}
+    gw = await open_gateway(consent=consent, campaigns=FAST)
+    numbers = await add_contacts(gw, 3)
+    await record_decision(gw, numbers[0], "opt_out", "kind:marketing")
+    cid = await _started(gw, purpose="emergency", text="Clinic closed today: flooding.")
+    assert (await gw.campaigns.get(USER, cid)).priority == "critical"
+    await _drain(gw, clock)
+    rows = await campaign_messages(gw, cid)
+    assert [(r["state"], r["priority"]) for r in rows] == [("queued", 0)] * 3
+
+
+async def test_replies_and_opt_outs_after_the_message_count(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    from drivers.base import InboundSms
+
+    gw = await open_gateway(campaigns=FAST)
+    numbers = await add_contacts(gw, 4)
+    await gw.sink.inbound("main", InboundSms(sender=numbers[3], body="before"))  # not a reply
+    clock.advance(1.0)
+    cid = await _started(gw, rate=1000.0)
+    await _drain(gw, clock)
+    await gw.scheduler.run_until_idle()
+    clock.advance(1.0)
+    await gw.sink.inbound("main", InboundSms(sender=numbers[0], body="yes please"))
+    await gw.sink.inbound("main", InboundSms(sender=numbers[1], body="STOP"))
+    progress = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
+    assert (progress.campaign.replies, progress.campaign.opt_outs) == (2, 1)
+    assert progress.campaign.sent == 4
+
+
+async def test_progress_reads_use_the_campaign_indexes(open_gateway: GatewayFactory) -> None:
+    from gateway.campaigns import store as sql
+
+    gw = await open_gateway()
+    for query in (sql.STATES_SQL, sql.BLOCKED_SQL, sql.SKIPPED_SQL, sql.REPLIES_SQL,
+                  sql.OPT_OUTS_SQL):  # fmt: skip
+        plan = " ".join(
+            str(r[3]) for r in await gw.store.reader.all("EXPLAIN QUERY PLAN " + query, ("c",))
+        )
+        assert "SCAN messages" not in plan and "SCAN campaign_recipients" not in plan, plan
+        assert "SCAN inbound" not in plan and "SCAN consent_ledger" not in plan, plan
+
+
+def test_campaign_rates_are_checked_naming_the_key(tmp_path: Path) -> None:
+    for section, key in (
+        ({"default_rate": 60.0}, "campaigns.default_rate"),
+        ({"max_rate": 0}, "campaigns.max_rate"),
+        ({"max_rate": "fast"}, "campaigns.max_rate"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            make_config(tmp_path, campaigns=section)
+        assert key in str(e.value)
+    assert make_config(tmp_path).campaigns.max_rate == 50.0
+
+
+async def test_the_demo_template_passes_the_lint_once_per_language(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    from gateway.campaigns import demo
+
+    gw = await open_gateway(campaigns=FAST)
+    assert await demo.seed(gw.templates) == 2
+    assert await demo.seed(gw.templates) == 0  # a restart saves nothing again
+    await add_contacts(gw, 4, language="es")
+    cid = await _started(gw, text=None, template=demo.NAME, split=(Split("A", 1), Split("B", 1)))
+    await _drain(gw, clock)
+    rows = await campaign_messages(gw, cid)
+    stored = await gw.store.records.message(str(rows[0]["id"]))
+    assert stored is not None and "gripe" in stored.body.open()
+
+
+async def test_a_scheduled_campaign_starts_at_its_time_and_ends_at_its_end(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway()
+    await add_contacts(gw, 50)
+    now = clock.time()
+    cid = await _started(gw, rate=2.0, starts_at=now + 60.0, ends_at=now + 63.0)
+    assert await _state(gw, cid) is CampaignState.SCHEDULED
+    assert await gw.campaign_runner.step() == 5.0  # at most MAX_SLEEP: wakes to look again
+    assert await _count(gw, cid) == 0
+    clock.advance(60.0)
+    await gw.campaign_runner.step()
+    assert await _state(gw, cid) is CampaignState.RUNNING and await _count(gw, cid) == 1
+    clock.advance(2.0)
+    await gw.campaign_runner.step()
+    assert await _count(gw, cid) == 3
+    rows = await gw.store.reader.all(
+        "SELECT expires_at FROM messages WHERE campaign_id = ?", (cid,)
+    )
+    assert {r[0] for r in rows} == {now + 63.0}  # never sent after the campaign's end
+    clock.advance(1.0)
+    await gw.campaign_runner.step()
+    assert await _state(gw, cid) is CampaignState.ENDED and await _count(gw, cid) == 3
+
+
+async def test_an_erasure_removes_who_a_campaign_reached(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(campaigns=FAST)
+    numbers = await add_contacts(gw, 3)
+    cid = await _started(gw, rate=1000.0)
+    await _drain(gw, clock)
+    erased = await gw.erasures.erase(numbers[0], "test")
+    assert erased.counts["campaign_recipients"] == 1
+    left = await gw.store.reader.all(
+        "SELECT contact_idx FROM campaign_recipients WHERE campaign_id = ?", (cid,)
+    )
+    assert gw.store.blind_index(numbers[0]) not in {bytes(r[0]) for r in left}
+    assert len(left) == 2
