@@ -15,9 +15,9 @@ expiry deadlines. Each round:
    that is down is skipped (fail over); a route that is merely busy makes the class
    wait, so rate limits hold and the configured preference (often cost) is kept. A
    spreading class (`spread_classes`, critical by default: an emergency broadcast)
-   instead goes on to the next allowed route that has a token and room now, so it
-   leaves over every route at once, each at its own rate; a route with `spread = false`
-   takes it only on failover.
+   with more than one message waiting instead goes on to the next allowed route that
+   has a token and room now, so it leaves over every route at once, each at its own
+   rate; a route with `spread = false` takes it only on failover.
 4. each dispatched message is claimed (`queued → sending`, committed) before the
    driver sees it, then waits for one of the route's `window` slots at the carrier
    (first come, first served, so priority order holds). Claiming ahead of the window
@@ -372,11 +372,17 @@ class Scheduler:
             wait = route.wait_time(mono)
             if wait <= 0 and route.take(mono):
                 return route, 0.0
-            # Only on this path (a busy route) is the class asked whether it spreads.
-            if entry.priority not in self._spread:
-                return None, max(wait, 1e-3)
+            wait = max(wait, 1e-3)
+            # Asked only on this path (a busy route): does the message move on? A spreading
+            # class with a backlog does; one message alone waits for a token of this route
+            # (it comes within 1/rate) rather than go to a slower one, unless the window
+            # is full and no one can say when it frees.
+            if entry.priority not in self._spread or (
+                wait < math.inf and len(self._heaps[entry.priority]) <= 1
+            ):
+                return None, wait
             busy = True
-            cooling = min(cooling, max(wait, 1e-3))
+            cooling = min(cooling, wait)
         return None, cooling
 
     def _start(self, entry: Entry, route: RouteRuntime, now: float) -> None:

@@ -215,3 +215,42 @@ def test_a_route_spread_key_is_checked_at_load() -> None:
     bad = {"routes": [{"name": "r", "type": "loopback", "spread": "no"}]}
     with pytest.raises(ConfigError, match=r"routes\[0\]\.spread"):
         from_mapping(bad)
+
+
+async def test_a_lone_critical_message_waits_for_a_token_of_the_first_route(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Bulk traffic spent the first route's token: one critical message alone waits the
+    tenth of a second for the next rather than go to a slower route."""
+    gw = await open_gateway([route("fast", 10), route("slow", 5)], queue=NO_RECEIPTS)
+    seen = record_submits(gw, clock)
+    await accept_many(gw, 1, "bulk")
+    await gw.scheduler.run_until_idle()
+    alone = await accept(gw, body="alone", priority="critical")
+    await gw.scheduler.run_until_idle()
+    assert (await message_row(gw.store, alone))["state"] == "queued"
+    await run_until_sent(gw, clock, seen, 2)
+    assert [r for _, r in seen] == ["fast", "fast"]
+
+
+async def test_a_lone_critical_message_leaves_a_route_whose_window_is_full(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(
+        [
+            route("narrow", None, window=1, claim_ahead=1, latency=1.0),
+            route("wide", None, window=1, claim_ahead=1, latency=1.0),
+        ],
+        queue=NO_RECEIPTS,
+    )
+    await accept_many(gw, 2, "bulk")
+    await gw.scheduler._round()  # the bulk fills the first route's window and claim-ahead
+    alone = await accept(gw, body="alone", priority="critical")
+    await gw.scheduler._round()
+    assert gw.routes["wide"].dispatched == 1
+    await clock.wait_sleeping(2)  # a bulk message and the critical one at the carriers
+    clock.advance(1.0)
+    await clock.wait_sleeping(1)  # the second bulk message, in the slot freed
+    clock.advance(1.0)
+    await asyncio.gather(*gw.scheduler._tasks)
+    assert (await message_row(gw.store, alone))["route"] == "wide"
