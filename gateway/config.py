@@ -170,9 +170,9 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # `receipt_overdue` (still `sent`, not failed); 0 turns the report off.
     receipt_deadline: Annotated[float, msgspec.Meta(ge=0)] = 72 * 3600.0
     classes: ClassesConfig = msgspec.field(default_factory=ClassesConfig)
-    # i15-spread: classes whose messages go to any route their rules allow that can take
-    # them now (preference order first), not only to the first: an emergency broadcast
-    # goes out over every route at once, each at its own rate (gateway/scheduler.py).
+    # i15-spread: classes whose messages, while more than one waits, go to any route their
+    # rules allow that can take them now (preference order first), not only to the first:
+    # an emergency broadcast leaves over every route at once, each at its own rate.
     spread_classes: tuple[ClassName, ...] = ("critical",)
 
     def policy(self, priority: Priority) -> ClassPolicy:
