@@ -1,7 +1,8 @@
-"""Spreading (issue 15, point 4): a message of a spreading class (`[queue] spread_classes`,
-critical by default) goes to any route its rules allow that can take it now, preference
-order first, instead of waiting for the first; every route stays within its own rate.
-The dispatcher on a fake clock with real loopback routes and a real store."""
+"""Spreading (issue 15, point 4): while more than one message of a spreading class
+(`[queue] spread_classes`, critical by default) waits, each goes to any route its rules
+allow that can take it now, preference order first, instead of waiting for the first;
+every route stays within its own rate and window. The dispatcher on a fake clock with
+real loopback routes and a real store."""
 
 from __future__ import annotations
 
