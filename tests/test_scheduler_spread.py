@@ -188,6 +188,7 @@ async def test_a_route_kept_for_failover_takes_no_overflow(
         [route("carrier", 10), route("modems", 5), route("backup", 10, spread=False)],
         queue=NO_RECEIPTS,
     )
+    assert [gw.routes[n].describe()["spread"] for n in gw.routes] == [True, True, False]
     seen = record_submits(gw, clock)
     await accept_many(gw, 30, "critical")
     await run_until_sent(gw, clock, seen, 30)
