@@ -143,6 +143,16 @@ bench-hl7: setup
 bench-writes: setup
 	$(BIN)/python bench/diskwrites.py
 
+# i15-spread: an emergency broadcast of 100,000 over an SMSC simulator bind and two banks
+# of emulated modems (time to the last submit against the routes' combined rate), and a
+# bulk campaign to 100,000 through the simulator beside a clinical send every 100 ms.
+.PHONY: bench-broadcast bench-campaign
+bench-broadcast: setup
+	$(BIN)/python bench/broadcast.py
+
+bench-campaign: setup
+	$(BIN)/python bench/campaign_clinical.py
+
 # The Debian package and the offline wheelhouse (docs/ops/install.md). `make wheelhouse`:
 # every runtime wheel for amd64 and arm64 and each Python in PKG_PYTHONS, in
 # dist/wheelhouse/<arch>/ with SHA256SUMS (fails naming any dependency with no wheel for a

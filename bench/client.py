@@ -18,12 +18,11 @@ PRELOAD_CLIENTS = 4
 REQUEST_TIMEOUT_S = 60.0
 
 
-def message(priority: str, rng: random.Random) -> dict[str, str]:
-    return {
-        "to": recipient(rng.randrange(RECIPIENTS)),
-        "body": BODY_160_GSM,
-        "priority": priority,
-    }
+def message(priority: str, rng: random.Random, purpose: str | None = None) -> dict[str, str]:
+    sms = {"to": recipient(rng.randrange(RECIPIENTS)), "body": BODY_160_GSM, "priority": priority}
+    if purpose is not None:
+        sms["purpose"] = purpose
+    return sms
 
 
 def parse_iso(text: str) -> float:
@@ -107,11 +106,18 @@ class Api:
         counters = next(r["counters"] for r in routes if r["name"] == route)
         return int(counters.get("gateway_sent", 0))
 
-    async def preload(self, total: int, priority: str, seed: int = 1) -> float:
+    async def routes(self) -> list[dict[str, Any]]:
+        """`GET /routes`: each route's state, rate, window and counters."""
+        routes: list[dict[str, Any]] = (await self._get("/routes"))["routes"]
+        return routes
+
+    async def preload(
+        self, total: int, priority: str, seed: int = 1, purpose: str | None = None
+    ) -> float:
         """POST `total` messages in batches of 500 from a few clients; returns seconds taken."""
         rng = random.Random(seed)
         sizes = [min(BATCH_SIZE, total - i) for i in range(0, total, BATCH_SIZE)]
-        batches = [[message(priority, rng) for _ in range(n)] for n in sizes]
+        batches = [[message(priority, rng, purpose) for _ in range(n)] for n in sizes]
         pending = iter(batches)
         started = time.monotonic()
 

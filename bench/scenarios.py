@@ -418,7 +418,7 @@ async def post_critical(api: client.Api, count: int, gap_s: float) -> list[str]:
     rng = random.Random(2)
     ids = []
     for _ in range(count):
-        ids.append(await api.send(client.message("critical", rng)))
+        ids.append(await api.send(client.message("critical", rng, "emergency")))
         await asyncio.sleep(gap_s)
     return ids
 

@@ -171,6 +171,10 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # `receipt_overdue` (still `sent`, not failed); 0 turns the report off.
     receipt_deadline: Annotated[float, msgspec.Meta(ge=0)] = 72 * 3600.0
     classes: ClassesConfig = msgspec.field(default_factory=ClassesConfig)
+    # i15-spread: classes whose messages, while more than one waits, go to any route their
+    # rules allow that can take them now (preference order first), not only to the first:
+    # an emergency broadcast leaves over every route at once, each at its own rate.
+    spread_classes: tuple[ClassName, ...] = ("critical",)
 
     def policy(self, priority: Priority) -> ClassPolicy:
         policy: ClassPolicy = getattr(self.classes, priority.label)
@@ -281,6 +285,9 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     claim_ahead: PositiveInt | None = None
     classes: tuple[ClassName, ...] = ALL_CLASSES
     prefixes: tuple[str, ...] = ()
+    # i15-spread: false keeps this route for failover: a spreading class's messages come
+    # here when the routes before it are down, never because they are busy.
+    spread: bool = True
     options: Any = None
 
     @property
@@ -498,6 +505,9 @@ def embedded_routes(
             "window": 20,
             "receipt_delay": 2.0,
             "latency": 0.05,
+            # It sends nowhere: an emergency broadcast spreads over the simulated carrier
+            # and the modems, and reaches this route only when both are down.
+            "spread": False,
         }
     )
     return from_mapping({"routes": raw}).routes

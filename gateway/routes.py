@@ -143,6 +143,7 @@ class RouteRuntime:
             # the alert: the carrier refused the credentials; resume after fixing them
             "auth_failed": h.state is RouteState.PARKED,
             "classes": list(self.config.classes),
+            "spread": self.config.spread,  # false: a spreading class comes only on failover
             "counters": {**h.counters, **{f"gateway_{k}": v for k, v in self.counters.items()}},
             **({"members": {k: dict(v) for k, v in h.members.items()}} if h.members else {}),
         }

@@ -13,7 +13,11 @@ expiry deadlines. Each round:
    the head of a class goes to the first usable route its rules allow, if that route
    has a token (rate) and room (at most its window + `claim_ahead` dispatched). A route
    that is down is skipped (fail over); a route that is merely busy makes the class
-   wait, so rate limits hold.
+   wait, so rate limits hold and the configured preference (often cost) is kept. A
+   spreading class (`spread_classes`, critical by default: an emergency broadcast)
+   with more than one message waiting instead goes on to the next allowed route that
+   has a token and room now, so it leaves over every route at once, each at its own
+   rate; a route with `spread = false` takes it only on failover.
 4. each dispatched message is claimed (`queued → sending`, committed) before the
    driver sees it, then waits for one of the route's `window` slots at the carrier
    (first come, first served, so priority order holds). Claiming ahead of the window
@@ -103,6 +107,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending = dict.fromkeys(Priority, 0)  # dispatched and not yet answered
         self._shares = ShareGuard({p: queue.policy(p).min_share for p in Priority})
+        self._spread = frozenset(Priority.parse(c) for c in queue.spread_classes)
         self._wake = asyncio.Event()
         self._claiming = True
         self._stopped = asyncio.Event()
@@ -355,16 +360,29 @@ class Scheduler:
     def _take_route(self, entry: Entry, mono: float) -> tuple[RouteRuntime | None, float]:
         """The route to use now, or None and how long until one of them may be."""
         cooling = math.inf
+        busy = False  # a usable route came first but could not take it now
         for name in entry.candidates:
             route = self._routes[name]
             if not route.usable(mono):
                 if route.cool_until > mono:
                     cooling = min(cooling, route.cool_until - mono)
                 continue
+            if busy and not route.config.spread:
+                continue  # kept for failover, not for overflow
             wait = route.wait_time(mono)
-            if wait > 0 or not route.take(mono):
-                return None, max(wait, 1e-3)
-            return route, 0.0
+            if wait <= 0 and route.take(mono):
+                return route, 0.0
+            wait = max(wait, 1e-3)
+            # Asked only on this path (a busy route): does the message move on? A spreading
+            # class with a backlog does; one message alone waits for a token of this route
+            # (it comes within 1/rate) rather than go to a slower one, unless the window
+            # is full and no one can say when it frees.
+            if entry.priority not in self._spread or (
+                wait < math.inf and len(self._heaps[entry.priority]) <= 1
+            ):
+                return None, wait
+            busy = True
+            cooling = min(cooling, wait)
         return None, cooling
 
     def _start(self, entry: Entry, route: RouteRuntime, now: float) -> None:

@@ -195,6 +195,36 @@ async def test_cutting_the_carrier_links_mid_load_loses_nothing(newcomer: Newcom
     await newcomer.until(all_delivered, limit=60)
 
 
+async def test_an_emergency_broadcast_leaves_over_the_carrier_and_the_modems(
+    newcomer: Newcomer,
+) -> None:
+    """i15-spread: the README's broadcast. Critical messages spread over the simulated
+    carrier and the modem bank together; the loopback route, kept for failover, has none."""
+
+    async def routes() -> dict[str, Any]:
+        return {r["name"]: r for r in (await newcomer.get("/api/v1/routes"))["routes"]}
+
+    async def all_up() -> bool:
+        return all(r["state"] == "up" for r in (await routes()).values())
+
+    async def all_sent() -> dict[str, int] | None:
+        sent = {n: int(r["counters"].get("gateway_sent", 0)) for n, r in (await routes()).items()}
+        return sent if sum(sent.values()) == 120 else None
+
+    await newcomer.until(all_up)
+    alert = "The east clinic is closed today (flooding). Please go to the main hospital."
+    batch = {
+        "messages": [
+            {"to": f"+1202555{i:04d}", "body": alert, "purpose": "emergency"} for i in range(120)
+        ]
+    }
+    accepted = await newcomer.post("/api/v1/messages/batch", batch)
+    assert {r["priority"] for r in accepted["results"]} == {"critical"}
+    sent = await newcomer.until(all_sent)
+    assert sent["smsc-sim"] > 0 and sent["modems"] > 0, sent
+    assert sent["demo"] == 0, sent
+
+
 async def test_make_run_honours_stop_start_and_help_from_the_demo_handset(
     newcomer: Newcomer, tmp_path: Path
 ) -> None:

@@ -1,0 +1,281 @@
+"""A bulk campaign beside clinical traffic (issue 15, point 10).
+
+    .venv/bin/python bench/campaign_clinical.py            # N = 100,000 (make bench-campaign)
+    .venv/bin/python bench/campaign_clinical.py --n 2000   # a short check
+    .venv/bin/python bench/campaign_clinical.py --rate 500 # a carrier's contracted rate
+
+A fresh `smsgw init` runs as a subprocess (`smsgw run`, on CPU 0) with one SMPP route to
+the SMSC simulator (`drivers/smpp/simulator.py`, in this process on CPU 1; window 50, no
+rate unless `--rate`; receipts 1 s after each submit). The campaign step
+(`run_campaign`) queues N bulk-class messages of purpose `informational` through
+`POST /messages/batch`, 500 per request from 4 clients; once the campaigns use case is on
+main it becomes a campaign, in that one function. From the moment the campaign starts
+until the whole campaign has left, a clinical message (purpose `results`, class high,
+each to its own number) is sent every 100 ms through `POST /messages`.
+
+Printed: the clinical messages' accept-to-`sending` time (the `sending` event's time
+minus the `queued` event's, from `GET /messages/{id}`) p50/p99/max (target p99 < 50 ms),
+also split into those sent while the campaign was being queued and those sent while it
+was only being dispatched; and the campaign's throughput at the carrier (bulk submits
+over the time from the first to the last). The last line is the summary as JSON, kept in
+bench/results/campaign-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import client
+import harness
+import loadgen
+import modems
+import scenarios
+import structlog
+from harness import GatewayHome, Pinning
+from scenarios import percentile
+
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+
+LATEST = harness.BENCH_DIR / "results" / "campaign-latest.json"
+ROUTE = "carrier"
+SYSTEM_ID = "smsgw"
+CAMPAIGN_BATCH = 100
+CLINICAL_EVERY_S = 0.1
+CLINICAL_PURPOSE = "results"
+RUN_TIMEOUT_S = 3600.0
+TARGET_P99_MS = 50.0
+
+_ROUTE = """
+[[routes]]
+name = "{name}"
+type = "smpp"
+{rate}burst = 10
+window = 50
+host = "127.0.0.1"
+port = {port}
+system_id = "{system_id}"
+password = "{password}"
+session_window = 50
+reconnect_min = 0.5
+reconnect_max = 5.0
+"""
+
+# The clinical sends at any hour and without the clinical caps (each goes to its own
+# number anyway): the bench must not depend on the time of day.
+_CLINICAL = f"""
+[consent.purposes.{CLINICAL_PURPOSE}]
+window = ""
+caps = []
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    n: int
+    rate: float | None  # the route's (the carrier's contract)
+    campaign_rate: float | None  # the campaign's send rate, below it: room for clinical
+
+
+def say(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+def configure(home: GatewayHome, settings: Settings, smsc_port: int, password: str) -> None:
+    """Replace the routes `smsgw init` wrote by the simulator's; open the clinical purpose."""
+    head, _, _ = home.config_path.read_text().partition("[[routes]]")
+    route = _ROUTE.format(
+        name=ROUTE,
+        rate="" if settings.rate is None else f"rate = {settings.rate!r}\n",
+        port=smsc_port,
+        system_id=SYSTEM_ID,
+        password=password,
+    )
+    home.config_path.write_text(head.rstrip() + "\n" + _CLINICAL + route)
+
+
+async def run_campaign(api: client.Api, n: int, rate: float | None) -> float:
+    """The campaign step: N bulk-class messages queued at the campaign's send rate, 100
+    per request (all at once, 500 per request from 4 clients, without a rate); seconds
+    taken. Becomes a campaign (the campaigns use case) once it is on main."""
+    if rate is None:
+        return await api.preload(n, "bulk", purpose="informational")
+    rng = random.Random(1)
+    start = time.monotonic()
+    for first in range(0, n, CAMPAIGN_BATCH):
+        await asyncio.sleep(max(0.0, start + first / rate - time.monotonic()))
+        batch = [
+            client.message("bulk", rng, "informational")
+            for _ in range(min(CAMPAIGN_BATCH, n - first))
+        ]
+        if await api.send_batch(batch) != len(batch):
+            raise RuntimeError("campaign: messages rejected")
+    return time.monotonic() - start
+
+
+@dataclass
+class Clinical:
+    """Clinical sends every 100 ms, each to its own number, until `stop` is set."""
+
+    ids: list[tuple[float, str]]  # (when sent, monotonic; message id)
+    round_trips: list[float]  # ms from the POST to its 202 (which follows the commit)
+    stop: asyncio.Event
+
+    async def run(self, api: client.Api) -> None:
+        start = time.monotonic()
+        for i in range(loadgen.RECIPIENTS):
+            if self.stop.is_set():
+                return
+            sms = {
+                "to": loadgen.recipient(i),
+                "body": f"Your result {i} is ready; please call the clinic.",
+                "purpose": CLINICAL_PURPOSE,
+            }
+            sent = time.monotonic()
+            self.ids.append((sent, await api.send(sms)))
+            self.round_trips.append(1000 * (time.monotonic() - sent))
+            next_at = start + (i + 1) * CLINICAL_EVERY_S
+            try:
+                await asyncio.wait_for(self.stop.wait(), max(0.0, next_at - time.monotonic()))
+            except TimeoutError:
+                continue
+
+
+def latency(delays: list[float]) -> dict[str, Any]:
+    if not delays:
+        return {"count": 0}
+    return {
+        "count": len(delays),
+        "p50_ms": round(percentile(delays, 50), 1),
+        "p99_ms": round(percentile(delays, 99), 1),
+        "max_ms": round(max(delays), 1),
+        "over_target": sum(d >= TARGET_P99_MS for d in delays),
+    }
+
+
+async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str, Any]:
+    home = await harness.init_gateway(work)
+    password = secrets.token_hex(4)  # SMPP 3.4 passwords hold at most 8 characters
+    sim_config = SimulatorConfig(system_id=SYSTEM_ID, password=password, receipt_delay=1.0)
+    async with SmscSimulator(sim_config) as sim:
+        configure(home, settings, sim.port, password)
+        server = modems.gateway(home, pinning)
+        await server.start()
+        try:
+            async with client.Api(server.url, home.token) as api:
+                log_start = server.log_path.stat().st_size
+                cpu0 = harness.CpuSnapshot.take(server.pid)
+                clinical = Clinical([], [], asyncio.Event())
+                clinical_task = asyncio.create_task(clinical.run(api))
+                queued_s = await run_campaign(api, settings.n, settings.campaign_rate)
+                queued_at = time.monotonic()
+                say(f"campaign of {settings.n:,} queued in {queued_s:.1f} s; dispatching")
+                await scenarios.wait_idle(api, RUN_TIMEOUT_S)
+                clinical.stop.set()
+                await clinical_task
+                await scenarios.wait_idle(api, RUN_TIMEOUT_S)  # the last clinical send has left too
+                cpu = cpu0.until(harness.CpuSnapshot.take(server.pid))
+                log_end = server.log_path.stat().st_size
+                delays = await scenarios.sending_delays(api, [mid for _, mid in clinical.ids])
+        finally:
+            code = await server.stop()
+        arrivals = [at for at, _ in sim.arrivals]
+    while_queueing = [d for (at, _), d in zip(clinical.ids, delays, strict=True) if at < queued_at]
+    while_sending = [d for (at, _), d in zip(clinical.ids, delays, strict=True) if at >= queued_at]
+    bulk = len(arrivals) - len(clinical.ids)
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    overall = latency(delays)
+    result: dict[str, Any] = {
+        "bench": "campaign_clinical",
+        "n": settings.n,
+        "clinical": overall,
+        "clinical_while_queueing": latency(while_queueing),
+        "clinical_while_dispatching": latency(while_sending),
+        # Where the slow ones lost their time: an accept's commit comes before the
+        # scheduler sees the message, so a slow 202 means a slow `queued` to `sending` too.
+        "clinical_accept_round_trip": latency(clinical.round_trips),
+        "target": f"clinical p99 < {TARGET_P99_MS:g} ms",
+        "met": overall.get("p99_ms", 0.0) < TARGET_P99_MS,
+        "bulk_submits": bulk,
+        "bulk_per_s": round(bulk / span, 1) if span else None,
+        "bulk_span_s": round(span, 2),
+        "campaign_queueing_s": round(queued_s, 2),
+        "gateway_cpu": round(cpu.utilisation, 2),
+        "foreign_cpu_s": round(cpu.foreign_s, 2),
+        "exit_code": code,
+    }
+    result.update(modems.log_problems(server.log_path, log_start, log_end))
+    return result
+
+
+async def run(settings: Settings, pinning: Pinning, root: Path) -> int:
+    result = await measure(settings, pinning, root / "gateway")
+    rate = "none" if settings.rate is None else f"{settings.rate:g}/s"
+    result["settings"] = {
+        "route": f"one SMPP bind to the SMSC simulator, rate {rate}, burst 10, window 50",
+        "campaign": (
+            "bulk, purpose informational, POST /messages/batch, "
+            + (
+                "all at once (500 x 4 clients)"
+                if settings.campaign_rate is None
+                else f"100 per request at {settings.campaign_rate:g}/s"
+            )
+        ),
+        "clinical": f"purpose {CLINICAL_PURPOSE} (class high), POST /messages every 100 ms",
+        "timing": "events: 'sending' at minus 'queued' at (ms resolution)",
+        "placement": modems.placement(pinning).replace("the emulators", "the simulator"),
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
+    }
+    harness.publish_summary(result, LATEST)
+    return 0 if result["exit_code"] == 0 else 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=100_000, help="campaign recipients (100,000)")
+    p.add_argument("--rate", type=float, default=500.0, help="the route's rate (500/s; 0: none)")
+    p.add_argument(
+        "--campaign-rate", type=float, default=400.0, help="campaign send rate (400/s; 0: at once)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the data, config and log")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.rate < 0 or args.campaign_rate < 0:
+        p.error("--n takes a count of at least 1, the rates a rate >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings(args.n, args.rate or None, args.campaign_rate or None)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    pinning = harness.setup_pinning()
+    root = Path(tempfile.mkdtemp(prefix="smsgw-bench-campaign-"))
+    print(
+        f"campaign_clinical: N = {settings.n:,} bulk, a clinical send every 100 ms;"
+        f" {modems.placement(pinning).replace('the emulators', 'the simulator')};"
+        f" data in {root}",
+        flush=True,
+    )
+    try:
+        # Plain asyncio: loop.time() (the simulator's arrival times) is time.monotonic().
+        return asyncio.run(run(settings, pinning, root))
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
