@@ -53,6 +53,7 @@ from gateway.integrations.webhooks import (
     WebhookSecretError,
 )
 from gateway.keys.rekey import RekeyJob
+from gateway.links.usecase import Links
 from gateway.logs import exception_summary
 from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
@@ -212,6 +213,7 @@ class Gateway:
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
         await self.templates.ensure_defaults()  # the built-in templates, at the first start
+        await self.links.load()  # the named links `{link:NAME}` expands at accept
         await self.scheduler.restore_parks()  # refused credentials, still the same: no bind
         for route in self.routes.values():
             seed_usage = getattr(route.driver, "seed_usage", None)
@@ -370,6 +372,18 @@ class Gateway:
             renderer=TemplateRenderer(self.config.templates, consent.language, consent.brand),
             allow_drug_names=self.config.templates.allow_drug_names,
             store_=self.store,
+            clock=self.clock,
+            audit=self.audit,
+        )
+
+    @functools.cached_property
+    def links(self) -> Links:
+        """Tracked links (`gateway/links/`): API `/links`, the panel page, the redirect
+        listener; the accept path expands `{link:NAME}` from its book."""
+        return Links(
+            config=self.config.links,
+            book=self.intake.links,
+            store=self.store,
             clock=self.clock,
             audit=self.audit,
         )

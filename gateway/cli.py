@@ -312,6 +312,7 @@ async def _serve(
     )
     await site.start()
     kannel_runner = await _start_kannel(gateway)
+    links_runner = await _start_links(gateway)
     log.info(
         "listening",
         url=f"{'https' if context else 'http'}://{config.http.listen}",
@@ -343,7 +344,7 @@ async def _serve(
     with contextlib.suppress(Exception):  # bounded by its own drain; never stops the stop
         await asyncio.wait_for(admin_socket.close(), STEP_LIMIT + 1)
     failed = await gateway.stop(
-        before_store_close=_cleanup(runner, kannel_runner), on_step=deadline.phase
+        before_store_close=_cleanup(runner, kannel_runner, links_runner), on_step=deadline.phase
     )
     deadline.phase("simulated peers")
     with contextlib.suppress(Exception):  # the demo's peers: nothing of the gateway's
@@ -380,6 +381,25 @@ async def _start_kannel(gateway: Gateway) -> web.BaseRunner | None:
     host, _, port = gateway.config.kannel.listen.rpartition(":")
     await GuardedTCPSite(runner, host.strip("[]"), int(port), backlog=1024).start()
     log.info("kannel_listening", url=f"http://{gateway.config.kannel.listen}/cgi-bin/sendsms")
+    return runner
+
+
+async def _start_links(gateway: Gateway) -> web.BaseRunner | None:
+    """The short links' redirect listener, when `links.enabled` (gateway/links/server.py)."""
+    if not gateway.config.links.enabled:
+        return None
+    from gateway.links import server as links_server
+    from gateway.web.connections import GuardedTCPSite
+
+    runner = links_server.build_runner(gateway)
+    await runner.setup()
+    host, _, port = gateway.config.links.listen.rpartition(":")
+    try:
+        await GuardedTCPSite(runner, host.strip("[]"), int(port), backlog=1024).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise StartupFault(f"links.listen: cannot listen: {e.strerror or e}", exit_code=2) from None
+    log.info("links_listening", listen=gateway.config.links.listen)
     return runner
 
 

@@ -31,6 +31,7 @@ from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import DEMO_OUTBOUND as DEMO_HL7_OUTBOUND
 from gateway.hl7.settings import Hl7Config
+from gateway.links.settings import LinksConfig
 from gateway.models import Priority
 from gateway.replies.settings import RepliesConfig
 from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
@@ -397,6 +398,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     medication: MedicationConfig = msgspec.field(default_factory=MedicationConfig)
     replies: RepliesConfig = msgspec.field(default_factory=RepliesConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)  # MSG-12
+    links: LinksConfig = msgspec.field(default_factory=LinksConfig)  # i15-links: short links
     source: str | None = None
 
     @property
@@ -599,6 +601,8 @@ def _check_values(config: Config) -> None:
     for problem in pattern_problems(config.medication):
         raise ConfigError(problem)
     if problem := config.retention.problems():
+        raise ConfigError(problem)
+    if problem := config.links.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

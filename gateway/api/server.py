@@ -19,6 +19,7 @@ from gateway.api import templates as t
 from gateway.api.endpoint import INVALID_QUERY, Endpoint
 from gateway.api.erasure import ERASURE_ENDPOINTS
 from gateway.api.hl7_endpoints import HL7_ENDPOINTS
+from gateway.api.links import LINK_ENDPOINTS
 from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
@@ -471,6 +472,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
+    *LINK_ENDPOINTS,  # /links (i15-links)
 )
 
 
