@@ -146,7 +146,7 @@ LINK_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET",
-        "/api/v1/links/{id}",
+        "/api/v1/links/{id:lnk_[0-9a-f]{16}}",
         get_link,
         "read",
         "One link with its clicks per agent class",
