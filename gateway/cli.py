@@ -43,6 +43,7 @@ from gateway.config import Config, ConfigError
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
+from gateway.links import demo as links_demo
 from gateway.ops.socket import AdminSocket
 from gateway.reminders import demo as reminders_demo
 from gateway.shutdown import EXIT_STOP_INCOMPLETE, STEP_LIMIT, StopDeadline, stop_limit
@@ -199,6 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(problem)
     if args.hl7_listen:
         config = _hl7_demo_listen(config, args.hl7_listen)
+    if args.links_listen:
+        config = _links_demo_listen(config, args.links_listen)
     logs.configure(config.log.format, config.log.level)
     with DataDirLock(config.data_dir):
         token = None
@@ -227,6 +230,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             deadline.phase("interpreter exit (waiting for threads)")
             deadline.disarm_if_nothing_can_hang()
+
+
+def _links_demo_listen(config: Config, listen: str) -> Config:
+    """The embedded default's short links served (and addressed) at `listen`."""
+    if config.source is not None:
+        raise ConfigError("--links-listen: only for the embedded default; set links.listen")
+    if problem := config_mod.listen_problem(listen):
+        raise ConfigError(f"--links-listen: {problem}")
+    links = msgspec.structs.replace(config.links, listen=listen, base_url=f"http://{listen}")
+    return msgspec.structs.replace(config, links=links)
 
 
 def _hl7_demo_listen(config: Config, listen: str) -> Config:
@@ -295,6 +308,7 @@ async def _serve(
     if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
+        await links_demo.seed(gateway.links)  # issue 15: {link:flu-clinic}
     await gateway.start()
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.
@@ -398,6 +412,9 @@ async def _start_links(gateway: Gateway) -> web.BaseRunner | None:
         await GuardedTCPSite(runner, host.strip("[]"), int(port), backlog=1024).start()
     except OSError as e:
         await runner.cleanup()
+        if gateway.config.source is None:  # the demo's listener is a nicety, not a reason
+            log.warning("links_demo_listener_unavailable", error=e.strerror or str(e))
+            return None
         raise StartupFault(f"links.listen: cannot listen: {e.strerror or e}", exit_code=2) from None
     log.info("links_listening", listen=gateway.config.links.listen)
     return runner
@@ -594,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     run.add_argument("--listen", help="HOST:PORT, overrides http.listen")
     run.add_argument("--hl7-listen", help="HOST:PORT of the embedded default's HL7 feed")
+    run.add_argument("--links-listen", help="HOST:PORT of the embedded default's short links")
     run.set_defaults(func=cmd_run)
 
     send_cmd.add_parser(sub, _load, ENV_CONFIG)

@@ -31,7 +31,7 @@ from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import DEMO_OUTBOUND as DEMO_HL7_OUTBOUND
 from gateway.hl7.settings import Hl7Config
-from gateway.links.settings import LinksConfig
+from gateway.links.settings import DEMO_LINKS, LinksConfig
 from gateway.models import Priority
 from gateway.replies.settings import RepliesConfig
 from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
@@ -511,6 +511,7 @@ def embedded_default(data_dir: str = "data") -> Config:
         "log": {"level": "debug"},
         # an EHR feed to try `smsgw hl7 send` on, its write-back to `smsgw hl7 listen`
         "hl7": {"interfaces": [DEMO_HL7_INTERFACE, DEMO_HL7_OUTBOUND]},
+        "links": DEMO_LINKS,  # {link:flu-clinic} becomes http://127.0.0.1:8081/<token>
     }
     return msgspec.structs.replace(from_mapping(raw), routes=embedded_routes())
 

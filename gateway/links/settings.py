@@ -79,3 +79,12 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# `make run`: short links on this machine, to the demo hospital's site.
+DEMO_LINKS = {
+    "enabled": True,
+    "base_url": "http://127.0.0.1:8081",
+    "listen": "127.0.0.1:8081",
+    "allow": ["www.example-hospital.org"],
+}
