@@ -310,3 +310,14 @@ async def test_a_source_hammering_a_link_is_limited_and_not_counted(
         assert len(await rig.clicks()) == 3
         gw.clock.advance(60.0)  # type: ignore[attr-defined]
         assert (await rig.follow(token, **{"User-Agent": IPHONE})).status == 302
+
+
+async def test_erasing_a_person_ends_their_short_links(rig: Rig) -> None:
+    await _create(rig)
+    _, stored = await _send(rig, "{link:flu-clinic}")
+    token = URL.search(stored).group(1)  # type: ignore[union-attr]
+    assert (await rig.follow(token, **{"User-Agent": IPHONE})).status == 302
+    r = await rig.api.post("/api/v1/erasures", {"number": CANARY_NUMBER})
+    assert r.status == 200, await r.text()
+    assert (await rig.follow(token, **{"User-Agent": IPHONE})).status == 410
+    assert await rig.gw.store.reader.all("SELECT * FROM link_tokens") == []
