@@ -466,6 +466,7 @@ class Gateway:
             failed_before=now - admin.lockout_minutes * 60,
         )
         await self.audit.close_repeats()  # failed sign-ins counted in windows now over
+        await self.links.prune()  # expired short links' tokens
         if self.config.retention.enabled:
             await self.retention.run("gateway", audit_empty=False)
         log.info("housekeeping", idempotency_keys_removed=removed, sessions_removed=sessions)

@@ -321,3 +321,17 @@ async def test_erasing_a_person_ends_their_short_links(rig: Rig) -> None:
     assert r.status == 200, await r.text()
     assert (await rig.follow(token, **{"User-Agent": IPHONE})).status == 410
     assert await rig.gw.store.reader.all("SELECT * FROM link_tokens") == []
+
+
+async def test_housekeeping_forgets_expired_tokens_only(rig: Rig) -> None:
+    await _create(rig)
+    _, old = await _send(rig, "{link:flu-clinic}")
+    rig.gw.clock.advance(89 * 86400.0)  # type: ignore[attr-defined]
+    _, new = await _send(rig, "{link:flu-clinic}")
+    rig.gw.clock.advance(2 * 86400.0)  # type: ignore[attr-defined]
+    await rig.gw.housekeeping_once()
+    rows = await rig.gw.store.reader.all("SELECT token_hash FROM link_tokens")
+    new_token = URL.search(new).group(1)  # type: ignore[union-attr]
+    assert [bytes(r[0]) for r in rows] == [tokens.token_hash(new_token)]
+    assert (await rig.follow(URL.search(old).group(1))).status == 410  # type: ignore[union-attr]
+    assert (await rig.follow(new_token, **{"User-Agent": IPHONE})).status == 302

@@ -118,6 +118,11 @@ def token_statements(minted: Sequence[Minted]) -> list[Statement]:
     ]
 
 
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Forget tokens that expired before `before`: they answer as unknown ones do."""
+    return conn.execute("DELETE FROM link_tokens WHERE expires_at < ?", (before,)).rowcount
+
+
 def insert_click(
     conn: sqlite3.Connection, target: Target, at: float, human: bool, agent_class: str
 ) -> None:

@@ -842,6 +842,7 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at  REAL NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX link_tokens_message ON link_tokens (message_id);
+    CREATE INDEX link_tokens_expiry ON link_tokens (expires_at);
     CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
     """,
     # ---
