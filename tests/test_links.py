@@ -20,9 +20,12 @@ from structlog.testing import capture_logs
 from gateway.app import Gateway
 from gateway.links import server as links_server
 from gateway.links import tokens
+from gateway.templates.usecase import DraftRequest
 from gateway.tokens import create_token
+from gateway.usecases import Caller
 from tests.conftest import CANARY_NUMBER, GatewayFactory
 from tests.test_api import Api, _api, _error
+from tests.test_notice_runner import CONSENT, _messages, _setup
 
 SHORT_HOST = "https://go.example-hospital.org"
 LINKS = {
@@ -335,3 +338,26 @@ async def test_housekeeping_forgets_expired_tokens_only(rig: Rig) -> None:
     assert [bytes(r[0]) for r in rows] == [tokens.token_hash(new_token)]
     assert (await rig.follow(URL.search(old).group(1))).status == 410  # type: ignore[union-attr]
     assert (await rig.follow(new_token, **{"User-Agent": IPHONE})).status == 302
+
+
+async def test_a_template_with_a_link_sends_each_notice_its_own_short_url(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway(links=LINKS, consent=CONSENT)
+    editor = Caller("user:t", None, True, True, False, may_edit_templates=True)
+    await gw.links.create(editor, "flu-clinic", FLU, None)
+    body = "{clinic}: cita el {start}. Info: {link:flu-clinic} Responda STOP para no recibir mas"
+    req = DraftRequest("es", "appointment", {"clinic": {}, "start": {}}, body, None, "reminder",
+                       "reminder")  # fmt: skip
+    await gw.templates.save(editor, req)
+    await _setup(gw)
+    gw.clock.advance(24 * 3600.0)  # type: ignore[attr-defined]
+    result = await gw.notice_runner(gw.templates.renderer).run_once()
+    assert result.queued == 1, result
+    [message] = await _messages(gw)
+    stored = await gw.store.records.message(message["id"])
+    assert stored is not None
+    found = URL.search(stored.body.open())
+    assert found is not None and "{link:" not in stored.body.open()
+    rows = await gw.store.reader.all("SELECT message_id FROM link_tokens")
+    assert [r[0] for r in rows] == [message["id"]]
