@@ -374,6 +374,7 @@ class Gateway:
             store_=self.store,
             clock=self.clock,
             audit=self.audit,
+            sample_link=self.links.book.sample_url() if self.config.links.enabled else None,
         )
 
     @functools.cached_property

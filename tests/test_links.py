@@ -361,3 +361,22 @@ async def test_a_template_with_a_link_sends_each_notice_its_own_short_url(
     assert found is not None and "{link:" not in stored.body.open()
     rows = await gw.store.reader.all("SELECT message_id FROM link_tokens")
     assert [r[0] for r in rows] == [message["id"]]
+
+
+async def test_the_template_preview_and_lint_count_the_short_url(rig: Rig) -> None:
+    sample = SHORT_HOST + "/" + "x" * 16  # 48 characters
+    draft = {"language": "en", "purpose": "informational", "body": "Flu shots: {link:flu}"}
+    r = await rig.api.post("/api/v1/templates/preview", draft)
+    [text] = (await r.json())["texts"]
+    assert text["text"] == f"Flu shots: {sample}" and text["characters"] == 59
+    # A clinical text must fit one SMS with its link as sent: 162 characters with the
+    # 48 of the URL (125 with the placeholder as written).
+    clinical = (
+        "{clinic}: flu shots this week, see " + "x" * 40 + " {link:flu} Reply STOP to opt out"
+    )
+    lint = {"language": "en", "purpose": "appointment", "variables": {"clinic": {}},
+            "body": clinical}  # fmt: skip
+    problems = (await (await rig.api.post("/api/v1/templates/lint", lint)).json())["problems"]
+    assert [p["rule"] for p in problems] == ["too_long"]
+    lint["body"] = clinical.replace("x" * 40, "x" * 30)
+    assert (await (await rig.api.post("/api/v1/templates/lint", lint)).json())["ok"] is True

@@ -100,9 +100,13 @@ class LinkBook:
 
         def url(match: re.Match[str]) -> str:
             self._usable(match, now, field)
-            return self.short_url("x" * self._config.token_length)
+            return self.sample_url()
 
         return PLACEHOLDER.sub(url, body)
+
+    def sample_url(self) -> str:
+        """A short URL as long as every real one (for previews and the template lint)."""
+        return self.short_url("x" * self._config.token_length)
 
     def short_url(self, token: str) -> str:
         return f"{self._config.base_url.rstrip('/')}/{token}"
