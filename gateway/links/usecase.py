@@ -81,12 +81,6 @@ class Links:
 
     # -- managing ----------------------------------------------------------------------
 
-    async def prune(self) -> int:
-        """Delete expired tokens (housekeeping); an expired token and an unknown one get
-        the same answer, so nothing a phone sees changes. How many went."""
-        now = self.clock.time()
-        return await self._store.writer.run(lambda conn: sql.prune(conn, now))
-
     async def create(
         self, caller: Caller, name: str, destination: str, expires_at: float | None
     ) -> LinkRecord:
@@ -178,3 +172,9 @@ class Links:
         except Exception as e:  # the store is failing: the patient still gets the page
             log.error("link_click_not_recorded", error=exception_summary(e))
         return Followed(self._allowlist.normalised(target.destination), click.agent_class)
+
+    async def prune(self) -> int:
+        """Delete expired tokens (housekeeping); an expired token and an unknown one get
+        the same answer, so nothing a phone sees changes. How many went."""
+        now = self.clock.time()
+        return await self._store.writer.run(lambda conn: sql.prune(conn, now))
