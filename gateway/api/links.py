@@ -111,7 +111,7 @@ async def list_links(request: web.Request) -> web.Response:
 
 
 async def get_link(request: web.Request) -> web.Response:
-    found = await gateway_of(request).links.get(_caller(request), request.match_info["id"])
+    found = await gateway_of(request).links.get(_caller(request), request.match_info["link_id"])
     return json_response(link_view(found))
 
 
@@ -146,7 +146,7 @@ LINK_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET",
-        "/api/v1/links/{id:lnk_[0-9a-f]{16}}",
+        "/api/v1/links/{link_id:lnk_[0-9a-f]{16}}",
         get_link,
         "read",
         "One link with its clicks per agent class",
