@@ -387,6 +387,7 @@ class Gateway:
             store=self.store,
             clock=self.clock,
             audit=self.audit,
+            metrics=self.metrics,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -98,6 +98,12 @@ async def _send(rig: Rig, body: str) -> tuple[str, str]:
     return answer["id"], stored.body.open()
 
 
+def _requests(gw: Gateway, kind: str) -> float:
+    """`smsgw_link_requests_total{kind}` as a scrape reads it."""
+    found = gw.metrics.registry.get_sample_value("smsgw_link_requests_total", {"kind": kind})
+    return found or 0.0
+
+
 # -- the API ---------------------------------------------------------------------------
 
 
@@ -266,6 +272,7 @@ async def test_a_click_redirects_to_the_stored_destination_and_is_counted(rig: R
     assert one["by_class"]["head"] == 1 and one["by_class"]["preview"] == 1
     listed = await (await rig.api.get("/api/v1/links")).json()
     assert listed["links"][0]["clicks"] == {"human": 1, "bots": 4, "people": 1}
+    assert [_requests(rig.gw, k) for k in ("human", "head", "gone")] == [1.0, 1.0, 0.0]
 
 
 async def test_no_open_redirect_and_unknown_or_expired_tokens_look_alike(rig: Rig) -> None:
@@ -311,6 +318,7 @@ async def test_a_source_hammering_a_link_is_limited_and_not_counted(
         limited = await rig.follow("C" * 16)  # guessing other tokens: limited too
         assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
         assert len(await rig.clicks()) == 3
+        assert [_requests(gw, "limited"), _requests(gw, "gone")] == [4.0, 0.0]
         gw.clock.advance(60.0)  # type: ignore[attr-defined]
         assert (await rig.follow(token, **{"User-Agent": IPHONE})).status == 302
 

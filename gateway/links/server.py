@@ -75,6 +75,7 @@ async def follow(request: web.Request) -> web.StreamResponse:
     links = request.app[LINKS]
     wait = request.app[LIMITER].take(source_of(client_address(request)), links.clock.monotonic())
     if wait:
+        links.limited()
         return web.Response(
             status=429,
             text="Too many requests\n",

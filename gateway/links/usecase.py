@@ -31,6 +31,7 @@ from gateway.links.classify import CLASSES, classify
 from gateway.links.placeholders import NAME, LinkBook, NamedLink
 from gateway.links.settings import LinksConfig
 from gateway.logs import exception_summary
+from gateway.metrics import Metrics
 from gateway.store.audit_log import AuditTrail
 from gateway.store.store import Store
 from gateway.usecases.caller import Caller
@@ -66,8 +67,10 @@ class Links:
         store: Store,
         clock: Clock,
         audit: AuditTrail,
+        metrics: Metrics,
     ) -> None:
         self.config = config
+        self._requests = metrics.link_requests
         self.book = book
         self._allowlist = config.allowlist
         self._store = store
@@ -163,8 +166,10 @@ class Links:
             or now >= target.expires_at
             or self._allowlist.problem(target.destination) is not None
         ):
+            self._requests.labels("gone").inc()
             return Followed(self.config.fallback_url, None)
         click = classify(method, headers)
+        self._requests.labels(click.agent_class).inc()
         try:
             await self._store.writer.run(
                 lambda conn: sql.insert_click(conn, target, now, click.human, click.agent_class)
@@ -172,6 +177,10 @@ class Links:
         except Exception as e:  # the store is failing: the patient still gets the page
             log.error("link_click_not_recorded", error=exception_summary(e))
         return Followed(self._allowlist.normalised(target.destination), click.agent_class)
+
+    def limited(self) -> None:
+        """A request the redirect listener refused for its source's rate (metrics)."""
+        self._requests.labels("limited").inc()
 
     async def prune(self) -> int:
         """Delete expired tokens (housekeeping); an expired token and an unknown one get
