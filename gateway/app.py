@@ -56,6 +56,7 @@ from gateway.integrations.webhooks import (
     WebhookSecretError,
 )
 from gateway.keys.rekey import RekeyJob
+from gateway.links.usecase import Links
 from gateway.logs import exception_summary
 from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
@@ -219,6 +220,7 @@ class Gateway:
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
         await self.templates.ensure_defaults()  # the built-in templates, at the first start
+        await self.links.load()  # the named links `{link:NAME}` expands at accept
         await self.scheduler.restore_parks()  # refused credentials, still the same: no bind
         for route in self.routes.values():
             seed_usage = getattr(route.driver, "seed_usage", None)
@@ -449,6 +451,20 @@ class Gateway:
             store_=self.store,
             clock=self.clock,
             audit=self.audit,
+            sample_link=self.links.book.sample_url() if self.config.links.enabled else None,
+        )
+
+    @functools.cached_property
+    def links(self) -> Links:
+        """Tracked links (`gateway/links/`): API `/links`, the panel page, the redirect
+        listener; the accept path expands `{link:NAME}` from its book."""
+        return Links(
+            config=self.config.links,
+            book=self.intake.links,
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            metrics=self.metrics,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -529,6 +545,7 @@ class Gateway:
             failed_before=now - admin.lockout_minutes * 60,
         )
         await self.audit.close_repeats()  # failed sign-ins counted in windows now over
+        await self.links.prune()  # expired short links' tokens
         if self.config.retention.enabled:
             await self.retention.run("gateway", audit_empty=False)
         log.info("housekeeping", idempotency_keys_removed=removed, sessions_removed=sessions)

@@ -45,6 +45,7 @@ from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.contacts import ops as contacts_ops
 from gateway.demo import DemoPeers
 from gateway.hl7 import send_cmd as hl7_send
+from gateway.links import demo as links_demo
 from gateway.ops.socket import AdminSocket
 from gateway.reminders import demo as reminders_demo
 from gateway.shutdown import EXIT_STOP_INCOMPLETE, STEP_LIMIT, StopDeadline, stop_limit
@@ -202,6 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(problem)
     if args.hl7_listen:
         config = _hl7_demo_listen(config, args.hl7_listen)
+    if args.links_listen:
+        config = _links_demo_listen(config, args.links_listen)
     logs.configure(config.log.format, config.log.level)
     with DataDirLock(config.data_dir):
         token = None
@@ -230,6 +233,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             deadline.phase("interpreter exit (waiting for threads)")
             deadline.disarm_if_nothing_can_hang()
+
+
+def _links_demo_listen(config: Config, listen: str) -> Config:
+    """The embedded default's short links served (and addressed) at `listen`."""
+    if config.source is not None:
+        raise ConfigError("--links-listen: only for the embedded default; set links.listen")
+    if problem := config_mod.listen_problem(listen):
+        raise ConfigError(f"--links-listen: {problem}")
+    links = msgspec.structs.replace(config.links, listen=listen, base_url=f"http://{listen}")
+    return msgspec.structs.replace(config, links=links)
 
 
 def _hl7_demo_listen(config: Config, listen: str) -> Config:
@@ -300,6 +313,7 @@ async def _serve(
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
         await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
         await campaigns_demo.seed(gateway.templates)  # issue 15: an A/B campaign text
+        await links_demo.seed(gateway.links)  # issue 15: {link:flu-clinic}
     await gateway.start()
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.
@@ -317,6 +331,7 @@ async def _serve(
     )
     await site.start()
     kannel_runner = await _start_kannel(gateway)
+    links_runner = await _start_links(gateway)
     log.info(
         "listening",
         url=f"{'https' if context else 'http'}://{config.http.listen}",
@@ -348,7 +363,7 @@ async def _serve(
     with contextlib.suppress(Exception):  # bounded by its own drain; never stops the stop
         await asyncio.wait_for(admin_socket.close(), STEP_LIMIT + 1)
     failed = await gateway.stop(
-        before_store_close=_cleanup(runner, kannel_runner), on_step=deadline.phase
+        before_store_close=_cleanup(runner, kannel_runner, links_runner), on_step=deadline.phase
     )
     deadline.phase("simulated peers")
     with contextlib.suppress(Exception):  # the demo's peers: nothing of the gateway's
@@ -385,6 +400,28 @@ async def _start_kannel(gateway: Gateway) -> web.BaseRunner | None:
     host, _, port = gateway.config.kannel.listen.rpartition(":")
     await GuardedTCPSite(runner, host.strip("[]"), int(port), backlog=1024).start()
     log.info("kannel_listening", url=f"http://{gateway.config.kannel.listen}/cgi-bin/sendsms")
+    return runner
+
+
+async def _start_links(gateway: Gateway) -> web.BaseRunner | None:
+    """The short links' redirect listener, when `links.enabled` (gateway/links/server.py)."""
+    if not gateway.config.links.enabled:
+        return None
+    from gateway.links import server as links_server
+    from gateway.web.connections import GuardedTCPSite
+
+    runner = links_server.build_runner(gateway)
+    await runner.setup()
+    host, _, port = gateway.config.links.listen.rpartition(":")
+    try:
+        await GuardedTCPSite(runner, host.strip("[]"), int(port), backlog=1024).start()
+    except OSError as e:
+        await runner.cleanup()
+        if gateway.config.source is None:  # the demo's listener is a nicety, not a reason
+            log.warning("links_demo_listener_unavailable", error=e.strerror or str(e))
+            return None
+        raise StartupFault(f"links.listen: cannot listen: {e.strerror or e}", exit_code=2) from None
+    log.info("links_listening", listen=gateway.config.links.listen)
     return runner
 
 
@@ -579,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help=f"TOML file (default: ${ENV_CONFIG}, else embedded)")
     run.add_argument("--listen", help="HOST:PORT, overrides http.listen")
     run.add_argument("--hl7-listen", help="HOST:PORT of the embedded default's HL7 feed")
+    run.add_argument("--links-listen", help="HOST:PORT of the embedded default's short links")
     run.set_defaults(func=cmd_run)
 
     send_cmd.add_parser(sub, _load, ENV_CONFIG)

@@ -32,6 +32,7 @@ from gateway.consent.settings import ConsentConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import DEMO_OUTBOUND as DEMO_HL7_OUTBOUND
 from gateway.hl7.settings import Hl7Config
+from gateway.links.settings import DEMO_LINKS, LinksConfig
 from gateway.models import Priority
 from gateway.replies.settings import RepliesConfig
 from gateway.results.settings import MedicationConfig, ResultsConfig, pattern_problems
@@ -406,6 +407,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     replies: RepliesConfig = msgspec.field(default_factory=RepliesConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)  # MSG-12
     campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)  # i15-campaigns
+    links: LinksConfig = msgspec.field(default_factory=LinksConfig)  # i15-links: short links
     source: str | None = None
 
     @property
@@ -521,6 +523,7 @@ def embedded_default(data_dir: str = "data") -> Config:
         "log": {"level": "debug"},
         # an EHR feed to try `smsgw hl7 send` on, its write-back to `smsgw hl7 listen`
         "hl7": {"interfaces": [DEMO_HL7_INTERFACE, DEMO_HL7_OUTBOUND]},
+        "links": DEMO_LINKS,  # {link:flu-clinic} becomes http://127.0.0.1:8081/<token>
     }
     return msgspec.structs.replace(from_mapping(raw), routes=embedded_routes())
 
@@ -613,6 +616,8 @@ def _check_values(config: Config) -> None:
     if problem := config.retention.problems():
         raise ConfigError(problem)
     if problem := config.campaigns.problems():  # i15-campaigns
+        raise ConfigError(problem)
+    if problem := config.links.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

@@ -28,6 +28,8 @@ from gateway.consent.purposes import Purpose
 from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
 from gateway.integrations.callbacks import check_callback
+from gateway.links.placeholders import LinkBook, Minted
+from gateway.links.store import token_statements
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.router import Router
@@ -220,6 +222,7 @@ class Prepared:
     # The class's default lifetime when the client set no expires_at: a message held
     # by the policy keeps it from when it may go, as one with a send_at does.
     lifetime: float | None = None
+    links: tuple[Minted, ...] = ()  # its short links' tokens, stored with it
 
     def answer(self) -> Accepted:
         m = self.message
@@ -252,6 +255,7 @@ class Prepared:
             self.quiet_hours_override,
             self.quiet_hours_reason,
             self.lifetime,
+            self.links,
         )
 
 
@@ -274,6 +278,7 @@ class Intake:
         self._metrics = metrics
         self._routes = frozenset(router.names)
         self.policy = Policy(config.consent)
+        self.links = LinkBook(config.links)  # named links, for `{link:NAME}` at accept
         if self.policy.enabled:
             policy = self.policy
 
@@ -305,8 +310,10 @@ class Intake:
                 f"{field_prefix}to: not a valid phone number",
                 field=f"{field_prefix}to",
             )
+        message_id = new_message_id()
+        body, links = self.links.expand(req.body, message_id, now, f"{field_prefix}body")
         try:
-            plan = split(req.body, max_segments=self._queue.max_segments)
+            plan = split(body, max_segments=self._queue.max_segments)
         except BodyTooLong as e:
             raise ApiError(
                 422, "body_too_long", f"{field_prefix}body: {e}", field=f"{field_prefix}body"
@@ -349,13 +356,12 @@ class Intake:
                 f"at priority {priority.label}",
                 field=f"{field_prefix}to",
             )
-        message_id = new_message_id()
         message = NewMessage(
             id=message_id,
             token_id=token_id,
             priority=priority,
             to=to,
-            body=req.body,
+            body=body,
             encoding=plan.encoding.value,
             segments=plan.segments,
             created_at=now,
@@ -368,7 +374,7 @@ class Intake:
             purpose=purpose.value,
             to_index=self._store.blind_index(to),
             # Encrypted here, on the event loop, not in the writer's transaction.
-            sealed=self._store.seal(message_id, to, req.body, req.reference, req.callback_url),
+            sealed=self._store.seal(message_id, to, body, req.reference, req.callback_url),
         )
         scheduled = message.state is State.SCHEDULED
         due = send_at if scheduled and send_at is not None else now
@@ -381,6 +387,7 @@ class Intake:
             req.quiet_hours_override is not None,
             None if req.quiet_hours_override is None else req.quiet_hours_override.reason,
             None if req.expires_at is not None else self._queue.policy(priority).expires_after,
+            links,
         )
 
     def judge(self, view: GroupView, p: Prepared) -> Prepared:
@@ -410,6 +417,7 @@ class Intake:
         rows: list[Statement] = []
         for p in prepared:
             rows.extend(self._store.insert_statements(p.message))
+            rows.extend(token_statements(p.links))
         return rows
 
     def accepted(self, prepared: Sequence[Prepared]) -> None:

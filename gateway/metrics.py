@@ -184,6 +184,11 @@ class Metrics:
         ProcessCollector(registry=r)
         self.state = StateCollector()  # filled by `metrics_state.refresh` at each scrape
         r.register(self.state)
+        # i15-links: requests to short links, by what they were taken for (a click's
+        # agent class, `gone`: unknown or expired, `limited`: over the source's rate).
+        self.link_requests = Counter(
+            "smsgw_link_requests", "Requests to short links, by kind", ["kind"], registry=r
+        )
         self.commit_batch = Histogram(
             "smsgw_commit_batch_size",
             "Items per group commit",

@@ -40,6 +40,7 @@ SAMPLES = {
     "audience_id": "a" + "0" * 12,  # a saved audience
     "survey_id": "svy_0123456789abcdef",  # a survey's id (issue 15, i15-surveys)
     "campaign_id": "cmp_0123456789abcdef",  # a campaign's id (issue 15)
+    "link_id": "lnk_0123456789abcdef",  # a tracked link's id (issue 15)
 }
 
 

@@ -31,7 +31,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
     c = config.load(EXAMPLE)
     assert c.routes, "the example shows at least one route"
     text = EXAMPLE.read_text()
-    for section in ("http", "store", "queue", "log", "admin", "replies"):
+    for section in ("http", "store", "queue", "log", "admin", "replies", "links"):
         struct = getattr(c, section)
         for name in struct.__struct_fields__:
             assert f"{name} =" in text or f"{name}=" in text, f"{section}.{name} undocumented"

@@ -77,6 +77,8 @@ async def newcomer(tmp_path: Path) -> AsyncIterator[Newcomer]:
         f"127.0.0.1:{port}",
         "--hl7-listen",  # the demo HL7 feed, off its fixed 2575
         f"127.0.0.1:{free_port()}",
+        "--links-listen",  # the demo short links, off their fixed 8081
+        f"127.0.0.1:{free_port()}",
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -77,6 +77,8 @@ async def test_the_embedded_default_takes_the_sample_files_on_its_demo_feed(
         f"127.0.0.1:{http_port}",
         "--hl7-listen",
         f"127.0.0.1:{hl7_port}",
+        "--links-listen",  # the demo short links, off their fixed 8081
+        f"127.0.0.1:{free_port()}",
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

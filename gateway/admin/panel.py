@@ -62,6 +62,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_groups",
     "gateway.admin.views_surveys",  # i15-surveys
     "gateway.admin.views_campaigns",  # i15-campaigns
+    "gateway.admin.views_links",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

@@ -22,6 +22,7 @@ from gateway.api import templates as t
 from gateway.api.endpoint import INVALID_QUERY, Endpoint
 from gateway.api.erasure import ERASURE_ENDPOINTS
 from gateway.api.hl7_endpoints import HL7_ENDPOINTS
+from gateway.api.links import LINK_ENDPOINTS
 from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
@@ -477,6 +478,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
     *surveys.endpoints(Endpoint),  # /surveys (i15-surveys)
     *cmp.endpoints(Endpoint),  # /campaigns (i15-campaigns)
+    *LINK_ENDPOINTS,  # /links (i15-links)
 )
 
 

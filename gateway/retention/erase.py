@@ -9,7 +9,7 @@ erasure is audited under a reference id, with counts; never the number.
 
 What happens, table by table (`docs/ops/retention.md` has the same list):
 - messages to the number: waiting ones cancelled (`erased`); number, body, reference
-  and callback removed, index emptied; their Kannel dlr-url rows deleted;
+  and callback removed, index emptied; their Kannel dlr-url rows and short links deleted;
 - inbound from the number: sender and body removed, index emptied; held parts deleted;
 - contacts: the row deleted (number, patient reference, language, time zone);
 - consent_ledger and consent_state: kept under the keyed hash (the suppression entry),
@@ -95,6 +95,7 @@ def erase(
             (blank(c, mid, "to"), blank(c, mid, "body"), mid),
         )
         conn.execute("DELETE FROM kannel_dlr WHERE message_id = ?", (mid,))
+        conn.execute("DELETE FROM link_tokens WHERE message_id = ?", (mid,))  # its short links
     n["messages"] = len(ids)
 
     ids = [r[0] for r in conn.execute("SELECT id FROM inbound WHERE sender_index = ?", (idx,))]

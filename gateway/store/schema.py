@@ -915,8 +915,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX survey_answers_session ON survey_answers (session_id);
     """,
     # ---
-    # 28 (i15-links): reserved for the tracked links branch.
-    "",
+    # 28 (i15-links): tracked links. Named links (a destination from links.allow, kept
+    # in clear: a shared page, never a person's data); each message's tokens, stored
+    # as SHA-256 so a copy of the store opens no link, bound to the message for
+    # per-message, campaign and variant counts; and the per-link index the link
+    # list's click counts read from link_clicks (migration 24).
+    """
+    CREATE TABLE links (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        destination TEXT NOT NULL,
+        expires_at  REAL,
+        created_at  REAL NOT NULL,
+        created_by  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE link_tokens (
+        token_hash  BLOB PRIMARY KEY,
+        link_id     TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX link_tokens_message ON link_tokens (message_id);
+    CREATE INDEX link_tokens_expiry ON link_tokens (expires_at);
+    CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
+    """,
     # ---
     # 29 (i15-analytics): reserved for the analytics branch.
     "",

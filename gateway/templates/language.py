@@ -4,7 +4,8 @@ That is all it can do: a placeholder names one declared variable and, for date a
 time types, one of a fixed set of formats. There is no attribute access, indexing,
 expression or call (`str.format` would let `{clinic.__class__}` reach into objects),
 so a template cannot read anything it was not handed. `{{` and `}}` are literal
-braces; any other brace is a syntax error, reported with its position.
+braces; `{link:NAME}` is kept as written, for the accept path to make a short URL of;
+any other brace is a syntax error, reported with its position.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TOKEN = re.compile(r"\{\{|\}\}|\{([a-z][a-z0-9_]{0,31})(?::([a-z_]{1,16}))?\}|[{}]")
+# `{link:NAME}` is not a variable: it stays in the text as written, and the accept path
+# turns it into the message's own short URL (gateway/links/placeholders.py).
+LINK = re.compile(r"\{link:[^{}\s]{1,64}\}")
+_TOKEN = re.compile(
+    rf"\{{\{{|\}}\}}|{LINK.pattern}|\{{([a-z][a-z0-9_]{{0,31}})(?::([a-z_]{{1,16}}))?\}}|[{{}}]"
+)
 
 
 class TemplateSyntaxError(ValueError):
@@ -43,6 +49,8 @@ def parse(body: str) -> tuple[Piece, ...]:
         token = m.group(0)
         if token in ("{{", "}}"):
             literal.append(token[0])
+        elif token.startswith("{link:") and LINK.fullmatch(token):
+            literal.append(token)
         elif m.group(1) is None:
             raise TemplateSyntaxError(
                 m.start(),

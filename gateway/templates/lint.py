@@ -154,8 +154,10 @@ def lint(
     language: str,
     *,
     allow_drug_names: bool = False,
+    link_width: int = 0,
 ) -> list[Problem]:
-    """Every problem of every variant; empty when the template may be saved."""
+    """Every problem of every variant; empty when the template may be saved.
+    `link_width`: the length of a short URL a `{link:NAME}` becomes (gateway/links/)."""
     problems: list[Problem] = []
     declared = {v.name: v for v in variables}
     for v in variables:
@@ -177,7 +179,7 @@ def lint(
             for rule, what, _ in _word_problems(fold(v.default), allow_drug_names):
                 problems.append(Problem(rule, f"{v.name}: its default has {what}"))
     for body in bodies:
-        problems.extend(_lint_body(body, declared, purpose, language, allow_drug_names))
+        problems.extend(_lint_body(body, declared, purpose, language, allow_drug_names, link_width))
     return problems
 
 
@@ -206,6 +208,7 @@ def _lint_body(
     purpose: str,
     language: str,
     allow_drug_names: bool,
+    link_width: int = 0,
 ) -> Iterator[Problem]:
     def problem(rule: str, message: str, span: tuple[int, int] | None = None) -> Problem:
         where = f"variant {body.name}: " if body.name else ""
@@ -260,6 +263,8 @@ def _lint_body(
     widest = sum(len(p) if isinstance(p, str) else 0 for p in pieces) + sum(
         declared[p.name].widest(p.format, language) for p in valid
     )
+    if link_width:  # each `{link:NAME}` goes out as a short URL of this length
+        widest += sum(link_width - len(m.group(0)) for m in lang.LINK.finditer(body.text))
     if widest > MAX_LENGTH:
         yield problem(
             Rule.TOO_LONG,

@@ -24,6 +24,7 @@ from gateway.errors import ApiError
 from gateway.store.audit_log import AuditTrail
 from gateway.store.store import Store
 from gateway.templates import defaults, lint, store
+from gateway.templates.language import LINK
 from gateway.templates.renderer import RenderRefused, TemplateRenderer, normalise
 from gateway.templates.store import Draft, Variant, Version
 from gateway.templates.variables import Variable, VarType, declare
@@ -87,7 +88,11 @@ class Templates:
         store_: Store,
         clock: Clock,
         audit: AuditTrail,
+        sample_link: str | None = None,
     ) -> None:
+        # A short URL as `{link:NAME}` becomes one (gateway/links/), for the lint's
+        # length and the preview; None while tracked links are off.
+        self._sample_link = sample_link
         self.renderer = renderer
         self._allow_drugs = allow_drug_names
         self._store = store_
@@ -148,6 +153,7 @@ class Templates:
             draft.purpose,
             draft.language,
             allow_drug_names=self._allow_drugs,
+            link_width=len(self._sample_link or ""),
         )
 
     async def save(self, caller: Caller, req: DraftRequest) -> Version:
@@ -248,6 +254,8 @@ class Templates:
             except RenderRefused as e:
                 text = None
                 problems.append(lint.Problem("render", str(e), v.name))
+            if text is not None and self._sample_link is not None:
+                text = LINK.sub(lambda _: self._sample_link or "", text)
             encoding, segments = _segments(text)
             texts.append(PreviewText(v.name, text, len(text or ""), encoding, segments))
         return Preview(draft.language, tuple(texts), tuple(problems))

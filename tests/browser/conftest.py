@@ -158,10 +158,10 @@ def start_gateway(
     users: tuple[tuple[tuple[str, str], str], ...] = USERS,
     api_token: bool = True,
     modems: list[str] | None = None,
-    extra_config: str = "",
+    extra_toml: str = "",
 ) -> Gateway:
-    """`modems`: tty paths of emulated modems (see `modem_simulator`) for a second route.
-    `extra_config`: TOML appended to the file (e.g. `[demo] peers = true`)."""
+    """`modems`: tty paths of emulated modems (see `modem_simulator`) for a second route;
+    `extra_toml`: more tables for the config file (after every other)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "smsgw.toml"
@@ -199,7 +199,7 @@ def start_gateway(
         'undelivered_prefixes = ["+1202555019"]\n'
         + bank
         + TEST_CONSENT_TOML  # the suite's default purpose (tests/conftest.py)
-        + extra_config
+        + extra_toml
     )
     crypto.generate_master_key(root / "master.key")
     subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)

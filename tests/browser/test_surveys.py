@@ -22,7 +22,7 @@ from tests.browser.test_panel import new_page, operator_context, shot
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("surveys"), extra_config="[demo]\npeers = true\n")
+    gw = start_gateway(tmp_path_factory.mktemp("surveys"), extra_toml="[demo]\npeers = true\n")
     yield gw
     gw.stop()
 
