@@ -23,6 +23,7 @@ import msgspec
 import phonenumbers
 
 from drivers.registry import UnknownDriver, load_driver
+from gateway.analytics.settings import AnalyticsConfig
 from gateway.appointments.settings import AppointmentsConfig
 from gateway.config_errors import ConfigError as ConfigError  # raised here, caught by callers
 from gateway.config_errors import convert, show
@@ -397,6 +398,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     medication: MedicationConfig = msgspec.field(default_factory=MedicationConfig)
     replies: RepliesConfig = msgspec.field(default_factory=RepliesConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)  # MSG-12
+    analytics: AnalyticsConfig = msgspec.field(default_factory=AnalyticsConfig)  # i15-analytics
     source: str | None = None
 
     @property
@@ -599,6 +601,8 @@ def _check_values(config: Config) -> None:
     for problem in pattern_problems(config.medication):
         raise ConfigError(problem)
     if problem := config.retention.problems():
+        raise ConfigError(problem)
+    if problem := config.analytics.problems():  # i15-analytics
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

@@ -823,8 +823,32 @@ MIGRATIONS: tuple[str, ...] = (
     # 28 (i15-links): reserved for the tracked links branch.
     "",
     # ---
-    # 29 (i15-analytics): reserved for the analytics branch.
-    "",
+    # 29 (i15-analytics): analytics without PHI (`gateway/analytics/`). Daily sums per
+    #    dimension (total, campaign, template variant, reminder rule, clinic, purpose,
+    #    route) and key, in the site's time zone, one row per metric: counts only, no
+    #    number, text or person. Each source is read after its cursor (a committed seq,
+    #    or a time and id) by the rollup, which adds a batch into the sums and moves the
+    #    cursor in one transaction, off the send path (no trigger on messages). The
+    #    partial index holds only blocked messages (those blocked at accept have no
+    #    event row to read them by).
+    """
+    CREATE TABLE analytics_daily (
+        dim     TEXT NOT NULL,
+        day     TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        metric  TEXT NOT NULL,
+        value   INTEGER NOT NULL,
+        PRIMARY KEY (dim, day, key, metric)
+    ) WITHOUT ROWID;
+    CREATE TABLE analytics_cursors (
+        stream  TEXT PRIMARY KEY,
+        seq     INTEGER NOT NULL DEFAULT 0,
+        at      REAL NOT NULL DEFAULT 0,
+        id      TEXT NOT NULL DEFAULT '',
+        rows    INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX analytics_blocked ON messages (updated_at, id) WHERE state = 'blocked';
+    """,
     # ---
     # 30 (i15-spread): reserved for the broadcast branch.
     "",
