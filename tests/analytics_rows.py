@@ -125,9 +125,7 @@ def add_appointment(
     )
 
 
-def set_appointment_status(
-    conn: sqlite3.Connection, appt_id: str, status: str, at: float
-) -> None:
+def set_appointment_status(conn: sqlite3.Connection, appt_id: str, status: str, at: float) -> None:
     old = conn.execute("SELECT status FROM appointments WHERE id = ?", (appt_id,)).fetchone()[0]
     conn.execute("UPDATE appointments SET status = ? WHERE id = ?", (status, appt_id))
     conn.execute(

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.api import analytics as an
 from gateway.api import appointments as ap
 from gateway.api import consent as c
 from gateway.api import handlers as h
@@ -471,6 +472,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *MEDICATION_ENDPOINTS,
     *REPLY_ENDPOINTS,
     *ERASURE_ENDPOINTS,  # /erasures (i14-retention)
+    *an.endpoints(Endpoint),  # /analytics (i15-analytics)
 )
 
 
