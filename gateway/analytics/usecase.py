@@ -56,7 +56,7 @@ DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 def _parse_day(text: str | None, field: str) -> date | None:
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         if not DAY.match(text):

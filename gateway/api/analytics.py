@@ -211,6 +211,7 @@ _BAD = Answer(
     "`invalid_query` (`field`: from, to, dimension, key; or an unknown parameter),"
     " `invalid_range`: from after to, `range_too_long`: over three years",
 )
+_NO_GROUP = Answer(404, "`not_found`: no such dimension")
 _GROUP = "{group:(?:campaigns|templates|rules|clinics|purposes|routes)}"
 
 
@@ -234,8 +235,8 @@ def endpoints(endpoint: Callable[..., Any]) -> tuple[Any, ...]:
                  content_type="text/csv"),
         endpoint("GET", f"{base}/{_GROUP}", get_group, "read",
                  f"The figures per key of one dimension ({groups}), most sent first",
-                 None, GroupView, query=_RANGE, answers=(_BAD,)),
+                 None, GroupView, query=_RANGE, answers=(_BAD, _NO_GROUP)),
         endpoint("GET", f"{base}/{_GROUP}.csv", get_group, "read",
                  "The figures per key of one dimension as CSV (audited)",
-                 query=_RANGE, answers=(_BAD,), content_type="text/csv"),
+                 query=_RANGE, answers=(_BAD, _NO_GROUP), content_type="text/csv"),
     )  # fmt: skip
