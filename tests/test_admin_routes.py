@@ -34,6 +34,7 @@ SAMPLES = {
     "language": "en",  # a template's language tag
     "version": "1",  # a template's version
     "rule_id": "rul_0123456789abcdef",  # a reminder rule's id (issue 13)
+    "group": "campaigns",  # an analytics dimension (issue 15)
 }
 
 

@@ -58,6 +58,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_templates",
     "gateway.admin.views_reminders",
     "gateway.admin.views_worklist",
+    "gateway.admin.views_analytics",  # i15-analytics
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"
