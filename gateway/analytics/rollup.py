@@ -154,7 +154,8 @@ class Rollup:
     async def run(self) -> None:
         while True:
             try:
-                await self.catch_up()
+                if counted := await self.catch_up():
+                    log.info("analytics_counted", rows=counted)
             except CursorMoved:
                 pass  # another rollup (a console run) counted it: read on from there
             except Exception as e:  # the store is failing: next round, not never

@@ -158,8 +158,10 @@ def start_gateway(
     users: tuple[tuple[tuple[str, str], str], ...] = USERS,
     api_token: bool = True,
     modems: list[str] | None = None,
+    extra_toml: str = "",
 ) -> Gateway:
-    """`modems`: tty paths of emulated modems (see `modem_simulator`) for a second route."""
+    """`modems`: tty paths of emulated modems (see `modem_simulator`) for a second route;
+    `extra_toml`: more sections for the config file."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "smsgw.toml"
@@ -197,6 +199,7 @@ def start_gateway(
         'undelivered_prefixes = ["+1202555019"]\n'
         + bank
         + TEST_CONSENT_TOML  # the suite's default purpose (tests/conftest.py)
+        + extra_toml
     )
     crypto.generate_master_key(root / "master.key")
     subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)
