@@ -81,19 +81,21 @@ def add_inbound(
             " state, created_at) VALUES (?, ?, ?, ?, 'done', 'done', ?)",
             (f"rep-{inbound_id}", inbound_id, idx_of(person), intent, at),
         )
-    if consent is not None:
+    if consent is not None:  # one row per scope, as the keywords record a STOP
         add_ledger(conn, person, at, consent, inbound_id=inbound_id)
+        add_ledger(conn, person, at, consent, inbound_id=inbound_id, scope="kind:marketing")
 
 
 def add_ledger(
     conn: sqlite3.Connection, person: int, at: float, decision: str,
     message_id: str | None = None, inbound_id: str | None = None, source: str = "keyword",
+    scope: str = "all",
 ) -> None:  # fmt: skip
     n = conn.execute("SELECT count(*) FROM consent_ledger").fetchone()[0]
     conn.execute(
         "INSERT INTO consent_ledger (id, contact_idx, at, decision, scope, program, source,"
-        " inbound_id, message_id) VALUES (?, ?, ?, ?, 'all', '*', ?, ?, ?)",
-        (f"led-{n}", idx_of(person), at, decision, source, inbound_id, message_id),
+        " inbound_id, message_id) VALUES (?, ?, ?, ?, ?, '*', ?, ?, ?)",
+        (f"led-{n}", idx_of(person), at, decision, scope, source, inbound_id, message_id),
     )
 
 

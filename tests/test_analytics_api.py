@@ -224,3 +224,31 @@ async def test_the_endpoints_are_in_the_openapi_document(api: Api) -> None:
         assert op["security"] == [{"bearer": ["read"]}]
         assert "400" in op["responses"]
     assert "text/csv" in paths[f"{BASE}/summary.csv"]["get"]["responses"]["200"]["content"]
+
+
+async def test_a_stop_and_a_reply_from_handsets_count_against_their_messages(api: Api) -> None:
+    """STOP from one handset: an opt-out, not a reply; any other text from another: a
+    reply (`other`) to the campaign message it answers."""
+    from drivers.base import InboundSms
+
+    await _traffic(api)
+    other = "+12025550161"
+    second = (await _send(api, other))["id"]
+    await api.gw.store.writer.run(
+        lambda conn: conn.execute(
+            "UPDATE messages SET campaign_id = 'cmp_survey' WHERE id = ?", (second,)
+        )
+    )
+    await api.gw.scheduler.run_until_idle()
+    api.gw.clock.advance(60)  # type: ignore[attr-defined]
+    await api.gw.sink.inbound("main", InboundSms(CANARY_NUMBER, "STOP", None))
+    await api.gw.sink.inbound("main", InboundSms(other, "3 stars, thanks 😀", None))
+    await api.gw.analytics.refresh()
+    f = (await _json(api, f"{BASE}/summary"))["figures"]
+    assert (f["opted_out"], f["replied_other"], f["replied_confirm"]) == (1, 1, 0)
+    assert f["opted_out"] == await _count(
+        api, "SELECT count(DISTINCT inbound_id) FROM consent_ledger WHERE decision = 'opt_out'"
+    )
+    campaigns = {r["key"]: r["figures"] for r in (await _json(api, f"{BASE}/campaigns"))["rows"]}
+    assert campaigns["cmp_survey"]["replied_other"] == 1
+    assert campaigns["cmp_survey"]["opted_out"] == 0

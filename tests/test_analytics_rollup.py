@@ -186,7 +186,9 @@ class World:
             return
         m, _ = self.msgs[index]
         at = m.created_at + delay
-        rows.add_ledger(conn, m.person, at, "opt_out", message_id=m.id, source="api")
+        for scope in ("all", "kind:marketing"):  # one decision, two scopes: counted once
+            rows.add_ledger(conn, m.person, at, "opt_out", message_id=m.id, source="api",
+                            scope=scope)  # fmt: skip
         self.count(self.keys(m, self.route_of(m)), at, "opted_out")
 
     def waves(self) -> list[list[Any]]:

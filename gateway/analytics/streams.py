@@ -16,7 +16,8 @@ never skips a row committed late:
   them, in the inbound's own transaction; anything else is `other`). A text the consent
   keywords acted on (STOP, START, ...) is an opt-out or opt-in, not a reply.
 - `consent`: `consent_ledger` by `seq`: an opt-out naming its message, or sent by the
-  patient (an inbound), counts against that message or the last one sent before it.
+  patient (an inbound), counts against that message or the last one sent before it;
+  once per decision, however many scopes it recorded (a STOP writes one row per scope).
 - `clicks`: `link_clicks` by `seq`, people only (`human` 1): every click, and the first
   per message (distinct people: one message goes to one person).
 - `appointments`: appointments by `(start_at, id)` as their start passes: reminded (a
@@ -225,6 +226,11 @@ SELECT l.seq, l.at,
 FROM consent_ledger l
 WHERE l.seq > ? AND l.decision = 'opt_out'
   AND (l.message_id IS NOT NULL OR l.inbound_id IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM consent_ledger p WHERE p.contact_idx = l.contact_idx
+                  AND p.seq < l.seq AND p.decision = 'opt_out'
+                  AND (p.inbound_id = l.inbound_id
+                       OR (l.inbound_id IS NULL AND p.inbound_id IS NULL AND p.at = l.at
+                           AND p.message_id IS l.message_id)))
 ORDER BY l.seq LIMIT ?
 """  # noqa: S608 - fixed fragments
 
