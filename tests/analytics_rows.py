@@ -7,6 +7,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from gateway.analytics.figures import COLUMNS
+
 
 def idx_of(person: int) -> bytes:
     """A stand-in blind index for person `person` (no number is ever needed)."""
@@ -152,6 +154,15 @@ def add_notice(
 
 
 def sums(conn: sqlite3.Connection) -> dict[tuple[str, str, str, str], int]:
-    """Every stored sum, by (dim, day, key, metric)."""
-    rows = conn.execute("SELECT dim, day, key, metric, value FROM analytics_daily").fetchall()
-    return {(r[0], r[1], r[2], r[3]): int(r[4]) for r in rows if r[4]}
+    """Every stored sum that is not zero, by (dim, day, key, metric); a blocked reason's
+    metric is `blocked:<reason>`."""
+    out: dict[tuple[str, str, str, str], int] = {}
+    columns = ", ".join(COLUMNS)
+    for row in conn.execute(f"SELECT dim, day, key, {columns} FROM analytics_daily"):  # noqa: S608
+        for column, value in zip(COLUMNS, row[3:], strict=True):
+            if value:
+                out[(row[0], row[1], row[2], column)] = int(value)
+    for dim, day, key, reason, value in conn.execute("SELECT * FROM analytics_blocked"):
+        if value:
+            out[(dim, day, key, f"blocked:{reason}")] = int(value)
+    return out

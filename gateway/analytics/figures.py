@@ -1,8 +1,10 @@
 """What the sums hold: dimensions, metric names, the delivery latency histogram, and
 the figures a report reads back from them.
 
-A metric is a name (`sent`, `blocked:quiet_hours`, `lat:60`, ...) with a count per
-dimension, key and day. Counts only: nothing about a person is kept, and every key is
+A metric is a name (`sent`, `blocked:quiet_hours`, `lat_60`, ...) with a count per
+dimension, key and day: a column of `analytics_daily` (one row per dimension, key and
+day, so a year of one clinic is 365 rows), or for a blocked reason a row of
+`analytics_blocked`. Counts only: nothing about a person is kept, and every key is
 an id or a configured code (a campaign id, `campaign/variant`, a rule id, a clinic's
 location code, a purpose, a route name).
 """
@@ -28,8 +30,8 @@ class Dimension(enum.StrEnum):
 LATENCY_EDGES: tuple[int, ...] = (
     5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, 259200,
 )  # fmt: skip
-OVER = "lat:over"
-BLOCKED = "blocked:"
+OVER = "lat_over"
+BLOCKED = "blocked:"  # + the reason: kept in `analytics_blocked`, one row per reason
 
 # Plain counters, in the order reports show them.
 COUNTERS: tuple[str, ...] = (
@@ -52,10 +54,15 @@ COUNTERS: tuple[str, ...] = (
 )
 
 
+LATENCY_COLUMNS: tuple[str, ...] = (*(f"lat_{e}" for e in LATENCY_EDGES), OVER)
+# The columns of `analytics_daily`, one per metric (blocked is the sum of its reasons).
+COLUMNS: tuple[str, ...] = (*(c for c in COUNTERS if c != "blocked"), *LATENCY_COLUMNS)
+
+
 def latency_metric(seconds: float) -> str:
     for edge in LATENCY_EDGES:
         if seconds <= edge:
-            return f"lat:{edge}"
+            return f"lat_{edge}"
     return OVER
 
 
@@ -99,16 +106,16 @@ def figures_of(metrics: Mapping[str, int]) -> Figures:
     for name, value in metrics.items():
         if name.startswith(BLOCKED):
             reasons[name.removeprefix(BLOCKED)] = value
-        elif name.startswith("lat:"):
+        elif name.startswith("lat_"):
             latency[name] = value
         elif name in counts:
             counts[name] = value
     counts["blocked"] = sum(reasons.values())
     hist: list[tuple[float | None, int]] = [
-        (float(edge), latency.get(f"lat:{edge}", 0)) for edge in LATENCY_EDGES
+        (float(edge), latency.get(f"lat_{edge}", 0)) for edge in LATENCY_EDGES
     ]
     hist.append((None, latency.get(OVER, 0)))
-    shown = {f"<={edge}s": latency.get(f"lat:{edge}", 0) for edge in LATENCY_EDGES}
+    shown = {f"<={edge}s": latency.get(f"lat_{edge}", 0) for edge in LATENCY_EDGES}
     shown[f">{LATENCY_EDGES[-1]}s"] = latency.get(OVER, 0)
     return Figures(
         counts=counts,

@@ -22,6 +22,7 @@ import structlog
 
 from drivers.clock import Clock
 from gateway.analytics.days import LocalDays
+from gateway.analytics.figures import BLOCKED, COLUMNS
 from gateway.analytics.streams import (
     BATCH,
     KEYS_SQL,
@@ -39,10 +40,17 @@ from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.analytics")
 
+_SET = ", ".join(f"{c} = {c} + excluded.{c}" for c in COLUMNS)
 UPSERT = (
-    "INSERT INTO analytics_daily (dim, day, key, metric, value) VALUES (?,?,?,?,?)"
-    " ON CONFLICT (dim, day, key, metric) DO UPDATE SET value = value + excluded.value"
+    f"INSERT INTO analytics_daily (dim, day, key, {', '.join(COLUMNS)})"  # noqa: S608 - fixed
+    f" VALUES (?, ?, ?, {', '.join('?' * len(COLUMNS))})"
+    f" ON CONFLICT (dim, day, key) DO UPDATE SET {_SET}"
 )
+UPSERT_BLOCKED = (
+    "INSERT INTO analytics_blocked (dim, day, key, reason, value) VALUES (?,?,?,?,?)"
+    " ON CONFLICT (dim, day, key, reason) DO UPDATE SET value = value + excluded.value"
+)
+_COLUMN = {c: i for i, c in enumerate(COLUMNS)}
 SAVE_CURSOR = (
     "INSERT INTO analytics_cursors (stream, seq, at, id, rows) VALUES (?,?,?,?,?)"
     " ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, at = excluded.at,"
@@ -67,7 +75,15 @@ def commit_batch(
     transaction; refused if the cursor is no longer at `before`."""
     if read_cursor(conn, stream) != before:
         raise CursorMoved(stream)
-    conn.executemany(UPSERT, [(*k, n) for k, n in sums.items() if n])
+    wide: dict[tuple[str, str, str], list[int]] = {}
+    blocked = []
+    for (dim, day, key, metric), n in sums.items():
+        if metric.startswith(BLOCKED):
+            blocked.append((dim, day, key, metric.removeprefix(BLOCKED), n))
+        else:
+            wide.setdefault((dim, day, key), [0] * len(COLUMNS))[_COLUMN[metric]] += n
+    conn.executemany(UPSERT, [(*k, *v) for k, v in wide.items()])
+    conn.executemany(UPSERT_BLOCKED, blocked)
     conn.execute(SAVE_CURSOR, (stream, after.seq, after.at, after.id, after.rows))
 
 

@@ -186,7 +186,7 @@ def _count_event(row: Row, m: MessageKeys | None, days: LocalDays, sums: Sums) -
 # -- blocked --------------------------------------------------------------------------
 BLOCKED_SQL = """
 SELECT m.updated_at, m.id, m.error_code, m.id
-FROM messages m INDEXED BY analytics_blocked
+FROM messages m INDEXED BY analytics_blocked_messages
 WHERE m.state = 'blocked' AND (m.updated_at > ? OR (m.updated_at = ? AND m.id > ?))
   AND m.updated_at <= ?
 ORDER BY m.updated_at, m.id LIMIT ?
