@@ -7,7 +7,7 @@ hour seen, cached, keeps a rollup of millions of rows cheap.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 QUARTER = 900
@@ -28,15 +28,6 @@ class LocalDays:
             found = datetime.fromtimestamp(q * QUARTER, self.zone).date().isoformat()
             self._cache[q] = found
         return found
-
-    def start(self, day: date) -> float:
-        """The instant local `day` begins (midnight; or the first instant after it,
-        where a DST change skips midnight)."""
-        local = datetime(day.year, day.month, day.day, tzinfo=self.zone)
-        instant = local.astimezone(UTC)
-        # A midnight that does not exist (skipped forward) converts past the day's
-        # start; a fold never applies at midnight in a zone worth supporting.
-        return instant.timestamp()
 
     def today(self, now: float) -> date:
         return datetime.fromtimestamp(now, self.zone).date()

@@ -56,6 +56,7 @@ SAVE_CURSOR = (
     " ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, at = excluded.at,"
     " id = excluded.id, rows = excluded.rows"
 )
+BACKLOG_PAUSE = 0.05  # seconds between two batches of a backlog
 READ_CURSOR = "SELECT seq, at, id, rows FROM analytics_cursors WHERE stream = ?"
 
 
@@ -168,12 +169,22 @@ class Rollup:
         return total
 
     async def run(self) -> None:
+        """One batch of each source per round; rounds follow each other after a short
+        pause while a backlog lasts (the first start over years of messages), so the
+        counting never holds the event loop for long, else every `interval`."""
+        counted = 0
         while True:
+            more = False
             try:
-                if counted := await self.catch_up():
-                    log.info("analytics_counted", rows=counted)
+                for stream in STREAMS:
+                    n = await self.step(stream)
+                    counted += n
+                    more = more or n >= self.batch
             except CursorMoved:
-                pass  # another rollup (a console run) counted it: read on from there
+                more = True  # another rollup (a console run) counted it: read on from there
             except Exception as e:  # the store is failing: next round, not never
                 log.error("analytics_rollup_failed", error=exception_summary(e))
-            await self._clock.sleep(self.interval)
+            if counted and not more:
+                log.info("analytics_counted", rows=counted)
+                counted = 0
+            await self._clock.sleep(BACKLOG_PAUSE if more else self.interval)
