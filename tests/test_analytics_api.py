@@ -102,6 +102,7 @@ async def test_the_figures_match_what_went_through_the_route(api: Api) -> None:
     # receipts come when the clock moves on (35 s after the submits here)
     assert f["latency_histogram"]["<=60s"] == 3 and f["latency_p50_s"] == 60.0
     assert summary["time_zone"] == "America/New_York"
+    assert summary["last_day"] == str(api.gw.analytics.range_of(None, None).last)
 
     campaigns = await _json(api, f"{BASE}/campaigns")
     assert [(r["key"], r["figures"]["sent"], r["figures"]["delivered"], r["figures"]["failed"])

@@ -75,6 +75,9 @@ def dimension_of(text: str | None, field: str = "dimension") -> Dimension:
 
 
 class Analytics:
+    """Any signed-in caller may read the figures (counts, no PHI; the front ends gate
+    who reaches them); the caller is the actor of an export's audit entry."""
+
     def __init__(self, *, store: Store, clock: Clock, audit: AuditTrail, rollup: Rollup) -> None:
         self._store = store
         self._clock = clock

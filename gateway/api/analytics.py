@@ -60,9 +60,11 @@ class FiguresView(msgspec.Struct, frozen=True):
     noshow_rate_unreminded: float | None
 
 
-class SummaryView(msgspec.Struct, frozen=True, rename={"first": "from", "last": "to"}):
-    first: str
-    last: str
+class SummaryView(msgspec.Struct, frozen=True):
+    # Not "from"/"to": a fuzzer infers that a response's field feeds an operation's
+    # parameter of the same name, and a send's `to` is a phone number.
+    first_day: str
+    last_day: str
     time_zone: str
     figures: FiguresView
 
@@ -72,9 +74,9 @@ class KeyView(msgspec.Struct, frozen=True):
     figures: FiguresView
 
 
-class GroupView(msgspec.Struct, frozen=True, rename={"first": "from", "last": "to"}):
-    first: str
-    last: str
+class GroupView(msgspec.Struct, frozen=True):
+    first_day: str
+    last_day: str
     time_zone: str
     dimension: str
     rows: list[KeyView]
@@ -85,9 +87,9 @@ class DayView(msgspec.Struct, frozen=True):
     figures: FiguresView
 
 
-class SeriesView(msgspec.Struct, frozen=True, rename={"first": "from", "last": "to"}):
-    first: str
-    last: str
+class SeriesView(msgspec.Struct, frozen=True):
+    first_day: str
+    last_day: str
     time_zone: str
     dimension: str
     key: str
