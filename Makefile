@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent bench-import bench-hl7 bench-writes clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -137,6 +137,11 @@ bench-import: setup
 # p99, against the raw ceiling of the same framing and commit; about 20 s.
 bench-hl7: setup
 	$(BIN)/python bench/hl7.py
+
+# Analytics (i15-analytics): the rollup's rows/s over 30 days of 10,000 messages a day,
+# then the Analytics page and API over a year of sums, p50/p99 ms; a few minutes.
+bench-analytics: setup
+	$(BIN)/python bench/analytics.py
 
 # Disk writes per delivered message (/proc/<pid>/io, fsyncs by strace when present) of a
 # real smsgw run on its embedded SMSC simulator, synchronous FULL and NORMAL; about 3 min.

@@ -32,6 +32,8 @@ from drivers.clock import Clock, SystemClock
 from drivers.credentials import SecretError
 from drivers.registry import load_driver
 from gateway import metrics_state
+from gateway.analytics.rollup import Rollup
+from gateway.analytics.usecase import Analytics
 from gateway.campaigns.runner import CampaignRunner  # i15-campaigns
 from gateway.campaigns.usecase import Campaigns  # i15-campaigns
 from gateway.clinical.commands import ClinicalHooks
@@ -247,6 +249,7 @@ class Gateway:
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
             self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
             self._spawn(self.survey_timeouts.run())  # i15-surveys
+            self._spawn(self.analytics.rollup.run())  # i15-analytics: daily sums, off the send path
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:
@@ -466,6 +469,15 @@ class Gateway:
             audit=self.audit,
             metrics=self.metrics,
         )
+
+    # -- analytics (issue 15, i15-analytics) ---------------------------------------------
+    @functools.cached_property
+    def analytics(self) -> Analytics:
+        """Analytics without PHI (API `/analytics/...`, panel page); its rollup runs at start."""
+        a = self.config.analytics
+        zone = a.zone(self.config.appointments.time_zone)
+        rollup = Rollup(self.store, self.clock, zone, interval=a.interval)
+        return Analytics(store=self.store, clock=self.clock, audit=self.audit, rollup=rollup)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))

@@ -24,6 +24,7 @@ from drivers.clock import AdjustableClock, SystemClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import (
     __version__,
+    analytics_cmd,
     consent_cmd,
     custody,
     custody_cmd,
@@ -628,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     contacts_ops.add_parser(sub, _load)  # smsgw import contacts FILE
     add_backup_parsers(sub, _load)
     retention_cmd.add_parser(sub, _load)  # retention run|status, erase
+    analytics_cmd.add_parser(sub, _load)  # analytics (i15-analytics)
     hl7_send.add_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")

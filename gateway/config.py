@@ -23,6 +23,7 @@ import msgspec
 import phonenumbers
 
 from drivers.registry import UnknownDriver, load_driver
+from gateway.analytics.settings import AnalyticsConfig
 from gateway.appointments.settings import AppointmentsConfig
 from gateway.campaigns.settings import CampaignsConfig  # i15-campaigns
 from gateway.config_errors import ConfigError as ConfigError  # raised here, caught by callers
@@ -408,6 +409,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)  # MSG-12
     campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)  # i15-campaigns
     links: LinksConfig = msgspec.field(default_factory=LinksConfig)  # i15-links: short links
+    analytics: AnalyticsConfig = msgspec.field(default_factory=AnalyticsConfig)  # i15-analytics
     source: str | None = None
 
     @property
@@ -618,6 +620,8 @@ def _check_values(config: Config) -> None:
     if problem := config.campaigns.problems():  # i15-campaigns
         raise ConfigError(problem)
     if problem := config.links.problems():
+        raise ConfigError(problem)
+    if problem := config.analytics.problems():  # i15-analytics
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

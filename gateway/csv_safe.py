@@ -1,33 +1,47 @@
-"""CSV cells safe to open in a spreadsheet (OWASP "CSV injection").
+"""CSV cells a spreadsheet will not run: formula injection escaped (OWASP "CSV injection").
 
-A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is read as a
-formula by Excel, LibreOffice and Sheets; such a cell gets a leading `'`, which they
-show as text. A cell that is just a number (`-3`, `+12025550123`, `7.5`) is left as it
-is: a spreadsheet reads it as that number, and it can call nothing. Every export that
-may carry text someone else typed (survey answers, analytics labels, names) writes its
-lines with `csv_line`."""
+A cell someone else typed (a survey answer, a label, a name) that starts with `=`, `+`,
+`-`, `@`, a tab or a carriage return (or the full-width forms some spreadsheets fold) is
+read as a formula by Excel, LibreOffice and Sheets; a leading `'` makes it text. A cell
+that is just a number (`-3`, `+12025550123`, `7.5`, or an int or float) is left as it
+is: a spreadsheet reads it as that number, and it can call nothing. Every export writes
+its lines with `csv_line` or `csv_text`.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 def safe_cell(value: object) -> str:
-    """`value` as a cell's text: None is empty; a formula start is escaped."""
-    text = "" if value is None else str(value)
-    if text.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+    """`value` as CSV cell text, escaped if a spreadsheet would take it as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) else str(value)
+    text = str(value)
+    if text.startswith(TRIGGERS) and not _PLAIN_NUMBER.fullmatch(text):
         return "'" + text
     return text
 
 
 def csv_line(values: Iterable[object]) -> str:
     """One CSV line (RFC 4180 quoting, CRLF) of escaped cells."""
+    return csv_text([list(values)])
+
+
+def csv_text(rows: Iterable[Sequence[object]]) -> str:
+    """Rows as CSV (RFC 4180: CRLF, quotes doubled), every cell through `safe_cell`."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow([safe_cell(v) for v in values])
+    writer = csv.writer(out, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([safe_cell(v) for v in row])
     return out.getvalue()

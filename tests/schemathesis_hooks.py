@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import schemathesis
@@ -133,6 +133,49 @@ def _medication(path: str, body: Any) -> None:
         del body["label"]
 
 
+def _analytics_query(path: str, query: Any) -> None:
+    """A schema-valid range of days runs forward and spans at most three years, and a
+    series by a dimension names a key (400 `invalid_range`, `range_too_long`,
+    `invalid_query` across two parameters, tested in test_analytics_api.py). A query
+    with any schema-invalid value is left as it is, so negative cases stay negative."""
+    if not path.startswith("/api/v1/analytics/") or not isinstance(query, dict):
+        return
+    days: dict[str, date] = {}
+    for name in ("from", "to"):
+        if name not in query:
+            continue
+        value = query[name]
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value)):
+            return
+        try:
+            days[name] = date.fromisoformat(value)
+        except ValueError:
+            return
+    dimension = query.get("dimension")
+    if dimension is not None and dimension not in _DIMENSIONS:
+        return
+    if days:
+        today = date.today()
+        last = days.get("to", max(days.get("from", today), today))
+        first = days.get("from", last - timedelta(days=29))
+        first, last = min(first, last), max(first, last)
+        first = max(first, last - timedelta(days=900))
+        query.update({k: v.isoformat() for k, v in (("from", first), ("to", last)) if k in query})
+        if "from" in query and "to" not in query and last != max(first, today):
+            query["to"] = last.isoformat()
+    if dimension not in (None, "total") and not query.get("key"):
+        query["key"] = "main"
+
+
+_DIMENSIONS = ("total", "campaign", "template", "rule", "clinic", "purpose", "route")
+
+
+@schemathesis.hook
+def map_query(context: schemathesis.HookContext, query: Any) -> Any:
+    _analytics_query(context.operation.path, query)
+    return query
+
+
 @schemathesis.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     _order(body)
@@ -149,6 +192,7 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
 def before_call(context: schemathesis.HookContext, case: Any, kwargs: Any) -> None:
     """Every phase (the coverage phase's bodies bypass `map_body`)."""
     body = case.body
+    _analytics_query(case.operation.path, case.query)
     _no_callback(body)
     _class_within_purpose(body)
     _rule_class(case.operation.path, body)

@@ -41,6 +41,7 @@ SAMPLES = {
     "survey_id": "svy_0123456789abcdef",  # a survey's id (issue 15, i15-surveys)
     "campaign_id": "cmp_0123456789abcdef",  # a campaign's id (issue 15)
     "link_id": "lnk_0123456789abcdef",  # a tracked link's id (issue 15)
+    "group": "campaigns",  # an analytics dimension (issue 15)
 }
 
 

@@ -63,6 +63,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_surveys",  # i15-surveys
     "gateway.admin.views_campaigns",  # i15-campaigns
     "gateway.admin.views_links",
+    "gateway.admin.views_analytics",  # i15-analytics
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.api import analytics as an
 from gateway.api import appointments as ap
 from gateway.api import campaigns as cmp  # i15-campaigns
 from gateway.api import consent as c
@@ -479,6 +480,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *surveys.endpoints(Endpoint),  # /surveys (i15-surveys)
     *cmp.endpoints(Endpoint),  # /campaigns (i15-campaigns)
     *LINK_ENDPOINTS,  # /links (i15-links)
+    *an.endpoints(Endpoint),  # /analytics (i15-analytics)
 )
 
 

@@ -6,6 +6,7 @@ from gateway import (
     console,  # noqa: F401  # user.*, token.*, audit.verify
     custody_cmd,  # noqa: F401  # keys.custody_changed
 )
+from gateway.analytics import ops as _analytics_ops  # noqa: F401  # analytics.report
 from gateway.backup import ops as _backup_ops  # noqa: F401  # backup.create, .verify, .restore
 from gateway.contacts import ops as _contacts_ops  # noqa: F401  # contacts.import
 from gateway.keys import ops as _keys  # noqa: F401

@@ -941,8 +941,68 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
     """,
     # ---
-    # 29 (i15-analytics): reserved for the analytics branch.
-    "",
+    # 29 (i15-analytics): analytics without PHI (`gateway/analytics/`). Daily sums per
+    #    dimension (total, campaign, template variant, reminder rule, clinic, purpose,
+    #    route) and key, by the site's calendar day: one row per dimension, key and day
+    #    with a column per metric (so a year of one key is 365 rows), and the blocked
+    #    messages per reason beside it. Counts only: no number, text or person. Each
+    #    source is read after its cursor (a committed seq, or a time and id) by the
+    #    rollup, which adds a batch into the sums and moves the cursor in one
+    #    transaction, off the send path (no trigger on messages). The partial index
+    #    holds only blocked messages (those blocked at accept have no event to read).
+    """
+    CREATE TABLE analytics_daily (
+        dim     TEXT NOT NULL,
+        day     TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        sent                    INTEGER NOT NULL DEFAULT 0,
+        delivered               INTEGER NOT NULL DEFAULT 0,
+        failed                  INTEGER NOT NULL DEFAULT 0,
+        expired                 INTEGER NOT NULL DEFAULT 0,
+        replied_confirm         INTEGER NOT NULL DEFAULT 0,
+        replied_cancel          INTEGER NOT NULL DEFAULT 0,
+        replied_other           INTEGER NOT NULL DEFAULT 0,
+        opted_out               INTEGER NOT NULL DEFAULT 0,
+        clicked                 INTEGER NOT NULL DEFAULT 0,
+        clicks                  INTEGER NOT NULL DEFAULT 0,
+        parts                   INTEGER NOT NULL DEFAULT 0,
+        appointments_reminded   INTEGER NOT NULL DEFAULT 0,
+        appointments_unreminded INTEGER NOT NULL DEFAULT 0,
+        noshow_reminded         INTEGER NOT NULL DEFAULT 0,
+        noshow_unreminded       INTEGER NOT NULL DEFAULT 0,
+        lat_5                   INTEGER NOT NULL DEFAULT 0,
+        lat_10                  INTEGER NOT NULL DEFAULT 0,
+        lat_30                  INTEGER NOT NULL DEFAULT 0,
+        lat_60                  INTEGER NOT NULL DEFAULT 0,
+        lat_120                 INTEGER NOT NULL DEFAULT 0,
+        lat_300                 INTEGER NOT NULL DEFAULT 0,
+        lat_600                 INTEGER NOT NULL DEFAULT 0,
+        lat_1800                INTEGER NOT NULL DEFAULT 0,
+        lat_3600                INTEGER NOT NULL DEFAULT 0,
+        lat_7200                INTEGER NOT NULL DEFAULT 0,
+        lat_21600               INTEGER NOT NULL DEFAULT 0,
+        lat_86400               INTEGER NOT NULL DEFAULT 0,
+        lat_259200              INTEGER NOT NULL DEFAULT 0,
+        lat_over                INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (dim, day, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE analytics_blocked (
+        dim     TEXT NOT NULL,
+        day     TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        reason  TEXT NOT NULL,
+        value   INTEGER NOT NULL,
+        PRIMARY KEY (dim, day, key, reason)
+    ) WITHOUT ROWID;
+    CREATE TABLE analytics_cursors (
+        stream  TEXT PRIMARY KEY,
+        seq     INTEGER NOT NULL DEFAULT 0,
+        at      REAL NOT NULL DEFAULT 0,
+        id      TEXT NOT NULL DEFAULT '',
+        rows    INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX analytics_blocked_messages ON messages (updated_at, id) WHERE state = 'blocked';
+    """,
     # ---
     # 30 (i15-spread): reserved for the broadcast branch.
     "",

@@ -1,0 +1,211 @@
+"""Analytics as the front ends see them: a summary, a time series, figures per
+dimension, and the CSV export of the same figures (audited).
+
+The API (`/api/v1/analytics/...`), the panel's "Analytics" page and `smsgw analytics`
+call these with a `Caller`. Ranges are whole days in the site's time zone
+(`[analytics] time_zone`), both ends included; everything is read from the daily sums
+the rollup keeps (`rollup.py`), never from the messages themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from drivers.clock import Clock
+from gateway.analytics import report
+from gateway.analytics.days import day_range
+from gateway.analytics.figures import COUNTERS, LATENCY_EDGES, Dimension, Figures, figures_of
+from gateway.analytics.rollup import Rollup
+from gateway.errors import ApiError
+from gateway.store.audit_log import AuditTrail
+from gateway.store.store import Store
+from gateway.usecases.caller import Caller
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 3 * 366
+# The dimensions a report is grouped by (the API's path names them in the plural).
+GROUPS = tuple(d for d in Dimension if d is not Dimension.TOTAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    first: date
+    last: date
+
+    @property
+    def days(self) -> list[str]:
+        return day_range(self.first, self.last)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFigures:
+    key: str
+    figures: Figures
+
+
+@dataclass(frozen=True, slots=True)
+class DayFigures:
+    day: str
+    figures: Figures
+
+
+DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _parse_day(text: str | None, field: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        if not DAY.match(text):
+            raise ValueError(field)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"{field}: a date, YYYY-MM-DD", field=field) from None
+
+
+def dimension_of(text: str | None, field: str = "dimension") -> Dimension:
+    try:
+        return Dimension(text or "total")
+    except ValueError:
+        names = ", ".join(d.value for d in Dimension)
+        raise ApiError(400, "invalid_query", f"{field}: one of {names}", field=field) from None
+
+
+class Analytics:
+    """Any signed-in caller may read the figures (counts, no PHI; the front ends gate
+    who reaches them); the caller is the actor of an export's audit entry."""
+
+    def __init__(self, *, store: Store, clock: Clock, audit: AuditTrail, rollup: Rollup) -> None:
+        self._store = store
+        self._clock = clock
+        self._audit = audit
+        self.rollup = rollup
+
+    @property
+    def time_zone(self) -> str:
+        return self.rollup.days.zone.key
+
+    def range_of(self, first: str | None, last: str | None) -> Range:
+        """The days `first`..`last` (YYYY-MM-DD, site time zone); by default the last
+        30 days up to today. Refused: a bad date, `from` after `to`, over 3 years."""
+        end = _parse_day(last, "to")
+        start = _parse_day(first, "from")
+        if end is None:
+            today = self.rollup.days.today(self._clock.time())
+            end = today if start is None or start <= today else start
+        if start is None:
+            start = end - timedelta(days=DEFAULT_DAYS - 1)
+        if start > end:
+            raise ApiError(400, "invalid_range", "from: after to", field="from")
+        if (end - start).days + 1 > MAX_DAYS:
+            raise ApiError(
+                400, "range_too_long", f"from: at most {MAX_DAYS} days in one report", field="from"
+            )
+        return Range(start, end)
+
+    async def summary(self, caller: Caller, span: Range) -> Figures:
+        found = await report.by_key(
+            self._store.reader, Dimension.TOTAL.value, span.first.isoformat(), span.last.isoformat()
+        )
+        return figures_of(found.get("", {}))
+
+    async def grouped(self, caller: Caller, dimension: Dimension, span: Range) -> list[KeyFigures]:
+        """Each key of `dimension` with its figures over `span`, most sent first."""
+        found = await report.by_key(
+            self._store.reader, dimension.value, span.first.isoformat(), span.last.isoformat()
+        )
+        rows = [KeyFigures(k, figures_of(m)) for k, m in found.items()]
+        rows.sort(key=lambda r: (-r.figures["sent"], -r.figures["blocked"], r.key))
+        return rows
+
+    async def timeseries(
+        self, caller: Caller, span: Range, dimension: Dimension = Dimension.TOTAL, key: str = ""
+    ) -> list[DayFigures]:
+        """Every day of `span` (days with nothing: zeros) for one key of `dimension`."""
+        found = await report.by_day(
+            self._store.reader, dimension.value, key, span.first.isoformat(), span.last.isoformat()
+        )
+        return [DayFigures(d, figures_of(found.get(d, {}))) for d in span.days]
+
+    async def export(
+        self, caller: Caller, dimensions: Sequence[Dimension], span: Range
+    ) -> list[list[object]]:
+        """The figures of `dimensions` over `span` as CSV rows (a header first); audited.
+        Keys are ids and codes, never a number or a text; cells are escaped on writing
+        (`gateway.csv_safe`)."""
+        groups: list[tuple[Dimension, list[KeyFigures]]] = []
+        for d in dimensions:
+            if d is Dimension.TOTAL:
+                groups.append((d, [KeyFigures("", await self.summary(caller, span))]))
+            else:
+                groups.append((d, await self.grouped(caller, d, span)))
+        reasons = sorted(
+            {r for _, found in groups for k in found for r in k.figures.blocked_by_reason}
+        )
+        rows: list[list[object]] = [export_header(reasons)]
+        for d, found in groups:
+            rows.extend(export_row(d.value, k.key, k.figures, reasons) for k in found)
+        await self._audit.record(
+            caller.actor,
+            "analytics_exported",
+            "analytics",
+            ",".join(d.value for d in dimensions),
+            first=span.first.isoformat(),
+            last=span.last.isoformat(),
+            rows=len(rows) - 1,
+        )
+        return rows
+
+    async def export_days(
+        self, caller: Caller, span: Range, dimension: Dimension = Dimension.TOTAL, key: str = ""
+    ) -> list[list[object]]:
+        """`timeseries` as CSV rows (a header first, a `day` column added); audited."""
+        days = await self.timeseries(caller, span, dimension, key)
+        reasons = sorted({r for d in days for r in d.figures.blocked_by_reason})
+        rows: list[list[object]] = [["day", *export_header(reasons)]]
+        rows.extend([d.day, *export_row(dimension.value, key, d.figures, reasons)] for d in days)
+        await self._audit.record(
+            caller.actor,
+            "analytics_exported",
+            "analytics",
+            f"{dimension.value}:days",
+            first=span.first.isoformat(),
+            last=span.last.isoformat(),
+            rows=len(days),
+        )
+        return rows
+
+    async def refresh(self) -> int:
+        """Count everything committed until now (the rollup's own round, at once)."""
+        return await self.rollup.catch_up()
+
+
+FIGURE_COLUMNS = (
+    *COUNTERS,
+    "latency_p50_s",
+    "latency_p90_s",
+    "noshow_rate_reminded",
+    "noshow_rate_unreminded",
+)
+
+
+def export_header(reasons: Sequence[str]) -> list[object]:
+    latency = [f"latency_le_{e}s" for e in LATENCY_EDGES] + [f"latency_over_{LATENCY_EDGES[-1]}s"]
+    return ["dimension", "key", *FIGURE_COLUMNS, *(f"blocked_{r}" for r in reasons), *latency]
+
+
+def export_row(dim: str, key: str, f: Figures, reasons: Sequence[str]) -> list[object]:
+    return [
+        dim,
+        key,
+        *(f.counts[c] for c in COUNTERS),
+        f.latency_p50,
+        f.latency_p90,
+        f.noshow_rate_reminded,
+        f.noshow_rate_unreminded,
+        *(f.blocked_by_reason.get(r, 0) for r in reasons),
+        *f.latency.values(),
+    ]
