@@ -90,6 +90,7 @@ class World:
         self.sent_at: dict[str, float] = {}
         self.msgs: list[tuple[Msg, dict[str, Any]]] = []
         self.last_time = BASE
+        self.optouts_seen: set[tuple[str, float]] = set()
 
     def keys(self, m: Msg, route: str | None) -> list[tuple[str, str]]:
         out = [("total", ""), ("purpose", m.purpose or "none")]
@@ -189,7 +190,11 @@ class World:
         for scope in ("all", "kind:marketing"):  # one decision, two scopes: counted once
             rows.add_ledger(conn, m.person, at, "opt_out", message_id=m.id, source="api",
                             scope=scope)  # fmt: skip
-        self.count(self.keys(m, self.route_of(m)), at, "opted_out")
+        # A second opt-out naming the same message at the same instant cannot be told
+        # from the first decision's other scopes: the ledger reads it as that decision.
+        if (m.id, at) not in self.optouts_seen:
+            self.optouts_seen.add((m.id, at))
+            self.count(self.keys(m, self.route_of(m)), at, "opted_out")
 
     def waves(self) -> list[list[Any]]:
         """The scenario's writes in three waves, each a list of calls on a connection."""
