@@ -53,7 +53,8 @@ settings.load_profile("smsgw")
 
 # `make test` runs the suite with pytest-xdist (`-n auto --dist loadfile`): a test file runs
 # whole on one worker, so a module's daemon or browser starts once. The browser tests all run
-# on one worker: two Chromiums with their gateways at once starved each other on 2 cores.
+# on one worker, and first (they are the longest unit of work, so they must not start last):
+# two Chromiums with their gateways at once starved each other on 2 cores.
 ONE_WORKER = ("tests/browser/",)
 
 
@@ -69,6 +70,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
                 if nodeid.startswith(prefix):
                     return prefix
             return str(super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for prefix in reversed(ONE_WORKER):
+                if prefix in self.workqueue:
+                    self.workqueue.move_to_end(prefix, last=False)
+            super()._assign_work_unit(node)
 
     return FileScheduling(config, log)
 
