@@ -87,8 +87,12 @@ browser:
 	  echo "installing chromium (Debian) for the browser tests"; \
 	  apt-get update -qq && apt-get install -y -qq chromium; }
 
+# The suite on every core (pytest-xdist): each test file runs whole on one worker, so a
+# module's shared daemon or browser starts once. `make unit TEST_WORKERS=0` runs it serially.
+TEST_WORKERS ?= auto
+
 unit: setup peers browser $(UI_MODULES)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from hypothesis import settings
 
 from drivers.clock import FakeClock
 from drivers.loopback import LoopbackDriver
@@ -22,6 +24,60 @@ from gateway.store import crypto
 from tests.store_rows import message_row
 
 logs.CACHE_LOGGERS = False  # see gateway/logs.py: in-process commands must not pin a level
+
+# Temp dirs (tmp_path, tempfile, and the children the tests start) on RAM when the machine
+# has a roomy tmpfs and TMPDIR is not set: a test's stores commit with synchronous = FULL,
+# and on a busy disk those fsyncs were most of the suite's waiting. What the tests check
+# (kill -9 loses nothing acknowledged) is about the page cache, which a tmpfs keeps too;
+# the disk-full tests mount small filesystems of their own. `TMPDIR=/tmp pytest` opts out.
+RAM_TMP = Path("/dev/shm")
+RAM_TMP_FREE = 2 << 30
+
+
+def _ram_temp_dirs() -> None:
+    if "TMPDIR" in os.environ or not os.access(RAM_TMP, os.W_OK | os.X_OK):
+        return
+    stat = os.statvfs(RAM_TMP)
+    if stat.f_bavail * stat.f_frsize >= RAM_TMP_FREE:
+        os.environ["TMPDIR"] = str(RAM_TMP)
+        tempfile.tempdir = str(RAM_TMP)
+
+
+_ram_temp_dirs()
+
+# Hypothesis fails an example slower than its deadline (200 ms unless a test says). Under
+# `make test` two workers share the cores, and a pause of a few hundred milliseconds is the
+# machine, not the code: the deadline stays, ten times wider, to still catch a blow-up.
+settings.register_profile("smsgw", deadline=2000)
+settings.load_profile("smsgw")
+
+# `make test` runs the suite with pytest-xdist (`-n auto --dist loadfile`): a test file runs
+# whole on one worker, so a module's daemon or browser starts once. The browser tests all run
+# on one worker, and first (they are the longest unit of work, so they must not start last):
+# two Chromiums with their gateways at once starved each other on 2 cores.
+ONE_WORKER = ("tests/browser/",)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for prefix in ONE_WORKER:
+                if nodeid.startswith(prefix):
+                    return prefix
+            return str(super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for prefix in reversed(ONE_WORKER):
+                if prefix in self.workqueue:
+                    self.workqueue.move_to_end(prefix, last=False)
+            super()._assign_work_unit(node)
+
+    return FileScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -9,22 +9,31 @@ tests of other modules run) and wait on selectors and conditions, never on time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from playwright import sync_api
 
+from gateway.cli import main
+from gateway.config import load
+from gateway.models import new_message_id
 from gateway.store import crypto
-from tests.conftest import TEST_CONSENT_TOML
+from gateway.store.store import Store
+from tests.conftest import FAST_PASSWORD_HASH, TEST_CONSENT_TOML
 from tests.ports import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,6 +53,7 @@ ADMIN = ("admin", "Ward7B kettle quietly hums at dawn")
 OPERATOR = ("olivia", "Night shift lanterns drift over Elm Street")
 VIEWER = ("victor", "Seventeen amber pebbles beside the fjord")
 TEST_NUMBER = "+12025550147"
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,16 +95,22 @@ class Gateway:
                 raise AssertionError(f"gateway log never matched; it said: {self.lines[-20:]}")
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
-        done = subprocess.run(
-            [*SMSGW, *args, "--config", str(self.config)],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        """`smsgw ARGS --config CONFIG`, its output. Run in this process, as the other rigs
+        run `smsgw init`: a child would spend a second importing the gateway first."""
+        out, err = io.StringIO(), io.StringIO()
+
+        def run() -> int:
+            saved = sys.stdin
+            sys.stdin = io.StringIO(stdin or "")
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    return main([*args, "--config", str(self.config)])
+            finally:
+                sys.stdin = saved
+
+        code = in_thread(run)
+        assert code == 0, err.getvalue()
+        return out.getvalue()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         req = urllib.request.Request(  # noqa: S310 - our own gateway on loopback
@@ -128,27 +144,25 @@ def end_process(proc: subprocess.Popen[Any]) -> None:
 
 USERS = ((ADMIN, "admin"), (OPERATOR, "operator"), (VIEWER, "viewer"))
 INBOUND_SENDER = "+12025550168"
-# Replies already received, stored as a driver's sink stores them (before the gateway
-# starts, so only one process writes at a time).
-SEED_INBOUND = f"""
-import asyncio, sys, time
-from gateway.config import load
-from gateway.models import new_message_id
-from gateway.store import crypto
-from gateway.store.store import Store
 
-async def main():
-    config = load(sys.argv[1])
+
+async def seed_inbound(config_path: Path) -> None:
+    """Replies already received, stored as a driver's sink stores them (before the gateway
+    starts, so only one process writes at a time)."""
+    config = load(config_path)
     store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
     await store.open()
     for body in ("YES, I will come on Tuesday", "Please call me back"):
         await store.insert_inbound(
-            new_message_id(), "main", "{INBOUND_SENDER}", body, None, None, time.time()
+            new_message_id(), "main", INBOUND_SENDER, body, None, None, time.time()
         )
     await store.close()
 
-asyncio.run(main())
-"""
+
+def in_thread(work: Callable[[], T]) -> T:
+    """`work()` on a thread of its own: an asyncio.run there cannot meet Playwright's loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result(timeout=60)
 
 
 def start_gateway(
@@ -188,7 +202,8 @@ def start_gateway(
         "[admin]\n"
         f"idle_timeout = {idle_timeout}\n"
         'totp_required_roles = ["admin"]\n'
-        "[[routes]]\n"
+        + "".join(f"{k} = {v}\n" for k, v in FAST_PASSWORD_HASH.items())
+        + "[[routes]]\n"
         'name = "main"\n'
         'type = "loopback"\n'
         "rate = 20\n"
@@ -202,7 +217,7 @@ def start_gateway(
         + extra_toml
     )
     crypto.generate_master_key(root / "master.key")
-    subprocess.run([sys.executable, "-c", SEED_INBOUND, str(config)], check=True, timeout=60)
+    in_thread(lambda: asyncio.run(seed_inbound(config)))
     gw = Gateway(
         subprocess.Popen(
             [*SMSGW, "run", "--config", str(config)],
