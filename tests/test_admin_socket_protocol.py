@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import stat
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,33 @@ async def test_a_socket_directory_it_makes_is_0750_and_the_socket_0660(
         assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o660
     finally:
         await server.close()
+
+
+def test_a_refusal_sent_before_the_request_is_read_still_reaches_the_console(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The service refuses a caller by its credentials and closes without reading: the
+    # console's write then fails (EPIPE), and the refusal must still be what it reports.
+    path = tmp_path / "admin.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    refused = {"error": {"code": "forbidden", "message": "this user may not run commands"}}
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(json.dumps(refused).encode() + b"\n")
+        conn.shutdown(socket.SHUT_WR)
+        conn.close()
+
+    server = threading.Thread(target=refuse)
+    server.start()
+    config = type("C", (), {"admin_socket_path": str(path)})()
+    try:
+        # Larger than any socket buffer, so the write is still going when the peer closes.
+        code = client.run_remote(config, "anything", {"pad": "x" * (8 << 20)})  # type: ignore[arg-type]
+    finally:
+        server.join(10)
+        listener.close()
+    assert code == 2
+    assert "this user may not run commands" in capfd.readouterr().err

@@ -11,6 +11,7 @@ database) belongs to the service and it can open them at its next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -64,7 +65,10 @@ def run_remote(config: Config, name: str, args: dict[str, Any]) -> int:
             raise NotServed from None
         sock.settimeout(None)  # an op (a backup) may take long; the daemon ends it
         actor = f"console:{user_name(os.getuid())}"
-        sock.sendall(json.dumps({"op": name, "args": args, "actor": actor}).encode() + b"\n")
+        # The service may refuse this caller and close before reading the request: its
+        # answer saying why is still there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps({"op": name, "args": args, "actor": actor}).encode() + b"\n")
         return _follow(sock.makefile("rb"), f"the service stopped before {name} finished")
     finally:
         sock.close()
