@@ -233,18 +233,17 @@ class Prepared(msgspec.Struct, frozen=True):
             return self
         m = self.message
         if verdict.state is State.BLOCKED:
-            return self._with(m.judged(blocked=verdict.reason), scheduled=False)
-        assert verdict.send_at is not None
+            blocked = m.judged(blocked=verdict.reason)
+            return msgspec.structs.replace(self, message=blocked, scheduled=False)
+        at = verdict.send_at
+        assert at is not None
         expires_at = m.expires_at
-        if self.lifetime is not None:
-            expires_at = max(expires_at, verdict.send_at + self.lifetime)
-        held = m.judged(held_for=verdict.reason, send_at=verdict.send_at, expires_at=expires_at)
-        self.entry.due_at = verdict.send_at
+        if self.lifetime is not None and at + self.lifetime > expires_at:
+            expires_at = at + self.lifetime
+        held = m.judged(held_for=verdict.reason, send_at=at, expires_at=expires_at)
+        self.entry.due_at = at
         self.entry.expires_at = expires_at
-        return self._with(held, scheduled=True)
-
-    def _with(self, message: NewMessage, *, scheduled: bool) -> Prepared:
-        return msgspec.structs.replace(self, message=message, scheduled=scheduled)
+        return msgspec.structs.replace(self, message=held, scheduled=True)
 
 
 class Intake:

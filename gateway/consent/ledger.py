@@ -12,7 +12,7 @@ scope covers its purpose, in its program or in every program (`*`).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -161,9 +161,7 @@ def state_rows(
     """The `consent_state` rows of these contacts (a few each at most), by contact: one
     read for many, as an accept's transaction judges a whole group of messages."""
     found: dict[bytes, list[StateRow]] = {}
-    for start in range(0, len(contact_idxs), _IN_CHUNK):
-        chunk = contact_idxs[start : start + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for marks, chunk in in_chunks(contact_idxs):
         for r in conn.execute(
             "SELECT contact_idx, program, scope, opted, written_seq, seq FROM consent_state"  # noqa: S608 - placeholders only
             f" WHERE contact_idx IN ({marks})",
@@ -177,7 +175,20 @@ def state_rows(
     return found
 
 
-_IN_CHUNK = 500
+_IN_CHUNK = 512
+
+
+def in_chunks(keys: Sequence[bytes]) -> Iterator[tuple[str, list[bytes]]]:
+    """`keys` in chunks for `IN (...)` lists, each with its placeholders, padded to a
+    power of two by repeating its last key (a repeat adds nothing to an `IN` list). A
+    writer group's reads then take a few statement texts, each compiled once and kept
+    in the connection's statement cache, rather than one per group size, which
+    crowds the cache and has each group's reads compiled anew."""
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = list(keys[start : start + _IN_CHUNK])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk.extend(chunk[-1:] * (size - len(chunk)))
+        yield ",".join("?" * size), chunk
 
 
 def _newest(
@@ -208,15 +219,22 @@ def refusal_among(
     rows: Sequence[StateRow], program: str, policy: PurposePolicy, scopes: Sequence[str]
 ) -> str | None:
     """`standing_among(rows, program, policy).refusal(policy)`, with the purpose's
-    `covering_scopes` given, and no `Standing` built: this runs for every message
-    accepted."""
-    if not rows:
-        return refuse(policy, None, False, False)
-    latest, written = _newest(rows, program, scopes)
+    `covering_scopes` given: the same scan as `_newest`, written out and with no
+    `Standing` built, as this runs for every message accepted (a property test holds
+    the two to the same answers)."""
+    latest: StateRow | None = None
+    written = False
+    for r in rows:
+        if (r[1] == program or r[1] == ALL_PROGRAMS) and r[2] in scopes:
+            if latest is None or r[5] > latest[5]:
+                latest = r
+            if r[4] is not None:
+                written = True
     if latest is None:
         return refuse(policy, None, False, False)
-    opted: Literal["in", "out"] = "in" if latest[3] == "in" else "out"
-    return refuse(policy, opted, opted == "out" and latest[2] == SCOPE_ALL, written)
+    if latest[3] == "in":
+        return refuse(policy, "in", False, written)
+    return refuse(policy, "out", latest[2] == SCOPE_ALL, written)
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,7 +154,7 @@ class Policy:
         is counted in `view` from here on, so the caps of the messages judged after it
         in the same transaction count it."""
         rule = self._rules[purpose]
-        if not self.enabled or rule.exempt:
+        if rule.exempt or not self.enabled:
             return _QUEUED
         program = self._programs.get(route)
         if program is None:
@@ -249,9 +249,7 @@ class GroupView:
         self._sent: dict[str, dict[bytes, list[float]]] = {}
         sent, key_of = self._sent, _GROUP_KEY
         read = list(dict.fromkeys(capped_indexes))
-        for start in range(0, len(read), _IN_CHUNK):
-            chunk = read[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in ledger.in_chunks(read):
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
             for idx, purpose, at in conn.execute(
@@ -294,9 +292,7 @@ class GroupView:
         if self._zones is None:
             # Read on first need only: with no sending window to check, no group asks.
             self._zones = {}
-            for start in range(0, len(self._idxs), _IN_CHUNK):
-                chunk = self._idxs[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for marks, chunk in ledger.in_chunks(self._idxs):
                 for idx, zone in self._conn.execute(
                     f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
                     chunk,
@@ -316,7 +312,6 @@ class GroupView:
             bisect.insort(times, at)
 
 
-_IN_CHUNK = 500
 _NONE: dict[bytes, list[float]] = {}
 
 
