@@ -2,9 +2,9 @@
 
 The benchmark (`bench/consent.py`) compares accept rates with the policy's checks on and
 off; on a shared machine its figure moves by more than the policy costs. What the
-policy adds per message is counted here instead, deterministically: the Python calls
-the gateway makes (event loop and writer thread together, as cProfile counts them) to
-accept the same batch with the checks on and off. The batch has what the benchmark's
+policy adds per message is counted here instead, deterministically: the bytecodes the
+gateway runs (event loop and writer thread together; SQLite's own work is not counted)
+to accept the same batch with the checks on and off. The batch has what the benchmark's
 load has: sends that go at once, sends blocked by an opt-out, clinical sends held by
 the one-a-day cap. Besides, the verdicts' shortcuts are held to their definitions.
 """
@@ -31,7 +31,7 @@ from gateway.tokens import create_token
 from gateway.usecases import Caller
 from tests.conftest import make_config, record_decision
 
-EACH = 20  # messages of each kind in the batch: blocked, held, going at once
+EACH = 20  # numbers of each kind: opted out, sent a clinical message today, no history
 # No sending window (the fake clock's hour must not decide); the built-in caps.
 ANY_HOUR = {"window": ""}
 POLICY = {
@@ -74,16 +74,23 @@ class Opcodes:
 
 
 async def accept_counted(gw: Gateway, who: Caller, items: list[SendRequest]) -> tuple[Any, int]:
-    """`accept_batch` of `items`, and the bytecodes both threads ran for it."""
+    """`accept_batch` of `items`, and the bytecodes both threads ran for it (a tracer
+    already there, a coverage run's, is put back after)."""
     on_loop, on_writer = Opcodes(), Opcodes()
     writer = gw.store.writer
-    await writer.call_outside_transaction(lambda _conn: sys.settrace(on_writer.trace))
-    sys.settrace(on_loop.trace)
+
+    def swap(trace: Any) -> Any:
+        before = sys.gettrace()
+        sys.settrace(trace)
+        return before
+
+    writer_before = await writer.call_outside_transaction(lambda _conn: swap(on_writer.trace))
+    loop_before = swap(on_loop.trace)
     try:
         answer = await gw.usecases.messages.accept_batch(who, items)
     finally:
-        sys.settrace(None)
-        await writer.call_outside_transaction(lambda _conn: sys.settrace(None))
+        sys.settrace(loop_before)
+        await writer.call_outside_transaction(lambda _conn: swap(writer_before))
     return answer, on_loop.count + on_writer.count
 
 
