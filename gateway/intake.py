@@ -7,13 +7,11 @@ stores every message it was accepted for, or nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import re
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Literal, TypeVar
 
@@ -211,8 +209,10 @@ def _instant(value: datetime | None, field: str) -> float | None:
     return value.timestamp()
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
+class Prepared(msgspec.Struct, frozen=True):
+    """A message validated and shaped, not yet stored (a Struct: the policy's verdict
+    makes a copy of each one it holds or blocks, and a frozen dataclass costs more)."""
+
     message: NewMessage
     entry: Entry
     scheduled: bool
@@ -236,27 +236,17 @@ class Prepared:
             return self
         m = self.message
         if verdict.state is State.BLOCKED:
-            return self._with(m.judged(blocked=verdict.reason), scheduled=False)
-        assert verdict.send_at is not None
+            blocked = m.judged(blocked=verdict.reason)
+            return msgspec.structs.replace(self, message=blocked, scheduled=False)
+        at = verdict.send_at
+        assert at is not None
         expires_at = m.expires_at
-        if self.lifetime is not None:
-            expires_at = max(expires_at, verdict.send_at + self.lifetime)
-        held = m.judged(held_for=verdict.reason, send_at=verdict.send_at, expires_at=expires_at)
-        self.entry.due_at = verdict.send_at
+        if self.lifetime is not None and at + self.lifetime > expires_at:
+            expires_at = at + self.lifetime
+        held = m.judged(held_for=verdict.reason, send_at=at, expires_at=expires_at)
+        self.entry.due_at = at
         self.entry.expires_at = expires_at
-        return self._with(held, scheduled=True)
-
-    def _with(self, message: NewMessage, *, scheduled: bool) -> Prepared:
-        return Prepared(
-            message,
-            self.entry,
-            scheduled,
-            self.purpose,
-            self.quiet_hours_override,
-            self.quiet_hours_reason,
-            self.lifetime,
-            self.links,
-        )
+        return msgspec.structs.replace(self, message=held, scheduled=True)
 
 
 class Intake:
@@ -394,6 +384,7 @@ class Intake:
         """The policy's verdict on one prepared message, from what `view` read in the
         transaction that will insert it (and the messages judged before it there)."""
         m = p.message
+        send_at = m.send_at
         verdict = self.policy.decide(
             view,
             to=m.to,
@@ -401,17 +392,14 @@ class Intake:
             purpose=p.purpose,
             priority=m.priority,
             route=p.entry.candidates[0] if p.entry.candidates else m.route_hint,
-            start=max(m.created_at, m.send_at or m.created_at),
+            start=m.created_at if send_at is None or send_at < m.created_at else send_at,
             expires_at=math.inf if p.lifetime is not None else m.expires_at,
             quiet_hours_override=p.quiet_hours_override,
         )
         if p.quiet_hours_override:
-            p = dataclasses.replace(p, message=dataclasses.replace(m, quiet_override=True))
-        p = p.judged(verdict)
-        m = p.message
-        if m.blocked is None and m.purpose is not None and m.to_index is not None:
-            view.add(m.to_index, m.purpose, max(m.send_at or m.created_at, m.created_at))
-        return p
+            override = msgspec.structs.replace(m, quiet_override=True)
+            p = msgspec.structs.replace(p, message=override)
+        return p.judged(verdict)
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []

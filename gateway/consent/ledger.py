@@ -12,7 +12,7 @@ scope covers its purpose, in its program or in every program (`*`).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,13 +59,21 @@ class Standing:
 
     def refusal(self, policy: PurposePolicy) -> str | None:
         """The stable reason code a message of `policy` is refused for, or None."""
-        if policy.opt_out == "honour" and self.latest == "out":
-            return "opted_out"
-        if policy.opt_out == "stop_all_only" and self.all_out:
-            return "opted_out"
-        if policy.consent == "written" and not (self.written and self.latest == "in"):
-            return "opted_out" if self.latest == "out" else "no_consent"
-        return None
+        return refuse(policy, self.latest, self.all_out, self.written)
+
+
+def refuse(
+    policy: PurposePolicy, latest: Literal["in", "out"] | None, all_out: bool, written: bool
+) -> str | None:
+    """The rule: the reason code a message of `policy` is refused for, from the standing
+    (`Standing`'s fields) of its recipient, or None."""
+    if policy.opt_out == "honour" and latest == "out":
+        return "opted_out"
+    if policy.opt_out == "stop_all_only" and all_out:
+        return "opted_out"
+    if policy.consent == "written" and not (written and latest == "in"):
+        return "opted_out" if latest == "out" else "no_consent"
+    return None
 
 
 NO_RECORD = Standing(None, None, False, False)
@@ -143,7 +151,8 @@ def standing(
     return standing_among(state_rows(conn, [contact_idx]).get(contact_idx, ()), program, policy)
 
 
-StateRow = tuple[str, str, str, int | None, int]  # program, scope, opted, written_seq, seq
+# contact_idx, program, scope, opted, written_seq, seq: a `consent_state` row as read.
+StateRow = tuple[bytes, str, str, str, int | None, int]
 
 
 def state_rows(
@@ -152,38 +161,80 @@ def state_rows(
     """The `consent_state` rows of these contacts (a few each at most), by contact: one
     read for many, as an accept's transaction judges a whole group of messages."""
     found: dict[bytes, list[StateRow]] = {}
-    for start in range(0, len(contact_idxs), _IN_CHUNK):
-        chunk = contact_idxs[start : start + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for marks, chunk in in_chunks(contact_idxs):
         for r in conn.execute(
             "SELECT contact_idx, program, scope, opted, written_seq, seq FROM consent_state"  # noqa: S608 - placeholders only
             f" WHERE contact_idx IN ({marks})",
             chunk,
         ):
-            found.setdefault(r[0], []).append((r[1], r[2], r[3], r[4], r[5]))
+            rows = found.get(r[0])
+            if rows is None:
+                found[r[0]] = [r]
+            else:
+                rows.append(r)
     return found
 
 
-_IN_CHUNK = 500
+_IN_CHUNK = 512
 
 
-def standing_among(rows: Sequence[StateRow], program: str, policy: PurposePolicy) -> Standing:
-    """The standing for `policy`'s purpose in `program` from one contact's rows (one
-    pass: this runs for every message accepted)."""
-    if not rows:
-        return NO_RECORD
-    scopes = covering_scopes(policy.purpose)
+def in_chunks(keys: Sequence[bytes]) -> Iterator[tuple[str, list[bytes]]]:
+    """`keys` in chunks for `IN (...)` lists, each with its placeholders, padded to a
+    power of two by repeating its last key (a repeat adds nothing to an `IN` list). A
+    writer group's reads then take a few statement texts, each compiled once and kept
+    in the connection's statement cache, rather than one per group size, which
+    crowds the cache and has each group's reads compiled anew."""
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = list(keys[start : start + _IN_CHUNK])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk.extend(chunk[-1:] * (size - len(chunk)))
+        yield ",".join("?" * size), chunk
+
+
+def _newest(
+    rows: Sequence[StateRow], program: str, scopes: Sequence[str]
+) -> tuple[StateRow | None, bool]:
+    """Of one contact's rows, the newest whose scope is in `scopes` in `program` (or
+    in every program), and whether any of those holds a written opt-in."""
     latest: StateRow | None = None
     written = False
     for r in rows:
-        if (r[0] == program or r[0] == ALL_PROGRAMS) and r[1] in scopes:
-            if latest is None or r[4] > latest[4]:
+        if (r[1] == program or r[1] == ALL_PROGRAMS) and r[2] in scopes:
+            if latest is None or r[5] > latest[5]:
                 latest = r
-            written = written or r[3] is not None
+            written = written or r[4] is not None
+    return latest, written
+
+
+def standing_among(rows: Sequence[StateRow], program: str, policy: PurposePolicy) -> Standing:
+    """The standing for `policy`'s purpose in `program` from one contact's rows."""
+    latest, written = _newest(rows, program, covering_scopes(policy.purpose))
     if latest is None:
         return NO_RECORD
-    opted: Literal["in", "out"] = "in" if latest[2] == "in" else "out"
-    return Standing(opted, latest[1], opted == "out" and latest[1] == SCOPE_ALL, written)
+    opted: Literal["in", "out"] = "in" if latest[3] == "in" else "out"
+    return Standing(opted, latest[2], opted == "out" and latest[2] == SCOPE_ALL, written)
+
+
+def refusal_among(
+    rows: Sequence[StateRow], program: str, policy: PurposePolicy, scopes: Sequence[str]
+) -> str | None:
+    """`standing_among(rows, program, policy).refusal(policy)`, with the purpose's
+    `covering_scopes` given: the same scan as `_newest`, written out and with no
+    `Standing` built, as this runs for every message accepted (a property test holds
+    the two to the same answers)."""
+    latest: StateRow | None = None
+    written = False
+    for r in rows:
+        if (r[1] == program or r[1] == ALL_PROGRAMS) and r[2] in scopes:
+            if latest is None or r[5] > latest[5]:
+                latest = r
+            if r[4] is not None:
+                written = True
+    if latest is None:
+        return refuse(policy, None, False, False)
+    if latest[3] == "in":
+        return refuse(policy, "in", False, written)
+    return refuse(policy, "out", latest[2] == SCOPE_ALL, written)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from gateway.consent import ledger
 from gateway.consent.purposes import (
     CLIENT_PURPOSES,
@@ -40,6 +42,7 @@ from gateway.consent.purposes import (
     Kind,
     Purpose,
     PurposePolicy,
+    covering_scopes,
 )
 from gateway.consent.settings import ConsentConfig, policy_table
 from gateway.consent.zones import next_open, recipient_zones
@@ -52,8 +55,7 @@ _CLINICAL = tuple(p.value for p in CLIENT_PURPOSES if p.kind is Kind.CLINICAL)
 _MAX_STEPS = 64  # quiet hours and caps push a deferral forward in turn; this bounds it
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True):
     state: State  # QUEUED, SCHEDULED or BLOCKED
     send_at: float | None  # when it may go (None: at once)
     reason: str | None  # why it was held or blocked; None when it goes as asked
@@ -77,12 +79,10 @@ class Policy:
         self.table = policy_table(config)
         # How far back any cap looks: what a group's view reads of recent messages.
         self.reach = max((c.seconds for p in self.table.values() for c in p.caps), default=0.0)
-        self._cap_reach = {
-            p: max((c.seconds for c in r.caps), default=0.0) for p, r in self.table.items()
-        }
         self.capped = sorted(
             {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
         )
+        self._rules = {p: _Rule.of(p, policy, self.capped) for p, policy in self.table.items()}
         self._programs: dict[str | None, str] = {}  # by route: the config is fixed
 
     def view(
@@ -92,7 +92,8 @@ class Policy:
         with the purpose of a message to it)."""
         # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
         # much further than the caps, so every message a cap counts is read.
-        capped = [idx for idx, purpose in recipients if self._cap_reach[purpose]]
+        rules = self._rules
+        capped = [idx for idx, purpose in recipients if rules[purpose].caps]
         return GroupView(
             conn,
             [idx for idx, _ in recipients],
@@ -149,23 +150,28 @@ class Policy:
         quiet_hours_override: bool = False,
     ) -> Verdict:
         """Whether a message may go at `start` (now, or its `send_at`), later, or never,
-        from what `view` knows of its recipient."""
-        policy = self.table[purpose]
-        if not self.enabled or purpose is Purpose.COMPLIANCE:
+        from what `view` knows of its recipient. A message that may go (now or later)
+        is counted in `view` from here on, so the caps of the messages judged after it
+        in the same transaction count it."""
+        rule = self._rules[purpose]
+        if rule.exempt or not self.enabled:
             return _QUEUED
         program = self._programs.get(route)
         if program is None:
             program = self._programs[route] = self.config.program_for_route(route or "")
-        refusal = view.standing(to_index, program, policy).refusal(policy)
+        policy = rule.policy
+        refusal = view.refusal(to_index, program, policy, rule.scopes)
         if refusal is not None:
             return _blocked(refusal)
         window = policy.window
         if quiet_hours_override or priority is Priority.CRITICAL:
             window = None
-        times: list[float] = []
-        if policy.caps:
-            times = view.times(to_index, purpose, start - self._cap_reach[purpose])
+        times: Sequence[float] = ()
+        if rule.caps:
+            times = view.times(to_index, rule.group, start - rule.reach)
         if window is None and not times:
+            if rule.counted:
+                view.add(to_index, rule.group, start)
             return _QUEUED  # the common case: nothing to wait for
         zones: tuple[str, ...] = ()
         if window is not None:
@@ -175,7 +181,7 @@ class Policy:
             room = _cap_room(times, policy.caps, at)
             if room > at:
                 if policy.over_cap == "block":
-                    return Verdict(State.BLOCKED, None, "frequency_cap")
+                    return _blocked("frequency_cap")
                 at, reason = room, "frequency_cap"
             opening = next_open(window, zones, at) if window is not None else at
             if opening > at:
@@ -185,6 +191,8 @@ class Policy:
                 break
         if at >= expires_at:
             return Verdict(State.BLOCKED, None, reason or "quiet_hours")
+        if rule.counted:
+            view.add(to_index, rule.group, at)
         if reason is None:
             return _QUEUED
         return Verdict(State.SCHEDULED, at, reason)
@@ -236,14 +244,12 @@ class GroupView:
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
         self._state = ledger.state_rows(conn, idxs)
-        # Per recipient and cap group (`cap_group`): when each counted message goes,
+        # Per cap group (`group_key`) and recipient: when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
-        self._sent: dict[tuple[bytes, tuple[str, ...]], list[float]] = {}
-        sent, group_of = self._sent, _GROUP_OF
+        self._sent: dict[str, dict[bytes, list[float]]] = {}
+        sent, key_of = self._sent, _GROUP_KEY
         read = list(dict.fromkeys(capped_indexes))
-        for start in range(0, len(read), _IN_CHUNK):
-            chunk = read[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in ledger.in_chunks(read):
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
             for idx, purpose, at in conn.execute(
@@ -252,35 +258,41 @@ class GroupView:
                 " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
                 (*chunk, *capped, since),
             ):
-                key = (idx, group_of[purpose])
-                times = sent.get(key)
+                key = key_of[purpose]
+                group = sent.get(key)
+                if group is None:
+                    group = sent[key] = {}
+                times = group.get(idx)
                 if times is None:
-                    sent[key] = [at]
+                    group[idx] = [at]
                 else:
                     times.append(at)
-        for times in sent.values():
-            if len(times) > 1:
-                times.sort()
+        for group in sent.values():
+            for times in group.values():
+                if len(times) > 1:
+                    times.sort()
         self._zones: dict[bytes, str | None] | None = None
 
-    def standing(self, to_index: bytes, program: str, policy: PurposePolicy) -> ledger.Standing:
-        return ledger.standing_among(self._state.get(to_index, ()), program, policy)
+    def refusal(
+        self, to_index: bytes, program: str, policy: PurposePolicy, scopes: Sequence[str]
+    ) -> str | None:
+        """Why the ledger refuses this recipient a message of `policy` (whose purpose
+        the ledger's `scopes` cover) in `program`, or None."""
+        return ledger.refusal_among(self._state.get(to_index, ()), program, policy, scopes)
 
-    def times(self, to_index: bytes, purpose: Purpose, since: float) -> list[float]:
-        """When each counted message to this recipient goes (those `purpose`'s caps
-        count), after `since`, in order."""
-        times = self._sent.get((to_index, _GROUP_OF[purpose]))
+    def times(self, to_index: bytes, group: str, since: float) -> Sequence[float]:
+        """When each counted message of cap group `group` (`group_key`) to this
+        recipient goes, after `since`, in order."""
+        times = self._sent.get(group, _NONE).get(to_index)
         if not times:
-            return []
+            return ()
         return times[bisect.bisect_right(times, since) :]
 
     def time_zone(self, to_index: bytes) -> str | None:
         if self._zones is None:
             # Read on first need only: with no sending window to check, no group asks.
             self._zones = {}
-            for start in range(0, len(self._idxs), _IN_CHUNK):
-                chunk = self._idxs[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for marks, chunk in ledger.in_chunks(self._idxs):
                 for idx, zone in self._conn.execute(
                     f"SELECT idx, time_zone FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
                     chunk,
@@ -288,11 +300,19 @@ class GroupView:
                     self._zones[idx] = zone
         return self._zones.get(to_index)
 
-    def add(self, to_index: bytes, purpose: str, at: float) -> None:
-        bisect.insort(self._sent.setdefault((to_index, _GROUP_OF[purpose]), []), at)
+    def add(self, to_index: bytes, group: str, at: float) -> None:
+        """Count a message of cap group `group` to this recipient, going at `at`."""
+        by_recipient = self._sent.get(group)
+        if by_recipient is None:
+            by_recipient = self._sent[group] = {}
+        times = by_recipient.get(to_index)
+        if times is None:
+            by_recipient[to_index] = [at]
+        else:
+            bisect.insort(times, at)
 
 
-_IN_CHUNK = 500
+_NONE: dict[bytes, list[float]] = {}
 
 
 def cap_group(purpose: Purpose) -> tuple[str, ...]:
@@ -300,7 +320,38 @@ def cap_group(purpose: Purpose) -> tuple[str, ...]:
     return _CLINICAL if purpose.kind is Kind.CLINICAL else (purpose.value,)
 
 
-_GROUP_OF: dict[str, tuple[str, ...]] = {p: cap_group(p) for p in Purpose}
+def group_key(purpose: Purpose) -> str:
+    """The name of `purpose`'s cap group: every clinical purpose shares one."""
+    return Kind.CLINICAL.value if purpose.kind is Kind.CLINICAL else purpose.value
+
+
+_GROUP_KEY: dict[str, str] = {p.value: group_key(p) for p in Purpose}
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A purpose's row of the policy table as the verdict at accept reads it, worked
+    out once rather than for every message."""
+
+    policy: PurposePolicy
+    exempt: bool  # compliance: never refused nor held
+    scopes: tuple[str, ...]  # the ledger scopes whose decisions apply to it
+    caps: tuple[Cap, ...]
+    reach: float  # how far back its caps look (0.0: it has none)
+    group: str  # its cap group (`group_key`)
+    counted: bool  # some cap counts its messages: a group's view adds each that goes
+
+    @classmethod
+    def of(cls, purpose: Purpose, policy: PurposePolicy, capped: Sequence[str]) -> _Rule:
+        return cls(
+            policy,
+            purpose is Purpose.COMPLIANCE,
+            covering_scopes(purpose),
+            policy.caps,
+            max((c.seconds for c in policy.caps), default=0.0),
+            group_key(purpose),
+            purpose.value in capped,
+        )
 
 
 def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
@@ -330,17 +381,20 @@ def _blocked_until(times: Sequence[float], cap: Cap, x: float) -> float:
     holds n others that stand next to each other in `times`, so only the runs of n
     around x's place are looked at (those nearest x have the shortest span with it)."""
     n, w = cap.count, cap.seconds
-    if len(times) < n:
+    last_run = len(times) - n
+    if last_run < 0:
         return x
     i = bisect.bisect_left(times, x)
-    until = x
-    for j in range(max(0, i - n), min(i, len(times) - n) + 1):
+    # Runs later in `times` start later: the first one found from the end that x
+    # breaks has the latest first + W of all those x breaks.
+    for j in range(i if i < last_run else last_run, i - n - 1 if i > n else -1, -1):
         first, last = times[j], times[j + n - 1]
         # The span of x and the run: runs end at or after x, or start at or before it.
         if (last if last > x else x) - (first if first < x else x) < w:
+            until = first + w
             # In exact arithmetic first + w > x; rounding may say otherwise.
-            until = max(until, first + w, math.nextafter(x, math.inf))
-    return until
+            return until if until > x else math.nextafter(x, math.inf)
+    return x
 
 
 def _fits(times: Sequence[float], cap: Cap, x: float) -> bool:

@@ -17,6 +17,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
@@ -40,8 +42,9 @@ from gateway.store.writer import GroupCommitWriter, Statement
 Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
+class NewMessage(msgspec.Struct, frozen=True):
+    # A Struct, not a dataclass: the policy's verdict makes a copy of each message it
+    # holds or blocks, and a frozen dataclass of this size costs ~2 us to build.
     id: str
     token_id: str | None
     priority: Priority
@@ -75,30 +78,13 @@ class NewMessage:
         send_at: float | None = None,
         expires_at: float | None = None,
     ) -> NewMessage:
-        """This message with the send policy's verdict (built directly: this is on every
-        accept the policy holds or blocks, and `dataclasses.replace` costs several times
-        as much)."""
-        return NewMessage(
-            self.id,
-            self.token_id,
-            self.priority,
-            self.to,
-            self.body,
-            self.encoding,
-            self.segments,
-            self.created_at,
-            self.expires_at if expires_at is None else expires_at,
-            self.send_at if send_at is None else send_at,
-            self.reference,
-            self.callback_url,
-            self.route_hint,
-            self.category,
-            self.purpose,
-            blocked,
-            held_for,
-            self.quiet_override,
-            self.to_index,
-            self.sealed,
+        """This message with the send policy's verdict."""
+        return msgspec.structs.replace(
+            self,
+            blocked=blocked,
+            held_for=held_for,
+            send_at=self.send_at if send_at is None else send_at,
+            expires_at=self.expires_at if expires_at is None else expires_at,
         )
 
     @property
