@@ -33,6 +33,15 @@ def safe_cell(value: object) -> str:
     return text
 
 
+def unescaped(text: str) -> str:
+    """A cell read back from one of our exports: the `'` that `safe_cell` put before a
+    formula start is dropped, so an export re-imports as it was written. (A text that
+    itself began with `'` and a formula start comes back without that quote.)"""
+    if text.startswith("'") and text[1:].startswith(TRIGGERS):
+        return text[1:]
+    return text
+
+
 def csv_line(values: Iterable[object]) -> str:
     """One CSV line (RFC 4180 quoting, CRLF) of escaped cells."""
     return csv_text([list(values)])

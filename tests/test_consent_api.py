@@ -20,6 +20,7 @@ from gateway.consent.purposes import DEFAULT_POLICIES, Purpose
 from gateway.integrations.events import OutboxEvent
 from gateway.integrations.mqtt import event_payload, event_topic
 from gateway.tokens import create_token
+from gateway.usecases import consent_csv
 from tests import webhook_rig
 from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory
 from tests.test_api import Api, _api, _error
@@ -324,3 +325,23 @@ async def test_the_document_describes_the_consent_endpoints(api: Api) -> None:
     assert not scope.match("purpose:compliance") and not scope.match("kind:compliance")
     served = {p for p in paths if p.startswith(("/api/v1/optouts", "/api/v1/consents"))}
     assert all("{" not in p for p in served)  # numbers never in a path: access logs keep paths
+
+
+async def test_the_export_escapes_formulas_and_re_imports_as_written(api: Api) -> None:
+    # A note someone typed that a spreadsheet would run (issue 15, point 8).
+    body = 'Phone,Status,Notes\n+12025550149,opt-out,"=HYPERLINK(""http://x"",""y"")"\n'
+    headers = {**api.auth(), "Content-Type": "text/csv"}
+    r = await api.client.post("/api/v1/consents/import", data=body, headers=headers)
+    assert (await r.json())["appended"] == 1
+    r = await api.get("/api/v1/consents/export")
+    exported = await r.text()
+    (row,) = list(csv.DictReader(io.StringIO(exported)))
+    assert row["note"] == "'" + '=HYPERLINK("http://x","y")'
+    r = await api.client.post("/api/v1/consents/import", data=exported, headers=headers)
+    report = await r.json()
+    assert (report["appended"], report["unchanged"], report["failed"]) == (0, 1, 0), report
+    header, *lines = list(csv.reader(io.StringIO(exported)))
+    cols, _ = consent_csv.columns(header, consent_csv.Options())
+    parsed = consent_csv.row(2, lines[0], cols, consent_csv.Options(), api.gw.clock.time())
+    assert isinstance(parsed, consent_csv.Row)
+    assert parsed.note == '=HYPERLINK("http://x","y")'  # read back as it was written

@@ -19,7 +19,8 @@ import phonenumbers
 
 from gateway.consent.zones import valid_zone
 from gateway.intake import normalise_number
-from gateway.usecases.csv_reader import HeaderError, LineError
+from gateway.usecases import csv_reader
+from gateway.usecases.csv_reader import LineError
 
 FIELDS = (
     "number",
@@ -81,45 +82,13 @@ def regions() -> list[str]:
 
 
 def parse_mapping(text: str) -> dict[str, str]:
-    """`number=Mobile,clinic=Site` → {"number": "Mobile", ...}; `Mobile=number` (the
-    column first) is read the same way. ValueError names what is wrong (field names
-    only, which are ours)."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, header = part.partition("=")
-        name = name.strip().lower()
-        if name not in FIELDS and header.strip().lower() in FIELDS:
-            name, header = header.strip().lower(), part.partition("=")[0]
-        if not sep or name not in FIELDS or not header.strip():
-            raise ValueError(
-                f"write each mapping as FIELD=HEADER with FIELD one of {', '.join(FIELDS)}"
-            )
-        out[name] = header.strip()
-    return out
-
-
-def header_key(header: str) -> str:
-    return re.sub(r"[\s\-]+", "_", header.strip().lower().lstrip("\ufeff"))
+    """`number=Mobile,clinic=Site` → {"number": "Mobile", ...} (`csv_reader.parse_mapping`)."""
+    return csv_reader.parse_mapping(text, FIELDS)
 
 
 def columns(header: list[str], options: Options) -> tuple[dict[str, int], list[str]]:
     """Field → column index, and the headers no field takes (reported, not guessed)."""
-    by_key: dict[str, int] = {}
-    for i, h in enumerate(header):
-        by_key.setdefault(header_key(h), i)
-    found: dict[str, int] = {}
-    for name, col in options.columns.items():
-        if header_key(col) not in by_key:
-            raise HeaderError("missing_column", f"{name}: the mapped column is not in the header")
-        found[name] = by_key[header_key(col)]
-    for key, i in by_key.items():
-        alias = ALIASES.get(key)
-        if alias is not None and alias not in found and i not in found.values():
-            found[alias] = i
-    if "number" not in found:
-        raise HeaderError("missing_column", "number: no column holds the phone number")
-    ignored = [h for i, h in enumerate(header) if i not in found.values()]
-    return found, ignored
+    return csv_reader.map_columns(header, options.columns, ALIASES)
 
 
 def key_of(text: str) -> str | None:

@@ -10,10 +10,8 @@ becomes an error naming its line, a code and the column, never the value.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, datetime
@@ -28,7 +26,10 @@ from gateway.consent.purposes import (
     purpose_scope,
     scope_valid,
 )
+from gateway.csv_safe import csv_line as csv_line
+from gateway.csv_safe import unescaped
 from gateway.store.consent_sql import ExportRow
+from gateway.usecases import csv_reader
 from gateway.usecases.csv_reader import HeaderError as HeaderError
 from gateway.usecases.csv_reader import LineError as LineError
 from gateway.usecases.csv_reader import file_chunks as file_chunks
@@ -132,43 +133,17 @@ class Options:
 
 
 def parse_mapping(text: str) -> dict[str, str]:
-    """`number=Phone,decision=Status` → {"number": "Phone", ...}; ValueError names
-    what is wrong (field names only, which are ours)."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        field, sep, header = part.partition("=")
-        field = field.strip().lower()
-        if not sep or field not in FIELDS or not header.strip():
-            raise ValueError(
-                f"write each mapping as FIELD=HEADER with FIELD one of {', '.join(FIELDS)}"
-            )
-        out[field] = header.strip()
-    return out
-
-
-def _key(header: str) -> str:
-    return re.sub(r"[\s\-]+", "_", header.strip().lower())
+    """`number=Phone,decision=Status` → {"number": "Phone", ...} (`csv_reader.parse_mapping`)."""
+    return csv_reader.parse_mapping(text, FIELDS)
 
 
 def columns(header: list[str], options: Options) -> tuple[dict[str, int], list[str]]:
     """Field → column index, and the headers no field takes (reported, not guessed)."""
-    by_key = {_key(h): i for i, h in enumerate(header)}
-    found: dict[str, int] = {}
-    for field, name in options.columns.items():
-        if _key(name) not in by_key:
-            raise HeaderError("missing_column", f"{field}: the mapped column is not in the header")
-        found[field] = by_key[_key(name)]
-    for key, i in by_key.items():
-        alias = ALIASES.get(key)
-        if alias is not None and alias not in found and i not in found.values():
-            found[alias] = i
-    if "number" not in found:
-        raise HeaderError("missing_column", "number: no column holds the phone number")
+    found, ignored = csv_reader.map_columns(header, options.columns, ALIASES)
     if "decision" not in found and options.decision is None:
         raise HeaderError(
             "missing_column", "decision: no decision column; say which decision the list holds"
         )
-    ignored = [h for i, h in enumerate(header) if i not in found.values()]
     return found, ignored
 
 
@@ -210,7 +185,7 @@ def row(
         i = cols.get(name)
         if i is None or i >= len(fields):
             return None
-        value = fields[i].strip()
+        value = unescaped(fields[i].strip())  # as our export escaped it
         return value or None
 
     number = cell("number")
@@ -276,12 +251,6 @@ EXPORT_HEADER = (
     "disclosure",
     "note",
 )
-
-
-def csv_line(values: Iterable[object]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(["" if v is None else v for v in values])
-    return out.getvalue()
 
 
 def export_line(r: ExportRow) -> str:

@@ -29,7 +29,8 @@ import asyncio
 import codecs
 import csv
 import io
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,53 @@ class HeaderError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def header_key(header: str) -> str:
+    """A header as a lookup key: case, spaces and dashes folded, a stray BOM dropped."""
+    return re.sub(r"[\s\-]+", "_", header.strip().lower().lstrip("\ufeff"))
+
+
+def parse_mapping(text: str, fields: tuple[str, ...]) -> dict[str, str]:
+    """`number=Mobile,clinic=Site` → {"number": "Mobile", ...}; `Mobile=number` (the
+    column first) is read the same way. ValueError names what is wrong (field names
+    only, which are ours)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, header = part.partition("=")
+        name = name.strip().lower()
+        if name not in fields and header.strip().lower() in fields:
+            name, header = header.strip().lower(), part.partition("=")[0]
+        if not sep or name not in fields or not header.strip():
+            raise ValueError(
+                f"write each mapping as FIELD=HEADER with FIELD one of {', '.join(fields)}"
+            )
+        out[name] = header.strip()
+    return out
+
+
+def map_columns(
+    header: list[str], mapping: Mapping[str, str], aliases: Mapping[str, str]
+) -> tuple[dict[str, int], list[str]]:
+    """Field → column index (a mapped column first, then a header an alias names; the
+    first of two like headers wins), and the headers no field takes (reported, not
+    guessed). HeaderError when a mapped column is missing or none holds the number."""
+    by_key: dict[str, int] = {}
+    for i, h in enumerate(header):
+        by_key.setdefault(header_key(h), i)
+    found: dict[str, int] = {}
+    for name, column in mapping.items():
+        if header_key(column) not in by_key:
+            raise HeaderError("missing_column", f"{name}: the mapped column is not in the header")
+        found[name] = by_key[header_key(column)]
+    for key, i in by_key.items():
+        alias = aliases.get(key)
+        if alias is not None and alias not in found and i not in found.values():
+            found[alias] = i
+    if "number" not in found:
+        raise HeaderError("missing_column", "number: no column holds the phone number")
+    ignored = [h for i, h in enumerate(header) if i not in found.values()]
+    return found, ignored
 
 
 @dataclass(frozen=True, slots=True)
