@@ -205,7 +205,7 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                 say(f"{job['created']:,} contacts imported in {import_s:.1f} s, one group")
                 log_start = server.log_path.stat().st_size
                 cpu0 = harness.CpuSnapshot.take(server.pid)
-                campaign_id, started = await campaign_api.create_and_start(
+                campaign = await campaign_api.create_and_start(
                     api.session, server.url, broadcast_spec(group, settings.feed_rate)
                 )
                 async with asyncio.timeout(RUN_TIMEOUT_S):
@@ -213,8 +213,8 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                     while sim.submits + modems.sent_parts(bank.modems) < settings.n:  # noqa: ASYNC110
                         await asyncio.sleep(POLL_S)
                 cpu = cpu0.until(harness.CpuSnapshot.take(server.pid))
-                found, done_at = await campaign_api.wait_done(
-                    api.session, server.url, campaign_id, RUN_TIMEOUT_S
+                found = await campaign_api.wait_done(
+                    api.session, server.url, campaign.id, RUN_TIMEOUT_S
                 )
                 log_end = server.log_path.stat().st_size
         finally:
@@ -223,7 +223,7 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         smpp_times = [at for at, _ in sim.arrivals]
         modem_times = [sorted(times) for times in part_clock.times]
     last = max([*smpp_times[-1:], *(t[-1] for t in modem_times if t)])
-    elapsed = last - started
+    elapsed = last - campaign.at
     counts = {SMPP_ROUTE: len(smpp_times)}
     for b, name in enumerate(settings.bank_names()):
         counts[name] = sum(
@@ -256,7 +256,8 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
             "blocked": found["progress"]["totals"]["blocked"],
             "skipped": found["progress"]["totals"]["skipped"],
             "rate": settings.feed_rate,
-            "finished_after_s": round(done_at - started, 2),
+            # when the runner had queued the last recipient
+            "queued_all_after_s": round(campaign.since_start(found["campaign"]["done_at"]), 2),
         },
         "import_s": round(import_s, 2),
         "gateway_cpu": round(cpu.utilisation, 2),

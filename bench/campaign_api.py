@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -25,19 +27,32 @@ async def _json(resp: aiohttp.ClientResponse, expected: int, what: str) -> dict[
     return body
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A started campaign: its id, and time.monotonic() and time.time() just before
+    the start request, from which its sending is timed."""
+
+    id: str
+    at: float
+    wall: float
+
+    def since_start(self, iso_time: str) -> float:
+        """Seconds from the start request to an API timestamp (e.g. its `done_at`)."""
+        return datetime.fromisoformat(iso_time).timestamp() - self.wall
+
+
 async def create_and_start(
     session: aiohttp.ClientSession, url: str, spec: dict[str, Any]
-) -> tuple[str, float]:
-    """Save `spec` as a draft and start it: (its id, time.monotonic() just before the
-    start request, from which its sending is timed). `session` carries the token."""
+) -> Started:
+    """Save `spec` as a draft and start it. `session` carries the token."""
     async with session.post(url + "/api/v1/campaigns", json=spec) as r:
         campaign = await _json(r, 201, "create campaign")
-    started = time.monotonic()
-    async with session.post(url + f"/api/v1/campaigns/{campaign['id']}/start") as r:
+    started = Started(str(campaign["id"]), time.monotonic(), time.time())
+    async with session.post(url + f"/api/v1/campaigns/{started.id}/start") as r:
         acted = await _json(r, 200, "start campaign")
     if acted["campaign"]["state"] != "running":
         raise RuntimeError(f"campaign is {acted['campaign']['state']}, not running")
-    return str(campaign["id"]), started
+    return started
 
 
 async def detail(session: aiohttp.ClientSession, url: str, campaign_id: str) -> dict[str, Any]:
@@ -47,12 +62,12 @@ async def detail(session: aiohttp.ClientSession, url: str, campaign_id: str) -> 
 
 async def wait_done(
     session: aiohttp.ClientSession, url: str, campaign_id: str, limit_s: float
-) -> tuple[dict[str, Any], float]:
-    """Poll until the campaign has left `running` for good: (its detail then,
-    time.monotonic() when that was seen)."""
+) -> dict[str, Any]:
+    """Poll until the campaign has left `running` for good; its detail then (its
+    `done_at` says when the runner handled the last recipient)."""
     async with asyncio.timeout(limit_s):
         while True:
             found = await detail(session, url, campaign_id)
             if found["campaign"]["state"] in DONE:
-                return found, time.monotonic()
+                return found
             await asyncio.sleep(POLL_S)

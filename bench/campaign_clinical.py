@@ -178,14 +178,15 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                 log_start = server.log_path.stat().st_size
                 cpu0 = harness.CpuSnapshot.take(server.pid)
                 clinical = Clinical([], [], asyncio.Event())
-                campaign_id, started = await campaign_api.create_and_start(
+                campaign = await campaign_api.create_and_start(
                     api.session, server.url, campaign_spec(group, settings.campaign_rate)
                 )
                 clinical_task = asyncio.create_task(clinical.run(api))
-                found, queued_at = await campaign_api.wait_done(
-                    api.session, server.url, campaign_id, RUN_TIMEOUT_S
+                found = await campaign_api.wait_done(
+                    api.session, server.url, campaign.id, RUN_TIMEOUT_S
                 )
-                queued_s = queued_at - started
+                queued_s = campaign.since_start(found["campaign"]["done_at"])
+                queued_at = campaign.at + queued_s
                 say(f"campaign of {settings.n:,} queued in {queued_s:.1f} s; dispatching")
                 await scenarios.wait_idle(api, RUN_TIMEOUT_S)
                 clinical.stop.set()
@@ -194,14 +195,14 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                 cpu = cpu0.until(harness.CpuSnapshot.take(server.pid))
                 log_end = server.log_path.stat().st_size
                 delays = await scenarios.sending_delays(api, [mid for _, mid in clinical.ids])
-                found = await campaign_api.detail(api.session, server.url, campaign_id)
+                found = await campaign_api.detail(api.session, server.url, campaign.id)
         finally:
             code = await server.stop()
         arrivals = [at for at, _ in sim.arrivals]
     while_queueing = [d for (at, _), d in zip(clinical.ids, delays, strict=True) if at < queued_at]
     while_sending = [d for (at, _), d in zip(clinical.ids, delays, strict=True) if at >= queued_at]
     bulk = len(arrivals) - len(clinical.ids)
-    span = arrivals[-1] - started if arrivals else 0.0
+    span = arrivals[-1] - campaign.at if arrivals else 0.0
     totals = found["progress"]["totals"]
     overall = latency(delays)
     result: dict[str, Any] = {
