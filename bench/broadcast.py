@@ -13,14 +13,17 @@ routes' configured rates are the limits. The simulator and the emulators run in 
 process (CPU 1). Every route carries every class; the critical class spreads
 (`[queue] spread_classes`, the default).
 
-The sending step (`send_broadcast`) queues N critical messages of purpose `emergency`
-through `POST /messages/batch`; once the campaigns use case is on main it becomes an
-emergency campaign, in that one function. Timing runs from the start of the sending step
-to the last submit any peer received (the simulator's arrival times, each modem's part
-times). Printed: time to the last submit, the achieved rate, the routes' combined
-configured rate and the ratio of the two (target >= 0.9), and per route its count and
-its own rate against its configured one; counts are taken at the peers and checked
-against the routes the gateway recorded. The last line is the summary as JSON, kept in
+N contacts are imported through the product's import job (`POST /contacts/imports`,
+bench/contacts_import.py) and put in a group; then an emergency campaign to that group
+(purpose `emergency`: class critical, no consent needed, no quiet hours) is created and
+started through `POST /api/v1/campaigns`, at `--campaign-rate` (default 1.25 x the
+routes' combined rate, so the queue never runs dry; `[campaigns] max_rate` is raised in
+this bench's config only). Timing runs from the start request to the last submit any
+peer received (the simulator's arrival times, each modem's part times). Printed: time to
+the last submit, the achieved rate, the routes' combined configured rate and the ratio
+of the two (target >= 0.9), and per route its count and its own rate against its
+configured one; counts are taken at the peers and checked against the routes the
+gateway recorded. The last line is the summary as JSON, kept in
 bench/results/broadcast-latest.json.
 """
 
@@ -34,14 +37,16 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import campaign_api
 import client
+import contacts_import
 import harness
+import loadgen
 import modems
 import structlog
 from harness import GatewayHome, Pinning
@@ -66,6 +71,7 @@ class Settings:
     modem_rate: float  # parts per second per modem
     send_latency: float
     spread: bool = True
+    campaign_rate: float | None = None  # None: 1.25 x the routes' combined rate
 
     @property
     def bank_rate(self) -> float:
@@ -74,6 +80,10 @@ class Settings:
     @property
     def combined_rate(self) -> float:
         return self.smpp_rate + self.banks * self.bank_rate
+
+    @property
+    def feed_rate(self) -> float:
+        return self.campaign_rate or round(1.25 * self.combined_rate)
 
     def bank_names(self) -> list[str]:
         return [f"bank{i + 1}" for i in range(self.banks)]
@@ -117,6 +127,7 @@ def configure(
 ) -> None:
     """Replace the routes `smsgw init` wrote by the carrier and the banks."""
     head, _, _ = home.config_path.read_text().partition("[[routes]]")
+    head = head.rstrip() + f"\n\n[campaigns]\nmax_rate = {max(50.0, settings.feed_rate)!r}\n"
     if not settings.spread:  # the comparison: critical waits for the first route
         head = head.replace("[queue]\n", "[queue]\nspread_classes = []\n", 1)
     routes = [
@@ -139,10 +150,15 @@ def configure(
     home.config_path.write_text(head.rstrip() + "\n" + "".join(routes))
 
 
-async def send_broadcast(api: client.Api, n: int) -> float:
-    """The sending step: N critical messages of purpose emergency, queued in batches of
-    500. Becomes an emergency campaign once the campaigns use case is on main."""
-    return await api.preload(n, "critical", purpose="emergency")
+def broadcast_spec(group_id: str, rate: float) -> dict[str, Any]:
+    """The emergency campaign: purpose emergency (its class, critical) to the group."""
+    return {
+        "name": "bench broadcast",
+        "audience": {"groups": [group_id]},
+        "purpose": "emergency",
+        "text": loadgen.BODY_160_GSM,
+        "rate": rate,
+    }
 
 
 async def routes_up(api: client.Api, names: Sequence[str]) -> None:
@@ -183,16 +199,23 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         try:
             async with client.Api(server.url, home.token) as api:
                 await routes_up(api, [SMPP_ROUTE, *settings.bank_names()])
+                group, job, import_s = await contacts_import.audience_group(
+                    api.session, server.url, home.token, settings.n, work.parent
+                )
+                say(f"{job['created']:,} contacts imported in {import_s:.1f} s, one group")
                 log_start = server.log_path.stat().st_size
                 cpu0 = harness.CpuSnapshot.take(server.pid)
-                started = time.monotonic()
-                queued_s = await send_broadcast(api, settings.n)
-                say(f"{settings.n:,} critical messages queued in {queued_s:.1f} s")
+                campaign = await campaign_api.create_and_start(
+                    api.session, server.url, broadcast_spec(group, settings.feed_rate)
+                )
                 async with asyncio.timeout(RUN_TIMEOUT_S):
                     # Peers of two kinds and no common event: a poll, 20 ms against minutes.
                     while sim.submits + modems.sent_parts(bank.modems) < settings.n:  # noqa: ASYNC110
                         await asyncio.sleep(POLL_S)
                 cpu = cpu0.until(harness.CpuSnapshot.take(server.pid))
+                found = await campaign_api.wait_done(
+                    api.session, server.url, campaign.id, RUN_TIMEOUT_S
+                )
                 log_end = server.log_path.stat().st_size
         finally:
             await part_clock.aclose()
@@ -200,7 +223,7 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         smpp_times = [at for at, _ in sim.arrivals]
         modem_times = [sorted(times) for times in part_clock.times]
     last = max([*smpp_times[-1:], *(t[-1] for t in modem_times if t)])
-    elapsed = last - started
+    elapsed = last - campaign.at
     counts = {SMPP_ROUTE: len(smpp_times)}
     for b, name in enumerate(settings.bank_names()):
         counts[name] = sum(
@@ -226,7 +249,17 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
             for name in counts
         },
         "recorded_by_gateway": recorded_routes(home.db_path),
-        "queueing_s": round(queued_s, 2),
+        "campaign": {
+            "state": found["campaign"]["state"],
+            "handled": found["progress"]["handled"],
+            "queued": found["progress"]["totals"]["queued"],
+            "blocked": found["progress"]["totals"]["blocked"],
+            "skipped": found["progress"]["totals"]["skipped"],
+            "rate": settings.feed_rate,
+            # when the runner had queued the last recipient
+            "queued_all_after_s": round(campaign.since_start(found["campaign"]["done_at"]), 2),
+        },
+        "import_s": round(import_s, 2),
         "gateway_cpu": round(cpu.utilisation, 2),
         "foreign_cpu_s": round(cpu.foreign_s, 2),
         "exit_code": code,
@@ -246,7 +279,10 @@ async def run(settings: Settings, pinning: Pinning, root: Path) -> int:
         ),
         "spread_classes": ["critical"] if settings.spread else [],
         "message": "one part (160 GSM-7 characters), critical, purpose emergency, receipts on",
-        "sending": "POST /messages/batch, 500 per request, 4 clients",
+        "sending": (
+            f"contacts imported (POST /contacts/imports), a group, an emergency campaign"
+            f" (POST /campaigns, then /start) at {settings.feed_rate:g}/s"
+        ),
         "placement": modems.placement(pinning),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
     }
@@ -257,11 +293,14 @@ async def run(settings: Settings, pinning: Pinning, root: Path) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="recipients (default 100,000)")
-    p.add_argument("--smpp-rate", type=float, default=200.0, help="SMPP route rate (200/s)")
+    p.add_argument("--smpp-rate", type=float, default=500.0, help="SMPP route rate (500/s)")
     p.add_argument("--banks", type=int, default=2, help="modem routes (2)")
     p.add_argument("--modems", type=int, default=4, help="emulated modems per bank (4)")
-    p.add_argument("--modem-rate", type=float, default=5.0, help="parts/s per modem (5)")
-    p.add_argument("--send-latency", type=float, default=0.1, help="emulated s per part (0.1)")
+    p.add_argument("--modem-rate", type=float, default=10.0, help="parts/s per modem (10)")
+    p.add_argument("--send-latency", type=float, default=0.05, help="emulated s per part (0.05)")
+    p.add_argument(
+        "--campaign-rate", type=float, default=0.0, help="campaign rate (0: 1.25 x combined)"
+    )
     p.add_argument("--no-spread", action="store_true", help="compare: spread_classes = []")
     p.add_argument("--keep", action="store_true", help="keep the data, config and log")
     args = p.parse_args(argv)
@@ -282,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.modem_rate,
         args.send_latency,
         spread=not args.no_spread,
+        campaign_rate=args.campaign_rate or None,
     )
     # The simulator's and emulators' own info lines would clutter the output.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -6,18 +6,20 @@
 
 A fresh `smsgw init` runs as a subprocess (`smsgw run`, on CPU 0) with one SMPP route to
 the SMSC simulator (`drivers/smpp/simulator.py`, in this process on CPU 1; window 50, no
-rate unless `--rate`; receipts 1 s after each submit). The campaign step
-(`run_campaign`) queues N bulk-class messages of purpose `informational` through
-`POST /messages/batch`, 500 per request from 4 clients; once the campaigns use case is on
-main it becomes a campaign, in that one function. From the moment the campaign starts
-until the whole campaign has left, a clinical message (purpose `results`, class high,
-each to its own number) is sent every 100 ms through `POST /messages`.
+rate unless `--rate`; receipts 1 s after each submit). N contacts are imported through
+the product's import job (`POST /contacts/imports`, bench/contacts_import.py) and put in
+a group; a campaign to the group (class bulk, purpose `informational`, which needs no
+recorded consent, only no opt-out) is created and started through
+`POST /api/v1/campaigns` at `--campaign-rate` (`[campaigns] max_rate` raised in this
+bench's config only). From the start request until the whole campaign has left, a
+clinical message (purpose `results`, class high, each to its own number) is sent every
+100 ms through `POST /messages`.
 
 Printed: the clinical messages' accept-to-`sending` time (the `sending` event's time
 minus the `queued` event's, from `GET /messages/{id}`) p50/p99/max (target p99 < 50 ms),
-also split into those sent while the campaign was being queued and those sent while it
-was only being dispatched; and the campaign's throughput at the carrier (bulk submits
-over the time from the first to the last). The last line is the summary as JSON, kept in
+also split into those sent while the campaign runner was still queuing and those sent
+after; and the campaign's throughput at the carrier (bulk submits over the time from the
+start request to the last). The last line is the summary as JSON, kept in
 bench/results/campaign-latest.json.
 """
 
@@ -27,7 +29,6 @@ import argparse
 import asyncio
 import logging
 import platform
-import random
 import secrets
 import shutil
 import tempfile
@@ -37,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import campaign_api
 import client
+import contacts_import
 import harness
 import loadgen
 import modems
@@ -51,7 +54,6 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 LATEST = harness.BENCH_DIR / "results" / "campaign-latest.json"
 ROUTE = "carrier"
 SYSTEM_ID = "smsgw"
-CAMPAIGN_BATCH = 100
 CLINICAL_EVERY_S = 0.1
 CLINICAL_PURPOSE = "results"
 RUN_TIMEOUT_S = 3600.0
@@ -73,8 +75,9 @@ reconnect_max = 5.0
 """
 
 # The clinical sends at any hour and without the clinical caps (each goes to its own
-# number anyway): the bench must not depend on the time of day.
-_CLINICAL = f"""
+# number anyway): the bench must not depend on the time of day. (`smsgw init` already
+# opens the informational purpose's window, which the campaign takes.)
+_PURPOSES = f"""
 [consent.purposes.{CLINICAL_PURPOSE}]
 window = ""
 caps = []
@@ -85,7 +88,7 @@ caps = []
 class Settings:
     n: int
     rate: float | None  # the route's (the carrier's contract)
-    campaign_rate: float | None  # the campaign's send rate, below it: room for clinical
+    campaign_rate: float  # the campaign's send rate, below the route's: room for clinical
 
 
 def say(text: str) -> None:
@@ -102,26 +105,20 @@ def configure(home: GatewayHome, settings: Settings, smsc_port: int, password: s
         system_id=SYSTEM_ID,
         password=password,
     )
-    home.config_path.write_text(head.rstrip() + "\n" + _CLINICAL + route)
+    campaigns = f"\n[campaigns]\nmax_rate = {max(50.0, settings.campaign_rate)!r}\n"
+    home.config_path.write_text(head.rstrip() + "\n" + campaigns + _PURPOSES + route)
 
 
-async def run_campaign(api: client.Api, n: int, rate: float | None) -> float:
-    """The campaign step: N bulk-class messages queued at the campaign's send rate, 100
-    per request (all at once, 500 per request from 4 clients, without a rate); seconds
-    taken. Becomes a campaign (the campaigns use case) once it is on main."""
-    if rate is None:
-        return await api.preload(n, "bulk", purpose="informational")
-    rng = random.Random(1)
-    start = time.monotonic()
-    for first in range(0, n, CAMPAIGN_BATCH):
-        await asyncio.sleep(max(0.0, start + first / rate - time.monotonic()))
-        batch = [
-            client.message("bulk", rng, "informational")
-            for _ in range(min(CAMPAIGN_BATCH, n - first))
-        ]
-        if await api.send_batch(batch) != len(batch):
-            raise RuntimeError("campaign: messages rejected")
-    return time.monotonic() - start
+def campaign_spec(group_id: str, rate: float) -> dict[str, Any]:
+    """The campaign: class bulk, purpose informational, to the group, at `rate`."""
+    return {
+        "name": "bench campaign",
+        "audience": {"groups": [group_id]},
+        "purpose": "informational",
+        "priority": "bulk",
+        "text": loadgen.BODY_160_GSM,
+        "rate": rate,
+    }
 
 
 @dataclass
@@ -174,12 +171,22 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         await server.start()
         try:
             async with client.Api(server.url, home.token) as api:
+                group, job, import_s = await contacts_import.audience_group(
+                    api.session, server.url, home.token, settings.n, work.parent
+                )
+                say(f"{job['created']:,} contacts imported in {import_s:.1f} s, one group")
                 log_start = server.log_path.stat().st_size
                 cpu0 = harness.CpuSnapshot.take(server.pid)
                 clinical = Clinical([], [], asyncio.Event())
+                campaign = await campaign_api.create_and_start(
+                    api.session, server.url, campaign_spec(group, settings.campaign_rate)
+                )
                 clinical_task = asyncio.create_task(clinical.run(api))
-                queued_s = await run_campaign(api, settings.n, settings.campaign_rate)
-                queued_at = time.monotonic()
+                found = await campaign_api.wait_done(
+                    api.session, server.url, campaign.id, RUN_TIMEOUT_S
+                )
+                queued_s = campaign.since_start(found["campaign"]["done_at"])
+                queued_at = campaign.at + queued_s
                 say(f"campaign of {settings.n:,} queued in {queued_s:.1f} s; dispatching")
                 await scenarios.wait_idle(api, RUN_TIMEOUT_S)
                 clinical.stop.set()
@@ -188,13 +195,15 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                 cpu = cpu0.until(harness.CpuSnapshot.take(server.pid))
                 log_end = server.log_path.stat().st_size
                 delays = await scenarios.sending_delays(api, [mid for _, mid in clinical.ids])
+                found = await campaign_api.detail(api.session, server.url, campaign.id)
         finally:
             code = await server.stop()
         arrivals = [at for at, _ in sim.arrivals]
     while_queueing = [d for (at, _), d in zip(clinical.ids, delays, strict=True) if at < queued_at]
     while_sending = [d for (at, _), d in zip(clinical.ids, delays, strict=True) if at >= queued_at]
     bulk = len(arrivals) - len(clinical.ids)
-    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    span = arrivals[-1] - campaign.at if arrivals else 0.0
+    totals = found["progress"]["totals"]
     overall = latency(delays)
     result: dict[str, Any] = {
         "bench": "campaign_clinical",
@@ -210,7 +219,17 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         "bulk_submits": bulk,
         "bulk_per_s": round(bulk / span, 1) if span else None,
         "bulk_span_s": round(span, 2),
-        "campaign_queueing_s": round(queued_s, 2),
+        "campaign": {
+            "state": found["campaign"]["state"],
+            "handled": found["progress"]["handled"],
+            "rate": settings.campaign_rate,
+            "queueing_s": round(queued_s, 2),
+            **{
+                k: totals[k]
+                for k in ("queued", "sent", "delivered", "failed", "blocked", "skipped")
+            },
+        },
+        "import_s": round(import_s, 2),
         "gateway_cpu": round(cpu.utilisation, 2),
         "foreign_cpu_s": round(cpu.foreign_s, 2),
         "exit_code": code,
@@ -225,12 +244,9 @@ async def run(settings: Settings, pinning: Pinning, root: Path) -> int:
     result["settings"] = {
         "route": f"one SMPP bind to the SMSC simulator, rate {rate}, burst 10, window 50",
         "campaign": (
-            "bulk, purpose informational, POST /messages/batch, "
-            + (
-                "all at once (500 x 4 clients)"
-                if settings.campaign_rate is None
-                else f"100 per request at {settings.campaign_rate:g}/s"
-            )
+            "contacts imported (POST /contacts/imports), a group, a campaign (POST"
+            f" /campaigns, then /start), bulk, purpose informational, at"
+            f" {settings.campaign_rate:g}/s"
         ),
         "clinical": f"purpose {CLINICAL_PURPOSE} (class high), POST /messages every 100 ms",
         "timing": "events: 'sending' at minus 'queued' at (ms resolution)",
@@ -244,20 +260,18 @@ async def run(settings: Settings, pinning: Pinning, root: Path) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="campaign recipients (100,000)")
-    p.add_argument("--rate", type=float, default=500.0, help="the route's rate (500/s; 0: none)")
-    p.add_argument(
-        "--campaign-rate", type=float, default=400.0, help="campaign send rate (400/s; 0: at once)"
-    )
+    p.add_argument("--rate", type=float, default=1000.0, help="the route's rate (1000/s; 0: none)")
+    p.add_argument("--campaign-rate", type=float, default=700.0, help="campaign send rate (700/s)")
     p.add_argument("--keep", action="store_true", help="keep the data, config and log")
     args = p.parse_args(argv)
-    if args.n < 1 or args.rate < 0 or args.campaign_rate < 0:
-        p.error("--n takes a count of at least 1, the rates a rate >= 0")
+    if args.n < 1 or args.rate < 0 or not 0 < args.campaign_rate <= 10_000:
+        p.error("--n takes a count of at least 1, --rate >= 0, --campaign-rate (0, 10000]")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings(args.n, args.rate or None, args.campaign_rate or None)
+    settings = Settings(args.n, args.rate or None, args.campaign_rate)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     pinning = harness.setup_pinning()
     root = Path(tempfile.mkdtemp(prefix="smsgw-bench-campaign-"))

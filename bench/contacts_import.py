@@ -36,6 +36,7 @@ HELD = harness.RouteSpec(rate=0.001, burst=1)
 SEND_EVERY_S = 0.1
 BASELINE_SENDS = 20
 RUN_TIMEOUT_S = 1800.0
+TAG = "bench"
 
 
 def synthetic(path: Path, rows: int) -> None:
@@ -54,7 +55,7 @@ def synthetic(path: Path, rows: int) -> None:
         for i in range(rows):
             f.write(
                 f"+1202{200 + i // 10_000}{i % 10_000:04d},{langs[i % 2]},{bands[i % 4]},"
-                f"{clinics[i % 3]},flu;tips,bench\n"
+                f"{clinics[i % 3]},flu;tips,{TAG}\n"
             )
 
 
@@ -96,6 +97,62 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else 0.0
 
 
+async def import_file(
+    session: aiohttp.ClientSession, url: str, token: str, path: Path
+) -> dict[str, Any]:
+    """Upload `path` through `POST /api/v1/contacts/imports` (the product's import job)
+    and poll the job until it is done; its last state."""
+    async with session.post(
+        url + "/api/v1/contacts/imports?name=bench.csv",
+        data=_file(path),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+    ) as r:
+        job: dict[str, Any] = await r.json()
+        if r.status != 202:
+            raise RuntimeError(f"import answered {r.status}: {job}")
+    while not job["done"]:
+        await asyncio.sleep(0.2)
+        async with session.get(
+            url + f"/api/v1/contacts/imports/{job['id']}",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r:
+            job = await r.json()
+    return job
+
+
+async def group_of_tag(session: aiohttp.ClientSession, url: str, token: str, tag: str) -> str:
+    """A new group holding every contact tagged `tag` (`POST /api/v1/groups`, then
+    `.../members/audience`); its id."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with session.post(url + "/api/v1/groups", json={"name": tag}, headers=headers) as r:
+        group: dict[str, Any] = await r.json()
+        if r.status != 201:
+            raise RuntimeError(f"group answered {r.status}: {group}")
+    async with session.post(
+        url + f"/api/v1/groups/{group['id']}/members/audience",
+        json={"audience": {"tags": [tag]}},
+        headers=headers,
+    ) as r:
+        if r.status != 200:
+            raise RuntimeError(f"group members answered {r.status}: {await r.text()}")
+    return str(group["id"])
+
+
+async def audience_group(
+    session: aiohttp.ClientSession, url: str, token: str, rows: int, folder: Path
+) -> tuple[str, dict[str, Any], float]:
+    """`rows` synthetic contacts imported through the API into a fresh gateway, and a
+    group of all of them: (group id, the import job's last state, seconds it took)."""
+    listing = folder / "contacts.csv"
+    synthetic(listing, rows)
+    started = time.perf_counter()
+    job = await import_file(session, url, token, listing)
+    elapsed = time.perf_counter() - started
+    if job["failed"] or job["fatal"] is not None or job["created"] != rows:
+        raise RuntimeError(f"import: {job['created']} of {rows} created, {job['failed']} refused")
+    return await group_of_tag(session, url, token, TAG), job, elapsed
+
+
 async def run(args: argparse.Namespace, root: Path) -> int:
     pinning = harness.setup_pinning()
     listing = root / "contacts.csv"
@@ -110,21 +167,7 @@ async def run(args: argparse.Namespace, root: Path) -> int:
             done = asyncio.Event()
             sender = asyncio.create_task(_sends(session, server.url, home.token, done, during))
             started = time.perf_counter()
-            async with session.post(
-                server.url + "/api/v1/contacts/imports?name=bench.csv",
-                data=_file(listing),
-                headers={"Authorization": f"Bearer {home.token}", "Content-Type": "text/csv"},
-            ) as r:
-                job: dict[str, Any] = await r.json()
-                if r.status != 202:
-                    raise RuntimeError(f"import answered {r.status}: {job}")
-            while not job["done"]:
-                await asyncio.sleep(0.2)
-                async with session.get(
-                    server.url + f"/api/v1/contacts/imports/{job['id']}",
-                    headers={"Authorization": f"Bearer {home.token}"},
-                ) as r:
-                    job = await r.json()
+            job = await import_file(session, server.url, home.token, listing)
             elapsed = time.perf_counter() - started
             done.set()
             await sender

@@ -353,3 +353,38 @@ async def test_an_erasure_removes_who_a_campaign_reached(
     )
     assert gw.store.blind_index(numbers[0]) not in {bytes(r[0]) for r in left}
     assert len(left) == 2
+
+
+async def test_a_pass_costs_few_statements_per_recipient(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """The runner feeds 100,000-recipient broadcasts on the writer thread that also
+    claims and settles every send: per recipient a pass runs its own row, the policy's
+    read and the message's rows, and no per-recipient savepoint, contact lookup or
+    second write of the recipient's row (the writer's job is the pass's savepoint; the
+    contacts are read once per pass)."""
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 60)
+    cid = await _started(gw, rate=1000.0)
+    campaign = await gw.campaigns.get(USER, cid)
+    statements: list[str] = []
+    await gw.store.writer.run(lambda c: c.set_trace_callback(statements.append))
+    result = await gw.campaign_runner.run_pass(campaign, 50)
+    await gw.store.writer.run(lambda c: c.set_trace_callback(None))
+    assert len(result.prepared) == 50
+    writer = ("BEGIN", "COMMIT", "SAVEPOINT job", "RELEASE job", "SAVEPOINT bulk", "RELEASE bulk")
+    mine = [s for s in statements if not s.startswith(writer)]  # the writer's own
+    assert not any("SAVEPOINT" in s or "RELEASE" in s for s in mine), mine[:12]
+    # per recipient: its row, the policy's read, the message, the message's campaign tag
+    per_recipient = (
+        ("INSERT INTO campaign_recipients", 50),
+        ("FROM consent_state", 50),
+        ("INSERT INTO messages", 50),
+        ("UPDATE messages SET campaign_id", 50),
+        ("FROM contacts", 2),  # the audience's next batch, then their numbers at once
+        ("UPDATE campaign_recipients", 0),
+    )
+    for start, count in per_recipient:
+        assert sum(start in s for s in mine) == count, (start, mine[:12])
+    assert len(mine) <= 50 * 4 + 6, mine[:12]
+    assert not any("SAVEPOINT recipient" in s for s in statements)

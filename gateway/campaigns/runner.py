@@ -10,20 +10,24 @@ A pass is one writer job. It reads the campaign's state and cursor in that trans
 and does nothing unless the campaign is `running`: so a pause, resume or cancel (each
 one `UPDATE` on the same writer) lands wholly before or after a pass, and once a pause
 has answered nothing more is queued. It takes the next contacts of the audience after
-the cursor (`audience_query`, in index order) and, for each, inside a savepoint:
+the cursor (`audience_query`, in index order), drops those that already have their
+`campaign_recipients` row (`handled_before`: the guard against a second runner or a
+lost cursor, read in the same transaction on the one writer), reads the rest's numbers
+and languages in one query, and for each:
 
-1. `claim_recipient` inserts the (campaign, contact) row; if it is already there the
-   contact was handled before (a pass cut short by a crash commits nothing, so this
-   only guards against a second runner) and is passed over;
-2. the number and language come from `contacts` (no number: skipped `no_number`);
-3. the text: the template in the contact's language (its fallback chain), the variant
+1. no contact row any more: skipped `no_number`;
+2. the text: the template in the contact's language (its fallback chain), the variant
    chosen by the campaign's split (or the template's own weights) deterministically
    from the campaign and contact, so a re-run picks the same one; or the free text;
-4. accepted through `Messages.accept_within` as the system caller `campaign:<id>` with
+3. accepted through `Messages.accept_within` as the system caller `campaign:<id>` with
    the campaign's purpose and class: the send policy judges it in this transaction, as
-   it judges every message; a blocked message is stored `blocked` with its reason;
-5. the message is tagged with the campaign and variant and the recipient row settled
-   (`queued`, `scheduled`, `blocked:<reason>`, or `skipped:<reason>` with no message).
+   it judges every message; a blocked message is stored `blocked` with its reason.
+
+Then every recipient's row (`queued`, `scheduled`, `blocked:<reason>`, or
+`skipped:<reason>` with no message) and each message's campaign and variant tag are
+written together. A pass costs per recipient its row, the policy's read, the message
+and its tag, and no savepoint of its own: any exception fails the writer's job, whose
+savepoint takes the whole pass back.
 
 The cursor moves in the same transaction, so a restart resumes after the last contact
 committed; fewer contacts than asked for means the audience is exhausted and the
@@ -203,6 +207,8 @@ class CampaignRunner:
     def _pass(
         self, conn: sqlite3.Connection, campaign: Campaign, limit: int, now: float
     ) -> PassResult:
+        # No savepoint per recipient: any exception fails the writer's job, whose own
+        # savepoint takes the whole pass back (cursor, rows and messages together).
         result = PassResult()
         found = sql.state_of(conn, campaign.id)
         if found is None or found[0] is not CampaignState.RUNNING:
@@ -211,18 +217,19 @@ class CampaignRunner:
         result.state = CampaignState.RUNNING
         query, params = audience_query(campaign.spec.audience)
         idxs = [bytes(r[0]) for r in conn.execute(query, [*params, found[1], limit]).fetchall()]
+        before = sql.handled_before(conn, campaign.id, idxs)
+        contacts = sql.contacts_of(conn, [i for i in idxs if i not in before])
+        handled: list[sql.Handled] = []
         for idx in idxs:
-            conn.execute("SAVEPOINT recipient")
-            try:
-                outcome, prepared = self._one(conn, campaign, idx, now)
-            except BaseException:
-                conn.execute("ROLLBACK TO recipient")
-                conn.execute("RELEASE recipient")
-                raise
-            conn.execute("RELEASE recipient")
-            result.outcomes[outcome] += 1
+            if idx in before:
+                result.outcomes["handled_before"] += 1
+                continue
+            done, prepared = self._one(conn, campaign, idx, contacts.get(idx), now)
+            handled.append(done)
+            result.outcomes[done.outcome] += 1
             if prepared is not None:
                 result.prepared.append(prepared)
+        sql.record_recipients(conn, campaign.id, handled, now)
         if idxs:
             sql.set_cursor(conn, campaign.id, idxs[-1], now)
         if len(idxs) < limit:
@@ -231,22 +238,22 @@ class CampaignRunner:
         return result
 
     def _one(
-        self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, now: float
-    ) -> tuple[str, Prepared | None]:
-        if not sql.claim_recipient(conn, campaign.id, idx, now):
-            return "handled_before", None
-        contact = conn.execute(
-            "SELECT number_ct, language FROM contacts WHERE idx = ?", (idx,)
-        ).fetchone()
+        self,
+        conn: sqlite3.Connection,
+        campaign: Campaign,
+        idx: bytes,
+        contact: sqlite3.Row | None,
+        now: float,
+    ) -> tuple[sql.Handled, Prepared | None]:
         if contact is None:
-            return self._skip(conn, campaign, idx, "no_number"), None
-        number = cipher_of(self._store).decrypt(contact[0], contact_row_id(idx), "number")
+            return sql.Handled(idx, "skipped:no_number"), None
+        number = cipher_of(self._store).decrypt(contact[1], contact_row_id(idx), "number")
         try:
-            body, variant = self._text(conn, campaign, idx, contact[1])
+            body, variant = self._text(conn, campaign, idx, contact[2])
         except RenderRefused:
-            return self._skip(conn, campaign, idx, "render_refused"), None
+            return sql.Handled(idx, "skipped:render_refused"), None
         except TemplateMissing:
-            return self._skip(conn, campaign, idx, "template_missing"), None
+            return sql.Handled(idx, "skipped:template_missing"), None
         request = SendRequest(
             to=number,
             body=body,
@@ -260,11 +267,10 @@ class CampaignRunner:
         except ApiError as e:
             if e.status >= 500:  # shutting down, the store: not this recipient's fault
                 raise
-            return self._skip(conn, campaign, idx, e.code), None
+            return sql.Handled(idx, f"skipped:{e.code}"), None
         answer = prepared.answer()
         outcome = answer.status if answer.reason is None else f"{answer.status}:{answer.reason}"
-        sql.settle_recipient(conn, campaign.id, idx, outcome, answer.id, variant)
-        return outcome, prepared
+        return sql.Handled(idx, outcome, answer.id, variant), prepared
 
     def _text(
         self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, language: str | None
@@ -288,8 +294,3 @@ class CampaignRunner:
         if ends_at is None or ends_at <= now:
             return None
         return datetime.fromtimestamp(min(ends_at, now + self._horizon), UTC)
-
-    @staticmethod
-    def _skip(conn: sqlite3.Connection, campaign: Campaign, idx: bytes, reason: str) -> str:
-        sql.settle_recipient(conn, campaign.id, idx, f"skipped:{reason}")
-        return f"skipped:{reason}"

@@ -14,6 +14,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -180,35 +181,60 @@ def set_cursor(conn: sqlite3.Connection, campaign_id: str, cursor: bytes, now: f
     )
 
 
-def claim_recipient(conn: sqlite3.Connection, campaign_id: str, idx: bytes, now: float) -> bool:
-    """Record that this pass handles `idx`; False if it was handled before (a second
-    pass, a restart): the caller must then not send."""
-    r = conn.execute(
-        "INSERT INTO campaign_recipients (campaign_id, contact_idx, outcome, at)"
-        " VALUES (?, ?, 'pending', ?) ON CONFLICT DO NOTHING RETURNING contact_idx",
-        (campaign_id, idx, now),
-    ).fetchone()
-    return r is not None
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
 
 
-def settle_recipient(
-    conn: sqlite3.Connection,
-    campaign_id: str,
-    idx: bytes,
-    outcome: str,
-    message_id: str | None = None,
-    variant: str | None = None,
+def contacts_of(conn: sqlite3.Connection, idxs: Sequence[bytes]) -> dict[bytes, sqlite3.Row]:
+    """Number ciphertext and language of a pass's contacts, in one read."""
+    if not idxs:
+        return {}
+    rows = conn.execute(
+        f"SELECT idx, number_ct, language FROM contacts WHERE idx IN ({_marks(idxs)})",  # noqa: S608 - placeholders only
+        list(idxs),
+    ).fetchall()
+    return {bytes(r[0]): r for r in rows}
+
+
+def handled_before(conn: sqlite3.Connection, campaign_id: str, idxs: Sequence[bytes]) -> set[bytes]:
+    """Which of `idxs` already have their row (a second pass, a restart with its cursor
+    lost): the caller must not send to them. Read in the pass's own transaction on the
+    one writer, so nothing can record them between this read and the pass's insert."""
+    if not idxs:
+        return set()
+    rows = conn.execute(
+        "SELECT contact_idx FROM campaign_recipients"  # noqa: S608 - placeholders only
+        f" WHERE campaign_id = ? AND contact_idx IN ({_marks(idxs)})",
+        [campaign_id, *idxs],
+    ).fetchall()
+    return {bytes(r[0]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """One recipient a pass handled: its outcome and the message it got, if any."""
+
+    idx: bytes
+    outcome: str
+    message_id: str | None = None
+    variant: str | None = None
+
+
+def record_recipients(
+    conn: sqlite3.Connection, campaign_id: str, handled: Sequence[Handled], now: float
 ) -> None:
-    conn.execute(
-        "UPDATE campaign_recipients SET outcome = ?, message_id = ?"
-        " WHERE campaign_id = ? AND contact_idx = ?",
-        (outcome, message_id, campaign_id, idx),
+    """Each recipient's row, and each message tagged with the campaign and variant. A
+    plain insert: a row already there (which `handled_before` rules out) fails the
+    whole pass rather than let a recipient have two messages."""
+    conn.executemany(
+        "INSERT INTO campaign_recipients (campaign_id, contact_idx, message_id, outcome, at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(campaign_id, h.idx, h.message_id, h.outcome, now) for h in handled],
     )
-    if message_id is not None:
-        conn.execute(
-            "UPDATE messages SET campaign_id = ?, variant = ? WHERE id = ?",
-            (campaign_id, variant, message_id),
-        )
+    conn.executemany(
+        "UPDATE messages SET campaign_id = ?, variant = ? WHERE id = ?",
+        [(campaign_id, h.variant, h.message_id) for h in handled if h.message_id is not None],
+    )
 
 
 def waiting_messages(conn: sqlite3.Connection, campaign_id: str) -> list[str]:
