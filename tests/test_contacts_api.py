@@ -166,3 +166,15 @@ async def test_an_empty_filter_is_refused_not_ignored(api: Api) -> None:
         r = await api.get(f"/api/v1/contacts/list?{query}")
         assert r.status == 400, query
         assert (await r.json())["error"]["code"] == "invalid_query"
+
+
+async def test_an_empty_column_map_is_refused(api: Api) -> None:
+    headers = {**api.auth(), "Content-Type": "text/csv"}
+    for path in ("/api/v1/contacts/imports?map=", "/api/v1/consents/import?map=%20"):
+        r = await api.client.post(path, data="number\n+12025550147\n", headers=headers)
+        assert r.status == 400, path
+        assert (await r.json())["error"] == {
+            "code": "invalid_query",
+            "message": "map: at least one FIELD=HEADER",
+            "field": "map",
+        }

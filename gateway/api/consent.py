@@ -333,6 +333,8 @@ def _import_options(request: web.Request) -> Options:
         columns = parse_mapping(q.get("map", ""))
     except ValueError as e:
         raise ApiError(400, "invalid_query", f"map: {e}", field="map") from None
+    if "map" in q and not columns:  # given, it maps something (absent: by the headers)
+        raise ApiError(400, "invalid_query", "map: at least one FIELD=HEADER", field="map")
     decision = q.get("decision")
     if decision not in (None, "opt_in", "opt_out"):
         raise ApiError(400, "invalid_query", "decision: opt_in or opt_out", field="decision")

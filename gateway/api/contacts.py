@@ -451,6 +451,8 @@ def _import_options(request: web.Request) -> Options:
         columns = parse_mapping(q.get("map", ""))
     except ValueError as e:
         raise ApiError(400, "invalid_query", f"map: {e}", field="map") from None
+    if "map" in q and not columns:  # given, it maps something (absent: by the headers)
+        raise ApiError(400, "invalid_query", "map: at least one FIELD=HEADER", field="map")
     name = q.get("name")
     if name is not None and not 0 < len(name) <= 128:
         raise ApiError(400, "invalid_query", "name: 1 to 128 characters", field="name")
