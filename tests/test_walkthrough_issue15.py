@@ -19,7 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.test_embedded_default import Newcomer, newcomer  # noqa: F401 - the fixture
+from tests import test_embedded_default as embedded
+from tests.test_embedded_default import Newcomer
+
+newcomer = embedded.newcomer  # the fixture: `smsgw run` in a fresh folder, its first token
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,6 +138,8 @@ async def test_issue15_walkthrough_figures_match_the_simulator(newcomer: Newcome
         for m in await _messages(newcomer)
         if m["category"] == "campaign" and m["status"] == "scheduled"
     ]
+    # The preview said so before anything was queued.
+    assert len(waiting) == preview["waiting"].get("quiet_hours", 0), preview
     if waiting:
         await _advance_past(newcomer, max(waiting))
 

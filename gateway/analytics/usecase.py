@@ -196,7 +196,14 @@ FIGURE_COLUMNS = (
 
 def export_header(reasons: Sequence[str]) -> list[object]:
     latency = [f"latency_le_{e}s" for e in LATENCY_EDGES] + [f"latency_over_{LATENCY_EDGES[-1]}s"]
-    return ["dimension", "key", "name", *FIGURE_COLUMNS, *(f"blocked_{r}" for r in reasons), *latency]
+    return [
+        "dimension",
+        "key",
+        "name",
+        *FIGURE_COLUMNS,
+        *(f"blocked_{r}" for r in reasons),
+        *latency,
+    ]
 
 
 def export_row(
