@@ -74,6 +74,19 @@ class DemoPeers:
             request.sender, request.body, encoding=encoding, parts=request.parts
         )
 
+    def counts(self) -> dict[str, object]:
+        """What the simulated peers took in, to hold the gateway's figures against: the
+        SMSC's submit_sm PDUs (throttled ones too) and each modem's SMS-SUBMITs, one per
+        part, with the receipts each sent back. Counts only: no number, no text."""
+        smsc = self.smsc
+        return {
+            "smsc": None if smsc is None else {
+                "submits": smsc.submits, "throttled": smsc.throttled,
+                "receipts": smsc.receipts_sent, "mo_sent": smsc.mo_sent,
+            },
+            "modems": [{"submits": len(m.sent), "receipts": m.reports_sent} for m in self.modems],
+        }  # fmt: skip
+
     def drop_smsc_links(self) -> None:
         """Cut every SMPP connection to the simulated carrier, mid-window, as a carrier's
         network does: in-flight submits come back as possible duplicates, nothing is

@@ -160,3 +160,22 @@ async def test_scopes(api: Api) -> None:
     r = await api.post(f"{BASE}/preview", {"to": "+12025550100", "purpose": "informational",
                                             "text": "Hi"}, token=reader.text)  # fmt: skip
     assert r.status == 200 and (await r.json())["allowed"] == 1
+
+
+async def test_the_preview_says_how_many_would_wait_for_quiet_hours(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Issue 15's walkthrough: at 03:00 in the recipients' zone every informational text
+    would wait for the morning; the preview says so (allowed, but waiting) before
+    anything is queued."""
+    windowed = {**TEST_CONSENT, "purposes": {"informational": {"window": "08:00-20:00"}}}
+    gw = await open_gateway(consent=windowed, campaigns={"max_rate": 1000.0})
+    await save_template(gw)
+    await add_contacts(gw, 5)
+    async for api in _api(gw, frozenset({"admin"})):
+        ask = {"audience": {"groups": ["g1"]}, "purpose": "informational", "template": "flu"}
+        r = await api.post(f"{BASE}/preview", ask)
+        assert r.status == 200, await r.text()
+        seen = await r.json()
+        assert (seen["allowed"], seen["blocked"], seen["waiting"]) == (5, {}, {"quiet_hours": 5})
+        assert await api.count() == 0

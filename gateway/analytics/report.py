@@ -49,3 +49,28 @@ async def by_key(reader: ReadPool, dim: str, first: str, last: str) -> dict[str,
 async def by_day(reader: ReadPool, dim: str, key: str, first: str, last: str) -> dict[str, Metrics]:
     """One key's metrics per day over `first`..`last` (days with nothing left out)."""
     return await _read(reader, _BY_DAY, _BLOCKED_BY_DAY, (dim, first, last, key))
+
+
+# Names staff gave (not PHI) for the keys that are ids: a campaign, a reminder rule
+# (its newest version's name). A variant key `<campaign>/<variant>` takes its campaign's.
+_NAMES = {
+    "campaign": "SELECT id, name FROM campaigns",
+    "rule": "SELECT id, name FROM reminder_rules r"
+    " WHERE version = (SELECT max(version) FROM reminder_rules WHERE id = r.id)",
+}
+
+
+async def names(reader: ReadPool, dim: str, keys: list[str]) -> dict[str, str]:
+    """The display name of each of `keys` of `dim` that has one."""
+    table = "campaign" if dim == "template" else dim
+    if table not in _NAMES or not keys:
+        return {}
+    known = {str(k): str(n) for k, n in await reader.all(_NAMES[table], ())}
+    if dim != "template":
+        return {k: known[k] for k in keys if k in known}
+    found = {}
+    for key in keys:
+        owner, _, variant = key.rpartition("/")
+        if owner in known:
+            found[key] = f"{known[owner]} / {variant}"
+    return found

@@ -44,6 +44,7 @@ class Range:
 class KeyFigures:
     key: str
     figures: Figures
+    name: str | None = None  # a campaign's or rule's name, for keys that are ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,8 @@ class Analytics:
         found = await report.by_key(
             self._store.reader, dimension.value, span.first.isoformat(), span.last.isoformat()
         )
-        rows = [KeyFigures(k, figures_of(m)) for k, m in found.items()]
+        named = await report.names(self._store.reader, dimension.value, list(found))
+        rows = [KeyFigures(k, figures_of(m), named.get(k)) for k, m in found.items()]
         rows.sort(key=lambda r: (-r.figures["sent"], -r.figures["blocked"], r.key))
         return rows
 
@@ -147,7 +149,7 @@ class Analytics:
         )
         rows: list[list[object]] = [export_header(reasons)]
         for d, found in groups:
-            rows.extend(export_row(d.value, k.key, k.figures, reasons) for k in found)
+            rows.extend(export_row(d.value, k.key, k.figures, reasons, k.name) for k in found)
         await self._audit.record(
             caller.actor,
             "analytics_exported",
@@ -194,13 +196,23 @@ FIGURE_COLUMNS = (
 
 def export_header(reasons: Sequence[str]) -> list[object]:
     latency = [f"latency_le_{e}s" for e in LATENCY_EDGES] + [f"latency_over_{LATENCY_EDGES[-1]}s"]
-    return ["dimension", "key", *FIGURE_COLUMNS, *(f"blocked_{r}" for r in reasons), *latency]
+    return [
+        "dimension",
+        "key",
+        "name",
+        *FIGURE_COLUMNS,
+        *(f"blocked_{r}" for r in reasons),
+        *latency,
+    ]
 
 
-def export_row(dim: str, key: str, f: Figures, reasons: Sequence[str]) -> list[object]:
+def export_row(
+    dim: str, key: str, f: Figures, reasons: Sequence[str], name: str | None = None
+) -> list[object]:
     return [
         dim,
         key,
+        name or "",
         *(f.counts[c] for c in COUNTERS),
         f.latency_p50,
         f.latency_p90,

@@ -72,6 +72,7 @@ class SummaryView(msgspec.Struct, frozen=True):
 class KeyView(msgspec.Struct, frozen=True):
     key: str
     figures: FiguresView
+    name: str | None = None  # a campaign's or rule's name; a variant's: "<campaign> / A"
 
 
 class GroupView(msgspec.Struct, frozen=True):
@@ -166,7 +167,7 @@ async def get_group(request: web.Request) -> web.Response:
     return json_response(
         GroupView(
             span.first.isoformat(), span.last.isoformat(), a.time_zone, dimension.value,
-            [KeyView(k.key, figures_view(k.figures)) for k in found],
+            [KeyView(k.key, figures_view(k.figures), k.name) for k in found],
         )
     )  # fmt: skip
 

@@ -162,6 +162,8 @@ class PreviewView(msgspec.Struct, frozen=True):
     priority: str
     texts: list[TextView]
     problems: list[ProblemView]
+    # of `allowed`, those the policy would hold for later, by reason (quiet_hours, ...)
+    waiting: dict[str, int] = {}
 
 
 _CAMPAIGN = msgspec.json.Decoder(CampaignRequest)
@@ -264,6 +266,7 @@ def preview_view(p: Preview) -> PreviewView:
         p.priority,
         [TextView(t.variant, t.characters, t.encoding, t.segments) for t in p.texts.texts],
         [ProblemView(x.rule, x.message, x.variant) for x in p.texts.problems],
+        j.waiting,
     )
 
 

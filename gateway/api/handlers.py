@@ -373,6 +373,10 @@ async def demo_advance_clock(request: web.Request) -> web.Response:
     return json_response({"advanced": body.seconds, "offset": offset, "now": now})
 
 
+async def demo_peers(request: web.Request) -> web.Response:
+    return json_response(_demo(request).counts())
+
+
 async def demo_drop_smsc(request: web.Request) -> web.Response:
     demo = _demo(request)
     try:

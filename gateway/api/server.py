@@ -436,6 +436,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         answers=(_DEMO_OFF,),
     ),
     Endpoint(
+        "GET",
+        "/api/v1/demo/peers",
+        h.demo_peers,
+        "admin",
+        "Embedded default only: what the simulated SMSC and modems received (submits per"
+        " part, receipts sent back), to hold the gateway's figures against; counts only",
+        answers=(_DEMO_OFF,),
+    ),
+    Endpoint(
         "POST",
         "/api/v1/demo/smsc/drop",
         h.demo_drop_smsc,

@@ -149,6 +149,8 @@ class Judgement:
     allowed: int
     blocked: dict[str, int]
     skipped: dict[str, int]  # no number, invalid number, no route
+    # Of `allowed`, those the policy would hold for later, by reason (quiet_hours, ...).
+    waiting: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:

@@ -143,6 +143,7 @@ def judge(
     first one allowed if `until_allowed`."""
     blocked: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()
     allowed = judged = 0
 
     def verdicts(numbers: list[str | None]) -> None:
@@ -163,22 +164,25 @@ def judge(
         recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
         view = intake.policy.view(conn, recipients, now)
         for p in prepared:
-            reason = intake.judge(view, p).message.blocked
+            verdict = intake.judge(view, p).message
+            reason = verdict.blocked
             if reason is None:
                 allowed += 1
+                if verdict.held_for is not None:
+                    waiting[verdict.held_for] += 1
             else:
                 blocked[reason] += 1
 
     if audience is None:
         verdicts([request.to])
-        return Judgement(1, judged, allowed, dict(blocked), dict(skipped))
+        return Judgement(1, judged, allowed, dict(blocked), dict(skipped), dict(waiting))
     size = audience_size(conn, audience)
     for batch in audience_batches(conn, audience, BATCH):
         batch = batch[: max(0, limit - judged)]
         verdicts([_number(conn, cipher, idx) for idx in batch])
         if judged >= limit or (until_allowed and allowed):
             break
-    return Judgement(size, judged, allowed, dict(blocked), dict(skipped))
+    return Judgement(size, judged, allowed, dict(blocked), dict(skipped), dict(waiting))
 
 
 def _number(conn: sqlite3.Connection, cipher: FieldCipher, idx: bytes) -> str | None:

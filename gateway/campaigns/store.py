@@ -260,11 +260,18 @@ SKIPPED_SQL = (
     "SELECT outcome, count(*) FROM campaign_recipients"
     " WHERE campaign_id = ? AND message_id IS NULL GROUP BY outcome"
 )
-# A reply: an inbound message from a recipient received after the campaign's message.
+# A reply: an inbound message from a recipient received after the campaign's message
+# and before any later message to them (else it answers that one: a survey's question),
+# that no consent keyword acted on (STOP is an opt-out); as the analytics count it.
 REPLIES_SQL = (
     "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE m.campaign_id = ?"
     " AND EXISTS (SELECT 1 FROM inbound i WHERE i.sender_index = m.to_index"
-    " AND i.received_at >= m.created_at) GROUP BY 1"
+    " AND i.received_at >= m.created_at"
+    " AND NOT EXISTS (SELECT 1 FROM consent_ledger l WHERE l.contact_idx = i.sender_index"
+    " AND l.inbound_id = i.id)"
+    " AND NOT EXISTS (SELECT 1 FROM messages n WHERE n.to_index = m.to_index"
+    " AND n.created_at > m.created_at AND n.created_at < i.received_at"
+    " AND coalesce(n.purpose, '') <> 'compliance')) GROUP BY 1"
 )
 # An opt-out: a ledger entry naming the campaign's message, or any opt-out after it
 # (a STOP keyword is recorded with the inbound message, not with ours).

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from drivers.clock import Clock
 from gateway.contacts import csv_import
 from gateway.errors import ApiError
@@ -32,6 +34,8 @@ from gateway.usecases.csv_reader import (
     coded_records,
     file_chunks,
 )
+
+log = structlog.get_logger("smsgw.contacts")
 
 IMPORT_CHUNK = 200  # rows per writer transaction: sends wait for one chunk at most
 YIELD_EVERY = 50  # rows parsed between two turns of the event loop
@@ -228,6 +232,9 @@ class Importer:
             except ApiError as e:
                 job.report = ImportReport(done=True, fatal=e.code)
             finally:
+                r = job.report  # counts and codes only: never a number or a cell
+                log.info("contacts_import_done", job=job.id, rows=r.rows, failed=r.failed,
+                         fatal=r.fatal)  # fmt: skip
                 await asyncio.to_thread(path.unlink, missing_ok=True)
 
         done = [j for j in self.jobs.values() if j.report.done]
