@@ -280,6 +280,28 @@ async def test_the_runner_sleeps_until_the_deadline_on_the_clock(gw: Gateway) ->
             await task
 
 
+async def test_a_text_before_the_question_has_gone_is_no_answer(
+    open_gateway: GatewayFactory,
+) -> None:
+    # The first question waits for the morning (quiet hours): a text the person sends
+    # meanwhile answers nothing they have been asked.
+    import zoneinfo
+    from datetime import datetime
+
+    windows = {"purposes": {"informational": {"caps": [], "window": "08:00-21:00"}}}
+    gw = await open_gateway(consent=windows)
+    clock = gw.clock
+    assert isinstance(clock, FakeClock)
+    new_york = zoneinfo.ZoneInfo("America/New_York")
+    clock.advance(datetime(2027, 3, 2, 23, 0, tzinfo=new_york).timestamp() - clock.time())
+    sid = await make_survey(gw)
+    sent = await gw.surveys.send(ADMIN, sid, Target(to=WHO))
+    assert sent.status == "scheduled" and sent.session_id is not None
+    await text(gw, "1")
+    assert await session_state(gw, sent.session_id) == ("open", 0, 0)
+    assert await answer_rows(gw, sent.session_id) == []
+
+
 async def test_a_question_held_by_quiet_hours_times_out_from_when_it_may_go(
     open_gateway: GatewayFactory,
 ) -> None:

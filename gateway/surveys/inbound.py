@@ -11,7 +11,8 @@ take it. For a sender with an open session:
    session waits on. STOP therefore always wins over any answer matching.
 2. An appointment reply naming its code (`C 1234`) is left to the appointment replies.
 3. The question's time-out has passed (the runner has not closed it yet): closed as
-   `timed_out`; the text is not an answer.
+   `timed_out`; the text is not an answer. Nor is a text sent before the question
+   left (held until the morning by quiet hours): it answers nothing asked yet.
 4. Otherwise the text is the answer: judged (`answers.judge`), recorded, and the next
    text sent (`flow.next_step`) through the accept path (`asking.ask`) in this same
    transaction; a text the gateway cannot send now (no route, shutting down) closes
@@ -125,6 +126,8 @@ class InboundSurveys:
         if session.deadline is not None and session.deadline <= now:
             sql.close(conn, session.id, "timed_out", now)
             return Outcome(session.id, s.id, "timed_out", False, session.question)
+        if sql.question_waiting(conn, session.id):
+            return None  # it has not been asked yet (held for quiet hours)
         spec = self._spec(conn, session)
         question = spec.questions[session.question]
         verdict = judge(question, s.body)

@@ -135,6 +135,17 @@ def open_for(conn: sqlite3.Connection, idx: bytes) -> Session | None:
     return None if r is None else _session(r)
 
 
+def question_waiting(conn: sqlite3.Connection, session_id: str) -> bool:
+    """The session's latest question waits for a time (held by quiet hours, or a
+    send_at): a text now cannot be its answer. (A queued one is leaving now.)"""
+    r = conn.execute(
+        "SELECT m.state FROM survey_sessions s JOIN messages m ON m.id = s.message_id"
+        " WHERE s.id = ?",
+        (session_id,),
+    ).fetchone()
+    return r is not None and r[0] == "scheduled"
+
+
 def advance(
     conn: sqlite3.Connection,
     session_id: str,
