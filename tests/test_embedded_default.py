@@ -161,9 +161,13 @@ async def test_make_run_shows_modems_sends_receives_and_fails_over(newcomer: New
         return all([await newcomer.state_of(i) in ("sent", "delivered") for i in ids])
 
     await newcomer.until(all_sent, limit=45)
-    routes = (await newcomer.get("/api/v1/routes"))["routes"]
-    bank = next(r for r in routes if r["name"] == "modems")
-    assert bank["members"]["modem1"]["state"] != "ready"  # the unplugged one
+
+    async def unplugged_seen() -> bool:  # the bank notices on its next poll or attempt
+        routes = (await newcomer.get("/api/v1/routes"))["routes"]
+        bank = next(r for r in routes if r["name"] == "modems")
+        return bool(bank["members"]["modem1"]["state"] != "ready")
+
+    await newcomer.until(unplugged_seen, limit=45)
     for mid in ids:
         view = await newcomer.get(f"/api/v1/messages/{mid}")
         assert all(c.startswith("modem2:") for c in view["carrier_ids"]), view["carrier_ids"]

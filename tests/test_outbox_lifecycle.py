@@ -252,9 +252,10 @@ async def test_a_failing_message_holds_only_its_own_events(
     consumer.refused.add(stuck)
     rows = await gw.outbox.repo.after(0, 100)
     ids = {m: [r.id for r in rows if r.message_id == m] for m in (stuck, fine)}
+    asleep = clock.sleeping  # the gateway's own loops (campaigns, analytics...) on this clock
     lane = asyncio.create_task(gw.outbox.run_once("probe"))
     await consumer.wait_for(2)  # the other message's events go on...
-    await clock.wait_sleeping(1)  # ...while the stuck one waits out its back-off
+    await clock.wait_sleeping(asleep + 1)  # ...while the stuck one waits out its back-off
     assert consumer.delivered == ids[fine]
     assert ids[stuck][1] not in consumer.tries  # held behind its message's first event
     first_stuck = next(r.seq for r in rows if r.message_id == stuck)
@@ -275,9 +276,10 @@ async def test_held_events_go_after_a_restart_in_order_and_the_rest_not_again(
     await outbox.start(run=False)
     stuck, fine = await two_messages(gw)
     consumer.refused.add(stuck)
+    asleep = clock.sleeping  # the gateway's own loops (campaigns, analytics...) on this clock
     lane = asyncio.create_task(outbox.run_once("probe"))
     await consumer.wait_for(2)
-    await clock.wait_sleeping(1)
+    await clock.wait_sleeping(asleep + 1)  # the lane, in the stuck one's back-off
     lane.cancel()
     await asyncio.gather(lane, return_exceptions=True)
     await outbox.stop()  # the process ends with the stuck message held
