@@ -33,10 +33,19 @@ from gateway.admin.render import (
     error_response,
     redirect,
 )
-from gateway.admin.routing import CSRF_TOKEN, SESSION, USER, Handler, PanelRoute
+from gateway.admin.routing import (
+    CSRF_TOKEN,
+    OPERATORS,
+    PHI_READERS,
+    SESSION,
+    USER,
+    Handler,
+    PanelRoute,
+)
 from gateway.admin.sessions import Ended, Session, SessionManager
 from gateway.app import Gateway
 from gateway.panel_users import User
+from gateway.usecases.caller import Caller
 
 if TYPE_CHECKING:  # built by the composition root (`Gateway.admin_repo`)
     from gateway.store.panel_sql import AdminRepo
@@ -280,6 +289,15 @@ def install(app: web.Application, gateway: Gateway) -> Panel:
 
 def actor(request: web.Request) -> str:
     return user_actor(request[USER].id)
+
+
+def user_caller(request: web.Request) -> Caller:
+    """The signed-in user as the application layer knows them: PHI for the roles that
+    may read it, changes for operators."""
+    role = request[USER].role
+    return Caller.for_panel_user(
+        actor(request), reads_phi=role in PHI_READERS, acts=role in OPERATORS
+    )
 
 
 def __getattr__(name: str) -> tuple[PanelRoute, ...]:

@@ -22,16 +22,15 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from gateway.admin.panel import actor
+from gateway.admin.panel import user_caller
 from gateway.admin.render import redirect, render
-from gateway.admin.routing import OPERATORS, PHI_READERS, Handler, PanelRoute, current_user
+from gateway.admin.routing import OPERATORS, Handler, PanelRoute
 from gateway.app import Gateway
 from gateway.campaigns.model import Campaign, CampaignSpec, Split
 from gateway.campaigns.usecase import Campaigns, ComposeRequest
 from gateway.consent.purposes import CLIENT_PURPOSES
 from gateway.contacts.audience import AudienceSpec
 from gateway.errors import ApiError
-from gateway.usecases import Caller
 from gateway.web.context import GATEWAY
 
 FormData = MultiDictProxy[str | bytes | Any]
@@ -46,13 +45,6 @@ FIELDS = ("name", "tags", "languages", "age_bands", "clinics", "preferences", "p
 def _campaigns(request: web.Request) -> Campaigns:
     gw: Gateway = request.app[GATEWAY]
     return gw.campaigns
-
-
-def _caller(request: web.Request) -> Caller:
-    role = current_user(request).role
-    return Caller.for_panel_user(
-        actor(request), reads_phi=role in PHI_READERS, acts=role in OPERATORS
-    )
 
 
 def _problem(e: ApiError) -> str:
@@ -152,7 +144,7 @@ def form_of(typed: FormData | None = None) -> dict[str, Any]:
 async def _form_page(
     request: web.Request, template: str, status: int = 200, **context: Any
 ) -> web.Response:
-    groups, names = await _campaigns(request).choices(_caller(request))
+    groups, names = await _campaigns(request).choices(user_caller(request))
     context.setdefault("problem", None)
     context.setdefault("form", form_of())
     return render(request, template, status=status, groups=groups, templates=names,
@@ -164,7 +156,7 @@ async def _form_page(
 
 
 async def campaigns_page(request: web.Request) -> web.StreamResponse:
-    found = await _campaigns(request).all(_caller(request))
+    found = await _campaigns(request).all(user_caller(request))
     return render(request, "campaigns.html", campaigns=found, notice=request.query.get("notice"))
 
 
@@ -174,7 +166,7 @@ async def new_page(request: web.Request) -> web.StreamResponse:
 
 async def create(request: web.Request) -> web.StreamResponse:
     form = await request.post()
-    caller, campaigns = _caller(request), _campaigns(request)
+    caller, campaigns = user_caller(request), _campaigns(request)
     try:
         made = await campaigns.create(caller, spec_of(form))
     except ApiError as e:
@@ -191,7 +183,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def _campaign(
     request: web.Request, campaign_id: str, status: int = 200, problem: str | None = None
 ) -> web.Response:
-    campaigns, caller = _campaigns(request), _caller(request)
+    campaigns, caller = _campaigns(request), user_caller(request)
     campaign = await campaigns.get(caller, campaign_id)
     progress = await campaigns.progress(caller, campaign)
     return render(request, "campaign.html", status=status, campaign=campaign,
@@ -208,7 +200,7 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
 
 
 async def progress_fragment(request: web.Request) -> web.StreamResponse:
-    campaigns, caller = _campaigns(request), _caller(request)
+    campaigns, caller = _campaigns(request), user_caller(request)
     campaign = await campaigns.get(caller, request.match_info["campaign_id"])
     progress = await campaigns.progress(caller, campaign)
     return render(request, "_campaign_progress.html", campaign=campaign, progress=progress)
@@ -217,7 +209,7 @@ async def progress_fragment(request: web.Request) -> web.StreamResponse:
 def _acting(action: str) -> Handler:
     async def act(request: web.Request) -> web.StreamResponse:
         campaign_id = request.match_info["campaign_id"]
-        campaigns, caller = _campaigns(request), _caller(request)
+        campaigns, caller = _campaigns(request), user_caller(request)
         try:
             if action == "start":
                 await campaigns.start(caller, campaign_id)
@@ -244,7 +236,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
             raise _bad("to", "type a number")
         if spec.template is None and spec.text is None:
             raise _bad("template", "choose a template or type a text")
-        found = await _campaigns(request).preview(_caller(request), spec, to=to)
+        found = await _campaigns(request).preview(user_caller(request), spec, to=to)
     except ApiError as e:
         return render(request, "_campaign_preview.html", preview=None, problem=_problem(e))
     return render(request, "_campaign_preview.html", preview=found, problem=None,
@@ -270,7 +262,7 @@ async def compose(request: web.Request) -> web.StreamResponse:
             send_at=_utc(form, "send_at"),
             name=_text(form, "name") or None,
         )
-        done = await _campaigns(request).compose(_caller(request), req)
+        done = await _campaigns(request).compose(user_caller(request), req)
     except ApiError as e:
         return await _form_page(request, "compose.html", 422, problem=_problem(e),
                                 form=form_of(form), sent=None)  # fmt: skip

@@ -21,15 +21,14 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from gateway.admin.panel import actor
+from gateway.admin.panel import user_caller
 from gateway.admin.render import error_response, redirect, render
-from gateway.admin.routing import OPERATORS, PHI_READERS, PanelRoute, current_user
+from gateway.admin.routing import OPERATORS, PanelRoute
 from gateway.app import Gateway
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import FIELDS, Options, columns
 from gateway.contacts.usecase import Changes
 from gateway.errors import ApiError
-from gateway.usecases import Caller
 from gateway.usecases.csv_reader import HeaderError, coded_records, file_chunks
 from gateway.web.context import GATEWAY
 
@@ -70,13 +69,6 @@ def _gateway(request: web.Request) -> Gateway:
     return request.app[GATEWAY]
 
 
-def _caller(request: web.Request) -> Caller:
-    role = current_user(request).role
-    return Caller.for_panel_user(
-        actor(request), reads_phi=role in PHI_READERS, acts=role in OPERATORS
-    )
-
-
 def _problem(e: ApiError) -> str:
     return e.message[:1].upper() + e.message[1:].rstrip(".") + "."
 
@@ -95,7 +87,7 @@ def _spec(query: Any) -> AudienceSpec:
 
 async def contacts_page(request: web.Request) -> web.StreamResponse:
     contacts = _gateway(request).contacts
-    caller = _caller(request)
+    caller = user_caller(request)
     chosen = {f: request.query.get(f, "") for f in FILTERS}
     try:
         page = await contacts.page(caller, _spec(request.query), request.query.get("cursor"), PAGE)
@@ -119,10 +111,10 @@ async def contacts_page(request: web.Request) -> web.StreamResponse:
 async def contact_page(request: web.Request, problem: str | None = None) -> web.StreamResponse:
     contacts = _gateway(request).contacts
     try:
-        detail = await contacts.get(_caller(request), request.match_info["key"])
+        detail = await contacts.get(user_caller(request), request.match_info["key"])
     except ApiError as e:
         return error_response(request, e.status, e.code, _problem(e))
-    groups = await contacts.groups(_caller(request))
+    groups = await contacts.groups(user_caller(request))
     return render(
         request,
         "contact.html",
@@ -152,7 +144,7 @@ async def contact_edit(request: web.Request) -> web.StreamResponse:
     changes = Changes(values, frozenset(clear), keys("preferences"), keys("tags"))
     key = request.match_info["key"]
     try:
-        await _gateway(request).contacts.update(_caller(request), key, changes)
+        await _gateway(request).contacts.update(user_caller(request), key, changes)
     except ApiError as e:
         if e.status == 404:
             return error_response(request, 404, e.code, _problem(e))
@@ -249,7 +241,7 @@ async def mapping_page(request: web.Request, problem: str | None = None) -> web.
         up=up,
         fields=[(f, FIELD_LABELS[f]) for f in FIELDS],
         region=gw.contacts.region,
-        groups=await gw.contacts.groups(_caller(request)),
+        groups=await gw.contacts.groups(user_caller(request)),
         problem=problem,
     )
 
@@ -270,7 +262,9 @@ async def start(request: web.Request) -> web.StreamResponse:
     group = str(form.get("group", "")) or None
     options = Options(mapping, region, group, up.name)
     try:
-        job = _gateway(request).contacts.imports.start(_caller(request), up.path, up.size, options)
+        job = _gateway(request).contacts.imports.start(
+            user_caller(request), up.path, up.size, options
+        )
     except ApiError as e:
         return await mapping_page(request, _problem(e))
     del request.app[UPLOADS][up.id]

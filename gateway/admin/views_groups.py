@@ -11,14 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.panel import actor
+from gateway.admin.panel import user_caller
 from gateway.admin.render import error_response, redirect, render
-from gateway.admin.routing import OPERATORS, PHI_READERS, PanelRoute, current_user
+from gateway.admin.routing import OPERATORS, PanelRoute
 from gateway.app import Gateway
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import key_of
 from gateway.errors import ApiError
-from gateway.usecases import Caller
 from gateway.web.context import GATEWAY
 
 AUDIENCE_FIELDS = ("groups", "tags", "languages", "age_bands", "clinics", "preferences")
@@ -26,13 +25,6 @@ AUDIENCE_FIELDS = ("groups", "tags", "languages", "age_bands", "clinics", "prefe
 
 def _gateway(request: web.Request) -> Gateway:
     return request.app[GATEWAY]
-
-
-def _caller(request: web.Request) -> Caller:
-    role = current_user(request).role
-    return Caller.for_panel_user(
-        actor(request), reads_phi=role in PHI_READERS, acts=role in OPERATORS
-    )
 
 
 def _problem(e: ApiError) -> str:
@@ -63,7 +55,7 @@ async def groups_page(
     request: web.Request, problem: str | None = None, status: int = 200
 ) -> web.StreamResponse:
     contacts = _gateway(request).contacts
-    caller = _caller(request)
+    caller = user_caller(request)
     return render(
         request,
         "groups.html",
@@ -81,7 +73,7 @@ async def create_group(request: web.Request) -> web.StreamResponse:
     description = str(form.get("description", "")).strip() or None
     try:
         g = await _gateway(request).contacts.create_group(
-            _caller(request), str(form.get("name", "")), description
+            user_caller(request), str(form.get("name", "")), description
         )
     except ApiError as e:
         return await groups_page(request, _problem(e), 409 if e.status == 409 else 422)
@@ -95,7 +87,7 @@ async def save_audience(request: web.Request) -> web.StreamResponse:
         return await groups_page(request, spec, 422)
     try:
         await _gateway(request).contacts.save_audience(
-            _caller(request), str(form.get("name", "")), spec
+            user_caller(request), str(form.get("name", "")), spec
         )
     except ApiError as e:
         return await groups_page(request, _problem(e), 409 if e.status == 409 else 422)
@@ -105,7 +97,7 @@ async def save_audience(request: web.Request) -> web.StreamResponse:
 async def delete_audience(request: web.Request) -> web.StreamResponse:
     try:
         await _gateway(request).contacts.delete_audience(
-            _caller(request), request.match_info["audience_id"]
+            user_caller(request), request.match_info["audience_id"]
         )
     except ApiError as e:
         return error_response(request, e.status, e.code, _problem(e))
@@ -116,7 +108,7 @@ async def group_page(
     request: web.Request, problem: str | None = None, status: int = 200
 ) -> web.StreamResponse:
     contacts = _gateway(request).contacts
-    caller = _caller(request)
+    caller = user_caller(request)
     try:
         group = await contacts.group(caller, request.match_info["group_id"])
     except ApiError as e:
@@ -142,7 +134,7 @@ async def add_members(request: web.Request) -> web.StreamResponse:
     spec: AudienceSpec | str
     try:
         spec = (
-            (await contacts.audience(_caller(request), saved)).audience.spec
+            (await contacts.audience(user_caller(request), saved)).audience.spec
             if saved
             else spec_of_form(form)
         )
@@ -150,7 +142,7 @@ async def add_members(request: web.Request) -> web.StreamResponse:
             return await group_page(request, spec, 422)
         if spec.everyone:
             return await group_page(request, "Choose who joins: a saved audience or a filter.", 422)
-        added = await contacts.add_members(_caller(request), gid, audience=spec)
+        added = await contacts.add_members(user_caller(request), gid, audience=spec)
     except ApiError as e:
         if e.status == 404 and not saved:
             return error_response(request, 404, e.code, _problem(e))
@@ -162,7 +154,7 @@ async def add_members(request: web.Request) -> web.StreamResponse:
 async def delete_group(request: web.Request) -> web.StreamResponse:
     try:
         await _gateway(request).contacts.delete_group(
-            _caller(request), request.match_info["group_id"]
+            user_caller(request), request.match_info["group_id"]
         )
     except ApiError as e:
         return error_response(request, e.status, e.code, _problem(e))

@@ -822,7 +822,6 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at  REAL NOT NULL
     ) WITHOUT ROWID;
     """,
-    # ---
     # 26 (i15-campaigns): campaigns and their recipients. A campaign's settings that
     #    hold no PHI are JSON in `spec`; its free text and variable values are encrypted
     #    in `content_ct`. `cursor`: the last contact index (the audience's order) the
@@ -859,7 +858,6 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE message_id IS NULL;
     CREATE INDEX campaign_recipients_contact ON campaign_recipients (contact_idx);
     """,
-    # ---
     # 27 (i15-surveys): SMS surveys (gateway/surveys/). A survey's versions are
     #    immutable (a session is pinned to the version it started with); one open
     #    session per number is a partial unique index, so two parallel starts cannot
@@ -914,7 +912,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX survey_answers_survey ON survey_answers (survey_id, version, question);
     CREATE INDEX survey_answers_session ON survey_answers (session_id);
     """,
-    # ---
     # 28 (i15-links): tracked links. Named links (a destination from links.allow, kept
     # in clear: a shared page, never a person's data); each message's tokens, stored
     # as SHA-256 so a copy of the store opens no link, bound to the message for
@@ -940,7 +937,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX link_tokens_expiry ON link_tokens (expires_at);
     CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
     """,
-    # ---
     # 29 (i15-analytics): analytics without PHI (`gateway/analytics/`). Daily sums per
     #    dimension (total, campaign, template variant, reminder rule, clinic, purpose,
     #    route) and key, by the site's calendar day: one row per dimension, key and day
@@ -1003,9 +999,6 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX analytics_blocked_messages ON messages (updated_at, id) WHERE state = 'blocked';
     """,
-    # ---
-    # 30 (i15-spread): reserved for the broadcast branch.
-    "",
 )
 
 
