@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -299,8 +300,12 @@ async def list_contacts(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_query", f"limit: an integer from 1 to {MAX_PAGE}", field="limit"
         )
+    cursor = q.get("cursor")
+    if cursor is not None and not re.fullmatch(r"[0-9a-f]{32}", cursor):
+        # An empty or malformed cursor is refused, not read as "from the start".
+        raise ApiError(400, "invalid_query", "cursor: as a page's next_cursor gave it")
     page = await gateway_of(request).contacts.page(
-        _caller(request), _spec_of_query(request), q.get("cursor"), int(text)
+        _caller(request), _spec_of_query(request), cursor, int(text)
     )
     return json_response(
         ContactList([contact_view(c) for c in page.items], page.total, page.next_cursor)
