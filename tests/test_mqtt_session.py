@@ -113,6 +113,8 @@ async def test_a_send_posted_while_the_gateway_is_away_is_handled_after_reconnec
     row = await message_row(gw.store, json.loads(bytes(reply.payload))["id"])
     assert row is not None and row["token_id"] == token_id
     assert metric(gw, "smsgw_mqtt_sends_received_total", {"outcome": "accepted"}) == 1
+    # The reply reached the subscriber; the broker's PUBACK to the gateway may come after.
+    await asyncio.wait_for(link.wait_published(1), WAIT)
     assert (metric(gw, "smsgw_mqtt_published_total") or 0) >= 1
     assert metric(gw, "smsgw_mqtt_connected") == 1
 

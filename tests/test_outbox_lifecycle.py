@@ -289,5 +289,10 @@ async def test_held_events_go_after_a_restart_in_order_and_the_rest_not_again(
     restarted.register(again)
     await restarted.start(run=False)
     await drive(clock, asyncio.create_task(restarted.run_once("probe")))
-    assert again.delivered == [r.id for r in rows if r.message_id == stuck]
+    # The route's receipts may add events while the lane drives: only the held ones
+    # of those stored at the stop go again.
+    stored = {r.id for r in rows}
+    assert [e for e in again.delivered if e in stored] == [
+        r.id for r in rows if r.message_id == stuck
+    ]
     assert consumer.delivered == [r.id for r in rows if r.message_id == fine]

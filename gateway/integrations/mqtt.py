@@ -93,6 +93,7 @@ class MqttLink:
         self._backing_off = False
         self._changed = asyncio.Condition()
         self.failures = 0  # attempts in a row that ended without a connection, or lost it
+        self.published = 0  # publishes the broker acknowledged
 
     def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Subscribe to `topic` on every connection; `handler` gets each message."""
@@ -138,6 +139,11 @@ class MqttLink:
         async with self._changed:
             await self._changed.wait_for(lambda: self._backing_off and self.failures >= failures)
 
+    async def wait_published(self, count: int) -> None:
+        """Return once the broker has acknowledged `count` publishes in all."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.published >= count)
+
     async def publish(
         self, topic: str, payload: bytes, properties: Properties | None = None
     ) -> None:
@@ -150,6 +156,9 @@ class MqttLink:
             raise
         if self._metrics is not None:
             self._metrics.mqtt_published.inc()
+        self.published += 1
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _publish(self, topic: str, payload: bytes, properties: Properties | None) -> None:
         client = self._client
