@@ -999,6 +999,20 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX analytics_blocked_messages ON messages (updated_at, id) WHERE state = 'blocked';
     """,
+    # 30 (i16-writes): reserved for the write budget branch.
+    "",
+    # 31 (i16-growth): reserved for the growth branch.
+    "",
+    # 32 (i16-dispatch): reserved for the grouped dispatch branch.
+    "",
+    # 33 (i16-accept): reserved for the accept path branch.
+    "",
+    # 34 (i16-throttle): reserved for the throttle adaptation branch.
+    "",
+    # 35 (i13-hl7speed): reserved for the HL7 speed branch.
+    "",
+    # 36 (i15-clinical): reserved for the campaign-beside-clinical branch.
+    "",
 )
 
 
