@@ -143,6 +143,11 @@ class ReceiptReceiver:
         self.port = 0
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None, "the receipt receiver is not running"
+        return self.process.pid
+
+    @property
     def webhook_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/events"
 

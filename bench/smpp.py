@@ -59,7 +59,6 @@ from smpp_parts import (
     Settings,
     Sink,
     System,
-    children_cpu_seconds,
     install_missing,
     log_findings,
     log_sizes,
@@ -233,8 +232,10 @@ async def measure(
             spy = None
             if profile is not None:
                 spy = await start_profiler(system.pids[0], placement, profile)
-            cpu0 = (process_cpu_seconds(system.pids), children_cpu_seconds())
-            threads0 = harness.thread_cpu_seconds(system.pids[0])
+            hearer = [] if receiver is None else [receiver.pid]
+            cpu0 = (process_cpu_seconds(system.pids), process_cpu_seconds(hearer))
+            pid = system.pids[0]
+            threads0 = harness.thread_cpu_seconds(pid)
             t0_wall, t0 = time.time(), time.monotonic()
             stop_wrk = asyncio.Event()
             wrk = asyncio.create_task(
@@ -261,8 +262,8 @@ async def measure(
                 # The sink's (receiver's) own clock stamps the N-th event; polling only
                 # adds lag.
                 elapsed = min(elapsed, stamp_ms / 1000 - t0_wall)
-            cpu1 = (process_cpu_seconds(system.pids), children_cpu_seconds())
-            threads1 = harness.thread_cpu_seconds(system.pids[0])
+            cpu1 = (process_cpu_seconds(system.pids), process_cpu_seconds(hearer))
+            threads1 = harness.thread_cpu_seconds(pid)
             stop_wrk.set()
             run = await wrk
             if spy is not None:
@@ -272,7 +273,7 @@ async def measure(
             sizes = log_sizes(system)
         finally:
             codes = await system.stop()
-    server_cpu, _ = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+    server_cpu, receiver_cpu = (b - a for a, b in zip(cpu0, cpu1, strict=True))
     completed = min(count, n)
     result: dict[str, Any] = {
         "bench": "smpp",
@@ -296,9 +297,9 @@ async def measure(
     }
     if receiver is not None:
         result.update(forwarded(got, done, n, t0_wall))
+        result["receiver_cpu_us_per_msg"] = round(receiver_cpu / max(1, completed) * 1e6, 1)
     if profile is not None:
         # Per thread of the first process, by OS thread id (bench/smpp_profile.py).
-        pid = system.pids[0]
         result["server_pid"] = pid
         result["thread_cpu_s"] = {
             str(pid if k == "main" else int(k.split()[1])): round(v - threads0.get(k, 0.0), 3)
@@ -337,10 +338,12 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
         print(json.dumps({"bench": "smpp", "system": "kannel", "error": kannel_problem}))
     failures = 0
     medians: dict[tuple[str, str], float] = {}
+    cpu_medians: dict[tuple[str, str], float] = {}  # server CPU µs per message
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     for scenario in chosen:
         print(f"\n== {scenario.name}", flush=True)
         runs: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
         kannel_ok = not isinstance(kannel_problem, str)
         systems = [s for s in scenario.systems if kannel_ok or s != "kannel"]
         for i in range(settings.repeats):
@@ -357,8 +360,10 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
                     continue
                 print(json.dumps(result), flush=True)
                 runs.setdefault(name, []).append(result["per_s"])
+                cpus.setdefault(name, []).append(result["server_cpu_us_per_msg"])
         for name, rates in runs.items():
             medians[(scenario.name, name)] = statistics.median(rates)
+            cpu_medians[(scenario.name, name)] = statistics.median(cpus[name])
     throttle: dict[str, Any] | None = None
     if not args.scenario or THROTTLE in args.scenario:
         print(f"\n== {THROTTLE} (bench/smpp_throttle.py)", flush=True)
@@ -382,24 +387,24 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
             print(smpp_profile.report(raw, threads, main_tid, profiled["completed"]))
         else:
             print("no profile")
-    summary = summarize(medians, throttle, settings, placement)
+    summary = summarize(medians, cpu_medians, throttle, settings, placement)
     print_targets(summary)
     harness.publish_summary(summary, LATEST)  # bench/floors.py reads Kannel's rates here
     return 1 if failures else 0
 
 
 async def run_throttle(
-    args: argparse.Namespace, placement: Placement, work: Path
+    args: argparse.Namespace, placement: Placement, work: Path, module_name: str = "smpp_throttle"
 ) -> dict[str, Any]:
     """The throttle scenario, which bench/smpp_throttle.py (i16-throttle) owns: its
     `run_throttle` (a coroutine function or a plain one) returns a dict with
     `throttle_ratio`. Without that module, the ratio is null and says why."""
     try:
-        module = importlib.import_module("smpp_throttle")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name != "smpp_throttle":
+        if e.name != module_name:
             raise
-        return {"throttle_ratio": None, "missing": "bench/smpp_throttle.py is not there"}
+        return {"throttle_ratio": None, "missing": f"bench/{module_name}.py is not there"}
     try:
         result = module.run_throttle(quick=args.quick, placement=placement, root=work)
         if inspect.isawaitable(result):
@@ -414,6 +419,7 @@ async def run_throttle(
 
 def summarize(
     medians: dict[tuple[str, str], float],
+    cpu_medians: dict[tuple[str, str], float],
     throttle: dict[str, Any] | None,
     settings: Settings,
     placement: Placement,
@@ -442,6 +448,9 @@ def summarize(
         "smsgw_raw_per_s": get("raw", "smsgw"),
         "kannel_raw_per_s": get("raw", "kannel"),
         "smsgw_batch_per_s": get("batch", "smsgw"),
+        # Load-independent beside the rates: the servers' CPU per message (a busy machine
+        # stretches wall-clock rates, hardly these).
+        "cpu_us_per_msg": {f"{sc}/{system}": v for (sc, system), v in cpu_medians.items()},
         "targets": TARGETS,
     }
     summary["met"] = {

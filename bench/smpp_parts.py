@@ -9,7 +9,6 @@ import dataclasses
 import importlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -95,16 +94,6 @@ def setup_placement() -> Placement:
 
 def say(text: str) -> None:
     print(f"  {text}", flush=True)
-
-
-def self_cpu_seconds() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    return me.ru_utime + me.ru_stime
-
-
-def children_cpu_seconds() -> float:
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return kids.ru_utime + kids.ru_stime
 
 
 def process_cpu_seconds(pids: Sequence[int]) -> float:
