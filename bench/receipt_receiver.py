@@ -11,7 +11,9 @@ that both gateways forward their delivery receipts to, counted the same way.
 Every request gets a 2xx at once (204 to a POST, an empty 200 to a GET). Only the
 first final `delivered` per message counts (a redelivery, at least once, is counted
 as a duplicate); other states are counted apart. Once `--target` receipts have
-counted, the wall-clock time of the one that reached it is kept (`target_ms`).
+counted, the wall-clock time of the one that reached it is kept (`target_ms`); the
+client connections seen (`connections`) show how many requests a gateway keeps in
+flight.
 
 Run as a process (`python bench/receipt_receiver.py --target N`), it prints
 `{"port": N}` once listening, then answers `{"cmd": "stats"}` lines on stdin with its
@@ -51,6 +53,7 @@ class Tally:
         self.first_ms = 0
         self.last_ms = 0
         self.target_ms = 0
+        self.peers: set[tuple[str, int]] = set()  # client connections seen (concurrency)
 
     def add(self, key: str | None, delivered: bool) -> None:
         if key is None:
@@ -78,6 +81,7 @@ class Tally:
             "first_ms": self.first_ms,
             "last_ms": self.last_ms,
             "target_ms": self.target_ms,
+            "connections": len(self.peers),
         }
 
 
@@ -101,11 +105,17 @@ def kannel_receipt(query: dict[str, str]) -> tuple[str | None, bool]:
 
 
 def build_app(tally: Tally) -> web.Application:
+    def seen(request: web.Request) -> None:
+        if request.transport is not None:
+            tally.peers.add(request.transport.get_extra_info("peername"))
+
     async def webhook(request: web.Request) -> web.Response:
+        seen(request)
         tally.add(*webhook_receipt(await request.read()))
         return web.Response(status=204)
 
     async def kannel(request: web.Request) -> web.Response:
+        seen(request)
         tally.add(*kannel_receipt(dict(request.query)))
         return web.Response(status=200)
 

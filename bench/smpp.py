@@ -318,6 +318,7 @@ def forwarded(got: dict[str, Any], sink: dict[str, Any], n: int, t0_wall: float)
         "forwarded_duplicates": got["duplicates"],
         "forwarded_other": got["other"],
         "forwarded_unreadable": got["bad"],
+        "forward_connections": got["connections"],
     }
     if sink["target_receipt_ack_ms"]:
         found["sink_receipts_s"] = round(sink["target_receipt_ack_ms"] / 1000 - t0_wall, 2)
