@@ -39,6 +39,7 @@ SCRIPT = str(Path(__file__).resolve())
 KANNEL_PATH = "/kannel"
 KANNEL_DELIVERED = "1"  # Kannel's DLR type for "delivered to the phone"
 DELIVERED = "delivered"
+BACKLOG = 1024
 
 
 class Tally:
@@ -129,7 +130,10 @@ async def serve(args: argparse.Namespace) -> None:
     tally = Tally(args.target)
     runner = web.AppRunner(build_app(tally), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, args.port, reuse_address=True).start()
+    # Kannel's smsbox opens up to 512 connections at once (max-pending-requests): a
+    # listen queue shorter than that drops SYNs, and each retry costs the client 1 s.
+    site = web.TCPSite(runner, LOOPBACK, args.port, reuse_address=True, backlog=BACKLOG)
+    await site.start()
     print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()

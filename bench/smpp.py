@@ -383,7 +383,9 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
         print(f"stacks in {out.relative_to(harness.REPO)}")
         if out.exists():
             raw = out.read_text()
-            print(profile_gateway.summarize(raw, 30))
+            # profile_gateway reads stacks without --threads' leading thread frame.
+            bare = [x.partition(";")[2] if x.startswith("thread (") else x for x in raw.split("\n")]
+            print(profile_gateway.summarize("\n".join(bare), 30))
             main_tid = profiled["server_pid"]  # the main thread's id is the pid
             print(smpp_profile.report(raw, threads, main_tid, profiled["completed"]))
         else:
