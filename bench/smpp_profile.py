@@ -25,7 +25,7 @@ from profile_gateway import frames
 
 Frame = tuple[str, str, str]  # function, file (shortened), line
 Rule = Callable[[Frame], bool]
-_THREAD = re.compile(r"^thread \((?P<tid>\d+)\)")
+_THREAD = re.compile(r"^thread \((?P<tid>\d+)\)(?::\s*(?P<name>.*))?")
 
 
 def _in(*parts: str) -> Rule:
@@ -113,6 +113,15 @@ def busy_samples(raw: str) -> dict[int, Counter[str]]:
     return out
 
 
+def thread_names(raw: str) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for line in raw.splitlines():
+        m = _THREAD.match(line.partition(";")[0])
+        if m is not None:
+            names[int(m["tid"])] = (m["name"] or "").strip()
+    return names
+
+
 def attribute(raw: str, thread_cpu: Mapping[int, float]) -> dict[str, float]:
     """CPU seconds per component: each thread's CPU over its busy samples' components;
     a thread with CPU but no busy sample counts as `unattributed`."""
@@ -144,4 +153,11 @@ def report(raw: str, thread_cpu: Mapping[int, float], main_tid: int, messages: i
     for name in names:
         a, b = loop.get(name, 0.0) * per, threads.get(name, 0.0) * per
         lines.append(f"  {name:34} {a:8.1f} {b:8.1f} {a + b:8.1f}")
+    names = thread_names(raw)
+    busy = busy_samples(raw)
+    lines.append("  threads (µs/msg, busy samples):")
+    for tid, cpu in sorted(thread_cpu.items(), key=lambda kv: -kv[1]):
+        label = names.get(tid, "not sampled")
+        count = sum(busy.get(tid, Counter()).values())
+        lines.append(f"    {tid} {label[:30]:30} {cpu * per:8.1f} {count:6}")
     return "\n".join(lines)
