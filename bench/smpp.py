@@ -490,6 +490,8 @@ def print_targets(summary: dict[str, Any]) -> None:
         value, met = summary[key], summary["met"][key]
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
         print(f"  {key:15} {value!s:>8}  target >= {target}  {verdict}")
+    if summary["smsgw_clinical_per_s"] is None and summary["kannel_clinical_per_s"] is None:
+        return
     print(
         f"  clinical as a fraction of the protocol cap ({summary['clinical_cap_per_s']}/s):"
         f" smsgw {summary['smsgw_clinical_of_cap']}, Kannel {summary['kannel_clinical_of_cap']}"
