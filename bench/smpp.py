@@ -11,15 +11,22 @@ its file store on, log level 2); smsgw is `smsgw run` with SQLite `synchronous =
 
 Scenarios:
 - clinical (the headline): every message asks for a delivery receipt; the sink answers
-  each submit_sm after 5 ms and sends the receipt 1 s later; window 50 on both. The rate is
-  N over the time from the first request until the sink has had N receipts acknowledged
-  (deliver_sm_resp), i.e. processed end to end.
+  each submit_sm after 5 ms and sends the receipt 1 s later; window 50 on both. Each
+  gateway forwards every receipt to the hospital's system, one local HTTP receiver
+  (bench/receipt_receiver.py): Kannel through the sendsms `dlr-url`, smsgw through a
+  `[[webhooks]]` endpoint. The rate is N over the time from the first request until the
+  receiver holds N delivered receipts; also given as a fraction of the protocol cap
+  (window / answer time: 50 / 5 ms = 10,000/s).
 - raw: no receipts, no SMSC latency; the rate is N over the time until N submits arrived.
 - batch: raw, but smsgw gets the same messages through `POST /messages/batch` (100 per
   request); compared with Kannel's raw rate (Kannel has no batch interface).
+- throttle: bench/smpp_throttle.py's carrier that throttles above a rate the route does
+  not know (`throttle_ratio`; null while that module is absent).
 
 Runs alternate (Kannel, smsgw, Kannel, smsgw, ...) on fresh data each; each figure is the
-median of its runs. The last line is one JSON object with the ratios and the settings.
+median of its runs. Then the issue's targets, and the last line is one JSON object with
+the ratios (`ratio`, `raw_ratio`, `batch_ratio`, `throttle_ratio`), the targets, the
+servers' CPU per message and the settings.
 """
 
 from __future__ import annotations
