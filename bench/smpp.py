@@ -55,9 +55,11 @@ import profile_gateway
 import smpp_profile
 from harness import LOOPBACK, Server
 from receipt_receiver import ReceiptReceiver
-from smpp_kannel import kannel_binaries, kannel_system
+from smpp_kannel import KANNEL_PASSWORD, KANNEL_USER, kannel_binaries, kannel_system
 from smpp_parts import (
     BIND_TIMEOUT_S,
+    POLL_S,
+    STOP_GRACE_S,
     SYSTEM_ID,
     SYSTEM_PASSWORD,
     WINDOW,
@@ -77,7 +79,21 @@ from smpp_parts import (
     wait_for,
 )
 
-__all__ = ["SYSTEM_ID", "SYSTEM_PASSWORD", "WINDOW", "Placement", "Settings", "Sink", "System"]
+# Names other bench scripts take from here (events.py, profile_dispatch.py,
+# smpp_throttle.py), wherever they are defined now.
+__all__ = [
+    "KANNEL_PASSWORD",
+    "KANNEL_USER",
+    "POLL_S",
+    "STOP_GRACE_S",
+    "SYSTEM_ID",
+    "SYSTEM_PASSWORD",
+    "WINDOW",
+    "Placement",
+    "Settings",
+    "Sink",
+    "System",
+]
 
 LATEST = harness.BENCH_DIR / "results" / "smpp-latest.json"
 BATCH = 100
@@ -375,7 +391,7 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
     throttle: dict[str, Any] | None = None
     if not args.scenario or THROTTLE in args.scenario:
         print(f"\n== {THROTTLE} (bench/smpp_throttle.py)", flush=True)
-        throttle = await run_throttle(args, placement, root / THROTTLE)
+        throttle = await run_throttle(placement, root / THROTTLE)
         failures += "error" in throttle
     if args.profile:
         scenario = next(s for s in SCENARIOS if s.name == args.profile)
@@ -404,11 +420,12 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
 
 
 async def run_throttle(
-    args: argparse.Namespace, placement: Placement, work: Path, module_name: str = "smpp_throttle"
+    placement: Placement, work: Path, module_name: str = "smpp_throttle"
 ) -> dict[str, Any]:
     """The throttle scenario, which bench/smpp_throttle.py (i16-throttle) owns: its
-    `run_throttle` (a coroutine function or a plain one) returns a dict with
-    `throttle_ratio`. Without that module, the ratio is null and says why."""
+    `run_throttle(root, placement)` (a coroutine function or a plain one; its own N and
+    carrier schedules) returns a dict with `throttle_ratio`. Without that module, the
+    ratio is null and says why."""
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -416,7 +433,7 @@ async def run_throttle(
             raise
         return {"throttle_ratio": None, "missing": f"bench/{module_name}.py is not there"}
     try:
-        result = module.run_throttle(quick=args.quick, placement=placement, root=work)
+        result = module.run_throttle(root=work, placement=placement)
         if inspect.isawaitable(result):
             result = await result
     except (RuntimeError, OSError, TimeoutError) as e:
@@ -467,8 +484,8 @@ def summarize(
         key: None if summary[key] is None else summary[key] >= target
         for key, target in TARGETS.items()
     }
-    if throttle is not None:
-        summary["throttle"] = throttle
+    if throttle is not None:  # its runs were printed as it went; the figures here
+        summary["throttle"] = {k: v for k, v in throttle.items() if k != "runs"}
     summary["settings"] = {
         "n": n,
         "runs_each": settings.repeats,

@@ -4,7 +4,6 @@ summary's protocol cap and targets, and the throttle scenario's absent-module pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -101,8 +100,27 @@ def test_summary_reports_the_clinical_rate_against_the_protocol_cap_and_targets(
 
 
 async def test_throttle_scenario_without_its_module_reports_null(tmp_path: Path) -> None:
-    args = argparse.Namespace(quick=True)
     placement = smpp.Placement((), (), "test")
-    found = await smpp.run_throttle(args, placement, tmp_path, "no_such_bench_module")
+    found = await smpp.run_throttle(placement, tmp_path, "no_such_bench_module")
     assert found["throttle_ratio"] is None
     assert "no_such_bench_module" in found["missing"]
+
+
+async def test_throttle_scenario_ratio_reaches_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/smpp_throttle.py's interface (i16-throttle): `run_throttle(root, placement)`,
+    a coroutine function returning `throttle_ratio` among its figures."""
+    (tmp_path / "fake_throttle_bench.py").write_text(
+        "async def run_throttle(root, placement=None, *, n=3000):\n"
+        "    return {'throttle_ratio': 1.4, 'smsgw_of_carrier': 0.93, 'runs': [{'n': n}],"
+        " 'root': str(root)}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    placement = smpp.Placement((), (), "test")
+    found = await smpp.run_throttle(placement, tmp_path / "throttle", "fake_throttle_bench")
+    assert found["root"] == str(tmp_path / "throttle")
+    summary = smpp.summarize({}, {}, found, smpp.Settings(3000, 1, 64, 60.0), placement)
+    assert summary["throttle_ratio"] == 1.4
+    assert summary["met"]["throttle_ratio"] is True
+    assert "runs" not in summary["throttle"]
