@@ -431,7 +431,9 @@ async def run_throttle(
     except ModuleNotFoundError as e:
         if e.name != module_name:
             raise
-        return {"throttle_ratio": None, "missing": f"bench/{module_name}.py is not there"}
+        missing = {"throttle_ratio": None, "missing": f"bench/{module_name}.py is not there"}
+        print(json.dumps({"bench": "smpp", "scenario": THROTTLE, **missing}), flush=True)
+        return missing
     try:
         result = module.run_throttle(root=work, placement=placement)
         if inspect.isawaitable(result):
