@@ -11,297 +11,108 @@ its file store on, log level 2); smsgw is `smsgw run` with SQLite `synchronous =
 
 Scenarios:
 - clinical (the headline): every message asks for a delivery receipt; the sink answers
-  each submit_sm after 5 ms and sends the receipt 1 s later; window 50 on both. The rate is
-  N over the time from the first request until the sink has had N receipts acknowledged
-  (deliver_sm_resp), i.e. processed end to end.
+  each submit_sm after 5 ms and sends the receipt 1 s later; window 50 on both. Each
+  gateway forwards every receipt to the hospital's system, one local HTTP receiver
+  (bench/receipt_receiver.py): Kannel through the sendsms `dlr-url`, smsgw through a
+  `[[webhooks]]` endpoint. The rate is N over the time from the first request until the
+  receiver holds N delivered receipts; also given as a fraction of the protocol cap
+  (window / answer time: 50 / 5 ms = 10,000/s).
 - raw: no receipts, no SMSC latency; the rate is N over the time until N submits arrived.
 - batch: raw, but smsgw gets the same messages through `POST /messages/batch` (100 per
   request); compared with Kannel's raw rate (Kannel has no batch interface).
+- throttle: bench/smpp_throttle.py's carrier that throttles above a rate the route does
+  not know (`throttle_ratio`; null while that module is absent).
 
 Runs alternate (Kannel, smsgw, Kannel, smsgw, ...) on fresh data each; each figure is the
-median of its runs. The last line is one JSON object with the ratios and the settings.
+median of its runs. Then the issue's targets, and the last line is one JSON object with
+the ratios (`ratio`, `raw_ratio`, `batch_ratio`, `throttle_ratio`), the targets, the
+servers' CPU per message and the settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import base64
 import importlib
+import inspect
 import json
-import os
 import re
-import resource
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 from pathlib import Path
-from string import Template
 from typing import Any
 
-import aiohttp
 import harness
 import loadgen
 import profile_gateway
+import smpp_profile
 from harness import LOOPBACK, Server
+from receipt_receiver import ReceiptReceiver
+from smpp_kannel import KANNEL_PASSWORD, KANNEL_USER, kannel_binaries, kannel_system
+from smpp_parts import (
+    BIND_TIMEOUT_S,
+    POLL_S,
+    STOP_GRACE_S,
+    SYSTEM_ID,
+    SYSTEM_PASSWORD,
+    WINDOW,
+    Placement,
+    Scenario,
+    Settings,
+    Sink,
+    System,
+    install_missing,
+    log_findings,
+    log_sizes,
+    process_cpu_seconds,
+    say,
+    setup_placement,
+    smpp_peer,
+    start_profiler,
+    wait_for,
+)
 
-# The sink runs on the npm package the interop tests pin (tests/peers/package.json).
-sys.path.insert(0, str(harness.REPO))
-smpp_peer = importlib.import_module("tests.peers.smpp_peer")
+# Names other bench scripts take from here (events.py, profile_dispatch.py,
+# smpp_throttle.py), wherever they are defined now.
+__all__ = [
+    "KANNEL_PASSWORD",
+    "KANNEL_USER",
+    "POLL_S",
+    "STOP_GRACE_S",
+    "SYSTEM_ID",
+    "SYSTEM_PASSWORD",
+    "WINDOW",
+    "Placement",
+    "Settings",
+    "Sink",
+    "System",
+]
+
 LATEST = harness.BENCH_DIR / "results" / "smpp-latest.json"
-KANNEL_TEMPLATE = harness.BENCH_DIR / "kannel" / "kannel.conf.template"
-SINK_JS = harness.BENCH_DIR / "smpp_sink.js"
-SYSTEM_ID, SYSTEM_PASSWORD = "smsgw", "pw"
-KANNEL_USER, KANNEL_PASSWORD = "bench", "benchpw"
-WINDOW = 50
 BATCH = 100
-BIND_TIMEOUT_S = 20.0
-STOP_GRACE_S = 10.0
 RUN_TIMEOUT_S = 1800.0
-POLL_S = 0.02
 TOKEN_PATTERN = r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}"  # noqa: S105 - a shape, no secret
 DURABILITY_NOTE = (
     "smsgw fsyncs (SQLite synchronous=FULL) every accept, every state change and every"
     " receipt before acting on it or acknowledging it; Kannel's file store is written but"
     " never fsync'd, so a crash can lose what it acknowledged."
 )
-# Kannel logs these on a fresh store (no store, .new or .bak file yet); not a problem.
-KANNEL_BENIGN = ("kannel.store", "System error 2: No such file or directory")
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    name: str
-    receipts: bool
-    resp_delay_ms: int
-    receipt_delay_ms: int
-    batch: int  # smsgw only; 0 = one message per request
-    systems: tuple[str, ...]
-
+# Issue 16's targets for the summary's ratios (smsgw over Kannel; batch over Kannel raw).
+TARGETS = {"ratio": 1.2, "raw_ratio": 0.8, "batch_ratio": 1.5, "throttle_ratio": 1.3}
 
 SCENARIOS = (
-    Scenario("clinical", True, 5, 1000, 0, ("kannel", "smsgw")),
+    Scenario("clinical", True, 5, 1000, 0, ("kannel", "smsgw"), forward=True),
     Scenario("raw", False, 0, 0, 0, ("kannel", "smsgw")),
     Scenario("batch", False, 0, 0, BATCH, ("smsgw",)),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    n: int
-    repeats: int
-    concurrency: int
-    deadline_s: float
-
-    @classmethod
-    def for_run(cls, quick: bool, n: int | None = None) -> Settings:
-        settings = cls(4000, 1, 64, 120.0) if quick else cls(20000, 2, 64, 300.0)
-        return settings if n is None else dataclasses.replace(settings, n=n)
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """CPU prefixes: servers, wrk; and where this process (the sink) runs."""
-
-    server: tuple[str, ...]
-    client: tuple[str, ...]
-    text: str
-
-
-def setup_placement() -> Placement:
-    """Servers on CPU 0; with 3+ CPUs wrk on CPU 1 and the sink (this process) on CPU 2,
-    else wrk and the sink share CPU 1 (contention: see client_cpu in the output)."""
-    cpus = os.sched_getaffinity(0)
-    if shutil.which("taskset") is None or not {0, 1} <= cpus:
-        return Placement((), (), "unpinned (taskset or a second CPU missing)")
-    server, client = ("taskset", "-c", "0"), ("taskset", "-c", "1")
-    if 2 in cpus:
-        os.sched_setaffinity(0, {2})
-        return Placement(server, client, "servers CPU 0, wrk CPU 1, sink CPU 2 (taskset)")
-    os.sched_setaffinity(0, {1})
-    text = "servers CPU 0, wrk AND the sink share CPU 1 (only 2 CPUs; taskset)"
-    return Placement(server, client, text)
-
-
-def say(text: str) -> None:
-    print(f"  {text}", flush=True)
-
-
-def self_cpu_seconds() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    return me.ru_utime + me.ru_stime
-
-
-def children_cpu_seconds() -> float:
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return kids.ru_utime + kids.ru_stime
-
-
-def process_cpu_seconds(pids: Sequence[int]) -> float:
-    return sum(sum(harness.thread_cpu_seconds(pid).values()) for pid in pids)
-
-
-# -- wrk scripts ---------------------------------------------------------------------------
-
-_KANNEL_LUA = Template(r"""
-wrk.method = "GET"
-local base = "$base"
-local quota = $quota
-$report
-function request()
-  return wrk.format(nil, base .. string.format("%04d", math.random(0, $last)))
-end
-
-function response(status, headers, body)
-  if status >= 200 and status < 300 then
-    ok = ok + 1
-    messages = messages + 1
-  else
-    bad = bad + 1
-  end
-  if quota > 0 and messages >= quota then wrk.thread:stop() end
-end
-""")
-
-
-def kannel_script(path: Path, *, receipts: bool, quota: int) -> Path:
-    """GET /cgi-bin/sendsms with the URL-encoded 160-character body (and dlr-mask=1 when
-    receipts are wanted); the recipient's last four digits are drawn per request (the
-    same range as smsgw's script)."""
-    params = {"username": KANNEL_USER, "password": KANNEL_PASSWORD, "text": loadgen.BODY_160_GSM}
-    if receipts:
-        params["dlr-mask"] = "1"
-    to = urllib.parse.quote(loadgen.RECIPIENT_PREFIX, safe="")
-    base = f"/cgi-bin/sendsms?{urllib.parse.urlencode(params)}&to={to}"
-    path.write_text(
-        _KANNEL_LUA.substitute(
-            base=base, last=loadgen.RECIPIENTS - 1, report=loadgen.REPORT_LUA, quota=quota
-        )
-    )
-    return path
-
-
-# -- the servers ---------------------------------------------------------------------------
-
-
-@dataclass
-class Box(Server):
-    """A server that is ready once `ready_url` answers at all (any HTTP status)."""
-
-    ready_url: str = ""
-
-    async def _wait_ready(self) -> None:
-        deadline = time.monotonic() + harness.READY_TIMEOUT_S
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.returncode is not None:
-                    break
-                try:
-                    timeout = aiohttp.ClientTimeout(total=1)
-                    async with session.get(self.ready_url, timeout=timeout):
-                        return
-                except (aiohttp.ClientError, TimeoutError):
-                    await asyncio.sleep(harness.READY_POLL_S)
-        await self.stop()
-        raise RuntimeError(f"{self.name} did not become ready; see {self.log_path}")
-
-
-async def stop_soon(server: Server) -> int | None:
-    """SIGTERM, up to STOP_GRACE_S for a clean exit (Kannel unbinds), then SIGKILL."""
-    process = server.process
-    if process is not None and process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            process.kill()
-    return await server.stop()
-
-
-@dataclass
-class System:
-    """One system under test: its processes (started in order), wrk script and URL."""
-
-    name: str
-    servers: list[Server]
-    url: str
-    script: Path
-    logs: list[Path]
-
-    @property
-    def pids(self) -> list[int]:
-        return [s.pid for s in self.servers]
-
-    async def start(self) -> None:
-        for server in self.servers:
-            await server.start()
-
-    async def stop(self) -> list[int | None]:
-        return [await stop_soon(s) for s in reversed(self.servers)]
-
-
-def kannel_binaries() -> tuple[Path, Path] | str:
-    """(bearerbox, smsbox), or why Kannel cannot run here."""
-    found = []
-    for name in ("bearerbox", "smsbox"):
-        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
-        if path is None:
-            return f"{name} not found: install the Debian package (apt-get install kannel)"
-        found.append(Path(path))
-    return found[0], found[1]
-
-
-def kannel_system(
-    work: Path, sink_port: int, placement: Placement, scenario: Scenario, quota: int
-) -> System:
-    binaries = kannel_binaries()
-    if isinstance(binaries, str):
-        raise RuntimeError(binaries)
-    bearerbox, smsbox = binaries
-    work.mkdir(parents=True)
-    admin, smsbox_port, sendsms = (harness.free_port() for _ in range(3))
-    conf = work / "kannel.conf"
-    conf.write_text(
-        Template(KANNEL_TEMPLATE.read_text()).substitute(
-            admin_port=admin,
-            admin_password="bench-admin",  # noqa: S106 - loopback only, per run
-            smsbox_port=smsbox_port,
-            sendsms_port=sendsms,
-            workdir=work,
-            username=KANNEL_USER,
-            password=KANNEL_PASSWORD,
-            smsc_port=sink_port,
-            system_id=SYSTEM_ID,
-            system_password=SYSTEM_PASSWORD,
-            window=WINDOW,
-        )
-    )
-    # -v 2: warnings and worse on the console too; the log files get the same level.
-    bb = Box(
-        "bearerbox",
-        [*placement.server, str(bearerbox), "-v", "2", str(conf)],
-        admin,
-        work / "bearerbox.out",
-        ready_url=f"http://{LOOPBACK}:{admin}/status",
-    )
-    sb = Box(
-        "smsbox",
-        [*placement.server, str(smsbox), "-v", "2", str(conf)],
-        sendsms,
-        work / "smsbox.out",
-        ready_url=f"http://{LOOPBACK}:{sendsms}/cgi-bin/sendsms",
-    )
-    logs_ = [work / n for n in ("bearerbox.out", "smsbox.out", "bearerbox.log", "smsbox.log")]
-    script = kannel_script(work / "kannel.lua", receipts=scenario.receipts, quota=quota)
-    return System("kannel", [bb, sb], sb.url, script, logs_)
+THROTTLE = "throttle"  # bench/smpp_throttle.py's scenario (i16-throttle), run through it
 
 
 _SMSGW_EXTRA = """\
@@ -372,148 +183,36 @@ async def smsgw_system(
     return System("smsgw", [server], server.url, script, [server.log_path])
 
 
+# The hospital's side of the clinical scenario: its system takes every receipt over a
+# webhook, as it would in production. Delivery settings a hospital that acts on receipts
+# would choose: `yield_to_sends = 0`, since a receipt is what tells the ward a critical
+# result reached the patient (the default 1.0 lets a lane deliver only 50 events a second
+# while sends are in flight, to favour sends over events nobody waits for); the other
+# [outbox] keys keep their defaults. Only `message.status` events, no PHI (phi = false).
+_FORWARD_CONFIG = """\
+# bench/smpp.py (clinical): every receipt to the hospital's receiver, as it comes.
+[outbox]
+yield_to_sends = 0.0
+
+[[webhooks]]
+name = "hospital"
+url = "{url}"
+events = ["message.status"]
+secret_file = "{secret_file}"
+allow_loopback = true
+allow_plain_http = true
+"""
+
+
+def forward_config(work: Path, url: str) -> str:
+    """smsgw's tables for forwarding receipts to `url`, its secret written beside `work`."""
+    secret = work.parent / f"{work.name}.whsec"
+    secret.write_text("whsec_" + base64.b64encode(b"bench-receipts-0123456789").decode())
+    secret.chmod(0o600)
+    return _FORWARD_CONFIG.format(url=url, secret_file=secret)
+
+
 # -- one measurement -----------------------------------------------------------------------
-
-
-def log_sizes(system: System) -> dict[Path, int]:
-    return {p: p.stat().st_size if p.exists() else 0 for p in system.logs}
-
-
-def log_findings(system: System, until: dict[Path, int]) -> dict[str, Any]:
-    """Warning-or-worse lines across the system's logs up to the end of the measured
-    window (`until`: byte offsets), a count and the commonest kinds; and how many came
-    after it, while the system shut down."""
-    kinds: Counter[str] = Counter()
-    first = ""
-    later = 0
-    for path in system.logs:
-        if not path.exists():
-            continue
-        data = path.read_bytes()
-        cut = until.get(path, 0)
-        for part, during in ((data[:cut], True), (data[cut:], False)):
-            for line in part.decode(errors="replace").splitlines():
-                kind = _problem_kind(line)
-                if kind is None:
-                    continue
-                if not during:
-                    later += 1
-                    continue
-                kinds[kind] += 1
-                first = first or line[:300]
-    found: dict[str, Any] = {"log_problems": sum(kinds.values())}
-    if kinds:
-        found["log_kinds"] = dict(kinds.most_common(5))
-        found["log_first_problem"] = first
-    found["shutdown_log_problems"] = later
-    return found
-
-
-def _problem_kind(line: str) -> str | None:
-    if line.startswith("{"):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return None
-        if record.get("level") in ("warning", "error", "critical"):
-            return f"{record['level']}:{record.get('event', '?')}"
-        return None
-    if any(b in line for b in KANNEL_BENIGN):
-        return None
-    for marker in ("PANIC:", "ERROR:", "WARNING:", "Traceback"):
-        if marker in line:
-            return marker.rstrip(":") + ":" + line.split(marker, 1)[1].strip()[:60]
-    return None
-
-
-class Sink:
-    """bench/smpp_sink.js in a node process; its counters on demand."""
-
-    def __init__(self, scenario: Scenario, placement: Placement) -> None:
-        self.scenario = scenario
-        self.placement = placement
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> Sink:
-        node = shutil.which("node")
-        if node is None:
-            raise RuntimeError("node is not installed (make peers installs it)")
-        self.process = await asyncio.create_subprocess_exec(
-            *self.placement.client,
-            node,
-            str(SINK_JS),
-            "--system-id",
-            SYSTEM_ID,
-            "--password",
-            SYSTEM_PASSWORD,
-            "--resp-delay-ms",
-            str(self.scenario.resp_delay_ms),
-            "--receipt-delay-ms",
-            str(self.scenario.receipt_delay_ms),
-            env={**os.environ, "NODE_PATH": str(smpp_peer.NODE_MODULES)},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        first = await self._line()
-        self.port = int(first["port"])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    async def _line(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), BIND_TIMEOUT_S)
-        if not raw:
-            raise RuntimeError("the SMPP sink exited")
-        line: dict[str, Any] = json.loads(raw)
-        return line
-
-    async def stats(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(b'{"cmd":"stats"}\n')
-        await self.process.stdin.drain()
-        return await self._line()
-
-    async def wait_for(self, key: str, target: int, deadline: float) -> dict[str, Any]:
-        """Poll until counter `key` reaches `target` or the monotonic `deadline` passes."""
-        while True:
-            stats = await self.stats()
-            if stats[key] >= target or time.monotonic() >= deadline:
-                return stats
-            await asyncio.sleep(POLL_S)
-
-
-async def start_profiler(pid: int, placement: Placement, out: Path) -> asyncio.subprocess.Process:
-    """py-spy on smsgw until SIGINT (a profiled run is not a measured one)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return await asyncio.create_subprocess_exec(
-        *placement.client,
-        str(Path(sys.executable).parent / "py-spy"),
-        "record",
-        "--pid",
-        str(pid),
-        "--rate",
-        "250",
-        "--format",
-        "raw",
-        "--nonblocking",
-        "-o",
-        str(out),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
 
 
 async def measure(
@@ -526,16 +225,26 @@ async def measure(
     *,
     extra_config: str = "",
     before_stop: Callable[[System], Awaitable[dict[str, Any]]] | None = None,
+    forward: bool = False,
 ) -> dict[str, Any]:
-    """One run. `before_stop`, if given, runs once the N-th message is done and wrk has
-    stopped, with smsgw still up (bench/events.py waits there for its receivers); what
-    it returns joins the result."""
+    """One run. With `forward` (the clinical scenario), each system forwards its
+    receipts to a receiver (bench/receipt_receiver.py) and the rate counts what arrived
+    there; else what the sink saw. `before_stop`, if given, runs once the N-th message
+    is done and wrk has stopped, with smsgw still up (bench/events.py waits there for its
+    receivers); what it returns joins the result."""
     n = settings.n
-    async with Sink(scenario, placement) as sink:
+    async with AsyncExitStack() as stack:
+        sink = await stack.enter_async_context(Sink(scenario, placement, target=n))
+        receiver = None
+        if forward:
+            receiver = await stack.enter_async_context(ReceiptReceiver(placement.client, n))
         if name == "kannel":
-            system = kannel_system(work, sink.port, placement, scenario, n)
+            dlr_url = None if receiver is None else receiver.kannel_url
+            system = kannel_system(work, sink.port, placement, scenario, n, dlr_url)
         else:
-            system = await smsgw_system(work, sink.port, placement, scenario, n, extra_config)
+            hook = "" if receiver is None else forward_config(work, receiver.webhook_url)
+            extra = "\n\n".join(x.strip() for x in (extra_config, hook) if x)
+            system = await smsgw_system(work, sink.port, placement, scenario, n, extra)
         say(f"{scenario.name}: {name} starting (sink on port {sink.port})")
         await system.start()
         try:
@@ -546,7 +255,10 @@ async def measure(
             spy = None
             if profile is not None:
                 spy = await start_profiler(system.pids[0], placement, profile)
-            cpu0 = (process_cpu_seconds(system.pids), children_cpu_seconds())
+            hearer = [] if receiver is None else [receiver.pid]
+            cpu0 = (process_cpu_seconds(system.pids), process_cpu_seconds(hearer))
+            pid = system.pids[0]
+            threads0 = harness.thread_cpu_seconds(pid)
             t0_wall, t0 = time.time(), time.monotonic()
             stop_wrk = asyncio.Event()
             wrk = asyncio.create_task(
@@ -559,13 +271,22 @@ async def measure(
                     stop_wrk,
                 )
             )
-            done = await sink.wait_for(key, n, t0 + settings.deadline_s)
+            got: dict[str, Any] = {}
+            if receiver is not None:
+                got = await wait_for(receiver.stats, "delivered", n, t0 + settings.deadline_s)
+                done = await sink.stats()
+                count, stamp_ms = got["delivered"], got["target_ms"]
+            else:
+                done = await sink.wait_for(key, n, t0 + settings.deadline_s)
+                count = done[key]
+                stamp_ms = done["last_receipt_ack_ms" if scenario.receipts else "last_submit_ms"]
             elapsed = time.monotonic() - t0
-            last_ms = done["last_receipt_ack_ms" if scenario.receipts else "last_submit_ms"]
-            if done[key] >= n and last_ms:
-                # The sink's own clock stamps the N-th event; polling only adds lag.
-                elapsed = min(elapsed, last_ms / 1000 - t0_wall)
-            cpu1 = (process_cpu_seconds(system.pids), children_cpu_seconds())
+            if count >= n and stamp_ms:
+                # The sink's (receiver's) own clock stamps the N-th event; polling only
+                # adds lag.
+                elapsed = min(elapsed, stamp_ms / 1000 - t0_wall)
+            cpu1 = (process_cpu_seconds(system.pids), process_cpu_seconds(hearer))
+            threads1 = harness.thread_cpu_seconds(pid)
             stop_wrk.set()
             run = await wrk
             if spy is not None:
@@ -575,14 +296,15 @@ async def measure(
             sizes = log_sizes(system)
         finally:
             codes = await system.stop()
-    server_cpu, _ = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+    server_cpu, receiver_cpu = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+    completed = min(count, n)
     result: dict[str, Any] = {
         "bench": "smpp",
         "scenario": scenario.name,
         "system": name,
         "n": n,
-        "completed": min(done[key], n),
-        "per_s": round(min(done[key], n) / elapsed, 1),
+        "completed": completed,
+        "per_s": round(completed / elapsed, 1),
         "elapsed_s": round(elapsed, 2),
         "accepted": run.messages,
         "submits": done["submits"],
@@ -593,11 +315,40 @@ async def measure(
         "p50_ms": round(run.p50_ms, 1),
         "p99_ms": round(run.p99_ms, 1),
         "server_cpu": round(server_cpu / elapsed, 2),
+        "server_cpu_us_per_msg": round(server_cpu / max(1, completed) * 1e6, 1),
         "exit_codes": codes,
     }
+    if receiver is not None:
+        result.update(forwarded(got, done, n, t0_wall))
+        result["receiver_cpu_us_per_msg"] = round(receiver_cpu / max(1, completed) * 1e6, 1)
+    if profile is not None:
+        # Per thread of the first process, by OS thread id (bench/smpp_profile.py).
+        result["server_pid"] = pid
+        result["thread_cpu_s"] = {
+            str(pid if k == "main" else int(k.split()[1])): round(v - threads0.get(k, 0.0), 3)
+            for k, v in threads1.items()
+        }
     result.update(after)
     result.update(log_findings(system, sizes))
     return result
+
+
+def forwarded(got: dict[str, Any], sink: dict[str, Any], n: int, t0_wall: float) -> dict[str, Any]:
+    """What the receiver counted, and how far behind the sink's N-th acknowledged
+    receipt its N-th arrived (the forwarding's own delay)."""
+    found: dict[str, Any] = {
+        "forwarded_delivered": got["delivered"],
+        "forwarded_duplicates": got["duplicates"],
+        "forwarded_other": got["other"],
+        "forwarded_unreadable": got["bad"],
+        "forward_connections": got["connections"],
+    }
+    if sink["target_receipt_ack_ms"]:
+        found["sink_receipts_s"] = round(sink["target_receipt_ack_ms"] / 1000 - t0_wall, 2)
+        if got["target_ms"]:
+            lag = (got["target_ms"] - sink["target_receipt_ack_ms"]) / 1000
+            found["forward_lag_s"] = round(lag, 2)
+    return found
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -611,17 +362,21 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
         print(json.dumps({"bench": "smpp", "system": "kannel", "error": kannel_problem}))
     failures = 0
     medians: dict[tuple[str, str], float] = {}
+    cpu_medians: dict[tuple[str, str], float] = {}  # server CPU µs per message
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     for scenario in chosen:
         print(f"\n== {scenario.name}", flush=True)
         runs: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
         kannel_ok = not isinstance(kannel_problem, str)
         systems = [s for s in scenario.systems if kannel_ok or s != "kannel"]
         for i in range(settings.repeats):
             for name in systems:
                 work = root / f"{scenario.name}-{name}-{i}"
                 try:
-                    result = await measure(name, scenario, settings, placement, work)
+                    result = await measure(
+                        name, scenario, settings, placement, work, forward=scenario.forward
+                    )
                 except (RuntimeError, OSError, TimeoutError) as e:
                     failures += 1
                     failed = {"bench": "smpp", "scenario": scenario.name, "system": name}
@@ -629,51 +384,158 @@ async def run_all(args: argparse.Namespace, placement: Placement, root: Path) ->
                     continue
                 print(json.dumps(result), flush=True)
                 runs.setdefault(name, []).append(result["per_s"])
+                cpus.setdefault(name, []).append(result["server_cpu_us_per_msg"])
         for name, rates in runs.items():
             medians[(scenario.name, name)] = statistics.median(rates)
-
-    def get(scenario: str, system: str) -> float | None:
-        return medians.get((scenario, system))
-
-    summary = {
-        "bench": "smpp",
-        "ratio": ratio(get("clinical", "smsgw"), get("clinical", "kannel")),
-        "raw_ratio": ratio(get("raw", "smsgw"), get("raw", "kannel")),
-        "batch_ratio": ratio(get("batch", "smsgw"), get("raw", "kannel")),
-        "smsgw_clinical_per_s": get("clinical", "smsgw"),
-        "kannel_clinical_per_s": get("clinical", "kannel"),
-        "smsgw_raw_per_s": get("raw", "smsgw"),
-        "kannel_raw_per_s": get("raw", "kannel"),
-        "smsgw_batch_per_s": get("batch", "smsgw"),
-        "settings": {
-            "n": settings.n,
-            "runs_each": settings.repeats,
-            "wrk_connections": settings.concurrency,
-            "window": WINDOW,
-            "batch": BATCH,
-            "clinical": "receipt per message, submit_sm_resp after 5 ms, receipt after 1 s",
-            "raw": "no receipts, no SMSC latency",
-            "smsgw_sync": "FULL",
-            "sink": "bench/smpp_sink.js (npm smpp)",
-            "placement": placement.text,
-        },
-    }
-    harness.publish_summary(summary, LATEST)  # bench/floors.py reads Kannel's rates here
+            cpu_medians[(scenario.name, name)] = statistics.median(cpus[name])
+    throttle: dict[str, Any] | None = None
+    if not args.scenario or THROTTLE in args.scenario:
+        print(f"\n== {THROTTLE} (bench/smpp_throttle.py)", flush=True)
+        throttle = await run_throttle(placement, root / THROTTLE)
+        failures += "error" in throttle
     if args.profile:
         scenario = next(s for s in SCENARIOS if s.name == args.profile)
         out = harness.BENCH_DIR / "results" / f"profile-smpp-{scenario.name}.txt"
         print(f"\n== profile: smsgw, {scenario.name}, under py-spy (not a measured run)")
-        await measure("smsgw", scenario, settings, placement, root / "profile", out)
+        work = root / "profile"
+        profiled = await measure(
+            "smsgw", scenario, settings, placement, work, out, forward=scenario.forward
+        )
+        threads = {int(k): v for k, v in profiled.pop("thread_cpu_s").items()}
+        print(json.dumps(profiled))
         print(f"stacks in {out.relative_to(harness.REPO)}")
-        print(profile_gateway.summarize(out.read_text(), 30) if out.exists() else "no profile")
+        if out.exists():
+            raw = out.read_text()
+            # profile_gateway reads stacks without --threads' leading thread frame.
+            bare = [x.partition(";")[2] if x.startswith("thread (") else x for x in raw.split("\n")]
+            print(profile_gateway.summarize("\n".join(bare), 30))
+            main_tid = profiled["server_pid"]  # the main thread's id is the pid
+            print(smpp_profile.report(raw, threads, main_tid, profiled["completed"]))
+        else:
+            print("no profile")
+    summary = summarize(medians, cpu_medians, throttle, settings, placement)
+    print_targets(summary)
+    harness.publish_summary(summary, LATEST)  # bench/floors.py reads Kannel's rates here
     return 1 if failures else 0
+
+
+async def run_throttle(
+    placement: Placement, work: Path, module_name: str = "smpp_throttle"
+) -> dict[str, Any]:
+    """The throttle scenario, which bench/smpp_throttle.py (i16-throttle) owns: its
+    `run_throttle(root, placement)` (a coroutine function or a plain one; its own N and
+    carrier schedules) returns a dict with `throttle_ratio`. Without that module, the
+    ratio is null and says why."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        missing = {"throttle_ratio": None, "missing": f"bench/{module_name}.py is not there"}
+        print(json.dumps({"bench": "smpp", "scenario": THROTTLE, **missing}), flush=True)
+        return missing
+    try:
+        result = module.run_throttle(root=work, placement=placement)
+        if inspect.isawaitable(result):
+            result = await result
+    except (RuntimeError, OSError, TimeoutError) as e:
+        print(json.dumps({"bench": "smpp", "scenario": THROTTLE, "error": str(e)}), flush=True)
+        return {"throttle_ratio": None, "error": str(e)}
+    found: dict[str, Any] = dict(result)
+    print(json.dumps({"bench": "smpp", "scenario": THROTTLE, **found}), flush=True)
+    return found
+
+
+def summarize(
+    medians: dict[tuple[str, str], float],
+    cpu_medians: dict[tuple[str, str], float],
+    throttle: dict[str, Any] | None,
+    settings: Settings,
+    placement: Placement,
+) -> dict[str, Any]:
+    def get(scenario: str, system: str) -> float | None:
+        return medians.get((scenario, system))
+
+    clinical = next(s for s in SCENARIOS if s.name == "clinical")
+    cap = clinical.protocol_cap_per_s
+    assert cap is not None
+    n = settings.n
+    # With N messages the last receipt comes `receipt_delay_ms` after the last answer.
+    cap_for_n = n / (n / cap + clinical.receipt_delay_ms / 1000)
+    summary: dict[str, Any] = {
+        "bench": "smpp",
+        "ratio": ratio(get("clinical", "smsgw"), get("clinical", "kannel")),
+        "raw_ratio": ratio(get("raw", "smsgw"), get("raw", "kannel")),
+        "batch_ratio": ratio(get("batch", "smsgw"), get("raw", "kannel")),
+        "throttle_ratio": None if throttle is None else throttle.get("throttle_ratio"),
+        "smsgw_clinical_per_s": get("clinical", "smsgw"),
+        "kannel_clinical_per_s": get("clinical", "kannel"),
+        "clinical_cap_per_s": round(cap, 1),
+        "clinical_cap_for_n_per_s": round(cap_for_n, 1),
+        "smsgw_clinical_of_cap": ratio(get("clinical", "smsgw"), cap),
+        "kannel_clinical_of_cap": ratio(get("clinical", "kannel"), cap),
+        "smsgw_raw_per_s": get("raw", "smsgw"),
+        "kannel_raw_per_s": get("raw", "kannel"),
+        "smsgw_batch_per_s": get("batch", "smsgw"),
+        # Load-independent beside the rates: the servers' CPU per message (a busy machine
+        # stretches wall-clock rates, hardly these).
+        "cpu_us_per_msg": {f"{sc}/{system}": v for (sc, system), v in cpu_medians.items()},
+        "targets": TARGETS,
+    }
+    summary["met"] = {
+        key: None if summary[key] is None else summary[key] >= target
+        for key, target in TARGETS.items()
+    }
+    if throttle is not None:  # its runs were printed as it went; the figures here
+        summary["throttle"] = {k: v for k, v in throttle.items() if k != "runs"}
+    summary["settings"] = {
+        "n": n,
+        "runs_each": settings.repeats,
+        "wrk_connections": settings.concurrency,
+        "window": WINDOW,
+        "batch": BATCH,
+        "clinical": (
+            f"receipt per message, submit_sm_resp after {clinical.resp_delay_ms} ms, receipt"
+            f" after {clinical.receipt_delay_ms} ms, each forwarded to one HTTP receiver"
+            " (Kannel dlr-url, smsgw webhook; yield_to_sends = 0); rate = N over the time"
+            " until the receiver had N delivered receipts"
+        ),
+        "clinical_cap": f"one bind, window {WINDOW} / {clinical.resp_delay_ms} ms answer",
+        "raw": "no receipts, no SMSC latency",
+        "smsgw_sync": "FULL",
+        "sink": "bench/smpp_sink.js (npm smpp)",
+        "receiver": "bench/receipt_receiver.py (aiohttp, with wrk and the sink)",
+        "placement": placement.text,
+    }
+    return summary
+
+
+def print_targets(summary: dict[str, Any]) -> None:
+    print("\nsmsgw against Kannel (issue 16's targets):")
+    for key, target in TARGETS.items():
+        value, met = summary[key], summary["met"][key]
+        verdict = "not measured" if met is None else ("met" if met else "NOT met")
+        print(f"  {key:15} {value!s:>8}  target >= {target}  {verdict}")
+    if summary["smsgw_clinical_per_s"] is None and summary["kannel_clinical_per_s"] is None:
+        return
+    print(
+        f"  clinical as a fraction of the protocol cap ({summary['clinical_cap_per_s']}/s):"
+        f" smsgw {summary['smsgw_clinical_of_cap']}, Kannel {summary['kannel_clinical_of_cap']}"
+        f" (N={summary['settings']['n']} can reach at most"
+        f" {summary['clinical_cap_for_n_per_s']}/s: the last receipt comes"
+        " after the receipt delay)",
+        flush=True,
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller N, one run each")
     p.add_argument(
-        "--scenario", action="append", choices=[s.name for s in SCENARIOS], help="only these"
+        "--scenario",
+        action="append",
+        choices=[*(s.name for s in SCENARIOS), THROTTLE],
+        help="only these",
     )
     p.add_argument("--n", type=int, help="messages per run (default 20000, quick 4000)")
     p.add_argument("--keep", action="store_true", help="keep the data, configs and logs")
@@ -681,26 +543,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", choices=[s.name for s in SCENARIOS], help="then py-spy smsgw in this one"
     )
     return p.parse_args(argv)
-
-
-def install_missing() -> str | None:
-    """wrk and Kannel from Debian when missing (as root); why not, if they cannot be."""
-    wanted = {"wrk": "wrk", "bearerbox": "kannel", "node": "nodejs npm"}
-    missing = [
-        pkg
-        for tool, pkg in wanted.items()
-        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None
-    ]
-    if not missing:
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"missing Debian packages: {' '.join(missing)} (apt-get install them)"
-    print(f"bench: installing {' '.join(missing)} (Debian)", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    packages = " ".join(missing).split()
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

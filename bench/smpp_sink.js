@@ -8,7 +8,8 @@
 // stdout: {"event":"listening","port":N}, then one {"event":"stats",...} line per
 //   {"cmd":"stats"} read on stdin. Exits when stdin closes.
 // Usage: node smpp_sink.js --system-id ID --password PW [--port N]
-//   [--resp-delay-ms 5] [--receipt-delay-ms 1000]
+//   [--resp-delay-ms 5] [--receipt-delay-ms 1000] [--target N]
+// --target N: stats also carry target_receipt_ack_ms, when the N-th receipt was acknowledged.
 const readline = require('node:readline');
 const { parseArgs } = require('node:util');
 const smpp = require('smpp');
@@ -20,14 +21,16 @@ const { values: opts } = parseArgs({
     password: { type: 'string' },
     'resp-delay-ms': { type: 'string', default: '0' },
     'receipt-delay-ms': { type: 'string', default: '1000' },
+    target: { type: 'string', default: '0' },
   },
 });
 const RESP_DELAY = Number(opts['resp-delay-ms']);
 const RECEIPT_DELAY = Number(opts['receipt-delay-ms']);
+const TARGET = Number(opts.target);
 const stats = {
   binds: 0, submits: 0, submit_parts_long: 0, receipts_sent: 0, receipts_acked: 0,
   receipts_refused: 0, receipt_wanted: 0, closed: 0, first_submit_ms: 0, last_submit_ms: 0,
-  last_receipt_ack_ms: 0,
+  last_receipt_ack_ms: 0, target_receipt_ack_ms: 0,
 };
 let nextId = 1000000;
 
@@ -48,6 +51,7 @@ function sendReceipt(session, pdu, messageId, submitted) {
     if (resp.command_status === 0) {
       stats.receipts_acked++;
       stats.last_receipt_ack_ms = Date.now();
+      if (stats.receipts_acked === TARGET) stats.target_receipt_ack_ms = stats.last_receipt_ack_ms;
     } else {
       stats.receipts_refused++;
     }
