@@ -21,6 +21,9 @@ log = structlog.get_logger("smsgw.routes")
 
 MIN_RATE_SHARE = 0.1  # a throttled route never drops below this share of its rate
 MIN_DISCOVERED_RATE = 1.0  # ... nor one with no configured rate below this, per second
+# A discovered rate's bucket saves up this many seconds of it: the dispatch loop wakes
+# late by a few ms on a busy machine, and a bucket of 1 would lose those tokens.
+DISCOVERED_BURST_S = 0.02
 
 
 @dataclass(slots=True)
@@ -98,8 +101,11 @@ class RouteRuntime:
         return self.estimator
 
     def _adapt(self, rate: float | None, now: float) -> None:
-        if rate is not None:
-            self.bucket.set_rate(rate, now)
+        if rate is None:
+            return
+        self.bucket.set_rate(rate, now)
+        if self.config.rate is None:
+            self.bucket.burst = max(self.config.burst, math.ceil(rate * DISCOVERED_BURST_S))
 
     def observe_health(self, metrics: Metrics) -> bool | None:
         """Raise the alert when the driver parks (the carrier refused its credentials:

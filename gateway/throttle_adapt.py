@@ -48,6 +48,7 @@ class RateEstimator:
         self._accepts: deque[float] = deque()
         self._started = now
         self._last_cut = -math.inf
+        self._hold = window  # after a cut, throttles this long after it are the same overload
         self._last_throttle = -math.inf
         self._probed_at = now
         self._base_step = MIN_STEP
@@ -78,7 +79,7 @@ class RateEstimator:
 
     def throttled(self, now: float) -> float | None:
         self._last_throttle = now
-        if now - self._last_cut < self.window:
+        if now - self._last_cut < self._hold:
             return None  # the same overload answered by the rest of the window
         measured = self.accepted_rate(now)
         if measured > 0:
@@ -88,6 +89,9 @@ class RateEstimator:
         else:
             return None  # nothing to go by yet: the driver's pause holds the route back
         self._last_cut = now
+        # Early on the measurement spans less than a window and may be well off: the
+        # next cut may come as soon as it spans twice as long, converging in a second.
+        self._hold = min(self.window, max(now - self._started, self.window / 20))
         new = self._set(target)
         self.discovered = self.rate
         self._base_step = max(MIN_STEP, PROBE_SHARE * (self.rate or 0.0))
