@@ -17,7 +17,8 @@ through in the same time), and the rate before its first stall of 5 s (Kannel re
 what was throttled a minute later); the time from the first throttle until a one-second window
 reaches 0.9 of the carrier's rate; the lowest one-second window after that (held); and
 the longest a throttled message waited. `throttle_ratio` = smsgw's rate (all N) /
-Kannel's before its stall, on the steady carrier. Runs are short (seconds) and alternate Kannel, smsgw.
+Kannel's before its stall, on the steady carrier. Runs are short (seconds) and
+alternate Kannel, smsgw.
 
 `run_throttle(...)` runs one schedule for the given systems and returns the figures;
 bench/smpp.py imports it for its summary.
