@@ -128,9 +128,10 @@ def carrier_rate(schedule: Sequence[tuple[float, float]], t: float) -> float:
     return rate
 
 
-def carrier_allows(schedule: Sequence[tuple[float, float]], seconds: float) -> float:
-    """Messages the carrier's schedule lets through in `seconds` (rate integral)."""
-    total = 0.0
+def carrier_allows(schedule: Sequence[tuple[float, float]], seconds: float, burst_ms: int) -> float:
+    """Messages the carrier's schedule lets through in `seconds`: its first burst, then
+    its rate's integral."""
+    total = schedule[0][1] * burst_ms / 1000
     for i, (start, rate) in enumerate(schedule):
         end = schedule[i + 1][0] if i + 1 < len(schedule) else seconds
         total += max(0.0, min(end, seconds) - start) * rate
@@ -287,7 +288,7 @@ async def run_one(
             codes = await system.stop()
     elapsed = max(1e-3, (detail["last_accept_ms"] - detail["first_submit_ms"]) / 1000)
     done = min(detail["accepted"], n)
-    allowed = carrier_allows(schedule, elapsed)
+    allowed = carrier_allows(schedule, elapsed, burst_ms)
     return {
         "system": name,
         "n": n,
