@@ -22,6 +22,8 @@ from drivers.base import RouteHealth, RouteState
 from drivers.clock import FakeClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway import metrics_state
+from gateway.admin.render import environment
+from gateway.admin.route_cards import route_cards
 from gateway.app import Gateway
 from gateway.intake import SendRequest
 from tests.conftest import CANARY_NUMBER, make_config, state_of
@@ -128,7 +130,11 @@ async def test_a_route_with_no_rate_reaches_the_carriers_within_ten_seconds(
     assert carrier.rate(first + 10, 14.0) <= 1.05 * rate
     assert route.config.rate is None and route.discovered_rate is not None
     assert 0.8 * rate <= route.bucket.rate <= 1.1 * rate  # type: ignore[operator]
-    assert route.describe()["discovered_rate"] == route.discovered_rate
+    assert route.describe()["discovered_rate"] == route.discovered_rate  # GET /routes
+    (card,) = route_cards(gw, {})
+    assert card["discovered"] and card["rate"] == round(route.bucket.rate, 2)  # type: ignore[arg-type]
+    shown = environment().get_template("_route_card.html").render(r=card, can_act=False)
+    assert "found from the carrier&#39;s throttling" in shown or "carrier's throttling" in shown
     await metrics_state.refresh(gw)
     scraped = generate_latest(gw.metrics.registry).decode()
     for name, value in (
