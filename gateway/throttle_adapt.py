@@ -8,8 +8,8 @@ rate measured over the last window (or half the current rate if nothing went thr
 a route with no rate stays unlimited until something was accepted to measure),
 at most once a window: a window of submits in flight comes back as a burst of throttles
 for one overload, and each must not cut the rate again (early on, when the measurement
-spans less than a window, the next cut may come once it spans twice as long). A route with no configured rate
-gets one this way (`discovered`).
+spans less than a window, the next cut may come once it spans twice as long). A route
+with no configured rate gets one this way (`discovered`).
 
 While no throttle comes and the route is busy (the rate, not the queue, limits what we
 send), the rate is probed upward: by `step` per second, the step doubling after each
