@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-floors bench-modems bench-events bench-webhooks bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-throttle bench-floors bench-modems bench-events bench-webhooks bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -108,6 +108,11 @@ bench-quick: setup /usr/bin/wrk
 # smsgw vs. Kannel over SMPP (installs wrk, Kannel and Node.js from Debian when missing).
 bench-smpp: setup
 	$(BIN)/python bench/smpp.py
+
+# smsgw vs. Kannel against an SMSC that throttles above 200/s (then 200 -> 50 -> 300/s),
+# no rate configured on either: throttle_ratio and the fraction of the carrier's rate.
+bench-throttle: setup
+	$(BIN)/python bench/smpp_throttle.py
 
 # What one core needs at least per message (bare HTTP, bare SQL, the SMPP codec) against
 # the budgets the SMPP targets leave; run after bench-smpp to use its Kannel rates.

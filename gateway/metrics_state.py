@@ -57,6 +57,8 @@ class RouteView:
     state: str  # a RouteState value, or "paused" (an operator's)
     counters: dict[str, int]
     modems: dict[str, str]  # member name -> its state
+    rate: float | None = None  # what the route sends at now; None: no limit
+    discovered_rate: float | None = None  # the rate the carrier's throttling showed
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,23 @@ def _routes(routes: list[RouteView]) -> Iterator[Metric]:
         "1 for a bank modem's current state (sim_error: its SIM needs an operator)",
         labels=["route", "modem", "state"],
     )
+    rate = GaugeMetricFamily(
+        "smsgw_route_rate",
+        "Messages a second a route sends at now: its configured rate, or lower (or, with"
+        " none configured, the one found) after the carrier throttled it; absent if unlimited",
+        labels=["route"],
+    )
+    discovered = GaugeMetricFamily(
+        "smsgw_route_discovered_rate",
+        "The carrier's rate as its last throttling showed it (what it accepted over a"
+        " second, less 5%); absent until the carrier throttles the route",
+        labels=["route"],
+    )
     for r in routes:
+        if r.rate is not None:
+            rate.add_metric([r.name], r.rate)
+        if r.discovered_rate is not None:
+            discovered.add_metric([r.name], r.discovered_rate)
         up.add_metric([r.name], 1 if r.state in (RouteState.UP, RouteState.DEGRADED) else 0)
         for name in ROUTE_STATES:
             state.add_metric([r.name, name], 1 if r.state == name else 0)
@@ -182,7 +200,7 @@ def _routes(routes: list[RouteView]) -> Iterator[Metric]:
         for member, current in r.modems.items():
             for name in MODEM_STATES:
                 modem.add_metric([r.name, member, name], 1 if current == name else 0)
-    yield from (up, state, events, modem)
+    yield from (up, state, events, modem, rate, discovered)
 
 
 def _lanes(lanes: list[LaneView]) -> Iterator[Metric]:
@@ -221,7 +239,16 @@ async def refresh(gw: Gateway) -> None:
         if h.members:
             gw.metrics.observe_members(route.name, h.members)
         state = "paused" if route.paused else h.state.value
-        s.routes.append(RouteView(route.name, state, dict(h.counters), modems))
+        s.routes.append(
+            RouteView(
+                route.name,
+                state,
+                dict(h.counters),
+                modems,
+                route.bucket.rate,
+                route.discovered_rate,
+            )
+        )
     now = gw.clock.time()
     s.queue = {**gw.scheduler.depths(), "sending": gw.scheduler.sending_by_class()}
     for label, n in s.queue["queued"].items():

@@ -15,11 +15,15 @@ from gateway.config import RouteConfig
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
 from gateway.store.route_parks import RouteParks
+from gateway.throttle_adapt import RateEstimator
 
 log = structlog.get_logger("smsgw.routes")
 
 MIN_RATE_SHARE = 0.1  # a throttled route never drops below this share of its rate
-RECOVERY_PER_SECOND = 0.1  # share of the configured rate won back per good second
+MIN_DISCOVERED_RATE = 1.0  # ... nor one with no configured rate below this, per second
+# A discovered rate's bucket saves up this many seconds of it: the dispatch loop wakes
+# late by a few ms on a busy machine, and a bucket of 1 would lose those tokens.
+DISCOVERED_BURST_S = 0.02
 
 
 @dataclass(slots=True)
@@ -35,7 +39,7 @@ class RouteRuntime:
     reported_state: str | None = None  # the health state last put in the outbox
     counters: dict[str, int] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(init=False)
-    _recovered_at: float = 0.0
+    estimator: RateEstimator | None = None  # made at the first carrier answer
 
     @property
     def name(self) -> str:
@@ -74,24 +78,34 @@ class RouteRuntime:
         self.dispatched -= 1
 
     def throttled(self, now: float) -> None:
-        """The carrier pushed back: halve the route's rate (down to a tenth of the
-        configured one). Only routes with a configured `rate` adapt."""
-        configured = self.config.rate
-        if configured is None or self.bucket.rate is None:
-            return
-        self.bucket.set_rate(max(configured * MIN_RATE_SHARE, self.bucket.rate / 2), now)
-        self._recovered_at = now
+        """The carrier pushed back: the rate drops to a little under what it accepted
+        over the last second, once per overload (`throttle_adapt.py`). A route with no
+        configured rate gets one; a configured one never drops below a tenth of it."""
+        self._adapt(self._estimator(now).throttled(now), now)
 
     def succeeded(self, now: float) -> None:
-        """A submit went through: win back a tenth of the configured rate per second
-        since the last change, never above the configured rate."""
-        configured, current = self.config.rate, self.bucket.rate
-        if configured is None or current is None or current >= configured:
+        """A submit went through: while the rate limits us and no throttle came for a
+        second, probe upward, never above the configured rate."""
+        self._adapt(self._estimator(now).accepted(now), now)
+
+    @property
+    def discovered_rate(self) -> float | None:
+        """The rate the carrier's last throttle showed; None if it never throttled."""
+        return None if self.estimator is None else self.estimator.discovered
+
+    def _estimator(self, now: float) -> RateEstimator:
+        if self.estimator is None:
+            configured = self.config.rate
+            floor = MIN_DISCOVERED_RATE if configured is None else configured * MIN_RATE_SHARE
+            self.estimator = RateEstimator(configured, floor, now)
+        return self.estimator
+
+    def _adapt(self, rate: float | None, now: float) -> None:
+        if rate is None:
             return
-        gained = configured * RECOVERY_PER_SECOND * max(0.0, now - self._recovered_at)
-        if gained > 0:
-            self.bucket.set_rate(min(configured, current + gained), now)
-            self._recovered_at = now
+        self.bucket.set_rate(rate, now)
+        if self.config.rate is None:
+            self.bucket.burst = max(self.config.burst, math.ceil(rate * DISCOVERED_BURST_S))
 
     def observe_health(self, metrics: Metrics) -> bool | None:
         """Raise the alert when the driver parks (the carrier refused its credentials:
@@ -136,6 +150,7 @@ class RouteRuntime:
             "detail": h.detail,
             "rate": self.bucket.rate,
             "configured_rate": self.config.rate,
+            "discovered_rate": self.discovered_rate,  # from the carrier's throttling
             "burst": self.bucket.burst,
             "window": self.config.window,
             "in_flight": self.in_flight,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,24 @@ async def test_throttling_parks_the_link_without_costing_an_attempt(peer: SmppPe
         assert e.value.retry_after == pytest.approx(0.5)
         with pytest.raises(DriverNotReady):  # still paused: nothing is sent
             await driver.submit(_sms("hello"))
+    finally:
+        await driver.aclose()
+
+
+async def test_a_window_of_throttles_pauses_the_link_once(peer: SmppPeer) -> None:
+    """Issue 16, point 4: five submits in flight come back throttled for one overload;
+    the pause is `throttle_min` once, not doubled per throttled PDU (which reached
+    `throttle_max` within a window and held a route at a fraction of the carrier's rate)."""
+    driver, _ = await _driver(peer, throttle_min=5.0, throttle_max=300.0, session_window=5)
+    try:
+        await peer.reject_next("ESME_RTHROTTLED", count=5)
+        results = await asyncio.gather(
+            *(driver.submit(_sms(f"hello {i}")) for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, DriverNotReady) for r in results), results
+        assert driver.health().counters["throttled"] == 5  # all five were in flight
+        waits = [r.retry_after for r in results if isinstance(r, DriverNotReady)]
+        assert all(w is not None and w <= 5.0 for w in waits), waits
     finally:
         await driver.aclose()
 

@@ -284,7 +284,7 @@
     card.appendChild(meter);
     var facts = el("dl", "facts");
     [["Queued", r.queued], ["Scheduled", r.scheduled], ["Sending", r.sending],
-     ["Rate", r.rate === null ? "unlimited" : r.rate + " /s" + (r.configured_rate && r.rate < r.configured_rate ? " of " + r.configured_rate : "")]
+     ["Rate", r.rate === null ? "unlimited" : r.rate + " /s" + (r.configured_rate && r.rate < r.configured_rate ? " of " + r.configured_rate : "") + (r.discovered ? " (found from the carrier's throttling)" : "")]
     ].forEach(function (pair) {
       facts.appendChild(el("dt", null, pair[0]));
       facts.appendChild(el("dd", null, typeof pair[1] === "number" ? numberFormat.format(pair[1]) : pair[1]));

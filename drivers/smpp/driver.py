@@ -13,8 +13,10 @@ session events into the driver contract:
   Parts use the message's concatenation reference, so a resend reuses it.
 - A submit_sm_resp status is classed by the status table (overridable per link):
   permanent → `PermanentSendError`, transient → `TransientSendError`, throttle →
-  the link pauses with a growing back-off and the message goes back to the queue
-  without losing its place or an attempt (`DriverNotReady` with `retry_after`).
+  the link pauses (once per overload: the rest of the window answered throttled does not
+  lengthen it; overloads that follow each other with no accept between double it) and the
+  message goes back to the queue without losing its place or an attempt
+  (`DriverNotReady` with `retry_after`). The gateway lowers the route's rate meanwhile.
 - A bind refused for its credentials (ESME_RINVPASWD, ESME_RINVSYSID, ESME_RBINDFAIL)
   is never retried on a timer, since carriers lock accounts after a few: the route
   parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and the `CredentialGate`
@@ -293,14 +295,23 @@ class SmppDriver:
         maybe_sent = sent_parts > 0
         if kind == "throttle":
             self._counters["throttled"] += 1
-            backoff = min(
-                self._opts.throttle_max, max(self._opts.throttle_min, link.throttle_backoff * 2)
-            )
-            link.throttle_backoff = backoff
-            link.throttled_until = self._now() + backoff
-            log.warning(
-                "smpp_throttled", route=self.name, link=link.index, code=code, pause=backoff
-            )
+            now = self._now()
+            if now >= link.throttled_until:
+                # A new overload. The rest of the window, sent before the pause, comes
+                # back throttled too: that is the same overload and does not lengthen it.
+                link.throttle_backoff = min(
+                    self._opts.throttle_max,
+                    max(self._opts.throttle_min, link.throttle_backoff * 2),
+                )
+                link.throttled_until = now + link.throttle_backoff
+                log.warning(
+                    "smpp_throttled",
+                    route=self.name,
+                    link=link.index,
+                    code=code,
+                    pause=link.throttle_backoff,
+                )
+            backoff = link.throttled_until - now
             if maybe_sent:
                 raise TransientSendError(
                     "throttled mid-message", code=code, retry_after=backoff, maybe_sent=True

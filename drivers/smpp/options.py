@@ -39,7 +39,7 @@ class SmppOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     inactivity_timeout: Positive = 300.0
     reconnect_min: Positive = 1.0
     reconnect_max: Positive = 60.0
-    throttle_min: Positive = 1.0
+    throttle_min: Positive = 0.1
     throttle_max: Positive = 30.0
     status_classes: dict[str, Literal["transient", "permanent", "throttle"]] = {}
 

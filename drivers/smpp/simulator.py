@@ -20,7 +20,8 @@ connection ends goes back at once. Each send after the first counts in `redelive
 `receipts_sent` and `mo_sent` count deliver_sm the ESME accepted.
 
 Faults. `throttle` and `reject_next` queue the statuses the next submits get;
-`throttle_storm` throttles every other one of the next submits (or every n-th).
+`throttle_storm` throttles every other one of the next submits (or every n-th);
+`limit_rate` accepts so many a second (on the injected clock) and throttles the excess.
 `arrivals` records when each submit arrived (loop time) and the status it got, so a
 test can count the rate a route really sends at.
 `stop_answering` pauses reading on every transport (octets wait in the kernel and the
@@ -246,6 +247,7 @@ class SmscSimulator:
         self._ids = itertools.count(FIRST_MESSAGE_ID)
         self._mo_refs = itertools.count(1)
         self._refusals: deque[int] = deque()
+        self._limit: tuple[float, float, float, float] | None = None  # rate, burst, tokens, at
         self._outbox: deque[_Delivery] = deque()
         self._links: list[_Link] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -380,6 +382,20 @@ class SmscSimulator:
             Status.ESME_RTHROTTLED if i % every == 0 else Status.ESME_ROK for i in range(submits)
         )
 
+    def limit_rate(self, rate: float | None, burst: float = 1.0) -> None:
+        """Accept at most `rate` submits a second, `burst` at once (a token bucket on the
+        injected clock), answering the excess with ESME_RTHROTTLED; None: no limit."""
+        self._limit = None if rate is None else (rate, burst, burst, self.clock.monotonic())
+
+    def _within_limit(self) -> bool:
+        if self._limit is None:
+            return True
+        rate, burst, tokens, at = self._limit
+        now = self.clock.monotonic()
+        tokens = min(burst, tokens + (now - at) * rate)
+        self._limit = (rate, burst, tokens - 1 if tokens >= 1 else tokens, now)
+        return tokens >= 1
+
     def reject_next(self, status: int, count: int = 1) -> None:
         """Answer the next `count` submits with `status` (after any queued)."""
         if status == Status.ESME_ROK or not 0 < status <= 0xFFFFFFFF:
@@ -465,6 +481,8 @@ class SmscSimulator:
             return
         self.submits += 1
         status = self._refusals.popleft() if self._refusals else Status.ESME_ROK
+        if status == Status.ESME_ROK and not self._within_limit():
+            status = Status.ESME_RTHROTTLED
         self.arrivals.append((link.loop.time(), status))
         if status != Status.ESME_ROK:  # an ESME_ROK queued by `throttle_storm` accepts
             self.throttled += status == Status.ESME_RTHROTTLED

@@ -97,6 +97,7 @@ def route_cards(gw: Gateway, sending: Mapping[str, int]) -> list[dict[str, Any]]
                 "throttled": _throttled(gw, route),
                 "rate": None if rate is None else round(rate, 2),
                 "configured_rate": route.config.rate,
+                "discovered": route.discovered_rate is not None,  # found from throttling
                 "window": route.config.window,
                 "in_flight": route.in_flight,
                 "queued": waiting["queued"].get(route.name, 0),
