@@ -11,6 +11,8 @@ session events into the driver contract:
 - `submit()` sends every part of a message on one transmitting link (round robin over
   bound ones), each part a `submit_sm` whose future the session's `Response` resolves.
   Parts use the message's concatenation reference, so a resend reuses it.
+  `submit_many()` sends a group of one-part messages on one link in one write (one
+  future per message, settled by its answer) without a task per message.
 - A submit_sm_resp status is classed by the status table (overridable per link):
   permanent → `PermanentSendError`, transient → `TransientSendError`, throttle →
   the link pauses with a growing back-off and the message goes back to the queue
@@ -38,7 +40,8 @@ import contextlib
 import itertools
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import structlog
@@ -60,7 +63,13 @@ from drivers.base import (
 from drivers.clock import Clock
 from drivers.credentials import SecretError
 from drivers.smpp import dlr
-from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
+from drivers.smpp.encoding import (
+    LinkEncoding,
+    PartParams,
+    concat_from_tlvs,
+    decode_inbound,
+    submit_parts,
+)
 from drivers.smpp.gate import AUTH_REFUSALS, CredentialGate
 from drivers.smpp.link import Link
 from drivers.smpp.options import SmppOptions
@@ -141,16 +150,7 @@ class SmppDriver:
         parts = submit_parts(sms, self._encoding)
         ids: list[str] = []
         for i, part in enumerate(parts):
-            params = {
-                "source_addr_ton": self._opts.source_addr_ton,
-                "source_addr_npi": self._opts.source_addr_npi,
-                "source_addr": sms.sender or self._opts.source_addr,
-                "dest_addr_ton": self._opts.dest_addr_ton,
-                "dest_addr_npi": self._opts.dest_addr_npi,
-                "destination_addr": sms.to.removeprefix("+"),
-                "registered_delivery": 1 if sms.want_receipt else 0,
-                **part.params(),
-            }
+            params = self._submit_params(sms, part)
             try:
                 response = await self._request(link, Command.SUBMIT_SM, params, part.tlvs)
             except TransientSendError as e:
@@ -171,6 +171,73 @@ class SmppDriver:
         link.throttle_backoff = 0.0
         self._counters["submitted"] += 1
         return SubmitResult(carrier_ids=tuple(ids))
+
+    def submit_many(self, group: Sequence[OutboundSms]) -> list[asyncio.Future[SubmitResult]]:
+        """`GroupSubmitter`: one-part messages go as submit_sm on one link while its
+        window has room, written together at the end of this loop turn (`Link.nudge`),
+        each answer settling its message's future; a long message, or one that finds no
+        room, takes `submit()`'s way (which waits for room and keeps a message's parts
+        on one link)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[SubmitResult]] = []
+        try:
+            link = self._pick_link()
+        except (DriverNotReady, DriverAuthFailed):
+            link = None  # each submit() raises it for its own message
+        session = None if link is None else link.session
+        now = self._now()
+        written = False
+        for sms in group:
+            parts = submit_parts(sms, self._encoding)
+            if link is None or session is None or len(parts) != 1 or not session.can_send_request():
+                futures.append(asyncio.ensure_future(self.submit(sms)))
+                continue
+            part = parts[0]
+            future: asyncio.Future[SubmitResult] = loop.create_future()
+            try:
+                session.send_request(
+                    Command.SUBMIT_SM,
+                    self._submit_params(sms, part),  # type: ignore[arg-type]  # params are codec values
+                    part.tlvs,
+                    token=_Answer(link, future),
+                    now=now,
+                )
+            except LocalProtocolError as e:  # refused before a byte was written
+                future.set_exception(DriverNotReady(f"route {self.name} cannot send now: {e}"))
+            else:
+                written = True
+            futures.append(future)
+        if written and link is not None:
+            link.nudge()
+        return futures
+
+    def _submit_params(self, sms: OutboundSms, part: PartParams) -> dict[str, object]:
+        return {
+            "source_addr_ton": self._opts.source_addr_ton,
+            "source_addr_npi": self._opts.source_addr_npi,
+            "source_addr": sms.sender or self._opts.source_addr,
+            "dest_addr_ton": self._opts.dest_addr_ton,
+            "dest_addr_npi": self._opts.dest_addr_npi,
+            "destination_addr": sms.to.removeprefix("+"),
+            "registered_delivery": 1 if sms.want_receipt else 0,
+            **part.params(),
+        }
+
+    def _answered(self, answer: _Answer, response: Response) -> None:
+        """The carrier's answer to a submit sent in a group, as `submit()` would map it."""
+        future, link = answer.future, answer.link
+        if future.done():
+            return
+        status = response.pdu.status
+        if status != Status.ESME_ROK:
+            try:
+                self._fail(link, status, sent_parts=0)
+            except Exception as e:
+                future.set_exception(e)
+            return
+        link.throttle_backoff = 0.0
+        self._counters["submitted"] += 1
+        future.set_result(SubmitResult((str(response.pdu.params.get("message_id", "")),)))
 
     def resume(self) -> bool:
         """Read the credentials again and let the links bind; False if not parked."""
@@ -578,12 +645,23 @@ class SmppDriver:
     def _now(self) -> float:
         return self._clock.monotonic()
 
-    @staticmethod
-    def _resolve(token: object, response: Response) -> None:
-        if isinstance(token, asyncio.Future) and not token.done():
+    def _resolve(self, token: object, response: Response) -> None:
+        if isinstance(token, _Answer):
+            self._answered(token, response)
+        elif isinstance(token, asyncio.Future) and not token.done():
             token.set_result(response)
 
     @staticmethod
     def _reject(token: object, error: Exception) -> None:
+        if isinstance(token, _Answer):
+            token = token.future
         if isinstance(token, asyncio.Future) and not token.done():
             token.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The session token of a submit sent by `submit_many`: where its answer goes."""
+
+    link: Link
+    future: asyncio.Future[SubmitResult]
