@@ -250,6 +250,20 @@ class EventSink(Protocol):
 
 
 @runtime_checkable
+class GroupReceiptSink(Protocol):
+    """An `EventSink` that makes a group of receipts durable at once.
+
+    `receipt_group` returns, once the group is committed, one entry per receipt in order:
+    None if it is durable (the driver may acknowledge it), else the error that kept it
+    from being stored (the driver lets the carrier redeliver it).
+    """
+
+    async def receipt_group(
+        self, route: str, receipts: Sequence[Receipt]
+    ) -> list[Exception | None]: ...
+
+
+@runtime_checkable
 class QuarantineSink(Protocol):
     """An `EventSink` that can hold what a driver received but could not decode.
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
 from drivers.base import OutboundSms, SubmitResult, TransientSendError
+from drivers.clock import FakeClock
 from drivers.smpp.pdu import Pdu
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.app import Gateway
@@ -27,9 +30,17 @@ from tests.conftest import (
 )
 from tests.http_daemon import TOKEN_RE, free_port
 from tests.test_outbox_crash import _run
-from tests.test_smpp_faults import PASSWORD, RigFactory, open_rig, sim  # noqa: F401 - fixtures
+from tests.test_smpp_faults import PASSWORD, RigFactory, open_rig  # noqa: F401 - a fixture
 
 GROUP = 10
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SmscSimulator]:
+    """The SMSC for `open_rig`; its receipts go when the test moves its clock."""
+    config = SimulatorConfig(password=PASSWORD, receipt_delay=1.0, redelivery_delay=0.0)
+    async with SmscSimulator(config, clock=FakeClock()) as s:
+        yield s
 
 
 def _number(i: int) -> str:
@@ -90,7 +101,7 @@ def _committed_state(db: Path, gw: Gateway, destination: str) -> str | None:
 
 async def test_no_submit_sm_reaches_the_smsc_before_its_group_claim_commits(
     open_rig: RigFactory,  # noqa: F811 - the fixture
-    sim: SmscSimulator,  # noqa: F811 - the fixture
+    sim: SmscSimulator,
 ) -> None:
     rig = await open_rig()
     gw = rig.gw
@@ -110,13 +121,44 @@ async def test_no_submit_sm_reaches_the_smsc_before_its_group_claim_commits(
     items = gw.store.writer.items
     route.set_paused(False)
     gw.scheduler.wake()
-    await rig.until(rig.all_in(ids, ("sent", "delivered")))
+    await rig.until(rig.all_in(ids, ("sent",)))
     assert seen == ["sending"] * GROUP
     assert len(sim.submitted) == GROUP
     # The ten claims were one store call (receipts and outcomes are counted apart).
     claims = [e for i in ids for e in await gw.store.events(i) if e.state == "sending"]
     assert len({e.at for e in claims}) == 1
     assert gw.store.writer.items - items < 2 * GROUP
+
+
+async def test_receipts_read_together_are_committed_together_before_they_are_acked(
+    open_rig: RigFactory,  # noqa: F811 - the fixture
+    sim: SmscSimulator,
+) -> None:
+    """Ten receipts arrive in one read: one store call makes them durable, and the SMSC
+    has none of their deliver_sm_resp before that commit returned."""
+    rig = await open_rig()
+    gw = rig.gw
+    route = gw.routes["carrier"]
+    route.set_paused(True)
+    ids = [await accept(gw, to=_number(i)) for i in range(GROUP)]
+    route.set_paused(False)
+    gw.scheduler.wake()
+    await rig.until(rig.all_in(ids, ("sent",)))
+    calls: list[tuple[int, int]] = []  # (receipts in the call, receipts the SMSC had acked)
+    apply_receipts = gw.store.apply_receipts
+
+    async def counting(route: str, receipts: Any, now: float) -> Any:
+        applied = await apply_receipts(route, receipts, now)
+        calls.append((len(receipts), sim.receipts_sent))
+        return applied
+
+    gw.store.apply_receipts = counting  # type: ignore[method-assign]
+    assert isinstance(sim.clock, FakeClock)
+    await sim.clock.wait_sleeping(GROUP)
+    sim.clock.advance(1.0)  # every receipt goes in this turn of the loop
+    await rig.until(rig.all_in(ids, ("delivered",)))
+    await rig.until(lambda: sim.receipts_sent == GROUP)
+    assert calls == [(GROUP, 0)]
 
 
 def _daemon_config(tmp_path: Path, http_port: int, smsc_port: int) -> Path:

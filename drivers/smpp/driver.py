@@ -50,6 +50,7 @@ from drivers.base import (
     DriverAuthFailed,
     DriverNotReady,
     EventSink,
+    GroupReceiptSink,
     InboundPart,
     InboundSms,
     OutboundSms,
@@ -109,6 +110,8 @@ class SmppDriver:
         self.name = name
         self._opts = options
         self._sink = sink
+        # Checked once: a runtime protocol check costs more than a receipt's parse.
+        self._group_sink = sink if isinstance(sink, GroupReceiptSink) else None
         self._clock = clock
         self._overrides = options.overrides()
         self._encoding = LinkEncoding(
@@ -468,6 +471,8 @@ class SmppDriver:
                 link.flush()
                 for event in events:
                     was_bound = await self._on_event(link, event) or was_bound
+                if link.receipts:
+                    self._start_receipts(link)
                 link.flush()
                 await writer.drain()
         finally:
@@ -513,10 +518,18 @@ class SmppDriver:
             # Each deliver_sm is answered once its receipt or message is committed; they
             # are handled side by side so that one commit covers many (group commit), and
             # the link stops reading while INBOUND_CONCURRENCY of them wait on the store.
+            # Receipts read together go to a sink that takes groups as one group
+            # (`_start_receipts`, after this read's events).
+            if link.receipts and link.inbound_slots.locked():
+                self._start_receipts(link)  # they hold the slots this one waits for
             await link.inbound_slots.acquire()
-            task = asyncio.create_task(self._on_request(link, event.pdu))
-            self._inbound_tasks.add(task)
-            task.add_done_callback(self._inbound_done(link))
+            receipt = self._groupable_receipt(event.pdu)
+            if receipt is not None:
+                link.receipts.append((event.pdu, receipt))
+            else:
+                task = asyncio.create_task(self._on_request(link, event.pdu))
+                self._inbound_tasks.add(task)
+                task.add_done_callback(self._inbound_done(link))
         elif isinstance(event, SessionEnded):
             for item in event.in_doubt:
                 self._reject(
@@ -559,6 +572,54 @@ class SmppDriver:
             link.inbound_slots.release()
 
         return done
+
+    def _groupable_receipt(self, pdu: Pdu) -> Receipt | None:
+        """The receipt in `pdu` if the sink takes receipts in groups, else None (also for
+        one that cannot be parsed here: `_on_request` answers it on its own)."""
+        if self._group_sink is None or pdu.command not in (
+            Command.DELIVER_SM,
+            Command.DATA_SM,
+        ):
+            return None
+        try:
+            return self._receipt(pdu)
+        except Exception:
+            return None
+
+    def _start_receipts(self, link: Link) -> None:
+        group, link.receipts = link.receipts, []
+        task = asyncio.create_task(self._on_receipts(link, group))
+        self._inbound_tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._inbound_tasks.discard(task)
+            for _ in group:
+                link.inbound_slots.release()
+
+        task.add_done_callback(done)
+
+    async def _on_receipts(self, link: Link, group: list[tuple[Pdu, Receipt]]) -> None:
+        """A read's receipts made durable in one go; each deliver_sm answered after."""
+        session = link.session
+        if session is None:
+            return
+        sink = self._group_sink
+        assert sink is not None
+        try:
+            failed = await sink.receipt_group(self.name, [receipt for _, receipt in group])
+        except Exception as e:  # the gateway could not store them: let the carrier retry
+            failed = [e] * len(group)
+        for (pdu, _), error in zip(group, failed, strict=True):
+            if error is None:
+                status = Status.ESME_ROK
+                self._counters["receipts"] += 1
+            else:
+                log.error("smpp_inbound_not_stored", route=self.name, error=type(error).__name__)
+                status = Status.ESME_RX_T_APPN
+            if not session.closed:
+                session.respond(pdu, status)
+        if link.session is session and not session.closed:
+            link.nudge()
 
     async def _on_request(self, link: Link, pdu: Pdu) -> None:
         session = link.session

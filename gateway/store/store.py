@@ -504,6 +504,14 @@ class Store:
         outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
         return outcome
 
+    async def apply_receipts(
+        self, route: str, receipts: Sequence[tuple[str, str, str | None, Sequence[str]]], now: float
+    ) -> list[tuple[str, State] | Exception | None]:
+        """`apply_receipt` for (carrier id, state, error code, alternate ids) of a
+        group, in one writer job; an exception in place of a receipt that failed alone."""
+        items = [(route, cid, state, code, now, tuple(alt)) for cid, state, code, alt in receipts]
+        return await self.writer.run(lambda conn: group_sql.grouped(conn, receipts_many, items))
+
     async def insert_inbound(
         self,
         inbound_id: str,
