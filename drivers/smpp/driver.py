@@ -25,10 +25,11 @@ session events into the driver contract:
 - A response timeout, or a link lost with submits outstanding or between the parts of
   a message, is a transient error with `maybe_sent`: the carrier may have the message
   (or some of its parts), so the resend is flagged as a possible duplicate.
-- `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt`; others are
-  inbound messages handed to the sink's `inbound`, each part of a concatenated one on
-  its own (UDH or sar_* TLVs, as an `InboundPart`): the gateway reassembles them on
-  disk, so a part acknowledged here survives a crash before the rest arrive.
+- `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt` (those read
+  together as one group to a sink that takes groups); others are inbound messages
+  handed to the sink's `inbound`, each part of a concatenated one on its own (UDH or
+  sar_* TLVs, as an `InboundPart`): the gateway reassembles them on disk, so a part
+  acknowledged here survives a crash before the rest arrive (`inbound.py`).
   The `*_resp` is sent only after the sink returned, i.e. after the gateway committed;
   if the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
 """
@@ -40,7 +41,7 @@ import contextlib
 import itertools
 import random
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,12 +51,8 @@ from drivers.base import (
     DriverAuthFailed,
     DriverNotReady,
     EventSink,
-    GroupReceiptSink,
-    InboundPart,
-    InboundSms,
     OutboundSms,
     PermanentSendError,
-    Receipt,
     RouteHealth,
     RouteState,
     SubmitResult,
@@ -63,18 +60,16 @@ from drivers.base import (
 )
 from drivers.clock import Clock
 from drivers.credentials import SecretError
-from drivers.smpp import dlr
 from drivers.smpp.encoding import (
     LinkEncoding,
     PartParams,
-    concat_from_tlvs,
-    decode_inbound,
     submit_parts,
 )
 from drivers.smpp.gate import AUTH_REFUSALS, CredentialGate
+from drivers.smpp.inbound import Inbound
 from drivers.smpp.link import Link
 from drivers.smpp.options import SmppOptions
-from drivers.smpp.pdu import Command, Pdu, Tag
+from drivers.smpp.pdu import Command
 from drivers.smpp.session import (
     BindMode,
     BindRejected,
@@ -94,14 +89,6 @@ from drivers.smpp.status import Status, classify, status_code
 
 log = structlog.get_logger("smsgw.smpp")
 
-ESM_RECEIPT = 0x04
-_RECEIPT_TLVS = {
-    Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
-    Tag.MESSAGE_STATE: "message_state",
-    Tag.NETWORK_ERROR_CODE: "network_error_code",
-    Tag.MESSAGE_PAYLOAD: "message_payload",
-}
-
 
 class SmppDriver:
     Options: ClassVar[type[SmppOptions]] = SmppOptions
@@ -110,8 +97,6 @@ class SmppDriver:
         self.name = name
         self._opts = options
         self._sink = sink
-        # Checked once: a runtime protocol check costs more than a receipt's parse.
-        self._group_sink = sink if isinstance(sink, GroupReceiptSink) else None
         self._clock = clock
         self._overrides = options.overrides()
         self._encoding = LinkEncoding(
@@ -126,7 +111,6 @@ class SmppDriver:
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._room = asyncio.Event()  # set when a window slot frees or a link changes
-        self._inbound_tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
         self._state = RouteState.STARTING
         self._detail = "connecting"
@@ -136,6 +120,7 @@ class SmppDriver:
         self._counters = dict.fromkeys(
             ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
         )
+        self._inbound = Inbound(name, sink, self._counters)
 
     # -- the driver contract -------------------------------------------------------------
 
@@ -278,7 +263,7 @@ class SmppDriver:
                 link.session.unbind(now=self._now())
                 link.flush()
                 link.wake.set()
-        waiting = [t for t in (*self._tasks, *self._inbound_tasks) if not t.done()]
+        waiting = [t for t in (*self._tasks, *self._inbound.tasks) if not t.done()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=2.0)
             for task in pending:
@@ -471,8 +456,7 @@ class SmppDriver:
                 link.flush()
                 for event in events:
                     was_bound = await self._on_event(link, event) or was_bound
-                if link.receipts:
-                    self._start_receipts(link)
+                self._inbound.flush(link)
                 link.flush()
                 await writer.drain()
         finally:
@@ -515,21 +499,7 @@ class SmppDriver:
             else:
                 self._set_state(RouteState.DOWN, self._last_failure)
         elif isinstance(event, Request):
-            # Each deliver_sm is answered once its receipt or message is committed; they
-            # are handled side by side so that one commit covers many (group commit), and
-            # the link stops reading while INBOUND_CONCURRENCY of them wait on the store.
-            # Receipts read together go to a sink that takes groups as one group
-            # (`_start_receipts`, after this read's events).
-            if link.receipts and link.inbound_slots.locked():
-                self._start_receipts(link)  # they hold the slots this one waits for
-            await link.inbound_slots.acquire()
-            receipt = self._groupable_receipt(event.pdu)
-            if receipt is not None:
-                link.receipts.append((event.pdu, receipt))
-            else:
-                task = asyncio.create_task(self._on_request(link, event.pdu))
-                self._inbound_tasks.add(task)
-                task.add_done_callback(self._inbound_done(link))
+            await self._inbound.take(link, event.pdu)
         elif isinstance(event, SessionEnded):
             for item in event.in_doubt:
                 self._reject(
@@ -563,119 +533,6 @@ class SmppDriver:
                 )
         link.session, link.writer, link.bound = None, None, False
         self._update_state()
-
-    # -- inbound -------------------------------------------------------------------------
-
-    def _inbound_done(self, link: Link) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            self._inbound_tasks.discard(task)
-            link.inbound_slots.release()
-
-        return done
-
-    def _groupable_receipt(self, pdu: Pdu) -> Receipt | None:
-        """The receipt in `pdu` if the sink takes receipts in groups, else None (also for
-        one that cannot be parsed here: `_on_request` answers it on its own)."""
-        if self._group_sink is None or pdu.command not in (
-            Command.DELIVER_SM,
-            Command.DATA_SM,
-        ):
-            return None
-        try:
-            return self._receipt(pdu)
-        except Exception:
-            return None
-
-    def _start_receipts(self, link: Link) -> None:
-        group, link.receipts = link.receipts, []
-        task = asyncio.create_task(self._on_receipts(link, group))
-        self._inbound_tasks.add(task)
-
-        def done(task: asyncio.Task[None]) -> None:
-            self._inbound_tasks.discard(task)
-            for _ in group:
-                link.inbound_slots.release()
-
-        task.add_done_callback(done)
-
-    async def _on_receipts(self, link: Link, group: list[tuple[Pdu, Receipt]]) -> None:
-        """A read's receipts made durable in one go; each deliver_sm answered after."""
-        session = link.session
-        if session is None:
-            return
-        sink = self._group_sink
-        assert sink is not None
-        try:
-            failed = await sink.receipt_group(self.name, [receipt for _, receipt in group])
-        except Exception as e:  # the gateway could not store them: let the carrier retry
-            failed = [e] * len(group)
-        for (pdu, _), error in zip(group, failed, strict=True):
-            if error is None:
-                status = Status.ESME_ROK
-                self._counters["receipts"] += 1
-            else:
-                log.error("smpp_inbound_not_stored", route=self.name, error=type(error).__name__)
-                status = Status.ESME_RX_T_APPN
-            if not session.closed:
-                session.respond(pdu, status)
-        if link.session is session and not session.closed:
-            link.nudge()
-
-    async def _on_request(self, link: Link, pdu: Pdu) -> None:
-        session = link.session
-        if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
-            return
-        try:
-            receipt = self._receipt(pdu)
-            if receipt is not None:
-                await self._sink.receipt(self.name, receipt)
-                self._counters["receipts"] += 1
-            else:
-                await self._inbound(pdu)
-        except Exception as e:  # the gateway could not store it: let the carrier retry
-            log.error("smpp_inbound_not_stored", route=self.name, error=type(e).__name__)
-            status = Status.ESME_RX_T_APPN
-        else:
-            status = Status.ESME_ROK
-        if not session.closed:
-            session.respond(pdu, status)
-            if link.session is session:
-                link.nudge()
-
-    def _receipt(self, pdu: Pdu) -> Receipt | None:
-        esm_class = pdu.param("esm_class", int)
-        tlvs = {name: pdu.tlvs[tag] for tag, name in _RECEIPT_TLVS.items() if tag in pdu.tlvs}
-        if not esm_class & ESM_RECEIPT and "receipted_message_id" not in tlvs:
-            return None
-        text = pdu.params.get("short_message", b"")
-        parsed = dlr.parse_receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
-        if parsed is None:
-            return None
-        receipt = dlr.as_receipt(parsed)
-        return Receipt(
-            receipt.carrier_id,
-            receipt.state,
-            receipt.error_code,
-            alternate_ids=dlr.id_variants(parsed.message_id)[1:],
-        )
-
-    async def _inbound(self, pdu: Pdu) -> None:
-        data = pdu.params.get("short_message", b"")
-        if not data and Tag.MESSAGE_PAYLOAD in pdu.tlvs:
-            data = pdu.tlvs[Tag.MESSAGE_PAYLOAD]
-        decoded = decode_inbound(
-            data if isinstance(data, bytes) else b"",
-            pdu.param("data_coding", int),
-            pdu.param("esm_class", int),
-        )
-        sender = "+" + str(pdu.params.get("source_addr", "")).lstrip("+")
-        recipient = str(pdu.params.get("destination_addr", "")) or None
-        concat = decoded.concat or concat_from_tlvs(pdu.tlvs)
-        part = None
-        if concat is not None and concat.total > 1:
-            part = InboundPart(concat.reference, concat.ref_bits, concat.total, concat.seq)
-        await self._sink.inbound(self.name, InboundSms(sender, decoded.text, recipient, part=part))
-        self._counters["inbound"] += 1
 
     # -- state ---------------------------------------------------------------------------
 
