@@ -9,8 +9,9 @@ with the real store, scheduler and SMPP driver, against `bench/smpp_sink.js` (on
 No HTTP: the messages are committed before the clock starts, so what is measured is the
 way from the queue to the carrier and back (claim, submit, `sent`, and with `--receipts`
 each receipt). Prints the rate and CPU per message of the event loop's thread and of the
-others (the SQLite writer). With `--cprofile`, the event loop's functions by own time
-(cProfile inflates small functions; use it to find, timeit to measure).
+others (the SQLite writer). With `--cprofile`, the event loop's Python calls per message
+(a count the machine's load does not change) and its functions by own time (cProfile
+inflates small functions; use it to find, timeit to measure). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import os
 import pstats
 import sys
@@ -114,12 +116,22 @@ async def run(n: int, receipts: bool, top: int) -> None:
             gw.scheduler.stop_claiming()
             await task
             await gw.stop()
+            figures: dict[str, object] = {
+                "n": n,
+                "receipts": receipts,
+                "rate": round(n / elapsed),
+                "loop_cpu_us": round(loop_cpu / n * 1e6, 1),
+                "other_cpu_us": round(others / n * 1e6, 1),
+            }
             if profile is not None:
                 stats = pstats.Stats(profile)
                 # Python calls per message: a measure of work that does not depend on
                 # how busy the machine is (the event loop's thread only).
-                print(f"event loop: {stats.total_calls / n:.0f} Python calls per message")  # type: ignore[attr-defined]  # pstats keeps it undocumented
+                calls = stats.total_calls / n  # type: ignore[attr-defined]  # undocumented
+                print(f"event loop: {calls:.0f} Python calls per message")
+                figures["loop_calls"] = round(calls)
                 stats.sort_stats("tottime").print_stats(top)
+            print(json.dumps(figures))
 
 
 def main() -> None:

@@ -223,10 +223,11 @@ class GroupSender:
             [(e.id, route.name, r.carrier_ids, now) for e, r in plan.sent],
             [(t, now) for t, _ in plan.changes],
         )
-        sends = self._metrics.route(route.name).sends
+        if plan.sent:
+            route.counters["sent"] = route.counters.get("sent", 0) + len(plan.sent)
+            self._metrics.route(route.name).sends["sent"].inc(len(plan.sent))
+        debug = log.debug  # looked up once: the logger is a lazy proxy
         for (entry, result), state in zip(plan.sent, states, strict=True):
-            route.count("sent")
-            sends["sent"].inc()
             if isinstance(state, Exception):
                 log.error(
                     "dispatch_failed",
@@ -237,7 +238,7 @@ class GroupSender:
             elif state is not State.SENT:
                 self._metrics.final.labels(state.value).inc()
             # Per-message success is in `message_events`; the log keeps it at debug level.
-            log.debug(
+            debug(
                 "message_sent",
                 message_id=entry.id,
                 route=route.name,
