@@ -11,14 +11,20 @@ library: they never import `gateway`. The gateway acts on the outcome of `submit
   retried, on this or another route;
 - `DriverAuthFailed` means the route is parked until an operator acts.
 
+The gateway hands a driver a group of messages at once through `submit_group()`: a
+driver that can send a group more cheaply than one by one (SMPP: the group's submit_sm
+in one write, the answers gathered) implements `GroupSubmitter`; any other driver gets
+one `submit()` per message, side by side. Each message keeps its own outcome.
+
 Error codes are short, stable strings (`"smpp:0x0b"`, `"cms:331"`, `"loopback:reject"`)
 that the API and metrics report verbatim; they never contain a number or a body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -244,6 +250,20 @@ class EventSink(Protocol):
 
 
 @runtime_checkable
+class GroupReceiptSink(Protocol):
+    """An `EventSink` that makes a group of receipts durable at once.
+
+    `receipt_group` returns, once the group is committed, one entry per receipt in order:
+    None if it is durable (the driver may acknowledge it), else the error that kept it
+    from being stored (the driver lets the carrier redeliver it).
+    """
+
+    async def receipt_group(
+        self, route: str, receipts: Sequence[Receipt]
+    ) -> list[Exception | None]: ...
+
+
+@runtime_checkable
 class QuarantineSink(Protocol):
     """An `EventSink` that can hold what a driver received but could not decode.
 
@@ -303,3 +323,31 @@ class Resumable(Protocol):
     def credentials_mac(self, key: bytes) -> bytes: ...
 
     def park(self, code: str) -> None: ...
+
+
+@runtime_checkable
+class GroupSubmitter(Protocol):
+    """A driver that sends a group of messages together.
+
+    `submit_many(group)` starts every message's submit before it returns and gives one
+    future per message, in order, each resolving as `submit()` would return or raise for
+    that message (so a message's outcome is known as soon as the carrier answered it).
+    Cancelling a future abandons waiting for that answer, not the bytes already sent.
+    """
+
+    def submit_many(self, group: Sequence[OutboundSms]) -> list[asyncio.Future[SubmitResult]]: ...
+
+
+def submit_group(
+    driver: Driver, group: Sequence[OutboundSms]
+) -> list[asyncio.Future[SubmitResult]]:
+    """Start the submits of `group` on `driver`: its own `submit_many` if it has one,
+    else one `submit()` per message, all under way at once (a modem bank still sends one
+    message per modem, as its `submit` decides)."""
+    # Not `isinstance(driver, GroupSubmitter)`: a runtime protocol check costs more than
+    # the lookup, once per group on the hot path.
+    submit_many = getattr(driver, "submit_many", None)
+    if submit_many is not None:
+        many: list[asyncio.Future[SubmitResult]] = submit_many(group)
+        return many
+    return [asyncio.ensure_future(driver.submit(sms)) for sms in group]

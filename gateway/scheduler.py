@@ -18,12 +18,15 @@ expiry deadlines. Each round:
    with more than one message waiting instead goes on to the next allowed route that
    has a token and room now, so it leaves over every route at once, each at its own
    rate; a route with `spread = false` takes it only on failover.
-4. each dispatched message is claimed (`queued → sending`, committed) before the
-   driver sees it, then waits for one of the route's `window` slots at the carrier
-   (first come, first served, so priority order holds). Claiming ahead of the window
-   lets the fsync of the next claims overlap the carrier's round trips. The slot is
-   freed when the carrier answers; the outcome is then recorded as `sent`, a retry with
-   exponential back-off and jitter (honouring `retry_after`), or `failed`.
+4. the messages dispatched in one round go in groups, one per route (at most its
+   `window` each), to `dispatch_group.GroupSender`: the group is claimed
+   (`queued → sending`, committed) in one store call before the driver sees any of
+   it, then its messages take the route's `window` slots at the carrier (first come,
+   first served, so priority order holds) and go to the driver together. Claiming
+   ahead of the window lets the fsync of the next claims overlap the carrier's round
+   trips. A slot is freed when the carrier answers its message; once all have
+   answered, the group's outcomes (`sent`, a retry with exponential back-off and
+   jitter honouring `retry_after`, or `failed`) are recorded in one store call.
 
 The loop sleeps until the next due time, token or expiry, or until something wakes it:
 a new message, a freed window slot, a route's health changing. Tests call
@@ -37,37 +40,25 @@ import asyncio
 import heapq
 import math
 import random
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from drivers.base import (
-    DriverAuthFailed,
-    DriverNotReady,
-    OutboundSms,
-    PermanentSendError,
-    SubmitResult,
-    TransientSendError,
-)
 from drivers.clock import Clock, wait_event
-from drivers.text import Encoding, split
 from gateway.config import QueueConfig
+from gateway.dispatch_group import GroupSender
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
-from gateway.store.claim_check import Held
 from gateway.store.route_parks import RouteParks
-from gateway.store.store import ClaimedMessage, LiveMessage, Store
+from gateway.store.store import LiveMessage, Store
 from gateway.store.transitions import Transition
 
 log = structlog.get_logger("smsgw.scheduler")
 
-NOT_READY_COOL_DOWN = 1.0
 RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
 RECEIPT_SWEEP_RETRY = 60.0
 
@@ -106,6 +97,7 @@ class Scheduler:
         self._expiry: list[tuple[float, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending = dict.fromkeys(Priority, 0)  # dispatched and not yet answered
+        self._dispatched = 0  # messages in the groups under way
         self._shares = ShareGuard({p: queue.policy(p).min_share for p in Priority})
         self._spread = frozenset(Priority.parse(c) for c in queue.spread_classes)
         self._wake = asyncio.Event()
@@ -114,6 +106,16 @@ class Scheduler:
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
         self._parks = RouteParks(store)
+        self._sender = GroupSender(
+            store,
+            queue,
+            clock,
+            metrics,
+            requeue=self.add,
+            freed=self._wake.set,
+            parked=self.wake,
+            backoff=self.backoff,
+        )
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._dispatched
 
     # -- running -------------------------------------------------------------------------
 
@@ -239,10 +241,11 @@ class Scheduler:
         if not self._tasks:
             return 0
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        cut = self._dispatched
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        return len(pending)
+        return cut if pending else 0
 
     async def _round(self) -> float:
         now = self._clock.time()
@@ -326,7 +329,16 @@ class Scheduler:
         return None
 
     def _dispatch_ready(self, now: float) -> float:
-        """Start every submit the queue, rates and windows allow; return the next wake-up."""
+        """Start every submit the queue, rates and windows allow, in groups per route (up
+        to its window each); return the next wake-up."""
+        groups: dict[str, list[Entry]] = {}
+        try:
+            return self._take_ready(now, groups)
+        finally:
+            for name, group in groups.items():
+                self._start(group, self._routes[name])
+
+    def _take_ready(self, now: float, groups: dict[str, list[Entry]]) -> float:
         mono = self._clock.monotonic()
         next_wake = math.inf
         while self._claiming:
@@ -350,7 +362,13 @@ class Scheduler:
                 heapq.heappop(self._heaps[p])
                 del self._waiting[entry.id]
                 self._shares.served(p, ready)
-                self._start(entry, route, now)
+                self._metrics.queue_latency_by_class[entry.priority].observe(
+                    max(0.0, now - entry.due_at)
+                )
+                group = groups.setdefault(route.name, [])
+                group.append(entry)
+                if len(group) >= route.config.window:
+                    self._start(groups.pop(route.name), route)
                 started = True
                 break
             if not started:
@@ -385,203 +403,24 @@ class Scheduler:
             cooling = min(cooling, wait)
         return None, cooling
 
-    def _start(self, entry: Entry, route: RouteRuntime, now: float) -> None:
-        self._metrics.queue_latency_by_class[entry.priority].observe(max(0.0, now - entry.due_at))
-        task = asyncio.create_task(self._send(entry, route))
+    def _start(self, group: list[Entry], route: RouteRuntime) -> None:
+        task = asyncio.create_task(self._send_group(group, route))
         self._tasks.add(task)
-        self._sending[entry.priority] += 1
+        for entry in group:
+            self._sending[entry.priority] += 1
+        self._dispatched += len(group)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._sent_one(entry.priority))
+        task.add_done_callback(lambda _: self._sent_group(group))
 
-    def _sent_one(self, priority: Priority) -> None:
-        self._sending[priority] -= 1
+    def _sent_group(self, group: list[Entry]) -> None:
+        for entry in group:
+            self._sending[entry.priority] -= 1
+        self._dispatched -= len(group)
 
-    # -- one message ---------------------------------------------------------------------
-
-    async def _send(self, entry: Entry, route: RouteRuntime) -> None:
-        metrics = self._metrics.route(route.name)
-        metrics.in_flight.inc()
-        held = True
-
-        def release() -> None:
-            """Free the window slot once: as soon as the carrier answered, not after the
-            outcome is on disk, so the window counts submits, not our fsyncs."""
-            nonlocal held
-            if held:
-                held = False
-                route.release()
-                metrics.in_flight.dec()
-                self._wake.set()
-
-        try:
-            claimed = await self._store.claim(entry.id, route.name, self._clock.time())
-            if claimed is None:
-                return
-            if isinstance(claimed, Held):  # the send policy: not now (quiet hours)
-                entry.due_at = claimed.until
-                self.add(entry)
-                return
-            await self._submit(entry, route, claimed, release)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.error(
-                "dispatch_failed", message_id=entry.id, route=route.name, error=exception_summary(e)
-            )
-        finally:
-            release()
-
-    async def _submit(
-        self,
-        entry: Entry,
-        route: RouteRuntime,
-        claimed: ClaimedMessage,
-        release: Callable[[], None],
-    ) -> None:
-        plan = split(claimed.body, encoding=Encoding(claimed.encoding))
-        sms = OutboundSms(
-            message_id=claimed.id,
-            to=claimed.to,
-            parts=plan.parts,
-            encoding=plan.encoding.value,
-            want_receipt=self._queue.policy(claimed.priority).want_receipt,
-            reference=_concat_reference(claimed.id),
-            possible_duplicate=claimed.possible_duplicate,
-        )
-        started = self._clock.monotonic()
-        try:
-            await route.slots.acquire()  # the route's window at the carrier
-            route.in_flight += 1
-            try:
-                result = await route.driver.submit(sms)
-            finally:
-                route.in_flight -= 1
-                route.slots.release()
-                release()
-        except PermanentSendError as e:
-            await self._finish_failed(entry, route, e.code)
-        except DriverAuthFailed as e:
-            self.wake()  # the driver parked the route: the next round alerts
-            await self._retry(entry, route, e.code, consume_attempt=False)
-        except DriverNotReady as e:
-            route.cool_until = self._clock.monotonic() + (e.retry_after or NOT_READY_COOL_DOWN)
-            if e.throttled:
-                route.throttled(self._clock.monotonic())
-                self._metrics.route_throttled.labels(route.name).inc()
-            await self._retry(entry, route, e.code, consume_attempt=False)
-        except TransientSendError as e:
-            await self._retry(
-                entry, route, e.code, retry_after=e.retry_after, maybe_sent=e.maybe_sent
-            )
-        except asyncio.CancelledError:
-            # Shutdown cut the submit short: it may have reached the carrier.
-            await asyncio.shield(
-                self._retry(
-                    entry, route, "gateway:shutdown", consume_attempt=False, maybe_sent=True
-                )
-            )
-            raise
-        except Exception as e:
-            log.error(
-                "driver_crashed", route=route.name, message_id=entry.id, error=exception_summary(e)
-            )
-            await self._retry(entry, route, "driver:crash", maybe_sent=True)
-        else:
-            route.succeeded(self._clock.monotonic())
-            await self._finish_sent(entry, route, result)
-        finally:
-            self._metrics.route(route.name).submit_latency.observe(
-                self._clock.monotonic() - started
-            )
-
-    async def _finish_sent(self, entry: Entry, route: RouteRuntime, result: SubmitResult) -> None:
-        state = await self._store.mark_sent(
-            entry.id, route.name, result.carrier_ids, self._clock.time()
-        )
-        route.count("sent")
-        self._metrics.route(route.name).sends["sent"].inc()
-        if state is not State.SENT:
-            self._metrics.final.labels(state.value).inc()
-        # Per-message success is in `message_events`; the log keeps it at debug level.
-        log.debug(
-            "message_sent", message_id=entry.id, route=route.name, parts=len(result.carrier_ids)
-        )
-
-    async def _finish_failed(self, entry: Entry, route: RouteRuntime, code: str) -> None:
-        await self._store.transition(
-            Transition(entry.id, State.FAILED, route=route.name, error_code=code),
-            self._clock.time(),
-        )
-        route.count("failed")
-        self._metrics.route(route.name).sends["failed"].inc()
-        self._metrics.final.labels("failed").inc()
-        log.info("message_failed", message_id=entry.id, route=route.name, code=code)
-
-    async def _retry(
-        self,
-        entry: Entry,
-        route: RouteRuntime,
-        code: str,
-        *,
-        retry_after: float | None = None,
-        consume_attempt: bool = True,
-        maybe_sent: bool = False,
-    ) -> None:
-        now = self._clock.time()
-        # The claim counted this try; one that cost nothing (the route could not take
-        # the message) is given back by writing the count from before the claim.
-        attempts = entry.attempts + (1 if consume_attempt else 0)
-        route.count("retry")
-        self._metrics.route(route.name).sends["retry"].inc()
-        if attempts >= self._queue.policy(entry.priority).max_attempts:
-            await self._finish_failed(entry, route, code)
-            return
-        delay = self.backoff(attempts) if consume_attempt else 0.0
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        # A message the route could not take (not ready, throttled, shutdown) keeps its
-        # place in its class; one the carrier refused waits out its back-off.
-        due = now + delay if consume_attempt or retry_after else min(entry.due_at, now)
-        if max(due, now) >= entry.expires_at:
-            await self._store.transition(
-                Transition(
-                    entry.id, State.EXPIRED, route=route.name, error_code=code, attempts=attempts
-                ),
-                now,
-            )
-            self._metrics.final.labels("expired").inc()
-            return
-        await self._store.transition(
-            Transition(
-                entry.id,
-                State.QUEUED,
-                route=route.name,
-                error_code=code,
-                due_at=due,
-                attempts=attempts,
-                possible_duplicate=True if maybe_sent else None,
-            ),
-            now,
-        )
-        if maybe_sent:
-            self._metrics.possible_duplicates.labels("link").inc()
-        log.info(
-            "message_retry",
-            message_id=entry.id,
-            route=route.name,
-            code=code,
-            attempt=attempts,
-            delay=round(delay, 3),
-        )
-        entry.attempts, entry.due_at = attempts, due
-        self.add(entry)
+    async def _send_group(self, group: list[Entry], route: RouteRuntime) -> None:
+        await self._sender.send(group, route)
 
     def backoff(self, attempts: int) -> float:
         """Exponential back-off with equal jitter: half fixed, half random."""
         ceiling = min(self._queue.retry_cap, self._queue.retry_base * 2.0 ** max(0, attempts - 1))
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-
-def _concat_reference(message_id: str) -> int:
-    """A stable 16-bit concatenation reference, the same on every resend."""
-    return zlib.crc32(message_id.encode()) & 0xFFFF

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -105,6 +105,27 @@ class GatewaySink:
             self._clock.time(),
             receipt.alternate_ids,
         )
+        self._applied(route, receipt, applied)
+
+    async def receipt_group(
+        self, route: str, receipts: Sequence[Receipt]
+    ) -> list[Exception | None]:
+        """`drivers.base.GroupReceiptSink`: a group of receipts in one writer job."""
+        outcomes = await self._store.apply_receipts(
+            route,
+            [(r.carrier_id, r.state.value, r.error_code, r.alternate_ids) for r in receipts],
+            self._clock.time(),
+        )
+        failed: list[Exception | None] = []
+        for receipt, applied in zip(receipts, outcomes, strict=True):
+            if isinstance(applied, Exception):
+                failed.append(applied)
+            else:
+                failed.append(None)
+                self._applied(route, receipt, applied)
+        return failed
+
+    def _applied(self, route: str, receipt: Receipt, applied: tuple[str, State] | None) -> None:
         if applied is not None:
             message_id, state = applied
             self._metrics.final.labels(state.value).inc()

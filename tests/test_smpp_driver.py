@@ -213,3 +213,38 @@ async def test_reconnects_after_the_link_drops(peer: SmppPeer) -> None:
         assert len((await driver.submit(_sms("after"))).carrier_ids) == 1
     finally:
         await driver.aclose()
+
+
+async def test_a_group_goes_together_and_each_message_keeps_its_outcome(peer: SmppPeer) -> None:
+    """`submit_many`: the one-part messages of a group are written together on one link;
+    a long one goes its own way (parts on one link); each answer settles its message
+    as `submit()` would: refused, throttled or accepted."""
+    driver, _ = await _driver(peer, throttle_min=0.5)
+    try:
+        await peer.reject_next("ESME_RINVDSTADR")
+        group = [
+            _sms("first", to="+12025550101"),
+            _sms("second", to="+12025550102"),
+            _sms("x" * 400, to="+12025550103"),
+            _sms("fourth", to="+12025550104"),
+        ]
+        outcomes = await asyncio.gather(*driver.submit_many(group), return_exceptions=True)
+        assert isinstance(outcomes[0], PermanentSendError)
+        assert outcomes[0].code == "smpp:0x0000000b"
+        assert [len(o.carrier_ids) for o in outcomes[1:]] == [1, 3, 1]  # type: ignore[union-attr]
+        arrived = [(await peer.expect_pdu("submit_sm"))["destination_addr"] for _ in range(6)]
+        # The one-part messages first, in order, then the long one's three parts.
+        assert arrived[:3] == ["12025550101", "12025550102", "12025550104"]
+        assert arrived[3:] == ["12025550103"] * 3
+
+        await peer.reject_next("ESME_RTHROTTLED")
+        first, second = await asyncio.gather(
+            *driver.submit_many([_sms("a"), _sms("b")]), return_exceptions=True
+        )
+        assert isinstance(first, DriverNotReady) and first.throttled
+        assert first.retry_after == pytest.approx(0.5)
+        assert not isinstance(second, BaseException)  # already written: the carrier took it
+        with pytest.raises(DriverNotReady):  # the link is paused now: nothing is sent
+            await driver.submit_many([_sms("c")])[0]
+    finally:
+        await driver.aclose()

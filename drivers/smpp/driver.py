@@ -11,6 +11,8 @@ session events into the driver contract:
 - `submit()` sends every part of a message on one transmitting link (round robin over
   bound ones), each part a `submit_sm` whose future the session's `Response` resolves.
   Parts use the message's concatenation reference, so a resend reuses it.
+  `submit_many()` sends a group of one-part messages on one link in one write (one
+  future per message, settled by its answer) without a task per message.
 - A submit_sm_resp status is classed by the status table (overridable per link):
   permanent → `PermanentSendError`, transient → `TransientSendError`, throttle →
   the link pauses (once per overload: the rest of the window answered throttled does not
@@ -25,10 +27,11 @@ session events into the driver contract:
 - A response timeout, or a link lost with submits outstanding or between the parts of
   a message, is a transient error with `maybe_sent`: the carrier may have the message
   (or some of its parts), so the resend is flagged as a possible duplicate.
-- `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt`; others are
-  inbound messages handed to the sink's `inbound`, each part of a concatenated one on
-  its own (UDH or sar_* TLVs, as an `InboundPart`): the gateway reassembles them on
-  disk, so a part acknowledged here survives a crash before the rest arrive.
+- `deliver_sm`/`data_sm` carrying a receipt go to the sink's `receipt` (those read
+  together as one group to a sink that takes groups); others are inbound messages
+  handed to the sink's `inbound`, each part of a concatenated one on its own (UDH or
+  sar_* TLVs, as an `InboundPart`): the gateway reassembles them on disk, so a part
+  acknowledged here survives a crash before the rest arrive (`inbound.py`).
   The `*_resp` is sent only after the sink returned, i.e. after the gateway committed;
   if the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
 """
@@ -40,7 +43,8 @@ import contextlib
 import itertools
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import structlog
@@ -49,11 +53,8 @@ from drivers.base import (
     DriverAuthFailed,
     DriverNotReady,
     EventSink,
-    InboundPart,
-    InboundSms,
     OutboundSms,
     PermanentSendError,
-    Receipt,
     RouteHealth,
     RouteState,
     SubmitResult,
@@ -61,12 +62,16 @@ from drivers.base import (
 )
 from drivers.clock import Clock
 from drivers.credentials import SecretError
-from drivers.smpp import dlr
-from drivers.smpp.encoding import LinkEncoding, concat_from_tlvs, decode_inbound, submit_parts
+from drivers.smpp.encoding import (
+    LinkEncoding,
+    PartParams,
+    submit_parts,
+)
 from drivers.smpp.gate import AUTH_REFUSALS, CredentialGate
+from drivers.smpp.inbound import Inbound
 from drivers.smpp.link import Link
 from drivers.smpp.options import SmppOptions
-from drivers.smpp.pdu import Command, Pdu, Tag
+from drivers.smpp.pdu import Command
 from drivers.smpp.session import (
     BindMode,
     BindRejected,
@@ -85,14 +90,6 @@ from drivers.smpp.session import Role as SessionRole
 from drivers.smpp.status import Status, classify, status_code
 
 log = structlog.get_logger("smsgw.smpp")
-
-ESM_RECEIPT = 0x04
-_RECEIPT_TLVS = {
-    Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
-    Tag.MESSAGE_STATE: "message_state",
-    Tag.NETWORK_ERROR_CODE: "network_error_code",
-    Tag.MESSAGE_PAYLOAD: "message_payload",
-}
 
 
 class SmppDriver:
@@ -116,7 +113,6 @@ class SmppDriver:
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._room = asyncio.Event()  # set when a window slot frees or a link changes
-        self._inbound_tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # noqa: S311 - back-off jitter, not security
         self._state = RouteState.STARTING
         self._detail = "connecting"
@@ -126,6 +122,7 @@ class SmppDriver:
         self._counters = dict.fromkeys(
             ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
         )
+        self._inbound = Inbound(name, sink, self._counters)
 
     # -- the driver contract -------------------------------------------------------------
 
@@ -143,16 +140,7 @@ class SmppDriver:
         parts = submit_parts(sms, self._encoding)
         ids: list[str] = []
         for i, part in enumerate(parts):
-            params = {
-                "source_addr_ton": self._opts.source_addr_ton,
-                "source_addr_npi": self._opts.source_addr_npi,
-                "source_addr": sms.sender or self._opts.source_addr,
-                "dest_addr_ton": self._opts.dest_addr_ton,
-                "dest_addr_npi": self._opts.dest_addr_npi,
-                "destination_addr": sms.to.removeprefix("+"),
-                "registered_delivery": 1 if sms.want_receipt else 0,
-                **part.params(),
-            }
+            params = self._submit_params(sms, part)
             try:
                 response = await self._request(link, Command.SUBMIT_SM, params, part.tlvs)
             except TransientSendError as e:
@@ -173,6 +161,73 @@ class SmppDriver:
         link.throttle_backoff = 0.0
         self._counters["submitted"] += 1
         return SubmitResult(carrier_ids=tuple(ids))
+
+    def submit_many(self, group: Sequence[OutboundSms]) -> list[asyncio.Future[SubmitResult]]:
+        """`GroupSubmitter`: one-part messages go as submit_sm on one link while its
+        window has room, written together at the end of this loop turn (`Link.nudge`),
+        each answer settling its message's future; a long message, or one that finds no
+        room, takes `submit()`'s way (which waits for room and keeps a message's parts
+        on one link)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[SubmitResult]] = []
+        try:
+            link = self._pick_link()
+        except (DriverNotReady, DriverAuthFailed):
+            link = None  # each submit() raises it for its own message
+        session = None if link is None else link.session
+        now = self._now()
+        written = False
+        for sms in group:
+            parts = submit_parts(sms, self._encoding)
+            if link is None or session is None or len(parts) != 1 or not session.can_send_request():
+                futures.append(asyncio.ensure_future(self.submit(sms)))
+                continue
+            part = parts[0]
+            future: asyncio.Future[SubmitResult] = loop.create_future()
+            try:
+                session.send_request(
+                    Command.SUBMIT_SM,
+                    self._submit_params(sms, part),  # type: ignore[arg-type]  # params are codec values
+                    part.tlvs,
+                    token=_Answer(link, future),
+                    now=now,
+                )
+            except LocalProtocolError as e:  # refused before a byte was written
+                future.set_exception(DriverNotReady(f"route {self.name} cannot send now: {e}"))
+            else:
+                written = True
+            futures.append(future)
+        if written and link is not None:
+            link.nudge()
+        return futures
+
+    def _submit_params(self, sms: OutboundSms, part: PartParams) -> dict[str, object]:
+        return {
+            "source_addr_ton": self._opts.source_addr_ton,
+            "source_addr_npi": self._opts.source_addr_npi,
+            "source_addr": sms.sender or self._opts.source_addr,
+            "dest_addr_ton": self._opts.dest_addr_ton,
+            "dest_addr_npi": self._opts.dest_addr_npi,
+            "destination_addr": sms.to.removeprefix("+"),
+            "registered_delivery": 1 if sms.want_receipt else 0,
+            **part.params(),
+        }
+
+    def _answered(self, answer: _Answer, response: Response) -> None:
+        """The carrier's answer to a submit sent in a group, as `submit()` would map it."""
+        future, link = answer.future, answer.link
+        if future.done():
+            return
+        status = response.pdu.status
+        if status != Status.ESME_ROK:
+            try:
+                self._fail(link, status, sent_parts=0)
+            except Exception as e:
+                future.set_exception(e)
+            return
+        link.throttle_backoff = 0.0
+        self._counters["submitted"] += 1
+        future.set_result(SubmitResult((str(response.pdu.params.get("message_id", "")),)))
 
     def resume(self) -> bool:
         """Read the credentials again and let the links bind; False if not parked."""
@@ -210,7 +265,7 @@ class SmppDriver:
                 link.session.unbind(now=self._now())
                 link.flush()
                 link.wake.set()
-        waiting = [t for t in (*self._tasks, *self._inbound_tasks) if not t.done()]
+        waiting = [t for t in (*self._tasks, *self._inbound.tasks) if not t.done()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=2.0)
             for task in pending:
@@ -412,6 +467,7 @@ class SmppDriver:
                 link.flush()
                 for event in events:
                     was_bound = await self._on_event(link, event) or was_bound
+                self._inbound.flush(link)
                 link.flush()
                 await writer.drain()
         finally:
@@ -454,13 +510,7 @@ class SmppDriver:
             else:
                 self._set_state(RouteState.DOWN, self._last_failure)
         elif isinstance(event, Request):
-            # Each deliver_sm is answered once its receipt or message is committed; they
-            # are handled side by side so that one commit covers many (group commit), and
-            # the link stops reading while INBOUND_CONCURRENCY of them wait on the store.
-            await link.inbound_slots.acquire()
-            task = asyncio.create_task(self._on_request(link, event.pdu))
-            self._inbound_tasks.add(task)
-            task.add_done_callback(self._inbound_done(link))
+            await self._inbound.take(link, event.pdu)
         elif isinstance(event, SessionEnded):
             for item in event.in_doubt:
                 self._reject(
@@ -495,71 +545,6 @@ class SmppDriver:
         link.session, link.writer, link.bound = None, None, False
         self._update_state()
 
-    # -- inbound -------------------------------------------------------------------------
-
-    def _inbound_done(self, link: Link) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            self._inbound_tasks.discard(task)
-            link.inbound_slots.release()
-
-        return done
-
-    async def _on_request(self, link: Link, pdu: Pdu) -> None:
-        session = link.session
-        if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
-            return
-        try:
-            receipt = self._receipt(pdu)
-            if receipt is not None:
-                await self._sink.receipt(self.name, receipt)
-                self._counters["receipts"] += 1
-            else:
-                await self._inbound(pdu)
-        except Exception as e:  # the gateway could not store it: let the carrier retry
-            log.error("smpp_inbound_not_stored", route=self.name, error=type(e).__name__)
-            status = Status.ESME_RX_T_APPN
-        else:
-            status = Status.ESME_ROK
-        if not session.closed:
-            session.respond(pdu, status)
-            if link.session is session:
-                link.nudge()
-
-    def _receipt(self, pdu: Pdu) -> Receipt | None:
-        esm_class = pdu.param("esm_class", int)
-        tlvs = {name: pdu.tlvs[tag] for tag, name in _RECEIPT_TLVS.items() if tag in pdu.tlvs}
-        if not esm_class & ESM_RECEIPT and "receipted_message_id" not in tlvs:
-            return None
-        text = pdu.params.get("short_message", b"")
-        parsed = dlr.parse_receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
-        if parsed is None:
-            return None
-        receipt = dlr.as_receipt(parsed)
-        return Receipt(
-            receipt.carrier_id,
-            receipt.state,
-            receipt.error_code,
-            alternate_ids=dlr.id_variants(parsed.message_id)[1:],
-        )
-
-    async def _inbound(self, pdu: Pdu) -> None:
-        data = pdu.params.get("short_message", b"")
-        if not data and Tag.MESSAGE_PAYLOAD in pdu.tlvs:
-            data = pdu.tlvs[Tag.MESSAGE_PAYLOAD]
-        decoded = decode_inbound(
-            data if isinstance(data, bytes) else b"",
-            pdu.param("data_coding", int),
-            pdu.param("esm_class", int),
-        )
-        sender = "+" + str(pdu.params.get("source_addr", "")).lstrip("+")
-        recipient = str(pdu.params.get("destination_addr", "")) or None
-        concat = decoded.concat or concat_from_tlvs(pdu.tlvs)
-        part = None
-        if concat is not None and concat.total > 1:
-            part = InboundPart(concat.reference, concat.ref_bits, concat.total, concat.seq)
-        await self._sink.inbound(self.name, InboundSms(sender, decoded.text, recipient, part=part))
-        self._counters["inbound"] += 1
-
     # -- state ---------------------------------------------------------------------------
 
     def _update_state(self) -> None:
@@ -589,12 +574,23 @@ class SmppDriver:
     def _now(self) -> float:
         return self._clock.monotonic()
 
-    @staticmethod
-    def _resolve(token: object, response: Response) -> None:
-        if isinstance(token, asyncio.Future) and not token.done():
+    def _resolve(self, token: object, response: Response) -> None:
+        if isinstance(token, _Answer):
+            self._answered(token, response)
+        elif isinstance(token, asyncio.Future) and not token.done():
             token.set_result(response)
 
     @staticmethod
     def _reject(token: object, error: Exception) -> None:
+        if isinstance(token, _Answer):
+            token = token.future
         if isinstance(token, asyncio.Future) and not token.done():
             token.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The session token of a submit sent by `submit_many`: where its answer goes."""
+
+    link: Link
+    future: asyncio.Future[SubmitResult]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from drivers.base import Receipt
+from drivers.smpp.pdu import Pdu
 from drivers.smpp.session import BindMode, Session
 
 # deliver_sm awaiting their commit per link before the link stops reading
@@ -27,6 +29,8 @@ class Link:
         default_factory=lambda: asyncio.Semaphore(INBOUND_CONCURRENCY)
     )
     flush_pending: bool = False
+    # receipts read in this turn, for the sink as one group: (deliver_sm, receipt)
+    receipts: list[tuple[Pdu, Receipt]] = field(default_factory=list)
     sleeps_until: float | None = None  # the deadline the link's loop waits for
 
     @property

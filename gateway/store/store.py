@@ -16,6 +16,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -23,7 +24,15 @@ from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.models import Priority, State
-from gateway.store import crypto, inbound_parts, keyring_sql, outbox_sql, receipt_deadline, space
+from gateway.store import (
+    crypto,
+    group_sql,
+    inbound_parts,
+    keyring_sql,
+    outbox_sql,
+    receipt_deadline,
+    space,
+)
 from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
 from gateway.store.reads import ReadPool
@@ -380,7 +389,28 @@ class Store:
         `Held` if the policy keeps it waiting (outside its sending window).
         """
         item = (message_id, route, now, self.claim_check)
-        row = await self.writer.run_grouped(claim_many, item)
+        return self._claimed(message_id, await self.writer.run_grouped(claim_many, item))
+
+    async def claim_group(
+        self, message_ids: Sequence[str], route: str, now: float
+    ) -> list[ClaimedMessage | Held | Exception | None]:
+        """`claim` for a dispatched group in one writer job (all `sending` in the same
+        commit); an exception in place of a message whose claim failed alone."""
+        check = self.claim_check
+        items = [(m, route, now, check) for m in message_ids]
+        rows = await self.writer.run(lambda conn: group_sql.grouped(conn, claim_many, items))
+        return [
+            row if isinstance(row, Exception) else self._claimed(m, row)
+            for m, row in zip(message_ids, rows, strict=True)
+        ]
+
+    async def record_outcomes(
+        self, sent: list[group_sql.SentItem], changes: list[tuple[Transition, float]]
+    ) -> tuple[list[State | Exception], list[bool | Exception]]:
+        """A dispatched group's answers in one writer job (see `group_sql.outcomes`)."""
+        return await self.writer.run(lambda conn: group_sql.outcomes(conn, sent, changes))
+
+    def _claimed(self, message_id: str, row: Any) -> ClaimedMessage | Held | None:
         if row is None or isinstance(row, Held):
             return row
         c = self._crypto
@@ -473,6 +503,14 @@ class Store:
         item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
         outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
         return outcome
+
+    async def apply_receipts(
+        self, route: str, receipts: Sequence[tuple[str, str, str | None, Sequence[str]]], now: float
+    ) -> list[tuple[str, State] | Exception | None]:
+        """`apply_receipt` for (carrier id, state, error code, alternate ids) of a
+        group, in one writer job; an exception in place of a receipt that failed alone."""
+        items = [(route, cid, state, code, now, tuple(alt)) for cid, state, code, alt in receipts]
+        return await self.writer.run(lambda conn: group_sql.grouped(conn, receipts_many, items))
 
     async def insert_inbound(
         self,

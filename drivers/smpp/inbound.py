@@ -1,0 +1,183 @@
+"""What the carrier sends an SMPP route: receipts and inbound messages (deliver_sm,
+data_sm), each answered only once the gateway made it durable.
+
+Each deliver_sm is answered once its receipt or message is committed; they are handled
+side by side so that one commit covers many (group commit), and the link stops reading
+while `INBOUND_CONCURRENCY` of them wait on the store. Receipts read together go, to a
+sink that takes groups (`GroupReceiptSink`), as one group: one store call, then each
+deliver_sm_resp. A receipt is correlated by the carrier's id in any spelling it may
+have been recorded under; an inbound message goes part by part (UDH or sar_* TLVs).
+If the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from drivers.base import (
+    EventSink,
+    GroupReceiptSink,
+    InboundPart,
+    InboundSms,
+    Receipt,
+)
+from drivers.smpp import dlr
+from drivers.smpp.encoding import concat_from_tlvs, decode_inbound
+from drivers.smpp.link import Link
+from drivers.smpp.pdu import Command, Pdu, Tag
+from drivers.smpp.status import Status
+
+log = structlog.get_logger("smsgw.smpp")
+
+ESM_RECEIPT = 0x04
+_RECEIPT_TLVS = {
+    Tag.RECEIPTED_MESSAGE_ID: "receipted_message_id",
+    Tag.MESSAGE_STATE: "message_state",
+    Tag.NETWORK_ERROR_CODE: "network_error_code",
+    Tag.MESSAGE_PAYLOAD: "message_payload",
+}
+
+
+class Inbound:
+    def __init__(self, route: str, sink: EventSink, counters: dict[str, int]) -> None:
+        self._route = route
+        self._sink = sink
+        # Checked once: a runtime protocol check costs more than a receipt's parse.
+        self._group_sink = sink if isinstance(sink, GroupReceiptSink) else None
+        self._counters = counters
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def take(self, link: Link, pdu: Pdu) -> None:
+        """A request from the carrier, read on `link`: handled in a task of its own, or
+        kept with the receipts of this read for `flush`."""
+        if link.receipts and link.inbound_slots.locked():
+            self._start_receipts(link)  # they hold the slots this one waits for
+        await link.inbound_slots.acquire()
+        receipt = self._groupable_receipt(pdu)
+        if receipt is not None:
+            link.receipts.append((pdu, receipt))
+            return
+        task = asyncio.create_task(self._on_request(link, pdu))
+        self.tasks.add(task)
+        task.add_done_callback(self._inbound_done(link))
+
+    def flush(self, link: Link) -> None:
+        """After a read's events: its receipts go to the sink as one group."""
+        if link.receipts:
+            self._start_receipts(link)
+
+    def _inbound_done(self, link: Link) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            link.inbound_slots.release()
+
+        return done
+
+    def _groupable_receipt(self, pdu: Pdu) -> Receipt | None:
+        """The receipt in `pdu` if the sink takes receipts in groups, else None (also for
+        one that cannot be parsed here: `_on_request` answers it on its own)."""
+        if self._group_sink is None or pdu.command not in (
+            Command.DELIVER_SM,
+            Command.DATA_SM,
+        ):
+            return None
+        try:
+            return self._receipt(pdu)
+        except Exception:
+            return None
+
+    def _start_receipts(self, link: Link) -> None:
+        group, link.receipts = link.receipts, []
+        task = asyncio.create_task(self._on_receipts(link, group))
+        self.tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            for _ in group:
+                link.inbound_slots.release()
+
+        task.add_done_callback(done)
+
+    async def _on_receipts(self, link: Link, group: list[tuple[Pdu, Receipt]]) -> None:
+        """A read's receipts made durable in one go; each deliver_sm answered after."""
+        session = link.session
+        if session is None:
+            return
+        sink = self._group_sink
+        assert sink is not None
+        try:
+            failed = await sink.receipt_group(self._route, [receipt for _, receipt in group])
+        except Exception as e:  # the gateway could not store them: let the carrier retry
+            failed = [e] * len(group)
+        for (pdu, _), error in zip(group, failed, strict=True):
+            if error is None:
+                status = Status.ESME_ROK
+                self._counters["receipts"] += 1
+            else:
+                log.error("smpp_inbound_not_stored", route=self._route, error=type(error).__name__)
+                status = Status.ESME_RX_T_APPN
+            if not session.closed:
+                session.respond(pdu, status)
+        if link.session is session and not session.closed:
+            link.nudge()
+
+    async def _on_request(self, link: Link, pdu: Pdu) -> None:
+        session = link.session
+        if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
+            return
+        try:
+            receipt = self._receipt(pdu)
+            if receipt is not None:
+                await self._sink.receipt(self._route, receipt)
+                self._counters["receipts"] += 1
+            else:
+                await self._inbound_sms(pdu)
+        except Exception as e:  # the gateway could not store it: let the carrier retry
+            log.error("smpp_inbound_not_stored", route=self._route, error=type(e).__name__)
+            status = Status.ESME_RX_T_APPN
+        else:
+            status = Status.ESME_ROK
+        if not session.closed:
+            session.respond(pdu, status)
+            if link.session is session:
+                link.nudge()
+
+    def _receipt(self, pdu: Pdu) -> Receipt | None:
+        esm_class = pdu.param("esm_class", int)
+        tlvs = {name: pdu.tlvs[tag] for tag, name in _RECEIPT_TLVS.items() if tag in pdu.tlvs}
+        if not esm_class & ESM_RECEIPT and "receipted_message_id" not in tlvs:
+            return None
+        text = pdu.params.get("short_message", b"")
+        parsed = dlr.parse_receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
+        if parsed is None:
+            return None
+        receipt = dlr.as_receipt(parsed)
+        return Receipt(
+            receipt.carrier_id,
+            receipt.state,
+            receipt.error_code,
+            alternate_ids=dlr.id_variants(parsed.message_id)[1:],
+        )
+
+    async def _inbound_sms(self, pdu: Pdu) -> None:
+        data = pdu.params.get("short_message", b"")
+        if not data and Tag.MESSAGE_PAYLOAD in pdu.tlvs:
+            data = pdu.tlvs[Tag.MESSAGE_PAYLOAD]
+        decoded = decode_inbound(
+            data if isinstance(data, bytes) else b"",
+            pdu.param("data_coding", int),
+            pdu.param("esm_class", int),
+        )
+        sender = "+" + str(pdu.params.get("source_addr", "")).lstrip("+")
+        recipient = str(pdu.params.get("destination_addr", "")) or None
+        concat = decoded.concat or concat_from_tlvs(pdu.tlvs)
+        part = None
+        if concat is not None and concat.total > 1:
+            part = InboundPart(concat.reference, concat.ref_bits, concat.total, concat.seq)
+        await self._sink.inbound(
+            self._route, InboundSms(sender, decoded.text, recipient, part=part)
+        )
+        self._counters["inbound"] += 1

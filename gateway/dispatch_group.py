@@ -1,0 +1,368 @@
+"""One dispatched group, from its claim to its recorded outcomes.
+
+The scheduler hands a route a group of due messages it has tokens and window room for
+(`scheduler.py`). Here the group is claimed in one store call (all `sending` in one
+commit, before any byte leaves), what was claimed goes to the driver together
+(`drivers.base.submit_group`: SMPP writes the group's submit_sm at once) as the route's
+window lets it, and once every message has its answer the outcomes are recorded in one
+store call: `sent`, a retry with back-off, `failed` or `expired`, mapped from the
+driver's errors as for a single message. A message's window slot is freed when the
+carrier answers it, not when its outcome is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from drivers.base import (
+    DriverAuthFailed,
+    DriverNotReady,
+    OutboundSms,
+    PermanentSendError,
+    SubmitResult,
+    TransientSendError,
+    submit_group,
+)
+from drivers.clock import Clock
+from drivers.text import Encoding, split
+from gateway.config import QueueConfig
+from gateway.logs import exception_summary
+from gateway.metrics import Metrics
+from gateway.models import State
+from gateway.routes import RouteRuntime
+from gateway.store.claim_check import Held
+from gateway.store.store import ClaimedMessage, Store
+from gateway.store.transitions import Transition
+
+if TYPE_CHECKING:
+    from gateway.scheduler import Entry
+
+log = structlog.get_logger("smsgw.scheduler")
+
+NOT_READY_COOL_DOWN = 1.0
+
+
+class GroupSender:
+    def __init__(
+        self,
+        store: Store,
+        queue: QueueConfig,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        requeue: Callable[[Entry], None],
+        freed: Callable[[], None],
+        parked: Callable[[], None],
+        backoff: Callable[[int], float],
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._clock = clock
+        self._metrics = metrics
+        self._requeue = requeue  # a message back in the cache (held, retried)
+        self._freed = freed  # a dispatch slot freed: the scheduler looks again
+        self._parked = parked  # the driver parked the route
+        self._backoff = backoff
+        self._turns: dict[str, asyncio.Lock] = {}  # per route: the group taking window slots
+
+    async def send(self, group: list[Entry], route: RouteRuntime) -> None:
+        """Claim the group in one commit, hand what was claimed to the driver together,
+        record the answers in one commit. Each message holds a dispatch slot of the
+        route until the carrier answered it (or it was not sent)."""
+        metrics = self._metrics.route(route.name)
+        metrics.in_flight.inc(len(group))
+        held = [True] * len(group)
+
+        def release(i: int) -> None:
+            """Free message i's slot once: as soon as the carrier answered, not after the
+            outcome is on disk, so the window counts submits, not our fsyncs."""
+            if held[i]:
+                held[i] = False
+                route.release()
+                metrics.in_flight.dec()
+                self._freed()
+
+        try:
+            claims = await self._store.claim_group(
+                [e.id for e in group], route.name, self._clock.time()
+            )
+            ready: list[tuple[int, ClaimedMessage]] = []
+            for i, (entry, claimed) in enumerate(zip(group, claims, strict=True)):
+                if isinstance(claimed, ClaimedMessage):
+                    ready.append((i, claimed))
+                    continue
+                if isinstance(claimed, Held):  # the send policy: not now (quiet hours)
+                    entry.due_at = claimed.until
+                    self._requeue(entry)
+                elif isinstance(claimed, Exception):
+                    log.error(
+                        "dispatch_failed",
+                        message_id=entry.id,
+                        route=route.name,
+                        error=exception_summary(claimed),
+                    )
+                release(i)
+            if ready:
+                await self._submit_group(group, route, ready, release)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error(
+                "dispatch_failed", route=route.name, count=len(group), error=exception_summary(e)
+            )
+        finally:
+            for i in range(len(group)):
+                release(i)
+
+    async def _submit_group(
+        self,
+        group: list[Entry],
+        route: RouteRuntime,
+        ready: list[tuple[int, ClaimedMessage]],
+        release: Callable[[int], None],
+    ) -> None:
+        started = self._clock.monotonic()
+        latency = self._metrics.route(route.name).submit_latency
+        futures: list[asyncio.Future[SubmitResult]] = []
+
+        def answered(i: int) -> Callable[[object], None]:
+            def done(_: object) -> None:
+                route.in_flight -= 1
+                route.slots.release()
+                release(i)
+                latency.observe(self._clock.monotonic() - started)
+
+            return done
+
+        try:
+            pending = [(i, self._outbound(claimed)) for i, claimed in ready]
+            # The route's window at the carrier, group after group (first come, first
+            # served, so priority order holds): wait for one slot, then take every other
+            # one free by then and send that many together.
+            async with self._turns.setdefault(route.name, asyncio.Lock()):
+                while pending:
+                    await route.slots.acquire()
+                    take = 1
+                    while take < len(pending) and not route.slots.locked():
+                        await route.slots.acquire()
+                        take += 1
+                    chunk, pending = pending[:take], pending[take:]
+                    route.in_flight += take
+                    for (i, _), future in zip(chunk, self._hand_over(route, chunk), strict=True):
+                        future.add_done_callback(answered(i))
+                        futures.append(future)
+            if futures:
+                await asyncio.wait(futures)
+        except asyncio.CancelledError:
+            # Shutdown cut the group short: what was not answered may have reached the carrier.
+            for future in futures:
+                future.cancel()
+            await asyncio.shield(self._record(group, route, ready, futures, cancelled=True))
+            raise
+        await self._record(group, route, ready, futures, cancelled=False)
+
+    @staticmethod
+    def _hand_over(
+        route: RouteRuntime, chunk: list[tuple[int, OutboundSms]]
+    ) -> list[asyncio.Future[SubmitResult]]:
+        try:
+            return submit_group(route.driver, [sms for _, sms in chunk])
+        except Exception as e:  # a driver bug: each message's outcome is the error
+            futures: list[asyncio.Future[SubmitResult]] = []
+            for _ in chunk:
+                futures.append(asyncio.get_running_loop().create_future())
+                futures[-1].set_exception(e)
+            return futures
+
+    def _outbound(self, claimed: ClaimedMessage) -> OutboundSms:
+        plan = split(claimed.body, encoding=Encoding(claimed.encoding))
+        return OutboundSms(
+            message_id=claimed.id,
+            to=claimed.to,
+            parts=plan.parts,
+            encoding=plan.encoding.value,
+            want_receipt=self._queue.policy(claimed.priority).want_receipt,
+            reference=_concat_reference(claimed.id),
+            possible_duplicate=claimed.possible_duplicate,
+        )
+
+    async def _record(
+        self,
+        group: list[Entry],
+        route: RouteRuntime,
+        ready: list[tuple[int, ClaimedMessage]],
+        futures: list[asyncio.Future[SubmitResult]],
+        *,
+        cancelled: bool,
+    ) -> None:
+        """Every claimed message's outcome, as the driver's answer or error says, in one
+        store call; then per message its metrics, log line and (for a retry) its place
+        back in the queue."""
+        now = self._clock.time()
+        plan = _Plan()
+        for n, (i, _) in enumerate(ready):
+            entry = group[i]
+            future = futures[n] if n < len(futures) else None
+            if future is None or future.cancelled():
+                code = "gateway:shutdown" if cancelled else "driver:crash"
+                self._retry(plan, entry, route, code, now, consume_attempt=False, maybe_sent=True)
+                continue
+            error = future.exception()
+            if error is None:
+                route.succeeded(self._clock.monotonic())
+                plan.sent.append((entry, future.result()))
+            else:
+                self._failure(plan, entry, route, error, now)
+        states, done = await self._store.record_outcomes(
+            [(e.id, route.name, r.carrier_ids, now) for e, r in plan.sent],
+            [(t, now) for t, _ in plan.changes],
+        )
+        if plan.sent:
+            route.counters["sent"] = route.counters.get("sent", 0) + len(plan.sent)
+            self._metrics.route(route.name).sends["sent"].inc(len(plan.sent))
+        debug = log.debug  # looked up once: the logger is a lazy proxy
+        for (entry, result), state in zip(plan.sent, states, strict=True):
+            if isinstance(state, Exception):
+                log.error(
+                    "dispatch_failed",
+                    message_id=entry.id,
+                    route=route.name,
+                    error=exception_summary(state),
+                )
+            elif state is not State.SENT:
+                self._metrics.final.labels(state.value).inc()
+            # Per-message success is in `message_events`; the log keeps it at debug level.
+            debug(
+                "message_sent",
+                message_id=entry.id,
+                route=route.name,
+                parts=len(result.carrier_ids),
+            )
+        for (_, after), ok in zip(plan.changes, done, strict=True):
+            if ok is True:
+                after()
+            elif isinstance(ok, Exception):
+                log.error("dispatch_failed", route=route.name, error=exception_summary(ok))
+
+    def _failure(
+        self, plan: _Plan, entry: Entry, route: RouteRuntime, error: BaseException, now: float
+    ) -> None:
+        """Today's outcome for a driver error, for one message of a group."""
+        if isinstance(error, PermanentSendError):
+            self._fail(plan, entry, route, error.code, now)
+        elif isinstance(error, DriverAuthFailed):
+            self._parked()  # the driver parked the route: the next round alerts
+            self._retry(plan, entry, route, error.code, now, consume_attempt=False)
+        elif isinstance(error, DriverNotReady):
+            route.cool_until = self._clock.monotonic() + (error.retry_after or NOT_READY_COOL_DOWN)
+            if error.throttled:
+                route.throttled(self._clock.monotonic())
+                self._metrics.route_throttled.labels(route.name).inc()
+            self._retry(plan, entry, route, error.code, now, consume_attempt=False)
+        elif isinstance(error, TransientSendError):
+            self._retry(
+                plan,
+                entry,
+                route,
+                error.code,
+                now,
+                retry_after=error.retry_after,
+                maybe_sent=error.maybe_sent,
+            )
+        else:
+            log.error(
+                "driver_crashed",
+                route=route.name,
+                message_id=entry.id,
+                error=exception_summary(error),
+            )
+            self._retry(plan, entry, route, "driver:crash", now, maybe_sent=True)
+
+    def _fail(self, plan: _Plan, entry: Entry, route: RouteRuntime, code: str, now: float) -> None:
+        def after() -> None:
+            self._metrics.final.labels("failed").inc()
+            log.info("message_failed", message_id=entry.id, route=route.name, code=code)
+
+        route.count("failed")
+        self._metrics.route(route.name).sends["failed"].inc()
+        plan.changes.append(
+            (Transition(entry.id, State.FAILED, route=route.name, error_code=code), after)
+        )
+
+    def _retry(
+        self,
+        plan: _Plan,
+        entry: Entry,
+        route: RouteRuntime,
+        code: str,
+        now: float,
+        *,
+        retry_after: float | None = None,
+        consume_attempt: bool = True,
+        maybe_sent: bool = False,
+    ) -> None:
+        # The claim counted this try; one that cost nothing (the route could not take
+        # the message) is given back by writing the count from before the claim.
+        attempts = entry.attempts + (1 if consume_attempt else 0)
+        route.count("retry")
+        self._metrics.route(route.name).sends["retry"].inc()
+        if attempts >= self._queue.policy(entry.priority).max_attempts:
+            self._fail(plan, entry, route, code, now)
+            return
+        delay = self._backoff(attempts) if consume_attempt else 0.0
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        # A message the route could not take (not ready, throttled, shutdown) keeps its
+        # place in its class; one the carrier refused waits out its back-off.
+        due = now + delay if consume_attempt or retry_after else min(entry.due_at, now)
+        if max(due, now) >= entry.expires_at:
+            expired = Transition(
+                entry.id, State.EXPIRED, route=route.name, error_code=code, attempts=attempts
+            )
+            plan.changes.append((expired, lambda: self._metrics.final.labels("expired").inc()))
+            return
+
+        def after() -> None:
+            if maybe_sent:
+                self._metrics.possible_duplicates.labels("link").inc()
+            log.info(
+                "message_retry",
+                message_id=entry.id,
+                route=route.name,
+                code=code,
+                attempt=attempts,
+                delay=round(delay, 3),
+            )
+            entry.attempts, entry.due_at = attempts, due
+            self._requeue(entry)
+
+        retry = Transition(
+            entry.id,
+            State.QUEUED,
+            route=route.name,
+            error_code=code,
+            due_at=due,
+            attempts=attempts,
+            possible_duplicate=True if maybe_sent else None,
+        )
+        plan.changes.append((retry, after))
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A group's outcomes before they are recorded: the accepted messages, and the other
+    changes each with what to do once it is committed."""
+
+    sent: list[tuple[Entry, SubmitResult]] = field(default_factory=list)
+    changes: list[tuple[Transition, Callable[[], None]]] = field(default_factory=list)
+
+
+def _concat_reference(message_id: str) -> int:
+    """A stable 16-bit concatenation reference, the same on every resend."""
+    return zlib.crc32(message_id.encode()) & 0xFFFF
