@@ -257,3 +257,19 @@ def test_the_number_cache_holds_the_benchmarks_recipients() -> None:
     for n in numbers:
         normalise_number(n, "US")
     assert normalise_number.cache_info().misses == misses
+
+
+async def test_a_repeated_body_is_planned_as_the_first_and_refused_each_time(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Bodies are planned once per text (a broadcast's repeats): a second send of a text
+    gets the first's encoding and segments, and an oversized text is refused every time."""
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    who = await sender(gw)
+    texts = ["Résultats prêts ✓" * 5, "Your results are ready"]  # UCS2 in 2 parts, GSM7 in 1
+    items = [SendRequest(to=number(i), body=texts[i % 2], purpose="results") for i in range(4)]
+    items += [SendRequest(to=number(9), body="x" * 1601, purpose="results")] * 2
+    answer = await gw.usecases.messages.accept_batch(who, items)
+    shapes = [r if isinstance(r, dict) else (r.encoding, r.segments) for r in answer.results]
+    assert shapes[:4] == [("ucs2", 2), ("gsm7", 1)] * 2
+    assert [s["error"]["code"] for s in shapes[4:]] == ["body_too_long"] * 2
