@@ -283,6 +283,8 @@ data_dir = "{data_dir}"
 
 [http]
 listen = "{listen}"
+# wrk's 256 connections all come from 127.0.0.1; the default cap (128) would refuse half
+max_connections_per_address = 1024
 
 [store]
 path = "smsgw.db"

@@ -26,10 +26,10 @@ from gateway.consent.purposes import Purpose
 from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
 from gateway.integrations.callbacks import check_callback
-from gateway.links.placeholders import LinkBook, Minted
+from gateway.links.placeholders import LinkBook, Minted, has_placeholder
 from gateway.links.store import token_statements
 from gateway.metrics import Metrics
-from gateway.models import State, new_message_id
+from gateway.models import Priority, State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
 from gateway.store.claim_check import ClaimSubject, Held
@@ -176,7 +176,13 @@ def _join(path: str, name: str) -> str:
     return f"{path}{name}" if name.startswith("[") else f"{path}.{name}" if name else path
 
 
-@functools.lru_cache(maxsize=8192)
+# A miss costs 30-100 us (phonenumbers' parse and validation), a hit 1 us; an entry
+# about 150 bytes. 32,768 numbers (about 5 MB) hold a hospital's regular recipients:
+# at 8,192, sends spread over 10,000 numbers missed one time in five.
+NUMBER_CACHE_SIZE = 32_768
+
+
+@functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
 def normalise_number(raw: str, region: str) -> str | None:
     """E.164 form of a dialable number, or None if it is not a valid number.
 
@@ -195,14 +201,21 @@ def normalise_number(raw: str, region: str) -> str | None:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
+# A broadcast's or a template's text comes many times over: planned once (7 us a
+# 160-character body). An oversized body raises each time (lru_cache keeps no error).
+@functools.lru_cache(maxsize=128)
+def _plan(body: str, max_segments: int) -> tuple[str, int]:
+    """The encoding and the number of segments `body` is sent in."""
+    plan = split(body, max_segments=max_segments)
+    return plan.encoding.value, plan.segments
+
+
 def _bad_field(field: str, detail: str) -> ApiError:
     return ApiError(422, "invalid_field", f"{field}: {detail}", field=field)
 
 
-def _instant(value: datetime | None, field: str) -> float | None:
+def _instant(value: datetime, field: str) -> float:
     """Unix seconds of a client's time, refusing offsets no zone uses (beyond ±14:00)."""
-    if value is None:
-        return None
     offset = value.utcoffset()
     if offset is None or abs(offset) > MAX_UTC_OFFSET:
         raise _bad_field(field, "the UTC offset must be within -14:00 to +14:00")
@@ -301,9 +314,12 @@ class Intake:
                 field=f"{field_prefix}to",
             )
         message_id = new_message_id()
-        body, links = self.links.expand(req.body, message_id, now, f"{field_prefix}body")
+        body: str = req.body
+        links: tuple[Minted, ...] = ()
+        if has_placeholder(body):
+            body, links = self.links.expand(body, message_id, now, f"{field_prefix}body")
         try:
-            plan = split(body, max_segments=self._queue.max_segments)
+            encoding, segments = _plan(body, self._queue.max_segments)
         except BodyTooLong as e:
             raise ApiError(
                 422, "body_too_long", f"{field_prefix}body: {e}", field=f"{field_prefix}body"
@@ -318,7 +334,7 @@ class Intake:
                 field=f"{field_prefix}route",
             )
         horizon = self._queue.max_schedule_days * 86400.0
-        send_at = _instant(req.send_at, f"{field_prefix}send_at")
+        send_at = None if req.send_at is None else _instant(req.send_at, f"{field_prefix}send_at")
         if send_at is not None and not now - SEND_AT_SKEW <= send_at <= now + horizon:
             raise _bad_field(
                 f"{field_prefix}send_at",
@@ -326,17 +342,19 @@ class Intake:
                 f" ({self._queue.max_schedule_days:g} days)",
             )
         start = max(now, send_at or now)
-        default_expiry = start + self._queue.policy(priority).expires_after
-        expires_at = _instant(req.expires_at, f"{field_prefix}expires_at")
-        if expires_at is None:
-            expires_at = default_expiry
+        lifetime = self._queue.policy(priority).expires_after
+        if req.expires_at is None:
+            expires_at = start + lifetime
+        else:
+            expires_at = _instant(req.expires_at, f"{field_prefix}expires_at")
         if not start < expires_at <= start + horizon:
             raise _bad_field(
                 f"{field_prefix}expires_at",
                 "must be after now and after send_at, and at most"
                 f" queue.max_schedule_days ({self._queue.max_schedule_days:g}) after them",
             )
-        check_callback(req.callback_url, self._config.webhooks, f"{field_prefix}callback_url")
+        if req.callback_url is not None:
+            check_callback(req.callback_url, self._config.webhooks, f"{field_prefix}callback_url")
         candidates = self._router.candidates(to, priority, req.route)
         if not candidates:
             raise ApiError(
@@ -352,8 +370,8 @@ class Intake:
             priority=priority,
             to=to,
             body=body,
-            encoding=plan.encoding.value,
-            segments=plan.segments,
+            encoding=encoding,
+            segments=segments,
             created_at=now,
             expires_at=expires_at,
             send_at=send_at,
@@ -376,7 +394,7 @@ class Intake:
             purpose,
             req.quiet_hours_override is not None,
             None if req.quiet_hours_override is None else req.quiet_hours_override.reason,
-            None if req.expires_at is not None else self._queue.policy(priority).expires_after,
+            None if req.expires_at is not None else lifetime,
             links,
         )
 
@@ -410,8 +428,12 @@ class Intake:
 
     def accepted(self, prepared: Sequence[Prepared]) -> None:
         """Hand committed messages to the scheduler (a blocked one never goes)."""
+        counted: dict[Priority, int] = {}
         for p in prepared:
             if p.message.blocked is not None:
                 continue
             self._scheduler.add(p.entry, scheduled=p.scheduled)
-            self._metrics.accepted_by_class[p.message.priority].inc()
+            priority = p.message.priority
+            counted[priority] = counted.get(priority, 0) + 1
+        for priority, n in counted.items():  # a batch's counts: one increment per class
+            self._metrics.accepted_by_class[priority].inc(n)

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
+from gateway.metrics_loop import LoopHistogram
 from gateway.metrics_state import StateCollector
 from gateway.models import Priority
 
@@ -84,11 +85,11 @@ class Metrics:
             ["route"],
             registry=r,
         )
-        self.accept_latency = Histogram(
+        self.accept_latency = LoopHistogram(
             "smsgw_accept_seconds",
             "HTTP accept time, request to durable commit",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            r,
         )
         self.queue_latency = Histogram(
             "smsgw_queue_seconds",

@@ -13,7 +13,7 @@ from gateway.lifecycle import (
     IllegalTransition,
     check_transition,
 )
-from gateway.models import IdGenerator, Priority, State
+from gateway.models import IdGenerator, Priority, State, encode_id
 from gateway.ratelimit import TokenBucket
 from gateway.router import Router, RouteRule
 from gateway.shares import ShareGuard
@@ -114,3 +114,13 @@ def test_ids_sort_by_creation() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == 2000
     assert all(len(i) == 26 for i in ids)
+
+
+@given(st.integers(0, 2**128 - 1))
+def test_an_id_is_its_value_in_crockford_base32(value: int) -> None:
+    """The written-out encoding (issue 16) against the plain definition: 130 bits, the
+    value and two zero bits, read five at a time from the top."""
+    digits = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    wide = value << 2
+    expected = "".join(digits[(wide >> shift) & 31] for shift in range(125, -1, -5))
+    assert encode_id(value) == expected

@@ -254,7 +254,9 @@ class Messages:
         that transaction too (`Intake.judge`), so a cap's count and the insert it allowed
         are one step, and the answer says what became of each message."""
         started = time.perf_counter()
-        await self._audit_overrides(caller, prepared)
+        overriding = [p for p in prepared if p.quiet_hours_override]
+        if overriding:
+            await self._audit_overrides(caller, overriding)
         now = self._clock.time()
 
         def finish(judged: list[Prepared]) -> tuple[list[Statement], T]:
@@ -290,12 +292,9 @@ class Messages:
         self._metrics.accept_latency.observe(time.perf_counter() - started)
         return answer
 
-    async def _audit_overrides(self, caller: Caller, prepared: Sequence[Prepared]) -> None:
+    async def _audit_overrides(self, caller: Caller, overriding: Sequence[Prepared]) -> None:
         """A send outside quiet hours is allowed only with the `urgent` right, and
         audited (with its reason) before the message is stored."""
-        overriding = [p for p in prepared if p.quiet_hours_override]
-        if not overriding:
-            return
         if not caller.may_override_quiet_hours:
             raise ApiError(
                 403,
