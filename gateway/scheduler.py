@@ -125,7 +125,7 @@ class Scheduler:
             self._metrics.possible_duplicates.labels("restart").inc(recovered)
             log.warning("requeued_in_flight_after_restart", count=recovered)
         orphans = []
-        for m in await self._store.live_messages():
+        async for m in self._store.live_messages(numbers=self._router.routes_by_number):
             entry = self.entry_for(m)
             if not entry.candidates:
                 orphans.append(Transition(m.id, State.FAILED, error_code="route:none"))

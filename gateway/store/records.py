@@ -98,6 +98,53 @@ _MESSAGE_COLUMNS = (
 _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 
+def message_list_sql(
+    q: MessageQuery, cipher: FieldCipher, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """Newest first: by id, or by creation time (then id) when `since` or `until`
+    bounds it, so the index by creation time reads only the range asked (by id the
+    walk would pass every newer message first). Ids are made at accept, so the two
+    orders agree but for messages accepted in the same instant."""
+    by_time = q.since is not None or q.until is not None
+    # In a time range, `+` keeps the indexes by state and by route (in id order) out:
+    # the walk by creation time stops at a page, where theirs would sort every match.
+    plus = "+" if by_time else ""
+    where: list[tuple[str, tuple[Any, ...]]] = []
+    if q.owner is not None:
+        where.append(("token_id = ?", (q.owner,)))
+    if q.state is not None:
+        where.append((f"{plus}state = ?", (q.state.value,)))
+    if q.priority is not None:
+        where.append(("priority = ?", (int(q.priority),)))
+    if q.route is not None:
+        where.append((f"{plus}route = ?", (q.route,)))
+    if q.receipt_overdue is not None:
+        # Not `(receipt_overdue = 1) = ?`: the partial index needs the plain term.
+        overdue = "receipt_overdue = 1" if q.receipt_overdue else "receipt_overdue != 1"
+        where.append((overdue, ()))
+    if q.since is not None:
+        where.append(("created_at >= ?", (q.since,)))
+    if q.until is not None:
+        where.append(("created_at < ?", (q.until,)))
+    if q.to is not None:
+        where.append(("to_index = ?", (cipher.blind_index(q.to),)))
+    if q.before is not None and by_time:
+        # After the cursor in (created_at, id) order; an unknown id pages by id alone.
+        after = (
+            "(created_at, id) < (coalesce((SELECT created_at FROM messages WHERE id = ?),"
+            " created_at), ?)"
+        )
+        where.append((after, (q.before, q.before)))
+    elif q.before is not None:
+        where.append(("id < ?", (q.before,)))
+    sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - fixed columns
+    if where:
+        sql += " WHERE " + " AND ".join(clause for clause, _ in where)
+    order = " ORDER BY created_at DESC, id DESC" if by_time else " ORDER BY id DESC"
+    params = [v for _, values in where for v in values]
+    return sql + order + " LIMIT ?", (*params, limit)
+
+
 class Records:
     """The read side of messages and inbound messages."""
 
@@ -179,31 +226,8 @@ class Records:
         return [StoredEvent(*row[:6]) for row in rows]
 
     async def messages(self, q: MessageQuery, limit: int) -> list[StoredMessage]:
-        where: list[tuple[str, Any]] = []
-        if q.owner is not None:
-            where.append(("token_id = ?", q.owner))
-        if q.state is not None:
-            where.append(("state = ?", q.state.value))
-        if q.priority is not None:
-            where.append(("priority = ?", int(q.priority)))
-        if q.route is not None:
-            where.append(("route = ?", q.route))
-        if q.receipt_overdue is not None:
-            where.append(("(receipt_overdue = 1) = ?", q.receipt_overdue))
-        if q.since is not None:
-            where.append(("created_at >= ?", q.since))
-        if q.until is not None:
-            where.append(("created_at < ?", q.until))
-        if q.to is not None:
-            where.append(("to_index = ?", self._cipher.blind_index(q.to)))
-        if q.before is not None:
-            where.append(("id < ?", q.before))
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - fixed columns
-        if where:
-            sql += " WHERE " + " AND ".join(clause for clause, _ in where)
-        rows = await self._reader.all(
-            sql + " ORDER BY id DESC LIMIT ?", (*(v for _, v in where), limit)
-        )
+        """Newest first (`message_list_sql`)."""
+        rows = await self._reader.all(*message_list_sql(q, self._cipher, limit))
         return [self._message(r) for r in rows]
 
     # -- inbound -----------------------------------------------------------------------
