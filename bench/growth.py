@@ -305,14 +305,6 @@ async def measure(home: harness.GatewayHome, args: argparse.Namespace) -> dict[s
         await asyncio.sleep(args.idle)
         out["idle_cpu"] = round((_proc_cpu_s(pid) - cpu0) / (time.perf_counter() - w0), 4)
         out["rss_mb_idle"] = round(_rss_mb(pid), 1)
-        secret = home.data_dir / "viewer.password"
-        secret.write_text(VIEWER[1] + "\n")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "user", "add", "--role", "viewer",
-            "--password-file", str(secret), "--config", str(home.config_path), VIEWER[0],
-            cwd=harness.REPO, stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        assert await proc.wait() == 0
         auth = {"Authorization": f"Bearer {home.token}"}
         reads: dict[str, Any] = {}
         jar = aiohttp.CookieJar(unsafe=True)
@@ -329,6 +321,18 @@ async def measure(home: harness.GatewayHome, args: argparse.Namespace) -> dict[s
     finally:
         await server.stop()
     return out
+
+
+async def _viewer(home: harness.GatewayHome) -> None:
+    """A panel user who may see the dashboard and the analytics."""
+    secret = home.data_dir / "viewer.password"
+    secret.write_text(VIEWER[1] + "\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "user", "add", "--role", "viewer",
+        "--password-file", str(secret), "--config", str(home.config_path), VIEWER[0],
+        cwd=harness.REPO, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await proc.wait() == 0
 
 
 async def _phi_token(home: harness.GatewayHome) -> str:
@@ -362,6 +366,7 @@ async def main(args: argparse.Namespace, root: Path) -> int:
         shutil.rmtree(home_dir, ignore_errors=True)
         home = await harness.init_gateway(home_dir)
         token = await _phi_token(home)
+        await _viewer(home)
         built = await asyncio.to_thread(build, home, args.messages, now)
         built.update(messages_asked=args.messages, now=now, token=token)
         meta.write_text(json.dumps(built))

@@ -175,3 +175,34 @@ def test_routes_without_prefixes_share_one_candidate_tuple_per_class() -> None:
     assert by_prefix.routes_by_number
     assert by_prefix.candidates("+12025550100", Priority.NORMAL) == ()
     assert by_prefix.candidates("+447700900123", Priority.NORMAL) == ("uk",)
+
+
+async def test_the_queue_views_count_every_waiting_message_and_skip_stale_heads(
+    open_gateway: GatewayFactory, clock: Any
+) -> None:
+    gw = await open_gateway()
+    await _queue(gw, 3)
+    clock.advance(10.0)
+    await _queue(gw, 2)
+    later = gw.intake.prepare(
+        SendRequest(
+            to=CANARY_NUMBER, body="later", send_at=datetime.fromtimestamp(NOW + 9e6, UTC)
+        ),
+        None,
+        gw.clock.time(),
+    )
+    await gw.store.insert(gw.intake.statements([later]))
+    gw.scheduler.add(later.entry, scheduled=later.scheduled)
+    depths = gw.scheduler.depths()
+    assert sum(depths["queued"].values()) == 5 and sum(depths["scheduled"].values()) == 1
+    assert gw.scheduler.depths_by_route() == {
+        "queued": {"main": 5},
+        "scheduled": {"main": 1},
+    }
+    label = Priority.NORMAL.label
+    assert gw.scheduler.oldest_waiting(gw.clock.time())[label] == 10.0
+    oldest = sorted(gw.scheduler._waiting.values(), key=lambda e: e.due_at)[:3]
+    for e in oldest:  # cancelled: their heap items stay behind, stale
+        gw.scheduler.forget(e.id)
+    assert gw.scheduler.oldest_waiting(gw.clock.time())[label] == 0.0
+    assert sum(gw.scheduler.depths()["queued"].values()) == 2
