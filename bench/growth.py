@@ -294,6 +294,10 @@ def _reads(home: harness.GatewayHome, now: float) -> dict[str, str]:
 async def measure(home: harness.GatewayHome, args: argparse.Namespace) -> dict[str, Any]:
     pinning = harness.setup_pinning()
     server = harness.gateway_server(home, harness.RouteSpec(rate=None), pinning, "growth")
+    if args.server_repo is not None:  # another checkout's smsgw on the same store
+        python = args.server_repo / ".venv" / "bin" / "python"
+        server.argv = [*pinning.server, str(python), *server.argv[len(pinning.server) + 1 :]]
+        server.cwd = args.server_repo
     t0 = time.perf_counter()
     await server.start()
     start_s = time.perf_counter() - t0
@@ -421,6 +425,11 @@ def cli() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse the store --dir holds")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measured")
+    parser.add_argument(
+        "--server-repo",
+        type=Path,
+        help="run the smsgw of this checkout (its .venv) on the store: a before/after",
+    )
     args = parser.parse_args()
     if args.messages <= WAITING:
         parser.error(f"--messages must exceed the {WAITING:,} waiting")
