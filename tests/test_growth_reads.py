@@ -26,7 +26,8 @@ NOW = 1_800_000_000.0
 
 async def _plan(gw: Gateway, q: MessageQuery) -> str:
     assert gw.store.cipher is not None
-    sql, params = message_list_sql(q, gw.store.cipher, 51)
+    cursor_at = NOW - 10 if q.before is not None else None  # the cursor's created_at
+    sql, params = message_list_sql(q, gw.store.cipher, 51, cursor_at)
     rows = await gw.store.reader.all("EXPLAIN QUERY PLAN " + sql, params)
     return " | ".join(str(r[3]) for r in rows)
 
@@ -40,6 +41,10 @@ async def _plan(gw: Gateway, q: MessageQuery) -> str:
         (MessageQuery(since=NOW - 86400), "messages_created"),
         (MessageQuery(since=NOW - 86400, until=NOW), "messages_created"),
         (MessageQuery(until=NOW, before="01J0000000000000000000000Z"), "messages_created"),
+        (
+            MessageQuery(since=NOW - 9e6, until=NOW, before="01J0000000000000000000000Z"),
+            "messages_created",
+        ),
         (MessageQuery(state=State.FAILED, since=NOW - 86400), "messages_created"),
         (MessageQuery(route="main", until=NOW), "messages_created"),
         (MessageQuery(state=State.FAILED), "messages_state"),
@@ -58,6 +63,8 @@ async def test_each_list_filter_reads_through_an_index(
     assert walks in ([], ["SCAN messages USING INDEX messages_overdue"]), plan
     # A page is the first rows of the index's order, not all matches sorted.
     assert "TEMP B-TREE" not in plan or query.to is not None, plan
+    if query.before is not None and query.until is not None:
+        assert "(created_at,id)<(?,?)" in plan, plan  # the walk starts at the cursor
 
 
 async def test_a_time_range_pages_by_creation_time_without_gaps(
@@ -185,9 +192,7 @@ async def test_the_queue_views_count_every_waiting_message_and_skip_stale_heads(
     clock.advance(10.0)
     await _queue(gw, 2)
     later = gw.intake.prepare(
-        SendRequest(
-            to=CANARY_NUMBER, body="later", send_at=datetime.fromtimestamp(NOW + 9e6, UTC)
-        ),
+        SendRequest(to=CANARY_NUMBER, body="later", send_at=datetime.fromtimestamp(NOW + 9e6, UTC)),
         None,
         gw.clock.time(),
     )

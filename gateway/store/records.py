@@ -99,7 +99,7 @@ _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 
 def message_list_sql(
-    q: MessageQuery, cipher: FieldCipher, limit: int
+    q: MessageQuery, cipher: FieldCipher, limit: int, cursor_at: float | None = None
 ) -> tuple[str, tuple[Any, ...]]:
     """Newest first: by id, or by creation time (then id) when `since` or `until`
     bounds it, so the index by creation time reads only the range asked (by id the
@@ -110,6 +110,13 @@ def message_list_sql(
     # the walk by creation time stops at a page, where theirs would sort every match.
     plus = "+" if by_time else ""
     where: list[tuple[str, tuple[Any, ...]]] = []
+    if q.before is not None and by_time and cursor_at is not None:
+        # After the cursor (its creation time `cursor_at`) in (created_at, id) order.
+        # First: the planner takes the first of equal bounds, and this one starts the
+        # walk at the cursor, not at `until`.
+        where.append(("(created_at, id) < (?, ?)", (cursor_at, q.before)))
+    elif q.before is not None:
+        where.append(("id < ?", (q.before,)))
     if q.owner is not None:
         where.append(("token_id = ?", (q.owner,)))
     if q.state is not None:
@@ -128,15 +135,6 @@ def message_list_sql(
         where.append(("created_at < ?", (q.until,)))
     if q.to is not None:
         where.append(("to_index = ?", (cipher.blind_index(q.to),)))
-    if q.before is not None and by_time:
-        # After the cursor in (created_at, id) order; an unknown id pages by id alone.
-        after = (
-            "(created_at, id) < (coalesce((SELECT created_at FROM messages WHERE id = ?),"
-            " created_at), ?)"
-        )
-        where.append((after, (q.before, q.before)))
-    elif q.before is not None:
-        where.append(("id < ?", (q.before,)))
     sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - fixed columns
     if where:
         sql += " WHERE " + " AND ".join(clause for clause, _ in where)
@@ -226,8 +224,14 @@ class Records:
         return [StoredEvent(*row[:6]) for row in rows]
 
     async def messages(self, q: MessageQuery, limit: int) -> list[StoredMessage]:
-        """Newest first (`message_list_sql`)."""
-        rows = await self._reader.all(*message_list_sql(q, self._cipher, limit))
+        """Newest first (`message_list_sql`); an unknown cursor pages by id alone."""
+        cursor_at = None
+        if q.before is not None and (q.since is not None or q.until is not None):
+            row = await self._reader.one(
+                "SELECT created_at FROM messages WHERE id = ?", (q.before,)
+            )
+            cursor_at = None if row is None else float(row[0])
+        rows = await self._reader.all(*message_list_sql(q, self._cipher, limit, cursor_at))
         return [self._message(r) for r in rows]
 
     # -- inbound -----------------------------------------------------------------------
