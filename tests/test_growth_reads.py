@@ -45,7 +45,7 @@ async def _plan(gw: Gateway, q: MessageQuery) -> str:
             MessageQuery(since=NOW - 9e6, until=NOW, before="01J0000000000000000000000Z"),
             "messages_created",
         ),
-        (MessageQuery(state=State.FAILED, since=NOW - 86400), "messages_created"),
+        (MessageQuery(state=State.FAILED, since=NOW - 86400), "messages_state"),
         (MessageQuery(route="main", until=NOW), "messages_created"),
         (MessageQuery(state=State.FAILED), "messages_state"),
         (MessageQuery(to=CANARY_NUMBER), "messages_to"),

@@ -309,7 +309,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         h.list_messages,
         "read",
         "List messages, newest first, with cursor paging (with `since` or `until`, by"
-        " creation time: the index of a time range)",
+        " creation time unless `status` is given: the index of a time range)",
         None,
         MessagePage,
         query=(*_LIST_QUERY, _INCLUDE),

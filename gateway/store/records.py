@@ -98,16 +98,24 @@ _MESSAGE_COLUMNS = (
 _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 
+def time_ordered(q: MessageQuery) -> bool:
+    """A time range without a state pages by creation time. With a state it pages by
+    id through the index by state: most of a state's rows in a range are together in
+    id order, where a walk by time would pass every row of other states (a queue of a
+    hundred thousand waiting, all newer than the last delivery)."""
+    return q.state is None and (q.since is not None or q.until is not None)
+
+
 def message_list_sql(
     q: MessageQuery, cipher: FieldCipher, limit: int, cursor_at: float | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """Newest first: by id, or by creation time (then id) when `since` or `until`
-    bounds it, so the index by creation time reads only the range asked (by id the
-    walk would pass every newer message first). Ids are made at accept, so the two
-    orders agree but for messages accepted in the same instant."""
-    by_time = q.since is not None or q.until is not None
-    # In a time range, `+` keeps the indexes by state and by route (in id order) out:
-    # the walk by creation time stops at a page, where theirs would sort every match.
+    """Newest first: by id, or by creation time (then id) in a time range without a
+    state (`time_ordered`), so the index by creation time reads only the range asked
+    (by id the walk would pass every newer message first). Ids are made at accept, so
+    the two orders agree but for messages accepted in the same instant."""
+    by_time = time_ordered(q)
+    # In a time range, `+` keeps the index by route (in id order) out: the walk by
+    # creation time stops at a page, where its would sort every match.
     plus = "+" if by_time else ""
     where: list[tuple[str, tuple[Any, ...]]] = []
     if q.before is not None and by_time and cursor_at is not None:
@@ -120,7 +128,7 @@ def message_list_sql(
     if q.owner is not None:
         where.append(("token_id = ?", (q.owner,)))
     if q.state is not None:
-        where.append((f"{plus}state = ?", (q.state.value,)))
+        where.append(("state = ?", (q.state.value,)))
     if q.priority is not None:
         where.append(("priority = ?", (int(q.priority),)))
     if q.route is not None:
@@ -226,7 +234,7 @@ class Records:
     async def messages(self, q: MessageQuery, limit: int) -> list[StoredMessage]:
         """Newest first (`message_list_sql`); an unknown cursor pages by id alone."""
         cursor_at = None
-        if q.before is not None and (q.since is not None or q.until is not None):
+        if q.before is not None and time_ordered(q):
             row = await self._reader.one(
                 "SELECT created_at FROM messages WHERE id = ?", (q.before,)
             )
