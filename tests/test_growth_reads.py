@@ -211,3 +211,18 @@ async def test_the_queue_views_count_every_waiting_message_and_skip_stale_heads(
         gw.scheduler.forget(e.id)
     assert gw.scheduler.oldest_waiting(gw.clock.time())[label] == 0.0
     assert sum(gw.scheduler.depths()["queued"].values()) == 2
+
+
+async def test_the_rollup_enters_the_blocked_messages_at_its_cursor(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The analytics rollup wakes every 15 s on an idle gateway: each wake must seek to
+    its cursor, not walk every blocked message there is."""
+    from gateway.analytics.streams import STREAMS, Cursor
+
+    gw = await open_gateway()
+    stream = next(s for s in STREAMS if s.name == "blocked")
+    params = stream.params(Cursor(0, NOW, "x", 0), NOW + 60, 100)
+    rows = await gw.store.reader.all("EXPLAIN QUERY PLAN " + stream.sql, params)
+    plan = " | ".join(str(r[3]) for r in rows)
+    assert plan.startswith("SEARCH") and ">?" in plan.split(" | ")[0], plan
