@@ -144,6 +144,7 @@ class Server:
     port: int
     log_path: Path
     process: asyncio.subprocess.Process | None = None
+    cwd: Path = REPO  # the checkout whose code runs (bench/growth.py --server-repo)
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -159,7 +160,7 @@ class Server:
         self._log = _open_log(self.log_path)
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
-            cwd=REPO,
+            cwd=self.cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,

@@ -40,7 +40,9 @@ import asyncio
 import heapq
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 
 import structlog
 
@@ -61,6 +63,10 @@ log = structlog.get_logger("smsgw.scheduler")
 
 RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
 RECEIPT_SWEEP_RETRY = 60.0
+_PRIORITY_OF = attrgetter("priority")
+_CANDIDATES_OF = attrgetter("candidates")
+_ENTRY_OF = itemgetter(2)
+_FIRST = itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -127,7 +133,7 @@ class Scheduler:
             self._metrics.possible_duplicates.labels("restart").inc(recovered)
             log.warning("requeued_in_flight_after_restart", count=recovered)
         orphans = []
-        for m in await self._store.live_messages():
+        async for m in self._store.live_messages(numbers=self._router.routes_by_number):
             entry = self.entry_for(m)
             if not entry.candidates:
                 orphans.append(Transition(m.id, State.FAILED, error_code="route:none"))
@@ -173,25 +179,26 @@ class Scheduler:
 
     # -- views ---------------------------------------------------------------------------
 
+    # The views count in C (Counter over map): /metrics, /queue and the dashboard read
+    # them on every request, over a queue that may hold a hundred thousand messages.
     def depths(self) -> dict[str, dict[str, int]]:
-        waiting = {p.label: 0 for p in Priority}
-        for e in self._waiting.values():
-            waiting[e.priority.label] += 1
-        scheduled = {p.label: 0 for p in Priority}
-        for _, _, e in self._scheduled:
-            scheduled[e.priority.label] += 1
-        return {"queued": waiting, "scheduled": scheduled}
+        waiting = Counter(map(_PRIORITY_OF, self._waiting.values()))
+        scheduled = Counter(map(_PRIORITY_OF, map(_ENTRY_OF, self._scheduled)))
+        return {
+            "queued": {p.label: waiting[p] for p in Priority},
+            "scheduled": {p.label: scheduled[p] for p in Priority},
+        }
 
     def depths_by_route(self) -> dict[str, dict[str, int]]:
         """Per the route they would try first: messages due (`queued`) and not yet due
         (`scheduled`), counted apart as `depths()` counts them per class."""
         counts = {kind: dict.fromkeys(self._routes, 0) for kind in ("queued", "scheduled")}
-        entries = [("queued", e) for e in self._waiting.values()]
-        entries += [("scheduled", e) for _, _, e in self._scheduled]
-        for kind, e in entries:
-            if e.candidates:
-                first = e.candidates[0]
-                counts[kind][first] = counts[kind].get(first, 0) + 1
+        for kind, entries in (
+            ("queued", self._waiting.values()),
+            ("scheduled", map(_ENTRY_OF, self._scheduled)),
+        ):
+            firsts = Counter(map(_FIRST, filter(None, map(_CANDIDATES_OF, entries))))
+            counts[kind].update(firsts)
         return counts
 
     def sending_by_class(self) -> dict[str, int]:
@@ -200,10 +207,10 @@ class Scheduler:
     def oldest_waiting(self, now: float) -> dict[str, float]:
         """Per class, how long its oldest due message has waited since it fell due."""
         oldest = {p.label: 0.0 for p in Priority}
-        for e in self._waiting.values():
-            waited = now - e.due_at
-            if waited > oldest[e.priority.label]:
-                oldest[e.priority.label] = waited
+        for p in Priority:
+            head = self._head(p)  # the class's earliest due, as dispatch finds it
+            if head is not None:
+                oldest[p.label] = max(0.0, now - head.due_at)
         return oldest
 
     def oldest_due(self) -> float | None:

@@ -50,7 +50,7 @@ VIEWS = [
 ]
 _STORE_CALL = re.compile(
     r"\.store\.(message_row|events|list_messages|list_inbound|inbound_row|cancel|withdraw"
-    r"|insert|decrypt|blind_index|find_idempotent|records|state_counts|possible_duplicates"
+    r"|insert|decrypt|blind_index|find_idempotent|records|sending_counts|possible_duplicates"
     r"|sending_by_route)\b"
 )
 

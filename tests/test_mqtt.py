@@ -344,7 +344,7 @@ async def test_bad_payloads_get_an_error_on_the_response_topic_and_store_nothing
     assert reply.properties is not None and reply.properties.CorrelationData == b"req-1"
     assert CANARY_DIGITS.encode() not in reply.payload and b"CANARY" not in reply.payload
     assert b"colour" not in reply.payload
-    assert sum((await gw.store.state_counts()).values()) == 0
+    assert tuple(await gw.store.reader.one("SELECT count(*) FROM messages") or ()) == (0,)
 
 
 async def test_the_send_topic_is_not_subscribed_without_a_token_that_can_send(

@@ -184,10 +184,13 @@ def _count_event(row: Row, m: MessageKeys | None, days: LocalDays, sums: Sums) -
 
 
 # -- blocked --------------------------------------------------------------------------
+# After the cursor (time, id): `>= ?` first, so the index is entered at the cursor (an OR
+# of the two alone walked the whole index on every wake of the rollup: 1.5% CPU idle
+# at 150,000 blocked messages).
 BLOCKED_SQL = """
 SELECT m.updated_at, m.id, m.error_code, m.id
 FROM messages m INDEXED BY analytics_blocked_messages
-WHERE m.state = 'blocked' AND (m.updated_at > ? OR (m.updated_at = ? AND m.id > ?))
+WHERE m.state = 'blocked' AND m.updated_at >= ? AND (m.updated_at > ? OR m.id > ?)
   AND m.updated_at <= ?
 ORDER BY m.updated_at, m.id LIMIT ?
 """

@@ -308,7 +308,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/v1/messages",
         h.list_messages,
         "read",
-        "List messages, newest first, with cursor paging",
+        "List messages, newest first, with cursor paging (with `since` or `until`, by"
+        " creation time unless `status` is given: the index of a time range)",
         None,
         MessagePage,
         query=(*_LIST_QUERY, _INCLUDE),

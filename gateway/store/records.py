@@ -98,6 +98,59 @@ _MESSAGE_COLUMNS = (
 _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 
+def time_ordered(q: MessageQuery) -> bool:
+    """A time range without a state pages by creation time. With a state it pages by
+    id through the index by state: most of a state's rows in a range are together in
+    id order, where a walk by time would pass every row of other states (a queue of a
+    hundred thousand waiting, all newer than the last delivery)."""
+    return q.state is None and (q.since is not None or q.until is not None)
+
+
+def message_list_sql(
+    q: MessageQuery, cipher: FieldCipher, limit: int, cursor_at: float | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """Newest first: by id, or by creation time (then id) in a time range without a
+    state (`time_ordered`), so the index by creation time reads only the range asked
+    (by id the walk would pass every newer message first). Ids are made at accept, so
+    the two orders agree but for messages accepted in the same instant."""
+    by_time = time_ordered(q)
+    # In a time range, `+` keeps the index by route (in id order) out: the walk by
+    # creation time stops at a page, where its would sort every match.
+    plus = "+" if by_time else ""
+    where: list[tuple[str, tuple[Any, ...]]] = []
+    if q.before is not None and by_time and cursor_at is not None:
+        # After the cursor (its creation time `cursor_at`) in (created_at, id) order.
+        # First: the planner takes the first of equal bounds, and this one starts the
+        # walk at the cursor, not at `until`.
+        where.append(("(created_at, id) < (?, ?)", (cursor_at, q.before)))
+    elif q.before is not None:
+        where.append(("id < ?", (q.before,)))
+    if q.owner is not None:
+        where.append(("token_id = ?", (q.owner,)))
+    if q.state is not None:
+        where.append(("state = ?", (q.state.value,)))
+    if q.priority is not None:
+        where.append(("priority = ?", (int(q.priority),)))
+    if q.route is not None:
+        where.append((f"{plus}route = ?", (q.route,)))
+    if q.receipt_overdue is not None:
+        # Not `(receipt_overdue = 1) = ?`: the partial index needs the plain term.
+        overdue = "receipt_overdue = 1" if q.receipt_overdue else "receipt_overdue != 1"
+        where.append((overdue, ()))
+    if q.since is not None:
+        where.append(("created_at >= ?", (q.since,)))
+    if q.until is not None:
+        where.append(("created_at < ?", (q.until,)))
+    if q.to is not None:
+        where.append(("to_index = ?", (cipher.blind_index(q.to),)))
+    sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - fixed columns
+    if where:
+        sql += " WHERE " + " AND ".join(clause for clause, _ in where)
+    order = " ORDER BY created_at DESC, id DESC" if by_time else " ORDER BY id DESC"
+    params = [v for _, values in where for v in values]
+    return sql + order + " LIMIT ?", (*params, limit)
+
+
 class Records:
     """The read side of messages and inbound messages."""
 
@@ -179,31 +232,14 @@ class Records:
         return [StoredEvent(*row[:6]) for row in rows]
 
     async def messages(self, q: MessageQuery, limit: int) -> list[StoredMessage]:
-        where: list[tuple[str, Any]] = []
-        if q.owner is not None:
-            where.append(("token_id = ?", q.owner))
-        if q.state is not None:
-            where.append(("state = ?", q.state.value))
-        if q.priority is not None:
-            where.append(("priority = ?", int(q.priority)))
-        if q.route is not None:
-            where.append(("route = ?", q.route))
-        if q.receipt_overdue is not None:
-            where.append(("(receipt_overdue = 1) = ?", q.receipt_overdue))
-        if q.since is not None:
-            where.append(("created_at >= ?", q.since))
-        if q.until is not None:
-            where.append(("created_at < ?", q.until))
-        if q.to is not None:
-            where.append(("to_index = ?", self._cipher.blind_index(q.to)))
-        if q.before is not None:
-            where.append(("id < ?", q.before))
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - fixed columns
-        if where:
-            sql += " WHERE " + " AND ".join(clause for clause, _ in where)
-        rows = await self._reader.all(
-            sql + " ORDER BY id DESC LIMIT ?", (*(v for _, v in where), limit)
-        )
+        """Newest first (`message_list_sql`); an unknown cursor pages by id alone."""
+        cursor_at = None
+        if q.before is not None and time_ordered(q):
+            row = await self._reader.one(
+                "SELECT created_at FROM messages WHERE id = ?", (q.before,)
+            )
+            cursor_at = None if row is None else float(row[0])
+        rows = await self._reader.all(*message_list_sql(q, self._cipher, limit, cursor_at))
         return [self._message(r) for r in rows]
 
     # -- inbound -----------------------------------------------------------------------

@@ -1001,8 +1001,19 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 30 (i16-writes): reserved for the write budget branch.
     "",
-    # 31 (i16-growth): reserved for the growth branch.
-    "",
+    # 31 (i16-growth): the message list at millions of rows (bench/growth.py). Without
+    #    these, a filter on route, on overdue receipts or on a time range walked the
+    #    messages newest first until it had a page: every row, for a rare match. By
+    #    creation time (a time range pages in this order; written once, at accept); by
+    #    route only once a message has one (written at its claim, not at its accept);
+    #    and the few overdue messages (written when the sweep flags one). The possible
+    #    duplicates, for the queue's status: it read every queued row to find them.
+    """
+    CREATE INDEX messages_created ON messages (created_at);
+    CREATE INDEX messages_route ON messages (route, id) WHERE route IS NOT NULL;
+    CREATE INDEX messages_overdue ON messages (id) WHERE receipt_overdue = 1;
+    CREATE INDEX messages_possible_duplicate ON messages (state) WHERE possible_duplicate = 1;
+    """,
     # 32 (i16-dispatch): reserved for the grouped dispatch branch.
     "",
     # 33 (i16-accept): reserved for the accept path branch.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ from gateway.store.transitions import (
 from gateway.store.writer import GroupCommitWriter, Statement
 
 Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
+LIVE_PAGE = 5000  # queued messages read per query at start-up
+_PRIORITIES = {int(p): p for p in Priority}
 
 
 class NewMessage(msgspec.Struct, frozen=True):
@@ -361,25 +363,33 @@ class Store:
 
         return await self.writer.run(job)
 
-    async def live_messages(self) -> list[LiveMessage]:
+    async def live_messages(self, *, numbers: bool = True) -> AsyncIterator[LiveMessage]:
+        """Every queued and scheduled message, a page at a time (a queue of a hundred
+        thousand is never held twice over as rows and records). `numbers=False`: `to`
+        left empty, not decrypted, for a router that routes by no prefix."""
         c = self._crypto
-        cur = await self.reader.execute(
-            "SELECT id, priority, state, to_ct, due_at, expires_at, attempts, route_hint"
-            " FROM messages WHERE state IN ('queued', 'scheduled')"
-        )
-        return [
-            LiveMessage(
-                r[0],
-                Priority(r[1]),
-                State(r[2]),
-                c.decrypt(r[3], r[0], "to"),
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-            )
-            for r in await cur.fetchall()
-        ]
+        for state in (State.QUEUED, State.SCHEDULED):  # one state a walk: its index's order
+            after = ""
+            while True:
+                rows = await self.reader.all(
+                    "SELECT id, priority, to_ct, due_at, expires_at, attempts, route_hint"
+                    " FROM messages WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
+                    (state.value, after, LIVE_PAGE),
+                )
+                for r in rows:
+                    yield LiveMessage(
+                        r[0],
+                        _PRIORITIES[r[1]],
+                        state,
+                        c.decrypt(r[2], r[0], "to") if numbers else "",
+                        r[3],
+                        r[4],
+                        r[5],
+                        r[6],
+                    )
+                if len(rows) < LIVE_PAGE:
+                    break
+                after = rows[-1][0]
 
     async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | Held | None:
         """Mark a queued message `sending` (durably) and return what the driver needs.
@@ -590,12 +600,13 @@ class Store:
         """Every state of a message in order, its creation first."""
         return await self.records.events(message_id)
 
-    async def state_counts(self) -> dict[tuple[str, int], int]:
+    async def sending_counts(self) -> dict[int, int]:
+        """Messages `sending`, by priority (the scheduler counts those waiting itself):
+        reads the few in flight, not a queue of thousands."""
         cur = await self.reader.execute(
-            "SELECT state, priority, count(*) FROM messages"
-            " WHERE state IN ('queued', 'scheduled', 'sending') GROUP BY state, priority"
+            "SELECT priority, count(*) FROM messages WHERE state = 'sending' GROUP BY priority"
         )
-        return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+        return {int(r[0]): int(r[1]) for r in await cur.fetchall()}
 
     async def possible_duplicates(self) -> int:
         cur = await self.reader.execute(

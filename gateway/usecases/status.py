@@ -47,7 +47,7 @@ class Status:
 
     async def queue(self) -> QueueStatus:
         depths = self._scheduler.depths()
-        counts = await self._store.state_counts()
+        sending = await self._store.sending_counts()
         oldest = self._scheduler.oldest_due()
         return QueueStatus(
             classes=tuple(
@@ -55,7 +55,7 @@ class Status:
                     p.label,
                     depths["queued"][p.label],
                     depths["scheduled"][p.label],
-                    counts.get(("sending", int(p)), 0),
+                    sending.get(int(p), 0),
                 )
                 for p in Priority
             ),
