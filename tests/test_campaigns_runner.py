@@ -389,3 +389,47 @@ async def test_a_pass_costs_few_statements_per_recipient(
         assert sum(start in s for s in mine) == count, (start, mine[:12])
     assert len(mine) <= 50 * 4 + 6, mine[:12]
     assert not any("SAVEPOINT recipient" in s for s in statements)
+
+
+async def test_progress_polled_often_is_counted_at_most_once_a_second(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Counting reads every message of the campaign (tens of ms of the one core at
+    100,000), and the panel and API clients poll it: a count is reused while fresh,
+    and an action on the campaign forgets it (make bench-campaign, issue 15 point 10)."""
+    from gateway.campaigns import progress_cache
+
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 5)
+    cid = await _started(gw, rate=1000.0)
+    await _drain(gw, clock)
+    campaign = await gw.campaigns.get(USER, cid)
+    counted = await gw.campaigns.progress(USER, campaign)
+    assert (counted.campaign.queued, counted.campaign.sent) == (5, 0)
+    await gw.scheduler.run_until_idle()
+    assert await gw.campaigns.progress(USER, campaign) == counted  # not counted again
+    clock.advance(progress_cache.MAX_AGE)
+    assert (await gw.campaigns.progress(USER, campaign)).campaign.sent == 5
+
+    await add_contacts(gw, 5, group="g2", first=100)
+    other = await _started(gw, rate=1000.0, audience=AudienceSpec(groups=["g2"]))
+    before = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, other))
+    await gw.campaign_runner.step()  # a new bucket holds one message
+    await gw.campaigns.act(USER, other, "cancel")
+    cancelled = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, other))
+    assert (before.campaign.cancelled, cancelled.campaign.cancelled) == (0, 1)  # forgotten
+
+
+async def test_a_campaign_that_finished_is_counted_again_at_once(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """The panel stops polling a finished campaign: the count it shows then is whole."""
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 5)
+    cid = await _started(gw, rate=1000.0)
+    running = await gw.campaigns.get(USER, cid)
+    assert (await gw.campaigns.progress(USER, running)).handled == 0
+    await gw.campaign_runner.run_pass(running, 10)  # the clock stands still
+    done = await gw.campaigns.get(USER, cid)
+    assert done.state is CampaignState.FINISHED
+    assert (await gw.campaigns.progress(USER, done)).handled == 5
