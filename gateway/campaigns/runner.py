@@ -21,7 +21,8 @@ and languages in one query, and for each:
    from the campaign and contact, so a re-run picks the same one; or the free text;
 3. accepted through `Messages.accept_within` as the system caller `campaign:<id>` with
    the campaign's purpose and class: the send policy judges it in this transaction, as
-   it judges every message; a blocked message is stored `blocked` with its reason.
+   it judges every message; a blocked message is stored `blocked` with its reason. The
+   contact's number is taken as stored (E.164, its index the contact's), not parsed again.
 
 Then every recipient's row (`queued`, `scheduled`, `blocked:<reason>`, or
 `skipped:<reason>` with no message) and each message's campaign and variant tag are
@@ -263,7 +264,9 @@ class CampaignRunner:
             expires_at=self._expiry(campaign, now),
         )
         try:
-            prepared = self._messages.accept_within(conn, system_caller(campaign.id), request)
+            prepared = self._messages.accept_within(
+                conn, system_caller(campaign.id), request, to_index=idx
+            )
         except ApiError as e:
             if e.status >= 500:  # shutting down, the store: not this recipient's fault
                 raise

@@ -180,16 +180,22 @@ class Messages:
         return await self._commit(caller, prepared, None, lambda a: a, extra)
 
     def accept_within(
-        self, conn: sqlite3.Connection, caller: Caller, request: SendRequest
+        self,
+        conn: sqlite3.Connection,
+        caller: Caller,
+        request: SendRequest,
+        *,
+        to_index: bytes | None = None,
     ) -> Prepared:
         """Accept one message inside a writer job the caller runs, so it commits with
         the caller's own rows or not at all (the notice runner: a message and its
         notice's `finish`). The policy judges it in that transaction, as at `accept`;
-        once the job has committed, `hand_over` gives it to the scheduler."""
+        once the job has committed, `hand_over` gives it to the scheduler. `to_index`:
+        the number is a contact's as stored (`Intake.prepare`)."""
         self._require_send(caller)
         self.check_accepting()
         intake = self._intake
-        prepared = intake.prepare(request, caller.token_id, self._clock.time())
+        prepared = intake.prepare(request, caller.token_id, self._clock.time(), to_index=to_index)
         if intake.policy.enabled:
             m = prepared.message
             recipients = [(m.to_index, prepared.purpose)] if m.to_index else []
