@@ -280,8 +280,9 @@ async def test_progress_reads_use_the_campaign_indexes(open_gateway: GatewayFact
     gw = await open_gateway()
     for query in (sql.STATES_SQL, sql.BLOCKED_SQL, sql.SKIPPED_SQL, sql.REPLIES_SQL,
                   sql.OPT_OUTS_SQL):  # fmt: skip
+        args = ("c", 0.0) if "?2" in query else ("c",)
         plan = " ".join(
-            str(r[3]) for r in await gw.store.reader.all("EXPLAIN QUERY PLAN " + query, ("c",))
+            str(r[3]) for r in await gw.store.reader.all("EXPLAIN QUERY PLAN " + query, args)
         )
         assert "SCAN messages" not in plan and "SCAN campaign_recipients" not in plan, plan
         assert "SCAN inbound" not in plan and "SCAN consent_ledger" not in plan, plan
@@ -474,3 +475,80 @@ async def test_a_stored_number_not_in_e164_is_parsed_as_any_other(
             msgspec.structs.replace(request, to="+1 0"), None, clock.time(), to_index=stale
         )
     assert refused.value.code == "invalid_number"
+
+
+async def test_counting_replies_and_opt_outs_costs_as_the_replies_not_the_audience(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """They were found by probing the inbound messages and the ledger for each of the
+    campaign's messages: at 100,000 a count took a quarter of a second of the core."""
+    from drivers.base import InboundSms
+    from gateway.campaigns import store as sql
+
+    gw = await open_gateway(campaigns=FAST)
+    few = await add_contacts(gw, 4, group="few")
+    await add_contacts(gw, 400, group="many", first=1000)
+    ids = [
+        await _started(gw, rate=1000.0, audience=AudienceSpec(groups=[g])) for g in ("few", "many")
+    ]
+    campaigns = [await gw.campaigns.get(USER, cid) for cid in ids]
+    for campaign in campaigns:
+        await gw.campaign_runner.run_pass(campaign, 1000)
+    await gw.scheduler.run_until_idle()
+    clock.advance(1.0)
+    await gw.sink.inbound("main", InboundSms(sender=few[0], body="yes please"))
+    await gw.sink.inbound("main", InboundSms(sender=few[1], body="STOP"))
+
+    def steps(campaign_id: str, created_at: float) -> Any:
+        def job(conn: sqlite3.Connection) -> int:
+            ticks = 0
+
+            def tick() -> int:
+                nonlocal ticks
+                ticks += 1
+                return 0
+
+            conn.set_progress_handler(tick, 10)
+            try:
+                for query in (sql.REPLIES_SQL, sql.OPT_OUTS_SQL):
+                    args = (campaign_id, created_at) if "?2" in query else (campaign_id,)
+                    conn.execute(query, args).fetchall()
+            finally:
+                conn.set_progress_handler(None, 0)
+            return ticks
+
+        return job
+
+    small, large = [await gw.store.writer.run(steps(c.id, c.created_at)) for c in campaigns]
+    assert large <= small + 20, (small, large)  # 100 times the audience, not its cost
+    counted = await gw.campaigns.progress(USER, campaigns[0])
+    assert (counted.campaign.replies, counted.campaign.opt_outs) == (1, 1)
+
+
+async def test_the_reasons_of_blocked_messages_are_read_only_when_some_are_blocked(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Reading the reasons fetches each of the campaign's rows (an `error_code` is not
+    in its index): the most costly of the counts, for nothing when none is blocked."""
+    from gateway.campaigns import store as sql
+
+    gw = await open_gateway(campaigns=FAST)
+    numbers = await add_contacts(gw, 6)
+    cid = await _started(gw, rate=1000.0)
+    await gw.campaign_runner.run_pass(await gw.campaigns.get(USER, cid), 3)
+    reader = gw.store.reader
+    real, ran = reader.all, []
+
+    async def recorded(query: str, params: Any = ()) -> Any:
+        ran.append(query)
+        return await real(query, params)
+
+    reader.all = recorded  # type: ignore[method-assign]
+    counted = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
+    assert counted.campaign.queued == 3 and sql.BLOCKED_SQL not in ran
+    await record_decision(gw, numbers[4], "opt_out", "all")
+    await gw.campaigns.act(USER, cid, "pause")
+    await gw.campaigns.act(USER, cid, "resume")
+    await gw.campaign_runner.run_pass(await gw.campaigns.get(USER, cid), 10)
+    counted = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
+    assert sql.BLOCKED_SQL in ran and counted.campaign.blocked == {"opted_out": 1}

@@ -160,12 +160,16 @@ class Campaigns:
 
     async def _count(self, campaign: Campaign) -> Progress:
         reader, args = self._store.reader, (campaign.id,)
+        since = (campaign.id, campaign.created_at)
+        states = await reader.all(sql.STATES_SQL, args)
+        # Reasons are read from each blocked row: only when there are some.
+        blocked = await reader.all(sql.BLOCKED_SQL, args) if sql.any_blocked(states) else []
         return sql.progress_of(
-            await reader.all(sql.STATES_SQL, args),
-            await reader.all(sql.BLOCKED_SQL, args),
+            states,
+            blocked,
             await reader.all(sql.SKIPPED_SQL, args),
-            await reader.all(sql.REPLIES_SQL, args),
-            await reader.all(sql.OPT_OUTS_SQL, args),
+            await reader.all(sql.REPLIES_SQL, since),
+            await reader.all(sql.OPT_OUTS_SQL, since),
             campaign.audience_size,
         )
 
