@@ -231,6 +231,17 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         },
         "import_s": round(import_s, 2),
         "gateway_cpu": round(cpu.utilisation, 2),
+        # Load-independent: the gateway's CPU (all threads) per message it took and sent,
+        # from the campaign's start until the queue was idle, whatever else ran.
+        "gateway_cpu_s": round(cpu.main_s + cpu.threads_s, 2),
+        "gateway_cpu_us_per_message": {
+            k: round(v, 1)
+            for k, v in zip(
+                ("event_loop", "other_threads"),
+                cpu.per_item_us(bulk + len(clinical.ids)),
+                strict=True,
+            )
+        },
         "foreign_cpu_s": round(cpu.foreign_s, 2),
         "exit_code": code,
     }

@@ -546,9 +546,37 @@ async def test_the_reasons_of_blocked_messages_are_read_only_when_some_are_block
     reader.all = recorded  # type: ignore[method-assign]
     counted = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
     assert counted.campaign.queued == 3 and sql.BLOCKED_SQL not in ran
-    await record_decision(gw, numbers[4], "opt_out", "all")
+    for number in numbers:  # the three not yet handled are blocked
+        await record_decision(gw, number, "opt_out", "all")
     await gw.campaigns.act(USER, cid, "pause")
     await gw.campaigns.act(USER, cid, "resume")
     await gw.campaign_runner.run_pass(await gw.campaigns.get(USER, cid), 10)
     counted = await gw.campaigns.progress(USER, await gw.campaigns.get(USER, cid))
-    assert sql.BLOCKED_SQL in ran and counted.campaign.blocked == {"opted_out": 1}
+    assert sql.BLOCKED_SQL in ran and counted.campaign.blocked == {"opted_out": 3}
+
+
+async def test_a_clinical_accept_never_commits_in_a_pass_transaction(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """A pass of 200 recipients is tens of ms of the writer: an accept that shared its
+    transaction would wait for all of it before its 202 (make bench-campaign)."""
+    from gateway.intake import SendRequest
+
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 40)
+    cid = await _started(gw, rate=1000.0)
+    campaign = await gw.campaigns.get(USER, cid)
+    statements: list[str] = []
+    await gw.store.writer.run(lambda c: c.set_trace_callback(statements.append))
+    clinical = SendRequest(to="+12025559999", body="Your result is ready.", purpose="results")
+    passed, accepted = await asyncio.gather(
+        gw.campaign_runner.run_pass(campaign, 40),
+        gw.usecases.messages.accept(USER, clinical),
+    )
+    await gw.store.writer.run(lambda c: c.set_trace_callback(None))
+    assert len(passed.prepared) == 40 and accepted.status in ("queued", "scheduled")
+    transactions = " ".join(statements).split("BEGIN IMMEDIATE")
+    (with_pass,) = [t for t in transactions if "INSERT INTO campaign_recipients" in t]
+    (with_accept,) = [t for t in transactions if "SAVEPOINT grouped" in t]
+    assert with_pass != with_accept
+    assert transactions.index(with_accept) < transactions.index(with_pass)  # it went first

@@ -6,14 +6,16 @@ time has come goes `scheduled → running`, one whose end time has passed goes
 `running → ended`, and each running one gets a pass if its token bucket (its `rate`
 a second, at most one second's worth saved up) holds at least one message.
 
-A pass is one writer job. It reads the campaign's state and cursor in that transaction
-and does nothing unless the campaign is `running`: so a pause, resume or cancel (each
-one `UPDATE` on the same writer) lands wholly before or after a pass, and once a pause
-has answered nothing more is queued. It takes the next contacts of the audience after
-the cursor (`audience_query`, in index order), drops those that already have their
-`campaign_recipients` row (`handled_before`: the guard against a second runner or a
-lost cursor, read in the same transaction on the one writer), reads the rest's numbers
-and languages in one query, and for each:
+A pass is one writer job, run after the interactive work pending and in a transaction
+of its own (`run_after_others`: a clinical accept or claim never commits together with
+a pass, nor queues behind more than the one running). It reads the campaign's state
+and cursor in that transaction and does nothing unless the campaign is `running`: so
+a pause, resume or cancel (each one `UPDATE` on the same writer) lands wholly before
+or after a pass, and once a pause has answered nothing more is queued. It takes the
+next contacts of the audience after the cursor (`audience_query`, in index order),
+drops those that already have their `campaign_recipients` row (`handled_before`: the
+guard against a second runner or a lost cursor, read in the same transaction on the one
+writer), reads the rest's numbers and languages in one query, and for each:
 
 1. no contact row any more: skipped `no_number`;
 2. the text: the template in the contact's language (its fallback chain), the variant
@@ -195,7 +197,7 @@ class CampaignRunner:
         """Up to `limit` recipients of a running campaign, in one transaction; the
         messages go to the scheduler once it committed."""
         now = self._clock.time()
-        result: PassResult = await self._store.writer.run(
+        result: PassResult = await self._store.writer.run_after_others(
             lambda conn: self._pass(conn, campaign, limit, now)
         )
         self._messages.hand_over(result.prepared)
