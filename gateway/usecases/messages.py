@@ -204,6 +204,41 @@ class Messages:
             conn.execute(sql, params)
         return prepared
 
+    def accept_many_within(
+        self,
+        conn: sqlite3.Connection,
+        caller: Caller,
+        requests: Sequence[tuple[SendRequest, bytes | None]],
+    ) -> list[Prepared | ApiError]:
+        """`accept_within` for many messages at once (a campaign's pass), each with its
+        number's stored index or None (`Intake.prepare`): one read of what the policy
+        needs of all the recipients and one insert per statement, as a batch's accept.
+        An invalid one is its `ApiError` in its place; a 5xx one is raised."""
+        self._require_send(caller)
+        self.check_accepting()
+        intake, now = self._intake, self._clock.time()
+        out: list[Prepared | ApiError] = []
+        for request, to_index in requests:
+            try:
+                out.append(intake.prepare(request, caller.token_id, now, to_index=to_index))
+            except ApiError as e:
+                if e.status >= 500:
+                    raise
+                out.append(e)
+        prepared = [p for p in out if isinstance(p, Prepared)]
+        if intake.policy.enabled and prepared:
+            recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
+            view = intake.policy.view(conn, recipients, now)
+            judged = iter([intake.judge(view, p) for p in prepared])
+            out = [next(judged) if isinstance(p, Prepared) else p for p in out]
+            prepared = [p for p in out if isinstance(p, Prepared)]
+        by_sql: dict[str, list[Sequence[Any]]] = {}
+        for sql, params in intake.statements(prepared):
+            by_sql.setdefault(sql, []).append(params)
+        for sql, rows in by_sql.items():
+            conn.executemany(sql, rows)
+        return out
+
     def hand_over(self, prepared: Sequence[Prepared]) -> None:
         """Messages `accept_within` stored, after their transaction committed."""
         self._intake.accepted(prepared)
