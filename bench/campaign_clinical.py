@@ -18,8 +18,9 @@ clinical message (purpose `results`, class high, each to its own number) is sent
 Printed: the clinical messages' accept-to-`sending` time (the `sending` event's time
 minus the `queued` event's, from `GET /messages/{id}`) p50/p99/max (target p99 < 50 ms),
 also split into those sent while the campaign runner was still queuing and those sent
-after; and the campaign's throughput at the carrier (bulk submits over the time from the
-start request to the last). The last line is the summary as JSON, kept in
+after; the campaign's throughput at the carrier (bulk submits over the time from the
+start request to the last); and the gateway's CPU and bytes written per message, which
+hold on a busy machine. The last line is the summary as JSON, kept in
 bench/results/campaign-latest.json.
 """
 
