@@ -210,10 +210,9 @@ class Messages:
         caller: Caller,
         requests: Sequence[tuple[SendRequest, bytes | None]],
     ) -> list[Prepared | ApiError]:
-        """`accept_within` for many messages at once (a campaign's pass), each with its
-        number's stored index or None (`Intake.prepare`): one read of what the policy
-        needs of all the recipients and one insert per statement, as a batch's accept.
-        An invalid one is its `ApiError` in its place; a 5xx one is raised."""
+        """`accept_within` for a campaign's pass: each request with its number's stored
+        index (`Intake.prepare`), one policy read for all, one insert per statement; an
+        invalid one is its `ApiError` in its place, a 5xx one is raised."""
         self._require_send(caller)
         self.check_accepting()
         intake, now = self._intake, self._clock.time()
@@ -236,7 +235,7 @@ class Messages:
         for sql, params in intake.statements(prepared):
             by_sql.setdefault(sql, []).append(params)
         for sql, rows in by_sql.items():
-            conn.executemany(sql, rows)
+            conn.executemany(sql, rows)  # the statements keep their order: dicts do
         return out
 
     def hand_over(self, prepared: Sequence[Prepared]) -> None:
