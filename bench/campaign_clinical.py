@@ -18,8 +18,9 @@ clinical message (purpose `results`, class high, each to its own number) is sent
 Printed: the clinical messages' accept-to-`sending` time (the `sending` event's time
 minus the `queued` event's, from `GET /messages/{id}`) p50/p99/max (target p99 < 50 ms),
 also split into those sent while the campaign runner was still queuing and those sent
-after; and the campaign's throughput at the carrier (bulk submits over the time from the
-start request to the last). The last line is the summary as JSON, kept in
+after; the campaign's throughput at the carrier (bulk submits over the time from the
+start request to the last); and the gateway's CPU and bytes written per message, which
+hold on a busy machine. The last line is the summary as JSON, kept in
 bench/results/campaign-latest.json.
 """
 
@@ -46,6 +47,7 @@ import loadgen
 import modems
 import scenarios
 import structlog
+from diskwrites import Io
 from harness import GatewayHome, Pinning
 from scenarios import percentile
 
@@ -176,7 +178,7 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                 )
                 say(f"{job['created']:,} contacts imported in {import_s:.1f} s, one group")
                 log_start = server.log_path.stat().st_size
-                cpu0 = harness.CpuSnapshot.take(server.pid)
+                cpu0, io0 = harness.CpuSnapshot.take(server.pid), Io.of(server.pid)
                 clinical = Clinical([], [], asyncio.Event())
                 campaign = await campaign_api.create_and_start(
                     api.session, server.url, campaign_spec(group, settings.campaign_rate)
@@ -193,6 +195,7 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
                 await clinical_task
                 await scenarios.wait_idle(api, RUN_TIMEOUT_S)  # the last clinical send has left too
                 cpu = cpu0.until(harness.CpuSnapshot.take(server.pid))
+                written = Io.of(server.pid).written - io0.written
                 log_end = server.log_path.stat().st_size
                 delays = await scenarios.sending_delays(api, [mid for _, mid in clinical.ids])
                 found = await campaign_api.detail(api.session, server.url, campaign.id)
@@ -231,6 +234,18 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         },
         "import_s": round(import_s, 2),
         "gateway_cpu": round(cpu.utilisation, 2),
+        # Load-independent: the gateway's CPU (all threads) per message it took and sent,
+        # from the campaign's start until the queue was idle, whatever else ran.
+        "gateway_cpu_s": round(cpu.main_s + cpu.threads_s, 2),
+        "gateway_written_kb_per_message": round(written / 1024 / (bulk + len(clinical.ids)), 1),
+        "gateway_cpu_us_per_message": {
+            k: round(v, 1)
+            for k, v in zip(
+                ("event_loop", "other_threads"),
+                cpu.per_item_us(bulk + len(clinical.ids)),
+                strict=True,
+            )
+        },
         "foreign_cpu_s": round(cpu.foreign_s, 2),
         "exit_code": code,
     }

@@ -49,6 +49,8 @@ MAX_UTC_OFFSET = timedelta(hours=14)  # UTC+14:00 (Kiribati) and -12:00 are the 
 # separators. Letters (vanity numbers, canaries), non-ASCII digits and extensions are
 # refused here, before phonenumbers could translate or drop them.
 _DIALABLE = re.compile(r"\+?[0-9 ().\-/]+", re.ASCII)
+# A number as the store keeps a contact's: E.164, normalised when it was imported.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 
 
 class QuietHoursOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -301,11 +303,17 @@ class Intake:
         field_prefix: str = "",
         *,
         token_purpose: str | None = None,
+        to_index: bytes | None = None,
     ) -> Prepared:
         """Validate and shape one message; raises `ApiError` naming the field. Its
         purpose is the one named, else `token_purpose` (the token's default), else the
-        config's default."""
-        to = normalise_number(req.to, self._queue.default_region)
+        config's default. `to_index`: `req.to` is a contact's stored number, E.164 with
+        this blind index, and is not parsed again (a campaign's recipients: parsing was
+        over a quarter of the runner's CPU per recipient)."""
+        if to_index is not None and _E164.fullmatch(req.to):
+            to: str | None = req.to
+        else:
+            to, to_index = normalise_number(req.to, self._queue.default_region), None
         if to is None:
             raise ApiError(
                 422,
@@ -380,7 +388,7 @@ class Intake:
             route_hint=req.route,
             category=req.category,
             purpose=purpose.value,
-            to_index=self._store.blind_index(to),
+            to_index=to_index or self._store.blind_index(to),
             # Encrypted here, on the event loop, not in the writer's transaction.
             sealed=self._store.seal(message_id, to, body, req.reference, req.callback_url),
         )

@@ -6,28 +6,33 @@ time has come goes `scheduled → running`, one whose end time has passed goes
 `running → ended`, and each running one gets a pass if its token bucket (its `rate`
 a second, at most one second's worth saved up) holds at least one message.
 
-A pass is one writer job. It reads the campaign's state and cursor in that transaction
-and does nothing unless the campaign is `running`: so a pause, resume or cancel (each
-one `UPDATE` on the same writer) lands wholly before or after a pass, and once a pause
-has answered nothing more is queued. It takes the next contacts of the audience after
-the cursor (`audience_query`, in index order), drops those that already have their
-`campaign_recipients` row (`handled_before`: the guard against a second runner or a
-lost cursor, read in the same transaction on the one writer), reads the rest's numbers
-and languages in one query, and for each:
+A pass is one writer job, run after the interactive work pending and in a transaction
+of its own (`run_after_others`: a clinical accept or claim never commits together with
+a pass, nor queues behind more than the one running). It reads the campaign's state
+and cursor in that transaction and does nothing unless the campaign is `running`: so
+a pause, resume or cancel (each one `UPDATE` on the same writer) lands wholly before
+or after a pass, and once a pause has answered nothing more is queued. It takes the
+next contacts of the audience after the cursor (`audience_query`, in index order),
+drops those that already have their `campaign_recipients` row (`handled_before`: the
+guard against a second runner or a lost cursor, read in the same transaction on the one
+writer), reads the rest's numbers and languages in one query, and for each:
 
 1. no contact row any more: skipped `no_number`;
 2. the text: the template in the contact's language (its fallback chain), the variant
    chosen by the campaign's split (or the template's own weights) deterministically
    from the campaign and contact, so a re-run picks the same one; or the free text;
-3. accepted through `Messages.accept_within` as the system caller `campaign:<id>` with
-   the campaign's purpose and class: the send policy judges it in this transaction, as
-   it judges every message; a blocked message is stored `blocked` with its reason.
+3. accepted, all of the pass's messages together, through `Messages.accept_many_within`
+   as the system caller `campaign:<id>` with the campaign's purpose and class: the send
+   policy judges them in this transaction from one read of their recipients, as it
+   judges a batch; a blocked message is stored `blocked` with its reason. The contact's
+   number is taken as stored (E.164, its index the contact's), not parsed again.
 
 Then every recipient's row (`queued`, `scheduled`, `blocked:<reason>`, or
 `skipped:<reason>` with no message) and each message's campaign and variant tag are
-written together. A pass costs per recipient its row, the policy's read, the message
-and its tag, and no savepoint of its own: any exception fails the writer's job, whose
-savepoint takes the whole pass back.
+written together. A pass costs per recipient its row, the message and its tag (each
+statement once per pass, with all the rows), the policy's read once per pass, and no
+savepoint of its own: any exception fails the writer's job, whose savepoint takes the
+whole pass back.
 
 The cursor moves in the same transaction, so a restart resumes after the last contact
 committed; fewer contacts than asked for means the audience is exhausted and the
@@ -194,7 +199,7 @@ class CampaignRunner:
         """Up to `limit` recipients of a running campaign, in one transaction; the
         messages go to the scheduler once it committed."""
         now = self._clock.time()
-        result: PassResult = await self._store.writer.run(
+        result: PassResult = await self._store.writer.run_after_others(
             lambda conn: self._pass(conn, campaign, limit, now)
         )
         self._messages.hand_over(result.prepared)
@@ -220,15 +225,28 @@ class CampaignRunner:
         before = sql.handled_before(conn, campaign.id, idxs)
         contacts = sql.contacts_of(conn, [i for i in idxs if i not in before])
         handled: list[sql.Handled] = []
+        asked: list[tuple[bytes, SendRequest, str | None]] = []  # idx, request, variant
         for idx in idxs:
             if idx in before:
                 result.outcomes["handled_before"] += 1
                 continue
-            done, prepared = self._one(conn, campaign, idx, contacts.get(idx), now)
-            handled.append(done)
-            result.outcomes[done.outcome] += 1
-            if prepared is not None:
-                result.prepared.append(prepared)
+            request = self._request(conn, campaign, idx, contacts.get(idx), now)
+            if isinstance(request, sql.Handled):
+                handled.append(request)
+            else:
+                asked.append((idx, *request))
+        accepted = self._messages.accept_many_within(
+            conn, system_caller(campaign.id), [(request, idx) for idx, request, _ in asked]
+        )
+        for (idx, _, variant), got in zip(asked, accepted, strict=True):
+            if isinstance(got, ApiError):
+                handled.append(sql.Handled(idx, f"skipped:{got.code}"))
+                continue
+            answer = got.answer()
+            outcome = answer.status if answer.reason is None else f"{answer.status}:{answer.reason}"
+            handled.append(sql.Handled(idx, outcome, answer.id, variant))
+            result.prepared.append(got)
+        result.outcomes.update(h.outcome for h in handled)
         sql.record_recipients(conn, campaign.id, handled, now)
         if idxs:
             sql.set_cursor(conn, campaign.id, idxs[-1], now)
@@ -237,23 +255,24 @@ class CampaignRunner:
             result.state = CampaignState.FINISHED
         return result
 
-    def _one(
+    def _request(
         self,
         conn: sqlite3.Connection,
         campaign: Campaign,
         idx: bytes,
         contact: sqlite3.Row | None,
         now: float,
-    ) -> tuple[sql.Handled, Prepared | None]:
+    ) -> sql.Handled | tuple[SendRequest, str | None]:
+        """The message to one contact and its variant, or why it gets none."""
         if contact is None:
-            return sql.Handled(idx, "skipped:no_number"), None
+            return sql.Handled(idx, "skipped:no_number")
         number = cipher_of(self._store).decrypt(contact[1], contact_row_id(idx), "number")
         try:
             body, variant = self._text(conn, campaign, idx, contact[2])
         except RenderRefused:
-            return sql.Handled(idx, "skipped:render_refused"), None
+            return sql.Handled(idx, "skipped:render_refused")
         except TemplateMissing:
-            return sql.Handled(idx, "skipped:template_missing"), None
+            return sql.Handled(idx, "skipped:template_missing")
         request = SendRequest(
             to=number,
             body=body,
@@ -262,15 +281,7 @@ class CampaignRunner:
             category=CATEGORY,
             expires_at=self._expiry(campaign, now),
         )
-        try:
-            prepared = self._messages.accept_within(conn, system_caller(campaign.id), request)
-        except ApiError as e:
-            if e.status >= 500:  # shutting down, the store: not this recipient's fault
-                raise
-            return sql.Handled(idx, f"skipped:{e.code}"), None
-        answer = prepared.answer()
-        outcome = answer.status if answer.reason is None else f"{answer.status}:{answer.reason}"
-        return sql.Handled(idx, outcome, answer.id, variant), prepared
+        return request, variant
 
     def _text(
         self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, language: str | None

@@ -263,8 +263,12 @@ SKIPPED_SQL = (
 # A reply: an inbound message from a recipient received after the campaign's message
 # and before any later message to them (else it answers that one: a survey's question),
 # that no consent keyword acted on (STOP is an opt-out); as the analytics count it.
+# Both counts start from the few senders (opt-outs) since the campaign was created (the
+# second parameter: none of its messages is older) and look up their messages by
+# number (`+` keeps SQLite from reading the whole campaign through its index instead).
 REPLIES_SQL = (
-    "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE m.campaign_id = ?"
+    "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE +m.campaign_id = ?1"
+    " AND m.to_index IN (SELECT sender_index FROM inbound WHERE received_at >= ?2)"
     " AND EXISTS (SELECT 1 FROM inbound i WHERE i.sender_index = m.to_index"
     " AND i.received_at >= m.created_at"
     " AND NOT EXISTS (SELECT 1 FROM consent_ledger l WHERE l.contact_idx = i.sender_index"
@@ -276,11 +280,18 @@ REPLIES_SQL = (
 # An opt-out: a ledger entry naming the campaign's message, or any opt-out after it
 # (a STOP keyword is recorded with the inbound message, not with ours).
 OPT_OUTS_SQL = (
-    "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE m.campaign_id = ?"
+    "SELECT coalesce(m.variant, ''), count(*) FROM messages m WHERE +m.campaign_id = ?1"
+    " AND m.to_index IN (SELECT contact_idx FROM consent_ledger"
+    " WHERE decision = 'opt_out' AND at >= ?2)"
     " AND EXISTS (SELECT 1 FROM consent_ledger l WHERE l.contact_idx = m.to_index"
     " AND l.decision = 'opt_out' AND (l.message_id = m.id OR l.at >= m.created_at))"
     " GROUP BY 1"
 )
+
+
+def any_blocked(states: Iterable[Sequence[Any]]) -> bool:
+    """Whether the rows of `STATES_SQL` count any blocked message."""
+    return any(state == "blocked" for _, state, _ in states)
 
 
 def progress_of(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from drivers.clock import Clock
@@ -28,6 +28,7 @@ from gateway.campaigns.model import (
     Judgement,
     Progress,
 )
+from gateway.campaigns.progress_cache import ProgressCache
 from gateway.campaigns.settings import CampaignsConfig
 from gateway.consent.purposes import CLIENT_PURPOSES, Purpose
 from gateway.contacts.audience import AudienceSpec
@@ -127,6 +128,7 @@ class Campaigns:
         self._allow_drugs = allow_drug_names
         self._wake = wake
         self._read = pv.ReadOnly(store.path)
+        self._progress = ProgressCache(clock)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -148,13 +150,26 @@ class Campaigns:
         return [(r[0], r[1]) for r in groups], [r[0] for r in names]
 
     async def progress(self, caller: Caller, campaign: Campaign) -> Progress:
+        """The campaign's counts, at most a second old (longer, up to ten, when counting
+        a large campaign is slow: `progress_cache`), and counted again when its state
+        has changed."""
+        counted = await self._progress.get(
+            campaign.id, campaign.state, lambda: self._count(campaign)
+        )
+        return replace(counted, audience_size=campaign.audience_size)
+
+    async def _count(self, campaign: Campaign) -> Progress:
         reader, args = self._store.reader, (campaign.id,)
+        since = (campaign.id, campaign.created_at)
+        states = await reader.all(sql.STATES_SQL, args)
+        # Reasons are read from each blocked row: only when there are some.
+        blocked = await reader.all(sql.BLOCKED_SQL, args) if sql.any_blocked(states) else []
         return sql.progress_of(
-            await reader.all(sql.STATES_SQL, args),
-            await reader.all(sql.BLOCKED_SQL, args),
+            states,
+            blocked,
             await reader.all(sql.SKIPPED_SQL, args),
-            await reader.all(sql.REPLIES_SQL, args),
-            await reader.all(sql.OPT_OUTS_SQL, args),
+            await reader.all(sql.REPLIES_SQL, since),
+            await reader.all(sql.OPT_OUTS_SQL, since),
             campaign.audience_size,
         )
 
@@ -392,6 +407,7 @@ class Campaigns:
         campaign, changed, withdrawn = await self._store.writer.run(job)
         if campaign is None:
             raise not_found()
+        self._progress.forget(campaign_id)
         for message_id in withdrawn:
             self._scheduler.forget(message_id)
         resumed_ahead = action == "resume" and campaign.state is CampaignState.SCHEDULED

@@ -14,6 +14,13 @@ goes to one call in one savepoint, and only if that call raises is each item ret
 alone. A caller's future resolves only after the commit returned, i.e. after the WAL is
 synced (`synchronous=FULL`).
 
+Bulk work that may wait (a campaign's pass: up to 200 recipients in one job) goes
+through `run_after_others`: such a job runs in a transaction of its own, never with
+interactive work in it, and only when nothing else is pending or after one other
+transaction went ahead of it. So an accept or a claim waits for at most the one bulk
+job already running, not also for one that would share its commit; and bulk work is
+never held back for longer than one transaction (`make bench-campaign`).
+
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's
 three hops per batch.
@@ -95,6 +102,8 @@ class GroupCommitWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-writer")
         self._conn: sqlite3.Connection | None = None
         self._pending = _Batch()
+        self._later: list[tuple[Job, asyncio.Future[Any]]] = []  # `run_after_others`
+        self._later_waited = False  # a transaction went ahead of `_later[0]`
         self._busy = False
         self._closed = False
         self._idle = asyncio.Event()
@@ -139,6 +148,14 @@ class GroupCommitWriter:
         self._pending.size += 1
         return fut
 
+    def run_after_others(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run bulk `job` in a transaction of its own, after the work already pending
+        (at most one transaction after it), in its own savepoint as `run`."""
+        fut: asyncio.Future[T] = self._loop().create_future()
+        self._enqueue()
+        self._later.append((job, fut))
+        return fut
+
     def run_grouped(self, fn: GroupJob, item: Any) -> asyncio.Future[Any]:
         """Hand `item` to `fn` in the next transaction, together with every other item
         given to the same `fn` meanwhile: one call and one savepoint for all of them (the
@@ -162,14 +179,19 @@ class GroupCommitWriter:
         return asyncio.get_running_loop()
 
     def _enqueue(self) -> None:
-        if not self._busy and not self._pending:
+        if not self._busy and not self._pending and not self._later:
             # Let every request that is already runnable join this batch.
             asyncio.get_running_loop().call_soon(self._flush)
             self._busy = True
             self._idle.clear()
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, _Batch()
+        if self._later and (self._later_waited or not self._pending):
+            batch = _Batch(steps=[self._later.pop(0)], size=1)
+            self._later_waited = False
+        else:
+            batch, self._pending = self._pending, _Batch()
+            self._later_waited = bool(self._later)
         if not batch:
             self._busy = False
             self._idle.set()
