@@ -125,14 +125,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(data_dir: Path, sync: str, use_strace: bool) -> Gateway:
+def start_gateway(data_dir: Path, sync: str, use_strace: bool, source: Path = ROOT) -> Gateway:
     port = free_port()
     data_dir.mkdir(parents=True)
     conf = data_dir / "smsgw.toml"
     conf.write_text(CONFIG.format(data_dir=data_dir, port=port, sync=sync))
     smsgw = [sys.executable, "-m", "gateway.cli"]
     init = subprocess.run(
-        [*smsgw, "init", "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
+        [*smsgw, "init", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=source,
     )
     (token,) = TOKEN_RE.findall(init.stdout)
     argv = [*smsgw, "run", "--config", str(conf)]
@@ -143,7 +147,7 @@ def start_gateway(data_dir: Path, sync: str, use_strace: bool) -> Gateway:
             "strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=fsync,fdatasync",
             "-o", str(fsync_log), *argv,
         ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=source)
     gw = Gateway(proc, proc.pid, f"http://127.0.0.1:{port}", token, fsync_log)
     threading.Thread(target=_drain, args=(gw,), daemon=True).start()
     if use_strace:
@@ -194,15 +198,28 @@ async def until_delivered(http: aiohttp.ClientSession, url: str, total: int) -> 
     return time.time()
 
 
-async def post(http: aiohttp.ClientSession, url: str, i: int) -> None:
-    body = {"to": f"+1202555{i % 10_000:04d}", "body": f"Reminder {i}", "route": "smsc-sim"}
+# One GSM segment, as most reminders are: a row's size decides how many fit a page.
+REMINDER = (
+    "Reminder {i}: your appointment at the Riverside clinic is tomorrow at 10:30."
+    " Please bring your card. Reply C to confirm, R to rebook. "
+)
+
+
+async def post(http: aiohttp.ClientSession, url: str, i: int, chars: int) -> None:
+    text = (REMINDER.format(i=i) * 8)[:chars]
+    body = {"to": f"+1202555{i % 10_000:04d}", "body": text, "route": "smsc-sim"}
     resp = await http.post(f"{url}/api/v1/messages", json=body)
     if resp.status != 202:
         raise RuntimeError(f"send refused: {resp.status} {await resp.text()}")
 
 
 async def scenario(
-    gw: Gateway, http: aiohttp.ClientSession, name: str, count: int, rate: float | None
+    gw: Gateway,
+    http: aiohttp.ClientSession,
+    name: str,
+    count: int,
+    rate: float | None,
+    chars: int = 160,
 ) -> dict[str, Any]:
     """Send `count` messages (at `rate`/s, or all at once), until each is delivered."""
     base = await delivered(http, gw.url)
@@ -212,14 +229,14 @@ async def scenario(
 
         async def one(i: int) -> None:
             async with sem:
-                await post(http, gw.url, i)
+                await post(http, gw.url, i, chars)
 
         await asyncio.gather(*(one(i) for i in range(count)))
     else:
         start = time.monotonic()
         for i in range(count):
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            await post(http, gw.url, i)
+            await post(http, gw.url, i, chars)
     end = await until_delivered(http, gw.url, base + count)
     after = Io.of(gw.pid)
     written = after.written - before.written
@@ -235,7 +252,7 @@ async def scenario(
 
 
 async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    gw = start_gateway(work / f"data-{sync}", sync, args.strace)
+    gw = start_gateway(work / f"data-{sync}", sync, args.strace, args.source)
     rows: list[dict[str, Any]] = []
     try:
         headers = {"Authorization": f"Bearer {gw.token}"}
@@ -258,14 +275,16 @@ async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[
                     ),
                 }
             )
-            single = await scenario(gw, http, "one a second", int(args.window), 1.0)
+            chars = args.body_chars
+            single = await scenario(gw, http, "one a second", int(args.window), 1.0, chars)
             rows.append(single)
             rows.append(
                 await scenario(
-                    gw, http, "trickle 10/s", int(TRICKLE_RATE * args.window), TRICKLE_RATE
+                    gw, http, "trickle 10/s", int(TRICKLE_RATE * args.window), TRICKLE_RATE, chars
                 )
             )
-            rows.append(await scenario(gw, http, "saturation", int(ROUTE_RATE * args.window), None))
+            saturation = int(ROUTE_RATE * args.window)
+            rows.append(await scenario(gw, http, "saturation", saturation, None, chars))
             per_day = single["bytes_per_message"] * PER_DAY + idle * 86_400
             rows.append({"scenario": f"per day at {PER_DAY:,}", "bytes": round(per_day)})
     except Exception:
@@ -318,7 +337,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sync", choices=["FULL", "NORMAL"], action="append", help="default: both")
     p.add_argument("--window", type=float, default=20.0, help="seconds of sending per scenario")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle measurement")
+    p.add_argument("--body-chars", type=int, default=160, help="each message's length")
     p.add_argument("--no-strace", dest="strace", action="store_false", help="do not count fsyncs")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=ROOT,
+        help="run the gateway from this checkout (e.g. a worktree of main, for a before/after)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data directories")
     args = p.parse_args(argv)
     if args.strace and shutil.which("strace") is None:

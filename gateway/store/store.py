@@ -443,8 +443,10 @@ class Store:
         self, message_id: str, route: str, carrier_ids: Sequence[str], now: float
     ) -> State:
         """Record the carrier's acceptance, then any receipts that arrived before it."""
+        # Lazy: the message is safe as `sending` (claimed and committed before the
+        # submit); a crash before this commits resends it flagged, like any in flight.
         state: State = await self.writer.run_grouped(
-            mark_sent_many, (message_id, route, tuple(carrier_ids), now)
+            mark_sent_many, (message_id, route, tuple(carrier_ids), now), lazy=True
         )
         return state
 
@@ -471,7 +473,11 @@ class Store:
         the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
         """
         item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
-        outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
+        # Lazy: the carrier hears back (deliver_sm_resp) only after the commit, so it
+        # redelivers a receipt lost to a crash.
+        outcome: tuple[str, State] | None = await self.writer.run_grouped(
+            receipts_many, item, lazy=True
+        )
         return outcome
 
     async def insert_inbound(
