@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import struct
+from collections.abc import Awaitable
 from pathlib import Path
 
 from gateway.models import State
@@ -196,3 +198,60 @@ async def test_an_existing_store_keeps_its_page_size(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+def _wal_pages(path: Path) -> list[int]:
+    """The page numbers of the frames in `path`'s WAL (each frame is one whole page)."""
+    data = Path(f"{path}-wal").read_bytes()
+    if len(data) < 32:
+        return []
+    page_size = struct.unpack(">I", data[8:12])[0]
+    pages, offset = [], 32
+    while offset + 24 + page_size <= len(data):
+        if data[offset + 8 : offset + 16] != data[16:24]:  # salts: a frame of this WAL
+            break
+        pages.append(struct.unpack(">I", data[offset : offset + 4])[0])
+        offset += 24 + page_size
+    return pages
+
+
+async def _btrees_written(store: Store, step: Awaitable[object]) -> set[str]:
+    """The tables and indexes whose pages the commit(s) of `step` wrote."""
+    checkpoint = "PRAGMA wal_checkpoint(TRUNCATE)"
+    await store.writer.call_outside_transaction(lambda c: c.execute(checkpoint).fetchall())
+    await step
+    await store.writer.drain()
+    pages = set(_wal_pages(store.path))
+    rows = await store.writer.call_outside_transaction(
+        lambda c: c.execute("SELECT name, pageno FROM dbstat").fetchall()
+    )
+    return {name for name, page in rows if page in pages}
+
+
+async def test_sent_and_receipts_leave_an_index_on_the_route_alone(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The claim writes the message's route; its `sent` and its receipt record the
+    route in their events without writing it to the row again, which would rewrite
+    the message's entry in every index on `route` (one whole page per commit)."""
+    gw = await open_gateway()
+    store = gw.store
+    await store.writer.call_outside_transaction(
+        lambda c: c.execute("CREATE INDEX test_by_route ON messages (route, id)")
+    )
+    mid = await accept(gw)
+    now = gw.clock.time()
+    claimed = await _btrees_written(store, store.claim(mid, "demo", now))
+    assert "test_by_route" in claimed  # the claim does write it: route NULL -> demo
+    sent = await _btrees_written(store, store.mark_sent(mid, "demo", ["k1"], now))
+    assert "messages" in sent and "test_by_route" not in sent
+    receipt = await _btrees_written(
+        store, store.apply_receipt("demo", "k1", "delivered", None, now)
+    )
+    assert "messages" in receipt and "test_by_route" not in receipt
+    row = await message_row(store, mid)
+    assert (row["state"], row["route"]) == ("delivered", "demo")
+    assert [(e.state, e.route) for e in await store.events(mid)][-2:] == [
+        ("sent", "demo"),
+        ("delivered", "demo"),
+    ]
