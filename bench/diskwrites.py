@@ -52,6 +52,7 @@ TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 ROUTE_RATE = 50  # the embedded simulator route's rate (gateway/config.py embedded_routes)
 TRICKLE_RATE = 10
 PER_DAY = 10_000
+TARGETS_KB = {"trickle 10/s": 32, "saturation": 16}  # issue 16, point 3 (KB = 1,000 bytes)
 SETTLE_LIMIT = 60.0  # seconds the last messages get to be delivered
 
 CONFIG = """\
@@ -167,7 +168,8 @@ def _child_of(pid: int) -> int:
     while time.time() < deadline:
         with contextlib.suppress(OSError):
             for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-                if b"gateway.cli" in Path(f"/proc/{child}/cmdline").read_bytes():
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if b"gateway.cli" in argv and b"run" in argv:
                     return int(child)
         time.sleep(0.05)
     raise RuntimeError("strace did not start the gateway")
@@ -258,6 +260,8 @@ async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[
         headers = {"Authorization": f"Bearer {gw.token}"}
         async with aiohttp.ClientSession(headers=headers) as http:
             await until_up(http, gw.url)
+            if args.strace:  # the process serving now (strace's early children are gone)
+                gw.pid = _child_of(gw.proc.pid)
             await scenario(gw, http, "warm-up", 20, None)  # first binds, templates, pages
             await asyncio.sleep(3)  # the warm-up's receipts and checkpoints settle
             before = Io.of(gw.pid)
@@ -365,7 +369,24 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(table(rows))
+    print(json.dumps(summary(rows)), flush=True)
     return 0
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last line: per setting, bytes per message (KB) and their share of the issue's
+    targets (saturation 16 KB, 10/s 32 KB; at most 1.0 meets them)."""
+    out: dict[str, Any] = {"bench": "diskwrites", "targets_kb": TARGETS_KB}
+    for r in rows:
+        target = TARGETS_KB.get(r["scenario"])
+        if target is not None:
+            kb = r["bytes_per_message"] / 1000
+            out.setdefault(r["synchronous"], {})[r["scenario"]] = {
+                "kb_per_message": round(kb, 1),
+                "fsyncs_per_message": r["fsyncs_per_message"],
+                "of_target": round(kb / target, 2),
+            }
+    return out
 
 
 if __name__ == "__main__":
