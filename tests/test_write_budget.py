@@ -16,12 +16,16 @@ import struct
 from collections.abc import Awaitable
 from pathlib import Path
 
+import pytest
+
+from gateway.config import ConfigError, from_mapping
 from gateway.models import State
 from gateway.store import writer as writer_mod
 from gateway.store.store import Store
 from gateway.store.writer import GroupCommitWriter
 from tests.conftest import GatewayFactory, accept
 from tests.store_rows import message_row
+from tests.test_config import EXAMPLE
 
 WAIT = 10.0  # seconds any one step may take before the test fails
 
@@ -255,3 +259,23 @@ async def test_sent_and_receipts_leave_an_index_on_the_route_alone(
         ("sent", "demo"),
         ("delivered", "demo"),
     ]
+
+
+def test_lazy_commit_ms_is_documented_and_checked() -> None:
+    assert "lazy_commit_ms =" in EXAMPLE.read_text()
+    assert from_mapping({"store": {"lazy_commit_ms": 0}}).store.lazy_commit_ms == 0
+    assert from_mapping({}).store.lazy_commit_ms == 200
+    for bad in (-1, 5001, "soon"):
+        with pytest.raises(ConfigError, match=r"store\.lazy_commit_ms"):
+            from_mapping({"store": {"lazy_commit_ms": bad}})
+
+
+async def test_lazy_commit_ms_reaches_the_writer(open_gateway: GatewayFactory) -> None:
+    """`[store] lazy_commit_ms = 0`: a receipt commits at once, on its own."""
+    gw = await open_gateway(store={"lazy_commit_ms": 0})
+    assert gw.store.writer.lazy_delay == 0
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await gw.store.claim(mid, "demo", now) is not None
+    await asyncio.wait_for(gw.store.mark_sent(mid, "demo", ["z1"], now), WAIT)
+    assert (await message_row(gw.store, mid))["state"] == "sent"

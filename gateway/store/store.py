@@ -37,7 +37,7 @@ from gateway.store.transitions import (
     mark_sent_many,
     receipts_many,
 )
-from gateway.store.writer import GroupCommitWriter, Statement
+from gateway.store.writer import LAZY_DELAY, GroupCommitWriter, Statement
 
 Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
 
@@ -128,10 +128,11 @@ class Store:
         *,
         synchronous: str = "FULL",
         group_commit_max: int = 2000,
+        lazy_delay: float = LAZY_DELAY,
     ) -> None:
         self.path = path
         self._master = master_key
-        self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
+        self.writer = GroupCommitWriter(path, synchronous, group_commit_max, lazy_delay)
         self._reader: ReadPool | None = None
         self.cipher: crypto.FieldCipher | None = None
         self._root = master_key  # until `open` reads the keyring's root key
