@@ -65,6 +65,22 @@ async def test_lazy_work_rides_in_the_next_transaction_other_work_starts(
         await w.close()
 
 
+async def test_a_lazy_job_rides_like_a_lazy_group_item(tmp_path: Path) -> None:
+    """`run(..., lazy=True)`: for a group's outcomes written as one job."""
+    w = await _writer(tmp_path, lazy_delay=3600.0)
+    try:
+        before = w.batches
+        lazy = w.run(lambda c: c.execute("INSERT INTO t VALUES ('job')"), lazy=True)
+        await asyncio.sleep(0)
+        assert w.batches == before and not lazy.done()
+        await asyncio.wait_for(w.run_grouped(_insert, "eager"), WAIT)
+        await asyncio.wait_for(lazy, WAIT)
+        assert w.batches == before + 1
+        assert await _rows(w) == ["eager", "job"]
+    finally:
+        await w.close()
+
+
 async def test_lazy_work_alone_commits_after_its_delay(tmp_path: Path) -> None:
     w = await _writer(tmp_path, lazy_delay=0.05)
     try:

@@ -162,13 +162,16 @@ class GroupCommitWriter:
         self._pending.eager += 1
         return fut
 
-    def run(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run `job` in the writer's next transaction, in its own savepoint."""
+    def run(
+        self, job: Callable[[sqlite3.Connection], T], *, lazy: bool = False
+    ) -> asyncio.Future[T]:
+        """Run `job` in the writer's next transaction, in its own savepoint (`lazy`: see
+        `run_grouped`)."""
         fut: asyncio.Future[T] = self._loop().create_future()
-        self._enqueue()
+        self._enqueue(lazy)
         self._pending.steps.append((job, fut))
         self._pending.size += 1
-        self._pending.eager += 1
+        self._pending.eager += not lazy
         return fut
 
     def run_grouped(self, fn: GroupJob, item: Any, *, lazy: bool = False) -> asyncio.Future[Any]:
