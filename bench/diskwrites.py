@@ -63,6 +63,7 @@ listen = "127.0.0.1:{port}"
 
 [store]
 synchronous = "{sync}"
+{store_extra}
 
 [demo]
 peers = true
@@ -126,11 +127,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(data_dir: Path, sync: str, use_strace: bool, source: Path = ROOT) -> Gateway:
+def start_gateway(
+    data_dir: Path, sync: str, use_strace: bool, source: Path = ROOT, lazy_ms: float | None = None
+) -> Gateway:
     port = free_port()
     data_dir.mkdir(parents=True)
     conf = data_dir / "smsgw.toml"
-    conf.write_text(CONFIG.format(data_dir=data_dir, port=port, sync=sync))
+    extra = "" if lazy_ms is None else f"lazy_commit_ms = {lazy_ms}"
+    conf.write_text(CONFIG.format(data_dir=data_dir, port=port, sync=sync, store_extra=extra))
     smsgw = [sys.executable, "-m", "gateway.cli"]
     init = subprocess.run(
         [*smsgw, "init", "--data-dir", str(data_dir)],
@@ -254,7 +258,7 @@ async def scenario(
 
 
 async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    gw = start_gateway(work / f"data-{sync}", sync, args.strace, args.source)
+    gw = start_gateway(work / f"data-{sync}", sync, args.strace, args.source, args.lazy_ms)
     rows: list[dict[str, Any]] = []
     try:
         headers = {"Authorization": f"Bearer {gw.token}"}
@@ -343,6 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle measurement")
     p.add_argument("--body-chars", type=int, default=160, help="each message's length")
     p.add_argument("--no-strace", dest="strace", action="store_false", help="do not count fsyncs")
+    p.add_argument("--lazy-ms", type=float, help="[store] lazy_commit_ms (default: the gateway's)")
     p.add_argument(
         "--source",
         type=Path,
