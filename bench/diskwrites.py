@@ -52,6 +52,7 @@ TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 ROUTE_RATE = 50  # the embedded simulator route's rate (gateway/config.py embedded_routes)
 TRICKLE_RATE = 10
 PER_DAY = 10_000
+TARGETS_KB = {"trickle 10/s": 32, "saturation": 16}  # issue 16, point 3 (KB = 1,000 bytes)
 SETTLE_LIMIT = 60.0  # seconds the last messages get to be delivered
 
 CONFIG = """\
@@ -62,6 +63,7 @@ listen = "127.0.0.1:{port}"
 
 [store]
 synchronous = "{sync}"
+{store_extra}
 
 [demo]
 peers = true
@@ -125,14 +127,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(data_dir: Path, sync: str, use_strace: bool) -> Gateway:
+def start_gateway(
+    data_dir: Path, sync: str, use_strace: bool, source: Path = ROOT, lazy_ms: float | None = None
+) -> Gateway:
     port = free_port()
     data_dir.mkdir(parents=True)
     conf = data_dir / "smsgw.toml"
-    conf.write_text(CONFIG.format(data_dir=data_dir, port=port, sync=sync))
+    extra = "" if lazy_ms is None else f"lazy_commit_ms = {lazy_ms}"
+    conf.write_text(CONFIG.format(data_dir=data_dir, port=port, sync=sync, store_extra=extra))
     smsgw = [sys.executable, "-m", "gateway.cli"]
     init = subprocess.run(
-        [*smsgw, "init", "--data-dir", str(data_dir)], capture_output=True, text=True, check=True
+        [*smsgw, "init", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=source,
     )
     (token,) = TOKEN_RE.findall(init.stdout)
     argv = [*smsgw, "run", "--config", str(conf)]
@@ -143,7 +152,7 @@ def start_gateway(data_dir: Path, sync: str, use_strace: bool) -> Gateway:
             "strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=fsync,fdatasync",
             "-o", str(fsync_log), *argv,
         ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=source)
     gw = Gateway(proc, proc.pid, f"http://127.0.0.1:{port}", token, fsync_log)
     threading.Thread(target=_drain, args=(gw,), daemon=True).start()
     if use_strace:
@@ -163,7 +172,8 @@ def _child_of(pid: int) -> int:
     while time.time() < deadline:
         with contextlib.suppress(OSError):
             for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-                if b"gateway.cli" in Path(f"/proc/{child}/cmdline").read_bytes():
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if b"gateway.cli" in argv and b"run" in argv:
                     return int(child)
         time.sleep(0.05)
     raise RuntimeError("strace did not start the gateway")
@@ -194,15 +204,28 @@ async def until_delivered(http: aiohttp.ClientSession, url: str, total: int) -> 
     return time.time()
 
 
-async def post(http: aiohttp.ClientSession, url: str, i: int) -> None:
-    body = {"to": f"+1202555{i % 10_000:04d}", "body": f"Reminder {i}", "route": "smsc-sim"}
+# One GSM segment, as most reminders are: a row's size decides how many fit a page.
+REMINDER = (
+    "Reminder {i}: your appointment at the Riverside clinic is tomorrow at 10:30."
+    " Please bring your card. Reply C to confirm, R to rebook. "
+)
+
+
+async def post(http: aiohttp.ClientSession, url: str, i: int, chars: int) -> None:
+    text = (REMINDER.format(i=i) * 8)[:chars]
+    body = {"to": f"+1202555{i % 10_000:04d}", "body": text, "route": "smsc-sim"}
     resp = await http.post(f"{url}/api/v1/messages", json=body)
     if resp.status != 202:
         raise RuntimeError(f"send refused: {resp.status} {await resp.text()}")
 
 
 async def scenario(
-    gw: Gateway, http: aiohttp.ClientSession, name: str, count: int, rate: float | None
+    gw: Gateway,
+    http: aiohttp.ClientSession,
+    name: str,
+    count: int,
+    rate: float | None,
+    chars: int = 160,
 ) -> dict[str, Any]:
     """Send `count` messages (at `rate`/s, or all at once), until each is delivered."""
     base = await delivered(http, gw.url)
@@ -212,14 +235,14 @@ async def scenario(
 
         async def one(i: int) -> None:
             async with sem:
-                await post(http, gw.url, i)
+                await post(http, gw.url, i, chars)
 
         await asyncio.gather(*(one(i) for i in range(count)))
     else:
         start = time.monotonic()
         for i in range(count):
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            await post(http, gw.url, i)
+            await post(http, gw.url, i, chars)
     end = await until_delivered(http, gw.url, base + count)
     after = Io.of(gw.pid)
     written = after.written - before.written
@@ -235,12 +258,14 @@ async def scenario(
 
 
 async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    gw = start_gateway(work / f"data-{sync}", sync, args.strace)
+    gw = start_gateway(work / f"data-{sync}", sync, args.strace, args.source, args.lazy_ms)
     rows: list[dict[str, Any]] = []
     try:
         headers = {"Authorization": f"Bearer {gw.token}"}
         async with aiohttp.ClientSession(headers=headers) as http:
             await until_up(http, gw.url)
+            if args.strace:  # the process serving now (strace's early children are gone)
+                gw.pid = _child_of(gw.proc.pid)
             await scenario(gw, http, "warm-up", 20, None)  # first binds, templates, pages
             await asyncio.sleep(3)  # the warm-up's receipts and checkpoints settle
             before = Io.of(gw.pid)
@@ -258,14 +283,16 @@ async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[
                     ),
                 }
             )
-            single = await scenario(gw, http, "one a second", int(args.window), 1.0)
+            chars = args.body_chars
+            single = await scenario(gw, http, "one a second", int(args.window), 1.0, chars)
             rows.append(single)
             rows.append(
                 await scenario(
-                    gw, http, "trickle 10/s", int(TRICKLE_RATE * args.window), TRICKLE_RATE
+                    gw, http, "trickle 10/s", int(TRICKLE_RATE * args.window), TRICKLE_RATE, chars
                 )
             )
-            rows.append(await scenario(gw, http, "saturation", int(ROUTE_RATE * args.window), None))
+            saturation = int(ROUTE_RATE * args.window)
+            rows.append(await scenario(gw, http, "saturation", saturation, None, chars))
             per_day = single["bytes_per_message"] * PER_DAY + idle * 86_400
             rows.append({"scenario": f"per day at {PER_DAY:,}", "bytes": round(per_day)})
     except Exception:
@@ -318,7 +345,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sync", choices=["FULL", "NORMAL"], action="append", help="default: both")
     p.add_argument("--window", type=float, default=20.0, help="seconds of sending per scenario")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle measurement")
+    p.add_argument("--body-chars", type=int, default=160, help="each message's length")
     p.add_argument("--no-strace", dest="strace", action="store_false", help="do not count fsyncs")
+    p.add_argument("--lazy-ms", type=float, help="[store] lazy_commit_ms (default: the gateway's)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=ROOT,
+        help="run the gateway from this checkout (e.g. a worktree of main, for a before/after)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data directories")
     args = p.parse_args(argv)
     if args.strace and shutil.which("strace") is None:
@@ -339,7 +374,24 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(table(rows))
+    print(json.dumps(summary(rows)), flush=True)
     return 0
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last line: per setting, bytes per message (KB) and their share of the issue's
+    targets (saturation 16 KB, 10/s 32 KB; at most 1.0 meets them)."""
+    out: dict[str, Any] = {"bench": "diskwrites", "targets_kb": TARGETS_KB}
+    for r in rows:
+        target = TARGETS_KB.get(r["scenario"])
+        if target is not None:
+            kb = r["bytes_per_message"] / 1000
+            out.setdefault(r["synchronous"], {})[r["scenario"]] = {
+                "kb_per_message": round(kb, 1),
+                "fsyncs_per_message": r["fsyncs_per_message"],
+                "of_target": round(kb / target, 2),
+            }
+    return out
 
 
 if __name__ == "__main__":

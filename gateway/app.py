@@ -157,6 +157,7 @@ class Gateway:
             key,
             synchronous=config.store.synchronous,
             group_commit_max=config.store.group_commit_max,
+            lazy_delay=config.store.lazy_commit_ms / 1000,
         )
         await store.open()
         try:

@@ -126,6 +126,8 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # i14-socket: key custody without a TPM (gateway/custody.py).
     master_key_passphrase_file: str | None = None  # unlocks a passphrase-protected key
     master_key_media: str | None = None  # a mount point the key file must sit on
+    # i16-writes: how long a `sent` or a receipt waits to ride in another commit (ms).
+    lazy_commit_ms: Annotated[float, msgspec.Meta(ge=0, le=5000)] = 200.0
 
     def problems(self) -> str | None:
         """The first bad custody key, as `store.key: problem`."""

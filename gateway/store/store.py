@@ -46,7 +46,7 @@ from gateway.store.transitions import (
     mark_sent_many,
     receipts_many,
 )
-from gateway.store.writer import GroupCommitWriter, Statement
+from gateway.store.writer import LAZY_DELAY, GroupCommitWriter, Statement
 
 Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
 LIVE_PAGE = 5000  # queued messages read per query at start-up
@@ -139,10 +139,11 @@ class Store:
         *,
         synchronous: str = "FULL",
         group_commit_max: int = 2000,
+        lazy_delay: float = LAZY_DELAY,
     ) -> None:
         self.path = path
         self._master = master_key
-        self.writer = GroupCommitWriter(path, synchronous, group_commit_max)
+        self.writer = GroupCommitWriter(path, synchronous, group_commit_max, lazy_delay)
         self._reader: ReadPool | None = None
         self.cipher: crypto.FieldCipher | None = None
         self._root = master_key  # until `open` reads the keyring's root key
@@ -418,7 +419,11 @@ class Store:
         self, sent: list[group_sql.SentItem], changes: list[tuple[Transition, float]]
     ) -> tuple[list[State | Exception], list[bool | Exception]]:
         """A dispatched group's answers in one writer job (see `group_sql.outcomes`)."""
-        return await self.writer.run(lambda conn: group_sql.outcomes(conn, sent, changes))
+        # Lazy when every message was accepted (each safe as `sending`, see `mark_sent`);
+        # a retry or a failure commits now, as the scheduler acts on it.
+        return await self.writer.run(
+            lambda conn: group_sql.outcomes(conn, sent, changes), lazy=not changes
+        )
 
     def _claimed(self, message_id: str, row: Any) -> ClaimedMessage | Held | None:
         if row is None or isinstance(row, Held):
@@ -483,8 +488,10 @@ class Store:
         self, message_id: str, route: str, carrier_ids: Sequence[str], now: float
     ) -> State:
         """Record the carrier's acceptance, then any receipts that arrived before it."""
+        # Lazy: the message is safe as `sending` (claimed and committed before the
+        # submit); a crash before this commits resends it flagged, like any in flight.
         state: State = await self.writer.run_grouped(
-            mark_sent_many, (message_id, route, tuple(carrier_ids), now)
+            mark_sent_many, (message_id, route, tuple(carrier_ids), now), lazy=True
         )
         return state
 
@@ -511,6 +518,8 @@ class Store:
         the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
         """
         item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
+        # Not lazy: the carrier waits for its deliver_sm_resp until the commit, and one
+        # that sends a receipt at a time would get a few a second while nothing else commits.
         outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
         return outcome
 

@@ -31,6 +31,9 @@ class Transition:
     possible_duplicate: bool | None = None
     carrier_id: str | None = None
     count_attempt: bool = False  # one more submit: `attempts + 1`, in the same UPDATE
+    # `route` is the message's already (its claim wrote it): recorded in the event, not
+    # written to the row again, where it would rewrite its entry in any index on it.
+    route_kept: bool = False
 
 
 class _PartsPending(Exception):
@@ -51,14 +54,13 @@ def apply(
     if the message is not in `only_from` when that is given. Returns the row's
     `attempts` followed by the `returning` columns. With `events`, the event row is
     appended there for the caller to write with the rest of its group."""
-    changed = [
-        value for value in (t.route, t.error_code, t.due_at, t.attempts) if value is not None
-    ]
+    route = None if t.route_kept else t.route
+    changed = [value for value in (route, t.error_code, t.due_at, t.attempts) if value is not None]
     duplicate = t.possible_duplicate
     if duplicate is not None:
         changed.append(int(duplicate))
     shape = (
-        t.route is not None,
+        route is not None,
         t.error_code is not None,
         t.due_at is not None,
         t.attempts is not None,
@@ -196,7 +198,12 @@ def _apply_receipt(
     message_id = part[0]
     target = _RECEIPT_FINAL[state]
     transition = Transition(
-        message_id, target, route=route, carrier_id=carrier_id, error_code=error_code
+        message_id,
+        target,
+        route=route,
+        carrier_id=carrier_id,
+        error_code=error_code,
+        route_kept=True,
     )
     try:
         if target is State.DELIVERED:
@@ -268,7 +275,7 @@ def mark_sent_many(
     early_waiting = conn.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is not None
     for message_id, route, carrier_ids, now in items:
         transition = Transition(
-            message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids)
+            message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids), route_kept=True
         )
         apply(conn, transition, now, events=events)
         parts += [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)]

@@ -21,6 +21,13 @@ transaction went ahead of it. So an accept or a claim waits for at most the one 
 job already running, not also for one that would share its commit; and bulk work is
 never held back for longer than one transaction (`make bench-campaign`).
 
+Lazy work (`run_grouped(..., lazy=True)`: a submit's `sent` and a receipt, whose
+message is already safe as `sending` or `sent`) starts no transaction of its own: it
+joins the next one something else starts (an accept, a claim), or commits after
+`lazy_delay` if nothing does. Each commit writes whole pages of every table and index it
+touched, so one commit carrying several messages' changes writes far fewer bytes per
+message than one commit each (`bench/diskwrites.py`).
+
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's
 three hops per batch.
@@ -64,6 +71,7 @@ class _Batch:
     steps: list[tuple[Job, asyncio.Future[Any]] | _Group] = field(default_factory=list)
     groups: dict[GroupJob, _Group] = field(default_factory=dict)
     size: int = 0
+    eager: int = 0  # items that want a transaction now (not lazy ones)
 
     def __len__(self) -> int:
         return self.size
@@ -82,11 +90,18 @@ class WriterClosed(RuntimeError):
     pass
 
 
+# A new store's page size (an existing one keeps its own). Every commit writes each page
+# it touched whole; at one message's changes per commit, 2 KiB pages write about a third
+# less than 4 KiB ones (bench/diskwrites.py). A row of a one-segment message fits one.
+PAGE_SIZE = 2048
+
+
 def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
     if not read_only:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise RuntimeError(f"could not switch {path} to WAL (got {mode})")
@@ -94,11 +109,26 @@ def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3
     return conn
 
 
+# How long lazy work waits for a transaction to join before it starts one: far below
+# what a carrier waits for a receipt's answer, about one message's gap at 10/s.
+LAZY_DELAY = 0.2
+
+
 class GroupCommitWriter:
-    def __init__(self, path: Path, synchronous: str = "FULL", max_batch: int = 2000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        max_batch: int = 2000,
+        lazy_delay: float = LAZY_DELAY,
+    ) -> None:
         self._path = path
         self._synchronous = synchronous
         self._max_batch = max_batch
+        self.lazy_delay = lazy_delay
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._lazy_due = False
+        self._draining = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-writer")
         self._conn: sqlite3.Connection | None = None
         self._pending = _Batch()
@@ -138,14 +168,19 @@ class GroupCommitWriter:
         self._enqueue()
         self._pending.inserts.append((statements, fut))
         self._pending.size += 1
+        self._pending.eager += 1
         return fut
 
-    def run(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run `job` in the writer's next transaction, in its own savepoint."""
+    def run(
+        self, job: Callable[[sqlite3.Connection], T], *, lazy: bool = False
+    ) -> asyncio.Future[T]:
+        """Run `job` in the writer's next transaction, in its own savepoint (`lazy`: see
+        `run_grouped`)."""
         fut: asyncio.Future[T] = self._loop().create_future()
-        self._enqueue()
+        self._enqueue(lazy)
         self._pending.steps.append((job, fut))
         self._pending.size += 1
+        self._pending.eager += not lazy
         return fut
 
     def run_after_others(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
@@ -156,13 +191,14 @@ class GroupCommitWriter:
         self._later.append((job, fut))
         return fut
 
-    def run_grouped(self, fn: GroupJob, item: Any) -> asyncio.Future[Any]:
+    def run_grouped(self, fn: GroupJob, item: Any, *, lazy: bool = False) -> asyncio.Future[Any]:
         """Hand `item` to `fn` in the next transaction, together with every other item
         given to the same `fn` meanwhile: one call and one savepoint for all of them (the
         hot paths: claims, sends, receipts). If the call raises, each item is retried on
-        its own so that one bad item rolls back alone."""
+        its own so that one bad item rolls back alone. A `lazy` item waits up to
+        `lazy_delay` for a transaction started by other work."""
         fut: asyncio.Future[Any] = self._loop().create_future()
-        self._enqueue()
+        self._enqueue(lazy)
         batch = self._pending
         group = batch.groups.get(fn)
         if group is None:
@@ -171,6 +207,7 @@ class GroupCommitWriter:
         group.items.append(item)
         group.futures.append(fut)
         batch.size += 1
+        batch.eager += not lazy
         return fut
 
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -178,30 +215,61 @@ class GroupCommitWriter:
             raise WriterClosed("the store is closed")
         return asyncio.get_running_loop()
 
-    def _enqueue(self) -> None:
-        if not self._busy and not self._pending and not self._later:
-            # Let every request that is already runnable join this batch.
-            asyncio.get_running_loop().call_soon(self._flush)
+    def _enqueue(self, lazy: bool = False) -> None:
+        if self._busy:  # a transaction is due or in flight: its successor takes this
+            return
+        self._idle.clear()
+        if lazy:
+            self._lazy_soon()
+            return
+        # Let every request that is already runnable join this batch.
+        asyncio.get_running_loop().call_soon(self._flush)
+        self._busy = True
+
+    def _lazy_soon(self) -> None:
+        if self._lazy_timer is None:
+            loop = asyncio.get_running_loop()
+            self._lazy_timer = loop.call_later(self.lazy_delay, self._lazy_expired)
+
+    def _lazy_expired(self) -> None:
+        self._lazy_timer = None
+        self._lazy_due = True
+        if not self._busy:
             self._busy = True
-            self._idle.clear()
+            self._flush()
 
     def _flush(self) -> None:
-        if self._later and (self._later_waited or not self._pending):
-            batch = _Batch(steps=[self._later.pop(0)], size=1)
+        if self._later and (self._later_waited or not self._pending.eager):
+            # Bulk work alone; lazy work pending waits for the next transaction.
             self._later_waited = False
-        else:
-            batch, self._pending = self._pending, _Batch()
-            self._later_waited = bool(self._later)
+            self._commit_soon(_Batch(steps=[self._later.pop(0)], size=1, eager=1))
+            return
+        batch, self._pending = self._pending, _Batch()
         if not batch:
             self._busy = False
             self._idle.set()
             return
+        if not batch.eager and not self._lazy_due and not self._draining:
+            # Only lazy work: it waits for the next transaction (or its timer).
+            self._pending = batch
+            self._busy = False
+            self._lazy_soon()
+            return
+        self._later_waited = bool(self._later)
+        self._lazy_due = False
+        if self._lazy_timer is not None:  # every lazy item goes in this transaction
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         if len(batch.inserts) > self._max_batch:
             # Inserts beyond the cap wait for the next transaction; the rest goes now.
             self._pending.inserts = batch.inserts[self._max_batch :]
-            self._pending.size = len(self._pending.inserts)
+            self._pending.size = self._pending.eager = len(self._pending.inserts)
             batch.inserts = batch.inserts[: self._max_batch]
             batch.size -= self._pending.size
+            batch.eager -= self._pending.size
+        self._commit_soon(batch)
+
+    def _commit_soon(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, self._commit, batch)
         done.add_done_callback(lambda f: self._settle(batch, f))
@@ -309,7 +377,15 @@ class GroupCommitWriter:
         return result
 
     async def drain(self) -> None:
-        await self._idle.wait()
+        """Until everything handed in so far is committed (lazy work too, at once)."""
+        self._draining += 1
+        try:
+            if self._lazy_timer is not None:
+                self._lazy_timer.cancel()
+                self._lazy_expired()
+            await self._idle.wait()
+        finally:
+            self._draining -= 1
 
     async def close(self) -> None:
         if self._closed:

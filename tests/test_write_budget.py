@@ -1,0 +1,298 @@
+"""The write budget (issue 16, point 3): what a delivered message costs the disk.
+
+A submit's `sent` and a receipt are lazy writes: they join the next transaction other
+work starts instead of paying a commit (whole pages of every b-tree touched, and an
+fsync) of their own. New stores use smaller pages. Both keep the guarantees: `sending`
+is committed before the driver sees a message, and a lazy write is committed before
+its caller (the scheduler, the carrier's answer to a receipt) hears back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import struct
+from collections.abc import Awaitable
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, from_mapping
+from gateway.models import State
+from gateway.store import writer as writer_mod
+from gateway.store.store import Store
+from gateway.store.writer import GroupCommitWriter
+from tests.conftest import GatewayFactory, accept
+from tests.store_rows import message_row
+from tests.test_config import EXAMPLE
+
+WAIT = 10.0  # seconds any one step may take before the test fails
+
+
+def _insert(conn: sqlite3.Connection, items: list[str]) -> list[None]:
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in items])
+    return [None] * len(items)
+
+
+async def _writer(tmp_path: Path, lazy_delay: float) -> GroupCommitWriter:
+    w = GroupCommitWriter(tmp_path / "w.db", lazy_delay=lazy_delay)
+    await w.open()
+    await w.call_outside_transaction(lambda c: c.execute("CREATE TABLE t (v TEXT)"))
+    return w
+
+
+async def _rows(w: GroupCommitWriter) -> list[str]:
+    return await w.call_outside_transaction(
+        lambda c: [r[0] for r in c.execute("SELECT v FROM t ORDER BY v")]
+    )
+
+
+async def test_lazy_work_rides_in_the_next_transaction_other_work_starts(
+    tmp_path: Path,
+) -> None:
+    w = await _writer(tmp_path, lazy_delay=3600.0)  # its own timer never fires here
+    try:
+        before = w.batches
+        lazy = [w.run_grouped(_insert, f"lazy{i}", lazy=True) for i in range(3)]
+        await asyncio.sleep(0)  # the loop turns: lazy work alone starts no transaction
+        assert w.batches == before and not any(f.done() for f in lazy)
+        eager = w.run(lambda c: c.execute("INSERT INTO t VALUES ('eager')"))
+        await asyncio.wait_for(asyncio.gather(eager, *lazy), WAIT)
+        assert w.batches == before + 1  # one transaction, one fsync, for all four
+        assert await _rows(w) == ["eager", "lazy0", "lazy1", "lazy2"]
+    finally:
+        await w.close()
+
+
+async def test_a_lazy_job_rides_like_a_lazy_group_item(tmp_path: Path) -> None:
+    """`run(..., lazy=True)`: for a group's outcomes written as one job."""
+    w = await _writer(tmp_path, lazy_delay=3600.0)
+    try:
+        before = w.batches
+        lazy = w.run(lambda c: c.execute("INSERT INTO t VALUES ('job')"), lazy=True)
+        await asyncio.sleep(0)
+        assert w.batches == before and not lazy.done()
+        await asyncio.wait_for(w.run_grouped(_insert, "eager"), WAIT)
+        await asyncio.wait_for(lazy, WAIT)
+        assert w.batches == before + 1
+        assert await _rows(w) == ["eager", "job"]
+    finally:
+        await w.close()
+
+
+async def test_lazy_work_alone_commits_after_its_delay(tmp_path: Path) -> None:
+    w = await _writer(tmp_path, lazy_delay=0.05)
+    try:
+        before = w.batches
+        await asyncio.wait_for(w.run_grouped(_insert, "alone", lazy=True), WAIT)
+        assert w.batches == before + 1
+        assert await _rows(w) == ["alone"]
+    finally:
+        await w.close()
+
+
+async def test_lazy_work_waiting_behind_a_transaction_in_flight_commits(
+    tmp_path: Path,
+) -> None:
+    """Lazy work handed in while a transaction is being written is not stranded when
+    that transaction settles: it goes with the next one, or after its delay."""
+    w = await _writer(tmp_path, lazy_delay=0.05)
+    try:
+        first = w.run(lambda c: c.execute("INSERT INTO t VALUES ('first')"))
+        await asyncio.sleep(0)  # the first transaction is on the writer thread now
+        lazy = w.run_grouped(_insert, "behind", lazy=True)
+        await asyncio.wait_for(asyncio.gather(first, lazy), WAIT)
+        assert await _rows(w) == ["behind", "first"]
+    finally:
+        await w.close()
+
+
+async def test_drain_and_close_commit_lazy_work_at_once(tmp_path: Path) -> None:
+    w = await _writer(tmp_path, lazy_delay=3600.0)
+    lazy = w.run_grouped(_insert, "kept", lazy=True)
+    await asyncio.wait_for(w.drain(), WAIT)
+    assert lazy.done() and lazy.result() is None
+    late = w.run_grouped(_insert, "late", lazy=True)
+    await asyncio.wait_for(w.close(), WAIT)
+    assert late.done() and late.result() is None
+    conn = sqlite3.connect(tmp_path / "w.db")
+    assert sorted(r[0] for r in conn.execute("SELECT v FROM t")) == ["kept", "late"]
+    conn.close()
+
+
+async def test_a_failing_lazy_item_fails_alone(tmp_path: Path) -> None:
+    w = await _writer(tmp_path, lazy_delay=3600.0)
+    try:
+        await w.call_outside_transaction(lambda c: c.execute("CREATE UNIQUE INDEX t_v ON t (v)"))
+        await w.run(lambda c: c.execute("INSERT INTO t VALUES ('taken')"))
+        bad = w.run_grouped(_insert, "taken", lazy=True)
+        good = w.run_grouped(_insert, "free", lazy=True)
+        eager = w.run(lambda c: c.execute("INSERT INTO t VALUES ('eager')"))
+        done = await asyncio.wait_for(
+            asyncio.gather(bad, good, eager, return_exceptions=True), WAIT
+        )
+        assert isinstance(done[0], sqlite3.IntegrityError)
+        assert done[1] is None and not isinstance(done[2], BaseException)
+        assert await _rows(w) == ["eager", "free", "taken"]
+    finally:
+        await w.close()
+
+
+async def test_sent_is_lazy_and_rides_with_the_next_claim_a_receipt_is_not(
+    open_gateway: GatewayFactory,
+) -> None:
+    """At a trickle, one message's `sent` and another's claim share one commit; the
+    sender hears back only after it. The claim is never lazy (`sending` is committed
+    before the driver sees the message), nor is a receipt: the carrier waits for its
+    answer until the commit."""
+    gw = await open_gateway()
+    w = gw.store.writer
+    w.lazy_delay = 3600.0  # nothing commits lazy work here but the claim
+    first, second, third = [await accept(gw) for _ in range(3)]
+    now = gw.clock.time()
+    for mid in (first, second):
+        assert await gw.store.claim(mid, "demo", now) is not None
+    sent = asyncio.ensure_future(gw.store.mark_sent(first, "demo", ["r1"], now))
+    await asyncio.wait_for(w.drain(), WAIT)  # r1 is recorded, so its receipt applies
+    assert sent.done()
+    receipt = gw.store.apply_receipt("demo", "r1", "delivered", None, now)
+    assert await asyncio.wait_for(receipt, WAIT) == (first, State.DELIVERED)
+    sent2 = asyncio.ensure_future(gw.store.mark_sent(second, "demo", ["r2"], now))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    before = w.batches
+    assert not sent2.done()
+    claimed = await asyncio.wait_for(gw.store.claim(third, "demo", now), WAIT)
+    assert claimed is not None
+    assert await asyncio.wait_for(sent2, WAIT) == State.SENT
+    assert w.batches == before + 1
+    assert (await message_row(gw.store, third))["state"] == "sending"
+    assert [e.state for e in await gw.store.events(first)][-3:] == [
+        "sending",
+        "sent",
+        "delivered",
+    ]
+
+
+async def test_a_claim_is_never_lazy(open_gateway: GatewayFactory) -> None:
+    """With lazy work held as long as it likes, a claim still commits at once."""
+    gw = await open_gateway()
+    gw.store.writer.lazy_delay = 3600.0
+    mid = await accept(gw)
+    claimed = await asyncio.wait_for(gw.store.claim(mid, "demo", gw.clock.time()), WAIT)
+    assert claimed is not None
+    conn = sqlite3.connect(f"file:{gw.store.path}?mode=ro", uri=True)
+    try:  # another connection sees it: committed, not merely done in the writer
+        row = conn.execute("SELECT state FROM messages WHERE id = ?", (mid,)).fetchone()
+    finally:
+        conn.close()
+    assert row == ("sending",)
+
+
+async def test_a_new_store_uses_the_smaller_page(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", os.urandom(32))
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    try:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == writer_mod.PAGE_SIZE == 2048
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, as before
+    finally:
+        conn.close()
+
+
+async def test_an_existing_store_keeps_its_page_size(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE old (v)")
+    conn.close()
+    store = Store(path, os.urandom(32))
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def _wal_pages(path: Path) -> list[int]:
+    """The page numbers of the frames in `path`'s WAL (each frame is one whole page)."""
+    data = Path(f"{path}-wal").read_bytes()
+    if len(data) < 32:
+        return []
+    page_size = struct.unpack(">I", data[8:12])[0]
+    pages, offset = [], 32
+    while offset + 24 + page_size <= len(data):
+        if data[offset + 8 : offset + 16] != data[16:24]:  # salts: a frame of this WAL
+            break
+        pages.append(struct.unpack(">I", data[offset : offset + 4])[0])
+        offset += 24 + page_size
+    return pages
+
+
+async def _btrees_written(store: Store, step: Awaitable[object]) -> set[str]:
+    """The tables and indexes whose pages the commit(s) of `step` wrote."""
+    checkpoint = "PRAGMA wal_checkpoint(TRUNCATE)"
+    await store.writer.call_outside_transaction(lambda c: c.execute(checkpoint).fetchall())
+    await step
+    await store.writer.drain()
+    pages = set(_wal_pages(store.path))
+    rows = await store.writer.call_outside_transaction(
+        lambda c: c.execute("SELECT name, pageno FROM dbstat").fetchall()
+    )
+    return {name for name, page in rows if page in pages}
+
+
+async def test_sent_and_receipts_leave_an_index_on_the_route_alone(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The claim writes the message's route; its `sent` and its receipt record the
+    route in their events without writing it to the row again, which would rewrite
+    the message's entry in every index on `route` (one whole page per commit)."""
+    gw = await open_gateway()
+    store = gw.store
+    await store.writer.call_outside_transaction(
+        lambda c: c.execute("CREATE INDEX test_by_route ON messages (route, id)")
+    )
+    mid = await accept(gw)
+    now = gw.clock.time()
+    claimed = await _btrees_written(store, store.claim(mid, "demo", now))
+    assert "test_by_route" in claimed  # the claim does write it: route NULL -> demo
+    sent = await _btrees_written(store, store.mark_sent(mid, "demo", ["k1"], now))
+    assert "messages" in sent and "test_by_route" not in sent
+    receipt = await _btrees_written(
+        store, store.apply_receipt("demo", "k1", "delivered", None, now)
+    )
+    assert "messages" in receipt and "test_by_route" not in receipt
+    row = await message_row(store, mid)
+    assert (row["state"], row["route"]) == ("delivered", "demo")
+    assert [(e.state, e.route) for e in await store.events(mid)][-2:] == [
+        ("sent", "demo"),
+        ("delivered", "demo"),
+    ]
+
+
+def test_lazy_commit_ms_is_documented_and_checked() -> None:
+    assert "lazy_commit_ms =" in EXAMPLE.read_text()
+    assert from_mapping({"store": {"lazy_commit_ms": 0}}).store.lazy_commit_ms == 0
+    assert from_mapping({}).store.lazy_commit_ms == 200
+    for bad in (-1, 5001, "soon"):
+        with pytest.raises(ConfigError, match=r"store\.lazy_commit_ms"):
+            from_mapping({"store": {"lazy_commit_ms": bad}})
+
+
+async def test_lazy_commit_ms_reaches_the_writer(open_gateway: GatewayFactory) -> None:
+    """`[store] lazy_commit_ms = 0`: a receipt commits at once, on its own."""
+    gw = await open_gateway(store={"lazy_commit_ms": 0})
+    assert gw.store.writer.lazy_delay == 0
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await gw.store.claim(mid, "demo", now) is not None
+    await asyncio.wait_for(gw.store.mark_sent(mid, "demo", ["z1"], now), WAIT)
+    assert (await message_row(gw.store, mid))["state"] == "sent"
