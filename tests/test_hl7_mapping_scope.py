@@ -153,3 +153,46 @@ async def test_a_booking_reads_rows_by_index_never_by_scanning(store: Store) -> 
     assert any("clinical_notices" in sql for sql, _ in found)
     scans = [(sql, plan) for sql, plan in found if plan.startswith("SCAN")]
     assert all("reminder_rules" in plan for _, plan in scans), scans
+
+
+async def test_a_booking_reads_and_writes_each_row_once(store: Store) -> None:
+    """Issue 13 point 9: the booking's writer job does no redundant work. A new
+    appointment of a known patient: the appointment is looked up by its key once (not
+    read back after its insert), the patient found by its keyed digest once after the
+    upsert, no pending reminder is closed when there is none, and no rejected message
+    row is deleted when the dedupe lookup found none. The notices are still planned."""
+    hooks = ClinicalHooks()
+    Planner().install(hooks)
+    mappers.load()
+    clock = FakeClock()
+
+    def seed(conn: sqlite3.Connection) -> None:
+        for spec in DEMO_RULES:
+            rules.save(conn, None, spec, "system:test", clock.time())
+
+    await store.writer.run(seed)
+    iface = Hl7Interface(name="bench", accept_untyped_phone=True, timing_source="sch11")
+    inbound = Hl7Inbound(iface, store, clock, hooks)
+    for i in range(3):
+        assert (await inbound.receive(_booking(i))).state == "mapped"
+    statements: list[str] = []
+    await store.writer.run(lambda conn: conn.set_trace_callback(statements.append))
+    assert (await inbound.receive(_booking(3))).state == "mapped"
+
+    def planned(conn: sqlite3.Connection) -> int:
+        conn.set_trace_callback(None)
+        return int(
+            conn.execute("SELECT count(*) FROM clinical_notices WHERE state = 'pending'").fetchone()[0]
+        )
+
+    assert await store.writer.run(planned) == 2 * 4  # every booking, two rules each
+    flat = [" ".join(s.split()) for s in statements]
+
+    def count(pattern: str) -> int:
+        return sum(1 for s in flat if re.search(pattern, s))
+
+    assert count(r"^SELECT .* FROM appointments WHERE source = .* AND ext_index = ") == 1, flat
+    assert count(r"^SELECT p\.id, p\.contact_idx, c\.language") == 1, flat
+    assert count(r"^UPDATE clinical_notices SET state = 'superseded'") == 0, flat
+    assert count(r"^DELETE FROM hl7_messages") == 0, flat
+    assert count(r"^INSERT INTO clinical_notices") >= 2, flat
