@@ -116,7 +116,9 @@ def main() -> int:
     runs: dict[bool, list[dict[str, object]]] = {False: [], True: []}
     for _ in range(args.repeat):
         for m in (False, True):
-            runs[m].append(asyncio.run(measure(m, args.count, args.window, args.sample, args.cprofile)))
+            runs[m].append(
+                asyncio.run(measure(m, args.count, args.window, args.sample, args.cprofile))
+            )
     results = [_median(runs[False]), _median(runs[True])]
     for r in results:
         print(json.dumps(r))

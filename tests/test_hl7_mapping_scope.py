@@ -182,7 +182,9 @@ async def test_a_booking_reads_and_writes_each_row_once(store: Store) -> None:
     def planned(conn: sqlite3.Connection) -> int:
         conn.set_trace_callback(None)
         return int(
-            conn.execute("SELECT count(*) FROM clinical_notices WHERE state = 'pending'").fetchone()[0]
+            conn.execute(
+                "SELECT count(*) FROM clinical_notices WHERE state = 'pending'"
+            ).fetchone()[0]
         )
 
     assert await store.writer.run(planned) == 2 * 4  # every booking, two rules each
