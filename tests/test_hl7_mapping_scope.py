@@ -198,3 +198,41 @@ async def test_a_booking_reads_and_writes_each_row_once(store: Store) -> None:
     assert count(r"^UPDATE clinical_notices SET state = 'superseded'") == 0, flat
     assert count(r"^DELETE FROM hl7_messages") == 0, flat
     assert count(r"^INSERT INTO clinical_notices") >= 2, flat
+
+
+async def test_a_planned_notice_journals_its_statement_in_memory(store: Store) -> None:
+    """Issue 13 point 9: a notice's INSERT fires the opt-out trigger, so SQLite keeps
+    a statement journal for it; in a temp file (SQLite's default) that cost some 19
+    page writes to an unlinked `etilqs_*` file per notice, and a third of the insert's
+    CPU. The writer keeps its temp store in memory: no temp file is open after the
+    booking's notices are inserted, within the same transaction."""
+    hooks = ClinicalHooks()
+    planner = Planner()
+    planner.install(hooks)
+    mappers.load()
+    clock = FakeClock()
+
+    def seed(conn: sqlite3.Connection) -> None:
+        for spec in DEMO_RULES:
+            rules.save(conn, None, spec, "system:test", clock.time())
+
+    await store.writer.run(seed)
+    iface = Hl7Interface(name="bench", accept_untyped_phone=True, timing_source="sch11")
+    inbound = Hl7Inbound(iface, store, clock, hooks)
+    assert (await inbound.receive(_booking(0))).state == "mapped"
+
+    def replan_and_list_temp_files(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+        appointment = conn.execute("SELECT id FROM appointments").fetchone()[0]
+        planned = planner.replan_appointment(conn, store.cipher, appointment, clock.time())
+        fds = Path("/proc/self/fd")
+        links = []
+        for fd in fds.iterdir():
+            try:
+                links.append(str(fd.readlink()))
+            except OSError:
+                continue
+        return len(planned), [link for link in links if "etilqs_" in link]
+
+    planned, temp_files = await store.writer.run(replan_and_list_temp_files)
+    assert planned == 2
+    assert temp_files == []
