@@ -153,3 +153,86 @@ async def test_a_booking_reads_rows_by_index_never_by_scanning(store: Store) -> 
     assert any("clinical_notices" in sql for sql, _ in found)
     scans = [(sql, plan) for sql, plan in found if plan.startswith("SCAN")]
     assert all("reminder_rules" in plan for _, plan in scans), scans
+
+
+async def test_a_booking_reads_and_writes_each_row_once(store: Store) -> None:
+    """Issue 13 point 9: the booking's writer job does no redundant work. A new
+    appointment of a known patient: the appointment is looked up by its key once (not
+    read back after its insert), the patient found by its keyed digest once after the
+    upsert, no pending reminder is closed when there is none, and no rejected message
+    row is deleted when the dedupe lookup found none. The notices are still planned."""
+    hooks = ClinicalHooks()
+    Planner().install(hooks)
+    mappers.load()
+    clock = FakeClock()
+
+    def seed(conn: sqlite3.Connection) -> None:
+        for spec in DEMO_RULES:
+            rules.save(conn, None, spec, "system:test", clock.time())
+
+    await store.writer.run(seed)
+    iface = Hl7Interface(name="bench", accept_untyped_phone=True, timing_source="sch11")
+    inbound = Hl7Inbound(iface, store, clock, hooks)
+    for i in range(3):
+        assert (await inbound.receive(_booking(i))).state == "mapped"
+    statements: list[str] = []
+    await store.writer.run(lambda conn: conn.set_trace_callback(statements.append))
+    assert (await inbound.receive(_booking(3))).state == "mapped"
+
+    def planned(conn: sqlite3.Connection) -> int:
+        conn.set_trace_callback(None)
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM clinical_notices WHERE state = 'pending'"
+            ).fetchone()[0]
+        )
+
+    assert await store.writer.run(planned) == 2 * 4  # every booking, two rules each
+    flat = [" ".join(s.split()) for s in statements]
+
+    def count(pattern: str) -> int:
+        return sum(1 for s in flat if re.search(pattern, s))
+
+    assert count(r"^SELECT .* FROM appointments WHERE source = .* AND ext_index = ") == 1, flat
+    assert count(r"^SELECT p\.id, p\.contact_idx, c\.language") == 1, flat
+    assert count(r"^UPDATE clinical_notices SET state = 'superseded'") == 0, flat
+    assert count(r"^DELETE FROM hl7_messages") == 0, flat
+    assert count(r"^INSERT INTO clinical_notices") >= 2, flat
+
+
+async def test_a_planned_notice_journals_its_statement_in_memory(store: Store) -> None:
+    """Issue 13 point 9: a notice's INSERT fires the opt-out trigger, so SQLite keeps
+    a statement journal for it; in a temp file (SQLite's default) that cost some 19
+    page writes to an unlinked `etilqs_*` file per notice, and a third of the insert's
+    CPU. The writer keeps its temp store in memory: no temp file is open after the
+    booking's notices are inserted, within the same transaction."""
+    hooks = ClinicalHooks()
+    planner = Planner()
+    planner.install(hooks)
+    mappers.load()
+    clock = FakeClock()
+
+    def seed(conn: sqlite3.Connection) -> None:
+        for spec in DEMO_RULES:
+            rules.save(conn, None, spec, "system:test", clock.time())
+
+    await store.writer.run(seed)
+    iface = Hl7Interface(name="bench", accept_untyped_phone=True, timing_source="sch11")
+    inbound = Hl7Inbound(iface, store, clock, hooks)
+    assert (await inbound.receive(_booking(0))).state == "mapped"
+
+    def replan_and_list_temp_files(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+        appointment = conn.execute("SELECT id FROM appointments").fetchone()[0]
+        planned = planner.replan_appointment(conn, store.cipher, appointment, clock.time())
+        fds = Path("/proc/self/fd")
+        links = []
+        for fd in fds.iterdir():
+            try:
+                links.append(str(fd.readlink()))
+            except OSError:
+                continue
+        return len(planned), [link for link in links if "etilqs_" in link]
+
+    planned, temp_files = await store.writer.run(replan_and_list_temp_files)
+    assert planned == 2
+    assert temp_files == []

@@ -116,10 +116,8 @@ class AppointmentChange:
         status = decide(facts, old)
         _cross_check(facts, status)
         if old is None:
-            self.appointment_id = _insert(conn, ctx, facts, status, index, settings)
-            self.created = True
-            new = load(conn, ctx, index)
-            assert new is not None
+            new = _insert(conn, ctx, facts, status, index, settings)
+            self.appointment_id, self.created = new.id, True
             created = "booked" if facts.trigger in (Trigger.BOOK, Trigger.UPSERT) else None
             _event(conn, ctx, new.id, created or "created_from_update", None, status, new.start, 1)
             _after(conn, ctx, settings, None, new, facts.trigger)
@@ -305,7 +303,8 @@ def _insert(
     status: Status,
     index: bytes,
     settings: Settings,
-) -> str:
+) -> Stored:
+    """Insert the new appointment; returns it as `load` would read it back."""
     if facts.patient is None:
         raise MappingError(
             ERR_REQUIRED_FIELD_MISSING, "a new appointment needs its patient (PID)", "PID"
@@ -343,7 +342,13 @@ def _insert(
             facts.appt_type,
         ),
     )
-    return appt_id
+    loc = facts.location
+    if loc is not None and not (loc.clinic or loc.place):  # no label was sealed
+        loc = None if loc.code is None else Location(loc.code, None, None)
+    return Stored(
+        appt_id, patient.id, status, facts.start, facts.end, facts.service, loc,
+        facts.provider or None, code, 1, facts.msg_at, facts.appt_type,
+    )  # fmt: skip
 
 
 def _update(

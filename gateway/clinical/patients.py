@@ -170,10 +170,14 @@ def mrn_index(ctx: ApplyContext, ref: PatientRef) -> bytes:
 
 
 def find(conn: sqlite3.Connection, ctx: ApplyContext, ref: PatientRef) -> PatientRow | None:
+    return _by_index(conn, ctx.source, mrn_index(ctx, ref))
+
+
+def _by_index(conn: sqlite3.Connection, source: str, index: bytes) -> PatientRow | None:
     r = conn.execute(
         "SELECT p.id, p.contact_idx, c.language, c.time_zone FROM patients p"
         " LEFT JOIN contacts c ON c.idx = p.contact_idx WHERE p.source = ? AND p.mrn_index = ?",
-        (ctx.source, mrn_index(ctx, ref)),
+        (source, index),
     ).fetchone()
     return None if r is None else PatientRow(r[0], r[1], r[2], r[3])
 
@@ -223,6 +227,6 @@ def upsert(conn: sqlite3.Connection, ctx: ApplyContext, details: PatientDetails)
             " updated_at = ? WHERE id = ?",
             (contact_idx, mobile.source_field if mobile else None, ctx.now, patient_id),
         )
-    found = find(conn, ctx, details.ref)
+    found = _by_index(conn, ctx.source, index)  # the keyed digest is not worked out again
     assert found is not None
     return found

@@ -245,6 +245,7 @@ class Hl7Inbound:
                     "\n".join(acks),
                 ),
                 now,
+                replaces=old is not None,
             )
             return Answer(acks, state, True)
 

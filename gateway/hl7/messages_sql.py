@@ -64,14 +64,18 @@ def count_duplicate(conn: sqlite3.Connection, row_id: str, now: float) -> None:
     )
 
 
-def put(conn: sqlite3.Connection, cipher: FieldCipher, row: Row, now: float) -> None:
+def put(
+    conn: sqlite3.Connection, cipher: FieldCipher, row: Row, now: float, *, replaces: bool = True
+) -> None:
     """Insert `row`, replacing a rejected one with the same key (a resend after the
-    sender fixed its header is a new message, not a duplicate)."""
-    conn.execute(
-        "DELETE FROM hl7_messages WHERE interface = ? AND sending_app = ?"
-        " AND sending_facility = ? AND control_id = ? AND state = 'rejected'",
-        (row.interface, row.sending_app, row.sending_facility, row.control_id),
-    )
+    sender fixed its header is a new message, not a duplicate). `replaces=False`: the
+    caller found no row with this key in this transaction, so there is none to delete."""
+    if replaces:
+        conn.execute(
+            "DELETE FROM hl7_messages WHERE interface = ? AND sending_app = ?"
+            " AND sending_facility = ? AND control_id = ? AND state = 'rejected'",
+            (row.interface, row.sending_app, row.sending_facility, row.control_id),
+        )
     conn.execute(
         "INSERT INTO hl7_messages (id, interface, sending_app, sending_facility, control_id,"
         " msg_type, event, version, msg_time, charset, charset_flag, raw_ct, state,"

@@ -191,6 +191,7 @@ def _schedule(
     appt: Appointment,
     due: float,
     now: float,
+    values: dict[str, str],
 ) -> str:
     assert appt.start_at is not None and appt.contact_idx is not None
     notice = Notice(
@@ -199,7 +200,7 @@ def _schedule(
         template=rule.spec.template,
         purpose=rule.spec.purpose,
         due_at=due,
-        variables=variables(appt),
+        variables=values,
         language=appt.language,
         expires_at=appt.start_at,
         patient_id=appt.patient_id,
@@ -241,20 +242,29 @@ class Planner:
             )
             return []
         assert appt is not None and appt.start_at is not None
-        overdue = _overdue(conn, now, appointment_id=appointment_id)
-        notices.close_pending(
-            conn,
-            now,
-            NoticeState.SUPERSEDED,
-            "replanned",
-            appointment_id=appointment_id,
-            kinds=KINDS,
-        )
+        pending = conn.execute(
+            "SELECT rule_id, due_at FROM clinical_notices WHERE appointment_id = ?"
+            " AND state = 'pending' AND kind = ?",
+            (appointment_id, NoticeKind.REMINDER.value),
+        ).fetchall()
+        overdue = {
+            (appt.id, r[0]): float(r[1]) for r in pending if r[0] is not None and r[1] <= now
+        }
+        if pending:  # a new appointment has none: no UPDATE to run
+            notices.close_pending(
+                conn,
+                now,
+                NoticeState.SUPERSEDED,
+                "replanned",
+                appointment_id=appointment_id,
+                kinds=KINDS,
+            )
         planned = []
+        values = variables(appt)  # the same for every rule
         for rule in rules.current(conn, active_only=True):
             outcome, due = verdict(rule, appt, now, overdue.get((appt.id, rule.id)))
             if outcome == PLANNED and due is not None:
-                planned.append(_schedule(conn, cipher, rule, appt, due, now))
+                planned.append(_schedule(conn, cipher, rule, appt, due, now, values))
         self._ring(planned)
         return planned
 
@@ -284,7 +294,7 @@ class Planner:
                 continue
             outcome, due = verdict(rule, appt, now, overdue.get((appt.id, rule.id)))
             if outcome == PLANNED and due is not None:
-                planned.append(_schedule(conn, cipher, rule, appt, due, now))
+                planned.append(_schedule(conn, cipher, rule, appt, due, now, variables(appt)))
         self._ring(planned)
         return planned
 

@@ -164,6 +164,12 @@ class Store:
         await self.writer.open()
         await self.writer.call_outside_transaction(space.secure_file)  # i14-retention
         await self.writer.call_outside_transaction(migrate)
+        # i13-hl7speed: statement journals (every statement that fires a trigger, e.g. a
+        # notice's opt-out check) in memory, not in a temp file written page by page.
+        # Only now: the one VACUUM and a migration's index build sort and copy on disk.
+        await self.writer.call_outside_transaction(
+            lambda conn: conn.execute("PRAGMA temp_store = MEMORY")
+        )
         keys = await self.writer.run(self._load_or_create_keys)
         self._root = keys.root
         self.cipher = crypto.FieldCipher(keys.field, keys.blind)
