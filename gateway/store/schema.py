@@ -999,9 +999,7 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX analytics_blocked_messages ON messages (updated_at, id) WHERE state = 'blocked';
     """,
-    # 30 (i16-writes): reserved for the write budget branch.
-    "",
-    # 31 (i16-growth): the message list at millions of rows (bench/growth.py). Without
+    # 30 (issue 16, growth): the message list at millions of rows (bench/growth.py). Without
     #    these, a filter on route, on overdue receipts or on a time range walked the
     #    messages newest first until it had a page: every row, for a rare match. By
     #    creation time (a time range pages in this order; written once, at accept); by
@@ -1014,17 +1012,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_overdue ON messages (id) WHERE receipt_overdue = 1;
     CREATE INDEX messages_possible_duplicate ON messages (state) WHERE possible_duplicate = 1;
     """,
-    # 32 (i16-dispatch): reserved for the grouped dispatch branch.
-    "",
-    # 33 (i16-accept): reserved for the accept path branch.
-    "",
-    # 34 (i16-throttle): reserved for the throttle adaptation branch.
-    "",
-    # 35 (i13-hl7speed): reserved for the HL7 speed branch.
-    "",
-    # 36 (i15-clinical): a campaign's replies and opt-outs are counted from the inbound
-    # messages and opt-outs since the campaign was created, not by probing for each of
-    # its (up to 100,000) messages: the progress count stays cheap on the one core.
+    # 31 (issue 15, campaign progress): a campaign's replies and opt-outs are counted
+    #    from the inbound messages and opt-outs since the campaign was created, not by
+    #    probing for each of its (up to 100,000) messages: the progress count stays
+    #    cheap on the one core.
     """
     CREATE INDEX inbound_received ON inbound (received_at);
     CREATE INDEX consent_ledger_opt_outs ON consent_ledger (at) WHERE decision = 'opt_out';
