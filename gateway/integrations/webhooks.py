@@ -21,7 +21,7 @@ import hmac
 import json
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 
 import aiohttp
@@ -101,8 +101,12 @@ class Poster:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # Kept-alive connections, one per event in flight: the endpoint's lane and
+            # its callbacks' lane each deliver up to `concurrency` at once.
             connector = aiohttp.TCPConnector(
-                resolver=CheckedResolver(self.hook.allow_loopback), ssl=self._ssl, limit=4
+                resolver=CheckedResolver(self.hook.allow_loopback),
+                ssl=self._ssl,
+                limit=2 * self.hook.concurrency,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -151,8 +155,28 @@ class Poster:
             self._session = None
 
 
-class WebhookConsumer:
-    """The endpoint's own feed: every event of the types it lists."""
+class _Endpoint:
+    """What both of an endpoint's consumers take from its settings."""
+
+    _poster: Poster
+
+    @property
+    def wants_phi(self) -> bool:
+        return self._poster.hook.phi
+
+    @property
+    def concurrency(self) -> int:
+        return self._poster.hook.concurrency
+
+    @property
+    def states(self) -> frozenset[str] | None:
+        states = self._poster.hook.states
+        return None if states is None else frozenset(states)
+
+
+class WebhookConsumer(_Endpoint):
+    """The endpoint's own feed: every event of the types it lists (status events of
+    its `states` only, when it lists some)."""
 
     def __init__(self, poster: Poster) -> None:
         self._poster = poster
@@ -161,10 +185,6 @@ class WebhookConsumer:
     @property
     def name(self) -> str:
         return f"webhook:{self._poster.hook.name}"
-
-    @property
-    def wants_phi(self) -> bool:
-        return self._poster.hook.phi
 
     def accepts(self, event_type: str) -> bool:
         return event_type in self._events
@@ -176,38 +196,43 @@ class WebhookConsumer:
         await self._poster.close()
 
 
-class CallbackConsumer:
+class CallbackConsumer(_Endpoint):
     """Status events of messages whose `callback_url` shares this endpoint's origin,
     POSTed to that URL (checked again here: the accept-time check could predate a
-    config change)."""
+    config change). The outbox asks `wanted_messages` once per batch: one read finds
+    the few messages that have a callback, none is read per event."""
 
-    def __init__(self, poster: Poster, lookup: Callable[[str], Awaitable[str | None]]) -> None:
+    def __init__(
+        self,
+        poster: Poster,
+        lookup: Callable[[Collection[str]], Awaitable[dict[str, str]]],
+    ) -> None:
         self._poster = poster
-        self._lookup = lookup  # message id -> its callback URL or None
+        self._lookup = lookup  # message ids -> the callback URLs of those that have one
+        self._urls: dict[str, str] = {}  # the last batch's, at this origin
 
     @property
     def name(self) -> str:
         return f"callback:{self._poster.hook.name}"
 
-    @property
-    def wants_phi(self) -> bool:
-        return self._poster.hook.phi
-
     def accepts(self, event_type: str) -> bool:
         return event_type == MESSAGE_STATUS
 
-    async def _url(self, event: OutboxEvent) -> str | None:
-        if event.message_id is None:
-            return None
-        url = await self._lookup(event.message_id)
-        return url if url is not None and origin(url) == self._poster.origin else None
+    def _ours(self, urls: dict[str, str]) -> dict[str, str]:
+        return {m: u for m, u in urls.items() if origin(u) == self._poster.origin}
 
-    async def wanted(self, event: OutboxEvent) -> bool:
-        """Whether this event is ours at all (the dispatcher skips it silently if not)."""
-        return await self._url(event) is not None
+    async def wanted_messages(self, message_ids: Collection[str]) -> Collection[str]:
+        """Which of a batch's messages have a callback here (the dispatcher skips the
+        others' events silently)."""
+        self._urls = self._ours(await self._lookup(message_ids))
+        return self._urls.keys()
 
     async def deliver(self, event: OutboxEvent) -> None:
-        url = await self._url(event)
+        if event.message_id is None:
+            return
+        url = self._urls.get(event.message_id)
+        if url is None:  # a retry or a redelivery after its batch
+            url = self._ours(await self._lookup([event.message_id])).get(event.message_id)
         if url is not None:
             await self._poster.post(url, event, self.wants_phi)
 
