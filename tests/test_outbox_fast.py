@@ -184,3 +184,22 @@ async def test_callbacks_read_no_message_row_per_event_without_a_callback_url(
     # One look-up for the whole batch, not one per event; nothing is sent.
     assert len(message_reads) <= 1
     assert rx.requests == 0
+
+
+async def test_callbacks_get_the_endpoint_states_only(
+    tmp_path: Path, open_gateway: GatewayFactory, receivers: Any, clock: FakeClock
+) -> None:
+    path, secret = write_secret(tmp_path, "rx")
+    rx: Receiver = await receivers(secret)
+    endpoint = hook("rx", rx.url, path, events=["route.health"], states=FINAL)
+    gw = await open_gateway(webhooks=[endpoint], outbox=FAST)
+    asked = await accept(gw, callback_url=rx.url.removesuffix("/hook") + "/callbacks/ehr")
+    await accept(gw)  # no callback: nothing for it
+    await gw.scheduler.run_until_idle()
+    clock.advance(5.0)
+    await settle_receipts(gw)
+    await gw.outbox.run_once("callback:rx")
+    assert [(e["path"], e["body"]["data"]["state"]) for e in rx.events] == [
+        ("/callbacks/ehr", "delivered")
+    ]
+    assert rx.events[0]["body"]["data"]["message_id"] == asked

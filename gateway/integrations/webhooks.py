@@ -18,13 +18,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 
 import aiohttp
+import msgspec
 
 from drivers.credentials import read_secret
 from gateway.config import Config, WebhookConfig
@@ -51,21 +51,29 @@ def decode_secret(text: str) -> bytes:
     return key
 
 
-def sign(key: bytes, event_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value for one delivery."""
-    mac = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode("ascii")
+class Signer:
+    """`webhook-signature` values for one key: the HMAC keyed once, copied per body
+    (half the cost of keying it for every delivery)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def sign(self, event_id: str, timestamp: int, body: bytes) -> str:
+        mac = self._keyed.copy()
+        mac.update(f"{event_id}.{timestamp}.".encode())
+        mac.update(body)
+        return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+
+
+_JSON = msgspec.json.Encoder()  # compact, as json.dumps with (",", ":"), at half the CPU
 
 
 def payload(event: OutboxEvent, phi: bool) -> bytes:
     """`{"type", "timestamp", "data"}`, the spec's recommended shape; the personal
     fields join `data` only for an endpoint configured with `phi = true`."""
-    data = dict(event.data)
-    if phi and event.phi:
-        data.update(event.phi)
+    data = {**event.data, **event.phi} if phi and event.phi else event.data
     stamp = datetime.fromtimestamp(event.at, UTC).isoformat().replace("+00:00", "Z")
-    body = {"type": event.type, "timestamp": stamp, "data": data}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _JSON.encode({"type": event.type, "timestamp": stamp, "data": data})
 
 
 def client_context(hook: WebhookConfig, config: Config) -> ssl.SSLContext:
@@ -94,7 +102,7 @@ class Poster:
             raise WebhookSecretError("no secret configured")
         self.hook = hook
         self.origin = origin(hook.url)
-        self._key = decode_secret(secret)
+        self._signer = Signer(decode_secret(secret))
         self._ssl = client_context(hook, config)
         self._wall = wall
         self._session: aiohttp.ClientSession | None = None
@@ -124,7 +132,7 @@ class Poster:
             "content-type": "application/json",
             "webhook-id": event.id,
             "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(self._key, event.id, stamp, body),
+            "webhook-signature": self._signer.sign(event.id, stamp, body),
         }
         try:
             async with self._client().post(
