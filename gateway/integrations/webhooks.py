@@ -3,9 +3,11 @@
 Each `[[webhooks]]` endpoint is two outbox consumers: the endpoint itself (the event
 types it lists), and its callbacks (status events of messages whose `callback_url`
 has this endpoint's origin, POSTed to that URL with this endpoint's secret and TLS
-settings). Headers: `webhook-id` (the event's stable id, for de-duplication),
-`webhook-timestamp` (Unix seconds) and `webhook-signature`
-(`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, the secret a `whsec_` base64 key).
+settings); `states`, when set, limits both to status events of those states, and
+`concurrency` is how many events each delivers at once. Headers: `webhook-id` (the
+event's stable id, for de-duplication), `webhook-timestamp` (Unix seconds) and
+`webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, the secret a
+`whsec_` base64 key).
 
 Redirects are never followed; hosts resolve through `CheckedResolver` (no link-local,
 metadata or unconfigured loopback addresses); HTTPS verifies the certificate (against
