@@ -359,8 +359,8 @@ class Outbox:
         return row.type != MESSAGE_STATUS or lane.states is None or row.state in lane.states
 
     async def _selected(self, lane: _Lane, rows: list[OutboxRow]) -> list[OutboxRow]:
-        """The rows a selective consumer wants (one question for the batch); others'
-        skipped rows are finished as they are."""
+        """The rows a selective consumer wants (one question for the whole batch); the
+        rows it skips count as finished."""
         if not rows or not isinstance(lane.consumer, Selective):
             return rows
         asked = {row.message_id for row in rows if row.message_id is not None}
