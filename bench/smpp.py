@@ -188,7 +188,10 @@ async def smsgw_system(
 # would choose: `yield_to_sends = 0`, since a receipt is what tells the ward a critical
 # result reached the patient (the default 1.0 lets a lane deliver only 50 events a second
 # while sends are in flight, to favour sends over events nobody waits for); the other
-# [outbox] keys keep their defaults. Only `message.status` events, no PHI (phi = false).
+# [outbox] keys keep their defaults. Only `message.status` events of final states (a
+# ward acts on "delivered" or "failed", not on "sending" and "sent": one request a
+# message, as Kannel's dlr-mask=1 sends one), no PHI (phi = false); the endpoint's
+# `concurrency` keeps its default (16 in flight, each message's events in order).
 _FORWARD_CONFIG = """\
 # bench/smpp.py (clinical): every receipt to the hospital's receiver, as it comes.
 [outbox]
@@ -198,6 +201,7 @@ yield_to_sends = 0.0
 name = "hospital"
 url = "{url}"
 events = ["message.status"]
+states = ["delivered", "failed", "expired"]
 secret_file = "{secret_file}"
 allow_loopback = true
 allow_plain_http = true

@@ -10,9 +10,15 @@ events) and one `[[webhooks]]` endpoint taking every event, POSTing to
 bench/event_receiver.py (CPU 1, with this script), which counts by `webhook-id`.
 
 rate: the receiver is down (connection refused) while N messages go in through
-`POST /messages/batch` and finish; `[outbox] backoff_max = 1` here so the lane is
-quickly back. Once the outbox stops growing, the receiver comes up; the rate is the
-events received over the time from the first to the last arrival.
+`POST /messages/batch` and finish. Once the outbox stops growing the gateway stops, its
+delivery attempts are forgotten (every event is new to the lane again, as if the
+endpoint had never been tried, so the lane delivers them, not per-message retries), the
+receiver comes up and the gateway starts again; the rate is the events received over
+the time from the first to the last arrival, `server_cpu_us_per_event` the server's CPU
+(all threads, /proc) from its start to the last arrival per event, less its idle CPU
+(`server_idle_cores`, sampled for 3 s after) over as long.
+`--concurrency K` sets the endpoint's `concurrency`, `--final-only` its `states` to the
+final states (one event a delivered message instead of three).
 
 outage: the gateway's own back-off settings (`[outbox]` defaults unless
 `--backoff-max`). `--load` messages per second go in throughout; after a 5 s warm-up the
@@ -47,6 +53,8 @@ LATEST = harness.BENCH_DIR / "results" / "webhooks-latest.json"
 ROUTE = RouteSpec(rate=None, burst=1, window=50, latency=0.0, receipt_delay=0.2)
 POLL_S = 0.25
 SETTLE_S = 2.0
+IDLE_SETTLE_S = 1.0
+IDLE_SAMPLE_S = 3.0
 WARMUP_S = 5.0
 RUN_TIMEOUT_S = 7200.0
 
@@ -60,7 +68,23 @@ url = "{url}"
 secret_file = "{secret_file}"
 allow_loopback = true
 allow_plain_http = true
+{endpoint}
 """
+FINAL_STATES = '["delivered", "failed", "expired"]'
+
+
+def endpoint_keys(args: argparse.Namespace) -> str:
+    """The endpoint's own keys the options ask for (absent: the gateway's defaults)."""
+    keys = []
+    if args.concurrency is not None:
+        keys.append(f"concurrency = {args.concurrency}")
+    if args.final_only:
+        keys.append(f"states = {FINAL_STATES}")
+    return "\n".join(keys)
+
+
+def server_cpu(server: Server) -> float:
+    return sum(harness.thread_cpu_seconds(server.pid).values())
 
 
 def say(text: str) -> None:
@@ -68,13 +92,13 @@ def say(text: str) -> None:
 
 
 async def gateway(
-    work: Path, url: str, outbox: str, pinning: Pinning
+    work: Path, url: str, outbox: str, pinning: Pinning, endpoint: str = ""
 ) -> tuple[Server, GatewayHome]:
     secret = write_secret(work)
     home = await harness.init_gateway(work / "gw")
     server = harness.gateway_server(home, ROUTE, pinning, "smsgw")
     config = home.config_path.read_text()
-    hook = _HOOK.format(outbox=outbox, url=url, secret_file=secret)
+    hook = _HOOK.format(outbox=outbox, url=url, secret_file=secret, endpoint=endpoint)
     home.config_path.write_text(config + hook)
     await server.start()
     return server, home
@@ -107,24 +131,54 @@ async def check_ids(receiver: Receiver, db: Path, work: Path) -> dict[str, int]:
     return compare(outbox_ids(db), got["webhook"])
 
 
+def forget_attempts(db: Path) -> int:
+    """With the gateway stopped: drop its delivery attempts, so that on restart every
+    event of the backlog is new to the lane (as after a receiver that was never tried),
+    delivered by the lane itself rather than by per-message retries."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.execute("UPDATE outbox_consumers SET position = 0")
+            return conn.execute("DELETE FROM outbox_deliveries").rowcount
+    finally:
+        conn.close()
+
+
 async def rate_part(args: argparse.Namespace, pinning: Pinning, work: Path) -> dict[str, Any]:
     async with Receiver(pinning.client) as receiver:
         await receiver.command("down")
-        server, home = await gateway(work, receiver.url, "backoff_max = 1.0", pinning)
+        keys = endpoint_keys(args)
+        server, home = await gateway(work, receiver.url, "backoff_max = 1.0", pinning, keys)
         try:
             deadline = time.monotonic() + args.timeout
             async with Api(server.url, home.token) as api:
                 say(f"rate: receiver down, preloading {args.n} messages")
                 await api.preload(args.n, "normal")
                 backlog = await settled(api, home.db_path, deadline)
-                say(f"rate: {backlog} events in the outbox; receiver up")
-                up_at = time.time()
-                await receiver.command("up")
-                stats = await received(receiver, backlog, deadline)
+        finally:
+            await server.stop()
+        forget_attempts(home.db_path)
+        say(f"rate: {backlog} events in the outbox, none tried; receiver up, gateway again")
+        await receiver.command("up")
+        up_at = time.time()
+        await server.start()
+        try:
+            cpu_before, t_before = server_cpu(server), time.monotonic()
+            stats = await received(receiver, backlog, deadline)
+            cpu, busy_s = server_cpu(server) - cpu_before, time.monotonic() - t_before
+            # The gateway's own idle CPU (its loops, metrics) over as long a time is
+            # not the deliveries': measured after them and taken out.
+            await asyncio.sleep(IDLE_SETTLE_S)
+            idle_before = server_cpu(server)
+            await asyncio.sleep(IDLE_SAMPLE_S)
+            idle_per_s = (server_cpu(server) - idle_before) / IDLE_SAMPLE_S
         finally:
             code = await server.stop()
         ids = await check_ids(receiver, home.db_path, work)
     span = stats["last"] - stats["first"]
+    net = max(0.0, cpu - idle_per_s * busy_s)
     return {
         "bench": "webhooks",
         "part": "rate",
@@ -134,6 +188,11 @@ async def rate_part(args: argparse.Namespace, pinning: Pinning, work: Path) -> d
         "per_s": round((stats["unique"] - 1) / span, 1) if span > 0 else None,
         "drain_s": round(span, 2),
         "first_after_up_s": round(stats["first"] - up_at, 2) if stats["first"] else None,
+        # The server's CPU (all threads) from its start to the last event, less its idle
+        # CPU over as long; and that idle CPU (cores).
+        "server_cpu_us_per_event": round(net * 1e6 / max(1, stats["unique"]), 1),
+        "server_cpu_us_per_message": round(net * 1e6 / args.n, 1),
+        "server_idle_cores": round(idle_per_s, 4),
         "ids": ids,
         "exit_code": code,
     }
@@ -225,6 +284,8 @@ async def run_all(args: argparse.Namespace, pinning: Pinning, root: Path) -> int
         "bench": "webhooks",
         "per_s": rate.get("per_s"),
         "backlog": rate.get("backlog"),
+        "server_cpu_us_per_event": rate.get("server_cpu_us_per_event"),
+        "server_cpu_us_per_message": rate.get("server_cpu_us_per_message"),
         "outage_s": outage.get("outage_s"),
         "events_during_outage": outage.get("events_during_outage"),
         "first_delivery_after_return_s": outage.get("first_delivery_after_return_s"),
@@ -236,12 +297,15 @@ async def run_all(args: argparse.Namespace, pinning: Pinning, root: Path) -> int
             "load_per_s": args.load,
             "route": ROUTE.describe(),
             "backoff_max": args.backoff_max or "default (600 s)",
-            "endpoint": "1 webhook, all events, phi=false, http loopback",
+            "endpoint": "1 webhook, all events, phi=false, http loopback"
+            + (f", concurrency={args.concurrency}" if args.concurrency else "")
+            + (f", states={FINAL_STATES}" if args.final_only else ""),
             "placement": pinning.describe() + "; the receiver with the bench",
         },
     }
     print(
-        f"\nwebhooks: {summary['per_s']} events/s from a backlog of {summary['backlog']};"
+        f"\nwebhooks: {summary['per_s']} events/s from a backlog of {summary['backlog']}"
+        f" ({summary['server_cpu_us_per_event']} µs of server CPU an event);"
         f" after a {summary['outage_s']} s outage: {summary['events_during_outage']} events"
         f" queued, drained {summary['drain_after_return_s']} s after the return;"
         f" missing {summary['missing']}, duplicates {summary['duplicates']}"
@@ -258,6 +322,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--backoff-max", type=float, help="[outbox] backoff_max (default: its default)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per wait, at most")
     p.add_argument("--only", choices=("rate", "outage"))
+    p.add_argument("--concurrency", type=int, help="the endpoint's concurrency (default: its)")
+    p.add_argument(
+        "--final-only", action="store_true", help=f"the endpoint's states = {FINAL_STATES}"
+    )
     p.add_argument("--keep", action="store_true", help="keep the data, configs and logs")
     return p.parse_args(argv)
 

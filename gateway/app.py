@@ -645,7 +645,7 @@ def build_outbox(
                 f"webhooks[{i}] ({hook.name}): TLS files: {e.strerror or e}", exit_code=2
             ) from None
         outbox.register(WebhookConsumer(poster))
-        outbox.register(CallbackConsumer(poster, outbox.repo.callback_url))
+        outbox.register(CallbackConsumer(poster, outbox.repo.callback_urls))
     if (dlr := kannel_dlr.build_consumer(store, config.kannel)) is not None:
         outbox.register(dlr)
     return outbox

@@ -343,6 +343,17 @@ class KannelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 EventName = Literal[
     "message.status", "message.inbound", "route.health", "consent.changed", "appointment.reply"
 ]
+MessageStateName = Literal[  # gateway.models.State's values
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "failed",
+    "expired",
+    "cancelled",
+    "blocked",
+]
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -366,6 +377,10 @@ class WebhookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     timeout: PositiveFloat = 10.0
     allow_loopback: bool = False
     allow_plain_http: bool = False
+    # i16-outbox: events in flight at once on this endpoint (order kept per message), and
+    # the message states its status events (feed and callbacks) report; None: all.
+    concurrency: PositiveInt = 16
+    states: tuple[MessageStateName, ...] | None = None
 
 
 class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -373,7 +388,7 @@ class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     backoff_initial: PositiveFloat = 1.0
     backoff_max: PositiveFloat = 600.0
     retention_days: PositiveFloat = 7.0
-    concurrency: PositiveInt = 8
+    concurrency: PositiveInt = 64
     debounce: Annotated[float, msgspec.Meta(ge=0)] = 0.05
     safety_poll: PositiveFloat = 30.0
     # i11-perf: deliveries give way to sends, and get a grace period at shutdown.
@@ -656,6 +671,8 @@ def _check_webhooks(config: Config) -> None:
             )
         if not hook.events:
             raise ConfigError(f"{where}.events: name at least one event type")
+        if hook.states is not None and not hook.states:
+            raise ConfigError(f"{where}.states: name at least one state, or leave the key out")
     if config.outbox.backoff_initial > config.outbox.backoff_max:
         raise ConfigError("outbox.backoff_initial: must not exceed outbox.backoff_max")
 

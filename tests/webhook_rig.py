@@ -3,8 +3,9 @@
 `Receiver` is an aiohttp server that verifies every POST with `standardwebhooks` (the
 reference implementation) and answers as its `mode` says: `ok`, `500`, `redirect`,
 `hang` (never answers), or over TLS with a certificate the gateway cannot verify.
-`Dribbler` answers a byte at a time. Every request is recorded; tests wait on
-`arrived` (no sleeps).
+`hold` names event ids whose request waits until `release()` (a slow answer for one
+event while the others pass). `Dribbler` answers a byte at a time. Every request is
+recorded; tests wait on `arrived` (no sleeps).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Receiver:
         self.bad_signatures = 0
         self.arrived = asyncio.Condition()
         self._release = asyncio.Event()
+        self.hold: set[str] = set()  # webhook-ids answered only after `release()`
+        self._held = asyncio.Event()
+        self.peers: set[tuple[str, int]] = set()  # client addresses (connections) seen
         self._tls_dir = tls_dir
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -74,7 +78,14 @@ class Receiver:
         body = await request.read()
         async with self.arrived:
             self.requests += 1
+            if request.transport is not None:
+                peer = request.transport.get_extra_info("peername")
+                self.peers.add((peer[0], peer[1]))
             self.arrived.notify_all()
+        if request.headers.get("webhook-id") in self.hold:
+            await self._held.wait()
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=204)  # the sender gave up on it: not received
         if self.mode == "hang":
             await self._release.wait()
         if self.mode == "500":
@@ -106,8 +117,13 @@ class Receiver:
                 20,
             )
 
+    def release(self) -> None:
+        """Answer the held requests."""
+        self._held.set()
+
     async def close(self) -> None:
         self._release.set()
+        self._held.set()
         if self._runner is not None:
             await self._runner.cleanup()
 

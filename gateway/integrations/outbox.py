@@ -2,8 +2,11 @@
 
 Theory of operation. Writers put an outbox row in the transaction of the change it
 reports (`gateway/store/outbox_sql.py`). Each registered consumer has a lane: a task
-that reads rows in order and delivers them one at a time, **strictly in order per
-message** (one consumer's backlog never waits on another's). A failed delivery
+that reads rows in order and delivers them **strictly in order per message** (one
+consumer's backlog never waits on another's): up to the consumer's `concurrency`
+events at once (a webhook endpoint's key; others one at a time), each message's (or
+route's) events of a batch in sequence by one worker, different messages side by side.
+A batch ends when all its events are delivered or held. A failed delivery
 (`DeliveryFailed`) holds only its own message's events on that lane (route health
 events are held per route): they wait behind it in a queue of their own, retried by a
 task of their own after an exponential back-off with full jitter (`uniform(0,
@@ -30,10 +33,11 @@ Sends come first. While the scheduler has submits in flight (`busy`), a lane del
 at most `BUSY_BATCH` events per `yield_to_sends` seconds and catches up once sends
 pause: on one core every delivery (JSON, a POST, a publish) is CPU taken from the sends,
 and events are not time-critical. Under load an event so waits at most `yield_to_sends`
-seconds for each `BUSY_BATCH` events ahead of it in its lane. Only consumed event
-types are written at all: `start()` tells the store which types some consumer accepts
-(`outbox_sql.keep_only`). At shutdown, `stop(grace)` lets the lanes deliver what is
-pending for up to `grace` seconds; the rest stays in the store and goes after restart.
+seconds for each `BUSY_BATCH` events ahead of it in its lane. Only consumed events are
+written at all: `start()` tells the store which types some consumer accepts, and which
+message states (an endpoint's `states`) (`outbox_sql.keep_only`). At shutdown,
+`stop(grace)` lets the lanes deliver what is pending for up to `grace` seconds; the rest
+stays in the store and goes after restart.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -49,7 +53,13 @@ import structlog
 
 from drivers.clock import Clock, wait_event
 from gateway.config import OutboxConfig
-from gateway.integrations.events import EVENT_TYPES, DeliveryFailed, EventConsumer, OutboxEvent
+from gateway.integrations.events import (
+    EVENT_TYPES,
+    MESSAGE_STATUS,
+    DeliveryFailed,
+    EventConsumer,
+    OutboxEvent,
+)
 from gateway.logs import exception_summary
 from gateway.store import outbox_sql
 from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
@@ -66,10 +76,23 @@ STORE_RETRY = 5.0  # seconds before a lane tries again after the store failed it
 
 @runtime_checkable
 class Selective(Protocol):
-    """A consumer that takes only some events of an accepted type (callbacks: only
-    messages that asked for one); skipped events leave no delivery record."""
+    """A consumer that takes only some messages' events of an accepted type (callbacks:
+    only messages that asked for one), asked once per batch; skipped events leave no
+    delivery record."""
 
-    async def wanted(self, event: OutboxEvent) -> bool: ...
+    async def wanted_messages(self, message_ids: Collection[str]) -> Collection[str]: ...
+
+
+@runtime_checkable
+class Tuned(Protocol):
+    """A consumer with settings of its own (a webhook endpoint): events it may have in
+    flight at once, and the message states it takes (None: all)."""
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def states(self) -> frozenset[str] | None: ...
 
 
 @runtime_checkable
@@ -92,6 +115,8 @@ def _hold_key(row: OutboxRow) -> str:
 @dataclass(slots=True)
 class _Lane:
     consumer: EventConsumer
+    concurrency: int = 1  # events in flight at once (different messages)
+    states: frozenset[str] | None = None  # status events of these states only
     position: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     delivered: int = 0
@@ -157,14 +182,22 @@ class Outbox:
             raise RuntimeError("register consumers before the outbox starts")
         if consumer.name in self._lanes:
             raise ValueError(f"two outbox consumers named {consumer.name!r}")
-        self._lanes[consumer.name] = _Lane(consumer)
+        lane = _Lane(consumer)
+        if isinstance(consumer, Tuned):
+            lane.concurrency, lane.states = consumer.concurrency, consumer.states
+        self._lanes[consumer.name] = lane
 
     async def start(self, *, run: bool = True) -> None:
         """Load positions; with `run`, start a task per lane and the pruner (tests
         pass False and call `run_once()`)."""
         self._started = True
         consumers = [lane.consumer for lane in self._lanes.values()]
-        await self._repo.keep_only({t for t in EVENT_TYPES for c in consumers if c.accepts(t)})
+        types = {t for t in EVENT_TYPES for c in consumers if c.accepts(t)}
+        status = [lane for lane in self._lanes.values() if lane.consumer.accepts(MESSAGE_STATUS)]
+        states: set[str] | None = set()
+        for lane in status:
+            states = None if states is None or lane.states is None else states | lane.states
+        await self._repo.keep_only(types, states)
         positions = await self._repo.join(list(self._lanes))
         for name, lane in self._lanes.items():
             lane.position = lane.cursor = positions[name]
@@ -288,17 +321,27 @@ class Outbox:
         tried = (
             await self._repo.attempts_between(lane.name, rows[0].seq, rows[-1].seq) if rows else {}
         )
+        # Not one finished out of order before a restart, nor one this lane skips:
+        due = [
+            row
+            for row in rows
+            if self._takes(lane, row)
+            and ((p := tried.get(row.seq)) is None or p.state == outbox_sql.PENDING)
+        ]
+        open_ = {row.seq for row in due}  # removed as each is delivered or held
         try:
-            for row in rows:
-                previous = tried.get(row.seq)
-                # Not one finished out of order before a restart:
-                if previous is None or previous.state == outbox_sql.PENDING:
-                    wanted = await self._wanted_event(lane, row)
-                    if wanted is not None:
-                        await self._deliver_in_turn(lane, row, wanted, previous)
-                lane.cursor = row.seq  # after: a store failure re-reads this row
-                worked = True
+            chosen = await self._selected(lane, due)
+            open_.intersection_update(row.seq for row in chosen)
+            await self._deliver_rows(lane, chosen, tried, open_)
         finally:
+            # Past every row read up to the first unfinished one (a store failure or a
+            # stop re-reads from there; what finished after it is skipped then).
+            first_open = min(open_, default=None)
+            for row in rows:
+                if first_open is not None and row.seq >= first_open:
+                    break
+                lane.cursor = row.seq
+                worked = True
             await self._record_unrecorded(lane)
         if lane.safe_position() > lane.position:
             await self._advance(lane)
@@ -309,13 +352,51 @@ class Outbox:
             lane.last_run = started
         return worked
 
-    async def _wanted_event(self, lane: _Lane, row: OutboxRow) -> OutboxEvent | None:
+    @staticmethod
+    def _takes(lane: _Lane, row: OutboxRow) -> bool:
         if not lane.consumer.accepts(row.type):
-            return None
-        event = await self._event(lane, row)
-        if isinstance(lane.consumer, Selective) and not await lane.consumer.wanted(event):
-            return None
-        return event
+            return False
+        return row.type != MESSAGE_STATUS or lane.states is None or row.state in lane.states
+
+    async def _selected(self, lane: _Lane, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows a selective consumer wants (one question for the whole batch); the
+        rows it skips count as finished."""
+        if not rows or not isinstance(lane.consumer, Selective):
+            return rows
+        asked = {row.message_id for row in rows if row.message_id is not None}
+        wanted = await lane.consumer.wanted_messages(asked) if asked else ()
+        return [row for row in rows if row.message_id in wanted]
+
+    async def _deliver_rows(
+        self,
+        lane: _Lane,
+        rows: Sequence[OutboxRow],
+        tried: dict[int, Attempt],
+        open_: set[int],
+    ) -> None:
+        """Deliver a batch's rows, up to `lane.concurrency` at once: each message's (or
+        route's) rows in order by one worker, different messages side by side. A row
+        leaves `open_` once delivered or held."""
+        chains: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            chains.setdefault(_hold_key(row), []).append(row)
+        queue = deque(chains.values())
+
+        async def work() -> None:
+            while queue:
+                for row in queue.popleft():
+                    event = await self._event(lane, row)
+                    await self._deliver_in_turn(lane, row, event, tried.get(row.seq))
+                    open_.discard(row.seq)
+
+        workers = min(lane.concurrency, len(queue))
+        if workers <= 1:
+            await work()
+            return
+        outcomes = await asyncio.gather(*(work() for _ in range(workers)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _deliver_in_turn(
         self, lane: _Lane, row: OutboxRow, event: OutboxEvent, previous: Attempt | None

@@ -21,9 +21,12 @@ from gateway.integrations.events import (
     MESSAGE_STATUS,
     ROUTE_HEALTH,
 )
+from gateway.models import State
 
 if TYPE_CHECKING:
     from gateway.store.store import Store
+
+MESSAGE_STATES = frozenset(state.value for state in State)
 
 INSERT_ROW = (
     "INSERT INTO outbox (type, at, message_id, route, state, code, attempt) VALUES (?,?,?,?,?,?,?)"
@@ -36,21 +39,31 @@ DEAD = "dead"
 REDELIVER = "redeliver"
 
 
-def keep_only(conn: sqlite3.Connection, types: Collection[str]) -> None:
-    """On the writer's connection, outbox rows of `types` only: a temporary BEFORE
-    INSERT trigger drops the others (RAISE(IGNORE) skips the row, the statement and its
-    transaction go on), so a gateway with no consumer for a type writes none of it and
-    no writer has to know who listens. Lasts as long as the connection; the dispatcher
-    sets it at every start."""
+def keep_only(
+    conn: sqlite3.Connection, types: Collection[str], states: Collection[str] | None = None
+) -> None:
+    """On the writer's connection, outbox rows of `types` only, and `message.status`
+    rows only of `states` (None: every state): a temporary BEFORE INSERT trigger drops
+    the others (RAISE(IGNORE) skips the row, the statement and its transaction go on),
+    so a gateway with no consumer for a type or state writes none of it and no writer
+    has to know who listens. Lasts as long as the connection; the dispatcher sets it at
+    every start."""
     conn.execute("DROP TRIGGER IF EXISTS temp.outbox_unwanted")
     unknown = set(types) - EVENT_TYPES
     if unknown:
         raise ValueError(f"unknown event types {sorted(unknown)}")
-    if set(types) == EVENT_TYPES:
+    if states is not None and (odd := set(states) - MESSAGE_STATES):
+        raise ValueError(f"unknown message states {sorted(odd)}")
+    skip_states = states is not None and MESSAGE_STATUS in types and set(states) != MESSAGE_STATES
+    if set(types) == EVENT_TYPES and not skip_states:
         return
-    # Literals, not parameters (a trigger cannot take any): names from EVENT_TYPES only.
+    # Literals, not parameters (a trigger cannot take any): names from EVENT_TYPES and
+    # MESSAGE_STATES only.
     kept = ",".join(f"'{t}'" for t in sorted(types))
     when = f"NEW.type NOT IN ({kept})" if kept else "1"
+    if skip_states and states is not None:
+        wanted = ",".join(f"'{s}'" for s in sorted(states))
+        when += f" OR (NEW.type = '{MESSAGE_STATUS}' AND NEW.state NOT IN ({wanted}))"
     conn.execute(
         "CREATE TEMP TRIGGER outbox_unwanted BEFORE INSERT ON main.outbox"
         f" WHEN {when} BEGIN SELECT RAISE(IGNORE); END"
@@ -265,10 +278,13 @@ class OutboxStore:
 
         return await self._store.writer.run(job)
 
-    async def keep_only(self, types: Collection[str]) -> None:
-        """From now on, write outbox rows of these event types only (`keep_only`); the
-        store's accept path, told too, does not even build the others."""
-        await self._store.writer.run(lambda conn: keep_only(conn, types))
+    async def keep_only(
+        self, types: Collection[str], states: Collection[str] | None = None
+    ) -> None:
+        """From now on, write outbox rows of these event types (and message states)
+        only (`keep_only`); the store's accept path, told the types too, does not even
+        build the others."""
+        await self._store.writer.run(lambda conn: keep_only(conn, types, states))
         self._store.outbox_types = frozenset(types)
 
     async def after(self, position: int, limit: int) -> list[OutboxRow]:
@@ -385,10 +401,15 @@ class OutboxStore:
             }
         return None
 
-    async def callback_url(self, message_id: str) -> str | None:
-        r = await self._store.reader.one(
-            "SELECT callback_ct FROM messages WHERE id = ?", (message_id,)
+    async def callback_urls(self, message_ids: Collection[str]) -> dict[str, str]:
+        """The callback URLs of those of these messages that have one, decrypted: one
+        read for a lane's whole batch (most messages have none)."""
+        if not message_ids:
+            return {}
+        ids = list(message_ids)
+        where = f"id IN ({','.join('?' * len(ids))}) AND callback_ct IS NOT NULL"
+        rows = await self._store.reader.all(
+            f"SELECT id, callback_ct FROM messages WHERE {where}",  # noqa: S608 - placeholders only
+            ids,
         )
-        if r is None or r[0] is None:
-            return None
-        return self._store.decrypt(r[0], message_id, "callback")
+        return {r[0]: self._store.decrypt(r[1], r[0], "callback") for r in rows}
