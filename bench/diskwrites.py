@@ -34,8 +34,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -164,6 +166,20 @@ def _drain(gw: Gateway) -> None:
     assert gw.proc.stderr is not None
     for raw in gw.proc.stderr:
         gw.log_lines.append(raw.decode(errors="replace"))
+
+
+def stop(gw: Gateway) -> None:
+    """Stop the gateway. Under strace, signal the gateway itself: a SIGTERM to strace
+    only detaches it and leaves the gateway running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(gw.pid, signal.SIGTERM)
+    try:
+        gw.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        for pid in {gw.pid, gw.proc.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        gw.proc.wait()
 
 
 def _child_of(pid: int) -> int:
@@ -299,12 +315,7 @@ async def measure(sync: str, work: Path, args: argparse.Namespace) -> list[dict[
         print("".join(gw.log_lines[-20:]), file=sys.stderr)
         raise
     finally:
-        gw.proc.terminate()
-        try:
-            gw.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            gw.proc.kill()
-            gw.proc.wait()
+        stop(gw)
     for row in rows:
         row["synchronous"] = sync
         print(json.dumps(row), flush=True)
