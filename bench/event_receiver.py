@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from jsonline_child import JsonLineChild
 
 LOOPBACK = "127.0.0.1"
 TOPICS = "smsgw/#"
@@ -144,14 +145,16 @@ async def subscribe(port: int, counts: Counts, ready: asyncio.Event) -> None:
 # -- the bench side ------------------------------------------------------------------------
 
 
-class Receiver:
+class Receiver(JsonLineChild):
     """This module as a process under `prefix` (taskset), driven over its stdin."""
 
+    name = "event receiver"
+    start_timeout_s = START_TIMEOUT_S
+
     def __init__(self, prefix: tuple[str, ...], mqtt_port: int = 0) -> None:
+        super().__init__()
         self.prefix = prefix
         self.mqtt_port = mqtt_port
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -161,41 +164,8 @@ class Receiver:
         argv = [*self.prefix, sys.executable, SCRIPT]
         if self.mqtt_port:
             argv += ["--mqtt-port", str(self.mqtt_port)]
-        self.process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        try:
-            self.port = int((await self._line())["port"])
-        except BaseException:
-            await self.__aexit__()
-            raise
+        await self.start(*argv)
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    async def _line(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT_S)
-        if not raw:
-            raise RuntimeError("the event receiver exited")
-        line: dict[str, Any] = json.loads(raw)
-        return line
-
-    async def command(self, cmd: str, **extra: Any) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"cmd": cmd, **extra}).encode() + b"\n")
-        await self.process.stdin.drain()
-        return await self._line()
 
     async def ids(self, path: Path) -> dict[str, Counter[str]]:
         await self.command("dump", path=str(path))

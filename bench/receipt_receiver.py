@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from jsonline_child import JsonLineChild
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 20.0
@@ -147,14 +148,16 @@ async def serve(args: argparse.Namespace) -> None:
 # -- the bench side ------------------------------------------------------------------------
 
 
-class ReceiptReceiver:
+class ReceiptReceiver(JsonLineChild):
     """This module as a process under `prefix` (taskset), driven over its stdin."""
 
+    name = "receipt receiver"
+    start_timeout_s = START_TIMEOUT_S
+
     def __init__(self, prefix: tuple[str, ...], target: int) -> None:
+        super().__init__()
         self.prefix = prefix
         self.target = target
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
 
     @property
     def pid(self) -> int:
@@ -171,42 +174,8 @@ class ReceiptReceiver:
         return f"http://{LOOPBACK}:{self.port}{KANNEL_PATH}?type=%d&id=%F"
 
     async def __aenter__(self) -> ReceiptReceiver:
-        argv = [*self.prefix, sys.executable, SCRIPT, "--target", str(self.target)]
-        self.process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        try:
-            self.port = int((await self._line())["port"])
-        except BaseException:
-            await self.__aexit__()
-            raise
+        await self.start(*self.prefix, sys.executable, SCRIPT, "--target", str(self.target))
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    async def _line(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT_S)
-        if not raw:
-            raise RuntimeError("the receipt receiver exited")
-        line: dict[str, Any] = json.loads(raw)
-        return line
-
-    async def stats(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(b'{"cmd":"stats"}\n')
-        await self.process.stdin.drain()
-        return await self._line()
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import harness
 from harness import Server
+from jsonline_child import JsonLineChild
 
 # The sink runs on the npm package the interop tests pin (tests/peers/package.json).
 sys.path.insert(0, str(harness.REPO))
@@ -197,22 +198,25 @@ async def wait_for(
         await asyncio.sleep(POLL_S)
 
 
-class Sink:
+class Sink(JsonLineChild):
     """bench/smpp_sink.js in a node process; its counters on demand. With `target`, it
     also stamps the time its `target`-th receipt was acknowledged."""
 
+    name = "SMPP sink"
+    start_timeout_s = BIND_TIMEOUT_S
+    stop_grace_s = STOP_GRACE_S
+
     def __init__(self, scenario: Scenario, placement: Placement, target: int = 0) -> None:
+        super().__init__()
         self.scenario = scenario
         self.placement = placement
         self.target = target
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
 
     async def __aenter__(self) -> Sink:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not installed (make peers installs it)")
-        self.process = await asyncio.create_subprocess_exec(
+        await self.start(
             *self.placement.client,
             node,
             str(SINK_JS),
@@ -227,38 +231,8 @@ class Sink:
             "--target",
             str(self.target),
             env={**os.environ, "NODE_PATH": str(smpp_peer.NODE_MODULES)},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
         )
-        first = await self._line()
-        self.port = int(first["port"])
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    async def _line(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), BIND_TIMEOUT_S)
-        if not raw:
-            raise RuntimeError("the SMPP sink exited")
-        line: dict[str, Any] = json.loads(raw)
-        return line
-
-    async def stats(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(b'{"cmd":"stats"}\n')
-        await self.process.stdin.drain()
-        return await self._line()
 
     async def wait_for(self, key: str, target: int, deadline: float) -> dict[str, Any]:
         """Poll until counter `key` reaches `target` or the monotonic `deadline` passes."""

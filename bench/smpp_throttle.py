@@ -44,6 +44,7 @@ import aiohttp
 import harness
 import loadgen
 import smpp
+from jsonline_child import JsonLineChild
 
 SINK_JS = harness.BENCH_DIR / "smpp_sink_throttle.js"
 LATEST = harness.BENCH_DIR / "results" / "smpp-throttle-latest.json"
@@ -57,24 +58,27 @@ RUN_TIMEOUT_S = 900.0
 NOT_THROTTLING = smpp.Scenario("throttle", False, 0, 0, BATCH, ("kannel", "smsgw"))
 
 
-class ThrottlingSink:
+class ThrottlingSink(JsonLineChild):
     """bench/smpp_sink_throttle.js in a node process; its figures on demand."""
+
+    name = "throttling SMPP sink"
+    start_timeout_s = smpp.BIND_TIMEOUT_S
+    stop_grace_s = smpp.STOP_GRACE_S
 
     def __init__(
         self, schedule: Sequence[tuple[float, float]], prefix: tuple[str, ...], burst_ms: int
     ) -> None:
+        super().__init__()
         self.schedule = schedule
         self.burst_ms = burst_ms
         self.prefix = prefix
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
 
     async def __aenter__(self) -> ThrottlingSink:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not installed (make peers installs it)")
         steps = ",".join(f"{t:g}:{r:g}" for t, r in self.schedule)
-        self.process = await asyncio.create_subprocess_exec(
+        await self.start(
             *self.prefix,
             node,
             str(SINK_JS),
@@ -87,37 +91,11 @@ class ThrottlingSink:
             "--burst-ms",
             str(self.burst_ms),
             env={**os.environ, "NODE_PATH": str(smpp.smpp_peer.NODE_MODULES)},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
         )
-        self.port = int((await self._line())["port"])
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), smpp.STOP_GRACE_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    async def _line(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), smpp.BIND_TIMEOUT_S)
-        if not raw:
-            raise RuntimeError("the throttling SMPP sink exited")
-        line: dict[str, Any] = json.loads(raw)
-        return line
-
     async def stats(self, detail: bool = False) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(b'{"cmd":"detail"}\n' if detail else b'{"cmd":"stats"}\n')
-        await self.process.stdin.drain()
-        return await self._line()
+        return await self.command("detail" if detail else "stats")
 
 
 def carrier_rate(schedule: Sequence[tuple[float, float]], t: float) -> float:
