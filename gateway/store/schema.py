@@ -1020,6 +1020,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX inbound_received ON inbound (received_at);
     CREATE INDEX consent_ledger_opt_outs ON consent_ledger (at) WHERE decision = 'opt_out';
     """,
+    # 32 (i16-writes): reserved for the write budget branch.
+    "",
+    # 33 (i16-accept): reserved for the accept path branch.
+    "",
+    # 34 (i12-consent): reserved for the consent benchmark branch.
+    "",
+    # 35 (i15-clinical): reserved for the campaign-beside-clinical branch.
+    "",
+    # 36 (i17-ldap): reserved for the directory sign-in branch.
+    "",
+    # 37 (i16-smpp): reserved for the SMPP path CPU branch.
+    "",
+    # 38 (i18-ha): reserved for the high-availability branch.
+    "",
 )
 
 
