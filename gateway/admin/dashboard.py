@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 
 from drivers.clock import Clock
+from gateway.admin.directory_card import sign_in_card
 from gateway.admin.panel import panel
 from gateway.admin.render import render
 from gateway.admin.route_cards import route_cards
@@ -173,6 +174,7 @@ async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
             {"code": code, "count": n} for code, n in tail.failure_codes().most_common(10)
         ],
         "routes": route_cards(gw, await gw.usecases.status.sending_by_route()),
+        "sign_in": await sign_in_card(gw),  # i17-ldap: None without a directory
     }
 
 
