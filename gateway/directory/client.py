@@ -2,7 +2,7 @@
 
 Theory of operation. Every call opens its own connection over TLS (LDAPS, or StartTLS
 that must succeed), the certificate checked against `ca_file` and its name against the
-URL's host by Python's own TLS (`_CheckedTls`: ldap3's hostname check is turned off in
+URL's host by Python's own TLS (`CheckedTls`: ldap3's hostname check is turned off in
 favour of `ssl`'s). The URLs are tried in order for the *connection* only: once one
 answers, its answer stands, so a wrong password is bound once, on one server, and never
 retried. Referrals are never followed (`auto_referrals=False`); a referral among the
@@ -21,6 +21,8 @@ reason that names no secret; everything else is an answer.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import ssl
 import uuid
 from collections.abc import Iterable
@@ -112,7 +114,7 @@ def stable_id_of(config: DirectoryConfig, raw: list[bytes]) -> str | None:
         return raw[0].hex()
 
 
-class _CheckedTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 is untyped
+class CheckedTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 is untyped
     """TLS with Python's own certificate and hostname check (ldap3 turns it off and
     checks names with the deprecated `ssl.match_hostname`)."""
 
@@ -130,6 +132,15 @@ class _CheckedTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 is untyped
         )
 
 
+def close(conn: ldap3.Connection) -> None:
+    """Unbind, or at least close the socket: after a failure unbind itself may fail."""
+    try:
+        conn.unbind()
+    except (ldap_errors.LDAPException, OSError):
+        with contextlib.suppress(ldap_errors.LDAPException, OSError):
+            conn.strategy.close()
+
+
 def _tls_problem(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, ssl.SSLError) or "CERTIFICATE" in text or "certificate" in text
@@ -144,7 +155,7 @@ class LdapClient:
     def __init__(self, config: DirectoryConfig, service_password: str) -> None:
         self.config = config
         self._service_password = service_password
-        self._tls = _CheckedTls(config.ca_file or "")
+        self._tls = CheckedTls(config.ca_file or "")
         self._mapped = {normal_dn(dn) for dn in config.roles}
 
     # -- connections ----------------------------------------------------------------------
@@ -172,7 +183,7 @@ class LdapClient:
                 auto_referrals=False,
                 raise_exceptions=False,
                 read_only=True,
-                receive_timeout=self.config.timeout,
+                receive_timeout=math.ceil(self.config.timeout),  # ldap3 packs it as an int
                 client_strategy=ldap3.SYNC,
             )
             try:
@@ -181,11 +192,11 @@ class LdapClient:
                     raise DirectoryUnavailable(f"{url}: StartTLS refused", tls=True)
                 return conn
             except DirectoryUnavailable as e:
-                conn.unbind()
+                close(conn)
                 problems.append(e.reason)
                 tls_failed = True
             except (ldap_errors.LDAPException, OSError) as e:
-                conn.unbind()
+                close(conn)
                 tls_failed = tls_failed or _tls_problem(e)
                 problems.append(f"{url}: {_reason(e)}")
         raise DirectoryUnavailable("; ".join(problems), tls=tls_failed)
@@ -195,10 +206,10 @@ class LdapClient:
         try:
             bound = conn.bind()
         except ldap_errors.LDAPException as e:
-            conn.unbind()
+            close(conn)
             raise DirectoryUnavailable(f"service bind: {_reason(e)}") from None
         if not bound:
-            conn.unbind()
+            close(conn)
             raise DirectoryUnavailable(
                 f"the service account's bind was refused ({conn.result.get('description')})"
             )
@@ -228,21 +239,21 @@ class LdapClient:
 
     def probe(self) -> None:
         """Bind as the service account and leave: raises `DirectoryUnavailable`."""
-        self._service().unbind()
+        close(self._service())
 
     def find(self, username: str) -> Entry | None:
         conn = self._service()
         try:
             return self._one(conn, user_search_filter(self.config, username))
         finally:
-            conn.unbind()
+            close(conn)
 
     def find_by_id(self, stable_id: str) -> Entry | None:
         conn = self._service()
         try:
             return self._one(conn, id_filter(self.config, stable_id))
         finally:
-            conn.unbind()
+            close(conn)
 
     def _one(self, conn: ldap3.Connection, query: str) -> Entry | None:
         c = self.config
@@ -271,7 +282,7 @@ class LdapClient:
         except ldap_errors.LDAPException as e:
             raise DirectoryUnavailable(f"user bind: {_reason(e)}") from None
         finally:
-            conn.unbind()
+            close(conn)
 
     def mapped_groups(self, user_dn: str) -> set[str]:
         """The mapped groups (normal DNs) the user is in, directly or through nesting."""
@@ -284,7 +295,7 @@ class LdapClient:
                 return {normal_dn(r["dn"]) for r in found} & self._mapped
             return self._walk(conn, user_dn) & self._mapped
         finally:
-            conn.unbind()
+            close(conn)
 
     def _walk(self, conn: ldap3.Connection, user_dn: str) -> set[str]:
         """Breadth first up the `member` links, `max_group_depth` levels at most."""
