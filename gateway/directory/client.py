@@ -139,6 +139,11 @@ def close(conn: ldap3.Connection) -> None:
     except (ldap_errors.LDAPException, OSError):
         with contextlib.suppress(ldap_errors.LDAPException, OSError):
             conn.strategy.close()
+    # A connect that was refused leaves its socket open in ldap3, unbound and unclosed.
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def _tls_problem(e: BaseException) -> bool:

@@ -36,9 +36,9 @@ from tests.ports import free_port
 START_TIMEOUT = 15.0
 SUFFIX = "dc=example,dc=org"
 ROOT_DN = f"cn=admin,{SUFFIX}"
-ROOT_PASSWORD = "root-secret-for-tests"  # noqa: S105 - a throwaway test server
+ROOT_PASSWORD = "root-secret-for-tests"
 SERVICE_DN = f"cn=smsgw-svc,ou=services,{SUFFIX}"
-SERVICE_PASSWORD = "service-secret-for-tests"  # noqa: S105
+SERVICE_PASSWORD = "service-secret-for-tests"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
 PASSWORDS = {
@@ -232,6 +232,7 @@ class Slapd:
             "modulepath /usr/lib/ldap\n"
             "moduleload back_mdb\n"
             "moduleload ppolicy\n"
+            "moduleload refint\n"
             f"pidfile {d}/slapd.pid\n"
             f"argsfile {d}/slapd.args\n"
             f"TLSCACertificateFile {self.pki.ca}\n"
@@ -245,6 +246,8 @@ class Slapd:
             f"rootpw {ROOT_PASSWORD}\n"
             f"directory {d}/db\n"
             "overlay ppolicy\n"
+            "overlay refint\n"  # a renamed user stays in their groups
+            "refint_attributes member\n"
             "access to attrs=userPassword by anonymous auth by * none\n"
             "access to * by users read by * none\n"
         )
@@ -309,6 +312,13 @@ class Slapd:
         conn = self.admin()
         try:
             conn.modify(dn, changes)
+        finally:
+            conn.unbind()
+
+    def rename(self, uid: str, new_uid: str) -> None:
+        conn = self.admin()
+        try:
+            conn.modify_dn(user_dn(uid), f"uid={new_uid}")
         finally:
             conn.unbind()
 
