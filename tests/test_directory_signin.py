@@ -366,3 +366,38 @@ async def test_the_break_glass_admin_signs_in_while_the_directory_is_stopped(
     finally:
         await client.close()
         await asyncio.to_thread(own.stop)
+
+
+async def test_an_outage_at_the_recheck_keeps_a_signed_in_session(
+    open_gateway: GatewayFactory, tmp_path: Path, slapd_server: Slapd
+) -> None:
+    own = Slapd(tmp_path / "own-slapd", slapd_server.pki)
+    await asyncio.to_thread(own.start)
+    panel, client = await directory_panel(open_gateway, tmp_path, slapd_server.pki, [own.url])
+    try:
+        assert (await panel.login("olivia", PASSWORDS["olivia"])).status == 303
+        await asyncio.to_thread(own.stop)
+        panel.clock.advance(panel.gw.config.directory.recheck_interval)
+        r = await panel.client.get("/messages", allow_redirects=False)
+        assert r.status == 200, "the directory's outage does not sign staff out"
+        assert "directory_access_ended" not in await panel.audit_actions()
+        assert panel.gw.directory is not None and panel.gw.directory.status.state == "down"
+    finally:
+        await client.close()
+        await asyncio.to_thread(own.stop)
+
+
+async def test_an_admin_cannot_change_a_directory_users_role_here(
+    directory: PanelClient,
+) -> None:
+    await directory.add_user("localadmin", Role.ADMIN)
+    assert (await directory.login("olivia", PASSWORDS["olivia"])).status == 303
+    olivia = await _user(directory, "olivia")
+    directory.client.session.cookie_jar.clear()
+    token = await directory.login_ok("localadmin")
+    page = await (await directory.client.get("/users")).text()
+    assert "(directory groups)" in page
+    r = await directory.post(f"/users/{olivia.id}/role", {"role": "admin"}, token=token)
+    assert r.status == 409
+    assert (await r.json())["error"]["code"] == "directory_managed"
+    assert (await _user(directory, "olivia")).role is Role.OPERATOR
