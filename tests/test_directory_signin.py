@@ -401,3 +401,21 @@ async def test_an_admin_cannot_change_a_directory_users_role_here(
     assert r.status == 409
     assert (await r.json())["error"]["code"] == "directory_managed"
     assert (await _user(directory, "olivia")).role is Role.OPERATOR
+
+
+async def test_an_open_dashboard_stream_ends_when_the_user_leaves_the_group(
+    directory: PanelClient, slapd_server: Slapd
+) -> None:
+    from tests.test_admin_pages import _read_event
+
+    assert (await directory.login("mover", PASSWORDS["mover"])).status == 303
+    r = await directory.client.get("/events")
+    await _read_event(r, "snapshot")
+    slapd_server.remove_member("smsgw-operators", user_dn("mover"))
+    try:
+        await directory.clock.wait_sleeping(2)  # the stream and the hub's poller
+        directory.clock.advance(directory.gw.config.directory.recheck_interval)
+        assert await _read_event(r, "logout") == b"{}"
+        r.close()
+    finally:
+        slapd_server.add_member("smsgw-operators", user_dn("mover"))

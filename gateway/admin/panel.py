@@ -177,15 +177,19 @@ async def _session(request: web.Request) -> tuple[Session | None, User | None]:
     if record is None or record[0].disabled:
         await p.sessions.end(found)
         return None, None
-    user = record[0]
-    if user.from_directory and _recheck_due(p, user):
-        if not await p.accounts.recheck_directory_user(user):
-            return None, None  # left the groups, disabled or gone: every session ended
-        record = await p.repo.user_by_id(found.user_id)
-        if record is None:
-            return None, None
-        user = record[0]
-    return found, user
+    user = await recheck_if_due(p, record[0])
+    return (found, user) if user is not None else (None, None)
+
+
+async def recheck_if_due(p: Panel, user: User) -> User | None:
+    """A directory user as the directory has them now, if the recheck interval has
+    passed; None when access ended (left the groups, disabled, gone: sessions ended)."""
+    if not (user.from_directory and _recheck_due(p, user)):
+        return user
+    if not await p.accounts.recheck_directory_user(user):
+        return None
+    record = await p.repo.user_by_id(user.id)
+    return None if record is None or record[0].disabled else record[0]
 
 
 def _recheck_due(p: Panel, user: User) -> bool:
