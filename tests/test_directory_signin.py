@@ -419,3 +419,36 @@ async def test_an_open_dashboard_stream_ends_when_the_user_leaves_the_group(
         r.close()
     finally:
         slapd_server.add_member("smsgw-operators", user_dn("mover"))
+
+
+async def test_ldaps_a_systemd_credential_and_a_dead_first_server(
+    open_gateway: GatewayFactory,
+    tmp_path: Path,
+    slapd_server: Slapd,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.peers.slapd import SERVICE_PASSWORD
+    from tests.ports import free_port
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "directory.password").write_text(SERVICE_PASSWORD + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    dead = f"ldaps://127.0.0.1:{free_port()}"  # nothing listens: the next URL is tried
+    panel, client = await directory_panel(
+        open_gateway,
+        tmp_path,
+        slapd_server.pki,
+        [dead, slapd_server.ldaps_url],
+        bind_password_file=None,
+        bind_password_credential="directory.password",
+    )
+    try:
+        assert panel.gw.directory is not None
+        binds = count_calls(panel.gw.directory.client, "check_password")
+        r = await panel.login("olivia", WRONG)
+        assert r.status == 401 and len(binds) == 1, "a wrong password: one bind, one server"
+        r = await panel.login("olivia", PASSWORDS["olivia"])
+        assert r.status == 303 and r.headers["Location"] == "/"
+    finally:
+        await client.close()

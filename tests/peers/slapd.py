@@ -4,8 +4,8 @@ installs `slapd` and `ldap-utils`).
 `make_pki()` writes a test CA (made with `cryptography`), a server certificate for
 127.0.0.1 and localhost signed by it, and a second one signed by it whose name does not
 match (`wrong.example.test`). `Slapd` writes a `slapd.conf` into a temp dir, loads the
-test tree with `slapadd`, and runs `slapd -d 0` on a free loopback port; every
-operation needs TLS (`security tls=1`), so the gateway reaches it by StartTLS only.
+test tree with `slapadd`, and runs `slapd -d 0` on two free loopback ports, `url`
+(StartTLS) and `ldaps_url`; every operation needs TLS (`security tls=1`).
 
 The tree (`TREE`): people under ou=people, groups under ou=groups, the service account
 `cn=smsgw-svc,ou=services`. Nesting: olivia is in night-shift, which is in ward-nurses,
@@ -216,7 +216,8 @@ class Slapd:
         self.directory = directory
         self.pki = pki
         self.port = free_port()
-        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.url = f"ldap://127.0.0.1:{self.port}"  # StartTLS
+        self.ldaps_url = f"ldaps://127.0.0.1:{free_port()}"
         self._cert = pki.wrong_cert if wrong_name else pki.cert
         self._key = pki.wrong_key if wrong_name else pki.key
         self._process: subprocess.Popen[bytes] | None = None
@@ -263,7 +264,7 @@ class Slapd:
                 capture_output=True,
             )
         self._process = subprocess.Popen(
-            [binary("slapd"), "-f", str(conf), "-h", f"{self.url}/", "-d", "0"],
+            [binary("slapd"), "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/", "-d", "0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
