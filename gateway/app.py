@@ -44,7 +44,7 @@ from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.contacts.usecase import Contacts
 from gateway.demo import DemoPeers
-from gateway.directory.build import build_directory  # i17-ldap
+from gateway.directory.build import DirectorySetupError, build_directory  # i17-ldap
 from gateway.directory.service import Directory  # i17-ldap
 from gateway.hl7.service import Hl7Service
 from gateway.hl7.settings import Hl7Config
@@ -376,8 +376,8 @@ class Gateway:
             return
         try:
             directory = self.directory
-        except SecretError as e:  # a setting: no retry will mend it
-            raise StartupFault(f"directory: service password: {e}", exit_code=2) from None
+        except DirectorySetupError as e:  # a setting: no retry will mend it
+            raise StartupFault(str(e), exit_code=2) from None
         if dispatch and directory is not None:
             self._spawn(directory.watch())  # health sees an outage with nobody signing in
 

@@ -137,5 +137,18 @@ async def test_an_unreadable_service_password_stops_start_up(
     gw = await open_gateway(directory=section, start=False)
     with pytest.raises(StartupFault) as e:
         await gw.start(dispatch=False)
-    assert "directory" in str(e.value) and "missing.password" in str(e.value)
-    assert e.value.exit_code == 2
+    assert str(e.value).startswith("directory.bind_password_file: ")
+    assert "missing.password" in str(e.value) and e.value.exit_code == 2
+
+
+async def test_an_unreadable_ca_file_stops_start_up(
+    open_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    password = tmp_path / "directory.password"
+    password.write_text("service secret\n")
+    section = {**GOOD, "bind_password_file": str(password), "ca_file": str(tmp_path / "no-ca.pem")}
+    gw = await open_gateway(directory=section, start=False)
+    with pytest.raises(StartupFault) as e:
+        await gw.start(dispatch=False)
+    assert str(e.value).startswith("directory.ca_file: cannot load")
+    assert "service secret" not in str(e.value) and e.value.exit_code == 2
