@@ -94,6 +94,9 @@ async def test_a_locked_account_is_refused_without_a_bind(directory: PanelClient
     r = await directory.login("locked", PASSWORDS["locked"])
     assert r.status == 401 and "not right" in await r.text()
     assert binds == [], "a locked account is never bound: smsgw adds nothing to its count"
+    entries = await directory.gw.audit.entries(limit=5)
+    failed = [e for e in entries if e.action == "login_failed"]
+    assert failed and failed[0].detail_map()["reason"] == "locked"
 
 
 async def test_removed_from_the_group_loses_access_within_the_interval(
@@ -452,3 +455,15 @@ async def test_ldaps_a_systemd_credential_and_a_dead_first_server(
         assert r.status == 303 and r.headers["Location"] == "/"
     finally:
         await client.close()
+
+
+async def test_wrong_guesses_at_many_names_from_one_source_are_slowed(
+    directory: PanelClient,
+) -> None:
+    assert directory.gw.directory is not None
+    finds = count_calls(directory.gw.directory.client, "find")
+    names = ["olivia", "adam", "vera", "mover", "nobody-1", "nobody-2"]
+    statuses = [(await directory.login(name, WRONG)).status for name in names]
+    allowed = directory.gw.config.admin.throttle_after + 1
+    assert statuses == [401] * allowed + [429] * (len(names) - allowed)
+    assert len(finds) == allowed, "a throttled try never reaches the directory"
