@@ -467,3 +467,13 @@ async def test_wrong_guesses_at_many_names_from_one_source_are_slowed(
     allowed = directory.gw.config.admin.throttle_after + 1
     assert statuses == [401] * allowed + [429] * (len(names) - allowed)
     assert len(finds) == allowed, "a throttled try never reaches the directory"
+
+
+async def test_a_directory_user_disabled_in_the_panel_stays_out(directory: PanelClient) -> None:
+    assert (await directory.login("olivia", PASSWORDS["olivia"])).status == 303
+    olivia = await _user(directory, "olivia")
+    await directory.gw.admin_repo.set_disabled(olivia.id, directory.clock.time())
+    assert (await directory.client.get("/messages", allow_redirects=False)).status == 303
+    r = await directory.login("olivia", PASSWORDS["olivia"])
+    assert r.status == 401, "the directory's yes does not lift a disable made here"
+    assert (await _user(directory, "olivia")).disabled

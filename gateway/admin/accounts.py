@@ -301,9 +301,13 @@ class Accounts:
             await self._repeat("anonymous", "login_failed", None, source, reason="name_is_local")
             await self._failed(r, None, "password", source)
             return LoginOutcome()
-        await self._succeeded(r, account)
         found = await self.repo.user_by_id(user_id)
         assert found is not None
+        if found[0].disabled:  # disabled in the panel: that stands, whatever the directory says
+            await self._repeat("anonymous", "login_failed", found[0], source, reason="disabled")
+            await self._failed(r, found[0], "password", source)
+            return LoginOutcome()
+        await self._succeeded(r, account)
         return await self._password_ok(found[0], directory=True)
 
     async def _settle(self, r: Reservation, proved: str | None) -> None:

@@ -174,7 +174,7 @@ class AdminRepo:
         self, new_id: str, stable_id: str, name: str, role: Role, now: float
     ) -> tuple[str, bool]:
         """The local row of a directory user, by the directory's stable id, made to match
-        what the directory says now (name, role, enabled), in one transaction. A stale
+        what the directory says now (name, role), in one transaction. A stale
         directory row holding the name (its owner was renamed) gives it up. Returns the
         row's id and whether its sessions ended (the role changed).
         Raises `UserExists` when a local account has the name."""
@@ -199,9 +199,8 @@ class AdminRepo:
                     (new_id, name, role.value, DIRECTORY_PASSWORD, now, now, stable_id, now),
                 )
                 return new_id, False
-            conn.execute(
-                "UPDATE users SET username = ?, role = ?, role_checked_at = ?, disabled_at = NULL"
-                " WHERE id = ?",
+            conn.execute(  # disabled_at is left alone: an admin's disable stands
+                "UPDATE users SET username = ?, role = ?, role_checked_at = ? WHERE id = ?",
                 (name, role.value, now, row[0]),
             )
             changed = row[1] != role.value
@@ -222,16 +221,12 @@ class AdminRepo:
             if role is not None and row[0] == role.value:
                 conn.execute("UPDATE users SET role_checked_at = ? WHERE id = ?", (now, user_id))
                 return 0
-            if role is not None:
-                conn.execute(
-                    "UPDATE users SET role = ?, role_checked_at = ? WHERE id = ?",
-                    (role.value, now, user_id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE users SET role_checked_at = ?, disabled_at = ? WHERE id = ?",
-                    (now, now, user_id),
-                )
+            # No role: the row stays as it was (the next sign-in asks the directory
+            # again); only its sessions end.
+            conn.execute(
+                "UPDATE users SET role = coalesce(?, role), role_checked_at = ? WHERE id = ?",
+                (role.value if role is not None else None, now, user_id),
+            )
             ended: int = conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,)).rowcount
             return ended
 
