@@ -44,6 +44,8 @@ from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.contacts.usecase import Contacts
 from gateway.demo import DemoPeers
+from gateway.directory.build import DirectorySetupError, build_directory  # i17-ldap
+from gateway.directory.service import Directory  # i17-ldap
 from gateway.hl7.service import Hl7Service
 from gateway.hl7.settings import Hl7Config
 from gateway.intake import Intake
@@ -240,6 +242,7 @@ class Gateway:
             self.outbox.register(mqtt_consumer(self.config, self.mqtt))
         await self.outbox.start(run=dispatch)
         await self._start_hl7(dispatch=dispatch)
+        self._start_directory(dispatch=dispatch)  # i17-ldap
         self.medications  # noqa: B018  # the clinical commands read its settings from now on
         if dispatch:
             self._spawn(self.scheduler.run())
@@ -360,6 +363,23 @@ class Gateway:
         return ResultEvents(
             store=self.store, clock=self.clock, audit=self.audit, hooks=self.clinical_hooks
         )
+
+    @functools.cached_property
+    def directory(self) -> Directory | None:
+        """i17-ldap: panel sign-in through the directory; None unless `[directory]` is on."""
+        if not self.config.directory.enabled:
+            return None
+        return build_directory(self.config, self.clock, self.metrics.registry)
+
+    def _start_directory(self, *, dispatch: bool) -> None:
+        if not self.config.directory.enabled:
+            return
+        try:
+            directory = self.directory
+        except DirectorySetupError as e:  # a setting: no retry will mend it
+            raise StartupFault(str(e), exit_code=2) from None
+        if dispatch and directory is not None:
+            self._spawn(directory.watch())  # health sees an outage with nobody signing in
 
     @functools.cached_property
     def admin_repo(self) -> AdminRepo:

@@ -30,6 +30,7 @@ from gateway.config_errors import ConfigError as ConfigError  # raised here, cau
 from gateway.config_errors import convert, show
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
+from gateway.directory.settings import DirectoryConfig  # i17-ldap
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import DEMO_OUTBOUND as DEMO_HL7_OUTBOUND
 from gateway.hl7.settings import Hl7Config
@@ -427,6 +428,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)  # i15-campaigns
     links: LinksConfig = msgspec.field(default_factory=LinksConfig)  # i15-links: short links
     analytics: AnalyticsConfig = msgspec.field(default_factory=AnalyticsConfig)  # i15-analytics
+    directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)  # i17-ldap
     source: str | None = None
 
     @property
@@ -639,6 +641,8 @@ def _check_values(config: Config) -> None:
     if problem := config.links.problems():
         raise ConfigError(problem)
     if problem := config.analytics.problems():  # i15-analytics
+        raise ConfigError(problem)
+    if problem := config.directory.problems():  # i17-ldap
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

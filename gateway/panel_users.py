@@ -30,10 +30,17 @@ class User:
     created_at: float
     password_changed_at: float
     disabled_at: float | None
+    # i17-ldap: set for a directory user (the directory's stable id), None for a local one.
+    directory_id: str | None = None
+    role_checked_at: float | None = None
 
     @property
     def disabled(self) -> bool:
         return self.disabled_at is not None
+
+    @property
+    def from_directory(self) -> bool:
+        return self.directory_id is not None
 
 
 @dataclass(frozen=True, slots=True)

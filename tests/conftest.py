@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +288,20 @@ async def set_time_zone(gw: Gateway, number: str, zone: str) -> None:
         conn.execute("UPDATE contacts SET time_zone = ? WHERE idx = ?", (zone, idx))
 
     await store.writer.run(job)
+
+
+# -- i17-ldap: one OpenLDAP server per test session (tests/peers/slapd.py) -----------------
+
+
+@pytest.fixture(scope="session")
+def slapd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's slapd with the test tree, StartTLS only, on a free loopback port."""
+    from tests.peers.slapd import Slapd, make_pki
+
+    root = tmp_path_factory.mktemp("slapd")
+    server = Slapd(root / "server", make_pki(root / "pki"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

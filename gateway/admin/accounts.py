@@ -8,10 +8,17 @@ a change) first reserves its try with the throttle, in one writer transaction, s
 guesses sent in parallel get no more checks than guesses sent one by one. Failures go
 to the audit trail as repeats (one entry and a count per window); successes and
 lock-outs are each an entry.
+
+With a directory (`[directory]`, gateway/directory/), a name that is not a local
+account is signed in against the directory: the same counts and audit, one bind per
+try, a lock after `directory.max_failed_logins` (below the directory's own lockout).
+Local accounts keep working when the directory is down: each of their sign-ins is then
+a break-glass use, audited as `break_glass_login` and counted on the dashboard.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -19,16 +26,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
+
 from drivers.clock import Clock
 from gateway.admin import passwords, totp
 from gateway.admin.throttle import LoginThrottle, Reservation
 from gateway.config import AdminConfig
-from gateway.panel_users import Credentials, FailureState, Role, User
+from gateway.panel_users import Credentials, FailureState, Role, User, UserExists
 from gateway.usecases.audit import DetailValue
 
-if TYPE_CHECKING:  # both built by the composition root (`app.py`)
+if TYPE_CHECKING:  # all built by the composition root (`app.py`)
+    from gateway.directory.service import Directory
     from gateway.store.audit_log import AuditTrail
     from gateway.store.panel_sql import AdminRepo
+
+log = structlog.get_logger("smsgw.admin")
+MAX_DIRECTORY_NAME = 256
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SOURCE_CHARS = 64
@@ -48,6 +61,8 @@ class LoginOutcome:
     needs_enrolment: bool = False
     retry_after: float | None = None
     signed_out: bool = False
+    unavailable: bool = False  # the directory did not answer (i17-ldap)
+    no_access: bool = False  # right directory password, but in no mapped group
 
 
 def user_actor(user_id: str) -> str:
@@ -74,13 +89,24 @@ def _source_key(source: str) -> str:
 
 class Accounts:
     def __init__(
-        self, repo: AdminRepo, audit: AuditTrail, clock: Clock, config: AdminConfig
+        self,
+        repo: AdminRepo,
+        audit: AuditTrail,
+        clock: Clock,
+        config: AdminConfig,
+        directory: Directory | None = None,
     ) -> None:
         self.repo = repo
         self.audit = audit
         self.clock = clock
         self.config = config
+        self.directory = directory
         self.throttle = LoginThrottle.from_config(config)
+        self.directory_throttle = self.throttle
+        if directory is not None:
+            self.directory_throttle = dataclasses.replace(
+                self.throttle, max_failures=directory.config.max_failed_logins
+            )
         self.hasher = passwords.Hasher(
             config.password_hash_memory_kib,
             config.password_hash_iterations,
@@ -132,16 +158,21 @@ class Accounts:
 
     # -- checking a secret ----------------------------------------------------------------
 
-    async def _reserve(self, counted: list[str], guards: list[str], lockable: str) -> Reservation:
+    async def _reserve(
+        self,
+        counted: list[str],
+        guards: list[str],
+        lockable: str,
+        throttle: LoginThrottle | None = None,
+    ) -> Reservation:
         """Count this try as failed before checking it, or refuse it (`throttle.py`)."""
         now = self.clock.time()
+        rules = throttle or self.throttle
 
         def decide(
             states: dict[str, FailureState],
         ) -> tuple[Reservation, Mapping[str, FailureState]]:
-            r = self.throttle.reserve(
-                states, now, counted=counted, lockable=(lockable,), guards=guards
-            )
+            r = rules.reserve(states, now, counted=counted, lockable=(lockable,), guards=guards)
             return r, r.after
 
         return await self.repo.reserve_attempt([*counted, *guards], decide)
@@ -180,6 +211,10 @@ class Accounts:
     async def login(self, username: str, password: str, source: str) -> LoginOutcome:
         account = _account_key(username)
         found = await self.repo.user_by_name(username) if USERNAME.match(username) else None
+        if found is not None and found[0].from_directory:
+            found = None  # a directory user's row: only the directory can sign them in
+        if self.directory is not None and found is None:
+            return await self._directory_login(username, password, source)
         user = found[0] if found else None
         r = await self._reserve(
             [account, _source_key(source)], [_totp_key(username)], lockable=account
@@ -202,12 +237,113 @@ class Accounts:
                 user.password_changed_at,
                 keep_session=None,
             )
+        if self.directory is not None:
+            state = self.directory.status.state
+            log.warning("break_glass_login", user_id=user.id, directory=state)
+            await self.audit.record(
+                user_actor(user.id), "break_glass_login", "user", user.id, directory=state
+            )
+        return await self._password_ok(user)
+
+    async def _password_ok(self, user: User, **detail: DetailValue) -> LoginOutcome:
         required = await self.totp_required(user.role)
         if user.totp_enabled or required:
-            await self.audit.record(user_actor(user.id), "login_password_ok", "user", user.id)
+            await self.audit.record(
+                user_actor(user.id), "login_password_ok", "user", user.id, **detail
+            )
             return LoginOutcome(user, needs_totp=True, needs_enrolment=not user.totp_enabled)
-        await self.audit.record(user_actor(user.id), "login", "user", user.id, factors=1)
+        await self.audit.record(user_actor(user.id), "login", "user", user.id, factors=1, **detail)
         return LoginOutcome(user)
+
+    async def _directory_login(self, username: str, password: str, source: str) -> LoginOutcome:
+        """A sign-in against the directory: throttled on the same counts as a local one
+        (locking sooner), then at most one bind as the user."""
+        assert self.directory is not None
+        account = _account_key(username)
+        r = await self._reserve(
+            [account, _source_key(source)],
+            [_totp_key(username)],
+            lockable=account,
+            throttle=self.directory_throttle,
+        )
+        if not r.allowed:
+            await self._repeat("anonymous", "login_throttled", None, source, factor="password")
+            return LoginOutcome(retry_after=r.wait)
+        name = username if len(username) <= MAX_DIRECTORY_NAME else ""
+        outcome = await self.directory.sign_in(name, password)
+        known = None
+        if outcome.identity is not None:
+            known = await self.repo.user_by_directory_id(outcome.identity.stable_id)
+        if outcome.kind == "unavailable":
+            await self._settle(r, None)  # the directory's fault, not a guess
+            await self._repeat("anonymous", "login_failed", None, source, reason="directory_down")
+            return LoginOutcome(unavailable=True)
+        if outcome.kind == "no_role":
+            await self._settle(r, account)  # the password was right
+            await self._repeat("anonymous", "login_failed", known, source, reason="no_role")
+            if known is not None:
+                await self._lost_access(known, "no_role")
+            return LoginOutcome(no_access=True)
+        if outcome.kind != "ok" or outcome.identity is None or outcome.identity.role is None:
+            reason = "credentials" if outcome.kind == "credentials" else outcome.detail
+            await self._repeat("anonymous", "login_failed", known, source, reason=reason or "")
+            await self._failed(r, known, "password", source)
+            if outcome.kind == "blocked" and known is not None:
+                await self._lost_access(known, outcome.detail or "blocked")
+            return LoginOutcome()
+        who, role = outcome.identity, outcome.identity.role
+        try:
+            user_id, _ = await self.repo.upsert_directory_user(
+                secrets.token_hex(6), who.stable_id, who.name, role, self.clock.time()
+            )
+        except UserExists:
+            log.warning("directory_name_is_local", reason="a local account has this name")
+            await self._repeat("anonymous", "login_failed", None, source, reason="name_is_local")
+            await self._failed(r, None, "password", source)
+            return LoginOutcome()
+        found = await self.repo.user_by_id(user_id)
+        assert found is not None
+        if found[0].disabled:  # disabled in the panel: that stands, whatever the directory says
+            await self._repeat("anonymous", "login_failed", found[0], source, reason="disabled")
+            await self._failed(r, found[0], "password", source)
+            return LoginOutcome()
+        await self._succeeded(r, account)
+        return await self._password_ok(found[0], directory=True)
+
+    async def _settle(self, r: Reservation, proved: str | None) -> None:
+        """Take back this try's failure everywhere (but `proved`, whose count clears)."""
+        undo = {k: (r.before[k], s) for k, s in r.after.items() if k != proved}
+        await self.repo.settle_attempt([proved] if proved else [], undo)
+
+    async def _lost_access(self, user: User, reason: str) -> None:
+        ended = await self.repo.directory_checked(user.id, None, self.clock.time())
+        await self.audit.record(
+            "system", "directory_access_ended", "user", user.id, reason=reason, sessions=ended
+        )
+
+    async def recheck_directory_user(self, user: User) -> bool:
+        """At a session's request once `recheck_interval` has passed: read the user's
+        standing again. False when access ended (the sessions are gone). While the
+        directory does not answer, the session keeps its role (its idle and absolute
+        limits still apply) and the check is tried again at a later request."""
+        if self.directory is None or user.directory_id is None:  # directory sign-in off
+            await self.repo.end_user_sessions(user.id)
+            return False
+        outcome = await self.directory.recheck(user.directory_id)
+        now = self.clock.time()
+        if outcome.kind == "unavailable":
+            return True
+        role = outcome.identity.role if outcome.identity is not None else None
+        if outcome.kind == "ok" and role == user.role:
+            await self.repo.directory_checked(user.id, role, now)
+            return True
+        ended = await self.repo.directory_checked(user.id, role, now)
+        reason = outcome.kind if outcome.kind != "ok" else "role_changed"
+        await self.audit.record(
+            "system", "directory_access_ended", "user", user.id, reason=reason, sessions=ended
+        )
+        log.info("directory_access_ended", user_id=user.id, reason=reason, sessions=ended)
+        return False
 
     async def second_factor(
         self,

@@ -31,7 +31,8 @@ import structlog
 from aiohttp import web
 
 from drivers.clock import Clock
-from gateway.admin.panel import panel
+from gateway.admin.directory_card import sign_in_card
+from gateway.admin.panel import panel, recheck_if_due
 from gateway.admin.render import render
 from gateway.admin.route_cards import route_cards
 from gateway.admin.routing import ANY_ROLE, PanelRoute, current_session
@@ -173,6 +174,7 @@ async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
             {"code": code, "count": n} for code, n in tail.failure_codes().most_common(10)
         ],
         "routes": route_cards(gw, await gw.usecases.status.sending_by_route()),
+        "sign_in": await sign_in_card(gw),  # i17-ldap: None without a directory
     }
 
 
@@ -286,6 +288,9 @@ async def _session_deadline(request: web.Request, session: Session) -> float | N
     p = panel(request)
     row = await p.repo.session(session.id_hash)
     if row is None:
+        return None
+    user = await p.repo.user_by_id(session.user_id)
+    if user is None or await recheck_if_due(p, user[0]) is None:  # i17-ldap: left the groups
         return None
     return min(row.last_seen + p.sessions.idle, row.created_at + p.sessions.absolute)
 

@@ -111,7 +111,7 @@ class Panel:
             gateway,
             repo,
             SessionManager(repo, gateway.clock, c.idle_timeout, c.absolute_lifetime),
-            Accounts(repo, gateway.audit, gateway.clock, c),
+            Accounts(repo, gateway.audit, gateway.clock, c, gateway.directory),
             panel_routes(),
             secrets.token_bytes(32),
         )
@@ -177,7 +177,28 @@ async def _session(request: web.Request) -> tuple[Session | None, User | None]:
     if record is None or record[0].disabled:
         await p.sessions.end(found)
         return None, None
-    return found, record[0]
+    user = await recheck_if_due(p, record[0])
+    return (found, user) if user is not None else (None, None)
+
+
+async def recheck_if_due(p: Panel, user: User) -> User | None:
+    """A directory user as the directory has them now, if the recheck interval has
+    passed; None when access ended (left the groups, disabled, gone: sessions ended)."""
+    if not (user.from_directory and _recheck_due(p, user)):
+        return user
+    if not await p.accounts.recheck_directory_user(user):
+        return None
+    record = await p.repo.user_by_id(user.id)
+    return None if record is None or record[0].disabled else record[0]
+
+
+def _recheck_due(p: Panel, user: User) -> bool:
+    """A directory user's role is read again at the first request after the interval."""
+    directory = p.accounts.directory
+    if directory is None:
+        return True  # the directory was switched off: its users can no longer sign in
+    checked = user.role_checked_at or 0.0
+    return p.gateway.clock.time() - checked >= directory.config.recheck_interval
 
 
 def _unauthenticated(request: web.Request) -> web.StreamResponse:

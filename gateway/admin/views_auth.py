@@ -65,6 +65,15 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if outcome.retry_after is not None:
         error = _retry_message(outcome.retry_after)
         return render(request, "login.html", status=429, error=error, username=name)
+    if outcome.unavailable:
+        error = (
+            "Sign-in through the hospital directory is not available right now."
+            " Try again in a few minutes; an administrator can use a local account."
+        )
+        return render(request, "login.html", status=503, error=error, username=name)
+    if outcome.no_access:
+        error = "Your directory account is not in a group that may use smsgw; ask IT for access."
+        return render(request, "login.html", status=403, error=error, username=name)
     if outcome.user is None:
         error = "The user name or password is not right."
         return render(request, "login.html", status=401, error=error, username=name)
@@ -194,7 +203,12 @@ async def account_page(request: web.Request) -> web.StreamResponse:
     )
 
 
+MANAGED_BY_DIRECTORY = "Your password is the hospital directory's: change it there."
+
+
 async def password_page(request: web.Request) -> web.StreamResponse:
+    if current_user(request).from_directory:
+        return render(request, "password.html", status=409, error=MANAGED_BY_DIRECTORY, done=False)
     return render(request, "password.html", error=None, done=False)
 
 
@@ -206,6 +220,9 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
 
     def again(status: int, error: str) -> web.Response:
         return render(request, "password.html", status=status, error=error, done=False)
+
+    if user.from_directory:
+        return again(409, MANAGED_BY_DIRECTORY)
 
     if new != form.get("confirm_password", ""):
         return again(422, "The new password and its confirmation differ.")

@@ -80,6 +80,10 @@ async def set_role(request: web.Request) -> web.StreamResponse:
         return _no_user(request)
     if target.id == current_user(request).id:
         return _not_yourself(request)
+    if target.from_directory:
+        return error_response(
+            request, 409, "directory_managed", "this user's role comes from their directory groups"
+        )
     role = _role(str((await request.post()).get("role", "")))
     if role is None:
         return await _page(request, status=422, error="Choose one of the roles.")

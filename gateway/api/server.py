@@ -104,7 +104,17 @@ _DEMO_OFF = Answer(
 _HEALTH = {
     "type": "object",
     "required": ["status"],
-    "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]}},
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "directory": {  # i17-ldap: only with [directory] enabled; never changes readiness
+            "type": "object",
+            "properties": {
+                "state": {"type": "string", "enum": ["unknown", "up", "down"]},
+                "tls_error": {"type": "boolean"},
+                "since": {"type": "number"},
+            },
+        },
+    },
 }
 
 # -- consent (issue 12): numbers in the query or the body, never in the path ----------

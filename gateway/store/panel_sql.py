@@ -21,8 +21,10 @@ T = TypeVar("T")
 
 _USER_COLUMNS = (
     "id, username, role, totp_enabled, created_at, password_changed_at, disabled_at,"
-    " password_hash, totp_secret_ct, totp_last_step"
+    " password_hash, totp_secret_ct, totp_last_step, directory_id, role_checked_at"
 )
+# A directory user's row has this instead of a password hash: it never verifies.
+DIRECTORY_PASSWORD = "!directory"  # noqa: S105 - a marker, not a secret
 
 
 class AdminRepo:
@@ -56,7 +58,9 @@ class AdminRepo:
         await self._store.writer.run(job)
 
     def _user(self, row: sqlite3.Row) -> User:
-        return User(row[0], row[1], Role(row[2]), bool(row[3]), row[4], row[5], row[6])
+        return User(
+            row[0], row[1], Role(row[2]), bool(row[3]), row[4], row[5], row[6], row[10], row[11]
+        )
 
     def _credentials(self, row: sqlite3.Row) -> Credentials:
         secret = None
@@ -77,6 +81,13 @@ class AdminRepo:
             (user_id,),
         )
         return None if row is None else (self._user(row), self._credentials(row))
+
+    async def user_by_directory_id(self, stable_id: str) -> User | None:
+        row = await self._one(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE directory_id = ?",  # noqa: S608 - fixed columns
+            (stable_id,),
+        )
+        return None if row is None else self._user(row)
 
     async def users(self) -> list[User]:
         rows = await self._all(
@@ -156,6 +167,78 @@ class AdminRepo:
         return await self._store.writer.run(
             lambda conn: conn.execute(sql, (step, user_id, step)).rowcount == 1
         )
+
+    # -- directory users (i17-ldap) ----------------------------------------------------
+
+    async def upsert_directory_user(
+        self, new_id: str, stable_id: str, name: str, role: Role, now: float
+    ) -> tuple[str, bool]:
+        """The local row of a directory user, by the directory's stable id, made to match
+        what the directory says now (name, role), in one transaction. A stale
+        directory row holding the name (its owner was renamed) gives it up. Returns the
+        row's id and whether its sessions ended (the role changed).
+        Raises `UserExists` when a local account has the name."""
+
+        def job(conn: sqlite3.Connection) -> tuple[str, bool]:
+            holder = conn.execute(
+                "SELECT id, directory_id FROM users WHERE username = ?", (name,)
+            ).fetchone()
+            if holder is not None and holder[1] is None:
+                raise UserExists("a local account has this name")
+            if holder is not None and holder[1] != stable_id:
+                conn.execute(
+                    "UPDATE users SET username = username || '#' || id WHERE id = ?", (holder[0],)
+                )
+            row = conn.execute(
+                "SELECT id, role FROM users WHERE directory_id = ?", (stable_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO users (id, username, role, password_hash, password_changed_at,"
+                    " created_at, directory_id, role_checked_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (new_id, name, role.value, DIRECTORY_PASSWORD, now, now, stable_id, now),
+                )
+                return new_id, False
+            conn.execute(  # disabled_at is left alone: an admin's disable stands
+                "UPDATE users SET username = ?, role = ?, role_checked_at = ? WHERE id = ?",
+                (name, role.value, now, row[0]),
+            )
+            changed = row[1] != role.value
+            if changed:
+                conn.execute("DELETE FROM sessions WHERE user_id = ?", (row[0],))
+            return str(row[0]), changed
+
+        return await self._store.writer.run(job)
+
+    async def directory_checked(self, user_id: str, role: Role | None, now: float) -> int:
+        """A recheck's answer: the same role keeps the sessions; another role, or none
+        (left the groups, disabled, gone), ends them. Returns the sessions ended."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT role FROM users WHERE id = ?", (user_id,)).fetchone()
+            if row is None:
+                return 0
+            if role is not None and row[0] == role.value:
+                conn.execute("UPDATE users SET role_checked_at = ? WHERE id = ?", (now, user_id))
+                return 0
+            # No role: the row stays as it was (the next sign-in asks the directory
+            # again); only its sessions end.
+            conn.execute(
+                "UPDATE users SET role = coalesce(?, role), role_checked_at = ? WHERE id = ?",
+                (role.value if role is not None else None, now, user_id),
+            )
+            ended: int = conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,)).rowcount
+            return ended
+
+        return await self._store.writer.run(job)
+
+    async def audit_uses(self, action: str, since: float) -> tuple[int, float | None]:
+        """How often `action` was audited since `since`, and when last (the dashboard's
+        break-glass sign-ins)."""
+        row = await self._one(
+            "SELECT count(*), max(at) FROM audit_log WHERE action = ? AND at >= ?", (action, since)
+        )
+        return (int(row[0]), row[1]) if row else (0, None)
 
     # -- sessions ------------------------------------------------------------------------
 

@@ -1028,8 +1028,15 @@ MIGRATIONS: tuple[str, ...] = (
     "",
     # 35 (i15-clinical): reserved for the campaign-beside-clinical branch.
     "",
-    # 36 (i17-ldap): reserved for the directory sign-in branch.
-    "",
+    # 36 (i17-ldap): panel users signed in through the directory (gateway/directory/).
+    #    They live in `users` (sessions, TOTP and audit work as for local ones), keyed by
+    #    the directory's stable id (objectGUID / entryUUID): a renamed account keeps its
+    #    second factor. `role_checked_at`: when the role was last read from the directory.
+    """
+    ALTER TABLE users ADD COLUMN directory_id TEXT;
+    ALTER TABLE users ADD COLUMN role_checked_at REAL;
+    CREATE UNIQUE INDEX users_directory_id ON users (directory_id) WHERE directory_id IS NOT NULL;
+    """,
     # 37 (i16-smpp): reserved for the SMPP path CPU branch.
     "",
     # 38 (i18-ha): reserved for the high-availability branch.

@@ -1,0 +1,1 @@
+"""Panel sign-in with the hospital's directory (LDAP / Active Directory), issue 17."""
