@@ -36,6 +36,7 @@ typecheck: setup
 # Debian's mosquitto for the MQTT tests (tests/peers/mosquitto.py runs it on a free port).
 # Debian's Kannel (bearerbox + smsbox) for the sendsms listener's side-by-side tests.
 # systemd-ask-password and its tty agent for the passphrase-at-boot test (i14-socket).
+# Debian's PostgreSQL for the cluster tests (i18-ha): tests/pg_server.py starts its own.
 peers: setup
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \
@@ -50,6 +51,9 @@ peers: setup
 	@command -v systemd-ask-password >/dev/null && command -v systemd-tty-ask-password-agent >/dev/null || { \
 	  echo "installing systemd's password tools (Debian) for the key custody tests"; \
 	  apt-get update -qq && apt-get install -y -qq systemd; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian) for the cluster tests (tests/pg/)"; \
+	  apt-get update -qq && apt-get install -y -qq postgresql; }
 	@$(MAKE) --no-print-directory $(PROMTOOL)
 
 # Debian's promtool (package `prometheus`) for the alert rules' tests: only the binary is
