@@ -112,7 +112,7 @@ async def test_concurrent_claimers_never_get_the_same_row(pool: Pool) -> None:
     total = 3000
     ids = await add_messages(pool, total)
     incarnations = [await node(pool, "a"), await node(pool, "b")]
-    rng = random.Random(18)  # noqa: S311 - batch sizes, not security
+    rng = random.Random(18)
     start = asyncio.Event()
 
     async def claimer(k: int) -> list[str]:
@@ -140,6 +140,6 @@ async def test_concurrent_claimers_never_get_the_same_row(pool: Pool) -> None:
     assert await rows(
         pool, "SELECT count(*), min(claim_epoch), max(claim_epoch) FROM messages"
     ) == [(total, 1, 1)]
-    assert await rows(
-        pool, "SELECT count(*), count(DISTINCT message_id) FROM message_events"
-    ) == [(total, total)]
+    assert await rows(pool, "SELECT count(*), count(DISTINCT message_id) FROM message_events") == [
+        (total, total)
+    ]
