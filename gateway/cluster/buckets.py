@@ -69,6 +69,9 @@ async def reserve(
 ) -> Grant:
     """In the claim's transaction: refill and lock the account's row and this node's
     share, and say how many messages may be claimed now."""
+    # Lock first, then read the clock: a clock read before waiting for the lock would
+    # stamp this claim earlier than the one it waited for, and refill twice over.
+    await conn.execute("SELECT 1 FROM rate_accounts WHERE account = %s FOR UPDATE", (account,))
     cur = await conn.execute(
         "UPDATE rate_accounts a SET tokens = least(a.burst, a.tokens + a.rate"
         " * greatest(0, extract(epoch FROM t.now - a.stamp))), stamp = t.now"

@@ -9,6 +9,8 @@ fenced, and turns the database's refusal (the lease ended there) into the same
 
 from __future__ import annotations
 
+import asyncio
+
 from drivers.clock import Clock
 from gateway.cluster.claims import Claimed, claim
 from gateway.cluster.lease import Fenced, Membership, Pool
@@ -34,6 +36,7 @@ class Claimer:
         self._waker = waker
         self._poll = poll_interval
         self.claims = 0  # claim transactions run (for tests and metrics)
+        self.waiting = asyncio.Event()  # set while `take` waits for work or tokens
 
     async def take(
         self, group: str, route: str, want: int, *, account: str | None = None
@@ -52,7 +55,11 @@ class Claimer:
             if result.claimed:
                 return result.claimed
             wait = min(self._poll, result.retry_after) if result.retry_after else self._poll
-            if self._waker is None:
-                await self._clock.sleep(wait)
-            else:
-                await self._waker.wait(group, wait)
+            self.waiting.set()
+            try:
+                if self._waker is None:
+                    await self._clock.sleep(wait)
+                else:
+                    await self._waker.wait(group, wait)
+            finally:
+                self.waiting.clear()

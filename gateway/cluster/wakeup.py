@@ -58,6 +58,7 @@ class Notifier:
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0  # NOTIFY statements sent (one per group per flush)
+        self.flushed = asyncio.Event()  # set after each flush that sent something
 
     def due(self, group: str) -> None:
         """Work is due in `group` (after its commit): notify within `delay`."""
@@ -82,6 +83,7 @@ class Notifier:
                     "SELECT pg_notify(%s, g) FROM unnest(%s::text[]) g", (self._channel, groups)
                 )
             self.sent += len(groups)
+            self.flushed.set()
         except (psycopg.Error, PoolTimeout, OSError) as e:  # polling finds the work anyway
             log.warning("notify_failed", groups=len(groups), error=exception_summary(e))
 
