@@ -30,6 +30,27 @@ from gateway.cluster.nodes import Incarnation
 ACTIVE_WINDOW = 1.0  # seconds a refused node keeps counting in the shares
 
 
+# This node's sub-bucket, refilled at rate / n for n = 1 + the live nodes refused tokens
+# lately, in one statement (a new row starts full).
+_SHARE = """
+WITH n AS (
+    SELECT 1 + count(*) AS n FROM rate_shares s JOIN nodes d USING (incarnation)
+    WHERE s.account = %(a)s AND s.incarnation <> %(inc)s
+        AND s.starved_at > %(now)s - make_interval(secs => %(window)s)
+        AND d.recovered_at IS NULL AND d.lease_until > %(now)s
+), share AS (
+    INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp)
+    SELECT %(a)s, %(inc)s, greatest(1, %(burst)s / n.n), %(now)s FROM n
+    ON CONFLICT (account, incarnation) DO UPDATE SET
+        tokens = least(greatest(1, %(burst)s / (SELECT n FROM n)), s.tokens + %(rate)s
+            / (SELECT n FROM n) * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
+        stamp = excluded.stamp
+    RETURNING s.tokens
+)
+SELECT share.tokens, n.n FROM share, n
+"""
+
+
 class UnknownAccount(LookupError):
     """A claim named a rate account that is not configured."""
 
@@ -83,26 +104,11 @@ async def reserve(
     if row is None:
         raise UnknownAccount(account)
     tokens, rate, burst, stamp = float(row[0]), float(row[1]), float(row[2]), row[3]
-    cur = await conn.execute(
-        "SELECT count(*) FROM rate_shares s JOIN nodes d USING (incarnation)"
-        " WHERE s.account = %s AND s.incarnation <> %s"
-        " AND s.starved_at > %s - make_interval(secs => %s)"
-        " AND d.recovered_at IS NULL AND d.lease_until > %s",
-        (account, me.incarnation, stamp, active_window, stamp),
-    )
-    others = await cur.fetchone()
-    nodes = 1 + (int(others[0]) if others else 0)
-    share_rate, share_burst = rate / nodes, max(1.0, burst / nodes)
-    cur = await conn.execute(
-        "INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp)"
-        " VALUES (%(a)s, %(inc)s, %(cap)s, %(now)s) ON CONFLICT (account, incarnation)"
-        " DO UPDATE SET tokens = least(%(cap)s, s.tokens + %(rate)s"
-        " * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))), stamp = excluded.stamp"
-        " RETURNING s.tokens",
-        {"a": account, "inc": me.incarnation, "cap": share_burst, "now": stamp, "rate": share_rate},
-    )
+    cur = await conn.execute(_SHARE, {"a": account, "inc": me.incarnation, "now": stamp,
+        "window": active_window, "rate": rate, "burst": burst})  # fmt: skip
     share_row = await cur.fetchone()
-    share = float(share_row[0]) if share_row else 0.0
+    assert share_row is not None
+    share, nodes = float(share_row[0]), int(share_row[1])
     n = max(0, min(want, math.floor(tokens), math.floor(share)))
     return Grant(n, stamp, tokens, share, rate, nodes)
 
@@ -118,13 +124,11 @@ async def debit(
     """In the claim's transaction: take off what was claimed; returns the seconds until
     both buckets hold a whole token again (0 if they do now)."""
     await conn.execute(
-        "UPDATE rate_accounts SET tokens = tokens - %s WHERE account = %s", (got, account)
-    )
-    await conn.execute(
-        "UPDATE rate_shares SET tokens = tokens - %s,"
-        " starved_at = CASE WHEN %s THEN stamp ELSE starved_at END"
-        " WHERE account = %s AND incarnation = %s",
-        (got, starved, account, me.incarnation),
+        "WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(got)s WHERE account = %(a)s)"
+        " UPDATE rate_shares SET tokens = tokens - %(got)s,"
+        " starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END"
+        " WHERE account = %(a)s AND incarnation = %(inc)s",
+        {"got": got, "a": account, "starved": starved, "inc": me.incarnation},
     )
     tokens, share = grant.tokens - got, grant.share - got
     return max(0.0, (1 - tokens) / grant.rate, (1 - share) / (grant.rate / grant.nodes))

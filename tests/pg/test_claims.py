@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
+from asyncio.subprocess import PIPE
 from collections import Counter
 from typing import Any
 
@@ -106,14 +108,38 @@ async def test_a_node_whose_lease_ended_claims_nothing(pool: Pool) -> None:
     assert await rows(pool, "SELECT count(*) FROM messages WHERE state = 'queued'") == [(5,)]
 
 
-async def test_concurrent_claimers_never_get_the_same_row(pool: Pool) -> None:
-    """Eight claimers on their own connections, two nodes, random batch sizes: every
-    message is claimed exactly once, with one claim event and epoch 1."""
+async def test_concurrent_claimers_never_get_the_same_row(pool: Pool, pg_dsn: str) -> None:
+    """Six claimers on their own connections (two nodes) and two in processes of their
+    own, random batch sizes: every message is claimed exactly once, with one claim event
+    and epoch 1."""
     total = 3000
     ids = await add_messages(pool, total)
     incarnations = [await node(pool, "a"), await node(pool, "b")]
     rng = random.Random(18)
     start = asyncio.Event()
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.pg.claim_child",
+            pg_dsn,
+            f"p{k}",
+            str(k),
+            stdin=PIPE,
+            stdout=PIPE,
+        )
+        for k in range(2)
+    ]
+
+    async def child(proc: asyncio.subprocess.Process) -> list[str]:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert await proc.stdout.readline() == b"ready\n"
+        await start.wait()
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        got: list[str] = json.loads(await proc.stdout.readline())
+        assert await proc.wait() == 0
+        return got
 
     async def claimer(k: int) -> list[str]:
         me = incarnations[k % 2]
@@ -132,9 +158,11 @@ async def test_concurrent_claimers_never_get_the_same_row(pool: Pool) -> None:
                         return got
                 got += [c.id for c in result.claimed]
 
-    tasks = [asyncio.create_task(claimer(k)) for k in range(8)]
+    tasks = [asyncio.create_task(child(p)) for p in children]
+    tasks += [asyncio.create_task(claimer(k)) for k in range(6)]
     start.set()
-    claimed = [m for got in await asyncio.gather(*tasks) for m in got]
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 50)
+    claimed = [m for got in results for m in got]
     assert len(claimed) == total
     assert set(claimed) == set(ids)
     assert await rows(
