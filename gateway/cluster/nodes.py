@@ -129,5 +129,7 @@ async def recover_expired(conn: AsyncConnection[TupleRow], by: Incarnation) -> l
                 " recovered_rows = %s WHERE incarnation = %s",
                 (by.incarnation, requeued, incarnation),
             )
+            # Its rate shares go too: a dead node no longer counts in anyone's share.
+            await conn.execute("DELETE FROM rate_shares WHERE incarnation = %s", (incarnation,))
             recovered.append(Recovered(int(incarnation), str(node_id), requeued))
     return recovered

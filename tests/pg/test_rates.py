@@ -14,7 +14,7 @@ from gateway.cluster import buckets
 from gateway.cluster.claimer import Claimer
 from gateway.cluster.claims import claim
 from gateway.cluster.lease import Membership, Pool
-from gateway.cluster.nodes import register
+from gateway.cluster.nodes import recover_expired, register
 from tests.pg.queue_rows import add_messages, rows
 
 RATE, BURST = 140.0, 10.0
@@ -92,3 +92,28 @@ async def test_a_claim_takes_no_more_than_the_bucket_holds(pool: Pool) -> None:
     assert len(first.claimed) == 10
     assert second.claimed == [] and second.retry_after > 100
     assert await rows(pool, "SELECT count(*) FROM messages WHERE state = 'sending'") == [(10,)]
+
+
+async def test_shares_count_only_live_nodes_that_want_more(pool: Pool) -> None:
+    await add_messages(pool, 100, due_at=0.0)
+    async with pool.connection() as conn:
+        await buckets.configure(conn, "acct", 1000.0, 2)
+        a = await register(conn, "a", 60.0)
+        b = await register(conn, "b", 60.0)
+        async with conn.transaction():
+            assert (await buckets.reserve(conn, "acct", b, 1)).nodes == 1  # a wants nothing yet
+        starved = await claim(conn, a, "g", "smsc", 50, 1.0, account="acct")
+        assert 0 < len(starved.claimed) < 50  # refused some: a counts in b's share now
+        async with conn.transaction():
+            assert (await buckets.reserve(conn, "acct", b, 1, active_window=60)).nodes == 2
+        await conn.execute(
+            "UPDATE nodes SET lease_until = clock_timestamp() WHERE incarnation = %s",
+            (a.incarnation,),
+        )
+        await conn.commit()
+        async with conn.transaction():  # lapsed: no longer counted, even before recovery
+            assert (await buckets.reserve(conn, "acct", b, 1, active_window=60)).nodes == 1
+        await recover_expired(conn, b)
+    assert await rows(
+        pool, "SELECT count(*) FROM rate_shares WHERE incarnation = %s", (a.incarnation,)
+    ) == [(0,)]
