@@ -19,6 +19,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import psycopg
+
 from tests.ports import free_port
 
 START_ATTEMPTS = 3  # a free port may be taken by someone else before the server binds it
@@ -87,8 +89,6 @@ class PgServer:
 
     def create_database(self) -> str:
         """A new empty database; its conninfo string."""
-        import psycopg
-
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # a name made here, not input

@@ -14,7 +14,8 @@ lapsed are locked `FOR UPDATE SKIP LOCKED` (two sweepers never take the same one
 moved on (so the old owner's finish is refused, `outcomes.py`), and the incarnation is
 marked recovered, all in one transaction. A claim holds its incarnation's row
 `FOR KEY SHARE` (`claims.py`), which a sweeper's `FOR UPDATE` skips: a claim and the
-recovery of its own incarnation never interleave.
+recovery of its own incarnation never interleave. (A recovery's `updated_at` and event
+time come from the database's clock: the sweeping node's clock is no better.)
 """
 
 from __future__ import annotations
