@@ -19,7 +19,8 @@ MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: nodes and their leases; messages with their claim (owner, incarnation, epoch);
-    #    their events, carrier ids and the outcomes that lost their claim; rate buckets.
+    #    their events, carrier ids and the outcomes that lost their claim; bind slots;
+    #    rate buckets.
     """
     CREATE TABLE nodes (
         incarnation    bigserial PRIMARY KEY,
@@ -106,6 +107,19 @@ MIGRATIONS: tuple[str, ...] = (
         at           timestamptz NOT NULL DEFAULT clock_timestamp()
     );
     CREATE INDEX late_outcomes_message ON late_outcomes (message_id);
+
+    -- Bind slots: at most `max_binds` sessions per SMPP route across the nodes. A slot
+    -- is free when nobody holds it or its holder's lease ended `grace` seconds ago (the
+    -- carrier may keep a dead node's session until its own timer fires).
+    CREATE TABLE route_slots (
+        route        text NOT NULL,
+        slot         integer NOT NULL,
+        incarnation  bigint,
+        node_id      text,
+        grace        double precision NOT NULL DEFAULT 0,
+        taken_at     timestamptz,
+        PRIMARY KEY (route, slot)
+    );
 
     -- One carrier account's rate across every node: `rate` tokens a second, at most
     -- `burst` saved, refilled on the database clock when a claim locks the row.
