@@ -53,7 +53,7 @@ async def test_a_partitioned_node_fences_itself_before_its_lease_lapses_then_rej
     clock = SystemClock()
     through_proxy = make_conninfo(pg_dsn, port=proxy.port, connect_timeout=2)
     recovered: asyncio.Queue[list[Recovered]] = asyncio.Queue()
-    timing = {"lease": 2.0, "margin": 0.8, "interval": 0.25}
+    timing = {"lease": 2.5, "margin": 1.2, "interval": 0.25}
     async with AsyncConnectionPool(through_proxy, min_size=1, max_size=4, open=False) as pool_a:
         a = Membership(pool_a, "site-a", clock, **timing)
         b = Membership(pool, "site-b", clock, on_recovered=recovered.put_nowait, **timing)
