@@ -37,6 +37,7 @@ typecheck: setup
 # Debian's Kannel (bearerbox + smsbox) for the sendsms listener's side-by-side tests.
 # systemd-ask-password and its tty agent for the passphrase-at-boot test (i14-socket).
 # Debian's OpenLDAP server (slapd) for the directory sign-in tests (tests/peers/slapd.py).
+# Debian's PostgreSQL for the cluster tests (i18-ha): tests/pg_server.py starts its own.
 peers: setup
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \
@@ -54,6 +55,9 @@ peers: setup
 	@test -x /usr/sbin/slapd && command -v ldapsearch >/dev/null || { \
 	  echo "installing slapd and ldap-utils (Debian) for the directory sign-in tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian) for the cluster tests (tests/pg/)"; \
+	  apt-get update -qq && apt-get install -y -qq postgresql; }
 	@$(MAKE) --no-print-directory $(PROMTOOL)
 
 # Debian's promtool (package `prometheus`) for the alert rules' tests: only the binary is

@@ -55,7 +55,8 @@ settings.load_profile("smsgw")
 # whole on one worker, so a module's daemon or browser starts once. The browser tests all run
 # on one worker, and first (they are the longest unit of work, so they must not start last):
 # two Chromiums with their gateways at once starved each other on 2 cores.
-ONE_WORKER = ("tests/browser/",)
+# The PostgreSQL tests (tests/pg/) share one cluster per worker: they too run on one worker.
+ONE_WORKER = ("tests/browser/", "tests/pg/")
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

@@ -1,0 +1,122 @@
+"""Claiming a group of due messages from the shared queue, in one transaction.
+
+Theory of operation. A node claims from one *route group* (the set of routes a message
+may leave by) through a route it holds. In one transaction it (1) holds its own
+incarnation's row, refusing to claim once its lease has ended in database time
+(`nodes.lock_live`: the server-side half of fencing); (2) if the route sends on a
+carrier account, refills and locks that account's bucket and learns how many messages
+it may take (`buckets.reserve`); (3) claims at most that many queued, due rows in
+class, due-time and id order with `FOR UPDATE SKIP LOCKED` through the one partial
+index `messages_claim`, making them `sending` with its node id, incarnation and a new
+claim epoch, and writes their events; (4) debits the bucket. The commit makes them
+`sending` durably before the caller hands a byte to a driver, as in the SQLite store.
+
+Concurrent claimers never take the same row: a row another transaction has locked is
+skipped, and one it has already claimed no longer matches `state = 'queued'` when it
+is re-checked under the lock (PostgreSQL's READ COMMITTED re-evaluates the WHERE clause
+on the newest row version). The CTE keeps LIMIT apart from the UPDATE, as Oban does,
+so the planner cannot update more rows than were selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from gateway.cluster import buckets
+from gateway.cluster.nodes import Incarnation, lock_live
+from gateway.models import Priority, State
+
+CLAIM_SQL = f"""
+WITH c AS (
+    SELECT id FROM messages
+    WHERE state = '{State.QUEUED.value}' AND route_group = %(group)s AND due_at <= %(now)s
+    ORDER BY priority, due_at, id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m SET state = '{State.SENDING.value}', route = %(route)s,
+        owner_node = %(node)s, owner_incarnation = %(inc)s, claim_epoch = m.claim_epoch + 1,
+        attempts = m.attempts + 1, updated_at = %(now)s,
+        claimed_at = coalesce(%(stamp)s::timestamptz, clock_timestamp())
+    FROM c WHERE m.id = c.id
+    RETURNING m.id, m.claim_epoch, m.priority, m.due_at, m.attempts, m.possible_duplicate,
+        m.to_ct, m.body_ct, m.encoding
+), logged AS (
+    INSERT INTO message_events (message_id, at, state, route, attempt, node_id, incarnation)
+    SELECT id, %(now)s, '{State.SENDING.value}', %(route)s, attempts, %(node)s, %(inc)s
+    FROM claimed
+)
+SELECT * FROM claimed
+"""  # noqa: S608 - fixed state names
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message now `sending` for this incarnation; `epoch` goes back with its outcome.
+    The number and body are still ciphertext (the store decrypts, bound to the id)."""
+
+    id: str
+    epoch: int
+    priority: Priority
+    due_at: float
+    attempts: int
+    possible_duplicate: bool
+    to_ct: bytes
+    body_ct: bytes
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claimed: list[Claimed]
+    # Seconds until the account's buckets hold a token again; 0 if they do (or no account).
+    retry_after: float = 0.0
+
+
+async def claim(
+    conn: AsyncConnection[TupleRow],
+    me: Incarnation,
+    group: str,
+    route: str,
+    want: int,
+    now: float,
+    *,
+    account: str | None = None,
+) -> ClaimResult:
+    """Claim up to `want` due messages of `group` for `route`, in priority order.
+
+    `now` is the gateway's clock (due times are), the rate buckets run on the
+    database's. Raises `LeaseLost` if this incarnation may no longer claim."""
+    if want < 1:
+        raise ValueError("want must be at least 1")
+    async with conn.transaction():
+        await lock_live(conn, me)
+        grant = None if account is None else await buckets.reserve(conn, account, me, want)
+        n = want if grant is None else grant.n
+        rows: list[TupleRow] = []
+        if n > 0:
+            params = {
+                "group": group,
+                "now": now,
+                "n": n,
+                "route": route,
+                "node": me.node_id,
+                "inc": me.incarnation,
+                "stamp": None if grant is None else grant.stamp,
+            }
+            rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
+        retry_after = 0.0
+        if grant is not None and account is not None:
+            starved = len(rows) == grant.n < want
+            retry_after = await buckets.debit(conn, account, me, grant, len(rows), starved)
+    claimed = sorted(
+        (
+            Claimed(r[0], r[1], Priority(r[2]), r[3], r[4], r[5], bytes(r[6]), bytes(r[7]), r[8])
+            for r in rows
+        ),
+        key=lambda c: (c.priority, c.due_at, c.id),
+    )
+    return ClaimResult(claimed, retry_after)

@@ -1,0 +1,163 @@
+"""The PostgreSQL schema of the shared queue, applied by versioned migrations.
+
+Its own numbering, kept in `cluster_schema.version` (SQLite's `user_version` counts the
+embedded store's). `migrate` applies what is missing in one transaction, under an
+advisory lock so that nodes starting together apply it once.
+
+Times a gateway's clock decides (`due_at`, `expires_at`, `created_at`, `updated_at`,
+event `at`) are epoch seconds as in the SQLite store, so a migration copies them as they
+are. Times that decide who may act (leases, rate buckets, `claimed_at`) are the
+database's `timestamptz`, from its clock only: node clocks never meet.
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: nodes and their leases; messages with their claim (owner, incarnation, epoch);
+    #    their events, carrier ids and the outcomes that lost their claim; bind slots;
+    #    rate buckets.
+    """
+    CREATE TABLE nodes (
+        incarnation    bigserial PRIMARY KEY,
+        node_id        text NOT NULL,
+        started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+        renewed_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+        lease_until    timestamptz NOT NULL,
+        recovered_at   timestamptz,
+        recovered_by   bigint,
+        recovered_rows integer
+    );
+    CREATE INDEX nodes_by_id ON nodes (node_id, incarnation);
+    -- The recovery sweep's scan: incarnations whose rows nobody has taken back yet.
+    CREATE INDEX nodes_unrecovered ON nodes (lease_until) WHERE recovered_at IS NULL;
+
+    CREATE TABLE messages (
+        id                 text PRIMARY KEY,
+        priority           smallint NOT NULL,
+        state              text NOT NULL,
+        route_group        text NOT NULL,
+        to_ct              bytea NOT NULL,
+        to_index           bytea NOT NULL,
+        body_ct            bytea NOT NULL,
+        encoding           text NOT NULL,
+        segments           integer NOT NULL,
+        route              text,
+        created_at         double precision NOT NULL,
+        updated_at         double precision NOT NULL,
+        due_at             double precision NOT NULL,
+        expires_at         double precision NOT NULL,
+        attempts           integer NOT NULL DEFAULT 0,
+        possible_duplicate boolean NOT NULL DEFAULT false,
+        error_code         text,
+        owner_node         text,
+        owner_incarnation  bigint,
+        claim_epoch        bigint NOT NULL DEFAULT 0,
+        claimed_at         timestamptz
+    ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0,
+            autovacuum_vacuum_threshold = 1000);
+    -- The claim's one index: its equality column, then its ORDER BY, only queued rows.
+    CREATE INDEX messages_claim ON messages (route_group, priority, due_at, id)
+        WHERE state = 'queued';
+    -- Recovery: a dead incarnation's `sending` rows.
+    CREATE INDEX messages_sending ON messages (owner_incarnation) WHERE state = 'sending';
+    CREATE INDEX messages_to ON messages (to_index);
+
+    CREATE TABLE message_events (
+        seq         bigserial PRIMARY KEY,
+        message_id  text NOT NULL,
+        at          double precision NOT NULL,
+        state       text NOT NULL,
+        route       text,
+        carrier_id  text,
+        error_code  text,
+        attempt     integer,
+        node_id     text,
+        incarnation bigint
+    );
+    CREATE INDEX message_events_message ON message_events (message_id, seq);
+
+    CREATE TABLE carrier_ids (
+        route       text NOT NULL,
+        carrier_id  text NOT NULL,
+        message_id  text NOT NULL,
+        part        integer NOT NULL,
+        state       text NOT NULL DEFAULT 'sent',
+        error_code  text,
+        PRIMARY KEY (route, carrier_id)
+    );
+    CREATE INDEX carrier_ids_message ON carrier_ids (message_id);
+
+    -- A finish whose claim was lost (recovered, claimed again): kept, never applied.
+    -- The carrier ids stay, so a receipt for that submit can still be matched.
+    CREATE TABLE late_outcomes (
+        seq          bigserial PRIMARY KEY,
+        message_id   text NOT NULL,
+        node_id      text NOT NULL,
+        incarnation  bigint NOT NULL,
+        claim_epoch  bigint NOT NULL,
+        state        text NOT NULL,
+        route        text,
+        carrier_ids  text[] NOT NULL DEFAULT '{}',
+        error_code   text,
+        at           timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX late_outcomes_message ON late_outcomes (message_id);
+
+    -- Bind slots: at most `max_binds` sessions per SMPP route across the nodes. A slot
+    -- is free when nobody holds it or its holder's lease ended `grace` seconds ago (the
+    -- carrier may keep a dead node's session until its own timer fires).
+    CREATE TABLE route_slots (
+        route        text NOT NULL,
+        slot         integer NOT NULL,
+        incarnation  bigint,
+        node_id      text,
+        grace        double precision NOT NULL DEFAULT 0,
+        taken_at     timestamptz,
+        PRIMARY KEY (route, slot)
+    );
+
+    -- One carrier account's rate across every node: `rate` tokens a second, at most
+    -- `burst` saved, refilled on the database clock when a claim locks the row.
+    CREATE TABLE rate_accounts (
+        account  text PRIMARY KEY,
+        rate     double precision NOT NULL CHECK (rate > 0),
+        burst    double precision NOT NULL CHECK (burst >= 1),
+        tokens   double precision NOT NULL,
+        stamp    timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    -- Each node's fair share of an account: a sub-bucket at rate / (nodes wanting more).
+    CREATE TABLE rate_shares (
+        account      text NOT NULL REFERENCES rate_accounts ON DELETE CASCADE,
+        incarnation  bigint NOT NULL,
+        tokens       double precision NOT NULL,
+        stamp        timestamptz NOT NULL,
+        starved_at   timestamptz,
+        PRIMARY KEY (account, incarnation)
+    );
+    """,
+)
+
+
+async def migrate(conn: AsyncConnection[TupleRow]) -> int:
+    """Apply every missing migration; returns the schema version now."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS cluster_schema (version integer NOT NULL)")
+        cur = await conn.execute("SELECT version FROM cluster_schema")
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if row is None:
+            await conn.execute("INSERT INTO cluster_schema VALUES (0)")
+        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            async with conn.transaction():  # a savepoint: a failing one names its number
+                try:
+                    await conn.execute(sql.encode())
+                except Exception as e:
+                    raise RuntimeError(f"cluster schema migration {number} failed") from e
+            await conn.execute("UPDATE cluster_schema SET version = %s", (number,))
+        return len(MIGRATIONS)
