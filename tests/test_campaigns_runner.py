@@ -88,6 +88,30 @@ async def test_the_rate_paces_the_audience_into_the_queue(
     assert {r["priority"] for r in rows} == {3}  # bulk by default
 
 
+async def test_a_fast_campaign_is_fed_in_passes_of_a_tenth_of_a_second(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """At 700/s a pass every step (a few messages each) cost a commit and a step each:
+    after the first message the runner waits until its bucket holds a tenth of a
+    second's worth, and keeps the rate (make bench-campaign, issue 15 point 10)."""
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 400)
+    cid = await _started(gw, rate=1000.0)
+    runner = gw.campaign_runner
+    assert await runner.step() == pytest.approx(0.1)  # a new campaign: one at once
+    assert await _count(gw, cid) == 1
+    clock.advance(0.02)
+    assert await runner.step() == pytest.approx(0.08)  # 20 in the bucket: not a pass yet
+    assert await _count(gw, cid) == 1
+    counts = []
+    for _ in range(3):
+        clock.advance(0.1)
+        await runner.step()
+        counts.append(await _count(gw, cid))
+    passes = [b - a for a, b in zip([1, *counts], counts, strict=False)]
+    assert min(passes) >= 99 and 320 <= counts[-1] <= 321  # the rate holds (float rounding)
+
+
 async def test_the_split_of_variants_holds_within_bounds(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:
