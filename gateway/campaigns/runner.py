@@ -4,7 +4,10 @@ Theory of operation. One background task (started by `Gateway.start` with the ot
 loops, cancelled at stop) runs steps. A step reads the live campaigns; one whose start
 time has come goes `scheduled → running`, one whose end time has passed goes
 `running → ended`, and each running one gets a pass if its token bucket (its `rate`
-a second, at most one second's worth saved up) holds at least one message.
+a second, at most one second's worth saved up) holds a pass's worth: one message for
+a new campaign, then a tenth of a second of its rate (`PASS_PERIOD`, at most
+`MAX_BATCH`), so a fast campaign goes in passes of a few milliseconds of the writer's
+CPU rather than a commit per step.
 
 A pass is one writer job, run after the interactive work pending and in a transaction
 of its own (`run_after_others`: a clinical accept or claim never commits together with
@@ -38,7 +41,7 @@ The cursor moves in the same transaction, so a restart resumes after the last co
 committed; fewer contacts than asked for means the audience is exhausted and the
 campaign is `finished`. After the commit the messages go to the scheduler. Messages
 not blocked draw on the bucket. Between steps the task sleeps on the gateway's clock
-until the next bucket can pay for a message, a campaign's start or end, or a wake-up
+until the next bucket can pay for a pass, a campaign's start or end, or a wake-up
 (start, resume).
 """
 
