@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 GROUP = "bench"
+TEXT = "Flu shots at the clinic this week: walk in 8-6."
+TEMPLATE = "flu"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,10 +48,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=5000, help="recipients (5,000)")
     p.add_argument("--batch", type=int, default=200, help="recipients per pass (200)")
     p.add_argument("--cprofile", type=int, default=0, help="print the writer's top N functions")
+    p.add_argument(
+        "--template", action="store_true", help="a template with two variants, not free text"
+    )
     args = p.parse_args(argv)
     if args.n < 1 or args.batch < 1:
         p.error("--n and --batch take counts of at least 1")
     return args
+
+
+async def save_template(gw: Gateway) -> None:
+    """A template with two weighted variants and a variable, as the panel saves one."""
+    from gateway.templates import store as templates
+    from gateway.templates.store import Draft, Variant
+
+    draft = Draft(
+        TEMPLATE,
+        "en",
+        "informational",
+        (),
+        (Variant("A", TEXT, 3), Variant("B", "Get your flu shot at the clinic this week.", 1)),
+    )
+    now = gw.clock.time()
+    await gw.store.writer.run(lambda conn: templates.save(conn, draft, "bench", now))
 
 
 async def add_contacts(gw: Gateway, n: int) -> None:
@@ -122,13 +143,17 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 await gw.start(dispatch=False)
                 await add_contacts(gw, args.n)
                 admin = Caller("bench", None, sees_all=True, may_send=True, may_read_phi=False)
+                content: dict[str, str | None] = {"text": TEXT}
+                if args.template:
+                    await save_template(gw)
+                    content = {"text": None, "template": TEMPLATE}
                 spec = CampaignSpec(
                     name="bench",
                     audience=AudienceSpec(groups=[GROUP]),
                     purpose="informational",
-                    text="Flu shots at the clinic this week: walk in 8-6.",
                     priority="bulk",
                     rate=10.0,
+                    **content,  # type: ignore[arg-type]  # text or template
                 )
                 campaign = await gw.campaigns.create(admin, spec)
                 campaign = await gw.campaigns.start(admin, campaign.id)
