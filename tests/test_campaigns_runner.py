@@ -150,6 +150,39 @@ async def test_a_pass_holds_what_costs_the_writer_about_five_ms(
     assert await _count(gw, cid) == 198
 
 
+async def test_passes_grow_back_once_a_costly_one_is_past(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """One pass that took 4 ms a recipient (a machine stealing the CPU) makes the next
+    ones a recipient each; those are measured too, so cheap ones (100 µs) bring the
+    passes back to their size instead of leaving the campaign in passes of one."""
+    gw = await open_gateway(campaigns=FAST)
+    await add_contacts(gw, 800)
+    cid = await _started(gw, rate=1000.0)
+    cpu, each = [0.0], [0.004]
+    sizes: list[int] = []
+    real = gw.usecases.messages.accept_many_within
+
+    def costly(conn: sqlite3.Connection, caller: Caller, requests: Any) -> Any:
+        sizes.append(len(requests))
+        cpu[0] += each[0] * len(requests)
+        return real(conn, caller, requests)
+
+    gw.usecases.messages.accept_many_within = costly  # type: ignore[method-assign]
+    runner = _runner(gw, clock, lambda: cpu[0])
+    await runner.step()
+    clock.advance(0.101)
+    await runner.step()
+    assert sizes == [1, 101]  # 404 ms of the writer's CPU: the next ones go one by one
+    each[0] = 0.0001
+    for _ in range(3):
+        clock.advance(0.1)
+        await runner.step()
+    assert sizes[2] == 1 and 45 <= sizes[-1] <= 50, sizes  # toward 5 ms at 100 µs each
+    # the rate kept meanwhile: 1 + 1000/s for 0.401 s, less at most a pass still to go
+    assert await _count(gw, cid) == sum(sizes) >= 402 - 50
+
+
 async def test_the_split_of_variants_holds_within_bounds(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:

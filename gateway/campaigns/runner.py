@@ -138,7 +138,10 @@ class _Bucket:
         return max(1, min(MAX_BATCH, int(PASS_CPU / self.cost)))
 
     def measured(self, result: PassResult) -> None:
-        if result.read >= MEASURED_FROM:
+        # A new campaign's one first message says little (its cost is mostly the
+        # pass's fixed part); a pass as large as the cap allows is always measured, or
+        # one costly pass would leave the campaign in passes too small to ever count.
+        if result.read >= min(MEASURED_FROM, self.most()):
             cost = result.cpu / result.read
             self.cost = cost if self.cost is None else (self.cost + cost) / 2
 
