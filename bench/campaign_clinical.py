@@ -3,6 +3,7 @@
     .venv/bin/python bench/campaign_clinical.py            # N = 100,000 (make bench-campaign)
     .venv/bin/python bench/campaign_clinical.py --n 2000   # a short check
     .venv/bin/python bench/campaign_clinical.py --rate 500 # a carrier's contracted rate
+    .venv/bin/python bench/campaign_clinical.py --n 30000 --stages  # where the time goes
 
 A fresh `smsgw init` runs as a subprocess (`smsgw run`, on CPU 0) with one SMPP route to
 the SMSC simulator (`drivers/smpp/simulator.py`, in this process on CPU 1; window 50, no
@@ -21,7 +22,10 @@ also split into those sent while the campaign runner was still queuing and those
 after; the campaign's throughput at the carrier (bulk submits over the time from the
 start request to the last); and the gateway's CPU and bytes written per message, which
 hold on a busy machine. The last line is the summary as JSON, kept in
-bench/results/campaign-latest.json.
+bench/results/campaign-latest.json. `--stages` adds where the clinical sends' time went
+(`stages_ms`: prepared → its accept job in the writer → commit back on the loop →
+claim asked → claim committed, the writer's transactions with the campaign's passes
+apart, the event loop's lag), from bench/stage_trace/sitecustomize.py in the gateway.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import platform
 import secrets
 import shutil
@@ -91,6 +96,7 @@ class Settings:
     n: int
     rate: float | None  # the route's (the carrier's contract)
     campaign_rate: float  # the campaign's send rate, below the route's: room for clinical
+    stages: bool = False  # time each clinical send's stages (bench/stage_trace)
 
 
 def say(text: str) -> None:
@@ -163,8 +169,19 @@ def latency(delays: list[float]) -> dict[str, Any]:
     }
 
 
+def trace_stages(work: Path) -> Path:
+    """The gateway started after this imports bench/stage_trace/sitecustomize.py, which
+    writes its stage timestamps to the path returned when it exits."""
+    path = work / "stages.json"
+    folder = str(harness.BENCH_DIR / "stage_trace")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))
+    os.environ["SMSGW_STAGE_TRACE"] = str(path)
+    return path
+
+
 async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str, Any]:
     home = await harness.init_gateway(work)
+    stages = trace_stages(work) if settings.stages else None
     password = secrets.token_hex(4)  # SMPP 3.4 passwords hold at most 8 characters
     sim_config = SimulatorConfig(system_id=SYSTEM_ID, password=password, receipt_delay=1.0)
     async with SmscSimulator(sim_config) as sim:
@@ -250,6 +267,10 @@ async def measure(settings: Settings, pinning: Pinning, work: Path) -> dict[str,
         "exit_code": code,
     }
     result.update(modems.log_problems(server.log_path, log_start, log_end))
+    if stages is not None:
+        from stage_trace.sitecustomize import summarise
+
+        result["stages_ms"] = summarise(stages)
     return result
 
 
@@ -278,6 +299,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=1000.0, help="the route's rate (1000/s; 0: none)")
     p.add_argument("--campaign-rate", type=float, default=700.0, help="campaign send rate (700/s)")
     p.add_argument("--keep", action="store_true", help="keep the data, config and log")
+    p.add_argument(
+        "--stages", action="store_true", help="time the clinical sends' stages (stage_trace)"
+    )
     args = p.parse_args(argv)
     if args.n < 1 or args.rate < 0 or not 0 < args.campaign_rate <= 10_000:
         p.error("--n takes a count of at least 1, --rate >= 0, --campaign-rate (0, 10000]")
@@ -286,7 +310,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings(args.n, args.rate or None, args.campaign_rate)
+    settings = Settings(args.n, args.rate or None, args.campaign_rate, args.stages)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     pinning = harness.setup_pinning()
     root = Path(tempfile.mkdtemp(prefix="smsgw-bench-campaign-"))

@@ -20,6 +20,9 @@ import msgspec
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 BATCH = 1000
+# More groups and tags than this are read as one membership test over the whole audience
+# (SQLite allows 500 arms in a compound query; so many arms would cost as much anyway).
+MAX_ARMS = 64
 
 
 class AudienceSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -44,44 +47,65 @@ class AudienceSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         )
 
 
-def _in(column: str, values: list[str], params: list[object]) -> str:
-    params.extend(values)
-    return f"{column} IN ({','.join('?' * len(values))})"
+class _Params:
+    """Numbered placeholders (`?3`): the walk's cursor and limit are the last two
+    parameters (the caller appends them) but appear once in every arm of the query."""
+
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def add(self, value: object) -> str:
+        self.values.append(value)
+        return f"?{len(self.values)}"
+
+    def in_(self, column: str, values: list[str]) -> str:
+        return f"{column} IN ({','.join(self.add(v) for v in values)})"
 
 
 def audience_query(spec: AudienceSpec) -> tuple[str, list[object]]:
-    """`SELECT idx FROM contacts ...` for this audience, ordered by index (stable
-    batches: a walk resumes after the last index it saw)."""
-    where: list[str] = []
-    params: list[object] = []
-    members: list[str] = []
-    if spec.groups:
-        members.append(
-            "c.idx IN (SELECT contact_idx FROM contact_group_members WHERE "  # noqa: S608 - placeholders only
-            + _in("group_id", list(spec.groups), params)
-            + ")"
-        )
-    if spec.tags:
-        members.append(
-            "c.idx IN (SELECT contact_idx FROM contact_tags WHERE "  # noqa: S608 - placeholders only
-            + _in("tag", list(spec.tags), params)
-            + ")"
-        )
-    if members:
-        where.append("(" + " OR ".join(members) + ")")
+    """`SELECT idx ...` for this audience after a cursor, ordered by index (stable
+    batches: a walk resumes after the last index it saw); the caller appends the cursor
+    and the limit to the parameters.
+
+    Each group and each tag is its own arm, a seek in its membership table's primary
+    key from the cursor that stops at the limit, so a batch costs as the batch, not as
+    the audience (a campaign's pass runs this in the writer's transaction: reading the
+    whole group every pass cost 35 ms at 100,000 members); the arms' few rows are merged
+    in index order. With neither groups nor tags, the contacts' own key is the walk."""
+    p = _Params()
+    filters: list[str] = []
     if spec.languages:
-        where.append(_in("c.language", list(spec.languages), params))
+        filters.append(p.in_("c.language", list(spec.languages)))
     if spec.age_bands:
-        where.append(_in("c.age_band", list(spec.age_bands), params))
+        filters.append(p.in_("c.age_band", list(spec.age_bands)))
     if spec.clinics:
-        where.append(_in("c.clinic", list(spec.clinics), params))
+        filters.append(p.in_("c.clinic", list(spec.clinics)))
     for pref in spec.preferences:
-        where.append("EXISTS (SELECT 1 FROM json_each(c.preferences) p WHERE p.value = ?)")
-        params.append(pref)
-    where.append("c.idx > ?")
-    sql = "SELECT c.idx FROM contacts c WHERE " + " AND ".join(where)  # noqa: S608 - placeholders only
-    sql += " ORDER BY c.idx LIMIT ?"
-    return sql, params
+        has = f"EXISTS (SELECT 1 FROM json_each(c.preferences) j WHERE j.value = {p.add(pref)})"  # noqa: S608 - placeholders only
+        filters.append(has)
+    sources = [("contact_group_members", "group_id", g) for g in spec.groups]
+    sources += [("contact_tags", "tag", t) for t in spec.tags]
+    keys = [p.add(key) for _, _, key in sources]
+    after, limit = f"?{len(p.values) + 1}", f"?{len(p.values) + 2}"
+    where = "".join(f" AND {f}" for f in filters)
+    if not sources or len(sources) > MAX_ARMS:
+        member = " OR ".join(
+            f"c.idx IN (SELECT contact_idx FROM {table} WHERE {column} = {key})"  # noqa: S608 - placeholders only
+            for (table, column, _), key in zip(sources, keys, strict=True)
+        )
+        if member:
+            where += f" AND ({member})"
+        sql = f"SELECT c.idx FROM contacts c WHERE c.idx > {after}{where}"  # noqa: S608 - placeholders only
+        return f"{sql} ORDER BY c.idx LIMIT {limit}", p.values
+    arms = [
+        f"SELECT * FROM (SELECT m.contact_idx AS idx FROM {table} m"  # noqa: S608 - placeholders only
+        f" JOIN contacts c ON c.idx = m.contact_idx WHERE m.{column} = {key}"
+        f" AND m.contact_idx > {after}{where}"
+        f" ORDER BY m.contact_idx LIMIT {limit})"
+        for (table, column, _), key in zip(sources, keys, strict=True)
+    ]
+    union = " UNION ".join(arms)
+    return f"SELECT idx FROM ({union}) ORDER BY idx LIMIT {limit}", p.values  # noqa: S608 - placeholders only
 
 
 def audience_batches(
