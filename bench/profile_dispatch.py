@@ -94,6 +94,11 @@ async def run(n: int, receipts: bool, top: int) -> None:
             gw.intake.accepted(prepared)
             _tune_gc()  # as `smsgw run` does once started
             profile = cProfile.Profile() if top else None
+            writer_profile = cProfile.Profile() if top else None
+            if writer_profile is not None:  # its own profile, enabled on the writer's thread
+                await gw.store.writer.call_outside_transaction(
+                    lambda _: writer_profile.enable()
+                )
             before, started = harness.thread_cpu_seconds(os.getpid()), time.perf_counter()
             if profile is not None:
                 profile.enable()
@@ -115,6 +120,10 @@ async def run(n: int, receipts: bool, top: int) -> None:
             )
             gw.scheduler.stop_claiming()
             await task
+            if writer_profile is not None:
+                await gw.store.writer.call_outside_transaction(
+                    lambda _: writer_profile.disable()
+                )
             await gw.stop()
             figures: dict[str, object] = {
                 "n": n,
@@ -130,6 +139,12 @@ async def run(n: int, receipts: bool, top: int) -> None:
                 calls = stats.total_calls / n  # type: ignore[attr-defined]  # undocumented
                 print(f"event loop: {calls:.0f} Python calls per message")
                 figures["loop_calls"] = round(calls)
+                stats.sort_stats("tottime").print_stats(top)
+            if writer_profile is not None:
+                stats = pstats.Stats(writer_profile)
+                calls = stats.total_calls / n  # type: ignore[attr-defined]  # undocumented
+                print(f"writer thread: {calls:.0f} Python calls per message")
+                figures["writer_calls"] = round(calls)
                 stats.sort_stats("tottime").print_stats(top)
             print(json.dumps(figures))
 
