@@ -240,3 +240,25 @@ async def test_sigkill_with_a_group_in_flight_flags_only_that_group(tmp_path: Pa
         assert {i for i, (_, dup) in rows.items() if dup} == in_flight
         assert set(rows) == set(ids)
         assert {m.destination for m in smsc.submitted} >= {_number(i)[1:] for i in range(12)}
+
+
+async def test_a_round_asks_each_route_its_health_once(open_gateway: GatewayFactory) -> None:
+    """Whether a route can send is asked once per round, not once per message taken
+    (an SMPP route builds its health record on each call); the messages still go."""
+    gw = await open_gateway()
+    await accept(gw)
+    await gw.scheduler.run_until_idle()
+    ids = [await accept(gw, to=_number(i)) for i in range(GROUP)]
+    driver = loopback(gw)
+    original = driver.health
+    asked = 0
+
+    def health() -> Any:
+        nonlocal asked
+        asked += 1
+        return original()
+
+    driver.health = health  # type: ignore[method-assign]
+    await gw.scheduler.run_until_idle()
+    assert [await state_of(gw, i) for i in ids] == ["sent"] * GROUP
+    assert asked <= 3, asked  # rounds, not messages (GROUP asks before)
