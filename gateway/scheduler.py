@@ -67,6 +67,7 @@ _PRIORITY_OF = attrgetter("priority")
 _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
 _FIRST = itemgetter(0)
+_CLASSES = tuple(Priority)  # iterating the enum itself builds a generator each time
 
 
 @dataclass(slots=True)
@@ -353,7 +354,7 @@ class Scheduler:
         usable: dict[str, bool] = {}
         while self._claiming:
             ready: list[Priority] = []
-            for p in Priority:
+            for p in _CLASSES:
                 head = self._head(p)
                 if head is None:
                     continue
