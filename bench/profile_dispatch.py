@@ -11,7 +11,8 @@ way from the queue to the carrier and back (claim, submit, `sent`, and with `--r
 each receipt). Prints the rate and CPU per message of the event loop's thread and of the
 others (the SQLite writer). With `--cprofile`, the event loop's Python calls per message
 (a count the machine's load does not change) and its functions by own time (cProfile
-inflates small functions; use it to find, timeit to measure). Ends with one JSON line.
+inflates small functions; use it to find, timeit to measure), then the same for the
+writer thread (its own profile; SQLite's work shows as `execute`). Ends with one JSON line.
 """
 
 from __future__ import annotations
