@@ -541,19 +541,18 @@ def _quick_body(steps: tuple[_Step, ...], params: Mapping[str, Value]) -> bytes:
         if kind == _INTS:
             out.append(bytes([get(name, 0) for name in names]))  # type: ignore[misc]  # an int or it raises
             continue
-        value = get(names[0])
         if kind == _CSTRING:
-            raw = b"" if value is None else value.encode("latin-1")  # type: ignore[union-attr]  # a str or it raises
+            raw = get(names[0], "").encode("latin-1")  # type: ignore[union-attr]  # a str or it raises
             if len(raw) >= size or 0 in raw:
                 raise ValueError("does not fit")
             out += (raw, b"\0")
         elif kind == _OCTETS:
-            raw = b"" if value is None else value
+            raw = get(names[0], b"")
             if not isinstance(raw, bytes) or len(raw) > size:
                 raise ValueError("does not fit")
             out += (bytes((len(raw),)), raw)
         else:
-            number = 0 if value is None else value
+            number = get(names[0], 0)
             if not isinstance(number, int) or number < 0:
                 raise ValueError("does not fit")
             out.append(number.to_bytes(size, "big"))
