@@ -24,8 +24,6 @@ class ShareGuard:
     def order(self, waiting: Iterable[Priority]) -> list[Priority]:
         """The classes with work, in the order to try them now."""
         ready = sorted(waiting)
-        if len(ready) < 2:  # the usual case under load: nothing to weigh
-            return ready
         owed = [p for p in ready if self._credit[p] >= _WHOLE_TURN]
         owed.sort(key=lambda p: (-self._credit[p], p))
         return owed + [p for p in ready if p not in owed]
