@@ -3,6 +3,7 @@
     .venv/bin/python bench/profile_dispatch.py                 # raw: no receipts
     .venv/bin/python bench/profile_dispatch.py --receipts      # clinical: a receipt each
     .venv/bin/python bench/profile_dispatch.py --cprofile 30   # and the top 30 functions
+    .venv/bin/python bench/profile_dispatch.py --sql 15        # the writer's top 15 statements
 
 The gateway runs in this process (pinned to CPU 0 when taskset-style pinning is possible)
 with the real store, scheduler and SMPP driver, against `bench/smpp_sink.js` (on CPU 1).
@@ -11,7 +12,9 @@ way from the queue to the carrier and back (claim, submit, `sent`, and with `--r
 each receipt). Prints the rate and CPU per message of the event loop's thread and of the
 others (the SQLite writer). With `--cprofile`, the event loop's Python calls per message
 (a count the machine's load does not change) and its functions by own time (cProfile
-inflates small functions; use it to find, timeit to measure). Ends with one JSON line.
+inflates small functions; use it to find, timeit to measure), then the same for the
+writer thread (its own profile; SQLite's work shows as `execute`). With `--sql`, the
+writer's statements by thread CPU per message (`sql_cost.py`). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gateway.intake import SendRequest  # noqa: E402
 
 sys.path.insert(0, _BENCH)
 import harness  # noqa: E402
+import sql_cost  # noqa: E402
 import uvloop  # noqa: E402
 from smpp import (  # noqa: E402
     _SMSGW_EXTRA,
@@ -54,7 +58,7 @@ BIND_TIMEOUT_S = 20.0
 RUN_TIMEOUT_S = 300.0
 
 
-async def run(n: int, receipts: bool, top: int) -> None:
+async def run(n: int, receipts: bool, top: int, sql: int) -> None:
     scenario = next(s for s in SCENARIOS if s.name == ("clinical" if receipts else "raw"))
     pinning = harness.setup_pinning()  # this process on CPU 1 for now
     placement = Placement(pinning.server, pinning.client, "")
@@ -74,6 +78,8 @@ async def run(n: int, receipts: bool, top: int) -> None:
             logs.configure("json", "info", stream=log_file)
             if pinning.active:
                 os.sched_setaffinity(0, {0})  # the gateway, as bench/smpp.py places servers
+            if sql:
+                sql_cost.install()
             gw = await Gateway.open(gateway_config.load(home.config_path))
             now = gw.clock.time()
             prepared = [
@@ -94,6 +100,10 @@ async def run(n: int, receipts: bool, top: int) -> None:
             gw.intake.accepted(prepared)
             _tune_gc()  # as `smsgw run` does once started
             profile = cProfile.Profile() if top else None
+            writer_profile = cProfile.Profile() if top else None
+            if writer_profile is not None:  # its own profile, enabled on the writer's thread
+                await gw.store.writer.call_outside_transaction(lambda _: writer_profile.enable())
+            sql_cost.reset()  # the dispatch only, not the preload
             before, started = harness.thread_cpu_seconds(os.getpid()), time.perf_counter()
             if profile is not None:
                 profile.enable()
@@ -115,6 +125,8 @@ async def run(n: int, receipts: bool, top: int) -> None:
             )
             gw.scheduler.stop_claiming()
             await task
+            if writer_profile is not None:
+                await gw.store.writer.call_outside_transaction(lambda _: writer_profile.disable())
             await gw.stop()
             figures: dict[str, object] = {
                 "n": n,
@@ -131,6 +143,14 @@ async def run(n: int, receipts: bool, top: int) -> None:
                 print(f"event loop: {calls:.0f} Python calls per message")
                 figures["loop_calls"] = round(calls)
                 stats.sort_stats("tottime").print_stats(top)
+            if sql:
+                print("\n".join(sql_cost.top(sql, n)))
+            if writer_profile is not None:
+                stats = pstats.Stats(writer_profile)
+                calls = stats.total_calls / n  # type: ignore[attr-defined]  # undocumented
+                print(f"writer thread: {calls:.0f} Python calls per message")
+                figures["writer_calls"] = round(calls)
+                stats.sort_stats("tottime").print_stats(top)
             print(json.dumps(figures))
 
 
@@ -139,9 +159,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20_000, help="messages (default 20,000)")
     p.add_argument("--receipts", action="store_true", help="a receipt per message")
     p.add_argument("--cprofile", type=int, default=0, metavar="TOP", help="profile; top N")
+    p.add_argument("--sql", type=int, default=0, metavar="TOP", help="writer's top N statements")
     args = p.parse_args()
     uvloop.install()
-    asyncio.run(run(args.n, args.receipts, args.cprofile))
+    asyncio.run(run(args.n, args.receipts, args.cprofile, args.sql))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ _PRIORITY_OF = attrgetter("priority")
 _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
 _FIRST = itemgetter(0)
+_CLASSES = tuple(Priority)  # iterating the enum itself builds a generator each time
 
 
 @dataclass(slots=True)
@@ -348,9 +349,12 @@ class Scheduler:
     def _take_ready(self, now: float, groups: dict[str, list[Entry]]) -> float:
         mono = self._clock.monotonic()
         next_wake = math.inf
+        # A route's health cannot change while this runs (no await): asked once a round
+        # per route, not once per message (an SMPP route's `health()` builds a record).
+        usable: dict[str, bool] = {}
         while self._claiming:
             ready: list[Priority] = []
-            for p in Priority:
+            for p in _CLASSES:
                 head = self._head(p)
                 if head is None:
                     continue
@@ -362,7 +366,7 @@ class Scheduler:
             for p in self._shares.order(ready):
                 entry = self._head(p)
                 assert entry is not None
-                route, wait = self._take_route(entry, mono)
+                route, wait = self._take_route(entry, mono, usable)
                 if route is None:
                     next_wake = min(next_wake, wait)
                     continue
@@ -382,13 +386,18 @@ class Scheduler:
                 return next_wake
         return next_wake
 
-    def _take_route(self, entry: Entry, mono: float) -> tuple[RouteRuntime | None, float]:
+    def _take_route(
+        self, entry: Entry, mono: float, usable: dict[str, bool]
+    ) -> tuple[RouteRuntime | None, float]:
         """The route to use now, or None and how long until one of them may be."""
         cooling = math.inf
         busy = False  # a usable route came first but could not take it now
         for name in entry.candidates:
             route = self._routes[name]
-            if not route.usable(mono):
+            ok = usable.get(name)
+            if ok is None:
+                ok = usable[name] = route.usable(mono)
+            if not ok:
                 if route.cool_until > mono:
                     cooling = min(cooling, route.cool_until - mono)
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -117,26 +117,38 @@ class GatewaySink:
             self._clock.time(),
         )
         failed: list[Exception | None] = []
+        finals: dict[State, int] = {}
+        debug = log.debug  # looked up once: the logger is a lazy proxy
         for receipt, applied in zip(receipts, outcomes, strict=True):
             if isinstance(applied, Exception):
                 failed.append(applied)
             else:
                 failed.append(None)
-                self._applied(route, receipt, applied)
+                if applied is not None:
+                    finals[applied[1]] = finals.get(applied[1], 0) + 1
+                    self._log_final(route, receipt, applied, debug)
+        for state, count in finals.items():  # one count per state, not per receipt
+            self._metrics.final.labels(state.value).inc(count)
         return failed
 
     def _applied(self, route: str, receipt: Receipt, applied: tuple[str, State] | None) -> None:
         if applied is not None:
-            message_id, state = applied
-            self._metrics.final.labels(state.value).inc()
-            # Deliveries are the common case and are in `message_events`: debug level.
-            (log.debug if state is State.DELIVERED else log.info)(
-                "message_final",
-                message_id=message_id,
-                route=route,
-                state=state.value,
-                code=receipt.error_code,
-            )
+            self._metrics.final.labels(applied[1].value).inc()
+            self._log_final(route, receipt, applied, log.debug)
+
+    @staticmethod
+    def _log_final(
+        route: str, receipt: Receipt, applied: tuple[str, State], debug: Callable[..., Any]
+    ) -> None:
+        message_id, state = applied
+        # Deliveries are the common case and are in `message_events`: debug level.
+        (debug if state is State.DELIVERED else log.info)(
+            "message_final",
+            message_id=message_id,
+            route=route,
+            state=state.value,
+            code=receipt.error_code,
+        )
 
     async def inbound(self, route: str, sms: InboundSms) -> None:
         if sms.part is not None and sms.part.total > 1:

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from drivers.base import OutboundSms, SubmitResult, TransientSendError
+from drivers.base import (
+    OutboundSms,
+    Receipt,
+    ReceiptState,
+    SubmitResult,
+    TransientSendError,
+)
 from drivers.clock import FakeClock
 from drivers.smpp.pdu import Pdu
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
@@ -240,3 +246,52 @@ async def test_sigkill_with_a_group_in_flight_flags_only_that_group(tmp_path: Pa
         assert {i for i, (_, dup) in rows.items() if dup} == in_flight
         assert set(rows) == set(ids)
         assert {m.destination for m in smsc.submitted} >= {_number(i)[1:] for i in range(12)}
+
+
+async def test_a_round_asks_each_route_its_health_once(open_gateway: GatewayFactory) -> None:
+    """Whether a route can send is asked once per round, not once per message taken
+    (an SMPP route builds its health record on each call); the messages still go."""
+    gw = await open_gateway()
+    await accept(gw)
+    await gw.scheduler.run_until_idle()
+    ids = [await accept(gw, to=_number(i)) for i in range(GROUP)]
+    driver = loopback(gw)
+    original = driver.health
+    asked = 0
+
+    def health() -> Any:
+        nonlocal asked
+        asked += 1
+        return original()
+
+    driver.health = health  # type: ignore[method-assign]
+    await gw.scheduler.run_until_idle()
+    assert [await state_of(gw, i) for i in ids] == ["sent"] * GROUP
+    assert asked <= 3, asked  # rounds, not messages (GROUP asks before)
+
+
+async def test_a_group_of_receipts_counts_each_final_state_once_per_message(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Receipts applied as one group (the SMPP driver's way) count every final state
+    in `smsgw_messages_final_total` once per message, though counted per state and
+    group now rather than per receipt."""
+    gw = await open_gateway()
+    ids = [await accept(gw, to=_number(i)) for i in range(5)]
+    await gw.scheduler.run_until_idle()
+    conn = sqlite3.connect(f"file:{gw.config.db_path}?mode=ro", uri=True)
+    try:
+        carrier = dict(conn.execute("SELECT message_id, carrier_id FROM carrier_ids").fetchall())
+    finally:
+        conn.close()
+    final = gw.metrics.final
+    before = {s: final.labels(s)._value.get() for s in ("delivered", "failed")}
+    receipts = [Receipt(carrier[i], ReceiptState.DELIVERED) for i in ids[:4]]
+    receipts.append(Receipt(carrier[ids[4]], ReceiptState.FAILED, "smpp-dlr:UNDELIV"))
+    receipts.append(Receipt(carrier[ids[0]], ReceiptState.DELIVERED))  # a duplicate
+    failed = await gw.sink.receipt_group("main", receipts)
+    assert failed == [None] * len(receipts)
+    assert [await state_of(gw, i) for i in ids] == ["delivered"] * 4 + ["failed"]
+    after = {s: final.labels(s)._value.get() for s in ("delivered", "failed")}
+    assert after["delivered"] - before["delivered"] == 4
+    assert after["failed"] - before["failed"] == 1

@@ -14,6 +14,7 @@ from drivers.smpp.dlr import (
     id_variants,
     parse_receipt,
     parse_receipt_text,
+    receipt,
     receipt_from_tlvs,
 )
 
@@ -466,3 +467,30 @@ def test_round_trip(case: tuple[str, ParsedReceipt]) -> None:
     text, expected = case
     assert parse_receipt_text(text) == expected
     assert parse_receipt_text(text.encode()) == expected
+
+
+# The TLVs a receipt carries, each maybe absent, often well formed (a state of 0-9, an
+# id, a three-octet network error), sometimes not.
+receipt_tlvs = st.fixed_dictionaries(
+    {},
+    optional={
+        "receipted_message_id": st.one_of(st.text(ID_CHARS, min_size=1, max_size=12), tlv_values),
+        "message_state": st.one_of(st.integers(-1, 12), tlv_values),
+        "network_error_code": st.one_of(st.binary(min_size=3, max_size=3), tlv_values),
+        "message_payload": st.one_of(receipt_like.map(str.encode), tlv_values),
+    },
+)
+
+
+@given(st.one_of(st.none(), receipt_like.map(str.encode), receipt_like), receipt_tlvs)
+@example(b"id:1 stat:UNDELIV err:034 text:", {"receipted_message_id": "1", "message_state": 2})
+@example(b"id:1 stat:DELIVRD err:034", {"receipted_message_id": "1", "message_state": 5})
+@example(None, {"receipted_message_id": "0A", "message_state": 5, "network_error_code": b"\3\0\42"})
+def test_receipt_is_as_receipt_of_the_parse(
+    text: str | bytes | None, tlvs: dict[str, bytes | int]
+) -> None:
+    """The driver's short way (no text read when the TLVs say it all) gives what the
+    whole parse gives."""
+    parsed = parse_receipt(text, tlvs)
+    expected = None if parsed is None else as_receipt(parsed, alternates=True)
+    assert receipt(text, tlvs) == expected

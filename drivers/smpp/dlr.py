@@ -44,6 +44,7 @@ __all__ = [
     "id_variants",
     "parse_receipt",
     "parse_receipt_text",
+    "receipt",
     "receipt_from_tlvs",
 ]
 
@@ -188,16 +189,45 @@ def error_code(parsed: ParsedReceipt) -> str | None:
     error. The name is the Appendix B one (`OTHER` for a word not recognised); the error
     part is left off when the receipt carries none.
     """
-    erred = bool(parsed.error and parsed.error.strip("0"))
-    if parsed.state is ReceiptState.DELIVERED or (parsed.state in _NOT_YET_WRONG and not erred):
+    return _code(parsed.state, parsed.raw_state, parsed.error)
+
+
+def _code(state: ReceiptState, raw_state: str, error: str | None) -> str | None:
+    erred = bool(error and error.strip("0"))
+    if state is ReceiptState.DELIVERED or (state in _NOT_YET_WRONG and not erred):
         return None
-    name = _CANONICAL.get(_letters(parsed.raw_state), "OTHER")
-    return f"smpp-dlr:{name}:{parsed.error}" if parsed.error else f"smpp-dlr:{name}"
+    name = _CANONICAL.get(_letters(raw_state), "OTHER")
+    return f"smpp-dlr:{name}:{error}" if error else f"smpp-dlr:{name}"
 
 
-def as_receipt(parsed: ParsedReceipt) -> Receipt:
-    """The `drivers.base.Receipt` the driver hands to its `EventSink`."""
-    return Receipt(carrier_id=parsed.message_id, state=parsed.state, error_code=error_code(parsed))
+def as_receipt(parsed: ParsedReceipt, alternates: bool = False) -> Receipt:
+    """The `drivers.base.Receipt` the driver hands to its `EventSink` (with `alternates`,
+    the id's other spellings from `id_variants`)."""
+    return Receipt(
+        parsed.message_id,
+        parsed.state,
+        error_code(parsed),
+        id_variants(parsed.message_id)[1:] if alternates else (),
+    )
+
+
+def receipt(
+    short_message: str | bytes | None, tlvs: Mapping[str, bytes | int] | None = None
+) -> Receipt | None:
+    """`as_receipt(parse_receipt(short_message, tlvs), alternates=True)`, read only as
+    far as the `Receipt` needs: when receipted_message_id and message_state say it all
+    (delivered, or a network_error_code gives the error), the text is not parsed, and
+    its dates and part counts never are (the driver's hot path: a receipt a message)."""
+    tlvs = tlvs or {}
+    message_id = _tlv_id(tlvs.get("receipted_message_id"))
+    raw_state = _TLV_STATES.get(_tlv_int(tlvs.get("message_state"), 1, -1), "")
+    network = _tlv_int(tlvs.get("network_error_code"), 3, -1)
+    if not (message_id and raw_state and (network >= 0 or raw_state == "DELIVRD")):
+        parsed = parse_receipt(short_message, tlvs)
+        return None if parsed is None else as_receipt(parsed, alternates=True)
+    error = f"{network & 0xFFFF:03d}" if network >= 0 else None
+    state = _STATES[raw_state]
+    return Receipt(message_id, state, _code(state, raw_state, error), id_variants(message_id)[1:])
 
 
 def id_variants(message_id: str) -> tuple[str, ...]:

@@ -54,6 +54,7 @@ Nothing here does I/O, and no repr or error message holds a body or a number.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -175,6 +176,7 @@ class PartLimit:
     septets: int | None
 
 
+@functools.lru_cache(maxsize=64)  # a few codings and UDH sizes; asked for every submit
 def part_limit(data_coding: int, udh_octets: int) -> PartLimit:
     """The text budget of one SMS whose user data gives `udh_octets` to a UDH."""
     free = AIR_OCTETS - udh_octets

@@ -147,20 +147,12 @@ class Inbound:
 
     def _receipt(self, pdu: Pdu) -> Receipt | None:
         esm_class = pdu.param("esm_class", int)
-        tlvs = {name: pdu.tlvs[tag] for tag, name in _RECEIPT_TLVS.items() if tag in pdu.tlvs}
+        found = pdu.tlvs
+        tlvs = {name: found[tag] for tag, name in _RECEIPT_TLVS.items() if tag in found}
         if not esm_class & ESM_RECEIPT and "receipted_message_id" not in tlvs:
             return None
         text = pdu.params.get("short_message", b"")
-        parsed = dlr.parse_receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
-        if parsed is None:
-            return None
-        receipt = dlr.as_receipt(parsed)
-        return Receipt(
-            receipt.carrier_id,
-            receipt.state,
-            receipt.error_code,
-            alternate_ids=dlr.id_variants(parsed.message_id)[1:],
-        )
+        return dlr.receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
 
     async def _inbound_sms(self, pdu: Pdu) -> None:
         data = pdu.params.get("short_message", b"")
