@@ -32,7 +32,7 @@ import json
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -204,6 +204,10 @@ async def load(side: Side, pinning: harness.Pinning, seconds: float) -> dict[str
     }
 
 
+def _median(values: Iterable[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
 def summary_of(side: Side) -> dict[str, Any]:
     """A side's medians over its slices, and what its store holds at the end."""
     slices = side.slices
@@ -215,10 +219,10 @@ def summary_of(side: Side) -> dict[str, Any]:
     return {
         "checks": side.enabled,
         "purpose_field": side.with_purpose,
-        "accepts_per_s": statistics.median(s["accepts_per_s"] for s in slices),
-        "loop_us": statistics.median(s["loop_us"] for s in slices),
-        "other_us": statistics.median(s["other_us"] for s in slices),
-        "cpu_us": statistics.median(s["cpu_us"] for s in slices),
+        "accepts_per_s": _median(s["accepts_per_s"] for s in slices),
+        "loop_us": _median(s["loop_us"] for s in slices),
+        "other_us": _median(s["other_us"] for s in slices),
+        "cpu_us": _median(s["cpu_us"] for s in slices),
         "non_2xx": sum(s["non_2xx"] for s in slices),
         "blocked": int(blocked),
         "held": int(held),
