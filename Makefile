@@ -141,7 +141,8 @@ bench-webhooks: setup
 	$(BIN)/python bench/webhooks.py
 
 # Accept rate with the consent policy on (10,000 contacts, 1,000 opted out, mixed
-# purposes) against the same run with [consent] enabled = false.
+# purposes) against the same load with [consent] enabled = false: two gateways loaded
+# in turn, in alternating pairs of short slices; also the server's CPU per accept.
 bench-consent: setup /usr/bin/wrk
 	$(BIN)/python bench/consent.py
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/profile_consent.py                  # both, 12,000 sends each
     .venv/bin/python bench/profile_consent.py --only on --top 40
     .venv/bin/python bench/profile_consent.py --cprofile 0     # thread CPU only, no profiler
+    .venv/bin/python bench/profile_consent.py --cprofile 0 --statements  # and SQL per accept
 
 What `bench/consent.py` loads through HTTP, without HTTP: a fresh gateway per mode
 (`smsgw init`, the same seeded ledger through `smsgw consent import`, sending windows
@@ -16,7 +17,9 @@ each thread's functions by own time; the profiles go to bench/results/.
 
 Call counts and own time are what to read here, and they hold on a busy machine; the
 absolute microseconds are inflated by the profiler (`--cprofile 0` for thread CPU
-alone) and by whatever else the machine runs.
+alone) and by whatever else the machine runs. `--statements` counts the SQL statements
+the writer runs per accept, by kind (SQLite's trace callback on the writer's connection;
+it costs CPU of its own, so read the counts, not the times, of such a run).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import io
 import json
 import pstats
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +63,8 @@ class Measured:
     loop_us: float  # CPU per message, event loop thread
     writer_us: float  # CPU per message, the SQLite writer thread
     statuses: dict[str, int]
+    statements: dict[str, int]  # SQL the writer ran, by kind (`--statements`)
+    groups: int  # writer transactions
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,6 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--only", choices=("on", "off"), help="one mode only")
     p.add_argument("--cprofile", type=int, default=25, metavar="TOP", help="0: no profiler")
+    p.add_argument("--statements", action="store_true", help="count SQL statements per accept")
     return p.parse_args(argv)
 
 
@@ -132,6 +140,14 @@ async def one_mode(
             writer_prof = cProfile.Profile(time.thread_time) if args.cprofile else None
             if writer_prof is not None:
                 await writer.call_outside_transaction(lambda _conn: writer_prof.enable())
+            statements: Counter[str] = Counter()
+            if args.statements:
+                await writer.call_outside_transaction(
+                    lambda conn: conn.set_trace_callback(
+                        lambda sql: statements.update((kind(sql),))
+                    )
+                )
+            batches = writer.batches
             writer_before = await writer.call_outside_transaction(lambda _conn: time.thread_time())
             loop_before, started = time.thread_time(), time.perf_counter()
             if loop_prof is not None:
@@ -146,6 +162,9 @@ async def one_mode(
             )
             if writer_prof is not None:
                 await writer.call_outside_transaction(lambda _conn: writer_prof.disable())
+            if args.statements:
+                await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(None))
+            batches = writer.batches - batches
         finally:
             await gw.stop()
     n = args.n
@@ -156,8 +175,15 @@ async def one_mode(
         loop_cpu / n * 1e6,
         writer_cpu / n * 1e6,
         dict(sorted(statuses.items())),
+        dict(statements.most_common()),
+        batches,
     )
     return measured, loop_prof, writer_prof
+
+
+def kind(sql: str) -> str:
+    """A statement's text without its values and `IN` lists: its kind."""
+    return re.sub(r"\((\?,)*\?\)", "(...)", " ".join(sql.split()))[:100]
 
 
 def report(label: str, profile: cProfile.Profile, n: int, top: int, out: Path) -> None:
@@ -183,8 +209,14 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"checks {args.only}: {measured.n} sends in {measured.seconds:.2f} s;"
         f" CPU per message: event loop {measured.loop_us:.1f} us,"
-        f" writer {measured.writer_us:.1f} us; {measured.statuses}"
+        f" writer {measured.writer_us:.1f} us; {measured.statuses};"
+        f" {measured.groups} writer transactions"
     )
+    for sql, count in measured.statements.items():
+        print(f"  {count / measured.n:6.3f} per accept  {sql}")
+    if measured.statements:
+        total = sum(measured.statements.values())
+        print(f"  {total / measured.n:6.3f} SQL statements per accept in all")
     if loop_prof is not None and writer_prof is not None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         for thread, profile in (("event loop", loop_prof), ("writer thread", writer_prof)):

@@ -21,7 +21,7 @@ import phonenumbers
 from drivers.clock import Clock
 from drivers.text import BodyTooLong, split
 from gateway.config import Config
-from gateway.consent.policy import GroupView, Policy, Verdict
+from gateway.consent.policy import QUEUED, GroupView, Policy, Verdict
 from gateway.consent.purposes import Purpose
 from gateway.consent.settings import ClientPurpose
 from gateway.errors import ApiError
@@ -410,22 +410,23 @@ class Intake:
         """The policy's verdict on one prepared message, from what `view` read in the
         transaction that will insert it (and the messages judged before it there)."""
         m = p.message
-        send_at = m.send_at
-        verdict = self.policy.decide(
+        send_at = m.created_at if m.send_at is None else max(m.send_at, m.created_at)
+        candidates = p.entry.candidates
+        override = p.quiet_hours_override
+        verdict = self.policy.verdict(
             view,
-            to=m.to,
-            to_index=m.to_index or self._store.blind_index(m.to),
-            purpose=p.purpose,
-            priority=m.priority,
-            route=p.entry.candidates[0] if p.entry.candidates else m.route_hint,
-            start=m.created_at if send_at is None or send_at < m.created_at else send_at,
-            expires_at=math.inf if p.lifetime is not None else m.expires_at,
-            quiet_hours_override=p.quiet_hours_override,
+            m.to,
+            m.to_index or self._store.blind_index(m.to),
+            p.purpose,
+            m.priority,
+            candidates[0] if candidates else m.route_hint,
+            send_at,
+            math.inf if p.lifetime is not None else m.expires_at,
+            override,
         )
-        if p.quiet_hours_override:
-            override = msgspec.structs.replace(m, quiet_override=True)
-            p = msgspec.structs.replace(p, message=override)
-        return p.judged(verdict)
+        if override:
+            p = msgspec.structs.replace(p, message=msgspec.structs.replace(m, quiet_override=True))
+        return p if verdict is QUEUED else p.judged(verdict)
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []

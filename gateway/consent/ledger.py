@@ -215,26 +215,45 @@ def standing_among(rows: Sequence[StateRow], program: str, policy: PurposePolicy
     return Standing(opted, latest[2], opted == "out" and latest[2] == SCOPE_ALL, written)
 
 
-def refusal_among(
-    rows: Sequence[StateRow], program: str, policy: PurposePolicy, scopes: Sequence[str]
-) -> str | None:
-    """`standing_among(rows, program, policy).refusal(policy)`, with the purpose's
-    `covering_scopes` given: the same scan as `_newest`, written out and with no
-    `Standing` built, as this runs for every message accepted (a property test holds
-    the two to the same answers)."""
-    latest: StateRow | None = None
-    written = False
-    for r in rows:
-        if (r[1] == program or r[1] == ALL_PROGRAMS) and r[2] in scopes:
-            if latest is None or r[5] > latest[5]:
-                latest = r
-            if r[4] is not None:
-                written = True
-    if latest is None:
-        return refuse(policy, None, False, False)
-    if latest[3] == "in":
-        return refuse(policy, "in", False, written)
-    return refuse(policy, "out", latest[2] == SCOPE_ALL, written)
+@dataclass(frozen=True, slots=True)
+class Refusals:
+    """`refuse`'s answers for one purpose's policy, worked out once for every standing
+    (the accept path asks for every message), and the scan of a contact's rows that
+    finds its standing: `_newest` written out, building no `Standing` (a property test
+    holds `among` to `standing_among(...).refusal(...)`)."""
+
+    scopes: tuple[str, ...]  # `covering_scopes` of the policy's purpose
+    unknown: str | None  # no covering decision
+    opted_in: tuple[str | None, str | None]  # by whether a written opt-in exists
+    opted_out: tuple[str | None, str | None]  # the same, an opt-out of some purposes
+    all_out: tuple[str | None, str | None]  # the same, an opt-out of every purpose
+
+    @classmethod
+    def of(cls, policy: PurposePolicy) -> Refusals:
+        return cls(
+            covering_scopes(policy.purpose),
+            refuse(policy, None, False, False),
+            (refuse(policy, "in", False, False), refuse(policy, "in", False, True)),
+            (refuse(policy, "out", False, False), refuse(policy, "out", False, True)),
+            (refuse(policy, "out", True, False), refuse(policy, "out", True, True)),
+        )
+
+    def among(self, rows: Sequence[StateRow], program: str) -> str | None:
+        """The reason a message is refused in `program` to the contact of `rows`."""
+        latest: StateRow | None = None
+        written = False
+        scopes = self.scopes
+        for r in rows:
+            if (r[1] == program or r[1] == ALL_PROGRAMS) and r[2] in scopes:
+                if latest is None or r[5] > latest[5]:
+                    latest = r
+                if r[4] is not None:
+                    written = True
+        if latest is None:
+            return self.unknown
+        if latest[3] == "in":
+            return self.opted_in[written]
+        return (self.all_out if latest[2] == SCOPE_ALL else self.opted_out)[written]
 
 
 @dataclass(frozen=True, slots=True)

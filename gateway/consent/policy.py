@@ -42,7 +42,7 @@ from gateway.consent.purposes import (
     Kind,
     Purpose,
     PurposePolicy,
-    covering_scopes,
+    Window,
 )
 from gateway.consent.settings import ConsentConfig, policy_table
 from gateway.consent.zones import next_open, recipient_zones
@@ -61,7 +61,7 @@ class Verdict(msgspec.Struct, frozen=True):
     reason: str | None  # why it was held or blocked; None when it goes as asked
 
 
-_QUEUED = Verdict(State.QUEUED, None, None)
+QUEUED = Verdict(State.QUEUED, None, None)  # the one verdict of a message that goes at once
 
 
 @functools.cache
@@ -153,18 +153,35 @@ class Policy:
         from what `view` knows of its recipient. A message that may go (now or later)
         is counted in `view` from here on, so the caps of the messages judged after it
         in the same transaction count it."""
+        return self.verdict(
+            view, to, to_index, purpose, priority, route, start, expires_at, quiet_hours_override
+        )
+
+    def verdict(
+        self,
+        view: GroupView,
+        to: str,
+        to_index: bytes,
+        purpose: Purpose,
+        priority: Priority,
+        route: str | None,
+        start: float,
+        expires_at: float,
+        quiet_hours_override: bool,
+    ) -> Verdict:
+        """`decide`, its arguments by position: it runs for every message accepted."""
         rule = self._rules[purpose]
         if rule.exempt or not self.enabled:
-            return _QUEUED
+            return QUEUED
         program = self._programs.get(route)
         if program is None:
             program = self._programs[route] = self.config.program_for_route(route or "")
-        policy = rule.policy
-        refusal = view.refusal(to_index, program, policy, rule.scopes)
+        refusal = rule.refusal(view.state.get(to_index, ()), program)
         if refusal is not None:
             return _blocked(refusal)
-        window = policy.window
-        if quiet_hours_override or priority is Priority.CRITICAL:
+        policy = rule.policy
+        window = rule.window
+        if window is not None and (quiet_hours_override or priority is Priority.CRITICAL):
             window = None
         times: Sequence[float] = ()
         if rule.caps:
@@ -172,7 +189,7 @@ class Policy:
         if window is None and not times:
             if rule.counted:
                 view.add(to_index, rule.group, start)
-            return _QUEUED  # the common case: nothing to wait for
+            return QUEUED  # the common case: nothing to wait for
         zones: tuple[str, ...] = ()
         if window is not None:
             zones = recipient_zones(to, view.time_zone(to_index))
@@ -194,7 +211,7 @@ class Policy:
         if rule.counted:
             view.add(to_index, rule.group, at)
         if reason is None:
-            return _QUEUED
+            return QUEUED
         return Verdict(State.SCHEDULED, at, reason)
 
     # -- the check at claim ------------------------------------------------------------
@@ -243,7 +260,7 @@ class GroupView:
         self._conn = conn
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
-        self._state = ledger.state_rows(conn, idxs)
+        self.state = ledger.state_rows(conn, idxs)  # consent rows by recipient
         # Per cap group (`group_key`) and recipient: when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
         self._sent: dict[str, dict[bytes, list[float]]] = {}
@@ -272,13 +289,6 @@ class GroupView:
                 if len(times) > 1:
                     times.sort()
         self._zones: dict[bytes, str | None] | None = None
-
-    def refusal(
-        self, to_index: bytes, program: str, policy: PurposePolicy, scopes: Sequence[str]
-    ) -> str | None:
-        """Why the ledger refuses this recipient a message of `policy` (whose purpose
-        the ledger's `scopes` cover) in `program`, or None."""
-        return ledger.refusal_among(self._state.get(to_index, ()), program, policy, scopes)
 
     def times(self, to_index: bytes, group: str, since: float) -> Sequence[float]:
         """When each counted message of cap group `group` (`group_key`) to this
@@ -335,7 +345,8 @@ class _Rule:
 
     policy: PurposePolicy
     exempt: bool  # compliance: never refused nor held
-    scopes: tuple[str, ...]  # the ledger scopes whose decisions apply to it
+    refusal: Callable[[Sequence[ledger.StateRow], str], str | None]  # `Refusals.among`
+    window: Window | None
     caps: tuple[Cap, ...]
     reach: float  # how far back its caps look (0.0: it has none)
     group: str  # its cap group (`group_key`)
@@ -346,7 +357,8 @@ class _Rule:
         return cls(
             policy,
             purpose is Purpose.COMPLIANCE,
-            covering_scopes(purpose),
+            ledger.Refusals.of(policy).among,
+            policy.window,
             policy.caps,
             max((c.seconds for c in policy.caps), default=0.0),
             group_key(purpose),

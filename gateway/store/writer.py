@@ -331,6 +331,8 @@ class GroupCommitWriter:
     def _insert_all(
         self, conn: sqlite3.Connection, inserts: list[tuple[list[Statement], Any]]
     ) -> list[Any]:
+        if not inserts:  # a transaction of jobs only (the policy's accepts are a job)
+            return []
         by_sql: dict[str, list[Sequence[Any]]] = {}
         for statements, _ in inserts:
             for sql, params in statements:
