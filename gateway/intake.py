@@ -53,6 +53,10 @@ _DIALABLE = re.compile(r"\+?[0-9 ().\-/]+", re.ASCII)
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 
 
+# (named purpose, token's default, named priority) kept: a few per token at most.
+_SHAPES_KEPT = 256
+
+
 class QuietHoursOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Send now although the recipient's local sending window is closed: needs the
     `urgent` scope, and the reason is written to the audit trail with the message id."""
@@ -284,6 +288,9 @@ class Intake:
         self._routes = frozenset(router.names)
         self.policy = Policy(config.consent)
         self.links = LinkBook(config.links)  # named links, for `{link:NAME}` at accept
+        self._shapes: dict[
+            tuple[str | None, str | None, str | None], tuple[Purpose, Priority, float]
+        ] = {}
         if self.policy.enabled:
             policy = self.policy
 
@@ -332,8 +339,10 @@ class Intake:
             raise ApiError(
                 422, "body_too_long", f"{field_prefix}body: {e}", field=f"{field_prefix}body"
             ) from None
-        purpose = self.policy.purpose_of(req.purpose, token_purpose, field_prefix)
-        priority = self.policy.priority_of(purpose, req.priority, field_prefix)
+        shape = self._shapes.get((req.purpose, token_purpose, req.priority))
+        if shape is None:
+            shape = self._shape(req.purpose, token_purpose, req.priority, field_prefix)
+        purpose, priority, lifetime = shape
         if req.route is not None and req.route not in self._routes:
             raise ApiError(
                 422,
@@ -350,7 +359,6 @@ class Intake:
                 f" ({self._queue.max_schedule_days:g} days)",
             )
         start = max(now, send_at or now)
-        lifetime = self._queue.policy(priority).expires_after
         if req.expires_at is None:
             expires_at = start + lifetime
         else:
@@ -405,6 +413,24 @@ class Intake:
             None if req.expires_at is not None else lifetime,
             links,
         )
+
+    def _shape(
+        self,
+        named: str | None,
+        token_purpose: str | None,
+        named_priority: str | None,
+        field_prefix: str,
+    ) -> tuple[Purpose, Priority, float]:
+        """A message's purpose, class and default lifetime from what it named and its
+        token's default (`ApiError` if refused), kept for the next message naming the
+        same: the config decides them, and working them out was a sixth of `prepare`."""
+        purpose = self.policy.purpose_of(named, token_purpose, field_prefix)
+        priority = self.policy.priority_of(purpose, named_priority, field_prefix)
+        shape = (purpose, priority, self._queue.policy(priority).expires_after)
+        if len(self._shapes) >= _SHAPES_KEPT:
+            self._shapes.clear()
+        self._shapes[(named, token_purpose, named_priority)] = shape
+        return shape
 
     def judge(self, view: GroupView, p: Prepared) -> Prepared:
         """The policy's verdict on one prepared message, from what `view` read in the

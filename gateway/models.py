@@ -23,10 +23,12 @@ class Priority(enum.IntEnum):
 
     @classmethod
     def parse(cls, label: str) -> Priority:
-        return cls[label.upper()]
+        found = _BY_LABEL.get(label)  # twice per accept: the enum's lookup is Python
+        return found if found is not None else cls[label.upper()]
 
 
 _LABELS = {p: p.name.lower() for p in Priority}
+_BY_LABEL = {label: p for p, label in _LABELS.items()}
 
 
 class State(enum.StrEnum):

@@ -307,12 +307,17 @@ class Store:
         callback_url: str | None,
     ) -> Sealed:
         """A message's personal fields encrypted, bound to its id and column."""
-        c = self._crypto
+        fields = [(to, "to"), (body, "body")]
+        if reference is not None:
+            fields.append((reference, "reference"))
+        if callback_url is not None:
+            fields.append((callback_url, "callback"))
+        sealed = self._crypto.encrypt_row(message_id, fields)
         return (
-            c.encrypt(to, message_id, "to"),
-            c.encrypt(body, message_id, "body"),
-            None if reference is None else c.encrypt(reference, message_id, "reference"),
-            None if callback_url is None else c.encrypt(callback_url, message_id, "callback"),
+            sealed[0],
+            sealed[1],
+            None if reference is None else sealed[2],
+            None if callback_url is None else sealed[-1],
         )
 
     @staticmethod
