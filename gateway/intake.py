@@ -29,7 +29,7 @@ from gateway.integrations.callbacks import check_callback
 from gateway.links.placeholders import LinkBook, Minted, has_placeholder
 from gateway.links.store import token_statements
 from gateway.metrics import Metrics
-from gateway.models import Priority, State, new_message_id
+from gateway.models import STATE_VALUES, Priority, State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
 from gateway.store.claim_check import ClaimSubject, Held
@@ -127,6 +127,18 @@ def decode_send(raw: bytes) -> SendRequest:
 def decode_batch(raw: bytes) -> list[msgspec.Raw]:
     """The batch's items, still undecoded: `decode_item` checks each on its own."""
     return decode_with(_batch_decoder, raw).messages
+
+
+_whole_batch_decoder = msgspec.json.Decoder(BatchRequest)
+
+
+def decode_valid_batch(raw: bytes) -> list[SendRequest] | None:
+    """Every item at once, in C, when the whole batch is valid (most are); None when
+    anything is not, and then `decode_batch` and `decode_item` say what and where."""
+    try:
+        return _whole_batch_decoder.decode(raw).messages
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def decode_item(raw: msgspec.Raw, index: int) -> SendRequest:
@@ -245,9 +257,10 @@ class Prepared(msgspec.Struct, frozen=True):
 
     def answer(self) -> Accepted:
         m = self.message
-        state = m.state
         reason = m.blocked or m.held_for
-        return Accepted(m.id, state.value, m.priority.label, m.segments, m.encoding, reason)
+        return Accepted(
+            m.id, STATE_VALUES[m.state], m.priority.label, m.segments, m.encoding, reason
+        )
 
     def judged(self, verdict: Verdict) -> Prepared:
         """This message as the policy's verdict stores it."""
@@ -455,9 +468,11 @@ class Intake:
 
     def statements(self, prepared: Sequence[Prepared]) -> list[Statement]:
         rows: list[Statement] = []
+        insert = self._store.insert_statements
         for p in prepared:
-            rows.extend(self._store.insert_statements(p.message))
-            rows.extend(token_statements(p.links))
+            rows.extend(insert(p.message))
+            if p.links:
+                rows.extend(token_statements(p.links))
         return rows
 
     def accepted(self, prepared: Sequence[Prepared]) -> None:

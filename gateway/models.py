@@ -43,6 +43,11 @@ class State(enum.StrEnum):
     BLOCKED = "blocked"
 
 
+# A member's `.value` runs Python (enum's descriptor) on every access; rows and answers
+# take it per message.
+STATE_VALUES = {s: s.value for s in State}
+
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Every 10-bit value as two Crockford characters: 13 lookups encode 128 bits.
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)

@@ -398,3 +398,61 @@ async def test_a_kept_shape_is_the_policys_and_a_refusal_is_not_kept(
         assert (stored.purpose, stored.priority) == (purpose.value, expected)
         lifetime = queue.policy(expected).expires_after
         assert stored.expires_at == pytest.approx(stored.created_at + lifetime)
+
+
+# Bytecodes both threads run (event loop and writer) per message of a 500-message
+# `POST /api/v1/messages/batch` with the send policy on, its numbers already seen.
+# Measured: 1,910 per message before this pass, 1,779 after (the batch decoded in one go
+# when every item is valid, the enums' values and purpose/class found by dict, no
+# short-link rows asked for a message without links, one nonce draw per message).
+BATCH_BYTECODES_PER_MESSAGE = 1_840
+BATCH = 500
+
+
+def _post_batch(port: int, token: str, numbers: list[str]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    items = [{"to": to, "body": "Your results are ready", "purpose": "results"} for to in numbers]
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/messages/batch",
+            msgspec.json.encode({"messages": items}),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
+async def test_a_batch_runs_few_bytecodes_per_message(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    token = await create_token(gw.store, "t", frozenset({"send"}), gw.clock)
+    runner = build_runner(gw)
+    await runner.setup()
+    on_loop, on_writer = Opcodes(), Opcodes()
+    writer = gw.store.writer
+
+    def swap(trace: Any) -> Any:
+        before = sys.gettrace()
+        sys.settrace(trace)
+        return before
+
+    try:
+        site = GuardedTCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        numbers = [number(i) for i in range(BATCH)]
+        assert await asyncio.to_thread(_post_batch, site.port, token.text, numbers) == 202
+        writer_before = await writer.call_outside_transaction(lambda _c: swap(on_writer.trace))
+        loop_before = swap(on_loop.trace)
+        try:
+            status = await asyncio.to_thread(_post_batch, site.port, token.text, numbers)
+        finally:
+            sys.settrace(loop_before)
+            await writer.call_outside_transaction(lambda _c: swap(writer_before))
+    finally:
+        await runner.cleanup()
+    assert status == 202
+    per_message = (on_loop.count + on_writer.count) / BATCH
+    assert per_message <= BATCH_BYTECODES_PER_MESSAGE, f"{per_message:.0f} bytecodes per message"

@@ -29,6 +29,7 @@ from gateway.intake import (
     decode_batch,
     decode_item,
     decode_send,
+    decode_valid_batch,
     decode_with,
 )
 from gateway.models import Priority, State
@@ -173,6 +174,10 @@ async def _send_batch(
     gw: Gateway, caller: Caller, raw: bytes, key: IdempotencyKey | None
 ) -> object:
     messages = gw.usecases.messages
+    valid = decode_valid_batch(raw)
+    if valid is not None:
+        messages.check_batch_size(len(valid))
+        return await messages.accept_batch(caller, valid, idempotency=key)
     raw_items = decode_batch(raw)
     messages.check_batch_size(len(raw_items))
     items: list[SendRequest | ApiError] = []

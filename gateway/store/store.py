@@ -23,7 +23,7 @@ import msgspec
 from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
-from gateway.models import Priority, State
+from gateway.models import STATE_VALUES, Priority, State
 from gateway.store import (
     crypto,
     group_sql,
@@ -270,7 +270,7 @@ class Store:
                     m.id,
                     m.token_id,
                     int(m.priority),
-                    state.value,
+                    STATE_VALUES[state],
                     to_ct,
                     m.to_index or c.blind_index(m.to),
                     body_ct,
