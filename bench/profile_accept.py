@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ceiling_server
 import harness
 import loadgen
 from scenarios import NO_DISPATCH
@@ -81,8 +82,6 @@ async def serve(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any]:
     home.configure(NO_DISPATCH, port)
     args.token = home.token
     if args.target == "ceiling":
-        import ceiling_server
-
         writer = await ceiling_server.open_writer(work / "ceiling.db")
         template = ceiling_server.row_template(work / "ceiling.db")
         runner: Any = web.AppRunner(
@@ -180,6 +179,9 @@ def report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # This script's folder comes first on sys.path, and its hl7.py would shadow the hl7
+    # package the gateway imports (the bench modules above are imported already).
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != harness.BENCH_DIR]
     work = Path(tempfile.mkdtemp(prefix="smsgw-accept-profile-"))
     try:
         import uvloop
