@@ -2,8 +2,8 @@
 
 Composed here, above both front ends, so neither `gateway/api/` nor `gateway/admin/`
 imports the other (tests/test_layers.py checks). Middleware order: the API's error
-shape (`api.server.api_middleware`) around the Host and path checks
-(`web.guard`); security headers on every answer (`web.headers`).
+shape (`api.server.api_middleware`), which first runs the Host and path checks
+(`web.guard.request_check`); security headers on every answer (`web.headers`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gateway.app import Gateway
 from gateway.web import headers
 from gateway.web.client import ProxyTrust, client_address
 from gateway.web.connections import GuardedAppRunner, limits_for
-from gateway.web.guard import ServerNames, default_local_names, guard_middleware
+from gateway.web.guard import ServerNames, default_local_names, request_check
 
 log = structlog.get_logger("smsgw.api")
 
@@ -48,7 +48,7 @@ def build_app(gateway: Gateway) -> web.Application:
     c = gateway.config.http
     names = ServerNames(c.server_names, default_local_names(c.listen))
     app = web.Application(
-        middlewares=[server.api_middleware, guard_middleware(proxy_trust(gateway), names)],
+        middlewares=[server.api_middleware(request_check(proxy_trust(gateway), names))],
         client_max_size=c.max_body_bytes,
     )
     server.install(app, gateway)

@@ -23,10 +23,12 @@ class Priority(enum.IntEnum):
 
     @classmethod
     def parse(cls, label: str) -> Priority:
-        return cls[label.upper()]
+        found = _BY_LABEL.get(label)  # twice per accept: the enum's lookup is Python
+        return found if found is not None else cls[label.upper()]
 
 
 _LABELS = {p: p.name.lower() for p in Priority}
+_BY_LABEL = {label: p for p, label in _LABELS.items()}
 
 
 class State(enum.StrEnum):
@@ -39,6 +41,11 @@ class State(enum.StrEnum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     BLOCKED = "blocked"
+
+
+# A member's `.value` runs Python (enum's descriptor) on every access; rows and answers
+# take it per message.
+STATE_VALUES = {s: s.value for s in State}
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -89,11 +89,18 @@ class TokenCache:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
 
-    async def verify(self, text: str) -> TokenRecord | None:
-        now = self._clock.monotonic()
+    def cached(self, text: str) -> tuple[TokenRecord | None] | None:
+        """`(record,)` when `text` was verified less than `ttl` ago (record None: it was
+        refused), else None: the check a request makes without a coroutine."""
         hit = self._cache.get(text)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None and hit[0] > self._clock.monotonic():
+            return (hit[1],)
+        return None
+
+    async def verify(self, text: str) -> TokenRecord | None:
+        if (hit := self.cached(text)) is not None:
+            return hit[0]
+        now = self._clock.monotonic()
         parts = split_token(text)
         record = None
         if parts is not None:

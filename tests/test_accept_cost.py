@@ -18,12 +18,14 @@ import hmac
 import http.client
 import sqlite3
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +35,13 @@ from gateway.consent import ledger
 from gateway.consent.purposes import DEFAULT_POLICIES, Purpose
 from gateway.http_app import build_runner
 from gateway.intake import SendRequest, normalise_number
-from gateway.store.crypto import BLIND_BYTES, FieldCipher
+from gateway.store.crypto import (
+    BLIND_BYTES,
+    NONCE_BYTES,
+    DecryptError,
+    FieldCipher,
+    generation_prefix,
+)
 from gateway.store.schema import migrate
 from gateway.tokens import create_token
 from gateway.usecases import Caller
@@ -334,3 +342,164 @@ def test_a_kept_blind_index_is_the_keyed_digest(numbers: list[str]) -> None:
         for n in numbers:
             expected = hmac.new(key, n.encode(), hashlib.sha256).digest()[:BLIND_BYTES]
             assert cipher.blind_index(n) == expected
+
+
+# -- issue 16, second pass: fewer layers per accept --------------------------------------
+
+# Python frames the event loop enters per `POST /api/v1/messages` (calls, and each
+# resumption of a coroutine: a layer awaited is entered twice), counted as the bytecodes
+# above but outside the standard library (asyncio's own loop turns vary from run to run).
+# 193 to 197 before this pass (the guard's own middleware, `_send` and `_send_one`, a
+# coroutine for a token and a default purpose already known, the enums' own lookups, the
+# token's Caller found by hashing the record, purpose and class worked out per message,
+# a nonce drawn per field), 180 to 182 after.
+HTTP_ACCEPT_FRAMES = 187
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+async def test_an_http_accept_enters_few_frames_on_the_event_loop(
+    open_gateway: GatewayFactory,
+) -> None:
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    token = await create_token(gw.store, "t", frozenset({"send"}), gw.clock)
+    runner = build_runner(gw)
+    await runner.setup()
+    frames = 0
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal frames
+        frames += event == "call" and not frame.f_code.co_filename.startswith(STDLIB)
+
+    try:
+        site = GuardedTCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        numbers = [number(i) for i in range(COUNTED_SENDS)]
+        await asyncio.to_thread(_post_all, site.port, token.text, numbers)  # caches warm
+        before = sys.getprofile()
+        sys.setprofile(profile)
+        try:
+            statuses = await asyncio.to_thread(_post_all, site.port, token.text, numbers)
+        finally:
+            sys.setprofile(before)
+    finally:
+        await runner.cleanup()
+    assert statuses == [202] * COUNTED_SENDS
+    per_send = frames / COUNTED_SENDS
+    assert per_send <= HTTP_ACCEPT_FRAMES, f"{per_send:.1f} frames per send"
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=30), st.sampled_from(("to", "body", "reference", "callback"))),
+        min_size=1,
+        max_size=4,
+    ),
+    st.text(min_size=1, max_size=26),
+)
+def test_a_row_sealed_at_once_opens_field_by_field(
+    fields: list[tuple[str, str]], row_id: str
+) -> None:
+    """`encrypt_row` is `encrypt` per field: each opens with its own row id and column
+    only, and no two fields share a nonce."""
+    cipher = FieldCipher({1: b"f" * 32}, b"k" * 32)
+    sealed = cipher.encrypt_row(row_id, fields)
+    for (value, column), blob in zip(fields, sealed, strict=True):
+        assert cipher.decrypt(blob, row_id, column) == value
+        other = "body" if column != "body" else "to"
+        with pytest.raises(DecryptError):
+            cipher.decrypt(blob, row_id, other)
+    start = len(generation_prefix(1))  # the nonce follows the header
+    nonces = {blob[start : start + NONCE_BYTES] for blob in sealed}
+    assert len(nonces) == len(sealed)
+
+
+async def test_a_kept_shape_is_the_policys_and_a_refusal_is_not_kept(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Purpose, class and lifetime are worked out once per (purpose, token default,
+    priority) named; a refused combination is refused every time, naming its item."""
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    who = await sender(gw)
+    items = [
+        SendRequest(to=number(1), body="x", purpose="marketing", priority="critical"),
+        SendRequest(to=number(2), body="x", purpose="emergency"),
+        SendRequest(to=number(3), body="x", purpose="marketing", priority="critical"),
+        SendRequest(to=number(4), body="x", purpose="emergency"),
+        SendRequest(to=number(5), body="x", purpose="results"),
+    ]
+    answer = await gw.usecases.messages.accept_batch(who, items)
+    refused = [r["error"] for r in answer.results if isinstance(r, dict)]
+    assert [(e["code"], e["field"]) for e in refused] == [
+        ("priority_not_allowed", "messages[0].priority"),
+        ("priority_not_allowed", "messages[2].priority"),
+    ]
+    queue = gw.config.queue
+    for r in answer.results:
+        if isinstance(r, dict):
+            continue
+        stored = await gw.store.records.message(r.id)
+        assert stored is not None
+        policy = gw.intake.policy
+        purpose = policy.purpose_of(stored.purpose, None)
+        expected = policy.priority_of(purpose, None)
+        assert (stored.purpose, stored.priority) == (purpose.value, expected)
+        lifetime = queue.policy(expected).expires_after
+        assert stored.expires_at == pytest.approx(stored.created_at + lifetime)
+
+
+# Bytecodes both threads run (event loop and writer) per message of a 500-message
+# `POST /api/v1/messages/batch` with the send policy on, its numbers already seen.
+# Measured: 1,910 per message before this pass, 1,779 after (the batch decoded in one go
+# when every item is valid, the enums' values and purpose/class found by dict, no
+# short-link rows asked for a message without links, one nonce draw per message).
+BATCH_BYTECODES_PER_MESSAGE = 1_840
+BATCH = 500
+
+
+def _post_batch(port: int, token: str, numbers: list[str]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    items = [{"to": to, "body": "Your results are ready", "purpose": "results"} for to in numbers]
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/messages/batch",
+            msgspec.json.encode({"messages": items}),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
+async def test_a_batch_runs_few_bytecodes_per_message(open_gateway: GatewayFactory) -> None:
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    token = await create_token(gw.store, "t", frozenset({"send"}), gw.clock)
+    runner = build_runner(gw)
+    await runner.setup()
+    on_loop, on_writer = Opcodes(), Opcodes()
+    writer = gw.store.writer
+
+    def swap(trace: Any) -> Any:
+        before = sys.gettrace()
+        sys.settrace(trace)
+        return before
+
+    try:
+        site = GuardedTCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        numbers = [number(i) for i in range(BATCH)]
+        assert await asyncio.to_thread(_post_batch, site.port, token.text, numbers) == 202
+        writer_before = await writer.call_outside_transaction(lambda _c: swap(on_writer.trace))
+        loop_before = swap(on_loop.trace)
+        try:
+            status = await asyncio.to_thread(_post_batch, site.port, token.text, numbers)
+        finally:
+            sys.settrace(loop_before)
+            await writer.call_outside_transaction(lambda _c: swap(writer_before))
+    finally:
+        await runner.cleanup()
+    assert status == 202
+    per_message = (on_loop.count + on_writer.count) / BATCH
+    assert per_message <= BATCH_BYTECODES_PER_MESSAGE, f"{per_message:.0f} bytecodes per message"

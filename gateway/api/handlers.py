@@ -8,7 +8,6 @@ typed records into JSON. They do not read or write the store for messages or inb
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from gateway.intake import (
     decode_batch,
     decode_item,
     decode_send,
+    decode_valid_batch,
     decode_with,
 )
 from gateway.models import Priority, State
@@ -60,12 +60,22 @@ def _token(request: web.Request) -> TokenRecord:
 
 
 # A token's Caller, built once (5 us each time): a record is frozen, so is a Caller,
-# and a changed or revoked token is a new record.
-_caller_for = functools.lru_cache(maxsize=1024)(Caller.for_token)
+# and a changed or revoked token is a new record. Kept by the record's identity (the
+# token cache hands out the same object): hashing the record's fields took 3 us.
+_CALLERS: dict[int, tuple[TokenRecord, Caller]] = {}
+_CALLERS_MAX = 1024
 
 
 def _caller(request: web.Request) -> Caller:
-    return _caller_for(_token(request))
+    token = _token(request)
+    kept = _CALLERS.get(id(token))
+    if kept is not None and kept[0] is token:
+        return kept[1]
+    if len(_CALLERS) >= _CALLERS_MAX:
+        _CALLERS.clear()
+    caller = Caller.for_token(token)
+    _CALLERS[id(token)] = (token, caller)  # the record is kept: its id is not reused
+    return caller
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -142,7 +152,14 @@ async def _send(request: web.Request, handle: SendHandler) -> web.Response:
 
 
 async def send_message(request: web.Request) -> web.Response:
-    return await _send(request, _send_one)
+    if "Idempotency-Key" in request.headers:
+        return await _send(request, _send_one)
+    # Most sends, `_send` without its layers (each awaited layer is resumed per request).
+    messages = _gateway(request).usecases.messages
+    messages.check_accepting()
+    caller = _caller(request)
+    accepted = await messages.accept(caller, decode_send(await request.read()))
+    return json_response(accepted, status=202)
 
 
 async def send_batch(request: web.Request) -> web.Response:
@@ -157,6 +174,10 @@ async def _send_batch(
     gw: Gateway, caller: Caller, raw: bytes, key: IdempotencyKey | None
 ) -> object:
     messages = gw.usecases.messages
+    valid = decode_valid_batch(raw)
+    if valid is not None:
+        messages.check_batch_size(len(valid))
+        return await messages.accept_batch(caller, valid, idempotency=key)
     raw_items = decode_batch(raw)
     messages.check_batch_size(len(raw_items))
     items: list[SendRequest | ApiError] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from gateway.api import analytics as an
 from gateway.api import appointments as ap
@@ -38,6 +38,7 @@ from gateway.models import Priority, State
 from gateway.store_failure import storage_failure
 from gateway.usecases.undecodable import HeldUndecodable
 from gateway.web.context import GATEWAY, json_response
+from gateway.web.guard import RequestCheck
 
 log = structlog.get_logger("smsgw.api")
 
@@ -520,7 +521,10 @@ def _guard(endpoint: Endpoint) -> Handler:
                 "missing bearer token",
                 headers={"WWW-Authenticate": 'Bearer realm="smsgw"'},
             )
-        token = await request.app[GATEWAY].tokens.verify(text.strip())
+        text = text.strip()
+        tokens = request.app[GATEWAY].tokens
+        hit = tokens.cached(text)  # most requests: no coroutine for a token seen lately
+        token = hit[0] if hit is not None else await tokens.verify(text)
         if token is None:
             raise ApiError(
                 401,
@@ -541,49 +545,55 @@ STORE_UNAVAILABLE = {
 }
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into the JSON error shape (headers: `gateway/web/headers.py`)."""
-    try:
-        response = await handler(request)
-    except ApiError as e:
-        _count_rejection(request, e.code)
-        response = json_response(e.body(), status=e.status, headers=e.headers)
-    except web.HTTPException as e:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            e.status, "http_error"
-        )
-        _count_rejection(request, code)
-        message = {404: "no such endpoint", 413: "the request body is too large"}.get(
-            e.status, e.reason
-        )
-        headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
-        response = json_response(
-            {"error": {"code": code, "message": message}}, status=e.status, headers=headers
-        )
-    except ConnectionResetError:
-        # The client went away mid-request: nothing was stored and nobody will read
-        # this answer, but returning one keeps aiohttp from logging an error.
-        response = json_response(
-            {"error": {"code": "client_closed", "message": "the client closed the connection"}},
-            status=400,
-        )
-    except Exception as e:
-        if (why := storage_failure(e)) is not None:  # disk full: nothing was changed
-            _count_rejection(request, "store_unavailable")
-            log.error("store_unavailable", path=request.rel_url.path, reason=why)
-            return json_response(STORE_UNAVAILABLE, status=503)
-        log.error(
-            "unhandled_error",
-            method=request.method,
-            path=request.rel_url.path,
-            error=exception_summary(e),
-        )
-        response = json_response(
-            {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
-            status=500,
-        )
-    return response
+def api_middleware(check: RequestCheck | None = None) -> Middleware:
+    """Turn every error into the JSON error shape (headers: `gateway/web/headers.py`),
+    after `check` (`web.guard.request_check`) if given, the checks every request passes
+    first: one middleware where two layers of coroutines were resumed per request."""
+
+    @web.middleware
+    async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request if check is None else check(request))
+        except ApiError as e:
+            _count_rejection(request, e.code)
+            response = json_response(e.body(), status=e.status, headers=e.headers)
+        except web.HTTPException as e:
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+                e.status, "http_error"
+            )
+            _count_rejection(request, code)
+            message = {404: "no such endpoint", 413: "the request body is too large"}.get(
+                e.status, e.reason
+            )
+            headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+            response = json_response(
+                {"error": {"code": code, "message": message}}, status=e.status, headers=headers
+            )
+        except ConnectionResetError:
+            # The client went away mid-request: nothing was stored and nobody will read
+            # this answer, but returning one keeps aiohttp from logging an error.
+            response = json_response(
+                {"error": {"code": "client_closed", "message": "the client closed the connection"}},
+                status=400,
+            )
+        except Exception as e:
+            if (why := storage_failure(e)) is not None:  # disk full: nothing was changed
+                _count_rejection(request, "store_unavailable")
+                log.error("store_unavailable", path=request.rel_url.path, reason=why)
+                return json_response(STORE_UNAVAILABLE, status=503)
+            log.error(
+                "unhandled_error",
+                method=request.method,
+                path=request.rel_url.path,
+                error=exception_summary(e),
+            )
+            response = json_response(
+                {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
+                status=500,
+            )
+        return response
+
+    return api_errors
 
 
 def _count_rejection(request: web.Request, code: str) -> None:

@@ -62,6 +62,7 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 QUEUED = Verdict(State.QUEUED, None, None)  # the one verdict of a message that goes at once
+_PURPOSES = {p.value: p for p in Purpose}
 
 
 @functools.cache
@@ -117,7 +118,8 @@ class Policy:
                 " the gateway)",
                 field=f"{field_prefix}purpose",
             )
-        return Purpose(chosen)
+        found = _PURPOSES.get(chosen)  # the enum's own lookup runs Python on every accept
+        return found if found is not None else Purpose(chosen)
 
     def priority_of(self, purpose: Purpose, named: str | None, field_prefix: str = "") -> Priority:
         policy = self.table[purpose]

@@ -54,6 +54,14 @@ class TokenPurposes:
         self._store = store
         self._known: dict[str, str | None] = {}
 
+    def known(self, token_id: str | None) -> tuple[str | None] | None:
+        """`(default,)` if it needs no read (read before, or no token), else None."""
+        if token_id is None:
+            return (None,)
+        if token_id in self._known:
+            return (self._known[token_id],)
+        return None
+
     async def default_for(self, token_id: str | None) -> str | None:
         if token_id is None:
             return None

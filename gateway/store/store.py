@@ -23,7 +23,7 @@ import msgspec
 from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
-from gateway.models import Priority, State
+from gateway.models import STATE_VALUES, Priority, State
 from gateway.store import (
     crypto,
     group_sql,
@@ -270,7 +270,7 @@ class Store:
                     m.id,
                     m.token_id,
                     int(m.priority),
-                    state.value,
+                    STATE_VALUES[state],
                     to_ct,
                     m.to_index or c.blind_index(m.to),
                     body_ct,
@@ -307,12 +307,17 @@ class Store:
         callback_url: str | None,
     ) -> Sealed:
         """A message's personal fields encrypted, bound to its id and column."""
-        c = self._crypto
+        fields = [(to, "to"), (body, "body")]
+        if reference is not None:
+            fields.append((reference, "reference"))
+        if callback_url is not None:
+            fields.append((callback_url, "callback"))
+        sealed = self._crypto.encrypt_row(message_id, fields)
         return (
-            c.encrypt(to, message_id, "to"),
-            c.encrypt(body, message_id, "body"),
-            None if reference is None else c.encrypt(reference, message_id, "reference"),
-            None if callback_url is None else c.encrypt(callback_url, message_id, "callback"),
+            sealed[0],
+            sealed[1],
+            None if reference is None else sealed[2],
+            None if callback_url is None else sealed[-1],
         )
 
     @staticmethod

@@ -153,11 +153,12 @@ class Messages:
         `shutting_down`, `store_unavailable`) and then stores nothing."""
         self._require_send(caller)
         self.check_accepting()
-        default = await self._token_purposes.default_for(caller.token_id)
+        known = self._token_purposes.known(caller.token_id)  # read once: no coroutine after
+        default = known[0] if known else await self._token_purposes.default_for(caller.token_id)
         prepared = self._intake.prepare(
             request, caller.token_id, self._clock.time(), token_purpose=default
         )
-        return await self._commit(caller, [prepared], idempotency, lambda a: a[0])
+        return await self._commit(caller, [prepared], idempotency, _first)
 
     async def accept_together(
         self,
@@ -255,7 +256,8 @@ class Messages:
         self.check_accepting()
         self.check_batch_size(len(items))
         now = self._clock.time()
-        default = await self._token_purposes.default_for(caller.token_id)
+        known = self._token_purposes.known(caller.token_id)  # read once: no coroutine after
+        default = known[0] if known else await self._token_purposes.default_for(caller.token_id)
         prepared: list[Prepared] = []
         errors: dict[int, dict[str, Any]] = {}
         for i, item in enumerate(items):
@@ -604,6 +606,10 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     for sql, batch in by_sql.items():
         conn.executemany(sql, batch)
     return outcomes
+
+
+def _first(accepted: list[Accepted]) -> Accepted:
+    return accepted[0]
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Checks every request passes before the API or the panel sees it.
 
-Three, in this order, as the innermost-but-one middleware (the API's error middleware
-around it turns a refusal into the JSON error, and the security headers follow):
+Three, in this order, run by the API's error middleware before anything else (it turns
+a refusal into the JSON error, and the security headers follow):
 
 1. Who is asking: the client's address and scheme (`client.py`). Behind a trusted
    proxy the request is cloned with them, so `request.remote`, `request.secure` and
@@ -20,10 +20,9 @@ import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import ApiError
 from gateway.web.client import CLIENT, ProxyTrust
@@ -99,12 +98,17 @@ def _host_form(address: str) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
-def guard_middleware(trust: ProxyTrust, names: ServerNames) -> Middleware:
+RequestCheck = Callable[[web.Request], web.Request]
+
+
+def request_check(trust: ProxyTrust, names: ServerNames) -> RequestCheck:
+    """The checks as a plain function: the request to pass on (cloned behind a trusted
+    proxy), or an `ApiError`. The error middleware calls it (`gateway/http_app.py`): a
+    middleware of its own was one more layer of coroutines resumed on every request."""
     # The same few Host headers and local addresses come on every request.
     allows = functools.lru_cache(maxsize=256)(names.allows)
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def check(request: web.Request) -> web.Request:
         client = trust.resolve(request.remote, request.scheme, request.headers)
         request[CLIENT] = client
         if _CONTROL.search(request.path):
@@ -120,7 +124,7 @@ def guard_middleware(trust: ProxyTrust, names: ServerNames) -> Middleware:
                 "this server does not answer to that host name; see http.server_names",
             )
         if client.via_proxy:
-            request = request.clone(remote=client.address, scheme=client.scheme)
-        return await handler(request)
+            return request.clone(remote=client.address, scheme=client.scheme)
+        return request
 
-    return guard
+    return check
