@@ -524,9 +524,12 @@ class Store:
         the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
         """
         item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
-        # Not lazy: the carrier waits for its deliver_sm_resp until the commit, and one
-        # that sends a receipt at a time would get a few a second while nothing else commits.
-        outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
+        # Lazy: the message is safe as `sent`, and the carrier keeps a receipt until it is
+        # answered, which is only after this commits; so it rides the next commit (at most
+        # `lazy_commit_ms` later) instead of paying one of its own.
+        outcome: tuple[str, State] | None = await self.writer.run_grouped(
+            receipts_many, item, lazy=True
+        )
         return outcome
 
     async def apply_receipts(
@@ -535,7 +538,9 @@ class Store:
         """`apply_receipt` for (carrier id, state, error code, alternate ids) of a
         group, in one writer job; an exception in place of a receipt that failed alone."""
         items = [(route, cid, state, code, now, tuple(alt)) for cid, state, code, alt in receipts]
-        return await self.writer.run(lambda conn: group_sql.grouped(conn, receipts_many, items))
+        return await self.writer.run(
+            lambda conn: group_sql.grouped(conn, receipts_many, items), lazy=True
+        )
 
     async def insert_inbound(
         self,
