@@ -25,6 +25,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.config import ConfigError, from_mapping
 from gateway.models import State
 from gateway.store import writer as writer_mod
+from gateway.store.schema import MIGRATIONS, _statements, migrate
 from gateway.store.store import Store
 from gateway.store.writer import GroupCommitWriter
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept
@@ -413,3 +414,103 @@ def _state(data_dir: Path, message_id: str) -> tuple[str, int]:
     finally:
         conn.close()
     return str(row[0]), int(row[1])
+
+
+async def test_state_changes_leave_the_index_by_recipient_alone(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The index by recipient is written at the accept; a claim, a `sent` and a receipt
+    (none changes what a frequency cap counts) leave it alone: each used to rewrite the
+    message's entry, one page at a random place in it per commit."""
+    gw = await open_gateway()
+    store = gw.store
+    now = gw.clock.time()
+    mid = ""
+
+    async def accepted() -> None:
+        nonlocal mid
+        mid = await accept(gw)
+
+    assert "messages_to" in await _btrees_written(store, accepted())
+    steps: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.claim(mid, "demo", now),
+        lambda: store.mark_sent(mid, "demo", ["t1"], now),
+        lambda: store.apply_receipt("demo", "t1", "delivered", None, now),
+    ]
+    for step in steps:
+        written = await _btrees_written(store, step())
+        assert "messages" in written and "messages_to" not in written, written
+    assert (await message_row(store, mid))["state"] == "delivered"
+
+
+UNCOUNTED = ("blocked", "cancelled", "expired")
+
+
+async def test_uncounted_follows_the_state_whoever_changes_it(
+    open_gateway: GatewayFactory,
+) -> None:
+    """`uncounted` (what the index by recipient holds instead of the state) is 1 exactly
+    for the states no cap counts: kept by triggers on inserts and on state changes made
+    by any code, the store's transitions or a plain UPDATE."""
+    gw = await open_gateway()
+    store = gw.store
+    waiting, cancelled, delivered = [await accept(gw) for _ in range(3)]
+    now = gw.clock.time()
+    assert await store.cancel(cancelled, now) is State.CANCELLED
+    assert await store.claim(delivered, "demo", now) is not None
+    await store.mark_sent(delivered, "demo", ["u1"], now)
+    await store.apply_receipt("demo", "u1", "delivered", None, now)
+    await store.writer.drain()
+
+    def rows(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+        return {
+            r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, state, uncounted FROM messages")
+        }
+
+    got = await store.writer.call_outside_transaction(rows)
+    assert got[waiting] == ("queued", 0)
+    assert got[cancelled] == ("cancelled", 1)
+    assert got[delivered] == ("delivered", 0)
+
+    def by_hand(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+        conn.execute("UPDATE messages SET state = 'blocked' WHERE id = ?", (waiting,))
+        conn.execute("UPDATE messages SET state = 'queued' WHERE id = ?", (cancelled,))
+        conn.execute(  # a row inserted already blocked, as a copy of another
+            "INSERT INTO messages (id, priority, state, to_ct, to_index, body_ct, encoding,"
+            " segments, created_at, updated_at, expires_at, due_at) SELECT 'copy', priority,"
+            " 'blocked', to_ct, to_index, body_ct, encoding, segments, created_at,"
+            " updated_at, expires_at, due_at FROM messages WHERE id = ?",
+            (delivered,),
+        )
+        return rows(conn)
+
+    got = await store.writer.call_outside_transaction(by_hand)
+    assert got[waiting] == ("blocked", 1)
+    assert got[cancelled] == ("queued", 0)
+    assert got["copy"] == ("blocked", 1)
+    assert all(uncounted == (state in UNCOUNTED) for state, uncounted in got.values())
+
+
+def test_migration_32_fills_uncounted_and_rebuilds_the_index_by_recipient(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    for script in MIGRATIONS[:31]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 31")
+    states = ["queued", "sending", "sent", "delivered", "failed", *UNCOUNTED]
+    for i, state in enumerate(states):
+        conn.execute(
+            "INSERT INTO messages (id, priority, state, to_ct, to_index, body_ct, encoding,"
+            " segments, created_at, updated_at, expires_at, due_at)"
+            " VALUES (?, 2, ?, x'00', x'01', x'00', 'gsm7', 1, ?, ?, ?, ?)",
+            (f"m{i}", state, i, i, i + 100, i),
+        )
+    assert migrate(conn) == len(MIGRATIONS)
+    got = dict(conn.execute("SELECT state, uncounted FROM messages").fetchall())
+    assert got == {s: int(s in UNCOUNTED) for s in states}
+    columns = [r[2] for r in conn.execute("PRAGMA index_info(messages_to)")]
+    assert columns == ["to_index", "purpose", "uncounted", "created_at", "send_at"]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
