@@ -244,6 +244,20 @@ async def test_a_new_store_uses_the_smaller_page(tmp_path: Path) -> None:
         conn.close()
 
 
+async def test_the_writer_checkpoints_every_4000_frames(tmp_path: Path) -> None:
+    """Fewer checkpoints: each writes the pages changed since the last one into the
+    file, and the hot ones (index tails, the newest rows) are most of every commit."""
+    store = Store(tmp_path / "s.db", os.urandom(32))
+    await store.open()
+    try:
+        got = await store.writer.call_outside_transaction(
+            lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+    finally:
+        await store.close()
+    assert got == writer_mod.WAL_AUTOCHECKPOINT == 4000
+
+
 async def test_an_existing_store_keeps_its_page_size(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     conn = sqlite3.connect(path)
