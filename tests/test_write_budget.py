@@ -528,3 +528,28 @@ def test_migration_32_fills_uncounted_and_rebuilds_the_index_by_recipient(
     assert columns == ["to_index", "purpose", "uncounted", "created_at", "send_at"]
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+async def test_a_one_part_receipt_leaves_the_part_row_alone_and_stays_idempotent(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The receipt of a message of one part changes the message, not its part row
+    (a page saved per receipt); a duplicate, or a later receipt with another outcome,
+    changes nothing. Messages of several parts keep their parts' states
+    (test_store.py's multipart tests)."""
+    gw = await open_gateway()
+    store = gw.store
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await store.claim(mid, "demo", now) is not None
+    await store.mark_sent(mid, "demo", ["one"], now)
+    await store.writer.drain()
+    written = await _btrees_written(
+        store, store.apply_receipt("demo", "one", "delivered", None, now)
+    )
+    assert "messages" in written
+    assert not written & {"carrier_ids", "carrier_ids_message"}, written
+    for state in ("delivered", "failed"):
+        assert await store.apply_receipt("demo", "one", state, "000", now) is None
+    assert (await message_row(store, mid))["state"] == "delivered"
+    assert [e.state for e in await store.events(mid)].count("delivered") == 1
