@@ -23,10 +23,12 @@ import pytest
 from drivers.clock import FakeClock
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.config import ConfigError, from_mapping
-from gateway.models import State
+from gateway.models import Priority, State, new_message_id
+from gateway.store import transitions
 from gateway.store import writer as writer_mod
 from gateway.store.schema import MIGRATIONS, _statements, migrate
-from gateway.store.store import Store
+from gateway.store.store import NewMessage, Store
+from gateway.store.transitions import Transition
 from gateway.store.writer import GroupCommitWriter
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept
 from tests.store_rows import message_row
@@ -460,49 +462,51 @@ async def test_state_changes_leave_the_index_by_recipient_alone(
 UNCOUNTED = ("blocked", "cancelled", "expired")
 
 
-async def test_uncounted_follows_the_state_whoever_changes_it(
-    open_gateway: GatewayFactory,
-) -> None:
+async def test_uncounted_follows_the_state_on_every_path(open_gateway: GatewayFactory) -> None:
     """`uncounted` (what the index by recipient holds instead of the state) is 1 exactly
-    for the states no cap counts: kept by triggers on inserts and on state changes made
-    by any code, the store's transitions or a plain UPDATE."""
+    for the states no cap counts: set by the insert (a message blocked at its accept)
+    and by the UPDATE of each transition into them (cancel, block, expire)."""
     gw = await open_gateway()
     store = gw.store
-    waiting, cancelled, delivered = [await accept(gw) for _ in range(3)]
+    waiting, cancelled, blocked, expired, delivered = [await accept(gw) for _ in range(5)]
     now = gw.clock.time()
+    refused = NewMessage(
+        id=new_message_id(),
+        token_id=None,
+        priority=Priority.NORMAL,
+        to=CANARY_NUMBER,
+        body="refused at its accept",
+        encoding="gsm7",
+        segments=1,
+        created_at=now,
+        expires_at=now + 3600,
+        blocked="opted_out",
+    )
+    await store.insert(store.insert_statements(refused))
     assert await store.cancel(cancelled, now) is State.CANCELLED
+    await store.transition(Transition(blocked, State.BLOCKED, error_code="opted_out"), now)
+    await store.transition(Transition(expired, State.EXPIRED, error_code="expired"), now)
     assert await store.claim(delivered, "demo", now) is not None
     await store.mark_sent(delivered, "demo", ["u1"], now)
     await store.apply_receipt("demo", "u1", "delivered", None, now)
     await store.writer.drain()
 
     def rows(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
-        return {
-            r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, state, uncounted FROM messages")
-        }
+        query = "SELECT id, state, uncounted FROM messages"
+        return {r[0]: (r[1], r[2]) for r in conn.execute(query)}
 
     got = await store.writer.call_outside_transaction(rows)
     assert got[waiting] == ("queued", 0)
-    assert got[cancelled] == ("cancelled", 1)
     assert got[delivered] == ("delivered", 0)
-
-    def by_hand(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
-        conn.execute("UPDATE messages SET state = 'blocked' WHERE id = ?", (waiting,))
-        conn.execute("UPDATE messages SET state = 'queued' WHERE id = ?", (cancelled,))
-        conn.execute(  # a row inserted already blocked, as a copy of another
-            "INSERT INTO messages (id, priority, state, to_ct, to_index, body_ct, encoding,"
-            " segments, created_at, updated_at, expires_at, due_at) SELECT 'copy', priority,"
-            " 'blocked', to_ct, to_index, body_ct, encoding, segments, created_at,"
-            " updated_at, expires_at, due_at FROM messages WHERE id = ?",
-            (delivered,),
-        )
-        return rows(conn)
-
-    got = await store.writer.call_outside_transaction(by_hand)
-    assert got[waiting] == ("blocked", 1)
-    assert got[cancelled] == ("queued", 0)
-    assert got["copy"] == ("blocked", 1)
+    for mid, state in (
+        (refused.id, "blocked"),
+        (cancelled, "cancelled"),
+        (blocked, "blocked"),
+        (expired, "expired"),
+    ):
+        assert got[mid] == (state, 1)
     assert all(uncounted == (state in UNCOUNTED) for state, uncounted in got.values())
+    assert {s.value for s in transitions.UNCOUNTED} == set(UNCOUNTED)
 
 
 def test_migration_32_fills_uncounted_and_rebuilds_the_index_by_recipient(

@@ -40,6 +40,7 @@ from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
+    UNCOUNTED,
     Transition,
     apply,
     claim_many,
@@ -265,7 +266,8 @@ class Store:
                 "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
                 " reference_ct, callback_ct, encoding, segments, route_hint, category,"
                 " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-                " quiet_override, held_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " quiet_override, held_for, uncounted)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id,
                     m.token_id,
@@ -289,6 +291,7 @@ class Store:
                     m.blocked,
                     int(m.quiet_override),
                     m.held_for,
+                    int(state in UNCOUNTED),
                 ),
             ),
         ]

@@ -93,6 +93,13 @@ def _refuse(conn: sqlite3.Connection, message_id: str, target: State) -> NoRetur
     raise IllegalTransition(State(current[0]), target)
 
 
+# States no frequency cap counts: a message in one has `uncounted` = 1, which the index by
+# recipient holds in place of its state (migration 32). Every change of state is made
+# by `update_sql`'s UPDATE and every message is inserted by `Store.insert_statements`:
+# both set it (a trigger would, too, at several times the cost of each UPDATE).
+UNCOUNTED = frozenset({State.BLOCKED, State.CANCELLED, State.EXPIRED})
+
+
 INSERT_EVENT = (
     "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
     " attempt) VALUES (?,?,?,?,?,?,?)"
@@ -143,6 +150,8 @@ def update_sql(
     ]
     if count_attempt:
         sets.append("attempts = attempts + 1")
+    if target in UNCOUNTED:  # final states: a message never leaves them
+        sets.append("uncounted = 1")
     if only_from is not None:
         check_transition(only_from, target)
         sources = f"'{only_from.value}'"
