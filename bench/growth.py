@@ -76,8 +76,8 @@ VIEWER = ("bench-viewer", "Seven quiet herons over the estuary")
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct, encoding,"
     " segments, route, created_at, updated_at, send_at, expires_at, due_at, attempts,"
-    " error_code, purpose, campaign_id, variant) VALUES"
-    " (?,?,?,?,?,?,?,'gsm7',?,?,?,?,?,?,?,?,?,?,?,?)"
+    " error_code, purpose, campaign_id, variant, uncounted) VALUES"
+    " (?,?,?,?,?,?,?,'gsm7',?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 INSERT_PART = (
     "INSERT INTO carrier_ids (route, carrier_id, message_id, part, state) VALUES (?,?,?,1,?)"
@@ -158,7 +158,8 @@ def build(home: harness.GatewayHome, total: int, now: float, seed: int = 16) -> 
             updated = done if sends else at
             messages.append((mid, token_id, priority, state, to_ct, index[who], body_ct, 1,
                              route if sends else None, at, updated, send_at, at + 86400, due,
-                             int(sends), error, purpose, campaign, variant))  # fmt: skip
+                             int(sends), error, purpose, campaign, variant,
+                             int(state in ("blocked", "cancelled", "expired"))))  # fmt: skip
             if sends:
                 carrier = f"{n:x}"
                 events.append((mid, at + 0.05, "sending", route, None, None, 1))

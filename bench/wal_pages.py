@@ -200,6 +200,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     rows["frames_per_message"] = round(total / n, 2)
     rows["checkpoint_pages_per_message"] = round(len(distinct) / n, 2)
+    # A checkpoint every N frames (`wal_autocheckpoint` N) writes the distinct pages of
+    # those N frames into the file: a page rewritten by many commits is written once.
+    stream = [p for commits in per_step.values() for c in commits for p in c]
+    rows["checkpoint_every"] = {
+        every: round(
+            sum(len(set(stream[i : i + every])) for i in range(0, len(stream), every)) / n, 2
+        )
+        for every in args.checkpoint_every
+    }
     return rows
 
 
@@ -213,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lag", type=int, default=100, help="messages between a submit and its receipt")
     p.add_argument("--body-chars", type=int, default=BODY_CHARS, help="each message's length")
     p.add_argument("--outbox", action="store_true", help="as with a webhook consumer")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        nargs="*",
+        default=[1000, 4000, 16000],
+        help="checkpoint pages per message were the WAL checkpointed every N frames",
+    )
     args = p.parse_args(argv)
     result = asyncio.run(run(args))
     for name, step in result["steps"].items():
@@ -222,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         f"WAL pages per message {result['frames_per_message']},"
         f" checkpoint pages per message {result['checkpoint_pages_per_message']}"
     )
+    for every, pages in result["checkpoint_every"].items():
+        print(f"checkpoint every {every} frames: {pages} pages per message into the file")
     print(json.dumps(result))
     return 0
 

@@ -69,7 +69,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Carrier]]:
             "enquire_link_interval": 30.0,
             "response_timeout": 5.0,
         }  # no `rate`: the carrier's is to be found
-        gw = await Gateway.open(make_config(tmp_path, [route]), clock)
+        # Lazy writes (a `sent`, a receipt) wait in real time while this clock is moved
+        # by hand: with none, each step's outcomes commit at once, as they would under
+        # the steady load of claims the real clock brings.
+        config = make_config(tmp_path, [route], store={"lazy_commit_ms": 0})
+        gw = await Gateway.open(config, clock)
         up = asyncio.Event()
         reported = gw.sink.health_changed
 

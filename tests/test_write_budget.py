@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from drivers.clock import FakeClock
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.config import ConfigError, from_mapping
-from gateway.models import State
+from gateway.models import Priority, State, new_message_id
+from gateway.store import transitions
 from gateway.store import writer as writer_mod
-from gateway.store.store import Store
+from gateway.store.schema import MIGRATIONS, _statements, migrate
+from gateway.store.store import NewMessage, Store
+from gateway.store.transitions import Transition
 from gateway.store.writer import GroupCommitWriter
-from tests.conftest import GatewayFactory, accept
+from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept
 from tests.store_rows import message_row
+from tests.test_cli import _init
 from tests.test_config import EXAMPLE
+from tests.test_inbound_reassembly import _add_smpp_route, _daemon
 
 WAIT = 10.0  # seconds any one step may take before the test fails
 
@@ -139,13 +148,12 @@ async def test_a_failing_lazy_item_fails_alone(tmp_path: Path) -> None:
         await w.close()
 
 
-async def test_sent_is_lazy_and_rides_with_the_next_claim_a_receipt_is_not(
+async def test_sent_is_lazy_and_rides_with_the_next_claim(
     open_gateway: GatewayFactory,
 ) -> None:
     """At a trickle, one message's `sent` and another's claim share one commit; the
     sender hears back only after it. The claim is never lazy (`sending` is committed
-    before the driver sees the message), nor is a receipt: the carrier waits for its
-    answer until the commit."""
+    before the driver sees the message)."""
     gw = await open_gateway()
     w = gw.store.writer
     w.lazy_delay = 3600.0  # nothing commits lazy work here but the claim
@@ -156,7 +164,9 @@ async def test_sent_is_lazy_and_rides_with_the_next_claim_a_receipt_is_not(
     sent = asyncio.ensure_future(gw.store.mark_sent(first, "demo", ["r1"], now))
     await asyncio.wait_for(w.drain(), WAIT)  # r1 is recorded, so its receipt applies
     assert sent.done()
-    receipt = gw.store.apply_receipt("demo", "r1", "delivered", None, now)
+    receipt = asyncio.ensure_future(gw.store.apply_receipt("demo", "r1", "delivered", None, now))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(w.drain(), WAIT)
     assert await asyncio.wait_for(receipt, WAIT) == (first, State.DELIVERED)
     sent2 = asyncio.ensure_future(gw.store.mark_sent(second, "demo", ["r2"], now))
     await asyncio.sleep(0)
@@ -173,6 +183,39 @@ async def test_sent_is_lazy_and_rides_with_the_next_claim_a_receipt_is_not(
         "sent",
         "delivered",
     ]
+
+
+async def test_receipts_are_lazy_and_ride_the_next_commit(open_gateway: GatewayFactory) -> None:
+    """A receipt (alone, or a group read together) starts no transaction: it waits,
+    unanswered, for the next commit other work starts (here an accept), and its caller
+    (who then answers the carrier) hears back only after that commit."""
+    gw = await open_gateway()
+    w = gw.store.writer
+    w.lazy_delay = 3600.0  # nothing commits lazy work here but the accept
+    first, second = [await accept(gw) for _ in range(2)]
+    now = gw.clock.time()
+    sent: list[asyncio.Future[State]] = []
+    for mid, cid in ((first, "q1"), (second, "q2")):
+        assert await gw.store.claim(mid, "demo", now) is not None
+        sent.append(asyncio.ensure_future(gw.store.mark_sent(mid, "demo", [cid], now)))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(w.drain(), WAIT)
+    assert all(f.done() for f in sent)
+    one = asyncio.ensure_future(gw.store.apply_receipt("demo", "q1", "delivered", None, now))
+    group = asyncio.ensure_future(
+        gw.store.apply_receipts("demo", [("q2", "delivered", None, ())], now)
+    )
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    before = w.batches
+    assert not one.done() and not group.done()
+    assert (await message_row(gw.store, first))["state"] == "sent"  # not committed yet
+    await asyncio.wait_for(accept(gw), WAIT)
+    assert await asyncio.wait_for(one, WAIT) == (first, State.DELIVERED)
+    assert await asyncio.wait_for(group, WAIT) == [(second, State.DELIVERED)]
+    assert w.batches == before + 1  # the accept's commit carried both receipts
+    for mid in (first, second):
+        assert (await message_row(gw.store, mid))["state"] == "delivered"
 
 
 async def test_a_claim_is_never_lazy(open_gateway: GatewayFactory) -> None:
@@ -201,6 +244,20 @@ async def test_a_new_store_uses_the_smaller_page(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, as before
     finally:
         conn.close()
+
+
+async def test_the_writer_checkpoints_every_4000_frames(tmp_path: Path) -> None:
+    """Fewer checkpoints: each writes the pages changed since the last one into the
+    file, and the hot ones (index tails, the newest rows) are most of every commit."""
+    store = Store(tmp_path / "s.db", os.urandom(32))
+    await store.open()
+    try:
+        got = await store.writer.call_outside_transaction(
+            lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+    finally:
+        await store.close()
+    assert got == writer_mod.WAL_AUTOCHECKPOINT == 4000
 
 
 async def test_an_existing_store_keeps_its_page_size(tmp_path: Path) -> None:
@@ -296,3 +353,207 @@ async def test_lazy_commit_ms_reaches_the_writer(open_gateway: GatewayFactory) -
     assert await gw.store.claim(mid, "demo", now) is not None
     await asyncio.wait_for(gw.store.mark_sent(mid, "demo", ["z1"], now), WAIT)
     assert (await message_row(gw.store, mid))["state"] == "sent"
+
+
+async def test_a_receipt_is_answered_only_after_its_commit_even_across_kill_9(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real `smsgw run` bound to the SMSC simulator, with lazy work held 5 s: a
+    receipt's deliver_sm waits unanswered for the lazy commit. Killed with SIGKILL
+    meanwhile, the gateway neither stored nor acknowledged it; the simulator sends it
+    again to the next `smsgw run`, which applies it once (the message is not resent)."""
+    clock = FakeClock()  # the simulator's receipt leaves when the test advances it
+    sim_config = SimulatorConfig(password="pw", receipt_delay=1.0, redelivery_delay=0.0)
+    async with SmscSimulator(sim_config, clock) as sim:
+        conf, token = await asyncio.to_thread(_init, tmp_path, capsys)
+        url = await asyncio.to_thread(_add_smpp_route, conf, sim.port)
+        plain = conf.read_text() + '\n[log]\nlevel = "debug"\n'
+        held = plain.replace('synchronous = "FULL"', 'synchronous = "FULL"\nlazy_commit_ms = 5000')
+        assert held != plain
+        conf.write_text(held)
+
+        async def wait_for(predicate: Callable[[], bool]) -> None:
+            async with asyncio.timeout(30.0):
+                await sim.wait_until(predicate)
+
+        first = await _daemon(conf, url)
+        try:
+            await wait_for(lambda: sim.binds == 1)
+            headers = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession(headers=headers) as http:
+                body = {"to": CANARY_NUMBER, "body": CANARY_BODY, "route": "carrier"}
+                resp = await http.post(f"{url}/api/v1/messages", json=body)
+                assert resp.status == 202, await resp.text()
+                mid = (await resp.json())["id"]
+            # `sent` is committed (the lazy commit, within 5 s) before the receipt leaves.
+            await first.wait_log(
+                lambda e: e.get("event") == "message_sent" and e.get("message_id") == mid, 30
+            )
+            clock.advance(1.0)
+            await wait_for(lambda: sim.deliveries == 1)
+        finally:
+            first.proc.kill()
+            await first.proc.wait()
+        assert sim.receipts_sent == 0  # never acknowledged ...
+        assert _state(tmp_path, mid) == ("sent", 0)  # ... and not stored
+
+        conf.write_text(plain)  # the default lazy delay again
+        second = await _daemon(conf, url)
+        try:
+            await wait_for(lambda: sim.receipts_sent == 1)
+            # Acknowledged, so committed: another connection sees it.
+            assert _state(tmp_path, mid) == ("delivered", 0)
+        finally:
+            second.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.proc.wait(), 20) == 0
+        log_text = "".join(first.lines) + await second.finished()
+    assert sim.redelivered == 1 and sim.submits == 1  # the receipt came twice, no resend
+    conn = sqlite3.connect(tmp_path / "smsgw.db")
+    try:
+        events = conn.execute(
+            "SELECT state FROM message_events WHERE message_id = ? ORDER BY seq", (mid,)
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [e[0] for e in events][-3:] == ["sending", "sent", "delivered"]
+    assert [e[0] for e in events].count("delivered") == 1
+    assert CANARY_DIGITS not in log_text and CANARY_BODY not in log_text
+
+
+def _state(data_dir: Path, message_id: str) -> tuple[str, int]:
+    """A message's state and duplicate flag, read by a connection of the test's own."""
+    conn = sqlite3.connect(data_dir / "smsgw.db")
+    try:
+        row = conn.execute(
+            "SELECT state, possible_duplicate FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return str(row[0]), int(row[1])
+
+
+async def test_state_changes_leave_the_index_by_recipient_alone(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The index by recipient is written at the accept; a claim, a `sent` and a receipt
+    (none changes what a frequency cap counts) leave it alone: each used to rewrite the
+    message's entry, one page at a random place in it per commit."""
+    gw = await open_gateway()
+    store = gw.store
+    now = gw.clock.time()
+    mid = ""
+
+    async def accepted() -> None:
+        nonlocal mid
+        mid = await accept(gw)
+
+    assert "messages_to" in await _btrees_written(store, accepted())
+    steps: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.claim(mid, "demo", now),
+        lambda: store.mark_sent(mid, "demo", ["t1"], now),
+        lambda: store.apply_receipt("demo", "t1", "delivered", None, now),
+    ]
+    for step in steps:
+        written = await _btrees_written(store, step())
+        assert "messages" in written and "messages_to" not in written, written
+    assert (await message_row(store, mid))["state"] == "delivered"
+
+
+UNCOUNTED = ("blocked", "cancelled", "expired")
+
+
+async def test_uncounted_follows_the_state_on_every_path(open_gateway: GatewayFactory) -> None:
+    """`uncounted` (what the index by recipient holds instead of the state) is 1 exactly
+    for the states no cap counts: set by the insert (a message blocked at its accept)
+    and by the UPDATE of each transition into them (cancel, block, expire)."""
+    gw = await open_gateway()
+    store = gw.store
+    waiting, cancelled, blocked, expired, delivered = [await accept(gw) for _ in range(5)]
+    now = gw.clock.time()
+    refused = NewMessage(
+        id=new_message_id(),
+        token_id=None,
+        priority=Priority.NORMAL,
+        to=CANARY_NUMBER,
+        body="refused at its accept",
+        encoding="gsm7",
+        segments=1,
+        created_at=now,
+        expires_at=now + 3600,
+        blocked="opted_out",
+    )
+    await store.insert(store.insert_statements(refused))
+    assert await store.cancel(cancelled, now) is State.CANCELLED
+    await store.transition(Transition(blocked, State.BLOCKED, error_code="opted_out"), now)
+    await store.transition(Transition(expired, State.EXPIRED, error_code="expired"), now)
+    assert await store.claim(delivered, "demo", now) is not None
+    await store.mark_sent(delivered, "demo", ["u1"], now)
+    await store.apply_receipt("demo", "u1", "delivered", None, now)
+    await store.writer.drain()
+
+    def rows(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+        query = "SELECT id, state, uncounted FROM messages"
+        return {r[0]: (r[1], r[2]) for r in conn.execute(query)}
+
+    got = await store.writer.call_outside_transaction(rows)
+    assert got[waiting] == ("queued", 0)
+    assert got[delivered] == ("delivered", 0)
+    for mid, state in (
+        (refused.id, "blocked"),
+        (cancelled, "cancelled"),
+        (blocked, "blocked"),
+        (expired, "expired"),
+    ):
+        assert got[mid] == (state, 1)
+    assert all(uncounted == (state in UNCOUNTED) for state, uncounted in got.values())
+    assert {s.value for s in transitions.UNCOUNTED} == set(UNCOUNTED)
+
+
+def test_migration_32_fills_uncounted_and_rebuilds_the_index_by_recipient(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    for script in MIGRATIONS[:31]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 31")
+    states = ["queued", "sending", "sent", "delivered", "failed", *UNCOUNTED]
+    for i, state in enumerate(states):
+        conn.execute(
+            "INSERT INTO messages (id, priority, state, to_ct, to_index, body_ct, encoding,"
+            " segments, created_at, updated_at, expires_at, due_at)"
+            " VALUES (?, 2, ?, x'00', x'01', x'00', 'gsm7', 1, ?, ?, ?, ?)",
+            (f"m{i}", state, i, i, i + 100, i),
+        )
+    assert migrate(conn) == len(MIGRATIONS)
+    got = dict(conn.execute("SELECT state, uncounted FROM messages").fetchall())
+    assert got == {s: int(s in UNCOUNTED) for s in states}
+    columns = [r[2] for r in conn.execute("PRAGMA index_info(messages_to)")]
+    assert columns == ["to_index", "purpose", "uncounted", "created_at", "send_at"]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+async def test_a_one_part_receipt_leaves_the_part_row_alone_and_stays_idempotent(
+    open_gateway: GatewayFactory,
+) -> None:
+    """The receipt of a message of one part changes the message, not its part row
+    (a page saved per receipt); a duplicate, or a later receipt with another outcome,
+    changes nothing. Messages of several parts keep their parts' states
+    (test_store.py's multipart tests)."""
+    gw = await open_gateway()
+    store = gw.store
+    mid = await accept(gw)
+    now = gw.clock.time()
+    assert await store.claim(mid, "demo", now) is not None
+    await store.mark_sent(mid, "demo", ["one"], now)
+    await store.writer.drain()
+    written = await _btrees_written(
+        store, store.apply_receipt("demo", "one", "delivered", None, now)
+    )
+    assert "messages" in written
+    assert not written & {"carrier_ids", "carrier_ids_message"}, written
+    for state in ("delivered", "failed"):
+        assert await store.apply_receipt("demo", "one", state, "000", now) is None
+    assert (await message_row(store, mid))["state"] == "delivered"
+    assert [e.state for e in await store.events(mid)].count("delivered") == 1

@@ -3,7 +3,9 @@ data_sm), each answered only once the gateway made it durable.
 
 Each deliver_sm is answered once its receipt or message is committed; they are handled
 side by side so that one commit covers many (group commit), and the link stops reading
-while `INBOUND_CONCURRENCY` of them wait on the store. Receipts read together go, to a
+while `INBOUND_CONCURRENCY` of them wait on the store. (The gateway's store commits a
+receipt lazily, with the next commit other work makes: until then its deliver_sm is
+simply one of the carrier's unanswered ones.) Receipts read together go, to a
 sink that takes groups (`GroupReceiptSink`), as one group: one store call, then each
 deliver_sm_resp. A receipt is correlated by the carrier's id in any spelling it may
 have been recorded under; an inbound message goes part by part (UDH or sar_* TLVs).

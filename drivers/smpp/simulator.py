@@ -17,7 +17,8 @@ as receiver or transceiver, within each one's window; only one system_id can bin
 each is the submitter's. Until one binds, the outbox waits. A deliver_sm refused or
 unanswered (response timer) goes back after `redelivery_delay`; one in doubt when its
 connection ends goes back at once. Each send after the first counts in `redelivered`;
-`receipts_sent` and `mo_sent` count deliver_sm the ESME accepted.
+`receipts_sent` and `mo_sent` count deliver_sm the ESME accepted, `deliveries` every
+deliver_sm written (so one sent and not yet answered can be seen).
 
 Faults. `throttle` and `reject_next` queue the statuses the next submits get;
 `throttle_storm` throttles every other one of the next submits (or every n-th);
@@ -242,7 +243,7 @@ class SmscSimulator:
         self.submitted: list[SubmittedMessage] = []
         self.arrivals: list[tuple[float, int]] = []  # (loop time, status answered)
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
-        self.throttled = self.connections = self.redelivered = 0
+        self.throttled = self.connections = self.redelivered = self.deliveries = 0
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
         self._ids = itertools.count(FIRST_MESSAGE_ID)
         self._mo_refs = itertools.count(1)
@@ -572,6 +573,7 @@ class SmscSimulator:
             while self._outbox and link.session.can_send_request(Command.DELIVER_SM):
                 item = self._outbox.popleft()
                 self.redelivered += item.attempts > 0
+                self.deliveries += 1
                 item.attempts += 1
                 now = link.loop.time()
                 link.session.send_request(

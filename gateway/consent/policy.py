@@ -274,7 +274,7 @@ class GroupView:
             for idx, purpose, at in conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
                 f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
-                " AND state NOT IN ('blocked', 'cancelled', 'expired') AND at > ?",
+                " AND uncounted = 0 AND at > ?",
                 (*chunk, *capped, since),
             ):
                 key = key_of[purpose]

@@ -1020,8 +1020,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX inbound_received ON inbound (received_at);
     CREATE INDEX consent_ledger_opt_outs ON consent_ledger (at) WHERE decision = 'opt_out';
     """,
-    # 32 (i16-writes): reserved for the write budget branch.
-    "",
+    # 32 (i16-writes): the index by recipient stops holding `state`, which every claim,
+    #    `sent` and receipt changed: each rewrote the message's entry, one whole page at
+    #    a random place in the index per commit (bench/wal_pages.py). It holds
+    #    `uncounted` instead, 1 for a message in a state no frequency cap counts (blocked,
+    #    cancelled, expired), which changes only when a message enters or leaves those
+    #    states; so the send policy's cap query (every accept) stays covered by the index.
+    #    The insert and the transitions' UPDATE set it (`transitions.UNCOUNTED`); not
+    #    triggers, which made each UPDATE of a message several times dearer in CPU.
+    """
+    ALTER TABLE messages ADD COLUMN uncounted INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET uncounted = 1 WHERE state IN ('blocked', 'cancelled', 'expired');
+    DROP INDEX messages_to;
+    CREATE INDEX messages_to ON messages (to_index, purpose, uncounted, created_at, send_at);
+    """,
     # 33 (i16-accept): reserved for the accept path branch.
     "",
     # 34 (i12-consent): reserved for the consent benchmark branch.

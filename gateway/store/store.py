@@ -40,6 +40,7 @@ from gateway.store.records import Records, StoredEvent
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
+    UNCOUNTED,
     Transition,
     apply,
     claim_many,
@@ -265,7 +266,8 @@ class Store:
                 "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
                 " reference_ct, callback_ct, encoding, segments, route_hint, category,"
                 " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-                " quiet_override, held_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " quiet_override, held_for, uncounted)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id,
                     m.token_id,
@@ -289,6 +291,7 @@ class Store:
                     m.blocked,
                     int(m.quiet_override),
                     m.held_for,
+                    int(state in UNCOUNTED),
                 ),
             ),
         ]
@@ -529,9 +532,12 @@ class Store:
         the submit's answer is recorded: receipts can overtake `submit_sm_resp`.
         """
         item = (route, carrier_id, state, error_code, now, tuple(alternate_ids))
-        # Not lazy: the carrier waits for its deliver_sm_resp until the commit, and one
-        # that sends a receipt at a time would get a few a second while nothing else commits.
-        outcome: tuple[str, State] | None = await self.writer.run_grouped(receipts_many, item)
+        # Lazy: the message is safe as `sent`, and the carrier keeps a receipt until it is
+        # answered, which is only after this commits; so it rides the next commit (at most
+        # `lazy_commit_ms` later) instead of paying one of its own.
+        outcome: tuple[str, State] | None = await self.writer.run_grouped(
+            receipts_many, item, lazy=True
+        )
         return outcome
 
     async def apply_receipts(
@@ -540,7 +546,9 @@ class Store:
         """`apply_receipt` for (carrier id, state, error code, alternate ids) of a
         group, in one writer job; an exception in place of a receipt that failed alone."""
         items = [(route, cid, state, code, now, tuple(alt)) for cid, state, code, alt in receipts]
-        return await self.writer.run(lambda conn: group_sql.grouped(conn, receipts_many, items))
+        return await self.writer.run(
+            lambda conn: group_sql.grouped(conn, receipts_many, items), lazy=True
+        )
 
     async def insert_inbound(
         self,
