@@ -37,7 +37,7 @@ typecheck: setup
 # Debian's Kannel (bearerbox + smsbox) for the sendsms listener's side-by-side tests.
 # systemd-ask-password and its tty agent for the passphrase-at-boot test (i14-socket).
 # Debian's OpenLDAP server (slapd) for the directory sign-in tests (tests/peers/slapd.py).
-# Debian's PostgreSQL for the cluster tests (i18-ha): tests/pg_server.py starts its own.
+# Debian's PostgreSQL for the cluster tests: tests/pg_server.py starts its own.
 peers: setup
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian) for the SMPP interop peer"; \

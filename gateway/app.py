@@ -44,8 +44,8 @@ from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.contacts.usecase import Contacts
 from gateway.demo import DemoPeers
-from gateway.directory.build import DirectorySetupError, build_directory  # i17-ldap
-from gateway.directory.service import Directory  # i17-ldap
+from gateway.directory.build import DirectorySetupError, build_directory
+from gateway.directory.service import Directory
 from gateway.hl7.service import Hl7Service
 from gateway.hl7.settings import Hl7Config
 from gateway.intake import Intake
@@ -242,7 +242,7 @@ class Gateway:
             self.outbox.register(mqtt_consumer(self.config, self.mqtt))
         await self.outbox.start(run=dispatch)
         await self._start_hl7(dispatch=dispatch)
-        self._start_directory(dispatch=dispatch)  # i17-ldap
+        self._start_directory(dispatch=dispatch)
         self.medications  # noqa: B018  # the clinical commands read its settings from now on
         if dispatch:
             self._spawn(self.scheduler.run())
@@ -366,7 +366,7 @@ class Gateway:
 
     @functools.cached_property
     def directory(self) -> Directory | None:
-        """i17-ldap: panel sign-in through the directory; None unless `[directory]` is on."""
+        """panel sign-in through the directory; None unless `[directory]` is on."""
         if not self.config.directory.enabled:
             return None
         return build_directory(self.config, self.clock, self.metrics.registry)

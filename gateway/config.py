@@ -30,7 +30,7 @@ from gateway.config_errors import ConfigError as ConfigError  # raised here, cau
 from gateway.config_errors import convert, show
 from gateway.consent.inbound_config import inbound_problems
 from gateway.consent.settings import ConsentConfig
-from gateway.directory.settings import DirectoryConfig  # i17-ldap
+from gateway.directory.settings import DirectoryConfig
 from gateway.hl7.settings import DEMO_INTERFACE as DEMO_HL7_INTERFACE
 from gateway.hl7.settings import DEMO_OUTBOUND as DEMO_HL7_OUTBOUND
 from gateway.hl7.settings import Hl7Config
@@ -127,7 +127,7 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # i14-socket: key custody without a TPM (gateway/custody.py).
     master_key_passphrase_file: str | None = None  # unlocks a passphrase-protected key
     master_key_media: str | None = None  # a mount point the key file must sit on
-    # i16-writes: how long a `sent` or a receipt waits to ride in another commit (ms).
+    # how long a `sent` or a receipt waits to ride in another commit (ms).
     lazy_commit_ms: Annotated[float, msgspec.Meta(ge=0, le=5000)] = 200.0
 
     def problems(self) -> str | None:
@@ -428,7 +428,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)  # i15-campaigns
     links: LinksConfig = msgspec.field(default_factory=LinksConfig)  # i15-links: short links
     analytics: AnalyticsConfig = msgspec.field(default_factory=AnalyticsConfig)  # i15-analytics
-    directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)  # i17-ldap
+    directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
     source: str | None = None
 
     @property
@@ -642,7 +642,7 @@ def _check_values(config: Config) -> None:
         raise ConfigError(problem)
     if problem := config.analytics.problems():  # i15-analytics
         raise ConfigError(problem)
-    if problem := config.directory.problems():  # i17-ldap
+    if problem := config.directory.problems():
         raise ConfigError(problem)
     region = config.queue.default_region
     if region not in phonenumbers.SUPPORTED_REGIONS:

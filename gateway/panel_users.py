@@ -30,7 +30,7 @@ class User:
     created_at: float
     password_changed_at: float
     disabled_at: float | None
-    # i17-ldap: set for a directory user (the directory's stable id), None for a local one.
+    # set for a directory user (the directory's stable id), None for a local one.
     directory_id: str | None = None
     role_checked_at: float | None = None
 

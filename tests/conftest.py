@@ -291,7 +291,7 @@ async def set_time_zone(gw: Gateway, number: str, zone: str) -> None:
     await store.writer.run(job)
 
 
-# -- i17-ldap: one OpenLDAP server per test session (tests/peers/slapd.py) -----------------
+# -- one OpenLDAP server per test session (tests/peers/slapd.py) -----------------
 
 
 @pytest.fixture(scope="session")

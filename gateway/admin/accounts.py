@@ -61,7 +61,7 @@ class LoginOutcome:
     needs_enrolment: bool = False
     retry_after: float | None = None
     signed_out: bool = False
-    unavailable: bool = False  # the directory did not answer (i17-ldap)
+    unavailable: bool = False  # the directory did not answer
     no_access: bool = False  # right directory password, but in no mapped group
 
 

@@ -174,7 +174,7 @@ async def build_snapshot(gw: Gateway, tail: EventTail) -> dict[str, Any]:
             {"code": code, "count": n} for code, n in tail.failure_codes().most_common(10)
         ],
         "routes": route_cards(gw, await gw.usecases.status.sending_by_route()),
-        "sign_in": await sign_in_card(gw),  # i17-ldap: None without a directory
+        "sign_in": await sign_in_card(gw),  # None without a directory
     }
 
 
@@ -290,7 +290,7 @@ async def _session_deadline(request: web.Request, session: Session) -> float | N
     if row is None:
         return None
     user = await p.repo.user_by_id(session.user_id)
-    if user is None or await recheck_if_due(p, user[0]) is None:  # i17-ldap: left the groups
+    if user is None or await recheck_if_due(p, user[0]) is None:  # left the groups
         return None
     return min(row.last_seen + p.sessions.idle, row.created_at + p.sessions.absolute)
 

@@ -1,4 +1,4 @@
-"""The dashboard's sign-in card (i17-ldap): whether the directory answers, and how often
+"""The dashboard's sign-in card: whether the directory answers, and how often
 a local (break-glass) account was used in the last day. Shown only with `[directory]`."""
 
 from __future__ import annotations

@@ -351,7 +351,7 @@ async def healthz(request: web.Request) -> web.Response:
     }
     if reason is not None:
         body["reason"] = reason
-    if gw.directory is not None:  # i17-ldap: sign-in only, so readiness does not change
+    if gw.directory is not None:  # sign-in only, so readiness does not change
         body["directory"] = gw.directory.status.describe(public=True)
     return json_response(body, status=200 if reason is None else 503)
 

@@ -107,7 +107,7 @@ _HEALTH = {
     "required": ["status"],
     "properties": {
         "status": {"type": "string", "enum": ["ok", "degraded"]},
-        "directory": {  # i17-ldap: only with [directory] enabled; never changes readiness
+        "directory": {  # only with [directory] enabled; never changes readiness
             "type": "object",
             "properties": {
                 "state": {"type": "string", "enum": ["unknown", "up", "down"]},

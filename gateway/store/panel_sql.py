@@ -168,7 +168,7 @@ class AdminRepo:
             lambda conn: conn.execute(sql, (step, user_id, step)).rowcount == 1
         )
 
-    # -- directory users (i17-ldap) ----------------------------------------------------
+    # -- directory users ----------------------------------------------------
 
     async def upsert_directory_user(
         self, new_id: str, stable_id: str, name: str, role: Role, now: float

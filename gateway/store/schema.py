@@ -1020,7 +1020,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX inbound_received ON inbound (received_at);
     CREATE INDEX consent_ledger_opt_outs ON consent_ledger (at) WHERE decision = 'opt_out';
     """,
-    # 32 (i16-writes): the index by recipient stops holding `state`, which every claim,
+    # 32 (issue 16, write budget): the index by recipient stops holding `state`, which every claim,
     #    `sent` and receipt changed: each rewrote the message's entry, one whole page at
     #    a random place in the index per commit (bench/wal_pages.py). It holds
     #    `uncounted` instead, 1 for a message in a state no frequency cap counts (blocked,
@@ -1034,13 +1034,8 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX messages_to;
     CREATE INDEX messages_to ON messages (to_index, purpose, uncounted, created_at, send_at);
     """,
-    # 33 (i16-accept): reserved for the accept path branch.
-    "",
-    # 34 (i12-consent): reserved for the consent benchmark branch.
-    "",
-    # 35 (i15-clinical): reserved for the campaign-beside-clinical branch.
-    "",
-    # 36 (i17-ldap): panel users signed in through the directory (gateway/directory/).
+    # 33 (issue 17, directory sign-in): panel users signed in through the directory
+    #    (gateway/directory/).
     #    They live in `users` (sessions, TOTP and audit work as for local ones), keyed by
     #    the directory's stable id (objectGUID / entryUUID): a renamed account keeps its
     #    second factor. `role_checked_at`: when the role was last read from the directory.
@@ -1049,10 +1044,6 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN role_checked_at REAL;
     CREATE UNIQUE INDEX users_directory_id ON users (directory_id) WHERE directory_id IS NOT NULL;
     """,
-    # 37 (i16-smpp): reserved for the SMPP path CPU branch.
-    "",
-    # 38 (i18-ha): reserved for the high-availability branch.
-    "",
 )
 
 
