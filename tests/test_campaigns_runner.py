@@ -121,6 +121,22 @@ async def test_a_fast_campaign_is_fed_in_passes_of_a_tenth_of_a_second(
     assert min(passes) >= 99 and 320 <= counts[-1] <= 321  # the rate holds (float rounding)
 
 
+async def test_a_new_campaign_sends_its_first_message_at_once_past_blocked_recipients(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """A new campaign's first message goes at once even when the first recipients in
+    the audience's order are blocked: they cost no tokens, and the campaign is still
+    new until one message went (the panel's progress shows it queued)."""
+    gw = await open_gateway(campaigns=FAST)
+    numbers = await add_contacts(gw, 10)
+    for number in numbers[1:]:
+        await record_decision(gw, number, "opt_out", "all")
+    cid = await _started(gw, rate=1000.0)
+    await _runner(gw, clock, lambda: 0.0).step()
+    rows = await campaign_messages(gw, cid)
+    assert sum(r["state"] != "blocked" for r in rows) == 1
+
+
 async def test_a_pass_holds_what_costs_the_writer_about_five_ms(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:

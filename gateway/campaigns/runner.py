@@ -217,8 +217,9 @@ class CampaignRunner:
                 least = min(float(bucket.most()), max(1.0, campaign.rate * PASS_PERIOD))
             if bucket.tokens < least:
                 break
-            bucket.fresh = False
             result = await self.run_pass(campaign, min(bucket.most(), int(bucket.tokens)))
+            if result.allowed:
+                bucket.fresh = False  # until one message went: blocked ones do not count
             bucket.measured(result)
             bucket.tokens -= result.allowed
             if result.state is not CampaignState.RUNNING:
