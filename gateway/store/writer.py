@@ -94,12 +94,13 @@ class WriterClosed(RuntimeError):
 # it touched whole; at one message's changes per commit, 2 KiB pages write about a third
 # less than 4 KiB ones (bench/diskwrites.py). A row of a one-segment message fits one.
 PAGE_SIZE = 2048
-# WAL frames between automatic checkpoints (SQLite's default is 1,000). A checkpoint
-# writes each page changed since the last one into the file once, however many commits
-# rewrote it (the tails of the indexes, the newest messages): 4,000 writes those hot
-# pages a quarter as often, for a WAL of up to 8 MB with 2 KiB pages
-# (bench/README.md, "Disk writes": 41.9 -> 36.2 KiB per message at saturation).
-WAL_AUTOCHECKPOINT = 4000
+# WAL frames between automatic checkpoints: SQLite's default, 1,000. A checkpoint writes
+# each page changed since the last one into the file once; every 4,000 frames wrote the
+# hot pages a quarter as often (41.9 -> 36.2 KiB per message at saturation), but the
+# checkpoint runs in the committing writer thread, and its longer stalls put the accept
+# p99 at 64 clients at 29 ms, the ceiling's at 28, against 23-30 and 18-21 at 1,000
+# (`bench/accept.py --only accept`, alternating, quiet machine; target p99 <= 25 ms).
+WAL_AUTOCHECKPOINT = 1000
 
 
 def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3.Connection:
