@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeVar
 
 from drivers.base import ProtocolError
+from drivers.smpp.pdu_quick import CSTRING, INTS, OCTETS, WIDE, Step, quick_body, quick_fields
 from drivers.smpp.status import Status, status_code
 
 HEADER_SIZE = 16
@@ -244,26 +245,22 @@ class OctetString:
 
 Field = CString | Integer | OctetString
 
-# The fields as steps for `_quick_body`: a run of one-octet Integers (their names), a
-# CString, an OctetString or a wider Integer; the int is the size or the maximum.
-_INTS, _CSTRING, _OCTETS, _WIDE = range(4)
-_Step = tuple[int, tuple[str, ...], int]
 
-
-def _steps(fields: tuple[Field, ...]) -> tuple[_Step, ...]:
-    steps: list[_Step] = []
+def _steps(fields: tuple[Field, ...]) -> tuple[Step, ...]:
+    """The fields as `quick` steps: runs of one-octet Integers joined."""
+    steps: list[Step] = []
     for f in fields:
         if isinstance(f, Integer) and f.size == 1:
-            if steps and steps[-1][0] == _INTS:
-                steps[-1] = (_INTS, (*steps[-1][1], f.name), 1)
+            if steps and steps[-1][0] == INTS:
+                steps[-1] = (INTS, (*steps[-1][1], f.name), 1)
             else:
-                steps.append((_INTS, (f.name,), 1))
+                steps.append((INTS, (f.name,), 1))
         elif isinstance(f, Integer):
-            steps.append((_WIDE, (f.name,), f.size))
+            steps.append((WIDE, (f.name,), f.size))
         elif isinstance(f, CString):
-            steps.append((_CSTRING, (f.name,), f.max_size))
+            steps.append((CSTRING, (f.name,), f.max_size))
         else:
-            steps.append((_OCTETS, (f.name,), f.max_size))
+            steps.append((OCTETS, (f.name,), f.max_size))
     return tuple(steps)
 
 
@@ -273,7 +270,7 @@ class PduSpec:
     fields: tuple[Field, ...] = ()
     takes_tlvs: bool = False
     names: frozenset[str] = field(init=False)
-    steps: tuple[_Step, ...] = field(init=False, repr=False)
+    steps: tuple[Step, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(f.name for f in self.fields))
@@ -506,7 +503,7 @@ def _encode_body(
     try:
         if not spec.names.issuperset(params):
             raise LookupError("a field not in the spec")
-        out += _quick_body(spec.steps, params)
+        out += quick_body(spec.steps, params)
     except Exception:  # a value that does not fit: the checked way names the field
         for spec_field in spec.fields:
             spec_field.write(params.get(spec_field.name, spec_field.default), out)
@@ -529,34 +526,6 @@ def _encode_body(
             raise _Malformed(Status.ESME_RINVPARLEN, f"TLV 0x{tag:04x} needs bytes up to 65535")
         out += _TLV_HEADER.pack(tag, len(raw))
         out += raw
-
-
-def _quick_body(steps: tuple[_Step, ...], params: Mapping[str, Value]) -> bytes:
-    """The mandatory fields' octets, as the fields' `write`s give them for good values,
-    in fewer steps (a submit_sm's ten one-octet fields in one `bytes`). A value that does
-    not fit makes it raise (whatever the exception), never write something else."""
-    get = params.get
-    out: list[bytes] = []
-    for kind, names, size in steps:
-        if kind == _INTS:
-            out.append(bytes([get(name, 0) for name in names]))  # type: ignore[misc]  # an int or it raises
-            continue
-        if kind == _CSTRING:
-            raw = get(names[0], "").encode("latin-1")  # type: ignore[union-attr]  # a str or it raises
-            if len(raw) >= size or 0 in raw:
-                raise ValueError("does not fit")
-            out += (raw, b"\0")
-        elif kind == _OCTETS:
-            raw = get(names[0], b"")
-            if not isinstance(raw, bytes) or len(raw) > size:
-                raise ValueError("does not fit")
-            out += (bytes((len(raw),)), raw)
-        else:
-            number = get(names[0], 0)
-            if not isinstance(number, int) or number < 0:
-                raise ValueError("does not fit")
-            out.append(number.to_bytes(size, "big"))
-    return b"".join(out)
 
 
 def decode(frame: bytes) -> Pdu:
@@ -587,7 +556,7 @@ def decode(frame: bytes) -> Pdu:
 
 
 def _decode_body(spec: PduSpec, frame: bytes) -> tuple[dict[str, Value], dict[int, Value]]:
-    found = _quick_fields(spec.steps, frame)
+    found = quick_fields(spec.steps, frame, HEADER_SIZE)
     if found is None:  # a field does not decode: the checked way says which and why
         params: dict[str, Value] = {}
         pos = HEADER_SIZE
@@ -618,41 +587,6 @@ def _decode_body(spec: PduSpec, frame: bytes) -> tuple[dict[str, Value], dict[in
         else:
             tlvs[tlv_spec.tag] = tlv_spec.unpack(raw)
     return params, tlvs
-
-
-def _quick_fields(steps: tuple[_Step, ...], frame: bytes) -> tuple[dict[str, Value], int] | None:
-    """The mandatory fields as the fields' `read`s give them and where they end, in fewer
-    steps (a run of one-octet Integers in one slice); None where a `read` would raise."""
-    params: dict[str, Value] = {}
-    pos = HEADER_SIZE
-    end = len(frame)
-    for kind, names, size in steps:
-        if kind == _INTS:
-            stop = pos + len(names)
-            if stop > end:
-                return None
-            params.update(zip(names, frame[pos:stop], strict=True))
-            pos = stop
-        elif kind == _CSTRING:
-            nul = frame.find(0, pos, pos + size)
-            if nul < 0:
-                return None
-            params[names[0]] = frame[pos:nul].decode("latin-1")
-            pos = nul + 1
-        elif kind == _OCTETS:
-            count = frame[pos] if pos < end else -1
-            stop = pos + 1 + count
-            if not 0 <= count <= size or stop > end:
-                return None
-            params[names[0]] = frame[pos + 1 : stop]
-            pos = stop
-        else:
-            stop = pos + size
-            if stop > end:
-                return None
-            params[names[0]] = int.from_bytes(frame[pos:stop], "big")
-            pos = stop
-    return params, pos
 
 
 class PduReader:
