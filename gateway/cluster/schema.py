@@ -140,6 +140,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (account, incarnation)
     );
     """,
+    # ---
+    # 2 (i18-store): reserved; replaced by that branch before it lands.
+    "SELECT 1",
+    # ---
+    # 3 (i18-migrate): reserved; replaced by that branch before it lands.
+    "SELECT 1",
 )
 
 
