@@ -37,6 +37,9 @@ from datetime import UTC, datetime, tzinfo
 
 from drivers.base import Receipt, ReceiptState
 
+# A decoded TLV: raw octets, an integer, or text (receipted_message_id is a C-octet string).
+TlvValue = bytes | int | str
+
 __all__ = [
     "ParsedReceipt",
     "as_receipt",
@@ -138,21 +141,21 @@ def parse_receipt_text(text: str | bytes, *, tz: tzinfo = UTC) -> ParsedReceipt 
     return parse_receipt(text, None, tz=tz)
 
 
-def receipt_from_tlvs(tlvs: Mapping[str, bytes | int], *, tz: tzinfo = UTC) -> ParsedReceipt | None:
+def receipt_from_tlvs(tlvs: Mapping[str, TlvValue], *, tz: tzinfo = UTC) -> ParsedReceipt | None:
     """The receipt carried by a PDU's TLVs (message_payload included), or None."""
     return parse_receipt(None, tlvs, tz=tz)
 
 
 def parse_receipt(
     short_message: str | bytes | None,
-    tlvs: Mapping[str, bytes | int] | None = None,
+    tlvs: Mapping[str, TlvValue] | None = None,
     *,
     tz: tzinfo = UTC,
 ) -> ParsedReceipt | None:
     """Merge a receipt's text and TLVs, the TLVs winning; None if it is not a receipt.
 
     The text is `short_message`, or the `message_payload` TLV when that is empty (SMPP
-    forbids both). Keys of `tlvs` are TLV names; values are raw octets or integers.
+    forbids both). Keys of `tlvs` are TLV names; values are raw octets, integers or text.
     """
     tlvs = tlvs or {}
     text: object = short_message or tlvs.get("message_payload")
@@ -212,7 +215,7 @@ def as_receipt(parsed: ParsedReceipt, alternates: bool = False) -> Receipt:
 
 
 def receipt(
-    short_message: str | bytes | None, tlvs: Mapping[str, bytes | int] | None = None
+    short_message: str | bytes | None, tlvs: Mapping[str, TlvValue] | None = None
 ) -> Receipt | None:
     """`as_receipt(parse_receipt(short_message, tlvs), alternates=True)`, read only as
     far as the `Receipt` needs: when receipted_message_id and message_state say it all

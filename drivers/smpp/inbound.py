@@ -154,7 +154,7 @@ class Inbound:
         if not esm_class & ESM_RECEIPT and "receipted_message_id" not in tlvs:
             return None
         text = pdu.params.get("short_message", b"")
-        return dlr.receipt(text if isinstance(text, bytes) else None, tlvs)  # type: ignore[arg-type]  # TLV values are bytes or int
+        return dlr.receipt(text if isinstance(text, bytes) else None, tlvs)
 
     async def _inbound_sms(self, pdu: Pdu) -> None:
         data = pdu.params.get("short_message", b"")
