@@ -37,7 +37,8 @@ from gateway.metrics import Metrics
 from gateway.models import State
 from gateway.routes import RouteRuntime
 from gateway.store.claim_check import Held
-from gateway.store.store import ClaimedMessage, Store
+from gateway.store.queue_store import QueueStore
+from gateway.store.store import ClaimedMessage
 from gateway.store.transitions import Transition
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ NOT_READY_COOL_DOWN = 1.0
 class GroupSender:
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         queue: QueueConfig,
         clock: Clock,
         metrics: Metrics,

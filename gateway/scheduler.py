@@ -55,8 +55,8 @@ from gateway.models import Priority, State
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
-from gateway.store.route_parks import RouteParks
-from gateway.store.store import LiveMessage, Store
+from gateway.store.queue_store import QueueStore
+from gateway.store.store import LiveMessage
 from gateway.store.transitions import Transition
 
 log = structlog.get_logger("smsgw.scheduler")
@@ -83,7 +83,7 @@ class Entry:
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         routes: dict[str, RouteRuntime],
         router: Router,
         queue: QueueConfig,
@@ -112,7 +112,7 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
-        self._parks = RouteParks(store)
+        self._parks = store.parks()
         self._sender = GroupSender(
             store,
             queue,

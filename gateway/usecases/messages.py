@@ -361,13 +361,13 @@ class Messages:
         row = await self._store.find_idempotent(caller.token_id, key.key_hash)
         if row is None:
             return None
-        if row["request_hash"] != key.request_hash:
+        if row.request_hash != key.request_hash:
             raise ApiError(
                 409,
                 "idempotency_conflict",
                 "this Idempotency-Key was used with a different request",
             )
-        return StoredAnswer(int(row["status"]), bytes(row["response"]))
+        return StoredAnswer(row.status, row.response)
 
     # -- acting on one message ---------------------------------------------------------
 
