@@ -99,6 +99,11 @@ class QueueStore(ReceiptStore, AcceptStore, Protocol):
         self, message_ids: Sequence[str], route: str, now: float
     ) -> list[ClaimedMessage | Held | Exception | None]: ...
 
+    async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
+        """Claim up to `want` due, unexpired queued messages in class, due-time and id
+        order (what several nodes share; the scheduler's heaps know only this node's)."""
+        ...
+
     async def record_outcomes(
         self, sent: list[SentItem], changes: list[tuple[Transition, float]]
     ) -> tuple[list[State | Exception], list[bool | Exception]]: ...

@@ -460,6 +460,14 @@ class Store:
             for m, row in zip(message_ids, rows, strict=True)
         ]
 
+    async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
+        """`claim_group` for the first `want` due, unexpired queued messages in class,
+        due-time and id order, chosen in the same writer job that claims them."""
+        check = self.claim_check
+        rows = await self.writer.run(lambda conn: group_sql.due(conn, route, want, now, check))
+        claimed = [self._claimed(m, row) for m, row in rows]
+        return [c for c in claimed if isinstance(c, ClaimedMessage)]
+
     async def record_outcomes(
         self, sent: list[group_sql.SentItem], changes: list[tuple[Transition, float]]
     ) -> tuple[list[State | Exception], list[bool | Exception]]:
