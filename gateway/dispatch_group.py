@@ -61,8 +61,12 @@ class GroupSender:
         freed: Callable[[], None],
         parked: Callable[[], None],
         backoff: Callable[[int], float],
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        # On a cluster: raises once this node's lease may have lapsed (`lease.Fence`);
+        # nothing is claimed or handed to a driver after that.
+        self._fence = fence
         self._queue = queue
         self._clock = clock
         self._metrics = metrics
@@ -90,6 +94,8 @@ class GroupSender:
                 self._freed()
 
         try:
+            if self._fence is not None:
+                self._fence()
             claims = await self._store.claim_group(
                 [e.id for e in group], route.name, self._clock.time()
             )
@@ -147,7 +153,7 @@ class GroupSender:
             # served, so priority order holds): wait for one slot, then take every other
             # one free by then and send that many together.
             async with self._turns.setdefault(route.name, asyncio.Lock()):
-                while pending:
+                while pending and self._unfenced(route):
                     await route.slots.acquire()
                     take = 1
                     while take < len(pending) and not route.slots.locked():
@@ -167,6 +173,18 @@ class GroupSender:
             await asyncio.shield(self._record(group, route, ready, futures, cancelled=True))
             raise
         await self._record(group, route, ready, futures, cancelled=False)
+
+    def _unfenced(self, route: RouteRuntime) -> bool:
+        """False once this node is fenced: what it has not handed over yet goes back
+        to the queue (as if the driver had not taken it), none of it to the carrier."""
+        if self._fence is None:
+            return True
+        try:
+            self._fence()
+        except Exception as e:
+            log.warning("dispatch_fenced", route=route.name, error=exception_summary(e))
+            return False
+        return True
 
     @staticmethod
     def _hand_over(

@@ -41,6 +41,7 @@ import heapq
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 
@@ -90,6 +91,8 @@ class Scheduler:
         clock: Clock,
         metrics: Metrics,
         rng: random.Random | None = None,
+        *,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._routes = routes
@@ -122,6 +125,7 @@ class Scheduler:
             freed=self._wake.set,
             parked=self.wake,
             backoff=self.backoff,
+            fence=fence,
         )
 
     # -- feeding -------------------------------------------------------------------------
@@ -144,6 +148,23 @@ class Scheduler:
             await self._store.transition_many(orphans, now)
             log.warning("failed_messages_without_route", count=len(orphans))
         return len(self._waiting) + len(self._scheduled)
+
+    async def adopt(self, due_before: float) -> int:
+        """Take in the queued and scheduled messages due before `due_before` that this
+        scheduler does not hold (on a cluster: a dead node's, requeued by recovery, or
+        ones no node claimed); how many it took. A message two nodes hold is claimed by
+        one of them (the claim skips what is no longer queued)."""
+        known = set(self._waiting)
+        known.update(entry.id for _, _, entry in self._scheduled)
+        taken = 0
+        async for m in self._store.live_messages(numbers=self._router.routes_by_number):
+            if m.id in known or m.due_at >= due_before:
+                continue
+            entry = self.entry_for(m)
+            if entry.candidates:
+                self.add(entry, scheduled=m.state is State.SCHEDULED)
+                taken += 1
+        return taken
 
     def entry_for(self, m: LiveMessage) -> Entry:
         return Entry(

@@ -30,7 +30,8 @@ from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVERDUE, Sweep
-from gateway.store.records import StoredEvent
+from gateway.store.records import Sealed as RecordSealed
+from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.route_parks import Park
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
@@ -107,6 +108,7 @@ class ClusterQueue:
         self._me = me
         # Each message this node claimed and has not finished: its claim's epoch.
         self._epochs: dict[str, int] = {}
+        self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
 
     # -- accept ------------------------------------------------------------------------
@@ -254,6 +256,43 @@ class ClusterQueue:
             ).fetchall()
         return [StoredEvent(*r) for r in rows]
 
+    async def message(self, message_id: str) -> StoredMessage | None:
+        row = await self._one(
+            "SELECT id, token_id, state, priority, to_ct, body_ct, reference_ct, encoding,"
+            " segments, route_hint, route, category, created_at, updated_at, send_at,"
+            " expires_at, attempts, possible_duplicate, error_code, receipt_overdue, purpose"
+            " FROM messages WHERE id = %s",
+            (message_id,),
+        )
+        if row is None:
+            return None
+        c = self._cipher
+        return StoredMessage(
+            id=row[0],
+            token_id=row[1],
+            state=State(row[2]),
+            priority=Priority(row[3]),
+            to=RecordSealed(c, bytes(row[4]), row[0], "to"),
+            body=RecordSealed(c, bytes(row[5]), row[0], "body"),
+            reference=None
+            if row[6] is None
+            else RecordSealed(c, bytes(row[6]), row[0], "reference"),
+            encoding=row[7],
+            segments=row[8],
+            route_hint=row[9],
+            route=row[10],
+            category=row[11],
+            created_at=row[12],
+            updated_at=row[13],
+            send_at=row[14],
+            expires_at=row[15],
+            attempts=row[16],
+            possible_duplicate=bool(row[17]),
+            error_code=row[18],
+            receipt_overdue=row[19] == 1,
+            purpose=row[20],
+        )
+
     # -- consent -----------------------------------------------------------------------
 
     async def opt_out(self, contact_idx: bytes, scope: str, now: float, source: str) -> None:
@@ -392,6 +431,7 @@ class ClusterQueue:
         async with self._pool.connection() as conn, conn.transaction():
             done = await finish(conn, me, outcomes, now)
             applied = set(done.applied)
+            self.late += len(done.late)
             for message_id, route, cids, _ in sent:
                 if message_id not in applied:
                     states.append(LateOutcome(message_id))

@@ -21,7 +21,7 @@ from gateway.store.claim_check import Held
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.receipt_deadline import Sweep
-from gateway.store.records import StoredEvent
+from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.route_parks import Park
 from gateway.store.store import ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
@@ -86,6 +86,8 @@ class AcceptStore(Protocol):
     ) -> tuple[State, bool] | None: ...
 
     async def events(self, message_id: str) -> list[StoredEvent]: ...
+
+    async def message(self, message_id: str) -> StoredMessage | None: ...
 
 
 class QueueStore(ReceiptStore, AcceptStore, Protocol):

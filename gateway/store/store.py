@@ -37,7 +37,7 @@ from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.reads import ReadPool
-from gateway.store.records import Records, StoredEvent
+from gateway.store.records import Records, StoredEvent, StoredMessage
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
@@ -666,6 +666,9 @@ class Store:
     async def events(self, message_id: str) -> list[StoredEvent]:
         """Every state of a message in order, its creation first."""
         return await self.records.events(message_id)
+
+    async def message(self, message_id: str) -> StoredMessage | None:
+        return await self.records.message(message_id)
 
     async def sending_counts(self) -> dict[int, int]:
         """Messages `sending`, by priority (the scheduler counts those waiting itself):
