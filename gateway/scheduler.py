@@ -115,7 +115,6 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
-        self._parks = store.parks()
         self._sender = GroupSender(
             store,
             queue,
@@ -192,7 +191,7 @@ class Scheduler:
 
     async def restore_parks(self) -> None:
         """Before the drivers start: routes refused before a restart stay parked."""
-        await restore_parks(self._routes.values(), self._parks)
+        await restore_parks(self._routes.values(), self._store.parks())
 
     def wake(self) -> None:
         """Something outside changed (a route's health, a pause): look again."""
@@ -280,7 +279,7 @@ class Scheduler:
         now = self._clock.time()
         if self._routes_changed:
             self._routes_changed = False
-            await note_parks(self._routes.values(), self._parks, self._metrics, now)
+            await note_parks(self._routes.values(), self._store.parks(), self._metrics, now)
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
         next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))

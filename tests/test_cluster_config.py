@@ -75,7 +75,7 @@ def test_the_embedded_default_cannot_be_a_cluster_node(tmp_path: Path) -> None:
         "consent": {"enabled": False},
         "cluster": {"enabled": True, "node_id": "gw1", "conninfo": "host=db1"},
     }
-    with pytest.raises(ConfigError, match="cluster.enabled: needs a config file"):
+    with pytest.raises(ConfigError, match=r"cluster\.enabled: needs a config file"):
         from_mapping(raw)
 
 
@@ -92,6 +92,6 @@ def test_the_password_comes_from_its_file_or_credential(
     c = config(tmp_path, {"password_credential": "smsgw-pg"})
     assert c.cluster.password(tmp_path) == "from-systemd"
     missing = config(tmp_path, {"password_file": "nope"})
-    with pytest.raises(ValueError, match="cluster.password_file: cannot read it"):
+    with pytest.raises(ValueError, match=r"cluster\.password_file: cannot read it"):
         missing.cluster.password(tmp_path)
     assert config(tmp_path, {}).cluster.password(tmp_path) is None
