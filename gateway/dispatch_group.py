@@ -228,6 +228,9 @@ class GroupSender:
         for n, (i, _) in enumerate(ready):
             entry = group[i]
             future = futures[n] if n < len(futures) else None
+            if future is None and not cancelled:  # the node was fenced before handing it over
+                self._retry(plan, entry, route, "cluster:fenced", now, consume_attempt=False)
+                continue
             if future is None or future.cancelled():
                 code = "gateway:shutdown" if cancelled else "driver:crash"
                 self._retry(plan, entry, route, code, now, consume_attempt=False, maybe_sent=True)

@@ -162,6 +162,13 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
         if failed:
             raise failed[0]
         async with ClientSession() as http:
+            async with http.get(f"{nodes[0].url}/api/v1/healthz") as r:
+                health = await r.json()
+            assert health["node"]["node_id"] == "gw1" and health["node"]["lease"] == "live"
+            assert isinstance(health["node"]["incarnation"], int)
+            auth = {"Authorization": f"Bearer {token}"}
+            async with http.get(f"{nodes[1].url}/api/v1/metrics", headers=auth) as r:
+                assert 'smsgw_cluster_lease_live{node="gw2"} 1.0' in await r.text()
             load = _Load(http, nodes, token)
             senders = [asyncio.create_task(load.sender()) for _ in range(SENDERS)]
             await load.wait_for(BEFORE_KILL)
