@@ -595,6 +595,8 @@ class Gateway:
     async def housekeeping_once(self) -> None:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)
+        if self.cluster is not None:  # i18-store: the shared answers (any node prunes)
+            removed += await self.cluster.queue.prune_idempotency(cutoff)
         await self.sink.expire_inbound()
         now, admin = self.clock.time(), self.config.admin
         sessions = await self.admin_repo.prune(

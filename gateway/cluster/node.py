@@ -142,6 +142,8 @@ class ClusterNode:
                 # Woken: everything queued; else only rows nobody took for a lease.
                 older_than = self._clock.time() + 1 if woken else self._clock.time() - poll
                 try:
+                    # Rows past their expiry that no scheduler holds end here.
+                    await self.queue.expire_due(self._clock.time())
                     taken = await adopt(older_than)
                 except Exception as e:  # the database is away: the next round retries
                     log.warning("adopt_failed", error=exception_summary(e))

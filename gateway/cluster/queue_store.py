@@ -15,8 +15,6 @@ node's previous ones included (registering superseded them).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
@@ -24,6 +22,7 @@ from gateway.cluster import queue_sql
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
+from gateway.cluster.parks import ClusterParks
 from gateway.models import Priority, State
 from gateway.store.claim_check import Held
 from gateway.store.crypto import FieldCipher
@@ -32,12 +31,10 @@ from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVERDUE, Sweep
 from gateway.store.records import Sealed as RecordSealed
 from gateway.store.records import StoredEvent, StoredMessage
-from gateway.store.route_parks import Park
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
 
 OPTED_OUT = "consent:opted_out"
-_KEY_LABEL = b"smsgw route credentials mac v1"  # as `route_parks.py`
 _PRIORITIES = {int(p): p for p in Priority}
 
 
@@ -542,39 +539,3 @@ class ClusterQueue:
     async def _one(self, sql: str, params: Sequence[Any]) -> Any:
         async with self._pool.connection() as conn:
             return await (await conn.execute(sql.encode(), params)).fetchone()
-
-
-class ClusterParks:
-    """Routes parked for refused credentials, shared: a carrier locks the account, not
-    the node, so no node retries credentials another node saw refused."""
-
-    def __init__(self, pool: Pool, master_key: bytes) -> None:
-        self._pool = pool
-        self._master = master_key
-
-    @property
-    def key(self) -> bytes:
-        return hmac.new(self._master, _KEY_LABEL, hashlib.sha256).digest()
-
-    async def all(self) -> dict[str, Park]:
-        async with self._pool.connection() as conn:
-            rows = await (
-                await conn.execute("SELECT route, code, credentials_mac FROM route_parks")
-            ).fetchall()
-        return {r[0]: Park(r[1], bytes(r[2])) for r in rows}
-
-    async def remember(self, route: str, code: str, credentials_mac: bytes, now: float) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO route_parks VALUES (%s, %s, %s, %s) ON CONFLICT (route) DO UPDATE"
-                " SET code = excluded.code, credentials_mac = excluded.credentials_mac,"
-                " at = excluded.at",
-                (route, code, credentials_mac, now),
-            )
-
-    async def report_health(self, changes: list[tuple[str, str]], now: float) -> None:
-        """No outbox on this backend yet (webhooks are refused at start with it)."""
-
-    async def forget(self, route: str) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute("DELETE FROM route_parks WHERE route = %s", (route,))

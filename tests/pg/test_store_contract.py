@@ -387,3 +387,16 @@ async def test_a_finish_arriving_after_a_peer_claimed_again_is_kept_late(
         ms[0].id,
         State.DELIVERED,
     )
+
+
+async def test_parked_routes_are_remembered_and_forgotten(backend: Backend) -> None:
+    parks = backend.a.parks()
+    await parks.remember(ROUTE, "smpp:0x0e", b"m" * 32, NOW)
+    assert {r: (p.code, p.credentials_mac) for r, p in (await backend.b.parks().all()).items()} == {
+        ROUTE: ("smpp:0x0e", b"m" * 32)
+    }
+    await parks.remember(ROUTE, "smpp:0x0f", b"n" * 32, NOW)
+    assert (await backend.b.parks().all())[ROUTE].code == "smpp:0x0f"
+    await backend.b.parks().forget(ROUTE)
+    assert await parks.all() == {}
+    assert len(parks.key) == 32
