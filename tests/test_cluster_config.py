@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, from_mapping
+from tests.conftest import smsgw_process
+from tests.ports import free_port
 
 ROUTES = [{"name": "carrier", "type": "loopback"}]
 
@@ -95,3 +97,24 @@ def test_the_password_comes_from_its_file_or_credential(
     with pytest.raises(ValueError, match=r"cluster\.password_file: cannot read it"):
         missing.cluster.password(tmp_path)
     assert config(tmp_path, {}).cluster.password(tmp_path) is None
+
+
+async def test_a_node_that_cannot_reach_postgresql_stops_with_one_line(tmp_path: Path) -> None:
+    init = await smsgw_process("init", "--data-dir", str(tmp_path))
+    await init.communicate()
+    conf = tmp_path / "smsgw.toml"
+    (tmp_path / "pg.pass").write_text("hunter2")
+    conf.write_text(
+        f'data_dir = "{tmp_path}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+        "[consent]\nenabled = false\n"
+        f'[cluster]\nenabled = true\nnode_id = "gw1"\n'
+        f'conninfo = "host=127.0.0.1 port={free_port()} dbname=x user=u"\n'
+        'password_file = "pg.pass"\n'
+        '[[routes]]\nname = "carrier"\ntype = "loopback"\n'
+    )
+    proc = await smsgw_process("run", "--config", str(conf))
+    out, err = await proc.communicate()
+    text = (out + err).decode()
+    assert proc.returncode != 0
+    assert "cluster.conninfo: cannot reach PostgreSQL" in text
+    assert "Traceback" not in text and "hunter2" not in text

@@ -20,10 +20,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
 from gateway.cluster.lease import Membership, Pool
@@ -34,6 +35,7 @@ from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
 from gateway.logs import exception_summary
+from gateway.startup import StartupFault
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import Store
 
@@ -77,6 +79,10 @@ class ClusterNode:
         if password is not None:
             extra["password"] = password
         conninfo = make_conninfo(settings.conninfo, **extra)
+        # One connection first: a refused or misconfigured one fails now, in one line,
+        # not after the pool's retries.
+        probe = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10)
+        await probe.close()
         pool: Pool = AsyncConnectionPool(
             conninfo, min_size=2, max_size=settings.pool_size, open=False
         )
@@ -210,3 +216,7 @@ async def open_cluster(config: Config, store: Store, clock: Clock) -> ClusterNod
         )
     except ValueError as e:  # a password file or credential that cannot be read
         raise ConfigError(str(e)) from None
+    except (psycopg.Error, PoolTimeout, OSError) as e:  # libpq's text names no password
+        raise StartupFault(
+            f"cluster.conninfo: cannot reach PostgreSQL ({exception_summary(e)})"
+        ) from None
