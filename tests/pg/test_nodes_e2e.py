@@ -74,7 +74,9 @@ class _Node:
             timeout=60,
             return_when=asyncio.FIRST_COMPLETED,
         )
-        assert node.listening.is_set(), "".join(node.lines)
+        if not node.listening.is_set():
+            node.kill()
+            raise AssertionError("".join(node.lines))
         return node
 
     def kill(self) -> None:
@@ -229,6 +231,9 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
         assert by_node["gw1"] and by_node["gw2"] and by_node["gw3"]
         assert not [line for n in nodes[:2] for line in n.lines if "Traceback" in line]
     finally:
+        for node in nodes:  # all signalled first: a failed wait below leaves none running
+            if node.proc.returncode is None:
+                node.proc.terminate()
         for node in nodes:
             await node.stop()
         await smsc.aclose()
