@@ -178,6 +178,13 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
             load = _Load(http, nodes, token)
             senders = [asyncio.create_task(load.sender()) for _ in range(SENDERS)]
             await load.wait_for(BEFORE_KILL)
+            # Any node reads any message, with its history.
+            mid, accepted_by = next(iter(load.acked.values()))
+            other = next(n for n in nodes if n.name != accepted_by)
+            async with http.get(f"{other.url}/api/v1/messages/{mid}", headers=auth) as r:
+                assert r.status == 200, await r.text()
+                record = await r.json()
+            assert record["id"] == mid and record["events"][0]["state"] == "queued"
             dead = nodes[2]
             dead.kill()
             killed_at = len(load.acked)
