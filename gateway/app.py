@@ -22,7 +22,7 @@ import functools
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -83,6 +83,7 @@ from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.panel_sql import AdminRepo
+from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
 from gateway.surveys.inbound import InboundSurveys
 from gateway.surveys.runner import TimeoutRunner
@@ -105,6 +106,9 @@ from gateway.usecases import (
     UseCases,
 )
 from gateway.web.connections import HTTP_SHUTDOWN_TIMEOUT
+
+if TYPE_CHECKING:
+    from gateway.cluster.node import ClusterNode  # i18-store
 
 log = structlog.get_logger("smsgw.app")
 
@@ -143,6 +147,8 @@ class Gateway:
     # Interface profiles by name (`[[hl7.interfaces]]`): replies write back per these.
     clinical_profiles: dict[str, InterfaceProfile] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # i18-store: [cluster] enabled: this node's membership and the shared queue.
+    cluster: ClusterNode | None = None
 
     @classmethod
     async def open(
@@ -162,16 +168,26 @@ class Gateway:
             lazy_delay=config.store.lazy_commit_ms / 1000,
         )
         await store.open()
+        node = None
         try:
-            return cls._build(config, clock, store, key)
+            if config.cluster.enabled:  # i18-store; here: psycopg is an optional extra
+                from gateway.cluster.node import open_cluster
+
+                node = await open_cluster(config, store, clock)
+            return cls._build(config, clock, store, key, node)
         except BaseException:
+            if node is not None:
+                await node.stop()
             await store.close()  # its writer thread would keep the process alive
             raise
 
     @classmethod
-    def _build(cls, config: Config, clock: Clock, store: Store, key: bytes) -> Gateway:
+    def _build(
+        cls, config: Config, clock: Clock, store: Store, key: bytes, node: ClusterNode | None
+    ) -> Gateway:
         metrics = Metrics()
-        sink = GatewaySink(store, clock, metrics, config.inbound.reassembly_timeout)
+        queue: QueueStore = store if node is None else node.queue
+        sink = GatewaySink(store, clock, metrics, config.inbound.reassembly_timeout, receipts=queue)
         routes: dict[str, RouteRuntime] = {}
         rules = []
         for rc in config.routes:
@@ -184,7 +200,8 @@ class Gateway:
                 RouteRule(rc.name, frozenset(Priority.parse(c) for c in rc.classes), rc.prefixes)
             )
         router = Router(rules)
-        scheduler = Scheduler(store, routes, router, config.queue, clock, metrics)
+        fence = None if node is None else node.fence_check
+        scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
@@ -210,7 +227,10 @@ class Gateway:
             outbox,
             clinical_hooks=hooks,
             clinical_profiles=profiles,
+            cluster=node,
         )
+        if node is not None:
+            node.register_metrics(metrics.registry)
         gateway.planner.install(gateway.clinical_hooks)
         sink.answer_surveys(gateway.survey_answers)  # i15-surveys
         gateway.renderer = gateway.templates.renderer
@@ -224,6 +244,8 @@ class Gateway:
         """
         loaded = await self.scheduler.load()
         log.info("queue_loaded", waiting=loaded)
+        if self.cluster is not None and dispatch:
+            self.cluster.start(self.scheduler.adopt)
         await self.templates.ensure_defaults()  # the built-in templates, at the first start
         await self.links.load()  # the named links `{link:NAME}` expands at accept
         await self.scheduler.restore_parks()  # refused credentials, still the same: no bind
@@ -398,6 +420,7 @@ class Gateway:
             metrics=self.metrics,
             audit=self.audit,
             accepting=lambda: self.accepting,
+            cluster=None if self.cluster is None else self.cluster.queue,
         )
         status = Status(
             store=self.store,
@@ -544,6 +567,8 @@ class Gateway:
             return "shutting down"
         if self.store.failing is not None:
             return f"the store cannot commit ({self.store.failing})"
+        if self.cluster is not None and self.cluster.fenced:
+            return "this node is fenced (its cluster lease was not renewed)"
         if not self.routes:
             return "no route configured"
         if all(r.paused for r in self.routes.values()):
@@ -570,6 +595,8 @@ class Gateway:
     async def housekeeping_once(self) -> None:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)
+        if self.cluster is not None:  # i18-store: the shared answers (any node prunes)
+            removed += await self.cluster.queue.prune_idempotency(cutoff)
         await self.sink.expire_inbound()
         now, admin = self.clock.time(), self.config.admin
         sessions = await self.admin_repo.prune(
@@ -631,6 +658,8 @@ class Gateway:
             await steps.run("mqtt", self.mqtt.aclose)
         if before_store_close is not None:
             await steps.run("http server", before_store_close, HTTP_SHUTDOWN_TIMEOUT + STEP_LIMIT)
+        if self.cluster is not None:  # after the drain: the lease ends, peers take the rest
+            await steps.run("cluster", self.cluster.stop)
         await steps.run("store", self.store.close, STORE_CLOSE_LIMIT)
         if steps.failed:
             log.error("stopped_incompletely", failed=steps.failed)

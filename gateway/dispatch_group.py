@@ -37,7 +37,8 @@ from gateway.metrics import Metrics
 from gateway.models import State
 from gateway.routes import RouteRuntime
 from gateway.store.claim_check import Held
-from gateway.store.store import ClaimedMessage, Store
+from gateway.store.queue_store import QueueStore
+from gateway.store.store import ClaimedMessage
 from gateway.store.transitions import Transition
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ NOT_READY_COOL_DOWN = 1.0
 class GroupSender:
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         queue: QueueConfig,
         clock: Clock,
         metrics: Metrics,
@@ -60,8 +61,12 @@ class GroupSender:
         freed: Callable[[], None],
         parked: Callable[[], None],
         backoff: Callable[[int], float],
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        # On a cluster: raises once this node's lease may have lapsed (`lease.Fence`);
+        # nothing is claimed or handed to a driver after that.
+        self._fence = fence
         self._queue = queue
         self._clock = clock
         self._metrics = metrics
@@ -89,6 +94,8 @@ class GroupSender:
                 self._freed()
 
         try:
+            if self._fence is not None:
+                self._fence()
             claims = await self._store.claim_group(
                 [e.id for e in group], route.name, self._clock.time()
             )
@@ -146,7 +153,7 @@ class GroupSender:
             # served, so priority order holds): wait for one slot, then take every other
             # one free by then and send that many together.
             async with self._turns.setdefault(route.name, asyncio.Lock()):
-                while pending:
+                while pending and self._unfenced(route):
                     await route.slots.acquire()
                     take = 1
                     while take < len(pending) and not route.slots.locked():
@@ -166,6 +173,18 @@ class GroupSender:
             await asyncio.shield(self._record(group, route, ready, futures, cancelled=True))
             raise
         await self._record(group, route, ready, futures, cancelled=False)
+
+    def _unfenced(self, route: RouteRuntime) -> bool:
+        """False once this node is fenced: what it has not handed over yet goes back
+        to the queue (as if the driver had not taken it), none of it to the carrier."""
+        if self._fence is None:
+            return True
+        try:
+            self._fence()
+        except Exception as e:
+            log.warning("dispatch_fenced", route=route.name, error=exception_summary(e))
+            return False
+        return True
 
     @staticmethod
     def _hand_over(
@@ -209,6 +228,9 @@ class GroupSender:
         for n, (i, _) in enumerate(ready):
             entry = group[i]
             future = futures[n] if n < len(futures) else None
+            if future is None and not cancelled:  # the node was fenced before handing it over
+                self._retry(plan, entry, route, "cluster:fenced", now, consume_attempt=False)
+                continue
             if future is None or future.cancelled():
                 code = "gateway:shutdown" if cancelled else "driver:crash"
                 self._retry(plan, entry, route, code, now, consume_attempt=False, maybe_sent=True)

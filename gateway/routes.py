@@ -14,7 +14,7 @@ from drivers.base import Driver, Resumable, RouteHealth, RouteState
 from gateway.config import RouteConfig
 from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
-from gateway.store.route_parks import RouteParks
+from gateway.store.queue_store import Parks
 from gateway.throttle_adapt import RateEstimator
 
 log = structlog.get_logger("smsgw.routes")
@@ -165,7 +165,7 @@ class RouteRuntime:
 
 
 async def note_parks(
-    routes: Iterable[RouteRuntime], parks: RouteParks, metrics: Metrics, now: float
+    routes: Iterable[RouteRuntime], parks: Parks, metrics: Metrics, now: float
 ) -> None:
     """Alert on routes that parked or left it, and remember (or forget) the refused
     credentials' MAC so that a restart with the same ones stays parked. Each route
@@ -187,7 +187,7 @@ async def note_parks(
             log.error("route_park_not_stored", route=route.name, error=type(e).__name__)
 
 
-async def _report_health(routes: list[RouteRuntime], parks: RouteParks, now: float) -> None:
+async def _report_health(routes: list[RouteRuntime], parks: Parks, now: float) -> None:
     changed = {
         route.name: state
         for route in routes
@@ -204,7 +204,7 @@ async def _report_health(routes: list[RouteRuntime], parks: RouteParks, now: flo
         route.reported_state = changed.get(route.name, route.reported_state)
 
 
-async def restore_parks(routes: Iterable[RouteRuntime], parks: RouteParks) -> None:
+async def restore_parks(routes: Iterable[RouteRuntime], parks: Parks) -> None:
     """Before the drivers start: a route whose credentials the carrier refused before
     a restart starts parked if they are unchanged; changed ones are tried."""
     remembered = await parks.all()

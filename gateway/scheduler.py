@@ -41,6 +41,7 @@ import heapq
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 
@@ -55,8 +56,8 @@ from gateway.models import Priority, State
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
-from gateway.store.route_parks import RouteParks
-from gateway.store.store import LiveMessage, Store
+from gateway.store.queue_store import QueueStore
+from gateway.store.store import LiveMessage
 from gateway.store.transitions import Transition
 
 log = structlog.get_logger("smsgw.scheduler")
@@ -83,13 +84,15 @@ class Entry:
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         routes: dict[str, RouteRuntime],
         router: Router,
         queue: QueueConfig,
         clock: Clock,
         metrics: Metrics,
         rng: random.Random | None = None,
+        *,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._routes = routes
@@ -112,7 +115,6 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
-        self._parks = RouteParks(store)
         self._sender = GroupSender(
             store,
             queue,
@@ -122,6 +124,7 @@ class Scheduler:
             freed=self._wake.set,
             parked=self.wake,
             backoff=self.backoff,
+            fence=fence,
         )
 
     # -- feeding -------------------------------------------------------------------------
@@ -144,6 +147,23 @@ class Scheduler:
             await self._store.transition_many(orphans, now)
             log.warning("failed_messages_without_route", count=len(orphans))
         return len(self._waiting) + len(self._scheduled)
+
+    async def adopt(self, due_before: float) -> int:
+        """Take in the queued and scheduled messages due before `due_before` that this
+        scheduler does not hold (on a cluster: a dead node's, requeued by recovery, or
+        ones no node claimed); how many it took. A message two nodes hold is claimed by
+        one of them (the claim skips what is no longer queued)."""
+        known = set(self._waiting)
+        known.update(entry.id for _, _, entry in self._scheduled)
+        taken = 0
+        async for m in self._store.live_messages(numbers=self._router.routes_by_number):
+            if m.id in known or m.due_at >= due_before:
+                continue
+            entry = self.entry_for(m)
+            if entry.candidates:
+                self.add(entry, scheduled=m.state is State.SCHEDULED)
+                taken += 1
+        return taken
 
     def entry_for(self, m: LiveMessage) -> Entry:
         return Entry(
@@ -171,7 +191,7 @@ class Scheduler:
 
     async def restore_parks(self) -> None:
         """Before the drivers start: routes refused before a restart stay parked."""
-        await restore_parks(self._routes.values(), self._parks)
+        await restore_parks(self._routes.values(), self._store.parks())
 
     def wake(self) -> None:
         """Something outside changed (a route's health, a pause): look again."""
@@ -259,7 +279,7 @@ class Scheduler:
         now = self._clock.time()
         if self._routes_changed:
             self._routes_changed = False
-            await note_parks(self._routes.values(), self._parks, self._metrics, now)
+            await note_parks(self._routes.values(), self._store.parks(), self._metrics, now)
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
         next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))

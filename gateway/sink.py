@@ -20,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.store.inbound_parts import Filed, InboundHook, StoredInbound
 from gateway.store.quarantine import HeldUndecodable, Quarantine
+from gateway.store.queue_store import ReceiptStore
 from gateway.store.store import Store
 
 if TYPE_CHECKING:
@@ -39,8 +40,11 @@ class GatewaySink:
         clock: Clock,
         metrics: Metrics,
         reassembly_timeout: float = DEFAULT_REASSEMBLY_TIMEOUT,
+        receipts: ReceiptStore | None = None,
     ) -> None:
         self._store = store
+        # Where receipts are matched: the message queue's store (shared on a cluster).
+        self._receipts: ReceiptStore = store if receipts is None else receipts
         self._clock = clock
         self._metrics = metrics
         self.reassembly_timeout = reassembly_timeout
@@ -97,7 +101,7 @@ class GatewaySink:
         self._wakers.append(callback)
 
     async def receipt(self, route: str, receipt: Receipt) -> None:
-        applied = await self._store.apply_receipt(
+        applied = await self._receipts.apply_receipt(
             route,
             receipt.carrier_id,
             receipt.state.value,
@@ -111,7 +115,7 @@ class GatewaySink:
         self, route: str, receipts: Sequence[Receipt]
     ) -> list[Exception | None]:
         """`drivers.base.GroupReceiptSink`: a group of receipts in one writer job."""
-        outcomes = await self._store.apply_receipts(
+        outcomes = await self._receipts.apply_receipts(
             route,
             [(r.carrier_id, r.state.value, r.error_code, r.alternate_ids) for r in receipts],
             self._clock.time(),

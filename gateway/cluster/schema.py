@@ -141,8 +141,64 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 2 (i18-store): reserved; replaced by that branch before it lands.
-    "SELECT 1",
+    # 2 (i18-store): what the send path's store interface (`queue_store.py`) keeps on
+    #    this backend as the SQLite store does: the accept's other columns, answers kept
+    #    under an Idempotency-Key (shared: a retry may reach another node), receipts that
+    #    overtook their submit's answer, the shared opt-out list every node's claim checks
+    #    (one committed on node A blocks the next claim on node B), parked routes.
+    """
+    ALTER TABLE messages
+        ADD COLUMN token_id text,
+        ADD COLUMN reference_ct bytea,
+        ADD COLUMN callback_ct bytea,
+        ADD COLUMN route_hint text,
+        ADD COLUMN category text,
+        ADD COLUMN purpose text,
+        ADD COLUMN send_at double precision,
+        ADD COLUMN quiet_override boolean NOT NULL DEFAULT false,
+        ADD COLUMN held_for text,
+        ADD COLUMN receipt_overdue smallint NOT NULL DEFAULT 0;
+    -- A node's start-up walk of the live queue, and the expiry sweep.
+    CREATE INDEX messages_live ON messages (state, id) WHERE state IN ('queued', 'scheduled');
+    CREATE INDEX messages_expiry ON messages (expires_at)
+        WHERE state IN ('queued', 'scheduled');
+    -- The receipt deadline's sweep: `sent` rows still waiting, oldest first.
+    CREATE INDEX messages_awaiting_receipt ON messages (updated_at)
+        WHERE state = 'sent' AND receipt_overdue = 0;
+
+    CREATE TABLE idempotency (
+        token_id     text NOT NULL,
+        key_hash     bytea NOT NULL,
+        request_hash bytea NOT NULL,
+        status       integer NOT NULL,
+        response     bytea NOT NULL,
+        created_at   double precision NOT NULL,
+        PRIMARY KEY (token_id, key_hash)
+    );
+    CREATE TABLE early_receipts (
+        route       text NOT NULL,
+        carrier_id  text NOT NULL,
+        state       text NOT NULL,
+        error_code  text,
+        at          double precision NOT NULL,
+        PRIMARY KEY (route, carrier_id)
+    );
+    -- A recipient's opt-out by blind index (never the number): `scope` is a purpose
+    -- or 'all'; the claim blocks a queued message whose recipient has one.
+    CREATE TABLE opt_outs (
+        contact_idx bytea NOT NULL,
+        scope       text NOT NULL,
+        since       double precision NOT NULL,
+        source      text NOT NULL,
+        PRIMARY KEY (contact_idx, scope)
+    );
+    CREATE TABLE route_parks (
+        route           text PRIMARY KEY,
+        code            text NOT NULL,
+        credentials_mac bytea NOT NULL,
+        at              double precision NOT NULL
+    );
+    """,
     # ---
     # 3 (i18-migrate): reserved; replaced by that branch before it lands.
     "SELECT 1",

@@ -15,7 +15,14 @@ from typing import Any
 
 from gateway.lifecycle import IllegalTransition
 from gateway.models import State
-from gateway.store.transitions import Transition, apply, mark_sent_many, write_events
+from gateway.store.claim_check import ClaimCheck
+from gateway.store.transitions import (
+    Transition,
+    apply,
+    claim_many,
+    mark_sent_many,
+    write_events,
+)
 
 SentItem = tuple[str, str, Sequence[str], float]  # message id, route, carrier ids, time
 
@@ -53,6 +60,23 @@ def _alone(
         return e
     conn.execute("RELEASE dispatch_one")
     return outcome
+
+
+def due(
+    conn: sqlite3.Connection, route: str, want: int, now: float, check: ClaimCheck | None
+) -> list[tuple[str, Any]]:
+    """Claim the first `want` due, unexpired queued messages in class, due-time and id
+    order: (id, its `claim_many` row) for each looked at."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM messages WHERE state = 'queued' AND due_at <= ?"
+            " AND expires_at > ? ORDER BY priority, due_at, id LIMIT ?",
+            (now, now, want),
+        )
+    ]
+    claimed = grouped(conn, claim_many, [(m, route, now, check) for m in ids])
+    return list(zip(ids, claimed, strict=True))
 
 
 def transitions_many(conn: sqlite3.Connection, items: list[tuple[Transition, float]]) -> list[bool]:

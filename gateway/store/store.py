@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -35,8 +35,9 @@ from gateway.store import (
 )
 from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
+from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.reads import ReadPool
-from gateway.store.records import Records, StoredEvent
+from gateway.store.records import Records, StoredEvent, StoredMessage
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
@@ -48,6 +49,9 @@ from gateway.store.transitions import (
     receipts_many,
 )
 from gateway.store.writer import LAZY_DELAY, GroupCommitWriter, Statement
+
+if TYPE_CHECKING:
+    from gateway.store.route_parks import RouteParks
 
 Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
 LIVE_PAGE = 5000  # queued messages read per query at start-up
@@ -346,14 +350,41 @@ class Store:
     async def insert(self, statements: list[Statement]) -> None:
         await self.writer.insert(statements)
 
-    async def find_idempotent(self, token_id: str, key_hash: bytes) -> sqlite3.Row | None:
+    async def accept(
+        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+    ) -> None:
+        """Commit accepted messages and the answer kept under their Idempotency-Key
+        in one transaction (`QueueStore.accept`)."""
+        rows = [s for m in messages for s in self.insert_statements(m)]
+        if answer is not None:
+            rows.append(
+                self.idempotency_statement(
+                    answer.token_id,
+                    answer.key_hash,
+                    answer.request_hash,
+                    answer.status,
+                    answer.response,
+                    messages[0].created_at if messages else time.time(),
+                )
+            )
+        await self.writer.insert(rows)
+
+    async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None:
         cur = await self.reader.execute(
             "SELECT request_hash, status, response FROM idempotency"
             " WHERE token_id = ? AND key_hash = ?",
             (token_id, key_hash),
         )
         row: sqlite3.Row | None = await cur.fetchone()
-        return row
+        if row is None:
+            return None
+        return StoredIdempotent(bytes(row[0]), int(row[1]), bytes(row[2]))
+
+    def parks(self) -> RouteParks:
+        """Routes parked for refused credentials, kept in this store."""
+        from gateway.store.route_parks import RouteParks  # here: route_parks imports Store
+
+        return RouteParks(self)
 
     # -- queue -------------------------------------------------------------------------
 
@@ -428,6 +459,14 @@ class Store:
             row if isinstance(row, Exception) else self._claimed(m, row)
             for m, row in zip(message_ids, rows, strict=True)
         ]
+
+    async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
+        """`claim_group` for the first `want` due, unexpired queued messages in class,
+        due-time and id order, chosen in the same writer job that claims them."""
+        check = self.claim_check
+        rows = await self.writer.run(lambda conn: group_sql.due(conn, route, want, now, check))
+        claimed = [self._claimed(m, row) for m, row in rows]
+        return [c for c in claimed if isinstance(c, ClaimedMessage)]
 
     async def record_outcomes(
         self, sent: list[group_sql.SentItem], changes: list[tuple[Transition, float]]
@@ -627,6 +666,9 @@ class Store:
     async def events(self, message_id: str) -> list[StoredEvent]:
         """Every state of a message in order, its creation first."""
         return await self.records.events(message_id)
+
+    async def message(self, message_id: str) -> StoredMessage | None:
+        return await self.records.message(message_id)
 
     async def sending_counts(self) -> dict[int, int]:
         """Messages `sending`, by priority (the scheduler counts those waiting itself):

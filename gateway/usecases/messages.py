@@ -24,6 +24,8 @@ from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_nu
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.scheduler import Scheduler
+from gateway.store.idempotency import IdempotentAnswer
+from gateway.store.queue_store import AcceptStore
 from gateway.store.records import MessageQuery, StoredMessage
 from gateway.store.store import Store
 from gateway.store.writer import Statement
@@ -106,9 +108,12 @@ class Messages:
         metrics: Metrics,
         audit: AuditSink,
         accepting: Callable[[], bool],
+        cluster: AcceptStore | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        # i18-store: on a cluster the messages live in the shared queue, not `store`.
+        self._cluster = cluster
         self._intake = intake
         self._scheduler = scheduler
         self._clock = clock
@@ -319,7 +324,11 @@ class Messages:
 
         intake = self._intake
         try:
-            if intake.policy.enabled:
+            if self._cluster is not None:
+                answer = await self._commit_shared(
+                    self._cluster, caller, prepared, idempotency, build, extra
+                )
+            elif intake.policy.enabled:
                 job = _AcceptJob(intake, prepared, now, finish, extra)
                 outcome: _Judged[T] = await self._store.writer.run_grouped(_judged_jobs, job)
                 prepared, answer = outcome.prepared, outcome.answer
@@ -332,6 +341,35 @@ class Messages:
             ) from e
         intake.accepted(prepared)
         self._metrics.accept_latency.observe(time.perf_counter() - started)
+        return answer
+
+    async def _commit_shared(
+        self,
+        cluster: AcceptStore,
+        caller: Caller,
+        prepared: list[Prepared],
+        idempotency: IdempotencyKey | None,
+        build: Callable[[list[Accepted]], T],
+        extra: Sequence[Statement],
+    ) -> T:
+        """`_commit` on the cluster's queue: the messages and the idempotent answer in
+        one PostgreSQL transaction. What it cannot carry yet is refused at start
+        (`cluster/settings.py`), and checked again here."""
+        if extra or self._intake.policy.enabled or any(p.links for p in prepared):
+            raise RuntimeError("not on the cluster backend: extra rows, policy or links")
+        answer = build([p.answer() for p in prepared])
+        kept = None
+        if idempotency is not None:
+            if caller.token_id is None:
+                raise ValueError("an Idempotency-Key belongs to a token")
+            kept = IdempotentAnswer(
+                caller.token_id,
+                idempotency.key_hash,
+                idempotency.request_hash,
+                idempotency.status,
+                msgspec.json.encode(answer),
+            )
+        await cluster.accept([p.message for p in prepared], kept)
         return answer
 
     async def _audit_overrides(self, caller: Caller, overriding: Sequence[Prepared]) -> None:
@@ -358,16 +396,17 @@ class Messages:
         used with a different request."""
         if caller.token_id is None:
             return None
-        row = await self._store.find_idempotent(caller.token_id, key.key_hash)
+        found = self._store if self._cluster is None else self._cluster
+        row = await found.find_idempotent(caller.token_id, key.key_hash)
         if row is None:
             return None
-        if row["request_hash"] != key.request_hash:
+        if row.request_hash != key.request_hash:
             raise ApiError(
                 409,
                 "idempotency_conflict",
                 "this Idempotency-Key was used with a different request",
             )
-        return StoredAnswer(int(row["status"]), bytes(row["response"]))
+        return StoredAnswer(row.status, row.response)
 
     # -- acting on one message ---------------------------------------------------------
 
@@ -375,7 +414,8 @@ class Messages:
         """Cancel a message not yet sending, in one atomic step; audited when it was
         this call that cancelled it. An already cancelled message answers as done."""
         self._require_send(caller)
-        found = await self._store.withdraw(message_id, self._clock.time(), owner=caller.owner)
+        store = self._store if self._cluster is None else self._cluster
+        found = await store.withdraw(message_id, self._clock.time(), owner=caller.owner)
         if found is None:
             raise not_found()
         state, changed = found
@@ -425,7 +465,10 @@ class Messages:
         if phi and not caller.may_read_phi:
             raise forbidden("include", "reading numbers and bodies")
         stored = await self._visible(caller, message_id)
-        events = await self._store.records.events(message_id)
+        if self._cluster is None:
+            events = await self._store.records.events(message_id)
+        else:
+            events = await self._cluster.events(message_id)
         if phi:
             await self._audit.record(caller.actor, "phi_read", "message", message_id)
         return self._record(
@@ -509,7 +552,10 @@ class Messages:
         )
 
     async def _visible(self, caller: Caller, message_id: str) -> StoredMessage:
-        stored = await self._store.records.message(message_id)
+        if self._cluster is None:
+            stored = await self._store.records.message(message_id)
+        else:
+            stored = await self._cluster.message(message_id)
         owner = caller.owner
         if stored is None or (owner is not None and stored.token_id != owner):
             raise not_found()

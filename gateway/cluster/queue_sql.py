@@ -1,0 +1,195 @@
+"""The shared queue's state changes as SQL, for `queue_store.py`: a checked transition
+with its event, a receipt matched by the carrier's id (or kept until its submit's
+answer is recorded), and the expiry sweep. Each runs in the caller's transaction.
+
+A transition checks the lifecycle table in its UPDATE (`state = ANY(sources)`), as the
+SQLite store's `transitions.apply` does; only a refusal reads the row to say why.
+Claimed rows' outcomes do not come here: they go through `outcomes.finish`, which also
+checks the claim (owner, incarnation, epoch).
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from gateway.cluster.nodes import Incarnation
+from gateway.lifecycle import IllegalTransition, sources_of
+from gateway.models import State
+from gateway.store.transitions import Transition
+
+Conn = AsyncConnection[TupleRow]
+
+_APPLY = """
+UPDATE messages SET state = %(target)s, updated_at = %(now)s,
+    route = coalesce(%(route)s, route), error_code = coalesce(%(code)s, error_code),
+    due_at = coalesce(%(due)s, due_at),
+    attempts = coalesce(%(attempts)s, attempts) + %(count)s,
+    possible_duplicate = coalesce(%(dup)s, possible_duplicate)
+WHERE id = %(id)s AND state = ANY(%(sources)s)
+RETURNING attempts
+"""
+
+INSERT_EVENT = (
+    "INSERT INTO message_events (message_id, at, state, route, carrier_id, error_code,"
+    " attempt, node_id, incarnation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+RECEIPT_FINAL = {"delivered": State.DELIVERED, "failed": State.FAILED, "expired": State.EXPIRED}
+
+
+async def apply(
+    conn: Conn, t: Transition, now: float, me: Incarnation, *, only_from: State | None = None
+) -> int:
+    """Apply `t` and write its event; raises `IllegalTransition` (changing nothing) if
+    the lifecycle forbids it, `LookupError` if there is no such message. Returns the
+    row's attempts."""
+    sources = sources_of(t.target)
+    if only_from is not None:
+        sources = sources & {only_from}
+    # A claimed row changes only through `outcomes.finish`, which checks its claim.
+    sources = sources - {State.SENDING}
+    params = {
+        "target": t.target.value,
+        "now": now,
+        "route": None if t.route_kept else t.route,
+        "code": t.error_code,
+        "due": t.due_at,
+        "attempts": t.attempts,
+        "count": int(t.count_attempt),
+        "dup": t.possible_duplicate,
+        "id": t.message_id,
+        "sources": [s.value for s in sources],
+    }
+    row = await (await conn.execute(_APPLY, params)).fetchone()
+    if row is None:
+        found = await (
+            await conn.execute("SELECT state FROM messages WHERE id = %s", (t.message_id,))
+        ).fetchone()
+        if found is None:
+            raise LookupError(t.message_id)
+        raise IllegalTransition(State(found[0]), t.target)
+    await conn.execute(
+        INSERT_EVENT,
+        (
+            t.message_id,
+            now,
+            t.target.value,
+            t.route,
+            t.carrier_id,
+            t.error_code,
+            row[0],
+            me.node_id,
+            me.incarnation,
+        ),
+    )
+    return int(row[0])
+
+
+async def apply_receipt(
+    conn: Conn,
+    route: str,
+    carrier_id: str,
+    state: str,
+    error_code: str | None,
+    now: float,
+    me: Incarnation,
+) -> tuple[str, State] | bool | None:
+    """A receipt for a known part: (message id, new state) when the message changed,
+    None when it did not, False when no such part is recorded (yet)."""
+    part = await (
+        await conn.execute(
+            "SELECT message_id, state FROM carrier_ids WHERE route = %s AND carrier_id = %s"
+            " FOR UPDATE",
+            (route, carrier_id),
+        )
+    ).fetchone()
+    if part is None:
+        return False
+    target = RECEIPT_FINAL.get(state)
+    if target is None or part[1] in RECEIPT_FINAL:  # intermediate, or a duplicate
+        return None
+    message_id = str(part[0])
+    await conn.execute(
+        "UPDATE carrier_ids SET state = %s, error_code = %s WHERE route = %s AND carrier_id = %s",
+        (state, error_code, route, carrier_id),
+    )
+    if target is State.DELIVERED:
+        pending = await (
+            await conn.execute(
+                "SELECT 1 FROM carrier_ids WHERE message_id = %s AND state <> 'delivered'",
+                (message_id,),
+            )
+        ).fetchone()
+        if pending is not None:  # delivered once no part is left undelivered
+            return None
+    transition = Transition(
+        message_id, target, route=route, carrier_id=carrier_id, error_code=error_code
+    )
+    try:
+        await apply(conn, transition, now, me, only_from=State.SENT)
+    except (IllegalTransition, LookupError):
+        return None
+    return message_id, target
+
+
+async def receipt(
+    conn: Conn,
+    route: str,
+    carrier_ids: tuple[str, ...],
+    state: str,
+    error_code: str | None,
+    now: float,
+    me: Incarnation,
+) -> tuple[str, State] | None:
+    """`apply_receipt` for the first of `carrier_ids` known; if none is, the receipt
+    is kept in `early_receipts` until the submit's answer is recorded."""
+    for candidate in carrier_ids:
+        applied = await apply_receipt(conn, route, candidate, state, error_code, now, me)
+        if applied is not False:
+            return applied if isinstance(applied, tuple) else None
+    await conn.execute(
+        "INSERT INTO early_receipts VALUES (%s, %s, %s, %s, %s) ON CONFLICT (route, carrier_id)"
+        " DO UPDATE SET state = excluded.state, error_code = excluded.error_code, at = excluded.at",
+        (route, carrier_ids[0], state, error_code, now),
+    )
+    return None
+
+
+async def early_receipts(
+    conn: Conn, route: str, carrier_ids: tuple[str, ...], now: float, me: Incarnation
+) -> State | None:
+    """Apply the receipts that overtook these parts' submit answer; the message's state
+    after them, None if none was waiting."""
+    rows = await (
+        await conn.execute(
+            "DELETE FROM early_receipts WHERE route = %s AND carrier_id = ANY(%s)"
+            " RETURNING carrier_id, state, error_code",
+            (route, list(carrier_ids)),
+        )
+    ).fetchall()
+    after = None
+    for cid, state, code in rows:
+        applied = await apply_receipt(conn, route, cid, state, code, now, me)
+        if isinstance(applied, tuple):
+            after = applied[1]
+    return after
+
+
+EXPIRE_SQL = f"""
+WITH gone AS (
+    UPDATE messages SET state = '{State.EXPIRED.value}', updated_at = %(now)s,
+        error_code = 'gateway:expired'
+    WHERE id IN (
+        SELECT id FROM messages
+        WHERE state IN ('{State.QUEUED.value}', '{State.SCHEDULED.value}')
+            AND expires_at <= %(now)s
+        ORDER BY expires_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+    RETURNING id, attempts
+), logged AS (
+    INSERT INTO message_events (message_id, at, state, error_code, attempt, node_id, incarnation)
+    SELECT id, %(now)s, '{State.EXPIRED.value}', 'gateway:expired', attempts, %(node)s, %(inc)s
+    FROM gone
+)
+SELECT id FROM gone
+"""  # noqa: S608 - fixed state names

@@ -1,0 +1,541 @@
+"""The send path's store (`gateway/store/queue_store.QueueStore`) on the shared
+PostgreSQL queue: what the SQLite `Store` does for one node, for several.
+
+Personal fields are encrypted exactly as the SQLite store does (`FieldCipher`, bound to
+the message id and column), so a migrated ciphertext decrypts on either. A claim is one
+transaction: the incarnation's live lease (`nodes.lock_live`, the server half of
+fencing), the shared opt-out list (an opt-out committed on any node blocks the message
+here), then `queued -> sending` with owner, incarnation and a new epoch, for rows no
+other claimer holds (`FOR UPDATE SKIP LOCKED`). This node remembers each claim's epoch
+and hands it back with the outcome (`outcomes.finish`): an outcome whose claim was lost
+meanwhile (recovered after a lapse, perhaps claimed again) is kept as a late outcome,
+never applied. Recovery takes back every lapsed incarnation's `sending` rows, this
+node's previous ones included (registering superseded them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Any
+
+from gateway.cluster import queue_sql
+from gateway.cluster.lease import Pool
+from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
+from gateway.cluster.outcomes import Outcome, finish
+from gateway.cluster.parks import ClusterParks
+from gateway.models import Priority, State
+from gateway.store.claim_check import Held
+from gateway.store.crypto import FieldCipher
+from gateway.store.group_sql import SentItem
+from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
+from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVERDUE, Sweep
+from gateway.store.records import Sealed as RecordSealed
+from gateway.store.records import StoredEvent, StoredMessage
+from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
+from gateway.store.transitions import Transition
+
+OPTED_OUT = "consent:opted_out"
+_PRIORITIES = {int(p): p for p in Priority}
+
+
+class LateOutcome(Exception):
+    """An outcome whose claim was lost: kept in `late_outcomes`, not applied."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"claim of {message_id} was lost; outcome kept as late")
+        self.message_id = message_id
+
+
+_INSERT = (
+    "INSERT INTO messages (id, token_id, priority, state, route_group, to_ct, to_index,"
+    " body_ct, reference_ct, callback_ct, encoding, segments, route_hint, category,"
+    " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
+    " quiet_override, held_for) VALUES"
+    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+)
+
+_CLAIM_IDS = f"""
+WITH c AS (
+    SELECT id FROM messages
+    WHERE id = ANY(%(ids)s) AND state = '{State.QUEUED.value}' AND expires_at > %(now)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m SET state = '{State.SENDING.value}', route = %(route)s,
+        owner_node = %(node)s, owner_incarnation = %(inc)s, claim_epoch = m.claim_epoch + 1,
+        attempts = m.attempts + 1, updated_at = %(now)s, claimed_at = clock_timestamp()
+    FROM c WHERE m.id = c.id
+    RETURNING m.id, m.claim_epoch, m.to_ct, m.body_ct, m.encoding, m.priority, m.attempts,
+        m.possible_duplicate
+), logged AS (
+    INSERT INTO message_events (message_id, at, state, route, attempt, node_id, incarnation)
+    SELECT id, %(now)s, '{State.SENDING.value}', %(route)s, attempts, %(node)s, %(inc)s
+    FROM claimed
+)
+SELECT * FROM claimed
+"""  # noqa: S608 - fixed state names
+
+# The claim by query: due rows in the claim's order, locked; a row another claimer
+# holds is skipped (it is theirs).
+_DUE = f"""
+SELECT id FROM messages
+WHERE state = '{State.QUEUED.value}' AND due_at <= %(now)s AND expires_at > %(now)s
+ORDER BY priority, due_at, id LIMIT %(n)s
+FOR UPDATE SKIP LOCKED
+"""  # noqa: S608 - fixed state names
+
+# Queued rows of the group whose recipient opted out (of everything, or of the
+# message's purpose), locked: they become `blocked` in the claim's transaction.
+_OPTED_OUT = f"""
+SELECT m.id FROM messages m
+WHERE m.id = ANY(%(ids)s) AND m.state = '{State.QUEUED.value}'
+    AND coalesce(m.purpose, '') <> 'compliance'
+    AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.contact_idx = m.to_index
+        AND (o.scope = 'all' OR o.scope = m.purpose))
+FOR UPDATE OF m SKIP LOCKED
+"""  # noqa: S608 - fixed state names
+
+
+class ClusterQueue:
+    """`QueueStore` on PostgreSQL for one node. `me` is this node's incarnation now
+    (`Membership.me`: it changes when the node rejoins after a lost lease)."""
+
+    def __init__(self, pool: Pool, cipher: FieldCipher, me: Callable[[], Incarnation]) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._me = me
+        # Each message this node claimed and has not finished: its claim's epoch.
+        self._epochs: dict[str, int] = {}
+        self.late = 0  # outcomes recorded after their claim was lost (a metric)
+        self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
+
+    # -- accept ------------------------------------------------------------------------
+
+    def seal(
+        self,
+        message_id: str,
+        to: str,
+        body: str,
+        reference: str | None,
+        callback_url: str | None,
+    ) -> Sealed:
+        fields = [(to, "to"), (body, "body")]
+        if reference is not None:
+            fields.append((reference, "reference"))
+        if callback_url is not None:
+            fields.append((callback_url, "callback"))
+        sealed = self._cipher.encrypt_row(message_id, fields)
+        return (
+            sealed[0],
+            sealed[1],
+            None if reference is None else sealed[2],
+            None if callback_url is None else sealed[-1],
+        )
+
+    def blind_index(self, e164: str) -> bytes:
+        return self._cipher.blind_index(e164)
+
+    def decrypt(self, blob: bytes, row_id: str, column: str) -> str:
+        return self._cipher.decrypt(blob, row_id, column)
+
+    def _row(self, m: NewMessage) -> tuple[Any, ...]:
+        state = m.state
+        due = m.send_at if state is State.SCHEDULED and m.send_at is not None else m.created_at
+        to_ct, body_ct, reference_ct, callback_ct = m.sealed or self.seal(
+            m.id, m.to, m.body, m.reference, m.callback_url
+        )
+        return (
+            m.id,
+            m.token_id,
+            int(m.priority),
+            state.value,
+            m.route_hint or "",
+            to_ct,
+            m.to_index or self.blind_index(m.to),
+            body_ct,
+            reference_ct,
+            callback_ct,
+            m.encoding,
+            m.segments,
+            m.route_hint,
+            m.category,
+            m.created_at,
+            m.created_at,
+            m.send_at,
+            m.expires_at,
+            due,
+            m.purpose,
+            m.blocked,
+            m.quiet_override,
+            m.held_for,
+        )
+
+    async def accept(
+        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+    ) -> None:
+        """The messages, their creation events and the idempotent answer, in one
+        transaction. A key answered meanwhile (by another node too) raises the primary
+        key's `UniqueViolation`: nothing of this accept is kept."""
+        me = self._me()
+        async with self._pool.connection() as conn, conn.transaction():
+            async with conn.cursor() as cur:
+                await cur.executemany(_INSERT, [self._row(m) for m in messages])
+                await cur.executemany(
+                    queue_sql.INSERT_EVENT,
+                    [
+                        (
+                            m.id,
+                            m.created_at,
+                            m.state.value,
+                            None,
+                            None,
+                            m.blocked or m.held_for,
+                            0,
+                            me.node_id,
+                            me.incarnation,
+                        )
+                        for m in messages
+                    ],
+                )
+            if answer is not None:
+                now = messages[0].created_at if messages else 0.0
+                await conn.execute(
+                    "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",
+                    (
+                        answer.token_id,
+                        answer.key_hash,
+                        answer.request_hash,
+                        answer.status,
+                        answer.response,
+                        now,
+                    ),
+                )
+
+    async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None:
+        row = await self._one(
+            "SELECT request_hash, status, response FROM idempotency"
+            " WHERE token_id = %s AND key_hash = %s",
+            (token_id, key_hash),
+        )
+        return None if row is None else StoredIdempotent(bytes(row[0]), int(row[1]), bytes(row[2]))
+
+    async def prune_idempotency(self, before: float) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM idempotency WHERE created_at < %s", (before,))
+            return cur.rowcount
+
+    async def withdraw(
+        self, message_id: str, now: float, *, owner: str | None = None
+    ) -> tuple[State, bool] | None:
+        async with self._pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    "SELECT state, token_id FROM messages WHERE id = %s FOR UPDATE", (message_id,)
+                )
+            ).fetchone()
+            if row is None or (owner is not None and row[1] != owner):
+                return None
+            state = State(row[0])
+            if state in (State.QUEUED, State.SCHEDULED):
+                await queue_sql.apply(
+                    conn, Transition(message_id, State.CANCELLED), now, self._me()
+                )
+                return State.CANCELLED, True
+            return state, False
+
+    async def events(self, message_id: str) -> list[StoredEvent]:
+        async with self._pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT at, state, route, carrier_id, error_code, attempt FROM message_events"
+                    " WHERE message_id = %s ORDER BY seq",
+                    (message_id,),
+                )
+            ).fetchall()
+        return [StoredEvent(*r) for r in rows]
+
+    async def message(self, message_id: str) -> StoredMessage | None:
+        row = await self._one(
+            "SELECT id, token_id, state, priority, to_ct, body_ct, reference_ct, encoding,"
+            " segments, route_hint, route, category, created_at, updated_at, send_at,"
+            " expires_at, attempts, possible_duplicate, error_code, receipt_overdue, purpose"
+            " FROM messages WHERE id = %s",
+            (message_id,),
+        )
+        if row is None:
+            return None
+        c = self._cipher
+        return StoredMessage(
+            id=row[0],
+            token_id=row[1],
+            state=State(row[2]),
+            priority=Priority(row[3]),
+            to=RecordSealed(c, bytes(row[4]), row[0], "to"),
+            body=RecordSealed(c, bytes(row[5]), row[0], "body"),
+            reference=None
+            if row[6] is None
+            else RecordSealed(c, bytes(row[6]), row[0], "reference"),
+            encoding=row[7],
+            segments=row[8],
+            route_hint=row[9],
+            route=row[10],
+            category=row[11],
+            created_at=row[12],
+            updated_at=row[13],
+            send_at=row[14],
+            expires_at=row[15],
+            attempts=row[16],
+            possible_duplicate=bool(row[17]),
+            error_code=row[18],
+            receipt_overdue=row[19] == 1,
+            purpose=row[20],
+        )
+
+    # -- consent -----------------------------------------------------------------------
+
+    async def opt_out(self, contact_idx: bytes, scope: str, now: float, source: str) -> None:
+        """Record an opt-out on the shared list: every node's next claim sees it."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO opt_outs VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (contact_idx, scope, now, source),
+            )
+
+    async def opt_in(self, contact_idx: bytes, scope: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM opt_outs WHERE contact_idx = %s AND scope = %s", (contact_idx, scope)
+            )
+
+    # -- queue -------------------------------------------------------------------------
+
+    async def recover_in_flight(self, now: float) -> int:
+        """Take back every lapsed incarnation's `sending` rows (flagged as possible
+        duplicates); this node's previous incarnations lapsed when it registered."""
+        async with self._pool.connection() as conn:
+            recovered = await recover_expired(conn, self._me())
+        return sum(r.requeued for r in recovered)
+
+    async def live_messages(self, *, numbers: bool = True) -> AsyncIterator[LiveMessage]:
+        for state in (State.QUEUED, State.SCHEDULED):
+            after = ""
+            while True:
+                async with self._pool.connection() as conn:
+                    rows = await (
+                        await conn.execute(
+                            "SELECT id, priority, to_ct, due_at, expires_at, attempts,"
+                            " route_hint FROM messages WHERE state = %s AND id > %s"
+                            " ORDER BY id LIMIT %s",
+                            (state.value, after, LIVE_PAGE),
+                        )
+                    ).fetchall()
+                for r in rows:
+                    yield LiveMessage(
+                        r[0],
+                        _PRIORITIES[r[1]],
+                        state,
+                        self._cipher.decrypt(bytes(r[2]), r[0], "to") if numbers else "",
+                        r[3],
+                        r[4],
+                        r[5],
+                        r[6],
+                    )
+                if len(rows) < LIVE_PAGE:
+                    break
+                after = rows[-1][0]
+
+    async def claim_group(
+        self, message_ids: Sequence[str], route: str, now: float
+    ) -> list[ClaimedMessage | Held | Exception | None]:
+        """`queued -> sending` for those of `message_ids` still queued, unexpired and not
+        held by another claimer, in one transaction; None for the others (a recipient
+        who opted out: now `blocked`). Raises `LeaseLost` once this node may not claim."""
+        ids = list(message_ids)
+        found, _ = await self._claim(ids, route, now, None)
+        return [found.get(i) for i in ids]
+
+    async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
+        """The first `want` due, unexpired queued messages no other claimer holds, in
+        class, due-time and id order, claimed in the same transaction."""
+        if want < 1:
+            return []
+        found, order = await self._claim([], route, now, want)
+        return [found[i] for i in order if i in found]
+
+    async def _claim(
+        self, ids: list[str], route: str, now: float, want: int | None
+    ) -> tuple[dict[str, ClaimedMessage], list[str]]:
+        """Claim `ids`, or with `want` the first due ones: the claims, and the ids
+        looked at in their order."""
+        me = self._me()
+        async with self._pool.connection() as conn, conn.transaction():
+            await lock_live(conn, me)
+            if want is not None:
+                due = await (await conn.execute(_DUE, {"now": now, "n": want})).fetchall()
+                ids = [r[0] for r in due]
+            params = {"ids": ids, "route": route, "now": now, "node": me.node_id}
+            opted = await (await conn.execute(_OPTED_OUT, params)).fetchall()
+            for (message_id,) in opted:
+                blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
+                await queue_sql.apply(conn, blocked, now, me)
+            rows = await (
+                await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
+            ).fetchall()
+        found: dict[str, ClaimedMessage] = {}
+        c = self._cipher
+        for r in rows:
+            message_id = r[0]
+            self._epochs[message_id] = int(r[1])
+            found[message_id] = ClaimedMessage(
+                message_id,
+                c.decrypt(bytes(r[2]), message_id, "to"),
+                c.decrypt(bytes(r[3]), message_id, "body"),
+                r[4],
+                Priority(r[5]),
+                r[6],
+                bool(r[7]),
+            )
+        return found, ids
+
+    async def record_outcomes(
+        self, sent: list[SentItem], changes: list[tuple[Transition, float]]
+    ) -> tuple[list[State | Exception], list[bool | Exception]]:
+        """A group's answers in one transaction, each applied only if its claim still
+        holds (else kept as a late outcome: `LateOutcome` / False in its place); a sent
+        message's receipts that overtook the answer are applied after it."""
+        me = self._me()
+        outcomes = [
+            Outcome(i, self._epochs.pop(i, -1), State.SENT, route, tuple(cids))
+            for i, route, cids, _ in sent
+        ]
+        for t, _ in changes:
+            outcomes.append(
+                Outcome(
+                    t.message_id,
+                    self._epochs.pop(t.message_id, -1),
+                    t.target,
+                    t.route or "",
+                    (),
+                    t.error_code,
+                    t.due_at,
+                    t.attempts,
+                    bool(t.possible_duplicate),
+                )
+            )
+        if not outcomes:
+            return [], []
+        now = max([s[3] for s in sent] + [n for _, n in changes])
+        states: list[State | Exception] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            done = await finish(conn, me, outcomes, now)
+            applied = set(done.applied)
+            self.late += len(done.late)
+            for message_id, route, cids, _ in sent:
+                if message_id not in applied:
+                    states.append(LateOutcome(message_id))
+                    continue
+                after = await queue_sql.early_receipts(conn, route, tuple(cids), now, me)
+                states.append(after or State.SENT)
+        return states, [t.message_id in applied for t, _ in changes]
+
+    async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:
+        done = []
+        me = self._me()
+        async with self._pool.connection() as conn, conn.transaction():
+            for t in ts:
+                try:
+                    async with conn.transaction():
+                        await queue_sql.apply(conn, t, now, me)
+                except (LookupError, ValueError):
+                    done.append(False)
+                else:
+                    done.append(True)
+        return done
+
+    async def expire_due(self, now: float, limit: int = 1000) -> list[str]:
+        """Expire queued and scheduled messages past their expiry (any node's): the
+        claim skips them, this sweep makes them final."""
+        me = self._me()
+        params = {"now": now, "n": limit, "node": me.node_id, "inc": me.incarnation}
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await (await conn.execute(queue_sql.EXPIRE_SQL, params)).fetchall()
+        return [r[0] for r in rows]
+
+    # -- receipts ----------------------------------------------------------------------
+
+    async def apply_receipt(
+        self,
+        route: str,
+        carrier_id: str,
+        state: str,
+        error_code: str | None,
+        now: float,
+        alternate_ids: Sequence[str] = (),
+    ) -> tuple[str, State] | None:
+        async with self._pool.connection() as conn, conn.transaction():
+            return await queue_sql.receipt(
+                conn, route, (carrier_id, *alternate_ids), state, error_code, now, self._me()
+            )
+
+    async def apply_receipts(
+        self, route: str, receipts: Sequence[tuple[str, str, str | None, Sequence[str]]], now: float
+    ) -> list[tuple[str, State] | Exception | None]:
+        me = self._me()
+        out: list[tuple[str, State] | Exception | None] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for cid, state, code, alternates in receipts:
+                try:
+                    async with conn.transaction():
+                        out.append(
+                            await queue_sql.receipt(
+                                conn, route, (cid, *alternates), state, code, now, me
+                            )
+                        )
+                except Exception as e:  # one bad receipt fails alone (its savepoint)
+                    out.append(e)
+        return out
+
+    async def sweep_receipts(
+        self, sent_before: float, wanting_receipts: Collection[int], now: float, limit: int
+    ) -> Sweep:
+        me = self._me()
+        async with self._pool.connection() as conn, conn.transaction():
+            due = await (
+                await conn.execute(
+                    "SELECT id, priority, route, attempts FROM messages"
+                    " WHERE state = 'sent' AND receipt_overdue = 0 AND updated_at <= %s"
+                    " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (sent_before, limit),
+                )
+            ).fetchall()
+            async with conn.cursor() as cur:
+                marks = [(OVERDUE if r[1] in wanting_receipts else NOT_EXPECTED, r[0]) for r in due]
+                if marks:
+                    await cur.executemany(
+                        "UPDATE messages SET receipt_overdue = %s WHERE id = %s", marks
+                    )
+                overdue = [r for r in due if r[1] in wanting_receipts]
+                if overdue:
+                    await cur.executemany(
+                        queue_sql.INSERT_EVENT,
+                        [
+                            (i, now, EVENT, route, None, ERROR_CODE, n, me.node_id, me.incarnation)
+                            for i, _, route, n in overdue
+                        ],
+                    )
+            oldest = await (
+                await conn.execute(
+                    "SELECT min(updated_at) FROM messages"
+                    " WHERE state = 'sent' AND receipt_overdue = 0"
+                )
+            ).fetchone()
+        first = None if oldest is None or oldest[0] is None else float(oldest[0])
+        return Sweep([(r[0], r[2]) for r in overdue], len(due) == limit, first)
+
+    # -- parked routes -----------------------------------------------------------------
+
+    def parks(self) -> ClusterParks:
+        return ClusterParks(self._pool, self.master_key)
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(sql.encode(), params)).fetchone()

@@ -1,0 +1,149 @@
+"""The `[cluster]` config block: several `smsgw run` nodes sharing one PostgreSQL queue.
+
+With `enabled = true` the message queue (accept, claims, outcomes, receipts, recovery)
+lives in PostgreSQL (`gateway/cluster/queue_store.py`); everything else stays in each
+node's own SQLite store. The password never sits in the TOML: it is read from a file
+(`password_file`) or a systemd credential (`password_credential`, from
+`$CREDENTIALS_DIRECTORY`). Features whose data is not on the cluster backend yet are
+refused at start (`refused_features`), so no setting is silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = False
+    node_id: str = ""  # stable per node; each start registers a new incarnation of it
+    conninfo: str = ""  # libpq key=value or postgresql:// URI, without the password
+    password_file: str | None = None
+    password_credential: str | None = None  # a systemd credential's name
+    lease_seconds: Seconds = 10.0
+    margin_seconds: Seconds = 3.0
+    heartbeat_seconds: Seconds = 2.0
+    pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
+
+    def problems(self) -> str | None:
+        if not self.enabled:
+            return None
+        if not _NODE_ID.fullmatch(self.node_id):
+            return (
+                "cluster.node_id: needed with cluster.enabled, 1-63 letters, digits,"
+                " '.', '_' or '-' (a stable name per node, e.g. the host name)"
+            )
+        if not self.conninfo:
+            return "cluster.conninfo: needed with cluster.enabled (e.g. 'host=db1 dbname=smsgw')"
+        try:  # here: psycopg is the optional [postgresql] extra
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            return "cluster.enabled: needs psycopg (pip install 'smsgw[postgresql]')"
+        try:
+            parts = conninfo_to_dict(self.conninfo)
+        except Exception:
+            return "cluster.conninfo: not a libpq connection string or postgresql:// URI"
+        if "password" in parts:
+            return (
+                "cluster.conninfo: holds a password; put it in cluster.password_file or a"
+                " systemd credential named by cluster.password_credential"
+            )
+        if self.password_file is not None and self.password_credential is not None:
+            return "cluster.password_file: set it or cluster.password_credential, not both"
+        if self.margin_seconds >= self.lease_seconds:
+            return "cluster.margin_seconds: must be less than cluster.lease_seconds"
+        if self.heartbeat_seconds >= self.lease_seconds - self.margin_seconds:
+            return (
+                "cluster.heartbeat_seconds: must be less than cluster.lease_seconds minus"
+                " cluster.margin_seconds (a renewal must land before the node fences itself)"
+            )
+        return None
+
+    def password(self, data_dir: Path) -> str | None:
+        """The database password from its file or credential (None: none configured,
+        e.g. peer or certificate authentication). Raises `ValueError` naming the key."""
+        if self.password_credential is not None:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if directory is None:
+                raise ValueError(
+                    "cluster.password_credential: $CREDENTIALS_DIRECTORY is not set"
+                    " (LoadCredential= in the systemd unit)"
+                )
+            path = Path(directory) / self.password_credential
+            key = "cluster.password_credential"
+        elif self.password_file is not None:
+            path = Path(self.password_file).expanduser()
+            path = path if path.is_absolute() else data_dir / path
+            key = "cluster.password_file"
+        else:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ValueError(f"{key}: cannot read it ({e.strerror})") from None
+
+
+def _configured(value: Any, default: Any) -> bool:
+    return bool(value != default)
+
+
+def refused_features(config: Config) -> list[str]:
+    """The settings that ask for something the cluster backend does not keep yet."""
+    # Here: gateway.config imports this module, and these the config's types.
+    from gateway.appointments.settings import AppointmentsConfig
+    from gateway.campaigns.settings import CampaignsConfig
+    from gateway.directory.settings import DirectoryConfig
+    from gateway.hl7.settings import Hl7Config
+    from gateway.links.settings import LinksConfig
+    from gateway.replies.settings import RepliesConfig
+    from gateway.results.settings import MedicationConfig, ResultsConfig
+
+    refused = []
+    if config.consent.enabled:
+        refused.append("consent.enabled (the consent ledger is per node yet: set it false)")
+    if config.webhooks:
+        refused.append("webhooks")
+    checks: list[tuple[str, Any, Any]] = [
+        ("mqtt.enabled", config.mqtt.enabled, False),
+        ("kannel.enabled", config.kannel.enabled, False),
+        ("demo.peers", config.demo.peers, False),
+        ("hl7", config.hl7, Hl7Config()),
+        ("appointments", config.appointments, AppointmentsConfig()),
+        ("results", config.results, ResultsConfig()),
+        ("medication", config.medication, MedicationConfig()),
+        ("replies", config.replies, RepliesConfig()),
+        ("campaigns", config.campaigns, CampaignsConfig()),
+        ("links", config.links, LinksConfig()),
+        ("directory", config.directory, DirectoryConfig()),
+    ]
+    refused += [name for name, value, default in checks if _configured(value, default)]
+    return refused
+
+
+def cluster_problem(config: Config) -> str | None:
+    """The first problem of `[cluster]`, or a refusal of what it cannot carry yet."""
+    if problem := config.cluster.problems():
+        return problem
+    if not config.cluster.enabled:
+        return None
+    if config.source is None:
+        return "cluster.enabled: needs a config file (the embedded default is one node)"
+    refused = refused_features(config)
+    if refused:
+        return (
+            "cluster.enabled: not on the cluster backend yet, remove or turn off: "
+            + ", ".join(refused)
+            + " (docs/ops/cluster.md)"
+        )
+    return None

@@ -1,0 +1,120 @@
+"""`[cluster]`: its keys are checked with errors naming them, the password never comes
+from the TOML, and what the cluster backend does not carry yet is refused at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, from_mapping
+from tests.conftest import smsgw_process
+from tests.ports import free_port
+
+ROUTES = [{"name": "carrier", "type": "loopback"}]
+
+
+def config(tmp_path: Path, cluster: dict[str, Any], **sections: Any) -> Any:
+    raw: dict[str, Any] = {
+        "data_dir": str(tmp_path),
+        "source": str(tmp_path / "smsgw.toml"),
+        "routes": ROUTES,
+        "consent": {"enabled": False},
+        "cluster": {"enabled": True, "node_id": "gw1", "conninfo": "host=db1 dbname=s", **cluster},
+        **sections,
+    }
+    return from_mapping(raw)
+
+
+def test_a_valid_block_is_accepted(tmp_path: Path) -> None:
+    c = config(tmp_path, {"lease_seconds": 6, "margin_seconds": 2, "heartbeat_seconds": 1})
+    assert c.cluster.enabled and c.cluster.node_id == "gw1"
+
+
+@pytest.mark.parametrize(
+    ("cluster", "key"),
+    [
+        ({"node_id": ""}, "cluster.node_id"),
+        ({"node_id": "gw 1"}, "cluster.node_id"),
+        ({"conninfo": ""}, "cluster.conninfo"),
+        ({"conninfo": "host=db1 password=hunter2"}, "cluster.conninfo"),
+        ({"conninfo": "postgresql://u:hunter2@db1/s"}, "cluster.conninfo"),
+        ({"margin_seconds": 10}, "cluster.margin_seconds"),
+        ({"heartbeat_seconds": 8}, "cluster.heartbeat_seconds"),
+        ({"password_file": "a", "password_credential": "b"}, "cluster.password_file"),
+        ({"pool_size": 1}, "cluster.pool_size"),
+    ],
+)
+def test_a_bad_value_names_its_key_and_never_echoes_a_password(
+    tmp_path: Path, cluster: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(tmp_path, cluster)
+    assert key in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(
+            tmp_path,
+            {},
+            consent={"enabled": True},
+            mqtt={"enabled": True, "host": "127.0.0.1"},
+            webhooks=[{"name": "w", "url": "https://example.org/h", "secret_file": "w.key"}],
+        )
+    message = str(caught.value)
+    assert message.startswith("cluster.enabled: not on the cluster backend yet")
+    for name in ("consent.enabled", "webhooks", "mqtt.enabled"):
+        assert name in message
+
+
+def test_the_embedded_default_cannot_be_a_cluster_node(tmp_path: Path) -> None:
+    raw = {
+        "data_dir": str(tmp_path),
+        "routes": ROUTES,
+        "consent": {"enabled": False},
+        "cluster": {"enabled": True, "node_id": "gw1", "conninfo": "host=db1"},
+    }
+    with pytest.raises(ConfigError, match=r"cluster\.enabled: needs a config file"):
+        from_mapping(raw)
+
+
+def test_the_password_comes_from_its_file_or_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pg.pass").write_text("s3cret\n")
+    c = config(tmp_path, {"password_file": "pg.pass"})
+    assert c.cluster.password(tmp_path) == "s3cret"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "smsgw-pg").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    c = config(tmp_path, {"password_credential": "smsgw-pg"})
+    assert c.cluster.password(tmp_path) == "from-systemd"
+    missing = config(tmp_path, {"password_file": "nope"})
+    with pytest.raises(ValueError, match=r"cluster\.password_file: cannot read it"):
+        missing.cluster.password(tmp_path)
+    assert config(tmp_path, {}).cluster.password(tmp_path) is None
+
+
+async def test_a_node_that_cannot_reach_postgresql_stops_with_one_line(tmp_path: Path) -> None:
+    init = await smsgw_process("init", "--data-dir", str(tmp_path))
+    await init.communicate()
+    conf = tmp_path / "smsgw.toml"
+    (tmp_path / "pg.pass").write_text("hunter2")
+    conf.write_text(
+        f'data_dir = "{tmp_path}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+        "[consent]\nenabled = false\n"
+        f'[cluster]\nenabled = true\nnode_id = "gw1"\n'
+        f'conninfo = "host=127.0.0.1 port={free_port()} dbname=x user=u"\n'
+        'password_file = "pg.pass"\n'
+        '[[routes]]\nname = "carrier"\ntype = "loopback"\n'
+    )
+    proc = await smsgw_process("run", "--config", str(conf))
+    out, err = await proc.communicate()
+    text = (out + err).decode()
+    assert proc.returncode != 0
+    assert "cluster.conninfo: cannot reach PostgreSQL" in text
+    assert "Traceback" not in text and "hunter2" not in text
