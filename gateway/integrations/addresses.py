@@ -78,7 +78,7 @@ class CheckedResolver(AbstractResolver):
 
     def __init__(self, loopback: bool) -> None:
         self._inner = DefaultResolver()
-        self._loopback = loopback
+        self.loopback = loopback
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -94,7 +94,7 @@ class CheckedResolver(AbstractResolver):
             ip = ipaddress.ip_address(str(answer["host"]).split("%", 1)[0])
         except ValueError:
             return False
-        return address_problem(ip, self._loopback) is None
+        return address_problem(ip, self.loopback) is None
 
     async def close(self) -> None:
         await self._inner.close()
