@@ -34,7 +34,7 @@ import select
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from gateway.integrations.addresses import AddressRefused, CheckedResolver, address_problem
@@ -96,8 +96,7 @@ class _Connection(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._poll = select.poll()
@@ -299,8 +298,8 @@ class Origin:
 
     @property
     def connections(self) -> int:
-        """Connections open now (idle or carrying a request)."""
-        return len(self._open)
+        """Connections open now (idle or carrying a request), not those closing."""
+        return sum(1 for conn in self._open if not conn.gone)
 
     async def close(self) -> None:
         if self._sweeper is not None:
