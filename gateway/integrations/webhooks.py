@@ -113,8 +113,11 @@ class Poster:
         self._wall = wall
         self._origins: dict[tuple[str, str, int] | None, Origin] = {}
         self._targets: dict[str, bytes] = {hook.url: request_target(hook.url)}
+        self._own: Origin | None = None  # the endpoint URL's (no URL parsing per POST)
 
     def _client(self, url: str) -> Origin:
+        if url == self.hook.url and self._own is not None:
+            return self._own
         key = origin(url)
         client = self._origins.get(key)
         if client is None:
@@ -127,6 +130,8 @@ class Poster:
                 limit=2 * self.hook.concurrency,
                 headers=_HEADERS,
             )
+        if url == self.hook.url:
+            self._own = client
         return client
 
     async def post(self, url: str, event: OutboxEvent, phi: bool) -> None:
@@ -148,7 +153,7 @@ class Poster:
             raise DeliveryFailed(f"http_{status}")
 
     async def close(self) -> None:
-        origins, self._origins = list(self._origins.values()), {}
+        origins, self._origins, self._own = list(self._origins.values()), {}, None
         for client in origins:
             await client.close()
 
