@@ -186,7 +186,7 @@ class Origin:
     async def post(self, target: bytes, headers: bytes, body: bytes, within: float) -> int:
         """POST `body` to `target` (with `headers`, each line CRLF-terminated); the
         response status, all within `within` seconds. Raises `DeliveryFailed`."""
-        head = b"".join(
+        request = b"".join(
             (
                 b"POST ",
                 target,
@@ -194,6 +194,7 @@ class Origin:
                 self._common,
                 headers,
                 b"Content-Length: %d\r\n\r\n" % len(body),
+                body,
             )
         )
         conn: _Connection | None = None
@@ -207,7 +208,7 @@ class Origin:
                     waiter: asyncio.Future[Response] = loop.create_future()
                     conn.waiter = waiter
                     assert conn.transport is not None
-                    conn.transport.write(head + body)
+                    conn.transport.write(request)
                     response = await waiter
                     conn.waiter = None
                     if response.keep_alive and not conn.gone:
