@@ -39,7 +39,14 @@ from event_receiver import Receiver
 from gateway.config import Config, WebhookConfig
 from gateway.integrations.addresses import CheckedResolver
 from gateway.integrations.events import MESSAGE_STATUS, DeliveryFailed, OutboxEvent
-from gateway.integrations.webhooks import USER_AGENT, Poster, Signer, decode_secret, payload
+from gateway.integrations.webhooks import (
+    USER_AGENT,
+    Poster,
+    Signer,
+    client_context,
+    decode_secret,
+    payload,
+)
 
 CONCURRENCY = 16
 
@@ -48,8 +55,6 @@ class AiohttpPoster:
     """The aiohttp client as smsgw used it before this client (the peer)."""
 
     def __init__(self, hook: WebhookConfig, config: Config, secret: str) -> None:
-        from gateway.integrations.webhooks import client_context
-
         self._signer = Signer(decode_secret(secret))
         connector = aiohttp.TCPConnector(
             resolver=CheckedResolver(hook.allow_loopback),
