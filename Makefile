@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-throttle bench-floors bench-modems bench-events bench-webhooks bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
+.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-throttle bench-floors bench-modems bench-events bench-webhooks bench-webhook-client bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -139,6 +139,10 @@ bench-events: setup peers
 # Webhook delivery rate from an outbox backlog, then the drain after a 600 s receiver outage.
 bench-webhooks: setup
 	$(BIN)/python bench/webhooks.py
+
+# Loop CPU per webhook POST: the gateway's HTTP/1.1 client against aiohttp's (issue 16).
+bench-webhook-client: setup
+	$(BIN)/python bench/webhook_client.py
 
 # Accept rate with the consent policy on (10,000 contacts, 1,000 opted out, mixed
 # purposes) against the same load with [consent] enabled = false: two gateways loaded

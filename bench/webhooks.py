@@ -18,7 +18,8 @@ the time from the first to the last arrival, `server_cpu_us_per_event` the serve
 (all threads, /proc) from its start to the last arrival per event, less its idle CPU
 (`server_idle_cores`, sampled for 3 s after) over as long.
 `--concurrency K` sets the endpoint's `concurrency`, `--final-only` its `states` to the
-final states (one event a delivered message instead of three).
+final states (one event a delivered message instead of three), `--phi` its `phi = true`
+(numbers and texts in every event, read and decrypted at delivery).
 
 outage: the gateway's own back-off settings (`[outbox]` defaults unless
 `--backoff-max`). `--load` messages per second go in throughout; after a 5 s warm-up the
@@ -80,6 +81,8 @@ def endpoint_keys(args: argparse.Namespace) -> str:
         keys.append(f"concurrency = {args.concurrency}")
     if args.final_only:
         keys.append(f"states = {FINAL_STATES}")
+    if args.phi:
+        keys.append("phi = true")
     return "\n".join(keys)
 
 
@@ -297,7 +300,7 @@ async def run_all(args: argparse.Namespace, pinning: Pinning, root: Path) -> int
             "load_per_s": args.load,
             "route": ROUTE.describe(),
             "backoff_max": args.backoff_max or "default (600 s)",
-            "endpoint": "1 webhook, all events, phi=false, http loopback"
+            "endpoint": f"1 webhook, all events, phi={str(args.phi).lower()}, http loopback"
             + (f", concurrency={args.concurrency}" if args.concurrency else "")
             + (f", states={FINAL_STATES}" if args.final_only else ""),
             "placement": pinning.describe() + "; the receiver with the bench",
@@ -326,6 +329,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--final-only", action="store_true", help=f"the endpoint's states = {FINAL_STATES}"
     )
+    p.add_argument("--phi", action="store_true", help="the endpoint's phi = true")
     p.add_argument("--keep", action="store_true", help="keep the data, configs and logs")
     return p.parse_args(argv)
 

@@ -5,9 +5,10 @@ refused is what an attacker would aim a callback at: link-local addresses (which
 cloud metadata services, 169.254.169.254 and fd00:ec2::254), loopback unless the
 endpoint says so, and unspecified, multicast or reserved addresses. Names are checked
 twice: IP literals at config load, and every resolved address at connect time by
-`CheckedResolver`, whose answer is the address aiohttp then connects to (the check and
-the connection use the same address, so a DNS answer that changes in between — DNS
-rebinding — cannot slip past).
+`CheckedResolver`, whose answer is the address the webhook client (`http_client.py`)
+then connects to (the check and the connection use the same address, so a DNS answer
+that changes in between — DNS rebinding — cannot slip past); the client checks IP
+literals again itself.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class CheckedResolver(AbstractResolver):
 
     def __init__(self, loopback: bool) -> None:
         self._inner = DefaultResolver()
-        self._loopback = loopback
+        self.loopback = loopback
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -94,7 +95,7 @@ class CheckedResolver(AbstractResolver):
             ip = ipaddress.ip_address(str(answer["host"]).split("%", 1)[0])
         except ValueError:
             return False
-        return address_problem(ip, self._loopback) is None
+        return address_problem(ip, self.loopback) is None
 
     async def close(self) -> None:
         await self._inner.close()

@@ -18,7 +18,10 @@ keeps it back. Every attempt's outcome is stored, so after a restart a lane re-r
 from its position, skips what it finished out of order, and resumes a held event's
 back-off from its first attempt. Deliveries that went through at the first try are
 recorded together, one write per batch (or before any retry or dead letter is
-recorded): one write per event per consumer took the writer from the sends. A crash
+recorded): one write per event per consumer took the writer from the sends. Reads are
+batched the same way: a round reads its rows with this lane's earlier attempts at them
+in one statement, the personal fields of a `phi` endpoint's batch in one read per event
+type, and looks for an admin's redeliveries only at start and after `redeliver()`. A crash
 before that write delivers them again, which at-least-once allows (receivers drop
 duplicates by id). A dead letter an admin redelivers is tried again out of order,
 ahead of the lane's next event.
@@ -47,7 +50,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -126,6 +129,9 @@ class _Lane:
     # past them, at the end of a batch or before anything else is recorded.
     unrecorded: list[Attempt] = field(default_factory=list)
     cursor: int = 0  # the last event read (`position` may lag behind held events)
+    # Whether an admin's redelivery may be waiting: at start, and after `redeliver()`
+    # (the only writer of one), so a round does not look for them every time.
+    look_for_redeliveries: bool = True
     # Per held message (or route): its failed event first, then its later ones, in order;
     # and the task retrying them.
     held: dict[str, deque[_Held]] = field(default_factory=dict)
@@ -261,6 +267,7 @@ class Outbox:
         done = await self._repo.redeliver(consumer, seq)
         lane = self._lanes.get(consumer)
         if done and lane is not None:
+            lane.look_for_redeliveries = True
             lane.wake.set()
         return done
 
@@ -309,18 +316,8 @@ class Outbox:
         tests), wait for those retries too. True if it did anything."""
         lane = self._lanes[name]
         started = self._clock.monotonic()
-        worked = False
-        for seq in await self._repo.due_redeliveries(lane.name, self._clock.time()):
-            row = await self._repo.row(seq)
-            if row is not None:
-                previous = await self._repo.attempt(lane.name, seq)
-                event = await self._event(lane, row)
-                await self._until_done(lane, row, event, previous, redelivery=True)
-                worked = True
-        rows = await self._repo.after(lane.cursor, limit)
-        tried = (
-            await self._repo.attempts_between(lane.name, rows[0].seq, rows[-1].seq) if rows else {}
-        )
+        worked = await self._redeliveries(lane) if lane.look_for_redeliveries else False
+        rows, tried = await self._repo.after_with_attempts(lane.name, lane.cursor, limit)
         # Not one finished out of order before a restart, nor one this lane skips:
         due = [
             row
@@ -332,7 +329,8 @@ class Outbox:
         try:
             chosen = await self._selected(lane, due)
             open_.intersection_update(row.seq for row in chosen)
-            await self._deliver_rows(lane, chosen, tried, open_)
+            phis = await self._repo.phi_many(chosen) if lane.consumer.wants_phi else {}
+            await self._deliver_rows(lane, chosen, tried, open_, phis)
         finally:
             # Past every row read up to the first unfinished one (a store failure or a
             # stop re-reads from there; what finished after it is skipped then).
@@ -350,6 +348,23 @@ class Outbox:
                 await asyncio.gather(*lane.retrying.values())
         if worked:
             lane.last_run = started
+        return worked
+
+    async def _redeliveries(self, lane: _Lane) -> bool:
+        """The redeliveries an admin asked for, one attempt each; True if any."""
+        lane.look_for_redeliveries = False  # (a `redeliver()` from now on sets it again)
+        worked = False
+        try:
+            for seq in await self._repo.due_redeliveries(lane.name, self._clock.time()):
+                row = await self._repo.row(seq)
+                if row is not None:
+                    previous = await self._repo.attempt(lane.name, seq)
+                    event = await self._event(lane, row)
+                    await self._until_done(lane, row, event, previous, redelivery=True)
+                    worked = True
+        except BaseException:
+            lane.look_for_redeliveries = True  # not all done: look again next round
+            raise
         return worked
 
     @staticmethod
@@ -373,6 +388,7 @@ class Outbox:
         rows: Sequence[OutboxRow],
         tried: dict[int, Attempt],
         open_: set[int],
+        phis: dict[int, dict[str, Any]],
     ) -> None:
         """Deliver a batch's rows, up to `lane.concurrency` at once: each message's (or
         route's) rows in order by one worker, different messages side by side. A row
@@ -385,7 +401,7 @@ class Outbox:
         async def work() -> None:
             while queue:
                 for row in queue.popleft():
-                    event = await self._event(lane, row)
+                    event = await self._event(lane, row, phis)
                     await self._deliver_in_turn(lane, row, event, tried.get(row.seq))
                     open_.discard(row.seq)
 
@@ -465,8 +481,14 @@ class Outbox:
             await self._repo.record_delivered(done, position)
             lane.position = position
 
-    async def _event(self, lane: _Lane, row: OutboxRow) -> OutboxEvent:
-        phi = await self._repo.phi(row) if lane.consumer.wants_phi else None
+    async def _event(
+        self, lane: _Lane, row: OutboxRow, phis: dict[int, dict[str, Any]] | None = None
+    ) -> OutboxEvent:
+        """The event of `row`, with its personal fields for a consumer that takes them
+        (from `phis`, the batch's, read together; else read now)."""
+        phi = None
+        if lane.consumer.wants_phi:
+            phi = phis.get(row.seq) if phis is not None else await self._repo.phi(row)
         return OutboxEvent(
             id=row.id,
             seq=row.seq,

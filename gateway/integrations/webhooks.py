@@ -9,10 +9,12 @@ event's stable id, for de-duplication), `webhook-timestamp` (Unix seconds) and
 `webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, the secret a
 `whsec_` base64 key).
 
+POSTs go through `http_client.Origin` (kept-alive HTTP/1.1 connections per endpoint).
 Redirects are never followed; hosts resolve through `CheckedResolver` (no link-local,
 metadata or unconfigured loopback addresses); HTTPS verifies the certificate (against
-`ca_file` when given). A failure becomes `DeliveryFailed` with a short reason code; a
-log line names the endpoint and the code, never the URL or the payload.
+`ca_file` when given, with the client certificate when configured). A failure becomes
+`DeliveryFailed` with a short reason code; a log line names the endpoint and the code,
+never the URL or the payload.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 
-import aiohttp
 import msgspec
 
 from drivers.credentials import read_secret
 from gateway.config import Config, WebhookConfig
-from gateway.integrations.addresses import AddressRefused, CheckedResolver, origin
+from gateway.integrations.addresses import CheckedResolver, origin
 from gateway.integrations.events import MESSAGE_STATUS, DeliveryFailed, OutboxEvent
+from gateway.integrations.http_client import Origin, request_target
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the spec's key prefix, not a secret
 USER_AGENT = "smsgw-webhooks/1"
+_HEADERS = (("User-Agent", USER_AGENT), ("Content-Type", "application/json"))
 
 
 class WebhookSecretError(ValueError):
@@ -91,7 +94,8 @@ def client_context(hook: WebhookConfig, config: Config) -> ssl.SSLContext:
 
 
 class Poster:
-    """One endpoint's HTTP client: its secret, TLS context and checked resolver."""
+    """One endpoint's HTTP client: its secret, TLS context, checked resolver and
+    kept-alive connections (`http_client.Origin`)."""
 
     def __init__(
         self, hook: WebhookConfig, config: Config, wall: Callable[[], float] = time.time
@@ -107,62 +111,51 @@ class Poster:
         self._signer = Signer(decode_secret(secret))
         self._ssl = client_context(hook, config)
         self._wall = wall
-        self._session: aiohttp.ClientSession | None = None
+        self._origins: dict[tuple[str, str, int] | None, Origin] = {}
+        self._targets: dict[str, bytes] = {hook.url: request_target(hook.url)}
+        self._own: Origin | None = None  # the endpoint URL's (no URL parsing per POST)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _client(self, url: str) -> Origin:
+        if url == self.hook.url and self._own is not None:
+            return self._own
+        key = origin(url)
+        client = self._origins.get(key)
+        if client is None:
             # Kept-alive connections, one per event in flight: the endpoint's lane and
             # its callbacks' lane each deliver up to `concurrency` at once.
-            connector = aiohttp.TCPConnector(
-                resolver=CheckedResolver(self.hook.allow_loopback),
-                ssl=self._ssl,
+            client = self._origins[key] = Origin(
+                url,
+                self._ssl,
+                CheckedResolver(self.hook.allow_loopback),
                 limit=2 * self.hook.concurrency,
+                headers=_HEADERS,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.hook.timeout),
-                headers={"User-Agent": USER_AGENT},
-            )
-        return self._session
+        if url == self.hook.url:
+            self._own = client
+        return client
 
     async def post(self, url: str, event: OutboxEvent, phi: bool) -> None:
         body = payload(event, phi)
         # Real wall time, not the injected clock: receivers reject a timestamp outside
         # their replay window (5 minutes in the reference library).
         stamp = int(self._wall())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": event.id,
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": self._signer.sign(event.id, stamp, body),
-        }
-        try:
-            async with self._client().post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
-        except TimeoutError:
-            raise DeliveryFailed("timeout") from None
-        except aiohttp.ClientConnectorCertificateError:
-            raise DeliveryFailed("tls_certificate") from None
-        except aiohttp.ClientSSLError:
-            raise DeliveryFailed("tls") from None
-        except aiohttp.ClientConnectorError as e:
-            refused = isinstance(e.os_error, AddressRefused)
-            raise DeliveryFailed("address_refused" if refused else "connect") from None
-        except AddressRefused:
-            raise DeliveryFailed("address_refused") from None
-        except (aiohttp.ClientError, OSError):
-            raise DeliveryFailed("http_error") from None
+        target = self._targets.get(url)
+        if target is None:
+            target = request_target(url)  # a callback URL
+        headers = (
+            f"webhook-id: {event.id}\r\nwebhook-timestamp: {stamp}\r\n"
+            f"webhook-signature: {self._signer.sign(event.id, stamp, body)}\r\n"
+        ).encode()
+        status = await self._client(url).post(target, headers, body, self.hook.timeout)
         if 300 <= status < 400:
             raise DeliveryFailed("redirect_refused")
         if not 200 <= status < 300:
             raise DeliveryFailed(f"http_{status}")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        origins, self._origins, self._own = list(self._origins.values()), {}, None
+        for client in origins:
+            await client.close()
 
 
 class _Endpoint:

@@ -154,6 +154,19 @@ class Attempt:
 
 
 ROW_COLUMNS = "seq, id, type, at, message_id, route, state, code, attempt"
+ROW_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in ROW_COLUMNS.split(","))
+
+# The personal fields of each event type's subject, by id (the id first).
+_PHI_READS = {
+    MESSAGE_STATUS: "SELECT id, to_ct, body_ct FROM messages WHERE id IN ({marks})",
+    MESSAGE_INBOUND: (
+        "SELECT id, sender_ct, recipient_ct, body_ct FROM inbound WHERE id IN ({marks})"
+    ),
+    CONSENT_CHANGED: (  # the contact the decision is about
+        "SELECT l.id, c.idx, c.number_ct, c.patient_ref_ct FROM consent_ledger l"
+        " JOIN contacts c ON c.idx = l.contact_idx WHERE l.id IN ({marks})"
+    ),
+}
 
 
 def rows_after(conn: sqlite3.Connection, position: int, limit: int) -> list[OutboxRow]:
@@ -311,14 +324,6 @@ class OutboxStore:
         )
         return Attempt(*rows[0]) if rows else None
 
-    async def attempts_between(self, consumer: str, first: int, last: int) -> dict[int, Attempt]:
-        """A consumer's earlier attempts at the events `first`..`last`, by seq."""
-        rows = await self._store.reader.all(
-            attempts_sql("d.consumer = ? AND d.seq BETWEEN ? AND ?"),
-            (consumer, first, last, last - first + 1),
-        )
-        return {a.seq: a for a in (Attempt(*r) for r in rows)}
-
     async def record_delivered(self, done: Sequence[Attempt], position: int) -> None:
         """First-try deliveries of one consumer, and its position."""
         await self._store.writer.run(lambda conn: record_many(conn, done, position))
@@ -355,51 +360,68 @@ class OutboxStore:
             rows = await self._store.reader.all(attempts_sql("d.state = ?"), (state, limit))
         return [Attempt(*r) for r in rows]
 
+    async def after_with_attempts(
+        self, consumer: str, position: int, limit: int
+    ) -> tuple[list[OutboxRow], dict[int, Attempt]]:
+        """`after`, and the consumer's earlier attempts at those rows,
+        in one statement: a lane's round reads the store once."""
+        rows = await self._store.reader.all(
+            f"SELECT {ROW_COLUMNS_O}, d.state, d.attempts, d.first_at, d.last_at, d.next_at,"  # noqa: S608 - fixed columns
+            " d.reason FROM outbox o LEFT JOIN outbox_deliveries d"
+            " ON d.consumer = ? AND d.seq = o.seq WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+            (consumer, position, limit),
+        )
+        found = [OutboxRow(*r[:9]) for r in rows]
+        tried = {
+            row.seq: Attempt(
+                consumer, row.seq, r[9], r[10], r[11], r[12], r[13], r[14], row.type, row.id
+            )
+            for row, r in zip(found, rows, strict=True)
+            if r[9] is not None
+        }
+        return found, tried
+
     async def phi(self, row: OutboxRow) -> dict[str, Any] | None:
         """The personal fields an event reports, decrypted (for consumers that may
         have them): `to`/`body` of a message, `from`/`to`/`text` of an inbound one,
         `number`/`patient_ref` of a consent decision's contact."""
-        if row.message_id is None:
-            return None
-        store = self._store
-        if row.type == MESSAGE_STATUS:
-            r = await store.reader.one(
-                "SELECT to_ct, body_ct FROM messages WHERE id = ?", (row.message_id,)
-            )
-            if r is None:
-                return None
+        return (await self.phi_many([row])).get(row.seq)
+
+    async def phi_many(self, rows: Sequence[OutboxRow]) -> dict[int, dict[str, Any]]:
+        """`phi` for a batch of rows, by seq: one read per event type present, not one
+        per event (rows whose subject is gone, or that carry none, are left out)."""
+        by_type: dict[str, dict[str, list[int]]] = {}
+        for row in rows:
+            if row.message_id is not None and row.type in _PHI_READS:
+                by_type.setdefault(row.type, {}).setdefault(row.message_id, []).append(row.seq)
+        found: dict[int, dict[str, Any]] = {}
+        for kind, subjects in by_type.items():
+            ids = list(subjects)
+            marks = ",".join("?" * len(ids))
+            for r in await self._store.reader.all(_PHI_READS[kind].format(marks=marks), ids):
+                fields = self._decrypt_phi(kind, r)
+                for seq in subjects[r[0]]:
+                    found[seq] = fields
+        return found
+
+    def _decrypt_phi(self, kind: str, r: Any) -> dict[str, Any]:
+        store, subject = self._store, r[0]
+        if kind == MESSAGE_STATUS:
             return {
-                "to": store.decrypt(r[0], row.message_id, "to"),
-                "body": store.decrypt(r[1], row.message_id, "body"),
+                "to": store.decrypt(r[1], subject, "to"),
+                "body": store.decrypt(r[2], subject, "body"),
             }
-        if row.type == MESSAGE_INBOUND:
-            r = await store.reader.one(
-                "SELECT sender_ct, recipient_ct, body_ct FROM inbound WHERE id = ?",
-                (row.message_id,),
-            )
-            if r is None:
-                return None
+        if kind == MESSAGE_INBOUND:
             return {
-                "from": store.decrypt(r[0], row.message_id, "sender"),
-                "to": None if r[1] is None else store.decrypt(r[1], row.message_id, "recipient"),
-                "text": store.decrypt(r[2], row.message_id, "body"),
+                "from": store.decrypt(r[1], subject, "sender"),
+                "to": None if r[2] is None else store.decrypt(r[2], subject, "recipient"),
+                "text": store.decrypt(r[3], subject, "body"),
             }
-        if row.type == CONSENT_CHANGED:  # the contact the decision is about
-            r = await store.reader.one(
-                "SELECT c.idx, c.number_ct, c.patient_ref_ct FROM consent_ledger l"
-                " JOIN contacts c ON c.idx = l.contact_idx WHERE l.id = ?",
-                (row.message_id,),
-            )
-            if r is None:
-                return None
-            contact = "contact:" + bytes(r[0]).hex()  # ledger.contact_row_id
-            return {
-                "number": store.decrypt(r[1], contact, "number"),
-                "patient_ref": None
-                if r[2] is None
-                else store.decrypt(r[2], contact, "patient_ref"),
-            }
-        return None
+        contact = "contact:" + bytes(r[1]).hex()  # ledger.contact_row_id
+        return {
+            "number": store.decrypt(r[2], contact, "number"),
+            "patient_ref": None if r[3] is None else store.decrypt(r[3], contact, "patient_ref"),
+        }
 
     async def callback_urls(self, message_ids: Collection[str]) -> dict[str, str]:
         """The callback URLs of those of these messages that have one, decrypted: one
