@@ -4,10 +4,8 @@ the 100,000 run is `make bench-migrate`)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +18,11 @@ from gateway.cluster.migrate import MIGRATION_NODE, migrate_store
 from gateway.models import State
 from gateway.startup import DataDirLock
 from gateway.store import crypto
-from tests.conftest import SMSGW
 from tests.pg.migrate_source import STATES, Source, body, fill, init, number
 from tests.pg_server import PgServer
 
 COUNT = 10_000
-PASSWORD = "Corm0rant-Tide-7731"  # noqa: S105 - a test's password, looked for in output
+PASSWORD = "Corm0rant-Tide-7731"
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +39,13 @@ def source(built: Source, tmp_path: Path) -> Iterator[Source]:
     shutil.copytree(built.data_dir, data)
     conf = data / "smsgw.toml"
     conf.write_text(conf.read_text().replace(str(built.data_dir), str(data)))
-    yield Source(data, conf, data / "smsgw.db", built.master)
+    return Source(data, conf, data / "smsgw.db", built.master)
 
 
 def migrate(conf: Path, dsn: str, *extra: str) -> int:
-    return main(["store", "migrate", "--config", str(conf), "--to", dsn, "--node-id", "gw1", *extra])
+    return main(
+        ["store", "migrate", "--config", str(conf), "--to", dsn, "--node-id", "gw1", *extra]
+    )
 
 
 def pg(dsn: str, query: str) -> list[tuple[object, ...]]:
@@ -74,7 +73,9 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
         keys = await keyring.load(conn, source.master)
     cipher = crypto.FieldCipher(keys.field, keys.blind)
     assert cipher.generations == {1, 2}
-    rows = pg(pg_dsn, "SELECT id, to_ct, to_index, body_ct, reference_ct, callback_ct FROM messages")
+    rows = pg(
+        pg_dsn, "SELECT id, to_ct, to_index, body_ct, reference_ct, callback_ct FROM messages"
+    )
     by_number = {
         mid: n
         for n, (mid,) in enumerate(src.execute("SELECT id FROM messages ORDER BY created_at"))
@@ -103,7 +104,9 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
     assert await asyncio.to_thread(main, verify) == 0
     out = capsys.readouterr().out
     assert "audit chains intact: 1 nodes, 1 anchors" in out
-    (action,) = pg(pg_dsn, "SELECT action FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC")[0]
+    (action,) = pg(pg_dsn, "SELECT action FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC")[
+        0
+    ]
     assert action == "store_migrated"
 
 
@@ -192,43 +195,37 @@ async def test_a_run_that_died_half_way_is_restarted_clean(source: Source, pg_ds
     assert pg(pg_dsn, "SELECT count(*), count(finished_at) FROM store_migrations") == [(2, 1)]
 
 
-def test_the_password_is_never_printed_nor_taken_on_the_command_line(
-    built: Source, pg_server: PgServer, tmp_path: Path
+async def test_the_password_is_never_printed_nor_taken_on_the_command_line(
+    built: Source, pg_server: PgServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     secret = tmp_path / "pg-password"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
-    env = {**os.environ, "PGCONNECT_TIMEOUT": "5"}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SMSGW, *args], capture_output=True, text=True, env=env, check=False, timeout=120
-        )
+    async def run(conf: Path, to: str, *extra: str) -> tuple[int, str, str]:
+        """The command in this process; everything written to fds 1 and 2 meanwhile."""
+        capfd.readouterr()
+        argv = ["store", "migrate", "--config", str(conf), "--to", to, *extra]
+        code = await asyncio.to_thread(main, argv)
+        out, err = capfd.readouterr()
+        return code, out, err
 
     in_line = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{pg_server.port}/x"
-    refused = run("store", "migrate", "--config", str(built.conf), "--to", in_line)
-    assert refused.returncode == 2
-    assert "holds a password" in refused.stderr
-    assert PASSWORD not in refused.stdout + refused.stderr
+    code, out, err = await run(built.conf, in_line)
+    assert code == 2 and "holds a password" in err
+    assert PASSWORD not in out + err
 
-    # A target that cannot be reached (nothing listens on that database's name) and
-    # one that works: neither prints the password from the file.
+    # A database that is not there, and one that is: neither prints the file's password.
     missing = f"postgresql://postgres@127.0.0.1:{pg_server.port}/no_such_db"
-    failed = run(
-        "store", "migrate", "--config", str(built.conf), "--to", missing,
-        "--password-file", str(secret),
-    )  # fmt: skip
-    assert failed.returncode == 2 and "cannot connect to 127.0.0.1" in failed.stderr
-    assert PASSWORD not in failed.stdout + failed.stderr
+    code, out, err = await run(built.conf, missing, "--password-file", str(secret))
+    assert code == 2 and "cannot connect to 127.0.0.1" in err
+    assert PASSWORD not in out + err
 
-    tiny = init(tmp_path / "tiny")
-    asyncio.run(fill(tiny, 40, audit_entries=3))
+    tiny = await asyncio.to_thread(init, tmp_path / "tiny")
+    await fill(tiny, 40, audit_entries=3)
     target = pg_server.create_database()
-    done = run(
-        "store", "migrate", "--config", str(tiny.conf), "--to", target,
-        "--password-file", str(secret),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert PASSWORD not in done.stdout + done.stderr
-    assert "sending: 5 rows left to the first node's recovery" in done.stdout
+    code, out, err = await run(tiny.conf, target, "--password-file", str(secret))
+    assert code == 0, out + err
+    assert PASSWORD not in out + err
+    assert "sending: 5 rows left to the first node's recovery" in out
     assert State.SENDING.value in {s for (s,) in pg(target, "SELECT state FROM messages")}
