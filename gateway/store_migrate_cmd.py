@@ -25,7 +25,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway import custody
-from gateway.cluster import audit
+from gateway.cluster import audit, keyring
 from gateway.cluster.keyring import load as load_keys
 from gateway.cluster.migrate import REFUSED, migrate_store
 from gateway.config import Config, ConfigError
@@ -182,6 +182,48 @@ async def _verify(target: Target, master: bytes) -> int:
     for problem in result.problems:
         print(f"audit chain BROKEN: {problem}")
     return 1
+
+
+def cmd_rotate_cluster(args: argparse.Namespace, config: Config) -> int:
+    """`smsgw keys rotate --postgresql CONNINFO`: a new field key generation in the
+    shared keyring and every message re-encrypted under it, refused (exit 4) while
+    another node rotates; recorded in this node's audit chain."""
+    target = Target(args.postgresql, args.password_file, "--postgresql")
+    master = custody.load_master_key(config)
+    node_id = args.node_id or socket.gethostname()
+    try:
+        return asyncio.run(_rotate(target, master, node_id))
+    except ConnectFailed as e:
+        print(f"smsgw keys: {e}", file=sys.stderr)
+        return 2
+    except crypto.MasterKeyError as e:
+        print(f"smsgw keys: {e}", file=sys.stderr)
+        return 2
+
+
+async def _rotate(target: Target, master: bytes, node_id: str) -> int:
+    conn = await target.connect()
+    progress = ProgressLine()
+    try:
+        keys = await load_keys(conn, master)
+
+        async def shown(done: int) -> None:
+            progress(done, 0, "messages re-encrypted")
+
+        try:
+            generation, done = await keyring.rotate(conn, master, after_batch=shown)
+        except keyring.RotationBusy as e:
+            print(f"keys rotate: refused: {e}; run it again when that one has finished")
+            return REFUSED
+        await audit.append(
+            conn, audit_key(keys.root), node_id, _now(), f"console:{_user()}", "key_rotated",
+            "key", f"field:{generation}", generation=generation, rows=done,
+        )  # fmt: skip
+    finally:
+        progress.close()
+        await conn.close()
+    print(f"field key generation {generation} is current; {done} messages re-encrypted")
+    return 0
 
 
 def _user() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -34,7 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Source:
 
 
 @pytest.fixture
-def source(built: Source, tmp_path: Path) -> Iterator[Source]:
+def source(built: Source, tmp_path: Path) -> Source:
     data = tmp_path / "data"
     shutil.copytree(built.data_dir, data)
     conf = data / "smsgw.toml"
@@ -229,3 +228,24 @@ async def test_the_password_is_never_printed_nor_taken_on_the_command_line(
     assert PASSWORD not in out + err
     assert "sending: 5 rows left to the first node's recovery" in out
     assert State.SENDING.value in {s for (s,) in pg(target, "SELECT state FROM messages")}
+
+
+async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = await asyncio.to_thread(init, tmp_path / "tiny")
+    await fill(tiny, 60, audit_entries=2)
+    target = pg_server.create_database()
+    assert await asyncio.to_thread(migrate, tiny.conf, target) == 0
+    rotate = ["keys", "rotate", "--config", str(tiny.conf), "--postgresql", target]
+    assert await asyncio.to_thread(main, [*rotate, "--node-id", "gw1"]) == 0
+    assert "field key generation 3 is current; 60 messages re-encrypted" in capsys.readouterr().out
+    prefix = crypto.generation_prefix(3)
+    heads = {bytes(b[:3]) for (b,) in pg(target, "SELECT body_ct FROM messages")}  # type: ignore[index]
+    assert heads == {prefix}
+    (action, target_id) = pg(
+        target, "SELECT action, target_id FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC"
+    )[0]
+    assert (action, target_id) == ("key_rotated", "field:3")
+    verify = ["audit", "verify", "--config", str(tiny.conf), "--postgresql", target]
+    assert await asyncio.to_thread(main, verify) == 0
