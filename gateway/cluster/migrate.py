@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
@@ -82,6 +83,12 @@ async def migrate_store(
         except MigrationRefused as e:
             out(f"store migrate: stopped: {e}; the target stays unfinished")
             return REFUSED
+        except psycopg.DatabaseError as e:
+            # The primary message names the column or constraint; its detail could quote
+            # a row, so it is left out.
+            primary = e.diag.message_primary or type(e).__name__
+            out(f"store migrate: stopped by PostgreSQL ({e.sqlstate}: {primary}); run it again")
+            return FAILED
         await set_sequences(conn)
         sending = await _orphan_sending(conn)
         out(f"sending: {sending} rows left to the first node's recovery (possible duplicates)")

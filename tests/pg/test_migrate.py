@@ -249,3 +249,20 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
     assert (action, target_id) == ("key_rotated", "field:3")
     verify = ["audit", "verify", "--config", str(tiny.conf), "--postgresql", target]
     assert await asyncio.to_thread(main, verify) == 0
+
+
+async def test_a_source_column_the_cluster_schema_lacks_stops_the_copy_naming_it(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A later SQLite migration without its PostgreSQL twin: nothing is dropped silently."""
+    tiny = await asyncio.to_thread(init, tmp_path / "tiny")
+    await fill(tiny, 20, audit_entries=1)
+    db = sqlite3.connect(tiny.db_path)
+    db.execute("ALTER TABLE messages ADD COLUMN triage_level TEXT")
+    db.commit()
+    db.close()
+    target = pg_server.create_database()
+    assert await asyncio.to_thread(migrate, tiny.conf, target) == 4
+    out = capsys.readouterr().out
+    assert "the PostgreSQL table messages has no column triage_level" in out
+    assert pg(target, "SELECT count(*), count(finished_at) FROM store_migrations") == [(1, 0)]
