@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.cluster
 from gateway.cli import main
 from tests.socket_rig import init_data_dir
 
@@ -18,6 +19,7 @@ def test_without_psycopg_the_cluster_commands_say_what_to_install(
     capsys.readouterr()
     monkeypatch.setitem(sys.modules, "psycopg", None)  # what an install without it has
     monkeypatch.delitem(sys.modules, "gateway.cluster.commands", raising=False)
+    monkeypatch.delattr(gateway.cluster, "commands", raising=False)  # imported by another test
     to = "postgresql://smsgw@127.0.0.1/smsgw"
     for argv in (
         ["store", "migrate", "--to", to],
