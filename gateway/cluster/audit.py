@@ -81,8 +81,17 @@ def _anchor_entry(seq: int, at: float, node_id: str, heads: str) -> bytes:
     return json.dumps(["anchor", seq, at, node_id, heads], separators=(",", ":")).encode()
 
 
-async def anchor(conn: AsyncConnection[TupleRow], key: bytes, node_id: str, at: float) -> int:
-    """Record every node's chain head now, as the next anchor (written by `node_id`)."""
+async def anchor(
+    conn: AsyncConnection[TupleRow],
+    key: bytes,
+    node_id: str,
+    at: float,
+    *,
+    only_if_moved: bool = False,
+) -> int | None:
+    """Record every node's chain head now, as the next anchor (written by `node_id`);
+    its seq. With `only_if_moved` (a node's periodic anchor), None and nothing written
+    when no head moved since the last anchor: an idle cluster does not grow the trail."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ANCHOR_LOCK,))
         cur = await conn.execute(
@@ -97,6 +106,11 @@ async def anchor(conn: AsyncConnection[TupleRow], key: bytes, node_id: str, at: 
         cur = await conn.execute("SELECT seq, hash FROM audit_anchors ORDER BY seq DESC LIMIT 1")
         last = await cur.fetchone()
         seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
+        if only_if_moved and last is not None:
+            cur = await conn.execute("SELECT heads FROM audit_anchors WHERE seq = %s", (last[0],))
+            before = await cur.fetchone()
+            if before is not None and before[0] == heads:
+                return None
         digest = chain_hash(key, prev, _anchor_entry(seq, at, node_id, heads))
         await conn.execute(
             "INSERT INTO audit_anchors VALUES (%s,%s,%s,%s,%s,%s)",

@@ -22,10 +22,10 @@ async def append(pool: Pool, node: str, count: int, start: int = 0) -> list[int]
     return seqs
 
 
-async def anchor(pool: Pool, node: str) -> int:
+async def anchor(pool: Pool, node: str, *, only_if_moved: bool = False) -> int | None:
     async with pool.connection() as conn:
         await conn.set_autocommit(True)
-        return await audit.anchor(conn, KEY, node, 2000.0)
+        return await audit.anchor(conn, KEY, node, 2000.0, only_if_moved=only_if_moved)
 
 
 async def check(pool: Pool) -> audit.ClusterVerification:
@@ -112,3 +112,13 @@ async def test_a_changed_or_deleted_anchor_is_found(pool: Pool) -> None:
         await conn.set_autocommit(True)
         await conn.execute("DELETE FROM audit_anchors WHERE seq = 2")
     assert (await check(pool)).problems == ["anchor 2 is missing or out of place"]
+
+
+async def test_a_periodic_anchor_is_written_only_when_some_head_moved(pool: Pool) -> None:
+    await append(pool, "gw1", 2)
+    assert await anchor(pool, "gw1", only_if_moved=True) == 1
+    assert await anchor(pool, "gw2", only_if_moved=True) is None  # nothing new: idle
+    await append(pool, "gw2", 1)
+    assert await anchor(pool, "gw2", only_if_moved=True) == 2
+    result = await check(pool)
+    assert result.ok and result.anchors == 2
