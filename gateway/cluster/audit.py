@@ -24,7 +24,7 @@ from psycopg.rows import TupleRow
 from gateway.store.audit_log import GENESIS, AuditEntry, canonical, chain_hash, encode_detail
 from gateway.store.audit_log import DetailValue as DetailValue
 
-ANCHOR_LOCK = 0x736D7367_77000004  # pg_advisory_xact_lock key of the anchor chain
+ANCHOR_LOCK = 0x736D7367_77001802  # pg_advisory_xact_lock key of the anchor chain
 _CHAIN_LOCK_CLASS = 0x736D7305  # two-key advisory lock: (class, hashtext(node_id))
 PAGE = 1000
 

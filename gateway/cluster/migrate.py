@@ -30,11 +30,13 @@ from gateway.cluster.migrate_copy import tables as copied_tables
 from gateway.cluster.migrate_verify import verify
 from gateway.models import State
 from gateway.store.audit_log import audit_key
+from gateway.store.crypto import FieldCipher
 from gateway.store.store import Store
 
 Out = Callable[[str], None]
 REFUSED = 4  # as `smsgw restore`: the target is not empty, or the gateway runs
 FAILED = 1
+MIGRATE_LOCK = 0x736D7367_77001803  # pg_try_advisory_lock key: one migration at a time
 MIGRATION_NODE = "sqlite-migration"  # the lapsed incarnation that owned `sending` rows
 _KEPT = ("cluster_schema", "store_migrations")
 
@@ -60,6 +62,37 @@ async def migrate_store(
     finally:
         await store.close()
     assert cipher is not None
+    # Held for the whole run: the emptiness check and the copy are one step, and a
+    # second migration into the same database (from another site) is refused.
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATE_LOCK,))
+    got = await cur.fetchone()
+    if not (got and got[0]):
+        out("store migrate: refused: another migration into this database is running")
+        return REFUSED
+    try:
+        return await _migrate_locked(
+            db_path, master, conn, cipher, root, node_id=node_id, actor=actor, now=now,
+            out=out, progress=progress, batch=batch, sample=sample,
+        )  # fmt: skip
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+
+
+async def _migrate_locked(
+    db_path: Path,
+    master: bytes,
+    conn: AsyncConnection[TupleRow],
+    cipher: FieldCipher,
+    root: bytes,
+    *,
+    node_id: str,
+    actor: str,
+    now: float,
+    out: Out,
+    progress: Progress,
+    batch: int,
+    sample: int,
+) -> int:
     try:
         await _prepare_target(conn, out)
     except MigrationRefused as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import psycopg
@@ -14,6 +15,7 @@ import pytest
 from gateway.cli import main
 from gateway.cluster import keyring, nodes
 from gateway.cluster.migrate import MIGRATION_NODE, migrate_store
+from gateway.cluster.migrate_copy import Progress
 from gateway.models import State
 from gateway.startup import DataDirLock
 from gateway.store import crypto
@@ -266,3 +268,35 @@ async def test_a_source_column_the_cluster_schema_lacks_stops_the_copy_naming_it
     out = capsys.readouterr().out
     assert "the PostgreSQL table messages has no column triage_level" in out
     assert pg(target, "SELECT count(*), count(finished_at) FROM store_migrations") == [(1, 0)]
+
+
+async def test_two_migrations_into_one_database_at_once_one_is_refused(
+    source: Source, pg_dsn: str
+) -> None:
+    """The emptiness check and the copy are one step: a second run (another site's
+    store, say) that starts while the first copies is refused, not mixed in."""
+    copying, release = threading.Event(), threading.Event()
+
+    def hold(done: int, total: int, what: str) -> None:
+        copying.set()
+        assert release.wait(60)  # the first run stays inside its copy meanwhile
+
+    async def run(node: str, progress: Progress, lines: list[str]) -> int:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            return await migrate_store(
+                source.db_path, source.master, conn, node_id=node, actor="test",
+                now=0.0, out=lines.append, progress=progress,
+            )  # fmt: skip
+
+    first_lines: list[str] = []
+    first = asyncio.create_task(asyncio.to_thread(asyncio.run, run("gw1", hold, first_lines)))
+    try:
+        assert await asyncio.to_thread(copying.wait, 60)
+        lines: list[str] = []
+        assert await run("gw2", lambda *a: None, lines) == 4
+        assert lines == ["store migrate: refused: another migration into this database is running"]
+    finally:
+        release.set()
+    assert await first == 0, first_lines
+    assert pg(pg_dsn, "SELECT DISTINCT node_id FROM audit_log") == [("gw1",)]
+    assert pg(pg_dsn, "SELECT count(*) FROM messages") == [(COUNT,)]
