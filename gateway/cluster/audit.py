@@ -70,7 +70,8 @@ async def append(
         seq, prev = (int(head[0]) + 1, str(head[1])) if head else (1, GENESIS)
         entry = canonical(seq, at, actor, action, target_kind, target_id, detail)
         await conn.execute(
-            "INSERT INTO audit_log VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            "INSERT INTO audit_log (node_id, seq, at, actor, action, target_kind, target_id,"
+            " detail, prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (node_id, seq, at, actor, action, target_kind, target_id, detail, prev,
              chain_hash(key, prev, entry)),
         )  # fmt: skip
@@ -113,7 +114,8 @@ async def anchor(
                 return None
         digest = chain_hash(key, prev, _anchor_entry(seq, at, node_id, heads))
         await conn.execute(
-            "INSERT INTO audit_anchors VALUES (%s,%s,%s,%s,%s,%s)",
+            "INSERT INTO audit_anchors (seq, at, node_id, heads, prev_hash, hash)"
+            " VALUES (%s,%s,%s,%s,%s,%s)",
             (seq, at, node_id, heads, prev, digest),
         )
     return seq

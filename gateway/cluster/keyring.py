@@ -71,7 +71,8 @@ async def rotate(
             generation = int(top[0])
             key = os.urandom(crypto.KEY_BYTES)
             await conn.execute(
-                "INSERT INTO keyring VALUES ('field', %s, %s, %s)",
+                "INSERT INTO keyring (purpose, generation, wrapped, created_at)"
+                " VALUES ('field', %s, %s, %s)",
                 (generation, crypto.wrap_key(master, "field", generation, key), time.time()),
             )
         keys = await load(conn, master)

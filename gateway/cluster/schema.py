@@ -151,6 +151,7 @@ MIGRATIONS: tuple[str, ...] = (
     #    node plus anchors recording every chain's head (`gateway/cluster/audit.py`),
     #    append-only as in SQLite; SQLite's consent decisions copied as they were, to
     #    be merged into the shared opt-out table; and each migration's own record.
+    #    IF NOT EXISTS throughout: slot 2 may create a twin of SQLite's keyring first.
     """
     ALTER TABLE messages
         ADD COLUMN IF NOT EXISTS token_id text,
@@ -168,7 +169,7 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN IF NOT EXISTS variant text,
         ADD COLUMN IF NOT EXISTS uncounted boolean NOT NULL DEFAULT false;
 
-    CREATE TABLE keyring (
+    CREATE TABLE IF NOT EXISTS keyring (
         purpose     text NOT NULL,
         generation  integer NOT NULL,
         wrapped     bytea NOT NULL,
@@ -176,7 +177,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (purpose, generation)
     );
 
-    CREATE TABLE audit_log (
+    CREATE TABLE IF NOT EXISTS audit_log (
         node_id      text NOT NULL,
         seq          bigint NOT NULL,
         at           double precision NOT NULL,
@@ -189,7 +190,7 @@ MIGRATIONS: tuple[str, ...] = (
         hash         text NOT NULL,
         PRIMARY KEY (node_id, seq)
     );
-    CREATE TABLE audit_anchors (
+    CREATE TABLE IF NOT EXISTS audit_anchors (
         seq        bigint PRIMARY KEY,
         at         double precision NOT NULL,
         node_id    text NOT NULL,
@@ -197,14 +198,16 @@ MIGRATIONS: tuple[str, ...] = (
         prev_hash  text NOT NULL,
         hash       text NOT NULL
     );
-    CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
+    DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
     CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log
         FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+    DROP TRIGGER IF EXISTS audit_anchors_append_only ON audit_anchors;
     CREATE TRIGGER audit_anchors_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
         ON audit_anchors FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 
-    CREATE TABLE migrated_consent_state (
+    CREATE TABLE IF NOT EXISTS migrated_consent_state (
         contact_idx  bytea NOT NULL,
         program      text NOT NULL,
         scope        text NOT NULL,
@@ -216,7 +219,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (contact_idx, program, scope)
     );
 
-    CREATE TABLE store_migrations (
+    CREATE TABLE IF NOT EXISTS store_migrations (
         id           bigserial PRIMARY KEY,
         source       text NOT NULL,
         node_id      text NOT NULL,
