@@ -105,6 +105,10 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     except ConnectFailed as e:
         print(f"smsgw store migrate: {e}", file=sys.stderr)
         return 2
+    except psycopg.Error as e:  # the connection lost half-way, the server stopping...
+        primary = e.diag.message_primary or target.scrub(str(e)).strip()
+        print(f"smsgw store migrate: stopped: {primary}; run it again", file=sys.stderr)
+        return 1
     finally:
         lock.release()
 
