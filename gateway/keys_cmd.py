@@ -62,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.action == "recover-master":
         return recover(config)
-    if args.action == "rotate" and args.postgresql:  # i18-migrate
-        from gateway.store_migrate_cmd import cmd_rotate_cluster
+    if args.action == "rotate":  # i18-migrate: --postgresql rotates the shared store's
+        from gateway import store_migrate_cmd
 
-        return cmd_rotate_cluster(args, config)
+        if args.postgresql:
+            return store_migrate_cmd.cmd_rotate_cluster(args, config)
+        store_migrate_cmd.refuse_cluster_options(args)
     op_args: dict[str, Any] = {}
     if args.action == "rotate":
         op_args["background"] = args.background

@@ -37,8 +37,18 @@ def cmd_verify_cluster(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_rotate_cluster(args: argparse.Namespace, config: Config) -> int:
+    if args.background:
+        raise ConfigError("--background: not with --postgresql (it re-encrypts at once)")
     code: int = _commands().cmd_rotate_cluster(args, config)
     return code
+
+
+def refuse_cluster_options(args: argparse.Namespace) -> None:
+    """The options that only mean something with --postgresql, given without it."""
+    for option in ("password_file", "node_id"):
+        if getattr(args, option, None):
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag}: only with --postgresql")
 
 
 def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:

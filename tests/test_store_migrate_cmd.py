@@ -28,3 +28,19 @@ def test_without_psycopg_the_cluster_commands_say_what_to_install(
     ):
         assert main([*argv, "--config", str(conf)]) == 2
         assert "pip install 'smsgw[postgresql]'" in capsys.readouterr().err
+
+
+def test_the_cluster_options_without_postgresql_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = init_data_dir(tmp_path / "data")
+    capsys.readouterr()
+    to = "postgresql://smsgw@127.0.0.1/smsgw"
+    for argv, flag in (
+        (["keys", "rotate", "--node-id", "gw1"], "--node-id"),
+        (["keys", "rotate", "--password-file", "/x"], "--password-file"),
+        (["audit", "verify", "--password-file", "/x"], "--password-file"),
+        (["keys", "rotate", "--postgresql", to, "--background"], "--background"),
+    ):
+        assert main([*argv, "--config", str(conf)]) == 2
+        assert f"configuration error: {flag}:" in capsys.readouterr().err
