@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.clock import SystemClock
-from gateway import custody
+from gateway import custody, store_migrate_cmd
 from gateway.admin import passwords
 from gateway.admin.accounts import Accounts, InvalidUsername
 from gateway.config import Config
@@ -238,7 +238,10 @@ def token(args: argparse.Namespace, config: Config) -> int:
 
 
 def audit(args: argparse.Namespace, config: Config) -> int:
-    """`smsgw audit verify`."""
+    """`smsgw audit verify [--postgresql CONNINFO]`."""
+    if args.postgresql:  # i18-migrate: the shared store's chains and anchors
+        return store_migrate_cmd.cmd_verify_cluster(args, config)
+    store_migrate_cmd.refuse_cluster_options(args)
     return client.run(config, "audit.verify", {})
 
 
@@ -275,7 +278,9 @@ def add_parsers(sub: Any, load: Callable[[str | None], Config]) -> None:
 
     audit_parser = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit_parser.add_subparsers(dest="action", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
+    store_migrate_cmd.add_verify_options(
+        audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
+    )
     audit_parser.set_defaults(func=command(audit))
 
     for group in (user_sub, token_sub, audit_sub):

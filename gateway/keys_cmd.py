@@ -30,6 +30,11 @@ def add_parser(sub: Any) -> Any:
         help="with no gateway running, leave the re-encryption to the next `smsgw run`"
         " instead of doing it now",
     )
+    rotate.add_argument(
+        "--postgresql", metavar="CONNINFO", help="rotate the shared store's key (a cluster)"
+    )
+    rotate.add_argument("--password-file", help="with --postgresql: the database password")
+    rotate.add_argument("--node-id", help="with --postgresql: this node's id (for its audit)")
     actions.add_parser("status", help="key generations, rows left under each, re-encryption")
     replace = actions.add_parser(
         "replace-master", help="re-wrap every data key under a new master key"
@@ -57,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.action == "recover-master":
         return recover(config)
+    if args.action == "rotate":  # i18-migrate: --postgresql rotates the shared store's
+        from gateway import store_migrate_cmd
+
+        if args.postgresql:
+            return store_migrate_cmd.cmd_rotate_cluster(args, config)
+        store_migrate_cmd.refuse_cluster_options(args)
     op_args: dict[str, Any] = {}
     if args.action == "rotate":
         op_args["background"] = args.background

@@ -200,8 +200,89 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 3 (i18-migrate): reserved; replaced by that branch before it lands.
-    "SELECT 1",
+    # 3 (i18-migrate): what `smsgw store migrate` copies from SQLite and the nodes then
+    #    share. The SQLite message columns the queue's first schema left out (IF NOT
+    #    EXISTS: slot 2 may add some first); the keyring (data keys wrapped as in
+    #    SQLite, `gateway/cluster/keyring.py`); the audit trail as one hash chain per
+    #    node plus anchors recording every chain's head (`gateway/cluster/audit.py`),
+    #    append-only as in SQLite; SQLite's consent decisions copied as they were, to
+    #    be merged into the shared opt-out table; and each migration's own record.
+    #    IF NOT EXISTS throughout: slot 2 may create a twin of SQLite's keyring first.
+    """
+    ALTER TABLE messages
+        ADD COLUMN IF NOT EXISTS token_id text,
+        ADD COLUMN IF NOT EXISTS reference_ct bytea,
+        ADD COLUMN IF NOT EXISTS callback_ct bytea,
+        ADD COLUMN IF NOT EXISTS route_hint text,
+        ADD COLUMN IF NOT EXISTS category text,
+        ADD COLUMN IF NOT EXISTS send_at double precision,
+        ADD COLUMN IF NOT EXISTS receipt_overdue boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS purpose text,
+        ADD COLUMN IF NOT EXISTS quiet_override boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS held_for text,
+        ADD COLUMN IF NOT EXISTS redacted boolean NOT NULL DEFAULT false,
+        ADD COLUMN IF NOT EXISTS campaign_id text,
+        ADD COLUMN IF NOT EXISTS variant text,
+        ADD COLUMN IF NOT EXISTS uncounted boolean NOT NULL DEFAULT false;
+
+    CREATE TABLE IF NOT EXISTS keyring (
+        purpose     text NOT NULL,
+        generation  integer NOT NULL,
+        wrapped     bytea NOT NULL,
+        created_at  double precision NOT NULL,
+        PRIMARY KEY (purpose, generation)
+    );
+
+    CREATE TABLE IF NOT EXISTS audit_log (
+        node_id      text NOT NULL,
+        seq          bigint NOT NULL,
+        at           double precision NOT NULL,
+        actor        text NOT NULL,
+        action       text NOT NULL,
+        target_kind  text,
+        target_id    text,
+        detail       text NOT NULL,
+        prev_hash    text NOT NULL,
+        hash         text NOT NULL,
+        PRIMARY KEY (node_id, seq)
+    );
+    CREATE TABLE IF NOT EXISTS audit_anchors (
+        seq        bigint PRIMARY KEY,
+        at         double precision NOT NULL,
+        node_id    text NOT NULL,
+        heads      text NOT NULL,
+        prev_hash  text NOT NULL,
+        hash       text NOT NULL
+    );
+    CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
+    DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
+    CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+    DROP TRIGGER IF EXISTS audit_anchors_append_only ON audit_anchors;
+    CREATE TRIGGER audit_anchors_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
+        ON audit_anchors FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+
+    CREATE TABLE IF NOT EXISTS migrated_consent_state (
+        contact_idx  bytea NOT NULL,
+        program      text NOT NULL,
+        scope        text NOT NULL,
+        opted        text NOT NULL CHECK (opted IN ('in', 'out')),
+        seq          bigint NOT NULL,
+        since        double precision NOT NULL,
+        source       text NOT NULL,
+        written_seq  bigint,
+        PRIMARY KEY (contact_idx, program, scope)
+    );
+
+    CREATE TABLE IF NOT EXISTS store_migrations (
+        id           bigserial PRIMARY KEY,
+        source       text NOT NULL,
+        node_id      text NOT NULL,
+        started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at  timestamptz
+    );
+    """,
 )
 
 

@@ -1,0 +1,112 @@
+"""A SQLite store to migrate: `smsgw init`, then messages in every state written with
+the store's own code (`Store.seal`, the blind index, `AuditTrail.append_in`, the keyring's
+rotation), in one writer transaction, as bench/growth.py builds its stores."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.clock import SystemClock
+from gateway.cli import main
+from gateway.models import IdGenerator, State
+from gateway.store import crypto
+from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.store import Store
+from gateway.store.transitions import INSERT_EVENT
+
+NOW = 1_800_000_000.0
+STATES = tuple(State)
+INSERT = (
+    "INSERT INTO messages (id, token_id, priority, state, to_ct, to_index, body_ct,"
+    " reference_ct, callback_ct, encoding, segments, route_hint, route, created_at,"
+    " updated_at, send_at, expires_at, due_at, attempts, possible_duplicate, error_code,"
+    " purpose, receipt_overdue) VALUES (?,?,?,?,?,?,?,?,?,'gsm7',1,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+ROUTED = {State.SENDING, State.SENT, State.DELIVERED, State.FAILED}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    data_dir: Path
+    conf: Path
+    db_path: Path
+    master: bytes
+
+
+def number(n: int) -> str:
+    return f"+4479{n:08d}"
+
+
+def body(n: int) -> str:
+    return f"Reminder {n}: your appointment at the North clinic is on day {n % 28 + 1}."
+
+
+def init(data_dir: Path) -> Source:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["init", "--data-dir", str(data_dir), "--no-token"]) == 0
+    master = crypto.read_master_key(data_dir / "master.key")
+    return Source(data_dir, data_dir / "smsgw.toml", data_dir / "smsgw.db", master)
+
+
+async def fill(source: Source, count: int, audit_entries: int = 300) -> None:
+    """`count` messages, state by turn through every state; the first half under field
+    key generation 1, the rest under 2; events and carrier ids for the routed ones; a
+    few consent decisions; `audit_entries` audit entries."""
+    store = Store(source.db_path, source.master, synchronous="OFF")
+    await store.open()
+    trail = AuditTrail(store, audit_key(store.master_key), SystemClock())
+    ids = IdGenerator()
+    try:
+        for half in (range(count // 2), range(count // 2, count)):
+            if half.start:
+                await store.writer.run(lambda conn: store.new_field_generation(conn, NOW))
+                await store.reload_keys()
+            await store.writer.run(lambda conn, h=half: _write(conn, store, ids, h))
+        for n in range(audit_entries):
+            await trail.record("console", "message_read", "message", f"m{n}", page=n)
+    finally:
+        await store.close()
+
+
+def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range) -> None:
+    assert store.cipher is not None
+    messages, events, parts, consent = [], [], [], []
+    for n in span:
+        state = STATES[n % len(STATES)]
+        mid = ids.new()
+        to = number(n)
+        ref = f"ref-{n}" if n % 3 == 0 else None
+        callback = f"https://ehr.example/cb/{n}" if n % 5 == 0 else None
+        to_ct, body_ct, ref_ct, cb_ct = store.seal(mid, to, body(n), ref, callback)
+        at = NOW - 86400 + n * 0.01
+        routed = state in ROUTED
+        messages.append((
+            mid, "tok1", n % 4, state.value, to_ct, store.cipher.blind_index(to), body_ct,
+            ref_ct, cb_ct, "rt" if n % 7 == 0 else None, "smsc" if routed else None, at,
+            at + 1, at + 3600 if state is State.SCHEDULED else None, at + 86400 * 2, at,
+            1 if routed else 0, 1 if n % 11 == 0 else 0,
+            "carrier:0x45" if state is State.FAILED else None, "appointment",
+            1 if state is State.SENT and n % 2 else 0,
+        ))  # fmt: skip
+        if routed:
+            events.append((mid, at + 1, State.SENDING.value, "smsc", None, None, 1))
+            if state is not State.SENDING:
+                events.append((mid, at + 2, state.value, "smsc", f"c{n}", None, 1))
+                parts.append(("smsc", f"c{n}", mid, 1, state.value))
+        if n % 1000 == 0:
+            consent.append((store.cipher.blind_index(to), "default", "all", "out", n, at, "sms"))
+    conn.executemany(INSERT, messages)
+    conn.executemany(INSERT_EVENT, events)
+    conn.executemany(
+        "INSERT INTO carrier_ids (route, carrier_id, message_id, part, state) VALUES (?,?,?,?,?)",
+        parts,
+    )
+    conn.executemany(
+        "INSERT INTO consent_state (contact_idx, program, scope, opted, seq, since, source)"
+        " VALUES (?,?,?,?,?,?,?)",
+        consent,
+    )
