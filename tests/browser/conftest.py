@@ -283,33 +283,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw.stop()
 
 
-# One Chromium for a run of browser tests in a row (a worker runs them all, first): each
-# module opens contexts of its own in it, which share no cookies or storage. It is closed
-# after the last browser test before any other, whose event loops must not meet Playwright's.
-_shared: dict[str, Any] = {}
-
-
 @pytest.fixture(scope="module")
-def browser() -> Any:
+def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():  # `make test` installs it (make browser)
         pytest.skip("Debian chromium is not installed: run `make browser`")
-    if "browser" not in _shared:
-        playwright = sync_api.sync_playwright().start()
-        _shared["playwright"] = playwright
-        _shared["browser"] = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-    return _shared["browser"]
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    result = yield  # the fixtures torn down here (contexts) close before the browser
-    here = Path(__file__).resolve().parent
-    if "browser" in _shared and (nextitem is None or here not in nextitem.path.parents):
-        _shared.pop("browser").close()
-        _shared.pop("playwright").stop()
-    return result
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="module")
