@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import re
@@ -29,9 +31,17 @@ from tests.ports import free_port
 TOKEN_RE = re.compile(r"smsgw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
 
-def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
-    assert main(["init", "--data-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def _init(tmp_path: Path, capsys: pytest.CaptureFixture[str] | None) -> tuple[Path, str]:
+    """`smsgw init` in this process; without `capsys` (a fixture wider than a test), its
+    output is captured here."""
+    if capsys is None:
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            assert main(["init", "--data-dir", str(tmp_path)]) == 0
+        out = captured.getvalue()
+    else:
+        assert main(["init", "--data-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
     tokens = TOKEN_RE.findall(out)
     assert len(tokens) == 1
     conf = tmp_path / "smsgw.toml"

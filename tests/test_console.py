@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from gateway.cli import build_parser, main
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER, SMSGW, smsgw_process
 from tests.test_cli import Daemon, _init
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_LOOP = pytest.mark.asyncio(loop_scope="module")  # the loop of the module's gateway
 # Loopback routes that answer one way each: refuse every number, fail every try (so a
 # message waits until it expires), and send without a receipt for an hour.
 ROUTES = """
@@ -71,11 +73,14 @@ def test_every_option_argument_and_subcommand_has_help() -> None:
     assert not missing, "no help text: " + "; ".join(missing)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[Daemon, Path, str]]:
-    conf, token = await asyncio.to_thread(_init, tmp_path, capsys)
+    """One `smsgw run` for the module: each test sends its own message and follows only
+    that message (by its id), so what the others sent does not change what it sees."""
+    root = tmp_path_factory.mktemp("console")
+    conf, token = await asyncio.to_thread(_init, root, None)
     conf.write_text(conf.read_text() + ROUTES + '\n[log]\nlevel = "debug"\n')
     listen = re.search(r'listen = "([^"]+)"', conf.read_text())
     assert listen is not None
@@ -118,6 +123,7 @@ def states(lines: list[str]) -> tuple[str, list[str]]:
     return message_id, [line.split()[1] for line in lines[1:]]
 
 
+@SHARED_LOOP
 async def test_send_wait_exits_0_once_delivered(gateway: tuple[Daemon, Path, str]) -> None:
     _, conf, token = gateway
     code, out, err = await send(conf, token, "--wait", "--timeout", "30")
@@ -127,6 +133,7 @@ async def test_send_wait_exits_0_once_delivered(gateway: tuple[Daemon, Path, str
     assert CANARY_DIGITS not in "\n".join(out) + err
 
 
+@SHARED_LOOP
 async def test_send_wait_exits_1_when_the_route_refuses_it(
     gateway: tuple[Daemon, Path, str],
 ) -> None:
@@ -138,6 +145,7 @@ async def test_send_wait_exits_1_when_the_route_refuses_it(
     assert out[-1] == f"{message_id} failed loopback:reject"
 
 
+@SHARED_LOOP
 async def test_send_wait_exits_3_when_it_expires(gateway: tuple[Daemon, Path, str]) -> None:
     _, conf, token = gateway
     code, out, err = await send(
@@ -147,6 +155,7 @@ async def test_send_wait_exits_3_when_it_expires(gateway: tuple[Daemon, Path, st
     assert states(out)[1][-1] == "expired"
 
 
+@SHARED_LOOP
 async def test_send_wait_gives_up_at_the_timeout_with_4(
     gateway: tuple[Daemon, Path, str],
 ) -> None:
@@ -157,6 +166,7 @@ async def test_send_wait_gives_up_at_the_timeout_with_4(
     assert states(out)[1][-1] in ("queued", "sending", "sent")
 
 
+@SHARED_LOOP
 async def test_send_to_an_unknown_route_is_refused_without_echo(
     gateway: tuple[Daemon, Path, str],
 ) -> None:
