@@ -487,7 +487,7 @@ class Intake:
             p = prepared[0]
             if p.message.blocked is None:
                 self._scheduler.add(p.entry, scheduled=p.scheduled)
-                self._metrics.accepted_by_class[p.message.priority].inc()
+                self._metrics.accepted.counts[p.message.priority] += 1
             return
         counted: dict[Priority, int] = {}
         for p in prepared:
@@ -497,4 +497,4 @@ class Intake:
             priority = p.message.priority
             counted[priority] = counted.get(priority, 0) + 1
         for priority, n in counted.items():  # a batch's counts: one increment per class
-            self._metrics.accepted_by_class[priority].inc(n)
+            self._metrics.accepted.counts[priority] += n
