@@ -124,5 +124,8 @@ def client_address(request: web.BaseRequest) -> str:
 
 def is_secure(request: web.BaseRequest) -> bool:
     """HTTPS end to end as far as we can tell: our TLS, or a trusted proxy's."""
-    found = request.get(CLIENT)
+    try:  # not `request.get`: Mapping.get is Python, calling __getitem__ (every response)
+        found = request[CLIENT]
+    except KeyError:
+        return request.secure
     return found.scheme == "https" if isinstance(found, Client) else request.secure
