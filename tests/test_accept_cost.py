@@ -359,12 +359,13 @@ def test_a_kept_blind_index_is_the_keyed_digest(numbers: list[str]) -> None:
 # 193 to 197 before this pass (the guard's own middleware, `_send` and `_send_one`, a
 # coroutine for a token and a default purpose already known, the enums' own lookups, the
 # token's Caller found by hashing the record, purpose and class worked out per message,
-# a nonce drawn per field), 180 to 182 after. Third pass: 181.5 before, 169.9 after (the
+# a nonce drawn per field), 180 to 182 after. Third pass: 181.5 before, 168.8 after (the
 # token check's gateway bound when the route is made, not read through `request.app`;
 # a direct client's `Client` kept; no comprehension for quiet-hours overrides; a single
 # send's scheduler hand-over without a tally; no `state` property call in `prepare`;
 # the accepted count a dict update, `gateway/metrics_loop.LoopCounter`, not
-# prometheus_client's four calls and a lock; the cipher without the `_crypto` property).
+# prometheus_client's four calls and a lock; the cipher without the `_crypto` property;
+# `is_secure` without Mapping.get; handlers' `_gateway` is `gateway_of` itself).
 HTTP_ACCEPT_FRAMES = 173
 STDLIB = sysconfig.get_paths()["stdlib"]
 
