@@ -35,6 +35,7 @@ from typing import Any
 import ceiling_server
 import harness
 import loadgen
+import sql_cost
 from scenarios import NO_DISPATCH
 
 WARMUP_S = 2.0
@@ -48,6 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target", choices=("gateway", "ceiling"), default="gateway")
     p.add_argument("--cprofile", type=int, default=0, metavar="TOP", help="0: no profiler")
     p.add_argument("--warm-numbers", action="store_true")
+    p.add_argument("--sql", type=int, default=0, metavar="TOP", help="the writer's top statements")
     return p.parse_args(argv)
 
 
@@ -110,6 +112,8 @@ async def serve(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any]:
 
 
 async def measure(args: argparse.Namespace, work: Path) -> None:
+    if args.sql:
+        sql_cost.install()
     pinning = harness.setup_pinning()
     if pinning.active:
         os.sched_setaffinity(0, {0})  # the server is this process; wrk goes on CPU 1
@@ -120,7 +124,11 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         collector = GcClock()
         gc.callbacks.append(collector)
         profiler = cProfile.Profile(time.thread_time) if args.cprofile else None
+        on_writer = cProfile.Profile(time.thread_time) if args.cprofile else None
+        if on_writer is not None:
+            await writer.call_outside_transaction(lambda _conn: on_writer.enable())
         batches, items = writer.batches, writer.items
+        sql_cost.reset()
         before = harness.CpuSnapshot.take(os.getpid())
         loop_cpu = time.thread_time()
         if profiler is not None:
@@ -130,10 +138,21 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         )
         if profiler is not None:
             profiler.disable()
+        if on_writer is not None:
+            await writer.call_outside_transaction(lambda _conn: on_writer.disable())
         loop_cpu = time.thread_time() - loop_cpu
         cpu = before.until(harness.CpuSnapshot.take(os.getpid()))
         gc.callbacks.remove(collector)
         report(args, run, loop_cpu, cpu, collector, writer, batches, items, profiler)
+        if args.sql:
+            print("\n".join(sql_cost.top(args.sql, max(1, run.messages))))
+        if on_writer is not None:
+            out = io.StringIO()
+            stats = pstats.Stats(on_writer, stream=out)
+            n = max(1, run.messages)
+            print(f"  writer: {stats.total_calls / n:.0f} Python calls per message")  # type: ignore[attr-defined]
+            stats.sort_stats("tottime").print_stats(args.cprofile)
+            print(out.getvalue())
     finally:
         await runner.cleanup()
         if args.gateway is not None:
@@ -175,6 +194,8 @@ def report(
         print(f"  loop: {stats.total_calls / n:.0f} Python calls per message")  # type: ignore[attr-defined]
         stats.sort_stats("tottime").print_stats(args.cprofile)
         print(out.getvalue())
+        if os.environ.get("PROFILE_DUMP"):
+            stats.dump_stats(os.environ["PROFILE_DUMP"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

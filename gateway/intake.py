@@ -299,6 +299,7 @@ class Intake:
         self._clock = clock
         self._metrics = metrics
         self._routes = frozenset(router.names)
+        self._horizon = self._queue.max_schedule_days * 86400.0
         self.policy = Policy(config.consent)
         self.links = LinkBook(config.links)  # named links, for `{link:NAME}` at accept
         self._shapes: dict[
@@ -363,15 +364,19 @@ class Intake:
                 f"{field_prefix}route: no such route",
                 field=f"{field_prefix}route",
             )
-        horizon = self._queue.max_schedule_days * 86400.0
-        send_at = None if req.send_at is None else _instant(req.send_at, f"{field_prefix}send_at")
-        if send_at is not None and not now - SEND_AT_SKEW <= send_at <= now + horizon:
-            raise _bad_field(
-                f"{field_prefix}send_at",
-                "must be from now to queue.max_schedule_days ahead"
-                f" ({self._queue.max_schedule_days:g} days)",
-            )
-        start = max(now, send_at or now)
+        horizon = self._horizon
+        if req.send_at is None:
+            send_at = None
+            start = now
+        else:
+            send_at = _instant(req.send_at, f"{field_prefix}send_at")
+            if not now - SEND_AT_SKEW <= send_at <= now + horizon:
+                raise _bad_field(
+                    f"{field_prefix}send_at",
+                    "must be from now to queue.max_schedule_days ahead"
+                    f" ({self._queue.max_schedule_days:g} days)",
+                )
+            start = max(now, send_at)
         if req.expires_at is None:
             expires_at = start + lifetime
         else:
@@ -413,7 +418,7 @@ class Intake:
             # Encrypted here, on the event loop, not in the writer's transaction.
             sealed=self._store.seal(message_id, to, body, req.reference, req.callback_url),
         )
-        scheduled = message.state is State.SCHEDULED
+        scheduled = send_at is not None and send_at > now  # `message.state`, not yet judged
         due = send_at if scheduled and send_at is not None else now
         entry = Entry(message.id, priority, due, expires_at, candidates)
         return Prepared(
@@ -478,6 +483,12 @@ class Intake:
 
     def accepted(self, prepared: Sequence[Prepared]) -> None:
         """Hand committed messages to the scheduler (a blocked one never goes)."""
+        if len(prepared) == 1:  # a single send: no tally
+            p = prepared[0]
+            if p.message.blocked is None:
+                self._scheduler.add(p.entry, scheduled=p.scheduled)
+                self._metrics.accepted.counts[p.message.priority] += 1
+            return
         counted: dict[Priority, int] = {}
         for p in prepared:
             if p.message.blocked is not None:
@@ -486,4 +497,4 @@ class Intake:
             priority = p.message.priority
             counted[priority] = counted.get(priority, 0) + 1
         for priority, n in counted.items():  # a batch's counts: one increment per class
-            self._metrics.accepted_by_class[priority].inc(n)
+            self._metrics.accepted.counts[priority] += n

@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
-from gateway.metrics_loop import LoopHistogram
+from gateway.metrics_loop import LoopCounter, LoopHistogram
 from gateway.metrics_state import StateCollector
 from gateway.models import Priority
 
@@ -42,10 +42,14 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         self.registry = CollectorRegistry()
         r = self.registry
-        self.accepted = Counter(
-            "smsgw_messages_accepted", "Messages accepted by the API", ["priority"], registry=r
+        # Bumped once per accept, on the event loop: `accepted.counts[priority] += n`.
+        self.accepted = LoopCounter(
+            "smsgw_messages_accepted",
+            "Messages accepted by the API",
+            "priority",
+            {p: p.label for p in Priority},
+            r,
         )
-        self.accepted_by_class = {p: self.accepted.labels(p.label) for p in Priority}
         self.rejected = Counter(
             "smsgw_api_rejections", "API requests refused, by error code", ["code"], registry=r
         )

@@ -1,4 +1,4 @@
-"""A histogram for the accept path, observed on the event loop only.
+"""A histogram and a counter for the accept path, bumped on the event loop only.
 
 prometheus_client's `Histogram.observe` walks its buckets in Python and takes a lock per
 counter it bumps: about 3 us, once per accepted request. This one keeps plain counts
@@ -10,11 +10,42 @@ from another reads counts that are at worst one observation behind.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Generic, TypeVar
 
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
+
+K = TypeVar("K")
+
+
+class LoopCounter(Collector, Generic[K]):
+    """A counter with one label, counted on the event loop only: `counts[key] += n` is
+    a dict update where prometheus_client's `labels(...).inc()` was four Python calls
+    and a lock (1.2 us) per accepted request. Exposed as the same counter family
+    (`<name>_total{label}`), every key listed from the start, at 0."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        values: Mapping[K, str],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._values = dict(values)
+        self.counts: dict[K, int] = dict.fromkeys(self._values, 0)
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for key, n in list(self.counts.items()):
+            family.add_metric([self._values[key]], float(n))
+        yield family
 
 
 class LoopHistogram(Collector):

@@ -505,11 +505,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 
-def _guard(endpoint: Endpoint) -> Handler:
+def _guard(endpoint: Endpoint, gateway: Gateway) -> Handler:
     """Wrap a handler with the bearer-token check for its scope."""
     if endpoint.scope is None:
         return endpoint.handler
     scope = endpoint.scope
+    # The app's gateway, known here: `request.app[GATEWAY]` is four Python calls a request.
+    tokens = gateway.tokens
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
@@ -522,7 +524,6 @@ def _guard(endpoint: Endpoint) -> Handler:
                 headers={"WWW-Authenticate": 'Bearer realm="smsgw"'},
             )
         text = text.strip()
-        tokens = request.app[GATEWAY].tokens
         hit = tokens.cached(text)  # most requests: no coroutine for a token seen lately
         token = hit[0] if hit is not None else await tokens.verify(text)
         if token is None:
@@ -607,7 +608,7 @@ def install(app: web.Application, gateway: Gateway) -> None:
     app[GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
-        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint))
+        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway))
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )

@@ -196,8 +196,10 @@ class FieldCipher:
         nonces = self._nonces.take(len(fields))
         prefix = header + row_id.encode() + b"\x00"
         sealed = []
-        for i, (value, column) in enumerate(fields):
-            nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+        end = 0
+        for value, column in fields:
+            start, end = end, end + NONCE_BYTES
+            nonce = nonces[start:end]
             aad = prefix + column.encode()
             sealed.append(header + nonce + aead.encrypt(nonce, value.encode(), aad))
         return sealed

@@ -314,6 +314,11 @@ class Store:
         callback_url: str | None,
     ) -> Sealed:
         """A message's personal fields encrypted, bound to its id and column."""
+        if reference is None and callback_url is None:  # most sends
+            cipher = self.cipher
+            assert cipher is not None, "store is not open"
+            to_ct, body_ct = cipher.encrypt_row(message_id, ((to, "to"), (body, "body")))
+            return to_ct, body_ct, None, None
         fields = [(to, "to"), (body, "body")]
         if reference is not None:
             fields.append((reference, "reference"))
@@ -693,7 +698,9 @@ class Store:
         return self._crypto.decrypt(blob, row_id, column)
 
     def blind_index(self, e164: str) -> bytes:
-        return self._crypto.blind_index(e164)
+        cipher = self.cipher  # not `_crypto`: a property call on every accept
+        assert cipher is not None, "store is not open"
+        return cipher.blind_index(e164)
 
     # -- admin panel reads (gateway/usecases/status.py) ---------------------------------
     # Read-only, through the read pool. Kept together to ease merging.

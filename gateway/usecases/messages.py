@@ -301,9 +301,11 @@ class Messages:
         that transaction too (`Intake.judge`), so a cap's count and the insert it allowed
         are one step, and the answer says what became of each message."""
         started = time.perf_counter()
-        overriding = [p for p in prepared if p.quiet_hours_override]
-        if overriding:
-            await self._audit_overrides(caller, overriding)
+        for p in prepared:  # a loop, not a comprehension: no frame of its own per accept
+            if p.quiet_hours_override:
+                overriding = [p for p in prepared if p.quiet_hours_override]
+                await self._audit_overrides(caller, overriding)
+                break
         now = self._clock.time()
 
         def finish(judged: list[Prepared]) -> tuple[list[Statement], T]:

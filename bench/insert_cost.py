@@ -1,0 +1,94 @@
+"""The writer's SQLite cost per accepted message row, and what each index adds to it.
+
+    .venv/bin/python bench/insert_cost.py                       # the schema as it is
+    .venv/bin/python bench/insert_cost.py --drop messages_to    # without one index
+    .venv/bin/python bench/insert_cost.py --checkpoint 0        # no automatic checkpoint
+
+A fresh store (`gateway.store.schema.migrate`, the writer's own `connect`, so its page
+size, WAL and `synchronous = FULL`) gets `--rows` message rows in transactions of
+`--group` (a batch request's group: 2,000 rows of two 500-message requests is the
+writer's cap; 1,000 is what `bench/accept.py`'s batch load forms), each row the
+statement `Store.insert_statements` gives, with the ciphertexts prepared once and the
+recipient's blind index drawn from the load's 10,000 numbers (as `ceiling_server.py`
+does). It prints this thread's CPU per row for the `executemany` (the B-trees: the
+table and each index a row enters) and for the `COMMIT` (the WAL frames of every page
+the transaction dirtied, their fsync, and the automatic checkpoint when one falls
+due). The first fifth of the rows only fills the store and is not counted. Thread
+CPU, not wall time: the figure barely moves with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import ceiling_server
+
+from gateway.models import new_message_id
+from gateway.store.schema import migrate
+from gateway.store.writer import connect
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=150_000)
+    p.add_argument("--group", type=int, default=1_000, help="rows per transaction")
+    p.add_argument("--drop", nargs="*", default=[], metavar="INDEX", help="indexes to drop")
+    p.add_argument("--checkpoint", type=int, default=None, help="wal_autocheckpoint frames")
+    return p.parse_args(argv)
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    db = work / "insert.db"
+    conn = connect(db, "FULL")
+    migrate(conn)
+    if args.checkpoint is not None:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {args.checkpoint}")
+    for index in args.drop:
+        conn.execute(f"DROP INDEX {index}")  # names from the command line, a bench only
+    template = ceiling_server.row_template(db)
+    groups = args.rows // args.group
+    skip = groups // 5
+    insert_s = commit_s = 0.0
+    now = time.time()
+    for g in range(groups):
+        rows = [template.rows(new_message_id(), now + g)[0] for _ in range(args.group)]
+        sql = rows[0][0]
+        started = time.thread_time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(sql, [params for _, params in rows])
+        inserted = time.thread_time()
+        conn.execute("COMMIT")
+        committed = time.thread_time()
+        if g >= skip:
+            insert_s += inserted - started
+            commit_s += committed - inserted
+    conn.close()
+    counted = (groups - skip) * args.group
+    return {"insert_us": 1e6 * insert_s / counted, "commit_us": 1e6 * commit_s / counted}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="smsgw-insert-cost-"))
+    try:
+        found = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    dropped = ", ".join(args.drop) or "none"
+    checkpoint = "default" if args.checkpoint is None else args.checkpoint
+    print(
+        f"dropped: {dropped}; checkpoint: {checkpoint}; per row:"
+        f" insert {found['insert_us']:.1f} us, commit {found['commit_us']:.1f} us,"
+        f" together {found['insert_us'] + found['commit_us']:.1f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
