@@ -122,6 +122,19 @@ def test_every_dose_is_within_its_dates_in_its_zone_once(
     assert list(doses(schedule, lo, mid)) + list(doses(schedule, mid, lo + width)) == got
 
 
+def test_a_dose_the_gap_moves_onto_another_is_one_reminder() -> None:
+    """Santiago springs forward at midnight on 2026-09-06: 00:00 does not exist and
+    becomes 01:00, the instant of the 01:00 dose. One reminder then, labelled 01:00."""
+    zone = ZoneInfo("America/Santiago")
+    schedule = DoseSchedule(("00:00", "01:00"), "America/Santiago", dt.date(2026, 9, 5))
+    lo = dt.datetime(2026, 9, 5, 12, tzinfo=zone).timestamp()
+    got = list(doses(schedule, lo, lo + 86400))
+    one = dt.datetime(2026, 9, 6, 1, tzinfo=zone).timestamp()
+    assert got == [(one, "01:00")]
+    # The next day both exist again.
+    assert len(list(doses(schedule, lo + 86400, lo + 2 * 86400))) == 2
+
+
 # -- RDE -------------------------------------------------------------------------------
 
 

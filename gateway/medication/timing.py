@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -77,13 +77,21 @@ def doses(schedule: DoseSchedule, lo: float, hi: float) -> Iterator[tuple[float,
         last = min(last, schedule.end)
     day = first
     while day <= last:
-        # Sorted per day: on a spring-forward day 02:30 moves past a 03:00 dose.
-        yield from sorted(
+        yield from _one_per_instant(
             (at, hhmm)
             for hhmm in schedule.times
             if lo <= (at := local_instant(day, hhmm, zone)) < hi
         )
         day += dt.timedelta(days=1)
+
+
+def _one_per_instant(day: Iterable[tuple[float, str]]) -> Iterator[tuple[float, str]]:
+    """A day's doses in time order (on a spring-forward day 02:30 moves past a 03:00
+    dose), one per instant: a dose the gap moved onto another's instant (00:00 becoming
+    01:00 beside a 01:00 dose) is that dose, so the patient gets one reminder, not two
+    at once. The dose whose own time it is keeps its label (the greater HH:MM)."""
+    by_instant = dict(sorted(day))  # the greater HH:MM written last
+    yield from sorted(by_instant.items())
 
 
 def ended_by(schedule: DoseSchedule, now: float) -> bool:
