@@ -1,0 +1,124 @@
+"""WAL checkpoints on a thread of their own, so that commits do not wait for them.
+
+SQLite's automatic checkpoint runs inside the commit that crosses `wal_autocheckpoint`
+frames, i.e. in the writer thread, and every accept or claim behind that commit waits
+for it (the copy of every page changed since the last checkpoint, then an fsync of the
+database file). A checkpoint writes each page once however often it changed, so a longer
+interval writes the hot pages (index tails, the newest rows) into the file less often;
+in the writer thread a longer interval also meant longer stalls (bench/README.md, "Disk
+writes"). Here the writer's connection has `wal_autocheckpoint = 0` and this thread, on
+a connection of its own, runs `PRAGMA wal_checkpoint(PASSIVE)` once `frames` frames wait
+to be copied. PASSIVE takes no lock a committing writer needs: commits go on meanwhile.
+
+How many frames wait is read after each commit from the wal-index header in the `-shm`
+file (https://www.sqlite.org/walformat.html, "the wal-index header": `mxFrame` at
+offset 16, the checkpoint's `nBackfill` at offset 96), a 100-byte read. SQLite restarts
+the WAL from its beginning only when a write transaction starts with every frame copied.
+Frames committed while a checkpoint runs are left over; `tail_due()` tells the writer
+to copy those few itself before its next transaction when the WAL has grown past twice
+the interval, so that the WAL restarts and the file stays bounded (with
+`journal_size_limit` trimming it after an unusual growth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("smsgw.store")
+
+WAL_INDEX_VERSION = 3007000
+_U32 = struct.Struct("=I")  # the wal-index is in the machine's own byte order
+_HEADER_BYTES = 100
+
+
+def wal_frames(shm_fd: int) -> tuple[int, int] | None:
+    """(frames in the WAL, frames already copied into the database) from the wal-index;
+    None when it cannot be read as the documented format."""
+    try:
+        data = os.pread(shm_fd, _HEADER_BYTES, 0)
+    except OSError:
+        return None
+    if len(data) < _HEADER_BYTES or _U32.unpack_from(data, 0)[0] != WAL_INDEX_VERSION:
+        return None
+    return _U32.unpack_from(data, 16)[0], _U32.unpack_from(data, 96)[0]
+
+
+class Checkpointer:
+    def __init__(self, path: Path, frames: int) -> None:
+        self._path = path
+        self.frames = frames
+        self._shm_fd: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-checkpoint")
+        self._running: asyncio.Future[None] | None = None
+        self.checkpoints = 0  # run by this thread (for tests and benchmarks)
+
+    def open(self) -> bool:
+        """False if the wal-index cannot be read (then the writer checkpoints itself)."""
+        try:
+            self._shm_fd = os.open(f"{self._path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        if wal_frames(self._shm_fd) is None:
+            self._close_fd()
+            return False
+        self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 10000")
+        return True
+
+    def frames_now(self) -> tuple[int, int] | None:
+        return None if self._shm_fd is None else wal_frames(self._shm_fd)
+
+    def poke(self) -> None:
+        """After a commit, on the loop: start a checkpoint if enough frames wait."""
+        if self._running is not None or self._conn is None:
+            return
+        counts = self.frames_now()
+        if counts is None or counts[0] - counts[1] < self.frames:
+            return
+        loop = asyncio.get_running_loop()
+        self._running = loop.run_in_executor(self._executor, self._checkpoint, self._conn)
+        self._running.add_done_callback(self._done)
+
+    def tail_due(self) -> bool:
+        """Whether the writer should copy the frames left over by the last checkpoint
+        before its next transaction (the WAL has not restarted and keeps growing)."""
+        if self._running is not None:
+            return False
+        counts = self.frames_now()
+        return counts is not None and counts[0] >= 2 * self.frames and counts[1] > 0
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _done(self, fut: asyncio.Future[None]) -> None:
+        self._running = None
+        self.checkpoints += 1
+        if not fut.cancelled() and (error := fut.exception()) is not None:
+            # The next poke tries again; the writer's own commits report a failing disk.
+            log.warning("checkpoint_failed", error=type(error).__name__)
+
+    async def idle(self) -> None:
+        """Until the checkpoint under way, if any, has ended (its failure is logged)."""
+        if self._running is not None:
+            await asyncio.wait([self._running])
+
+    async def close(self) -> None:
+        await self.idle()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None

@@ -1,0 +1,131 @@
+"""WAL checkpoints on a thread of their own (issue 16, point 3): commits never wait for
+one, the WAL restarts and stays bounded under commits that never pause, and what was
+committed survives the checkpoints and a reopen."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.store import writer as writer_mod
+from gateway.store.checkpointer import Checkpointer
+from gateway.store.writer import GroupCommitWriter
+
+WAIT = 10.0  # seconds any one step may take before the test fails
+FRAMES = 20  # a small interval, so that a few commits cross it
+
+
+def _insert(conn: sqlite3.Connection, items: list[bytes]) -> list[None]:
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in items])
+    return [None] * len(items)
+
+
+async def _writer(path: Path, frames: int = FRAMES) -> GroupCommitWriter:
+    w = GroupCommitWriter(path, checkpoint_frames=frames)
+    await w.open()
+    await w.call_outside_transaction(lambda c: c.execute("CREATE TABLE t (v BLOB)"))
+    return w
+
+
+def _row() -> bytes:
+    return os.urandom(600)  # a few rows per 2 KiB page: each commit dirties new pages
+
+
+async def test_the_writer_leaves_checkpoints_to_the_checkpoint_thread(tmp_path: Path) -> None:
+    w = await _writer(tmp_path / "w.db")
+    try:
+        auto = await w.call_outside_transaction(
+            lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        limit = await w.call_outside_transaction(
+            lambda c: c.execute("PRAGMA journal_size_limit").fetchone()[0]
+        )
+    finally:
+        await w.close()
+    assert w.checkpointer is not None
+    assert auto == 0
+    assert limit == 3 * FRAMES * (writer_mod.PAGE_SIZE + 24)
+
+
+async def test_commits_go_on_while_a_checkpoint_runs(tmp_path: Path) -> None:
+    w = await _writer(tmp_path / "w.db")
+    checkpointer = w.checkpointer
+    assert checkpointer is not None
+    started, release = threading.Event(), threading.Event()
+    real = checkpointer._checkpoint
+
+    def held(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(WAIT)  # the checkpoint thread is busy until the test lets it go
+        real(conn)
+
+    checkpointer._checkpoint = held  # type: ignore[method-assign]
+    try:
+        while not started.is_set():
+            await w.run_grouped(_insert, _row())
+        during = [await w.run_grouped(_insert, _row()) for _ in range(30)]
+        assert during == [None] * 30  # each committed while the checkpoint was held
+        assert not release.is_set()
+        release.set()
+        await asyncio.wait_for(checkpointer.idle(), WAIT)
+        assert checkpointer.checkpoints == 1
+        counts = checkpointer.frames_now()
+        assert counts is not None and counts[1] > 0  # frames were copied into the file
+    finally:
+        release.set()
+        await w.close()
+
+
+async def test_the_wal_restarts_and_stays_bounded_under_commits_that_never_pause(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "w.db"
+    w = await _writer(path)
+    checkpointer = w.checkpointer
+    assert checkpointer is not None
+    longest = restarts = 0
+    last = 0
+    written: list[bytes] = []
+    try:
+        for _ in range(60):
+            rows = [_row() for _ in range(8)]
+            written += rows
+            # Eight callers at once: one transaction, and the next one queued behind it.
+            await asyncio.gather(*(w.run_grouped(_insert, r) for r in rows))
+            counts = checkpointer.frames_now()
+            assert counts is not None
+            longest = max(longest, counts[0])
+            restarts += counts[0] < last
+            last = counts[0]
+    finally:
+        await w.close()
+    assert checkpointer.checkpoints >= 2
+    assert restarts >= 2  # the WAL went back to its beginning, more than once
+    assert longest <= 4 * FRAMES + 40  # about twice the interval, and one commit more
+    conn = sqlite3.connect(path)
+    try:
+        got = sorted(r[0] for r in conn.execute("SELECT v FROM t"))
+    finally:
+        conn.close()
+    assert got == sorted(written)
+
+
+async def test_without_a_readable_wal_index_the_writer_checkpoints_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback: SQLite's own checkpoint in the writer, as before the thread."""
+    monkeypatch.setattr(Checkpointer, "open", lambda self: False)
+    w = await _writer(tmp_path / "w.db")
+    try:
+        auto = await w.call_outside_transaction(
+            lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+    finally:
+        await w.close()
+    assert w.checkpointer is None
+    assert auto == writer_mod.WAL_AUTOCHECKPOINT
