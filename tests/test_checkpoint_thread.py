@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from gateway.store.writer import GroupCommitWriter
 
 WAIT = 10.0  # seconds any one step may take before the test fails
 FRAMES = 20  # a small interval, so that a few commits cross it
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _insert(conn: sqlite3.Connection, items: list[bytes]) -> list[None]:
@@ -129,3 +131,62 @@ async def test_without_a_readable_wal_index_the_writer_checkpoints_itself(
         await w.close()
     assert w.checkpointer is None
     assert auto == writer_mod.WAL_AUTOCHECKPOINT
+
+
+CHILD = """
+import asyncio, os, sqlite3, sys
+from pathlib import Path
+from gateway.store.writer import GroupCommitWriter
+
+def insert(conn, items):
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in items])
+    return [None] * len(items)
+
+async def main():
+    w = GroupCommitWriter(Path(sys.argv[1]), checkpoint_frames=20)
+    await w.open()
+    await w.call_outside_transaction(lambda c: c.execute("CREATE TABLE t (v BLOB)"))
+    real = w.checkpointer._checkpoint
+    def announced(conn):
+        print("checkpoint", flush=True)
+        real(conn)
+    w.checkpointer._checkpoint = announced
+    acked = 0
+    while True:
+        await asyncio.gather(*(w.run_grouped(insert, os.urandom(600)) for _ in range(4)))
+        acked += 4
+        print("acked", acked, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_what_was_committed_survives_a_kill_9_during_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert child.stdout is not None
+    acked = checkpoints = 0
+    try:
+        while checkpoints < 3:  # killed as its third checkpoint starts
+            line = (await asyncio.wait_for(child.stdout.readline(), WAIT)).decode().split()
+            assert line, "the child ended early"
+            if line[0] == "acked":
+                acked = int(line[1])
+            else:
+                checkpoints += 1
+    finally:
+        child.kill()
+        await child.wait()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] >= acked > 0
+    finally:
+        conn.close()
