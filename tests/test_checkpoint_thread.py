@@ -5,6 +5,7 @@ committed survives the checkpoints and a reopen."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import sys
@@ -148,27 +149,33 @@ async def main():
     await w.call_outside_transaction(lambda c: c.execute("CREATE TABLE t (v BLOB)"))
     real = w.checkpointer._checkpoint
     def announced(conn):
-        print("checkpoint", flush=True)
+        os.write(1, b"checkpoint\\n")  # one write: lines of two threads never mix
         real(conn)
     w.checkpointer._checkpoint = announced
     acked = 0
     while True:
         await asyncio.gather(*(w.run_grouped(insert, os.urandom(600)) for _ in range(4)))
         acked += 4
-        print("acked", acked, flush=True)
+        os.write(1, b"acked %d\\n" % acked)
 
 asyncio.run(main())
 """
 
 
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:]
+
+
 async def test_what_was_committed_survives_a_kill_9_during_a_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "w.db"
+    errors = await asyncio.to_thread(open, tmp_path / "child.err", "wb")
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         CHILD,
         str(path),
         stdout=asyncio.subprocess.PIPE,
+        stderr=errors,
         cwd=REPO,
     )
     assert child.stdout is not None
@@ -176,17 +183,58 @@ async def test_what_was_committed_survives_a_kill_9_during_a_checkpoint(tmp_path
     try:
         while checkpoints < 3:  # killed as its third checkpoint starts
             line = (await asyncio.wait_for(child.stdout.readline(), WAIT)).decode().split()
-            assert line, "the child ended early"
+            assert line, f"the child ended early: {_tail(tmp_path / 'child.err')}"
             if line[0] == "acked":
                 acked = int(line[1])
             else:
                 checkpoints += 1
     finally:
-        child.kill()
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
         await child.wait()
+        errors.close()
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] >= acked > 0
     finally:
         conn.close()
+
+
+async def test_a_truncating_checkpoint_waits_for_the_thread_and_empties_the_wal(
+    tmp_path: Path,
+) -> None:
+    """Retention's erase ends with `wal_checkpoint(TRUNCATE)` so that no removed value
+    stays in the WAL; one that met the thread's checkpoint would find it busy."""
+    path = tmp_path / "w.db"
+    w = await _writer(path)
+    checkpointer = w.checkpointer
+    assert checkpointer is not None
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+    real = checkpointer._checkpoint
+
+    def held(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(WAIT)
+        real(conn)
+        order.append("thread")
+
+    def truncate(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
+        order.append("truncate")
+        return conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    checkpointer._checkpoint = held  # type: ignore[method-assign]
+    try:
+        while not started.is_set():
+            await w.run_grouped(_insert, _row())
+        erase = asyncio.ensure_future(w.call_outside_transaction(truncate))
+        await w.run_grouped(_insert, _row())  # commits go on meanwhile
+        release.set()
+        ((busy, _, _),) = await asyncio.wait_for(erase, WAIT)
+        wal_bytes = (await asyncio.to_thread(os.stat, f"{path}-wal")).st_size
+    finally:
+        release.set()
+        await w.close()
+    assert order == ["thread", "truncate"]
+    assert busy == 0 and wal_bytes == 0

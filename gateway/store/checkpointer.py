@@ -23,9 +23,11 @@ the interval, so that the WAL restarts and the file stays bounded (with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import struct
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class Checkpointer:
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-checkpoint")
         self._running: asyncio.Future[None] | None = None
+        self._paused = 0
         self.checkpoints = 0  # run by this thread (for tests and benchmarks)
 
     def open(self) -> bool:
@@ -78,7 +81,7 @@ class Checkpointer:
 
     def poke(self) -> None:
         """After a commit, on the loop: start a checkpoint if enough frames wait."""
-        if self._running is not None or self._conn is None:
+        if self._running is not None or self._paused or self._conn is None:
             return
         counts = self.frames_now()
         if counts is None or counts[0] - counts[1] < self.frames:
@@ -109,6 +112,17 @@ class Checkpointer:
         """Until the checkpoint under way, if any, has ended (its failure is logged)."""
         if self._running is not None:
             await asyncio.wait([self._running])
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No checkpoint runs on this thread meanwhile (a TRUNCATE checkpoint in the
+        writer, which would find this one busy and leave the WAL as it was)."""
+        self._paused += 1
+        try:
+            await self.idle()
+            yield
+        finally:
+            self._paused -= 1
 
     async def close(self) -> None:
         await self.idle()

@@ -185,7 +185,11 @@ class GroupCommitWriter:
         conn = self._conn
         if conn is None:
             raise WriterClosed("the store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        run = asyncio.get_running_loop().run_in_executor
+        if self.checkpointer is None:
+            return await run(self._executor, fn, conn)
+        async with self.checkpointer.paused():  # so a TRUNCATE checkpoint is never busy
+            return await run(self._executor, fn, conn)
 
     def insert(self, statements: list[Statement]) -> asyncio.Future[None]:
         """Insert rows that commit together (e.g. a message and its first event)."""
