@@ -96,7 +96,10 @@ class Checkpointer:
         if self._running is not None:
             return False
         counts = self.frames_now()
-        return counts is not None and counts[0] >= 2 * self.frames and counts[1] > 0
+        if counts is None:
+            return False
+        frames, copied = counts
+        return frames >= 2 * self.frames and 0 < copied < frames
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
