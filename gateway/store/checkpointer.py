@@ -38,6 +38,10 @@ log = structlog.get_logger("smsgw.store")
 WAL_INDEX_VERSION = 3007000
 _U32 = struct.Struct("=I")  # the wal-index is in the machine's own byte order
 _HEADER_BYTES = 100
+# PASSIVE checkpoints in a row while commits keep adding frames: each later one copies
+# only the frames of the commits made during the one before, so it is short, and one
+# that copies the whole WAL lets the writer restart it from the beginning.
+PASSES = 3
 
 
 def wal_frames(shm_fd: int) -> tuple[int, int] | None:
@@ -102,7 +106,18 @@ class Checkpointer:
         return frames >= 2 * self.frames and 0 < copied < frames
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        for _ in range(PASSES):  # the later passes copy what commits added meanwhile
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied >= frames:
+                break
+        # SQLite syncs the database file only after a checkpoint that copied the whole
+        # WAL; one that commits overtook leaves its pages unsynced until then, and that
+        # one (often the writer's tail) would pay for all of them. Synced here instead.
+        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _done(self, fut: asyncio.Future[None]) -> None:
         self._running = None
