@@ -13,11 +13,13 @@ to be copied. PASSIVE takes no lock a committing writer needs: commits go on mea
 How many frames wait is read after each commit from the wal-index header in the `-shm`
 file (https://www.sqlite.org/walformat.html, "the wal-index header": `mxFrame` at
 offset 16, the checkpoint's `nBackfill` at offset 96), a 100-byte read. SQLite restarts
-the WAL from its beginning only when a write transaction starts with every frame copied.
-Frames committed while a checkpoint runs are left over; `tail_due()` tells the writer
-to copy those few itself before its next transaction when the WAL has grown past twice
-the interval, so that the WAL restarts and the file stays bounded (with
-`journal_size_limit` trimming it after an unusual growth).
+the WAL from its beginning only when a write transaction starts with every frame copied,
+and syncs the database file only after a checkpoint that copied them all. Frames
+committed while a checkpoint runs are left over: up to `PASSES` passes copy them, then
+this thread syncs the database file itself. If the WAL still passed twice the interval,
+`tail_due()` has the writer copy the few left before its next transaction, so that the
+WAL restarts and the file stays bounded (`journal_size_limit` trims it after an
+unusual growth, e.g. a reader holding an old snapshot).
 """
 
 from __future__ import annotations
