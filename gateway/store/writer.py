@@ -346,7 +346,10 @@ class GroupCommitWriter:
         conn = self._conn
         assert conn is not None
         if checkpoint_tail:  # the few frames the checkpoint thread left: the WAL restarts
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as e:  # the batch's own commit reports a failing disk
+                log.warning("checkpoint_failed", error=type(e).__name__)
         conn.execute("BEGIN IMMEDIATE")
         try:
             outcomes: list[Any] = self._insert_all(conn, batch.inserts)
