@@ -238,3 +238,29 @@ async def test_a_truncating_checkpoint_waits_for_the_thread_and_empties_the_wal(
         await w.close()
     assert order == ["thread", "truncate"]
     assert busy == 0 and wal_bytes == 0
+
+
+async def test_the_thread_syncs_the_database_file_after_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite syncs the file only after a checkpoint that copied the whole WAL; under
+    steady commits that sync would fall to the writer's tail, in the committing thread."""
+    path = tmp_path / "w.db"
+    synced: list[str] = []
+    real_sync = os.fdatasync
+
+    def recorded(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recorded)
+    w = await _writer(path)
+    checkpointer = w.checkpointer
+    assert checkpointer is not None
+    try:
+        while checkpointer.checkpoints < 1:
+            await w.run_grouped(_insert, _row())
+            await checkpointer.idle()
+    finally:
+        await w.close()
+    assert str(path) in synced
