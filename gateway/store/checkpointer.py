@@ -17,7 +17,7 @@ the WAL from its beginning only when a write transaction starts with every frame
 and syncs the database file only after a checkpoint that copied them all. Frames
 committed while a checkpoint runs are left over: up to `PASSES` passes copy them, then
 this thread syncs the database file itself. If the WAL still passed twice the interval,
-`tail_due()` has the writer copy the few left before its next transaction, so that the
+`tail_due` has the writer copy the few left before its next transaction, so that the
 WAL restarts and the file stays bounded (`journal_size_limit` trims it after an
 unusual growth, e.g. a reader holding an old snapshot).
 """
@@ -67,6 +67,7 @@ class Checkpointer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-checkpoint")
         self._running: asyncio.Future[None] | None = None
         self._paused = 0
+        self.tail_due = False  # set by `poke`
         self.checkpoints = 0  # run by this thread (for tests and benchmarks)
 
     def open(self) -> bool:
@@ -86,26 +87,27 @@ class Checkpointer:
         return None if self._shm_fd is None else wal_frames(self._shm_fd)
 
     def poke(self) -> None:
-        """After a commit, on the loop: start a checkpoint if enough frames wait."""
-        if self._running is not None or self._paused or self._conn is None:
+        """After each commit, on the loop (one call, one 100-byte read: it is on every
+        accept's path): start a checkpoint if enough frames wait, and note whether the
+        writer should copy the frames the last one left over before its next transaction
+        (`tail_due`: the WAL has passed twice the interval without restarting)."""
+        self.tail_due = False
+        conn = self._conn
+        if self._running is not None or self._paused or conn is None or self._shm_fd is None:
             return
-        counts = self.frames_now()
-        if counts is None or counts[0] - counts[1] < self.frames:
+        try:
+            data = os.pread(self._shm_fd, _HEADER_BYTES, 0)
+        except OSError:
             return
-        loop = asyncio.get_running_loop()
-        self._running = loop.run_in_executor(self._executor, self._checkpoint, self._conn)
-        self._running.add_done_callback(self._done)
-
-    def tail_due(self) -> bool:
-        """Whether the writer should copy the frames left over by the last checkpoint
-        before its next transaction (the WAL has not restarted and keeps growing)."""
-        if self._running is not None:
-            return False
-        counts = self.frames_now()
-        if counts is None:
-            return False
-        frames, copied = counts
-        return frames >= 2 * self.frames and 0 < copied < frames
+        if len(data) < _HEADER_BYTES or _U32.unpack_from(data, 0)[0] != WAL_INDEX_VERSION:
+            return
+        frames, copied = _U32.unpack_from(data, 16)[0], _U32.unpack_from(data, 96)[0]
+        if frames - copied >= self.frames:
+            loop = asyncio.get_running_loop()
+            self._running = loop.run_in_executor(self._executor, self._checkpoint, conn)
+            self._running.add_done_callback(self._done)
+        else:
+            self.tail_due = frames >= 2 * self.frames and 0 < copied < frames
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         for _ in range(PASSES):  # the later passes copy what commits added meanwhile

@@ -300,7 +300,7 @@ class GroupCommitWriter:
 
     def _commit_soon(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
-        tail = self.checkpointer is not None and self.checkpointer.tail_due()
+        tail = self.checkpointer is not None and self.checkpointer.tail_due
         done = loop.run_in_executor(self._executor, self._commit, batch, tail)
         done.add_done_callback(lambda f: self._settle(batch, f))
 
