@@ -1044,21 +1044,6 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN role_checked_at REAL;
     CREATE UNIQUE INDEX users_directory_id ON users (directory_id) WHERE directory_id IS NOT NULL;
     """,
-    # ---
-    # 34 (i16-writes): reserved; replaced by that branch before it lands.
-    "",
-    # ---
-    # 35 (i16-accept): reserved; replaced by that branch before it lands.
-    "",
-    # ---
-    # 36 (i12-consent): reserved; replaced by that branch before it lands.
-    "",
-    # ---
-    # 37 (i18-store): reserved; replaced by that branch before it lands.
-    "",
-    # ---
-    # 38 (i18-migrate): reserved; replaced by that branch before it lands.
-    "",
 )
 
 
