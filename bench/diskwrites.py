@@ -21,10 +21,7 @@ caused to be written to the block layer: the store, its WAL and shared-memory fi
 each checkpoint) minus `cancelled_write_bytes` (dirty pages a truncation dropped before
 they were written). fsyncs: with `strace` present the gateway runs under
 `strace -f --seccomp-bpf -e trace=fsync,fdatasync` (only those calls stop, so it is not
-slowed), and calls are counted by timestamp within each scenario. Each scenario's
-`checkpoints` counts the fsyncs of the database file (a checkpoint's last step) and how
-many of them, and for how many ms, the committing thread (the one that fsyncs the WAL
-most) made: a checkpoint there stalls every commit behind it.
+slowed), and calls are counted by timestamp within each scenario.
 
 Per day at 10,000 messages: "one a second" bytes per message x 10,000 + idle bytes/s x
 86,400 (10,000 a day is one message every 8.6 s: the gateway is idle nearly all day).
@@ -35,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import os
@@ -124,45 +120,6 @@ class Gateway:
                         count += 1
         return count
 
-    def checkpoint_fsyncs_between(self, start: float, end: float) -> dict[str, float] | None:
-        """fsyncs of the database file (a checkpoint's last step) and how many of them, and
-        how long, the committing thread (the one that fsyncs the WAL most) spent in them."""
-        if self.fsync_log is None:
-            return None
-        calls: list[tuple[int, str, float]] = []  # (thread, file, seconds)
-        pending: dict[int, str] = {}
-        with self.fsync_log.open() as f:
-            for line in f:
-                # "<tid> <epoch> fsync(5</dir/smsgw.db-wal>) = 0 <0.0012>", or split in an
-                # "<unfinished ...>" line and a "<... fsync resumed>) = 0 <0.0012>" one
-                m = FSYNC_RE.match(line)
-                if m is None or not start <= float(m["at"]) <= end:
-                    continue
-                tid = int(m["tid"])
-                if m["path"] is not None:
-                    if m["seconds"] is None:
-                        pending[tid] = m["path"]
-                        continue
-                    calls.append((tid, m["path"], float(m["seconds"])))
-                elif tid in pending and m["seconds"] is not None:
-                    calls.append((tid, pending.pop(tid), float(m["seconds"])))
-        wal = collections.Counter(t for t, path, _ in calls if path.endswith(".db-wal"))
-        writer = wal.most_common(1)[0][0] if wal else -1
-        db = [(t, sec) for t, path, sec in calls if path.endswith(".db")]
-        mine = [sec for t, sec in db if t == writer]
-        return {
-            "db_fsyncs": len(db),
-            "db_fsyncs_in_committing_thread": len(mine),
-            "db_fsync_ms_in_committing_thread": round(sum(mine) * 1000, 1),
-        }
-
-
-FSYNC_RE = re.compile(
-    r"(?P<tid>\d+) (?P<at>[\d.]+)"
-    r" (?:f(?:data)?sync\(\d+<(?P<path>[^>]*)>|<\.\.\. f(?:data)?sync resumed>)"
-    r"(?:.*= -?\d+(?: \w+ \([^)]*\))? <(?P<seconds>[\d.]+)>)?"
-)
-
 
 def free_port() -> int:
     import socket
@@ -194,7 +151,7 @@ def start_gateway(
     if use_strace:
         fsync_log = data_dir.parent / f"fsyncs-{sync}.txt"
         argv = [
-            "strace", "-f", "--seccomp-bpf", "-ttt", "-y", "-T", "-e", "trace=fsync,fdatasync",
+            "strace", "-f", "--seccomp-bpf", "-ttt", "-e", "trace=fsync,fdatasync",
             "-o", str(fsync_log), *argv,
         ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=source)
@@ -313,7 +270,6 @@ async def scenario(
         "bytes": written,
         "bytes_per_message": round(written / count),
         "fsyncs_per_message": round(fsyncs / count, 2) if fsyncs is not None else None,
-        "checkpoints": gw.checkpoint_fsyncs_between(before.at, end),
     }
 
 

@@ -150,7 +150,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.page_size:
             writer.PAGE_SIZE = args.page_size
         store = Store(path, os.urandom(32))
-        store.writer.checkpoint_frames = 0  # no checkpoint thread: every frame stays readable
         await store.open()
         store.writer.lazy_delay = 0.0  # one commit per step here, at once
         await store.writer.call_outside_transaction(

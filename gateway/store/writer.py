@@ -45,7 +45,6 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway.store.checkpointer import Checkpointer
 from gateway.store_failure import storage_failure
 
 log = structlog.get_logger("smsgw.store")
@@ -95,15 +94,13 @@ class WriterClosed(RuntimeError):
 # it touched whole; at one message's changes per commit, 2 KiB pages write about a third
 # less than 4 KiB ones (bench/diskwrites.py). A row of a one-segment message fits one.
 PAGE_SIZE = 2048
-# WAL frames between automatic checkpoints when the checkpoint thread cannot run (no
-# readable wal-index) or is turned off (`checkpoint_frames = 0`): SQLite's default. In
-# the committing thread, every 4,000 frames put the accept p99 at 64 clients at 29 ms,
-# against 23-30 at 1,000 (`bench/accept.py --only accept`, alternating, quiet machine).
+# WAL frames between automatic checkpoints: SQLite's default, 1,000. A checkpoint writes
+# each page changed since the last one into the file once; every 4,000 frames wrote the
+# hot pages a quarter as often (41.9 -> 36.2 KiB per message at saturation), but the
+# checkpoint runs in the committing writer thread, and its longer stalls put the accept
+# p99 at 64 clients at 29 ms, the ceiling's at 28, against 23-30 and 18-21 at 1,000
+# (`bench/accept.py --only accept`, alternating, quiet machine; target p99 <= 25 ms).
 WAL_AUTOCHECKPOINT = 1000
-# WAL frames between checkpoints on the checkpoint thread (gateway/store/checkpointer.py):
-# a checkpoint writes each page changed since the last one into the file once, so the
-# hot pages go in a quarter as often as at 1,000, without stalling commits.
-CHECKPOINT_FRAMES = 4000
 
 
 def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3.Connection:
@@ -132,11 +129,8 @@ class GroupCommitWriter:
         synchronous: str = "FULL",
         max_batch: int = 2000,
         lazy_delay: float = LAZY_DELAY,
-        checkpoint_frames: int = CHECKPOINT_FRAMES,
     ) -> None:
         self._path = path
-        self.checkpoint_frames = checkpoint_frames
-        self.checkpointer: Checkpointer | None = None
         self._synchronous = synchronous
         self._max_batch = max_batch
         self.lazy_delay = lazy_delay
@@ -167,17 +161,6 @@ class GroupCommitWriter:
         self._conn = await loop.run_in_executor(
             self._executor, connect, self._path, self._synchronous
         )
-        if self.checkpoint_frames > 0:
-            # A first read opens the WAL and its index (the `-shm` file) the thread reads.
-            await loop.run_in_executor(self._executor, _read_header, self._conn)
-            checkpointer = Checkpointer(self._path, self.checkpoint_frames)
-            if checkpointer.open():
-                self.checkpointer = checkpointer
-                await loop.run_in_executor(
-                    self._executor, _checkpoint_elsewhere, self._conn, self.checkpoint_frames
-                )
-            else:
-                log.warning("checkpoint_thread_unavailable")
 
     async def call_outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the writer thread with no transaction open (migrations, checkpoints)."""
@@ -185,11 +168,7 @@ class GroupCommitWriter:
         conn = self._conn
         if conn is None:
             raise WriterClosed("the store is closed")
-        run = asyncio.get_running_loop().run_in_executor
-        if self.checkpointer is None:
-            return await run(self._executor, fn, conn)
-        async with self.checkpointer.paused():  # so a TRUNCATE checkpoint is never busy
-            return await run(self._executor, fn, conn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
 
     def insert(self, statements: list[Statement]) -> asyncio.Future[None]:
         """Insert rows that commit together (e.g. a message and its first event)."""
@@ -300,8 +279,7 @@ class GroupCommitWriter:
 
     def _commit_soon(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
-        tail = self.checkpointer is not None and self.checkpointer.tail_due
-        done = loop.run_in_executor(self._executor, self._commit, batch, tail)
+        done = loop.run_in_executor(self._executor, self._commit, batch)
         done.add_done_callback(lambda f: self._settle(batch, f))
 
     def _settle(self, batch: _Batch, done: asyncio.Future[list[Any]]) -> None:
@@ -326,8 +304,6 @@ class GroupCommitWriter:
                     fut.set_result(outcome)
             for callback in self.after_commit:
                 callback()
-            if self.checkpointer is not None:
-                self.checkpointer.poke()
         self._flush()
 
     def _note_failure(self, error: BaseException | None, outcomes: list[Any] | None) -> None:
@@ -342,14 +318,9 @@ class GroupCommitWriter:
             log.info("store_recovered", was=self.failure)
             self.failure = None
 
-    def _commit(self, batch: _Batch, checkpoint_tail: bool = False) -> list[Any]:
+    def _commit(self, batch: _Batch) -> list[Any]:
         conn = self._conn
         assert conn is not None
-        if checkpoint_tail:  # the few frames the checkpoint thread left: the WAL restarts
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as e:  # the batch's own commit reports a failing disk
-                log.warning("checkpoint_failed", error=type(e).__name__)
         conn.execute("BEGIN IMMEDIATE")
         try:
             outcomes: list[Any] = self._insert_all(conn, batch.inserts)
@@ -431,8 +402,6 @@ class GroupCommitWriter:
             return
         await self.drain()
         self._closed = True
-        if self.checkpointer is not None:
-            await self.checkpointer.close()
         conn = self._conn
         if conn is not None:
             loop = asyncio.get_running_loop()
@@ -456,19 +425,6 @@ def _one_item(fn: GroupJob, item: Any) -> Job:
         return outcome
 
     return job
-
-
-def _read_header(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA user_version").fetchone()
-
-
-def _checkpoint_elsewhere(conn: sqlite3.Connection, frames: int) -> None:
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-    # The WAL restarts from its beginning once checkpointed (the checkpoint thread keeps
-    # it under about twice `frames`); after an unusual growth (a reader holding an old
-    # snapshot) it is trimmed back to this at its next restart.
-    page = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.execute(f"PRAGMA journal_size_limit = {3 * frames * (page + 24)}")
 
 
 def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
