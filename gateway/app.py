@@ -108,7 +108,7 @@ from gateway.usecases import (
 from gateway.web.connections import HTTP_SHUTDOWN_TIMEOUT
 
 if TYPE_CHECKING:
-    from gateway.cluster.node import ClusterNode  # i18-store
+    from gateway.cluster.node import ClusterNode
 
 log = structlog.get_logger("smsgw.app")
 
@@ -147,7 +147,7 @@ class Gateway:
     # Interface profiles by name (`[[hl7.interfaces]]`): replies write back per these.
     clinical_profiles: dict[str, InterfaceProfile] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # i18-store: [cluster] enabled: this node's membership and the shared queue.
+    # [cluster] enabled: this node's membership and the shared queue.
     cluster: ClusterNode | None = None
 
     @classmethod
@@ -170,7 +170,7 @@ class Gateway:
         await store.open()
         node = None
         try:
-            if config.cluster.enabled:  # i18-store; here: psycopg is an optional extra
+            if config.cluster.enabled:  # here: psycopg is an optional extra
                 from gateway.cluster.node import open_cluster
 
                 node = await open_cluster(config, store, clock)
@@ -595,7 +595,7 @@ class Gateway:
     async def housekeeping_once(self) -> None:
         cutoff = self.clock.time() - self.config.store.idempotency_hours * 3600
         removed = await self.store.prune_idempotency(cutoff)
-        if self.cluster is not None:  # i18-store: the shared answers (any node prunes)
+        if self.cluster is not None:  # the shared answers (any node prunes)
             removed += await self.cluster.queue.prune_idempotency(cutoff)
         await self.sink.expire_inbound()
         now, admin = self.clock.time(), self.config.admin

@@ -629,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     consent_cmd.add_parser(sub, _load)
     contacts_ops.add_parser(sub, _load)  # smsgw import contacts FILE
     add_backup_parsers(sub, _load)
-    store_migrate_cmd.add_parser(sub, _load)  # store migrate --to (i18-migrate)
+    store_migrate_cmd.add_parser(sub, _load)  # store migrate --to
     retention_cmd.add_parser(sub, _load)  # retention run|status, erase
     analytics_cmd.add_parser(sub, _load)  # analytics (i15-analytics)
     hl7_send.add_parser(sub)

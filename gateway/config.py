@@ -26,7 +26,7 @@ from drivers.registry import UnknownDriver, load_driver
 from gateway.analytics.settings import AnalyticsConfig
 from gateway.appointments.settings import AppointmentsConfig
 from gateway.campaigns.settings import CampaignsConfig  # i15-campaigns
-from gateway.cluster.settings import ClusterConfig, cluster_problem  # i18-store
+from gateway.cluster.settings import ClusterConfig, cluster_problem
 from gateway.config_errors import ConfigError as ConfigError  # raised here, caught by callers
 from gateway.config_errors import convert, show
 from gateway.consent.inbound_config import inbound_problems
@@ -430,7 +430,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     links: LinksConfig = msgspec.field(default_factory=LinksConfig)  # i15-links: short links
     analytics: AnalyticsConfig = msgspec.field(default_factory=AnalyticsConfig)  # i15-analytics
     directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
-    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)  # i18-store
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     source: str | None = None
 
     @property
@@ -653,7 +653,7 @@ def _check_values(config: Config) -> None:
             ' code in capitals (ISO 3166-1, as phone numbers use them), e.g. "US" or "GB"'
         )
     _check_webhooks(config)
-    if problem := cluster_problem(config):  # i18-store: after the rest, it names them
+    if problem := cluster_problem(config):  # after the rest: it names them
         raise ConfigError(problem)
 
 

@@ -239,7 +239,7 @@ def token(args: argparse.Namespace, config: Config) -> int:
 
 def audit(args: argparse.Namespace, config: Config) -> int:
     """`smsgw audit verify [--postgresql CONNINFO]`."""
-    if args.postgresql:  # i18-migrate: the shared store's chains and anchors
+    if args.postgresql:  # the shared store's chains and anchors
         return store_migrate_cmd.cmd_verify_cluster(args, config)
     store_migrate_cmd.refuse_cluster_options(args)
     return client.run(config, "audit.verify", {})

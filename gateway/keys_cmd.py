@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.action == "recover-master":
         return recover(config)
-    if args.action == "rotate":  # i18-migrate: --postgresql rotates the shared store's
+    if args.action == "rotate":  # --postgresql rotates the shared store's
         from gateway import store_migrate_cmd
 
         if args.postgresql:

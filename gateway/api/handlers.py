@@ -350,7 +350,7 @@ async def healthz(request: web.Request) -> web.Response:
     }
     if reason is not None:
         body["reason"] = reason
-    if gw.cluster is not None:  # i18-store: which node answered, and its lease
+    if gw.cluster is not None:  # which node answered, and its lease
         body["node"] = gw.cluster.describe()
     if gw.directory is not None:  # sign-in only, so readiness does not change
         body["directory"] = gw.directory.status.describe(public=True)

@@ -25,7 +25,7 @@ from psycopg.rows import TupleRow
 from gateway.store import crypto
 from gateway.store.keyring_sql import Keys
 
-ROTATION_LOCK = 0x736D7367_77001801  # pg_try_advisory_lock key ("smsgw", i18-migrate 1)
+ROTATION_LOCK = 0x736D7367_77001801  # pg_try_advisory_lock key ("smsgw", cluster lock 1)
 ENCRYPTED = ("to", "body", "reference", "callback")  # messages.<column>_ct, AAD = column
 BATCH = 500
 

@@ -197,7 +197,6 @@ class ClusterQueue:
                     ],
                 )
             if answer is not None:
-                now = messages[0].created_at if messages else 0.0
                 await conn.execute(
                     "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",
                     (
@@ -206,7 +205,7 @@ class ClusterQueue:
                         answer.request_hash,
                         answer.status,
                         answer.response,
-                        now,
+                        answer.at,
                     ),
                 )
 

@@ -141,7 +141,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 2 (i18-store): what the send path's store interface (`queue_store.py`) keeps on
+    # 2 (issue 18): what the send path's store interface (`queue_store.py`) keeps on
     #    this backend as the SQLite store does: the accept's other columns, answers kept
     #    under an Idempotency-Key (shared: a retry may reach another node), receipts that
     #    overtook their submit's answer, the shared opt-out list every node's claim checks
@@ -200,7 +200,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 3 (i18-migrate): what `smsgw store migrate` copies from SQLite and the nodes then
+    # 3 (issue 18): what `smsgw store migrate` copies from SQLite and the nodes then
     #    share. The SQLite message columns the queue's first schema left out (IF NOT
     #    EXISTS: slot 2 may add some first); the keyring (data keys wrapped as in
     #    SQLite, `gateway/cluster/keyring.py`); the audit trail as one hash chain per

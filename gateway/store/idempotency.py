@@ -23,3 +23,4 @@ class IdempotentAnswer:
     request_hash: bytes
     status: int
     response: bytes
+    at: float  # when it was answered, on the gateway's clock (pruned by it)

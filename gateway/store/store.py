@@ -369,7 +369,7 @@ class Store:
                     answer.request_hash,
                     answer.status,
                     answer.response,
-                    messages[0].created_at if messages else time.time(),
+                    answer.at,
                 )
             )
         await self.writer.insert(rows)

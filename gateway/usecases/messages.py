@@ -112,7 +112,7 @@ class Messages:
     ) -> None:
         self._config = config
         self._store = store
-        # i18-store: on a cluster the messages live in the shared queue, not `store`.
+        # On a cluster the messages live in the shared queue, not `store`.
         self._cluster = cluster
         self._intake = intake
         self._scheduler = scheduler
@@ -370,6 +370,7 @@ class Messages:
                 idempotency.request_hash,
                 idempotency.status,
                 msgspec.json.encode(answer),
+                self._clock.time(),
             )
         await cluster.accept([p.message for p in prepared], kept)
         return answer

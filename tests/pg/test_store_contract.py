@@ -209,7 +209,7 @@ async def test_recovery_requeues_in_flight_flagged_as_possible_duplicates(
 async def test_an_idempotency_key_answers_on_every_node_and_commits_once(
     backend: Backend,
 ) -> None:
-    key = IdempotentAnswer("tok", b"k" * 32, b"r" * 32, 202, b'{"id": 1}')
+    key = IdempotentAnswer("tok", b"k" * 32, b"r" * 32, 202, b'{"id": 1}', 1000.0)
     first = message(1)
     await backend.a.accept([first], key)
     stored = await backend.b.find_idempotent("tok", b"k" * 32)
@@ -217,7 +217,7 @@ async def test_an_idempotency_key_answers_on_every_node_and_commits_once(
     assert (stored.request_hash, stored.status, stored.response) == (b"r" * 32, 202, b'{"id": 1}')
     assert await backend.b.find_idempotent("tok", b"x" * 32) is None
     # The same key racing on two nodes: one accept commits, the other keeps nothing.
-    other = IdempotentAnswer("tok", b"z" * 32, b"r" * 32, 202, b"{}")
+    other = IdempotentAnswer("tok", b"z" * 32, b"r" * 32, 202, b"{}", 1000.0)
     racers = [message(2), message(3)]
     results = await asyncio.gather(
         backend.a.accept([racers[0]], other),
@@ -400,3 +400,16 @@ async def test_parked_routes_are_remembered_and_forgotten(backend: Backend) -> N
     await backend.b.parks().forget(ROUTE)
     assert await parks.all() == {}
     assert len(parks.key) == 32
+
+
+async def test_a_kept_answer_is_dated_by_the_gateways_clock_even_without_messages(
+    backend: Backend,
+) -> None:
+    """An answer that created no message (every item refused) is still kept from when
+    it was given, and pruned by the same clock: a retry within the window replays it."""
+    refused = IdempotentAnswer("tok", b"n" * 32, b"r" * 32, 422, b"{}", 5000.0)
+    await backend.a.accept([], refused)
+    assert await backend.a.prune_idempotency(4999.0) == 0
+    assert await backend.b.find_idempotent("tok", b"n" * 32) is not None
+    assert await backend.a.prune_idempotency(5001.0) == 1
+    assert await backend.b.find_idempotent("tok", b"n" * 32) is None
