@@ -283,6 +283,15 @@ MIGRATIONS: tuple[str, ...] = (
         finished_at  timestamptz
     );
     """,
+    # ---
+    # 4 (i18-routes): reserved; replaced by that branch before it lands.
+    "SELECT 1",
+    # ---
+    # 5 (i18-consent): reserved; replaced by that branch before it lands.
+    "SELECT 1",
+    # ---
+    # 6 (i18-ops): reserved; replaced by that branch before it lands.
+    "SELECT 1",
 )
 
 

@@ -1044,6 +1044,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN role_checked_at REAL;
     CREATE UNIQUE INDEX users_directory_id ON users (directory_id) WHERE directory_id IS NOT NULL;
     """,
+    # ---
+    # 34 (i12-consent): reserved; replaced by that branch before it lands.
+    "",
+    # ---
+    # 35 (i16-writes): reserved; replaced by that branch before it lands.
+    "",
+    # ---
+    # 36 (i16-accept): reserved; replaced by that branch before it lands.
+    "",
+    # ---
+    # 37 (i16-growth): reserved; replaced by that branch before it lands.
+    "",
 )
 
 
