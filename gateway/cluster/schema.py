@@ -290,7 +290,10 @@ MIGRATIONS: tuple[str, ...] = (
     # 5 (i18-consent): reserved; replaced by that branch before it lands.
     "SELECT 1",
     # ---
-    # 6 (i18-ops): reserved; replaced by that branch before it lands.
+    # 6 (i18-reads): reserved; replaced by that branch before it lands.
+    "SELECT 1",
+    # ---
+    # 7 (i18-ops): reserved; replaced by that branch before it lands.
     "SELECT 1",
 )
 
