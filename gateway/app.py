@@ -82,6 +82,7 @@ from gateway.sink import GatewaySink
 from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
@@ -409,6 +410,11 @@ class Gateway:
         return AdminRepo(self.store)
 
     @functools.cached_property
+    def reads(self) -> MessageReads:
+        """Where the message list, details and queue counts are read (i18-reads)."""
+        return LocalReads(self.store) if self.cluster is None else self.cluster.reads
+
+    @functools.cached_property
     def usecases(self) -> UseCases:
         """The application layer every front end calls (`gateway/usecases/`)."""
         messages = Messages(
@@ -421,20 +427,22 @@ class Gateway:
             audit=self.audit,
             accepting=lambda: self.accepting,
             cluster=None if self.cluster is None else self.cluster.queue,
+            reads=self.reads,
         )
         status = Status(
-            store=self.store,
+            reads=self.reads,
             scheduler=self.scheduler,
             clock=self.clock,
             accepting=lambda: self.accepting,
             not_ready=self.not_ready,
+            shared=self.cluster is not None,
         )
         return UseCases(
             messages,
             Inbound(store=self.store, audit=self.audit),
             status,
             Tokens(store=self.store, audit=self.audit, clock=self.clock, forget=self.tokens.forget),
-            Activity(store=self.store),
+            Activity(store=self.store, log=None if self.cluster is None else self.cluster.reads),
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),

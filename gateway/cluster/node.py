@@ -30,6 +30,7 @@ from drivers.clock import Clock
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
+from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
 from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.wakeup import Notifier, Waker
@@ -58,6 +59,7 @@ class ClusterNode:
         self._pool = pool
         self.membership = membership
         self.queue = queue
+        self.reads = ClusterReads(pool, queue.cipher)
         self._clock = clock
         self._notifier = Notifier(pool, clock)
         self._waker = Waker(conninfo, clock)
