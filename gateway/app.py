@@ -174,7 +174,7 @@ class Gateway:
             if config.cluster.enabled:  # here: psycopg is an optional extra
                 from gateway.cluster.node import open_cluster
 
-                node = await open_cluster(config, store, clock)
+                node = await open_cluster(config, store, clock, key)
             return cls._build(config, clock, store, key, node)
         except BaseException:
             if node is not None:
@@ -204,7 +204,7 @@ class Gateway:
         fence = None if node is None else node.fence_check
         scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
         sink.wake_on_health(scheduler.wake)
-        intake = Intake(config, store, scheduler, router, clock, metrics)
+        intake = Intake(config, store, scheduler, router, clock, metrics, sealer=queue)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))

@@ -23,7 +23,9 @@ from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
 from gateway.cluster.parks import ClusterParks
+from gateway.cluster.shared_keys import KeyringWatch
 from gateway.models import Priority, State
+from gateway.store import crypto
 from gateway.store.claim_check import Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
@@ -106,6 +108,7 @@ class ClusterQueue:
         self._epochs: dict[str, int] = {}
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
+        self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
 
     # -- accept ------------------------------------------------------------------------
 
@@ -354,6 +357,10 @@ class ClusterQueue:
             ).fetchall()
         found: dict[str, ClaimedMessage] = {}
         c = self._cipher
+        if self.keys is not None and any(
+            crypto.header_generation(bytes(r[2])) not in c.generations for r in rows
+        ):  # sealed by a rotation this node has not taken up yet: now, before opening
+            await self.keys.check()
         for r in rows:
             message_id = r[0]
             self._epochs[message_id] = int(r[1])
