@@ -174,8 +174,8 @@ class ClusterNode:
         while True:
             try:
                 await self.keys.check()
-                if copying:
-                    await self.shipper.ship()
+                if copying and (copied := await self.shipper.ship()):
+                    log.info("audit_copied", node=self.settings.node_id, entries=copied)
                 if self._clock.monotonic() >= next_anchor:
                     await self.shipper.anchor(self._clock.time())
                     next_anchor = self._clock.monotonic() + self.settings.audit_anchor_seconds
