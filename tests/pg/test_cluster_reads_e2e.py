@@ -93,6 +93,9 @@ async def test_two_running_nodes_share_reads_audit_and_keys(tmp_path: Path, pg_d
             async with http.get(f"{b.url}/api/v1/queue") as r:
                 queue = await r.json()
             assert queue["scheduled"]["normal"] == 1, queue
+            async with http.get(f"{b.url}/api/v1/metrics") as r:
+                metrics = await r.text()
+            assert 'smsgw_queue_messages{priority="normal",state="scheduled"} 1.0' in metrics
             # 2. Audited actions on each node, in that node's chain.
             async with http.delete(f"{b.url}/api/v1/messages/{ids[1]}") as r:
                 assert r.status == 200, await r.text()
