@@ -205,7 +205,8 @@ class Gateway:
         scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics, sealer=queue)
-        tokens = TokenCache(store, clock, config.http.token_cache_seconds)
+        shared_tokens = None if node is None else node.tokens
+        tokens = TokenCache(store, clock, config.http.token_cache_seconds, shared_tokens)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
@@ -441,7 +442,13 @@ class Gateway:
             messages,
             Inbound(store=self.store, audit=self.audit),
             status,
-            Tokens(store=self.store, audit=self.audit, clock=self.clock, forget=self.tokens.forget),
+            Tokens(
+                store=self.store,
+                audit=self.audit,
+                clock=self.clock,
+                forget=self.tokens.forget,
+                table=None if self.cluster is None else self.cluster.tokens,
+            ),
             Activity(store=self.store, log=None if self.cluster is None else self.cluster.reads),
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),

@@ -40,6 +40,7 @@ from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
 from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_same, shared_keys
+from gateway.cluster.tokens import ClusterTokens
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
 from gateway.logs import exception_summary
@@ -64,6 +65,7 @@ class ClusterNode:
         clock: Clock,
         keys: KeyringWatch,
         shipper: AuditShipper,
+        store: Store,
     ) -> None:
         self.settings = settings
         self._pool = pool
@@ -72,6 +74,8 @@ class ClusterNode:
         self.reads = ClusterReads(pool, queue.cipher)
         self.keys = keys
         self.shipper = shipper
+        self.tokens = ClusterTokens(pool)
+        self._store = store
         self._clock = clock
         self._notifier = Notifier(pool, clock)
         self._waker = Waker(conninfo, clock)
@@ -132,7 +136,8 @@ class ClusterNode:
             watch = KeyringWatch(pool, master, cipher)
             queue.keys = watch
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
-            node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper)
+            node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
+            await node.tokens.copy_local(store.reader)  # before the first request
             await membership.start()
         except BaseException:
             await pool.close()
@@ -174,6 +179,7 @@ class ClusterNode:
         while True:
             try:
                 await self.keys.check()
+                await self.tokens.copy_local(self._store.reader)  # the console's tokens
                 if copying and (copied := await self.shipper.ship()):
                     log.info("audit_copied", node=self.settings.node_id, entries=copied)
                 if self._clock.monotonic() >= next_anchor:
