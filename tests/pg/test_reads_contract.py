@@ -8,6 +8,7 @@ outcomes, receipt sweep), so each backend stores them its own way.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,12 @@ from gateway.cluster.reads import ClusterReads, message_list_sql
 from gateway.cluster.schema import migrate
 from gateway.models import Priority, State
 from gateway.store.crypto import FieldCipher
-from gateway.store.message_reads import LocalReads, MessageReads
+from gateway.store.message_reads import ActivityLog, LocalReads, MessageReads
 from gateway.store.queue_store import QueueStore
 from gateway.store.records import MessageQuery
 from gateway.store.store import NewMessage, Store
 from gateway.store.transitions import Transition
+from gateway.usecases.activity import Activity
 from gateway.usecases.messages import vars_of
 
 NOW = 1_800_000_000.0
@@ -38,6 +40,7 @@ ROUTE = "smpp-a"
 class Side:
     queue: QueueStore
     reads: MessageReads
+    activity: ActivityLog
 
 
 def cipher() -> FieldCipher:
@@ -50,7 +53,7 @@ async def side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         store = Store(tmp_path / "gw.db", bytes(32))
         await store.open()
         try:
-            yield Side(store, LocalReads(store))
+            yield Side(store, LocalReads(store), store.event_log)
         finally:
             await store.close()
         return
@@ -60,7 +63,8 @@ async def side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             await migrate(conn)
             me = await nodes.register(conn, "node-a", 60.0)
         shared = cipher()
-        yield Side(ClusterQueue(pool, shared, lambda: me), ClusterReads(pool, shared))
+        reads = ClusterReads(pool, shared)
+        yield Side(ClusterQueue(pool, shared, lambda: me), reads, reads)
 
 
 def new(
@@ -183,6 +187,22 @@ async def test_details_events_and_counts_answer_alike(side: Side) -> None:
 
 # Each list query, and the index it must walk where a walk newest-first by id (the
 # primary key, filtering) would pass many rows for few matches.
+async def test_the_dashboards_tail_reads_the_same_changes(side: Side) -> None:
+    await scenario(side.queue)
+    activity = Activity(store=None, log=side.activity)  # type: ignore[arg-type]
+    start = await activity.position_before(NOW - 1)  # after every accept
+    changes = await activity.after(start, 100)
+    assert Counter((c.state, c.route, c.error_code) for c in changes) == Counter({
+        ("sending", ROUTE, None): 4,
+        ("sent", ROUTE, None): 2,
+        ("queued", ROUTE, "smpp:0x58"): 1,
+        ("receipt_overdue", ROUTE, "gateway:receipt_overdue"): 1,
+    })  # fmt: skip
+    assert [c.position for c in changes] == sorted(c.position for c in changes)
+    assert await activity.after(changes[-1].position, 100) == []
+    assert await activity.after(changes[3].position, 2) == changes[4:6]
+
+
 QUERIES: dict[str, tuple[MessageQuery, str | None]] = {
     "newest": (MessageQuery(), "messages_pkey"),
     "owner": (MessageQuery(owner="tok-7"), "messages_list_owner"),
