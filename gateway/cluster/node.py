@@ -71,7 +71,7 @@ class ClusterNode:
         self._pool = pool
         self.membership = membership
         self.queue = queue
-        self.reads = ClusterReads(pool, queue.cipher)
+        self.reads = ClusterReads(pool, queue.cipher, keys)
         self.keys = keys
         self.shipper = shipper
         self.tokens = ClusterTokens(pool)

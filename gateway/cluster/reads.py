@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.cluster.lease import Pool
+from gateway.cluster.shared_keys import KeyringWatch
 from gateway.models import Priority, State
-from gateway.store.crypto import FieldCipher
+from gateway.store.crypto import FieldCipher, header_generation
 from gateway.store.event_log import LoggedEvent
 from gateway.store.message_reads import Waiting
 from gateway.store.records import MessageQuery, Sealed, StoredEvent, StoredMessage, time_ordered
@@ -98,9 +99,20 @@ def message_list_sql(
 class ClusterReads:
     """`MessageReads` and the dashboard's `ActivityLog` on the shared queue."""
 
-    def __init__(self, pool: Pool, cipher: FieldCipher) -> None:
+    def __init__(self, pool: Pool, cipher: FieldCipher, keys: KeyringWatch | None = None) -> None:
         self._pool = pool
         self._cipher = cipher
+        self._keys = keys
+
+    async def _opened(self, rows: list[Any]) -> list[StoredMessage]:
+        """The rows as records; a row sealed by a rotation this node has not taken up
+        yet (re-encrypted since the last heartbeat) makes it take the rotation up now."""
+        known = self._cipher.generations
+        if self._keys is not None and any(
+            header_generation(bytes(r[4])) not in known for r in rows
+        ):
+            await self._keys.check()
+        return [stored_message(self._cipher, r) for r in rows]
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._pool.connection() as conn:
@@ -111,7 +123,7 @@ class ClusterReads:
             f"SELECT {COLUMNS} FROM messages WHERE id = %s",  # noqa: S608 - fixed columns
             (message_id,),
         )
-        return stored_message(self._cipher, rows[0]) if rows else None
+        return (await self._opened(rows))[0] if rows else None
 
     async def events(self, message_id: str) -> list[StoredEvent]:
         rows = await self._all(
@@ -132,7 +144,7 @@ class ClusterReads:
             found = await self._all("SELECT created_at FROM messages WHERE id = %s", (q.before,))
             cursor_at = float(found[0][0]) if found else None
         rows = await self._all(*message_list_sql(q, self._cipher, limit, cursor_at))
-        return [stored_message(self._cipher, r) for r in rows]
+        return await self._opened(rows)
 
     async def sending_counts(self) -> dict[int, int]:
         rows = await self._all(

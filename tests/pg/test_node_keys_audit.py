@@ -19,10 +19,12 @@ from gateway.cluster import audit, keyring, nodes
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.lease import Pool
 from gateway.cluster.queue_store import ClusterQueue
+from gateway.cluster.reads import ClusterReads
 from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_same, shared_keys
 from gateway.models import Priority
 from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.records import MessageQuery
 from gateway.store.store import NewMessage, Store
 
 MASTER = os.urandom(32)
@@ -114,6 +116,11 @@ async def test_a_rotation_on_another_node_is_taken_up_and_old_ciphertexts_still_
     assert cipher.decrypt(old, "x", "to") == "+15550001"  # old ones still open
     got = await queue.message("msg-0002")
     assert got is not None and got.body.open() == "body 2"
+    # Another node reads a row re-encrypted before its heartbeat took the rotation up.
+    behind = crypto.FieldCipher(keys.field, keys.blind)
+    reads = ClusterReads(pool, behind, KeyringWatch(pool, MASTER, behind))
+    (listed,) = await reads.messages(MessageQuery(to="+15550000002"), 10)
+    assert listed.to.open() == "+15550000002" and behind.generation == 2
 
 
 async def test_each_nodes_trail_is_copied_into_its_chain_and_verifies_as_a_set(
