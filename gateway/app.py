@@ -82,6 +82,7 @@ from gateway.sink import GatewaySink
 from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
@@ -173,7 +174,7 @@ class Gateway:
             if config.cluster.enabled:  # here: psycopg is an optional extra
                 from gateway.cluster.node import open_cluster
 
-                node = await open_cluster(config, store, clock)
+                node = await open_cluster(config, store, clock, key)
             return cls._build(config, clock, store, key, node)
         except BaseException:
             if node is not None:
@@ -203,8 +204,9 @@ class Gateway:
         fence = None if node is None else node.fence_check
         scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
         sink.wake_on_health(scheduler.wake)
-        intake = Intake(config, store, scheduler, router, clock, metrics)
-        tokens = TokenCache(store, clock, config.http.token_cache_seconds)
+        intake = Intake(config, store, scheduler, router, clock, metrics, sealer=queue)
+        shared_tokens = None if node is None else node.tokens
+        tokens = TokenCache(store, clock, config.http.token_cache_seconds, shared_tokens)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
@@ -409,6 +411,11 @@ class Gateway:
         return AdminRepo(self.store)
 
     @functools.cached_property
+    def reads(self) -> MessageReads:
+        """Where the message list, details and queue counts are read (i18-reads)."""
+        return LocalReads(self.store) if self.cluster is None else self.cluster.reads
+
+    @functools.cached_property
     def usecases(self) -> UseCases:
         """The application layer every front end calls (`gateway/usecases/`)."""
         messages = Messages(
@@ -421,20 +428,28 @@ class Gateway:
             audit=self.audit,
             accepting=lambda: self.accepting,
             cluster=None if self.cluster is None else self.cluster.queue,
+            reads=self.reads,
         )
         status = Status(
-            store=self.store,
+            reads=self.reads,
             scheduler=self.scheduler,
             clock=self.clock,
             accepting=lambda: self.accepting,
             not_ready=self.not_ready,
+            shared=self.cluster is not None,
         )
         return UseCases(
             messages,
             Inbound(store=self.store, audit=self.audit),
             status,
-            Tokens(store=self.store, audit=self.audit, clock=self.clock, forget=self.tokens.forget),
-            Activity(store=self.store),
+            Tokens(
+                store=self.store,
+                audit=self.audit,
+                clock=self.clock,
+                forget=self.tokens.forget,
+                table=None if self.cluster is None else self.cluster.tokens,
+            ),
+            Activity(store=self.store, log=None if self.cluster is None else self.cluster.reads),
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),

@@ -13,7 +13,7 @@ import re
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import msgspec
 import phonenumbers
@@ -35,6 +35,9 @@ from gateway.scheduler import Entry, Scheduler
 from gateway.store.claim_check import ClaimSubject, Held
 from gateway.store.store import NewMessage, Store
 from gateway.store.writer import Statement
+
+if TYPE_CHECKING:
+    from gateway.store.queue_store import AcceptStore
 
 T = TypeVar("T")
 PriorityName = Literal["critical", "high", "normal", "bulk"]
@@ -290,10 +293,14 @@ class Intake:
         router: Router,
         clock: Clock,
         metrics: Metrics,
+        sealer: AcceptStore | None = None,
     ) -> None:
         self._config = config
         self._queue = config.queue
         self._store = store
+        # Who seals an accept's fields: on a cluster the shared queue, under the shared
+        # keyring's newest generation (taken up at a rotation by every node).
+        self._sealer: AcceptStore = store if sealer is None else sealer
         self._scheduler = scheduler
         self._router = router
         self._clock = clock
@@ -414,9 +421,9 @@ class Intake:
             route_hint=req.route,
             category=req.category,
             purpose=purpose.value,
-            to_index=to_index or self._store.blind_index(to),
+            to_index=to_index or self._sealer.blind_index(to),
             # Encrypted here, on the event loop, not in the writer's transaction.
-            sealed=self._store.seal(message_id, to, body, req.reference, req.callback_url),
+            sealed=self._sealer.seal(message_id, to, body, req.reference, req.callback_url),
         )
         scheduled = send_at is not None and send_at > now  # `message.state`, not yet judged
         due = send_at if scheduled and send_at is not None else now

@@ -250,7 +250,14 @@ async def refresh(gw: Gateway) -> None:
             )
         )
     now = gw.clock.time()
-    s.queue = {**gw.scheduler.depths(), "sending": gw.scheduler.sending_by_class()}
+    if gw.cluster is not None:  # the shared queue, the same on every node (i18-reads)
+        q = await gw.usecases.status.queue()
+        s.queue = {
+            kind: {c.name: getattr(c, kind) for c in q.classes}
+            for kind in ("queued", "scheduled", "sending")
+        }
+    else:
+        s.queue = {**gw.scheduler.depths(), "sending": gw.scheduler.sending_by_class()}
     for label, n in s.queue["queued"].items():
         gw.metrics.queue_depth.labels(label).set(n)
     s.oldest = gw.scheduler.oldest_waiting(now)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from drivers.clock import Clock
 from gateway.store.store import Store
-from gateway.store.tokens_sql import TokenRecord
+from gateway.store.tokens_sql import TokenRecord, TokenStore
 
 __all__ = [
     "SCOPES",
@@ -72,8 +72,12 @@ def split_token(text: str) -> tuple[str, str] | None:
 
 async def create_token(store: Store, name: str, scopes: frozenset[str], clock: Clock) -> NewToken:
     """Store a new token (not audited: `gateway/usecases/tokens.py` is what front ends call)."""
+    return await add_token(store.api_tokens, name, scopes, clock)
+
+
+async def add_token(table: TokenStore, name: str, scopes: frozenset[str], clock: Clock) -> NewToken:
     token = NewToken(secrets.token_hex(6), secrets.token_urlsafe(32))
-    await store.api_tokens.add(token.id, name, secret_hash(token.secret), scopes, clock.time())
+    await table.add(token.id, name, secret_hash(token.secret), scopes, clock.time())
     return token
 
 
@@ -83,8 +87,11 @@ class TokenCache:
     A revocation (CLI or API) takes effect within `ttl` seconds.
     """
 
-    def __init__(self, store: Store, clock: Clock, ttl: float) -> None:
-        self._store = store
+    def __init__(
+        self, store: Store, clock: Clock, ttl: float, table: TokenStore | None = None
+    ) -> None:
+        # On a cluster: the shared table, so a token made on any node works here.
+        self._table: TokenStore = store.api_tokens if table is None else table
         self._clock = clock
         self._ttl = ttl
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
@@ -104,7 +111,7 @@ class TokenCache:
         parts = split_token(text)
         record = None
         if parts is not None:
-            record = await self._store.api_tokens.by_hash(parts[0], secret_hash(parts[1]))
+            record = await self._table.by_hash(parts[0], secret_hash(parts[1]))
             if record is not None and record.revoked_at is not None:
                 record = None
         if len(self._cache) > 10_000:

@@ -44,6 +44,7 @@ def test_a_valid_block_is_accepted(tmp_path: Path) -> None:
         ({"heartbeat_seconds": 8}, "cluster.heartbeat_seconds"),
         ({"password_file": "a", "password_credential": "b"}, "cluster.password_file"),
         ({"pool_size": 1}, "cluster.pool_size"),
+        ({"audit_anchor_seconds": 0}, "cluster.audit_anchor_seconds"),
     ],
 )
 def test_a_bad_value_names_its_key_and_never_echoes_a_password(

@@ -59,9 +59,7 @@ async def append(
     """Chain one entry onto `node_id`'s head, in its own transaction; its seq."""
     detail = encode_detail(ids)
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CHAIN_LOCK_CLASS, node_id)
-        )
+        await lock_chain(conn, node_id)
         cur = await conn.execute(
             "SELECT seq, hash FROM audit_log WHERE node_id = %s ORDER BY seq DESC LIMIT 1",
             (node_id,),
@@ -76,6 +74,13 @@ async def append(
              chain_hash(key, prev, entry)),
         )  # fmt: skip
     return seq
+
+
+async def lock_chain(conn: AsyncConnection[TupleRow], node_id: str) -> None:
+    """Hold `node_id`'s chain until the transaction ends: one writer at its head."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CHAIN_LOCK_CLASS, node_id)
+    )
 
 
 def _anchor_entry(seq: int, at: float, node_id: str, heads: str) -> bytes:

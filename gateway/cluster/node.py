@@ -11,6 +11,11 @@ rows flagged `possible_duplicate`; the sweeper then sends a NOTIFY, and every no
 heaps, so the survivors send what a dead node held. A poll behind the NOTIFY adopts
 rows that waited longer than a lease with no node claiming them (a node that died with
 queued messages in its heaps, not only `sending` ones).
+
+Keys and audit (i18-reads): the queue's cipher is built from the shared keyring
+(`shared_keys.py`) and takes up a rotation made on any node at the next heartbeat; the
+node's audit entries are copied into its chain in PostgreSQL and anchors written
+(`audit_ship.py`), so `smsgw audit verify --postgresql` covers every running node.
 """
 
 from __future__ import annotations
@@ -27,16 +32,21 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
+from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
+from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
 from gateway.cluster.settings import ClusterConfig
+from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_same, shared_keys
+from gateway.cluster.tokens import ClusterTokens
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
 from gateway.logs import exception_summary
 from gateway.startup import StartupFault
-from gateway.store.crypto import FieldCipher
+from gateway.store import crypto
+from gateway.store.audit_log import audit_key
 from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.cluster")
@@ -53,11 +63,19 @@ class ClusterNode:
         membership: Membership,
         queue: ClusterQueue,
         clock: Clock,
+        keys: KeyringWatch,
+        shipper: AuditShipper,
+        store: Store,
     ) -> None:
         self.settings = settings
         self._pool = pool
         self.membership = membership
         self.queue = queue
+        self.reads = ClusterReads(pool, queue.cipher, keys)
+        self.keys = keys
+        self.shipper = shipper
+        self.tokens = ClusterTokens(pool)
+        self._store = store
         self._clock = clock
         self._notifier = Notifier(pool, clock)
         self._waker = Waker(conninfo, clock)
@@ -70,10 +88,11 @@ class ClusterNode:
         cls,
         settings: ClusterConfig,
         data_dir: Path,
-        cipher: FieldCipher,
-        master_key: bytes,
+        store: Store,
+        master: bytes,
         clock: Clock,
     ) -> ClusterNode:
+        """`master`: the site's master key (it unwraps the shared keyring)."""
         password = settings.password(data_dir)
         extra: dict[str, Any] = {"application_name": f"smsgw-{settings.node_id}"}
         if password is not None:
@@ -90,6 +109,13 @@ class ClusterNode:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
+            local = await store.reader.all(
+                "SELECT purpose, generation, wrapped, created_at FROM keyring"
+            )
+            keys = await shared_keys(pool, master, local)
+            assert store.cipher is not None, "the store is open"
+            check_same(keys, store.cipher, store.master_key)
+            cipher = crypto.FieldCipher(keys.field, keys.blind)
             node: ClusterNode | None = None
 
             def recovered(found: list[Recovered]) -> None:
@@ -106,8 +132,12 @@ class ClusterNode:
                 on_recovered=recovered,
             )
             queue = ClusterQueue(pool, cipher, lambda: membership.me)
-            queue.master_key = master_key
-            node = cls(settings, conninfo, pool, membership, queue, clock)
+            queue.master_key = store.master_key
+            watch = KeyringWatch(pool, master, cipher)
+            queue.keys = watch
+            shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
+            node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
+            await node.tokens.copy_local(store.reader)  # before the first request
             await membership.start()
         except BaseException:
             await pool.close()
@@ -132,12 +162,35 @@ class ClusterNode:
             "node_id": self.settings.node_id,
             "incarnation": incarnation,
             "lease": "fenced" if self.fenced else "live",
+            "key_generation": self.queue.cipher.generation,
         }
 
     def start(self, adopt: Callable[[float], Awaitable[int]]) -> None:
         """Adopt recovered and unclaimed rows into this node's scheduler (`adopt(older
         than)` returns how many it took) on NOTIFY, and by polling behind it."""
         self._tasks.append(asyncio.create_task(self._adopting(adopt), name="cluster-adopt"))
+        self._tasks.append(asyncio.create_task(self._upkeep(), name="cluster-upkeep"))
+
+    async def _upkeep(self) -> None:
+        """Each heartbeat: take up a key rotation, copy new audit entries; an anchor
+        every `audit_anchor_seconds`."""
+        next_anchor = self._clock.monotonic()
+        copying = True
+        while True:
+            try:
+                await self.keys.check()
+                await self.tokens.copy_local(self._store.reader)  # the console's tokens
+                if copying and (copied := await self.shipper.ship()):
+                    log.info("audit_copied", node=self.settings.node_id, entries=copied)
+                if self._clock.monotonic() >= next_anchor:
+                    await self.shipper.anchor(self._clock.time())
+                    next_anchor = self._clock.monotonic() + self.settings.audit_anchor_seconds
+            except ChainDiverged as e:  # an operator's matter: keep the rest running
+                log.error("audit_chain_diverged", node=self.settings.node_id, error=str(e))
+                copying = False
+            except Exception as e:  # the database is away: the next round retries
+                log.warning("cluster_upkeep_failed", error=exception_summary(e))
+            await self._clock.sleep(self.settings.heartbeat_seconds)
 
     async def _adopting(self, adopt: Callable[[float], Awaitable[int]]) -> None:
         await self._waker.start()
@@ -201,19 +254,22 @@ class ClusterNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._notifier.aclose()
+        try:  # the audit entries of the last moments, before the pool goes
+            await self.shipper.ship()
+        except Exception as e:
+            log.warning("audit_copy_failed", error=exception_summary(e))
         try:
             await self.membership.stop(release=True)
         finally:
             await self._pool.close()
 
 
-async def open_cluster(config: Config, store: Store, clock: Clock) -> ClusterNode:
-    """This node of `[cluster]`, under the local store's field keys."""
-    assert store.cipher is not None, "the store is open"
+async def open_cluster(config: Config, store: Store, clock: Clock, master: bytes) -> ClusterNode:
+    """This node of `[cluster]`, under the shared keyring (`master` unwraps it)."""
     try:
-        return await ClusterNode.open(
-            config.cluster, Path(config.data_dir), store.cipher, store.master_key, clock
-        )
+        return await ClusterNode.open(config.cluster, Path(config.data_dir), store, master, clock)
+    except (KeyringMismatch, crypto.MasterKeyError) as e:
+        raise StartupFault(f"cluster keyring: {e}") from None
     except ValueError as e:  # a password file or credential that cannot be read
         raise ConfigError(str(e)) from None
     except (psycopg.Error, PoolTimeout, OSError) as e:  # libpq's text names no password

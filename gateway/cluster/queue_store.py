@@ -18,18 +18,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
-from gateway.cluster import queue_sql
+from gateway.cluster import queue_sql, reads
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
 from gateway.cluster.parks import ClusterParks
+from gateway.cluster.shared_keys import KeyringWatch
 from gateway.models import Priority, State
+from gateway.store import crypto
 from gateway.store.claim_check import Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVERDUE, Sweep
-from gateway.store.records import Sealed as RecordSealed
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
@@ -107,6 +108,7 @@ class ClusterQueue:
         self._epochs: dict[str, int] = {}
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
+        self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
 
     # -- accept ------------------------------------------------------------------------
 
@@ -133,6 +135,10 @@ class ClusterQueue:
 
     def blind_index(self, e164: str) -> bytes:
         return self._cipher.blind_index(e164)
+
+    @property
+    def cipher(self) -> FieldCipher:
+        return self._cipher
 
     def decrypt(self, blob: bytes, row_id: str, column: str) -> str:
         return self._cipher.decrypt(blob, row_id, column)
@@ -254,40 +260,10 @@ class ClusterQueue:
 
     async def message(self, message_id: str) -> StoredMessage | None:
         row = await self._one(
-            "SELECT id, token_id, state, priority, to_ct, body_ct, reference_ct, encoding,"
-            " segments, route_hint, route, category, created_at, updated_at, send_at,"
-            " expires_at, attempts, possible_duplicate, error_code, receipt_overdue, purpose"
-            " FROM messages WHERE id = %s",
+            f"SELECT {reads.COLUMNS} FROM messages WHERE id = %s",  # noqa: S608 - fixed columns
             (message_id,),
         )
-        if row is None:
-            return None
-        c = self._cipher
-        return StoredMessage(
-            id=row[0],
-            token_id=row[1],
-            state=State(row[2]),
-            priority=Priority(row[3]),
-            to=RecordSealed(c, bytes(row[4]), row[0], "to"),
-            body=RecordSealed(c, bytes(row[5]), row[0], "body"),
-            reference=None
-            if row[6] is None
-            else RecordSealed(c, bytes(row[6]), row[0], "reference"),
-            encoding=row[7],
-            segments=row[8],
-            route_hint=row[9],
-            route=row[10],
-            category=row[11],
-            created_at=row[12],
-            updated_at=row[13],
-            send_at=row[14],
-            expires_at=row[15],
-            attempts=row[16],
-            possible_duplicate=bool(row[17]),
-            error_code=row[18],
-            receipt_overdue=row[19] == 1,
-            purpose=row[20],
-        )
+        return None if row is None else reads.stored_message(self._cipher, row)
 
     # -- consent -----------------------------------------------------------------------
 
@@ -381,6 +357,10 @@ class ClusterQueue:
             ).fetchall()
         found: dict[str, ClaimedMessage] = {}
         c = self._cipher
+        if self.keys is not None and any(
+            crypto.header_generation(bytes(r[2])) not in c.generations for r in rows
+        ):  # sealed by a rotation this node has not taken up yet: now, before opening
+            await self.keys.check()
         for r in rows:
             message_id = r[0]
             self._epochs[message_id] = int(r[1])

@@ -290,8 +290,28 @@ MIGRATIONS: tuple[str, ...] = (
     # 5 (i18-consent): reserved; replaced by that branch before it lands.
     "SELECT 1",
     # ---
-    # 6 (i18-reads): reserved; replaced by that branch before it lands.
-    "SELECT 1",
+    # 6 (i18-reads): the message list, `/queue` and the panel read the shared queue
+    #    (`gateway/cluster/reads.py`): an index per filter of the list, newest first, so
+    #    a page reads about a page of rows (the waiting counts use `messages_expiry`);
+    #    API tokens shared by every node (one made on node A works on node B).
+    """
+    CREATE INDEX messages_list_state ON messages (state, id);
+    CREATE INDEX messages_list_created ON messages (created_at, id);
+    CREATE INDEX messages_list_owner ON messages (token_id, id);
+    CREATE INDEX messages_list_route ON messages (route, id) WHERE route IS NOT NULL;
+    CREATE INDEX messages_list_overdue ON messages (id) WHERE receipt_overdue = 1;
+    CREATE INDEX messages_list_number ON messages (to_index, id);
+    CREATE INDEX messages_list_duplicates ON messages (state) WHERE possible_duplicate;
+    -- API tokens shared by every node (`gateway/cluster/tokens.py`), as SQLite's.
+    CREATE TABLE api_tokens (
+        id          text PRIMARY KEY,
+        name        text NOT NULL,
+        secret_hash bytea NOT NULL,
+        scopes      text NOT NULL,
+        created_at  double precision NOT NULL,
+        revoked_at  double precision
+    );
+    """,
     # ---
     # 7 (i18-ops): reserved; replaced by that branch before it lands.
     "SELECT 1",

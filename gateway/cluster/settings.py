@@ -35,6 +35,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     margin_seconds: Seconds = 3.0
     heartbeat_seconds: Seconds = 2.0
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
+    # How often a node anchors every node's audit chain head (only when one moved).
+    audit_anchor_seconds: Seconds = 60.0
 
     def problems(self) -> str | None:
         if not self.enabled:

@@ -10,7 +10,7 @@ import hmac
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.store.reads import ReadPool
 from gateway.store.writer import GroupCommitWriter
@@ -23,6 +23,23 @@ class TokenRecord:
     scopes: frozenset[str]
     created_at: float
     revoked_at: float | None
+
+
+class TokenStore(Protocol):
+    """What tokens are kept in: this table, or on a cluster the shared one
+    (`gateway/cluster/tokens.py`)."""
+
+    async def add(
+        self, token_id: str, name: str, secret_hash: bytes, scopes: Iterable[str], now: float
+    ) -> None: ...
+
+    async def by_hash(self, token_id: str, secret_hash: bytes) -> TokenRecord | None: ...
+
+    async def get(self, token_id: str) -> TokenRecord | None: ...
+
+    async def all(self) -> list[TokenRecord]: ...
+
+    async def revoke(self, token_id: str, now: float) -> bool: ...
 
 
 class TokenTable:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.store.message_reads import ActivityLog
 from gateway.store.store import Store
 
 
@@ -26,16 +27,17 @@ class ActivityEvent:
 
 
 class Activity:
-    def __init__(self, *, store: Store) -> None:
-        self._store = store
+    def __init__(self, *, store: Store, log: ActivityLog | None = None) -> None:
+        # On a cluster: the shared queue's events (`cluster/reads.py`).
+        self._log: ActivityLog = log if log is not None else store.event_log
 
     async def position_before(self, since: float) -> int:
         """The position to read from to get every change at or after `since`."""
-        return await self._store.event_log.first_seq_since(since) - 1
+        return await self._log.first_seq_since(since) - 1
 
     async def after(self, position: int, limit: int) -> list[ActivityEvent]:
         """Up to `limit` changes committed after `position`, oldest first."""
         return [
             ActivityEvent(e.seq, e.at, e.state, e.route, e.error_code)
-            for e in await self._store.event_log.after(position, limit)
+            for e in await self._log.after(position, limit)
         ]

@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.scheduler import Scheduler
 from gateway.store.idempotency import IdempotentAnswer
+from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.queue_store import AcceptStore
 from gateway.store.records import MessageQuery, StoredMessage
 from gateway.store.store import Store
@@ -109,11 +110,14 @@ class Messages:
         audit: AuditSink,
         accepting: Callable[[], bool],
         cluster: AcceptStore | None = None,
+        reads: MessageReads | None = None,
     ) -> None:
         self._config = config
         self._store = store
         # On a cluster the messages live in the shared queue, not `store`.
         self._cluster = cluster
+        # Where lists and details are read: the shared queue on a cluster.
+        self._reads: MessageReads = reads if reads is not None else LocalReads(store)
         self._intake = intake
         self._scheduler = scheduler
         self._clock = clock
@@ -468,10 +472,7 @@ class Messages:
         if phi and not caller.may_read_phi:
             raise forbidden("include", "reading numbers and bodies")
         stored = await self._visible(caller, message_id)
-        if self._cluster is None:
-            events = await self._store.records.events(message_id)
-        else:
-            events = await self._cluster.events(message_id)
+        events = await self._reads.events(message_id)
         if phi:
             await self._audit.record(caller.actor, "phi_read", "message", message_id)
         return self._record(
@@ -510,7 +511,7 @@ class Messages:
                 raise forbidden("reference", "searching by reference")
             stored, truncated = await self._by_reference(query, search.reference, limit)
         else:
-            stored = await self._store.records.messages(query, limit + 1)
+            stored = await self._reads.messages(query, limit + 1)
         more = len(stored) > limit
         stored = stored[:limit]
         if phi and stored:
@@ -531,7 +532,7 @@ class Messages:
         found: list[StoredMessage] = []
         scanned = 0
         while scanned < REFERENCE_SCAN_LIMIT and len(found) <= limit:
-            batch = await self._store.records.messages(query, 500)
+            batch = await self._reads.messages(query, 500)
             if not batch:
                 return found, False
             for m in batch:
@@ -555,10 +556,7 @@ class Messages:
         )
 
     async def _visible(self, caller: Caller, message_id: str) -> StoredMessage:
-        if self._cluster is None:
-            stored = await self._store.records.message(message_id)
-        else:
-            stored = await self._cluster.message(message_id)
+        stored = await self._reads.message(message_id)
         owner = caller.owner
         if stored is None or (owner is not None and stored.token_id != owner):
             raise not_found()

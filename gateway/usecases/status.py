@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from drivers.clock import Clock
 from gateway.models import Priority
 from gateway.scheduler import Scheduler
-from gateway.store.store import Store
+from gateway.store.message_reads import MessageReads
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,22 +33,35 @@ class Status:
     def __init__(
         self,
         *,
-        store: Store,
+        reads: MessageReads,
         scheduler: Scheduler,
         clock: Clock,
         accepting: Callable[[], bool],
         not_ready: Callable[[], str | None],
+        shared: bool = False,
     ) -> None:
-        self._store = store
+        self._reads = reads
+        # On a cluster the queue is in the shared store: this node's scheduler holds
+        # only its part, so the waiting counts come from the rows.
+        self._shared = shared
         self._scheduler = scheduler
         self._clock = clock
         self._accepting = accepting
         self._not_ready = not_ready
 
     async def queue(self) -> QueueStatus:
-        depths = self._scheduler.depths()
-        sending = await self._store.sending_counts()
-        oldest = self._scheduler.oldest_due()
+        now = self._clock.time()
+        if self._shared:
+            waiting = await self._reads.waiting(now)
+            depths = {
+                "queued": {p.label: waiting.due.get(int(p), 0) for p in Priority},
+                "scheduled": {p.label: waiting.later.get(int(p), 0) for p in Priority},
+            }
+            oldest = waiting.oldest_due
+        else:
+            depths = self._scheduler.depths()
+            oldest = self._scheduler.oldest_due()
+        sending = await self._reads.sending_counts()
         return QueueStatus(
             classes=tuple(
                 ClassDepth(
@@ -60,12 +73,12 @@ class Status:
                 for p in Priority
             ),
             in_flight=self._scheduler.in_flight,
-            oldest_age=None if oldest is None else max(0.0, self._clock.time() - oldest),
-            possible_duplicates=await self._store.possible_duplicates(),
+            oldest_age=None if oldest is None else max(0.0, now - oldest),
+            possible_duplicates=await self._reads.possible_duplicates(),
             accepting=self._accepting(),
             not_ready=self._not_ready(),
         )
 
     async def sending_by_route(self) -> dict[str, int]:
         """Messages handed to each route's driver and not yet answered."""
-        return await self._store.sending_by_route()
+        return await self._reads.sending_by_route()

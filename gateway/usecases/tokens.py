@@ -13,7 +13,8 @@ from collections.abc import Callable
 from drivers.clock import Clock
 from gateway.consent import token_purposes
 from gateway.store.store import Store
-from gateway.tokens import NewToken, TokenRecord, create_token
+from gateway.store.tokens_sql import TokenStore
+from gateway.tokens import NewToken, TokenRecord, add_token
 from gateway.usecases.audit import AuditSink
 
 __all__ = ["NewToken", "TokenRecord", "Tokens"]
@@ -27,15 +28,18 @@ class Tokens:
         audit: AuditSink,
         clock: Clock,
         forget: Callable[[], None] = lambda: None,
+        table: TokenStore | None = None,
     ) -> None:
         self._store = store
+        # On a cluster: the shared table (`gateway/cluster/tokens.py`).
+        self._table: TokenStore = store.api_tokens if table is None else table
         self._audit = audit
         self._clock = clock
         self._forget = forget
 
     async def list(self) -> list[TokenRecord]:
         """Every token, revoked ones too, oldest first (no secret, no hash)."""
-        return await self._store.api_tokens.all()
+        return await self._table.all()
 
     async def names(self) -> dict[str, str]:
         """Token id -> name, for showing who acted in the audit trail."""
@@ -48,7 +52,7 @@ class Tokens:
         `purpose` is the one its sends take when they name none."""
         if purpose is not None:
             token_purposes.check(purpose)
-        token = await create_token(self._store, name, scopes, self._clock)
+        token = await add_token(self._table, name, scopes, self._clock)
         if purpose is not None:
             await token_purposes.set_default(self._store, token.id, purpose)
         details = {"scopes": ",".join(sorted(scopes))}
@@ -60,7 +64,7 @@ class Tokens:
     async def revoke(self, actor: str, token_id: str) -> bool:
         """True if this call revoked an active token (audited); False if there is no
         such token or it was already revoked (nothing written)."""
-        if not await self._store.api_tokens.revoke(token_id, self._clock.time()):
+        if not await self._table.revoke(token_id, self._clock.time()):
             return False
         self._forget()
         await self._audit.record(actor, "token_revoked", "token", token_id)
