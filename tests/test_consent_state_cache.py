@@ -15,6 +15,7 @@ import pytest
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.consent import ledger
+from gateway.consent.purposes import Purpose
 from gateway.consent.state_cache import StateCache, epoch
 from gateway.intake import SendRequest
 from gateway.store.schema import migrate
@@ -170,3 +171,37 @@ async def test_rows_read_in_a_transaction_that_rolled_back_are_not_trusted(
     await record_decision(gw, number(2), "opt_out", "all")
     assert await _send(gw, who, 1) == ("queued", None)
     assert await _send(gw, who, 2) == ("blocked", "opted_out")
+
+
+def _view_elsewhere(gw: Gateway, contact_idx: bytes) -> list[str]:
+    """What a campaign's preview does: a view on a connection of its own, on a thread
+    other than the writer's; the opt-outs it finds there."""
+    other = sqlite3.connect(gw.store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN")
+        view = gw.intake.policy.view(other, [(contact_idx, Purpose.INFORMATIONAL)], 0.0)
+        return [r[3] for r in view.state.get(contact_idx, ())]
+    finally:
+        other.close()
+
+
+async def test_a_view_on_another_connection_neither_uses_nor_drops_the_writers_rows(
+    open_gateway: GatewayFactory,
+) -> None:
+    """A view built on a reader's connection (campaign preview) reads that connection's
+    consent rows and leaves the writer's kept rows alone: the writer's next send to the
+    same number reads no consent rows again."""
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    who = await sender(gw)
+    await record_decision(gw, number(1), "opt_out", "all")
+    assert await _send(gw, who, 1) == ("blocked", "opted_out")  # the writer keeps its rows
+    key = gw.store.blind_index(number(1))
+    assert await asyncio.to_thread(_view_elsewhere, gw, key) == ["out"]
+    seen: list[str] = []
+    writer = gw.store.writer
+    await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(seen.append))
+    try:
+        assert await _send(gw, who, 1) == ("blocked", "opted_out")
+    finally:
+        await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(None))
+    assert not [s for s in seen if "FROM consent_state" in s], seen
