@@ -86,7 +86,7 @@ class Policy:
         )
         self._rules = {p: _Rule.of(p, policy, self.capped) for p, policy in self.table.items()}
         self._programs: dict[str | None, str] = {}  # by route: the config is fixed
-        self._state = StateCache()  # the writer's: every view is built on its thread
+        self._state = StateCache()  # the writer's: for views built on its thread alone
 
     def view(
         self,

@@ -58,7 +58,7 @@ class StateCache:
         missing = [idx for idx in contact_idxs if idx not in kept]
         if missing:
             found = state_rows(conn, missing)
-            for idx in missing:
-                kept[idx] = found.get(idx, ())
+            for idx in missing:  # tuples: kept for long, and the collector skips them
+                kept[idx] = tuple(found.get(idx, ()))
         # A dict of its own: a later call may drop what is kept while this one is in use.
         return {idx: kept[idx] for idx in contact_idxs}
