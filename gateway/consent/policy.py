@@ -283,9 +283,8 @@ class GroupView:
         for marks, chunk in ledger.in_chunks(read):
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
-            # The consent epoch comes with it (the row with no recipient): one
-            # statement fewer per group (each cost the writer 30-40 us of CPU on a
-            # busy machine, `bench/profile_consent.py --phases`).
+            # The consent epoch comes with it (the row with no recipient): a group
+            # whose recipients' consent rows are all kept runs this one read.
             for idx, purpose, at in conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
                 f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
