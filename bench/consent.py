@@ -251,6 +251,7 @@ async def run(args: argparse.Namespace, root: Path) -> int:
         for side in sides:
             await loadgen.run_wrk(pinning.client, side.server.url, side.script, CONNECTIONS, warm)
         ratios: list[float] = []
+        cpu_ratios: list[float] = []  # each pair's CPU per accept off / on
         for i in range(pairs):
             # The order alternates, so what the machine or the stores' growth does over
             # a pair weighs on the other side of the next pair as much.
@@ -261,7 +262,10 @@ async def run(args: argparse.Namespace, root: Path) -> int:
                 side.slices.append(found)
             pair = measured["on"]["accepts_per_s"] / max(measured["off"]["accepts_per_s"], 1e-9)
             ratios.append(pair)
-            print(json.dumps({"pair": i, "ratio": round(pair, 3), **measured}), flush=True)
+            pair_cpu = measured["off"]["cpu_us"] / max(measured["on"]["cpu_us"], 1e-9)
+            cpu_ratios.append(pair_cpu)
+            shown = {"pair": i, "ratio": round(pair, 3), "cpu_ratio": round(pair_cpu, 3)}
+            print(json.dumps({**shown, **measured}), flush=True)
     finally:
         for side in sides:
             await side.server.stop()
@@ -275,6 +279,7 @@ async def run(args: argparse.Namespace, root: Path) -> int:
         f" (medians); pair ratios {', '.join(f'{r:.3f}' for r in ratios)}:"
         f" median {ratio:.3f} (target >= {TARGET}); server CPU per accept on"
         f" {on_sum['cpu_us']:.0f} us, off {off_sum['cpu_us']:.0f} us: cpu_ratio {cpu_ratio:.3f}"
+        f" (pairs {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})"
     )
     starved = [s for s in on.slices + off.slices if s["server_cpu"] < BUSY_SERVER]
     if starved:
@@ -294,6 +299,7 @@ async def run(args: argparse.Namespace, root: Path) -> int:
             "off_per_s": off_sum["accepts_per_s"],
             "ratio": round(ratio, 3),
             "pair_ratios": [round(r, 3) for r in ratios],
+            "pair_cpu_ratios": [round(r, 3) for r in cpu_ratios],
             "on_cpu_us": on_sum["cpu_us"],
             "off_cpu_us": off_sum["cpu_us"],
             "cpu_ratio": round(cpu_ratio, 3),

@@ -4,6 +4,7 @@
     .venv/bin/python bench/profile_consent.py --only on --top 40
     .venv/bin/python bench/profile_consent.py --cprofile 0     # thread CPU only, no profiler
     .venv/bin/python bench/profile_consent.py --cprofile 0 --statements  # and SQL per accept
+    .venv/bin/python bench/profile_consent.py --cprofile 0 --phases --only on --warm 30000
 
 What `bench/consent.py` loads through HTTP, without HTTP: a fresh gateway per mode
 (`smsgw init`, the same seeded ledger through `smsgw consent import`, sending windows
@@ -19,7 +20,9 @@ Call counts and own time are what to read here, and they hold on a busy machine;
 absolute microseconds are inflated by the profiler (`--cprofile 0` for thread CPU
 alone) and by whatever else the machine runs. `--statements` counts the SQL statements
 the writer runs per accept, by kind (SQLite's trace callback on the writer's connection;
-it costs CPU of its own, so read the counts, not the times, of such a run).
+it costs CPU of its own, so read the counts, not the times, of such a run). `--phases`
+times parts of the writer's work by thread CPU per accept: its transactions in all, the
+policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("on", "off"), help="one mode only")
     p.add_argument("--cprofile", type=int, default=25, metavar="TOP", help="0: no profiler")
     p.add_argument("--statements", action="store_true", help="count SQL statements per accept")
+    p.add_argument("--phases", action="store_true", help="writer CPU per accept by phase")
     return p.parse_args(argv)
 
 
@@ -110,7 +114,7 @@ async def send_all(gw: Gateway, todo: list[SendRequest], concurrency: int) -> di
 
 
 async def one_mode(
-    work: Path, listing: Path, enabled: bool, args: argparse.Namespace
+    work: Path, listing: Path, enabled: bool, args: argparse.Namespace, phases: Phases | None = None
 ) -> tuple[Measured, cProfile.Profile | None, cProfile.Profile | None]:
     from gateway import config as gateway_config
     from gateway import logs
@@ -148,11 +152,15 @@ async def one_mode(
                     )
                 )
             batches = writer.batches
+            if phases is not None:
+                phases.ns.clear()  # the warm-up's
             writer_before = await writer.call_outside_transaction(lambda _conn: time.thread_time())
             loop_before, started = time.thread_time(), time.perf_counter()
             if loop_prof is not None:
                 loop_prof.enable()
             statuses = await send_all(gw, todo, args.concurrency)
+            if phases is not None:
+                phases.measured = dict(phases.ns)
             if loop_prof is not None:
                 loop_prof.disable()
             loop_cpu, elapsed = time.thread_time() - loop_before, time.perf_counter() - started
@@ -181,6 +189,36 @@ async def one_mode(
     return measured, loop_prof, writer_prof
 
 
+class Phases:
+    """Thread CPU (ns) of some of the writer's functions, wrapped in place (`--phases`)."""
+
+    def __init__(self) -> None:
+        self.ns: Counter[str] = Counter()
+        self.measured: dict[str, int] = {}  # `ns` when the measured sends were done
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        ns, clock = self.ns, time.thread_time_ns
+
+        def timed(*args: object, **kwargs: object) -> object:
+            started = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                ns[label] += clock() - started
+
+        setattr(owner, name, timed)
+
+    def install(self) -> None:
+        from gateway.consent import ledger, policy, state_cache
+        from gateway.store.writer import GroupCommitWriter
+
+        self.wrap(GroupCommitWriter, "_commit", "transactions")
+        self.wrap(policy.GroupView, "__init__", "views")
+        self.wrap(state_cache, "state_rows", "views: consent_state reads")
+        self.wrap(ledger, "state_rows", "views: consent_state reads")
+
+
 def kind(sql: str) -> str:
     """A statement's text without its values and `IN` lists: its kind."""
     return re.sub(r"\((\?,)*\?\)", "(...)", " ".join(sql.split()))[:100]
@@ -203,7 +241,12 @@ async def run(args: argparse.Namespace) -> None:
     try:
         listing = seed_list(root / "seed.csv")
         enabled = args.only == "on"
-        measured, loop_prof, writer_prof = await one_mode(root / args.only, listing, enabled, args)
+        phases = Phases() if args.phases else None
+        if phases is not None:
+            phases.install()
+        measured, loop_prof, writer_prof = await one_mode(
+            root / args.only, listing, enabled, args, phases
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(
@@ -217,6 +260,8 @@ async def run(args: argparse.Namespace) -> None:
     if measured.statements:
         total = sum(measured.statements.values())
         print(f"  {total / measured.n:6.3f} SQL statements per accept in all")
+    for label, ns in sorted((phases.measured if phases is not None else {}).items()):
+        print(f"  writer CPU per accept, {label.strip()}: {ns / measured.n / 1000:.2f} us")
     if loop_prof is not None and writer_prof is not None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         for thread, profile in (("event loop", loop_prof), ("writer thread", writer_prof)):

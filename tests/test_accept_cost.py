@@ -163,8 +163,9 @@ async def test_a_group_of_judged_accepts_runs_only_its_reads_and_inserts(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """The SQL statements of one writer transaction of single sends with the checks on,
-    counted with SQLite's trace callback: the two reads of the group's view (consent rows,
-    counted sends), one insert per message, and the transaction's and the group's own
+    counted with SQLite's trace callback: the reads of the group's view (counted sends
+    with the consent epoch in one statement, the consent rows of recipients not kept
+    since an earlier group), one insert per message, and the transaction's and the group's own
     statements; no empty savepoint for inserts the transaction does not have."""
     gw = await open_at(tmp_path, clock, True)
     try:
@@ -186,8 +187,8 @@ async def test_a_group_of_judged_accepts_runs_only_its_reads_and_inserts(
         [
             "BEGIN IMMEDIATE",
             "SAVEPOINT grouped",
+            "read counted sends and the consent epoch",
             "read consent rows",
-            "read counted sends",
             *["insert a message"] * len(batch),
             "RELEASE grouped",
             "COMMIT",
@@ -199,7 +200,8 @@ def _statement_kind(sql: str) -> str:
     if sql.startswith("SELECT") and " FROM consent_state " in sql:
         return "read consent rows"
     if sql.startswith("SELECT") and " FROM messages WHERE to_index IN " in sql:
-        return "read counted sends"
+        assert " FROM consent_epoch " in sql  # its last row (gateway/consent/state_cache.py)
+        return "read counted sends and the consent epoch"
     if sql.startswith("INSERT INTO messages "):
         return "insert a message"
     return sql

@@ -45,6 +45,7 @@ from gateway.consent.purposes import (
     Window,
 )
 from gateway.consent.settings import ConsentConfig, policy_table
+from gateway.consent.state_cache import EPOCH_ROW, StateCache
 from gateway.consent.zones import next_open, recipient_zones
 from gateway.errors import ApiError
 from gateway.models import Priority, State
@@ -85,18 +86,27 @@ class Policy:
         )
         self._rules = {p: _Rule.of(p, policy, self.capped) for p, policy in self.table.items()}
         self._programs: dict[str | None, str] = {}  # by route: the config is fixed
+        self._state = StateCache()  # the writer's: for views built on its thread alone
 
     def view(
-        self, conn: sqlite3.Connection, recipients: Sequence[tuple[bytes, Purpose]], now: float
+        self,
+        conn: sqlite3.Connection,
+        recipients: Sequence[tuple[bytes, Purpose]],
+        now: float,
+        *,
+        writer: bool = False,
     ) -> GroupView:
         """What the accepts of one transaction need to know of these recipients (each
-        with the purpose of a message to it)."""
+        with the purpose of a message to it). `writer`: `conn` is the writer's and this
+        runs on its thread, so the consent rows it kept from earlier groups serve (a
+        reader's connection, another thread, reads them afresh)."""
         # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
         # much further than the caps, so every message a cap counts is read.
         rules = self._rules
         capped = [idx for idx, purpose in recipients if rules[purpose].caps]
         return GroupView(
             conn,
+            self._state if writer else StateCache(),
             [idx for idx, _ in recipients],
             capped,
             now - self.reach - _SKEW_MARGIN,
@@ -245,13 +255,15 @@ class Policy:
 
 class GroupView:
     """What one writer transaction's accepts know of their recipients, read once for
-    the whole group (consent rows, the times of recent messages, time zones), with the
+    the whole group (consent rows, which `StateCache` keeps from earlier groups until
+    `consent_state` changes; the times of recent messages; time zones), with the
     messages judged so far added in: their rows are inserted together at its end, so a
     cap's count and the inserts it allowed stay one step."""
 
     def __init__(
         self,
         conn: sqlite3.Connection,
+        state: StateCache,
         to_indexes: Sequence[bytes],
         capped_indexes: Sequence[bytes],
         since: float,
@@ -262,21 +274,26 @@ class GroupView:
         self._conn = conn
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
-        self.state = ledger.state_rows(conn, idxs)  # consent rows by recipient
         # Per cap group (`group_key`) and recipient: when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
         self._sent: dict[str, dict[bytes, list[float]]] = {}
         sent, key_of = self._sent, _GROUP_KEY
+        epoch: int | None = None
         read = list(dict.fromkeys(capped_indexes))
         for marks, chunk in ledger.in_chunks(read):
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
+            # The consent epoch comes with it (the row with no recipient): a group
+            # whose recipients' consent rows are all kept runs this one read.
             for idx, purpose, at in conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
                 f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
-                " AND uncounted = 0 AND at > ?",
+                f" AND uncounted = 0 AND at > ? UNION ALL {EPOCH_ROW}",
                 (*chunk, *capped, since),
             ):
+                if idx is None:
+                    epoch = at
+                    continue
                 key = key_of[purpose]
                 group = sent.get(key)
                 if group is None:
@@ -286,6 +303,7 @@ class GroupView:
                     group[idx] = [at]
                 else:
                     times.append(at)
+        self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
         for group in sent.values():
             for times in group.values():
                 if len(times) > 1:

@@ -1045,8 +1045,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX users_directory_id ON users (directory_id) WHERE directory_id IS NOT NULL;
     """,
     # ---
-    # 34 (i12-consent): reserved; replaced by that branch before it lands.
-    "",
+    # 34 (i12-consent): `consent_epoch`, one value that every change to `consent_state`
+    #    replaces with a new random one, so the writer keeps recipients' consent rows
+    #    between transactions and reads them again only after a change
+    #    (gateway/consent/state_cache.py). Random: a change rolled back restores the old
+    #    value, and a count would let a later change come back to the one it had.
+    """
+    CREATE TABLE consent_epoch (
+        id             INTEGER PRIMARY KEY,  -- 0, the one row read
+        value          INTEGER NOT NULL
+    );
+    INSERT INTO consent_epoch (id, value) VALUES (0, random());
+    CREATE TRIGGER consent_state_inserted AFTER INSERT ON consent_state
+    BEGIN
+        UPDATE consent_epoch SET value = random() WHERE id = 0;
+    END;
+    CREATE TRIGGER consent_state_updated AFTER UPDATE ON consent_state
+    BEGIN
+        UPDATE consent_epoch SET value = random() WHERE id = 0;
+    END;
+    CREATE TRIGGER consent_state_deleted AFTER DELETE ON consent_state
+    BEGIN
+        UPDATE consent_epoch SET value = random() WHERE id = 0;
+    END;
+    """,
     # ---
     # 35 (i16-writes): reserved; replaced by that branch before it lands.
     "",

@@ -209,7 +209,9 @@ class Messages:
         if intake.policy.enabled:
             m = prepared.message
             recipients = [(m.to_index, prepared.purpose)] if m.to_index else []
-            prepared = intake.judge(intake.policy.view(conn, recipients, m.created_at), prepared)
+            prepared = intake.judge(
+                intake.policy.view(conn, recipients, m.created_at, writer=True), prepared
+            )
         for sql, params in intake.statements([prepared]):
             conn.execute(sql, params)
         return prepared
@@ -237,7 +239,7 @@ class Messages:
         prepared = [p for p in out if isinstance(p, Prepared)]
         if intake.policy.enabled and prepared:
             recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
-            view = intake.policy.view(conn, recipients, now)
+            view = intake.policy.view(conn, recipients, now, writer=True)
             judged = iter([intake.judge(view, p) for p in prepared])
             out = [next(judged) if isinstance(p, Prepared) else p for p in out]
             prepared = [p for p in out if isinstance(p, Prepared)]
@@ -636,7 +638,7 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     recipients = [
         (p.message.to_index, p.purpose) for j in jobs for p in j.prepared if p.message.to_index
     ]
-    view = intake.policy.view(conn, recipients, min(j.now for j in jobs))
+    view = intake.policy.view(conn, recipients, min(j.now for j in jobs), writer=True)
     judge = intake.judge
     by_sql: dict[str, list[Sequence[Any]]] = {}
     outcomes: list[_Judged[Any]] = []
