@@ -200,6 +200,10 @@ class Gateway:
                 RouteRule(rc.name, frozenset(Priority.parse(c) for c in rc.classes), rc.prefixes)
             )
         router = Router(rules)
+        if node is not None:  # i18-routes: eligible nodes, bind slots, shared rates
+            from gateway.cluster.route_wiring import wire_routes
+
+            wire_routes(node, routes)
         fence = None if node is None else node.fence_check
         scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
         sink.wake_on_health(scheduler.wake)

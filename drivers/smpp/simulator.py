@@ -24,7 +24,12 @@ Faults. `throttle` and `reject_next` queue the statuses the next submits get;
 `throttle_storm` throttles every other one of the next submits (or every n-th);
 `limit_rate` accepts so many a second (on the injected clock) and throttles the excess.
 `arrivals` records when each submit arrived (loop time) and the status it got, so a
-test can count the rate a route really sends at.
+test can count the rate a route really sends at; `submit_log` adds the connection and
+the bind's system_type (which gateway node sent it, when each names itself there).
+`max_sessions` is a carrier's session cap: a bind while that many are bound gets
+ESME_RALYBND (counted in `already_bound`); a bound connection lost without an unbind
+keeps counting for `lost_session_hold` seconds, as a carrier's session lingers until
+its own timers drop it.
 `stop_answering` pauses reading on every transport (octets wait in the kernel and the
 stream stays in step) and holds back what we would write; `resume_answering` undoes
 both. `drop_connections` aborts every transport: stop answering first to lose a window
@@ -77,7 +82,7 @@ from drivers.smpp.session import (
 from drivers.smpp.status import Status, status_name
 from drivers.text import encode_gsm7_septets, encode_ucs2, is_gsm7
 
-__all__ = ["SimulatorConfig", "SmscSimulator", "SubmittedMessage", "run_forever"]
+__all__ = ["SimulatorConfig", "SmscSimulator", "SubmitRecord", "SubmittedMessage", "run_forever"]
 
 log = structlog.get_logger("smsgw.simulator")
 
@@ -121,11 +126,13 @@ class SimulatorConfig:
     shutdown_grace: float = 2.0  # how long `aclose` waits for unbind_resp
     session: SessionConfig = field(default_factory=_smsc_session)  # no enquire_link
     tls: ssl.SSLContext | None = None  # a server context: listen with TLS
+    max_sessions: int | None = None  # bound sessions at once; a bind beyond: ESME_RALYBND
+    lost_session_hold: float = 0.0  # seconds a session lost without unbind still counts
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 0xFFFF:
             raise ValueError("port must be in 0..65535")
-        for name in ("receipt_delay", "redelivery_delay", "shutdown_grace"):
+        for name in ("receipt_delay", "redelivery_delay", "shutdown_grace", "lost_session_hold"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative")
         fractions = (self.undeliverable, self.expired)
@@ -153,6 +160,17 @@ class SubmittedMessage:
     concat: Concat | None
 
 
+@dataclass(frozen=True, slots=True)
+class SubmitRecord:
+    """One submit as it arrived: loop time, status answered, connection number and the
+    system_type its bind gave."""
+
+    at: float
+    status: int
+    connection: int
+    system_type: str
+
+
 @dataclass(eq=False)
 class _Delivery:
     """A deliver_sm waiting in the outbox or in flight (the token of its request)."""
@@ -172,6 +190,8 @@ class _Link(asyncio.Protocol):
         self.session = Session(Role.SMSC, sim.config.session, now=loop.time())
         self.transport: asyncio.Transport | None = None
         self.system_id: str | None = None
+        self.system_type = ""
+        self.number = 0  # the simulator's connection count when it opened
         self.closed: asyncio.Future[None] = loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -181,6 +201,7 @@ class _Link(asyncio.Protocol):
         sim = self.sim
         sim._links.append(self)
         sim.connections += 1
+        self.number = sim.connections
         log.info("simulator_connected", connections=sim.connections, open=len(sim._links))
         if not sim.answering:
             self.transport.pause_reading()
@@ -191,6 +212,8 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sim._links.remove(self)
+        if self.session.state in _BOUND:  # no unbind: the carrier keeps it a while
+            self.sim._lingering.append(self.loop.time() + self.sim.config.lost_session_hold)
         self.handle(self.session.receive_data(b"", self.loop.time()))
         log.info("simulator_disconnected", system_id=self.system_id, open=len(self.sim._links))
         self.closed.set_result(None)
@@ -242,6 +265,9 @@ class SmscSimulator:
         self.clock: Clock = clock or SystemClock()
         self.submitted: list[SubmittedMessage] = []
         self.arrivals: list[tuple[float, int]] = []  # (loop time, status answered)
+        self.submit_log: list[SubmitRecord] = []
+        self.already_bound = 0  # binds refused with ESME_RALYBND (the session cap)
+        self._lingering: list[float] = []  # loop times lost sessions stop counting
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = self.deliveries = 0
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
@@ -464,15 +490,27 @@ class SmscSimulator:
             status = Status.ESME_RINVSYSID
         elif event.password != self.config.password:
             status = Status.ESME_RINVPASWD
+        elif self._sessions_full(link):
+            status = Status.ESME_RALYBND
+            self.already_bound += 1
         if status != Status.ESME_ROK:
             link.session.reject_bind(event.pdu, status)
             log.info("simulator_bind_refused", mode=event.mode, status=status_name(status))
             return
         link.session.accept_bind(event.pdu, SMSC_SYSTEM_ID)
         link.system_id = event.system_id
+        link.system_type = event.pdu.param("system_type", str)
         self.binds += 1
         log.info("simulator_bound", system_id=link.system_id, mode=event.mode, binds=self.binds)
         self._pump()
+
+    def _sessions_full(self, binding: _Link) -> bool:
+        if self.config.max_sessions is None:
+            return False
+        now = binding.loop.time()
+        self._lingering = [t for t in self._lingering if t > now]
+        bound = sum(1 for lk in self._links if lk is not binding and lk.session.state in _BOUND)
+        return bound + len(self._lingering) >= self.config.max_sessions
 
     def _on_request(self, link: _Link, pdu: Pdu) -> None:
         if link.session.closed:
@@ -485,6 +523,7 @@ class SmscSimulator:
         if status == Status.ESME_ROK and not self._within_limit():
             status = Status.ESME_RTHROTTLED
         self.arrivals.append((link.loop.time(), status))
+        self.submit_log.append(SubmitRecord(*self.arrivals[-1], link.number, link.system_type))
         if status != Status.ESME_ROK:  # an ESME_ROK queued by `throttle_storm` accepts
             self.throttled += status == Status.ESME_RTHROTTLED
             link.session.respond(pdu, status)

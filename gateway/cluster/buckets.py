@@ -70,14 +70,18 @@ class Grant:
 async def configure(
     conn: AsyncConnection[TupleRow], account: str, rate: float, burst: float
 ) -> None:
-    """Create or change an account's bucket (a change keeps its tokens, capped)."""
+    """Create or change an account's bucket (a change keeps its tokens, capped). `rate`
+    is the contract: the same one again keeps the rate throttling lowered it to."""
     if rate <= 0 or burst < 1:
         raise ValueError("rate must be > 0 and burst >= 1")
     await conn.execute(
-        "INSERT INTO rate_accounts (account, rate, burst, tokens) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (account) DO UPDATE SET rate = excluded.rate, burst = excluded.burst,"
+        "INSERT INTO rate_accounts (account, rate, burst, tokens, contract)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (account) DO UPDATE SET burst = excluded.burst,"
+        " rate = CASE WHEN rate_accounts.contract = excluded.contract THEN rate_accounts.rate"
+        " ELSE excluded.rate END, contract = excluded.contract,"
         " tokens = least(rate_accounts.tokens, excluded.burst)",
-        (account, rate, burst, burst),
+        (account, rate, burst, burst, rate),
     )
 
 

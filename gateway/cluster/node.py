@@ -27,6 +27,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
+from gateway.cluster import buckets
+from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
@@ -64,6 +66,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
         self.adopted = 0
+        self.bind_slots: dict[str, ClusterBindSlots] = {}  # i18-routes: per route with max_binds
 
     @classmethod
     async def open(
@@ -90,6 +93,8 @@ class ClusterNode:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
+                for account in settings.accounts:  # i18-routes: the carriers' contracts
+                    await buckets.configure(conn, account.name, account.rate, account.burst)
             node: ClusterNode | None = None
 
             def recovered(found: list[Recovered]) -> None:
@@ -113,6 +118,10 @@ class ClusterNode:
             await pool.close()
             raise
         return node
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
 
     @property
     def fenced(self) -> bool:
