@@ -50,7 +50,9 @@ async def test_two_nodes_share_a_one_session_cap_without_already_bound(
     for m in members:
         await m.start()
     slots = [ClusterBindSlots(pool, m, "carrier", 1, 60.0, retry_after=0.05) for m in members]
-    (a, sink_a), (b, sink_b) = (driver(smsc, m.node_id, s) for m, s in zip(members, slots))
+    (a, sink_a), (b, sink_b) = (
+        driver(smsc, m.node_id, s) for m, s in zip(members, slots, strict=True)
+    )
     try:
         await a.start()
         await sink_a.until(lambda: a.health().state is RouteState.UP)
