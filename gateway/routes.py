@@ -51,6 +51,8 @@ class RouteRuntime:
     slots: asyncio.Semaphore = field(init=False)
     estimator: RateEstimator | None = None  # made at the first carrier answer
     shared_rate: SharedRate | None = None  # on a cluster, a route sending on an account
+    # Monotonic time before which nothing is claimed: the account's shared bucket is empty.
+    held_until: float = 0.0
 
     @property
     def name(self) -> str:
@@ -77,9 +79,13 @@ class RouteRuntime:
         """0 if a submit may start now; inf while the window is full."""
         if self.dispatched >= self.dispatch_limit:
             return math.inf
+        if now < self.held_until:
+            return self.held_until - now
         return self.bucket.wait_time(now)
 
     def take(self, now: float) -> bool:
+        if now < self.held_until:
+            return False
         if self.dispatched >= self.dispatch_limit or not self.bucket.try_take(now):
             return False
         self.dispatched += 1

@@ -13,7 +13,10 @@ Fairness: each node also has a sub-bucket per account (`rate_shares`) refilled a
 `rate / n`, where n counts this node and the other live nodes that were refused tokens
 (wanted more than they got) in the last `active_window` seconds. A node with little
 to send is never counted, so the nodes with a backlog share what it leaves; the global
-row still holds the cap if the shares are momentarily wrong.
+row still holds the cap if the shares are momentarily wrong. A share saves up to the
+account's whole `burst`, not its n-th: a node whose claims come late (a busy machine,
+a slow round trip) catches up on the tokens of its share instead of losing them, and
+the account's row still bounds every window.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ WITH n AS (
     INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp)
     SELECT %(a)s, %(inc)s, greatest(1, %(burst)s / n.n), %(now)s FROM n
     ON CONFLICT (account, incarnation) DO UPDATE SET
-        tokens = least(greatest(1, %(burst)s / (SELECT n FROM n)), s.tokens + %(rate)s
+        tokens = least(%(burst)s, s.tokens + %(rate)s
             / (SELECT n FROM n) * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
         stamp = excluded.stamp
     RETURNING s.tokens

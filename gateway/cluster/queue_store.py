@@ -24,7 +24,7 @@ from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
 from gateway.cluster.parks import ClusterParks
 from gateway.models import Priority, State
-from gateway.store.claim_check import Held
+from gateway.store.claim_check import ACCOUNT_EMPTY, Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
@@ -355,7 +355,7 @@ class ClusterQueue:
         ids = list(message_ids)
         found, _, short, wait = await self._claim(ids, route, now, None)
         # Not claimed for want of the account's tokens: back in the cache until a token.
-        held = Held(now + wait, "rate:account")
+        held = Held(now + wait, ACCOUNT_EMPTY)
         return [found.get(i) or (held if i in short else None) for i in ids]
 
     async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
