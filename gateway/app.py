@@ -205,7 +205,10 @@ class Gateway:
 
             wire_routes(node, routes)
         fence = None if node is None else node.fence_check
-        scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
+        elsewhere = None if node is None else node.nudge
+        scheduler = Scheduler(
+            queue, routes, router, config.queue, clock, metrics, fence=fence, elsewhere=elsewhere
+        )
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)

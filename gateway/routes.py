@@ -53,6 +53,7 @@ class RouteRuntime:
     shared_rate: SharedRate | None = None  # on a cluster, a route sending on an account
     # Monotonic time before which nothing is claimed: the account's shared bucket is empty.
     held_until: float = 0.0
+    here: bool = True  # False on a cluster node not in the route's `eligible_nodes`
 
     @property
     def name(self) -> str:

@@ -169,6 +169,11 @@ class ClusterNode:
         finally:
             await self._waker.stop()
 
+    def nudge(self) -> None:
+        """A message was accepted here that only other nodes may send: they take in
+        the queued rows they do not hold now, not at their next poll."""
+        self._notifier.due(RECOVERED)
+
     def _recovered(self, found: list[Recovered]) -> None:
         self.recovered_rows += sum(r.requeued for r in found)
         self._notifier.due(RECOVERED)

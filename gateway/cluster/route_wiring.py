@@ -62,6 +62,7 @@ def wire_routes(node: ClusterNode, routes: dict[str, RouteRuntime]) -> None:
         rc = route.config
         if rc.eligible_nodes and me not in rc.eligible_nodes:
             route.driver = NotEligible(name, me)
+            route.here = False
             continue
         if rc.max_binds is not None:
             if not isinstance(route.driver, SlotBound):

@@ -19,6 +19,7 @@ No sleeps: the test waits on the simulator's events and the daemons' log lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -254,3 +255,85 @@ async def test_s5_three_nodes_never_exceed_a_two_session_cap_even_after_a_kill(
 
 def _busy(nodes: list[_Watched]) -> bool:
     return any('"bind_slot_busy"' in line for n in nodes for line in n.lines)
+
+
+async def _state(dsn: str, message_id: str) -> tuple[str, str | None, list[str]]:
+    """A message's state, route and the nodes that claimed it (`sending` events)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        row = await (
+            await conn.execute("SELECT state, route FROM messages WHERE id = %s", (message_id,))
+        ).fetchone()
+        claimers = await (
+            await conn.execute(
+                "SELECT node_id FROM message_events WHERE message_id = %s AND state = 'sending'"
+                " ORDER BY seq",
+                (message_id,),
+            )
+        ).fetchall()
+    assert row is not None
+    return row[0], row[1], [c[0] for c in claimers]
+
+
+async def _until_state(dsn: str, message_id: str, state: str, nodes: list[_Watched]) -> None:
+    """Return once the message is in `state`, looked at after each daemon log line (or
+    half a second: a loopback send logs nothing at info level)."""
+    while (await _state(dsn, message_id))[0] != state:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_until_logged(nodes, lambda: False), 0.5)
+
+
+@pytest.mark.timeout(180)
+async def test_a_bank_on_one_node_is_sent_only_there_and_waits_while_that_node_is_dead(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Point 2: a route owned by one node (a modem bank plugged into gw1; a loopback
+    route stands in for it) is sent by that node only; while gw1 is dead a message whose
+    only route it is stays queued, one that may fail over leaves by the carrier, and the
+    queue behind it is not held up; gw1 back sends what waited."""
+    smsc = SmscSimulator(SimulatorConfig(system_id="smsgw", password="pw", receipt_delay=3600))
+    await smsc.start()
+    nodes: list[_Watched] = []
+    route = 'prefixes = ["+1303", "+1404"]\n\n' + (
+        '[[routes]]\nname = "bank"\ntype = "loopback"\nlatency = 0.01\n'
+        'eligible_nodes = ["gw1"]\nprefixes = ["+1202", "+1404"]\n'
+    )
+    try:
+        nodes, token = await _nodes(tmp_path, ["gw1", "gw2"], pg_dsn, smsc, route, S5_LEASE)
+        gw1, gw2 = nodes
+        auth = {"Authorization": f"Bearer {token}"}
+        async with ClientSession() as http:
+
+            async def send(node: _Watched, to: str, body: str) -> str:
+                async with http.post(
+                    f"{node.url}/api/v1/messages", json={"to": to, "body": body}, headers=auth
+                ) as r:
+                    assert r.status == 202, await r.text()
+                    return str((await r.json())["id"])
+
+            first = await send(gw2, "+12025550101", "bank via gw2")
+            await _until_state(pg_dsn, first, "sent", nodes)
+            assert await _state(pg_dsn, first) == ("sent", "bank", ["gw1"])
+
+            gw1.kill()
+            waits = await send(gw2, "+12025550102", "bank only")
+            fails_over = await send(gw2, "+14045550103", "bank or carrier")
+            other = await send(gw2, "+13035550104", "carrier only")
+            await asyncio.wait_for(
+                smsc.wait_until(
+                    lambda: {"bank or carrier", "carrier only"} <= {m.text for m in smsc.submitted}
+                ),
+                60,
+            )
+            await _until_state(pg_dsn, fails_over, "sent", nodes)
+            assert await _state(pg_dsn, fails_over) == ("sent", "carrier", ["gw2"])
+            await _until_state(pg_dsn, other, "sent", nodes)
+            assert await _state(pg_dsn, waits) == ("queued", None, [])
+
+            conf = tmp_path / "gw1" / "smsgw.toml"
+            nodes[0] = await _Watched.start("gw1", conf, gw1.url)
+            await _until_state(pg_dsn, waits, "sent", nodes)
+            assert await _state(pg_dsn, waits) == ("sent", "bank", ["gw1"])
+        assert "bank only" not in {m.text for m in smsc.submitted}
+    finally:
+        await _shut(nodes)
+        await smsc.aclose()
