@@ -34,6 +34,7 @@ from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.schema import migrate
 from gateway.cluster.settings import ClusterConfig
+from gateway.cluster.status import NodeView, PublishedRoute, cluster_status, publish_routes
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
 from gateway.logs import exception_summary
@@ -67,6 +68,8 @@ class ClusterNode:
         self.recovered_rows = 0
         self.adopted = 0
         self.bind_slots: dict[str, ClusterBindSlots] = {}  # i18-routes: per route with max_binds
+        # i18-routes: this node's routes and their health, published every heartbeat.
+        self.route_health: Callable[[], list[PublishedRoute]] = list
 
     @classmethod
     async def open(
@@ -147,6 +150,22 @@ class ClusterNode:
         """Adopt recovered and unclaimed rows into this node's scheduler (`adopt(older
         than)` returns how many it took) on NOTIFY, and by polling behind it."""
         self._tasks.append(asyncio.create_task(self._adopting(adopt), name="cluster-adopt"))
+        self._tasks.append(asyncio.create_task(self._publishing(), name="cluster-routes"))
+
+    async def _publishing(self) -> None:
+        """Every heartbeat: this node's routes and their health, for the cluster view."""
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    await publish_routes(conn, self.membership.me, self.route_health())
+            except Exception as e:  # the database is away, or we are fenced: next beat
+                log.warning("routes_publish_failed", error=exception_summary(e))
+            await self._clock.sleep(self.settings.heartbeat_seconds)
+
+    async def status(self) -> list[NodeView]:
+        """Every node of the cluster, as `/api/v1/cluster` and the panel show it."""
+        async with self._pool.connection() as conn:
+            return await cluster_status(conn)
 
     async def _adopting(self, adopt: Callable[[float], Awaitable[int]]) -> None:
         await self._waker.start()

@@ -26,6 +26,7 @@ from drivers.base import (
 )
 from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.shared_rate import SharedRate
+from gateway.cluster.status import PublishedRoute
 from gateway.config import ConfigError
 from gateway.routes import RouteRuntime
 
@@ -58,6 +59,15 @@ class NotEligible:
 def wire_routes(node: ClusterNode, routes: dict[str, RouteRuntime]) -> None:
     """Before the drivers start: eligibility, bind slots and shared rates per route."""
     me = node.settings.node_id
+
+    def health() -> list[PublishedRoute]:
+        described = [(r, r.describe()) for r in routes.values() if r.here]
+        return [
+            PublishedRoute(r.name, r.config.type, str(d["state"]), str(d["detail"] or ""))
+            for r, d in described
+        ]
+
+    node.route_health = health
     for name, route in routes.items():
         rc = route.config
         if rc.eligible_nodes and me not in rc.eligible_nodes:

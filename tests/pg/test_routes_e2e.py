@@ -24,6 +24,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -41,10 +42,9 @@ CAP = 50  # the carrier's contract, submits a second across the nodes
 # burst letting a claim that came late catch up on the tokens it missed.
 ACCOUNT_RATE, ACCOUNT_BURST = 48, 3
 BACKLOG = 400  # messages accepted on each node before measuring
-# S4's lease as S3's (a loaded machine must not fence a node under load); S5 has no
-# load and a shorter one. GRACE: fair shares forget a node one ACTIVE_WINDOW after its
+# Leases as S3's: a loaded machine must not fence a node while three start. GRACE: fair shares forget a node one ACTIVE_WINDOW after its
 # last claim, and the survivor's bucket takes a moment to be claimed at full rate.
-LEASE, GRACE, S5_LEASE = 8.0, 2.0, 4.0
+LEASE, GRACE, S5_LEASE = 8.0, 2.0, 8.0
 STEADY = 200  # submits seen while both nodes send before one is killed
 
 
@@ -223,7 +223,7 @@ async def test_s5_three_nodes_never_exceed_a_two_session_cap_even_after_a_kill(
         f"eligible_nodes = {names!r}\nmax_binds = 2\nbind_grace_seconds = {hold + 1}\n"
     ).replace("'", '"')
     try:
-        nodes, _ = await _nodes(tmp_path, names, pg_dsn, smsc, route, S5_LEASE)
+        nodes, token = await _nodes(tmp_path, names, pg_dsn, smsc, route, S5_LEASE)
         await asyncio.wait_for(smsc.wait_until(lambda: smsc.binds >= 2), 60)
         await asyncio.wait_for(_until_logged(nodes, lambda: _busy(nodes)), 30)
         assert smsc.binds == 2 and smsc.already_bound == 0
@@ -238,6 +238,13 @@ async def test_s5_three_nodes_never_exceed_a_two_session_cap_even_after_a_kill(
             ]
         assert len(holders) == 2
         (idle,) = set(names) - set(holders)
+        # Point 5: any node tells who holds which bind, and every node's routes.
+        view = await _cluster_view(nodes, token, lambda v: all(n["routes"] for n in v["nodes"]))
+        assert {n["node_id"]: n["lease"] for n in view["nodes"]} == dict.fromkeys(names, "live")
+        assert sorted(n["node_id"] for n in view["nodes"] if n["binds"]) == sorted(holders)
+        held = next(n for n in view["nodes"] if n["node_id"] == holders[0])
+        assert held["binds"][0]["route"] == "carrier" and held["binds"][0]["state"] == "held"
+        assert held["routes"][0]["name"] == "carrier" and held["routes"][0]["kind"] == "smpp"
         victim = next(n for n in nodes if n.name == holders[0])
         loop = asyncio.get_running_loop()
         victim.kill()
@@ -248,9 +255,34 @@ async def test_s5_three_nodes_never_exceed_a_two_session_cap_even_after_a_kill(
         assert rebound >= hold, rebound
         newest = max(smsc._links, key=lambda lk: lk.number)
         assert newest.system_type == idle
+        view = await _cluster_view(
+            [n for n in nodes if n is not victim],
+            token,
+            lambda v: any(n["node_id"] == idle and n["binds"] for n in v["nodes"]),
+        )
+        leases = {n["node_id"]: n["lease"] for n in view["nodes"]}
+        assert leases[victim.name] in ("lapsed", "recovered") and leases[idle] == "live"
     finally:
         await _shut(nodes)
         await smsc.aclose()
+
+
+async def _cluster_view(
+    nodes: list[_Watched], token: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """`GET /api/v1/cluster` from the first live node, asked again after each daemon log
+    line (or half a second) until `done(view)`: routes are published every heartbeat."""
+    async with ClientSession() as http:
+        while True:
+            async with http.get(
+                f"{nodes[0].url}/api/v1/cluster", headers={"Authorization": f"Bearer {token}"}
+            ) as r:
+                assert r.status == 200, await r.text()
+                view: dict[str, Any] = await r.json()
+            if done(view):
+                return view
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_until_logged(nodes, lambda: False), 0.5)
 
 
 def _busy(nodes: list[_Watched]) -> bool:
