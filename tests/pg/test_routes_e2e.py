@@ -42,8 +42,9 @@ CAP = 50  # the carrier's contract, submits a second across the nodes
 # burst letting a claim that came late catch up on the tokens it missed.
 ACCOUNT_RATE, ACCOUNT_BURST = 48, 3
 BACKLOG = 400  # messages accepted on each node before measuring
-# Leases as S3's: a loaded machine must not fence a node while three start. GRACE: fair shares forget a node one ACTIVE_WINDOW after its
-# last claim, and the survivor's bucket takes a moment to be claimed at full rate.
+# Leases as S3's: a loaded machine must not fence a node while three start. GRACE: fair
+# shares forget a node one ACTIVE_WINDOW after its last claim, and the survivor's bucket
+# takes a moment to be claimed at full rate.
 LEASE, GRACE, S5_LEASE = 8.0, 2.0, 8.0
 STEADY = 200  # submits seen while both nodes send before one is killed
 
