@@ -34,6 +34,7 @@ from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.schema import migrate
 from gateway.cluster.settings import ClusterConfig
+from gateway.cluster.shared_rate import SharedRate
 from gateway.cluster.status import NodeView, PublishedRoute, cluster_status, publish_routes
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
@@ -70,6 +71,7 @@ class ClusterNode:
         self.bind_slots: dict[str, ClusterBindSlots] = {}  # i18-routes: per route with max_binds
         # i18-routes: this node's routes and their health, published every heartbeat.
         self.route_health: Callable[[], list[PublishedRoute]] = list
+        self.shared_rates: list[SharedRate] = []  # their last statements end before the pool
 
     @classmethod
     async def open(
@@ -234,6 +236,8 @@ class ClusterNode:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._notifier.aclose()
+        for rate in self.shared_rates:
+            await rate.aclose()
         try:
             await self.membership.stop(release=True)
         finally:

@@ -84,4 +84,5 @@ def wire_routes(node: ClusterNode, routes: dict[str, RouteRuntime]) -> None:
             route.driver.use_bind_slots(slots)
         if rc.account is not None:
             node.queue.accounts[name] = rc.account
-            route.shared_rate = SharedRate(node.pool, node.queue, rc.account)
+            route.shared_rate = rate = SharedRate(node.pool, node.queue, rc.account)
+            node.shared_rates.append(rate)
