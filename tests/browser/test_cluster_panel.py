@@ -20,6 +20,7 @@ from tests.browser.conftest import (
     Gateway,
     end_process,
 )
+from tests.browser.test_accessibility import VIEWPORTS, axe_violations, overflow
 from tests.browser.test_panel import new_page, operator_context, shot
 from tests.conftest import FAST_PASSWORD_HASH
 from tests.pg_server import SKIP_REASON, PgServer, find_bindir
@@ -97,4 +98,18 @@ def test_the_cluster_page_shows_each_node_its_binds_and_routes(
     assert page.inner_text("#this-node") == "ward-a"
     shot(page, artifacts, "40-cluster")
     assert page.problems == []
+    # Accessible, and no sideways scrolling on a phone (axe needs its script: no CSP).
+    checked = browser.new_context(bypass_csp=True, storage_state=context.storage_state())
     context.close()
+    problems = []
+    for name in ("phone", "laptop"):
+        page = checked.new_page()
+        page.set_viewport_size(VIEWPORTS[name])
+        page.goto(cluster_node.url + "/cluster")
+        page.wait_for_selector("tr[data-node=ward-a]")
+        problems += axe_violations(page)
+        if wide := overflow(page):
+            problems.append(f"{name}: wider than the viewport: {wide}")
+        page.close()
+    checked.close()
+    assert problems == []
