@@ -47,6 +47,7 @@ def test_a_route_on_a_cluster_declares_nodes_binds_and_account(tmp_path: Path) -
         ({"eligible_nodes": ["gw1", "gw1"]}, {}, "routes[0].eligible_nodes[1]"),
         ({"account": "nobody"}, {"accounts": ACCOUNTS}, "routes[0].account"),
         ({"bind_grace_seconds": -1}, {}, "routes[0].bind_grace_seconds"),
+        ({"bind_grace_seconds": 30}, {}, "routes[0].bind_grace_seconds"),
         ({}, {"accounts": [*ACCOUNTS, *ACCOUNTS]}, "cluster.accounts[1].name"),
         ({}, {"accounts": [{"name": "x", "rate": 0}]}, "cluster.accounts[0].rate"),
         ({}, {"accounts": [{"name": "x", "rate": 5, "burst": 0.5}]}, "cluster.accounts[0].burst"),

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from gateway.config import Config, RouteConfig
 
 _CLUSTER_ONLY = ("eligible_nodes", "max_binds", "account")
+DEFAULT_GRACE = 60.0  # RouteConfig.bind_grace_seconds' default
 
 
 def route_problem(config: Config) -> str | None:
@@ -30,6 +31,9 @@ def _one(where: str, route: RouteConfig, config: Config, accounts: set[str]) -> 
         for key in _CLUSTER_ONLY:
             if getattr(route, key) not in (None, ()):
                 return f"{where}.{key}: only with cluster.enabled = true (several nodes)"
+    if route.max_binds is None and route.bind_grace_seconds != DEFAULT_GRACE:
+        return f"{where}.bind_grace_seconds: only with max_binds (the slots it frees)"
+    if not cluster.enabled:
         return None
     from gateway.cluster.settings import _NODE_ID  # here: settings imports this module
 
