@@ -351,3 +351,30 @@ def submit_group(
         many: list[asyncio.Future[SubmitResult]] = submit_many(group)
         return many
     return [asyncio.ensure_future(driver.submit(sms)) for sms in group]
+
+
+@runtime_checkable
+class BindSlots(Protocol):
+    """Leases on a carrier's session cap, shared with other gateways (a cluster's bind
+    slots). A driver takes one before each bind and gives it back once that session
+    has ended, so the sessions open at the carrier never exceed its cap.
+
+    - `acquire(link)` returns a slot for link number `link`, or None when every slot is
+      taken (or cannot be asked for now): the link must not bind; try again after
+      `retry_after` seconds.
+    - `release(slot)` gives a slot back once its session has ended (after unbind, or
+      when the connection is gone); it never raises.
+    """
+
+    retry_after: float
+
+    async def acquire(self, link: int) -> int | None: ...
+
+    async def release(self, slot: int) -> None: ...
+
+
+@runtime_checkable
+class SlotBound(Protocol):
+    """A driver whose sessions take `BindSlots`: `use_bind_slots(slots)` before `start()`."""
+
+    def use_bind_slots(self, slots: BindSlots) -> None: ...

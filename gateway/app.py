@@ -201,8 +201,15 @@ class Gateway:
                 RouteRule(rc.name, frozenset(Priority.parse(c) for c in rc.classes), rc.prefixes)
             )
         router = Router(rules)
+        if node is not None:  # i18-routes: eligible nodes, bind slots, shared rates
+            from gateway.cluster.route_wiring import wire_routes
+
+            wire_routes(node, routes)
         fence = None if node is None else node.fence_check
-        scheduler = Scheduler(queue, routes, router, config.queue, clock, metrics, fence=fence)
+        elsewhere = None if node is None else node.nudge
+        scheduler = Scheduler(
+            queue, routes, router, config.queue, clock, metrics, fence=fence, elsewhere=elsewhere
+        )
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics, sealer=queue)
         shared_tokens = None if node is None else node.tokens

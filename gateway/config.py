@@ -26,6 +26,7 @@ from drivers.registry import UnknownDriver, load_driver
 from gateway.analytics.settings import AnalyticsConfig
 from gateway.appointments.settings import AppointmentsConfig
 from gateway.campaigns.settings import CampaignsConfig  # i15-campaigns
+from gateway.cluster.route_settings import route_problem
 from gateway.cluster.settings import ClusterConfig, cluster_problem
 from gateway.config_errors import ConfigError as ConfigError  # raised here, caught by callers
 from gateway.config_errors import convert, show
@@ -294,6 +295,14 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # i15-spread: false keeps this route for failover: a spreading class's messages come
     # here when the routes before it are down, never because they are busy.
     spread: bool = True
+    # i18-routes, on a cluster (gateway/cluster/route_settings.py checks them): the nodes
+    # that may bind this route (empty: every node), the carrier's session cap across the
+    # nodes and how long a dead node's session may linger there, and the carrier account
+    # (`[[cluster.accounts]]`) whose shared rate its sends count against.
+    eligible_nodes: tuple[str, ...] = ()
+    max_binds: PositiveInt | None = None
+    bind_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    account: str | None = None
     options: Any = None
 
     @property
@@ -590,7 +599,10 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
                 f"demo.peers: the simulated peers add a route named {name!r}, and routes[{i}]"
                 " has that name; rename that route or set demo.peers = false"
             )
-    return msgspec.structs.replace(config, routes=built)
+    config = msgspec.structs.replace(config, routes=built)
+    if problem := route_problem(config):  # i18-routes: the routes' cluster keys
+        raise ConfigError(problem)
+    return config
 
 
 def _route(index: int, raw: Any) -> RouteConfig:

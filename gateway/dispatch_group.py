@@ -36,7 +36,7 @@ from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import State
 from gateway.routes import RouteRuntime
-from gateway.store.claim_check import Held
+from gateway.store.claim_check import ACCOUNT_EMPTY, Held
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import ClaimedMessage
 from gateway.store.transitions import Transition
@@ -106,6 +106,9 @@ class GroupSender:
                     continue
                 if isinstance(claimed, Held):  # the send policy: not now (quiet hours)
                     entry.due_at = claimed.until
+                    if claimed.reason == ACCOUNT_EMPTY:  # a cluster's shared rate: no token
+                        wait = claimed.until - self._clock.time()
+                        route.held_until = self._clock.monotonic() + wait
                     self._requeue(entry)
                 elif isinstance(claimed, Exception):
                     log.error(

@@ -7,6 +7,7 @@ import hmac
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -26,6 +27,15 @@ MIN_DISCOVERED_RATE = 1.0  # ... nor one with no configured rate below this, per
 DISCOVERED_BURST_S = 0.02
 
 
+class SharedRate(Protocol):
+    """A carrier account's rate shared with other nodes (`gateway/cluster/shared_rate.py`):
+    the carrier's answers adapt it there, for every node, instead of this route's bucket."""
+
+    def throttled(self, now: float) -> None: ...
+
+    def accepted(self, now: float) -> None: ...
+
+
 @dataclass(slots=True)
 class RouteRuntime:
     config: RouteConfig
@@ -40,6 +50,10 @@ class RouteRuntime:
     counters: dict[str, int] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(init=False)
     estimator: RateEstimator | None = None  # made at the first carrier answer
+    shared_rate: SharedRate | None = None  # on a cluster, a route sending on an account
+    # Monotonic time before which nothing is claimed: the account's shared bucket is empty.
+    held_until: float = 0.0
+    here: bool = True  # False on a cluster node not in the route's `eligible_nodes`
 
     @property
     def name(self) -> str:
@@ -66,9 +80,13 @@ class RouteRuntime:
         """0 if a submit may start now; inf while the window is full."""
         if self.dispatched >= self.dispatch_limit:
             return math.inf
+        if now < self.held_until:
+            return self.held_until - now
         return self.bucket.wait_time(now)
 
     def take(self, now: float) -> bool:
+        if now < self.held_until:
+            return False
         if self.dispatched >= self.dispatch_limit or not self.bucket.try_take(now):
             return False
         self.dispatched += 1
@@ -80,12 +98,19 @@ class RouteRuntime:
     def throttled(self, now: float) -> None:
         """The carrier pushed back: the rate drops to a little under what it accepted
         over the last second, once per overload (`throttle_adapt.py`). A route with no
-        configured rate gets one; a configured one never drops below a tenth of it."""
+        configured rate gets one; a configured one never drops below a tenth of it. On a
+        carrier account shared with other nodes, the account's shared rate drops instead."""
+        if self.shared_rate is not None:
+            self.shared_rate.throttled(now)
+            return
         self._adapt(self._estimator(now).throttled(now), now)
 
     def succeeded(self, now: float) -> None:
         """A submit went through: while the rate limits us and no throttle came for a
         second, probe upward, never above the configured rate."""
+        if self.shared_rate is not None:
+            self.shared_rate.accepted(now)
+            return
         self._adapt(self._estimator(now).accepted(now), now)
 
     @property

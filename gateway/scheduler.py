@@ -93,8 +93,12 @@ class Scheduler:
         rng: random.Random | None = None,
         *,
         fence: Callable[[], None] | None = None,
+        elsewhere: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        # On a cluster: a message none of whose routes this node may use is not held
+        # here (it would wait at its class's head); `elsewhere()` wakes the nodes that can.
+        self._elsewhere = elsewhere
         self._routes = routes
         self._router = router
         self._queue = queue
@@ -142,7 +146,8 @@ class Scheduler:
             if not entry.candidates:
                 orphans.append(Transition(m.id, State.FAILED, error_code="route:none"))
                 continue
-            self.add(entry, scheduled=m.state is State.SCHEDULED)
+            if self.here(entry):
+                self.add(entry, scheduled=m.state is State.SCHEDULED)
         if orphans:
             await self._store.transition_many(orphans, now)
             log.warning("failed_messages_without_route", count=len(orphans))
@@ -160,7 +165,7 @@ class Scheduler:
             if m.id in known or m.due_at >= due_before:
                 continue
             entry = self.entry_for(m)
-            if entry.candidates:
+            if entry.candidates and self.here(entry):
                 self.add(entry, scheduled=m.state is State.SCHEDULED)
                 taken += 1
         return taken
@@ -175,8 +180,15 @@ class Scheduler:
             m.attempts,
         )
 
+    def here(self, entry: Entry) -> bool:
+        """May this node send `entry` by one of its routes (not another node's only)?"""
+        return any(self._routes[name].here for name in entry.candidates)
+
     def add(self, entry: Entry, *, scheduled: bool = False) -> None:
         """Queue a message already committed to the store."""
+        if self._elsewhere is not None and not self.here(entry):
+            self._elsewhere()  # still queued in the shared store, for a node that may
+            return
         if scheduled:
             heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))
         else:

@@ -438,3 +438,37 @@ async def test_aclose_unbinds_bound_clients() -> None:
     assert sim.open_connections == 0
     with pytest.raises(ConnectionRefusedError):
         await esme.loop.create_connection(asyncio.Protocol, "127.0.0.1", sim.port)
+
+
+async def test_a_session_cap_refuses_binds_beyond_it_and_lost_sessions_linger() -> None:
+    async with simulator(max_sessions=1, lost_session_hold=3600.0) as sim:
+        first = await asyncio.to_thread(Esme, sim.port)
+        await asyncio.to_thread(first.bind, system_type="gw1")
+        second = await asyncio.to_thread(Esme, sim.port)
+        try:
+            with pytest.raises(smpplib.exceptions.PDUError) as refused:
+                await asyncio.to_thread(second.bind)
+            assert refused.value.args[1] == smpplib.consts.SMPP_ESME_RALYBND
+            assert sim.already_bound == 1
+            await asyncio.to_thread(first.submit, "counted")
+            await asyncio.to_thread(first.read_until, lambda: bool(first.message_ids))
+            (record,) = sim.submit_log
+            assert (record.status, record.system_type) == (Status.ESME_ROK, "gw1")
+            assert record.connection == 1
+            # Lost without an unbind: the carrier holds that session for a while.
+            await asyncio.to_thread(first.client.disconnect)
+            await until(sim, lambda: sim.open_connections == 1)
+            with pytest.raises(smpplib.exceptions.PDUError) as refused:
+                await asyncio.to_thread(second.bind)
+            assert refused.value.args[1] == smpplib.consts.SMPP_ESME_RALYBND
+        finally:
+            await asyncio.to_thread(second.close)
+    async with simulator(max_sessions=1) as sim:  # unbound cleanly: free at once
+        first = await asyncio.to_thread(Esme, sim.port)
+        await asyncio.to_thread(first.bind)
+        await asyncio.to_thread(first.close)
+        await until(sim, lambda: sim.open_connections == 0)
+        second = await asyncio.to_thread(Esme, sim.port)
+        await asyncio.to_thread(second.bind)
+        await asyncio.to_thread(second.close)
+        assert (sim.binds, sim.already_bound) == (2, 0)

@@ -19,6 +19,9 @@ session events into the driver contract:
   lengthen it; overloads that follow each other with no accept between double it) and the
   message goes back to the queue without losing its place or an attempt
   (`DriverNotReady` with `retry_after`). The gateway lowers the route's rate meanwhile.
+- With `BindSlots` (`use_bind_slots`, a cluster's shared session cap) a link binds only
+  holding a slot, waits `retry_after` while none is free, and gives it back once its
+  session has ended (after unbind or the connection's loss).
 - A bind refused for its credentials (ESME_RINVPASWD, ESME_RINVSYSID, ESME_RBINDFAIL)
   is never retried on a timer, since carriers lock accounts after a few: the route
   parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and the `CredentialGate`
@@ -50,6 +53,7 @@ from typing import ClassVar
 import structlog
 
 from drivers.base import (
+    BindSlots,
     DriverAuthFailed,
     DriverNotReady,
     EventSink,
@@ -123,6 +127,10 @@ class SmppDriver:
             ("submitted", "rejected", "throttled", "receipts", "inbound", "reconnects"), 0
         )
         self._inbound = Inbound(name, sink, self._counters)
+        self._slots: BindSlots | None = None
+
+    def use_bind_slots(self, slots: BindSlots) -> None:
+        self._slots = slots
 
     # -- the driver contract -------------------------------------------------------------
 
@@ -390,6 +398,12 @@ class SmppDriver:
                 link.index == 0, lambda: self._closing, self._secret_changed
             ):
                 return
+            slot = None if self._slots is None else await self._slots.acquire(link.index)
+            if self._slots is not None and slot is None:
+                self._last_failure = "waiting for a bind slot (the carrier's session cap)"
+                self._update_state()
+                await self._clock.sleep(self._slots.retry_after)
+                continue
             try:
                 bound = await self._run_link(link)
             except (OSError, TimeoutError, ssl.SSLError) as e:
@@ -408,6 +422,9 @@ class SmppDriver:
                     error=type(e).__name__,
                     detail=str(e),
                 )
+            finally:  # the session has ended (its socket is closed): the slot is free
+                if self._slots is not None and slot is not None:
+                    await self._slots.release(slot)
             self._link_down(link)
             if self._closing:
                 return

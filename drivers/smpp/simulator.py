@@ -24,7 +24,12 @@ Faults. `throttle` and `reject_next` queue the statuses the next submits get;
 `throttle_storm` throttles every other one of the next submits (or every n-th);
 `limit_rate` accepts so many a second (on the injected clock) and throttles the excess.
 `arrivals` records when each submit arrived (loop time) and the status it got, so a
-test can count the rate a route really sends at.
+test can count the rate a route really sends at; `submit_log` adds the connection and
+the bind's system_type (which gateway node sent it, when each names itself there).
+`max_sessions` is a carrier's session cap: a bind while that many are bound gets
+ESME_RALYBND (counted in `already_bound`); a bound connection lost without an unbind
+keeps counting for `lost_session_hold` seconds, as a carrier's session lingers until
+its own timers drop it.
 `stop_answering` pauses reading on every transport (octets wait in the kernel and the
 stream stays in step) and holds back what we would write; `resume_answering` undoes
 both. `drop_connections` aborts every transport: stop answering first to lose a window
@@ -40,11 +45,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Self, cast
 
@@ -55,7 +59,6 @@ from drivers.smpp.encoding import (
     DC_DEFAULT,
     DC_UCS2,
     ESM_UDHI,
-    Concat,
     concat_from_tlvs,
     decode_inbound,
     part_limit,
@@ -70,15 +73,14 @@ from drivers.smpp.session import (
     ResponseTimeout,
     Role,
     Session,
-    SessionConfig,
     SessionEnded,
     State,
 )
+from drivers.smpp.sim_records import SimulatorConfig, SubmitRecord, SubmittedMessage
 from drivers.smpp.status import Status, status_name
 from drivers.text import encode_gsm7_septets, encode_ucs2, is_gsm7
 
-__all__ = ["SimulatorConfig", "SmscSimulator", "SubmittedMessage", "run_forever"]
-
+__all__ = ["SimulatorConfig", "SmscSimulator", "SubmitRecord", "SubmittedMessage", "run_forever"]
 log = structlog.get_logger("smsgw.simulator")
 
 SMSC_SYSTEM_ID = "smsgw-sim"  # what bind_resp says the SMSC is called
@@ -92,65 +94,6 @@ _REPLY = {"source_addr": "destination_addr", "source_addr_ton": "dest_addr_ton"}
 _REPLY |= {"source_addr_npi": "dest_addr_npi"}
 _REPLY |= {value: key for key, value in _REPLY.items()}
 _BOUND = frozenset({State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX})
-
-
-def _smsc_session() -> SessionConfig:
-    return SessionConfig(enquire_link_interval=None)  # SMSCs rarely probe; the ESME does
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """How the simulated SMSC listens, whom it lets bind and what it answers. Delays
-    are seconds on the simulator's injected clock."""
-
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: pick a free port, then read `SmscSimulator.port`
-    # The one credential pair a bind must present: another system_id is refused with
-    # ESME_RINVSYSID, another password with ESME_RINVPASWD.
-    system_id: str = "smsgw"
-    password: str = "secret"  # noqa: S105 - the simulator's documented demo credential
-    receipt_delay: float = 1.0  # from a submit_sm to its receipt
-    # Fractions of receipts that say UNDELIV and EXPIRED (the rest DELIVRD), drawn from
-    # a generator seeded with `seed` (None: unpredictable).
-    undeliverable: float = 0.0
-    expired: float = 0.0
-    seed: int | None = None
-    hex_ids: bool = False  # message ids in hex (receipts carry the same id text) ...
-    receipt_ids_decimal: bool = False  # ... except in receipt texts: a carrier quirk
-    redelivery_delay: float = 5.0  # before a deliver_sm refused or unanswered goes again
-    shutdown_grace: float = 2.0  # how long `aclose` waits for unbind_resp
-    session: SessionConfig = field(default_factory=_smsc_session)  # no enquire_link
-    tls: ssl.SSLContext | None = None  # a server context: listen with TLS
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 0xFFFF:
-            raise ValueError("port must be in 0..65535")
-        for name in ("receipt_delay", "redelivery_delay", "shutdown_grace"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must not be negative")
-        fractions = (self.undeliverable, self.expired)
-        if not all(0 <= f <= 1 for f in fractions) or sum(fractions) > 1:
-            raise ValueError("undeliverable and expired must be fractions adding up to <= 1")
-
-
-@dataclass(frozen=True)
-class SubmittedMessage:
-    """One submit_sm or data_sm the simulator accepted. `short_message` is the field as
-    sent (b"" for data_sm); `text` and `concat` decode it, or message_payload when it is
-    empty. Addresses and bodies stay out of the repr."""
-
-    command: Command
-    system_id: str
-    message_id: str
-    source: str = field(repr=False)
-    destination: str = field(repr=False)
-    data_coding: int
-    esm_class: int
-    registered_delivery: int
-    short_message: bytes = field(repr=False)
-    tlvs: Mapping[int, Value] = field(repr=False)
-    text: str = field(repr=False)
-    concat: Concat | None
 
 
 @dataclass(eq=False)
@@ -172,6 +115,8 @@ class _Link(asyncio.Protocol):
         self.session = Session(Role.SMSC, sim.config.session, now=loop.time())
         self.transport: asyncio.Transport | None = None
         self.system_id: str | None = None
+        self.system_type = ""
+        self.number = 0  # the simulator's connection count when it opened
         self.closed: asyncio.Future[None] = loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -181,6 +126,7 @@ class _Link(asyncio.Protocol):
         sim = self.sim
         sim._links.append(self)
         sim.connections += 1
+        self.number = sim.connections
         log.info("simulator_connected", connections=sim.connections, open=len(sim._links))
         if not sim.answering:
             self.transport.pause_reading()
@@ -191,6 +137,8 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sim._links.remove(self)
+        if self.session.state in _BOUND:  # no unbind: the carrier keeps it a while
+            self.sim._lingering.append(self.loop.time() + self.sim.config.lost_session_hold)
         self.handle(self.session.receive_data(b"", self.loop.time()))
         log.info("simulator_disconnected", system_id=self.system_id, open=len(self.sim._links))
         self.closed.set_result(None)
@@ -242,6 +190,9 @@ class SmscSimulator:
         self.clock: Clock = clock or SystemClock()
         self.submitted: list[SubmittedMessage] = []
         self.arrivals: list[tuple[float, int]] = []  # (loop time, status answered)
+        self.submit_log: list[SubmitRecord] = []
+        self.already_bound = 0  # binds refused with ESME_RALYBND (the session cap)
+        self._lingering: list[float] = []  # loop times lost sessions stop counting
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = self.deliveries = 0
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
@@ -464,15 +415,27 @@ class SmscSimulator:
             status = Status.ESME_RINVSYSID
         elif event.password != self.config.password:
             status = Status.ESME_RINVPASWD
+        elif self._sessions_full(link):
+            status = Status.ESME_RALYBND
+            self.already_bound += 1
         if status != Status.ESME_ROK:
             link.session.reject_bind(event.pdu, status)
             log.info("simulator_bind_refused", mode=event.mode, status=status_name(status))
             return
         link.session.accept_bind(event.pdu, SMSC_SYSTEM_ID)
         link.system_id = event.system_id
+        link.system_type = event.pdu.param("system_type", str)
         self.binds += 1
         log.info("simulator_bound", system_id=link.system_id, mode=event.mode, binds=self.binds)
         self._pump()
+
+    def _sessions_full(self, binding: _Link) -> bool:
+        if self.config.max_sessions is None:
+            return False
+        now = binding.loop.time()
+        self._lingering = [t for t in self._lingering if t > now]
+        bound = sum(1 for lk in self._links if lk is not binding and lk.session.state in _BOUND)
+        return bound + len(self._lingering) >= self.config.max_sessions
 
     def _on_request(self, link: _Link, pdu: Pdu) -> None:
         if link.session.closed:
@@ -485,6 +448,7 @@ class SmscSimulator:
         if status == Status.ESME_ROK and not self._within_limit():
             status = Status.ESME_RTHROTTLED
         self.arrivals.append((link.loop.time(), status))
+        self.submit_log.append(SubmitRecord(*self.arrivals[-1], link.number, link.system_type))
         if status != Status.ESME_ROK:  # an ESME_ROK queued by `throttle_storm` accepts
             self.throttled += status == Status.ESME_RTHROTTLED
             link.session.respond(pdu, status)

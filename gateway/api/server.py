@@ -20,6 +20,7 @@ from gateway.api import contacts_endpoints as contacts_table
 from gateway.api import handlers as h
 from gateway.api import reminder_rules, surveys
 from gateway.api import templates as t
+from gateway.api.cluster import CLUSTER_ENDPOINTS
 from gateway.api.endpoint import INVALID_QUERY, Endpoint
 from gateway.api.erasure import ERASURE_ENDPOINTS
 from gateway.api.hl7_endpoints import HL7_ENDPOINTS
@@ -501,6 +502,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *surveys.endpoints(Endpoint),  # /surveys (i15-surveys)
     *cmp.endpoints(Endpoint),  # /campaigns (i15-campaigns)
     *LINK_ENDPOINTS,  # /links (i15-links)
+    *CLUSTER_ENDPOINTS,  # /cluster (i18-routes)
     *an.endpoints(Endpoint),  # /analytics (i15-analytics)
 )
 

@@ -13,7 +13,10 @@ Fairness: each node also has a sub-bucket per account (`rate_shares`) refilled a
 `rate / n`, where n counts this node and the other live nodes that were refused tokens
 (wanted more than they got) in the last `active_window` seconds. A node with little
 to send is never counted, so the nodes with a backlog share what it leaves; the global
-row still holds the cap if the shares are momentarily wrong.
+row still holds the cap if the shares are momentarily wrong. A share saves up to the
+account's whole `burst`, not its n-th: a node whose claims come late (a busy machine,
+a slow round trip) catches up on the tokens of its share instead of losing them, and
+the account's row still bounds every window.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ WITH n AS (
     INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp)
     SELECT %(a)s, %(inc)s, greatest(1, %(burst)s / n.n), %(now)s FROM n
     ON CONFLICT (account, incarnation) DO UPDATE SET
-        tokens = least(greatest(1, %(burst)s / (SELECT n FROM n)), s.tokens + %(rate)s
+        tokens = least(%(burst)s, s.tokens + %(rate)s
             / (SELECT n FROM n) * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
         stamp = excluded.stamp
     RETURNING s.tokens
@@ -70,14 +73,18 @@ class Grant:
 async def configure(
     conn: AsyncConnection[TupleRow], account: str, rate: float, burst: float
 ) -> None:
-    """Create or change an account's bucket (a change keeps its tokens, capped)."""
+    """Create or change an account's bucket (a change keeps its tokens, capped). `rate`
+    is the contract: the same one again keeps the rate throttling lowered it to."""
     if rate <= 0 or burst < 1:
         raise ValueError("rate must be > 0 and burst >= 1")
     await conn.execute(
-        "INSERT INTO rate_accounts (account, rate, burst, tokens) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (account) DO UPDATE SET rate = excluded.rate, burst = excluded.burst,"
+        "INSERT INTO rate_accounts (account, rate, burst, tokens, contract)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (account) DO UPDATE SET burst = excluded.burst,"
+        " rate = CASE WHEN rate_accounts.contract = excluded.contract THEN rate_accounts.rate"
+        " ELSE excluded.rate END, contract = excluded.contract,"
         " tokens = least(rate_accounts.tokens, excluded.burst)",
-        (account, rate, burst, burst),
+        (account, rate, burst, burst, rate),
     )
 
 

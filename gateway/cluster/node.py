@@ -32,7 +32,9 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
+from gateway.cluster import buckets
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
+from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
@@ -40,6 +42,8 @@ from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
 from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_same, shared_keys
+from gateway.cluster.shared_rate import SharedRate
+from gateway.cluster.status import NodeView, PublishedRoute, cluster_status, publish_routes
 from gateway.cluster.tokens import ClusterTokens
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
@@ -82,6 +86,10 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
         self.adopted = 0
+        self.bind_slots: dict[str, ClusterBindSlots] = {}  # i18-routes: per route with max_binds
+        # i18-routes: this node's routes and their health, published every heartbeat.
+        self.route_health: Callable[[], list[PublishedRoute]] = list
+        self.shared_rates: list[SharedRate] = []  # their last statements end before the pool
 
     @classmethod
     async def open(
@@ -109,6 +117,8 @@ class ClusterNode:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
+                for account in settings.accounts:  # i18-routes: the carriers' contracts
+                    await buckets.configure(conn, account.name, account.rate, account.burst)
             local = await store.reader.all(
                 "SELECT purpose, generation, wrapped, created_at FROM keyring"
             )
@@ -145,6 +155,10 @@ class ClusterNode:
         return node
 
     @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    @property
     def fenced(self) -> bool:
         return not self.membership.fence.live
 
@@ -170,6 +184,7 @@ class ClusterNode:
         than)` returns how many it took) on NOTIFY, and by polling behind it."""
         self._tasks.append(asyncio.create_task(self._adopting(adopt), name="cluster-adopt"))
         self._tasks.append(asyncio.create_task(self._upkeep(), name="cluster-upkeep"))
+        self._tasks.append(asyncio.create_task(self._publishing(), name="cluster-routes"))
 
     async def _upkeep(self) -> None:
         """Each heartbeat: take up a key rotation, copy new audit entries; an anchor
@@ -192,6 +207,21 @@ class ClusterNode:
                 log.warning("cluster_upkeep_failed", error=exception_summary(e))
             await self._clock.sleep(self.settings.heartbeat_seconds)
 
+    async def _publishing(self) -> None:
+        """Every heartbeat: this node's routes and their health, for the cluster view."""
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    await publish_routes(conn, self.membership.me, self.route_health())
+            except Exception as e:  # the database is away, or we are fenced: next beat
+                log.warning("routes_publish_failed", error=exception_summary(e))
+            await self._clock.sleep(self.settings.heartbeat_seconds)
+
+    async def status(self) -> list[NodeView]:
+        """Every node of the cluster, as `/api/v1/cluster` and the panel show it."""
+        async with self._pool.connection() as conn:
+            return await cluster_status(conn)
+
     async def _adopting(self, adopt: Callable[[float], Awaitable[int]]) -> None:
         await self._waker.start()
         poll = self.settings.lease_seconds
@@ -212,6 +242,11 @@ class ClusterNode:
                     log.info("queue_adopted", node=self.settings.node_id, count=taken)
         finally:
             await self._waker.stop()
+
+    def nudge(self) -> None:
+        """A message was accepted here that only other nodes may send: they take in
+        the queued rows they do not hold now, not at their next poll."""
+        self._notifier.due(RECOVERED)
 
     def _recovered(self, found: list[Recovered]) -> None:
         self.recovered_rows += sum(r.requeued for r in found)
@@ -258,6 +293,8 @@ class ClusterNode:
             await self.shipper.ship()
         except Exception as e:
             log.warning("audit_copy_failed", error=exception_summary(e))
+        for rate in self.shared_rates:
+            await rate.aclose()
         try:
             await self.membership.stop(release=True)
         finally:

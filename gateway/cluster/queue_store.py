@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
-from gateway.cluster import queue_sql, reads
+from gateway.cluster import buckets, queue_sql, reads
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
@@ -26,7 +26,7 @@ from gateway.cluster.parks import ClusterParks
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.models import Priority, State
 from gateway.store import crypto
-from gateway.store.claim_check import Held
+from gateway.store.claim_check import ACCOUNT_EMPTY, Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
@@ -109,6 +109,10 @@ class ClusterQueue:
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
         self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
+        # i18-routes: route -> carrier account; a claim for the route debits its bucket.
+        self.accounts: dict[str, str] = {}
+        self.grants: dict[str, buckets.Grant] = {}  # each account's last grant here
+        self.starved: dict[str, int] = {}  # per account: claims here that got fewer tokens
 
     # -- accept ------------------------------------------------------------------------
 
@@ -325,36 +329,56 @@ class ClusterQueue:
         held by another claimer, in one transaction; None for the others (a recipient
         who opted out: now `blocked`). Raises `LeaseLost` once this node may not claim."""
         ids = list(message_ids)
-        found, _ = await self._claim(ids, route, now, None)
-        return [found.get(i) for i in ids]
+        found, _, short, wait = await self._claim(ids, route, now, None)
+        # Not claimed for want of the account's tokens: back in the cache until a token.
+        held = Held(now + wait, ACCOUNT_EMPTY)
+        return [found.get(i) or (held if i in short else None) for i in ids]
 
     async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
         """The first `want` due, unexpired queued messages no other claimer holds, in
         class, due-time and id order, claimed in the same transaction."""
         if want < 1:
             return []
-        found, order = await self._claim([], route, now, want)
+        found, order, _, _ = await self._claim([], route, now, want)
         return [found[i] for i in order if i in found]
 
     async def _claim(
         self, ids: list[str], route: str, now: float, want: int | None
-    ) -> tuple[dict[str, ClaimedMessage], list[str]]:
-        """Claim `ids`, or with `want` the first due ones: the claims, and the ids
-        looked at in their order."""
+    ) -> tuple[dict[str, ClaimedMessage], list[str], set[str], float]:
+        """Claim `ids`, or with `want` the first due ones: the claims, the ids looked at
+        in their order, those left for want of a rate account's tokens, and the seconds
+        until its next token."""
         me = self._me()
+        account = self.accounts.get(route)
+        wait, short = 0.0, set[str]()
         async with self._pool.connection() as conn, conn.transaction():
             await lock_live(conn, me)
+            # The account's bucket is locked before any message row (one lock order).
+            grant = None
+            if account is not None:
+                grant = await buckets.reserve(conn, account, me, want or max(1, len(ids)))
+                self.grants[account] = grant
             if want is not None:
-                due = await (await conn.execute(_DUE, {"now": now, "n": want})).fetchall()
+                n = want if grant is None else grant.n
+                due = await (await conn.execute(_DUE, {"now": now, "n": n})).fetchall()
                 ids = [r[0] for r in due]
             params = {"ids": ids, "route": route, "now": now, "node": me.node_id}
             opted = await (await conn.execute(_OPTED_OUT, params)).fetchall()
             for (message_id,) in opted:
                 blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
                 await queue_sql.apply(conn, blocked, now, me)
+            if grant is not None and want is None:  # the first as many as there are tokens
+                blocked_ids = {r[0] for r in opted}
+                candidates = [i for i in ids if i not in blocked_ids]
+                params["ids"], short = candidates[: grant.n], set(candidates[grant.n :])
             rows = await (
                 await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
             ).fetchall()
+            if grant is not None and account is not None:
+                starved = grant.n < (want or len(ids) - len(opted))
+                self.starved[account] = self.starved.get(account, 0) + starved
+                wait = await buckets.debit(conn, account, me, grant, len(rows), starved)
+                wait = max(wait, 1e-3) if starved else 0.0
         found: dict[str, ClaimedMessage] = {}
         c = self._cipher
         if self.keys is not None and any(
@@ -373,7 +397,7 @@ class ClusterQueue:
                 r[6],
                 bool(r[7]),
             )
-        return found, ids
+        return found, ids, short, wait
 
     async def record_outcomes(
         self, sent: list[SentItem], changes: list[tuple[Transition, float]]

@@ -284,8 +284,30 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 4 (i18-routes): reserved; replaced by that branch before it lands.
-    "SELECT 1",
+    # 4 (i18-routes): routes across nodes. `rate_accounts.contract` is the configured
+    #    rate: a restarting node resets it, while `rate` is what throttle adaptation
+    #    (ESME_RTHROTTLED) left, shared by every node and never above the contract
+    #    (`cut_at`, `probed_at`: one cut per overload and one probe a second, whichever
+    #    node sees it).
+    #    `node_routes`: each live incarnation's routes and their health (which node has
+    #    which modem bank and bound SMPP sessions), for the panel and the cluster status.
+    """
+    ALTER TABLE rate_accounts ADD COLUMN contract double precision,
+        ADD COLUMN cut_at timestamptz, ADD COLUMN probed_at timestamptz;
+    UPDATE rate_accounts SET contract = rate;
+    ALTER TABLE rate_accounts ALTER COLUMN contract SET NOT NULL;
+
+    CREATE TABLE node_routes (
+        incarnation  bigint NOT NULL,
+        route        text NOT NULL,
+        node_id      text NOT NULL,
+        kind         text NOT NULL,
+        state        text NOT NULL,
+        detail       text NOT NULL DEFAULT '',
+        updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (incarnation, route)
+    );
+    """,
     # ---
     # 5 (i18-consent): reserved; replaced by that branch before it lands.
     "SELECT 1",

@@ -25,6 +25,15 @@ _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
+class RateAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A carrier account's contract (`[[cluster.accounts]]`): at most `rate` submits a
+    second across every node, `burst` at once; routes name it with `account`."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    rate: Annotated[float, msgspec.Meta(gt=0)]
+    burst: Annotated[float, msgspec.Meta(ge=1)] = 1.0
+
+
 class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = False
     node_id: str = ""  # stable per node; each start registers a new incarnation of it
@@ -37,6 +46,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
+    accounts: tuple[RateAccount, ...] = ()  # i18-routes: shared rates (route_settings.py)
 
     def problems(self) -> str | None:
         if not self.enabled:

@@ -29,6 +29,9 @@ class ClaimSubject:
     now: float
 
 
+ACCOUNT_EMPTY = "rate:account"  # a Held's reason: a carrier account's shared bucket is empty
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """The policy's answer to a claim: not now, wait (still `queued`) until `until`."""
