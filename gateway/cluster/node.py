@@ -27,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
+from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
@@ -61,6 +62,7 @@ class ClusterNode:
         self._clock = clock
         self._notifier = Notifier(pool, clock)
         self._waker = Waker(conninfo, clock)
+        self.horizon = HorizonWatch(pool, clock, settings.heartbeat_seconds)
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
         self.adopted = 0
@@ -132,12 +134,14 @@ class ClusterNode:
             "node_id": self.settings.node_id,
             "incarnation": incarnation,
             "lease": "fenced" if self.fenced else "live",
+            **self.horizon.describe(),
         }
 
     def start(self, adopt: Callable[[float], Awaitable[int]]) -> None:
         """Adopt recovered and unclaimed rows into this node's scheduler (`adopt(older
         than)` returns how many it took) on NOTIFY, and by polling behind it."""
         self._tasks.append(asyncio.create_task(self._adopting(adopt), name="cluster-adopt"))
+        self._tasks.append(asyncio.create_task(self.horizon.run(), name="cluster-xmin"))
 
     async def _adopting(self, adopt: Callable[[float], Awaitable[int]]) -> None:
         await self._waker.start()
