@@ -113,8 +113,10 @@ async def _post(site: Site, nodes_: list[Node], bodies: list[str], prio: str) ->
 
     async def one(i: int, chunk: list[str]) -> None:
         node = nodes_[i % len(nodes_)]
+        # A critical message must say why (purpose `emergency`), as in bench/scenarios.py.
+        extra = {"purpose": "emergency"} if prio == "critical" else {}
         items = [
-            {"to": f"+1202555{n % 10000:04d}", "body": b, "priority": prio}
+            {"to": f"+1202555{n % 10000:04d}", "body": b, "priority": prio, **extra}
             for n, b in enumerate(chunk)
         ]
         async with (

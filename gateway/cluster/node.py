@@ -192,6 +192,11 @@ class ClusterNode:
                 "Outcomes this node recorded after its claim was lost, since it started",
                 lambda: float(node.queue.late),
             ),
+            (
+                "smsgw_cluster_xmin_age_seconds",
+                "Age of the oldest transaction holding the database's xmin horizon (-1: unknown)",
+                lambda: -1.0 if node.horizon.last is None else node.horizon.last.seconds,
+            ),
         ]
         for name, doc, read in series:
             Gauge(name, doc, ["node"], registry=registry).labels(

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
+import structlog
+
 from gateway.cluster import queue_sql
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -33,6 +35,8 @@ from gateway.store.records import Sealed as RecordSealed
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
+
+log = structlog.get_logger("smsgw.cluster")
 
 OPTED_OUT = "consent:opted_out"
 _PRIORITIES = {int(p): p for p in Priority}
@@ -428,6 +432,8 @@ class ClusterQueue:
             done = await finish(conn, me, outcomes, now)
             applied = set(done.applied)
             self.late += len(done.late)
+            if done.late:  # answers that came after this node lost its claims (S7)
+                log.warning("late_outcomes", node=me.node_id, count=len(done.late))
             for message_id, route, cids, _ in sent:
                 if message_id not in applied:
                     states.append(LateOutcome(message_id))
