@@ -9,14 +9,15 @@
    SMSC simulator in this process; then the same on one node with its SQLite store.
    msg/s = N / (first post -> N-th submit at the simulator). The scaling ratios are the
    2- and 3-node rates over the 1-node one, the cluster's over SQLite's.
-2. failover: two nodes (lease 4 s, margin 1 s), each route at 50/s so a backlog waits;
-   node 2 is killed (SIGKILL); takeover = the kill -> the first of node 2's messages
-   submitted after it (by node 1: a dead node sends nothing), drained = -> the last.
+2. failover: two nodes (lease 4 s, margin 1 s); node 2 holds a backlog (its route at
+   50/s) and is killed (SIGKILL); node 1 has nothing of its own. takeover = the kill ->
+   the first of node 2's messages submitted a second or more after it (by node 1),
+   drained = -> the last of them.
 3. claim latency at 100,000 queued: `claims.claim` (lease check, SKIP LOCKED claim,
    events; one transaction) of 10 and of 1 message, 300 times each, p50/p99.
-4. S6 priority across nodes: two nodes, a bulk backlog on node 1 (route 100/s), 50
+4. S6 priority across nodes: two nodes, a bulk backlog on node 1 (routes at 100/s), 50
    critical messages posted to node 2 20 ms apart; accept -> `sending` from the events
-   (p50/p99; target p99 < 50 ms).
+   (p50/p99; target p99 < 50 ms). The peer: one SQLite node, both on it.
 5. --soak S: S9, a REPEATABLE READ transaction held open (xmin pinned) while two nodes
    take a steady load for S seconds; the nodes' healthz `xmin_age_seconds` and the claim
    latency at the start and the end.
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+from client import parse_iso
 
 sys.path.remove(str(harness.BENCH_DIR))
 sys.path.insert(0, str(harness.REPO))
@@ -149,21 +151,21 @@ async def throughput(pg: PgServer, count: int, n: int, sqlite: bool) -> dict[str
             "accept_seconds": round(accepted, 2), "msg_per_s": round(rate, 1)}  # fmt: skip
 
 
-async def failover(pg: PgServer, per_node: int) -> dict[str, Any]:
+async def failover(pg: PgServer, queued: int) -> dict[str, Any]:
+    """Node 2 holds `queued` messages (its route at 50/s) and is killed; node 1 is idle."""
     lease = 4.0
     options = {"lease": lease, "margin": 1.0, "heartbeat": 0.5, "route_extra": "rate = 50\n"}
     async with _site(2, pg.create_database(), **options) as site:
         smsc = site.smsc
-        theirs = [f"fo2 {i}" for i in range(per_node)]
-        await _post(site, site.nodes[:1], [f"fo1 {i}" for i in range(per_node)], "normal")
+        theirs = [f"fo2 {i}" for i in range(queued)]
         await _post(site, site.nodes[1:], theirs, "normal")
-        await smsc.wait_until(lambda: smsc.submits >= per_node // 4)
+        await smsc.wait_until(lambda: smsc.submits >= 10)
         left = set(theirs) - {m.text for m in smsc.submitted}
         site.nodes[1].kill()
         killed = time.perf_counter()
         seen = len(smsc.submitted)
         # A submit already on the wire at the kill is not a takeover: only what reaches
-        # the carrier a second or more after it.
+        # the carrier a second or more after it (node 1 sends nothing else).
         await asyncio.wait_for(
             smsc.wait_until(
                 lambda: (
@@ -179,8 +181,8 @@ async def failover(pg: PgServer, per_node: int) -> dict[str, Any]:
         )
         drained = time.perf_counter() - killed
     print(f"failover: takeover {takeover:.2f} s, dead node's {len(left)} drained {drained:.1f} s")
-    return {"lease_s": lease, "dead_queued": len(left), "takeover_s": round(takeover, 2),
-            "drained_s": round(drained, 2)}  # fmt: skip
+    return {"lease_s": lease, "route_rate": 50, "dead_queued": len(left),
+            "takeover_s": round(takeover, 2), "drained_s": round(drained, 2)}  # fmt: skip
 
 
 async def claim_latency(pg: PgServer, queued: int, rounds: int = 300) -> dict[str, Any]:
@@ -221,14 +223,15 @@ async def _events(dsn: str, ids: list[str]) -> list[float]:
     return [(r[1] - r[2]) * 1000 for r in rows if r[1] is not None and r[2] is not None]
 
 
-async def priority(pg: PgServer, backlog: int, critical: int = 50) -> dict[str, Any]:
-    dsn = pg.create_database()
-    async with _site(2, dsn, route_extra="rate = 100\n") as site:
+async def priority(pg: PgServer, backlog: int, sqlite: bool, critical: int = 50) -> dict[str, Any]:
+    """Bulk on node 1, criticals on node 2 (one node on SQLite: both on it)."""
+    dsn = None if sqlite else pg.create_database()
+    async with _site(1 if sqlite else 2, dsn, route_extra="rate = 100\n") as site:
         smsc = site.smsc
         await _post(site, site.nodes[:1], [f"bulk {i}" for i in range(backlog)], "bulk")
         ids: list[str] = []
         for i in range(critical):
-            ids += await _post(site, site.nodes[1:], [f"crit {i}"], "critical")
+            ids += await _post(site, site.nodes[-1:], [f"crit {i}"], "critical")
             await asyncio.sleep(0.02)
         await asyncio.wait_for(
             smsc.wait_until(
@@ -236,10 +239,23 @@ async def priority(pg: PgServer, backlog: int, critical: int = 50) -> dict[str, 
             ),
             120,
         )
-        lat = await _events(dsn, ids)
-    out = {"backlog": backlog, "critical": critical, "p50_ms": round(statistics.median(lat), 1),
+        lat = await (_api_delays(site, ids) if sqlite else _events(str(dsn), ids))
+    out = {"backend": "sqlite" if sqlite else "postgresql", "backlog": backlog,
+           "critical": critical, "p50_ms": round(statistics.median(lat), 1),
            "p99_ms": round(_pct(lat, 0.99), 1)}  # fmt: skip
-    print(f"priority across nodes: {out}")
+    print(f"priority: {out}")
+    return out
+
+
+async def _api_delays(site: Site, ids: list[str]) -> list[float]:
+    """accept -> first `sending` per message, ms, from `GET /api/v1/messages/{id}`."""
+    auth = {"Authorization": f"Bearer {site.token}"}
+    out = []
+    for mid in ids:
+        async with site.http.get(f"{site.nodes[0].url}/api/v1/messages/{mid}", headers=auth) as r:
+            events = (await r.json())["events"]
+        at = {e["state"]: parse_iso(e["at"]) for e in reversed(events)}
+        out.append((at["sending"] - at[events[0]["state"]]) * 1000)
     return out
 
 
@@ -294,7 +310,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["pg1_over_sqlite1"] = round(one / runs[3]["msg_per_s"], 2)
         result["failover"] = await failover(pg, args.failover)
         result["claim"] = await claim_latency(pg, args.queued)
-        result["priority"] = await priority(pg, args.backlog)
+        result["priority"] = [await priority(pg, args.backlog, sqlite) for sqlite in (False, True)]
+        result["priority_pg_over_sqlite_p99"] = round(
+            result["priority"][0]["p99_ms"] / max(result["priority"][1]["p99_ms"], 0.1), 2
+        )
         if args.soak:
             result["soak"] = await soak(pg, args.soak)
         result["load_after"] = _load()
@@ -310,7 +329,7 @@ def _load() -> float:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=6000, help="per throughput run")
-    parser.add_argument("--failover", type=int, default=400, help="messages per node")
+    parser.add_argument("--failover", type=int, default=400, help="queued on the killed node")
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--backlog", type=int, default=3000, help="bulk before the criticals")
     parser.add_argument("--soak", type=float, default=0, help="S9 soak seconds (0: none)")

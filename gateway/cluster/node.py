@@ -32,6 +32,7 @@ from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.schema import migrate
+from gateway.cluster.session import session_options
 from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.wakeup import Notifier, Waker
 from gateway.config import Config, ConfigError
@@ -77,7 +78,10 @@ class ClusterNode:
         clock: Clock,
     ) -> ClusterNode:
         password = settings.password(data_dir)
-        extra: dict[str, Any] = {"application_name": f"smsgw-{settings.node_id}"}
+        extra: dict[str, Any] = {
+            "application_name": f"smsgw-{settings.node_id}",
+            "options": session_options(settings),
+        }
         if password is not None:
             extra["password"] = password
         conninfo = make_conninfo(settings.conninfo, **extra)

@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 
 SUBMIT_SM = 0x00000004
 
@@ -93,7 +94,13 @@ class Forward:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.submits: list[float] = []
+        self._grew = asyncio.Condition()
         self.port = 0
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds, looked at after each submit_sm seen."""
+        async with self._grew:
+            await self._grew.wait_for(predicate)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, 0)
@@ -126,7 +133,11 @@ class Forward:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 if count:
+                    seen = len(self.submits)
                     pending = self._count(pending + data)
+                    if len(self.submits) > seen:
+                        async with self._grew:
+                            self._grew.notify_all()
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()

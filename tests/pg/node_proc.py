@@ -15,6 +15,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from gateway.tls import generate_self_signed
 from tests.conftest import SMSGW, smsgw_process
 from tests.http_daemon import TOKEN_RE
 from tests.ports import free_port
@@ -32,9 +33,17 @@ def node_config(
     listen_host: str = "127.0.0.1",
     route_extra: str = "",
 ) -> tuple[Path, str]:
-    """The node's config file and the base URL of its HTTP API."""
+    """The node's config file and the base URL of its HTTP API: HTTPS with a
+    self-signed pair when `listen_host` is not loopback (plain HTTP is loopback only)."""
     port = free_port()
     conf = data / "smsgw.toml"
+    tls, scheme = "", "http"
+    if listen_host != "127.0.0.1":
+        generate_self_signed(data / "tls.crt", data / "tls.key", [listen_host])
+        tls, scheme = (
+            f'tls_cert_file = "{data}/tls.crt"\ntls_key_file = "{data}/tls.key"\n',
+            "https",
+        )
     cluster = (
         f'[cluster]\nenabled = true\nnode_id = "{node}"\nconninfo = "{dsn}"\n'
         f"lease_seconds = {lease}\nmargin_seconds = {margin}\nheartbeat_seconds = {heartbeat}\n\n"
@@ -42,7 +51,8 @@ def node_config(
         else ""
     )
     conf.write_text(
-        f'data_dir = "{data}"\n\n[http]\nlisten = "{listen_host}:{port}"\nshutdown_grace = 1.0\n\n'
+        f'data_dir = "{data}"\n\n[http]\nlisten = "{listen_host}:{port}"\n'
+        f"shutdown_grace = 1.0\n{tls}\n"
         '[log]\nformat = "json"\nlevel = "info"\n\n'
         '[consent]\nenabled = false\ndefault_purpose = "informational"\n\n'
         f"{cluster}"
@@ -50,7 +60,7 @@ def node_config(
         'system_id = "smsgw"\npassword = "pw"\nreconnect_min = 0.05\nreconnect_max = 0.2\n'
         f"{route_extra}"
     )
-    return conf, f"http://{listen_host}:{port}"
+    return conf, f"{scheme}://{listen_host}:{port}"
 
 
 async def init_data(root: Path, names: list[str]) -> str:
@@ -127,4 +137,21 @@ class Node:
         code = await asyncio.wait_for(self.proc.wait(), 30)
         await self._reader
         if self.alive:
-            assert code == 0, "".join(self.lines[-30:])
+            assert code == 0, f"exit {code}: " + "".join(self.lines[-30:])
+
+
+async def stop_all(nodes: list[Node]) -> None:
+    """SIGTERM to every node, then wait for each; the first failure is raised only once
+    all have stopped (none is left running behind a failed one)."""
+    for node in nodes:
+        if node.proc.returncode is None:
+            node.proc.terminate()
+    failures: list[BaseException] = []
+    for node in nodes:
+        try:
+            await node.stop()
+        except (AssertionError, TimeoutError) as e:
+            node.kill()
+            failures.append(e)
+    if failures:
+        raise failures[0]

@@ -15,7 +15,6 @@ time from the promotion to the first submit of a message accepted after it is pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import psycopg
 import pytest
 
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
-from tests.pg.node_proc import Node, init_data, node_config
+from tests.pg.node_proc import Node, init_data, node_config, stop_all
 from tests.pg_server import SKIP_REASON, PgServer, find_bindir
 
 BEFORE_KILL = 40
@@ -165,10 +164,5 @@ async def test_primary_killed_standby_promoted_nothing_accepted_is_lost(
         assert found is not None and found[0] == len(acked)
         assert await _listening(new_dsn, names) == set(names)
     finally:
-        for node in nodes:
-            if node.proc.returncode is None:
-                node.proc.terminate()
-        for node in nodes:
-            with contextlib.suppress(AssertionError):
-                await node.stop()
+        await stop_all(nodes)
         await smsc.aclose()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from tests.pg.netns import Forward, Namespace, unavailable
-from tests.pg.node_proc import Node, init_data, node_config
+from tests.pg.node_proc import Node, init_data, node_config, stop_all
 from tests.pg_server import PgServer
 
 BACKLOG = 60
@@ -80,7 +81,9 @@ async def test_a_node_cut_from_the_database_fences_itself_and_its_peer_sends_its
             Node.start("gw2", conf2, url2, prefix=namespace.exec_prefix()),
         )
         gw1, gw2 = nodes
-        async with aiohttp.ClientSession() as http:
+        # gw2 serves HTTPS (plain HTTP is loopback only), under a self-signed pair.
+        trust = ssl.create_default_context(cafile=str(tmp_path / "gw2" / "tls.crt"))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
             async with http.get(f"{url2}/api/v1/healthz") as r:
                 before = (await r.json())["node"]
             assert before["lease"] == "live"
@@ -93,8 +96,8 @@ async def test_a_node_cut_from_the_database_fences_itself_and_its_peer_sends_its
             acked = {x["id"]: item["body"] for x, item in zip(results, items, strict=True)}
             await asyncio.wait_for(smsc.wait_until(lambda: smsc.submits >= 3), 30)
             smsc.stop_answering()  # what gw2 submits from now waits for its answer
-            answered = smsc.submits
-            await asyncio.wait_for(smsc.wait_until(lambda: smsc.submits > answered), 30)
+            answered = len(carrier.submits)
+            await asyncio.wait_for(carrier.wait_until(lambda: len(carrier.submits) > answered), 30)
             namespace.cut_db()
             fenced_line = await gw2.wait_line('"node_fenced"', 60)
             async with http.get(f"{url2}/api/v1/healthz") as r:
@@ -139,11 +142,9 @@ async def test_a_node_cut_from_the_database_fences_itself_and_its_peer_sends_its
         twice = {mid for mid, body in acked.items() if counts[body] > 1}
         assert twice <= flagged and late <= flagged
     finally:
-        for node in nodes:
-            if node.proc.returncode is None:
-                node.proc.terminate()
-        for node in nodes:
-            await node.stop()
+        for node in nodes:  # shown by pytest when the test failed
+            print(node.name, "".join(x for x in node.lines if "dispatch_failed" not in x))
+        await stop_all(nodes)
         await carrier.stop()
         await db.stop()
         await smsc.aclose()
