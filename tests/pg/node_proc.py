@@ -83,6 +83,7 @@ class Node:
         self.listening = asyncio.Event()
         self.changed = asyncio.Condition()
         self.alive = True
+        self.signalled = False
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -131,9 +132,14 @@ class Node:
         if self.proc.returncode is None:
             self.proc.kill()
 
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
+    def terminate(self) -> None:
+        """SIGTERM once (a second one would cut the node's own shutdown short)."""
+        if self.proc.returncode is None and not self.signalled:
+            self.signalled = True
             self.proc.send_signal(signal.SIGTERM)
+
+    async def stop(self) -> None:
+        self.terminate()
         code = await asyncio.wait_for(self.proc.wait(), 30)
         await self._reader
         if self.alive:
@@ -144,8 +150,7 @@ async def stop_all(nodes: list[Node]) -> None:
     """SIGTERM to every node, then wait for each; the first failure is raised only once
     all have stopped (none is left running behind a failed one)."""
     for node in nodes:
-        if node.proc.returncode is None:
-            node.proc.terminate()
+        node.terminate()
     failures: list[BaseException] = []
     for node in nodes:
         try:
