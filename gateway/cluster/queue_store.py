@@ -407,14 +407,14 @@ class ClusterQueue:
         message's receipts that overtook the answer are applied after it."""
         me = self._me()
         outcomes = [
-            Outcome(i, self._epochs.pop(i, -1), State.SENT, route, tuple(cids))
+            Outcome(i, self._epochs.get(i, -1), State.SENT, route, tuple(cids))
             for i, route, cids, _ in sent
         ]
         for t, _ in changes:
             outcomes.append(
                 Outcome(
                     t.message_id,
-                    self._epochs.pop(t.message_id, -1),
+                    self._epochs.get(t.message_id, -1),
                     t.target,
                     t.route or "",
                     (),
@@ -440,6 +440,10 @@ class ClusterQueue:
                     continue
                 after = await queue_sql.early_receipts(conn, route, tuple(cids), now, me)
                 states.append(after or State.SENT)
+        # Only once committed: a write lost with the database is tried again (the group
+        # sender retries it on a cluster) under the same epochs.
+        for outcome in outcomes:
+            self._epochs.pop(outcome.message_id, None)
         return states, [t.message_id in applied for t, _ in changes]
 
     async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:
