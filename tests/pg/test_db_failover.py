@@ -195,7 +195,7 @@ async def test_primary_killed_standby_promoted_nothing_accepted_is_lost(
                     "SELECT id, owner_node, owner_incarnation, claim_epoch, claimed_at FROM"
                     " messages WHERE state = 'sending'",
                     "SELECT * FROM nodes",
-                    "SELECT message_id, node_id, incarnation, claim_epoch, state FROM late_outcomes",
+                    "SELECT message_id, node_id, incarnation, claim_epoch FROM late_outcomes",
                 ):
                     print(q, await (await conn.execute(q)).fetchall())
             assert set(states) <= {"sent", "delivered"}, states
