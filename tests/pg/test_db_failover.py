@@ -7,7 +7,9 @@ a sender replays after an error, as a hospital system would). The primary's post
 is killed with SIGKILL and the standby promoted at once. Pass: every message a node
 answered 202 for (before, during or after) is in the new primary and reaches the
 carrier (0 lost: a 202 came after the standby had the commit); both nodes accept and
-send again after the promotion; each node's LISTEN is back, on the new primary. The
+send again after the promotion; each node's LISTEN is back, on the new primary; every
+acknowledged message ends `sent` or `delivered` (an outcome whose write was lost in the
+outage is written again, not left `sending` under a live lease). The
 time from the promotion to the first submit of a message accepted after it is printed
 (a figure, not asserted). A PostgreSQL of its own (the session's would be killed).
 """
