@@ -37,6 +37,7 @@ from gateway.metrics import Metrics
 from gateway.models import State
 from gateway.routes import RouteRuntime
 from gateway.store.claim_check import ACCOUNT_EMPTY, Held
+from gateway.store.group_sql import SentItem
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import ClaimedMessage
 from gateway.store.transitions import Transition
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("smsgw.scheduler")
 
 NOT_READY_COOL_DOWN = 1.0
+# A cluster's outcome writes: 0.25 s, doubling to 5 s, 15 tries (about a minute).
+RECORD_RETRY_FIRST, RECORD_RETRY_MAX, RECORD_RETRIES = 0.25, 5.0, 15
 
 
 class GroupSender:
@@ -244,7 +247,7 @@ class GroupSender:
                 plan.sent.append((entry, future.result()))
             else:
                 self._failure(plan, entry, route, error, now)
-        states, done = await self._store.record_outcomes(
+        states, done = await self._record_outcomes(
             [(e.id, route.name, r.carrier_ids, now) for e, r in plan.sent],
             [(t, now) for t, _ in plan.changes],
         )
@@ -274,6 +277,27 @@ class GroupSender:
                 after()
             elif isinstance(ok, Exception):
                 log.error("dispatch_failed", route=route.name, error=exception_summary(ok))
+
+    async def _record_outcomes(
+        self, sent: list[SentItem], changes: list[tuple[Transition, float]]
+    ) -> tuple[list[State | Exception], list[bool | Exception]]:
+        """On a cluster the database can be away for a moment (a failover, a cut link):
+        what the carrier answered is written again, with a growing pause, rather than
+        left `sending` until this node's lease lapses (a write that did land unseen is
+        kept as a late outcome the second time, overwriting nothing)."""
+        pause = RECORD_RETRY_FIRST
+        attempt = 1
+        while True:
+            try:
+                return await self._store.record_outcomes(sent, changes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self._fence is None or attempt >= RECORD_RETRIES:
+                    raise
+                log.warning("outcomes_retry", attempt=attempt, error=exception_summary(e))
+            await self._clock.sleep(pause)
+            pause, attempt = min(pause * 2, RECORD_RETRY_MAX), attempt + 1
 
     def _failure(
         self, plan: _Plan, entry: Entry, route: RouteRuntime, error: BaseException, now: float

@@ -7,6 +7,11 @@ default, written out so nobody turns it off here). `initdb` refuses to run as ro
 root the data dir is given to the `postgres` user and both tools run through `runuser`.
 `make peers` installs `postgresql` from Debian when it is missing; `find_bindir()`
 returning None is the one reason the tests skip.
+
+S8 (database failover): `standby_of(primary, name)` makes a streaming standby with
+`pg_basebackup`, `primary.synchronous(name)` (before it) makes the primary wait for it
+at each commit, `kill_postmaster()` is kill -9 of the primary's postmaster and `promote()` turns
+the standby into the new primary.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -64,11 +70,17 @@ class PgServer:
         )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+        self._configure()
+        self._launch()
+
+    def _configure(self, extra: str = "") -> None:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "fsync = on\nsynchronous_commit = on\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.root}'\nmax_connections = 60\n"
+                f"unix_socket_directories = '{self.root}'\nmax_connections = 60\n{extra}"
             )
+
+    def _launch(self) -> None:
         for _ in range(START_ATTEMPTS):
             self.port = free_port()
             done = self._run(
@@ -79,6 +91,58 @@ class PgServer:
                 return
         log = (self.root / "server.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()}\n{log}")
+
+    @classmethod
+    def standby_of(cls, primary: PgServer, name: str) -> PgServer:
+        """A started hot standby streaming from `primary` (initdb's pg_hba trusts
+        replication on 127.0.0.1), known to it as `name` (its application_name)."""
+        standby = cls(primary.bindir)
+        done = standby._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-D", str(standby.data), "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {done.stderr.strip()}")
+        (standby.data / "standby.signal").touch()
+        if standby._as_postgres:
+            shutil.chown(standby.data / "standby.signal", "postgres", "postgres")
+        standby._configure(
+            "hot_standby = on\n"
+            f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres"
+            f" application_name={name}'\n"
+        )
+        standby._launch()
+        return standby
+
+    def synchronous(self, name: str) -> None:
+        """Commits wait for the standby `name` (call before starting it: until it
+        streams, a commit waits)."""
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+            conn.execute("SELECT pg_reload_conf()")
+
+    def sync_state(self, name: str) -> str | None:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = %s", (name,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def kill_postmaster(self) -> None:
+        """kill -9 of the postmaster (its backends notice and exit)."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+
+    def promote(self) -> None:
+        done = self._run("pg_ctl", "promote", "-w", "-t", "30", "-D", str(self.data))
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl promote failed: {done.stderr.strip()}")
+        # Its copy of the primary's settings names itself as the synchronous standby:
+        # alone now, it would make every commit wait forever. Patroni's synchronous_mode
+        # (not strict) does the same when no standby is left.
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("SELECT pg_reload_conf()")
 
     def stop(self) -> None:
         self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.data))

@@ -35,11 +35,13 @@ from drivers.clock import Clock
 from gateway.cluster import buckets
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
+from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
+from gateway.cluster.session import session_options
 from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_same, shared_keys
 from gateway.cluster.shared_rate import SharedRate
@@ -83,6 +85,7 @@ class ClusterNode:
         self._clock = clock
         self._notifier = Notifier(pool, clock)
         self._waker = Waker(conninfo, clock)
+        self.horizon = HorizonWatch(pool, clock, settings.heartbeat_seconds)
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
         self.adopted = 0
@@ -102,7 +105,10 @@ class ClusterNode:
     ) -> ClusterNode:
         """`master`: the site's master key (it unwraps the shared keyring)."""
         password = settings.password(data_dir)
-        extra: dict[str, Any] = {"application_name": f"smsgw-{settings.node_id}"}
+        extra: dict[str, Any] = {
+            "application_name": f"smsgw-{settings.node_id}",
+            "options": session_options(settings),
+        }
         if password is not None:
             extra["password"] = password
         conninfo = make_conninfo(settings.conninfo, **extra)
@@ -177,6 +183,7 @@ class ClusterNode:
             "incarnation": incarnation,
             "lease": "fenced" if self.fenced else "live",
             "key_generation": self.queue.cipher.generation,
+            **self.horizon.describe(),
         }
 
     def start(self, adopt: Callable[[float], Awaitable[int]]) -> None:
@@ -185,6 +192,7 @@ class ClusterNode:
         self._tasks.append(asyncio.create_task(self._adopting(adopt), name="cluster-adopt"))
         self._tasks.append(asyncio.create_task(self._upkeep(), name="cluster-upkeep"))
         self._tasks.append(asyncio.create_task(self._publishing(), name="cluster-routes"))
+        self._tasks.append(asyncio.create_task(self.horizon.run(), name="cluster-xmin"))
 
     async def _upkeep(self) -> None:
         """Each heartbeat: take up a key rotation, copy new audit entries; an anchor
@@ -275,6 +283,11 @@ class ClusterNode:
                 "smsgw_cluster_late_outcomes",
                 "Outcomes this node recorded after its claim was lost, since it started",
                 lambda: float(node.queue.late),
+            ),
+            (
+                "smsgw_cluster_xmin_age_seconds",
+                "Age of the oldest transaction holding the database's xmin horizon (-1: unknown)",
+                lambda: -1.0 if node.horizon.last is None else node.horizon.last.seconds,
             ),
         ]
         for name, doc, read in series:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
+import structlog
+
 from gateway.cluster import buckets, queue_sql, reads
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -34,6 +36,8 @@ from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVER
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
+
+log = structlog.get_logger("smsgw.cluster")
 
 OPTED_OUT = "consent:opted_out"
 _PRIORITIES = {int(p): p for p in Priority}
@@ -407,14 +411,14 @@ class ClusterQueue:
         message's receipts that overtook the answer are applied after it."""
         me = self._me()
         outcomes = [
-            Outcome(i, self._epochs.pop(i, -1), State.SENT, route, tuple(cids))
+            Outcome(i, self._epochs.get(i, -1), State.SENT, route, tuple(cids))
             for i, route, cids, _ in sent
         ]
         for t, _ in changes:
             outcomes.append(
                 Outcome(
                     t.message_id,
-                    self._epochs.pop(t.message_id, -1),
+                    self._epochs.get(t.message_id, -1),
                     t.target,
                     t.route or "",
                     (),
@@ -432,12 +436,18 @@ class ClusterQueue:
             done = await finish(conn, me, outcomes, now)
             applied = set(done.applied)
             self.late += len(done.late)
+            if done.late:  # answers that came after this node lost its claims (S7)
+                log.warning("late_outcomes", node=me.node_id, count=len(done.late))
             for message_id, route, cids, _ in sent:
                 if message_id not in applied:
                     states.append(LateOutcome(message_id))
                     continue
                 after = await queue_sql.early_receipts(conn, route, tuple(cids), now, me)
                 states.append(after or State.SENT)
+        # Only once committed: a write lost with the database is tried again (the group
+        # sender retries it on a cluster) under the same epochs.
+        for outcome in outcomes:
+            self._epochs.pop(outcome.message_id, None)
         return states, [t.message_id in applied for t, _ in changes]
 
     async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:

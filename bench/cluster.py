@@ -1,0 +1,341 @@
+"""Several `smsgw run` nodes on one PostgreSQL queue (issue 18, point 9; S6, S9 soak).
+
+    .venv/bin/python bench/cluster.py                  # make bench-cluster
+    .venv/bin/python bench/cluster.py --messages 2000 --queued 20000   # quicker
+    .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
+
+1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
+   throwaway PostgreSQL (`tests/pg_server.py`, Debian's, fsync on), all sending to one
+   SMSC simulator in this process; then the same on one node with its SQLite store.
+   msg/s = N / (first post -> N-th submit at the simulator). The scaling ratios are the
+   2- and 3-node rates over the 1-node one, the cluster's over SQLite's.
+2. failover: two nodes (lease 4 s, margin 1 s); node 2 holds a backlog (its route at
+   50/s) and is killed (SIGKILL); node 1 has nothing of its own. takeover = the kill ->
+   the first of node 2's messages submitted a second or more after it (by node 1),
+   drained = -> the last of them.
+3. claim latency at 100,000 queued: `claims.claim` (lease check, SKIP LOCKED claim,
+   events; one transaction) of 10 and of 1 message, 300 times each, p50/p99.
+4. S6 priority across nodes: two nodes, a bulk backlog on node 1 (routes at 100/s), 50
+   critical messages posted to node 2 20 ms apart; accept -> `sending` from the events
+   (p50/p99; target p99 < 50 ms). The peer: one SQLite node, both on it.
+5. --soak S: S9, a REPEATABLE READ transaction held open (xmin pinned) while two nodes
+   take a steady load for S seconds; the nodes' healthz `xmin_age_seconds` and the claim
+   latency at the start and the end.
+Every figure is measured on whatever else runs on the machine: compare the ratios from
+one run. Ends with one JSON line (also `bench/results/cluster-latest.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import harness
+from client import parse_iso
+
+sys.path.remove(str(harness.BENCH_DIR))
+sys.path.insert(0, str(harness.REPO))
+import aiohttp
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from gateway.cluster import claims, nodes
+from gateway.cluster.schema import migrate as apply_schema
+from tests.pg.node_proc import Node, init_data, node_config
+from tests.pg.queue_rows import NOW, add_messages
+from tests.pg_server import PgServer, find_bindir
+
+LATEST = harness.BENCH_DIR / "results" / "cluster-latest.json"
+BATCH = 100
+SMSC_PW = "pw"  # the simulator's, on loopback
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Site:
+    """Nodes (on one PostgreSQL database, or one node on its SQLite store), one SMSC."""
+
+    def __init__(
+        self, smsc: SmscSimulator, nodes_: list[Node], token: str, http: aiohttp.ClientSession
+    ) -> None:
+        self.smsc, self.nodes, self.token, self.http = smsc, nodes_, token, http
+
+
+@contextlib.asynccontextmanager
+async def _site(count: int, dsn: str | None, **options: Any) -> AsyncIterator[Site]:
+    smsc = SmscSimulator(SimulatorConfig(system_id="smsgw", password=SMSC_PW, receipt_delay=0.2))
+    await smsc.start()
+    names = [f"gw{i + 1}" for i in range(count)]
+    started: list[Node] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="smsgw-bench-cluster-") as tmp:
+            root = Path(tmp)
+            token = await init_data(root, names)
+            confs = [
+                node_config(root / n, n, dsn, ("127.0.0.1", smsc.port), **options) for n in names
+            ]
+            started += await asyncio.gather(
+                *(Node.start(n, conf, url) for n, (conf, url) in zip(names, confs, strict=True))
+            )
+            async with aiohttp.ClientSession() as http:
+                yield Site(smsc, started, token, http)
+            for node in started:
+                if node.proc.returncode is None:
+                    node.proc.terminate()
+            for node in started:
+                with contextlib.suppress(Exception):
+                    await node.stop()
+    finally:
+        for node in started:
+            if node.proc.returncode is None:
+                node.proc.kill()
+        await smsc.aclose()
+
+
+async def _post(site: Site, nodes_: list[Node], bodies: list[str], prio: str) -> list[str]:
+    """Post `bodies` in batches, round robin over `nodes_`, 4 requests at a time."""
+    auth = {"Authorization": f"Bearer {site.token}"}
+    http = site.http
+    chunks = [bodies[i : i + BATCH] for i in range(0, len(bodies), BATCH)]
+    ids: list[str] = []
+    gate = asyncio.Semaphore(4)
+
+    async def one(i: int, chunk: list[str]) -> None:
+        node = nodes_[i % len(nodes_)]
+        # A critical message must say why (purpose `emergency`), as in bench/scenarios.py.
+        extra = {"purpose": "emergency"} if prio == "critical" else {}
+        items = [
+            {"to": f"+1202555{n % 10000:04d}", "body": b, "priority": prio, **extra}
+            for n, b in enumerate(chunk)
+        ]
+        async with (
+            gate,
+            http.post(
+                f"{node.url}/api/v1/messages/batch", json={"messages": items}, headers=auth
+            ) as r,
+        ):
+            assert r.status == 202, await r.text()
+            got = await r.json()
+            assert got["accepted"] == len(chunk), got
+            ids.extend(x["id"] for x in got["results"])
+
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
+    return ids
+
+
+async def throughput(pg: PgServer, count: int, n: int, sqlite: bool) -> dict[str, Any]:
+    async with _site(count, None if sqlite else pg.create_database()) as site:
+        bodies = [f"tp{count}{'s' if sqlite else 'p'} {i}" for i in range(n)]
+        t0 = time.perf_counter()
+        await _post(site, site.nodes, bodies, "normal")
+        accepted = time.perf_counter() - t0
+        await asyncio.wait_for(site.smsc.wait_until(lambda: site.smsc.submits >= n), 600)
+        elapsed = time.perf_counter() - t0
+    backend = "sqlite" if sqlite else "postgresql"
+    rate = n / elapsed
+    print(f"throughput {backend} nodes={count}: {rate:,.0f} msg/s ({n} in {elapsed:.1f} s)")
+    return {"backend": backend, "nodes": count, "messages": n, "seconds": round(elapsed, 2),
+            "accept_seconds": round(accepted, 2), "msg_per_s": round(rate, 1)}  # fmt: skip
+
+
+async def failover(pg: PgServer, queued: int) -> dict[str, Any]:
+    """Node 2 holds `queued` messages (its route at 50/s) and is killed; node 1 is idle."""
+    lease = 4.0
+    options = {"lease": lease, "margin": 1.0, "heartbeat": 0.5, "route_extra": "rate = 50\n"}
+    async with _site(2, pg.create_database(), **options) as site:
+        smsc = site.smsc
+        theirs = [f"fo2 {i}" for i in range(queued)]
+        await _post(site, site.nodes[1:], theirs, "normal")
+        await smsc.wait_until(lambda: smsc.submits >= 10)
+        left = set(theirs) - {m.text for m in smsc.submitted}
+        site.nodes[1].kill()
+        killed = time.perf_counter()
+        seen = len(smsc.submitted)
+        # A submit already on the wire at the kill is not a takeover: only what reaches
+        # the carrier a second or more after it (node 1 sends nothing else).
+        await asyncio.wait_for(
+            smsc.wait_until(
+                lambda: (
+                    time.perf_counter() - killed > 1
+                    and any(m.text in left for m in smsc.submitted[seen:])
+                )
+            ),
+            120,
+        )
+        takeover = time.perf_counter() - killed
+        await asyncio.wait_for(
+            smsc.wait_until(lambda: left <= {m.text for m in smsc.submitted}), 300
+        )
+        drained = time.perf_counter() - killed
+    print(f"failover: takeover {takeover:.2f} s, dead node's {len(left)} drained {drained:.1f} s")
+    return {"lease_s": lease, "route_rate": 50, "dead_queued": len(left),
+            "takeover_s": round(takeover, 2), "drained_s": round(drained, 2)}  # fmt: skip
+
+
+async def claim_latency(pg: PgServer, queued: int, rounds: int = 300) -> dict[str, Any]:
+    dsn = pg.create_database()
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
+        async with pool.connection() as conn:
+            await apply_schema(conn)
+        for start in range(0, queued, 50_000):
+            await add_messages(pool, min(50_000, queued - start), prefix=f"q{start}")
+        async with pool.connection() as conn:
+            await conn.execute("ANALYZE messages")
+            me = await nodes.register(conn, "bench", 600)
+            out: dict[str, Any] = {"queued": queued}
+            rounds = min(rounds, queued // 22)  # 10 + 1 per round, and some left
+            for want in (10, 1):
+                times = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    got = await claims.claim(conn, me, "g", "r", want, NOW)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    assert len(got.claimed) == want
+                out[f"want{want}_p50_ms"] = round(statistics.median(times), 2)
+                out[f"want{want}_p99_ms"] = round(_pct(times, 0.99), 2)
+    print(f"claim latency at {queued:,} queued: {out}")
+    return out
+
+
+async def _events(dsn: str, ids: list[str]) -> list[float]:
+    """accept -> first `sending` per message, ms, from the events."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT message_id, min(at) FILTER (WHERE state = 'sending'),"
+                " min(at) FILTER (WHERE attempt = 0) FROM message_events"
+                " WHERE message_id = ANY(%s) GROUP BY message_id",
+                (ids,),
+            )
+        ).fetchall()
+    return [(r[1] - r[2]) * 1000 for r in rows if r[1] is not None and r[2] is not None]
+
+
+async def priority(pg: PgServer, backlog: int, sqlite: bool, critical: int = 50) -> dict[str, Any]:
+    """Bulk on node 1, criticals on node 2 (one node on SQLite: both on it)."""
+    dsn = None if sqlite else pg.create_database()
+    async with _site(1 if sqlite else 2, dsn, route_extra="rate = 100\n") as site:
+        smsc = site.smsc
+        await _post(site, site.nodes[:1], [f"bulk {i}" for i in range(backlog)], "bulk")
+        ids: list[str] = []
+        for i in range(critical):
+            ids += await _post(site, site.nodes[-1:], [f"crit {i}"], "critical")
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(
+            smsc.wait_until(
+                lambda: sum(m.text.startswith("crit") for m in smsc.submitted) >= critical
+            ),
+            120,
+        )
+        lat = await (_api_delays(site, ids) if sqlite else _events(str(dsn), ids))
+    out = {"backend": "sqlite" if sqlite else "postgresql", "backlog": backlog,
+           "critical": critical, "p50_ms": round(statistics.median(lat), 1),
+           "p99_ms": round(_pct(lat, 0.99), 1)}  # fmt: skip
+    print(f"priority: {out}")
+    return out
+
+
+async def _api_delays(site: Site, ids: list[str]) -> list[float]:
+    """accept -> first `sending` per message, ms, from `GET /api/v1/messages/{id}`."""
+    auth = {"Authorization": f"Bearer {site.token}"}
+    out = []
+    for mid in ids:
+        async with site.http.get(f"{site.nodes[0].url}/api/v1/messages/{mid}", headers=auth) as r:
+            events = (await r.json())["events"]
+        at = {e["state"]: parse_iso(e["at"]) for e in reversed(events)}
+        out.append((at["sending"] - at[events[0]["state"]]) * 1000)
+    return out
+
+
+async def soak(pg: PgServer, seconds: float) -> dict[str, Any]:
+    """S9: a steady load while a REPEATABLE READ transaction holds the xmin horizon."""
+    dsn = pg.create_database()
+    async with _site(2, dsn) as site:
+        holder = await psycopg.AsyncConnection.connect(dsn)
+        await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await holder.execute("SELECT count(*) FROM messages")
+        n = 0
+        first: list[float] = []
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            ids = await _post(site, site.nodes, [f"soak {n + i}" for i in range(100)], "normal")
+            n += 100
+            lat = await _wait_sent(site.smsc, n, dsn, ids)
+            first = first or lat
+            await asyncio.sleep(1)
+        async with site.http.get(f"{site.nodes[0].url}/api/v1/healthz") as r:
+            health = await r.json()
+        await holder.close()
+    out = {"seconds": seconds, "messages": n,
+           "xmin_age_s": health["node"].get("xmin_age_seconds"),
+           "xmin_age_xids": health["node"].get("xmin_age_xids"),
+           "first_p99_ms": round(_pct(first, 0.99), 1),
+           "last_p99_ms": round(_pct(lat, 0.99), 1)}  # fmt: skip
+    print(f"soak with xmin held: {out}")
+    return out
+
+
+async def _wait_sent(smsc: SmscSimulator, n: int, dsn: str, ids: list[str]) -> list[float]:
+    await asyncio.wait_for(smsc.wait_until(lambda: smsc.submits >= n), 120)
+    return await _events(dsn, ids)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed (`make peers` installs Debian's)")
+    pg = PgServer(bindir)
+    pg.start()
+    try:
+        result: dict[str, Any] = {"bench": "cluster", "busy_machine_load": _load()}
+        runs = [await throughput(pg, k, args.messages, False) for k in (1, 2, 3)]
+        runs.append(await throughput(pg, 1, args.messages, True))
+        one = runs[0]["msg_per_s"]
+        result["throughput"] = runs
+        result["scaling_2_over_1"] = round(runs[1]["msg_per_s"] / one, 2)
+        result["scaling_3_over_1"] = round(runs[2]["msg_per_s"] / one, 2)
+        result["pg1_over_sqlite1"] = round(one / runs[3]["msg_per_s"], 2)
+        result["failover"] = await failover(pg, args.failover)
+        result["claim"] = await claim_latency(pg, args.queued)
+        result["priority"] = [await priority(pg, args.backlog, sqlite) for sqlite in (False, True)]
+        result["priority_pg_over_sqlite_p99"] = round(
+            result["priority"][0]["p99_ms"] / max(result["priority"][1]["p99_ms"], 0.1), 2
+        )
+        if args.soak:
+            result["soak"] = await soak(pg, args.soak)
+        result["load_after"] = _load()
+        return result
+    finally:
+        pg.stop()
+
+
+def _load() -> float:
+    return round(float(Path("/proc/loadavg").read_text().split()[0]), 2)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=6000, help="per throughput run")
+    parser.add_argument("--failover", type=int, default=400, help="queued on the killed node")
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--backlog", type=int, default=3000, help="bulk before the criticals")
+    parser.add_argument("--soak", type=float, default=0, help="S9 soak seconds (0: none)")
+    result = asyncio.run(main(parser.parse_args()))
+    LATEST.parent.mkdir(exist_ok=True)
+    line = json.dumps(result)
+    LATEST.write_text(line + "\n")
+    print(line)
