@@ -57,6 +57,7 @@ class _Node:
         self.lines: list[str] = []
         self.listening = asyncio.Event()
         self.alive = True
+        self._terminated = False
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -84,9 +85,15 @@ class _Node:
         self.alive = False
         self.proc.kill()
 
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
+    def terminate(self) -> None:
+        """Ask for a clean stop, once: a second SIGTERM that arrives after smsgw has
+        put its handler away ends it by the signal (exit -15)."""
+        if self.proc.returncode is None and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    async def stop(self) -> None:
+        self.terminate()
         code = await asyncio.wait_for(self.proc.wait(), 30)
         await self._reader
         if self.alive:
@@ -267,8 +274,7 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
         assert not [line for n in nodes[:2] for line in n.lines if "Traceback" in line]
     finally:
         for node in nodes:  # all signalled first: a failed wait below leaves none running
-            if node.proc.returncode is None:
-                node.proc.terminate()
+            node.terminate()
         for node in nodes:
             await node.stop()
         await smsc.aclose()

@@ -136,8 +136,7 @@ def _jain(counts: list[int]) -> float:
 
 async def _shut(nodes: list[_Watched]) -> None:
     for node in nodes:
-        if node.proc.returncode is None:
-            node.proc.terminate()
+        node.terminate()
     for node in nodes:
         await node.stop()
 
@@ -147,7 +146,10 @@ async def test_s4_two_nodes_hold_one_accounts_cap_fairly_and_a_survivor_takes_it
     tmp_path: Path, pg_dsn: str
 ) -> None:
     smsc = SmscSimulator(SimulatorConfig(system_id="smsgw", password="pw", receipt_delay=3600))
-    smsc.limit_rate(CAP * 1.02, burst=CAP * 0.1)  # the contract, and what a carrier tolerates
+    # The contract, and what a carrier tolerates: a burst of a quarter second, so a
+    # second's sends bunched by a stalled CPU are not throttled (the 1 s windows are
+    # what the test holds to the cap).
+    smsc.limit_rate(CAP * 1.02, burst=CAP * 0.25)
     await smsc.start()
     nodes: list[_Watched] = []
     try:
