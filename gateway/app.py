@@ -109,6 +109,7 @@ from gateway.web.connections import HTTP_SHUTDOWN_TIMEOUT
 
 if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
+    from gateway.consent.ledger_store import ConsentLedger
 
 log = structlog.get_logger("smsgw.app")
 
@@ -207,6 +208,11 @@ class Gateway:
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
         sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
+        if node is not None and intake.policy.enabled:  # i18-consent: the shared list's check
+            from gateway.cluster.consent_claim import ClusterClaimCheck
+
+            assert store.cipher is not None
+            node.queue.claim_check = ClusterClaimCheck(intake.policy, store.cipher)
         hooks = ClinicalHooks()
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
         replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
@@ -408,6 +414,17 @@ class Gateway:
         """The panel's users and sessions tables."""
         return AdminRepo(self.store)
 
+    def _shared_ledger(self) -> ConsentLedger | None:
+        """On a cluster, the consent ledger every node shares (i18-consent)."""
+        if self.cluster is None:
+            return None
+        from gateway.cluster.consent_store import ClusterLedger
+
+        assert self.store.cipher is not None
+        return ClusterLedger(
+            self.cluster.queue.pool, self.store.cipher, self.config.cluster.node_id
+        )
+
     @functools.cached_property
     def usecases(self) -> UseCases:
         """The application layer every front end calls (`gateway/usecases/`)."""
@@ -438,7 +455,13 @@ class Gateway:
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),
-            Consent(config=self.config, store=self.store, clock=self.clock, audit=self.audit),
+            Consent(
+                config=self.config,
+                store=self.store,
+                clock=self.clock,
+                audit=self.audit,
+                ledger=self._shared_ledger(),
+            ),
             Appointments(
                 config=self.config.appointments,
                 region=self.config.queue.default_region,

@@ -27,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
+from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
 from gateway.cluster.queue_store import ClusterQueue
@@ -90,6 +91,9 @@ class ClusterNode:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
+                merged = await merge_migrated(conn)  # SQLite's standing, once (i18-consent)
+            if merged:
+                log.info("consent_merged", rows=merged)
             node: ClusterNode | None = None
 
             def recovered(found: list[Recovered]) -> None:

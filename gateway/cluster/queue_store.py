@@ -19,10 +19,12 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
 from gateway.cluster import queue_sql
+from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
 from gateway.cluster.parks import ClusterParks
+from gateway.cluster.queue_sql import Conn
 from gateway.models import Priority, State
 from gateway.store.claim_check import Held
 from gateway.store.crypto import FieldCipher
@@ -101,12 +103,15 @@ class ClusterQueue:
 
     def __init__(self, pool: Pool, cipher: FieldCipher, me: Callable[[], Incarnation]) -> None:
         self._pool = pool
+        self.pool = pool
         self._cipher = cipher
         self._me = me
         # Each message this node claimed and has not finished: its claim's epoch.
         self._epochs: dict[str, int] = {}
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
+        # Set by the wiring with `[consent] enabled`: the send policy's check in each claim.
+        self.claim_check: ClusterClaimCheck | None = None
 
     # -- accept ------------------------------------------------------------------------
 
@@ -175,39 +180,45 @@ class ClusterQueue:
         """The messages, their creation events and the idempotent answer, in one
         transaction. A key answered meanwhile (by another node too) raises the primary
         key's `UniqueViolation`: nothing of this accept is kept."""
-        me = self._me()
         async with self._pool.connection() as conn, conn.transaction():
-            async with conn.cursor() as cur:
-                await cur.executemany(_INSERT, [self._row(m) for m in messages])
-                await cur.executemany(
-                    queue_sql.INSERT_EVENT,
-                    [
-                        (
-                            m.id,
-                            m.created_at,
-                            m.state.value,
-                            None,
-                            None,
-                            m.blocked or m.held_for,
-                            0,
-                            me.node_id,
-                            me.incarnation,
-                        )
-                        for m in messages
-                    ],
-                )
-            if answer is not None:
-                await conn.execute(
-                    "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",
+            await self.insert_within(conn, messages, answer)
+
+    async def insert_within(
+        self, conn: Conn, messages: Sequence[NewMessage], answer: IdempotentAnswer | None
+    ) -> None:
+        """`accept`'s rows in the caller's transaction (the judged accept's)."""
+        me = self._me()
+        async with conn.cursor() as cur:
+            await cur.executemany(_INSERT, [self._row(m) for m in messages])
+            await cur.executemany(
+                queue_sql.INSERT_EVENT,
+                [
                     (
-                        answer.token_id,
-                        answer.key_hash,
-                        answer.request_hash,
-                        answer.status,
-                        answer.response,
-                        answer.at,
-                    ),
-                )
+                        m.id,
+                        m.created_at,
+                        m.state.value,
+                        None,
+                        None,
+                        m.blocked or m.held_for,
+                        0,
+                        me.node_id,
+                        me.incarnation,
+                    )
+                    for m in messages
+                ],
+            )
+        if answer is not None:
+            await conn.execute(
+                "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    answer.token_id,
+                    answer.key_hash,
+                    answer.request_hash,
+                    answer.status,
+                    answer.response,
+                    answer.at,
+                ),
+            )
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None:
         row = await self._one(
@@ -350,7 +361,7 @@ class ClusterQueue:
         who opted out: now `blocked`). Raises `LeaseLost` once this node may not claim."""
         ids = list(message_ids)
         found, _ = await self._claim(ids, route, now, None)
-        return [found.get(i) for i in ids]
+        return [None if isinstance(v := found.get(i), str) else v for i in ids]
 
     async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
         """The first `want` due, unexpired queued messages no other claimer holds, in
@@ -358,13 +369,14 @@ class ClusterQueue:
         if want < 1:
             return []
         found, order = await self._claim([], route, now, want)
-        return [found[i] for i in order if i in found]
+        return [c for i in order if isinstance(c := found.get(i), ClaimedMessage)]
 
     async def _claim(
         self, ids: list[str], route: str, now: float, want: int | None
-    ) -> tuple[dict[str, ClaimedMessage], list[str]]:
-        """Claim `ids`, or with `want` the first due ones: the claims, and the ids
-        looked at in their order."""
+    ) -> tuple[dict[str, ClaimedMessage | Held | str], list[str]]:
+        """Claim `ids`, or with `want` the first due ones: the claims (and the claim
+        check's verdicts: held, or a reason they were blocked), and the ids looked at
+        in their order."""
         me = self._me()
         async with self._pool.connection() as conn, conn.transaction():
             await lock_live(conn, me)
@@ -376,10 +388,14 @@ class ClusterQueue:
             for (message_id,) in opted:
                 blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
                 await queue_sql.apply(conn, blocked, now, me)
+            judged: dict[str, Held | str] = {}
+            if self.claim_check is not None:
+                judged = await self.claim_check.apply(conn, ids, route, now, me)
+                params["ids"] = [i for i in ids if i not in judged]
             rows = await (
                 await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
             ).fetchall()
-        found: dict[str, ClaimedMessage] = {}
+        found: dict[str, ClaimedMessage | Held | str] = dict(judged)
         c = self._cipher
         for r in rows:
             message_id = r[0]
