@@ -60,14 +60,18 @@ def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path)
         config(
             tmp_path,
             {},
-            consent={"enabled": True},
             mqtt={"enabled": True, "host": "127.0.0.1"},
             webhooks=[{"name": "w", "url": "https://example.org/h", "secret_file": "w.key"}],
         )
     message = str(caught.value)
     assert message.startswith("cluster.enabled: not on the cluster backend yet")
-    for name in ("consent.enabled", "webhooks", "mqtt.enabled"):
+    for name in ("webhooks", "mqtt.enabled"):
         assert name in message
+
+
+def test_consent_runs_on_a_cluster(tmp_path: Path) -> None:
+    """i18-consent: one consent list for every node (tests/pg/test_consent_cluster.py)."""
+    assert config(tmp_path, {}, consent={"enabled": True}).consent.enabled
 
 
 def test_the_embedded_default_cannot_be_a_cluster_node(tmp_path: Path) -> None:
