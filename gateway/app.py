@@ -207,12 +207,17 @@ class Gateway:
         intake = Intake(config, store, scheduler, router, clock, metrics)
         tokens = TokenCache(store, clock, config.http.token_cache_seconds)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
-        sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
-        if node is not None and intake.policy.enabled:  # i18-consent: the shared list's check
+        if node is not None and intake.policy.enabled:  # i18-consent: one list for the nodes
             from gateway.cluster.consent_claim import ClusterClaimCheck
+            from gateway.cluster.consent_inbound import ClusterInboundConsent
 
             assert store.cipher is not None
             node.queue.claim_check = ClusterClaimCheck(intake.policy, store.cipher)
+            node_id = config.cluster.node_id
+            keywords = ClusterInboundConsent(config, store, router, scheduler, node.queue, node_id)
+            sink.answer_keywords(keywords)
+        else:
+            sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
         replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)

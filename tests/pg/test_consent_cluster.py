@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.cluster import consent_store
@@ -30,6 +31,7 @@ from gateway.consent.ledger import Entry
 from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
 from gateway.models import State
 from gateway.store import crypto
+from gateway.store.claim_check import Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
@@ -37,6 +39,7 @@ from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, GatewayFactory
 from tests.test_caps import CAPS as CAPPED
+from tests.test_consent_inbound import SHORT_CODE
 from tests.test_consent_policy import caller, send
 
 NOW = 1_800_000_000.0
@@ -216,6 +219,60 @@ async def test_an_opt_in_of_one_purpose_does_not_lift_a_stop_all(
     await nodes.record(nodes.a, "opt_in", "purpose:results")
     found = await nodes.queue(nodes.b).claim_group([message_id], "main", clock.time())
     assert found == [None]
+
+
+# -- inbound STOP on a cluster node (point 4) -----------------------------------------
+
+
+async def compliance(nodes: Nodes, to: str = CANARY_NUMBER) -> list[tuple[str, str]]:
+    """(category, state) of the replies (compliance messages) made for `to`."""
+    gw = nodes.a
+    idx = gw.store.blind_index(to)
+    sql = "SELECT category, state FROM messages WHERE to_index = ? AND purpose = 'compliance'"
+    if gw.cluster is None:
+        rows = await gw.store.reader.all(sql + " ORDER BY created_at, id", (idx,))
+    else:
+        async with gw.cluster.queue.pool.connection() as conn:
+            cur = await conn.execute(sql.replace("?", "%s") + " ORDER BY created_at, id", (idx,))
+            rows = await cur.fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_stop_to_node_a_blocks_the_next_claim_on_b_with_one_confirmation(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """R-OPT-1 across nodes: messages queued, STOP received by A and committed, then
+    B claims: none is sent; the STOP is confirmed once, a second STOP on B not again."""
+    who = await caller(nodes.b, "send", "read")
+    queued = [(await send(nodes.b, who, body=f"m{i}")).id for i in range(3)]
+    await nodes.a.sink.inbound("main", InboundSms(CANARY_NUMBER, "STOP", SHORT_CODE))
+    found = await nodes.queue(nodes.b).claim_group(queued, "main", clock.time())
+    assert found == [None, None, None]
+    for message_id in queued:
+        assert await state(nodes, who, message_id) == (State.BLOCKED, "opted_out")
+    assert await compliance(nodes) == [("consent:opt_out_all:default", "queued")]
+    clock.advance(60)
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, "STOP", SHORT_CODE))
+    assert len(await compliance(nodes)) == 1  # repeated within the hour: not again
+    staff = await caller(nodes.b, "consent", "phi")
+    view = await nodes.b.usecases.consent.lookup(staff, CANARY_NUMBER)
+    assert [(h.decision, h.scope, h.source) for h in view.history] == [
+        ("opt_out", "all", "keyword")
+    ]
+
+
+async def test_start_on_b_lifts_a_stop_received_on_a(nodes: Nodes, clock: FakeClock) -> None:
+    await nodes.a.sink.inbound("main", InboundSms(CANARY_NUMBER, "STOP", SHORT_CODE))
+    clock.advance(60)
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, "START", SHORT_CODE))
+    who = await caller(nodes.b, "send", "read")
+    message_id = (await send(nodes.b, who)).id
+    found = await nodes.queue(nodes.a).claim_group([message_id], "main", clock.time())
+    assert found[0] is not None and not isinstance(found[0], (Exception, Held))
+    assert [c for c, _ in await compliance(nodes)] == [
+        "consent:opt_out_all:default",
+        "consent:opt_in:default",
+    ]
 
 
 # -- the ledger and the API's use cases (points 1 and 5) -------------------------------
