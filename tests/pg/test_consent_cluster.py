@@ -47,9 +47,14 @@ NOW = 1_800_000_000.0
 # (written consent needed); informational uncapped here.
 CAPS: dict[str, Any] = {
     "default_purpose": "informational",
-    "purposes": {**CAPPED["purposes"], "informational": {"window": "", "caps": []}},
+    "purposes": {
+        **CAPPED["purposes"],
+        "informational": {"window": "", "caps": []},
+        "results": {"window": "07:00-21:00"},
+    },
 }
 OTHER = "+12025550123"
+LONDON = "+447400123456"  # one time zone, UTC in January
 
 
 @dataclass
@@ -221,6 +226,19 @@ async def test_an_opt_in_of_one_purpose_does_not_lift_a_stop_all(
     assert found == [None]
 
 
+async def test_a_message_that_waited_past_its_window_is_held_at_claim(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """Accepted at 08:00 London time, claimed at 22:00: still queued, due at 07:00."""
+    who = await caller(nodes.b, "send", "read")
+    accepted = await send(nodes.b, who, to=LONDON, purpose="results")
+    assert accepted.status == "queued"
+    clock.advance(14 * 3600)
+    found = await nodes.queue(nodes.a).claim_group([accepted.id], "main", clock.time())
+    assert found == [Held(clock.time() + 9 * 3600, "quiet_hours")]
+    assert (await state(nodes, who, accepted.id))[0] is State.QUEUED
+
+
 # -- inbound STOP on a cluster node (point 4) -----------------------------------------
 
 
@@ -259,6 +277,17 @@ async def test_stop_to_node_a_blocks_the_next_claim_on_b_with_one_confirmation(
     assert [(h.decision, h.scope, h.source) for h in view.history] == [
         ("opt_out", "all", "keyword")
     ]
+
+
+async def test_stops_on_both_nodes_at_once_are_confirmed_once(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    stop = InboundSms(CANARY_NUMBER, "STOP", SHORT_CODE)
+    await asyncio.gather(nodes.a.sink.inbound("main", stop), nodes.b.sink.inbound("main", stop))
+    assert await compliance(nodes) == [("consent:opt_out_all:default", "queued")]
+    staff = await caller(nodes.a, "consent", "phi")
+    view = await nodes.a.usecases.consent.lookup(staff, CANARY_NUMBER)
+    assert [h.decision for h in view.history] == ["opt_out"]
 
 
 async def test_start_on_b_lifts_a_stop_received_on_a(nodes: Nodes, clock: FakeClock) -> None:
@@ -315,6 +344,35 @@ async def test_two_nodes_lifting_one_opt_out_at_once_lift_it_once(nodes: Nodes) 
     )
     refused = [r for r in results if isinstance(r, ApiError)]
     assert len(refused) == 7 and {e.code for e in refused} == {"not_opted_out"}
+
+
+async def test_sqlites_migrated_standing_holds_from_the_first_start(
+    tmp_path: Path, clock: FakeClock, pg_dsn: str
+) -> None:
+    """`smsgw store migrate` copied an opt-out into `migrated_consent_state`: the first
+    node to start merges it, and its accepts and claims honour it."""
+    config = _cluster_config(tmp_path / "gw1", "gw1", pg_dsn)
+    crypto.generate_master_key(config.master_key_path)
+    store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+    await store.open()
+    idx = store.blind_index(CANARY_NUMBER)
+    await store.close()
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        await migrate(conn)
+        await conn.execute(
+            "INSERT INTO migrated_consent_state (contact_idx, program, scope, opted, seq,"
+            " since, source) VALUES (%s, '*', 'all', 'out', 7, %s, 'keyword')",
+            (idx, NOW),
+        )
+        await conn.commit()
+    gw = await Gateway.open(config, clock)
+    try:
+        await gw.start(dispatch=False)
+        who = await caller(gw, "send")
+        refused = await send(gw, who)
+        assert (refused.status, refused.reason) == ("blocked", "opted_out")
+    finally:
+        await gw.stop()
 
 
 # -- the ledger interface, each backend on its own (point 1) ---------------------------
