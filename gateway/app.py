@@ -212,10 +212,16 @@ class Gateway:
             from gateway.cluster.consent_inbound import ClusterInboundConsent
 
             assert store.cipher is not None
+            from gateway.cluster.consent_store import SharedWithdrawal
+
             node.queue.claim_check = ClusterClaimCheck(intake.policy, store.cipher)
-            node_id = config.cluster.node_id
-            keywords = ClusterInboundConsent(config, store, router, scheduler, node.queue, node_id)
-            sink.answer_keywords(keywords)
+            membership = node.membership
+            withdrawal = SharedWithdrawal(config.consent, lambda: membership.me)
+            sink.answer_keywords(
+                ClusterInboundConsent(
+                    config, store, router, scheduler, node.queue, config.cluster.node_id, withdrawal
+                )
+            )
         else:
             sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
@@ -423,12 +429,13 @@ class Gateway:
         """On a cluster, the consent ledger every node shares (i18-consent)."""
         if self.cluster is None:
             return None
-        from gateway.cluster.consent_store import ClusterLedger
+        from gateway.cluster.consent_store import ClusterLedger, SharedWithdrawal
 
         assert self.store.cipher is not None
-        return ClusterLedger(
-            self.cluster.queue.pool, self.store.cipher, self.config.cluster.node_id
-        )
+        membership = self.cluster.membership
+        withdrawal = SharedWithdrawal(self.config.consent, lambda: membership.me)
+        node_id = self.config.cluster.node_id
+        return ClusterLedger(self.cluster.queue.pool, self.store.cipher, node_id, withdrawal)
 
     @functools.cached_property
     def usecases(self) -> UseCases:

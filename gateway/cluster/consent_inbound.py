@@ -28,6 +28,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import consent_store
+from gateway.cluster.consent_store import SharedWithdrawal
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.config import Config
 from gateway.consent import ledger
@@ -72,10 +73,12 @@ class ClusterInboundConsent(InboundConsent):
         scheduler: Scheduler,
         queue: ClusterQueue,
         node_id: str,
+        withdrawal: SharedWithdrawal,
     ) -> None:
         super().__init__(config, store, router, scheduler)
         self._queue = queue
         self._node_id = node_id
+        self._shared_withdrawal = withdrawal
         # Classified on the writer thread, decided after the commit: by inbound id.
         self._pending: dict[str, tuple[StoredInbound, Match, str, bytes]] = {}
 
@@ -214,6 +217,7 @@ class _Shared:
     async def _append(self, conn: Conn, entry: ledger.Entry) -> None:
         assert self.o._store.cipher is not None
         await consent_store.append(conn, self.o._store.cipher, entry, self.o._node_id)
+        await self.o._shared_withdrawal.after(conn, entry)  # the suppression, in this step
 
     async def _answer(self, conn: Conn, decisions: int, kind: Reply, *, forced: bool) -> Handled:
         to, s, o = self.to, self.s, self.o

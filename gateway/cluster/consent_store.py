@@ -14,19 +14,23 @@ frequency cap for that contact: parallel requests on any nodes take turns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from gateway.cluster import queue_sql
 from gateway.cluster.lease import Pool
+from gateway.cluster.nodes import Incarnation
 from gateway.consent import ledger
 from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_id
-from gateway.consent.purposes import SCOPE_ALL
-from gateway.models import new_message_id
+from gateway.consent.purposes import SCOPE_ALL, Purpose
+from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
+from gateway.models import State, new_message_id
 from gateway.store.consent_sql import Contact, ExportRow, StateRow
 from gateway.store.crypto import FieldCipher
+from gateway.store.transitions import Transition
 
 Conn = AsyncConnection[TupleRow]
 _LOCK_SPACE = 0x636E7374  # "cnst": the two-key advisory locks' space of contacts
@@ -167,23 +171,72 @@ async def merge_migrated(conn: Conn) -> int:
     return merged.rowcount
 
 
+class SharedWithdrawal:
+    """`consent/withdraw.Withdrawal` on the shared queue: an opt-out makes the messages
+    waiting for that contact which the ledger now refuses `blocked` at once, in its
+    transaction (the claim would block them anyway; this tells the caller now)."""
+
+    def __init__(self, config: ConsentConfig, me: Callable[[], Incarnation]) -> None:
+        self._config = config
+        self._table = policy_table(config)
+        self._me = me
+
+    async def after(self, conn: Conn, entry: Entry) -> list[str]:
+        if not self._config.enabled or entry.decision != "opt_out":
+            return []
+        rows = await (
+            await conn.execute(
+                "SELECT id, purpose, route_hint FROM messages WHERE to_index = %s"
+                " AND state IN ('queued', 'scheduled') FOR UPDATE",
+                (entry.contact_idx,),
+            )
+        ).fetchall()
+        if not rows:
+            return []
+        standing = (await state_rows(conn, [entry.contact_idx])).get(entry.contact_idx, [])
+        blocked = []
+        for message_id, purpose, hint in rows:
+            try:
+                policy = self._table[Purpose(purpose)]
+            except ValueError:  # none recorded: accepted before purposes existed
+                continue
+            program = DEFAULT_PROGRAM if hint is None else self._config.program_for_route(hint)
+            if entry.program not in (ALL_PROGRAMS, program):
+                continue
+            reason = ledger.standing_among(standing, program, policy).refusal(policy)
+            if reason is not None:
+                t = Transition(message_id, State.BLOCKED, error_code=reason)
+                await queue_sql.apply(conn, t, entry.at, self._me())
+                blocked.append(message_id)
+        return blocked
+
+
 class ClusterLedger:
     """`ConsentLedger` (gateway/consent/ledger_store.py) on the shared PostgreSQL."""
 
     shared = True
 
-    def __init__(self, pool: Pool, cipher: FieldCipher, node_id: str) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        cipher: FieldCipher,
+        node_id: str,
+        withdrawal: SharedWithdrawal | None = None,
+    ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._node_id = node_id
+        self._withdrawal = withdrawal
 
     async def record(self, entry: Entry, *, lifts: bool = False) -> tuple[str, int] | None:
         async with self._pool.connection() as conn, conn.transaction():
-            if lifts:
-                await lock_contacts(conn, [entry.contact_idx])
-                if not await has_opt_out(conn, entry.contact_idx, entry.program, entry.scope):
-                    return None
-            return await append(conn, self._cipher, entry, self._node_id)
+            await lock_contacts(conn, [entry.contact_idx])
+            if lifts and not await has_opt_out(conn, entry.contact_idx, entry.program, entry.scope):
+                return None
+            done = await append(conn, self._cipher, entry, self._node_id)
+            if self._withdrawal is not None:
+                await self._withdrawal.after(conn, entry)
+            return done
 
     async def contact(self, idx: bytes) -> Contact | None:
         r = await self._one(

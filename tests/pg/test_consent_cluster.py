@@ -12,6 +12,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
-from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, GatewayFactory
+from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, GatewayFactory, record_decision
 from tests.test_caps import CAPS as CAPPED
 from tests.test_consent_inbound import SHORT_CODE
 from tests.test_consent_policy import caller, send
@@ -75,6 +76,25 @@ class Nodes:
             DecisionRequest(CANARY_NUMBER, decision, "api", scope, **more),  # type: ignore[arg-type]
         )
         return done.id, done.seq
+
+    async def racing(self, gw: Gateway, decision: str, scope: str = "all") -> None:
+        """A decision that raced the accepts of the messages waiting now: appended with
+        nothing else (no withdrawal), so only the claim's own check can stop them."""
+        if gw.cluster is None:
+            await record_decision(gw, CANARY_NUMBER, decision, scope)
+            return
+        assert gw.store.cipher is not None
+        entry = Entry(
+            gw.store.blind_index(CANARY_NUMBER),
+            CANARY_NUMBER,
+            decision,  # type: ignore[arg-type]
+            scope,
+            "*",
+            "api",
+            gw.clock.time(),
+        )
+        async with gw.cluster.queue.pool.connection() as conn, conn.transaction():
+            await consent_store.append(conn, gw.store.cipher, entry, "gw1")
 
 
 def _cluster_config(data: Path, name: str, dsn: str) -> Any:
@@ -191,12 +211,26 @@ async def test_an_opt_out_committed_on_a_blocks_the_next_claim_on_b(
     who = await caller(nodes.b, "send", "read")
     queued = [(await send(nodes.b, who, body=f"m{i}")).id for i in range(3)]
     other = (await send(nodes.b, who, to=OTHER)).id
-    await nodes.record(nodes.a, "opt_out", "purpose:informational")
+    await nodes.racing(nodes.a, "opt_out", "purpose:informational")
     found = await nodes.queue(nodes.b).claim_group([*queued, other], "main", clock.time())
     assert [c is None for c in found] == [True, True, True, False]
     for message_id in queued:
         assert await state(nodes, who, message_id) == (State.BLOCKED, "opted_out")
     assert (await state(nodes, who, other))[0] is State.SENDING
+
+
+async def test_an_opt_out_on_a_blocks_the_messages_waiting_on_b_at_once(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """In the opt-out's transaction (SQLite's `Withdrawal`): no claim needed."""
+    who = await caller(nodes.b, "send", "read")
+    queued = (await send(nodes.b, who)).id
+    later = (await send(nodes.b, who, send_at=datetime(2027, 2, 1, 10, tzinfo=UTC))).id
+    other = (await send(nodes.b, who, to=OTHER)).id
+    await nodes.record(nodes.a, "opt_out")
+    assert await state(nodes, who, queued) == (State.BLOCKED, "opted_out")
+    assert await state(nodes, who, later) == (State.BLOCKED, "opted_out")
+    assert (await state(nodes, who, other))[0] is State.QUEUED
 
 
 async def test_a_claim_by_query_skips_and_blocks_the_opted_out(
@@ -208,7 +242,7 @@ async def test_a_claim_by_query_skips_and_blocks_the_opted_out(
     who = await caller(nodes.b, "send", "read")
     blocked = (await send(nodes.b, who)).id
     goes = (await send(nodes.b, who, to=OTHER)).id
-    await nodes.record(nodes.a, "opt_out")
+    await nodes.racing(nodes.a, "opt_out")
     claimed = await nodes.b.cluster.queue.claim_due("main", 10, clock.time())
     assert [c.id for c in claimed] == [goes]
     assert await state(nodes, who, blocked) == (State.BLOCKED, "opted_out")
@@ -219,9 +253,9 @@ async def test_an_opt_in_of_one_purpose_does_not_lift_a_stop_all(
 ) -> None:
     who = await caller(nodes.b, "send", "read")
     message_id = (await send(nodes.b, who)).id
-    await nodes.record(nodes.a, "opt_out")
+    await nodes.racing(nodes.a, "opt_out")
     # An opt-in of one purpose, newer, does not cover the informational purpose.
-    await nodes.record(nodes.a, "opt_in", "purpose:results")
+    await nodes.racing(nodes.a, "opt_in", "purpose:results")
     found = await nodes.queue(nodes.b).claim_group([message_id], "main", clock.time())
     assert found == [None]
 
