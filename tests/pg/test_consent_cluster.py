@@ -9,6 +9,7 @@ on the other, with the same stable reason codes as SQLite gives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from gateway.store.store import Store
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, GatewayFactory, record_decision
+from tests.test_api import _api, _error
 from tests.test_caps import CAPS as CAPPED
 from tests.test_consent_inbound import SHORT_CODE
 from tests.test_consent_policy import caller, send
@@ -362,6 +364,26 @@ async def test_optouts_and_history_recorded_on_one_node_read_on_the_other(
         ("opt_out", CANARY_NUMBER),
         ("opt_in", CANARY_NUMBER),
     ]
+
+
+async def test_the_optouts_api_on_two_nodes_is_one_list(nodes: Nodes) -> None:
+    """`/api/v1/optouts` over HTTP: recorded on A, read and lifted on B, lifted once;
+    what a cluster does not carry yet is refused with a JSON error."""
+    scopes = frozenset({"read", "phi", "consent"})
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(contextlib.asynccontextmanager(_api)(nodes.a, scopes))
+        b = await stack.enter_async_context(contextlib.asynccontextmanager(_api)(nodes.b, scopes))
+        r = await a.post("/api/v1/optouts", {"number": CANARY_NUMBER, "source": "phone"})
+        assert r.status == 201, await r.text()
+        view = await (await b.get(f"/api/v1/consents?number={CANARY_NUMBER}")).json()
+        assert [(s["scope"], s["status"]) for s in view["standing"]] == [("all", "opted_out")]
+        lift = f"/api/v1/optouts?number={CANARY_NUMBER.replace('+', '%2B')}"
+        assert (await b.client.delete(lift, headers=b.auth())).status == 201
+        await _error(await a.client.delete(lift, headers=a.auth()), 404, "not_opted_out")
+        if nodes.kind == "postgresql":
+            r = await b.post("/api/v1/consents/import", "number,decision\n")
+            body = await _error(r, 501, "not_on_cluster")
+            assert "number" not in body["message"]
 
 
 async def test_two_nodes_lifting_one_opt_out_at_once_lift_it_once(nodes: Nodes) -> None:
