@@ -122,3 +122,17 @@ async def test_a_node_that_cannot_reach_postgresql_stops_with_one_line(tmp_path:
     assert proc.returncode != 0
     assert "cluster.conninfo: cannot reach PostgreSQL" in text
     assert "Traceback" not in text and "hunter2" not in text
+
+
+def test_the_consent_command_refuses_a_cluster_nodes_local_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a cluster the ledger is PostgreSQL's: the local SQLite one would be stale."""
+    import argparse
+
+    from gateway.consent_cmd import run
+
+    args = argparse.Namespace(action="export", file=str(tmp_path / "out.csv"))
+    assert run(args, config(tmp_path, {}, consent={"enabled": True})) == 2
+    assert "cluster" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
