@@ -110,6 +110,7 @@ from gateway.web.connections import HTTP_SHUTDOWN_TIMEOUT
 
 if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
+    from gateway.consent.ledger_store import ConsentLedger
 
 log = structlog.get_logger("smsgw.app")
 
@@ -215,7 +216,22 @@ class Gateway:
         shared_tokens = None if node is None else node.tokens
         tokens = TokenCache(store, clock, config.http.token_cache_seconds, shared_tokens)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
-        sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
+        if node is not None and intake.policy.enabled:  # i18-consent: one list for the nodes
+            from gateway.cluster.consent_claim import ClusterClaimCheck
+            from gateway.cluster.consent_inbound import ClusterInboundConsent
+            from gateway.cluster.consent_store import SharedWithdrawal
+
+            # The shared keyring's cipher, not the node's own: it takes up a rotation.
+            node.queue.claim_check = ClusterClaimCheck(intake.policy, node.queue.cipher)
+            membership = node.membership
+            withdrawal = SharedWithdrawal(config.consent, lambda: membership.me)
+            sink.answer_keywords(
+                ClusterInboundConsent(
+                    config, store, router, scheduler, node.queue, config.cluster.node_id, withdrawal
+                )
+            )
+        else:
+            sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
         replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
@@ -417,6 +433,18 @@ class Gateway:
         """The panel's users and sessions tables."""
         return AdminRepo(self.store)
 
+    def _shared_ledger(self) -> ConsentLedger | None:
+        """On a cluster, the consent ledger every node shares (i18-consent)."""
+        if self.cluster is None:
+            return None
+        from gateway.cluster.consent_store import ClusterLedger, SharedWithdrawal
+
+        membership = self.cluster.membership
+        withdrawal = SharedWithdrawal(self.config.consent, lambda: membership.me)
+        node_id = self.config.cluster.node_id
+        queue = self.cluster.queue  # its cipher is the shared keyring's
+        return ClusterLedger(queue.pool, queue.cipher, node_id, withdrawal)
+
     @functools.cached_property
     def reads(self) -> MessageReads:
         """Where the message list, details and queue counts are read (i18-reads)."""
@@ -460,7 +488,13 @@ class Gateway:
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
             AuditLog(trail=self.audit),
-            Consent(config=self.config, store=self.store, clock=self.clock, audit=self.audit),
+            Consent(
+                config=self.config,
+                store=self.store,
+                clock=self.clock,
+                audit=self.audit,
+                ledger=self._shared_ledger(),
+            ),
             Appointments(
                 config=self.config.appointments,
                 region=self.config.queue.default_region,

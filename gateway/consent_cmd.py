@@ -67,6 +67,13 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if config.cluster.enabled:  # i18-consent: this node's SQLite ledger is not the list
+        print(
+            "smsgw consent: on a cluster node the ledger is in PostgreSQL; export it with"
+            " GET /api/v1/consents/export (import is not on the cluster yet)",
+            file=sys.stderr,
+        )
+        return 2
     if args.action == "import" and not Path(args.file).is_file():
         print(f"smsgw consent import: {args.file} is not a file", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ the scheduler after that commit."""
 from __future__ import annotations
 
 import functools
+import inspect
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -66,10 +67,10 @@ class GatewaySink:
         """Take survey answers after the keywords, before the appointment replies."""
         self._surveys = surveys
 
-    def _keyword_step(self) -> tuple[InboundHook | None, list[Callable[[], None]]]:
+    def _keyword_step(self) -> tuple[InboundHook | None, list[Callable[[], object]]]:
         """The hook deciding keywords and replies in the inbound's transaction, and the
         list it fills with what to do after the commit."""
-        later: list[Callable[[], None]] = []
+        later: list[Callable[[], object]] = []
         consent, replies, surveys = self._consent, self._replies, self._surveys
         if consent is None and replies is None and surveys is None:
             return None, later
@@ -93,9 +94,11 @@ class GatewaySink:
 
         return hook, later
 
-    def _after_commit(self, later: list[Callable[[], None]]) -> None:
+    async def _after_commit(self, later: list[Callable[[], object]]) -> None:
         for step in later:
-            step()
+            done = step()
+            if inspect.isawaitable(done):  # a cluster node's keyword decision (PostgreSQL)
+                await done
 
     def wake_on_health(self, callback: Callable[[], None]) -> None:
         self._wakers.append(callback)
@@ -172,7 +175,7 @@ class GatewaySink:
         )
         self._metrics.inbound.labels(route).inc()
         log.info("inbound_stored", route=route, inbound_id=inbound_id)
-        self._after_commit(handled)
+        await self._after_commit(handled)
 
     async def _inbound_part(self, route: str, sms: InboundSms) -> None:
         assert sms.part is not None
@@ -190,7 +193,7 @@ class GatewaySink:
             outcome=filed.outcome.value,
             inbound_id=filed.inbound_id,
         )
-        self._after_commit(handled)
+        await self._after_commit(handled)
 
     async def quarantine(self, route: str, source: str, record: str) -> None:
         """`drivers.base.QuarantineSink`: hold an undecodable record, then alert."""
@@ -212,7 +215,7 @@ class GatewaySink:
         )
         for inbound_id in expired.inbound_ids:
             log.warning("inbound_incomplete_stored", inbound_id=inbound_id)
-        self._after_commit(handled)
+        await self._after_commit(handled)
         return expired.next_due
 
     def health_changed(self, route: str, health: RouteHealth) -> None:

@@ -61,14 +61,18 @@ def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path)
         config(
             tmp_path,
             {},
-            consent={"enabled": True},
             mqtt={"enabled": True, "host": "127.0.0.1"},
             webhooks=[{"name": "w", "url": "https://example.org/h", "secret_file": "w.key"}],
         )
     message = str(caught.value)
     assert message.startswith("cluster.enabled: not on the cluster backend yet")
-    for name in ("consent.enabled", "webhooks", "mqtt.enabled"):
+    for name in ("webhooks", "mqtt.enabled"):
         assert name in message
+
+
+def test_consent_runs_on_a_cluster(tmp_path: Path) -> None:
+    """i18-consent: one consent list for every node (tests/pg/test_consent_cluster.py)."""
+    assert config(tmp_path, {}, consent={"enabled": True}).consent.enabled
 
 
 def test_the_embedded_default_cannot_be_a_cluster_node(tmp_path: Path) -> None:
@@ -119,3 +123,17 @@ async def test_a_node_that_cannot_reach_postgresql_stops_with_one_line(tmp_path:
     assert proc.returncode != 0
     assert "cluster.conninfo: cannot reach PostgreSQL" in text
     assert "Traceback" not in text and "hunter2" not in text
+
+
+def test_the_consent_command_refuses_a_cluster_nodes_local_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a cluster the ledger is PostgreSQL's: the local SQLite one would be stale."""
+    import argparse
+
+    from gateway.consent_cmd import run
+
+    args = argparse.Namespace(action="export", file=str(tmp_path / "out.csv"))
+    assert run(args, config(tmp_path, {}, consent={"enabled": True})) == 2
+    assert "cluster" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()

@@ -35,6 +35,7 @@ from drivers.clock import Clock
 from gateway.cluster import buckets
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
+from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
@@ -125,6 +126,9 @@ class ClusterNode:
                 await migrate(conn)
                 for account in settings.accounts:  # i18-routes: the carriers' contracts
                     await buckets.configure(conn, account.name, account.rate, account.burst)
+                merged = await merge_migrated(conn)  # SQLite's standing, once (i18-consent)
+            if merged:
+                log.info("consent_merged", rows=merged)
             local = await store.reader.all(
                 "SELECT purpose, generation, wrapped, created_at FROM keyring"
             )

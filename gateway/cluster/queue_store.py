@@ -21,10 +21,12 @@ from typing import Any
 import structlog
 
 from gateway.cluster import buckets, queue_sql, reads
+from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcomes import Outcome, finish
 from gateway.cluster.parks import ClusterParks
+from gateway.cluster.queue_sql import Conn
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.models import Priority, State
 from gateway.store import crypto
@@ -106,6 +108,7 @@ class ClusterQueue:
 
     def __init__(self, pool: Pool, cipher: FieldCipher, me: Callable[[], Incarnation]) -> None:
         self._pool = pool
+        self.pool = pool
         self._cipher = cipher
         self._me = me
         # Each message this node claimed and has not finished: its claim's epoch.
@@ -117,6 +120,8 @@ class ClusterQueue:
         self.accounts: dict[str, str] = {}
         self.grants: dict[str, buckets.Grant] = {}  # each account's last grant here
         self.starved: dict[str, int] = {}  # per account: claims here that got fewer tokens
+        # Set by the wiring with `[consent] enabled`: the send policy's check in each claim.
+        self.claim_check: ClusterClaimCheck | None = None
 
     # -- accept ------------------------------------------------------------------------
 
@@ -189,39 +194,45 @@ class ClusterQueue:
         """The messages, their creation events and the idempotent answer, in one
         transaction. A key answered meanwhile (by another node too) raises the primary
         key's `UniqueViolation`: nothing of this accept is kept."""
-        me = self._me()
         async with self._pool.connection() as conn, conn.transaction():
-            async with conn.cursor() as cur:
-                await cur.executemany(_INSERT, [self._row(m) for m in messages])
-                await cur.executemany(
-                    queue_sql.INSERT_EVENT,
-                    [
-                        (
-                            m.id,
-                            m.created_at,
-                            m.state.value,
-                            None,
-                            None,
-                            m.blocked or m.held_for,
-                            0,
-                            me.node_id,
-                            me.incarnation,
-                        )
-                        for m in messages
-                    ],
-                )
-            if answer is not None:
-                await conn.execute(
-                    "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",
+            await self.insert_within(conn, messages, answer)
+
+    async def insert_within(
+        self, conn: Conn, messages: Sequence[NewMessage], answer: IdempotentAnswer | None
+    ) -> None:
+        """`accept`'s rows in the caller's transaction (the judged accept's)."""
+        me = self._me()
+        async with conn.cursor() as cur:
+            await cur.executemany(_INSERT, [self._row(m) for m in messages])
+            await cur.executemany(
+                queue_sql.INSERT_EVENT,
+                [
                     (
-                        answer.token_id,
-                        answer.key_hash,
-                        answer.request_hash,
-                        answer.status,
-                        answer.response,
-                        answer.at,
-                    ),
-                )
+                        m.id,
+                        m.created_at,
+                        m.state.value,
+                        None,
+                        None,
+                        m.blocked or m.held_for,
+                        0,
+                        me.node_id,
+                        me.incarnation,
+                    )
+                    for m in messages
+                ],
+            )
+        if answer is not None:
+            await conn.execute(
+                "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    answer.token_id,
+                    answer.key_hash,
+                    answer.request_hash,
+                    answer.status,
+                    answer.response,
+                    answer.at,
+                ),
+            )
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None:
         row = await self._one(
@@ -336,7 +347,14 @@ class ClusterQueue:
         found, _, short, wait = await self._claim(ids, route, now, None)
         # Not claimed for want of the account's tokens: back in the cache until a token.
         held = Held(now + wait, ACCOUNT_EMPTY)
-        return [found.get(i) or (held if i in short else None) for i in ids]
+        answers: list[ClaimedMessage | Held | Exception | None] = []
+        for i in ids:
+            v = found.get(i)
+            if isinstance(v, str):  # blocked by the claim check
+                answers.append(None)
+            else:
+                answers.append(held if v is None and i in short else v)
+        return answers
 
     async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
         """The first `want` due, unexpired queued messages no other claimer holds, in
@@ -344,13 +362,14 @@ class ClusterQueue:
         if want < 1:
             return []
         found, order, _, _ = await self._claim([], route, now, want)
-        return [found[i] for i in order if i in found]
+        return [c for i in order if isinstance(c := found.get(i), ClaimedMessage)]
 
     async def _claim(
         self, ids: list[str], route: str, now: float, want: int | None
-    ) -> tuple[dict[str, ClaimedMessage], list[str], set[str], float]:
-        """Claim `ids`, or with `want` the first due ones: the claims, the ids looked at
-        in their order, those left for want of a rate account's tokens, and the seconds
+    ) -> tuple[dict[str, ClaimedMessage | Held | str], list[str], set[str], float]:
+        """Claim `ids`, or with `want` the first due ones: the claims (and the claim
+        check's verdicts: held, or a reason they were blocked), the ids looked at in
+        their order, those left for want of a rate account's tokens, and the seconds
         until its next token."""
         me = self._me()
         account = self.accounts.get(route)
@@ -371,19 +390,23 @@ class ClusterQueue:
             for (message_id,) in opted:
                 blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
                 await queue_sql.apply(conn, blocked, now, me)
+            judged: dict[str, Held | str] = {}
+            if self.claim_check is not None:
+                judged = await self.claim_check.apply(conn, ids, route, now, me)
+            blocked_ids = {r[0] for r in opted}
+            candidates = [i for i in ids if i not in judged and i not in blocked_ids]
+            params["ids"] = candidates
             if grant is not None and want is None:  # the first as many as there are tokens
-                blocked_ids = {r[0] for r in opted}
-                candidates = [i for i in ids if i not in blocked_ids]
                 params["ids"], short = candidates[: grant.n], set(candidates[grant.n :])
             rows = await (
                 await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
             ).fetchall()
             if grant is not None and account is not None:
-                starved = grant.n < (want or len(ids) - len(opted))
+                starved = grant.n < (want or len(candidates))
                 self.starved[account] = self.starved.get(account, 0) + starved
                 wait = await buckets.debit(conn, account, me, grant, len(rows), starved)
                 wait = max(wait, 1e-3) if starved else 0.0
-        found: dict[str, ClaimedMessage] = {}
+        found: dict[str, ClaimedMessage | Held | str] = dict(judged)
         c = self._cipher
         if self.keys is not None and any(
             crypto.header_generation(bytes(r[2])) not in c.generations for r in rows

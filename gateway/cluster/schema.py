@@ -309,8 +309,68 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 5 (i18-consent): reserved; replaced by that branch before it lands.
-    "SELECT 1",
+    # 5 (i18-consent): one consent list for every node. SQLite's consent tables as
+    #    twins: contacts by blind index (number encrypted), the ledger append-only (a
+    #    trigger refuses any change but its encrypted texts', which erasure and key
+    #    rotation rewrite), `consent_state` kept in the appending transaction; and
+    #    which migrated decisions were merged into it (`cluster/consent_store.py`).
+    """
+    CREATE TABLE contacts (
+        idx            bytea PRIMARY KEY,
+        number_ct      bytea NOT NULL,
+        patient_ref_ct bytea,
+        language       text,
+        time_zone      text,
+        created_at     double precision NOT NULL,
+        updated_at     double precision NOT NULL
+    );
+    CREATE TABLE consent_ledger (
+        seq            bigserial PRIMARY KEY,
+        id             text NOT NULL UNIQUE,
+        contact_idx    bytea NOT NULL,
+        at             double precision NOT NULL,
+        decision       text NOT NULL CHECK (decision IN ('opt_in', 'opt_out')),
+        scope          text NOT NULL,
+        program        text NOT NULL,
+        source         text NOT NULL,
+        inbound_id     text,
+        message_id     text,
+        actor          text,
+        disclosure_ct  bytea,
+        note_ct        bytea,
+        node_id        text
+    );
+    CREATE INDEX consent_ledger_contact ON consent_ledger (contact_idx, seq);
+    CREATE OR REPLACE FUNCTION consent_ledger_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND (NEW.seq, NEW.id, NEW.contact_idx, NEW.at, NEW.decision,
+                NEW.scope, NEW.program, NEW.source, NEW.inbound_id, NEW.message_id,
+                NEW.actor, NEW.node_id)
+            IS NOT DISTINCT FROM (OLD.seq, OLD.id, OLD.contact_idx, OLD.at, OLD.decision,
+                OLD.scope, OLD.program, OLD.source, OLD.inbound_id, OLD.message_id,
+                OLD.actor, OLD.node_id) THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'consent_ledger is append-only';
+    END $$;
+    CREATE TRIGGER consent_ledger_append_only BEFORE UPDATE OR DELETE ON consent_ledger
+        FOR EACH ROW EXECUTE FUNCTION consent_ledger_append_only();
+    CREATE TRIGGER consent_ledger_no_truncate BEFORE TRUNCATE ON consent_ledger
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+    CREATE TABLE consent_state (
+        contact_idx    bytea NOT NULL,
+        program        text NOT NULL,
+        scope          text NOT NULL,
+        opted          text NOT NULL CHECK (opted IN ('in', 'out')),
+        seq            bigint NOT NULL,
+        since          double precision NOT NULL,
+        source         text NOT NULL,
+        written_seq    bigint,
+        PRIMARY KEY (contact_idx, program, scope)
+    );
+    ALTER TABLE migrated_consent_state ADD COLUMN merged_at timestamptz;
+    """,
     # ---
     # 6 (i18-reads): the message list, `/queue` and the panel read the shared queue
     #    (`gateway/cluster/reads.py`): an index per filter of the list, newest first, so

@@ -122,8 +122,6 @@ def refused_features(config: Config) -> list[str]:
     from gateway.results.settings import MedicationConfig, ResultsConfig
 
     refused = []
-    if config.consent.enabled:
-        refused.append("consent.enabled (the consent ledger is per node yet: set it false)")
     if config.webhooks:
         refused.append("webhooks")
     checks: list[tuple[str, Any, Any]] = [

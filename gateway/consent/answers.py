@@ -83,6 +83,19 @@ class Answers:
     ) -> Entry | None:
         """Insert the answer to `inbound`; its scheduler entry (to add after the commit),
         or None when no route can carry it."""
+        made = self.answer(inbound, to, body, category)
+        if made is None:
+            return None
+        message, entry = made
+        for sql, params in self._store.insert_statements(message):
+            conn.execute(sql, params)
+        return entry
+
+    def answer(
+        self, inbound: StoredInbound, to: Recipient, body: str, category: str
+    ) -> tuple[NewMessage, Entry] | None:
+        """The answer to `inbound` and its scheduler entry, for either backend to insert;
+        None when no route can carry it."""
         candidates, hint = self._routes_for(to, inbound.route)
         if not candidates:
             return None
@@ -101,9 +114,10 @@ class Answers:
             category=category,
             purpose=Purpose.COMPLIANCE.value,
         )
-        for sql, params in self._store.insert_statements(message):
-            conn.execute(sql, params)
-        return Entry(message.id, self.priority, inbound.received_at, message.expires_at, candidates)
+        entry = Entry(
+            message.id, self.priority, inbound.received_at, message.expires_at, candidates
+        )
+        return message, entry
 
     def _routes_for(self, to: Recipient, inbound_route: str) -> tuple[tuple[str, ...], str | None]:
         """By the route the text came in on if it can carry the answer (the same sender

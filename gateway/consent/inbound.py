@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import structlog
@@ -235,7 +236,9 @@ class InboundConsent:
 
     # -- on the event loop, after the commit -------------------------------------------
 
-    def after(self, h: Handled) -> None:
+    def after(self, h: Handled) -> Awaitable[None] | None:
+        """On the event loop once the inbound committed; an awaitable the sink awaits
+        (a cluster node's decision, `cluster/consent_inbound.py`), or None."""
         if h.reply is not None:
             self._scheduler.add(h.reply)
         log.info(
@@ -249,6 +252,7 @@ class InboundConsent:
             reply_id=None if h.reply is None else h.reply.id,
             withheld=h.withheld,
         )
+        return None
 
 
 @dataclass(frozen=True, slots=True)

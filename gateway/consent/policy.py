@@ -109,9 +109,16 @@ class Policy:
             self._state if writer else StateCache(),
             [idx for idx, _ in recipients],
             capped,
-            now - self.reach - _SKEW_MARGIN,
+            self.counted_since(now),
             self.capped,
         )
+
+    def counted_since(self, now: float) -> float:
+        """How far back an accept's view reads the messages its caps count."""
+        return now - self.reach - _SKEW_MARGIN
+
+    def has_caps(self, purpose: Purpose) -> bool:
+        return bool(self._rules[purpose].caps)
 
     # -- shaping at accept -------------------------------------------------------------
 
@@ -237,18 +244,37 @@ class Policy:
         `number` decrypts the recipient, needed only when the window is looked at."""
         if not self.enabled or s.purpose is None or s.purpose == Purpose.COMPLIANCE.value:
             return None
+        rows = ledger.state_rows(conn, [s.to_index]).get(s.to_index, ())
+
+        def zone() -> str | None:
+            found = conn.execute(
+                "SELECT time_zone FROM contacts WHERE idx = ?", (s.to_index,)
+            ).fetchone()
+            return found[0] if found else None
+
+        return self.claim_verdict_of(s, rows, zone, number)
+
+    def claim_verdict_of(
+        self,
+        s: ClaimSubject,
+        rows: Sequence[ledger.StateRow],
+        zone: Callable[[], str | None],
+        number: Callable[[ClaimSubject], str],
+    ) -> str | Held | None:
+        """`claim_verdict` from the recipient's consent rows as read (`ledger.StateRow`)
+        and its time zone, read by `zone` only when a window is looked at: either
+        backend's claim reads them its own way."""
+        if not self.enabled or s.purpose is None or s.purpose == Purpose.COMPLIANCE.value:
+            return None
         policy = self.table[Purpose(s.purpose)]
         program = self.config.program_for_route(s.route)
-        refusal = ledger.standing(conn, s.to_index, program, policy).refusal(policy)
+        refusal = ledger.standing_among(rows, program, policy).refusal(policy)
         if refusal is not None:
             return refusal
         window = policy.window
         if window is None or s.quiet_override or s.priority is Priority.CRITICAL:
             return None
-        found = conn.execute(
-            "SELECT time_zone FROM contacts WHERE idx = ?", (s.to_index,)
-        ).fetchone()
-        zones = recipient_zones(number(s), found[0] if found else None)
+        zones = recipient_zones(number(s), zone())
         opening = next_open(window, zones, s.now)
         return Held(opening, "quiet_hours") if opening > s.now else None
 
@@ -309,6 +335,24 @@ class GroupView:
                 if len(times) > 1:
                     times.sort()
         self._zones: dict[bytes, str | None] | None = None
+
+    @classmethod
+    def of_reads(
+        cls,
+        state: dict[bytes, list[ledger.StateRow]],
+        sent: Sequence[tuple[bytes, str, float]],
+        zones: dict[bytes, str | None],
+    ) -> GroupView:
+        """A view from reads made elsewhere (the cluster's accept, on PostgreSQL): the
+        recipients' consent rows, (recipient, purpose, when it goes) of their counted
+        messages within the caps' reach, and their time zones."""
+        view = cls.__new__(cls)
+        view.state = state
+        view._sent = {}
+        for idx, purpose, at in sent:
+            view.add(idx, _GROUP_KEY[purpose], at)
+        view._zones = zones
+        return view
 
     def times(self, to_index: bytes, group: str, since: float) -> Sequence[float]:
         """When each counted message of cap group `group` (`group_key`) to this

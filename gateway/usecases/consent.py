@@ -25,6 +25,7 @@ from gateway.config import Config
 from gateway.consent import ledger
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.ledger import ALL_PROGRAMS, Decision, Entry, LedgerRow, Source
+from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
 from gateway.consent.purposes import SCOPE_ALL, scope_valid
 from gateway.consent.settings import DEFAULT_PROGRAM
 from gateway.consent.withdraw import Withdrawal
@@ -129,11 +130,21 @@ def _invalid(field_name: str, code: str, what: str) -> ApiError:
 
 
 class Consent:
-    def __init__(self, *, config: Config, store: Store, clock: Clock, audit: AuditSink) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        clock: Clock,
+        audit: AuditSink,
+        ledger: ConsentLedger | None = None,
+    ) -> None:
         self._config = config
         self.languages: tuple[str, ...] = replies_for(config.consent).languages
         self._withdrawal = Withdrawal(config.consent)
         self._store = store
+        # On a cluster, the ledger every node shares (`cluster/consent_store.py`).
+        self._ledger = ledger or SqliteLedger(store, self._withdrawal.after)
         self._clock = clock
         self._audit = audit
         self.programs = frozenset(
@@ -155,9 +166,9 @@ class Consent:
             raise forbidden("number", "looking up a number")
         _, idx = self.contact_key(number)
         await self._audit.record(caller.actor, "consent_lookup", "contact", idx.hex())
-        contact = await consent_sql.contact(self._store, idx)
-        states = await consent_sql.states(self._store, idx)
-        history = await consent_sql.history(self._store, idx)
+        contact = await self._ledger.contact(idx)
+        states = await self._ledger.states(idx)
+        history = await self._ledger.history(idx)
         return ConsentView(contact, tuple(states), tuple(history))
 
     async def contact(self, caller: Caller, number: str) -> Contact | None:
@@ -165,7 +176,7 @@ class Consent:
             raise forbidden("number", "looking up a number")
         _, idx = self.contact_key(number)
         await self._audit.record(caller.actor, "phi_read", "contact", idx.hex())
-        return await consent_sql.contact(self._store, idx)
+        return await self._ledger.contact(idx)
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -188,16 +199,7 @@ class Consent:
             disclosure=req.disclosure,
             note=req.note,
         )
-        cipher = consent_sql.cipher_of(self._store)
-
-        def job(conn: sqlite3.Connection) -> tuple[str, int] | None:
-            if req.lifts and not consent_sql.has_opt_out(conn, idx, req.program, req.scope):
-                return None
-            done = ledger.append(conn, cipher, entry)
-            self._withdrawal.after(conn, entry)
-            return done
-
-        done = await self._store.writer.run(job)
+        done = await self._ledger.record(entry, lifts=req.lifts)
         if done is None:
             raise ApiError(404, "not_opted_out", "no opt-out of this scope to lift for this number")
         entry_id, seq = done
@@ -234,6 +236,11 @@ class Consent:
                 "disclosure", "disclosure_required", "marketing consent needs the exact text shown"
             )
 
+    def _local_only(self, what: str) -> None:
+        """Refuse what a cluster's shared ledger does not carry yet (docs/ops/cluster.md)."""
+        if self._ledger.shared:
+            raise ApiError(501, "not_on_cluster", f"{what}: not available on a cluster node yet")
+
     def _require_write(self, caller: Caller) -> None:
         if not caller.may_record_consent:
             raise ApiError(403, "forbidden", "this caller may not record consent decisions")
@@ -243,6 +250,7 @@ class Consent:
     async def put_contact(self, caller: Caller, number: str, changes: ContactChanges) -> Contact:
         """Set a contact's patient reference, language or time zone (audited)."""
         self._require_write(caller)
+        self._local_only("contacts")
         e164, idx = self.contact_key(number)
         if changes.time_zone is not None and not _zone_ok(changes.time_zone):
             raise _invalid("time_zone", "invalid_time_zone", "not an IANA time zone")
@@ -280,6 +288,7 @@ class Consent:
         (PHI rights; audited)."""
         if texts and not caller.may_read_phi:
             raise forbidden("texts", "reading the messages")
+        self._local_only("the review queue")
         open_ = await consent_sql.open_reviews(self._store, limit)
         numbers: dict[bytes, str] = {}
         bodies: dict[str, str] = {}
@@ -311,6 +320,7 @@ class Consent:
         the message caused is lifted by an opt-in with the reviewer as actor. Once per
         review, in one transaction with the opt-ins (404 `not_found` after that)."""
         self._require_write(caller)
+        self._local_only("the review queue")
         if action not in ("confirm", "correct"):
             raise _invalid("action", "invalid_field", "confirm or correct")
         resolution = "confirmed" if action == "confirm" else "corrected"
@@ -367,6 +377,7 @@ class Consent:
         IMPORT_CHUNK rows, each its own writer transaction. Identical decisions already
         in the ledger are not appended again, so a list can be imported twice."""
         self._require_write(caller)
+        self._local_only("importing")
         if options.program is not None and options.program not in self.programs:
             raise _invalid("program", "unknown_program", "not a configured program")
         report = ImportReport()
@@ -485,7 +496,7 @@ class Consent:
     async def _export_rows(self) -> AsyncIterator[ExportRow]:
         after = 0
         while True:
-            page = await consent_sql.export_page(self._store, after, EXPORT_PAGE)
+            page = await self._ledger.export_page(after, EXPORT_PAGE)
             for r in page:
                 yield r
             if len(page) < EXPORT_PAGE:

@@ -333,7 +333,7 @@ class Messages:
         intake = self._intake
         try:
             if self._cluster is not None:
-                answer = await self._commit_shared(
+                prepared, answer = await self._commit_shared(
                     self._cluster, caller, prepared, idempotency, build, extra
                 )
             elif intake.policy.enabled:
@@ -359,15 +359,19 @@ class Messages:
         idempotency: IdempotencyKey | None,
         build: Callable[[list[Accepted]], T],
         extra: Sequence[Statement],
-    ) -> T:
-        """`_commit` on the cluster's queue: the messages and the idempotent answer in
-        one PostgreSQL transaction. What it cannot carry yet is refused at start
+    ) -> tuple[list[Prepared], T]:
+        """`_commit` on the cluster's queue: the messages (judged by the policy when it
+        is on: `cluster/consent_accept.py`) and the idempotent answer in one PostgreSQL
+        transaction. What it cannot carry yet is refused at start
         (`cluster/settings.py`), and checked again here."""
-        if extra or self._intake.policy.enabled or any(p.links for p in prepared):
-            raise RuntimeError("not on the cluster backend: extra rows, policy or links")
-        answer = build([p.answer() for p in prepared])
-        kept = None
-        if idempotency is not None:
+        if extra or any(p.links for p in prepared):
+            raise RuntimeError("not on the cluster backend: extra rows or links")
+        now = self._clock.time()
+
+        def answer_of(judged: list[Prepared]) -> tuple[T, IdempotentAnswer | None]:
+            answer = build([p.answer() for p in judged])
+            if idempotency is None:
+                return answer, None
             if caller.token_id is None:
                 raise ValueError("an Idempotency-Key belongs to a token")
             kept = IdempotentAnswer(
@@ -376,10 +380,17 @@ class Messages:
                 idempotency.request_hash,
                 idempotency.status,
                 msgspec.json.encode(answer),
-                self._clock.time(),
+                now,
             )
+            return answer, kept
+
+        if self._intake.policy.enabled:
+            from gateway.cluster.consent_accept import accept_judged  # here: psycopg is optional
+
+            return await accept_judged(cluster, self._intake, prepared, now, answer_of)
+        answer, kept = answer_of(prepared)
         await cluster.accept([p.message for p in prepared], kept)
-        return answer
+        return prepared, answer
 
     async def _audit_overrides(self, caller: Caller, overriding: Sequence[Prepared]) -> None:
         """A send outside quiet hours is allowed only with the `urgent` right, and
