@@ -38,9 +38,10 @@ from tests.pg.test_nodes_e2e import _Node
 from tests.ports import free_port
 
 CAP = 50  # the carrier's contract, submits a second across the nodes
-# The account as configured: rate + burst at the contract's 1 s figure plus 2 %, the
-# burst letting a claim that came late catch up on the tokens it missed.
-ACCOUNT_RATE, ACCOUNT_BURST = 48, 3
+# The account as configured: rate + burst at the contract's 1 s figure, the burst letting
+# a claim that came late catch up on the tokens it missed; the 2 % the carrier tolerates
+# (one message here) left to the jitter between a token taken and its submit arriving.
+ACCOUNT_RATE, ACCOUNT_BURST = 48, 2
 BACKLOG = 400  # messages accepted on each node before measuring
 # Leases as S3's: a loaded machine must not fence a node while three start. GRACE: fair
 # shares forget a node one ACTIVE_WINDOW after its last claim, and the survivor's bucket
