@@ -685,8 +685,10 @@ class Store:
 
     async def possible_duplicates(self) -> int:
         cur = await self.reader.execute(
-            "SELECT count(*) FROM messages WHERE possible_duplicate = 1"
-            " AND state IN ('queued', 'sending')"
+            # Named: else the planner may take `messages_state_created` and read every
+            # waiting row.
+            "SELECT count(*) FROM messages INDEXED BY messages_possible_duplicate"
+            " WHERE possible_duplicate = 1 AND state IN ('queued', 'sending')"
         )
         row = await cur.fetchone()
         return int(row[0]) if row else 0
