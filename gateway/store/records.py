@@ -99,16 +99,16 @@ _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 
 def time_ordered(q: MessageQuery) -> bool:
-    """A time range pages by creation time: through the index by creation time, or
-    with a state through the one by state and creation time (migration 37), so the
-    walk reads only the range, not every newer row of that state."""
-    return q.since is not None or q.until is not None
+    """A time range or a state pages by creation time: through the index by creation
+    time, or by state and creation time (migration 37), so a state's walk over a range
+    reads only the range, not every newer row of that state."""
+    return q.state is not None or q.since is not None or q.until is not None
 
 
 def message_list_sql(
     q: MessageQuery, cipher: FieldCipher, limit: int, cursor_at: float | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """Newest first: by id, or by creation time (then id) in a time range
+    """Newest first: by id, or by creation time (then id) in a time range or a state
     (`time_ordered`), so an index by creation time reads only the range asked (by id
     the walk would pass every newer message first). Ids are made at accept, so the two
     orders agree but for messages accepted in the same instant."""
