@@ -283,6 +283,8 @@ def _reads(home: harness.GatewayHome, now: float) -> dict[str, str]:
         "messages since (last week)": m + f"&since={week:.0f}",
         "messages since+until (a day, 6 months ago)": m
         + f"&since={now - 182 * 86400:.0f}&until={now - 181 * 86400:.0f}",
+        "messages status=failed, a day 6 months ago": m
+        + f"&status=failed&since={now - 182 * 86400:.0f}&until={now - 181 * 86400:.0f}",
         "messages status+route+since": m + f"&status=delivered&route=smsc&since={week:.0f}",
         "messages to (number search)": m + "&to=%2B12025550042",
         "messages to + status": m + "&to=%2B12025550042&status=failed",

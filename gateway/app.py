@@ -44,14 +44,10 @@ from gateway.config import Config
 from gateway.consent.inbound import InboundConsent
 from gateway.contacts.usecase import Contacts
 from gateway.demo import DemoPeers
-from gateway.directory.build import DirectorySetupError, build_directory
-from gateway.directory.service import Directory
 from gateway.hl7.service import Hl7Service
 from gateway.hl7.settings import Hl7Config
 from gateway.intake import Intake
 from gateway.integrations import kannel_dlr
-from gateway.integrations.mqtt import MqttLink, mqtt_consumer
-from gateway.integrations.mqtt_send import start_mqtt
 from gateway.integrations.outbox import Outbox
 from gateway.integrations.webhooks import (
     CallbackConsumer,
@@ -111,6 +107,8 @@ from gateway.web.connections import HTTP_SHUTDOWN_TIMEOUT
 if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
     from gateway.consent.ledger_store import ConsentLedger
+    from gateway.directory.service import Directory
+    from gateway.integrations.mqtt import MqttLink
 
 log = structlog.get_logger("smsgw.app")
 
@@ -285,6 +283,11 @@ class Gateway:
             except SecretError as e:  # a setting, not the carrier: no retry will mend it
                 raise StartupFault(f"route {route.name!r}: {e}", exit_code=2) from None
         if self.config.mqtt.enabled:
+            # Imported only when configured, as the directory's: ldap3 and aiomqtt are
+            # ~100 ms of a start-up's CPU (issue 16, growth).
+            from gateway.integrations.mqtt import mqtt_consumer
+            from gateway.integrations.mqtt_send import start_mqtt
+
             self.mqtt = await start_mqtt(self)
             self.outbox.register(mqtt_consumer(self.config, self.mqtt))
         await self.outbox.start(run=dispatch)
@@ -416,11 +419,15 @@ class Gateway:
         """panel sign-in through the directory; None unless `[directory]` is on."""
         if not self.config.directory.enabled:
             return None
+        from gateway.directory.build import build_directory
+
         return build_directory(self.config, self.clock, self.metrics.registry)
 
     def _start_directory(self, *, dispatch: bool) -> None:
         if not self.config.directory.enabled:
             return
+        from gateway.directory.build import DirectorySetupError
+
         try:
             directory = self.directory
         except DirectorySetupError as e:  # a setting: no retry will mend it

@@ -99,20 +99,19 @@ _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 
 def time_ordered(q: MessageQuery) -> bool:
-    """A time range without a state pages by creation time. With a state it pages by
-    id through the index by state: most of a state's rows in a range are together in
-    id order, where a walk by time would pass every row of other states (a queue of a
-    hundred thousand waiting, all newer than the last delivery)."""
-    return q.state is None and (q.since is not None or q.until is not None)
+    """A time range or a state pages by creation time: through the index by creation
+    time, or by state and creation time (migration 37), so a state's walk over a range
+    reads only the range, not every newer row of that state."""
+    return q.state is not None or q.since is not None or q.until is not None
 
 
 def message_list_sql(
     q: MessageQuery, cipher: FieldCipher, limit: int, cursor_at: float | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """Newest first: by id, or by creation time (then id) in a time range without a
-    state (`time_ordered`), so the index by creation time reads only the range asked
-    (by id the walk would pass every newer message first). Ids are made at accept, so
-    the two orders agree but for messages accepted in the same instant."""
+    """Newest first: by id, or by creation time (then id) in a time range or a state
+    (`time_ordered`), so an index by creation time reads only the range asked (by id
+    the walk would pass every newer message first). Ids are made at accept, so the two
+    orders agree but for messages accepted in the same instant."""
     by_time = time_ordered(q)
     # In a time range, `+` keeps the index by route (in id order) out: the walk by
     # creation time stops at a page, where its would sort every match.

@@ -10,6 +10,7 @@ and its state never disagree.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -420,12 +421,13 @@ class Store:
         left empty, not decrypted, for a router that routes by no prefix."""
         c = self._crypto
         for state in (State.QUEUED, State.SCHEDULED):  # one state a walk: its index's order
-            after = ""
+            after: tuple[float, str] = (-math.inf, "")
             while True:
                 rows = await self.reader.all(
-                    "SELECT id, priority, to_ct, due_at, expires_at, attempts, route_hint"
-                    " FROM messages WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
-                    (state.value, after, LIVE_PAGE),
+                    "SELECT id, priority, to_ct, due_at, expires_at, attempts, route_hint,"
+                    " created_at FROM messages WHERE state = ? AND (created_at, id) > (?, ?)"
+                    " ORDER BY created_at, id LIMIT ?",
+                    (state.value, *after, LIVE_PAGE),
                 )
                 for r in rows:
                     yield LiveMessage(
@@ -440,7 +442,7 @@ class Store:
                     )
                 if len(rows) < LIVE_PAGE:
                     break
-                after = rows[-1][0]
+                after = (rows[-1][7], rows[-1][0])
 
     async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | Held | None:
         """Mark a queued message `sending` (durably) and return what the driver needs.
@@ -685,8 +687,10 @@ class Store:
 
     async def possible_duplicates(self) -> int:
         cur = await self.reader.execute(
-            "SELECT count(*) FROM messages WHERE possible_duplicate = 1"
-            " AND state IN ('queued', 'sending')"
+            # Named: else the planner may take `messages_state` and read every
+            # waiting row.
+            "SELECT count(*) FROM messages INDEXED BY messages_possible_duplicate"
+            " WHERE possible_duplicate = 1 AND state IN ('queued', 'sending')"
         )
         row = await cur.fetchone()
         return int(row[0]) if row else 0
