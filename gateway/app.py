@@ -214,19 +214,11 @@ class Gateway:
         shared_tokens = None if node is None else node.tokens
         tokens = TokenCache(store, clock, config.http.token_cache_seconds, shared_tokens)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
-        if node is not None and intake.policy.enabled:  # i18-consent: one list for the nodes
-            from gateway.cluster.consent_claim import ClusterClaimCheck
-            from gateway.cluster.consent_inbound import ClusterInboundConsent
-            from gateway.cluster.consent_store import SharedWithdrawal
+        if node is not None and intake.policy.enabled:  # one consent list for the nodes
+            from gateway.cluster.consent_wiring import wire_consent
 
-            # The shared keyring's cipher, not the node's own: it takes up a rotation.
-            node.queue.claim_check = ClusterClaimCheck(intake.policy, node.queue.cipher)
-            membership = node.membership
-            withdrawal = SharedWithdrawal(config.consent, lambda: membership.me)
             sink.answer_keywords(
-                ClusterInboundConsent(
-                    config, store, router, scheduler, node.queue, config.cluster.node_id, withdrawal
-                )
+                wire_consent(node, config, store, router, scheduler, intake.policy)
             )
         else:
             sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
@@ -441,16 +433,12 @@ class Gateway:
         return AdminRepo(self.store)
 
     def _shared_ledger(self) -> ConsentLedger | None:
-        """On a cluster, the consent ledger every node shares (i18-consent)."""
+        """On a cluster, the consent ledger every node shares."""
         if self.cluster is None:
             return None
-        from gateway.cluster.consent_store import ClusterLedger, SharedWithdrawal
+        from gateway.cluster.consent_wiring import shared_ledger
 
-        membership = self.cluster.membership
-        withdrawal = SharedWithdrawal(self.config.consent, lambda: membership.me)
-        node_id = self.config.cluster.node_id
-        queue = self.cluster.queue  # its cipher is the shared keyring's
-        return ClusterLedger(queue.pool, queue.cipher, node_id, withdrawal)
+        return shared_ledger(self.cluster, self.config)
 
     @functools.cached_property
     def reads(self) -> MessageReads:
