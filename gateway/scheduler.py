@@ -138,7 +138,7 @@ class Scheduler:
             queue,
             clock,
             metrics,
-            requeue=self.add,
+            requeue=self._requeue,
             freed=self._wake.set,
             parked=self.wake,
             backoff=self.backoff,
@@ -206,6 +206,11 @@ class Scheduler:
             heapq.heappush(self._heaps[entry.priority], (entry.due_at, entry.id))
             heapq.heappush(self._expiry, (entry.expires_at, entry.id))
         self._wake.set()
+
+    def _requeue(self, entry: Entry) -> None:
+        """A dispatched message back in the queue (held, retried): always queued."""
+        self._at_accept.pop(entry.id, None)
+        self.add(entry)
 
     def forget(self, message_id: str) -> None:
         """Drop a message that left the queue by other means (cancelled)."""

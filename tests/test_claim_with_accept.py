@@ -41,6 +41,7 @@ async def _running(open_gateway: GatewayFactory, **sections: Any) -> Gateway:
     """A gateway with its dispatch loop running (on the fake clock)."""
     gw = await open_gateway(start=False, **sections)
     await gw.start()
+    await asyncio.sleep(0)  # one turn of the loop: the dispatch task has started
     return gw
 
 
@@ -171,3 +172,20 @@ async def test_a_crash_after_the_accept_brings_the_message_back_flagged(
     finally:
         await again.stop()
         shutil.rmtree(crashed, ignore_errors=True)
+
+
+async def test_a_message_claimed_with_its_accept_and_retried_goes_back_in_the_queue(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Its submit fails for now before the accept handed it to the scheduler (as when
+    the request was cancelled meanwhile): the retry queues it all the same."""
+    route = {"name": "main", "type": "loopback", "latency": 0, "transient_prefixes": ["+"]}
+    gw = await _running(open_gateway, routes=[route])
+    prepared = gw.intake.prepare(SendRequest(to=CANARY_NUMBER, body="hi"), None, gw.clock.time())
+    inserted = gw.store.writer.insert(gw.intake.statements([prepared]))
+    assert gw.scheduler.claim_with_accept(prepared.entry, gw.store.claim_group_soon)
+    await asyncio.wait_for(inserted, WAIT)
+    await _idle(gw)
+    assert loopback(gw).health().counters["transient"] == 1
+    assert _committed(gw, prepared.message.id) == ("queued", 0)
+    assert gw.scheduler.depths()["queued"]["normal"] == 1
