@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/wal_pages.py                     # 200 messages, one commit per step
     .venv/bin/python bench/wal_pages.py --prefill 100000    # in a store already holding 100,000
+    .venv/bin/python bench/wal_pages.py --trickle --lag 20  # 10/s: one commit per message
 
 The real store (`gateway/store/`, in this process, `synchronous = FULL`) with its
 auto-checkpoint off: each message is accepted, claimed, marked `sent` and given its
