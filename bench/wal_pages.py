@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/wal_pages.py                     # 200 messages, one commit per step
     .venv/bin/python bench/wal_pages.py --prefill 100000    # in a store already holding 100,000
+    .venv/bin/python bench/wal_pages.py --trickle --lag 20  # 10/s: one commit per message
 
 The real store (`gateway/store/`, in this process, `synchronous = FULL`) with its
 auto-checkpoint off: each message is accepted, claimed, marked `sent` and given its
@@ -126,6 +127,27 @@ async def saturated(store: Store, count: int, lag: int, group: int, step: Any) -
         step("claim+sent+receipt")
 
 
+async def trickle(store: Store, count: int, lag: int, step: Any) -> None:
+    """As at 10/s with claims made in the accept's transaction (`Scheduler.
+    claim_with_accept`): each commit carries a message's accept and claim, the previous
+    message's lazy `sent` and the receipt of the message `lag` earlier."""
+    now = time.time()
+    store.writer.lazy_delay = 3600.0  # lazy work rides the accept's commit only
+    batch = [message(i, now) for i in range(count)]
+    for i, m in enumerate(batch):
+        work: list[Any] = []
+        if i >= 1:
+            work.append(store.mark_sent(batch[i - 1].id, ROUTE, [f"c{i - 1}"], now))
+        if i > lag:
+            work.append(store.apply_receipt(ROUTE, f"c{i - 1 - lag}", "delivered", None, now))
+        lazy = [asyncio.ensure_future(w) for w in work]
+        await asyncio.sleep(0)  # handed to the writer (lazy: no transaction yet)
+        accepted = store.writer.insert(store.insert_statements(m))
+        claimed = store.claim_group_soon([m.id], ROUTE, now)  # in the same transaction
+        await asyncio.gather(accepted, claimed, *lazy)
+        step("accept+claim+sent+receipt")
+
+
 async def prefill(store: Store, count: int, chunk: int = 2000) -> None:
     for start in range(0, count, chunk):
         now = time.time()
@@ -170,6 +192,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         now = time.time()
         if args.saturated:
             await saturated(store, args.messages, args.lag, args.group, step)
+        elif args.trickle:
+            await trickle(store, args.messages, args.lag, step)
         else:
             for i in range(args.messages):
                 await life(store, message(args.prefill + i, now), f"c{i}", step)
@@ -218,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", type=int, default=0)
     p.add_argument("--page-size", type=int, help="a new store's page size (default: the store's)")
     p.add_argument("--saturated", action="store_true", help="claims one by one, lazy work joining")
+    p.add_argument(
+        "--trickle", action="store_true", help="one commit per message: accept, claim, lazy work"
+    )
     p.add_argument("--group", type=int, default=1, help="claims per commit (with --saturated)")
     p.add_argument("--lag", type=int, default=100, help="messages between a submit and its receipt")
     p.add_argument("--body-chars", type=int, default=BODY_CHARS, help="each message's length")

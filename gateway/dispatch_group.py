@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,10 +79,16 @@ class GroupSender:
         self._backoff = backoff
         self._turns: dict[str, asyncio.Lock] = {}  # per route: the group taking window slots
 
-    async def send(self, group: list[Entry], route: RouteRuntime) -> None:
+    async def send(
+        self,
+        group: list[Entry],
+        route: RouteRuntime,
+        claims: Awaitable[list[ClaimedMessage | Held | Exception | None]] | None = None,
+    ) -> None:
         """Claim the group in one commit, hand what was claimed to the driver together,
         record the answers in one commit. Each message holds a dispatch slot of the
-        route until the carrier answered it (or it was not sent)."""
+        route until the carrier answered it (or it was not sent). `claims`: the group's
+        claim already handed to the store (`Scheduler.claim_with_accept`)."""
         metrics = self._metrics.route(route.name)
         metrics.in_flight.inc(len(group))
         held = [True] * len(group)
@@ -97,13 +103,14 @@ class GroupSender:
                 self._freed()
 
         try:
-            if self._fence is not None:
-                self._fence()
-            claims = await self._store.claim_group(
-                [e.id for e in group], route.name, self._clock.time()
-            )
+            if claims is None:
+                if self._fence is not None:
+                    self._fence()
+                claims = self._store.claim_group(
+                    [e.id for e in group], route.name, self._clock.time()
+                )
             ready: list[tuple[int, ClaimedMessage]] = []
-            for i, (entry, claimed) in enumerate(zip(group, claims, strict=True)):
+            for i, (entry, claimed) in enumerate(zip(group, await claims, strict=True)):
                 if isinstance(claimed, ClaimedMessage):
                     ready.append((i, claimed))
                     continue

@@ -56,8 +56,9 @@ from gateway.models import Priority, State
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.shares import ShareGuard
+from gateway.store.claim_check import Held
 from gateway.store.queue_store import QueueStore
-from gateway.store.store import LiveMessage
+from gateway.store.store import ClaimedMessage, LiveMessage
 from gateway.store.transitions import Transition
 
 log = structlog.get_logger("smsgw.scheduler")
@@ -79,6 +80,18 @@ class Entry:
     expires_at: float
     candidates: tuple[str, ...]
     attempts: int = 0
+
+
+Claim = ClaimedMessage | Held | Exception | None
+# Hands a group's claim to the store at once (`Store.claim_group_soon`).
+ClaimSoon = Callable[[list[str], str, float], "asyncio.Future[list[Claim]]"]
+
+
+def _claimed_now(claim: asyncio.Future[list[Claim]]) -> bool:
+    """The claim committed with the accept and took the message (`sending`)."""
+    if not claim.done() or claim.cancelled() or claim.exception() is not None:
+        return False
+    return isinstance(claim.result()[0], ClaimedMessage)
 
 
 class Scheduler:
@@ -119,12 +132,17 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
+        self._fenced = fence is not None
+        self._running = False  # `run` dispatches (tests may drive rounds themselves)
+        # Claims made with their accept (`claim_with_accept`), until the accept hands the
+        # message over (`add`) or the send ends.
+        self._at_accept: dict[str, asyncio.Future[list[Claim]]] = {}
         self._sender = GroupSender(
             store,
             queue,
             clock,
             metrics,
-            requeue=self.add,
+            requeue=self._requeue,
             freed=self._wake.set,
             parked=self.wake,
             backoff=self.backoff,
@@ -185,7 +203,11 @@ class Scheduler:
         return any(self._routes[name].here for name in entry.candidates)
 
     def add(self, entry: Entry, *, scheduled: bool = False) -> None:
-        """Queue a message already committed to the store."""
+        """Queue a message already committed to the store (unless it was claimed with
+        its accept, in the same transaction: then it is on its way already)."""
+        claim = self._at_accept.pop(entry.id, None)
+        if claim is not None and _claimed_now(claim):
+            return
         if self._elsewhere is not None and not self.here(entry):
             self._elsewhere()  # still queued in the shared store, for a node that may
             return
@@ -196,6 +218,11 @@ class Scheduler:
             heapq.heappush(self._heaps[entry.priority], (entry.due_at, entry.id))
             heapq.heappush(self._expiry, (entry.expires_at, entry.id))
         self._wake.set()
+
+    def _requeue(self, entry: Entry) -> None:
+        """A dispatched message back in the queue (held, retried): always queued."""
+        self._at_accept.pop(entry.id, None)
+        self.add(entry)
 
     def forget(self, message_id: str) -> None:
         """Drop a message that left the queue by other means (cancelled)."""
@@ -209,6 +236,38 @@ class Scheduler:
         """Something outside changed (a route's health, a pause): look again."""
         self._routes_changed = True
         self._wake.set()
+
+    def claim_with_accept(self, entry: Entry, claim: ClaimSoon) -> bool:
+        """At a trickle: claim a message in its accept's transaction, so `sending` commits
+        with the accept (one commit and one fsync instead of two; `bench/diskwrites.py`).
+        Called right after the accept was handed to the writer, before it commits.
+        Only when no message of any class is due and waiting (none is passed), every
+        route it may take is idle (nothing claimed there waits for the carrier's answer;
+        under load the rounds claim in groups), and a route takes it now by the round's
+        own rules (health, rate token, window room: `_take_route`). The claim runs the
+        send-time policy check as any claim does; if the message did not commit
+        `queued` (the policy blocked or scheduled it), the claim changes nothing and
+        `add` queues it as the accept says."""
+        now = self._clock.time()
+        if not (self._running and self._claiming) or self._fenced:
+            return False
+        if entry.due_at > now:
+            return False
+        for p in _CLASSES:
+            head = self._head(p)
+            if head is not None and head.due_at <= now:
+                return False
+        if any(self._routes[name].dispatched for name in entry.candidates):
+            return False
+        route, _ = self._take_route(entry, self._clock.monotonic(), {})
+        if route is None:
+            return False
+        self._shares.served(entry.priority, [entry.priority])
+        self._metrics.queue_latency_by_class[entry.priority].observe(0.0)
+        claimed = claim([entry.id], route.name, now)
+        self._at_accept[entry.id] = claimed
+        self._start([entry], route, claimed)
+        return True
 
     # -- views ---------------------------------------------------------------------------
 
@@ -258,6 +317,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Dispatch until `stop_claiming()`; sleeps only on events and deadlines."""
+        self._running = True
         while self._claiming:
             self._wake.clear()
             delay = await self._round()
@@ -451,8 +511,13 @@ class Scheduler:
             cooling = min(cooling, wait)
         return None, cooling
 
-    def _start(self, group: list[Entry], route: RouteRuntime) -> None:
-        task = asyncio.create_task(self._send_group(group, route))
+    def _start(
+        self,
+        group: list[Entry],
+        route: RouteRuntime,
+        claims: asyncio.Future[list[Claim]] | None = None,
+    ) -> None:
+        task = asyncio.create_task(self._send_group(group, route, claims))
         self._tasks.add(task)
         for entry in group:
             self._sending[entry.priority] += 1
@@ -465,8 +530,14 @@ class Scheduler:
             self._sending[entry.priority] -= 1
         self._dispatched -= len(group)
 
-    async def _send_group(self, group: list[Entry], route: RouteRuntime) -> None:
-        await self._sender.send(group, route)
+    async def _send_group(
+        self, group: list[Entry], route: RouteRuntime, claims: asyncio.Future[list[Claim]] | None
+    ) -> None:
+        try:
+            await self._sender.send(group, route, claims)
+        finally:
+            if claims is not None:  # the accept failed and never handed it over
+                self._at_accept.pop(group[0].id, None)
 
     def backoff(self, attempts: int) -> float:
         """Exponential back-off with equal jitter: half fixed, half random."""

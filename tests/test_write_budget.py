@@ -552,8 +552,67 @@ async def test_a_one_part_receipt_leaves_the_part_row_alone_and_stays_idempotent
         store, store.apply_receipt("demo", "one", "delivered", None, now)
     )
     assert "messages" in written
-    assert not written & {"carrier_ids", "carrier_ids_message"}, written
+    assert not written & {"carrier_ids", "carrier_ids_parts"}, written
     for state in ("delivered", "failed"):
         assert await store.apply_receipt("demo", "one", state, "000", now) is None
     assert (await message_row(store, mid))["state"] == "delivered"
     assert [e.state for e in await store.events(mid)].count("delivered") == 1
+
+
+async def test_a_one_part_sent_leaves_the_index_of_parts_alone(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Migration 35: only messages of several parts are in the index of carrier ids by
+    message (their parts numbered from 1); a one-part message's `sent` writes its part
+    row (part 0) and not that index. Both kinds' receipts deliver them; a message of
+    several parts only once every part is delivered."""
+    gw = await open_gateway()
+    store = gw.store
+    one, three = await accept(gw), await accept(gw, body="x" * 400)
+    now = gw.clock.time()
+    for mid in (one, three):
+        assert await store.claim(mid, "demo", now) is not None
+    written = await _btrees_written(store, store.mark_sent(one, "demo", ["o1"], now))
+    assert "carrier_ids" in written and "carrier_ids_parts" not in written, written
+    written = await _btrees_written(store, store.mark_sent(three, "demo", ["t1", "t2", "t3"], now))
+    assert {"carrier_ids", "carrier_ids_parts"} <= written, written
+    parts = await store.writer.call_outside_transaction(
+        lambda c: c.execute(
+            "SELECT carrier_id, part FROM carrier_ids ORDER BY carrier_id"
+        ).fetchall()
+    )
+    assert parts == [("o1", 0), ("t1", 1), ("t2", 2), ("t3", 3)]
+    assert await store.apply_receipt("demo", "o1", "delivered", None, now) == (
+        one,
+        State.DELIVERED,
+    )
+    for cid in ("t1", "t3"):
+        assert await store.apply_receipt("demo", cid, "delivered", None, now) is None
+    assert (await message_row(store, three))["state"] == "sent"
+    assert await store.apply_receipt("demo", "t2", "delivered", None, now) == (
+        three,
+        State.DELIVERED,
+    )
+
+
+def test_migration_35_numbers_the_parts_of_several_from_one(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    for script in MIGRATIONS[:34]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 34")
+    rows = [("a", "m1", 0), ("b", "m2", 0), ("c", "m2", 1), ("d", "m2", 2)]
+    conn.executemany(
+        "INSERT INTO carrier_ids (route, carrier_id, message_id, part) VALUES ('r', ?, ?, ?)",
+        rows,
+    )
+    assert migrate(conn) == len(MIGRATIONS)
+    got = conn.execute("SELECT carrier_id, part FROM carrier_ids ORDER BY carrier_id").fetchall()
+    assert got == [("a", 0), ("b", 1), ("c", 2), ("d", 3)]
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM carrier_ids WHERE message_id = ? AND part > 0",
+        ("m2",),
+    ).fetchall()
+    assert "carrier_ids_parts" in plan[0][3], plan
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

@@ -256,13 +256,14 @@ class KannelDlrConsumer:
 
     async def carrier_id(self, event: OutboxEvent) -> str | None:
         """The carrier's id for the message (its first part's, on the event's route):
-        status events carry ids of smsgw's own, so `%F` is looked up here."""
+        status events carry ids of smsgw's own, so `%F` is looked up here, in the
+        message's `sent` event (its ids in part order; found by the message's history)."""
         row = await self._store.reader.one(
-            "SELECT carrier_id FROM carrier_ids WHERE message_id = ?"
-            " AND (route = ? OR ? IS NULL) ORDER BY part LIMIT 1",
+            "SELECT carrier_id FROM message_events WHERE message_id = ? AND state = 'sent'"
+            " AND carrier_id IS NOT NULL AND (route = ? OR ? IS NULL) ORDER BY seq LIMIT 1",
             (event.message_id, event.route, event.route),
         )
-        return None if row is None else str(row[0])
+        return None if row is None else str(row[0]).split(",")[0]
 
     async def deliver(self, event: OutboxEvent) -> None:
         if event.type != MESSAGE_STATUS or event.message_id is None:

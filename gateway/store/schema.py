@@ -1070,8 +1070,17 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     """,
     # ---
-    # 35 (i16-writes): reserved; replaced by that branch before it lands.
-    "",
+    # 35 (issue 16, write budget): the index of carrier ids by message holds only the
+    #    parts of messages of several parts, numbered from 1 (`transitions.part_numbers`);
+    #    a one-part message's row (part 0, the common case) is found by its carrier id
+    #    alone, so its `sent` no longer writes a page of this index (bench/wal_pages.py).
+    #    Its receipt asks whether there are other parts (`part > 0`) by this index.
+    """
+    UPDATE carrier_ids SET part = part + 1
+        WHERE message_id IN (SELECT message_id FROM carrier_ids WHERE part > 0);
+    DROP INDEX carrier_ids_message;
+    CREATE INDEX carrier_ids_parts ON carrier_ids (message_id) WHERE part > 0;
+    """,
     # ---
     # 36 (i16-accept): reserved; replaced by that branch before it lands.
     "",

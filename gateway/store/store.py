@@ -10,6 +10,7 @@ and its state never disagree.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import sqlite3
@@ -466,6 +467,25 @@ class Store:
             row if isinstance(row, Exception) else self._claimed(m, row)
             for m, row in zip(message_ids, rows, strict=True)
         ]
+
+    def claim_group_soon(
+        self, message_ids: Sequence[str], route: str, now: float
+    ) -> asyncio.Future[list[ClaimedMessage | Held | Exception | None]]:
+        """`claim_group` handed to the writer now, without a coroutine step between: it
+        joins the transaction of what was handed to the writer just before (an accept:
+        `Scheduler.claim_with_accept`), and runs after it there. Decrypted in the job,
+        so the result is final when the commit resolves the accept's future."""
+        check = self.claim_check
+        items = [(m, route, now, check) for m in message_ids]
+
+        def job(conn: sqlite3.Connection) -> list[ClaimedMessage | Held | Exception | None]:
+            rows = group_sql.grouped(conn, claim_many, items)
+            return [
+                row if isinstance(row, Exception) else self._claimed(m, row)
+                for m, row in zip(message_ids, rows, strict=True)
+            ]
+
+        return self.writer.run(job)
 
     async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
         """`claim_group` for the first `want` due, unexpired queued messages in class,

@@ -160,7 +160,7 @@ def update_sql(
     where = f"id = ? AND state IN ({sources})"
     if unless_parts_pending:
         where += (
-            " AND NOT EXISTS (SELECT 1 FROM carrier_ids WHERE message_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM carrier_ids WHERE message_id = ? AND part > 0"
             " AND state != 'delivered')"
         )
     extra = f", {returning}" if returning else ""
@@ -174,8 +174,15 @@ _SOURCES = {
 
 
 _RECEIPT_FINAL = {"delivered": State.DELIVERED, "failed": State.FAILED, "expired": State.EXPIRED}
-# How many parts (up to 2) a message has recorded, by `carrier_ids_message`.
-_PARTS = "SELECT count(*) FROM (SELECT 1 FROM carrier_ids WHERE message_id = ? LIMIT 2)"
+# Whether a message has several parts: theirs are numbered from 1 and only they are in
+# the index by message (`carrier_ids_parts`, migration 35); a one-part message's one
+# row is part 0 and never written to it (a page per `sent` saved, bench/README.md).
+_SEVERAL_PARTS = "SELECT 1 FROM carrier_ids WHERE message_id = ? AND part > 0 LIMIT 1"
+
+
+def part_numbers(count: int) -> range:
+    """The `part` of each of a message's `count` carrier ids, in order."""
+    return range(1, count + 1) if count > 1 else range(1)
 
 
 def _apply_receipt(
@@ -207,7 +214,7 @@ def _apply_receipt(
     # A message of one part (the common case) keeps its part row as `sent` wrote it: the
     # message's own state says it all, and a duplicate stops at `only_from=SENT`. Not
     # rewriting the row saves a page per receipt (bench/README.md, "Disk writes").
-    alone = conn.execute(_PARTS, (message_id,)).fetchone()[0] == 1
+    alone = conn.execute(_SEVERAL_PARTS, (message_id,)).fetchone() is None
     if not alone:
         conn.execute(
             "UPDATE carrier_ids SET state = ?, error_code = ? WHERE route = ? AND carrier_id = ?",
@@ -295,7 +302,8 @@ def mark_sent_many(
             message_id, State.SENT, route=route, carrier_id=",".join(carrier_ids), route_kept=True
         )
         apply(conn, transition, now, events=events)
-        parts += [(route, cid, message_id, i) for i, cid in enumerate(carrier_ids)]
+        numbers = part_numbers(len(carrier_ids))
+        parts += [(route, cid, message_id, n) for n, cid in zip(numbers, carrier_ids, strict=True)]
         state = State.SENT
         if early_waiting:
             write()

@@ -338,11 +338,15 @@ class Messages:
                 )
             elif intake.policy.enabled:
                 job = _AcceptJob(intake, prepared, now, finish, extra)
-                outcome: _Judged[T] = await self._store.writer.run_grouped(_judged_jobs, job)
+                judged = self._store.writer.run_grouped(_judged_jobs, job)
+                self._claim_with(prepared)
+                outcome: _Judged[T] = await judged
                 prepared, answer = outcome.prepared, outcome.answer
             else:
                 rows, answer = finish(prepared)
-                await self._store.insert([*intake.statements(prepared), *extra, *rows])
+                inserted = self._store.writer.insert([*intake.statements(prepared), *extra, *rows])
+                self._claim_with(prepared)
+                await inserted
         except Exception as e:
             raise ApiError(
                 503, "store_unavailable", "the message store could not commit; nothing was accepted"
@@ -350,6 +354,12 @@ class Messages:
         intake.accepted(prepared)
         self._metrics.accept_latency.observe(time.perf_counter() - started)
         return answer
+
+    def _claim_with(self, prepared: list[Prepared]) -> None:
+        """A single message due now may be claimed in its accept's transaction (the
+        scheduler decides): handed to the writer now, right after the accept."""
+        if len(prepared) == 1 and not prepared[0].scheduled:
+            self._scheduler.claim_with_accept(prepared[0].entry, self._store.claim_group_soon)
 
     async def _commit_shared(
         self,
