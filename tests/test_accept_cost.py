@@ -366,7 +366,7 @@ def test_a_kept_blind_index_is_the_keyed_digest(numbers: list[str]) -> None:
 # the accepted count a dict update, `gateway/metrics_loop.LoopCounter`, not
 # prometheus_client's four calls and a lock; the cipher without the `_crypto` property;
 # `is_secure` without Mapping.get; handlers' `_gateway` is `gateway_of` itself). Fourth
-# pass (i16-accept2): 164-168 before, 152 after (no middleware: aiohttp's
+# pass (i16-accept2): 166.8-168.3 before, 152.2-154.2 after (no middleware: aiohttp's
 # `_fix_request_current_app` layer and the error middleware's are gone, the request
 # checks, token check and error shape share one coroutine, `gateway/api/shaping.py`;
 # the purpose's value kept with its shape; the two fields sealed through the cipher).
