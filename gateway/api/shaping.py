@@ -106,4 +106,5 @@ UNMATCHED = "unmatched"  # the catch-all's name: not a route the gateway serves
 
 def install_fallback(app: web.Application, check: RequestCheck | None) -> None:
     """Add the catch-all; after every other route (the router tries it last)."""
-    app.router.add_route("*", "/{tail:.*}", shaped(unmatched, check), name=UNMATCHED)
+    # `[\s\S]`, not `.`: a path with a newline (`%0a`) must reach the checks too.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", shaped(unmatched, check), name=UNMATCHED)
