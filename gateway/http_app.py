@@ -1,9 +1,10 @@
 """The one aiohttp application: the API and the panel side by side, and its runner.
 
 Composed here, above both front ends, so neither `gateway/api/` nor `gateway/admin/`
-imports the other (tests/test_layers.py checks). Middleware order: the API's error
-shape (`api.server.api_middleware`), which first runs the Host and path checks
-(`web.guard.request_check`); security headers on every answer (`web.headers`).
+imports the other (tests/test_layers.py checks). No middleware (each adds layers resumed
+on every request, `api/shaping.py`): every route's handler, the panel's and the
+catch-all's too, runs the Host and path checks (`web.guard.request_check`) first and
+answers its errors in the API's shape; security headers on every answer (`web.headers`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.admin import panel
-from gateway.api import server
+from gateway.api import server, shaping
 from gateway.app import Gateway
 from gateway.web import headers
 from gateway.web.client import ProxyTrust, client_address
@@ -47,14 +48,13 @@ def proxy_trust(gateway: Gateway) -> ProxyTrust:
 def build_app(gateway: Gateway) -> web.Application:
     c = gateway.config.http
     names = ServerNames(c.server_names, default_local_names(c.listen))
-    app = web.Application(
-        middlewares=[server.api_middleware(request_check(proxy_trust(gateway), names))],
-        client_max_size=c.max_body_bytes,
-    )
-    server.install(app, gateway)
+    check = request_check(proxy_trust(gateway), names)
+    app = web.Application(client_max_size=c.max_body_bytes)
+    server.install(app, gateway, check)
     headers.install(app)
     if gateway.config.admin.enabled:
-        panel.install(app, gateway)
+        panel.install(app, gateway, wrap=lambda handler: shaping.shaped(handler, check))
+    shaping.install_fallback(app, check)  # last: what no route above matches
     return app
 
 

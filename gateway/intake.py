@@ -29,7 +29,7 @@ from gateway.integrations.callbacks import check_callback
 from gateway.links.placeholders import LinkBook, Minted, has_placeholder
 from gateway.links.store import token_statements
 from gateway.metrics import Metrics
-from gateway.models import STATE_VALUES, Priority, State, new_message_id
+from gateway.models import PRIORITY_LABELS, Priority, State, new_message_id
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
 from gateway.store.claim_check import ClaimSubject, Held
@@ -58,6 +58,7 @@ _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 
 # (named purpose, token's default, named priority) kept: a few per token at most.
 _SHAPES_KEPT = 256
+_BLOCKED, _SCHEDULED, _QUEUED = State.BLOCKED.value, State.SCHEDULED.value, State.QUEUED.value
 
 
 class QuietHoursOverride(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -260,10 +261,15 @@ class Prepared(msgspec.Struct, frozen=True):
 
     def answer(self) -> Accepted:
         m = self.message
+        # `m.state` written out: the writer answers every message of a batch in its thread.
+        if m.blocked is not None:
+            state = _BLOCKED
+        elif m.send_at is not None and m.send_at > m.created_at:
+            state = _SCHEDULED
+        else:
+            state = _QUEUED
         reason = m.blocked or m.held_for
-        return Accepted(
-            m.id, STATE_VALUES[m.state], m.priority.label, m.segments, m.encoding, reason
-        )
+        return Accepted(m.id, state, PRIORITY_LABELS[m.priority], m.segments, m.encoding, reason)
 
     def judged(self, verdict: Verdict) -> Prepared:
         """This message as the policy's verdict stores it."""
@@ -310,7 +316,7 @@ class Intake:
         self.policy = Policy(config.consent)
         self.links = LinkBook(config.links)  # named links, for `{link:NAME}` at accept
         self._shapes: dict[
-            tuple[str | None, str | None, str | None], tuple[Purpose, Priority, float]
+            tuple[str | None, str | None, str | None], tuple[Purpose, Priority, float, str]
         ] = {}
         if self.policy.enabled:
             policy = self.policy
@@ -352,7 +358,7 @@ class Intake:
         message_id = new_message_id()
         body: str = req.body
         links: tuple[Minted, ...] = ()
-        if has_placeholder(body):
+        if "{" in body and has_placeholder(body):  # most bodies: no call
             body, links = self.links.expand(body, message_id, now, f"{field_prefix}body")
         try:
             encoding, segments = _plan(body, self._queue.max_segments)
@@ -363,7 +369,7 @@ class Intake:
         shape = self._shapes.get((req.purpose, token_purpose, req.priority))
         if shape is None:
             shape = self._shape(req.purpose, token_purpose, req.priority, field_prefix)
-        purpose, priority, lifetime = shape
+        purpose, priority, lifetime, purpose_value = shape
         if req.route is not None and req.route not in self._routes:
             raise ApiError(
                 422,
@@ -405,6 +411,9 @@ class Intake:
                 f"at priority {priority.label}",
                 field=f"{field_prefix}to",
             )
+        # Encrypted here, on the event loop, not in the writer's transaction (on a
+        # cluster by the shared queue's cipher).
+        sealed = self._sealer.seal(message_id, to, body, req.reference, req.callback_url)
         message = NewMessage(
             id=message_id,
             token_id=token_id,
@@ -420,10 +429,9 @@ class Intake:
             callback_url=req.callback_url,
             route_hint=req.route,
             category=req.category,
-            purpose=purpose.value,
+            purpose=purpose_value,
             to_index=to_index or self._sealer.blind_index(to),
-            # Encrypted here, on the event loop, not in the writer's transaction.
-            sealed=self._sealer.seal(message_id, to, body, req.reference, req.callback_url),
+            sealed=sealed,
         )
         scheduled = send_at is not None and send_at > now  # `message.state`, not yet judged
         due = send_at if scheduled and send_at is not None else now
@@ -445,13 +453,14 @@ class Intake:
         token_purpose: str | None,
         named_priority: str | None,
         field_prefix: str,
-    ) -> tuple[Purpose, Priority, float]:
+    ) -> tuple[Purpose, Priority, float, str]:
         """A message's purpose, class and default lifetime from what it named and its
         token's default (`ApiError` if refused), kept for the next message naming the
         same: the config decides them, and working them out was a sixth of `prepare`."""
         purpose = self.policy.purpose_of(named, token_purpose, field_prefix)
         priority = self.policy.priority_of(purpose, named_priority, field_prefix)
-        shape = (purpose, priority, self._queue.policy(priority).expires_after)
+        # The purpose's value kept too: an enum member's `.value` runs Python each time.
+        shape = (purpose, priority, self._queue.policy(priority).expires_after, purpose.value)
         if len(self._shapes) >= _SHAPES_KEPT:
             self._shapes.clear()
         self._shapes[(named, token_purpose, named_priority)] = shape

@@ -46,6 +46,7 @@ class State(enum.StrEnum):
 # A member's `.value` runs Python (enum's descriptor) on every access; rows and answers
 # take it per message.
 STATE_VALUES = {s: s.value for s in State}
+PRIORITY_LABELS = _LABELS  # `Priority.label` without the property's call
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

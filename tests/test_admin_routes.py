@@ -18,6 +18,7 @@ from gateway import tls
 from gateway.admin.panel import PANEL, STATIC_ROUTE
 from gateway.admin.routing import PanelRoute
 from gateway.api.server import ENDPOINTS
+from gateway.api.shaping import UNMATCHED
 from gateway.http_app import build_app
 from gateway.panel_users import Role
 from gateway.web.headers import CSP
@@ -46,11 +47,12 @@ SAMPLES = {
 
 
 def served(app: web.Application) -> list[tuple[str, str, dict[str, Any]]]:
-    """(method, path pattern, info) of every route aiohttp will answer, HEAD aside."""
+    """(method, path pattern, info) of every route aiohttp will answer, HEAD aside, and
+    the catch-all that answers what no route matches (404/405, `api/shaping.py`) aside."""
     out = []
     for r in app.router.routes():
         assert r.resource is not None
-        if r.method == "HEAD":
+        if r.method == "HEAD" or r.resource.name == UNMATCHED:
             continue
         out.append((r.method, r.resource.canonical, r.resource.get_info()))
     return out

@@ -344,7 +344,7 @@ async def test_sign_in_works_behind_a_trusted_tls_proxy(serve: Serve) -> None:
 # -- 6: the Host header ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/v1/healthz", "/login", "/static/app.css"])
+@pytest.mark.parametrize("path", ["/api/v1/healthz", "/login", "/static/app.css", "/no/such/page"])
 async def test_unknown_host_is_refused_for_api_and_panel(serve: Serve, path: str) -> None:
     port, _gw = await serve(server_names=["sms.hospital.example"])
     async with aiohttp.ClientSession() as http:

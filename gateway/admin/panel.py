@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import mimetypes
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -293,14 +294,20 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 STATIC_ROUTE = PanelRoute("GET", "/static/{path:.+}", static_file, None, False, "static")
 
 
-def install(app: web.Application, gateway: Gateway) -> Panel:
+def install(
+    app: web.Application, gateway: Gateway, wrap: Callable[[Handler], Handler] | None = None
+) -> Panel:
+    """Serve the panel from `app`; `wrap` wraps each route's handler (the composing
+    app's request checks and error shape, `gateway/http_app.py`)."""
     p = Panel.build(gateway)
     app[PANEL] = p
     routes = (*p.routes, STATIC_ROUTE)
     app[TEMPLATE_ENV] = environment()
     app[SESSIONS] = p.sessions
     for route in routes:
-        app.router.add_route(route.method, route.path, _gate(route), name=route.name)
+        gated = _gate(route)
+        handler = wrap(gated) if wrap is not None else gated
+        app.router.add_route(route.method, route.path, handler, name=route.name)
     for name in ROUTE_MODULES:
         # A route module may own app-wide state (the dashboard's live hub).
         setup = getattr(importlib.import_module(name), "install", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from gateway.api import analytics as an
 from gateway.api import appointments as ap
@@ -29,16 +29,15 @@ from gateway.api.medication import describe as describe_medication
 from gateway.api.medication_endpoints import MEDICATION_ENDPOINTS
 from gateway.api.openapi import PROMETHEUS_TEXT, Answer, Link, Query, build_openapi
 from gateway.api.reply_endpoints import REPLY_ENDPOINTS
+from gateway.api.shaping import error_answer, shaped
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
 from gateway.demo import DemoAdvance, DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
-from gateway.logs import exception_summary
 from gateway.models import Priority, State
-from gateway.store_failure import storage_failure
 from gateway.usecases.undecodable import HeldUndecodable
-from gateway.web.context import GATEWAY, json_response
+from gateway.web.context import GATEWAY
 from gateway.web.guard import RequestCheck
 
 log = structlog.get_logger("smsgw.api")
@@ -507,110 +506,56 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 
-def _guard(endpoint: Endpoint, gateway: Gateway) -> Handler:
-    """Wrap a handler with the bearer-token check for its scope."""
+def _guard(endpoint: Endpoint, gateway: Gateway, check: RequestCheck | None) -> Handler:
+    """Wrap a handler with the request checks, the bearer-token check for its scope and
+    the error shape (`shaping`), in one coroutine: each layer is resumed per request."""
     if endpoint.scope is None:
-        return endpoint.handler
+        return shaped(endpoint.handler, check)
     scope = endpoint.scope
+    handler = endpoint.handler
     # The app's gateway, known here: `request.app[GATEWAY]` is four Python calls a request.
     tokens = gateway.tokens
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, text = header.partition(" ")
-        if scheme.lower() != "bearer" or not text:
-            raise ApiError(
-                401,
-                "unauthenticated",
-                "missing bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="smsgw"'},
-            )
-        text = text.strip()
-        hit = tokens.cached(text)  # most requests: no coroutine for a token seen lately
-        token = hit[0] if hit is not None else await tokens.verify(text)
-        if token is None:
-            raise ApiError(
-                401,
-                "unauthenticated",
-                "invalid or revoked token",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        if scope not in token.scopes and "admin" not in token.scopes:
-            raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
-        request[h.AUTH_RECORD] = token
-        return await endpoint.handler(request)
+        try:
+            if check is not None:
+                request = check(request)
+            header = request.headers.get("Authorization", "")
+            scheme, _, text = header.partition(" ")
+            if scheme.lower() != "bearer" or not text:
+                raise ApiError(
+                    401,
+                    "unauthenticated",
+                    "missing bearer token",
+                    headers={"WWW-Authenticate": 'Bearer realm="smsgw"'},
+                )
+            text = text.strip()
+            hit = tokens.cached(text)  # most requests: no coroutine for a token seen lately
+            token = hit[0] if hit is not None else await tokens.verify(text)
+            if token is None:
+                raise ApiError(
+                    401,
+                    "unauthenticated",
+                    "invalid or revoked token",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+            if scope not in token.scopes and "admin" not in token.scopes:
+                raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
+            request[h.AUTH_RECORD] = token
+            return await handler(request)
+        except Exception as e:  # every error gets the shape (cancellation is not one)
+            return error_answer(request, e)
 
     return guarded
 
 
-STORE_UNAVAILABLE = {
-    "error": {"code": "store_unavailable", "message": "the store could not commit; try again"}
-}
-
-
-def api_middleware(check: RequestCheck | None = None) -> Middleware:
-    """Turn every error into the JSON error shape (headers: `gateway/web/headers.py`),
-    after `check` (`web.guard.request_check`) if given, the checks every request passes
-    first: one middleware where two layers of coroutines were resumed per request."""
-
-    @web.middleware
-    async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            response = await handler(request if check is None else check(request))
-        except ApiError as e:
-            _count_rejection(request, e.code)
-            response = json_response(e.body(), status=e.status, headers=e.headers)
-        except web.HTTPException as e:
-            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-                e.status, "http_error"
-            )
-            _count_rejection(request, code)
-            message = {404: "no such endpoint", 413: "the request body is too large"}.get(
-                e.status, e.reason
-            )
-            headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
-            response = json_response(
-                {"error": {"code": code, "message": message}}, status=e.status, headers=headers
-            )
-        except ConnectionResetError:
-            # The client went away mid-request: nothing was stored and nobody will read
-            # this answer, but returning one keeps aiohttp from logging an error.
-            response = json_response(
-                {"error": {"code": "client_closed", "message": "the client closed the connection"}},
-                status=400,
-            )
-        except Exception as e:
-            if (why := storage_failure(e)) is not None:  # disk full: nothing was changed
-                _count_rejection(request, "store_unavailable")
-                log.error("store_unavailable", path=request.rel_url.path, reason=why)
-                return json_response(STORE_UNAVAILABLE, status=503)
-            log.error(
-                "unhandled_error",
-                method=request.method,
-                path=request.rel_url.path,
-                error=exception_summary(e),
-            )
-            response = json_response(
-                {"error": {"code": "internal", "message": "internal error; see the gateway log"}},
-                status=500,
-            )
-        return response
-
-    return api_errors
-
-
-def _count_rejection(request: web.Request, code: str) -> None:
-    gw = request.app.get(GATEWAY)
-    if gw is not None:
-        gw.metrics.rejected.labels(code).inc()
-
-
-def install(app: web.Application, gateway: Gateway) -> None:
-    """Serve the API from `app`: every endpoint behind its scope, and its document."""
+def install(app: web.Application, gateway: Gateway, check: RequestCheck | None = None) -> None:
+    """Serve the API from `app`: every endpoint behind `check` and its scope, and its
+    document."""
     app[GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
-        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway))
+        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway, check))
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )

@@ -261,9 +261,15 @@ class Store:
         """The row one accepted message adds. Its creation is its first event, implied
         by the row (`Records.events`), a policy's hold or block with its reason too;
         those two also add their `message.status` outbox row, if some consumer takes it."""
-        c = self._crypto
-        state = m.state
-        due = m.send_at if state is State.SCHEDULED and m.send_at is not None else m.created_at
+        # `m.state` written out, and the cipher only if needed: no property call per row
+        # (the writer runs this for every message of a batch in its thread).
+        send_at = m.send_at
+        if m.blocked is not None:
+            state, due = State.BLOCKED, m.created_at
+        elif send_at is not None and send_at > m.created_at:
+            state, due = State.SCHEDULED, send_at
+        else:
+            state, due = State.QUEUED, m.created_at
         to_ct, body_ct, reference_ct, callback_ct = m.sealed or self.seal(
             m.id, m.to, m.body, m.reference, m.callback_url
         )
@@ -280,7 +286,7 @@ class Store:
                     int(m.priority),
                     STATE_VALUES[state],
                     to_ct,
-                    m.to_index or c.blind_index(m.to),
+                    m.to_index or self._crypto.blind_index(m.to),
                     body_ct,
                     reference_ct,
                     callback_ct,
