@@ -5,7 +5,7 @@
 
 DIR is the `--dir` of `bench/growth.py` (its `growth.json` gives the build's clock).
 `--order id` is the SQL of a checkout whose index by state is `(state, id)`; `--order
-time` that of migration 37's `(state, created_at)`: run each on the store with its own
+time` that of migration 36's `(state, created_at)`: run each on the store with its own
 index. Thread CPU per query (read-only connection, no decryption), the rows and the plan.
 """
 

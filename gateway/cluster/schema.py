@@ -284,7 +284,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 4 (i18-routes): routes across nodes. `rate_accounts.contract` is the configured
+    # 4 (issue 18, routes): routes across nodes. `rate_accounts.contract` is the configured
     #    rate: a restarting node resets it, while `rate` is what throttle adaptation
     #    (ESME_RTHROTTLED) left, shared by every node and never above the contract
     #    (`cut_at`, `probed_at`: one cut per overload and one probe a second, whichever
@@ -309,7 +309,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # ---
-    # 5 (i18-consent): one consent list for every node. SQLite's consent tables as
+    # 5 (issue 18, consent): one consent list for every node. SQLite's consent tables as
     #    twins: contacts by blind index (number encrypted), the ledger append-only (a
     #    trigger refuses any change but its encrypted texts', which erasure and key
     #    rotation rewrite), `consent_state` kept in the appending transaction; and
@@ -372,7 +372,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE migrated_consent_state ADD COLUMN merged_at timestamptz;
     """,
     # ---
-    # 6 (i18-reads): the message list, `/queue` and the panel read the shared queue
+    # 6 (issue 18, reads): the message list, `/queue` and the panel read the shared queue
     #    (`gateway/cluster/reads.py`): an index per filter of the list, newest first, so
     #    a page reads about a page of rows (the waiting counts use `messages_expiry`);
     #    API tokens shared by every node (one made on node A works on node B).
@@ -394,9 +394,6 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at  double precision
     );
     """,
-    # ---
-    # 7 (i18-ops): reserved; replaced by that branch before it lands.
-    "SELECT 1",
 )
 
 

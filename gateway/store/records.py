@@ -100,7 +100,7 @@ _INBOUND_COLUMNS = "id, seq, route, sender_ct, body_ct, received_at, incomplete"
 
 def time_ordered(q: MessageQuery) -> bool:
     """A time range or a state pages by creation time: through the index by creation
-    time, or by state and creation time (migration 37), so a state's walk over a range
+    time, or by state and creation time (migration 36), so a state's walk over a range
     reads only the range, not every newer row of that state."""
     return q.state is not None or q.since is not None or q.until is not None
 

@@ -1045,7 +1045,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX users_directory_id ON users (directory_id) WHERE directory_id IS NOT NULL;
     """,
     # ---
-    # 34 (i12-consent): `consent_epoch`, one value that every change to `consent_state`
+    # 34 (issue 12, consent): `consent_epoch`, one value that every change to `consent_state`
     #    replaces with a new random one, so the writer keeps recipients' consent rows
     #    between transactions and reads them again only after a change
     #    (gateway/consent/state_cache.py). Random: a change rolled back restores the old
@@ -1082,10 +1082,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX carrier_ids_parts ON carrier_ids (message_id) WHERE part > 0;
     """,
     # ---
-    # 36 (i16-accept): reserved; replaced by that branch before it lands.
-    "",
-    # ---
-    # 37 (issue 16, growth): a state and a time range (`/messages?status=delivered&since=`
+    # 36 (issue 16, growth): a state and a time range (`/messages?status=delivered&since=`
     #    an old day) walked the index by state newest first, past every newer row of
     #    that state: 176 ms at 5 M messages. The index by state now orders by creation
     #    time (then id, the key), so that walk reads only the range asked. Replaced, not
