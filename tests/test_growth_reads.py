@@ -60,6 +60,8 @@ async def _plan(gw: Gateway, q: MessageQuery) -> str:
         (MessageQuery(route="main", until=NOW), "messages_created"),
         (MessageQuery(state=State.FAILED), "messages_state"),
         (MessageQuery(to=CANARY_NUMBER), "messages_to"),
+        (MessageQuery(to=CANARY_NUMBER, state=State.FAILED), "messages_to"),
+        (MessageQuery(to=CANARY_NUMBER, since=NOW - 86400, until=NOW), "messages_to"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
