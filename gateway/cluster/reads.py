@@ -172,14 +172,7 @@ class ClusterReads:
             " WHERE state IN ('queued', 'scheduled') GROUP BY 1, 2",
             (now,),
         )
-        due: dict[int, int] = {}
-        later: dict[int, int] = {}
-        oldest: float | None = None
-        for priority, is_due, count, first in rows:
-            (due if is_due else later)[int(priority)] = int(count)
-            if is_due and first is not None:
-                oldest = float(first) if oldest is None else min(oldest, float(first))
-        return Waiting(due, later, oldest)
+        return Waiting.of(rows)
 
     # -- the dashboard's tail (`ActivityLog`) --------------------------------------------
 

@@ -10,8 +10,9 @@ history, and the counts the queue status shows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.store.event_log import LoggedEvent
 from gateway.store.records import MessageQuery, StoredEvent, StoredMessage
@@ -27,6 +28,19 @@ class Waiting:
     due: dict[int, int]
     later: dict[int, int]
     oldest_due: float | None
+
+    @classmethod
+    def of(cls, rows: Iterable[Sequence[Any]]) -> Waiting:
+        """From rows of (priority, is due, count, earliest due time), as both
+        backends' `waiting` reads them."""
+        due: dict[int, int] = {}
+        later: dict[int, int] = {}
+        oldest: float | None = None
+        for priority, is_due, count, first in rows:
+            (due if is_due else later)[int(priority)] = int(count)
+            if is_due and first is not None:
+                oldest = float(first) if oldest is None else min(oldest, float(first))
+        return cls(due, later, oldest)
 
 
 class MessageReads(Protocol):
@@ -93,11 +107,4 @@ class LocalReads:
             " WHERE state IN ('queued', 'scheduled') GROUP BY 1, 2",
             (now,),
         )
-        due: dict[int, int] = {}
-        later: dict[int, int] = {}
-        oldest: float | None = None
-        for priority, is_due, count, first in rows:
-            (due if is_due else later)[int(priority)] = int(count)
-            if is_due and first is not None:
-                oldest = float(first) if oldest is None else min(oldest, float(first))
-        return Waiting(due, later, oldest)
+        return Waiting.of(rows)

@@ -18,7 +18,8 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.store import crypto
 from tests.conftest import smsgw_process
 from tests.http_daemon import TOKEN_RE
-from tests.pg.test_nodes_e2e import _config, _Node
+from tests.pg.node_proc import Node as _Node
+from tests.pg.test_nodes_e2e import _config
 
 WAIT = 60.0
 

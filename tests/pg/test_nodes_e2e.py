@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import itertools
 import shutil
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from aiohttp import ClientSession
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from tests.conftest import smsgw_process
 from tests.http_daemon import TOKEN_RE
+from tests.pg.node_proc import Node
 from tests.ports import free_port
 
 BEFORE_KILL = 90  # messages acknowledged before node 3 is killed
@@ -49,55 +49,6 @@ def _config(data: Path, node: str, dsn: str, smsc_port: int) -> tuple[Path, str]
         'system_id = "smsgw"\npassword = "pw"\nreconnect_min = 0.05\nreconnect_max = 0.2\n'
     )
     return conf, f"http://127.0.0.1:{port}"
-
-
-class _Node:
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, url: str) -> None:
-        self.name, self.proc, self.url = name, proc, url
-        self.lines: list[str] = []
-        self.listening = asyncio.Event()
-        self.alive = True
-        self._terminated = False
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.lines.append(line.decode(errors="replace"))
-            if b'"event": "listening"' in line:
-                self.listening.set()
-
-    @classmethod
-    async def start(cls, name: str, conf: Path, url: str) -> _Node:
-        node = cls(name, await smsgw_process("run", "--config", str(conf)), url)
-        exited = asyncio.ensure_future(node.proc.wait())
-        await asyncio.wait(
-            [exited, asyncio.ensure_future(node.listening.wait())],
-            timeout=60,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if not node.listening.is_set():
-            node.kill()
-            raise AssertionError("".join(node.lines))
-        return node
-
-    def kill(self) -> None:
-        self.alive = False
-        self.proc.kill()
-
-    def terminate(self) -> None:
-        """Ask for a clean stop, once: a second SIGTERM that arrives after smsgw has
-        put its handler away ends it by the signal (exit -15)."""
-        if self.proc.returncode is None and not self._terminated:
-            self._terminated = True
-            self.proc.send_signal(signal.SIGTERM)
-
-    async def stop(self) -> None:
-        self.terminate()
-        code = await asyncio.wait_for(self.proc.wait(), 30)
-        await self._reader
-        if self.alive:
-            assert code == 0, "".join(self.lines[-30:])
 
 
 async def _settled(dsn: str, ids: list[str], smsc: SmscSimulator) -> None:
@@ -123,7 +74,7 @@ async def _settled(dsn: str, ids: list[str], smsc: SmscSimulator) -> None:
 class _Load:
     """Senders spreading accepts over the live nodes; what each 202 acknowledged."""
 
-    def __init__(self, http: ClientSession, nodes: list[_Node], token: str) -> None:
+    def __init__(self, http: ClientSession, nodes: list[Node], token: str) -> None:
         self.http, self.nodes = http, nodes
         self.auth = {"Authorization": f"Bearer {token}"}
         self.acked: dict[str, tuple[str, str]] = {}  # body -> (message id, node)
@@ -183,14 +134,14 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
     names = ["gw1", "gw2", "gw3"]
     for name in names[1:]:  # one keyring and one token table for the three
         shutil.copytree(first, tmp_path / name)
-    nodes: list[_Node] = []
+    nodes: list[Node] = []
     try:
         confs = [_config(tmp_path / name, name, pg_dsn, smsc.port) for name in names]
         started = await asyncio.gather(
-            *(_Node.start(name, conf, url) for name, (conf, url) in zip(names, confs, strict=True)),
+            *(Node.start(name, conf, url) for name, (conf, url) in zip(names, confs, strict=True)),
             return_exceptions=True,
         )
-        nodes += [n for n in started if isinstance(n, _Node)]
+        nodes += [n for n in started if isinstance(n, Node)]
         failed = [e for e in started if isinstance(e, BaseException)]
         if failed:
             raise failed[0]

@@ -34,7 +34,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, SubmitRecord
 from drivers.smpp.status import Status
 from tests.conftest import smsgw_process
 from tests.http_daemon import TOKEN_RE
-from tests.pg.test_nodes_e2e import _Node
+from tests.pg.node_proc import Node
 from tests.ports import free_port
 
 CAP = 50  # the carrier's contract, submits a second across the nodes
@@ -50,18 +50,18 @@ LEASE, GRACE, S5_LEASE = 8.0, 2.0, 8.0
 STEADY = 200  # submits seen while both nodes send before one is killed
 
 
-class _Watched(_Node):
-    """A node whose every log line wakes `lines_changed` (a test waits on its lines)."""
+class _Watched(Node):
+    """A node whose every log line sets `woke` (a test waits on several nodes' lines)."""
 
     def __init__(self, name: str, proc: asyncio.subprocess.Process, url: str) -> None:
         super().__init__(name, proc, url)
-        self.changed = asyncio.Event()
+        self.woke = asyncio.Event()
 
     async def _read(self) -> None:
         assert self.proc.stderr is not None
         async for line in self.proc.stderr:
             self.lines.append(line.decode(errors="replace"))
-            self.changed.set()
+            self.woke.set()
             if b'"event": "listening"' in line:
                 self.listening.set()
 
@@ -70,9 +70,9 @@ async def _until_logged(nodes: list[_Watched], predicate: Callable[[], bool]) ->
     """Return once `predicate()` holds, looked at again after each daemon's log line."""
     while not predicate():
         for n in nodes:
-            n.changed.clear()
+            n.woke.clear()
         await asyncio.wait(
-            [asyncio.ensure_future(n.changed.wait()) for n in nodes],
+            [asyncio.ensure_future(n.woke.wait()) for n in nodes],
             return_when=asyncio.FIRST_COMPLETED,
         )
 
