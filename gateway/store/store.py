@@ -16,11 +16,8 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
@@ -38,6 +35,10 @@ from gateway.store import (
 from gateway.store.claim_check import ClaimCheck, Held
 from gateway.store.event_log import EventLog
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
+from gateway.store.message_types import ClaimedMessage as ClaimedMessage
+from gateway.store.message_types import LiveMessage as LiveMessage
+from gateway.store.message_types import NewMessage as NewMessage
+from gateway.store.message_types import Sealed as Sealed
 from gateway.store.reads import ReadPool
 from gateway.store.records import Records, StoredEvent, StoredMessage
 from gateway.store.schema import migrate
@@ -55,87 +56,8 @@ from gateway.store.writer import LAZY_DELAY, GroupCommitWriter, Statement
 if TYPE_CHECKING:
     from gateway.store.route_parks import RouteParks
 
-Sealed = tuple[bytes, bytes, bytes | None, bytes | None]
 LIVE_PAGE = 5000  # queued messages read per query at start-up
 _PRIORITIES = {int(p): p for p in Priority}
-
-
-class NewMessage(msgspec.Struct, frozen=True):
-    # A Struct, not a dataclass: the policy's verdict makes a copy of each message it
-    # holds or blocks, and a frozen dataclass of this size costs ~2 us to build.
-    id: str
-    token_id: str | None
-    priority: Priority
-    to: str
-    body: str
-    encoding: str
-    segments: int
-    created_at: float
-    expires_at: float
-    send_at: float | None = None
-    reference: str | None = None
-    callback_url: str | None = None
-    route_hint: str | None = None
-    category: str | None = None
-    purpose: str | None = None
-    # The policy's verdict (gateway/consent/policy.py): blocked with this reason, or
-    # held (`send_at` moved to when it may go) for it; recorded as the first event.
-    blocked: str | None = None
-    held_for: str | None = None
-    quiet_override: bool = False  # an audited override of the purpose's sending window
-    to_index: bytes | None = None  # the blind index of `to`, when the caller has it already
-    # `to`, `body`, `reference` and `callback_url` encrypted (`Store.seal`), when the
-    # caller sealed them before the writer's transaction (the accept path does).
-    sealed: Sealed | None = None
-
-    def judged(
-        self,
-        *,
-        blocked: str | None = None,
-        held_for: str | None = None,
-        send_at: float | None = None,
-        expires_at: float | None = None,
-    ) -> NewMessage:
-        """This message with the send policy's verdict."""
-        return msgspec.structs.replace(
-            self,
-            blocked=blocked,
-            held_for=held_for,
-            send_at=self.send_at if send_at is None else send_at,
-            expires_at=self.expires_at if expires_at is None else expires_at,
-        )
-
-    @property
-    def state(self) -> State:
-        if self.blocked is not None:
-            return State.BLOCKED
-        scheduled = self.send_at is not None and self.send_at > self.created_at
-        return State.SCHEDULED if scheduled else State.QUEUED
-
-
-@dataclass(frozen=True, slots=True)
-class LiveMessage:
-    """What the scheduler keeps of a queued or scheduled message."""
-
-    id: str
-    priority: Priority
-    state: State
-    to: str
-    due_at: float
-    expires_at: float
-    attempts: int
-    route_hint: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedMessage:
-    id: str
-    to: str
-    body: str
-    encoding: str
-    priority: Priority
-    attempts: int
-    possible_duplicate: bool
 
 
 class Store:
