@@ -47,14 +47,8 @@ from gateway.demo import DemoPeers
 from gateway.hl7.service import Hl7Service
 from gateway.hl7.settings import Hl7Config
 from gateway.intake import Intake
-from gateway.integrations import kannel_dlr
 from gateway.integrations.outbox import Outbox
-from gateway.integrations.webhooks import (
-    CallbackConsumer,
-    Poster,
-    WebhookConsumer,
-    WebhookSecretError,
-)
+from gateway.integrations.outbox_wiring import build_outbox
 from gateway.keys.rekey import RekeyJob
 from gateway.links.usecase import Links
 from gateway.logs import exception_summary
@@ -200,7 +194,7 @@ class Gateway:
                 RouteRule(rc.name, frozenset(Priority.parse(c) for c in rc.classes), rc.prefixes)
             )
         router = Router(rules)
-        if node is not None:  # i18-routes: eligible nodes, bind slots, shared rates
+        if node is not None:  # eligible nodes, bind slots, shared rates
             from gateway.cluster.route_wiring import wire_routes
 
             wire_routes(node, routes)
@@ -442,7 +436,7 @@ class Gateway:
 
     @functools.cached_property
     def reads(self) -> MessageReads:
-        """Where the message list, details and queue counts are read (i18-reads)."""
+        """Where the message list, details and queue counts are read."""
         return LocalReads(self.store) if self.cluster is None else self.cluster.reads
 
     @functools.cached_property
@@ -727,25 +721,3 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def build_outbox(
-    config: Config, store: Store, clock: Clock, busy: Callable[[], bool] | None = None
-) -> Outbox:
-    """The outbox with a consumer per webhook endpoint and one for its callbacks, and
-    one for Kannel dlr-urls when that listener is on (MQTT's joins at start)."""
-    outbox = Outbox(store, config.outbox, clock, busy=busy)
-    for i, hook in enumerate(config.webhooks):
-        try:
-            poster = Poster(hook, config)
-        except (SecretError, WebhookSecretError) as e:
-            raise StartupFault(f"webhooks[{i}] ({hook.name}): secret: {e}", exit_code=2) from None
-        except OSError as e:  # a CA or client certificate file
-            raise StartupFault(
-                f"webhooks[{i}] ({hook.name}): TLS files: {e.strerror or e}", exit_code=2
-            ) from None
-        outbox.register(WebhookConsumer(poster))
-        outbox.register(CallbackConsumer(poster, outbox.repo.callback_urls))
-    if (dlr := kannel_dlr.build_consumer(store, config.kannel)) is not None:
-        outbox.register(dlr)
-    return outbox

@@ -295,7 +295,7 @@ class RouteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # i15-spread: false keeps this route for failover: a spreading class's messages come
     # here when the routes before it are down, never because they are busy.
     spread: bool = True
-    # i18-routes, on a cluster (gateway/cluster/route_settings.py checks them): the nodes
+    # On a cluster (gateway/cluster/route_settings.py checks them): the nodes
     # that may bind this route (empty: every node), the carrier's session cap across the
     # nodes and how long a dead node's session may linger there, and the carrier account
     # (`[[cluster.accounts]]`) whose shared rate its sends count against.
@@ -600,7 +600,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
                 " has that name; rename that route or set demo.peers = false"
             )
     config = msgspec.structs.replace(config, routes=built)
-    if problem := route_problem(config):  # i18-routes: the routes' cluster keys
+    if problem := route_problem(config):  # the routes' cluster keys
         raise ConfigError(problem)
     return config
 

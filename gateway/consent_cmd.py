@@ -67,7 +67,7 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    if config.cluster.enabled:  # i18-consent: this node's SQLite ledger is not the list
+    if config.cluster.enabled:  # this node's SQLite ledger is not the list
         print(
             "smsgw consent: on a cluster node the ledger is in PostgreSQL; export it with"
             " GET /api/v1/consents/export (import is not on the cluster yet)",

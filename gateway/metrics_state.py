@@ -250,7 +250,7 @@ async def refresh(gw: Gateway) -> None:
             )
         )
     now = gw.clock.time()
-    if gw.cluster is not None:  # the shared queue, the same on every node (i18-reads)
+    if gw.cluster is not None:  # the shared queue, the same on every node
         q = await gw.usecases.status.queue()
         s.queue = {
             kind: {c.name: getattr(c, kind) for c in q.classes}

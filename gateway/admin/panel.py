@@ -74,7 +74,7 @@ ROUTE_MODULES = (
     "gateway.admin.views_campaigns",  # i15-campaigns
     "gateway.admin.views_links",
     "gateway.admin.views_analytics",  # i15-analytics
-    "gateway.admin.views_cluster",  # i18-routes
+    "gateway.admin.views_cluster",
 )
 LOGIN_PATH = "/login"
 TOTP_PATH = "/login/totp"

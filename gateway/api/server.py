@@ -501,7 +501,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *surveys.endpoints(Endpoint),  # /surveys (i15-surveys)
     *cmp.endpoints(Endpoint),  # /campaigns (i15-campaigns)
     *LINK_ENDPOINTS,  # /links (i15-links)
-    *CLUSTER_ENDPOINTS,  # /cluster (i18-routes)
+    *CLUSTER_ENDPOINTS,  # /cluster
     *an.endpoints(Endpoint),  # /analytics (i15-analytics)
 )
 

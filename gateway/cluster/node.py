@@ -12,7 +12,7 @@ heaps, so the survivors send what a dead node held. A poll behind the NOTIFY ado
 rows that waited longer than a lease with no node claiming them (a node that died with
 queued messages in its heaps, not only `sending` ones).
 
-Keys and audit (i18-reads): the queue's cipher is built from the shared keyring
+Keys and audit: the queue's cipher is built from the shared keyring
 (`shared_keys.py`) and takes up a rotation made on any node at the next heartbeat; the
 node's audit entries are copied into its chain in PostgreSQL and anchors written
 (`audit_ship.py`), so `smsgw audit verify --postgresql` covers every running node.
@@ -90,8 +90,8 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
         self.adopted = 0
-        self.bind_slots: dict[str, ClusterBindSlots] = {}  # i18-routes: per route with max_binds
-        # i18-routes: this node's routes and their health, published every heartbeat.
+        self.bind_slots: dict[str, ClusterBindSlots] = {}  # per route with max_binds
+        # This node's routes and their health, published every heartbeat.
         self.route_health: Callable[[], list[PublishedRoute]] = list
         self.shared_rates: list[SharedRate] = []  # their last statements end before the pool
 
@@ -124,9 +124,9 @@ class ClusterNode:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
-                for account in settings.accounts:  # i18-routes: the carriers' contracts
+                for account in settings.accounts:  # the carriers' contracts
                     await buckets.configure(conn, account.name, account.rate, account.burst)
-                merged = await merge_migrated(conn)  # SQLite's standing, once (i18-consent)
+                merged = await merge_migrated(conn)  # SQLite's standing, once
             if merged:
                 log.info("consent_merged", rows=merged)
             local = await store.reader.all(

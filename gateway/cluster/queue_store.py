@@ -116,7 +116,7 @@ class ClusterQueue:
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
         self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
-        # i18-routes: route -> carrier account; a claim for the route debits its bucket.
+        # Route -> carrier account; a claim for the route debits its bucket.
         self.accounts: dict[str, str] = {}
         self.grants: dict[str, buckets.Grant] = {}  # each account's last grant here
         self.starved: dict[str, int] = {}  # per account: claims here that got fewer tokens

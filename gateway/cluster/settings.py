@@ -46,7 +46,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
-    accounts: tuple[RateAccount, ...] = ()  # i18-routes: shared rates (route_settings.py)
+    accounts: tuple[RateAccount, ...] = ()  # shared rates (route_settings.py)
 
     def problems(self) -> str | None:
         if not self.enabled:
