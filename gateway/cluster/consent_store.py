@@ -27,7 +27,7 @@ from gateway.consent import ledger
 from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_id
 from gateway.consent.purposes import SCOPE_ALL, Purpose
 from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
-from gateway.models import State, new_message_id
+from gateway.models import State
 from gateway.store.consent_sql import Contact, ExportRow, StateRow
 from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import Transition
@@ -72,36 +72,11 @@ async def append(conn: Conn, cipher: FieldCipher, e: Entry, node_id: str) -> tup
             e.at,
         ),
     )
-    entry_id = "cns_" + new_message_id()
-    disclosure = cipher.encrypt(e.disclosure, entry_id, "disclosure") if e.disclosure else None
-    note = cipher.encrypt(e.note, entry_id, "note") if e.note else None
-    row = await (
-        await conn.execute(
-            _INSERT,
-            (
-                entry_id,
-                e.contact_idx,
-                e.at,
-                e.decision,
-                e.scope,
-                e.program,
-                e.source,
-                e.inbound_id,
-                e.message_id,
-                e.actor,
-                disclosure,
-                note,
-                node_id,
-            ),
-        )
-    ).fetchone()
+    entry_id, entry = ledger.entry_row(cipher, e)
+    row = await (await conn.execute(_INSERT, (*entry, node_id))).fetchone()
     assert row is not None
     seq = int(row[0])
-    opted = "in" if e.decision == "opt_in" else "out"
-    written = seq if e.decision == "opt_in" and e.disclosure else None
-    await conn.execute(
-        _UPSERT, (e.contact_idx, e.program, e.scope, opted, seq, e.at, e.source, written)
-    )
+    await conn.execute(_UPSERT, ledger.standing_row(e, seq))
     return entry_id, seq
 
 

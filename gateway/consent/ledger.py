@@ -92,33 +92,43 @@ _UPSERT = (
 )
 
 
+def entry_row(cipher: FieldCipher, e: Entry) -> tuple[str, tuple[Any, ...]]:
+    """A new ledger entry's id and its row (the texts encrypted, bound to the id), as
+    both backends insert it (PostgreSQL adds the node's id)."""
+    entry_id = "cns_" + new_message_id()
+    disclosure = cipher.encrypt(e.disclosure, entry_id, "disclosure") if e.disclosure else None
+    note = cipher.encrypt(e.note, entry_id, "note") if e.note else None
+    row = (
+        entry_id,
+        e.contact_idx,
+        e.at,
+        e.decision,
+        e.scope,
+        e.program,
+        e.source,
+        e.inbound_id,
+        e.message_id,
+        e.actor,
+        disclosure,
+        note,
+    )
+    return entry_id, row
+
+
+def standing_row(e: Entry, seq: int) -> tuple[Any, ...]:
+    """The `consent_state` row entry `seq` leaves (a written opt-in keeps its seq)."""
+    opted = "in" if e.decision == "opt_in" else "out"
+    written = seq if e.decision == "opt_in" and e.disclosure else None
+    return (e.contact_idx, e.program, e.scope, opted, seq, e.at, e.source, written)
+
+
 def append(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry) -> tuple[str, int]:
     """Append `e`, bring `consent_state` up to date, make sure the contact exists and
     report the change (`consent.changed`, ids only) through the outbox; (ledger id, seq)."""
     ensure_contact(conn, cipher, e.contact_idx, e.number, e.at)
-    entry_id = "cns_" + new_message_id()
-    disclosure = cipher.encrypt(e.disclosure, entry_id, "disclosure") if e.disclosure else None
-    note = cipher.encrypt(e.note, entry_id, "note") if e.note else None
-    (seq,) = conn.execute(
-        _INSERT,
-        (
-            entry_id,
-            e.contact_idx,
-            e.at,
-            e.decision,
-            e.scope,
-            e.program,
-            e.source,
-            e.inbound_id,
-            e.message_id,
-            e.actor,
-            disclosure,
-            note,
-        ),
-    ).fetchone()
-    opted = "in" if e.decision == "opt_in" else "out"
-    written = seq if e.decision == "opt_in" and e.disclosure else None
-    conn.execute(_UPSERT, (e.contact_idx, e.program, e.scope, opted, seq, e.at, e.source, written))
+    entry_id, row = entry_row(cipher, e)
+    (seq,) = conn.execute(_INSERT, row).fetchone()
+    conn.execute(_UPSERT, standing_row(e, seq))
     conn.execute(
         OUTBOX_ROW, (CONSENT_CHANGED, e.at, entry_id, e.program, e.scope, e.decision, None)
     )
