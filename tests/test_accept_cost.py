@@ -263,6 +263,10 @@ def test_in_lists_come_in_a_few_sizes_and_read_each_row_once(tmp_path: Path) -> 
 # histogram walk, unused fields' names formatted, an HMAC per number), 7,600 to 7,800 after.
 HTTP_ACCEPT_BYTECODES = 8_100
 COUNTED_SENDS = 40
+# The count is taken as the fewest of a few rounds: a busy machine only adds to it (a
+# request's bytes read in two turns, a timer of the gateway's firing inside the round),
+# and a full suite on two cores once read 160.4 frames where a quiet run reads 154.7.
+MEASURED_ROUNDS = 3
 
 
 def _post_all(port: int, token: str, numbers: list[str]) -> list[int]:
@@ -299,17 +303,20 @@ async def test_an_http_accept_runs_few_bytecodes_on_the_event_loop(
         assert await asyncio.to_thread(_post_all, site.port, token.text, numbers) == [202] * len(
             numbers
         )
-        on_loop = Opcodes()
-        before = sys.gettrace()
-        sys.settrace(on_loop.trace)
-        try:
-            statuses = await asyncio.to_thread(_post_all, site.port, token.text, numbers)
-        finally:
-            sys.settrace(before)
+        counts = []
+        for _ in range(MEASURED_ROUNDS):
+            on_loop = Opcodes()
+            before = sys.gettrace()
+            sys.settrace(on_loop.trace)
+            try:
+                statuses = await asyncio.to_thread(_post_all, site.port, token.text, numbers)
+            finally:
+                sys.settrace(before)
+            assert statuses == [202] * COUNTED_SENDS
+            counts.append(on_loop.count)
     finally:
         await runner.cleanup()
-    assert statuses == [202] * COUNTED_SENDS
-    per_send = on_loop.count / COUNTED_SENDS
+    per_send = min(counts) / COUNTED_SENDS
     assert per_send <= HTTP_ACCEPT_BYTECODES, f"{per_send:.0f} bytecodes per send"
 
 
@@ -394,16 +401,20 @@ async def test_an_http_accept_enters_few_frames_on_the_event_loop(
         await site.start()
         numbers = [number(i) for i in range(COUNTED_SENDS)]
         await asyncio.to_thread(_post_all, site.port, token.text, numbers)  # caches warm
-        before = sys.getprofile()
-        sys.setprofile(profile)
-        try:
-            statuses = await asyncio.to_thread(_post_all, site.port, token.text, numbers)
-        finally:
-            sys.setprofile(before)
+        counts = []
+        for _ in range(MEASURED_ROUNDS):
+            frames = 0
+            before = sys.getprofile()
+            sys.setprofile(profile)
+            try:
+                statuses = await asyncio.to_thread(_post_all, site.port, token.text, numbers)
+            finally:
+                sys.setprofile(before)
+            assert statuses == [202] * COUNTED_SENDS
+            counts.append(frames)
     finally:
         await runner.cleanup()
-    assert statuses == [202] * COUNTED_SENDS
-    per_send = frames / COUNTED_SENDS
+    per_send = min(counts) / COUNTED_SENDS
     assert per_send <= HTTP_ACCEPT_FRAMES, f"{per_send:.1f} frames per send"
 
 
