@@ -102,6 +102,7 @@ class GroupSender:
                 metrics.in_flight.dec()
                 self._freed()
 
+        at_accept = claims is not None  # if that claim fails, so did its accept
         try:
             if claims is None:
                 if self._fence is not None:
@@ -109,8 +110,22 @@ class GroupSender:
                 claims = self._store.claim_group(
                     [e.id for e in group], route.name, self._clock.time()
                 )
+            try:
+                answers = await claims
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error(
+                    "dispatch_failed",
+                    route=route.name,
+                    count=len(group),
+                    error=exception_summary(e),
+                )
+                if not at_accept:
+                    await self._give_back(group, route)
+                return
             ready: list[tuple[int, ClaimedMessage]] = []
-            for i, (entry, claimed) in enumerate(zip(group, await claims, strict=True)):
+            for i, (entry, claimed) in enumerate(zip(group, answers, strict=True)):
                 if isinstance(claimed, ClaimedMessage):
                     ready.append((i, claimed))
                     continue
@@ -139,6 +154,35 @@ class GroupSender:
         finally:
             for i in range(len(group)):
                 release(i)
+
+    async def _give_back(self, group: list[Entry], route: RouteRuntime) -> None:
+        """After a claim that raised: it may have committed all the same (on a cluster
+        the database can go away between the commit and its answer), leaving rows
+        `sending` for this node with nothing in flight, which no one would take back
+        while this node lives. They return to `queued`, untried, once the store answers
+        again; then the group is back in the cache (a row that never left `queued` is
+        claimed as before; one no longer queued is skipped by its next claim)."""
+        claims = [(e.id, e.attempts) for e in group]
+        pause, attempt = RECORD_RETRY_FIRST, 1
+        while True:
+            try:
+                given = await self._store.give_back(claims, route.name, self._clock.time())
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self._fence is None or attempt >= RECORD_RETRIES:
+                    log.error(
+                        "claim_give_back_failed", route=route.name, error=exception_summary(e)
+                    )
+                    return
+                log.warning("claim_give_back_retry", attempt=attempt, error=exception_summary(e))
+            await self._clock.sleep(pause)
+            pause, attempt = min(pause * 2, RECORD_RETRY_MAX), attempt + 1
+        if given:
+            log.warning("claims_given_back", route=route.name, count=given)
+        for entry in group:
+            self._requeue(entry)
 
     async def _submit_group(
         self,

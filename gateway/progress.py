@@ -16,7 +16,7 @@ class ProgressLine:
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty()
         self._interval = interval
-        self._last_at = 0.0
+        self._last_at: float | None = None  # the first line is always drawn
         self._last_percent = -1
         self._open = False
 
@@ -26,7 +26,8 @@ class ProgressLine:
         text = f"{what}: {done:,}/{total:,} ({percent}%)" if total > 0 else f"{what}: {done:,}"
         if self._tty:
             now = time.monotonic()
-            if not finished and now - self._last_at < self._interval:
+            recent = self._last_at is not None and now - self._last_at < self._interval
+            if not finished and recent:
                 return
             self._last_at = now
             self._stream.write("\r\x1b[K" + text + ("\n" if finished else ""))

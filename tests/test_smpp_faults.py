@@ -399,6 +399,37 @@ async def test_link_lost_between_parts_flags_the_resend(
     assert parts == {1: 2, 2: 1}  # part 1 twice: a real duplicate, and flagged
 
 
+async def test_a_claim_whose_answer_was_lost_is_given_back_and_sent_once(
+    open_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim committed but its caller saw an error (on a cluster: the database went
+    away before the commit's answer). The rows are `sending` with nothing in flight;
+    they are given back to `queued` untried, sent once, and not flagged."""
+    rig = await open_rig()
+    store = rig.gw.store
+    claim_group = store.claim_group
+    lost = 0
+
+    async def committed_then_lost(*args: Any) -> Any:
+        nonlocal lost
+        claimed = await claim_group(*args)
+        if not lost:
+            lost += 1
+            raise ConnectionError("the claim's answer was lost")
+        return claimed
+
+    monkeypatch.setattr(store, "claim_group", committed_then_lost)
+    monkeypatch.setattr(rig.gw.scheduler, "claim_with_accept", lambda *_: False)
+    mid = await accept(rig.gw, body="given back")
+    await rig.until(rig.all_in([mid], FINAL_OK))
+    assert lost == 1
+    row = await message_row(store, mid)
+    assert row is not None and row["possible_duplicate"] == 0
+    assert _texts(rig.sim) == ["given back"]
+    states = [e.state for e in await store.events(mid)]
+    assert states[:4] == ["queued", "sending", "queued", "sending"]
+
+
 # -- 4. a half-open link ------------------------------------------------------------------
 
 

@@ -35,6 +35,23 @@ INSERT_EVENT = (
     " attempt, node_id, incarnation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
+GIVE_BACK_SQL = f"""
+WITH back AS (
+    UPDATE messages m SET state = '{State.QUEUED.value}', updated_at = %(now)s,
+        attempts = u.attempts, error_code = %(code)s, owner_node = NULL,
+        owner_incarnation = NULL
+    FROM unnest(%(ids)s::text[], %(attempts)s::int[]) AS u(id, attempts)
+    WHERE m.id = u.id AND m.state = '{State.SENDING.value}' AND m.owner_node = %(node)s
+        AND m.owner_incarnation = %(inc)s
+    RETURNING m.id, m.attempts
+)
+INSERT INTO message_events (message_id, at, state, route, error_code, attempt, node_id,
+    incarnation)
+SELECT id, %(now)s, '{State.QUEUED.value}', %(route)s, %(code)s, attempts, %(node)s, %(inc)s
+FROM back
+RETURNING message_id
+"""  # noqa: S608 - fixed state names
+
 RECEIPT_FINAL = {"delivered": State.DELIVERED, "failed": State.FAILED, "expired": State.EXPIRED}
 
 

@@ -37,7 +37,7 @@ from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
 from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVERDUE, Sweep
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
-from gateway.store.transitions import Transition
+from gateway.store.transitions import CLAIM_UNANSWERED, Transition
 
 log = structlog.get_logger("smsgw.cluster")
 
@@ -472,6 +472,27 @@ class ClusterQueue:
         for outcome in outcomes:
             self._epochs.pop(outcome.message_id, None)
         return states, [t.message_id in applied for t, _ in changes]
+
+    async def give_back(self, claims: Sequence[tuple[str, int]], route: str, now: float) -> int:
+        """Only rows still `sending` for this incarnation: one recovered meanwhile (this
+        node's lease lapsed during the outage) is another node's to send."""
+        if not claims:
+            return 0
+        me = self._me()
+        params = {
+            "ids": [i for i, _ in claims],
+            "attempts": [a for _, a in claims],
+            "now": now,
+            "route": route,
+            "code": CLAIM_UNANSWERED,
+            "node": me.node_id,
+            "inc": me.incarnation,
+        }
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await (await conn.execute(queue_sql.GIVE_BACK_SQL, params)).fetchall()
+        for message_id, _ in claims:
+            self._epochs.pop(message_id, None)
+        return len(rows)
 
     async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:
         done = []

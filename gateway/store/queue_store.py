@@ -110,6 +110,13 @@ class QueueStore(ReceiptStore, AcceptStore, Protocol):
         self, sent: list[SentItem], changes: list[tuple[Transition, float]]
     ) -> tuple[list[State | Exception], list[bool | Exception]]: ...
 
+    async def give_back(self, claims: Sequence[tuple[str, int]], route: str, now: float) -> int:
+        """Return to `queued` those of a group whose claim raised but may have committed
+        (the database went away before its answer): rows left `sending` for this node
+        that no driver was handed. `claims`: each id with its attempts before the claim.
+        Returns how many were given back."""
+        ...
+
     async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]: ...
 
     async def sweep_receipts(

@@ -44,6 +44,7 @@ from gateway.store.records import Records, StoredEvent, StoredMessage
 from gateway.store.schema import migrate
 from gateway.store.tokens_sql import TokenTable
 from gateway.store.transitions import (
+    CLAIM_UNANSWERED,
     UNCOUNTED,
     Transition,
     apply,
@@ -432,6 +433,29 @@ class Store:
         return await self.writer.run(
             lambda conn: group_sql.outcomes(conn, sent, changes), lazy=not changes
         )
+
+    async def give_back(self, claims: Sequence[tuple[str, int]], route: str, now: float) -> int:
+        """A claim that raised here was rolled back, or committed and then failed in this
+        process (opening a ciphertext): either way nothing else holds these rows."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            given = 0
+            for message_id, attempts in claims:
+                back = Transition(
+                    message_id,
+                    State.QUEUED,
+                    route=route,
+                    error_code=CLAIM_UNANSWERED,
+                    attempts=attempts,
+                )
+                try:
+                    apply(conn, back, now, only_from=State.SENDING)
+                except (IllegalTransition, LookupError):
+                    continue  # never claimed: still queued (or since finished elsewhere)
+                given += 1
+            return given
+
+        return await self.writer.run(job)
 
     def _claimed(self, message_id: str, row: Any) -> ClaimedMessage | Held | None:
         if row is None or isinstance(row, Held):

@@ -36,6 +36,10 @@ class Transition:
     route_kept: bool = False
 
 
+# A claim given back untried: it raised, though it may have committed (`give_back`).
+CLAIM_UNANSWERED = "store:claim_unanswered"
+
+
 class _PartsPending(Exception):
     """The message still waits for receipts of other parts."""
 

@@ -206,6 +206,33 @@ async def test_recovery_requeues_in_flight_flagged_as_possible_duplicates(
     assert events == ["queued", "sending", "queued", "sending"]
 
 
+async def test_a_claim_given_back_is_queued_untried_and_only_by_its_claimer(
+    backend: Backend,
+) -> None:
+    """A claim whose answer was lost (the database went away after its commit) leaves
+    rows `sending` with nothing in flight: `give_back` returns them to `queued`, with
+    the attempt the claim counted given back and no duplicate flag (no driver saw
+    them). Rows never claimed, or claimed by someone else, are left as they are."""
+    ms = [message(i) for i in range(3)]
+    await backend.a.accept(ms)
+    claimed = await backend.a.claim_due(ROUTE, 2, NOW)
+    assert [c.attempts for c in claimed] == [1, 1]
+    claims = [(c.id, 0) for c in claimed] + [(ms[2].id, 0)]
+    if backend.pool is not None:  # another node may not give back A's claims
+        assert await backend.b.give_back(claims, ROUTE, NOW) == 0
+        assert await backend.row(claimed[0].id) == ("sending", False)
+    assert await backend.a.give_back(claims, ROUTE, NOW) == 2
+    for m in ms:
+        assert await backend.row(m.id) == ("queued", False)
+    events = await backend.a.events(claimed[0].id)
+    assert [e.state for e in events] == ["queued", "sending", "queued"]
+    assert events[-1].error_code == "store:claim_unanswered"
+    again = await backend.b.claim_due(ROUTE, 10, NOW)
+    assert sorted(c.id for c in again) == sorted(m.id for m in ms)
+    assert {c.attempts for c in again} == {1}
+    assert not any(c.possible_duplicate for c in again)
+
+
 async def test_an_idempotency_key_answers_on_every_node_and_commits_once(
     backend: Backend,
 ) -> None:
