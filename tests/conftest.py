@@ -153,6 +153,9 @@ async def smsgw_process(*args: str, **env: str) -> asyncio.subprocess.Process:
     )
 
 
+TEST_LAZY_COMMIT_MS = 5.0
+
+
 def make_config(
     tmp_path: Path, routes: list[dict[str, Any]] | None = None, **sections: Any
 ) -> Config:
@@ -160,6 +163,10 @@ def make_config(
         routes = [{"name": "main", "type": "loopback", **LOOPBACK_TEST}]
     sections.setdefault("http", {"shutdown_grace": 1.0})
     sections.setdefault("consent", TEST_CONSENT)
+    # A `sent` rides in the next commit after at most this long (200 ms by default): the
+    # same grouping, without 200 ms of real time per outcome a test waits for (the write
+    # budget's own tests set their delays).
+    sections["store"] = {"lazy_commit_ms": TEST_LAZY_COMMIT_MS, **sections.get("store", {})}
     raw: dict[str, Any] = {"data_dir": str(tmp_path), "routes": routes, **sections}
     config = from_mapping(raw)
     if not config.master_key_path.exists():
