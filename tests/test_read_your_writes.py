@@ -19,7 +19,7 @@ from tests.admin_support import PanelClient
 from tests.conftest import CANARY_NUMBER, GatewayFactory
 from tests.test_api import Api, _api
 
-SENDS = 300
+SENDS = 150
 LISTERS = 8
 SIGN_INS = 30
 

@@ -38,6 +38,10 @@ VIEWPORTS = {
     "desktop": {"width": 1440, "height": 900},
 }
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+# The laptop's layout is the desktop's with the messages table's optional columns hidden
+# (app.css, max-width 1400px): it shows a subset of what axe checks at the desktop size,
+# so there it is checked for reflow only (half a minute of the suite saved).
+AXE_VIEWPORTS = {"phone", "tablet", "desktop"}
 LONG_TOKEN_NAME = "radiology-results-interface-north-wing"
 
 # Colours from getComputedStyle, contrast as WCAG 2.1 defines it; the background behind
@@ -263,13 +267,15 @@ def test_every_page_passes_axe_and_reflows(
         wide = overflow(page)
         if wide:
             problems.append(f"{path} wider than the viewport: {wide}")
-        problems.extend(f"{path} {v}" for v in axe_violations(page))
+        if viewport in AXE_VIEWPORTS:
+            problems.extend(f"{path} {v}" for v in axe_violations(page))
     page.close()
     # The sign-in page, signed out.
     context = browser.new_context(viewport=VIEWPORTS[viewport], bypass_csp=True)
     page = context.new_page()
     page.goto(gw.url + "/login")
-    problems.extend(f"/login {v}" for v in axe_violations(page))
+    if viewport in AXE_VIEWPORTS:
+        problems.extend(f"/login {v}" for v in axe_violations(page))
     wide = overflow(page)
     if wide:
         problems.append(f"/login wider than the viewport: {wide}")
@@ -285,7 +291,7 @@ def test_the_worklist_passes_axe_and_reflows(axe_ctx: Any, gw: Gateway, viewport
     page.set_viewport_size(VIEWPORTS[viewport])
     response = page.goto(gw.url + "/worklist")
     assert response is not None and response.status == 200
-    problems = [f"/worklist {v}" for v in axe_violations(page)]
+    problems = [f"/worklist {v}" for v in axe_violations(page)] if viewport in AXE_VIEWPORTS else []
     wide = overflow(page)
     if wide:
         problems.append(f"/worklist wider than the viewport: {wide}")
