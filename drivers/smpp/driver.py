@@ -21,7 +21,11 @@ session events into the driver contract:
   (`DriverNotReady` with `retry_after`). The gateway lowers the route's rate meanwhile.
 - With `BindSlots` (`use_bind_slots`, a cluster's shared session cap) a link binds only
   holding a slot, waits `retry_after` while none is free, and gives it back once its
-  session has ended (after unbind or the connection's loss).
+  session has ended (after unbind or the connection's loss). When the slots are revoked
+  (a fenced cluster node) every link unbinds at once, one bound meanwhile as soon as it
+  is, and a link still open `within` seconds later is hung up: the carrier must have
+  seen its session end before a peer binds in its place. Receipts the carrier still
+  owes go to its other sessions of the account, on whichever node.
 - A bind refused for its credentials (ESME_RINVPASWD, ESME_RINVSYSID, ESME_RBINDFAIL)
   is never retried on a timer, since carriers lock accounts after a few: the route
   parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and the `CredentialGate`
@@ -131,6 +135,33 @@ class SmppDriver:
 
     def use_bind_slots(self, slots: BindSlots) -> None:
         self._slots = slots
+        slots.on_revoke(self._drop_binds)
+
+    def _drop_binds(self, within: float) -> None:
+        """Our bind slots are revoked: unbind every session now, hang up those still
+        open `within` seconds later; each link binds again only with a new slot."""
+        log.warning("smpp_binds_revoked", route=self.name, within=within)
+        for link in self._links:
+            link.dropping = True
+            self._unbind(link)
+        asyncio.get_running_loop().call_later(within, self._hang_up_dropped)
+
+    def _unbind(self, link: Link) -> None:
+        session = link.session
+        if session is None or not link.bound or session.closed or link.writer is None:
+            return
+        try:
+            session.unbind(now=self._now())
+        except LocalProtocolError:  # not in a state to unbind: the hang-up ends it
+            return
+        link.flush()
+        link.wake.set()
+
+    def _hang_up_dropped(self) -> None:
+        for link in self._links:
+            if link.dropping and link.writer is not None and link.session is not None:
+                log.warning("smpp_hang_up", route=self.name, link=link.index)
+                link.writer.transport.abort()  # the reader sees the end: the link ends
 
     # -- the driver contract -------------------------------------------------------------
 
@@ -398,6 +429,7 @@ class SmppDriver:
                 link.index == 0, lambda: self._closing, self._secret_changed
             ):
                 return
+            link.dropping = False  # a revocation from here on drops what this slot binds
             slot = None if self._slots is None else await self._slots.acquire(link.index)
             if self._slots is not None and slot is None:
                 self._last_failure = "waiting for a bind slot (the carrier's session cap)"
@@ -502,6 +534,8 @@ class SmppDriver:
             self._gate.accept()
             self._update_state()
             log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
+            if link.dropping:  # revoked while it bound
+                self._unbind(link)
             return True
         if isinstance(event, Response):
             self._resolve(event.token, event)
@@ -538,7 +572,8 @@ class SmppDriver:
                         maybe_sent=True,
                     ),
                 )
-            ours = self._closing and isinstance(event, Unbound) and not event.by_peer
+            ended_by_us = isinstance(event, Unbound) and not event.by_peer
+            ours = (self._closing or link.dropping) and ended_by_us
             (log.info if ours else log.warning)(
                 "smpp_session_ended",
                 route=self.name,

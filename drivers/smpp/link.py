@@ -32,6 +32,7 @@ class Link:
     # receipts read in this turn, for the sink as one group: (deliver_sm, receipt)
     receipts: list[tuple[Pdu, Receipt]] = field(default_factory=list)
     sleeps_until: float | None = None  # the deadline the link's loop waits for
+    dropping: bool = False  # its bind slot was revoked: unbind, and hang up if need be
 
     @property
     def transmits(self) -> bool:
