@@ -518,7 +518,8 @@ class SmppDriver:
                     was_bound = await self._on_event(link, event) or was_bound
                 self._inbound.flush(link)
                 link.flush()
-                await writer.drain()
+                if not writer.is_closing():  # hung up (`_hang_up_dropped`): nothing to drain
+                    await writer.drain()
         finally:
             read.cancel()
             writer.close()
