@@ -143,3 +143,22 @@ async def test_an_unanswered_unbind_is_hung_up_within_the_budget(smsc: SmscSimul
     finally:
         smsc.resume_answering()
         await a.aclose()
+
+
+async def test_a_link_revoked_while_it_binds_unbinds_once_bound(smsc: SmscSimulator) -> None:
+    slots = LocalSlots(1)
+    a, sink = _driver(smsc, "gw1", slots, binds=1)
+    try:
+        smsc.stop_answering()  # the bind waits unread: the slot is held, the link not bound
+        await a.start()
+        await asyncio.wait_for(smsc.wait_until(lambda: smsc.connections == 1), WAIT)
+        slots.revoke(within=WAIT)
+        smsc.resume_answering()
+        await asyncio.wait_for(smsc.wait_until(lambda: _ended(smsc, "gw1", "unbound") == 1), WAIT)
+        await sink.until(lambda: slots.released == 1 and a.health().state is RouteState.DOWN)
+        asks = slots.asks
+        await asyncio.wait_for(slots.asks_beyond(asks + 2), WAIT)
+        assert smsc.binds == 1 and smsc.already_bound == 0
+    finally:
+        smsc.resume_answering()
+        await a.aclose()
