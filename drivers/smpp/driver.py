@@ -132,6 +132,7 @@ class SmppDriver:
         )
         self._inbound = Inbound(name, sink, self._counters)
         self._slots: BindSlots | None = None
+        self._hang_ups: set[asyncio.Task[None]] = set()  # `_hang_up_dropped` pending
 
     def use_bind_slots(self, slots: BindSlots) -> None:
         self._slots = slots
@@ -143,25 +144,17 @@ class SmppDriver:
         log.warning("smpp_binds_revoked", route=self.name, within=within)
         for link in self._links:
             link.dropping = True
-            self._unbind(link)
-        asyncio.get_running_loop().call_later(within, self._hang_up_dropped)
+            link.unbind(self._now())
+        task = asyncio.create_task(self._hang_up_dropped(within))
+        self._hang_ups.add(task)
+        task.add_done_callback(self._hang_ups.discard)
 
-    def _unbind(self, link: Link) -> None:
-        session = link.session
-        if session is None or not link.bound or session.closed or link.writer is None:
-            return
-        try:
-            session.unbind(now=self._now())
-        except LocalProtocolError:  # not in a state to unbind: the hang-up ends it
-            return
-        link.flush()
-        link.wake.set()
-
-    def _hang_up_dropped(self) -> None:
+    async def _hang_up_dropped(self, within: float) -> None:
+        await self._clock.sleep(within)
         for link in self._links:
-            if link.dropping and link.writer is not None and link.session is not None:
+            if link.dropping and link.writer is not None:
                 log.warning("smpp_hang_up", route=self.name, link=link.index)
-                link.writer.transport.abort()  # the reader sees the end: the link ends
+                link.hang_up()
 
     # -- the driver contract -------------------------------------------------------------
 
@@ -299,11 +292,10 @@ class SmppDriver:
     async def aclose(self) -> None:
         self._closing = True
         self._gate.release()
+        for task in self._hang_ups:
+            task.cancel()
         for link in self._links:
-            if link.session is not None and link.bound and link.writer is not None:
-                link.session.unbind(now=self._now())
-                link.flush()
-                link.wake.set()
+            link.unbind(self._now())
         waiting = [t for t in (*self._tasks, *self._inbound.tasks) if not t.done()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=2.0)
@@ -536,7 +528,7 @@ class SmppDriver:
             self._update_state()
             log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
             if link.dropping:  # revoked while it bound
-                self._unbind(link)
+                link.unbind(self._now())
             return True
         if isinstance(event, Response):
             self._resolve(event.token, event)
