@@ -45,6 +45,7 @@ class ClusterBindSlots:
         grace: float,
         *,
         retry_after: float = RETRY_AFTER,
+        release_timeout: float = RELEASE_TIMEOUT,
     ) -> None:
         self._pool = pool
         self._membership = membership
@@ -52,6 +53,7 @@ class ClusterBindSlots:
         self.max_binds = max_binds
         self.grace = grace
         self.retry_after = retry_after
+        self.release_timeout = release_timeout
         self.held: dict[int, Incarnation] = {}  # slot -> the incarnation that took it
         self.refused = 0  # asks that found every slot taken
         self.owed: dict[int, Incarnation] = {}  # ended sessions' slots not given back yet
@@ -102,8 +104,8 @@ class ClusterBindSlots:
         owed (a peer may take them once their lease and grace have passed meanwhile)."""
         for slot, me in list(self.owed.items()):
             try:
-                async with asyncio.timeout(RELEASE_TIMEOUT):
-                    async with self._pool.connection(timeout=RELEASE_TIMEOUT) as conn:
+                async with asyncio.timeout(self.release_timeout):
+                    async with self._pool.connection(timeout=self.release_timeout) as conn:
                         await slots.release(conn, me, self.route, slot)
             except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as e:
                 log.warning(
