@@ -4,8 +4,8 @@ The SMPP driver asks for a slot before each bind and gives it back once the sess
 ended (`slots.py` holds the rows: the carrier's cap, the grace after a dead holder).
 A node that is fenced, or cannot reach the database, gets no slot: its links wait and
 ask again, so a node never binds beyond the cap on a guess. A slot is given back under
-the incarnation that took it: after a rejoin the old incarnation's slot frees with its
-grace, as the carrier may still hold that session.
+the incarnation that took it, once its session has ended; a slot whose session this
+process never saw end (a restart) frees with its grace, as the carrier may still hold it.
 
 A node that fences itself revokes its slots (`on_revoke`): the driver unbinds every
 session at once and closes those whose unbind is not answered within half the lease
