@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -364,6 +364,10 @@ class BindSlots(Protocol):
       `retry_after` seconds.
     - `release(slot)` gives a slot back once its session has ended (after unbind, or
       when the connection is gone); it never raises.
+    - `on_revoke(drop)`: `drop(within)` is called when every slot given is revoked (a
+      cluster node fenced itself): the driver unbinds each session at once, closes
+      within `within` seconds those still open, releases their slots as usual, and
+      binds again only once `acquire` gives a slot.
     """
 
     retry_after: float
@@ -371,6 +375,8 @@ class BindSlots(Protocol):
     async def acquire(self, link: int) -> int | None: ...
 
     async def release(self, slot: int) -> None: ...
+
+    def on_revoke(self, drop: Callable[[float], None]) -> None: ...
 
 
 @runtime_checkable

@@ -21,7 +21,11 @@ session events into the driver contract:
   (`DriverNotReady` with `retry_after`). The gateway lowers the route's rate meanwhile.
 - With `BindSlots` (`use_bind_slots`, a cluster's shared session cap) a link binds only
   holding a slot, waits `retry_after` while none is free, and gives it back once its
-  session has ended (after unbind or the connection's loss).
+  session has ended (after unbind or the connection's loss). When the slots are revoked
+  (a fenced cluster node) every link unbinds at once, one bound meanwhile as soon as it
+  is, and a link still open `within` seconds later is hung up: the carrier must have
+  seen its session end before a peer binds in its place. Receipts the carrier still
+  owes go to its other sessions of the account, on whichever node.
 - A bind refused for its credentials (ESME_RINVPASWD, ESME_RINVSYSID, ESME_RBINDFAIL)
   is never retried on a timer, since carriers lock accounts after a few: the route
   parks (`PARKED`, `submit()` raises `DriverAuthFailed`) and the `CredentialGate`
@@ -128,9 +132,29 @@ class SmppDriver:
         )
         self._inbound = Inbound(name, sink, self._counters)
         self._slots: BindSlots | None = None
+        self._hang_ups: set[asyncio.Task[None]] = set()  # `_hang_up_dropped` pending
 
     def use_bind_slots(self, slots: BindSlots) -> None:
         self._slots = slots
+        slots.on_revoke(self._drop_binds)
+
+    def _drop_binds(self, within: float) -> None:
+        """Our bind slots are revoked: unbind every session now, hang up those still
+        open `within` seconds later; each link binds again only with a new slot."""
+        log.warning("smpp_binds_revoked", route=self.name, within=within)
+        for link in self._links:
+            link.dropping = True
+            link.unbind(self._now())
+        task = asyncio.create_task(self._hang_up_dropped(within))
+        self._hang_ups.add(task)
+        task.add_done_callback(self._hang_ups.discard)
+
+    async def _hang_up_dropped(self, within: float) -> None:
+        await self._clock.sleep(within)
+        for link in self._links:
+            if link.dropping and link.writer is not None:
+                log.warning("smpp_hang_up", route=self.name, link=link.index)
+                link.hang_up()
 
     # -- the driver contract -------------------------------------------------------------
 
@@ -268,11 +292,10 @@ class SmppDriver:
     async def aclose(self) -> None:
         self._closing = True
         self._gate.release()
+        for task in self._hang_ups:
+            task.cancel()
         for link in self._links:
-            if link.session is not None and link.bound and link.writer is not None:
-                link.session.unbind(now=self._now())
-                link.flush()
-                link.wake.set()
+            link.unbind(self._now())
         waiting = [t for t in (*self._tasks, *self._inbound.tasks) if not t.done()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=2.0)
@@ -398,6 +421,7 @@ class SmppDriver:
                 link.index == 0, lambda: self._closing, self._secret_changed
             ):
                 return
+            link.dropping = False  # a revocation from here on drops what this slot binds
             slot = None if self._slots is None else await self._slots.acquire(link.index)
             if self._slots is not None and slot is None:
                 self._last_failure = "waiting for a bind slot (the carrier's session cap)"
@@ -486,7 +510,8 @@ class SmppDriver:
                     was_bound = await self._on_event(link, event) or was_bound
                 self._inbound.flush(link)
                 link.flush()
-                await writer.drain()
+                if not writer.is_closing():  # hung up (`_hang_up_dropped`): nothing to drain
+                    await writer.drain()
         finally:
             read.cancel()
             writer.close()
@@ -502,6 +527,8 @@ class SmppDriver:
             self._gate.accept()
             self._update_state()
             log.info("smpp_bound", route=self.name, link=link.index, mode=event.mode)
+            if link.dropping:  # revoked while it bound
+                link.unbind(self._now())
             return True
         if isinstance(event, Response):
             self._resolve(event.token, event)
@@ -538,7 +565,8 @@ class SmppDriver:
                         maybe_sent=True,
                     ),
                 )
-            ours = self._closing and isinstance(event, Unbound) and not event.by_peer
+            ended_by_us = isinstance(event, Unbound) and not event.by_peer
+            ours = (self._closing or link.dropping) and ended_by_us
             (log.info if ours else log.warning)(
                 "smpp_session_ended",
                 route=self.name,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from drivers.base import Receipt
 from drivers.smpp.pdu import Pdu
-from drivers.smpp.session import BindMode, Session
+from drivers.smpp.session import BindMode, LocalProtocolError, Session
 
 # deliver_sm awaiting their commit per link before the link stops reading
 INBOUND_CONCURRENCY = 256
@@ -32,10 +32,28 @@ class Link:
     # receipts read in this turn, for the sink as one group: (deliver_sm, receipt)
     receipts: list[tuple[Pdu, Receipt]] = field(default_factory=list)
     sleeps_until: float | None = None  # the deadline the link's loop waits for
+    dropping: bool = False  # its bind slot was revoked: unbind, and hang up if need be
 
     @property
     def transmits(self) -> bool:
         return self.mode != "receiver"
+
+    def unbind(self, now: float) -> None:
+        """Start the unbind handshake if bound (again: nothing); `Unbound` ends it."""
+        session = self.session
+        if session is None or not self.bound or session.closed or self.writer is None:
+            return
+        try:
+            session.unbind(now=now)
+        except LocalProtocolError:  # not in a state to unbind: a hang-up ends it
+            return
+        self.flush()
+        self.wake.set()
+
+    def hang_up(self) -> None:
+        """Drop the connection now; the link's loop reads its end and the link ends."""
+        if self.writer is not None and self.session is not None:
+            self.writer.transport.abort()
 
     def flush(self) -> None:
         if self.session is not None and self.writer is not None:

@@ -82,3 +82,14 @@ class SubmitRecord:
     status: int
     connection: int
     system_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A bound session began (`bound`) or ended (`unbound` by either side, `lost`
+    without an unbind): loop time, connection number and the bind's system_type."""
+
+    at: float
+    event: str
+    connection: int
+    system_type: str

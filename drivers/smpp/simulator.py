@@ -29,7 +29,8 @@ the bind's system_type (which gateway node sent it, when each names itself there
 `max_sessions` is a carrier's session cap: a bind while that many are bound gets
 ESME_RALYBND (counted in `already_bound`); a bound connection lost without an unbind
 keeps counting for `lost_session_hold` seconds, as a carrier's session lingers until
-its own timers drop it.
+its own timers drop it. `peak_sessions` is the most sessions counted at once (bound and
+lingering), `session_log` when each bound session began and ended, and by which node.
 `stop_answering` pauses reading on every transport (octets wait in the kernel and the
 stream stays in step) and holds back what we would write; `resume_answering` undoes
 both. `drop_connections` aborts every transport: stop answering first to lose a window
@@ -75,12 +76,25 @@ from drivers.smpp.session import (
     Session,
     SessionEnded,
     State,
+    Unbound,
 )
-from drivers.smpp.sim_records import SimulatorConfig, SubmitRecord, SubmittedMessage
+from drivers.smpp.sim_records import (
+    SessionRecord,
+    SimulatorConfig,
+    SubmitRecord,
+    SubmittedMessage,
+)
 from drivers.smpp.status import Status, status_name
 from drivers.text import encode_gsm7_septets, encode_ucs2, is_gsm7
 
-__all__ = ["SimulatorConfig", "SmscSimulator", "SubmitRecord", "SubmittedMessage", "run_forever"]
+__all__ = [
+    "SessionRecord",
+    "SimulatorConfig",
+    "SmscSimulator",
+    "SubmitRecord",
+    "SubmittedMessage",
+    "run_forever",
+]
 log = structlog.get_logger("smsgw.simulator")
 
 SMSC_SYSTEM_ID = "smsgw-sim"  # what bind_resp says the SMSC is called
@@ -193,6 +207,8 @@ class SmscSimulator:
         self.submit_log: list[SubmitRecord] = []
         self.already_bound = 0  # binds refused with ESME_RALYBND (the session cap)
         self._lingering: list[float] = []  # loop times lost sessions stop counting
+        self.peak_sessions = 0  # the most bound (and lingering) sessions at once
+        self.session_log: list[SessionRecord] = []
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = self.deliveries = 0
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
@@ -407,6 +423,10 @@ class SmscSimulator:
         elif isinstance(event, ResponseTimeout) and isinstance(event.token, _Delivery):
             self._later(self.config.redelivery_delay, event.token)
         elif isinstance(event, SessionEnded):
+            if link.system_id is not None:  # a bound session ended
+                kind = "unbound" if isinstance(event, Unbound) else "lost"
+                now = link.loop.time()
+                self.session_log.append(SessionRecord(now, kind, link.number, link.system_type))
             self._requeue(event.in_doubt)
 
     def _on_bind(self, link: _Link, event: BindRequest) -> None:
@@ -426,6 +446,11 @@ class SmscSimulator:
         link.system_id = event.system_id
         link.system_type = event.pdu.param("system_type", str)
         self.binds += 1
+        now = link.loop.time()
+        self.session_log.append(SessionRecord(now, "bound", link.number, link.system_type))
+        lingering = sum(1 for t in self._lingering if t > now)
+        others = sum(1 for lk in self._links if lk is not link and lk.session.state in _BOUND)
+        self.peak_sessions = max(self.peak_sessions, others + 1 + lingering)
         log.info("simulator_bound", system_id=link.system_id, mode=event.mode, binds=self.binds)
         self._pump()
 

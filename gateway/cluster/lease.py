@@ -14,6 +14,9 @@ the lease is gone (lapsed or superseded): the node registers a new incarnation a
 carries on under it, while its old claims are recovered by whoever sweeps first.
 
 After each successful renewal the node sweeps for lapsed leases (`nodes.recover_expired`).
+Whatever must stop the moment the node fences itself (its SMPP binds, `bindslots.py`)
+registers with `on_fenced`: the callbacks run as the fence falls, with `margin` seconds
+at least before the lease can lapse in the database.
 """
 
 from __future__ import annotations
@@ -97,6 +100,12 @@ class Membership:
         self._renewal = asyncio.Event()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._on_fenced: list[Callable[[], None]] = []
+
+    def on_fenced(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` each time this node fences itself (synchronously, from
+        the task that noticed: it must only start what it has to do)."""
+        self._on_fenced.append(callback)
 
     @property
     def me(self) -> Incarnation:
@@ -196,6 +205,11 @@ class Membership:
             self.fenced.set()
             log.error("node_fenced", node=self.node_id)
             self._note_change()
+            for callback in self._on_fenced:
+                try:
+                    callback()
+                except Exception as e:  # one listener's bug must not keep the others
+                    log.error("fenced_callback_failed", error=exception_summary(e))
 
     async def _watch(self) -> None:
         """Set `fenced` the moment the local deadline passes without a renewal."""

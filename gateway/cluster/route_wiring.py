@@ -7,7 +7,8 @@
   to another route of theirs as the route rules allow.
 - A route with `max_binds` binds only holding one of that many slots across the
   nodes (`bindslots.py`), so the carrier never sees more sessions than its cap, nor a
-  rebind before a dead node's session could have ended there (`bind_grace_seconds`).
+  rebind before a dead node's session could have ended there (`bind_grace_seconds`);
+  a node that fences itself unbinds those sessions before a peer may take their slots.
 - A route with `account` claims against that account's shared bucket (`buckets.py`,
   in the claim's transaction) and adapts the shared rate on throttles (`shared_rate.py`).
 """

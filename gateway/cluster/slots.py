@@ -7,7 +7,8 @@ at the carrier until the carrier's own enquire_link or inactivity timer drops it
 binding again before that would be refused (`ESME_RALYBND`). Nothing renews a slot: it
 lives as long as its holder's lease (plus the grace), so heartbeats stay one row.
 Concurrent acquirers lock candidate slots `FOR UPDATE SKIP LOCKED`: two never get the
-same one. A fenced node must unbind on its own (its slot frees `grace` after its lease).
+same one. A fenced node unbinds on its own (`bindslots.py`): its slot frees when it
+gives it back, or else `grace` after its lease.
 """
 
 from __future__ import annotations

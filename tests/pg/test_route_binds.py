@@ -5,9 +5,12 @@ Real drivers against the SMSC simulator enforcing the carrier's session cap
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 from drivers.base import RouteState
 from drivers.clock import SystemClock
@@ -16,6 +19,7 @@ from drivers.smpp.options import SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.lease import Membership, Pool
+from tests.pg.cut_proxy import CutProxy
 from tests.pg.queue_rows import rows
 from tests.sinks import RecordingSink
 
@@ -88,3 +92,32 @@ async def test_a_fenced_node_gets_no_slot(pool: Pool, smsc: SmscSimulator) -> No
         ) == [(0,)]
     finally:
         await member.stop()
+
+
+async def test_a_slot_given_back_while_the_database_is_away_is_owed_then_paid(
+    pool: Pool, pg_dsn: str
+) -> None:
+    """A session that ended during a database outage shorter than the lease: its slot
+    is given back before the next ask, not held by our live incarnation for good."""
+    member = Membership(pool, "gw1", SystemClock(), **TIMING)  # its lease stays live
+    proxy = CutProxy(int(conninfo_to_dict(pg_dsn)["port"]))  # type: ignore[arg-type]
+    await proxy.start()
+    await member.start()
+    through = make_conninfo(pg_dsn, port=proxy.port, connect_timeout=2)
+    try:
+        async with AsyncConnectionPool(through, min_size=1, max_size=2, open=False) as cut_pool:
+            slots = ClusterBindSlots(cut_pool, member, "carrier", 2, 60.0, release_timeout=0.2)
+            assert [await slots.acquire(0), await slots.acquire(1)] == [0, 1]
+            proxy.cut()
+            await slots.release(0)  # the session ended; the database cannot hear it now
+            assert set(slots.owed) == {0}
+            proxy.heal()
+            async with asyncio.timeout(20):  # the pool finds its cut connections broken
+                while (slot := await slots.acquire(0)) is None:
+                    pass
+            assert slot == 0 and not slots.owed
+            held = await rows(pool, "SELECT slot FROM route_slots WHERE incarnation IS NOT NULL")
+            assert sorted(held) == [(0,), (1,)]
+    finally:
+        await member.stop()
+        await proxy.stop()
