@@ -7,7 +7,7 @@ event under its node id, then the recovery's requeue) and every one is flagged
 `possible_duplicate`; the survivors keep accepting and sending after the kill, and
 together they take the whole of the carrier account's cap the three shared (a 1 s window
 after the kill at >= 90 % of it: waited for, not timed, as the time is a figure of
-`make bench-cluster`), with no 1 s window at the carrier above the cap.
+`make bench-cluster`), with no 1 s window at the carrier above the cap and its burst.
 
 The nodes share one keyring: node 1's data directory (`smsgw init`) is copied to the
 others before any starts (docs/ops/cluster.md). Leases are short (8 s) to keep it quick.
@@ -38,11 +38,12 @@ from tests.ports import free_port
 BEFORE_KILL = 90  # messages acknowledged before node 3 is killed
 TOTAL = 300  # messages acknowledged in all
 SENDERS = 6
-CAP = 50  # the carrier's contract, submits a second across the nodes (as S4's)
-# The account as configured: rate + burst at the contract's 1 s figure; the 2 % the
-# carrier tolerates (one message) left to the jitter between a token taken and its submit.
-ACCOUNT_RATE, ACCOUNT_BURST = 48, 2
-BACKLOG = 60  # posted to each survivor after the kill: the cap stays busy for seconds
+# The carrier account the three share: CAP submits a second, BURST at once (no 1 s window
+# above CAP + BURST). A burst of 2, as S4's, would leave the survivors short of the cap on
+# a loaded machine: a bucket saves at most BURST tokens, so claims coming less often than
+# every BURST / CAP seconds lose the rest (bench/README.md, S3 recovery).
+CAP, BURST = 40, 10
+BACKLOG = 50  # posted to each survivor after the kill: the cap stays busy for seconds
 
 
 def _config(data: Path, node: str, dsn: str, smsc_port: int) -> tuple[Path, str]:
@@ -54,7 +55,7 @@ def _config(data: Path, node: str, dsn: str, smsc_port: int) -> tuple[Path, str]
         '[consent]\nenabled = false\ndefault_purpose = "informational"\n\n'
         f'[cluster]\nenabled = true\nnode_id = "{node}"\nconninfo = "{dsn}"\n'
         "lease_seconds = 8\nmargin_seconds = 2\nheartbeat_seconds = 0.5\n\n"
-        f'[[cluster.accounts]]\nname = "acme"\nrate = {ACCOUNT_RATE}\nburst = {ACCOUNT_BURST}\n\n'
+        f'[[cluster.accounts]]\nname = "acme"\nrate = {CAP}\nburst = {BURST}\n\n'
         f'[[routes]]\nname = "carrier"\ntype = "smpp"\nhost = "127.0.0.1"\nport = {smsc_port}\n'
         f'system_id = "smsgw"\npassword = "pw"\nsystem_type = "{node}"\naccount = "acme"\n'
         "reconnect_min = 0.05\nreconnect_max = 0.2\n"
@@ -212,11 +213,12 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
         # refusal is an ACTIVE_WINDOW old; a loaded machine may take much longer.
         try:
             await asyncio.wait_for(smsc.wait_until(survivors_at_cap), 60)
-        except TimeoutError:
+        except TimeoutError as e:
             per_second = Counter(
                 (int(r.at - killed), r.system_type) for r in smsc.submit_log if r.at >= killed
             )
-            raise AssertionError(f"survivors short of the cap: {sorted(per_second.items())}")
+            short = f"survivors short of the cap: {sorted(per_second.items())}"
+            raise AssertionError(short) from e
 
         def delivered() -> bool:
             return {m.text for m in smsc.submitted} >= acked.keys()
@@ -268,7 +270,8 @@ async def test_three_nodes_one_killed_under_load_lose_nothing(tmp_path: Path, pg
         assert by_node["gw1"] and by_node["gw2"] and by_node["gw3"]
         assert not [line for n in nodes[:2] for line in n.lines if "Traceback" in line]
         log = list(smsc.submit_log)
-        assert max_in_window(log, log[0].at, log[-1].at) <= CAP * 1.02
+        # One message over, at most: the jitter between a token taken and its submit.
+        assert max_in_window(log, log[0].at, log[-1].at) <= CAP + BURST + 1
     finally:
         for node in nodes:  # all signalled first: a failed wait below leaves none running
             node.terminate()
