@@ -256,7 +256,7 @@ async def recovery(pg: PgServer, cap: int, burst: int) -> dict[str, Any]:
             if back is None
             else [_in_window(times, back + k) for k in range(int(end - back) + 1)]
         )
-        bins = _bins(log, killed, -int(PRE_KILL), math.ceil(end - killed))
+        bins = _bins(log, killed, -int(PRE_KILL), math.floor(end - killed))  # whole seconds
         throttled = sum(r.status == Status.ESME_RTHROTTLED for r in smsc.submit_log)
         left = 3 * per_node - len(times)
     out = {
