@@ -1,8 +1,9 @@
-"""Several `smsgw run` nodes on one PostgreSQL queue (issue 18, point 9; S6, S9 soak).
+"""Several `smsgw run` nodes on one PostgreSQL queue (issue 18, point 9; S3, S6, S9 soak).
 
     .venv/bin/python bench/cluster.py                  # make bench-cluster
     .venv/bin/python bench/cluster.py --messages 2000 --queued 20000   # quicker
     .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
+    .venv/bin/python bench/cluster.py --only-recovery  # S3's recovery alone (~40 s)
 
 1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
    throwaway PostgreSQL (`tests/pg_server.py`, Debian's, fsync on), all sending to one
@@ -29,7 +30,8 @@
    take a steady load for S seconds; the nodes' healthz `xmin_age_seconds` and the claim
    latency at the start and the end.
 Every figure is measured on whatever else runs on the machine: compare the ratios from
-one run. Ends with one JSON line (also `bench/results/cluster-latest.json`).
+one run. Ends with one JSON line (also `bench/results/cluster-latest.json`;
+`cluster-recovery-latest.json` with --only-recovery).
 """
 
 from __future__ import annotations
