@@ -1,8 +1,9 @@
-"""Several `smsgw run` nodes on one PostgreSQL queue (issue 18, point 9; S6, S9 soak).
+"""Several `smsgw run` nodes on one PostgreSQL queue (issue 18, point 9; S3, S6, S9 soak).
 
     .venv/bin/python bench/cluster.py                  # make bench-cluster
     .venv/bin/python bench/cluster.py --messages 2000 --queued 20000   # quicker
     .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
+    .venv/bin/python bench/cluster.py --only-recovery  # S3's recovery alone (~40 s)
 
 1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
    throwaway PostgreSQL (`tests/pg_server.py`, Debian's, fsync on), all sending to one
@@ -15,22 +16,32 @@
    drained = -> the last of them.
 3. claim latency at 100,000 queued: `claims.claim` (lease check, SKIP LOCKED claim,
    events; one transaction) of 10 and of 1 message, 300 times each, p50/p99.
-4. S6 priority across nodes: two nodes, a bulk backlog on node 1 (routes at 100/s), 50
+4. S3 recovery: three nodes on one carrier account (`[[cluster.accounts]]`) whose
+   contract (`--cap`, 150/s) is far below what they send together; a backlog on each;
+   node 3 killed (SIGKILL) mid-run. The cap is the account's rate; `--burst` (15) more
+   may go in one second. From the simulator's submit log: the carrier's submits per
+   second (1 s bins from the kill, and per node), recovery = the kill -> the end of the
+   first whole second after it with >= 90 % of the cap, whether every second after that
+   held it, and the most in any 1 s window over the run (at most cap + burst).
+5. S6 priority across nodes: two nodes, a bulk backlog on node 1 (routes at 100/s), 50
    critical messages posted to node 2 20 ms apart; accept -> `sending` from the events
    (p50/p99; target p99 < 50 ms). The peer: one SQLite node, both on it.
-5. --soak S: S9, a REPEATABLE READ transaction held open (xmin pinned) while two nodes
+6. --soak S: S9, a REPEATABLE READ transaction held open (xmin pinned) while two nodes
    take a steady load for S seconds; the nodes' healthz `xmin_age_seconds` and the claim
    latency at the start and the end.
 Every figure is measured on whatever else runs on the machine: compare the ratios from
-one run. Ends with one JSON line (also `bench/results/cluster-latest.json`).
+one run. Ends with one JSON line (also `bench/results/cluster-latest.json`;
+`cluster-recovery-latest.json` with --only-recovery).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -48,14 +59,17 @@ import aiohttp
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, SubmitRecord
+from drivers.smpp.status import Status
 from gateway.cluster import claims, nodes
 from gateway.cluster.schema import migrate as apply_schema
+from tests.pg.carrier_windows import max_in_window
 from tests.pg.node_proc import Node, init_data, node_config
 from tests.pg.queue_rows import NOW, add_messages
 from tests.pg_server import PgServer, find_bindir
 
 LATEST = harness.BENCH_DIR / "results" / "cluster-latest.json"
+RECOVERY_LATEST = harness.BENCH_DIR / "results" / "cluster-recovery-latest.json"
 BATCH = 100
 SMSC_PW = "pw"  # the simulator's, on loopback
 
@@ -185,6 +199,90 @@ async def failover(pg: PgServer, queued: int) -> dict[str, Any]:
             "takeover_s": round(takeover, 2), "drained_s": round(drained, 2)}  # fmt: skip
 
 
+RECOVERY_SHARE = 0.9  # S3: the survivors back to >= 90 % of the cap
+RECOVERY_LIMIT = 30.0  # ... within 30 s of the kill
+RECOVERY_HOLD = 10.0  # seconds watched after the recovery (did it stay there?)
+PRE_KILL = 5.0  # seconds of the three nodes at the cap before the kill
+
+
+def _in_window(times: list[float], end: float) -> int:
+    """Submits in (end - 1, end]; `times` sorted."""
+    return bisect.bisect_right(times, end) - bisect.bisect_right(times, end - 1.0)
+
+
+def _recovered_at(times: list[float], killed: float, floor: float) -> float | None:
+    """The end of the first whole second after `killed` holding >= `floor` submits."""
+    return next((t for t in times if t >= killed + 1.0 and _in_window(times, t) >= floor), None)
+
+
+def _bins(log: list[SubmitRecord], origin: float, first: int, last: int) -> dict[str, list[int]]:
+    """Accepted submits per 1 s bin [origin + i, origin + i + 1) for i in first..last-1,
+    all together (`all`) and per node (the bind's system_type)."""
+    out: dict[str, list[int]] = {"all": [0] * (last - first)}
+    for r in log:
+        i = math.floor(r.at - origin) - first
+        if r.status == Status.ESME_ROK and 0 <= i < last - first:
+            out["all"][i] += 1
+            out.setdefault(r.system_type, [0] * (last - first))[i] += 1
+    return out
+
+
+async def recovery(pg: PgServer, cap: int, burst: int) -> dict[str, Any]:
+    """S3: node 3 of three is killed while the three keep an account's cap busy."""
+    lease = 8.0  # as the S3 test's
+    per_node = 15 * cap  # the cap busy until recovery + RECOVERY_HOLD, unless very late
+    options = {"lease": lease, "margin": 2.0, "heartbeat": 0.5, "account": (cap, burst)}
+    async with _site(3, pg.create_database(), **options) as site:
+        smsc, loop = site.smsc, asyncio.get_running_loop()
+        bodies = [f"s3r {i}" for i in range(3 * per_node)]
+        t0 = loop.time()
+        await _post(site, site.nodes, bodies, "normal")  # round robin: a third each
+        posted = loop.time()
+        await asyncio.sleep(PRE_KILL)  # a bench: watching the clock is the point
+        site.nodes[2].kill()
+        killed = loop.time()
+        floor = RECOVERY_SHARE * cap
+        end = killed + RECOVERY_LIMIT
+        while loop.time() < end:
+            times = sorted(r.at for r in smsc.submit_log if r.status == Status.ESME_ROK)
+            back = _recovered_at(times, killed, floor)
+            if back is not None:
+                end = min(end, back + RECOVERY_HOLD)
+            await asyncio.sleep(0.5)
+        log = [r for r in smsc.submit_log if r.at <= end]
+        times = sorted(r.at for r in log if r.status == Status.ESME_ROK)
+        back = _recovered_at(times, killed, floor)
+        # Every whole second from the recovery on, to the end of the watch.
+        held = (
+            []
+            if back is None
+            else [_in_window(times, back + k) for k in range(int(end - back) + 1)]
+        )
+        bins = _bins(log, killed, -int(PRE_KILL), math.floor(end - killed))  # whole seconds
+        throttled = sum(r.status == Status.ESME_RTHROTTLED for r in smsc.submit_log)
+        left = 3 * per_node - len(times)
+    out = {
+        "cap": cap, "burst": burst, "lease_s": lease, "backlog": 3 * per_node,
+        "recovery_s": None if back is None else round(back - killed, 2),
+        "held": bool(held) and min(held) >= floor, "held_min": min(held, default=None),
+        "held_seconds": len(held), "max_1s_window": max_in_window(log, -math.inf, math.inf),
+        "max_per_second": max(bins["all"]), "throttled": throttled,
+        "unsent_at_end": left, "posting_s": round(posted - t0, 1),
+        "per_second_from": -int(PRE_KILL), "per_second": bins,
+    }  # fmt: skip
+    print(
+        f"recovery (cap {cap}/s, burst {burst}, node 3 of 3 killed):"
+        f" back to >= {floor:.0f}/s {out['recovery_s']} s after the kill,"
+        f" held {out['held']} (min {out['held_min']} over {len(held)} s),"
+        f" max 1 s window {out['max_1s_window']}, max per second {out['max_per_second']}"
+    )
+    nodes_ = sorted(k for k in bins if k != "all")
+    for i, total in enumerate(bins["all"]):
+        parts = ", ".join(f"{n} {bins[n][i]}" for n in nodes_)
+        print(f"  {i - int(PRE_KILL):+3d} s: {total:4d}  ({parts})")
+    return out
+
+
 async def claim_latency(pg: PgServer, queued: int, rounds: int = 300) -> dict[str, Any]:
     dsn = pg.create_database()
     async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
@@ -302,6 +400,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     pg.start()
     try:
         result: dict[str, Any] = {"bench": "cluster", "busy_machine_load": _load()}
+        if args.only_recovery:
+            result["recovery"] = await recovery(pg, args.cap, args.burst)
+            result["load_after"] = _load()
+            return result
         runs = [await throughput(pg, k, args.messages, False) for k in (1, 2, 3)]
         runs.append(await throughput(pg, 1, args.messages, True))
         one = runs[0]["msg_per_s"]
@@ -310,6 +412,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["scaling_3_over_1"] = round(runs[2]["msg_per_s"] / one, 2)
         result["pg1_over_sqlite1"] = round(one / runs[3]["msg_per_s"], 2)
         result["failover"] = await failover(pg, args.failover)
+        result["recovery"] = await recovery(pg, args.cap, args.burst)
         result["claim"] = await claim_latency(pg, args.queued)
         result["priority"] = [await priority(pg, args.backlog, sqlite) for sqlite in (False, True)]
         result["priority_pg_over_sqlite_p99"] = round(
@@ -331,11 +434,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=6000, help="per throughput run")
     parser.add_argument("--failover", type=int, default=400, help="queued on the killed node")
+    parser.add_argument("--cap", type=int, default=150, help="S3 recovery: the account's /s")
+    parser.add_argument("--burst", type=int, default=15, help="S3 recovery: the account's")
+    parser.add_argument("--only-recovery", action="store_true", help="run S3 recovery alone")
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--backlog", type=int, default=3000, help="bulk before the criticals")
     parser.add_argument("--soak", type=float, default=0, help="S9 soak seconds (0: none)")
-    result = asyncio.run(main(parser.parse_args()))
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
     LATEST.parent.mkdir(exist_ok=True)
     line = json.dumps(result)
-    LATEST.write_text(line + "\n")
+    (RECOVERY_LATEST if args.only_recovery else LATEST).write_text(line + "\n")
     print(line)

@@ -1,7 +1,8 @@
 """`smsgw run` nodes as child processes, for the cluster tests and `bench/cluster.py`.
 
 `node_config` writes a node's TOML (a `[cluster]` block when given a conninfo, else the
-node runs on its own SQLite store) with one SMPP route to a simulated SMSC; `Node`
+node runs on its own SQLite store) with one SMPP route to a simulated SMSC, its bind's
+system_type the node's name (the simulator's `submit_log` tells the nodes apart); `Node`
 starts it, waits for its `listening` log line and keeps its log lines. `init_data`
 makes the first node's data directory (`smsgw init`) and copies it for the others, so
 every node holds one keyring and one token table (docs/ops/cluster.md).
@@ -32,9 +33,12 @@ def node_config(
     heartbeat: float = 0.5,
     listen_host: str = "127.0.0.1",
     route_extra: str = "",
+    account: tuple[float, float] | None = None,
 ) -> tuple[Path, str]:
     """The node's config file and the base URL of its HTTP API: HTTPS with a
-    self-signed pair when `listen_host` is not loopback (plain HTTP is loopback only)."""
+    self-signed pair when `listen_host` is not loopback (plain HTTP is loopback only).
+    `account` (rate, burst): the route sends on a carrier account `acme` shared by the
+    cluster's nodes (`[[cluster.accounts]]`)."""
     port = free_port()
     conf = data / "smsgw.toml"
     tls, scheme = "", "http"
@@ -50,6 +54,13 @@ def node_config(
         if dsn is not None
         else ""
     )
+    if account is not None:
+        if dsn is None:
+            raise ValueError("a shared account needs a cluster")
+        cluster += (
+            f'[[cluster.accounts]]\nname = "acme"\nrate = {account[0]}\nburst = {account[1]}\n\n'
+        )
+        route_extra = f'account = "acme"\n{route_extra}'
     conf.write_text(
         f'data_dir = "{data}"\n\n[http]\nlisten = "{listen_host}:{port}"\n'
         f"shutdown_grace = 1.0\n{tls}\n"
@@ -57,8 +68,8 @@ def node_config(
         '[consent]\nenabled = false\ndefault_purpose = "informational"\n\n'
         f"{cluster}"
         f'[[routes]]\nname = "carrier"\ntype = "smpp"\nhost = "{smsc[0]}"\nport = {smsc[1]}\n'
-        'system_id = "smsgw"\npassword = "pw"\nreconnect_min = 0.05\nreconnect_max = 0.2\n'
-        f"{route_extra}"
+        f'system_id = "smsgw"\npassword = "pw"\nsystem_type = "{node}"\n'
+        f"reconnect_min = 0.05\nreconnect_max = 0.2\n{route_extra}"
     )
     return conf, f"{scheme}://{listen_host}:{port}"
 

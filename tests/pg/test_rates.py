@@ -117,3 +117,37 @@ async def test_shares_count_only_live_nodes_that_want_more(pool: Pool) -> None:
     assert await rows(
         pool, "SELECT count(*) FROM rate_shares WHERE incarnation = %s", (a.incarnation,)
     ) == [(0,)]
+
+
+async def test_a_node_that_stops_claiming_leaves_the_shares_within_the_active_window(
+    pool: Pool,
+) -> None:
+    """S3's recovery: a killed node's share goes to the others one ACTIVE_WINDOW after
+    its last refusal, while its lease still runs (not at the lease's end). The window's
+    passing is the refusal's stamp moved back, not a wait; a window of 60 s keeps b
+    counted however slow the machine."""
+    await add_messages(pool, 100, due_at=0.0)
+    async with pool.connection() as conn:
+        await buckets.configure(conn, "acct", 1000.0, 2)
+        a = await register(conn, "a", 60.0)
+        b = await register(conn, "b", 60.0)
+        c = await register(conn, "c", 60.0)
+        for node in (a, b):  # both refused some (a burst of 2 for 50): three share it
+            await claim(conn, node, "g", "smsc", 50, 1.0, account="acct")
+        async with conn.transaction():
+            grant = await buckets.reserve(conn, "acct", c, 1, active_window=60)
+        assert grant.nodes == 3
+        await conn.execute(  # a killed: its last refusal is now a window old
+            "UPDATE rate_shares SET starved_at = starved_at - make_interval(secs => %s)"
+            " WHERE incarnation = %s",
+            (60, a.incarnation),
+        )
+        await conn.commit()
+        async with conn.transaction():
+            grant = await buckets.reserve(conn, "acct", c, 1, active_window=60)
+        assert grant.nodes == 2  # b and c: c's share refills at rate / 2 from here
+    assert await rows(
+        pool,
+        "SELECT count(*) FROM nodes WHERE incarnation = %s AND lease_until > now()",
+        (a.incarnation,),
+    ) == [(1,)]

@@ -30,10 +30,11 @@ import psycopg
 import pytest
 from aiohttp import ClientSession
 
-from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, SubmitRecord
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
 from tests.conftest import smsgw_process
 from tests.http_daemon import TOKEN_RE
+from tests.pg.carrier_windows import max_in_window
 from tests.pg.node_proc import Node
 from tests.ports import free_port
 
@@ -120,17 +121,6 @@ async def _nodes(
     return nodes, token
 
 
-def _windows(log: list[SubmitRecord], start: float, end: float) -> int:
-    """The most submits accepted in any 1 s window within [start, end]."""
-    times = sorted(r.at for r in log if start <= r.at <= end and r.status == Status.ESME_ROK)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 def _jain(counts: list[int]) -> float:
     return sum(counts) ** 2 / (len(counts) * sum(c * c for c in counts))
 
@@ -187,14 +177,14 @@ async def test_s4_two_nodes_hold_one_accounts_cap_fairly_and_a_survivor_takes_it
         # The time it takes is a figure (printed), not an assert: on a loaded machine
         # the survivor's first full second can come later than lease + grace.
         def survivor_at_rate() -> bool:
-            return _windows(smsc.submit_log, killed, smsc.submit_log[-1].at) >= 0.95 * CAP
+            return max_in_window(smsc.submit_log, killed, smsc.submit_log[-1].at) >= 0.95 * CAP
 
         await asyncio.wait_for(smsc.wait_until(survivor_at_rate), LEASE + GRACE + 30)
         log = list(smsc.submit_log)
-        best = _windows(log, log[0].at, log[-1].at)
+        best = max_in_window(log, log[0].at, log[-1].at)
         jain = _jain([by_node["gw1"], by_node["gw2"]])
-        after = _windows(log, killed, deadline)
-        later = _windows(log, killed, log[-1].at)
+        after = max_in_window(log, killed, deadline)
+        later = max_in_window(log, killed, log[-1].at)
         print(
             f"S4: max 1 s window {best} (cap {CAP}), steady {len(steady)} in"
             f" {killed - started:.2f} s by node {dict(by_node)}, Jain {jain:.3f},"
