@@ -64,7 +64,7 @@ async def test_a_fenced_node_unbinds_before_its_peer_binds_in_its_place_and_rebi
                 make_conninfo(pg_dsn, port=proxies[name].port, connect_timeout=2),
                 ("127.0.0.1", smsc.port),
                 route_extra=(
-                    f'system_type = "{name}"\nbinds = 2\nmax_binds = {CAP}\n'
+                    f"binds = 2\nmax_binds = {CAP}\n"  # node_config names the node in system_type
                     f"bind_grace_seconds = {GRACE}\n"
                 ),
                 **LEASE,
