@@ -28,7 +28,13 @@ from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_i
 from gateway.consent.purposes import SCOPE_ALL, Purpose
 from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
 from gateway.models import State
-from gateway.store.consent_sql import Contact, ExportRow, StateRow
+from gateway.store.consent_sql import (
+    Contact,
+    ContactChanges,
+    ExportRow,
+    StateRow,
+    contact_columns,
+)
 from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import Transition
 
@@ -60,18 +66,20 @@ async def lock_contacts(conn: Conn, idxs: Sequence[bytes]) -> None:
         )
 
 
-async def append(conn: Conn, cipher: FieldCipher, e: Entry, node_id: str) -> tuple[str, int]:
-    """`ledger.append` on PostgreSQL, in the caller's transaction: (ledger id, seq)."""
+async def ensure_contact(
+    conn: Conn, cipher: FieldCipher, idx: bytes, number: str, at: float
+) -> None:
+    """`ledger.ensure_contact` on PostgreSQL: the contact's row, if it has none yet."""
     await conn.execute(
         "INSERT INTO contacts (idx, number_ct, created_at, updated_at) VALUES (%s,%s,%s,%s)"
         " ON CONFLICT (idx) DO NOTHING",
-        (
-            e.contact_idx,
-            cipher.encrypt(e.number, contact_row_id(e.contact_idx), "number"),
-            e.at,
-            e.at,
-        ),
+        (idx, cipher.encrypt(number, contact_row_id(idx), "number"), at, at),
     )
+
+
+async def append(conn: Conn, cipher: FieldCipher, e: Entry, node_id: str) -> tuple[str, int]:
+    """`ledger.append` on PostgreSQL, in the caller's transaction: (ledger id, seq)."""
+    await ensure_contact(conn, cipher, e.contact_idx, e.number, e.at)
     entry_id, entry = ledger.entry_row(cipher, e)
     row = await (await conn.execute(_INSERT, (*entry, node_id))).fetchone()
     assert row is not None
@@ -230,6 +238,18 @@ class ClusterLedger:
             r[4],
             r[5],
         )
+
+    async def put_contact(
+        self, idx: bytes, number: str, changes: ContactChanges, now: float
+    ) -> None:
+        columns = contact_columns(self._cipher, idx, changes)
+        sets = ", ".join(["updated_at = %s", *(f"{c} = %s" for c in columns)])
+        async with self._pool.connection() as conn, conn.transaction():
+            await ensure_contact(conn, self._cipher, idx, number, now)
+            await conn.execute(
+                f"UPDATE contacts SET {sets} WHERE idx = %s".encode(),  # noqa: S608 - fixed columns
+                (now, *columns.values(), idx),
+            )
 
     async def states(self, idx: bytes) -> list[StateRow]:
         rows = await self._all(

@@ -32,6 +32,12 @@ class ConsentLedger(Protocol):
 
     async def contact(self, idx: bytes) -> Contact | None: ...
 
+    async def put_contact(
+        self, idx: bytes, number: str, changes: consent_sql.ContactChanges, now: float
+    ) -> None:
+        """Create the contact if need be and set or clear what `changes` names."""
+        ...
+
     async def states(self, idx: bytes) -> list[StateRow]: ...
 
     async def history(self, idx: bytes) -> list[LedgerRow]:
@@ -67,6 +73,14 @@ class SqliteLedger:
 
     async def contact(self, idx: bytes) -> Contact | None:
         return await consent_sql.contact(self._store, idx)
+
+    async def put_contact(
+        self, idx: bytes, number: str, changes: consent_sql.ContactChanges, now: float
+    ) -> None:
+        cipher = consent_sql.cipher_of(self._store)
+        await self._store.writer.run(
+            lambda conn: consent_sql.put_contact(conn, cipher, idx, number, changes, now)
+        )
 
     async def states(self, idx: bytes) -> list[StateRow]:
         return await consent_sql.states(self._store, idx)

@@ -222,24 +222,30 @@ def put_contact(
     now: float,
 ) -> None:
     ledger.ensure_contact(conn, cipher, idx, number, now)
-    sets: list[str] = ["updated_at = ?"]
-    values: list[Any] = [now]
-    if changes.patient_ref is not None:
-        sets.append("patient_ref_ct = ?")
-        values.append(cipher.encrypt(changes.patient_ref, contact_row_id(idx), "patient_ref"))
-    if changes.language is not None:
-        sets.append("language = ?")
-        values.append(changes.language)
-    if changes.time_zone is not None:
-        sets.append("time_zone = ?")
-        values.append(changes.time_zone)
-    for name in sorted(changes.clear):
-        column = {"patient_ref": "patient_ref_ct", "language": "language"}.get(name, "time_zone")
-        sets.append(f"{column} = NULL")
+    columns = contact_columns(cipher, idx, changes)
+    sets = ", ".join(["updated_at = ?", *(f"{c} = ?" for c in columns)])
     conn.execute(
-        f"UPDATE contacts SET {', '.join(sets)} WHERE idx = ?",  # noqa: S608 - fixed columns
-        (*values, idx),
+        f"UPDATE contacts SET {sets} WHERE idx = ?",  # noqa: S608 - fixed columns
+        (now, *columns.values(), idx),
     )
+
+
+def contact_columns(cipher: FieldCipher, idx: bytes, changes: ContactChanges) -> dict[str, Any]:
+    """The `contacts` columns `changes` sets, each with its value (None: cleared), the
+    patient reference sealed to the contact's row; for either backend's UPDATE."""
+    columns: dict[str, Any] = {}
+    if changes.patient_ref is not None:
+        row_id = contact_row_id(idx)
+        columns["patient_ref_ct"] = cipher.encrypt(changes.patient_ref, row_id, "patient_ref")
+    if changes.language is not None:
+        columns["language"] = changes.language
+    if changes.time_zone is not None:
+        columns["time_zone"] = changes.time_zone
+    for name in sorted(changes.clear):
+        columns[
+            {"patient_ref": "patient_ref_ct", "language": "language"}.get(name, "time_zone")
+        ] = None
+    return columns
 
 
 def has_opt_out(conn: sqlite3.Connection, idx: bytes, program: str, scope: str) -> bool:

@@ -250,7 +250,6 @@ class Consent:
     async def put_contact(self, caller: Caller, number: str, changes: ContactChanges) -> Contact:
         """Set a contact's patient reference, language or time zone (audited)."""
         self._require_write(caller)
-        self._local_only("contacts")
         e164, idx = self.contact_key(number)
         if changes.time_zone is not None and not _zone_ok(changes.time_zone):
             raise _invalid("time_zone", "invalid_time_zone", "not an IANA time zone")
@@ -259,11 +258,7 @@ class Consent:
             raise _invalid("language", "invalid_language", f"one of {', '.join(languages)}")
         if changes.patient_ref is not None and not 0 < len(changes.patient_ref) <= 128:
             raise _invalid("patient_ref", "invalid_field", "1 to 128 characters")
-        cipher = consent_sql.cipher_of(self._store)
-        now = self._clock.time()
-        await self._store.writer.run(
-            lambda conn: consent_sql.put_contact(conn, cipher, idx, e164, changes, now)
-        )
+        await self._ledger.put_contact(idx, e164, changes, self._clock.time())
         changed = sorted(
             {
                 name
@@ -275,7 +270,7 @@ class Consent:
         await self._audit.record(
             caller.actor, "contact_updated", "contact", idx.hex(), fields=",".join(changed)
         )
-        found = await consent_sql.contact(self._store, idx)
+        found = await self._ledger.contact(idx)
         assert found is not None  # written just now
         return found
 

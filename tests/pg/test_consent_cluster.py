@@ -34,6 +34,7 @@ from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
 from gateway.models import State
 from gateway.store import crypto
 from gateway.store.claim_check import Held
+from gateway.store.consent_sql import ContactChanges
 from gateway.store.crypto import FieldCipher
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
@@ -366,6 +367,23 @@ async def test_optouts_and_history_recorded_on_one_node_read_on_the_other(
     ]
 
 
+async def test_a_contact_set_on_one_node_is_the_contact_on_the_other(nodes: Nodes) -> None:
+    """`PUT /contacts` on a cluster: the details written on A are what B reads (the
+    policy's time zone reads the same `contacts` row, `consent_store.time_zones`)."""
+    staff_a = await caller(nodes.a, "consent", "phi")
+    changes = ContactChanges(patient_ref="MRN-7", time_zone="Pacific/Auckland")
+    written = await nodes.a.usecases.consent.put_contact(staff_a, CANARY_NUMBER, changes)
+    assert (written.patient_ref, written.time_zone) == ("MRN-7", "Pacific/Auckland")
+    staff_b = await caller(nodes.b, "consent", "phi")
+    found = await nodes.b.usecases.consent.contact(staff_b, CANARY_NUMBER)
+    assert found is not None
+    assert (found.number, found.patient_ref, found.time_zone) == (
+        CANARY_NUMBER,
+        "MRN-7",
+        "Pacific/Auckland",
+    )
+
+
 async def test_the_optouts_api_on_two_nodes_is_one_list(nodes: Nodes) -> None:
     """`/api/v1/optouts` over HTTP: recorded on A, read and lifted on B, lifted once;
     what a cluster does not carry yet is refused with a JSON error."""
@@ -487,6 +505,19 @@ async def test_the_ledger_contract(ledger: ConsentLedger) -> None:
         (lifted[1], idx.hex(), CANARY_NUMBER),
     ]
     assert await ledger.contact(b"\x02" * 32) is None
+    other = b"\x03" * 32  # a contact made by its details alone, then one of them cleared
+    details = ContactChanges(patient_ref="MRN-0042", language="es", time_zone="America/Chicago")
+    await ledger.put_contact(other, OTHER, details, NOW)
+    await ledger.put_contact(other, OTHER, ContactChanges(clear=frozenset({"language"})), NOW + 1)
+    made = await ledger.contact(other)
+    assert made is not None
+    assert (made.number, made.patient_ref, made.language, made.time_zone) == (
+        OTHER,
+        "MRN-0042",
+        None,
+        "America/Chicago",
+    )
+    assert made.updated_at == NOW + 1
 
 
 async def test_the_cluster_ledger_is_append_only_but_for_its_texts(pool: Pool) -> None:
