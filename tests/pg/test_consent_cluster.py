@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -580,6 +581,14 @@ async def test_the_ledger_contract(ledger: ConsentLedger) -> None:
         "America/Chicago",
     )
     assert made.updated_at == NOW + 1
+    # An import: older than idx's standing (put back: a scope that had none stays
+    # without), the same again (in the chunk's own transaction), a new contact's.
+    old = dataclasses.replace(_entry(idx, "opt_in", "purpose:results"), at=NOW - 100)
+    fresh = _entry(b"\x04" * 32, "opt_out")
+    outcomes = await ledger.import_entries([(old, True), (old, False), (fresh, False)])
+    assert outcomes == ["superseded", "unchanged", "appended"]
+    assert "purpose:results" not in {s.scope for s in await ledger.states(idx)}
+    assert [h.scope for h in await ledger.history(idx)][-1] == "purpose:results"  # evidence
 
 
 async def test_the_cluster_ledger_is_append_only_but_for_its_texts(pool: Pool) -> None:
