@@ -5,7 +5,8 @@ transaction, so a running gateway on the same store keeps sending meanwhile; a
 progress line (`gateway/progress.py`, on stderr) shows how much of the file is in, and
 the refused lines are listed by number and code (a LINE, CODE, FIELD table), never
 their content. Export writes every ledger row, numbers decrypted, to a new owner-only
-file. Both are audited (actor `console`).
+file. Both are audited (actor `console`). A cluster node's config is refused with the
+API's import and export named instead (`POST /api/v1/consents/import`, any node).
 """
 
 from __future__ import annotations
@@ -66,13 +67,20 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
     parser.set_defaults(func=lambda args: run(args, load(args.config)))
 
 
+CLUSTER_REFUSAL = (
+    "smsgw consent: on a cluster node the ledger is in PostgreSQL, shared by every node;"
+    " import a list through any node's API: POST /api/v1/consents/import with"
+    " Content-Type: text/csv (a token with the consent scope; the same report, refused"
+    " lines by number), and export it with GET /api/v1/consents/export"
+)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
-    if config.cluster.enabled:  # this node's SQLite ledger is not the list
-        print(
-            "smsgw consent: on a cluster node the ledger is in PostgreSQL; export it with"
-            " GET /api/v1/consents/export (import is not on the cluster yet)",
-            file=sys.stderr,
-        )
+    if config.cluster.enabled:
+        # This node's SQLite ledger is not the list, and a console process is no member
+        # of the cluster: the withdrawal an opt-out makes on the shared queue is fenced
+        # by a running node's incarnation. Any node's API does both, with the same report.
+        print(CLUSTER_REFUSAL, file=sys.stderr)
         return 2
     if args.action == "import" and not Path(args.file).is_file():
         print(f"smsgw consent import: {args.file} is not a file", file=sys.stderr)

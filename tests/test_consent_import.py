@@ -3,6 +3,7 @@ idempotent, in chunks that let sends through) and the ledger exported."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import io
@@ -13,13 +14,22 @@ from typing import Any
 
 import pytest
 
+from gateway import consent_cmd
 from gateway.cli import main
+from gateway.config import from_mapping
 from gateway.consent import ledger
 from gateway.consent.purposes import DEFAULT_POLICIES, Purpose
 from gateway.usecases import Caller
 from gateway.usecases.consent import IMPORT_CHUNK, DecisionRequest, ImportReport
 from gateway.usecases.consent_csv import Options, records
-from tests.conftest import CANARY_DIGITS, CANARY_NUMBER, GatewayFactory, accept, state_of
+from tests.conftest import (
+    CANARY_DIGITS,
+    CANARY_NUMBER,
+    LOOPBACK_TEST,
+    GatewayFactory,
+    accept,
+    state_of,
+)
 from tests.test_cli import _init
 
 STAFF = Caller("user:staff", None, True, True, True, may_record_consent=True)
@@ -221,3 +231,22 @@ async def test_the_same_list_imported_twice_at_once_is_appended_once(
     assert first.appended + second.appended == rows
     assert first.unchanged + second.unchanged == rows
     assert await _ledger_rows(gw) == rows
+
+
+def test_cli_on_a_cluster_config_names_the_api_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "optouts.csv"
+    listing.write_text(f"number,decision\n{CANARY_NUMBER},opt_out\n")
+    config = from_mapping(
+        {
+            "data_dir": str(tmp_path),
+            "source": str(tmp_path / "smsgw.toml"),
+            "routes": [{"name": "main", "type": "loopback", **LOOPBACK_TEST}],
+            "cluster": {"enabled": True, "node_id": "gw1", "conninfo": "host=db1 dbname=s"},
+        }
+    )
+    args = argparse.Namespace(action="import", file=str(listing))
+    assert consent_cmd.run(args, config) == 2
+    err = capsys.readouterr().err
+    assert "POST /api/v1/consents/import" in err and CANARY_DIGITS not in err

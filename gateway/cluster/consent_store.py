@@ -7,8 +7,9 @@ the same row ids and columns, contacts found by the same blind index, so rows co
 from SQLite decrypt here. The policy's reads (`state_rows`, `time_zones`) run in the
 caller's transaction: the accept's and the claim's.
 
-A check and the decision it allows (`lifts`: an opt-in that needs an opt-out to lift)
-hold the contact's advisory lock (`lock_contacts`), as do the accepts that count a
+A check and the decision it allows (`lifts`: an opt-in that needs an opt-out to lift;
+an imported chunk's comparison with the ledger) hold the contacts' advisory locks
+(`lock_contacts`), as do the accepts that count a
 frequency cap for that contact: parallel requests on any nodes take turns.
 """
 
@@ -23,7 +24,7 @@ from psycopg.rows import TupleRow
 from gateway.cluster import queue_sql
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
-from gateway.consent import ledger
+from gateway.consent import import_rule, ledger
 from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_id
 from gateway.consent.purposes import SCOPE_ALL, Purpose
 from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
@@ -86,6 +87,33 @@ async def append(conn: Conn, cipher: FieldCipher, e: Entry, node_id: str) -> tup
     seq = int(row[0])
     await conn.execute(_UPSERT, ledger.standing_row(e, seq))
     return entry_id, seq
+
+
+async def import_entries(
+    conn: Conn, cipher: FieldCipher, entries: Sequence[tuple[Entry, bool]], node_id: str
+) -> list[str]:
+    """`consent_sql.import_entries` on PostgreSQL, in the caller's transaction, which
+    holds the entries' contacts' locks (so two imports of one list append it once)."""
+    return [await _import_one(conn, cipher, e, dated, node_id) for e, dated in entries]
+
+
+async def _import_one(conn: Conn, cipher: FieldCipher, e: Entry, dated: bool, node_id: str) -> str:
+    same = await (await conn.execute(*_pg(import_rule.same_decisions(e, dated)))).fetchall()
+    if import_rule.already_recorded(cipher, same, e):
+        return import_rule.UNCHANGED
+    newer = await (await conn.execute(*_pg(import_rule.newer_standing(e)))).fetchone()
+    before = await (await conn.execute(*_pg(import_rule.standing_before(e)))).fetchone()
+    await append(conn, cipher, e, node_id)
+    if newer is None:
+        return import_rule.APPENDED
+    await conn.execute(*_pg(import_rule.put_back(e, before)))
+    return import_rule.SUPERSEDED
+
+
+def _pg(query: import_rule.Query) -> import_rule.Query:
+    """A rule's query in psycopg's placeholders (its SQL holds no other `?` or `%`)."""
+    sql, args = query
+    return sql.replace("?", "%s"), args
 
 
 async def has_opt_out(conn: Conn, idx: bytes, program: str, scope: str) -> bool:
@@ -220,6 +248,16 @@ class ClusterLedger:
             if self._withdrawal is not None:
                 await self._withdrawal.after(conn, entry)
             return done
+
+    async def import_entries(self, chunk: Sequence[tuple[Entry, bool]]) -> list[str]:
+        async with self._pool.connection() as conn, conn.transaction():
+            await lock_contacts(conn, [e.contact_idx for e, _ in chunk])
+            outcomes = await import_entries(conn, self._cipher, chunk, self._node_id)
+            if self._withdrawal is not None:
+                for (entry, _), outcome in zip(chunk, outcomes, strict=True):
+                    if outcome != import_rule.UNCHANGED:
+                        await self._withdrawal.after(conn, entry)
+            return outcomes
 
     async def contact(self, idx: bytes) -> Contact | None:
         r = await self._one(

@@ -1,8 +1,9 @@
 """The consent ledger behind one interface, for either backend.
 
-`ConsentLedger` is what the consent use cases (`/optouts`, `/consents`, lookups and
-the export) need of the ledger: append a decision (with the check that allows it, in
-one transaction), and read a contact, its standing and its history. `SqliteLedger`
+`ConsentLedger` is what the consent use cases (`/optouts`, `/consents`, lookups, the
+CSV import and export) need of the ledger: append a decision (with the check that
+allows it, in one transaction) or a chunk of an imported list, and read a contact,
+its standing and its history. `SqliteLedger`
 runs it on the writer of one node's store; `gateway/cluster/consent_store.py` on the
 PostgreSQL every node of a cluster shares, so a decision recorded on one node is the
 next claim's answer on every other.
@@ -11,10 +12,10 @@ next claim's answer on every other.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from gateway.consent import ledger
+from gateway.consent import import_rule, ledger
 from gateway.consent.ledger import Entry, LedgerRow
 from gateway.store import consent_sql
 from gateway.store.consent_sql import Contact, ExportRow, StateRow
@@ -28,6 +29,12 @@ class ConsentLedger(Protocol):
         """Append `entry` and bring the standing up to date in one transaction; (ledger
         id, seq). With `lifts`, only if an opt-out it would lift stands (else None),
         checked in that transaction."""
+        ...
+
+    async def import_entries(self, chunk: Sequence[tuple[Entry, bool]]) -> list[str]:
+        """Append a chunk of imported (entry, dated) pairs in one transaction by
+        `gateway/consent/import_rule.py`; each one's outcome (APPENDED, UNCHANGED or
+        SUPERSEDED). Every appended opt-out withdraws the queued messages it stops."""
         ...
 
     async def contact(self, idx: bytes) -> Contact | None: ...
@@ -68,6 +75,19 @@ class SqliteLedger:
             done = ledger.append(conn, cipher, entry)
             after(conn, entry)
             return done
+
+        return await self._store.writer.run(job)
+
+    async def import_entries(self, chunk: Sequence[tuple[Entry, bool]]) -> list[str]:
+        cipher = consent_sql.cipher_of(self._store)
+        after = self._after
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            outcomes = consent_sql.import_entries(conn, cipher, chunk)
+            for (entry, _), outcome in zip(chunk, outcomes, strict=True):
+                if outcome != import_rule.UNCHANGED:
+                    after(conn, entry)
+            return outcomes
 
         return await self._store.writer.run(job)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.consent import ledger
+from gateway.consent import import_rule, ledger
 from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_id
 from gateway.consent.purposes import SCOPE_ALL
 from gateway.store.crypto import FieldCipher
@@ -282,60 +282,22 @@ def number_of(conn: sqlite3.Connection, cipher: FieldCipher, idx: bytes) -> str 
     return None if r is None else cipher.decrypt(r[0], contact_row_id(idx), "number")
 
 
-# What an imported row came to.
-APPENDED = "appended"
-UNCHANGED = "unchanged"  # an identical decision is already in the ledger
-SUPERSEDED = "superseded"  # appended as evidence; a newer decision still stands
-AT_TOLERANCE = 0.0005
-
-
 def import_entries(
     conn: sqlite3.Connection, cipher: FieldCipher, entries: Sequence[tuple[Entry, bool]]
 ) -> list[str]:
-    """Append each imported entry unless an identical one is in the ledger; (entry,
-    dated): an undated entry matches an identical one at any time. An entry older than
-    a decision already standing for its program is kept as evidence but does not
-    change the standing: an old list imported late must not undo a newer STOP."""
+    """Append each imported entry by `gateway/consent/import_rule.py`; (entry, dated):
+    an undated entry matches an identical one at any time. Returns the outcomes."""
     return [_import_one(conn, cipher, e, dated) for e, dated in entries]
 
 
 def _import_one(conn: sqlite3.Connection, cipher: FieldCipher, e: Entry, dated: bool) -> str:
-    sql = (
-        "SELECT id, disclosure_ct FROM consent_ledger WHERE contact_idx = ? AND decision = ?"
-        " AND scope = ? AND program = ? AND source = ?"
-    )
-    args: list[Any] = [e.contact_idx, e.decision, e.scope, e.program, e.source]
-    if dated:  # as exported: RFC 3339 to the microsecond
-        sql += " AND at BETWEEN ? AND ?"
-        args += [e.at - AT_TOLERANCE, e.at + AT_TOLERANCE]
-    for entry_id, ct in conn.execute(sql, args).fetchall():
-        text = None if ct is None else cipher.decrypt(ct, entry_id, "disclosure")
-        if text == e.disclosure:
-            return UNCHANGED
-    newer_sql = "SELECT 1 FROM consent_state WHERE contact_idx = ? AND since > ?"
-    newer_args: list[Any] = [e.contact_idx, e.at]
-    if e.program != ALL_PROGRAMS:
-        newer_sql += " AND program IN (?, '*')"
-        newer_args.append(e.program)
-    newer = conn.execute(newer_sql + " LIMIT 1", newer_args).fetchone() is not None
-    before = conn.execute(
-        "SELECT opted, seq, since, source, written_seq FROM consent_state"
-        " WHERE contact_idx = ? AND program = ? AND scope = ?",
-        (e.contact_idx, e.program, e.scope),
-    ).fetchone()
+    same = conn.execute(*import_rule.same_decisions(e, dated)).fetchall()
+    if import_rule.already_recorded(cipher, same, e):
+        return import_rule.UNCHANGED
+    newer = conn.execute(*import_rule.newer_standing(e)).fetchone() is not None
+    before = conn.execute(*import_rule.standing_before(e)).fetchone()
     ledger.append(conn, cipher, e)
     if not newer:
-        return APPENDED
-    key = (e.contact_idx, e.program, e.scope)
-    if before is None:
-        conn.execute(
-            "DELETE FROM consent_state WHERE contact_idx = ? AND program = ? AND scope = ?", key
-        )
-    else:
-        conn.execute(
-            "UPDATE consent_state SET opted = ?, seq = ?, since = ?, source = ?,"
-            " written_seq = coalesce(?, written_seq)"
-            " WHERE contact_idx = ? AND program = ? AND scope = ?",
-            (before[0], before[1], before[2], before[3], before[4], *key),
-        )
-    return SUPERSEDED
+        return import_rule.APPENDED
+    conn.execute(*import_rule.put_back(e, before))
+    return import_rule.SUPERSEDED

@@ -22,7 +22,7 @@ import msgspec
 
 from drivers.clock import Clock
 from gateway.config import Config
-from gateway.consent import ledger
+from gateway.consent import import_rule, ledger
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.ledger import ALL_PROGRAMS, Decision, Entry, LedgerRow, Source
 from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
@@ -369,10 +369,10 @@ class Consent:
         progress: Progress | None = None,
     ) -> ImportReport:
         """Read a CSV list in a stream and append its decisions in chunks of
-        IMPORT_CHUNK rows, each its own writer transaction. Identical decisions already
-        in the ledger are not appended again, so a list can be imported twice."""
+        IMPORT_CHUNK rows, each its own transaction of the ledger (on a cluster, holding
+        the chunk's contacts' locks). Identical decisions already in the ledger are not
+        appended again, so a list can be imported twice."""
         self._require_write(caller)
-        self._local_only("importing")
         if options.program is not None and options.program not in self.programs:
             raise _invalid("program", "unknown_program", "not a configured program")
         report = ImportReport()
@@ -465,19 +465,10 @@ class Consent:
         return None
 
     async def _commit_chunk(self, chunk: list[tuple[Entry, bool]], report: ImportReport) -> None:
-        cipher = consent_sql.cipher_of(self._store)
-
-        def job(conn: sqlite3.Connection) -> list[str]:
-            outcomes = consent_sql.import_entries(conn, cipher, chunk)
-            for (entry, _), outcome in zip(chunk, outcomes, strict=True):
-                if outcome != consent_sql.UNCHANGED:
-                    self._withdrawal.after(conn, entry)
-            return outcomes
-
-        outcomes = await self._store.writer.run(job)
-        report.appended += outcomes.count(consent_sql.APPENDED)
-        report.unchanged += outcomes.count(consent_sql.UNCHANGED)
-        report.superseded += outcomes.count(consent_sql.SUPERSEDED)
+        outcomes = await self._ledger.import_entries(chunk)
+        report.appended += outcomes.count(import_rule.APPENDED)
+        report.unchanged += outcomes.count(import_rule.UNCHANGED)
+        report.superseded += outcomes.count(import_rule.SUPERSEDED)
 
     async def export(self, caller: Caller) -> AsyncIterator[ExportRow]:
         """Every ledger row in order, numbers and texts decrypted. Needs the right to

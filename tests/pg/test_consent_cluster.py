@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ from gateway.store.crypto import FieldCipher
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import Store
 from gateway.usecases import Caller
-from gateway.usecases.consent import DecisionRequest
+from gateway.usecases import consent as consent_usecase
+from gateway.usecases.consent import DecisionRequest, ImportReport
+from gateway.usecases.consent_csv import Options
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, GatewayFactory, record_decision
 from tests.test_api import _api, _error
 from tests.test_caps import CAPS as CAPPED
@@ -401,10 +404,70 @@ async def test_the_optouts_api_on_two_nodes_is_one_list(nodes: Nodes) -> None:
         lift = f"/api/v1/optouts?number={CANARY_NUMBER.replace('+', '%2B')}"
         assert (await b.client.delete(lift, headers=b.auth())).status == 201
         await _error(await a.client.delete(lift, headers=a.auth()), 404, "not_opted_out")
-        if nodes.kind == "postgresql":
-            r = await b.post("/api/v1/consents/import", "number,decision\n")
-            body = await _error(r, 501, "not_on_cluster")
-            assert "number" not in body["message"]
+        # The CSV import too (no longer 501 on a cluster): imported on B, read on A.
+        r = await b.post("/api/v1/consents/import", f"number,decision\n{CANARY_NUMBER},opt_out\n")
+        assert r.status == 200 and (await r.json())["appended"] == 1
+        view = await (await a.get(f"/api/v1/consents?number={CANARY_NUMBER}")).json()
+        assert [(s["scope"], s["status"]) for s in view["standing"]] == [("all", "opted_out")]
+
+
+async def test_a_list_imported_on_a_is_the_standing_on_b_and_imports_once(
+    nodes: Nodes,
+) -> None:
+    """`POST /consents/import` on A: its opt-out blocks what waits on B at once, an old
+    row does not undo B's newer STOP, and the same list again on B appends nothing."""
+    scopes = frozenset({"read", "phi", "consent"})
+    who = await caller(nodes.b, "send", "read")
+    waiting = (await send(nodes.b, who)).id
+    staff_b = await caller(nodes.b, "consent", "phi")
+    await nodes.b.usecases.consent.record(staff_b, DecisionRequest(OTHER, "opt_out", "phone"))
+    text = f"number,decision,date\n{CANARY_NUMBER},opt_out,\n{OTHER},opt_in,2020-01-01\n"
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(contextlib.asynccontextmanager(_api)(nodes.a, scopes))
+        b = await stack.enter_async_context(contextlib.asynccontextmanager(_api)(nodes.b, scopes))
+        for gw in (nodes.a, nodes.b):
+            if gw.cluster is not None:
+                await gw.cluster.tokens.copy_local(gw.store.reader)
+        csv_type = {"Content-Type": "text/csv"}
+        first = await (await a.post("/api/v1/consents/import", text, headers=csv_type)).json()
+        assert (first["appended"], first["superseded"], first["unchanged"]) == (1, 1, 0)
+        assert await state(nodes, who, waiting) == (State.BLOCKED, "opted_out")
+        for number in (CANARY_NUMBER, OTHER):  # OTHER: B's STOP is newer than the list's
+            view = await (
+                await b.get(f"/api/v1/consents?number={number.replace('+', '%2B')}")
+            ).json()
+            assert [(s["scope"], s["status"]) for s in view["standing"]] == [("all", "opted_out")]
+        again = await (await b.post("/api/v1/consents/import", text, headers=csv_type)).json()
+        assert (again["appended"], again["superseded"], again["unchanged"]) == (0, 0, 2)
+    exported = [r async for r in await nodes.b.usecases.consent.export(staff_b)]
+    assert [(r.number, r.decision) for r in exported] == [
+        (OTHER, "opt_out"),
+        (CANARY_NUMBER, "opt_out"),
+        (OTHER, "opt_in"),  # kept as evidence
+    ]
+
+
+async def test_one_list_imported_on_a_and_b_at_once_is_appended_once(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of both imports interleave; each chunk holds its contacts' locks."""
+    monkeypatch.setattr(consent_usecase, "IMPORT_CHUNK", 10)
+    rows = 40
+    text = "number,decision\n" + "".join(f"+1202555{i:04d},opt_out\n" for i in range(rows))
+
+    async def imported(gw: Gateway) -> ImportReport:
+        staff = await caller(gw, "consent")
+        chunks = _one_chunk(text.encode())
+        return await gw.usecases.consent.import_csv(staff, chunks, Options())
+
+    first, second = await asyncio.gather(imported(nodes.a), imported(nodes.b))
+    assert (first.appended + second.appended, first.unchanged + second.unchanged) == (rows, rows)
+    staff = await caller(nodes.a, "consent", "phi")
+    assert len([r async for r in await nodes.a.usecases.consent.export(staff)]) == rows
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def test_two_nodes_lifting_one_opt_out_at_once_lift_it_once(nodes: Nodes) -> None:
@@ -518,6 +581,14 @@ async def test_the_ledger_contract(ledger: ConsentLedger) -> None:
         "America/Chicago",
     )
     assert made.updated_at == NOW + 1
+    # An import: older than idx's standing (put back: a scope that had none stays
+    # without), the same again (in the chunk's own transaction), a new contact's.
+    old = dataclasses.replace(_entry(idx, "opt_in", "purpose:results"), at=NOW - 100)
+    fresh = _entry(b"\x04" * 32, "opt_out")
+    outcomes = await ledger.import_entries([(old, True), (old, False), (fresh, False)])
+    assert outcomes == ["superseded", "unchanged", "appended"]
+    assert "purpose:results" not in {s.scope for s in await ledger.states(idx)}
+    assert [h.scope for h in await ledger.history(idx)][-1] == "purpose:results"  # evidence
 
 
 async def test_the_cluster_ledger_is_append_only_but_for_its_texts(pool: Pool) -> None:
