@@ -54,11 +54,11 @@ requests (`in_doubt`: they may or may not have reached the peer). Flush
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from drivers.base import ProtocolError
+from drivers.smpp.in_flight import InFlightTable
 from drivers.smpp.pdu import (
     MAX_PDU_SIZE,
     RESPONSE_BIT,
@@ -202,12 +202,7 @@ class Session:
         self._state = State.OPEN
         self._peer = Role.SMSC if role is Role.ESME else Role.ESME
         self._next_sequence = first_sequence
-        self._pending: dict[int, InFlight] = {}
-        # Kept beside `_pending` so the per-submit questions (room in the window, the
-        # next deadline) cost O(1) and O(log n), not a walk over the window.
-        self._outstanding = 0  # pending requests of the caller's (not control PDUs)
-        self._probes = 0  # enquire_links of ours awaiting an answer
-        self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped
+        self._pending = InFlightTable()
         self._pending_bind: Pdu | None = None
         self._reader = PduReader(self.config.max_pdu_size)
         self._outgoing = bytearray()
@@ -224,11 +219,11 @@ class Session:
     @property
     def in_flight(self) -> tuple[InFlight, ...]:
         """The caller's requests awaiting a response, in the order sent."""
-        return tuple(p for p in self._pending.values() if p.command not in CONTROL)
+        return tuple(p for p in self._pending if p.command not in CONTROL)
 
     @property
     def outstanding(self) -> int:
-        return self._outstanding
+        return self._pending.outstanding
 
     @property
     def window_free(self) -> int:
@@ -338,8 +333,6 @@ class Session:
         in_doubt = self.in_flight
         self._state = State.CLOSED
         self._pending.clear()
-        self._outstanding = self._probes = 0
-        self._deadlines.clear()
         self._pending_bind = None
         return in_doubt
 
@@ -373,7 +366,7 @@ class Session:
         if self.closed:
             return None
         timers = (self._init_deadline(), self._inactive_deadline(), self._probe_due())
-        first = self._first_pending()
+        first = self._pending.first_due()
         deadlines = [] if first is None else [first.deadline]
         return min([*deadlines, *(t for t in timers if t is not None)], default=None)
 
@@ -388,8 +381,8 @@ class Session:
         if inactive is not None and now >= inactive:
             return [LinkDead(in_doubt=self.close(), reason="inactivity")]
         events: list[Event] = []
-        while (pending := self._first_pending()) is not None and pending.deadline <= now:
-            self._untrack(pending.sequence)
+        while (pending := self._pending.first_due()) is not None and pending.deadline <= now:
+            self._pending.untrack(pending.sequence)
             if pending.command in BINDS:
                 return [*events, BindTimeout(in_doubt=self.close())]
             if pending.command is Command.ENQUIRE_LINK:
@@ -416,7 +409,7 @@ class Session:
         interval = self.config.enquire_link_interval
         if interval is None or self._state not in BOUND:
             return None
-        if self._probes:
+        if self._pending.probes:
             return None  # one probe at a time; its response timer decides
         return self._last_received + interval
 
@@ -451,40 +444,9 @@ class Session:
         self._next_sequence = sequence % MAX_SEQUENCE + 1
         if command not in NO_ANSWER:
             deadline = now + self.config.response_timeout
-            self._track(InFlight(command, sequence, token, now, deadline))
+            self._pending.track(InFlight(command, sequence, token, now, deadline))
         self._advance(command, True)
         return sequence
-
-    def _track(self, pending: InFlight) -> None:
-        self._pending[pending.sequence] = pending
-        heapq.heappush(self._deadlines, (pending.deadline, pending.sequence))
-        if len(self._deadlines) > 2 * len(self._pending) + 64:
-            # Answered entries behind a slow one pile up; rebuild from what is pending.
-            self._deadlines = [(p.deadline, p.sequence) for p in self._pending.values()]
-            heapq.heapify(self._deadlines)
-        if pending.command is Command.ENQUIRE_LINK:
-            self._probes += 1
-        elif pending.command not in CONTROL:
-            self._outstanding += 1
-
-    def _untrack(self, sequence: int) -> InFlight:
-        pending = self._pending.pop(sequence)
-        if pending.command is Command.ENQUIRE_LINK:
-            self._probes -= 1
-        elif pending.command not in CONTROL:
-            self._outstanding -= 1
-        return pending
-
-    def _first_pending(self) -> InFlight | None:
-        """The pending request with the earliest deadline; drops answered ones' entries."""
-        heap = self._deadlines
-        while heap:
-            deadline, sequence = heap[0]
-            pending = self._pending.get(sequence)
-            if pending is not None and pending.deadline == deadline:
-                return pending
-            heapq.heappop(heap)
-        return None
 
     def _refuse(self, command_id: int, sequence: int, status: int) -> None:
         """Answer a request we will not process: its *_resp, or generic_nack if none."""
@@ -533,7 +495,7 @@ class Session:
         if pdu.command not in (answer, Command.GENERIC_NACK):
             detail = f"{pdu.command.name.lower()} answers {command.name.lower()}"
             return [PeerProtocolError(detail, None, pdu.sequence, pdu)]
-        self._untrack(pdu.sequence)
+        self._pending.untrack(pdu.sequence)
         ok = pdu.command is answer and pdu.status == Status.ESME_ROK
         self._advance(answer, ok)
         if command in BINDS:
