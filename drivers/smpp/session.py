@@ -5,13 +5,15 @@ gateway's carrier link) or an SMSC (the test simulator). It touches no socket an
 clock: the caller feeds it the octets that arrived (`receive_data(data, now)`), asks it
 to send (`bind`, `send_request`, `respond`, `unbind`), writes out `data_to_send()`
 after *every* call, and calls `on_timer(now)` once `next_deadline()` has passed. `now`
-is monotonic seconds. What happens comes back as events, the frozen dataclasses below.
+is monotonic seconds. What happens comes back as events, the frozen dataclasses of
+`session_events.py`.
 
-Two tables govern `State`, here and nowhere else. `_MAY_SEND[state][role]` lists the
-requests a role may send on a session in that state; it checks what we send
+Two tables govern `State` (`session_rules.py`), and nothing else does.
+`MAY_SEND[state][role]` lists the requests a role may send on a session in that state;
+it checks what we send
 (`LocalProtocolError`) and what the peer sends (answered with ESME_RINVBNDSTS, or
 ESME_RALYBND for a bind, and reported as `PeerProtocolError`). Responses are not in
-it: one is right when it answers an outstanding request of ours. `_TRANSITIONS` gives
+it: one is right when it answers an outstanding request of ours. `TRANSITIONS` gives
 the state after a PDU passes in either direction, without knowing our role: a bind
 moves both ends to BINDING (the SMSC waits there for the caller's `accept_bind` or
 `reject_bind`), its bind_resp to a bound state or back to OPEN, unbind to UNBINDING,
@@ -52,13 +54,11 @@ requests (`in_doubt`: they may or may not have reached the peer). Flush
 
 from __future__ import annotations
 
-import enum
-import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from drivers.base import ProtocolError
+from drivers.smpp.in_flight import InFlightTable
 from drivers.smpp.pdu import (
     MAX_PDU_SIZE,
     RESPONSE_BIT,
@@ -72,29 +72,77 @@ from drivers.smpp.pdu import (
     decode,
     encode,
 )
+from drivers.smpp.session_events import (
+    BindRejected,
+    BindRequest,
+    BindTimeout,
+    Bound,
+    ConnectionLost,
+    Event,
+    InFlight,
+    LinkDead,
+    Outbind,
+    PeerProtocolError,
+    ProtocolViolation,
+    Request,
+    Response,
+    ResponseTimeout,
+    SessionEnded,
+    Unbound,
+    UnexpectedResponse,
+)
+from drivers.smpp.session_rules import (
+    BIND_COMMANDS,
+    BIND_MODES,
+    BINDS,
+    BOUND,
+    CONTROL,
+    MAY_SEND,
+    NO_ANSWER,
+    TRANSITIONS,
+    BindMode,
+    Role,
+    State,
+)
 from drivers.smpp.status import Status
+
+# The events and the rules live in session_events.py and session_rules.py; every name
+# callers use stays importable from here.
+__all__ = [
+    "INTERFACE_VERSION",
+    "MAX_SEQUENCE",
+    "BindMode",
+    "BindRejected",
+    "BindRequest",
+    "BindTimeout",
+    "Bound",
+    "ConnectionLost",
+    "Event",
+    "InFlight",
+    "LinkDead",
+    "LocalProtocolError",
+    "Outbind",
+    "Params",
+    "PeerProtocolError",
+    "ProtocolViolation",
+    "Request",
+    "Response",
+    "ResponseTimeout",
+    "Role",
+    "Session",
+    "SessionConfig",
+    "SessionEnded",
+    "State",
+    "Tlvs",
+    "Unbound",
+    "UnexpectedResponse",
+]
 
 MAX_SEQUENCE = 0x7FFFFFFF
 INTERFACE_VERSION = 0x34
 
-BindMode = Literal["transmitter", "receiver", "transceiver"]
 Params = Mapping[str, Value]
 Tlvs = Mapping[int, Value]
-
-
-class Role(enum.Enum):
-    ESME = "esme"
-    SMSC = "smsc"
-
-
-class State(enum.Enum):
-    OPEN = "open"  # connected, not bound
-    BINDING = "binding"  # a bind is on its way and not answered yet
-    BOUND_TX = "bound_tx"
-    BOUND_RX = "bound_rx"
-    BOUND_TRX = "bound_trx"
-    UNBINDING = "unbinding"  # an unbind is on its way and not answered yet
-    CLOSED = "closed"
 
 
 class LocalProtocolError(ProtocolError):
@@ -133,215 +181,6 @@ class SessionConfig:
                 raise ValueError(f"{name} must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    """A request of ours awaiting its response: what, when, and the caller's `token`."""
-
-    command: Command
-    sequence: int
-    token: object
-    sent_at: float
-    deadline: float
-
-
-class Event:
-    """Base of everything `receive_data` and `on_timer` return."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Request(Event):
-    """A peer request for the caller: submit_sm, deliver_sm, data_sm, query_sm or
-    alert_notification. Answer with `respond(event.pdu, status, params)`, except
-    alert_notification, which takes no answer."""
-
-    pdu: Pdu
-
-
-@dataclass(frozen=True, slots=True)
-class BindRequest(Event):
-    """SMSC role: an ESME asks to bind. The session is BINDING until the caller calls
-    `accept_bind(event.pdu, system_id)` or `reject_bind(event.pdu, status)`. The
-    credentials stay in `pdu`, out of the event's repr."""
-
-    pdu: Pdu
-    mode: BindMode
-
-    @property
-    def system_id(self) -> str:
-        return self.pdu.param("system_id", str)
-
-    @property
-    def password(self) -> str:
-        return self.pdu.param("password", str)
-
-
-@dataclass(frozen=True, slots=True)
-class Outbind(Event):
-    """ESME role: the SMSC asks us to bind (usually as a receiver); call `bind`."""
-
-    pdu: Pdu
-
-
-@dataclass(frozen=True, slots=True)
-class Bound(Event):
-    """ESME role: our bind was accepted; `system_id` is the SMSC's."""
-
-    mode: BindMode
-    system_id: str
-    pdu: Pdu
-
-
-@dataclass(frozen=True, slots=True)
-class BindRejected(Event):
-    """ESME role: our bind was refused with `status` (ESME_RBINDFAIL, ESME_RINVPASWD…)
-    by bind_resp or generic_nack. The session is OPEN again: bind again or close."""
-
-    status: int
-    pdu: Pdu
-
-
-@dataclass(frozen=True, slots=True)
-class Response(Event):
-    """The answer to a `send_request` request: `pdu` is its *_resp or a generic_nack
-    (check `pdu.command` and `pdu.status`), `token` what the caller passed, `rtt` the
-    seconds since it was sent. Its window slot is free again."""
-
-    request_command: Command
-    sequence: int
-    pdu: Pdu
-    token: object
-    rtt: float
-
-
-@dataclass(frozen=True, slots=True)
-class UnexpectedResponse(Event):
-    """A response matching no outstanding request, most often one that came after its
-    request timed out. Nothing is sent back."""
-
-    pdu: Pdu
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseTimeout(Event):
-    """No answer to a `send_request` request within `response_timeout`. The session has
-    forgotten it and freed its slot; whether the peer acted on it is unknown."""
-
-    request_command: Command
-    sequence: int
-    token: object
-
-
-@dataclass(frozen=True, slots=True)
-class PeerProtocolError(Event):
-    """The peer broke the protocol and the session survives: a request the state does
-    not allow, a frame that does not decode, a response of the wrong command. `status`
-    is the command_status we answered with, None if we answered nothing (responses are
-    never answered); `pdu` is None if the frame did not decode. No values in `detail`."""
-
-    detail: str
-    status: int | None
-    sequence: int | None
-    pdu: Pdu | None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEnded(Event):
-    """Base of the events that close the session. `in_doubt`: the caller's requests
-    still unanswered, in the order sent; they may or may not have reached the peer."""
-
-    in_doubt: tuple[InFlight, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Unbound(SessionEnded):
-    """The unbind handshake is done: the peer's unbind, answered (`by_peer`), or ours."""
-
-    by_peer: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BindTimeout(SessionEnded):
-    """Not bound within `session_init_timeout` of connecting, or the bind unanswered."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDead(SessionEnded):
-    """The link is gone though the socket may look open: our enquire_link or unbind
-    went unanswered (`reason`), or nothing arrived for `inactivity_timeout`."""
-
-    reason: Literal["enquire_link", "unbind", "inactivity"]
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolViolation(SessionEnded):
-    """A command_length out of bounds: the stream cannot be followed. `status` is the
-    decoder's (ESME_RINVCMDLEN). Reset the link."""
-
-    status: int
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLost(SessionEnded):
-    """The peer closed the connection (`receive_data(b"")`)."""
-
-
-C = Command
-_BIND_COMMANDS: Mapping[BindMode, Command] = {
-    "transmitter": C.BIND_TRANSMITTER,
-    "receiver": C.BIND_RECEIVER,
-    "transceiver": C.BIND_TRANSCEIVER,
-}
-_BIND_MODES: Mapping[Command, BindMode] = {cmd: mode for mode, cmd in _BIND_COMMANDS.items()}
-_BINDS = frozenset(_BIND_COMMANDS.values())
-_CONTROL = _BINDS | {C.UNBIND, C.ENQUIRE_LINK}  # sent by the session's own methods
-_NO_ANSWER = frozenset({C.OUTBIND, C.ALERT_NOTIFICATION})  # requests without a *_resp
-_BOUND = frozenset({State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX})
-
-_LINK = frozenset({C.ENQUIRE_LINK})
-_BOUND_CONTROL = frozenset({C.ENQUIRE_LINK, C.UNBIND})
-_TO_SMSC = frozenset({C.SUBMIT_SM, C.DATA_SM, C.QUERY_SM}) | _BOUND_CONTROL
-_TO_ESME = frozenset({C.DELIVER_SM, C.DATA_SM, C.ALERT_NOTIFICATION}) | _BOUND_CONTROL
-E, S = Role.ESME, Role.SMSC
-
-# The requests each role may send on a session in each state (SMPP 3.4 §2.3, §4).
-# enquire_link is accepted before the bind completes too: the spec allows it in any
-# state, and some SMSCs probe as soon as the TCP connection is up. In UNBINDING only
-# the peer's own unbind (the two crossed) and probes still pass.
-_MAY_SEND: Mapping[State, Mapping[Role, frozenset[Command]]] = {
-    State.OPEN: {E: _BINDS | _LINK, S: _LINK | {C.OUTBIND}},
-    State.BINDING: {E: _LINK, S: _LINK},
-    State.BOUND_TX: {E: _TO_SMSC, S: _BOUND_CONTROL},
-    State.BOUND_RX: {E: _BOUND_CONTROL, S: _TO_ESME},
-    State.BOUND_TRX: {E: _TO_SMSC, S: _TO_ESME},
-    State.UNBINDING: {E: _BOUND_CONTROL, S: _BOUND_CONTROL},
-    State.CLOSED: {E: frozenset(), S: frozenset()},
-}
-
-# (state, command passing in either direction, its status is ESME_ROK) -> next state.
-# A generic_nack that answers a bind or unbind counts as that bind_resp or unbind_resp.
-_TRANSITIONS: Mapping[tuple[State, Command, bool], State] = {
-    (State.OPEN, C.BIND_TRANSMITTER, True): State.BINDING,
-    (State.OPEN, C.BIND_RECEIVER, True): State.BINDING,
-    (State.OPEN, C.BIND_TRANSCEIVER, True): State.BINDING,
-    (State.BINDING, C.BIND_TRANSMITTER_RESP, True): State.BOUND_TX,
-    (State.BINDING, C.BIND_RECEIVER_RESP, True): State.BOUND_RX,
-    (State.BINDING, C.BIND_TRANSCEIVER_RESP, True): State.BOUND_TRX,
-    (State.BINDING, C.BIND_TRANSMITTER_RESP, False): State.OPEN,
-    (State.BINDING, C.BIND_RECEIVER_RESP, False): State.OPEN,
-    (State.BINDING, C.BIND_TRANSCEIVER_RESP, False): State.OPEN,
-    (State.BOUND_TX, C.UNBIND, True): State.UNBINDING,
-    (State.BOUND_RX, C.UNBIND, True): State.UNBINDING,
-    (State.BOUND_TRX, C.UNBIND, True): State.UNBINDING,
-    (State.UNBINDING, C.UNBIND, True): State.UNBINDING,
-    (State.UNBINDING, C.UNBIND_RESP, True): State.CLOSED,
-    (State.UNBINDING, C.UNBIND_RESP, False): State.CLOSED,
-}
-del C, E, S  # short names for the tables above only
-
-
 class Session:
     """One end of an SMPP 3.4 connection, as `role`; see the module docstring.
 
@@ -363,12 +202,7 @@ class Session:
         self._state = State.OPEN
         self._peer = Role.SMSC if role is Role.ESME else Role.ESME
         self._next_sequence = first_sequence
-        self._pending: dict[int, InFlight] = {}
-        # Kept beside `_pending` so the per-submit questions (room in the window, the
-        # next deadline) cost O(1) and O(log n), not a walk over the window.
-        self._outstanding = 0  # pending requests of the caller's (not control PDUs)
-        self._probes = 0  # enquire_links of ours awaiting an answer
-        self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped
+        self._pending = InFlightTable()
         self._pending_bind: Pdu | None = None
         self._reader = PduReader(self.config.max_pdu_size)
         self._outgoing = bytearray()
@@ -385,11 +219,11 @@ class Session:
     @property
     def in_flight(self) -> tuple[InFlight, ...]:
         """The caller's requests awaiting a response, in the order sent."""
-        return tuple(p for p in self._pending.values() if p.command not in _CONTROL)
+        return tuple(p for p in self._pending if p.command not in CONTROL)
 
     @property
     def outstanding(self) -> int:
-        return self._outstanding
+        return self._pending.outstanding
 
     @property
     def window_free(self) -> int:
@@ -397,9 +231,9 @@ class Session:
 
     def can_send_request(self, command: Command = Command.SUBMIT_SM) -> bool:
         """Whether `send_request(command, …)` would be accepted now."""
-        if command in _CONTROL or command not in _MAY_SEND[self._state][self.role]:
+        if command in CONTROL or command not in MAY_SEND[self._state][self.role]:
             return False
-        return command in _NO_ANSWER or self.window_free > 0
+        return command in NO_ANSWER or self.window_free > 0
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call, to write out in order."""
@@ -424,7 +258,7 @@ class Session:
         interface_version, 0x34 by default). The answer is `Bound` or `BindRejected`."""
         if self.role is not Role.ESME:
             raise LocalProtocolError("only an ESME binds")
-        command = _BIND_COMMANDS[mode]
+        command = BIND_COMMANDS[mode]
         self._check_may_send(command)
         fields: dict[str, Value] = {"system_id": system_id, "password": password}
         fields.update(system_type=system_type, interface_version=INTERFACE_VERSION)
@@ -443,11 +277,11 @@ class Session:
         returns its sequence. The answer comes as `Response` or `ResponseTimeout`
         carrying `token`. LocalProtocolError if the state does not allow `command`, the
         window is full, or a value does not fit its field."""
-        if command in _CONTROL or command.is_response:
+        if command in CONTROL or command.is_response:
             name = command.name.lower()
             raise LocalProtocolError(f"{name}: use bind, unbind, respond or the timers")
         self._check_may_send(command)
-        if command not in _NO_ANSWER and self.window_free <= 0:
+        if command not in NO_ANSWER and self.window_free <= 0:
             raise LocalProtocolError(f"window of {self.config.window} requests is full")
         return self._send_request(command, params, tlvs, token, now)
 
@@ -462,11 +296,11 @@ class Session:
         with an error `status` and no `params` the response has no body."""
         self._check_open()
         command = request.command
-        if command.is_response or command in _NO_ANSWER:
+        if command.is_response or command in NO_ANSWER:
             raise LocalProtocolError(f"{command.name.lower()} takes no answer")
         if command in (Command.ENQUIRE_LINK, Command.UNBIND):
             raise LocalProtocolError(f"the session answers {command.name.lower()} itself")
-        if command not in _BINDS:
+        if command not in BINDS:
             self._send(request.response(status, params, tlvs))
             return
         pending = self._pending_bind
@@ -499,8 +333,6 @@ class Session:
         in_doubt = self.in_flight
         self._state = State.CLOSED
         self._pending.clear()
-        self._outstanding = self._probes = 0
-        self._deadlines.clear()
         self._pending_bind = None
         return in_doubt
 
@@ -534,7 +366,7 @@ class Session:
         if self.closed:
             return None
         timers = (self._init_deadline(), self._inactive_deadline(), self._probe_due())
-        first = self._first_pending()
+        first = self._pending.first_due()
         deadlines = [] if first is None else [first.deadline]
         return min([*deadlines, *(t for t in timers if t is not None)], default=None)
 
@@ -549,9 +381,9 @@ class Session:
         if inactive is not None and now >= inactive:
             return [LinkDead(in_doubt=self.close(), reason="inactivity")]
         events: list[Event] = []
-        while (pending := self._first_pending()) is not None and pending.deadline <= now:
-            self._untrack(pending.sequence)
-            if pending.command in _BINDS:
+        while (pending := self._pending.first_due()) is not None and pending.deadline <= now:
+            self._pending.untrack(pending.sequence)
+            if pending.command in BINDS:
                 return [*events, BindTimeout(in_doubt=self.close())]
             if pending.command is Command.ENQUIRE_LINK:
                 return [*events, LinkDead(in_doubt=self.close(), reason="enquire_link")]
@@ -575,9 +407,9 @@ class Session:
 
     def _probe_due(self) -> float | None:
         interval = self.config.enquire_link_interval
-        if interval is None or self._state not in _BOUND:
+        if interval is None or self._state not in BOUND:
             return None
-        if self._probes:
+        if self._pending.probes:
             return None  # one probe at a time; its response timer decides
         return self._last_received + interval
 
@@ -589,12 +421,12 @@ class Session:
 
     def _check_may_send(self, command: Command) -> None:
         self._check_open()
-        if command not in _MAY_SEND[self._state][self.role]:
+        if command not in MAY_SEND[self._state][self.role]:
             role, state = self.role.value, self._state.value
             raise LocalProtocolError(f"{role} may not send {command.name.lower()} in {state}")
 
     def _advance(self, command: Command, ok: bool) -> None:
-        self._state = _TRANSITIONS.get((self._state, command, ok), self._state)
+        self._state = TRANSITIONS.get((self._state, command, ok), self._state)
 
     def _send(self, pdu: Pdu) -> None:
         try:
@@ -610,42 +442,11 @@ class Session:
         # Reusing a number still outstanding would take 2**31 requests within one
         # response timeout, so numbers are not checked against `_pending`.
         self._next_sequence = sequence % MAX_SEQUENCE + 1
-        if command not in _NO_ANSWER:
+        if command not in NO_ANSWER:
             deadline = now + self.config.response_timeout
-            self._track(InFlight(command, sequence, token, now, deadline))
+            self._pending.track(InFlight(command, sequence, token, now, deadline))
         self._advance(command, True)
         return sequence
-
-    def _track(self, pending: InFlight) -> None:
-        self._pending[pending.sequence] = pending
-        heapq.heappush(self._deadlines, (pending.deadline, pending.sequence))
-        if len(self._deadlines) > 2 * len(self._pending) + 64:
-            # Answered entries behind a slow one pile up; rebuild from what is pending.
-            self._deadlines = [(p.deadline, p.sequence) for p in self._pending.values()]
-            heapq.heapify(self._deadlines)
-        if pending.command is Command.ENQUIRE_LINK:
-            self._probes += 1
-        elif pending.command not in _CONTROL:
-            self._outstanding += 1
-
-    def _untrack(self, sequence: int) -> InFlight:
-        pending = self._pending.pop(sequence)
-        if pending.command is Command.ENQUIRE_LINK:
-            self._probes -= 1
-        elif pending.command not in _CONTROL:
-            self._outstanding -= 1
-        return pending
-
-    def _first_pending(self) -> InFlight | None:
-        """The pending request with the earliest deadline; drops answered ones' entries."""
-        heap = self._deadlines
-        while heap:
-            deadline, sequence = heap[0]
-            pending = self._pending.get(sequence)
-            if pending is not None and pending.deadline == deadline:
-                return pending
-            heapq.heappop(heap)
-        return None
 
     def _refuse(self, command_id: int, sequence: int, status: int) -> None:
         """Answer a request we will not process: its *_resp, or generic_nack if none."""
@@ -667,8 +468,8 @@ class Session:
         if pdu.command.is_response:
             return self._on_response(pdu, now)
         command = pdu.command
-        if command not in _MAY_SEND[self._state][self._peer]:
-            bound = command in _BINDS and self._state is not State.OPEN
+        if command not in MAY_SEND[self._state][self._peer]:
+            bound = command in BINDS and self._state is not State.OPEN
             status = Status.ESME_RALYBND if bound else Status.ESME_RINVBNDSTS
             self._refuse(command, pdu.sequence, status)
             detail = f"{self._peer.value} sent {command.name.lower()} in {self._state.value}"
@@ -681,9 +482,9 @@ class Session:
             self._send(pdu.response())
             self._advance(Command.UNBIND_RESP, True)
             return [Unbound(in_doubt=self.close(), by_peer=True)]
-        if command in _BINDS:
+        if command in BINDS:
             self._pending_bind = pdu
-            return [BindRequest(pdu, _BIND_MODES[command])]
+            return [BindRequest(pdu, BIND_MODES[command])]
         return [Outbind(pdu) if command is Command.OUTBIND else Request(pdu)]
 
     def _on_response(self, pdu: Pdu, now: float) -> list[Event]:
@@ -694,13 +495,13 @@ class Session:
         if pdu.command not in (answer, Command.GENERIC_NACK):
             detail = f"{pdu.command.name.lower()} answers {command.name.lower()}"
             return [PeerProtocolError(detail, None, pdu.sequence, pdu)]
-        self._untrack(pdu.sequence)
+        self._pending.untrack(pdu.sequence)
         ok = pdu.command is answer and pdu.status == Status.ESME_ROK
         self._advance(answer, ok)
-        if command in _BINDS:
+        if command in BINDS:
             if not ok:
                 return [BindRejected(pdu.status, pdu)]
-            return [Bound(_BIND_MODES[command], str(pdu.params.get("system_id", "")), pdu)]
+            return [Bound(BIND_MODES[command], str(pdu.params.get("system_id", "")), pdu)]
         if command is Command.UNBIND:
             return [Unbound(in_doubt=self.close(), by_peer=False)]
         if command is Command.ENQUIRE_LINK:
