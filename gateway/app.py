@@ -55,6 +55,7 @@ from gateway.logs import exception_summary
 from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
 from gateway.models import Priority
+from gateway.panel_store import PanelStore
 from gateway.ratelimit import TokenBucket
 from gateway.reminders.planner import Planner
 from gateway.reminders.usecase import ReminderRules
@@ -422,9 +423,10 @@ class Gateway:
             self._spawn(directory.watch())  # health sees an outage with nobody signing in
 
     @functools.cached_property
-    def admin_repo(self) -> AdminRepo:
-        """The panel's users and sessions tables."""
-        return AdminRepo(self.store)
+    def admin_repo(self) -> PanelStore:
+        """The panel's users and sessions: this node's tables, or on a cluster the
+        shared ones."""
+        return AdminRepo(self.store) if self.cluster is None else self.cluster.panel
 
     def _shared_ledger(self) -> ConsentLedger | None:
         """On a cluster, the consent ledger every node shares."""

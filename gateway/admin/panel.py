@@ -49,7 +49,7 @@ from gateway.panel_users import User
 from gateway.usecases.caller import Caller
 
 if TYPE_CHECKING:  # built by the composition root (`Gateway.admin_repo`)
-    from gateway.store.panel_sql import AdminRepo
+    from gateway.panel_store import PanelStore
 
 log = structlog.get_logger("smsgw.admin")
 
@@ -99,7 +99,7 @@ def panel_routes() -> tuple[PanelRoute, ...]:
 @dataclass
 class Panel:
     gateway: Gateway
-    repo: AdminRepo
+    repo: PanelStore
     sessions: SessionManager
     accounts: Accounts
     routes: tuple[PanelRoute, ...]
