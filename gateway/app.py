@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -421,6 +422,14 @@ class Gateway:
             raise StartupFault(str(e), exit_code=2) from None
         if dispatch and directory is not None:
             self._spawn(directory.watch())  # health sees an outage with nobody signing in
+
+    @functools.cached_property
+    def panel_csrf_key(self) -> bytes:
+        """The key of the login form's CSRF token: this process's own, or on a cluster
+        one every node derives alike, so a form served by one node posts to another."""
+        if self.cluster is None:
+            return secrets.token_bytes(32)
+        return self.cluster.panel.csrf_key()
 
     @functools.cached_property
     def admin_repo(self) -> PanelStore:

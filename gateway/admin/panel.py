@@ -115,7 +115,7 @@ class Panel:
             SessionManager(repo, gateway.clock, c.idle_timeout, c.absolute_lifetime),
             Accounts(repo, gateway.audit, gateway.clock, c, gateway.directory),
             panel_routes(),
-            secrets.token_bytes(32),
+            gateway.panel_csrf_key,
         )
 
 

@@ -77,6 +77,10 @@ class ClusterPanel:
         self._keys = keys
         self._local = local
 
+    def csrf_key(self) -> bytes:
+        """The login form's CSRF key, the same on every node (the shared keyring's)."""
+        return self._cipher.keyed_digest("panel pre-session csrf")
+
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._pool.connection() as conn:
             return await (await conn.execute(sql.encode(), params)).fetchall()

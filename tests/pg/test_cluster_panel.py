@@ -19,7 +19,7 @@ from yarl import URL
 
 from drivers.clock import FakeClock, SystemClock
 from gateway.admin import passwords
-from gateway.admin.panel import SESSION_COOKIE
+from gateway.admin.panel import PRE_SESSION_COOKIE, SESSION_COOKIE
 from gateway.app import Gateway
 from gateway.cluster.lease import Pool
 from gateway.cluster.panel import ClusterPanel
@@ -135,6 +135,15 @@ async def test_users_passwords_and_sessions_hold_on_every_node(
     b.client.session.cookie_jar.clear()
 
     await a.add_user("alice", Role.OPERATOR)  # made on A
+    # The login form served by A, posted to B (pre-session cookie and token alike).
+    form_token = await a.csrf("/login")
+    pre = a.cookie(PRE_SESSION_COOKIE)
+    assert pre is not None
+    b.client.session.cookie_jar.update_cookies({PRE_SESSION_COOKIE: pre}, URL(b.origin + "/"))
+    signed = await b.post("/login", {"username": "alice", "password": PASSWORD}, token=form_token)
+    assert signed.status == 303
+    b.client.session.cookie_jar.clear()
+    a.client.session.cookie_jar.clear()
     token = await b.login_ok("alice")  # signs in on B
     form = {"current_password": PASSWORD, "new_password": NEW, "confirm_password": NEW}
     r = await b.post("/account/password", form, token=token)
