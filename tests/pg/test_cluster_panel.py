@@ -26,6 +26,7 @@ from gateway.cluster.panel import ClusterPanel
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.config import from_mapping
 from gateway.http_app import build_app, runner_options
+from gateway.ops import registry
 from gateway.panel_users import Role
 from gateway.store import crypto
 from gateway.store.panel_sql import AdminRepo
@@ -168,6 +169,32 @@ async def test_users_passwords_and_sessions_hold_on_every_node(
     a.clock.advance(idle)
     assert await _page_status(b) == (303, "/login")
     assert await _page_status(a) == (303, "/login")
+
+
+async def test_the_console_through_a_running_node_acts_on_the_shared_users(
+    panels: tuple[PanelClient, PanelClient],
+) -> None:
+    a, b = panels
+    said: list[str] = []
+    args = {"username": "dora", "role": "viewer", "password": PASSWORD}
+    # What `smsgw user add` / `disable` run through gw1's socket do.
+    for name, given in (("user.add", args), ("user.disable", {"username": "dora"})):
+        code = await registry.run_in(
+            a.gw.config,
+            a.gw.store,
+            a.gw.store.master_key,
+            name,
+            given,
+            actor="console",
+            out=said.append,
+            err=said.append,
+            clock=a.gw.clock,
+            gateway=a.gw,
+        )
+        assert code == 0, said
+    found = await b.gw.admin_repo.user_by_name("dora")
+    assert found is not None and found[0].disabled
+    assert await AdminRepo(a.gw.store).user_by_name("dora") is None  # not the node's own
 
 
 async def test_wrong_passwords_split_across_nodes_get_at_most_the_configured_checks(
