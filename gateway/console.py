@@ -26,6 +26,7 @@ from gateway.config import Config
 from gateway.consent import token_purposes
 from gateway.ops import client
 from gateway.ops.registry import OpContext, op
+from gateway.panel_store import PanelStore
 from gateway.panel_users import Role, UserExists
 from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.panel_sql import AdminRepo
@@ -53,8 +54,14 @@ def audit_trail(store: Store, config: Config) -> AuditTrail:
 # -- the ops ---------------------------------------------------------------------------
 
 
+def _panel(ctx: OpContext) -> PanelStore:
+    """Inside the daemon its panel store (on a cluster the shared one), else the
+    node's own tables (copied up at its first start on a cluster)."""
+    return AdminRepo(ctx.store) if ctx.gateway is None else ctx.gateway.admin_repo
+
+
 def _accounts(ctx: OpContext) -> Accounts:
-    return Accounts(AdminRepo(ctx.store), ctx.audit, ctx.clock, ctx.config.admin)
+    return Accounts(_panel(ctx), ctx.audit, ctx.clock, ctx.config.admin)
 
 
 @op("user.add")
@@ -83,7 +90,7 @@ async def user_add(ctx: OpContext, args: dict[str, Any]) -> int:
 @op("user.list")
 async def user_list(ctx: OpContext, args: dict[str, Any]) -> int:
     ctx.out(USER_HEADER)
-    for u in await AdminRepo(ctx.store).users():
+    for u in await _panel(ctx).users():
         state = "disabled" if u.disabled else "active"
         factor = "totp" if u.totp_enabled else "-"
         ctx.out(f"{u.id:12}  {state:8} {u.role.value:8} {factor:4} {u.username}")

@@ -8,6 +8,7 @@ and clock the first time it is asked for, and once.
 from __future__ import annotations
 
 import functools
+import secrets
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from gateway.keys.rekey import RekeyJob
 from gateway.links.usecase import Links
 from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
+from gateway.panel_store import PanelStore
 from gateway.reminders.planner import Planner
 from gateway.reminders.usecase import ReminderRules
 from gateway.replies.usecase import Replies
@@ -172,9 +174,18 @@ class UseCaseWiring:
         )
 
     @functools.cached_property
-    def admin_repo(self) -> AdminRepo:
-        """The panel's users and sessions tables."""
-        return AdminRepo(self.store)
+    def panel_csrf_key(self) -> bytes:
+        """The key of the login form's CSRF token: this process's own, or on a cluster
+        one every node derives alike, so a form served by one node posts to another."""
+        if self.cluster is None:
+            return secrets.token_bytes(32)
+        return self.cluster.panel.csrf_key()
+
+    @functools.cached_property
+    def admin_repo(self) -> PanelStore:
+        """The panel's users and sessions: this node's tables, or on a cluster the
+        shared ones."""
+        return AdminRepo(self.store) if self.cluster is None else self.cluster.panel
 
     def _shared_ledger(self) -> ConsentLedger | None:
         """On a cluster, the consent ledger every node shares."""

@@ -16,7 +16,6 @@ from gateway.admin import totp
 from gateway.admin.accounts import Accounts
 from gateway.app import Gateway
 from gateway.panel_users import Role, User
-from gateway.store.panel_sql import AdminRepo
 
 PASSWORD = "violet staircase under the harbour"
 _CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
@@ -38,9 +37,7 @@ class PanelClient:
 
     @functools.cached_property
     def accounts(self) -> Accounts:
-        return Accounts(
-            AdminRepo(self.gw.store), self.gw.audit, self.gw.clock, self.gw.config.admin
-        )
+        return Accounts(self.gw.admin_repo, self.gw.audit, self.gw.clock, self.gw.config.admin)
 
     async def add_user(
         self, username: str, role: Role = Role.ADMIN, password: str = PASSWORD
@@ -90,7 +87,7 @@ class PanelClient:
         return await self.csrf("/account")
 
     async def totp_secret(self, user_id: str) -> str:
-        found = await AdminRepo(self.gw.store).user_by_id(user_id)
+        found = await self.gw.admin_repo.user_by_id(user_id)
         assert found is not None and found[1].totp_secret is not None
         return found[1].totp_secret
 

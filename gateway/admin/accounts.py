@@ -37,8 +37,8 @@ from gateway.usecases.audit import DetailValue
 
 if TYPE_CHECKING:  # all built by the composition root (`app.py`)
     from gateway.directory.service import Directory
+    from gateway.panel_store import PanelStore
     from gateway.store.audit_log import AuditTrail
-    from gateway.store.panel_sql import AdminRepo
 
 log = structlog.get_logger("smsgw.admin")
 MAX_DIRECTORY_NAME = 256
@@ -90,7 +90,7 @@ def _source_key(source: str) -> str:
 class Accounts:
     def __init__(
         self,
-        repo: AdminRepo,
+        repo: PanelStore,
         audit: AuditTrail,
         clock: Clock,
         config: AdminConfig,

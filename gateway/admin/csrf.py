@@ -4,7 +4,8 @@ Two independent checks, both required: the request comes from this origin (`Orig
 or `Referer` when a browser sent no `Origin`; `Sec-Fetch-Site: cross-site` is refused
 outright), and it carries the synchronizer token (form field `csrf` or header
 `X-CSRF-Token`). The token is the session's; before login (the login form itself) it
-is an HMAC, under a per-process key, of a random pre-session cookie. `SameSite=Strict`
+is an HMAC, under a per-process key (on a cluster one derived from the shared keyring,
+so a form served by one node posts to another), of a random pre-session cookie. `SameSite=Strict`
 on the cookies is a third layer.
 """
 

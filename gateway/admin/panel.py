@@ -49,7 +49,7 @@ from gateway.panel_users import User
 from gateway.usecases.caller import Caller
 
 if TYPE_CHECKING:  # built by the composition root (`Gateway.admin_repo`)
-    from gateway.store.panel_sql import AdminRepo
+    from gateway.panel_store import PanelStore
 
 log = structlog.get_logger("smsgw.admin")
 
@@ -99,7 +99,7 @@ def panel_routes() -> tuple[PanelRoute, ...]:
 @dataclass
 class Panel:
     gateway: Gateway
-    repo: AdminRepo
+    repo: PanelStore
     sessions: SessionManager
     accounts: Accounts
     routes: tuple[PanelRoute, ...]
@@ -115,7 +115,7 @@ class Panel:
             SessionManager(repo, gateway.clock, c.idle_timeout, c.absolute_lifetime),
             Accounts(repo, gateway.audit, gateway.clock, c, gateway.directory),
             panel_routes(),
-            secrets.token_bytes(32),
+            gateway.panel_csrf_key,
         )
 
 

@@ -23,7 +23,7 @@ from drivers.clock import Clock
 from gateway.panel_users import SessionRow
 
 if TYPE_CHECKING:  # built by the composition root (`Gateway.admin_repo`)
-    from gateway.store.panel_sql import AdminRepo
+    from gateway.panel_store import PanelStore
 
 Stage = Literal["mfa", "full"]
 TOUCH_EVERY = 5.0
@@ -52,7 +52,7 @@ class Ended:
 
 
 class SessionManager:
-    def __init__(self, repo: AdminRepo, clock: Clock, idle: float, absolute: float) -> None:
+    def __init__(self, repo: PanelStore, clock: Clock, idle: float, absolute: float) -> None:
         self._repo = repo
         self._clock = clock
         self.idle = idle

@@ -13,11 +13,12 @@ failure.
 Theory of operation. An attempt is counted as failed *before* it is checked:
 `reserve()` takes the counts as they stand and either refuses (with the wait) or
 returns them with this attempt added, locks included. The caller writes that in the
-same writer transaction it read the counts in (`AdminRepo.reserve_attempt`), so
+same transaction it read the counts in (`PanelStore.reserve_attempt`: SQLite's one
+writer, or on a cluster PostgreSQL locks on the keys, so the nodes queue alike), so
 parallel attempts queue on the count, not on the check: however many arrive at once,
 only as many pass as the throttle allows, and the costly argon2 run (or the code check)
 happens only for those. A success then clears the count it proved and takes its one
-failure back from the others (`AdminRepo.settle_attempt`).
+failure back from the others (`PanelStore.settle_attempt`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A code is accepted for the current step or one step either side (clock drift), and
 only for a step later than the last one the user spent: `match_step` returns the step
-so the caller stores it atomically (`AdminRepo.spend_totp_step`), which refuses a
+so the caller stores it atomically (`PanelStore.spend_totp_step`), which refuses a
 second use of the same code even by two concurrent requests.
 """
 

@@ -12,6 +12,9 @@ heaps, so the survivors send what a dead node held. A poll behind the NOTIFY ado
 rows that waited longer than a lease with no node claiming them (a node that died with
 queued messages in its heaps, not only `sending` ones).
 
+Panel users and sessions are shared (`panel.py`): the users in the node's own SQLite
+at its first start are copied up once, before the first request.
+
 Keys and audit: the queue's cipher is built from the shared keyring
 (`shared_keys.py`) and takes up a rotation made on any node at the next heartbeat; the
 node's audit entries are copied into its chain in PostgreSQL and anchors written
@@ -39,6 +42,7 @@ from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered
+from gateway.cluster.panel import ClusterPanel
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
@@ -54,6 +58,7 @@ from gateway.logs import exception_summary
 from gateway.startup import StartupFault
 from gateway.store import crypto
 from gateway.store.audit_log import audit_key
+from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.cluster")
@@ -82,6 +87,7 @@ class ClusterNode:
         self.keys = keys
         self.shipper = shipper
         self.tokens = ClusterTokens(pool)
+        self.panel = ClusterPanel(pool, queue.cipher, keys, AdminRepo(store))
         self._store = store
         self._clock = clock
         self._notifier = Notifier(pool, clock)
@@ -158,6 +164,7 @@ class ClusterNode:
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
             await node.tokens.copy_local(store.reader)  # before the first request
+            await node.panel.copy_local_once(store.reader, settings.node_id, clock.time())
             await membership.start()
         except BaseException:
             await pool.close()

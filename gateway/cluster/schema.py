@@ -394,6 +394,54 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at  double precision
     );
     """,
+    # 7: reserved (another branch's migration; the merger puts it here).
+    "SELECT 1",
+    # 8 (issue 18, panel users): the panel's users, sessions, sign-in failure counts and
+    #    role policies shared by every node (`gateway/cluster/panel.py`), as SQLite's
+    #    tables; `panel_copied_up` names the nodes whose own users were copied up.
+    """
+    CREATE TABLE panel_users (
+        id                  text PRIMARY KEY,
+        username            text NOT NULL,
+        role                text NOT NULL,
+        password_hash       text NOT NULL,
+        password_changed_at double precision NOT NULL,
+        totp_secret_ct      bytea,
+        totp_enabled        boolean NOT NULL DEFAULT false,
+        totp_last_step      bigint NOT NULL DEFAULT 0,
+        created_at          double precision NOT NULL,
+        disabled_at         double precision,
+        directory_id        text,
+        role_checked_at     double precision
+    );
+    -- SQLite's `COLLATE NOCASE`: one account per name whatever its case.
+    CREATE UNIQUE INDEX panel_users_name ON panel_users (lower(username));
+    CREATE UNIQUE INDEX panel_users_directory_id ON panel_users (directory_id)
+        WHERE directory_id IS NOT NULL;
+    CREATE TABLE panel_sessions (
+        id_hash     bytea PRIMARY KEY,
+        user_id     text NOT NULL REFERENCES panel_users (id) ON DELETE CASCADE,
+        stage       text NOT NULL,
+        csrf_token  text NOT NULL,
+        created_at  double precision NOT NULL,
+        last_seen   double precision NOT NULL
+    );
+    CREATE INDEX panel_sessions_user ON panel_sessions (user_id);
+    CREATE TABLE panel_login_failures (
+        key           text PRIMARY KEY,
+        failures      integer NOT NULL,
+        last_failure  double precision NOT NULL,
+        locked_until  double precision
+    );
+    CREATE TABLE panel_role_policies (
+        role           text PRIMARY KEY,
+        totp_required  boolean NOT NULL
+    );
+    CREATE TABLE panel_copied_up (
+        node_id  text PRIMARY KEY,
+        at       double precision NOT NULL
+    );
+    """,
 )
 
 
