@@ -30,9 +30,9 @@ from gateway.cluster.consent_store import ClusterLedger
 from gateway.cluster.lease import Pool
 from gateway.cluster.schema import migrate
 from gateway.config import from_mapping
-from gateway.errors import ApiError
 from gateway.consent.ledger import Entry
 from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
+from gateway.errors import ApiError
 from gateway.models import State
 from gateway.store import crypto
 from gateway.store.claim_check import Held
@@ -368,20 +368,29 @@ async def test_a_revocation_on_b_opts_out_and_is_reviewed_from_a(
     nodes: Nodes, clock: FakeClock
 ) -> None:
     """MSG-4 on a cluster: "please stop texting me" to B opts out (confirmed once) and
-    opens one review, listed with its text and resolved from A; once only."""
+    opens one review, listed with its text and resolved over A's API; once only."""
     text = "please stop texting me"
     await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, text, SHORT_CODE))
     assert await compliance(nodes) == [("consent:opt_out_all:default", "queued")]
-    staff = await caller(nodes.a, "consent", "read", "phi")
-    (item,) = await nodes.a.usecases.consent.reviews(staff, texts=True)
-    assert (item.reason, item.program, item.text) == ("phrase", "default", text)
-    assert item.number_masked == staff.mask(CANARY_NUMBER)
-    clock.advance(60)
-    done = await nodes.a.usecases.consent.resolve(staff, item.id, "correct")
-    assert (done.resolution, len(done.recorded)) == ("corrected", 1)
+    staff = await caller(nodes.b, "consent", "read", "phi")
+    async with contextlib.asynccontextmanager(_api)(nodes.a, frozenset({"consent", "phi"})) as a:
+        if nodes.a.cluster is not None:  # the token made in A's own store: shared now
+            await nodes.a.cluster.tokens.copy_local(nodes.a.store.reader)
+        r = await a.get("/api/v1/consents/reviews?texts=true")
+        assert r.status == 200, await r.text()
+        (item,) = (await r.json())["items"]
+        assert (item["reason"], item["program"], item["text"]) == ("phrase", "default", text)
+        assert item["number_masked"] == staff.mask(CANARY_NUMBER)
+        clock.advance(60)
+        path = f"/api/v1/consents/reviews/{item['id']}/resolve"
+        r = await a.post(path, {"action": "correct"})
+        assert r.status == 200, await r.text()
+        done = await r.json()
+        assert (done["resolution"], len(done["opt_ins"])) == ("corrected", 1)
+        await _error(await a.post(path, {"action": "confirm"}), 404, "not_found")
     assert await nodes.b.usecases.consent.reviews(staff) == []
     with pytest.raises(ApiError) as again:
-        await nodes.b.usecases.consent.resolve(staff, item.id, "confirm")
+        await nodes.b.usecases.consent.resolve(staff, item["id"], "confirm")
     assert (again.value.status, again.value.code) == (404, "not_found")
     view = await nodes.b.usecases.consent.lookup(staff, CANARY_NUMBER)
     assert [(h.decision, h.source) for h in view.history] == [
