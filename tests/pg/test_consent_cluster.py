@@ -345,11 +345,14 @@ async def test_start_on_b_lifts_a_stop_received_on_a(nodes: Nodes, clock: FakeCl
 
 async def test_help_from_a_stranger_on_a_is_answered_once(nodes: Nodes) -> None:
     """MSG-8 on a cluster: the program's HELP text, queued on the shared queue under
-    the inbound's reply id; nothing is decided."""
+    the inbound's reply id; nothing is decided. A look-alike on B: a review only."""
     await nodes.a.sink.inbound("main", InboundSms(OTHER, "help", SHORT_CODE))
     assert await compliance(nodes, OTHER) == [("consent:help:default", "queued")]
-    staff = await caller(nodes.b, "consent", "phi")
-    assert (await nodes.b.usecases.consent.lookup(staff, OTHER)).history == ()
+    await nodes.b.sink.inbound("main", InboundSms(OTHER, "stopping by later", SHORT_CODE))
+    assert len(await compliance(nodes, OTHER)) == 1
+    staff = await caller(nodes.a, "consent", "phi")
+    assert (await nodes.a.usecases.consent.lookup(staff, OTHER)).history == ()
+    assert [r.reason for r in await nodes.a.usecases.consent.reviews(staff)] == ["ambiguous"]
 
 
 async def test_an_auto_responder_answering_both_nodes_is_cut_at_the_limit(
