@@ -21,6 +21,7 @@ from gateway.api import handlers as h
 from gateway.api import reminder_rules, surveys
 from gateway.api import templates as t
 from gateway.api.cluster import CLUSTER_ENDPOINTS
+from gateway.api.consent_reviews import REVIEW_ENDPOINTS
 from gateway.api.endpoint import INVALID_QUERY, Endpoint
 from gateway.api.erasure import ERASURE_ENDPOINTS
 from gateway.api.hl7_endpoints import HL7_ENDPOINTS
@@ -490,6 +491,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("GET", "/api/v1/openapi.json", h.openapi_document, None, "This document"),
     *CONSENT_ENDPOINTS,
+    *REVIEW_ENDPOINTS,
     *ap.ENDPOINTS,
     *HL7_ENDPOINTS,
     *t.endpoints(Endpoint),

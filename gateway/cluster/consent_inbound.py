@@ -1,5 +1,5 @@
-"""STOP and START on a cluster node: the decision, its suppression and the one
-confirmation commit in ONE PostgreSQL transaction.
+"""STOP, START and HELP on a cluster node: the decision, its suppression, its review and
+the one answer commit in ONE PostgreSQL transaction.
 
 Inbound messages stay in each node's SQLite store (the sink files them there); what a
 keyword decides is shared. `decide` runs on the writer thread in the inbound's
@@ -12,10 +12,11 @@ queue under the inbound's `reply_id`, so one inbound never gets two. The rules a
 SQLite's (`gateway/consent/inbound.py`): the scopes from the last message that left
 for the number in the program, a STOP that changed something confirmed whatever the
 auto-reply limit, a repeated one within the hour not confirmed again; START only when
-opted out, YES only right after our opt-out confirmation.
-
-Not here yet (docs/ops/cluster.md): HELP answers and ambiguous texts (the review
-queue is per node); a revocation phrase opts out but opens no review.
+opted out, YES only right after our opt-out confirmation; HELP answered (the
+opted-out text if opted out) within the auto-reply limit, counted on the shared queue
+under the contact's lock, so no two nodes together answer an auto-responder more than
+the limit allows (R-OPT-1). A revocation phrase also opens a review, and a look-alike
+only a review, in the shared queue (`consent_reviews.py`), one per inbound message.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import consent_store
+from gateway.cluster.consent_reviews import open_review
 from gateway.cluster.consent_store import SharedWithdrawal
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.config import Config
 from gateway.consent import ledger
-from gateway.consent.answers import HOUR, Recipient, reply_id
+from gateway.consent.answers import ANSWERED_IN_HOUR, HOUR, Recipient, answered_params, reply_id
 from gateway.consent.inbound import (
     _LEFT,
     _OPT_IN,
@@ -46,6 +48,7 @@ from gateway.consent.inbound import (
 )
 from gateway.consent.keywords import Action, Match
 from gateway.consent.purposes import (
+    APPOINTMENT_SCOPE_PREFIX,
     KIND_OF,
     SCOPE_ALL,
     Kind,
@@ -86,7 +89,7 @@ class ClusterInboundConsent(InboundConsent):
         if not self._config.enabled:
             return None
         match = self._matcher.classify(s.body)
-        if match.action not in (*_OPT_OUT, *_OPT_IN):
+        if match.action is Action.NONE:
             return None
         number = _sender_number(s.sender, self._region)
         if number is None:
@@ -111,8 +114,12 @@ class ClusterInboundConsent(InboundConsent):
                 return  # decided before (the same inbound handed over again)
             if match.action in _OPT_OUT:
                 done = await step.opt_out(conn)
-            else:
+            elif match.action in _OPT_IN:
                 done = await step.opt_in(conn)
+            elif match.action is Action.HELP:
+                done = await step.help(conn)
+            else:
+                done = await step.ambiguous(conn)
         if done.reply is not None:
             self._scheduler.add(done.reply)
         log.info(
@@ -121,7 +128,7 @@ class ClusterInboundConsent(InboundConsent):
             action=match.action.value,
             program=program,
             decisions=done.decisions,
-            review=False,
+            review=done.review,
             reply=None if done.reply_kind is None else done.reply_kind.value,
             reply_id=None if done.reply is None else done.reply.id,
             withheld=done.withheld,
@@ -144,8 +151,9 @@ class _Shared:
         kind: Reply | None = None,
         withheld: str | None = None,
     ) -> Handled:
+        review = self.match.action in (Action.REVOCATION, Action.AMBIGUOUS)
         return Handled(
-            self.s.id, self.match.action, self.to.program, decisions, False, reply, kind, withheld
+            self.s.id, self.match.action, self.to.program, decisions, review, reply, kind, withheld
         )
 
     async def opt_out(self, conn: Conn) -> Handled:
@@ -173,6 +181,8 @@ class _Shared:
                 message_id=None if last is None else last[0],
             )
             await self._append(conn, entry)
+        if revocation:
+            await self._review(conn, "phrase")
         kind = Reply.OPT_OUT_ALL if SCOPE_ALL in scopes else Reply.OPT_OUT
         since = s.received_at - HOUR
         if not new and await _one(
@@ -214,6 +224,24 @@ class _Shared:
         await self._append(conn, entry)
         return await self._answer(conn, 1, Reply.OPT_IN, forced=False)
 
+    async def help(self, conn: Conn) -> Handled:
+        # `STOP 1234` stopped one appointment's texts: still subscribed to the rest.
+        out = await _currently_out(conn, self.to.idx, self.to.program, appointments=False)
+        if out and not self.o._config.answer_help_opted_out:
+            return self._done(0, withheld="opted_out")
+        kind = Reply.HELP_OPTED_OUT if out else Reply.HELP
+        return await self._answer(conn, 0, kind, forced=False)
+
+    async def ambiguous(self, conn: Conn) -> Handled:
+        await self._review(conn, "ambiguous")
+        return self._done(0)
+
+    async def _review(self, conn: Conn, why: str) -> None:
+        o = self.o
+        await open_review(
+            conn, o._queue.cipher, self.s, self.to.idx, self.to.program, why, o._node_id
+        )
+
     async def _append(self, conn: Conn, entry: ledger.Entry) -> None:
         # The shared keyring's cipher: it takes up a rotation made on any node.
         await consent_store.append(conn, self.o._queue.cipher, entry, self.o._node_id)
@@ -222,15 +250,10 @@ class _Shared:
     async def _answer(self, conn: Conn, decisions: int, kind: Reply, *, forced: bool) -> Handled:
         to, s, o = self.to, self.s, self.o
         if not forced:
-            sent = await _one(
-                conn,
-                "SELECT count(*) FROM messages WHERE to_index = %s AND purpose = %s"
-                " AND created_at > %s",
-                to.idx,
-                Purpose.COMPLIANCE.value,
-                s.received_at - HOUR,
+            (sent,) = await _one(
+                conn, ANSWERED_IN_HOUR.replace("?", "%s"), *answered_params(to, s.received_at)
             )
-            if sent is not None and int(sent[0]) >= o._config.auto_replies_per_hour:
+            if o._answers.limit_reached(int(sent)):
                 return self._done(decisions, withheld="limit")
         found = await _one(conn, "SELECT language FROM contacts WHERE idx = %s", to.idx)
         language = o._book.language_for(
@@ -291,16 +314,22 @@ async def _already_out(conn: Conn, idx: bytes, program: str, scope: str) -> bool
     return row is not None and row[0] == "out" and row[1] in _covering(scope)
 
 
-async def _currently_out(conn: Conn, idx: bytes, program: str) -> bool:
-    """`inbound._currently_out` on PostgreSQL (appointments' opt-outs count)."""
+async def _currently_out(
+    conn: Conn, idx: bytes, program: str, *, appointments: bool = True
+) -> bool:
+    """`inbound._currently_out` on PostgreSQL."""
     row = await _one(
         conn,
         "SELECT 1 FROM consent_state WHERE contact_idx = %s AND program IN (%s, '*')"
-        " AND opted = 'out' AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
+        " AND opted = 'out' AND (%s OR substr(scope, 1, %s) <> %s)"
+        " AND seq > (SELECT coalesce(max(seq), 0) FROM consent_state"
         " WHERE contact_idx = %s AND program IN (%s, '*') AND scope = %s AND opted = 'in')"
         " LIMIT 1",
         idx,
         program,
+        appointments,
+        len(APPOINTMENT_SCOPE_PREFIX),
+        APPOINTMENT_SCOPE_PREFIX,
         idx,
         program,
         SCOPE_ALL,

@@ -27,6 +27,7 @@ from gateway.cluster.nodes import Incarnation
 from gateway.consent import import_rule, ledger
 from gateway.consent.ledger import ALL_PROGRAMS, Entry, LedgerRow, contact_row_id
 from gateway.consent.purposes import SCOPE_ALL, Purpose
+from gateway.consent.review_store import ReviewQueue
 from gateway.consent.settings import DEFAULT_PROGRAM, ConsentConfig, policy_table
 from gateway.models import State
 from gateway.store.consent_sql import (
@@ -233,11 +234,14 @@ class ClusterLedger:
         cipher: FieldCipher,
         node_id: str,
         withdrawal: SharedWithdrawal | None = None,
+        *,
+        reviews: ReviewQueue,  # `consent_reviews.ClusterReviews` (which builds on this module)
     ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._node_id = node_id
         self._withdrawal = withdrawal
+        self.reviews = reviews
 
     async def record(self, entry: Entry, *, lifts: bool = False) -> tuple[str, int] | None:
         async with self._pool.connection() as conn, conn.transaction():

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.consent_inbound import ClusterInboundConsent
+from gateway.cluster.consent_reviews import ClusterReviews
 from gateway.cluster.consent_store import ClusterLedger, SharedWithdrawal
 from gateway.config import Config
 from gateway.consent.policy import Policy
@@ -49,8 +50,13 @@ def wire_consent(
 
 
 def shared_ledger(node: ClusterNode, config: Config) -> ClusterLedger:
-    """The consent ledger every node shares, for the consent use cases."""
-    queue = node.queue
+    """The consent ledger every node shares, with its review queue, for the consent
+    use cases."""
+    queue, node_id = node.queue, config.cluster.node_id
     return ClusterLedger(
-        queue.pool, queue.cipher, config.cluster.node_id, _withdrawal(node, config)
+        queue.pool,
+        queue.cipher,
+        node_id,
+        _withdrawal(node, config),
+        reviews=ClusterReviews(queue.pool, queue.cipher, node_id),
     )

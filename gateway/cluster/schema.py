@@ -394,8 +394,28 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at  double precision
     );
     """,
-    # 7: reserved (another branch's migration; the merger puts it here).
-    "SELECT 1",
+    # 7 (issue 12 MSG-4 on a cluster): the review queue of free-text revocations and
+    #    look-alikes, as SQLite's `consent_review`, shared so that any node lists and
+    #    resolves what any node received. The inbound stays in its node's SQLite store:
+    #    its text is kept here, encrypted (row id and column bound as everywhere), for
+    #    the reviewer on another node. One review per inbound message.
+    """
+    CREATE TABLE consent_reviews (
+        id             text PRIMARY KEY,
+        inbound_id     text NOT NULL UNIQUE,
+        contact_idx    bytea NOT NULL,
+        program        text NOT NULL,
+        reason         text NOT NULL,
+        created_at     double precision NOT NULL,
+        body_ct        bytea,
+        node_id        text NOT NULL,
+        resolved_at    double precision,
+        resolution     text,
+        actor          text
+    );
+    CREATE INDEX consent_reviews_open ON consent_reviews (created_at, id)
+        WHERE resolved_at IS NULL;
+    """,
     # 8 (issue 18, panel users): the panel's users, sessions, sign-in failure counts and
     #    role policies shared by every node (`gateway/cluster/panel.py`), as SQLite's
     #    tables; `panel_copied_up` names the nodes whose own users were copied up.

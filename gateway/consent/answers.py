@@ -43,6 +43,13 @@ def reply_id(inbound_id: str) -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+# The auto-reply limit's count (R-OPT-1: no loops with auto-responders), the same on
+# either backend's `messages` (`?` marks: PostgreSQL's take `%s`), with `answered_params`.
+ANSWERED_IN_HOUR = (
+    "SELECT count(*) FROM messages WHERE to_index = ? AND purpose = ? AND created_at > ?"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Recipient:
     """Who the answer goes to: the number, its blind index, and the program whose
@@ -51,6 +58,10 @@ class Recipient:
     number: str
     idx: bytes
     program: str
+
+
+def answered_params(to: Recipient, at: float) -> tuple[bytes, str, float]:
+    return to.idx, Purpose.COMPLIANCE.value, at - HOUR
 
 
 class Answers:
@@ -63,11 +74,12 @@ class Answers:
 
     def over_limit(self, conn: sqlite3.Connection, to: Recipient, at: float) -> bool:
         """Whether the number has had `auto_replies_per_hour` answers in the hour to `at`."""
-        (sent,) = conn.execute(
-            "SELECT count(*) FROM messages WHERE to_index = ? AND purpose = ? AND created_at > ?",
-            (to.idx, Purpose.COMPLIANCE.value, at - HOUR),
-        ).fetchone()
-        return int(sent) >= self._consent.auto_replies_per_hour
+        (sent,) = conn.execute(ANSWERED_IN_HOUR, answered_params(to, at)).fetchone()
+        return self.limit_reached(int(sent))
+
+    def limit_reached(self, answered: int) -> bool:
+        """Whether `answered` answers in the hour (`ANSWERED_IN_HOUR`) spend the limit."""
+        return answered >= self._consent.auto_replies_per_hour
 
     def language_of(self, conn: sqlite3.Connection, to: Recipient) -> str | None:
         row = conn.execute("SELECT language FROM contacts WHERE idx = ?", (to.idx,)).fetchone()

@@ -6,7 +6,8 @@ allows it, in one transaction) or a chunk of an imported list, and read a contac
 its standing and its history. `SqliteLedger`
 runs it on the writer of one node's store; `gateway/cluster/consent_store.py` on the
 PostgreSQL every node of a cluster shares, so a decision recorded on one node is the
-next claim's answer on every other.
+next claim's answer on every other. Each carries its backend's review queue
+(`reviews`, `gateway/consent/review_store.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 
 from gateway.consent import import_rule, ledger
 from gateway.consent.ledger import Entry, LedgerRow
+from gateway.consent.review_store import ReviewQueue, SqliteReviews
 from gateway.store import consent_sql
 from gateway.store.consent_sql import Contact, ExportRow, StateRow
 from gateway.store.store import Store
@@ -24,6 +26,7 @@ from gateway.store.store import Store
 
 class ConsentLedger(Protocol):
     shared: bool  # True: every node of a cluster reads and writes this one ledger
+    reviews: ReviewQueue  # the free-text revocations waiting for staff, on this backend
 
     async def record(self, entry: Entry, *, lifts: bool = False) -> tuple[str, int] | None:
         """Append `entry` and bring the standing up to date in one transaction; (ledger
@@ -63,6 +66,7 @@ class SqliteLedger:
     def __init__(self, store: Store, after: Callable[[sqlite3.Connection, Entry], object]) -> None:
         self._store = store
         self._after = after
+        self.reviews: ReviewQueue = SqliteReviews(store)
 
     async def record(self, entry: Entry, *, lifts: bool = False) -> tuple[str, int] | None:
         cipher = consent_sql.cipher_of(self._store)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
 import zoneinfo
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,16 +21,16 @@ import msgspec
 
 from drivers.clock import Clock
 from gateway.config import Config
-from gateway.consent import import_rule, ledger
+from gateway.consent import import_rule
 from gateway.consent.inbound_config import replies_for
 from gateway.consent.ledger import ALL_PROGRAMS, Decision, Entry, LedgerRow, Source
 from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
 from gateway.consent.purposes import SCOPE_ALL, scope_valid
+from gateway.consent.review_store import CORRECTED
 from gateway.consent.settings import DEFAULT_PROGRAM
 from gateway.consent.withdraw import Withdrawal
 from gateway.errors import ApiError
 from gateway.intake import normalise_number
-from gateway.store import consent_sql
 from gateway.store.consent_sql import Contact as Contact
 from gateway.store.consent_sql import ContactChanges as ContactChanges
 from gateway.store.consent_sql import ExportRow, StateRow
@@ -143,7 +142,8 @@ class Consent:
         self.languages: tuple[str, ...] = replies_for(config.consent).languages
         self._withdrawal = Withdrawal(config.consent)
         self._store = store
-        # On a cluster, the ledger every node shares (`cluster/consent_store.py`).
+        # On a cluster, the ledger and review queue every node shares
+        # (`cluster/consent_store.py`, `cluster/consent_reviews.py`).
         self._ledger = ledger or SqliteLedger(store, self._withdrawal.after)
         self._clock = clock
         self._audit = audit
@@ -236,11 +236,6 @@ class Consent:
                 "disclosure", "disclosure_required", "marketing consent needs the exact text shown"
             )
 
-    def _local_only(self, what: str) -> None:
-        """Refuse what a cluster's shared ledger does not carry yet (docs/ops/cluster.md)."""
-        if self._ledger.shared:
-            raise ApiError(501, "not_on_cluster", f"{what}: not available on a cluster node yet")
-
     def _require_write(self, caller: Caller) -> None:
         if not caller.may_record_consent:
             raise ApiError(403, "forbidden", "this caller may not record consent decisions")
@@ -283,18 +278,16 @@ class Consent:
         (PHI rights; audited)."""
         if texts and not caller.may_read_phi:
             raise forbidden("texts", "reading the messages")
-        self._local_only("the review queue")
-        open_ = await consent_sql.open_reviews(self._store, limit)
+        queue = self._ledger.reviews
+        open_ = await queue.open(limit)
         numbers: dict[bytes, str] = {}
         bodies: dict[str, str] = {}
         if caller.sees_masked:
-            numbers = await consent_sql.contact_numbers(
-                self._store, [bytes(r.contact_idx) for r in open_]
-            )
+            numbers = await queue.numbers([bytes(r.contact_idx) for r in open_])
         if texts and open_:
             ids = [r.inbound_id for r in open_]
             await self._audit.record_each(caller.actor, "phi_read", "inbound", ids)
-            bodies = await consent_sql.inbound_texts(self._store, ids)
+            bodies = await queue.texts(ids)
         return [
             ReviewItem(
                 r.id,
@@ -315,38 +308,11 @@ class Consent:
         the message caused is lifted by an opt-in with the reviewer as actor. Once per
         review, in one transaction with the opt-ins (404 `not_found` after that)."""
         self._require_write(caller)
-        self._local_only("the review queue")
         if action not in ("confirm", "correct"):
             raise _invalid("action", "invalid_field", "confirm or correct")
-        resolution = "confirmed" if action == "confirm" else "corrected"
-        cipher = consent_sql.cipher_of(self._store)
+        resolution = "confirmed" if action == "confirm" else CORRECTED
         now = self._clock.time()
-
-        def job(conn: sqlite3.Connection) -> tuple[str, ...] | None:
-            review = consent_sql.resolve_review(conn, review_id, resolution, caller.actor, now)
-            if review is None:
-                return None
-            if action == "confirm":
-                return ()
-            idx = bytes(review.contact_idx)
-            number = consent_sql.number_of(conn, cipher, idx)
-            caused = conn.execute(
-                "SELECT scope, program FROM consent_ledger WHERE inbound_id = ?"
-                " AND decision = 'opt_out' ORDER BY seq",
-                (review.inbound_id,),
-            ).fetchall()
-            if number is None:
-                return ()
-            done = []
-            for scope, program in caused:
-                entry = Entry(
-                    idx, number, "opt_in", scope, program, "review", now,
-                    actor=caller.actor, inbound_id=review.inbound_id,
-                )  # fmt: skip
-                done.append(ledger.append(conn, cipher, entry)[0])
-            return tuple(done)
-
-        recorded = await self._store.writer.run(job)
+        recorded = await self._ledger.reviews.resolve(review_id, resolution, caller.actor, now)
         if recorded is None:
             raise ApiError(404, "not_found", "no open review with this id")
         await self._audit.record(

@@ -26,12 +26,14 @@ from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.cluster import consent_store
+from gateway.cluster.consent_reviews import ClusterReviews
 from gateway.cluster.consent_store import ClusterLedger
 from gateway.cluster.lease import Pool
 from gateway.cluster.schema import migrate
 from gateway.config import from_mapping
 from gateway.consent.ledger import Entry
 from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
+from gateway.errors import ApiError
 from gateway.models import State
 from gateway.store import crypto
 from gateway.store.claim_check import Held
@@ -344,6 +346,65 @@ async def test_start_on_b_lifts_a_stop_received_on_a(nodes: Nodes, clock: FakeCl
     ]
 
 
+async def test_help_from_a_stranger_on_a_is_answered_once(nodes: Nodes) -> None:
+    """MSG-8 on a cluster: the program's HELP text, queued on the shared queue under
+    the inbound's reply id; nothing is decided. A look-alike on B: a review only."""
+    await nodes.a.sink.inbound("main", InboundSms(OTHER, "help", SHORT_CODE))
+    assert await compliance(nodes, OTHER) == [("consent:help:default", "queued")]
+    await nodes.b.sink.inbound("main", InboundSms(OTHER, "stopping by later", SHORT_CODE))
+    assert len(await compliance(nodes, OTHER)) == 1
+    staff = await caller(nodes.a, "consent", "phi")
+    assert (await nodes.a.usecases.consent.lookup(staff, OTHER)).history == ()
+    assert [r.reason for r in await nodes.a.usecases.consent.reviews(staff)] == ["ambiguous"]
+
+
+async def test_an_auto_responder_answering_both_nodes_is_cut_at_the_limit(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """R-OPT-1: a phone echoing HELP to whatever it gets, its texts landing on either
+    node: three answers an hour in all (`auto_replies_per_hour`), then silence."""
+    for n in range(6):
+        gw = nodes.a if n % 2 == 0 else nodes.b
+        await gw.sink.inbound("main", InboundSms(OTHER, "HELP", SHORT_CODE))
+        clock.advance(1)
+    assert await compliance(nodes, OTHER) == [("consent:help:default", "queued")] * 3
+
+
+async def test_a_revocation_on_b_opts_out_and_is_reviewed_from_a(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """MSG-4 on a cluster: "please stop texting me" to B opts out (confirmed once) and
+    opens one review, listed with its text and resolved over A's API; once only."""
+    text = "please stop texting me"
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, text, SHORT_CODE))
+    assert await compliance(nodes) == [("consent:opt_out_all:default", "queued")]
+    staff = await caller(nodes.b, "consent", "read", "phi")
+    async with contextlib.asynccontextmanager(_api)(nodes.a, frozenset({"consent", "phi"})) as a:
+        if nodes.a.cluster is not None:  # the token made in A's own store: shared now
+            await nodes.a.cluster.tokens.copy_local(nodes.a.store.reader)
+        r = await a.get("/api/v1/consents/reviews?texts=true")
+        assert r.status == 200, await r.text()
+        (item,) = (await r.json())["items"]
+        assert (item["reason"], item["program"], item["text"]) == ("phrase", "default", text)
+        assert item["number_masked"] == staff.mask(CANARY_NUMBER)
+        clock.advance(60)
+        path = f"/api/v1/consents/reviews/{item['id']}/resolve"
+        r = await a.post(path, {"action": "correct"})
+        assert r.status == 200, await r.text()
+        done = await r.json()
+        assert (done["resolution"], len(done["opt_ins"])) == ("corrected", 1)
+        await _error(await a.post(path, {"action": "confirm"}), 404, "not_found")
+    assert await nodes.b.usecases.consent.reviews(staff) == []
+    with pytest.raises(ApiError) as again:
+        await nodes.b.usecases.consent.resolve(staff, item["id"], "confirm")
+    assert (again.value.status, again.value.code) == (404, "not_found")
+    view = await nodes.b.usecases.consent.lookup(staff, CANARY_NUMBER)
+    assert [(h.decision, h.source) for h in view.history] == [
+        ("opt_out", "phrase"),
+        ("opt_in", "review"),
+    ]
+
+
 # -- the ledger and the API's use cases (points 1 and 5) -------------------------------
 
 
@@ -536,7 +597,12 @@ async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
         async with pool.connection() as conn:
             await migrate(conn)
-        yield ClusterLedger(pool, _cipher(), "gw1")
+        yield _cluster_ledger(pool)
+
+
+def _cluster_ledger(pool: Pool) -> ClusterLedger:
+    cipher = _cipher()
+    return ClusterLedger(pool, cipher, "gw1", reviews=ClusterReviews(pool, cipher, "gw1"))
 
 
 def _entry(idx: bytes, decision: str, scope: str = "all", **more: Any) -> Entry:
@@ -592,7 +658,7 @@ async def test_the_ledger_contract(ledger: ConsentLedger) -> None:
 
 
 async def test_the_cluster_ledger_is_append_only_but_for_its_texts(pool: Pool) -> None:
-    ledger = ClusterLedger(pool, _cipher(), "gw1")
+    ledger = _cluster_ledger(pool)
     done = await ledger.record(_entry(b"\x01" * 32, "opt_out", note="n"))
     assert done is not None
     async with pool.connection() as conn:
@@ -613,7 +679,7 @@ async def test_the_migrated_standing_is_merged_once(pool: Pool) -> None:
     """`smsgw store migrate` leaves SQLite's standing in `migrated_consent_state`; the
     first node's start merges it once, and the ledger's numbering moves past it so a
     decision made on the cluster is newer than every migrated one."""
-    ledger = ClusterLedger(pool, _cipher(), "gw1")
+    ledger = _cluster_ledger(pool)
     a = b"\x0a" * 32
     async with pool.connection() as conn:
         await conn.execute(
