@@ -301,12 +301,15 @@ async def test_throttling_storm_keeps_to_the_rate_costs_nothing_and_keeps_priori
     rig.sim.throttle_storm(20)  # 10 throttled, alternating with 10 accepted
     bulk = [await accept(rig.gw, body=f"storm bulk {i}", priority="bulk") for i in range(12)]
     await rig.until(lambda: rig.sim.throttled >= 2)
-    waiting = {
-        mid for mid, state in zip(bulk, await rig.states(bulk), strict=True) if state == "queued"
-    }
     critical = [
         await accept(rig.gw, body=f"storm critical {i}", priority="critical") for i in range(3)
     ]
+    # Read once the critical ones are queued: a bulk message still queued now has not
+    # been claimed, so it must leave after them (read before, a busy machine let the
+    # scheduler claim some of those bulk messages while the critical ones were accepted).
+    waiting = {
+        mid for mid, state in zip(bulk, await rig.states(bulk), strict=True) if state == "queued"
+    }
     ids = [*bulk, *critical]
 
     await rig.until(rig.all_in(ids, FINAL_OK))
@@ -324,7 +327,7 @@ async def test_throttling_storm_keeps_to_the_rate_costs_nothing_and_keeps_priori
     assert Counter(texts) == Counter(
         [f"storm bulk {i}" for i in range(12)] + [f"storm critical {i}" for i in range(3)]
     )
-    assert len(waiting) >= 5  # a real queue was waiting behind the storm
+    assert len(waiting) >= 3  # a real queue was waiting behind the storm
     last_critical = max(texts.index(f"storm critical {i}") for i in range(3))
     waiting_texts = {f"storm bulk {bulk.index(mid)}" for mid in waiting}
     assert all(texts.index(t) > last_critical for t in waiting_texts)
