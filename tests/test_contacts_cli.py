@@ -37,7 +37,8 @@ def test_the_sample_file_imports_with_progress_and_line_errors(
         "105 rows: 100 new, 0 updated, 1 unchanged, 1 repeated in the file, 4 refused"
         " (read as utf-8)"
     )
-    assert "555" not in out.out  # no number, not even masked
+    # No number, not even masked (the group's random id is left out: it may hold "555").
+    assert "555" not in out.out.replace(lines[0], "")
     assert main(args) == 1
     again = capsys.readouterr().out.splitlines()
     assert again[-1].startswith("105 rows: 0 new, 0 updated, 101 unchanged")
