@@ -16,7 +16,7 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -50,6 +50,7 @@ log = structlog.get_logger("smsgw.scheduler")
 NOT_READY_COOL_DOWN = 1.0
 # A cluster's outcome writes: 0.25 s, doubling to 5 s, 15 tries (about a minute).
 RECORD_RETRY_FIRST, RECORD_RETRY_MAX, RECORD_RETRIES = 0.25, 5.0, 15
+T = TypeVar("T")
 
 
 class GroupSender:
@@ -163,22 +164,14 @@ class GroupSender:
         again; then the group is back in the cache (a row that never left `queued` is
         claimed as before; one no longer queued is skipped by its next claim)."""
         claims = [(e.id, e.attempts) for e in group]
-        pause, attempt = RECORD_RETRY_FIRST, 1
-        while True:
-            try:
-                given = await self._store.give_back(claims, route.name, self._clock.time())
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if self._fence is None or attempt >= RECORD_RETRIES:
-                    log.error(
-                        "claim_give_back_failed", route=route.name, error=exception_summary(e)
-                    )
-                    return
-                log.warning("claim_give_back_retry", attempt=attempt, error=exception_summary(e))
-            await self._clock.sleep(pause)
-            pause, attempt = min(pause * 2, RECORD_RETRY_MAX), attempt + 1
+        try:
+            given = await self._retrying(
+                lambda: self._store.give_back(claims, route.name, self._clock.time()),
+                "claim_give_back_retry",
+            )
+        except Exception as e:  # the rows are left to the lease's recovery
+            log.error("claim_give_back_failed", route=route.name, error=exception_summary(e))
+            return
         if given:
             log.warning("claims_given_back", route=route.name, count=given)
         for entry in group:
@@ -336,17 +329,23 @@ class GroupSender:
         what the carrier answered is written again, with a growing pause, rather than
         left `sending` until this node's lease lapses (a write that did land unseen is
         kept as a late outcome the second time, overwriting nothing)."""
-        pause = RECORD_RETRY_FIRST
-        attempt = 1
+        return await self._retrying(
+            lambda: self._store.record_outcomes(sent, changes), "outcomes_retry"
+        )
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], event: str) -> T:
+        """`call()`, and on a cluster again after a growing pause while it raises (up to
+        RECORD_RETRIES tries, each logged as `event`); on one node, once."""
+        pause, attempt = RECORD_RETRY_FIRST, 1
         while True:
             try:
-                return await self._store.record_outcomes(sent, changes)
+                return await call()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 if self._fence is None or attempt >= RECORD_RETRIES:
                     raise
-                log.warning("outcomes_retry", attempt=attempt, error=exception_summary(e))
+                log.warning(event, attempt=attempt, error=exception_summary(e))
             await self._clock.sleep(pause)
             pause, attempt = min(pause * 2, RECORD_RETRY_MAX), attempt + 1
 

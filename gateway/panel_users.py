@@ -65,3 +65,14 @@ class FailureState:
     failures: int = 0
     last_failure: float = 0.0
     locked_until: float | None = None
+
+
+def undo_reserved(
+    found: FailureState, before: FailureState, after: FailureState
+) -> FailureState | None:
+    """A key's counts once the failure reserved for a sign-in that then succeeded is
+    taken back (`settle_attempt`, either backend): back to `before` if nothing else was
+    counted since (None: no row at all), else only one failure fewer."""
+    if found != after:
+        return FailureState(max(found.failures - 1, 0), found.last_failure, found.locked_until)
+    return None if before.failures == 0 else before

@@ -30,7 +30,15 @@ from psycopg.rows import TupleRow
 
 from gateway.cluster.lease import Pool
 from gateway.cluster.shared_keys import KeyringWatch
-from gateway.panel_users import Credentials, FailureState, Role, SessionRow, User, UserExists
+from gateway.panel_users import (
+    Credentials,
+    FailureState,
+    Role,
+    SessionRow,
+    User,
+    UserExists,
+    undo_reserved,
+)
 from gateway.store import crypto
 from gateway.store.panel_sql import DIRECTORY_PASSWORD, AdminRepo
 from gateway.store.reads import ReadPool
@@ -401,19 +409,14 @@ class ClusterPanel:
                 ).fetchone()
                 if row is None:
                     continue
-                if FailureState(*row) != after:
-                    await conn.execute(
-                        "UPDATE panel_login_failures SET failures = greatest(failures - 1, 0)"
-                        " WHERE key = %s",
-                        (key,),
-                    )
-                elif before.failures == 0:
+                left = undo_reserved(FailureState(*row), before, after)
+                if left is None:
                     await conn.execute("DELETE FROM panel_login_failures WHERE key = %s", (key,))
                 else:
                     await conn.execute(
                         "UPDATE panel_login_failures SET failures = %s, last_failure = %s,"
                         " locked_until = %s WHERE key = %s",
-                        (before.failures, before.last_failure, before.locked_until, key),
+                        (left.failures, left.last_failure, left.locked_until, key),
                     )
 
     async def clear_failures(self, keys: Iterable[str]) -> None:

@@ -13,7 +13,15 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from gateway.panel_users import Credentials, FailureState, Role, SessionRow, User, UserExists
+from gateway.panel_users import (
+    Credentials,
+    FailureState,
+    Role,
+    SessionRow,
+    User,
+    UserExists,
+    undo_reserved,
+)
 from gateway.store.store import Store
 
 T = TypeVar("T")
@@ -368,18 +376,14 @@ class AdminRepo:
                 ).fetchone()
                 if row is None:
                     continue
-                if FailureState(*row) != after:
-                    conn.execute(
-                        "UPDATE login_failures SET failures = max(failures - 1, 0) WHERE key = ?",
-                        (key,),
-                    )
-                elif before.failures == 0:
+                left = undo_reserved(FailureState(*row), before, after)
+                if left is None:
                     conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
                 else:
                     conn.execute(
                         "UPDATE login_failures SET failures = ?, last_failure = ?,"
                         " locked_until = ? WHERE key = ?",
-                        (before.failures, before.last_failure, before.locked_until, key),
+                        (left.failures, left.last_failure, left.locked_until, key),
                     )
 
         await self._store.writer.run(job)
