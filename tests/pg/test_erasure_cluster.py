@@ -29,6 +29,10 @@ from gateway.app import Gateway
 from gateway.cluster.node import ClusterNode
 from gateway.config import from_mapping
 from gateway.models import State
+from gateway.ops import registry
+from gateway.store import crypto
+from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.store import Store
 from gateway.tokens import create_token
 from gateway.usecases.consent import DecisionRequest
 from tests.admin_support import PanelClient
@@ -237,3 +241,26 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
         a, "SELECT source FROM consent_ledger WHERE contact_idx = %s", other_idx
     ) == [("erasure",)]
     assert (await a.usecases.messages.get(who, kept)).status is State.CANCELLED
+
+
+async def test_the_console_offline_on_a_cluster_node_refuses_to_erase_half(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """With no node running, `smsgw erase` would reach only the node's own store: it
+    refuses, naming where to run it."""
+    config = _config(tmp_path / "gw1", "gw1", "postgresql://unused/smsgw")
+    crypto.generate_master_key(config.master_key_path)
+    store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+    await store.open()
+    said: list[str] = []
+    try:
+        args = {"number": CANARY_NUMBER}
+        code = await registry.run_in(
+            config, store, store.master_key, "erase.number", args, actor="console",
+            out=said.append, err=said.append, clock=clock,
+        )  # fmt: skip
+        entries = await AuditTrail(store, audit_key(store.master_key), clock).entries()
+    finally:
+        await store.close()
+    assert code == 2 and "/api/v1/erasures" in said[0]
+    assert [e.action for e in entries if e.action == "erasure"] == []
