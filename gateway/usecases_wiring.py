@@ -36,7 +36,7 @@ from gateway.replies.usecase import Replies
 from gateway.results.settings import Settings as ClinicalSettings
 from gateway.results.usecase import ResultEvents
 from gateway.retention.job import Retention
-from gateway.retention.usecase import Erasures
+from gateway.retention.usecase import NOTHING_SHARED, Erasures, SharedStore
 from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
 from gateway.store.audit_log import AuditTrail
@@ -62,6 +62,7 @@ from gateway.usecases import (
     Undecodable,
     UseCases,
 )
+from gateway.usecases.audit_log import AuditSource, LocalAudit
 
 if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
@@ -195,6 +196,15 @@ class UseCaseWiring:
 
         return shared_ledger(self.cluster, self.config)
 
+    def _audit_source(self) -> AuditSource:
+        """What the panel's audit page reads and checks: this node's trail, or on a
+        cluster every node's chain and the anchors in the shared store."""
+        if self.cluster is None:
+            return LocalAudit(self.audit)
+        from gateway.cluster.audit_reads import ClusterAuditReads
+
+        return ClusterAuditReads(self.cluster.pool, self.cluster.shipper)
+
     @functools.cached_property
     def reads(self) -> MessageReads:
         """Where the message list, details and queue counts are read."""
@@ -237,7 +247,7 @@ class UseCaseWiring:
             Activity(store=self.store, log=None if self.cluster is None else self.cluster.reads),
             Deliveries(outbox=self.outbox, audit=self.audit),
             Undecodable(sink=self.sink),
-            AuditLog(trail=self.audit),
+            AuditLog(trail=self.audit, source=self._audit_source()),
             Consent(
                 config=self.config,
                 store=self.store,
@@ -337,5 +347,18 @@ class UseCaseWiring:
 
     @functools.cached_property
     def erasures(self) -> Erasures:
-        """Erasure of one person by number (API `/erasures`, `smsgw erase`)."""
-        return Erasures(self.store, self.audit, self.clock, self.scheduler.forget)
+        """Erasure of one person by number (API `/erasures`, `smsgw erase`): on a
+        cluster, in the shared PostgreSQL too."""
+        return Erasures(
+            self.store, self.audit, self.clock, self.scheduler.forget, self._shared_store()
+        )
+
+    def _shared_store(self) -> SharedStore:
+        """Where a person's data is kept beyond this node's store: on a cluster, the
+        shared PostgreSQL."""
+        if self.cluster is None:
+            return NOTHING_SHARED
+        from gateway.cluster.erasure import ClusterErasure
+
+        queue, membership = self.cluster.queue, self.cluster.membership
+        return ClusterErasure(queue.pool, queue.cipher, lambda: membership.me)

@@ -1,5 +1,7 @@
 """The audit trail page (admin, auditor) and its "verify chain" action.
 
+On a cluster node the page lists every node's entries (a column names the node) and
+the action checks every node's chain and the anchors (`gateway/cluster/audit_reads.py`).
 Entries store ids (`user:<id>`, a user id as target) and a JSON detail; the page
 shows user names and API token names beside them and the detail as labelled values,
 so a reader needs no second lookup. The stored entry is never changed.
@@ -15,7 +17,7 @@ from aiohttp import web
 from gateway.admin.panel import actor, panel
 from gateway.admin.render import render
 from gateway.admin.routing import AUDIT_READERS, PanelRoute
-from gateway.usecases.audit_log import AuditEntry
+from gateway.usecases.audit_log import AuditEntry, TrailEntry
 
 PAGE = 100
 FIXED_ACTORS = {
@@ -30,6 +32,7 @@ class AuditRow:
     """One entry as the page shows it: names resolved, detail as (label, value) pairs."""
 
     entry: AuditEntry
+    node: str  # the node whose chain holds it ("" on one node)
     who: str
     target: str
     details: list[tuple[str, str]]
@@ -81,24 +84,30 @@ def _target(e: AuditEntry, users: dict[str, str], tokens: dict[str, str]) -> str
 
 async def _page(request: web.Request, verification: object = None) -> web.Response:
     p = panel(request)
-    before = request.query.get("before")
-    entries = await p.gateway.usecases.audit_log.entries(
-        before=int(before) if before and before.isdigit() else None, limit=PAGE
+    found = await p.gateway.usecases.audit_log.entries(
+        before=request.query.get("before"), limit=PAGE
     )
     users = {u.id: u.username for u in await p.repo.users()}
     tokens = await p.gateway.usecases.tokens.names()
-    rows = [
-        AuditRow(
-            e, _who(e.actor, users, tokens), _target(e, users, tokens), _details(e.detail, users)
-        )
-        for e in entries
-    ]
+    rows = [_row(t, users, tokens) for t in found]
     return render(
         request,
         "audit.html",
         rows=rows,
+        nodes=any(t.node for t in found),  # a cluster node: every node's entries
         verification=verification,
-        older=entries[-1].seq if len(entries) == PAGE else None,
+        older=found[-1].cursor if len(found) == PAGE else None,
+    )
+
+
+def _row(t: TrailEntry, users: dict[str, str], tokens: dict[str, str]) -> AuditRow:
+    e = t.entry
+    return AuditRow(
+        e,
+        t.node,
+        _who(e.actor, users, tokens),
+        _target(e, users, tokens),
+        _details(e.detail, users),
     )
 
 

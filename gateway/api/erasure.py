@@ -1,7 +1,8 @@
 """`POST /api/v1/erasures`: erase one person's data by number (MSG-11, R-DEL-1).
 
-Needs the `admin` scope. Translates to `Gateway.erasures` (`gateway.retention`) and
-back: the answer is the audit reference and counts, never the number.
+Needs the `admin` scope. Translates to `Gateway.erasures` (`gateway.retention`; on a
+cluster node it reaches the shared store too) and back: the answer is the audit
+reference and counts, never the number.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ class ErasureRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class ErasureView(msgspec.Struct, frozen=True):
     reference: Annotated[str, msgspec.Meta(description="the audit entry's target id")]
-    counts: Annotated[dict[str, int], msgspec.Meta(description="rows changed, by kind")]
+    counts: Annotated[
+        dict[str, int],
+        msgspec.Meta(
+            description="rows changed, by kind (on a cluster node `shared_...`: in the"
+            " store every node shares)"
+        ),
+    ]
     kept: Annotated[str, msgspec.Meta(description="what remains of the person")]
 
 

@@ -35,8 +35,8 @@ class AuditShipper:
     def __init__(self, pool: Pool, local: ReadPool, node_id: str, key: bytes) -> None:
         self._pool = pool
         self._local = local
-        self._node_id = node_id
-        self._key = key
+        self.node_id = node_id
+        self.key = key  # the chains' HMAC key (the shared keyring's root's)
         self.shipped = 0  # entries copied since start (a metric)
 
     async def ship(self) -> int:
@@ -51,10 +51,10 @@ class AuditShipper:
 
     async def _ship_batch(self) -> int:
         async with self._pool.connection() as conn, conn.transaction():
-            await audit.lock_chain(conn, self._node_id)
+            await audit.lock_chain(conn, self.node_id)
             cur = await conn.execute(
                 "SELECT seq, hash FROM audit_log WHERE node_id = %s ORDER BY seq DESC LIMIT 1",
-                (self._node_id,),
+                (self.node_id,),
             )
             head = await cur.fetchone()
             seq, last = (int(head[0]), str(head[1])) if head else (0, GENESIS)
@@ -67,7 +67,7 @@ class AuditShipper:
             if seq > 0:
                 if not rows or int(rows[0][0]) != seq or str(rows[0][8]) != last:
                     raise ChainDiverged(
-                        f"the shared audit chain of node {self._node_id} ends at entry {seq},"
+                        f"the shared audit chain of node {self.node_id} ends at entry {seq},"
                         " which is not in the local trail"
                     )
                 rows = rows[1:]
@@ -77,11 +77,11 @@ class AuditShipper:
                 await c.executemany(
                     "INSERT INTO audit_log (node_id, seq, at, actor, action, target_kind,"
                     " target_id, detail, prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                    [(self._node_id, *tuple(r)) for r in rows],
+                    [(self.node_id, *tuple(r)) for r in rows],
                 )
             return len(rows)
 
     async def anchor(self, now: float) -> int | None:
         """An anchor of every chain's head, if some head moved since the last one."""
         async with self._pool.connection() as conn:
-            return await audit.anchor(conn, self._key, self._node_id, now, only_if_moved=True)
+            return await audit.anchor(conn, self.key, self.node_id, now, only_if_moved=True)

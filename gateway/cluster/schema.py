@@ -462,6 +462,11 @@ MIGRATIONS: tuple[str, ...] = (
         at       double precision NOT NULL
     );
     """,
+    # 9 (issue 18 pt 5, the panel's audit page on a cluster): every node's entries
+    #    newest first across nodes (`gateway/cluster/audit_reads.py`), a page at a time.
+    """
+    CREATE INDEX audit_log_time ON audit_log (at, node_id, seq);
+    """,
 )
 
 

@@ -55,8 +55,17 @@ async def erase_number(ctx: OpContext, args: dict[str, Any]) -> int:
     if e164 is None:
         ctx.out("erase: --number is not a valid phone number (write it in E.164, +CC...)")
         return 2
-    forget = ctx.gateway.scheduler.forget if ctx.gateway is not None else None
-    done = await Erasures(ctx.store, ctx.audit, ctx.clock, forget).erase(e164, ctx.actor)
+    if ctx.gateway is not None:
+        erasures = ctx.gateway.erasures  # on a cluster node, the shared store's too
+    elif ctx.config.cluster.enabled:
+        ctx.out(
+            "erase: the cluster's shared store holds the number too: run it while the node"
+            " runs (through its socket), or POST /api/v1/erasures on any node"
+        )
+        return 2
+    else:
+        erasures = Erasures(ctx.store, ctx.audit, ctx.clock)
+    done = await erasures.erase(e164, ctx.actor)
     ctx.out(f"erased; reference {done.reference} (in the audit trail)")
     ctx.out(f"{'what':<22}{'rows':>10}")
     for what, n in done.counts.items():

@@ -14,8 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drivers.clock import SystemClock
+from drivers.clock import FakeClock, SystemClock
 from gateway.cluster import audit, keyring, nodes
+from gateway.cluster.audit_reads import ClusterAuditReads
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.lease import Pool
 from gateway.cluster.queue_store import ClusterQueue
@@ -161,3 +162,57 @@ async def test_each_nodes_trail_is_copied_into_its_chain_and_verifies_as_a_set(
             await a.ship()
     finally:
         await second.close()
+
+
+async def test_the_panels_audit_reads_every_chain_newest_first_page_by_page(
+    pool: Pool, first: Store
+) -> None:
+    """`ClusterAuditReads` (the panel's audit page on a cluster node): this node's trail
+    copied up first, then every node's entries by time, ties by node and seq, each once
+    across pages (the cursor), read through the time index; a diverged chain of this
+    node id does not stop the page. Verify reports every chain."""
+    keys = await shared_keys(pool, MASTER, await keyring_rows(first))
+    key = audit_key(keys.root)
+    clock = FakeClock(NOW)
+    trail = AuditTrail(first, audit_key(first.master_key), clock)
+    for n in range(3):
+        await trail.record("console", "probe", "node", "gw1", n=n)
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        for n in range(6):  # two other nodes, writing at the same instants as gw1
+            for node in ("gw2", "gw3"):
+                await audit.append(conn, key, node, NOW + n // 2, "system", "probe", n=n)
+    reads = ClusterAuditReads(pool, AuditShipper(pool, first.reader, "gw1", key))
+    pages: list[list[tuple[float, str, int]]] = []
+    before = None
+    while page := await reads.entries(before=before, limit=4):
+        pages.append([(t.entry.at, t.node, t.entry.seq) for t in page])
+        before = page[-1].cursor
+    found = [row for p in pages for row in p]
+    assert len(found) == 15 and found == sorted(found, reverse=True)
+    assert [len(p) for p in pages] == [4, 4, 4, 3]
+    checked = await reads.verify()
+    assert checked.ok and checked.entries == 15
+    assert [(c.node, c.entries) for c in checked.chains] == [("gw1", 3), ("gw2", 6), ("gw3", 6)]
+
+    async with pool.connection() as conn:  # another writer under gw1's id
+        await audit.append(conn, key, "gw1", NOW + 9, "console", "key_rotated")
+    await trail.record("console", "probe", "node", "gw1", n=3)
+    newest = await reads.entries(before=None, limit=1)
+    assert [(t.node, t.entry.action) for t in newest] == [("gw1", "key_rotated")]
+
+    async with pool.connection() as conn:  # a long trail: a page reads a page of rows
+        await conn.execute(
+            "INSERT INTO audit_log SELECT 'old', i, i, 'system', 'probe', NULL, NULL, '{}',"
+            " '', '' FROM generate_series(1, 20000) i"
+        )
+        await conn.execute("ANALYZE audit_log")
+        plan = await (
+            await conn.execute(
+                "EXPLAIN SELECT * FROM audit_log WHERE (at, node_id, seq) < (%s, %s, %s)"
+                " ORDER BY at DESC, node_id DESC, seq DESC LIMIT 100",
+                (15000.0, "old", 15000),
+            )
+        ).fetchall()
+    text = "\n".join(str(r[0]) for r in plan)
+    assert "Index Scan Backward using audit_log_time" in text and "Sort" not in text, text

@@ -1,0 +1,103 @@
+"""Erasure of one person (MSG-11, R-DEL-1) in the cluster's PostgreSQL: the
+`SharedStore` of `gateway/retention/usecase.py` on a cluster node.
+
+SQLite's rules (`gateway/retention/erase.py`) for what the nodes share: the number's
+waiting messages cancelled (`erased`); every message's number, body, reference and
+callback removed (number and body become "" encrypted for their place, as the
+retention sweep leaves them), its blind index emptied; the consent ledger and
+standing kept under the keyed hash as the suppression entry, with an opt-out of
+everything appended if none is in force, the entries' disclosure and note texts
+erased; the contact's row (number, patient reference, language, time zone) deleted;
+the reviews' texts erased and their link to the contact cut. The shared `opt_outs`
+list is kept: it holds only the keyed hash and the time.
+
+One transaction holding the contact's advisory lock (the one every consent decision
+about it takes), so two nodes erasing one number at once take turns: the second
+finds the suppression entry in force and nothing left to erase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.cluster import queue_sql
+from gateway.cluster.consent_store import append, lock_contacts
+from gateway.cluster.lease import Pool
+from gateway.cluster.nodes import Incarnation
+from gateway.consent import ledger
+from gateway.consent.purposes import SCOPE_ALL
+from gateway.models import State
+from gateway.retention.erase import Erased, Person
+from gateway.retention.sweep import blank
+from gateway.store.crypto import FieldCipher
+from gateway.store.transitions import Transition
+
+_WAITING = [State.QUEUED.value, State.SCHEDULED.value]
+
+
+class ClusterErasure:
+    def __init__(self, pool: Pool, cipher: FieldCipher, me: Callable[[], Incarnation]) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._me = me  # this node's incarnation now: the cancellations' events name it
+
+    async def erase(self, person: Person, now: float, actor: str) -> Erased:
+        out = Erased()
+        n = out.counts
+        idx, c = person.index, self._cipher
+        async with self._pool.connection() as conn, conn.transaction():
+            await lock_contacts(conn, [idx])
+            rows = await (
+                await conn.execute(
+                    "SELECT id, state FROM messages WHERE to_index = %s ORDER BY id FOR UPDATE",
+                    (idx,),
+                )
+            ).fetchall()
+            me = self._me()
+            for mid, state in rows:
+                if state in _WAITING:
+                    t = Transition(mid, State.CANCELLED, error_code="erased")
+                    await queue_sql.apply(conn, t, now, me)
+                    out.cancelled.append(mid)
+                await conn.execute(
+                    "UPDATE messages SET to_ct = %s, body_ct = %s, reference_ct = NULL,"
+                    " callback_ct = NULL, to_index = '\\x'::bytea, redacted = true WHERE id = %s",
+                    (blank(c, mid, "to"), blank(c, mid, "body"), mid),
+                )
+            n["shared_messages_cancelled"] = len(out.cancelled)
+            n["shared_messages"] = len(rows)
+
+            standing = await (
+                await conn.execute(
+                    "SELECT opted FROM consent_state WHERE contact_idx = %s AND program = %s"
+                    " AND scope = %s",
+                    (idx, ledger.ALL_PROGRAMS, SCOPE_ALL),
+                )
+            ).fetchone()
+            if standing is None or standing[0] != "out":
+                entry = ledger.Entry(
+                    contact_idx=idx,
+                    number=person.e164,
+                    decision="opt_out",
+                    scope=SCOPE_ALL,
+                    program=ledger.ALL_PROGRAMS,
+                    source="erasure",
+                    at=now,
+                    actor=actor,
+                )
+                await append(conn, c, entry, me.node_id)  # its contacts row: deleted below
+            cur = await conn.execute(
+                "UPDATE consent_ledger SET disclosure_ct = NULL, note_ct = NULL"
+                " WHERE contact_idx = %s",
+                (idx,),
+            )
+            n["shared_consent_entries"] = cur.rowcount
+            cur = await conn.execute("DELETE FROM contacts WHERE idx = %s", (idx,))
+            n["shared_contacts"] = cur.rowcount
+            cur = await conn.execute(
+                "UPDATE consent_reviews SET body_ct = NULL, contact_idx = '\\x'::bytea"
+                " WHERE contact_idx = %s",
+                (idx,),
+            )
+            n["shared_consent_reviews"] = cur.rowcount
+        return out
