@@ -23,11 +23,13 @@ from drivers.clock import FakeClock, SystemClock
 from drivers.smpp.driver import SmppDriver
 from drivers.smpp.options import SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from gateway.app import Gateway
 from gateway.cluster import nodes
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
 from gateway.cluster.outcome_journal import OutcomeJournal
 from gateway.cluster.queue_store import ClusterQueue
+from gateway.config import from_mapping
 from gateway.config_sections import QueueConfig, RouteConfig
 from gateway.dispatch_group import GroupSender
 from gateway.metrics import Metrics
@@ -35,8 +37,10 @@ from gateway.models import Priority, State
 from gateway.ratelimit import TokenBucket
 from gateway.routes import RouteRuntime
 from gateway.scheduler import Entry
+from gateway.store import crypto
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import ClaimedMessage, NewMessage, Store
+from tests.conftest import LOOPBACK_TEST
 from tests.pg.cut_proxy import CutProxy
 from tests.pg.queue_rows import rows
 from tests.sinks import RecordingSink
@@ -236,3 +240,84 @@ async def test_a_journaled_outcome_whose_rows_a_peer_recovered_becomes_a_late_ou
     assert sorted((m, inc, st, len(c)) for m, inc, st, c in late) == [
         (i, node.me.incarnation, "sent", 1) for i in sorted(ids)
     ]
+
+
+def _node_config(data: Path, dsn: str) -> Any:
+    data.mkdir(exist_ok=True)
+    return from_mapping(
+        {
+            "data_dir": str(data),
+            "routes": [{"name": ROUTE, "type": "loopback", **LOOPBACK_TEST}],
+            "http": {"shutdown_grace": 1.0},
+            "source": str(data / "smsgw.toml"),
+            # A fake clock never renews the lease: long enough for the test.
+            "cluster": {"enabled": True, "node_id": "gw1", "conninfo": dsn, "lease_seconds": 600},
+        }
+    )
+
+
+async def test_a_restart_with_a_journal_replays_it_under_the_previous_incarnation(
+    pg_dsn: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    config = _node_config(tmp_path / "gw1", pg_dsn)
+    crypto.generate_master_key(config.master_key_path)
+    gw = await Gateway.open(config, clock)
+    try:
+        assert gw.cluster is not None
+        queue, before = gw.cluster.queue, gw.cluster.membership.me
+        now = clock.time()
+        message = NewMessage(
+            "restart-1", "tok", Priority.NORMAL, NUMBER, BODY, "gsm7", 1, now, now + 3600
+        )
+        await queue.accept([message])
+        assert isinstance((await queue.claim_group([message.id], ROUTE, now))[0], ClaimedMessage)
+        # What the sender does once the window is over (the database away all along).
+        await queue.journal_outcomes([(message.id, ROUTE, ["c-restart-1"], now)], [])
+    finally:
+        await gw.stop()  # or a crash: the row stays `sending` for the old incarnation
+
+    gw = await Gateway.open(config, clock)  # a new incarnation; the journal goes first
+    try:
+        assert gw.cluster is not None and gw.cluster.membership.me != before
+        assert gw.cluster.queue.journal is not None
+        assert gw.cluster.queue.journal.pending == 0
+        found = await rows(
+            gw.cluster.pool,
+            "SELECT m.state, m.owner_incarnation, c.carrier_id FROM messages m"
+            " JOIN carrier_ids c ON c.message_id = m.id WHERE m.id = %s",
+            (message.id,),
+        )
+        assert found == [("sent", before.incarnation, "c-restart-1")]
+    finally:
+        await gw.stop()
+
+
+async def test_old_incarnations_are_pruned_one_node_at_a_time(pool: Pool) -> None:
+    async with pool.connection() as conn:
+        first = await nodes.register(conn, "gw1", 600.0)
+        holder = await nodes.register(conn, "gw1", 600.0)  # supersedes the first
+        newest = await nodes.register(conn, "gw1", 600.0)
+        sweeper = await nodes.register(conn, "gw2", 600.0)
+        assert len(await nodes.recover_expired(conn, sweeper)) == 2
+        await conn.execute(
+            "INSERT INTO route_slots (route, slot, incarnation, node_id) VALUES (%s, 0, %s, %s)",
+            (ROUTE, holder.incarnation, holder.node_id),
+        )
+        await conn.execute(
+            "INSERT INTO node_routes (incarnation, route, node_id, kind, state) VALUES"
+            " (%s, %s, 'gw1', 'smpp', 'up'), (%s, %s, 'gw1', 'smpp', 'up')",
+            (first.incarnation, ROUTE, newest.incarnation, ROUTE),
+        )
+        assert await nodes.prune_gone(conn, 3600.0) == 0  # not gone long enough
+
+    async with pool.connection() as other, other.transaction():
+        await other.execute("SELECT pg_advisory_xact_lock(%s)", (nodes.PRUNE_LOCK,))
+        async with pool.connection() as conn:
+            assert await nodes.prune_gone(conn, 1e-6) is None  # another node is at it
+    async with pool.connection() as conn:
+        assert await nodes.prune_gone(conn, 1e-6) == 1
+
+    # The slot's holder stays while its slot is held, the newest of each node id always.
+    left = await rows(pool, "SELECT incarnation FROM nodes ORDER BY incarnation")
+    assert left == [(holder.incarnation,), (newest.incarnation,), (sweeper.incarnation,)]
+    assert await rows(pool, "SELECT incarnation FROM node_routes") == [(newest.incarnation,)]
