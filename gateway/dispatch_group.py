@@ -8,6 +8,10 @@ window lets it, and once every message has its answer the outcomes are recorded 
 store call: `sent`, a retry with back-off, `failed` or `expired`, mapped from the
 driver's errors as for a single message. A message's window slot is freed when the
 carrier answers it, not when its outcome is on disk.
+
+On a cluster the outcomes' write is tried again while the database is away, for
+`[cluster] outcome_retry_seconds`; past that they go to the node's local journal
+(`cluster/outcome_journal.py`), finished from there once the database is back.
 """
 
 from __future__ import annotations

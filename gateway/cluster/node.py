@@ -321,6 +321,11 @@ class ClusterNode:
                 lambda: float(node.queue.late),
             ),
             (
+                "smsgw_cluster_journaled_outcomes",
+                "Outcomes waiting in this node's journal for the database to take them",
+                lambda: float(node.queue.journal.pending if node.queue.journal else 0),
+            ),
+            (
                 "smsgw_cluster_xmin_age_seconds",
                 "Age of the oldest transaction holding the database's xmin horizon (-1: unknown)",
                 lambda: -1.0 if node.horizon.last is None else node.horizon.last.seconds,

@@ -29,7 +29,7 @@ from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcome_journal import OutcomeJournal
-from gateway.cluster.outcomes import Outcome, finish
+from gateway.cluster.outcomes import claimed_outcomes, finish
 from gateway.cluster.parks import ClusterParks
 from gateway.cluster.queue_sql import Conn
 from gateway.cluster.shared_keys import KeyringWatch
@@ -437,32 +437,6 @@ class ClusterQueue:
             )
         return found, ids, short, wait
 
-    def _claimed(
-        self, sent: list[SentItem], changes: list[tuple[Transition, float]]
-    ) -> list[tuple[Incarnation, Outcome]]:
-        """Each outcome with the claim it answers (unknown: this incarnation, epoch -1,
-        which `finish` keeps as late)."""
-        unknown = (self._me(), -1)
-        claimed = []
-        for i, route, cids, _ in sent:
-            me, epoch = self._claims.get(i, unknown)
-            claimed.append((me, Outcome(i, epoch, State.SENT, route, tuple(cids))))
-        for t, _ in changes:
-            me, epoch = self._claims.get(t.message_id, unknown)
-            outcome = Outcome(
-                t.message_id,
-                epoch,
-                t.target,
-                t.route or "",
-                (),
-                t.error_code,
-                t.due_at,
-                t.attempts,
-                bool(t.possible_duplicate),
-            )
-            claimed.append((me, outcome))
-        return claimed
-
     async def record_outcomes(
         self, sent: list[SentItem], changes: list[tuple[Transition, float]]
     ) -> tuple[list[State | Exception], list[bool | Exception]]:
@@ -470,7 +444,7 @@ class ClusterQueue:
         holds (else kept as a late outcome: `LateOutcome` / False in its place); a sent
         message's receipts that overtook the answer are applied after it. Then, if
         the journal holds outcomes of an earlier outage, they are replayed."""
-        claimed = self._claimed(sent, changes)
+        claimed = claimed_outcomes(sent, changes, self._claims, self._me())
         if not claimed:
             return [], []
         now = max([s[3] for s in sent] + [n for _, n in changes])
@@ -512,7 +486,7 @@ class ClusterQueue:
         group sender's whole retry window), each with its claim, for a later replay."""
         if self.journal is None:
             raise RuntimeError("no outcome journal on this node")
-        claimed = self._claimed(sent, changes)
+        claimed = claimed_outcomes(sent, changes, self._claims, self._me())
         now = max([s[3] for s in sent] + [n for _, n in changes], default=0.0)
         await self.journal.append(claimed, now)
         for _, outcome in claimed:
