@@ -9,6 +9,7 @@ injected short (`record_window`), so a cut of about a second stands for the outa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from drivers.smpp.options import SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from gateway.app import Gateway
 from gateway.cluster import nodes
-from gateway.cluster.lease import Pool
-from gateway.cluster.nodes import Incarnation
+from gateway.cluster.lease import Membership, Pool
+from gateway.cluster.nodes import Incarnation, Recovered
 from gateway.cluster.outcome_journal import OutcomeJournal
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.config import from_mapping
@@ -321,3 +322,53 @@ async def test_old_incarnations_are_pruned_one_node_at_a_time(pool: Pool) -> Non
     left = await rows(pool, "SELECT incarnation FROM nodes ORDER BY incarnation")
     assert left == [(holder.incarnation,), (newest.incarnation,), (sweeper.incarnation,)]
     assert await rows(pool, "SELECT incarnation FROM node_routes") == [(newest.incarnation,)]
+
+
+async def test_a_rejoined_node_replays_its_journal_before_its_sweep_takes_the_rows_back(
+    pool: Pool, tmp_path: Path
+) -> None:
+    async with pool.connection() as conn:
+        before = await nodes.register(conn, "gw1", 600.0)
+    queue = ClusterQueue(pool, FieldCipher({1: bytes(range(32))}, bytes(32)), lambda: before)
+    store = Store(tmp_path / "gw1.db", bytes(32))
+    await store.open()
+    swept: list[list[Recovered]] = []
+    done = asyncio.Event()
+
+    def recovered(found: list[Recovered]) -> None:
+        swept.append(found)
+        done.set()
+
+    membership = Membership(
+        pool,
+        "gw1",
+        SystemClock(),
+        lease=2.0,
+        margin=0.5,
+        interval=0.05,
+        on_recovered=recovered,
+        before_sweep=queue.replay_journal,
+    )
+    try:
+        queue.journal = OutcomeJournal(store)
+        now = SystemClock().time()
+        ids = ["rejoin-0", "rejoin-1"]
+        await queue.accept(
+            [
+                NewMessage(i, "tok", Priority.NORMAL, NUMBER, BODY, "gsm7", 1, now, now + 3600)
+                for i in ids
+            ]
+        )
+        await queue.claim_group(ids, ROUTE, now)
+        await queue.journal_outcomes([(i, ROUTE, [f"c-{i}"], now) for i in ids], [])
+
+        await membership.start()  # a new incarnation: the one that claimed them lapses now
+        await asyncio.wait_for(done.wait(), WAIT)
+        assert swept[0] == [Recovered(before.incarnation, "gw1", 0)]  # nothing left to take
+        assert queue.journal.pending == 0
+        assert await rows(
+            pool, "SELECT id, state FROM messages WHERE id = ANY(%s) ORDER BY id", (ids,)
+        ) == [(i, "sent") for i in ids]
+    finally:
+        await membership.stop()
+        await store.close()
