@@ -168,7 +168,16 @@ class Gateway(UseCaseWiring):
         fence = None if node is None else node.fence_check
         elsewhere = None if node is None else node.nudge
         scheduler = Scheduler(
-            queue, routes, router, config.queue, clock, metrics, fence=fence, elsewhere=elsewhere
+            queue,
+            routes,
+            router,
+            config.queue,
+            clock,
+            metrics,
+            fence=fence,
+            elsewhere=elsewhere,
+            journal=None if node is None else node.queue.journal_outcomes,
+            record_window=config.cluster.outcome_retry_seconds,
         )
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics, sealer=queue)

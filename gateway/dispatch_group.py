@@ -8,6 +8,10 @@ window lets it, and once every message has its answer the outcomes are recorded 
 store call: `sent`, a retry with back-off, `failed` or `expired`, mapped from the
 driver's errors as for a single message. A message's window slot is freed when the
 carrier answers it, not when its outcome is on disk.
+
+On a cluster the outcomes' write is tried again while the database is away, for
+`[cluster] outcome_retry_seconds`; past that they go to the node's local journal
+(`cluster/outcome_journal.py`), finished from there once the database is back.
 """
 
 from __future__ import annotations
@@ -48,9 +52,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("smsgw.scheduler")
 
 NOT_READY_COOL_DOWN = 1.0
-# A cluster's outcome writes: 0.25 s, doubling to 5 s, 15 tries (about a minute).
-RECORD_RETRY_FIRST, RECORD_RETRY_MAX, RECORD_RETRIES = 0.25, 5.0, 15
+# A cluster's outcome writes: 0.25 s, doubling to 5 s, for `[cluster]
+# outcome_retry_seconds` (a minute by default).
+RECORD_RETRY_FIRST, RECORD_RETRY_MAX, RECORD_WINDOW = 0.25, 5.0, 60.0
 T = TypeVar("T")
+# Where a cluster node keeps outcomes the database would not take within the window.
+Journal = Callable[[list[SentItem], list[tuple[Transition, float]]], Awaitable[None]]
+JOURNALED = State.SENDING  # a sent message's state while its outcome waits in the journal
 
 
 class GroupSender:
@@ -66,8 +74,12 @@ class GroupSender:
         parked: Callable[[], None],
         backoff: Callable[[int], float],
         fence: Callable[[], None] | None = None,
+        journal: Journal | None = None,
+        record_window: float = RECORD_WINDOW,
     ) -> None:
         self._store = store
+        self._journal = journal
+        self._record_window = record_window
         # On a cluster: raises once this node's lease may have lapsed (`lease.Fence`);
         # nothing is claimed or handed to a driver after that.
         self._fence = fence
@@ -307,7 +319,7 @@ class GroupSender:
                     route=route.name,
                     error=exception_summary(state),
                 )
-            elif state is not State.SENT:
+            elif state is not State.SENT and state is not JOURNALED:
                 self._metrics.final.labels(state.value).inc()
             # Per-message success is in `message_events`; the log keeps it at debug level.
             debug(
@@ -328,25 +340,44 @@ class GroupSender:
         """On a cluster the database can be away for a moment (a failover, a cut link):
         what the carrier answered is written again, with a growing pause, rather than
         left `sending` until this node's lease lapses (a write that did land unseen is
-        kept as a late outcome the second time, overwriting nothing)."""
-        return await self._retrying(
-            lambda: self._store.record_outcomes(sent, changes), "outcomes_retry"
-        )
+        kept as a late outcome the second time, overwriting nothing). Away longer than
+        the window, it goes to the node's journal, to be finished once the database is
+        back; none of it counts as applied meanwhile (a retry is not queued here: the
+        replay queues it, and the schedulers take it in)."""
+        try:
+            return await self._retrying(
+                lambda: self._store.record_outcomes(sent, changes), "outcomes_retry"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self._journal is None:
+                raise
+            await self._journal(sent, changes)
+            log.error(
+                "outcomes_journaled",
+                sent=len(sent),
+                changes=len(changes),
+                error=exception_summary(e),
+            )
+            return [JOURNALED] * len(sent), [False] * len(changes)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], event: str) -> T:
-        """`call()`, and on a cluster again after a growing pause while it raises (up to
-        RECORD_RETRIES tries, each logged as `event`); on one node, once."""
+        """`call()`, and on a cluster again after a growing pause while it raises (for
+        `record_window` seconds, each try logged as `event`); on one node, once."""
         pause, attempt = RECORD_RETRY_FIRST, 1
+        until = self._clock.monotonic() + self._record_window
         while True:
             try:
                 return await call()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if self._fence is None or attempt >= RECORD_RETRIES:
+                left = until - self._clock.monotonic()
+                if self._fence is None or left <= 0:
                     raise
                 log.warning(event, attempt=attempt, error=exception_summary(e))
-            await self._clock.sleep(pause)
+            await self._clock.sleep(min(pause, left))
             pause, attempt = min(pause * 2, RECORD_RETRY_MAX), attempt + 1
 
     def _failure(

@@ -49,7 +49,7 @@ import structlog
 
 from drivers.clock import Clock, wait_event
 from gateway.config import QueueConfig
-from gateway.dispatch_group import GroupSender
+from gateway.dispatch_group import RECORD_WINDOW, GroupSender, Journal
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
@@ -107,6 +107,8 @@ class Scheduler:
         *,
         fence: Callable[[], None] | None = None,
         elsewhere: Callable[[], None] | None = None,
+        journal: Journal | None = None,
+        record_window: float = RECORD_WINDOW,
     ) -> None:
         self._store = store
         # On a cluster: a message none of whose routes this node may use is not held
@@ -147,6 +149,8 @@ class Scheduler:
             parked=self.wake,
             backoff=self.backoff,
             fence=fence,
+            journal=journal,
+            record_window=record_window,
         )
 
     # -- feeding -------------------------------------------------------------------------

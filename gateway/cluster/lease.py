@@ -13,7 +13,9 @@ lease had not lapsed in the database after all) lifts the fence; a refused one m
 the lease is gone (lapsed or superseded): the node registers a new incarnation and
 carries on under it, while its old claims are recovered by whoever sweeps first.
 
-After each successful renewal the node sweeps for lapsed leases (`nodes.recover_expired`).
+After each successful renewal the node sweeps for lapsed leases (`nodes.recover_expired`),
+first finishing what it still owes (`before_sweep`: the outcome journal's replay), so
+that its own rows of an outage it outlived are recorded rather than taken back.
 Whatever must stop the moment the node fences itself (its SMPP binds, `bindslots.py`)
 registers with `on_fenced`: the callbacks run as the fence falls, with `margin` seconds
 at least before the lease can lapse in the database.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
 import structlog
@@ -86,6 +88,7 @@ class Membership:
         margin: float = 3.0,
         interval: float = 2.0,
         on_recovered: Callable[[list[Recovered]], None] | None = None,
+        before_sweep: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         if interval >= lease - margin:
             raise ValueError("heartbeats must come more often than the fence deadline")
@@ -94,6 +97,7 @@ class Membership:
         self._clock = clock
         self._interval = interval
         self._on_recovered = on_recovered
+        self._before_sweep = before_sweep
         self.fence = Fence(clock, lease, margin)
         self._me: Incarnation | None = None
         self.fenced = asyncio.Event()  # set while fenced (for logs, metrics and tests)
@@ -191,6 +195,11 @@ class Membership:
                 log.warning("heartbeat_failed", node=self.node_id, error=exception_summary(e))
 
     async def _sweep(self) -> None:
+        if self._before_sweep is not None:
+            try:
+                await self._before_sweep()
+            except Exception as e:  # it must not keep the sweep from running
+                log.warning("before_sweep_failed", node=self.node_id, error=exception_summary(e))
         async with self._pool.connection() as conn:
             recovered = await nodes.recover_expired(conn, self.me)
         for r in recovered:

@@ -15,6 +15,12 @@ queued messages in its heaps, not only `sending` ones).
 Panel users and sessions are shared (`panel.py`): the users in the node's own SQLite
 at its first start are copied up once, before the first request.
 
+Outcomes the database would not take for `outcome_retry_seconds` wait in the node's
+local journal (`outcome_journal.py`): what a previous run left is replayed at open,
+before this incarnation registers; the rest before each of the node's recovery sweeps
+and after its next recorded round. Old incarnations' `nodes` and `node_routes` rows are
+pruned from the upkeep loop, one node at a time (`nodes.prune_gone`).
+
 Keys and audit: the queue's cipher is built from the shared keyring
 (`shared_keys.py`) and takes up a rotation made on any node at the next heartbeat; the
 node's audit entries are copied into its chain in PostgreSQL and anchors written
@@ -41,7 +47,8 @@ from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.lease import Membership, Pool
-from gateway.cluster.nodes import Recovered
+from gateway.cluster.nodes import Recovered, prune_gone
+from gateway.cluster.outcome_journal import OutcomeJournal
 from gateway.cluster.panel import ClusterPanel
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.reads import ClusterReads
@@ -64,6 +71,7 @@ from gateway.store.store import Store
 log = structlog.get_logger("smsgw.cluster")
 
 RECOVERED = "recovered"  # the NOTIFY payload after a sweep requeued a dead node's rows
+PRUNE_EVERY = 3600.0  # seconds between prunings of old incarnations (at most)
 
 
 class ClusterNode:
@@ -142,6 +150,9 @@ class ClusterNode:
             assert store.cipher is not None, "the store is open"
             check_same(keys, store.cipher, store.master_key)
             cipher = crypto.FieldCipher(keys.field, keys.blind)
+            journal = OutcomeJournal(store)
+            if await journal.load():
+                await _replay_at_open(journal, pool)
             node: ClusterNode | None = None
 
             def recovered(found: list[Recovered]) -> None:
@@ -156,13 +167,16 @@ class ClusterNode:
                 margin=settings.margin_seconds,
                 interval=settings.heartbeat_seconds,
                 on_recovered=recovered,
+                before_sweep=lambda: queue.replay_journal(),
             )
             queue = ClusterQueue(pool, cipher, lambda: membership.me)
+            queue.journal = journal
             queue.master_key = store.master_key
             watch = KeyringWatch(pool, master, cipher)
             queue.keys = watch
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
+            queue.on_requeued = node.nudge
             await node.tokens.copy_local(store.reader)  # before the first request
             await node.panel.copy_local_once(store.reader, settings.node_id, clock.time())
             await membership.start()
@@ -207,8 +221,8 @@ class ClusterNode:
 
     async def _upkeep(self) -> None:
         """Each heartbeat: take up a key rotation, copy new audit entries; an anchor
-        every `audit_anchor_seconds`."""
-        next_anchor = self._clock.monotonic()
+        every `audit_anchor_seconds`; old incarnations pruned every hour at most."""
+        next_anchor = next_prune = self._clock.monotonic()
         copying = True
         while True:
             try:
@@ -219,12 +233,23 @@ class ClusterNode:
                 if self._clock.monotonic() >= next_anchor:
                     await self.shipper.anchor(self._clock.time())
                     next_anchor = self._clock.monotonic() + self.settings.audit_anchor_seconds
+                if self._clock.monotonic() >= next_prune:
+                    next_prune = self._clock.monotonic() + min(
+                        PRUNE_EVERY, self.settings.prune_nodes_after_seconds
+                    )
+                    await self._prune()
             except ChainDiverged as e:  # an operator's matter: keep the rest running
                 log.error("audit_chain_diverged", node=self.settings.node_id, error=str(e))
                 copying = False
             except Exception as e:  # the database is away: the next round retries
                 log.warning("cluster_upkeep_failed", error=exception_summary(e))
             await self._clock.sleep(self.settings.heartbeat_seconds)
+
+    async def _prune(self) -> None:
+        async with self._pool.connection() as conn:
+            pruned = await prune_gone(conn, self.settings.prune_nodes_after_seconds)
+        if pruned:
+            log.info("nodes_pruned", node=self.settings.node_id, incarnations=pruned)
 
     async def _publishing(self) -> None:
         """Every heartbeat: this node's routes and their health, for the cluster view."""
@@ -296,6 +321,11 @@ class ClusterNode:
                 lambda: float(node.queue.late),
             ),
             (
+                "smsgw_cluster_journaled_outcomes",
+                "Outcomes waiting in this node's journal for the database to take them",
+                lambda: float(node.queue.journal.pending if node.queue.journal else 0),
+            ),
+            (
                 "smsgw_cluster_xmin_age_seconds",
                 "Age of the oldest transaction holding the database's xmin horizon (-1: unknown)",
                 lambda: -1.0 if node.horizon.last is None else node.horizon.last.seconds,
@@ -337,3 +367,17 @@ async def open_cluster(config: Config, store: Store, clock: Clock, master: bytes
         raise StartupFault(
             f"cluster.conninfo: cannot reach PostgreSQL ({exception_summary(e)})"
         ) from None
+
+
+async def _replay_at_open(journal: OutcomeJournal, pool: Pool) -> None:
+    """A previous run's journal, finished under the incarnations that claimed its rows
+    (before this one registers and sweeps them back); if the database fails now, the
+    heartbeats try again."""
+    try:
+        done = await journal.replay(pool)
+    except (psycopg.Error, PoolTimeout, OSError) as e:
+        log.warning("outcome_journal_replay_failed", error=exception_summary(e))
+        return
+    log.info(
+        "outcome_journal_replayed", applied=done.applied, late=done.late, requeued=done.requeued
+    )

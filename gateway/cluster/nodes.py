@@ -134,3 +134,41 @@ async def recover_expired(conn: AsyncConnection[TupleRow], by: Incarnation) -> l
             await conn.execute("DELETE FROM rate_shares WHERE incarnation = %s", (incarnation,))
             recovered.append(Recovered(int(incarnation), str(node_id), requeued))
     return recovered
+
+
+PRUNE_LOCK = 0x736D7367_77000002  # pg_try_advisory_xact_lock key: "smsgw" + 2
+
+# Incarnations gone long ago: recovered (their `sending` rows taken back) and their
+# lease over for `after` seconds, not the newest of their node id (the cluster view
+# shows each node's last one), and referenced by no live row: no `sending` message, no
+# bind slot, no rate share. History (events, late outcomes, `sent` rows' owner) keeps
+# node id and incarnation as plain values and needs no `nodes` row. Their published
+# routes go with them.
+_PRUNE = f"""
+WITH gone AS (
+    DELETE FROM nodes n
+    WHERE n.recovered_at < clock_timestamp() - make_interval(secs => %(after)s)
+        AND n.lease_until < clock_timestamp() - make_interval(secs => %(after)s)
+        AND n.incarnation < (SELECT max(l.incarnation) FROM nodes l WHERE l.node_id = n.node_id)
+        AND NOT EXISTS (SELECT 1 FROM messages m
+            WHERE m.owner_incarnation = n.incarnation AND m.state = '{State.SENDING.value}')
+        AND NOT EXISTS (SELECT 1 FROM route_slots s WHERE s.incarnation = n.incarnation)
+        AND NOT EXISTS (SELECT 1 FROM rate_shares r WHERE r.incarnation = n.incarnation)
+    RETURNING n.incarnation
+), routes AS (
+    DELETE FROM node_routes r USING gone WHERE r.incarnation = gone.incarnation
+)
+SELECT count(*) FROM gone
+"""  # noqa: S608 - fixed state names
+
+
+async def prune_gone(conn: AsyncConnection[TupleRow], after: float) -> int | None:
+    """Delete the `nodes` and `node_routes` rows of incarnations gone for `after`
+    seconds; how many, or None if another node is pruning now (one at a time)."""
+    async with conn.transaction():
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,))
+        got = await cur.fetchone()
+        if got is None or not got[0]:
+            return None
+        row = await (await conn.execute(_PRUNE, {"after": after})).fetchone()
+    return 0 if row is None else int(row[0])

@@ -12,7 +12,7 @@ rows that were already taken back turn into late outcomes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection
@@ -21,6 +21,8 @@ from psycopg.rows import TupleRow
 from gateway.cluster.nodes import Incarnation
 from gateway.lifecycle import check_transition
 from gateway.models import State
+from gateway.store.group_sql import SentItem
+from gateway.store.transitions import Transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +123,34 @@ async def finish(
         rows = await (await conn.execute(FINISH_SQL, params)).fetchall()
     applied = {r[0] for r in rows if r[1]}
     return Finished([i for i in ids if i in applied], [r[0] for r in rows if not r[1]])
+
+
+def claimed_outcomes(
+    sent: Sequence[SentItem],
+    changes: Sequence[tuple[Transition, float]],
+    claims: Mapping[str, tuple[Incarnation, int]],
+    me: Incarnation,
+) -> list[tuple[Incarnation, Outcome]]:
+    """A group's answers as outcomes, each with the claim it answers (`claims`: the
+    incarnation and epoch of each claimed message; one not there is `me`'s with epoch
+    -1, which `finish` keeps as late)."""
+    unknown = (me, -1)
+    claimed = []
+    for i, route, cids, _ in sent:
+        owner, epoch = claims.get(i, unknown)
+        claimed.append((owner, Outcome(i, epoch, State.SENT, route, tuple(cids))))
+    for t, _ in changes:
+        owner, epoch = claims.get(t.message_id, unknown)
+        outcome = Outcome(
+            t.message_id,
+            epoch,
+            t.target,
+            t.route or "",
+            (),
+            t.error_code,
+            t.due_at,
+            t.attempts,
+            bool(t.possible_duplicate),
+        )
+        claimed.append((owner, outcome))
+    return claimed

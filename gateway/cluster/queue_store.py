@@ -10,12 +10,16 @@ other claimer holds (`FOR UPDATE SKIP LOCKED`). This node remembers each claim's
 and hands it back with the outcome (`outcomes.finish`): an outcome whose claim was lost
 meanwhile (recovered after a lapse, perhaps claimed again) is kept as a late outcome,
 never applied. Recovery takes back every lapsed incarnation's `sending` rows, this
-node's previous ones included (registering superseded them).
+node's previous ones included (registering superseded them). Outcomes the database
+could not take for the group sender's whole retry window go to the node's local
+journal (`outcome_journal.py`) under the claim they answer, and are finished from there
+once it is back.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from itertools import groupby
 from typing import Any
 
 import structlog
@@ -24,10 +28,12 @@ from gateway.cluster import buckets, queue_sql, reads
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
-from gateway.cluster.outcomes import Outcome, finish
+from gateway.cluster.outcome_journal import OutcomeJournal
+from gateway.cluster.outcomes import claimed_outcomes, finish
 from gateway.cluster.parks import ClusterParks
 from gateway.cluster.queue_sql import Conn
 from gateway.cluster.shared_keys import KeyringWatch
+from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store import crypto
 from gateway.store.claim_check import ACCOUNT_EMPTY, Held
@@ -111,8 +117,9 @@ class ClusterQueue:
         self.pool = pool
         self._cipher = cipher
         self._me = me
-        # Each message this node claimed and has not finished: its claim's epoch.
-        self._epochs: dict[str, int] = {}
+        # Each message this node claimed and has not finished: its claim (the
+        # incarnation then, and the epoch).
+        self._claims: dict[str, tuple[Incarnation, int]] = {}
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
         self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
@@ -122,6 +129,10 @@ class ClusterQueue:
         self.starved: dict[str, int] = {}  # per account: claims here that got fewer tokens
         # Set by the wiring with `[consent] enabled`: the send policy's check in each claim.
         self.claim_check: ClusterClaimCheck | None = None
+        # Set by the wiring: outcomes past the retry window wait there for the database.
+        self.journal: OutcomeJournal | None = None
+        # Set by the wiring: retries a replay queued again (the schedulers take them in).
+        self.on_requeued: Callable[[], None] | None = None
 
     # -- accept ------------------------------------------------------------------------
 
@@ -414,7 +425,7 @@ class ClusterQueue:
             await self.keys.check()
         for r in rows:
             message_id = r[0]
-            self._epochs[message_id] = int(r[1])
+            self._claims[message_id] = (me, int(r[1]))
             found[message_id] = ClaimedMessage(
                 message_id,
                 c.decrypt(bytes(r[2]), message_id, "to"),
@@ -431,47 +442,69 @@ class ClusterQueue:
     ) -> tuple[list[State | Exception], list[bool | Exception]]:
         """A group's answers in one transaction, each applied only if its claim still
         holds (else kept as a late outcome: `LateOutcome` / False in its place); a sent
-        message's receipts that overtook the answer are applied after it."""
-        me = self._me()
-        outcomes = [
-            Outcome(i, self._epochs.get(i, -1), State.SENT, route, tuple(cids))
-            for i, route, cids, _ in sent
-        ]
-        for t, _ in changes:
-            outcomes.append(
-                Outcome(
-                    t.message_id,
-                    self._epochs.get(t.message_id, -1),
-                    t.target,
-                    t.route or "",
-                    (),
-                    t.error_code,
-                    t.due_at,
-                    t.attempts,
-                    bool(t.possible_duplicate),
-                )
-            )
-        if not outcomes:
+        message's receipts that overtook the answer are applied after it. Then, if
+        the journal holds outcomes of an earlier outage, they are replayed."""
+        claimed = claimed_outcomes(sent, changes, self._claims, self._me())
+        if not claimed:
             return [], []
         now = max([s[3] for s in sent] + [n for _, n in changes])
         states: list[State | Exception] = []
+        applied: set[str] = set()
+        late = 0
         async with self._pool.connection() as conn, conn.transaction():
-            done = await finish(conn, me, outcomes, now)
-            applied = set(done.applied)
-            self.late += len(done.late)
-            if done.late:  # answers that came after this node lost its claims (S7)
-                log.warning("late_outcomes", node=me.node_id, count=len(done.late))
+            # Claims made under an earlier incarnation (this node rejoined meanwhile)
+            # are finished under theirs.
+            for me, same in groupby(claimed, key=lambda c: c[0]):
+                done = await finish(conn, me, [o for _, o in same], now)
+                applied.update(done.applied)
+                late += len(done.late)
+            me = self._me()
             for message_id, route, cids, _ in sent:
                 if message_id not in applied:
                     states.append(LateOutcome(message_id))
                     continue
                 after = await queue_sql.early_receipts(conn, route, tuple(cids), now, me)
                 states.append(after or State.SENT)
+        self.late += late
+        if late:  # answers that came after this node lost its claims (S7)
+            log.warning("late_outcomes", node=self._me().node_id, count=late)
         # Only once committed: a write lost with the database is tried again (the group
-        # sender retries it on a cluster) under the same epochs.
-        for outcome in outcomes:
-            self._epochs.pop(outcome.message_id, None)
+        # sender retries it on a cluster) under the same claims.
+        for _, outcome in claimed:
+            self._claims.pop(outcome.message_id, None)
+        if self.journal is not None and self.journal.pending:
+            try:
+                await self.replay_journal()
+            except Exception as e:  # this round is recorded; the journal waits for the next
+                log.warning("outcome_journal_replay_failed", error=exception_summary(e))
         return states, [t.message_id in applied for t, _ in changes]
+
+    async def journal_outcomes(
+        self, sent: list[SentItem], changes: list[tuple[Transition, float]]
+    ) -> None:
+        """Keep a group's answers in the local journal (the database stayed away for the
+        group sender's whole retry window), each with its claim, for a later replay."""
+        if self.journal is None:
+            raise RuntimeError("no outcome journal on this node")
+        claimed = claimed_outcomes(sent, changes, self._claims, self._me())
+        now = max([s[3] for s in sent] + [n for _, n in changes], default=0.0)
+        await self.journal.append(claimed, now)
+        for _, outcome in claimed:
+            self._claims.pop(outcome.message_id, None)
+
+    async def replay_journal(self) -> int:
+        """Finish what the journal holds (`OutcomeJournal.replay`); how many it applied.
+        Raises while the database is away."""
+        if self.journal is None or not self.journal.pending:
+            return 0
+        done = await self.journal.replay(self._pool)
+        self.late += done.late
+        log.info(
+            "outcome_journal_replayed", applied=done.applied, late=done.late, requeued=done.requeued
+        )
+        if done.requeued and self.on_requeued is not None:
+            self.on_requeued()
+        return done.applied
 
     async def give_back(self, claims: Sequence[tuple[str, int]], route: str, now: float) -> int:
         """Only rows still `sending` for this incarnation: one recovered meanwhile (this
@@ -491,7 +524,7 @@ class ClusterQueue:
         async with self._pool.connection() as conn, conn.transaction():
             rows = await (await conn.execute(queue_sql.GIVE_BACK_SQL, params)).fetchall()
         for message_id, _ in claims:
-            self._epochs.pop(message_id, None)
+            self._claims.pop(message_id, None)
         return len(rows)
 
     async def transition_many(self, ts: Sequence[Transition], now: float) -> list[bool]:

@@ -46,6 +46,11 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
+    # How long a node keeps trying to record what the carrier answered while PostgreSQL
+    # is away; past that the outcomes go to its local journal (`outcome_journal.py`).
+    outcome_retry_seconds: Seconds = 60.0
+    # Incarnations recovered this long ago (and referenced by no live row) are pruned.
+    prune_nodes_after_seconds: Seconds = 86400.0
     accounts: tuple[RateAccount, ...] = ()  # shared rates (route_settings.py)
 
     def problems(self) -> str | None:

@@ -1092,6 +1092,28 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX messages_state;
     CREATE INDEX messages_state ON messages (state, created_at);
     """,
+    # ---
+    # 37 (issue 18, nodes): a cluster node's journal of outcomes it could not record in
+    #    PostgreSQL (the database away past the retry window): replayed in `seq` order
+    #    through the claim-checked finish once it is back (`cluster/outcome_journal.py`).
+    #    Ids, states, codes and carrier ids only: nothing personal.
+    """
+    CREATE TABLE outcome_journal (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        node_id            TEXT NOT NULL,
+        incarnation        INTEGER NOT NULL,
+        claim_epoch        INTEGER NOT NULL,
+        message_id         TEXT NOT NULL,
+        state              TEXT NOT NULL,
+        route              TEXT NOT NULL,
+        carrier_ids        TEXT NOT NULL DEFAULT '[]',
+        error_code         TEXT,
+        due_at             REAL,
+        attempts           INTEGER,
+        possible_duplicate INTEGER NOT NULL DEFAULT 0,
+        at                 REAL NOT NULL
+    );
+    """,
 )
 
 
