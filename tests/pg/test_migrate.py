@@ -255,9 +255,13 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
     assert await asyncio.to_thread(migrate, tiny.conf, target) == 0
     rotate = ["keys", "rotate", "--config", str(tiny.conf), "--postgresql", target]
     assert await asyncio.to_thread(main, [*rotate, "--node-id", "gw1"]) == 0
-    assert "field key generation 3 is current; 60 messages re-encrypted" in capsys.readouterr().out
+    done = "field key generation 3 is current; 61 rows re-encrypted (messages, inbound messages)"
+    assert done in capsys.readouterr().out  # 60 messages, 1 inbound
     prefix = crypto.generation_prefix(3)
-    heads = {bytes(b[:3]) for (b,) in pg(target, "SELECT body_ct FROM messages")}  # type: ignore[index]
+    heads = {
+        bytes(b[:3])  # type: ignore[index]
+        for (b,) in pg(target, "SELECT body_ct FROM messages UNION ALL SELECT body_ct FROM inbound")
+    }
     assert heads == {prefix}
     (action, target_id) = pg(
         target, "SELECT action, target_id FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC"
