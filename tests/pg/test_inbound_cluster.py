@@ -4,10 +4,10 @@ The contract: the same inbound filed through `InboundStore` (the SQLite `Store`,
 `ClusterInbound` on PostgreSQL) reads back the same through `InboundReads`, paged both
 ways, with concatenated parts joined, a redelivered part dropped and an expired set
 stored incomplete. Then two gateways on one PostgreSQL: an inbound received by A is
-listed by B's API, the parts of one message landing on both nodes join, the carrier's
-redelivery to B is not stored twice, an inbound's STOP decision names an inbound B
-can read, and neither the PostgreSQL dump nor the nodes' SQLite files hold the
-number or the text.
+listed by B's API and B's panel, the parts of one message landing on both nodes join,
+the carrier's redelivery to B is not stored twice, an inbound's STOP decision names an
+inbound A can read, and neither the PostgreSQL dump nor the nodes' SQLite files hold
+the number or the text.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from gateway.store.inbound_parts import Filed
 from gateway.store.inbound_reads import InboundReads, LocalInboundReads
 from gateway.store.inbound_store import InboundStore
 from gateway.store.store import Store
+from tests.admin_support import PanelClient
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+from tests.pg.test_cluster_panel import OFFLINE_NAME, panels  # noqa: F401 - a fixture
 from tests.pg.test_consent_cluster import _cluster_config
 from tests.pg_server import PgServer
 from tests.test_api import _api
@@ -248,3 +250,17 @@ async def test_inbound_on_one_node_is_read_on_the_other_once_and_sealed(
     for gw in (a, b):
         await gw.stop()
     assert _scan([f for gw in (a, b) for f in _files(gw.config.db_path)], needles) == []
+
+
+async def test_the_panels_inbound_page_on_b_lists_what_a_received(
+    panels: tuple[PanelClient, PanelClient],  # noqa: F811 - the fixture
+) -> None:
+    a, b = panels
+    await a.gw.sink.inbound(ROUTE, InboundSms(CANARY_NUMBER, CANARY_BODY, SHORT_CODE))
+    (stored,) = await a.gw.inbound_reads.inbound_newest(None, 5)
+    await b.login_ok(OFFLINE_NAME)
+    r = await b.client.get("/inbound")
+    page = await r.text()
+    assert r.status == 200, page
+    assert f'data-inbound-id="{stored.id}"' in page
+    assert CANARY_BODY not in page and CANARY_DIGITS not in page
