@@ -3,7 +3,8 @@ inbound records no codec could read (held encrypted for an operator, with an ale
 
 An inbound message's keywords (STOP, START, HELP, revocation phrases) are decided in
 the transaction that stores it (`consent/inbound.py`); a reply it earned is handed to
-the scheduler after that commit."""
+the scheduler after that commit. On a cluster inbound messages are filed in the shared
+PostgreSQL tables (`cluster/inbound.py`), the keyword step right after their commit."""
 
 from __future__ import annotations
 

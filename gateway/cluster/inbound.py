@@ -111,13 +111,16 @@ class ClusterInbound:
     ) -> ExpiredSets:
         stored: list[StoredInbound] = []
         async with self._pool.connection() as conn:
-            due = await _all(
-                conn,
-                "SELECT set_key, max(total) FROM inbound_parts GROUP BY set_key"
-                " HAVING min(received_at) + %s <= %s ORDER BY min(received_at)",
-                hold_for,
-                now,
-            )
+            # Each step its own transaction (not savepoints of one opened by a bare
+            # read): a set's lock is held only while that set is stored.
+            async with conn.transaction():
+                due = await _all(
+                    conn,
+                    "SELECT set_key, max(total) FROM inbound_parts GROUP BY set_key"
+                    " HAVING min(received_at) + %s <= %s ORDER BY min(received_at)",
+                    hold_for,
+                    now,
+                )
             for key, total in due:
                 async with conn.transaction():
                     await _lock_set(conn, bytes(key))
@@ -131,7 +134,7 @@ class ClusterInbound:
                 await conn.execute(
                     "DELETE FROM inbound_sets_done WHERE done_at <= %s", (now - hold_for,)
                 )
-            ((oldest,),) = await _all(conn, "SELECT min(received_at) FROM inbound_parts")
+                ((oldest,),) = await _all(conn, "SELECT min(received_at) FROM inbound_parts")
         await self._then(then, stored)
         return ExpiredSets(
             tuple(s.id for s in stored), None if oldest is None else oldest + hold_for

@@ -128,7 +128,7 @@ async def test_parts_join_a_redelivery_is_dropped_and_a_stale_set_expires(side: 
     assert [s.id for s in await side.reads.inbound_newest(None, 5)] == [late_id, whole.inbound_id]
 
 
-async def test_two_nodes_filing_at_once_join_once_and_number_in_commit_order(
+async def test_two_nodes_filing_or_expiring_at_once_store_once_in_commit_order(
     pg_dsn: str, tmp_path: Path
 ) -> None:
     store = Store(tmp_path / "gw.db", bytes(32))
@@ -145,6 +145,12 @@ async def test_two_nodes_filing_at_once_join_once_and_number_in_commit_order(
                     b.file_inbound_part(ROUTE, part("z", 3, 3, ref), NOW, HOLD),
                 )
                 assert sorted(f.outcome for f in filed) == [Filed.COMPLETED, Filed.HELD]
+            # A stale set, expired by both nodes at once: stored once.
+            await b.file_inbound_part(ROUTE, part("late", 2, 3, 99), NOW, HOLD)
+            expired = await asyncio.gather(
+                a.expire_inbound_parts(NOW + HOLD, HOLD), b.expire_inbound_parts(NOW + HOLD, HOLD)
+            )
+            assert sorted(len(e.inbound_ids) for e in expired) == [0, 1]
             await asyncio.gather(
                 *(
                     (a, b)[i % 2].insert_inbound(
@@ -155,7 +161,7 @@ async def test_two_nodes_filing_at_once_join_once_and_number_in_commit_order(
             )
             reads = ClusterInboundReads(pool, cipher())
             listed = await reads.inbound_after(0, 100)
-            assert [s.seq for s in listed] == list(range(1, 26))
+            assert [s.seq for s in listed] == list(range(1, 27))
             assert all(s.body.open() == "xyz" for s in listed[:5])
     finally:
         await store.close()
