@@ -63,6 +63,15 @@ _INSERT = (
 )
 
 
+_DUE_SETS = (  # sets whose first part is `timeout` old, the oldest first
+    "SELECT set_key FROM inbound_parts GROUP BY set_key"
+    " HAVING min(received_at) + %s <= %s ORDER BY min(received_at)"
+)
+_DUE_SET = (  # the part count of one set if it is due
+    "SELECT max(total) FROM inbound_parts WHERE set_key = %s HAVING min(received_at) + %s <= %s"
+)
+
+
 class ClusterInbound:
     """`InboundStore` on the shared PostgreSQL tables, under the shared keyring."""
 
@@ -114,21 +123,18 @@ class ClusterInbound:
             # Each step its own transaction (not savepoints of one opened by a bare
             # read): a set's lock is held only while that set is stored.
             async with conn.transaction():
-                due = await _all(
-                    conn,
-                    "SELECT set_key, max(total) FROM inbound_parts GROUP BY set_key"
-                    " HAVING min(received_at) + %s <= %s ORDER BY min(received_at)",
-                    hold_for,
-                    now,
-                )
-            for key, total in due:
+                due = await _all(conn, _DUE_SETS, hold_for, now)
+            for (key,) in due:
                 async with conn.transaction():
                     await _lock_set(conn, bytes(key))
-                    if await _all(
-                        conn, "SELECT 1 FROM inbound_parts WHERE set_key = %s LIMIT 1", key
-                    ):  # not stored meanwhile by another node
+                    # Still due under the lock: another node may have stored it, and a
+                    # new message may have opened a set under the same key since.
+                    again = await _all(conn, _DUE_SET, key, hold_for, now)
+                    if again:
                         stored.append(
-                            await self._store_set(conn, bytes(key), total, now, incomplete=True)
+                            await self._store_set(
+                                conn, bytes(key), again[0][0], now, incomplete=True
+                            )
                         )
             async with conn.transaction():
                 await conn.execute(
