@@ -148,7 +148,14 @@ class Gateway(UseCaseWiring):
     ) -> Gateway:
         metrics = Metrics()
         queue: QueueStore = store if node is None else node.queue
-        sink = GatewaySink(store, clock, metrics, config.inbound.reassembly_timeout, receipts=queue)
+        sink = GatewaySink(
+            store,
+            clock,
+            metrics,
+            config.inbound.reassembly_timeout,
+            receipts=queue,
+            inbound=None if node is None else node.inbound,
+        )
         routes: dict[str, RouteRuntime] = {}
         rules = []
         for rc in config.routes:

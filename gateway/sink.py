@@ -3,7 +3,8 @@ inbound records no codec could read (held encrypted for an operator, with an ale
 
 An inbound message's keywords (STOP, START, HELP, revocation phrases) are decided in
 the transaction that stores it (`consent/inbound.py`); a reply it earned is handed to
-the scheduler after that commit."""
+the scheduler after that commit. On a cluster inbound messages are filed in the shared
+PostgreSQL tables (`cluster/inbound.py`), the keyword step right after their commit."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from drivers.clock import Clock
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.store.inbound_parts import Filed, InboundHook, StoredInbound
+from gateway.store.inbound_store import InboundStore
 from gateway.store.quarantine import HeldUndecodable, Quarantine
 from gateway.store.queue_store import ReceiptStore
 from gateway.store.store import Store
@@ -42,10 +44,13 @@ class GatewaySink:
         metrics: Metrics,
         reassembly_timeout: float = DEFAULT_REASSEMBLY_TIMEOUT,
         receipts: ReceiptStore | None = None,
+        inbound: InboundStore | None = None,
     ) -> None:
         self._store = store
         # Where receipts are matched: the message queue's store (shared on a cluster).
         self._receipts: ReceiptStore = store if receipts is None else receipts
+        # Where inbound messages and their parts are filed (shared on a cluster).
+        self._inbound: InboundStore = store if inbound is None else inbound
         self._clock = clock
         self._metrics = metrics
         self.reassembly_timeout = reassembly_timeout
@@ -163,7 +168,7 @@ class GatewaySink:
             return
         inbound_id = new_message_id()
         hook, handled = self._keyword_step()
-        await self._store.insert_inbound(
+        await self._inbound.insert_inbound(
             inbound_id,
             route,
             sms.sender,
@@ -180,7 +185,7 @@ class GatewaySink:
     async def _inbound_part(self, route: str, sms: InboundSms) -> None:
         assert sms.part is not None
         hook, handled = self._keyword_step()
-        filed = await self._store.file_inbound_part(
+        filed = await self._inbound.file_inbound_part(
             route, sms, self._clock.time(), self.reassembly_timeout, then=hook
         )
         if filed.outcome is Filed.COMPLETED:
@@ -210,7 +215,7 @@ class GatewaySink:
     async def expire_inbound(self) -> float | None:
         """Store the sets held too long as incomplete messages; when the next is due."""
         hook, handled = self._keyword_step()
-        expired = await self._store.expire_inbound_parts(
+        expired = await self._inbound.expire_inbound_parts(
             self._clock.time(), self.reassembly_timeout, then=hook
         )
         for inbound_id in expired.inbound_ids:

@@ -40,6 +40,7 @@ from gateway.retention.usecase import NOTHING_SHARED, Erasures, SharedStore
 from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
 from gateway.store.audit_log import AuditTrail
+from gateway.store.inbound_reads import InboundReads, LocalInboundReads
 from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
@@ -211,6 +212,11 @@ class UseCaseWiring:
         return LocalReads(self.store) if self.cluster is None else self.cluster.reads
 
     @functools.cached_property
+    def inbound_reads(self) -> InboundReads:
+        """Where inbound messages are read: this node's store, or the shared table."""
+        return LocalInboundReads(self.store) if self.cluster is None else self.cluster.inbound_reads
+
+    @functools.cached_property
     def usecases(self) -> UseCases:
         """The application layer every front end calls (`gateway/usecases/`)."""
         messages = Messages(
@@ -235,7 +241,7 @@ class UseCaseWiring:
         )
         return UseCases(
             messages,
-            Inbound(store=self.store, audit=self.audit),
+            Inbound(reads=self.inbound_reads, audit=self.audit),
             status,
             Tokens(
                 store=self.store,

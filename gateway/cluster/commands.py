@@ -182,7 +182,7 @@ async def _rotate(target: Target, master: bytes, node_id: str) -> int:
         keys = await load_keys(conn, master)
 
         async def shown(done: int) -> None:
-            progress(done, 0, "messages re-encrypted")
+            progress(done, 0, "rows re-encrypted")
 
         try:
             generation, done = await keyring.rotate(conn, master, after_batch=shown)
@@ -196,7 +196,10 @@ async def _rotate(target: Target, master: bytes, node_id: str) -> int:
     finally:
         progress.close()
         await conn.close()
-    print(f"field key generation {generation} is current; {done} messages re-encrypted")
+    print(
+        f"field key generation {generation} is current;"
+        f" {done} rows re-encrypted (messages, inbound messages)"
+    )
     return 0
 
 

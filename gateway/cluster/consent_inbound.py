@@ -1,10 +1,10 @@
 """STOP, START and HELP on a cluster node: the decision, its suppression, its review and
 the one answer commit in ONE PostgreSQL transaction.
 
-Inbound messages stay in each node's SQLite store (the sink files them there); what a
-keyword decides is shared. `decide` runs on the writer thread in the inbound's
-transaction as on one node, but only classifies the text (nothing of consent is
-written to SQLite); once the inbound is committed, the sink awaits `after`, which in
+Inbound messages are stored in the shared tables (`inbound.py`), and what a keyword
+decides is shared too. `decide` runs on the node's SQLite writer right after the
+inbound's PostgreSQL commit, as the keyword step, but only classifies the text
+(nothing of consent is written to SQLite); the sink then awaits `after`, which in
 one PostgreSQL transaction, under the contact's advisory lock: appends the opt-out
 (or opt-in) to the shared ledger with `consent_state` (the suppression every node's
 next claim reads, R-OPT-1 across nodes), and inserts the confirmation into the shared

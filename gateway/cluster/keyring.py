@@ -7,7 +7,7 @@ copies the rows as they are. The master key stays per site, outside the database
 the root (audit chain) key are shared by every node through this table.
 
 A rotation adds field key generation N+1 and re-encrypts the older rows of `messages`
-in batches. It runs on one node at a time: it holds a session advisory lock for its
+and `inbound` in batches. It runs on one node at a time: it holds a session advisory lock for its
 whole length, and a second rotation, on this node or any other, is refused with
 `RotationBusy` instead of adding a generation of its own (two nodes each adding "N+1"
 would race for one primary key, and two re-encryptions would rewrite the same rows).
@@ -27,6 +27,8 @@ from gateway.store.keyring_sql import Keys
 
 ROTATION_LOCK = 0x736D7367_77001801  # pg_try_advisory_lock key ("smsgw", cluster lock 1)
 ENCRYPTED = ("to", "body", "reference", "callback")  # messages.<column>_ct, AAD = column
+# What a rotation re-encrypts: (table, its <column>_ct, the first never NULL).
+SEALED = (("messages", ENCRYPTED), ("inbound", ("sender", "recipient", "body")))
 BATCH = 500
 
 Batch = Callable[[int], Awaitable[None]]
@@ -90,28 +92,47 @@ async def _reencrypt(
     generation: int,
     after_batch: Batch | None,
 ) -> int:
-    """Every message whose `to_ct` is sealed under an older generation, sealed anew
-    (all its fields together), a batch per transaction, in id order."""
+    """Every shared row sealed under an older generation, sealed anew: messages, then
+    inbound messages (their held parts are gone within the reassembly timeout)."""
+    done = 0
+    for table, columns in SEALED:
+        done = await _reencrypt_table(conn, cipher, generation, table, columns, done, after_batch)
+    return done
+
+
+async def _reencrypt_table(
+    conn: AsyncConnection[TupleRow],
+    cipher: crypto.FieldCipher,
+    generation: int,
+    table: str,
+    columns: tuple[str, ...],
+    done: int,
+    after_batch: Batch | None,
+) -> int:
+    """Every row of `table` whose first column (never NULL) is sealed under an older
+    generation, sealed anew (all its fields together), a batch per transaction, in id
+    order; `done` plus the rows re-encrypted."""
     prefix = crypto.generation_prefix(generation)
-    columns = ", ".join(f"{c}_ct" for c in ENCRYPTED)
-    done, after = 0, ""
+    names = ", ".join(f"{c}_ct" for c in columns)
+    after = ""
     while True:
         async with conn.transaction():
             cur = await conn.execute(
-                f"SELECT id, {columns} FROM messages WHERE id > %s"  # noqa: S608 - fixed names
-                " AND substring(to_ct FROM 1 FOR 3) <> %s ORDER BY id LIMIT %s FOR UPDATE",
+                f"SELECT id, {names} FROM {table} WHERE id > %s"  # noqa: S608 - fixed names
+                f" AND substring({columns[0]}_ct FROM 1 FOR 3) <> %s ORDER BY id LIMIT %s"
+                " FOR UPDATE",
                 (after, prefix, BATCH),
             )
             rows = await cur.fetchall()
-            for message_id, *blobs in rows:
+            for row_id, *blobs in rows:
                 sealed = [
-                    None if blob is None else _reseal(cipher, bytes(blob), message_id, column)
-                    for column, blob in zip(ENCRYPTED, blobs, strict=True)
+                    None if blob is None else _reseal(cipher, bytes(blob), row_id, column)
+                    for column, blob in zip(columns, blobs, strict=True)
                 ]
-                sets = ", ".join(f"{c}_ct = %s" for c in ENCRYPTED)
+                sets = ", ".join(f"{c}_ct = %s" for c in columns)
                 await conn.execute(
-                    f"UPDATE messages SET {sets} WHERE id = %s",  # noqa: S608 - fixed names
-                    (*sealed, message_id),
+                    f"UPDATE {table} SET {sets} WHERE id = %s",  # noqa: S608 - fixed names
+                    (*sealed, row_id),
                 )
         if not rows:
             return done

@@ -51,6 +51,12 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
         TableCopy("carrier_ids", "carrier_ids", ("route", "carrier_id")),
         TableCopy("audit_log", "audit_log", ("seq",), fixed={"node_id": node_id}),
         TableCopy("consent_state", "migrated_consent_state", ("contact_idx", "program", "scope")),
+        # Inbound: the messages (their seqs, the API's cursors, kept), the parts still
+        # waiting for their set and the digests of sets just joined, all as received
+        # by `node_id`.
+        TableCopy("inbound", "inbound", ("id",), fixed={"node_id": node_id}),
+        TableCopy("inbound_parts", "inbound_parts", ("id",), fixed={"node_id": node_id}),
+        TableCopy("inbound_sets_done", "inbound_sets_done", ("set_key", "seq")),
     )
 
 

@@ -5,7 +5,8 @@ the message ids themselves (a digest of them all, in order); the audit trail, ve
 on the target with the store's key and ending at the source's head; and a random
 sample of every encrypted message column, plus one message per state, decrypted on
 both sides (the target's keys read from its own keyring) and compared, with the blind
-index of each sampled number recomputed from the target's key. A problem is described
+index of each sampled number recomputed from the target's key; the same for a sample
+of inbound messages (sender and text, with their seq). A problem is described
 by table, column, state and id only, never by a value.
 """
 
@@ -55,6 +56,7 @@ async def verify(
     keys = await keyring.load(conn, master)
     target = crypto.FieldCipher(keys.field, keys.blind)
     await _samples(src, conn, source_cipher, target, sample, report)
+    await _inbound_samples(src, conn, source_cipher, target, sample, report)
     return report
 
 
@@ -161,6 +163,46 @@ async def _samples(
             bad == 0,
             f"messages.{column}_ct: {len(ids) - bad} of {len(ids)} sampled decrypt the same",
         )
+
+
+async def _inbound_samples(
+    src: sqlite3.Connection,
+    conn: AsyncConnection[TupleRow],
+    source: crypto.FieldCipher,
+    target: crypto.FieldCipher,
+    sample: int,
+    report: Report,
+) -> None:
+    """A random sample of inbound messages, sender and text decrypted on both sides
+    and compared, the sender's blind index recomputed; the same seq (the cursor)."""
+    rows = src.execute(
+        "SELECT id, seq, sender_ct, body_ct, redacted FROM inbound ORDER BY random() LIMIT ?",
+        (sample,),
+    ).fetchall()
+    bad = 0
+    for inbound_id, seq, sender_ct, body_ct, redacted in rows:
+        cur = await conn.execute(
+            "SELECT seq, sender_ct, sender_index, body_ct FROM inbound WHERE id = %s",
+            (inbound_id,),
+        )
+        theirs = await cur.fetchone()
+        try:
+            same = theirs is not None and theirs[0] == seq
+            if same and theirs is not None:
+                sender = target.decrypt(bytes(theirs[1]), inbound_id, "sender")
+                same = source.decrypt(sender_ct, inbound_id, "sender") == sender
+                same = same and target.decrypt(bytes(theirs[3]), inbound_id, "body") == (
+                    source.decrypt(body_ct, inbound_id, "body")
+                )
+                if redacted < 2:  # an erased number has no index left
+                    same = same and bytes(theirs[2]) == target.blind_index(sender)
+        except crypto.DecryptError:
+            same = False
+        if not same:
+            bad += 1
+            if bad <= 3:
+                report.problems.append(f"inbound {inbound_id} differs")
+    report.check(bad == 0, f"inbound: {len(rows) - bad} of {len(rows)} sampled decrypt the same")
 
 
 def _same(

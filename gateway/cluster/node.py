@@ -46,6 +46,8 @@ from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.horizon import HorizonWatch
+from gateway.cluster.inbound import ClusterInbound
+from gateway.cluster.inbound_reads import ClusterInboundReads
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered, prune_gone
 from gateway.cluster.outcome_journal import OutcomeJournal
@@ -92,6 +94,9 @@ class ClusterNode:
         self.membership = membership
         self.queue = queue
         self.reads = ClusterReads(pool, queue.cipher, keys)
+        # Inbound messages: filed and read in the shared tables (`inbound.py`).
+        self.inbound = ClusterInbound(pool, queue.cipher, store, settings.node_id)
+        self.inbound_reads = ClusterInboundReads(pool, queue.cipher, keys)
         self.keys = keys
         self.shipper = shipper
         self.tokens = ClusterTokens(pool)

@@ -467,6 +467,56 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX audit_log_time ON audit_log (at, node_id, seq);
     """,
+    # 10 (issue 18, inbound): inbound messages shared by every node
+    #    (`gateway/cluster/inbound.py`), as SQLite's `inbound`, `inbound_parts` and
+    #    `inbound_sets_done`: numbers and texts under the shared keyring (AAD: row id
+    #    and column), the sender's blind index, the parts of a concatenated message
+    #    held here so parts landing on different nodes or binds join, and the digests
+    #    that make a redelivered part a no-op on any node. `seq` is the polling cursor,
+    #    the next after the highest, taken under an advisory lock the inserting
+    #    transaction holds to its commit: seqs commit in order, so nothing lands behind
+    #    a cursor. `redacted` as SQLite's (0, 1 text removed, 2 number too).
+    """
+    CREATE TABLE inbound (
+        id            text PRIMARY KEY,
+        seq           bigint NOT NULL UNIQUE,
+        route         text NOT NULL,
+        sender_ct     bytea NOT NULL,
+        sender_index  bytea NOT NULL,
+        recipient_ct  bytea,
+        body_ct       bytea NOT NULL,
+        carrier_id    text,
+        received_at   double precision NOT NULL,
+        incomplete    boolean NOT NULL DEFAULT false,
+        redacted      smallint NOT NULL DEFAULT 0,
+        node_id       text NOT NULL
+    );
+    CREATE INDEX inbound_sender ON inbound (sender_index);
+    CREATE INDEX inbound_received ON inbound (received_at);
+    CREATE TABLE inbound_parts (
+        id            text PRIMARY KEY,
+        route         text NOT NULL,
+        set_key       bytea NOT NULL,
+        seq           integer NOT NULL,
+        total         integer NOT NULL,
+        sender_ct     bytea NOT NULL,
+        recipient_ct  bytea,
+        body_ct       bytea NOT NULL,
+        carrier_id    text,
+        received_at   double precision NOT NULL,
+        node_id       text NOT NULL,
+        UNIQUE (set_key, seq)
+    );
+    CREATE INDEX inbound_parts_received ON inbound_parts (received_at);
+    CREATE TABLE inbound_sets_done (
+        set_key  bytea NOT NULL,
+        seq      integer NOT NULL,
+        digest   bytea NOT NULL,
+        done_at  double precision NOT NULL,
+        PRIMARY KEY (set_key, seq)
+    );
+    CREATE INDEX inbound_sets_done_at ON inbound_sets_done (done_at);
+    """,
 )
 
 

@@ -112,7 +112,7 @@ def set_key(cipher: FieldCipher, route: str, sms: InboundSms, part: InboundPart)
     )
 
 
-def _part_digest(cipher: FieldCipher, key: bytes, seq: int, text: str) -> bytes:
+def part_digest(cipher: FieldCipher, key: bytes, seq: int, text: str) -> bytes:
     return cipher.keyed_digest(_PART_PURPOSE, key.hex(), str(seq), text)
 
 
@@ -133,7 +133,7 @@ def prepare_part(cipher: FieldCipher, route: str, sms: InboundSms, now: float) -
         if sms.recipient is None
         else cipher.encrypt(sms.recipient, part_id, "recipient"),
         body_ct=cipher.encrypt(sms.body, part_id, "body"),
-        digest=_part_digest(cipher, key, part.seq, sms.body),
+        digest=part_digest(cipher, key, part.seq, sms.body),
         carrier_id=sms.carrier_id,
         received_at=now,
     )
@@ -286,6 +286,6 @@ def _store_set(
     conn.execute("DELETE FROM inbound_parts WHERE set_key = ?", (key,))
     conn.executemany(
         "INSERT OR REPLACE INTO inbound_sets_done (set_key, seq, digest, done_at) VALUES (?,?,?,?)",
-        [(key, seq, _part_digest(cipher, key, seq, text), now) for seq, text in texts.items()],
+        [(key, seq, part_digest(cipher, key, seq, text), now) for seq, text in texts.items()],
     )
     return stored

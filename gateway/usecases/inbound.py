@@ -11,8 +11,8 @@ every one already visible.
 from __future__ import annotations
 
 from gateway.errors import ApiError
+from gateway.store.inbound_reads import InboundReads
 from gateway.store.records import StoredInbound
-from gateway.store.store import Store
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
 from gateway.usecases.messages import forbidden
@@ -32,14 +32,14 @@ def not_found() -> ApiError:
 
 
 class Inbound:
-    def __init__(self, *, store: Store, audit: AuditSink) -> None:
-        self._store = store
+    def __init__(self, *, reads: InboundReads, audit: AuditSink) -> None:
+        self._reads = reads  # this node's store, or on a cluster the shared table
         self._audit = audit
 
     async def get(self, caller: Caller, inbound_id: str, *, phi: bool = False) -> InboundRecord:
         """One inbound message; `phi`: with its sender and text (PHI rights, audited)."""
         self._check_phi(caller, phi)
-        stored = await self._store.records.inbound(inbound_id)
+        stored = await self._reads.inbound(inbound_id)
         if stored is None:
             raise not_found()
         if phi:
@@ -52,7 +52,7 @@ class Inbound:
         """Newest first; `cursor` (a page's `next_cursor`) continues with older ones."""
         self._check_phi(caller, phi)
         before = None if cursor is None else parse_cursor(cursor)
-        stored = await self._store.records.inbound_newest(before, limit + 1)
+        stored = await self._reads.inbound_newest(before, limit + 1)
         more = len(stored) > limit
         stored = stored[:limit]
         records = await self._records(caller, stored, phi)
@@ -65,7 +65,7 @@ class Inbound:
         always set: the cursor to poll with next (the same one if nothing came)."""
         self._check_phi(caller, phi)
         start = 0 if cursor is None else parse_cursor(cursor)
-        stored = await self._store.records.inbound_after(start, limit)
+        stored = await self._reads.inbound_after(start, limit)
         records = await self._records(caller, stored, phi)
         return InboundPage(records, records[-1].cursor if records else str(start))
 
@@ -73,7 +73,7 @@ class Inbound:
         """Sender and text whole; audited before they are returned."""
         if not caller.may_read_phi:
             raise forbidden("id", "revealing a message")
-        stored = await self._store.records.inbound(inbound_id)
+        stored = await self._reads.inbound(inbound_id)
         if stored is None:
             raise not_found()
         await self._audit.record(caller.actor, "reveal", "inbound", inbound_id)

@@ -1,6 +1,7 @@
 """A SQLite store to migrate: `smsgw init`, then messages in every state written with
 the store's own code (`Store.seal`, the blind index, `AuditTrail.append_in`, the keyring's
-rotation), in one writer transaction, as bench/growth.py builds its stores."""
+rotation, the inbound statement and a held part), in one writer transaction, as
+bench/growth.py builds its stores."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivers.base import InboundPart, InboundSms
 from drivers.clock import SystemClock
 from gateway.cli import main
 from gateway.models import IdGenerator, State
-from gateway.store import crypto
+from gateway.store import crypto, inbound_parts
 from gateway.store.audit_log import AuditTrail, audit_key
+from gateway.store.inbound_parts import inbound_statement, prepare_part
 from gateway.store.store import Store
 from gateway.store.transitions import INSERT_EVENT
 
@@ -99,6 +102,15 @@ def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range
                 parts.append(("smsc", f"c{n}", mid, 1, state.value))
         if n % 1000 == 0:
             consent.append((store.cipher.blind_index(to), "default", "all", "out", n, at, "sms"))
+        if n % 100 == 0:  # a reply from the same number
+            conn.execute(
+                *inbound_statement(store.cipher, f"in{n}", "smsc", to, body(n), "4000", None, at)
+            )
+        if n % 5000 == 1:  # the first part of a message still being reassembled
+            sms = InboundSms(to, body(n), "4000", part=InboundPart(n % 256, 8, 2, 1))
+            inbound_parts.file_part(
+                conn, store.cipher, prepare_part(store.cipher, "smsc", sms, at), at, 300.0
+            )
     conn.executemany(INSERT, messages)
     conn.executemany(INSERT_EVENT, events)
     conn.executemany(

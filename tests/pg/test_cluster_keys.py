@@ -15,11 +15,12 @@ from gateway.store import crypto
 
 MASTER = os.urandom(32)
 MESSAGES = 1200  # more than two re-encryption batches
+INBOUND = 3
 
 
 async def seed(dsn: str) -> crypto.FieldCipher:
     """A keyring as SQLite's (generation 1 and the blind key, wrapped by MASTER) and
-    messages sealed under generation 1."""
+    messages and inbound messages sealed under generation 1."""
     field, blind = os.urandom(32), os.urandom(32)
     cipher = crypto.FieldCipher({1: field}, blind)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -41,6 +42,19 @@ async def seed(dsn: str) -> crypto.FieldCipher:
                     cipher.blind_index(f"+4479{n:08d}"), cipher.encrypt(f"body {n}", mid, "body"),
                     ref, "gsm7", 1, 0, 0, 0, 0,
                 ))  # fmt: skip
+        for n in range(INBOUND):
+            iid, sender = f"i{n}", f"+4479{n:08d}"
+            await conn.execute(
+                "INSERT INTO inbound (id, seq, route, sender_ct, sender_index, body_ct,"
+                " received_at, node_id) VALUES (%s, %s, 'r', %s, %s, %s, 0, 'gw1')",
+                (
+                    iid,
+                    n + 1,
+                    cipher.encrypt(sender, iid, "sender"),
+                    cipher.blind_index(sender),
+                    cipher.encrypt(f"reply {n}", iid, "body"),
+                ),
+            )
     return cipher
 
 
@@ -69,7 +83,7 @@ async def test_a_second_rotation_while_one_runs_is_refused_on_any_node(
             second_done.set()
 
     (generation, rewritten), _ = await asyncio.gather(first(), second())
-    assert (generation, rewritten) == (2, MESSAGES)
+    assert (generation, rewritten) == (2, MESSAGES + INBOUND)
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT generation FROM keyring WHERE purpose = 'field' ORDER BY 1"
@@ -85,8 +99,13 @@ async def test_a_second_rotation_while_one_runs_is_refused_on_any_node(
             assert (ref_ct is None) == (n % 2 == 0)
             if ref_ct is not None:
                 assert cipher.decrypt(ref_ct, mid, "reference") == f"r{n}"
+        cur = await conn.execute("SELECT id, sender_ct, body_ct FROM inbound")
+        for iid, sender_ct, body_ct in await cur.fetchall():
+            n = int(iid[1:])
+            assert cipher.decrypt(sender_ct, iid, "sender") == f"+4479{n:08d}"
+            assert cipher.decrypt(body_ct, iid, "body") == f"reply {n}"
         # The lock went with the run: the next rotation goes ahead.
-        assert await keyring.rotate(conn, MASTER) == (3, MESSAGES)
+        assert await keyring.rotate(conn, MASTER) == (3, MESSAGES + INBOUND)
 
 
 async def test_the_shared_keyring_opens_only_with_the_sites_master_key(

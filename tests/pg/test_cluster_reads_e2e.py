@@ -1,7 +1,7 @@
 """Two running `smsgw run` nodes on one PostgreSQL (issue 18): any node lists and counts
-the whole shared queue, each node's audited actions land in its chain in PostgreSQL and
-`smsgw audit verify --postgresql` passes while both run, and a key rotation made from
-the console is taken up by both running nodes."""
+the whole shared queue and every node's inbound, each node's audited actions land in
+its chain in PostgreSQL and `smsgw audit verify --postgresql` passes while both run,
+and a key rotation made from the console is taken up by both running nodes."""
 
 from __future__ import annotations
 
@@ -45,6 +45,20 @@ class Node(_Node):
             while sum(f'"event": "{event}"' in line for line in self.lines) < count:
                 self.logged.clear()
                 await self.logged.wait()
+
+
+async def logged_on_either(nodes: list[Node], event: str, count: int) -> None:
+    """Wait until the nodes together have logged `event` `count` times."""
+    async with asyncio.timeout(WAIT):
+        while sum(f'"event": "{event}"' in line for n in nodes for line in n.lines) < count:
+            for n in nodes:
+                n.logged.clear()
+            waits = [asyncio.ensure_future(n.logged.wait()) for n in nodes]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
 
 async def console(*args: str) -> str:
@@ -103,6 +117,19 @@ async def test_two_running_nodes_share_reads_audit_and_keys(tmp_path: Path, pg_d
             async with http.get(f"{b.url}/api/v1/metrics") as r:
                 metrics = await r.text()
             assert 'smsgw_queue_messages{priority="normal",state="scheduled"} 1.0' in metrics
+            # 1b. Replies from handsets through the carrier, whichever node's bind takes
+            # them (a long one in two parts): both nodes list them, in one order.
+            smsc.inject_mo("+12025550104", "4000", "yes")
+            smsc.inject_mo("+12025550104", "4000", "see you at nine " * 12, parts=2)
+            await logged_on_either(nodes, "inbound_stored", 1)
+            await logged_on_either(nodes, "inbound_part", 2)
+            pages = []
+            for node in nodes:
+                async with http.get(f"{node.url}/api/v1/inbound") as r:
+                    assert r.status == 200, await r.text()
+                    pages.append((await r.json())["inbound"])
+            assert pages[0] == pages[1] and len(pages[0]) == 2, pages
+            assert {i["sender_masked"] for i in pages[0]} == {"+120••••••04"}
             # 2. Audited actions on each node, in that node's chain; gw1's token on gw2.
             phi = {"Authorization": f"Bearer {phi_token}"}
             url = f"{b.url}/api/v1/messages/{ids[0]}"

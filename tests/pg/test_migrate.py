@@ -91,6 +91,20 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
         if ref_ct is not None:
             assert cipher.decrypt(ref_ct, mid, "reference") == f"ref-{n}"  # type: ignore[arg-type]
 
+    # Inbound: ids and seqs (the API's cursors) kept, decrypting the same; the held part
+    # too, so its set still joins on the cluster.
+    inbound = pg(pg_dsn, "SELECT id, seq, sender_ct, body_ct, node_id FROM inbound ORDER BY seq")
+    assert [(r[0], r[1]) for r in inbound] == src.execute(
+        "SELECT id, seq FROM inbound ORDER BY seq"
+    ).fetchall()
+    assert len(inbound) == COUNT // 100
+    for iid, _, sender_ct, body_ct, node in inbound[::7]:
+        n = int(str(iid)[2:])
+        assert cipher.decrypt(sender_ct, iid, "sender") == number(n)  # type: ignore[arg-type]
+        assert (cipher.decrypt(body_ct, iid, "body"), node) == (body(n), "gw1")  # type: ignore[arg-type]
+    assert pg(pg_dsn, "SELECT count(*) FROM inbound_parts") == [(2,)]
+    assert "verified: inbound: 100 of 100 sampled decrypt the same" in out
+
     # The copied `sending` rows belong to a lapsed incarnation: the first node's sweep
     # requeues them flagged, as after a crash.
     sending = {r[0] for r in src.execute("SELECT id FROM messages WHERE state = 'sending'")}
@@ -241,9 +255,13 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
     assert await asyncio.to_thread(migrate, tiny.conf, target) == 0
     rotate = ["keys", "rotate", "--config", str(tiny.conf), "--postgresql", target]
     assert await asyncio.to_thread(main, [*rotate, "--node-id", "gw1"]) == 0
-    assert "field key generation 3 is current; 60 messages re-encrypted" in capsys.readouterr().out
+    done = "field key generation 3 is current; 61 rows re-encrypted (messages, inbound messages)"
+    assert done in capsys.readouterr().out  # 60 messages, 1 inbound
     prefix = crypto.generation_prefix(3)
-    heads = {bytes(b[:3]) for (b,) in pg(target, "SELECT body_ct FROM messages")}  # type: ignore[index]
+    heads = {
+        bytes(b[:3])  # type: ignore[index]
+        for (b,) in pg(target, "SELECT body_ct FROM messages UNION ALL SELECT body_ct FROM inbound")
+    }
     assert heads == {prefix}
     (action, target_id) = pg(
         target, "SELECT action, target_id FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC"

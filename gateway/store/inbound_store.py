@@ -1,0 +1,47 @@
+"""Where the sink files inbound messages: the node's SQLite store (`Store`), or on a
+cluster the shared PostgreSQL tables (`gateway/cluster/inbound.ClusterInbound`).
+
+Both store a whole message, hold the parts of a concatenated one until their set is
+whole (or expired), drop a part the carrier delivers again, and run `then` (the
+keyword step) on each message they store (`gateway/store/inbound_parts.py`)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from drivers.base import InboundSms
+from gateway.store.inbound_parts import ExpiredSets, FiledPart, InboundHook
+
+
+class InboundStore(Protocol):
+    async def insert_inbound(
+        self,
+        inbound_id: str,
+        route: str,
+        sender: str,
+        body: str,
+        recipient: str | None,
+        carrier_id: str | None,
+        now: float,
+        *,
+        incomplete: bool = False,
+        then: InboundHook | None = None,
+    ) -> None: ...
+
+    async def file_inbound_part(
+        self,
+        route: str,
+        sms: InboundSms,
+        now: float,
+        hold_for: float,
+        *,
+        then: InboundHook | None = None,
+    ) -> FiledPart: ...
+
+    async def expire_inbound_parts(
+        self, now: float, hold_for: float, *, then: InboundHook | None = None
+    ) -> ExpiredSets: ...
+
+    async def held_inbound_parts(self) -> int:
+        """Parts waiting for the rest of their set."""
+        ...
