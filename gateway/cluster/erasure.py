@@ -8,8 +8,9 @@ retention sweep leaves them), its blind index emptied; the consent ledger and
 standing kept under the keyed hash as the suppression entry, with an opt-out of
 everything appended if none is in force, the entries' disclosure and note texts
 erased; the contact's row (number, patient reference, language, time zone) deleted;
-the reviews' texts erased and their link to the contact cut. The shared `opt_outs`
-list is kept: it holds only the keyed hash and the time.
+the reviews' texts erased and their link to the contact cut; the shared inbound from
+the number blanked as SQLite's (sender and body "", index emptied), its held parts
+deleted. The shared `opt_outs` list is kept: it holds only the keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -18,10 +19,12 @@ finds the suppression entry in force and nothing left to erase.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from gateway.cluster import queue_sql
 from gateway.cluster.consent_store import append, lock_contacts
+from gateway.cluster.inbound import Conn
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
 from gateway.consent import ledger
@@ -100,4 +103,32 @@ class ClusterErasure:
                 (idx,),
             )
             n["shared_consent_reviews"] = cur.rowcount
+            await self._erase_inbound(conn, person, out)
         return out
+
+    async def _erase_inbound(self, conn: Conn, person: Person, out: Erased) -> None:
+        c = self._cipher
+        ids = await (
+            await conn.execute(
+                "SELECT id FROM inbound WHERE sender_index = %s ORDER BY id FOR UPDATE",
+                (person.index,),
+            )
+        ).fetchall()
+        for (iid,) in ids:
+            await conn.execute(
+                "UPDATE inbound SET sender_ct = %s, body_ct = %s, recipient_ct = NULL,"
+                " sender_index = '\\x'::bytea, redacted = 2 WHERE id = %s",
+                (blank(c, iid, "sender"), blank(c, iid, "body"), iid),
+            )
+        out.counts["shared_inbound"] = len(ids)
+        # Held parts carry no index: each sender is opened (there are few: a part set
+        # is joined or expired within minutes).
+        held = await (await conn.execute("SELECT id, sender_ct FROM inbound_parts")).fetchall()
+        parts = [
+            pid
+            for pid, ct in held
+            if re.sub(r"\D", "", c.decrypt(bytes(ct), pid, "sender")) == person.digits
+        ]
+        if parts:
+            await conn.execute("DELETE FROM inbound_parts WHERE id = ANY(%s)", (parts,))
+        out.counts["shared_inbound_parts"] = len(parts)

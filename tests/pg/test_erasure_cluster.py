@@ -154,8 +154,9 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
         "shared_consent_entries": 3,  # the two above and the erasure's opt-out of all
         "shared_contacts": 1,
         "shared_consent_reviews": 1,
+        "shared_inbound": 1,  # the look-alike B received, filed in the shared store
+        "shared_inbound_parts": 0,
     }
-    assert counts["inbound"] == 1  # B's own store: the look-alike it received
 
     # PostgreSQL: the number's ciphertexts are "" sealed for their place, or gone.
     cipher = _node(b).queue.cipher
@@ -189,7 +190,13 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
     assert await _rows(b, "SELECT idx FROM contacts WHERE idx = %s", idx) == []
     assert await _rows(b, "SELECT contact_idx, body_ct FROM consent_reviews") == [(b"", None)]
     digits = CANARY_DIGITS.encode()
-    for table in ("messages", "contacts", "consent_ledger", "consent_reviews", "audit_log"):
+    ((iid, sender_ct, text_ct, inbound_index, inbound_redacted),) = await _rows(
+        b, "SELECT id, sender_ct, body_ct, sender_index, redacted FROM inbound"
+    )
+    opened = (cipher.decrypt(sender_ct, iid, "sender"), cipher.decrypt(text_ct, iid, "body"))
+    assert (opened, inbound_index, inbound_redacted) == (("", ""), b"", 2)
+    tables = ("messages", "contacts", "consent_ledger", "consent_reviews", "audit_log", "inbound")
+    for table in tables:
         dump = await _rows(b, f"SELECT t::text FROM {table} t")  # noqa: S608 - fixed names
         assert not any(digits in str(r[0]).encode() for r in dump), table
 
