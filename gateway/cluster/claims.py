@@ -85,11 +85,14 @@ async def claim(
     now: float,
     *,
     account: str | None = None,
+    demand: float | None = None,
 ) -> ClaimResult:
     """Claim up to `want` due messages of `group` for `route`, in priority order.
 
     `now` is the gateway's clock (due times are), the rate buckets run on the
-    database's. Raises `LeaseLost` if this incarnation may no longer claim."""
+    database's; `demand` (tokens a second) is what this node reports it wants of the
+    account (default: measured, `buckets.debit`). Raises `LeaseLost` if this
+    incarnation may no longer claim."""
     if want < 1:
         raise ValueError("want must be at least 1")
     async with conn.transaction():
@@ -111,7 +114,7 @@ async def claim(
         retry_after = 0.0
         if grant is not None and account is not None:
             starved = len(rows) == grant.n < want
-            retry_after = await buckets.debit(conn, account, me, grant, len(rows), starved)
+            retry_after = await buckets.debit(conn, account, me, grant, len(rows), starved, demand)
     claimed = sorted(
         (
             Claimed(r[0], r[1], Priority(r[2]), r[3], r[4], r[5], bytes(r[6]), bytes(r[7]), r[8])

@@ -57,8 +57,8 @@ _INSERT = (
     "INSERT INTO messages (id, token_id, priority, state, route_group, to_ct, to_index,"
     " body_ct, reference_ct, callback_ct, encoding, segments, route_hint, category,"
     " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-    " quiet_override, held_for) VALUES"
-    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " quiet_override, held_for, held_by) VALUES"
+    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 
 _CLAIM_IDS = f"""
@@ -203,7 +203,9 @@ class ClusterQueue:
         """`accept`'s rows in the caller's transaction (the judged accept's)."""
         me = self._me()
         async with conn.cursor() as cur:
-            await cur.executemany(_INSERT, [self._row(m) for m in messages])
+            # Held by this node's scheduler (`Scheduler.add`); others adopt it only once
+            # this incarnation is gone, or it gives the row up (`adoption.release`).
+            await cur.executemany(_INSERT, [(*self._row(m), me.incarnation) for m in messages])
             await cur.executemany(
                 queue_sql.INSERT_EVENT,
                 [

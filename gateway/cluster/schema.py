@@ -462,6 +462,17 @@ MIGRATIONS: tuple[str, ...] = (
         at       double precision NOT NULL
     );
     """,
+    # ---
+    # 9 (issue 18 pt 2/4): `held_by`, the incarnation whose scheduler holds a queued or
+    #    scheduled row (set at accept and adoption; NULL: nobody's, e.g. requeued by
+    #    recovery or migrated), so survivors adopt only rows no live node holds, each
+    #    row once (`adoption.py`). A share's reported demand (tokens a second; NULL:
+    #    more than it gets) and the seconds between its last two claims (`buckets.py`).
+    """
+    ALTER TABLE messages ADD COLUMN held_by bigint;
+    ALTER TABLE rate_shares ADD COLUMN demand double precision,
+        ADD COLUMN gap double precision;
+    """,
 )
 
 
