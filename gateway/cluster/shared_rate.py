@@ -5,7 +5,8 @@ cuts its own bucket when the carrier throttles. On a cluster an account's tokens
 from one shared row (`buckets.py`), so a throttle seen by any node cuts that row's
 `rate` and every node slows together. The cut follows the estimator: a little under
 what the carrier accepted over the last second (this node's accepts scaled by the
-account's rate over this node's share of it; half the rate if nothing went through), once per overload for the whole cluster (`cut_at`: throttles within a
+account's rate over this node's share of it; half the rate if nothing went
+through), once per overload for the whole cluster (`cut_at`: throttles within a
 window of a cut are the same overload, whichever node sees them). While no throttle
 came for two windows and this node's claims were short of tokens (the rate, not the
 queue, limits it), the rate is probed upward by a share of the contract once a window
