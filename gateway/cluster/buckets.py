@@ -11,20 +11,20 @@ tokens there are and, still in the same transaction, takes off what it claimed
 
 Fairness: max-min shares from reported demand. Each node also has a sub-bucket per
 account (`rate_shares`), and with each claim it reports what it wants a second
-(`demand`): NULL (more than it gets) after a claim its buckets cut short, else a
-moving average of the tokens it took over the time between its claims (or what the
-caller states). A claim refills this node's share at what max-min fairness gives a
-node that wants more: the live nodes that claimed in the last `active_window` seconds
-wanting less than an equal part get their demand, the rest is split equally among the
-others and this node (`fair_share`). So a lightly loaded node does not strand tokens
-(A wanting 10/s of 100/s leaves B 90/s, not 50), nodes that all want more share
-equally, and a node that stopped claiming (killed) drops out one window after its last
-claim, long before its lease ends. The global row still holds the cap if the shares
-are momentarily wrong (they add up to more than the rate whenever a node wants less
-than its part: its part is an upper bound, not a reservation). A share saves up to the
-account's whole `burst`, not its n-th: a node whose claims come late (a busy machine, a
-slow round trip) catches up on the tokens of its share instead of losing them, and the
-account's row still bounds every window.
+(`demand`): NULL (more than it gets) after a claim its own share cut short, else a
+moving average of what it asked for (the due messages, whether the buckets let it take
+them all or not) over the time between its claims, or what the caller states. A claim
+refills this node's share at what max-min fairness gives a node that wants more: the
+live nodes that claimed in the last `active_window` seconds wanting less than an equal
+part get their demand, the rest is split equally among the others and this node
+(`fair_share`). So a lightly loaded node does not strand tokens (A wanting 10/s of 100/s
+leaves B 90/s, not 50), nodes that all want more share equally, and a node that stopped
+claiming (killed) drops out one window after its last claim, long before its lease ends.
+The global row still holds the cap if the shares are momentarily wrong (they add up to
+more than the rate whenever a node wants less than its part: its part is an upper bound,
+not a reservation). A share saves up to the account's whole `burst`, not its n-th: a
+node whose claims come late (a busy machine, a slow round trip) catches up on the tokens
+of its share instead of losing them, and the account's row still bounds every window.
 """
 
 from __future__ import annotations
@@ -81,18 +81,18 @@ ON CONFLICT (account, incarnation) DO UPDATE SET
 RETURNING s.tokens
 """
 
-# Take off what was claimed; report the demand: the caller's figure, else NULL if cut
-# short, else the moving average of tokens taken a second between claims.
+# Take off what was claimed; report the demand: the caller's figure, else NULL if its
+# share cut the claim short, else the moving average of what it asked for a second.
 _DEBIT = """
 WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(got)s WHERE account = %(a)s)
 UPDATE rate_shares SET tokens = tokens - %(got)s,
     starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END,
     demand = CASE
         WHEN %(stated)s::float8 IS NOT NULL THEN %(stated)s::float8
-        WHEN %(starved)s THEN NULL
+        WHEN %(capped)s THEN NULL
         WHEN demand IS NULL OR gap IS NULL
-            THEN %(got)s / greatest(coalesce(gap, %(window)s), %(min_gap)s)
-        ELSE (1 - %(weight)s) * demand + %(weight)s * %(got)s / greatest(gap, %(min_gap)s)
+            THEN %(asked)s / greatest(coalesce(gap, %(window)s), %(min_gap)s)
+        ELSE (1 - %(weight)s) * demand + %(weight)s * %(asked)s / greatest(gap, %(min_gap)s)
     END
 WHERE account = %(a)s AND incarnation = %(inc)s
 """
@@ -169,17 +169,22 @@ async def debit(
     me: Incarnation,
     grant: Grant,
     got: int,
-    starved: bool,
+    asked: int,
     demand: float | None = None,
 ) -> float:
-    """In the claim's transaction: take off what was claimed and report this node's
-    demand (`demand`: a figure the caller states, tokens a second; by default measured);
-    returns the seconds until both buckets hold a whole token again (0 if they do now)."""
+    """In the claim's transaction: take off the `got` claimed of the `asked` this node
+    would have taken (what was due), and report its demand: `demand` if the caller
+    states one (tokens a second), else measured from `asked`, or more than it gets if
+    its own share was what cut it short (a refusal by the account's row alone says
+    another node took the tokens, not that this one deserves a larger part). Returns the
+    seconds until both buckets hold a whole token again (0 if they do now)."""
+    starved = grant.n < asked
+    capped = starved and grant.share < min(asked, grant.tokens + 1)
     await conn.execute(
         _DEBIT,
         {"got": got, "a": account, "starved": starved, "inc": me.incarnation,
-            "stated": demand, "window": ACTIVE_WINDOW, "min_gap": MIN_GAP,
-            "weight": DEMAND_WEIGHT},
+            "stated": demand, "capped": capped, "asked": asked, "window": ACTIVE_WINDOW,
+            "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT},
     )  # fmt: skip
     tokens, share = grant.tokens - got, grant.share - got
     return max(0.0, (1 - tokens) / grant.rate, (1 - share) / grant.share_rate)

@@ -113,8 +113,10 @@ async def claim(
             rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
         retry_after = 0.0
         if grant is not None and account is not None:
-            starved = len(rows) == grant.n < want
-            retry_after = await buckets.debit(conn, account, me, grant, len(rows), starved, demand)
+            # It asked for all it wanted if the buckets were what stopped it, else for
+            # what was due.
+            asked = want if len(rows) == grant.n else len(rows)
+            retry_after = await buckets.debit(conn, account, me, grant, len(rows), asked, demand)
     claimed = sorted(
         (
             Claimed(r[0], r[1], Priority(r[2]), r[3], r[4], r[5], bytes(r[6]), bytes(r[7]), r[8])

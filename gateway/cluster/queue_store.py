@@ -404,9 +404,10 @@ class ClusterQueue:
                 await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
             ).fetchall()
             if grant is not None and account is not None:
-                starved = grant.n < (want or len(candidates))
+                asked = want or len(candidates)
+                starved = grant.n < asked
                 self.starved[account] = self.starved.get(account, 0) + starved
-                wait = await buckets.debit(conn, account, me, grant, len(rows), starved)
+                wait = await buckets.debit(conn, account, me, grant, len(rows), asked)
                 wait = max(wait, 1e-3) if starved else 0.0
         found: dict[str, ClaimedMessage | Held | str] = dict(judged)
         c = self._cipher
