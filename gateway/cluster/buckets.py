@@ -69,15 +69,16 @@ RETURNING a.tokens, a.rate, a.burst, a.stamp, ARRAY(
 """
 
 # This node's sub-bucket, refilled at its fair share (a new row starts with its part of
-# the burst); `gap` keeps the time since its last claim for the demand's average.
+# the burst); `gap` keeps the time since its last claim for the demand's average, `share`
+# the refill rate (to look at).
 _SHARE = """
-INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp)
-VALUES (%(a)s, %(inc)s, greatest(1, %(burst)s * %(share)s / %(rate)s), %(now)s)
+INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp, share)
+VALUES (%(a)s, %(inc)s, greatest(1, %(burst)s * %(share)s / %(rate)s), %(now)s, %(share)s)
 ON CONFLICT (account, incarnation) DO UPDATE SET
     tokens = least(%(burst)s, s.tokens
         + %(share)s * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
     gap = extract(epoch FROM excluded.stamp - s.stamp),
-    stamp = excluded.stamp
+    stamp = excluded.stamp, share = %(share)s
 RETURNING s.tokens
 """
 
@@ -179,7 +180,7 @@ async def debit(
     another node took the tokens, not that this one deserves a larger part). Returns the
     seconds until both buckets hold a whole token again (0 if they do now)."""
     starved = grant.n < asked
-    capped = starved and grant.share < min(asked, grant.tokens + 1)
+    capped = starved and math.floor(grant.share) <= math.floor(grant.tokens)
     await conn.execute(
         _DEBIT,
         {"got": got, "a": account, "starved": starved, "inc": me.incarnation,

@@ -53,6 +53,16 @@ SELECT * FROM claimed
 """  # noqa: S608 - fixed state names
 
 
+# Due rows left in the group, up to n (the demand a claim the buckets cut short reports).
+DUE_COUNT_SQL = f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM messages
+    WHERE state = '{State.QUEUED.value}' AND route_group = %(group)s AND due_at <= %(now)s
+    LIMIT %(n)s
+) d
+"""  # noqa: S608 - fixed state names
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A message now `sending` for this incarnation; `epoch` goes back with its outcome.
@@ -113,9 +123,10 @@ async def claim(
             rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
         retry_after = 0.0
         if grant is not None and account is not None:
-            # It asked for all it wanted if the buckets were what stopped it, else for
-            # what was due.
-            asked = want if len(rows) == grant.n else len(rows)
+            asked = len(rows)  # what was due: all it took, unless the buckets stopped it
+            if len(rows) == grant.n < want:
+                more = {"group": group, "now": now, "n": want - len(rows)}
+                asked += (await (await conn.execute(DUE_COUNT_SQL, more)).fetchone() or (0,))[0]
             retry_after = await buckets.debit(conn, account, me, grant, len(rows), asked, demand)
     claimed = sorted(
         (
