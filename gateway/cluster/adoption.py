@@ -82,13 +82,13 @@ class ClusterAdoption:
         async with self._pool.connection() as conn:
             rows = await (await conn.execute(_TAKE, params)).fetchall()
         self.pages += 1
-        cipher = self._cipher()
+        cipher = self._cipher() if numbers else None
         taken = [
             LiveMessage(
                 r[0],
                 _PRIORITIES[r[1]],
                 _STATES[r[2]],
-                cipher.decrypt(bytes(r[7]), r[0], "to") if numbers else "",
+                cipher.decrypt(bytes(r[7]), r[0], "to") if cipher is not None else "",
                 r[3],
                 r[4],
                 r[5],
