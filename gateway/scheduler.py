@@ -171,13 +171,18 @@ class Scheduler:
 
     # -- feeding -------------------------------------------------------------------------
 
-    async def load(self) -> int:
-        """Rebuild the cache from the store; `sending` rows come back as possible duplicates."""
+    async def load(self, shared: AdoptSource | None = None) -> int:
+        """Rebuild the cache from the store; `sending` rows come back as possible duplicates.
+        On a cluster (`shared`) only the rows no live node holds are taken, as adoption
+        takes them: the peers' own queues stay theirs."""
         now = self._clock.time()
         recovered = await self._store.recover_in_flight(now)
         if recovered:
             self._metrics.possible_duplicates.labels("restart").inc(recovered)
             log.warning("requeued_in_flight_after_restart", count=recovered)
+        if shared is not None:
+            await self.adopt(shared, math.inf)
+            return len(self._waiting) + len(self._scheduled)
         orphans = []
         async for m in self._store.live_messages(numbers=self._router.routes_by_number):
             entry = self.entry_for(m)

@@ -102,3 +102,16 @@ async def test_two_survivors_adopting_at_once_take_each_row_once(pool: Pool) -> 
     await ClusterAdoption(pool, no_cipher, lambda: b).release(given_up)
     again = await ClusterAdoption(pool, no_cipher, lambda: a).page(DUE, 100, servable, False)
     assert sorted(m.id for m in again) == sorted(given_up)
+
+
+async def test_a_node_starting_on_a_cluster_loads_only_what_no_live_node_holds(
+    pool: Pool, open_gateway: GatewayFactory
+) -> None:
+    a, _, _ = await _site(pool)
+    gw = await open_gateway()
+    scheduler = Scheduler(gw.store, gw.routes, gw.router, gw.config.queue, gw.clock, gw.metrics)
+    source = ClusterAdoption(pool, no_cipher, lambda: a)
+    assert await scheduler.load(source) == ADOPTABLE  # not c's, not the other group's
+    assert await rows(
+        pool, "SELECT count(*) FROM messages WHERE held_by = %s", (a.incarnation,)
+    ) == [(ADOPTABLE,)]
