@@ -205,10 +205,19 @@ class Scheduler:
         numbers = self._router.routes_by_number
         servable = None if numbers else self.servable()
         taken = 0
+        scheduled: set[str] | None = None  # built once a page holds a scheduled row
         while True:
             page = await source.page(due_before, self.adopt_page, servable, numbers)
             elsewhere = []
             for m in page:
+                # Held here already (by this node's previous incarnation, before it rejoined).
+                if m.id in self._waiting:
+                    continue
+                if m.state is State.SCHEDULED:
+                    if scheduled is None:
+                        scheduled = {entry.id for _, _, entry in self._scheduled}
+                    if m.id in scheduled:
+                        continue
                 entry = self.entry_for(m)
                 if entry.candidates and self.here(entry):
                     self.add(entry, scheduled=m.state is State.SCHEDULED)
