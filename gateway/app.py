@@ -234,7 +234,7 @@ class Gateway(UseCaseWiring):
         With `dispatch=False` (tests) no background loop runs: the test drives the
         scheduler with `run_until_idle()` and calls `housekeeping_once()` itself.
         """
-        loaded = await self.scheduler.load()
+        loaded = await self.scheduler.load(None if self.cluster is None else self.cluster.adoption)
         log.info("queue_loaded", waiting=loaded)
         if self.cluster is not None and dispatch:
             self.cluster.start(self.scheduler.adopt)

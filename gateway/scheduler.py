@@ -41,9 +41,10 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
+from typing import Protocol
 
 import structlog
 
@@ -82,6 +83,23 @@ class Entry:
     attempts: int = 0
 
 
+ADOPT_PAGE = 500  # rows taken into the heaps per adoption read (a cluster's)
+
+
+class AdoptSource(Protocol):
+    """Queued rows no live node holds, a page at a time (`cluster/adoption.py`)."""
+
+    async def page(
+        self,
+        due_before: float,
+        limit: int,
+        servable: Sequence[tuple[str, Priority]] | None,
+        numbers: bool,
+    ) -> list[LiveMessage]: ...
+
+    async def release(self, message_ids: Sequence[str]) -> None: ...
+
+
 Claim = ClaimedMessage | Held | Exception | None
 # Hands a group's claim to the store at once (`Store.claim_group_soon`).
 ClaimSoon = Callable[[list[str], str, float], "asyncio.Future[list[Claim]]"]
@@ -106,13 +124,14 @@ class Scheduler:
         rng: random.Random | None = None,
         *,
         fence: Callable[[], None] | None = None,
-        elsewhere: Callable[[], None] | None = None,
+        elsewhere: Callable[[str], None] | None = None,
         journal: Journal | None = None,
         record_window: float = RECORD_WINDOW,
     ) -> None:
         self._store = store
         # On a cluster: a message none of whose routes this node may use is not held
-        # here (it would wait at its class's head); `elsewhere()` wakes the nodes that can.
+        # here (it would wait at its class's head); `elsewhere(id)` gives it up to the
+        # nodes that can.
         self._elsewhere = elsewhere
         self._routes = routes
         self._router = router
@@ -125,6 +144,7 @@ class Scheduler:
         self._scheduled: list[tuple[float, str, Entry]] = []
         self._expiry: list[tuple[float, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self.adopt_page = ADOPT_PAGE
         self._sending = dict.fromkeys(Priority, 0)  # dispatched and not yet answered
         self._dispatched = 0  # messages in the groups under way
         self._shares = ShareGuard({p: queue.policy(p).min_share for p in Priority})
@@ -155,13 +175,18 @@ class Scheduler:
 
     # -- feeding -------------------------------------------------------------------------
 
-    async def load(self) -> int:
-        """Rebuild the cache from the store; `sending` rows come back as possible duplicates."""
+    async def load(self, shared: AdoptSource | None = None) -> int:
+        """Rebuild the cache from the store; `sending` rows come back as possible duplicates.
+        On a cluster (`shared`) only the rows no live node holds are taken, as adoption
+        takes them: the peers' own queues stay theirs."""
         now = self._clock.time()
         recovered = await self._store.recover_in_flight(now)
         if recovered:
             self._metrics.possible_duplicates.labels("restart").inc(recovered)
             log.warning("requeued_in_flight_after_restart", count=recovered)
+        if shared is not None:
+            await self.adopt(shared, math.inf)
+            return len(self._waiting) + len(self._scheduled)
         orphans = []
         async for m in self._store.live_messages(numbers=self._router.routes_by_number):
             entry = self.entry_for(m)
@@ -175,22 +200,49 @@ class Scheduler:
             log.warning("failed_messages_without_route", count=len(orphans))
         return len(self._waiting) + len(self._scheduled)
 
-    async def adopt(self, due_before: float) -> int:
-        """Take in the queued and scheduled messages due before `due_before` that this
-        scheduler does not hold (on a cluster: a dead node's, requeued by recovery, or
-        ones no node claimed); how many it took. A message two nodes hold is claimed by
-        one of them (the claim skips what is no longer queued)."""
-        known = set(self._waiting)
-        known.update(entry.id for _, _, entry in self._scheduled)
+    async def adopt(self, source: AdoptSource, due_before: float) -> int:
+        """Take in the queued and scheduled messages due before `due_before` that no
+        live node holds (on a cluster: a dead node's, requeued by recovery, or nobody's),
+        `adopt_page` at a time in claim order (critical first), each page marked as held
+        here by the store; how many it took. Between pages the loop runs the sends (each
+        page is a round trip), so a survivor keeps its rate while it adopts."""
+        numbers = self._router.routes_by_number
+        servable = None if numbers else self.servable()
         taken = 0
-        async for m in self._store.live_messages(numbers=self._router.routes_by_number):
-            if m.id in known or m.due_at >= due_before:
-                continue
-            entry = self.entry_for(m)
-            if entry.candidates and self.here(entry):
-                self.add(entry, scheduled=m.state is State.SCHEDULED)
-                taken += 1
-        return taken
+        scheduled: set[str] | None = None  # built once a page holds a scheduled row
+        while True:
+            page = await source.page(due_before, self.adopt_page, servable, numbers)
+            elsewhere = []
+            for m in page:
+                # Held here already (by this node's previous incarnation, before it rejoined).
+                if m.id in self._waiting:
+                    continue
+                if m.state is State.SCHEDULED:
+                    if scheduled is None:
+                        scheduled = {entry.id for _, _, entry in self._scheduled}
+                    if m.id in scheduled:
+                        continue
+                entry = self.entry_for(m)
+                if entry.candidates and self.here(entry):
+                    self.add(entry, scheduled=m.state is State.SCHEDULED)
+                    taken += 1
+                else:
+                    elsewhere.append(m.id)
+            await source.release(elsewhere)
+            if len(page) < self.adopt_page:
+                return taken
+
+    def servable(self) -> list[tuple[str, Priority]]:
+        """The (route group, class) pairs this node may send by a route of its own,
+        when routes do not look at the number; the group is the message's route hint
+        ('' for none)."""
+        hints: list[str | None] = [None, *self._routes]
+        return [
+            (hint or "", p)
+            for hint in hints
+            for p in Priority
+            if any(self._routes[name].here for name in self._router.candidates("", p, hint))
+        ]
 
     def entry_for(self, m: LiveMessage) -> Entry:
         return Entry(
@@ -213,7 +265,7 @@ class Scheduler:
         if claim is not None and _claimed_now(claim):
             return
         if self._elsewhere is not None and not self.here(entry):
-            self._elsewhere()  # still queued in the shared store, for a node that may
+            self._elsewhere(entry.id)  # still queued in the shared store, for a node that may
             return
         if scheduled:
             heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))

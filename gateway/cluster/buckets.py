@@ -9,14 +9,22 @@ tokens there are and, still in the same transaction, takes off what it claimed
 `burst + rate * T` (the claims' `claimed_at` is the refill's stamp): configure
 `rate + burst` at or under the contract's per-second figure.
 
-Fairness: each node also has a sub-bucket per account (`rate_shares`) refilled at
-`rate / n`, where n counts this node and the other live nodes that were refused tokens
-(wanted more than they got) in the last `active_window` seconds. A node with little
-to send is never counted, so the nodes with a backlog share what it leaves; the global
-row still holds the cap if the shares are momentarily wrong. A share saves up to the
-account's whole `burst`, not its n-th: a node whose claims come late (a busy machine,
-a slow round trip) catches up on the tokens of its share instead of losing them, and
-the account's row still bounds every window.
+Fairness: max-min shares from reported demand. Each node also has a sub-bucket per
+account (`rate_shares`), and with each claim it reports what it wants a second
+(`demand`): NULL (more than it gets) after a claim its own share cut short, else a
+moving average of what it asked for (the due messages, whether the buckets let it take
+them all or not) over the time between its claims, or what the caller states. A claim
+refills this node's share at what max-min fairness gives a node that wants more: the
+live nodes that claimed in the last `active_window` seconds wanting less than an equal
+part get their demand, the rest is split equally among the others and this node
+(`fair_share`). So a lightly loaded node does not strand tokens (A wanting 10/s of 100/s
+leaves B 90/s, not 50), nodes that all want more share equally, and a node that stopped
+claiming (killed) drops out one window after its last claim, long before its lease ends.
+The global row still holds the cap if the shares are momentarily wrong (they add up to
+more than the rate whenever a node wants less than its part: its part is an upper bound,
+not a reservation). A share saves up to the account's whole `burst`, not its n-th: a
+node whose claims come late (a busy machine, a slow round trip) catches up on the tokens
+of its share instead of losing them, and the account's row still bounds every window.
 """
 
 from __future__ import annotations
@@ -30,27 +38,64 @@ from psycopg.rows import TupleRow
 
 from gateway.cluster.nodes import Incarnation
 
-ACTIVE_WINDOW = 1.0  # seconds a refused node keeps counting in the shares
+ACTIVE_WINDOW = 1.0  # seconds a node keeps counting in the shares after its last claim
+DEMAND_WEIGHT = 0.25  # of the newest sample in a node's moving average of its demand
+MIN_GAP = 0.05  # seconds: a shorter time between two claims counts as this long
 
 
-# This node's sub-bucket, refilled at rate / n for n = 1 + the live nodes refused tokens
-# lately, in one statement (a new row starts full).
+def fair_share(rate: float, others: list[float]) -> float:
+    """Max-min: the part of `rate` a node wanting more than it gets has, when the other
+    nodes want `others` a second each (`math.inf`: more than they get)."""
+    rest, wanting = rate, len(others) + 1
+    for demand in sorted(others):
+        if demand >= rest / wanting:
+            break
+        rest -= demand
+        wanting -= 1
+    return rest / wanting
+
+
+# The account's bucket refilled on the database's clock, with the reported demands of
+# the other live nodes that claimed within the window (NULL: more than they get).
+_REFILL = """
+UPDATE rate_accounts a SET tokens = least(a.burst, a.tokens + a.rate
+    * greatest(0, extract(epoch FROM t.now - a.stamp))), stamp = t.now
+FROM (SELECT clock_timestamp() AS now) t WHERE a.account = %(a)s
+RETURNING a.tokens, a.rate, a.burst, a.stamp, ARRAY(
+    SELECT coalesce(s.demand, 'Infinity') FROM rate_shares s JOIN nodes d USING (incarnation)
+    WHERE s.account = a.account AND s.incarnation <> %(inc)s
+        AND s.stamp > t.now - make_interval(secs => %(window)s)
+        AND d.recovered_at IS NULL AND d.lease_until > t.now)
+"""
+
+# This node's sub-bucket, refilled at its fair share (a new row starts with its part of
+# the burst); `gap` keeps the time since its last claim for the demand's average, `share`
+# the refill rate (to look at).
 _SHARE = """
-WITH n AS (
-    SELECT 1 + count(*) AS n FROM rate_shares s JOIN nodes d USING (incarnation)
-    WHERE s.account = %(a)s AND s.incarnation <> %(inc)s
-        AND s.starved_at > %(now)s - make_interval(secs => %(window)s)
-        AND d.recovered_at IS NULL AND d.lease_until > %(now)s
-), share AS (
-    INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp)
-    SELECT %(a)s, %(inc)s, greatest(1, %(burst)s / n.n), %(now)s FROM n
-    ON CONFLICT (account, incarnation) DO UPDATE SET
-        tokens = least(%(burst)s, s.tokens + %(rate)s
-            / (SELECT n FROM n) * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
-        stamp = excluded.stamp
-    RETURNING s.tokens
-)
-SELECT share.tokens, n.n FROM share, n
+INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp, share)
+VALUES (%(a)s, %(inc)s, greatest(1, %(burst)s * %(share)s / %(rate)s), %(now)s, %(share)s)
+ON CONFLICT (account, incarnation) DO UPDATE SET
+    tokens = least(%(burst)s, s.tokens
+        + %(share)s * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
+    gap = extract(epoch FROM excluded.stamp - s.stamp),
+    stamp = excluded.stamp, share = %(share)s
+RETURNING s.tokens
+"""
+
+# Take off what was claimed; report the demand: the caller's figure, else NULL if its
+# share cut the claim short, else the moving average of what it asked for a second.
+_DEBIT = """
+WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(got)s WHERE account = %(a)s)
+UPDATE rate_shares SET tokens = tokens - %(got)s,
+    starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END,
+    demand = CASE
+        WHEN %(stated)s::float8 IS NOT NULL THEN %(stated)s::float8
+        WHEN %(capped)s THEN NULL
+        WHEN demand IS NULL OR gap IS NULL
+            THEN %(asked)s / greatest(coalesce(gap, %(window)s), %(min_gap)s)
+        ELSE (1 - %(weight)s) * demand + %(weight)s * %(asked)s / greatest(gap, %(min_gap)s)
+    END
+WHERE account = %(a)s AND incarnation = %(inc)s
 """
 
 
@@ -67,7 +112,8 @@ class Grant:
     tokens: float  # the account's whole bucket, before the debit
     share: float  # this node's sub-bucket, before the debit
     rate: float
-    nodes: int  # the n of `rate / n`
+    nodes: int  # the live nodes counted in the shares, this one included
+    share_rate: float  # this node's fair share, tokens a second
 
 
 async def configure(
@@ -101,23 +147,21 @@ async def reserve(
     # stamp this claim earlier than the one it waited for, and refill twice over.
     await conn.execute("SELECT 1 FROM rate_accounts WHERE account = %s FOR UPDATE", (account,))
     cur = await conn.execute(
-        "UPDATE rate_accounts a SET tokens = least(a.burst, a.tokens + a.rate"
-        " * greatest(0, extract(epoch FROM t.now - a.stamp))), stamp = t.now"
-        " FROM (SELECT clock_timestamp() AS now) t WHERE a.account = %s"
-        " RETURNING a.tokens, a.rate, a.burst, a.stamp",
-        (account,),
+        _REFILL, {"a": account, "inc": me.incarnation, "window": active_window}
     )
     row = await cur.fetchone()
     if row is None:
         raise UnknownAccount(account)
     tokens, rate, burst, stamp = float(row[0]), float(row[1]), float(row[2]), row[3]
-    cur = await conn.execute(_SHARE, {"a": account, "inc": me.incarnation, "now": stamp,
-        "window": active_window, "rate": rate, "burst": burst})  # fmt: skip
-    share_row = await cur.fetchone()
+    others = [float(d) for d in row[4]]
+    share_rate = fair_share(rate, others)
+    params = {"a": account, "inc": me.incarnation, "now": stamp, "rate": rate,
+        "burst": burst, "share": share_rate}  # fmt: skip
+    share_row = await (await conn.execute(_SHARE, params)).fetchone()
     assert share_row is not None
-    share, nodes = float(share_row[0]), int(share_row[1])
+    share = float(share_row[0])
     n = max(0, min(want, math.floor(tokens), math.floor(share)))
-    return Grant(n, stamp, tokens, share, rate, nodes)
+    return Grant(n, stamp, tokens, share, rate, 1 + len(others), share_rate)
 
 
 async def debit(
@@ -126,16 +170,22 @@ async def debit(
     me: Incarnation,
     grant: Grant,
     got: int,
-    starved: bool,
+    asked: int,
+    demand: float | None = None,
 ) -> float:
-    """In the claim's transaction: take off what was claimed; returns the seconds until
-    both buckets hold a whole token again (0 if they do now)."""
+    """In the claim's transaction: take off the `got` claimed of the `asked` this node
+    would have taken (what was due), and report its demand: `demand` if the caller
+    states one (tokens a second), else measured from `asked`, or more than it gets if
+    its own share was what cut it short (a refusal by the account's row alone says
+    another node took the tokens, not that this one deserves a larger part). Returns the
+    seconds until both buckets hold a whole token again (0 if they do now)."""
+    starved = grant.n < asked
+    capped = starved and math.floor(grant.share) <= math.floor(grant.tokens)
     await conn.execute(
-        "WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(got)s WHERE account = %(a)s)"
-        " UPDATE rate_shares SET tokens = tokens - %(got)s,"
-        " starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END"
-        " WHERE account = %(a)s AND incarnation = %(inc)s",
-        {"got": got, "a": account, "starved": starved, "inc": me.incarnation},
-    )
+        _DEBIT,
+        {"got": got, "a": account, "starved": starved, "inc": me.incarnation,
+            "stated": demand, "capped": capped, "asked": asked, "window": ACTIVE_WINDOW,
+            "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT},
+    )  # fmt: skip
     tokens, share = grant.tokens - got, grant.share - got
-    return max(0.0, (1 - tokens) / grant.rate, (1 - share) / (grant.rate / grant.nodes))
+    return max(0.0, (1 - tokens) / grant.rate, (1 - share) / grant.share_rate)

@@ -53,6 +53,16 @@ SELECT * FROM claimed
 """  # noqa: S608 - fixed state names
 
 
+# Due rows left in the group, up to n (the demand a claim the buckets cut short reports).
+DUE_COUNT_SQL = f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM messages
+    WHERE state = '{State.QUEUED.value}' AND route_group = %(group)s AND due_at <= %(now)s
+    LIMIT %(n)s
+) d
+"""  # noqa: S608 - fixed state names
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A message now `sending` for this incarnation; `epoch` goes back with its outcome.
@@ -85,11 +95,14 @@ async def claim(
     now: float,
     *,
     account: str | None = None,
+    demand: float | None = None,
 ) -> ClaimResult:
     """Claim up to `want` due messages of `group` for `route`, in priority order.
 
     `now` is the gateway's clock (due times are), the rate buckets run on the
-    database's. Raises `LeaseLost` if this incarnation may no longer claim."""
+    database's; `demand` (tokens a second) is what this node reports it wants of the
+    account (default: measured, `buckets.debit`). Raises `LeaseLost` if this
+    incarnation may no longer claim."""
     if want < 1:
         raise ValueError("want must be at least 1")
     async with conn.transaction():
@@ -110,8 +123,11 @@ async def claim(
             rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
         retry_after = 0.0
         if grant is not None and account is not None:
-            starved = len(rows) == grant.n < want
-            retry_after = await buckets.debit(conn, account, me, grant, len(rows), starved)
+            asked = len(rows)  # what was due: all it took, unless the buckets stopped it
+            if len(rows) == grant.n < want:
+                more = {"group": group, "now": now, "n": want - len(rows)}
+                asked += (await (await conn.execute(DUE_COUNT_SQL, more)).fetchone() or (0,))[0]
+            retry_after = await buckets.debit(conn, account, me, grant, len(rows), asked, demand)
     claimed = sorted(
         (
             Claimed(r[0], r[1], Priority(r[2]), r[3], r[4], r[5], bytes(r[6]), bytes(r[7]), r[8])

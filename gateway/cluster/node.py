@@ -7,10 +7,10 @@ local store's field keys (every node must hold the same keyring: docs/ops/cluste
 
 Recovery: each heartbeat sweeps for lapsed incarnations and requeues their `sending`
 rows flagged `possible_duplicate`; the sweeper then sends a NOTIFY, and every node
-(the sweeper too) adopts the queued rows its scheduler does not know yet into its
-heaps, so the survivors send what a dead node held. A poll behind the NOTIFY adopts
-rows that waited longer than a lease with no node claiming them (a node that died with
-queued messages in its heaps, not only `sending` ones).
+(the sweeper too) adopts the queued rows no live node holds (the dead node's queued
+and requeued ones) into its heaps in pages (`adoption.py`), each row by one survivor,
+so the survivors send what a dead node held without racing for the same rows. A poll
+behind the NOTIFY adopts unheld rows due more than a lease ago.
 
 Panel users and sessions are shared (`panel.py`): the users in the node's own SQLite
 at its first start are copied up once, before the first request.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from drivers.clock import Clock
 from gateway.cluster import buckets
+from gateway.cluster.adoption import ClusterAdoption
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.consent_store import merge_migrated
@@ -70,10 +71,15 @@ from gateway.store.audit_log import audit_key
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
 
+if TYPE_CHECKING:
+    from gateway.scheduler import AdoptSource
+
 log = structlog.get_logger("smsgw.cluster")
 
 RECOVERED = "recovered"  # the NOTIFY payload after a sweep requeued a dead node's rows
 PRUNE_EVERY = 3600.0  # seconds between prunings of old incarnations (at most)
+# `Scheduler.adopt`: takes in what a source's pages hold, due before a time.
+Adopt = Callable[["AdoptSource", float], Awaitable[int]]
 
 
 class ClusterNode:
@@ -109,6 +115,9 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
         self.adopted = 0
+        self.adoption = ClusterAdoption(pool, lambda: queue.cipher, lambda: membership.me)
+        self._given_up: list[str] = []  # accepted here for other nodes: to be released
+        self._giving_up: asyncio.Task[None] | None = None
         self.bind_slots: dict[str, ClusterBindSlots] = {}  # per route with max_binds
         # This node's routes and their health, published every heartbeat.
         self.route_health: Callable[[], list[PublishedRoute]] = list
@@ -181,7 +190,7 @@ class ClusterNode:
             queue.keys = watch
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
-            queue.on_requeued = node.nudge
+            queue.on_requeued = node.wake_peers
             await node.tokens.copy_local(store.reader)  # before the first request
             await node.panel.copy_local_once(store.reader, settings.node_id, clock.time())
             await membership.start()
@@ -216,9 +225,9 @@ class ClusterNode:
             **self.horizon.describe(),
         }
 
-    def start(self, adopt: Callable[[float], Awaitable[int]]) -> None:
-        """Adopt recovered and unclaimed rows into this node's scheduler (`adopt(older
-        than)` returns how many it took) on NOTIFY, and by polling behind it."""
+    def start(self, adopt: Adopt) -> None:
+        """Adopt recovered and unclaimed rows into this node's scheduler (`adopt(source,
+        older than)` returns how many it took) on NOTIFY, and by polling behind it."""
         self._tasks.append(asyncio.create_task(self._adopting(adopt), name="cluster-adopt"))
         self._tasks.append(asyncio.create_task(self._upkeep(), name="cluster-upkeep"))
         self._tasks.append(asyncio.create_task(self._publishing(), name="cluster-routes"))
@@ -271,7 +280,7 @@ class ClusterNode:
         async with self._pool.connection() as conn:
             return await cluster_status(conn)
 
-    async def _adopting(self, adopt: Callable[[float], Awaitable[int]]) -> None:
+    async def _adopting(self, adopt: Adopt) -> None:
         await self._waker.start()
         poll = self.settings.lease_seconds
         try:
@@ -282,7 +291,7 @@ class ClusterNode:
                 try:
                     # Rows past their expiry that no scheduler holds end here.
                     await self.queue.expire_due(self._clock.time())
-                    taken = await adopt(older_than)
+                    taken = await adopt(self.adoption, older_than)
                 except Exception as e:  # the database is away: the next round retries
                     log.warning("adopt_failed", error=exception_summary(e))
                     continue
@@ -292,9 +301,28 @@ class ClusterNode:
         finally:
             await self._waker.stop()
 
-    def nudge(self) -> None:
-        """A message was accepted here that only other nodes may send: they take in
-        the queued rows they do not hold now, not at their next poll."""
+    def nudge(self, message_id: str) -> None:
+        """A message was accepted here that only other nodes may send: this node gives
+        up holding it, and they take it in now, not at their next poll."""
+        self._given_up.append(message_id)
+        if self._giving_up is None:
+            self._giving_up = asyncio.create_task(self._give_up(), name="cluster-give-up")
+
+    async def _give_up(self) -> None:
+        try:
+            while self._given_up:
+                ids, self._given_up = self._given_up, []
+                try:
+                    await self.adoption.release(ids)
+                except Exception as e:  # still held by a live node: the next poll's
+                    log.warning("adopt_release_failed", error=exception_summary(e))
+                self._notifier.due(RECOVERED)
+        finally:
+            self._giving_up = None
+
+    def wake_peers(self) -> None:
+        """Rows nobody holds were queued again (a replayed journal's retries): every
+        node's adoption takes them in now, not at its next poll."""
         self._notifier.due(RECOVERED)
 
     def _recovered(self, found: list[Recovered]) -> None:
@@ -344,9 +372,10 @@ class ClusterNode:
     async def stop(self) -> None:
         """Stop adopting and beating, and end the lease now: peers take back at once
         whatever is still `sending` here."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._giving_up] if self._giving_up else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._notifier.aclose()
         try:  # the audit entries of the last moments, before the pool goes
             await self.shipper.ship()

@@ -100,6 +100,7 @@ _REQUEUE = f"""
 WITH back AS (
     UPDATE messages SET state = '{State.QUEUED.value}', possible_duplicate = true,
         claim_epoch = claim_epoch + 1, owner_node = NULL, owner_incarnation = NULL,
+        held_by = NULL,
         error_code = '{RECOVERED_CODE}', updated_at = extract(epoch FROM clock_timestamp())
     WHERE state = '{State.SENDING.value}' AND owner_incarnation = %(inc)s
     RETURNING id, attempts, updated_at

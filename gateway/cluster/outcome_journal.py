@@ -143,13 +143,19 @@ class OutcomeJournal:
                         o = j.outcome
                         if o.message_id in kept and o.state is State.SENT:
                             await queue_sql.early_receipts(conn, o.route, o.carrier_ids, now, owner)
+                    retried = [
+                        j.outcome.message_id
+                        for j in batch
+                        if j.outcome.message_id in kept and j.outcome.state is State.QUEUED
+                    ]
+                    # No scheduler holds a retry the replay requeued (the group sender
+                    # let go of it): nobody's, so a node's adoption takes it in.
+                    await conn.execute(
+                        "UPDATE messages SET held_by = NULL WHERE id = ANY(%s)", (retried,)
+                    )
                 applied += len(kept)
                 late += len(done.late)
-                requeued += sum(
-                    1
-                    for j in batch
-                    if j.outcome.message_id in kept and j.outcome.state is State.QUEUED
-                )
+                requeued += len(retried)
                 await self._remove([j.seq for j in batch])
         return Replayed(applied, late, requeued)
 

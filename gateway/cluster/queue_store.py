@@ -63,8 +63,8 @@ _INSERT = (
     "INSERT INTO messages (id, token_id, priority, state, route_group, to_ct, to_index,"
     " body_ct, reference_ct, callback_ct, encoding, segments, route_hint, category,"
     " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-    " quiet_override, held_for) VALUES"
-    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " quiet_override, held_for, held_by) VALUES"
+    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 
 _CLAIM_IDS = f"""
@@ -214,7 +214,9 @@ class ClusterQueue:
         """`accept`'s rows in the caller's transaction (the judged accept's)."""
         me = self._me()
         async with conn.cursor() as cur:
-            await cur.executemany(_INSERT, [self._row(m) for m in messages])
+            # Held by this node's scheduler (`Scheduler.add`); others adopt it only once
+            # this incarnation is gone, or it gives the row up (`adoption.release`).
+            await cur.executemany(_INSERT, [(*self._row(m), me.incarnation) for m in messages])
             await cur.executemany(
                 queue_sql.INSERT_EVENT,
                 [
@@ -413,9 +415,10 @@ class ClusterQueue:
                 await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
             ).fetchall()
             if grant is not None and account is not None:
-                starved = grant.n < (want or len(candidates))
+                asked = want or len(candidates)
+                starved = grant.n < asked
                 self.starved[account] = self.starved.get(account, 0) + starved
-                wait = await buckets.debit(conn, account, me, grant, len(rows), starved)
+                wait = await buckets.debit(conn, account, me, grant, len(rows), asked)
                 wait = max(wait, 1e-3) if starved else 0.0
         found: dict[str, ClaimedMessage | Held | str] = dict(judged)
         c = self._cipher

@@ -517,6 +517,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX inbound_sets_done_at ON inbound_sets_done (done_at);
     """,
+    # 11 (issue 18 pt 2/4): `held_by`, the incarnation whose scheduler holds a queued or
+    #    scheduled row (set at accept and adoption; NULL: nobody's, e.g. requeued by
+    #    recovery or migrated), so survivors adopt only rows no live node holds, each
+    #    row once (`adoption.py`). A share's reported demand (tokens a second; NULL:
+    #    more than it gets), the seconds between its last two claims and its share's
+    #    refill rate (`buckets.py`).
+    """
+    ALTER TABLE messages ADD COLUMN held_by bigint;
+    ALTER TABLE rate_shares ADD COLUMN demand double precision,
+        ADD COLUMN gap double precision, ADD COLUMN share double precision;
+    """,
 )
 
 

@@ -4,9 +4,9 @@ Theory of operation. On one node, a route's `RateEstimator` (gateway/throttle_ad
 cuts its own bucket when the carrier throttles. On a cluster an account's tokens come
 from one shared row (`buckets.py`), so a throttle seen by any node cuts that row's
 `rate` and every node slows together. The cut follows the estimator: a little under
-what the carrier accepted over the last second (this node's accepts times the nodes
-sharing the account, as fair shares make them about equal; half the rate if nothing
-went through), once per overload for the whole cluster (`cut_at`: throttles within a
+what the carrier accepted over the last second (this node's accepts scaled by the
+account's rate over this node's share of it; half the rate if nothing went
+through), once per overload for the whole cluster (`cut_at`: throttles within a
 window of a cut are the same overload, whichever node sees them). While no throttle
 came for two windows and this node's claims were short of tokens (the rate, not the
 queue, limits it), the rate is probed upward by a share of the contract once a window
@@ -71,8 +71,9 @@ class SharedRate:
     def throttled(self, now: float) -> None:
         self._forget(now)
         grant = self._queue.grants.get(self.account)
-        nodes = 1 if grant is None else grant.nodes
-        measured = len(self._accepts) / WINDOW * nodes
+        # This node's part of the account's rate is its share's: scaled up to the whole.
+        scale = 1.0 if grant is None else grant.rate / grant.share_rate
+        measured = len(self._accepts) / WINDOW * scale
         self._run(_CUT, {"measured": measured, "floor": MIN_RATE_SHARE, "margin": MARGIN})
 
     def accepted(self, now: float) -> None:

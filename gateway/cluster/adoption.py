@@ -1,0 +1,110 @@
+"""Adopting queued rows no live node holds: a dead node's, or nobody's, in pages.
+
+Theory of operation. Each queued or scheduled row names the incarnation whose scheduler
+holds it (`messages.held_by`: the accepting node, or the last adopter). A survivor takes
+rows into its scheduler a page at a time: the next `limit` rows in claim order (class,
+due time, id) held by no live incarnation, marked as its own in the same statement with
+`FOR UPDATE SKIP LOCKED`, so two survivors adopting at once split a dead node's rows
+between them instead of both holding every id and racing for each claim. A page carries
+what the scheduler needs to order and route a message (id, class, due, expiry,
+attempts, route hint), never its body; the number is decrypted only when routes look at
+it. No cursor is needed: taken rows are held and drop out of the next page's query.
+
+`servable` narrows the pages to the (route group, class) pairs this node can send (the
+group is the route hint, '' for none), so a row only another node's routes may take is
+left for that node. A row this node took but cannot send anyway (its routes look at the
+number) is given back (`release`), as is a row accepted here for another node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gateway.cluster.lease import Pool
+from gateway.cluster.nodes import Incarnation
+from gateway.models import Priority, State
+from gateway.store.crypto import FieldCipher
+from gateway.store.store import LiveMessage
+
+_PRIORITIES = {int(p): p for p in Priority}
+_STATES = {State.QUEUED.value: State.QUEUED, State.SCHEDULED.value: State.SCHEDULED}
+
+_TAKE = f"""
+WITH live AS (
+    SELECT coalesce(array_agg(incarnation), '{{}}') AS incs FROM nodes
+    WHERE recovered_at IS NULL AND lease_until > clock_timestamp()
+), page AS (
+    SELECT m.id FROM messages m, live
+    WHERE m.state IN ('{State.QUEUED.value}', '{State.SCHEDULED.value}')
+        AND m.due_at < %(before)s
+        AND (m.held_by IS NULL OR m.held_by <> ALL(live.incs))
+        AND (%(any)s OR (m.route_group, m.priority) IN
+            (SELECT * FROM unnest(%(groups)s::text[], %(prios)s::int[])))
+    ORDER BY m.priority, m.due_at, m.id
+    LIMIT %(n)s
+    FOR UPDATE OF m SKIP LOCKED
+)
+UPDATE messages m SET held_by = %(inc)s FROM page WHERE m.id = page.id
+RETURNING m.id, m.priority, m.state, m.due_at, m.expires_at, m.attempts, m.route_hint,
+    CASE WHEN %(numbers)s THEN m.to_ct END
+"""  # noqa: S608 - fixed state names
+
+
+class ClusterAdoption:
+    """This node's side of adoption (`Scheduler.adopt` reads it page by page)."""
+
+    def __init__(
+        self, pool: Pool, cipher: Callable[[], FieldCipher], me: Callable[[], Incarnation]
+    ):
+        self._pool = pool
+        self._cipher = cipher  # the queue's, as it is now (a rotation replaces it)
+        self._me = me
+        self.pages = 0  # pages read since start (a test counts them)
+
+    async def page(
+        self,
+        due_before: float,
+        limit: int,
+        servable: Sequence[tuple[str, Priority]] | None,
+        numbers: bool,
+    ) -> list[LiveMessage]:
+        """Take up to `limit` unheld rows due before `due_before`, first in claim
+        order; `servable` None: of any group and class."""
+        params = {
+            "before": due_before,
+            "any": servable is None,
+            "groups": [g for g, _ in servable or ()],
+            "prios": [int(p) for _, p in servable or ()],
+            "n": limit,
+            "inc": self._me().incarnation,
+            "numbers": numbers,
+        }
+        async with self._pool.connection() as conn:
+            rows = await (await conn.execute(_TAKE, params)).fetchall()
+        self.pages += 1
+        cipher = self._cipher() if numbers else None
+        taken = [
+            LiveMessage(
+                r[0],
+                _PRIORITIES[r[1]],
+                _STATES[r[2]],
+                cipher.decrypt(bytes(r[7]), r[0], "to") if cipher is not None else "",
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+            )
+            for r in rows
+        ]
+        taken.sort(key=lambda m: (m.priority, m.due_at, m.id))  # RETURNING keeps no order
+        return taken
+
+    async def release(self, message_ids: Sequence[str]) -> None:
+        """Give up rows this node holds but will not send: any node may adopt them."""
+        if not message_ids:
+            return
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE messages SET held_by = NULL WHERE id = ANY(%s) AND held_by = %s",
+                (list(message_ids), self._me().incarnation),
+            )
