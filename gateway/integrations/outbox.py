@@ -65,6 +65,7 @@ from gateway.integrations.events import (
 )
 from gateway.logs import exception_summary
 from gateway.store import outbox_sql
+from gateway.integrations.outbox_repo import OutboxRepo
 from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
 from gateway.store.store import Store
 
@@ -132,6 +133,8 @@ class _Lane:
     # Whether an admin's redelivery may be waiting: at start, and after `redeliver()`
     # (the only writer of one), so a round does not look for them every time.
     look_for_redeliveries: bool = True
+    # Whether this node leads the lane (`OutboxRepo.lead`): on a cluster one node does.
+    leading: bool = False
     # Per held message (or route): its failed event first, then its later ones, in order;
     # and the task retrying them.
     held: dict[str, deque[_Held]] = field(default_factory=dict)
@@ -159,10 +162,11 @@ class Outbox:
         *,
         jitter: Callable[[float], float] | None = None,
         busy: Callable[[], bool] | None = None,
+        repo: OutboxRepo | None = None,
     ) -> None:
-        """`busy` says whether sends are in flight now (the lanes give way to them)."""
-        self._repo = OutboxStore(store)
-        self._store = store
+        """`busy` says whether sends are in flight now (the lanes give way to them);
+        `repo` where the events are (default: the node's own store)."""
+        self._repo: OutboxRepo = repo if repo is not None else OutboxStore(store)
         self._config = config
         self._clock = clock
         # Full jitter: a draw from [0, ceiling); tests may set a chosen one.
@@ -173,9 +177,10 @@ class Outbox:
         self._started = False
         self._busy = busy
         self._progress = asyncio.Event()  # set after every lane's batch (`stop`'s grace)
+        self._unwatch: Callable[[], None] | None = None
 
     @property
-    def repo(self) -> OutboxStore:
+    def repo(self) -> OutboxRepo:
         return self._repo
 
     @property
@@ -207,7 +212,7 @@ class Outbox:
         positions = await self._repo.join(list(self._lanes))
         for name, lane in self._lanes.items():
             lane.position = lane.cursor = positions[name]
-        self._store.writer.after_commit.append(self.wake)
+        self._unwatch = self._repo.watch(self.wake)
         if run:
             for lane in self._lanes.values():
                 self._tasks.append(asyncio.create_task(self._run(lane)))
@@ -229,8 +234,10 @@ class Outbox:
             task.cancel()
         await asyncio.gather(*self._tasks, *retrying, return_exceptions=True)
         self._tasks.clear()
-        if self.wake in self._store.writer.after_commit:
-            self._store.writer.after_commit.remove(self.wake)
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        await self._repo.close()
         for lane in self._lanes.values():
             if isinstance(lane.consumer, Closable):
                 await lane.consumer.close()
@@ -246,7 +253,7 @@ class Outbox:
             return [
                 lane.name
                 for lane in self._lanes.values()
-                if lane.position < target or lane.unrecorded or lane.held
+                if lane.leading and (lane.position < target or lane.unrecorded or lane.held)
             ]
 
         while (late := behind()) and (left := deadline - self._clock.monotonic()) > 0:
@@ -274,10 +281,14 @@ class Outbox:
     # -- a lane ----------------------------------------------------------------------
 
     async def _run(self, lane: _Lane) -> None:
+        poll = min(self._repo.poll or self._config.safety_poll, self._config.safety_poll)
         while True:
             lane.wake.clear()
-            limit = await self._give_way(lane)
             try:
+                if not await self._lead(lane):
+                    await self._clock.sleep(poll)
+                    continue
+                limit = await self._give_way(lane)
                 worked = await self.run_once(lane.name, limit, finish=False)
             except asyncio.CancelledError:
                 raise
@@ -289,11 +300,34 @@ class Outbox:
                 self._progress.set()
             if worked:
                 continue
-            if not await wait_event(self._clock, lane.wake, self._config.safety_poll):
-                continue  # the safety poll: a wake lost to a bug costs at most this long
+            if not await wait_event(self._clock, lane.wake, poll):
+                # The poll: another node's commit, an admin's redelivery on another
+                # node, or a wake lost to a bug cost at most this long.
+                lane.look_for_redeliveries = True
+                continue
             # Real time, not the injected clock: this only lets a burst of commits
             # land before one read picks them all up.
             await asyncio.sleep(self._config.debounce)
+
+    async def _lead(self, lane: _Lane) -> bool:
+        """Whether this node delivers the lane's events now. A lane taken over resumes
+        from the stored position (another node may have moved it); one given up drops
+        what it held (the next leader retries it from the stored attempts)."""
+        leading = await self._repo.lead(lane.name)
+        if leading and not lane.leading:
+            lane.position = lane.cursor = await self._repo.position(lane.name)
+            lane.look_for_redeliveries = True
+            log.info("outbox_lane_taken", consumer=lane.name, position=lane.position)
+        elif lane.leading and not leading:
+            for task in lane.retrying.values():
+                task.cancel()
+            await asyncio.gather(*lane.retrying.values(), return_exceptions=True)
+            lane.retrying.clear()
+            lane.held.clear()
+            lane.unrecorded.clear()
+            log.warning("outbox_lane_given_up", consumer=lane.name)
+        lane.leading = leading
+        return leading
 
     async def _give_way(self, lane: _Lane) -> int:
         """While sends are in flight, wait until they pause or `yield_to_sends` has
