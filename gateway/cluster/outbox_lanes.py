@@ -15,6 +15,7 @@ position and attempts, and what the old one delivered but had not recorded goes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import psycopg
@@ -32,7 +33,9 @@ LANE_LOCKS = 0x736D7367  # the advisory locks' first key ("smsg"); the second: h
 CHECK_EVERY = 1.0  # seconds between checks that the lock connection still answers
 # The server ends the session of a peer that went silent (a partition) after about
 # idle + interval * count seconds, and its locks with it.
-SERVER_KEEPALIVES = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
+)
 
 
 def lock_conninfo(conninfo: str) -> str:
@@ -99,17 +102,14 @@ class LaneLocks:
 
     async def _give_up_all(self) -> None:
         if self._conn is not None and not self._conn.closed and self._held:
-            try:
+            # (A failure: the session is gone, and its locks with it.)
+            with contextlib.suppress(psycopg.Error, OSError):
                 await self._conn.execute("SELECT pg_advisory_unlock_all()")
-            except (psycopg.Error, OSError):
-                pass  # the session is gone, and its locks with it
         await self._drop()
 
     async def _drop(self) -> None:
         self._held.clear()
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            try:
+            with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
-            except (psycopg.Error, OSError):
-                pass

@@ -94,8 +94,7 @@ _UPSERT_ATTEMPT = (
 )
 
 _ADVANCE = (
-    "UPDATE outbox_consumers SET position = greatest(position, %s), seen_at = %s"
-    " WHERE name = %s"
+    "UPDATE outbox_consumers SET position = greatest(position, %s), seen_at = %s WHERE name = %s"
 )
 
 _PHI_READS = {

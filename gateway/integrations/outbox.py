@@ -63,9 +63,9 @@ from gateway.integrations.events import (
     EventConsumer,
     OutboxEvent,
 )
+from gateway.integrations.outbox_repo import OutboxRepo
 from gateway.logs import exception_summary
 from gateway.store import outbox_sql
-from gateway.integrations.outbox_repo import OutboxRepo
 from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
 from gateway.store.store import Store
 
