@@ -1,0 +1,138 @@
+"""Webhooks on a two-node cluster (issue 18): messages sent through both nodes reach one
+real receiver, every status event once and in each message's order, from whichever
+node leads the endpoint's lane; after the leader is killed the other takes the lane
+over and nothing is lost (a repeat only of what the dead leader had not recorded)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from tests.pg.node_proc import Node, init_data, node_config, stop_all
+from tests.webhook_rig import Receiver, write_secret
+
+WAIT = 30.0
+STATES = ["sending", "sent", "delivered"]
+PER_NODE = 5
+
+
+def _webhook(conf: Path, rx: Receiver, secret: Path) -> None:
+    conf.write_text(
+        conf.read_text()
+        + "\n[outbox]\nsafety_poll = 0.5\ndebounce = 0\nyield_to_sends = 0\n"
+        + "backoff_initial = 0.05\nbackoff_max = 0.1\n\n"
+        + f'[[webhooks]]\nname = "rx"\nurl = "{rx.url}"\nsecret_file = "{secret}"\n'
+        + 'events = ["message.status"]\nallow_loopback = true\nallow_plain_http = true\n'
+    )
+
+
+def _took_rx(node: Node) -> bool:
+    return any(
+        '"outbox_lane_taken"' in line and '"consumer": "webhook:rx"' in line for line in node.lines
+    )
+
+
+async def _leader(nodes: list[Node]) -> Node:
+    """The node that took the `rx` lane (its log says so)."""
+
+    async def took(node: Node) -> Node:
+        async with node.changed:
+            await node.changed.wait_for(lambda: _took_rx(node))
+        return node
+
+    waits = [asyncio.ensure_future(took(n)) for n in nodes]
+    done, pending = await asyncio.wait(waits, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    assert done, "no node took the rx lane"
+    return done.pop().result()
+
+
+def _by_message(rx: Receiver) -> dict[str, list[tuple[str, str]]]:
+    """Per message: (event id, state) in arrival order."""
+    seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for event in rx.events:
+        data = event["body"]["data"]
+        seen[data["message_id"]].append((event["id"], data["state"]))
+    return seen
+
+
+async def _complete(rx: Receiver, ids: list[str]) -> None:
+    """Until every message of `ids` has all its states."""
+
+    def ready() -> bool:
+        seen = _by_message(rx)
+        return all({s for _, s in seen.get(i, [])} >= set(STATES) for i in ids)
+
+    async with rx.arrived:
+        await asyncio.wait_for(rx.arrived.wait_for(ready), WAIT)
+
+
+async def _send(http: ClientSession, node: Node, token: str, n: int) -> str:
+    async with http.post(
+        f"{node.url}/api/v1/messages",
+        json={"to": f"+4915112345{n:03d}", "body": f"m{n}"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        return str((await resp.json())["id"])
+
+
+@pytest.mark.timeout(120)
+async def test_two_nodes_deliver_each_status_once_and_survive_the_leaders_death(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    smsc = SmscSimulator(SimulatorConfig(system_id="smsgw", password="pw", receipt_delay=0.05))
+    await smsc.start()
+    secret_path, secret = write_secret(tmp_path, "rx")
+    rx = await Receiver(secret).start()
+    token = await init_data(tmp_path, ["gw1", "gw2"])
+    nodes: list[Node] = []
+    try:
+        starts = []
+        for name in ("gw1", "gw2"):
+            conf, url = node_config(tmp_path / name, name, pg_dsn, ("127.0.0.1", smsc.port))
+            _webhook(conf, rx, secret_path)
+            starts.append(Node.start(name, conf, url))
+        nodes += await asyncio.gather(*starts)
+        leader = await _leader(nodes)
+        numbers = itertools.count()
+        async with ClientSession() as http:
+            first = [
+                await _send(http, node, token, next(numbers))
+                for node in nodes
+                for _ in range(PER_NODE)
+            ]
+            await _complete(rx, first)
+            seen = _by_message(rx)
+            for message_id in first:  # exactly once, in the message's order
+                assert [s for _, s in seen[message_id]] == STATES, seen[message_id]
+            assert len({e["id"] for e in rx.events}) == len(rx.events) == 3 * len(first)
+
+            leader.kill()  # SIGKILL: its session, and the lane's lock, end with it
+            (survivor,) = [n for n in nodes if n is not leader]
+            later = [await _send(http, survivor, token, next(numbers)) for _ in range(PER_NODE)]
+            await _complete(rx, later)
+        assert _took_rx(survivor)
+        seen = _by_message(rx)
+        for message_id in first + later:
+            arrived: dict[str, Any] = {}
+            for event_id, state in seen[message_id]:
+                # A repeat is the same event again (its id), never a new one.
+                assert arrived.setdefault(state, event_id) == event_id
+            assert list(arrived) == STATES  # first arrivals in the message's order
+        assert rx.bad_signatures == 0
+    finally:
+        await stop_all([n for n in nodes if n.alive])
+        for node in nodes:
+            if not node.alive:
+                await node.proc.wait()
+        await rx.close()
+        await smsc.aclose()
