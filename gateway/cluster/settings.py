@@ -125,7 +125,13 @@ def refused_features(config: Config) -> list[str]:
     # events would too, but every node subscribes to the send topic (each send accepted
     # once per node) under one configured client_id; Kannel's dlr-urls are rows of the
     # node's own store, written with the message.
-    refused = []
+    # Inbound messages are still stored per node: no `message.inbound` event reaches the
+    # shared outbox, so an endpoint must not count on one (list its `events`).
+    refused = [
+        f"webhooks[{i}].events message.inbound (list the others)"
+        for i, hook in enumerate(config.webhooks)
+        if "message.inbound" in hook.events
+    ]
     checks: list[tuple[str, Any, Any]] = [
         ("mqtt.enabled", config.mqtt.enabled, False),
         ("kannel.enabled", config.kannel.enabled, False),
