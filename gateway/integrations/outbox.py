@@ -27,7 +27,13 @@ duplicates by id). A dead letter an admin redelivers is tried again out of order
 ahead of the lane's next event.
 
 Lanes wake when the writer commits (debounced by `debounce` seconds so a burst of
-commits costs one read), with a slow safety poll. Network waits hold no store
+commits costs one read), with a slow safety poll. The store is an `OutboxRepo`: the
+node's SQLite, or on a cluster the shared PostgreSQL outbox
+(`gateway/cluster/outbox_store.py`), where other nodes' commits wake nothing here and
+the lanes poll at the repo's `poll`. Before each round a lane asks the repo whether
+this node leads it (`lead`; alone, always): on a cluster one node delivers a consumer's
+events; a lane taken over resumes from the stored position and attempts, one given up
+drops what it held for the next leader to retry (at least once across a handover). Network waits hold no store
 connection and no writer slot, and all lanes together keep at most `concurrency`
 requests in flight, so a slow or dead receiver delays only its own lane, never a send.
 Delivered history is pruned after `retention_days`.
@@ -133,8 +139,10 @@ class _Lane:
     # Whether an admin's redelivery may be waiting: at start, and after `redeliver()`
     # (the only writer of one), so a round does not look for them every time.
     look_for_redeliveries: bool = True
-    # Whether this node leads the lane (`OutboxRepo.lead`): on a cluster one node does.
+    # Whether this node leads the lane (`OutboxRepo.lead`): on a cluster one node does;
+    # and whether another node does (its backlog and grace are that node's to report).
     leading: bool = False
+    elsewhere: bool = False
     # Per held message (or route): its failed event first, then its later ones, in order;
     # and the task retrying them.
     held: dict[str, deque[_Held]] = field(default_factory=dict)
@@ -253,7 +261,7 @@ class Outbox:
             return [
                 lane.name
                 for lane in self._lanes.values()
-                if lane.leading and (lane.position < target or lane.unrecorded or lane.held)
+                if not lane.elsewhere and (lane.position < target or lane.unrecorded or lane.held)
             ]
 
         while (late := behind()) and (left := deadline - self._clock.monotonic()) > 0:
@@ -262,10 +270,17 @@ class Outbox:
         return late
 
     def lanes_state(self, last_seq: int) -> list[tuple[str, int, int, int, int]]:
-        """Per consumer, for /metrics: backlog up to event `last_seq`, messages held,
-        and events delivered and dead since start."""
+        """Per consumer, for /metrics: backlog up to event `last_seq` (none here when
+        another node leads the lane), messages held, and events delivered and dead since
+        start."""
         return [
-            (name, max(0, last_seq - lane.position), len(lane.held), lane.delivered, lane.dead)
+            (
+                name,
+                0 if lane.elsewhere else max(0, last_seq - lane.position),
+                len(lane.held),
+                lane.delivered,
+                lane.dead,
+            )
             for name, lane in self._lanes.items()
         ]
 
@@ -326,7 +341,7 @@ class Outbox:
             lane.held.clear()
             lane.unrecorded.clear()
             log.warning("outbox_lane_given_up", consumer=lane.name)
-        lane.leading = leading
+        lane.leading, lane.elsewhere = leading, not leading
         return leading
 
     async def _give_way(self, lane: _Lane) -> int:
