@@ -33,9 +33,10 @@ node's SQLite, or on a cluster the shared PostgreSQL outbox
 the lanes poll at the repo's `poll`. Before each round a lane asks the repo whether
 this node leads it (`lead`; alone, always): on a cluster one node delivers a consumer's
 events; a lane taken over resumes from the stored position and attempts, one given up
-drops what it held for the next leader to retry (at least once across a handover). Network waits hold no store
-connection and no writer slot, and all lanes together keep at most `concurrency`
-requests in flight, so a slow or dead receiver delays only its own lane, never a send.
+drops what it held for the next leader to retry (at least once across a handover).
+Network waits hold no store connection and no writer slot, and all lanes together keep
+at most `concurrency` requests in flight, so a slow or dead receiver delays only its own
+lane, never a send.
 Delivered history is pruned after `retention_days`.
 
 Sends come first. While the scheduler has submits in flight (`busy`), a lane delivers
@@ -143,6 +144,7 @@ class _Lane:
     # and whether another node does (its backlog and grace are that node's to report).
     leading: bool = False
     elsewhere: bool = False
+    look_again: float = float("-inf")  # monotonic: when to look for redeliveries anyway
     # Per held message (or route): its failed event first, then its later ones, in order;
     # and the task retrying them.
     held: dict[str, deque[_Held]] = field(default_factory=dict)
@@ -303,6 +305,9 @@ class Outbox:
                 if not await self._lead(lane):
                     await self._clock.sleep(poll)
                     continue
+                if (now := self._clock.monotonic()) >= lane.look_again:
+                    # An admin's redelivery on another node wakes nothing here.
+                    lane.look_for_redeliveries, lane.look_again = True, now + poll
                 limit = await self._give_way(lane)
                 worked = await self.run_once(lane.name, limit, finish=False)
             except asyncio.CancelledError:
@@ -316,10 +321,7 @@ class Outbox:
             if worked:
                 continue
             if not await wait_event(self._clock, lane.wake, poll):
-                # The poll: another node's commit, an admin's redelivery on another
-                # node, or a wake lost to a bug cost at most this long.
-                lane.look_for_redeliveries = True
-                continue
+                continue  # the poll: another node's commit or a lost wake costs this long
             # Real time, not the injected clock: this only lets a burst of commits
             # land before one read picks them all up.
             await asyncio.sleep(self._config.debounce)
