@@ -1,7 +1,8 @@
 """Webhooks on a two-node cluster (issue 18): messages sent through both nodes reach one
 real receiver, every status event once and in each message's order, from whichever
-node leads the endpoint's lane; after the leader is killed the other takes the lane
-over and nothing is lost (a repeat only of what the dead leader had not recorded)."""
+node leads the endpoint's lane; when the leader is killed mid-stream the other takes
+the lane over and nothing is lost (a repeat only of what the dead leader had not
+recorded)."""
 
 from __future__ import annotations
 
@@ -149,9 +150,14 @@ async def test_two_nodes_deliver_each_status_once_and_survive_the_leaders_death(
                 assert [s for _, s in arrived[message_id]] == written[message_id]
             assert len({e["id"] for e in rx.events}) == len(rx.events)
 
-            leader.kill()  # SIGKILL: its session, and the lane's lock, end with it
+            # The other node sends more; the leader is killed once their events flow.
             (survivor,) = [n for n in nodes if n is not leader]
-            later = [await _send(http, survivor, token, next(numbers)) for _ in range(PER_NODE)]
+            later = [await _send(http, survivor, token, next(numbers)) for _ in range(2 * PER_NODE)]
+            async with rx.arrived:
+                await asyncio.wait_for(
+                    rx.arrived.wait_for(lambda: any(m in _arrived(rx) for m in later)), WAIT
+                )
+            leader.kill()  # SIGKILL: its session, and the lane's lock, end with it
             # Nothing lost; repeats (the same event ids) only of what the dead leader
             # delivered but had not recorded.
             await _complete(rx, pg_dsn, first + later)
