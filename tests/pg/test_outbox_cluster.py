@@ -63,6 +63,10 @@ async def test_a_row_committed_after_a_later_one_is_never_skipped(
         assert [r.message_id for r in rows] == ["late"]  # seq above the one read before
         assert rows[0].seq == position + 1
     assert await repo.last_seq() == position + 1
+    # Pruning drops what every consumer has passed, nothing beyond.
+    assert await repo.prune(1000.0) == 1
+    rows, _ = await repo.after_with_attempts("rx", 0, 100)
+    assert [r.message_id for r in rows] == ["late"]
     await local.close()
 
 
