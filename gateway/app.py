@@ -203,7 +203,13 @@ class Gateway(UseCaseWiring):
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
         replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
         sink.answer_replies(replies)
-        outbox = build_outbox(config, store, clock, busy=lambda: scheduler.in_flight > 0)
+        outbox = build_outbox(
+            config,
+            store,
+            clock,
+            busy=lambda: scheduler.in_flight > 0,
+            repo=None if node is None else node.outbox(),
+        )
         gateway = cls(
             config,
             clock,

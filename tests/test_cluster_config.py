@@ -57,17 +57,28 @@ def test_a_bad_value_names_its_key_and_never_echoes_a_password(
 
 
 def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path) -> None:
+    user = {"username": "his", "password_file": "his.pw", "token": "his"}
     with pytest.raises(ConfigError) as caught:
         config(
             tmp_path,
             {},
             mqtt={"enabled": True, "host": "127.0.0.1"},
-            webhooks=[{"name": "w", "url": "https://example.org/h", "secret_file": "w.key"}],
+            kannel={"enabled": True, "users": [user]},
         )
     message = str(caught.value)
     assert message.startswith("cluster.enabled: not on the cluster backend yet")
-    for name in ("webhooks", "mqtt.enabled"):
+    for name in ("mqtt.enabled", "kannel.enabled"):
         assert name in message
+
+
+def test_webhooks_run_on_a_cluster_without_inbound_events(tmp_path: Path) -> None:
+    """Their events come from the shared outbox (tests/pg/test_outbox_nodes_e2e.py);
+    inbound messages are still per node, so an endpoint may not ask for them."""
+    hook = {"name": "w", "url": "https://example.org/h", "secret_file": "w.key"}
+    with pytest.raises(ConfigError, match=r"webhooks\[0\]\.events message\.inbound"):
+        config(tmp_path, {}, webhooks=[hook])  # the default events include it
+    hook["events"] = ["message.status", "route.health", "consent.changed"]
+    assert config(tmp_path, {}, webhooks=[hook]).webhooks
 
 
 def test_consent_runs_on_a_cluster(tmp_path: Path) -> None:

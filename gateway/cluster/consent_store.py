@@ -21,7 +21,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from gateway.cluster import queue_sql
+from gateway.cluster import outbox_store, queue_sql
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
 from gateway.consent import import_rule, ledger
@@ -80,13 +80,15 @@ async def ensure_contact(
 
 
 async def append(conn: Conn, cipher: FieldCipher, e: Entry, node_id: str) -> tuple[str, int]:
-    """`ledger.append` on PostgreSQL, in the caller's transaction: (ledger id, seq)."""
+    """`ledger.append` on PostgreSQL, in the caller's transaction, its `consent.changed`
+    outbox row too: (ledger id, seq)."""
     await ensure_contact(conn, cipher, e.contact_idx, e.number, e.at)
     entry_id, entry = ledger.entry_row(cipher, e)
     row = await (await conn.execute(_INSERT, (*entry, node_id))).fetchone()
     assert row is not None
     seq = int(row[0])
     await conn.execute(_UPSERT, ledger.standing_row(e, seq))
+    await outbox_store.consent_row(conn, entry_id, e.at, e.program, e.scope, e.decision)
     return entry_id, seq
 
 

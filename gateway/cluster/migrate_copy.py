@@ -107,9 +107,12 @@ async def copy_table(
             rows = src.execute(select + after + order, (*last, batch)).fetchall()
         if not rows:
             return done
-        async with conn.transaction(), conn.cursor().copy(copy_sql) as copy:
-            for values in rows:
-                await copy.write_row(_target_row(columns, values, flags, spec))
+        async with conn.transaction():
+            # A store's history is no news: its events do not go to the outbox.
+            await conn.execute("SELECT set_config('smsgw.outbox', 'off', true)")
+            async with conn.cursor().copy(copy_sql) as copy:
+                for values in rows:
+                    await copy.write_row(_target_row(columns, values, flags, spec))
         done += len(rows)
         last = tuple(rows[-1][columns.index(k)] for k in spec.key)
         progress(done, int(total), f"{spec.target}: rows copied")

@@ -51,6 +51,8 @@ from gateway.cluster.inbound import ClusterInbound
 from gateway.cluster.inbound_reads import ClusterInboundReads
 from gateway.cluster.lease import Membership, Pool
 from gateway.cluster.nodes import Recovered, prune_gone
+from gateway.cluster.outbox_lanes import LaneLocks
+from gateway.cluster.outbox_store import ClusterOutbox
 from gateway.cluster.outcome_journal import OutcomeJournal
 from gateway.cluster.panel import ClusterPanel
 from gateway.cluster.queue_store import ClusterQueue
@@ -111,6 +113,7 @@ class ClusterNode:
         self._clock = clock
         self._notifier = Notifier(pool, clock)
         self._waker = Waker(conninfo, clock)
+        self._conninfo = conninfo
         self.horizon = HorizonWatch(pool, clock, settings.heartbeat_seconds)
         self._tasks: list[asyncio.Task[None]] = []
         self.recovered_rows = 0
@@ -198,6 +201,13 @@ class ClusterNode:
             await pool.close()
             raise
         return node
+
+    def outbox(self) -> ClusterOutbox:
+        """The shared outbox for this node's consumers (webhooks, MQTT)."""
+        lanes = LaneLocks(self._conninfo, self._clock, lambda: self.fenced)
+        return ClusterOutbox(
+            self._pool, self.settings.node_id, self._clock, lanes, self.queue.decrypt, self._store
+        )
 
     @property
     def pool(self) -> Pool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from gateway.cluster import outbox_store
 from gateway.cluster.lease import Pool
 from gateway.store.route_parks import Park
 
@@ -45,7 +46,9 @@ class ClusterParks:
             )
 
     async def report_health(self, changes: list[tuple[str, str]], now: float) -> None:
-        """No outbox on this backend yet (webhooks are refused at start with it)."""
+        """`route.health` outbox rows for this node's (route, state) changes."""
+        async with self._pool.connection() as conn:
+            await outbox_store.health_rows(conn, changes, now)
 
     async def forget(self, route: str) -> None:
         async with self._pool.connection() as conn:

@@ -528,6 +528,82 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE rate_shares ADD COLUMN demand double precision,
         ADD COLUMN gap double precision, ADD COLUMN share double precision;
     """,
+    # 12 (issue 18, the outbox): events for webhooks and MQTT, as SQLite's migration 9
+    #    (`gateway/cluster/outbox_store.py` explains the order). A row gets its
+    #    consumer-visible `seq` only once published: in (xid, ins) order, and only when
+    #    its transaction and every older one has ended, so `seq` is commit-safe and
+    #    gap-free for readers. Status rows come from a trigger on `message_events`
+    #    (every writer of an event, in its transaction), less a plain accept's
+    #    `queued`/`scheduled` creation (SQLite implies it by the row) and the
+    #    receipt-overdue marks (not a state); only of the types and states some node's
+    #    consumers take (`outbox_wants`, one row per node, replaced at its start).
+    #    `smsgw.outbox = off` in a session (the migration's copy) writes none.
+    """
+    CREATE TABLE outbox (
+        ins         bigserial PRIMARY KEY,
+        xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        seq         bigint UNIQUE,
+        id          text NOT NULL
+                    DEFAULT ('evt_' || left(replace(gen_random_uuid()::text, '-', ''), 24)),
+        type        text NOT NULL,
+        at          double precision NOT NULL,
+        message_id  text,
+        route       text,
+        state       text,
+        code        text,
+        attempt     integer
+    );
+    CREATE INDEX outbox_unpublished ON outbox (xid, ins) WHERE seq IS NULL;
+    CREATE TABLE outbox_published (last bigint NOT NULL);
+    INSERT INTO outbox_published VALUES (0);
+    CREATE TABLE outbox_wants (
+        node_id  text PRIMARY KEY,
+        types    text[] NOT NULL,
+        states   text[]
+    );
+    CREATE TABLE outbox_consumers (
+        name      text PRIMARY KEY,
+        position  bigint NOT NULL,
+        seen_at   double precision NOT NULL
+    );
+    CREATE TABLE outbox_deliveries (
+        consumer  text NOT NULL,
+        seq       bigint NOT NULL,
+        state     text NOT NULL,
+        attempts  integer NOT NULL,
+        first_at  double precision NOT NULL,
+        last_at   double precision NOT NULL,
+        next_at   double precision,
+        reason    text,
+        PRIMARY KEY (consumer, seq)
+    );
+    CREATE INDEX outbox_deliveries_recent ON outbox_deliveries (last_at);
+    CREATE INDEX outbox_deliveries_open ON outbox_deliveries (consumer, state)
+        WHERE state <> 'delivered';
+
+    CREATE FUNCTION outbox_status() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.state = 'receipt_overdue'
+            OR current_setting('smsgw.outbox', true) = 'off'
+            OR NOT EXISTS (SELECT 1 FROM outbox_wants w
+                           WHERE 'message.status' = ANY (w.types)
+                             AND (w.states IS NULL OR NEW.state = ANY (w.states))) THEN
+            RETURN NULL;
+        END IF;
+        IF NEW.attempt = 0 AND NEW.error_code IS NULL AND NEW.route IS NULL
+            AND NEW.state IN ('queued', 'scheduled')
+            AND EXISTS (SELECT 1 FROM messages m
+                        WHERE m.id = NEW.message_id AND m.created_at = NEW.at) THEN
+            RETURN NULL;  -- a plain accept: its creation is implied, as on SQLite
+        END IF;
+        INSERT INTO outbox (type, at, message_id, route, state, code, attempt)
+        VALUES ('message.status', NEW.at, NEW.message_id, NEW.route, NEW.state,
+                NEW.error_code, NEW.attempt);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER message_events_outbox AFTER INSERT ON message_events
+        FOR EACH ROW EXECUTE FUNCTION outbox_status();
+    """,
 )
 
 

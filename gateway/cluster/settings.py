@@ -126,9 +126,17 @@ def refused_features(config: Config) -> list[str]:
     from gateway.replies.settings import RepliesConfig
     from gateway.results.settings import MedicationConfig, ResultsConfig
 
-    refused = []
-    if config.webhooks:
-        refused.append("webhooks")
+    # Webhooks take their events from the shared outbox (cluster/outbox_store.py). MQTT's
+    # events would too, but every node subscribes to the send topic (each send accepted
+    # once per node) under one configured client_id; Kannel's dlr-urls are rows of the
+    # node's own store, written with the message.
+    # Inbound messages are still stored per node: no `message.inbound` event reaches the
+    # shared outbox, so an endpoint must not count on one (list its `events`).
+    refused = [
+        f"webhooks[{i}].events message.inbound (list the others)"
+        for i, hook in enumerate(config.webhooks)
+        if "message.inbound" in hook.events
+    ]
     checks: list[tuple[str, Any, Any]] = [
         ("mqtt.enabled", config.mqtt.enabled, False),
         ("kannel.enabled", config.kannel.enabled, False),

@@ -27,9 +27,16 @@ duplicates by id). A dead letter an admin redelivers is tried again out of order
 ahead of the lane's next event.
 
 Lanes wake when the writer commits (debounced by `debounce` seconds so a burst of
-commits costs one read), with a slow safety poll. Network waits hold no store
-connection and no writer slot, and all lanes together keep at most `concurrency`
-requests in flight, so a slow or dead receiver delays only its own lane, never a send.
+commits costs one read), with a slow safety poll. The store is an `OutboxRepo`: the
+node's SQLite, or on a cluster the shared PostgreSQL outbox
+(`gateway/cluster/outbox_store.py`), where other nodes' commits wake nothing here and
+the lanes poll at the repo's `poll`. Before each round a lane asks the repo whether
+this node leads it (`lead`; alone, always): on a cluster one node delivers a consumer's
+events; a lane taken over resumes from the stored position and attempts, one given up
+drops what it held for the next leader to retry (at least once across a handover).
+Network waits hold no store connection and no writer slot, and all lanes together keep
+at most `concurrency` requests in flight, so a slow or dead receiver delays only its own
+lane, never a send.
 Delivered history is pruned after `retention_days`.
 
 Sends come first. While the scheduler has submits in flight (`busy`), a lane delivers
@@ -63,6 +70,7 @@ from gateway.integrations.events import (
     EventConsumer,
     OutboxEvent,
 )
+from gateway.integrations.outbox_repo import OutboxRepo
 from gateway.logs import exception_summary
 from gateway.store import outbox_sql
 from gateway.store.outbox_sql import Attempt, OutboxRow, OutboxStore
@@ -132,6 +140,11 @@ class _Lane:
     # Whether an admin's redelivery may be waiting: at start, and after `redeliver()`
     # (the only writer of one), so a round does not look for them every time.
     look_for_redeliveries: bool = True
+    # Whether this node leads the lane (`OutboxRepo.lead`): on a cluster one node does;
+    # and whether another node does (its backlog and grace are that node's to report).
+    leading: bool = False
+    elsewhere: bool = False
+    look_again: float = float("-inf")  # monotonic: when to look for redeliveries anyway
     # Per held message (or route): its failed event first, then its later ones, in order;
     # and the task retrying them.
     held: dict[str, deque[_Held]] = field(default_factory=dict)
@@ -159,10 +172,11 @@ class Outbox:
         *,
         jitter: Callable[[float], float] | None = None,
         busy: Callable[[], bool] | None = None,
+        repo: OutboxRepo | None = None,
     ) -> None:
-        """`busy` says whether sends are in flight now (the lanes give way to them)."""
-        self._repo = OutboxStore(store)
-        self._store = store
+        """`busy` says whether sends are in flight now (the lanes give way to them);
+        `repo` where the events are (default: the node's own store)."""
+        self._repo: OutboxRepo = repo if repo is not None else OutboxStore(store)
         self._config = config
         self._clock = clock
         # Full jitter: a draw from [0, ceiling); tests may set a chosen one.
@@ -173,9 +187,10 @@ class Outbox:
         self._started = False
         self._busy = busy
         self._progress = asyncio.Event()  # set after every lane's batch (`stop`'s grace)
+        self._unwatch: Callable[[], None] | None = None
 
     @property
-    def repo(self) -> OutboxStore:
+    def repo(self) -> OutboxRepo:
         return self._repo
 
     @property
@@ -207,7 +222,7 @@ class Outbox:
         positions = await self._repo.join(list(self._lanes))
         for name, lane in self._lanes.items():
             lane.position = lane.cursor = positions[name]
-        self._store.writer.after_commit.append(self.wake)
+        self._unwatch = self._repo.watch(self.wake)
         if run:
             for lane in self._lanes.values():
                 self._tasks.append(asyncio.create_task(self._run(lane)))
@@ -229,8 +244,10 @@ class Outbox:
             task.cancel()
         await asyncio.gather(*self._tasks, *retrying, return_exceptions=True)
         self._tasks.clear()
-        if self.wake in self._store.writer.after_commit:
-            self._store.writer.after_commit.remove(self.wake)
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        await self._repo.close()
         for lane in self._lanes.values():
             if isinstance(lane.consumer, Closable):
                 await lane.consumer.close()
@@ -246,7 +263,7 @@ class Outbox:
             return [
                 lane.name
                 for lane in self._lanes.values()
-                if lane.position < target or lane.unrecorded or lane.held
+                if not lane.elsewhere and (lane.position < target or lane.unrecorded or lane.held)
             ]
 
         while (late := behind()) and (left := deadline - self._clock.monotonic()) > 0:
@@ -255,10 +272,17 @@ class Outbox:
         return late
 
     def lanes_state(self, last_seq: int) -> list[tuple[str, int, int, int, int]]:
-        """Per consumer, for /metrics: backlog up to event `last_seq`, messages held,
-        and events delivered and dead since start."""
+        """Per consumer, for /metrics: backlog up to event `last_seq` (none here when
+        another node leads the lane), messages held, and events delivered and dead since
+        start."""
         return [
-            (name, max(0, last_seq - lane.position), len(lane.held), lane.delivered, lane.dead)
+            (
+                name,
+                0 if lane.elsewhere else max(0, last_seq - lane.position),
+                len(lane.held),
+                lane.delivered,
+                lane.dead,
+            )
             for name, lane in self._lanes.items()
         ]
 
@@ -274,10 +298,17 @@ class Outbox:
     # -- a lane ----------------------------------------------------------------------
 
     async def _run(self, lane: _Lane) -> None:
+        poll = min(self._repo.poll or self._config.safety_poll, self._config.safety_poll)
         while True:
             lane.wake.clear()
-            limit = await self._give_way(lane)
             try:
+                if not await self._lead(lane):
+                    await self._clock.sleep(poll)
+                    continue
+                if (now := self._clock.monotonic()) >= lane.look_again:
+                    # An admin's redelivery on another node wakes nothing here.
+                    lane.look_for_redeliveries, lane.look_again = True, now + poll
+                limit = await self._give_way(lane)
                 worked = await self.run_once(lane.name, limit, finish=False)
             except asyncio.CancelledError:
                 raise
@@ -289,11 +320,31 @@ class Outbox:
                 self._progress.set()
             if worked:
                 continue
-            if not await wait_event(self._clock, lane.wake, self._config.safety_poll):
-                continue  # the safety poll: a wake lost to a bug costs at most this long
+            if not await wait_event(self._clock, lane.wake, poll):
+                continue  # the poll: another node's commit or a lost wake costs this long
             # Real time, not the injected clock: this only lets a burst of commits
             # land before one read picks them all up.
             await asyncio.sleep(self._config.debounce)
+
+    async def _lead(self, lane: _Lane) -> bool:
+        """Whether this node delivers the lane's events now. A lane taken over resumes
+        from the stored position (another node may have moved it); one given up drops
+        what it held (the next leader retries it from the stored attempts)."""
+        leading = await self._repo.lead(lane.name)
+        if leading and not lane.leading:
+            lane.position = lane.cursor = await self._repo.position(lane.name)
+            lane.look_for_redeliveries = True
+            log.info("outbox_lane_taken", consumer=lane.name, position=lane.position)
+        elif lane.leading and not leading:
+            for task in lane.retrying.values():
+                task.cancel()
+            await asyncio.gather(*lane.retrying.values(), return_exceptions=True)
+            lane.retrying.clear()
+            lane.held.clear()
+            lane.unrecorded.clear()
+            log.warning("outbox_lane_given_up", consumer=lane.name)
+        lane.leading, lane.elsewhere = leading, not leading
+        return leading
 
     async def _give_way(self, lane: _Lane) -> int:
         """While sends are in flight, wait until they pause or `yield_to_sends` has

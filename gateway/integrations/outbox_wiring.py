@@ -11,6 +11,7 @@ from drivers.credentials import SecretError
 from gateway.config import Config
 from gateway.integrations import kannel_dlr
 from gateway.integrations.outbox import Outbox
+from gateway.integrations.outbox_repo import OutboxRepo
 from gateway.integrations.webhooks import (
     CallbackConsumer,
     Poster,
@@ -22,11 +23,16 @@ from gateway.store.store import Store
 
 
 def build_outbox(
-    config: Config, store: Store, clock: Clock, busy: Callable[[], bool] | None = None
+    config: Config,
+    store: Store,
+    clock: Clock,
+    busy: Callable[[], bool] | None = None,
+    repo: OutboxRepo | None = None,
 ) -> Outbox:
     """The outbox with a consumer per webhook endpoint and one for its callbacks, and
-    one for Kannel dlr-urls when that listener is on (MQTT's joins at start)."""
-    outbox = Outbox(store, config.outbox, clock, busy=busy)
+    one for Kannel dlr-urls when that listener is on (MQTT's joins at start). `repo`:
+    where the events are (a cluster's shared outbox; default the node's store)."""
+    outbox = Outbox(store, config.outbox, clock, busy=busy, repo=repo)
     for i, hook in enumerate(config.webhooks):
         try:
             poster = Poster(hook, config)

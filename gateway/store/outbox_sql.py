@@ -9,7 +9,7 @@ read from their encrypted columns at delivery, for consumers configured to get t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -273,12 +273,52 @@ def attempts_sql(where: str) -> str:
     )
 
 
+def decrypt_phi(decrypt: Callable[[Any, str, str], str], kind: str, r: Any) -> dict[str, Any]:
+    """One subject's personal fields (a `_PHI_READS` row) for an event of `kind`;
+    `decrypt(blob, row_id, column)` is the store's."""
+    subject = r[0]
+    if kind == MESSAGE_STATUS:
+        return {"to": decrypt(r[1], subject, "to"), "body": decrypt(r[2], subject, "body")}
+    if kind == MESSAGE_INBOUND:
+        return {
+            "from": decrypt(r[1], subject, "sender"),
+            "to": None if r[2] is None else decrypt(r[2], subject, "recipient"),
+            "text": decrypt(r[3], subject, "body"),
+        }
+    contact = "contact:" + bytes(r[1]).hex()  # ledger.contact_row_id
+    return {
+        "number": decrypt(r[2], contact, "number"),
+        "patient_ref": None if r[3] is None else decrypt(r[3], contact, "patient_ref"),
+    }
+
+
 class OutboxStore:
     """The dispatcher's reads and records (reads through the pool, writes through the
     writer, each one short: nothing here waits on a network)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    @property
+    def poll(self) -> float | None:
+        return None  # every commit goes through this node's writer, which wakes the lanes
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        hooks = self._store.writer.after_commit
+        hooks.append(wake)
+        return lambda: hooks.remove(wake) if wake in hooks else None
+
+    async def lead(self, consumer: str) -> bool:
+        return True  # one node: every lane is its own
+
+    async def close(self) -> None:
+        pass
+
+    async def position(self, consumer: str) -> int:
+        r = await self._store.reader.one(
+            "SELECT position FROM outbox_consumers WHERE name = ?", (consumer,)
+        )
+        return int(r[0]) if r else 0
 
     async def join(self, names: Sequence[str]) -> dict[str, int]:
         """Each consumer's position (new ones at the end); forget consumers no longer
@@ -399,29 +439,10 @@ class OutboxStore:
             ids = list(subjects)
             marks = ",".join("?" * len(ids))
             for r in await self._store.reader.all(_PHI_READS[kind].format(marks=marks), ids):
-                fields = self._decrypt_phi(kind, r)
+                fields = decrypt_phi(self._store.decrypt, kind, r)
                 for seq in subjects[r[0]]:
                     found[seq] = fields
         return found
-
-    def _decrypt_phi(self, kind: str, r: Any) -> dict[str, Any]:
-        store, subject = self._store, r[0]
-        if kind == MESSAGE_STATUS:
-            return {
-                "to": store.decrypt(r[1], subject, "to"),
-                "body": store.decrypt(r[2], subject, "body"),
-            }
-        if kind == MESSAGE_INBOUND:
-            return {
-                "from": store.decrypt(r[1], subject, "sender"),
-                "to": None if r[2] is None else store.decrypt(r[2], subject, "recipient"),
-                "text": store.decrypt(r[3], subject, "body"),
-            }
-        contact = "contact:" + bytes(r[1]).hex()  # ledger.contact_row_id
-        return {
-            "number": store.decrypt(r[2], contact, "number"),
-            "patient_ref": None if r[3] is None else store.decrypt(r[3], contact, "patient_ref"),
-        }
 
     async def callback_urls(self, message_ids: Collection[str]) -> dict[str, str]:
         """The callback URLs of those of these messages that have one, decrypted: one
