@@ -444,6 +444,7 @@ class Scheduler:
         # A route's health cannot change while this runs (no await): asked once a round
         # per route, not once per message (an SMPP route's `health()` builds a record).
         usable: dict[str, bool] = {}
+        opened: set[str] = set()  # routes that took a token this round: no more gathering
         while self._claiming:
             ready: list[Priority] = []
             for p in _CLASSES:
@@ -458,7 +459,7 @@ class Scheduler:
             for p in self._shares.order(ready):
                 entry = self._head(p)
                 assert entry is not None
-                route, wait = self._take_route(entry, mono, usable)
+                route, wait = self._take_route(entry, mono, usable, opened)
                 if route is None:
                     next_wake = min(next_wake, wait)
                     continue
@@ -479,9 +480,15 @@ class Scheduler:
         return next_wake
 
     def _take_route(
-        self, entry: Entry, mono: float, usable: dict[str, bool]
+        self,
+        entry: Entry,
+        mono: float,
+        usable: dict[str, bool],
+        opened: set[str] | None = None,
     ) -> tuple[RouteRuntime | None, float]:
-        """The route to use now, or None and how long until one of them may be."""
+        """The route to use now, or None and how long until one of them may be.
+        `opened`: a round's routes that took a token in it (given by the rounds only, so
+        a route may gather tokens for a backlog: `_gathering`)."""
         cooling = math.inf
         busy = False  # a usable route came first but could not take it now
         for name in entry.candidates:
@@ -496,7 +503,11 @@ class Scheduler:
             if busy and not route.config.spread:
                 continue  # kept for failover, not for overflow
             wait = route.wait_time(mono)
+            if wait <= 0 and opened is not None:
+                wait = self._gathering(entry, route, mono, opened)
             if wait <= 0 and route.take(mono):
+                if opened is not None:
+                    opened.add(name)
                 return route, 0.0
             wait = max(wait, 1e-3)
             # Asked only on this path (a busy route): does the message move on? A spreading
@@ -510,6 +521,27 @@ class Scheduler:
             busy = True
             cooling = min(cooling, wait)
         return None, cooling
+
+    def _gathering(self, entry: Entry, route: RouteRuntime, mono: float, opened: set[str]) -> float:
+        """Seconds a backlog waits for the route to save up half its burst, so that one
+        round claims them together: one commit of `sending` for several messages instead
+        of one each (each commit writes whole pages of every b-tree it touches:
+        `bench/diskwrites.py`, saturation). The rate holds (the tokens are the bucket's
+        own, never lent), the route's burst is what its carrier accepts at once, and
+        half of it is left as slack so that a late wake-up loses no token. A critical
+        message and a class that spreads never wait for it, nor does anything while
+        fewer messages wait than would be gathered (`len(_waiting)`: due or not); a
+        route with `burst` 1 (the default) or 2 gathers nothing."""
+        gather = route.config.burst // 2
+        if (
+            gather <= 1
+            or route.name in opened
+            or entry.priority is Priority.CRITICAL
+            or entry.priority in self._spread
+            or len(self._waiting) < gather
+        ):
+            return 0.0
+        return route.bucket.wait_for(gather, mono)
 
     def _start(
         self,
