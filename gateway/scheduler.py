@@ -65,6 +65,8 @@ log = structlog.get_logger("smsgw.scheduler")
 
 RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
 RECEIPT_SWEEP_RETRY = 60.0
+# A backlog gathers its route's tokens to this much short of a full bucket (`_gathering`).
+GATHER_SLACK_S = 0.05
 _PRIORITY_OF = attrgetter("priority")
 _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
@@ -523,23 +525,26 @@ class Scheduler:
         return None, cooling
 
     def _gathering(self, entry: Entry, route: RouteRuntime, mono: float, opened: set[str]) -> float:
-        """Seconds a backlog waits for the route to save up half its burst, so that one
-        round claims them together: one commit of `sending` for several messages instead
-        of one each (each commit writes whole pages of every b-tree it touches:
+        """Seconds a backlog waits for the route to save up most of its burst, so that
+        one round claims them together: one commit of `sending` for several messages
+        instead of one each (each commit writes whole pages of every b-tree it touches:
         `bench/diskwrites.py`, saturation). The rate holds (the tokens are the bucket's
-        own, never lent), the route's burst is what its carrier accepts at once, and
-        half of it is left as slack so that a late wake-up loses no token. A critical
-        message and a class that spreads never wait for it, nor does anything while
-        fewer messages wait than would be gathered (`len(_waiting)`: due or not); a
-        route with `burst` 1 (the default) or 2 gathers nothing."""
-        gather = route.config.burst // 2
+        own, never lent), and the route's burst is what its carrier takes at once; the
+        wait ends `GATHER_SLACK_S` of tokens short of a full bucket, so that a wake-up
+        that late loses none. A critical message, a class that spreads, and a route
+        whose rate the carrier's throttles set (none configured) never wait for it, nor
+        does anything while fewer messages wait than would be gathered (`_waiting`: due
+        or not)."""
+        rate = route.config.rate
         if (
-            gather <= 1
+            rate is None
             or route.name in opened
             or entry.priority is Priority.CRITICAL
             or entry.priority in self._spread
-            or len(self._waiting) < gather
         ):
+            return 0.0
+        gather = route.bucket.burst - max(1, math.ceil(rate * GATHER_SLACK_S))
+        if gather <= 1 or len(self._waiting) < gather:
             return 0.0
         return route.bucket.wait_for(gather, mono)
 
