@@ -534,7 +534,7 @@ class Scheduler:
         that late loses none. A critical message, a class that spreads, and a route
         whose rate the carrier's throttles set (none configured) never wait for it, nor
         does anything while fewer messages wait than would be gathered (`_waiting`: due
-        or not)."""
+        or not). At most a window is gathered (a group holds no more)."""
         rate = route.config.rate
         if (
             rate is None
@@ -543,7 +543,8 @@ class Scheduler:
             or entry.priority in self._spread
         ):
             return 0.0
-        gather = route.bucket.burst - max(1, math.ceil(rate * GATHER_SLACK_S))
+        slack = max(1, math.ceil(rate * GATHER_SLACK_S))
+        gather = min(route.bucket.burst - slack, route.config.window)  # a group's most
         if gather <= 1 or len(self._waiting) < gather:
             return 0.0
         return route.bucket.wait_for(gather, mono)

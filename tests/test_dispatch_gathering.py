@@ -4,6 +4,7 @@ rate holds, and a critical message never waits for it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from drivers.clock import FakeClock
@@ -96,3 +97,19 @@ async def test_a_message_alone_is_not_held_back(
     alone = await accept(gw, body="one")
     await gw.scheduler.run_until_idle()
     assert await state_of(gw, alone) == "sent"
+
+
+async def test_no_more_than_a_window_is_gathered(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway([{**ROUTE, "burst": 100, "window": 4, "claim_ahead": 4}])
+    sizes = claim_sizes(gw)
+    for i in range(40):
+        await accept(gw, body=f"m{i}")
+    await gw.scheduler._round()  # as many as the window and claim_ahead hold
+    assert sizes == [4, 4]
+    await asyncio.gather(*gw.scheduler._tasks)
+    # 92 tokens left: a window's worth goes now, not after 99 were saved up.
+    await gw.scheduler._round()
+    await asyncio.gather(*gw.scheduler._tasks)
+    assert sizes == [4, 4, 4, 4]
