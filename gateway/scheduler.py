@@ -532,12 +532,14 @@ class Scheduler:
         own, never lent), and the route's burst is what its carrier takes at once; the
         wait ends `GATHER_SLACK_S` of tokens short of a full bucket, so that a wake-up
         that late loses none. A critical message, a class that spreads, and a route
-        whose rate the carrier's throttles set (none configured) never wait for it, nor
+        whose rate the carrier's throttles set (none configured) or that sends on a
+        cluster's carrier account (its shared rate claims per node) never wait for it, nor
         does anything while fewer messages wait than would be gathered (`_waiting`: due
         or not). At most a window is gathered (a group holds no more)."""
         rate = route.config.rate
         if (
             rate is None
+            or route.config.account is not None  # a cluster's shared rate decides there
             or route.name in opened
             or entry.priority is Priority.CRITICAL
             or entry.priority in self._spread
