@@ -28,6 +28,11 @@ joins the next one something else starts (an accept, a claim), or commits after
 touched, so one commit carrying several messages' changes writes far fewer bytes per
 message than one commit each (`bench/diskwrites.py`).
 
+Checkpoints: SQLite's automatic one runs in this thread right after a COMMIT once the WAL
+holds `wal_autocheckpoint` frames. While eager work piles up behind the commits (load)
+that is every 1,000 frames, short stalls; while nothing waits, every 4,000, so the hot
+pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`).
+
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's
 three hops per batch.
