@@ -33,6 +33,15 @@ class TokenBucket:
         self._refill(now)
         return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
 
+    def wait_for(self, tokens: int, now: float) -> float:
+        """Seconds until `tokens` are saved up (0 if they are now; inf above the burst)."""
+        if self.rate is None:
+            return 0.0
+        if tokens > self.burst:
+            return float("inf")
+        self._refill(now)
+        return max(0.0, (tokens - self._tokens) / self.rate)
+
     def set_rate(self, rate: float | None, now: float) -> None:
         self._refill(now)
         self.rate = rate

@@ -66,6 +66,8 @@ log = structlog.get_logger("smsgw.scheduler")
 
 RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
 RECEIPT_SWEEP_RETRY = 60.0
+# A backlog gathers its route's tokens to this much short of a full bucket (`_gathering`).
+GATHER_SLACK_S = 0.05
 _PRIORITY_OF = attrgetter("priority")
 _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
@@ -500,6 +502,7 @@ class Scheduler:
         # A route's health cannot change while this runs (no await): asked once a round
         # per route, not once per message (an SMPP route's `health()` builds a record).
         usable: dict[str, bool] = {}
+        opened: set[str] = set()  # routes that took a token this round: no more gathering
         while self._claiming:
             ready: list[Priority] = []
             for p in _CLASSES:
@@ -514,7 +517,7 @@ class Scheduler:
             for p in self._shares.order(ready):
                 entry = self._head(p)
                 assert entry is not None
-                route, wait = self._take_route(entry, mono, usable)
+                route, wait = self._take_route(entry, mono, usable, opened)
                 if route is None:
                     next_wake = min(next_wake, wait)
                     continue
@@ -535,9 +538,15 @@ class Scheduler:
         return next_wake
 
     def _take_route(
-        self, entry: Entry, mono: float, usable: dict[str, bool]
+        self,
+        entry: Entry,
+        mono: float,
+        usable: dict[str, bool],
+        opened: set[str] | None = None,
     ) -> tuple[RouteRuntime | None, float]:
-        """The route to use now, or None and how long until one of them may be."""
+        """The route to use now, or None and how long until one of them may be.
+        `opened`: a round's routes that took a token in it (given by the rounds only, so
+        a route may gather tokens for a backlog: `_gathering`)."""
         cooling = math.inf
         busy = False  # a usable route came first but could not take it now
         for name in entry.candidates:
@@ -552,7 +561,11 @@ class Scheduler:
             if busy and not route.config.spread:
                 continue  # kept for failover, not for overflow
             wait = route.wait_time(mono)
+            if wait <= 0 and opened is not None:
+                wait = self._gathering(entry, route, mono, opened)
             if wait <= 0 and route.take(mono):
+                if opened is not None:
+                    opened.add(name)
                 return route, 0.0
             wait = max(wait, 1e-3)
             # Asked only on this path (a busy route): does the message move on? A spreading
@@ -566,6 +579,33 @@ class Scheduler:
             busy = True
             cooling = min(cooling, wait)
         return None, cooling
+
+    def _gathering(self, entry: Entry, route: RouteRuntime, mono: float, opened: set[str]) -> float:
+        """Seconds a backlog waits for the route to save up most of its burst, so that
+        one round claims them together: one commit of `sending` for several messages
+        instead of one each (each commit writes whole pages of every b-tree it touches:
+        `bench/diskwrites.py`, saturation). The rate holds (the tokens are the bucket's
+        own, never lent), and the route's burst is what its carrier takes at once; the
+        wait ends `GATHER_SLACK_S` of tokens short of a full bucket, so that a wake-up
+        that late loses none. A critical message, a class that spreads, and a route
+        whose rate the carrier's throttles set (none configured) or that sends on a
+        cluster's carrier account (its shared rate claims per node) never wait for it, nor
+        does anything while fewer messages wait than would be gathered (`_waiting`: due
+        or not). At most a window is gathered (a group holds no more)."""
+        rate = route.config.rate
+        if (
+            rate is None
+            or route.config.account is not None  # a cluster's shared rate decides there
+            or route.name in opened
+            or entry.priority is Priority.CRITICAL
+            or entry.priority in self._spread
+        ):
+            return 0.0
+        slack = max(1, math.ceil(rate * GATHER_SLACK_S))
+        gather = min(route.bucket.burst - slack, route.config.window)  # a group's most
+        if gather <= 1 or len(self._waiting) < gather:
+            return 0.0
+        return route.bucket.wait_for(gather, mono)
 
     def _start(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -52,7 +53,9 @@ def refuse_cluster_options(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
-    store = sub.add_parser("store", help="the store itself (move it to PostgreSQL)")
+    store = sub.add_parser(
+        "store", help="the store itself (move it to PostgreSQL, give it smaller pages)"
+    )
     actions = store.add_subparsers(dest="action", required=True)
     migrate = actions.add_parser(
         "migrate",
@@ -75,6 +78,49 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
     migrate.add_argument("--sample", type=int, default=200, help="rows decrypted per column")
     migrate.add_argument("--config", help="TOML file (default: $SMSGW_CONFIG, else embedded)")
     migrate.set_defaults(func=lambda args: cmd_migrate(args, load(args.config)))
+    repage = actions.add_parser(
+        "repage",
+        help="rewrite an older store with the smaller pages new stores get (fewer disk writes)",
+        description="Offline (the gateway must be stopped): a store made before 2 KiB pages"
+        " keeps 4 KiB ones and writes more per message. This rewrites it (VACUUM) with the"
+        " page size new stores get. It needs free space of about twice the store and time in"
+        " proportion to it. Exit 0 done or nothing to do, 2 no store or too little room,"
+        " 4 refused (gateway running).",
+    )
+    repage.add_argument("--config", help="TOML file (default: $SMSGW_CONFIG, else embedded)")
+    repage.set_defaults(func=lambda args: cmd_repage(load(args.config)))
+
+
+def cmd_repage(config: Config) -> int:
+    """Offline: rewrite the store with the page size new stores get (`store/repage.py`).
+    Exit 0 done (or nothing to do), 2 no store or no room, 4 refused (gateway running)."""
+    from gateway.startup import DataDirLock, StartupFault
+    from gateway.store.repage import NoRoomToRepage, repage
+
+    if not config.db_path.exists():
+        print(f"smsgw store repage: no store at {config.db_path}; check --config", file=sys.stderr)
+        return 2
+    lock = DataDirLock(config.data_dir)
+    try:
+        lock.acquire()
+    except StartupFault as e:
+        print(f"store repage: refused: {e}")
+        return 4
+    try:
+        done = repage(config.db_path)
+    except NoRoomToRepage as e:
+        print(f"smsgw store repage: {e}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+    if done.before == done.after:
+        print(f"store repage: {config.db_path} already has {done.after}-byte pages")
+    else:
+        print(
+            f"store repage: {config.db_path}: {done.before} -> {done.after}-byte pages,"
+            f" {done.bytes_before:,} -> {done.bytes_after:,} bytes"
+        )
+    return 0
 
 
 def add_verify_options(verify: argparse.ArgumentParser) -> None:

@@ -246,18 +246,36 @@ async def test_a_new_store_uses_the_smaller_page(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_the_writer_checkpoints_every_1000_frames(tmp_path: Path) -> None:
-    """Larger checkpoints wrote less but stalled the writer's commits longer (the accept
-    p99): the writer keeps SQLite's 1,000 frames, set explicitly."""
-    store = Store(tmp_path / "s.db", os.urandom(32))
-    await store.open()
-    try:
-        got = await store.writer.call_outside_transaction(
-            lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+async def test_the_writer_checkpoints_often_only_while_work_waits_behind_it(
+    tmp_path: Path,
+) -> None:
+    """Larger checkpoints write less but stall the writer's commits longer (the accept
+    p99 under load): every 1,000 frames while eager work piles up behind the commits,
+    every 4,000 while nothing waits (a trickle, a paced route)."""
+    w = GroupCommitWriter(tmp_path / "w.db")
+    await w.open()
+
+    async def every() -> int:
+        return int(
+            await w.call_outside_transaction(
+                lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            )
         )
+
+    try:
+        await w.run(lambda c: c.execute("CREATE TABLE t (v)"))
+        assert await every() == writer_mod.WAL_AUTOCHECKPOINT == 1000  # until one was alone
+        await w.insert([("INSERT INTO t VALUES (?)", (1,))])
+        assert await every() == writer_mod.WAL_AUTOCHECKPOINT_QUIET == 4000
+        first = w.insert([("INSERT INTO t VALUES (?)", (2,))])
+        await asyncio.sleep(0)  # its transaction is in flight ...
+        behind = w.insert([("INSERT INTO t VALUES (?)", (3,))])  # ... and this waits behind it
+        await asyncio.gather(first, behind)
+        assert await every() == 1000
+        await w.insert([("INSERT INTO t VALUES (?)", (4,))])
+        assert await every() == 4000
     finally:
-        await store.close()
-    assert got == writer_mod.WAL_AUTOCHECKPOINT == 1000
+        await w.close()
 
 
 async def test_an_existing_store_keeps_its_page_size(tmp_path: Path) -> None:

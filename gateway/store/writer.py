@@ -28,6 +28,11 @@ joins the next one something else starts (an accept, a claim), or commits after
 touched, so one commit carrying several messages' changes writes far fewer bytes per
 message than one commit each (`bench/diskwrites.py`).
 
+Checkpoints: SQLite's automatic one runs in this thread right after a COMMIT once the WAL
+holds `wal_autocheckpoint` frames. While eager work piles up behind the commits (load)
+that is every 1,000 frames, short stalls; while nothing waits, every 4,000, so the hot
+pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`).
+
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's
 three hops per batch.
@@ -94,13 +99,20 @@ class WriterClosed(RuntimeError):
 # it touched whole; at one message's changes per commit, 2 KiB pages write about a third
 # less than 4 KiB ones (bench/diskwrites.py). A row of a one-segment message fits one.
 PAGE_SIZE = 2048
-# WAL frames between automatic checkpoints: SQLite's default, 1,000. A checkpoint writes
-# each page changed since the last one into the file once; every 4,000 frames wrote the
-# hot pages a quarter as often (41.9 -> 36.2 KiB per message at saturation), but the
-# checkpoint runs in the committing writer thread, and its longer stalls put the accept
-# p99 at 64 clients at 29 ms, the ceiling's at 28, against 23-30 and 18-21 at 1,000
-# (`bench/accept.py --only accept`, alternating, quiet machine; target p99 <= 25 ms).
+# WAL frames between automatic checkpoints while work piles up behind the commits (the
+# last commit found eager work waiting when it returned): SQLite's default, 1,000. A
+# checkpoint writes each page changed since the last one into the file once; every
+# 4,000 frames wrote the hot pages a quarter as often (41.9 -> 36.2 KiB per message at
+# saturation), but the checkpoint runs in the committing writer thread, and under load
+# its longer stalls put the accept p99 at 64 clients at 29 ms, the ceiling's at 28,
+# against 23-30 and 18-21 at 1,000 (`bench/accept.py --only accept`, alternating, quiet
+# machine; target p99 <= 25 ms).
 WAL_AUTOCHECKPOINT = 1000
+# ... and while nothing waits behind them (a trickle, a paced route: what the write
+# budget is about): a checkpoint stalls no waiting caller, and the hot pages (index
+# tails, the newest rows) go into the file a quarter as often (bench/wal_pages.py
+# --trickle: 1.13 -> 0.72 checkpoint pages per message). A WAL of up to about 8 MB.
+WAL_AUTOCHECKPOINT_QUIET = 4000
 
 
 def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3.Connection:
@@ -155,6 +167,9 @@ class GroupCommitWriter:
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
         self.failed_batches = 0  # transactions that failed to commit (for /metrics)
+        # Eager work was waiting when the last commit returned: checkpoint often and short.
+        self._backlog = True
+        self._checkpoint_every = WAL_AUTOCHECKPOINT  # the connection's, on the writer thread
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -279,7 +294,8 @@ class GroupCommitWriter:
 
     def _commit_soon(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._commit, batch)
+        every = WAL_AUTOCHECKPOINT if self._backlog else WAL_AUTOCHECKPOINT_QUIET
+        done = loop.run_in_executor(self._executor, self._commit, batch, every)
         done.add_done_callback(lambda f: self._settle(batch, f))
 
     def _settle(self, batch: _Batch, done: asyncio.Future[list[Any]]) -> None:
@@ -304,6 +320,7 @@ class GroupCommitWriter:
                     fut.set_result(outcome)
             for callback in self.after_commit:
                 callback()
+        self._backlog = self._pending.eager > 0 or bool(self._later)
         self._flush()
 
     def _note_failure(self, error: BaseException | None, outcomes: list[Any] | None) -> None:
@@ -318,9 +335,12 @@ class GroupCommitWriter:
             log.info("store_recovered", was=self.failure)
             self.failure = None
 
-    def _commit(self, batch: _Batch) -> list[Any]:
+    def _commit(self, batch: _Batch, checkpoint_every: int = WAL_AUTOCHECKPOINT) -> list[Any]:
         conn = self._conn
         assert conn is not None
+        if checkpoint_every != self._checkpoint_every:  # read by SQLite after the COMMIT
+            conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_every}")
+            self._checkpoint_every = checkpoint_every
         conn.execute("BEGIN IMMEDIATE")
         try:
             outcomes: list[Any] = self._insert_all(conn, batch.inserts)
