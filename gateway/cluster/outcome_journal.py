@@ -137,6 +137,9 @@ class OutcomeJournal:
                 owner = batch[0].owner
                 now = max(j.at for j in batch)
                 async with pool.connection() as conn, conn.transaction():
+                    await queue_sql.lock_carrier_ids(
+                        conn, [(j.outcome.route, c) for j in batch for c in j.outcome.carrier_ids]
+                    )
                     done = await finish(conn, owner, [j.outcome for j in batch], now)
                     kept = set(done.applied)
                     for j in batch:

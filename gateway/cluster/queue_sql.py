@@ -10,6 +10,9 @@ checks the claim (owner, incarnation, epoch).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
@@ -19,6 +22,31 @@ from gateway.models import State
 from gateway.store.transitions import Transition
 
 Conn = AsyncConnection[TupleRow]
+_CARRIER_LOCK_SPACE = 0x63726964  # "crid": the two-key advisory locks of carrier ids
+
+
+async def lock_carrier_ids(conn: Conn, parts: Iterable[tuple[str, str]]) -> None:
+    """Hold each (route, carrier id)'s advisory lock to the transaction's end, in one
+    order. A receipt and its submit's answer, recorded on two nodes at once, would
+    otherwise each miss the other's uncommitted row: the receipt finds no carrier id
+    and waits in `early_receipts`, the answer looks there before that commits, and the
+    message stays `sent`. Both take these locks first, so the later one sees the first."""
+    keys = sorted(
+        {
+            int.from_bytes(
+                hashlib.blake2b(f"{route}\x1f{cid}".encode(), digest_size=4).digest(),
+                "big",
+                signed=True,
+            )
+            for route, cid in parts
+        }
+    )
+    if keys:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::integer[]) AS k ORDER BY k",
+            (_CARRIER_LOCK_SPACE, keys),
+        )
+
 
 _APPLY = """
 UPDATE messages SET state = %(target)s, updated_at = %(now)s,
@@ -161,6 +189,7 @@ async def receipt(
 ) -> tuple[str, State] | None:
     """`apply_receipt` for the first of `carrier_ids` known; if none is, the receipt
     is kept in `early_receipts` until the submit's answer is recorded."""
+    await lock_carrier_ids(conn, [(route, c) for c in carrier_ids])
     for candidate in carrier_ids:
         applied = await apply_receipt(conn, route, candidate, state, error_code, now, me)
         if applied is not False:

@@ -455,6 +455,7 @@ class ClusterQueue:
         applied: set[str] = set()
         late = 0
         async with self._pool.connection() as conn, conn.transaction():
+            await queue_sql.lock_carrier_ids(conn, [(r, c) for _, r, cids, _ in sent for c in cids])
             # Claims made under an earlier incarnation (this node rejoined meanwhile)
             # are finished under theirs.
             for me, same in groupby(claimed, key=lambda c: c[0]):
@@ -575,6 +576,10 @@ class ClusterQueue:
         me = self._me()
         out: list[tuple[str, State] | Exception | None] = []
         async with self._pool.connection() as conn, conn.transaction():
+            # The batch's locks in one order first (receipts one by one would not be).
+            await queue_sql.lock_carrier_ids(
+                conn, [(route, c) for cid, _, _, alts in receipts for c in (cid, *alts)]
+            )
             for cid, state, code, alternates in receipts:
                 try:
                     async with conn.transaction():

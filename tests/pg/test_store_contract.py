@@ -326,6 +326,63 @@ async def test_receipts_match_carrier_ids_even_before_the_submit_answer(
     assert got == [None]
 
 
+async def test_a_receipt_and_its_submit_answer_recorded_at_once_on_two_nodes_meet(
+    backend: Backend,
+) -> None:
+    """The receipt's transaction (node B) found no carrier id and was about to keep the
+    receipt early while node A recorded the submit's answer and looked for early
+    receipts: without the carrier ids' locks both committed, the early receipt
+    stranded and the message stayed `sent`. A held row of `early_receipts` (a third
+    session) parks B right there, deterministically."""
+    if backend.pool is None:
+        pytest.skip("one node: SQLite's single writer orders the two")
+    pool = backend.pool
+    (m,) = [message(0)]
+    await backend.a.accept([m])
+    await backend.a.claim_due(ROUTE, 1, NOW)
+
+    async def waiting() -> int:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type IN"
+                " ('Lock', 'Advisory') AND datname = current_database()"
+            )
+            found = await cur.fetchone()
+        assert found is not None
+        return int(found[0])
+
+    async def until(done: Any) -> None:  # what PostgreSQL's sessions wait on: polled
+        for _ in range(1000):
+            if await done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not reached in 10 s")
+
+    async with pool.connection() as blocker:
+        await blocker.execute(
+            "INSERT INTO early_receipts VALUES (%s, 'c-race', 'failed', NULL, %s)", (ROUTE, NOW)
+        )  # uncommitted: B's insert of the same key waits on it
+        receipt = asyncio.create_task(
+            backend.b.apply_receipt(ROUTE, "c-race", "delivered", None, NOW)
+        )
+        await until(lambda: _at_least(waiting, 1))
+        answer = asyncio.create_task(
+            backend.a.record_outcomes([(m.id, ROUTE, ["c-race"], NOW)], [])
+        )
+
+        async def answered_or_waiting() -> bool:
+            return answer.done() or await waiting() >= 2
+
+        await until(answered_or_waiting)
+        await blocker.rollback()
+    await asyncio.wait_for(asyncio.gather(receipt, answer), 10)
+    assert await backend.row(m.id) == ("delivered", False)
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return bool(await count() >= n)
+
+
 async def test_withdraw_cancels_a_waiting_message_but_not_one_sending(
     backend: Backend,
 ) -> None:
