@@ -37,6 +37,7 @@ from psycopg.rows import TupleRow
 
 from drivers.base import InboundSms
 from gateway.cluster.lease import Pool
+from gateway.cluster.outbox_store import inbound_row
 from gateway.inbound import join_parts
 from gateway.models import new_message_id
 from gateway.store import inbound_parts
@@ -174,6 +175,7 @@ class ClusterInbound:
                 self._node_id,
             ),
         )
+        await inbound_row(conn, iid, s.route, s.received_at)
 
     async def _file(
         self, conn: Conn, part: PreparedPart, now: float, hold_for: float

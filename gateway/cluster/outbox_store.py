@@ -24,8 +24,8 @@ and publishing waits for the oldest open transaction on the server (a stuck sess
 
 Leadership per consumer is `LaneLocks` (advisory session locks). Positions, attempts
 and dead letters are shared, so a new leader resumes where the last one recorded.
-`message.received` events are not written here: inbound messages are still stored
-per node (docs/ops/cluster.md).
+`message.inbound` rows are written by the node that files an inbound message, in the
+transaction of its shared row (`cluster/inbound.py`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,13 @@ from drivers.clock import Clock
 from gateway.cluster.lease import Pool
 from gateway.cluster.outbox_lanes import LaneLocks
 from gateway.cluster.queue_sql import Conn
-from gateway.integrations.events import CONSENT_CHANGED, EVENT_TYPES, MESSAGE_STATUS, ROUTE_HEALTH
+from gateway.integrations.events import (
+    CONSENT_CHANGED,
+    EVENT_TYPES,
+    MESSAGE_INBOUND,
+    MESSAGE_STATUS,
+    ROUTE_HEALTH,
+)
 from gateway.store import outbox_sql
 from gateway.store.outbox_sql import (
     DEAD,
@@ -99,6 +105,7 @@ _ADVANCE = (
 
 _PHI_READS = {
     MESSAGE_STATUS: "SELECT id, to_ct, body_ct FROM messages WHERE id = ANY(%s)",
+    MESSAGE_INBOUND: "SELECT id, sender_ct, recipient_ct, body_ct FROM inbound WHERE id = ANY(%s)",
     CONSENT_CHANGED: (
         "SELECT l.id, c.idx, c.number_ct, c.patient_ref_ct FROM consent_ledger l"
         " JOIN contacts c ON c.idx = l.contact_idx WHERE l.id = ANY(%s)"
@@ -134,6 +141,12 @@ async def consent_row(
         await conn.execute(
             INSERT_ROW, (CONSENT_CHANGED, at, entry_id, program, scope, decision, None)
         )
+
+
+async def inbound_row(conn: Conn, inbound_id: str, route: str, at: float) -> None:
+    """An inbound message's `message.inbound` row, in its shared row's transaction."""
+    if await _wanted(conn, MESSAGE_INBOUND):
+        await conn.execute(INSERT_ROW, (MESSAGE_INBOUND, at, inbound_id, route, None, None, None))
 
 
 async def _wanted(conn: Conn, kind: str) -> bool:

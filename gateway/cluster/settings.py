@@ -130,13 +130,6 @@ def refused_features(config: Config) -> list[str]:
     # events would too, but every node subscribes to the send topic (each send accepted
     # once per node) under one configured client_id; Kannel's dlr-urls are rows of the
     # node's own store, written with the message.
-    # Inbound messages are still stored per node: no `message.inbound` event reaches the
-    # shared outbox, so an endpoint must not count on one (list its `events`).
-    refused = [
-        f"webhooks[{i}].events message.inbound (list the others)"
-        for i, hook in enumerate(config.webhooks)
-        if "message.inbound" in hook.events
-    ]
     checks: list[tuple[str, Any, Any]] = [
         ("mqtt.enabled", config.mqtt.enabled, False),
         ("kannel.enabled", config.kannel.enabled, False),
@@ -150,8 +143,7 @@ def refused_features(config: Config) -> list[str]:
         ("links", config.links, LinksConfig()),
         ("directory", config.directory, DirectoryConfig()),
     ]
-    refused += [name for name, value, default in checks if _configured(value, default)]
-    return refused
+    return [name for name, value, default in checks if _configured(value, default)]
 
 
 def cluster_problem(config: Config) -> str | None:

@@ -10,10 +10,12 @@ from pathlib import Path
 import psycopg
 
 from drivers.clock import SystemClock
+from gateway.cluster.inbound import ClusterInbound
 from gateway.cluster.lease import Pool
 from gateway.cluster.outbox_lanes import LaneLocks
 from gateway.cluster.outbox_store import INSERT_ROW, ClusterOutbox, consent_row, health_rows
-from gateway.integrations.events import MESSAGE_STATUS, ROUTE_HEALTH
+from gateway.integrations.events import MESSAGE_INBOUND, MESSAGE_STATUS, ROUTE_HEALTH
+from gateway.store.crypto import FieldCipher
 from gateway.store.outbox_sql import DELIVERED, Attempt
 from gateway.store.store import Store
 from tests.pg.queue_rows import NOW, add_messages
@@ -140,4 +142,26 @@ async def test_status_rows_are_those_sqlite_writes_of_the_wanted_types_and_state
         (ROUTE_HEALTH, {"route": "r", "state": "down"}),
     ]
     assert [r.seq for r in rows] == [1, 2, 3]
+    await local.close()
+
+
+async def test_an_inbound_filed_on_a_node_writes_its_event_with_its_personal_fields(
+    pool: Pool, pg_dsn: str, tmp_path: Path
+) -> None:
+    """`message.inbound` in the shared row's transaction; a `phi` endpoint's read
+    opens the sender and text from the shared inbound."""
+    local = Store(tmp_path / "gw.db", b"k" * 32)
+    await local.open()
+    shared = FieldCipher({1: bytes(range(32))}, bytes(range(32, 64)))
+    lanes = LaneLocks(pg_dsn, SystemClock(), lambda: False)
+    repo = ClusterOutbox(pool, "gw1", SystemClock(), lanes, shared.decrypt, local)
+    files = ClusterInbound(pool, shared, local, "gw1")
+    await files.insert_inbound("in-0", "r", "+15550100", "nobody wants it", None, None, NOW)
+    await repo.keep_only({MESSAGE_INBOUND}, set())
+    await files.insert_inbound("in-1", "r", "+15550101", "YES see you", "+15550199", None, NOW)
+    rows, _ = await repo.after_with_attempts("rx", 0, 100)
+    assert [(r.type, r.message_id, r.route) for r in rows] == [(MESSAGE_INBOUND, "in-1", "r")]
+    assert await repo.phi_many(rows) == {
+        rows[0].seq: {"from": "+15550101", "to": "+15550199", "text": "YES see you"}
+    }
     await local.close()
