@@ -42,7 +42,7 @@ def _pg(g: Group) -> tuple[str, tuple[Any, ...]]:
     return g.where.replace("?", "%s"), g.params
 
 
-def _due_messages(level: int, g: Group, before: float) -> tuple[str, tuple[Any, ...]]:
+def due_messages(level: int, g: Group, before: float) -> tuple[str, tuple[Any, ...]]:
     """Finished rows at `level` (0: text kept; 1: number kept) created and last changed
     before `before`; `redacted = <literal>` so the planner reads that level's partial
     index (cluster migration 13)."""
@@ -54,7 +54,7 @@ def _due_messages(level: int, g: Group, before: float) -> tuple[str, tuple[Any, 
     return sql, (before, before, *params)
 
 
-def _due_inbound(level: int, before: float) -> tuple[str, tuple[Any, ...]]:
+def due_inbound(level: int, before: float) -> tuple[str, tuple[Any, ...]]:
     sql = f"SELECT id FROM inbound WHERE redacted = {level} AND received_at < %s"  # noqa: S608
     return sql, (before,)
 
@@ -102,22 +102,22 @@ _BLANK_INBOUND_NUMBERS = (
 
 
 async def _message_texts(conn: Conn, c: FieldCipher, g: Group, limit: int) -> int:
-    ids = await _take(conn, _due_messages(0, g, g.body_before), "created_at", limit)
+    ids = await _take(conn, due_messages(0, g, g.body_before), "created_at", limit)
     return await _set(conn, _BLANK_MESSAGE_TEXTS, ids, _blanks(c, ids, "body"))
 
 
 async def _message_numbers(conn: Conn, c: FieldCipher, g: Group, limit: int) -> int:
-    ids = await _take(conn, _due_messages(1, g, g.number_before), "created_at", limit)
+    ids = await _take(conn, due_messages(1, g, g.number_before), "created_at", limit)
     return await _set(conn, _BLANK_MESSAGE_NUMBERS, ids, _blanks(c, ids, "to"))
 
 
 async def _inbound_texts(conn: Conn, c: FieldCipher, before: float, limit: int) -> int:
-    ids = await _take(conn, _due_inbound(0, before), "received_at", limit)
+    ids = await _take(conn, due_inbound(0, before), "received_at", limit)
     return await _set(conn, _BLANK_INBOUND_TEXTS, ids, _blanks(c, ids, "body"))
 
 
 async def _inbound_numbers(conn: Conn, c: FieldCipher, before: float, limit: int) -> int:
-    ids = await _take(conn, _due_inbound(1, before), "received_at", limit)
+    ids = await _take(conn, due_inbound(1, before), "received_at", limit)
     return await _set(conn, _BLANK_INBOUND_NUMBERS, ids, _blanks(c, ids, "sender"))
 
 
@@ -152,14 +152,14 @@ class ClusterSweep:
                 return int(row[0]) if row else 0
 
             for g in sweep.groups(config, now):
-                counts["shared_message_texts"] += await count(_due_messages(0, g, g.body_before))
+                counts["shared_message_texts"] += await count(due_messages(0, g, g.body_before))
                 # A number past its period goes whether its text went before or goes now.
                 for level in (0, 1):
-                    due = _due_messages(level, g, g.number_before)
+                    due = due_messages(level, g, g.number_before)
                     counts["shared_message_numbers"] += await count(due)
-            counts["shared_inbound_texts"] = await count(_due_inbound(0, body_before))
+            counts["shared_inbound_texts"] = await count(due_inbound(0, body_before))
             for level in (0, 1):
-                counts["shared_inbound_numbers"] += await count(_due_inbound(level, number_before))
+                counts["shared_inbound_numbers"] += await count(due_inbound(level, number_before))
             counts["shared_review_texts"] = await count((_DUE_REVIEWS, (body_before,)))
         return counts
 
