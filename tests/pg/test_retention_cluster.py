@@ -27,6 +27,7 @@ from gateway.cluster.inbound import ClusterInbound
 from gateway.cluster.lease import Pool
 from gateway.cluster.retention import STEPS, ClusterSweep, due_inbound, due_messages
 from gateway.cluster.schema import MIGRATIONS, migrate
+from gateway.ops import registry
 from gateway.retention.job import Retention
 from gateway.retention.settings import PurposeRetention, RetentionConfig
 from gateway.retention.sweep import groups
@@ -35,6 +36,7 @@ from gateway.store.audit_log import AuditTrail, audit_key
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import Store
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
+from tests.pg.test_erasure_cluster import _config as node_config
 
 DAY = 86400.0
 CONFIG = RetentionConfig(
@@ -321,3 +323,28 @@ async def test_migration_13_keeps_what_was_redacted_and_due_rows_are_read_by_ind
 async def _plan(conn: Any, sql: str, params: tuple[Any, ...]) -> str:
     cur = await conn.execute(f"EXPLAIN {sql} LIMIT 500 FOR UPDATE SKIP LOCKED".encode(), params)
     return "\n".join(str(r[0]) for r in await cur.fetchall())
+
+
+async def test_the_console_offline_on_a_cluster_node_refuses_a_half_retention_run(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """With no node running, `smsgw retention run` would sweep only the node's own
+    store: it refuses, naming where to run it, and audits nothing."""
+    config = node_config(tmp_path / "gw1", "gw1", "postgresql://unused/smsgw")
+    crypto.generate_master_key(config.master_key_path)
+    store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+    await store.open()
+    said: list[str] = []
+    try:
+        codes = []
+        for name in ("retention.run", "retention.status"):
+            code = await registry.run_in(
+                config, store, store.master_key, name, {}, actor="console",
+                out=said.append, err=said.append, clock=clock,
+            )  # fmt: skip
+            codes.append(code)
+        entries = await AuditTrail(store, audit_key(store.master_key), clock).entries()
+    finally:
+        await store.close()
+    assert codes == [2, 2] and "while the node runs" in said[0]
+    assert [e.action for e in entries if e.action == "retention_run"] == []
