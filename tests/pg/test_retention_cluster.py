@@ -87,27 +87,30 @@ async def cluster(tmp_path: Path, clock: FakeClock, pool: Pool) -> AsyncIterator
             await store.close()
 
 
-async def _message(
+async def _messages(
     c: Cluster,
-    mid: str,
+    ids: list[str],
     state: str,
     created: float,
     updated: float | None = None,
     purpose: str | None = None,
 ) -> None:
     e = c.cipher.encrypt
-    async with c.pool.connection() as conn:
-        await conn.execute(
+    async with c.pool.connection() as conn, conn.cursor() as cur:
+        await cur.executemany(
             "INSERT INTO messages (id, priority, state, route_group, to_ct, to_index, body_ct,"
             " encoding, segments, created_at, updated_at, due_at, expires_at, reference_ct,"
             " callback_ct, purpose) VALUES (%s, 2, %s, 'main', %s, %s, %s, 'gsm7', 1, %s, %s,"
             " %s, %s, %s, %s, %s)",
-            (
-                mid, state, e(CANARY_NUMBER, mid, "to"), c.index, e(CANARY_BODY, mid, "body"),
-                created, updated or created, created, created + DAY,
-                e("chart-" + CANARY_DIGITS, mid, "reference"),
-                e("https://ehr.example/cb", mid, "callback"), purpose,
-            ),
+            [
+                (
+                    mid, state, e(CANARY_NUMBER, mid, "to"), c.index, e(CANARY_BODY, mid, "body"),
+                    created, updated or created, created, created + DAY,
+                    e("chart-" + CANARY_DIGITS, mid, "reference"),
+                    e("https://ehr.example/cb", mid, "callback"), purpose,
+                )
+                for mid in ids
+            ],
         )  # fmt: skip
 
 
@@ -116,12 +119,15 @@ async def _inbound(c: Cluster, iid: str, received: float) -> None:
     await shared.insert_inbound(iid, "main", CANARY_NUMBER, CANARY_BODY, "7333", None, received)
 
 
-async def _review(c: Cluster, rid: str, created: float) -> None:
-    async with c.pool.connection() as conn:
-        await conn.execute(
+async def _reviews(c: Cluster, ids: list[str], created: float) -> None:
+    async with c.pool.connection() as conn, conn.cursor() as cur:
+        await cur.executemany(
             "INSERT INTO consent_reviews (id, inbound_id, contact_idx, program, reason,"
             " created_at, body_ct, node_id) VALUES (%s, %s, %s, '*', 'free_text', %s, %s, 'a')",
-            (rid, "in-" + rid, c.index, created, c.cipher.encrypt(CANARY_BODY, rid, "body")),
+            [
+                (rid, "in-" + rid, c.index, created, c.cipher.encrypt(CANARY_BODY, rid, "body"))
+                for rid in ids
+            ],
         )
 
 
@@ -144,18 +150,18 @@ async def test_finished_shared_rows_past_their_periods_are_blanked_and_the_rest_
     cluster: Cluster, clock: FakeClock
 ) -> None:
     c, now = cluster, clock.time()
-    await _message(c, "m-text", "delivered", now - 100 * DAY)
-    await _message(c, "m-both", "failed", now - 400 * DAY)
-    await _message(c, "m-emergency", "sent", now - 20 * DAY, purpose="emergency")
-    await _message(c, "m-young", "delivered", now - 50 * DAY)
-    await _message(c, "m-receipt", "delivered", now - 100 * DAY, updated=now - DAY)
+    await _messages(c, ["m-text"], "delivered", now - 100 * DAY)
+    await _messages(c, ["m-both"], "failed", now - 400 * DAY)
+    await _messages(c, ["m-emergency"], "sent", now - 20 * DAY, purpose="emergency")
+    await _messages(c, ["m-young"], "delivered", now - 50 * DAY)
+    await _messages(c, ["m-receipt"], "delivered", now - 100 * DAY, updated=now - DAY)
     for state in ("queued", "scheduled", "sending"):  # waiting: never touched, however old
-        await _message(c, f"m-{state}", state, now - 400 * DAY)
+        await _messages(c, [f"m-{state}"], state, now - 400 * DAY)
     await _inbound(c, "i-text", now - 100 * DAY)
     await _inbound(c, "i-both", now - 400 * DAY)
     await _inbound(c, "i-young", now - 5 * DAY)
-    await _review(c, "r-old", now - 100 * DAY)
-    await _review(c, "r-young", now - 5 * DAY)
+    await _reviews(c, ["r-old"], now - 100 * DAY)
+    await _reviews(c, ["r-young"], now - 5 * DAY)
     expected = {
         "shared_message_texts": 3,  # m-text, m-both, m-emergency
         "shared_message_numbers": 1,  # m-both
@@ -230,10 +236,10 @@ async def test_two_nodes_sweeping_at_once_blank_each_row_once_and_audit_their_ow
 ) -> None:
     c, now = cluster, clock.time()
     rows = 25  # batches of 10: each node takes several, interleaved
+    await _messages(c, [f"m-{i:02d}" for i in range(rows)], "delivered", now - 400 * DAY)
+    await _reviews(c, [f"r-{i:02d}" for i in range(rows)], now - 400 * DAY)
     for i in range(rows):
-        await _message(c, f"m-{i:02d}", "delivered", now - 400 * DAY)
         await _inbound(c, f"i-{i:02d}", now - 400 * DAY)
-        await _review(c, f"r-{i:02d}", now - 400 * DAY)
 
     await asyncio.gather(c.a.retention.run("gateway"), c.b.retention.run("gateway"))
 
