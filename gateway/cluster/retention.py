@@ -64,7 +64,7 @@ _DUE_REVIEWS = "SELECT id FROM consent_reviews WHERE body_ct IS NOT NULL AND cre
 
 async def _take(conn: Conn, due: tuple[str, tuple[Any, ...]], order: str, limit: int) -> list[str]:
     """Up to `limit` due rows, oldest first, locked; rows another transaction holds are
-    skipped (the node holding them sweeps them)."""
+    skipped (another node's sweep takes them, or a later batch or run)."""
     sql, params = due
     cur = await conn.execute(
         f"{sql} ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED".encode(), (*params, limit)
