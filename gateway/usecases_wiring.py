@@ -35,7 +35,8 @@ from gateway.reminders.usecase import ReminderRules
 from gateway.replies.usecase import Replies
 from gateway.results.settings import Settings as ClinicalSettings
 from gateway.results.usecase import ResultEvents
-from gateway.retention.job import Retention
+from gateway.retention.job import NOTHING_SHARED as NOTHING_SHARED_SWEEP
+from gateway.retention.job import Retention, Sweep
 from gateway.retention.usecase import NOTHING_SHARED, Erasures, SharedStore
 from gateway.scheduler import Scheduler
 from gateway.sink import GatewaySink
@@ -348,8 +349,18 @@ class UseCaseWiring:
     # -- retention and erasure (issue 14, i14-retention) --------------------------------
     @functools.cached_property
     def retention(self) -> Retention:
-        """The retention job (hourly in housekeeping; `smsgw retention run`)."""
-        return Retention(self.store, self.config.retention, self.clock, self.audit)
+        """The retention job (hourly in housekeeping; `smsgw retention run`): on a
+        cluster, in the shared PostgreSQL too."""
+        config = self.config.retention
+        return Retention(self.store, config, self.clock, self.audit, self._shared_sweep())
+
+    def _shared_sweep(self) -> Sweep:
+        if self.cluster is None:
+            return NOTHING_SHARED_SWEEP
+        from gateway.cluster.retention import ClusterSweep
+
+        queue = self.cluster.queue
+        return ClusterSweep(queue.pool, queue.cipher, self.config.retention)
 
     @functools.cached_property
     def erasures(self) -> Erasures:

@@ -64,7 +64,7 @@ class ClusterErasure:
                     out.cancelled.append(mid)
                 await conn.execute(
                     "UPDATE messages SET to_ct = %s, body_ct = %s, reference_ct = NULL,"
-                    " callback_ct = NULL, to_index = '\\x'::bytea, redacted = true WHERE id = %s",
+                    " callback_ct = NULL, to_index = '\\x'::bytea, redacted = 2 WHERE id = %s",
                     (blank(c, mid, "to"), blank(c, mid, "body"), mid),
                 )
             n["shared_messages_cancelled"] = len(out.cancelled)

@@ -604,6 +604,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER message_events_outbox AFTER INSERT ON message_events
         FOR EACH ROW EXECUTE FUNCTION outbox_status();
     """,
+    # 13 (issue 18 pt 5, retention on a cluster): `[retention]` sweeps the shared tables
+    #    (`gateway/cluster/retention.py`). `messages.redacted` takes SQLite's levels
+    #    (0; 1 text removed; 2 number too) instead of a flag, so a text removed at
+    #    `body_days` still has its number removed later, and `smsgw store migrate`
+    #    copies SQLite's levels as they are; a flagged row is 2 if its index is empty
+    #    (erased), else 1. This rewrites `messages` once (an exclusive lock for the time
+    #    it takes: time in proportion to the table's size). One partial index per step,
+    #    by creation time, holds only the rows still due for it, as SQLite's: a sweep
+    #    reads what is due, not years of redacted rows. Review texts still kept, likewise.
+    """
+    ALTER TABLE messages ALTER COLUMN redacted DROP DEFAULT,
+        ALTER COLUMN redacted TYPE smallint USING (CASE
+            WHEN NOT redacted THEN 0 WHEN to_index = '\\x'::bytea THEN 2 ELSE 1 END),
+        ALTER COLUMN redacted SET DEFAULT 0;
+    CREATE INDEX messages_text_kept ON messages (created_at) WHERE redacted = 0;
+    CREATE INDEX messages_number_kept ON messages (created_at) WHERE redacted = 1;
+    CREATE INDEX inbound_text_kept ON inbound (received_at) WHERE redacted = 0;
+    CREATE INDEX inbound_number_kept ON inbound (received_at) WHERE redacted = 1;
+    CREATE INDEX consent_reviews_text_kept ON consent_reviews (created_at)
+        WHERE body_ct IS NOT NULL;
+    """,
 )
 
 

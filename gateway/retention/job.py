@@ -1,6 +1,12 @@
-"""The retention job: the sweep (`sweep.py`) in bounded writer transactions until
-nothing is due, then free pages handed back and the WAL emptied. Run by the daemon's
+"""The retention job: the sweep in bounded transactions until nothing is due, then
+the node's own free pages handed back and its WAL emptied. Run by the daemon's
 housekeeping (`[retention] enabled`) and by `smsgw retention run`; audited with counts.
+
+Every store that keeps data is a `Sweep`: the node's own SQLite store (`LocalSweep`,
+`sweep.py` in its writer's transactions) and, on a cluster node, what the nodes share
+in PostgreSQL (`gateway/cluster/retention.py`, counts named `shared_<step>`; nothing
+on one node: `NOTHING_SHARED`). A run sweeps both and is audited once, on the node
+that ran it, with what this node removed in each.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -41,27 +48,80 @@ def _no_progress(done: int, total: int, what: str) -> None:
     del done, total, what
 
 
-class Retention:
-    def __init__(
-        self, store: Store, config: RetentionConfig, clock: Clock, audit: AuditTrail
-    ) -> None:
+class Sweep(Protocol):
+    """One backend's retention sweep under `[retention]`'s rules (`sweep.py`)."""
+
+    async def due(self, now: float) -> dict[str, int]:
+        """Rows each step would change now, read in one snapshot."""
+        ...
+
+    async def sweep_batch(self, now: float) -> dict[str, int]:
+        """One bounded batch (at most `batch` rows a step) in one transaction; the rows
+        each step changed (all 0: nothing left that this caller may take)."""
+        ...
+
+
+class LocalSweep:
+    """`Sweep` on the node's own SQLite store, on its writer's connection."""
+
+    def __init__(self, store: Store, config: RetentionConfig) -> None:
         self._store = store
         self._config = config
+
+    async def due(self, now: float) -> dict[str, int]:
+        config = self._config
+        # On the writer's connection (it waits its turn): the counts are one snapshot.
+        return await self._store.writer.run(lambda conn: sweep.due_counts(conn, config, now))
+
+    async def sweep_batch(self, now: float) -> dict[str, int]:
+        cipher = self._store.cipher
+        assert cipher is not None, "store is not open"
+        config = self._config
+        return await self._store.writer.run(
+            lambda conn: sweep.sweep_batch(conn, cipher, config, now)
+        )
+
+
+class _NothingShared:
+    async def due(self, now: float) -> dict[str, int]:
+        return {}
+
+    async def sweep_batch(self, now: float) -> dict[str, int]:
+        return {}
+
+
+NOTHING_SHARED: Sweep = _NothingShared()
+
+
+class Retention:
+    def __init__(
+        self,
+        store: Store,
+        config: RetentionConfig,
+        clock: Clock,
+        audit: AuditTrail,
+        shared: Sweep = NOTHING_SHARED,
+    ) -> None:
+        self._store = store
         self._clock = clock
         self._audit = audit
+        self._sweeps = (LocalSweep(store, config), shared)
 
     async def status(self) -> Status:
-        now = self._clock.time()
-        config = self._config
+        return await self._status(self._clock.time())
 
-        def read(conn: sqlite3.Connection) -> Status:
-            due = sweep.due_counts(conn, config, now)
+    async def _status(self, now: float) -> Status:
+        due: dict[str, int] = {}
+        for each in self._sweeps:
+            due.update(await each.due(now))
+
+        def space_left(conn: sqlite3.Connection) -> tuple[int, str]:
             free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             mode = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
-            return Status(due, free, ("none", "full", "incremental")[mode])
+            return free, ("none", "full", "incremental")[mode]
 
-        # On the writer's connection (it waits its turn): the counts are one snapshot.
-        return await self._store.writer.run(read)
+        free, mode = await self._store.writer.run(space_left)
+        return Status(due, free, mode)
 
     async def run(
         self, actor: str, progress: Progress = _no_progress, *, audit_empty: bool = True
@@ -69,21 +129,18 @@ class Retention:
         """Remove everything due now, batch by batch; `audit_empty=False` (the hourly
         run) leaves no audit entry when nothing was due."""
         now = self._clock.time()
-        total = sum((await self.status()).due.values())
-        cipher = self._store.cipher
-        assert cipher is not None, "store is not open"
-        config = self._config
-        removed = dict.fromkeys(sweep.STEPS, 0)
+        due = (await self._status(now)).due
+        total = sum(due.values())
+        removed = dict.fromkeys(due, 0)
         progress(0, total, "retention")
-        while True:
-            batch = await self._store.writer.run(
-                lambda conn: sweep.sweep_batch(conn, cipher, config, now)
-            )
-            for step, n in batch.items():
-                removed[step] += n
-            progress(sum(removed.values()), total, "retention")
-            if not any(batch.values()):
-                break
+        for each in self._sweeps:
+            while True:
+                batch = await each.sweep_batch(now)
+                for step, n in batch.items():
+                    removed[step] = removed.get(step, 0) + n
+                progress(sum(removed.values()), total, "retention")
+                if not any(batch.values()):
+                    break
         freed = await self.reclaim()
         outcome = Outcome(removed, freed)
         if audit_empty or any(removed.values()):

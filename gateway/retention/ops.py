@@ -11,17 +11,30 @@ from gateway.ops.registry import OpContext, op
 from gateway.retention.job import Retention
 from gateway.retention.usecase import Erasures
 
+_HALF = (
+    "retention: the cluster's shared store holds messages and inbound too: run it while"
+    " the node runs (through its socket)"
+)
 
-def _retention(ctx: OpContext) -> Retention:
+
+def _retention(ctx: OpContext) -> Retention | None:
+    """The gateway's job (on a cluster node, with the shared store's sweep); offline,
+    one over the node's own store, unless that is only half of it (a cluster node)."""
     if ctx.gateway is not None:
         return ctx.gateway.retention
+    if ctx.config.cluster.enabled:
+        return None
     return Retention(ctx.store, ctx.config.retention, ctx.clock, ctx.audit)
 
 
 @op("retention.status")
 async def retention_status(ctx: OpContext, args: dict[str, Any]) -> int:
     del args
-    status = await _retention(ctx).status()
+    retention = _retention(ctx)
+    if retention is None:
+        ctx.out(_HALF)
+        return 2
+    status = await retention.status()
     cfg = ctx.config.retention
     ctx.out(f"hourly job: {'on' if cfg.enabled else 'off'}")
     ctx.out(f"texts kept {cfg.body_days:g} days, numbers {cfg.number_days:g} days")
@@ -38,7 +51,11 @@ async def retention_status(ctx: OpContext, args: dict[str, Any]) -> int:
 @op("retention.run")
 async def retention_run(ctx: OpContext, args: dict[str, Any]) -> int:
     del args
-    outcome = await _retention(ctx).run(ctx.actor, ctx.progress)
+    retention = _retention(ctx)
+    if retention is None:
+        ctx.out(_HALF)
+        return 2
+    outcome = await retention.run(ctx.actor, ctx.progress)
     ctx.out(f"{'removed':<22}{'rows':>10}")
     for step, n in outcome.removed.items():
         ctx.out(f"{step:<22}{n:>10}")

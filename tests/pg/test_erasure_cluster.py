@@ -173,7 +173,7 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
     }
     for mid, _, _, to_ct, body_ct, reference_ct, callback_ct, to_index, redacted in rows:
         assert (cipher.decrypt(to_ct, mid, "to"), cipher.decrypt(body_ct, mid, "body")) == ("", "")
-        assert (reference_ct, callback_ct, to_index, redacted) == (None, None, b"", True)
+        assert (reference_ct, callback_ct, to_index, redacted) == (None, None, b"", 2)
     assert await _rows(b, "SELECT id FROM messages WHERE to_index = %s", idx) == []
     ((other_ct,),) = await _rows(b, "SELECT to_ct FROM messages WHERE id = %s", kept)
     assert cipher.decrypt(other_ct, kept, "to") == OTHER  # another number's row untouched
@@ -217,6 +217,10 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
     assert {(h.disclosure, h.note) for h in view.history} == {(None, None)}
     (review,) = await consent.reviews(staff, texts=True)
     assert CANARY_DIGITS not in repr(review) and "stopping" not in repr(review)
+
+    # A's retention job counts the shared store too (nothing there is due yet).
+    due = (await a.retention.status()).due
+    assert due["shared_message_texts"] == due["shared_inbound_numbers"] == 0
 
     # Audited once, on B's own trail (then its chain in PostgreSQL).
     erasures = [e for e in await b.audit.entries(limit=1000) if e.action == "erasure"]
