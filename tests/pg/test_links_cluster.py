@@ -1,10 +1,11 @@
 """Issue 18, tracked links on a cluster: two gateways on one PostgreSQL (one keyring:
-the first's data directory copied), each with its API and its redirect listener on
-loopback. A link made on A, a send on A with `{link:NAME}`: its token is written with
-the message in PostgreSQL, the short URL followed on B redirects to the stored
-destination and is recorded once (as B's), A's link analytics count it; B, started
-before the link existed, expands it in a send of its own. An erasure on B ends the
-number's short links on every node; housekeeping on either forgets expired tokens."""
+the first's data directory copied, the send policy on), each with its API and its
+redirect listener on loopback. A link made on A, a send on A with `{link:NAME}`: its
+token is written with the message in PostgreSQL, the short URL followed on B
+redirects to the stored destination and is recorded once (as B's), A's link analytics
+count it; B, started before the link existed, expands it in a send of its own.
+Housekeeping on B forgets tokens expired everywhere; an erasure on B ends the number's
+short links on every node."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from gateway.links import tokens
 from gateway.store import crypto
 from gateway.tokens import create_token
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST
+from tests.pg.test_consent_cluster import CAPS
 from tests.test_api import Api, start_client
 from tests.test_links import FLU, IPHONE, LINKS, URL
 
@@ -38,7 +40,7 @@ def _config(data: Path, name: str, dsn: str) -> Any:
             "data_dir": str(data),
             "routes": [{"name": "main", "type": "loopback", **LOOPBACK_TEST}],
             "http": {"shutdown_grace": 1.0},
-            "consent": {"enabled": False},
+            "consent": CAPS,  # the policy's accept (cluster/consent_accept.py) writes the tokens
             "links": LINKS,
             "source": str(data / "smsgw.toml"),
             # A fake clock never renews the lease: long enough for any test here.
@@ -124,6 +126,7 @@ async def test_a_link_sent_on_a_redirects_on_b_once_and_a_counts_it(
     nodes: tuple[Node, Node, ClientSession], clock: FakeClock
 ) -> None:
     a, b, http = nodes
+    assert a.gw.intake.policy.enabled  # accepts are judged in their transaction
     r = await a.api.post("/api/v1/links", {"name": "flu-clinic", "destination": FLU})
     assert r.status == 201, await r.text()
     made = await r.json()
