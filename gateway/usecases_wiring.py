@@ -26,6 +26,7 @@ from gateway.contacts.usecase import Contacts
 from gateway.intake import Intake
 from gateway.integrations.outbox import Outbox
 from gateway.keys.rekey import RekeyJob
+from gateway.links.link_store import LinkStore, LocalLinkStore
 from gateway.links.usecase import Links
 from gateway.medication.usecase import Medications
 from gateway.metrics import Metrics
@@ -331,11 +332,18 @@ class UseCaseWiring:
         return Links(
             config=self.config.links,
             book=self.intake.links,
-            store=self.store,
+            store=self._link_store(),
             clock=self.clock,
-            audit=self.audit,
             metrics=self.metrics,
         )
+
+    def _link_store(self) -> LinkStore:
+        """The links' tables: this node's, or on a cluster those every node shares."""
+        if self.cluster is None:
+            return LocalLinkStore(self.store, self.audit)
+        from gateway.cluster.links import ClusterLinkStore  # here: psycopg is optional
+
+        return ClusterLinkStore(self.cluster.queue.pool, self.audit, self.config.cluster.node_id)
 
     # -- analytics (issue 15, i15-analytics) ---------------------------------------------
     @functools.cached_property

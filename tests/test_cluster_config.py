@@ -11,6 +11,7 @@ import pytest
 from gateway.config import ConfigError, from_mapping
 from tests.conftest import smsgw_process
 from tests.ports import free_port
+from tests.test_directory_config import GOOD as GOOD_DIRECTORY
 
 ROUTES = [{"name": "carrier", "type": "loopback"}]
 
@@ -82,6 +83,14 @@ def test_webhooks_run_on_a_cluster_with_every_event(tmp_path: Path) -> None:
 def test_consent_runs_on_a_cluster(tmp_path: Path) -> None:
     """i18-consent: one consent list for every node (tests/pg/test_consent_cluster.py)."""
     assert config(tmp_path, {}, consent={"enabled": True}).consent.enabled
+
+
+def test_links_and_directory_sign_in_run_on_a_cluster(tmp_path: Path) -> None:
+    """Their tables are shared (tests/pg/test_links_cluster.py,
+    tests/pg/test_directory_cluster.py)."""
+    links = {"enabled": True, "base_url": "https://go.example.org", "allow": ["example.org"]}
+    c = config(tmp_path, {}, links=links, directory=GOOD_DIRECTORY)
+    assert c.links.enabled and c.directory.enabled
 
 
 def test_the_embedded_default_cannot_be_a_cluster_node(tmp_path: Path) -> None:

@@ -61,5 +61,6 @@ async def accept_judged(
         view = GroupView.of_reads(state, sent, zones)
         judged = [intake.judge(view, p) for p in prepared]
         answer, kept = answer_of(judged)
-        await cluster.insert_within(conn, [p.message for p in judged], kept)
+        links = [m for p in judged for m in p.links]
+        await cluster.insert_within(conn, [p.message for p in judged], kept, links)
     return judged, answer

@@ -57,6 +57,11 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
         TableCopy("inbound", "inbound", ("id",), fixed={"node_id": node_id}),
         TableCopy("inbound_parts", "inbound_parts", ("id",), fixed={"node_id": node_id}),
         TableCopy("inbound_sets_done", "inbound_sets_done", ("set_key", "seq")),
+        # Tracked links: the named links, the tokens of messages sent (their short URLs
+        # keep redirecting), the clicks (their seqs kept; no node answered them).
+        TableCopy("links", "links", ("id",)),
+        TableCopy("link_tokens", "link_tokens", ("token_hash",)),
+        TableCopy("link_clicks", "link_clicks", ("seq",)),
     )
 
 
@@ -132,9 +137,11 @@ def _target_row(
 
 
 async def set_sequences(conn: AsyncConnection[TupleRow]) -> None:
-    """`message_events.seq` goes on after the highest copied (its ids were kept)."""
-    await conn.execute(
-        "SELECT setval(pg_get_serial_sequence('message_events', 'seq'),"
-        " coalesce(max(seq), 1), max(seq) IS NOT NULL) FROM message_events"
-    )
+    """`message_events.seq` and `link_clicks.seq` go on after the highest copied (their
+    ids were kept)."""
+    for table in ("message_events", "link_clicks"):
+        await conn.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'),"  # noqa: S608 - fixed names
+            f" coalesce(max(seq), 1), max(seq) IS NOT NULL) FROM {table}".encode()
+        )
     await conn.commit()

@@ -33,6 +33,7 @@ from gateway.cluster.outcomes import claimed_outcomes, finish
 from gateway.cluster.parks import ClusterParks
 from gateway.cluster.queue_sql import Conn
 from gateway.cluster.shared_keys import KeyringWatch
+from gateway.links.placeholders import Minted
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store import crypto
@@ -65,6 +66,11 @@ _INSERT = (
     " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
     " quiet_override, held_for, held_by) VALUES"
     " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+)
+
+_INSERT_MINTED = (
+    "INSERT INTO link_tokens (token_hash, link_id, message_id, created_at, expires_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
 )
 
 _CLAIM_IDS = f"""
@@ -200,16 +206,24 @@ class ClusterQueue:
         )
 
     async def accept(
-        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None = None,
+        links: Sequence[Minted] = (),
     ) -> None:
-        """The messages, their creation events and the idempotent answer, in one
-        transaction. A key answered meanwhile (by another node too) raises the primary
-        key's `UniqueViolation`: nothing of this accept is kept."""
+        """The messages, their creation events, their short links' tokens and the
+        idempotent answer, in one transaction. A key answered meanwhile (by another
+        node too) raises the primary key's `UniqueViolation`: nothing of this accept is
+        kept."""
         async with self._pool.connection() as conn, conn.transaction():
-            await self.insert_within(conn, messages, answer)
+            await self.insert_within(conn, messages, answer, links)
 
     async def insert_within(
-        self, conn: Conn, messages: Sequence[NewMessage], answer: IdempotentAnswer | None
+        self,
+        conn: Conn,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None,
+        links: Sequence[Minted] = (),
     ) -> None:
         """`accept`'s rows in the caller's transaction (the judged accept's)."""
         me = self._me()
@@ -234,6 +248,14 @@ class ClusterQueue:
                     for m in messages
                 ],
             )
+            if links:
+                await cur.executemany(
+                    _INSERT_MINTED,
+                    [
+                        (m.token_hash, m.link_id, m.message_id, m.created_at, m.expires_at)
+                        for m in links
+                    ],
+                )
         if answer is not None:
             await conn.execute(
                 "INSERT INTO idempotency VALUES (%s, %s, %s, %s, %s, %s)",

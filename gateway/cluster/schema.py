@@ -625,6 +625,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX consent_reviews_text_kept ON consent_reviews (created_at)
         WHERE body_ct IS NOT NULL;
     """,
+    # 14 (issue 18, tracked links): SQLite's migrations 24 and 28 for every node. Named
+    #    links (the destination in clear, as SQLite keeps it: a shared page from
+    #    links.allow, never a person's data); each message's tokens as SHA-256, written
+    #    in its accept's transaction; the clicks, one row each, `human` 1 for a person,
+    #    with the node that answered the redirect.
+    """
+    CREATE TABLE links (
+        id          text PRIMARY KEY,
+        name        text NOT NULL UNIQUE,
+        destination text NOT NULL,
+        expires_at  double precision,
+        created_at  double precision NOT NULL,
+        created_by  text NOT NULL
+    );
+    CREATE TABLE link_tokens (
+        token_hash  bytea PRIMARY KEY,
+        link_id     text NOT NULL,
+        message_id  text NOT NULL,
+        created_at  double precision NOT NULL,
+        expires_at  double precision NOT NULL
+    );
+    CREATE INDEX link_tokens_message ON link_tokens (message_id);
+    CREATE INDEX link_tokens_expiry ON link_tokens (expires_at);
+    CREATE TABLE link_clicks (
+        seq         bigserial PRIMARY KEY,
+        link_id     text NOT NULL,
+        message_id  text,
+        at          double precision NOT NULL,
+        human       smallint NOT NULL,
+        agent_class text NOT NULL,
+        node_id     text
+    );
+    CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
+    CREATE INDEX link_clicks_message ON link_clicks (message_id);
+    """,
 )
 
 

@@ -120,12 +120,12 @@ def refused_features(config: Config) -> list[str]:
     # Here: gateway.config imports this module, and these the config's types.
     from gateway.appointments.settings import AppointmentsConfig
     from gateway.campaigns.settings import CampaignsConfig
-    from gateway.directory.settings import DirectoryConfig
     from gateway.hl7.settings import Hl7Config
-    from gateway.links.settings import LinksConfig
     from gateway.replies.settings import RepliesConfig
     from gateway.results.settings import MedicationConfig, ResultsConfig
 
+    # Tracked links (cluster/links.py) and directory sign-in (its users and sessions
+    # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
     # Webhooks take their events from the shared outbox (cluster/outbox_store.py). MQTT's
     # events would too, but every node subscribes to the send topic (each send accepted
     # once per node) under one configured client_id; Kannel's dlr-urls are rows of the
@@ -140,8 +140,6 @@ def refused_features(config: Config) -> list[str]:
         ("medication", config.medication, MedicationConfig()),
         ("replies", config.replies, RepliesConfig()),
         ("campaigns", config.campaigns, CampaignsConfig()),
-        ("links", config.links, LinksConfig()),
-        ("directory", config.directory, DirectoryConfig()),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 

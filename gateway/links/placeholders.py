@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.errors import ApiError
@@ -58,6 +59,10 @@ class LinkBook:
         self._config = config
         self._allowlist = config.allowlist
         self._by_name: dict[str, NamedLink] = {}
+        # Reads every named link from the store (set by the use case). Named links are
+        # only ever added, so a book can lack a link (made on another node of a
+        # cluster after this one loaded) but never holds a stale one.
+        self.reload: Callable[[], Awaitable[list[NamedLink]]] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -65,6 +70,18 @@ class LinkBook:
 
     def load(self, links: list[NamedLink]) -> None:
         self._by_name = {link.name: link for link in links}
+
+    async def ensure(self, bodies: Iterable[str]) -> None:
+        """Read the store again if a placeholder in `bodies` names a link the book
+        lacks, so `expand` (which does no I/O) finds one made elsewhere."""
+        if self.reload is None or not self._config.enabled:
+            return
+        for body in bodies:
+            if not has_placeholder(body):
+                continue
+            if any(m.group(1) not in self._by_name for m in PLACEHOLDER.finditer(body)):
+                self.load(await self.reload())
+                return
 
     def put(self, link: NamedLink) -> None:
         self._by_name[link.name] = link

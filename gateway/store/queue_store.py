@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Protocol
 
+from gateway.links.placeholders import Minted
 from gateway.models import State
 from gateway.store.claim_check import Held
 from gateway.store.group_sql import SentItem
@@ -76,7 +77,10 @@ class AcceptStore(Protocol):
     def blind_index(self, e164: str) -> bytes: ...
 
     async def accept(
-        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None = None,
+        links: Sequence[Minted] = (),
     ) -> None: ...
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None: ...

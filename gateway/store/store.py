@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from drivers.base import InboundSms
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
+from gateway.links.placeholders import Minted
+from gateway.links.store import token_statements
 from gateway.models import STATE_VALUES, Priority, State
 from gateway.store import (
     crypto,
@@ -287,11 +289,15 @@ class Store:
         await self.writer.insert(statements)
 
     async def accept(
-        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None = None,
+        links: Sequence[Minted] = (),
     ) -> None:
-        """Commit accepted messages and the answer kept under their Idempotency-Key
-        in one transaction (`QueueStore.accept`)."""
+        """Commit accepted messages, their short links' tokens and the answer kept
+        under their Idempotency-Key in one transaction (`QueueStore.accept`)."""
         rows = [s for m in messages for s in self.insert_statements(m)]
+        rows.extend(token_statements(links))
         if answer is not None:
             rows.append(
                 self.idempotency_statement(

@@ -162,6 +162,7 @@ class Messages:
         `shutting_down`, `store_unavailable`) and then stores nothing."""
         self._require_send(caller)
         self.check_accepting()
+        await self._intake.links.ensure([request.body])
         known = self._token_purposes.known(caller.token_id)  # read once: no coroutine after
         default = known[0] if known else await self._token_purposes.default_for(caller.token_id)
         prepared = self._intake.prepare(
@@ -181,6 +182,7 @@ class Messages:
         message ids (a Kannel dlr-url), written in the same transaction."""
         self._require_send(caller)
         self.check_accepting()
+        await self._intake.links.ensure(r.body for r in requests)
         now = self._clock.time()
         default = await self._token_purposes.default_for(caller.token_id)
         prepared = [
@@ -266,6 +268,7 @@ class Messages:
         self._require_send(caller)
         self.check_accepting()
         self.check_batch_size(len(items))
+        await self._intake.links.ensure(i.body for i in items if not isinstance(i, ApiError))
         now = self._clock.time()
         known = self._token_purposes.known(caller.token_id)  # read once: no coroutine after
         default = known[0] if known else await self._token_purposes.default_for(caller.token_id)
@@ -374,8 +377,8 @@ class Messages:
         is on: `cluster/consent_accept.py`) and the idempotent answer in one PostgreSQL
         transaction. What it cannot carry yet is refused at start
         (`cluster/settings.py`), and checked again here."""
-        if extra or any(p.links for p in prepared):
-            raise RuntimeError("not on the cluster backend: extra rows or links")
+        if extra:
+            raise RuntimeError("not on the cluster backend: a front end's extra rows")
         now = self._clock.time()
 
         def answer_of(judged: list[Prepared]) -> tuple[T, IdempotentAnswer | None]:
@@ -399,7 +402,8 @@ class Messages:
 
             return await accept_judged(cluster, self._intake, prepared, now, answer_of)
         answer, kept = answer_of(prepared)
-        await cluster.accept([p.message for p in prepared], kept)
+        links = [m for p in prepared for m in p.links]
+        await cluster.accept([p.message for p in prepared], kept, links)
         return prepared, answer
 
     async def _audit_overrides(self, caller: Caller, overriding: Sequence[Prepared]) -> None:

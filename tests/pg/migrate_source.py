@@ -69,6 +69,7 @@ async def fill(source: Source, count: int, audit_entries: int = 300) -> None:
                 await store.writer.run(lambda conn: store.new_field_generation(conn, NOW))
                 await store.reload_keys()
             await store.writer.run(lambda conn, h=half: _write(conn, store, ids, h))
+        await store.writer.run(_links)
         for n in range(audit_entries):
             await trail.record("console", "message_read", "message", f"m{n}", page=n)
     finally:
@@ -122,3 +123,24 @@ def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range
         " VALUES (?,?,?,?,?,?,?)",
         consent,
     )
+
+
+def _links(conn: sqlite3.Connection) -> None:
+    """A named link, the short links of the first three messages, clicks on two."""
+    conn.execute(
+        "INSERT INTO links VALUES ('lnk_00000000000000aa', 'flu-clinic',"
+        " 'https://www.example-hospital.org/flu', NULL, ?, 'console')",
+        (NOW,),
+    )
+    ids = [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY id LIMIT 3")]
+    for n, mid in enumerate(ids):
+        conn.execute(
+            "INSERT INTO link_tokens VALUES (?, 'lnk_00000000000000aa', ?, ?, ?)",
+            (bytes([n]) * 32, mid, NOW, NOW + 90 * 86400.0),
+        )
+    for human, mid in ((1, ids[0]), (0, ids[0]), (1, ids[1])):
+        conn.execute(
+            "INSERT INTO link_clicks (link_id, message_id, at, human, agent_class)"
+            " VALUES ('lnk_00000000000000aa', ?, ?, ?, ?)",
+            (mid, NOW, human, "human" if human else "preview"),
+        )

@@ -105,6 +105,12 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
     assert pg(pg_dsn, "SELECT count(*) FROM inbound_parts") == [(2,)]
     assert "verified: inbound: 100 of 100 sampled decrypt the same" in out
 
+    # Tracked links: the tokens of messages sent keep redirecting, the clicks their seqs
+    # (a new click goes on after them).
+    assert pg(pg_dsn, "SELECT count(*) FROM link_tokens") == [(3,)]
+    assert pg(pg_dsn, "SELECT seq, human FROM link_clicks ORDER BY seq") == [(1, 1), (2, 0), (3, 1)]
+    assert pg(pg_dsn, "SELECT nextval(pg_get_serial_sequence('link_clicks', 'seq'))") == [(4,)]
+
     # The copied `sending` rows belong to a lapsed incarnation: the first node's sweep
     # requeues them flagged, as after a crash.
     sending = {r[0] for r in src.execute("SELECT id FROM messages WHERE state = 'sending'")}

@@ -27,6 +27,7 @@ from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
 from gateway.cluster.queue_store import ClusterQueue, LateOutcome
 from gateway.cluster.schema import migrate
+from gateway.links.placeholders import Minted
 from gateway.models import Priority, State
 from gateway.store.crypto import FieldCipher
 from gateway.store.idempotency import IdempotentAnswer
@@ -231,6 +232,28 @@ async def test_a_claim_given_back_is_queued_untried_and_only_by_its_claimer(
     assert sorted(c.id for c in again) == sorted(m.id for m in ms)
     assert {c.attempts for c in again} == {1}
     assert not any(c.possible_duplicate for c in again)
+
+
+async def _token_rows(backend: Backend) -> list[tuple[str, bytes]]:
+    sql = "SELECT message_id, token_hash FROM link_tokens ORDER BY message_id"
+    if backend.sqlite is not None:
+        rows = await backend.sqlite.reader.all(sql)
+    else:
+        assert backend.pool is not None
+        async with backend.pool.connection() as conn:
+            rows = await (await conn.execute(sql)).fetchall()
+    return [(str(r[0]), bytes(r[1])) for r in rows]
+
+
+async def test_short_links_commit_with_their_messages_or_not_at_all(backend: Backend) -> None:
+    key = IdempotentAnswer("tok", b"l" * 32, b"r" * 32, 202, b"{}", 1000.0)
+    first, second = message(1), message(2)
+    await backend.a.accept([first], key, [Minted(bytes(32), "lnk_1", first.id, NOW, NOW + 60)])
+    assert await _token_rows(backend) == [(first.id, bytes(32))]
+    # The same key again (on the other node): the message and its short link are refused.
+    with pytest.raises(Exception, match=r"(?i)unique|constraint"):
+        await backend.b.accept([second], key, [Minted(b"x" * 32, "lnk_1", second.id, NOW, NOW)])
+    assert await _token_rows(backend) == [(first.id, bytes(32))]
 
 
 async def test_an_idempotency_key_answers_on_every_node_and_commits_once(
