@@ -47,6 +47,7 @@ from gateway.integrations.events import (
     DeliveryFailed,
     OutboxEvent,
 )
+from gateway.integrations.mqtt_names import MqttNames, names_for, topic_level
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 
@@ -78,8 +79,10 @@ class MqttLink:
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         metrics: Metrics | None = None,
+        names: MqttNames | None = None,
     ) -> None:
         self._config = config
+        self.names = names or MqttNames.of(config)
         self._metrics = metrics
         self._clock = clock
         self._password = password
@@ -105,7 +108,7 @@ class MqttLink:
 
     @property
     def status_topic(self) -> str:
-        return f"{self._config.topic_prefix}/status"
+        return self.names.status_topic
 
     async def aclose(self) -> None:
         """Say `offline` (retained) if connected, then disconnect."""
@@ -191,7 +194,7 @@ class MqttLink:
             c.port,
             username=c.username,
             password=self._password,
-            identifier=c.client_id,
+            identifier=self.names.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=c.timeout,
             tls_context=self._tls,
@@ -304,29 +307,31 @@ def open_link(config: Config, clock: Clock, metrics: Metrics | None = None) -> M
     password = None
     if m.password_file is not None:
         password = read_secret(file=str(config.resolve(m.password_file)))
-    return MqttLink(m, clock, password=password, tls_context=tls_context(config), metrics=metrics)
+    return MqttLink(
+        m,
+        clock,
+        password=password,
+        tls_context=tls_context(config),
+        metrics=metrics,
+        names=names_for(config),
+    )
 
 
 # -- events out ------------------------------------------------------------------------
-
-
-def _segment(value: str) -> str:
-    """A topic level from an id or a route name: MQTT's separators and wildcards escaped."""
-    return "".join(f"%{ord(c):02X}" if c in "/+#%\0" else c for c in value) or "%00"
 
 
 def event_topic(prefix: str, event: OutboxEvent) -> str:
     """`<prefix>/messages/<id>/status`, `<prefix>/inbound/<id>` or
     `<prefix>/routes/<route>/health`: ids and route names, never a number."""
     if event.type == MESSAGE_STATUS and event.message_id is not None:
-        return f"{prefix}/messages/{_segment(event.message_id)}/status"
+        return f"{prefix}/messages/{topic_level(event.message_id)}/status"
     if event.type == MESSAGE_INBOUND:
         inbound_id = event.data.get("inbound_id") or event.message_id
         if isinstance(inbound_id, str):
-            return f"{prefix}/inbound/{_segment(inbound_id)}"
+            return f"{prefix}/inbound/{topic_level(inbound_id)}"
     if event.type == ROUTE_HEALTH and event.route is not None:
-        return f"{prefix}/routes/{_segment(event.route)}/health"
-    return f"{prefix}/events/{_segment(event.type)}"
+        return f"{prefix}/routes/{topic_level(event.route)}/health"
+    return f"{prefix}/events/{topic_level(event.type)}"
 
 
 class EventPayload(msgspec.Struct, frozen=True, omit_defaults=True):

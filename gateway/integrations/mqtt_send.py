@@ -124,6 +124,6 @@ async def start_mqtt(gw: Gateway) -> MqttLink:
                 " the send scope; the send topic is not subscribed without one",
                 exit_code=2,
             )
-        link.subscribe(m.send_topic_path, topic.handle)
+        link.subscribe(link.names.send_filter, topic.handle)
     link.start()
     return link
