@@ -389,11 +389,17 @@ def mqtt_consumer(config: Config, link: MqttLink) -> MqttConsumer:
     return MqttConsumer(config.mqtt, link)
 
 
-def response_properties(correlation: bytes | None, status: int) -> Properties:
+def response_properties(
+    correlation: bytes | None, status: int, *, replayed: bool = False
+) -> Properties:
     """MQTT 5 properties of a reply: the request's correlation data and an HTTP-like
-    status as a user property, so a client tells a result from an error at a glance."""
+    status as a user property, so a client tells a result from an error at a glance
+    (and `idempotent-replayed`, as the HTTP header, when it is a stored answer)."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no hints
     if correlation is not None:
         props.CorrelationData = correlation
-    props.UserProperty = [("status", str(status))]
+    pairs = [("status", str(status))]
+    if replayed:
+        pairs.append(("idempotent-replayed", "true"))
+    props.UserProperty = pairs
     return props

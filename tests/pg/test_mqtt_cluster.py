@@ -179,6 +179,40 @@ async def test_each_send_is_accepted_once_and_each_event_published_once(
     ]
     # (The leader also published the routes' health, on their own topics.)
     assert min(delivered) == 0 and max(delivered) >= len(events), delivered
+    # A repeat under an idempotency key, on the other node: the first answer again.
+    await _send_twice_under_one_key(nodes, broker)
+
+
+async def _send_twice_under_one_key(nodes: list[Gateway], broker: Mosquitto) -> None:
+    """The key's answer is in PostgreSQL: the broker hands the repeat to the other member
+    of the share (it takes turns), which answers from there and stores nothing."""
+    before = [_accepted(gw) for gw in nodes]
+    (counted,) = await _rows(nodes[0], "SELECT count(*) FROM messages")
+    send = json.dumps({"to": "+4915112345000", "body": CANARY_BODY}).encode()
+    replies: list[aiomqtt.Message] = []
+    async with _client(broker.port) as client:
+        await client.subscribe(REPLIES, qos=1)
+        for n in range(2):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = REPLIES
+            props.CorrelationData = f"try-{n}".encode()
+            props.UserProperty = [("idempotency-key", "order-7")]
+            await client.publish("hosp/send", send, qos=1, properties=props)
+            async with asyncio.timeout(WAIT):
+                replies.append(await anext(aiter(client.messages)))
+    first, again = replies
+    assert again.payload == first.payload and again.properties is not None
+    assert ("idempotent-replayed", "true") in again.properties.UserProperty
+    accepted = [_accepted(gw) - b for gw, b in zip(nodes, before, strict=True)]
+    replayed = [
+        gw.metrics.registry.get_sample_value(
+            "smsgw_mqtt_sends_received_total", {"outcome": "replayed"}
+        )
+        for gw in nodes
+    ]
+    assert sorted(v or 0.0 for v in replayed) == [0.0, 1.0]
+    assert [a + (r or 0.0) for a, r in zip(accepted, replayed, strict=True)] == [1, 1]
+    assert await _rows(nodes[0], "SELECT count(*) FROM messages") == [(counted[0] + 1,)]
 
 
 async def test_each_node_keeps_its_connection_and_its_own_status_topic(
