@@ -89,6 +89,7 @@ class MqttLink:
         self._tls = tls_context
         self._client: aiomqtt.Client | None = None
         self._subscription: tuple[str, MessageHandler] | None = None
+        self._peers_online: set[str] = set()  # other nodes' status topics saying online
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._down = asyncio.Event()
@@ -110,12 +111,19 @@ class MqttLink:
     def status_topic(self) -> str:
         return self.names.status_topic
 
+    @property
+    def peers_online(self) -> frozenset[str]:
+        """The other nodes whose status topic says online (a cluster's send share)."""
+        return frozenset(t.rsplit("/", 1)[-1] for t in self._peers_online)
+
     async def aclose(self) -> None:
-        """Say `offline` (retained) if connected, then disconnect."""
+        """Leave the send topic's share if another node is online, say `offline`
+        (retained) if connected, then disconnect."""
         client = self._client
         if client is not None:
             try:
                 async with asyncio.timeout(self._config.timeout):
+                    await self._leave_share(client)
                     await client.publish(self.status_topic, OFFLINE, qos=QOS, retain=True)
             except (aiomqtt.MqttError, TimeoutError):
                 log.warning("mqtt_offline_not_published")  # "online" may stay retained
@@ -141,6 +149,11 @@ class MqttLink:
         in a row (a lost connection counts as the first)."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._backing_off and self.failures >= failures)
+
+    async def wait_peers_online(self, count: int) -> None:
+        """Return once `count` other nodes say online (exactly that many)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._peers_online) == count)
 
     async def wait_published(self, count: int) -> None:
         """Return once the broker has acknowledged `count` publishes in all."""
@@ -244,9 +257,21 @@ class MqttLink:
             finally:
                 self._backing_off = False
 
+    async def _leave_share(self, client: aiomqtt.Client) -> None:
+        """A broker gives a stopped member of a share its turn of the sends all the same,
+        kept in its session until it is back: so a node that stops while another is
+        online leaves the share. The last one stays in, and its session keeps the sends
+        posted while every node is down."""
+        if self._subscription is not None and self._peers_online:
+            await client.unsubscribe(self._subscription[0])
+            log.info("mqtt_send_share_left", peers_online=len(self._peers_online))
+
     async def _connected(self, client: aiomqtt.Client) -> None:
         if self._subscription is not None:
             await client.subscribe(self._subscription[0], qos=QOS)
+            if self.names.peers_filter is not None:
+                self._peers_online.clear()  # the retained word of each comes again
+                await client.subscribe(self.names.peers_filter, qos=QOS)
         self._client = client  # first: a stop from now on publishes "offline" after this
         await client.publish(self.status_topic, ONLINE, qos=QOS, retain=True)
         self._down.clear()
@@ -256,6 +281,18 @@ class MqttLink:
         log.info("mqtt_connected", host=self._config.host, port=self._config.port)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
+        peers = self.names.peers_filter
+        if peers is not None and message.topic.matches(peers):
+            topic = str(message.topic)
+            if topic == self.status_topic:
+                return
+            if message.payload == ONLINE:
+                self._peers_online.add(topic)
+            else:
+                self._peers_online.discard(topic)
+            async with self._changed:
+                self._changed.notify_all()
+            return
         if self._subscription is None:
             return
         try:

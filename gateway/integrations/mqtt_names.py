@@ -9,7 +9,8 @@ broker with the same `[mqtt]`, so each name that must stay apart is made the nod
   node is offline, never the others (`<prefix>/status/#` follows every node);
 - the send topic is subscribed as the MQTT 5 shared subscription
   `$share/<client_id>/<topic>`: the broker hands each send to one node of the group,
-  so a send is accepted once, not once per node.
+  so a send is accepted once, not once per node. A node follows the others' status
+  topics (`peers_filter`) to know, at a clean stop, whether it may leave the share.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class MqttNames:
     client_id: str
     status_topic: str
     send_filter: str  # what is subscribed to receive the send topic
+    peers_filter: str | None = None  # the other nodes' status topics (on a cluster)
 
     @classmethod
     def of(cls, config: MqttConfig, node_id: str | None = None) -> MqttNames:
@@ -40,6 +42,7 @@ class MqttNames:
             f"{config.client_id}-{node_id}",
             f"{config.topic_prefix}/status/{node_id}",
             f"$share/{topic_level(config.client_id)}/{config.send_topic_path}",
+            f"{config.topic_prefix}/status/+",
         )
 
 

@@ -231,10 +231,31 @@ async def test_each_node_keeps_its_connection_and_its_own_status_topic(
         assert said == {"hosp/status/gw1": b"online", "hosp/status/gw2": b"online"}
         # Neither connection was taken over by the other's (one client id would).
         assert all(_link(gw).connected and _link(gw).failures == 0 for gw in nodes)
+        async with asyncio.timeout(WAIT):
+            await _link(gw2).wait_peers_online(1)
         await gw2.stop()
         async with asyncio.timeout(WAIT):
             async for message in client.messages:
                 said[str(message.topic)] = bytes(message.payload)
                 if said["hosp/status/gw2"] == b"offline":
                     break
+            await _link(gw1).wait_peers_online(0)
         assert said["hosp/status/gw1"] == b"online" and _link(gw1).connected
+        # gw2 left the send share as it stopped (gw1 was online): the broker keeps none
+        # of the sends for it, gw1 takes each. gw1, now alone, would stay in.
+        await client.subscribe(REPLIES, qos=1)
+        for n in range(2):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = REPLIES
+            props.CorrelationData = f"after-{n}".encode()
+            body = json.dumps({"to": f"+4915112346{n:03d}", "body": CANARY_BODY}).encode()
+            await client.publish("hosp/send", body, qos=1, properties=props)
+        answered = set()
+        async with asyncio.timeout(WAIT):
+            async for message in client.messages:
+                if str(message.topic) == REPLIES:
+                    assert message.properties is not None
+                    answered.add(message.properties.CorrelationData)
+                    if len(answered) == 2:
+                        break
+        assert _accepted(gw1) == 2
