@@ -14,6 +14,12 @@ posted while the gateway is away are queued by the broker and handled on reconne
 `<prefix>/status` says `online` (retained) once connected and `offline` at a clean
 stop; the broker publishes `offline` as the connection's last will when it is lost.
 
+On a cluster each node has names of its own (`mqtt_names.py`): its client id and
+status topic, and a share of the send topic (`$share/...`, one node gets each send).
+A node follows the others' status topics and, stopping while one of them is online,
+leaves the share first: a broker would otherwise keep the stopped node's turn of the
+sends in its session until it is back.
+
 `MqttConsumer` is the outbox's consumer (`gateway.integrations.events`): it turns an
 event into a topic that carries ids and route names only and a JSON payload with the
 personal fields only when `[mqtt] phi = true`, and publishes it through the link.
