@@ -117,11 +117,6 @@ class MqttLink:
     def status_topic(self) -> str:
         return self.names.status_topic
 
-    @property
-    def peers_online(self) -> frozenset[str]:
-        """The other nodes whose status topic says online (a cluster's send share)."""
-        return frozenset(t.rsplit("/", 1)[-1] for t in self._peers_online)
-
     async def aclose(self) -> None:
         """Leave the send topic's share if another node is online, say `offline`
         (retained) if connected, then disconnect."""
@@ -289,15 +284,7 @@ class MqttLink:
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         peers = self.names.peers_filter
         if peers is not None and message.topic.matches(peers):
-            topic = str(message.topic)
-            if topic == self.status_topic:
-                return
-            if message.payload == ONLINE:
-                self._peers_online.add(topic)
-            else:
-                self._peers_online.discard(topic)
-            async with self._changed:
-                self._changed.notify_all()
+            await self._peer_said(str(message.topic), message.payload)
             return
         if self._subscription is None:
             return
@@ -305,6 +292,17 @@ class MqttLink:
             await self._subscription[1](message)
         except Exception as e:  # one bad message must not end the connection
             log.error("mqtt_message_failed", error=exception_summary(e))
+
+    async def _peer_said(self, topic: str, payload: object) -> None:
+        """Another node's status: online, or offline (its stop or its last will)."""
+        if topic == self.status_topic:
+            return
+        if payload == ONLINE:
+            self._peers_online.add(topic)
+        else:
+            self._peers_online.discard(topic)
+        async with self._changed:
+            self._changed.notify_all()
 
     def _backoff(self, failures: int) -> float:
         c = self._config
