@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, from_mapping
+from gateway.integrations.mqtt_names import MqttNames, names_for
 from tests.conftest import smsgw_process
 from tests.ports import free_port
 from tests.test_directory_config import GOOD as GOOD_DIRECTORY
@@ -60,16 +61,23 @@ def test_a_bad_value_names_its_key_and_never_echoes_a_password(
 def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path) -> None:
     user = {"username": "his", "password_file": "his.pw", "token": "his"}
     with pytest.raises(ConfigError) as caught:
-        config(
-            tmp_path,
-            {},
-            mqtt={"enabled": True, "host": "127.0.0.1"},
-            kannel={"enabled": True, "users": [user]},
-        )
+        config(tmp_path, {}, kannel={"enabled": True, "users": [user]}, demo={"peers": True})
     message = str(caught.value)
     assert message.startswith("cluster.enabled: not on the cluster backend yet")
-    for name in ("mqtt.enabled", "kannel.enabled"):
+    for name in ("kannel.enabled", "demo.peers"):
         assert name in message
+
+
+def test_mqtt_runs_on_a_cluster_under_names_of_the_node(tmp_path: Path) -> None:
+    """Issue 18 pt 1/5: a client id and a status topic per node, the send topic shared
+    out by the broker (tests/pg/test_mqtt_cluster.py)."""
+    mqtt = {"enabled": True, "topic_prefix": "hosp", "client_id": "ward/1"}
+    names = names_for(config(tmp_path, {}, mqtt=mqtt))
+    assert names == MqttNames(
+        "ward/1-gw1", "hosp/status/gw1", "$share/ward%2F1/hosp/send", "hosp/status/+"
+    )
+    alone = from_mapping({"data_dir": str(tmp_path), "routes": ROUTES, "mqtt": mqtt})
+    assert names_for(alone) == MqttNames("ward/1", "hosp/status", "hosp/send")
 
 
 def test_webhooks_run_on_a_cluster_with_every_event(tmp_path: Path) -> None:

@@ -266,12 +266,17 @@ async def send_gateway(
     return gw, token.id
 
 
-async def request(port: int, payload: bytes, correlation: bytes = b"req-1") -> aiomqtt.Message:
-    """Post to the send topic with a response topic; the reply that comes back."""
+async def request(
+    port: int, payload: bytes, correlation: bytes = b"req-1", key: str | None = None
+) -> aiomqtt.Message:
+    """Post to the send topic with a response topic (and an `idempotency-key`); the
+    reply that comes back."""
     async with subscriber(port, "client/replies") as client:
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = "client/replies"
         props.CorrelationData = correlation
+        if key is not None:
+            props.UserProperty = [("idempotency-key", key)]
         await client.publish("hosp/send", payload, qos=1, properties=props)
         return await next_message(client)
 
@@ -310,6 +315,26 @@ async def test_a_send_without_response_topic_is_processed_and_logged_by_id(
     assert len(accepted) == 1 and accepted[0]["replied"] is False
     assert await state_of(gw, accepted[0]["message_id"]) == "queued"
     assert CANARY_DIGITS not in repr(logs)
+
+
+async def test_an_idempotency_key_answers_a_repeat_with_the_first_answer(
+    open_gateway: GatewayFactory, broker: Mosquitto, tmp_path: Path
+) -> None:
+    """As `Idempotency-Key` on HTTP: the same key and request again (a client's retry, a
+    redelivered publish) gets the stored answer, marked; another request under it, 409."""
+    gw, _ = await send_gateway(open_gateway, tmp_path, broker.port)
+    send = json.dumps({"to": CANARY_NUMBER, "body": CANARY_BODY}).encode()
+    first = await request(broker.port, send, key="order-7")
+    again = await request(broker.port, send, key="order-7")
+    assert again.payload == first.payload
+    assert again.properties is not None and first.properties is not None
+    assert ("idempotent-replayed", "true") in again.properties.UserProperty
+    assert ("idempotent-replayed", "true") not in first.properties.UserProperty
+    other = await request(broker.port, send.replace(b"}", b', "priority": "high"}'), key="order-7")
+    assert json.loads(bytes(other.payload))["error"]["code"] == "idempotency_conflict"
+    long = await request(broker.port, send, key="k" * 256)
+    assert json.loads(bytes(long.payload))["error"]["code"] == "invalid_idempotency_key"
+    assert tuple(await gw.store.reader.one("SELECT count(*) FROM messages") or ()) == (1,)
 
 
 @pytest.mark.parametrize(

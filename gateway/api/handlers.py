@@ -35,7 +35,7 @@ from gateway.intake import (
 from gateway.models import Priority, State
 from gateway.tokens import TokenRecord
 from gateway.usecases import Caller
-from gateway.usecases.messages import IdempotencyKey, MessageSearch
+from gateway.usecases.messages import IDEMPOTENCY_KEY_MAX, IdempotencyKey, MessageSearch
 from gateway.web.context import JSON_HEADERS, gateway_of, json_response
 
 log = structlog.get_logger("smsgw.api")
@@ -45,7 +45,6 @@ IDEMPOTENCY_LOCKS: web.AppKey[dict[tuple[str, bytes], asyncio.Lock]] = web.AppKe
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 AUTH_RECORD: web.RequestKey[TokenRecord] = web.RequestKey("auth", TokenRecord)
 MAX_PAGE = 500
-IDEMPOTENCY_KEY_MAX = 255
 INCLUDE_PHI = "phi"
 _encode = msgspec.json.encode
 

@@ -14,6 +14,12 @@ posted while the gateway is away are queued by the broker and handled on reconne
 `<prefix>/status` says `online` (retained) once connected and `offline` at a clean
 stop; the broker publishes `offline` as the connection's last will when it is lost.
 
+On a cluster each node has names of its own (`mqtt_names.py`): its client id and
+status topic, and a share of the send topic (`$share/...`, one node gets each send).
+A node follows the others' status topics and, stopping while one of them is online,
+leaves the share first: a broker would otherwise keep the stopped node's turn of the
+sends in its session until it is back.
+
 `MqttConsumer` is the outbox's consumer (`gateway.integrations.events`): it turns an
 event into a topic that carries ids and route names only and a JSON payload with the
 personal fields only when `[mqtt] phi = true`, and publishes it through the link.
@@ -47,6 +53,7 @@ from gateway.integrations.events import (
     DeliveryFailed,
     OutboxEvent,
 )
+from gateway.integrations.mqtt_names import MqttNames, names_for, topic_level
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 
@@ -78,14 +85,17 @@ class MqttLink:
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         metrics: Metrics | None = None,
+        names: MqttNames | None = None,
     ) -> None:
         self._config = config
+        self.names = names or MqttNames.of(config)
         self._metrics = metrics
         self._clock = clock
         self._password = password
         self._tls = tls_context
         self._client: aiomqtt.Client | None = None
         self._subscription: tuple[str, MessageHandler] | None = None
+        self._peers_online: set[str] = set()  # other nodes' status topics saying online
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._down = asyncio.Event()
@@ -105,14 +115,16 @@ class MqttLink:
 
     @property
     def status_topic(self) -> str:
-        return f"{self._config.topic_prefix}/status"
+        return self.names.status_topic
 
     async def aclose(self) -> None:
-        """Say `offline` (retained) if connected, then disconnect."""
+        """Leave the send topic's share if another node is online, say `offline`
+        (retained) if connected, then disconnect."""
         client = self._client
         if client is not None:
             try:
                 async with asyncio.timeout(self._config.timeout):
+                    await self._leave_share(client)
                     await client.publish(self.status_topic, OFFLINE, qos=QOS, retain=True)
             except (aiomqtt.MqttError, TimeoutError):
                 log.warning("mqtt_offline_not_published")  # "online" may stay retained
@@ -138,6 +150,11 @@ class MqttLink:
         in a row (a lost connection counts as the first)."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._backing_off and self.failures >= failures)
+
+    async def wait_peers_online(self, count: int) -> None:
+        """Return once `count` other nodes say online (exactly that many)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._peers_online) == count)
 
     async def wait_published(self, count: int) -> None:
         """Return once the broker has acknowledged `count` publishes in all."""
@@ -191,7 +208,7 @@ class MqttLink:
             c.port,
             username=c.username,
             password=self._password,
-            identifier=c.client_id,
+            identifier=self.names.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=c.timeout,
             tls_context=self._tls,
@@ -241,9 +258,21 @@ class MqttLink:
             finally:
                 self._backing_off = False
 
+    async def _leave_share(self, client: aiomqtt.Client) -> None:
+        """A broker gives a stopped member of a share its turn of the sends all the same,
+        kept in its session until it is back: so a node that stops while another is
+        online leaves the share. The last one stays in, and its session keeps the sends
+        posted while every node is down."""
+        if self._subscription is not None and self._peers_online:
+            await client.unsubscribe(self._subscription[0])
+            log.info("mqtt_send_share_left", peers_online=len(self._peers_online))
+
     async def _connected(self, client: aiomqtt.Client) -> None:
         if self._subscription is not None:
             await client.subscribe(self._subscription[0], qos=QOS)
+            if self.names.peers_filter is not None:
+                self._peers_online.clear()  # the retained word of each comes again
+                await client.subscribe(self.names.peers_filter, qos=QOS)
         self._client = client  # first: a stop from now on publishes "offline" after this
         await client.publish(self.status_topic, ONLINE, qos=QOS, retain=True)
         self._down.clear()
@@ -253,12 +282,27 @@ class MqttLink:
         log.info("mqtt_connected", host=self._config.host, port=self._config.port)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
+        peers = self.names.peers_filter
+        if peers is not None and message.topic.matches(peers):
+            await self._peer_said(str(message.topic), message.payload)
+            return
         if self._subscription is None:
             return
         try:
             await self._subscription[1](message)
         except Exception as e:  # one bad message must not end the connection
             log.error("mqtt_message_failed", error=exception_summary(e))
+
+    async def _peer_said(self, topic: str, payload: object) -> None:
+        """Another node's status: online, or offline (its stop or its last will)."""
+        if topic == self.status_topic:
+            return
+        if payload == ONLINE:
+            self._peers_online.add(topic)
+        else:
+            self._peers_online.discard(topic)
+        async with self._changed:
+            self._changed.notify_all()
 
     def _backoff(self, failures: int) -> float:
         c = self._config
@@ -304,29 +348,31 @@ def open_link(config: Config, clock: Clock, metrics: Metrics | None = None) -> M
     password = None
     if m.password_file is not None:
         password = read_secret(file=str(config.resolve(m.password_file)))
-    return MqttLink(m, clock, password=password, tls_context=tls_context(config), metrics=metrics)
+    return MqttLink(
+        m,
+        clock,
+        password=password,
+        tls_context=tls_context(config),
+        metrics=metrics,
+        names=names_for(config),
+    )
 
 
 # -- events out ------------------------------------------------------------------------
-
-
-def _segment(value: str) -> str:
-    """A topic level from an id or a route name: MQTT's separators and wildcards escaped."""
-    return "".join(f"%{ord(c):02X}" if c in "/+#%\0" else c for c in value) or "%00"
 
 
 def event_topic(prefix: str, event: OutboxEvent) -> str:
     """`<prefix>/messages/<id>/status`, `<prefix>/inbound/<id>` or
     `<prefix>/routes/<route>/health`: ids and route names, never a number."""
     if event.type == MESSAGE_STATUS and event.message_id is not None:
-        return f"{prefix}/messages/{_segment(event.message_id)}/status"
+        return f"{prefix}/messages/{topic_level(event.message_id)}/status"
     if event.type == MESSAGE_INBOUND:
         inbound_id = event.data.get("inbound_id") or event.message_id
         if isinstance(inbound_id, str):
-            return f"{prefix}/inbound/{_segment(inbound_id)}"
+            return f"{prefix}/inbound/{topic_level(inbound_id)}"
     if event.type == ROUTE_HEALTH and event.route is not None:
-        return f"{prefix}/routes/{_segment(event.route)}/health"
-    return f"{prefix}/events/{_segment(event.type)}"
+        return f"{prefix}/routes/{topic_level(event.route)}/health"
+    return f"{prefix}/events/{topic_level(event.type)}"
 
 
 class EventPayload(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -384,11 +430,17 @@ def mqtt_consumer(config: Config, link: MqttLink) -> MqttConsumer:
     return MqttConsumer(config.mqtt, link)
 
 
-def response_properties(correlation: bytes | None, status: int) -> Properties:
+def response_properties(
+    correlation: bytes | None, status: int, *, replayed: bool = False
+) -> Properties:
     """MQTT 5 properties of a reply: the request's correlation data and an HTTP-like
-    status as a user property, so a client tells a result from an error at a glance."""
+    status as a user property, so a client tells a result from an error at a glance
+    (and `idempotent-replayed`, as the HTTP header, when it is a stored answer)."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: no hints
     if correlation is not None:
         props.CorrelationData = correlation
-    props.UserProperty = [("status", str(status))]
+    pairs = [("status", str(status))]
+    if replayed:
+        pairs.append(("idempotent-replayed", "true"))
+    props.UserProperty = pairs
     return props

@@ -48,6 +48,9 @@ class BatchAccepted(msgspec.Struct, frozen=True):
     results: list[Any]
 
 
+IDEMPOTENCY_KEY_MAX = 255  # characters of a client's key (HTTP header, MQTT property)
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
     """A client's `Idempotency-Key` (hashed) and a hash of its request: the answer is
