@@ -1096,10 +1096,11 @@ MIGRATIONS: tuple[str, ...] = (
     # 37 (issue 18, nodes): a cluster node's journal of outcomes it could not record in
     #    PostgreSQL (the database away past the retry window): replayed in `seq` order
     #    through the claim-checked finish once it is back (`cluster/outcome_journal.py`).
-    #    Ids, states, codes and carrier ids only: nothing personal.
+    #    Ids, states, codes and carrier ids only: nothing personal. A rowid `seq` (no
+    #    AUTOINCREMENT): appends go above every row left, replays delete from the oldest.
     """
     CREATE TABLE outcome_journal (
-        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq                INTEGER PRIMARY KEY,
         node_id            TEXT NOT NULL,
         incarnation        INTEGER NOT NULL,
         claim_epoch        INTEGER NOT NULL,
