@@ -44,6 +44,7 @@ from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVER
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import CLAIM_UNANSWERED, Transition
+from gateway.store.writer import Statement
 
 log = structlog.get_logger("smsgw.cluster")
 
@@ -200,16 +201,24 @@ class ClusterQueue:
         )
 
     async def accept(
-        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None = None,
+        extra: Sequence[Statement] = (),
     ) -> None:
-        """The messages, their creation events and the idempotent answer, in one
-        transaction. A key answered meanwhile (by another node too) raises the primary
-        key's `UniqueViolation`: nothing of this accept is kept."""
+        """The messages, their creation events, the idempotent answer and `extra`
+        rows (a Kannel dlr-url: `cluster/dlr_wishes.py`), in one transaction. A key
+        answered meanwhile (by another node too) raises the primary key's
+        `UniqueViolation`: nothing of this accept is kept."""
         async with self._pool.connection() as conn, conn.transaction():
-            await self.insert_within(conn, messages, answer)
+            await self.insert_within(conn, messages, answer, extra)
 
     async def insert_within(
-        self, conn: Conn, messages: Sequence[NewMessage], answer: IdempotentAnswer | None
+        self,
+        conn: Conn,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None,
+        extra: Sequence[Statement] = (),
     ) -> None:
         """`accept`'s rows in the caller's transaction (the judged accept's)."""
         me = self._me()
@@ -246,6 +255,8 @@ class ClusterQueue:
                     answer.at,
                 ),
             )
+        for sql, params in extra:  # after the messages: a row may refer to its message
+            await conn.execute(sql.encode(), params)
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None:
         row = await self._one(

@@ -604,6 +604,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER message_events_outbox AFTER INSERT ON message_events
         FOR EACH ROW EXECUTE FUNCTION outbox_status();
     """,
+    # 13 (issue 18 pt 1, Kannel): what a Kannel sendsms asked to hear back, as SQLite's
+    #    migration 8 (`gateway/cluster/dlr_wishes.py`): the dlr-url (its query may carry
+    #    PHI) and the receiver as the client wrote it, encrypted; written in the accept's
+    #    transaction; gone with its message.
+    """
+    CREATE TABLE kannel_dlr (
+        message_id   text PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+        url_ct       bytea NOT NULL,
+        mask         integer NOT NULL,
+        receiver_ct  bytea NOT NULL,
+        sender       text NOT NULL,
+        username     text NOT NULL,
+        created_at   double precision NOT NULL
+    );
+    """,
 )
 
 

@@ -126,13 +126,11 @@ def refused_features(config: Config) -> list[str]:
     from gateway.replies.settings import RepliesConfig
     from gateway.results.settings import MedicationConfig, ResultsConfig
 
-    # Webhooks take their events from the shared outbox (cluster/outbox_store.py). MQTT's
-    # events would too, but every node subscribes to the send topic (each send accepted
-    # once per node) under one configured client_id; Kannel's dlr-urls are rows of the
-    # node's own store, written with the message.
+    # Webhooks and Kannel's dlr-urls take their events from the shared outbox
+    # (cluster/outbox_store.py). MQTT's would too, but every node subscribes to the send
+    # topic (each send accepted once per node) under one configured client_id.
     checks: list[tuple[str, Any, Any]] = [
         ("mqtt.enabled", config.mqtt.enabled, False),
-        ("kannel.enabled", config.kannel.enabled, False),
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
         ("appointments", config.appointments, AppointmentsConfig()),

@@ -25,6 +25,7 @@ from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.route_parks import Park
 from gateway.store.store import ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
+from gateway.store.writer import Statement
 
 
 class Parks(Protocol):
@@ -76,8 +77,14 @@ class AcceptStore(Protocol):
     def blind_index(self, e164: str) -> bytes: ...
 
     async def accept(
-        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
-    ) -> None: ...
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None = None,
+        extra: Sequence[Statement] = (),
+    ) -> None:
+        """The messages, the idempotent answer and a front end's `extra` rows (in this
+        backend's SQL: `integrations/dlr_wishes.py`) in one transaction."""
+        ...
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None: ...
 

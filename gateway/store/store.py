@@ -287,11 +287,15 @@ class Store:
         await self.writer.insert(statements)
 
     async def accept(
-        self, messages: Sequence[NewMessage], answer: IdempotentAnswer | None = None
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None = None,
+        extra: Sequence[Statement] = (),
     ) -> None:
-        """Commit accepted messages and the answer kept under their Idempotency-Key
-        in one transaction (`QueueStore.accept`)."""
+        """Commit accepted messages, the answer kept under their Idempotency-Key and
+        `extra` rows in one transaction (`QueueStore.accept`)."""
         rows = [s for m in messages for s in self.insert_statements(m)]
+        rows.extend(extra)
         if answer is not None:
             rows.append(
                 self.idempotency_statement(
