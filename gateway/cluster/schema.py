@@ -607,10 +607,11 @@ MIGRATIONS: tuple[str, ...] = (
     # 13 (issue 18 pt 1, Kannel): what a Kannel sendsms asked to hear back, as SQLite's
     #    migration 8 (`gateway/cluster/dlr_wishes.py`): the dlr-url (its query may carry
     #    PHI) and the receiver as the client wrote it, encrypted; written in the accept's
-    #    transaction; gone with its message.
+    #    transaction, deleted by the number's erasure. No foreign key, as in SQLite: a
+    #    restarted `smsgw store migrate` truncates what it copied, table by table.
     """
     CREATE TABLE kannel_dlr (
-        message_id   text PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+        message_id   text PRIMARY KEY,
         url_ct       bytea NOT NULL,
         mask         integer NOT NULL,
         receiver_ct  bytea NOT NULL,
