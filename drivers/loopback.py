@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import secrets
 from typing import Annotated, ClassVar
 
 import msgspec
@@ -58,6 +59,9 @@ class LoopbackDriver:
         self._clock = clock
         self._random = random.Random(options.seed)  # noqa: S311 - simulation, not security
         self._ids = itertools.count(1)
+        # The carrier's ids are unique across the nodes of a cluster, whose loopback
+        # routes of one name stand for one carrier: a receipt matches by id on any node.
+        self._id_prefix = f"lb{secrets.token_hex(3)}-"
         self._state = RouteState.STARTING
         self._in_flight = 0
         self._counters = {"submitted": 0, "rejected": 0, "transient": 0, "receipts": 0}
@@ -93,7 +97,7 @@ class LoopbackDriver:
             if outcome == "transient":
                 self._counters["transient"] += 1
                 raise TransientSendError("simulated congestion", code="loopback:busy")
-            ids = tuple(f"lb{next(self._ids):x}" for _ in sms.parts)
+            ids = tuple(f"{self._id_prefix}{next(self._ids):x}" for _ in sms.parts)
             self._counters["submitted"] += 1
         finally:
             self._in_flight -= 1

@@ -209,6 +209,7 @@ class Gateway(UseCaseWiring):
             clock,
             busy=lambda: scheduler.in_flight > 0,
             repo=None if node is None else node.outbox(),
+            wishes=None if node is None else node.dlr_wishes,
         )
         gateway = cls(
             config,

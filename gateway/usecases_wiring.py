@@ -24,6 +24,7 @@ from gateway.clinical.runner import NoticeRunner
 from gateway.config import Config
 from gateway.contacts.usecase import Contacts
 from gateway.intake import Intake
+from gateway.integrations.dlr_wishes import DlrWishes, LocalDlrWishes
 from gateway.integrations.outbox import Outbox
 from gateway.keys.rekey import RekeyJob
 from gateway.links.link_store import LinkStore, LocalLinkStore
@@ -212,6 +213,12 @@ class UseCaseWiring:
     def reads(self) -> MessageReads:
         """Where the message list, details and queue counts are read."""
         return LocalReads(self.store) if self.cluster is None else self.cluster.reads
+
+    @functools.cached_property
+    def dlr_wishes(self) -> DlrWishes:
+        """Where Kannel dlr-urls are kept with their messages: this node's store, or
+        the shared PostgreSQL beside the shared queue."""
+        return LocalDlrWishes(self.store) if self.cluster is None else self.cluster.dlr_wishes
 
     @functools.cached_property
     def inbound_reads(self) -> InboundReads:

@@ -20,6 +20,7 @@ from gateway.consent import ledger
 from gateway.contacts.audience import AudienceSpec
 from gateway.hl7 import messages_sql
 from gateway.integrations import kannel, kannel_dlr
+from gateway.integrations.dlr_wishes import LocalDlrWishes
 from gateway.keys.catalog import CATALOG
 from gateway.medication import schedules
 from gateway.medication.timing import DoseSchedule
@@ -169,7 +170,8 @@ async def fill(gw: Gateway, messages: int = 5) -> list[str]:
         dlr_url=SECRETS["dlr_url"],
         sender="4000",
     )
-    await store.insert([kannel_dlr.statement(store, ids[0], plan, CANARY_NUMBER, "kannel", now)])
+    wish = kannel_dlr.wish_of(plan, CANARY_NUMBER, "kannel")
+    await store.insert([LocalDlrWishes(store).statement(ids[0], wish, now)])
     text = CampaignSpec("c", AudienceSpec(), "informational", text=SECRETS["campaign"])
     await store.writer.run(  # i15-campaigns: a campaign's free text
         lambda conn: campaigns_sql.insert(

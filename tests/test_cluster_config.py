@@ -59,13 +59,17 @@ def test_a_bad_value_names_its_key_and_never_echoes_a_password(
 
 
 def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path) -> None:
-    user = {"username": "his", "password_file": "his.pw", "token": "his"}
     with pytest.raises(ConfigError) as caught:
-        config(tmp_path, {}, kannel={"enabled": True, "users": [user]}, demo={"peers": True})
+        config(tmp_path, {}, demo={"peers": True})
     message = str(caught.value)
     assert message.startswith("cluster.enabled: not on the cluster backend yet")
-    for name in ("kannel.enabled", "demo.peers"):
-        assert name in message
+    assert "demo.peers" in message
+
+
+def test_the_kannel_listener_runs_on_a_cluster(tmp_path: Path) -> None:
+    """Its dlr-urls are kept with the shared messages (tests/pg/test_kannel_cluster.py)."""
+    user = {"username": "his", "password_file": "his.pw", "token": "his"}
+    assert config(tmp_path, {}, kannel={"enabled": True, "users": [user]}).kannel.enabled
 
 
 def test_mqtt_runs_on_a_cluster_under_names_of_the_node(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ async def test_dlr_url_called_with_kannels_escapes_for_the_states_the_mask_asks(
     open_gateway: GatewayFactory, tmp_path: Path, receiver: Receiver
 ) -> None:
     gw, mid = await accepted_with_dlr(open_gateway, tmp_path, receiver.origin)
-    consumer = KannelDlrConsumer(gw.store, frozenset({receiver.origin}))
+    consumer = KannelDlrConsumer(gw.dlr_wishes, frozenset({receiver.origin}))
     assert consumer.accepts(MESSAGE_STATUS) and not consumer.accepts("message.inbound")
     with capture_logs() as logs:
         await consumer.deliver(status_event(mid, "sent", 1, carrier_id="C-77"))
@@ -167,7 +167,7 @@ async def test_failing_or_redirecting_receiver_is_retried_later_not_followed(
     reason: str,
 ) -> None:
     gw, mid = await accepted_with_dlr(open_gateway, tmp_path, receiver.origin)
-    consumer = KannelDlrConsumer(gw.store, frozenset({receiver.origin}))
+    consumer = KannelDlrConsumer(gw.dlr_wishes, frozenset({receiver.origin}))
     receiver.status = status
     with pytest.raises(DeliveryFailed) as failed:
         await consumer.deliver(status_event(mid, "delivered"))
@@ -180,8 +180,8 @@ async def test_origin_no_longer_allowed_or_message_without_dlr_is_not_called(
     open_gateway: GatewayFactory, tmp_path: Path, receiver: Receiver
 ) -> None:
     gw, mid = await accepted_with_dlr(open_gateway, tmp_path, receiver.origin)
-    await KannelDlrConsumer(gw.store, frozenset()).deliver(status_event(mid, "delivered"))
-    consumer = KannelDlrConsumer(gw.store, frozenset({receiver.origin}))
+    await KannelDlrConsumer(gw.dlr_wishes, frozenset()).deliver(status_event(mid, "delivered"))
+    consumer = KannelDlrConsumer(gw.dlr_wishes, frozenset({receiver.origin}))
     await consumer.deliver(status_event("06H1X8ZQ0000000000000000AA", "delivered"))
     await consumer.aclose()
     assert receiver.calls == []
@@ -192,7 +192,7 @@ async def test_metadata_address_is_never_called(
 ) -> None:
     origin = "http://169.254.169.254"
     gw, mid = await accepted_with_dlr(open_gateway, tmp_path, origin)
-    consumer = KannelDlrConsumer(gw.store, frozenset({origin}))
+    consumer = KannelDlrConsumer(gw.dlr_wishes, frozenset({origin}))
     with pytest.raises(DeliveryFailed) as failed:
         await consumer.deliver(status_event(mid, "delivered"))
     assert failed.value.reason == "forbidden_address"
@@ -269,7 +269,7 @@ async def test_a_named_origin_goes_through_the_resolver(
 ) -> None:
     origin = receiver.origin.replace("127.0.0.1", "localhost")
     gw, mid = await accepted_with_dlr(open_gateway, tmp_path, origin)
-    consumer = build_consumer(gw.store, gw.config.kannel)
+    consumer = build_consumer(gw.dlr_wishes, gw.config.kannel)
     assert consumer is not None
     await consumer.deliver(status_event(mid, "delivered"))
     assert [c["type"] for c in receiver.calls] == ["1"]
@@ -301,8 +301,7 @@ async def test_parallel_sends_each_commit_their_message_with_its_dlr_row(
         "SELECT COUNT(*) FROM messages m JOIN kannel_dlr k ON k.message_id = m.id"
     )
     assert (await cur.fetchone())[0] == 20
-    consumer = KannelDlrConsumer(gw.store, frozenset({origin}))
-    wishes = [await consumer.wish(m["id"]) for m in await messages(gw)]
+    wishes = [await gw.dlr_wishes.wish(m["id"]) for m in await messages(gw)]
     assert {w.url for w in wishes if w is not None} == {
         f"{origin}/d?n={100 + i}" for i in range(20)
     }

@@ -20,6 +20,7 @@ from gateway.consent.policy import BLOCKING, GroupView
 from gateway.intake import Intake, Prepared
 from gateway.store.idempotency import IdempotentAnswer
 from gateway.store.queue_store import AcceptStore
+from gateway.store.writer import Statement
 
 T = TypeVar("T")
 
@@ -39,9 +40,11 @@ async def accept_judged(
     prepared: Sequence[Prepared],
     now: float,
     answer_of: Callable[[list[Prepared]], tuple[T, IdempotentAnswer | None]],
+    extra: Sequence[Statement] = (),
 ) -> tuple[list[Prepared], T]:
     """Judge `prepared` and insert them as judged, with the idempotent answer
-    `answer_of` gives for them, in one transaction: (the judged messages, the answer)."""
+    `answer_of` gives for them and `extra` rows, in one transaction: (the judged
+    messages, the answer)."""
     if not isinstance(cluster, ClusterQueue):
         raise TypeError("the policy's accept runs on the cluster queue")
     policy = intake.policy
@@ -62,5 +65,5 @@ async def accept_judged(
         judged = [intake.judge(view, p) for p in prepared]
         answer, kept = answer_of(judged)
         links = [m for p in judged for m in p.links]
-        await cluster.insert_within(conn, [p.message for p in judged], kept, links)
+        await cluster.insert_within(conn, [p.message for p in judged], kept, links, extra)
     return judged, answer

@@ -5,13 +5,14 @@ SQLite's rules (`gateway/retention/erase.py`) for what the nodes share: the numb
 waiting messages cancelled (`erased`); every message's number, body, reference and
 callback removed (number and body become "" encrypted for their place, as the
 retention sweep leaves them), its blind index emptied, its short links' tokens deleted
-(the clicks stay, as on SQLite: they name a link and a message id, no person); the
-consent ledger and standing kept under the keyed hash as the suppression entry, with
-an opt-out of everything appended if none is in force, the entries' disclosure and
-note texts erased; the contact's row (number, patient reference, language, time zone) deleted;
-the reviews' texts erased and their link to the contact cut; the shared inbound from
-the number blanked as SQLite's (sender and body "", index emptied), its held parts
-deleted. The shared `opt_outs` list is kept: it holds only the keyed hash and the time.
+(the clicks stay, as on SQLite: they name a link and a message id, no person), its
+Kannel dlr-url row deleted; the consent ledger and standing kept under the keyed hash
+as the suppression entry, with an opt-out of everything appended if none is in force,
+the entries' disclosure and note texts erased; the contact's row (number, patient
+reference, language, time zone) deleted; the reviews' texts erased and their link to
+the contact cut; the shared inbound from the number blanked as SQLite's (sender and
+body "", index emptied), its held parts deleted. The shared `opt_outs` list is kept:
+it holds only the keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -73,6 +74,11 @@ class ClusterErasure:
             await conn.execute(  # their short links: a token no longer leads anywhere
                 "DELETE FROM link_tokens WHERE message_id = ANY(%s)", ([r[0] for r in rows],)
             )
+            # Their Kannel dlr-urls and receivers as the client wrote them (SQLite's too).
+            cur = await conn.execute(
+                "DELETE FROM kannel_dlr WHERE message_id = ANY(%s)", ([r[0] for r in rows],)
+            )
+            n["shared_kannel_dlr"] = cur.rowcount
 
             standing = await (
                 await conn.execute(

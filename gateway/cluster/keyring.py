@@ -6,11 +6,12 @@ copies the rows as they are. The master key stays per site, outside the database
 (every node has its own copy: a file or a systemd credential); the blind-index key and
 the root (audit chain) key are shared by every node through this table.
 
-A rotation adds field key generation N+1 and re-encrypts the older rows of `messages`
-and `inbound` in batches. It runs on one node at a time: it holds a session advisory lock for its
-whole length, and a second rotation, on this node or any other, is refused with
-`RotationBusy` instead of adding a generation of its own (two nodes each adding "N+1"
-would race for one primary key, and two re-encryptions would rewrite the same rows).
+A rotation adds field key generation N+1 and re-encrypts the older rows of `messages`,
+`inbound` and `kannel_dlr` in batches. It runs on one node at a time: it holds a
+session advisory lock for its whole length, and a second rotation, on this node or any
+other, is refused with `RotationBusy` instead of adding a generation of its own (two
+nodes each adding "N+1" would race for one primary key, and two re-encryptions would
+rewrite the same rows).
 """
 
 from __future__ import annotations
@@ -27,8 +28,17 @@ from gateway.store.keyring_sql import Keys
 
 ROTATION_LOCK = 0x736D7367_77001801  # pg_try_advisory_lock key ("smsgw", cluster lock 1)
 ENCRYPTED = ("to", "body", "reference", "callback")  # messages.<column>_ct, AAD = column
-# What a rotation re-encrypts: (table, its <column>_ct, the first never NULL).
-SEALED = (("messages", ENCRYPTED), ("inbound", ("sender", "recipient", "body")))
+# What a rotation re-encrypts: (table, its key, its (column, AAD name) pairs, the first
+# never NULL).
+SEALED: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("messages", "id", tuple((f"{c}_ct", c) for c in ENCRYPTED)),
+    ("inbound", "id", tuple((f"{c}_ct", c) for c in ("sender", "recipient", "body"))),
+    (
+        "kannel_dlr",
+        "message_id",
+        (("url_ct", "kannel_dlr_url"), ("receiver_ct", "kannel_dlr_receiver")),
+    ),
+)
 BATCH = 500
 
 Batch = Callable[[int], Awaitable[None]]
@@ -92,11 +102,14 @@ async def _reencrypt(
     generation: int,
     after_batch: Batch | None,
 ) -> int:
-    """Every shared row sealed under an older generation, sealed anew: messages, then
-    inbound messages (their held parts are gone within the reassembly timeout)."""
+    """Every shared row sealed under an older generation, sealed anew: messages, inbound
+    messages (their held parts are gone within the reassembly timeout), Kannel
+    dlr-urls."""
     done = 0
-    for table, columns in SEALED:
-        done = await _reencrypt_table(conn, cipher, generation, table, columns, done, after_batch)
+    for table, key, columns in SEALED:
+        done = await _reencrypt_table(
+            conn, cipher, generation, (table, key, columns), done, after_batch
+        )
     return done
 
 
@@ -104,34 +117,34 @@ async def _reencrypt_table(
     conn: AsyncConnection[TupleRow],
     cipher: crypto.FieldCipher,
     generation: int,
-    table: str,
-    columns: tuple[str, ...],
+    spec: tuple[str, str, tuple[tuple[str, str], ...]],
     done: int,
     after_batch: Batch | None,
 ) -> int:
-    """Every row of `table` whose first column (never NULL) is sealed under an older
-    generation, sealed anew (all its fields together), a batch per transaction, in id
-    order; `done` plus the rows re-encrypted."""
+    """Every row of the table (`SEALED`'s `spec`) whose first column (never NULL) is
+    sealed under an older generation, sealed anew (all its fields together), a batch
+    per transaction, in key order; `done` plus the rows re-encrypted."""
+    table, key, columns = spec
     prefix = crypto.generation_prefix(generation)
-    names = ", ".join(f"{c}_ct" for c in columns)
+    names = ", ".join(c for c, _ in columns)
     after = ""
     while True:
         async with conn.transaction():
             cur = await conn.execute(
-                f"SELECT id, {names} FROM {table} WHERE id > %s"  # noqa: S608 - fixed names
-                f" AND substring({columns[0]}_ct FROM 1 FOR 3) <> %s ORDER BY id LIMIT %s"
+                f"SELECT {key}, {names} FROM {table} WHERE {key} > %s"  # noqa: S608 - fixed names
+                f" AND substring({columns[0][0]} FROM 1 FOR 3) <> %s ORDER BY {key} LIMIT %s"
                 " FOR UPDATE",
                 (after, prefix, BATCH),
             )
             rows = await cur.fetchall()
             for row_id, *blobs in rows:
                 sealed = [
-                    None if blob is None else _reseal(cipher, bytes(blob), row_id, column)
-                    for column, blob in zip(columns, blobs, strict=True)
+                    None if blob is None else _reseal(cipher, bytes(blob), row_id, aad)
+                    for (_, aad), blob in zip(columns, blobs, strict=True)
                 ]
-                sets = ", ".join(f"{c}_ct = %s" for c in columns)
+                sets = ", ".join(f"{c} = %s" for c, _ in columns)
                 await conn.execute(
-                    f"UPDATE {table} SET {sets} WHERE id = %s",  # noqa: S608 - fixed names
+                    f"UPDATE {table} SET {sets} WHERE {key} = %s",  # noqa: S608 - fixed names
                     (*sealed, row_id),
                 )
         if not rows:

@@ -49,6 +49,8 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
         TableCopy("messages", "messages", ("id",), extra={"route_group": _route_group}),
         TableCopy("message_events", "message_events", ("seq",)),
         TableCopy("carrier_ids", "carrier_ids", ("route", "carrier_id")),
+        # A Kannel sendsms's dlr-url wish, sealed bound to its message id (cluster 13).
+        TableCopy("kannel_dlr", "kannel_dlr", ("message_id",)),
         TableCopy("audit_log", "audit_log", ("seq",), fixed={"node_id": node_id}),
         TableCopy("consent_state", "migrated_consent_state", ("contact_idx", "program", "scope")),
         # Inbound: the messages (their seqs, the API's cursors, kept), the parts still

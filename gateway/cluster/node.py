@@ -46,6 +46,7 @@ from gateway.cluster.adoption import ClusterAdoption
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.consent_store import merge_migrated
+from gateway.cluster.dlr_wishes import SharedDlrWishes
 from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.inbound import ClusterInbound
 from gateway.cluster.inbound_reads import ClusterInboundReads
@@ -105,6 +106,8 @@ class ClusterNode:
         # Inbound messages: filed and read in the shared tables (`inbound.py`).
         self.inbound = ClusterInbound(pool, queue.cipher, store, settings.node_id)
         self.inbound_reads = ClusterInboundReads(pool, queue.cipher, keys)
+        # Kannel dlr-urls: written with the shared messages, read by the lane's leader.
+        self.dlr_wishes = SharedDlrWishes(pool, queue.cipher, keys)
         self.keys = keys
         self.shipper = shipper
         self.tokens = ClusterTokens(pool)

@@ -45,6 +45,7 @@ from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVER
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import CLAIM_UNANSWERED, Transition
+from gateway.store.writer import Statement
 
 log = structlog.get_logger("smsgw.cluster")
 
@@ -210,13 +211,14 @@ class ClusterQueue:
         messages: Sequence[NewMessage],
         answer: IdempotentAnswer | None = None,
         links: Sequence[Minted] = (),
+        extra: Sequence[Statement] = (),
     ) -> None:
-        """The messages, their creation events, their short links' tokens and the
-        idempotent answer, in one transaction. A key answered meanwhile (by another
-        node too) raises the primary key's `UniqueViolation`: nothing of this accept is
-        kept."""
+        """The messages, their creation events, their short links' tokens, the
+        idempotent answer and `extra` rows (a Kannel dlr-url: `cluster/dlr_wishes.py`),
+        in one transaction. A key answered meanwhile (by another node too) raises the
+        primary key's `UniqueViolation`: nothing of this accept is kept."""
         async with self._pool.connection() as conn, conn.transaction():
-            await self.insert_within(conn, messages, answer, links)
+            await self.insert_within(conn, messages, answer, links, extra)
 
     async def insert_within(
         self,
@@ -224,6 +226,7 @@ class ClusterQueue:
         messages: Sequence[NewMessage],
         answer: IdempotentAnswer | None,
         links: Sequence[Minted] = (),
+        extra: Sequence[Statement] = (),
     ) -> None:
         """`accept`'s rows in the caller's transaction (the judged accept's)."""
         me = self._me()
@@ -268,6 +271,8 @@ class ClusterQueue:
                     answer.at,
                 ),
             )
+        for sql, params in extra:  # after the messages: a row may refer to its message
+            await conn.execute(sql.encode(), params)
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None:
         row = await self._one(

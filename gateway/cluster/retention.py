@@ -2,8 +2,8 @@
 `gateway/retention/job.py` for what the nodes share.
 
 SQLite's rules (`gateway/retention/sweep.py`) on the shared twins of its tables:
-finished messages' texts (body, client reference, callback) after their purpose's
-`body_days`, their numbers and blind index after `number_days`; the shared inbound's
+finished messages' texts (body, client reference, callback, Kannel dlr-url row) after
+their purpose's `body_days`, their numbers and blind index after `number_days`; the shared inbound's
 texts and senders after the section's periods; and the review texts a reviewer on
 another node reads (SQLite has no copy: a review there shows its inbound's text,
 which the sweep blanks), after `body_days`. A removed value is "" sealed for its row
@@ -103,6 +103,8 @@ _BLANK_INBOUND_NUMBERS = (
 
 async def _message_texts(conn: Conn, c: FieldCipher, g: Group, limit: int) -> int:
     ids = await _take(conn, due_messages(0, g, g.body_before), "created_at", limit)
+    if ids:  # its Kannel dlr-url and receiver go with the text, as on SQLite
+        await conn.execute("DELETE FROM kannel_dlr WHERE message_id = ANY(%s)", (ids,))
     return await _set(conn, _BLANK_MESSAGE_TEXTS, ids, _blanks(c, ids, "body"))
 
 

@@ -660,6 +660,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
     CREATE INDEX link_clicks_message ON link_clicks (message_id);
     """,
+    # 15 (issue 18 pt 1, Kannel): what a Kannel sendsms asked to hear back, as SQLite's
+    #    migration 8 (`gateway/cluster/dlr_wishes.py`): the dlr-url (its query may carry
+    #    PHI) and the receiver as the client wrote it, encrypted; written in the accept's
+    #    transaction, deleted by the number's erasure. No foreign key, as in SQLite: a
+    #    restarted `smsgw store migrate` truncates what it copied, table by table.
+    """
+    CREATE TABLE kannel_dlr (
+        message_id   text PRIMARY KEY,
+        url_ct       bytea NOT NULL,
+        mask         integer NOT NULL,
+        receiver_ct  bytea NOT NULL,
+        sender       text NOT NULL,
+        username     text NOT NULL,
+        created_at   double precision NOT NULL
+    );
+    """,
 )
 
 

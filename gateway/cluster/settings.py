@@ -126,11 +126,9 @@ def refused_features(config: Config) -> list[str]:
 
     # Tracked links (cluster/links.py) and directory sign-in (its users and sessions
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
-    # Webhooks and MQTT take their events from the shared outbox (cluster/outbox_store.py;
-    # MQTT's per-node names: integrations/mqtt_names.py). Kannel's dlr-urls are rows of
-    # the node's own store, written with the message.
+    # Webhooks, MQTT and Kannel's dlr-urls take their events from the shared outbox
+    # (cluster/outbox_store.py; MQTT's per-node names: integrations/mqtt_names.py).
     checks: list[tuple[str, Any, Any]] = [
-        ("kannel.enabled", config.kannel.enabled, False),
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
         ("appointments", config.appointments, AppointmentsConfig()),

@@ -2,7 +2,8 @@
 
 Theory of operation. At accept the listener stores the dlr-url (encrypted: its query may
 carry PHI), the dlr-mask, and the receiver and sender as the client wrote them, in the
-same transaction as the message (`statement`). `KannelDlrConsumer` is an outbox
+same transaction as the message (`wish_of`; where: `dlr_wishes.DlrWishes`, the node's
+store or the cluster's PostgreSQL, the consumer reading the same). `KannelDlrConsumer` is an outbox
 `EventConsumer`: for each `message.status` event of such a message it picks the Kannel
 report type the new state stands for (`report_type`); if the mask asks for it, the URL's
 `%` escapes are filled in as Kannel's `urltrans_fill_escape_codes` does and the URL is
@@ -17,7 +18,6 @@ import asyncio
 import ipaddress
 import socket
 import urllib.parse
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -27,6 +27,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from gateway.config import KannelConfig
 from gateway.integrations import kannel
+from gateway.integrations.dlr_wishes import DlrWish, DlrWishes
 from gateway.integrations.events import (
     MESSAGE_STATUS,
     DeliveryFailed,
@@ -34,8 +35,6 @@ from gateway.integrations.events import (
     OutboxEvent,
 )
 from gateway.models import State
-from gateway.store.store import Store
-from gateway.store.writer import Statement
 
 log = structlog.get_logger("smsgw.kannel")
 
@@ -55,39 +54,10 @@ _ANSWER = {
 }
 
 
-def statement(
-    store: Store,
-    message_id: str,
-    plan: kannel.SendPlan,
-    receiver: str,
-    username: str,
-    now: float,
-) -> Statement:
-    """The row recording what a sendsms asked to hear back (committed with the message)."""
+def wish_of(plan: kannel.SendPlan, receiver: str, username: str) -> DlrWish:
+    """What a sendsms asked to hear back for one receiver (stored with its message)."""
     assert plan.dlr_url is not None
-    c = store.cipher
-    assert c is not None, "store is not open"
-    return (
-        "INSERT INTO kannel_dlr VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            message_id,
-            c.encrypt(plan.dlr_url, message_id, "kannel_dlr_url"),
-            plan.dlr_mask,
-            c.encrypt(receiver, message_id, "kannel_dlr_receiver"),
-            plan.sender,
-            username,
-            now,
-        ),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class DlrWish:
-    url: str
-    mask: int
-    receiver: str
-    sender: str
-    username: str
+    return DlrWish(plan.dlr_url, plan.dlr_mask, receiver, plan.sender, username)
 
 
 def report_type(state: str, mask: int) -> int | None:
@@ -197,20 +167,20 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def build_consumer(store: Store, config: KannelConfig) -> EventConsumer | None:
+def build_consumer(wishes: DlrWishes, config: KannelConfig) -> EventConsumer | None:
     """The dlr-url consumer for the outbox, when the listener is on (None otherwise)."""
     if not config.enabled:
         return None
-    return KannelDlrConsumer(store, frozenset(config.dlr_url_origins))
+    return KannelDlrConsumer(wishes, frozenset(config.dlr_url_origins))
 
 
 class KannelDlrConsumer:
     """Calls sendsms dlr-urls for the status events of the messages that asked."""
 
     def __init__(
-        self, store: Store, origins: frozenset[str], *, timeout: float = CALL_TIMEOUT
+        self, wishes: DlrWishes, origins: frozenset[str], *, timeout: float = CALL_TIMEOUT
     ) -> None:
-        self._store = store
+        self._wishes = wishes
         self._origins = origins
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -235,46 +205,22 @@ class KannelDlrConsumer:
         """The outbox's `Closable`: called when its lanes stop."""
         await self.aclose()
 
-    async def wish(self, message_id: str) -> DlrWish | None:
-        cur = await self._store.reader.execute(
-            "SELECT url_ct, mask, receiver_ct, sender, username FROM kannel_dlr"
-            " WHERE message_id = ?",
-            (message_id,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        c = self._store.cipher
-        assert c is not None, "store is not open"
-        return DlrWish(
-            c.decrypt(row[0], message_id, "kannel_dlr_url"),
-            int(row[1]),
-            c.decrypt(row[2], message_id, "kannel_dlr_receiver"),
-            row[3],
-            row[4],
-        )
-
-    async def carrier_id(self, event: OutboxEvent) -> str | None:
-        """The carrier's id for the message (its first part's, on the event's route):
-        status events carry ids of smsgw's own, so `%F` is looked up here, in the
-        message's `sent` event (its ids in part order; found by the message's history)."""
-        row = await self._store.reader.one(
-            "SELECT carrier_id FROM message_events WHERE message_id = ? AND state = 'sent'"
-            " AND carrier_id IS NOT NULL AND (route = ? OR ? IS NULL) ORDER BY seq LIMIT 1",
-            (event.message_id, event.route, event.route),
-        )
-        return None if row is None else str(row[0]).split(",")[0]
-
     async def deliver(self, event: OutboxEvent) -> None:
         if event.type != MESSAGE_STATUS or event.message_id is None:
             return
-        wish = await self.wish(event.message_id)
+        wish = await self._wishes.wish(event.message_id)
         if wish is None:
             return  # not sent through sendsms with a dlr-url
         kind = report_type(str(event.data.get("state", "")), wish.mask)
         if kind is None:
             return
-        carrier_id = await self.carrier_id(event) if "%F" in wish.url else None
+        # Status events carry ids of smsgw's own: `%F`, the carrier's id of the first
+        # part on the event's route, is looked up in the message's `sent` event.
+        carrier_id = (
+            await self._wishes.carrier_id(event.message_id, event.route)
+            if "%F" in wish.url
+            else None
+        )
         url = fill_escapes(wish.url, escape_values(event, wish, kind, carrier_id))
         if kannel.url_origin(url) not in self._origins:
             # The allowlist changed since accept (or an escape changed the origin).

@@ -176,8 +176,8 @@ async def accept(
     def dlr_rows(ids: list[str]) -> list[Statement]:
         if plan.dlr_url is None:
             return []
-        return [
-            kannel_dlr.statement(gw.store, message_id, plan, to, user.username, now)
+        return [  # where the messages go: the node's store or the cluster's (`dlr_wishes`)
+            gw.dlr_wishes.statement(message_id, kannel_dlr.wish_of(plan, to, user.username), now)
             for message_id, to in zip(ids, plan.receivers, strict=True)
         ]
 

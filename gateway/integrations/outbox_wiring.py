@@ -10,6 +10,7 @@ from drivers.clock import Clock
 from drivers.credentials import SecretError
 from gateway.config import Config
 from gateway.integrations import kannel_dlr
+from gateway.integrations.dlr_wishes import DlrWishes, LocalDlrWishes
 from gateway.integrations.outbox import Outbox
 from gateway.integrations.outbox_repo import OutboxRepo
 from gateway.integrations.webhooks import (
@@ -28,10 +29,12 @@ def build_outbox(
     clock: Clock,
     busy: Callable[[], bool] | None = None,
     repo: OutboxRepo | None = None,
+    wishes: DlrWishes | None = None,
 ) -> Outbox:
     """The outbox with a consumer per webhook endpoint and one for its callbacks, and
     one for Kannel dlr-urls when that listener is on (MQTT's joins at start). `repo`:
-    where the events are (a cluster's shared outbox; default the node's store)."""
+    where the events are (a cluster's shared outbox; default the node's store); `wishes`
+    where the Kannel dlr-urls are (a cluster's PostgreSQL; default the node's store)."""
     outbox = Outbox(store, config.outbox, clock, busy=busy, repo=repo)
     for i, hook in enumerate(config.webhooks):
         try:
@@ -44,6 +47,8 @@ def build_outbox(
             ) from None
         outbox.register(WebhookConsumer(poster))
         outbox.register(CallbackConsumer(poster, outbox.repo.callback_urls))
-    if (dlr := kannel_dlr.build_consumer(store, config.kannel)) is not None:
+    if (
+        dlr := kannel_dlr.build_consumer(wishes or LocalDlrWishes(store), config.kannel)
+    ) is not None:
         outbox.register(dlr)
     return outbox

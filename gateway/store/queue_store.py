@@ -26,6 +26,7 @@ from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.route_parks import Park
 from gateway.store.store import ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import Transition
+from gateway.store.writer import Statement
 
 
 class Parks(Protocol):
@@ -81,7 +82,12 @@ class AcceptStore(Protocol):
         messages: Sequence[NewMessage],
         answer: IdempotentAnswer | None = None,
         links: Sequence[Minted] = (),
-    ) -> None: ...
+        extra: Sequence[Statement] = (),
+    ) -> None:
+        """The messages, their short links' tokens, the idempotent answer and a front
+        end's `extra` rows (in this backend's SQL: `integrations/dlr_wishes.py`) in one
+        transaction."""
+        ...
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None: ...
 

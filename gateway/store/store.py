@@ -293,11 +293,13 @@ class Store:
         messages: Sequence[NewMessage],
         answer: IdempotentAnswer | None = None,
         links: Sequence[Minted] = (),
+        extra: Sequence[Statement] = (),
     ) -> None:
-        """Commit accepted messages, their short links' tokens and the answer kept
-        under their Idempotency-Key in one transaction (`QueueStore.accept`)."""
+        """Commit accepted messages, their short links' tokens, the answer kept under
+        their Idempotency-Key and `extra` rows in one transaction (`QueueStore.accept`)."""
         rows = [s for m in messages for s in self.insert_statements(m)]
         rows.extend(token_statements(links))
+        rows.extend(extra)
         if answer is not None:
             rows.append(
                 self.idempotency_statement(

@@ -182,7 +182,8 @@ class Messages:
     ) -> list[Accepted]:
         """All of `requests` in one commit, or none of them (the first invalid one's
         `ApiError` is raised). `attached` gives a front end's own rows for the new
-        message ids (a Kannel dlr-url), written in the same transaction."""
+        message ids (a Kannel dlr-url), written in the same transaction: in the SQL of
+        the backend the messages go to (`integrations/dlr_wishes.py` chooses it)."""
         self._require_send(caller)
         self.check_accepting()
         await self._intake.links.ensure(r.body for r in requests)
@@ -377,11 +378,10 @@ class Messages:
         extra: Sequence[Statement],
     ) -> tuple[list[Prepared], T]:
         """`_commit` on the cluster's queue: the messages (judged by the policy when it
-        is on: `cluster/consent_accept.py`) and the idempotent answer in one PostgreSQL
+        is on: `cluster/consent_accept.py`), the idempotent answer and `extra` rows
+        (written in PostgreSQL's SQL by their front end's backend) in one PostgreSQL
         transaction. What it cannot carry yet is refused at start
         (`cluster/settings.py`), and checked again here."""
-        if extra:
-            raise RuntimeError("not on the cluster backend: a front end's extra rows")
         now = self._clock.time()
 
         def answer_of(judged: list[Prepared]) -> tuple[T, IdempotentAnswer | None]:
@@ -403,10 +403,10 @@ class Messages:
         if self._intake.policy.enabled:
             from gateway.cluster.consent_accept import accept_judged  # here: psycopg is optional
 
-            return await accept_judged(cluster, self._intake, prepared, now, answer_of)
+            return await accept_judged(cluster, self._intake, prepared, now, answer_of, extra)
         answer, kept = answer_of(prepared)
         links = [m for p in prepared for m in p.links]
-        await cluster.accept([p.message for p in prepared], kept, links)
+        await cluster.accept([p.message for p in prepared], kept, links, extra)
         return prepared, answer
 
     async def _audit_overrides(self, caller: Caller, overriding: Sequence[Prepared]) -> None:

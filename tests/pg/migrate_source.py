@@ -14,6 +14,7 @@ from pathlib import Path
 from drivers.base import InboundPart, InboundSms
 from drivers.clock import SystemClock
 from gateway.cli import main
+from gateway.integrations.dlr_wishes import DlrWish, LocalDlrWishes
 from gateway.models import IdGenerator, State
 from gateway.store import crypto, inbound_parts
 from gateway.store.audit_log import AuditTrail, audit_key
@@ -107,6 +108,9 @@ def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range
             conn.execute(
                 *inbound_statement(store.cipher, f"in{n}", "smsc", to, body(n), "4000", None, at)
             )
+        if n % 1000 == 3:  # sent through Kannel's sendsms with a dlr-url
+            wish = DlrWish(f"https://ehr.example/dlr?n={n}&t=%d", 3, to, "4000", "ehr")
+            conn.execute(*LocalDlrWishes(store).statement(mid, wish, at))
         if n % 5000 == 1:  # the first part of a message still being reassembled
             sms = InboundSms(to, body(n), "4000", part=InboundPart(n % 256, 8, 2, 1))
             inbound_parts.file_part(

@@ -9,18 +9,21 @@ import psycopg
 import pytest
 
 from gateway.cluster import keyring
+from gateway.cluster.dlr_wishes import SharedDlrWishes
 from gateway.cluster.keyring import RotationBusy
 from gateway.cluster.lease import Pool
+from gateway.integrations.dlr_wishes import RECEIVER_COLUMN, URL_COLUMN, DlrWish
 from gateway.store import crypto
 
 MASTER = os.urandom(32)
 MESSAGES = 1200  # more than two re-encryption batches
 INBOUND = 3
+DLR = 2  # Kannel dlr-url wishes, of the first messages
 
 
 async def seed(dsn: str) -> crypto.FieldCipher:
     """A keyring as SQLite's (generation 1 and the blind key, wrapped by MASTER) and
-    messages and inbound messages sealed under generation 1."""
+    messages, inbound messages and Kannel dlr-urls sealed under generation 1."""
     field, blind = os.urandom(32), os.urandom(32)
     cipher = crypto.FieldCipher({1: field}, blind)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -55,6 +58,11 @@ async def seed(dsn: str) -> crypto.FieldCipher:
                     cipher.encrypt(f"reply {n}", iid, "body"),
                 ),
             )
+        for n in range(DLR):
+            mid = f"m{n:05d}"
+            wish = DlrWish(f"https://ehr.example/dlr?n={n}", 1, f"+4479{n:08d}", "", "ehr")
+            sql, params = SharedDlrWishes(conn, cipher).statement(mid, wish, 0)  # type: ignore[arg-type]
+            await conn.execute(sql.encode(), params)
     return cipher
 
 
@@ -83,7 +91,7 @@ async def test_a_second_rotation_while_one_runs_is_refused_on_any_node(
             second_done.set()
 
     (generation, rewritten), _ = await asyncio.gather(first(), second())
-    assert (generation, rewritten) == (2, MESSAGES + INBOUND)
+    assert (generation, rewritten) == (2, MESSAGES + INBOUND + DLR)
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT generation FROM keyring WHERE purpose = 'field' ORDER BY 1"
@@ -104,8 +112,15 @@ async def test_a_second_rotation_while_one_runs_is_refused_on_any_node(
             n = int(iid[1:])
             assert cipher.decrypt(sender_ct, iid, "sender") == f"+4479{n:08d}"
             assert cipher.decrypt(body_ct, iid, "body") == f"reply {n}"
+        cur = await conn.execute("SELECT message_id, url_ct, receiver_ct FROM kannel_dlr")
+        wishes = await cur.fetchall()
+        assert len(wishes) == DLR
+        for mid, url_ct, receiver_ct in wishes:
+            n = int(mid[1:])
+            assert cipher.decrypt(url_ct, mid, URL_COLUMN) == f"https://ehr.example/dlr?n={n}"
+            assert cipher.decrypt(receiver_ct, mid, RECEIVER_COLUMN) == f"+4479{n:08d}"
         # The lock went with the run: the next rotation goes ahead.
-        assert await keyring.rotate(conn, MASTER) == (3, MESSAGES + INBOUND)
+        assert await keyring.rotate(conn, MASTER) == (3, MESSAGES + INBOUND + DLR)
 
 
 async def test_the_shared_keyring_opens_only_with_the_sites_master_key(

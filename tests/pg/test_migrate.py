@@ -104,6 +104,15 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
         assert (cipher.decrypt(body_ct, iid, "body"), node) == (body(n), "gw1")  # type: ignore[arg-type]
     assert pg(pg_dsn, "SELECT count(*) FROM inbound_parts") == [(2,)]
     assert "verified: inbound: 100 of 100 sampled decrypt the same" in out
+    # Kannel dlr-url wishes: their ciphertexts open on the cluster, bound to their message.
+    wishes = pg(pg_dsn, "SELECT message_id, url_ct, receiver_ct FROM kannel_dlr")
+    assert len(wishes) == COUNT // 1000
+    for mid, url_ct, receiver_ct in wishes:
+        n = by_number[mid]  # type: ignore[index]
+        assert cipher.decrypt(url_ct, mid, "kannel_dlr_url") == (  # type: ignore[arg-type]
+            f"https://ehr.example/dlr?n={n}&t=%d"
+        )
+        assert cipher.decrypt(receiver_ct, mid, "kannel_dlr_receiver") == number(n)  # type: ignore[arg-type]
 
     # Tracked links: the tokens of messages sent keep redirecting, the clicks their seqs
     # (a new click goes on after them).

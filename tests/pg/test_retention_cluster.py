@@ -162,6 +162,11 @@ async def test_finished_shared_rows_past_their_periods_are_blanked_and_the_rest_
     await _inbound(c, "i-young", now - 5 * DAY)
     await _reviews(c, ["r-old"], now - 100 * DAY)
     await _reviews(c, ["r-young"], now - 5 * DAY)
+    async with c.pool.connection() as conn, conn.cursor() as cur:  # Kannel dlr-url rows
+        await cur.executemany(
+            "INSERT INTO kannel_dlr VALUES (%s, '\\x00', 31, '\\x00', 'sms', 'his', %s)",
+            [("m-text", now - 100 * DAY), ("m-young", now - 50 * DAY)],
+        )
     expected = {
         "shared_message_texts": 3,  # m-text, m-both, m-emergency
         "shared_message_numbers": 1,  # m-both
@@ -178,6 +183,8 @@ async def test_finished_shared_rows_past_their_periods_are_blanked_and_the_rest_
     assert _shared(run) == expected and run["message_texts"] == 0  # the node's own: none
     assert await _runs(c.b) == []
     assert _shared((await c.a.retention.status()).due) == dict.fromkeys(STEPS, 0)
+    # A message's dlr-url row goes with its text, as on one node.
+    assert await _rows(c, "SELECT message_id FROM kannel_dlr") == [("m-young",)]
 
     d = c.cipher.decrypt
     messages = {
