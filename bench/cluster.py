@@ -4,6 +4,7 @@
     .venv/bin/python bench/cluster.py --messages 2000 --queued 20000   # quicker
     .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
     .venv/bin/python bench/cluster.py --only-recovery  # S3's recovery alone (~40 s)
+    .venv/bin/python bench/cluster.py --only-priority  # S6 priority alone (~1 min)
 
 1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
    throwaway PostgreSQL (`tests/pg_server.py`, Debian's, fsync on), all sending to one
@@ -70,6 +71,7 @@ from tests.pg_server import PgServer, find_bindir
 
 LATEST = harness.BENCH_DIR / "results" / "cluster-latest.json"
 RECOVERY_LATEST = harness.BENCH_DIR / "results" / "cluster-recovery-latest.json"
+PRIORITY_LATEST = harness.BENCH_DIR / "results" / "cluster-priority-latest.json"
 BATCH = 100
 SMSC_PW = "pw"  # the simulator's, on loopback
 
@@ -404,6 +406,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["recovery"] = await recovery(pg, args.cap, args.burst)
             result["load_after"] = _load()
             return result
+        if args.only_priority:
+            result["priority"] = [
+                await priority(pg, args.backlog, sqlite) for sqlite in (False, True)
+            ]
+            result["load_after"] = _load()
+            return result
         runs = [await throughput(pg, k, args.messages, False) for k in (1, 2, 3)]
         runs.append(await throughput(pg, 1, args.messages, True))
         one = runs[0]["msg_per_s"]
@@ -437,6 +445,7 @@ if __name__ == "__main__":
     parser.add_argument("--cap", type=int, default=150, help="S3 recovery: the account's /s")
     parser.add_argument("--burst", type=int, default=15, help="S3 recovery: the account's")
     parser.add_argument("--only-recovery", action="store_true", help="run S3 recovery alone")
+    parser.add_argument("--only-priority", action="store_true", help="run S6 priority alone")
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--backlog", type=int, default=3000, help="bulk before the criticals")
     parser.add_argument("--soak", type=float, default=0, help="S9 soak seconds (0: none)")
@@ -444,5 +453,10 @@ if __name__ == "__main__":
     result = asyncio.run(main(args))
     LATEST.parent.mkdir(exist_ok=True)
     line = json.dumps(result)
-    (RECOVERY_LATEST if args.only_recovery else LATEST).write_text(line + "\n")
+    latest = LATEST
+    if args.only_recovery:
+        latest = RECOVERY_LATEST
+    elif args.only_priority:
+        latest = PRIORITY_LATEST
+    latest.write_text(line + "\n")
     print(line)

@@ -76,18 +76,24 @@ class RouteRuntime:
         carrier's round trips (and group into larger commits)."""
         return self.config.window + self.config.claim_ahead_or_default
 
-    def wait_time(self, now: float) -> float:
+    def _limit(self, urgent: bool) -> int:
+        # A critical message has a lane of one more window past the claims made ahead for
+        # the others: it is claimed at once, its commit overlapping theirs, rather than
+        # after a bulk message's answer (S6). The carrier's window itself (`slots`) holds.
+        return self.dispatch_limit + (self.config.window if urgent else 0)
+
+    def wait_time(self, now: float, *, urgent: bool = False) -> float:
         """0 if a submit may start now; inf while the window is full."""
-        if self.dispatched >= self.dispatch_limit:
+        if self.dispatched >= self._limit(urgent):
             return math.inf
         if now < self.held_until:
             return self.held_until - now
         return self.bucket.wait_time(now)
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, *, urgent: bool = False) -> bool:
         if now < self.held_until:
             return False
-        if self.dispatched >= self.dispatch_limit or not self.bucket.try_take(now):
+        if self.dispatched >= self._limit(urgent) or not self.bucket.try_take(now):
             return False
         self.dispatched += 1
         return True

@@ -11,7 +11,8 @@ expiry deadlines. Each round:
    `sent`; the next sweep is due when the oldest one still waiting is);
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
-   has a token (rate) and room (at most its window + `claim_ahead` dispatched). A route
+   has a token (rate) and room (at most its window + `claim_ahead` dispatched; a
+   critical message one window more, its own lane past the claims made ahead). A route
    that is down is skipped (fail over); a route that is merely busy makes the class
    wait, so rate limits hold and the configured preference (often cost) is kept. A
    spreading class (`spread_classes`, critical by default: an emergency broadcast)
@@ -21,8 +22,9 @@ expiry deadlines. Each round:
 4. the messages dispatched in one round go in groups, one per route (at most its
    `window` each), to `dispatch_group.GroupSender`: the group is claimed
    (`queued → sending`, committed) in one store call before the driver sees any of
-   it, then its messages take the route's `window` slots at the carrier (first come,
-   first served, so priority order holds) and go to the driver together. Claiming
+   it, then its messages take the route's `window` slots at the carrier (the most
+   urgent group first, then first come, first served: `window_turns.py`) and go to
+   the driver together. Claiming
    ahead of the window lets the fsync of the next claims overlap the carrier's round
    trips. A slot is freed when the carrier answers its message; once all have
    answered, the group's outcomes (`sent`, a retry with exponential back-off and
@@ -126,14 +128,14 @@ class Scheduler:
         rng: random.Random | None = None,
         *,
         fence: Callable[[], None] | None = None,
-        elsewhere: Callable[[str], None] | None = None,
+        elsewhere: Callable[[str, bool], None] | None = None,
         journal: Journal | None = None,
         record_window: float = RECORD_WINDOW,
     ) -> None:
         self._store = store
         # On a cluster: a message none of whose routes this node may use is not held
-        # here (it would wait at its class's head); `elsewhere(id)` gives it up to the
-        # nodes that can.
+        # here (it would wait at its class's head); `elsewhere(id, critical)` gives it up
+        # to the nodes that can.
         self._elsewhere = elsewhere
         self._routes = routes
         self._router = router
@@ -267,7 +269,8 @@ class Scheduler:
         if claim is not None and _claimed_now(claim):
             return
         if self._elsewhere is not None and not self.here(entry):
-            self._elsewhere(entry.id)  # still queued in the shared store, for a node that may
+            # Still queued in the shared store, for a node that may (a critical: at once).
+            self._elsewhere(entry.id, entry.priority is Priority.CRITICAL)
             return
         if scheduled:
             heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))
@@ -366,6 +369,10 @@ class Scheduler:
     def oldest_due(self) -> float | None:
         heads = [h[0][0] for h in self._heaps.values() if h]
         return min(heads) if heads else None
+
+    @property
+    def sender(self) -> GroupSender:
+        return self._sender
 
     @property
     def in_flight(self) -> int:
@@ -549,6 +556,7 @@ class Scheduler:
         a route may gather tokens for a backlog: `_gathering`)."""
         cooling = math.inf
         busy = False  # a usable route came first but could not take it now
+        urgent = entry.priority is Priority.CRITICAL  # its lane past the claims ahead
         for name in entry.candidates:
             route = self._routes[name]
             ok = usable.get(name)
@@ -560,10 +568,10 @@ class Scheduler:
                 continue
             if busy and not route.config.spread:
                 continue  # kept for failover, not for overflow
-            wait = route.wait_time(mono)
+            wait = route.wait_time(mono, urgent=urgent)
             if wait <= 0 and opened is not None:
                 wait = self._gathering(entry, route, mono, opened)
-            if wait <= 0 and route.take(mono):
+            if wait <= 0 and route.take(mono, urgent=urgent):
                 if opened is not None:
                     opened.add(name)
                 return route, 0.0
