@@ -324,15 +324,22 @@ async def _events(dsn: str, ids: list[str]) -> list[float]:
     return [(r[1] - r[2]) * 1000 for r in rows if r[1] is not None and r[2] is not None]
 
 
-async def priority(pg: PgServer, backlog: int, sqlite: bool, critical: int = 50) -> dict[str, Any]:
-    """Bulk on node 1, criticals on node 2 (one node on SQLite: both on it)."""
+async def priority(
+    pg: PgServer, backlog: int, sqlite: bool, critical: int = 50, *, bulk_both: bool = False
+) -> dict[str, Any]:
+    """Bulk on node 1 (`bulk_both`: on both), criticals on node 2 (one node on SQLite:
+    both on it). `accept_*`: the critical's POST round trip (its accept's commit)."""
     dsn = None if sqlite else pg.create_database()
     async with _site(1 if sqlite else 2, dsn, route_extra="rate = 100\n") as site:
         smsc = site.smsc
-        await _post(site, site.nodes[:1], [f"bulk {i}" for i in range(backlog)], "bulk")
+        bulk_nodes = site.nodes if bulk_both else site.nodes[:1]
+        await _post(site, bulk_nodes, [f"bulk {i}" for i in range(backlog)], "bulk")
         ids: list[str] = []
+        posts: list[float] = []
         for i in range(critical):
+            t0 = time.perf_counter()
             ids += await _post(site, site.nodes[-1:], [f"crit {i}"], "critical")
+            posts.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(0.02)
         await asyncio.wait_for(
             smsc.wait_until(
@@ -342,8 +349,11 @@ async def priority(pg: PgServer, backlog: int, sqlite: bool, critical: int = 50)
         )
         lat = await (_api_delays(site, ids) if sqlite else _events(str(dsn), ids))
     out = {"backend": "sqlite" if sqlite else "postgresql", "backlog": backlog,
+           "bulk_on": "both" if bulk_both and not sqlite else "node 1",
            "critical": critical, "p50_ms": round(statistics.median(lat), 1),
-           "p99_ms": round(_pct(lat, 0.99), 1)}  # fmt: skip
+           "p99_ms": round(_pct(lat, 0.99), 1),
+           "accept_p50_ms": round(statistics.median(posts), 1),
+           "accept_p99_ms": round(_pct(posts, 0.99), 1), "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
 
@@ -408,7 +418,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return result
         if args.only_priority:
             result["priority"] = [
-                await priority(pg, args.backlog, sqlite) for sqlite in (False, True)
+                await priority(pg, args.backlog, False),
+                await priority(pg, args.backlog, False, bulk_both=True),
+                await priority(pg, args.backlog, True),
             ]
             result["load_after"] = _load()
             return result
