@@ -158,7 +158,7 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
-        self._fenced = fence is not None
+        self._fence = fence
         self._running = False  # `run` dispatches (tests may drive rounds themselves)
         # Claims made with their accept (`claim_with_accept`), until the accept hands the
         # message over (`add`) or the send ends.
@@ -301,7 +301,9 @@ class Scheduler:
     def claim_with_accept(self, entry: Entry, claim: ClaimSoon) -> bool:
         """At a trickle: claim a message in its accept's transaction, so `sending` commits
         with the accept (one commit and one fsync instead of two; `bench/diskwrites.py`).
-        Called right after the accept was handed to the writer, before it commits.
+        Called right after the accept was handed to the writer, before it commits (on
+        a cluster: right before the accept, which runs the claim in its transaction;
+        not if this node is fenced or may not send the message itself).
         Only when no message of any class is due and waiting (none is passed), every
         route it may take is idle (nothing claimed there waits for the carrier's answer;
         under load the rounds claim in groups), and a route takes it now by the round's
@@ -310,10 +312,15 @@ class Scheduler:
         `queued` (the policy blocked or scheduled it), the claim changes nothing and
         `add` queues it as the accept says."""
         now = self._clock.time()
-        if not (self._running and self._claiming) or self._fenced:
+        if not (self._running and self._claiming) or entry.due_at > now:
             return False
-        if entry.due_at > now:
-            return False
+        if self._fence is not None:
+            if not self.here(entry):
+                return False
+            try:
+                self._fence()
+            except Exception:  # the round's claim finds it fenced too
+                return False
         for p in _CLASSES:
             head = self._head(p)
             if head is not None and head.due_at <= now:

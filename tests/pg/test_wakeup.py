@@ -102,9 +102,7 @@ async def test_a_burst_of_due_work_is_one_notification_per_group(pool: Pool, pg_
     assert notifier.sent == 2
 
 
-async def test_an_urgent_notice_goes_at_once_without_the_debounce(
-    pool: Pool, waker: Waker
-) -> None:
+async def test_an_urgent_notice_goes_at_once_without_the_debounce(pool: Pool, waker: Waker) -> None:
     """S6: a critical message given up to the peers is not held back by the debounce
     meant for bursts (the clock never moves here: a debounced notice would never go)."""
     notifier = Notifier(pool, FakeClock())
