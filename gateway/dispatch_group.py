@@ -38,7 +38,7 @@ from drivers.text import Encoding, split
 from gateway.config import QueueConfig
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
-from gateway.models import State
+from gateway.models import Priority, State
 from gateway.routes import RouteRuntime
 from gateway.store.claim_check import ACCOUNT_EMPTY, Held
 from gateway.store.group_sql import SentItem
@@ -112,7 +112,7 @@ class GroupSender:
             outcome is on disk, so the window counts submits, not our fsyncs."""
             if held[i]:
                 held[i] = False
-                route.release()
+                route.release(critical=group[i].priority is Priority.CRITICAL)
                 metrics.in_flight.dec()
                 self._freed()
 

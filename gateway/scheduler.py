@@ -560,10 +560,26 @@ class Scheduler:
     ) -> tuple[RouteRuntime | None, float]:
         """The route to use now, or None and how long until one of them may be.
         `opened`: a round's routes that took a token in it (given by the rounds only, so
-        a route may gather tokens for a backlog: `_gathering`)."""
+        a route may gather tokens for a backlog: `_gathering`). A critical message no
+        route takes by the usual rules tries again in the routes' critical lanes
+        (`RouteRuntime._limit`): past the claims made ahead for other classes."""
+        route, wait = self._pick_route(entry, mono, usable, opened, lane=False)
+        if route is None and entry.priority is Priority.CRITICAL:
+            return self._pick_route(entry, mono, usable, opened, lane=True)
+        return route, wait
+
+    def _pick_route(
+        self,
+        entry: Entry,
+        mono: float,
+        usable: dict[str, bool],
+        opened: set[str] | None,
+        *,
+        lane: bool,
+    ) -> tuple[RouteRuntime | None, float]:
         cooling = math.inf
         busy = False  # a usable route came first but could not take it now
-        urgent = entry.priority is Priority.CRITICAL  # its lane past the claims ahead
+        critical = entry.priority is Priority.CRITICAL
         for name in entry.candidates:
             route = self._routes[name]
             ok = usable.get(name)
@@ -575,10 +591,10 @@ class Scheduler:
                 continue
             if busy and not route.config.spread:
                 continue  # kept for failover, not for overflow
-            wait = route.wait_time(mono, urgent=urgent)
+            wait = route.wait_time(mono, lane=lane)
             if wait <= 0 and opened is not None:
                 wait = self._gathering(entry, route, mono, opened)
-            if wait <= 0 and route.take(mono, urgent=urgent):
+            if wait <= 0 and route.take(mono, critical=critical, lane=lane):
                 if opened is not None:
                     opened.add(name)
                 return route, 0.0

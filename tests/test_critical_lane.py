@@ -67,7 +67,7 @@ async def test_a_critical_is_claimed_past_the_bulk_claimed_ahead_and_sent_next(
     assert route.in_flight == 2  # the carrier's window held
 
 
-async def test_the_lane_is_one_window_wide_and_bulk_never_uses_it(
+async def test_the_lane_is_one_window_wide_and_only_past_other_classes(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:
     gw = await open_gateway(
@@ -75,12 +75,16 @@ async def test_the_lane_is_one_window_wide_and_bulk_never_uses_it(
     )
     route = gw.routes["main"]
     now = clock.monotonic()
-    route.dispatched = route.dispatch_limit
+    route.dispatched = route.dispatch_limit  # bulk
     assert not route.take(now)
-    assert route.take(now, urgent=True)
+    assert route.take(now, critical=True, lane=True)
+    assert route.critical_dispatched == 1
     route.dispatched = route.dispatch_limit + route.config.window
-    assert not route.take(now, urgent=True)
-    route.dispatched = 0
+    assert not route.take(now, critical=True, lane=True)  # one window wide
+    # Criticals filling the claims ahead have no lane: they are the queue it passes.
+    route.dispatched = route.critical_dispatched = route.dispatch_limit
+    assert not route.take(now, critical=True, lane=True)
+    route.dispatched = route.critical_dispatched = 0
 
 
 async def test_window_turns_serve_the_most_urgent_class_then_arrival() -> None:
