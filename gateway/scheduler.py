@@ -24,11 +24,11 @@ expiry deadlines. Each round:
    (`queued → sending`, committed) in one store call before the driver sees any of
    it, then its messages take the route's `window` slots at the carrier (the most
    urgent group first, then first come, first served: `window_turns.py`) and go to
-   the driver together. Claiming
-   ahead of the window lets the fsync of the next claims overlap the carrier's round
-   trips. A slot is freed when the carrier answers its message; once all have
-   answered, the group's outcomes (`sent`, a retry with exponential back-off and
-   jitter honouring `retry_after`, or `failed`) are recorded in one store call.
+   the driver together. Claiming ahead of the window lets the fsync of the next
+   claims overlap the carrier's round trips. A slot is freed when the carrier
+   answers its message; once all have answered, the group's outcomes (`sent`, a
+   retry with exponential back-off and jitter honouring `retry_after`, or `failed`)
+   are recorded in one store call.
 
 The loop sleeps until the next due time, token or expiry, or until something wakes it:
 a new message, a freed window slot, a route's health changing. Tests call
