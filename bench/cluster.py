@@ -4,6 +4,7 @@
     .venv/bin/python bench/cluster.py --messages 2000 --queued 20000   # quicker
     .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
     .venv/bin/python bench/cluster.py --only-recovery  # S3's recovery alone (~40 s)
+    .venv/bin/python bench/cluster.py --only-priority  # S6 priority alone (~1 min)
 
 1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
    throwaway PostgreSQL (`tests/pg_server.py`, Debian's, fsync on), all sending to one
@@ -70,6 +71,7 @@ from tests.pg_server import PgServer, find_bindir
 
 LATEST = harness.BENCH_DIR / "results" / "cluster-latest.json"
 RECOVERY_LATEST = harness.BENCH_DIR / "results" / "cluster-recovery-latest.json"
+PRIORITY_LATEST = harness.BENCH_DIR / "results" / "cluster-priority-latest.json"
 BATCH = 100
 SMSC_PW = "pw"  # the simulator's, on loopback
 
@@ -322,15 +324,26 @@ async def _events(dsn: str, ids: list[str]) -> list[float]:
     return [(r[1] - r[2]) * 1000 for r in rows if r[1] is not None and r[2] is not None]
 
 
-async def priority(pg: PgServer, backlog: int, sqlite: bool, critical: int = 50) -> dict[str, Any]:
-    """Bulk on node 1, criticals on node 2 (one node on SQLite: both on it)."""
+async def priority(
+    pg: PgServer, backlog: int, sqlite: bool, critical: int = 50, *, bulk_both: bool = False
+) -> dict[str, Any]:
+    """Bulk on node 1 (`bulk_both`: on both), criticals on node 2 (one node on SQLite:
+    both on it). `accept_*`: the critical's POST round trip (its accept's commit);
+    `carrier_*`: its POST's start -> its submit_sm at the simulator."""
     dsn = None if sqlite else pg.create_database()
     async with _site(1 if sqlite else 2, dsn, route_extra="rate = 100\n") as site:
         smsc = site.smsc
-        await _post(site, site.nodes[:1], [f"bulk {i}" for i in range(backlog)], "bulk")
+        bulk_nodes = site.nodes if bulk_both else site.nodes[:1]
+        await _post(site, bulk_nodes, [f"bulk {i}" for i in range(backlog)], "bulk")
         ids: list[str] = []
+        posts: list[float] = []
+        started: dict[str, float] = {}  # body -> the loop time its POST began
+        loop = asyncio.get_running_loop()
         for i in range(critical):
+            t0 = time.perf_counter()
+            started[f"crit {i}"] = loop.time()
             ids += await _post(site, site.nodes[-1:], [f"crit {i}"], "critical")
+            posts.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(0.02)
         await asyncio.wait_for(
             smsc.wait_until(
@@ -339,9 +352,22 @@ async def priority(pg: PgServer, backlog: int, sqlite: bool, critical: int = 50)
             120,
         )
         lat = await (_api_delays(site, ids) if sqlite else _events(str(dsn), ids))
+        # POST -> submit_sm at the carrier (the simulator answers every submit ESME_ROK
+        # here, so its arrivals and submitted messages pair up one to one).
+        assert len(smsc.arrivals) == len(smsc.submitted)
+        carrier = [
+            (at - started[m.text]) * 1000
+            for m, (at, _) in zip(smsc.submitted, smsc.arrivals, strict=True)
+            if m.text in started
+        ]
     out = {"backend": "sqlite" if sqlite else "postgresql", "backlog": backlog,
+           "bulk_on": "both" if bulk_both and not sqlite else "node 1",
            "critical": critical, "p50_ms": round(statistics.median(lat), 1),
-           "p99_ms": round(_pct(lat, 0.99), 1)}  # fmt: skip
+           "p99_ms": round(_pct(lat, 0.99), 1),
+           "accept_p50_ms": round(statistics.median(posts), 1),
+           "accept_p99_ms": round(_pct(posts, 0.99), 1),
+           "carrier_p50_ms": round(statistics.median(carrier), 1),
+           "carrier_p99_ms": round(_pct(carrier, 0.99), 1), "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
 
@@ -404,6 +430,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["recovery"] = await recovery(pg, args.cap, args.burst)
             result["load_after"] = _load()
             return result
+        if args.only_priority:
+            result["priority"] = [
+                await priority(pg, args.backlog, False),
+                await priority(pg, args.backlog, False, bulk_both=True),
+                await priority(pg, args.backlog, True),
+            ]
+            result["load_after"] = _load()
+            return result
         runs = [await throughput(pg, k, args.messages, False) for k in (1, 2, 3)]
         runs.append(await throughput(pg, 1, args.messages, True))
         one = runs[0]["msg_per_s"]
@@ -437,6 +471,7 @@ if __name__ == "__main__":
     parser.add_argument("--cap", type=int, default=150, help="S3 recovery: the account's /s")
     parser.add_argument("--burst", type=int, default=15, help="S3 recovery: the account's")
     parser.add_argument("--only-recovery", action="store_true", help="run S3 recovery alone")
+    parser.add_argument("--only-priority", action="store_true", help="run S6 priority alone")
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--backlog", type=int, default=3000, help="bulk before the criticals")
     parser.add_argument("--soak", type=float, default=0, help="S9 soak seconds (0: none)")
@@ -444,5 +479,10 @@ if __name__ == "__main__":
     result = asyncio.run(main(args))
     LATEST.parent.mkdir(exist_ok=True)
     line = json.dumps(result)
-    (RECOVERY_LATEST if args.only_recovery else LATEST).write_text(line + "\n")
+    latest = LATEST
+    if args.only_recovery:
+        latest = RECOVERY_LATEST
+    elif args.only_priority:
+        latest = PRIORITY_LATEST
+    latest.write_text(line + "\n")
     print(line)

@@ -38,13 +38,14 @@ from drivers.text import Encoding, split
 from gateway.config import QueueConfig
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
-from gateway.models import State
+from gateway.models import Priority, State
 from gateway.routes import RouteRuntime
 from gateway.store.claim_check import ACCOUNT_EMPTY, Held
 from gateway.store.group_sql import SentItem
 from gateway.store.queue_store import QueueStore
 from gateway.store.store import ClaimedMessage
 from gateway.store.transitions import Transition
+from gateway.window_turns import WindowTurns
 
 if TYPE_CHECKING:
     from gateway.scheduler import Entry
@@ -90,7 +91,7 @@ class GroupSender:
         self._freed = freed  # a dispatch slot freed: the scheduler looks again
         self._parked = parked  # the driver parked the route
         self._backoff = backoff
-        self._turns: dict[str, asyncio.Lock] = {}  # per route: the group taking window slots
+        self._turns: dict[str, WindowTurns] = {}  # per route: the group taking window slots
 
     async def send(
         self,
@@ -111,7 +112,7 @@ class GroupSender:
             outcome is on disk, so the window counts submits, not our fsyncs."""
             if held[i]:
                 held[i] = False
-                route.release()
+                route.release(critical=group[i].priority is Priority.CRITICAL)
                 metrics.in_flight.dec()
                 self._freed()
 
@@ -168,6 +169,10 @@ class GroupSender:
             for i in range(len(group)):
                 release(i)
 
+    def turns(self, route: str) -> WindowTurns:
+        """Whose turn it is at `route`'s carrier window."""
+        return self._turns.setdefault(route, WindowTurns())
+
     async def _give_back(self, group: list[Entry], route: RouteRuntime) -> None:
         """After a claim that raised: it may have committed all the same (on a cluster
         the database can go away between the commit and its answer), leaving rows
@@ -211,12 +216,25 @@ class GroupSender:
 
         try:
             pending = [(i, self._outbound(claimed)) for i, claimed in ready]
-            # The route's window at the carrier, group after group (first come, first
-            # served, so priority order holds): wait for one slot, then take every other
-            # one free by then and send that many together.
-            async with self._turns.setdefault(route.name, asyncio.Lock()):
+            # The route's window at the carrier, group after group, the most urgent class
+            # first (`window_turns.py`): wait for one slot, then take every other one free
+            # by then and send that many together. A more urgent group waiting by then
+            # takes the slot and the turn first.
+            turns = self.turns(route.name)
+            ticket = turns.ticket(min(group[i].priority for i, _ in ready))
+            await turns.acquire(ticket)
+            holding = True
+            try:
                 while pending and self._unfenced(route):
                     await route.slots.acquire()
+                    if turns.more_urgent(ticket):
+                        route.slots.release()
+                        turns.passed += 1
+                        holding = False
+                        turns.release()
+                        await turns.acquire(ticket)
+                        holding = True
+                        continue
                     take = 1
                     while take < len(pending) and not route.slots.locked():
                         await route.slots.acquire()
@@ -226,6 +244,9 @@ class GroupSender:
                     for (i, _), future in zip(chunk, self._hand_over(route, chunk), strict=True):
                         future.add_done_callback(answered(i))
                         futures.append(future)
+            finally:
+                if holding:
+                    turns.release()
             if futures:
                 await asyncio.wait(futures)
         except asyncio.CancelledError:

@@ -42,6 +42,7 @@ class RouteRuntime:
     driver: Driver
     bucket: TokenBucket
     dispatched: int = 0  # claimed for this route and not yet answered by the carrier
+    critical_dispatched: int = 0  # of them, critical messages
     in_flight: int = 0  # at the carrier now; at most `window`
     paused: bool = False  # by an operator
     auth_failed: bool = False  # the driver parked: the carrier refused its credentials
@@ -76,24 +77,35 @@ class RouteRuntime:
         carrier's round trips (and group into larger commits)."""
         return self.config.window + self.config.claim_ahead_or_default
 
-    def wait_time(self, now: float) -> float:
+    def _limit(self, lane: bool) -> int:
+        # A critical message has a lane of one more window past the claims made ahead
+        # while other classes hold some of them: it is claimed at once, its commit
+        # overlapping theirs, rather than after a bulk message's answer (S6). The
+        # carrier's window itself (`slots`) holds.
+        if lane and self.critical_dispatched < self.dispatch_limit:
+            return self.dispatch_limit + self.config.window
+        return self.dispatch_limit
+
+    def wait_time(self, now: float, *, lane: bool = False) -> float:
         """0 if a submit may start now; inf while the window is full."""
-        if self.dispatched >= self.dispatch_limit:
+        if self.dispatched >= self._limit(lane):
             return math.inf
         if now < self.held_until:
             return self.held_until - now
         return self.bucket.wait_time(now)
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, *, critical: bool = False, lane: bool = False) -> bool:
         if now < self.held_until:
             return False
-        if self.dispatched >= self.dispatch_limit or not self.bucket.try_take(now):
+        if self.dispatched >= self._limit(lane) or not self.bucket.try_take(now):
             return False
         self.dispatched += 1
+        self.critical_dispatched += critical
         return True
 
-    def release(self) -> None:
+    def release(self, *, critical: bool = False) -> None:
         self.dispatched -= 1
+        self.critical_dispatched -= critical
 
     def throttled(self, now: float) -> None:
         """The carrier pushed back: the rate drops to a little under what it accepted

@@ -11,7 +11,8 @@ expiry deadlines. Each round:
    `sent`; the next sweep is due when the oldest one still waiting is);
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
-   has a token (rate) and room (at most its window + `claim_ahead` dispatched). A route
+   has a token (rate) and room (at most its window + `claim_ahead` dispatched; a
+   critical message one window more, its own lane past the claims made ahead). A route
    that is down is skipped (fail over); a route that is merely busy makes the class
    wait, so rate limits hold and the configured preference (often cost) is kept. A
    spreading class (`spread_classes`, critical by default: an emergency broadcast)
@@ -21,12 +22,13 @@ expiry deadlines. Each round:
 4. the messages dispatched in one round go in groups, one per route (at most its
    `window` each), to `dispatch_group.GroupSender`: the group is claimed
    (`queued → sending`, committed) in one store call before the driver sees any of
-   it, then its messages take the route's `window` slots at the carrier (first come,
-   first served, so priority order holds) and go to the driver together. Claiming
-   ahead of the window lets the fsync of the next claims overlap the carrier's round
-   trips. A slot is freed when the carrier answers its message; once all have
-   answered, the group's outcomes (`sent`, a retry with exponential back-off and
-   jitter honouring `retry_after`, or `failed`) are recorded in one store call.
+   it, then its messages take the route's `window` slots at the carrier (the most
+   urgent group first, then first come, first served: `window_turns.py`) and go to
+   the driver together. Claiming ahead of the window lets the fsync of the next
+   claims overlap the carrier's round trips. A slot is freed when the carrier
+   answers its message; once all have answered, the group's outcomes (`sent`, a
+   retry with exponential back-off and jitter honouring `retry_after`, or `failed`)
+   are recorded in one store call.
 
 The loop sleeps until the next due time, token or expiry, or until something wakes it:
 a new message, a freed window slot, a route's health changing. Tests call
@@ -126,14 +128,14 @@ class Scheduler:
         rng: random.Random | None = None,
         *,
         fence: Callable[[], None] | None = None,
-        elsewhere: Callable[[str], None] | None = None,
+        elsewhere: Callable[[str, bool], None] | None = None,
         journal: Journal | None = None,
         record_window: float = RECORD_WINDOW,
     ) -> None:
         self._store = store
         # On a cluster: a message none of whose routes this node may use is not held
-        # here (it would wait at its class's head); `elsewhere(id)` gives it up to the
-        # nodes that can.
+        # here (it would wait at its class's head); `elsewhere(id, critical)` gives it up
+        # to the nodes that can.
         self._elsewhere = elsewhere
         self._routes = routes
         self._router = router
@@ -156,7 +158,7 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
         self._routes_changed = True  # a route's health may have changed: alert on parks
-        self._fenced = fence is not None
+        self._fence = fence
         self._running = False  # `run` dispatches (tests may drive rounds themselves)
         # Claims made with their accept (`claim_with_accept`), until the accept hands the
         # message over (`add`) or the send ends.
@@ -267,7 +269,8 @@ class Scheduler:
         if claim is not None and _claimed_now(claim):
             return
         if self._elsewhere is not None and not self.here(entry):
-            self._elsewhere(entry.id)  # still queued in the shared store, for a node that may
+            # Still queued in the shared store, for a node that may (a critical: at once).
+            self._elsewhere(entry.id, entry.priority is Priority.CRITICAL)
             return
         if scheduled:
             heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))
@@ -298,7 +301,9 @@ class Scheduler:
     def claim_with_accept(self, entry: Entry, claim: ClaimSoon) -> bool:
         """At a trickle: claim a message in its accept's transaction, so `sending` commits
         with the accept (one commit and one fsync instead of two; `bench/diskwrites.py`).
-        Called right after the accept was handed to the writer, before it commits.
+        Called right after the accept was handed to the writer, before it commits (on
+        a cluster: right before the accept, which runs the claim in its transaction;
+        not if this node is fenced or may not send the message itself).
         Only when no message of any class is due and waiting (none is passed), every
         route it may take is idle (nothing claimed there waits for the carrier's answer;
         under load the rounds claim in groups), and a route takes it now by the round's
@@ -307,10 +312,15 @@ class Scheduler:
         `queued` (the policy blocked or scheduled it), the claim changes nothing and
         `add` queues it as the accept says."""
         now = self._clock.time()
-        if not (self._running and self._claiming) or self._fenced:
+        if not (self._running and self._claiming) or entry.due_at > now:
             return False
-        if entry.due_at > now:
-            return False
+        if self._fence is not None:
+            if not self.here(entry):
+                return False
+            try:
+                self._fence()
+            except Exception:  # the round's claim finds it fenced too
+                return False
         for p in _CLASSES:
             head = self._head(p)
             if head is not None and head.due_at <= now:
@@ -366,6 +376,10 @@ class Scheduler:
     def oldest_due(self) -> float | None:
         heads = [h[0][0] for h in self._heaps.values() if h]
         return min(heads) if heads else None
+
+    @property
+    def sender(self) -> GroupSender:
+        return self._sender
 
     @property
     def in_flight(self) -> int:
@@ -546,9 +560,26 @@ class Scheduler:
     ) -> tuple[RouteRuntime | None, float]:
         """The route to use now, or None and how long until one of them may be.
         `opened`: a round's routes that took a token in it (given by the rounds only, so
-        a route may gather tokens for a backlog: `_gathering`)."""
+        a route may gather tokens for a backlog: `_gathering`). A critical message no
+        route takes by the usual rules tries again in the routes' critical lanes
+        (`RouteRuntime._limit`): past the claims made ahead for other classes."""
+        route, wait = self._pick_route(entry, mono, usable, opened, lane=False)
+        if route is None and entry.priority is Priority.CRITICAL:
+            return self._pick_route(entry, mono, usable, opened, lane=True)
+        return route, wait
+
+    def _pick_route(
+        self,
+        entry: Entry,
+        mono: float,
+        usable: dict[str, bool],
+        opened: set[str] | None,
+        *,
+        lane: bool,
+    ) -> tuple[RouteRuntime | None, float]:
         cooling = math.inf
         busy = False  # a usable route came first but could not take it now
+        critical = entry.priority is Priority.CRITICAL
         for name in entry.candidates:
             route = self._routes[name]
             ok = usable.get(name)
@@ -560,10 +591,10 @@ class Scheduler:
                 continue
             if busy and not route.config.spread:
                 continue  # kept for failover, not for overflow
-            wait = route.wait_time(mono)
+            wait = route.wait_time(mono, lane=lane)
             if wait <= 0 and opened is not None:
                 wait = self._gathering(entry, route, mono, opened)
-            if wait <= 0 and route.take(mono):
+            if wait <= 0 and route.take(mono, critical=critical, lane=lane):
                 if opened is not None:
                     opened.add(name)
                 return route, 0.0

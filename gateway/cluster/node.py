@@ -123,6 +123,7 @@ class ClusterNode:
         self.adopted = 0
         self.adoption = ClusterAdoption(pool, lambda: queue.cipher, lambda: membership.me)
         self._given_up: list[str] = []  # accepted here for other nodes: to be released
+        self._urgent_given_up = False  # a critical among them
         self._giving_up: asyncio.Task[None] | None = None
         self.bind_slots: dict[str, ClusterBindSlots] = {}  # per route with max_binds
         # This node's routes and their health, published every heartbeat.
@@ -314,10 +315,12 @@ class ClusterNode:
         finally:
             await self._waker.stop()
 
-    def nudge(self, message_id: str) -> None:
+    def nudge(self, message_id: str, urgent: bool = False) -> None:
         """A message was accepted here that only other nodes may send: this node gives
-        up holding it, and they take it in now, not at their next poll."""
+        up holding it, and they take it in now, not at their next poll (`urgent`, a
+        critical one: without the NOTIFY's debounce)."""
         self._given_up.append(message_id)
+        self._urgent_given_up |= urgent
         if self._giving_up is None:
             self._giving_up = asyncio.create_task(self._give_up(), name="cluster-give-up")
 
@@ -325,11 +328,12 @@ class ClusterNode:
         try:
             while self._given_up:
                 ids, self._given_up = self._given_up, []
+                urgent, self._urgent_given_up = self._urgent_given_up, False
                 try:
                     await self.adoption.release(ids)
                 except Exception as e:  # still held by a live node: the next poll's
                     log.warning("adopt_release_failed", error=exception_summary(e))
-                self._notifier.due(RECOVERED)
+                self._notifier.due(RECOVERED, urgent=urgent)
         finally:
             self._giving_up = None
 

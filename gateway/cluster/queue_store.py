@@ -18,6 +18,7 @@ once it is back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from itertools import groupby
 from typing import Any
@@ -140,6 +141,8 @@ class ClusterQueue:
         self.journal: OutcomeJournal | None = None
         # Set by the wiring: retries a replay queued again (the schedulers take them in).
         self.on_requeued: Callable[[], None] | None = None
+        # A claim to run in the next accept's transaction (`claim_group_soon`).
+        self._soon: tuple[list[str], str, float, asyncio.Future[Any]] | None = None
 
     # -- accept ------------------------------------------------------------------------
 
@@ -216,9 +219,48 @@ class ClusterQueue:
         """The messages, their creation events, their short links' tokens, the
         idempotent answer and `extra` rows (a Kannel dlr-url: `cluster/dlr_wishes.py`),
         in one transaction. A key answered meanwhile (by another node too) raises the
-        primary key's `UniqueViolation`: nothing of this accept is kept."""
-        async with self._pool.connection() as conn, conn.transaction():
-            await self.insert_within(conn, messages, answer, links, extra)
+        primary key's `UniqueViolation`: nothing of this accept is kept. A claim handed
+        over just before (`claim_group_soon`) runs in the same transaction, after the
+        insert."""
+        soon, self._soon = self._soon, None
+        if soon is None:
+            async with self._pool.connection() as conn, conn.transaction():
+                await self.insert_within(conn, messages, answer, links, extra)
+            return
+        ids, route, now, future = soon
+        me = self._me()
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await self.insert_within(conn, messages, answer, links, extra)
+                try:
+                    async with conn.transaction():  # a savepoint: a claim that fails
+                        claimed = await self._claim_in(conn, me, ids, route, now, None)
+                except Exception as e:  # leaves the accept whole, queued as usual
+                    future.set_exception(e)
+        except BaseException:
+            if not future.done():
+                future.set_exception(RuntimeError("the accept failed: nothing was claimed"))
+            raise
+        if future.done():
+            return
+        try:  # committed: the accept stands whatever happens to the opening
+            found = await self._opened(claimed[0], claimed[1], me)
+        except Exception as e:  # the row waits `sending` for the lease's recovery
+            future.set_exception(e)
+            return
+        future.set_result(self._answers(ids, found, claimed[3], claimed[4], now))
+
+    def claim_group_soon(
+        self, message_ids: Sequence[str], route: str, now: float
+    ) -> asyncio.Future[list[ClaimedMessage | Held | Exception | None]]:
+        """`claim_group` in the transaction of the accept called next, with no step
+        between (`Scheduler.claim_with_accept`), so `queued` and `sending` commit
+        together: one commit and fsync instead of two, and no wake-up of the scheduler
+        between them (S6). Resolved once that accept committed (or failed)."""
+        future: asyncio.Future[list[ClaimedMessage | Held | Exception | None]]
+        future = asyncio.get_running_loop().create_future()
+        self._soon = (list(message_ids), route, now, future)
+        return future
 
     async def insert_within(
         self,
@@ -385,6 +427,16 @@ class ClusterQueue:
         who opted out: now `blocked`). Raises `LeaseLost` once this node may not claim."""
         ids = list(message_ids)
         found, _, short, wait = await self._claim(ids, route, now, None)
+        return self._answers(ids, found, short, wait, now)
+
+    @staticmethod
+    def _answers(
+        ids: list[str],
+        found: dict[str, ClaimedMessage | Held | str],
+        short: set[str],
+        wait: float,
+        now: float,
+    ) -> list[ClaimedMessage | Held | Exception | None]:
         # Not claimed for want of the account's tokens: back in the cache until a token.
         held = Held(now + wait, ACCOUNT_EMPTY)
         answers: list[ClaimedMessage | Held | Exception | None] = []
@@ -412,41 +464,54 @@ class ClusterQueue:
         their order, those left for want of a rate account's tokens, and the seconds
         until its next token."""
         me = self._me()
+        async with self._pool.connection() as conn, conn.transaction():
+            rows, judged, ids, short, wait = await self._claim_in(conn, me, ids, route, now, want)
+        return await self._opened(rows, judged, me), ids, short, wait
+
+    async def _claim_in(
+        self, conn: Conn, me: Incarnation, ids: list[str], route: str, now: float, want: int | None
+    ) -> tuple[list[Any], dict[str, Held | str], list[str], set[str], float]:
+        """`_claim`'s statements in the caller's transaction: the rows claimed, the claim
+        check's verdicts, the ids looked at, those left for want of tokens, the wait."""
         account = self.accounts.get(route)
         wait, short = 0.0, set[str]()
-        async with self._pool.connection() as conn, conn.transaction():
-            await lock_live(conn, me)
-            # The account's bucket is locked before any message row (one lock order).
-            grant = None
-            if account is not None:
-                grant = await buckets.reserve(conn, account, me, want or max(1, len(ids)))
-                self.grants[account] = grant
-            if want is not None:
-                n = want if grant is None else grant.n
-                due = await (await conn.execute(_DUE, {"now": now, "n": n})).fetchall()
-                ids = [r[0] for r in due]
-            params = {"ids": ids, "route": route, "now": now, "node": me.node_id}
-            opted = await (await conn.execute(_OPTED_OUT, params)).fetchall()
-            for (message_id,) in opted:
-                blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
-                await queue_sql.apply(conn, blocked, now, me)
-            judged: dict[str, Held | str] = {}
-            if self.claim_check is not None:
-                judged = await self.claim_check.apply(conn, ids, route, now, me)
-            blocked_ids = {r[0] for r in opted}
-            candidates = [i for i in ids if i not in judged and i not in blocked_ids]
-            params["ids"] = candidates
-            if grant is not None and want is None:  # the first as many as there are tokens
-                params["ids"], short = candidates[: grant.n], set(candidates[grant.n :])
-            rows = await (
-                await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})
-            ).fetchall()
-            if grant is not None and account is not None:
-                asked = want or len(candidates)
-                starved = grant.n < asked
-                self.starved[account] = self.starved.get(account, 0) + starved
-                wait = await buckets.debit(conn, account, me, grant, len(rows), asked)
-                wait = max(wait, 1e-3) if starved else 0.0
+        await lock_live(conn, me)
+        # The account's bucket is locked before any message row (one lock order).
+        grant = None
+        if account is not None:
+            grant = await buckets.reserve(conn, account, me, want or max(1, len(ids)))
+            self.grants[account] = grant
+        if want is not None:
+            n = want if grant is None else grant.n
+            due = await (await conn.execute(_DUE, {"now": now, "n": n})).fetchall()
+            ids = [r[0] for r in due]
+        params = {"ids": ids, "route": route, "now": now, "node": me.node_id}
+        opted = await (await conn.execute(_OPTED_OUT, params)).fetchall()
+        for (message_id,) in opted:
+            blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
+            await queue_sql.apply(conn, blocked, now, me)
+        judged: dict[str, Held | str] = {}
+        if self.claim_check is not None:
+            judged = await self.claim_check.apply(conn, ids, route, now, me)
+        blocked_ids = {r[0] for r in opted}
+        candidates = [i for i in ids if i not in judged and i not in blocked_ids]
+        params["ids"] = candidates
+        if grant is not None and want is None:  # the first as many as there are tokens
+            params["ids"], short = candidates[: grant.n], set(candidates[grant.n :])
+        rows = await (await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})).fetchall()
+        if grant is not None and account is not None:
+            asked = want or len(candidates)
+            starved = grant.n < asked
+            self.starved[account] = self.starved.get(account, 0) + starved
+            wait = await buckets.debit(conn, account, me, grant, len(rows), asked)
+            wait = max(wait, 1e-3) if starved else 0.0
+        return rows, judged, ids, short, wait
+
+    async def _opened(
+        self, rows: list[Any], judged: dict[str, Held | str], me: Incarnation
+    ) -> dict[str, ClaimedMessage | Held | str]:
+        """Committed claims, decrypted and remembered with their epochs, and the claim
+        check's verdicts."""
         found: dict[str, ClaimedMessage | Held | str] = dict(judged)
         c = self._cipher
         if self.keys is not None and any(
@@ -465,7 +530,7 @@ class ClusterQueue:
                 r[6],
                 bool(r[7]),
             )
-        return found, ids, short, wait
+        return found
 
     async def record_outcomes(
         self, sent: list[SentItem], changes: list[tuple[Transition, float]]

@@ -57,13 +57,20 @@ class Notifier:
         self._channel = channel
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._now: set[asyncio.Task[None]] = set()  # urgent flushes under way
         self.sent = 0  # NOTIFY statements sent (one per group per flush)
         self.flushed = asyncio.Event()  # set after each flush that sent something
 
-    def due(self, group: str) -> None:
-        """Work is due in `group` (after its commit): notify within `delay`."""
+    def due(self, group: str, *, urgent: bool = False) -> None:
+        """Work is due in `group` (after its commit): notify within `delay`, or with
+        `urgent` (a critical message waits on it: S6) at once, with whatever else is
+        pending; the debounce is for bursts, and a critical is not a burst."""
         self._pending.add(group)
-        if self._task is None:
+        if urgent:
+            task = asyncio.create_task(self.flush(), name="cluster-notify-now")
+            self._now.add(task)
+            task.add_done_callback(self._now.discard)
+        elif self._task is None:
             self._task = asyncio.create_task(self._flush_later(), name="cluster-notify")
 
     async def _flush_later(self) -> None:
@@ -91,6 +98,7 @@ class Notifier:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        await asyncio.gather(*self._now, return_exceptions=True)
         await self.flush()
 
 

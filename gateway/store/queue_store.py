@@ -13,6 +13,7 @@ way (`crypto.FieldCipher`), so a ciphertext copied from one to the other still d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Protocol
 
@@ -88,6 +89,10 @@ class AcceptStore(Protocol):
         end's `extra` rows (in this backend's SQL: `integrations/dlr_wishes.py`) in one
         transaction."""
         ...
+
+    def claim_group_soon(
+        self, message_ids: Sequence[str], route: str, now: float
+    ) -> asyncio.Future[list[ClaimedMessage | Held | Exception | None]]: ...
 
     async def find_idempotent(self, token_id: str, key_hash: bytes) -> StoredIdempotent | None: ...
 

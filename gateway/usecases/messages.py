@@ -23,7 +23,7 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_number
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
-from gateway.scheduler import Scheduler
+from gateway.scheduler import ClaimSoon, Scheduler
 from gateway.store.idempotency import IdempotentAnswer
 from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.queue_store import AcceptStore
@@ -362,11 +362,14 @@ class Messages:
         self._metrics.accept_latency.observe(time.perf_counter() - started)
         return answer
 
-    def _claim_with(self, prepared: list[Prepared]) -> None:
+    def _claim_with(self, prepared: list[Prepared], claim: ClaimSoon | None = None) -> None:
         """A single message due now may be claimed in its accept's transaction (the
-        scheduler decides): handed to the writer now, right after the accept."""
+        scheduler decides): handed to the writer now, right after the accept (on a
+        cluster: to the shared queue, right before its accept)."""
         if len(prepared) == 1 and not prepared[0].scheduled:
-            self._scheduler.claim_with_accept(prepared[0].entry, self._store.claim_group_soon)
+            self._scheduler.claim_with_accept(
+                prepared[0].entry, claim or self._store.claim_group_soon
+            )
 
     async def _commit_shared(
         self,
@@ -406,6 +409,7 @@ class Messages:
             return await accept_judged(cluster, self._intake, prepared, now, answer_of, extra)
         answer, kept = answer_of(prepared)
         links = [m for p in prepared for m in p.links]
+        self._claim_with(prepared, cluster.claim_group_soon)  # then the accept, at once
         await cluster.accept([p.message for p in prepared], kept, links, extra)
         return prepared, answer
 

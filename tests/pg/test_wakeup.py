@@ -100,3 +100,14 @@ async def test_a_burst_of_due_work_is_one_notification_per_group(pool: Pool, pg_
                 break
     assert payloads == ["g", "h", "end"]
     assert notifier.sent == 2
+
+
+async def test_an_urgent_notice_goes_at_once_without_the_debounce(pool: Pool, waker: Waker) -> None:
+    """S6: a critical message given up to the peers is not held back by the debounce
+    meant for bursts (the clock never moves here: a debounced notice would never go)."""
+    notifier = Notifier(pool, FakeClock())
+    woken = asyncio.create_task(waker.wait("critical", LONG_POLL))
+    notifier.due("critical", urgent=True)
+    assert await asyncio.wait_for(woken, WAIT)
+    assert notifier.sent == 1
+    await notifier.aclose()

@@ -1,0 +1,85 @@
+"""S6 on PostgreSQL: at a trickle, a message is claimed in its accept's transaction
+(`ClusterQueue.claim_group_soon`), so `queued` and `sending` commit together: one
+commit (and fsync) instead of two, and no scheduler wake-up between them. Counted by
+the transactions that wrote the rows, not timed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.cluster.lease import Pool
+from gateway.cluster.queue_store import ClusterQueue
+from gateway.cluster.schema import migrate
+from gateway.store.store import ClaimedMessage
+from tests.pg.test_store_contract import NOW, ROUTE, Backend, _cluster, message
+
+
+@pytest.fixture
+async def cluster(pg_dsn: str) -> AsyncIterator[Backend]:
+    async with AsyncConnectionPool(pg_dsn, min_size=1, max_size=4, open=False) as pool:
+        async with pool.connection() as conn:
+            await migrate(conn)
+        yield await _cluster(pool)
+
+
+class CountingPool:
+    """The pool, counting the connections taken from it (each holds one transaction
+    in `ClusterQueue`'s writes)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self.taken = 0
+
+    def connection(self) -> Any:
+        self.taken += 1
+        return self._pool.connection()
+
+
+async def test_a_claim_handed_over_before_the_accept_commits_with_it(cluster: Backend) -> None:
+    assert cluster.pool is not None
+    node_b = cluster.b
+    assert isinstance(node_b, ClusterQueue)
+    pool = CountingPool(cluster.pool)
+    queue = ClusterQueue(pool, node_b.cipher, node_b._me)  # type: ignore[arg-type]
+    m = message(1)
+    claimed = queue.claim_group_soon([m.id], ROUTE, NOW)
+    await queue.accept([m])
+    assert pool.taken == 1  # the accept and its claim: one transaction, one commit
+    assert claimed.done()  # settled by the accept itself: nothing else to wait for
+    [got] = claimed.result()
+    assert isinstance(got, ClaimedMessage)
+    assert (got.id, got.to, got.body) == (m.id, m.to, m.body)
+    assert await cluster.row(m.id) == ("sending", False)
+    assert [e.state for e in await queue.events(m.id)] == ["queued", "sending"]
+    # The next accept is on its own again.
+    other = message(2)
+    await queue.accept([other])
+    assert await cluster.row(other.id) == ("queued", False)
+
+
+async def test_a_claim_that_fails_leaves_the_accept_whole(cluster: Backend) -> None:
+    queue = cluster.a
+    assert isinstance(queue, ClusterQueue)
+    await cluster._renode()  # A's incarnation ended in the database: it may not claim
+    m = message(3)
+    claimed = queue.claim_group_soon([m.id], ROUTE, NOW)
+    await queue.accept([m])
+    assert claimed.done() and claimed.exception() is not None
+    assert await cluster.row(m.id) == ("queued", False)  # the round claims it as ever
+
+
+async def test_an_accept_that_fails_fails_its_claim(cluster: Backend) -> None:
+    queue = cluster.b
+    assert isinstance(queue, ClusterQueue)
+    m = message(4)
+    await queue.accept([m])
+    claimed = queue.claim_group_soon([m.id], ROUTE, NOW)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await queue.accept([m])  # the same id again
+    assert claimed.done() and claimed.exception() is not None
+    assert await cluster.row(m.id) == ("queued", False)
