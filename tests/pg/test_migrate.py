@@ -270,8 +270,11 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
     assert await asyncio.to_thread(migrate, tiny.conf, target) == 0
     rotate = ["keys", "rotate", "--config", str(tiny.conf), "--postgresql", target]
     assert await asyncio.to_thread(main, [*rotate, "--node-id", "gw1"]) == 0
-    done = "field key generation 3 is current; 61 rows re-encrypted (messages, inbound messages)"
-    assert done in capsys.readouterr().out  # 60 messages, 1 inbound
+    done = (
+        "field key generation 3 is current;"
+        " 62 rows re-encrypted (messages, inbound messages, Kannel dlr-urls)"
+    )
+    assert done in capsys.readouterr().out  # 60 messages, 1 inbound, 1 dlr-url
     prefix = crypto.generation_prefix(3)
     heads = {
         bytes(b[:3])  # type: ignore[index]
