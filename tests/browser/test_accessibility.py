@@ -177,11 +177,12 @@ def seeded(gw: Gateway) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def axe_ctx(browser: Any, admin_ctx: Any) -> Iterator[Any]:
-    """The admin's session in a context where axe can be injected past the CSP."""
+    """The admin's session in a context where axe can be injected past the CSP (its pages
+    come from `axe_page`)."""
     if not AXE.exists():  # `make unit` installs admin_ui's npm packages (npm ci)
         pytest.skip("admin_ui/node_modules/axe-core is not installed: run `make unit`")
-    context = axe_context(
-        browser, viewport=VIEWPORTS["laptop"], storage_state=admin_ctx.storage_state()
+    context = browser.new_context(
+        viewport=VIEWPORTS["laptop"], bypass_csp=True, storage_state=admin_ctx.storage_state()
     )
     yield context
     context.close()
@@ -238,6 +239,16 @@ def axe_context(browser: Any, **options: Any) -> Any:
     return context
 
 
+def axe_page(context: Any, viewport: str) -> Any:
+    """A page of `context` at `viewport`, axe loaded into its documents where axe runs at
+    that width (the laptop's is checked for reflow only: it would load axe for nothing)."""
+    page = context.new_page()
+    page.set_viewport_size(VIEWPORTS[viewport])
+    if viewport in AXE_VIEWPORTS:
+        page.add_init_script(path=str(AXE))
+    return page
+
+
 def axe_violations(page: Any) -> list[str]:
     if not page.evaluate("typeof axe !== 'undefined'"):  # a page of any other context
         page.add_script_tag(path=str(AXE))
@@ -273,8 +284,7 @@ def overflow(page: Any) -> str | None:
 def test_every_page_passes_axe_and_reflows(
     axe_ctx: Any, browser: Any, gw: Gateway, seeded: dict[str, str], viewport: str
 ) -> None:
-    page = axe_ctx.new_page()
-    page.set_viewport_size(VIEWPORTS[viewport])
+    page = axe_page(axe_ctx, viewport)
     problems = []
     for path in pages(seeded):
         response = page.goto(gw.url + path)
@@ -303,8 +313,7 @@ def test_every_page_passes_axe_and_reflows(
 def test_the_worklist_passes_axe_and_reflows(axe_ctx: Any, gw: Gateway, viewport: str) -> None:
     """The Worklist page (issue 13) on its own: the page list above is near its time
     limit on a busy machine."""
-    page = axe_ctx.new_page()
-    page.set_viewport_size(VIEWPORTS[viewport])
+    page = axe_page(axe_ctx, viewport)
     response = page.goto(gw.url + "/worklist")
     assert response is not None and response.status == 200
     problems = [f"/worklist {v}" for v in axe_violations(page)] if viewport in AXE_VIEWPORTS else []
