@@ -151,9 +151,11 @@ class PgServer:
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
-    def create_database(self) -> str:
-        """A new empty database; its conninfo string."""
+    def create_database(self, template: str | None = None) -> str:
+        """A new database, empty or a copy of the database `template` (which nobody may
+        be connected to); its conninfo string."""
         name = f"t_{uuid.uuid4().hex[:12]}"
+        copy = "" if template is None else f" TEMPLATE {template}"
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")  # a name made here, not input
+            conn.execute(f"CREATE DATABASE {name}{copy}")  # names made here, not input
         return self.dsn(name)

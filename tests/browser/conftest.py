@@ -2,9 +2,11 @@
 gateway (`smsgw run` in a subprocess on a free loopback port).
 
 Playwright never downloads a browser here: it launches /usr/bin/chromium
-(`make browser` installs it). Tests are synchronous (Playwright's sync API runs its
-own event loop, so its fixtures are module-scoped: it must be gone before the async
-tests of other modules run) and wait on selectors and conditions, never on time.
+(`make browser` installs it). Tests are synchronous and wait on selectors and
+conditions, never on time. Playwright's sync API runs its own event loop, so it must be
+gone before the async tests of other packages run: the browser is package-scoped, one
+Chromium (and one Playwright driver) for every module here, which isolate themselves
+with contexts of their own. Starting the driver and Chromium took 2-5 s a module.
 """
 
 from __future__ import annotations
@@ -283,7 +285,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():  # `make test` installs it (make browser)
         pytest.skip("Debian chromium is not installed: run `make browser`")

@@ -16,7 +16,13 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import TEST_NUMBER, VIEWER, Gateway, start_gateway
-from tests.browser.test_accessibility import AXE, VIEWPORTS, axe_violations, overflow
+from tests.browser.test_accessibility import (
+    AXE,
+    VIEWPORTS,
+    axe_context,
+    axe_violations,
+    overflow,
+)
 from tests.browser.test_panel import new_page, shot, sign_in
 
 FAILS = "+12025550190"  # the route's undelivered prefix: a failed receipt
@@ -130,8 +136,8 @@ def test_the_page_passes_axe_and_reflows(
 ) -> None:
     if not AXE.exists():  # `make unit` installs admin_ui's npm packages (npm ci)
         pytest.skip("admin_ui/node_modules/axe-core is not installed: run `make unit`")
-    context = browser.new_context(
-        viewport=VIEWPORTS[viewport], bypass_csp=True, storage_state=viewer.storage_state()
+    context = axe_context(
+        browser, viewport=VIEWPORTS[viewport], storage_state=viewer.storage_state()
     )
     page = context.new_page()
     response = page.goto(gw.url + "/analytics")

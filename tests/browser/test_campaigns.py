@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import OPERATOR, SMSGW, Gateway, start_gateway
-from tests.browser.test_accessibility import AXE, axe_violations
+from tests.browser.test_accessibility import AXE, axe_context, axe_violations
 from tests.browser.test_panel import new_page, operator_context, shot
 
 CONTACTS = 20
@@ -176,7 +176,7 @@ def test_a_campaign_with_two_variants_moves_live_and_pauses(
 def test_the_campaign_pages_pass_axe(browser: Any, operator: Any, gw: Gateway) -> None:
     if not AXE.exists():
         pytest.skip("admin_ui/node_modules/axe-core is not installed: run `make unit`")
-    context = browser.new_context(bypass_csp=True, storage_state=operator.storage_state())
+    context = axe_context(browser, storage_state=operator.storage_state())
     page = context.new_page()
     listed = gw.api("GET", "/api/v1/campaigns")["campaigns"]
     problems = []

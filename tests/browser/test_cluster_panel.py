@@ -20,7 +20,12 @@ from tests.browser.conftest import (
     Gateway,
     end_process,
 )
-from tests.browser.test_accessibility import VIEWPORTS, axe_violations, overflow
+from tests.browser.test_accessibility import (
+    VIEWPORTS,
+    axe_context,
+    axe_violations,
+    overflow,
+)
 from tests.browser.test_panel import new_page, operator_context, shot
 from tests.conftest import FAST_PASSWORD_HASH
 from tests.pg_server import SKIP_REASON, PgServer, find_bindir
@@ -99,7 +104,7 @@ def test_the_cluster_page_shows_each_node_its_binds_and_routes(
     shot(page, artifacts, "40-cluster")
     assert page.problems == []
     # Accessible, and no sideways scrolling on a phone (axe needs its script: no CSP).
-    checked = browser.new_context(bypass_csp=True, storage_state=context.storage_state())
+    checked = axe_context(browser, storage_state=context.storage_state())
     context.close()
     problems = []
     for name in ("phone", "laptop"):

@@ -14,7 +14,12 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import OPERATOR, Gateway
-from tests.browser.test_accessibility import VIEWPORTS, axe_violations, overflow
+from tests.browser.test_accessibility import (
+    VIEWPORTS,
+    axe_context,
+    axe_violations,
+    overflow,
+)
 from tests.browser.test_panel import new_page, operator_context, shot
 
 ROWS = 1000
@@ -87,7 +92,7 @@ def test_the_contacts_pages_pass_axe_and_reflow(
     assert PAGES, "the import test runs first and names the pages it made"
 
     # The pages pass axe at a phone's and a laptop's width (axe injected: CSP bypassed).
-    axe = browser.new_context(bypass_csp=True, storage_state=operator.storage_state())
+    axe = axe_context(browser, storage_state=operator.storage_state())
     problems: list[str] = []
     for viewport in ("phone", "laptop"):
         page = axe.new_page()

@@ -16,7 +16,12 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import TEST_NUMBER, Gateway, start_gateway
-from tests.browser.test_accessibility import VIEWPORTS, axe_violations, overflow
+from tests.browser.test_accessibility import (
+    VIEWPORTS,
+    axe_context,
+    axe_violations,
+    overflow,
+)
 from tests.browser.test_panel import new_page, operator_context, shot
 
 
@@ -83,8 +88,8 @@ def test_send_answer_from_the_handset_and_the_chart_moves(
 def test_the_survey_pages_pass_axe_and_reflow(
     browser: Any, operator: Any, demo: Gateway, viewport: str
 ) -> None:
-    context = browser.new_context(
-        viewport=VIEWPORTS[viewport], bypass_csp=True, storage_state=operator.storage_state()
+    context = axe_context(
+        browser, viewport=VIEWPORTS[viewport], storage_state=operator.storage_state()
     )
     page = context.new_page()
     page.goto(demo.url + "/surveys")

@@ -68,7 +68,7 @@ async def side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         if request.param == "sqlite":
             yield Side(store, LocalInboundReads(store))
             return
-        dsn: str = request.getfixturevalue("pg_dsn")
+        dsn: str = request.getfixturevalue("migrated_dsn")
         async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
             async with pool.connection() as conn:
                 await migrate(conn)
@@ -129,12 +129,12 @@ async def test_parts_join_a_redelivery_is_dropped_and_a_stale_set_expires(side: 
 
 
 async def test_two_nodes_filing_or_expiring_at_once_store_once_in_commit_order(
-    pg_dsn: str, tmp_path: Path
+    migrated_dsn: str, tmp_path: Path
 ) -> None:
     store = Store(tmp_path / "gw.db", bytes(32))
     await store.open()
     try:
-        async with AsyncConnectionPool(pg_dsn, min_size=2, max_size=8, open=False) as pool:
+        async with AsyncConnectionPool(migrated_dsn, min_size=2, max_size=8, open=False) as pool:
             async with pool.connection() as conn:
                 await migrate(conn)
             a, b = (ClusterInbound(pool, cipher(), store, n) for n in ("gw1", "gw2"))

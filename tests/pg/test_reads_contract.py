@@ -57,7 +57,7 @@ async def side(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         finally:
             await store.close()
         return
-    dsn: str = request.getfixturevalue("pg_dsn")
+    dsn: str = request.getfixturevalue("migrated_dsn")
     async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
         async with pool.connection() as conn:
             await migrate(conn)
