@@ -45,7 +45,7 @@ from gateway.campaigns import demo as campaigns_demo  # i15-campaigns
 from gateway.config import Config, ConfigError
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.contacts import ops as contacts_ops
-from gateway.demo import DemoPeers
+from gateway.demo import DemoPeers, embedded_modems
 from gateway.hl7 import send_cmd as hl7_send
 from gateway.links import demo as links_demo
 from gateway.ops.socket import AdminSocket
@@ -298,7 +298,7 @@ async def _serve(
     if config.demo_peers:
         simulator, smsc_password = await _start_embedded_smsc()
         startup.on_fault(simulator.aclose)
-        modems = await _start_embedded_modems(startup)
+        modems = await _start_embedded_modems(startup, Path(config.data_dir))
         # After a config file's own routes: turning the demo on never moves their
         # traffic. The embedded default's routes are the peers' (they replace its loopback).
         own = config.routes if config.source is not None else ()
@@ -450,26 +450,10 @@ async def _start_embedded_smsc() -> tuple[SmscSimulator, str]:
     return simulator, password
 
 
-EMBEDDED_MODEM_PROFILES = ("quectel-ec25", "huawei-e3372")
-
-
-async def _start_embedded_modems(startup: Startup) -> list[EmulatedModem]:
-    """The embedded default's modem bank: two emulated modems on pseudo-terminals, in
-    process, a second per part as a demo (a real modem takes about three)."""
-    from drivers.modem.emulator import EmulatedModem
-
-    modems = [
-        EmulatedModem(
-            profile,
-            imei=f"35209900176{i:04d}",
-            imsi=f"00101000000{i:04d}",
-            iccid=f"898821100000{i:07d}",
-            signal=21 - 4 * i,
-            send_latency=1.0,
-            report_delay=2.0,
-        )
-        for i, profile in enumerate(EMBEDDED_MODEM_PROFILES, start=1)
-    ]
+async def _start_embedded_modems(startup: Startup, data_dir: Path) -> list[EmulatedModem]:
+    """The embedded default's modem bank (gateway/demo.py), started; its ports are links
+    in the data folder (see `embedded_modems`)."""
+    modems = embedded_modems(data_dir / "demo-modems")
     for modem in modems:
         await modem.start()
         startup.on_fault(modem.aclose)

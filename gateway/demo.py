@@ -12,6 +12,7 @@ own); otherwise these calls answer 404 `demo_off`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
@@ -24,6 +25,32 @@ if TYPE_CHECKING:
     from drivers.smpp.simulator import SmscSimulator
 
 DEMO_RECIPIENT = "4000"  # the short code the simulated carrier delivers MO messages to
+EMBEDDED_MODEM_PROFILES = ("quectel-ec25", "huawei-e3372")
+
+
+def embedded_modems(link_dir: Path) -> list[EmulatedModem]:
+    """The embedded default's bank: two emulated modems, a second per part as a demo (a
+    real modem takes about three). Each port is a link in `link_dir` (`modem-<n>`), the
+    way udev names a real one under /dev/serial/by-id/: unplugging removes it, a replug
+    re-points it. The pty's own name (/dev/pts/N) must not be the driver's port: the
+    kernel hands a freed N to the next pty opened on the machine, and a driver reopening
+    it after an unplug would send through whatever that is."""
+    from drivers.modem.emulator import EmulatedModem
+
+    link_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return [
+        EmulatedModem(
+            profile,
+            link_path=link_dir / f"modem-{i}",
+            imei=f"35209900176{i:04d}",
+            imsi=f"00101000000{i:04d}",
+            iccid=f"898821100000{i:07d}",
+            signal=21 - 4 * i,
+            send_latency=1.0,
+            report_delay=2.0,
+        )
+        for i, profile in enumerate(EMBEDDED_MODEM_PROFILES, start=1)
+    ]
 
 
 class DemoInbound(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -78,7 +78,11 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    emulators = [EmulatedModem(**EMULATED, signal=18 + i) for i in range(2)]
+    # Ports as by-id links: a freed /dev/pts/N goes to the next pty opened on the machine.
+    emulators = [
+        EmulatedModem(**EMULATED, signal=18 + i, link_path=tmp_path / f"modem-{i + 1}")
+        for i in range(2)
+    ]
     for emulator in emulators:
         await emulator.start()
     route = {
