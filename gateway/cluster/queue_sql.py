@@ -239,3 +239,58 @@ WITH gone AS (
 )
 SELECT id FROM gone
 """  # noqa: S608 - fixed state names
+
+
+# The accept's and the claim's statements (`queue_store.ClusterQueue`).
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, token_id, priority, state, route_group, to_ct, to_index,"
+    " body_ct, reference_ct, callback_ct, encoding, segments, route_hint, category,"
+    " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
+    " quiet_override, held_for, held_by) VALUES"
+    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+)
+
+INSERT_MINTED = (
+    "INSERT INTO link_tokens (token_hash, link_id, message_id, created_at, expires_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+CLAIM_IDS = f"""
+WITH c AS (
+    SELECT id FROM messages
+    WHERE id = ANY(%(ids)s) AND state = '{State.QUEUED.value}' AND expires_at > %(now)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m SET state = '{State.SENDING.value}', route = %(route)s,
+        owner_node = %(node)s, owner_incarnation = %(inc)s, claim_epoch = m.claim_epoch + 1,
+        attempts = m.attempts + 1, updated_at = %(now)s, claimed_at = clock_timestamp()
+    FROM c WHERE m.id = c.id
+    RETURNING m.id, m.claim_epoch, m.to_ct, m.body_ct, m.encoding, m.priority, m.attempts,
+        m.possible_duplicate
+), logged AS (
+    INSERT INTO message_events (message_id, at, state, route, attempt, node_id, incarnation)
+    SELECT id, %(now)s, '{State.SENDING.value}', %(route)s, attempts, %(node)s, %(inc)s
+    FROM claimed
+)
+SELECT * FROM claimed
+"""  # noqa: S608 - fixed state names
+
+# The claim by query: due rows in the claim's order, locked; a row another claimer
+# holds is skipped (it is theirs).
+CLAIM_DUE = f"""
+SELECT id FROM messages
+WHERE state = '{State.QUEUED.value}' AND due_at <= %(now)s AND expires_at > %(now)s
+ORDER BY priority, due_at, id LIMIT %(n)s
+FOR UPDATE SKIP LOCKED
+"""  # noqa: S608 - fixed state names
+
+# Queued rows of the group whose recipient opted out (of everything, or of the
+# message's purpose), locked: they become `blocked` in the claim's transaction.
+OPTED_OUT_ROWS = f"""
+SELECT m.id FROM messages m
+WHERE m.id = ANY(%(ids)s) AND m.state = '{State.QUEUED.value}'
+    AND coalesce(m.purpose, '') <> 'compliance'
+    AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.contact_idx = m.to_index
+        AND (o.scope = 'all' OR o.scope = m.purpose))
+FOR UPDATE OF m SKIP LOCKED
+"""  # noqa: S608 - fixed state names

@@ -62,60 +62,6 @@ class LateOutcome(Exception):
         self.message_id = message_id
 
 
-_INSERT = (
-    "INSERT INTO messages (id, token_id, priority, state, route_group, to_ct, to_index,"
-    " body_ct, reference_ct, callback_ct, encoding, segments, route_hint, category,"
-    " created_at, updated_at, send_at, expires_at, due_at, purpose, error_code,"
-    " quiet_override, held_for, held_by) VALUES"
-    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-)
-
-_INSERT_MINTED = (
-    "INSERT INTO link_tokens (token_hash, link_id, message_id, created_at, expires_at)"
-    " VALUES (%s, %s, %s, %s, %s)"
-)
-
-_CLAIM_IDS = f"""
-WITH c AS (
-    SELECT id FROM messages
-    WHERE id = ANY(%(ids)s) AND state = '{State.QUEUED.value}' AND expires_at > %(now)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE messages m SET state = '{State.SENDING.value}', route = %(route)s,
-        owner_node = %(node)s, owner_incarnation = %(inc)s, claim_epoch = m.claim_epoch + 1,
-        attempts = m.attempts + 1, updated_at = %(now)s, claimed_at = clock_timestamp()
-    FROM c WHERE m.id = c.id
-    RETURNING m.id, m.claim_epoch, m.to_ct, m.body_ct, m.encoding, m.priority, m.attempts,
-        m.possible_duplicate
-), logged AS (
-    INSERT INTO message_events (message_id, at, state, route, attempt, node_id, incarnation)
-    SELECT id, %(now)s, '{State.SENDING.value}', %(route)s, attempts, %(node)s, %(inc)s
-    FROM claimed
-)
-SELECT * FROM claimed
-"""  # noqa: S608 - fixed state names
-
-# The claim by query: due rows in the claim's order, locked; a row another claimer
-# holds is skipped (it is theirs).
-_DUE = f"""
-SELECT id FROM messages
-WHERE state = '{State.QUEUED.value}' AND due_at <= %(now)s AND expires_at > %(now)s
-ORDER BY priority, due_at, id LIMIT %(n)s
-FOR UPDATE SKIP LOCKED
-"""  # noqa: S608 - fixed state names
-
-# Queued rows of the group whose recipient opted out (of everything, or of the
-# message's purpose), locked: they become `blocked` in the claim's transaction.
-_OPTED_OUT = f"""
-SELECT m.id FROM messages m
-WHERE m.id = ANY(%(ids)s) AND m.state = '{State.QUEUED.value}'
-    AND coalesce(m.purpose, '') <> 'compliance'
-    AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.contact_idx = m.to_index
-        AND (o.scope = 'all' OR o.scope = m.purpose))
-FOR UPDATE OF m SKIP LOCKED
-"""  # noqa: S608 - fixed state names
-
-
 class ClusterQueue:
     """`QueueStore` on PostgreSQL for one node. `me` is this node's incarnation now
     (`Membership.me`: it changes when the node rejoins after a lost lease)."""
@@ -275,7 +221,9 @@ class ClusterQueue:
         async with conn.cursor() as cur:
             # Held by this node's scheduler (`Scheduler.add`); others adopt it only once
             # this incarnation is gone, or it gives the row up (`adoption.release`).
-            await cur.executemany(_INSERT, [(*self._row(m), me.incarnation) for m in messages])
+            await cur.executemany(
+                queue_sql.INSERT_MESSAGE, [(*self._row(m), me.incarnation) for m in messages]
+            )
             await cur.executemany(
                 queue_sql.INSERT_EVENT,
                 [
@@ -295,7 +243,7 @@ class ClusterQueue:
             )
             if links:
                 await cur.executemany(
-                    _INSERT_MINTED,
+                    queue_sql.INSERT_MINTED,
                     [
                         (m.token_hash, m.link_id, m.message_id, m.created_at, m.expires_at)
                         for m in links
@@ -483,10 +431,10 @@ class ClusterQueue:
             self.grants[account] = grant
         if want is not None:
             n = want if grant is None else grant.n
-            due = await (await conn.execute(_DUE, {"now": now, "n": n})).fetchall()
+            due = await (await conn.execute(queue_sql.CLAIM_DUE, {"now": now, "n": n})).fetchall()
             ids = [r[0] for r in due]
         params = {"ids": ids, "route": route, "now": now, "node": me.node_id}
-        opted = await (await conn.execute(_OPTED_OUT, params)).fetchall()
+        opted = await (await conn.execute(queue_sql.OPTED_OUT_ROWS, params)).fetchall()
         for (message_id,) in opted:
             blocked = Transition(message_id, State.BLOCKED, route=route, error_code=OPTED_OUT)
             await queue_sql.apply(conn, blocked, now, me)
@@ -498,7 +446,9 @@ class ClusterQueue:
         params["ids"] = candidates
         if grant is not None and want is None:  # the first as many as there are tokens
             params["ids"], short = candidates[: grant.n], set(candidates[grant.n :])
-        rows = await (await conn.execute(_CLAIM_IDS, {**params, "inc": me.incarnation})).fetchall()
+        rows = await (
+            await conn.execute(queue_sql.CLAIM_IDS, {**params, "inc": me.incarnation})
+        ).fetchall()
         if grant is not None and account is not None:
             asked = want or len(candidates)
             starved = grant.n < asked
