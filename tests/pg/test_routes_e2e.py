@@ -34,7 +34,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
 from drivers.smpp.status import Status
 from tests.conftest import smsgw_process
 from tests.http_daemon import TOKEN_RE
-from tests.pg.carrier_windows import max_in_window
+from tests.pg.carrier_windows import LoopStalls, max_in_window
 from tests.pg.node_proc import Node
 from tests.ports import free_port
 
@@ -143,7 +143,9 @@ async def test_s4_two_nodes_hold_one_accounts_cap_fairly_and_a_survivor_takes_it
     smsc.limit_rate(CAP * 1.02, burst=CAP * 0.25)
     await smsc.start()
     nodes: list[_Watched] = []
+    stalls = LoopStalls()
     try:
+        stalls.start()
         nodes, token = await _nodes(
             tmp_path, ["gw1", "gw2"], pg_dsn, smsc, 'account = "acme"\nwindow = 20\n', LEASE
         )
@@ -188,14 +190,20 @@ async def test_s4_two_nodes_hold_one_accounts_cap_fairly_and_a_survivor_takes_it
         print(
             f"S4: max 1 s window {best} (cap {CAP}), steady {len(steady)} in"
             f" {killed - started:.2f} s by node {dict(by_node)}, Jain {jain:.3f},"
-            f" survivor's best window {after} within lease + grace, {later} after the kill"
+            f" survivor's best window {after} within lease + grace, {later} after the kill;"
+            f" {smsc.throttled} throttled, the simulator's loop stalled {len(stalls.stalls)}"
+            f" times ({sum(b - a for a, b in stalls.stalls):.2f} s)"
         )
         assert best <= CAP * 1.02, best
-        assert smsc.throttled == 0 and all(r.status == Status.ESME_ROK for r in log)
+        # A throttle only right after the measuring loop stood still is the stall's
+        # bunching (the carrier's clock stopped), not a burst the gateways sent.
+        assert stalls.unexplained(log) == [], (stalls.stalls, smsc.throttled)
+        assert {r.status for r in log} <= {Status.ESME_ROK, Status.ESME_RTHROTTLED}
         assert jain >= 0.95, by_node
         survivor = {r.system_type for r in log if r.at > killed + 1.0}
         assert survivor == {"gw1"}
     finally:
+        stalls.stop()
         await _shut(nodes)
         await smsc.aclose()
 
