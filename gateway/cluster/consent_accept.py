@@ -12,7 +12,9 @@ recipient on any nodes take turns and the second counts the first's message.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from psycopg import AsyncConnection
 
 from gateway.cluster import consent_store
 from gateway.cluster.queue_store import ClusterQueue
@@ -47,23 +49,31 @@ async def accept_judged(
     messages, the answer)."""
     if not isinstance(cluster, ClusterQueue):
         raise TypeError("the policy's accept runs on the cluster queue")
-    policy = intake.policy
-    recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
-    idxs = [idx for idx, _ in recipients]
-    capped = [idx for idx, purpose in recipients if policy.has_caps(purpose)]
     async with cluster.pool.connection() as conn, conn.transaction():
-        sent: list[tuple[bytes, str, float]] = []
-        if capped:
-            await consent_store.lock_contacts(conn, capped)
-            rows = await (
-                await conn.execute(_SENT, (capped, policy.capped, policy.counted_since(now)))
-            ).fetchall()
-            sent = [(bytes(r[0]), r[1], float(r[2])) for r in rows]
-        state = await consent_store.state_rows(conn, idxs)
-        zones = await consent_store.time_zones(conn, idxs)
-        view = GroupView.of_reads(state, sent, zones)
-        judged = [intake.judge(view, p) for p in prepared]
+        judged = await judge_within(conn, intake, prepared, now)
         answer, kept = answer_of(judged)
         links = [m for p in judged for m in p.links]
         await cluster.insert_within(conn, [p.message for p in judged], kept, links, extra)
     return judged, answer
+
+
+async def judge_within(
+    conn: AsyncConnection[Any], intake: Intake, prepared: Sequence[Prepared], now: float
+) -> list[Prepared]:
+    """The policy's verdict on each of `prepared` in the caller's transaction, which
+    must insert them before it commits: the capped recipients stay locked until then."""
+    policy = intake.policy
+    recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
+    idxs = [idx for idx, _ in recipients]
+    capped = [idx for idx, purpose in recipients if policy.has_caps(purpose)]
+    sent: list[tuple[bytes, str, float]] = []
+    if capped:
+        await consent_store.lock_contacts(conn, capped)
+        rows = await (
+            await conn.execute(_SENT, (capped, policy.capped, policy.counted_since(now)))
+        ).fetchall()
+        sent = [(bytes(r[0]), r[1], float(r[2])) for r in rows]
+    state = await consent_store.state_rows(conn, idxs)
+    zones = await consent_store.time_zones(conn, idxs)
+    view = GroupView.of_reads(state, sent, zones)
+    return [intake.judge(view, p) for p in prepared]

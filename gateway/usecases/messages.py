@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
@@ -30,9 +30,13 @@ from gateway.store.queue_store import AcceptStore
 from gateway.store.records import MessageQuery, StoredMessage
 from gateway.store.store import Store
 from gateway.store.writer import Statement
+from gateway.usecases.accept_within import WithinAccepts
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
 from gateway.usecases.masking import mask_body
+
+if TYPE_CHECKING:  # psycopg is optional: a cluster's dependency
+    pass
 from gateway.usecases.records import EventRecord, MessagePage, MessageRecord, Revealed
 
 T = TypeVar("T")
@@ -100,7 +104,7 @@ def forbidden(field: str, what: str) -> ApiError:
     return ApiError(403, "forbidden", f"{field}: {what} needs the 'phi' scope", field=field)
 
 
-class Messages:
+class Messages(WithinAccepts):
     def __init__(
         self,
         *,
@@ -194,71 +198,6 @@ class Messages:
         ]
         extra = attached([p.message.id for p in prepared]) if attached else []
         return await self._commit(caller, prepared, None, lambda a: a, extra)
-
-    def accept_within(
-        self,
-        conn: sqlite3.Connection,
-        caller: Caller,
-        request: SendRequest,
-        *,
-        to_index: bytes | None = None,
-    ) -> Prepared:
-        """Accept one message inside a writer job the caller runs, so it commits with
-        the caller's own rows or not at all (the notice runner: a message and its
-        notice's `finish`). The policy judges it in that transaction, as at `accept`;
-        once the job has committed, `hand_over` gives it to the scheduler. `to_index`:
-        the number is a contact's as stored (`Intake.prepare`)."""
-        self._require_send(caller)
-        self.check_accepting()
-        intake = self._intake
-        prepared = intake.prepare(request, caller.token_id, self._clock.time(), to_index=to_index)
-        if intake.policy.enabled:
-            m = prepared.message
-            recipients = [(m.to_index, prepared.purpose)] if m.to_index else []
-            prepared = intake.judge(
-                intake.policy.view(conn, recipients, m.created_at, writer=True), prepared
-            )
-        for sql, params in intake.statements([prepared]):
-            conn.execute(sql, params)
-        return prepared
-
-    def accept_many_within(
-        self,
-        conn: sqlite3.Connection,
-        caller: Caller,
-        requests: Sequence[tuple[SendRequest, bytes | None]],
-    ) -> list[Prepared | ApiError]:
-        """`accept_within` for a campaign's pass: each request with its number's stored
-        index (`Intake.prepare`), one policy read for all, one insert per statement; an
-        invalid one is its `ApiError` in its place, a 5xx one is raised."""
-        self._require_send(caller)
-        self.check_accepting()
-        intake, now = self._intake, self._clock.time()
-        out: list[Prepared | ApiError] = []
-        for request, to_index in requests:
-            try:
-                out.append(intake.prepare(request, caller.token_id, now, to_index=to_index))
-            except ApiError as e:
-                if e.status >= 500:
-                    raise
-                out.append(e)
-        prepared = [p for p in out if isinstance(p, Prepared)]
-        if intake.policy.enabled and prepared:
-            recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
-            view = intake.policy.view(conn, recipients, now, writer=True)
-            judged = iter([intake.judge(view, p) for p in prepared])
-            out = [next(judged) if isinstance(p, Prepared) else p for p in out]
-            prepared = [p for p in out if isinstance(p, Prepared)]
-        by_sql: dict[str, list[Sequence[Any]]] = {}
-        for sql, params in intake.statements(prepared):
-            by_sql.setdefault(sql, []).append(params)
-        for sql, rows in by_sql.items():
-            conn.executemany(sql, rows)  # the statements keep their order: dicts do
-        return out
-
-    def hand_over(self, prepared: Sequence[Prepared]) -> None:
-        """Messages `accept_within` stored, after their transaction committed."""
-        self._intake.accepted(prepared)
 
     async def accept_batch(
         self,

@@ -34,6 +34,7 @@ from gateway.config import from_mapping
 from gateway.consent.ledger import Entry
 from gateway.consent.ledger_store import ConsentLedger, SqliteLedger
 from gateway.errors import ApiError
+from gateway.intake import Prepared, SendRequest
 from gateway.models import State
 from gateway.store import crypto
 from gateway.store.claim_check import Held
@@ -172,6 +173,46 @@ async def test_an_opt_out_recorded_on_one_node_blocks_the_accept_on_the_other(
     assert (refused.status, refused.reason) == ("blocked", "opted_out")
     assert await state(nodes, who, refused.id) == (State.BLOCKED, "opted_out")
     assert (await send(nodes.b, who, to=OTHER)).status == "queued"  # another number
+
+
+async def test_an_accept_within_a_use_cases_transaction_is_judged_and_commits_with_it(
+    nodes: Nodes,
+) -> None:
+    """`accept_many_within_shared`: a clinical use case's own rows and its messages in
+    one PostgreSQL transaction, judged as `accept` judges (an opt-out on the other node
+    blocks); a rolled-back transaction keeps none of them."""
+    if nodes.a.cluster is None:
+        pytest.skip("SQLite's twin, accept_many_within, is the writer job's")
+    await nodes.record(nodes.b, "opt_out")
+    who = await caller(nodes.a, "send", "read")
+    messages, pool = nodes.a.usecases.messages, nodes.a.cluster.queue.pool
+    requests = [
+        (SendRequest(to=CANARY_NUMBER, body="within"), None),
+        (SendRequest(to=OTHER, body="within"), None),
+        (SendRequest(to="not a number", body="within"), None),
+    ]
+    async with pool.connection() as conn, conn.transaction():
+        out = await messages.accept_many_within_shared(conn, who, requests)
+    blocked, going, invalid = out
+    assert isinstance(blocked, Prepared) and isinstance(going, Prepared)
+    assert isinstance(invalid, ApiError) and invalid.code == "invalid_number"
+    messages.hand_over([blocked, going])
+    assert await state(nodes, who, blocked.message.id) == (State.BLOCKED, "opted_out")
+    assert (await state(nodes, who, going.message.id))[0] == State.QUEUED
+
+    kept: list[Prepared | ApiError] = []
+
+    async def accepted_then_failed() -> None:
+        async with pool.connection() as conn, conn.transaction():
+            kept.extend(await messages.accept_many_within_shared(conn, who, requests[1:2]))
+            raise RuntimeError("the use case's own rows failed")
+
+    with pytest.raises(RuntimeError):
+        await accepted_then_failed()
+    assert isinstance(kept[0], Prepared)
+    with pytest.raises(ApiError) as gone:
+        await nodes.b.usecases.messages.get(who, kept[0].message.id)
+    assert gone.value.status == 404
 
 
 async def test_marketing_answers_match_sqlite_no_consent_then_a_cap(nodes: Nodes) -> None:
