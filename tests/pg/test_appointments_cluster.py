@@ -1,0 +1,258 @@
+"""Issue 18: appointments, reminder rules, templates and the notice runner on a cluster.
+
+The same cases run on one SQLite gateway and on two gateways sharing one PostgreSQL
+(on SQLite both "nodes" are the one gateway), through the use cases every front end
+calls: an appointment posted on one node is read, moved and cancelled on the other;
+both nodes' runners passing at once send each reminder once; a cancelled
+appointment's reminder is not sent; a template activated on one node renders on the
+other; an opted-out patient's reminder is stored blocked, and its notice says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.clock import FakeClock
+from gateway.app import Gateway
+from gateway.appointments.usecase import AppointmentRequest
+from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
+from gateway.config import from_mapping
+from gateway.reminders.rules import RuleSpec
+from gateway.store import crypto
+from gateway.store.store import Store
+from gateway.templates.usecase import DraftRequest
+from gateway.usecases import Caller
+from gateway.usecases.consent import DecisionRequest
+from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, TEST_CONSENT, GatewayFactory
+from tests.test_consent_policy import caller
+
+H = 3600.0
+ANY_HOUR = {"window": "", "caps": []}
+CONSENT = {**TEST_CONSENT, "purposes": {**TEST_CONSENT["purposes"], "appointment": ANY_HOUR}}
+APPOINTMENTS = {"time_zone": "UTC", "cancel_debounce": 60.0}
+
+
+@dataclass
+class Nodes:
+    kind: str
+    a: Gateway
+    b: Gateway
+
+    async def staff(self, gw: Gateway) -> Caller:
+        return await caller(gw, "admin", "send", "read", "consent")
+
+    async def book(
+        self, gw: Gateway, key: str, start_in: float = 26 * H, number: str = CANARY_NUMBER
+    ) -> str:
+        start = datetime.fromtimestamp(gw.clock.time() + start_in, UTC)
+        request = AppointmentRequest(key, f"MRN-{key}", start, number=number, language="en")
+        saved = await gw.usecases.appointments.upsert(await self.staff(gw), request)
+        return saved.id
+
+    async def reminder_rule(self) -> None:
+        spec = RuleSpec("day before", "-2h", "reminder")
+        await self.a.reminder_rules.create(await self.staff(self.a), spec)
+
+    async def notices(self, gw: Gateway, appointment_id: str) -> list[NoticeRow]:
+        detail = await gw.usecases.appointments.get(await self.staff(gw), appointment_id)
+        return list(detail.notices)
+
+
+def _cluster_config(data: Path, name: str, dsn: str) -> Any:
+    data.mkdir(exist_ok=True)
+    return from_mapping(
+        {
+            "data_dir": str(data),
+            "routes": [{"name": "main", "type": "loopback", **LOOPBACK_TEST}],
+            "http": {"shutdown_grace": 1.0},
+            "consent": CONSENT,
+            "appointments": APPOINTMENTS,
+            "source": str(data / "smsgw.toml"),
+            # A fake clock never renews the lease: long enough for any test here.
+            "cluster": {"enabled": True, "node_id": name, "conninfo": dsn, "lease_seconds": 600},
+        }
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def nodes(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    clock: FakeClock,
+    open_gateway: GatewayFactory,
+) -> AsyncIterator[Nodes]:
+    if request.param == "sqlite":
+        gw = await open_gateway(consent=CONSENT, appointments=APPOINTMENTS)
+        yield Nodes("sqlite", gw, gw)
+        return
+    dsn: str = request.getfixturevalue("pg_dsn")
+    opened: list[Gateway] = []
+    first = tmp_path / "gw1"
+    try:
+        for name in ("gw1", "gw2"):
+            if name == "gw1":
+                config = _cluster_config(first, name, dsn)
+                crypto.generate_master_key(config.master_key_path)
+                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+                await store.open()
+                await store.close()
+            else:  # one keyring for every node: the first's data directory copied
+                shutil.copytree(first, tmp_path / name)
+                config = _cluster_config(tmp_path / name, name, dsn)
+            gw = await Gateway.open(config, clock)
+            opened.append(gw)
+            await gw.start(dispatch=False)
+        yield Nodes("postgresql", opened[0], opened[1])
+    finally:
+        for gw in opened:
+            if not gw.stopped:
+                await gw.stop()
+
+
+def _states(rows: list[NoticeRow]) -> list[tuple[str, str, str | None]]:
+    return [(r.notice.kind.value, r.state.value, r.reason) for r in rows]
+
+
+async def test_an_appointment_posted_on_one_node_is_moved_and_cancelled_on_the_other(
+    nodes: Nodes,
+) -> None:
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    staff_b = await nodes.staff(nodes.b)
+    seen = await nodes.b.usecases.appointments.get(staff_b, appt)
+    assert (seen.view.record.status, seen.view.record.version) == ("booked", 1)
+    assert seen.view.number_masked is not None and seen.view.number_masked.endswith("47")
+    assert _states(list(seen.notices)) == [("reminder", "pending", None)]
+
+    moved = await nodes.book(nodes.b, "ehr-1", start_in=50 * H)  # the same external key
+    assert moved == appt
+    cancelled = await nodes.b.usecases.appointments.cancel(staff_b, appt)
+    assert (cancelled.status, cancelled.version) == ("cancelled", 3)
+
+    detail = await nodes.a.usecases.appointments.get(await nodes.staff(nodes.a), appt)
+    assert [e.event for e in detail.events] == ["booked", "moved", "cancelled"]
+    assert sorted(_states(list(detail.notices))) == [
+        ("appointment_cancelled", "pending", None),  # held for the debounce
+        ("reminder", "cancelled", "appointment_cancelled"),
+        ("reminder", "superseded", "replanned"),
+    ]
+    listed = await nodes.a.usecases.appointments.search(await nodes.staff(nodes.a), _all())
+    assert [v.record.id for v in listed] == [appt]
+
+
+async def test_both_nodes_passing_at_once_send_each_reminder_once(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    await nodes.reminder_rule()
+    appts = [
+        await nodes.book(gw, f"ehr-{i}", number=f"+1202555{i:04d}")
+        for i, gw in enumerate([nodes.a, nodes.b] * 4)
+    ]
+    clock.advance(24 * H)  # every reminder is due
+    a, b = nodes.a.notice_runner(nodes.a.renderer), nodes.b.notice_runner(nodes.b.renderer)
+    results = await asyncio.gather(a.run_once(), b.run_once(), a.run_once(), b.run_once())
+    assert sum(r.queued for r in results) == len(appts)
+    sent = {m for r in results for m in r.messages}
+    assert len(sent) == len(appts)
+    staff = await nodes.staff(nodes.b)
+    for appt in appts:
+        [row] = await nodes.notices(nodes.b, appt)
+        assert row.state is NoticeState.QUEUED and row.message_id in sent
+        message = await nodes.b.usecases.messages.get(staff, row.message_id)
+        assert (message.category, message.purpose) == ("reminder", "appointment")
+    assert sum(r.queued for r in [await a.run_once(), await b.run_once()]) == 0
+
+
+async def test_a_cancelled_appointments_reminder_is_not_sent(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    await nodes.reminder_rule()
+    cancelled = await nodes.book(nodes.a, "ehr-cancelled")
+    raced = await nodes.book(nodes.a, "ehr-raced", number="+12025550199")
+    await nodes.b.usecases.appointments.cancel(await nodes.staff(nodes.b), cancelled)
+    # A cancellation that left the reminder pending (a node's change racing the plan):
+    # the send-time recheck skips it.
+    await nodes.a.clinical_db.run(
+        lambda conn: conn.execute(
+            "UPDATE appointments SET status = 'cancelled' WHERE id = ?", (raced,)
+        )
+    )
+    clock.advance(24 * H)
+    result = await nodes.b.notice_runner(nodes.b.renderer).run_once()
+    # Only the cancellation's own notice (after its debounce) is sent.
+    assert dict(result.outcomes) == {"skipped:not_booked": 1, "queued": 1}
+    by_kind = {r.notice.kind: r for r in await nodes.notices(nodes.a, cancelled)}
+    reminder = by_kind[NoticeKind.REMINDER]
+    assert (reminder.state, reminder.message_id) == (NoticeState.CANCELLED, None)
+    assert by_kind[NoticeKind.APPOINTMENT_CANCELLED].state is NoticeState.QUEUED
+    [skipped] = await nodes.notices(nodes.a, raced)
+    assert (skipped.state, skipped.reason) == (NoticeState.SKIPPED, "not_booked")
+
+
+async def test_a_template_activated_on_one_node_renders_on_the_other(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    staff_a = await nodes.staff(nodes.a)
+    body = "Reminder: {clinic} sees you {start}. Reply C {short_code}, STOP to opt out"
+    variables = {
+        "clinic": {"type": "provider", "max_length": 24},
+        "start": {"type": "datetime"},
+        "short_code": {"type": "short_code", "max_length": 4},
+    }
+    draft = DraftRequest("en", "appointment", variables, body=body, kind="reminder")
+    saved = await nodes.a.templates.save(staff_a, _named(draft, "reminder"))
+    assert saved.version == 2  # the built-in default, seeded once for every node, is 1
+    heads = await nodes.b.templates.heads(await nodes.staff(nodes.b))
+    assert [v.version for v in heads if (v.draft.name, v.draft.language) == ("reminder", "en")] == [
+        2
+    ]
+
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    clock.advance(24 * H)
+    assert (await nodes.b.notice_runner(nodes.b.renderer).run_once()).queued == 1
+    [row] = await nodes.notices(nodes.b, appt)
+    source, renderer = nodes.b.templates.source, nodes.b.templates.renderer
+    rendered = await renderer.render_from(source, "reminder", "en", row.notice.variables)
+    assert rendered.text.startswith("Reminder: ") and rendered.version == 2
+
+    await nodes.a.templates.activate(staff_a, "reminder", "en", 1)
+    again = await renderer.render_from(source, "reminder", "en", row.notice.variables)
+    assert again.version == 1 and not again.text.startswith("Reminder: ")
+
+
+async def test_an_opted_out_patients_reminder_is_blocked(nodes: Nodes, clock: FakeClock) -> None:
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    staff_b = await nodes.staff(nodes.b)
+    await nodes.b.usecases.consent.record(
+        staff_b, DecisionRequest(CANARY_NUMBER, "opt_out", "api", "all")
+    )
+    clock.advance(24 * H)
+    assert (await nodes.a.notice_runner(nodes.a.renderer).run_once()).queued == 1
+    [row] = await nodes.notices(nodes.b, appt)
+    assert row.notice.kind is NoticeKind.REMINDER
+    assert (row.state, row.reason) == (NoticeState.QUEUED, "blocked:opted_out")
+    assert row.message_id is not None
+    message = await nodes.b.usecases.messages.get(staff_b, row.message_id)
+    assert (message.status.value, message.error_code) == ("blocked", "opted_out")
+
+
+def _all() -> Any:
+    from gateway.appointments.queries import Search
+
+    return Search()
+
+
+def _named(draft: DraftRequest, name: str) -> DraftRequest:
+    from dataclasses import replace
+
+    return replace(draft, name=name)
