@@ -25,6 +25,7 @@ from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
 from gateway.config import from_mapping
+from gateway.errors import ApiError
 from gateway.reminders.rules import RuleSpec
 from gateway.store import crypto
 from gateway.store.store import Store
@@ -169,6 +170,24 @@ async def test_both_nodes_passing_at_once_send_each_reminder_once(
         message = await nodes.b.usecases.messages.get(staff, row.message_id)
         assert (message.category, message.purpose) == ("reminder", "appointment")
     assert sum(r.queued for r in [await a.run_once(), await b.run_once()]) == 0
+
+
+async def test_a_pass_that_cannot_finish_leaves_its_notices_to_the_other_node(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """A node shutting down mid-pass (its accept refused 503) rolls its whole pass back,
+    claims and skips included: the notices are pending, unlocked, for the next pass."""
+    await nodes.reminder_rule()
+    appts = [await nodes.book(nodes.a, f"ehr-{i}", number=f"+1202555{i:04d}") for i in range(3)]
+    clock.advance(24 * H)
+    nodes.a.accepting = False
+    with pytest.raises(ApiError) as refused:
+        await nodes.a.notice_runner(nodes.a.renderer).run_once()
+    assert refused.value.status == 503
+    for appt in appts:
+        assert [r.state for r in await nodes.notices(nodes.b, appt)] == [NoticeState.PENDING]
+    nodes.a.accepting = True  # on SQLite the one node is both
+    assert (await nodes.b.notice_runner(nodes.b.renderer).run_once()).queued == 3
 
 
 async def test_a_cancelled_appointments_reminder_is_not_sent(
