@@ -681,8 +681,9 @@ MIGRATIONS: tuple[str, ...] = (
     #    own jobs on them): patients (MRN keyed and encrypted, texted at a shared
     #    `contacts` row), appointments and their trail, timed notices (variables
     #    encrypted; one pending per appointment and rule), reminder rules (one row per
-    #    version) and templates (immutable versions, one head per name and language).
-    #    Flags stay integers, as SQLite's, so the jobs' SQL reads them alike.
+    #    version: a trigger keeps each, as SQLite's) and templates (immutable versions,
+    #    one head per name and language). Flags stay integers, as SQLite's, so the
+    #    jobs' SQL reads them alike.
     """
     CREATE TABLE patients (
         id             text PRIMARY KEY,
@@ -793,6 +794,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (id, version)
     );
     CREATE UNIQUE INDEX reminder_rules_current ON reminder_rules (id) WHERE current = 1;
+    CREATE OR REPLACE FUNCTION reminder_rules_kept() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            RAISE EXCEPTION 'reminder rule versions are kept';
+        END IF;
+        IF to_jsonb(NEW) - 'current' IS DISTINCT FROM to_jsonb(OLD) - 'current' THEN
+            RAISE EXCEPTION 'reminder rule versions are immutable';
+        END IF;
+        IF NEW.current IS DISTINCT FROM OLD.current
+           AND NOT (OLD.current = 1 AND NEW.current = 0) THEN
+            RAISE EXCEPTION 'a reminder rule version is only ever retired';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER reminder_rules_kept BEFORE UPDATE OR DELETE ON reminder_rules
+        FOR EACH ROW EXECUTE FUNCTION reminder_rules_kept();
     CREATE TABLE templates (
         id          text PRIMARY KEY,
         name        text NOT NULL,

@@ -18,14 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
+from gateway.cluster.clinical_db import run_bridged
+from gateway.cluster.lease import Pool
 from gateway.config import from_mapping
 from gateway.errors import ApiError
+from gateway.reminders import rules
 from gateway.reminders.rules import RuleSpec
 from gateway.store import crypto
 from gateway.store.store import Store
@@ -263,6 +267,25 @@ async def test_an_opted_out_patients_reminder_is_blocked(nodes: Nodes, clock: Fa
     assert row.message_id is not None
     message = await nodes.b.usecases.messages.get(staff_b, row.message_id)
     assert (message.status.value, message.error_code) == ("blocked", "opted_out")
+
+
+async def test_a_shared_reminder_rule_version_is_never_changed_only_retired(pool: Pool) -> None:
+    """Cluster migration 16 keeps SQLite's guard: a notice's (rule, version) always
+    names what planned it."""
+    spec = RuleSpec("day before", "-2h", "reminder")
+    async with pool.connection() as conn:
+        rule = await run_bridged(conn, lambda c: rules.save(c, None, spec, "t", 1.0))
+        assert rule is not None
+        for change in (
+            "UPDATE reminder_rules SET lead = '-1h'",
+            "UPDATE reminder_rules SET current = 2",
+            "DELETE FROM reminder_rules",
+        ):
+            with pytest.raises(psycopg.errors.RaiseException):
+                async with conn.transaction():
+                    await conn.execute(change.encode())
+        newer = await run_bridged(conn, lambda c: rules.save(c, rule.id, spec, "t", 2.0))
+        assert newer is not None and newer.version == 2
 
 
 def _all() -> Any:
