@@ -11,6 +11,7 @@ other; an opted-out patient's reminder is stored blocked, and its notice says so
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from gateway.store.store import Store
 from gateway.templates.usecase import DraftRequest
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
+from gateway.usecases.messages import IdempotencyKey
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, TEST_CONSENT, GatewayFactory
 from tests.test_consent_policy import caller
 
@@ -151,6 +153,24 @@ async def test_an_appointment_posted_on_one_node_is_moved_and_cancelled_on_the_o
     ]
     listed = await nodes.a.usecases.appointments.search(await nodes.staff(nodes.a), _all())
     assert [v.record.id for v in listed] == [appt]
+
+
+async def test_one_key_upserted_on_both_nodes_at_once_is_one_appointment(nodes: Nodes) -> None:
+    """The writes take turns across nodes (SQLite's one writer; the cluster's advisory
+    lock), and the idempotent answer stored on one node is replayed on the other."""
+    staff = await nodes.staff(nodes.a)
+    start = datetime.fromtimestamp(nodes.a.clock.time() + 26 * H, UTC)
+    request = AppointmentRequest("ehr-1", "MRN-1", start, number=CANARY_NUMBER)
+    key = IdempotencyKey(b"k" * 32, b"r" * 32, 201)
+    first, second = await asyncio.gather(
+        nodes.a.usecases.appointments.upsert(staff, request, key),
+        nodes.b.usecases.appointments.upsert(staff, request),
+    )
+    assert first.id == second.id and sorted([first.created, second.created]) == [False, True]
+    replayed = await nodes.b.usecases.messages.replay(staff, key)
+    assert replayed is not None and json.loads(replayed.body)["id"] == first.id
+    listed = await nodes.b.usecases.appointments.search(staff, _all())
+    assert [v.record.id for v in listed] == [first.id]
 
 
 async def test_both_nodes_passing_at_once_send_each_reminder_once(
