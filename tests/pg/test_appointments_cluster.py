@@ -100,7 +100,7 @@ async def nodes(
         gw = await open_gateway(consent=CONSENT, appointments=APPOINTMENTS)
         yield Nodes("sqlite", gw, gw)
         return
-    dsn: str = request.getfixturevalue("pg_dsn")
+    dsn: str = request.getfixturevalue("migrated_dsn")
     opened: list[Gateway] = []
     first = tmp_path / "gw1"
     try:
