@@ -289,6 +289,27 @@ async def test_an_opted_out_patients_reminder_is_blocked(nodes: Nodes, clock: Fa
     assert (message.status.value, message.error_code) == ("blocked", "opted_out")
 
 
+async def test_erasing_a_number_on_one_node_reaches_its_appointments_on_every_node(
+    nodes: Nodes,
+) -> None:
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    other = await nodes.book(nodes.a, "ehr-2", number="+12025550199")
+    erased = await nodes.b.erasures.erase(CANARY_NUMBER, "console")
+    shared = "" if nodes.kind == "sqlite" else "shared_"
+    assert erased.counts[f"{shared}appointments"] == 1
+    assert erased.counts[f"{shared}notices_cancelled"] == 1
+    staff = await nodes.staff(nodes.a)
+    detail = await nodes.a.usecases.appointments.get(staff, appt)
+    assert detail.view.number_masked is None
+    assert _states(list(detail.notices)) == [("reminder", "cancelled", "erased")]
+    assert detail.notices[0].notice.variables == {}
+    with pytest.raises(ApiError) as gone:  # its external key is gone with it
+        await nodes.a.usecases.appointments.cancel(staff, appt)
+    assert gone.value.code == "erased"
+    assert _states(await nodes.notices(nodes.a, other)) == [("reminder", "pending", None)]
+
+
 async def test_a_shared_reminder_rule_version_is_never_changed_only_retired(pool: Pool) -> None:
     """Cluster migration 16 keeps SQLite's guard: a notice's (rule, version) always
     names what planned it."""
