@@ -773,6 +773,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX clinical_notices_message ON clinical_notices (message_id);
     CREATE INDEX clinical_notices_patient_pending ON clinical_notices (patient_id)
         WHERE state = 'pending';
+    CREATE INDEX clinical_notices_variables_kept ON clinical_notices (updated_at)
+        WHERE variables_ct IS NOT NULL AND state <> 'pending';
     CREATE TABLE reminder_rules (
         id             text NOT NULL,
         version        integer NOT NULL,

@@ -310,6 +310,23 @@ async def test_erasing_a_number_on_one_node_reaches_its_appointments_on_every_no
     assert _states(await nodes.notices(nodes.a, other)) == [("reminder", "pending", None)]
 
 
+async def test_a_sent_notices_variables_are_swept_after_their_period(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    clock.advance(24 * H)
+    assert (await nodes.a.notice_runner(nodes.a.renderer).run_once()).queued == 1
+    [row] = await nodes.notices(nodes.b, appt)
+    assert row.notice.variables["short_code"]
+    clock.advance(91 * 86400.0)  # past `retention.body_days`
+    outcome = await nodes.b.retention.run("console")
+    step = "notice_variables" if nodes.kind == "sqlite" else "shared_notice_variables"
+    assert outcome.removed[step] == 1
+    [row] = await nodes.notices(nodes.a, appt)
+    assert row.state is NoticeState.QUEUED and row.notice.variables == {}
+
+
 async def test_a_shared_reminder_rule_version_is_never_changed_only_retired(pool: Pool) -> None:
     """Cluster migration 16 keeps SQLite's guard: a notice's (rule, version) always
     names what planned it."""
