@@ -5,7 +5,11 @@ Theory of operation. A pass is one PostgreSQL transaction on the shared queue's 
 1. claim: the pending notices due by now, `FOR UPDATE SKIP LOCKED` (another node's
    pass holds its own: this one passes over them, so a notice goes out from one node);
 2. for each, the steps the one-node runner takes before its accept (`_ready`: expired,
-   the kind's recheck, the number, the render), a skip being its `finish`;
+   the kind's recheck, the number, the render), a skip being its `finish`; and first
+   an opt-out of that one appointment (`appointment:<id>`, newer than the patient's
+   last opt-in of everything): SQLite cancels such notices when the opt-out is
+   recorded and when one is planned (its migration 19); the shared ledger's opt-out
+   does neither, so the runner skips the notice `opted_out` when it falls due;
 3. their messages accepted in the same transaction
    (`Messages.accept_many_within_shared`: judged by the consent policy as `accept`
    judges, inserted into the shared queue; an opted-out patient's message is stored
@@ -31,6 +35,7 @@ from gateway.clinical.notices import NoticeRow
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import BATCH, SYSTEM, NoticeRunner, PassResult
 from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
+from gateway.consent.purposes import SCOPE_ALL, appointment_scope
 from gateway.errors import ApiError
 from gateway.intake import Prepared, SendRequest
 from gateway.metrics import Metrics
@@ -82,6 +87,12 @@ class SharedNoticeRunner(NoticeRunner):
         self._passed(result)
         return result
 
+    def _ready(self, conn: sqlite3.Connection, row: NoticeRow, now: float) -> SendRequest | str:
+        n = row.notice
+        if n.appointment_id is not None and _appointment_opted_out(conn, row):
+            return self._skip(conn, row, "opted_out", now)
+        return super()._ready(conn, row, now)
+
     def _claim(self, conn: sqlite3.Connection, now: float, result: PassResult) -> Ready:
         ready: Ready = []
         for row in notices.due(conn, self._db.cipher, now, BATCH, claim=True):
@@ -108,6 +119,21 @@ class SharedNoticeRunner(NoticeRunner):
                 raise RuntimeError(f"notice {row.id} left pending under this pass's lock")
             result.prepared.append(done)
             _count(result, row, "queued")
+
+
+_APPOINTMENT_OPT_OUT = (
+    "SELECT 1 FROM consent_state s WHERE s.contact_idx = ? AND s.scope = ? AND s.opted = 'out'"
+    " AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a"
+    " WHERE a.contact_idx = ? AND a.scope = ? AND a.opted = 'in') LIMIT 1"
+)
+
+
+def _appointment_opted_out(conn: sqlite3.Connection, row: NoticeRow) -> bool:
+    n = row.notice
+    assert n.appointment_id is not None
+    scope = appointment_scope(n.appointment_id)
+    args = (n.contact_idx, scope, n.contact_idx, SCOPE_ALL)
+    return conn.execute(_APPOINTMENT_OPT_OUT, args).fetchone() is not None
 
 
 def _count(result: PassResult, row: NoticeRow, outcome: str) -> None:

@@ -26,9 +26,12 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
+from gateway.cluster import consent_store
 from gateway.cluster.clinical_db import run_bridged
 from gateway.cluster.lease import Pool
 from gateway.config import from_mapping
+from gateway.consent.ledger import Entry
+from gateway.consent.purposes import appointment_scope
 from gateway.errors import ApiError
 from gateway.reminders import rules
 from gateway.reminders.rules import RuleSpec
@@ -308,6 +311,35 @@ async def test_erasing_a_number_on_one_node_reaches_its_appointments_on_every_no
         await nodes.a.usecases.appointments.cancel(staff, appt)
     assert gone.value.code == "erased"
     assert _states(await nodes.notices(nodes.a, other)) == [("reminder", "pending", None)]
+
+
+async def test_an_opt_out_of_one_appointment_skips_its_reminder_only(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """`appointment:<id>` (a CSV import carries it): SQLite cancels the notices when it
+    is recorded (tests/test_appointment_scope_consent.py); the shared runner skips
+    them when they fall due, until an opt-in of everything is newer."""
+    if nodes.a.cluster is None:
+        pytest.skip("SQLite withdraws them at the opt-out (test_appointment_scope_consent)")
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    other = await nodes.book(nodes.a, "ehr-2", start_in=27 * H)  # the same patient's
+    entry = Entry(
+        nodes.b.store.blind_index(CANARY_NUMBER),
+        CANARY_NUMBER,
+        "opt_out",
+        appointment_scope(appt),
+        "*",
+        "import",
+        clock.time(),
+    )
+    async with nodes.b.cluster.queue.pool.connection() as conn, conn.transaction():
+        await consent_store.append(conn, nodes.b.cluster.queue.cipher, entry, "gw2")
+    clock.advance(25 * H)
+    result = await nodes.a.notice_runner(nodes.a.renderer).run_once()
+    assert dict(result.outcomes) == {"skipped:opted_out": 1, "queued": 1}
+    assert _states(await nodes.notices(nodes.b, appt)) == [("reminder", "skipped", "opted_out")]
+    assert _states(await nodes.notices(nodes.b, other)) == [("reminder", "queued", None)]
 
 
 async def test_a_sent_notices_variables_are_swept_after_their_period(
