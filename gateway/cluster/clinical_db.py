@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
@@ -71,6 +72,11 @@ class Bridge:
     def __init__(self, conn: AsyncConnection[Any], loop: asyncio.AbstractEventLoop) -> None:
         self._conn = conn
         self._loop = loop
+        self.abandoned = threading.Event()  # set: the transaction is being rolled back
+
+    def close(self) -> None:
+        """No statement after this one (the transaction is being abandoned)."""
+        self.abandoned.set()
 
     async def _execute(self, sql: str, params: Sequence[Any] | None) -> BridgedCursor:
         cur = await self._conn.execute(*statement(sql, params))
@@ -78,6 +84,8 @@ class Bridge:
         return BridgedCursor(rows, cur.rowcount)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> BridgedCursor:
+        if self.abandoned.is_set():
+            raise RuntimeError("the bridged transaction was abandoned")
         future = asyncio.run_coroutine_threadsafe(self._execute(sql, params), self._loop)
         return future.result()
 
@@ -87,11 +95,23 @@ class Bridge:
 
 
 async def run_bridged(conn: AsyncConnection[Any], job: Callable[[sqlite3.Connection], T]) -> T:
-    """`job` against `conn` (in the caller's transaction), from a worker thread."""
+    """`job` against `conn` (in the caller's transaction), from a worker thread.
+
+    Cancelled (the gateway stopping), it still waits for the thread, with the bridge
+    closed: a statement the job sends after its transaction ended would otherwise run
+    on the connection once the pool has lent it to someone else."""
     bridge = Bridge(conn, asyncio.get_running_loop())
     # The jobs are typed for sqlite3's connection; Bridge offers the part they use
     # (execute, executemany, fetchone/fetchall/iteration, rowcount).
-    return await asyncio.to_thread(job, cast(sqlite3.Connection, bridge))
+    thread = asyncio.ensure_future(asyncio.to_thread(job, cast(sqlite3.Connection, bridge)))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        bridge.close()
+        await asyncio.wait({thread})  # its exception (the closed bridge's) is dropped
+        if not thread.cancelled():
+            thread.exception()  # retrieved: never "exception was never retrieved"
+        raise
 
 
 class ClusterClinicalDb:

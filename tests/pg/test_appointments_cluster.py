@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
 from gateway.cluster import consent_store
-from gateway.cluster.clinical_db import run_bridged
+from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
 from gateway.cluster.lease import Pool
 from gateway.config import from_mapping
 from gateway.consent.ledger import Entry
@@ -388,3 +389,31 @@ def _named(draft: DraftRequest, name: str) -> DraftRequest:
     from dataclasses import replace
 
     return replace(draft, name=name)
+
+
+async def test_a_cancelled_bridged_job_runs_no_statement_after_it_and_leaves_nothing(
+    pool: Pool,
+) -> None:
+    """The gateway stopping mid-job: the bridge refuses the job's next statement and
+    the cancellation waits for its thread, so nothing of it runs on a connection the
+    pool has lent on; its transaction is rolled back."""
+    started, refused = threading.Event(), threading.Event()
+
+    def job(conn: Any) -> None:
+        conn.execute("INSERT INTO template_heads VALUES ('a', 'en', 1, 0)")
+        started.set()
+        conn.abandoned.wait(10)
+        try:
+            conn.execute("INSERT INTO template_heads VALUES ('b', 'en', 1, 0)")
+        except RuntimeError:
+            refused.set()
+            raise
+
+    db = ClusterClinicalDb(pool, lambda: None)  # type: ignore[arg-type,return-value]  # no cipher used
+    task = asyncio.create_task(db.run(job))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert refused.is_set()
+    assert await db.all("SELECT name FROM template_heads") == []
