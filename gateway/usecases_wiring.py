@@ -110,7 +110,7 @@ class UseCaseWiring:
         from gateway.cluster.clinical_db import ClusterClinicalDb  # here: psycopg is optional
 
         queue = self.cluster.queue
-        return ClusterClinicalDb(queue.pool, lambda: queue.cipher)
+        return ClusterClinicalDb(queue.pool, lambda: queue.cipher, self.cluster.keys)
 
     @functools.cached_property
     def planner(self) -> Planner:

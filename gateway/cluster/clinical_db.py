@@ -1,4 +1,4 @@
-"""The clinical tables in the cluster's PostgreSQL (cluster migration 16): the
+"""The clinical tables in the cluster's PostgreSQL (cluster migration 17): the
 `ClinicalDb` of `gateway/clinical/db.py` on a cluster node.
 
 The clinical jobs (the appointment state machine, the reminder planner, the notices,
@@ -13,6 +13,10 @@ the loop opened around it, so its rows commit with whatever else the caller adds
 tuples. A serial job first takes one advisory transaction lock, as SQLite's single
 writer serialises every clinical write: two nodes upserting one external key, or
 saving one template name, take turns instead of racing to a unique-key error.
+
+A key rotation made on another node since this node's last heartbeat is taken up
+before a read returns a ciphertext of the new generation, and a job that met one runs
+again once it has been taken up (as the shared inbound's reads do).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from psycopg import AsyncConnection
 
 from gateway.clinical.db import Row
 from gateway.cluster.lease import Pool
-from gateway.store.crypto import FieldCipher
+from gateway.cluster.shared_keys import KeyringWatch
+from gateway.store.crypto import DecryptError, FieldCipher, header_generation
 
 T = TypeVar("T")
 
@@ -119,11 +124,14 @@ class ClusterClinicalDb:
 
     shared = True
 
-    def __init__(self, pool: Pool, cipher: Callable[[], FieldCipher]) -> None:
-        """`pool`: the shared queue's; `cipher`: the shared keyring's current cipher
-        (a key rotation replaces it)."""
+    def __init__(
+        self, pool: Pool, cipher: Callable[[], FieldCipher], keys: KeyringWatch | None = None
+    ) -> None:
+        """`pool`: the shared queue's; `cipher`: the shared keyring's current cipher;
+        `keys`: what takes up a generation another node's rotation added."""
         self._pool = pool
         self._cipher = cipher
+        self._keys = keys
         self.after_commit: list[Callable[[], None]] = []
 
     @property
@@ -135,6 +143,18 @@ class ClusterClinicalDb:
         return self._cipher()
 
     async def run(self, job: Callable[[sqlite3.Connection], T], *, serial: bool = True) -> T:
+        try:
+            return await self._run(job, serial)
+        except DecryptError:  # rolled back; sealed by a rotation this node has not seen?
+            if not await self.took_up_keys():
+                raise
+            return await self._run(job, serial)
+
+    async def took_up_keys(self) -> bool:
+        """Whether the cipher took up generations another node's rotation added."""
+        return self._keys is not None and await self._keys.check() is not None
+
+    async def _run(self, job: Callable[[sqlite3.Connection], T], serial: bool) -> T:
         async with self._pool.connection() as conn:
             async with conn.transaction():
                 if serial:
@@ -150,7 +170,20 @@ class ClusterClinicalDb:
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(*statement(sql, params))
-            return list(await cur.fetchall())
+            rows: list[Row] = list(await cur.fetchall())
+        if self._keys is not None and self._unknown_generation(rows):
+            await self._keys.check()
+        return rows
+
+    def _unknown_generation(self, rows: Sequence[Row]) -> bool:
+        known = self.cipher.generations
+        for row in rows:
+            for value in row:
+                if isinstance(value, bytes):
+                    generation = header_generation(value)
+                    if generation is not None and generation not in known:
+                        return True
+        return False
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.all(sql, params)

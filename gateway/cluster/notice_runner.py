@@ -39,6 +39,7 @@ from gateway.consent.purposes import SCOPE_ALL, appointment_scope
 from gateway.errors import ApiError
 from gateway.intake import Prepared, SendRequest
 from gateway.metrics import Metrics
+from gateway.store.crypto import DecryptError
 from gateway.store.store import Store
 from gateway.usecases.messages import Messages
 
@@ -73,7 +74,16 @@ class SharedNoticeRunner(NoticeRunner):
         self._shared = db
 
     async def run_once(self) -> PassResult:
-        """One pass over the shared notices due now; returns once it committed."""
+        """One pass over the shared notices due now; returns once it committed (again,
+        once, if it met a key generation another node's rotation added)."""
+        try:
+            return await self._pass_shared()
+        except DecryptError:
+            if not await self._shared.took_up_keys():
+                raise
+            return await self._pass_shared()
+
+    async def _pass_shared(self) -> PassResult:
         now = self._clock.time()
         result = PassResult()
         async with self._shared.pool.connection() as conn, conn.transaction():

@@ -676,7 +676,15 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   double precision NOT NULL
     );
     """,
-    # 16 (issue 18, clinical): SQLite's clinical tables as twins, so every node books,
+    # 16 (issue 18 pt 6): a contact's attributes as SQLite's migration 24 keeps them (age
+    #    band, clinic, preferences as a JSON array of keys), so `smsgw store migrate`
+    #    copies the contacts whole with the consent ledger's history.
+    """
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS age_band text;
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS clinic text;
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS preferences text;
+    """,
+    # 17 (issue 18, clinical): SQLite's clinical tables as twins, so every node books,
     #    plans and sends from one set (`gateway/cluster/clinical_db.py` runs SQLite's
     #    own jobs on them): patients (MRN keyed and encrypted, texted at a shared
     #    `contacts` row), appointments and their trail, timed notices (variables

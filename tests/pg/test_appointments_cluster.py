@@ -27,7 +27,7 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
-from gateway.cluster import consent_store
+from gateway.cluster import consent_store, keyring
 from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
 from gateway.cluster.lease import Pool
 from gateway.config import from_mapping
@@ -343,6 +343,26 @@ async def test_an_opt_out_of_one_appointment_skips_its_reminder_only(
     assert _states(await nodes.notices(nodes.b, other)) == [("reminder", "queued", None)]
 
 
+async def test_a_key_rotation_on_the_shared_store_is_taken_up_by_every_node(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """The rotation re-encrypts the clinical twins too; a node reading or sending one
+    before its heartbeat saw the new generation takes it up then."""
+    if nodes.a.cluster is None:
+        pytest.skip("SQLite's rotation: tests/test_key_rotation.py")
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    async with nodes.a.cluster.queue.pool.connection() as conn:
+        generation, rows = await keyring.rotate(conn, nodes.a.store.master_key)
+    assert rows >= 3  # the patient, the appointment, the notice (and the contact)
+    assert generation not in nodes.b.cluster.queue.cipher.generations
+    [row] = await nodes.notices(nodes.b, appt)  # a read: its variables open
+    assert row.notice.variables["short_code"]
+    clock.advance(24 * H)
+    assert generation not in nodes.a.cluster.queue.cipher.generations
+    assert (await nodes.a.notice_runner(nodes.a.renderer).run_once()).queued == 1
+
+
 async def test_a_sent_notices_variables_are_swept_after_their_period(
     nodes: Nodes, clock: FakeClock
 ) -> None:
@@ -361,7 +381,7 @@ async def test_a_sent_notices_variables_are_swept_after_their_period(
 
 
 async def test_a_shared_reminder_rule_version_is_never_changed_only_retired(pool: Pool) -> None:
-    """Cluster migration 16 keeps SQLite's guard: a notice's (rule, version) always
+    """Cluster migration 17 keeps SQLite's guard: a notice's (rule, version) always
     names what planned it."""
     spec = RuleSpec("day before", "-2h", "reminder")
     async with pool.connection() as conn:
