@@ -11,6 +11,8 @@ other; an opted-out patient's reminder is stored blocked, and its notice says so
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import shutil
 import threading
@@ -26,6 +28,7 @@ import pytest
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
+from gateway.cli import main
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
 from gateway.cluster import consent_store, keyring
 from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
@@ -43,6 +46,7 @@ from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from gateway.usecases.messages import IdempotencyKey
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, TEST_CONSENT, GatewayFactory
+from tests.pg.migrate_source import init
 from tests.test_consent_policy import caller
 
 H = 3600.0
@@ -378,6 +382,54 @@ async def test_a_sent_notices_variables_are_swept_after_their_period(
     assert outcome.removed[step] == 1
     [row] = await nodes.notices(nodes.a, appt)
     assert row.state is NoticeState.QUEUED and row.notice.variables == {}
+
+
+async def test_store_migrate_carries_a_gateways_appointments_to_the_cluster(
+    tmp_path: Path, clock: FakeClock, pg_dsn: str
+) -> None:
+    """`smsgw store migrate`: the patients, appointments and their trail, notices, rules
+    and templates copied with their ids and ciphertexts (verified by decrypted samples);
+    the cluster node then reads, moves and reminds as the one gateway would have."""
+    source = await asyncio.to_thread(init, tmp_path / "one")  # `smsgw init` runs its own loop
+    one = await Gateway.open(_config(source.data_dir), clock)
+    await one.start(dispatch=False)
+    try:
+        single = Nodes("sqlite", one, one)
+        await single.reminder_rule()
+        appt = await single.book(one, "ehr-1")
+    finally:
+        await one.stop()
+    assert await asyncio.to_thread(_migrate, source.conf, pg_dsn) == 0
+
+    shutil.copytree(source.data_dir, tmp_path / "gw1")  # the same keyring
+    node = await Gateway.open(_cluster_config(tmp_path / "gw1", "gw1", pg_dsn), clock)
+    await node.start(dispatch=False)
+    try:
+        nodes = Nodes("postgresql", node, node)
+        assert await nodes.book(node, "ehr-1", start_in=30 * H) == appt  # moved
+        detail = await node.usecases.appointments.get(await nodes.staff(node), appt)
+        assert [(e.event, e.version) for e in detail.events] == [("booked", 1), ("moved", 2)]
+        clock.advance(28 * H)
+        assert (await node.notice_runner(node.renderer).run_once()).queued == 1
+    finally:
+        await node.stop()
+
+
+def _config(data: Path) -> Any:
+    return from_mapping(
+        {
+            "data_dir": str(data),
+            "routes": [{"name": "main", "type": "loopback", **LOOPBACK_TEST}],
+            "consent": CONSENT,
+            "appointments": APPOINTMENTS,
+            "source": str(data / "smsgw.toml"),
+        }
+    )
+
+
+def _migrate(conf: Path, dsn: str) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(["store", "migrate", "--config", str(conf), "--to", dsn, "--node-id", "gw1"])
 
 
 async def test_a_shared_reminder_rule_version_is_never_changed_only_retired(pool: Pool) -> None:
