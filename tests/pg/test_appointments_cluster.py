@@ -181,9 +181,12 @@ async def test_one_key_upserted_on_both_nodes_at_once_is_one_appointment(nodes: 
     assert [v.record.id for v in listed] == [first.id]
 
 
-async def test_both_nodes_passing_at_once_send_each_reminder_once(
+async def test_a_failed_pass_leaves_its_notices_and_parallel_passes_send_each_once(
     nodes: Nodes, clock: FakeClock
 ) -> None:
+    """A node shutting down mid-pass (its accept refused 503) rolls its whole pass back,
+    claims and skips included: the notices are pending, unlocked, for the next pass;
+    then both nodes' runners passing at once send each reminder once."""
     await nodes.reminder_rule()
     appts = [
         await nodes.book(gw, f"ehr-{i}", number=f"+1202555{i:04d}")
@@ -191,6 +194,14 @@ async def test_both_nodes_passing_at_once_send_each_reminder_once(
     ]
     clock.advance(24 * H)  # every reminder is due
     a, b = nodes.a.notice_runner(nodes.a.renderer), nodes.b.notice_runner(nodes.b.renderer)
+    nodes.a.accepting = False
+    with pytest.raises(ApiError) as refused:
+        await a.run_once()
+    assert refused.value.status == 503
+    for appt in appts:
+        assert [r.state for r in await nodes.notices(nodes.b, appt)] == [NoticeState.PENDING]
+    nodes.a.accepting = True
+
     results = await asyncio.gather(a.run_once(), b.run_once(), a.run_once(), b.run_once())
     assert sum(r.queued for r in results) == len(appts)
     sent = {m for r in results for m in r.messages}
@@ -202,24 +213,6 @@ async def test_both_nodes_passing_at_once_send_each_reminder_once(
         message = await nodes.b.usecases.messages.get(staff, row.message_id)
         assert (message.category, message.purpose) == ("reminder", "appointment")
     assert sum(r.queued for r in [await a.run_once(), await b.run_once()]) == 0
-
-
-async def test_a_pass_that_cannot_finish_leaves_its_notices_to_the_other_node(
-    nodes: Nodes, clock: FakeClock
-) -> None:
-    """A node shutting down mid-pass (its accept refused 503) rolls its whole pass back,
-    claims and skips included: the notices are pending, unlocked, for the next pass."""
-    await nodes.reminder_rule()
-    appts = [await nodes.book(nodes.a, f"ehr-{i}", number=f"+1202555{i:04d}") for i in range(3)]
-    clock.advance(24 * H)
-    nodes.a.accepting = False
-    with pytest.raises(ApiError) as refused:
-        await nodes.a.notice_runner(nodes.a.renderer).run_once()
-    assert refused.value.status == 503
-    for appt in appts:
-        assert [r.state for r in await nodes.notices(nodes.b, appt)] == [NoticeState.PENDING]
-    nodes.a.accepting = True  # on SQLite the one node is both
-    assert (await nodes.b.notice_runner(nodes.b.renderer).run_once()).queued == 3
 
 
 async def test_a_cancelled_appointments_reminder_is_not_sent(
