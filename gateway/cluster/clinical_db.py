@@ -36,7 +36,7 @@ from gateway.store.crypto import DecryptError, FieldCipher, header_generation
 
 T = TypeVar("T")
 
-CLINICAL_LOCK = 0x736D7367_77000010  # pg_advisory_xact_lock key: "smsgw" + 16
+CLINICAL_LOCK = 0x736D7367_77000017  # pg_advisory_xact_lock key: "smsgw" + its migration, 17
 
 
 def statement(sql: str, params: Sequence[Any] | None) -> tuple[bytes, Sequence[Any] | None]:

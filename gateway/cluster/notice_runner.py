@@ -131,7 +131,7 @@ class SharedNoticeRunner(NoticeRunner):
         result: PassResult,
     ) -> None:
         for (row, _), done in zip(ready, accepted, strict=True):
-            if isinstance(done, ApiError):  # a 5xx was raised: this one's own fault
+            if isinstance(done, ApiError):  # this request refused (a 4xx: a 5xx was raised)
                 _count(result, row, self._skip(conn, row, f"refused:{done.code}", now))
                 continue
             if not self._queued(conn, row, done, now):  # the claim's lock holds it
