@@ -19,6 +19,7 @@ from gateway.analytics.usecase import Analytics
 from gateway.campaigns.runner import CampaignRunner  # i15-campaigns
 from gateway.campaigns.usecase import Campaigns  # i15-campaigns
 from gateway.clinical.commands import ClinicalHooks
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import NoticeRunner
 from gateway.config import Config
@@ -100,6 +101,18 @@ class UseCaseWiring:
         return RekeyJob(self.store, self.clock, self.config.store.rekey_rows_per_second, self.audit)
 
     @functools.cached_property
+    def clinical_db(self) -> ClinicalDb:
+        """Where patients, appointments, notices, reminder rules and templates live:
+        this node's store, or on a cluster the shared PostgreSQL (one for every use
+        case, so the notice runner hears what they plan)."""
+        if self.cluster is None:
+            return LocalClinicalDb(self.store)
+        from gateway.cluster.clinical_db import ClusterClinicalDb  # here: psycopg is optional
+
+        queue = self.cluster.queue
+        return ClusterClinicalDb(queue.pool, lambda: queue.cipher, self.cluster.keys)
+
+    @functools.cached_property
     def planner(self) -> Planner:
         """Plans reminders on every appointment change (installed in `clinical_hooks`)."""
         return Planner(self.notice_bell)
@@ -113,10 +126,28 @@ class UseCaseWiring:
             audit=self.audit,
             policy=self.intake.policy,
             planner=self.planner,
+            db=self.clinical_db,
         )
 
     def notice_runner(self, renderer: Renderer) -> NoticeRunner:
-        """A runner of the due clinical notices (`start()` runs one with `renderer`)."""
+        """A runner of the due clinical notices (`start()` runs one with `renderer`):
+        on a cluster, of the shared notices, safe beside the other nodes' runners."""
+        db = self.clinical_db
+        if self.cluster is not None:
+            from gateway.cluster.clinical_db import ClusterClinicalDb
+            from gateway.cluster.notice_runner import SharedNoticeRunner
+
+            assert isinstance(db, ClusterClinicalDb)
+            return SharedNoticeRunner(
+                db,
+                self.store,
+                self.usecases.messages,
+                renderer,
+                self.clock,
+                horizon=self.config.queue.max_schedule_days * 86400.0,
+                bell=self.notice_bell,
+                metrics=self.metrics,
+            )
         return NoticeRunner(
             self.store,
             self.usecases.messages,
@@ -277,6 +308,7 @@ class UseCaseWiring:
                 clock=self.clock,
                 audit=self.audit,
                 hooks=self.clinical_hooks,
+                db=self.clinical_db,
             ),
             Replies(self.store, self.clock, self.audit),
         )
@@ -330,6 +362,7 @@ class UseCaseWiring:
             clock=self.clock,
             audit=self.audit,
             sample_link=self.links.book.sample_url() if self.config.links.enabled else None,
+            db=self.clinical_db,
         )
 
     @functools.cached_property

@@ -66,6 +66,16 @@ def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path)
     assert "demo.peers" in message
 
 
+def test_appointments_run_on_a_cluster_and_hl7_feeds_are_refused(tmp_path: Path) -> None:
+    """Appointments, reminders, templates and notices are shared
+    (tests/pg/test_appointments_cluster.py); HL7 feeds are not yet."""
+    appointments = {"time_zone": "Europe/London", "cancel_debounce": 60.0}
+    assert config(tmp_path, {}, appointments=appointments).appointments.cancel_debounce == 60.0
+    with pytest.raises(ConfigError) as caught:
+        config(tmp_path, {}, hl7={"interfaces": [{"name": "epic"}]})
+    assert "hl7" in str(caught.value)
+
+
 def test_the_kannel_listener_runs_on_a_cluster(tmp_path: Path) -> None:
     """Its dlr-urls are kept with the shared messages (tests/pg/test_kannel_cluster.py)."""
     user = {"username": "his", "password_file": "his.pw", "token": "his"}

@@ -119,6 +119,19 @@ async def test_texts_then_numbers_go_per_purpose_and_metadata_stays(
     assert all(CANARY_NUMBER.lstrip("+") not in e.detail for e in runs)
 
 
+async def test_without_periods_per_purpose_every_purpose_takes_the_sections(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """A section naming no purpose is the period of every message, not only of one
+    stored without a purpose."""
+    gw = await open_gateway(retention={"body_days": 90, "number_days": 365})
+    mid = await _delivered(gw, purpose="informational")
+    clock.advance(91 * DAY)
+    outcome = await gw.retention.run("console")
+    assert outcome.removed["message_texts"] == 1
+    assert await _plain(gw, "messages", "body_ct", mid, "body") == ""
+
+
 async def test_a_redacted_message_still_reads_through_the_api(
     open_gateway: GatewayFactory, clock: FakeClock
 ) -> None:

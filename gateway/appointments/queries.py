@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.clinical import notices
+from gateway.clinical.db import ClinicalDb
 from gateway.clinical.notices import NoticeRow
 from gateway.consent.ledger import contact_row_id
-from gateway.store.consent_sql import cipher_of
 from gateway.store.crypto import FieldCipher
-from gateway.store.store import Store
 
 _COLUMNS = (
     "a.id, a.source, a.status, a.start_at, a.end_at, a.time_zone, a.service,"
@@ -89,8 +88,8 @@ def _record(cipher: FieldCipher, r: Any) -> AppointmentRecord:
     )  # fmt: skip
 
 
-async def search(store: Store, s: Search) -> list[AppointmentRecord]:
-    where: list[str] = ["1"]
+async def search(db: ClinicalDb, s: Search) -> list[AppointmentRecord]:
+    where: list[str] = ["1 = 1"]
     args: list[float | str] = []
     if s.start_from is not None:
         where.append("a.start_at >= ?")
@@ -104,25 +103,25 @@ async def search(store: Store, s: Search) -> list[AppointmentRecord]:
     if s.after is not None:
         where.append("(coalesce(a.start_at, 0), a.id) > (?, ?)")
         args.extend(s.after)
-    rows = await store.reader.all(
+    rows = await db.all(
         f"SELECT {_COLUMNS}{_FROM} WHERE {' AND '.join(where)}"
         " ORDER BY coalesce(a.start_at, 0), a.id LIMIT ?",
         (*args, s.limit),
     )
-    cipher = cipher_of(store)
+    cipher = db.cipher
     return [_record(cipher, r) for r in rows]
 
 
-async def one(store: Store, appointment_id: str) -> AppointmentRecord | None:
-    r = await store.reader.one(
+async def one(db: ClinicalDb, appointment_id: str) -> AppointmentRecord | None:
+    r = await db.one(
         f"SELECT {_COLUMNS}{_FROM} WHERE a.id = ?",
         (appointment_id,),
     )
-    return None if r is None else _record(cipher_of(store), r)
+    return None if r is None else _record(db.cipher, r)
 
 
-async def events(store: Store, appointment_id: str) -> list[EventRecord]:
-    rows = await store.reader.all(
+async def events(db: ClinicalDb, appointment_id: str) -> list[EventRecord]:
+    rows = await db.all(
         "SELECT at, event, source_ref, old_status, new_status, old_start, new_start, version"
         " FROM appointment_events WHERE appointment_id = ? ORDER BY seq",
         (appointment_id,),
@@ -130,9 +129,9 @@ async def events(store: Store, appointment_id: str) -> list[EventRecord]:
     return [EventRecord(*r) for r in rows]
 
 
-async def notices_of(store: Store, appointment_id: str) -> list[NoticeRow]:
-    cipher = cipher_of(store)
-    rows = await store.reader.all(
+async def notices_of(db: ClinicalDb, appointment_id: str) -> list[NoticeRow]:
+    cipher = db.cipher
+    rows = await db.all(
         "SELECT id, kind, contact_idx, template, purpose, due_at, variables_ct, language,"
         " expires_at, patient_id, appointment_id, appt_version, rule_id, rule_version,"
         " variant, ref, priority, state, reason, message_id FROM clinical_notices"
@@ -142,7 +141,7 @@ async def notices_of(store: Store, appointment_id: str) -> list[NoticeRow]:
     return [notices.row_of(cipher, tuple(r)) for r in rows]
 
 
-async def counts(store: Store) -> dict[str, int]:
+async def counts(db: ClinicalDb) -> dict[str, int]:
     """Appointments per status (no-shows among them)."""
-    rows = await store.reader.all("SELECT status, count(*) FROM appointments GROUP BY status")
+    rows = await db.all("SELECT status, count(*) FROM appointments GROUP BY status")
     return {str(r[0]): int(r[1]) for r in rows}

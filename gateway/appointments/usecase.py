@@ -3,6 +3,9 @@
 `upsert` builds the same `Facts` the SIU mapper builds and applies the same
 `AppointmentChange` in one writer job, with the idempotent answer (as `POST /messages`
 stores its own), so two requests for one external key at once make one appointment.
+On a cluster the job is one PostgreSQL transaction on the shared tables, serialised
+across the nodes (`gateway/clinical/db.py`): an appointment posted on one node is
+read, moved and cancelled on any other.
 Writes need the send right (`send` scope, or an acting panel role) and are audited;
 reads show the patient's number masked, and only to a caller who sees masked numbers.
 """
@@ -23,6 +26,7 @@ from gateway.appointments.model import Facts, Location, Status, Trigger
 from gateway.appointments.queries import AppointmentRecord, EventRecord, Search
 from gateway.appointments.settings import AppointmentsConfig
 from gateway.clinical.commands import ApplyContext, ClinicalHooks, MappingError
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.notices import NoticeRow
 from gateway.clinical.patients import PatientDetails, PatientRef, Phone
 from gateway.clinical.profile import API_SOURCE
@@ -95,8 +99,12 @@ class Appointments:
         clock: Clock,
         audit: AuditSink,
         hooks: ClinicalHooks,
+        db: ClinicalDb | None = None,
     ) -> None:
+        """`db`: where the appointments live (a cluster's shared tables); the store's
+        own by default. `store` gives the blind index of numbers either way."""
         self.config = config
+        self._db = db or LocalClinicalDb(store)
         self._region = region
         self._profile = config.profile(region)
         self._store = store
@@ -123,7 +131,7 @@ class Appointments:
         """Cancel an appointment posted through the API (audited); one from an HL7 feed is
         cancelled in the EHR (409 `managed_by_interface`)."""
         self._require_write(caller)
-        found = await queries.one(self._store, appointment_id)
+        found = await queries.one(self._db, appointment_id)
         if found is None:
             raise ApiError(404, "not_found", "no appointment with this id")
         if found.source != API_SOURCE:
@@ -146,7 +154,15 @@ class Appointments:
         cancel_id: str | None = None,
     ) -> Saved:
         now = self._clock.time()
-        ctx = ApplyContext(now, API_SOURCE, caller.actor, self._profile, self._store, self._hooks)
+        ctx = ApplyContext(
+            now,
+            API_SOURCE,
+            caller.actor,
+            self._profile,
+            self._store,
+            self._hooks,
+            sealer=self._db.cipher,
+        )
 
         def job(conn: sqlite3.Connection) -> Saved | str:
             change = self._change(conn, ctx, facts, cancel_id)
@@ -178,7 +194,7 @@ class Appointments:
             return saved
 
         try:
-            done = await self._store.writer.run(job)
+            done = await self._db.run(job)
         except MappingError as e:  # a setting of [appointments] the row cannot take
             raise ApiError(422, "invalid_appointment", e.text) from None
         if isinstance(done, str):
@@ -247,20 +263,20 @@ class Appointments:
         return AppointmentView(dataclasses.replace(r, number=None), masked)
 
     async def search(self, caller: Caller, s: Search) -> list[AppointmentView]:
-        return [self._view(caller, r) for r in await queries.search(self._store, s)]
+        return [self._view(caller, r) for r in await queries.search(self._db, s)]
 
     async def get(self, caller: Caller, appointment_id: str) -> AppointmentDetail:
-        found = await queries.one(self._store, appointment_id)
+        found = await queries.one(self._db, appointment_id)
         if found is None:
             raise ApiError(404, "not_found", "no appointment with this id")
         return AppointmentDetail(
             self._view(caller, found),
-            tuple(await queries.notices_of(self._store, appointment_id)),
-            tuple(await queries.events(self._store, appointment_id)),
+            tuple(await queries.notices_of(self._db, appointment_id)),
+            tuple(await queries.events(self._db, appointment_id)),
         )
 
     async def counts(self) -> dict[str, int]:
-        return await queries.counts(self._store)
+        return await queries.counts(self._db)
 
 
 def _invalid(field_name: str, code: str, what: str) -> ApiError:

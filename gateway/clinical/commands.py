@@ -84,9 +84,14 @@ class ApplyContext:
     store: Store
     hooks: ClinicalHooks
     message_ref: str | None = None
+    # The cipher of the clinical rows where it is not the store's: on a cluster, the
+    # shared keyring's (the store's own keys match it until a rotation).
+    sealer: FieldCipher | None = None
 
     @property
     def cipher(self) -> FieldCipher:
+        if self.sealer is not None:
+            return self.sealer
         from gateway.store.consent_sql import cipher_of
 
         return cipher_of(self.store)

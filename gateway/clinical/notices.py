@@ -199,11 +199,16 @@ def finish(
     return r is not None
 
 
-def due(conn: sqlite3.Connection, cipher: FieldCipher, now: float, limit: int) -> list[NoticeRow]:
-    """Pending notices due by `now`, earliest first."""
+def due(
+    conn: sqlite3.Connection, cipher: FieldCipher, now: float, limit: int, *, claim: bool = False
+) -> list[NoticeRow]:
+    """Pending notices due by `now`, earliest first. `claim` (PostgreSQL only: a
+    cluster's runners) locks them for this transaction and passes over the ones
+    another node's pass holds, so each is sent by one node."""
+    lock = " FOR UPDATE SKIP LOCKED" if claim else ""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM clinical_notices"  # noqa: S608
-        " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+        f" WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?{lock}",
         (now, limit),
     ).fetchall()
     return [row_of(cipher, r) for r in rows]

@@ -26,6 +26,11 @@ sleeps until the next due notice (`notices.next_due`), at most `MAX_SLEEP`, or u
 the planner rings the bell or any part plans a notice (`notices.planned()` grew: one
 that may be due sooner); sleeps go
 through the gateway's clock, so tests move a `FakeClock` and the pass runs.
+
+On a cluster the notices are shared and every node runs a pass
+(`gateway/cluster/notice_runner.py`): steps 1-4 are the same (`_ready`); a pass
+claims its notices `FOR UPDATE SKIP LOCKED` and accepts their messages in its
+PostgreSQL transaction instead.
 """
 
 from __future__ import annotations
@@ -41,13 +46,14 @@ import structlog
 
 from drivers.clock import Clock, wait_event
 from gateway.clinical import notices
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.notices import NoticeRow, NoticeState
 from gateway.clinical.rendering import Renderer, TemplateMissing
 from gateway.errors import ApiError
 from gateway.intake import Prepared, SendRequest
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
-from gateway.store.consent_sql import cipher_of, number_of
+from gateway.store.consent_sql import number_of
 from gateway.store.store import Store
 from gateway.usecases.caller import Caller
 from gateway.usecases.messages import Messages
@@ -95,9 +101,12 @@ class NoticeRunner:
         horizon: float,
         bell: threading.Event | None = None,
         metrics: Metrics | None = None,
+        db: ClinicalDb | None = None,
     ) -> None:
-        """`horizon`: how far ahead a message may expire (`queue.max_schedule_days`)."""
+        """`horizon`: how far ahead a message may expire (`queue.max_schedule_days`);
+        `db`: where the notices live (the store's own by default)."""
         self._store = store
+        self._db = db or LocalClinicalDb(store)
         self._messages = messages
         self._renderer = renderer
         self._clock = clock
@@ -121,7 +130,7 @@ class NoticeRunner:
 
     async def run(self) -> None:
         """Passes until cancelled (the gateway's stop cancels it with its other loops)."""
-        self._store.writer.after_commit.append(self._after_commit)
+        self._db.after_commit.append(self._after_commit)
         try:
             while True:
                 self._wake.clear()
@@ -129,28 +138,32 @@ class NoticeRunner:
                     result = await self.run_once()
                     if result.outcomes:
                         log.info("notices_pass", **dict(result.outcomes))
-                    next_due = await self._store.writer.run(notices.next_due)
+                    next_due = await self._db.run(notices.next_due, serial=False)
                     delay = MAX_SLEEP if next_due is None else next_due - self._clock.time()
                 except Exception as e:  # the store is struggling: try again, not never
                     log.error("notices_pass_failed", error=exception_summary(e))
                     delay = RETRY
                 await wait_event(self._clock, self._wake, min(max(delay, 0.0), MAX_SLEEP))
         finally:
-            self._store.writer.after_commit.remove(self._after_commit)
+            self._db.after_commit.remove(self._after_commit)
 
     async def run_once(self) -> PassResult:
         """One pass over the notices due now; returns once its transaction committed."""
         now = self._clock.time()
         result: PassResult = await self._store.writer.run(lambda conn: self._pass(conn, now))
+        self._passed(result)
+        return result
+
+    def _passed(self, result: PassResult) -> None:
+        """After a pass committed: its messages to the scheduler, its counts."""
         self._messages.hand_over(result.prepared)
         if self._metrics is not None:
             for (kind, outcome), count in result.by_kind.items():
                 self._metrics.notices.labels(kind, outcome).inc(count)
-        return result
 
     def _pass(self, conn: sqlite3.Connection, now: float) -> PassResult:
         result = PassResult()
-        for row in notices.due(conn, cipher_of(self._store), now, BATCH):
+        for row in notices.due(conn, self._db.cipher, now, BATCH):
             conn.execute("SAVEPOINT notice")
             try:
                 outcome, prepared = self._one(conn, row, now)
@@ -171,28 +184,43 @@ class NoticeRunner:
     def _one(
         self, conn: sqlite3.Connection, row: NoticeRow, now: float
     ) -> tuple[str, Prepared | None]:
+        request = self._ready(conn, row, now)
+        if isinstance(request, str):
+            return request, None
+        try:
+            prepared = self._messages.accept_within(conn, SYSTEM, request)
+        except ApiError as e:
+            if e.status >= 500:  # shutting down, the store: not this notice's fault
+                raise
+            return self._skip(conn, row, f"refused:{e.code}", now), None
+        if not self._queued(conn, row, prepared, now):
+            raise _Gone(row.id)
+        return "queued", prepared
+
+    def _ready(self, conn: sqlite3.Connection, row: NoticeRow, now: float) -> SendRequest | str:
+        """Steps 1-4: the message to accept for `row`, or the outcome of its skip."""
         n = row.notice
         if n.expires_at is not None and now >= n.expires_at:
-            return self._skip(conn, row, "expired", now), None
+            return self._skip(conn, row, "expired", now)
         reason = notices.recheck(conn, row, now)
         if reason is not None:
-            return self._skip(conn, row, reason, now), None
-        number = number_of(conn, cipher_of(self._store), n.contact_idx)
+            return self._skip(conn, row, reason, now)
+        number = number_of(conn, self._db.cipher, n.contact_idx)
         if number is None:
-            return self._skip(conn, row, "no_number", now), None
+            return self._skip(conn, row, "no_number", now)
         try:
             rendered = self._renderer.render(
                 conn, n.template, n.language, n.variables, variant=n.variant
             )
         except TemplateMissing:
-            return self._skip(conn, row, "template_missing", now), None
+            return self._skip(conn, row, "template_missing", now)
         except Exception as e:  # one bad template must not hold every other notice back
             log.error("notice_render_failed", notice=row.id, error=exception_summary(e))
-            return self._skip(conn, row, "render_failed", now), None
+            return self._skip(conn, row, "render_failed", now)
         expires = None
         if n.expires_at is not None:
             expires = datetime.fromtimestamp(min(n.expires_at, now + self._horizon), UTC)
-        request = SendRequest(
+        return SendRequest(
             to=number,
             body=rendered.text,
             priority=n.priority,  # type: ignore[arg-type]  # a rule's class, checked at save
@@ -201,19 +229,15 @@ class NoticeRunner:
             purpose=n.purpose,  # type: ignore[arg-type]  # a client purpose, checked at save
             expires_at=expires,
         )
-        try:
-            prepared = self._messages.accept_within(conn, SYSTEM, request)
-        except ApiError as e:
-            if e.status >= 500:  # shutting down, the store: not this notice's fault
-                raise
-            return self._skip(conn, row, f"refused:{e.code}", now), None
+
+    @staticmethod
+    def _queued(conn: sqlite3.Connection, row: NoticeRow, prepared: Prepared, now: float) -> bool:
+        """Step 6: the notice is `queued` with its message; False if it left `pending`."""
         answer = prepared.answer()
         note = None if answer.status == "queued" else f"{answer.status}:{answer.reason}"
-        if not notices.finish(
+        return notices.finish(
             conn, row.id, NoticeState.QUEUED, now, reason=note, message_id=answer.id
-        ):
-            raise _Gone(row.id)
-        return "queued", prepared
+        )
 
     @staticmethod
     def _skip(conn: sqlite3.Connection, row: NoticeRow, reason: str, now: float) -> str:

@@ -11,8 +11,11 @@ as the suppression entry, with an opt-out of everything appended if none is in f
 the entries' disclosure and note texts erased; the contact's row (number, patient
 reference, language, time zone) deleted; the reviews' texts erased and their link to
 the contact cut; the shared inbound from the number blanked as SQLite's (sender and
-body "", index emptied), its held parts deleted. The shared `opt_outs` list is kept:
-it holds only the keyed hash and the time.
+body "", index emptied), its held parts deleted; the shared patients texted at the
+number, their appointments and notices as SQLite's (`erase_patients`: MRN, external
+key, location and provider removed, pending notices cancelled `erased`, every
+notice's variables removed). The shared `opt_outs` list is kept: it holds only the
+keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -25,6 +28,7 @@ import re
 from collections.abc import Callable
 
 from gateway.cluster import queue_sql
+from gateway.cluster.clinical_db import run_bridged
 from gateway.cluster.consent_store import append, lock_contacts
 from gateway.cluster.inbound import Conn
 from gateway.cluster.lease import Pool
@@ -32,7 +36,7 @@ from gateway.cluster.nodes import Incarnation
 from gateway.consent import ledger
 from gateway.consent.purposes import SCOPE_ALL
 from gateway.models import State
-from gateway.retention.erase import Erased, Person
+from gateway.retention.erase import Erased, Person, erase_patients
 from gateway.retention.sweep import blank
 from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import Transition
@@ -114,6 +118,9 @@ class ClusterErasure:
             )
             n["shared_consent_reviews"] = cur.rowcount
             await self._erase_inbound(conn, person, out)
+            await run_bridged(
+                conn, lambda bridged: erase_patients(bridged, c, person, now, n, "shared_")
+            )
         return out
 
     async def _erase_inbound(self, conn: Conn, person: Person, out: Erased) -> None:

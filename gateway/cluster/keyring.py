@@ -57,6 +57,15 @@ SEALED: tuple[Sealed, ...] = (
     Sealed("consent_ledger", "seq", "id", (("disclosure_ct", "disclosure"), ("note_ct", "note"))),
     Sealed("consent_reviews", "id", "id", (("body_ct", "body"),)),
     Sealed("panel_users", "id", "id", (("totp_secret_ct", "totp_secret"),)),
+    # The clinical twins (cluster migration 17), as SQLite's catalog names them.
+    Sealed("patients", "id", "id", (("mrn_ct", "mrn"),)),
+    Sealed(
+        "appointments",
+        "id",
+        "id",
+        (("ext_key_ct", "ext_key"), ("location_label_ct", "location"), ("provider_ct", "provider")),
+    ),
+    Sealed("clinical_notices", "id", "id", (("variables_ct", "variables"),)),
 )
 BATCH = 500
 
@@ -123,7 +132,8 @@ async def _reencrypt(
 ) -> int:
     """Every shared row with a field sealed under an older generation, sealed anew
     (`SEALED`: the messages, inbound messages and their held parts, Kannel dlr-urls,
-    the contacts, the consent ledger's texts and reviews, the panel's TOTP secrets)."""
+    the contacts, the consent ledger's texts and reviews, the panel's TOTP secrets,
+    the patients' MRNs, the appointments' keys and labels, the notices' variables)."""
     done = 0
     for spec in SEALED:
         done = await _reencrypt_table(conn, cipher, generation, spec, done, after_batch)

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
-from gateway.cluster import audit, nodes, schema
+from gateway.cluster import audit, migrate_clinical, nodes, schema
 from gateway.cluster.migrate_consent import copy_reviews
 from gateway.cluster.migrate_copy import MigrationRefused, Progress, copy_table, set_sequences
 from gateway.cluster.migrate_copy import tables as copied_tables
@@ -111,7 +111,7 @@ async def _migrate_locked(
     assert run is not None
     src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        specs = copied_tables(node_id)
+        specs = (*copied_tables(node_id), *migrate_clinical.COPIES)
         try:
             for spec in specs:
                 copied = await copy_table(src, conn, spec, batch=batch, progress=progress)

@@ -145,9 +145,9 @@ def _target_row(
 
 
 async def set_sequences(conn: AsyncConnection[TupleRow]) -> None:
-    """`message_events.seq`, `link_clicks.seq` and `consent_ledger.seq` go on after the
-    highest copied (their ids were kept)."""
-    for table in ("message_events", "link_clicks", "consent_ledger"):
+    """`message_events.seq`, `link_clicks.seq`, `consent_ledger.seq` and
+    `appointment_events.seq` go on after the highest copied (their ids were kept)."""
+    for table in ("message_events", "link_clicks", "consent_ledger", "appointment_events"):
         await conn.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'),"  # noqa: S608 - fixed names
             f" coalesce(max(seq), 1), max(seq) IS NOT NULL) FROM {table}".encode()

@@ -20,7 +20,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from gateway.cluster import audit, keyring
+from gateway.cluster import audit, keyring, migrate_clinical
 from gateway.cluster.migrate_consent import check_samples
 from gateway.cluster.migrate_copy import TableCopy
 from gateway.store import crypto
@@ -58,9 +58,10 @@ async def verify(
     target = crypto.FieldCipher(keys.field, keys.blind)
     await _samples(src, conn, source_cipher, target, sample, report)
     await _inbound_samples(src, conn, source_cipher, target, sample, report)
-    lines, problems = await check_samples(src, conn, source_cipher, target, sample)
-    report.lines.extend(lines)
-    report.problems.extend(problems)
+    for check in (check_samples, migrate_clinical.check_samples):
+        lines, problems = await check(src, conn, source_cipher, target, sample)
+        report.lines.extend(lines)
+        report.problems.extend(problems)
     (reviews,) = src.execute("SELECT count(*) FROM consent_review").fetchone()
     got = await _one(conn, "SELECT count(*) FROM consent_reviews")
     report.check(got == reviews, f"consent_reviews: {got} rows (source {reviews})")

@@ -6,7 +6,9 @@ finished messages' texts (body, client reference, callback, Kannel dlr-url row) 
 their purpose's `body_days`, their numbers and blind index after `number_days`; the shared inbound's
 texts and senders after the section's periods; and the review texts a reviewer on
 another node reads (SQLite has no copy: a review there shows its inbound's text,
-which the sweep blanks), after `body_days`. A removed value is "" sealed for its row
+which the sweep blanks), after `body_days`; the template variables of the shared
+clinical notices no longer pending, after their purpose's `body_days` (removed, as
+SQLite's). A removed value is "" sealed for its row
 and column as SQLite's, `redacted` the same levels (1: text, 2: number too).
 
 Each batch is one transaction that locks the rows it takes `FOR UPDATE SKIP LOCKED`:
@@ -33,6 +35,7 @@ STEPS = (
     "shared_inbound_texts",
     "shared_inbound_numbers",
     "shared_review_texts",
+    "shared_notice_variables",
 )
 _FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
 
@@ -57,6 +60,17 @@ def due_messages(level: int, g: Group, before: float) -> tuple[str, tuple[Any, .
 def due_inbound(level: int, before: float) -> tuple[str, tuple[Any, ...]]:
     sql = f"SELECT id FROM inbound WHERE redacted = {level} AND received_at < %s"  # noqa: S608
     return sql, (before,)
+
+
+def due_notices(g: Group) -> tuple[str, tuple[Any, ...]]:
+    """Notices no longer pending whose template variables outlived their purpose's
+    `body_days` (SQLite's `notice_variables`)."""
+    where, params = _pg(g)
+    sql = (
+        "SELECT id FROM clinical_notices WHERE variables_ct IS NOT NULL"  # noqa: S608
+        f" AND state <> 'pending' AND updated_at < %s AND {where}"
+    )
+    return sql, (g.body_before, *params)
 
 
 _DUE_REVIEWS = "SELECT id FROM consent_reviews WHERE body_ct IS NOT NULL AND created_at < %s"
@@ -123,6 +137,15 @@ async def _inbound_numbers(conn: Conn, c: FieldCipher, before: float, limit: int
     return await _set(conn, _BLANK_INBOUND_NUMBERS, ids, _blanks(c, ids, "sender"))
 
 
+async def _notice_variables(conn: Conn, g: Group, limit: int) -> int:
+    ids = await _take(conn, due_notices(g), "updated_at", limit)
+    if ids:
+        await conn.execute(
+            "UPDATE clinical_notices SET variables_ct = NULL WHERE id = ANY(%s)", (ids,)
+        )
+    return len(ids)
+
+
 async def _review_texts(conn: Conn, before: float, limit: int) -> int:
     ids = await _take(conn, (_DUE_REVIEWS, (before,)), "created_at", limit)
     if ids:
@@ -159,6 +182,7 @@ class ClusterSweep:
                 for level in (0, 1):
                     due = due_messages(level, g, g.number_before)
                     counts["shared_message_numbers"] += await count(due)
+                counts["shared_notice_variables"] += await count(due_notices(g))
             counts["shared_inbound_texts"] = await count(due_inbound(0, body_before))
             for level in (0, 1):
                 counts["shared_inbound_numbers"] += await count(due_inbound(level, number_before))
@@ -174,6 +198,7 @@ class ClusterSweep:
             for g in sweep.groups(config, now):
                 done["shared_message_texts"] += await _message_texts(conn, c, g, n)
                 done["shared_message_numbers"] += await _message_numbers(conn, c, g, n)
+                done["shared_notice_variables"] += await _notice_variables(conn, g, n)
             done["shared_inbound_texts"] = await _inbound_texts(conn, c, body_before, n)
             number_before = now - config.number_days * DAY
             done["shared_inbound_numbers"] = await _inbound_numbers(conn, c, number_before, n)

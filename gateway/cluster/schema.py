@@ -684,6 +684,166 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE contacts ADD COLUMN IF NOT EXISTS clinic text;
     ALTER TABLE contacts ADD COLUMN IF NOT EXISTS preferences text;
     """,
+    # 17 (issue 18, clinical): SQLite's clinical tables as twins, so every node books,
+    #    plans and sends from one set (`gateway/cluster/clinical_db.py` runs SQLite's
+    #    own jobs on them): patients (MRN keyed and encrypted, texted at a shared
+    #    `contacts` row), appointments and their trail, timed notices (variables
+    #    encrypted; one pending per appointment and rule), reminder rules (one row per
+    #    version: a trigger keeps each, as SQLite's) and templates (immutable versions,
+    #    one head per name and language). Flags stay integers, as SQLite's, so the
+    #    jobs' SQL reads them alike. No foreign key (SQLite's appointments name their
+    #    patient by one): a restarted `smsgw store migrate` truncates table by table.
+    """
+    CREATE TABLE patients (
+        id             text PRIMARY KEY,
+        source         text NOT NULL,
+        mrn_index      bytea NOT NULL,
+        mrn_ct         bytea NOT NULL,
+        contact_idx    bytea,
+        phone_source   text,
+        created_at     double precision NOT NULL,
+        updated_at     double precision NOT NULL,
+        UNIQUE (source, mrn_index)
+    );
+    CREATE INDEX patients_contact ON patients (contact_idx);
+    CREATE TABLE appointments (
+        id                  text PRIMARY KEY,
+        source              text NOT NULL,
+        ext_index           bytea NOT NULL,
+        ext_key_ct          bytea NOT NULL,
+        patient_id          text NOT NULL,
+        status              text NOT NULL,
+        start_at            double precision,
+        end_at              double precision,
+        time_zone           text,
+        service             text,
+        location_code       text,
+        location_label_ct   bytea,
+        provider_ct         bytea,
+        short_code          text NOT NULL,
+        version             integer NOT NULL DEFAULT 1,
+        last_event          text,
+        last_msg_at         double precision,
+        created_from_update integer NOT NULL DEFAULT 0,
+        confirmed_at        double precision,
+        confirmed_via       text,
+        created_at          double precision NOT NULL,
+        updated_at          double precision NOT NULL,
+        rebook_window       double precision,
+        appt_type           text,
+        UNIQUE (source, ext_index)
+    );
+    CREATE INDEX appointments_patient ON appointments (patient_id, start_at);
+    CREATE INDEX appointments_start ON appointments (start_at);
+    CREATE INDEX appointments_status_start ON appointments (status, start_at);
+    CREATE TABLE appointment_events (
+        seq            bigserial PRIMARY KEY,
+        appointment_id text NOT NULL,
+        at             double precision NOT NULL,
+        event          text NOT NULL,
+        source_ref     text,
+        old_status     text,
+        new_status     text,
+        old_start      double precision,
+        new_start      double precision,
+        version        integer NOT NULL
+    );
+    CREATE INDEX appointment_events_appt ON appointment_events (appointment_id, seq);
+    CREATE TABLE clinical_notices (
+        id             text PRIMARY KEY,
+        kind           text NOT NULL,
+        contact_idx    bytea NOT NULL,
+        template       text NOT NULL,
+        purpose        text NOT NULL,
+        due_at         double precision NOT NULL,
+        variables_ct   bytea,
+        language       text,
+        expires_at     double precision,
+        patient_id     text,
+        appointment_id text,
+        appt_version   integer,
+        rule_id        text,
+        rule_version   integer,
+        variant        text,
+        ref            text,
+        priority       text,
+        state          text NOT NULL CHECK (state IN
+                           ('pending', 'queued', 'skipped', 'cancelled', 'superseded')),
+        reason         text,
+        message_id     text,
+        created_at     double precision NOT NULL,
+        updated_at     double precision NOT NULL
+    );
+    CREATE INDEX clinical_notices_due ON clinical_notices (due_at, id) WHERE state = 'pending';
+    CREATE UNIQUE INDEX clinical_notices_one_pending ON clinical_notices
+        (appointment_id, rule_id) WHERE state = 'pending' AND rule_id IS NOT NULL;
+    CREATE INDEX clinical_notices_appointment ON clinical_notices (appointment_id, state);
+    CREATE INDEX clinical_notices_contact ON clinical_notices (contact_idx, kind, updated_at);
+    CREATE INDEX clinical_notices_message ON clinical_notices (message_id);
+    CREATE INDEX clinical_notices_patient_pending ON clinical_notices (patient_id)
+        WHERE state = 'pending';
+    CREATE INDEX clinical_notices_variables_kept ON clinical_notices (updated_at)
+        WHERE variables_ct IS NOT NULL AND state <> 'pending';
+    CREATE TABLE reminder_rules (
+        id             text NOT NULL,
+        version        integer NOT NULL,
+        name           text NOT NULL,
+        lead           text NOT NULL,
+        delivery_time  text,
+        services       text NOT NULL,
+        locations      text NOT NULL,
+        appt_types     text NOT NULL,
+        skip_booked    text,
+        purpose        text NOT NULL,
+        priority       text,
+        template       text NOT NULL,
+        variants       text NOT NULL,
+        active         integer NOT NULL,
+        current        integer NOT NULL,
+        actor          text NOT NULL,
+        created_at     double precision NOT NULL,
+        PRIMARY KEY (id, version)
+    );
+    CREATE UNIQUE INDEX reminder_rules_current ON reminder_rules (id) WHERE current = 1;
+    CREATE OR REPLACE FUNCTION reminder_rules_kept() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            RAISE EXCEPTION 'reminder rule versions are kept';
+        END IF;
+        IF to_jsonb(NEW) - 'current' IS DISTINCT FROM to_jsonb(OLD) - 'current' THEN
+            RAISE EXCEPTION 'reminder rule versions are immutable';
+        END IF;
+        IF NEW.current IS DISTINCT FROM OLD.current
+           AND NOT (OLD.current = 1 AND NEW.current = 0) THEN
+            RAISE EXCEPTION 'a reminder rule version is only ever retired';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER reminder_rules_kept BEFORE UPDATE OR DELETE ON reminder_rules
+        FOR EACH ROW EXECUTE FUNCTION reminder_rules_kept();
+    CREATE TABLE templates (
+        id          text PRIMARY KEY,
+        name        text NOT NULL,
+        language    text NOT NULL,
+        version     integer NOT NULL,
+        purpose     text NOT NULL,
+        kind        text,
+        variables   text NOT NULL,
+        variants    text NOT NULL,
+        builtin     integer NOT NULL DEFAULT 0,
+        created_at  double precision NOT NULL,
+        created_by  text NOT NULL,
+        UNIQUE (name, language, version)
+    );
+    CREATE TABLE template_heads (
+        name        text NOT NULL,
+        language    text NOT NULL,
+        active      integer,
+        updated_at  double precision NOT NULL,
+        PRIMARY KEY (name, language)
+    );
+    """,
 )
 
 

@@ -118,7 +118,6 @@ def _configured(value: Any, default: Any) -> bool:
 def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
-    from gateway.appointments.settings import AppointmentsConfig
     from gateway.campaigns.settings import CampaignsConfig
     from gateway.hl7.settings import Hl7Config
     from gateway.replies.settings import RepliesConfig
@@ -128,10 +127,11 @@ def refused_features(config: Config) -> list[str]:
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
     # Webhooks, MQTT and Kannel's dlr-urls take their events from the shared outbox
     # (cluster/outbox_store.py; MQTT's per-node names: integrations/mqtt_names.py).
+    # Appointments (the JSON API), reminder rules, templates and the notice runner
+    # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
-        ("appointments", config.appointments, AppointmentsConfig()),
         ("results", config.results, ResultsConfig()),
         ("medication", config.medication, MedicationConfig()),
         ("replies", config.replies, RepliesConfig()),

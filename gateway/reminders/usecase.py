@@ -3,7 +3,8 @@
 Every front end (the API's `/reminder-rules`, the panel's "Reminder rules" page) calls
 these with a `Caller`. Changing a rule needs an administrator (an `admin` token, a
 panel user who may act) and is audited with the rule's id and version; the change and
-the re-plan of every upcoming appointment commit in one writer transaction. Errors are
+the re-plan of every upcoming appointment commit in one writer transaction (on a
+cluster, one PostgreSQL transaction over the shared rules and notices). Errors are
 `ApiError`s that name the field and never quote what was sent.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from drivers.clock import Clock
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.consent.policy import Policy
 from gateway.consent.purposes import CLIENT_PURPOSES, Purpose
 from gateway.consent.zones import valid_zone
@@ -22,7 +24,6 @@ from gateway.errors import ApiError
 from gateway.reminders import planner, rules
 from gateway.reminders.planner import Appointment, Planner
 from gateway.reminders.rules import Rule, RuleSpec
-from gateway.store.consent_sql import cipher_of
 from gateway.store.store import Store
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
@@ -58,9 +59,17 @@ def not_found() -> ApiError:
 
 class ReminderRules:
     def __init__(
-        self, *, store: Store, clock: Clock, audit: AuditSink, policy: Policy, planner: Planner
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        audit: AuditSink,
+        policy: Policy,
+        planner: Planner,
+        db: ClinicalDb | None = None,
     ) -> None:
-        self._store = store
+        """`db`: where the rules and notices live (a cluster's shared tables)."""
+        self._db = db or LocalClinicalDb(store)
         self._clock = clock
         self._audit = audit
         self._policy = policy
@@ -68,7 +77,7 @@ class ReminderRules:
 
     async def list_rules(self, caller: Caller) -> list[Rule]:
         """The current version of every rule, active or not, oldest first."""
-        rows = await self._store.reader.all(
+        rows = await self._db.all(
             f"SELECT {rules.COLUMNS} FROM reminder_rules WHERE current = 1"  # noqa: S608
             " ORDER BY created_at, id"
         )
@@ -76,11 +85,11 @@ class ReminderRules:
 
     async def any_rule(self) -> bool:
         """Whether any rule was ever made (active or not)."""
-        return await self._store.reader.one("SELECT 1 FROM reminder_rules LIMIT 1") is not None
+        return await self._db.one("SELECT 1 FROM reminder_rules LIMIT 1") is not None
 
     async def get(self, caller: Caller, rule_id: str) -> tuple[Rule, list[Rule]]:
         """The current version and every version before it (oldest first)."""
-        rows = await self._store.reader.all(
+        rows = await self._db.all(
             f"SELECT {rules.COLUMNS} FROM reminder_rules WHERE id = ? ORDER BY version",  # noqa: S608
             (rule_id,),
         )
@@ -108,7 +117,7 @@ class ReminderRules:
         _require_admin(caller)
         self._check(spec)
         now = self._clock.time()
-        cipher = cipher_of(self._store)
+        cipher = self._db.cipher
 
         def job(conn: sqlite3.Connection) -> tuple[Rule | None, int]:
             rule = rules.save(conn, rule_id, spec, caller.actor, now)
@@ -116,7 +125,7 @@ class ReminderRules:
                 return None, 0
             return rule, len(self._planner.replan_rule(conn, cipher, rule, now))
 
-        rule, planned = await self._store.writer.run(job)
+        rule, planned = await self._db.run(job)
         if rule is None:
             raise not_found()
         await self._audit.record(

@@ -180,6 +180,30 @@ def _erase_patients(
 ) -> set[str]:
     """Patients texted at the number, their appointments, notices and schedules; their
     MRNs (to find HL7 texts by)."""
+    mrns, pids = erase_patients(conn, c, person, now, n)
+    idx = person.index
+    marks = ",".join("?" * len(pids))
+    who = f"(contact_idx = ? OR patient_id IN ({marks}))"  # placeholders only
+    stop = "state = 'stopped', stopped_at = ?, stop_reason = 'erased', updated_at = ?"
+    sql = f"UPDATE medication_schedules SET {stop} WHERE state = 'active' AND {who}"  # noqa: S608
+    conn.execute(sql, (now, now, idx, *pids))
+    forget = "label_ct = NULL, contact_idx = x'', ext_index = NULL"
+    sql = f"UPDATE medication_schedules SET {forget} WHERE {who}"  # noqa: S608
+    n["medication_schedules"] = conn.execute(sql, (idx, *pids)).rowcount
+    return mrns
+
+
+def erase_patients(
+    conn: sqlite3.Connection,
+    c: FieldCipher,
+    person: Person,
+    now: float,
+    n: dict[str, int],
+    prefix: str = "",
+) -> tuple[set[str], list[str]]:
+    """Patients texted at the number, their appointments and notices, in SQL both
+    SQLite and a cluster's PostgreSQL read (`gateway/cluster/erasure.py`); their MRNs
+    and ids. Counts are named `<prefix><kind>`."""
     idx = person.index
     patients = conn.execute(
         "SELECT id, mrn_ct FROM patients WHERE contact_idx = ?", (idx,)
@@ -192,36 +216,34 @@ def _erase_patients(
             " phone_source = NULL, updated_at = ? WHERE id = ?",
             (blank(c, pid, "mrn"), _random_index(), now, pid),
         )
-    n["patients"] = len(pids)
-    marks = ",".join("?" * len(pids))
-    appts = [
-        r[0]
-        for r in conn.execute(
-            f"SELECT id FROM appointments WHERE patient_id IN ({marks})",  # noqa: S608  # placeholders
-            pids,
-        )
-    ]
+    n[prefix + "patients"] = len(pids)
+    appts: list[str] = []
+    if pids:  # PostgreSQL refuses an empty IN ()
+        marks = ",".join("?" * len(pids))
+        appts = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT id FROM appointments WHERE patient_id IN ({marks})",  # noqa: S608  # placeholders
+                pids,
+            )
+        ]
     for aid in appts:
         conn.execute(
             "UPDATE appointments SET ext_key_ct = ?, ext_index = ?, location_label_ct = NULL,"
             " provider_ct = NULL, updated_at = ? WHERE id = ?",
             (blank(c, aid, "ext_key"), _random_index(), now, aid),
         )
-    n["appointments"] = len(appts)
-    who = f"(contact_idx = ? OR patient_id IN ({marks}))"
+    n[prefix + "appointments"] = len(appts)
     # `who` holds only placeholders: the values are bound.
+    who = "contact_idx = ?"
+    if pids:
+        who = f"(contact_idx = ? OR patient_id IN ({','.join('?' * len(pids))}))"
     cancel = "state = 'cancelled', reason = 'erased', updated_at = ?"
     sql = f"UPDATE clinical_notices SET {cancel} WHERE state = 'pending' AND {who}"  # noqa: S608
-    n["notices_cancelled"] = conn.execute(sql, (now, idx, *pids)).rowcount
-    sql = f"UPDATE clinical_notices SET variables_ct = NULL, contact_idx = x'' WHERE {who}"  # noqa: S608
-    n["notices"] = conn.execute(sql, (idx, *pids)).rowcount
-    stop = "state = 'stopped', stopped_at = ?, stop_reason = 'erased', updated_at = ?"
-    sql = f"UPDATE medication_schedules SET {stop} WHERE state = 'active' AND {who}"  # noqa: S608
-    conn.execute(sql, (now, now, idx, *pids))
-    forget = "label_ct = NULL, contact_idx = x'', ext_index = NULL"
-    sql = f"UPDATE medication_schedules SET {forget} WHERE {who}"  # noqa: S608
-    n["medication_schedules"] = conn.execute(sql, (idx, *pids)).rowcount
-    return mrns
+    n[prefix + "notices_cancelled"] = conn.execute(sql, (now, idx, *pids)).rowcount
+    sql = f"UPDATE clinical_notices SET variables_ct = NULL, contact_idx = ? WHERE {who}"  # noqa: S608
+    n[prefix + "notices"] = conn.execute(sql, (b"", idx, *pids)).rowcount
+    return mrns, pids
 
 
 def _erase_hl7(

@@ -62,9 +62,9 @@ def groups(config: RetentionConfig, now: float) -> Iterator[Group]:
     for name in named:
         body, number = config.periods(name)
         yield Group("purpose = ?", (name,), now - body * DAY, now - number * DAY)
-    rest = "purpose IS NULL"
+    rest = "purpose IS NULL OR purpose IS NOT NULL"  # every row: no purpose has its own
     if named:
-        rest += " OR purpose NOT IN (" + ", ".join("?" * len(named)) + ")"
+        rest = "purpose IS NULL OR purpose NOT IN (" + ", ".join("?" * len(named)) + ")"
     yield Group(
         f"({rest})",
         tuple(named),

@@ -26,7 +26,7 @@ from gateway.clinical.rendering import Rendered, TemplateMissing
 from gateway.templates import language as lang
 from gateway.templates import store
 from gateway.templates.settings import LANGUAGE, TemplatesConfig
-from gateway.templates.store import Draft, Variant, Version
+from gateway.templates.store import Draft, TemplateSource, Variant, Version
 from gateway.templates.variables import RESERVED, BadVariable
 
 
@@ -92,6 +92,24 @@ class TemplateRenderer:
         chain = fallback_chain(language, self.site_language)
         for tag in chain:
             found = store.active(conn, name, tag)
+            if found is not None:
+                return self.fill(found, variables, variant)
+        raise TemplateMissing(f"template {name}: no active version in {', '.join(chain)}")
+
+    async def render_from(
+        self,
+        source: TemplateSource,
+        name: str,
+        language: str | None,
+        variables: Mapping[str, str],
+        *,
+        variant: str | None = None,
+    ) -> Rendered:
+        """`render` outside a transaction, from `source` (the shared templates on a
+        cluster): for a caller that is not a writer job."""
+        chain = fallback_chain(language, self.site_language)
+        for tag in chain:
+            found = await source.active(name, tag)
             if found is not None:
                 return self.fill(found, variables, variant)
         raise TemplateMissing(f"template {name}: no active version in {', '.join(chain)}")

@@ -5,7 +5,12 @@ once get two numbers) and points the head at it; activating an older version mov
 the head; a delete empties the head but keeps every version (and stops the built-in
 defaults from coming back at the next start). Functions take the writer's
 connection, so a save commits together with its audit entry; the renderer reads
-through the notice runner's connection.
+through the notice runner's connection. On a cluster the same functions run on the
+shared PostgreSQL (`gateway/clinical/db.py`), so every node renders from one set.
+
+`TemplateSource` is the read side for a caller outside a transaction (the API, the
+panel, a campaign's render: `TemplateRenderer.render_from`): `TemplateReads` over
+either backend.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.templates.variables import Variable, as_json, declare
+
+if TYPE_CHECKING:
+    from gateway.clinical.db import ClinicalDb
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,7 @@ class Version:
 
 COLUMNS = (
     "t.id, t.name, t.language, t.version, t.purpose, t.kind, t.variables, t.variants,"
-    " t.builtin, t.created_at, t.created_by, coalesce(h.active = t.version, 0)"
+    " t.builtin, t.created_at, t.created_by, CASE WHEN h.active = t.version THEN 1 ELSE 0 END"
 )
 FROM = " FROM templates t LEFT JOIN template_heads h ON h.name = t.name AND h.language = t.language"
 ACTIVE_SQL = f"SELECT {COLUMNS}{FROM} WHERE t.name = ? AND t.language = ? AND h.active = t.version"
@@ -139,3 +147,36 @@ def delete(conn: sqlite3.Connection, name: str, language: str, now: float) -> bo
 def active(conn: sqlite3.Connection, name: str, language: str) -> Version | None:
     r = conn.execute(ACTIVE_SQL, (name, language)).fetchone()
     return None if r is None else version_of(r)
+
+
+class TemplateSource(Protocol):
+    """The templates every node renders from, read outside a transaction."""
+
+    async def active(self, name: str, language: str) -> Version | None:
+        """The active version of (name, language), or None."""
+        ...
+
+    async def heads(self) -> list[Version]:
+        """The active version of every name and language."""
+        ...
+
+    async def versions(self, name: str) -> list[Version]:
+        """Every version of `name`, by language, newest first."""
+        ...
+
+
+class TemplateReads:
+    """`TemplateSource` over the clinical tables' backend (SQLite or the cluster's)."""
+
+    def __init__(self, db: ClinicalDb) -> None:
+        self._db = db
+
+    async def active(self, name: str, language: str) -> Version | None:
+        r = await self._db.one(ACTIVE_SQL, (name, language))
+        return None if r is None else version_of(r)
+
+    async def heads(self) -> list[Version]:
+        return [version_of(r) for r in await self._db.all(HEADS_SQL)]
+
+    async def versions(self, name: str) -> list[Version]:
+        return [version_of(r) for r in await self._db.all(OF_NAME_SQL, (name,))]

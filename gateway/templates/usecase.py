@@ -4,7 +4,9 @@ The API (`/api/v1/templates`) and the panel's editor call these with a `Caller`.
 Editing needs `may_edit_templates` (the `admin` scope or role); reading, preview and
 lint need only a signed-in caller. A save is refused with the first lint problem's
 rule as its code (`template_<rule>`); otherwise the new version, made active, and its
-audit entry commit in one writer transaction.
+audit entry commit in one writer transaction. On a cluster the templates are the
+shared tables (`gateway/clinical/db.py`): a save or activation on any node is what
+every node renders next, and its audit entry follows the commit in the node's trail.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ from __future__ import annotations
 import re
 import sqlite3
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from drivers.clock import Clock
 from drivers.text import BodyTooLong, choose_encoding, split
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.notices import NoticeKind
 from gateway.consent.purposes import CLIENT_PURPOSES
 from gateway.errors import ApiError
-from gateway.store.audit_log import AuditTrail
+from gateway.store.audit_log import AuditTrail, DetailValue
 from gateway.store.store import Store
 from gateway.templates import defaults, lint, store
 from gateway.templates.language import LINK
 from gateway.templates.renderer import RenderRefused, TemplateRenderer, normalise
-from gateway.templates.store import Draft, Variant, Version
+from gateway.templates.store import Draft, TemplateReads, Variant, Version
 from gateway.templates.variables import Variable, VarType, declare
 from gateway.usecases.caller import Caller
 
@@ -75,6 +79,18 @@ class Preview:
     problems: tuple[lint.Problem, ...]
 
 
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """An audit entry of an edit (`template` is its target kind)."""
+
+    action: str
+    target: str
+    details: dict[str, DetailValue]
+
+
 def _invalid(field: str, code: str, what: str) -> ApiError:
     return ApiError(422, code, f"{field}: {what}", field=field)
 
@@ -89,13 +105,17 @@ class Templates:
         clock: Clock,
         audit: AuditTrail,
         sample_link: str | None = None,
+        db: ClinicalDb | None = None,
     ) -> None:
+        """`db`: where the templates live (a cluster's shared tables); the store's own
+        by default."""
         # A short URL as `{link:NAME}` becomes one (gateway/links/), for the lint's
         # length and the preview; None while tracked links are off.
         self._sample_link = sample_link
         self.renderer = renderer
         self._allow_drugs = allow_drug_names
-        self._store = store_
+        self._db = db or LocalClinicalDb(store_)
+        self.source = TemplateReads(self._db)
         self._clock = clock
         self._audit = audit
 
@@ -103,23 +123,20 @@ class Templates:
         """Save the built-in templates a site has never saved or deleted; how many."""
         now = self._clock.time()
         drafts = defaults.builtin()
-        return await self._store.writer.run(
-            lambda conn: sum(store.seed(conn, d, now) for d in drafts)
-        )
+        return await self._db.run(lambda conn: sum(store.seed(conn, d, now) for d in drafts))
 
     # -- reading -----------------------------------------------------------------------
 
     async def heads(self, caller: Caller) -> list[Version]:
         """The active version of every template name and language."""
-        rows = await self._store.reader.all(store.HEADS_SQL)
-        return [store.version_of(r) for r in rows]
+        return await self.source.heads()
 
     async def versions(self, caller: Caller, name: str) -> list[Version]:
         """Every version of `name` in every language, newest first per language."""
-        rows = await self._store.reader.all(store.OF_NAME_SQL, (name,))
-        if not rows:
+        found = await self.source.versions(name)
+        if not found:
             raise ApiError(404, "not_found", "no template with this name")
-        return [store.version_of(r) for r in rows]
+        return found
 
     # -- editing -----------------------------------------------------------------------
 
@@ -174,41 +191,30 @@ class Templates:
 
         def job(conn: sqlite3.Connection) -> Version:
             template_id, version = store.save(conn, draft, caller.actor, now)
-            self._audit.append_in(
-                conn,
-                now,
-                caller.actor,
-                "template_saved",
-                "template",
-                template_id,
-                name=draft.name,
-                language=draft.language,
-                version=version,
-            )
             return Version(template_id, draft, version, False, now, caller.actor, True)
 
-        return await self._store.writer.run(job)
+        def entry(v: Version) -> _Entry:
+            details: dict[str, DetailValue] = {
+                "name": draft.name,
+                "language": draft.language,
+                "version": v.version,
+            }
+            return _Entry("template_saved", v.id, details)
+
+        return await self._audited(caller, now, job, entry)
 
     async def activate(self, caller: Caller, name: str, language: str, version: int) -> None:
         self._require_edit(caller)
         now = self._clock.time()
 
         def job(conn: sqlite3.Connection) -> bool:
-            done = store.activate(conn, name, language, version, now)
-            if done:
-                self._audit.append_in(
-                    conn,
-                    now,
-                    caller.actor,
-                    "template_activated",
-                    "template",
-                    name,
-                    language=language,
-                    version=version,
-                )
-            return done
+            return store.activate(conn, name, language, version, now)
 
-        if not await self._store.writer.run(job):
+        def entry(done: bool) -> _Entry | None:
+            details: dict[str, DetailValue] = {"language": language, "version": version}
+            return _Entry("template_activated", name, details) if done else None
+
+        if not await self._audited(caller, now, job, entry):
             raise ApiError(404, "not_found", "no such template version")
 
     async def delete(self, caller: Caller, name: str, language: str) -> None:
@@ -217,15 +223,38 @@ class Templates:
         now = self._clock.time()
 
         def job(conn: sqlite3.Connection) -> bool:
-            done = store.delete(conn, name, language, now)
-            if done:
+            return store.delete(conn, name, language, now)
+
+        def entry(done: bool) -> _Entry | None:
+            return _Entry("template_deleted", name, {"language": language}) if done else None
+
+        if not await self._audited(caller, now, job, entry):
+            raise ApiError(404, "not_found", "no active template with this name and language")
+
+    async def _audited(
+        self,
+        caller: Caller,
+        now: float,
+        job: Callable[[sqlite3.Connection], _R],
+        entry: Callable[[_R], _Entry | None],
+    ) -> _R:
+        """`job` and its audit entry: in one SQLite transaction, or on a cluster the
+        entry in the node's own trail once the shared change committed."""
+        if self._db.shared:
+            done = await self._db.run(job)
+            if (e := entry(done)) is not None:
+                await self._audit.record(caller.actor, e.action, "template", e.target, **e.details)
+            return done
+
+        def audited(conn: sqlite3.Connection) -> _R:
+            done = job(conn)
+            if (e := entry(done)) is not None:
                 self._audit.append_in(
-                    conn, now, caller.actor, "template_deleted", "template", name, language=language
+                    conn, now, caller.actor, e.action, "template", e.target, **e.details
                 )
             return done
 
-        if not await self._store.writer.run(job):
-            raise ApiError(404, "not_found", "no active template with this name and language")
+        return await self._db.run(audited)
 
     # -- preview and lint --------------------------------------------------------------
 

@@ -157,6 +157,11 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
         "shared_inbound": 1,  # the look-alike B received, filed in the shared store
         "shared_inbound_parts": 0,
         "shared_kannel_dlr": 0,  # none sent through Kannel (tests/pg/test_kannel_cluster.py)
+        # no appointments (tests/pg/test_appointments_cluster.py)
+        "shared_patients": 0,
+        "shared_appointments": 0,
+        "shared_notices_cancelled": 0,
+        "shared_notices": 0,
     }
 
     # PostgreSQL: the number's ciphertexts are "" sealed for their place, or gone.

@@ -1,0 +1,86 @@
+"""`smsgw store migrate` and the clinical tables: what is copied, and the samples the
+verification decrypts on both sides (cluster migration 17's twins).
+
+Patients, appointments and their trail, the timed notices, reminder rules and
+templates are copied as they are (ids, ciphertexts and versions kept; a notice of a
+part not on the cluster backend, results or medication, is copied too and skipped by
+the shared runner, `not_on_cluster`). The appointments' trail keeps its seqs, and its
+numbering goes on after them (`migrate_copy.set_sequences`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from gateway.cluster.migrate_copy import TableCopy
+from gateway.store import crypto
+
+COPIES = (
+    TableCopy("templates", "templates", ("id",)),
+    TableCopy("template_heads", "template_heads", ("name", "language")),
+    TableCopy("reminder_rules", "reminder_rules", ("id", "version")),
+    TableCopy("patients", "patients", ("id",)),
+    TableCopy("appointments", "appointments", ("id",)),
+    TableCopy("appointment_events", "appointment_events", ("seq",)),
+    TableCopy("clinical_notices", "clinical_notices", ("id",)),
+)
+# (table, encrypted column, its AAD): the row id is the table's `id`.
+SAMPLED = (
+    ("patients", "mrn_ct", "mrn"),
+    ("appointments", "ext_key_ct", "ext_key"),
+    ("appointments", "location_label_ct", "location"),
+    ("appointments", "provider_ct", "provider"),
+    ("clinical_notices", "variables_ct", "variables"),
+)
+
+
+async def check_samples(
+    src: sqlite3.Connection,
+    conn: AsyncConnection[TupleRow],
+    source: crypto.FieldCipher,
+    target: crypto.FieldCipher,
+    sample: int,
+) -> tuple[list[str], list[str]]:
+    """(lines, problems): a random sample of each encrypted clinical column, decrypted
+    on both sides and compared."""
+    lines: list[str] = []
+    problems: list[str] = []
+    for table, column, aad in SAMPLED:
+        rows = src.execute(
+            f"SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
+            " ORDER BY random() LIMIT ?",
+            (sample,),
+        ).fetchall()
+        bad = 0
+        for row_id, mine in rows:
+            cur = await conn.execute(
+                f"SELECT {column} FROM {table} WHERE id = %s".encode(),  # noqa: S608 - fixed names
+                (row_id,),
+            )
+            theirs = await cur.fetchone()
+            if not _same(source, target, mine, theirs, str(row_id), aad):
+                bad += 1
+                if bad <= 3:
+                    problems.append(f"{table}.{column} of {row_id} differs")
+        line = f"{table}.{column}: {len(rows) - bad} of {len(rows)} sampled decrypt the same"
+        (lines if bad == 0 else problems).append(line)
+    return lines, problems
+
+
+def _same(
+    source: crypto.FieldCipher,
+    target: crypto.FieldCipher,
+    mine: bytes,
+    theirs: tuple[object, ...] | None,
+    row_id: str,
+    aad: str,
+) -> bool:
+    if theirs is None or not isinstance(theirs[0], bytes | bytearray | memoryview):
+        return False
+    try:
+        return source.decrypt(mine, row_id, aad) == target.decrypt(bytes(theirs[0]), row_id, aad)
+    except crypto.DecryptError:
+        return False
