@@ -275,8 +275,7 @@ class ClusterContactBook:
             if await taken.fetchone() is not None:
                 return ""
             cur = await conn.execute(
-                "UPDATE contact_audiences SET name = %s, spec = %s, updated_at = %s"
-                " WHERE id = %s",
+                "UPDATE contact_audiences SET name = %s, spec = %s, updated_at = %s WHERE id = %s",
                 (name, text, now, audience_id),
             )
             return audience_id if cur.rowcount == 1 else "!"

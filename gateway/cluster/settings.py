@@ -119,7 +119,6 @@ def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
     from gateway.appointments.settings import AppointmentsConfig
-    from gateway.campaigns.settings import CampaignsConfig
     from gateway.hl7.settings import Hl7Config
     from gateway.replies.settings import RepliesConfig
     from gateway.results.settings import MedicationConfig, ResultsConfig
@@ -128,6 +127,8 @@ def refused_features(config: Config) -> list[str]:
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
     # Webhooks, MQTT and Kannel's dlr-urls take their events from the shared outbox
     # (cluster/outbox_store.py; MQTT's per-node names: integrations/mqtt_names.py).
+    # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
+    # cluster/campaigns.py, cluster/campaign_feed.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
@@ -135,7 +136,6 @@ def refused_features(config: Config) -> list[str]:
         ("results", config.results, ResultsConfig()),
         ("medication", config.medication, MedicationConfig()),
         ("replies", config.replies, RepliesConfig()),
-        ("campaigns", config.campaigns, CampaignsConfig()),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 
