@@ -92,6 +92,12 @@ def test_webhooks_run_on_a_cluster_with_every_event(tmp_path: Path) -> None:
     assert "message.inbound" in kept.events
 
 
+def test_campaigns_run_on_a_cluster(tmp_path: Path) -> None:
+    """Contacts, groups, audiences and campaigns are shared by every node
+    (tests/pg/test_campaigns_cluster.py)."""
+    assert config(tmp_path, {}, campaigns={"default_rate": 20.0}).campaigns.default_rate == 20
+
+
 def test_consent_runs_on_a_cluster(tmp_path: Path) -> None:
     """i18-consent: one consent list for every node (tests/pg/test_consent_cluster.py)."""
     assert config(tmp_path, {}, consent={"enabled": True}).consent.enabled

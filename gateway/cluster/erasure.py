@@ -107,6 +107,16 @@ class ClusterErasure:
             n["shared_consent_entries"] = cur.rowcount
             cur = await conn.execute("DELETE FROM contacts WHERE idx = %s", (idx,))
             n["shared_contacts"] = cur.rowcount
+            # What the audiences knew of them, and who a campaign reached (cluster 17).
+            for table in ("contact_tags", "contact_group_members"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE contact_idx = %s".encode(),  # noqa: S608 - fixed names
+                    (idx,),
+                )
+            cur = await conn.execute(
+                "DELETE FROM campaign_recipients WHERE contact_idx = %s", (idx,)
+            )
+            n["shared_campaign_recipients"] = cur.rowcount
             cur = await conn.execute(
                 "UPDATE consent_reviews SET body_ct = NULL, contact_idx = '\\x'::bytea"
                 " WHERE contact_idx = %s",
