@@ -1,0 +1,198 @@
+"""Issue 18: contact groups, audiences and campaigns shared by the nodes of a cluster.
+
+Two gateways on one PostgreSQL, through the use cases every front end calls: a group
+built on one node is the audience of a campaign started on the other; passes running
+on both nodes at once message each recipient exactly once, and a node killed in the
+middle of a pass leaves its recipients to the other; the policy blocks the opted-out
+and the unconsented with their reasons; a pause on one node stops the other's next
+pass and a cancel withdraws what is still waiting, whichever node queued it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from drivers.clock import FakeClock
+from gateway.app import Gateway
+from gateway.campaigns.model import CampaignSpec, CampaignState
+from gateway.campaigns.runner import PassResult
+from gateway.contacts.audience import AudienceSpec
+from gateway.contacts.csv_import import Options
+from gateway.errors import ApiError
+from gateway.store import crypto
+from gateway.store.store import Store
+from gateway.usecases import Caller
+from gateway.usecases.consent import DecisionRequest
+from tests.campaign_rows import numbers
+from tests.pg.test_consent_cluster import _cluster_config
+
+STAFF = Caller.for_panel_user("user:staff", reads_phi=True, acts=True)
+TEXT = "Flu shots at the clinic this week."
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[list[Gateway]]:
+    """Two nodes (dispatch off: the passes are called, nothing is sent)."""
+    opened: list[Gateway] = []
+    first = tmp_path / "gw1"
+    try:
+        for name in ("gw1", "gw2"):
+            if name == "gw1":
+                config = _cluster_config(first, name, pg_dsn)
+                crypto.generate_master_key(config.master_key_path)
+                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+                await store.open()
+                await store.close()
+            else:  # one keyring for every node: the first's data directory copied
+                shutil.copytree(first, tmp_path / name)
+                config = _cluster_config(tmp_path / name, name, pg_dsn)
+            gw = await Gateway.open(config, clock)
+            opened.append(gw)
+            await gw.start(dispatch=False)
+        yield opened
+    finally:
+        for gw in opened:
+            if not gw.stopped:
+                await gw.stop()
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _group_of(gw: Gateway, name: str, members: Sequence[str]) -> str:
+    """A group made on `gw` and its members imported there (the shared contacts)."""
+    group = await gw.contacts.create_group(STAFF, name, None)
+    csv = ("number\n" + "\n".join(members) + "\n").encode()
+    report = await gw.contacts.imports.run(STAFF, _chunks(csv), Options(group=group.id))
+    assert (report.created, report.failed) == (len(members), 0)
+    return group.id
+
+
+async def _started(gw: Gateway, group: str, purpose: str = "informational") -> str:
+    spec = CampaignSpec("Flu drive", AudienceSpec(groups=[group]), purpose, text=TEXT)
+    campaign = await gw.campaigns.create(STAFF, spec)
+    assert (await gw.campaigns.start(STAFF, campaign.id)).state is CampaignState.RUNNING
+    return campaign.id
+
+
+async def _pass(gw: Gateway, campaign_id: str, limit: int) -> PassResult:
+    campaign = await gw.campaigns.get(STAFF, campaign_id)
+    return await gw.campaign_runner.run_pass(campaign, limit)
+
+
+async def _rows(gw: Gateway, query: str, params: Sequence[Any] = ()) -> list[Any]:
+    assert gw.cluster is not None
+    async with gw.cluster.queue.pool.connection() as conn:
+        return await (await conn.execute(query.encode(), params)).fetchall()
+
+
+async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
+    pair: list[Gateway],
+) -> None:
+    """Marketing needs written consent: the opted-out (on B) and the unconsented are
+    stored blocked with their reasons; the counts read the same on either node."""
+    a, b = pair
+    written, opted_out, unconsented = numbers(2), numbers(1, 10)[0], numbers(1, 20)[0]
+    group = await _group_of(a, "Ward 3", [*written, opted_out, unconsented])
+    for number in written:
+        await a.usecases.consent.record(
+            STAFF, DecisionRequest(number, "opt_in", "api", "purpose:marketing", disclosure="Y")
+        )
+    await b.usecases.consent.record(STAFF, DecisionRequest(opted_out, "opt_out", "api"))
+    assert (await b.contacts.group(STAFF, group)).members == 4
+    assert (await b.contacts.page(STAFF, AudienceSpec(groups=[group]))).total == 4
+
+    campaign_id = await _started(b, group, "marketing")
+    result = await _pass(b, campaign_id, 10)
+    assert dict(result.outcomes) == {
+        "queued": 2,
+        "blocked:opted_out": 1,
+        "blocked:no_consent": 1,
+    }
+    assert result.state is CampaignState.FINISHED
+
+    campaign = await a.campaigns.get(STAFF, campaign_id)
+    assert (campaign.state, campaign.audience_size) == (CampaignState.FINISHED, 4)
+    progress = await a.campaigns.progress(STAFF, campaign)
+    assert (progress.handled, progress.campaign.queued) == (4, 2)
+    assert progress.campaign.blocked == {"opted_out": 1, "no_consent": 1}
+
+    with pytest.raises(ApiError) as refused:  # templates are each node's own still
+        spec = CampaignSpec("T", AudienceSpec(groups=[group]), "informational", template="flu")
+        await a.campaigns.create(STAFF, spec)
+    assert (refused.value.status, refused.value.code) == (422, "template_not_on_cluster")
+
+
+async def test_two_nodes_running_one_campaign_message_each_recipient_once(
+    pair: list[Gateway], pg_dsn: str
+) -> None:
+    a, b = pair
+    members = numbers(40)
+    campaign_id = await _started(a, await _group_of(b, "Clinic", members))
+
+    # A node killed in the middle of its pass: a claim held, then its connection gone.
+    killed = await psycopg.AsyncConnection.connect(pg_dsn)
+    await killed.execute("BEGIN")
+    held = await (
+        await killed.execute(
+            "SELECT contact_idx FROM campaign_recipients WHERE campaign_id = %s"
+            " AND outcome IS NULL ORDER BY contact_idx LIMIT 8 FOR UPDATE SKIP LOCKED",
+            (campaign_id,),
+        )
+    ).fetchall()
+    assert len(held) == 8
+
+    while True:  # both nodes' passes at once, until neither finds a recipient
+        results = await asyncio.gather(*(_pass(gw, campaign_id, 3) for gw in (a, b, a, b)))
+        if not any(r.read for r in results):
+            break
+    assert (await a.campaigns.get(STAFF, campaign_id)).state is CampaignState.RUNNING
+    await _rows(a, "SELECT pg_terminate_backend(%s)", (killed.info.backend_pid,))
+    await killed.close()
+    last = await _pass(b, campaign_id, 20)
+    assert (last.read, last.state) == (8, CampaignState.FINISHED)
+
+    sent = await _rows(
+        a,
+        "SELECT count(*), count(DISTINCT to_index) FROM messages WHERE campaign_id = %s",
+        (campaign_id,),
+    )
+    assert sent == [(40, 40)]
+    by_node = await _rows(
+        a,
+        "SELECT node_id, count(*) FROM campaign_recipients WHERE campaign_id = %s"
+        " AND outcome = 'queued' GROUP BY node_id ORDER BY node_id",
+        (campaign_id,),
+    )
+    assert [node for node, _ in by_node] == ["gw1", "gw2"] and sum(n for _, n in by_node) == 40
+
+
+async def test_a_pause_on_one_node_stops_the_next_pass_on_the_other(
+    pair: list[Gateway],
+) -> None:
+    a, b = pair
+    campaign_id = await _started(a, await _group_of(a, "Ward 5", numbers(10)))
+    assert len((await _pass(b, campaign_id, 3)).prepared) == 3
+
+    await a.campaigns.act(STAFF, campaign_id, "pause")
+    paused = await _pass(b, campaign_id, 3)
+    assert (paused.state, paused.prepared) == (CampaignState.PAUSED, [])
+
+    await b.campaigns.act(STAFF, campaign_id, "resume")
+    assert len((await _pass(a, campaign_id, 3)).prepared) == 3
+
+    acted = await b.campaigns.act(STAFF, campaign_id, "cancel")  # withdraws A's and B's
+    assert acted.changed and acted.campaign.state is CampaignState.CANCELLED
+    states = await _rows(
+        a, "SELECT state, count(*) FROM messages WHERE campaign_id = %s GROUP BY 1", (campaign_id,)
+    )
+    assert states == [("cancelled", 6)]
+    assert (await _pass(a, campaign_id, 3)).state is CampaignState.CANCELLED
