@@ -25,13 +25,15 @@ and a claimed row is never claimed again.
 A pass that found fewer open recipients than it asked for tries, in a transaction of
 its own after its commit, to finish the campaign: only when no recipient is open any
 more (another node's pass still holding some leaves that to the last of them).
-Templates are not on the cluster yet: a campaign here has a text (`Campaigns` refuses
+Each node feeds a campaign at its share of the campaign's rate (`live`). Templates
+are not on the cluster yet: a campaign here has a text (`Campaigns` refuses
 a template on a cluster node).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from gateway.campaigns import store as sql
@@ -54,6 +56,10 @@ _RECORD = (
     " at = %s, node_id = %s"
     " FROM unnest(%s::bytea[], %s::text[], %s::text[]) AS v(idx, outcome, message_id)"
     " WHERE r.campaign_id = %s AND r.contact_idx = v.idx"
+)
+_ALIVE = (
+    "SELECT count(DISTINCT node_id) FROM nodes WHERE recovered_at IS NULL"
+    " AND lease_until > clock_timestamp()"
 )
 _FINISH = (
     "UPDATE campaigns SET state = 'finished', updated_at = %s, done_at = %s"
@@ -81,9 +87,17 @@ class ClusterCampaignFeed:
         self._horizon = horizon
 
     async def live(self) -> list[Campaign]:
+        """The live campaigns, each at this node's share of its rate: every live node
+        runs them, so together they feed a campaign at its rate (a dead node's share
+        goes to the others once its lease has lapsed)."""
         async with self._pool.connection() as conn:
             rows = await (await conn.execute(shared.LIVE_SQL)).fetchall()
-        return [shared.campaign_of(self._cipher, r) for r in rows]
+            alive = await (await conn.execute(_ALIVE)).fetchone()
+        nodes = max(1, int(alive[0]) if alive else 1)
+        return [
+            replace(c, rate=c.rate / nodes)
+            for c in (shared.campaign_of(self._cipher, r) for r in rows)
+        ]
 
     async def move(
         self, campaign_id: str, source: CampaignState, target: CampaignState, now: float

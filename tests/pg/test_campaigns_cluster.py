@@ -23,6 +23,7 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.campaigns.model import CampaignSpec, CampaignState
 from gateway.campaigns.runner import PassResult
+from gateway.cluster.campaign_feed import ClusterCampaignFeed
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import Options
 from gateway.errors import ApiError
@@ -125,8 +126,8 @@ async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
     assert (progress.handled, progress.campaign.queued) == (4, 2)
     assert progress.campaign.blocked == {"opted_out": 1, "no_consent": 1}
 
+    spec = CampaignSpec("T", AudienceSpec(groups=[group]), "informational", template="flu")
     with pytest.raises(ApiError) as refused:  # templates are each node's own still
-        spec = CampaignSpec("T", AudienceSpec(groups=[group]), "informational", template="flu")
         await a.campaigns.create(STAFF, spec)
     assert (refused.value.status, refused.value.code) == (422, "template_not_on_cluster")
 
@@ -181,6 +182,11 @@ async def test_a_pause_on_one_node_stops_the_next_pass_on_the_other(
     a, b = pair
     campaign_id = await _started(a, await _group_of(a, "Ward 5", numbers(10)))
     assert len((await _pass(b, campaign_id, 3)).prepared) == 3
+    assert a.cluster is not None
+    queue = a.cluster.queue
+    feed = ClusterCampaignFeed(queue.pool, queue.cipher, a.usecases.messages, "gw1", horizon=1e5)
+    (live,) = await feed.live()  # each of the two live nodes feeds it at half its rate
+    assert live.rate == (await a.campaigns.get(STAFF, campaign_id)).rate / 2
 
     await a.campaigns.act(STAFF, campaign_id, "pause")
     paused = await _pass(b, campaign_id, 3)
