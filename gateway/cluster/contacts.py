@@ -214,7 +214,7 @@ class ClusterContactBook:
             # not a second group with the name.
             await conn.execute(
                 "UPDATE contact_groups SET name = coalesce(%s, name),"
-                " description = CASE WHEN %s THEN nullif(%s, '') ELSE description END,"
+                " description = CASE WHEN %s THEN nullif(%s::text, '') ELSE description END,"
                 " updated_at = %s WHERE id = %s",
                 (name, description is not None, description, now, group_id),
             )
