@@ -71,15 +71,19 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def _group_of(gw: Gateway, name: str, members: Sequence[str]) -> str:
     """A group made on `gw` and its members imported there (the shared contacts)."""
     group = await gw.contacts.create_group(STAFF, name, None)
-    csv = ("number\n" + "\n".join(members) + "\n").encode()
-    report = await gw.contacts.imports.run(STAFF, _chunks(csv), Options(group=group.id))
-    assert (report.created, report.failed) == (len(members), 0)
+    if members:
+        csv = ("number\n" + "\n".join(members) + "\n").encode()
+        report = await gw.contacts.imports.run(STAFF, _chunks(csv), Options(group=group.id))
+        assert (report.created, report.failed) == (len(members), 0)
     return group.id
 
 
+def _spec(group: str, purpose: str = "informational", **more: Any) -> CampaignSpec:
+    return CampaignSpec("Flu drive", AudienceSpec(groups=[group]), purpose, text=TEXT, **more)
+
+
 async def _started(gw: Gateway, group: str, purpose: str = "informational") -> str:
-    spec = CampaignSpec("Flu drive", AudienceSpec(groups=[group]), purpose, text=TEXT)
-    campaign = await gw.campaigns.create(STAFF, spec)
+    campaign = await gw.campaigns.create(STAFF, _spec(group, purpose))
     assert (await gw.campaigns.start(STAFF, campaign.id)).state is CampaignState.RUNNING
     return campaign.id
 
@@ -110,6 +114,17 @@ async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
     await b.usecases.consent.record(STAFF, DecisionRequest(opted_out, "opt_out", "api"))
     assert (await b.contacts.group(STAFF, group)).members == 4
     assert (await b.contacts.page(STAFF, AudienceSpec(groups=[group]))).total == 4
+
+    # The preview and the start judge on the shared consent list too.
+    alone = await _group_of(b, "Opted out", [])
+    await b.contacts.add_members(STAFF, alone, [b.store.blind_index(opted_out).hex()])
+    refused_start = await b.campaigns.create(STAFF, _spec(alone, "marketing"))
+    with pytest.raises(ApiError, match="opted_out: 1") as none_allowed:
+        await b.campaigns.start(STAFF, refused_start.id)
+    assert none_allowed.value.code == "no_consenting_recipients"
+    preview = await a.campaigns.preview(STAFF, _spec(group, "marketing"))
+    assert (preview.judgement.audience_size, preview.judgement.allowed) == (4, 2)
+    assert preview.judgement.blocked == {"opted_out": 1, "no_consent": 1}
 
     campaign_id = await _started(b, group, "marketing")
     result = await _pass(b, campaign_id, 10)
@@ -158,6 +173,14 @@ async def test_two_nodes_running_one_campaign_message_each_recipient_once(
     assert (await a.campaigns.get(STAFF, campaign_id)).state is CampaignState.RUNNING
     await _rows(a, "SELECT pg_terminate_backend(%s)", (killed.info.backend_pid,))
     await killed.close()
+    assert a.cluster is not None
+    async with a.cluster.queue.pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '20s'")  # until its backend has gone
+        await conn.execute(
+            "SELECT 1 FROM campaign_recipients WHERE campaign_id = %s AND contact_idx = ANY(%s)"
+            " FOR UPDATE",
+            (campaign_id, [r[0] for r in held]),
+        )
     last = await _pass(b, campaign_id, 20)
     assert (last.read, last.state) == (8, CampaignState.FINISHED)
 
@@ -202,3 +225,25 @@ async def test_a_pause_on_one_node_stops_the_next_pass_on_the_other(
     )
     assert states == [("cancelled", 6)]
     assert (await _pass(a, campaign_id, 3)).state is CampaignState.CANCELLED
+
+
+async def test_a_campaign_scheduled_on_one_node_is_started_by_the_others_runner(
+    pair: list[Gateway], clock: FakeClock
+) -> None:
+    """Its audience becomes its recipients when it starts running: contacts joining
+    the group until then are in it."""
+    a, b = pair
+    group = await _group_of(a, "Ward 7", numbers(3))
+    spec = _spec(group, starts_at=clock.time() + 60)
+    campaign = await a.campaigns.create(STAFF, spec)
+    assert (await a.campaigns.start(STAFF, campaign.id)).state is CampaignState.SCHEDULED
+    csv = b"number\n+12025550100\n"
+    await b.contacts.imports.run(STAFF, _chunks(csv), Options(group=group))
+    await b.campaign_runner.step()  # not yet: it still waits for its start
+    assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.SCHEDULED
+    clock.advance(60)
+    await b.campaign_runner.step()  # running; a new campaign's first message at once
+    started = await a.campaigns.get(STAFF, campaign.id)
+    assert (started.state, started.audience_size) == (CampaignState.RUNNING, 4)
+    assert len((await _pass(a, campaign.id, 10)).prepared) == 3
+    assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.FINISHED
