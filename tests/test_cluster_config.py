@@ -173,3 +173,24 @@ def test_the_consent_command_refuses_a_cluster_nodes_local_ledger(
     assert run(args, config(tmp_path, {}, consent={"enabled": True})) == 2
     assert "cluster" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+async def test_an_offline_contacts_import_refuses_a_cluster_nodes_local_tables(
+    tmp_path: Path,
+) -> None:
+    """With the node's service down, `smsgw import contacts` would write its SQLite,
+    which no campaign reads on a cluster: refused, naming what to do instead."""
+    from typing import Any, cast
+
+    from drivers.clock import SystemClock
+    from gateway.contacts.ops import import_contacts
+    from gateway.ops.registry import OpContext
+
+    said: list[str] = []
+    nothing = cast(Any, None)  # refused before any store is touched
+    ctx = OpContext(
+        config(tmp_path, {}), nothing, b"", nothing, SystemClock(), "console", said.append
+    )
+    ctx.err = said.append
+    assert await import_contacts(ctx, {"file": str(tmp_path / "c.csv")}) == 2
+    assert "shared by every node" in said[0] and "POST /api/v1/contacts/imports" in said[0]

@@ -46,6 +46,12 @@ campaign is `finished`. After the commit the messages go to the scheduler. Messa
 not blocked draw on the bucket. Between steps the task sleeps on the gateway's clock
 until the next bucket can pay for a pass, a campaign's start or end, or a wake-up
 (start, resume).
+
+On a cluster node the steps and buckets are the same, but the campaigns, their state
+changes and the passes are the shared PostgreSQL's (`SharedFeed`,
+`gateway/cluster/campaign_feed.py`): every node runs the runner, passes claim
+recipients with `FOR UPDATE SKIP LOCKED` and accept their messages in the same
+transaction (`Messages.accept_many_within_shared`), each node at its share of the rate.
 """
 
 from __future__ import annotations
@@ -111,7 +117,8 @@ def system_caller(campaign_id: str) -> Caller:
 @dataclass(slots=True)
 class PassResult:
     """What one pass did: recipients by outcome, the messages it stored, and whether
-    the campaign left `running` (finished, ended) or was not running at all."""
+    the campaign left `running` (finished, ended) or was not running at all (None; on
+    a cluster also: its last recipients are another node's pass's, which finishes it)."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     prepared: list[Prepared] = field(default_factory=list)
