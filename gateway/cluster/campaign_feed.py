@@ -47,7 +47,7 @@ from gateway.intake import SendRequest
 from gateway.store.crypto import FieldCipher
 from gateway.usecases.messages import Messages
 
-_CLAIM = (
+CLAIM_RECIPIENTS = (
     "SELECT contact_idx FROM campaign_recipients WHERE campaign_id = %s AND outcome IS NULL"
     " ORDER BY contact_idx LIMIT %s FOR UPDATE SKIP LOCKED"
 )
@@ -116,7 +116,7 @@ class ClusterCampaignFeed:
             result.state = None if row is None else CampaignState(row[0])
             if result.state is not CampaignState.RUNNING:
                 return result
-            rows = await (await conn.execute(_CLAIM, (campaign.id, limit))).fetchall()
+            rows = await (await conn.execute(CLAIM_RECIPIENTS, (campaign.id, limit))).fetchall()
             idxs = [bytes(r[0]) for r in rows]
             await self._feed(conn, campaign, idxs, now, result)
         result.read = len(idxs)

@@ -11,6 +11,7 @@ pass and a cancel withdraws what is still waiting, whichever node queued it.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.campaigns.model import CampaignSpec, CampaignState
 from gateway.campaigns.runner import PassResult
-from gateway.cluster.campaign_feed import ClusterCampaignFeed
+from gateway.cluster.campaign_feed import CLAIM_RECIPIENTS, ClusterCampaignFeed
+from gateway.cluster.lease import Pool
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import Options
 from gateway.errors import ApiError
@@ -32,6 +34,7 @@ from gateway.store.store import Store
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from tests.campaign_rows import numbers
+from tests.pg.test_claims import plan_nodes
 from tests.pg.test_consent_cluster import _cluster_config
 
 STAFF = Caller.for_panel_user("user:staff", reads_phi=True, acts=True)
@@ -247,3 +250,24 @@ async def test_a_campaign_scheduled_on_one_node_is_started_by_the_others_runner(
     assert (started.state, started.audience_size) == (CampaignState.RUNNING, 4)
     assert len((await _pass(a, campaign.id, 10)).prepared) == 3
     assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.FINISHED
+
+
+async def test_a_pass_claims_through_the_open_recipients_index(pool: Pool) -> None:
+    """50,000 recipients of five campaigns, most handled: a pass's claim reads the
+    few open ones of its campaign in index order, no sort, no scan of the table."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO campaign_recipients (campaign_id, contact_idx, outcome)"
+            " SELECT 'c' || (i % 5), int4send(i),"
+            " CASE WHEN i % 10 = 0 THEN NULL ELSE 'queued' END"
+            " FROM generate_series(1, 50000) i"
+        )
+        await conn.execute("ANALYZE campaign_recipients")
+        cur = await conn.execute("EXPLAIN (FORMAT JSON) " + CLAIM_RECIPIENTS, ("c3", 200))
+        row = await cur.fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    found = plan_nodes(plan[0]["Plan"])
+    scans = [n for n in found if n.get("Relation Name") == "campaign_recipients"]
+    assert [n.get("Index Name") for n in scans] == ["campaign_recipients_open"], scans
+    assert not any(n["Node Type"] in ("Sort", "Incremental Sort", "Seq Scan") for n in found)
