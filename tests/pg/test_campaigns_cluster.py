@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.campaigns.model import CampaignSpec, CampaignState
@@ -36,6 +37,7 @@ from gateway.usecases.consent import DecisionRequest
 from tests.campaign_rows import numbers
 from tests.pg.test_claims import plan_nodes
 from tests.pg.test_consent_cluster import _cluster_config
+from tests.test_consent_inbound import SHORT_CODE
 
 STAFF = Caller.for_panel_user("user:staff", reads_phi=True, acts=True)
 TEXT = "Flu shots at the clinic this week."
@@ -103,10 +105,11 @@ async def _rows(gw: Gateway, query: str, params: Sequence[Any] = ()) -> list[Any
 
 
 async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
-    pair: list[Gateway],
+    pair: list[Gateway], clock: FakeClock
 ) -> None:
     """Marketing needs written consent: the opted-out (on B) and the unconsented are
-    stored blocked with their reasons; the counts read the same on either node."""
+    stored blocked with their reasons; the counts, replies and opt-outs too, read the
+    same on either node."""
     a, b = pair
     written, opted_out, unconsented = numbers(2), numbers(1, 10)[0], numbers(1, 20)[0]
     group = await _group_of(a, "Ward 3", [*written, opted_out, unconsented])
@@ -115,6 +118,7 @@ async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
             STAFF, DecisionRequest(number, "opt_in", "api", "purpose:marketing", disclosure="Y")
         )
     await b.usecases.consent.record(STAFF, DecisionRequest(opted_out, "opt_out", "api"))
+    clock.advance(1)  # the campaign's messages come after those decisions
     assert (await b.contacts.group(STAFF, group)).members == 4
     assert (await b.contacts.page(STAFF, AudienceSpec(groups=[group]))).total == 4
 
@@ -143,6 +147,13 @@ async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
     progress = await a.campaigns.progress(STAFF, campaign)
     assert (progress.handled, progress.campaign.queued) == (4, 2)
     assert progress.campaign.blocked == {"opted_out": 1, "no_consent": 1}
+
+    # Replies and opt-outs after its messages, received and recorded on either node.
+    clock.advance(1)
+    await b.sink.inbound("main", InboundSms(written[0], "See you there", SHORT_CODE))
+    await a.usecases.consent.record(STAFF, DecisionRequest(written[1], "opt_out", "api"))
+    later = await b.campaigns.progress(STAFF, campaign)
+    assert (later.campaign.replies, later.campaign.opt_outs) == (1, 1)
 
     spec = CampaignSpec("T", AudienceSpec(groups=[group]), "informational", template="flu")
     with pytest.raises(ApiError) as refused:  # templates are each node's own still
