@@ -5,7 +5,8 @@ migration 17), the same walk in index order.
 As SQLite's builder: each group and each tag is an arm seeking its membership table's
 primary key from the cursor and stopping at the limit, the arms merged in index order,
 so a batch costs as the batch; with neither, the contacts' own key is the walk. A
-preference is a key of the contact's JSON array (`jsonb ?`).
+preference is a key of the contact's JSON array (kept as text, as SQLite keeps it;
+read with `jsonb ?`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def audience_query(spec: AudienceSpec, after: bytes, limit: int | None) -> tuple
             if values:
                 out += f" AND {column} = ANY({add(list(values))})"
         for pref in spec.preferences:
-            out += f" AND c.preferences ? {add(pref)}"
+            out += f" AND c.preferences::jsonb ? {add(pref)}"
         return out
 
     def limited() -> str:

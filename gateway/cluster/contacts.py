@@ -2,8 +2,9 @@
 `gateway/contacts/book.py` on a cluster node (cluster migration 17).
 
 The contacts are the consent ledger's shared `contacts` (`consent_store.py`), with
-SQLite's audience attributes; groups, members, tags and saved audiences are shared
-tables keyed alike, so a group built on one node is a campaign's audience on any. A
+SQLite's audience attributes (cluster migration 16); groups, members, tags and saved
+audiences are shared tables keyed alike, so a group built on one node is a campaign's
+audience on any. A
 name is unique across the nodes in one statement (`ON CONFLICT DO NOTHING`, a unique
 index): two nodes creating one name at once, one wins. An import chunk holds its
 contacts' advisory locks (`consent_store.lock_contacts`) from its comparison to its
@@ -56,7 +57,8 @@ _ADD_MEMBERS = (
 )
 
 
-def _prefs(value: list[str] | None) -> str | None:
+def _prefs(value: Sequence[str]) -> str | None:
+    """Preferences as SQLite keeps them: a sorted JSON array, or NULL for none."""
     return json.dumps(sorted(set(value))) if value else None
 
 
@@ -101,7 +103,7 @@ class ClusterContactBook:
                 r[3],
                 r[4],
                 r[5],
-                tuple(r[6] or ()),
+                tuple(json.loads(r[6])) if r[6] else (),
                 tuple(tags.get(idx, ())),
                 tuple(groups.get(idx, ())),
                 r[7],
@@ -158,8 +160,8 @@ class ClusterContactBook:
         if "preferences" in changes.clear:
             sets.append("preferences = NULL")
         elif changes.preferences is not None:
-            sets.append("preferences = %s::jsonb")
-            values.append(_prefs(list(changes.preferences)))
+            sets.append("preferences = %s")
+            values.append(_prefs(changes.preferences))
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 f"UPDATE contacts SET {', '.join(sets)} WHERE idx = %s".encode(),  # noqa: S608 - fixed columns
@@ -321,12 +323,12 @@ class ClusterContactBook:
                 (r.idx,),
             )
         ).fetchone()
-        prefs = None if r.preferences is None else _prefs(list(r.preferences))
+        prefs = None if r.preferences is None else _prefs(r.preferences)
         if before is None:
             await conn.execute(
                 "INSERT INTO contacts (idx, number_ct, language, time_zone, age_band, clinic,"
                 " preferences, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     r.idx,
                     self._cipher.encrypt(r.number, contact_row_id(r.idx), "number"),
@@ -341,12 +343,10 @@ class ClusterContactBook:
             changed: dict[str, Any] = {
                 a: v for a, v in r.values.items() if before[ATTRIBUTES.index(a)] != v
             }
-            if prefs is not None and prefs != _prefs(before[4]):
+            if prefs is not None and prefs != before[4]:
                 changed["preferences"] = prefs
             if changed:
-                sets = ", ".join(
-                    f"{a} = %s::jsonb" if a == "preferences" else f"{a} = %s" for a in changed
-                )
+                sets = ", ".join(f"{a} = %s" for a in changed)
                 await conn.execute(
                     f"UPDATE contacts SET {sets}, updated_at = %s WHERE idx = %s".encode(),  # noqa: S608 - fixed columns
                     (*changed.values(), now, r.idx),

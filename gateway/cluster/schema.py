@@ -676,21 +676,24 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   double precision NOT NULL
     );
     """,
-    # 16: the templates port's (s30, another branch); a placeholder here, so that this
-    #    branch's migration is 17 as the merge will number it.
-    "SELECT 1",
+    # 16 (issue 18 pt 6): a contact's attributes as SQLite's migration 24 keeps them (age
+    #    band, clinic, preferences as a JSON array of keys), so `smsgw store migrate`
+    #    copies the contacts whole with the consent ledger's history.
+    """
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS age_band text;
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS clinic text;
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS preferences text;
+    """,
     # 17 (issue 18, campaigns): contacts as an audience and campaigns for every node, as
-    #    SQLite's migrations 24-26 (`gateway/cluster/contacts.py`, `campaigns.py`). The
-    #    shared `contacts` take SQLite's audience attributes (preferences a JSON array);
-    #    groups, members, tags and saved audiences by the contact's blind index.
+    #    SQLite's migrations 24-26 (`gateway/cluster/contacts.py`, `campaigns.py`): on the
+    #    shared `contacts` (their attributes: 16), groups, members, tags and saved
+    #    audiences by the contact's blind index.
     #    A campaign's recipients are written when it starts running (its audience then),
     #    `outcome` NULL until a node's pass handled them: passes on any nodes claim
     #    them with FOR UPDATE SKIP LOCKED through `campaign_recipients_open`, and commit
     #    each one's outcome with its message, so a recipient gets one message whichever
     #    node ran it. `messages_campaign` serves the progress counts.
     """
-    ALTER TABLE contacts ADD COLUMN age_band text, ADD COLUMN clinic text,
-        ADD COLUMN preferences jsonb;
     CREATE TABLE contact_groups (
         id          text PRIMARY KEY,
         name        text NOT NULL UNIQUE,
