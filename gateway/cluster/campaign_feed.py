@@ -41,7 +41,6 @@ from gateway.campaigns.model import Campaign, CampaignState
 from gateway.campaigns.runner import PassResult, campaign_request, system_caller
 from gateway.cluster import campaigns as shared
 from gateway.cluster.lease import Pool
-from gateway.consent.ledger import contact_row_id
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
 from gateway.store.crypto import FieldCipher
@@ -128,7 +127,7 @@ class ClusterCampaignFeed:
         self, conn: Any, campaign: Campaign, idxs: Sequence[bytes], now: float, result: PassResult
     ) -> None:
         """The claimed recipients' messages and outcomes, in the pass's transaction."""
-        numbers = await self._numbers(conn, idxs)
+        numbers = await shared.numbers_of(conn, self._cipher, idxs)
         handled: list[sql.Handled] = []
         asked: list[tuple[bytes, SendRequest]] = []
         for idx in idxs:
@@ -168,19 +167,6 @@ class ClusterCampaignFeed:
             await conn.execute(
                 "UPDATE messages SET campaign_id = %s WHERE id = ANY(%s)", (campaign.id, sent)
             )
-
-    async def _numbers(self, conn: Any, idxs: Sequence[bytes]) -> dict[bytes, str]:
-        if not idxs:
-            return {}
-        rows = await (
-            await conn.execute(
-                "SELECT idx, number_ct FROM contacts WHERE idx = ANY(%s)", (list(idxs),)
-            )
-        ).fetchall()
-        return {
-            bytes(r[0]): self._cipher.decrypt(bytes(r[1]), contact_row_id(bytes(r[0])), "number")
-            for r in rows
-        }
 
     async def _finish(self, campaign_id: str, now: float) -> CampaignState | None:
         """`finished` once no recipient is open; None while another node's pass holds

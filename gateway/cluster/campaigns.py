@@ -307,21 +307,23 @@ class ClusterCampaigns:
                 ]
                 if not idxs:
                     break
-                numbers = await self._numbers(conn, idxs)
+                numbers = await numbers_of(conn, self._cipher, idxs)
                 await verdicts.judge(conn, intake, request, [numbers.get(i) for i in idxs], now)
             after = idxs[-1]
         return verdicts.judgement(size)
 
-    async def _numbers(self, conn: Conn, idxs: Sequence[bytes]) -> dict[bytes, str]:
-        rows = await (
-            await conn.execute(
-                "SELECT idx, number_ct FROM contacts WHERE idx = ANY(%s)", (list(idxs),)
-            )
-        ).fetchall()
-        return {
-            bytes(r[0]): self._cipher.decrypt(bytes(r[1]), contact_row_id(bytes(r[0])), "number")
-            for r in rows
-        }
+
+async def numbers_of(conn: Conn, cipher: FieldCipher, idxs: Sequence[bytes]) -> dict[bytes, str]:
+    """The shared contacts' numbers by index (an erased contact has none)."""
+    if not idxs:
+        return {}
+    rows = await (
+        await conn.execute("SELECT idx, number_ct FROM contacts WHERE idx = ANY(%s)", (list(idxs),))
+    ).fetchall()
+    return {
+        bytes(r[0]): cipher.decrypt(bytes(r[1]), contact_row_id(bytes(r[0])), "number")
+        for r in rows
+    }
 
 
 class _Verdicts:
