@@ -4,9 +4,11 @@ preview, start, pause, resume, cancel; and compose-and-send (one number or an au
 The API (`/api/v1/campaigns`), the panel (Campaigns and Compose pages) call these with a
 `Caller`. Reading and previewing need a signed-in caller (`read`); creating and every
 action need one who may send on behalf of the whole gateway: an `admin` token, or a
-panel user who acts (admin, operator). Every change commits with its audit entry.
-Messages are only ever queued by the runner (`gateway.campaigns.runner`) or, for one
-number, by `Messages.accept`: both go through the send policy.
+panel user who acts (admin, operator). Every change is audited (`backend.py`: the
+node's store, or on a cluster the tables every node shares). Messages are only ever
+queued by the runner (`gateway.campaigns.runner`) or, for one number, by
+`Messages.accept`: both go through the send policy. On a cluster node a campaign takes
+a text: templates are not shared yet (`422 template_not_on_cluster`).
 """
 
 from __future__ import annotations
