@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from drivers.clock import Clock
 from gateway.analytics.rollup import Rollup
 from gateway.analytics.usecase import Analytics
+from gateway.campaigns.backend import CampaignStore
 from gateway.campaigns.runner import CampaignRunner  # i15-campaigns
 from gateway.campaigns.usecase import Campaigns  # i15-campaigns
 from gateway.clinical.commands import ClinicalHooks
@@ -23,6 +24,7 @@ from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import NoticeRunner
 from gateway.config import Config
+from gateway.contacts.book import ContactBook
 from gateway.contacts.usecase import Contacts
 from gateway.intake import Intake
 from gateway.integrations.dlr_wishes import DlrWishes, LocalDlrWishes
@@ -162,12 +164,26 @@ class UseCaseWiring:
     @functools.cached_property
     def campaign_runner(self) -> CampaignRunner:
         """Feeds running campaigns into the queue at their rates (`start()` runs it)."""
+        horizon = self.config.queue.max_schedule_days * 86400.0
+        shared = None
+        if self.cluster is not None:  # the campaigns every node shares
+            from gateway.cluster.campaign_feed import ClusterCampaignFeed  # psycopg is optional
+
+            queue = self.cluster.queue
+            shared = ClusterCampaignFeed(
+                queue.pool,
+                queue.cipher,
+                self.usecases.messages,
+                self.config.cluster.node_id,
+                horizon=horizon,
+            )
         return CampaignRunner(
             self.store,
             self.usecases.messages,
             self.renderer or self.templates.renderer,
             self.clock,
-            horizon=self.config.queue.max_schedule_days * 86400.0,
+            horizon=horizon,
+            shared=shared,
         )
 
     @functools.cached_property
@@ -186,7 +202,17 @@ class UseCaseWiring:
             horizon=self.config.queue.max_schedule_days * 86400.0,
             allow_drug_names=self.config.templates.allow_drug_names,
             wake=self.campaign_runner.wake,
+            backend=self._shared_campaigns(),
         )
+
+    def _shared_campaigns(self) -> CampaignStore | None:
+        """On a cluster, the campaigns every node shares."""
+        if self.cluster is None:
+            return None
+        from gateway.cluster.campaigns import ClusterCampaigns  # here: psycopg is optional
+
+        queue, membership = self.cluster.queue, self.cluster.membership
+        return ClusterCampaigns(queue.pool, queue.cipher, self.audit, lambda: membership.me)
 
     # -- results and medication notices (issue 13, i13-results) --------------------------
     @functools.cached_property
@@ -349,7 +375,16 @@ class UseCaseWiring:
             audit=self.audit,
             region=self.config.queue.default_region,
             languages=self.usecases.consent.languages,
+            book=self._shared_contacts(),
         )
+
+    def _shared_contacts(self) -> ContactBook | None:
+        """On a cluster, the contacts, groups and audiences every node shares."""
+        if self.cluster is None:
+            return None
+        from gateway.cluster.contacts import ClusterContactBook  # here: psycopg is optional
+
+        return ClusterContactBook(self.cluster.queue.pool, self.cluster.queue.cipher)
 
     @functools.cached_property
     def templates(self) -> Templates:

@@ -103,6 +103,12 @@ def test_webhooks_run_on_a_cluster_with_every_event(tmp_path: Path) -> None:
     assert "message.inbound" in kept.events
 
 
+def test_campaigns_run_on_a_cluster(tmp_path: Path) -> None:
+    """Contacts, groups, audiences and campaigns are shared by every node
+    (tests/pg/test_campaigns_cluster.py)."""
+    assert config(tmp_path, {}, campaigns={"default_rate": 20.0}).campaigns.default_rate == 20
+
+
 def test_consent_runs_on_a_cluster(tmp_path: Path) -> None:
     """i18-consent: one consent list for every node (tests/pg/test_consent_cluster.py)."""
     assert config(tmp_path, {}, consent={"enabled": True}).consent.enabled
@@ -178,3 +184,24 @@ def test_the_consent_command_refuses_a_cluster_nodes_local_ledger(
     assert run(args, config(tmp_path, {}, consent={"enabled": True})) == 2
     assert "cluster" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+async def test_an_offline_contacts_import_refuses_a_cluster_nodes_local_tables(
+    tmp_path: Path,
+) -> None:
+    """With the node's service down, `smsgw import contacts` would write its SQLite,
+    which no campaign reads on a cluster: refused, naming what to do instead."""
+    from typing import Any, cast
+
+    from drivers.clock import SystemClock
+    from gateway.contacts.ops import import_contacts
+    from gateway.ops.registry import OpContext
+
+    said: list[str] = []
+    nothing = cast(Any, None)  # refused before any store is touched
+    ctx = OpContext(
+        config(tmp_path, {}), nothing, b"", nothing, SystemClock(), "console", said.append
+    )
+    ctx.err = said.append
+    assert await import_contacts(ctx, {"file": str(tmp_path / "c.csv")}) == 2
+    assert "shared by every node" in said[0] and "POST /api/v1/contacts/imports" in said[0]

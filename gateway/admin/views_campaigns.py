@@ -146,7 +146,8 @@ async def _form_page(
 ) -> web.Response:
     groups, names = await _campaigns(request).choices(user_caller(request))
     context.setdefault("problem", None)
-    context.setdefault("form", form_of())
+    if "form" not in context:  # no template to offer (none yet, or a cluster node): a text
+        context["form"] = {**form_of(), "source": "template" if names else "text"}
     return render(request, template, status=status, groups=groups, templates=names,
                   purposes=[p.value for p in CLIENT_PURPOSES], priorities=PRIORITIES,
                   **context)  # fmt: skip

@@ -155,7 +155,7 @@ def judge(
                 skipped["no_number"] += 1
                 continue
             try:
-                prepared.append(intake.prepare(_to(request, number), None, now))
+                prepared.append(intake.prepare(to_number(request, number), None, now))
             except ApiError as e:
                 skipped[e.code] += 1
         if not intake.policy.enabled:
@@ -190,7 +190,8 @@ def _number(conn: sqlite3.Connection, cipher: FieldCipher, idx: bytes) -> str | 
     return None if r is None else cipher.decrypt(r[0], contact_row_id(idx), "number")
 
 
-def _to(request: SendRequest, number: str) -> SendRequest:
+def to_number(request: SendRequest, number: str) -> SendRequest:
+    """`request` to one recipient of the audience."""
     return SendRequest(
         to=number,
         body=request.body,

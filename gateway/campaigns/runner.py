@@ -46,6 +46,12 @@ campaign is `finished`. After the commit the messages go to the scheduler. Messa
 not blocked draw on the bucket. Between steps the task sleeps on the gateway's clock
 until the next bucket can pay for a pass, a campaign's start or end, or a wake-up
 (start, resume).
+
+On a cluster node the steps and buckets are the same, but the campaigns, their state
+changes and the passes are the shared PostgreSQL's (`SharedFeed`,
+`gateway/cluster/campaign_feed.py`): every node runs the runner, passes claim
+recipients with `FOR UPDATE SKIP LOCKED` and accept their messages in the same
+transaction (`Messages.accept_many_within_shared`), each node at its share of the rate.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 
@@ -110,7 +117,8 @@ def system_caller(campaign_id: str) -> Caller:
 @dataclass(slots=True)
 class PassResult:
     """What one pass did: recipients by outcome, the messages it stored, and whether
-    the campaign left `running` (finished, ended) or was not running at all."""
+    the campaign left `running` (finished, ended) or was not running at all (None; on
+    a cluster also: its last recipients are another node's pass's, which finishes it)."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     prepared: list[Prepared] = field(default_factory=list)
@@ -122,6 +130,40 @@ class PassResult:
     def allowed(self) -> int:
         """Messages stored that may go (what the rate counts)."""
         return sum(1 for p in self.prepared if p.message.blocked is None)
+
+
+class SharedFeed(Protocol):
+    """Where a cluster node's runner finds and feeds the campaigns every node shares
+    (`gateway/cluster/campaign_feed.py`); the embedded default's are in its store."""
+
+    async def live(self) -> list[Campaign]: ...
+
+    async def move(
+        self, campaign_id: str, source: CampaignState, target: CampaignState, now: float
+    ) -> bool: ...
+
+    async def run_pass(self, campaign: Campaign, limit: int, now: float) -> PassResult:
+        """Up to `limit` recipients in one transaction, committed (`hand_over` after)."""
+        ...
+
+
+def campaign_request(
+    campaign: Campaign, number: str, body: str, now: float, horizon: float
+) -> SendRequest:
+    """The message to one recipient: the campaign's class and purpose; not sent after
+    the campaign's end (the policy then blocks one its quiet hours would hold past it)."""
+    ends_at = campaign.spec.ends_at
+    expires = None
+    if ends_at is not None and ends_at > now:
+        expires = datetime.fromtimestamp(min(ends_at, now + horizon), UTC)
+    return SendRequest(
+        to=number,
+        body=body,
+        priority=campaign.priority,  # type: ignore[arg-type]  # a class name, checked at create
+        purpose=campaign.spec.purpose,  # type: ignore[arg-type]  # checked at create
+        category=CATEGORY,
+        expires_at=expires,
+    )
 
 
 @dataclass(slots=True)
@@ -156,9 +198,12 @@ class CampaignRunner:
         *,
         horizon: float,
         cpu_time: Callable[[], float] = time.thread_time,
+        shared: SharedFeed | None = None,
     ) -> None:
         """`horizon`: how far ahead a message may expire (`queue.max_schedule_days`);
-        `cpu_time`: the calling thread's CPU clock (the writer's, around a pass)."""
+        `cpu_time`: the calling thread's CPU clock (the writer's, around a pass);
+        `shared`: on a cluster, the campaigns every node shares (None: the store's)."""
+        self._shared = shared
         self._cpu_time = cpu_time
         self._store = store
         self._messages = messages
@@ -186,9 +231,7 @@ class CampaignRunner:
         """Start, end and feed the live campaigns as of now; seconds until the next step
         has something to do (at most `MAX_SLEEP`)."""
         now = self._clock.time()
-        cipher = cipher_of(self._store)
-        rows = await self._store.reader.all(sql.LIVE_SQL)
-        campaigns = [sql.campaign_of(cipher, r) for r in rows]
+        campaigns = await self._live()
         delay = MAX_SLEEP
         for campaign in campaigns:
             delay = min(delay, await self._step_one(campaign, now))
@@ -231,12 +274,21 @@ class CampaignRunner:
             wait = min(wait, spec.ends_at - now)
         return wait
 
+    async def _live(self) -> list[Campaign]:
+        if self._shared is not None:
+            return await self._shared.live()
+        cipher = cipher_of(self._store)
+        return [sql.campaign_of(cipher, r) for r in await self._store.reader.all(sql.LIVE_SQL)]
+
     async def _move(
         self, campaign: Campaign, source: CampaignState, target: CampaignState, now: float
     ) -> None:
-        moved = await self._store.writer.run(
-            lambda c: sql.move(c, campaign.id, (source,), target, now)
-        )
+        if self._shared is not None:
+            moved = await self._shared.move(campaign.id, source, target, now)
+        else:
+            moved = await self._store.writer.run(
+                lambda c: sql.move(c, campaign.id, (source,), target, now)
+            )
         if moved:
             log.info("campaign_state", campaign=campaign.id, state=target.value)
 
@@ -244,9 +296,13 @@ class CampaignRunner:
         """Up to `limit` recipients of a running campaign, in one transaction; the
         messages go to the scheduler once it committed."""
         now = self._clock.time()
-        result: PassResult = await self._store.writer.run_after_others(
-            lambda conn: self._pass(conn, campaign, limit, now)
-        )
+        result: PassResult
+        if self._shared is not None:
+            result = await self._shared.run_pass(campaign, limit, now)
+        else:
+            result = await self._store.writer.run_after_others(
+                lambda conn: self._pass(conn, campaign, limit, now)
+            )
         self._messages.hand_over(result.prepared)
         if result.outcomes:
             log.info("campaign_pass", campaign=campaign.id, **dict(result.outcomes))
@@ -320,15 +376,7 @@ class CampaignRunner:
             return sql.Handled(idx, "skipped:render_refused")
         except TemplateMissing:
             return sql.Handled(idx, "skipped:template_missing")
-        request = SendRequest(
-            to=number,
-            body=body,
-            priority=campaign.priority,  # type: ignore[arg-type]  # a class name, checked at create
-            purpose=campaign.spec.purpose,  # type: ignore[arg-type]  # checked at create
-            category=CATEGORY,
-            expires_at=self._expiry(campaign, now),
-        )
-        return request, variant
+        return campaign_request(campaign, number, body, now, self._horizon), variant
 
     def _text(
         self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, language: str | None
@@ -344,11 +392,3 @@ class CampaignRunner:
         variables = {**dict(spec.variables), "split_key": key}
         rendered = self._renderer.render(conn, spec.template, language, variables, variant=chosen)
         return rendered.text, rendered.variant
-
-    def _expiry(self, campaign: Campaign, now: float) -> datetime | None:
-        """A campaign's message is not sent after the campaign's end (the policy then
-        blocks one its quiet hours would hold past it)."""
-        ends_at = campaign.spec.ends_at
-        if ends_at is None or ends_at <= now:
-            return None
-        return datetime.fromtimestamp(min(ends_at, now + self._horizon), UTC)

@@ -69,6 +69,36 @@ def _spec_json(spec: CampaignSpec, priority: str, rate: float) -> str:
     )
 
 
+def insert_row(
+    cipher: FieldCipher,
+    campaign_id: str,
+    spec: CampaignSpec,
+    priority: str,
+    rate: float,
+    actor: str,
+    now: float,
+) -> tuple[Any, ...]:
+    """A new draft's `campaigns` row: id, name, state, spec, content_ct, created_by,
+    created_at, updated_at (its text and values encrypted, bound to its id)."""
+    content = None
+    if spec.text is not None or spec.variables:
+        content = cipher.encrypt(
+            json.dumps({"text": spec.text, "variables": dict(spec.variables)}),
+            campaign_id,
+            "content",
+        )
+    return (
+        campaign_id,
+        spec.name,
+        CampaignState.DRAFT.value,
+        _spec_json(spec, priority, rate),
+        content,
+        actor,
+        now,
+        now,
+    )
+
+
 def insert(
     conn: sqlite3.Connection,
     cipher: FieldCipher,
@@ -79,27 +109,16 @@ def insert(
     actor: str,
     now: float,
 ) -> None:
-    content = None
-    if spec.text is not None or spec.variables:
-        content = cipher.encrypt(
-            json.dumps({"text": spec.text, "variables": dict(spec.variables)}),
-            campaign_id,
-            "content",
-        )
     conn.execute(
         "INSERT INTO campaigns (id, name, state, spec, content_ct, created_by, created_at,"
         " updated_at) VALUES (?,?,?,?,?,?,?,?)",
-        (
-            campaign_id,
-            spec.name,
-            CampaignState.DRAFT.value,
-            _spec_json(spec, priority, rate),
-            content,
-            actor,
-            now,
-            now,
-        ),
+        insert_row(cipher, campaign_id, spec, priority, rate, actor, now),
     )
+
+
+def audience_of(spec_json: str) -> AudienceSpec:
+    """The audience of a campaign's `spec` column."""
+    return msgspec.convert(json.loads(spec_json)["audience"], AudienceSpec)
 
 
 def campaign_of(cipher: FieldCipher, r: Sequence[Any]) -> Campaign:

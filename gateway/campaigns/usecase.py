@@ -4,15 +4,16 @@ preview, start, pause, resume, cancel; and compose-and-send (one number or an au
 The API (`/api/v1/campaigns`), the panel (Campaigns and Compose pages) call these with a
 `Caller`. Reading and previewing need a signed-in caller (`read`); creating and every
 action need one who may send on behalf of the whole gateway: an `admin` token, or a
-panel user who acts (admin, operator). Every change commits with its audit entry.
-Messages are only ever queued by the runner (`gateway.campaigns.runner`) or, for one
-number, by `Messages.accept`: both go through the send policy.
+panel user who acts (admin, operator). Every change is audited (`backend.py`: the
+node's store, or on a cluster the tables every node shares). Messages are only ever
+queued by the runner (`gateway.campaigns.runner`) or, for one number, by
+`Messages.accept`: both go through the send policy. On a cluster node a campaign takes
+a text: templates are not shared yet (`422 template_not_on_cluster`).
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,8 +21,8 @@ from datetime import UTC, datetime
 from drivers.clock import Clock
 from gateway.campaigns import preview as pv
 from gateway.campaigns import store as sql
+from gateway.campaigns.backend import CampaignStore, LocalCampaigns
 from gateway.campaigns.model import (
-    FROM,
     Campaign,
     CampaignSpec,
     CampaignState,
@@ -34,12 +35,9 @@ from gateway.consent.purposes import CLIENT_PURPOSES, Purpose
 from gateway.contacts.audience import AudienceSpec
 from gateway.errors import ApiError
 from gateway.intake import Accepted, Intake, SendRequest
-from gateway.models import State
 from gateway.scheduler import Scheduler
 from gateway.store.audit_log import AuditTrail
-from gateway.store.consent_sql import cipher_of
 from gateway.store.store import Store
-from gateway.store.transitions import Transition, apply
 from gateway.templates import store as templates
 from gateway.templates.renderer import TemplateRenderer
 from gateway.usecases.caller import Caller
@@ -114,7 +112,11 @@ class Campaigns:
         horizon: float,
         allow_drug_names: bool,
         wake: Callable[[], None],
+        backend: CampaignStore | None = None,
     ) -> None:
+        """`backend`: where campaigns are kept (None: this node's store; on a cluster
+        the shared tables, `gateway/cluster/campaigns.py`)."""
+        self._backend = backend or LocalCampaigns(store, audit)
         self._config = config
         self._store = store
         self._intake = intake
@@ -133,45 +135,26 @@ class Campaigns:
     # -- reading -----------------------------------------------------------------------
 
     async def all(self, caller: Caller, limit: int = 200) -> list[Campaign]:
-        cipher = cipher_of(self._store)
-        rows = await self._store.reader.all(sql.LIST_SQL, (limit,))
-        return [sql.campaign_of(cipher, r) for r in rows]
+        return await self._backend.all(limit)
 
     async def get(self, caller: Caller, campaign_id: str) -> Campaign:
-        r = await self._store.reader.one(sql.GET_SQL, (campaign_id,))
-        if r is None:
+        found = await self._backend.get(campaign_id)
+        if found is None:
             raise not_found()
-        return sql.campaign_of(cipher_of(self._store), r)
+        return found
 
     async def choices(self, caller: Caller) -> tuple[list[tuple[str, str]], list[str]]:
         """What a form offers: the contact groups (id, name) and the template names."""
-        groups = await self._store.reader.all(sql.GROUPS_SQL)
-        names = await self._store.reader.all(sql.TEMPLATE_NAMES_SQL)
-        return [(r[0], r[1]) for r in groups], [r[0] for r in names]
+        return await self._backend.choices()
 
     async def progress(self, caller: Caller, campaign: Campaign) -> Progress:
         """The campaign's counts, at most a second old (longer, up to ten, when counting
         a large campaign is slow: `progress_cache`), and counted again when its state
         has changed."""
         counted = await self._progress.get(
-            campaign.id, campaign.state, lambda: self._count(campaign)
+            campaign.id, campaign.state, lambda: self._backend.count(campaign)
         )
         return replace(counted, audience_size=campaign.audience_size)
-
-    async def _count(self, campaign: Campaign) -> Progress:
-        reader, args = self._store.reader, (campaign.id,)
-        since = (campaign.id, campaign.created_at)
-        states = await reader.all(sql.STATES_SQL, args)
-        # Reasons are read from each blocked row: only when there are some.
-        blocked = await reader.all(sql.BLOCKED_SQL, args) if sql.any_blocked(states) else []
-        return sql.progress_of(
-            states,
-            blocked,
-            await reader.all(sql.SKIPPED_SQL, args),
-            await reader.all(sql.REPLIES_SQL, since),
-            await reader.all(sql.OPT_OUTS_SQL, since),
-            campaign.audience_size,
-        )
 
     # -- creating ----------------------------------------------------------------------
 
@@ -181,25 +164,7 @@ class Campaigns:
         now = self._clock.time()
         priority, rate = await self._check(spec, now)
         campaign_id = sql.new_id()
-        cipher = cipher_of(self._store)
-
-        def job(conn: sqlite3.Connection) -> Campaign:
-            sql.insert(conn, cipher, campaign_id, spec, priority, rate, caller.actor, now)
-            self._audit.append_in(
-                conn,
-                now,
-                caller.actor,
-                "campaign_created",
-                "campaign",
-                campaign_id,
-                purpose=spec.purpose,
-                priority=priority,
-            )
-            found = sql.get(conn, cipher, campaign_id)
-            assert found is not None
-            return found
-
-        return await self._store.writer.run(job)
+        return await self._backend.create(campaign_id, spec, priority, rate, caller.actor, now)
 
     async def _check(self, spec: CampaignSpec, now: float) -> tuple[str, float]:
         """The class and rate the campaign takes; `ApiError` for what cannot be run."""
@@ -247,6 +212,7 @@ class Campaigns:
 
     async def _variants(self, name: str) -> set[str | None]:
         """The variant names of the template's active versions; 422 if it has none."""
+        self._refuse_template_here(name)
         rows = await self._store.reader.all(
             f"SELECT {templates.COLUMNS}{templates.FROM} WHERE t.name = ? AND h.active = t.version",
             (name,),
@@ -262,6 +228,7 @@ class Campaigns:
         purpose: str,
         variables: tuple[tuple[str, str], ...],
     ) -> pv.Texts:
+        self._refuse_template_here(template)
         return await self._read.run(
             lambda conn: pv.texts(
                 conn,
@@ -315,19 +282,13 @@ class Campaigns:
             purpose=spec.purpose,  # type: ignore[arg-type]  # checked by the caller
             send_at=pv.moment(start),
         )
-        cipher = cipher_of(self._store)
-        intake = self._intake
-        return await self._read.run(
-            lambda conn: pv.judge(
-                conn,
-                intake,
-                cipher,
-                request,
-                now,
-                audience=None if to is not None else spec.audience,
-                limit=PREVIEW_LIMIT if not until_allowed else 10**9,
-                until_allowed=until_allowed,
-            )
+        return await self._backend.judge(
+            self._intake,
+            request,
+            now,
+            audience=None if to is not None else spec.audience,
+            limit=PREVIEW_LIMIT if not until_allowed else 10**9,
+            until_allowed=until_allowed,
         )
 
     # -- acting ------------------------------------------------------------------------
@@ -354,18 +315,8 @@ class Campaigns:
             raise ApiError(422, "no_consenting_recipients", _none_allowed(judgement))
         ahead = campaign.spec.starts_at is not None and campaign.spec.starts_at > now
         target = CampaignState.SCHEDULED if ahead else CampaignState.RUNNING
-        cipher = cipher_of(self._store)
         size = judgement.audience_size
-
-        def job(conn: sqlite3.Connection) -> Campaign | None:
-            if not sql.move(conn, campaign_id, FROM["start"], target, now, audience_size=size):
-                return None
-            self._audit.append_in(
-                conn, now, caller.actor, "campaign_started", "campaign", campaign_id
-            )
-            return sql.get(conn, cipher, campaign_id)
-
-        started = await self._store.writer.run(job)
+        started = await self._backend.start(campaign_id, target, now, size, caller.actor)
         if started is None:  # another start, or a cancel, got there first
             raise self._wrong_state("start", (await self.get(caller, campaign_id)).state)
         self._wake()
@@ -379,32 +330,9 @@ class Campaigns:
         self._require_act(caller)
         target = TARGETS[action]
         now = self._clock.time()
-        cipher = cipher_of(self._store)
-
-        def job(conn: sqlite3.Connection) -> tuple[Campaign | None, bool, list[str]]:
-            moved_to = target
-            if action == "resume":
-                before = sql.get(conn, cipher, campaign_id)
-                starts = None if before is None else before.spec.starts_at
-                if starts is not None and starts > now:
-                    moved_to = CampaignState.SCHEDULED
-            changed = sql.move(conn, campaign_id, FROM[action], moved_to, now)
-            withdrawn: list[str] = []
-            if changed:
-                if action == "cancel":
-                    withdrawn = self._withdraw(conn, campaign_id, now)
-                self._audit.append_in(
-                    conn,
-                    now,
-                    caller.actor,
-                    f"campaign_{action}d" if action != "cancel" else "campaign_cancelled",
-                    "campaign",
-                    campaign_id,
-                    withdrawn=len(withdrawn),
-                )
-            return sql.get(conn, cipher, campaign_id), changed, withdrawn
-
-        campaign, changed, withdrawn = await self._store.writer.run(job)
+        campaign, changed, withdrawn = await self._backend.act(
+            campaign_id, action, target, now, caller.actor
+        )
         if campaign is None:
             raise not_found()
         self._progress.forget(campaign_id)
@@ -416,13 +344,6 @@ class Campaigns:
         if changed and action == "resume":
             self._wake()
         return Acted(campaign, changed)
-
-    @staticmethod
-    def _withdraw(conn: sqlite3.Connection, campaign_id: str, now: float) -> list[str]:
-        ids = sql.waiting_messages(conn, campaign_id)
-        for message_id in ids:
-            apply(conn, Transition(message_id, State.CANCELLED), now)
-        return ids
 
     # -- compose -----------------------------------------------------------------------
 
@@ -484,6 +405,17 @@ class Campaigns:
         return req.text or ""
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _refuse_template_here(self, template: str | None) -> None:
+        """On a cluster node the templates are still each node's own (the templates
+        port shares them): a campaign or compose there takes a text."""
+        if template is not None and self._backend.shared:
+            raise _invalid(
+                "template",
+                "template_not_on_cluster",
+                "templates are not shared by the cluster's nodes yet (they come with the"
+                " templates port); send a text instead",
+            )
 
     @staticmethod
     def _require_act(caller: Caller) -> None:

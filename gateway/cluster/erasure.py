@@ -55,6 +55,14 @@ class ClusterErasure:
         n = out.counts
         idx, c = person.index, self._cipher
         async with self._pool.connection() as conn, conn.transaction():
+            # Who a campaign reached or is to reach (cluster 17), before the contact's
+            # lock: a campaign pass holding one of these rows may wait for that lock
+            # (a capped purpose), so taking the rows second could deadlock with it.
+            # This waits for such a pass's commit, and its message is erased below.
+            cur = await conn.execute(
+                "DELETE FROM campaign_recipients WHERE contact_idx = %s", (idx,)
+            )
+            n["shared_campaign_recipients"] = cur.rowcount
             await lock_contacts(conn, [idx])
             rows = await (
                 await conn.execute(
@@ -111,6 +119,12 @@ class ClusterErasure:
             n["shared_consent_entries"] = cur.rowcount
             cur = await conn.execute("DELETE FROM contacts WHERE idx = %s", (idx,))
             n["shared_contacts"] = cur.rowcount
+            # What the audiences knew of them (cluster 17).
+            for table in ("contact_tags", "contact_group_members"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE contact_idx = %s".encode(),  # noqa: S608 - fixed names
+                    (idx,),
+                )
             cur = await conn.execute(
                 "UPDATE consent_reviews SET body_ct = NULL, contact_idx = '\\x'::bytea"
                 " WHERE contact_idx = %s",

@@ -66,6 +66,7 @@ SEALED: tuple[Sealed, ...] = (
         (("ext_key_ct", "ext_key"), ("location_label_ct", "location"), ("provider_ct", "provider")),
     ),
     Sealed("clinical_notices", "id", "id", (("variables_ct", "variables"),)),
+    Sealed("campaigns", "id", "id", (("content_ct", "content"),)),  # its text and values
 )
 BATCH = 500
 
@@ -133,7 +134,8 @@ async def _reencrypt(
     """Every shared row with a field sealed under an older generation, sealed anew
     (`SEALED`: the messages, inbound messages and their held parts, Kannel dlr-urls,
     the contacts, the consent ledger's texts and reviews, the panel's TOTP secrets,
-    the patients' MRNs, the appointments' keys and labels, the notices' variables)."""
+    the patients' MRNs, the appointments' keys and labels, the notices' variables,
+    the campaigns' texts)."""
     done = 0
     for spec in SEALED:
         done = await _reencrypt_table(conn, cipher, generation, spec, done, after_batch)

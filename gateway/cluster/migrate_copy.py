@@ -59,6 +59,12 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
         TableCopy("contacts", "contacts", ("idx",)),
         TableCopy("consent_ledger", "consent_ledger", ("seq",), fixed={"node_id": node_id}),
         TableCopy("consent_state", "migrated_consent_state", ("contact_idx", "program", "scope")),
+        # Contacts as an audience (cluster 17): groups, members, tags, saved audiences.
+        # Campaigns are not copied (finish or cancel them first: docs/ops/cluster.md).
+        TableCopy("contact_groups", "contact_groups", ("id",)),
+        TableCopy("contact_group_members", "contact_group_members", ("group_id", "contact_idx")),
+        TableCopy("contact_tags", "contact_tags", ("tag", "contact_idx")),
+        TableCopy("contact_audiences", "contact_audiences", ("id",)),
         # Inbound: the messages (their seqs, the API's cursors, kept), the parts still
         # waiting for their set and the digests of sets just joined, all as received
         # by `node_id`.

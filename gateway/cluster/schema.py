@@ -844,6 +844,74 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, language)
     );
     """,
+    # 18 (issue 18, campaigns): contacts as an audience and campaigns for every node, as
+    #    SQLite's migrations 24-26 (`gateway/cluster/contacts.py`, `campaigns.py`): on the
+    #    shared `contacts` (their attributes: 16), groups, members, tags and saved
+    #    audiences by the contact's blind index.
+    #    A campaign's recipients are written when it starts running (its audience then),
+    #    `outcome` NULL until a node's pass handled them: passes on any nodes claim
+    #    them with FOR UPDATE SKIP LOCKED through `campaign_recipients_open`, and commit
+    #    each one's outcome with its message, so a recipient gets one message whichever
+    #    node ran it. `messages_campaign` serves the progress counts.
+    """
+    CREATE TABLE contact_groups (
+        id          text PRIMARY KEY,
+        name        text NOT NULL UNIQUE,
+        description text,
+        created_at  double precision NOT NULL,
+        updated_at  double precision NOT NULL
+    );
+    CREATE TABLE contact_group_members (
+        group_id    text NOT NULL,
+        contact_idx bytea NOT NULL,
+        added_at    double precision NOT NULL,
+        PRIMARY KEY (group_id, contact_idx)
+    );
+    CREATE INDEX contact_group_members_contact ON contact_group_members (contact_idx);
+    CREATE TABLE contact_tags (
+        tag         text NOT NULL,
+        contact_idx bytea NOT NULL,
+        PRIMARY KEY (tag, contact_idx)
+    );
+    CREATE INDEX contact_tags_contact ON contact_tags (contact_idx);
+    CREATE TABLE contact_audiences (
+        id          text PRIMARY KEY,
+        name        text NOT NULL UNIQUE,
+        spec        text NOT NULL,
+        created_at  double precision NOT NULL,
+        updated_at  double precision NOT NULL
+    );
+    CREATE TABLE campaigns (
+        id            text PRIMARY KEY,
+        name          text NOT NULL,
+        state         text NOT NULL,
+        spec          text NOT NULL,
+        content_ct    bytea,
+        audience_size integer,
+        created_by    text NOT NULL,
+        created_at    double precision NOT NULL,
+        updated_at    double precision NOT NULL,
+        started_at    double precision,
+        done_at       double precision
+    );
+    CREATE INDEX campaigns_live ON campaigns (state) WHERE state IN ('scheduled', 'running');
+    CREATE TABLE campaign_recipients (
+        campaign_id text NOT NULL,
+        contact_idx bytea NOT NULL,
+        message_id  text,
+        outcome     text,
+        at          double precision,
+        node_id     text,
+        PRIMARY KEY (campaign_id, contact_idx)
+    );
+    CREATE INDEX campaign_recipients_open ON campaign_recipients (campaign_id, contact_idx)
+        WHERE outcome IS NULL;
+    CREATE INDEX campaign_recipients_skipped ON campaign_recipients (campaign_id, outcome)
+        WHERE message_id IS NULL AND outcome IS NOT NULL;
+    CREATE INDEX campaign_recipients_contact ON campaign_recipients (contact_idx);
+    CREATE INDEX messages_campaign ON messages (campaign_id, variant, state)
+        WHERE campaign_id IS NOT NULL;
+    """,
 )
 
 

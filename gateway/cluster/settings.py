@@ -118,7 +118,6 @@ def _configured(value: Any, default: Any) -> bool:
 def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
-    from gateway.campaigns.settings import CampaignsConfig
     from gateway.hl7.settings import Hl7Config
     from gateway.replies.settings import RepliesConfig
     from gateway.results.settings import MedicationConfig, ResultsConfig
@@ -129,13 +128,14 @@ def refused_features(config: Config) -> list[str]:
     # (cluster/outbox_store.py; MQTT's per-node names: integrations/mqtt_names.py).
     # Appointments (the JSON API), reminder rules, templates and the notice runner
     # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
+    # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
+    # cluster/campaigns.py, cluster/campaign_feed.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
         ("results", config.results, ResultsConfig()),
         ("medication", config.medication, MedicationConfig()),
         ("replies", config.replies, RepliesConfig()),
-        ("campaigns", config.campaigns, CampaignsConfig()),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 

@@ -22,6 +22,7 @@ import structlog
 
 from drivers.clock import Clock
 from gateway.contacts import csv_import
+from gateway.contacts.book import ContactBook
 from gateway.errors import ApiError
 from gateway.store import contacts_sql
 from gateway.store.store import Store
@@ -93,12 +94,14 @@ class Importer:
         self,
         *,
         store: Store,
+        book: ContactBook,
         clock: Clock,
         audit: AuditSink,
         region: str,
         languages: tuple[str, ...],
     ) -> None:
-        self._store = store
+        self._store = store  # its blind index: the key every node shares
+        self._book = book
         self._clock = clock
         self._audit = audit
         self._region = region
@@ -122,10 +125,7 @@ class Importer:
     ) -> ImportReport:
         """Import a CSV stream (see the module's docstring); audited with its counts."""
         self.check(caller, options)
-        if (
-            options.group is not None
-            and await contacts_sql.group(self._store, options.group) is None
-        ):
+        if options.group is not None and await self._book.group(options.group) is None:
             raise ApiError(404, "not_found", "group: no such group", field="group")
         region = options.region or self._region
         decoder = Decoder()
@@ -201,12 +201,7 @@ class Importer:
     async def _commit(
         self, rows: list[contacts_sql.ImportRow], group: str | None, report: ImportReport
     ) -> None:
-        cipher = self._store.cipher
-        assert cipher is not None  # the store is open
-        now = self._clock.time()
-        outcomes = await self._store.writer.run(
-            lambda conn: contacts_sql.import_rows(conn, cipher, rows, group, now)
-        )
+        outcomes = await self._book.import_rows(rows, group, self._clock.time())
         report.created += outcomes.count(contacts_sql.CREATED)
         report.updated += outcomes.count(contacts_sql.UPDATED)
         report.unchanged += outcomes.count(contacts_sql.UNCHANGED)

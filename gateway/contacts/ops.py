@@ -28,6 +28,12 @@ from gateway.usecases.caller import Caller
 from gateway.usecases.csv_reader import file_chunks
 
 WHAT = "contacts import, bytes read"
+CLUSTER_REFUSAL = (
+    "smsgw import contacts: on a cluster node the contacts are in PostgreSQL, shared by"
+    " every node, and this node's service is not running: run the command while it"
+    " runs (the import goes to the shared tables), or import through any node's API"
+    " (POST /api/v1/contacts/imports)"
+)
 
 
 def _contacts(ctx: OpContext) -> Contacts:
@@ -54,6 +60,10 @@ async def _group(contacts: Contacts, caller: Caller, wanted: str, ctx: OpContext
 
 @op("contacts.import")
 async def import_contacts(ctx: OpContext, args: dict[str, Any]) -> int:
+    if ctx.gateway is None and ctx.config.cluster.enabled:
+        # Here, the node's own SQLite tables: not the contacts any node's campaign reads.
+        ctx.err(CLUSTER_REFUSAL)
+        return 2
     path = Path(str(args.get("file", "")))
     caller = Caller(ctx.actor, None, True, False, False, may_record_consent=True)
     contacts = _contacts(ctx)

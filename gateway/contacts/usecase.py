@@ -6,7 +6,7 @@ named by its key (the blind index in hex), never by its number: numbers stay
 encrypted, lists show them masked for the caller (or not at all), and the audit trail
 names keys and counts. Reading needs no more than the `read` scope (numbers masked);
 changes need the right to record consent (`consent` or `admin`). A contact's consent
-standing is the consent ledger's (`consent_sql.states`), shown, never kept here.
+standing is the consent ledger's (`ContactBook.states`), shown, never kept here.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from drivers.clock import Clock
 from gateway.consent.zones import valid_zone
 from gateway.contacts.audience import AudienceSpec
+from gateway.contacts.book import ContactBook, LocalContactBook
 from gateway.contacts.csv_import import KEY, MAX_NAME
 from gateway.contacts.importer import Importer
 from gateway.errors import ApiError
-from gateway.store import consent_sql, contacts_sql
 from gateway.store.consent_sql import StateRow
 from gateway.store.contacts_sql import AudienceRow, ContactRow
 from gateway.store.contacts_sql import Changes as Changes
@@ -103,14 +103,22 @@ class Contacts:
         audit: AuditSink,
         region: str,
         languages: tuple[str, ...],
+        book: ContactBook | None = None,
     ) -> None:
-        self._store = store
+        """`book`: where the contacts are kept (None: this node's store; on a cluster
+        the shared tables, `gateway/cluster/contacts.py`)."""
+        self._book = book or LocalContactBook(store)
         self._clock = clock
         self._audit = audit
         self.languages = languages
         self.region = region
         self.imports = Importer(
-            store=store, clock=clock, audit=audit, region=region, languages=languages
+            store=store,
+            book=self._book,
+            clock=clock,
+            audit=audit,
+            region=region,
+            languages=languages,
         )
 
     def _item(self, caller: Caller, r: ContactRow) -> ContactItem:
@@ -142,17 +150,17 @@ class Contacts:
         if cursor:
             after = contact_idx_or_query(cursor)
         limit = max(1, min(limit, MAX_PAGE))
-        rows = await contacts_sql.page(self._store, spec, after, limit)
-        total = await contacts_sql.count(self._store, spec)
+        rows = await self._book.page(spec, after, limit)
+        total = await self._book.count(spec)
         nxt = rows[-1].key if len(rows) == limit else None
         return ContactPage([self._item(caller, r) for r in rows], total, nxt)
 
     async def get(self, caller: Caller, key: str) -> ContactDetail:
         idx = contact_idx(key)
-        found = await contacts_sql.contact(self._store, idx)
+        found = await self._book.contact(idx)
         if found is None:
             raise _not_found("contact")
-        standing = await consent_sql.states(self._store, idx)
+        standing = await self._book.states(idx)
         return ContactDetail(self._item(caller, found), tuple(standing))
 
     async def update(self, caller: Caller, key: str, changes: Changes) -> ContactDetail:
@@ -161,9 +169,7 @@ class Contacts:
         idx = contact_idx(key)
         self._check(changes)
         now = self._clock.time()
-        found = await self._store.writer.run(
-            lambda conn: contacts_sql.update(conn, idx, changes, now)
-        )
+        found = await self._book.update(idx, changes, now)
         if not found:
             raise _not_found("contact")
         fields = sorted(
@@ -191,17 +197,17 @@ class Contacts:
 
     async def facets(self) -> dict[str, list[str]]:
         """Attribute values and tags in use (the panel's filter choices)."""
-        return await contacts_sql.facets(self._store)
+        return await self._book.facets()
 
     # -- groups ------------------------------------------------------------------------
 
     async def groups(self, caller: Caller) -> list[GroupRow]:
         del caller  # any caller may list them: names and counts only
-        return await contacts_sql.groups(self._store)
+        return await self._book.groups()
 
     async def group(self, caller: Caller, group_id: str) -> GroupRow:
         del caller
-        found = await contacts_sql.group(self._store, group_id)
+        found = await self._book.group(group_id)
         if found is None:
             raise _not_found("group")
         return found
@@ -211,9 +217,7 @@ class Contacts:
         name = _name(name)
         description = self._description(description)
         now = self._clock.time()
-        gid = await self._store.writer.run(
-            lambda conn: contacts_sql.create_group(conn, name, description, now)
-        )
+        gid = await self._book.create_group(name, description, now)
         if gid is None:
             raise ApiError(409, "name_taken", "name: another group has this name", field="name")
         await self._audit.record(caller.actor, "contact_group_created", "contact_group", gid)
@@ -231,9 +235,7 @@ class Contacts:
         name = None if name is None else _name(name)
         description = self._description(description)
         now = self._clock.time()
-        outcome = await self._store.writer.run(
-            lambda conn: contacts_sql.update_group(conn, group_id, name, description, now)
-        )
+        outcome = await self._book.update_group(group_id, name, description, now)
         if outcome == "not_found":
             raise _not_found("group")
         if outcome == "name_taken":
@@ -243,7 +245,7 @@ class Contacts:
 
     async def delete_group(self, caller: Caller, group_id: str) -> None:
         self._require_write(caller)
-        if not await self._store.writer.run(lambda c: contacts_sql.delete_group(c, group_id)):
+        if not await self._book.delete_group(group_id):
             raise _not_found("group")
         await self._audit.record(caller.actor, "contact_group_deleted", "contact_group", group_id)
 
@@ -266,7 +268,7 @@ class Contacts:
             added += await self._add(group_id, [contact_idx(k) for k in keys], now)
         if audience is not None:
             after = b""
-            while idxs := await contacts_sql.audience_idxs(self._store, audience, after, ADD_BATCH):
+            while idxs := await self._book.audience_idxs(audience, after, ADD_BATCH):
                 added += await self._add(group_id, idxs, now)
                 after = idxs[-1]
         await self._audit.record(
@@ -275,9 +277,7 @@ class Contacts:
         return added
 
     async def _add(self, group_id: str, idxs: list[bytes], now: float) -> int:
-        n = await self._store.writer.run(
-            lambda conn: contacts_sql.add_members(conn, group_id, idxs, now)
-        )
+        n = await self._book.add_members(group_id, idxs, now)
         if n is None:
             raise _not_found("group")  # deleted meanwhile
         return n
@@ -287,9 +287,7 @@ class Contacts:
         if len(keys) > MAX_MEMBERS:
             raise _invalid("contacts", "too_many", f"at most {MAX_MEMBERS} per request")
         idxs = [contact_idx(k) for k in keys]
-        n = await self._store.writer.run(
-            lambda conn: contacts_sql.remove_members(conn, group_id, idxs)
-        )
+        n = await self._book.remove_members(group_id, idxs)
         if n is None:
             raise _not_found("group")
         await self._audit.record(
@@ -302,14 +300,14 @@ class Contacts:
     async def count(self, caller: Caller, spec: AudienceSpec) -> int:
         """How many contacts an audience has now."""
         del caller
-        return await contacts_sql.count(self._store, spec)
+        return await self._book.count(spec)
 
     async def audiences(self, caller: Caller) -> list[SavedAudience]:
-        rows = await contacts_sql.audiences(self._store)
+        rows = await self._book.audiences()
         return [SavedAudience(r, await self.count(caller, r.spec)) for r in rows]
 
     async def audience(self, caller: Caller, audience_id: str) -> SavedAudience:
-        found = await contacts_sql.audience(self._store, audience_id)
+        found = await self._book.audience(audience_id)
         if found is None:
             raise _not_found("audience")
         return SavedAudience(found, await self.count(caller, found.spec))
@@ -321,9 +319,7 @@ class Contacts:
         self._require_write(caller)
         name = _name(name)
         now = self._clock.time()
-        aid = await self._store.writer.run(
-            lambda conn: contacts_sql.save_audience(conn, audience_id, name, spec, now)
-        )
+        aid = await self._book.save_audience(audience_id, name, spec, now)
         if aid == "!":
             raise _not_found("audience")
         if not aid:
@@ -333,9 +329,7 @@ class Contacts:
 
     async def delete_audience(self, caller: Caller, audience_id: str) -> None:
         self._require_write(caller)
-        if not await self._store.writer.run(
-            lambda conn: contacts_sql.delete_audience(conn, audience_id)
-        ):
+        if not await self._book.delete_audience(audience_id):
             raise _not_found("audience")
         await self._audit.record(caller.actor, "audience_deleted", "audience", audience_id)
 

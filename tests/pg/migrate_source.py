@@ -143,6 +143,22 @@ def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range
                 " preferences = '[\"reminders\"]' WHERE idx = ?",
                 (ref, entry.contact_idx),
             )
+            # The contact in a group and tagged; a saved audience (cluster 17).
+            conn.execute(
+                "INSERT OR IGNORE INTO contact_groups VALUES ('g1', 'Ward 1', NULL, ?, ?)",
+                (entry.at, entry.at),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO contact_group_members VALUES ('g1', ?, ?)",
+                (entry.contact_idx, entry.at),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO contact_tags VALUES ('flu', ?)", (entry.contact_idx,)
+            )
+    conn.execute(
+        "INSERT OR IGNORE INTO contact_audiences VALUES ('a1', 'Ward 1, flu', ?, 0, 0)",
+        ('{"groups":["g1"],"tags":["flu"]}',),
+    )
 
 
 def _decisions(idx: bytes, to: str, inbound_id: str, at: float) -> list[Entry]:

@@ -154,6 +154,7 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
         "shared_consent_entries": 3,  # the two above and the erasure's opt-out of all
         "shared_contacts": 1,
         "shared_consent_reviews": 1,
+        "shared_campaign_recipients": 0,  # in no campaign (tests/pg/test_campaigns_cluster.py)
         "shared_inbound": 1,  # the look-alike B received, filed in the shared store
         "shared_inbound_parts": 0,
         "shared_kannel_dlr": 0,  # none sent through Kannel (tests/pg/test_kannel_cluster.py)

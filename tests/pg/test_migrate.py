@@ -146,6 +146,10 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
         assert cipher.blind_index(cipher.decrypt(number_ct, bound, "number")) == idx  # type: ignore[arg-type]
         assert cipher.decrypt(ref_ct, bound, "patient_ref").startswith("MRN-")  # type: ignore[arg-type]
         assert (clinic, prefs) == ("north", '["reminders"]')
+    members = pg(pg_dsn, "SELECT count(*) FROM contact_group_members WHERE group_id = 'g1'")
+    tags = pg(pg_dsn, "SELECT count(*) FROM contact_tags WHERE tag = 'flu'")
+    assert members == tags == [(COUNT // 1000,)]
+    assert pg(pg_dsn, "SELECT id, name FROM contact_audiences") == [("a1", "Ward 1, flu")]
     reviews = pg(pg_dsn, "SELECT id, inbound_id, resolution, body_ct FROM consent_reviews")
     assert sorted((r[0], r[2]) for r in reviews) == sorted(
         (f"rev{n}", "opted_out" if n % 4000 == 0 else None) for n in range(0, COUNT, 2000)

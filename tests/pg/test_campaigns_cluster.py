@@ -1,0 +1,284 @@
+"""Issue 18: contact groups, audiences and campaigns shared by the nodes of a cluster.
+
+Two gateways on one PostgreSQL, through the use cases every front end calls: a group
+built on one node is the audience of a campaign started on the other; passes running
+on both nodes at once message each recipient exactly once, and a node killed in the
+middle of a pass leaves its recipients to the other; the policy blocks the opted-out
+and the unconsented with their reasons; a pause on one node stops the other's next
+pass and a cancel withdraws what is still waiting, whichever node queued it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from drivers.base import InboundSms
+from drivers.clock import FakeClock
+from gateway.app import Gateway
+from gateway.campaigns.model import CampaignSpec, CampaignState
+from gateway.campaigns.runner import PassResult
+from gateway.cluster.campaign_feed import CLAIM_RECIPIENTS, ClusterCampaignFeed
+from gateway.cluster.lease import Pool
+from gateway.contacts.audience import AudienceSpec
+from gateway.contacts.csv_import import Options
+from gateway.errors import ApiError
+from gateway.store import crypto
+from gateway.store.store import Store
+from gateway.usecases import Caller
+from gateway.usecases.consent import DecisionRequest
+from tests.campaign_rows import numbers
+from tests.pg.test_claims import plan_nodes
+from tests.pg.test_consent_cluster import _cluster_config
+from tests.test_consent_inbound import SHORT_CODE
+
+STAFF = Caller.for_panel_user("user:staff", reads_phi=True, acts=True)
+TEXT = "Flu shots at the clinic this week."
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[list[Gateway]]:
+    """Two nodes (dispatch off: the passes are called, nothing is sent)."""
+    opened: list[Gateway] = []
+    first = tmp_path / "gw1"
+    try:
+        for name in ("gw1", "gw2"):
+            if name == "gw1":
+                config = _cluster_config(first, name, pg_dsn)
+                crypto.generate_master_key(config.master_key_path)
+                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
+                await store.open()
+                await store.close()
+            else:  # one keyring for every node: the first's data directory copied
+                shutil.copytree(first, tmp_path / name)
+                config = _cluster_config(tmp_path / name, name, pg_dsn)
+            gw = await Gateway.open(config, clock)
+            opened.append(gw)
+            await gw.start(dispatch=False)
+        yield opened
+    finally:
+        for gw in opened:
+            if not gw.stopped:
+                await gw.stop()
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _group_of(gw: Gateway, name: str, members: Sequence[str]) -> str:
+    """A group made on `gw` and its members imported there (the shared contacts)."""
+    group = await gw.contacts.create_group(STAFF, name, None)
+    if members:
+        csv = ("number\n" + "\n".join(members) + "\n").encode()
+        report = await gw.contacts.imports.run(STAFF, _chunks(csv), Options(group=group.id))
+        assert (report.created, report.failed) == (len(members), 0)
+    return group.id
+
+
+def _spec(group: str, purpose: str = "informational", **more: Any) -> CampaignSpec:
+    return CampaignSpec("Flu drive", AudienceSpec(groups=[group]), purpose, text=TEXT, **more)
+
+
+async def _started(gw: Gateway, group: str, purpose: str = "informational") -> str:
+    campaign = await gw.campaigns.create(STAFF, _spec(group, purpose))
+    assert (await gw.campaigns.start(STAFF, campaign.id)).state is CampaignState.RUNNING
+    return campaign.id
+
+
+async def _pass(gw: Gateway, campaign_id: str, limit: int) -> PassResult:
+    campaign = await gw.campaigns.get(STAFF, campaign_id)
+    return await gw.campaign_runner.run_pass(campaign, limit)
+
+
+async def _rows(gw: Gateway, query: str, params: Sequence[Any] = ()) -> list[Any]:
+    assert gw.cluster is not None
+    async with gw.cluster.queue.pool.connection() as conn:
+        return await (await conn.execute(query.encode(), params)).fetchall()
+
+
+async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
+    pair: list[Gateway], clock: FakeClock
+) -> None:
+    """Marketing needs written consent: the opted-out (on B) and the unconsented are
+    stored blocked with their reasons; the counts, replies and opt-outs too, read the
+    same on either node."""
+    a, b = pair
+    written, opted_out, unconsented = numbers(2), numbers(1, 10)[0], numbers(1, 20)[0]
+    group = await _group_of(a, "Ward 3", [*written, opted_out, unconsented])
+    for number in written:
+        await a.usecases.consent.record(
+            STAFF, DecisionRequest(number, "opt_in", "api", "purpose:marketing", disclosure="Y")
+        )
+    await b.usecases.consent.record(STAFF, DecisionRequest(opted_out, "opt_out", "api"))
+    clock.advance(1)  # the campaign's messages come after those decisions
+    assert (await b.contacts.group(STAFF, group)).members == 4
+    assert (await b.contacts.page(STAFF, AudienceSpec(groups=[group]))).total == 4
+
+    # The preview and the start judge on the shared consent list too.
+    alone = await _group_of(b, "Opted out", [])
+    await b.contacts.add_members(STAFF, alone, [b.store.blind_index(opted_out).hex()])
+    refused_start = await b.campaigns.create(STAFF, _spec(alone, "marketing"))
+    with pytest.raises(ApiError, match="opted_out: 1") as none_allowed:
+        await b.campaigns.start(STAFF, refused_start.id)
+    assert none_allowed.value.code == "no_consenting_recipients"
+    preview = await a.campaigns.preview(STAFF, _spec(group, "marketing"))
+    assert (preview.judgement.audience_size, preview.judgement.allowed) == (4, 2)
+    assert preview.judgement.blocked == {"opted_out": 1, "no_consent": 1}
+
+    campaign_id = await _started(b, group, "marketing")
+    result = await _pass(b, campaign_id, 10)
+    assert dict(result.outcomes) == {
+        "queued": 2,
+        "blocked:opted_out": 1,
+        "blocked:no_consent": 1,
+    }
+    assert result.state is CampaignState.FINISHED
+
+    campaign = await a.campaigns.get(STAFF, campaign_id)
+    assert (campaign.state, campaign.audience_size) == (CampaignState.FINISHED, 4)
+    progress = await a.campaigns.progress(STAFF, campaign)
+    assert (progress.handled, progress.campaign.queued) == (4, 2)
+    assert progress.campaign.blocked == {"opted_out": 1, "no_consent": 1}
+
+    # Replies and opt-outs after its messages, received and recorded on either node.
+    clock.advance(1)
+    await b.sink.inbound("main", InboundSms(written[0], "See you there", SHORT_CODE))
+    await a.usecases.consent.record(STAFF, DecisionRequest(written[1], "opt_out", "api"))
+    later = await b.campaigns.progress(STAFF, campaign)
+    assert (later.campaign.replies, later.campaign.opt_outs) == (1, 1)
+
+    spec = CampaignSpec("T", AudienceSpec(groups=[group]), "informational", template="flu")
+    with pytest.raises(ApiError) as refused:  # templates are each node's own still
+        await a.campaigns.create(STAFF, spec)
+    assert (refused.value.status, refused.value.code) == (422, "template_not_on_cluster")
+
+
+async def test_two_nodes_running_one_campaign_message_each_recipient_once(
+    pair: list[Gateway], pg_dsn: str
+) -> None:
+    a, b = pair
+    members = numbers(40)
+    campaign_id = await _started(a, await _group_of(b, "Clinic", members))
+
+    # A node killed in the middle of its pass: a claim held, then its connection gone.
+    killed = await psycopg.AsyncConnection.connect(pg_dsn)
+    await killed.execute("BEGIN")
+    held = await (
+        await killed.execute(
+            "SELECT contact_idx FROM campaign_recipients WHERE campaign_id = %s"
+            " AND outcome IS NULL ORDER BY contact_idx LIMIT 8 FOR UPDATE SKIP LOCKED",
+            (campaign_id,),
+        )
+    ).fetchall()
+    assert len(held) == 8
+
+    while True:  # both nodes' passes at once, until neither finds a recipient
+        results = await asyncio.gather(*(_pass(gw, campaign_id, 3) for gw in (a, b, a, b)))
+        if not any(r.read for r in results):
+            break
+    assert (await a.campaigns.get(STAFF, campaign_id)).state is CampaignState.RUNNING
+    await _rows(a, "SELECT pg_terminate_backend(%s)", (killed.info.backend_pid,))
+    await killed.close()
+    assert a.cluster is not None
+    async with a.cluster.queue.pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '20s'")  # until its backend has gone
+        await conn.execute(
+            "SELECT 1 FROM campaign_recipients WHERE campaign_id = %s AND contact_idx = ANY(%s)"
+            " FOR UPDATE",
+            (campaign_id, [r[0] for r in held]),
+        )
+    last = await _pass(b, campaign_id, 20)
+    assert (last.read, last.state) == (8, CampaignState.FINISHED)
+
+    sent = await _rows(
+        a,
+        "SELECT count(*), count(DISTINCT to_index) FROM messages WHERE campaign_id = %s",
+        (campaign_id,),
+    )
+    assert sent == [(40, 40)]
+    by_node = await _rows(
+        a,
+        "SELECT node_id, count(*) FROM campaign_recipients WHERE campaign_id = %s"
+        " AND outcome = 'queued' GROUP BY node_id ORDER BY node_id",
+        (campaign_id,),
+    )
+    assert [node for node, _ in by_node] == ["gw1", "gw2"] and sum(n for _, n in by_node) == 40
+
+
+async def test_a_pause_on_one_node_stops_the_next_pass_on_the_other(
+    pair: list[Gateway],
+) -> None:
+    a, b = pair
+    campaign_id = await _started(a, await _group_of(a, "Ward 5", numbers(10)))
+    assert len((await _pass(b, campaign_id, 3)).prepared) == 3
+    assert a.cluster is not None
+    queue = a.cluster.queue
+    feed = ClusterCampaignFeed(queue.pool, queue.cipher, a.usecases.messages, "gw1", horizon=1e5)
+    (live,) = await feed.live()  # each of the two live nodes feeds it at half its rate
+    assert live.rate == (await a.campaigns.get(STAFF, campaign_id)).rate / 2
+
+    await a.campaigns.act(STAFF, campaign_id, "pause")
+    paused = await _pass(b, campaign_id, 3)
+    assert (paused.state, paused.prepared) == (CampaignState.PAUSED, [])
+
+    await b.campaigns.act(STAFF, campaign_id, "resume")
+    assert len((await _pass(a, campaign_id, 3)).prepared) == 3
+
+    acted = await b.campaigns.act(STAFF, campaign_id, "cancel")  # withdraws A's and B's
+    assert acted.changed and acted.campaign.state is CampaignState.CANCELLED
+    states = await _rows(
+        a, "SELECT state, count(*) FROM messages WHERE campaign_id = %s GROUP BY 1", (campaign_id,)
+    )
+    assert states == [("cancelled", 6)]
+    assert (await _pass(a, campaign_id, 3)).state is CampaignState.CANCELLED
+
+
+async def test_a_campaign_scheduled_on_one_node_is_started_by_the_others_runner(
+    pair: list[Gateway], clock: FakeClock
+) -> None:
+    """Its audience becomes its recipients when it starts running: contacts joining
+    the group until then are in it."""
+    a, b = pair
+    group = await _group_of(a, "Ward 7", numbers(3))
+    spec = _spec(group, starts_at=clock.time() + 60)
+    campaign = await a.campaigns.create(STAFF, spec)
+    assert (await a.campaigns.start(STAFF, campaign.id)).state is CampaignState.SCHEDULED
+    csv = b"number\n+12025550100\n"
+    await b.contacts.imports.run(STAFF, _chunks(csv), Options(group=group))
+    await b.campaign_runner.step()  # not yet: it still waits for its start
+    assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.SCHEDULED
+    clock.advance(60)
+    await b.campaign_runner.step()  # running; a new campaign's first message at once
+    started = await a.campaigns.get(STAFF, campaign.id)
+    assert (started.state, started.audience_size) == (CampaignState.RUNNING, 4)
+    assert len((await _pass(a, campaign.id, 10)).prepared) == 3
+    assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.FINISHED
+
+
+async def test_a_pass_claims_through_the_open_recipients_index(pool: Pool) -> None:
+    """50,000 recipients of five campaigns, most handled: a pass's claim reads the
+    few open ones of its campaign in index order, no sort, no scan of the table."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO campaign_recipients (campaign_id, contact_idx, outcome)"
+            " SELECT 'c' || (i % 5), int4send(i),"
+            " CASE WHEN i % 10 = 0 THEN NULL ELSE 'queued' END"
+            " FROM generate_series(1, 50000) i"
+        )
+        await conn.execute("ANALYZE campaign_recipients")
+        cur = await conn.execute("EXPLAIN (FORMAT JSON) " + CLAIM_RECIPIENTS, ("c3", 200))
+        row = await cur.fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    found = plan_nodes(plan[0]["Plan"])
+    scans = [n for n in found if n.get("Relation Name") == "campaign_recipients"]
+    assert [n.get("Index Name") for n in scans] == ["campaign_recipients_open"], scans
+    assert not any(n["Node Type"] in ("Sort", "Incremental Sort", "Seq Scan") for n in found)
