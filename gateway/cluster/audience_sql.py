@@ -1,6 +1,6 @@
 """An audience (`gateway/contacts/audience.py`) as PostgreSQL SQL: the same membership
 rule over the shared `contacts`, `contact_group_members` and `contact_tags` (cluster
-migration 17), the same walk in index order.
+migration 18), the same walk in index order.
 
 As SQLite's builder: each group and each tag is an arm seeking its membership table's
 primary key from the cursor and stopping at the limit, the arms merged in index order,

@@ -1,5 +1,5 @@
 """Campaigns in the cluster's PostgreSQL: the `CampaignStore` of
-`gateway/campaigns/backend.py` on a cluster node (cluster migration 17).
+`gateway/campaigns/backend.py` on a cluster node (cluster migration 18).
 
 Every node reads and changes the same `campaigns`: one created on node A is started,
 paused or cancelled on node B. A state change is one `UPDATE ... WHERE state IN (...)`

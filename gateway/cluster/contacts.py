@@ -1,5 +1,5 @@
 """Contacts as an audience in the cluster's PostgreSQL: the `ContactBook` of
-`gateway/contacts/book.py` on a cluster node (cluster migration 17).
+`gateway/contacts/book.py` on a cluster node (cluster migration 18).
 
 The contacts are the consent ledger's shared `contacts` (`consent_store.py`), with
 SQLite's audience attributes (cluster migration 16); groups, members, tags and saved
