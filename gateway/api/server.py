@@ -7,6 +7,8 @@ scope decision and a description.
 
 from __future__ import annotations
 
+import dataclasses
+
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -33,6 +35,7 @@ from gateway.api.reply_endpoints import REPLY_ENDPOINTS
 from gateway.api.shaping import error_answer, shaped
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
+from gateway.cluster.local_only import LocalFeature, feature_of_path, refusal
 from gateway.demo import DemoAdvance, DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
@@ -551,13 +554,25 @@ def _guard(endpoint: Endpoint, gateway: Gateway, check: RequestCheck | None) -> 
     return guarded
 
 
+def _refusing(feature: LocalFeature) -> Handler:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise refusal(feature)
+
+    return refuse
+
+
 def install(app: web.Application, gateway: Gateway, check: RequestCheck | None = None) -> None:
     """Serve the API from `app`: every endpoint behind `check` and its scope, and its
-    document."""
+    document. On a cluster node a feature whose data would stay in the node's own store
+    answers 501 `not_on_cluster` (`gateway/cluster/local_only.py`)."""
     app[GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
     for endpoint in ENDPOINTS:
-        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway, check))
+        local = None if gateway.cluster is None else feature_of_path(endpoint.path)
+        served = (
+            endpoint if local is None else dataclasses.replace(endpoint, handler=_refusing(local))
+        )
+        app.router.add_route(served.method, served.path, _guard(served, gateway, check))
     app[h.OPENAPI] = build_openapi(
         ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
