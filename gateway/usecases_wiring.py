@@ -355,11 +355,19 @@ class UseCaseWiring:
     # -- analytics (issue 15, i15-analytics) ---------------------------------------------
     @functools.cached_property
     def analytics(self) -> Analytics:
-        """Analytics without PHI (API `/analytics/...`, panel page); its rollup runs at start."""
+        """Analytics without PHI (API `/analytics/...`, panel page); its rollup runs at
+        start, except on a cluster node, which counts from the shared tables."""
         a = self.config.analytics
         zone = a.zone(self.config.appointments.time_zone)
         rollup = Rollup(self.store, self.clock, zone, interval=a.interval)
-        return Analytics(store=self.store, clock=self.clock, audit=self.audit, rollup=rollup)
+        figures = None
+        if self.cluster is not None:  # counted from the shared tables, not this node's
+            from gateway.cluster.analytics import ClusterFigures  # here: psycopg is optional
+
+            figures = ClusterFigures(self.cluster.queue.pool, zone)
+        return Analytics(
+            store=self.store, clock=self.clock, audit=self.audit, rollup=rollup, figures=figures
+        )
 
     # -- retention and erasure (issue 14, i14-retention) --------------------------------
     @functools.cached_property

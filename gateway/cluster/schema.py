@@ -676,6 +676,17 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   double precision NOT NULL
     );
     """,
+    # 16 (issue 18, analytics on a cluster; the plan's 18, renumbered at merge): each
+    #    report is counted from the shared tables over its range of days
+    #    (`gateway/cluster/analytics.py`), each source entered through an index on its
+    #    time column holding only the rows it counts.
+    """
+    CREATE INDEX message_events_outcome_at ON message_events (at)
+        WHERE state IN ('sent', 'delivered', 'failed', 'expired');
+    CREATE INDEX messages_blocked_at ON messages (updated_at) WHERE state = 'blocked';
+    CREATE INDEX consent_ledger_opt_out_at ON consent_ledger (at) WHERE decision = 'opt_out';
+    CREATE INDEX link_clicks_human_at ON link_clicks (at) WHERE human = 1;
+    """,
 )
 
 
