@@ -356,15 +356,16 @@ class UseCaseWiring:
     @functools.cached_property
     def analytics(self) -> Analytics:
         """Analytics without PHI (API `/analytics/...`, panel page); its rollup runs at
-        start, except on a cluster node, which counts from the shared tables."""
+        start (on a cluster node, over the shared tables into sums kept in PostgreSQL)."""
         a = self.config.analytics
         zone = a.zone(self.config.appointments.time_zone)
         rollup = Rollup(self.store, self.clock, zone, interval=a.interval)
         figures = None
-        if self.cluster is not None:  # counted from the shared tables, not this node's
-            from gateway.cluster.analytics import ClusterFigures  # here: psycopg is optional
+        if self.cluster is not None:  # sums of the shared tables, kept in PostgreSQL
+            from gateway.cluster.analytics import ClusterFigures, ClusterRollup  # psycopg
 
-            figures = ClusterFigures(self.cluster.queue.pool, zone)
+            pool = self.cluster.queue.pool
+            figures = ClusterFigures(pool, ClusterRollup(pool, self.clock, zone, a.interval))
         return Analytics(
             store=self.store, clock=self.clock, audit=self.audit, rollup=rollup, figures=figures
         )

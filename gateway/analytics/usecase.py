@@ -80,9 +80,7 @@ def dimension_of(text: str | None, field: str = "dimension") -> Dimension:
 
 class FiguresSource(Protocol):
     """Where the summed metrics of a range of days (`YYYY-MM-DD`, both included) come
-    from. `live`: counted at each read (nothing for `refresh` to do)."""
-
-    live: bool
+    from, and the loop that keeps them (`run`, for the gateway's life)."""
 
     async def by_key(self, dim: str, first: str, last: str) -> dict[str, report.Metrics]: ...
 
@@ -92,14 +90,17 @@ class FiguresSource(Protocol):
 
     async def names(self, dim: str, keys: list[str]) -> dict[str, str]: ...
 
+    async def refresh(self) -> int: ...
+
+    async def run(self) -> None: ...
+
 
 class DailySums:
-    """The rollup's daily sums in this node's store (`report.py`)."""
+    """The rollup's daily sums in this node's store (`rollup.py`, `report.py`)."""
 
-    live = False
-
-    def __init__(self, reader: ReadPool) -> None:
+    def __init__(self, reader: ReadPool, rollup: Rollup) -> None:
         self._reader = reader
+        self._rollup = rollup
 
     async def by_key(self, dim: str, first: str, last: str) -> dict[str, report.Metrics]:
         return await report.by_key(self._reader, dim, first, last)
@@ -109,6 +110,12 @@ class DailySums:
 
     async def names(self, dim: str, keys: list[str]) -> dict[str, str]:
         return await report.names(self._reader, dim, keys)
+
+    async def refresh(self) -> int:
+        return await self._rollup.catch_up()
+
+    async def run(self) -> None:
+        await self._rollup.run()
 
 
 class Analytics:
@@ -127,7 +134,9 @@ class Analytics:
         self._clock = clock
         self._audit = audit
         self.rollup = rollup
-        self._figures: FiguresSource = DailySums(store.reader) if figures is None else figures
+        self._figures: FiguresSource = (
+            DailySums(store.reader, rollup) if figures is None else figures
+        )
 
     @property
     def time_zone(self) -> str:
@@ -225,11 +234,13 @@ class Analytics:
         return rows
 
     async def refresh(self) -> int:
-        """Count everything committed until now (the rollup's own round, at once); 0
-        where the figures are counted at each read (a cluster node)."""
-        if self._figures.live:
-            return 0
-        return await self.rollup.catch_up()
+        """Count everything committed until now (the rollup's own round, at once): the
+        rows counted (on a cluster, the days recomputed)."""
+        return await self._figures.refresh()
+
+    async def run(self) -> None:
+        """Keep the figures counted, for the gateway's life (started by `Gateway.start`)."""
+        await self._figures.run()
 
 
 FIGURE_COLUMNS = (

@@ -1,39 +1,58 @@
-"""Analytics on a cluster: the figures counted straight from the shared tables.
+"""Analytics on a cluster: daily sums kept in PostgreSQL, recomputed day by day.
 
 Theory of operation. On one node the rollup (`gateway/analytics/rollup.py`) folds rows
 into daily sums after a cursor that follows commit order: one SQLite writer numbers
 them as they commit. On PostgreSQL a `bigserial` is taken before its transaction
-commits, so rows of several nodes commit out of their numbers' order and a cursor would
-skip the late ones (the outbox needs `xid8` ordering for this, `outbox_store.py`); and
-a rollup of closed days would miss what commits late for an old day (an outcome
-journal replayed after an outage keeps its answer's time). So a cluster node answers
-each report with aggregate queries over the shared `message_events`, `messages`
-(blocked), `inbound`, `consent_ledger` and `link_clicks`, each entered through an index
-on its time column for the report's range (cluster migration 16: see
-`tests/pg/test_analytics_cluster.py`'s EXPLAIN): every node gives the same figures, a
-commit is counted by the next read, and nothing is kept to drift. A report costs in
-proportion to the rows of its range (about a second per few hundred thousand messages;
-docs/ops/cluster.md); the front ends' concurrent questions over one range (the panel
-page asks eight) share one computation.
+commits, so rows of several nodes commit out of their numbers' order and a cursor
+would skip the late ones (the outbox needs `xid8` ordering for this,
+`outbox_store.py`). So the sums are not folded row by row but **recomputed a whole day
+at a time** from the shared `message_events`, `messages` (blocked), `inbound`,
+`consent_ledger` and `link_clicks`, each read through an index on its time column
+(cluster migration 16): a day's sums are always what an aggregate over its rows says.
 
-The figures are those of `streams.py`, day by day in the site's time zone, with what a
-cluster keeps: replies count as `replied_other` (the appointment replies that classify
-confirm and cancel are not shared yet), and the appointment, no-show, rule and clinic
-figures are empty (appointments and reminders are not on the cluster backend yet).
+Which days: statement-level triggers on those tables append the time span of what each
+statement inserted to `analytics_dirty` (one row a statement, never an update: nothing
+on the send path waits on another writer). A round takes the marks visible in its
+snapshot, recomputes their local days in that same REPEATABLE READ snapshot and
+replaces those days' rows of `analytics_sums`, in one transaction; a mark committed
+after the snapshot stays for the next round, so a row committed late (an outcome
+journal replayed after an outage keeps its answer's time) is counted then. One node
+at a time runs a round (a transaction-level advisory lock; the others skip it), every
+`[analytics] interval` seconds, at most `ROUND_DAYS` days a round (a backlog, such as
+the first start after this migration marks every day already there, is worked off
+over the following rounds).
+
+Reads (`ClusterFigures`) sum `analytics_sums` over the days asked, as SQLite's reports
+read `analytics_daily`: a year opens as fast as a week. The figures are those of
+`streams.py` with what a cluster keeps: replies count as `replied_other` (the
+appointment replies that classify confirm and cancel are not shared yet), and the
+appointment, no-show, rule and clinic figures are empty (appointments and reminders
+are not on the cluster backend yet).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import structlog
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from drivers.clock import Clock
+from gateway.analytics.days import LocalDays, day_range
 from gateway.analytics.figures import BLOCKED, LATENCY_EDGES, OVER
 from gateway.analytics.streams import REPLY_WINDOW, TOTAL_ONLY, MessageKeys
 from gateway.cluster.lease import Pool
+from gateway.logs import exception_summary
+
+log = structlog.get_logger("smsgw.cluster.analytics")
+
+ROUND_LOCK = 0x736D7367_77000005  # pg_try_advisory_xact_lock key: "smsgw" + 5
+ROUND_DAYS = 7  # days recomputed in one round at most
 
 Metrics = dict[str, int]
 
@@ -169,59 +188,144 @@ def bounds(zone: ZoneInfo, first: str, last: str) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
-class ClusterFigures:
-    """`gateway.analytics.usecase.FiguresSource` over the shared PostgreSQL tables."""
+def params(zone: ZoneInfo, first: str, last: str) -> dict[str, Any]:
+    """The parameters of `QUERIES` for the local days `first`..`last`."""
+    lo, hi = bounds(zone, first, last)
+    return {"tz": zone.key, "lo": lo, "hi": hi, "window": REPLY_WINDOW}
 
-    live = True  # counted at each read: nothing to refresh
 
-    def __init__(self, pool: Pool, zone: ZoneInfo) -> None:
+def _runs(days: list[str]) -> list[tuple[str, str]]:
+    """Sorted days as runs of consecutive days: (first, last) each."""
+    runs: list[tuple[str, str]] = []
+    for day in days:
+        if runs and date.fromisoformat(day) - date.fromisoformat(runs[-1][1]) == timedelta(1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+Conn = AsyncConnection[TupleRow]
+
+
+async def recompute(conn: Conn, zone: ZoneInfo, days: list[str]) -> int:
+    """Replace the sums of `days` (sorted local days) by what their rows say now, in
+    the caller's transaction; the sums written."""
+    sums: Counter[tuple[str, str, str, str]] = Counter()
+    for first, last in _runs(days):
+        for name, sql in QUERIES.items():
+            cur = await conn.execute(sql.encode(), params(zone, first, last))
+            for day, keys, metric, n in _facts_of(name, await cur.fetchall()):
+                for dim, key in keys:
+                    sums[(dim, day, key, metric)] += n
+    await conn.execute("DELETE FROM analytics_sums WHERE day = ANY(%s)", (days,))
+    rows = [(*k, n) for k, n in sums.items() if n]
+    if rows:
+        cur = conn.cursor()
+        await cur.executemany(
+            "INSERT INTO analytics_sums (dim, day, key, metric, value) VALUES (%s,%s,%s,%s,%s)",
+            rows,
+        )
+    return len(rows)
+
+
+class ClusterRollup:
+    """The rounds that keep `analytics_sums` (one node at a time)."""
+
+    def __init__(self, pool: Pool, clock: Clock, zone: ZoneInfo, interval: float) -> None:
         self._pool = pool
-        self._zone = zone
-        self._pending: dict[tuple[str, str], asyncio.Future[list[Fact]]] = {}
+        self._clock = clock
+        self._days = LocalDays(zone)
+        self.interval = interval
 
-    def params(self, first: str, last: str) -> dict[str, Any]:
-        lo, hi = bounds(self._zone, first, last)
-        return {"tz": self._zone.key, "lo": lo, "hi": hi, "window": REPLY_WINDOW}
-
-    async def _facts(self, first: str, last: str) -> list[Fact]:
-        """Every fact of the range: one computation shared by the questions asked
-        meanwhile (a question asked after it ended computes again, and sees every
-        commit before it)."""
-        key = (first, last)
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._compute(first, last))
-            self._pending[key] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(key, None))
-        return await asyncio.shield(pending)
-
-    async def _compute(self, first: str, last: str) -> list[Fact]:
-        params = self.params(first, last)
-        facts: list[Fact] = []
-        # One snapshot for every source: figures from one moment.
+    async def round(self) -> int | None:
+        """Recompute the days marked dirty (at most `ROUND_DAYS`); how many, or None
+        when another node runs a round now."""
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            for name, sql in QUERIES.items():
-                cur = await conn.execute(sql.encode(), params)
-                facts += _facts_of(name, await cur.fetchall())
-        return facts
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            got = await (
+                await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (ROUND_LOCK,))
+            ).fetchone()
+            if got is None or not got[0]:
+                return None
+            cur = await conn.execute("DELETE FROM analytics_dirty RETURNING lo, hi")
+            marks = await cur.fetchall()
+            if not marks:
+                return 0
+            wanted: set[str] = set()
+            for lo, hi in marks:
+                first, last = self._days.day(float(lo)), self._days.day(float(hi))
+                wanted.update(day_range(date.fromisoformat(first), date.fromisoformat(last)))
+            days = sorted(wanted)
+            now, later = days[-ROUND_DAYS:], days[:-ROUND_DAYS]
+            if later:  # the oldest wait for the next rounds
+                lo_at = bounds(self._days.zone, later[0], later[0])[0]
+                hi_at = bounds(self._days.zone, later[-1], later[-1])[1] - 0.001
+                await conn.execute(
+                    "INSERT INTO analytics_dirty (lo, hi) VALUES (%s, %s)", (lo_at, hi_at)
+                )
+            await recompute(conn, self._days.zone, now)
+            return len(now)
+
+    async def catch_up(self) -> int:
+        """Rounds until nothing is marked (or another node runs them); the days done."""
+        total = 0
+        while n := await self.round():
+            total += n
+        return total
+
+    async def run(self) -> None:
+        """A round every `interval` (at once again while a backlog lasts)."""
+        while True:
+            more = False
+            try:
+                n = await self.round()
+                more = n == ROUND_DAYS
+                if n:
+                    log.info("analytics_days_counted", days=n)
+            except Exception as e:  # the database is away: next round, not never
+                log.error("analytics_round_failed", error=exception_summary(e))
+            await self._clock.sleep(0.0 if more else self.interval)
+
+
+# Sums over a range of days, as `gateway/analytics/report.py` reads SQLite's.
+_BY_KEY = (
+    "SELECT key, metric, sum(value) FROM analytics_sums"
+    " WHERE dim = %s AND day BETWEEN %s AND %s GROUP BY key, metric"
+)
+_BY_DAY = (
+    "SELECT day, metric, sum(value) FROM analytics_sums"
+    " WHERE dim = %s AND day BETWEEN %s AND %s AND key = %s GROUP BY day, metric"
+)
+
+
+class ClusterFigures:
+    """`gateway.analytics.usecase.FiguresSource` over the sums kept in PostgreSQL."""
+
+    def __init__(self, pool: Pool, rollup: ClusterRollup) -> None:
+        self._pool = pool
+        self.rollup = rollup
+
+    async def _read(self, sql: str, args: tuple[str, ...]) -> dict[str, Metrics]:
+        out: dict[str, Metrics] = defaultdict(dict)
+        async with self._pool.connection() as conn:
+            for group, metric, value in await (await conn.execute(sql.encode(), args)).fetchall():
+                out[str(group)][str(metric)] = int(value)
+        return dict(out)
 
     async def by_key(self, dim: str, first: str, last: str) -> dict[str, Metrics]:
-        out: dict[str, Metrics] = defaultdict(lambda: defaultdict(int))
-        for _, keys, metric, n in await self._facts(first, last):
-            for d, k in keys:
-                if d == dim:
-                    out[k][metric] += n
-        return {k: dict(v) for k, v in out.items()}
+        return await self._read(_BY_KEY, (dim, first, last))
 
     async def by_day(self, dim: str, key: str, first: str, last: str) -> dict[str, Metrics]:
-        out: dict[str, Metrics] = defaultdict(lambda: defaultdict(int))
-        for day, keys, metric, n in await self._facts(first, last):
-            if (dim, key) in keys:
-                out[day][metric] += n
-        return {d: dict(v) for d, v in out.items()}
+        return await self._read(_BY_DAY, (dim, first, last, key))
 
     async def names(self, dim: str, keys: list[str]) -> dict[str, str]:
         """No names yet: campaigns and reminder rules are not on the cluster backend."""
         del dim, keys
         return {}
+
+    async def refresh(self) -> int:
+        return await self.rollup.catch_up()
+
+    async def run(self) -> None:
+        await self.rollup.run()

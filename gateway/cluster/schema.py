@@ -676,16 +676,63 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   double precision NOT NULL
     );
     """,
-    # 16 (issue 18, analytics on a cluster; the plan's 18, renumbered at merge): each
-    #    report is counted from the shared tables over its range of days
-    #    (`gateway/cluster/analytics.py`), each source entered through an index on its
-    #    time column holding only the rows it counts.
+    # 16 (issue 18, analytics on a cluster; the plan's 18, renumbered at merge): daily
+    #    sums kept here (`gateway/cluster/analytics.py`), each day recomputed from the
+    #    shared tables when something was inserted for it: statement triggers append
+    #    the span each statement inserted to `analytics_dirty` (one row a statement,
+    #    never an update on the send path); an index per source on its time column,
+    #    holding only the rows it counts. What is already there is marked at once.
     """
+    CREATE TABLE analytics_sums (
+        dim     text NOT NULL,
+        day     text NOT NULL,
+        key     text NOT NULL,
+        metric  text NOT NULL,
+        value   bigint NOT NULL,
+        PRIMARY KEY (dim, day, key, metric)
+    );
+    CREATE INDEX analytics_sums_day ON analytics_sums (day);
+    CREATE TABLE analytics_dirty (
+        id  bigserial PRIMARY KEY,
+        lo  double precision NOT NULL,
+        hi  double precision NOT NULL
+    );
     CREATE INDEX message_events_outcome_at ON message_events (at)
         WHERE state IN ('sent', 'delivered', 'failed', 'expired');
     CREATE INDEX messages_blocked_at ON messages (updated_at) WHERE state = 'blocked';
     CREATE INDEX consent_ledger_opt_out_at ON consent_ledger (at) WHERE decision = 'opt_out';
     CREATE INDEX link_clicks_human_at ON link_clicks (at) WHERE human = 1;
+
+    CREATE FUNCTION analytics_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO analytics_dirty (lo, hi)
+            SELECT min(at), max(at) FROM new_rows HAVING count(*) > 0;
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION analytics_mark_received() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO analytics_dirty (lo, hi)
+            SELECT min(received_at), max(received_at) FROM new_rows HAVING count(*) > 0;
+        RETURN NULL;
+    END $$;
+    -- Blocked messages come with an event row too (at accept and at claim).
+    CREATE TRIGGER message_events_analytics AFTER INSERT ON message_events
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+        EXECUTE FUNCTION analytics_mark();
+    CREATE TRIGGER inbound_analytics AFTER INSERT ON inbound
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+        EXECUTE FUNCTION analytics_mark_received();
+    CREATE TRIGGER consent_ledger_analytics AFTER INSERT ON consent_ledger
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+        EXECUTE FUNCTION analytics_mark();
+    CREATE TRIGGER link_clicks_analytics AFTER INSERT ON link_clicks
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+        EXECUTE FUNCTION analytics_mark();
+    INSERT INTO analytics_dirty (lo, hi)
+        SELECT min(at), max(at) FROM message_events HAVING count(*) > 0
+        UNION ALL SELECT min(received_at), max(received_at) FROM inbound HAVING count(*) > 0
+        UNION ALL SELECT min(at), max(at) FROM consent_ledger HAVING count(*) > 0
+        UNION ALL SELECT min(at), max(at) FROM link_clicks HAVING count(*) > 0;
     """,
 )
 
