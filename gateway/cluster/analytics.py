@@ -74,8 +74,8 @@ SELECT {_DAY.format(at="e.at")}, {_KEYS.format(route="coalesce(e.route, m.route)
 FROM message_events e
 LEFT JOIN messages m ON m.id = e.message_id
 LEFT JOIN LATERAL (SELECT max(p.at) AS sent_at FROM message_events p
-                   WHERE p.message_id = e.message_id AND p.state = 'sent'
-                     AND p.seq < e.seq) s ON e.state = 'delivered'
+                   WHERE e.state = 'delivered' AND p.message_id = e.message_id
+                     AND p.state = 'sent' AND p.seq < e.seq) s ON true
 WHERE e.at >= %(lo)s AND e.at < %(hi)s
   AND e.state IN ('sent', 'delivered', 'failed', 'expired')
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8

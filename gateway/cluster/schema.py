@@ -676,12 +676,13 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   double precision NOT NULL
     );
     """,
-    # 16 (issue 18, analytics on a cluster; the plan's 18, renumbered at merge): daily
+    # 16 (issue 18; the plan's 18, renumbered at merge): analytics on a cluster, daily
     #    sums kept here (`gateway/cluster/analytics.py`), each day recomputed from the
     #    shared tables when something was inserted for it: statement triggers append
     #    the span each statement inserted to `analytics_dirty` (one row a statement,
     #    never an update on the send path); an index per source on its time column,
     #    holding only the rows it counts. What is already there is marked at once.
+    #    And adoption's index on who holds the waiting rows.
     """
     CREATE TABLE analytics_sums (
         dim     text NOT NULL,
@@ -702,6 +703,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_blocked_at ON messages (updated_at) WHERE state = 'blocked';
     CREATE INDEX consent_ledger_opt_out_at ON consent_ledger (at) WHERE decision = 'opt_out';
     CREATE INDEX link_clicks_human_at ON link_clicks (at) WHERE human = 1;
+    -- Adoption (`gateway/cluster/adoption.py`): the holders of waiting rows by a skip
+    -- scan, then only the unheld rows and a dead holder's, never those live nodes hold.
+    CREATE INDEX messages_held ON messages (held_by, priority, due_at, id)
+        WHERE state IN ('queued', 'scheduled');
 
     CREATE FUNCTION analytics_mark() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
