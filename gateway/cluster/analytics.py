@@ -1,26 +1,30 @@
-"""Analytics on a cluster: daily sums kept in PostgreSQL, recomputed day by day.
+"""Analytics on a cluster: daily sums kept in PostgreSQL, recomputed by quarter hours.
 
 Theory of operation. On one node the rollup (`gateway/analytics/rollup.py`) folds rows
 into daily sums after a cursor that follows commit order: one SQLite writer numbers
 them as they commit. On PostgreSQL a `bigserial` is taken before its transaction
 commits, so rows of several nodes commit out of their numbers' order and a cursor
 would skip the late ones (the outbox needs `xid8` ordering for this,
-`outbox_store.py`). So the sums are not folded row by row but **recomputed a whole day
-at a time** from the shared `message_events`, `messages` (blocked), `inbound`,
+`outbox_store.py`). So the sums are not folded row by row but **recomputed a quarter
+hour at a time** from the shared `message_events`, `messages` (blocked), `inbound`,
 `consent_ledger` and `link_clicks`, each read through an index on its time column
-(cluster migration 16): a day's sums are always what an aggregate over its rows says.
+(cluster migration 16) into `analytics_quarters` (UTC quarter hours: every zone's local
+days are whole quarters), and each local day touched is summed again from its quarters
+into `analytics_sums`: a quarter's sums are always what an aggregate over its rows says.
 
-Which days: statement-level triggers on those tables append the time span of what each
-statement inserted to `analytics_dirty` (one row a statement, never an update: nothing
-on the send path waits on another writer). A round takes the marks visible in its
-snapshot, recomputes their local days in that same REPEATABLE READ snapshot and
-replaces those days' rows of `analytics_sums`, in one transaction; a mark committed
-after the snapshot stays for the next round, so a row committed late (an outcome
-journal replayed after an outage keeps its answer's time) is counted then. One node
-at a time runs a round (a transaction-level advisory lock; the others skip it), every
-`[analytics] interval` seconds, at most `ROUND_DAYS` days a round (a backlog, such as
-the first start after this migration marks every day already there, is worked off
-over the following rounds).
+Which quarters: statement-level triggers on those tables append the time span of what
+each statement inserted to `analytics_dirty` (one row a statement, never an update:
+nothing on the send path waits on another writer). A round takes the marks visible in
+its snapshot, recomputes their quarters in that same REPEATABLE READ snapshot and sums
+their days again, in one transaction; a mark committed after the snapshot stays for
+the next round, so a row committed late (an outcome journal replayed after an outage
+keeps its answer's time) is counted then. A round's work is the rows of the quarters
+marked since the last one (a busy day's quarter hour, not its whole day). One node at
+a time runs a round (a transaction-level advisory lock; the others skip it), every
+`[analytics] interval` seconds, at most `ROUND_DAYS` days of quarters a round, newest
+first (a backlog, such as the first start after this migration marks every day already
+there, is worked off over the following rounds). Quarters older than
+`KEEP_QUARTERS_DAYS` are dropped; a day that old touched again is recomputed whole.
 
 Reads (`ClusterFigures`) sum `analytics_sums` over the days asked, as SQLite's reports
 read `analytics_daily`: a year opens as fast as a week. The figures are those of
@@ -43,7 +47,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from drivers.clock import Clock
-from gateway.analytics.days import LocalDays, day_range
+from gateway.analytics.days import LocalDays
 from gateway.analytics.figures import BLOCKED, LATENCY_EDGES, OVER
 from gateway.analytics.streams import REPLY_WINDOW, TOTAL_ONLY, MessageKeys
 from gateway.cluster.lease import Pool
@@ -52,11 +56,14 @@ from gateway.logs import exception_summary
 log = structlog.get_logger("smsgw.cluster.analytics")
 
 ROUND_LOCK = 0x736D7367_77000005  # pg_try_advisory_xact_lock key: "smsgw" + 5
-ROUND_DAYS = 7  # days recomputed in one round at most
+QUARTER = 900
+ROUND_DAYS = 7  # a round recomputes at most this many days' quarters
+KEEP_QUARTERS_DAYS = 35  # older quarters are dropped (their days' sums stay)
 
 Metrics = dict[str, int]
 
-_DAY = "to_char(to_timestamp({at}) AT TIME ZONE %(tz)s, 'YYYY-MM-DD')"
+# The UTC quarter hour of an instant: every zone's local days are whole quarters.
+_DAY = "floor({at} / 900)::bigint"
 _BUCKET = (
     "CASE "
     + " ".join(f"WHEN {{lat}} <= {edge} THEN 'lat_{edge}'" for edge in LATENCY_EDGES)
@@ -145,8 +152,8 @@ QUERIES = {
     "clicks": CLICKS,
 }
 
-# (day, [(dimension, key), ...], metric, count)
-Fact = tuple[str, list[tuple[str, str]], str, int]
+# (quarter, [(dimension, key), ...], metric, count)
+Fact = tuple[int, list[tuple[str, str]], str, int]
 
 
 def _keys(row: Sequence[Any]) -> list[tuple[str, str]]:
@@ -161,7 +168,7 @@ def _keys(row: Sequence[Any]) -> list[tuple[str, str]]:
 def _facts_of(name: str, rows: Sequence[Sequence[Any]]) -> list[Fact]:
     out: list[Fact] = []
     for row in rows:
-        day, keys = str(row[0]), _keys(row)
+        day, keys = int(row[0]), _keys(row)
         if name == "events":
             state, bucket, n, parts = row[6], row[7], int(row[8]), int(row[9] or 0)
             out.append((day, keys, state, n))
@@ -191,55 +198,90 @@ def bounds(zone: ZoneInfo, first: str, last: str) -> tuple[float, float]:
 def params(zone: ZoneInfo, first: str, last: str) -> dict[str, Any]:
     """The parameters of `QUERIES` for the local days `first`..`last`."""
     lo, hi = bounds(zone, first, last)
-    return {"tz": zone.key, "lo": lo, "hi": hi, "window": REPLY_WINDOW}
+    return {"lo": lo, "hi": hi, "window": REPLY_WINDOW}
 
 
-def _runs(days: list[str]) -> list[tuple[str, str]]:
-    """Sorted days as runs of consecutive days: (first, last) each."""
-    runs: list[tuple[str, str]] = []
-    for day in days:
-        if runs and date.fromisoformat(day) - date.fromisoformat(runs[-1][1]) == timedelta(1):
-            runs[-1] = (runs[-1][0], day)
+def _runs(quarters: list[int]) -> list[tuple[int, int]]:
+    """Sorted quarters as runs of consecutive ones: (first, last) each."""
+    runs: list[tuple[int, int]] = []
+    for q in quarters:
+        if runs and q == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], q)
         else:
-            runs.append((day, day))
+            runs.append((q, q))
     return runs
 
 
 Conn = AsyncConnection[TupleRow]
 
 
-async def recompute(conn: Conn, zone: ZoneInfo, days: list[str]) -> int:
-    """Replace the sums of `days` (sorted local days) by what their rows say now, in
-    the caller's transaction; the sums written."""
-    sums: Counter[tuple[str, str, str, str]] = Counter()
-    for first, last in _runs(days):
+async def recompute_quarters(conn: Conn, quarters: list[int]) -> None:
+    """Replace the sums of `quarters` (sorted) by what their rows say now, in the
+    caller's transaction."""
+    for first, last in _runs(quarters):
+        sums: Counter[tuple[int, str, str, str]] = Counter()
+        span = {"lo": first * QUARTER, "hi": (last + 1) * QUARTER, "window": REPLY_WINDOW}
         for name, sql in QUERIES.items():
-            cur = await conn.execute(sql.encode(), params(zone, first, last))
-            for day, keys, metric, n in _facts_of(name, await cur.fetchall()):
+            cur = await conn.execute(sql.encode(), span)
+            for q, keys, metric, n in _facts_of(name, await cur.fetchall()):
                 for dim, key in keys:
-                    sums[(dim, day, key, metric)] += n
-    await conn.execute("DELETE FROM analytics_sums WHERE day = ANY(%s)", (days,))
-    rows = [(*k, n) for k, n in sums.items() if n]
-    if rows:
-        cur = conn.cursor()
-        await cur.executemany(
-            "INSERT INTO analytics_sums (dim, day, key, metric, value) VALUES (%s,%s,%s,%s,%s)",
-            rows,
+                    sums[(q, dim, key, metric)] += n
+        await conn.execute(
+            "DELETE FROM analytics_quarters WHERE q BETWEEN %s AND %s", (first, last)
         )
-    return len(rows)
+        rows = [(*k, n) for k, n in sums.items() if n]
+        if rows:
+            await conn.cursor().executemany(
+                "INSERT INTO analytics_quarters (q, dim, key, metric, value)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                rows,
+            )
+
+
+async def resum_days(conn: Conn, zone: ZoneInfo, days: list[str]) -> None:
+    """Each of `days` (local) as the sum of its quarters, in the caller's transaction."""
+    for day in days:
+        lo, hi = bounds(zone, day, day)
+        await conn.execute("DELETE FROM analytics_sums WHERE day = %s", (day,))
+        await conn.execute(
+            "INSERT INTO analytics_sums (dim, day, key, metric, value)"
+            " SELECT dim, %s, key, metric, sum(value) FROM analytics_quarters"
+            " WHERE q >= %s AND q < %s GROUP BY dim, key, metric HAVING sum(value) <> 0",
+            (day, int(lo // QUARTER), int(hi // QUARTER)),
+        )
 
 
 class ClusterRollup:
-    """The rounds that keep `analytics_sums` (one node at a time)."""
+    """The rounds that keep `analytics_quarters` and `analytics_sums` (one node at a
+    time)."""
 
     def __init__(self, pool: Pool, clock: Clock, zone: ZoneInfo, interval: float) -> None:
         self._pool = pool
         self._clock = clock
         self._days = LocalDays(zone)
         self.interval = interval
+        self.backlog = False  # the last round left days for the next
+
+    def _quarters_of(self, day: str) -> range:
+        lo, hi = bounds(self._days.zone, day, day)
+        return range(int(lo // QUARTER), int(hi // QUARTER))
+
+    def _plan(self, marks: list[tuple[float, float]]) -> dict[str, set[int]]:
+        """The quarters to recompute, by local day: those marked, or every quarter of
+        a day whose quarters were dropped (older than `KEEP_QUARTERS_DAYS`)."""
+        kept_from = self._days.day(self._clock.time() - KEEP_QUARTERS_DAYS * 86400.0)
+        by_day: dict[str, set[int]] = defaultdict(set)
+        for lo, hi in marks:
+            for q in range(int(lo // QUARTER), int(hi // QUARTER) + 1):
+                by_day[self._days.day(q * QUARTER)].add(q)
+        for day in by_day:
+            if day < kept_from:
+                by_day[day].update(self._quarters_of(day))
+        return by_day
 
     async def round(self) -> int | None:
-        """Recompute the days marked dirty (at most `ROUND_DAYS`); how many, or None
+        """Recompute the quarters marked dirty and their days' sums (the newest days
+        first, at most `ROUND_DAYS` days of quarters); the days summed again, or None
         when another node runs a round now."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -249,22 +291,29 @@ class ClusterRollup:
             if got is None or not got[0]:
                 return None
             cur = await conn.execute("DELETE FROM analytics_dirty RETURNING lo, hi")
-            marks = await cur.fetchall()
-            if not marks:
+            by_day = self._plan([(float(lo), float(hi)) for lo, hi in await cur.fetchall()])
+            if not by_day:
                 return 0
-            wanted: set[str] = set()
-            for lo, hi in marks:
-                first, last = self._days.day(float(lo)), self._days.day(float(hi))
-                wanted.update(day_range(date.fromisoformat(first), date.fromisoformat(last)))
-            days = sorted(wanted)
-            now, later = days[-ROUND_DAYS:], days[:-ROUND_DAYS]
+            days, budget = sorted(by_day, reverse=True), ROUND_DAYS * 96
+            now: list[str] = []
+            for day in days:
+                if now and len(by_day[day]) > budget:
+                    break
+                now.append(day)
+                budget -= len(by_day[day])
+            later = [q for day in days[len(now) :] for q in by_day[day]]
+            self.backlog = bool(later)
             if later:  # the oldest wait for the next rounds
-                lo_at = bounds(self._days.zone, later[0], later[0])[0]
-                hi_at = bounds(self._days.zone, later[-1], later[-1])[1] - 0.001
                 await conn.execute(
-                    "INSERT INTO analytics_dirty (lo, hi) VALUES (%s, %s)", (lo_at, hi_at)
+                    "INSERT INTO analytics_dirty (lo, hi) VALUES (%s, %s)",
+                    (min(later) * QUARTER, max(later) * QUARTER),
                 )
-            await recompute(conn, self._days.zone, now)
+            await recompute_quarters(conn, sorted(q for day in now for q in by_day[day]))
+            await resum_days(conn, self._days.zone, now)
+            kept_from = self._days.day(self._clock.time() - KEEP_QUARTERS_DAYS * 86400.0)
+            await conn.execute(
+                "DELETE FROM analytics_quarters WHERE q < %s", (self._quarters_of(kept_from)[0],)
+            )
             return len(now)
 
     async def catch_up(self) -> int:
@@ -280,7 +329,7 @@ class ClusterRollup:
             more = False
             try:
                 n = await self.round()
-                more = n == ROUND_DAYS
+                more = self.backlog
                 if n:
                     log.info("analytics_days_counted", days=n)
             except Exception as e:  # the database is away: next round, not never

@@ -677,8 +677,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 16 (issue 18; the plan's 18, renumbered at merge): analytics on a cluster, daily
-    #    sums kept here (`gateway/cluster/analytics.py`), each day recomputed from the
-    #    shared tables when something was inserted for it: statement triggers append
+    #    sums kept here (`gateway/cluster/analytics.py`), each quarter hour recomputed
+    #    from the shared tables when something was inserted for it, then its day summed
+    #    again: statement triggers append
     #    the span each statement inserted to `analytics_dirty` (one row a statement,
     #    never an update on the send path); an index per source on its time column,
     #    holding only the rows it counts. What is already there is marked at once.
@@ -693,6 +694,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (dim, day, key, metric)
     );
     CREATE INDEX analytics_sums_day ON analytics_sums (day);
+    CREATE TABLE analytics_quarters (
+        q       bigint NOT NULL,  -- floor(epoch seconds / 900)
+        dim     text NOT NULL,
+        key     text NOT NULL,
+        metric  text NOT NULL,
+        value   bigint NOT NULL,
+        PRIMARY KEY (q, dim, key, metric)
+    );
     CREATE TABLE analytics_dirty (
         id  bigserial PRIMARY KEY,
         lo  double precision NOT NULL,
