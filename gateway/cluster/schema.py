@@ -736,9 +736,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER inbound_analytics AFTER INSERT ON inbound
         REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
         EXECUTE FUNCTION analytics_mark_received();
+    -- A keyword's decision commits after its inbound (cluster/inbound.py): the quarter
+    -- before is counted again too, so a STOP just stored is not left counted as a reply.
+    CREATE FUNCTION analytics_mark_decision() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO analytics_dirty (lo, hi)
+            SELECT min(at) - 900, max(at) FROM new_rows HAVING count(*) > 0;
+        RETURN NULL;
+    END $$;
     CREATE TRIGGER consent_ledger_analytics AFTER INSERT ON consent_ledger
         REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-        EXECUTE FUNCTION analytics_mark();
+        EXECUTE FUNCTION analytics_mark_decision();
     CREATE TRIGGER link_clicks_analytics AFTER INSERT ON link_clicks
         REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
         EXECUTE FUNCTION analytics_mark();

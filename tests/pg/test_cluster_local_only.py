@@ -24,6 +24,7 @@ from gateway.app import Gateway
 from gateway.cluster.node import ClusterNode
 from gateway.config import from_mapping
 from gateway.http_app import build_app, runner_options
+from gateway.ops.registry import run_in
 from gateway.panel_users import Role
 from gateway.store import crypto
 from gateway.tokens import create_token
@@ -191,6 +192,19 @@ async def test_analytics_read_on_b_count_what_a_sent_blocked_and_b_saw_clicked(
     assert [(r["key"], r["figures"]["parts"]) for r in routes["rows"]] == [("main", 4)]
     series = await (await a.api.get("/api/v1/analytics/timeseries")).json()
     assert sum(d["figures"]["sent"] for d in series["days"]) == 3  # A reads the same
+
+    async def console(gateway: Gateway | None) -> tuple[int, list[str]]:
+        lines: list[str] = []
+        status = await run_in(
+            b.gw.config, b.gw.store, b.gw.store.master_key, "analytics.report", {},
+            actor="console", out=lines.append, err=lines.append, clock=clock, gateway=gateway,
+        )  # fmt: skip
+        return status, lines
+
+    status, lines = await console(b.gw)  # through the running node: the shared figures
+    assert status == 0 and lines[-1].split()[:2] == ["total", "3"], lines
+    status, lines = await console(None)  # offline: this node's store is not the cluster's
+    assert status == 2 and "shared PostgreSQL" in lines[0], lines
 
 
 async def test_the_break_glass_count_is_every_nodes(nodes: tuple[Node, Node]) -> None:
