@@ -554,6 +554,11 @@ def _guard(endpoint: Endpoint, gateway: Gateway, check: RequestCheck | None) -> 
     return guarded
 
 
+_NOT_ON_CLUSTER = Answer(
+    501, "`not_on_cluster`: on a cluster node this feature's data is not shared yet"
+)
+
+
 def _refusing(feature: LocalFeature) -> Handler:
     async def refuse(request: web.Request) -> web.StreamResponse:
         raise refusal(feature)
@@ -567,14 +572,19 @@ def install(app: web.Application, gateway: Gateway, check: RequestCheck | None =
     answers 501 `not_on_cluster` (`gateway/cluster/local_only.py`)."""
     app[GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
+    served: list[Endpoint] = []
     for endpoint in ENDPOINTS:
         local = None if gateway.cluster is None else feature_of_path(endpoint.path)
-        served = (
-            endpoint if local is None else dataclasses.replace(endpoint, handler=_refusing(local))
-        )
-        app.router.add_route(served.method, served.path, _guard(served, gateway, check))
+        if local is not None:
+            endpoint = dataclasses.replace(
+                endpoint,
+                handler=_refusing(local),
+                answers=(*endpoint.answers, _NOT_ON_CLUSTER),
+            )
+        served.append(endpoint)
+        app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway, check))
     app[h.OPENAPI] = build_openapi(
-        ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
+        tuple(served), max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
     consent = gateway.usecases.consent
     c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))

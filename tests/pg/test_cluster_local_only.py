@@ -129,6 +129,10 @@ async def test_node_local_features_are_refused_with_their_code_on_api_and_panel(
         r = await a.api.client.request(method, path)  # the token is checked first
         await _error(r, 401, "unauthenticated")
 
+    document = await (await b.api.get("/api/v1/openapi.json")).json()
+    assert "501" in document["paths"]["/api/v1/surveys"]["get"]["responses"]
+    assert "501" not in document["paths"]["/api/v1/links"]["get"]["responses"]
+
     await a.panel.add_user("olga", Role.OPERATOR)
     await b.panel.login_ok("olga")  # a user made on A signs in on B (shared)
     for path in LOCAL_ONLY_PAGES:
