@@ -47,7 +47,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from drivers.clock import Clock
-from gateway.analytics.days import LocalDays
+from gateway.analytics.days import LocalDays, day_range
 from gateway.analytics.figures import BLOCKED, LATENCY_EDGES, OVER
 from gateway.analytics.streams import REPLY_WINDOW, TOTAL_ONLY, MessageKeys
 from gateway.cluster.lease import Pool
@@ -57,7 +57,7 @@ log = structlog.get_logger("smsgw.cluster.analytics")
 
 ROUND_LOCK = 0x736D7367_77000005  # pg_try_advisory_xact_lock key: "smsgw" + 5
 QUARTER = 900
-ROUND_DAYS = 7  # a round recomputes at most this many days' quarters
+ROUND_DAYS = 2  # a round recomputes at most this many days' quarters (a short transaction)
 KEEP_QUARTERS_DAYS = 35  # older quarters are dropped (their days' sums stay)
 
 Metrics = dict[str, int]
@@ -268,15 +268,19 @@ class ClusterRollup:
 
     def _plan(self, marks: list[tuple[float, float]]) -> dict[str, set[int]]:
         """The quarters to recompute, by local day: those marked, or every quarter of
-        a day whose quarters were dropped (older than `KEEP_QUARTERS_DAYS`)."""
+        a day whose quarters were dropped (older than `KEEP_QUARTERS_DAYS`). Walked by
+        days, not quarters: a mark may span years (the migration's first marks)."""
         kept_from = self._days.day(self._clock.time() - KEEP_QUARTERS_DAYS * 86400.0)
         by_day: dict[str, set[int]] = defaultdict(set)
         for lo, hi in marks:
-            for q in range(int(lo // QUARTER), int(hi // QUARTER) + 1):
-                by_day[self._days.day(q * QUARTER)].add(q)
-        for day in by_day:
-            if day < kept_from:
-                by_day[day].update(self._quarters_of(day))
+            first, last = self._days.day(lo), self._days.day(hi)
+            q_lo, q_hi = int(lo // QUARTER), int(hi // QUARTER)
+            for day in day_range(date.fromisoformat(first), date.fromisoformat(last)):
+                whole = self._quarters_of(day)
+                if day < kept_from:
+                    by_day[day].update(whole)
+                else:
+                    by_day[day].update(range(max(whole.start, q_lo), min(whole.stop, q_hi + 1)))
         return by_day
 
     async def round(self) -> int | None:
