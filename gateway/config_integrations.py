@@ -43,6 +43,9 @@ class MqttConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # i11-perf: seconds the broker keeps the gateway's session (its send-topic
     # subscription and the sends posted meanwhile) across a disconnect; 0 = none.
     session_expiry: Annotated[int, msgspec.Meta(ge=0, le=4294967295)] = 86400
+    # On a cluster: seconds a node may stay offline before a live node takes the sends
+    # queued in its session and ends it (gateway/integrations/mqtt_drain.py).
+    share_drain_after: PositiveFloat = 10.0
 
     def problems(self) -> str | None:
         """The first setting that cannot work, as `mqtt.key: problem`."""

@@ -78,8 +78,9 @@ def test_mqtt_runs_on_a_cluster_under_names_of_the_node(tmp_path: Path) -> None:
     mqtt = {"enabled": True, "topic_prefix": "hosp", "client_id": "ward/1"}
     names = names_for(config(tmp_path, {}, mqtt=mqtt))
     assert names == MqttNames(
-        "ward/1-gw1", "hosp/status/gw1", "$share/ward%2F1/hosp/send", "hosp/status/+"
+        "ward/1-gw1", "hosp/status/gw1", "$share/ward%2F1/hosp/send", "hosp/status/+", "ward/1-"
     )
+    assert names.client_id_of("hosp/status/gw2") == "ward/1-gw2"
     alone = from_mapping({"data_dir": str(tmp_path), "routes": ROUTES, "mqtt": mqtt})
     assert names_for(alone) == MqttNames("ward/1", "hosp/status", "hosp/send")
 

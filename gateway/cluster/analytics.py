@@ -8,7 +8,7 @@ would skip the late ones (the outbox needs `xid8` ordering for this,
 `outbox_store.py`). So the sums are not folded row by row but **recomputed a quarter
 hour at a time** from the shared `message_events`, `messages` (blocked), `inbound`,
 `consent_ledger` and `link_clicks`, each read through an index on its time column
-(cluster migration 16) into `analytics_quarters` (UTC quarter hours: every zone's local
+(cluster migration 17) into `analytics_quarters` (UTC quarter hours: every zone's local
 days are whole quarters), and each local day touched is summed again from its quarters
 into `analytics_sums`: a quarter's sums are always what an aggregate over its rows says.
 

@@ -198,7 +198,7 @@ async def _rotate(target: Target, master: bytes, node_id: str) -> int:
         await conn.close()
     print(
         f"field key generation {generation} is current;"
-        f" {done} rows re-encrypted (messages, inbound messages, Kannel dlr-urls)"
+        f" {done} rows re-encrypted (every encrypted field of the shared store)"
     )
     return 0
 

@@ -6,8 +6,8 @@ copies the rows as they are. The master key stays per site, outside the database
 (every node has its own copy: a file or a systemd credential); the blind-index key and
 the root (audit chain) key are shared by every node through this table.
 
-A rotation adds field key generation N+1 and re-encrypts the older rows of `messages`,
-`inbound` and `kannel_dlr` in batches. It runs on one node at a time: it holds a
+A rotation adds field key generation N+1 and re-encrypts, in batches, every shared row
+with a field under an older generation (`SEALED`). It runs on one node at a time: it holds a
 session advisory lock for its whole length, and a second rotation, on this node or any
 other, is refused with `RotationBusy` instead of adding a generation of its own (two
 nodes each adding "N+1" would race for one primary key, and two re-encryptions would
@@ -23,21 +23,40 @@ from collections.abc import Awaitable, Callable
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from gateway.keys.catalog import Sealed
 from gateway.store import crypto
 from gateway.store.keyring_sql import Keys
 
 ROTATION_LOCK = 0x736D7367_77001801  # pg_try_advisory_lock key ("smsgw", cluster lock 1)
 ENCRYPTED = ("to", "body", "reference", "callback")  # messages.<column>_ct, AAD = column
-# What a rotation re-encrypts: (table, its key, its (column, AAD name) pairs, the first
-# never NULL).
-SEALED: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("messages", "id", tuple((f"{c}_ct", c) for c in ENCRYPTED)),
-    ("inbound", "id", tuple((f"{c}_ct", c) for c in ("sender", "recipient", "body"))),
-    (
+# What a rotation re-encrypts: every encrypted column of the shared store, with the row id
+# its ciphertexts are bound to (a SQL expression), as SQLite's `keys/catalog.py`.
+# `tests/pg/test_keyring_catalog.py` fails when a `*_ct` column of the schema is missing.
+SEALED: tuple[Sealed, ...] = (
+    Sealed("messages", "id", "id", tuple((f"{c}_ct", c) for c in ENCRYPTED)),
+    Sealed("inbound", "id", "id", tuple((f"{c}_ct", c) for c in ("sender", "recipient", "body"))),
+    Sealed(
+        "inbound_parts",
+        "id",
+        "id",
+        tuple((f"{c}_ct", c) for c in ("sender", "recipient", "body")),
+    ),
+    Sealed(
         "kannel_dlr",
+        "message_id",
         "message_id",
         (("url_ct", "kannel_dlr_url"), ("receiver_ct", "kannel_dlr_receiver")),
     ),
+    # `consent.ledger.contact_row_id`
+    Sealed(
+        "contacts",
+        "idx",
+        "'contact:' || encode(idx, 'hex')",
+        (("number_ct", "number"), ("patient_ref_ct", "patient_ref")),
+    ),
+    Sealed("consent_ledger", "seq", "id", (("disclosure_ct", "disclosure"), ("note_ct", "note"))),
+    Sealed("consent_reviews", "id", "id", (("body_ct", "body"),)),
+    Sealed("panel_users", "id", "id", (("totp_secret_ct", "totp_secret"),)),
 )
 BATCH = 500
 
@@ -102,14 +121,12 @@ async def _reencrypt(
     generation: int,
     after_batch: Batch | None,
 ) -> int:
-    """Every shared row sealed under an older generation, sealed anew: messages, inbound
-    messages (their held parts are gone within the reassembly timeout), Kannel
-    dlr-urls."""
+    """Every shared row with a field sealed under an older generation, sealed anew
+    (`SEALED`: the messages, inbound messages and their held parts, Kannel dlr-urls,
+    the contacts, the consent ledger's texts and reviews, the panel's TOTP secrets)."""
     done = 0
-    for table, key, columns in SEALED:
-        done = await _reencrypt_table(
-            conn, cipher, generation, (table, key, columns), done, after_batch
-        )
+    for spec in SEALED:
+        done = await _reencrypt_table(conn, cipher, generation, spec, done, after_batch)
     return done
 
 
@@ -117,40 +134,43 @@ async def _reencrypt_table(
     conn: AsyncConnection[TupleRow],
     cipher: crypto.FieldCipher,
     generation: int,
-    spec: tuple[str, str, tuple[tuple[str, str], ...]],
+    spec: Sealed,
     done: int,
     after_batch: Batch | None,
 ) -> int:
-    """Every row of the table (`SEALED`'s `spec`) whose first column (never NULL) is
-    sealed under an older generation, sealed anew (all its fields together), a batch
-    per transaction, in key order; `done` plus the rows re-encrypted."""
-    table, key, columns = spec
+    """Every row of `spec.table` with a field sealed under an older generation, all its
+    fields sealed anew together, a batch per transaction, in key order; `done` plus the
+    rows re-encrypted."""
     prefix = crypto.generation_prefix(generation)
+    columns = spec.columns
     names = ", ".join(c for c, _ in columns)
-    after = ""
+    older = " OR ".join(
+        f"({c} IS NOT NULL AND substring({c} FROM 1 FOR 3) <> %(prefix)s)" for c, _ in columns
+    )
+    after: object = None
     while True:
+        since = "" if after is None else f"{spec.key} > %(after)s AND "
         async with conn.transaction():
             cur = await conn.execute(
-                f"SELECT {key}, {names} FROM {table} WHERE {key} > %s"  # noqa: S608 - fixed names
-                f" AND substring({columns[0][0]} FROM 1 FOR 3) <> %s ORDER BY {key} LIMIT %s"
-                " FOR UPDATE",
-                (after, prefix, BATCH),
+                f"SELECT {spec.key}, {spec.row_id}, {names} FROM {spec.table}"  # noqa: S608 - fixed names
+                f" WHERE {since}({older}) ORDER BY {spec.key} LIMIT %(batch)s FOR UPDATE".encode(),
+                {"after": after, "prefix": prefix, "batch": BATCH},
             )
             rows = await cur.fetchall()
-            for row_id, *blobs in rows:
+            for key, row_id, *blobs in rows:
                 sealed = [
-                    None if blob is None else _reseal(cipher, bytes(blob), row_id, aad)
+                    None if blob is None else _reseal(cipher, bytes(blob), str(row_id), aad)
                     for (_, aad), blob in zip(columns, blobs, strict=True)
                 ]
                 sets = ", ".join(f"{c} = %s" for c, _ in columns)
                 await conn.execute(
-                    f"UPDATE {table} SET {sets} WHERE {key} = %s",  # noqa: S608 - fixed names
-                    (*sealed, row_id),
+                    f"UPDATE {spec.table} SET {sets} WHERE {spec.key} = %s".encode(),  # noqa: S608 - fixed names
+                    (*sealed, key),
                 )
         if not rows:
             return done
         done += len(rows)
-        after = str(rows[-1][0])
+        after = rows[-1][0]
         if after_batch is not None:
             await after_batch(done)
 

@@ -25,6 +25,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
 from gateway.cluster import audit, nodes, schema
+from gateway.cluster.migrate_consent import copy_reviews
 from gateway.cluster.migrate_copy import MigrationRefused, Progress, copy_table, set_sequences
 from gateway.cluster.migrate_copy import tables as copied_tables
 from gateway.cluster.migrate_verify import verify
@@ -39,6 +40,8 @@ FAILED = 1
 MIGRATE_LOCK = 0x736D7367_77001803  # pg_try_advisory_lock key: one migration at a time
 MIGRATION_NODE = "sqlite-migration"  # the lapsed incarnation that owned `sending` rows
 _KEPT = ("cluster_schema", "store_migrations")
+# Their triggers refuse a TRUNCATE: lifted, in the emptying transaction alone.
+_APPEND_ONLY = ("audit_log", "audit_anchors", "consent_ledger")
 
 
 async def migrate_store(
@@ -113,6 +116,8 @@ async def _migrate_locked(
             for spec in specs:
                 copied = await copy_table(src, conn, spec, batch=batch, progress=progress)
                 out(f"{spec.target}: {copied} rows copied")
+            reviews = await copy_reviews(src, conn, cipher, node_id, progress)
+            out(f"consent_reviews: {reviews} rows copied")
         except MigrationRefused as e:
             out(f"store migrate: stopped: {e}; the target stays unfinished")
             return REFUSED
@@ -187,7 +192,7 @@ async def _prepare_target(conn: AsyncConnection[TupleRow], out: Out) -> None:
         )
     out(f"store migrate: an earlier run did not finish; emptying {len(filled)} tables first")
     async with conn.transaction():
-        for name in ("audit_log", "audit_anchors"):
+        for name in _APPEND_ONLY:
             await conn.execute(
                 sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(sql.Identifier(name))
             )
@@ -196,7 +201,7 @@ async def _prepare_target(conn: AsyncConnection[TupleRow], out: Out) -> None:
                 sql.SQL(", ").join(sql.Identifier(n) for n in filled)
             )
         )
-        for name in ("audit_log", "audit_anchors"):
+        for name in _APPEND_ONLY:
             await conn.execute(
                 sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(sql.Identifier(name))
             )

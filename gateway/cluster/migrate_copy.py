@@ -52,6 +52,12 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
         # A Kannel sendsms's dlr-url wish, sealed bound to its message id (cluster 13).
         TableCopy("kannel_dlr", "kannel_dlr", ("message_id",)),
         TableCopy("audit_log", "audit_log", ("seq",), fixed={"node_id": node_id}),
+        # The consent evidence: the contacts, the ledger's history (its seqs kept, so
+        # the standing's seqs still name their entries) and the standing, merged into
+        # the shared one at the first start (`consent_store.merge_migrated`); the
+        # reviews follow (`migrate_consent.copy_reviews`).
+        TableCopy("contacts", "contacts", ("idx",)),
+        TableCopy("consent_ledger", "consent_ledger", ("seq",), fixed={"node_id": node_id}),
         TableCopy("consent_state", "migrated_consent_state", ("contact_idx", "program", "scope")),
         # Inbound: the messages (their seqs, the API's cursors, kept), the parts still
         # waiting for their set and the digests of sets just joined, all as received
@@ -139,9 +145,9 @@ def _target_row(
 
 
 async def set_sequences(conn: AsyncConnection[TupleRow]) -> None:
-    """`message_events.seq` and `link_clicks.seq` go on after the highest copied (their
-    ids were kept)."""
-    for table in ("message_events", "link_clicks"):
+    """`message_events.seq`, `link_clicks.seq` and `consent_ledger.seq` go on after the
+    highest copied (their ids were kept)."""
+    for table in ("message_events", "link_clicks", "consent_ledger"):
         await conn.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'),"  # noqa: S608 - fixed names
             f" coalesce(max(seq), 1), max(seq) IS NOT NULL) FROM {table}".encode()

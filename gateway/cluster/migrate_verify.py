@@ -21,6 +21,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import audit, keyring
+from gateway.cluster.migrate_consent import check_samples
 from gateway.cluster.migrate_copy import TableCopy
 from gateway.store import crypto
 
@@ -57,6 +58,12 @@ async def verify(
     target = crypto.FieldCipher(keys.field, keys.blind)
     await _samples(src, conn, source_cipher, target, sample, report)
     await _inbound_samples(src, conn, source_cipher, target, sample, report)
+    lines, problems = await check_samples(src, conn, source_cipher, target, sample)
+    report.lines.extend(lines)
+    report.problems.extend(problems)
+    (reviews,) = src.execute("SELECT count(*) FROM consent_review").fetchone()
+    got = await _one(conn, "SELECT count(*) FROM consent_reviews")
+    report.check(got == reviews, f"consent_reviews: {got} rows (source {reviews})")
     return report
 
 

@@ -19,6 +19,7 @@ once it is back.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from itertools import groupby
 from typing import Any
@@ -75,6 +76,9 @@ class ClusterQueue:
         # incarnation then, and the epoch).
         self._claims: dict[str, tuple[Incarnation, int]] = {}
         self.late = 0  # outcomes recorded after their claim was lost (a metric)
+        # Seconds each claim's transaction took, connection wait included (a metric's
+        # `observe`, set by `ClusterNode.register_metrics`; S9's "claim p99").
+        self.claim_observer: Callable[[float], None] | None = None
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
         self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
         # Route -> carrier account; a claim for the route debits its bucket.
@@ -412,8 +416,11 @@ class ClusterQueue:
         their order, those left for want of a rate account's tokens, and the seconds
         until its next token."""
         me = self._me()
+        started = time.perf_counter()
         async with self._pool.connection() as conn, conn.transaction():
             rows, judged, ids, short, wait = await self._claim_in(conn, me, ids, route, now, want)
+        if self.claim_observer is not None:
+            self.claim_observer(time.perf_counter() - started)
         return await self._opened(rows, judged, me), ids, short, wait
 
     async def _claim_in(

@@ -678,7 +678,15 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   double precision NOT NULL
     );
     """,
-    # 16 (issue 18; the plan's 18, renumbered at merge): the analytics' sums and
+    # 16 (issue 18 pt 6): a contact's attributes as SQLite's migration 24 keeps them (age
+    #    band, clinic, preferences as a JSON array of keys), so `smsgw store migrate`
+    #    copies the contacts whole with the consent ledger's history.
+    """
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS age_band text;
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS clinic text;
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS preferences text;
+    """,
+    # 17 (issue 18; the plan's 18, renumbered at merge): the analytics' sums and
     #    adoption's index (`schema_analytics.py`).
     ANALYTICS_AND_ADOPTION,
 )

@@ -1,4 +1,4 @@
-"""Cluster migration 16 (the plan's 18; renumbered at merge), kept apart from
+"""Cluster migration 17 (the plan's 18; renumbered at merge), kept apart from
 `schema.py` for its size: the analytics' sums on a cluster and adoption's index.
 
 - `analytics_quarters` and `analytics_sums`: sums per UTC quarter hour and per local

@@ -18,7 +18,8 @@ On a cluster each node has names of its own (`mqtt_names.py`): its client id and
 status topic, and a share of the send topic (`$share/...`, one node gets each send).
 A node follows the others' status topics and, stopping while one of them is online,
 leaves the share first: a broker would otherwise keep the stopped node's turn of the
-sends in its session until it is back.
+sends in its session until it is back. A node that died cannot leave: one live node
+takes its queued turn and ends its session (`mqtt_drain.py`).
 
 `MqttConsumer` is the outbox's consumer (`gateway.integrations.events`): it turns an
 event into a topic that carries ids and route names only and a JSON payload with the
@@ -53,6 +54,7 @@ from gateway.integrations.events import (
     DeliveryFailed,
     OutboxEvent,
 )
+from gateway.integrations.mqtt_drain import ShareDrain
 from gateway.integrations.mqtt_names import MqttNames, names_for, topic_level
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
@@ -104,6 +106,18 @@ class MqttLink:
         self._changed = asyncio.Condition()
         self.failures = 0  # attempts in a row that ended without a connection, or lost it
         self.published = 0  # publishes the broker acknowledged
+        self.drain: ShareDrain | None = None  # a dead peer's turn of the sends (a cluster)
+        if self.names.client_prefix is not None:
+            self.drain = ShareDrain(
+                clock=clock,
+                after=config.share_drain_after,
+                own_status=self.names.status_topic,
+                client_for=lambda identifier: self._new_client(identifier, drain=True),
+                client_id_of=self.names.client_id_of,
+                share_filter=self.names.send_filter,
+                send_topic=config.send_topic_path,
+                handler=lambda: None if self._subscription is None else self._subscription[1],
+            )
 
     def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Subscribe to `topic` on every connection; `handler` gets each message."""
@@ -120,6 +134,8 @@ class MqttLink:
     async def aclose(self) -> None:
         """Leave the send topic's share if another node is online, say `offline`
         (retained) if connected, then disconnect."""
+        if self.drain is not None:
+            await self.drain.aclose()
         client = self._client
         if client is not None:
             try:
@@ -198,24 +214,28 @@ class MqttLink:
             raise DeliveryFailed("mqtt_timeout" if timed_out else "mqtt_publish_failed") from None
 
     def _client_for_attempt(self) -> aiomqtt.Client:
+        return self._new_client(self.names.client_id)
+
+    def _new_client(self, identifier: str, *, drain: bool = False) -> aiomqtt.Client:
+        """A client under `identifier`: this node's (its session kept `session_expiry`
+        seconds, its last will saying offline), or a drain's of a dead peer's session
+        (`mqtt_drain.py`: that session resumed, and ended when the drain disconnects)."""
         c = self._config
-        connect = None
-        if c.session_expiry > 0:
-            connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
-            connect.SessionExpiryInterval = c.session_expiry
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: no hints
+        connect.SessionExpiryInterval = 0 if drain else c.session_expiry
         return aiomqtt.Client(
             c.host,
             c.port,
             username=c.username,
             password=self._password,
-            identifier=self.names.client_id,
+            identifier=identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=c.timeout,
             tls_context=self._tls,
             logger=_client_log,
-            clean_start=c.session_expiry == 0,
+            clean_start=False if drain else c.session_expiry == 0,
             properties=connect,
-            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=QOS, retain=True),
+            will=None if drain else aiomqtt.Will(self.status_topic, OFFLINE, qos=QOS, retain=True),
         )
 
     async def _run(self) -> None:
@@ -299,8 +319,12 @@ class MqttLink:
             return
         if payload == ONLINE:
             self._peers_online.add(topic)
+            if self.drain is not None:
+                self.drain.peer_online(topic)
         else:
             self._peers_online.discard(topic)
+            if self.drain is not None:
+                self.drain.peer_offline(topic, lambda: set(self._peers_online))
         async with self._changed:
             self._changed.notify_all()
 

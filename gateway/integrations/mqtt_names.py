@@ -32,6 +32,13 @@ class MqttNames:
     status_topic: str
     send_filter: str  # what is subscribed to receive the send topic
     peers_filter: str | None = None  # the other nodes' status topics (on a cluster)
+    client_prefix: str | None = None  # a node's client id after its status topic's prefix
+
+    def client_id_of(self, status_topic: str) -> str:
+        """The client id of the node whose status topic this is (on a cluster)."""
+        if self.client_prefix is None:
+            raise ValueError("one gateway has no peers")
+        return self.client_prefix + status_topic.rsplit("/", 1)[-1]
 
     @classmethod
     def of(cls, config: MqttConfig, node_id: str | None = None) -> MqttNames:
@@ -43,6 +50,7 @@ class MqttNames:
             f"{config.topic_prefix}/status/{node_id}",
             f"$share/{topic_level(config.client_id)}/{config.send_topic_path}",
             f"{config.topic_prefix}/status/+",
+            f"{config.client_id}-",
         )
 
 

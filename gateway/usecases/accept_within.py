@@ -78,9 +78,7 @@ class WithinAccepts:
         if intake.policy.enabled and prepared:
             recipients = [(p.message.to_index, p.purpose) for p in prepared if p.message.to_index]
             view = intake.policy.view(conn, recipients, now, writer=True)
-            judged = iter([intake.judge(view, p) for p in prepared])
-            out = [next(judged) if isinstance(p, Prepared) else p for p in out]
-            prepared = [p for p in out if isinstance(p, Prepared)]
+            out, prepared = _in_place(out, [intake.judge(view, p) for p in prepared])
         by_sql: dict[str, list[Sequence[Any]]] = {}
         for sql, params in intake.statements(prepared):
             by_sql.setdefault(sql, []).append(params)
@@ -110,9 +108,7 @@ class WithinAccepts:
         out = self._prepared_or_errors(caller, requests, now)
         prepared = [p for p in out if isinstance(p, Prepared)]
         if intake.policy.enabled and prepared:
-            judged = iter(await judge_within(conn, intake, prepared, now))
-            out = [next(judged) if isinstance(p, Prepared) else p for p in out]
-            prepared = [p for p in out if isinstance(p, Prepared)]
+            out, prepared = _in_place(out, await judge_within(conn, intake, prepared, now))
         links = [m for p in prepared for m in p.links]
         await self._cluster.insert_within(conn, [p.message for p in prepared], None, links)
         return out
@@ -133,3 +129,12 @@ class WithinAccepts:
     def hand_over(self, prepared: Sequence[Prepared]) -> None:
         """Messages `accept_within` stored, after their transaction committed."""
         self._intake.accepted(prepared)
+
+
+def _in_place(
+    out: list[Prepared | ApiError], judged: list[Prepared]
+) -> tuple[list[Prepared | ApiError], list[Prepared]]:
+    """The judged messages in their requests' places (errors kept), and those alone."""
+    verdicts = iter(judged)
+    out = [next(verdicts) if isinstance(p, Prepared) else p for p in out]
+    return out, [p for p in out if isinstance(p, Prepared)]

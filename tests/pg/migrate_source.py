@@ -14,6 +14,8 @@ from pathlib import Path
 from drivers.base import InboundPart, InboundSms
 from drivers.clock import SystemClock
 from gateway.cli import main
+from gateway.consent import ledger
+from gateway.consent.ledger import Entry, contact_row_id
 from gateway.integrations.dlr_wishes import DlrWish, LocalDlrWishes
 from gateway.models import IdGenerator, State
 from gateway.store import crypto, inbound_parts
@@ -79,7 +81,8 @@ async def fill(source: Source, count: int, audit_entries: int = 300) -> None:
 
 def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range) -> None:
     assert store.cipher is not None
-    messages, events, parts, consent = [], [], [], []
+    messages, events, parts = [], [], []
+    consent: list[Entry] = []
     for n in span:
         state = STATES[n % len(STATES)]
         mid = ids.new()
@@ -102,12 +105,19 @@ def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range
             if state is not State.SENDING:
                 events.append((mid, at + 2, state.value, "smsc", f"c{n}", None, 1))
                 parts.append(("smsc", f"c{n}", mid, 1, state.value))
-        if n % 1000 == 0:
-            consent.append((store.cipher.blind_index(to), "default", "all", "out", n, at, "sms"))
         if n % 100 == 0:  # a reply from the same number
             conn.execute(
                 *inbound_statement(store.cipher, f"in{n}", "smsc", to, body(n), "4000", None, at)
             )
+        if n % 1000 == 0:  # a STOP by text, staff's note on a call, a written opt-in
+            consent.extend(_decisions(store.cipher.blind_index(to), to, f"in{n}", at))
+            if n % 2000 == 0:  # "please stop texting me" waiting for staff (resolved: 4000s)
+                conn.execute(
+                    "INSERT INTO consent_review (id, inbound_id, contact_idx, program, reason,"
+                    " created_at, resolved_at, resolution, actor) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (f"rev{n}", f"in{n}", store.cipher.blind_index(to), "default", "phrase", at,
+                     *((at + 60, "opted_out", "staff") if n % 4000 == 0 else (None,) * 3)),
+                )  # fmt: skip
         if n % 1000 == 3:  # sent through Kannel's sendsms with a dlr-url
             wish = DlrWish(f"https://ehr.example/dlr?n={n}&t=%d", 3, to, "4000", "ehr")
             conn.execute(*LocalDlrWishes(store).statement(mid, wish, at))
@@ -122,11 +132,28 @@ def _write(conn: sqlite3.Connection, store: Store, ids: IdGenerator, span: range
         "INSERT INTO carrier_ids (route, carrier_id, message_id, part, state) VALUES (?,?,?,?,?)",
         parts,
     )
-    conn.executemany(
-        "INSERT INTO consent_state (contact_idx, program, scope, opted, seq, since, source)"
-        " VALUES (?,?,?,?,?,?,?)",
-        consent,
-    )
+    for entry in consent:
+        ledger.append(conn, store.cipher, entry)
+        if entry.note:
+            ref = store.cipher.encrypt(
+                f"MRN-{entry.at:.0f}", contact_row_id(entry.contact_idx), "patient_ref"
+            )
+            conn.execute(
+                "UPDATE contacts SET patient_ref_ct = ?, clinic = 'north', age_band = '40-64',"
+                " preferences = '[\"reminders\"]' WHERE idx = ?",
+                (ref, entry.contact_idx),
+            )
+
+
+def _decisions(idx: bytes, to: str, inbound_id: str, at: float) -> list[Entry]:
+    return [
+        Entry(idx, to, "opt_out", "all", "default", "keyword", at, inbound_id=inbound_id),
+        Entry(idx, to, "opt_in", "all", "default", "phone", at + 1, "staff", note="asked by phone"),
+        Entry(
+            idx, to, "opt_in", "purpose:marketing", "default", "panel", at + 2, "staff",
+            disclosure="Clinic news by text? Reply YES. Msg&data rates may apply.",
+        ),
+    ]  # fmt: skip
 
 
 def _links(conn: sqlite3.Connection) -> None:

@@ -14,8 +14,10 @@ import pytest
 
 from gateway.cli import main
 from gateway.cluster import keyring, nodes
+from gateway.cluster.keyring import SEALED
 from gateway.cluster.migrate import MIGRATION_NODE, migrate_store
 from gateway.cluster.migrate_copy import Progress
+from gateway.consent.ledger import contact_row_id
 from gateway.models import State
 from gateway.startup import DataDirLock
 from gateway.store import crypto
@@ -113,6 +115,46 @@ async def test_s10_every_state_is_copied_with_its_ids_and_decrypts_the_same(
             f"https://ehr.example/dlr?n={n}&t=%d"
         )
         assert cipher.decrypt(receiver_ct, mid, "kannel_dlr_receiver") == number(n)  # type: ignore[arg-type]
+
+    # The consent evidence (MSG-2): the ledger's history with its ids and seqs, its
+    # texts decrypting bound to their entries; the contacts whole; the reviews with the
+    # text they quote sealed for the review; a new entry numbered after the copied.
+    ledger = src.execute(
+        "SELECT seq, id, contact_idx, decision, scope, source, actor, inbound_id"
+        " FROM consent_ledger ORDER BY seq"
+    ).fetchall()
+    assert len(ledger) == 3 * COUNT // 1000
+    assert (
+        pg(
+            pg_dsn,
+            "SELECT seq, id, contact_idx, decision, scope, source, actor, inbound_id"
+            " FROM consent_ledger ORDER BY seq",
+        )
+        == ledger
+    )
+    texts = pg(pg_dsn, "SELECT id, disclosure_ct, note_ct, node_id FROM consent_ledger")
+    assert {r[3] for r in texts} == {"gw1"}
+    notes = {cipher.decrypt(r[2], r[0], "note") for r in texts if r[2] is not None}  # type: ignore[arg-type]
+    disclosed = {cipher.decrypt(r[1], r[0], "disclosure") for r in texts if r[1] is not None}  # type: ignore[arg-type]
+    assert notes == {"asked by phone"} and len(disclosed) == 1
+    contacts = pg(
+        pg_dsn, "SELECT idx, number_ct, patient_ref_ct, clinic, preferences FROM contacts"
+    )
+    assert len(contacts) == COUNT // 1000
+    for idx, number_ct, ref_ct, clinic, prefs in contacts:
+        bound = contact_row_id(idx)  # type: ignore[arg-type]
+        assert cipher.blind_index(cipher.decrypt(number_ct, bound, "number")) == idx  # type: ignore[arg-type]
+        assert cipher.decrypt(ref_ct, bound, "patient_ref").startswith("MRN-")  # type: ignore[arg-type]
+        assert (clinic, prefs) == ("north", '["reminders"]')
+    reviews = pg(pg_dsn, "SELECT id, inbound_id, resolution, body_ct FROM consent_reviews")
+    assert sorted((r[0], r[2]) for r in reviews) == sorted(
+        (f"rev{n}", "opted_out" if n % 4000 == 0 else None) for n in range(0, COUNT, 2000)
+    )
+    for review_id, inbound_id, _, body_ct in reviews:
+        assert cipher.decrypt(body_ct, review_id, "body") == body(int(str(inbound_id)[2:]))  # type: ignore[arg-type]
+    assert "verified: consent_reviews.body_ct: 5 of 5 sampled decrypt the same" in out
+    (next_seq,) = pg(pg_dsn, "SELECT nextval(pg_get_serial_sequence('consent_ledger', 'seq'))")
+    assert next_seq == (ledger[-1][0] + 1,)
 
     # Tracked links: the tokens of messages sent keep redirecting, the clicks their seqs
     # (a new click goes on after them).
@@ -272,14 +314,18 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
     assert await asyncio.to_thread(main, [*rotate, "--node-id", "gw1"]) == 0
     done = (
         "field key generation 3 is current;"
-        " 62 rows re-encrypted (messages, inbound messages, Kannel dlr-urls)"
+        " 67 rows re-encrypted (every encrypted field of the shared store)"
     )
-    assert done in capsys.readouterr().out  # 60 messages, 1 inbound, 1 dlr-url
+    # 60 messages, 1 inbound, its held part, 1 dlr-url, 1 contact, the 2 ledger entries
+    # with texts, 1 review
+    assert done in capsys.readouterr().out
     prefix = crypto.generation_prefix(3)
-    heads = {
-        bytes(b[:3])  # type: ignore[index]
-        for (b,) in pg(target, "SELECT body_ct FROM messages UNION ALL SELECT body_ct FROM inbound")
-    }
+    every = " UNION ALL ".join(
+        f"SELECT {column} FROM {s.table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
+        for s in SEALED
+        for column, _ in s.columns
+    )
+    heads = {bytes(b[:3]) for (b,) in pg(target, every)}  # type: ignore[index]
     assert heads == {prefix}
     (action, target_id) = pg(
         target, "SELECT action, target_id FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC"
