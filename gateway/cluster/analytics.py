@@ -29,9 +29,9 @@ there, is worked off over the following rounds). Quarters older than
 Reads (`ClusterFigures`) sum `analytics_sums` over the days asked, as SQLite's reports
 read `analytics_daily`: a year opens as fast as a week. The figures are those of
 `streams.py` with what a cluster keeps: replies count as `replied_other` (the
-appointment replies that classify confirm and cancel are not shared yet), and the
-appointment, no-show, rule and clinic figures are empty (appointments and reminders
-are not on the cluster backend yet).
+appointment replies that classify confirm and cancel are not shared yet), a message's
+clinic is its contact's (no appointment's location), and the appointment, no-show and
+rule figures are empty (appointments and reminders are not on the cluster backend yet).
 """
 
 from __future__ import annotations
@@ -70,7 +70,10 @@ _BUCKET = (
     + f" ELSE '{OVER}' END"
 )
 # A message's keys as `MessageKeys` takes them; `known`: the message is there.
-_KEYS = "m.id IS NOT NULL, m.campaign_id, m.variant, m.purpose, {route}"
+_KEYS = "m.id IS NOT NULL, m.campaign_id, m.variant, m.purpose, {route}, k.clinic"
+# The contact's clinic (an attribute of the contact, as SQLite's key without an
+# appointment's location: appointments are not shared yet).
+_CONTACT = "LEFT JOIN contacts k ON k.idx = m.to_index"
 
 EVENTS = f"""
 SELECT {_DAY.format(at="e.at")}, {_KEYS.format(route="coalesce(e.route, m.route)")},
@@ -80,20 +83,22 @@ SELECT {_DAY.format(at="e.at")}, {_KEYS.format(route="coalesce(e.route, m.route)
        count(*), sum(coalesce(m.segments, 1))
 FROM message_events e
 LEFT JOIN messages m ON m.id = e.message_id
+{_CONTACT}
 LEFT JOIN LATERAL (SELECT max(p.at) AS sent_at FROM message_events p
                    WHERE e.state = 'delivered' AND p.message_id = e.message_id
                      AND p.state = 'sent' AND p.seq < e.seq) s ON true
 WHERE e.at >= %(lo)s AND e.at < %(hi)s
   AND e.state IN ('sent', 'delivered', 'failed', 'expired')
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """  # noqa: S608 - fixed fragments
 
 BLOCKED_MESSAGES = f"""
 SELECT {_DAY.format(at="m.updated_at")}, {_KEYS.format(route="m.route")},
        coalesce(m.error_code, 'unknown'), count(*)
 FROM messages m
+{_CONTACT}
 WHERE m.state = 'blocked' AND m.updated_at >= %(lo)s AND m.updated_at < %(hi)s
-GROUP BY 1, 2, 3, 4, 5, 6, 7
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """  # noqa: S608 - fixed fragments
 
 # The last message sent to a blind index before an instant, within the reply window
@@ -111,10 +116,11 @@ REPLIES = f"""
 SELECT {_DAY.format(at="i.received_at")}, {_KEYS.format(route="m.route")}, count(*)
 FROM inbound i
 JOIN messages m ON m.id = {_LAST_SENT.format(idx="i.sender_index", at="i.received_at")}
+{_CONTACT}
 WHERE i.received_at >= %(lo)s AND i.received_at < %(hi)s
   AND NOT EXISTS (SELECT 1 FROM consent_ledger l WHERE l.contact_idx = i.sender_index
                   AND l.inbound_id = i.id)
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """  # noqa: S608 - fixed fragments
 
 # Once per decision, however many scopes it recorded (as `streams.CONSENT_SQL`).
@@ -123,6 +129,7 @@ SELECT {_DAY.format(at="l.at")}, {_KEYS.format(route="m.route")}, count(*)
 FROM consent_ledger l
 LEFT JOIN messages m ON m.id = coalesce(
     l.message_id, {_LAST_SENT.format(idx="l.contact_idx", at="l.at")})
+{_CONTACT}
 WHERE l.at >= %(lo)s AND l.at < %(hi)s AND l.decision = 'opt_out'
   AND (l.message_id IS NOT NULL OR l.inbound_id IS NOT NULL)
   AND NOT EXISTS (SELECT 1 FROM consent_ledger p WHERE p.contact_idx = l.contact_idx
@@ -130,7 +137,7 @@ WHERE l.at >= %(lo)s AND l.at < %(hi)s AND l.decision = 'opt_out'
                   AND (p.inbound_id = l.inbound_id
                        OR (l.inbound_id IS NULL AND p.inbound_id IS NULL AND p.at = l.at
                            AND p.message_id IS NOT DISTINCT FROM l.message_id)))
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """  # noqa: S608 - fixed fragments
 
 CLICKS = f"""
@@ -140,8 +147,9 @@ SELECT {_DAY.format(at="c.at")}, {_KEYS.format(route="m.route")}, count(*),
            AND p.human = 1 AND p.seq < c.seq))
 FROM link_clicks c
 LEFT JOIN messages m ON m.id = c.message_id
+{_CONTACT}
 WHERE c.at >= %(lo)s AND c.at < %(hi)s AND c.human = 1 AND c.message_id IS NOT NULL
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """  # noqa: S608 - fixed fragments
 
 QUERIES = {
@@ -158,11 +166,11 @@ Fact = tuple[int, list[tuple[str, str]], str, int]
 
 def _keys(row: Sequence[Any]) -> list[tuple[str, str]]:
     """The (dimension, key) pairs of a row's message columns (`_KEYS`, from row[1])."""
-    known, campaign, variant, purpose, route = row[1:6]
+    known, campaign, variant, purpose, route, clinic = row[1:7]
     if not known:
         return TOTAL_ONLY
     owner = f"{campaign}/{variant}" if campaign and variant else None
-    return MessageKeys(campaign, owner, None, None, purpose, route, 1).keys()
+    return MessageKeys(campaign, owner, None, clinic, purpose, route, 1).keys()
 
 
 def _facts_of(name: str, rows: Sequence[Sequence[Any]]) -> list[Fact]:
@@ -170,21 +178,21 @@ def _facts_of(name: str, rows: Sequence[Sequence[Any]]) -> list[Fact]:
     for row in rows:
         day, keys = int(row[0]), _keys(row)
         if name == "events":
-            state, bucket, n, parts = row[6], row[7], int(row[8]), int(row[9] or 0)
+            state, bucket, n, parts = row[7], row[8], int(row[9]), int(row[10] or 0)
             out.append((day, keys, state, n))
             if state == "sent":
                 out.append((day, keys, "parts", parts))
             if bucket is not None:
                 out.append((day, keys, str(bucket), n))
         elif name == "blocked":
-            out.append((day, keys, BLOCKED + str(row[6]), int(row[7])))
+            out.append((day, keys, BLOCKED + str(row[7]), int(row[8])))
         elif name == "replies":
-            out.append((day, keys, "replied_other", int(row[6])))
+            out.append((day, keys, "replied_other", int(row[7])))
         elif name == "opt_outs":
-            out.append((day, keys, "opted_out", int(row[6])))
+            out.append((day, keys, "opted_out", int(row[7])))
         else:  # clicks
-            out.append((day, keys, "clicks", int(row[6])))
-            out.append((day, keys, "clicked", int(row[7])))
+            out.append((day, keys, "clicks", int(row[7])))
+            out.append((day, keys, "clicked", int(row[8])))
     return out
 
 

@@ -152,6 +152,14 @@ async def test_analytics_read_on_b_count_what_a_sent_blocked_and_b_saw_clicked(
         await caller(a.gw, "consent", "phi"),
         DecisionRequest(OTHER, "opt_out", "api", "all"),  # type: ignore[arg-type]
     )
+    r = await a.api.client.put(
+        "/api/v1/contacts",
+        json={"number": CANARY_NUMBER, "language": "en"},
+        headers=a.api.auth(),
+    )
+    assert r.status == 200, await r.text()
+    async with a.cluster.queue.pool.connection() as conn:  # an attribute store migrate copies
+        await conn.execute("UPDATE contacts SET clinic = 'north'")
     r = await a.api.post("/api/v1/links", {"name": "flu", "destination": FLU})
     assert r.status == 201, await r.text()
     sent: list[str] = []
@@ -192,6 +200,8 @@ async def test_analytics_read_on_b_count_what_a_sent_blocked_and_b_saw_clicked(
     by_key = {row["key"]: row["figures"] for row in purposes["rows"]}
     assert by_key["informational"]["sent"] == 3 and by_key["informational"]["blocked"] == 1
     assert by_key["informational"]["replied_other"] == by_key["informational"]["opted_out"] == 1
+    clinics = await (await b.api.get("/api/v1/analytics/clinics")).json()
+    assert [(r["key"], r["figures"]["sent"]) for r in clinics["rows"]] == [("north", 3)]
     routes = await (await b.api.get("/api/v1/analytics/routes")).json()
     assert [(r["key"], r["figures"]["parts"]) for r in routes["rows"]] == [("main", 4)]
     series = await (await a.api.get("/api/v1/analytics/timeseries")).json()
