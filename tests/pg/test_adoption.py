@@ -118,7 +118,7 @@ async def test_a_node_starting_on_a_cluster_loads_only_what_no_live_node_holds(
 
 
 async def test_the_adoption_poll_reads_only_unheld_and_dead_holders_rows(pool: Pool) -> None:
-    """Every node polls for unheld rows every lease: at 30,000 waiting rows held by
+    """Every node polls for unheld rows every lease: at 20,000 waiting rows held by
     live nodes the page is found through `messages_held` (a skip scan of the holders,
     then the unheld and the dead holder's rows), never by reading or sorting them all."""
     async with pool.connection() as conn:
@@ -134,7 +134,7 @@ async def test_the_adoption_poll_reads_only_unheld_and_dead_holders_rows(pool: P
             " SELECT 'w-' || i, i %% 4, CASE WHEN i %% 3 = 0 THEN 'scheduled' ELSE 'queued' END,"
             " '', '\\x01', '\\x02', '\\x03', 'gsm7', 1, 0, 0, %s - (i %% 1000), %s + 3600,"
             " CASE WHEN i <= 300 THEN %s WHEN i <= 400 THEN NULL ELSE %s END"
-            " FROM generate_series(1, 30000) i",
+            " FROM generate_series(1, 20000) i",
             (NOW, NOW, dead.incarnation, live.incarnation),
         )
         await conn.execute("ANALYZE messages")

@@ -118,7 +118,7 @@ LOCAL_ONLY_API = (
 LOCAL_ONLY_PAGES = ("/surveys", "/hl7", "/worklist")
 
 
-async def test_node_local_features_are_refused_with_their_code_on_api_and_panel(
+async def test_node_local_features_are_refused_and_break_glass_counts_every_node(
     nodes: tuple[Node, Node],
 ) -> None:
     a, b = nodes
@@ -142,6 +142,16 @@ async def test_node_local_features_are_refused_with_their_code_on_api_and_panel(
         assert "docs/ops/cluster.md" in text
     r = await b.panel.client.get("/analytics", headers={"Accept": "text/html"})
     assert r.status == 200  # shared: served
+
+    # The dashboard's break-glass sign-ins: every node's.
+    since = a.gw.clock.time() - 1
+    await a.gw.audit.record("user:u1", "break_glass_login", "user", "u1")
+    await b.gw.audit.record("user:u2", "break_glass_login", "user", "u2")
+    assert (await b.gw.admin_repo.audit_uses("break_glass_login", since))[0] == 1  # its own
+    await a.cluster.shipper.ship()  # A's heartbeat copies its entries up
+    count, last = await b.gw.admin_repo.audit_uses("break_glass_login", since)
+    assert count == 2 and last is not None
+    assert (await a.gw.admin_repo.audit_uses("break_glass_login", since))[0] == 1  # B's not copied
 
 
 async def test_analytics_read_on_b_count_what_a_sent_blocked_and_b_saw_clicked(
@@ -219,15 +229,3 @@ async def test_analytics_read_on_b_count_what_a_sent_blocked_and_b_saw_clicked(
     assert status == 0 and lines[-1].split()[:2] == ["total", "3"], lines
     status, lines = await console(None)  # offline: this node's store is not the cluster's
     assert status == 2 and "shared PostgreSQL" in lines[0], lines
-
-
-async def test_the_break_glass_count_is_every_nodes(nodes: tuple[Node, Node]) -> None:
-    a, b = nodes
-    since = a.gw.clock.time() - 1
-    await a.gw.audit.record("user:u1", "break_glass_login", "user", "u1")
-    await b.gw.audit.record("user:u2", "break_glass_login", "user", "u2")
-    assert (await b.gw.admin_repo.audit_uses("break_glass_login", since))[0] == 1  # its own
-    await a.cluster.shipper.ship()  # A's heartbeat copies its entries up
-    count, last = await b.gw.admin_repo.audit_uses("break_glass_login", since)
-    assert count == 2 and last is not None
-    assert (await a.gw.admin_repo.audit_uses("break_glass_login", since))[0] == 1  # B's not copied
