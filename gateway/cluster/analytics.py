@@ -322,9 +322,11 @@ class ClusterRollup:
                 )
             await recompute_quarters(conn, sorted(q for day in now for q in by_day[day]))
             await resum_days(conn, self._days.zone, now)
-            kept_from = self._days.day(self._clock.time() - KEEP_QUARTERS_DAYS * 86400.0)
+            # A day past the horizon is recomputed whole; its quarters go a day later, so
+            # a node whose clock is behind still finds them (it sums only those marked).
+            dropped = self._days.day(self._clock.time() - (KEEP_QUARTERS_DAYS + 1) * 86400.0)
             await conn.execute(
-                "DELETE FROM analytics_quarters WHERE q < %s", (self._quarters_of(kept_from)[0],)
+                "DELETE FROM analytics_quarters WHERE q < %s", (self._quarters_of(dropped)[0],)
             )
             return len(now)
 
