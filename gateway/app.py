@@ -231,7 +231,8 @@ class Gateway(UseCaseWiring):
         if node is not None:
             node.register_metrics(metrics.registry)
         gateway.planner.install(gateway.clinical_hooks)
-        sink.answer_surveys(gateway.survey_answers)  # i15-surveys
+        if node is None:  # on a cluster surveys are refused (cluster/local_only.py)
+            sink.answer_surveys(gateway.survey_answers)  # i15-surveys
         gateway.renderer = gateway.templates.renderer
         return gateway
 
@@ -275,11 +276,14 @@ class Gateway(UseCaseWiring):
             self._spawn(self._housekeeping())
             self._spawn(self._store_watch())
             self._spawn(self._inbound_expiry())
-            self._spawn(self.medications.run_top_up())
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
             self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
-            self._spawn(self.survey_timeouts.run())  # i15-surveys
-            self._spawn(self.analytics.rollup.run())  # i15-analytics: daily sums, off the send path
+            self._spawn(self.analytics.run())  # i15-analytics: daily sums, off the send path
+            if self.cluster is None:
+                # On a cluster these features are refused (cluster/local_only.py): their
+                # loops would only work over the node's own leftovers.
+                self._spawn(self.medications.run_top_up())
+                self._spawn(self.survey_timeouts.run())  # i15-surveys
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:

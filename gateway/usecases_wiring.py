@@ -423,11 +423,20 @@ class UseCaseWiring:
     # -- analytics (issue 15, i15-analytics) ---------------------------------------------
     @functools.cached_property
     def analytics(self) -> Analytics:
-        """Analytics without PHI (API `/analytics/...`, panel page); its rollup runs at start."""
+        """Analytics without PHI (API `/analytics/...`, panel page); its rollup runs at
+        start (on a cluster node, over the shared tables into sums kept in PostgreSQL)."""
         a = self.config.analytics
         zone = a.zone(self.config.appointments.time_zone)
         rollup = Rollup(self.store, self.clock, zone, interval=a.interval)
-        return Analytics(store=self.store, clock=self.clock, audit=self.audit, rollup=rollup)
+        figures = None
+        if self.cluster is not None:  # sums of the shared tables, kept in PostgreSQL
+            from gateway.cluster.analytics import ClusterFigures, ClusterRollup  # psycopg
+
+            pool = self.cluster.queue.pool
+            figures = ClusterFigures(pool, ClusterRollup(pool, self.clock, zone, a.interval))
+        return Analytics(
+            store=self.store, clock=self.clock, audit=self.audit, rollup=rollup, figures=figures
+        )
 
     # -- retention and erasure (issue 14, i14-retention) --------------------------------
     @functools.cached_property

@@ -14,6 +14,7 @@ route-table test walks `app.router` to prove it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import mimetypes
 import secrets
@@ -45,6 +46,7 @@ from gateway.admin.routing import (
 )
 from gateway.admin.sessions import Ended, Session, SessionManager
 from gateway.app import Gateway
+from gateway.cluster.local_only import LocalFeature, feature_of_module, refusal
 from gateway.panel_users import User
 from gateway.usecases.caller import Caller
 
@@ -85,15 +87,29 @@ PRE_SESSION_COOKIE = "smsgw_pre"
 SECURE_PREFIX = "__Host-"
 
 
-def panel_routes() -> tuple[PanelRoute, ...]:
+def panel_routes(*, cluster: bool = False) -> tuple[PanelRoute, ...]:
+    """Every route of `ROUTE_MODULES`; on a cluster node (`cluster`) those of a feature
+    whose data would stay in the node's own store show the refusal instead."""
     routes: list[PanelRoute] = []
     for name in ROUTE_MODULES:
-        routes.extend(importlib.import_module(name).ROUTES)
+        found: tuple[PanelRoute, ...] = importlib.import_module(name).ROUTES
+        local = feature_of_module(name) if cluster else None
+        if local is not None:
+            found = tuple(dataclasses.replace(r, handler=_refusing(local)) for r in found)
+        routes.extend(found)
     names = [r.name for r in routes]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"panel route names used twice: {sorted(duplicates)}")
     return tuple(routes)
+
+
+def _refusing(feature: LocalFeature) -> Handler:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        e = refusal(feature)
+        return error_response(request, e.status, e.code, e.message)
+
+    return refuse
 
 
 @dataclass
@@ -114,7 +130,7 @@ class Panel:
             repo,
             SessionManager(repo, gateway.clock, c.idle_timeout, c.absolute_lifetime),
             Accounts(repo, gateway.audit, gateway.clock, c, gateway.directory),
-            panel_routes(),
+            panel_routes(cluster=gateway.cluster is not None),
             gateway.panel_csrf_key,
         )
 

@@ -17,9 +17,20 @@ from gateway.usecases.caller import Caller
 SHOWN = ("sent", "delivered", "failed", "blocked", "replied", "opted_out", "clicked", "parts")
 
 
-def _analytics(ctx: OpContext) -> Analytics:
+CLUSTER_REFUSAL = (
+    "analytics: on a cluster the figures are counted from the shared PostgreSQL tables:"
+    " run it while the node runs (through its socket), or read GET /api/v1/analytics/..."
+    " on any node"
+)
+
+
+def _analytics(ctx: OpContext) -> Analytics | None:
+    """The gateway's (on a cluster node, over the shared tables); offline, one over the
+    node's own store, unless that holds only part of the figures (a cluster node)."""
     if ctx.gateway is not None:
         return ctx.gateway.analytics
+    if ctx.config.cluster.enabled:
+        return None
     a = ctx.config.analytics
     zone = a.zone(ctx.config.appointments.time_zone)
     rollup = Rollup(ctx.store, ctx.clock, zone, interval=a.interval)
@@ -35,6 +46,9 @@ def _cells(k: KeyFigures) -> list[int]:
 @op("analytics.report")
 async def analytics_report(ctx: OpContext, args: dict[str, Any]) -> int:
     a = _analytics(ctx)
+    if a is None:
+        ctx.err(CLUSTER_REFUSAL)
+        return 2
     caller = Caller(ctx.actor, None, sees_all=True, may_send=False, may_read_phi=False)
     try:
         span = a.range_of(args.get("from"), args.get("to"))

@@ -3,8 +3,9 @@ dimension, and the CSV export of the same figures (audited).
 
 The API (`/api/v1/analytics/...`), the panel's "Analytics" page and `smsgw analytics`
 call these with a `Caller`. Ranges are whole days in the site's time zone
-(`[analytics] time_zone`), both ends included; everything is read from the daily sums
-the rollup keeps (`rollup.py`), never from the messages themselves.
+(`[analytics] time_zone`), both ends included; everything is read from a
+`FiguresSource`: on one node the daily sums the rollup keeps (`rollup.py`), never the
+messages themselves; on a cluster node the shared tables (`gateway/cluster/analytics.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Protocol
 
 from drivers.clock import Clock
 from gateway.analytics import report
@@ -21,6 +23,7 @@ from gateway.analytics.figures import COUNTERS, LATENCY_EDGES, Dimension, Figure
 from gateway.analytics.rollup import Rollup
 from gateway.errors import ApiError
 from gateway.store.audit_log import AuditTrail
+from gateway.store.reads import ReadPool
 from gateway.store.store import Store
 from gateway.usecases.caller import Caller
 
@@ -75,15 +78,65 @@ def dimension_of(text: str | None, field: str = "dimension") -> Dimension:
         raise ApiError(400, "invalid_query", f"{field}: one of {names}", field=field) from None
 
 
+class FiguresSource(Protocol):
+    """Where the summed metrics of a range of days (`YYYY-MM-DD`, both included) come
+    from, and the loop that keeps them (`run`, for the gateway's life)."""
+
+    async def by_key(self, dim: str, first: str, last: str) -> dict[str, report.Metrics]: ...
+
+    async def by_day(
+        self, dim: str, key: str, first: str, last: str
+    ) -> dict[str, report.Metrics]: ...
+
+    async def names(self, dim: str, keys: list[str]) -> dict[str, str]: ...
+
+    async def refresh(self) -> int: ...
+
+    async def run(self) -> None: ...
+
+
+class DailySums:
+    """The rollup's daily sums in this node's store (`rollup.py`, `report.py`)."""
+
+    def __init__(self, reader: ReadPool, rollup: Rollup) -> None:
+        self._reader = reader
+        self._rollup = rollup
+
+    async def by_key(self, dim: str, first: str, last: str) -> dict[str, report.Metrics]:
+        return await report.by_key(self._reader, dim, first, last)
+
+    async def by_day(self, dim: str, key: str, first: str, last: str) -> dict[str, report.Metrics]:
+        return await report.by_day(self._reader, dim, key, first, last)
+
+    async def names(self, dim: str, keys: list[str]) -> dict[str, str]:
+        return await report.names(self._reader, dim, keys)
+
+    async def refresh(self) -> int:
+        return await self._rollup.catch_up()
+
+    async def run(self) -> None:
+        await self._rollup.run()
+
+
 class Analytics:
     """Any signed-in caller may read the figures (counts, no PHI; the front ends gate
     who reaches them); the caller is the actor of an export's audit entry."""
 
-    def __init__(self, *, store: Store, clock: Clock, audit: AuditTrail, rollup: Rollup) -> None:
-        self._store = store
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        audit: AuditTrail,
+        rollup: Rollup,
+        figures: FiguresSource | None = None,
+    ) -> None:
         self._clock = clock
         self._audit = audit
         self.rollup = rollup
+        self._figures: FiguresSource = (
+            DailySums(store.reader, rollup) if figures is None else figures
+        )
 
     @property
     def time_zone(self) -> str:
@@ -108,17 +161,17 @@ class Analytics:
         return Range(start, end)
 
     async def summary(self, caller: Caller, span: Range) -> Figures:
-        found = await report.by_key(
-            self._store.reader, Dimension.TOTAL.value, span.first.isoformat(), span.last.isoformat()
+        found = await self._figures.by_key(
+            Dimension.TOTAL.value, span.first.isoformat(), span.last.isoformat()
         )
         return figures_of(found.get("", {}))
 
     async def grouped(self, caller: Caller, dimension: Dimension, span: Range) -> list[KeyFigures]:
         """Each key of `dimension` with its figures over `span`, most sent first."""
-        found = await report.by_key(
-            self._store.reader, dimension.value, span.first.isoformat(), span.last.isoformat()
+        found = await self._figures.by_key(
+            dimension.value, span.first.isoformat(), span.last.isoformat()
         )
-        named = await report.names(self._store.reader, dimension.value, list(found))
+        named = await self._figures.names(dimension.value, list(found))
         rows = [KeyFigures(k, figures_of(m), named.get(k)) for k, m in found.items()]
         rows.sort(key=lambda r: (-r.figures["sent"], -r.figures["blocked"], r.key))
         return rows
@@ -127,8 +180,8 @@ class Analytics:
         self, caller: Caller, span: Range, dimension: Dimension = Dimension.TOTAL, key: str = ""
     ) -> list[DayFigures]:
         """Every day of `span` (days with nothing: zeros) for one key of `dimension`."""
-        found = await report.by_day(
-            self._store.reader, dimension.value, key, span.first.isoformat(), span.last.isoformat()
+        found = await self._figures.by_day(
+            dimension.value, key, span.first.isoformat(), span.last.isoformat()
         )
         return [DayFigures(d, figures_of(found.get(d, {}))) for d in span.days]
 
@@ -181,8 +234,13 @@ class Analytics:
         return rows
 
     async def refresh(self) -> int:
-        """Count everything committed until now (the rollup's own round, at once)."""
-        return await self.rollup.catch_up()
+        """Count everything committed until now (the rollup's own round, at once): the
+        rows counted (on a cluster, the days recomputed)."""
+        return await self._figures.refresh()
+
+    async def run(self) -> None:
+        """Keep the figures counted, for the gateway's life (started by `Gateway.start`)."""
+        await self._figures.run()
 
 
 FIGURE_COLUMNS = (

@@ -7,6 +7,8 @@ scope decision and a description.
 
 from __future__ import annotations
 
+import dataclasses
+
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -33,6 +35,7 @@ from gateway.api.reply_endpoints import REPLY_ENDPOINTS
 from gateway.api.shaping import error_answer, shaped
 from gateway.api.views import InboundPage, InboundView, MessagePage, MessageView
 from gateway.app import Gateway
+from gateway.cluster.local_only import LocalFeature, feature_of_path, refusal
 from gateway.demo import DemoAdvance, DemoInbound
 from gateway.errors import ApiError
 from gateway.intake import Accepted, BatchRequest, SendRequest
@@ -551,15 +554,37 @@ def _guard(endpoint: Endpoint, gateway: Gateway, check: RequestCheck | None) -> 
     return guarded
 
 
+_NOT_ON_CLUSTER = Answer(
+    501, "`not_on_cluster`: on a cluster node this feature's data is not shared yet"
+)
+
+
+def _refusing(feature: LocalFeature) -> Handler:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise refusal(feature)
+
+    return refuse
+
+
 def install(app: web.Application, gateway: Gateway, check: RequestCheck | None = None) -> None:
     """Serve the API from `app`: every endpoint behind `check` and its scope, and its
-    document."""
+    document. On a cluster node a feature whose data would stay in the node's own store
+    answers 501 `not_on_cluster` (`gateway/cluster/local_only.py`)."""
     app[GATEWAY] = gateway
     app[h.IDEMPOTENCY_LOCKS] = {}
+    served: list[Endpoint] = []
     for endpoint in ENDPOINTS:
+        local = None if gateway.cluster is None else feature_of_path(endpoint.path)
+        if local is not None:
+            endpoint = dataclasses.replace(
+                endpoint,
+                handler=_refusing(local),
+                answers=(*endpoint.answers, _NOT_ON_CLUSTER),
+            )
+        served.append(endpoint)
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway, check))
     app[h.OPENAPI] = build_openapi(
-        ENDPOINTS, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
+        tuple(served), max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
     consent = gateway.usecases.consent
     c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))

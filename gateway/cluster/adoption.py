@@ -29,25 +29,46 @@ from gateway.store.store import LiveMessage
 _PRIORITIES = {int(p): p for p in Priority}
 _STATES = {State.QUEUED.value: State.QUEUED, State.SCHEDULED.value: State.SCHEDULED}
 
-_TAKE = f"""
-WITH live AS (
-    SELECT coalesce(array_agg(incarnation), '{{}}') AS incs FROM nodes
-    WHERE recovered_at IS NULL AND lease_until > clock_timestamp()
-), page AS (
-    SELECT m.id FROM messages m, live
-    WHERE m.state IN ('{State.QUEUED.value}', '{State.SCHEDULED.value}')
-        AND m.due_at < %(before)s
-        AND (m.held_by IS NULL OR m.held_by <> ALL(live.incs))
-        AND (%(any)s OR (m.route_group, m.priority) IN
-            (SELECT * FROM unnest(%(groups)s::text[], %(prios)s::int[])))
-    ORDER BY m.priority, m.due_at, m.id
-    LIMIT %(n)s
-    FOR UPDATE OF m SKIP LOCKED
+_WAITING = f"m.state IN ('{State.QUEUED.value}', '{State.SCHEDULED.value}')"
+
+# The holders of waiting rows are few (the live incarnations, and dead ones whose rows
+# are not adopted yet): a skip scan of `messages_held` finds them without reading the
+# rows. The page is then read among the unheld rows and the dead holders' only, through
+# the same index, never the rows live nodes hold (every node polls this every lease).
+# Two statements: the planner sees which holders the page asks for, and so their share
+# of the rows (one statement's array would be a guess).
+_GONE = f"""
+WITH RECURSIVE holders(inc) AS (
+    (SELECT m.held_by FROM messages m WHERE {_WAITING} AND m.held_by IS NOT NULL
+     ORDER BY m.held_by LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.held_by FROM messages m WHERE {_WAITING} AND m.held_by > h.inc
+            ORDER BY m.held_by LIMIT 1)
+    FROM holders h WHERE h.inc IS NOT NULL
 )
+SELECT coalesce(array_agg(h.inc), '{{}}') FROM holders h
+WHERE h.inc IS NOT NULL AND h.inc NOT IN (SELECT incarnation FROM nodes
+    WHERE recovered_at IS NULL AND lease_until > clock_timestamp())
+"""  # noqa: S608 - fixed state names
+
+PAGE = f"""
+SELECT m.id FROM messages m
+WHERE {_WAITING}
+    AND m.due_at < %(before)s
+    AND (m.held_by IS NULL OR m.held_by = ANY(%(gone)s::bigint[]))
+    AND (%(any)s OR (m.route_group, m.priority) IN
+        (SELECT * FROM unnest(%(groups)s::text[], %(prios)s::int[])))
+ORDER BY m.priority, m.due_at, m.id
+LIMIT %(n)s
+FOR UPDATE OF m SKIP LOCKED
+"""  # noqa: S608 - fixed state names
+
+_TAKE = f"""
+WITH page AS ({PAGE})
 UPDATE messages m SET held_by = %(inc)s FROM page WHERE m.id = page.id
 RETURNING m.id, m.priority, m.state, m.due_at, m.expires_at, m.attempts, m.route_hint,
     CASE WHEN %(numbers)s THEN m.to_ct END
-"""  # noqa: S608 - fixed state names
+"""  # noqa: S608 - fixed fragments
 
 
 class ClusterAdoption:
@@ -80,6 +101,8 @@ class ClusterAdoption:
             "numbers": numbers,
         }
         async with self._pool.connection() as conn:
+            gone = await (await conn.execute(_GONE)).fetchone()
+            params["gone"] = list(gone[0]) if gone is not None else []
             rows = await (await conn.execute(_TAKE, params)).fetchall()
         self.pages += 1
         cipher = self._cipher() if numbers else None

@@ -113,7 +113,7 @@ class ClusterNode:
         self.keys = keys
         self.shipper = shipper
         self.tokens = ClusterTokens(pool)
-        self.panel = ClusterPanel(pool, queue.cipher, keys, AdminRepo(store))
+        self.panel = ClusterPanel(pool, queue.cipher, keys, AdminRepo(store), settings.node_id)
         self._store = store
         self._clock = clock
         self._notifier = Notifier(pool, clock)

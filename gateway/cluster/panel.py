@@ -78,12 +78,18 @@ class ClusterPanel:
     audit trail)."""
 
     def __init__(
-        self, pool: Pool, cipher: crypto.FieldCipher, keys: KeyringWatch, local: AdminRepo
+        self,
+        pool: Pool,
+        cipher: crypto.FieldCipher,
+        keys: KeyringWatch,
+        local: AdminRepo,
+        node_id: str = "",
     ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._keys = keys
         self._local = local
+        self._node_id = node_id  # whose entries `audit_uses` reads from `local`
 
     def csrf_key(self) -> bytes:
         """The login form's CSRF key, the same on every node (the shared keyring's)."""
@@ -287,8 +293,18 @@ class ClusterPanel:
             return cur.rowcount
 
     async def audit_uses(self, action: str, since: float) -> tuple[int, float | None]:
-        """This node's own audit trail (each node keeps its chain)."""
-        return await self._local.audit_uses(action, since)
+        """Every node's uses (the dashboard's break-glass sign-ins): this node's from its
+        own trail, at once; the others' from their chains in the shared store (copied at
+        each of their heartbeats)."""
+        mine, my_last = await self._local.audit_uses(action, since)
+        row = await self._one(
+            "SELECT count(*), max(at) FROM audit_log WHERE at >= %s AND action = %s"
+            " AND node_id <> %s",
+            (since, action, self._node_id),
+        )
+        theirs, their_last = (int(row[0]), row[1]) if row else (0, None)
+        lasts = [t for t in (my_last, their_last) if t is not None]
+        return mine + theirs, max(lasts) if lasts else None
 
     # -- sessions ------------------------------------------------------------------------
 

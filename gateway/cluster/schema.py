@@ -15,6 +15,8 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from gateway.cluster.schema_analytics import ANALYTICS_AND_ADOPTION
+
 MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
 
 MIGRATIONS: tuple[str, ...] = (
@@ -912,6 +914,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_campaign ON messages (campaign_id, variant, state)
         WHERE campaign_id IS NOT NULL;
     """,
+    # 19 (issue 18): the analytics' sums on a cluster and adoption's index
+    #    (`schema_analytics.py`).
+    ANALYTICS_AND_ADOPTION,
 )
 
 

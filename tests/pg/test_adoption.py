@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.cluster.adoption import ClusterAdoption
+from gateway.cluster.adoption import _GONE, PAGE, ClusterAdoption
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, register
 from gateway.models import Priority
@@ -115,3 +115,37 @@ async def test_a_node_starting_on_a_cluster_loads_only_what_no_live_node_holds(
     assert await rows(
         pool, "SELECT count(*) FROM messages WHERE held_by = %s", (a.incarnation,)
     ) == [(ADOPTABLE,)]
+
+
+async def test_the_adoption_poll_reads_only_unheld_and_dead_holders_rows(pool: Pool) -> None:
+    """Every node polls for unheld rows every lease: at 20,000 waiting rows held by
+    live nodes the page is found through `messages_held` (a skip scan of the holders,
+    then the unheld and the dead holder's rows), never by reading or sorting them all."""
+    async with pool.connection() as conn:
+        live = await register(conn, "live", 60.0)
+        dead = await register(conn, "dead", 60.0)
+        await conn.execute(
+            "UPDATE nodes SET lease_until = clock_timestamp() WHERE incarnation = %s",
+            (dead.incarnation,),
+        )
+        await conn.execute(
+            "INSERT INTO messages (id, priority, state, route_group, to_ct, to_index, body_ct,"
+            " encoding, segments, created_at, updated_at, due_at, expires_at, held_by)"
+            " SELECT 'w-' || i, i %% 4, CASE WHEN i %% 3 = 0 THEN 'scheduled' ELSE 'queued' END,"
+            " '', '\\x01', '\\x02', '\\x03', 'gsm7', 1, 0, 0, %s - (i %% 1000), %s + 3600,"
+            " CASE WHEN i <= 300 THEN %s WHEN i <= 400 THEN NULL ELSE %s END"
+            " FROM generate_series(1, 20000) i",
+            (NOW, NOW, dead.incarnation, live.incarnation),
+        )
+        await conn.execute("ANALYZE messages")
+        params = {
+            "before": DUE, "any": True, "groups": [], "prios": [], "n": 500,
+            "gone": [dead.incarnation],
+        }  # fmt: skip
+        plan = await (await conn.execute(("EXPLAIN " + PAGE).encode(), params)).fetchall()
+        holders = await (await conn.execute(("EXPLAIN " + _GONE).encode())).fetchall()
+        gone = await (await conn.execute(_GONE.encode())).fetchone()
+    for found in (plan, holders):
+        text = "\n".join(str(line[0]) for line in found)
+        assert "messages_held" in text and "Seq Scan on messages" not in text, text
+    assert gone is not None and gone[0] == [dead.incarnation]
