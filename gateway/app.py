@@ -279,10 +279,12 @@ class Gateway(UseCaseWiring):
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
             self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
             self._spawn(self.analytics.run())  # i15-analytics: daily sums, off the send path
+            # On a cluster every node tops up the shared schedules: a serial clinical
+            # job, so each dose is planned once (medication/usecase.py).
+            self._spawn(self.medications.run_top_up())
             if self.cluster is None:
-                # On a cluster these features are refused (cluster/local_only.py): their
-                # loops would only work over the node's own leftovers.
-                self._spawn(self.medications.run_top_up())
+                # On a cluster surveys are refused (cluster/local_only.py): their loop
+                # would only work over the node's own leftovers.
                 self._spawn(self.survey_timeouts.run())  # i15-surveys
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())

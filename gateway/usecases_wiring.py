@@ -218,7 +218,8 @@ class UseCaseWiring:
     @functools.cached_property
     def medications(self) -> Medications:
         """Medication schedules (API) and their dose top-up; registers the `[results]`
-        and `[medication]` settings the clinical commands read."""
+        and `[medication]` settings the clinical commands read. On a cluster the
+        schedules, events and notices are the shared ones (`clinical_db`)."""
         site = ClinicalSettings(self.config.results, self.config.medication)
         return Medications(
             store=self.store,
@@ -226,13 +227,18 @@ class UseCaseWiring:
             audit=self.audit,
             hooks=self.clinical_hooks,
             site=site,
+            db=self.clinical_db,
         )
 
     @functools.cached_property
     def result_events(self) -> ResultEvents:
         self.medications  # noqa: B018  # registers the site's settings with the store
         return ResultEvents(
-            store=self.store, clock=self.clock, audit=self.audit, hooks=self.clinical_hooks
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            hooks=self.clinical_hooks,
+            db=self.clinical_db,
         )
 
     @functools.cached_property

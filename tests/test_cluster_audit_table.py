@@ -20,6 +20,8 @@ SHARED_API = (
     # the clinical and campaign ports (cluster migrations 17 and 18)
     "/api/v1/appointments", "/api/v1/templates", "/api/v1/reminder-rules",
     "/api/v1/groups", "/api/v1/audiences", "/api/v1/campaigns",
+    # results and medication (cluster migration 20)
+    "/api/v1/events/results-available", "/api/v1/medications",
 )  # fmt: skip
 PER_NODE_API = ("/api/v1/routes", "/api/v1/inbound/undecodable", "/api/v1/demo/")
 

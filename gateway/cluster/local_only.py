@@ -42,11 +42,6 @@ LOCAL_FEATURES: tuple[LocalFeature, ...] = (
         ("gateway.admin.views_hl7",),
     ),
     LocalFeature(
-        "Results and medication notices",
-        ("/api/v1/events/results-available", "/api/v1/medications"),
-        (),
-    ),
-    LocalFeature(
         "The replies' worklist",
         ("/api/v1/replies",),
         ("gateway.admin.views_worklist",),

@@ -1,10 +1,9 @@
 """`smsgw store migrate` and the clinical tables: what is copied, and the samples the
-verification decrypts on both sides (cluster migration 17's twins).
+verification decrypts on both sides (cluster migrations 17 and 20's twins).
 
-Patients, appointments and their trail, the timed notices, reminder rules and
-templates are copied as they are (ids, ciphertexts and versions kept; a notice of a
-part not on the cluster backend, results or medication, is copied too and skipped by
-the shared runner, `not_on_cluster`). The appointments' trail keeps its seqs, and its
+Patients, appointments and their trail, the timed notices, reminder rules,
+templates, result events and medication schedules are copied as they are (ids,
+ciphertexts and versions kept). The appointments' trail keeps its seqs, and its
 numbering goes on after them (`migrate_copy.set_sequences`).
 """
 
@@ -26,6 +25,8 @@ COPIES = (
     TableCopy("appointments", "appointments", ("id",)),
     TableCopy("appointment_events", "appointment_events", ("seq",)),
     TableCopy("clinical_notices", "clinical_notices", ("id",)),
+    TableCopy("clinical_events", "clinical_events", ("id",)),
+    TableCopy("medication_schedules", "medication_schedules", ("id",)),
 )
 # (table, encrypted column, its AAD): the row id is the table's `id`.
 SAMPLED = (
@@ -34,6 +35,7 @@ SAMPLED = (
     ("appointments", "location_label_ct", "location"),
     ("appointments", "provider_ct", "provider"),
     ("clinical_notices", "variables_ct", "variables"),
+    ("medication_schedules", "label_ct", "label"),
 )
 
 

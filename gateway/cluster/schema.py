@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster.schema_analytics import ANALYTICS_AND_ADOPTION
+from gateway.cluster.schema_results import RESULTS_AND_MEDICATION
 
 MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
 
@@ -917,6 +918,9 @@ MIGRATIONS: tuple[str, ...] = (
     # 19 (issue 18): the analytics' sums on a cluster and adoption's index
     #    (`schema_analytics.py`).
     ANALYTICS_AND_ADOPTION,
+    # 20 (issue 18, results and medication): their events and schedules as twins
+    #    (`schema_results.py`).
+    RESULTS_AND_MEDICATION,
 )
 
 

@@ -120,7 +120,6 @@ def refused_features(config: Config) -> list[str]:
     # Here: gateway.config imports this module, and these the config's types.
     from gateway.hl7.settings import Hl7Config
     from gateway.replies.settings import RepliesConfig
-    from gateway.results.settings import MedicationConfig, ResultsConfig
 
     # Tracked links (cluster/links.py) and directory sign-in (its users and sessions
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
@@ -129,12 +128,11 @@ def refused_features(config: Config) -> list[str]:
     # Appointments (the JSON API), reminder rules, templates and the notice runner
     # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
     # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
-    # cluster/campaigns.py, cluster/campaign_feed.py).
+    # cluster/campaigns.py, cluster/campaign_feed.py). Results events and medication
+    # schedules too, through the same clinical tables (cluster/schema_results.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
-        ("results", config.results, ResultsConfig()),
-        ("medication", config.medication, MedicationConfig()),
         ("replies", config.replies, RepliesConfig()),
     ]
     return [name for name, value, default in checks if _configured(value, default)]

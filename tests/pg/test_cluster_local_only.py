@@ -110,9 +110,6 @@ LOCAL_ONLY_API = (
     ("POST", "/api/v1/surveys"),
     ("GET", "/api/v1/hl7/messages"),
     ("GET", "/api/v1/hl7/interfaces"),
-    ("POST", "/api/v1/medications"),
-    ("GET", "/api/v1/medications"),
-    ("POST", "/api/v1/events/results-available"),
     ("GET", "/api/v1/replies"),
 )
 LOCAL_ONLY_PAGES = ("/surveys", "/hl7", "/worklist")

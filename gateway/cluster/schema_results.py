@@ -1,0 +1,58 @@
+"""Cluster migration 20 (issue 18, results and medication; the task names it 21: the
+merger renumbers), kept apart from `schema.py`: SQLite's migration 18 as twins, so the
+results-available events, the medication schedules and their dose notices are every
+node's (`gateway/cluster/clinical_db.py` runs SQLite's own jobs on them).
+
+- `clinical_events`: one per order (a keyed index, no PHI) and status, so a repeated
+  final result notifies once whichever node it reaches.
+- `medication_schedules`: the drug's label encrypted (`label_ct`, AAD `label`, in
+  `keyring.SEALED`), how far ahead its doses are planned (`planned_until`).
+- `clinical_notices_one_dose`: at most one live dose notice per schedule and time, the
+  backstop behind the top-up's serial job.
+"""
+
+RESULTS_AND_MEDICATION = """
+CREATE TABLE clinical_events (
+    id           text PRIMARY KEY,
+    kind         text NOT NULL CHECK (kind IN ('result_available', 'medication_ready')),
+    source       text NOT NULL,
+    order_ref    text NOT NULL,
+    status       text NOT NULL,
+    patient_id   text,
+    contact_idx  bytea,
+    notice_id    text,
+    outcome      text NOT NULL CHECK (outcome IN ('notice', 'joined', 'no_contact')),
+    message_ref  text,
+    withdrawn_at double precision,
+    created_at   double precision NOT NULL,
+    UNIQUE (kind, source, order_ref, status)
+);
+CREATE INDEX clinical_events_patient ON clinical_events (patient_id, created_at);
+CREATE INDEX clinical_events_notice ON clinical_events (notice_id);
+CREATE TABLE medication_schedules (
+    id            text PRIMARY KEY,
+    source        text NOT NULL,
+    ext_index     bytea,
+    patient_id    text,
+    contact_idx   bytea NOT NULL,
+    times         text NOT NULL,
+    time_zone     text NOT NULL,
+    start_date    text NOT NULL,
+    end_date      text,
+    label_ct      bytea,
+    language      text,
+    state         text NOT NULL CHECK (state IN ('active', 'stopped', 'ended')),
+    version       integer NOT NULL DEFAULT 1,
+    planned_until double precision NOT NULL,
+    stopped_at    double precision,
+    stop_reason   text,
+    created_by    text NOT NULL,
+    created_at    double precision NOT NULL,
+    updated_at    double precision NOT NULL,
+    UNIQUE (source, ext_index)
+);
+CREATE INDEX medication_schedules_active ON medication_schedules (planned_until)
+    WHERE state = 'active';
+CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
+    WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
+"""
