@@ -201,8 +201,6 @@ class Gateway(UseCaseWiring):
             sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
-        replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
-        sink.answer_replies(replies)
         outbox = build_outbox(
             config,
             store,
@@ -231,6 +229,16 @@ class Gateway(UseCaseWiring):
         if node is not None:
             node.register_metrics(metrics.registry)
         gateway.planner.install(gateway.clinical_hooks)
+        if node is None:
+            replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
+        else:  # matched against the shared appointments, filed for every node
+            from gateway.cluster.clinical_db import ClusterClinicalDb
+            from gateway.cluster.replies import SharedReplies
+
+            db = gateway.clinical_db
+            assert isinstance(db, ClusterClinicalDb)
+            replies = SharedReplies(config, store, router, scheduler, hooks, audit, db, node.queue)
+        sink.answer_replies(replies)
         if node is None:  # on a cluster surveys are refused (cluster/local_only.py)
             sink.answer_surveys(gateway.survey_answers)  # i15-surveys
         gateway.renderer = gateway.templates.renderer

@@ -342,7 +342,7 @@ class UseCaseWiring:
                 hooks=self.clinical_hooks,
                 db=self.clinical_db,
             ),
-            Replies(self.store, self.clock, self.audit),
+            Replies(self.store, self.clock, self.audit, self.clinical_db),
         )
 
     # -- surveys (issue 15, i15-surveys) -------------------------------------------------

@@ -20,8 +20,8 @@ SHARED_API = (
     # the clinical and campaign ports (cluster migrations 17 and 18)
     "/api/v1/appointments", "/api/v1/templates", "/api/v1/reminder-rules",
     "/api/v1/groups", "/api/v1/audiences", "/api/v1/campaigns",
-    # results and medication (cluster migration 20)
-    "/api/v1/events/results-available", "/api/v1/medications",
+    # results, medication and replies (cluster migration 20)
+    "/api/v1/events/results-available", "/api/v1/medications", "/api/v1/replies",
 )  # fmt: skip
 PER_NODE_API = ("/api/v1/routes", "/api/v1/inbound/undecodable", "/api/v1/demo/")
 
@@ -33,6 +33,7 @@ SHARED_PANEL = {
     "gateway.admin.views_appointments", "gateway.admin.views_templates",
     "gateway.admin.views_reminders", "gateway.admin.views_contacts",
     "gateway.admin.views_groups", "gateway.admin.views_campaigns",
+    "gateway.admin.views_worklist",
 }  # fmt: skip
 
 

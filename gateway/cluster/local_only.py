@@ -41,11 +41,6 @@ LOCAL_FEATURES: tuple[LocalFeature, ...] = (
         ("/api/v1/hl7/",),
         ("gateway.admin.views_hl7",),
     ),
-    LocalFeature(
-        "The replies' worklist",
-        ("/api/v1/replies",),
-        ("gateway.admin.views_worklist",),
-    ),
 )
 
 

@@ -2,8 +2,8 @@
 verification decrypts on both sides (cluster migrations 17 and 20's twins).
 
 Patients, appointments and their trail, the timed notices, reminder rules,
-templates, result events and medication schedules are copied as they are (ids,
-ciphertexts and versions kept). The appointments' trail keeps its seqs, and its
+templates, result events, medication schedules and appointment replies are copied as
+they are (ids, ciphertexts and versions kept). The appointments' trail keeps its seqs, and its
 numbering goes on after them (`migrate_copy.set_sequences`).
 """
 
@@ -27,6 +27,7 @@ COPIES = (
     TableCopy("clinical_notices", "clinical_notices", ("id",)),
     TableCopy("clinical_events", "clinical_events", ("id",)),
     TableCopy("medication_schedules", "medication_schedules", ("id",)),
+    TableCopy("appointment_replies", "appointment_replies", ("id",)),
 )
 # (table, encrypted column, its AAD): the row id is the table's `id`.
 SAMPLED = (

@@ -918,8 +918,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 19 (issue 18): the analytics' sums on a cluster and adoption's index
     #    (`schema_analytics.py`).
     ANALYTICS_AND_ADOPTION,
-    # 20 (issue 18, results and medication): their events and schedules as twins
-    #    (`schema_results.py`).
+    # 20 (issue 18, results, medication, replies): their events, schedules and the
+    #    appointment replies as twins (`schema_results.py`).
     RESULTS_AND_MEDICATION,
 )
 

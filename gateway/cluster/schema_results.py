@@ -1,7 +1,8 @@
-"""Cluster migration 20 (issue 18, results and medication; the task names it 21: the
-merger renumbers), kept apart from `schema.py`: SQLite's migration 18 as twins, so the
-results-available events, the medication schedules and their dose notices are every
-node's (`gateway/cluster/clinical_db.py` runs SQLite's own jobs on them).
+"""Cluster migration 20 (issue 18, results, medication and replies; the task names it
+21: the merger renumbers), kept apart from `schema.py`: SQLite's migrations 18 and 19
+as twins, so the results-available events, the medication schedules with their dose
+notices and the appointment replies are every node's (`gateway/cluster/clinical_db.py`
+runs SQLite's own jobs on them).
 
 - `clinical_events`: one per order (a keyed index, no PHI) and status, so a repeated
   final result notifies once whichever node it reaches.
@@ -9,6 +10,10 @@ node's (`gateway/cluster/clinical_db.py` runs SQLite's own jobs on them).
   `keyring.SEALED`), how far ahead its doses are planned (`planned_until`).
 - `clinical_notices_one_dose`: at most one live dose notice per schedule and time, the
   backstop behind the top-up's serial job.
+- `appointment_replies`: every reply matched (or not) on any node, the open ones the
+  worklist of every node. SQLite's trigger cancelling the notices of an
+  appointment-scoped opt-out is not here: the shared runner skips them when due
+  (`notice_runner.py`).
 """
 
 RESULTS_AND_MEDICATION = """
@@ -53,6 +58,23 @@ CREATE TABLE medication_schedules (
 );
 CREATE INDEX medication_schedules_active ON medication_schedules (planned_until)
     WHERE state = 'active';
+CREATE TABLE appointment_replies (
+    id             text PRIMARY KEY,
+    inbound_id     text NOT NULL UNIQUE,
+    contact_idx    bytea NOT NULL,
+    appointment_id text,
+    intent         text NOT NULL,
+    by_code        integer NOT NULL DEFAULT 0,
+    outcome        text NOT NULL,
+    writeback_id   text,
+    state          text NOT NULL CHECK (state IN ('done', 'open', 'resolved')),
+    created_at     double precision NOT NULL,
+    resolved_at    double precision,
+    resolved_by    text,
+    resolution     text
+);
+CREATE INDEX appointment_replies_state ON appointment_replies (state, created_at);
+CREATE INDEX appointment_replies_appointment ON appointment_replies (appointment_id);
 CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
     WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
 """

@@ -119,7 +119,6 @@ def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
     from gateway.hl7.settings import Hl7Config
-    from gateway.replies.settings import RepliesConfig
 
     # Tracked links (cluster/links.py) and directory sign-in (its users and sessions
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
@@ -129,11 +128,11 @@ def refused_features(config: Config) -> list[str]:
     # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
     # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
     # cluster/campaigns.py, cluster/campaign_feed.py). Results events and medication
-    # schedules too, through the same clinical tables (cluster/schema_results.py).
+    # schedules too, through the same clinical tables (cluster/schema_results.py), and
+    # the appointment replies with their worklist (cluster/replies.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
         ("hl7", config.hl7, Hl7Config()),
-        ("replies", config.replies, RepliesConfig()),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -166,7 +166,14 @@ class InboundReplies:
         now = s.received_at
         profile = self._profiles.get(found.source) or InterfaceProfile(found.source)
         ctx = ApplyContext(
-            now, found.source, f"sms:{s.id}", profile, self._store, self._hooks, message_ref=s.id
+            now,
+            found.source,
+            f"sms:{s.id}",
+            profile,
+            self._store,
+            self._hooks,
+            message_ref=s.id,
+            sealer=self._sealer(),
         )
         intent = parsed.intent
         cancelled = False
@@ -238,20 +245,17 @@ class InboundReplies:
             s.id, step.idx, appointment_id, intent.value, by_code, outcome, state, s.received_at
         )
         sql.insert(step.conn, row_id, new, written)
-        if self._audit is not None:
-            self._audit.append_in(
-                step.conn,
-                s.received_at,
-                "patient",
-                "appointment_reply",
-                "appointment_reply",
-                row_id,
-                inbound_id=s.id,
-                appointment_id=appointment_id,
-                intent=intent.value,
-                outcome=outcome,
-                writeback_id=written,
-            )
+        self._audit_reply(
+            step,
+            row_id,
+            {
+                "inbound_id": s.id,
+                "appointment_id": appointment_id,
+                "intent": intent.value,
+                "outcome": outcome,
+                "writeback_id": written,
+            },
+        )
         answer: Entry | None = None
         withheld: str | None = None
         kind = _ANSWERS.get(outcome)
@@ -260,6 +264,23 @@ class InboundReplies:
         return Outcome(
             row_id, s.id, appointment_id, intent.value, outcome, state, written, answer, withheld
         )
+
+    def _sealer(self) -> FieldCipher | None:
+        """The cipher of the clinical rows where it is not the store's (a cluster's)."""
+        return None
+
+    def _audit_reply(self, step: _Step, row_id: str, ids: dict[str, str | None]) -> None:
+        """The reply's audit entry, in its transaction."""
+        if self._audit is not None:
+            self._audit.append_in(
+                step.conn,
+                step.inbound.received_at,
+                "patient",
+                "appointment_reply",
+                "appointment_reply",
+                row_id,
+                **ids,
+            )
 
     def _answer(self, step: _Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
         """The answer SMS, in this transaction, as the consent replies are written."""
@@ -300,21 +321,26 @@ class InboundReplies:
 
     # -- on the event loop, after the commit -------------------------------------------
 
-    def after(self, o: Outcome) -> None:
+    def after(self, o: Outcome) -> Awaitable[None] | None:
         if o.answer is not None:
             self._scheduler.add(o.answer)
-        log.info(
-            "appointment_reply",
-            reply_id=o.reply_id,
-            inbound_id=o.inbound_id,
-            appointment_id=o.appointment_id,
-            intent=o.intent,
-            outcome=o.outcome,
-            state=o.state,
-            writeback_id=o.writeback_id,
-            answer_id=None if o.answer is None else o.answer.id,
-            withheld=o.withheld,
-        )
+        _logged(o)
+        return None
+
+
+def _logged(o: Outcome) -> None:
+    log.info(
+        "appointment_reply",
+        reply_id=o.reply_id,
+        inbound_id=o.inbound_id,
+        appointment_id=o.appointment_id,
+        intent=o.intent,
+        outcome=o.outcome,
+        state=o.state,
+        writeback_id=o.writeback_id,
+        answer_id=None if o.answer is None else o.answer.id,
+        withheld=o.withheld,
+    )
 
 
 def _left_to_us(consent: Handled | None) -> bool:

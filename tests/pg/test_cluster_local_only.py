@@ -110,9 +110,8 @@ LOCAL_ONLY_API = (
     ("POST", "/api/v1/surveys"),
     ("GET", "/api/v1/hl7/messages"),
     ("GET", "/api/v1/hl7/interfaces"),
-    ("GET", "/api/v1/replies"),
 )
-LOCAL_ONLY_PAGES = ("/surveys", "/hl7", "/worklist")
+LOCAL_ONLY_PAGES = ("/surveys", "/hl7")
 
 
 async def test_node_local_features_are_refused_and_break_glass_counts_every_node(

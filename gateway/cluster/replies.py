@@ -1,0 +1,166 @@
+"""Replies to appointment texts on a cluster node: matched against the shared
+appointments, filed in the shared `appointment_replies` (every node's worklist).
+
+The sink's keyword step runs on the node's SQLite writer, after the inbound's
+PostgreSQL commit (`consent_inbound.py`). There `decide` only notes the text; the sink
+then awaits `after`, which in one PostgreSQL transaction, under the clinical lock (the
+one every clinical write takes, so a confirmation and a move of the same appointment
+take turns): matches the reply, confirms (or cancels, with `[replies]
+cancel_on_reply`) the appointment through the state machine (the planner re-plans its
+shared notices), files the reply's row and outbox event, and inserts the answer SMS
+into the shared queue under the inbound's `reply_id` (within the consent auto-reply
+limit, counted on the shared queue). A reply already filed for the inbound (the same
+inbound handed over again) is not filed twice. The audit entry is written after the
+commit, to the node's own trail.
+
+`STOP 1234` is left to the consent keywords on a cluster (an appointment-scoped
+opt-out is not shared yet): they decide it as any text with STOP in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Awaitable
+from typing import Any
+
+import structlog
+
+from gateway.clinical.commands import ClinicalHooks
+from gateway.cluster.clinical_db import CLINICAL_LOCK, ClusterClinicalDb, run_bridged
+from gateway.cluster.queue_store import ClusterQueue
+from gateway.config import Config
+from gateway.consent.answers import ANSWERED_IN_HOUR, Recipient, answered_params
+from gateway.consent.inbound import Handled
+from gateway.logs import exception_summary
+from gateway.replies import inbound
+from gateway.replies.inbound import InboundReplies, Outcome, _Step
+from gateway.replies.texts import Answer, render
+from gateway.router import Router
+from gateway.scheduler import Entry, Scheduler
+from gateway.store.audit_log import AuditTrail
+from gateway.store.crypto import FieldCipher
+from gateway.store.inbound_parts import StoredInbound
+from gateway.store.store import Store
+
+log = structlog.get_logger("smsgw.replies")
+
+PENDING = "pending"
+
+
+class SharedReplies(InboundReplies):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        router: Router,
+        scheduler: Scheduler,
+        hooks: ClinicalHooks,
+        audit: AuditTrail,
+        db: ClusterClinicalDb,
+        queue: ClusterQueue,
+    ) -> None:
+        # No HL7 interface on a cluster (`[hl7]` is refused): no write-back profiles.
+        super().__init__(config, store, router, scheduler, hooks, {}, audit)
+        self._db = db
+        self._queue = queue
+        self._trail = audit
+        # Noted on the writer thread, acted on after the commit: by inbound id.
+        self._pending: dict[str, StoredInbound] = {}
+        # What a job asked for, for the steps after it in the same transaction.
+        self._asked: dict[str, tuple[Answer, bool]] = {}
+        self._audits: dict[str, tuple[str, dict[str, str | None]]] = {}
+
+    def before_keywords(self, conn: sqlite3.Connection, s: StoredInbound) -> Outcome | None:
+        return None
+
+    def decide(
+        self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
+    ) -> Outcome | None:
+        if not self._settings.enabled or not inbound._left_to_us(consent):
+            return None
+        self._pending[s.id] = s
+        return Outcome("", s.id, None, "", PENDING, PENDING, None, None, None)
+
+    def after(self, o: Outcome) -> Awaitable[None] | None:
+        s = self._pending.pop(o.inbound_id, None)
+        return None if s is None else self._decide_shared(s)
+
+    async def _decide_shared(self, s: StoredInbound) -> None:
+        try:
+            done = await self._in_transaction(s)
+        except Exception as e:  # the inbound text is stored: only the reply is lost
+            log.error("reply_failed", inbound_id=s.id, error=exception_summary(e))
+            return
+        finally:
+            self._asked.pop(s.id, None)
+            audited = self._audits.pop(s.id, None)
+        if done is None:
+            return
+        if audited is not None:
+            row_id, ids = audited
+            await self._trail.record(
+                "patient", "appointment_reply", "appointment_reply", row_id, **ids
+            )
+        inbound._logged(done)
+        if done.answer is not None:
+            self._scheduler.add(done.answer)
+
+    async def _in_transaction(self, s: StoredInbound) -> Outcome | None:
+        async with self._db.pool.connection() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLINICAL_LOCK,))
+                cur = await conn.execute(
+                    "SELECT 1 FROM appointment_replies WHERE inbound_id = %s", (s.id,)
+                )
+                if await cur.fetchone() is not None:
+                    return None  # filed before (the same inbound handed over again)
+                step: list[_Step] = []
+                done = await run_bridged(conn, lambda c: self._job(c, s, step))
+                asked = self._asked.get(s.id)
+                if done is not None and step and asked is not None:
+                    answer, withheld = await self._shared_answer(conn, step[0], *asked)
+                    done = dataclasses.replace(done, answer=answer, withheld=withheld)
+            self._db.committed()
+        return done
+
+    def _job(self, conn: sqlite3.Connection, s: StoredInbound, out: list[_Step]) -> Outcome | None:
+        step = self._step(conn, s)
+        if step is None:
+            return None
+        out.append(step)
+        return self._reply(step)
+
+    def _sealer(self) -> FieldCipher | None:
+        return self._db.cipher
+
+    def _audit_reply(self, step: _Step, row_id: str, ids: dict[str, str | None]) -> None:
+        self._audits[step.inbound.id] = (row_id, ids)
+
+    def _answer(self, step: _Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
+        self._asked[step.inbound.id] = (kind, forced)
+        return None, None  # made in the same transaction by `_shared_answer`
+
+    async def _shared_answer(
+        self, conn: Any, step: _Step, kind: Answer, forced: bool
+    ) -> tuple[Entry | None, str | None]:
+        """The answer SMS in the shared queue, as the cluster's keyword answers are."""
+        s = step.inbound
+        to = Recipient(step.number, step.idx, step.program)
+        if not forced:
+            cur = await conn.execute(
+                ANSWERED_IN_HOUR.replace("?", "%s"), answered_params(to, s.received_at)
+            )
+            (sent,) = await cur.fetchone()
+            if self._answers.limit_reached(int(sent)):
+                return None, "limit"
+        cur = await conn.execute("SELECT language FROM contacts WHERE idx = %s", (to.idx,))
+        found = await cur.fetchone()
+        language = (None if found is None else found[0]) or self._book.default_language
+        body = render(kind, language, self._book.title(step.program))
+        made = self._answers.answer(s, to, body, f"reply:{kind.value}:{step.program}")
+        if made is None:
+            return None, "no_route"
+        message, entry = made
+        await self._queue.insert_within(conn, [message], None)
+        return entry, None

@@ -1,0 +1,54 @@
+"""Issue 18: appointment replies and the worklist on a cluster.
+
+Two gateways on one PostgreSQL (the fixture of `test_appointments_cluster.py`, whose
+SQLite case runs the same steps on one gateway): a "C 1234" received on B confirms
+the appointment booked on A, its answer is queued once, and the reply is listed on
+A; an "R 1234" received on B is on A's worklist, resolved on A, and no longer open
+on B.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.base import InboundSms
+from gateway.app import Gateway
+from gateway.consent.answers import reply_id
+from gateway.errors import ApiError
+from tests.conftest import CANARY_NUMBER
+from tests.pg.test_appointments_cluster import Nodes, nodes  # noqa: F401  # the fixture
+from tests.test_consent_inbound import SHORT_CODE
+
+
+async def _code(nodes: Nodes, gw: Gateway, appointment_id: str) -> str:
+    detail = await gw.usecases.appointments.get(await nodes.staff(gw), appointment_id)
+    return detail.view.record.short_code
+
+
+async def test_a_reply_on_one_node_acts_on_the_appointment_booked_on_the_other(
+    nodes: Nodes,  # noqa: F811
+) -> None:
+    appt = await nodes.book(nodes.a, "ehr-1")
+    code = await _code(nodes, nodes.a, appt)
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"C {code}", SHORT_CODE))
+
+    staff_a = await nodes.staff(nodes.a)
+    detail = await nodes.a.usecases.appointments.get(staff_a, appt)
+    assert (detail.view.record.status, detail.view.record.version) == ("booked", 2)
+    assert detail.view.record.confirmed_via == "sms"
+    [confirmed] = await nodes.a.usecases.replies.of_appointment(staff_a, appt)
+    assert (confirmed.intent, confirmed.outcome, confirmed.state) == ("confirm", "confirmed", "done")
+    assert confirmed.number_masked is not None and confirmed.number_masked.endswith("47")
+    answer = await nodes.a.usecases.messages.get(staff_a, reply_id(confirmed.inbound_id))
+    assert (answer.category, answer.purpose) == ("reply:confirmed:default", "compliance")
+
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"R {code}", SHORT_CODE))
+    [open_reply] = await nodes.a.usecases.replies.listed(staff_a, "open")
+    assert (open_reply.intent, open_reply.outcome) == ("reschedule", "reschedule_requested")
+    resolved = await nodes.a.usecases.replies.resolve(staff_a, open_reply.id, "handled")
+    assert resolved.state == "resolved"
+    staff_b = await nodes.staff(nodes.b)
+    assert await nodes.b.usecases.replies.listed(staff_b, "open") == []
+    with pytest.raises(ApiError) as again:
+        await nodes.b.usecases.replies.resolve(staff_b, open_reply.id, "dismissed")
+    assert again.value.code == "not_open"
