@@ -11,7 +11,8 @@ runs SQLite's own jobs on them).
 - `clinical_notices_one_dose`: at most one live dose notice per schedule and time, the
   backstop behind the top-up's serial job.
 - `appointment_replies`: every reply matched (or not) on any node, the open ones the
-  worklist of every node. SQLite's trigger cancelling the notices of an
+  worklist of every node; its insert marks its quarter for the analytics' recount
+  (`analytics_mark_reply`). SQLite's trigger cancelling the notices of an
   appointment-scoped opt-out is not here: the shared runner skips them when due
   (`notice_runner.py`).
 """
@@ -75,6 +76,17 @@ CREATE TABLE appointment_replies (
 );
 CREATE INDEX appointment_replies_state ON appointment_replies (state, created_at);
 CREATE INDEX appointment_replies_appointment ON appointment_replies (appointment_id);
+-- A reply is filed after its inbound (cluster/replies.py): its quarter is counted again,
+-- so the reply is classified (confirm, cancel) by the analytics (cluster/analytics.py).
+CREATE FUNCTION analytics_mark_reply() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO analytics_dirty (lo, hi)
+        SELECT min(created_at), max(created_at) FROM new_rows HAVING count(*) > 0;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER appointment_replies_analytics AFTER INSERT ON appointment_replies
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION analytics_mark_reply();
 CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
     WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
 """

@@ -4,17 +4,22 @@ Two gateways on one PostgreSQL (the fixture of `test_appointments_cluster.py`, w
 SQLite case runs the same steps on one gateway): a "C 1234" received on B confirms
 the appointment booked on A, its answer is queued once, and the reply is listed on
 A; an "R 1234" received on B is on A's worklist, resolved on A, and no longer open
-on B.
+on B; the analytics count it as a confirmation.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from drivers.base import InboundSms
+from drivers.clock import FakeClock
+from gateway.analytics.usecase import Range
 from gateway.app import Gateway
 from gateway.consent.answers import reply_id
 from gateway.errors import ApiError
+from gateway.intake import SendRequest
 from tests.conftest import CANARY_NUMBER
 from tests.pg.test_appointments_cluster import Nodes, nodes  # noqa: F401  # the fixture
 from tests.test_consent_inbound import SHORT_CODE
@@ -53,3 +58,23 @@ async def test_a_reply_on_one_node_acts_on_the_appointment_booked_on_the_other(
     with pytest.raises(ApiError) as again:
         await nodes.b.usecases.replies.resolve(staff_b, open_reply.id, "dismissed")
     assert again.value.code == "not_open"
+
+
+async def test_the_analytics_classify_a_reply_received_on_the_other_node(
+    nodes: Nodes,  # noqa: F811
+    clock: FakeClock,
+) -> None:
+    appt = await nodes.book(nodes.a, "ehr-1")
+    code = await _code(nodes, nodes.a, appt)
+    staff_a = await nodes.staff(nodes.a)
+    await nodes.a.usecases.messages.accept(
+        staff_a, SendRequest(to=CANARY_NUMBER, body="Your clinic is open")
+    )
+    await nodes.a.scheduler.run_until_idle()  # sent: a reply counts against it
+    clock.advance(60.0)
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"C {code}", SHORT_CODE))
+
+    await nodes.b.analytics.refresh()
+    today = dt.datetime.fromtimestamp(clock.time(), dt.UTC).date()
+    f = await nodes.a.analytics.summary(staff_a, Range(today, today))
+    assert (f["replied_confirm"], f["replied_other"]) == (1, 0)
