@@ -14,9 +14,9 @@ the contact cut; the shared inbound from the number blanked as SQLite's (sender 
 body "", index emptied), its held parts deleted; the shared patients texted at the
 number, their appointments and notices as SQLite's (`erase_patients`: MRN, external
 key, location and provider removed, pending notices cancelled `erased`, every
-notice's variables removed), their medication schedules stopped and forgotten and
-their result events unlinked (`erase_schedules`). The shared `opt_outs` list is kept:
-it holds only the keyed hash and the time.
+notice's variables removed), their medication schedules stopped and forgotten
+(`erase_schedules`), their result events and appointment replies unlinked. The shared
+`opt_outs` list is kept: it holds only the keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -168,10 +168,14 @@ class ClusterErasure:
 def _erase_clinical(
     conn: sqlite3.Connection, c: FieldCipher, person: Person, now: float, n: dict[str, int]
 ) -> None:
-    """The shared patients, appointments, notices, schedules and result events of the
-    number, as SQLite's erasure (`retention/erase.py`)."""
+    """The shared patients, appointments, notices, schedules, result events and replies
+    of the number, as SQLite's erasure (`retention/erase.py`)."""
     _, pids = erase_patients(conn, c, person, now, n, "shared_")
     erase_schedules(conn, person, pids, now, n, "shared_")
     n["shared_clinical_events"] = conn.execute(
         "UPDATE clinical_events SET contact_idx = NULL WHERE contact_idx = ?", (person.index,)
+    ).rowcount
+    n["shared_appointment_replies"] = conn.execute(
+        "UPDATE appointment_replies SET contact_idx = ? WHERE contact_idx = ?",
+        (b"", person.index),
     ).rowcount

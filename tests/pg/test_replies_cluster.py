@@ -4,7 +4,8 @@ Two gateways on one PostgreSQL (the fixture of `test_appointments_cluster.py`, w
 SQLite case runs the same steps on one gateway): a "C 1234" received on B confirms
 the appointment booked on A, its answer is queued once, and the reply is listed on
 A; an "R 1234" received on B is on A's worklist, resolved on A, and no longer open
-on B; the analytics count it as a confirmation.
+on B; an erasure on B unlinks both from the number; the analytics count a reply as
+a confirmation.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ async def test_a_reply_on_one_node_acts_on_the_appointment_booked_on_the_other(
     with pytest.raises(ApiError) as again:
         await nodes.b.usecases.replies.resolve(staff_b, open_reply.id, "dismissed")
     assert again.value.code == "not_open"
+
+    erased = await nodes.b.erasures.erase(CANARY_NUMBER, "console")
+    shared = "" if nodes.kind == "sqlite" else "shared_"
+    assert erased.counts[f"{shared}appointment_replies"] == 2
+    listed = await nodes.a.usecases.replies.listed(staff_a, None)
+    assert [r.number_masked for r in listed] == [None, None]
 
 
 async def test_the_analytics_classify_a_reply_received_on_the_other_node(
