@@ -3,9 +3,10 @@ appointments, filed in the shared `appointment_replies` (every node's worklist).
 
 The sink's keyword step runs on the node's SQLite writer, after the inbound's
 PostgreSQL commit (`consent_inbound.py`). There `decide` only notes the text; the sink
-then awaits `after`, which in one PostgreSQL transaction, under the clinical lock (the
+then awaits `after`, which in one PostgreSQL transaction (under the clinical lock, the
 one every clinical write takes, so a confirmation and a move of the same appointment
-take turns): matches the reply, confirms (or cancels, with `[replies]
+take turns; ordinary conversation, no intent and no reminded appointment, takes no
+lock and files nothing): matches the reply, confirms (or cancels, with `[replies]
 cancel_on_reply`) the appointment through the state machine (the planner re-plans its
 shared notices), files the reply's row and outbox event, and inserts the answer SMS
 into the shared queue under the inbound's `reply_id` (within the consent auto-reply
@@ -33,8 +34,9 @@ from gateway.config import Config
 from gateway.consent.answers import ANSWERED_IN_HOUR, Recipient, answered_params
 from gateway.consent.inbound import Handled
 from gateway.logs import exception_summary
-from gateway.replies import inbound
+from gateway.replies import inbound, matching
 from gateway.replies.inbound import InboundReplies, Outcome, _Step
+from gateway.replies.intents import parse
 from gateway.replies.texts import Answer, render
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
@@ -109,7 +111,6 @@ class SharedReplies(InboundReplies):
     async def _in_transaction(self, s: StoredInbound) -> Outcome | None:
         async with self._db.pool.connection() as conn:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLINICAL_LOCK,))
                 cur = await conn.execute(
                     "SELECT 1 FROM appointment_replies WHERE inbound_id = %s", (s.id,)
                 )
@@ -129,6 +130,10 @@ class SharedReplies(InboundReplies):
         if step is None:
             return None
         out.append(step)
+        now = s.received_at
+        if parse(s.body) is None and matching.latest_reminded(conn, step.idx, now) is None:
+            return None  # ordinary conversation: nothing to file, and no lock taken for it
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (CLINICAL_LOCK,))
         return self._reply(step)
 
     def _sealer(self) -> FieldCipher | None:
