@@ -35,7 +35,7 @@ from gateway.consent.answers import ANSWERED_IN_HOUR, Recipient, answered_params
 from gateway.consent.inbound import Handled
 from gateway.logs import exception_summary
 from gateway.replies import inbound, matching
-from gateway.replies.inbound import InboundReplies, Outcome, _Step
+from gateway.replies.inbound import InboundReplies, Outcome, Step
 from gateway.replies.intents import parse
 from gateway.replies.texts import Answer, render
 from gateway.router import Router
@@ -79,7 +79,7 @@ class SharedReplies(InboundReplies):
     def decide(
         self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
     ) -> Outcome | None:
-        if not self._settings.enabled or not inbound._left_to_us(consent):
+        if not self._settings.enabled or not inbound.left_to_us(consent):
             return None
         self._pending[s.id] = s
         return Outcome("", s.id, None, "", PENDING, PENDING, None, None, None)
@@ -104,7 +104,7 @@ class SharedReplies(InboundReplies):
             await self._trail.record(
                 "patient", "appointment_reply", "appointment_reply", row_id, **ids
             )
-        inbound._logged(done)
+        inbound.log_outcome(done)
         if done.answer is not None:
             self._scheduler.add(done.answer)
 
@@ -116,7 +116,7 @@ class SharedReplies(InboundReplies):
                 )
                 if await cur.fetchone() is not None:
                     return None  # filed before (the same inbound handed over again)
-                step: list[_Step] = []
+                step: list[Step] = []
                 done = await run_bridged(conn, lambda c: self._job(c, s, step))
                 asked = self._asked.get(s.id)
                 if done is not None and step and asked is not None:
@@ -125,7 +125,7 @@ class SharedReplies(InboundReplies):
             self._db.committed()
         return done
 
-    def _job(self, conn: sqlite3.Connection, s: StoredInbound, out: list[_Step]) -> Outcome | None:
+    def _job(self, conn: sqlite3.Connection, s: StoredInbound, out: list[Step]) -> Outcome | None:
         step = self._step(conn, s)
         if step is None:
             return None
@@ -139,15 +139,15 @@ class SharedReplies(InboundReplies):
     def _sealer(self) -> FieldCipher | None:
         return self._db.cipher
 
-    def _audit_reply(self, step: _Step, row_id: str, ids: dict[str, str | None]) -> None:
+    def _audit_reply(self, step: Step, row_id: str, ids: dict[str, str | None]) -> None:
         self._audits[step.inbound.id] = (row_id, ids)
 
-    def _answer(self, step: _Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
+    def _answer(self, step: Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
         self._asked[step.inbound.id] = (kind, forced)
         return None, None  # made in the same transaction by `_shared_answer`
 
     async def _shared_answer(
-        self, conn: Any, step: _Step, kind: Answer, forced: bool
+        self, conn: Any, step: Step, kind: Answer, forced: bool
     ) -> tuple[Entry | None, str | None]:
         """The answer SMS in the shared queue, as the cluster's keyword answers are."""
         s = step.inbound
