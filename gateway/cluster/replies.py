@@ -41,7 +41,7 @@ from gateway.replies.texts import Answer, render
 from gateway.router import Router
 from gateway.scheduler import Entry, Scheduler
 from gateway.store.audit_log import AuditTrail
-from gateway.store.crypto import FieldCipher
+from gateway.store.crypto import DecryptError, FieldCipher
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import Store
 
@@ -90,7 +90,12 @@ class SharedReplies(InboundReplies):
 
     async def _decide_shared(self, s: StoredInbound) -> None:
         try:
-            done = await self._in_transaction(s)
+            try:
+                done = await self._in_transaction(s)
+            except DecryptError:  # rolled back; sealed by a rotation this node has not seen?
+                if not await self._db.took_up_keys():
+                    raise
+                done = await self._in_transaction(s)
         except Exception as e:  # the inbound text is stored: only the reply is lost
             log.error("reply_failed", inbound_id=s.id, error=exception_summary(e))
             return
