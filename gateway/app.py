@@ -191,12 +191,12 @@ class Gateway(UseCaseWiring):
         shared_tokens = None if node is None else node.tokens
         tokens = TokenCache(store, clock, config.http.token_cache_seconds, shared_tokens)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
+        shared_keywords = None
         if node is not None and intake.policy.enabled:  # one consent list for the nodes
             from gateway.cluster.consent_wiring import wire_consent
 
-            sink.answer_keywords(
-                wire_consent(node, config, store, router, scheduler, intake.policy)
-            )
+            shared_keywords = wire_consent(node, config, store, router, scheduler, intake.policy)
+            sink.answer_keywords(shared_keywords)
         else:
             sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
@@ -233,11 +233,24 @@ class Gateway(UseCaseWiring):
             replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
         else:  # matched against the shared appointments, filed for every node
             from gateway.cluster.clinical_db import ClusterClinicalDb
+            from gateway.cluster.consent_wiring import shared_withdrawal
             from gateway.cluster.replies import SharedReplies
 
             db = gateway.clinical_db
             assert isinstance(db, ClusterClinicalDb)
-            replies = SharedReplies(config, store, router, scheduler, hooks, audit, db, node.queue)
+            replies = SharedReplies(
+                config,
+                store,
+                router,
+                scheduler,
+                hooks,
+                audit,
+                db,
+                node.queue,
+                node_id=config.cluster.node_id,
+                withdrawal=shared_withdrawal(node, config),
+                keywords=shared_keywords,
+            )
         sink.answer_replies(replies)
         if node is None:  # on a cluster surveys are refused (cluster/local_only.py)
             sink.answer_surveys(gateway.survey_answers)  # i15-surveys

@@ -22,8 +22,9 @@ from gateway.consent.answers import reply_id
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
 from tests.conftest import CANARY_NUMBER
-from tests.pg.test_appointments_cluster import Nodes, nodes  # noqa: F401  # the fixture
+from tests.pg.test_appointments_cluster import H, Nodes, nodes  # noqa: F401  # the fixture
 from tests.test_consent_inbound import SHORT_CODE
+from tests.test_consent_policy import caller
 
 
 async def _code(pair: Nodes, gw: Gateway, appointment_id: str) -> str:
@@ -85,3 +86,32 @@ async def test_the_analytics_classify_a_reply_received_on_the_other_node(
     today = dt.datetime.fromtimestamp(clock.time(), dt.UTC).date()
     f = await nodes.a.analytics.summary(staff_a, Range(today, today))
     assert (f["replied_confirm"], f["replied_other"]) == (1, 0)
+
+
+async def test_stop_with_a_code_on_one_node_stops_that_appointments_texts_only(
+    nodes: Nodes,  # noqa: F811
+    clock: FakeClock,
+) -> None:
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    code = await _code(nodes, nodes.a, appt)
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, "STOP 9999", SHORT_CODE))
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"STOP {code}", SHORT_CODE))
+
+    staff_a = await nodes.staff(nodes.a)
+    phi = await caller(nodes.a, "admin", "read", "consent", "phi")
+    looked = await nodes.a.usecases.consent.lookup(phi, CANARY_NUMBER)
+    assert [(h.decision, h.scope) for h in looked.history] == [
+        ("opt_out", f"appointment:{appt}")
+    ]
+    # The unknown code was the keywords' business: a look-alike of STOP for staff.
+    assert [r.reason for r in await nodes.a.usecases.consent.reviews(staff_a)] == ["ambiguous"]
+    [stopped] = await nodes.a.usecases.replies.of_appointment(staff_a, appt)
+    assert (stopped.intent, stopped.outcome, stopped.by_code) == ("stop", "opted_out", True)
+    answer = await nodes.a.usecases.messages.get(staff_a, reply_id(stopped.inbound_id))
+    assert answer.category == "reply:opted_out:default"
+
+    clock.advance(24 * H)  # the reminder is due: withdrawn (SQLite) or skipped (cluster)
+    await nodes.a.notice_runner(nodes.a.renderer).run_once()
+    [reminder] = await nodes.notices(nodes.b, appt)
+    assert (reminder.reason, reminder.message_id) == ("opted_out", None)
