@@ -101,9 +101,7 @@ async def test_stop_with_a_code_on_one_node_stops_that_appointments_texts_only(
     staff_a = await nodes.staff(nodes.a)
     phi = await caller(nodes.a, "admin", "read", "consent", "phi")
     looked = await nodes.a.usecases.consent.lookup(phi, CANARY_NUMBER)
-    assert [(h.decision, h.scope) for h in looked.history] == [
-        ("opt_out", f"appointment:{appt}")
-    ]
+    assert [(h.decision, h.scope) for h in looked.history] == [("opt_out", f"appointment:{appt}")]
     # The unknown code was the keywords' business: a look-alike of STOP for staff.
     assert [r.reason for r in await nodes.a.usecases.consent.reviews(staff_a)] == ["ambiguous"]
     [stopped] = await nodes.a.usecases.replies.of_appointment(staff_a, appt)
