@@ -175,6 +175,7 @@ class UseCaseWiring:
                 queue.cipher,
                 self.usecases.messages,
                 self.config.cluster.node_id,
+                self.templates.renderer,
                 horizon=horizon,
             )
         return CampaignRunner(
@@ -203,6 +204,7 @@ class UseCaseWiring:
             allow_drug_names=self.config.templates.allow_drug_names,
             wake=self.campaign_runner.wake,
             backend=self._shared_campaigns(),
+            templates=self.templates.source if self.cluster is not None else None,
         )
 
     def _shared_campaigns(self) -> CampaignStore | None:
