@@ -64,6 +64,7 @@ log = structlog.get_logger("smsgw.surveys")
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _OPT_OUTS = (Action.OPT_OUT, Action.OPT_OUT_ALL, Action.REVOCATION)
+_OPEN_FOR = "SELECT 1 FROM survey_sessions WHERE contact_idx = ? AND state = 'open'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ class InboundSurveys:
     def decide(
         self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
     ) -> Outcome | None:
-        number = s.sender if _E164.fullmatch(s.sender) else normalise_number(s.sender, self._region)
+        number = self.number_of(s)
         if number is None:
             return None
         idx = self._store.blind_index(number)
@@ -116,6 +117,16 @@ class InboundSurveys:
             return None
         conn.execute("RELEASE surveys")
         return outcome
+
+    def number_of(self, s: StoredInbound) -> str | None:
+        """The sender as a number, or None (an alphanumeric sender answers nothing)."""
+        if _E164.fullmatch(s.sender):
+            return s.sender
+        return normalise_number(s.sender, self._region)
+
+    def index_of(self, s: StoredInbound) -> bytes | None:
+        number = self.number_of(s)
+        return None if number is None else self._store.blind_index(number)
 
     def _decide(
         self,
@@ -232,6 +243,7 @@ class Noted:
 
     inbound: StoredInbound
     consent: Handled | None
+    idx: bytes
     took: bool = False  # not known before the shared decision: the replies still see it
 
 
@@ -245,9 +257,13 @@ class SharedInboundSurveys:
     def decide(
         self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
     ) -> Noted | None:
-        return Noted(s, consent)
+        idx = self._local.index_of(s)
+        return None if idx is None else Noted(s, consent, idx)
 
     async def after(self, noted: Noted) -> None:
+        # Most texts answer no survey: a plain read spares them the clinical lock.
+        if await self._db.one(_OPEN_FOR, (noted.idx,)) is None:
+            return
         try:
             outcome = await self._db.run(
                 lambda conn: self._local.decide(conn, noted.inbound, noted.consent)

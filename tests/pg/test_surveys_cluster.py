@@ -24,7 +24,7 @@ from gateway.store import crypto
 from gateway.store.store import Store
 from gateway.surveys.usecase import Target
 from tests.pg.test_consent_cluster import _cluster_config
-from tests.survey_rows import ADMIN, WHO, make_survey
+from tests.survey_rows import ADMIN, OTHER, WHO, make_survey
 from tests.test_consent_inbound import SHORT_CODE
 
 
@@ -119,3 +119,16 @@ async def test_a_survey_sent_from_one_node_is_answered_through_the_other(
     await a.sink.inbound("main", InboundSms(WHO, "9", SHORT_CODE))  # late: no answer
     assert len(await _rows(a, "SELECT 1 FROM survey_answers")) == 1
     assert len(await _asked(a)) == 2
+
+
+async def test_a_stop_received_on_one_node_ends_the_survey_started_on_the_other(
+    pair: list[Gateway], clock: FakeClock
+) -> None:
+    a, b = pair
+    sent = await a.surveys.send(ADMIN, await make_survey(a), Target(to=OTHER))
+    assert sent.session_id is not None
+    clock.advance(5)
+    await b.sink.inbound("main", InboundSms(OTHER, "STOP", SHORT_CODE))
+    assert await _session(a, sent.session_id) == ("stopped", 0)
+    assert await _rows(a, "SELECT 1 FROM survey_answers") == []
+    assert len(await _asked(a, OTHER)) == 1  # the first question only
