@@ -231,8 +231,7 @@ class Gateway(UseCaseWiring):
         if node is not None:
             node.register_metrics(metrics.registry)
         gateway.planner.install(gateway.clinical_hooks)
-        if node is None:  # on a cluster surveys are refused (cluster/local_only.py)
-            sink.answer_surveys(gateway.survey_answers)  # i15-surveys
+        sink.answer_surveys(gateway.survey_answers)  # i15-surveys (shared on a cluster)
         gateway.renderer = gateway.templates.renderer
         return gateway
 
@@ -283,7 +282,7 @@ class Gateway(UseCaseWiring):
                 # On a cluster these features are refused (cluster/local_only.py): their
                 # loops would only work over the node's own leftovers.
                 self._spawn(self.medications.run_top_up())
-                self._spawn(self.survey_timeouts.run())  # i15-surveys
+            self._spawn(self.survey_timeouts.run())  # i15-surveys (the shared sessions)
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:

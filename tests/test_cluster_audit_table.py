@@ -20,6 +20,7 @@ SHARED_API = (
     # the clinical and campaign ports (cluster migrations 17 and 18)
     "/api/v1/appointments", "/api/v1/templates", "/api/v1/reminder-rules",
     "/api/v1/groups", "/api/v1/audiences", "/api/v1/campaigns",
+    "/api/v1/surveys",  # cluster migration 22
 )  # fmt: skip
 PER_NODE_API = ("/api/v1/routes", "/api/v1/inbound/undecodable", "/api/v1/demo/")
 
@@ -31,6 +32,7 @@ SHARED_PANEL = {
     "gateway.admin.views_appointments", "gateway.admin.views_templates",
     "gateway.admin.views_reminders", "gateway.admin.views_contacts",
     "gateway.admin.views_groups", "gateway.admin.views_campaigns",
+    "gateway.admin.views_surveys",
 }  # fmt: skip
 
 

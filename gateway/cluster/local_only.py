@@ -32,11 +32,6 @@ class LocalFeature:
 
 LOCAL_FEATURES: tuple[LocalFeature, ...] = (
     LocalFeature(
-        "SMS surveys",
-        ("/api/v1/surveys",),
-        ("gateway.admin.views_surveys",),
-    ),
-    LocalFeature(
         "HL7 message log",
         ("/api/v1/hl7/",),
         ("gateway.admin.views_hl7",),

@@ -106,8 +106,6 @@ async def nodes(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[
 
 
 LOCAL_ONLY_API = (
-    ("GET", "/api/v1/surveys"),
-    ("POST", "/api/v1/surveys"),
     ("GET", "/api/v1/hl7/messages"),
     ("GET", "/api/v1/hl7/interfaces"),
     ("POST", "/api/v1/medications"),
@@ -115,7 +113,7 @@ LOCAL_ONLY_API = (
     ("POST", "/api/v1/events/results-available"),
     ("GET", "/api/v1/replies"),
 )
-LOCAL_ONLY_PAGES = ("/surveys", "/hl7", "/worklist")
+LOCAL_ONLY_PAGES = ("/hl7", "/worklist")
 
 
 async def test_node_local_features_are_refused_and_break_glass_counts_every_node(
@@ -130,7 +128,8 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         await _error(r, 401, "unauthenticated")
 
     document = await (await b.api.get("/api/v1/openapi.json")).json()
-    assert "501" in document["paths"]["/api/v1/surveys"]["get"]["responses"]
+    assert "501" in document["paths"]["/api/v1/replies"]["get"]["responses"]
+    assert "501" not in document["paths"]["/api/v1/surveys"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/links"]["get"]["responses"]
 
     await a.panel.add_user("olga", Role.OPERATOR)
