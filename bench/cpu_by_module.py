@@ -27,11 +27,11 @@ def module_of(filename: str, function: str) -> str:
         return f"C: {function.strip('<>').removeprefix('built-in method ')}"
     path = Path(filename)
     parts = path.parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
     for top in OURS:
         if top in parts:
             return "/".join(parts[parts.index(top) :])
-    if "site-packages" in parts:
-        return parts[parts.index("site-packages") + 1].removesuffix(".py")
     if "lib" in parts and len(parts) > parts.index("lib") + 2:
         after = parts[parts.index("lib") + 2 :]  # lib/python3.11/<module or package>
         return after[0].removesuffix(".py")
