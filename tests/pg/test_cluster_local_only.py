@@ -108,14 +108,13 @@ async def nodes(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[
 LOCAL_ONLY_API = (
     ("GET", "/api/v1/surveys"),
     ("POST", "/api/v1/surveys"),
-    ("GET", "/api/v1/hl7/messages"),
-    ("GET", "/api/v1/hl7/interfaces"),
+    ("GET", "/api/v1/hl7/outbound"),
     ("POST", "/api/v1/medications"),
     ("GET", "/api/v1/medications"),
     ("POST", "/api/v1/events/results-available"),
     ("GET", "/api/v1/replies"),
 )
-LOCAL_ONLY_PAGES = ("/surveys", "/hl7", "/worklist")
+LOCAL_ONLY_PAGES = ("/surveys", "/worklist")
 
 
 async def test_node_local_features_are_refused_and_break_glass_counts_every_node(
