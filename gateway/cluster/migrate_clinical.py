@@ -5,7 +5,8 @@ Patients, appointments and their trail, the timed notices, reminder rules,
 templates and the HL7 message log (cluster migration 20) are copied as they are (ids,
 ciphertexts and versions kept; a notice of a part not on the cluster backend, results
 or medication, is copied too and skipped by the shared runner, `not_on_cluster`). The
-appointments' trail keeps its seqs, and its numbering goes on after them (`migrate_copy.set_sequences`).
+appointments' trail keeps its seqs, and its numbering goes on after them
+(`migrate_copy.set_sequences`).
 """
 
 from __future__ import annotations
