@@ -34,7 +34,8 @@ from gateway.usecases import Caller
 from tests.appointment_rig import siu
 from tests.conftest import LOOPBACK_TEST, GatewayFactory
 from tests.hl7_rig import Peer, err3, msa
-from tests.pg.test_appointments_cluster import APPOINTMENTS, CONSENT
+from tests.pg.migrate_source import init
+from tests.pg.test_appointments_cluster import APPOINTMENTS, CONSENT, _migrate
 from tests.test_consent_policy import caller
 
 H = 3600.0
@@ -189,6 +190,50 @@ async def test_what_cannot_be_mapped_is_quarantined_ae_and_a_refused_header_ar(
         oru = _control(good.replace("SIU^S12^SIU_S12", "ORU^R01^ORU_R01", 1), "O")
         [answer] = await nodes.send(nodes.b, oru)
         assert msa(answer)[0] == "AE" and err3(answer) == "200"
+
+
+async def test_store_migrate_carries_the_hl7_log_and_its_dedupe_to_the_cluster(
+    tmp_path: Path, clock: FakeClock, pg_dsn: str
+) -> None:
+    """`smsgw store migrate` copies `hl7_messages` (ids and ciphertexts kept, verified
+    by a decrypted sample): the cluster node lists it, opens it, and answers its resend
+    as a duplicate instead of booking twice."""
+    source = await asyncio.to_thread(init, tmp_path / "one")  # `smsgw init` runs its own loop
+    config = from_mapping(
+        {
+            "data_dir": str(source.data_dir),
+            "routes": [{"name": "main", "type": "loopback", **LOOPBACK_TEST}],
+            "consent": CONSENT,
+            "appointments": APPOINTMENTS,
+            "hl7": HL7,
+            "source": str(source.data_dir / "smsgw.toml"),
+        }
+    )
+    one = await Gateway.open(config, clock)
+    await one.start(dispatch=False)
+    now = clock.time()
+    text = siu("S12", key="A4", sent=now, start=now + 26 * H)
+    try:
+        [ack] = await Nodes("sqlite", one, one).send(one, text)
+    finally:
+        await one.stop()
+    assert await asyncio.to_thread(_migrate, source.conf, pg_dsn) == 0
+
+    shutil.copytree(source.data_dir, tmp_path / "gw1")  # the same keyring
+    node = await Gateway.open(_cluster_config(tmp_path / "gw1", "gw1", pg_dsn), clock)
+    await node.start(dispatch=False)
+    try:
+        nodes = Nodes("postgresql", node, node)
+        assert await nodes.send(node, text) == [ack]
+        [logged] = await nodes.log(node)
+        assert (logged.state, logged.duplicates) == ("mapped", 1)
+        assert node.hl7 is not None
+        raw = await node.hl7.raw(logged.id, await caller(node, "read", "phi"))
+        assert raw is not None and "SIU^S12" in raw
+        staff = await nodes.staff(node)
+        assert len(await node.usecases.appointments.search(staff, Search())) == 1
+    finally:
+        await node.stop()
 
 
 def _control(text: str, control_id: str) -> str:
