@@ -145,8 +145,17 @@ async def test_an_s12_sent_to_a_books_on_b_with_its_reminder_and_b_logs_it(
     assert nodes.b.hl7 is not None
     [summary] = await nodes.b.hl7.interfaces()
     assert summary.counters["mapped"] == 1
-    raw = await nodes.b.hl7.raw(logged.id, await caller(nodes.b, "read", "phi"))
+    phi = await caller(nodes.b, "read", "phi")
+    raw = await nodes.b.hl7.raw(logged.id, phi)
     assert raw is not None and "SIU^S12" in raw  # sealed by A, opened by B
+
+    clock.advance(91 * 86400.0)  # past `retention.body_days`: the text goes, the row stays
+    outcome = await nodes.b.retention.run("console")
+    step = "hl7_messages" if nodes.kind == "sqlite" else "shared_hl7_messages"
+    assert outcome.removed[step] == 1
+    assert nodes.a.hl7 is not None
+    assert await nodes.a.hl7.raw(logged.id, phi) == ""
+    assert [m.id for m in await nodes.log(nodes.a)] == [logged.id]
 
 
 async def test_one_control_id_sent_to_both_nodes_at_once_is_mapped_once(
