@@ -6,8 +6,10 @@ and "both nodes" are two connections to its listener): an SIU^S12 sent to node A
 books an appointment read on node B, its reminder planned in the shared notices, and
 B's HL7 log lists what A received; the same message (one control id) sent to A and B
 at once is mapped once, the second answered with the stored ACK and counted as a
-duplicate; a message that cannot be mapped is quarantined and answered AE, one with
-a header the gateway refuses is stored rejected and answered AR, as on SQLite.
+duplicate (an erasure on B then blanks its text for A); a message that cannot be
+mapped is quarantined and answered AE, one with a header the gateway refuses is stored
+rejected and answered AR, as on SQLite. The log's texts go after their retention
+period, and `smsgw store migrate` carries the log (and so its dedupe) to the cluster.
 """
 
 from __future__ import annotations
@@ -172,6 +174,13 @@ async def test_one_control_id_sent_to_both_nodes_at_once_is_mapped_once(
     assert [e.event for e in detail.events] == ["booked"]
     [logged] = await nodes.log(nodes.b)
     assert (logged.state, logged.duplicates) == ("mapped", 1)
+
+    # Erasing the patient's number on B blanks the stored text that names it, A reads.
+    erased = await nodes.b.erasures.erase("+12025550123", "console")
+    shared = "" if nodes.kind == "sqlite" else "shared_"
+    assert erased.counts[f"{shared}hl7_messages"] == 1
+    assert nodes.a.hl7 is not None
+    assert await nodes.a.hl7.raw(logged.id, await caller(nodes.a, "read", "phi")) == ""
 
 
 async def test_what_cannot_be_mapped_is_quarantined_ae_and_a_refused_header_ar(
