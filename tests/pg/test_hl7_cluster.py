@@ -26,11 +26,13 @@ import pytest
 from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.appointments.queries import Search
+from gateway.cluster import keyring
 from gateway.config import from_mapping
 from gateway.hl7 import framing
 from gateway.hl7.messages_sql import Listed
 from gateway.reminders.rules import RuleSpec
 from gateway.store import crypto
+from gateway.store.crypto import header_generation
 from gateway.store.store import Store
 from gateway.usecases import Caller
 from tests.appointment_rig import siu
@@ -150,6 +152,14 @@ async def test_an_s12_sent_to_a_books_on_b_with_its_reminder_and_b_logs_it(
     phi = await caller(nodes.b, "read", "phi")
     raw = await nodes.b.hl7.raw(logged.id, phi)
     assert raw is not None and "SIU^S12" in raw  # sealed by A, opened by B
+    if nodes.a.cluster is not None and nodes.b.cluster is not None:
+        # A rotation re-encrypts the log too; B takes the new generation up at its read.
+        async with nodes.a.cluster.queue.pool.connection() as conn:
+            generation, _ = await keyring.rotate(conn, nodes.a.store.master_key)
+            cur = await conn.execute("SELECT raw_ct FROM hl7_messages")
+            assert [header_generation(r[0]) for r in await cur.fetchall()] == [generation]
+        assert generation not in nodes.b.cluster.queue.cipher.generations
+        assert await nodes.b.hl7.raw(logged.id, phi) == raw
 
     clock.advance(91 * 86400.0)  # past `retention.body_days`: the text goes, the row stays
     outcome = await nodes.b.retention.run("console")
