@@ -198,14 +198,18 @@ async def test_what_cannot_be_mapped_is_quarantined_ae_and_a_refused_header_ar(
 ) -> None:
     now = clock.time()
     good = siu("S12", key="A3", sent=now, start=now + 26 * H)
-    no_patient = _control("\r".join(s for s in good.split("\r") if not s.startswith("PID")), "Q")
+    # An S14 for an unknown key without a PID: mapped, then refused by the state machine
+    # inside the job (its savepoint rolled back, the message row kept).
+    modify = siu("S14", key="A5", sent=now, start=now + 26 * H)
+    no_patient = _control("\r".join(s for s in modify.split("\r") if not s.startswith("PID")), "Q")
     bad_version = _control(good.replace("|P|2.5.1", "|P|9.9", 1), "R")
     quarantined, rejected = await nodes.send(nodes.a, no_patient, bad_version)
     assert msa(quarantined)[0] == "AE" and msa(rejected)[0] == "AR"
     assert err3(rejected) == "203"  # unsupported version id
 
     [q] = await nodes.log(nodes.b, "quarantined")
-    assert q.error_code is not None and q.error_location is not None
+    assert (q.error_code, q.error_location) == (101, "PID")
+    assert q.error_text == "a new appointment needs its patient (PID)"
     [r] = await nodes.log(nodes.b, "rejected")
     assert r.error_code == 203
     assert nodes.b.hl7 is not None
