@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster.migrate_copy import TableCopy
+from gateway.cluster.migrate_samples import sample_column
 from gateway.store import crypto
 
 COPIES = (
@@ -52,38 +53,10 @@ async def check_samples(
     lines: list[str] = []
     problems: list[str] = []
     for table, column, aad in SAMPLED:
-        rows = src.execute(
-            f"SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
-            " ORDER BY random() LIMIT ?",
-            (sample,),
-        ).fetchall()
-        bad = 0
-        for row_id, mine in rows:
-            cur = await conn.execute(
-                f"SELECT {column} FROM {table} WHERE id = %s".encode(),  # noqa: S608 - fixed names
-                (row_id,),
-            )
-            theirs = await cur.fetchone()
-            if not _same(source, target, mine, theirs, str(row_id), aad):
-                bad += 1
-                if bad <= 3:
-                    problems.append(f"{table}.{column} of {row_id} differs")
-        line = f"{table}.{column}: {len(rows) - bad} of {len(rows)} sampled decrypt the same"
-        (lines if bad == 0 else problems).append(line)
+        line, wrong = await sample_column(
+            src, conn, (source, target), sample, table, "id", column, aad
+        )
+        problems.extend(wrong)
+        if not wrong:
+            lines.append(line)
     return lines, problems
-
-
-def _same(
-    source: crypto.FieldCipher,
-    target: crypto.FieldCipher,
-    mine: bytes,
-    theirs: tuple[object, ...] | None,
-    row_id: str,
-    aad: str,
-) -> bool:
-    if theirs is None or not isinstance(theirs[0], bytes | bytearray | memoryview):
-        return False
-    try:
-        return source.decrypt(mine, row_id, aad) == target.decrypt(bytes(theirs[0]), row_id, aad)
-    except crypto.DecryptError:
-        return False

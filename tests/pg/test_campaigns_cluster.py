@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,12 @@ from gateway.cluster.lease import Pool
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import Options
 from gateway.errors import ApiError
-from gateway.store import crypto
-from gateway.store.store import Store
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from tests.campaign_rows import numbers
 from tests.pg.test_claims import plan_nodes
 from tests.pg.test_consent_cluster import _cluster_config
+from tests.pg.two_nodes import in_process_nodes
 from tests.test_consent_inbound import SHORT_CODE
 
 STAFF = Caller.for_panel_user("user:staff", reads_phi=True, acts=True)
@@ -46,27 +44,10 @@ TEXT = "Flu shots at the clinic this week."
 @pytest.fixture
 async def pair(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[list[Gateway]]:
     """Two nodes (dispatch off: the passes are called, nothing is sent)."""
-    opened: list[Gateway] = []
-    first = tmp_path / "gw1"
-    try:
-        for name in ("gw1", "gw2"):
-            if name == "gw1":
-                config = _cluster_config(first, name, pg_dsn)
-                crypto.generate_master_key(config.master_key_path)
-                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
-                await store.open()
-                await store.close()
-            else:  # one keyring for every node: the first's data directory copied
-                shutil.copytree(first, tmp_path / name)
-                config = _cluster_config(tmp_path / name, name, pg_dsn)
-            gw = await Gateway.open(config, clock)
-            opened.append(gw)
-            await gw.start(dispatch=False)
+    async with in_process_nodes(
+        tmp_path, clock, lambda data, name: _cluster_config(data, name, pg_dsn)
+    ) as opened:
         yield opened
-    finally:
-        for gw in opened:
-            if not gw.stopped:
-                await gw.stop()
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
