@@ -15,6 +15,7 @@ period, and `smsgw store migrate` carries the log (and so its dedupe) to the clu
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,15 +32,14 @@ from gateway.config import from_mapping
 from gateway.hl7 import framing
 from gateway.hl7.messages_sql import Listed
 from gateway.reminders.rules import RuleSpec
-from gateway.store import crypto
 from gateway.store.crypto import header_generation
-from gateway.store.store import Store
 from gateway.usecases import Caller
 from tests.appointment_rig import siu
 from tests.conftest import LOOPBACK_TEST, GatewayFactory
 from tests.hl7_rig import Peer, err3, msa
 from tests.pg.migrate_source import init
 from tests.pg.test_appointments_cluster import APPOINTMENTS, CONSENT, _migrate
+from tests.pg.two_nodes import in_process_nodes
 from tests.test_consent_policy import caller
 
 H = 3600.0
@@ -70,7 +70,7 @@ class Nodes:
         return await gw.hl7.messages(state, "ehr")
 
 
-def _cluster_config(data: Path, name: str, dsn: str) -> Any:
+def _cluster_config(data: Path, name: str, *, dsn: str) -> Any:
     data.mkdir(exist_ok=True)
     return from_mapping(
         {
@@ -99,27 +99,9 @@ async def nodes(
         yield Nodes("sqlite", gw, gw)
         return
     dsn: str = request.getfixturevalue("migrated_dsn")
-    opened: list[Gateway] = []
-    first = tmp_path / "gw1"
-    try:
-        for name in ("gw1", "gw2"):
-            if name == "gw1":
-                config = _cluster_config(first, name, dsn)
-                crypto.generate_master_key(config.master_key_path)
-                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
-                await store.open()
-                await store.close()
-            else:  # one keyring for every node: the first's data directory copied
-                shutil.copytree(first, tmp_path / name)
-                config = _cluster_config(tmp_path / name, name, dsn)
-            gw = await Gateway.open(config, clock)
-            opened.append(gw)
-            await gw.start(dispatch=False)
-        yield Nodes("postgresql", opened[0], opened[1])
-    finally:
-        for gw in opened:
-            if not gw.stopped:
-                await gw.stop()
+    config_of = functools.partial(_cluster_config, dsn=dsn)
+    async with in_process_nodes(tmp_path, clock, config_of) as (a, b):
+        yield Nodes("postgresql", a, b)
 
 
 async def test_an_s12_sent_to_a_books_on_b_with_its_reminder_and_b_logs_it(
@@ -252,7 +234,7 @@ async def test_store_migrate_carries_the_hl7_log_and_its_dedupe_to_the_cluster(
     assert await asyncio.to_thread(_migrate, source.conf, pg_dsn) == 0
 
     shutil.copytree(source.data_dir, tmp_path / "gw1")  # the same keyring
-    node = await Gateway.open(_cluster_config(tmp_path / "gw1", "gw1", pg_dsn), clock)
+    node = await Gateway.open(_cluster_config(tmp_path / "gw1", "gw1", dsn=pg_dsn), clock)
     await node.start(dispatch=False)
     try:
         nodes = Nodes("postgresql", node, node)
