@@ -290,7 +290,9 @@ class Gateway(UseCaseWiring):
             self._spawn(self.campaign_runner.run())  # i15-campaigns
 
     async def _start_hl7(self, *, dispatch: bool) -> None:
-        self.hl7 = Hl7Service(self.config, self.store, self.clock, self.clinical_hooks, self.audit)
+        self.hl7 = Hl7Service(
+            self.config, self.store, self.clock, self.clinical_hooks, self.audit, self.clinical_db
+        )
         try:
             await self.hl7.start(dispatch=dispatch)
         except OSError as e:  # the listen address is taken or not ours
@@ -303,6 +305,7 @@ class Gateway(UseCaseWiring):
                     self.clock,
                     self.clinical_hooks,
                     self.audit,
+                    self.clinical_db,
                 )
                 return
             raise StartupFault(

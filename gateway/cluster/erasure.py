@@ -14,8 +14,9 @@ the contact cut; the shared inbound from the number blanked as SQLite's (sender 
 body "", index emptied), its held parts deleted; the shared patients texted at the
 number, their appointments and notices as SQLite's (`erase_patients`: MRN, external
 key, location and provider removed, pending notices cancelled `erased`, every
-notice's variables removed). The shared `opt_outs` list is kept: it holds only the
-keyed hash and the time.
+notice's variables removed) and the shared HL7 log's texts naming the number or one
+of their MRNs (`erase_hl7`: text "" sealed, `erased_at` set). The shared `opt_outs`
+list is kept: it holds only the keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -25,6 +26,7 @@ finds the suppression entry in force and nothing left to erase.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable
 
 from gateway.cluster import queue_sql
@@ -36,7 +38,7 @@ from gateway.cluster.nodes import Incarnation
 from gateway.consent import ledger
 from gateway.consent.purposes import SCOPE_ALL
 from gateway.models import State
-from gateway.retention.erase import Erased, Person, erase_patients
+from gateway.retention.erase import Erased, Person, erase_hl7, erase_patients
 from gateway.retention.sweep import blank
 from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import Transition
@@ -132,10 +134,19 @@ class ClusterErasure:
             )
             n["shared_consent_reviews"] = cur.rowcount
             await self._erase_inbound(conn, person, out)
-            await run_bridged(
-                conn, lambda bridged: erase_patients(bridged, c, person, now, n, "shared_")
-            )
+            await run_bridged(conn, lambda bridged: self._erase_clinical(bridged, person, now, n))
         return out
+
+    def _erase_clinical(
+        self, conn: sqlite3.Connection, person: Person, now: float, n: dict[str, int]
+    ) -> None:
+        """The shared patients, appointments and notices, then the shared HL7 log's
+        texts that name the number or one of their MRNs (cluster migration 21)."""
+        c = self._cipher
+        mrns, _ = erase_patients(conn, c, person, now, n, "shared_")
+        n["shared_hl7_messages"] = erase_hl7(
+            conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw"
+        )
 
     async def _erase_inbound(self, conn: Conn, person: Person, out: Erased) -> None:
         c = self._cipher

@@ -32,9 +32,9 @@ class LocalFeature:
 
 LOCAL_FEATURES: tuple[LocalFeature, ...] = (
     LocalFeature(
-        "HL7 message log",
-        ("/api/v1/hl7/",),
-        ("gateway.admin.views_hl7",),
+        "HL7 write-back (outbound interfaces)",
+        ("/api/v1/hl7/outbound",),
+        (),
     ),
     LocalFeature(
         "Results and medication notices",

@@ -1,11 +1,12 @@
 """`smsgw store migrate` and the clinical tables: what is copied, and the samples the
 verification decrypts on both sides (cluster migration 17's twins).
 
-Patients, appointments and their trail, the timed notices, reminder rules and
-templates are copied as they are (ids, ciphertexts and versions kept; a notice of a
-part not on the cluster backend, results or medication, is copied too and skipped by
-the shared runner, `not_on_cluster`). The appointments' trail keeps its seqs, and its
-numbering goes on after them (`migrate_copy.set_sequences`).
+Patients, appointments and their trail, the timed notices, reminder rules,
+templates and the HL7 message log (cluster migration 21) are copied as they are (ids,
+ciphertexts and versions kept; a notice of a part not on the cluster backend, results
+or medication, is copied too and skipped by the shared runner, `not_on_cluster`). The
+appointments' trail keeps its seqs, and its numbering goes on after them
+(`migrate_copy.set_sequences`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ COPIES = (
     TableCopy("appointments", "appointments", ("id",)),
     TableCopy("appointment_events", "appointment_events", ("seq",)),
     TableCopy("clinical_notices", "clinical_notices", ("id",)),
+    TableCopy("hl7_messages", "hl7_messages", ("id",)),  # cluster migration 21
 )
 # (table, encrypted column, its AAD): the row id is the table's `id`.
 SAMPLED = (
@@ -35,6 +37,7 @@ SAMPLED = (
     ("appointments", "location_label_ct", "location"),
     ("appointments", "provider_ct", "provider"),
     ("clinical_notices", "variables_ct", "variables"),
+    ("hl7_messages", "raw_ct", "raw"),
 )
 
 

@@ -971,6 +971,43 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX survey_answers_survey ON survey_answers (survey_id, version, question);
     CREATE INDEX survey_answers_session ON survey_answers (session_id);
     """,
+    # 21 (issue 18, HL7): SQLite's `hl7_messages` as a twin (its migrations 15 and 23),
+    #    so a message sent to any node's MLLP listener is stored, mapped and ACKed once
+    #    for the site: the unique key is the dedupe of every node, and the inbound job
+    #    runs under the clinical lock (`gateway/cluster/clinical_db.py`). No write-back
+    #    queue: outbound interfaces are refused on a cluster (only the replies feed it).
+    """
+    CREATE TABLE hl7_messages (
+        id               text PRIMARY KEY,
+        interface        text NOT NULL,
+        sending_app      text NOT NULL,
+        sending_facility text NOT NULL,
+        control_id       text NOT NULL,
+        msg_type         text NOT NULL,
+        event            text NOT NULL,
+        version          text NOT NULL,
+        msg_time         text NOT NULL,
+        charset          text NOT NULL,
+        charset_flag     text,
+        raw_ct           bytea NOT NULL,
+        state            text NOT NULL CHECK (state IN
+                             ('mapped', 'ignored', 'quarantined', 'rejected')),
+        error_code       integer,
+        error_text       text,
+        error_location   text,
+        ack_code         text,
+        ack              text NOT NULL,
+        duplicates       integer NOT NULL DEFAULT 0,
+        reprocessed      integer NOT NULL DEFAULT 0,
+        received_at      double precision NOT NULL,
+        updated_at       double precision NOT NULL,
+        erased_at        double precision,
+        UNIQUE (interface, sending_app, sending_facility, control_id)
+    );
+    CREATE INDEX hl7_messages_state ON hl7_messages (interface, state, received_at);
+    CREATE INDEX hl7_messages_received ON hl7_messages (received_at DESC, id);
+    CREATE INDEX hl7_messages_retention ON hl7_messages (received_at) WHERE erased_at IS NULL;
+    """,
 )
 
 

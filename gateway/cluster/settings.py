@@ -118,7 +118,6 @@ def _configured(value: Any, default: Any) -> bool:
 def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
-    from gateway.hl7.settings import Hl7Config
     from gateway.replies.settings import RepliesConfig
     from gateway.results.settings import MedicationConfig, ResultsConfig
 
@@ -129,10 +128,12 @@ def refused_features(config: Config) -> list[str]:
     # Appointments (the JSON API), reminder rules, templates and the notice runner
     # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
     # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
-    # cluster/campaigns.py, cluster/campaign_feed.py).
+    # cluster/campaigns.py, cluster/campaign_feed.py). HL7 inbound feeds keep their
+    # message log in the shared PostgreSQL (cluster migration 21); write-back
+    # (outbound interfaces) is only fed by the replies, refused below.
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
-        ("hl7", config.hl7, Hl7Config()),
+        ('hl7.interfaces with direction = "out"', bool(config.hl7.outbound()), False),
         ("results", config.results, ResultsConfig()),
         ("medication", config.medication, MedicationConfig()),
         ("replies", config.replies, RepliesConfig()),

@@ -106,14 +106,13 @@ async def nodes(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[
 
 
 LOCAL_ONLY_API = (
-    ("GET", "/api/v1/hl7/messages"),
-    ("GET", "/api/v1/hl7/interfaces"),
+    ("GET", "/api/v1/hl7/outbound"),
     ("POST", "/api/v1/medications"),
     ("GET", "/api/v1/medications"),
     ("POST", "/api/v1/events/results-available"),
     ("GET", "/api/v1/replies"),
 )
-LOCAL_ONLY_PAGES = ("/hl7", "/worklist")
+LOCAL_ONLY_PAGES = ("/worklist",)
 
 
 async def test_node_local_features_are_refused_and_break_glass_counts_every_node(
@@ -139,8 +138,11 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         text = await r.text()
         assert r.status == 501 and "not_on_cluster" in text, (path, text[:300])
         assert "docs/ops/cluster.md" in text
-    r = await b.panel.client.get("/analytics", headers={"Accept": "text/html"})
-    assert r.status == 200  # shared: served
+    for path in ("/analytics", "/hl7"):  # shared: served
+        r = await b.panel.client.get(path, headers={"Accept": "text/html"})
+        assert r.status == 200, path
+    r = await b.api.get("/api/v1/hl7/messages")  # the shared log (tests/pg/test_hl7_cluster.py)
+    assert r.status == 200 and (await r.json())["messages"] == []
 
     # The dashboard's break-glass sign-ins: every node's.
     since = a.gw.clock.time() - 1
