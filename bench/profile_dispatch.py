@@ -143,6 +143,8 @@ async def run(n: int, receipts: bool, top: int, sql: int) -> None:
                 print(f"event loop: {calls:.0f} Python calls per message")
                 figures["loop_calls"] = round(calls)
                 stats.sort_stats("tottime").print_stats(top)
+                if os.environ.get("PROFILE_DUMP"):  # for bench/cpu_by_module.py
+                    stats.dump_stats(os.environ["PROFILE_DUMP"])
             if sql:
                 print("\n".join(sql_cost.top(sql, n)))
             if writer_profile is not None:

@@ -244,6 +244,7 @@ class Gateway(UseCaseWiring):
                 router,
                 scheduler,
                 hooks,
+                profiles,
                 audit,
                 db,
                 node.queue,
@@ -252,8 +253,7 @@ class Gateway(UseCaseWiring):
                 keywords=shared_keywords,
             )
         sink.answer_replies(replies)
-        if node is None:  # on a cluster surveys are refused (cluster/local_only.py)
-            sink.answer_surveys(gateway.survey_answers)  # i15-surveys
+        sink.answer_surveys(gateway.survey_answers)  # i15-surveys (shared on a cluster)
         gateway.renderer = gateway.templates.renderer
         return gateway
 
@@ -303,10 +303,7 @@ class Gateway(UseCaseWiring):
             # On a cluster every node tops up the shared schedules: a serial clinical
             # job, so each dose is planned once (medication/usecase.py).
             self._spawn(self.medications.run_top_up())
-            if self.cluster is None:
-                # On a cluster surveys are refused (cluster/local_only.py): their loop
-                # would only work over the node's own leftovers.
-                self._spawn(self.survey_timeouts.run())  # i15-surveys
+            self._spawn(self.survey_timeouts.run())  # i15-surveys (the shared sessions)
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())
             else:
@@ -314,7 +311,9 @@ class Gateway(UseCaseWiring):
             self._spawn(self.campaign_runner.run())  # i15-campaigns
 
     async def _start_hl7(self, *, dispatch: bool) -> None:
-        self.hl7 = Hl7Service(self.config, self.store, self.clock, self.clinical_hooks, self.audit)
+        self.hl7 = Hl7Service(
+            self.config, self.store, self.clock, self.clinical_hooks, self.audit, self.clinical_db
+        )
         try:
             await self.hl7.start(dispatch=dispatch)
         except OSError as e:  # the listen address is taken or not ours
@@ -327,6 +326,7 @@ class Gateway(UseCaseWiring):
                     self.clock,
                     self.clinical_hooks,
                     self.audit,
+                    self.clinical_db,
                 )
                 return
             raise StartupFault(

@@ -29,7 +29,7 @@ from gateway.store.store import Store
 if TYPE_CHECKING:
     from gateway.consent.inbound import InboundConsent
     from gateway.replies.inbound import InboundReplies
-    from gateway.surveys.inbound import InboundSurveys
+    from gateway.surveys.inbound import SurveyStep
 
 log = structlog.get_logger("smsgw.sink")
 
@@ -58,7 +58,7 @@ class GatewaySink:
         self._quarantine = Quarantine(store)
         self._consent: InboundConsent | None = None
         self._replies: InboundReplies | None = None
-        self._surveys: InboundSurveys | None = None
+        self._surveys: SurveyStep | None = None
 
     def answer_keywords(self, consent: InboundConsent) -> None:
         """Decide keywords in each inbound's transaction (the gateway wires this in)."""
@@ -68,7 +68,7 @@ class GatewaySink:
         """Match replies to appointments in the same transaction, around the keywords."""
         self._replies = replies
 
-    def answer_surveys(self, surveys: InboundSurveys) -> None:
+    def answer_surveys(self, surveys: SurveyStep) -> None:
         """Take survey answers after the keywords, before the appointment replies."""
         self._surveys = surveys
 

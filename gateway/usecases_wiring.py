@@ -50,7 +50,7 @@ from gateway.store.inbound_reads import InboundReads, LocalInboundReads
 from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.panel_sql import AdminRepo
 from gateway.store.store import Store
-from gateway.surveys.inbound import InboundSurveys
+from gateway.surveys.inbound import InboundSurveys, SharedInboundSurveys, SurveyStep
 from gateway.surveys.runner import TimeoutRunner
 from gateway.surveys.usecase import Surveys
 from gateway.templates.renderer import TemplateRenderer
@@ -175,6 +175,7 @@ class UseCaseWiring:
                 queue.cipher,
                 self.usecases.messages,
                 self.config.cluster.node_id,
+                self.templates.renderer,
                 horizon=horizon,
             )
         return CampaignRunner(
@@ -203,6 +204,7 @@ class UseCaseWiring:
             allow_drug_names=self.config.templates.allow_drug_names,
             wake=self.campaign_runner.wake,
             backend=self._shared_campaigns(),
+            templates=self.templates.source if self.cluster is not None else None,
         )
 
     def _shared_campaigns(self) -> CampaignStore | None:
@@ -356,21 +358,27 @@ class UseCaseWiring:
             messages=self.usecases.messages,
             region=self.config.queue.default_region,
             wake=self.survey_timeouts.wake,
+            db=self.clinical_db,
+            book=self._shared_contacts(),
         )
 
     @functools.cached_property
     def survey_timeouts(self) -> TimeoutRunner:
-        return TimeoutRunner(self.store, self.clock)
+        return TimeoutRunner(self.clinical_db, self.clock)
 
     @functools.cached_property
-    def survey_answers(self) -> InboundSurveys:
-        """Answers matched in each inbound's transaction (wired into the sink)."""
-        return InboundSurveys(
+    def survey_answers(self) -> SurveyStep:
+        """Answers matched in each inbound's transaction (wired into the sink); on a
+        cluster, on the shared sessions after the inbound's commit."""
+        local = InboundSurveys(
             self.store,
             self.config.queue.default_region,
             lambda: self.usecases.messages,
             self.survey_timeouts.wake,
         )
+        if self.cluster is None:
+            return local
+        return SharedInboundSurveys(local, self.clinical_db)
 
     @functools.cached_property
     def contacts(self) -> Contacts:

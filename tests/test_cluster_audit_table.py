@@ -20,7 +20,10 @@ SHARED_API = (
     # the clinical and campaign ports (cluster migrations 17 and 18)
     "/api/v1/appointments", "/api/v1/templates", "/api/v1/reminder-rules",
     "/api/v1/groups", "/api/v1/audiences", "/api/v1/campaigns",
-    # results, medication and replies (cluster migration 20)
+    "/api/v1/surveys",  # cluster migration 20
+    # the HL7 inbound feeds' log (cluster migration 21); write-back stays refused
+    "/api/v1/hl7/interfaces", "/api/v1/hl7/messages",
+    # results, medication and replies (cluster migration 22)
     "/api/v1/events/results-available", "/api/v1/medications", "/api/v1/replies",
 )  # fmt: skip
 PER_NODE_API = ("/api/v1/routes", "/api/v1/inbound/undecodable", "/api/v1/demo/")
@@ -33,6 +36,7 @@ SHARED_PANEL = {
     "gateway.admin.views_appointments", "gateway.admin.views_templates",
     "gateway.admin.views_reminders", "gateway.admin.views_contacts",
     "gateway.admin.views_groups", "gateway.admin.views_campaigns",
+    "gateway.admin.views_surveys", "gateway.admin.views_hl7",
     "gateway.admin.views_worklist",
 }  # fmt: skip
 

@@ -346,8 +346,7 @@ _INVALID = Answer(
     "`invalid_field` (`field` names it), `template_or_text`, `unknown_template`,"
     " `unknown_variant`, `template_<rule>` (the free text fails the template lint),"
     " `end_before_start`, `rate_too_high` (above campaigns.max_rate),"
-    " `priority_not_allowed`, `template_not_on_cluster` (a cluster node: templates are"
-    " not shared yet, send a text)",
+    " `priority_not_allowed`",
 )
 _NONE_ALLOWED = Answer(
     422,
@@ -388,7 +387,7 @@ def endpoints(endpoint: Callable[..., Any]) -> tuple[Any, ...]:
                 Answer(
                     422,
                     "`recipient_required`, `template_or_text`,"
-                    " `invalid_field`, `priority_not_allowed`, `template_not_on_cluster`",
+                    " `invalid_field`, `priority_not_allowed`",
                 ),
             ),
         ),

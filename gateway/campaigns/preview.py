@@ -34,6 +34,7 @@ from gateway.store.crypto import FieldCipher
 from gateway.templates import lint
 from gateway.templates import store as templates
 from gateway.templates.renderer import TemplateRenderer, fallback_chain
+from gateway.templates.store import Version
 
 T = TypeVar("T")
 BATCH = 500
@@ -111,20 +112,33 @@ def texts(
         return Texts((_measure(None, body, max_segments),), tuple(problems), None)
     for tag in fallback_chain(None, renderer.site_language):
         found = templates.active(conn, template, tag)
-        if found is None:
+        if found is not None:
+            return template_texts(found, renderer, variables, max_segments)
+    return template_texts(None, renderer, variables, max_segments)
+
+
+def template_texts(
+    found: Version | None,
+    renderer: TemplateRenderer,
+    variables: Mapping[str, str],
+    max_segments: int,
+) -> Texts:
+    """Each variant of `found` (the template's active version in the site's language,
+    from either backend) rendered and measured."""
+    if found is None:
+        problem = lint.Problem("template_missing", "no active version of the template")
+        return Texts((), (problem,), None)
+    out: list[Text] = []
+    problems = []
+    for v in found.draft.variants:
+        try:
+            rendered = renderer.fill(found, variables, v.name)
+        except TemplateMissing as e:
+            out.append(Text(v.name, None, 0, None, 0))
+            problems.append(lint.Problem("render", str(e), v.name))
             continue
-        out: list[Text] = []
-        problems = []
-        for v in found.draft.variants:
-            try:
-                rendered = renderer.fill(found, variables, v.name)
-            except TemplateMissing as e:
-                out.append(Text(v.name, None, 0, None, 0))
-                problems.append(lint.Problem("render", str(e), v.name))
-                continue
-            out.append(_measure(v.name, rendered.text, max_segments))
-        return Texts(tuple(out), tuple(problems), found.draft.language)
-    return Texts((), (lint.Problem("template_missing", "no active version of the template"),), None)
+        out.append(_measure(v.name, rendered.text, max_segments))
+    return Texts(tuple(out), tuple(problems), found.draft.language)
 
 
 def judge(

@@ -60,7 +60,7 @@ import asyncio
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -70,7 +70,7 @@ import structlog
 from drivers.clock import Clock, wait_event
 from gateway.campaigns import store as sql
 from gateway.campaigns.model import Campaign, CampaignState
-from gateway.clinical.rendering import Renderer, TemplateMissing
+from gateway.clinical.rendering import Rendered, Renderer, TemplateMissing
 from gateway.consent.ledger import contact_row_id
 from gateway.contacts.audience import audience_query
 from gateway.errors import ApiError
@@ -381,14 +381,33 @@ class CampaignRunner:
     def _text(
         self, conn: sqlite3.Connection, campaign: Campaign, idx: bytes, language: str | None
     ) -> tuple[str, str | None]:
-        spec = campaign.spec
-        if spec.template is None:
-            return spec.text or "", None
-        key = f"{campaign.id}:{idx.hex()}"
-        chosen = None
-        if spec.split:
-            weights = [Variant(s.name, "", s.weight) for s in spec.split]
-            chosen = choose(spec.template, weights, key).name
-        variables = {**dict(spec.variables), "split_key": key}
-        rendered = self._renderer.render(conn, spec.template, language, variables, variant=chosen)
-        return rendered.text, rendered.variant
+        template = campaign.spec.template or ""
+
+        def render(lang: str | None, values: Mapping[str, str], variant: str | None) -> Rendered:
+            return self._renderer.render(conn, template, lang, values, variant=variant)
+
+        return campaign_text(campaign, idx, language, render)
+
+
+# A recipient's language, the campaign's values and the chosen variant: its rendering
+# (`TemplateMissing` when there is none).
+RenderFor = Callable[[str | None, Mapping[str, str], str | None], Rendered]
+
+
+def campaign_text(
+    campaign: Campaign, idx: bytes, language: str | None, render: RenderFor
+) -> tuple[str, str | None]:
+    """One recipient's text and variant: the campaign's text, or its template rendered
+    in the recipient's language, the variant chosen by the split on the campaign and
+    recipient. The same on either backend (a cluster's pass renders from the shared
+    templates)."""
+    spec = campaign.spec
+    if spec.template is None:
+        return spec.text or "", None
+    key = f"{campaign.id}:{idx.hex()}"
+    chosen = None
+    if spec.split:
+        weights = [Variant(s.name, "", s.weight) for s in spec.split]
+        chosen = choose(spec.template, weights, key).name
+    rendered = render(language, {**dict(spec.variables), "split_key": key}, chosen)
+    return rendered.text, rendered.variant

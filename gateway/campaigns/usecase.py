@@ -7,8 +7,8 @@ action need one who may send on behalf of the whole gateway: an `admin` token, o
 panel user who acts (admin, operator). Every change is audited (`backend.py`: the
 node's store, or on a cluster the tables every node shares). Messages are only ever
 queued by the runner (`gateway.campaigns.runner`) or, for one number, by
-`Messages.accept`: both go through the send policy. On a cluster node a campaign takes
-a text: templates are not shared yet (`422 template_not_on_cluster`).
+`Messages.accept`: both go through the send policy. A template is read from the
+templates every node renders from (`templates`: the shared PostgreSQL's on a cluster).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from gateway.scheduler import Scheduler
 from gateway.store.audit_log import AuditTrail
 from gateway.store.store import Store
 from gateway.templates import store as templates
-from gateway.templates.renderer import TemplateRenderer
+from gateway.templates.renderer import TemplateRenderer, fallback_chain
+from gateway.templates.store import TemplateSource
 from gateway.usecases.caller import Caller
 from gateway.usecases.messages import Messages
 
@@ -113,9 +114,11 @@ class Campaigns:
         allow_drug_names: bool,
         wake: Callable[[], None],
         backend: CampaignStore | None = None,
+        templates: TemplateSource | None = None,
     ) -> None:
         """`backend`: where campaigns are kept (None: this node's store; on a cluster
-        the shared tables, `gateway/cluster/campaigns.py`)."""
+        the shared tables, `gateway/cluster/campaigns.py`); `templates`: where a named
+        template is read (None: this node's store, on the preview's snapshot)."""
         self._backend = backend or LocalCampaigns(store, audit)
         self._config = config
         self._store = store
@@ -129,6 +132,7 @@ class Campaigns:
         self._horizon = horizon
         self._allow_drugs = allow_drug_names
         self._wake = wake
+        self._templates = templates
         self._read = pv.ReadOnly(store.path)
         self._progress = ProgressCache(clock)
 
@@ -212,14 +216,18 @@ class Campaigns:
 
     async def _variants(self, name: str) -> set[str | None]:
         """The variant names of the template's active versions; 422 if it has none."""
-        self._refuse_template_here(name)
-        rows = await self._store.reader.all(
-            f"SELECT {templates.COLUMNS}{templates.FROM} WHERE t.name = ? AND h.active = t.version",
-            (name,),
-        )
-        if not rows:
+        if self._templates is not None:
+            found = [v for v in await self._templates.versions(name) if v.active]
+        else:
+            rows = await self._store.reader.all(
+                f"SELECT {templates.COLUMNS}{templates.FROM}"
+                " WHERE t.name = ? AND h.active = t.version",
+                (name,),
+            )
+            found = [templates.version_of(r) for r in rows]
+        if not found:
             raise _invalid("template", "unknown_template", "no active template with this name")
-        return {v.name for r in rows for v in templates.version_of(r).draft.variants}
+        return {v.name for version in found for v in version.draft.variants}
 
     async def _texts(
         self,
@@ -228,7 +236,13 @@ class Campaigns:
         purpose: str,
         variables: tuple[tuple[str, str], ...],
     ) -> pv.Texts:
-        self._refuse_template_here(template)
+        if template is not None and self._templates is not None:
+            return pv.template_texts(
+                await self._active_in_site_language(self._templates, template),
+                self._renderer,
+                dict(variables),
+                self._max_segments,
+            )
         return await self._read.run(
             lambda conn: pv.texts(
                 conn,
@@ -406,16 +420,14 @@ class Campaigns:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _refuse_template_here(self, template: str | None) -> None:
-        """On a cluster node the templates are still each node's own (the templates
-        port shares them): a campaign or compose there takes a text."""
-        if template is not None and self._backend.shared:
-            raise _invalid(
-                "template",
-                "template_not_on_cluster",
-                "templates are not shared by the cluster's nodes yet (they come with the"
-                " templates port); send a text instead",
-            )
+    async def _active_in_site_language(
+        self, source: TemplateSource, name: str
+    ) -> templates.Version | None:
+        for tag in fallback_chain(None, self._renderer.site_language):
+            found = await source.active(name, tag)
+            if found is not None:
+                return found
+        return None
 
     @staticmethod
     def _require_act(caller: Caller) -> None:

@@ -30,7 +30,7 @@ Reads (`ClusterFigures`) sum `analytics_sums` over the days asked, as SQLite's r
 read `analytics_daily`: a year opens as fast as a week. The figures are those of
 `streams.py` with what a cluster keeps: replies count as `replied_confirm`,
 `replied_cancel` or `replied_other` by their shared appointment reply (filed after
-the inbound: its insert marks the quarter again, cluster migration 20), a message's
+the inbound: its insert marks the quarter again, cluster migration 22), a message's
 clinic is its contact's (no appointment's location), and the appointment, no-show and
 rule figures are empty (appointments and reminders are not on the cluster backend yet).
 """

@@ -25,9 +25,11 @@ and a claimed row is never claimed again.
 A pass that found fewer open recipients than it asked for tries, in a transaction of
 its own after its commit, to finish the campaign: only when no recipient is open any
 more (another node's pass still holding some leaves that to the last of them).
-Each node feeds a campaign at its share of the campaign's rate (`live`). Templates
-are not on the cluster yet: a campaign here has a text (`Campaigns` refuses
-a template on a cluster node).
+Each node feeds a campaign at its share of the campaign's rate (`live`). A campaign
+naming a template renders each recipient's message as the SQLite runner does
+(`runner.campaign_text`: the variant split by weight, the recipient's language and its
+fallback chain, the values), from the shared templates' active versions read once per
+pass in its transaction; a recipient without one is skipped with the same outcome.
 """
 
 from __future__ import annotations
@@ -38,12 +40,23 @@ from typing import Any
 
 from gateway.campaigns import store as sql
 from gateway.campaigns.model import Campaign, CampaignState
-from gateway.campaigns.runner import PassResult, campaign_request, system_caller
+from gateway.campaigns.runner import (
+    PassResult,
+    RenderFor,
+    campaign_request,
+    campaign_text,
+    system_caller,
+)
+from gateway.clinical.rendering import Rendered, TemplateMissing
 from gateway.cluster import campaigns as shared
 from gateway.cluster.lease import Pool
+from gateway.consent.ledger import contact_row_id
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
 from gateway.store.crypto import FieldCipher
+from gateway.templates import store as templates
+from gateway.templates.renderer import RenderRefused, TemplateRenderer
+from gateway.templates.store import Version
 from gateway.usecases.messages import Messages
 
 CLAIM_RECIPIENTS = (
@@ -55,6 +68,10 @@ _RECORD = (
     " at = %s, node_id = %s"
     " FROM unnest(%s::bytea[], %s::text[], %s::text[]) AS v(idx, outcome, message_id)"
     " WHERE r.campaign_id = %s AND r.contact_idx = v.idx"
+)
+_CONTACTS = "SELECT idx, number_ct, language FROM contacts WHERE idx = ANY(%s)"
+_ACTIVE_VERSIONS = (
+    f"SELECT {templates.COLUMNS}{templates.FROM} WHERE t.name = %s AND h.active = t.version"
 )
 _ALIVE = (
     "SELECT count(DISTINCT node_id) FROM nodes WHERE recovered_at IS NULL"
@@ -76,10 +93,12 @@ class ClusterCampaignFeed:
         cipher: FieldCipher,
         messages: Messages,
         node_id: str,
+        renderer: TemplateRenderer,
         *,
         horizon: float,
     ) -> None:
         self._pool = pool
+        self._renderer = renderer
         self._cipher = cipher
         self._messages = messages
         self._node_id = node_id
@@ -127,26 +146,36 @@ class ClusterCampaignFeed:
         self, conn: Any, campaign: Campaign, idxs: Sequence[bytes], now: float, result: PassResult
     ) -> None:
         """The claimed recipients' messages and outcomes, in the pass's transaction."""
-        numbers = await shared.numbers_of(conn, self._cipher, idxs)
+        contacts = await self._contacts(conn, idxs)
+        render = await self._render_for(conn, campaign)
         handled: list[sql.Handled] = []
-        asked: list[tuple[bytes, SendRequest]] = []
+        asked: list[tuple[bytes, SendRequest, str | None]] = []
         for idx in idxs:
-            number = numbers.get(idx)
-            if number is None:  # the contact erased since the campaign started
+            contact = contacts.get(idx)
+            if contact is None:  # the contact erased since the campaign started
                 handled.append(sql.Handled(idx, "skipped:no_number"))
                 continue
-            body = campaign.spec.text or ""
-            asked.append((idx, campaign_request(campaign, number, body, now, self._horizon)))
+            number, language = contact
+            try:
+                body, variant = campaign_text(campaign, idx, language, render)
+            except RenderRefused:
+                handled.append(sql.Handled(idx, "skipped:render_refused"))
+                continue
+            except TemplateMissing:
+                handled.append(sql.Handled(idx, "skipped:template_missing"))
+                continue
+            request = campaign_request(campaign, number, body, now, self._horizon)
+            asked.append((idx, request, variant))
         accepted = await self._messages.accept_many_within_shared(
-            conn, system_caller(campaign.id), [(request, idx) for idx, request in asked]
+            conn, system_caller(campaign.id), [(request, idx) for idx, request, _ in asked]
         )
-        for (idx, _), got in zip(asked, accepted, strict=True):
+        for (idx, _, variant), got in zip(asked, accepted, strict=True):
             if isinstance(got, ApiError):
                 handled.append(sql.Handled(idx, f"skipped:{got.code}"))
                 continue
             answer = got.answer()
             outcome = answer.status if answer.reason is None else f"{answer.status}:{answer.reason}"
-            handled.append(sql.Handled(idx, outcome, answer.id))
+            handled.append(sql.Handled(idx, outcome, answer.id, variant))
             result.prepared.append(got)
         result.outcomes.update(h.outcome for h in handled)
         if not handled:
@@ -162,11 +191,44 @@ class ClusterCampaignFeed:
                 campaign.id,
             ),
         )
-        sent = [h.message_id for h in handled if h.message_id is not None]
+        sent = [h for h in handled if h.message_id is not None]
         if sent:
             await conn.execute(
-                "UPDATE messages SET campaign_id = %s WHERE id = ANY(%s)", (campaign.id, sent)
+                "UPDATE messages m SET campaign_id = %s, variant = v.variant"
+                " FROM unnest(%s::text[], %s::text[]) AS v(id, variant) WHERE m.id = v.id",
+                (campaign.id, [h.message_id for h in sent], [h.variant for h in sent]),
             )
+
+    async def _contacts(
+        self, conn: Any, idxs: Sequence[bytes]
+    ) -> dict[bytes, tuple[str, str | None]]:
+        """The shared contacts' numbers and languages by index (an erased one has none)."""
+        if not idxs:
+            return {}
+        rows = await (await conn.execute(_CONTACTS, (list(idxs),))).fetchall()
+        return {
+            bytes(r[0]): (
+                self._cipher.decrypt(bytes(r[1]), contact_row_id(bytes(r[0])), "number"),
+                r[2],
+            )
+            for r in rows
+        }
+
+    async def _render_for(self, conn: Any, campaign: Campaign) -> RenderFor:
+        """Renders the campaign's template from its active versions as this pass's
+        transaction sees them (a campaign with a text never calls it)."""
+        name = campaign.spec.template or ""
+        versions: dict[str, Version] = {}
+        if campaign.spec.template is not None:
+            rows = await (await conn.execute(_ACTIVE_VERSIONS, (name,))).fetchall()
+            versions = {v.draft.language: v for v in map(templates.version_of, rows)}
+
+        def render(language: str | None, values: Any, variant: str | None) -> Rendered:
+            return self._renderer.render_found(
+                versions.get, name, language, values, variant=variant
+            )
+
+        return render
 
     async def _finish(self, campaign_id: str, now: float) -> CampaignState | None:
         """`finished` once no recipient is open; None while another node's pass holds

@@ -179,9 +179,12 @@ class ClusterCampaigns:
         return [campaign_of(self._cipher, r) for r in await self._all(LIVE_SQL)]
 
     async def choices(self) -> tuple[list[tuple[str, str]], list[str]]:
-        """The groups; no template names (templates are not shared yet)."""
+        """The groups, and the names of the shared templates with an active version."""
         rows = await self._all("SELECT id, name FROM contact_groups ORDER BY name, id LIMIT 500")
-        return [(r[0], r[1]) for r in rows], []
+        names = await self._all(
+            "SELECT DISTINCT name FROM template_heads WHERE active IS NOT NULL ORDER BY name"
+        )
+        return [(r[0], r[1]) for r in rows], [r[0] for r in names]
 
     async def count(self, campaign: Campaign) -> Progress:
         args = {"id": campaign.id, "since": campaign.created_at}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 from psycopg import AsyncConnection
@@ -97,6 +97,17 @@ class Bridge:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         for params in rows:
             self.execute(sql, params)
+
+    def within_shared(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`work` on the loop with this job's psycopg connection, in its transaction (a
+        job accepting a message: `Messages.accept_many_within_shared`)."""
+        if self.abandoned.is_set():
+            raise RuntimeError("the bridged transaction was abandoned")
+        return asyncio.run_coroutine_threadsafe(_awaited(work(self._conn)), self._loop).result()
+
+
+async def _awaited(pending: Awaitable[T]) -> T:
+    return await pending
 
 
 async def run_bridged(conn: AsyncConnection[Any], job: Callable[[sqlite3.Connection], T]) -> T:

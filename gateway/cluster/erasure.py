@@ -15,8 +15,10 @@ body "", index emptied), its held parts deleted; the shared patients texted at t
 number, their appointments and notices as SQLite's (`erase_patients`: MRN, external
 key, location and provider removed, pending notices cancelled `erased`, every
 notice's variables removed), their medication schedules stopped and forgotten
-(`erase_schedules`), their result events and appointment replies unlinked. The shared
-`opt_outs` list is kept: it holds only the keyed hash and the time.
+(`erase_schedules`), their result events and appointment replies unlinked, and the
+shared HL7 log's texts naming the number or one of their MRNs (`erase_hl7`: text ""
+sealed, `erased_at` set). The shared `opt_outs` list is kept: it holds only the keyed
+hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -38,7 +40,7 @@ from gateway.cluster.nodes import Incarnation
 from gateway.consent import ledger
 from gateway.consent.purposes import SCOPE_ALL
 from gateway.models import State
-from gateway.retention.erase import Erased, Person, erase_patients, erase_schedules
+from gateway.retention.erase import Erased, Person, erase_hl7, erase_patients, erase_schedules
 from gateway.retention.sweep import blank
 from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import Transition
@@ -134,8 +136,29 @@ class ClusterErasure:
             )
             n["shared_consent_reviews"] = cur.rowcount
             await self._erase_inbound(conn, person, out)
-            await run_bridged(conn, lambda bridged: _erase_clinical(bridged, c, person, now, n))
+            await run_bridged(conn, lambda bridged: self._erase_clinical(bridged, person, now, n))
         return out
+
+    def _erase_clinical(
+        self, conn: sqlite3.Connection, person: Person, now: float, n: dict[str, int]
+    ) -> None:
+        """The shared patients, appointments, notices, schedules, result events and
+        replies of the number, as SQLite's erasure (`retention/erase.py`), then the
+        shared HL7 log's texts that name the number or one of their MRNs."""
+        c = self._cipher
+        mrns, pids = erase_patients(conn, c, person, now, n, "shared_")
+        erase_schedules(conn, person, pids, now, n, "shared_")
+        n["shared_clinical_events"] = conn.execute(
+            "UPDATE clinical_events SET contact_idx = NULL WHERE contact_idx = ?",
+            (person.index,),
+        ).rowcount
+        n["shared_appointment_replies"] = conn.execute(
+            "UPDATE appointment_replies SET contact_idx = ? WHERE contact_idx = ?",
+            (b"", person.index),
+        ).rowcount
+        n["shared_hl7_messages"] = erase_hl7(
+            conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw"
+        )
 
     async def _erase_inbound(self, conn: Conn, person: Person, out: Erased) -> None:
         c = self._cipher
@@ -163,19 +186,3 @@ class ClusterErasure:
         if parts:
             await conn.execute("DELETE FROM inbound_parts WHERE id = ANY(%s)", (parts,))
         out.counts["shared_inbound_parts"] = len(parts)
-
-
-def _erase_clinical(
-    conn: sqlite3.Connection, c: FieldCipher, person: Person, now: float, n: dict[str, int]
-) -> None:
-    """The shared patients, appointments, notices, schedules, result events and replies
-    of the number, as SQLite's erasure (`retention/erase.py`)."""
-    _, pids = erase_patients(conn, c, person, now, n, "shared_")
-    erase_schedules(conn, person, pids, now, n, "shared_")
-    n["shared_clinical_events"] = conn.execute(
-        "UPDATE clinical_events SET contact_idx = NULL WHERE contact_idx = ?", (person.index,)
-    ).rowcount
-    n["shared_appointment_replies"] = conn.execute(
-        "UPDATE appointment_replies SET contact_idx = ? WHERE contact_idx = ?",
-        (b"", person.index),
-    ).rowcount

@@ -66,7 +66,8 @@ SEALED: tuple[Sealed, ...] = (
         (("ext_key_ct", "ext_key"), ("location_label_ct", "location"), ("provider_ct", "provider")),
     ),
     Sealed("clinical_notices", "id", "id", (("variables_ct", "variables"),)),
-    Sealed("medication_schedules", "id", "id", (("label_ct", "label"),)),  # migration 20
+    Sealed("hl7_messages", "id", "id", (("raw_ct", "raw"),)),  # cluster migration 21
+    Sealed("medication_schedules", "id", "id", (("label_ct", "label"),)),  # migration 22
     Sealed("campaigns", "id", "id", (("content_ct", "content"),)),  # its text and values
 )
 BATCH = 500

@@ -32,14 +32,9 @@ class LocalFeature:
 
 LOCAL_FEATURES: tuple[LocalFeature, ...] = (
     LocalFeature(
-        "SMS surveys",
-        ("/api/v1/surveys",),
-        ("gateway.admin.views_surveys",),
-    ),
-    LocalFeature(
-        "HL7 message log",
-        ("/api/v1/hl7/",),
-        ("gateway.admin.views_hl7",),
+        "HL7 write-back (outbound interfaces)",
+        ("/api/v1/hl7/outbound",),
+        (),
     ),
 )
 

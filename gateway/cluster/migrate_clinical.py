@@ -1,10 +1,11 @@
 """`smsgw store migrate` and the clinical tables: what is copied, and the samples the
-verification decrypts on both sides (cluster migrations 17 and 20's twins).
+verification decrypts on both sides (cluster migrations 17, 21 and 22: the twins).
 
 Patients, appointments and their trail, the timed notices, reminder rules,
-templates, result events, medication schedules and appointment replies are copied as
-they are (ids, ciphertexts and versions kept). The appointments' trail keeps its seqs, and its
-numbering goes on after them (`migrate_copy.set_sequences`).
+templates, the HL7 message log (cluster migration 21), result events, medication
+schedules and appointment replies (22) are copied as they are (ids, ciphertexts and
+versions kept). The appointments' trail keeps its seqs, and its numbering goes on after
+them (`migrate_copy.set_sequences`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster.migrate_copy import TableCopy
+from gateway.cluster.migrate_samples import sample_column
 from gateway.store import crypto
 
 COPIES = (
@@ -25,7 +27,8 @@ COPIES = (
     TableCopy("appointments", "appointments", ("id",)),
     TableCopy("appointment_events", "appointment_events", ("seq",)),
     TableCopy("clinical_notices", "clinical_notices", ("id",)),
-    TableCopy("clinical_events", "clinical_events", ("id",)),
+    TableCopy("hl7_messages", "hl7_messages", ("id",)),  # cluster migration 21
+    TableCopy("clinical_events", "clinical_events", ("id",)),  # 22
     TableCopy("medication_schedules", "medication_schedules", ("id",)),
     TableCopy("appointment_replies", "appointment_replies", ("id",)),
 )
@@ -36,6 +39,7 @@ SAMPLED = (
     ("appointments", "location_label_ct", "location"),
     ("appointments", "provider_ct", "provider"),
     ("clinical_notices", "variables_ct", "variables"),
+    ("hl7_messages", "raw_ct", "raw"),
     ("medication_schedules", "label_ct", "label"),
 )
 
@@ -52,38 +56,10 @@ async def check_samples(
     lines: list[str] = []
     problems: list[str] = []
     for table, column, aad in SAMPLED:
-        rows = src.execute(
-            f"SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - fixed names
-            " ORDER BY random() LIMIT ?",
-            (sample,),
-        ).fetchall()
-        bad = 0
-        for row_id, mine in rows:
-            cur = await conn.execute(
-                f"SELECT {column} FROM {table} WHERE id = %s".encode(),  # noqa: S608 - fixed names
-                (row_id,),
-            )
-            theirs = await cur.fetchone()
-            if not _same(source, target, mine, theirs, str(row_id), aad):
-                bad += 1
-                if bad <= 3:
-                    problems.append(f"{table}.{column} of {row_id} differs")
-        line = f"{table}.{column}: {len(rows) - bad} of {len(rows)} sampled decrypt the same"
-        (lines if bad == 0 else problems).append(line)
+        line, wrong = await sample_column(
+            src, conn, (source, target), sample, table, "id", column, aad
+        )
+        problems.extend(wrong)
+        if not wrong:
+            lines.append(line)
     return lines, problems
-
-
-def _same(
-    source: crypto.FieldCipher,
-    target: crypto.FieldCipher,
-    mine: bytes,
-    theirs: tuple[object, ...] | None,
-    row_id: str,
-    aad: str,
-) -> bool:
-    if theirs is None or not isinstance(theirs[0], bytes | bytearray | memoryview):
-        return False
-    try:
-        return source.decrypt(mine, row_id, aad) == target.decrypt(bytes(theirs[0]), row_id, aad)
-    except crypto.DecryptError:
-        return False

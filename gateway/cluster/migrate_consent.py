@@ -19,6 +19,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster.migrate_copy import Progress
+from gateway.cluster.migrate_samples import same_text, sample_column
 from gateway.consent.ledger import contact_row_id
 from gateway.store import crypto
 
@@ -67,31 +68,19 @@ async def check_samples(
     reviews' texts, each decrypted on both sides and compared."""
     lines: list[str] = []
     problems: list[str] = []
-    for table, key, column, aad in (
-        ("consent_ledger", "id", "disclosure", "disclosure"),
-        ("consent_ledger", "id", "note", "note"),
-        ("contacts", "idx", "number", "number"),
-        ("contacts", "idx", "patient_ref", "patient_ref"),
+    ciphers = (source, target)
+    for table, key, column, aad, bound in (
+        ("consent_ledger", "id", "disclosure_ct", "disclosure", str),
+        ("consent_ledger", "id", "note_ct", "note", str),
+        ("contacts", "idx", "number_ct", "number", _contact),
+        ("contacts", "idx", "patient_ref_ct", "patient_ref", _contact),
     ):
-        rows = src.execute(
-            f"SELECT {key}, {column}_ct FROM {table} WHERE {column}_ct IS NOT NULL"  # noqa: S608 - fixed names
-            " ORDER BY random() LIMIT ?",
-            (sample,),
-        ).fetchall()
-        bad = 0
-        for row_key, mine in rows:
-            cur = await conn.execute(
-                f"SELECT {column}_ct FROM {table} WHERE {key} = %s".encode(),  # noqa: S608 - fixed names
-                (row_key,),
-            )
-            theirs = await cur.fetchone()
-            bound = contact_row_id(row_key) if table == "contacts" else row_key
-            if not _same(source, target, mine, theirs, bound, bound, aad):
-                bad += 1
-                if bad <= 3:
-                    problems.append(f"{table}.{column}_ct of {_name(row_key)} differs")
-        ok = f"{table}.{column}_ct: {len(rows) - bad} of {len(rows)} sampled decrypt the same"
-        (lines if bad == 0 else problems).append(ok)
+        line, wrong = await sample_column(
+            src, conn, ciphers, sample, table, key, column, aad, bound
+        )
+        problems.extend(wrong)
+        if not wrong:
+            lines.append(line)
     rows = src.execute(
         "SELECT r.id, r.inbound_id, i.body_ct FROM consent_review r JOIN inbound i"
         " ON i.id = r.inbound_id WHERE i.body_ct IS NOT NULL ORDER BY random() LIMIT ?",
@@ -100,8 +89,7 @@ async def check_samples(
     bad = 0
     for review_id, inbound_id, mine in rows:
         cur = await conn.execute("SELECT body_ct FROM consent_reviews WHERE id = %s", (review_id,))
-        theirs = await cur.fetchone()
-        if not _same(source, target, mine, theirs, inbound_id, review_id, "body"):
+        if not same_text(ciphers, mine, await cur.fetchone(), (inbound_id, review_id), "body"):
             bad += 1
             if bad <= 3:
                 problems.append(f"consent_reviews.body_ct of {review_id} differs")
@@ -110,25 +98,6 @@ async def check_samples(
     return lines, problems
 
 
-def _same(
-    source: crypto.FieldCipher,
-    target: crypto.FieldCipher,
-    mine: bytes,
-    theirs: tuple[object, ...] | None,
-    source_row: str,
-    target_row: str,
-    aad: str,
-) -> bool:
-    if theirs is None or not isinstance(theirs[0], bytes | bytearray | memoryview):
-        return False
-    try:
-        value = target.decrypt(bytes(theirs[0]), target_row, aad)
-        return source.decrypt(mine, source_row, aad) == value
-    except crypto.DecryptError:
-        return False
-
-
-def _name(key: object) -> str:
-    """A row named in a problem: a ledger id as it is, a contact by its index's first
-    bytes (an index is a keyed digest, not the number)."""
-    return key.hex()[:12] if isinstance(key, bytes) else str(key)
+def _contact(idx: object) -> str:
+    assert isinstance(idx, bytes)
+    return contact_row_id(idx)

@@ -6,7 +6,8 @@ PostgreSQL commit (`consent_inbound.py`). There `decide` only notes the text; th
 then awaits `after`, which in one PostgreSQL transaction (under the clinical lock, the
 one every clinical write takes, so a confirmation and a move of the same appointment
 take turns; ordinary conversation, no intent and no reminded appointment, takes no
-lock and files nothing): matches the reply, confirms (or cancels, with `[replies]
+lock and files nothing; nor does a text the shared survey step took just before):
+matches the reply, confirms (or cancels, with `[replies]
 cancel_on_reply`) the appointment through the state machine (the planner re-plans its
 shared notices), files the reply's row and outbox event, and inserts the answer SMS
 into the shared queue under the inbound's `reply_id` (within the consent auto-reply
@@ -28,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
 from gateway.clinical.commands import ClinicalHooks
+from gateway.clinical.profile import InterfaceProfile
 from gateway.cluster import consent_store
 from gateway.cluster.clinical_db import CLINICAL_LOCK, ClusterClinicalDb, run_bridged
 from gateway.cluster.consent_inbound import ClusterInboundConsent
@@ -70,6 +72,7 @@ class SharedReplies(InboundReplies):
         router: Router,
         scheduler: Scheduler,
         hooks: ClinicalHooks,
+        profiles: Mapping[str, InterfaceProfile],
         audit: AuditTrail,
         db: ClusterClinicalDb,
         queue: ClusterQueue,
@@ -81,8 +84,9 @@ class SharedReplies(InboundReplies):
         """`withdrawal`, `node_id`: what an appointment's opt-out appends and blocks on
         the shared ledger; `keywords`: the consent keywords a `STOP 1234` matching no
         appointment goes to (None: consent is off)."""
-        # No HL7 interface on a cluster (`[hl7]` is refused): no write-back profiles.
-        super().__init__(config, store, router, scheduler, hooks, {}, audit)
+        # The inbound feeds' profiles: none names a write-back on a cluster (outbound
+        # interfaces are refused, and a write-back must name one).
+        super().__init__(config, store, router, scheduler, hooks, profiles, audit)
         self._db = db
         self._queue = queue
         self._trail = audit
@@ -245,6 +249,8 @@ class SharedReplies(InboundReplies):
             return None
         out.append(step)
         now = s.received_at
+        if _survey_took(conn, s, step.idx):
+            return None  # a survey's answer: not a reply (as SQLite's sink step skips it)
         if parse(s.body) is None and matching.latest_reminded(conn, step.idx, now) is None:
             return None  # ordinary conversation: nothing to file, and no lock taken for it
         conn.execute("SELECT pg_advisory_xact_lock(?)", (CLINICAL_LOCK,))
@@ -292,3 +298,16 @@ async def _filed(conn: Any, inbound_id: str) -> bool:
         "SELECT 1 FROM appointment_replies WHERE inbound_id = %s", (inbound_id,)
     )
     return await cur.fetchone() is not None
+
+
+# The shared survey step ran before this one (the sink awaits its steps in order) and
+# answered, re-asked, completed or failed the number's session at the text's time.
+_SURVEY_TOOK = (
+    "SELECT 1 FROM survey_answers WHERE inbound_id = ?"
+    " UNION ALL SELECT 1 FROM survey_sessions WHERE contact_idx = ? AND updated_at = ?"
+    " AND state <> 'timed_out' LIMIT 1"
+)
+
+
+def _survey_took(conn: sqlite3.Connection, s: StoredInbound, idx: bytes) -> bool:
+    return conn.execute(_SURVEY_TOOK, (s.id, idx, s.received_at)).fetchone() is not None

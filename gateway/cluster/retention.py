@@ -8,7 +8,8 @@ texts and senders after the section's periods; and the review texts a reviewer o
 another node reads (SQLite has no copy: a review there shows its inbound's text,
 which the sweep blanks), after `body_days`; the template variables of the shared
 clinical notices no longer pending, after their purpose's `body_days` (removed, as
-SQLite's). A removed value is "" sealed for its row
+SQLite's); the raw texts of the shared HL7 message log after `body_days` (the rows
+stay, marked `erased_at`, as SQLite's). A removed value is "" sealed for its row
 and column as SQLite's, `redacted` the same levels (1: text, 2: number too).
 
 Each batch is one transaction that locks the rows it takes `FOR UPDATE SKIP LOCKED`:
@@ -36,6 +37,7 @@ STEPS = (
     "shared_inbound_numbers",
     "shared_review_texts",
     "shared_notice_variables",
+    "shared_hl7_messages",
 )
 _FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
 
@@ -74,6 +76,7 @@ def due_notices(g: Group) -> tuple[str, tuple[Any, ...]]:
 
 
 _DUE_REVIEWS = "SELECT id FROM consent_reviews WHERE body_ct IS NOT NULL AND created_at < %s"
+_DUE_HL7 = "SELECT id FROM hl7_messages WHERE erased_at IS NULL AND received_at < %s"
 
 
 async def _take(conn: Conn, due: tuple[str, tuple[Any, ...]], order: str, limit: int) -> list[str]:
@@ -108,6 +111,10 @@ _BLANK_MESSAGE_NUMBERS = (
 _BLANK_INBOUND_TEXTS = (
     "UPDATE inbound i SET body_ct = v.ct, redacted = 1"
     " FROM unnest(%s::text[], %s::bytea[]) v(id, ct) WHERE i.id = v.id"
+)
+_BLANK_HL7_TEXTS = (
+    "UPDATE hl7_messages h SET raw_ct = v.ct, erased_at = %s"
+    " FROM unnest(%s::text[], %s::bytea[]) v(id, ct) WHERE h.id = v.id"
 )
 _BLANK_INBOUND_NUMBERS = (
     "UPDATE inbound i SET sender_ct = v.ct, sender_index = '\\x'::bytea, redacted = 2"
@@ -153,6 +160,13 @@ async def _review_texts(conn: Conn, before: float, limit: int) -> int:
     return len(ids)
 
 
+async def _hl7_texts(conn: Conn, c: FieldCipher, before: float, now: float, limit: int) -> int:
+    ids = await _take(conn, (_DUE_HL7, (before,)), "received_at", limit)
+    if ids:
+        await conn.execute(_BLANK_HL7_TEXTS.encode(), (now, ids, _blanks(c, ids, "raw")))
+    return len(ids)
+
+
 class ClusterSweep:
     """`Sweep` on the shared PostgreSQL tables, under the shared keyring."""
 
@@ -187,6 +201,7 @@ class ClusterSweep:
             for level in (0, 1):
                 counts["shared_inbound_numbers"] += await count(due_inbound(level, number_before))
             counts["shared_review_texts"] = await count((_DUE_REVIEWS, (body_before,)))
+            counts["shared_hl7_messages"] = await count((_DUE_HL7, (body_before,)))
         return counts
 
     async def sweep_batch(self, now: float) -> dict[str, int]:
@@ -203,4 +218,5 @@ class ClusterSweep:
             number_before = now - config.number_days * DAY
             done["shared_inbound_numbers"] = await _inbound_numbers(conn, c, number_before, n)
             done["shared_review_texts"] = await _review_texts(conn, body_before, n)
+            done["shared_hl7_messages"] = await _hl7_texts(conn, c, body_before, now, n)
         return done

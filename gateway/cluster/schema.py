@@ -918,7 +918,98 @@ MIGRATIONS: tuple[str, ...] = (
     # 19 (issue 18): the analytics' sums on a cluster and adoption's index
     #    (`schema_analytics.py`).
     ANALYTICS_AND_ADOPTION,
-    # 20 (issue 18, results, medication, replies): their events, schedules and the
+    # 20 (issue 18, surveys): SQLite's survey
+    #    tables (migration 27) for every node, so a survey started on one node is
+    #    answered on another (`gateway/surveys/`, its jobs run through the clinical
+    #    tables' bridge). Nothing here is encrypted: an answer's text stays in
+    #    `inbound.body_ct`. One open session per number is the partial unique index,
+    #    as on SQLite; `seq` orders the answers.
+    """
+    CREATE TABLE surveys (
+        id          text NOT NULL,
+        version     integer NOT NULL,
+        current     integer NOT NULL,
+        name        text NOT NULL,
+        spec        text NOT NULL,
+        created_at  double precision NOT NULL,
+        created_by  text NOT NULL,
+        PRIMARY KEY (id, version)
+    );
+    CREATE UNIQUE INDEX surveys_current ON surveys (id) WHERE current = 1;
+    CREATE TABLE survey_sessions (
+        id           text PRIMARY KEY,
+        survey_id    text NOT NULL,
+        version      integer NOT NULL,
+        contact_idx  bytea NOT NULL,
+        language     text NOT NULL,
+        state        text NOT NULL CHECK (state IN
+                     ('open', 'completed', 'timed_out', 'stopped', 'blocked', 'failed')),
+        question     integer NOT NULL,
+        asks         integer NOT NULL DEFAULT 0,
+        deadline     double precision,
+        message_id   text,
+        actor        text NOT NULL,
+        started_at   double precision NOT NULL,
+        updated_at   double precision NOT NULL,
+        closed_at    double precision
+    );
+    CREATE UNIQUE INDEX survey_sessions_open ON survey_sessions (contact_idx)
+        WHERE state = 'open';
+    CREATE INDEX survey_sessions_deadline ON survey_sessions (deadline) WHERE state = 'open';
+    CREATE INDEX survey_sessions_survey ON survey_sessions (survey_id, version, state);
+    CREATE TABLE survey_answers (
+        seq         bigserial PRIMARY KEY,
+        session_id  text NOT NULL,
+        survey_id   text NOT NULL,
+        version     integer NOT NULL,
+        question    integer NOT NULL,
+        valid       integer NOT NULL,
+        value       text,
+        reason      text,
+        inbound_id  text NOT NULL,
+        at          double precision NOT NULL
+    );
+    CREATE INDEX survey_answers_survey ON survey_answers (survey_id, version, question);
+    CREATE INDEX survey_answers_session ON survey_answers (session_id);
+    """,
+    # 21 (issue 18, HL7): SQLite's `hl7_messages` as a twin (its migrations 15 and 23),
+    #    so a message sent to any node's MLLP listener is stored, mapped and ACKed once
+    #    for the site: the unique key is the dedupe of every node, and the inbound job
+    #    runs under the clinical lock (`gateway/cluster/clinical_db.py`). No write-back
+    #    queue: outbound interfaces are refused on a cluster (only the replies feed it).
+    """
+    CREATE TABLE hl7_messages (
+        id               text PRIMARY KEY,
+        interface        text NOT NULL,
+        sending_app      text NOT NULL,
+        sending_facility text NOT NULL,
+        control_id       text NOT NULL,
+        msg_type         text NOT NULL,
+        event            text NOT NULL,
+        version          text NOT NULL,
+        msg_time         text NOT NULL,
+        charset          text NOT NULL,
+        charset_flag     text,
+        raw_ct           bytea NOT NULL,
+        state            text NOT NULL CHECK (state IN
+                             ('mapped', 'ignored', 'quarantined', 'rejected')),
+        error_code       integer,
+        error_text       text,
+        error_location   text,
+        ack_code         text,
+        ack              text NOT NULL,
+        duplicates       integer NOT NULL DEFAULT 0,
+        reprocessed      integer NOT NULL DEFAULT 0,
+        received_at      double precision NOT NULL,
+        updated_at       double precision NOT NULL,
+        erased_at        double precision,
+        UNIQUE (interface, sending_app, sending_facility, control_id)
+    );
+    CREATE INDEX hl7_messages_state ON hl7_messages (interface, state, received_at);
+    CREATE INDEX hl7_messages_received ON hl7_messages (received_at DESC, id);
+    CREATE INDEX hl7_messages_retention ON hl7_messages (received_at) WHERE erased_at IS NULL;
+    """,
+    # 22 (issue 18, results, medication, replies): their events, schedules and the
     #    appointment replies as twins (`schema_results.py`).
     RESULTS_AND_MEDICATION,
 )

@@ -1,8 +1,7 @@
-"""Cluster migration 20 (issue 18, results, medication and replies; the task names it
-21: the merger renumbers), kept apart from `schema.py`: SQLite's migrations 18 and 19
-as twins, so the results-available events, the medication schedules with their dose
-notices and the appointment replies are every node's (`gateway/cluster/clinical_db.py`
-runs SQLite's own jobs on them).
+"""Cluster migration 22 (issue 18, results, medication and replies), kept apart from
+`schema.py`: SQLite's migrations 18 and 19 as twins, so the results-available events,
+the medication schedules with their dose notices and the appointment replies are every
+node's (`gateway/cluster/clinical_db.py` runs SQLite's own jobs on them).
 
 - `clinical_events`: one per order (a keyed index, no PHI) and status, so a repeated
   final result notifies once whichever node it reaches.
@@ -87,6 +86,10 @@ END $$;
 CREATE TRIGGER appointment_replies_analytics AFTER INSERT ON appointment_replies
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
     EXECUTE FUNCTION analytics_mark_reply();
+-- Whether the shared survey step (cluster migration 20) took a text before the replies
+-- look at it (cluster/replies.py).
+CREATE INDEX survey_answers_inbound ON survey_answers (inbound_id);
+CREATE INDEX survey_sessions_contact ON survey_sessions (contact_idx, updated_at);
 CREATE UNIQUE INDEX clinical_notices_one_dose ON clinical_notices (ref, due_at)
     WHERE kind = 'medication_dose' AND state IN ('pending', 'queued');
 """

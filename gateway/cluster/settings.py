@@ -118,7 +118,6 @@ def _configured(value: Any, default: Any) -> bool:
 def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
-    from gateway.hl7.settings import Hl7Config
 
     # Tracked links (cluster/links.py) and directory sign-in (its users and sessions
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
@@ -127,12 +126,14 @@ def refused_features(config: Config) -> list[str]:
     # Appointments (the JSON API), reminder rules, templates and the notice runner
     # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
     # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
-    # cluster/campaigns.py, cluster/campaign_feed.py). Results events and medication
-    # schedules too, through the same clinical tables (cluster/schema_results.py), and
-    # the appointment replies with their worklist (cluster/replies.py).
+    # cluster/campaigns.py, cluster/campaign_feed.py). HL7 inbound feeds keep their
+    # message log in the shared PostgreSQL (cluster migration 21); write-back
+    # (outbound interfaces), fed only by the replies, is refused below. Results events
+    # and medication schedules are in the shared clinical tables, and the appointment
+    # replies with their worklist (cluster migration 22, cluster/replies.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
-        ("hl7", config.hl7, Hl7Config()),
+        ('hl7.interfaces with direction = "out"', bool(config.hl7.outbound()), False),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 

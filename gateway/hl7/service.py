@@ -15,12 +15,12 @@ import structlog
 from drivers.clock import Clock
 from gateway.clinical import mappers
 from gateway.clinical.commands import ClinicalHooks
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.config import Config
 from gateway.hl7 import lane, listener
 from gateway.hl7 import messages_sql as sql
 from gateway.hl7.inbound import Hl7Inbound
 from gateway.store.audit_log import AuditTrail
-from gateway.store.consent_sql import cipher_of
 from gateway.store.store import Store
 from gateway.tls import server_context
 from gateway.usecases.caller import Caller
@@ -54,11 +54,23 @@ class OutboundRow:
 
 class Hl7Service:
     def __init__(
-        self, config: Config, store: Store, clock: Clock, hooks: ClinicalHooks, audit: AuditTrail
+        self,
+        config: Config,
+        store: Store,
+        clock: Clock,
+        hooks: ClinicalHooks,
+        audit: AuditTrail,
+        db: ClinicalDb | None = None,
     ) -> None:
+        """`db`: where `hl7_messages` lives (on a cluster the shared PostgreSQL, which
+        has no write-back queue: outbound interfaces are refused there,
+        `cluster/settings.refused_features`); the store's own by default."""
         mappers.load()
         self.config, self.store, self.clock, self.audit = config, store, clock, audit
-        self.inbound = {i.name: Hl7Inbound(i, store, clock, hooks) for i in config.hl7.inbound()}
+        self.db = db or LocalClinicalDb(store)
+        self.inbound = {
+            i.name: Hl7Inbound(i, store, clock, hooks, self.db) for i in config.hl7.inbound()
+        }
         self.lanes: dict[str, lane.OutboundLane] = {}
         for i in config.hl7.outbound():
             ca = str(config.resolve(i.tls_ca_file)) if i.tls_ca_file else None
@@ -101,8 +113,12 @@ class Hl7Service:
 
     async def interfaces(self) -> list[InterfaceSummary]:
         # Reads, on the read pool: a scrape of /metrics must not queue behind writes.
-        counts = sql.counters(await self.store.reader.all(sql.COUNTERS))
-        out_counts = _outbound_counters(await self.store.reader.all(_OUTBOUND_COUNTERS))
+        counts = sql.counters(await self.db.all(sql.COUNTERS))
+        out_counts = (
+            {}
+            if self.db.shared
+            else _outbound_counters(await self.store.reader.all(_OUTBOUND_COUNTERS))
+        )
         rows = []
         for i in self.config.hl7.interfaces:
             if i.direction == "in":
@@ -123,13 +139,13 @@ class Hl7Service:
     async def messages(
         self, state: str | None, interface: str | None, limit: int = 100
     ) -> list[sql.Listed]:
-        found: list[sql.Listed] = await self.store.writer.run(
-            lambda c: sql.listed(c, state, interface, limit)
+        found: list[sql.Listed] = await self.db.run(
+            lambda c: sql.listed(c, state, interface, limit), serial=False
         )
         return found
 
     async def message(self, row_id: str) -> sql.Listed | None:
-        found: sql.Listed | None = await self.store.writer.run(lambda c: sql.one(c, row_id))
+        found: sql.Listed | None = await self.db.run(lambda c: sql.one(c, row_id), serial=False)
         return found
 
     async def reprocess(self, row_id: str, caller: Caller) -> str | None:
@@ -147,14 +163,17 @@ class Hl7Service:
         """The message as received (PHI): audited before it is returned."""
         if not caller.may_read_phi:
             raise forbidden("id", "the raw message")
-        cipher = cipher_of(self.store)
-        found = await self.store.writer.run(lambda c: sql.raw_text(c, cipher, row_id))
+        cipher = self.db.cipher
+        found = await self.db.run(lambda c: sql.raw_text(c, cipher, row_id), serial=False)
         if found is None:
             return None
         await self.audit.record(caller.actor, "hl7_raw_revealed", "hl7_message", row_id)
         return found[1]
 
     async def outbound(self, state: str | None = None, limit: int = 100) -> list[OutboundRow]:
+        if self.db.shared:  # no write-back on a cluster: not this node's leftovers either
+            return []
+
         def read(conn: sqlite3.Connection) -> list[OutboundRow]:
             q = (
                 "SELECT id, interface, control_id, kind, state, attempts, ack_code, last_error,"
@@ -171,6 +190,8 @@ class Hl7Service:
         return rows
 
     async def outbound_exists(self, row_id: str) -> bool:
+        if self.db.shared:
+            return False
         found: bool = await self.store.writer.run(
             lambda c: (
                 c.execute("SELECT 1 FROM hl7_outbound WHERE id = ?", (row_id,)).fetchone()
@@ -180,6 +201,8 @@ class Hl7Service:
         return found
 
     async def resend(self, row_id: str, caller: Caller) -> bool:
+        if self.db.shared:
+            return False
         done = await lane.resend(self.store, row_id, self.clock.time())
         if done:
             await self.audit.record(caller.actor, "hl7_outbound_resent", "hl7_outbound", row_id)

@@ -125,8 +125,8 @@ def erase(
         conn.execute(f"DELETE FROM {table} WHERE contact_idx = ?", (idx,))  # noqa: S608  # fixed names
 
     mrns = _erase_patients(conn, c, person, now, n)
-    n["hl7_messages"] = _erase_hl7(conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw")
-    n["hl7_writebacks"] = _erase_hl7(
+    n["hl7_messages"] = erase_hl7(conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw")
+    n["hl7_writebacks"] = erase_hl7(
         conn, c, person, mrns, now, "hl7_outbound", "message_ct", "message"
     )
     for table in ("appointment_replies", "consent_review"):
@@ -261,7 +261,7 @@ def erase_patients(
     return mrns, pids
 
 
-def _erase_hl7(
+def erase_hl7(
     conn: sqlite3.Connection,
     c: FieldCipher,
     person: Person,
@@ -271,7 +271,8 @@ def _erase_hl7(
     column: str,
     aad: str,
 ) -> int:
-    """Stored HL7 texts (no index to find them by) that name the number or an MRN."""
+    """Stored HL7 texts (no index to find them by) that name the number or an MRN, in
+    SQL a cluster's PostgreSQL reads too (`gateway/cluster/erasure.py`)."""
     rows = conn.execute(
         f"SELECT id, {column} FROM {table} WHERE erased_at IS NULL"  # noqa: S608  # fixed names
     ).fetchall()

@@ -19,8 +19,19 @@ take it. For a sender with an open session:
    the session `failed`, and the answer is kept.
 
 Everything runs under a savepoint: should it fail, it is rolled back and logged, and
-the inbound text still commits. Survey texts are PHI: nothing here logs a number or a
-text, only ids, the question's index and a verdict's reason.
+the inbound text still commits.
+
+On a cluster (`SharedInboundSurveys`) the sessions are in the shared PostgreSQL and
+the inbound's keyword step runs on the node's SQLite writer: there the step only
+notes the text, and after the inbound's commit (after the keyword's own shared
+decision, so a STOP is recorded first) the same decision runs as one job on the
+shared tables (`ClinicalDb`, under the clinical lock): an answer received on any node
+advances the session whichever node started it, once, and the next text goes into
+the shared queue in that job's transaction. The appointment replies there run after
+it (`gateway/cluster/replies.py`) and pass over a text it took.
+
+Survey texts are PHI: nothing here logs a number or a text, only ids, the question's
+index and a verdict's reason.
 """
 
 from __future__ import annotations
@@ -29,9 +40,11 @@ import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
+from gateway.clinical.db import ClinicalDb
 from gateway.consent.inbound import Handled
 from gateway.consent.keywords import Action
 from gateway.errors import ApiError
@@ -51,6 +64,7 @@ log = structlog.get_logger("smsgw.surveys")
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _OPT_OUTS = (Action.OPT_OUT, Action.OPT_OUT_ALL, Action.REVOCATION)
+_OPEN_FOR = "SELECT 1 FROM survey_sessions WHERE contact_idx = ? AND state = 'open'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +100,7 @@ class InboundSurveys:
     def decide(
         self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
     ) -> Outcome | None:
-        number = s.sender if _E164.fullmatch(s.sender) else normalise_number(s.sender, self._region)
+        number = self.number_of(s)
         if number is None:
             return None
         idx = self._store.blind_index(number)
@@ -103,6 +117,16 @@ class InboundSurveys:
             return None
         conn.execute("RELEASE surveys")
         return outcome
+
+    def number_of(self, s: StoredInbound) -> str | None:
+        """The sender as a number, or None (an alphanumeric sender answers nothing)."""
+        if _E164.fullmatch(s.sender):
+            return s.sender
+        return normalise_number(s.sender, self._region)
+
+    def index_of(self, s: StoredInbound) -> bytes | None:
+        number = self.number_of(s)
+        return None if number is None else self._store.blind_index(number)
 
     def _decide(
         self,
@@ -200,3 +224,54 @@ class InboundSurveys:
             reason=o.reason,
             message_id=o.prepared[0].message.id if o.prepared else None,
         )
+
+
+class SurveyStep(Protocol):
+    """The sink's survey step: `decide` in the inbound's transaction (its result's
+    `took`: the text was the survey's), `after` once that committed (maybe awaitable)."""
+
+    def decide(self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None) -> Any:
+        """What to do after the commit, or None."""
+        ...
+
+    def after(self, o: Any) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Noted:
+    """An inbound text a cluster node decides on the shared sessions after its commit."""
+
+    inbound: StoredInbound
+    consent: Handled | None
+    idx: bytes
+    took: bool = False  # not known before the shared decision: the replies still see it
+
+
+class SharedInboundSurveys:
+    """`SurveyStep` on a cluster node: the decision on the shared sessions."""
+
+    def __init__(self, local: InboundSurveys, db: ClinicalDb) -> None:
+        self._local = local
+        self._db = db
+
+    def decide(
+        self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
+    ) -> Noted | None:
+        idx = self._local.index_of(s)
+        return None if idx is None else Noted(s, consent, idx)
+
+    async def after(self, noted: Noted) -> None:
+        # Most texts answer no survey: a plain read spares them the clinical lock.
+        if await self._db.one(_OPEN_FOR, (noted.idx,)) is None:
+            return
+        try:
+            outcome = await self._db.run(
+                lambda conn: self._local.decide(conn, noted.inbound, noted.consent)
+            )
+        except Exception as e:  # the text is stored; a survey's failure must not undo it
+            log.error(
+                "survey_answer_failed", inbound_id=noted.inbound.id, error=exception_summary(e)
+            )
+            return
+        if outcome is not None:
+            self._local.after(outcome)

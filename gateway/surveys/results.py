@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from gateway.clinical.db import ClinicalDb
 from gateway.errors import ApiError
-from gateway.store.store import Store
 from gateway.surveys import sql
 from gateway.surveys.spec import Question, Survey
 from gateway.usecases.audit import AuditSink
@@ -84,13 +84,13 @@ def _num(d: Decimal) -> str:
     return format(q, "f")
 
 
-async def results(store: Store, survey: Survey) -> Results:
-    states = await store.reader.all(
+async def results(db: ClinicalDb, survey: Survey) -> Results:
+    states = await db.all(
         "SELECT state, count(*) FROM survey_sessions WHERE survey_id = ? AND version = ?"
         " GROUP BY state",
         (survey.id, survey.version),
     )
-    rows = await store.reader.all(
+    rows = await db.all(
         "SELECT question, valid, value, count(*) FROM survey_answers"
         " WHERE survey_id = ? AND version = ? GROUP BY question, valid, value",
         (survey.id, survey.version),
@@ -129,7 +129,7 @@ EXPORT_HEADER = (
 
 
 async def export_rows(
-    store: Store, audit: AuditSink, caller: Caller, survey: Survey, *, include_numbers: bool
+    db: ClinicalDb, audit: AuditSink, caller: Caller, survey: Survey, *, include_numbers: bool
 ) -> tuple[list[str], list[list[object]]]:
     """The header and one row per recorded answer. Free-text answers' texts come with
     PHI rights (the panel's operators, a `phi` token); numbers only when asked for
@@ -146,7 +146,7 @@ async def export_rows(
         caller.actor, "survey_export", "survey", survey.id,
         version=survey.version, texts=texts, numbers=include_numbers,
     )  # fmt: skip
-    rows = await store.reader.all(
+    rows = await db.all(
         "SELECT s.id, s.started_at, s.state, s.language, a.question, a.valid, a.value,"
         " a.reason, a.at, a.inbound_id, i.body_ct, m.id, m.to_ct"
         " FROM survey_answers a JOIN survey_sessions s ON s.id = a.session_id"
@@ -167,9 +167,9 @@ async def export_rows(
         if texts:
             text = None
             if kind == "text" and r[10] is not None:
-                text = store.decrypt(bytes(r[10]), r[9], "body")
+                text = db.cipher.decrypt(bytes(r[10]), r[9], "body")
             line.append(text)
         if include_numbers:
-            line.append(None if r[12] is None else store.decrypt(bytes(r[12]), r[11], "to"))
+            line.append(None if r[12] is None else db.cipher.decrypt(bytes(r[12]), r[11], "to"))
         out.append(line)
     return header, out

@@ -1,8 +1,10 @@
 """The surveys' SQL: versions, sessions and answers (no decryption: nothing here is
 encrypted; an answer's text stays in `inbound.body_ct`).
 
-Writes take the writer's connection (`conn`), inside a job the caller runs; reads for
-the front ends go through `Store.reader`.
+Writes take a job's connection (`conn`), inside a job the caller runs on the
+`ClinicalDb` (the node's SQLite writer, or on a cluster the shared PostgreSQL through
+its bridge: so the SQL is what both engines read alike); reads for the front ends go
+through `ClinicalDb.all`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store.store import Store
+from gateway.clinical.db import ClinicalDb
 from gateway.surveys import spec as specs
 from gateway.surveys.spec import Survey, SurveySpec
 
@@ -85,15 +87,15 @@ def current_of(conn: sqlite3.Connection, survey_id: str) -> Survey | None:
     return None if r is None else _survey(r)
 
 
-async def current_all(store: Store) -> list[Survey]:
-    rows = await store.reader.all(
+async def current_all(db: ClinicalDb) -> list[Survey]:
+    rows = await db.all(
         f"SELECT {_SURVEY} FROM surveys WHERE current = 1 ORDER BY created_at, id"  # noqa: S608
     )
     return [_survey(r) for r in rows]
 
 
-async def versions(store: Store, survey_id: str) -> list[Survey]:
-    rows = await store.reader.all(
+async def versions(db: ClinicalDb, survey_id: str) -> list[Survey]:
+    rows = await db.all(
         f"SELECT {_SURVEY} FROM surveys WHERE id = ? ORDER BY version DESC",  # noqa: S608
         (survey_id,),
     )
@@ -115,15 +117,13 @@ def open_session(
     """Open a session for the number, at its first question; False (and nothing
     written) if the number has one open already: the unique index decides, so two
     parallel starts cannot both succeed."""
-    try:
-        conn.execute(
-            "INSERT INTO survey_sessions (id, survey_id, version, contact_idx, language, state,"
-            " question, asks, actor, started_at, updated_at) VALUES (?,?,?,?,?,'open',0,0,?,?,?)",
-            (session_id, survey.id, survey.version, idx, language, actor, now, now),
-        )
-    except sqlite3.IntegrityError:
-        return False
-    return True
+    r = conn.execute(
+        "INSERT INTO survey_sessions (id, survey_id, version, contact_idx, language, state,"
+        " question, asks, actor, started_at, updated_at) VALUES (?,?,?,?,?,'open',0,0,?,?,?)"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        (session_id, survey.id, survey.version, idx, language, actor, now, now),
+    ).fetchone()
+    return r is not None
 
 
 def open_for(conn: sqlite3.Connection, idx: bytes) -> Session | None:

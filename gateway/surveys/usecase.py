@@ -10,6 +10,10 @@ REFUSED (`409 survey_open` for one number; counted as `already_open` for an audi
 not queued: a second flow's questions interleaved with the first's could not be told
 apart by the patient, and a queued one could start days later, out of context. The
 check and the start are one step (the partial unique index on open sessions).
+
+The surveys' rows live where the clinical tables do (`ClinicalDb`): the node's SQLite,
+or on a cluster the shared PostgreSQL, where a session started on one node is answered
+on any; an audience is read from the contact book (the shared one on a cluster).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.clock import Clock
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.consent.ledger import contact_row_id
-from gateway.contacts.audience import AudienceSpec, audience_batches
+from gateway.contacts.audience import AudienceSpec
+from gateway.contacts.book import ContactBook, LocalContactBook
 from gateway.errors import ApiError
 from gateway.intake import Prepared, normalise_number
 from gateway.store.store import Store
@@ -72,8 +78,14 @@ class Surveys:
         messages: Messages,
         region: str,
         wake: Callable[[], None] = lambda: None,
+        db: ClinicalDb | None = None,
+        book: ContactBook | None = None,
     ) -> None:
+        """`db`: where the surveys' rows live, `book`: the contacts an audience is read
+        from (None: the store's own; a cluster's shared ones)."""
         self._store = store
+        self._db = db or LocalClinicalDb(store)
+        self._book = book or LocalContactBook(store)
         self._clock = clock
         self._audit = audit
         self._messages = messages
@@ -83,17 +95,17 @@ class Surveys:
     # -- reading -----------------------------------------------------------------------
 
     async def list_surveys(self, caller: Caller) -> list[Survey]:
-        return await sql.current_all(self._store)
+        return await sql.current_all(self._db)
 
     async def get(self, caller: Caller, survey_id: str) -> tuple[Survey, list[Survey]]:
         """The current version and every version, newest first."""
-        found = await sql.versions(self._store, survey_id)
+        found = await sql.versions(self._db, survey_id)
         if not found:
             raise not_found()
         return found[0], found
 
     async def _version(self, survey_id: str, version: int | None) -> Survey:
-        found = await sql.versions(self._store, survey_id)
+        found = await sql.versions(self._db, survey_id)
         for survey in found:
             if version is None or survey.version == version:
                 return survey
@@ -104,7 +116,7 @@ class Surveys:
 
     async def results(self, caller: Caller, survey_id: str, version: int | None = None) -> Results:
         """Counts per question of one version (default: the current one)."""
-        return await results.results(self._store, await self._version(survey_id, version))
+        return await results.results(self._db, await self._version(survey_id, version))
 
     async def export(
         self,
@@ -117,7 +129,7 @@ class Surveys:
         """The header and rows of the CSV export (audited; see `results.export_rows`)."""
         survey = await self._version(survey_id, version)
         return await results.export_rows(
-            self._store, self._audit, caller, survey, include_numbers=include_numbers
+            self._db, self._audit, caller, survey, include_numbers=include_numbers
         )
 
     # -- editing -----------------------------------------------------------------------
@@ -143,7 +155,7 @@ class Surveys:
             version = sql.insert_version(conn, survey_id, spec, now, caller.actor)
             return sql.version_of(conn, survey_id, version)
 
-        saved = await self._store.writer.run(job)
+        saved = await self._db.run(job)
         if saved is None:
             raise not_found()
         await self._audit.record(
@@ -202,7 +214,7 @@ class Surveys:
             self._start(conn, caller, survey, to, lang, now, sent, out, single=True)
             return out
 
-        prepared = await self._store.writer.run(job)
+        prepared = await self._db.run(job)
         self._messages.hand_over(prepared)
         if sent.already_open:
             raise ApiError(
@@ -212,10 +224,11 @@ class Surveys:
     async def _send_audience(
         self, caller: Caller, survey_id: str, target: Target, audience: AudienceSpec, sent: Sent
     ) -> None:
-        def members(conn: sqlite3.Connection) -> list[bytes]:
-            return [idx for batch in audience_batches(conn, audience) for idx in batch]
-
-        everyone = await self._store.writer.run(members)
+        everyone: list[bytes] = []
+        while page := await self._book.audience_idxs(
+            audience, everyone[-1] if everyone else b"", BATCH
+        ):
+            everyone.extend(page)
         if not everyone:
             raise ApiError(422, "empty_audience", "audience: no contact matches", field="audience")
         for start in range(0, len(everyone), BATCH):
@@ -235,12 +248,12 @@ class Surveys:
                     ).fetchone()
                     if r is None:
                         continue  # erased since the audience was read
-                    number = self._store.decrypt(r[0], contact_row_id(idx), "number")
+                    number = self._db.cipher.decrypt(bytes(r[0]), contact_row_id(idx), "number")
                     lang = flow.language_for(survey.spec, target.language, r[1])
                     self._start(conn, caller, survey, number, lang, now, sent, out, single=False)
                 return out
 
-            self._messages.hand_over(await self._store.writer.run(job))
+            self._messages.hand_over(await self._db.run(job))
 
     def _start(
         self,

@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.clinical.rendering import Rendered, TemplateMissing
 from gateway.templates import language as lang
@@ -89,9 +89,24 @@ class TemplateRenderer:
         *,
         variant: str | None = None,
     ) -> Rendered:
+        return self.render_found(
+            lambda tag: store.active(conn, name, tag), name, language, variables, variant=variant
+        )
+
+    def render_found(
+        self,
+        find: Callable[[str], Version | None],
+        name: str,
+        language: str | None,
+        variables: Mapping[str, str],
+        *,
+        variant: str | None = None,
+    ) -> Rendered:
+        """`render` with the active version of each language from `find` (a cluster's
+        campaign pass reads the template's versions once for all its recipients)."""
         chain = fallback_chain(language, self.site_language)
         for tag in chain:
-            found = store.active(conn, name, tag)
+            found = find(tag)
             if found is not None:
                 return self.fill(found, variables, variant)
         raise TemplateMissing(f"template {name}: no active version in {', '.join(chain)}")

@@ -39,14 +39,13 @@ from gateway.consent.purposes import appointment_scope
 from gateway.errors import ApiError
 from gateway.reminders import rules
 from gateway.reminders.rules import RuleSpec
-from gateway.store import crypto
-from gateway.store.store import Store
 from gateway.templates.usecase import DraftRequest
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from gateway.usecases.messages import IdempotencyKey
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, TEST_CONSENT, GatewayFactory
 from tests.pg.migrate_source import init
+from tests.pg.two_nodes import in_process_nodes
 from tests.test_consent_policy import caller
 
 H = 3600.0
@@ -109,27 +108,10 @@ async def nodes(
         yield Nodes("sqlite", gw, gw)
         return
     dsn: str = request.getfixturevalue("migrated_dsn")
-    opened: list[Gateway] = []
-    first = tmp_path / "gw1"
-    try:
-        for name in ("gw1", "gw2"):
-            if name == "gw1":
-                config = _cluster_config(first, name, dsn)
-                crypto.generate_master_key(config.master_key_path)
-                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
-                await store.open()
-                await store.close()
-            else:  # one keyring for every node: the first's data directory copied
-                shutil.copytree(first, tmp_path / name)
-                config = _cluster_config(tmp_path / name, name, dsn)
-            gw = await Gateway.open(config, clock)
-            opened.append(gw)
-            await gw.start(dispatch=False)
+    async with in_process_nodes(
+        tmp_path, clock, lambda data, name: _cluster_config(data, name, dsn)
+    ) as opened:
         yield Nodes("postgresql", opened[0], opened[1])
-    finally:
-        for gw in opened:
-            if not gw.stopped:
-                await gw.stop()
 
 
 def _states(rows: list[NoticeRow]) -> list[tuple[str, str, str | None]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,13 @@ from gateway.cluster.lease import Pool
 from gateway.contacts.audience import AudienceSpec
 from gateway.contacts.csv_import import Options
 from gateway.errors import ApiError
-from gateway.store import crypto
-from gateway.store.store import Store
+from gateway.templates.usecase import DraftRequest
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
 from tests.campaign_rows import numbers
 from tests.pg.test_claims import plan_nodes
 from tests.pg.test_consent_cluster import _cluster_config
+from tests.pg.two_nodes import in_process_nodes
 from tests.test_consent_inbound import SHORT_CODE
 
 STAFF = Caller.for_panel_user("user:staff", reads_phi=True, acts=True)
@@ -46,38 +46,26 @@ TEXT = "Flu shots at the clinic this week."
 @pytest.fixture
 async def pair(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[list[Gateway]]:
     """Two nodes (dispatch off: the passes are called, nothing is sent)."""
-    opened: list[Gateway] = []
-    first = tmp_path / "gw1"
-    try:
-        for name in ("gw1", "gw2"):
-            if name == "gw1":
-                config = _cluster_config(first, name, pg_dsn)
-                crypto.generate_master_key(config.master_key_path)
-                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
-                await store.open()
-                await store.close()
-            else:  # one keyring for every node: the first's data directory copied
-                shutil.copytree(first, tmp_path / name)
-                config = _cluster_config(tmp_path / name, name, pg_dsn)
-            gw = await Gateway.open(config, clock)
-            opened.append(gw)
-            await gw.start(dispatch=False)
+    async with in_process_nodes(
+        tmp_path, clock, lambda data, name: _cluster_config(data, name, pg_dsn)
+    ) as opened:
         yield opened
-    finally:
-        for gw in opened:
-            if not gw.stopped:
-                await gw.stop()
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _group_of(gw: Gateway, name: str, members: Sequence[str]) -> str:
-    """A group made on `gw` and its members imported there (the shared contacts)."""
+async def _group_of(
+    gw: Gateway, name: str, members: Sequence[str], languages: Sequence[str] = ()
+) -> str:
+    """A group made on `gw` and its members imported there (the shared contacts), each
+    with its language when `languages` are given."""
     group = await gw.contacts.create_group(STAFF, name, None)
     if members:
-        csv = ("number\n" + "\n".join(members) + "\n").encode()
+        rows = [",".join(r) for r in zip(members, languages, strict=True)] if languages else members
+        head = "number,language" if languages else "number"
+        csv = (head + "\n" + "\n".join(rows) + "\n").encode()
         report = await gw.contacts.imports.run(STAFF, _chunks(csv), Options(group=group.id))
         assert (report.created, report.failed) == (len(members), 0)
     return group.id
@@ -155,10 +143,60 @@ async def test_a_group_built_on_one_node_is_a_campaign_audience_on_the_other(
     later = await b.campaigns.progress(STAFF, campaign)
     assert (later.campaign.replies, later.campaign.opt_outs) == (1, 1)
 
-    spec = CampaignSpec("T", AudienceSpec(groups=[group]), "informational", template="flu")
-    with pytest.raises(ApiError) as refused:  # templates are each node's own still
-        await a.campaigns.create(STAFF, spec)
-    assert (refused.value.status, refused.value.code) == (422, "template_not_on_cluster")
+
+async def test_a_template_activated_on_one_node_is_rendered_by_both_nodes_passes(
+    pair: list[Gateway],
+) -> None:
+    """Saved and activated on A, named by a campaign started on B, rendered by both
+    nodes' passes: each recipient once, in its language (its fallback chain), English
+    split between two variants by weight."""
+    a, b = pair
+    admin = replace(STAFF, may_edit_templates=True)
+    flu = {"clinic": {"type": "provider", "max_length": 24}}
+    english = (("a", "Flu shots at {clinic} this week.", 1), ("b", "{clinic}: flu shots now.", 1))
+    await a.templates.save(
+        admin, DraftRequest("en", "informational", flu, variants=english, name="flu")
+    )
+    spanish = DraftRequest("es", "informational", flu, body="Vacunas en {clinic}.", name="flu")
+    await a.templates.save(admin, spanish)
+    await a.templates.save(admin, replace(spanish, body="Vacuna antigua."))
+    await a.templates.activate(admin, "flu", "es", 1)  # back to the first Spanish text
+
+    members = numbers(12)
+    languages = ["es", "en", ""] * 4  # no language: the site's (English)
+    group = await _group_of(a, "Flu", members, languages)
+    assert "flu" in (await b.campaigns.choices(STAFF))[1]
+    spec = CampaignSpec("Flu", AudienceSpec(groups=[group]), "informational", template="flu")
+    preview = await b.campaigns.preview(STAFF, spec)
+    assert {t.variant for t in preview.texts.texts} == {"a", "b"}
+    campaign = await b.campaigns.create(STAFF, spec)
+    assert (await b.campaigns.start(STAFF, campaign.id)).state is CampaignState.RUNNING
+
+    bodies: dict[str, list[str]] = {}
+    while True:
+        results = await asyncio.gather(*(_pass(gw, campaign.id, 2) for gw in (a, b)))
+        for result in results:
+            for prepared in result.prepared:
+                bodies.setdefault(prepared.message.to, []).append(prepared.message.body)
+        if not any(r.read for r in results):
+            break
+    assert sorted(bodies) == sorted(members) and all(len(b) == 1 for b in bodies.values())
+    clinic = a.config.consent.brand
+    for number, language in zip(members, languages, strict=True):
+        [body] = bodies[number]
+        if language.startswith("es"):
+            assert body == f"Vacunas en {clinic}."
+        else:
+            assert body in (f"Flu shots at {clinic} this week.", f"{clinic}: flu shots now.")
+    variants = await _rows(
+        a,
+        "SELECT variant, count(*) FROM messages WHERE campaign_id = %s GROUP BY variant"
+        " ORDER BY variant",
+        (campaign.id,),
+    )
+    by_variant = dict(variants)  # each English recipient on "a" or "b", by its hash
+    assert by_variant.pop(None) == 4 and set(by_variant) <= {"a", "b"}
+    assert sum(by_variant.values()) == 8
 
 
 async def test_two_nodes_running_one_campaign_message_each_recipient_once(
@@ -221,7 +259,9 @@ async def test_a_pause_on_one_node_stops_the_next_pass_on_the_other(
     assert len((await _pass(b, campaign_id, 3)).prepared) == 3
     assert a.cluster is not None
     queue = a.cluster.queue
-    feed = ClusterCampaignFeed(queue.pool, queue.cipher, a.usecases.messages, "gw1", horizon=1e5)
+    feed = ClusterCampaignFeed(
+        queue.pool, queue.cipher, a.usecases.messages, "gw1", a.templates.renderer, horizon=1e5
+    )
     (live,) = await feed.live()  # each of the two live nodes feeds it at half its rate
     assert live.rate == (await a.campaigns.get(STAFF, campaign_id)).rate / 2
 

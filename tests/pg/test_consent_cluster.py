@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +46,7 @@ from gateway.usecases import consent as consent_usecase
 from gateway.usecases.consent import DecisionRequest, ImportReport
 from gateway.usecases.consent_csv import Options
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, GatewayFactory, record_decision
+from tests.pg.two_nodes import in_process_nodes
 from tests.test_api import _api, _error
 from tests.test_caps import CAPS as CAPPED
 from tests.test_consent_inbound import SHORT_CODE
@@ -132,27 +132,10 @@ async def nodes(
         yield Nodes("sqlite", gw, gw)
         return
     dsn: str = request.getfixturevalue("pg_dsn")
-    opened: list[Gateway] = []
-    first = tmp_path / "gw1"
-    try:
-        for name in ("gw1", "gw2"):
-            if name == "gw1":
-                config = _cluster_config(first, name, dsn)
-                crypto.generate_master_key(config.master_key_path)
-                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
-                await store.open()
-                await store.close()
-            else:  # one keyring for every node: the first's data directory copied
-                shutil.copytree(first, tmp_path / name)
-                config = _cluster_config(tmp_path / name, name, dsn)
-            gw = await Gateway.open(config, clock)
-            opened.append(gw)
-            await gw.start(dispatch=False)
+    async with in_process_nodes(
+        tmp_path, clock, lambda data, name: _cluster_config(data, name, dsn)
+    ) as opened:
         yield Nodes("postgresql", opened[0], opened[1])
-    finally:
-        for gw in opened:
-            if not gw.stopped:
-                await gw.stop()
 
 
 async def state(nodes: Nodes, who: Caller, message_id: str) -> tuple[State, str | None]:

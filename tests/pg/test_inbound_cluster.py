@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from gateway.cluster.inbound import ClusterInbound
 from gateway.cluster.inbound_reads import ClusterInboundReads
 from gateway.cluster.schema import migrate
 from gateway.inbound import missing_marker
-from gateway.store import crypto
 from gateway.store.crypto import FieldCipher
 from gateway.store.inbound_parts import Filed
 from gateway.store.inbound_reads import InboundReads, LocalInboundReads
@@ -39,6 +37,7 @@ from tests.admin_support import PanelClient
 from tests.conftest import CANARY_BODY, CANARY_DIGITS, CANARY_NUMBER
 from tests.pg.test_cluster_panel import OFFLINE_NAME, panels  # noqa: F401 - a fixture
 from tests.pg.test_consent_cluster import _cluster_config
+from tests.pg.two_nodes import in_process_nodes
 from tests.pg_server import PgServer
 from tests.test_api import _api
 from tests.test_consent_inbound import SHORT_CODE
@@ -178,27 +177,10 @@ class Pair:
 
 @pytest.fixture
 async def pair(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[Pair]:
-    opened: list[Gateway] = []
-    first = tmp_path / "gw1"
-    try:
-        for name in ("gw1", "gw2"):
-            if name == "gw1":
-                config = _cluster_config(first, name, pg_dsn)
-                crypto.generate_master_key(config.master_key_path)
-                store = Store(config.db_path, crypto.read_master_key(config.master_key_path))
-                await store.open()
-                await store.close()
-            else:  # one keyring for every node: the first's data directory copied
-                shutil.copytree(first, tmp_path / name)
-                config = _cluster_config(tmp_path / name, name, pg_dsn)
-            gw = await Gateway.open(config, clock)
-            opened.append(gw)
-            await gw.start(dispatch=False)
+    async with in_process_nodes(
+        tmp_path, clock, lambda data, name: _cluster_config(data, name, pg_dsn)
+    ) as opened:
         yield Pair(opened[0], opened[1])
-    finally:
-        for gw in opened:
-            if not gw.stopped:
-                await gw.stop()
 
 
 @pytest.mark.timeout(60)
