@@ -121,7 +121,8 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         await _error(r, 401, "unauthenticated")
 
     document = await (await b.api.get("/api/v1/openapi.json")).json()
-    assert "501" in document["paths"]["/api/v1/replies"]["get"]["responses"]
+    assert "501" in document["paths"]["/api/v1/hl7/outbound"]["get"]["responses"]
+    assert "501" not in document["paths"]["/api/v1/replies"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/surveys"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/links"]["get"]["responses"]
 
