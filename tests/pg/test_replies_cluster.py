@@ -21,8 +21,10 @@ from gateway.app import Gateway
 from gateway.consent.answers import reply_id
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
+from gateway.surveys.usecase import Target
 from tests.conftest import CANARY_NUMBER
 from tests.pg.test_appointments_cluster import H, Nodes, nodes  # noqa: F401  # the fixture
+from tests.survey_rows import ADMIN, make_survey
 from tests.test_consent_inbound import SHORT_CODE
 from tests.test_consent_policy import caller
 
@@ -113,3 +115,14 @@ async def test_stop_with_a_code_on_one_node_stops_that_appointments_texts_only(
     await nodes.a.notice_runner(nodes.a.renderer).run_once()
     [reminder] = await nodes.notices(nodes.b, appt)
     assert (reminder.reason, reminder.message_id) == ("opted_out", None)
+
+
+async def test_a_survey_answer_received_on_the_other_node_is_no_reply(
+    nodes: Nodes,  # noqa: F811
+) -> None:
+    """ "C" to a survey's question is the survey's (re-asked: not one of its options),
+    not a confirmation on the worklist as `unmatched`."""
+    sent = await nodes.a.surveys.send(ADMIN, await make_survey(nodes.a), Target(to=CANARY_NUMBER))
+    assert sent.session_id is not None
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, "C", SHORT_CODE))
+    assert await nodes.a.usecases.replies.listed(await nodes.staff(nodes.a), None) == []
