@@ -191,18 +191,16 @@ class Gateway(UseCaseWiring):
         shared_tokens = None if node is None else node.tokens
         tokens = TokenCache(store, clock, config.http.token_cache_seconds, shared_tokens)
         audit = AuditTrail(store, audit_key(store.master_key), clock)
+        shared_keywords = None
         if node is not None and intake.policy.enabled:  # one consent list for the nodes
             from gateway.cluster.consent_wiring import wire_consent
 
-            sink.answer_keywords(
-                wire_consent(node, config, store, router, scheduler, intake.policy)
-            )
+            shared_keywords = wire_consent(node, config, store, router, scheduler, intake.policy)
+            sink.answer_keywords(shared_keywords)
         else:
             sink.answer_keywords(InboundConsent(config, store, router, scheduler, audit))
         hooks = ClinicalHooks()
         profiles = {i.name: i.profile() for i in config.hl7.inbound()}
-        replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
-        sink.answer_replies(replies)
         outbox = build_outbox(
             config,
             store,
@@ -231,6 +229,30 @@ class Gateway(UseCaseWiring):
         if node is not None:
             node.register_metrics(metrics.registry)
         gateway.planner.install(gateway.clinical_hooks)
+        if node is None:
+            replies = InboundReplies(config, store, router, scheduler, hooks, profiles, audit)
+        else:  # matched against the shared appointments, filed for every node
+            from gateway.cluster.clinical_db import ClusterClinicalDb
+            from gateway.cluster.consent_wiring import shared_withdrawal
+            from gateway.cluster.replies import SharedReplies
+
+            db = gateway.clinical_db
+            assert isinstance(db, ClusterClinicalDb)
+            replies = SharedReplies(
+                config,
+                store,
+                router,
+                scheduler,
+                hooks,
+                profiles,
+                audit,
+                db,
+                node.queue,
+                node_id=config.cluster.node_id,
+                withdrawal=shared_withdrawal(node, config),
+                keywords=shared_keywords,
+            )
+        sink.answer_replies(replies)
         sink.answer_surveys(gateway.survey_answers)  # i15-surveys (shared on a cluster)
         gateway.renderer = gateway.templates.renderer
         return gateway
@@ -278,10 +300,9 @@ class Gateway(UseCaseWiring):
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
             self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
             self._spawn(self.analytics.run())  # i15-analytics: daily sums, off the send path
-            if self.cluster is None:
-                # On a cluster these features are refused (cluster/local_only.py): their
-                # loops would only work over the node's own leftovers.
-                self._spawn(self.medications.run_top_up())
+            # On a cluster every node tops up the shared schedules: a serial clinical
+            # job, so each dose is planned once (medication/usecase.py).
+            self._spawn(self.medications.run_top_up())
             self._spawn(self.survey_timeouts.run())  # i15-surveys (the shared sessions)
             if self.renderer is not None:
                 self._spawn(self.notice_runner(self.renderer).run())

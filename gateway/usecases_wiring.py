@@ -220,7 +220,8 @@ class UseCaseWiring:
     @functools.cached_property
     def medications(self) -> Medications:
         """Medication schedules (API) and their dose top-up; registers the `[results]`
-        and `[medication]` settings the clinical commands read."""
+        and `[medication]` settings the clinical commands read. On a cluster the
+        schedules, events and notices are the shared ones (`clinical_db`)."""
         site = ClinicalSettings(self.config.results, self.config.medication)
         return Medications(
             store=self.store,
@@ -228,13 +229,18 @@ class UseCaseWiring:
             audit=self.audit,
             hooks=self.clinical_hooks,
             site=site,
+            db=self.clinical_db,
         )
 
     @functools.cached_property
     def result_events(self) -> ResultEvents:
         self.medications  # noqa: B018  # registers the site's settings with the store
         return ResultEvents(
-            store=self.store, clock=self.clock, audit=self.audit, hooks=self.clinical_hooks
+            store=self.store,
+            clock=self.clock,
+            audit=self.audit,
+            hooks=self.clinical_hooks,
+            db=self.clinical_db,
         )
 
     @functools.cached_property
@@ -338,7 +344,7 @@ class UseCaseWiring:
                 hooks=self.clinical_hooks,
                 db=self.clinical_db,
             ),
-            Replies(self.store, self.clock, self.audit),
+            Replies(self.store, self.clock, self.audit, self.clinical_db),
         )
 
     # -- surveys (issue 15, i15-surveys) -------------------------------------------------

@@ -23,6 +23,8 @@ SHARED_API = (
     "/api/v1/surveys",  # cluster migration 20
     # the HL7 inbound feeds' log (cluster migration 21); write-back stays refused
     "/api/v1/hl7/interfaces", "/api/v1/hl7/messages",
+    # results, medication and replies (cluster migration 22)
+    "/api/v1/events/results-available", "/api/v1/medications", "/api/v1/replies",
 )  # fmt: skip
 PER_NODE_API = ("/api/v1/routes", "/api/v1/inbound/undecodable", "/api/v1/demo/")
 
@@ -35,6 +37,7 @@ SHARED_PANEL = {
     "gateway.admin.views_reminders", "gateway.admin.views_contacts",
     "gateway.admin.views_groups", "gateway.admin.views_campaigns",
     "gateway.admin.views_surveys", "gateway.admin.views_hl7",
+    "gateway.admin.views_worklist",
 }  # fmt: skip
 
 

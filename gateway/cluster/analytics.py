@@ -28,8 +28,9 @@ there, is worked off over the following rounds). Quarters older than
 
 Reads (`ClusterFigures`) sum `analytics_sums` over the days asked, as SQLite's reports
 read `analytics_daily`: a year opens as fast as a week. The figures are those of
-`streams.py` with what a cluster keeps: replies count as `replied_other` (the
-appointment replies that classify confirm and cancel are not shared yet), a message's
+`streams.py` with what a cluster keeps: replies count as `replied_confirm`,
+`replied_cancel` or `replied_other` by their shared appointment reply (filed after
+the inbound: its insert marks the quarter again, cluster migration 22), a message's
 clinic is its contact's (no appointment's location), and the appointment, no-show and
 rule figures are empty (appointments and reminders are not on the cluster backend yet).
 """
@@ -113,14 +114,16 @@ _LAST_SENT = """
 """
 
 REPLIES = f"""
-SELECT {_DAY.format(at="i.received_at")}, {_KEYS.format(route="m.route")}, count(*)
+SELECT {_DAY.format(at="i.received_at")}, {_KEYS.format(route="m.route")},
+       CASE WHEN r.intent IN ('confirm', 'cancel') THEN r.intent ELSE 'other' END, count(*)
 FROM inbound i
 JOIN messages m ON m.id = {_LAST_SENT.format(idx="i.sender_index", at="i.received_at")}
 {_CONTACT}
+LEFT JOIN appointment_replies r ON r.inbound_id = i.id
 WHERE i.received_at >= %(lo)s AND i.received_at < %(hi)s
   AND NOT EXISTS (SELECT 1 FROM consent_ledger l WHERE l.contact_idx = i.sender_index
                   AND l.inbound_id = i.id)
-GROUP BY 1, 2, 3, 4, 5, 6, 7
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """  # noqa: S608 - fixed fragments
 
 # Once per decision, however many scopes it recorded (as `streams.CONSENT_SQL`).
@@ -187,7 +190,7 @@ def _facts_of(name: str, rows: Sequence[Sequence[Any]]) -> list[Fact]:
         elif name == "blocked":
             out.append((day, keys, BLOCKED + str(row[7]), int(row[8])))
         elif name == "replies":
-            out.append((day, keys, "replied_other", int(row[7])))
+            out.append((day, keys, f"replied_{row[7]}", int(row[8])))
         elif name == "opt_outs":
             out.append((day, keys, "opted_out", int(row[7])))
         else:  # clicks

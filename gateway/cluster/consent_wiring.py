@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
 
 
-def _withdrawal(node: ClusterNode, config: Config) -> SharedWithdrawal:
+def shared_withdrawal(node: ClusterNode, config: Config) -> SharedWithdrawal:
+    """What an opt-out recorded on the shared ledger blocks at once."""
     membership = node.membership
     return SharedWithdrawal(config.consent, lambda: membership.me)
 
@@ -45,7 +46,7 @@ def wire_consent(
         scheduler,
         node.queue,
         config.cluster.node_id,
-        _withdrawal(node, config),
+        shared_withdrawal(node, config),
     )
 
 
@@ -57,6 +58,6 @@ def shared_ledger(node: ClusterNode, config: Config) -> ClusterLedger:
         queue.pool,
         queue.cipher,
         node_id,
-        _withdrawal(node, config),
+        shared_withdrawal(node, config),
         reviews=ClusterReviews(queue.pool, queue.cipher, node_id),
     )

@@ -14,9 +14,11 @@ the contact cut; the shared inbound from the number blanked as SQLite's (sender 
 body "", index emptied), its held parts deleted; the shared patients texted at the
 number, their appointments and notices as SQLite's (`erase_patients`: MRN, external
 key, location and provider removed, pending notices cancelled `erased`, every
-notice's variables removed) and the shared HL7 log's texts naming the number or one
-of their MRNs (`erase_hl7`: text "" sealed, `erased_at` set). The shared `opt_outs`
-list is kept: it holds only the keyed hash and the time.
+notice's variables removed), their medication schedules stopped and forgotten
+(`erase_schedules`), their result events and appointment replies unlinked, and the
+shared HL7 log's texts naming the number or one of their MRNs (`erase_hl7`: text ""
+sealed, `erased_at` set). The shared `opt_outs` list is kept: it holds only the keyed
+hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -38,7 +40,7 @@ from gateway.cluster.nodes import Incarnation
 from gateway.consent import ledger
 from gateway.consent.purposes import SCOPE_ALL
 from gateway.models import State
-from gateway.retention.erase import Erased, Person, erase_hl7, erase_patients
+from gateway.retention.erase import Erased, Person, erase_hl7, erase_patients, erase_schedules
 from gateway.retention.sweep import blank
 from gateway.store.crypto import FieldCipher
 from gateway.store.transitions import Transition
@@ -140,10 +142,20 @@ class ClusterErasure:
     def _erase_clinical(
         self, conn: sqlite3.Connection, person: Person, now: float, n: dict[str, int]
     ) -> None:
-        """The shared patients, appointments and notices, then the shared HL7 log's
-        texts that name the number or one of their MRNs (cluster migration 21)."""
+        """The shared patients, appointments, notices, schedules, result events and
+        replies of the number, as SQLite's erasure (`retention/erase.py`), then the
+        shared HL7 log's texts that name the number or one of their MRNs."""
         c = self._cipher
-        mrns, _ = erase_patients(conn, c, person, now, n, "shared_")
+        mrns, pids = erase_patients(conn, c, person, now, n, "shared_")
+        erase_schedules(conn, person, pids, now, n, "shared_")
+        n["shared_clinical_events"] = conn.execute(
+            "UPDATE clinical_events SET contact_idx = NULL WHERE contact_idx = ?",
+            (person.index,),
+        ).rowcount
+        n["shared_appointment_replies"] = conn.execute(
+            "UPDATE appointment_replies SET contact_idx = ? WHERE contact_idx = ?",
+            (b"", person.index),
+        ).rowcount
         n["shared_hl7_messages"] = erase_hl7(
             conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw"
         )

@@ -36,16 +36,6 @@ LOCAL_FEATURES: tuple[LocalFeature, ...] = (
         ("/api/v1/hl7/outbound",),
         (),
     ),
-    LocalFeature(
-        "Results and medication notices",
-        ("/api/v1/events/results-available", "/api/v1/medications"),
-        (),
-    ),
-    LocalFeature(
-        "The replies' worklist",
-        ("/api/v1/replies",),
-        ("gateway.admin.views_worklist",),
-    ),
 )
 
 

@@ -1,12 +1,11 @@
 """`smsgw store migrate` and the clinical tables: what is copied, and the samples the
-verification decrypts on both sides (cluster migration 17's twins).
+verification decrypts on both sides (cluster migrations 17, 21 and 22: the twins).
 
 Patients, appointments and their trail, the timed notices, reminder rules,
-templates and the HL7 message log (cluster migration 21) are copied as they are (ids,
-ciphertexts and versions kept; a notice of a part not on the cluster backend, results
-or medication, is copied too and skipped by the shared runner, `not_on_cluster`). The
-appointments' trail keeps its seqs, and its numbering goes on after them
-(`migrate_copy.set_sequences`).
+templates, the HL7 message log (cluster migration 21), result events, medication
+schedules and appointment replies (22) are copied as they are (ids, ciphertexts and
+versions kept). The appointments' trail keeps its seqs, and its numbering goes on after
+them (`migrate_copy.set_sequences`).
 """
 
 from __future__ import annotations
@@ -29,6 +28,9 @@ COPIES = (
     TableCopy("appointment_events", "appointment_events", ("seq",)),
     TableCopy("clinical_notices", "clinical_notices", ("id",)),
     TableCopy("hl7_messages", "hl7_messages", ("id",)),  # cluster migration 21
+    TableCopy("clinical_events", "clinical_events", ("id",)),  # 22
+    TableCopy("medication_schedules", "medication_schedules", ("id",)),
+    TableCopy("appointment_replies", "appointment_replies", ("id",)),
 )
 # (table, encrypted column, its AAD): the row id is the table's `id`.
 SAMPLED = (
@@ -38,6 +40,7 @@ SAMPLED = (
     ("appointments", "provider_ct", "provider"),
     ("clinical_notices", "variables_ct", "variables"),
     ("hl7_messages", "raw_ct", "raw"),
+    ("medication_schedules", "label_ct", "label"),
 )
 
 

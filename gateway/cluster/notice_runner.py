@@ -6,8 +6,7 @@ Theory of operation. A pass is one PostgreSQL transaction on the shared queue's 
    pass holds its own: this one passes over them, so a notice goes out from one node);
 2. for each, the steps the one-node runner takes before its accept (`_ready`: expired,
    the kind's recheck, the number, the render), a skip being its `finish`; and first
-   a kind whose part is not on the cluster (`not_on_cluster`: a results or medication
-   notice `smsgw store migrate` copied), and an opt-out of that one appointment
+   an opt-out of that one appointment
    (`appointment:<id>`, newer than the patient's last opt-in of everything): SQLite
    cancels such notices when the opt-out is recorded and when one is planned (its
    migration 19); the shared ledger's opt-out does neither, so the runner skips the
@@ -33,7 +32,7 @@ from collections.abc import Sequence
 
 from drivers.clock import Clock
 from gateway.clinical import notices
-from gateway.clinical.notices import NoticeKind, NoticeRow
+from gateway.clinical.notices import NoticeRow
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import BATCH, SYSTEM, NoticeRunner, PassResult
 from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
@@ -46,11 +45,6 @@ from gateway.store.store import Store
 from gateway.usecases.messages import Messages
 
 Ready = list[tuple[NoticeRow, SendRequest]]
-# The kinds whose parts keep their rows in the shared tables (results and medication
-# do not yet: `[results]` and `[medication]` are refused on a cluster).
-ON_CLUSTER = frozenset(
-    {NoticeKind.REMINDER, NoticeKind.APPOINTMENT_MOVED, NoticeKind.APPOINTMENT_CANCELLED}
-)
 
 
 class SharedNoticeRunner(NoticeRunner):
@@ -106,8 +100,6 @@ class SharedNoticeRunner(NoticeRunner):
 
     def _ready(self, conn: sqlite3.Connection, row: NoticeRow, now: float) -> SendRequest | str:
         n = row.notice
-        if n.kind not in ON_CLUSTER:  # copied by `store migrate`; its part is refused here
-            return self._skip(conn, row, "not_on_cluster", now)
         if n.appointment_id is not None and _appointment_opted_out(conn, row):
             return self._skip(conn, row, "opted_out", now)
         return super()._ready(conn, row, now)

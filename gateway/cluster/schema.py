@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster.schema_analytics import ANALYTICS_AND_ADOPTION
+from gateway.cluster.schema_results import RESULTS_AND_MEDICATION
 
 MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
 
@@ -1008,6 +1009,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX hl7_messages_received ON hl7_messages (received_at DESC, id);
     CREATE INDEX hl7_messages_retention ON hl7_messages (received_at) WHERE erased_at IS NULL;
     """,
+    # 22 (issue 18, results, medication, replies): their events, schedules and the
+    #    appointment replies as twins (`schema_results.py`).
+    RESULTS_AND_MEDICATION,
 )
 
 

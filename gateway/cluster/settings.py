@@ -118,8 +118,6 @@ def _configured(value: Any, default: Any) -> bool:
 def refused_features(config: Config) -> list[str]:
     """The settings that ask for something the cluster backend does not keep yet."""
     # Here: gateway.config imports this module, and these the config's types.
-    from gateway.replies.settings import RepliesConfig
-    from gateway.results.settings import MedicationConfig, ResultsConfig
 
     # Tracked links (cluster/links.py) and directory sign-in (its users and sessions
     # through the shared PanelStore, cluster/panel.py) are on the cluster backend.
@@ -130,13 +128,12 @@ def refused_features(config: Config) -> list[str]:
     # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
     # cluster/campaigns.py, cluster/campaign_feed.py). HL7 inbound feeds keep their
     # message log in the shared PostgreSQL (cluster migration 21); write-back
-    # (outbound interfaces) is only fed by the replies, refused below.
+    # (outbound interfaces), fed only by the replies, is refused below. Results events
+    # and medication schedules are in the shared clinical tables, and the appointment
+    # replies with their worklist (cluster migration 22, cluster/replies.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
         ('hl7.interfaces with direction = "out"', bool(config.hl7.outbound()), False),
-        ("results", config.results, ResultsConfig()),
-        ("medication", config.medication, MedicationConfig()),
-        ("replies", config.replies, RepliesConfig()),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 

@@ -27,7 +27,6 @@ from gateway.clinical.commands import (
     ERR_APPLICATION_INTERNAL,
     ERR_SEGMENT_SEQUENCE,
     ERR_UNSUPPORTED_EVENT_CODE,
-    ERR_UNSUPPORTED_MESSAGE_TYPE,
     ApplyContext,
     ClinicalHooks,
     Command,
@@ -58,9 +57,6 @@ class Answer:
 
 
 Mapped = list[Command] | MappingError
-# Their tables are not on the cluster backend yet (`[results]` and `[medication]` are
-# refused there): a cluster node quarantines them instead of failing (AR) for ever.
-NOT_ON_CLUSTER = frozenset({"ORU", "RDE", "RDS"})
 
 
 def map_text(text: str, h: header.Header, profile: InterfaceProfile) -> Mapped:
@@ -178,10 +174,6 @@ class Hl7Inbound:
         )
 
     def map(self, text: str, h: header.Header) -> Mapped:
-        if self.db.shared and h.message_type in NOT_ON_CLUSTER:
-            return MappingError(
-                ERR_UNSUPPORTED_MESSAGE_TYPE, "not on a cluster node (results, medication)", "MSH-9"
-            )
         return map_text(text, h, self.profile)
 
     async def receive(self, payload: bytes) -> Answer:

@@ -2,9 +2,10 @@
 get, list; and the periodic top-up that plans dose notices ahead.
 
 Put and stop are the same commands RDE and a discontinue map to, applied in one
-writer job; with an `Idempotency-Key` the answer is stored in that same transaction,
-so a retried request gets the first answer and never a second schedule. Audited like
-the consent use cases (ids only)."""
+writer job (on a cluster, one transaction on the shared tables, serialised across the
+nodes: `gateway/clinical/db.py`); with an `Idempotency-Key` the answer is stored in
+that same transaction, so a retried request gets the first answer and never a second
+schedule. Audited like the consent use cases (ids only)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import structlog
 
 from drivers.clock import Clock
 from gateway.clinical.commands import ApplyContext, ClinicalHooks, MappingError
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.notices import NoticeRow
 from gateway.errors import ApiError
 from gateway.logs import exception_summary
@@ -24,7 +26,6 @@ from gateway.medication.commands import Put, PutSchedule, StopSchedule
 from gateway.medication.schedules import ScheduleRow
 from gateway.results import settings
 from gateway.results.usecase import api_context, api_error
-from gateway.store.consent_sql import cipher_of
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import Store
 from gateway.usecases.audit import AuditSink
@@ -56,8 +57,11 @@ class Medications:
         audit: AuditSink,
         hooks: ClinicalHooks,
         site: settings.Settings,
+        db: ClinicalDb | None = None,
     ) -> None:
+        """`db`: where the schedules and their doses live (a cluster's shared tables)."""
         self._store, self._clock, self._audit, self._hooks = store, clock, audit, hooks
+        self._db = db or LocalClinicalDb(store)
         self._site = site
         settings.configure(store, site)
 
@@ -66,7 +70,7 @@ class Medications:
         return self._site
 
     def _ctx(self, caller: Caller) -> ApplyContext:
-        return api_context(self._store, self._clock.time(), caller, self._hooks)
+        return api_context(self._store, self._clock.time(), caller, self._hooks, self._db)
 
     async def put(
         self,
@@ -115,7 +119,7 @@ class Medications:
             return put, body
 
         try:
-            put, body = await self._store.writer.run(job)
+            put, body = await self._db.run(job)
         except MappingError as e:
             raise api_error(e) from None
         action = "medication_schedule_created" if put.created else "medication_schedule_changed"
@@ -135,7 +139,7 @@ class Medications:
             row, changed = done
             return ScheduleView(row, schedules.dose_notices(conn, ctx.cipher, row.id)), changed
 
-        found = await self._store.writer.run(job)
+        found = await self._db.run(job)
         if found is None:
             raise ApiError(404, "not_found", "no medication schedule with this id")
         view, changed = found
@@ -157,7 +161,7 @@ class Medications:
                 else ScheduleView(row, schedules.dose_notices(conn, cipher, row.id))
             )
 
-        found = await self._store.writer.run(job)
+        found = await self._db.run(job, serial=False)
         if found is None:
             raise ApiError(404, "not_found", "no medication schedule with this id")
         return found
@@ -166,20 +170,21 @@ class Medications:
         self, caller: Caller, *, state: str | None, before: str | None, limit: int
     ) -> list[ScheduleRow]:
         del caller
-        return await self._store.writer.run(
-            lambda conn: schedules.page(conn, state=state, before=before, limit=limit)
+        return await self._db.run(
+            lambda conn: schedules.page(conn, state=state, before=before, limit=limit),
+            serial=False,
         )
 
     def _ctx_cipher(self) -> FieldCipher:
-        return cipher_of(self._store)
+        return self._db.cipher
 
     async def top_up_once(self) -> int:
-        """Plan every active schedule's doses up to the horizon."""
+        """Plan every active schedule's doses up to the horizon. A serial job: on a
+        cluster every node runs this loop, and the clinical lock makes the second node's
+        pass see the first one's `planned_until`, so each dose is planned once."""
         cipher = self._ctx_cipher()
         now = self._clock.time()
-        return await self._store.writer.run(
-            lambda conn: schedules.top_up(conn, cipher, now, self._site)
-        )
+        return await self._db.run(lambda conn: schedules.top_up(conn, cipher, now, self._site))
 
     async def run_top_up(self) -> None:
         """The periodic top-up (`[medication] top_up_minutes`), for the gateway's life."""

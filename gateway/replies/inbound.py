@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -87,7 +87,9 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class _Step:
+class Step:
+    """One inbound text being decided, in its transaction."""
+
     conn: sqlite3.Connection
     inbound: StoredInbound
     number: str
@@ -138,14 +140,14 @@ class InboundReplies:
         self, conn: sqlite3.Connection, s: StoredInbound, consent: Handled | None
     ) -> Outcome | None:
         """After the consent keywords: the reply's intent and its effects, or None."""
-        if not self._settings.enabled or not _left_to_us(consent):
+        if not self._settings.enabled or not left_to_us(consent):
             return None
         step = self._step(conn, s)
         if step is None:
             return None
         return self._guarded(step, lambda: self._reply(step))
 
-    def _reply(self, step: _Step) -> Outcome | None:
+    def _reply(self, step: Step) -> Outcome | None:
         now = step.inbound.received_at
         parsed = parse(step.inbound.body)
         if parsed is None:
@@ -161,12 +163,19 @@ class InboundReplies:
             return self._record(step, parsed.intent, None, by_code, "unmatched", "open")
         return self._act(step, parsed, found)
 
-    def _act(self, step: _Step, parsed: Parsed, found: matching.Matched) -> Outcome:
+    def _act(self, step: Step, parsed: Parsed, found: matching.Matched) -> Outcome:
         conn, s = step.conn, step.inbound
         now = s.received_at
         profile = self._profiles.get(found.source) or InterfaceProfile(found.source)
         ctx = ApplyContext(
-            now, found.source, f"sms:{s.id}", profile, self._store, self._hooks, message_ref=s.id
+            now,
+            found.source,
+            f"sms:{s.id}",
+            profile,
+            self._store,
+            self._hooks,
+            message_ref=s.id,
+            sealer=self._sealer(),
         )
         intent = parsed.intent
         cancelled = False
@@ -199,7 +208,7 @@ class InboundReplies:
             forced=forced,
         )
 
-    def _stop(self, step: _Step, appointment_id: str) -> bool:
+    def _stop(self, step: Step, appointment_id: str) -> bool:
         """Opt the number out of this appointment's texts: the ledger row, its pending
         notices cancelled, its waiting messages blocked. False if it already was."""
         conn, s = step.conn, step.inbound
@@ -221,7 +230,7 @@ class InboundReplies:
 
     def _record(
         self,
-        step: _Step,
+        step: Step,
         intent: Intent,
         appointment_id: str | None,
         by_code: bool,
@@ -238,20 +247,17 @@ class InboundReplies:
             s.id, step.idx, appointment_id, intent.value, by_code, outcome, state, s.received_at
         )
         sql.insert(step.conn, row_id, new, written)
-        if self._audit is not None:
-            self._audit.append_in(
-                step.conn,
-                s.received_at,
-                "patient",
-                "appointment_reply",
-                "appointment_reply",
-                row_id,
-                inbound_id=s.id,
-                appointment_id=appointment_id,
-                intent=intent.value,
-                outcome=outcome,
-                writeback_id=written,
-            )
+        self._audit_reply(
+            step,
+            row_id,
+            {
+                "inbound_id": s.id,
+                "appointment_id": appointment_id,
+                "intent": intent.value,
+                "outcome": outcome,
+                "writeback_id": written,
+            },
+        )
         answer: Entry | None = None
         withheld: str | None = None
         kind = _ANSWERS.get(outcome)
@@ -261,7 +267,24 @@ class InboundReplies:
             row_id, s.id, appointment_id, intent.value, outcome, state, written, answer, withheld
         )
 
-    def _answer(self, step: _Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
+    def _sealer(self) -> FieldCipher | None:
+        """The cipher of the clinical rows where it is not the store's (a cluster's)."""
+        return None
+
+    def _audit_reply(self, step: Step, row_id: str, ids: dict[str, str | None]) -> None:
+        """The reply's audit entry, in its transaction."""
+        if self._audit is not None:
+            self._audit.append_in(
+                step.conn,
+                step.inbound.received_at,
+                "patient",
+                "appointment_reply",
+                "appointment_reply",
+                row_id,
+                **ids,
+            )
+
+    def _answer(self, step: Step, kind: Answer, forced: bool) -> tuple[Entry | None, str | None]:
         """The answer SMS, in this transaction, as the consent replies are written."""
         conn, s = step.conn, step.inbound
         to = Recipient(step.number, step.idx, step.program)
@@ -272,19 +295,19 @@ class InboundReplies:
         entry = self._answers.queue(conn, s, to, body, f"reply:{kind.value}:{step.program}")
         return (entry, None) if entry is not None else (None, "no_route")
 
-    def _step(self, conn: sqlite3.Connection, s: StoredInbound) -> _Step | None:
+    def _step(self, conn: sqlite3.Connection, s: StoredInbound) -> Step | None:
         number = s.sender if _E164.fullmatch(s.sender) else normalise_number(s.sender, self._region)
         if number is None:  # an alphanumeric sender: no patient
             return None
         idx = self._store.blind_index(number)
-        return _Step(conn, s, number, idx, self._consent.program_for_sender(s.recipient))
+        return Step(conn, s, number, idx, self._consent.program_for_sender(s.recipient))
 
     def _cipher(self) -> FieldCipher:
         cipher = self._store.cipher
         assert cipher is not None, "store is not open"
         return cipher
 
-    def _guarded(self, step: _Step, act: Callable[[], Outcome | None]) -> Outcome | None:
+    def _guarded(self, step: Step, act: Callable[[], Outcome | None]) -> Outcome | None:
         """`act` under a savepoint: on failure, its writes are undone and logged, and the
         inbound text (and the consent decision) still commit."""
         step.conn.execute("SAVEPOINT replies")
@@ -300,24 +323,29 @@ class InboundReplies:
 
     # -- on the event loop, after the commit -------------------------------------------
 
-    def after(self, o: Outcome) -> None:
+    def after(self, o: Outcome) -> Awaitable[None] | None:
         if o.answer is not None:
             self._scheduler.add(o.answer)
-        log.info(
-            "appointment_reply",
-            reply_id=o.reply_id,
-            inbound_id=o.inbound_id,
-            appointment_id=o.appointment_id,
-            intent=o.intent,
-            outcome=o.outcome,
-            state=o.state,
-            writeback_id=o.writeback_id,
-            answer_id=None if o.answer is None else o.answer.id,
-            withheld=o.withheld,
-        )
+        log_outcome(o)
+        return None
 
 
-def _left_to_us(consent: Handled | None) -> bool:
+def log_outcome(o: Outcome) -> None:
+    log.info(
+        "appointment_reply",
+        reply_id=o.reply_id,
+        inbound_id=o.inbound_id,
+        appointment_id=o.appointment_id,
+        intent=o.intent,
+        outcome=o.outcome,
+        state=o.state,
+        writeback_id=o.writeback_id,
+        answer_id=None if o.answer is None else o.answer.id,
+        withheld=o.withheld,
+    )
+
+
+def left_to_us(consent: Handled | None) -> bool:
     """Consent did nothing with the text: it was no keyword, or a YES that was no
     opt-in (not the answer to an opt-out confirmation)."""
     if consent is None:

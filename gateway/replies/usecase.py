@@ -2,7 +2,9 @@
 ones), and resolve one, once, audited.
 
 Numbers are shown masked, and only to callers that see masked numbers; a reply's text
-is the inbound message's (read through the inbound reveal, audited there).
+is the inbound message's (read through the inbound reveal, audited there). On a
+cluster the replies are the shared ones (`gateway/clinical/db.py`): a reply received
+on any node is on every node's worklist, and resolved once.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import sqlite3
 from dataclasses import dataclass
 
 from drivers.clock import Clock
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
+from gateway.consent.ledger import contact_row_id
 from gateway.errors import ApiError
 from gateway.replies import worklist_sql as sql
-from gateway.store import consent_sql
 from gateway.store.audit_log import AuditTrail
 from gateway.store.store import Store
 from gateway.usecases.caller import Caller
@@ -40,8 +43,11 @@ class ReplyItem:
 
 
 class Replies:
-    def __init__(self, store: Store, clock: Clock, audit: AuditTrail) -> None:
-        self._store = store
+    def __init__(
+        self, store: Store, clock: Clock, audit: AuditTrail, db: ClinicalDb | None = None
+    ) -> None:
+        """`db`: where the replies live (a cluster's shared tables)."""
+        self._db = db or LocalClinicalDb(store)
         self._clock = clock
         self._audit = audit
 
@@ -54,13 +60,13 @@ class Replies:
         if not 1 <= limit <= MAX_LIST:
             raise ApiError(400, "invalid_query", f"limit: 1 to {MAX_LIST}", field="limit")
         query, params = sql.listed(state, limit)
-        rows = await self._store.reader.all(query, params)
+        rows = await self._db.all(query, params)
         return await self._items(caller, [sql.row_of(r) for r in rows])
 
     async def of_appointment(self, caller: Caller, appointment_id: str) -> list[ReplyItem]:
         """One appointment's replies, oldest first (the panel's appointment page)."""
         query, params = sql.of_appointment(appointment_id)
-        rows = await self._store.reader.all(query, params)
+        rows = await self._db.all(query, params)
         return await self._items(caller, [sql.row_of(r) for r in rows])
 
     async def resolve(self, caller: Caller, reply_id: str, resolution: str) -> ReplyItem:
@@ -77,9 +83,11 @@ class Replies:
             )
         now = self._clock.time()
 
+        shared = self._db.shared  # the node's trail is its own store: after the commit
+
         def job(conn: sqlite3.Connection) -> tuple[bool, sql.ReplyRow | None]:
             done = sql.resolve(conn, reply_id, resolution, caller.actor, now)
-            if done:
+            if done and not shared:
                 self._audit.append_in(
                     conn,
                     now,
@@ -91,7 +99,15 @@ class Replies:
                 )
             return done, sql.one(conn, reply_id)
 
-        done, row = await self._store.writer.run(job)
+        done, row = await self._db.run(job, serial=False)
+        if done and shared:
+            await self._audit.record(
+                caller.actor,
+                "appointment_reply_resolved",
+                "appointment_reply",
+                reply_id,
+                resolution=resolution,
+            )
         if row is None:
             raise ApiError(404, "not_found", "no reply with this id")
         if not done:
@@ -103,7 +119,7 @@ class Replies:
         numbers: dict[bytes, str] = {}
         if caller.sees_masked and rows:
             idxs = list(dict.fromkeys(r.contact_idx for r in rows))
-            numbers = await consent_sql.contact_numbers(self._store, idxs)
+            numbers = await self._numbers(idxs)
         return [
             ReplyItem(
                 r.id,
@@ -122,3 +138,15 @@ class Replies:
             )
             for r in rows
         ]
+
+    async def _numbers(self, idxs: list[bytes]) -> dict[bytes, str]:
+        """These contacts' numbers, decrypted (shown masked)."""
+        marks = ",".join("?" * len(idxs))
+        rows = await self._db.all(
+            f"SELECT idx, number_ct FROM contacts WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+            idxs,
+        )
+        c = self._db.cipher
+        return {
+            bytes(r[0]): c.decrypt(bytes(r[1]), contact_row_id(bytes(r[0])), "number") for r in rows
+        }

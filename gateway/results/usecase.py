@@ -1,5 +1,6 @@
 """`POST /events/results-available` for labs without HL7: the same `ResultsAvailable`
-command an ORU^R01 maps to, applied in one writer job, audited."""
+command an ORU^R01 maps to, applied in one writer job (on a cluster, one transaction on
+the shared tables, serialised across the nodes: `gateway/clinical/db.py`), audited."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gateway.clinical.commands import (
     ClinicalHooks,
     MappingError,
 )
+from gateway.clinical.db import ClinicalDb, LocalClinicalDb
 from gateway.clinical.profile import API_SOURCE, InterfaceProfile
 from gateway.errors import ApiError
 from gateway.results.commands import ResultsAvailable
@@ -43,18 +45,40 @@ def api_error(e: MappingError) -> ApiError:
     return ApiError(422, "invalid_request", e.text, field=e.location)
 
 
-def api_context(store: Store, now: float, caller: Caller, hooks: ClinicalHooks) -> ApplyContext:
-    return ApplyContext(now, API_SOURCE, caller.actor, InterfaceProfile(API_SOURCE), store, hooks)
+def api_context(
+    store: Store, now: float, caller: Caller, hooks: ClinicalHooks, db: ClinicalDb
+) -> ApplyContext:
+    """The context of an API command; its rows are sealed with `db`'s cipher (the
+    shared keyring's on a cluster)."""
+    return ApplyContext(
+        now,
+        API_SOURCE,
+        caller.actor,
+        InterfaceProfile(API_SOURCE),
+        store,
+        hooks,
+        sealer=db.cipher,
+    )
 
 
 class ResultEvents:
-    def __init__(self, *, store: Store, clock: Clock, audit: AuditSink, hooks: ClinicalHooks):
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        audit: AuditSink,
+        hooks: ClinicalHooks,
+        db: ClinicalDb | None = None,
+    ):
+        """`db`: where the events and notices live (a cluster's shared tables)."""
         self._store, self._clock, self._audit, self._hooks = store, clock, audit, hooks
+        self._db = db or LocalClinicalDb(store)
 
     async def results_available(self, caller: Caller, command: ResultsAvailable) -> Recorded:
         if not caller.may_send:
             raise ApiError(403, "forbidden", "recording a result event needs the 'send' scope")
-        ctx = api_context(self._store, self._clock.time(), caller, self._hooks)
+        ctx = api_context(self._store, self._clock.time(), caller, self._hooks, self._db)
 
         def job(conn: sqlite3.Connection) -> tuple[Outcome, float | None]:
             outcome = command.run(conn, ctx)
@@ -67,7 +91,7 @@ class ResultEvents:
             return outcome, due
 
         try:
-            outcome, due = await self._store.writer.run(job)
+            outcome, due = await self._db.run(job)
         except MappingError as e:
             raise api_error(e) from None
         for event_id in outcome.new:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.consent import ledger
@@ -181,16 +182,30 @@ def _erase_patients(
     """Patients texted at the number, their appointments, notices and schedules; their
     MRNs (to find HL7 texts by)."""
     mrns, pids = erase_patients(conn, c, person, now, n)
+    erase_schedules(conn, person, pids, now, n)
+    return mrns
+
+
+def erase_schedules(
+    conn: sqlite3.Connection,
+    person: Person,
+    pids: Sequence[str],
+    now: float,
+    n: dict[str, int],
+    prefix: str = "",
+) -> None:
+    """The medication schedules of the number or its patients stopped and forgotten, in
+    SQL both SQLite and a cluster's PostgreSQL read."""
     idx = person.index
-    marks = ",".join("?" * len(pids))
-    who = f"(contact_idx = ? OR patient_id IN ({marks}))"  # placeholders only
+    who = "contact_idx = ?"  # placeholders only: the values are bound
+    if pids:  # PostgreSQL refuses an empty IN ()
+        who = f"(contact_idx = ? OR patient_id IN ({','.join('?' * len(pids))}))"
     stop = "state = 'stopped', stopped_at = ?, stop_reason = 'erased', updated_at = ?"
     sql = f"UPDATE medication_schedules SET {stop} WHERE state = 'active' AND {who}"  # noqa: S608
     conn.execute(sql, (now, now, idx, *pids))
-    forget = "label_ct = NULL, contact_idx = x'', ext_index = NULL"
+    forget = "label_ct = NULL, contact_idx = ?, ext_index = NULL"
     sql = f"UPDATE medication_schedules SET {forget} WHERE {who}"  # noqa: S608
-    n["medication_schedules"] = conn.execute(sql, (idx, *pids)).rowcount
-    return mrns
+    n[prefix + "medication_schedules"] = conn.execute(sql, (b"", idx, *pids)).rowcount
 
 
 def erase_patients(

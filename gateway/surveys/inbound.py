@@ -27,8 +27,8 @@ notes the text, and after the inbound's commit (after the keyword's own shared
 decision, so a STOP is recorded first) the same decision runs as one job on the
 shared tables (`ClinicalDb`, under the clinical lock): an answer received on any node
 advances the session whichever node started it, once, and the next text goes into
-the shared queue in that job's transaction. The appointment replies there do not
-wait for it (they read the node's own rows, where a survey's number has none).
+the shared queue in that job's transaction. The appointment replies there run after
+it (`gateway/cluster/replies.py`) and pass over a text it took.
 
 Survey texts are PHI: nothing here logs a number or a text, only ids, the question's
 index and a verdict's reason.

@@ -105,14 +105,8 @@ async def nodes(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[
                 await gw.stop()
 
 
-LOCAL_ONLY_API = (
-    ("GET", "/api/v1/hl7/outbound"),
-    ("POST", "/api/v1/medications"),
-    ("GET", "/api/v1/medications"),
-    ("POST", "/api/v1/events/results-available"),
-    ("GET", "/api/v1/replies"),
-)
-LOCAL_ONLY_PAGES = ("/worklist",)
+LOCAL_ONLY_API = (("GET", "/api/v1/hl7/outbound"),)
+LOCAL_ONLY_PAGES: tuple[str, ...] = ()
 
 
 async def test_node_local_features_are_refused_and_break_glass_counts_every_node(
@@ -127,7 +121,8 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         await _error(r, 401, "unauthenticated")
 
     document = await (await b.api.get("/api/v1/openapi.json")).json()
-    assert "501" in document["paths"]["/api/v1/replies"]["get"]["responses"]
+    assert "501" in document["paths"]["/api/v1/hl7/outbound"]["get"]["responses"]
+    assert "501" not in document["paths"]["/api/v1/replies"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/surveys"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/links"]["get"]["responses"]
 
@@ -138,11 +133,13 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         text = await r.text()
         assert r.status == 501 and "not_on_cluster" in text, (path, text[:300])
         assert "docs/ops/cluster.md" in text
-    for path in ("/analytics", "/hl7"):  # shared: served
+    for path in ("/analytics", "/hl7", "/worklist"):  # shared: served
         r = await b.panel.client.get(path, headers={"Accept": "text/html"})
         assert r.status == 200, path
     r = await b.api.get("/api/v1/hl7/messages")  # the shared log (tests/pg/test_hl7_cluster.py)
     assert r.status == 200 and (await r.json())["messages"] == []
+    r = await b.api.get("/api/v1/replies")  # the shared replies (test_replies_cluster.py)
+    assert r.status == 200 and (await r.json())["items"] == []
 
     # The dashboard's break-glass sign-ins: every node's.
     since = a.gw.clock.time() - 1

@@ -163,6 +163,9 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
         "shared_appointments": 0,
         "shared_notices_cancelled": 0,
         "shared_notices": 0,
+        "shared_medication_schedules": 0,
+        "shared_clinical_events": 0,
+        "shared_appointment_replies": 0,
         "shared_hl7_messages": 0,  # no HL7 feed (tests/pg/test_hl7_cluster.py)
     }
 

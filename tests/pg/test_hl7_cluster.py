@@ -37,6 +37,7 @@ from gateway.usecases import Caller
 from tests.appointment_rig import siu
 from tests.conftest import LOOPBACK_TEST, GatewayFactory
 from tests.hl7_rig import Peer, err3, msa
+from tests.hl7_samples import text as sample_text
 from tests.pg.migrate_source import init
 from tests.pg.test_appointments_cluster import APPOINTMENTS, CONSENT, _migrate
 from tests.pg.two_nodes import in_process_nodes
@@ -200,10 +201,22 @@ async def test_what_cannot_be_mapped_is_quarantined_ae_and_a_refused_header_ar(
     staff = await nodes.staff(nodes.b)
     assert await nodes.b.usecases.appointments.search(staff, Search()) == []
 
-    if nodes.kind == "postgresql":  # results are not on the cluster backend: quarantined
-        oru = _control(good.replace("SIU^S12^SIU_S12", "ORU^R01^ORU_R01", 1), "O")
-        [answer] = await nodes.send(nodes.b, oru)
-        assert msa(answer)[0] == "AE" and err3(answer) == "200"
+
+async def test_a_results_message_is_recorded_once_for_every_node(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """ORU^R01 on any node: its event in the shared tables (cluster migration 22), a
+    resend to the other node a duplicate."""
+    msh = siu("S12", key="A3", sent=clock.time(), start=clock.time() + 26 * H).split("\r")[0]
+    body = sample_text("ORU-R01-01.hl7").split("\r", 1)[1]  # the sample's, after its MSH
+    oru = _control(msh.replace("SIU^S12^SIU_S12", "ORU^R01^ORU_R01"), "O1") + body
+    [first] = await nodes.send(nodes.a, oru)
+    [again] = await nodes.send(nodes.b, oru)
+    assert msa(first)[0] == "AA" and msa(again)[0] == "AA"
+    [logged] = await nodes.log(nodes.b, "mapped")
+    assert (logged.msg_type, logged.duplicates) == ("ORU", 1)
+    events = await nodes.b.clinical_db.all("SELECT kind, status, outcome FROM clinical_events")
+    assert [tuple(e) for e in events] == [("result_available", "F", "no_contact")]
 
 
 async def test_store_migrate_carries_the_hl7_log_and_its_dedupe_to_the_cluster(
