@@ -254,7 +254,8 @@ Try:
 
 Ctrl-C stops everything and prints the carrier's record: the submits of each node,
 the messages accepted, and any message the carrier got twice (with its flag).
-State and logs: {self.root} ({"kept" if self.keep else "removed"} at the end).
+The nodes' data and logs: {self.root}, PostgreSQL's: {self.pg.root}
+({"kept" if self.keep else "removed"} at the end).
 """,
             flush=True,
         )
