@@ -17,7 +17,6 @@ directories (unless `--keep`). The nodes' logs go to `node.log` in their directo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import io
@@ -63,37 +62,14 @@ class DemoNode:
         return self.data / "smsgw.toml"
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = sub.add_parser(
-        "demo-cluster",
-        help="two nodes on a throwaway PostgreSQL and an SMSC simulator (Ctrl-C stops)",
-    )
-    demo.add_argument(
-        "--listen",
-        action="append",
-        metavar="HOST:PORT",
-        help="node 1's, then node 2's HTTP address (default 127.0.0.1:8081 and :8082)",
-    )
-    demo.add_argument(
-        "--keep", action="store_true", help="keep the temporary directories (data, logs)"
-    )
-    demo.add_argument(
-        "--stop-after", type=float, metavar="SECONDS", help="stop by itself after this long"
-    )
-    demo.set_defaults(func=cmd_demo_cluster)
-
-
-def cmd_demo_cluster(args: argparse.Namespace) -> int:
-    listens = args.listen or ["127.0.0.1:8081", "127.0.0.1:8082"]
-    if len(listens) != len(NAMES):
-        print("smsgw demo-cluster: give --listen twice (node 1, node 2) or not at all")
-        return 2
+def run(listens: list[str], keep: bool, stop_after: float | None) -> int:
+    """`smsgw demo-cluster` (gateway/cluster_demo_cmd.py): the exit code."""
     bindir = find_bindir()
     if bindir is None:
         print(f"smsgw demo-cluster: {MISSING}", file=sys.stderr)
         return 2
     logs.configure("auto", "warning")  # the simulator's connection lines would bury the text
-    return asyncio.run(ClusterDemo(bindir, listens, args.keep).run(args.stop_after))
+    return asyncio.run(ClusterDemo(bindir, listens, keep).run(stop_after))
 
 
 class ClusterDemo:
