@@ -20,6 +20,7 @@ import aiohttp
 import psycopg
 import pytest
 
+from tests.admin_support import _CSRF_META
 from tests.conftest import smsgw_process
 from tests.pg_server import SKIP_REASON, find_bindir
 from tests.ports import free_port
@@ -68,6 +69,19 @@ async def _state(http: aiohttp.ClientSession, url: str, auth: dict[str, str]) ->
         return state
 
 
+async def _panel_sign_in(origin: str, password: str) -> None:
+    """The printed first sign-in works on the panel (as a browser posts the form)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(f"{origin}/login") as page:
+            found = _CSRF_META.search(await page.text())
+        assert found is not None
+        form = {"username": "admin", "password": password, "csrf": found.group(1)}
+        async with browser.post(
+            f"{origin}/login", data=form, headers={"Origin": origin}, allow_redirects=False
+        ) as r:
+            assert r.status == 303 and r.headers["Location"] == "/", await r.text()
+
+
 @pytest.mark.timeout(180)
 async def test_cluster_demo_sends_through_both_nodes_and_stops_clean() -> None:
     listens = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
@@ -84,7 +98,7 @@ async def test_cluster_demo_sends_through_both_nodes_and_stops_clean() -> None:
         dirs = [Path(where.group(1)), Path(where.group(2))]
         dsn = (await out.wait_for(r"^  PostgreSQL  (.+)$", 5)).group(1)
         assert len(pids) == 2 and all(d.is_dir() for d in dirs)
-        assert "user admin, password " in out.text  # the panel's first sign-in
+        password = (await out.wait_for(r"user admin, password (\S+)", 5)).group(1)
         auth = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession() as http:
             sent = []
@@ -103,6 +117,7 @@ async def test_cluster_demo_sends_through_both_nodes_and_stops_clean() -> None:
             async with http.get(f"http://{listens[1]}/api/v1/cluster", headers=auth) as r:
                 cluster = await r.json()
             assert {n["node_id"] for n in cluster["nodes"]} == {"gw1", "gw2"}
+            await _panel_sign_in(f"http://{listens[1]}", password)  # the admin node 1 had
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert await asyncio.wait_for(proc.wait(), 60) == 0
         await out.done()
