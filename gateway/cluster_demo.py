@@ -4,10 +4,11 @@ What docs/ops/cluster.md ("A two-node set-up on one machine") sets up by hand, i
 command and throwaway: a PostgreSQL of its own (`gateway/cluster/throwaway_pg.py`,
 Debian's programs), the SMSC simulator in this process (its submit log tells the nodes
 apart by their binds' system_type), and two `smsgw run` children sharing both. Node 1's
-data directory is made by `smsgw init` and a first panel admin by `smsgw user add`,
-then copied for node 2 (one keyring, one token table), as the docs say. Their route
-sends on one carrier account whose rate the cluster shares, with short leases, so a
-`kill -9` of a node shows a survivor taking its queue within seconds.
+data directory is made by `smsgw init` and a first panel admin by `smsgw user add` (both
+run in this process, while PostgreSQL starts), then copied for node 2 (one keyring, one
+token table), as the docs say. Their route sends on one carrier account whose rate the
+cluster shares, with short leases, so a node frozen (`kill -STOP`) or killed (`kill -9`)
+shows the other taking its queue within seconds.
 
 The children run in sessions of their own: a Ctrl-C in the terminal reaches only this
 program, which then prints the carrier's record (gateway/cluster_demo_report.py),
@@ -207,16 +208,16 @@ user {PANEL_ADMIN}, password {password}  (the Cluster page lists the nodes)
 
 Try:
 
-  # a send through either node; the nodes take the queue's messages in turn
+  # a send through either node (whichever claims it first sends it), and the nodes
   curl -s -X POST {n1.url}/api/v1/messages {auth} \\
     -d '{{"to": "+12025550123", "body": "Your results are ready (1)."}}'
   curl -s -X POST {n2.url}/api/v1/messages {auth} \\
     -d '{{"to": "+12025550124", "body": "Your results are ready (2)."}}'
   curl -s {n2.url}/api/v1/cluster {auth}
 
-  # a node cut off: freeze node 1 for 15 s; node 2 takes the queue once node 1's lease
-  # lapses, and node 1, thawed, finds its lease gone and fences itself (no submit on a
-  # lost claim), then rejoins as a new incarnation
+  # a node frozen, as if cut off: stop node 1 for 15 s; node 2 takes the queue once
+  # node 1's lease lapses, and node 1, thawed, finds its lease gone and fences itself
+  # (no submit on a lost claim), then rejoins as a new incarnation
   kill -STOP {n1.proc.pid}; sleep 15; kill -CONT {n1.proc.pid}
 
   # a node killed under load: 300 messages to node 1, then kill -9 node 2 at once;
