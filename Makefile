@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint typecheck unit peers bench bench-quick bench-smpp bench-throttle bench-floors bench-modems bench-events bench-webhooks bench-webhook-client bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
+.PHONY: setup run cluster-demo test lint typecheck unit peers bench bench-quick bench-smpp bench-throttle bench-floors bench-modems bench-events bench-webhooks bench-webhook-client bench-consent bench-import bench-hl7 bench-writes bench-analytics clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "smsgw needs Python 3.11 or newer")'
@@ -24,6 +24,16 @@ setup: $(STAMP)
 run: setup
 	@echo "make: starting smsgw on the embedded default (Ctrl-C stops it)"
 	$(BIN)/smsgw run
+
+# Two `smsgw run` nodes on one throwaway PostgreSQL (Debian's; installed here when its
+# programs are missing) and an SMSC simulator, on 127.0.0.1:8081 and :8082; Ctrl-C stops
+# them and removes the temporary directories (`smsgw demo-cluster --keep` keeps them).
+cluster-demo: setup
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian) for the cluster demo"; \
+	  apt-get update -qq && apt-get install -y -qq postgresql; }
+	@echo "make: starting two smsgw nodes on a throwaway PostgreSQL (Ctrl-C stops them)"
+	$(BIN)/smsgw demo-cluster
 
 lint: setup
 	$(BIN)/ruff check gateway drivers tests bench packaging

@@ -25,6 +25,7 @@ from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import (
     __version__,
     analytics_cmd,
+    cluster_demo_cmd,
     consent_cmd,
     custody,
     custody_cmd,
@@ -617,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     retention_cmd.add_parser(sub, _load)  # retention run|status, erase
     analytics_cmd.add_parser(sub, _load)  # analytics (i15-analytics)
     hl7_send.add_parser(sub)
+    cluster_demo_cmd.add_parser(sub)  # demo-cluster: two nodes on one machine
 
     simulate = sub.add_parser("simulate", help="run a simulated peer for demos and tests")
     peers = simulate.add_subparsers(dest="peer", required=True)
