@@ -116,4 +116,6 @@ async def test_a_killed_nodes_queued_sends_are_taken_by_the_live_node(
     finally:
         for node in nodes:
             node.kill()
+        for node in nodes:  # reaped, or the next test meets its process as a warning
+            await asyncio.wait_for(node.proc.wait(), 30)
         await broker.stop()
