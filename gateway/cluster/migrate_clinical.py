@@ -4,8 +4,8 @@ verification decrypts on both sides (cluster migrations 17, 21, 22 and 23: the t
 Patients, appointments and their trail, the timed notices, reminder rules,
 templates, the HL7 message log (cluster migration 21), result events, medication
 schedules and appointment replies (22), and the HL7 write-back queue (23) are copied
-as they are (ids, ciphertexts and versions kept). The appointments' trail keeps its seqs, and its numbering goes on after
-them (`migrate_copy.set_sequences`).
+as they are (ids, ciphertexts and versions kept). The appointments' trail keeps its
+seqs, and its numbering goes on after them (`migrate_copy.set_sequences`).
 """
 
 from __future__ import annotations
