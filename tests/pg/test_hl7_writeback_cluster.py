@@ -4,8 +4,8 @@ Two gateways on one PostgreSQL and python-hl7's MLLP server as the EHR
 (`tests/hl7_peers.py`): a reply confirmed on B queues one `hl7_outbound` row in the
 reply's own transaction, seen from both nodes; A leads the interface's lane (its
 advisory lock) and delivers it once, B's lane sends nothing while A leads; once A is
-stopped, B takes the lane and delivers the next write-back. The lanes are driven by
-`run_due()` (dispatch off), so every step is one round.
+stopped, B takes the lane and delivers the next write-back; retention blanks their
+texts. The lanes are driven by `run_due()` (dispatch off), so every step is one round.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ async def _rows(gw: Gateway) -> list[OutboundRow]:
 
 
 async def test_one_leader_delivers_each_write_back_once_and_a_survivor_takes_the_lane(
-    pair: Nodes, ehr: tuple[Ehr, int]
+    pair: Nodes, ehr: tuple[Ehr, int], clock: FakeClock
 ) -> None:
     peer = ehr[0]
     a, b = pair.a, pair.b
@@ -129,3 +129,8 @@ async def test_one_leader_delivers_each_write_back_once_and_a_survivor_takes_the
     assert {_control_id(m) for m in peer.received} == {r.control_id for r in rows}
     assert "Patient asks to reschedule" in peer.received[1]
     assert CANARY_NUMBER.removeprefix("+") not in "".join(peer.received)
+
+    clock.advance(91 * 86400.0)  # past `retention.body_days`: the texts go, rows stay
+    outcome = await b.retention.run("console")
+    assert outcome.removed["shared_hl7_writebacks"] == 2
+    assert [r.state for r in await _rows(b)] == ["acked", "acked"]
