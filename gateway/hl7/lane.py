@@ -88,6 +88,7 @@ class OutboundLane:
         self.leadership = leadership
         self.client = MllpClient(iface.host, iface.port, context=context, timeout=iface.ack_timeout)
         self._wake = asyncio.Event()
+        self._leading = leadership is None  # as of the last `leads()`
 
     def wake(self) -> None:
         self._wake.set()
@@ -111,7 +112,9 @@ class OutboundLane:
 
     async def leads(self) -> bool:
         """Whether this node sends the lane's rows now."""
-        return self.leadership is None or await self.leadership.lead(lane_name(self.iface))
+        leadership = self.leadership
+        self._leading = leadership is None or await leadership.lead(lane_name(self.iface))
+        return self._leading
 
     async def run_due(self) -> int:
         """Send every row due now, while this node leads the lane; how many were tried."""
@@ -184,7 +187,9 @@ class OutboundLane:
             while True:
                 try:
                     await self.run_due()
-                    delay = await self._next_due_in()
+                    # A follower's rows are due now but not its to send: it looks again
+                    # after POLL, not at once.
+                    delay = await self._next_due_in() if self._leading else POLL
                 except Exception as e:  # the store is struggling: look again later
                     log.error(
                         "hl7_outbound_failed", interface=self.iface.name, error=type(e).__name__
