@@ -8,8 +8,8 @@ texts and senders after the section's periods; and the review texts a reviewer o
 another node reads (SQLite has no copy: a review there shows its inbound's text,
 which the sweep blanks), after `body_days`; the template variables of the shared
 clinical notices no longer pending, after their purpose's `body_days` (removed, as
-SQLite's); the raw texts of the shared HL7 message log after `body_days` (the rows
-stay, marked `erased_at`, as SQLite's). A removed value is "" sealed for its row
+SQLite's); the raw texts of the shared HL7 message log, and of the write-backs sent
+or parked, after `body_days` (the rows stay, marked `erased_at`, as SQLite's). A removed value is "" sealed for its row
 and column as SQLite's, `redacted` the same levels (1: text, 2: number too).
 
 Each batch is one transaction that locks the rows it takes `FOR UPDATE SKIP LOCKED`:
