@@ -17,8 +17,8 @@ key, location and provider removed, pending notices cancelled `erased`, every
 notice's variables removed), their medication schedules stopped and forgotten
 (`erase_schedules`), their result events and appointment replies unlinked, and the
 shared HL7 log's and write-backs' texts naming the number or one of their MRNs
-(`erase_hl7`: text "" sealed, `erased_at` set). The shared `opt_outs` list is kept: it holds only the keyed
-hash and the time.
+(`erase_hl7`: text "" sealed, `erased_at` set). The shared `opt_outs` list is kept:
+it holds only the keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second

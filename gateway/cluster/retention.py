@@ -9,8 +9,9 @@ another node reads (SQLite has no copy: a review there shows its inbound's text,
 which the sweep blanks), after `body_days`; the template variables of the shared
 clinical notices no longer pending, after their purpose's `body_days` (removed, as
 SQLite's); the raw texts of the shared HL7 message log, and of the write-backs sent
-or parked, after `body_days` (the rows stay, marked `erased_at`, as SQLite's). A removed value is "" sealed for its row
-and column as SQLite's, `redacted` the same levels (1: text, 2: number too).
+or parked, after `body_days` (the rows stay, marked `erased_at`, as SQLite's). A
+removed value is "" sealed for its row and column as SQLite's, `redacted` the same
+levels (1: text, 2: number too).
 
 Each batch is one transaction that locks the rows it takes `FOR UPDATE SKIP LOCKED`:
 two nodes sweeping at once take different rows, and a row another node has just
