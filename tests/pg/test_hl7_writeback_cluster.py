@@ -125,6 +125,9 @@ async def test_one_leader_delivers_each_write_back_once_and_a_survivor_takes_the
     assert await lane_b.run_due() == 1  # the survivor takes the lane
     rows = await _rows(b)
     assert [r.state for r in rows] == ["acked", "acked"]
+    [summary] = await b.hl7.interfaces()  # the site's counters
+    counts = summary.counters
+    assert (summary.direction, counts["acked"], counts["pending"]) == ("out", 2, 0)
     assert len(peer.received) == 2
     assert {_control_id(m) for m in peer.received} == {r.control_id for r in rows}
     assert "Patient asks to reschedule" in peer.received[1]
