@@ -2,10 +2,12 @@
 
 Two gateways on one PostgreSQL and python-hl7's MLLP server as the EHR
 (`tests/hl7_peers.py`): a reply confirmed on B queues one `hl7_outbound` row in the
-reply's own transaction, seen from both nodes; A leads the interface's lane (its
-advisory lock) and delivers it once, B's lane sends nothing while A leads; once A is
-stopped, B takes the lane and delivers the next write-back; retention blanks their
-texts. The lanes are driven by `run_due()` (dispatch off), so every step is one round.
+reply's own transaction, seen from both nodes. A leads the interface's lane (its
+advisory lock) and sends it; B's lane sends nothing while A leads. Refused once by
+the EHR (AE) the message is parked, re-sent from B, sent again by A and marked with
+its ACK once. Once A is stopped, B takes the lane and delivers the next write-back;
+retention blanks their texts. The lanes are driven by `run_due()` (dispatch off), so
+every step is one round.
 """
 
 from __future__ import annotations
@@ -112,12 +114,17 @@ async def test_one_leader_delivers_each_write_back_once_and_a_survivor_takes_the
     assert await lane_a.leads()  # A takes the lane
     assert await lane_b.run_due() == 0  # B does not lead it: sends nothing
     assert peer.received == [] and [r.state for r in await b.hl7.outbound()] == ["pending"]
+    peer.script = ["AE"]  # the EHR refuses it once: parked for staff
+    assert await lane_a.run_due() == 1
+    [parked] = await b.hl7.outbound("parked")
+    admin = await caller(b, "admin")
+    assert await b.hl7.resend(parked.id, admin)  # re-sent from B, sent by A, the leader
+    assert await lane_b.run_due() == 0
     assert await lane_a.run_due() == 1
     assert await lane_a.run_due() == 0  # marked with its ACK: not sent again
-    assert [_control_id(m) for m in peer.received] == [queued.control_id]
+    assert [_control_id(m) for m in peer.received] == [queued.control_id] * 2
     [acked] = await b.hl7.outbound()
     assert (acked.state, acked.ack_code, acked.attempts) == ("acked", "AA", 1)
-    admin = await caller(b, "admin")
     assert not await b.hl7.resend(acked.id, admin)  # only a parked one goes again
 
     await a.stop()  # the leader goes: its lock with it
@@ -128,9 +135,9 @@ async def test_one_leader_delivers_each_write_back_once_and_a_survivor_takes_the
     [summary] = await b.hl7.interfaces()  # the site's counters
     counts = summary.counters
     assert (summary.direction, counts["acked"], counts["pending"]) == ("out", 2, 0)
-    assert len(peer.received) == 2
+    assert len(peer.received) == 3
     assert {_control_id(m) for m in peer.received} == {r.control_id for r in rows}
-    assert "Patient asks to reschedule" in peer.received[1]
+    assert "Patient asks to reschedule" in peer.received[2]
     assert CANARY_NUMBER.removeprefix("+") not in "".join(peer.received)
 
     clock.advance(91 * 86400.0)  # past `retention.body_days`: the texts go, rows stay
