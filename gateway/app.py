@@ -311,8 +311,16 @@ class Gateway(UseCaseWiring):
             self._spawn(self.campaign_runner.run())  # i15-campaigns
 
     async def _start_hl7(self, *, dispatch: bool) -> None:
+        # On a cluster one node at a time sends each outbound interface's rows.
+        leadership = None if self.cluster is None else self.cluster.hl7_lanes()
         self.hl7 = Hl7Service(
-            self.config, self.store, self.clock, self.clinical_hooks, self.audit, self.clinical_db
+            self.config,
+            self.store,
+            self.clock,
+            self.clinical_hooks,
+            self.audit,
+            self.clinical_db,
+            leadership,
         )
         try:
             await self.hl7.start(dispatch=dispatch)
@@ -327,6 +335,7 @@ class Gateway(UseCaseWiring):
                     self.clinical_hooks,
                     self.audit,
                     self.clinical_db,
+                    leadership,
                 )
                 return
             raise StartupFault(

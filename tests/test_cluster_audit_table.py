@@ -21,8 +21,8 @@ SHARED_API = (
     "/api/v1/appointments", "/api/v1/templates", "/api/v1/reminder-rules",
     "/api/v1/groups", "/api/v1/audiences", "/api/v1/campaigns",
     "/api/v1/surveys",  # cluster migration 20
-    # the HL7 inbound feeds' log (cluster migration 21); write-back stays refused
-    "/api/v1/hl7/interfaces", "/api/v1/hl7/messages",
+    # the HL7 inbound feeds' log (cluster migration 21), the write-back queue (23)
+    "/api/v1/hl7/interfaces", "/api/v1/hl7/messages", "/api/v1/hl7/outbound",
     # results, medication and replies (cluster migration 22)
     "/api/v1/events/results-available", "/api/v1/medications", "/api/v1/replies",
 )  # fmt: skip

@@ -66,20 +66,19 @@ def test_features_not_on_the_cluster_backend_are_refused_by_name(tmp_path: Path)
     assert "demo.peers" in message
 
 
-def test_appointments_and_hl7_inbound_run_on_a_cluster_and_write_back_is_refused(
+def test_appointments_and_hl7_inbound_and_write_back_run_on_a_cluster(
     tmp_path: Path,
 ) -> None:
     """Appointments, reminders, templates and notices are shared
-    (tests/pg/test_appointments_cluster.py), and so is the inbound HL7 log
-    (tests/pg/test_hl7_cluster.py); HL7 write-back is not yet."""
+    (tests/pg/test_appointments_cluster.py), and so are the inbound HL7 log
+    (tests/pg/test_hl7_cluster.py) and the write-back queue
+    (tests/pg/test_hl7_writeback_cluster.py)."""
     appointments = {"time_zone": "Europe/London", "cancel_debounce": 60.0}
     assert config(tmp_path, {}, appointments=appointments).appointments.cancel_debounce == 60.0
     inbound = {"name": "epic", "listen": "127.0.0.1:2575"}
     assert config(tmp_path, {}, hl7={"interfaces": [inbound]}).hl7.inbound()
     out = {"name": "epic-out", "direction": "out", "host": "127.0.0.1", "port": 2576}
-    with pytest.raises(ConfigError) as caught:
-        config(tmp_path, {}, hl7={"interfaces": [inbound, out]})
-    assert 'hl7.interfaces with direction = "out"' in str(caught.value)
+    assert config(tmp_path, {}, hl7={"interfaces": [inbound, out]}).hl7.outbound()
 
 
 def test_the_kannel_listener_runs_on_a_cluster(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from drivers.clock import FakeClock
 from gateway.clinical import outbound
+from gateway.clinical.db import LocalClinicalDb
 from gateway.hl7 import lane
 from gateway.hl7.settings import Hl7Interface
 from gateway.store.consent_sql import cipher_of
@@ -88,7 +89,7 @@ Lane = Callable[..., lane.OutboundLane]
 async def test_aa_acks_and_the_peer_reads_the_message_as_sent(store: Store) -> None:
     ehr = Ehr(["AA"])
     clock = FakeClock()
-    out = lane.OutboundLane(iface(await ehr.start()), store, clock)
+    out = lane.OutboundLane(iface(await ehr.start()), LocalClinicalDb(store), clock)
     rid = await queue(store, clock, "W1")
     assert await out.run_due() == 1
     assert await row(store, rid) == ("acked", 1, "AA", None)
@@ -101,7 +102,7 @@ async def test_aa_acks_and_the_peer_reads_the_message_as_sent(store: Store) -> N
 async def test_ar_and_silence_retry_with_backoff_then_park_and_resend(store: Store) -> None:
     ehr = Ehr(["AR", None, "AR", "AA"])
     clock = FakeClock()
-    out = lane.OutboundLane(iface(await ehr.start()), store, clock)
+    out = lane.OutboundLane(iface(await ehr.start()), LocalClinicalDb(store), clock)
     rid = await queue(store, clock, "W2")
     assert await out.run_due() == 1
     assert (await row(store, rid))[:3] == ("pending", 1, "AR")
@@ -113,8 +114,8 @@ async def test_ar_and_silence_retry_with_backoff_then_park_and_resend(store: Sto
     clock.advance(8.0)  # 10 s doubled, capped at backoff_max
     assert await out.run_due() == 1
     assert (await row(store, rid))[:2] == ("parked", 3)  # retries = 2 after the first
-    assert await lane.resend(store, rid, clock.time())
-    assert not await lane.resend(store, rid, clock.time())  # only a parked one
+    assert await lane.resend(LocalClinicalDb(store), rid, clock.time())
+    assert not await lane.resend(LocalClinicalDb(store), rid, clock.time())  # only a parked one
     assert await out.run_due() == 1
     assert (await row(store, rid))[:3] == ("acked", 1, "AA")
     await out.client.aclose()
@@ -124,7 +125,7 @@ async def test_ar_and_silence_retry_with_backoff_then_park_and_resend(store: Sto
 async def test_ae_parks_at_once(store: Store) -> None:
     ehr = Ehr(["AE"])
     clock = FakeClock()
-    out = lane.OutboundLane(iface(await ehr.start()), store, clock)
+    out = lane.OutboundLane(iface(await ehr.start()), LocalClinicalDb(store), clock)
     rid = await queue(store, clock, "W3")
     await out.run_due()
     assert (await row(store, rid))[:3] == ("parked", 1, "AE")
@@ -137,7 +138,7 @@ async def test_a_peer_that_is_down_is_retried(store: Store) -> None:
     port = await ehr.start()
     await ehr.aclose()  # nothing listens there now
     clock = FakeClock()
-    out = lane.OutboundLane(iface(port), store, clock)
+    out = lane.OutboundLane(iface(port), LocalClinicalDb(store), clock)
     rid = await queue(store, clock, "W4")
     await out.run_due()
     state, attempts, code, error = await row(store, rid)
@@ -147,7 +148,7 @@ async def test_a_peer_that_is_down_is_retried(store: Store) -> None:
 async def test_the_running_lane_wakes_and_sends(store: Store) -> None:
     ehr = Ehr([])
     clock = FakeClock()
-    out = lane.OutboundLane(iface(await ehr.start()), store, clock)
+    out = lane.OutboundLane(iface(await ehr.start()), LocalClinicalDb(store), clock)
     task = asyncio.create_task(out.run())
     await clock.wait_sleeping(1)
     rid = await queue(store, clock, "W5")

@@ -16,9 +16,9 @@ number, their appointments and notices as SQLite's (`erase_patients`: MRN, exter
 key, location and provider removed, pending notices cancelled `erased`, every
 notice's variables removed), their medication schedules stopped and forgotten
 (`erase_schedules`), their result events and appointment replies unlinked, and the
-shared HL7 log's texts naming the number or one of their MRNs (`erase_hl7`: text ""
-sealed, `erased_at` set). The shared `opt_outs` list is kept: it holds only the keyed
-hash and the time.
+shared HL7 log's and write-backs' texts naming the number or one of their MRNs
+(`erase_hl7`: text "" sealed, `erased_at` set). The shared `opt_outs` list is kept:
+it holds only the keyed hash and the time.
 
 One transaction holding the contact's advisory lock (the one every consent decision
 about it takes), so two nodes erasing one number at once take turns: the second
@@ -144,7 +144,8 @@ class ClusterErasure:
     ) -> None:
         """The shared patients, appointments, notices, schedules, result events and
         replies of the number, as SQLite's erasure (`retention/erase.py`), then the
-        shared HL7 log's texts that name the number or one of their MRNs."""
+        shared HL7 log's and write-backs' texts that name the number or one of their
+        MRNs."""
         c = self._cipher
         mrns, pids = erase_patients(conn, c, person, now, n, "shared_")
         erase_schedules(conn, person, pids, now, n, "shared_")
@@ -158,6 +159,9 @@ class ClusterErasure:
         ).rowcount
         n["shared_hl7_messages"] = erase_hl7(
             conn, c, person, mrns, now, "hl7_messages", "raw_ct", "raw"
+        )
+        n["shared_hl7_writebacks"] = erase_hl7(  # cluster migration 23
+            conn, c, person, mrns, now, "hl7_outbound", "message_ct", "message"
         )
 
     async def _erase_inbound(self, conn: Conn, person: Person, out: Erased) -> None:

@@ -67,6 +67,7 @@ SEALED: tuple[Sealed, ...] = (
     ),
     Sealed("clinical_notices", "id", "id", (("variables_ct", "variables"),)),
     Sealed("hl7_messages", "id", "id", (("raw_ct", "raw"),)),  # cluster migration 21
+    Sealed("hl7_outbound", "id", "id", (("message_ct", "message"),)),  # 23
     Sealed("medication_schedules", "id", "id", (("label_ct", "label"),)),  # migration 22
     Sealed("campaigns", "id", "id", (("content_ct", "content"),)),  # its text and values
 )

@@ -30,13 +30,9 @@ class LocalFeature:
     panel_modules: tuple[str, ...]
 
 
-LOCAL_FEATURES: tuple[LocalFeature, ...] = (
-    LocalFeature(
-        "HL7 write-back (outbound interfaces)",
-        ("/api/v1/hl7/outbound",),
-        (),
-    ),
-)
+# None left: HL7 write-back, the last, is shared since cluster migration 23. The
+# mechanism stays for a feature added later before its rows are shared.
+LOCAL_FEATURES: tuple[LocalFeature, ...] = ()
 
 
 def refusal(feature: LocalFeature) -> ApiError:

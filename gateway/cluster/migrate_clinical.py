@@ -1,11 +1,11 @@
 """`smsgw store migrate` and the clinical tables: what is copied, and the samples the
-verification decrypts on both sides (cluster migrations 17, 21 and 22: the twins).
+verification decrypts on both sides (cluster migrations 17, 21, 22 and 23: the twins).
 
 Patients, appointments and their trail, the timed notices, reminder rules,
 templates, the HL7 message log (cluster migration 21), result events, medication
-schedules and appointment replies (22) are copied as they are (ids, ciphertexts and
-versions kept). The appointments' trail keeps its seqs, and its numbering goes on after
-them (`migrate_copy.set_sequences`).
+schedules and appointment replies (22), and the HL7 write-back queue (23) are copied
+as they are (ids, ciphertexts and versions kept). The appointments' trail keeps its
+seqs, and its numbering goes on after them (`migrate_copy.set_sequences`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ COPIES = (
     TableCopy("clinical_events", "clinical_events", ("id",)),  # 22
     TableCopy("medication_schedules", "medication_schedules", ("id",)),
     TableCopy("appointment_replies", "appointment_replies", ("id",)),
+    TableCopy("hl7_outbound", "hl7_outbound", ("id",)),  # 23
 )
 # (table, encrypted column, its AAD): the row id is the table's `id`.
 SAMPLED = (
@@ -40,6 +41,7 @@ SAMPLED = (
     ("appointments", "provider_ct", "provider"),
     ("clinical_notices", "variables_ct", "variables"),
     ("hl7_messages", "raw_ct", "raw"),
+    ("hl7_outbound", "message_ct", "message"),
     ("medication_schedules", "label_ct", "label"),
 )
 

@@ -215,6 +215,10 @@ class ClusterNode:
             self._pool, self.settings.node_id, self._clock, lanes, self.queue.decrypt, self._store
         )
 
+    def hl7_lanes(self) -> LaneLocks:
+        """Which node sends each HL7 outbound interface's rows (`gateway/hl7/lane.py`)."""
+        return LaneLocks(self._conninfo, self._clock, lambda: self.fenced)
+
     @property
     def pool(self) -> Pool:
         return self._pool

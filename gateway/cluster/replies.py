@@ -84,8 +84,8 @@ class SharedReplies(InboundReplies):
         """`withdrawal`, `node_id`: what an appointment's opt-out appends and blocks on
         the shared ledger; `keywords`: the consent keywords a `STOP 1234` matching no
         appointment goes to (None: consent is off)."""
-        # The inbound feeds' profiles: none names a write-back on a cluster (outbound
-        # interfaces are refused, and a write-back must name one).
+        # The inbound feeds' profiles: a write-back they name is queued in the shared
+        # `hl7_outbound` within the reply's transaction (cluster migration 23).
         super().__init__(config, store, router, scheduler, hooks, profiles, audit)
         self._db = db
         self._queue = queue

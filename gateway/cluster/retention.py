@@ -8,9 +8,10 @@ texts and senders after the section's periods; and the review texts a reviewer o
 another node reads (SQLite has no copy: a review there shows its inbound's text,
 which the sweep blanks), after `body_days`; the template variables of the shared
 clinical notices no longer pending, after their purpose's `body_days` (removed, as
-SQLite's); the raw texts of the shared HL7 message log after `body_days` (the rows
-stay, marked `erased_at`, as SQLite's). A removed value is "" sealed for its row
-and column as SQLite's, `redacted` the same levels (1: text, 2: number too).
+SQLite's); the raw texts of the shared HL7 message log, and of the write-backs sent
+or parked, after `body_days` (the rows stay, marked `erased_at`, as SQLite's). A
+removed value is "" sealed for its row and column as SQLite's, `redacted` the same
+levels (1: text, 2: number too).
 
 Each batch is one transaction that locks the rows it takes `FOR UPDATE SKIP LOCKED`:
 two nodes sweeping at once take different rows, and a row another node has just
@@ -38,6 +39,7 @@ STEPS = (
     "shared_review_texts",
     "shared_notice_variables",
     "shared_hl7_messages",
+    "shared_hl7_writebacks",  # cluster migration 23
 )
 _FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
 
@@ -77,6 +79,9 @@ def due_notices(g: Group) -> tuple[str, tuple[Any, ...]]:
 
 _DUE_REVIEWS = "SELECT id FROM consent_reviews WHERE body_ct IS NOT NULL AND created_at < %s"
 _DUE_HL7 = "SELECT id FROM hl7_messages WHERE erased_at IS NULL AND received_at < %s"
+_DUE_WRITEBACKS = (  # a pending write-back is still to be sent: its text stays
+    "SELECT id FROM hl7_outbound WHERE erased_at IS NULL AND state <> 'pending' AND updated_at < %s"
+)
 
 
 async def _take(conn: Conn, due: tuple[str, tuple[Any, ...]], order: str, limit: int) -> list[str]:
@@ -114,6 +119,10 @@ _BLANK_INBOUND_TEXTS = (
 )
 _BLANK_HL7_TEXTS = (
     "UPDATE hl7_messages h SET raw_ct = v.ct, erased_at = %s"
+    " FROM unnest(%s::text[], %s::bytea[]) v(id, ct) WHERE h.id = v.id"
+)
+_BLANK_WRITEBACK_TEXTS = (
+    "UPDATE hl7_outbound h SET message_ct = v.ct, erased_at = %s"
     " FROM unnest(%s::text[], %s::bytea[]) v(id, ct) WHERE h.id = v.id"
 )
 _BLANK_INBOUND_NUMBERS = (
@@ -167,6 +176,16 @@ async def _hl7_texts(conn: Conn, c: FieldCipher, before: float, now: float, limi
     return len(ids)
 
 
+async def _writeback_texts(
+    conn: Conn, c: FieldCipher, before: float, now: float, limit: int
+) -> int:
+    ids = await _take(conn, (_DUE_WRITEBACKS, (before,)), "updated_at", limit)
+    if ids:
+        blanks = _blanks(c, ids, "message")
+        await conn.execute(_BLANK_WRITEBACK_TEXTS.encode(), (now, ids, blanks))
+    return len(ids)
+
+
 class ClusterSweep:
     """`Sweep` on the shared PostgreSQL tables, under the shared keyring."""
 
@@ -202,6 +221,7 @@ class ClusterSweep:
                 counts["shared_inbound_numbers"] += await count(due_inbound(level, number_before))
             counts["shared_review_texts"] = await count((_DUE_REVIEWS, (body_before,)))
             counts["shared_hl7_messages"] = await count((_DUE_HL7, (body_before,)))
+            counts["shared_hl7_writebacks"] = await count((_DUE_WRITEBACKS, (body_before,)))
         return counts
 
     async def sweep_batch(self, now: float) -> dict[str, int]:
@@ -219,4 +239,5 @@ class ClusterSweep:
             done["shared_inbound_numbers"] = await _inbound_numbers(conn, c, number_before, n)
             done["shared_review_texts"] = await _review_texts(conn, body_before, n)
             done["shared_hl7_messages"] = await _hl7_texts(conn, c, body_before, now, n)
+            done["shared_hl7_writebacks"] = await _writeback_texts(conn, c, body_before, now, n)
         return done

@@ -975,8 +975,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 21 (issue 18, HL7): SQLite's `hl7_messages` as a twin (its migrations 15 and 23),
     #    so a message sent to any node's MLLP listener is stored, mapped and ACKed once
     #    for the site: the unique key is the dedupe of every node, and the inbound job
-    #    runs under the clinical lock (`gateway/cluster/clinical_db.py`). No write-back
-    #    queue: outbound interfaces are refused on a cluster (only the replies feed it).
+    #    runs under the clinical lock (`gateway/cluster/clinical_db.py`). The write-back
+    #    queue came with migration 23.
     """
     CREATE TABLE hl7_messages (
         id               text PRIMARY KEY,
@@ -1012,6 +1012,31 @@ MIGRATIONS: tuple[str, ...] = (
     # 22 (issue 18, results, medication, replies): their events, schedules and the
     #    appointment replies as twins (`schema_results.py`).
     RESULTS_AND_MEDICATION,
+    # 23 (issue 18, HL7 write-back): SQLite's `hl7_outbound` as a twin (with its
+    #    `erased_at`), filled by the shared replies in their own transaction; one node
+    #    at a time sends each interface's rows (`gateway/hl7/lane.py`, lane leadership).
+    """
+    CREATE TABLE hl7_outbound (
+        id              text PRIMARY KEY,
+        interface       text NOT NULL,
+        control_id      text NOT NULL,
+        kind            text NOT NULL,
+        ref             text,
+        message_ct      bytea NOT NULL,
+        state           text NOT NULL CHECK (state IN
+                            ('pending', 'acked', 'parked', 'cancelled')),
+        attempts        integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision,
+        ack_code        text,
+        last_error      text,
+        created_at      double precision NOT NULL,
+        updated_at      double precision NOT NULL,
+        erased_at       double precision
+    );
+    CREATE INDEX hl7_outbound_due ON hl7_outbound (interface, next_attempt_at)
+        WHERE state = 'pending';
+    CREATE INDEX hl7_outbound_updated ON hl7_outbound (updated_at DESC);
+    """,
 )
 
 

@@ -127,13 +127,12 @@ def refused_features(config: Config) -> list[str]:
     # keep their rows in the shared PostgreSQL (cluster/clinical_db.py).
     # Contacts, groups, audiences and campaigns are shared (cluster/contacts.py,
     # cluster/campaigns.py, cluster/campaign_feed.py). HL7 inbound feeds keep their
-    # message log in the shared PostgreSQL (cluster migration 21); write-back
-    # (outbound interfaces), fed only by the replies, is refused below. Results events
+    # message log in the shared PostgreSQL (cluster migration 21), and the write-back
+    # (outbound interfaces) its queue (23), sent by one node per interface. Results events
     # and medication schedules are in the shared clinical tables, and the appointment
     # replies with their worklist (cluster migration 22, cluster/replies.py).
     checks: list[tuple[str, Any, Any]] = [
         ("demo.peers", config.demo.peers, False),
-        ('hl7.interfaces with direction = "out"', bool(config.hl7.outbound()), False),
     ]
     return [name for name, value, default in checks if _configured(value, default)]
 

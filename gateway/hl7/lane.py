@@ -9,6 +9,14 @@ timeout or a broken connection: `pending` again after a back-off that doubles fr
 Every outcome is one conditional UPDATE on the writer (`WHERE state = 'pending'`), so a
 row cancelled or re-sent meanwhile is not overwritten. `run_due()` drains what is due
 now, for tests; `run()` loops on the gateway clock.
+
+The rows are the `ClinicalDb`'s: the node's SQLite, or on a cluster the shared
+PostgreSQL (cluster migration 23), where every node runs a lane per interface but only
+the one that leads it (`leadership`, a session advisory lock per interface as the
+outbox lanes take, `cluster/outbox_lanes.py`) sends: one connection to the EHR, the
+rows in order. A leader that dies loses the lock with its session and a survivor takes
+the lane on its next round; a message the dead one sent but had not marked goes again
+(at-least-once, as the ACK's control id lets the EHR drop it).
 """
 
 from __future__ import annotations
@@ -16,20 +24,34 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from drivers.clock import Clock
+from gateway.clinical.db import ClinicalDb
 from gateway.clinical.outbound import OutboundState
 from gateway.hl7.client import Ack, MllpClient, MllpError
 from gateway.hl7.settings import Hl7Interface
-from gateway.store.consent_sql import cipher_of
-from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.hl7")
 
 POLL = 1.0  # rows are queued by other parts' transactions: look again this often
+
+
+class Leadership(Protocol):
+    """Which node sends a lane's rows (`cluster.outbox_lanes.LaneLocks`)."""
+
+    def lead(self, consumer: str) -> Awaitable[bool]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+
+def lane_name(iface: Hl7Interface) -> str:
+    """The lane's leadership name (beside the outbox consumers' names)."""
+    return f"hl7_out:{iface.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +78,23 @@ class OutboundLane:
     def __init__(
         self,
         iface: Hl7Interface,
-        store: Store,
+        db: ClinicalDb,
         clock: Clock,
         context: ssl.SSLContext | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
-        self.iface, self.store, self.clock = iface, store, clock
+        """`leadership`: None on one node (its lane is the only one)."""
+        self.iface, self.db, self.clock = iface, db, clock
+        self.leadership = leadership
         self.client = MllpClient(iface.host, iface.port, context=context, timeout=iface.ack_timeout)
         self._wake = asyncio.Event()
+        self._leading = leadership is None  # as of the last `leads()`
 
     def wake(self) -> None:
         self._wake.set()
 
     async def _next(self) -> Due | None:
-        now, cipher, name = self.clock.time(), cipher_of(self.store), self.iface.name
+        now, cipher, name = self.clock.time(), self.db.cipher, self.iface.name
 
         def job(conn: sqlite3.Connection) -> Due | None:
             r = conn.execute(
@@ -81,16 +107,26 @@ class OutboundLane:
                 return None
             return Due(r[0], r[1], cipher.decrypt(r[2], r[0], "message"), r[3])
 
-        due: Due | None = await self.store.writer.run(job)
+        due: Due | None = await self.db.run(job, serial=False)
         return due
 
+    async def leads(self) -> bool:
+        """Whether this node sends the lane's rows now."""
+        leadership = self.leadership
+        self._leading = leadership is None or await leadership.lead(lane_name(self.iface))
+        return self._leading
+
     async def run_due(self) -> int:
-        """Send every row due now; how many were tried."""
+        """Send every row due now, while this node leads the lane; how many were tried."""
         tried = 0
-        while (due := await self._next()) is not None:
+        while True:
+            if not await self.leads():
+                await self.client.aclose()  # a follower keeps no connection to the EHR
+                return tried
+            if (due := await self._next()) is None:
+                return tried
             await self._attempt(due)
             tried += 1
-        return tried
 
     async def _attempt(self, due: Due) -> None:
         attempts = due.attempts + 1
@@ -122,7 +158,7 @@ class OutboundLane:
                 (state.value, attempts, next_at, code or None, problem, now, due.id),
             )
 
-        await self.store.writer.run(job)
+        await self.db.run(job, serial=False)
         log.info(
             "hl7_outbound_attempt",
             interface=self.iface.name,
@@ -143,7 +179,7 @@ class OutboundLane:
             ).fetchone()
             return None if r is None or r[0] is None else float(r[0])
 
-        at: float | None = await self.store.writer.run(job)
+        at: float | None = await self.db.run(job, serial=False)
         return POLL if at is None else max(0.0, min(POLL, at - self.clock.time()))
 
     async def run(self) -> None:
@@ -151,7 +187,9 @@ class OutboundLane:
             while True:
                 try:
                     await self.run_due()
-                    delay = await self._next_due_in()
+                    # A follower's rows are due now but not its to send: it looks again
+                    # after POLL, not at once.
+                    delay = await self._next_due_in() if self._leading else POLL
                 except Exception as e:  # the store is struggling: look again later
                     log.error(
                         "hl7_outbound_failed", interface=self.iface.name, error=type(e).__name__
@@ -167,7 +205,7 @@ class OutboundLane:
             await self.client.aclose()
 
 
-async def resend(store: Store, row_id: str, now: float) -> bool:
+async def resend(db: ClinicalDb, row_id: str, now: float) -> bool:
     """A parked message back to `pending`, due now, attempts counted afresh."""
 
     def job(conn: sqlite3.Connection) -> bool:
@@ -178,5 +216,5 @@ async def resend(store: Store, row_id: str, now: float) -> bool:
         ).fetchone()
         return r is not None
 
-    done: bool = await store.writer.run(job)
+    done: bool = await db.run(job, serial=False)
     return done

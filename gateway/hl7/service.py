@@ -61,10 +61,11 @@ class Hl7Service:
         hooks: ClinicalHooks,
         audit: AuditTrail,
         db: ClinicalDb | None = None,
+        leadership: lane.Leadership | None = None,
     ) -> None:
-        """`db`: where `hl7_messages` lives (on a cluster the shared PostgreSQL, which
-        has no write-back queue: outbound interfaces are refused there,
-        `cluster/settings.refused_features`); the store's own by default."""
+        """`db`: where `hl7_messages` and `hl7_outbound` live (on a cluster the shared
+        PostgreSQL); the store's own by default. `leadership`: on a cluster, which node
+        sends each outbound interface's rows."""
         mappers.load()
         self.config, self.store, self.clock, self.audit = config, store, clock, audit
         self.db = db or LocalClinicalDb(store)
@@ -74,7 +75,9 @@ class Hl7Service:
         self.lanes: dict[str, lane.OutboundLane] = {}
         for i in config.hl7.outbound():
             ca = str(config.resolve(i.tls_ca_file)) if i.tls_ca_file else None
-            self.lanes[i.name] = lane.OutboundLane(i, store, clock, lane.ssl_context(i, ca))
+            context = lane.ssl_context(i, ca)
+            self.lanes[i.name] = lane.OutboundLane(i, self.db, clock, context, leadership)
+        self.leadership = leadership
         self.listeners: dict[str, listener.Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -108,17 +111,15 @@ class Hl7Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for lane_ in self.lanes.values():
             await lane_.client.aclose()
+        if self.leadership is not None:
+            await self.leadership.close()  # the survivors take the lanes at once
 
     # -- use cases ----------------------------------------------------------------------
 
     async def interfaces(self) -> list[InterfaceSummary]:
         # Reads, on the read pool: a scrape of /metrics must not queue behind writes.
         counts = sql.counters(await self.db.all(sql.COUNTERS))
-        out_counts = (
-            {}
-            if self.db.shared
-            else _outbound_counters(await self.store.reader.all(_OUTBOUND_COUNTERS))
-        )
+        out_counts = _outbound_counters(await self.db.all(_OUTBOUND_COUNTERS))
         rows = []
         for i in self.config.hl7.interfaces:
             if i.direction == "in":
@@ -171,9 +172,6 @@ class Hl7Service:
         return found[1]
 
     async def outbound(self, state: str | None = None, limit: int = 100) -> list[OutboundRow]:
-        if self.db.shared:  # no write-back on a cluster: not this node's leftovers either
-            return []
-
         def read(conn: sqlite3.Connection) -> list[OutboundRow]:
             q = (
                 "SELECT id, interface, control_id, kind, state, attempts, ack_code, last_error,"
@@ -186,24 +184,21 @@ class Hl7Service:
             q += " ORDER BY updated_at DESC LIMIT ?"
             return [OutboundRow(*r) for r in conn.execute(q, (*args, limit))]
 
-        rows: list[OutboundRow] = await self.store.writer.run(read)
+        rows: list[OutboundRow] = await self.db.run(read, serial=False)
         return rows
 
     async def outbound_exists(self, row_id: str) -> bool:
-        if self.db.shared:
-            return False
-        found: bool = await self.store.writer.run(
+        found: bool = await self.db.run(
             lambda c: (
                 c.execute("SELECT 1 FROM hl7_outbound WHERE id = ?", (row_id,)).fetchone()
                 is not None
-            )
+            ),
+            serial=False,
         )
         return found
 
     async def resend(self, row_id: str, caller: Caller) -> bool:
-        if self.db.shared:
-            return False
-        done = await lane.resend(self.store, row_id, self.clock.time())
+        done = await lane.resend(self.db, row_id, self.clock.time())
         if done:
             await self.audit.record(caller.actor, "hl7_outbound_resent", "hl7_outbound", row_id)
             for ln in self.lanes.values():

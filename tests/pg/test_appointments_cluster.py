@@ -29,6 +29,7 @@ from drivers.clock import FakeClock
 from gateway.app import Gateway
 from gateway.appointments.usecase import AppointmentRequest
 from gateway.cli import main
+from gateway.clinical import outbound
 from gateway.clinical.notices import NoticeKind, NoticeRow, NoticeState
 from gateway.cluster import consent_store, keyring
 from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
@@ -362,9 +363,10 @@ async def test_a_sent_notices_variables_are_swept_after_their_period(
 async def test_store_migrate_carries_a_gateways_appointments_to_the_cluster(
     tmp_path: Path, clock: FakeClock, pg_dsn: str
 ) -> None:
-    """`smsgw store migrate`: the patients, appointments and their trail, notices, rules
-    and templates copied with their ids and ciphertexts (verified by decrypted samples);
-    the cluster node then reads, moves and reminds as the one gateway would have."""
+    """`smsgw store migrate`: the patients, appointments and their trail, notices, rules,
+    templates and HL7 write-backs copied with their ids and ciphertexts (verified by
+    decrypted samples); the cluster node then reads, moves and reminds as the one gateway
+    would have, and lists the write-back still to send."""
     source = await asyncio.to_thread(init, tmp_path / "one")  # `smsgw init` runs its own loop
     one = await Gateway.open(_config(source.data_dir), clock)
     await one.start(dispatch=False)
@@ -372,6 +374,12 @@ async def test_store_migrate_carries_a_gateways_appointments_to_the_cluster(
         single = Nodes("sqlite", one, one)
         await single.reminder_rule()
         appt = await single.book(one, "ehr-1")
+        cipher = one.clinical_db.cipher
+        written = await one.store.writer.run(  # a write-back still to send (migration 23)
+            lambda c: outbound.enqueue(
+                c, cipher, "ehr-out", "MSH|^~\\&|SMSGW\r", "R1", clock.time(), kind="test"
+            )
+        )
     finally:
         await one.stop()
     assert await asyncio.to_thread(_migrate, source.conf, pg_dsn) == 0
@@ -386,6 +394,8 @@ async def test_store_migrate_carries_a_gateways_appointments_to_the_cluster(
         assert [(e.event, e.version) for e in detail.events] == [("booked", 1), ("moved", 2)]
         clock.advance(28 * H)
         assert (await node.notice_runner(node.renderer).run_once()).queued == 1
+        assert node.hl7 is not None
+        assert [(r.id, r.state) for r in await node.hl7.outbound()] == [(written, "pending")]
     finally:
         await node.stop()
 

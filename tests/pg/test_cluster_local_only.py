@@ -105,7 +105,7 @@ async def nodes(tmp_path: Path, clock: FakeClock, pg_dsn: str) -> AsyncIterator[
                 await gw.stop()
 
 
-LOCAL_ONLY_API = (("GET", "/api/v1/hl7/outbound"),)
+LOCAL_ONLY_API: tuple[tuple[str, str], ...] = ()  # HL7 write-back, the last, is shared
 LOCAL_ONLY_PAGES: tuple[str, ...] = ()
 
 
@@ -121,7 +121,7 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         await _error(r, 401, "unauthenticated")
 
     document = await (await b.api.get("/api/v1/openapi.json")).json()
-    assert "501" in document["paths"]["/api/v1/hl7/outbound"]["get"]["responses"]
+    assert "501" not in document["paths"]["/api/v1/hl7/outbound"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/replies"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/surveys"]["get"]["responses"]
     assert "501" not in document["paths"]["/api/v1/links"]["get"]["responses"]
@@ -138,6 +138,8 @@ async def test_node_local_features_are_refused_and_break_glass_counts_every_node
         assert r.status == 200, path
     r = await b.api.get("/api/v1/hl7/messages")  # the shared log (tests/pg/test_hl7_cluster.py)
     assert r.status == 200 and (await r.json())["messages"] == []
+    r = await b.api.get("/api/v1/hl7/outbound")  # the shared write-back queue (migration 23)
+    assert r.status == 200
     r = await b.api.get("/api/v1/replies")  # the shared replies (test_replies_cluster.py)
     assert r.status == 200 and (await r.json())["items"] == []
 

@@ -167,6 +167,7 @@ async def test_an_erasure_on_b_clears_the_shared_store_and_every_node_sees_it(
         "shared_clinical_events": 0,
         "shared_appointment_replies": 0,
         "shared_hl7_messages": 0,  # no HL7 feed (tests/pg/test_hl7_cluster.py)
+        "shared_hl7_writebacks": 0,  # no write-back (tests/pg/test_hl7_writeback_cluster.py)
     }
 
     # PostgreSQL: the number's ciphertexts are "" sealed for their place, or gone.

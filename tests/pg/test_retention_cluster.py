@@ -175,6 +175,7 @@ async def test_finished_shared_rows_past_their_periods_are_blanked_and_the_rest_
         "shared_review_texts": 1,
         "shared_notice_variables": 0,  # tests/pg/test_appointments_cluster.py
         "shared_hl7_messages": 0,  # tests/pg/test_hl7_cluster.py
+        "shared_hl7_writebacks": 0,  # tests/pg/test_hl7_writeback_cluster.py
     }
     assert _shared((await c.a.retention.status()).due) == expected
 
@@ -239,6 +240,7 @@ async def test_finished_shared_rows_past_their_periods_are_blanked_and_the_rest_
         "shared_review_texts": 1,
         "shared_notice_variables": 0,  # tests/pg/test_appointments_cluster.py
         "shared_hl7_messages": 0,  # tests/pg/test_hl7_cluster.py
+        "shared_hl7_writebacks": 0,  # tests/pg/test_hl7_writeback_cluster.py
     }
 
 
@@ -255,7 +257,7 @@ async def test_two_nodes_sweeping_at_once_blank_each_row_once_and_audit_their_ow
     await asyncio.gather(c.a.retention.run("gateway"), c.b.retention.run("gateway"))
 
     (run_a,), (run_b,) = await _runs(c.a), await _runs(c.b)
-    unseeded = ("shared_notice_variables", "shared_hl7_messages")  # their own tests
+    unseeded = ("shared_notice_variables", "shared_hl7_messages", "shared_hl7_writebacks")
     seeded = [step for step in STEPS if step not in unseeded]
     for step in seeded:  # each row counted by the one node that blanked it
         assert run_a[step] + run_b[step] == rows, step
