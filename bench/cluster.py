@@ -387,48 +387,124 @@ async def _api_delays(site: Site, ids: list[str]) -> list[float]:
     return out
 
 
-async def soak(pg: PgServer, seconds: float) -> dict[str, Any]:
-    """S9: a steady load while a REPEATABLE READ transaction holds the xmin horizon."""
+async def soak(pg: PgServer, seconds: float, rate: int = 200) -> dict[str, Any]:
+    """S9: `rate` messages a second, posted round robin to two nodes, while a REPEATABLE
+    READ transaction holds the xmin horizon for `seconds`; then, with the load going on,
+    the dead tuples of the queue's tables through two autovacuum cycles after its
+    release."""
     dsn = pg.create_database()
     async with _site(2, dsn) as site:
         holder = await psycopg.AsyncConnection.connect(dsn)
         await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         await holder.execute("SELECT count(*) FROM messages")
-        n = 0
-        first: list[float] = []
-        lat: list[float] = []
+        load = _SoakLoad(site, rate)
         window = min(60.0, seconds / 4)  # the claims of the first and the last minute
         start = await _claim_buckets(site)
         first_claims: dict[float, float] | None = None
         last_from: dict[float, float] | None = None
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            ids = await _post(site, site.nodes, [f"soak {n + i}" for i in range(100)], "normal")
-            n += 100
-            lat = await _wait_sent(site.smsc, n, dsn, ids)
-            first = first or lat
+            await load.second()
             elapsed = time.perf_counter() - t0
             if first_claims is None and elapsed >= window:
                 first_claims = _minus(await _claim_buckets(site), start)
             if last_from is None and elapsed >= seconds - window:
                 last_from = await _claim_buckets(site)
-            await asyncio.sleep(1)
         last_claims = _minus(await _claim_buckets(site), last_from or start)
         async with site.http.get(f"{site.nodes[0].url}/api/v1/healthz") as r:
             health = await r.json()
+        held_ids = load.last_ids
         await holder.close()
-    out = {"seconds": seconds, "messages": n,
+        vacuum = await _after_release(dsn, load)
+        await asyncio.wait_for(site.smsc.wait_until(lambda: site.smsc.submits >= load.n), 300)
+        first = await _events(dsn, load.first_ids)
+        last = await _events(dsn, held_ids)
+    out = {"seconds": seconds, "rate": rate, "messages": load.n,
+           "late_seconds": load.late,
            "xmin_age_s": health["node"].get("xmin_age_seconds"),
            "xmin_age_xids": health["node"].get("xmin_age_xids"),
            "first_p99_ms": round(_pct(first, 0.99), 1),
-           "last_p99_ms": round(_pct(lat, 0.99), 1),
+           "last_p99_ms": round(_pct(last, 0.99), 1),
            # S9's criterion: claim p99 < 100 ms while xmin is held, from the nodes'
            # smsgw_cluster_claim_seconds (at most this bucket's bound), both nodes.
            "claim_p99_first_ms_le": _bucket_pct(first_claims or {}, 0.99),
            "claim_p99_last_ms_le": _bucket_pct(last_claims, 0.99),
-           "claims_last": int(last_claims.get(math.inf, 0))}  # fmt: skip
+           "claims_last": int(last_claims.get(math.inf, 0)),
+           **vacuum}  # fmt: skip
     print(f"soak with xmin held: {out}")
     return out
+
+
+class _SoakLoad:
+    """`rate` messages a second on the wall clock, in batches round robin over the
+    nodes; the first and the latest second's ids kept for their latencies."""
+
+    def __init__(self, site: Site, rate: int) -> None:
+        self.site, self.rate = site, rate
+        self.n = 0
+        self.late = 0  # seconds whose posts took longer than the second
+        self.first_ids: list[str] = []
+        self.last_ids: list[str] = []
+        self._next = time.perf_counter()
+
+    async def second(self) -> None:
+        texts = [f"soak {self.n + i}" for i in range(self.rate)]
+        ids = await _post(self.site, self.site.nodes, texts, "normal")
+        self.n += self.rate
+        self.first_ids = self.first_ids or ids
+        self.last_ids = ids
+        self._next += 1.0
+        pause = self._next - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        else:
+            self.late += 1
+
+
+_DEAD = """
+SELECT relname, n_dead_tup, current_setting('autovacuum_vacuum_threshold')::bigint
+    + current_setting('autovacuum_vacuum_scale_factor')::float8 * n_live_tup
+FROM pg_stat_user_tables WHERE relname IN ('messages', 'message_events', 'outbox')
+"""
+SAMPLE_EVERY = 5.0  # seconds between readings of the dead tuples after the release
+
+
+async def _after_release(dsn: str, load: _SoakLoad) -> dict[str, Any]:
+    """S9's second criterion: with the load going on, each queue table's dead tuples at
+    the release, and how long after it they first fell under that table's autovacuum
+    threshold, read every few seconds through two autovacuum cycles
+    (`autovacuum_naptime`); None: not within them."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT setting::float8 FROM pg_settings WHERE name = 'autovacuum_naptime'"
+            )
+        ).fetchone()  # in seconds (`SHOW` says "1min")
+        naptime = float(row[0]) if row else 60.0
+
+        async def reading() -> dict[str, tuple[int, float]]:
+            rows = await (await conn.execute(_DEAD)).fetchall()
+            return {str(r[0]): (int(r[1]), float(r[2])) for r in rows}
+
+        released = time.perf_counter()
+        at_release = await reading()
+        under: dict[str, float | None] = {
+            t: 0.0 if d < limit else None for t, (d, limit) in at_release.items()
+        }
+        last_read = released
+        while time.perf_counter() - released < 2 * naptime:
+            await load.second()
+            if time.perf_counter() - last_read >= SAMPLE_EVERY:
+                last_read = time.perf_counter()
+                for table, (dead, limit) in (await reading()).items():
+                    if under.get(table) is None and dead < limit:
+                        under[table] = round(last_read - released, 1)
+    return {
+        "naptime_s": naptime,
+        "dead_at_release": {t: d for t, (d, _) in at_release.items()},
+        "under_threshold_after_s": under,
+        "dead_under_threshold_within_2_cycles": all(v is not None for v in under.values()),
+    }
 
 
 async def _claim_buckets(site: Site) -> dict[float, float]:
@@ -463,11 +539,6 @@ def _bucket_pct(buckets: dict[float, float], q: float) -> float | None:
     return None
 
 
-async def _wait_sent(smsc: SmscSimulator, n: int, dsn: str, ids: list[str]) -> list[float]:
-    await asyncio.wait_for(smsc.wait_until(lambda: smsc.submits >= n), 120)
-    return await _events(dsn, ids)
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     bindir = find_bindir()
     if bindir is None:
@@ -481,7 +552,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["load_after"] = _load()
             return result
         if args.only_soak:
-            result["soak"] = await soak(pg, args.soak or 600)
+            result["soak"] = await soak(pg, args.soak or 600, args.soak_rate)
             result["load_after"] = _load()
             return result
         if args.only_priority:
@@ -507,7 +578,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["priority"][0]["p99_ms"] / max(result["priority"][1]["p99_ms"], 0.1), 2
         )
         if args.soak:
-            result["soak"] = await soak(pg, args.soak)
+            result["soak"] = await soak(pg, args.soak, args.soak_rate)
         result["load_after"] = _load()
         return result
     finally:
@@ -527,6 +598,7 @@ if __name__ == "__main__":
     parser.add_argument("--only-recovery", action="store_true", help="run S3 recovery alone")
     parser.add_argument("--only-priority", action="store_true", help="run S6 priority alone")
     parser.add_argument("--only-soak", action="store_true", help="run S9 alone (--soak, 600)")
+    parser.add_argument("--soak-rate", type=int, default=200, help="S9: messages a second")
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--backlog", type=int, default=3000, help="bulk before the criticals")
     parser.add_argument("--soak", type=float, default=0, help="S9 soak seconds (0: none)")
