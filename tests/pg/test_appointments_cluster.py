@@ -297,9 +297,9 @@ async def test_erasing_a_number_on_one_node_reaches_its_appointments_on_every_no
 async def test_an_opt_out_of_one_appointment_skips_its_reminder_only(
     nodes: Nodes, clock: FakeClock
 ) -> None:
-    """`appointment:<id>` (a CSV import carries it): SQLite cancels the notices when it
-    is recorded (tests/test_appointment_scope_consent.py); the shared runner skips
-    them when they fall due, until an opt-in of everything is newer."""
+    """`appointment:<id>` appended to the shared ledger without its withdrawal (which
+    cancels the notices at once: test_replies_cluster.py): the shared runner still
+    skips them when they fall due, until an opt-in of everything is newer."""
     if nodes.a.cluster is None:
         pytest.skip("SQLite withdraws them at the opt-out (test_appointment_scope_consent)")
     await nodes.reminder_rule()
