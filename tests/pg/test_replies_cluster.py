@@ -10,6 +10,7 @@ a confirmation.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -18,6 +19,7 @@ from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.analytics.usecase import Range
 from gateway.app import Gateway
+from gateway.cluster import consent_store
 from gateway.consent.answers import reply_id
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
@@ -163,3 +165,44 @@ async def test_a_survey_answer_received_on_the_other_node_is_no_reply(
     assert sent.session_id is not None
     await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, "C", SHORT_CODE))
     assert await nodes.a.usecases.replies.listed(await nodes.staff(nodes.a), None) == []
+
+
+async def test_stop_with_a_code_waits_for_a_pass_holding_the_notice_without_a_deadlock(
+    nodes: Nodes,  # noqa: F811
+) -> None:
+    """A runner's pass holds the notices it claimed, then (a capped purpose) the
+    contact's advisory lock; the STOP takes the notices before that lock, so it waits
+    for the pass and the pass never waits for it (a deadlock would abort one)."""
+    if nodes.a.cluster is None:
+        pytest.skip("one node: SQLite's single writer orders the two")
+    pool = nodes.a.cluster.queue.pool
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    code = await _code(nodes, nodes.a, appt)
+
+    async def waiting() -> bool:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+            found = await cur.fetchone()
+        return found is not None and int(found[0]) >= 1
+
+    async with pool.connection() as held:  # the pass, between its claim and its judge
+        await held.execute(
+            "SELECT id FROM clinical_notices WHERE appointment_id = %s FOR UPDATE", (appt,)
+        )
+        stop = asyncio.create_task(
+            nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"STOP {code}", SHORT_CODE))
+        )
+        for _ in range(1000):  # what PostgreSQL's sessions wait on: polled
+            if stop.done() or await waiting():
+                break
+            await asyncio.sleep(0.01)
+        assert not stop.done()  # the STOP waits on the held notice
+        await consent_store.lock_contacts(held, [nodes.a.store.blind_index(CANARY_NUMBER)])
+        await held.commit()
+    await asyncio.wait_for(stop, 10)
+    [reminder] = await nodes.notices(nodes.a, appt)
+    assert (reminder.state.value, reminder.reason) == ("cancelled", "opted_out")
