@@ -20,10 +20,11 @@ contact's consent lock (the one every keyword decision about it takes), a live
 appointment of this number with that code is looked up: found, the opt-out of that
 appointment's texts (ledger scope `appointment:<id>`) is appended to the shared
 ledger, unless in force already, with its reply row and its answer (always sent, as
-an opt-out's confirmation), and in the same transaction the appointment's pending
-notices are cancelled and its messages still waiting blocked (`appointment_optout.py`),
-so every node reads them cancelled at once. Not found, the consent keywords decide the text as on
-one node (a look-alike of STOP: staff review).
+an opt-out's confirmation); in the same transaction the appointment's pending
+notices are cancelled and its messages still waiting blocked (`appointment_optout.py`,
+its notices held before the contact's lock), so every node reads them cancelled at
+once. Not found, the consent keywords decide the text as on one node (a look-alike of
+STOP: staff review).
 """
 
 from __future__ import annotations
