@@ -10,8 +10,9 @@ Theory of operation. A pass is one PostgreSQL transaction on the shared queue's 
    (`appointment:<id>`, newer than the patient's last opt-in of everything): as on
    SQLite, such notices are cancelled when the opt-out is recorded
    (`appointment_optout.py`, in its transaction) and when one is planned (cluster
-   migration 24's trigger); a notice still pending under one in force (an entry
-   appended to the ledger without its withdrawal) is skipped `opted_out` when due;
+   migration 24's trigger); a notice still pending under one in force (planned while
+   the opt-out was committing, or an entry appended without its withdrawal) is
+   skipped `opted_out` when due;
 3. their messages accepted in the same transaction
    (`Messages.accept_many_within_shared`: judged by the consent policy as `accept`
    judges, inserted into the shared queue; an opted-out patient's message is stored
