@@ -21,7 +21,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from gateway.cluster import outbox_store, queue_sql
+from gateway.cluster import appointment_optout, outbox_store, queue_sql
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
 from gateway.consent import import_rule, ledger
@@ -188,7 +188,9 @@ async def merge_migrated(conn: Conn) -> int:
 class SharedWithdrawal:
     """`consent/withdraw.Withdrawal` on the shared queue: an opt-out makes the messages
     waiting for that contact which the ledger now refuses `blocked` at once, in its
-    transaction (the claim would block them anyway; this tells the caller now)."""
+    transaction (the claim would block them anyway; this tells the caller now). An
+    appointment's opt-out also cancels that appointment's pending notices
+    (`appointment_optout.py`: its callers hold them before the contact's lock)."""
 
     def __init__(self, config: ConsentConfig, me: Callable[[], Incarnation]) -> None:
         self._config = config
@@ -198,6 +200,7 @@ class SharedWithdrawal:
     async def after(self, conn: Conn, entry: Entry) -> list[str]:
         if not self._config.enabled or entry.decision != "opt_out":
             return []
+        blocked = await appointment_optout.withdraw(conn, entry, self._me())
         rows = await (
             await conn.execute(
                 "SELECT id, purpose, route_hint FROM messages WHERE to_index = %s"
@@ -206,9 +209,8 @@ class SharedWithdrawal:
             )
         ).fetchall()
         if not rows:
-            return []
+            return blocked
         standing = (await state_rows(conn, [entry.contact_idx])).get(entry.contact_idx, [])
-        blocked = []
         for message_id, purpose, hint in rows:
             try:
                 policy = self._table[Purpose(purpose)]
@@ -247,6 +249,7 @@ class ClusterLedger:
 
     async def record(self, entry: Entry, *, lifts: bool = False) -> tuple[str, int] | None:
         async with self._pool.connection() as conn, conn.transaction():
+            await appointment_optout.hold_notices(conn, appointment_optout.appointments_of([entry]))
             await lock_contacts(conn, [entry.contact_idx])
             if lifts and not await has_opt_out(conn, entry.contact_idx, entry.program, entry.scope):
                 return None
@@ -257,6 +260,8 @@ class ClusterLedger:
 
     async def import_entries(self, chunk: Sequence[tuple[Entry, bool]]) -> list[str]:
         async with self._pool.connection() as conn, conn.transaction():
+            held = appointment_optout.appointments_of(e for e, _ in chunk)
+            await appointment_optout.hold_notices(conn, held)
             await lock_contacts(conn, [e.contact_idx for e, _ in chunk])
             outcomes = await import_entries(conn, self._cipher, chunk, self._node_id)
             if self._withdrawal is not None:

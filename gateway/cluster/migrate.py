@@ -24,7 +24,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 
-from gateway.cluster import audit, migrate_clinical, nodes, schema
+from gateway.cluster import audit, migrate_campaigns, migrate_clinical, nodes, schema
 from gateway.cluster.migrate_consent import copy_reviews
 from gateway.cluster.migrate_copy import MigrationRefused, Progress, copy_table, set_sequences
 from gateway.cluster.migrate_copy import tables as copied_tables
@@ -111,13 +111,19 @@ async def _migrate_locked(
     assert run is not None
     src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        specs = (*copied_tables(node_id), *migrate_clinical.COPIES)
+        specs = (
+            *copied_tables(node_id),
+            *migrate_clinical.COPIES,
+            *migrate_campaigns.copies(node_id),
+        )
         try:
             for spec in specs:
                 copied = await copy_table(src, conn, spec, batch=batch, progress=progress)
                 out(f"{spec.target}: {copied} rows copied")
             reviews = await copy_reviews(src, conn, cipher, node_id, progress)
             out(f"consent_reviews: {reviews} rows copied")
+            enrolled = await migrate_campaigns.enrol_rest(src, conn)
+            out(f"campaign_recipients: {enrolled} still to send (after the cursors)")
         except MigrationRefused as e:
             out(f"store migrate: stopped: {e}; the target stays unfinished")
             return REFUSED

@@ -20,7 +20,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from gateway.cluster import audit, keyring, migrate_clinical
+from gateway.cluster import audit, keyring, migrate_campaigns, migrate_clinical
 from gateway.cluster.migrate_consent import check_samples
 from gateway.cluster.migrate_copy import TableCopy
 from gateway.store import crypto
@@ -58,7 +58,7 @@ async def verify(
     target = crypto.FieldCipher(keys.field, keys.blind)
     await _samples(src, conn, source_cipher, target, sample, report)
     await _inbound_samples(src, conn, source_cipher, target, sample, report)
-    for check in (check_samples, migrate_clinical.check_samples):
+    for check in (check_samples, migrate_clinical.check_samples, migrate_campaigns.check_samples):
         lines, problems = await check(src, conn, source_cipher, target, sample)
         report.lines.extend(lines)
         report.problems.extend(problems)
@@ -77,7 +77,8 @@ async def _counts(
     src: sqlite3.Connection, conn: AsyncConnection[TupleRow], spec: TableCopy, report: Report
 ) -> None:
     (want,) = src.execute(f"SELECT count(*) FROM {spec.source}").fetchone()  # noqa: S608
-    got = await _one(conn, f"SELECT count(*) FROM {spec.target}")  # noqa: S608 - schema names
+    where = f" WHERE {spec.counted}" if spec.counted else ""
+    got = await _one(conn, f"SELECT count(*) FROM {spec.target}{where}")  # noqa: S608 - schema names
     if spec.target == "audit_log":  # the migration's own entry may already follow
         got = await _one(conn, f"SELECT count(*) FROM audit_log WHERE seq <= {int(want)}")  # noqa: S608
     report.check(got == want, f"{spec.target}: {got} rows (source {want})")

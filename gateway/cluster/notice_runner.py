@@ -7,10 +7,12 @@ Theory of operation. A pass is one PostgreSQL transaction on the shared queue's 
 2. for each, the steps the one-node runner takes before its accept (`_ready`: expired,
    the kind's recheck, the number, the render), a skip being its `finish`; and first
    an opt-out of that one appointment
-   (`appointment:<id>`, newer than the patient's last opt-in of everything): SQLite
-   cancels such notices when the opt-out is recorded and when one is planned (its
-   migration 19); the shared ledger's opt-out does neither, so the runner skips the
-   notice `opted_out` when it falls due;
+   (`appointment:<id>`, newer than the patient's last opt-in of everything): as on
+   SQLite, such notices are cancelled when the opt-out is recorded
+   (`appointment_optout.py`, in its transaction) and when one is planned (cluster
+   migration 24's trigger); a notice still pending under one in force (planned while
+   the opt-out was committing, or an entry appended without its withdrawal) is
+   skipped `opted_out` when due;
 3. their messages accepted in the same transaction
    (`Messages.accept_many_within_shared`: judged by the consent policy as `accept`
    judges, inserted into the shared queue; an opted-out patient's message is stored

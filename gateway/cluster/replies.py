@@ -20,9 +20,11 @@ contact's consent lock (the one every keyword decision about it takes), a live
 appointment of this number with that code is looked up: found, the opt-out of that
 appointment's texts (ledger scope `appointment:<id>`) is appended to the shared
 ledger, unless in force already, with its reply row and its answer (always sent, as
-an opt-out's confirmation); the shared notice runner skips the appointment's notices
-when due (`notice_runner.py`). Not found, the consent keywords decide the text as on
-one node (a look-alike of STOP: staff review).
+an opt-out's confirmation); in the same transaction the appointment's pending
+notices are cancelled and its messages still waiting blocked (`appointment_optout.py`,
+its notices held before the contact's lock), so every node reads them cancelled at
+once. Not found, the consent keywords decide the text as on one node (a look-alike of
+STOP: staff review).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import structlog
 
 from gateway.clinical.commands import ClinicalHooks
 from gateway.clinical.profile import InterfaceProfile
-from gateway.cluster import consent_store
+from gateway.cluster import appointment_optout, consent_store
 from gateway.cluster.clinical_db import CLINICAL_LOCK, ClusterClinicalDb, run_bridged
 from gateway.cluster.consent_inbound import ClusterInboundConsent
 from gateway.cluster.consent_store import SharedWithdrawal
@@ -179,6 +181,8 @@ class SharedReplies(InboundReplies):
                 found = await run_bridged(conn, lambda c: self._stop_match(c, s, code, step))
                 if found is None:
                     return NOT_OURS
+                # Before the contact's lock (`appointment_optout.py`'s lock order).
+                await appointment_optout.hold_notices(conn, [(found.id, step[0].idx)])
                 await consent_store.lock_contacts(conn, [step[0].idx])
                 forced = await self._opt_out(conn, step[0], found.id)
                 done = await run_bridged(

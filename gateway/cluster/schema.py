@@ -662,7 +662,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX link_clicks_link ON link_clicks (link_id, human);
     CREATE INDEX link_clicks_message ON link_clicks (message_id);
     """,
-    # 15 to 23: the feature tables (`schema_features.py`).
+    # 15 to 24: the feature tables (`schema_features.py`).
     *FEATURE_MIGRATIONS,
 )
 

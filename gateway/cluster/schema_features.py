@@ -1,9 +1,9 @@
-"""Cluster migrations 15 to 23, in order (`schema.MIGRATIONS` goes on with them): the
+"""Cluster migrations 15 to 24, in order (`schema.MIGRATIONS` goes on with them): the
 twins of SQLite's feature tables, so every node runs the features on one set of rows
 (Kannel's dlr-urls, contacts' attributes, the clinical tables, audiences and campaigns,
 the analytics' sums, surveys, the HL7 log, results, medication and replies, HL7
-write-back). Kept apart from `schema.py` for their size; each entry's comment says what
-it is for."""
+write-back, an appointment opt-out's trigger). Kept apart from `schema.py` for their
+size; each entry's comment says what it is for."""
 
 from __future__ import annotations
 
@@ -384,5 +384,30 @@ FEATURE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX hl7_outbound_due ON hl7_outbound (interface, next_attempt_at)
         WHERE state = 'pending';
     CREATE INDEX hl7_outbound_updated ON hl7_outbound (updated_at DESC);
+    """,
+    # 24 (issue 18, STOP 1234): SQLite's trigger of its migration 19 as a twin: a
+    #    notice planned for an appointment whose opt-out (`appointment:<id>`) is in
+    #    force, no opt-in of everything (START) newer, is cancelled as it is inserted,
+    #    whoever plans it. Those pending when the opt-out commits are cancelled in its
+    #    transaction (`gateway/cluster/appointment_optout.py`).
+    """
+    CREATE FUNCTION clinical_notices_appointment_optout() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF EXISTS (
+            SELECT 1 FROM consent_state s WHERE s.contact_idx = NEW.contact_idx
+            AND s.scope = 'appointment:' || NEW.appointment_id AND s.opted = 'out'
+            AND s.seq > (SELECT coalesce(max(a.seq), 0) FROM consent_state a
+                         WHERE a.contact_idx = NEW.contact_idx AND a.scope = 'all'
+                         AND a.opted = 'in'))
+        THEN
+            NEW.state := 'cancelled';
+            NEW.reason := 'opted_out';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER clinical_notices_appointment_optout BEFORE INSERT ON clinical_notices
+    FOR EACH ROW WHEN (NEW.appointment_id IS NOT NULL AND NEW.state = 'pending')
+    EXECUTE FUNCTION clinical_notices_appointment_optout();
     """,
 )

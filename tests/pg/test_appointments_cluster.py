@@ -43,10 +43,12 @@ from gateway.reminders.rules import RuleSpec
 from gateway.templates.usecase import DraftRequest
 from gateway.usecases import Caller
 from gateway.usecases.consent import DecisionRequest
+from gateway.usecases.consent_csv import Options
 from gateway.usecases.messages import IdempotencyKey
 from tests.conftest import CANARY_NUMBER, LOOPBACK_TEST, TEST_CONSENT, GatewayFactory
 from tests.pg.migrate_source import init
 from tests.pg.two_nodes import in_process_nodes
+from tests.test_consent_import import _chunks
 from tests.test_consent_policy import caller
 
 H = 3600.0
@@ -294,12 +296,29 @@ async def test_erasing_a_number_on_one_node_reaches_its_appointments_on_every_no
     assert _states(await nodes.notices(nodes.a, other)) == [("reminder", "pending", None)]
 
 
+async def test_an_appointment_opt_out_imported_on_one_node_cancels_its_reminder_at_once(
+    nodes: Nodes,
+) -> None:
+    """Imported (a CSV of opt-outs, with the appointment's scope) on B: the
+    appointment's pending reminder reads cancelled on A in that commit; the same
+    patient's other appointment keeps its reminder."""
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    other = await nodes.book(nodes.a, "ehr-2", start_in=27 * H)
+    staff = await caller(nodes.b, "admin", "send", "read", "consent")
+    csv = f"number,decision,scope\n{CANARY_NUMBER},opt_out,{appointment_scope(appt)}\n"
+    report = await nodes.b.usecases.consent.import_csv(staff, _chunks(csv.encode()), Options())
+    assert (report.appended, report.failed) == (1, 0)
+    assert _states(await nodes.notices(nodes.a, appt)) == [("reminder", "cancelled", "opted_out")]
+    assert _states(await nodes.notices(nodes.a, other)) == [("reminder", "pending", None)]
+
+
 async def test_an_opt_out_of_one_appointment_skips_its_reminder_only(
     nodes: Nodes, clock: FakeClock
 ) -> None:
-    """`appointment:<id>` (a CSV import carries it): SQLite cancels the notices when it
-    is recorded (tests/test_appointment_scope_consent.py); the shared runner skips
-    them when they fall due, until an opt-in of everything is newer."""
+    """`appointment:<id>` appended to the shared ledger without its withdrawal (which
+    cancels the notices at once: test_replies_cluster.py): the shared runner still
+    skips them when they fall due, until an opt-in of everything is newer."""
     if nodes.a.cluster is None:
         pytest.skip("SQLite withdraws them at the opt-out (test_appointment_scope_consent)")
     await nodes.reminder_rule()

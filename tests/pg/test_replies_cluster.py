@@ -10,6 +10,7 @@ a confirmation.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -18,9 +19,11 @@ from drivers.base import InboundSms
 from drivers.clock import FakeClock
 from gateway.analytics.usecase import Range
 from gateway.app import Gateway
+from gateway.cluster import consent_store
 from gateway.consent.answers import reply_id
 from gateway.errors import ApiError
 from gateway.intake import SendRequest
+from gateway.reminders.rules import RuleSpec
 from gateway.surveys.usecase import Target
 from tests.conftest import CANARY_NUMBER
 from tests.pg.test_appointments_cluster import H, Nodes, nodes  # noqa: F401  # the fixture
@@ -111,10 +114,46 @@ async def test_stop_with_a_code_on_one_node_stops_that_appointments_texts_only(
     answer = await nodes.a.usecases.messages.get(staff_a, reply_id(stopped.inbound_id))
     assert answer.category == "reply:opted_out:default"
 
-    clock.advance(24 * H)  # the reminder is due: withdrawn (SQLite) or skipped (cluster)
-    await nodes.a.notice_runner(nodes.a.renderer).run_once()
-    [reminder] = await nodes.notices(nodes.b, appt)
-    assert (reminder.reason, reminder.message_id) == ("opted_out", None)
+    # Cancelled at once, in the STOP's transaction, read so on the node that booked it.
+    [reminder] = await nodes.notices(nodes.a, appt)
+    assert (reminder.state.value, reminder.reason, reminder.message_id) == (
+        "cancelled",
+        "opted_out",
+        None,
+    )
+    clock.advance(24 * H)  # when it would have been due, A's runner sends nothing
+    assert (await nodes.a.notice_runner(nodes.a.renderer).run_once()).queued == 0
+
+
+async def test_stop_with_a_code_blocks_the_waiting_reminder_and_cancels_the_rest_at_once(
+    nodes: Nodes,  # noqa: F811
+    clock: FakeClock,
+) -> None:
+    """As `test_replies.py`'s SQLite case: the appointment's reminder already queued by
+    A's runner is blocked, its later one cancelled, both read so on A as soon as the
+    STOP received on B has committed; a re-plan after it (the appointment moved) is
+    cancelled as it is made; A's runner sends none of them."""
+    staff = await nodes.staff(nodes.a)
+    for name, lead in (("early", "-25h"), ("day before", "-2h")):
+        await nodes.a.reminder_rules.create(staff, RuleSpec(name, lead, "reminder"))
+    appt = await nodes.book(nodes.a, "ehr-1")  # in 26 h: reminders due in 1 h and 24 h
+    clock.advance(1.5 * H)
+    assert (await nodes.a.notice_runner(nodes.a.renderer).run_once()).queued == 1
+    [queued] = [n for n in await nodes.notices(nodes.a, appt) if n.state.value == "queued"]
+    assert queued.message_id is not None
+
+    code = await _code(nodes, nodes.a, appt)
+    await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"STOP {code}", SHORT_CODE))
+
+    states = sorted((n.state.value, n.reason) for n in await nodes.notices(nodes.a, appt))
+    assert states == [("cancelled", "opted_out"), ("queued", None)]
+    waiting = await nodes.a.usecases.messages.get(staff, queued.message_id)
+    assert (waiting.status.value, waiting.error_code) == ("blocked", "opted_out")
+    await nodes.book(nodes.a, "ehr-1", start_in=30 * H)  # moved: its reminders re-planned
+    states = sorted((n.state.value, n.reason) for n in await nodes.notices(nodes.a, appt))
+    assert states == [*[("cancelled", "opted_out")] * 3, ("queued", None)]
+    clock.advance(30 * H)
+    assert (await nodes.a.notice_runner(nodes.a.renderer).run_once()).queued == 0
 
 
 async def test_a_survey_answer_received_on_the_other_node_is_no_reply(
@@ -126,3 +165,44 @@ async def test_a_survey_answer_received_on_the_other_node_is_no_reply(
     assert sent.session_id is not None
     await nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, "C", SHORT_CODE))
     assert await nodes.a.usecases.replies.listed(await nodes.staff(nodes.a), None) == []
+
+
+async def test_stop_with_a_code_waits_for_a_pass_holding_the_notice_without_a_deadlock(
+    nodes: Nodes,  # noqa: F811
+) -> None:
+    """A runner's pass holds the notices it claimed, then (a capped purpose) the
+    contact's advisory lock; the STOP takes the notices before that lock, so it waits
+    for the pass and the pass never waits for it (a deadlock would abort one)."""
+    if nodes.a.cluster is None:
+        pytest.skip("one node: SQLite's single writer orders the two")
+    pool = nodes.a.cluster.queue.pool
+    await nodes.reminder_rule()
+    appt = await nodes.book(nodes.a, "ehr-1")
+    code = await _code(nodes, nodes.a, appt)
+
+    async def waiting() -> bool:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+            found = await cur.fetchone()
+        return found is not None and int(found[0]) >= 1
+
+    async with pool.connection() as held:  # the pass, between its claim and its judge
+        await held.execute(
+            "SELECT id FROM clinical_notices WHERE appointment_id = %s FOR UPDATE", (appt,)
+        )
+        stop = asyncio.create_task(
+            nodes.b.sink.inbound("main", InboundSms(CANARY_NUMBER, f"STOP {code}", SHORT_CODE))
+        )
+        for _ in range(1000):  # what PostgreSQL's sessions wait on: polled
+            if stop.done() or await waiting():
+                break
+            await asyncio.sleep(0.01)
+        assert not stop.done()  # the STOP waits on the held notice
+        await consent_store.lock_contacts(held, [nodes.a.store.blind_index(CANARY_NUMBER)])
+        await held.commit()
+    await asyncio.wait_for(stop, 10)
+    [reminder] = await nodes.notices(nodes.a, appt)
+    assert (reminder.state.value, reminder.reason) == ("cancelled", "opted_out")
