@@ -104,8 +104,9 @@ async def move(
     *,
     audience_size: int | None = None,
 ) -> bool:
-    """`sql.move` on PostgreSQL; a campaign moved to `running` from a draft or from
-    `scheduled` gets its audience as its recipients, in the same transaction."""
+    """`sql.move` on PostgreSQL; a campaign running for the first time (from a draft,
+    from `scheduled`, or resumed from a pause taken while scheduled) gets its audience
+    as its recipients, in the same transaction."""
     states = [s.value for s in allowed]
     started = now if target in (CampaignState.SCHEDULED, CampaignState.RUNNING) else None
     done = now if target.done else None
@@ -120,11 +121,22 @@ async def move(
     ).fetchone()
     if row is None:
         return False
-    fresh = {CampaignState.DRAFT.value, CampaignState.SCHEDULED.value} & set(states)
-    if target is CampaignState.RUNNING and fresh:
+    if target is CampaignState.RUNNING and await _never_enrolled(conn, campaign_id, states):
         spec = sql.audience_of(row[0])
         await _enrol(conn, campaign_id, spec)
     return True
+
+
+async def _never_enrolled(conn: Conn, campaign_id: str, states: list[str]) -> bool:
+    """Whether a campaign now running starts for the first time: from a draft, from
+    `scheduled`, or resumed from a pause taken while it was still scheduled (it has no
+    recipients yet; one paused while running keeps the audience it started with)."""
+    if {CampaignState.DRAFT.value, CampaignState.SCHEDULED.value} & set(states):
+        return True
+    cur = await conn.execute(
+        "SELECT 1 FROM campaign_recipients WHERE campaign_id = %s LIMIT 1", (campaign_id,)
+    )
+    return await cur.fetchone() is None
 
 
 async def _enrol(conn: Conn, campaign_id: str, audience: AudienceSpec) -> None:

@@ -303,6 +303,25 @@ async def test_a_campaign_scheduled_on_one_node_is_started_by_the_others_runner(
     assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.FINISHED
 
 
+async def test_a_campaign_paused_while_scheduled_and_resumed_after_its_start_gets_its_audience(
+    pair: list[Gateway], clock: FakeClock
+) -> None:
+    """Paused before its start, resumed after it: it runs to its whole audience (the
+    move from `paused` to `running` is its first start)."""
+    a, b = pair
+    group = await _group_of(a, "Ward 8", numbers(3))
+    campaign = await a.campaigns.create(STAFF, _spec(group, starts_at=clock.time() + 60))
+    assert (await a.campaigns.start(STAFF, campaign.id)).state is CampaignState.SCHEDULED
+    assert (
+        await b.campaigns.act(STAFF, campaign.id, "pause")
+    ).campaign.state is CampaignState.PAUSED
+    clock.advance(120)
+    resumed = (await b.campaigns.act(STAFF, campaign.id, "resume")).campaign
+    assert (resumed.state, resumed.audience_size) == (CampaignState.RUNNING, 3)
+    assert len((await _pass(a, campaign.id, 10)).prepared) == 3
+    assert (await a.campaigns.get(STAFF, campaign.id)).state is CampaignState.FINISHED
+
+
 async def test_a_pass_claims_through_the_open_recipients_index(pool: Pool) -> None:
     """50,000 recipients of five campaigns, most handled: a pass's claim reads the
     few open ones of its campaign in index order, no sort, no scan of the table."""
