@@ -195,7 +195,7 @@ class ClusterNode:
             queue = ClusterQueue(pool, cipher, lambda: membership.me)
             queue.journal = journal
             queue.master_key = store.master_key
-            watch = KeyringWatch(pool, master, cipher)
+            watch = KeyringWatch(pool, master, cipher, lambda: membership.me)
             queue.keys = watch
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
