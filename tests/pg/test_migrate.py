@@ -341,6 +341,13 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
         ("key_rotated", "field:3"),
     ]
     assert pg(target, "SELECT generation FROM keyring WHERE purpose = 'field'") == [(3,)]
+    capsys.readouterr()
+    status = ["keys", "status", "--config", str(tiny.conf), "--postgresql", target]
+    assert await asyncio.to_thread(main, status) == 0
+    (head, row, *_) = capsys.readouterr().out.splitlines()
+    assert head.split() == ["GENERATION", "CREATED", "(UTC)", "STATE", "CIPHERTEXTS"]
+    sealed = str(len(pg(target, every)))  # every ciphertext, all under generation 3
+    assert row.split()[0] == "3" and row.split()[-2:] == ["current", sealed]
     verify = ["audit", "verify", "--config", str(tiny.conf), "--postgresql", target]
     assert await asyncio.to_thread(main, verify) == 0
 
