@@ -271,7 +271,7 @@ class ClusterNode:
         copying = True
         while True:
             try:
-                await self.keys.check()
+                await self.keys.check(heartbeat=True)
                 await self.tokens.copy_local(self._store.reader)  # the console's tokens
                 if copying and (copied := await self.shipper.ship()):
                     log.info("audit_copied", node=self.settings.node_id, entries=copied)

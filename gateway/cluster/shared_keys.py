@@ -86,27 +86,30 @@ class KeyringWatch:
         self._master = master
         self._cipher = cipher
         self._me = me
-        # The generation the cipher held at the previous check. One is reported only
-        # from the check after the one that installed it: a value sealed under the
-        # generation before has reached the database (or failed) by then.
-        self._held = cipher.generation
+        # The generation the cipher held at the previous heartbeat's check. One is
+        # reported a heartbeat after it was installed at the latest: a value sealed
+        # under the generation before has reached the database (or failed) by then.
+        self._held: int | None = cipher.generation
         self._reported: tuple[int, int] | None = None  # (incarnation, generation)
 
-    async def check(self) -> int | None:
-        """The newest generation if the cipher took up a change, else None."""
+    async def check(self, *, heartbeat: bool = False) -> int | None:
+        """The newest generation if the cipher took up a change, else None. The
+        heartbeat's check (`heartbeat`) also reports the generation in use; a read that
+        met an unknown generation checks between heartbeats."""
         async with self._pool.connection() as conn:
             cur = await conn.execute("SELECT generation FROM keyring WHERE purpose = 'field'")
             generations = {int(r[0]) for r in await cur.fetchall()}
             if not generations or generations == self._cipher.generations:
-                if self._held == self._cipher.generation:
-                    await self._report(conn, self._held)
-                self._held = self._cipher.generation
+                if heartbeat:
+                    if self._held == self._cipher.generation:
+                        await self._report(conn, self._held)
+                    self._held = self._cipher.generation
                 return None
             keys = await keyring.load(conn, self._master)
         if self._cipher.generation not in generations:  # cut off through a retirement
             log.error("key_generation_retired_in_use", generation=self._cipher.generation)
         self._cipher.install(keys.field)
-        self._held = self._cipher.generation
+        self._held = self._cipher.generation if heartbeat else None
         log.info("keyring_reloaded", generation=self._cipher.generation)
         return self._cipher.generation
 

@@ -76,9 +76,12 @@ async def test_two_nodes_rotate_retire_and_still_read_everything(pool: Pool, pg_
         assert await keyring.rotate(conn, MASTER) == (2, 3)
     # Neither node has taken the rotation up: the retirement waits for both.
     assert (await retire(pool)).behind == ("gw1/1", "gw2/2")
+    assert await a.watch.check() == 2  # a read met generation 2 between heartbeats
+    assert await a.watch.check(heartbeat=True) is None
+    assert await b.watch.check(heartbeat=True) == 2
+    assert (await retire(pool)).behind == ("gw1/1", "gw2/2")  # neither has said so yet
     for n in (a, b):
-        assert await n.watch.check() == 2  # taken up...
-        assert await n.watch.check() is None  # ...and said a heartbeat later
+        assert await n.watch.check(heartbeat=True) is None  # said a heartbeat later
     await b.queue.accept([message(4)])  # under generation 2
     assert await retire(pool) == key_retire.Retirement(retired=(1,))
     assert await rows(pool, "SELECT purpose, generation FROM keyring ORDER BY 1, 2") == [
@@ -89,7 +92,7 @@ async def test_two_nodes_rotate_retire_and_still_read_everything(pool: Pool, pg_
         ("console", "key_generation_retired", "field:1")
     ]
     for n in (a, b):
-        assert await n.watch.check() == 2 and n.cipher.generations == {2}  # forgotten
+        assert await n.watch.check(heartbeat=True) == 2 and n.cipher.generations == {2}  # forgotten
         for i in (1, 2, 3, 4):
             got = await n.queue.message(f"msg-{i:04d}")
             assert got is not None and got.body.open() == f"body {i}"
@@ -103,12 +106,12 @@ async def test_a_row_sealed_under_the_older_key_by_a_node_behind_makes_it_refuse
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         await keyring.rotate(conn, MASTER)
     for _ in range(2):
-        await a.watch.check()
+        await a.watch.check(heartbeat=True)
     await b.queue.accept([message(5)])  # gw2 has not taken generation 2 up: sealed under 1
     refused = await retire(pool)
     assert refused.left == {1: 2} and refused.behind == ("gw2/2",)  # its number and text
     for _ in range(2):
-        await b.watch.check()
+        await b.watch.check(heartbeat=True)
     # The console's flow: refused for the row left, a pass over it, then retired.
     said: list[str] = []
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
@@ -120,7 +123,7 @@ async def test_a_row_sealed_under_the_older_key_by_a_node_behind_makes_it_refuse
         "1 rows written under an older key meanwhile, re-encrypted",
         "older field key generations retired: 1",
     ]
-    await b.watch.check()
+    await b.watch.check(heartbeat=True)
     got = await b.queue.message("msg-0005")
     assert got is not None and got.to.open() == "+15550000005" and b.cipher.generations == {2}
 
@@ -135,7 +138,7 @@ async def test_a_row_written_while_the_retirement_counts_is_seen_under_its_lock(
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         await keyring.rotate(conn, MASTER)
     for _ in range(2):
-        await a.watch.check()
+        await a.watch.check(heartbeat=True)
     counted = key_retire.generation_counts
     calls = 0
 
