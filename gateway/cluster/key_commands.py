@@ -74,6 +74,9 @@ async def status(conn: AsyncConnection[TupleRow], out: Out) -> int:
     """The shared keyring's generations with their ciphertexts, and what each node seals
     under (SQLite's `keys status`)."""
     generations = await key_retire.field_generations(conn)
+    if not generations:
+        out("the shared keyring is empty: no node has started and no store was migrated")
+        return 1
     counts = await key_retire.generation_counts(conn)
     current = max(g for g, _ in generations)
     out(f"{'GENERATION':<11} {'CREATED (UTC)':<20} {'STATE':<8} CIPHERTEXTS")

@@ -112,7 +112,7 @@ async def retire(
     audited in `node_id`'s chain. `keyring.RotationBusy` while a rotation runs."""
     async with rotation_lock(conn):
         generations = [g for g, _ in await field_generations(conn)]
-        current = max(generations)
+        current = max(generations, default=0)
         older = [g for g in generations if g < current]
         if not older:
             return Retirement()
