@@ -265,6 +265,8 @@ class Gateway(UseCaseWiring):
         """
         loaded = await self.scheduler.load(None if self.cluster is None else self.cluster.adoption)
         log.info("queue_loaded", waiting=loaded)
+        if self.cluster is not None:
+            self.cluster.rehold = self.scheduler.rehold  # after a lost lease, on rejoining
         if self.cluster is not None and dispatch:
             self.cluster.start(self.scheduler.adopt)
         await self.templates.ensure_defaults()  # the built-in templates, at the first start

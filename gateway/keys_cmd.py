@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.ops import client
 from gateway.store import crypto
 
@@ -30,12 +31,21 @@ def add_parser(sub: Any) -> Any:
         help="with no gateway running, leave the re-encryption to the next `smsgw run`"
         " instead of doing it now",
     )
-    rotate.add_argument(
-        "--postgresql", metavar="CONNINFO", help="rotate the shared store's key (a cluster)"
+    status = actions.add_parser(
+        "status", help="key generations, rows left under each, re-encryption"
     )
-    rotate.add_argument("--password-file", help="with --postgresql: the database password")
-    rotate.add_argument("--node-id", help="with --postgresql: this node's id (for its audit)")
-    actions.add_parser("status", help="key generations, rows left under each, re-encryption")
+    retire = actions.add_parser(
+        "retire",
+        help="with --postgresql: retire the shared keyring's older generations (a rotation"
+        " does it itself once every node has taken it up)",
+    )
+    for action, what in ((rotate, "rotate"), (status, "read"), (retire, "retire")):
+        action.add_argument(
+            "--postgresql", metavar="CONNINFO", help=f"{what} the shared store's keys (a cluster)"
+        )
+        action.add_argument("--password-file", help="with --postgresql: the database password")
+    for action in (rotate, retire):
+        action.add_argument("--node-id", help="with --postgresql: this node's id (for its audit)")
     replace = actions.add_parser(
         "replace-master", help="re-wrap every data key under a new master key"
     )
@@ -52,6 +62,13 @@ def add_parser(sub: Any) -> Any:
     return actions
 
 
+CLUSTER = {
+    "rotate": "cmd_rotate_cluster",
+    "retire": "cmd_retire_cluster",
+    "status": "cmd_status_cluster",
+}
+
+
 def _load(path: str | None) -> Config:
     from gateway.cli import _load as load  # the console's own loader (env, embedded default)
 
@@ -62,12 +79,20 @@ def run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.action == "recover-master":
         return recover(config)
-    if args.action == "rotate":  # --postgresql rotates the shared store's
+    if args.action in CLUSTER:  # --postgresql: the shared store's keyring
         from gateway import store_migrate_cmd
 
         if args.postgresql:
-            return store_migrate_cmd.cmd_rotate_cluster(args, config)
+            run_cluster: Callable[[argparse.Namespace, Config], int] = getattr(
+                store_migrate_cmd, CLUSTER[args.action]
+            )
+            return run_cluster(args, config)
         store_migrate_cmd.refuse_cluster_options(args)
+        if args.action == "retire":
+            raise ConfigError(
+                "keys retire: only with --postgresql (on one node the gateway retires older"
+                " generations itself once their rows are re-encrypted)"
+            )
     op_args: dict[str, Any] = {}
     if args.action == "rotate":
         op_args["background"] = args.background

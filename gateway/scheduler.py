@@ -103,6 +103,8 @@ class AdoptSource(Protocol):
 
     async def release(self, message_ids: Sequence[str]) -> None: ...
 
+    async def take_back(self, message_ids: Sequence[str]) -> list[str]: ...
+
 
 Claim = ClaimedMessage | Held | Exception | None
 # Hands a group's claim to the store at once (`Store.claim_group_soon`).
@@ -235,6 +237,29 @@ class Scheduler:
             await source.release(elsewhere)
             if len(page) < self.adopt_page:
                 return taken
+
+    async def rehold(self, source: AdoptSource) -> int:
+        """After this node rejoined under a new incarnation (a cluster's, after a lost
+        lease): keep the waiting messages it still holds in the store, taken back under
+        the new incarnation, and drop those a peer adopted meanwhile; how many dropped."""
+        held = self.held()
+        mine = set(await source.take_back(held))
+        gone = [message_id for message_id in held if message_id not in mine]
+        self.drop(gone)
+        return len(gone)
+
+    def held(self) -> list[str]:
+        """The ids of the messages waiting here, queued or scheduled."""
+        return [*self._waiting, *(entry.id for _, _, entry in self._scheduled)]
+
+    def drop(self, message_ids: Sequence[str]) -> None:
+        """Stop holding these (another node holds them now): neither sent nor promoted."""
+        gone = set(message_ids)
+        for message_id in gone:
+            self._waiting.pop(message_id, None)  # its heap entries are skipped lazily
+        if any(entry.id in gone for _, _, entry in self._scheduled):
+            self._scheduled = [item for item in self._scheduled if item[2].id not in gone]
+            heapq.heapify(self._scheduled)
 
     def servable(self) -> list[tuple[str, Priority]]:
         """The (route group, class) pairs this node may send by a route of its own,

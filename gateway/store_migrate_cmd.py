@@ -1,5 +1,5 @@
 """The options of the commands on a PostgreSQL shared store (`store migrate`, and
-`--postgresql` on `audit verify` and `keys rotate`); the commands themselves are in
+`--postgresql` on `audit verify` and `keys rotate|retire|status`); the commands themselves are in
 `gateway/cluster/commands.py`, imported only when one runs: psycopg is the optional
 `[postgresql]` extra, and every other command works without it."""
 
@@ -41,6 +41,16 @@ def cmd_rotate_cluster(args: argparse.Namespace, config: Config) -> int:
     if args.background:
         raise ConfigError("--background: not with --postgresql (it re-encrypts at once)")
     code: int = _commands().cmd_rotate_cluster(args, config)
+    return code
+
+
+def cmd_retire_cluster(args: argparse.Namespace, config: Config) -> int:
+    code: int = _commands().cmd_retire_cluster(args, config)
+    return code
+
+
+def cmd_status_cluster(args: argparse.Namespace, config: Config) -> int:
+    code: int = _commands().cmd_status_cluster(args, config)
     return code
 
 

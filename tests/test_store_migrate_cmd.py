@@ -25,6 +25,8 @@ def test_without_psycopg_the_cluster_commands_say_what_to_install(
         ["store", "migrate", "--to", to],
         ["audit", "verify", "--postgresql", to],
         ["keys", "rotate", "--postgresql", to],
+        ["keys", "retire", "--postgresql", to],
+        ["keys", "status", "--postgresql", to],
     ):
         assert main([*argv, "--config", str(conf)]) == 2
         assert "pip install 'smsgw[postgresql]'" in capsys.readouterr().err
@@ -39,6 +41,8 @@ def test_the_cluster_options_without_postgresql_are_refused(
     for argv, flag in (
         (["keys", "rotate", "--node-id", "gw1"], "--node-id"),
         (["keys", "rotate", "--password-file", "/x"], "--password-file"),
+        (["keys", "status", "--password-file", "/x"], "--password-file"),
+        (["keys", "retire"], "keys retire"),
         (["audit", "verify", "--password-file", "/x"], "--password-file"),
         (["keys", "rotate", "--postgresql", to, "--background"], "--background"),
     ):

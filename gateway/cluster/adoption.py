@@ -10,6 +10,12 @@ what the scheduler needs to order and route a message (id, class, due, expiry,
 attempts, route hint), never its body; the number is decrypted only when routes look at
 it. No cursor is needed: taken rows are held and drop out of the next page's query.
 
+A node that lost its lease and rejoined under a new incarnation still has in its
+scheduler the rows its old one held; once that one lapsed, peers may adopt them. On
+rejoining it takes back, in one statement, those no peer adopted yet (`take_back`), and
+its scheduler drops the others (`Scheduler.rehold`): each waiting row is then held by
+one live incarnation, in that node's scheduler only.
+
 `servable` narrows the pages to the (route group, class) pairs this node can send (the
 group is the route hint, '' for none), so a row only another node's routes may take is
 left for that node. A row this node took but cannot send anyway (its routes look at the
@@ -68,6 +74,23 @@ WITH page AS ({PAGE})
 UPDATE messages m SET held_by = %(inc)s FROM page WHERE m.id = page.id
 RETURNING m.id, m.priority, m.state, m.due_at, m.expires_at, m.attempts, m.route_hint,
     CASE WHEN %(numbers)s THEN m.to_ct END
+"""  # noqa: S608 - fixed fragments
+
+
+# After a rejoin: of the ids the scheduler holds, those an earlier incarnation of this
+# node still holds become this one's (a peer adopting one at once either locked it first,
+# and the re-check after the wait finds it the peer's, or skips it); with those this
+# incarnation holds already (the snapshot is the statement's: before the update).
+_TAKE_BACK = f"""
+WITH back AS (
+    UPDATE messages m SET held_by = %(inc)s
+    WHERE m.id = ANY(%(ids)s) AND {_WAITING} AND m.held_by IN (SELECT n.incarnation
+        FROM nodes n WHERE n.node_id = %(node)s AND n.incarnation < %(inc)s)
+    RETURNING m.id
+)
+SELECT id FROM back
+UNION ALL
+SELECT m.id FROM messages m WHERE m.id = ANY(%(ids)s) AND {_WAITING} AND m.held_by = %(inc)s
 """  # noqa: S608 - fixed fragments
 
 
@@ -131,3 +154,14 @@ class ClusterAdoption:
                 "UPDATE messages SET held_by = NULL WHERE id = ANY(%s) AND held_by = %s",
                 (list(message_ids), self._me().incarnation),
             )
+
+    async def take_back(self, message_ids: Sequence[str]) -> list[str]:
+        """After this node rejoined under a new incarnation: of `message_ids` (what its
+        scheduler holds), those its earlier incarnations still hold are now held by
+        this one, in one statement; the ids this incarnation holds (the rest a peer
+        adopted, or they left the queue)."""
+        me = self._me()
+        params = {"inc": me.incarnation, "node": me.node_id, "ids": list(message_ids)}
+        async with self._pool.connection() as conn:
+            rows = await (await conn.execute(_TAKE_BACK, params)).fetchall()
+        return [str(r[0]) for r in rows]

@@ -1,5 +1,6 @@
 """The console commands on the shared store: `smsgw store migrate --to CONNINFO`,
-`smsgw audit verify --postgresql CONNINFO`, `smsgw keys rotate --postgresql CONNINFO`
+`smsgw audit verify --postgresql CONNINFO`, `smsgw keys rotate|retire|status
+--postgresql CONNINFO`
 (their options: `gateway/store_migrate_cmd.py`, which imports this only when used, so
 an install without the `[postgresql]` extra keeps every other command).
 
@@ -20,6 +21,7 @@ import pwd
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway import custody
-from gateway.cluster import audit, keyring
+from gateway.cluster import audit, key_commands, keyring
 from gateway.cluster.keyring import load as load_keys
 from gateway.cluster.migrate import REFUSED, migrate_store
 from gateway.config import Config, ConfigError
@@ -160,13 +162,43 @@ async def _verify(target: Target, master: bytes) -> int:
 
 def cmd_rotate_cluster(args: argparse.Namespace, config: Config) -> int:
     """`smsgw keys rotate --postgresql CONNINFO`: a new field key generation in the
-    shared keyring and every message re-encrypted under it, refused (exit 4) while
-    another node rotates; recorded in this node's audit chain."""
+    shared keyring, every encrypted field re-encrypted under it and the older
+    generations retired once every node seals under it, refused (exit 4) while another
+    node rotates; recorded in this node's audit chain. Exit 1: older ones kept."""
+    return _keys(args, config, _rotate)
+
+
+def cmd_retire_cluster(args: argparse.Namespace, config: Config) -> int:
+    """`smsgw keys retire --postgresql CONNINFO`: the retirement that ends a rotation,
+    again (nodes had not taken the rotation up, or a row was sealed under an older key)."""
+    return _keys(args, config, _retire)
+
+
+def cmd_status_cluster(args: argparse.Namespace, config: Config) -> int:
+    """`smsgw keys status --postgresql CONNINFO`: the shared keyring's generations."""
+    return _keys(args, config, _status)
+
+
+Keys = Callable[[psycopg.AsyncConnection[Any], bytes, str], Awaitable[int]]
+
+
+def _keys(args: argparse.Namespace, config: Config, run: Keys) -> int:
     target = Target(args.postgresql, args.password_file, "--postgresql")
     master = custody.load_master_key(config)
-    node_id = args.node_id or socket.gethostname()
+    node_id = getattr(args, "node_id", None) or socket.gethostname()
+
+    async def connected() -> int:
+        conn = await target.connect()
+        try:
+            return await run(conn, master, node_id)
+        except keyring.RotationBusy as e:
+            print(f"keys {args.action}: refused: {e}; run it again when that one has finished")
+            return REFUSED
+        finally:
+            await conn.close()
+
     try:
-        return asyncio.run(_rotate(target, master, node_id))
+        return asyncio.run(connected())
     except ConnectFailed as e:
         print(f"smsgw keys: {e}", file=sys.stderr)
         return 2
@@ -175,32 +207,38 @@ def cmd_rotate_cluster(args: argparse.Namespace, config: Config) -> int:
         return 2
 
 
-async def _rotate(target: Target, master: bytes, node_id: str) -> int:
-    conn = await target.connect()
+async def _rotate(conn: psycopg.AsyncConnection[Any], master: bytes, node_id: str) -> int:
+    keys = await load_keys(conn, master)
     progress = ProgressLine()
+
+    async def shown(done: int) -> None:
+        progress(done, 0, "rows re-encrypted")
+
     try:
-        keys = await load_keys(conn, master)
-
-        async def shown(done: int) -> None:
-            progress(done, 0, "rows re-encrypted")
-
-        try:
-            generation, done = await keyring.rotate(conn, master, after_batch=shown)
-        except keyring.RotationBusy as e:
-            print(f"keys rotate: refused: {e}; run it again when that one has finished")
-            return REFUSED
-        await audit.append(
-            conn, audit_key(keys.root), node_id, _now(), f"console:{_user()}", "key_rotated",
-            "key", f"field:{generation}", generation=generation, rows=done,
-        )  # fmt: skip
+        generation, done = await keyring.rotate(conn, master, after_batch=shown)
     finally:
         progress.close()
-        await conn.close()
+    await audit.append(
+        conn, audit_key(keys.root), node_id, _now(), f"console:{_user()}", "key_rotated",
+        "key", f"field:{generation}", generation=generation, rows=done,
+    )  # fmt: skip
     print(
         f"field key generation {generation} is current;"
         f" {done} rows re-encrypted (every encrypted field of the shared store)"
     )
-    return 0
+    return await _retire(conn, master, node_id)
+
+
+async def _retire(conn: psycopg.AsyncConnection[Any], master: bytes, node_id: str) -> int:
+    keys = await load_keys(conn, master)
+    return await key_commands.retire_older(
+        conn, master, audit_key(keys.root), node_id, f"console:{_user()}", _now, print
+    )
+
+
+async def _status(conn: psycopg.AsyncConnection[Any], master: bytes, node_id: str) -> int:
+    del master, node_id
+    return await key_commands.status(conn, print)
 
 
 def _user() -> str:

@@ -16,9 +16,10 @@ rewrite the same rows).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
@@ -94,18 +95,29 @@ async def load(conn: AsyncConnection[TupleRow], master: bytes) -> Keys:
     return Keys(keys["field"], keys["blind"][1], keys["root"].get(1, master))
 
 
-async def rotate(
-    conn: AsyncConnection[TupleRow], master: bytes, *, after_batch: Batch | None = None
-) -> tuple[int, int]:
-    """Add a field key generation and re-encrypt older message fields under it, holding
-    the rotation lock throughout; (new generation, rows re-encrypted). `RotationBusy` if
-    another rotation holds the lock. `after_batch(rows so far)` runs after each commit."""
+@contextlib.asynccontextmanager
+async def rotation_lock(conn: AsyncConnection[TupleRow]) -> AsyncIterator[None]:
+    """Hold the rotation lock (session level) for the block; `RotationBusy` if another
+    session holds it. A rotation, a re-encryption pass and a retirement take it."""
     cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (ROTATION_LOCK,))
     row = await cur.fetchone()
     await conn.commit()
     if row is None or not row[0]:
         raise RotationBusy("a key rotation is running on another node or session")
     try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (ROTATION_LOCK,))
+        await conn.commit()
+
+
+async def rotate(
+    conn: AsyncConnection[TupleRow], master: bytes, *, after_batch: Batch | None = None
+) -> tuple[int, int]:
+    """Add a field key generation and re-encrypt older message fields under it, holding
+    the rotation lock throughout; (new generation, rows re-encrypted). `RotationBusy` if
+    another rotation holds the lock. `after_batch(rows so far)` runs after each commit."""
+    async with rotation_lock(conn):
         async with conn.transaction():
             cur = await conn.execute(
                 "SELECT coalesce(max(generation), 0) + 1 FROM keyring WHERE purpose = 'field'"
@@ -123,9 +135,17 @@ async def rotate(
         cipher = crypto.FieldCipher(keys.field, keys.blind)
         done = await _reencrypt(conn, cipher, generation, after_batch)
         return generation, done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (ROTATION_LOCK,))
-        await conn.commit()
+
+
+async def reencrypt(
+    conn: AsyncConnection[TupleRow], master: bytes, *, after_batch: Batch | None = None
+) -> int:
+    """The pass of `rotate` again, without a new generation: rows sealed under an older
+    one after the rotation's pass (by a node that had not taken it up yet); how many."""
+    async with rotation_lock(conn):
+        keys = await load(conn, master)
+        cipher = crypto.FieldCipher(keys.field, keys.blind)
+        return await _reencrypt(conn, cipher, cipher.generation, after_batch)
 
 
 async def _reencrypt(

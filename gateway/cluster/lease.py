@@ -11,7 +11,9 @@ without a renewal the node is *fenced*: `Fence.check()` refuses every claim and 
 submit, before anyone else could take its rows. A later renewal that succeeds (the
 lease had not lapsed in the database after all) lifts the fence; a refused one means
 the lease is gone (lapsed or superseded): the node registers a new incarnation and
-carries on under it, while its old claims are recovered by whoever sweeps first.
+carries on under it, while its old claims are recovered by whoever sweeps first; then
+`on_rejoined` runs (the node's scheduler keeps only the rows it still holds, under the
+new incarnation: `Scheduler.rehold`), retried at each heartbeat until it succeeds.
 
 After each successful renewal the node sweeps for lapsed leases (`nodes.recover_expired`),
 first finishing what it still owes (`before_sweep`: the outcome journal's replay), so
@@ -89,6 +91,7 @@ class Membership:
         interval: float = 2.0,
         on_recovered: Callable[[list[Recovered]], None] | None = None,
         before_sweep: Callable[[], Awaitable[object]] | None = None,
+        on_rejoined: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         if interval >= lease - margin:
             raise ValueError("heartbeats must come more often than the fence deadline")
@@ -98,6 +101,8 @@ class Membership:
         self._interval = interval
         self._on_recovered = on_recovered
         self._before_sweep = before_sweep
+        self._on_rejoined = on_rejoined
+        self._rejoin_owed = False  # registered anew, and `on_rejoined` has not succeeded
         self.fence = Fence(clock, lease, margin)
         self._me: Incarnation | None = None
         self.fenced = asyncio.Event()  # set while fenced (for logs, metrics and tests)
@@ -184,6 +189,8 @@ class Membership:
                 if renewed:
                     self.fence.renewed(sent)
                     self._lift()
+                    if self._rejoin_owed:
+                        await self._rejoined()
                     await self._sweep()
                 elif renewed is False:
                     old = self.me.incarnation
@@ -191,8 +198,22 @@ class Membership:
                     self._fence()
                     log.warning("lease_lost", node=self.node_id, incarnation=old)
                     await self._register()
+                    self._rejoin_owed = True
+                    await self._rejoined()
             except (psycopg.Error, PoolTimeout, OSError) as e:
                 log.warning("heartbeat_failed", node=self.node_id, error=exception_summary(e))
+
+    async def _rejoined(self) -> None:
+        """Under a new incarnation after a lost lease: `on_rejoined` (the node takes its
+        scheduler's rows back under it), again at each heartbeat until it succeeds."""
+        if self._on_rejoined is not None:
+            try:
+                await self._on_rejoined()
+            except Exception as e:  # the database went away again: the next beat retries
+                log.warning("rejoin_failed", node=self.node_id, error=exception_summary(e))
+                return
+        self._rejoin_owed = False
+        self._note_change()
 
     async def _sweep(self) -> None:
         if self._before_sweep is not None:

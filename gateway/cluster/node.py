@@ -10,7 +10,9 @@ rows flagged `possible_duplicate`; the sweeper then sends a NOTIFY, and every no
 (the sweeper too) adopts the queued rows no live node holds (the dead node's queued
 and requeued ones) into its heaps in pages (`adoption.py`), each row by one survivor,
 so the survivors send what a dead node held without racing for the same rows. A poll
-behind the NOTIFY adopts unheld rows due more than a lease ago.
+behind the NOTIFY adopts unheld rows due more than a lease ago. A node that lost its
+lease and rejoined takes back the rows its scheduler holds that no peer adopted
+meanwhile and drops the others (`rehold`).
 
 Panel users and sessions are shared (`panel.py`): the users in the node's own SQLite
 at its first start are copied up once, before the first request.
@@ -85,6 +87,7 @@ CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
 PRUNE_EVERY = 3600.0  # seconds between prunings of old incarnations (at most)
 # `Scheduler.adopt`: takes in what a source's pages hold, due before a time.
 Adopt = Callable[["AdoptSource", float], Awaitable[int]]
+Rehold = Callable[["AdoptSource"], Awaitable[int]]  # `Scheduler.rehold`
 
 
 class ClusterNode:
@@ -131,6 +134,9 @@ class ClusterNode:
         # This node's routes and their health, published every heartbeat.
         self.route_health: Callable[[], list[PublishedRoute]] = list
         self.shared_rates: list[SharedRate] = []  # their last statements end before the pool
+        # `Scheduler.rehold`: after a rejoin, its rows back under the new incarnation.
+        self.rehold: Rehold | None = None
+        self.rejoins = 0  # rejoins whose rows were taken back (a test waits on it)
 
     @classmethod
     async def open(
@@ -182,6 +188,10 @@ class ClusterNode:
                 if node is not None:
                     node._recovered(found)
 
+            async def rejoined() -> None:
+                if node is not None:
+                    await node._rejoined()
+
             membership = Membership(
                 pool,
                 settings.node_id,
@@ -191,11 +201,12 @@ class ClusterNode:
                 interval=settings.heartbeat_seconds,
                 on_recovered=recovered,
                 before_sweep=lambda: queue.replay_journal(),
+                on_rejoined=rejoined,
             )
             queue = ClusterQueue(pool, cipher, lambda: membership.me)
             queue.journal = journal
             queue.master_key = store.master_key
-            watch = KeyringWatch(pool, master, cipher)
+            watch = KeyringWatch(pool, master, cipher, lambda: membership.me)
             queue.keys = watch
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
@@ -260,7 +271,7 @@ class ClusterNode:
         copying = True
         while True:
             try:
-                await self.keys.check()
+                await self.keys.check(heartbeat=True)
                 await self.tokens.copy_local(self._store.reader)  # the console's tokens
                 if copying and (copied := await self.shipper.ship()):
                     log.info("audit_copied", node=self.settings.node_id, entries=copied)
@@ -347,6 +358,14 @@ class ClusterNode:
         """Rows nobody holds were queued again (a replayed journal's retries): every
         node's adoption takes them in now, not at its next poll."""
         self._notifier.due(RECOVERED)
+
+    async def _rejoined(self) -> None:
+        """Registered anew after a lost lease: the scheduler keeps the rows still ours,
+        under the new incarnation, and drops those a peer adopted meanwhile."""
+        if self.rehold is not None:
+            dropped = await self.rehold(self.adoption)
+            log.info("node_rejoined", node=self.settings.node_id, dropped=dropped)
+        self.rejoins += 1
 
     def _recovered(self, found: list[Recovered]) -> None:
         self.recovered_rows += sum(r.requeued for r in found)

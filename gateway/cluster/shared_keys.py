@@ -18,13 +18,16 @@ retired). SQLite's keyring poll (`gateway/keys/rekey.py`) does the same locally.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
 
 from gateway.cluster import keyring
 from gateway.cluster.lease import Pool
+from gateway.cluster.nodes import Incarnation
 from gateway.store import crypto
 from gateway.store.keyring_sql import Keys
 
@@ -68,21 +71,57 @@ def check_same(keys: Keys, local: crypto.FieldCipher, local_root: bytes) -> None
 
 
 class KeyringWatch:
-    """Takes up field key generations added (or retired) in the shared keyring."""
+    """Takes up field key generations added (or retired) in the shared keyring, and
+    says which one this incarnation seals under (`nodes.key_generation`, read by the
+    retirement: `key_retire.py`)."""
 
-    def __init__(self, pool: Pool, master: bytes, cipher: crypto.FieldCipher) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        master: bytes,
+        cipher: crypto.FieldCipher,
+        me: Callable[[], Incarnation] | None = None,
+    ) -> None:
         self._pool = pool
         self._master = master
         self._cipher = cipher
+        self._me = me
+        # The generation the cipher held at the previous heartbeat's check. One is
+        # reported a heartbeat after it was installed at the latest: a value sealed
+        # under the generation before has reached the database (or failed) by then.
+        self._held: int | None = cipher.generation
+        self._reported: tuple[int, int] | None = None  # (incarnation, generation)
 
-    async def check(self) -> int | None:
-        """The newest generation if the cipher took up a change, else None."""
+    async def check(self, *, heartbeat: bool = False) -> int | None:
+        """The newest generation if the cipher took up a change, else None. The
+        heartbeat's check (`heartbeat`) also reports the generation in use; a read that
+        met an unknown generation checks between heartbeats."""
         async with self._pool.connection() as conn:
             cur = await conn.execute("SELECT generation FROM keyring WHERE purpose = 'field'")
             generations = {int(r[0]) for r in await cur.fetchall()}
             if not generations or generations == self._cipher.generations:
+                if heartbeat:
+                    if self._held == self._cipher.generation:
+                        await self._report(conn, self._held)
+                    self._held = self._cipher.generation
                 return None
             keys = await keyring.load(conn, self._master)
+        if self._cipher.generation not in generations:  # cut off through a retirement
+            log.error("key_generation_retired_in_use", generation=self._cipher.generation)
         self._cipher.install(keys.field)
+        self._held = self._cipher.generation if heartbeat else None
         log.info("keyring_reloaded", generation=self._cipher.generation)
         return self._cipher.generation
+
+    async def _report(self, conn: AsyncConnection[TupleRow], generation: int) -> None:
+        if self._me is None:
+            return
+        me = self._me()
+        if self._reported == (me.incarnation, generation):
+            return
+        await conn.execute(
+            "UPDATE nodes SET key_generation = %s WHERE incarnation = %s",
+            (generation, me.incarnation),
+        )
+        await conn.commit()
+        self._reported = (me.incarnation, generation)

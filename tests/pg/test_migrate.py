@@ -331,10 +331,23 @@ async def test_keys_rotate_on_the_shared_store_reencrypts_and_is_audited(
     )
     heads = {bytes(b[:3]) for (b,) in pg(target, every)}  # type: ignore[index]
     assert heads == {prefix}
-    (action, target_id) = pg(
+    # No node runs: the older generations are retired at once, after the rotation.
+    newest = pg(
         target, "SELECT action, target_id FROM audit_log WHERE node_id = 'gw1' ORDER BY seq DESC"
-    )[0]
-    assert (action, target_id) == ("key_rotated", "field:3")
+    )[:3]
+    assert newest == [
+        ("key_generation_retired", "field:2"),
+        ("key_generation_retired", "field:1"),
+        ("key_rotated", "field:3"),
+    ]
+    assert pg(target, "SELECT generation FROM keyring WHERE purpose = 'field'") == [(3,)]
+    capsys.readouterr()
+    status = ["keys", "status", "--config", str(tiny.conf), "--postgresql", target]
+    assert await asyncio.to_thread(main, status) == 0
+    (head, row, *_) = capsys.readouterr().out.splitlines()
+    assert head.split() == ["GENERATION", "CREATED", "(UTC)", "STATE", "CIPHERTEXTS"]
+    sealed = str(len(pg(target, every)))  # every ciphertext, all under generation 3
+    assert row.split()[0] == "3" and row.split()[-2:] == ["current", sealed]
     verify = ["audit", "verify", "--config", str(tiny.conf), "--postgresql", target]
     assert await asyncio.to_thread(main, verify) == 0
 
