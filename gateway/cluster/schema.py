@@ -664,7 +664,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 15 to 24: the feature tables (`schema_features.py`).
     *FEATURE_MIGRATIONS,
-    # 24 (issue 18, key retirement): the field key generation each incarnation seals
+    # 25 (issue 18, key retirement): the field key generation each incarnation seals
     #    under, reported a heartbeat after taking it up (`shared_keys.KeyringWatch`).
     "ALTER TABLE nodes ADD COLUMN key_generation integer;",
 )
