@@ -211,10 +211,14 @@ class Phases:
 
     def install(self) -> None:
         from gateway.consent import ledger, policy, state_cache
+        from gateway.intake import Intake
         from gateway.store.writer import GroupCommitWriter
 
         self.wrap(GroupCommitWriter, "_commit", "transactions")
         self.wrap(policy.GroupView, "__init__", "views")
+        self.wrap(Intake, "judge", "verdicts (Intake.judge)")
+        self.wrap(policy, "_cap_room", "verdicts: cap searches (_cap_room)")
+        self.wrap(Intake, "statements", "insert rows (Intake.statements)")
         self.wrap(state_cache, "state_rows", "views: consent_state reads")
         self.wrap(ledger, "state_rows", "views: consent_state reads")
 
