@@ -30,7 +30,7 @@ import bisect
 import functools
 import math
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -95,23 +95,56 @@ class Policy:
         now: float,
         *,
         writer: bool = False,
+        routes: Sequence[str | None] | None = None,
     ) -> GroupView:
         """What the accepts of one transaction need to know of these recipients (each
         with the purpose of a message to it). `writer`: `conn` is the writer's and this
         runs on its thread, so the consent rows it kept from earlier groups serve (a
-        reader's connection, another thread, reads them afresh)."""
+        reader's connection, another thread, reads them afresh). `routes`: the route
+        each message would take (`recipients`' order); with them, the writer's view
+        skips reading the counted sends of a recipient whose kept consent rows refuse
+        every capped message of the group to it (read after all if those rows turn out
+        to be stale: `GroupView`)."""
         # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
         # much further than the caps, so every message a cap counts is read.
         rules = self._rules
-        capped = [idx for idx, purpose in recipients if rules[purpose].caps]
+        state = self._state if writer else StateCache()
+        capped: list[bytes] = []
+        refused: dict[bytes, None] = {}
+        if routes is None or not writer:
+            capped = [idx for idx, purpose in recipients if rules[purpose].caps]
+        else:
+            kept, programs = state.kept(conn), self._programs
+            for (idx, purpose), route in zip(recipients, routes, strict=True):
+                rule = rules[purpose]
+                if not rule.caps:
+                    continue
+                rows = kept.get(idx)
+                if rows:  # kept, and some decision on record: it may refuse
+                    program = programs.get(route) or self.program(route)
+                    if rule.refusal(rows, program) is not None:
+                        refused[idx] = None  # its times are not needed (unless stale)
+                        continue
+                capped.append(idx)
+            if refused:
+                for idx in capped:
+                    refused.pop(idx, None)  # another message to it needs them
         return GroupView(
             conn,
-            self._state if writer else StateCache(),
+            state,
             [idx for idx, _ in recipients],
             capped,
             self.counted_since(now),
             self.capped,
+            refused,
         )
+
+    def program(self, route: str | None) -> str:
+        """The sender program of a route (the config is fixed: kept per route)."""
+        program = self._programs.get(route)
+        if program is None:
+            program = self._programs[route] = self.config.program_for_route(route or "")
+        return program
 
     def counted_since(self, now: float) -> float:
         """How far back an accept's view reads the messages its caps count."""
@@ -194,7 +227,7 @@ class Policy:
             return QUEUED
         program = self._programs.get(route)
         if program is None:
-            program = self._programs[route] = self.config.program_for_route(route or "")
+            program = self.program(route)
         refusal = rule.refusal(view.state.get(to_index, ()), program)
         if refusal is not None:
             return _blocked(refusal)
@@ -214,7 +247,7 @@ class Policy:
             zones = recipient_zones(to, view.time_zone(to_index))
         at, reason = start, None
         for _ in range(_MAX_STEPS):
-            room = _cap_room(times, policy.caps, at)
+            room = _cap_room(times, rule.limits, at)
             if room > at:
                 if policy.over_cap == "block":
                     return _blocked("frequency_cap")
@@ -294,24 +327,43 @@ class GroupView:
         capped_indexes: Sequence[bytes],
         since: float,
         capped: Sequence[str],
+        refused: Collection[bytes] = (),
     ) -> None:
         """`capped_indexes`: the recipients of messages some cap applies to, whose
-        messages of the `capped` purposes (those some cap counts) are read."""
+        messages of the `capped` purposes (those some cap counts) are read. `refused`:
+        recipients left out of that read because the consent rows `state` kept refuse
+        every capped message to them; if those rows are dropped here (`consent_state`
+        changed since), their messages are read after all."""
         self._conn = conn
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
-        kinds = ",".join("?" * len(capped))
         # Per cap group (`group_key`) and recipient: when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
         self._sent: dict[str, dict[bytes, list[float]]] = {}
+        kept_under = state.epoch
+        epoch = self._read_counted(list(dict.fromkeys(capped_indexes)), since, capped)
+        self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
+        if refused and state.epoch != kept_under:
+            self._read_counted(list(refused), since, capped)
+        for group in self._sent.values():
+            for times in group.values():
+                if len(times) > 1:
+                    times.sort()
+        self._zones: dict[bytes, str | None] | None = None
+
+    def _read_counted(
+        self, recipients: Sequence[bytes], since: float, capped: Sequence[str]
+    ) -> int | None:
+        """Add the counted messages of `recipients` (unsorted); the consent epoch, read
+        with them (None if there was nothing to read)."""
+        kinds = ",".join("?" * len(capped))
         sent, key_of = self._sent, _GROUP_KEY
         epoch: int | None = None
-        read = list(dict.fromkeys(capped_indexes))
-        for marks, chunk in ledger.in_chunks(read):
+        for marks, chunk in ledger.in_chunks(recipients):
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
             # The consent epoch comes with it (the row with no recipient): a group
             # whose recipients' consent rows are all kept runs this one read.
-            for idx, purpose, at in conn.execute(
+            for idx, purpose, at in self._conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
                 f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
                 f" AND uncounted = 0 AND at > ? UNION ALL {EPOCH_ROW}",
@@ -329,12 +381,7 @@ class GroupView:
                     group[idx] = [at]
                 else:
                     times.append(at)
-        self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
-        for group in sent.values():
-            for times in group.values():
-                if len(times) > 1:
-                    times.sort()
-        self._zones: dict[bytes, str | None] | None = None
+        return epoch
 
     @classmethod
     def of_reads(
@@ -412,6 +459,7 @@ class _Rule:
     refusal: Callable[[Sequence[ledger.StateRow], str], str | None]  # `Refusals.among`
     window: Window | None
     caps: tuple[Cap, ...]
+    limits: tuple[tuple[int, float], ...]  # its caps as `_cap_room` takes them
     reach: float  # how far back its caps look (0.0: it has none)
     group: str  # its cap group (`group_key`)
     counted: bool  # some cap counts its messages: a group's view adds each that goes
@@ -424,30 +472,57 @@ class _Rule:
             ledger.Refusals.of(policy).among,
             policy.window,
             policy.caps,
+            limits_of(policy.caps),
             max((c.seconds for c in policy.caps), default=0.0),
             group_key(purpose),
             purpose.value in capped,
         )
 
 
-def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
-    """The first instant at or after `at` where one more message keeps every cap.
+def _cap_room(times: Sequence[float], limits: Sequence[tuple[int, float]], at: float) -> float:
+    """The first instant at or after `at` where one more message keeps every cap, each
+    cap n/W given as (n, W) (`limits_of`).
 
     A cap n/W holds for a new message at x when no span [s, s + W) containing x holds n
     others; such spans start at x - W (exclusive) or at one of the others. Moving x only
     helps once it passes some other's t + W, so the answer is `at` or one of those. A
     run of n others that x breaks keeps breaking it until x passes its first + W, so
-    the search jumps there instead of trying each t + W in between."""
+    the search jumps there instead of trying each t + W in between. `_blocked_until`
+    for each cap, written out in one loop: a held message's search runs it once per
+    cap for every send stacked ahead of it (bench/README.md, "Accept rate with the
+    consent policy")."""
+    size = len(times)
+    if not size:
+        return at
     x = at
     while True:  # each jump passes one of the finitely many t + W, or x grows past them
         later = x
-        for cap in caps:
-            until = _blocked_until(times, cap, x)
-            if until > later:
-                later = until
+        for n, w in limits:
+            last_run = size - n
+            if last_run < 0:
+                continue
+            i = bisect.bisect_left(times, x)
+            j = i if i < last_run else last_run
+            stop = i - n - 1 if i > n else -1
+            while j > stop:  # from the latest run: its first + W is the latest
+                first, last = times[j], times[j + n - 1]
+                if (last if last > x else x) - (first if first < x else x) < w:
+                    until = first + w
+                    # In exact arithmetic first + w > x; rounding may say otherwise.
+                    if until <= x:
+                        until = math.nextafter(x, math.inf)
+                    if until > later:
+                        later = until
+                    break
+                j -= 1
         if later == x:
             return x
         x = later
+
+
+def limits_of(caps: Sequence[Cap]) -> tuple[tuple[int, float], ...]:
+    """Caps as `_cap_room` takes them: (count, seconds) each."""
+    return tuple((c.count, c.seconds) for c in caps)
 
 
 def _blocked_until(times: Sequence[float], cap: Cap, x: float) -> float:
