@@ -30,7 +30,7 @@ import bisect
 import functools
 import math
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -95,56 +95,23 @@ class Policy:
         now: float,
         *,
         writer: bool = False,
-        routes: Sequence[str | None] | None = None,
     ) -> GroupView:
         """What the accepts of one transaction need to know of these recipients (each
         with the purpose of a message to it). `writer`: `conn` is the writer's and this
         runs on its thread, so the consent rows it kept from earlier groups serve (a
-        reader's connection, another thread, reads them afresh). `routes`: the route
-        each message would take (`recipients`' order); with them, the writer's view
-        skips reading the counted sends of a recipient whose kept consent rows refuse
-        every capped message of the group to it (read after all if those rows turn out
-        to be stale: `GroupView`)."""
+        reader's connection, another thread, reads them afresh)."""
         # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
         # much further than the caps, so every message a cap counts is read.
         rules = self._rules
-        state = self._state if writer else StateCache()
-        capped: list[bytes] = []
-        refused: dict[bytes, None] = {}
-        if routes is None or not writer:
-            capped = [idx for idx, purpose in recipients if rules[purpose].caps]
-        else:
-            kept, programs = state.kept(conn), self._programs
-            for (idx, purpose), route in zip(recipients, routes, strict=True):
-                rule = rules[purpose]
-                if not rule.caps:
-                    continue
-                rows = kept.get(idx)
-                if rows:  # kept, and some decision on record: it may refuse
-                    program = programs.get(route) or self.program(route)
-                    if rule.refusal(rows, program) is not None:
-                        refused[idx] = None  # its times are not needed (unless stale)
-                        continue
-                capped.append(idx)
-            if refused:
-                for idx in capped:
-                    refused.pop(idx, None)  # another message to it needs them
+        capped = [idx for idx, purpose in recipients if rules[purpose].caps]
         return GroupView(
             conn,
-            state,
+            self._state if writer else StateCache(),
             [idx for idx, _ in recipients],
             capped,
             self.counted_since(now),
             self.capped,
-            refused,
         )
-
-    def program(self, route: str | None) -> str:
-        """The sender program of a route (the config is fixed: kept per route)."""
-        program = self._programs.get(route)
-        if program is None:
-            program = self._programs[route] = self.config.program_for_route(route or "")
-        return program
 
     def counted_since(self, now: float) -> float:
         """How far back an accept's view reads the messages its caps count."""
@@ -227,7 +194,7 @@ class Policy:
             return QUEUED
         program = self._programs.get(route)
         if program is None:
-            program = self.program(route)
+            program = self._programs[route] = self.config.program_for_route(route or "")
         refusal = rule.refusal(view.state.get(to_index, ()), program)
         if refusal is not None:
             return _blocked(refusal)
@@ -327,43 +294,24 @@ class GroupView:
         capped_indexes: Sequence[bytes],
         since: float,
         capped: Sequence[str],
-        refused: Collection[bytes] = (),
     ) -> None:
         """`capped_indexes`: the recipients of messages some cap applies to, whose
-        messages of the `capped` purposes (those some cap counts) are read. `refused`:
-        recipients left out of that read because the consent rows `state` kept refuse
-        every capped message to them; if those rows are dropped here (`consent_state`
-        changed since), their messages are read after all."""
+        messages of the `capped` purposes (those some cap counts) are read."""
         self._conn = conn
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
+        kinds = ",".join("?" * len(capped))
         # Per cap group (`group_key`) and recipient: when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
         self._sent: dict[str, dict[bytes, list[float]]] = {}
-        kept_under = state.epoch
-        epoch = self._read_counted(list(dict.fromkeys(capped_indexes)), since, capped)
-        self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
-        if refused and state.epoch != kept_under:
-            self._read_counted(list(refused), since, capped)
-        for group in self._sent.values():
-            for times in group.values():
-                if len(times) > 1:
-                    times.sort()
-        self._zones: dict[bytes, str | None] | None = None
-
-    def _read_counted(
-        self, recipients: Sequence[bytes], since: float, capped: Sequence[str]
-    ) -> int | None:
-        """Add the counted messages of `recipients` (unsorted); the consent epoch, read
-        with them (None if there was nothing to read)."""
-        kinds = ",".join("?" * len(capped))
         sent, key_of = self._sent, _GROUP_KEY
         epoch: int | None = None
-        for marks, chunk in ledger.in_chunks(recipients):
+        read = list(dict.fromkeys(capped_indexes))
+        for marks, chunk in ledger.in_chunks(read):
             # `+purpose`: seek the recipient index by `to_index` alone and filter the
             # few entries each has, rather than one seek per recipient and purpose.
             # The consent epoch comes with it (the row with no recipient): a group
             # whose recipients' consent rows are all kept runs this one read.
-            for idx, purpose, at in self._conn.execute(
+            for idx, purpose, at in conn.execute(
                 "SELECT to_index, purpose, max(coalesce(send_at, created_at), created_at) AS at"  # noqa: S608 - placeholders only
                 f" FROM messages WHERE to_index IN ({marks}) AND +purpose IN ({kinds})"
                 f" AND uncounted = 0 AND at > ? UNION ALL {EPOCH_ROW}",
@@ -381,7 +329,12 @@ class GroupView:
                     group[idx] = [at]
                 else:
                     times.append(at)
-        return epoch
+        self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
+        for group in sent.values():
+            for times in group.values():
+                if len(times) > 1:
+                    times.sort()
+        self._zones: dict[bytes, str | None] | None = None
 
     @classmethod
     def of_reads(

@@ -43,17 +43,6 @@ class StateCache:
         self._epoch: int | None = None
         self._rows: dict[bytes, Sequence[StateRow]] = {}
 
-    @property
-    def epoch(self) -> int | None:
-        """The epoch the kept rows were read under (None: none read yet)."""
-        return self._epoch
-
-    def kept(self, conn: sqlite3.Connection) -> Mapping[bytes, Sequence[StateRow]]:
-        """The rows kept for `conn`, as of `epoch`: true in a transaction of `conn` that
-        reads that epoch again, which `rows` tells (its `epoch` then unchanged). A
-        guess to act on only where a stale one is caught that way."""
-        return self._rows if conn is self._conn else {}
-
     def rows(
         self, conn: sqlite3.Connection, contact_idxs: Sequence[bytes], known: int | None = None
     ) -> Mapping[bytes, Sequence[StateRow]]:

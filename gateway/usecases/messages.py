@@ -606,19 +606,10 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     if not jobs:
         return []
     intake = jobs[0].intake
-    to_judge = [p for j in jobs for p in j.prepared if p.message.to_index]
-    recipients = [(p.message.to_index, p.purpose) for p in to_judge]
-    # The route `Intake.judge` asks the policy about, for its sender program.
-    routes = [
-        p.entry.candidates[0] if p.entry.candidates else p.message.route_hint for p in to_judge
+    recipients = [
+        (p.message.to_index, p.purpose) for j in jobs for p in j.prepared if p.message.to_index
     ]
-    view = intake.policy.view(
-        conn,
-        recipients,  # type: ignore[arg-type]  # to_index: filtered above
-        min(j.now for j in jobs),
-        writer=True,
-        routes=routes,
-    )
+    view = intake.policy.view(conn, recipients, min(j.now for j in jobs), writer=True)
     judge = intake.judge
     by_sql: dict[str, list[Sequence[Any]]] = {}
     outcomes: list[_Judged[Any]] = []
