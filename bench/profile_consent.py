@@ -5,7 +5,8 @@
     .venv/bin/python bench/profile_consent.py --cprofile 0     # thread CPU only, no profiler
     .venv/bin/python bench/profile_consent.py --cprofile 0 --statements  # and SQL per accept
     .venv/bin/python bench/profile_consent.py --cprofile 0 --phases --only on --warm 30000
-    .venv/bin/python bench/profile_consent.py --cprofile 0 --vm --bytecodes --n 2000 --warm 20000
+    .venv/bin/python bench/profile_consent.py --cprofile 0 --bytecodes --n 2000 --warm 20000
+    .venv/bin/python bench/profile_consent.py --cprofile 0 --vm --n 2000 --warm 20000
 
 What `bench/consent.py` loads through HTTP, without HTTP: a fresh gateway per mode
 (`smsgw init`, the same seeded ledger through `smsgw consent import`, sending windows
@@ -23,7 +24,11 @@ alone) and by whatever else the machine runs. `--statements` counts the SQL stat
 the writer runs per accept, by kind (SQLite's trace callback on the writer's connection;
 it costs CPU of its own, so read the counts, not the times, of such a run). `--phases`
 times parts of the writer's work by thread CPU per accept: its transactions in all, the
-policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows.
+policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows,
+the verdicts (`Intake.judge`) and, within them, the cap searches, and the insert rows.
+`--bytecodes` (Python bytecodes) and `--vm` (SQLite VM instructions) count the writer's
+work per accept, which the machine's load does not move; run them apart (`--vm`'s
+handler is Python the other would count).
 """
 
 from __future__ import annotations
