@@ -5,6 +5,8 @@
     .venv/bin/python bench/profile_consent.py --cprofile 0     # thread CPU only, no profiler
     .venv/bin/python bench/profile_consent.py --cprofile 0 --statements  # and SQL per accept
     .venv/bin/python bench/profile_consent.py --cprofile 0 --phases --only on --warm 30000
+    .venv/bin/python bench/profile_consent.py --cprofile 0 --bytecodes --n 2000 --warm 20000
+    .venv/bin/python bench/profile_consent.py --cprofile 0 --vm --n 2000 --warm 20000
 
 What `bench/consent.py` loads through HTTP, without HTTP: a fresh gateway per mode
 (`smsgw init`, the same seeded ledger through `smsgw consent import`, sending windows
@@ -22,7 +24,11 @@ alone) and by whatever else the machine runs. `--statements` counts the SQL stat
 the writer runs per accept, by kind (SQLite's trace callback on the writer's connection;
 it costs CPU of its own, so read the counts, not the times, of such a run). `--phases`
 times parts of the writer's work by thread CPU per accept: its transactions in all, the
-policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows.
+policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows,
+the verdicts (`Intake.judge`) and, within them, the cap searches, and the insert rows.
+`--bytecodes` (Python bytecodes) and `--vm` (SQLite VM instructions) count the writer's
+work per accept, which the machine's load does not move; run them apart (`--vm`'s
+handler is Python the other would count).
 """
 
 from __future__ import annotations
@@ -41,9 +47,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import harness
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
     from gateway.intake import SendRequest
 
 RESULTS = harness.BENCH_DIR / "results"
+_VM_STEP = 10  # `--vm`: the progress handler runs every this many VM instructions
 SEED = 12  # the same recipients and purposes in both modes
 
 
@@ -68,6 +76,8 @@ class Measured:
     statuses: dict[str, int]
     statements: dict[str, int]  # SQL the writer ran, by kind (`--statements`)
     groups: int  # writer transactions
+    vm_per_accept: float  # SQLite VM instructions in the writer (`--vm`; 0.0 without)
+    bytecodes_per_accept: float  # Python bytecodes in the writer (`--bytecodes`; 0.0 without)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,6 +89,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cprofile", type=int, default=25, metavar="TOP", help="0: no profiler")
     p.add_argument("--statements", action="store_true", help="count SQL statements per accept")
     p.add_argument("--phases", action="store_true", help="writer CPU per accept by phase")
+    p.add_argument(
+        "--vm", action="store_true", help="SQLite VM instructions per accept in the writer"
+    )
+    p.add_argument(
+        "--bytecodes", action="store_true", help="Python bytecodes per accept in the writer"
+    )
     return p.parse_args(argv)
 
 
@@ -151,6 +167,19 @@ async def one_mode(
                         lambda sql: statements.update((kind(sql),))
                     )
                 )
+            opcodes = Opcodes()
+            if args.bytecodes:
+                await writer.call_outside_transaction(lambda _conn: sys.settrace(opcodes.trace))
+            vm = [0]  # SQLite VM instructions in the writer, in steps of _VM_STEP
+            if args.vm:
+
+                def step() -> int:
+                    vm[0] += 1
+                    return 0
+
+                await writer.call_outside_transaction(
+                    lambda conn: conn.set_progress_handler(step, _VM_STEP)
+                )
             batches = writer.batches
             if phases is not None:
                 phases.ns.clear()  # the warm-up's
@@ -172,6 +201,12 @@ async def one_mode(
                 await writer.call_outside_transaction(lambda _conn: writer_prof.disable())
             if args.statements:
                 await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(None))
+            if args.vm:
+                await writer.call_outside_transaction(
+                    lambda conn: conn.set_progress_handler(None, 0)
+                )
+            if args.bytecodes:
+                await writer.call_outside_transaction(lambda _conn: sys.settrace(None))
             batches = writer.batches - batches
         finally:
             await gw.stop()
@@ -185,8 +220,24 @@ async def one_mode(
         dict(sorted(statuses.items())),
         dict(statements.most_common()),
         batches,
+        vm[0] * _VM_STEP / n,
+        opcodes.count / n,
     )
     return measured, loop_prof, writer_prof
+
+
+class Opcodes:
+    """Counts the bytecodes a thread runs while `trace` is its trace function
+    (`--bytecodes`: a count the machine's load does not move)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            self.count += 1
+        return self.trace
 
 
 class Phases:
@@ -211,10 +262,14 @@ class Phases:
 
     def install(self) -> None:
         from gateway.consent import ledger, policy, state_cache
+        from gateway.intake import Intake
         from gateway.store.writer import GroupCommitWriter
 
         self.wrap(GroupCommitWriter, "_commit", "transactions")
         self.wrap(policy.GroupView, "__init__", "views")
+        self.wrap(Intake, "judge", "verdicts (Intake.judge)")
+        self.wrap(policy, "_cap_room", "verdicts: cap searches (_cap_room)")
+        self.wrap(Intake, "statements", "insert rows (Intake.statements)")
         self.wrap(state_cache, "state_rows", "views: consent_state reads")
         self.wrap(ledger, "state_rows", "views: consent_state reads")
 
@@ -255,6 +310,10 @@ async def run(args: argparse.Namespace) -> None:
         f" writer {measured.writer_us:.1f} us; {measured.statuses};"
         f" {measured.groups} writer transactions"
     )
+    if measured.bytecodes_per_accept:
+        print(f"  {measured.bytecodes_per_accept:.0f} Python bytecodes per accept in the writer")
+    if measured.vm_per_accept:
+        print(f"  {measured.vm_per_accept:.0f} SQLite VM instructions per accept in the writer")
     for sql, count in measured.statements.items():
         print(f"  {count / measured.n:6.3f} per accept  {sql}")
     if measured.statements:

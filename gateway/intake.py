@@ -276,18 +276,22 @@ class Prepared(msgspec.Struct, frozen=True):
         if verdict.state is State.QUEUED:
             return self
         m = self.message
+        # `msgspec.structs.replace` of the fields the verdict sets, not `m.judged`: a
+        # message at accept is neither blocked nor held yet, and this runs in the
+        # writer for most messages of a capped load (one Python call fewer each).
+        replace = msgspec.structs.replace
         if verdict.state is State.BLOCKED:
-            blocked = m.judged(blocked=verdict.reason)
-            return msgspec.structs.replace(self, message=blocked, scheduled=False)
+            blocked = replace(m, blocked=verdict.reason)
+            return replace(self, message=blocked, scheduled=False)
         at = verdict.send_at
         assert at is not None
         expires_at = m.expires_at
         if self.lifetime is not None and at + self.lifetime > expires_at:
             expires_at = at + self.lifetime
-        held = m.judged(held_for=verdict.reason, send_at=at, expires_at=expires_at)
+        held = replace(m, held_for=verdict.reason, send_at=at, expires_at=expires_at)
         self.entry.due_at = at
         self.entry.expires_at = expires_at
-        return msgspec.structs.replace(self, message=held, scheduled=True)
+        return replace(self, message=held, scheduled=True)
 
 
 class Intake:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.clock import FakeClock
-from gateway.consent.policy import _cap_room, _fits
+from gateway.consent.policy import _cap_room, _fits, limits_of
 from gateway.consent.purposes import Cap
 from gateway.integrations.events import MESSAGE_STATUS
 from gateway.tokens import create_token
@@ -233,4 +233,4 @@ def test_the_cap_search_finds_the_first_instant_every_cap_has_room(
     expected = next(
         x for x in candidates if x >= at and all(_fits_by_definition(ordered, c, x) for c in rules)
     )
-    assert _cap_room(ordered, rules, float(at)) == expected
+    assert _cap_room(ordered, limits_of(rules), float(at)) == expected

@@ -205,3 +205,55 @@ async def test_a_view_on_another_connection_neither_uses_nor_drops_the_writers_r
     finally:
         await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(None))
     assert not [s for s in seen if "FROM consent_state" in s], seen
+
+
+_COUNTED_READ = "FROM messages WHERE to_index IN"
+
+
+async def _traced_sends(
+    gw: Gateway, who: Caller, requests: list[SendRequest]
+) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """Single sends at once (one writer group), and the SQL the writer ran for them."""
+    seen: list[str] = []
+    writer = gw.store.writer
+    await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(seen.append))
+    try:
+        answers = await asyncio.gather(*(gw.usecases.messages.accept(who, r) for r in requests))
+    finally:
+        await writer.call_outside_transaction(lambda conn: conn.set_trace_callback(None))
+    return [(a.status, a.reason) for a in answers], seen
+
+
+async def _send_each(
+    gw: Gateway, who: Caller, requests: list[SendRequest]
+) -> list[tuple[str, str | None]]:
+    found = []
+    for r in requests:
+        a = await gw.usecases.messages.accept(who, r)
+        found.append((a.status, a.reason))
+    return found
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["writer", "another-connection"])
+async def test_a_recipient_back_after_an_opt_out_still_has_its_cap_counted(
+    open_gateway: GatewayFactory, elsewhere: bool
+) -> None:
+    """A clinical send goes; the number opts out (its send blocked, the opt-out kept by
+    the writer); it opts back in, through the writer or on another connection. Its
+    next clinical send is judged on fresh rows, with its earlier send counted: the
+    day's cap holds it (a view that trusted the kept "out" rows to skip the counted
+    sends would let it go)."""
+    gw = await open_gateway(consent={"enabled": True, **POLICY})
+    who = await sender(gw)
+    appointment = SendRequest(to=number(1), body="x", purpose="appointment")
+    assert await _send_each(gw, who, [appointment]) == [("queued", None)]
+    await record_decision(gw, number(1), "opt_out", "all")
+    assert await _send_each(gw, who, [appointment]) == [("blocked", "opted_out")]
+    if elsewhere:
+        key = gw.store.blind_index(number(1))
+        await asyncio.to_thread(_forget_elsewhere, gw.store.path, key)
+    else:
+        await record_decision(gw, number(1), "opt_in", "all")
+    outcomes, seen = await _traced_sends(gw, who, [appointment])
+    assert outcomes == [("scheduled", "frequency_cap")]
+    assert len([s for s in seen if _COUNTED_READ in s]) == 1, seen

@@ -214,7 +214,7 @@ class Policy:
             zones = recipient_zones(to, view.time_zone(to_index))
         at, reason = start, None
         for _ in range(_MAX_STEPS):
-            room = _cap_room(times, policy.caps, at)
+            room = _cap_room(times, rule.limits, at)
             if room > at:
                 if policy.over_cap == "block":
                     return _blocked("frequency_cap")
@@ -412,6 +412,7 @@ class _Rule:
     refusal: Callable[[Sequence[ledger.StateRow], str], str | None]  # `Refusals.among`
     window: Window | None
     caps: tuple[Cap, ...]
+    limits: tuple[tuple[int, float], ...]  # its caps as `_cap_room` takes them
     reach: float  # how far back its caps look (0.0: it has none)
     group: str  # its cap group (`group_key`)
     counted: bool  # some cap counts its messages: a group's view adds each that goes
@@ -424,30 +425,57 @@ class _Rule:
             ledger.Refusals.of(policy).among,
             policy.window,
             policy.caps,
+            limits_of(policy.caps),
             max((c.seconds for c in policy.caps), default=0.0),
             group_key(purpose),
             purpose.value in capped,
         )
 
 
-def _cap_room(times: Sequence[float], caps: Sequence[Cap], at: float) -> float:
-    """The first instant at or after `at` where one more message keeps every cap.
+def _cap_room(times: Sequence[float], limits: Sequence[tuple[int, float]], at: float) -> float:
+    """The first instant at or after `at` where one more message keeps every cap, each
+    cap n/W given as (n, W) (`limits_of`).
 
     A cap n/W holds for a new message at x when no span [s, s + W) containing x holds n
     others; such spans start at x - W (exclusive) or at one of the others. Moving x only
     helps once it passes some other's t + W, so the answer is `at` or one of those. A
     run of n others that x breaks keeps breaking it until x passes its first + W, so
-    the search jumps there instead of trying each t + W in between."""
+    the search jumps there instead of trying each t + W in between. `_blocked_until`
+    for each cap, written out in one loop: a held message's search runs it once per
+    cap for every send stacked ahead of it (bench/README.md, "Accept rate with the
+    consent policy")."""
+    size = len(times)
+    if not size:
+        return at
     x = at
     while True:  # each jump passes one of the finitely many t + W, or x grows past them
         later = x
-        for cap in caps:
-            until = _blocked_until(times, cap, x)
-            if until > later:
-                later = until
+        for n, w in limits:
+            last_run = size - n
+            if last_run < 0:
+                continue
+            i = bisect.bisect_left(times, x)
+            j = i if i < last_run else last_run
+            stop = i - n - 1 if i > n else -1
+            while j > stop:  # from the latest run: its first + W is the latest
+                first, last = times[j], times[j + n - 1]
+                if (last if last > x else x) - (first if first < x else x) < w:
+                    until = first + w
+                    # In exact arithmetic first + w > x; rounding may say otherwise.
+                    if until <= x:
+                        until = math.nextafter(x, math.inf)
+                    if until > later:
+                        later = until
+                    break
+                j -= 1
         if later == x:
             return x
         x = later
+
+
+def limits_of(caps: Sequence[Cap]) -> tuple[tuple[int, float], ...]:
+    """Caps as `_cap_room` takes them: (count, seconds) each."""
+    return tuple((c.count, c.seconds) for c in caps)
 
 
 def _blocked_until(times: Sequence[float], cap: Cap, x: float) -> float:
