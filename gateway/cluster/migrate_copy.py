@@ -36,6 +36,8 @@ class TableCopy:
     extra: dict[str, Callable[[Row], object]] = field(default_factory=dict)
     # Target columns set to a constant (the audit trail's node).
     fixed: dict[str, object] = field(default_factory=dict)
+    # SQLite columns not copied (PostgreSQL finds the same by its own indexes).
+    omit: tuple[str, ...] = ()
 
 
 def _route_group(row: Row) -> object:
@@ -46,7 +48,13 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
     """What is copied, in this order. The SQLite trail becomes `node_id`'s chain."""
     return (
         TableCopy("keyring", "keyring", ("purpose", "generation")),
-        TableCopy("messages", "messages", ("id",), extra={"route_group": _route_group}),
+        TableCopy(
+            "messages",
+            "messages",
+            ("id",),
+            extra={"route_group": _route_group},
+            omit=("event_seqs",),  # SQLite's events by message (migration 38)
+        ),
         TableCopy("message_events", "message_events", ("seq",)),
         TableCopy("carrier_ids", "carrier_ids", ("route", "carrier_id")),
         # A Kannel sendsms's dlr-url wish, sealed bound to its message id (cluster 13).
@@ -101,7 +109,7 @@ async def copy_table(
     progress: Progress,
 ) -> int:
     """Copy one table; the number of rows copied."""
-    columns = source_columns(src, spec.source)
+    columns = [c for c in source_columns(src, spec.source) if c not in spec.omit]
     have = await target_columns(conn, spec.target)
     missing = [c for c in columns if c not in have]
     if missing:

@@ -1115,6 +1115,27 @@ MIGRATIONS: tuple[str, ...] = (
         at                 REAL NOT NULL
     );
     """,
+    # ---
+    # 38 (issue 16, write budget): a message's events are found from its row, which keeps
+    #    their seqs (a JSON array, in order), not by an index of events by message: at a
+    #    trickle every commit wrote a page of that index for the new message and another
+    #    for the receipt's, older one (2.1 of 16.3 WAL pages, bench/wal_pages.py), while
+    #    the row is rewritten by each transition anyway. The trigger appends each new
+    #    event's seq, whoever inserts it; `event_seqs` is in no index, so it costs no
+    #    page beyond the row's. Readers by message: `json_each(event_seqs)`, then seqs.
+    """
+    ALTER TABLE messages ADD COLUMN event_seqs TEXT NOT NULL DEFAULT '[]';
+    UPDATE messages SET event_seqs = (
+        SELECT json_group_array(seq) FROM (
+            SELECT seq FROM message_events e WHERE e.message_id = messages.id ORDER BY seq))
+    WHERE id IN (SELECT message_id FROM message_events);
+    DROP INDEX message_events_message;
+    CREATE TRIGGER message_events_on_message AFTER INSERT ON message_events
+    BEGIN
+        UPDATE messages SET event_seqs = json_insert(event_seqs, '$[#]', NEW.seq)
+        WHERE id = NEW.message_id;
+    END;
+    """,
 )
 
 
