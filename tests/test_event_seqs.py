@@ -4,6 +4,7 @@ keeps the seqs for events written afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -38,18 +39,27 @@ async def _interleaved_lives(store: Store, count: int) -> list[str]:
     for m in batch:
         await store.insert(store.insert_statements(m))
     moving = batch[:-1]
-    for m in moving:
-        assert await store.claim(m.id, ROUTE, now) is not None
-    for i, m in enumerate(moving):
-        await store.mark_sent(m.id, ROUTE, [f"c{i}"], now)
-    for i in reversed(range(len(moving))):
-        assert await store.apply_receipt(ROUTE, f"c{i}", "delivered", None, now) is not None
+    # Each step for all in one commit (the writer takes them in this order).
+    assert None not in await asyncio.gather(*(store.claim(m.id, ROUTE, now) for m in moving))
+    await asyncio.gather(
+        *(store.mark_sent(m.id, ROUTE, [f"c{i}"], now) for i, m in enumerate(moving))
+    )
+    receipts = [
+        store.apply_receipt(ROUTE, f"c{i}", "delivered", None, now)
+        for i in reversed(range(len(moving)))
+    ]
+    assert None not in await asyncio.gather(*receipts)
     return [m.id for m in batch]
 
 
 def _as_at_37(path: Path) -> None:
-    """The store as migration 37 left it: no seqs on the rows, the index by message."""
+    """The store as migration 37 left it: no seqs on the rows, the index by message
+    (and, from migration 39, the index of kept texts, no retention floors)."""
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER messages_below_retention_floor")
+    conn.execute("DROP TABLE retention_floors")
+    conn.execute("DROP TABLE retention_later")
+    conn.execute("CREATE INDEX messages_text_kept ON messages (created_at) WHERE redacted = 0")
     conn.execute("DROP TRIGGER message_events_on_message")
     conn.execute("ALTER TABLE messages DROP COLUMN event_seqs")
     conn.execute("CREATE INDEX message_events_message ON message_events (message_id, seq)")

@@ -1136,6 +1136,38 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE id = NEW.message_id;
     END;
     """,
+    # ---
+    # 39 (issue 16, write budget): the retention sweep finds the messages whose text is
+    #    due by walking `messages_created` from a floor per purpose
+    #    (`gateway/retention/text_walk.py`), not by an index of the rows whose text is
+    #    kept: `messages_text_kept` duplicated `messages_created` (both by creation) and
+    #    cost every accept a page (1.3 of 16.3 WAL pages at a trickle, bench/wal_pages.py).
+    #    Each purpose's floor starts at its oldest message whose text is kept ('' for
+    #    none; '*' for the purposes with none kept: the newest message, or 0). A
+    #    message inserted at or below its purpose's floor (a clock set back) lowers it.
+    """
+    CREATE TABLE retention_floors (
+        purpose     TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        id          TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE retention_later (id TEXT PRIMARY KEY) WITHOUT ROWID;
+    INSERT INTO retention_floors (purpose, created_at, id)
+        SELECT coalesce(purpose, ''), min(created_at), '' FROM messages
+        INDEXED BY messages_text_kept WHERE redacted = 0 GROUP BY coalesce(purpose, '');
+    INSERT INTO retention_floors (purpose, created_at, id)
+        SELECT '*', coalesce(max(created_at), 0), '' FROM messages;
+    DROP INDEX messages_text_kept;
+    CREATE TRIGGER messages_below_retention_floor AFTER INSERT ON messages
+    WHEN NEW.created_at <= coalesce(
+        (SELECT created_at FROM retention_floors WHERE purpose = coalesce(NEW.purpose, '')),
+        (SELECT created_at FROM retention_floors WHERE purpose = '*'))
+    BEGIN
+        INSERT INTO retention_floors (purpose, created_at, id)
+            VALUES (coalesce(NEW.purpose, ''), NEW.created_at, '')
+            ON CONFLICT (purpose) DO UPDATE SET created_at = excluded.created_at, id = '';
+    END;
+    """,
 )
 
 
