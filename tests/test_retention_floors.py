@@ -158,6 +158,7 @@ async def test_migration_39_starts_each_floor_at_its_oldest_kept_text(tmp_path: 
     await store.open()
     ids = await _delivered(store, T0, n=3)
     urgent = await _delivered(store, T0 + DAY, "emergency")
+    waiting = await _queued(store, T0 - DAY)  # below the floor: would hold it back
     await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DROP TRIGGER messages_below_retention_floor")
@@ -173,6 +174,8 @@ async def test_migration_39_starts_each_floor_at_its_oldest_kept_text(tmp_path: 
     try:
         floors: dict[str, Any] = await _floors(store)
         assert floors == {"": T0, "emergency": T0 + DAY, "*": T0 + DAY}
+        later = await store.reader.all("SELECT id FROM retention_later")
+        assert [tuple(r) for r in later] == [(waiting,)]
         assert await _sweep(store, T0 + 40 * DAY) == 2
         assert await _kept(store, ids + urgent) == [False, False, False, True]
         names = {r[0] for r in await store.reader.all("SELECT name FROM sqlite_schema")}

@@ -1142,9 +1142,11 @@ MIGRATIONS: tuple[str, ...] = (
     #    (`gateway/retention/text_walk.py`), not by an index of the rows whose text is
     #    kept: `messages_text_kept` duplicated `messages_created` (both by creation) and
     #    cost every accept a page (1.3 of 16.3 WAL pages at a trickle, bench/wal_pages.py).
-    #    Each purpose's floor starts at its oldest message whose text is kept ('' for
-    #    none; '*' for the purposes with none kept: the newest message, or 0). A
-    #    message inserted at or below its purpose's floor (a clock set back) lowers it.
+    #    Each purpose's floor starts at its oldest finished message whose text is kept
+    #    ('' for none; '*' for the other purposes: the newest message, or 0); a waiting
+    #    message below its floor starts in `retention_later`, so that none holds a floor
+    #    back. A message inserted at or below its purpose's floor (a clock set back)
+    #    lowers it.
     """
     CREATE TABLE retention_floors (
         purpose     TEXT PRIMARY KEY,
@@ -1154,9 +1156,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE retention_later (id TEXT PRIMARY KEY) WITHOUT ROWID;
     INSERT INTO retention_floors (purpose, created_at, id)
         SELECT coalesce(purpose, ''), min(created_at), '' FROM messages
-        INDEXED BY messages_text_kept WHERE redacted = 0 GROUP BY coalesce(purpose, '');
+        INDEXED BY messages_text_kept WHERE redacted = 0
+        AND state IN ('sent', 'delivered', 'failed', 'expired', 'cancelled', 'blocked')
+        GROUP BY coalesce(purpose, '');
     INSERT INTO retention_floors (purpose, created_at, id)
         SELECT '*', coalesce(max(created_at), 0), '' FROM messages;
+    INSERT INTO retention_later (id)
+        SELECT m.id FROM messages m INDEXED BY messages_text_kept WHERE m.redacted = 0
+        AND m.state NOT IN ('sent', 'delivered', 'failed', 'expired', 'cancelled', 'blocked')
+        AND m.created_at < coalesce(
+            (SELECT f.created_at FROM retention_floors f
+             WHERE f.purpose = coalesce(m.purpose, '')),
+            (SELECT f.created_at FROM retention_floors f WHERE f.purpose = '*'));
     DROP INDEX messages_text_kept;
     CREATE TRIGGER messages_below_retention_floor AFTER INSERT ON messages
     WHEN NEW.created_at <= coalesce(
