@@ -30,8 +30,8 @@ from gateway.retention import text_walk
 from gateway.retention.settings import RetentionConfig
 from gateway.store.crypto import FieldCipher
 
-FINISHED = ("sent", "delivered", "failed", "expired", "cancelled", "blocked")
-_FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
+FINISHED = text_walk.FINISHED
+_FINISHED_SQL = text_walk.FINISHED_SQL
 DAY = 86400.0
 
 # What each step of the sweep removes, in the order it runs (audit detail names).

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from typing import Any
 
 ANY = "*"  # the floor of every purpose without a row of its own
-_FINISHED = ("sent", "delivered", "failed", "expired", "cancelled", "blocked")
-_FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in _FINISHED) + ")"
+FINISHED = ("sent", "delivered", "failed", "expired", "cancelled", "blocked")
+FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
 Floor = tuple[float, str]  # (created_at, id): rows at or before it are handled
 
 _WALK = (
@@ -67,7 +67,7 @@ def count_due(
 ) -> int:
     """Messages of the group (`where` on `purpose`) whose text is kept and due before
     `before`: those waiting in `retention_later` and those past the group's floor."""
-    due = f"redacted = 0 AND created_at < ? AND updated_at < ? AND {_FINISHED_SQL} AND ({where})"
+    due = f"redacted = 0 AND created_at < ? AND updated_at < ? AND {FINISHED_SQL} AND ({where})"
     (later,) = conn.execute(
         f"SELECT count(*) FROM retention_later l JOIN messages m ON m.id = l.id WHERE {due}",  # noqa: S608 - our conditions
         (before, before, *params),
@@ -95,7 +95,7 @@ def due_ids(
     """Up to `limit` ids of the group's messages whose text is due before `before`,
     the waiting list first; the group's floors are raised past what was walked and
     what is not due yet is listed to be looked at again."""
-    due = f"redacted = 0 AND created_at < ? AND updated_at < ? AND {_FINISHED_SQL} AND ({where})"
+    due = f"redacted = 0 AND created_at < ? AND updated_at < ? AND {FINISHED_SQL} AND ({where})"
     ids = [
         str(r[0])
         for r in conn.execute(
@@ -115,7 +115,7 @@ def due_ids(
         for mid, _created_at, purpose, state, updated_at, redacted in rows:
             if redacted or not in_group(purpose, purposes, rest):
                 continue
-            if state in _FINISHED and updated_at < before:
+            if state in FINISHED and updated_at < before:
                 ids.append(mid)
             else:
                 later.append((mid,))
