@@ -171,12 +171,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         BODY_CHARS = args.body_chars
         if args.page_size:
             writer.PAGE_SIZE = args.page_size
+        # Off for the run: the writer sets its own before each transaction, and a WAL
+        # restarted by a checkpoint would hide the frames written over the old ones.
+        writer.WAL_AUTOCHECKPOINT = writer.WAL_AUTOCHECKPOINT_QUIET = 0
         store = Store(path, os.urandom(32))
         await store.open()
         store.writer.lazy_delay = 0.0  # one commit per step here, at once
         await store.writer.call_outside_transaction(
             lambda c: c.execute("PRAGMA wal_autocheckpoint = 0")
         )
+        for index in args.drop_index:  # a lever measured before it is built
+            await store.writer.call_outside_transaction(
+                lambda c, index=index: c.execute(f"DROP INDEX {index}")
+            )
         if not args.outbox:  # as a gateway with no webhook or event consumer
             await store.writer.call_outside_transaction(lambda c: outbox_sql.keep_only(c, ()))
         await prefill(store, args.prefill)
@@ -249,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lag", type=int, default=100, help="messages between a submit and its receipt")
     p.add_argument("--body-chars", type=int, default=BODY_CHARS, help="each message's length")
     p.add_argument("--outbox", action="store_true", help="as with a webhook consumer")
+    p.add_argument(
+        "--drop-index",
+        nargs="*",
+        default=[],
+        help="indexes dropped before the run: what each would save (readers not served)",
+    )
     p.add_argument(
         "--checkpoint-every",
         type=int,

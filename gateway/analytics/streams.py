@@ -117,8 +117,8 @@ def message_keys(row: Row) -> MessageKeys:
 _LAST_SENT = """
 (SELECT m.id FROM messages m WHERE m.to_index = {idx} AND m.created_at < {at}
    AND m.created_at >= {at} - {window} AND coalesce(m.purpose, '') <> 'compliance'
-   AND EXISTS (SELECT 1 FROM message_events s WHERE s.message_id = m.id
-               AND s.state = 'sent' AND s.at < {at})
+   AND EXISTS (SELECT 1 FROM json_each(m.event_seqs) j JOIN message_events s
+               ON s.seq = j.value WHERE s.state = 'sent' AND s.at < {at})
  ORDER BY m.created_at DESC, m.id DESC LIMIT 1)
 """
 
@@ -126,7 +126,8 @@ _LAST_SENT = """
 _REMINDED = """
 (SELECT json_group_array(DISTINCT n.rule_id) FROM clinical_notices n
  WHERE n.appointment_id = a.id AND n.rule_id IS NOT NULL AND n.message_id IS NOT NULL
-   AND EXISTS (SELECT 1 FROM message_events s WHERE s.message_id = n.message_id
+   AND EXISTS (SELECT 1 FROM messages m, json_each(m.event_seqs) j
+               JOIN message_events s ON s.seq = j.value WHERE m.id = n.message_id
                AND s.state = 'sent' AND s.at <= a.start_at))
 """
 
@@ -164,7 +165,8 @@ def _add(sums: Sums, keys: list[tuple[str, str]], day: str, metric: str, n: int 
 EVENTS_SQL = """
 SELECT e.seq, e.at, e.state, e.route, e.message_id,
        CASE WHEN e.state = 'delivered' THEN
-           (SELECT max(s.at) FROM message_events s WHERE s.message_id = e.message_id
+           (SELECT max(s.at) FROM messages m, json_each(m.event_seqs) j
+            JOIN message_events s ON s.seq = j.value WHERE m.id = e.message_id
             AND s.state = 'sent' AND s.seq < e.seq) END
 FROM message_events e
 WHERE e.seq > ? AND e.state IN ('sent', 'delivered', 'failed', 'expired')

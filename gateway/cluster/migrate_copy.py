@@ -36,7 +36,8 @@ class TableCopy:
     extra: dict[str, Callable[[Row], object]] = field(default_factory=dict)
     # Target columns set to a constant (the audit trail's node).
     fixed: dict[str, object] = field(default_factory=dict)
-    # Source columns the cluster keeps no twin of (SQLite's campaign cursor).
+    # Source columns the cluster keeps no twin of (SQLite's campaign cursor, a
+    # message's event seqs: PostgreSQL finds the same by its own indexes).
     left_out: tuple[str, ...] = ()
     # The target's rows the source's count is compared with, when the migration adds
     # rows of its own there (a running campaign's recipients still to send to).
@@ -51,7 +52,13 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
     """What is copied, in this order. The SQLite trail becomes `node_id`'s chain."""
     return (
         TableCopy("keyring", "keyring", ("purpose", "generation")),
-        TableCopy("messages", "messages", ("id",), extra={"route_group": _route_group}),
+        TableCopy(
+            "messages",
+            "messages",
+            ("id",),
+            extra={"route_group": _route_group},
+            left_out=("event_seqs",),  # SQLite's events by message (migration 38)
+        ),
         TableCopy("message_events", "message_events", ("seq",)),
         TableCopy("carrier_ids", "carrier_ids", ("route", "carrier_id")),
         # A Kannel sendsms's dlr-url wish, sealed bound to its message id (cluster 13).

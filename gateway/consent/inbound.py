@@ -222,8 +222,9 @@ class InboundConsent:
             "SELECT m.id, m.purpose, m.route FROM messages m WHERE m.to_index = ?"
             " AND m.state IN (?,?,?) AND m.route IS NOT NULL"
             " AND coalesce(m.purpose, '') != ?"
-            " ORDER BY (SELECT max(e.at) FROM message_events e WHERE e.message_id = m.id"
-            " AND e.state = 'sending') DESC, m.id DESC LIMIT 200",
+            " ORDER BY (SELECT max(e.at) FROM json_each(m.event_seqs) j"
+            " JOIN message_events e ON e.seq = j.value"
+            " WHERE e.state = 'sending') DESC, m.id DESC LIMIT 200",
             (idx, *_LEFT, Purpose.COMPLIANCE.value),
         ).fetchall()
         for message_id, purpose, route in rows:

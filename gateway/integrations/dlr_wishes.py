@@ -88,8 +88,9 @@ class LocalDlrWishes:
 
     async def carrier_id(self, message_id: str, route: str | None) -> str | None:
         row = await self._store.reader.one(
-            "SELECT carrier_id FROM message_events WHERE message_id = ? AND state = 'sent'"
-            " AND carrier_id IS NOT NULL AND (route = ? OR ? IS NULL) ORDER BY seq LIMIT 1",
+            "SELECT e.carrier_id FROM messages m, json_each(m.event_seqs) j"
+            " JOIN message_events e ON e.seq = j.value WHERE m.id = ? AND e.state = 'sent'"
+            " AND e.carrier_id IS NOT NULL AND (e.route = ? OR ? IS NULL) ORDER BY e.seq LIMIT 1",
             (message_id, route, route),
         )
         return None if row is None else str(row[0]).split(",")[0]

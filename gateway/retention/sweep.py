@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.consent.purposes import Purpose
+from gateway.retention import text_walk
 from gateway.retention.settings import RetentionConfig
 from gateway.store.crypto import FieldCipher
 
-FINISHED = ("sent", "delivered", "failed", "expired", "cancelled", "blocked")
-_FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
+FINISHED = text_walk.FINISHED
+_FINISHED_SQL = text_walk.FINISHED_SQL
 DAY = 86400.0
 
 # What each step of the sweep removes, in the order it runs (audit detail names).
@@ -51,9 +52,10 @@ class Group:
     """Messages (or notices) of some purposes, with their cutoffs (epoch seconds)."""
 
     where: str  # a condition on `purpose`
-    params: tuple[Any, ...]
+    params: tuple[Any, ...]  # the named purpose, or (the rest) every purpose named
     body_before: float
     number_before: float
+    rest: bool = False  # every purpose but those in `params`
 
 
 def groups(config: RetentionConfig, now: float) -> Iterator[Group]:
@@ -70,6 +72,7 @@ def groups(config: RetentionConfig, now: float) -> Iterator[Group]:
         tuple(named),
         now - config.body_days * DAY,
         now - config.number_days * DAY,
+        rest=True,
     )
 
 
@@ -78,27 +81,33 @@ def blank(cipher: FieldCipher, row_id: str, column: str) -> bytes:
     return cipher.encrypt("", row_id, column)
 
 
-def _due_messages(
-    level: int, g: Group, limit: int | None, before: float | None = None
-) -> tuple[str, tuple[Any, ...]]:
-    """Finished rows at `level` (0: text kept; 1: number kept) created and last changed
-    before `before` (default: the level's own cutoff), read through that level's partial
-    index, which holds only rows still due for it (`redacted = <literal>` matches its
-    WHERE; a bound parameter would not)."""
-    if before is None:
-        before = g.body_before if level == 0 else g.number_before
+def _numbers_due(g: Group, limit: int | None) -> tuple[str, tuple[Any, ...]]:
+    """Finished rows whose number is kept (`redacted = 1`) created and last changed
+    before the number's cutoff, read through the partial index that holds only those
+    (`redacted = 1`, a literal, matches its WHERE; a bound parameter would not). Texts
+    are found by `text_walk`: there is no such index for them (migration 39)."""
     due = f"created_at < ? AND updated_at < ? AND {_FINISHED_SQL} AND {g.where}"
-    index = ("messages_text_kept", "messages_number_kept")[level]  # not `messages_state`
-    sql = f"SELECT id FROM messages INDEXED BY {index} WHERE redacted = {level} AND {due}"  # noqa: S608
-    params: tuple[Any, ...] = (before, before, *g.params)
+    sql = (
+        "SELECT id FROM messages INDEXED BY messages_number_kept"  # noqa: S608 - our conditions
+        f" WHERE redacted = 1 AND {due}"
+    )
+    params: tuple[Any, ...] = (g.number_before, g.number_before, *g.params)
     if limit is not None:
         sql += " ORDER BY created_at LIMIT ?"
         params += (limit,)
     return sql, params
 
 
+def _texts_due(conn: sqlite3.Connection, g: Group, before: float) -> int:
+    return text_walk.count_due(conn, g.where, g.params, _purposes(g), g.rest, before)
+
+
+def _purposes(g: Group) -> tuple[str, ...]:
+    return tuple(str(p) for p in g.params)
+
+
 def message_texts(conn: sqlite3.Connection, c: FieldCipher, g: Group, limit: int) -> int:
-    ids = [r[0] for r in conn.execute(*_due_messages(0, g, limit))]
+    ids = text_walk.due_ids(conn, g.where, g.params, _purposes(g), g.rest, g.body_before, limit)
     for mid in ids:
         conn.execute(
             "UPDATE messages SET body_ct = ?, reference_ct = NULL, callback_ct = NULL,"
@@ -110,7 +119,7 @@ def message_texts(conn: sqlite3.Connection, c: FieldCipher, g: Group, limit: int
 
 
 def message_numbers(conn: sqlite3.Connection, c: FieldCipher, g: Group, limit: int) -> int:
-    ids = [r[0] for r in conn.execute(*_due_messages(1, g, limit))]
+    ids = [r[0] for r in conn.execute(*_numbers_due(g, limit))]
     for mid in ids:
         conn.execute(
             "UPDATE messages SET to_ct = ?, to_index = x'', redacted = 2 WHERE id = ?",
@@ -208,10 +217,10 @@ def due_counts(conn: sqlite3.Connection, config: RetentionConfig, now: float) ->
 
     counts = dict.fromkeys(STEPS, 0)
     for g in groups(config, now):
-        counts["message_texts"] += count(*_due_messages(0, g, None))
+        counts["message_texts"] += _texts_due(conn, g, g.body_before)
         # A number past its period goes whether its text went before or goes now.
-        counts["message_numbers"] += count(*_due_messages(1, g, None))
-        counts["message_numbers"] += count(*_due_messages(0, g, None, g.number_before))
+        counts["message_numbers"] += count(*_numbers_due(g, None))
+        counts["message_numbers"] += _texts_due(conn, g, g.number_before)
         sql = _DUE_NOTICES.format(where=g.where)
         counts["notice_variables"] += count(sql, (g.body_before, *g.params))
     body_before = now - config.body_days * DAY
@@ -232,6 +241,7 @@ def sweep_batch(
     """One bounded pass over every step (at most `config.batch` rows each); the counts."""
     n = config.batch
     done = dict.fromkeys(STEPS, 0)
+    text_walk.forget_done(conn)
     for g in groups(config, now):
         done["message_texts"] += message_texts(conn, c, g, n)
         done["message_numbers"] += message_numbers(conn, c, g, n)

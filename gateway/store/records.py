@@ -222,14 +222,17 @@ class Records:
             " NULL AS route, NULL AS carrier_id,"
             " CASE WHEN accept_block THEN error_code ELSE held_for END AS error_code,"
             " CASE WHEN accept_block OR held_for IS NOT NULL THEN 0 END AS attempt, 0 AS seq"
-            " FROM (SELECT *, state = 'blocked' AND NOT EXISTS (SELECT 1 FROM message_events e"
-            " WHERE e.message_id = messages.id) AS accept_block FROM messages WHERE id = ?) m"
+            " FROM (SELECT *, state = 'blocked' AND event_seqs = '[]' AS accept_block"
+            " FROM messages WHERE id = ?) m"
             # Stored before `held_for`: a hold or block at accept is an event row.
-            " WHERE NOT EXISTS (SELECT 1 FROM message_events e WHERE e.message_id = m.id"
-            " AND e.at = m.created_at AND e.route IS NULL AND e.attempt = 0"
+            " WHERE NOT EXISTS (SELECT 1 FROM json_each(m.event_seqs) j"
+            " JOIN message_events e ON e.seq = j.value"
+            " WHERE e.at = m.created_at AND e.route IS NULL AND e.attempt = 0"
             " AND e.state IN ('blocked', 'scheduled'))"
+            # Its events by the seqs its row keeps (migration 38).
             " UNION ALL SELECT at, state, route, carrier_id, error_code, attempt, seq"
-            " FROM message_events WHERE message_id = ? ORDER BY seq",
+            " FROM message_events WHERE seq IN (SELECT j.value FROM messages m,"
+            " json_each(m.event_seqs) j WHERE m.id = ?) ORDER BY seq",
             (message_id, message_id),
         )
         return [StoredEvent(*row[:6]) for row in rows]

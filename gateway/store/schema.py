@@ -1115,6 +1115,70 @@ MIGRATIONS: tuple[str, ...] = (
         at                 REAL NOT NULL
     );
     """,
+    # ---
+    # 38 (issue 16, write budget): a message's events are found from its row, which keeps
+    #    their seqs (a JSON array, in order), not by an index of events by message: at a
+    #    trickle every commit wrote a page of that index for the new message and another
+    #    for the receipt's, older one (2.1 of 16.3 WAL pages, bench/wal_pages.py), while
+    #    the row is rewritten by each transition anyway. The trigger appends each new
+    #    event's seq, whoever inserts it; `event_seqs` is in no index, so it costs no
+    #    page beyond the row's. Readers by message: `json_each(event_seqs)`, then seqs.
+    """
+    ALTER TABLE messages ADD COLUMN event_seqs TEXT NOT NULL DEFAULT '[]';
+    UPDATE messages SET event_seqs = (
+        SELECT json_group_array(seq) FROM (
+            SELECT seq FROM message_events e WHERE e.message_id = messages.id ORDER BY seq))
+    WHERE id IN (SELECT message_id FROM message_events);
+    DROP INDEX message_events_message;
+    CREATE TRIGGER message_events_on_message AFTER INSERT ON message_events
+    BEGIN
+        UPDATE messages SET event_seqs = json_insert(event_seqs, '$[#]', NEW.seq)
+        WHERE id = NEW.message_id;
+    END;
+    """,
+    # ---
+    # 39 (issue 16, write budget): the retention sweep finds the messages whose text is
+    #    due by walking `messages_created` from a floor per purpose
+    #    (`gateway/retention/text_walk.py`), not by an index of the rows whose text is
+    #    kept: `messages_text_kept` duplicated `messages_created` (both by creation) and
+    #    cost every accept a page (1.3 of 16.3 WAL pages at a trickle, bench/wal_pages.py).
+    #    Each purpose's floor starts at its oldest finished message whose text is kept
+    #    ('' for none; '*' for the other purposes: the newest message, or 0); a waiting
+    #    message below its floor starts in `retention_later`, so that none holds a floor
+    #    back. A message inserted at or below its purpose's floor (a clock set back)
+    #    lowers it.
+    """
+    CREATE TABLE retention_floors (
+        purpose     TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        id          TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE retention_later (id TEXT PRIMARY KEY) WITHOUT ROWID;
+    INSERT INTO retention_floors (purpose, created_at, id)
+        SELECT coalesce(purpose, ''), min(created_at), '' FROM messages
+        INDEXED BY messages_text_kept WHERE redacted = 0
+        AND state IN ('sent', 'delivered', 'failed', 'expired', 'cancelled', 'blocked')
+        GROUP BY coalesce(purpose, '');
+    INSERT INTO retention_floors (purpose, created_at, id)
+        SELECT '*', coalesce(max(created_at), 0), '' FROM messages;
+    INSERT INTO retention_later (id)
+        SELECT m.id FROM messages m INDEXED BY messages_text_kept WHERE m.redacted = 0
+        AND m.state NOT IN ('sent', 'delivered', 'failed', 'expired', 'cancelled', 'blocked')
+        AND m.created_at < coalesce(
+            (SELECT f.created_at FROM retention_floors f
+             WHERE f.purpose = coalesce(m.purpose, '')),
+            (SELECT f.created_at FROM retention_floors f WHERE f.purpose = '*'));
+    DROP INDEX messages_text_kept;
+    CREATE TRIGGER messages_below_retention_floor AFTER INSERT ON messages
+    WHEN NEW.created_at <= coalesce(
+        (SELECT created_at FROM retention_floors WHERE purpose = coalesce(NEW.purpose, '')),
+        (SELECT created_at FROM retention_floors WHERE purpose = '*'))
+    BEGIN
+        INSERT INTO retention_floors (purpose, created_at, id)
+            VALUES (coalesce(NEW.purpose, ''), NEW.created_at, '')
+            ON CONFLICT (purpose) DO UPDATE SET created_at = excluded.created_at, id = '';
+    END;
+    """,
 )
 
 
