@@ -30,7 +30,7 @@ Conn = AsyncConnection[TupleRow]
 
 # The rows about to be claimed, locked as the claim locks them (one another claimer
 # holds is theirs to judge), reached by their ids only (`by_key.py`).
-_SUBJECTS = f"""
+SUBJECTS_SQL = f"""
 SELECT id, to_index, to_ct, purpose, priority, quiet_override FROM messages
 WHERE id = ANY(%s) AND {state_is(State.QUEUED)}
 FOR UPDATE SKIP LOCKED
@@ -49,7 +49,7 @@ class ClusterClaimCheck:
         their window. Returns the verdict of each of them (not to be claimed now)."""
         if not self._policy.enabled or not ids:
             return {}
-        rows = await (await conn.execute(_SUBJECTS, (list(ids),))).fetchall()
+        rows = await (await conn.execute(SUBJECTS_SQL, (list(ids),))).fetchall()
         if not rows:
             return {}
         idxs = [bytes(r[1]) for r in rows]
