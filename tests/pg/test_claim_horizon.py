@@ -11,11 +11,9 @@ the churn left, so the bound would fail without the fix.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 
 from gateway.cluster import nodes, queue_sql
 from gateway.cluster.by_key import state_is
@@ -30,15 +28,6 @@ CHURN = 3000  # messages queued, claimed and sent while the horizon is held
 BATCH = 100
 PER_ROW = 8  # buffers the scans may touch per row named (index descents, heap, versions)
 SCANS = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Seq Scan"}
-
-
-@pytest.fixture
-async def held(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A report left open in REPEATABLE READ: VACUUM may remove nothing it could see."""
-    async with await psycopg.AsyncConnection.connect(pg_dsn) as report:
-        await report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        await report.execute("SELECT count(*) FROM messages")
-        yield report
 
 
 async def churn(pool: Pool, me: Incarnation) -> None:
@@ -81,13 +70,14 @@ def plain(sql: str, state: State) -> str:
 
 
 async def test_claim_and_finish_read_few_buffers_however_far_back_xmin_is_held(
-    pool: Pool, held: psycopg.AsyncConnection[Any]
+    pool: Pool, held_horizon: psycopg.AsyncConnection[Any]
 ) -> None:
     async with pool.connection() as conn:
         me = await nodes.register(conn, "a", 600)
         xmin = await (
             await conn.execute(
-                "SELECT backend_xmin FROM pg_stat_activity WHERE pid = %s", (held.info.backend_pid,)
+                "SELECT backend_xmin FROM pg_stat_activity WHERE pid = %s",
+                (held_horizon.info.backend_pid,),
             )
         ).fetchone()
     assert xmin is not None and xmin[0] is not None  # the horizon is held
