@@ -7,7 +7,8 @@ A throwaway PostgreSQL (`tests/pg_server.py`), the cluster schema, one node, a R
 READ transaction holding the horizon; then `--churn` messages each accepted, claimed by
 id (`CLAIM_IDS`) and finished `sent` (`outcomes.finish`) in batches, as a node's scheduler
 sends them. Then 50 fresh messages, `ANALYZE`, and each statement of the claim's path
-(and, for reference, the claim-by-query and adoption statements) run once under `EXPLAIN
+(and, for reference, the claim by query, from the start and from a floor, and adoption's
+statement) run once under `EXPLAIN
 (ANALYZE, BUFFERS)`, rolled back: its time, its shared buffers (those its scans of
 `messages` read, and in all: an update's index upkeep too) and the indexes it used,
 as written now and with the plain `state = '...'` test `by_key.state_is` replaced (the
@@ -29,7 +30,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.cluster import adoption, claims, nodes, outcomes, queue_sql
+from gateway.cluster import adoption, claim_floor, claims, nodes, outcomes, queue_sql
 from gateway.cluster.by_key import state_is
 from gateway.cluster.consent_claim import SUBJECTS_SQL
 from gateway.cluster.schema import migrate
@@ -70,8 +71,12 @@ def indexes(plan: dict[str, Any]) -> list[str]:
     return own + [i for child in plan.get("Plans", []) for i in indexes(child)]
 
 
-async def measure(conn: psycopg.AsyncConnection[Any], sql: str, params: Any) -> dict[str, Any]:
+async def measure(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: Any, setup: str | None = None
+) -> dict[str, Any]:
     async with conn.transaction(force_rollback=True):
+        if setup is not None:
+            await conn.execute(setup)
         cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
         row = await cur.fetchone()
     assert row is not None
@@ -141,6 +146,12 @@ async def run(total: int) -> dict[str, Any]:
                 out[name] = {"now": await measure(conn, sql, params)}
                 if plain(sql) != sql:
                     out[name]["plain"] = await measure(conn, plain(sql), params)
+            # The claim by query of a class from its floor (`claim_floor.py`), as a node
+            # keeping floors reads it: from a second before the fresh rows.
+            floored = {**p, "prio": 2, "floor": now - claim_floor.SLACK}
+            out["by_query from floor"] = {
+                "now": await measure(conn, claims.CLAIM_FROM_FLOOR_SQL, floored, claims.SORT_OFF)
+            }
             await conn.execute(queue_sql.CLAIM_IDS, p)  # the fresh ones `sending`
             n = FRESH
             done = {**p, "epochs": [1] * n, "states": ["sent"] * n, "routes": ["r"] * n,
