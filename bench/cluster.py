@@ -402,10 +402,15 @@ async def soak(pg: PgServer, seconds: float, rate: int = 200) -> dict[str, Any]:
         start = await _claim_buckets(site)
         first_claims: dict[float, float] | None = None
         last_from: dict[float, float] | None = None
+        minute_from, by_minute = start, []  # the claims' p99 of each whole minute
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             await load.second()
             elapsed = time.perf_counter() - t0
+            if elapsed >= 60 * (len(by_minute) + 1):
+                now_buckets = await _claim_buckets(site)
+                by_minute.append(_bucket_pct(_minus(now_buckets, minute_from), 0.99))
+                minute_from = now_buckets
             if first_claims is None and elapsed >= window:
                 first_claims = _minus(await _claim_buckets(site), start)
             if last_from is None and elapsed >= seconds - window:
@@ -430,6 +435,7 @@ async def soak(pg: PgServer, seconds: float, rate: int = 200) -> dict[str, Any]:
            "claim_p99_first_ms_le": _bucket_pct(first_claims or {}, 0.99),
            "claim_p99_last_ms_le": _bucket_pct(last_claims, 0.99),
            "claims_last": int(last_claims.get(math.inf, 0)),
+           "claim_p99_by_minute_ms_le": by_minute,
            **vacuum}  # fmt: skip
     print(f"soak with xmin held: {out}")
     return out

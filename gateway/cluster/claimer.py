@@ -5,19 +5,26 @@ there is none: until the group is notified, the poll interval passes, or the acc
 buckets hold a token again (the claim says when). It refuses to claim while the node is
 fenced, and turns the database's refusal (the lease ended there) into the same
 `Fenced`, so the caller has one thing to handle: stop sending, let membership rejoin.
+Each group is read from this claimer's floors (`claim_floor.py`), swept for rows below
+them before a claim, in a transaction of its own: every `SWEEP_EVERY` seconds, and after
+a NOTIFY woke it (new work may be a requeue under a floor), at most every
+`WAKE_SWEEP_GAP` seconds (a burst of accepts wakes it often).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from drivers.clock import Clock
+from gateway.cluster.claim_floor import SWEEP_EVERY, ClaimFloors
 from gateway.cluster.claims import Claimed, claim
 from gateway.cluster.lease import Fenced, Membership, Pool
 from gateway.cluster.nodes import LeaseLost
 from gateway.cluster.wakeup import Waker
 
 POLL_INTERVAL = 1.0
+WAKE_SWEEP_GAP = 0.25  # seconds between sweeps a NOTIFY asks for
 
 
 class Claimer:
@@ -37,6 +44,9 @@ class Claimer:
         self._poll = poll_interval
         self.claims = 0  # claim transactions run (for tests and metrics)
         self.waiting = asyncio.Event()  # set while `take` waits for work or tokens
+        self.floors = ClaimFloors()
+        self._next_sweep: dict[str, float] = {}  # per group, on the monotonic clock
+        self._woken_sweep: dict[str, float] = {}  # per group: the last one a NOTIFY asked
 
     async def take(
         self, group: str, route: str, want: int, *, account: str | None = None
@@ -46,8 +56,19 @@ class Claimer:
             me = self._membership.me
             try:
                 async with self._pool.connection() as conn:
+                    if self._clock.monotonic() >= self._next_sweep.get(group, 0.0):
+                        async with conn.transaction():
+                            await self.floors.sweep(conn, group)
+                        self._next_sweep[group] = self._clock.monotonic() + SWEEP_EVERY
                     result = await claim(
-                        conn, me, group, route, want, self._clock.time(), account=account
+                        conn,
+                        me,
+                        group,
+                        route,
+                        want,
+                        self._clock.time(),
+                        account=account,
+                        floors=self.floors,
                     )
             except LeaseLost as e:
                 raise Fenced("lease ended in the database") from e
@@ -59,7 +80,13 @@ class Claimer:
             try:
                 if self._waker is None:
                     await self._clock.sleep(wait)
-                else:
-                    await self._waker.wait(group, wait)
+                elif await self._waker.wait(group, wait):
+                    self._sweep_soon(group)
             finally:
                 self.waiting.clear()
+
+    def _sweep_soon(self, group: str) -> None:
+        now = self._clock.monotonic()
+        if now - self._woken_sweep.get(group, -math.inf) >= WAKE_SWEEP_GAP:
+            self._woken_sweep[group] = now
+            self._next_sweep[group] = now

@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import consent_store, queue_sql
+from gateway.cluster.by_key import state_is
 from gateway.cluster.nodes import Incarnation
 from gateway.consent.policy import Policy
 from gateway.consent.purposes import Purpose
@@ -28,12 +29,12 @@ from gateway.store.transitions import Transition
 Conn = AsyncConnection[TupleRow]
 
 # The rows about to be claimed, locked as the claim locks them (one another claimer
-# holds is theirs to judge).
-_SUBJECTS = """
+# holds is theirs to judge), reached by their ids only (`by_key.py`).
+SUBJECTS_SQL = f"""
 SELECT id, to_index, to_ct, purpose, priority, quiet_override FROM messages
-WHERE id = ANY(%s) AND state = 'queued'
+WHERE id = ANY(%s) AND {state_is(State.QUEUED)}
 FOR UPDATE SKIP LOCKED
-"""
+"""  # noqa: S608 - a fixed state name
 
 
 class ClusterClaimCheck:
@@ -48,7 +49,7 @@ class ClusterClaimCheck:
         their window. Returns the verdict of each of them (not to be claimed now)."""
         if not self._policy.enabled or not ids:
             return {}
-        rows = await (await conn.execute(_SUBJECTS, (list(ids),))).fetchall()
+        rows = await (await conn.execute(SUBJECTS_SQL, (list(ids),))).fetchall()
         if not rows:
             return {}
         idxs = [bytes(r[1]) for r in rows]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from gateway.cluster.by_key import state_is
 from gateway.cluster.nodes import Incarnation
 from gateway.lifecycle import check_transition
 from gateway.models import State
@@ -63,7 +64,7 @@ WITH o AS (
         owner_incarnation = CASE WHEN o.state = '{State.QUEUED.value}' THEN NULL
             ELSE m.owner_incarnation END
     FROM o
-    WHERE m.id = o.id AND m.state = '{State.SENDING.value}' AND m.owner_node = %(node)s
+    WHERE m.id = o.id AND {state_is(State.SENDING, "m")} AND m.owner_node = %(node)s
         AND m.owner_incarnation = %(inc)s AND m.claim_epoch = o.epoch
     RETURNING m.id, m.attempts
 ), logged AS (

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from gateway.cluster.by_key import state_is
 from gateway.cluster.nodes import Incarnation
 from gateway.lifecycle import IllegalTransition, sources_of
 from gateway.models import State
@@ -69,7 +70,7 @@ WITH back AS (
         attempts = u.attempts, error_code = %(code)s, owner_node = NULL,
         owner_incarnation = NULL
     FROM unnest(%(ids)s::text[], %(attempts)s::int[]) AS u(id, attempts)
-    WHERE m.id = u.id AND m.state = '{State.SENDING.value}' AND m.owner_node = %(node)s
+    WHERE m.id = u.id AND {state_is(State.SENDING, "m")} AND m.owner_node = %(node)s
         AND m.owner_incarnation = %(inc)s
     RETURNING m.id, m.attempts
 )
@@ -258,7 +259,7 @@ INSERT_MINTED = (
 CLAIM_IDS = f"""
 WITH c AS (
     SELECT id FROM messages
-    WHERE id = ANY(%(ids)s) AND state = '{State.QUEUED.value}' AND expires_at > %(now)s
+    WHERE id = ANY(%(ids)s) AND {state_is(State.QUEUED)} AND expires_at > %(now)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE messages m SET state = '{State.SENDING.value}', route = %(route)s,
@@ -288,7 +289,7 @@ FOR UPDATE SKIP LOCKED
 # message's purpose), locked: they become `blocked` in the claim's transaction.
 OPTED_OUT_ROWS = f"""
 SELECT m.id FROM messages m
-WHERE m.id = ANY(%(ids)s) AND m.state = '{State.QUEUED.value}'
+WHERE m.id = ANY(%(ids)s) AND {state_is(State.QUEUED, "m")}
     AND coalesce(m.purpose, '') <> 'compliance'
     AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.contact_idx = m.to_index
         AND (o.scope = 'all' OR o.scope = m.purpose))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
 import pytest
@@ -70,3 +71,12 @@ async def pool(pg_dsn: str) -> AsyncIterator[Pool]:
         async with p.connection() as conn:
             await migrate(conn)
         yield p
+
+
+@pytest.fixture
+async def held_horizon(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A report left open in REPEATABLE READ (S9): VACUUM may remove nothing it could see."""
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as report:
+        await report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await report.execute("SELECT count(*) FROM messages")
+        yield report
