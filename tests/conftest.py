@@ -158,6 +158,13 @@ async def smsgw_process(*args: str, **env: str) -> asyncio.subprocess.Process:
 TEST_LAZY_COMMIT_MS = 5.0
 
 
+def untriggered(statements: list[str]) -> list[str]:
+    """What a connection's trace callback saw, each statement once: Python's callback
+    reports each trigger program a statement fires as that statement again, right after
+    it (migrations 38 and 39's triggers on `messages` and `message_events`)."""
+    return [s for i, s in enumerate(statements) if i == 0 or s != statements[i - 1]]
+
+
 def make_config(
     tmp_path: Path, routes: list[dict[str, Any]] | None = None, **sections: Any
 ) -> Config:

@@ -367,6 +367,11 @@ def _back_to_version_1(conn: sqlite3.Connection) -> None:
         )
         return {r[0]: r[1] for r in rows}
 
+    def triggers(c: sqlite3.Connection) -> set[str]:
+        return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+    for trigger in triggers(conn) - triggers(fresh):  # before the tables and columns they use
+        conn.execute(f"DROP TRIGGER {trigger}")
     for table in _tables(conn) - _tables(fresh):
         conn.execute(f"DROP TABLE {table}")
     first = indexes(fresh)
