@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -49,7 +50,14 @@ _ram_temp_dirs()
 def pytest_configure(config: pytest.Config) -> None:
     """Byte-compile the sources once, before the workers start: with
     PYTHONDONTWRITEBYTECODE set (as on the build machines) no import writes them, and each
-    `smsgw` child would compile the gateway again (0.3 s of its 1.1 s CPU start-up)."""
+    `smsgw` child would compile the gateway again (0.3 s of its 1.1 s CPU start-up).
+
+    And take SIGINT back (in every worker): a suite started in the background of a
+    non-interactive shell (`make test &`) inherits SIGINT ignored, every `smsgw` child the
+    tests start inherits it in turn, and a child's Ctrl-C (what the CLI tests send to stop
+    it) then does nothing: the test waits for an exit that never comes."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(config, "workerinput"):
         return
     import compileall
