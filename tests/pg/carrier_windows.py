@@ -60,3 +60,11 @@ class LoopStalls:
             if r.status == Status.ESME_RTHROTTLED
             and not any(end <= r.at <= end + after for _, end in self.stalls)
         ]
+
+    def readable(self, log: list[SubmitRecord], after: float = 0.5) -> list[SubmitRecord]:
+        """The submits read away from any stall (not during one, nor within `after` s of
+        its end): a stall bunches a second's submits into one reading instant, so a 1 s
+        window around it counts what the carrier got over more than a second."""
+        return [
+            r for r in log if not any(begin <= r.at <= end + after for begin, end in self.stalls)
+        ]
