@@ -525,6 +525,8 @@ def _simulate_modems(args: argparse.Namespace) -> int:
 
     profiles = [args.profile] if args.profile else list(emulator.PROFILES)
     link_dir = Path(args.link_dir) if args.link_dir else None
+    if link_dir is not None:
+        link_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             emulator.run_forever(

@@ -558,9 +558,11 @@ async def run_forever(
     send_latency: float = 3.0,
     on_ready: Callable[[ModemBankEmulator], None] | None = None,
 ) -> None:
-    """Run a bank until cancelled (`smsgw simulate modem`)."""
-    if link_dir is not None:
-        await asyncio.to_thread(link_dir.mkdir, parents=True, exist_ok=True)
+    """Run a bank until cancelled (`smsgw simulate modem`); `link_dir` must exist.
+
+    No worker thread here: `asyncio.run` catches Ctrl-C with a plain signal handler (no
+    wake-up fd), so a SIGINT the kernel hands to an idle worker thread would leave the
+    loop asleep in epoll and the first Ctrl-C lost."""
     bank = ModemBankEmulator(count, profiles=profiles, link_dir=link_dir, send_latency=send_latency)
     async with bank:
         if on_ready is not None:
