@@ -57,6 +57,12 @@ def in_group(purpose: str, purposes: tuple[str, ...], rest: bool) -> bool:
     return purpose not in purposes if rest else purpose in purposes
 
 
+def _due(where: str) -> str:
+    """A message of the group (`where` on `purpose`) whose text is kept and due: its two
+    `?` are the time before which it was created and last changed."""
+    return f"redacted = 0 AND created_at < ? AND updated_at < ? AND {FINISHED_SQL} AND ({where})"
+
+
 def count_due(
     conn: sqlite3.Connection,
     where: str,
@@ -67,7 +73,7 @@ def count_due(
 ) -> int:
     """Messages of the group (`where` on `purpose`) whose text is kept and due before
     `before`: those waiting in `retention_later` and those past the group's floor."""
-    due = f"redacted = 0 AND created_at < ? AND updated_at < ? AND {FINISHED_SQL} AND ({where})"
+    due = _due(where)
     (later,) = conn.execute(
         f"SELECT count(*) FROM retention_later l JOIN messages m ON m.id = l.id WHERE {due}",  # noqa: S608 - our conditions
         (before, before, *params),
@@ -95,7 +101,7 @@ def due_ids(
     """Up to `limit` ids of the group's messages whose text is due before `before`,
     the waiting list first; the group's floors are raised past what was walked and
     what is not due yet is listed to be looked at again."""
-    due = f"redacted = 0 AND created_at < ? AND updated_at < ? AND {FINISHED_SQL} AND ({where})"
+    due = _due(where)
     ids = [
         str(r[0])
         for r in conn.execute(
