@@ -109,5 +109,8 @@ async def test_an_urgent_notice_goes_at_once_without_the_debounce(pool: Pool, wa
     woken = asyncio.create_task(waker.wait("critical", LONG_POLL))
     notifier.due("critical", urgent=True)
     assert await asyncio.wait_for(woken, WAIT)
+    # the NOTIFY can reach the listener before the flush counts it (the pool takes its
+    # connection back in between); a debounced notice would never flush at all
+    await asyncio.wait_for(notifier.flushed.wait(), WAIT)
     assert notifier.sent == 1
     await notifier.aclose()
