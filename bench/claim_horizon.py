@@ -129,7 +129,8 @@ async def run(total: int) -> dict[str, Any]:
             await conn.execute("ANALYZE messages")
             p = {"ids": ids, "route": "r", "now": now, "node": "a", "inc": me.incarnation,
                  "n": FRESH, "group": "g", "stamp": None, "before": now + 1, "gone": [],
-                 "any": True, "groups": [], "prios": [], "numbers": False}  # fmt: skip
+                 "any": True, "groups": [], "prios": [], "numbers": False,
+                 "drained": []}  # fmt: skip
             statements: dict[str, tuple[str, Any]] = {
                 "lock_live": ("SELECT 1 FROM nodes WHERE incarnation = %(inc)s AND node_id ="
                               " %(node)s AND lease_until > clock_timestamp() FOR KEY SHARE", p),
@@ -139,7 +140,8 @@ async def run(total: int) -> dict[str, Any]:
                 "by_query claim_sql": (claims.CLAIM_SQL, p),
                 "by_query due_count": (claims.DUE_COUNT_SQL, p),
                 "by_query claim_due": (queue_sql.CLAIM_DUE, p),
-                "adoption holders": (adoption._GONE, p),
+                "adoption sweep (the poll before)": (adoption._HOLDERS, p),
+                "adoption poll": (adoption._DEAD, p),
             }  # fmt: skip
             out: dict[str, Any] = {}
             for name, (sql, params) in statements.items():

@@ -13,6 +13,12 @@ _STORAGE_CODES = {
 }
 
 
+class KeyRetired(Exception):
+    """The shared store refused a value sealed under a retired field key generation (a
+    node back from a cut-off through a rotation): nothing was stored, and the node has
+    taken the current key up, so the same request again succeeds."""
+
+
 class NoRoom(Exception):
     """The probe found too little room to call the store writable again."""
 

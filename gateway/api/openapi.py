@@ -193,7 +193,7 @@ def build_openapi(
                     " a field is invalid; `field` names it",
                 )
             )
-            answers.append(Answer(503, "`shutting_down` or `store_unavailable`"))
+            answers.append(Answer(503, "`shutting_down`, `store_unavailable` or `key_retired`"))
         if e.idempotent:
             answers.append(Answer(400, "`invalid_idempotency_key`: empty or too long"))
             answers.append(Answer(409, "`idempotency_conflict`: key reused with another body"))

@@ -16,6 +16,17 @@ rejoining it takes back, in one statement, those no peer adopted yet (`take_back
 its scheduler drops the others (`Scheduler.rehold`): each waiting row is then held by
 one live incarnation, in that node's scheduler only.
 
+Which holders are gone. Every node polls every lease, so the poll must not grow with
+what live nodes sent while a transaction holds the xmin horizon (S9): their range of
+`messages_held` keeps an entry per row they ever held until VACUUM may remove it. The
+poll (`_DEAD`) starts from `nodes`: it probes only the incarnations whose lease is over
+and which this node has not yet found holding no waiting row, each through the index; a
+dead incarnation gets no new rows, so a drained one is not read again. A sweep
+(`_HOLDERS`: every holder that is not live, by a skip scan of the index) at a node's
+first poll and every SWEEP_EVERY polls finds what the poll cannot see: a holder whose
+`nodes` row was pruned, or a row a stale incarnation's accept committed after it was
+found drained.
+
 `servable` narrows the pages to the (route group, class) pairs this node can send (the
 group is the route hint, '' for none), so a row only another node's routes may take is
 left for that node. A row this node took but cannot send anyway (its routes look at the
@@ -25,6 +36,9 @@ number) is given back (`release`), as is a row accepted here for another node.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
 
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
@@ -37,13 +51,32 @@ _STATES = {State.QUEUED.value: State.QUEUED, State.SCHEDULED.value: State.SCHEDU
 
 _WAITING = f"m.state IN ('{State.QUEUED.value}', '{State.SCHEDULED.value}')"
 
-# The holders of waiting rows are few (the live incarnations, and dead ones whose rows
-# are not adopted yet): a skip scan of `messages_held` finds them without reading the
-# rows. The page is then read among the unheld rows and the dead holders' only, through
-# the same index, never the rows live nodes hold (every node polls this every lease).
-# Two statements: the planner sees which holders the page asks for, and so their share
-# of the rows (one statement's array would be a guess).
-_GONE = f"""
+_LIVE = "n.recovered_at IS NULL AND n.lease_until > clock_timestamp()"
+
+# Which dead incarnations (lease over, or recovered) still hold waiting rows, probing
+# each by `messages_held` except those this node found holding none before
+# (`%(drained)s`: NULL for them, no probe). The live ones are never probed: with the
+# xmin horizon held (S9) their range of the index keeps an entry for every row they
+# held and sent since, and probing it meant a heap visit per entry, every poll. A dead
+# incarnation holds no new row (its lease is not renewed), so once found drained it is
+# not read again; its range is walked once, by each node.
+# (The probe is ordered as `messages_held` is: an EXISTS alone may be planned as a
+# sequential scan to the first match, which the dead rows make long.)
+_DEAD = f"""
+SELECT n.incarnation, CASE WHEN n.incarnation = ANY(%(drained)s::bigint[]) THEN NULL
+    ELSE (SELECT m.priority FROM messages m WHERE m.held_by = n.incarnation AND {_WAITING}
+          ORDER BY m.priority, m.due_at, m.id LIMIT 1) IS NOT NULL
+    END
+FROM nodes n WHERE NOT ({_LIVE})
+"""  # noqa: S608 - fixed state names
+
+# The sweep, every SWEEP_EVERY polls and at a node's first: every holder of waiting
+# rows that is not live, by a skip scan of `messages_held` (the planner sees which
+# holders the page asks for, and so their share of the rows). It walks the live
+# holders' dead entries, so it is not run every poll; it finds what `_DEAD` cannot: a
+# holder whose `nodes` row was pruned, and a row an incarnation wrote after its lease
+# lapsed (an accept already on its way) once it had been found drained.
+_HOLDERS = f"""
 WITH RECURSIVE holders(inc) AS (
     (SELECT m.held_by FROM messages m WHERE {_WAITING} AND m.held_by IS NOT NULL
      ORDER BY m.held_by LIMIT 1)
@@ -53,9 +86,10 @@ WITH RECURSIVE holders(inc) AS (
     FROM holders h WHERE h.inc IS NOT NULL
 )
 SELECT coalesce(array_agg(h.inc), '{{}}') FROM holders h
-WHERE h.inc IS NOT NULL AND h.inc NOT IN (SELECT incarnation FROM nodes
-    WHERE recovered_at IS NULL AND lease_until > clock_timestamp())
+WHERE h.inc IS NOT NULL AND h.inc NOT IN (SELECT n.incarnation FROM nodes n WHERE {_LIVE})
 """  # noqa: S608 - fixed state names
+
+SWEEP_EVERY = 30  # polls between two sweeps (a poll each lease: 5 minutes at 10 s)
 
 PAGE = f"""
 SELECT m.id FROM messages m
@@ -104,6 +138,8 @@ class ClusterAdoption:
         self._cipher = cipher  # the queue's, as it is now (a rotation replaces it)
         self._me = me
         self.pages = 0  # pages read since start (a test counts them)
+        self._drained: set[int] = set()  # dead incarnations found holding no waiting row
+        self._polls = 0
 
     async def page(
         self,
@@ -124,8 +160,7 @@ class ClusterAdoption:
             "numbers": numbers,
         }
         async with self._pool.connection() as conn:
-            gone = await (await conn.execute(_GONE)).fetchone()
-            params["gone"] = list(gone[0]) if gone is not None else []
+            params["gone"] = await self._gone(conn)
             rows = await (await conn.execute(_TAKE, params)).fetchall()
         self.pages += 1
         cipher = self._cipher() if numbers else None
@@ -144,6 +179,21 @@ class ClusterAdoption:
         ]
         taken.sort(key=lambda m: (m.priority, m.due_at, m.id))  # RETURNING keeps no order
         return taken
+
+    async def _gone(self, conn: AsyncConnection[TupleRow]) -> list[int]:
+        """The dead incarnations holding waiting rows: by `_DEAD`, or by a sweep
+        (`_HOLDERS`) at the first poll and every SWEEP_EVERY."""
+        self._polls += 1
+        if self._polls % SWEEP_EVERY == 1:
+            row = await (await conn.execute(_HOLDERS)).fetchone()
+            gone = [int(i) for i in row[0]] if row is not None else []
+            self._drained.difference_update(gone)
+            return gone
+        cur = await conn.execute(_DEAD, {"drained": sorted(self._drained)})
+        probed = [(int(inc), holds) for inc, holds in await cur.fetchall()]
+        # Only incarnations still in `nodes` are kept: the set stays as small as it is.
+        self._drained = {inc for inc, holds in probed if not holds}
+        return [inc for inc, holds in probed if holds]
 
     async def release(self, message_ids: Sequence[str]) -> None:
         """Give up rows this node holds but will not send: any node may adopt them."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import AsyncConnection
 
-from gateway.cluster import consent_store
+from gateway.cluster import consent_store, seal_guard
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.consent.policy import BLOCKING, GroupView
 from gateway.intake import Intake, Prepared
@@ -49,11 +50,15 @@ async def accept_judged(
     messages, the answer)."""
     if not isinstance(cluster, ClusterQueue):
         raise TypeError("the policy's accept runs on the cluster queue")
-    async with cluster.pool.connection() as conn, conn.transaction():
-        judged = await judge_within(conn, intake, prepared, now)
-        answer, kept = answer_of(judged)
-        links = [m for p in judged for m in p.links]
-        await cluster.insert_within(conn, [p.message for p in judged], kept, links, extra)
+    try:
+        async with cluster.pool.connection() as conn, conn.transaction():
+            judged = await judge_within(conn, intake, prepared, now)
+            answer, kept = answer_of(judged)
+            links = [m for p in judged for m in p.links]
+            await cluster.insert_within(conn, [p.message for p in judged], kept, links, extra)
+    except psycopg.errors.CheckViolation as e:
+        await seal_guard.refused(e, cluster.keys)  # `KeyRetired`
+        raise
     return judged, answer
 
 

@@ -15,10 +15,13 @@ the first count and the deletion is seen, and the retirement refuses rather than
 it unreadable. Writers wait for the length of that count (one scan of the encrypted
 columns). Every node's keyring watcher then forgets the retired generations.
 
-Not covered: a node cut off from the database for the whole rotation and retirement,
-whose lease lapsed meanwhile, that accepts a message (accepts do not check the lease)
-before its first heartbeat back takes the keyring up. Its watcher then logs
-`key_generation_retired_in_use`: that row's fields no longer open.
+A node cut off from the database for the whole rotation and retirement (its lease
+lapsed, so it was not waited for) still seals under the retired generation until its
+first heartbeat back takes the keyring up. The same transaction that deletes the keys
+records their generations in `retired_field_generations`, and every encrypted table's
+trigger refuses a value sealed under one (`seal_guard.py`, which says why no write can
+slip between the two): that node's accept fails, it takes the keyring up at once, and
+the client's retry is sealed under the current generation.
 
 It holds the rotation lock (`keyring.rotation_lock`): never during a rotation's pass.
 """
@@ -130,6 +133,12 @@ async def retire(
                     "DELETE FROM keyring WHERE purpose = 'field' AND generation = ANY(%s)",
                     (older,),
                 )
+                async with conn.cursor() as cur:  # what the writers' guard refuses from now
+                    await cur.executemany(
+                        "INSERT INTO retired_field_generations (generation, prefix) VALUES (%s, %s)"
+                        " ON CONFLICT DO NOTHING",
+                        [(g, crypto.generation_prefix(g)) for g in older],
+                    )
                 for g in older:
                     await audit.append(
                         conn, audit_key, node_id, now, actor, RETIRED, "key", f"field:{g}",

@@ -24,9 +24,10 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from itertools import groupby
 from typing import Any
 
+import psycopg
 import structlog
 
-from gateway.cluster import buckets, queue_sql, reads
+from gateway.cluster import buckets, queue_sql, reads, seal_guard
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -171,7 +172,20 @@ class ClusterQueue:
         in one transaction. A key answered meanwhile (by another node too) raises the
         primary key's `UniqueViolation`: nothing of this accept is kept. A claim handed
         over just before (`claim_group_soon`) runs in the same transaction, after the
-        insert."""
+        insert. A value sealed under a retired key raises `KeyRetired` (`seal_guard`)."""
+        try:
+            await self._accept(messages, answer, links, extra)
+        except psycopg.errors.CheckViolation as e:
+            await seal_guard.refused(e, self.keys)
+            raise
+
+    async def _accept(
+        self,
+        messages: Sequence[NewMessage],
+        answer: IdempotentAnswer | None,
+        links: Sequence[Minted],
+        extra: Sequence[Statement],
+    ) -> None:
         soon, self._soon = self._soon, None
         if soon is None:
             async with self._pool.connection() as conn, conn.transaction():

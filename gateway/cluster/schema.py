@@ -15,6 +15,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from gateway.cluster import seal_guard
 from gateway.cluster.schema_features import FEATURE_MIGRATIONS
 
 MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
@@ -667,6 +668,10 @@ MIGRATIONS: tuple[str, ...] = (
     # 25 (issue 18, key retirement): the field key generation each incarnation seals
     #    under, reported a heartbeat after taking it up (`shared_keys.KeyringWatch`).
     "ALTER TABLE nodes ADD COLUMN key_generation integer;",
+    # 26 (issue 18, key retirement): the retired field key generations, and a trigger on
+    #    every encrypted table refusing a value sealed under one (`seal_guard.py`): a
+    #    node cut off through a rotation and its retirement cannot store what no key opens.
+    seal_guard.migration_26(),
 )
 
 

@@ -106,8 +106,9 @@ class KeyringWatch:
                     self._held = self._cipher.generation
                 return None
             keys = await keyring.load(conn, self._master)
-        if self._cipher.generation not in generations:  # cut off through a retirement
-            log.error("key_generation_retired_in_use", generation=self._cipher.generation)
+        if self._cipher.generation not in generations:  # cut off through a retirement:
+            # what it sealed since was refused by the database (`seal_guard.py`)
+            log.warning("keyring_behind_retirement", generation=self._cipher.generation)
         self._cipher.install(keys.field)
         self._held = self._cipher.generation if heartbeat else None
         log.info("keyring_reloaded", generation=self._cipher.generation)

@@ -30,6 +30,7 @@ from gateway.store.queue_store import AcceptStore
 from gateway.store.records import MessageQuery, StoredMessage
 from gateway.store.store import Store
 from gateway.store.writer import Statement
+from gateway.store_failure import KeyRetired
 from gateway.usecases.accept_within import WithinAccepts
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
@@ -293,6 +294,14 @@ class Messages(WithinAccepts):
                 inserted = self._store.writer.insert([*intake.statements(prepared), *extra, *rows])
                 self._claim_with(prepared)
                 await inserted
+        except KeyRetired as e:  # a node back from a cut-off: its key is current now
+            raise ApiError(
+                503,
+                "key_retired",
+                "this node's field key was retired while it was cut off from the database;"
+                " it has taken the current key up: nothing was accepted, send again",
+                headers={"Retry-After": "1"},
+            ) from e
         except Exception as e:
             raise ApiError(
                 503, "store_unavailable", "the message store could not commit; nothing was accepted"

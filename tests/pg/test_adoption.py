@@ -6,8 +6,9 @@ a live node holds, or only another node's routes may send, are left alone."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from gateway.cluster.adoption import _GONE, PAGE, ClusterAdoption
+from gateway.cluster.adoption import _DEAD, _HOLDERS, PAGE, ClusterAdoption
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, register
 from gateway.models import Priority
@@ -15,6 +16,7 @@ from gateway.scheduler import Scheduler
 from gateway.store.crypto import FieldCipher
 from tests.conftest import GatewayFactory
 from tests.pg.queue_rows import NOW, add_messages, rows
+from tests.pg.test_claim_horizon import buffers
 
 DUE = NOW + 1  # adopt what is due before this
 
@@ -143,9 +145,63 @@ async def test_the_adoption_poll_reads_only_unheld_and_dead_holders_rows(pool: P
             "gone": [dead.incarnation],
         }  # fmt: skip
         plan = await (await conn.execute(("EXPLAIN " + PAGE).encode(), params)).fetchall()
-        holders = await (await conn.execute(("EXPLAIN " + _GONE).encode())).fetchall()
-        gone = await (await conn.execute(_GONE.encode())).fetchone()
-    for found in (plan, holders):
+        drained = {"drained": []}
+        dead_plan = await (await conn.execute(("EXPLAIN " + _DEAD).encode(), drained)).fetchall()
+        holders = await (await conn.execute(("EXPLAIN " + _HOLDERS).encode())).fetchall()
+        gone = await (await conn.execute(_HOLDERS.encode())).fetchone()
+        probed = await (await conn.execute(_DEAD.encode(), drained)).fetchall()
+    for found in (plan, dead_plan, holders):
         text = "\n".join(str(line[0]) for line in found)
         assert "messages_held" in text and "Seq Scan on messages" not in text, text
     assert gone is not None and gone[0] == [dead.incarnation]
+    assert probed == [(dead.incarnation, True)]
+
+
+CHURN = 3000  # rows a live and a restarted incarnation held and sent, the horizon held
+
+
+async def _held_and_sent(conn: Any, prefix: str, holder: int, count: int, state: str) -> None:
+    await conn.execute(
+        "INSERT INTO messages (id, priority, state, route_group, to_ct, to_index, body_ct,"
+        " encoding, segments, created_at, updated_at, due_at, expires_at, held_by)"
+        " SELECT %s || i, 2, 'queued', '', '\\x01', '\\x02', '\\x03', 'gsm7', 1, 0, 0,"
+        " %s - 5, %s + 3600, %s FROM generate_series(1, %s) i",
+        (prefix, NOW, NOW, holder, count),
+    )
+    if state != "queued":  # each leaves a dead entry in `messages_held` no VACUUM removes
+        await conn.execute("UPDATE messages SET state = %s WHERE id LIKE %s", (state, prefix + "%"))
+
+
+async def test_the_adoption_poll_reads_no_dead_entries_of_live_or_drained_holders(
+    pool: Pool, held_horizon: Any
+) -> None:
+    """With xmin held, the holders' range of `messages_held` keeps an entry for every
+    row they held and sent: the sweep's skip scan (`_HOLDERS`, the poll as it was) walks
+    the live node's, the poll (`_DEAD`) reads none of a live holder's and, once it found
+    a dead one drained, none of its either."""
+    async with pool.connection() as conn:
+        old = await register(conn, "a", 60.0)  # a's incarnation before its restart
+        a = await register(conn, "a", 60.0)
+        dead = await register(conn, "d", 60.0)
+        await _held_and_sent(conn, "old-", old.incarnation, CHURN, "sent")
+        await _held_and_sent(conn, "a-", a.incarnation, CHURN, "sent")
+        await _held_and_sent(conn, "a-now-", a.incarnation, 5, "queued")
+        await _held_and_sent(conn, "d-", dead.incarnation, 5, "queued")
+        await conn.execute(
+            "UPDATE nodes SET lease_until = clock_timestamp() WHERE incarnation = ANY(%s)",
+            ([old.incarnation, dead.incarnation],),
+        )
+        await conn.execute("ANALYZE messages")
+    adoption = ClusterAdoption(pool, no_cipher, lambda: a)
+    first = await adoption.page(DUE, 100, None, False)  # a sweep: the node's first poll
+    assert sorted(m.id for m in first) == [f"d-{i}" for i in range(1, 6)]
+    assert await adoption.page(DUE, 100, None, False) == []  # probes old and d, once
+    assert await adoption.page(DUE, 100, None, False) == []  # probes nothing
+    drained = {"drained": sorted({old.incarnation, dead.incarnation})}
+    poll = await buffers(pool, _DEAD, drained)
+    sweep = await buffers(pool, _HOLDERS, None)
+    first_probe = await buffers(pool, _DEAD, {"drained": []})
+    assert poll <= 10, poll  # 0: only `nodes` is read
+    # The control: the poll as it was (the sweep now), and a probe of the restarted
+    # incarnation before it was found drained, walk thousands (2,600 buffers here).
+    assert min(sweep, first_probe) > CHURN // 2, (sweep, first_probe)

@@ -1,0 +1,143 @@
+"""The database refuses a value sealed under a retired field key generation.
+
+Theory of operation. A node cut off from PostgreSQL through a whole rotation and
+retirement (its lease lapsed, so the retirement did not wait for it) still holds the
+retired key when it comes back, and may seal a message under it before its first
+heartbeat takes the keyring up. Checking on the node (the lease, the keyring) before the
+insert leaves a window: the check passes, then the insert reaches the server after the
+retirement committed. So the check is the insert's own: a BEFORE trigger on every
+encrypted table (cluster migration 26) looks the first three bytes of each ciphertext
+(`crypto.generation_prefix`) up in `retired_field_generations`, which the retirement
+fills in the transaction that deletes the wrapped keys (`key_retire.py`), and raises a
+`check_violation` named `CONSTRAINT`. Nothing of that transaction is kept.
+
+Why this is airtight under concurrency: the retirement's transaction holds every
+encrypted table in SHARE mode from before its last count until it commits, and an insert
+or update holds ROW EXCLUSIVE on its table from before its trigger runs until it
+commits; the two conflict. Either the writer held its lock first (the retirement's
+count under its lock sees the row and refuses), or the retirement did (the writer waits
+for it, and its trigger, a VOLATILE function reading in READ COMMITTED with a snapshot
+taken after the lock was granted, sees the retired generation). A REPEATABLE READ
+writer's snapshot may predate the retirement, so a sealed value is refused outside READ
+COMMITTED (no writer of the gateway seals in another level).
+
+The node answers the refused accept `503 key_retired` and takes the keyring up at once
+(`refused`): the client's retry is sealed under the current generation. Cost: one index
+probe of an (almost always empty) table per row written with a sealed column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import psycopg
+import structlog
+
+from gateway.store_failure import KeyRetired
+
+if TYPE_CHECKING:
+    from gateway.cluster.shared_keys import KeyringWatch
+
+log = structlog.get_logger("smsgw.cluster")
+
+CONSTRAINT = "sealed_under_retired_key"
+TABLE = "retired_field_generations"
+
+# What migration 26 guards: every encrypted table and column of the shared store then
+# (`keyring.SEALED`), frozen here: a table sealed later adds its trigger in its own
+# migration through `guard_sql` (`tests/pg/test_seal_guard.py` fails until it does).
+GUARDED_26: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("messages", ("to_ct", "body_ct", "reference_ct", "callback_ct")),
+    ("inbound", ("sender_ct", "recipient_ct", "body_ct")),
+    ("inbound_parts", ("sender_ct", "recipient_ct", "body_ct")),
+    ("kannel_dlr", ("url_ct", "receiver_ct")),
+    ("contacts", ("number_ct", "patient_ref_ct")),
+    ("consent_ledger", ("disclosure_ct", "note_ct")),
+    ("consent_reviews", ("body_ct",)),
+    ("panel_users", ("totp_secret_ct",)),
+    ("patients", ("mrn_ct",)),
+    ("appointments", ("ext_key_ct", "location_label_ct", "provider_ct")),
+    ("clinical_notices", ("variables_ct",)),
+    ("hl7_messages", ("raw_ct",)),
+    ("hl7_outbound", ("message_ct",)),
+    ("medication_schedules", ("label_ct",)),
+    ("campaigns", ("content_ct",)),
+)
+
+
+def trigger_name(table: str) -> str:
+    return f"{table}_sealed_generation"
+
+
+def guard_sql(table: str, columns: Sequence[str]) -> str:
+    """The trigger function and trigger refusing a row of `table` with any of `columns`
+    sealed under a retired generation (or sealed outside READ COMMITTED)."""
+    name = trigger_name(table)
+    heads = ", ".join(f"substring(NEW.{c} FROM 1 FOR 3)" for c in columns)
+    return f"""
+    CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        heads bytea[] := ARRAY[{heads}];
+    BEGIN
+        IF EXISTS (SELECT 1 FROM {TABLE} WHERE prefix = ANY(heads)) THEN
+            RAISE EXCEPTION 'a value of {table} is sealed under a retired field key generation'
+                USING ERRCODE = 'check_violation', CONSTRAINT = '{CONSTRAINT}',
+                      TABLE = '{table}';
+        END IF;
+        IF current_setting('transaction_isolation') <> 'read committed'
+                AND array_remove(heads, NULL) <> '{{}}' THEN
+            RAISE EXCEPTION 'a value of {table} is sealed outside READ COMMITTED'
+                USING ERRCODE = 'check_violation', CONSTRAINT = '{CONSTRAINT}',
+                      TABLE = '{table}';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER {name} BEFORE INSERT OR UPDATE OF {", ".join(columns)} ON {table}
+        FOR EACH ROW EXECUTE FUNCTION {name}();
+    """  # noqa: S608 - fixed names
+
+
+def migration_26() -> str:
+    """The table of retired generations (filled with those a retirement before this
+    migration deleted: a field generation below the newest one that is gone from the
+    keyring) and the guard of every encrypted table."""
+    head = f"""
+    CREATE TABLE {TABLE} (
+        generation integer PRIMARY KEY,
+        prefix     bytea NOT NULL UNIQUE,
+        retired_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    INSERT INTO {TABLE} (generation, prefix)
+        SELECT g, '\\x01'::bytea || int2send(g::smallint)
+        FROM generate_series(1, (SELECT coalesce(max(generation), 1) - 1 FROM keyring
+                                 WHERE purpose = 'field')) AS g
+        WHERE NOT EXISTS (SELECT 1 FROM keyring WHERE purpose = 'field' AND generation = g);
+    """  # noqa: S608 - fixed names
+    return head + "".join(guard_sql(t, cs) for t, cs in GUARDED_26)
+
+
+def is_refusal(e: BaseException) -> bool:
+    """Whether `e` (or what it was raised from) is the guard's refusal."""
+    seen: BaseException | None = e
+    for _ in range(4):  # the refusal, wrapped by a savepoint's or the use case's error
+        if seen is None:
+            return False
+        diag = getattr(seen, "diag", None)
+        if getattr(diag, "constraint_name", None) == CONSTRAINT:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def refused(e: BaseException, keys: KeyringWatch | None) -> None:
+    """If `e` is the guard's refusal: take the shared keyring up now (not at the next
+    heartbeat) and raise `KeyRetired` from it; else return."""
+    if not is_refusal(e):
+        return
+    log.warning("sealed_under_retired_key_refused")
+    if keys is not None:
+        with contextlib.suppress(psycopg.Error):  # the heartbeat's check takes it up then
+            await keys.check()
+    raise KeyRetired("this node sealed under a retired key; it has taken the current one up") from e
