@@ -1,9 +1,9 @@
 """The receipt deadline's sweep walks the `sent` messages by creation time from a floor
 (`gateway/store/receipt_deadline.py`, migration 40), not an index of the messages
 awaiting a receipt: a message sent long after it was created (below the floor) is still
-found when it falls due, one sent again is looked at from its new time, the sweep reads
-what fell due rather than every message waiting, and a store with data migrates with
-its floor at the oldest message still waiting."""
+found when it falls due, one the walk passes before it is due is listed until its
+receipt, the sweep reads what fell due rather than every message waiting, and a store
+with data migrates with its floor at the oldest message still waiting."""
 
 from __future__ import annotations
 

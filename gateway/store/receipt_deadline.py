@@ -73,7 +73,7 @@ def sweep(
     for _sent_at, mid, priority, route, attempts, updated_at, waiting in listed:
         if waiting and updated_at <= sent_before:
             due.append((mid, priority, route, attempts))
-        elif waiting:  # sent again since it was listed
+        elif waiting:  # changed since it was listed: due a deadline after that
             relist.append((updated_at, mid))
     floor = conn.execute("SELECT created_at, id FROM receipt_floor").fetchone()
     walked = conn.execute(_WALK, (*floor, sent_before, limit)).fetchall()
