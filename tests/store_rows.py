@@ -17,3 +17,18 @@ async def message_row(store: Store, message_id: str) -> sqlite3.Row | None:
 async def inbound_rows(store: Store, limit: int) -> list[sqlite3.Row]:
     """Every column of the newest `limit` inbound messages, newest id first."""
     return await store.reader.all("SELECT * FROM inbound ORDER BY id DESC LIMIT ?", (limit,))
+
+
+def undo_migrations_40_41(conn: sqlite3.Connection) -> None:
+    """Back to the store migration 39 left (for a test of an older migration on data):
+    the index of messages awaiting a receipt and the one by creation time, no receipt
+    floor. The caller sets `user_version`."""
+    conn.execute("DROP TRIGGER messages_sent_below_receipt_floor")
+    conn.execute("DROP TRIGGER messages_stored_sent_below_receipt_floor")
+    conn.execute("DROP TABLE receipt_floor")
+    conn.execute("DROP TABLE receipts_later")
+    conn.execute(
+        "CREATE INDEX messages_awaiting_receipt ON messages (updated_at)"
+        " WHERE state = 'sent' AND receipt_overdue = 0"
+    )
+    conn.execute("CREATE INDEX messages_created ON messages (created_at)")

@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.models import Priority, new_message_id
 from gateway.store.schema import MIGRATIONS
 from gateway.store.store import NewMessage, Store
+from tests.store_rows import undo_migrations_40_41
 
 ROUTE = "r1"
 
@@ -54,8 +55,10 @@ async def _interleaved_lives(store: Store, count: int) -> list[str]:
 
 def _as_at_37(path: Path) -> None:
     """The store as migration 37 left it: no seqs on the rows, the index by message
-    (and, from migration 39, the index of kept texts, no retention floors)."""
+    (and, from migrations 39 to 41, the index of kept texts, no retention floors, the
+    indexes of messages awaiting a receipt and by creation time, no receipt floor)."""
     conn = sqlite3.connect(path, isolation_level=None)
+    undo_migrations_40_41(conn)
     conn.execute("DROP TRIGGER messages_below_retention_floor")
     conn.execute("DROP TABLE retention_floors")
     conn.execute("DROP TABLE retention_later")

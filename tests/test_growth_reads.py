@@ -22,6 +22,7 @@ from gateway.models import Priority, State
 from gateway.router import Router, RouteRule
 from gateway.store import store as store_mod
 from gateway.store.records import MessageQuery, message_list_sql
+from gateway.store.transitions import Transition
 from tests.conftest import CANARY_NUMBER, GatewayFactory
 
 NOW = 1_800_000_000.0
@@ -41,12 +42,12 @@ async def _plan(gw: Gateway, q: MessageQuery) -> str:
         (MessageQuery(route="main"), "messages_route"),
         (MessageQuery(route="main", before="01J0000000000000000000000Z"), "messages_route"),
         (MessageQuery(receipt_overdue=True), "messages_overdue"),
-        (MessageQuery(since=NOW - 86400), "messages_created"),
-        (MessageQuery(since=NOW - 86400, until=NOW), "messages_created"),
-        (MessageQuery(until=NOW, before="01J0000000000000000000000Z"), "messages_created"),
+        (MessageQuery(since=NOW - 86400), "messages_state"),
+        (MessageQuery(since=NOW - 86400, until=NOW), "messages_state"),
+        (MessageQuery(until=NOW, before="01J0000000000000000000000Z"), "messages_state"),
         (
             MessageQuery(since=NOW - 9e6, until=NOW, before="01J0000000000000000000000Z"),
-            "messages_created",
+            "messages_state",
         ),
         (MessageQuery(state=State.FAILED, since=NOW - 86400), "messages_state"),
         (
@@ -57,7 +58,7 @@ async def _plan(gw: Gateway, q: MessageQuery) -> str:
             MessageQuery(state=State.SENT, until=NOW, before="01J0000000000000000000000Z"),
             "messages_state",
         ),
-        (MessageQuery(route="main", until=NOW), "messages_created"),
+        (MessageQuery(route="main", until=NOW), "messages_state"),
         (MessageQuery(state=State.FAILED), "messages_state"),
         (MessageQuery(to=CANARY_NUMBER), "messages_to"),
         (MessageQuery(to=CANARY_NUMBER, state=State.FAILED), "messages_to"),
@@ -151,6 +152,33 @@ async def test_a_state_in_an_old_range_reads_only_the_range(
     cursor = (await gw.store.records.messages(q, 3))[-1].id
     rest = await gw.store.records.messages(replace(q, before=cursor), 3)
     assert [m.id for m in rest] == old[1::-1]
+
+
+async def test_a_time_range_of_every_state_reads_only_the_range(
+    open_gateway: GatewayFactory,
+) -> None:
+    """A time range without a state merges each state's walk of `messages_state`
+    (migration 41 dropped the index by creation time alone): newest first across the
+    states, no gap between pages, and the rows accepted after the range are not walked."""
+    gw = await open_gateway()
+    old = await _accepted(gw, 6, NOW - 9e6)
+    cancelled = old[1::2]
+    await gw.store.transition_many([Transition(m, State.CANCELLED) for m in cancelled], NOW)
+    await _accepted(gw, 20, NOW)
+    q = MessageQuery(since=NOW - 9e6, until=NOW - 8e6)
+
+    async def read() -> None:
+        page = await gw.store.records.messages(q, 4)
+        assert [m.id for m in page] == old[:1:-1]
+
+    few = await _vm_steps(gw, read)
+    await _accepted(gw, 1500, NOW + 100)
+    many = await _vm_steps(gw, read)
+    assert many < few + 200, (few, many)
+    first = await gw.store.records.messages(q, 4)
+    rest = await gw.store.records.messages(replace(q, before=first[-1].id), 4)
+    assert [m.id for m in rest] == old[1::-1]
+    assert {m.id for m in first + rest if m.state is State.CANCELLED} == set(cancelled)
 
 
 async def _queue(gw: Gateway, n: int) -> None:

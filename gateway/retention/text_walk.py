@@ -2,14 +2,15 @@
 text is kept (migration 39 dropped `messages_text_kept`: every accept wrote a page of
 it, bench/README.md "Disk writes per message").
 
-The sweep walks the index by creation time (`messages_created`, which the message
-list needs anyway) from a floor kept per purpose in `retention_floors`: every message
-of that purpose at or before the floor's (created_at, id) has had its text removed or
-is listed in `retention_later`. Purpose `''` is a message with none; `'*'` is the
-floor of every purpose without a row of its own. A group of purposes walks from the
-lowest floor of its members up to its cutoff and then raises its members' floors to
-where it stopped, so a purpose kept for years holds back only its own floor, and each
-run walks the messages created since the last run, not years of removed texts.
+The sweep walks the index by state and creation time (`messages_state`, each state's
+range merged in creation order; migration 41 dropped the index by creation time alone,
+which cost every accept a page) from a floor kept per purpose in `retention_floors`:
+every message of that purpose at or before the floor's (created_at, id) has had its
+text removed or is listed in `retention_later`. Purpose `''` is a message with none;
+`'*'` is the floor of every purpose without a row of its own. A group of purposes walks
+from the lowest floor of its members up to its cutoff and then raises its members'
+floors to where it stopped, so a purpose kept for years holds back only its own floor,
+and each run walks the messages created since the last run, not years of removed texts.
 
 A message the walk passes that is not due yet (still waiting, or changed since the
 cutoff) goes to `retention_later`, a handful of rows each run reads first. A message
@@ -23,16 +24,28 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.models import State
+
 ANY = "*"  # the floor of every purpose without a row of its own
 FINISHED = ("sent", "delivered", "failed", "expired", "cancelled", "blocked")
 FINISHED_SQL = "state IN (" + ", ".join(f"'{s}'" for s in FINISHED) + ")"
 Floor = tuple[float, str]  # (created_at, id): rows at or before it are handled
 
-_WALK = (
-    "SELECT id, created_at, coalesce(purpose, ''), state, updated_at, redacted"
-    " FROM messages INDEXED BY messages_created"
-    " WHERE (created_at, id) > (?, ?) AND created_at < ? ORDER BY created_at, id LIMIT ?"
-)
+_COLUMNS = "id, created_at, coalesce(purpose, ''), state, updated_at, redacted"
+_RANGE = "(created_at, id) > (?1, ?2) AND created_at < ?3"
+
+
+def _walk_sql() -> str:
+    """Every state's range of `messages_state` (by state, then creation time), merged in
+    (created_at, id) order: ?1, ?2 the position, ?3 the cutoff, ?4 the batch."""
+    arms = [
+        f"SELECT {_COLUMNS} FROM messages WHERE state = '{s.value}' AND {_RANGE}"  # noqa: S608 - our states
+        for s in State
+    ]
+    return " UNION ALL ".join(arms) + " ORDER BY created_at, id LIMIT ?4"
+
+
+_WALK = _walk_sql()
 
 
 def _floors(conn: sqlite3.Connection) -> dict[str, Floor]:
@@ -81,7 +94,7 @@ def count_due(
     floors = _floors(conn)
     fc, fid = start(floors, members(floors, purposes, rest))
     (walked,) = conn.execute(
-        f"SELECT count(*) FROM messages INDEXED BY messages_created"  # noqa: S608 - our conditions
+        f"SELECT count(*) FROM messages INDEXED BY messages_state"  # noqa: S608 - our conditions
         f" WHERE (created_at, id) > (?, ?) AND {due}"
         " AND id NOT IN (SELECT id FROM retention_later)",
         (fc, fid, before, before, *params),

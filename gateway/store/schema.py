@@ -1179,6 +1179,48 @@ MIGRATIONS: tuple[str, ...] = (
             ON CONFLICT (purpose) DO UPDATE SET created_at = excluded.created_at, id = '';
     END;
     """,
+    # ---
+    # 40 (issue 16, write budget): the receipt deadline's sweep walks `messages_state`'s
+    #    `sent` rows from a floor (`gateway/store/receipt_deadline.py`), not an index of
+    #    the messages awaiting a receipt, which every `sent` and every receipt wrote a page
+    #    of (1.0 of 13.0 WAL pages at a trickle, bench/wal_pages.py). Every `sent` message
+    #    still waiting was created after the floor, or is in `receipts_later` by when it
+    #    was sent: the floor starts at the oldest waiting one (else the newest message);
+    #    a message that becomes `sent` at or below it (created long before: scheduled,
+    #    held, retried) is listed by the triggers.
+    """
+    CREATE TABLE receipt_floor (created_at REAL NOT NULL, id TEXT NOT NULL);
+    INSERT INTO receipt_floor (created_at, id) SELECT coalesce(
+        (SELECT min(created_at) FROM messages INDEXED BY messages_awaiting_receipt
+         WHERE state = 'sent' AND receipt_overdue = 0),
+        (SELECT max(created_at) FROM messages), 0), '';
+    CREATE TABLE receipts_later (
+        sent_at  REAL NOT NULL,
+        id       TEXT NOT NULL,
+        PRIMARY KEY (sent_at, id)
+    ) WITHOUT ROWID;
+    DROP INDEX messages_awaiting_receipt;
+    CREATE TRIGGER messages_sent_below_receipt_floor AFTER UPDATE OF state ON messages
+    WHEN NEW.state = 'sent' AND OLD.state <> 'sent'
+        AND (NEW.created_at, NEW.id) <= (SELECT created_at, id FROM receipt_floor)
+    BEGIN
+        INSERT OR IGNORE INTO receipts_later (sent_at, id) VALUES (NEW.updated_at, NEW.id);
+    END;
+    CREATE TRIGGER messages_stored_sent_below_receipt_floor AFTER INSERT ON messages
+    WHEN NEW.state = 'sent'
+        AND (NEW.created_at, NEW.id) <= (SELECT created_at, id FROM receipt_floor)
+    BEGIN
+        INSERT OR IGNORE INTO receipts_later (sent_at, id) VALUES (NEW.updated_at, NEW.id);
+    END;
+    """,
+    # ---
+    # 41 (issue 16, write budget): no index by creation time alone. It cost every accept a
+    #    page (1.3 of 12.0 WAL pages at a trickle, bench/wal_pages.py); its readers (a time
+    #    range of the message list without a state, the retention sweep's walk) merge
+    #    each state's range of `messages_state` (by state, then creation time) instead.
+    """
+    DROP INDEX messages_created;
+    """,
 )
 
 
