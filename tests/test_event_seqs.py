@@ -54,8 +54,11 @@ async def _interleaved_lives(store: Store, count: int) -> list[str]:
 
 def _as_at_37(path: Path) -> None:
     """The store as migration 37 left it: no seqs on the rows, the index by message
-    (and, from migration 39, the index of kept texts, no retention floors)."""
+    (and, from migration 39, the index of kept texts, no retention floors; from 40,
+    no write-back attempt marks)."""
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE hl7_outbound DROP COLUMN sending_at")
+    conn.execute("ALTER TABLE hl7_outbound DROP COLUMN possible_duplicate")
     conn.execute("DROP TRIGGER messages_below_retention_floor")
     conn.execute("DROP TABLE retention_floors")
     conn.execute("DROP TABLE retention_later")

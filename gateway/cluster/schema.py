@@ -667,6 +667,13 @@ MIGRATIONS: tuple[str, ...] = (
     # 25 (issue 18, key retirement): the field key generation each incarnation seals
     #    under, reported a heartbeat after taking it up (`shared_keys.KeyringWatch`).
     "ALTER TABLE nodes ADD COLUMN key_generation integer;",
+    # 26 (issue 18, write-back handover): SQLite's migration 40 as a twin: an attempt
+    #    marked before its bytes leave, the row flagged `possible_duplicate` when an
+    #    attempt's fate is unknown (its leader died, or no ACK came).
+    """
+    ALTER TABLE hl7_outbound ADD COLUMN sending_at double precision;
+    ALTER TABLE hl7_outbound ADD COLUMN possible_duplicate integer NOT NULL DEFAULT 0;
+    """,
 )
 
 
