@@ -6,10 +6,11 @@ interface whose replies are written back to python-hl7's MLLP server as the EHR
 from the carrier (the SMSC simulator), which queues three SIU^S14 write-backs. The EHR
 takes the first and never answers it; while the lane's leader waits for that ACK and
 the other two are pending, the leader is killed (SIGKILL). The survivor takes the lane
-(the dead session's advisory lock is gone with it), and every write-back reaches the
-EHR and is acked; the one the dead leader had on the wire goes again with its control
-id and is flagged `possible_duplicate`, and no other is sent twice. No sleeps: the test
-waits on the nodes' log lines, the EHR's messages and the rows.
+while the dead node's lease still runs (the dead session's advisory lock went with it:
+nothing waits for the lease to lapse), and every write-back reaches the EHR and is
+acked; the one the dead leader had on the wire goes again with its control id and is
+flagged `possible_duplicate`, and no other is sent twice. No sleeps: the test waits on
+the nodes' log lines, the EHR's messages and the rows.
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ async def _rows(dsn: str) -> list[tuple[str, str, int]]:
             "SELECT control_id, state, possible_duplicate FROM hl7_outbound ORDER BY created_at"
         )
         return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+async def _lease_live(dsn: str, node: str) -> bool:
+    """Whether `node`'s last lease still runs, on the database's clock."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT lease_until > clock_timestamp() FROM nodes WHERE node_id = %s"
+            " ORDER BY incarnation DESC LIMIT 1",
+            (node,),
+        )
+        row = await cur.fetchone()
+        return row is not None and bool(row[0])
 
 
 async def _until(dsn: str, ehr: Ehr, done: object) -> list[tuple[str, str, int]]:
@@ -127,6 +140,8 @@ async def test_the_survivor_takes_the_lane_and_sends_every_write_back_once_but_t
         assert [state for _, state, _ in rows] == ["pending"] * 3
         leader.kill()
         await survivor.wait_line(TAKEN, WAIT)
+        # Within the dead node's lease: its session's lock went with it, no lapse waited.
+        assert await _lease_live(pg_dsn, leader.name)
 
         rows = await _until(pg_dsn, ehr, lambda rows: all(s == "acked" for _, s, _ in rows))
         sent = Counter(m.split("\r")[0].split("|")[9] for m in ehr.received)
