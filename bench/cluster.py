@@ -5,6 +5,7 @@
     .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
     .venv/bin/python bench/cluster.py --only-recovery  # S3's recovery alone (~40 s)
     .venv/bin/python bench/cluster.py --only-priority  # S6 priority alone (~1 min)
+    .venv/bin/python bench/cluster.py --only-hl7       # HL7 over MLLP into nodes (~1 min)
 
 1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
    throwaway PostgreSQL (`tests/pg_server.py`, Debian's, fsync on), all sending to one
@@ -32,6 +33,9 @@
    `sending` at the start and the end, and S9's own figure, the claims' p99 in the first
    and the last minute (the nodes' `smsgw_cluster_claim_seconds` histograms; at most the
    bucket bound given). `--only-soak` runs it alone (`cluster-soak-latest.json`).
+7. --only-hl7: HL7 SIU bookings over MLLP into one SQLite node, one cluster node, two
+   with the feed on one and two with it split (`bench/cluster_hl7.py`; `--hl7 N`
+   messages, `--hl7-window` outstanding per connection).
 Every figure is measured on whatever else runs on the machine: compare the ratios from
 one run. Ends with one JSON line (also `bench/results/cluster-latest.json`;
 `cluster-recovery-latest.json` with --only-recovery).
@@ -43,6 +47,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import importlib.util
 import json
 import math
 import statistics
@@ -73,6 +78,7 @@ from tests.pg_server import PgServer, find_bindir
 
 LATEST = harness.BENCH_DIR / "results" / "cluster-latest.json"
 RECOVERY_LATEST = harness.BENCH_DIR / "results" / "cluster-recovery-latest.json"
+HL7_LATEST = harness.BENCH_DIR / "results" / "cluster-hl7-latest.json"
 PRIORITY_LATEST = harness.BENCH_DIR / "results" / "cluster-priority-latest.json"
 SOAK_LATEST = harness.BENCH_DIR / "results" / "cluster-soak-latest.json"
 BATCH = 100
@@ -557,6 +563,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["recovery"] = await recovery(pg, args.cap, args.burst)
             result["load_after"] = _load()
             return result
+        if args.only_hl7:
+            result["hl7"] = await _hl7_bench().hl7(pg, args.hl7, args.hl7_window)
+            result["load_after"] = _load()
+            return result
         if args.only_soak:
             result["soak"] = await soak(pg, args.soak or 600, args.soak_rate)
             result["load_after"] = _load()
@@ -591,6 +601,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         pg.stop()
 
 
+def _hl7_bench() -> Any:
+    """`bench/cluster_hl7.py`, loaded by its path (bench/ is off sys.path here, as its
+    `hl7.py` would shadow python-hl7)."""
+    path = harness.BENCH_DIR / "cluster_hl7.py"
+    spec = importlib.util.spec_from_file_location("cluster_hl7", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _load() -> float:
     return round(float(Path("/proc/loadavg").read_text().split()[0]), 2)
 
@@ -603,6 +624,9 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=15, help="S3 recovery: the account's")
     parser.add_argument("--only-recovery", action="store_true", help="run S3 recovery alone")
     parser.add_argument("--only-priority", action="store_true", help="run S6 priority alone")
+    parser.add_argument("--only-hl7", action="store_true", help="HL7 over MLLP alone")
+    parser.add_argument("--hl7", type=int, default=2000, help="HL7: messages per site")
+    parser.add_argument("--hl7-window", type=int, default=16, help="HL7: outstanding each")
     parser.add_argument("--only-soak", action="store_true", help="run S9 alone (--soak, 600)")
     parser.add_argument("--soak-rate", type=int, default=200, help="S9: messages a second")
     parser.add_argument("--queued", type=int, default=100_000)
@@ -619,5 +643,7 @@ if __name__ == "__main__":
         latest = PRIORITY_LATEST
     elif args.only_soak:
         latest = SOAK_LATEST
+    elif args.only_hl7:
+        latest = HL7_LATEST
     latest.write_text(line + "\n")
     print(line)

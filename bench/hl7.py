@@ -53,7 +53,7 @@ SMALL_SIU = (
     "MSH|^~\\&|EPIC|NORTH|SMSGW|NORTH|20261201090000||SIU^S12|{cid}|P|2.3\r"
     "SCH|{key}|{key}|||||ROUTINE^Routine||30|MIN|^^30^{start}|||||||||||||||Booked\r"
     "PID|1||MRN{mrn}^^^HOSP^MR||Doe^Jane||19800101|F|||1 Main St^^Town^ST^00000||"
-    "^PRN^CP^^1^202^5550123||ENG\r"
+    "^PRN^CP^^1^202^555{mrn:04d}||ENG\r"
     "RGS|1\r"
     "AIS|1||CARDIO^Cardiology|{start}|||30|MIN\r"
     "AIL|1||NORTH^Clinic North\r"
@@ -63,7 +63,8 @@ SMALL_SIU = (
 
 def siu(i: int, sample: str | None) -> bytes:
     """Message `i`: a new booking (its own control id and appointment key); the small
-    SIU's patients recur (500 of them), as a clinic's do."""
+    SIU's patients recur (500 of them, each with a number of its own), as a clinic's
+    do."""
     if sample is None:
         start = f"{time.gmtime().tm_year + 1}1215093000"  # always ahead
         return SMALL_SIU.format(cid=f"B{i:08d}", key=i, mrn=i % 500, start=start).encode()
@@ -78,7 +79,7 @@ def siu(i: int, sample: str | None) -> bytes:
             f[1:3] = [f"P{i}", f"F{i}"]
         elif f[0] == "PID" and len(f) > 13:
             f[3] = f"MRN{i % 500}^^^HOSP^MR"  # 500 patients, as for the small SIU
-            f[13] = "^PRN^CP^^1^202^5550123"  # the samples' numbers are not valid ones
+            f[13] = f"^PRN^CP^^1^202^555{i % 500:04d}"  # the samples' are not valid ones
         segs[n] = "|".join(f)
     # The sample's times are in the past: move them to next year, so the booking is
     # still ahead and the planner plans it as a live one (birth dates stay); with a
@@ -222,9 +223,13 @@ TARGETS = ("ceiling", "gateway", "bare")
 # -- sender ----------------------------------------------------------------------------
 
 
-async def drive(port: int, count: int, window: int, sample: str | None) -> dict[str, float]:
+async def drive(
+    port: int, count: int, window: int, sample: str | None, first: int = 0
+) -> dict[str, float]:
+    """Messages `first` .. `first + count - 1` over one connection; `latencies_s` the
+    sorted ACK latencies (for pooling several connections' figures)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    frames = [framing.encode(siu(i, sample)) for i in range(count)]
+    frames = [framing.encode(siu(first + i, sample)) for i in range(count)]
     decoder = framing.MllpDecoder()
     sent_at: list[float] = []
     latencies: list[float] = []
@@ -256,6 +261,7 @@ async def drive(port: int, count: int, window: int, sample: str | None) -> dict[
         "acks_per_s": round(count / elapsed, 1),
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        "latencies_s": latencies,  # type: ignore[dict-item]
     }
 
 
@@ -275,6 +281,7 @@ def run_target(target: str, count: int, window: int, sample: str | None) -> dict
                 raise SystemExit(f"{target}: the server did not start")
             time.sleep(0.05)
         result = asyncio.run(drive(int(port_file.read_text()), count, window, sample))
+        del result["latencies_s"]
     finally:
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

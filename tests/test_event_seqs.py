@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway.models import Priority, new_message_id
 from gateway.store.schema import MIGRATIONS
 from gateway.store.store import NewMessage, Store
-from tests.store_rows import undo_migrations_40_41
+from tests.store_rows import undo_migrations_from_40
 
 ROUTE = "r1"
 
@@ -55,10 +55,11 @@ async def _interleaved_lives(store: Store, count: int) -> list[str]:
 
 def _as_at_37(path: Path) -> None:
     """The store as migration 37 left it: no seqs on the rows, the index by message
-    (and, from migrations 39 to 41, the index of kept texts, no retention floors, the
-    indexes of messages awaiting a receipt and by creation time, no receipt floor)."""
+    (and, from migrations 39 to 42, the index of kept texts, no retention floors, the
+    indexes of messages awaiting a receipt and by creation time, no receipt floor, no
+    write-back attempt marks)."""
     conn = sqlite3.connect(path, isolation_level=None)
-    undo_migrations_40_41(conn)
+    undo_migrations_from_40(conn)
     conn.execute("DROP TRIGGER messages_below_retention_floor")
     conn.execute("DROP TABLE retention_floors")
     conn.execute("DROP TABLE retention_later")

@@ -164,3 +164,76 @@ async def test_the_running_lane_wakes_and_sends(store: Store) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     await ehr.aclose()
+
+
+async def flags(store: Store, row_id: str) -> tuple[bool, int]:
+    """(an attempt is marked in flight, possible_duplicate)."""
+
+    def job(conn: sqlite3.Connection) -> tuple[bool, int]:
+        r = conn.execute(
+            "SELECT sending_at, possible_duplicate FROM hl7_outbound WHERE id = ?", (row_id,)
+        ).fetchone()
+        return (r[0] is not None, r[1])
+
+    found: tuple[bool, int] = await store.writer.run(job)
+    return found
+
+
+async def test_only_an_attempt_of_unknown_fate_flags_its_resend(store: Store) -> None:
+    """AR is an answer, a refused connection sent nothing: not flagged. Silence (the
+    EHR may have it) flags the row before it goes again."""
+    ehr = Ehr(["AR", None, "AA"])
+    clock = FakeClock()
+    out = lane.OutboundLane(iface(await ehr.start()), LocalClinicalDb(store), clock)
+    rid = await queue(store, clock, "W6")
+    assert await out.run_due() == 1
+    assert await flags(store, rid) == (False, 0)
+    clock.advance(5.0)
+    assert await out.run_due() == 1  # no answer
+    assert await flags(store, rid) == (False, 1)
+    clock.advance(8.0)
+    assert await out.run_due() == 1
+    assert (await row(store, rid))[0] == "acked" and await flags(store, rid) == (False, 1)
+    await out.client.aclose()
+    await ehr.aclose()
+
+    down = Ehr([])
+    port = await down.start()
+    await down.aclose()
+    refused = lane.OutboundLane(iface(port), LocalClinicalDb(store), clock)
+    rid = await queue(store, clock, "W7")
+    assert await refused.run_due() == 1
+    assert (await row(store, rid))[0] == "pending" and await flags(store, rid) == (False, 0)
+
+
+async def test_an_attempt_cut_off_mid_send_is_flagged_and_sent_again(store: Store) -> None:
+    """The sender dies while waiting for the ACK (its task cancelled: a crash, or a lane
+    leader killed): the row keeps its mark; the next lane flags it and sends it again,
+    with its control id."""
+    ehr = Ehr([None, "AA"])
+    clock = FakeClock()
+    port = await ehr.start()
+    dying = lane.OutboundLane(iface(port, ack_timeout=60.0), LocalClinicalDb(store), clock)
+    rid = await queue(store, clock, "W8")
+    attempt = asyncio.create_task(dying.run_due())
+
+    async def received() -> None:
+        while not ehr.received:
+            assert ehr.changed is not None
+            await ehr.changed.wait()
+
+    ehr.changed = asyncio.Event()
+    await asyncio.wait_for(received(), 10)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    await dying.client.aclose()
+    assert await flags(store, rid) == (True, 0)  # marked, its outcome never written
+
+    survivor = lane.OutboundLane(iface(port), LocalClinicalDb(store), clock)
+    assert await survivor.run_due() == 1
+    assert await row(store, rid) == ("acked", 1, "AA", None)
+    assert await flags(store, rid) == (False, 1)
+    assert [str(hl7.parse(m).segment("MSH")[10]) for m in ehr.received] == ["W8", "W8"]
+    await survivor.client.aclose()
+    await ehr.aclose()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.models import Priority, new_message_id
 from gateway.store.store import NewMessage, Store
-from tests.store_rows import undo_migrations_40_41
+from tests.store_rows import undo_migrations_from_40
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0
@@ -151,7 +151,7 @@ async def test_migration_40_starts_the_floor_at_the_oldest_message_waiting(
     await _sent(store, waiting, T0 + 10)
     await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
-    undo_migrations_40_41(conn)
+    undo_migrations_from_40(conn)
     conn.execute("PRAGMA user_version = 39")
     conn.close()
 

@@ -16,7 +16,7 @@ from gateway.models import Priority, State, new_message_id
 from gateway.retention import sweep
 from gateway.retention.settings import PurposeRetention, RetentionConfig
 from gateway.store.store import NewMessage, Store
-from tests.store_rows import undo_migrations_40_41
+from tests.store_rows import undo_migrations_from_40
 
 DAY = 86400.0
 T0 = 1_700_000_000.0
@@ -162,7 +162,7 @@ async def test_migration_39_starts_each_floor_at_its_oldest_kept_text(tmp_path: 
     waiting = await _queued(store, T0 - DAY)  # below the floor: would hold it back
     await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
-    undo_migrations_40_41(conn)
+    undo_migrations_from_40(conn)
     conn.execute("DROP TRIGGER messages_below_retention_floor")
     conn.execute("DROP TABLE retention_floors")
     conn.execute("DROP TABLE retention_later")

@@ -84,6 +84,9 @@ class OutboundView(msgspec.Struct, frozen=True):
     ack_code: str | None
     last_error: str | None
     updated_at: str
+    # An attempt's fate was unknown (no ACK came, or its sender died mid-attempt): the
+    # EHR may have it twice, with one control id.
+    possible_duplicate: bool = False
 
 
 class OutboundList(msgspec.Struct, frozen=True):
@@ -202,6 +205,7 @@ async def get_outbound(request: web.Request) -> web.Response:
                     r.ack_code,
                     r.last_error,
                     iso_ms(r.updated_at) or "",
+                    r.possible_duplicate,
                 )
                 for r in rows
             ]

@@ -48,6 +48,7 @@ from gateway.clinical.commands import (
     ERR_APPLICATION_INTERNAL,
     ERR_REQUIRED_FIELD_MISSING,
     ApplyContext,
+    LockKey,
     MappingError,
 )
 from gateway.clinical.notices import NoticeKind, NoticeState
@@ -100,6 +101,19 @@ class AppointmentChange:
     outcome: str | None = field(default=None, compare=False)
     appointment_id: str | None = field(default=None, compare=False)
     created: bool = field(default=False, compare=False)
+
+    def lock_keys(self, source: str) -> Sequence[LockKey] | None:
+        """The appointment, its patient (the patient's other appointments: short codes,
+        a cancel-then-rebook's "moved" notice) and the patient's number (its contact
+        row). Without a patient the state machine may read the stored one's rows, which
+        no key names: the whole lock."""
+        facts = self.facts
+        if facts.patient is None:
+            return None
+        ref = facts.patient.ref
+        keys = [("appointment", source, facts.key), ("patient", source, ref.authority, ref.mrn)]
+        keys += [("contact", phone.e164) for phone in facts.patient.phones[:1]]
+        return keys
 
     def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None:
         facts = self.facts

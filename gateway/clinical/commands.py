@@ -10,9 +10,9 @@ from: all of it commits, or none of it (research §H.7).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.clinical.profile import InterfaceProfile
 
@@ -106,6 +106,20 @@ class Command(Protocol):
     def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None: ...
 
 
+# A name for what a clinical job changes ("appointment", source, key): on a cluster the
+# job locks these instead of every clinical write (`ClinicalDb.run`'s `keys`).
+LockKey = tuple[str, ...]
+
+
+@runtime_checkable
+class Keyed(Protocol):
+    """A command that says what it changes: every row it reads to decide and every row
+    it writes belong to the keys it names (None: it cannot say, the job takes the
+    clinical lock whole). Two jobs naming no key in common may run at once."""
+
+    def lock_keys(self, source: str) -> Sequence[LockKey] | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Ignore:
     """A well-formed message this gateway has no use for (an A60, an S17 after its
@@ -116,3 +130,6 @@ class Ignore:
 
     def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None:
         return None
+
+    def lock_keys(self, source: str) -> Sequence[LockKey] | None:
+        return ()

@@ -12,9 +12,10 @@ only use SQL both engines read alike (no `WHERE 1`, no bare boolean columns).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol, TypeVar
 
+from gateway.clinical.commands import LockKey
 from gateway.store.consent_sql import cipher_of
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import Store
@@ -38,10 +39,18 @@ class ClinicalDb(Protocol):
         on a cluster)."""
         ...
 
-    async def run(self, job: Callable[[sqlite3.Connection], T], *, serial: bool = True) -> T:
+    async def run(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        serial: bool = True,
+        keys: Collection[LockKey] | None = None,
+    ) -> T:
         """`job` in one transaction, committed when it returns. `serial`: one such job
         at a time across the site (SQLite's writer is one already; a cluster takes a
-        lock), as a check-then-act of the state machine needs."""
+        lock), as a check-then-act of the state machine needs. `keys`: the job's
+        changes stay within these (`commands.Keyed`): on a cluster it then waits only
+        for jobs naming one of them, and for the jobs that take the lock whole."""
         ...
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
@@ -62,7 +71,13 @@ class LocalClinicalDb:
     def cipher(self) -> FieldCipher:
         return cipher_of(self._store)
 
-    async def run(self, job: Callable[[sqlite3.Connection], T], *, serial: bool = True) -> T:
+    async def run(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        serial: bool = True,
+        keys: Collection[LockKey] | None = None,
+    ) -> T:
         return await self._store.writer.run(job)
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:

@@ -14,6 +14,15 @@ tuples. A serial job first takes one advisory transaction lock, as SQLite's sing
 writer serialises every clinical write: two nodes upserting one external key, or
 saving one template name, take turns instead of racing to a unique-key error.
 
+A job that names what it changes (`keys`: an HL7 message's control id, appointment,
+patient and number) takes that lock shared and one exclusive lock per key, in one
+order: jobs with no key in common run at once on any node (each job is some 30
+statement round trips, so one lock for all held a site to one job at a time), jobs
+sharing a key take turns, and a job taking the lock whole waits for every keyed one
+and holds them all off. A key's lock is the two-int form, so it never meets the
+one-bigint CLINICAL_LOCK; its number is a keyed digest of the key (pg_locks shows no
+MRN or number), and two keys that collide only take turns.
+
 A key rotation made on another node since this node's last heartbeat is taken up
 before a read returns a ciphertext of the new generation, and a job that met one runs
 again once it has been taken up (as the shared inbound's reads do).
@@ -24,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 from psycopg import AsyncConnection
 
+from gateway.clinical.commands import LockKey
 from gateway.clinical.db import Row
 from gateway.cluster.lease import Pool
 from gateway.cluster.shared_keys import KeyringWatch
@@ -37,6 +47,17 @@ from gateway.store.crypto import DecryptError, FieldCipher, header_generation
 T = TypeVar("T")
 
 CLINICAL_LOCK = 0x736D7367_77000017  # pg_advisory_xact_lock key: "smsgw" + its migration, 17
+KEY_SPACE = 0x736D7367  # the keys' locks: pg_advisory_xact_lock(KEY_SPACE, digest), "smsg"
+
+
+def key_numbers(cipher: FieldCipher, keys: Collection[LockKey]) -> list[int]:
+    """The keys' lock numbers, sorted (every job locks in one order: no deadlock)."""
+    return sorted(
+        {
+            int.from_bytes(cipher.keyed_digest("clinical_lock", *key)[:4], "big", signed=True)
+            for key in keys
+        }
+    )
 
 
 def statement(sql: str, params: Sequence[Any] | None) -> tuple[bytes, Sequence[Any] | None]:
@@ -153,23 +174,37 @@ class ClusterClinicalDb:
     def cipher(self) -> FieldCipher:
         return self._cipher()
 
-    async def run(self, job: Callable[[sqlite3.Connection], T], *, serial: bool = True) -> T:
+    async def run(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        serial: bool = True,
+        keys: Collection[LockKey] | None = None,
+    ) -> T:
         try:
-            return await self._run(job, serial)
+            return await self._run(job, serial, keys)
         except DecryptError:  # rolled back; sealed by a rotation this node has not seen?
             if not await self.took_up_keys():
                 raise
-            return await self._run(job, serial)
+            return await self._run(job, serial, keys)
 
     async def took_up_keys(self) -> bool:
         """Whether the cipher took up generations another node's rotation added."""
         return self._keys is not None and await self._keys.check() is not None
 
-    async def _run(self, job: Callable[[sqlite3.Connection], T], serial: bool) -> T:
+    async def _run(
+        self, job: Callable[[sqlite3.Connection], T], serial: bool, keys: Collection[LockKey] | None
+    ) -> T:
         async with self._pool.connection() as conn:
             async with conn.transaction():
-                if serial:
+                if serial and keys is None:
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLINICAL_LOCK,))
+                elif serial and keys is not None:
+                    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (CLINICAL_LOCK,))
+                    for number in key_numbers(self.cipher, keys):
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(%s, %s)", (KEY_SPACE, number)
+                        )
                 done = await run_bridged(conn, job)
             self.committed()
             return done

@@ -2,8 +2,9 @@
 
 Used by the outbound lane (write-back to an EHR) and by `smsgw hl7 send`. The ACK is
 read with our own decoder, so a slow or split answer is read whole; `AckTimeout` if
-none comes in time, `MllpClosed` if the peer hangs up first. The connection is kept
-for the next message and reopened after any failure.
+none comes in time, `MllpClosed` if the peer hangs up first, `NotConnected` (nothing
+was sent) if no connection could be opened. The connection is kept for the next
+message and reopened after any failure.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class AckTimeout(MllpError):
 
 class MllpClosed(MllpError):
     pass
+
+
+class NotConnected(MllpClosed):
+    """No connection: the message never left (a resend cannot be a duplicate)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,10 @@ class MllpClient:
         """Send one message (segments separated by CR) and return its ACK."""
         try:
             await self._connect()
+        except (OSError, TimeoutError) as e:
+            await self.aclose()
+            raise NotConnected(f"connection failed: {type(e).__name__}") from None
+        try:
             assert self._writer is not None and self._reader is not None
             self._writer.write(framing.encode(message.encode(self.encoding)))
             await self._writer.drain()

@@ -9,6 +9,10 @@ message with its state and its ACK and apply every command in a savepoint. A
 `MappingError` from a command rolls back the commands, not the row: the message is
 quarantined. Any other exception rolls the whole job back, nothing is stored, and the
 sender is answered AR (retry later). Only after the commit does the ACK leave.
+
+On a cluster the job locks what it names (`lock_keys`: the dedupe key and each
+command's keys) rather than every clinical write, so messages for other patients are
+applied at once on any node; a command that cannot name its rows takes the lock whole.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from gateway.clinical.commands import (
     ClinicalHooks,
     Command,
     Ignore,
+    Keyed,
+    LockKey,
     MappingError,
 )
 from gateway.clinical.db import ClinicalDb, LocalClinicalDb
@@ -110,6 +116,20 @@ def scoped(text: str, reads: mappers.Reads, field_sep: str) -> str:
         out = [v if i < keep or i + shift in wanted else "" for i, v in enumerate(f)]
         kept.append(field_sep.join(out).rstrip(field_sep))
     return "\r".join(kept) + "\r"
+
+
+def lock_keys(interface: str, h: header.Header, mapped: Mapped) -> list[LockKey] | None:
+    """What the message's job changes (`ClinicalDb.run`'s `keys`): its dedupe key, and
+    what its commands name; None when one of them cannot say."""
+    keys: list[LockKey] = [
+        ("hl7_message", interface, h.sending_app, h.sending_facility, h.control_id)
+    ]
+    for command in mapped if isinstance(mapped, list) else ():
+        named = command.lock_keys(interface) if isinstance(command, Keyed) else None
+        if named is None:
+            return None
+        keys += named
+    return keys
 
 
 def known_types() -> set[str]:
@@ -262,7 +282,8 @@ class Hl7Inbound:
             return Answer(acks, state, True)
 
         try:
-            answer: Answer = await self.db.run(job)
+            keys = lock_keys(self.iface.name, h, mapped)
+            answer: Answer = await self.db.run(job, keys=keys)
         except Exception as e:  # rolled back: the sender retries later
             log.error("hl7_store_failed", interface=self.iface.name, error=exception_summary(e))
             err = ack.Error(ERR_APPLICATION_INTERNAL, "internal error; resend later")

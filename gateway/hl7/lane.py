@@ -15,8 +15,15 @@ PostgreSQL (cluster migration 23), where every node runs a lane per interface bu
 the one that leads it (`leadership`, a session advisory lock per interface as the
 outbox lanes take, `cluster/outbox_lanes.py`) sends: one connection to the EHR, the
 rows in order. A leader that dies loses the lock with its session and a survivor takes
-the lane on its next round; a message the dead one sent but had not marked goes again
-(at-least-once, as the ACK's control id lets the EHR drop it).
+the lane on its next round.
+
+At least once, and a repeat is flagged. Before its bytes leave, an attempt is marked
+on its row (`sending_at`, committed; cleared with the outcome). A row picked with the
+mark still on was cut off mid-attempt (its leader died or was fenced, or this node
+crashed), and one whose ACK never came (a timeout, a connection lost after the write)
+may have reached the EHR: either is flagged `possible_duplicate` and goes again with
+its control id (MSH-10), which lets the EHR drop it. A connection that never opened
+sent nothing, and an AR was an answer: neither flags.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import structlog
 from drivers.clock import Clock
 from gateway.clinical.db import ClinicalDb
 from gateway.clinical.outbound import OutboundState
-from gateway.hl7.client import Ack, MllpClient, MllpError
+from gateway.hl7.client import Ack, MllpClient, MllpError, NotConnected
 from gateway.hl7.settings import Hl7Interface
 
 log = structlog.get_logger("smsgw.hl7")
@@ -60,6 +67,7 @@ class Due:
     control_id: str
     message: str
     attempts: int
+    cut_off: bool  # an earlier attempt's mark is still on: its fate is unknown
 
 
 def backoff(iface: Hl7Interface, attempts: int) -> float:
@@ -98,14 +106,14 @@ class OutboundLane:
 
         def job(conn: sqlite3.Connection) -> Due | None:
             r = conn.execute(
-                "SELECT id, control_id, message_ct, attempts FROM hl7_outbound"
+                "SELECT id, control_id, message_ct, attempts, sending_at FROM hl7_outbound"
                 " WHERE interface = ? AND state = 'pending' AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, created_at LIMIT 1",
                 (name, now),
             ).fetchone()
             if r is None:
                 return None
-            return Due(r[0], r[1], cipher.decrypt(r[2], r[0], "message"), r[3])
+            return Due(r[0], r[1], cipher.decrypt(r[2], r[0], "message"), r[3], r[4] is not None)
 
         due: Due | None = await self.db.run(job, serial=False)
         return due
@@ -113,7 +121,10 @@ class OutboundLane:
     async def leads(self) -> bool:
         """Whether this node sends the lane's rows now."""
         leadership = self.leadership
+        was = self._leading
         self._leading = leadership is None or await leadership.lead(lane_name(self.iface))
+        if self._leading and not was:
+            log.info("hl7_lane_taken", interface=self.iface.name)
         return self._leading
 
     async def run_due(self) -> int:
@@ -128,16 +139,41 @@ class OutboundLane:
             await self._attempt(due)
             tried += 1
 
+    async def _mark(self, due: Due) -> bool:
+        """The attempt marked on its row before a byte leaves (and the row flagged if
+        an earlier attempt was cut off); False if the row is no longer pending."""
+        now = self.clock.time()
+
+        def job(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE hl7_outbound SET sending_at = ?, possible_duplicate ="
+                    " CASE WHEN sending_at IS NULL THEN possible_duplicate ELSE 1 END"
+                    " WHERE id = ? AND state = 'pending' RETURNING id",
+                    (now, due.id),
+                ).fetchone()
+                is not None
+            )
+
+        marked: bool = await self.db.run(job, serial=False)
+        if marked and due.cut_off:
+            log.warning("hl7_outbound_cut_off", interface=self.iface.name, id=due.id)
+        return marked
+
     async def _attempt(self, due: Due) -> None:
         attempts = due.attempts + 1
+        if not await self._mark(due):
+            return  # cancelled or re-sent meanwhile
+        unknown = False  # whether the EHR may have it though no ACK says so
         try:
             ack: Ack | None = await self.client.send(due.message)
             problem = None
         except MllpError as e:
             ack, problem = None, str(e)
+            unknown = not isinstance(e, NotConnected)
         code = ack.code if ack is not None else ""
         if ack is not None and ack.control_id != due.control_id:
-            code, problem = "", "the ACK answers another message"
+            code, problem, unknown = "", "the ACK answers another message", True
         if code in ("AA", "CA"):
             state, next_at = OutboundState.ACKED, None
         elif code in ("AE", "CE"):
@@ -154,8 +190,10 @@ class OutboundLane:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE hl7_outbound SET state = ?, attempts = ?, next_attempt_at = ?,"
-                " ack_code = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
-                (state.value, attempts, next_at, code or None, problem, now, due.id),
+                " ack_code = ?, last_error = ?, updated_at = ?, sending_at = NULL,"
+                " possible_duplicate = CASE WHEN ? = 1 THEN 1 ELSE possible_duplicate END"
+                " WHERE id = ? AND state = 'pending'",
+                (state.value, attempts, next_at, code or None, problem, now, int(unknown), due.id),
             )
 
         await self.db.run(job, serial=False)

@@ -50,6 +50,7 @@ class OutboundRow:
     ack_code: str | None
     last_error: str | None
     updated_at: float
+    possible_duplicate: bool = False  # the EHR may have it twice (`lane.py`)
 
 
 class Hl7Service:
@@ -175,14 +176,17 @@ class Hl7Service:
         def read(conn: sqlite3.Connection) -> list[OutboundRow]:
             q = (
                 "SELECT id, interface, control_id, kind, state, attempts, ack_code, last_error,"
-                " updated_at FROM hl7_outbound"
+                " updated_at, possible_duplicate FROM hl7_outbound"
             )
             args: tuple[object, ...] = ()
             if state is not None:
                 q += " WHERE state = ?"
                 args = (state,)
             q += " ORDER BY updated_at DESC LIMIT ?"
-            return [OutboundRow(*r) for r in conn.execute(q, (*args, limit))]
+            return [
+                OutboundRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+                for r in conn.execute(q, (*args, limit))
+            ]
 
         rows: list[OutboundRow] = await self.db.run(read, serial=False)
         return rows

@@ -1221,6 +1221,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX messages_created;
     """,
+    # ---
+    # 42 (issue 18, write-back handover): a write-back's attempt is marked before its
+    #    bytes leave (`sending_at`, cleared with the outcome), so an attempt cut off by
+    #    a crash or a dead lane leader is known, and the row it leaves, like one whose
+    #    ACK never came, is flagged `possible_duplicate` before it is sent again
+    #    (`gateway/hl7/lane.py`).
+    """
+    ALTER TABLE hl7_outbound ADD COLUMN sending_at REAL;
+    ALTER TABLE hl7_outbound ADD COLUMN possible_duplicate INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -176,6 +176,29 @@ async def test_one_control_id_sent_to_both_nodes_at_once_is_mapped_once(
     assert await nodes.a.hl7.raw(logged.id, await caller(nodes.a, "read", "phi")) == ""
 
 
+async def test_one_patients_bookings_on_both_nodes_at_once_make_one_patient(
+    nodes: Nodes, clock: FakeClock
+) -> None:
+    """Two appointments of one patient sent to A and B at once (their jobs lock the
+    same patient and number, and take turns; `tests/pg/test_clinical_keys.py`), and a
+    third patient's beside them: all AA, one patient row for the two, and the two
+    appointments with different short codes."""
+    now = clock.time()
+    ours = [siu("S12", key=k, sent=now, start=now + 26 * H) for k in ("P1", "P2")]
+    theirs = siu("S12", key="P3", sent=now, start=now + 26 * H, mrn="MRN7",
+                 phone="^PRN^CP^^1^202^5550177")  # fmt: skip
+    acks = await asyncio.gather(
+        nodes.send(nodes.a, ours[0]), nodes.send(nodes.b, ours[1]), nodes.send(nodes.a, theirs)
+    )
+    assert [msa(a)[0] for [a] in acks] == ["AA"] * 3
+    staff = await nodes.staff(nodes.b)
+    views = await nodes.b.usecases.appointments.search(staff, Search())
+    patients = await nodes.b.clinical_db.all("SELECT count(*) FROM patients")
+    assert (len(views), patients[0][0]) == (3, 2)
+    codes = {v.record.short_code for v in views if (v.number_masked or "").endswith("23")}
+    assert len(codes) == 2
+
+
 async def test_what_cannot_be_mapped_is_quarantined_ae_and_a_refused_header_ar(
     nodes: Nodes, clock: FakeClock
 ) -> None:
