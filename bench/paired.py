@@ -46,7 +46,8 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 def schedstat_seconds(pid: int) -> float:
     """CPU seconds so far of all a process's threads, from the scheduler's own count
     in nanoseconds (`/proc/<pid>/task/*/schedstat`), not the 10 ms ticks of `stat`: a
-    1 s slice read in ticks is off by up to 1 % a thread."""
+    1 s slice read in ticks is off by up to 1 % a thread. Threads that ended are not
+    counted: the gateway's (event loop, writer, readers) live as long as it does."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:

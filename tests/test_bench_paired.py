@@ -79,19 +79,25 @@ def test_the_interval_holds_the_sample_median(values: list[float]) -> None:
 
 
 def test_a_process_cpu_is_counted_in_every_thread() -> None:
-    """A thread that spins for 50 ms of its own CPU shows in the process's total."""
-    spun = threading.Event()
+    """A thread that spins for 50 ms of its own CPU shows in the process's total (read
+    while it lives: a thread that has ended is no longer counted, and the gateway's
+    threads live as long as it does)."""
+    spun, read = threading.Event(), threading.Event()
 
     def spin() -> None:
         until = time.thread_time() + 0.05
         while time.thread_time() < until:
             pass
         spun.set()
+        read.wait(10)
 
     before = paired.schedstat_seconds(os.getpid())
     worker = threading.Thread(target=spin)
     worker.start()
-    assert spun.wait(10)
-    used = paired.schedstat_seconds(os.getpid()) - before
-    worker.join()
+    try:
+        assert spun.wait(10)
+        used = paired.schedstat_seconds(os.getpid()) - before
+    finally:
+        read.set()
+        worker.join()
     assert used >= 0.045
