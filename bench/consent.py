@@ -65,6 +65,8 @@ RUN_TIMEOUT_S = 900.0
 BUSY_SERVER = 0.9
 # The gateway loaded last has settled when it used less than this share of its CPU
 # over a poll; it is given at most SETTLE_S for it.
+# A run whose pairs are not mostly clean (neither slice starved) shows nothing reliably.
+MOSTLY_CLEAN = 0.75
 SETTLE_POLL_S = 0.05
 SETTLE_BUSY = 0.1
 SETTLE_S = 2.0
@@ -337,8 +339,9 @@ async def run(args: argparse.Namespace, root: Path) -> int:
         f"checks on {on_sum['accepts_per_s']:,.0f}/s, off {off_sum['accepts_per_s']:,.0f}/s"
         f" (medians); {pairs} pair ratios {min(ratios):.3f}-{max(ratios):.3f}, quartiles"
         f" {q1:.3f}-{q3:.3f}: median {ratio:.3f}, 90% interval {low:.3f}-{high:.3f}"
-        f" (target >= {TARGET}: {_verdict(ratio, low)}); pooled {pooled:.3f}; server CPU"
-        f" per accept on {on_sum['cpu_us']:.0f} us, off {off_sum['cpu_us']:.0f} us:"
+        f" (target >= {TARGET}: {_verdict(ratio, low, len(clean), pairs)});"
+        f" pooled {pooled:.3f}; server CPU per accept on {on_sum['cpu_us']:.0f} us,"
+        f" off {off_sum['cpu_us']:.0f} us:"
         f" cpu_ratio {cpu_ratio:.3f}, pairs' median {pair_cpu_ratio:.3f}"
         f" ({min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}, 90% interval"
         f" {'-'.join(f'{v:.3f}' for v in _interval(cpu_ratios))})"
@@ -382,7 +385,7 @@ async def run(args: argparse.Namespace, root: Path) -> int:
             "settle_s": round(settled_s, 2),
             "target": TARGET,
             "ok": ratio >= TARGET,
-            "reliable": low >= TARGET,
+            "reliable": _reliable(low, len(clean), pairs),
             "sides": [on_sum, off_sum],
             "slices": on.slices + off.slices,
             "pinning": pinning.describe(),
@@ -397,8 +400,17 @@ def _pooled(slices: Sequence[dict[str, Any]]) -> float:
     return statistics.fmean(s["accepts_per_s"] for s in slices)
 
 
-def _verdict(median: float, low: float) -> str:
-    if low >= TARGET:
+def _reliable(low: float, clean: int, pairs: int) -> bool:
+    """Met reliably: the interval's low end at the target, in a run where most pairs
+    had the server's core to itself (on a busy machine the interval says how the
+    other work fell, not what the policy costs)."""
+    return low >= TARGET and clean >= MOSTLY_CLEAN * pairs
+
+
+def _verdict(median: float, low: float, clean: int, pairs: int) -> str:
+    if clean < MOSTLY_CLEAN * pairs:
+        return f"not shown: other work took the server's core in {pairs - clean} pairs"
+    if _reliable(low, clean, pairs):
         return "met, reliably"
     return "met, not reliably" if median >= TARGET else "not met"
 
