@@ -63,10 +63,10 @@ RUN_TIMEOUT_S = 900.0
 # A slice whose server had less of its CPU than this shared the core with other work
 # (on a quiet machine it has 0.95-0.99 of it: wrk runs on the other CPU).
 BUSY_SERVER = 0.9
-# The gateway loaded last has settled when it used less than this share of its CPU
-# over a poll; it is given at most SETTLE_S for it.
 # A run whose pairs are not mostly clean (neither slice starved) shows nothing reliably.
 MOSTLY_CLEAN = 0.75
+# The gateway loaded last has settled when it used less than this share of its CPU
+# over a poll; it is given at most SETTLE_S for it.
 SETTLE_POLL_S = 0.05
 SETTLE_BUSY = 0.1
 SETTLE_S = 2.0
@@ -182,7 +182,7 @@ async def start_side(
     work: Path, listing: Path, enabled: bool, label: str, pinning: harness.Pinning
 ) -> Side:
     home = await harness.init_gateway(work)
-    server = harness.gateway_server(home, HELD, pinning, f"consent-{enabled}")
+    server = harness.gateway_server(home, HELD, pinning, f"consent-{label}")
     purposes = "".join(_OPEN_WINDOW.format(name=p) for p in PURPOSES)
     own = _CONSENT.substitute(enabled=str(enabled).lower(), purposes=purposes)
     config = home.config_path.read_text().replace(harness.BENCH_CONSENT, "")
