@@ -65,8 +65,11 @@ POLICY = {
 # before the accept path was trimmed for the benchmark, 516 after; 533 on main before
 # branch i12-consent worked each purpose's refusals out once, 500 after; 507 on main in
 # session 31, 452 after the cap search checked every cap in one loop and a verdict's
-# copies were made with one msgspec call each, branch s31-consent-cpu).
-EXTRA_BYTECODES_PER_MESSAGE = 470
+# copies were made with one msgspec call each, branch s31-consent-cpu; 450 on main in
+# session 32, 431 after a contact's refusal was read from its one row or none without
+# the scan for the newest and the kept consent rows were handed out without a copy per
+# group, branch s32-consent).
+EXTRA_BYTECODES_PER_MESSAGE = 445
 
 
 def number(i: int) -> str:
@@ -493,8 +496,10 @@ async def test_a_kept_shape_is_the_policys_and_a_refusal_is_not_kept(
 # session's other branches (the writer's kept consent rows +14, the claim with the
 # accept +11, sealing through the accept store's sealer, the shared queue on a
 # cluster, +9): 1,682. Session 31 (s31-consent-cpu: the cap search in one loop, the
-# verdict's copies in one call each): 1,603.
-BATCH_BYTECODES_PER_MESSAGE = 1_640
+# verdict's copies in one call each): 1,603. Session 32 (s32-consent: a refusal from a
+# contact's one row or none without the scan, a group's counted sends in one dict, the
+# kept consent rows without a copy): 1,576.
+BATCH_BYTECODES_PER_MESSAGE = 1_610
 BATCH = 500
 
 

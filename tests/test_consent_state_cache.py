@@ -77,6 +77,21 @@ def test_kept_rows_answer_until_a_change_and_a_new_connection_reads_again(
     assert len(reads) == 3  # what was read on another connection is not trusted
 
 
+def test_rows_handed_out_stay_as_their_transaction_read_them(tmp_path: Path) -> None:
+    """The kept rows are handed out without a copy: a change starts a new mapping, and
+    the one an earlier group holds still says what its transaction read."""
+    conn = _fresh(tmp_path)
+    conn.execute(
+        "INSERT INTO consent_state VALUES (?, '*', 'all', 'out', 1, 0, 'api', NULL)", (b"a",)
+    )
+    cache = StateCache()
+    before = cache.rows(conn, [b"a"])
+    conn.execute("UPDATE consent_state SET opted = 'in' WHERE contact_idx = ?", (b"a",))
+    after = cache.rows(conn, [b"a", b"b"])
+    assert [r[3] for r in before[b"a"]] == ["out"] and b"b" not in before
+    assert [r[3] for r in after[b"a"]] == ["in"] and not after[b"b"]
+
+
 async def test_a_group_of_sends_to_known_recipients_reads_no_consent_rows(
     tmp_path: Path, clock: FakeClock, open_gateway: GatewayFactory
 ) -> None:

@@ -250,6 +250,15 @@ class Refusals:
 
     def among(self, rows: Sequence[StateRow], program: str) -> str | None:
         """The reason a message is refused in `program` to the contact of `rows`."""
+        if not rows:
+            return self.unknown
+        if len(rows) == 1:  # most contacts: one decision, no newest to look for
+            r = rows[0]
+            if (r[1] == program or r[1] == ALL_PROGRAMS) and r[2] in self.scopes:
+                if r[3] == "in":
+                    return self.opted_in[r[4] is not None]
+                return (self.all_out if r[2] == SCOPE_ALL else self.opted_out)[r[4] is not None]
+            return self.unknown
         latest: StateRow | None = None
         written = False
         scopes = self.scopes

@@ -300,9 +300,10 @@ class GroupView:
         self._conn = conn
         self._idxs = idxs = list(dict.fromkeys(to_indexes))
         kinds = ",".join("?" * len(capped))
-        # Per cap group (`group_key`) and recipient: when each counted message goes,
+        # By (cap group (`group_key`), recipient): when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
-        self._sent: dict[str, dict[bytes, list[float]]] = {}
+        # One dict keyed by the pair: one lookup a row and a check, not two.
+        self._sent: dict[tuple[str, bytes], list[float]] = {}
         sent, key_of = self._sent, _GROUP_KEY
         epoch: int | None = None
         read = list(dict.fromkeys(capped_indexes))
@@ -320,20 +321,16 @@ class GroupView:
                 if idx is None:
                     epoch = at
                     continue
-                key = key_of[purpose]
-                group = sent.get(key)
-                if group is None:
-                    group = sent[key] = {}
-                times = group.get(idx)
+                key = (key_of[purpose], idx)
+                times = sent.get(key)
                 if times is None:
-                    group[idx] = [at]
+                    sent[key] = [at]
                 else:
                     times.append(at)
         self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
-        for group in sent.values():
-            for times in group.values():
-                if len(times) > 1:
-                    times.sort()
+        for times in sent.values():
+            if len(times) > 1:
+                times.sort()
         self._zones: dict[bytes, str | None] | None = None
 
     @classmethod
@@ -357,7 +354,7 @@ class GroupView:
     def times(self, to_index: bytes, group: str, since: float) -> Sequence[float]:
         """When each counted message of cap group `group` (`group_key`) to this
         recipient goes, after `since`, in order."""
-        times = self._sent.get(group, _NONE).get(to_index)
+        times = self._sent.get((group, to_index))
         if not times:
             return ()
         return times[bisect.bisect_right(times, since) :]
@@ -376,17 +373,12 @@ class GroupView:
 
     def add(self, to_index: bytes, group: str, at: float) -> None:
         """Count a message of cap group `group` to this recipient, going at `at`."""
-        by_recipient = self._sent.get(group)
-        if by_recipient is None:
-            by_recipient = self._sent[group] = {}
-        times = by_recipient.get(to_index)
+        key = (group, to_index)
+        times = self._sent.get(key)
         if times is None:
-            by_recipient[to_index] = [at]
+            self._sent[key] = [at]
         else:
             bisect.insort(times, at)
-
-
-_NONE: dict[bytes, list[float]] = {}
 
 
 def cap_group(purpose: Purpose) -> tuple[str, ...]:

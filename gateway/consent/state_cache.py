@@ -47,18 +47,21 @@ class StateCache:
         self, conn: sqlite3.Connection, contact_idxs: Sequence[bytes], known: int | None = None
     ) -> Mapping[bytes, Sequence[StateRow]]:
         """The `consent_state` rows of these contacts as `conn`'s transaction sees
-        them, by contact (every one a key; no rows: empty). Call it inside the
-        transaction that acts on them, on the thread of every other call. `known`: the
-        epoch, if the caller read it in this transaction (`EPOCH_ROW`)."""
+        them, by contact (every one a key, and maybe others kept; no rows: empty). Call
+        it inside the transaction that acts on them, on the thread of every other call.
+        `known`: the epoch, if the caller read it in this transaction (`EPOCH_ROW`)."""
         kept = self._rows
         now = epoch(conn) if known is None else known
         if now != self._epoch or conn is not self._conn or len(kept) > KEPT:
-            kept.clear()
+            # A new dict, not the old one cleared: a mapping handed out before stays
+            # as its transaction read it.
+            kept = self._rows = {}
             self._epoch, self._conn = now, conn
         missing = [idx for idx in contact_idxs if idx not in kept]
         if missing:
             found = state_rows(conn, missing)
             for idx in missing:  # tuples: kept for long, and the collector skips them
                 kept[idx] = tuple(found.get(idx, ()))
-        # A dict of its own: a later call may drop what is kept while this one is in use.
-        return {idx: kept[idx] for idx in contact_idxs}
+        # The kept rows themselves, no copy per group: a later call under the same
+        # epoch only adds rows to them, and a change of epoch starts another dict.
+        return kept
