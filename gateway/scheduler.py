@@ -75,6 +75,7 @@ _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
 _FIRST = itemgetter(0)
 _CLASSES = tuple(Priority)  # iterating the enum itself builds a generator each time
+_CRITICAL_ONLY = (Priority.CRITICAL,)
 
 
 @dataclass(slots=True)
@@ -332,10 +333,13 @@ class Scheduler:
         Only when no message of any class is due and waiting (none is passed), every
         route it may take is idle (nothing claimed there waits for the carrier's answer;
         under load the rounds claim in groups), and a route takes it now by the round's
-        own rules (health, rate token, window room: `_take_route`). The claim runs the
-        send-time policy check as any claim does; if the message did not commit
-        `queued` (the policy blocked or scheduled it), the claim changes nothing and
-        `add` queues it as the accept says."""
+        own rules (health, rate token, window room: `_take_route`). A critical message
+        needs only the last of these and no critical one waiting: under load it is
+        claimed with its accept too (its route's critical lane), so it is `sending` as
+        its accept commits instead of after the next round and that round's commit
+        (S6). The claim runs the send-time policy check as any claim does; if the
+        message did not commit `queued` (the policy blocked or scheduled it), the claim
+        changes nothing and `add` queues it as the accept says."""
         now = self._clock.time()
         if not (self._running and self._claiming) or entry.due_at > now:
             return False
@@ -346,11 +350,12 @@ class Scheduler:
                 self._fence()
             except Exception:  # the round's claim finds it fenced too
                 return False
-        for p in _CLASSES:
+        critical = entry.priority is Priority.CRITICAL
+        for p in _CRITICAL_ONLY if critical else _CLASSES:
             head = self._head(p)
             if head is not None and head.due_at <= now:
                 return False
-        if any(self._routes[name].dispatched for name in entry.candidates):
+        if not critical and any(self._routes[name].dispatched for name in entry.candidates):
             return False
         route, _ = self._take_route(entry, self._clock.monotonic(), {})
         if route is None:

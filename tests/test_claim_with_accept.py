@@ -117,6 +117,33 @@ async def test_a_waiting_message_or_an_empty_bucket_keeps_the_claim_for_the_roun
     assert loopback(gw).health().counters["submitted"] == 4
 
 
+async def test_under_load_a_critical_message_is_claimed_with_its_accept(
+    open_gateway: GatewayFactory,
+) -> None:
+    """Bulk waiting and the route busy: a bulk message accepted now waits `queued` for
+    a round, a critical one is `sending` as its accept commits (the route's critical
+    lane), and the carrier's window still holds."""
+    gw = await _running(
+        open_gateway, routes=[{"name": "main", "type": "loopback", "latency": 5, "window": 1}]
+    )
+    who = await _caller(gw)
+    messages = gw.usecases.messages
+    backlog = [
+        await messages.accept(who, SendRequest(to=OTHER, body=f"b{i}", priority="bulk"))
+        for i in range(8)
+    ]
+    await asyncio.wait_for(gw.store.writer.drain(), WAIT)
+    assert "queued" in {_committed(gw, m.id)[0] for m in backlog}
+    bulk = await messages.accept(who, SendRequest(to=OTHER, body="late", priority="bulk"))
+    critical = await messages.accept(
+        who, SendRequest(to=CANARY_NUMBER, body="urgent", priority="critical")
+    )
+    assert _committed(gw, bulk.id)[0] == "queued"
+    assert _committed(gw, critical.id)[0] == "sending"
+    await asyncio.sleep(0)  # one turn of the loop: the critical's dispatch has started
+    assert loopback(gw).health().in_flight == 1  # the carrier's window of one still holds
+
+
 async def test_the_claim_with_the_accept_runs_the_send_time_policy_check(
     open_gateway: GatewayFactory,
 ) -> None:
