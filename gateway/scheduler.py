@@ -333,13 +333,11 @@ class Scheduler:
         Only when no message of any class is due and waiting (none is passed), every
         route it may take is idle (nothing claimed there waits for the carrier's answer;
         under load the rounds claim in groups), and a route takes it now by the round's
-        own rules (health, rate token, window room: `_take_route`). A critical message
-        needs only the last of these and no critical one waiting: under load it is
-        claimed with its accept too (its route's critical lane), so it is `sending` as
-        its accept commits instead of after the next round and that round's commit
-        (S6). The claim runs the send-time policy check as any claim does; if the
-        message did not commit `queued` (the policy blocked or scheduled it), the claim
-        changes nothing and `add` queues it as the accept says."""
+        own rules (health, rate token, window room: `_take_route`); a critical message
+        needs only the last and no critical one waiting, so under load it is `sending`
+        as its accept commits, not a round later (S6). The claim runs the send-time
+        policy check as any claim does; if the message did not commit `queued` (the
+        policy blocked or scheduled it), the claim changes nothing and `add` queues it."""
         now = self._clock.time()
         if not (self._running and self._claiming) or entry.due_at > now:
             return False
