@@ -8,12 +8,10 @@ fencing), the shared opt-out list (an opt-out committed on any node blocks the m
 here), then `queued -> sending` with owner, incarnation and a new epoch, for rows no
 other claimer holds (`FOR UPDATE SKIP LOCKED`). This node remembers each claim's epoch
 and hands it back with the outcome (`outcomes.finish`): an outcome whose claim was lost
-meanwhile (recovered after a lapse, perhaps claimed again) is kept as a late outcome,
-never applied. Recovery takes back every lapsed incarnation's `sending` rows, this
-node's previous ones included (registering superseded them). Outcomes the database
-could not take for the group sender's whole retry window go to the node's local
-journal (`outcome_journal.py`) under the claim they answer, and are finished from there
-once it is back.
+meanwhile is kept as a late outcome, never applied. Recovery takes back every lapsed
+incarnation's `sending` rows, this node's previous ones included. Outcomes the database
+could not take for the group sender's whole retry window go to the node's local journal
+(`outcome_journal.py`) under their claim, and are finished from there once it is back.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import seal_guard
-from gateway.cluster.schema_features import FEATURE_MIGRATIONS
+from gateway.cluster.schema_features import FEATURE_MIGRATIONS, WRITE_BACK_MARKS
 
 MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
 
@@ -672,13 +672,8 @@ MIGRATIONS: tuple[str, ...] = (
     #    every encrypted table refusing a value sealed under one (`seal_guard.py`): a
     #    node cut off through a rotation and its retirement cannot store what no key opens.
     seal_guard.migration_26(),
-    # 27 (issue 18, write-back handover): SQLite's migration 42 as a twin: an attempt
-    #    marked before its bytes leave, the row flagged `possible_duplicate` when an
-    #    attempt's fate is unknown (its leader died, or no ACK came).
-    """
-    ALTER TABLE hl7_outbound ADD COLUMN sending_at double precision;
-    ALTER TABLE hl7_outbound ADD COLUMN possible_duplicate integer NOT NULL DEFAULT 0;
-    """,
+    # 27 (issue 18, write-back handover): `schema_features.WRITE_BACK_MARKS`.
+    WRITE_BACK_MARKS,
 )
 
 

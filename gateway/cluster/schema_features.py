@@ -411,3 +411,11 @@ FEATURE_MIGRATIONS: tuple[str, ...] = (
     EXECUTE FUNCTION clinical_notices_appointment_optout();
     """,
 )
+
+# Cluster migration 27 (issue 18, write-back handover), SQLite's 42 as a twin: an attempt
+# marked before its bytes leave, the row flagged `possible_duplicate` when an attempt's
+# fate is unknown (its leader died, or no ACK came).
+WRITE_BACK_MARKS = """
+ALTER TABLE hl7_outbound ADD COLUMN sending_at double precision;
+ALTER TABLE hl7_outbound ADD COLUMN possible_duplicate integer NOT NULL DEFAULT 0;
+"""
