@@ -34,7 +34,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from psycopg import AsyncConnection
 
@@ -43,6 +43,9 @@ from gateway.clinical.db import Row
 from gateway.cluster.lease import Pool
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.store.crypto import DecryptError, FieldCipher, header_generation
+
+if TYPE_CHECKING:
+    from gateway.cluster.clinical_thread import ClinicalThreads
 
 T = TypeVar("T")
 
@@ -157,13 +160,19 @@ class ClusterClinicalDb:
     shared = True
 
     def __init__(
-        self, pool: Pool, cipher: Callable[[], FieldCipher], keys: KeyringWatch | None = None
+        self,
+        pool: Pool,
+        cipher: Callable[[], FieldCipher],
+        keys: KeyringWatch | None = None,
+        threads: ClinicalThreads | None = None,
     ) -> None:
         """`pool`: the shared queue's; `cipher`: the shared keyring's current cipher;
-        `keys`: what takes up a generation another node's rotation added."""
+        `keys`: what takes up a generation another node's rotation added; `threads`:
+        where a keyed job runs on a connection of its own (`clinical_thread.py`)."""
         self._pool = pool
         self._cipher = cipher
         self._keys = keys
+        self._threads = threads
         self.after_commit: list[Callable[[], None]] = []
 
     @property
@@ -195,6 +204,10 @@ class ClusterClinicalDb:
     async def _run(
         self, job: Callable[[sqlite3.Connection], T], serial: bool, keys: Collection[LockKey] | None
     ) -> T:
+        if serial and keys is not None and self._threads is not None:
+            done = await self._threads.run(job, key_numbers(self.cipher, keys))
+            self.committed()
+            return done
         async with self._pool.connection() as conn:
             async with conn.transaction():
                 if serial and keys is None:
