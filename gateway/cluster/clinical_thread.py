@@ -35,10 +35,10 @@ class ThreadConnection:
 
     def __init__(self, conn: psycopg.Connection[Any], abandoned: threading.Event) -> None:
         self._conn = conn
-        self._abandoned = abandoned
+        self.abandoned = abandoned  # set: the job was cancelled, its transaction goes
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> BridgedCursor:
-        if self._abandoned.is_set():
+        if self.abandoned.is_set():
             raise RuntimeError("the clinical job was abandoned")
         cur = self._conn.execute(*statement(sql, params))
         rows = cur.fetchall() if cur.description is not None else []
