@@ -23,6 +23,10 @@ and holds them all off. A key's lock is the two-int form, so it never meets the
 one-bigint CLINICAL_LOCK; its number is a keyed digest of the key (pg_locks shows no
 MRN or number), and two keys that collide only take turns.
 
+On a node a keyed job (an HL7 message's) runs instead on a connection of its own
+thread (`clinical_thread.py`, given as `threads`): the same locks, none of the bridge's
+waits for the loop. Every other job stays on the bridge.
+
 A key rotation made on another node since this node's last heartbeat is taken up
 before a read returns a ciphertext of the new generation, and a job that met one runs
 again once it has been taken up (as the shared inbound's reads do).
