@@ -66,10 +66,13 @@ class ClinicalThreads:
     def _connection(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
-            conn = psycopg.Connection.connect(self._conninfo, autocommit=True, connect_timeout=10)
+            old, conn = (
+                conn,
+                psycopg.Connection.connect(self._conninfo, autocommit=True, connect_timeout=10),
+            )
             self._local.conn = conn
             with self._guard:
-                self._opened.append(conn)
+                self._opened = [c for c in self._opened if c is not old] + [conn]
         return conn
 
     def _job(
