@@ -112,7 +112,9 @@ class UseCaseWiring:
         from gateway.cluster.clinical_db import ClusterClinicalDb  # here: psycopg is optional
 
         queue = self.cluster.queue
-        return ClusterClinicalDb(queue.pool, lambda: queue.cipher, self.cluster.keys)
+        return ClusterClinicalDb(
+            queue.pool, lambda: queue.cipher, self.cluster.keys, self.cluster.clinical_threads
+        )
 
     @functools.cached_property
     def planner(self) -> Planner:

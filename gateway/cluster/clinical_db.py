@@ -23,6 +23,10 @@ and holds them all off. A key's lock is the two-int form, so it never meets the
 one-bigint CLINICAL_LOCK; its number is a keyed digest of the key (pg_locks shows no
 MRN or number), and two keys that collide only take turns.
 
+On a node a keyed job (an HL7 message's) runs instead on a connection of its own
+thread (`clinical_thread.py`, given as `threads`): the same locks, none of the bridge's
+waits for the loop. Every other job stays on the bridge.
+
 A key rotation made on another node since this node's last heartbeat is taken up
 before a read returns a ciphertext of the new generation, and a job that met one runs
 again once it has been taken up (as the shared inbound's reads do).
@@ -34,7 +38,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from psycopg import AsyncConnection
 
@@ -43,6 +47,9 @@ from gateway.clinical.db import Row
 from gateway.cluster.lease import Pool
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.store.crypto import DecryptError, FieldCipher, header_generation
+
+if TYPE_CHECKING:
+    from gateway.cluster.clinical_thread import ClinicalThreads
 
 T = TypeVar("T")
 
@@ -157,13 +164,19 @@ class ClusterClinicalDb:
     shared = True
 
     def __init__(
-        self, pool: Pool, cipher: Callable[[], FieldCipher], keys: KeyringWatch | None = None
+        self,
+        pool: Pool,
+        cipher: Callable[[], FieldCipher],
+        keys: KeyringWatch | None = None,
+        threads: ClinicalThreads | None = None,
     ) -> None:
         """`pool`: the shared queue's; `cipher`: the shared keyring's current cipher;
-        `keys`: what takes up a generation another node's rotation added."""
+        `keys`: what takes up a generation another node's rotation added; `threads`:
+        where a keyed job runs on a connection of its own (`clinical_thread.py`)."""
         self._pool = pool
         self._cipher = cipher
         self._keys = keys
+        self._threads = threads
         self.after_commit: list[Callable[[], None]] = []
 
     @property
@@ -195,6 +208,10 @@ class ClusterClinicalDb:
     async def _run(
         self, job: Callable[[sqlite3.Connection], T], serial: bool, keys: Collection[LockKey] | None
     ) -> T:
+        if serial and keys is not None and self._threads is not None:
+            done = await self._threads.run(job, key_numbers(self.cipher, keys))
+            self.committed()
+            return done
         async with self._pool.connection() as conn:
             async with conn.transaction():
                 if serial and keys is None:

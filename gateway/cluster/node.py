@@ -47,6 +47,7 @@ from gateway.cluster import buckets
 from gateway.cluster.adoption import ClusterAdoption
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
+from gateway.cluster.clinical_thread import ClinicalThreads
 from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.dlr_wishes import SharedDlrWishes
 from gateway.cluster.horizon import HorizonWatch
@@ -84,6 +85,7 @@ log = structlog.get_logger("smsgw.cluster")
 RECOVERED = "recovered"  # the NOTIFY payload after a sweep requeued a dead node's rows
 # The claim's latency buckets (seconds): S9's "claim p99 < 100 ms" reads off them.
 CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+CLINICAL_THREADS = 4  # connections for keyed clinical jobs, beside the pool's
 PRUNE_EVERY = 3600.0  # seconds between prunings of old incarnations (at most)
 # `Scheduler.adopt`: takes in what a source's pages hold, due before a time.
 Adopt = Callable[["AdoptSource", float], Awaitable[int]]
@@ -105,6 +107,8 @@ class ClusterNode:
     ) -> None:
         self.settings = settings
         self._pool = pool
+        # Keyed clinical jobs (HL7 inbound) on connections of their own threads.
+        self.clinical_threads = ClinicalThreads(conninfo, min(CLINICAL_THREADS, settings.pool_size))
         self.membership = membership
         self.queue = queue
         self.reads = ClusterReads(pool, queue.cipher, keys)
@@ -437,6 +441,7 @@ class ClusterNode:
         try:
             await self.membership.stop(release=True)
         finally:
+            await asyncio.to_thread(self.clinical_threads.close)
             await self._pool.close()
 
 

@@ -5,7 +5,8 @@ Two nodes (two pools on one PostgreSQL, one keyring): a job for patient P held o
 A makes a job for P on B wait until A commits, and B then reads A's row; a job for
 another patient runs to its commit meanwhile; a job taking the lock whole waits for the
 keyed one, and a keyed one waits for it. A wait is seen in `pg_locks` (an advisory lock
-not granted), never timed.
+not granted), never timed. Each runs with the jobs over the loop's connection
+(`Bridge`) and on the threads' own (`ClinicalThreads`, what a node gives HL7 jobs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.clinical.commands import LockKey
 from gateway.cluster.clinical_db import ClusterClinicalDb, key_numbers
+from gateway.cluster.clinical_thread import ClinicalThreads
 from gateway.cluster.lease import Pool
 from gateway.store.crypto import FieldCipher
 
@@ -70,8 +72,23 @@ async def _waiters(dsn: str, count: int) -> None:
                     return
 
 
-def _db(pool: Pool) -> ClusterClinicalDb:
-    return ClusterClinicalDb(pool, lambda: CIPHER)
+Db = Callable[[Pool], ClusterClinicalDb]
+
+
+@pytest.fixture(params=["bridged", "threaded"])
+async def make_db(request: pytest.FixtureRequest, pg_dsn: str) -> AsyncIterator[Db]:
+    """A node's `ClusterClinicalDb` on a pool; threaded: keyed jobs on own connections."""
+    made: list[ClinicalThreads] = []
+
+    def db(pool: Pool) -> ClusterClinicalDb:
+        if request.param == "bridged":
+            return ClusterClinicalDb(pool, lambda: CIPHER)
+        made.append(ClinicalThreads(pg_dsn, 2))
+        return ClusterClinicalDb(pool, lambda: CIPHER, threads=made[-1])
+
+    yield db
+    for threads in made:
+        await asyncio.to_thread(threads.close)
 
 
 async def _started(job: Held) -> None:
@@ -83,9 +100,9 @@ async def _run(db: ClusterClinicalDb, job: Callable[[Any], None], keys: Any) -> 
 
 
 async def test_one_patient_takes_turns_across_nodes_and_another_does_not_wait(
-    pool: Pool, other: Pool, pg_dsn: str
+    pool: Pool, other: Pool, pg_dsn: str, make_db: Db
 ) -> None:
-    a, b = _db(pool), _db(other)
+    a, b = make_db(pool), make_db(other)
     first = Held("a")
     held = await _run(a, first, _patient("P1", "K1"))
     await _started(first)
@@ -108,9 +125,9 @@ async def test_one_patient_takes_turns_across_nodes_and_another_does_not_wait(
 
 
 async def test_the_whole_lock_waits_for_a_keyed_job_and_holds_keyed_ones_off(
-    pool: Pool, other: Pool, pg_dsn: str
+    pool: Pool, other: Pool, pg_dsn: str, make_db: Db
 ) -> None:
-    a, b = _db(pool), _db(other)
+    a, b = make_db(pool), make_db(other)
     keyed = Held("a")
     held = await _run(a, keyed, _patient("P1", "K1"))
     await _started(keyed)
@@ -129,6 +146,35 @@ async def test_the_whole_lock_waits_for_a_keyed_job_and_holds_keyed_ones_off(
     later.release.set()
     await asyncio.wait_for(asyncio.gather(waiting, blocked), WAIT)
     assert (whole.saw, later.saw) == (["a"], ["a", "b"])
+
+
+class Cancelled(Held):
+    """A job that writes, waits until it is told its transaction is abandoned (the
+    bridge's and the thread connection's `abandoned`), then writes again."""
+
+    def __call__(self, conn: Any) -> None:
+        conn.execute("INSERT INTO template_heads VALUES (?, 'en', 1, 0)", (self.name,))
+        self.started.set()
+        assert conn.abandoned.wait(WAIT)
+        conn.execute("INSERT INTO template_heads VALUES (?, 'en', 1, 0)", (self.name + "2",))
+
+
+async def test_a_cancelled_keyed_job_is_rolled_back_and_frees_its_keys(
+    pool: Pool, make_db: Db
+) -> None:
+    """The gateway stopping mid-job: the job stops at its next statement, nothing of it
+    commits, and the next job for the same patient runs."""
+    db = make_db(pool)
+    job = Cancelled("a")
+    task = await _run(db, job, _patient("P1", "K1"))
+    await _started(job)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT)
+    after = Held("b")
+    after.release.set()
+    await asyncio.wait_for(await _run(db, after, _patient("P1", "K2")), WAIT)
+    assert after.saw == []
 
 
 def test_a_keys_lock_number_is_a_keyed_digest_in_one_order() -> None:
