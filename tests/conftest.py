@@ -22,9 +22,11 @@ from gateway.app import Gateway
 from gateway.config import Config, from_mapping
 from gateway.intake import SendRequest
 from gateway.store import crypto
+from tests import store_template
 from tests.store_rows import message_row
 
 logs.CACHE_LOGGERS = False  # see gateway/logs.py: in-process commands must not pin a level
+store_template.install()  # a new store is a copy of the first one migrated (see there)
 
 # Temp dirs (tmp_path, tempfile, and the children the tests start) on RAM when the machine
 # has a roomy tmpfs and TMPDIR is not set: a test's stores commit with synchronous = FULL,
