@@ -77,34 +77,18 @@ def pytest_configure(config: pytest.Config) -> None:
 settings.register_profile("smsgw", deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("smsgw")
 
-# `make test` runs the suite with pytest-xdist (`-n auto --dist loadfile`): a test file runs
-# whole on one worker, so a module's daemon or browser starts once. The browser tests all run
-# on one worker, and first (they are the longest unit of work, so they must not start last):
-# two Chromiums with their gateways at once starved each other on 2 cores.
-# The PostgreSQL tests (tests/pg/) share one cluster per worker: they too run on one worker.
-ONE_WORKER = ("tests/browser/", "tests/pg/")
+# `make test` runs the suite with pytest-xdist (`--dist loadfile`): a test file runs whole on
+# one worker, so a module's daemon or browser starts once; the browser tests and the
+# PostgreSQL tests are one unit each, and the units go longest first (tests/scheduling.py).
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadfile":
         return None
-    from xdist.scheduler import LoadFileScheduling
+    from tests.scheduling import LongestFirst
 
-    class FileScheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            for prefix in ONE_WORKER:
-                if nodeid.startswith(prefix):
-                    return prefix
-            return str(super()._split_scope(nodeid))
-
-        def _assign_work_unit(self, node: Any) -> None:
-            for prefix in reversed(ONE_WORKER):
-                if prefix in self.workqueue:
-                    self.workqueue.move_to_end(prefix, last=False)
-            super()._assign_work_unit(node)
-
-    return FileScheduling(config, log)
+    return LongestFirst(config, log)
 
 
 @pytest.fixture(autouse=True)
