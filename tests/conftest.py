@@ -53,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Byte-compile the sources once, before the workers start: with
     PYTHONDONTWRITEBYTECODE set (as on the build machines) no import writes them, and each
     `smsgw` child would compile the gateway again (0.3 s of its 1.1 s CPU start-up).
+    The test modules' rewritten asserts too, once for every worker (tests/rewrite_cache.py).
 
     And take SIGINT back (in every worker): a suite started in the background of a
     non-interactive shell (`make test &`) inherits SIGINT ignored, every `smsgw` child the
@@ -64,9 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     import compileall
 
+    from tests import rewrite_cache
+
     root = Path(__file__).resolve().parent.parent
     for package in ("gateway", "drivers", "tests"):
         compileall.compile_dir(root / package, quiet=1)
+    if config.getoption("numprocesses", None):  # xdist: a process would rewrite them each
+        rewrite_cache.write(config, root / "tests")
 
 
 # Hypothesis fails an example slower than its deadline (200 ms unless a test says). Under
