@@ -20,7 +20,9 @@ import threading
 from gateway.store import schema
 from gateway.store import store as store_module
 
-_template: sqlite3.Connection | None = None
+# One template per page size: a test may make a store as older versions did (4096-byte
+# pages), and SQLite cannot copy pages of another size into a WAL database.
+_templates: dict[int, sqlite3.Connection] = {}
 _lock = threading.Lock()
 
 
@@ -30,17 +32,18 @@ def _is_new(conn: sqlite3.Connection) -> bool:
 
 
 def migrate_from_template(conn: sqlite3.Connection) -> int:
-    global _template
     if not _is_new(conn):
         return schema.migrate(conn)
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     with _lock:
-        if _template is None:
+        template = _templates.get(page_size)
+        if template is None:
             version = schema.migrate(conn)
             template = sqlite3.connect(":memory:", check_same_thread=False)
             conn.backup(template)
-            _template = template
+            _templates[page_size] = template
             return version
-        _template.backup(conn)
+        template.backup(conn)
     # Migration 34's epoch is random() per store: a copy must not share its source's.
     conn.execute("UPDATE consent_epoch SET value = random() WHERE id = 0")
     return len(schema.MIGRATIONS)
