@@ -22,9 +22,11 @@ from gateway.app import Gateway
 from gateway.config import Config, from_mapping
 from gateway.intake import SendRequest
 from gateway.store import crypto
+from tests import store_template
 from tests.store_rows import message_row
 
 logs.CACHE_LOGGERS = False  # see gateway/logs.py: in-process commands must not pin a level
+store_template.install()  # a new store is a copy of the first one migrated (see there)
 
 # Temp dirs (tmp_path, tempfile, and the children the tests start) on RAM when the machine
 # has a roomy tmpfs and TMPDIR is not set: a test's stores commit with synchronous = FULL,
@@ -51,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Byte-compile the sources once, before the workers start: with
     PYTHONDONTWRITEBYTECODE set (as on the build machines) no import writes them, and each
     `smsgw` child would compile the gateway again (0.3 s of its 1.1 s CPU start-up).
+    The test modules' rewritten asserts too, once for every worker (tests/rewrite_cache.py).
 
     And take SIGINT back (in every worker): a suite started in the background of a
     non-interactive shell (`make test &`) inherits SIGINT ignored, every `smsgw` child the
@@ -62,9 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     import compileall
 
+    from tests import rewrite_cache
+
     root = Path(__file__).resolve().parent.parent
     for package in ("gateway", "drivers", "tests"):
         compileall.compile_dir(root / package, quiet=1)
+    if config.getoption("numprocesses", None):  # xdist: a process would rewrite them each
+        rewrite_cache.write(config, root / "tests")
 
 
 # Hypothesis fails an example slower than its deadline (200 ms unless a test says). Under
@@ -75,34 +82,18 @@ def pytest_configure(config: pytest.Config) -> None:
 settings.register_profile("smsgw", deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("smsgw")
 
-# `make test` runs the suite with pytest-xdist (`-n auto --dist loadfile`): a test file runs
-# whole on one worker, so a module's daemon or browser starts once. The browser tests all run
-# on one worker, and first (they are the longest unit of work, so they must not start last):
-# two Chromiums with their gateways at once starved each other on 2 cores.
-# The PostgreSQL tests (tests/pg/) share one cluster per worker: they too run on one worker.
-ONE_WORKER = ("tests/browser/", "tests/pg/")
+# `make test` runs the suite with pytest-xdist (`--dist loadfile`): a test file runs whole on
+# one worker, so a module's daemon or browser starts once; the browser tests and the
+# PostgreSQL tests are one unit each, and the units go longest first (tests/scheduling.py).
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadfile":
         return None
-    from xdist.scheduler import LoadFileScheduling
+    from tests.scheduling import LongestFirst
 
-    class FileScheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            for prefix in ONE_WORKER:
-                if nodeid.startswith(prefix):
-                    return prefix
-            return str(super()._split_scope(nodeid))
-
-        def _assign_work_unit(self, node: Any) -> None:
-            for prefix in reversed(ONE_WORKER):
-                if prefix in self.workqueue:
-                    self.workqueue.move_to_end(prefix, last=False)
-            super()._assign_work_unit(node)
-
-    return FileScheduling(config, log)
+    return LongestFirst(config, log)
 
 
 @pytest.fixture(autouse=True)
