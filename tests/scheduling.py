@@ -26,8 +26,27 @@ from typing import Any
 from xdist.scheduler import LoadFileScheduling
 
 # The browser tests run on one worker: two Chromiums with their gateways at once starved
-# each other on 2 cores. The PostgreSQL tests (tests/pg/) share one cluster per worker.
+# each other on 2 cores. The PostgreSQL tests (tests/pg/) share one cluster per worker,
+# in two units: those that run `smsgw run` nodes as processes (each starts two or three
+# nodes and times leases, windows and failovers: one at a time, never two side by side),
+# and the rest, in-process; one unit of all of them was the suite's long pole.
 ONE_WORKER = ("tests/browser/", "tests/pg/")
+PG_NODES = "tests/pg/:nodes"
+PG_NODE_FILES = frozenset(
+    f"tests/pg/{name}.py"
+    for name in (
+        "test_routes_e2e",
+        "test_nodes_e2e",
+        "test_cluster_demo",
+        "test_fence_unbind",
+        "test_cluster_reads_e2e",
+        "test_partition_netns",
+        "test_mqtt_share_drain",
+        "test_db_failover",
+        "test_outbox_nodes_e2e",
+        "test_hl7_writeback_kill",
+    )
+)
 TABLE = Path(__file__).resolve().parent / "file_seconds.json"
 UNKNOWN_TEST_S = 0.5  # the suite's mean
 # A worker with more than this left of the units it holds is "busy" (see above).
@@ -35,6 +54,8 @@ BUSY_S = 15.0
 
 
 def unit_of(nodeid: str) -> str:
+    if nodeid.split("::", 1)[0] in PG_NODE_FILES:
+        return PG_NODES
     for prefix in ONE_WORKER:
         if nodeid.startswith(prefix):
             return prefix
