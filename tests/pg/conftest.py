@@ -1,5 +1,5 @@
-"""One PostgreSQL cluster for every test under tests/pg/ (one xdist worker runs them all,
-see ONE_WORKER and PG_NODES in tests/scheduling.py), and a fresh database per test."""
+"""One PostgreSQL cluster per xdist worker for the tests under tests/pg/ (they run in two
+units, see ONE_WORKER and PG_NODES in tests/scheduling.py), and a fresh database per test."""
 
 from __future__ import annotations
 
