@@ -22,6 +22,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -159,9 +160,13 @@ async def test_primary_killed_standby_promoted_nothing_accepted_is_lost(
                 f" of a message accepted after it {first_after[0] - promoted:.2f} s;"
                 f" {load.errors} errors answered meanwhile"
             )
-            await asyncio.wait_for(
-                smsc.wait_until(lambda: {m.text for m in smsc.submitted} >= acked.keys()), 20
-            )  # 0 accepted lost: the carrier has every acknowledged message, within a lease
+            try:  # 0 accepted lost: the carrier has every acknowledged message, within a lease
+                await asyncio.wait_for(
+                    smsc.wait_until(lambda: {m.text for m in smsc.submitted} >= acked.keys()), 20
+                )
+            except TimeoutError:
+                await _report_missing(conninfo, primary, standby, smsc, acked, promoted)
+                raise
         new_dsn = conninfo.replace("host=127.0.0.1,127.0.0.1", "host=127.0.0.1").replace(
             f"port={primary.port},{standby.port}", f"port={standby.port}"
         )
@@ -207,3 +212,43 @@ async def test_primary_killed_standby_promoted_nothing_accepted_is_lost(
             print(node.name, "".join(x for x in node.lines if '"info"' not in x))
         await stop_all(nodes)
         await smsc.aclose()
+
+
+async def _report_missing(
+    conninfo: str,
+    primary: Any,
+    standby: Any,
+    smsc: SmscSimulator,
+    acked: dict[str, tuple[str, str, float]],
+    promoted: float,
+) -> None:
+    """For a failure's report: the acknowledged messages the carrier never got, with
+    when they were answered (against the promotion) and their rows on the new primary."""
+    seen = {m.text for m in smsc.submitted}
+    missing = {body: v for body, v in acked.items() if body not in seen}
+    dsn = conninfo.replace("host=127.0.0.1,127.0.0.1", "host=127.0.0.1").replace(
+        f"port={primary.port},{standby.port}", f"port={standby.port}"
+    )
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for _body, (mid, node, at) in missing.items():
+            row = await (
+                await conn.execute(
+                    "SELECT state, owner_node, owner_incarnation, held_by, attempts FROM"
+                    " messages WHERE id = %s",
+                    (mid,),
+                )
+            ).fetchone()
+            print(f"S8 missing: {mid} answered by {node} {at - promoted:+.2f} s: {row}")
+    # Was it committed on the old primary (and so acknowledged without its standby)?
+    await asyncio.to_thread(primary._launch)  # crash recovery, on a port no node knows
+    dbname = conninfo.rsplit("dbname=", 1)[1].split()[0]
+    async with await psycopg.AsyncConnection.connect(primary.dsn(dbname), autocommit=True) as conn:
+        for _body, (mid, _node, _at) in missing.items():
+            row = await (
+                await conn.execute("SELECT state, created_at FROM messages WHERE id = %s", (mid,))
+            ).fetchone()
+            print(f"S8 missing on the old primary: {mid}: {row}")
+    server_log = (primary.root / "server.log").read_text(errors="replace")
+    for line in server_log.splitlines():
+        if "synchronous" in line or "WARNING" in line:
+            print("S8 old primary:", line)
