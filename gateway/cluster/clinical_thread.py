@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 
+from gateway.cluster.checked import CheckedConnection
 from gateway.cluster.clinical_db import CLINICAL_LOCK, KEY_SPACE, BridgedCursor, statement
 
 T = TypeVar("T")
@@ -68,7 +69,7 @@ class ClinicalThreads:
         if conn is None or conn.closed:
             old, conn = (
                 conn,
-                psycopg.Connection.connect(self._conninfo, autocommit=True, connect_timeout=10),
+                CheckedConnection.connect(self._conninfo, autocommit=True, connect_timeout=10),
             )
             self._local.conn = conn
             with self._guard:

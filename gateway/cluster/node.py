@@ -47,6 +47,7 @@ from gateway.cluster import buckets
 from gateway.cluster.adoption import ClusterAdoption
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
+from gateway.cluster.checked import CheckedAsyncConnection
 from gateway.cluster.clinical_thread import ClinicalThreads
 from gateway.cluster.consent_store import merge_migrated
 from gateway.cluster.dlr_wishes import SharedDlrWishes
@@ -165,7 +166,11 @@ class ClusterNode:
         probe = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10)
         await probe.close()
         pool: Pool = AsyncConnectionPool(
-            conninfo, min_size=2, max_size=settings.pool_size, open=False
+            conninfo,
+            connection_class=CheckedAsyncConnection,  # a COMMIT that never ran raises
+            min_size=2,
+            max_size=settings.pool_size,
+            open=False,
         )
         await pool.open(wait=True, timeout=30)
         try:

@@ -1,0 +1,45 @@
+"""Connections whose transaction block raises when its COMMIT never ran.
+
+psycopg ends a `transaction()` block without a word when the connection is no longer
+OK at its end: it sends no COMMIT (nothing to send it on), marks the transaction
+FAILED and lets the block finish as if it had committed. A server that dies between a
+transaction's last statement and its COMMIT (a primary killed under load, S8) then
+left a node believing a message stored that PostgreSQL never committed, and it
+answered 202: an accepted message lost (`tests/pg/test_db_failover.py` found one in
+about ten runs). These classes raise `OperationalError` there instead, so every block
+that would have committed either did or fails like any lost connection. The node's
+pool and its clinical threads' connections are made of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import psycopg
+from psycopg import AsyncTransaction, Transaction
+from psycopg.rows import TupleRow
+
+NOT_COMMITTED = "the connection was lost before the transaction's COMMIT: it did not commit"
+
+
+class CheckedAsyncConnection(psycopg.AsyncConnection[TupleRow]):
+    @asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[AsyncTransaction]:
+        async with super().transaction(savepoint_name, force_rollback) as tx:
+            yield tx
+        if tx.status is tx.Status.FAILED:
+            raise psycopg.OperationalError(NOT_COMMITTED)
+
+
+class CheckedConnection(psycopg.Connection[TupleRow]):
+    @contextmanager
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Iterator[Transaction]:
+        with super().transaction(savepoint_name, force_rollback) as tx:
+            yield tx
+        if tx.status is tx.Status.FAILED:
+            raise psycopg.OperationalError(NOT_COMMITTED)
