@@ -8,7 +8,9 @@ left a node believing a message stored that PostgreSQL never committed, and it
 answered 202: an accepted message lost (`tests/pg/test_db_failover.py` found one in
 about ten runs). These classes raise `OperationalError` there instead, so every block
 that would have committed either did or fails like any lost connection. The node's
-pool and its clinical threads' connections are made of them.
+pool, its clinical threads' connections and the `smsgw store migrate` / `keys`
+commands' connection are made of them (the LISTEN and lane-lock sessions commit
+nothing).
 """
 
 from __future__ import annotations

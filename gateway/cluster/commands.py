@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway import custody
 from gateway.cluster import audit, key_commands, keyring
+from gateway.cluster.checked import CheckedAsyncConnection
 from gateway.cluster.keyring import load as load_keys
 from gateway.cluster.migrate import REFUSED, migrate_store
 from gateway.config import Config, ConfigError
@@ -76,7 +77,8 @@ class Target:
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         try:
-            return await psycopg.AsyncConnection.connect(self.conninfo(), autocommit=True)
+            # the store migration and key commands commit through it: a lost COMMIT raises
+            return await CheckedAsyncConnection.connect(self.conninfo(), autocommit=True)
         except psycopg.OperationalError as e:
             raise ConnectFailed(
                 f"cannot connect to {self.shown}: {self.scrub(str(e)).strip()}"
