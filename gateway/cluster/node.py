@@ -357,7 +357,7 @@ class ClusterNode:
                 ids, self._given_up = self._given_up, []
                 urgent, self._urgent_given_up = self._urgent_given_up, False
                 try:
-                    await self.adoption.release(ids)
+                    await self.adoption.give_up(ids)
                 except Exception as e:  # still held by a live node: the next poll's
                     log.warning("adopt_release_failed", error=exception_summary(e))
                 self._notifier.due(RECOVERED, urgent=urgent)
