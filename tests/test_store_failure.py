@@ -38,4 +38,3 @@ def test_a_use_case_wrapping_a_lost_connection_is_unavailable_but_a_bug_after_on
     bug = KeyError("x")  # raised while handling it: not caused by it
     bug.__context__ = lost
     assert database_unreachable(bug) is None
-
