@@ -7,15 +7,22 @@ the keyring made stale as `tests/pg/test_seal_guard.py` does it."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import psycopg
+import pytest
 from structlog.testing import capture_logs
 
 from gateway.app import Gateway
 from gateway.cluster import key_retire, keyring
+from gateway.cluster.clinical_db import ClusterClinicalDb
+from gateway.cluster.lease import Pool
 from gateway.store import crypto
 from gateway.store.audit_log import audit_key
+from gateway.store_failure import KeyRetired
 from tests.conftest import CANARY_NUMBER
 from tests.pg.cut_proxy import CutProxy
+from tests.pg.test_cluster_key_retire import seed
 from tests.pg.test_db_away_api import api  # noqa: F401 - the fixture
 from tests.test_api import Api, _error
 
@@ -83,3 +90,36 @@ async def test_a_node_behind_a_retirement_answers_api_writes_503_and_retries_bac
         prefix = crypto.generation_prefix(generation)
         assert await cur.fetchall() == [(prefix, prefix)]
     assert OTHER not in repr(logs)
+
+
+async def test_a_clinical_job_refused_again_after_its_retry_raises_key_retired(pool: Pool) -> None:
+    """An HL7 message's job (every clinical job) runs once more after a refusal; refused
+    again it raises `KeyRetired`, which the HL7 pipeline answers AR, resend later
+    (`gateway/hl7/inbound.py`; tests/test_hl7_inbound.py), never AA."""
+    cipher = await seed(pool)
+    async with pool.connection() as conn:  # its own generation refused: as if retired
+        await conn.execute(
+            "INSERT INTO retired_field_generations (generation, prefix) VALUES (1, %s)",
+            (crypto.generation_prefix(1),),
+        )
+    runs: list[int] = []
+
+    def job(conn: sqlite3.Connection) -> None:
+        runs.append(1)
+        conn.execute(
+            "INSERT INTO inbound (id, seq, route, sender_ct, sender_index, body_ct,"
+            " received_at, node_id) VALUES ('i1', 1, 'r', ?, ?, ?, 0, 'gw9')",
+            (
+                cipher.encrypt(OTHER, "i1", "sender"),
+                cipher.blind_index(OTHER),
+                cipher.encrypt("text", "i1", "body"),
+            ),
+        )
+
+    db = ClusterClinicalDb(pool, lambda: cipher)
+    with pytest.raises(KeyRetired):
+        await db.run(job, serial=False)
+    assert len(runs) == 2
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM inbound")
+        assert await cur.fetchone() == (0,)
