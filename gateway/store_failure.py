@@ -1,9 +1,11 @@
-"""Telling a full or failing disk from an ordinary error (outside `gateway.store`, so
-the API's error middleware can answer `503 store_unavailable` without importing it)."""
+"""Telling a full or failing disk, or a shared database out of reach, from an ordinary
+error (outside `gateway.store`, so the API's error middleware can answer `503
+store_unavailable` without importing it)."""
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 # SQLite primary result codes that mean the file cannot be written (not a bad query).
 _STORAGE_CODES = {
@@ -33,3 +35,26 @@ def storage_failure(e: BaseException) -> str | None:
     if code is None:
         return None
     return _STORAGE_CODES.get(code & 0xFF)
+
+
+def database_unreachable(e: BaseException) -> str | None:
+    """The kind of failure (`OperationalError`'s subclass name) if `e`, or what it was
+    raised from, is the shared PostgreSQL lost or refusing: a connection gone or refused
+    (a failover: `AdminShutdown`, a closed connection), the pool finding none
+    (`PoolTimeout`), a statement cancelled or a lock not had in time. Not a bad query, a
+    constraint or a program limit: those stay errors."""
+    # Only a process that imported psycopg can hold its errors: the SQLite-only install
+    # has no psycopg (the `postgresql` extra), and this module must import without it.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return None
+    seen: BaseException | None = e
+    for _ in range(4):  # the error itself, or a use case's wrapping of it
+        if seen is None:
+            return None
+        if isinstance(seen, psycopg.OperationalError) and not isinstance(
+            seen, psycopg.errors.ProgramLimitExceeded
+        ):
+            return type(seen).__name__
+        seen = seen.__cause__
+    return None

@@ -179,6 +179,7 @@ class UseCaseWiring:
                 self.config.cluster.node_id,
                 self.templates.renderer,
                 horizon=horizon,
+                keys=self.cluster.keys,
             )
         return CampaignRunner(
             self.store,

@@ -230,6 +230,11 @@ _HTTP_LAYER = (
     Answer(417, "`expectation_failed`: an `Expect` other than 100-continue"),
     Answer(421, "`unknown_host`: the Host header names none of http.server_names"),
     Answer(503, "`too_many_connections`: this address or the server is at its connection cap"),
+    Answer(
+        503,
+        "`store_unavailable`: the store cannot be read or written now (a database failover:"
+        " retry after `Retry-After`)",
+    ),
 )
 
 

@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.errors import ApiError
 from gateway.logs import exception_summary
-from gateway.store_failure import storage_failure
+from gateway.store_failure import KeyRetired, database_unreachable, storage_failure
 from gateway.web.context import GATEWAY, json_response
 from gateway.web.guard import RequestCheck
 
@@ -28,6 +28,15 @@ log = structlog.get_logger("smsgw.api")
 STORE_UNAVAILABLE = {
     "error": {"code": "store_unavailable", "message": "the store could not commit; try again"}
 }
+KEY_RETIRED = {
+    "error": {
+        "code": "key_retired",
+        "message": "this node's field key was retired while it was cut off from the database;"
+        " it has taken the current key up: nothing was stored, try again",
+    }
+}
+# A failover (S8) takes seconds: the client's retry then likely meets the new primary.
+DATABASE_RETRY_AFTER = "2"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 _HTTP_MESSAGES = {404: "no such endpoint", 413: "the request body is too large"}
 
@@ -56,6 +65,16 @@ def error_answer(request: web.Request, e: Exception) -> web.StreamResponse:
         _count_rejection(request, "store_unavailable")
         log.error("store_unavailable", path=request.rel_url.path, reason=why)
         return json_response(STORE_UNAVAILABLE, status=503)
+    if (why := database_unreachable(e)) is not None:  # the shared database is away
+        _count_rejection(request, "store_unavailable")
+        log.warning("store_unavailable", path=request.rel_url.path, reason=why)
+        return json_response(
+            STORE_UNAVAILABLE, status=503, headers={"Retry-After": DATABASE_RETRY_AFTER}
+        )
+    if isinstance(e, KeyRetired):  # refused by the shared store's seal guard; taken up
+        _count_rejection(request, "key_retired")
+        log.warning("key_retired", path=request.rel_url.path)
+        return json_response(KEY_RETIRED, status=503, headers={"Retry-After": "1"})
     log.error(
         "unhandled_error",
         method=request.method,

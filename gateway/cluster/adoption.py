@@ -31,12 +31,26 @@ found drained.
 group is the route hint, '' for none), so a row only another node's routes may take is
 left for that node. A row this node took but cannot send anyway (its routes look at the
 number) is given back (`release`), as is a row accepted here for another node.
+
+A dead incarnation whose rows only it could send (a group whose only route is its modem
+bank) is probed with `servable` too: found holding none this node may send, it is
+passed like a drained one (log `adoption_left_waiting`, once, with how many rows wait)
+instead of having every one of its rows read and filtered out by each poll's page. Its
+rows wait as their rules say: for their node (back under a new incarnation, it takes
+them back), for a node with a route for their group (whose first poll, a sweep, adopts
+them), or for their expiry (`ClusterQueue.expire_due`, every poll on every node, holds
+no matter who). Nothing of this node changes what it may send while it runs (its routes
+are its configuration), so only the sweep probes such an incarnation again (a row an
+accept of it committed late). Rows this node gave back are not taken again until the
+next sweep either (`release`): with routes that look at the number, each poll took,
+decrypted and gave back every one of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
@@ -46,12 +60,19 @@ from gateway.models import Priority, State
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import LiveMessage
 
+log = structlog.get_logger("smsgw.cluster")
+
 _PRIORITIES = {int(p): p for p in Priority}
 _STATES = {State.QUEUED.value: State.QUEUED, State.SCHEDULED.value: State.SCHEDULED}
 
 _WAITING = f"m.state IN ('{State.QUEUED.value}', '{State.SCHEDULED.value}')"
 
 _LIVE = "n.recovered_at IS NULL AND n.lease_until > clock_timestamp()"
+
+# The rows this node may send: any (`%(any)s`: its routes look at the number), or those
+# of its (route group, class) pairs.
+_SERVABLE = """(%(any)s OR (m.route_group, m.priority) IN
+        (SELECT * FROM unnest(%(groups)s::text[], %(prios)s::int[])))"""
 
 # Which dead incarnations (lease over, or recovered) still hold waiting rows, probing
 # each by `messages_held` except those this node found holding none before
@@ -62,13 +83,25 @@ _LIVE = "n.recovered_at IS NULL AND n.lease_until > clock_timestamp()"
 # not read again; its range is walked once, by each node.
 # (The probe is ordered as `messages_held` is: an EXISTS alone may be planned as a
 # sequential scan to the first match, which the dead rows make long.)
+# Each is answered `adopt` (it holds a waiting row this node may send), `elsewhere`
+# (waiting rows, none for this node: a group whose only route is that node's modem
+# bank; passed like a drained one, so its rows are not read again every poll),
+# `drained`, or NULL (not probed). CASE stops at its first answer: the second probe runs
+# only where the first found no row for this node.
+_HOLDS = f"""(SELECT m.priority FROM messages m WHERE m.held_by = n.incarnation AND {_WAITING}
+          {{}} ORDER BY m.priority, m.due_at, m.id LIMIT 1) IS NOT NULL"""  # noqa: S608
 _DEAD = f"""
-SELECT n.incarnation, CASE WHEN n.incarnation = ANY(%(drained)s::bigint[]) THEN NULL
-    ELSE (SELECT m.priority FROM messages m WHERE m.held_by = n.incarnation AND {_WAITING}
-          ORDER BY m.priority, m.due_at, m.id LIMIT 1) IS NOT NULL
-    END
+SELECT n.incarnation, n.node_id, CASE
+    WHEN n.incarnation = ANY(%(drained)s::bigint[]) THEN NULL
+    WHEN {_HOLDS.format("AND " + _SERVABLE)} THEN 'adopt'
+    WHEN NOT %(any)s AND {_HOLDS.format("")} THEN 'elsewhere'
+    ELSE 'drained' END
 FROM nodes n WHERE NOT ({_LIVE})
 """  # noqa: S608 - fixed state names
+
+# How many waiting rows a dead incarnation holds (once, when the probe found them all
+# for other nodes: for the log line).
+_HELD = f"SELECT count(*) FROM messages m WHERE m.held_by = %s AND {_WAITING}"  # noqa: S608
 
 # The sweep, every SWEEP_EVERY polls and at a node's first: every holder of waiting
 # rows that is not live, by a skip scan of `messages_held` (the planner sees which
@@ -90,14 +123,33 @@ WHERE h.inc IS NOT NULL AND h.inc NOT IN (SELECT n.incarnation FROM nodes n WHER
 """  # noqa: S608 - fixed state names
 
 SWEEP_EVERY = 30  # polls between two sweeps (a poll each lease: 5 minutes at 10 s)
+# Rows given back that a page skips until the next sweep, at most (sent with each page:
+# past this many the page reads them again rather than carry a longer list).
+DECLINED_MAX = 5000
+
+
+def probe_params(
+    drained: Iterable[int], servable: Sequence[tuple[str, Priority]] | None
+) -> dict[str, object]:
+    """`_DEAD`'s parameters: the incarnations not to probe, and what this node may send."""
+    return {"drained": sorted(drained), **_servable_params(servable)}
+
+
+def _servable_params(servable: Sequence[tuple[str, Priority]] | None) -> dict[str, object]:
+    return {
+        "any": servable is None,
+        "groups": [g for g, _ in servable or ()],
+        "prios": [int(p) for _, p in servable or ()],
+    }
+
 
 PAGE = f"""
 SELECT m.id FROM messages m
 WHERE {_WAITING}
     AND m.due_at < %(before)s
     AND (m.held_by IS NULL OR m.held_by = ANY(%(gone)s::bigint[]))
-    AND (%(any)s OR (m.route_group, m.priority) IN
-        (SELECT * FROM unnest(%(groups)s::text[], %(prios)s::int[])))
+    AND {_SERVABLE}
+    AND m.id <> ALL(%(declined)s::text[])
 ORDER BY m.priority, m.due_at, m.id
 LIMIT %(n)s
 FOR UPDATE OF m SKIP LOCKED
@@ -138,7 +190,14 @@ class ClusterAdoption:
         self._cipher = cipher  # the queue's, as it is now (a rotation replaces it)
         self._me = me
         self.pages = 0  # pages read since start (a test counts them)
-        self._drained: set[int] = set()  # dead incarnations found holding no waiting row
+        self.gone: list[int] = []  # the dead holders the last page read (a test reads it)
+        # Dead incarnations found holding no waiting row this node may send.
+        self._drained: set[int] = set()
+        # Of those, the ones holding rows for other nodes' routes: incarnation -> rows
+        # (as counted when found; logged once).
+        self.left_waiting: dict[int, int] = {}
+        # Rows this node gave back (it cannot send them): not taken again until a sweep.
+        self._declined: set[str] = set()
         self._polls = 0
 
     async def page(
@@ -152,15 +211,14 @@ class ClusterAdoption:
         order; `servable` None: of any group and class."""
         params = {
             "before": due_before,
-            "any": servable is None,
-            "groups": [g for g, _ in servable or ()],
-            "prios": [int(p) for _, p in servable or ()],
+            **_servable_params(servable),
             "n": limit,
             "inc": self._me().incarnation,
             "numbers": numbers,
         }
         async with self._pool.connection() as conn:
-            params["gone"] = await self._gone(conn)
+            params["gone"] = self.gone = await self._gone(conn, servable)
+            params["declined"] = list(self._declined)
             rows = await (await conn.execute(_TAKE, params)).fetchall()
         self.pages += 1
         cipher = self._cipher() if numbers else None
@@ -180,23 +238,50 @@ class ClusterAdoption:
         taken.sort(key=lambda m: (m.priority, m.due_at, m.id))  # RETURNING keeps no order
         return taken
 
-    async def _gone(self, conn: AsyncConnection[TupleRow]) -> list[int]:
-        """The dead incarnations holding waiting rows: by `_DEAD`, or by a sweep
-        (`_HOLDERS`) at the first poll and every SWEEP_EVERY."""
+    async def _gone(
+        self, conn: AsyncConnection[TupleRow], servable: Sequence[tuple[str, Priority]] | None
+    ) -> list[int]:
+        """The dead incarnations holding waiting rows this node may send: by `_DEAD`,
+        or by a sweep (`_HOLDERS`) at the first poll and every SWEEP_EVERY."""
         self._polls += 1
         if self._polls % SWEEP_EVERY == 1:
             row = await (await conn.execute(_HOLDERS)).fetchone()
             gone = [int(i) for i in row[0]] if row is not None else []
-            self._drained.difference_update(gone)
-            return gone
-        cur = await conn.execute(_DEAD, {"drained": sorted(self._drained)})
-        probed = [(int(inc), holds) for inc, holds in await cur.fetchall()]
-        # Only incarnations still in `nodes` are kept: the set stays as small as it is.
-        self._drained = {inc for inc, holds in probed if not holds}
-        return [inc for inc, holds in probed if holds]
+            self._drained.difference_update(gone)  # probed again at the next poll
+            self.left_waiting = {i: n for i, n in self.left_waiting.items() if i in gone}
+            self._declined.clear()  # given back by this node: looked at again
+            return [inc for inc in gone if inc not in self.left_waiting]
+        cur = await conn.execute(_DEAD, probe_params(self._drained, servable))
+        probed = [(int(inc), str(node), holds) for inc, node, holds in await cur.fetchall()]
+        # Only incarnations still in `nodes` are kept: the sets stay as small as they are.
+        self._drained = {inc for inc, _, holds in probed if holds != "adopt"}
+        self.left_waiting = {i: n for i, n in self.left_waiting.items() if i in self._drained}
+        for inc, node, holds in probed:
+            if holds == "elsewhere" and inc not in self.left_waiting:
+                await self._count_left(conn, inc, node)
+        return [inc for inc, _, holds in probed if holds == "adopt"]
+
+    async def _count_left(self, conn: AsyncConnection[TupleRow], inc: int, node: str) -> None:
+        """A dead incarnation just found holding waiting rows, none this node may
+        send: say so once, with how many (they wait for a node with a route for them,
+        or their expiry)."""
+        row = await (await conn.execute(_HELD, (inc,))).fetchone()
+        self.left_waiting[inc] = held = int(row[0]) if row is not None else 0
+        log.warning("adoption_left_waiting", node=node, incarnation=inc, rows=held)
 
     async def release(self, message_ids: Sequence[str]) -> None:
-        """Give up rows this node holds but will not send: any node may adopt them."""
+        """Give up rows this node adopted but will not send (its routes look at their
+        numbers): any node may adopt them, this one not before its next sweep."""
+        if not message_ids:
+            return
+        if len(self._declined) + len(message_ids) > DECLINED_MAX:  # a parameter, not a table
+            self._declined.clear()
+        self._declined.update(message_ids)
+        await self.give_up(message_ids)
+
+    async def give_up(self, message_ids: Sequence[str]) -> None:
+        """Give up rows this node holds but will not send (accepted here for another
+        node's routes): any node may adopt them."""
         if not message_ids:
             return
         async with self._pool.connection() as conn:

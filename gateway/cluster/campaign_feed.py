@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.campaigns import store as sql
 from gateway.campaigns.model import Campaign, CampaignState
@@ -49,6 +49,7 @@ from gateway.campaigns.runner import (
 )
 from gateway.clinical.rendering import Rendered, TemplateMissing
 from gateway.cluster import campaigns as shared
+from gateway.cluster import seal_guard
 from gateway.cluster.lease import Pool
 from gateway.consent.ledger import contact_row_id
 from gateway.errors import ApiError
@@ -58,6 +59,9 @@ from gateway.templates import store as templates
 from gateway.templates.renderer import RenderRefused, TemplateRenderer
 from gateway.templates.store import Version
 from gateway.usecases.messages import Messages
+
+if TYPE_CHECKING:
+    from gateway.cluster.shared_keys import KeyringWatch
 
 CLAIM_RECIPIENTS = (
     "SELECT contact_idx FROM campaign_recipients WHERE campaign_id = %s AND outcome IS NULL"
@@ -96,8 +100,10 @@ class ClusterCampaignFeed:
         renderer: TemplateRenderer,
         *,
         horizon: float,
+        keys: KeyringWatch | None = None,
     ) -> None:
         self._pool = pool
+        self._keys = keys  # a pass the seal guard refused runs again under the key taken up
         self._renderer = renderer
         self._cipher = cipher
         self._messages = messages
@@ -124,6 +130,11 @@ class ClusterCampaignFeed:
             return await shared.move(conn, campaign_id, (source,), target, now)
 
     async def run_pass(self, campaign: Campaign, limit: int, now: float) -> PassResult:
+        """One pass (its messages sealed in its transaction: refused under a retired key,
+        it runs again under the current one)."""
+        return await seal_guard.retried(self._keys, lambda: self._pass(campaign, limit, now))
+
+    async def _pass(self, campaign: Campaign, limit: int, now: float) -> PassResult:
         result = PassResult()
         async with self._pool.connection() as conn, conn.transaction():
             row = await (

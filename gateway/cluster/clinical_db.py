@@ -44,6 +44,7 @@ from psycopg import AsyncConnection
 
 from gateway.clinical.commands import LockKey
 from gateway.clinical.db import Row
+from gateway.cluster import seal_guard
 from gateway.cluster.lease import Pool
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.store.crypto import DecryptError, FieldCipher, header_generation
@@ -187,12 +188,23 @@ class ClusterClinicalDb:
     def cipher(self) -> FieldCipher:
         return self._cipher()
 
+    @property
+    def keys(self) -> KeyringWatch | None:
+        return self._keys
+
     async def run(
         self,
         job: Callable[[sqlite3.Connection], T],
         *,
         serial: bool = True,
         keys: Collection[LockKey] | None = None,
+    ) -> T:
+        # A job refused for sealing under a retired key runs once more under the key
+        # taken up (an HL7 message whose retry is refused too is answered AR: resend).
+        return await seal_guard.retried(self._keys, lambda: self._run_opening(job, serial, keys))
+
+    async def _run_opening(
+        self, job: Callable[[sqlite3.Connection], T], serial: bool, keys: Collection[LockKey] | None
     ) -> T:
         try:
             return await self._run(job, serial, keys)

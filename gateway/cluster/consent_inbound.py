@@ -28,7 +28,7 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from gateway.cluster import consent_store
+from gateway.cluster import consent_store, seal_guard
 from gateway.cluster.consent_reviews import open_review
 from gateway.cluster.consent_store import SharedWithdrawal
 from gateway.cluster.queue_store import ClusterQueue
@@ -108,18 +108,25 @@ class ClusterInboundConsent(InboundConsent):
         self, program: str, s: StoredInbound, match: Match, number: str, idx: bytes
     ) -> None:
         step = _Shared(self, s, match, Recipient(number, idx, program))
-        async with self._queue.pool.connection() as conn, conn.transaction():
-            await consent_store.lock_contacts(conn, [idx])
-            if await _one(conn, "SELECT 1 FROM messages WHERE id = %s", reply_id(s.id)):
-                return  # decided before (the same inbound handed over again)
-            if match.action in _OPT_OUT:
-                done = await step.opt_out(conn)
-            elif match.action in _OPT_IN:
-                done = await step.opt_in(conn)
-            elif match.action is Action.HELP:
-                done = await step.help(conn)
-            else:
-                done = await step.ambiguous(conn)
+
+        async def decided() -> Handled | None:
+            async with self._queue.pool.connection() as conn, conn.transaction():
+                await consent_store.lock_contacts(conn, [idx])
+                if await _one(conn, "SELECT 1 FROM messages WHERE id = %s", reply_id(s.id)):
+                    return None  # decided before (the same inbound handed over again)
+                if match.action in _OPT_OUT:
+                    return await step.opt_out(conn)
+                if match.action in _OPT_IN:
+                    return await step.opt_in(conn)
+                if match.action is Action.HELP:
+                    return await step.help(conn)
+                return await step.ambiguous(conn)
+
+        # Sealed in its transaction: refused under a retired key, it runs again under the
+        # current one (a STOP must not be lost to a key this node had not taken up yet).
+        done = await seal_guard.retried(self._queue.keys, decided)
+        if done is None:
+            return
         if done.reply is not None:
             self._scheduler.add(done.reply)
         log.info(

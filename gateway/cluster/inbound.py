@@ -30,12 +30,13 @@ Nothing here logs, and no exception carries a number or a text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from drivers.base import InboundSms
+from gateway.cluster import seal_guard
 from gateway.cluster.lease import Pool
 from gateway.cluster.outbox_store import inbound_row
 from gateway.inbound import join_parts
@@ -52,6 +53,9 @@ from gateway.store.inbound_parts import (
     part_digest,
 )
 from gateway.store.store import Store
+
+if TYPE_CHECKING:
+    from gateway.cluster.shared_keys import KeyringWatch
 
 Conn = AsyncConnection[TupleRow]
 _LOCK_SPACE = 0x696E6273  # "inbs": the two-key advisory locks' space of part sets
@@ -76,11 +80,19 @@ _DUE_SET = (  # the part count of one set if it is due
 class ClusterInbound:
     """`InboundStore` on the shared PostgreSQL tables, under the shared keyring."""
 
-    def __init__(self, pool: Pool, cipher: FieldCipher, store: Store, node_id: str) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        cipher: FieldCipher,
+        store: Store,
+        node_id: str,
+        keys: KeyringWatch | None = None,
+    ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._store = store  # its writer runs the keyword step
         self._node_id = node_id
+        self._keys = keys  # a write the seal guard refused runs again under the key taken up
 
     async def insert_inbound(
         self,
@@ -96,8 +108,12 @@ class ClusterInbound:
         then: InboundHook | None = None,
     ) -> None:
         stored = StoredInbound(inbound_id, route, sender, body, recipient, now)
-        async with self._pool.connection() as conn, conn.transaction():
-            await self._insert(conn, stored, carrier_id, incomplete=incomplete)
+
+        async def write() -> None:
+            async with self._pool.connection() as conn, conn.transaction():
+                await self._insert(conn, stored, carrier_id, incomplete=incomplete)
+
+        await seal_guard.retried(self._keys, write)
         await self._then(then, [stored])
 
     async def file_inbound_part(
@@ -109,10 +125,14 @@ class ClusterInbound:
         *,
         then: InboundHook | None = None,
     ) -> FiledPart:
-        part = inbound_parts.prepare_part(self._cipher, route, sms, now)
-        async with self._pool.connection() as conn, conn.transaction():
-            await _lock_set(conn, part.set_key)
-            filed, stored = await self._file(conn, part, now, hold_for)
+
+        async def write() -> tuple[FiledPart, StoredInbound | None]:
+            part = inbound_parts.prepare_part(self._cipher, route, sms, now)  # sealed here
+            async with self._pool.connection() as conn, conn.transaction():
+                await _lock_set(conn, part.set_key)
+                return await self._file(conn, part, now, hold_for)
+
+        filed, stored = await seal_guard.retried(self._keys, write)
         await self._then(then, [] if stored is None else [stored])
         return filed
 

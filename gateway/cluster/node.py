@@ -40,7 +40,7 @@ import psycopg
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from drivers.clock import Clock
 from gateway.cluster import buckets
@@ -63,6 +63,7 @@ from gateway.cluster.panel import ClusterPanel
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.reads import ClusterReads
 from gateway.cluster.schema import migrate
+from gateway.cluster.seal_guard import GuardedPool
 from gateway.cluster.session import session_options
 from gateway.cluster.settings import ClusterConfig
 from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_same, shared_keys
@@ -114,7 +115,7 @@ class ClusterNode:
         self.queue = queue
         self.reads = ClusterReads(pool, queue.cipher, keys)
         # Inbound messages: filed and read in the shared tables (`inbound.py`).
-        self.inbound = ClusterInbound(pool, queue.cipher, store, settings.node_id)
+        self.inbound = ClusterInbound(pool, queue.cipher, store, settings.node_id, keys)
         self.inbound_reads = ClusterInboundReads(pool, queue.cipher, keys)
         # Kannel dlr-urls: written with the shared messages, read by the lane's leader.
         self.dlr_wishes = SharedDlrWishes(pool, queue.cipher, keys)
@@ -165,7 +166,7 @@ class ClusterNode:
         # not after the pool's retries.
         probe = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10)
         await probe.close()
-        pool: Pool = AsyncConnectionPool(
+        pool = GuardedPool(  # the seal guard's refusal raised as `KeyRetired`
             conninfo,
             connection_class=CheckedAsyncConnection,  # a COMMIT that never ran raises
             min_size=2,
@@ -216,7 +217,7 @@ class ClusterNode:
             queue.journal = journal
             queue.master_key = store.master_key
             watch = KeyringWatch(pool, master, cipher, lambda: membership.me)
-            queue.keys = watch
+            queue.keys = pool.keys = watch
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
             queue.on_requeued = node.wake_peers
@@ -356,7 +357,7 @@ class ClusterNode:
                 ids, self._given_up = self._given_up, []
                 urgent, self._urgent_given_up = self._urgent_given_up, False
                 try:
-                    await self.adoption.release(ids)
+                    await self.adoption.give_up(ids)
                 except Exception as e:  # still held by a live node: the next poll's
                     log.warning("adopt_release_failed", error=exception_summary(e))
                 self._notifier.due(RECOVERED, urgent=urgent)

@@ -37,6 +37,7 @@ from gateway.clinical import notices
 from gateway.clinical.notices import NoticeRow
 from gateway.clinical.rendering import Renderer
 from gateway.clinical.runner import BATCH, SYSTEM, NoticeRunner, PassResult
+from gateway.cluster import seal_guard
 from gateway.cluster.clinical_db import ClusterClinicalDb, run_bridged
 from gateway.consent.purposes import SCOPE_ALL, appointment_scope
 from gateway.errors import ApiError
@@ -78,7 +79,11 @@ class SharedNoticeRunner(NoticeRunner):
 
     async def run_once(self) -> PassResult:
         """One pass over the shared notices due now; returns once it committed (again,
-        once, if it met a key generation another node's rotation added)."""
+        once, if it met a key generation another node's rotation added, or sealed under
+        one a retirement removed)."""
+        return await seal_guard.retried(self._shared.keys, self._pass_opening)
+
+    async def _pass_opening(self) -> PassResult:
         try:
             return await self._pass_shared()
         except DecryptError:

@@ -38,7 +38,7 @@ import structlog
 
 from gateway.clinical.commands import ClinicalHooks
 from gateway.clinical.profile import InterfaceProfile
-from gateway.cluster import appointment_optout, consent_store
+from gateway.cluster import appointment_optout, consent_store, seal_guard
 from gateway.cluster.clinical_db import CLINICAL_LOCK, ClusterClinicalDb, run_bridged
 from gateway.cluster.consent_inbound import ClusterInboundConsent
 from gateway.cluster.consent_store import SharedWithdrawal
@@ -147,13 +147,17 @@ class SharedReplies(InboundReplies):
     async def _decided(
         self, s: StoredInbound, attempt: Callable[[], Awaitable[Outcome | object | None]]
     ) -> Outcome | object | None:
-        try:
+
+        async def opened() -> Outcome | object | None:
             try:
-                done = await attempt()
+                return await attempt()
             except DecryptError:  # rolled back; sealed by a rotation this node has not seen?
                 if not await self._db.took_up_keys():
                     raise
-                done = await attempt()
+                return await attempt()
+
+        try:  # sealed under a key a retirement removed: once more under the current one
+            done = await seal_guard.retried(self._db.keys, opened)
         except Exception as e:  # the inbound text is stored: only the reply is lost
             log.error("reply_failed", inbound_id=s.id, error=exception_summary(e))
             return None

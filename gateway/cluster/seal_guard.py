@@ -21,19 +21,29 @@ taken after the lock was granted, sees the retired generation). A REPEATABLE REA
 writer's snapshot may predate the retirement, so a sealed value is refused outside READ
 COMMITTED (no writer of the gateway seals in another level).
 
-The node answers the refused accept `503 key_retired` and takes the keyring up at once
-(`refused`): the client's retry is sealed under the current generation. Cost: one index
-probe of an (almost always empty) table per row written with a sealed column.
+Every write path meets the refusal in one place: the node's pool (`GuardedPool`) turns
+it, raised out of any `pool.connection()` block, into `KeyRetired`, after taking the
+keyring up at once (`refused`). An API write then answers `503 key_retired` with
+`Retry-After` (`api/shaping.error_answer`; the send path in its use case), and the
+client's retry is sealed under the current generation. A background writer whose
+transaction seals its values inside it (inbound, HL7 and clinical jobs, reminders, a
+campaign's pass) runs it once more at once (`retried`), sealed under the key just taken
+up. Cost: one index probe of an (almost always empty) table per row written with a
+sealed column.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
 import structlog
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
 
 from gateway.store_failure import KeyRetired
 
@@ -41,6 +51,8 @@ if TYPE_CHECKING:
     from gateway.cluster.shared_keys import KeyringWatch
 
 log = structlog.get_logger("smsgw.cluster")
+
+T = TypeVar("T")
 
 CONSTRAINT = "sealed_under_retired_key"
 TABLE = "retired_field_generations"
@@ -119,7 +131,8 @@ def migration_26() -> str:
 
 
 def is_refusal(e: BaseException) -> bool:
-    """Whether `e` (or what it was raised from) is the guard's refusal."""
+    """Whether `e` (or what it was raised from) is the guard's refusal (a `KeyRetired`
+    is raised from it)."""
     seen: BaseException | None = e
     for _ in range(4):  # the refusal, wrapped by a savepoint's or the use case's error
         if seen is None:
@@ -137,7 +150,77 @@ async def refused(e: BaseException, keys: KeyringWatch | None) -> None:
     if not is_refusal(e):
         return
     log.warning("sealed_under_retired_key_refused")
+    await _take_up(keys)
+    raise KeyRetired("this node sealed under a retired key; it has taken the current one up") from e
+
+
+async def retried(keys: KeyringWatch | None, write: Callable[[], Awaitable[T]]) -> T:
+    """`write()`, run once more if the guard refused it, after the keyring was taken up
+    (a background writer that seals inside `write`: its retry is sealed under the
+    current generation); `KeyRetired` if the retry is refused too."""
+    try:
+        return await write()
+    except Exception as e:
+        if not is_refusal(e):
+            raise
+        if not isinstance(e, KeyRetired):  # not yet taken up by the pool
+            log.warning("sealed_under_retired_key_refused")
+            await _take_up(keys)
+    log.info("sealed_under_retired_key_retried")
+    try:
+        return await write()
+    except KeyRetired:
+        raise
+    except Exception as e:
+        await refused(e, keys)
+        raise
+
+
+async def _take_up(keys: KeyringWatch | None) -> None:
     if keys is not None:
         with contextlib.suppress(psycopg.Error):  # the heartbeat's check takes it up then
             await keys.check()
-    raise KeyRetired("this node sealed under a retired key; it has taken the current one up") from e
+
+
+class GuardedPool(AsyncConnectionPool[AsyncConnection[TupleRow]]):
+    """The node's pool: the guard's refusal, raised out of a `connection()` block, is
+    raised again as `KeyRetired` once `keys` (set when the keyring is loaded) took the
+    current generation up: every write path of the node meets it so."""
+
+    keys: KeyringWatch | None = None
+
+    def connection(  # type: ignore[override]  # the same use, one frame cheaper
+        self,
+        timeout: float | None = None,
+    ) -> _Guarded:
+        return _Guarded(super().connection(timeout), self)
+
+
+class _Guarded:
+    """`pool.connection()`'s block with the refusal turned into `KeyRetired` (a class,
+    not a generator: every statement of the node passes here, the accept's too)."""
+
+    __slots__ = ("_inner", "_pool")
+
+    def __init__(
+        self,
+        inner: contextlib.AbstractAsyncContextManager[AsyncConnection[TupleRow]],
+        pool: GuardedPool,
+    ) -> None:
+        self._inner = inner
+        self._pool = pool
+
+    async def __aenter__(self) -> AsyncConnection[TupleRow]:
+        return await self._inner.__aenter__()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            done = await self._inner.__aexit__(kind, e, tb)  # rolled back, given back
+        except psycopg.errors.CheckViolation as raised:  # what the guard raises
+            await refused(raised, self._pool.keys)
+            raise
+        if isinstance(e, psycopg.errors.CheckViolation) and not done:
+            await refused(e, self._pool.keys)
+        return done

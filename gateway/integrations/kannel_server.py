@@ -186,7 +186,7 @@ async def accept(
             Caller.for_token(token), requests, attached=dlr_rows
         )
     except ApiError as e:
-        if e.code in ("shutting_down", "store_unavailable"):
+        if e.code in ("shutting_down", "store_unavailable", "key_retired"):  # send again
             log.error("kannel_not_accepted", code=e.code)
             raise kannel.Refused(kannel.TEMPORARY) from None
         raise _refusal(e) from None

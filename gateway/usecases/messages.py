@@ -30,7 +30,7 @@ from gateway.store.queue_store import AcceptStore
 from gateway.store.records import MessageQuery, StoredMessage
 from gateway.store.store import Store
 from gateway.store.writer import Statement
-from gateway.store_failure import KeyRetired
+from gateway.store_failure import KeyRetired, database_unreachable
 from gateway.usecases.accept_within import WithinAccepts
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
@@ -304,7 +304,10 @@ class Messages(WithinAccepts):
             ) from e
         except Exception as e:
             raise ApiError(
-                503, "store_unavailable", "the message store could not commit; nothing was accepted"
+                503,
+                "store_unavailable",
+                "the message store could not commit; nothing was accepted",
+                headers={"Retry-After": "2"} if database_unreachable(e) else None,
             ) from e
         intake.accepted(prepared)
         self._metrics.accept_latency.observe(time.perf_counter() - started)

@@ -8,9 +8,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.cluster.adoption import _DEAD, _HOLDERS, PAGE, ClusterAdoption
+from structlog.testing import capture_logs
+
+from gateway.cluster.adoption import (
+    _DEAD,
+    _HOLDERS,
+    PAGE,
+    SWEEP_EVERY,
+    ClusterAdoption,
+    probe_params,
+)
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, register
+from gateway.cluster.queue_sql import EXPIRE_SQL
 from gateway.models import Priority
 from gateway.scheduler import Scheduler
 from gateway.store.crypto import FieldCipher
@@ -142,10 +152,10 @@ async def test_the_adoption_poll_reads_only_unheld_and_dead_holders_rows(pool: P
         await conn.execute("ANALYZE messages")
         params = {
             "before": DUE, "any": True, "groups": [], "prios": [], "n": 500,
-            "gone": [dead.incarnation],
+            "gone": [dead.incarnation], "declined": [],
         }  # fmt: skip
         plan = await (await conn.execute(("EXPLAIN " + PAGE).encode(), params)).fetchall()
-        drained = {"drained": []}
+        drained = probe_params([], None)
         dead_plan = await (await conn.execute(("EXPLAIN " + _DEAD).encode(), drained)).fetchall()
         holders = await (await conn.execute(("EXPLAIN " + _HOLDERS).encode())).fetchall()
         gone = await (await conn.execute(_HOLDERS.encode())).fetchone()
@@ -154,7 +164,7 @@ async def test_the_adoption_poll_reads_only_unheld_and_dead_holders_rows(pool: P
         text = "\n".join(str(line[0]) for line in found)
         assert "messages_held" in text and "Seq Scan on messages" not in text, text
     assert gone is not None and gone[0] == [dead.incarnation]
-    assert probed == [(dead.incarnation, True)]
+    assert probed == [(dead.incarnation, "dead", "adopt")]
 
 
 CHURN = 3000  # rows a live and a restarted incarnation held and sent, the horizon held
@@ -197,11 +207,100 @@ async def test_the_adoption_poll_reads_no_dead_entries_of_live_or_drained_holder
     assert sorted(m.id for m in first) == [f"d-{i}" for i in range(1, 6)]
     assert await adoption.page(DUE, 100, None, False) == []  # probes old and d, once
     assert await adoption.page(DUE, 100, None, False) == []  # probes nothing
-    drained = {"drained": sorted({old.incarnation, dead.incarnation})}
+    drained = probe_params({old.incarnation, dead.incarnation}, None)
     poll = await buffers(pool, _DEAD, drained)
     sweep = await buffers(pool, _HOLDERS, None)
-    first_probe = await buffers(pool, _DEAD, {"drained": []})
+    first_probe = await buffers(pool, _DEAD, probe_params([], None))
     assert poll <= 10, poll  # 0: only `nodes` is read
     # The control: the poll as it was (the sweep now), and a probe of the restarted
     # incarnation before it was found drained, walk thousands (2,600 buffers here).
     assert min(sweep, first_probe) > CHURN // 2, (sweep, first_probe)
+
+
+STUCK = 3000  # rows a dead node holds that only its own modem bank may send
+BANK = "bank-d"  # their group: a route eligible on the dead node only
+
+
+async def _held(conn: Any, prefix: str, holder: int, count: int, group: str) -> list[str]:
+    await conn.execute(
+        "INSERT INTO messages (id, priority, state, route_group, to_ct, to_index, body_ct,"
+        " encoding, segments, created_at, updated_at, due_at, expires_at, held_by)"
+        " SELECT %s || lpad(i::text, 6, '0'), 2, 'queued', %s, '\\x01', '\\x02', '\\x03',"
+        " 'gsm7', 1, 0, 0, %s - 5, %s + 3600, %s FROM generate_series(1, %s) i",
+        (prefix, group, NOW, NOW, holder, count),
+    )
+    return [f"{prefix}{i:06d}" for i in range(1, count + 1)]
+
+
+async def test_a_dead_node_holding_rows_only_it_may_send_is_passed_not_read_every_poll(
+    pool: Pool,
+) -> None:
+    """Issue 18 point 3: a group whose only route is a dead node's modem bank waits (or
+    fails over, or expires) per its rules; the survivors' poll stops reading its rows
+    every lease once it found them not theirs, and says so once."""
+    async with pool.connection() as conn:
+        dead = await register(conn, "dead", 60.0)
+        a = await register(conn, "a", 60.0)
+        await conn.execute(
+            "UPDATE nodes SET lease_until = clock_timestamp() WHERE incarnation = %s",
+            (dead.incarnation,),
+        )
+    async with pool.connection() as conn:  # held from their insert: no dead entries
+        banked = await _held(conn, "bank-", dead.incarnation, STUCK, BANK)
+        mine = await _held(conn, "any-route-", dead.incarnation, 5, "")
+        await conn.execute("ANALYZE messages")
+    servable = [("", p) for p in Priority]  # a has no route for BANK
+    adoption = ClusterAdoption(pool, no_cipher, lambda: a)
+
+    first = await adoption.page(DUE, 100, servable, False)  # the sweep: a's first poll
+    assert sorted(m.id for m in first) == mine
+    with capture_logs() as logs:
+        assert await adoption.page(DUE, 100, servable, False) == []  # probes: elsewhere
+        assert await adoption.page(DUE, 100, servable, False) == []  # passes it
+    assert adoption.gone == [] and adoption.left_waiting == {dead.incarnation: STUCK}
+    left = [e for e in logs if e["event"] == "adoption_left_waiting"]
+    assert [(e["node"], e["incarnation"], e["rows"]) for e in left] == [
+        ("dead", dead.incarnation, STUCK)
+    ]  # once
+    assert await rows(
+        pool, "SELECT count(*) FROM messages WHERE held_by = %s", (dead.incarnation,)
+    ) == [(STUCK,)]  # left as they were: neither taken nor given back
+    # The poll now: the probe reads only `nodes`, the page none of the bank's rows; the
+    # page as it was (the dead holder among `gone`) read every one of them, every poll.
+    poll = await buffers(pool, _DEAD, probe_params([dead.incarnation], servable))
+    page = {"before": DUE, "n": 100, "declined": [], **probe_params([], servable)}
+    now = await buffers(pool, PAGE, {**page, "gone": []})
+    before = await buffers(pool, PAGE, {**page, "gone": [dead.incarnation]})
+    assert poll <= 10 and now <= 10, (poll, now)
+    assert before > STUCK // 100, before
+
+    # Their rules: past their expiry they end (any node's sweep, every poll).
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE messages SET expires_at = %s WHERE id = ANY(%s)", (NOW - 1, banked[:10])
+        )
+    params = {"now": NOW, "n": 100, "node": "a", "inc": a.incarnation}
+    expired = await rows(pool, EXPIRE_SQL, params)  # `ClusterQueue.expire_due`'s
+    assert sorted(r[0] for r in expired) == banked[:10]
+    # A node with a route for the group adopts the rest at its first poll.
+    async with pool.connection() as conn:
+        c = await register(conn, "c", 60.0)
+    theirs = ClusterAdoption(pool, no_cipher, lambda: c)
+    taken = await theirs.page(DUE, STUCK, [(BANK, p) for p in Priority], False)
+    assert sorted(m.id for m in taken) == banked[10:]
+
+
+async def test_rows_a_node_gave_back_are_not_taken_again_until_its_sweep(pool: Pool) -> None:
+    """With routes that look at the number, a node takes rows to decrypt them and gives
+    back those it cannot send: its next polls must not take them again each lease."""
+    async with pool.connection() as conn:
+        a = await register(conn, "a", 60.0)
+    ids = await add_messages(pool, 20, group="", prefix="free")
+    adoption = ClusterAdoption(pool, no_cipher, lambda: a)
+    first = await adoption.page(DUE, 100, None, False)
+    assert sorted(m.id for m in first) == ids
+    await adoption.release(ids)
+    for _ in range(SWEEP_EVERY - 1):  # every poll up to the next sweep
+        assert await adoption.page(DUE, 100, None, False) == []
+    again = await adoption.page(DUE, 100, None, False)  # the sweep
+    assert sorted(m.id for m in again) == ids
