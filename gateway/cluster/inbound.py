@@ -94,11 +94,20 @@ class ClusterInbound:
         *,
         incomplete: bool = False,
         then: InboundHook | None = None,
-    ) -> None:
+        again: bool = False,
+    ) -> bool:
+        """With `again`, an id already stored stores nothing (False), but `then` runs:
+        the attempt that stored it may have failed before its keyword step, whose
+        decisions are keyed by the inbound id (made once)."""
         stored = StoredInbound(inbound_id, route, sender, body, recipient, now)
         async with self._pool.connection() as conn, conn.transaction():
-            await self._insert(conn, stored, carrier_id, incomplete=incomplete)
+            new = not again or not await _all(
+                conn, "SELECT 1 FROM inbound WHERE id = %s", inbound_id
+            )
+            if new:
+                await self._insert(conn, stored, carrier_id, incomplete=incomplete)
         await self._then(then, [stored])
+        return new
 
     async def file_inbound_part(
         self,
