@@ -18,7 +18,8 @@ each is the submitter's. Until one binds, the outbox waits. A deliver_sm refused
 unanswered (response timer) goes back after `redelivery_delay`, as a real SMSC retries
 one answered with a temporary error (ESME_RX_T_APPN); one refused as permanently
 undeliverable (ESME_RX_P_APPN, ESME_RX_R_APPN), or sent `max_delivery_attempts` times,
-is given up (`abandoned`). `delivery_errors` counts every error answer. One in doubt
+is given up (`abandoned`). `delivery_errors` counts every error answer
+(`delivery_error_statuses` by status). One in doubt
 when its connection ends goes back at once. Each send after the first counts in `redelivered`;
 `receipts_sent` and `mo_sent` count deliver_sm the ESME accepted, `deliveries` every
 deliver_sm written (so one sent and not yet answered can be seen).
@@ -50,7 +51,7 @@ import asyncio
 import itertools
 import random
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -218,6 +219,7 @@ class SmscSimulator:
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = self.deliveries = 0
         self.delivery_errors = self.abandoned = 0  # deliver_sm answered with an error; given up
+        self.delivery_error_statuses: Counter[int] = Counter()  # those errors by status
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
         self._ids = itertools.count(FIRST_MESSAGE_ID)
         self._mo_refs = itertools.count(1)
@@ -427,6 +429,7 @@ class SmscSimulator:
                 self._pump()  # a window slot is free
             else:
                 self.delivery_errors += 1
+                self.delivery_error_statuses[pdu.status] += 1
                 self._again(event.token, final=pdu.status in _PERMANENT)
         elif isinstance(event, ResponseTimeout) and isinstance(event.token, _Delivery):
             self._again(event.token)

@@ -39,6 +39,7 @@ from drivers.clock import FakeClock, SystemClock
 from drivers.smpp.driver import SmppDriver
 from drivers.smpp.options import SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from drivers.smpp.status import Status
 from gateway.cluster import nodes
 from gateway.cluster.checked import CheckedAsyncConnection
 from gateway.cluster.inbound import ClusterInbound
@@ -224,6 +225,7 @@ async def test_receipts_and_mo_during_an_outage_are_refused_then_stored_exactly_
             states, inbound = await _stored(node, ids)
             assert {s[1] for s in states} == {"sent"} and inbound == []
             assert {e.get("error") for e in logs if e["event"] == "smpp_inbound_not_stored"}
+            assert set(smsc.delivery_error_statuses) == {Status.ESME_RX_T_APPN}
 
             # Back, but the node's sessions are ended again and again while the carrier
             # delivers what it kept: each delivery stored once, or refused and sent again.
