@@ -18,11 +18,11 @@ each is the submitter's. Until one binds, the outbox waits. A deliver_sm refused
 unanswered (response timer) goes back after `redelivery_delay`, as a real SMSC retries
 one answered with a temporary error (ESME_RX_T_APPN); one refused as permanently
 undeliverable (ESME_RX_P_APPN, ESME_RX_R_APPN), or sent `max_delivery_attempts` times,
-is given up (`abandoned`). `delivery_errors` counts every error answer
-(`delivery_error_statuses` by status). One in doubt
-when its connection ends goes back at once. Each send after the first counts in `redelivered`;
-`receipts_sent` and `mo_sent` count deliver_sm the ESME accepted, `deliveries` every
-deliver_sm written (so one sent and not yet answered can be seen).
+is given up (`abandoned`). One in doubt when its connection ends goes back at once.
+Each send after the first counts in `redelivered`; `receipts_sent` and `mo_sent` count
+deliver_sm the ESME accepted, `deliveries` every deliver_sm written (so one sent and not
+yet answered can be seen), `delivery_errors` every error answer (`delivery_error_statuses`
+by status).
 
 Faults. `throttle` and `reject_next` queue the statuses the next submits get;
 `throttle_storm` throttles every other one of the next submits (or every n-th);
