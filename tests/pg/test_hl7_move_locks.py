@@ -25,10 +25,10 @@ from gateway.cluster.clinical_db import KEY_SPACE, key_numbers
 from gateway.reminders.rules import RuleSpec
 from tests.appointment_rig import siu
 from tests.hl7_rig import msa
-from tests.pg.test_clinical_keys import _waiters
 from tests.pg.test_hl7_cluster import Nodes, nodes  # noqa: F401 - the fixture
 
 H = 3600.0
+WAIT = 10.0  # an upper bound on waiting for a lock's waiters, never an expected duration
 PHONE = {"A": "^PRN^CP^^1^202^5550123", "B": "^PRN^CP^^1^202^5550177"}
 E164 = {"A": "+12025550123", "B": "+12025550177"}
 MRN = {"A": "MRNA", "B": "MRNB"}
@@ -68,14 +68,32 @@ class Holder:
         self.cipher = pair.a.clinical_db.cipher
         self.dsn = pair.a.config.cluster.conninfo
 
+    def numbers(self, patients: tuple[str, ...], *, with_numbers: bool = False) -> list[int]:
+        keys = [("patient", "ehr", "HOSP", MRN[p]) for p in patients]
+        keys += [("contact", E164[p]) for p in patients if with_numbers]
+        return key_numbers(self.cipher, keys)
+
     async def hold(self, *patients: str) -> None:
         """Each patient's key, in a transaction left open (`release` ends it)."""
-        keys = [("patient", "ehr", "HOSP", MRN[p]) for p in patients]
-        for number in key_numbers(self.cipher, keys):
+        for number in self.numbers(patients):
             await self.conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (KEY_SPACE, number))
 
-    async def waiting(self, count: int) -> None:
-        await _waiters(self.dsn, count)
+    async def waiting(self, count: int, *patients: str) -> None:
+        """Return once `count` sessions wait for these patients' keys or their numbers'
+        (a job holding the one may be what another waits for)."""
+        numbers = self.numbers(patients, with_numbers=True)
+        objids = [n & 0xFFFFFFFF for n in numbers]  # pg_locks shows oids
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            async with asyncio.timeout(WAIT):
+                while True:
+                    cur = await conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND NOT granted AND classid = %s AND objid = ANY(%s) AND objsubid = 2",
+                        (KEY_SPACE, objids),
+                    )
+                    row = await cur.fetchone()
+                    if row is not None and row[0] >= count:
+                        return
 
     async def release(self) -> None:
         await self.conn.rollback()
@@ -128,11 +146,11 @@ async def test_a_move_to_another_patient_locks_both_and_ends_as_if_serial(
         await holder.hold("A")
     moving = asyncio.create_task(nodes.send(nodes.a, move))
     if holder is not None:
-        await holder.waiting(1)  # the move waits for A's key, though it names only B
+        await holder.waiting(1, "A")  # the move waits for A's key, though it names only B
         assert not moving.done()
     booked = asyncio.create_task(nodes.send(nodes.b, booking))
     if holder is not None:
-        await holder.waiting(2)
+        await holder.waiting(2, "A")
         await holder.release()
     assert await _acks(moving, booked) == ["AA", "AA"]
     assert await _outcome(nodes) == {
@@ -151,7 +169,7 @@ async def test_a_move_to_another_patient_locks_both_and_ends_as_if_serial(
         asyncio.create_task(nodes.send(nodes.b, over)),
     ]
     if holder is not None:
-        await holder.waiting(2)
+        await holder.waiting(2, "A", "B")
         await holder.release()
     assert await _acks(*sends) == ["AA", "AA"]
     assert await _outcome(nodes) == {
