@@ -4,7 +4,10 @@ inbound records no codec could read (held encrypted for an operator, with an ale
 An inbound message's keywords (STOP, START, HELP, revocation phrases) are decided in
 the transaction that stores it (`consent/inbound.py`); a reply it earned is handed to
 the scheduler after that commit. On a cluster inbound messages are filed in the shared
-PostgreSQL tables (`cluster/inbound.py`), the keyword step right after their commit."""
+PostgreSQL tables (`cluster/inbound.py`), the keyword step right after their commit.
+A whole message whose delivery was not acknowledged (the store failed, or failed to
+say) is stored under the same id when the carrier delivers it again, so it is stored
+once (`inbound_doubt.py`)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import structlog
 
 from drivers.base import InboundSms, Receipt, RouteHealth
 from drivers.clock import Clock
+from gateway.inbound_doubt import InDoubt
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.store.inbound_parts import Filed, InboundHook, StoredInbound
@@ -56,6 +60,9 @@ class GatewaySink:
         self.reassembly_timeout = reassembly_timeout
         self._wakers: list[Callable[[], None]] = []
         self._quarantine = Quarantine(store)
+        # Inbound not acknowledged after an attempt to store it: the id it is stored
+        # under when the carrier delivers it again (`gateway/inbound_doubt.py`).
+        self._in_doubt = InDoubt()
         self._consent: InboundConsent | None = None
         self._replies: InboundReplies | None = None
         self._surveys: SurveyStep | None = None
@@ -166,21 +173,32 @@ class GatewaySink:
         if sms.part is not None and sms.part.total > 1:
             await self._inbound_part(route, sms)
             return
-        inbound_id = new_message_id()
+        now = self._clock.time()
+        digest = self._in_doubt.digest(route, sms.sender, sms.recipient, sms.body)
+        earlier = self._in_doubt.take(digest, now)
+        inbound_id = earlier or new_message_id()
         hook, handled = self._keyword_step()
-        await self._inbound.insert_inbound(
-            inbound_id,
-            route,
-            sms.sender,
-            sms.body,
-            sms.recipient,
-            sms.carrier_id,
-            self._clock.time(),
-            then=hook,
-        )
-        self._metrics.inbound.labels(route).inc()
-        log.info("inbound_stored", route=route, inbound_id=inbound_id)
-        await self._after_commit(handled)
+        try:
+            stored = await self._inbound.insert_inbound(
+                inbound_id,
+                route,
+                sms.sender,
+                sms.body,
+                sms.recipient,
+                sms.carrier_id,
+                now,
+                then=hook,
+                again=earlier is not None,
+            )
+            if stored:
+                self._metrics.inbound.labels(route).inc()
+                log.info("inbound_stored", route=route, inbound_id=inbound_id)
+            else:  # the delivery we did not acknowledge was stored after all
+                log.info("inbound_stored_before", route=route, inbound_id=inbound_id)
+            await self._after_commit(handled)
+        except BaseException:  # not acknowledged: the carrier delivers it again
+            self._in_doubt.put(digest, inbound_id, now)
+            raise
 
     async def _inbound_part(self, route: str, sms: InboundSms) -> None:
         assert sms.part is not None

@@ -465,11 +465,12 @@ async def test_a_restart_between_the_stop_and_its_confirmation_still_sends_exact
     insert_inbound = store.insert_inbound
     drops = [True]
 
-    async def commit_then_lose_the_link(*args: Any, **kwargs: Any) -> None:
-        await insert_inbound(*args, **kwargs)
+    async def commit_then_lose_the_link(*args: Any, **kwargs: Any) -> bool:
+        stored = await insert_inbound(*args, **kwargs)
         if drops:
             drops.pop()
             first.sim.drop_connections()  # the deliver_sm_resp never leaves
+        return stored
 
     monkeypatch.setattr(store, "insert_inbound", commit_then_lose_the_link)
     first.sim.inject_mo(who, SHORT_CODE, "STOP")

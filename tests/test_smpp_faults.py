@@ -749,3 +749,31 @@ async def test_failover_to_the_next_route_when_the_smsc_is_gone(
 
     assert {r["route"] for r in await rig.rows(ids)} == {"backup"}
     assert sim.submitted == []
+
+
+async def test_a_whole_mo_stored_then_refused_is_stored_once_when_redelivered(
+    open_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store committed the message, then the step after it failed: the SMSC got
+    ESME_RX_T_APPN and delivers it again, which is stored under the same id, once (as on
+    a cluster, `tests/pg/test_inbound_outage.py`)."""
+    rig = await open_rig()
+    store = rig.gw.store
+    insert_inbound = store.insert_inbound
+    used: list[tuple[str, bool]] = []
+    failures = [RuntimeError("the step after the commit failed")]
+
+    async def stored_then_failed(*args: Any, **kwargs: Any) -> bool:
+        stored = await insert_inbound(*args, **kwargs)
+        used.append((args[0], stored))
+        if failures:
+            raise failures.pop()
+        return stored
+
+    monkeypatch.setattr(store, "insert_inbound", stored_then_failed)
+    rig.sim.inject_mo("+12025550147", "4000", "C")
+    await rig.until(lambda: rig.sim.mo_sent == 1)
+    assert rig.sim.delivery_error_statuses == {Status.ESME_RX_T_APPN: 1}
+    (first, _), (again, _) = used
+    assert (first, again, [s for _, s in used]) == (again, first, [True, False])
+    assert [r["id"] for r in await inbound_rows(store, 10)] == [first]

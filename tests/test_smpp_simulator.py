@@ -226,6 +226,35 @@ async def test_refused_and_lost_receipts_are_delivered_again(
     assert sim.redelivered == 2
 
 
+async def test_a_temporary_error_is_retried_after_the_delay_and_attempts_are_bounded() -> None:
+    """As a real SMSC: a deliver_sm answered ESME_RX_T_APPN goes again after
+    `redelivery_delay` (on the simulator's clock), at most `max_delivery_attempts`
+    times; one answered ESME_RX_P_APPN (permanent) is given up at once."""
+    clock = FakeClock()
+    async with simulator(clock, redelivery_delay=5.0, max_delivery_attempts=3) as sim:
+        esme = await asyncio.to_thread(Esme, sim.port)
+        try:
+            esme.answers = [Status.ESME_RX_T_APPN] * 3 + [Status.ESME_RX_P_APPN]
+            await asyncio.to_thread(esme.bind, "receiver")
+            sim.inject_mo("+12025550147", "4000", "C")
+            for attempt in (1, 2, 3):
+                await asyncio.to_thread(esme.read_until, lambda n=attempt: len(esme.delivered) == n)
+                await until(sim, lambda n=attempt: sim.delivery_errors == n)  # type: ignore[misc]
+                if attempt < 3:
+                    await clock.wait_sleeping(1)
+                    assert clock.next_deadline == 5.0 and sim.deliveries == attempt
+                    clock.advance(5.0)
+            await until(sim, lambda: sim.abandoned == 1)
+            assert (sim.deliveries, sim.redelivered, sim.mo_sent, clock.sleeping) == (3, 2, 0, 0)
+
+            sim.inject_mo("+12025550147", "4000", "R")  # refused for good: never again
+            await asyncio.to_thread(esme.read_until, lambda: len(esme.delivered) == 4)
+            await until(sim, lambda: sim.abandoned == 2)
+            assert (sim.deliveries, sim.delivery_errors, clock.sleeping) == (4, 4, 0)
+        finally:
+            await asyncio.to_thread(esme.close)
+
+
 async def test_injected_mo_reaches_a_receiver(sim: SmscSimulator, esme: SmpplibEsme) -> None:
     await asyncio.to_thread(esme.bind, "receiver")
     sim.inject_mo("+12025550147", "4000", "Yes @ 5£")

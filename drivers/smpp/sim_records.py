@@ -36,6 +36,9 @@ class SimulatorConfig:
     hex_ids: bool = False  # message ids in hex (receipts carry the same id text) ...
     receipt_ids_decimal: bool = False  # ... except in receipt texts: a carrier quirk
     redelivery_delay: float = 5.0  # before a deliver_sm refused or unanswered goes again
+    # Sends of one deliver_sm before it is given up (None: until the ESME takes it), as
+    # a real SMSC gives up at the end of the message's validity period.
+    max_delivery_attempts: int | None = None
     shutdown_grace: float = 2.0  # how long `aclose` waits for unbind_resp
     session: SessionConfig = field(default_factory=_smsc_session)  # no enquire_link
     tls: ssl.SSLContext | None = None  # a server context: listen with TLS
@@ -48,6 +51,8 @@ class SimulatorConfig:
         for name in ("receipt_delay", "redelivery_delay", "shutdown_grace", "lost_session_hold"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.max_delivery_attempts is not None and self.max_delivery_attempts < 1:
+            raise ValueError("max_delivery_attempts must be at least 1")
         fractions = (self.undeliverable, self.expired)
         if not all(0 <= f <= 1 for f in fractions) or sum(fractions) > 1:
             raise ValueError("undeliverable and expired must be fractions adding up to <= 1")

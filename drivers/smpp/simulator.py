@@ -15,10 +15,14 @@ Appendix B text with an empty `text:` field, plus receipted_message_id and messa
 Receipts and `inject_mo` messages go through the outbox, which drains into sessions bound
 as receiver or transceiver, within each one's window; only one system_id can bind, so
 each is the submitter's. Until one binds, the outbox waits. A deliver_sm refused or
-unanswered (response timer) goes back after `redelivery_delay`; one in doubt when its
-connection ends goes back at once. Each send after the first counts in `redelivered`;
-`receipts_sent` and `mo_sent` count deliver_sm the ESME accepted, `deliveries` every
-deliver_sm written (so one sent and not yet answered can be seen).
+unanswered (response timer) goes back after `redelivery_delay`, as a real SMSC retries
+one answered with a temporary error (ESME_RX_T_APPN); one refused as permanently
+undeliverable (ESME_RX_P_APPN, ESME_RX_R_APPN), or sent `max_delivery_attempts` times,
+is given up (`abandoned`). One in doubt when its connection ends goes back at once.
+Each send after the first counts in `redelivered`; `receipts_sent` and `mo_sent` count
+deliver_sm the ESME accepted, `deliveries` every deliver_sm written (so one sent and not
+yet answered can be seen), `delivery_errors` every error answer (`delivery_error_statuses`
+by status).
 
 Faults. `throttle` and `reject_next` queue the statuses the next submits get;
 `throttle_storm` throttles every other one of the next submits (or every n-th);
@@ -47,7 +51,7 @@ import asyncio
 import itertools
 import random
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,6 +112,9 @@ _REPLY = {"source_addr": "destination_addr", "source_addr_ton": "dest_addr_ton"}
 _REPLY |= {"source_addr_npi": "dest_addr_npi"}
 _REPLY |= {value: key for key, value in _REPLY.items()}
 _BOUND = frozenset({State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX})
+# deliver_sm answers that mean "never send this again" (SMPP 3.4 5.1.3); any other
+# error is retried.
+_PERMANENT = frozenset({Status.ESME_RX_P_APPN, Status.ESME_RX_R_APPN})
 
 
 @dataclass(eq=False)
@@ -211,6 +218,8 @@ class SmscSimulator:
         self.session_log: list[SessionRecord] = []
         self.binds = self.submits = self.receipts_sent = self.mo_sent = 0
         self.throttled = self.connections = self.redelivered = self.deliveries = 0
+        self.delivery_errors = self.abandoned = 0  # deliver_sm answered with an error; given up
+        self.delivery_error_statuses: Counter[int] = Counter()  # those errors by status
         self._random = random.Random(self.config.seed)  # noqa: S311 - simulation, not security
         self._ids = itertools.count(FIRST_MESSAGE_ID)
         self._mo_refs = itertools.count(1)
@@ -419,9 +428,11 @@ class SmscSimulator:
                 self.mo_sent += event.token.kind == "mo"
                 self._pump()  # a window slot is free
             else:
-                self._later(self.config.redelivery_delay, event.token)
+                self.delivery_errors += 1
+                self.delivery_error_statuses[pdu.status] += 1
+                self._again(event.token, final=pdu.status in _PERMANENT)
         elif isinstance(event, ResponseTimeout) and isinstance(event.token, _Delivery):
-            self._later(self.config.redelivery_delay, event.token)
+            self._again(event.token)
         elif isinstance(event, SessionEnded):
             if link.system_id is not None:  # a bound session ended
                 kind = "unbound" if isinstance(event, Unbound) else "lost"
@@ -529,6 +540,17 @@ class SmscSimulator:
         tlvs: dict[int, Value] = {Tag.RECEIPTED_MESSAGE_ID: record.message_id}
         tlvs[Tag.MESSAGE_STATE] = state
         self._later(config.receipt_delay, _Delivery("receipt", params, tlvs))
+
+    def _again(self, item: _Delivery, *, final: bool = False) -> None:
+        """A deliver_sm refused or unanswered: sent again after `redelivery_delay`,
+        unless refused for good or out of attempts."""
+        limit = self.config.max_delivery_attempts
+        if final or (limit is not None and item.attempts >= limit):
+            self.abandoned += 1
+            log.info("simulator_delivery_abandoned", kind=item.kind, attempts=item.attempts)
+            self._notify()
+            return
+        self._later(self.config.redelivery_delay, item)
 
     def _later(self, delay: float, item: _Delivery) -> None:
         """Put `item` in the outbox after `delay` on the injected clock; at once for 0."""

@@ -43,13 +43,14 @@ import structlog
 from gateway.appointments import debounce
 from gateway.appointments.model import LIVE, Facts, Location, Status, Trigger
 from gateway.appointments.settings import Settings
-from gateway.clinical import notices, patients
+from gateway.clinical import lock_names, notices, patients
 from gateway.clinical.commands import (
     ERR_APPLICATION_INTERNAL,
     ERR_REQUIRED_FIELD_MISSING,
     ApplyContext,
     LockKey,
     MappingError,
+    MoreKeys,
 )
 from gateway.clinical.notices import NoticeKind, NoticeState
 
@@ -106,7 +107,9 @@ class AppointmentChange:
         """The appointment, its patient (the patient's other appointments: short codes,
         a cancel-then-rebook's "moved" notice) and the patient's number (its contact
         row). Without a patient the state machine may read the stored one's rows, which
-        no key names: the whole lock."""
+        no key names: the whole lock. A message moving the appointment from another
+        patient needs that patient's keys too, known once the row is read: `apply`
+        asks for them (`MoreKeys`) and the job runs again holding all of them."""
         facts = self.facts
         if facts.patient is None:
             return None
@@ -127,6 +130,8 @@ class AppointmentChange:
         if old is None and facts.trigger is Trigger.DELETE:
             self.outcome = "unknown_appointment"
             return
+        if old is not None:
+            _check_held(conn, ctx, facts, old)
         status = decide(facts, old)
         _cross_check(facts, status)
         if old is None:
@@ -170,6 +175,22 @@ class AppointmentChange:
         name = _event_name(old, new, facts.trigger)
         _event(conn, ctx, new.id, name, old, new.status, new.start, new.version)
         _after(conn, ctx, settings, old, new, facts.trigger)
+
+
+def _check_held(conn: sqlite3.Connection, ctx: ApplyContext, facts: Facts, old: Stored) -> None:
+    """A keyed job moving the appointment to another patient must hold the patient it
+    leaves (and that patient's number) too: that patient's notices and short codes
+    change. Raises `MoreKeys` (before any write) if it does not."""
+    if ctx.held is None or facts.patient is None:
+        return
+    ref = facts.patient.ref
+    named = lock_names.canonical(ctx.cipher, ("patient", ctx.source, ref.authority, ref.mrn))
+    leaving = lock_names.stored_patient(conn, old.patient_id)
+    if not leaving or leaving[0] == named:  # the same patient: nothing else is touched
+        return
+    missing = [key for key in leaving if key not in ctx.held]
+    if missing:
+        raise MoreKeys(missing)
 
 
 def decide(facts: Facts, old: Stored | None) -> Status:

@@ -50,6 +50,10 @@ class MappingError(Exception):
         self.location = location
 
 
+# A name for what a clinical job changes ("appointment", source, key): on a cluster the
+# job locks these instead of every clinical write (`ClinicalDb.run`'s `keys`).
+LockKey = tuple[str, ...]
+
 AppointmentHook = Callable[[sqlite3.Connection, "ApplyContext", str], None]
 
 
@@ -87,6 +91,9 @@ class ApplyContext:
     # The cipher of the clinical rows where it is not the store's: on a cluster, the
     # shared keyring's (the store's own keys match it until a rotation).
     sealer: FieldCipher | None = None
+    # The keys a keyed job holds (`lock_names.canonical` form); None: it holds every
+    # clinical write (the whole lock, or SQLite's one writer).
+    held: frozenset[LockKey] | None = None
 
     @property
     def cipher(self) -> FieldCipher:
@@ -106,9 +113,15 @@ class Command(Protocol):
     def apply(self, conn: sqlite3.Connection, ctx: ApplyContext) -> None: ...
 
 
-# A name for what a clinical job changes ("appointment", source, key): on a cluster the
-# job locks these instead of every clinical write (`ClinicalDb.run`'s `keys`).
-LockKey = tuple[str, ...]
+class MoreKeys(Exception):
+    """A keyed job found that it changes rows of keys it does not hold (an appointment
+    moved to another patient: the patient it leaves, and that patient's number). Raised
+    before the job writes; the job is rolled back and run again holding these too, all
+    of them taken in the one order (no lock is ever taken out of it)."""
+
+    def __init__(self, keys: Sequence[LockKey]) -> None:
+        super().__init__("the job needs more keys")
+        self.keys = tuple(keys)
 
 
 @runtime_checkable

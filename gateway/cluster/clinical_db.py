@@ -44,6 +44,7 @@ from psycopg import AsyncConnection
 
 from gateway.clinical.commands import LockKey
 from gateway.clinical.db import Row
+from gateway.clinical.lock_names import canonical_set
 from gateway.cluster import seal_guard
 from gateway.cluster.lease import Pool
 from gateway.cluster.shared_keys import KeyringWatch
@@ -59,11 +60,13 @@ KEY_SPACE = 0x736D7367  # the keys' locks: pg_advisory_xact_lock(KEY_SPACE, dige
 
 
 def key_numbers(cipher: FieldCipher, keys: Collection[LockKey]) -> list[int]:
-    """The keys' lock numbers, sorted (every job locks in one order: no deadlock)."""
+    """The keys' lock numbers, sorted (every job locks in one order: no deadlock). A
+    patient or number is locked as the row it names (`lock_names.canonical`), so a
+    message's key and the stored row's are one lock."""
     return sorted(
         {
             int.from_bytes(cipher.keyed_digest("clinical_lock", *key)[:4], "big", signed=True)
-            for key in keys
+            for key in canonical_set(cipher, keys)
         }
     )
 

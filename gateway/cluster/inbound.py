@@ -106,15 +106,23 @@ class ClusterInbound:
         *,
         incomplete: bool = False,
         then: InboundHook | None = None,
-    ) -> None:
+        again: bool = False,
+    ) -> bool:
+        """With `again`, an id already stored stores nothing (False), but `then` runs:
+        the attempt that stored it may have failed before its keyword step, whose
+        decisions are keyed by the inbound id (made once)."""
         stored = StoredInbound(inbound_id, route, sender, body, recipient, now)
 
-        async def write() -> None:
+        async def write() -> bool:
             async with self._pool.connection() as conn, conn.transaction():
+                if again and await _all(conn, "SELECT 1 FROM inbound WHERE id = %s", inbound_id):
+                    return False
                 await self._insert(conn, stored, carrier_id, incomplete=incomplete)
+                return True
 
-        await seal_guard.retried(self._keys, write)
+        new = await seal_guard.retried(self._keys, write)
         await self._then(then, [stored])
+        return new
 
     async def file_inbound_part(
         self,

@@ -13,6 +13,10 @@ sender is answered AR (retry later). Only after the commit does the ACK leave.
 On a cluster the job locks what it names (`lock_keys`: the dedupe key and each
 command's keys) rather than every clinical write, so messages for other patients are
 applied at once on any node; a command that cannot name its rows takes the lock whole.
+An appointment the message moves from another patient names that patient only once its
+row is read: the job asks for those keys too (`MoreKeys`, before it writes), is rolled
+back and runs again holding all of them, in the one order every job takes (so two moves
+in opposite directions never deadlock); after `MAX_KEY_ROUNDS` it takes the lock whole.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from gateway.clinical.commands import (
     Keyed,
     LockKey,
     MappingError,
+    MoreKeys,
 )
 from gateway.clinical.db import ClinicalDb, LocalClinicalDb
+from gateway.clinical.lock_names import canonical_set
 from gateway.clinical.profile import InterfaceProfile
 from gateway.hl7 import ack, charset, header
 from gateway.hl7 import messages_sql as sql
@@ -48,6 +54,10 @@ from gateway.logs import exception_summary
 from gateway.store.store import Store
 
 log = structlog.get_logger("smsgw.hl7")
+
+# Rounds of a keyed job that found more keys to hold (each a move seen under the
+# previous round's locks) before it takes the clinical lock whole.
+MAX_KEY_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +191,9 @@ class Hl7Inbound:
             None if iface.ack_mode_override is None else ack.AckMode(iface.ack_mode_override)
         )
 
-    def context(self, now: float, message_ref: str) -> ApplyContext:
+    def context(
+        self, now: float, message_ref: str, held: frozenset[LockKey] | None = None
+    ) -> ApplyContext:
         return ApplyContext(
             now,
             self.iface.name,
@@ -191,6 +203,7 @@ class Hl7Inbound:
             self.hooks,
             message_ref,
             sealer=self.db.cipher,
+            held=held,
         )
 
     def map(self, text: str, h: header.Header) -> Mapped:
@@ -241,7 +254,8 @@ class Hl7Inbound:
                 if isinstance(mapped, MappingError):
                     state, failure = "quarantined", mapped
                 else:
-                    state, failure, reason = apply(conn, mapped, self.context(now, row_id))
+                    ctx = self.context(now, row_id, held)
+                    state, failure, reason = apply(conn, mapped, ctx)
                 error = (
                     None
                     if failure is None
@@ -281,9 +295,21 @@ class Hl7Inbound:
             )
             return Answer(acks, state, True)
 
+        held: frozenset[LockKey] | None = None  # what the job's locks cover, as it runs
         try:
             keys = lock_keys(self.iface.name, h, mapped)
-            answer: Answer = await self.db.run(job, keys=keys)
+            for _ in range(MAX_KEY_ROUNDS):
+                if keys is not None and self.db.shared:
+                    held = canonical_set(cipher, keys)
+                try:
+                    answer: Answer = await self.db.run(job, keys=keys)
+                    break
+                except MoreKeys as more:  # rolled back: again, holding those too
+                    assert keys is not None
+                    keys = [*keys, *more.keys]
+            else:  # moved on each round (another move in between): take the lock whole
+                keys, held = None, None
+                answer = await self.db.run(job, keys=None)
         except Exception as e:  # rolled back: the sender retries later
             log.error("hl7_store_failed", interface=self.iface.name, error=exception_summary(e))
             err = ack.Error(ERR_APPLICATION_INTERNAL, "internal error; resend later")

@@ -26,7 +26,11 @@ class InboundStore(Protocol):
         *,
         incomplete: bool = False,
         then: InboundHook | None = None,
-    ) -> None: ...
+        again: bool = False,
+    ) -> bool:
+        """Store one whole message; False if `again` (the id of an earlier delivery
+        not acknowledged, `gateway/inbound_doubt.py`) and that one was stored."""
+        ...
 
     async def file_inbound_part(
         self,

@@ -588,8 +588,10 @@ class Store:
         *,
         incomplete: bool = False,
         then: inbound_parts.InboundHook | None = None,
-    ) -> None:
-        """Store one whole inbound message; `then` runs in the same transaction."""
+        again: bool = False,
+    ) -> bool:
+        """Store one whole inbound message; `then` runs in the same transaction. With
+        `again`, nothing if the id is stored already (False): its `then` ran with it."""
         statement = inbound_parts.inbound_statement(
             self._crypto,
             inbound_id,
@@ -602,17 +604,24 @@ class Store:
             incomplete=incomplete,
         )
         rows = [statement, outbox_sql.inbound_statement(inbound_id, route, now)]
-        if then is None:
+        if then is None and not again:
             await self.writer.insert(rows)
-            return
+            return True
         stored = inbound_parts.StoredInbound(inbound_id, route, sender, body, recipient, now)
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> bool:
+            if (
+                again
+                and conn.execute("SELECT 1 FROM inbound WHERE id = ?", (inbound_id,)).fetchone()
+            ):
+                return False
             for sql, params in rows:
                 conn.execute(sql, params)
-            then(conn, stored)
+            if then is not None:
+                then(conn, stored)
+            return True
 
-        await self.writer.run(job)
+        return await self.writer.run(job)
 
     async def file_inbound_part(
         self,

@@ -185,3 +185,9 @@ def test_a_keys_lock_number_is_a_keyed_digest_in_one_order() -> None:
     assert numbers == sorted(numbers) and len(numbers) == 3
     assert key_numbers(CIPHER, list(reversed(keys))) == numbers
     assert key_numbers(FieldCipher({1: os.urandom(32)}, os.urandom(32)), keys) != numbers
+    # A patient and a number named by a message lock what their stored rows name.
+    row = [
+        ("patient_row", "ehr", CIPHER.keyed_digest("mrn", "ehr", "HOSP", "MRN42").hex()),
+        ("contact_row", CIPHER.blind_index("+12025550123").hex()),
+    ]
+    assert key_numbers(CIPHER, [keys[0], *row]) == numbers
