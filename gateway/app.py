@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
     from gateway.directory.service import Directory
     from gateway.integrations.mqtt import MqttLink
+    from gateway.start_stages import StartStages
 
 log = structlog.get_logger("smsgw.app")
 
@@ -257,7 +258,7 @@ class Gateway(UseCaseWiring):
         gateway.renderer = gateway.templates.renderer
         return gateway
 
-    async def start(self, *, dispatch: bool = True) -> None:
+    async def start(self, *, dispatch: bool = True, stages: StartStages | None = None) -> None:
         """Load the queue, start the drivers and the background loops.
 
         With `dispatch=False` (tests) no background loop runs: the test drives the
@@ -265,6 +266,8 @@ class Gateway(UseCaseWiring):
         """
         loaded = await self.scheduler.load(None if self.cluster is None else self.cluster.adoption)
         log.info("queue_loaded", waiting=loaded)
+        if stages is not None:
+            stages.mark("queue_load")
         if self.cluster is not None:
             self.cluster.rehold = self.scheduler.rehold  # after a lost lease, on rejoining
         if self.cluster is not None and dispatch:
@@ -311,6 +314,8 @@ class Gateway(UseCaseWiring):
             else:
                 log.warning("notice_runner_off", reason="no template renderer")
             self._spawn(self.campaign_runner.run())  # i15-campaigns
+        if stages is not None:
+            stages.mark("routes_and_services")
 
     async def _start_hl7(self, *, dispatch: bool) -> None:
         # On a cluster one node at a time sends each outbound interface's rows.

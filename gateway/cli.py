@@ -52,6 +52,7 @@ from gateway.links import demo as links_demo
 from gateway.ops.socket import AdminSocket
 from gateway.reminders import demo as reminders_demo
 from gateway.shutdown import EXIT_STOP_INCOMPLETE, STEP_LIMIT, StopDeadline, stop_limit
+from gateway.start_stages import StartStages
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
@@ -195,6 +196,8 @@ def _self_signed(config: Config, names: list[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stages = StartStages()
+    stages.mark("interpreter_and_imports")
     config = _load(args.config)
     if args.listen:
         config = msgspec.structs.replace(
@@ -209,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.links_listen:
         config = _links_demo_listen(config, args.links_listen)
     logs.configure(config.log.format, config.log.level)
+    stages.mark("config")
     with DataDirLock(config.data_dir):
         token = None
         if config.source is None:
@@ -223,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise StartupFault(str(e), exit_code=2) from None
         except OSError as e:
             raise describe_fault(e, config) from None
+        stages.mark("master_key")
         _install_uvloop()
         # Armed by the first SIGTERM or SIGINT; it must also cover the interpreter's
         # exit, which waits for every non-daemon thread (`gateway/shutdown.py`).
@@ -231,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         try:
             return asyncio.run(
-                serve_or_explain(config, lambda s: _serve(config, token, key, s, deadline))
+                serve_or_explain(config, lambda s: _serve(config, token, key, s, deadline, stages))
             )
         finally:
             deadline.phase("interpreter exit (waiting for threads)")
@@ -287,6 +292,7 @@ async def _serve(
     master_key: bytes,
     startup: Startup,
     deadline: StopDeadline,
+    stages: StartStages,
 ) -> int:
     from gateway.http_app import build_runner
     from gateway.web.connections import GuardedTCPSite
@@ -309,7 +315,9 @@ async def _serve(
         config = msgspec.structs.replace(config, routes=own + embedded)
     # The demo's clock may be moved forward, so tomorrow's reminders can be seen now.
     clock = AdjustableClock() if config.demo_peers else None
+    stages.mark("http_imports_and_peers")
     gateway = await Gateway.open(config, clock, master_key)
+    stages.mark("store_open")
     startup.on_fault(gateway.stop)
     if config.demo_peers:
         gateway.demo = DemoPeers(simulator, modems, clock)
@@ -317,16 +325,19 @@ async def _serve(
         await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
         await campaigns_demo.seed(gateway.templates)  # issue 15: an A/B campaign text
         await links_demo.seed(gateway.links)  # issue 15: {link:flu-clinic}
-    await gateway.start()
+    await gateway.start(stages=stages)
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.
         await gateway.audit.record("smsgw", "master_key_unlocked", "key", "master", via=source)
     admin_socket = AdminSocket(gateway, master_key)  # console commands (gateway/ops/)
     startup.on_fault(admin_socket.close)
     await admin_socket.start()
+    stages.mark("admin_socket")
     _tune_gc()
+    stages.mark("gc_freeze")
     runner = build_runner(gateway)
     await runner.setup()
+    stages.mark("http_app")
     tls_paths = config.tls_paths
     context = tls.server_context(*tls_paths) if tls_paths else None
     site = GuardedTCPSite(
@@ -355,6 +366,8 @@ async def _serve(
         print(TRY_EVENTS_HINT, flush=True)
     startup.done()
     systemd.notify("READY=1")
+    stages.mark("listen")
+    log.info("started", **stages.fields())
     interval = systemd.watchdog_interval()
     beat = asyncio.create_task(systemd.heartbeat(gateway.clock, interval)) if interval else None
     await stop.wait()
