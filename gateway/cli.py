@@ -268,7 +268,8 @@ def _hl7_demo_listen(config: Config, listen: str) -> Config:
 
 
 def _tune_gc() -> None:
-    """Move what start-up built (config, queue cache) out of the collector's way.
+    """Move what start-up built (config, queue cache) out of the collector's way, once
+    the whole queue is loaded (after ready: `Gateway.after_ready`).
 
     A request allocates short-lived objects; with the default thresholds the young
     generation is collected every few requests and full collections walk the whole
@@ -325,7 +326,7 @@ async def _serve(
         await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
         await campaigns_demo.seed(gateway.templates)  # issue 15: an A/B campaign text
         await links_demo.seed(gateway.links)  # issue 15: {link:flu-clinic}
-    await gateway.start(stages=stages)
+    await gateway.start(ready_first=True, stages=stages)
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.
         await gateway.audit.record("smsgw", "master_key_unlocked", "key", "master", via=source)
@@ -333,8 +334,6 @@ async def _serve(
     startup.on_fault(admin_socket.close)
     await admin_socket.start()
     stages.mark("admin_socket")
-    _tune_gc()
-    stages.mark("gc_freeze")
     runner = build_runner(gateway)
     await runner.setup()
     stages.mark("http_app")
@@ -368,6 +367,7 @@ async def _serve(
     systemd.notify("READY=1")
     stages.mark("listen")
     log.info("started", **stages.fields())
+    gateway.after_ready(settled=_tune_gc)
     interval = systemd.watchdog_interval()
     beat = asyncio.create_task(systemd.heartbeat(gateway.clock, interval)) if interval else None
     await stop.wait()
