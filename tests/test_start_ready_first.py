@@ -119,6 +119,6 @@ async def test_a_chain_tampered_before_a_fast_start_still_alerts(
         async with asyncio.timeout(10):
             await settled.wait()
             await checked.wait()
-    assert gw.metrics.audit_chain_ok._value.get() == 0  # noqa: SLF001 - the gauge's value
+    assert gw.metrics.registry.get_sample_value("smsgw_audit_chain_ok") == 0
     broken = [e for e in logs if e["event"] == "audit_chain_broken"]
     assert broken and broken[0]["first_bad_seq"] == 1
