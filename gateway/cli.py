@@ -21,7 +21,6 @@ import structlog
 from aiohttp import web
 
 from drivers.clock import AdjustableClock, SystemClock
-from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import (
     __version__,
     analytics_cmd,
@@ -42,28 +41,25 @@ from gateway import config as config_mod
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.backup_cmd import add_parser as add_backup_parsers
-from gateway.campaigns import demo as campaigns_demo  # i15-campaigns
 from gateway.config import Config, ConfigError
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.contacts import ops as contacts_ops
 from gateway.demo import DemoPeers, embedded_modems
 from gateway.hl7 import send_cmd as hl7_send
-from gateway.links import demo as links_demo
 from gateway.ops.socket import AdminSocket
-from gateway.reminders import demo as reminders_demo
 from gateway.shutdown import EXIT_STOP_INCOMPLETE, STEP_LIMIT, StopDeadline, stop_limit
 from gateway.start_stages import StartStages
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
-from gateway.surveys import demo as surveys_demo
 from gateway.table import table
 from gateway.tokens import BadScope
 from gateway.usecases.tokens import Tokens
 
 if TYPE_CHECKING:
     from drivers.modem.emulator import EmulatedModem
+    from drivers.smpp.simulator import SmscSimulator
 
 log = structlog.get_logger("smsgw.cli")
 ENV_CONFIG = "SMSGW_CONFIG"
@@ -321,6 +317,13 @@ async def _serve(
     stages.mark("store_open")
     startup.on_fault(gateway.stop)
     if config.demo_peers:
+        # The demo's seeds, as its simulator, are imported only for the demo (a
+        # configured start imports no more than it runs: issue 16, start-up).
+        from gateway.campaigns import demo as campaigns_demo
+        from gateway.links import demo as links_demo
+        from gateway.reminders import demo as reminders_demo
+        from gateway.surveys import demo as surveys_demo
+
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
         await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
@@ -453,6 +456,8 @@ def _cleanup(*runners: web.BaseRunner | None) -> Callable[[], Awaitable[None]]:
 async def _start_embedded_smsc() -> tuple[SmscSimulator, str]:
     """The embedded default's carrier: the SMSC simulator, in process, on a free port;
     with the password its route logs in with."""
+    from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+
     password = secrets.token_hex(4)  # SMPP 3.4 passwords hold at most 8 characters
     simulator = SmscSimulator(
         SimulatorConfig(
@@ -507,6 +512,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure("auto", "info")
     if args.peer == "modem":
         return _simulate_modems(args)
+    from drivers.smpp.simulator import SimulatorConfig, run_forever
+
     config = SimulatorConfig(
         host=args.host,
         port=args.port,
