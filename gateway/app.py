@@ -275,7 +275,7 @@ class Gateway(UseCaseWiring):
         loaded = await self.scheduler.load(
             None if self.cluster is None else self.cluster.adoption, later=ready_first
         )
-        log.info("queue_loaded", waiting=loaded)
+        log.info("queue_loaded", waiting=loaded, later_after_ready=ready_first)
         if stages is not None:
             stages.mark("queue_load")
         if self.cluster is not None:

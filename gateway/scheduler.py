@@ -30,6 +30,11 @@ expiry deadlines. Each round:
    retry with exponential back-off and jitter honouring `retry_after`, or `failed`)
    are recorded in one store call.
 
+At start `load` fills the cache from the store. `smsgw run` first reads only what may
+fall due within `LOAD_AHEAD` (every queued row, the scheduled ones due by then) and the
+rest once it serves (`load_later`); until that is done no scheduled row due past the
+horizon is promoted, so the order among due messages is decided with all of them known.
+
 The loop sleeps until the next due time, token or expiry, or until something wakes it:
 a new message, a freed window slot, a route's health changing. Tests call
 `run_until_idle()` instead, which runs rounds until nothing is due now and nothing is
