@@ -13,9 +13,12 @@
    receipt's state) and carrier ids, inbound messages, audit entries, and 100,000
    messages waiting (scheduled a month ahead: in the scheduler's memory, nothing due).
    The analytics rollup then folds the year, as a live gateway's would be.
-2. `smsgw run` on that store: start-up time (process start to the first 200 of
-   `/api/v1/healthz`, which answers only once the queue is loaded), resident memory
-   (VmRSS) with the 100,000 waiting, CPU over 60 s of idle (utime + stime).
+2. `smsgw run` on that store (its sources byte-compiled first, as installed): start-up
+   time (process start to the first 200 of `/api/v1/healthz`, which answers once sends
+   are accepted and every message due in the next 10 minutes is loaded; scheduled ones
+   due later are read right after), resident memory (VmRSS) at ready and, after the
+   start's work settles, with the 100,000 waiting in memory, CPU over 60 s of idle
+   (utime + stime).
 3. `--requests` GETs of each read: `/api/v1/messages` unfiltered and by each filter the
    API accepts (status, priority, route, receipt_overdue, since/until, a number, the
    cursor of a deep page), `/api/v1/inbound` (both orders), `/api/v1/queue`, `/metrics`,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import json
 import os
 import random
@@ -306,6 +310,10 @@ async def measure(home: harness.GatewayHome, args: argparse.Namespace) -> dict[s
         python = args.server_repo / ".venv" / "bin" / "python"
         server.argv = [*pinning.server, str(python), *server.argv[len(pinning.server) + 1 :]]
         server.cwd = args.server_repo
+    # As an installed smsgw has them (pip compiles at install): a checkout run with
+    # PYTHONDONTWRITEBYTECODE set would compile ~340 modules at each start (0.3-0.4 s CPU).
+    for package in ("gateway", "drivers"):
+        compileall.compile_dir(server.cwd / package, quiet=1)
     t0 = time.perf_counter()
     await server.start()
     start_s = time.perf_counter() - t0

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from gateway.cluster.node import ClusterNode
     from gateway.directory.service import Directory
     from gateway.integrations.mqtt import MqttLink
+    from gateway.start_stages import StartStages
 
 log = structlog.get_logger("smsgw.app")
 
@@ -108,6 +109,7 @@ class Gateway(UseCaseWiring):
     # Interface profiles by name (`[[hl7.interfaces]]`): replies write back per these.
     clinical_profiles: dict[str, InterfaceProfile] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _ready_first: bool = False  # `start(ready_first=True)`: `after_ready()` has work
     # [cluster] enabled: this node's membership and the shared queue.
     cluster: ClusterNode | None = None
 
@@ -185,6 +187,7 @@ class Gateway(UseCaseWiring):
             elsewhere=elsewhere,
             journal=None if node is None else node.queue.journal_outcomes,
             record_window=config.cluster.outcome_retry_seconds,
+            staged=store if node is None else None,
         )
         sink.wake_on_health(scheduler.wake)
         intake = Intake(config, store, scheduler, router, clock, metrics, sealer=queue)
@@ -257,14 +260,24 @@ class Gateway(UseCaseWiring):
         gateway.renderer = gateway.templates.renderer
         return gateway
 
-    async def start(self, *, dispatch: bool = True) -> None:
+    async def start(
+        self, *, dispatch: bool = True, ready_first: bool = False, stages: StartStages | None = None
+    ) -> None:
         """Load the queue, start the drivers and the background loops.
 
         With `dispatch=False` (tests) no background loop runs: the test drives the
         scheduler with `run_until_idle()` and calls `housekeeping_once()` itself.
+        `ready_first` (`smsgw run`): what need not come before serving waits for
+        `after_ready()`: the scheduled messages due after the next `LOAD_AHEAD` seconds
+        and the audit chain's check.
         """
-        loaded = await self.scheduler.load(None if self.cluster is None else self.cluster.adoption)
-        log.info("queue_loaded", waiting=loaded)
+        self._ready_first = ready_first
+        loaded = await self.scheduler.load(
+            None if self.cluster is None else self.cluster.adoption, later=ready_first
+        )
+        log.info("queue_loaded", waiting=loaded, later_after_ready=ready_first)
+        if stages is not None:
+            stages.mark("queue_load")
         if self.cluster is not None:
             self.cluster.rehold = self.scheduler.rehold  # after a lost lease, on rejoining
         if self.cluster is not None and dispatch:
@@ -300,7 +313,8 @@ class Gateway(UseCaseWiring):
             self._spawn(self._store_watch())
             self._spawn(self._inbound_expiry())
             self._spawn(self.rekey.run())  # resumes a re-encryption a kill cut short
-            self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
+            if not ready_first:
+                self._spawn(metrics_state.watch_audit(self.audit, self.metrics, self.clock))
             self._spawn(self.analytics.run())  # i15-analytics: daily sums, off the send path
             # On a cluster every node tops up the shared schedules: a serial clinical
             # job, so each dose is planned once (medication/usecase.py).
@@ -311,6 +325,29 @@ class Gateway(UseCaseWiring):
             else:
                 log.warning("notice_runner_off", reason="no template renderer")
             self._spawn(self.campaign_runner.run())  # i15-campaigns
+        if stages is not None:
+            stages.mark("routes_and_services")
+
+    def after_ready(self, settled: Callable[[], None] = lambda: None) -> None:
+        """Once the gateway serves (after `start(ready_first=True)`): read the rest of
+        the scheduled messages, call `settled` (the queue is whole in memory), then
+        check the audit chain (in a thread; a broken chain alerts as at any check)."""
+        if not self._ready_first:
+            settled()
+            return
+        self._spawn(self._load_later(settled))
+
+    async def _load_later(self, settled: Callable[[], None]) -> None:
+        while True:
+            try:
+                taken = await self.scheduler.load_later()
+                break
+            except Exception as e:  # the store is failing: nothing past the horizon is lost
+                log.error("queue_load_later_failed", error=exception_summary(e))
+                await self.clock.sleep(STORE_PROBE_INTERVAL)
+        log.info("queue_loaded_later", scheduled=taken)
+        settled()
+        await metrics_state.watch_audit(self.audit, self.metrics, self.clock)
 
     async def _start_hl7(self, *, dispatch: bool) -> None:
         # On a cluster one node at a time sends each outbound interface's rows.

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.backup import ops as backup_ops
-from gateway.backup.restore import restore
 from gateway.config import Config, ConfigError, StoreConfig
 from gateway.ops import client
 from gateway.progress import ProgressLine
@@ -62,6 +60,8 @@ def add_parser(sub: Any, load: Callable[[str | None], Config]) -> None:
 
 
 def cmd_backup(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
+    from gateway.backup import ops as backup_ops  # only for this command (smsgw run's start)
+
     config = load(args.config)
     progress = ProgressLine()
     try:
@@ -93,6 +93,8 @@ def _key_for_verify(args: argparse.Namespace, config: Config) -> bytes | None:
 
 
 def cmd_restore(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
+    from gateway.backup.restore import restore  # only for this command (smsgw run's start)
+
     if args.config:
         config = load(args.config)
         data_dir, db_path, key_path = Path(config.data_dir), config.db_path, config.master_key_path

@@ -21,7 +21,6 @@ import structlog
 from aiohttp import web
 
 from drivers.clock import AdjustableClock, SystemClock
-from drivers.smpp.simulator import SimulatorConfig, SmscSimulator, run_forever
 from gateway import (
     __version__,
     analytics_cmd,
@@ -42,27 +41,25 @@ from gateway import config as config_mod
 from gateway import console as commands
 from gateway.app import Gateway
 from gateway.backup_cmd import add_parser as add_backup_parsers
-from gateway.campaigns import demo as campaigns_demo  # i15-campaigns
 from gateway.config import Config, ConfigError
 from gateway.console import CONSOLE, audit_trail, with_store
 from gateway.contacts import ops as contacts_ops
 from gateway.demo import DemoPeers, embedded_modems
 from gateway.hl7 import send_cmd as hl7_send
-from gateway.links import demo as links_demo
 from gateway.ops.socket import AdminSocket
-from gateway.reminders import demo as reminders_demo
 from gateway.shutdown import EXIT_STOP_INCOMPLETE, STEP_LIMIT, StopDeadline, stop_limit
+from gateway.start_stages import StartStages
 from gateway.startup import DataDirLock, Startup, StartupFault, serve_or_explain
 from gateway.startup import describe as describe_fault
 from gateway.store import crypto
 from gateway.store.store import Store
-from gateway.surveys import demo as surveys_demo
 from gateway.table import table
 from gateway.tokens import BadScope
 from gateway.usecases.tokens import Tokens
 
 if TYPE_CHECKING:
     from drivers.modem.emulator import EmulatedModem
+    from drivers.smpp.simulator import SmscSimulator
 
 log = structlog.get_logger("smsgw.cli")
 ENV_CONFIG = "SMSGW_CONFIG"
@@ -195,6 +192,8 @@ def _self_signed(config: Config, names: list[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stages = StartStages()
+    stages.mark("interpreter_and_imports")
     config = _load(args.config)
     if args.listen:
         config = msgspec.structs.replace(
@@ -209,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.links_listen:
         config = _links_demo_listen(config, args.links_listen)
     logs.configure(config.log.format, config.log.level)
+    stages.mark("config")
     with DataDirLock(config.data_dir):
         token = None
         if config.source is None:
@@ -223,6 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise StartupFault(str(e), exit_code=2) from None
         except OSError as e:
             raise describe_fault(e, config) from None
+        stages.mark("master_key")
         _install_uvloop()
         # Armed by the first SIGTERM or SIGINT; it must also cover the interpreter's
         # exit, which waits for every non-daemon thread (`gateway/shutdown.py`).
@@ -231,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         try:
             return asyncio.run(
-                serve_or_explain(config, lambda s: _serve(config, token, key, s, deadline))
+                serve_or_explain(config, lambda s: _serve(config, token, key, s, deadline, stages))
             )
         finally:
             deadline.phase("interpreter exit (waiting for threads)")
@@ -263,7 +264,8 @@ def _hl7_demo_listen(config: Config, listen: str) -> Config:
 
 
 def _tune_gc() -> None:
-    """Move what start-up built (config, queue cache) out of the collector's way.
+    """Move what start-up built (config, queue cache) out of the collector's way, once
+    the whole queue is loaded (after ready: `Gateway.after_ready`).
 
     A request allocates short-lived objects; with the default thresholds the young
     generation is collected every few requests and full collections walk the whole
@@ -287,6 +289,7 @@ async def _serve(
     master_key: bytes,
     startup: Startup,
     deadline: StopDeadline,
+    stages: StartStages,
 ) -> int:
     from gateway.http_app import build_runner
     from gateway.web.connections import GuardedTCPSite
@@ -309,24 +312,34 @@ async def _serve(
         config = msgspec.structs.replace(config, routes=own + embedded)
     # The demo's clock may be moved forward, so tomorrow's reminders can be seen now.
     clock = AdjustableClock() if config.demo_peers else None
+    stages.mark("http_imports_and_peers")
     gateway = await Gateway.open(config, clock, master_key)
+    stages.mark("store_open")
     startup.on_fault(gateway.stop)
     if config.demo_peers:
+        # The demo's seeds, as its simulator, are imported only for the demo (a
+        # configured start imports no more than it runs: issue 16, start-up).
+        from gateway.campaigns import demo as campaigns_demo
+        from gateway.links import demo as links_demo
+        from gateway.reminders import demo as reminders_demo
+        from gateway.surveys import demo as surveys_demo
+
         gateway.demo = DemoPeers(simulator, modems, clock)
         await reminders_demo.seed(gateway.reminder_rules)  # issue 13: rules to plan with
         await surveys_demo.seed(gateway.surveys)  # issue 15: a survey to send and answer
         await campaigns_demo.seed(gateway.templates)  # issue 15: an A/B campaign text
         await links_demo.seed(gateway.links)  # issue 15: {link:flu-clinic}
-    await gateway.start()
+    await gateway.start(ready_first=True, stages=stages)
     if (source := custody.unlock_source(config)) is not None:
         # Who unlocked a passphrase-protected key, and how, is evidence like any change.
         await gateway.audit.record("smsgw", "master_key_unlocked", "key", "master", via=source)
     admin_socket = AdminSocket(gateway, master_key)  # console commands (gateway/ops/)
     startup.on_fault(admin_socket.close)
     await admin_socket.start()
-    _tune_gc()
+    stages.mark("admin_socket")
     runner = build_runner(gateway)
     await runner.setup()
+    stages.mark("http_app")
     tls_paths = config.tls_paths
     context = tls.server_context(*tls_paths) if tls_paths else None
     site = GuardedTCPSite(
@@ -355,6 +368,9 @@ async def _serve(
         print(TRY_EVENTS_HINT, flush=True)
     startup.done()
     systemd.notify("READY=1")
+    stages.mark("listen")
+    log.info("started", **stages.fields())
+    gateway.after_ready(settled=_tune_gc)
     interval = systemd.watchdog_interval()
     beat = asyncio.create_task(systemd.heartbeat(gateway.clock, interval)) if interval else None
     await stop.wait()
@@ -440,6 +456,8 @@ def _cleanup(*runners: web.BaseRunner | None) -> Callable[[], Awaitable[None]]:
 async def _start_embedded_smsc() -> tuple[SmscSimulator, str]:
     """The embedded default's carrier: the SMSC simulator, in process, on a free port;
     with the password its route logs in with."""
+    from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+
     password = secrets.token_hex(4)  # SMPP 3.4 passwords hold at most 8 characters
     simulator = SmscSimulator(
         SimulatorConfig(
@@ -494,6 +512,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure("auto", "info")
     if args.peer == "modem":
         return _simulate_modems(args)
+    from drivers.smpp.simulator import SimulatorConfig, run_forever
+
     config = SimulatorConfig(
         host=args.host,
         port=args.port,

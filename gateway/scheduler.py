@@ -30,6 +30,11 @@ expiry deadlines. Each round:
    retry with exponential back-off and jitter honouring `retry_after`, or `failed`)
    are recorded in one store call.
 
+At start `load` fills the cache from the store. `smsgw run` first reads only what may
+fall due within `LOAD_AHEAD` (every queued row, the scheduled ones due by then) and the
+rest once it serves (`load_later`); until that is done no scheduled row due past the
+horizon is promoted, so the order among due messages is decided with all of them known.
+
 The loop sleeps until the next due time, token or expiry, or until something wakes it:
 a new message, a freed window slot, a route's health changing. Tests call
 `run_until_idle()` instead, which runs rounds until nothing is due now and nothing is
@@ -43,7 +48,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Protocol
@@ -89,6 +94,21 @@ class Entry:
 
 
 ADOPT_PAGE = 500  # rows taken into the heaps per adoption read (a cluster's)
+# `load(later=True)`: scheduled rows due within this many seconds are read before the
+# gateway serves, the rest just after (`load_later`: about a second per 100,000).
+LOAD_AHEAD = 600.0
+
+
+class StagedLoad(Protocol):
+    """A store that can leave the scheduled rows due after a time for later (SQLite's)."""
+
+    def live_messages(
+        self, *, numbers: bool = True, scheduled_until: float = math.inf
+    ) -> AsyncIterator[LiveMessage]: ...
+
+    def scheduled_later(
+        self, after: float, *, numbers: bool = True
+    ) -> AsyncIterator[LiveMessage]: ...
 
 
 class AdoptSource(Protocol):
@@ -134,8 +154,14 @@ class Scheduler:
         elsewhere: Callable[[str, bool], None] | None = None,
         journal: Journal | None = None,
         record_window: float = RECORD_WINDOW,
+        staged: StagedLoad | None = None,
     ) -> None:
         self._store = store
+        self._staged = staged
+        # `load(later=True)`: scheduled rows due after this are not read yet, and the ids
+        # of the scheduled messages added since (so `load_later` does not add them twice).
+        self._loaded_until = math.inf
+        self._added_later: set[str] | None = None
         # On a cluster: a message none of whose routes this node may use is not held
         # here (it would wait at its class's head); `elsewhere(id, critical)` gives it up
         # to the nodes that can.
@@ -182,10 +208,16 @@ class Scheduler:
 
     # -- feeding -------------------------------------------------------------------------
 
-    async def load(self, shared: AdoptSource | None = None) -> int:
+    async def load(self, shared: AdoptSource | None = None, *, later: bool = False) -> int:
         """Rebuild the cache from the store; `sending` rows come back as possible duplicates.
         On a cluster (`shared`) only the rows no live node holds are taken, as adoption
-        takes them: the peers' own queues stay theirs."""
+        takes them: the peers' own queues stay theirs.
+
+        `later` (a store that can, `StagedLoad`): the scheduled rows due more than
+        `LOAD_AHEAD` seconds from now are left for `load_later`, which `smsgw run` starts
+        once it serves (a month of reminders need not delay the start). Until it is
+        done no scheduled message due past that horizon is promoted, so one it has
+        not read yet is never passed over by a later or lesser one."""
         now = self._clock.time()
         recovered = await self._store.recover_in_flight(now)
         if recovered:
@@ -194,18 +226,75 @@ class Scheduler:
         if shared is not None:
             await self.adopt(shared, math.inf)
             return len(self._waiting) + len(self._scheduled)
-        orphans = []
-        async for m in self._store.live_messages(numbers=self._router.routes_by_number):
-            entry = self.entry_for(m)
-            if not entry.candidates:
-                orphans.append(Transition(m.id, State.FAILED, error_code="route:none"))
+        numbers = self._router.routes_by_number
+        if later and self._staged is not None:
+            self._loaded_until = now + LOAD_AHEAD
+            self._added_later = set()
+            rows = self._staged.live_messages(numbers=numbers, scheduled_until=self._loaded_until)
+        else:
+            rows = self._store.live_messages(numbers=numbers)
+        orphans: list[Transition] = []
+        here: dict[tuple[str, ...], bool] = {}
+        waiting = []
+        async for m in rows:
+            entry = self._loaded(m, here, orphans)
+            if entry is None:
                 continue
-            if self.here(entry):
-                self.add(entry, scheduled=m.state is State.SCHEDULED)
+            if m.state is State.SCHEDULED:  # nothing runs a round yet: heapified below
+                self._scheduled.append((m.due_at, m.id, entry))
+            else:
+                waiting.append(entry)
+        # In bulk (a hundred thousand rows): the heaps built once (heapify is linear).
+        for entry in waiting:
+            self._waiting[entry.id] = entry
+            self._heaps[entry.priority].append((entry.due_at, entry.id))
+            self._expiry.append((entry.expires_at, entry.id))
+        for heap in (*self._heaps.values(), self._expiry):
+            heapq.heapify(heap)
+        heapq.heapify(self._scheduled)
+        self._wake.set()
+        await self._fail_orphans(orphans, now)
+        return len(self._waiting) + len(self._scheduled)
+
+    async def load_later(self) -> int:
+        """Read the scheduled rows `load(later=True)` left out, while the gateway serves;
+        how many it took. Then promotion past the horizon resumes."""
+        if self._staged is None or self._added_later is None:
+            return 0
+        orphans: list[Transition] = []
+        here: dict[tuple[str, ...], bool] = {}
+        taken = 0
+        numbers = self._router.routes_by_number
+        async for m in self._staged.scheduled_later(self._loaded_until, numbers=numbers):
+            if m.id in self._added_later:  # accepted since the start, and added then
+                continue
+            entry = self._loaded(m, here, orphans)
+            if entry is not None:
+                heapq.heappush(self._scheduled, (m.due_at, m.id, entry))
+                taken += 1
+        self._loaded_until, self._added_later = math.inf, None
+        self._wake.set()
+        await self._fail_orphans(orphans, self._clock.time())
+        return taken
+
+    def _loaded(
+        self, m: LiveMessage, here: dict[tuple[str, ...], bool], orphans: list[Transition]
+    ) -> Entry | None:
+        """The entry of a row read at load, None if not this node's; one no route may
+        take goes to `orphans`. `here` remembers each route set's answer."""
+        routes = self._router.candidates(m.to, m.priority, m.route_hint)
+        if not routes:
+            orphans.append(Transition(m.id, State.FAILED, error_code="route:none"))
+            return None
+        ours = here.get(routes)
+        if ours is None:
+            ours = here[routes] = any(self._routes[name].here for name in routes)
+        return Entry(m.id, m.priority, m.due_at, m.expires_at, routes, m.attempts) if ours else None
+
+    async def _fail_orphans(self, orphans: list[Transition], now: float) -> None:
         if orphans:
             await self._store.transition_many(orphans, now)
             log.warning("failed_messages_without_route", count=len(orphans))
-        return len(self._waiting) + len(self._scheduled)
 
     async def adopt(self, source: AdoptSource, due_before: float) -> int:
         """Take in the queued and scheduled messages due before `due_before` that no
@@ -299,6 +388,8 @@ class Scheduler:
             self._elsewhere(entry.id, entry.priority is Priority.CRITICAL)
             return
         if scheduled:
+            if self._added_later is not None:
+                self._added_later.add(entry.id)
             heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))
         else:
             self._waiting[entry.id] = entry
@@ -455,7 +546,7 @@ class Scheduler:
         await self._promote_scheduled(now)
         await self._expire_waiting(now)
         next_wake = min(self._dispatch_ready(now), await self._sweep_receipts(now))
-        if self._scheduled:
+        if self._scheduled and self._scheduled[0][0] <= self._loaded_until:
             next_wake = min(next_wake, self._scheduled[0][0] - now)
         if self._expiry:
             next_wake = min(next_wake, self._expiry[0][0] - now)
@@ -463,7 +554,8 @@ class Scheduler:
 
     async def _promote_scheduled(self, now: float) -> None:
         due: list[Entry] = []
-        while self._scheduled and self._scheduled[0][0] <= now:
+        until = min(now, self._loaded_until)
+        while self._scheduled and self._scheduled[0][0] <= until:
             due.append(heapq.heappop(self._scheduled)[2])
         if not due:
             return

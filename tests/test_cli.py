@@ -175,6 +175,13 @@ async def daemon(
 
 async def test_daemon_delivers_then_stops_cleanly_on_sigterm(daemon: tuple[Daemon, str]) -> None:
     d, token = daemon
+    # Ready, it tells what each stage of its start cost; then reads the rest of the queue.
+    started = await d.wait_log(lambda e: e.get("event") == "started")
+    assert {"interpreter_and_imports", "store_open", "queue_load", "listen"} <= set(
+        started["stages"]
+    )
+    assert started["wall_s"] > 0 and started["cpu_s"] > 0
+    await d.wait_log(lambda e: e.get("event") == "queue_loaded_later")
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         resp = await http.post(

@@ -8,6 +8,7 @@ scope decision and a description.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -583,10 +584,15 @@ def install(app: web.Application, gateway: Gateway, check: RequestCheck | None =
             )
         served.append(endpoint)
         app.router.add_route(endpoint.method, endpoint.path, _guard(endpoint, gateway, check))
-    app[h.OPENAPI] = build_openapi(
-        tuple(served), max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
+    app[h.OPENAPI] = h.LazyDocument(lambda: _document(tuple(served), gateway))
+
+
+def _document(served: tuple[Endpoint, ...], gateway: Gateway) -> dict[str, Any]:
+    document = build_openapi(
+        served, max_batch=gateway.config.http.max_batch, routes=sorted(gateway.routes)
     )
     consent = gateway.usecases.consent
-    c.describe_consent(app[h.OPENAPI], sorted(consent.programs), list(consent.languages))
-    describe_medication(app[h.OPENAPI])
-    contacts_api.describe(app[h.OPENAPI], list(consent.languages))
+    c.describe_consent(document, sorted(consent.programs), list(consent.languages))
+    describe_medication(document)
+    contacts_api.describe(document, list(consent.languages))
+    return document

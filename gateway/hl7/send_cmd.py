@@ -22,9 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import hl7
-import hl7.mllp
-
 from gateway.hl7 import demo_edit
 from gateway.hl7.client import MllpClient, MllpError
 from gateway.hl7.settings import DEMO_PORT, DEMO_WRITEBACK_PORT
@@ -190,6 +187,8 @@ def run_listener(args: argparse.Namespace) -> int:
 
 
 async def _listen(host: str, port: int) -> None:
+    import hl7.mllp  # python-hl7's MLLP server: for this command only, not smsgw run's start
+
     async def handle(reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
         try:
             while not writer.is_closing():

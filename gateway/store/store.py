@@ -353,34 +353,49 @@ class Store:
 
         return await self.writer.run(job)
 
-    async def live_messages(self, *, numbers: bool = True) -> AsyncIterator[LiveMessage]:
+    async def live_messages(
+        self, *, numbers: bool = True, scheduled_until: float = math.inf
+    ) -> AsyncIterator[LiveMessage]:
         """Every queued and scheduled message, a page at a time (a queue of a hundred
         thousand is never held twice over as rows and records). `numbers=False`: `to`
-        left empty, not decrypted, for a router that routes by no prefix."""
+        left empty, not decrypted, for a router that routes by no prefix.
+        `scheduled_until`: the scheduled ones due after it are left out, for
+        `scheduled_later` to read once the gateway serves (issue 16: start-up)."""
+        async for m in self._live(State.QUEUED, -math.inf, math.inf, numbers):
+            yield m
+        async for m in self._live(State.SCHEDULED, -math.inf, scheduled_until, numbers):
+            yield m
+
+    def scheduled_later(self, after: float, *, numbers: bool = True) -> AsyncIterator[LiveMessage]:
+        """The scheduled messages due after `after`: what `live_messages` left out."""
+        return self._live(State.SCHEDULED, after, math.inf, numbers)
+
+    async def _live(
+        self, state: State, due_after: float, due_until: float, numbers: bool
+    ) -> AsyncIterator[LiveMessage]:
         c = self._crypto
-        for state in (State.QUEUED, State.SCHEDULED):  # one state a walk: its index's order
-            after: tuple[float, str] = (-math.inf, "")
-            while True:
-                rows = await self.reader.all(
-                    "SELECT id, priority, to_ct, due_at, expires_at, attempts, route_hint,"
-                    " created_at FROM messages WHERE state = ? AND (created_at, id) > (?, ?)"
-                    " ORDER BY created_at, id LIMIT ?",
-                    (state.value, *after, LIVE_PAGE),
+        after: tuple[float, str] = (-math.inf, "")  # one state a walk: its index's order
+        while True:
+            rows = await self.reader.all(
+                "SELECT id, priority, to_ct, due_at, expires_at, attempts, route_hint,"
+                " created_at FROM messages WHERE state = ? AND due_at > ? AND due_at <= ?"
+                " AND (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?",
+                (state.value, due_after, due_until, *after, LIVE_PAGE),
+            )
+            for r in rows:
+                yield LiveMessage(
+                    r[0],
+                    _PRIORITIES[r[1]],
+                    state,
+                    c.decrypt(r[2], r[0], "to") if numbers else "",
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
                 )
-                for r in rows:
-                    yield LiveMessage(
-                        r[0],
-                        _PRIORITIES[r[1]],
-                        state,
-                        c.decrypt(r[2], r[0], "to") if numbers else "",
-                        r[3],
-                        r[4],
-                        r[5],
-                        r[6],
-                    )
-                if len(rows) < LIVE_PAGE:
-                    break
-                after = (rows[-1][7], rows[-1][0])
+            if len(rows) < LIVE_PAGE:
+                return
+            after = (rows[-1][7], rows[-1][0])
 
     async def claim(self, message_id: str, route: str, now: float) -> ClaimedMessage | Held | None:
         """Mark a queued message `sending` (durably) and return what the driver needs.
