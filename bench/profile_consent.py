@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from gateway.intake import SendRequest
 
 RESULTS = harness.BENCH_DIR / "results"
+_LINES = bool(__import__("os").environ.get("OPCODE_LINES"))
 _VM_STEP = 10  # `--vm`: the progress handler runs every this many VM instructions
 SEED = 12  # the same recipients and purposes in both modes
 
@@ -78,6 +79,7 @@ class Measured:
     groups: int  # writer transactions
     vm_per_accept: float  # SQLite VM instructions in the writer (`--vm`; 0.0 without)
     bytecodes_per_accept: float  # Python bytecodes in the writer (`--bytecodes`; 0.0 without)
+    bytecodes_by_function: dict[str, int]  # ... by function (file:qualified name)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -88,6 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("on", "off"), help="one mode only")
     p.add_argument("--cprofile", type=int, default=25, metavar="TOP", help="0: no profiler")
     p.add_argument("--statements", action="store_true", help="count SQL statements per accept")
+    p.add_argument("--cache-mib", type=int, default=0, help="the writer's SQLite page cache")
     p.add_argument("--phases", action="store_true", help="writer CPU per accept by phase")
     p.add_argument(
         "--vm", action="store_true", help="SQLite VM instructions per accept in the writer"
@@ -180,6 +183,12 @@ async def one_mode(
                 await writer.call_outside_transaction(
                     lambda conn: conn.set_progress_handler(step, _VM_STEP)
                 )
+            if args.cache_mib:
+                mib = args.cache_mib
+                await writer.call_outside_transaction(
+                    lambda conn: conn.execute(f"PRAGMA cache_size = -{mib * 1024}")
+                )
+            reads_before = _read_syscalls()
             batches = writer.batches
             if phases is not None:
                 phases.ns.clear()  # the warm-up's
@@ -208,6 +217,7 @@ async def one_mode(
             if args.bytecodes:
                 await writer.call_outside_transaction(lambda _conn: sys.settrace(None))
             batches = writer.batches - batches
+            print(f"  {(_read_syscalls() - reads_before) / args.n:.2f} read syscalls per accept")
         finally:
             await gw.stop()
     n = args.n
@@ -222,8 +232,16 @@ async def one_mode(
         batches,
         vm[0] * _VM_STEP / n,
         opcodes.count / n,
+        dict(opcodes.by_function.most_common()),
     )
     return measured, loop_prof, writer_prof
+
+
+def _read_syscalls() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    return 0
 
 
 class Opcodes:
@@ -232,11 +250,16 @@ class Opcodes:
 
     def __init__(self) -> None:
         self.count = 0
+        self.by_function: Counter[str] = Counter()
 
     def trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., object]:
         frame.f_trace_opcodes = True
         if event == "opcode":
             self.count += 1
+            code = frame.f_code
+            self.by_function[f"{Path(code.co_filename).name}:{code.co_qualname}"] += 1
+            if _LINES:
+                self.by_function[f"  {code.co_qualname}:{frame.f_lineno}"] += 1
         return self.trace
 
 
@@ -312,6 +335,9 @@ async def run(args: argparse.Namespace) -> None:
     )
     if measured.bytecodes_per_accept:
         print(f"  {measured.bytecodes_per_accept:.0f} Python bytecodes per accept in the writer")
+        for function, count in measured.bytecodes_by_function.items():
+            if count >= measured.n / 2:
+                print(f"  {count / measured.n:7.1f}  {function}")
     if measured.vm_per_accept:
         print(f"  {measured.vm_per_accept:.0f} SQLite VM instructions per accept in the writer")
     for sql, count in measured.statements.items():
