@@ -26,9 +26,12 @@ it costs CPU of its own, so read the counts, not the times, of such a run). `--p
 times parts of the writer's work by thread CPU per accept: its transactions in all, the
 policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows,
 the verdicts (`Intake.judge`) and, within them, the cap searches, and the insert rows.
-`--bytecodes` (Python bytecodes) and `--vm` (SQLite VM instructions) count the writer's
-work per accept, which the machine's load does not move; run them apart (`--vm`'s
-handler is Python the other would count).
+`--bytecodes` (Python bytecodes, with those of every function that runs at least one
+per two accepts, and `--bytecode-lines` by line too) and `--vm` (SQLite VM
+instructions) count the writer's work per accept, which the machine's load does not
+move; run them apart (`--vm`'s handler is Python the other would count). Every run
+prints the process's read syscalls per accept (SQLite's page cache misses, in the
+main); `--cache-mib` sets the writer's page cache (SQLite's default is 2 MiB).
 """
 
 from __future__ import annotations
@@ -62,7 +65,6 @@ if TYPE_CHECKING:
     from gateway.intake import SendRequest
 
 RESULTS = harness.BENCH_DIR / "results"
-_LINES = bool(__import__("os").environ.get("OPCODE_LINES"))
 _VM_STEP = 10  # `--vm`: the progress handler runs every this many VM instructions
 SEED = 12  # the same recipients and purposes in both modes
 
@@ -90,7 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("on", "off"), help="one mode only")
     p.add_argument("--cprofile", type=int, default=25, metavar="TOP", help="0: no profiler")
     p.add_argument("--statements", action="store_true", help="count SQL statements per accept")
-    p.add_argument("--cache-mib", type=int, default=0, help="the writer's SQLite page cache")
+    p.add_argument("--bytecode-lines", action="store_true", help="with --bytecodes: by line, too")
+    p.add_argument(
+        "--cache-mib", type=int, default=0, help="the writer's SQLite page cache (0: as run)"
+    )
     p.add_argument("--phases", action="store_true", help="writer CPU per accept by phase")
     p.add_argument(
         "--vm", action="store_true", help="SQLite VM instructions per accept in the writer"
@@ -170,7 +175,7 @@ async def one_mode(
                         lambda sql: statements.update((kind(sql),))
                     )
                 )
-            opcodes = Opcodes()
+            opcodes = Opcodes(args.bytecode_lines)
             if args.bytecodes:
                 await writer.call_outside_transaction(lambda _conn: sys.settrace(opcodes.trace))
             vm = [0]  # SQLite VM instructions in the writer, in steps of _VM_STEP
@@ -248,9 +253,10 @@ class Opcodes:
     """Counts the bytecodes a thread runs while `trace` is its trace function
     (`--bytecodes`: a count the machine's load does not move)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lines: bool = False) -> None:
         self.count = 0
         self.by_function: Counter[str] = Counter()
+        self.lines = lines  # by line too (`--bytecode-lines`)
 
     def trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., object]:
         frame.f_trace_opcodes = True
@@ -258,7 +264,7 @@ class Opcodes:
             self.count += 1
             code = frame.f_code
             self.by_function[f"{Path(code.co_filename).name}:{code.co_qualname}"] += 1
-            if _LINES:
+            if self.lines:
                 self.by_function[f"  {code.co_qualname}:{frame.f_lineno}"] += 1
         return self.trace
 
