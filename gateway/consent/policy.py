@@ -380,7 +380,7 @@ class GroupView:
         # sorted, so a cap check slices instead of filtering and sorting per message.
         # One dict keyed by the pair: one lookup a row and a check, not two.
         self.sent: dict[tuple[str, bytes], list[float]] = {}
-        sent, key_of = self.sent, _GROUP_KEY
+        keep, key_of = self.sent.setdefault, _GROUP_KEY
         epoch: int | None = None
         read = list(dict.fromkeys(capped_indexes))
         for marks, chunk in ledger.in_chunks(read):
@@ -394,17 +394,14 @@ class GroupView:
                 f" AND uncounted = 0 AND at > ? UNION ALL {EPOCH_ROW}",
                 (*chunk, *capped, since),
             ):
-                if idx is None:
-                    epoch = at
-                    continue
-                key = (key_of[purpose], idx)
-                times = sent.get(key)
-                if times is None:
-                    sent[key] = [at]
+                # One call a row: a recipient with sends held ahead (a day apart, a cap
+                # of one a day) has a row for each, and a long load stacks many.
+                if idx is not None:
+                    keep((key_of[purpose], idx), []).append(at)
                 else:
-                    times.append(at)
+                    epoch = at
         self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
-        for times in sent.values():
+        for times in self.sent.values():
             if len(times) > 1:
                 times.sort()
         self._zones: dict[bytes, str | None] | None = None
@@ -518,11 +515,11 @@ def _cap_room(times: Sequence[float], limits: Sequence[tuple[int, float]], at: f
     x = at
     while True:  # each jump passes one of the finitely many t + W, or x grows past them
         later = x
+        i = bisect.bisect_left(times, x)  # every cap looks around x's place
         for n, w in limits:
             last_run = size - n
             if last_run < 0:
                 continue
-            i = bisect.bisect_left(times, x)
             j = i if i < last_run else last_run
             stop = i - n - 1 if i > n else -1
             while j > stop:  # from the latest run: its first + W is the latest
