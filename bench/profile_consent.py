@@ -26,9 +26,12 @@ it costs CPU of its own, so read the counts, not the times, of such a run). `--p
 times parts of the writer's work by thread CPU per accept: its transactions in all, the
 policy's group views (`GroupView`) and, within them, the reads of `consent_state` rows,
 the verdicts (`Intake.judge`) and, within them, the cap searches, and the insert rows.
-`--bytecodes` (Python bytecodes) and `--vm` (SQLite VM instructions) count the writer's
-work per accept, which the machine's load does not move; run them apart (`--vm`'s
-handler is Python the other would count).
+`--bytecodes` (Python bytecodes, with those of every function that runs at least one
+per two accepts, and `--bytecode-lines` by line too) and `--vm` (SQLite VM
+instructions) count the writer's work per accept, which the machine's load does not
+move; run them apart (`--vm`'s handler is Python the other would count). Every run
+prints the process's read syscalls per accept (SQLite's page cache misses, in the
+main); `--cache-mib` sets the writer's page cache (SQLite's default is 2 MiB).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Measured:
     groups: int  # writer transactions
     vm_per_accept: float  # SQLite VM instructions in the writer (`--vm`; 0.0 without)
     bytecodes_per_accept: float  # Python bytecodes in the writer (`--bytecodes`; 0.0 without)
+    bytecodes_by_function: dict[str, int]  # ... by function (file:qualified name)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -88,6 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=("on", "off"), help="one mode only")
     p.add_argument("--cprofile", type=int, default=25, metavar="TOP", help="0: no profiler")
     p.add_argument("--statements", action="store_true", help="count SQL statements per accept")
+    p.add_argument("--bytecode-lines", action="store_true", help="with --bytecodes: by line, too")
+    p.add_argument(
+        "--cache-mib", type=int, default=0, help="the writer's SQLite page cache (0: as run)"
+    )
     p.add_argument("--phases", action="store_true", help="writer CPU per accept by phase")
     p.add_argument(
         "--vm", action="store_true", help="SQLite VM instructions per accept in the writer"
@@ -167,7 +175,7 @@ async def one_mode(
                         lambda sql: statements.update((kind(sql),))
                     )
                 )
-            opcodes = Opcodes()
+            opcodes = Opcodes(args.bytecode_lines)
             if args.bytecodes:
                 await writer.call_outside_transaction(lambda _conn: sys.settrace(opcodes.trace))
             vm = [0]  # SQLite VM instructions in the writer, in steps of _VM_STEP
@@ -180,6 +188,12 @@ async def one_mode(
                 await writer.call_outside_transaction(
                     lambda conn: conn.set_progress_handler(step, _VM_STEP)
                 )
+            if args.cache_mib:
+                mib = args.cache_mib
+                await writer.call_outside_transaction(
+                    lambda conn: conn.execute(f"PRAGMA cache_size = -{mib * 1024}")
+                )
+            reads_before = _read_syscalls()
             batches = writer.batches
             if phases is not None:
                 phases.ns.clear()  # the warm-up's
@@ -208,6 +222,7 @@ async def one_mode(
             if args.bytecodes:
                 await writer.call_outside_transaction(lambda _conn: sys.settrace(None))
             batches = writer.batches - batches
+            print(f"  {(_read_syscalls() - reads_before) / args.n:.2f} read syscalls per accept")
         finally:
             await gw.stop()
     n = args.n
@@ -222,21 +237,35 @@ async def one_mode(
         batches,
         vm[0] * _VM_STEP / n,
         opcodes.count / n,
+        dict(opcodes.by_function.most_common()),
     )
     return measured, loop_prof, writer_prof
+
+
+def _read_syscalls() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    return 0
 
 
 class Opcodes:
     """Counts the bytecodes a thread runs while `trace` is its trace function
     (`--bytecodes`: a count the machine's load does not move)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lines: bool = False) -> None:
         self.count = 0
+        self.by_function: Counter[str] = Counter()
+        self.lines = lines  # by line too (`--bytecode-lines`)
 
     def trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., object]:
         frame.f_trace_opcodes = True
         if event == "opcode":
             self.count += 1
+            code = frame.f_code
+            self.by_function[f"{Path(code.co_filename).name}:{code.co_qualname}"] += 1
+            if self.lines:
+                self.by_function[f"  {code.co_qualname}:{frame.f_lineno}"] += 1
         return self.trace
 
 
@@ -312,6 +341,9 @@ async def run(args: argparse.Namespace) -> None:
     )
     if measured.bytecodes_per_accept:
         print(f"  {measured.bytecodes_per_accept:.0f} Python bytecodes per accept in the writer")
+        for function, count in measured.bytecodes_by_function.items():
+            if count >= measured.n / 2:
+                print(f"  {count / measured.n:7.1f}  {function}")
     if measured.vm_per_accept:
         print(f"  {measured.vm_per_accept:.0f} SQLite VM instructions per accept in the writer")
     for sql, count in measured.statements.items():

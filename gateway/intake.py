@@ -8,7 +8,6 @@ stores every message it was accepted for, or nothing.
 from __future__ import annotations
 
 import functools
-import math
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -308,6 +307,7 @@ class Intake:
         self._config = config
         self._queue = config.queue
         self._store = store
+        self.insert_statements = store.insert_statements  # a message's rows (`statements`)
         # Who seals an accept's fields: on a cluster the shared queue, under the shared
         # keyring's newest generation (taken up at a rotation by every node).
         self._sealer: AcceptStore = store if sealer is None else sealer
@@ -474,21 +474,11 @@ class Intake:
         """The policy's verdict on one prepared message, from what `view` read in the
         transaction that will insert it (and the messages judged before it there)."""
         m = p.message
-        send_at = m.created_at if m.send_at is None else max(m.send_at, m.created_at)
-        candidates = p.entry.candidates
-        override = p.quiet_hours_override
-        verdict = self.policy.verdict(
-            view,
-            m.to,
-            m.to_index or self._store.blind_index(m.to),
-            p.purpose,
-            m.priority,
-            candidates[0] if candidates else m.route_hint,
-            send_at,
-            math.inf if p.lifetime is not None else m.expires_at,
-            override,
-        )
-        if override:
+        if m.to_index is None:  # `prepare` sets it; a message built elsewhere may not
+            m = msgspec.structs.replace(m, to_index=self._store.blind_index(m.to))
+            p = msgspec.structs.replace(p, message=m)
+        verdict = self.policy.verdict_of(view, p)
+        if p.quiet_hours_override:
             p = msgspec.structs.replace(p, message=msgspec.structs.replace(m, quiet_override=True))
         return p if verdict is QUEUED else p.judged(verdict)
 

@@ -68,7 +68,8 @@ POLICY = {
 # copies were made with one msgspec call each, branch s31-consent-cpu; 450 on main in
 # session 32, 431 after a contact's refusal was read from its one row or none without
 # the scan for the newest and the kept consent rows were handed out without a copy per
-# group, branch s32-consent).
+# group, branch s32-consent; 430 after session 33's, branch s33-consent, whose cuts are
+# in the single send's path and the passes over sends stacked ahead, not in this batch).
 EXTRA_BYTECODES_PER_MESSAGE = 445
 
 

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -234,3 +235,17 @@ def test_the_cap_search_finds_the_first_instant_every_cap_has_room(
         x for x in candidates if x >= at and all(_fits_by_definition(ordered, c, x) for c in rules)
     )
     assert _cap_room(ordered, limits_of(rules), float(at)) == expected
+
+
+@pytest.mark.parametrize("at", [0.0, 5.0, 10.0, 95.0, 300.0, 310.0])
+def test_the_cap_search_walks_a_long_stack_of_held_sends_to_the_first_room(at: float) -> None:
+    """Held clinical sends stack a day apart, three a week, ever further ahead: the
+    search over such a stack (1/10 and 3/70 here) lands where trying every candidate
+    does, also when x starts inside the stack, in a gap of it, or past it."""
+    ordered = sorted([10.0 * k for k in range(30) if k % 7 < 3] + [103.0, 104.0])
+    rules = [Cap(1, 10.0), Cap(3, 70.0)]
+    candidates = sorted({at, *(t + c.seconds for t in ordered for c in rules)})
+    expected = next(
+        x for x in candidates if x >= at and all(_fits_by_definition(ordered, c, x) for c in rules)
+    )
+    assert _cap_room(ordered, limits_of(rules), at) == expected

@@ -32,6 +32,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -50,6 +51,9 @@ from gateway.consent.zones import next_open, recipient_zones
 from gateway.errors import ApiError
 from gateway.models import Priority, State
 from gateway.store.claim_check import ClaimSubject, Held
+
+if TYPE_CHECKING:
+    from gateway.intake import Prepared
 
 BLOCKING = ("blocked", "cancelled", "expired")
 _CLINICAL = tuple(p.value for p in CLIENT_PURPOSES if p.kind is Kind.CLINICAL)
@@ -85,6 +89,8 @@ class Policy:
             {c for p, rule in self.table.items() if rule.caps for c in cap_group(p)}
         )
         self._rules = {p: _Rule.of(p, policy, self.capped) for p, policy in self.table.items()}
+        # The purposes some cap of their own applies to: their recipients' sends are read.
+        self.capping = frozenset(p for p, rule in self._rules.items() if rule.caps)
         self._programs: dict[str | None, str] = {}  # by route: the config is fixed
         self._state = StateCache()  # the writer's: for views built on its thread alone
 
@@ -100,21 +106,34 @@ class Policy:
         with the purpose of a message to it). `writer`: `conn` is the writer's and this
         runs on its thread, so the consent rows it kept from earlier groups serve (a
         reader's connection, another thread, reads them afresh)."""
-        # A send_at may lie a little in the past (intake.SEND_AT_SKEW): reach back that
-        # much further than the caps, so every message a cap counts is read.
         rules = self._rules
         capped = [idx for idx, purpose in recipients if rules[purpose].caps]
+        return self.group_view(conn, [idx for idx, _ in recipients], capped, now, writer=writer)
+
+    def group_view(
+        self,
+        conn: sqlite3.Connection,
+        to_indexes: Sequence[bytes],
+        capped_indexes: Sequence[bytes],
+        now: float,
+        *,
+        writer: bool = False,
+    ) -> GroupView:
+        """`view` from the recipients' blind indexes, and those of the recipients of
+        messages whose purpose has caps (`capping`), as the writer's job gathers them."""
         return GroupView(
             conn,
             self._state if writer else StateCache(),
-            [idx for idx, _ in recipients],
-            capped,
+            to_indexes,
+            capped_indexes,
             self.counted_since(now),
             self.capped,
         )
 
     def counted_since(self, now: float) -> float:
-        """How far back an accept's view reads the messages its caps count."""
+        """How far back an accept's view reads the messages its caps count: a send_at
+        may lie a little in the past (intake.SEND_AT_SKEW), so that much further back
+        than the caps reach, and every message a cap counts is read."""
         return now - self.reach - _SKEW_MARGIN
 
     def has_caps(self, purpose: Purpose) -> bool:
@@ -188,27 +207,84 @@ class Policy:
         expires_at: float,
         quiet_hours_override: bool,
     ) -> Verdict:
-        """`decide`, its arguments by position: it runs for every message accepted."""
+        """`decide`, its arguments by position."""
         rule = self._rules[purpose]
         if rule.exempt or not self.enabled:
             return QUEUED
-        program = self._programs.get(route)
-        if program is None:
-            program = self._programs[route] = self.config.program_for_route(route or "")
-        refusal = rule.refusal(view.state.get(to_index, ()), program)
+        refusal = rule.refusal(view.state.get(to_index, ()), self._program(route))
         if refusal is not None:
             return _blocked(refusal)
-        policy = rule.policy
         window = rule.window
         if window is not None and (quiet_hours_override or priority is Priority.CRITICAL):
             window = None
+        return self._timed(view, rule, to, to_index, window, start, expires_at)
+
+    def verdict_of(self, view: GroupView, p: Prepared) -> Verdict:
+        """`verdict` on a prepared message (its `to_index` set), reading of it only what
+        the verdict comes to need: it runs in the writer for every message accepted,
+        and most are refused or go at once. The same rules as `verdict`, which the
+        tests hold it to."""
+        rule = self._rules[p.purpose]
+        if rule.exempt or not self.enabled:
+            return QUEUED
+        m = p.message
+        to_index: bytes = m.to_index  # type: ignore[assignment]  # set: see the docstring
+        candidates = p.entry.candidates
+        route = candidates[0] if candidates else m.route_hint
+        program = self._programs.get(route)
+        if program is None:
+            program = self._program(route)
+        refusal = rule.refusal(view.state.get(to_index, ()), program)
+        if refusal is not None:
+            return _blocked(refusal)
+        start = m.created_at
+        if m.send_at is not None and m.send_at > start:
+            start = m.send_at
+        window = rule.window
+        if window is not None and (p.quiet_hours_override or m.priority is Priority.CRITICAL):
+            window = None
+        if window is None:
+            # The common case, `_timed`'s first steps written out: no window, and no
+            # counted message of the cap group to this recipient within the caps' reach.
+            if not rule.counted:
+                return QUEUED
+            sent = view.sent
+            key = (rule.group, to_index)
+            times = sent.get(key)
+            if times is None:
+                sent[key] = [start]
+                return QUEUED
+            if not rule.caps or times[-1] <= start - rule.reach:
+                bisect.insort(times, start)
+                return QUEUED
+        expires_at = math.inf if p.lifetime is not None else m.expires_at
+        return self._timed(view, rule, m.to, to_index, window, start, expires_at)
+
+    def _program(self, route: str | None) -> str:
+        program = self._programs.get(route)
+        if program is None:
+            program = self._programs[route] = self.config.program_for_route(route or "")
+        return program
+
+    def _timed(
+        self,
+        view: GroupView,
+        rule: _Rule,
+        to: str,
+        to_index: bytes,
+        window: Window | None,
+        start: float,
+        expires_at: float,
+    ) -> Verdict:
+        """The verdict on a message no consent refuses: at `start`, later (its window
+        closed, a cap full) or never (held past its expiry)."""
         times: Sequence[float] = ()
         if rule.caps:
             times = view.times(to_index, rule.group, start - rule.reach)
         if window is None and not times:
             if rule.counted:
                 view.add(to_index, rule.group, start)
-            return QUEUED  # the common case: nothing to wait for
+            return QUEUED  # nothing to wait for
         zones: tuple[str, ...] = ()
         if window is not None:
             zones = recipient_zones(to, view.time_zone(to_index))
@@ -216,7 +292,7 @@ class Policy:
         for _ in range(_MAX_STEPS):
             room = _cap_room(times, rule.limits, at)
             if room > at:
-                if policy.over_cap == "block":
+                if rule.policy.over_cap == "block":
                     return _blocked("frequency_cap")
                 at, reason = room, "frequency_cap"
             opening = next_open(window, zones, at) if window is not None else at
@@ -303,8 +379,8 @@ class GroupView:
         # By (cap group (`group_key`), recipient): when each counted message goes,
         # sorted, so a cap check slices instead of filtering and sorting per message.
         # One dict keyed by the pair: one lookup a row and a check, not two.
-        self._sent: dict[tuple[str, bytes], list[float]] = {}
-        sent, key_of = self._sent, _GROUP_KEY
+        self.sent: dict[tuple[str, bytes], list[float]] = {}
+        keep, key_of = self.sent.setdefault, _GROUP_KEY
         epoch: int | None = None
         read = list(dict.fromkeys(capped_indexes))
         for marks, chunk in ledger.in_chunks(read):
@@ -318,17 +394,14 @@ class GroupView:
                 f" AND uncounted = 0 AND at > ? UNION ALL {EPOCH_ROW}",
                 (*chunk, *capped, since),
             ):
-                if idx is None:
-                    epoch = at
-                    continue
-                key = (key_of[purpose], idx)
-                times = sent.get(key)
-                if times is None:
-                    sent[key] = [at]
+                # One call a row: a recipient with sends held ahead (a day apart, a cap
+                # of one a day) has a row for each, and a long load stacks many.
+                if idx is not None:
+                    keep((key_of[purpose], idx), []).append(at)
                 else:
-                    times.append(at)
+                    epoch = at
         self.state = state.rows(conn, idxs, epoch)  # consent rows by recipient
-        for times in sent.values():
+        for times in self.sent.values():
             if len(times) > 1:
                 times.sort()
         self._zones: dict[bytes, str | None] | None = None
@@ -345,7 +418,7 @@ class GroupView:
         messages within the caps' reach, and their time zones."""
         view = cls.__new__(cls)
         view.state = state
-        view._sent = {}
+        view.sent = {}
         for idx, purpose, at in sent:
             view.add(idx, _GROUP_KEY[purpose], at)
         view._zones = zones
@@ -354,7 +427,7 @@ class GroupView:
     def times(self, to_index: bytes, group: str, since: float) -> Sequence[float]:
         """When each counted message of cap group `group` (`group_key`) to this
         recipient goes, after `since`, in order."""
-        times = self._sent.get((group, to_index))
+        times = self.sent.get((group, to_index))
         if not times:
             return ()
         return times[bisect.bisect_right(times, since) :]
@@ -374,9 +447,9 @@ class GroupView:
     def add(self, to_index: bytes, group: str, at: float) -> None:
         """Count a message of cap group `group` to this recipient, going at `at`."""
         key = (group, to_index)
-        times = self._sent.get(key)
+        times = self.sent.get(key)
         if times is None:
-            self._sent[key] = [at]
+            self.sent[key] = [at]
         else:
             bisect.insort(times, at)
 
@@ -442,11 +515,11 @@ def _cap_room(times: Sequence[float], limits: Sequence[tuple[int, float]], at: f
     x = at
     while True:  # each jump passes one of the finitely many t + W, or x grows past them
         later = x
+        i = bisect.bisect_left(times, x)  # every cap looks around x's place
         for n, w in limits:
             last_run = size - n
             if last_run < 0:
                 continue
-            i = bisect.bisect_left(times, x)
             j = i if i < last_run else last_run
             stop = i - n - 1 if i > n else -1
             while j > stop:  # from the latest run: its first + W is the latest

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -36,9 +36,6 @@ from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
 from gateway.usecases.masking import mask_body
 from gateway.usecases.records import EventRecord, MessagePage, MessageRecord, Revealed
-
-if TYPE_CHECKING:
-    from gateway.consent.purposes import Purpose
 
 T = TypeVar("T")
 REFERENCE_SCAN_LIMIT = 10_000  # references have no index: search the newest this many
@@ -284,7 +281,9 @@ class Messages(WithinAccepts):
                     self._cluster, caller, prepared, idempotency, build, extra
                 )
             elif intake.policy.enabled:
-                job = _AcceptJob(intake, prepared, now, finish, extra)
+                job = _AcceptJob(
+                    intake, prepared, now, build, finish if idempotency is not None else None, extra
+                )
                 judged = self._store.writer.run_grouped(_judged_jobs, job)
                 self._claim_with(prepared)
                 outcome: _Judged[T] = await judged
@@ -600,13 +599,15 @@ class _Judged(msgspec.Struct, Generic[T], frozen=True):
 
 class _AcceptJob(msgspec.Struct, Generic[T], frozen=True):
     """One request's messages, judged with the others of its writer transaction by the
-    intake's policy; `finish` gives the answer for the judged messages and the rows
-    that go with it (the idempotent answer), `extra` the front end's own rows."""
+    intake's policy; `build` gives the answer for the judged messages' `Accepted`s, and
+    `finish`, if set, the answer and the rows that go with it (the idempotent answer)
+    instead; `extra` are the front end's own rows."""
 
     intake: Intake
     prepared: list[Prepared]
     now: float
-    finish: Callable[[list[Prepared]], tuple[list[Statement], T]]
+    build: Callable[[list[Accepted]], T]
+    finish: Callable[[list[Prepared]], tuple[list[Statement], T]] | None
     extra: Sequence[Statement]
 
 
@@ -614,31 +615,43 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     """Judge the messages of every request that arrived meanwhile, in order, from one
     read of what the policy needs to know of all their recipients (each sees the ones
     judged before it), then insert all their rows at once: one executemany per
-    statement. If anything fails, the writer runs each request alone."""
+    statement. If anything fails, the writer runs each request alone. Written for the
+    single send, most jobs: it runs in the writer for every message accepted."""
     if not jobs:
         return []
     intake = jobs[0].intake
+    policy = intake.policy
+    capping = policy.capping
     now = jobs[0].now
-    recipients: list[tuple[bytes, Purpose]] = []
+    to_indexes: list[bytes] = []
+    capped: list[bytes] = []  # recipients of messages some cap applies to
     for j in jobs:  # one loop, no comprehension's frame per accept
         if j.now < now:
             now = j.now
         for p in j.prepared:
-            if p.message.to_index:
-                recipients.append((p.message.to_index, p.purpose))
-    view = intake.policy.view(conn, recipients, now, writer=True)
-    judge, statements = intake.judge, intake.statements
+            idx = p.message.to_index
+            if idx:
+                to_indexes.append(idx)
+                if p.purpose in capping:
+                    capped.append(idx)
+    view = policy.group_view(conn, to_indexes, capped, now, writer=True)
+    judge, statements, insert = intake.judge, intake.statements, intake.insert_statements
     by_sql: dict[str, list[Sequence[Any]]] = {}
     outcomes: list[_Judged[Any]] = []
     for job in jobs:
         prepared = job.prepared
-        if len(prepared) == 1:  # a single send, most jobs
-            judged = [judge(view, prepared[0])]
+        if len(prepared) == 1:  # a single send
+            judged = [p := judge(view, prepared[0])]
+            added = statements(judged) if p.links else insert(p.message)
         else:
             judged = [judge(view, p) for p in prepared]
-        rows, answer = job.finish(judged)
-        added = statements(judged)
-        if rows or job.extra:  # an idempotent answer, a front end's own rows: few jobs
+            added = statements(judged)
+        if job.finish is None:
+            answer = job.build([p.answer() for p in judged])
+            if job.extra:  # a front end's own rows: few jobs
+                added = [*added, *job.extra]
+        else:  # an idempotent answer: few jobs
+            rows, answer = job.finish(judged)
             added = [*added, *job.extra, *rows]
         for sql, params in added:
             batch = by_sql.get(sql)
