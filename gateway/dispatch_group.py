@@ -98,11 +98,16 @@ class GroupSender:
         group: list[Entry],
         route: RouteRuntime,
         claims: Awaitable[list[ClaimedMessage | Held | Exception | None]] | None = None,
+        *,
+        not_before: float = 0.0,
     ) -> None:
         """Claim the group in one commit, hand what was claimed to the driver together,
         record the answers in one commit. Each message holds a dispatch slot of the
         route until the carrier answered it (or it was not sent). `claims`: the group's
-        claim already handed to the store (`Scheduler.claim_with_accept`)."""
+        claim already handed to the store (`Scheduler.claim_with_accept`). `not_before`
+        (monotonic): a critical message in the group took the route's next token before
+        it was there (`RouteRuntime.reserve`); the claim commits meanwhile, the submit
+        waits for it."""
         metrics = self._metrics.route(route.name)
         metrics.in_flight.inc(len(group))
         held = [True] * len(group)
@@ -158,6 +163,9 @@ class GroupSender:
                     )
                 release(i)
             if ready:
+                early = not_before - self._clock.monotonic()
+                if early > 0:
+                    await self._clock.sleep(early)
                 await self._submit_group(group, route, ready, release)
         except asyncio.CancelledError:
             raise

@@ -70,6 +70,13 @@ RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
 RECEIPT_SWEEP_RETRY = 60.0
 # A backlog gathers its route's tokens to this much short of a full bucket (`_gathering`).
 GATHER_SLACK_S = 0.05
+# A critical message with no token here takes the next one ahead of the other classes
+# if it comes within this long (`RouteRuntime.reserve`): its claim commits meanwhile
+# (with its accept), instead of waiting a round and a commit behind the bulk that took
+# the last one (S6). Longer waits (a slow route) are a round's business: a message held
+# `sending` that long before its submit would come back a possible duplicate after a
+# crash for nothing.
+CRITICAL_AHEAD_S = 0.05
 _PRIORITY_OF = attrgetter("priority")
 _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
@@ -355,14 +362,15 @@ class Scheduler:
                 return False
         if not critical and any(self._routes[name].dispatched for name in entry.candidates):
             return False
-        route, _ = self._take_route(entry, self._clock.monotonic(), {})
+        mono = self._clock.monotonic()
+        route, ahead = self._take_route(entry, mono, {})
         if route is None:
             return False
         self._shares.served(entry.priority, [entry.priority])
         self._metrics.queue_latency_by_class[entry.priority].observe(0.0)
         claimed = claim([entry.id], route.name, now)
         self._at_accept[entry.id] = claimed
-        self._start([entry], route, claimed)
+        self._start([entry], route, claimed, not_before=mono + ahead)
         return True
 
     # -- views ---------------------------------------------------------------------------
@@ -532,13 +540,16 @@ class Scheduler:
         """Start every submit the queue, rates and windows allow, in groups per route (up
         to its window each); return the next wake-up."""
         groups: dict[str, list[Entry]] = {}
+        not_before: dict[str, float] = {}  # per route: its group's last token (reserved)
         try:
-            return self._take_ready(now, groups)
+            return self._take_ready(now, groups, not_before)
         finally:
             for name, group in groups.items():
-                self._start(group, self._routes[name])
+                self._start(group, self._routes[name], not_before=not_before.get(name, 0.0))
 
-    def _take_ready(self, now: float, groups: dict[str, list[Entry]]) -> float:
+    def _take_ready(
+        self, now: float, groups: dict[str, list[Entry]], not_before: dict[str, float]
+    ) -> float:
         mono = self._clock.monotonic()
         next_wake = math.inf
         # A route's health cannot change while this runs (no await): asked once a round
@@ -563,6 +574,8 @@ class Scheduler:
                 if route is None:
                     next_wake = min(next_wake, wait)
                     continue
+                if wait > 0:  # a critical took the route's next token ahead
+                    not_before[route.name] = max(not_before.get(route.name, 0.0), mono + wait)
                 heapq.heappop(self._heaps[p])
                 del self._waiting[entry.id]
                 self._shares.served(p, ready)
@@ -572,7 +585,8 @@ class Scheduler:
                 group = groups.setdefault(route.name, [])
                 group.append(entry)
                 if len(group) >= route.config.window:
-                    self._start(groups.pop(route.name), route)
+                    ahead = not_before.pop(route.name, 0.0)
+                    self._start(groups.pop(route.name), route, not_before=ahead)
                 started = True
                 break
             if not started:
@@ -586,11 +600,14 @@ class Scheduler:
         usable: dict[str, bool],
         opened: set[str] | None = None,
     ) -> tuple[RouteRuntime | None, float]:
-        """The route to use now, or None and how long until one of them may be.
-        `opened`: a round's routes that took a token in it (given by the rounds only, so
-        a route may gather tokens for a backlog: `_gathering`). A critical message no
-        route takes by the usual rules tries again in the routes' critical lanes
-        (`RouteRuntime._limit`): past the claims made ahead for other classes."""
+        """The route to use and the seconds until its token is here (0: now), or None
+        and how long until one of them may be. `opened`: a round's routes that took a
+        token in it (given by the rounds only, so a route may gather tokens for a
+        backlog: `_gathering`). A critical message no route takes by the usual rules
+        tries again in the routes' critical lanes (`RouteRuntime._limit`): past the
+        claims made ahead for other classes, and with the next token taken ahead of
+        them when it comes within `CRITICAL_AHEAD_S` (`RouteRuntime.reserve`): the
+        message is claimed now and submitted when the token is here."""
         route, wait = self._pick_route(entry, mono, usable, opened, lane=False)
         if route is None and entry.priority is Priority.CRITICAL:
             return self._pick_route(entry, mono, usable, opened, lane=True)
@@ -626,6 +643,12 @@ class Scheduler:
                 if opened is not None:
                     opened.add(name)
                 return route, 0.0
+            if lane and wait < math.inf:
+                ahead = route.reserve(mono, CRITICAL_AHEAD_S)
+                if ahead is not None:
+                    if opened is not None:
+                        opened.add(name)
+                    return route, ahead
             wait = max(wait, 1e-3)
             # Asked only on this path (a busy route): does the message move on? A spreading
             # class with a backlog does; one message alone waits for a token of this route
@@ -671,8 +694,12 @@ class Scheduler:
         group: list[Entry],
         route: RouteRuntime,
         claims: asyncio.Future[list[Claim]] | None = None,
+        *,
+        not_before: float = 0.0,
     ) -> None:
-        task = asyncio.create_task(self._send_group(group, route, claims))
+        """Claim and send `group` on its own task; its submit waits until `not_before`
+        (monotonic) when a critical message in it took a token ahead."""
+        task = asyncio.create_task(self._send_group(group, route, claims, not_before))
         self._tasks.add(task)
         for entry in group:
             self._sending[entry.priority] += 1
@@ -686,10 +713,14 @@ class Scheduler:
         self._dispatched -= len(group)
 
     async def _send_group(
-        self, group: list[Entry], route: RouteRuntime, claims: asyncio.Future[list[Claim]] | None
+        self,
+        group: list[Entry],
+        route: RouteRuntime,
+        claims: asyncio.Future[list[Claim]] | None,
+        not_before: float,
     ) -> None:
         try:
-            await self._sender.send(group, route, claims)
+            await self._sender.send(group, route, claims, not_before=not_before)
         finally:
             if claims is not None:  # the accept failed and never handed it over
                 self._at_accept.pop(group[0].id, None)
