@@ -92,6 +92,11 @@ class GroupSender:
         self._parked = parked  # the driver parked the route
         self._backoff = backoff
         self._turns: dict[str, WindowTurns] = {}  # per route: the group taking window slots
+        # Groups whose submit waits for a token taken ahead (`not_before`), with that
+        # time (monotonic); `early_started` is set when one starts waiting. For
+        # `Scheduler.run_until_idle`: such a group waits for time to move.
+        self.early: dict[asyncio.Task[None], float] = {}
+        self.early_started = asyncio.Event()
 
     async def send(
         self,
@@ -163,9 +168,7 @@ class GroupSender:
                     )
                 release(i)
             if ready:
-                early = not_before - self._clock.monotonic()
-                if early > 0:
-                    await self._clock.sleep(early)
+                await self._until(not_before)
                 await self._submit_group(group, route, ready, release)
         except asyncio.CancelledError:
             raise
@@ -176,6 +179,18 @@ class GroupSender:
         finally:
             for i in range(len(group)):
                 release(i)
+
+    async def _until(self, not_before: float) -> None:
+        early = not_before - self._clock.monotonic()
+        task = asyncio.current_task()
+        if early <= 0 or task is None:
+            return
+        self.early[task] = not_before
+        self.early_started.set()
+        try:
+            await self._clock.sleep(early)
+        finally:
+            self.early.pop(task, None)
 
     def turns(self, route: str) -> WindowTurns:
         """Whose turn it is at `route`'s carrier window."""

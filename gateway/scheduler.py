@@ -433,12 +433,38 @@ class Scheduler:
         self._stopped.set()
 
     async def run_until_idle(self) -> None:
-        """Burst mode for tests: run rounds until nothing is due now and nothing is in flight."""
+        """Burst mode for tests: run rounds until nothing is due now and nothing is in
+        flight but groups waiting for a token taken ahead (time must move for them)."""
         while True:
             await self._round()
-            if not self._tasks:
+            if not self._busy():
                 return
-            await asyncio.gather(*self._tasks)
+            await self._settle()
+
+    def _busy(self) -> set[asyncio.Task[None]]:
+        """The groups under way, but those waiting for a token that is not here yet."""
+        mono, early = self._clock.monotonic(), self._sender.early
+        return {t for t in self._tasks if not t.done() and early.get(t, mono) <= mono}
+
+    async def _settle(self) -> None:
+        """Until every group under way has ended or waits for its token taken ahead;
+        the first error of those that ended is raised (as `gather` would)."""
+        ended: set[asyncio.Task[None]] = set()
+        busy = self._busy()
+        while busy:
+            started = self._sender.early_started
+            started.clear()
+            waiter = asyncio.ensure_future(started.wait())
+            try:
+                done, _ = await asyncio.wait([*busy, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            ended |= {t for t in busy if t in done}
+            busy = self._busy()
+        for task in ended:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
 
     def stop_claiming(self) -> None:
         self._claiming = False
