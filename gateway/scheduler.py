@@ -12,7 +12,9 @@ expiry deadlines. Each round:
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
    has a token (rate) and room (at most its window + `claim_ahead` dispatched; a
-   critical message one window more, its own lane past the claims made ahead). A route
+   critical message one window more, its own lane past the claims made ahead, and
+   with no token here the next one, taken ahead of the other classes when it comes
+   within `CRITICAL_AHEAD_S`: claimed now, submitted when it comes). A route
    that is down is skipped (fail over); a route that is merely busy makes the class
    wait, so rate limits hold and the configured preference (often cost) is kept. A
    spreading class (`spread_classes`, critical by default: an emergency broadcast)
