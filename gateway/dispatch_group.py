@@ -92,17 +92,27 @@ class GroupSender:
         self._parked = parked  # the driver parked the route
         self._backoff = backoff
         self._turns: dict[str, WindowTurns] = {}  # per route: the group taking window slots
+        # Groups whose submit waits for a token taken ahead (`not_before`), with that
+        # time (monotonic); `early_started` is set when one starts waiting. For
+        # `Scheduler.run_until_idle`: such a group waits for time to move.
+        self.early: dict[asyncio.Task[None], float] = {}
+        self.early_started = asyncio.Event()
 
     async def send(
         self,
         group: list[Entry],
         route: RouteRuntime,
         claims: Awaitable[list[ClaimedMessage | Held | Exception | None]] | None = None,
+        *,
+        not_before: float = 0.0,
     ) -> None:
         """Claim the group in one commit, hand what was claimed to the driver together,
         record the answers in one commit. Each message holds a dispatch slot of the
         route until the carrier answered it (or it was not sent). `claims`: the group's
-        claim already handed to the store (`Scheduler.claim_with_accept`)."""
+        claim already handed to the store (`Scheduler.claim_with_accept`). `not_before`
+        (monotonic): a critical message in the group took the route's next token before
+        it was there (`RouteRuntime.reserve`); the claim commits meanwhile, the submit
+        waits for it."""
         metrics = self._metrics.route(route.name)
         metrics.in_flight.inc(len(group))
         held = [True] * len(group)
@@ -158,6 +168,7 @@ class GroupSender:
                     )
                 release(i)
             if ready:
+                await self._until(not_before)
                 await self._submit_group(group, route, ready, release)
         except asyncio.CancelledError:
             raise
@@ -168,6 +179,18 @@ class GroupSender:
         finally:
             for i in range(len(group)):
                 release(i)
+
+    async def _until(self, not_before: float) -> None:
+        early = not_before - self._clock.monotonic()
+        task = asyncio.current_task()
+        if early <= 0 or task is None:
+            return
+        self.early[task] = not_before
+        self.early_started.set()
+        try:
+            await self._clock.sleep(early)
+        finally:
+            self.early.pop(task, None)
 
     def turns(self, route: str) -> WindowTurns:
         """Whose turn it is at `route`'s carrier window."""

@@ -26,6 +26,21 @@ class TokenBucket:
             return True
         return False
 
+    def reserve(self, now: float, within: float) -> float | None:
+        """Take the next token before it is here, if it comes within `within` seconds:
+        the seconds until it does (0: here now), else None and nothing taken. The bucket
+        goes below zero meanwhile, so every later take waits behind it; the caller uses
+        the token only once those seconds passed, so the rate holds where it counts (at
+        the carrier) as if it had waited for the token to take it."""
+        if self.rate is None:
+            return 0.0
+        self._refill(now)
+        wait = max(0.0, (1.0 - self._tokens) / self.rate)
+        if wait > within:
+            return None
+        self._tokens -= 1.0
+        return wait
+
     def wait_time(self, now: float) -> float:
         """Seconds until a token is available (0 if one is now)."""
         if self.rate is None:

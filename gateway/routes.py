@@ -103,6 +103,21 @@ class RouteRuntime:
         self.critical_dispatched += critical
         return True
 
+    def reserve(self, now: float, within: float) -> float | None:
+        """A critical message in its lane (`_limit`) when the rate's token is not here
+        yet: it takes the next one ahead of every other class, if it comes within
+        `within` seconds; the seconds until it does (the submit waits them), else None
+        and nothing taken. Not while the shared account's bucket is empty (`held_until`):
+        that wait is the cluster's, not this bucket's."""
+        if now < self.held_until or self.dispatched >= self._limit(lane=True):
+            return None
+        ahead = self.bucket.reserve(now, within)
+        if ahead is None:
+            return None
+        self.dispatched += 1
+        self.critical_dispatched += 1
+        return ahead
+
     def release(self, *, critical: bool = False) -> None:
         self.dispatched -= 1
         self.critical_dispatched -= critical

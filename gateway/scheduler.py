@@ -12,7 +12,9 @@ expiry deadlines. Each round:
 3. classes are tried in priority order (with the `ShareGuard`'s starvation credit):
    the head of a class goes to the first usable route its rules allow, if that route
    has a token (rate) and room (at most its window + `claim_ahead` dispatched; a
-   critical message one window more, its own lane past the claims made ahead). A route
+   critical message one window more, its own lane past the claims made ahead, and
+   with no token here the next one, taken ahead of the other classes when it comes
+   within `CRITICAL_AHEAD_S`: claimed now, submitted when it comes). A route
    that is down is skipped (fail over); a route that is merely busy makes the class
    wait, so rate limits hold and the configured preference (often cost) is kept. A
    spreading class (`spread_classes`, critical by default: an emergency broadcast)
@@ -75,6 +77,13 @@ RECEIPT_BATCH = 1000  # overdue receipts flagged per transaction
 RECEIPT_SWEEP_RETRY = 60.0
 # A backlog gathers its route's tokens to this much short of a full bucket (`_gathering`).
 GATHER_SLACK_S = 0.05
+# A critical message with no token here takes the next one ahead of the other classes
+# if it comes within this long (`RouteRuntime.reserve`): its claim commits meanwhile
+# (with its accept), instead of waiting a round and a commit behind the bulk that took
+# the last one (S6). Longer waits (a slow route) are a round's business: a message held
+# `sending` that long before its submit would come back a possible duplicate after a
+# crash for nothing.
+CRITICAL_AHEAD_S = 0.05
 _PRIORITY_OF = attrgetter("priority")
 _CANDIDATES_OF = attrgetter("candidates")
 _ENTRY_OF = itemgetter(2)
@@ -446,14 +455,15 @@ class Scheduler:
                 return False
         if not critical and any(self._routes[name].dispatched for name in entry.candidates):
             return False
-        route, _ = self._take_route(entry, self._clock.monotonic(), {})
+        mono = self._clock.monotonic()
+        route, ahead = self._take_route(entry, mono, {})
         if route is None:
             return False
         self._shares.served(entry.priority, [entry.priority])
         self._metrics.queue_latency_by_class[entry.priority].observe(0.0)
         claimed = claim([entry.id], route.name, now)
         self._at_accept[entry.id] = claimed
-        self._start([entry], route, claimed)
+        self._start([entry], route, claimed, not_before=mono + ahead)
         return True
 
     # -- views ---------------------------------------------------------------------------
@@ -516,12 +526,38 @@ class Scheduler:
         self._stopped.set()
 
     async def run_until_idle(self) -> None:
-        """Burst mode for tests: run rounds until nothing is due now and nothing is in flight."""
+        """Burst mode for tests: run rounds until nothing is due now and nothing is in
+        flight but groups waiting for a token taken ahead (time must move for them)."""
         while True:
             await self._round()
-            if not self._tasks:
+            if not self._busy():
                 return
-            await asyncio.gather(*self._tasks)
+            await self._settle()
+
+    def _busy(self) -> set[asyncio.Task[None]]:
+        """The groups under way, but those waiting for a token that is not here yet."""
+        mono, early = self._clock.monotonic(), self._sender.early
+        return {t for t in self._tasks if not t.done() and early.get(t, mono) <= mono}
+
+    async def _settle(self) -> None:
+        """Until every group under way has ended or waits for its token taken ahead;
+        the first error of those that ended is raised (as `gather` would)."""
+        ended: set[asyncio.Task[None]] = set()
+        busy = self._busy()
+        while busy:
+            started = self._sender.early_started
+            started.clear()
+            waiter = asyncio.ensure_future(started.wait())
+            try:
+                done, _ = await asyncio.wait([*busy, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            ended |= {t for t in busy if t in done}
+            busy = self._busy()
+        for task in ended:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
 
     def stop_claiming(self) -> None:
         self._claiming = False
@@ -624,13 +660,16 @@ class Scheduler:
         """Start every submit the queue, rates and windows allow, in groups per route (up
         to its window each); return the next wake-up."""
         groups: dict[str, list[Entry]] = {}
+        not_before: dict[str, float] = {}  # per route: its group's last token (reserved)
         try:
-            return self._take_ready(now, groups)
+            return self._take_ready(now, groups, not_before)
         finally:
             for name, group in groups.items():
-                self._start(group, self._routes[name])
+                self._start(group, self._routes[name], not_before=not_before.get(name, 0.0))
 
-    def _take_ready(self, now: float, groups: dict[str, list[Entry]]) -> float:
+    def _take_ready(
+        self, now: float, groups: dict[str, list[Entry]], not_before: dict[str, float]
+    ) -> float:
         mono = self._clock.monotonic()
         next_wake = math.inf
         # A route's health cannot change while this runs (no await): asked once a round
@@ -655,6 +694,8 @@ class Scheduler:
                 if route is None:
                     next_wake = min(next_wake, wait)
                     continue
+                if wait > 0:  # a critical took the route's next token ahead
+                    not_before[route.name] = max(not_before.get(route.name, 0.0), mono + wait)
                 heapq.heappop(self._heaps[p])
                 del self._waiting[entry.id]
                 self._shares.served(p, ready)
@@ -664,7 +705,8 @@ class Scheduler:
                 group = groups.setdefault(route.name, [])
                 group.append(entry)
                 if len(group) >= route.config.window:
-                    self._start(groups.pop(route.name), route)
+                    ahead = not_before.pop(route.name, 0.0)
+                    self._start(groups.pop(route.name), route, not_before=ahead)
                 started = True
                 break
             if not started:
@@ -678,11 +720,14 @@ class Scheduler:
         usable: dict[str, bool],
         opened: set[str] | None = None,
     ) -> tuple[RouteRuntime | None, float]:
-        """The route to use now, or None and how long until one of them may be.
-        `opened`: a round's routes that took a token in it (given by the rounds only, so
-        a route may gather tokens for a backlog: `_gathering`). A critical message no
-        route takes by the usual rules tries again in the routes' critical lanes
-        (`RouteRuntime._limit`): past the claims made ahead for other classes."""
+        """The route to use and the seconds until its token is here (0: now), or None
+        and how long until one of them may be. `opened`: a round's routes that took a
+        token in it (given by the rounds only, so a route may gather tokens for a
+        backlog: `_gathering`). A critical message no route takes by the usual rules
+        tries again in the routes' critical lanes (`RouteRuntime._limit`): past the
+        claims made ahead for other classes, and with the next token taken ahead of
+        them when it comes within `CRITICAL_AHEAD_S` (`RouteRuntime.reserve`): the
+        message is claimed now and submitted when the token is here."""
         route, wait = self._pick_route(entry, mono, usable, opened, lane=False)
         if route is None and entry.priority is Priority.CRITICAL:
             return self._pick_route(entry, mono, usable, opened, lane=True)
@@ -718,6 +763,12 @@ class Scheduler:
                 if opened is not None:
                     opened.add(name)
                 return route, 0.0
+            if lane and wait < math.inf:
+                ahead = route.reserve(mono, CRITICAL_AHEAD_S)
+                if ahead is not None:
+                    if opened is not None:
+                        opened.add(name)
+                    return route, ahead
             wait = max(wait, 1e-3)
             # Asked only on this path (a busy route): does the message move on? A spreading
             # class with a backlog does; one message alone waits for a token of this route
@@ -763,8 +814,12 @@ class Scheduler:
         group: list[Entry],
         route: RouteRuntime,
         claims: asyncio.Future[list[Claim]] | None = None,
+        *,
+        not_before: float = 0.0,
     ) -> None:
-        task = asyncio.create_task(self._send_group(group, route, claims))
+        """Claim and send `group` on its own task; its submit waits until `not_before`
+        (monotonic) when a critical message in it took a token ahead."""
+        task = asyncio.create_task(self._send_group(group, route, claims, not_before))
         self._tasks.add(task)
         for entry in group:
             self._sending[entry.priority] += 1
@@ -778,10 +833,14 @@ class Scheduler:
         self._dispatched -= len(group)
 
     async def _send_group(
-        self, group: list[Entry], route: RouteRuntime, claims: asyncio.Future[list[Claim]] | None
+        self,
+        group: list[Entry],
+        route: RouteRuntime,
+        claims: asyncio.Future[list[Claim]] | None,
+        not_before: float,
     ) -> None:
         try:
-            await self._sender.send(group, route, claims)
+            await self._sender.send(group, route, claims, not_before=not_before)
         finally:
             if claims is not None:  # the accept failed and never handed it over
                 self._at_accept.pop(group[0].id, None)

@@ -144,6 +144,36 @@ async def test_under_load_a_critical_message_is_claimed_with_its_accept(
     assert loopback(gw).health().in_flight == 1  # the carrier's window of one still holds
 
 
+async def test_a_critical_message_is_claimed_with_its_accept_when_bulk_just_took_the_token(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Rate 100/s, burst 1, bulk waiting behind the token the first bulk message took: a
+    critical message is `sending` as its accept commits all the same (it takes the next
+    token ahead of the bulk, S6), not queued for a round and a claim of its own; the
+    driver sees it when that token comes, and the bulk waits for the one after."""
+    gw = await _running(
+        open_gateway,
+        routes=[{"name": "main", "type": "loopback", "latency": 0, "rate": 100, "burst": 1}],
+    )
+    who = await _caller(gw)
+    messages = gw.usecases.messages
+    bulk = [
+        await messages.accept(who, SendRequest(to=OTHER, body=f"b{i}", priority="bulk"))
+        for i in range(3)
+    ]
+    await _idle(gw)
+    assert loopback(gw).health().counters["submitted"] == 1  # the token there was
+    critical = await messages.accept(
+        who, SendRequest(to=CANARY_NUMBER, body="urgent", priority="critical")
+    )
+    assert _committed(gw, critical.id)[0] == "sending"
+    assert loopback(gw).health().counters["submitted"] == 1  # its token is not here yet
+    clock.advance(0.01)
+    await _idle(gw)
+    assert await state_of(gw, critical.id) == "sent"
+    assert [_committed(gw, m.id)[0] for m in bulk] == ["sent", "queued", "queued"]
+
+
 async def test_the_claim_with_the_accept_runs_the_send_time_policy_check(
     open_gateway: GatewayFactory,
 ) -> None:

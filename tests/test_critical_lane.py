@@ -7,11 +7,14 @@ what was claimed, and the order the carrier saw."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from drivers.base import OutboundSms, SubmitResult
 from drivers.clock import FakeClock
+from gateway.ratelimit import TokenBucket
+from gateway.scheduler import CRITICAL_AHEAD_S
 from gateway.window_turns import WindowTurns
-from tests.conftest import GatewayFactory, accept, loopback
+from tests.conftest import GatewayFactory, accept, loopback, state_of
 
 WAIT = 10.0  # an upper bound on waiting for an event, never an expected duration
 NO_RECEIPTS = {"expires_after": 3600, "max_attempts": 3, "want_receipt": False, "min_share": 0}
@@ -122,3 +125,96 @@ async def test_window_turns_serve_the_most_urgent_class_then_arrival() -> None:
     turns.release()
     assert turns.waiting() == []
     await asyncio.wait_for(turns.acquire(turns.ticket(2)), WAIT)
+
+
+def _busiest(times: list[float], width: float) -> int:
+    """The most of `times` (sorted) in any window [t, t + width)."""
+    return max(sum(1 for u in times[i:] if u < t + width) for i, t in enumerate(times))
+
+
+async def test_a_critical_takes_the_next_token_ahead_of_the_bulk_that_spent_the_last(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """Rate 100/s, burst 1, a bulk backlog taking every token as it comes: a critical
+    message finding the bucket just emptied is claimed in that round all the same (the
+    next token is its own, ahead of the bulk), and the driver sees it only when that
+    token is there, before any bulk message accepted before it. The rate holds: no two
+    submits closer than a token apart."""
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "rate": 100, "burst": 1}],
+        queue={"classes": dict.fromkeys(("critical", "bulk"), NO_RECEIPTS)},
+    )
+    seen: list[tuple[float, str]] = []
+    driver = loopback(gw)
+    original = driver.submit
+
+    async def recording_submit(sms: OutboundSms) -> SubmitResult:
+        seen.append((clock.monotonic(), sms.parts[0]))
+        return await original(sms)
+
+    driver.submit = recording_submit  # type: ignore[method-assign]
+    for i in range(4):
+        await accept(gw, body=f"bulk{i}", priority="bulk")
+    scheduler, route = gw.scheduler, gw.routes["main"]
+    await scheduler.run_until_idle()  # the one token there was: bulk0 sent
+    assert [body for _, body in seen] == ["bulk0"]
+
+    critical = await accept(gw, body="critical", priority="critical")
+    await scheduler._round()
+    assert route.dispatched == 1  # claimed now, with no token here yet
+    assert route.bucket.wait_time(clock.monotonic()) > 0.01  # its token ahead of bulk1's
+    await clock.wait_sleeping(1)  # its submit waits for the token
+    assert [body for _, body in seen] == ["bulk0"]
+    clock.advance(0.01)
+    await asyncio.wait_for(asyncio.gather(*scheduler._tasks), WAIT)
+    assert [body for _, body in seen] == ["bulk0", "critical"]
+    assert await state_of(gw, critical) == "sent"
+    for _ in range(10):  # a token each 10 ms (the clock's sums may land a hair short)
+        clock.advance(0.01)
+        await scheduler.run_until_idle()
+    assert [body for _, body in seen] == ["bulk0", "critical", "bulk1", "bulk2", "bulk3"]
+    times = [t for t, _ in seen]
+    assert all(b - a >= 0.01 - 1e-9 for a, b in itertools.pairwise(times)), times
+
+
+async def test_a_critical_takes_no_token_further_ahead_than_its_claim_covers(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    """At 10/s the next token is a tenth of a second off: longer than a claim's commit,
+    so the critical message waits queued for it (a message held `sending` that long
+    would come back a possible duplicate after a crash for nothing)."""
+    gw = await open_gateway(
+        [{"name": "main", "type": "loopback", "latency": 0, "rate": 10, "burst": 1}],
+        queue={"classes": dict.fromkeys(("critical", "bulk"), NO_RECEIPTS)},
+    )
+    await accept(gw, body="bulk", priority="bulk")
+    await gw.scheduler.run_until_idle()
+    critical = await accept(gw, body="critical", priority="critical")
+    await gw.scheduler.run_until_idle()
+    assert gw.routes["main"].dispatched == 0
+    assert await state_of(gw, critical) == "queued"
+    clock.advance(0.1)
+    await gw.scheduler.run_until_idle()
+    assert await state_of(gw, critical) == "sent"
+
+
+def test_a_token_taken_ahead_holds_the_rate_in_every_window() -> None:
+    """Bulk takes every token it can, criticals come at odd times and take the next one
+    ahead: counting each token where it is used (a take at once, a reservation when its
+    token comes), no window of T seconds holds more than burst + rate * T."""
+    rate, burst = 100.0, 2
+    bucket = TokenBucket(rate, burst, 0.0)
+    used: list[float] = []
+    for step in range(2000):  # 2 s in steps of 1 ms
+        now = step / 1000
+        if step % 37 == 0:
+            ahead = bucket.reserve(now, CRITICAL_AHEAD_S)
+            assert ahead is not None and ahead <= 2 / rate  # one bulk token, then its own
+            used.append(now + ahead)
+        if bucket.try_take(now):
+            used.append(now)
+    used.sort()
+    for width in (0.01, 0.1, 0.5, 1.0):
+        assert _busiest(used, width) <= burst + rate * width + 1e-9, width
+    assert bucket.reserve(2.0, 0.0) is None  # not here now, and nothing taken
+    assert bucket.wait_time(2.0) > 0

@@ -303,9 +303,9 @@ async def test_throttling_storm_keeps_to_the_rate_costs_nothing_and_keeps_priori
     taken: list[str] = []
     start = rig.gw.scheduler._start
 
-    def taking(group: list[Any], *args: Any) -> None:
+    def taking(group: list[Any], *args: Any, **kwargs: Any) -> None:
         taken.extend(entry.id for entry in group)
-        start(group, *args)
+        start(group, *args, **kwargs)
 
     monkeypatch.setattr(rig.gw.scheduler, "_start", taking)
     rig.sim.throttle_storm(20)  # 10 throttled, alternating with 10 accepted
