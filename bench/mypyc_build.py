@@ -45,6 +45,7 @@ SEND = (
     "drivers/text.py",
     "gateway/dispatch_group.py",
     "gateway/scheduler.py",
+    "gateway/scheduler_feed.py",
     "gateway/routes.py",
     "gateway/shares.py",
     "gateway/throttle_adapt.py",

@@ -57,7 +57,12 @@ COMPONENTS: tuple[tuple[str, tuple[Rule, ...]], ...] = (
     (
         "dispatch",
         (
-            _in("gateway/scheduler.py", "gateway/router.py", "gateway/routes.py"),
+            _in(
+                "gateway/scheduler.py",
+                "gateway/scheduler_feed.py",
+                "gateway/router.py",
+                "gateway/routes.py",
+            ),
             _in("gateway/ratelimit.py", "gateway/store/claim_check.py"),
             _named("gateway/store/transitions.py", "claim_many", "mark_sent_many"),
         ),

@@ -48,7 +48,7 @@ from gateway.store.transitions import Transition
 from gateway.window_turns import WindowTurns
 
 if TYPE_CHECKING:
-    from gateway.scheduler import Entry
+    from gateway.scheduler_feed import Entry
 
 log = structlog.get_logger("smsgw.scheduler")
 

@@ -30,7 +30,8 @@ from gateway.links.store import token_statements
 from gateway.metrics import Metrics
 from gateway.models import PRIORITY_LABELS, Priority, State, new_message_id
 from gateway.router import Router
-from gateway.scheduler import Entry, Scheduler
+from gateway.scheduler import Scheduler
+from gateway.scheduler_feed import Entry
 from gateway.store.claim_check import ClaimSubject, Held
 from gateway.store.store import NewMessage, Store
 from gateway.store.writer import Statement

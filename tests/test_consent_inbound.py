@@ -25,7 +25,7 @@ from gateway.app import Gateway
 from gateway.consent import ledger
 from gateway.consent.answers import reply_id
 from gateway.models import Priority, new_message_id
-from gateway.scheduler import Entry
+from gateway.scheduler_feed import Entry
 from gateway.store.store import NewMessage
 from tests.conftest import (
     CANARY_BODY,

@@ -13,7 +13,7 @@ from hl7apy.parser import parse_message
 from drivers.text import Encoding, split
 from gateway.clinical.profile import InterfaceProfile
 from gateway.models import Priority
-from gateway.scheduler import Entry
+from gateway.scheduler_feed import Entry
 from tests.appointment_rows import appointment, book, outbound_messages, reply_rows
 from tests.test_consent_inbound import SHORT_CODE, RigFactory, number, open_rig, sim, to
 

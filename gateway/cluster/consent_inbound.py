@@ -59,7 +59,8 @@ from gateway.consent.purposes import (
 )
 from gateway.consent.replies import Reply
 from gateway.router import Router
-from gateway.scheduler import Entry, Scheduler
+from gateway.scheduler import Scheduler
+from gateway.scheduler_feed import Entry
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import Store
 

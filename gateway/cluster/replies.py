@@ -54,7 +54,8 @@ from gateway.replies.inbound import InboundReplies, Outcome, Step
 from gateway.replies.intents import Intent, parse, scoped_stop
 from gateway.replies.texts import Answer, render
 from gateway.router import Router
-from gateway.scheduler import Entry, Scheduler
+from gateway.scheduler import Scheduler
+from gateway.scheduler_feed import Entry
 from gateway.store.audit_log import AuditTrail
 from gateway.store.crypto import DecryptError, FieldCipher
 from gateway.store.inbound_parts import StoredInbound

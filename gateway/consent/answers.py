@@ -19,7 +19,7 @@ from gateway.consent.purposes import Purpose
 from gateway.consent.settings import policy_table
 from gateway.models import Priority
 from gateway.router import Router
-from gateway.scheduler import Entry
+from gateway.scheduler_feed import Entry
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import NewMessage, Store
 

@@ -59,7 +59,8 @@ from gateway.consent.withdraw import Withdrawal
 from gateway.intake import normalise_number
 from gateway.models import new_message_id
 from gateway.router import Router
-from gateway.scheduler import Entry, Scheduler
+from gateway.scheduler import Scheduler
+from gateway.scheduler_feed import Entry
 from gateway.store.audit_log import AuditTrail
 from gateway.store.inbound_parts import StoredInbound
 from gateway.store.store import Store

@@ -53,7 +53,8 @@ from gateway.replies import worklist_sql as sql
 from gateway.replies.intents import Intent, Parsed, parse, scoped_stop
 from gateway.replies.texts import Answer, render
 from gateway.router import Router
-from gateway.scheduler import Entry, Scheduler
+from gateway.scheduler import Scheduler
+from gateway.scheduler_feed import Entry
 from gateway.store.audit_log import AuditTrail
 from gateway.store.crypto import FieldCipher
 from gateway.store.inbound_parts import StoredInbound

@@ -23,7 +23,8 @@ from gateway.errors import ApiError
 from gateway.intake import Accepted, Intake, Prepared, SendRequest, normalise_number
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
-from gateway.scheduler import ClaimSoon, Scheduler
+from gateway.scheduler import Scheduler
+from gateway.scheduler_feed import ClaimSoon
 from gateway.store.idempotency import IdempotentAnswer
 from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.queue_store import AcceptStore

@@ -51,7 +51,7 @@ from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
 from gateway.routes import RouteRuntime
-from gateway.scheduler import Entry
+from gateway.scheduler_feed import Entry
 from gateway.sink import GatewaySink
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import NewMessage, Store

@@ -37,7 +37,7 @@ from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.ratelimit import TokenBucket
 from gateway.routes import RouteRuntime
-from gateway.scheduler import Entry
+from gateway.scheduler_feed import Entry
 from gateway.store import crypto
 from gateway.store.crypto import FieldCipher
 from gateway.store.store import ClaimedMessage, NewMessage, Store
