@@ -14,8 +14,8 @@ meanwhile goes to one call in one savepoint, and only if that call raises is eac
 retried alone. The transaction's first step (its inserts, or else its first job or group)
 has no savepoint: if it raises, the transaction is rolled back and begun again, which
 spares as much, and SQLite's cost per trigger-firing statement inside a savepoint grows
-with what the savepoint has kept (`_first_step`). A caller's future resolves only after the commit returned, i.e. after the WAL is
-synced (`synchronous=FULL`).
+with what the savepoint has kept (`_first_step`). A caller's future resolves only after
+the commit returned, i.e. after the WAL is synced (`synchronous=FULL`).
 
 Bulk work that may wait (a campaign's pass: up to 200 recipients in one job) goes
 through `run_after_others`: such a job runs in a transaction of its own, never with
