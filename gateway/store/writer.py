@@ -394,8 +394,8 @@ class GroupCommitWriter:
         statement that fires a trigger (a message's insert, an event's) keeps a statement
         journal, and SQLite, ending each such statement inside a savepoint, walks the
         in-memory journal of every page that savepoint has kept so far: a cost per
-        statement that grows with the group, 58 -> 23 us per row of a 500-message batch
-        (`bench/README.md`)."""
+        statement that grows with the group: 61 -> 28-30 us per message row of 500-message
+        batches (`bench/README.md`, fifth pass)."""
         try:
             if isinstance(step, _Group):
                 return step.fn(conn, step.items)
