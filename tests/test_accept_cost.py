@@ -171,8 +171,8 @@ async def test_a_group_of_judged_accepts_runs_only_its_reads_and_inserts(
     """The SQL statements of one writer transaction of single sends with the checks on,
     counted with SQLite's trace callback: the reads of the group's view (counted sends
     with the consent epoch in one statement, the consent rows of recipients not kept
-    since an earlier group), one insert per message, and the transaction's and the group's own
-    statements; no empty savepoint for inserts the transaction does not have."""
+    since an earlier group), one insert per message, and the transaction's own statements;
+    no savepoint: the group is the transaction's first step (`GroupCommitWriter._first_step`)."""
     gw = await open_at(tmp_path, clock, True)
     try:
         who = await sender(gw)
@@ -192,11 +192,9 @@ async def test_a_group_of_judged_accepts_runs_only_its_reads_and_inserts(
     assert sorted(map(_statement_kind, untriggered(seen))) == sorted(
         [
             "BEGIN IMMEDIATE",
-            "SAVEPOINT grouped",
             "read counted sends and the consent epoch",
             "read consent rows",
             *["insert a message"] * len(batch),
-            "RELEASE grouped",
             "COMMIT",
         ]
     ), seen

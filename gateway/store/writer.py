@@ -9,10 +9,13 @@ grow by themselves, so durability costs one fsync per batch, not per message; wi
 load a write commits at once. Inserts of the same statement are sent with one
 `executemany`. Each job runs inside a savepoint, so a job that raises rolls back alone
 and changes nothing, while the rest of the batch commits. The hot paths (claims, sends,
-receipts) are grouped jobs (`run_grouped`): every item handed to the same function meanwhile
-goes to one call in one savepoint, and only if that call raises is each item retried
-alone. A caller's future resolves only after the commit returned, i.e. after the WAL is
-synced (`synchronous=FULL`).
+receipts, accepts) are grouped jobs (`run_grouped`): every item handed to the same function
+meanwhile goes to one call in one savepoint, and only if that call raises is each item
+retried alone. The transaction's first step (its inserts, or else its first job or group)
+has no savepoint: if it raises, the transaction is rolled back and begun again, which
+spares as much, and SQLite's cost per trigger-firing statement inside a savepoint grows
+with what the savepoint has kept (`_first_step`). A caller's future resolves only after
+the commit returned, i.e. after the WAL is synced (`synchronous=FULL`).
 
 Bulk work that may wait (a campaign's pass: up to 200 recipients in one job) goes
 through `run_after_others`: such a job runs in a transaction of its own, never with
@@ -343,8 +346,15 @@ class GroupCommitWriter:
             self._checkpoint_every = checkpoint_every
         conn.execute("BEGIN IMMEDIATE")
         try:
-            outcomes: list[Any] = self._insert_all(conn, batch.inserts)
-            for step in batch.steps:
+            steps = batch.steps
+            if batch.inserts:
+                outcomes: list[Any] = self._insert_all(conn, batch.inserts)
+            elif steps:  # the first step alone: its own savepoint would guard nothing
+                outcomes = self._first_step(conn, steps[0])
+                steps = steps[1:]
+            else:
+                outcomes = []
+            for step in steps:
                 if isinstance(step, _Group):
                     outcomes.extend(self._group(conn, step))
                 else:
@@ -356,28 +366,47 @@ class GroupCommitWriter:
             raise
         return outcomes
 
+    @staticmethod
     def _insert_all(
-        self, conn: sqlite3.Connection, inserts: list[tuple[list[Statement], Any]]
+        conn: sqlite3.Connection, inserts: list[tuple[list[Statement], Any]]
     ) -> list[Any]:
-        if not inserts:  # a transaction of jobs only (the policy's accepts are a job)
-            return []
+        """The inserts, first in their transaction: no savepoint (see `_first_step`)."""
         by_sql: dict[str, list[Sequence[Any]]] = {}
         for statements, _ in inserts:
             for sql, params in statements:
                 by_sql.setdefault(sql, []).append(params)
-        conn.execute("SAVEPOINT bulk")
         try:
             for sql, rows in by_sql.items():
                 conn.executemany(sql, rows)
-            conn.execute("RELEASE bulk")
             return [None] * len(inserts)
         except sqlite3.Error:
             if not conn.in_transaction:  # SQLite rolled it all back (disk full): no retry
                 raise
-            conn.execute("ROLLBACK TO bulk")
-            conn.execute("RELEASE bulk")
+            _begin_again(conn)
         # One bad row must not sink its neighbours: retry each group on its own.
-        return [self._savepoint(conn, _statements_job(s)) for s, _ in inserts]
+        return [GroupCommitWriter._savepoint(conn, _statements_job(s)) for s, _ in inserts]
+
+    def _first_step(self, conn: sqlite3.Connection, step: _Group | tuple[Job, Any]) -> list[Any]:
+        """The transaction's first step, with no savepoint of its own: nothing before it
+        in the transaction for one to spare, so if it raises, the transaction is rolled
+        back and begun again, and it fails as a step in a savepoint does (a group's items
+        retried one by one, a job's error its outcome). Why not one anyway: every
+        statement that fires a trigger (a message's insert, an event's) keeps a statement
+        journal, and SQLite, ending each such statement inside a savepoint, walks the
+        in-memory journal of every page that savepoint has kept so far: a cost per
+        statement that grows with the group: 61 -> 28-30 us per message row of 500-message
+        batches (`bench/README.md`, fifth pass)."""
+        try:
+            if isinstance(step, _Group):
+                return step.fn(conn, step.items)
+            return [step[0](conn)]
+        except Exception as e:
+            if not conn.in_transaction:  # the whole transaction is gone: fail the batch
+                raise
+            _begin_again(conn)
+            if isinstance(step, _Group):
+                return [self._savepoint(conn, _one_item(step.fn, item)) for item in step.items]
+            return [e]
 
     def _group(self, conn: sqlite3.Connection, group: _Group) -> list[Any]:
         conn.execute("SAVEPOINT grouped")
@@ -427,6 +456,12 @@ class GroupCommitWriter:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, _checkpoint_and_close, conn)
         self._executor.shutdown(wait=True)
+
+
+def _begin_again(conn: sqlite3.Connection) -> None:
+    """The transaction whose first step failed, rolled back and begun again, empty."""
+    conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
 
 
 def _statements_job(statements: list[Statement]) -> Job:
