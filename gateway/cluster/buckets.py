@@ -1,13 +1,25 @@
-"""Carrier accounts' rates across nodes: a locked bucket row, debited in the claim.
+"""Carrier accounts' rates across nodes: a locked bucket row, its tokens taken before the claim.
 
 Theory of operation. An account's row (`rate_accounts`) is a token bucket: `rate`
-tokens a second, at most `burst` saved. A claim (`claims.py`) first refills and locks it
-in one UPDATE (`reserve`), on the database's clock, so every node's claims on that
-account queue behind one row lock and see one clock; it then claims at most the whole
-tokens there are and, still in the same transaction, takes off what it claimed
-(`debit`). In any window of T seconds the account's claims therefore number at most
-`burst + rate * T` (the claims' `claimed_at` is the refill's stamp): configure
-`rate + burst` at or under the contract's per-second figure.
+tokens a second, at most `burst` saved. A claim (`claims.py`, the cluster queue) first
+takes its tokens (`take`): in a short transaction of its own it locks and refills the
+row on the database's clock, so every node's takes on that account queue behind one row
+lock and see one clock, and takes off as many tokens as it may claim (`reserve`). It
+then claims at most that many messages in its own transaction, and once that is over
+gives back what it did not claim (`settle`). In any window of T seconds the account's
+claims therefore number at most `burst + rate * T` (the claims' `claimed_at` is the
+take's stamp; a give-back never lifts the bucket past `burst`, so it never counts more
+than a bucket that saw only the claims): configure `rate + burst` at or under the
+contract's per-second figure.
+
+Why apart from the claim (S6 on a shared account): a lock taken in the claim's
+transaction is held through its statements and its commit's flush, and every claim of
+every node (the rounds' bulk groups, an accept's claim) queued behind the one before:
+seconds under load. A take holds the row for three short statements, and commits
+without waiting for the flush (`synchronous_commit = off`): a crash that loses it loses
+only tokens, unless a claim that used them committed, and that claim's commit, later
+in the log, flushed it. An accept's claim takes with `NOWAIT` (`BucketBusy`): if the
+row is locked it leaves its message to the next round rather than hold the accept.
 
 Fairness: max-min shares from reported demand. Each node also has a sub-bucket per
 account (`rate_shares`), and with each claim it reports what it wants a second
@@ -29,11 +41,15 @@ of its share instead of losing them, and the account's row still bounds every wi
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from gateway.cluster.nodes import Incarnation
@@ -82,11 +98,21 @@ ON CONFLICT (account, incarnation) DO UPDATE SET
 RETURNING s.tokens
 """
 
-# Take off what was claimed; report the demand: the caller's figure, else NULL if its
+# What a claim may take, taken off both buckets at once (both rows locked already).
+_TAKE = """
+WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(n)s WHERE account = %(a)s)
+UPDATE rate_shares SET tokens = tokens - %(n)s WHERE account = %(a)s AND incarnation = %(inc)s
+"""
+
+# The tokens taken and not claimed back in the account's bucket (never past its burst).
+_GIVE_BACK = """
+UPDATE rate_accounts SET tokens = least(burst, tokens + %(back)s) WHERE account = %(a)s
+"""
+
+# ... and in this node's share; report the demand: the caller's figure, else NULL if its
 # share cut the claim short, else the moving average of what it asked for a second.
-_DEBIT = """
-WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(got)s WHERE account = %(a)s)
-UPDATE rate_shares SET tokens = tokens - %(got)s,
+_SETTLE = """
+UPDATE rate_shares SET tokens = least(%(burst)s, tokens + %(back)s),
     starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END,
     demand = CASE
         WHEN %(stated)s::float8 IS NOT NULL THEN %(stated)s::float8
@@ -103,6 +129,10 @@ class UnknownAccount(LookupError):
     """A claim named a rate account that is not configured."""
 
 
+class BucketBusy(RuntimeError):
+    """The account's row is locked by another take (`take(..., nowait=True)`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What the buckets allow this claim: `n` messages, stamped `stamp` (DB time)."""
@@ -112,6 +142,7 @@ class Grant:
     tokens: float  # the account's whole bucket, before the debit
     share: float  # this node's sub-bucket, before the debit
     rate: float
+    burst: float
     nodes: int  # the live nodes counted in the shares, this one included
     share_rate: float  # this node's fair share, tokens a second
 
@@ -140,12 +171,20 @@ async def reserve(
     me: Incarnation,
     want: int,
     active_window: float = ACTIVE_WINDOW,
+    *,
+    nowait: bool = False,
 ) -> Grant:
-    """In the claim's transaction: refill and lock the account's row and this node's
-    share, and say how many messages may be claimed now."""
+    """In the caller's transaction: refill and lock the account's row and this node's
+    share, say how many messages may be claimed now and take that many tokens off both
+    (`settle` gives back what was not claimed). `nowait`: raise `BucketBusy` rather than
+    wait for the account's row."""
     # Lock first, then read the clock: a clock read before waiting for the lock would
     # stamp this claim earlier than the one it waited for, and refill twice over.
-    await conn.execute("SELECT 1 FROM rate_accounts WHERE account = %s FOR UPDATE", (account,))
+    lock = "SELECT 1 FROM rate_accounts WHERE account = %s FOR UPDATE"
+    try:
+        await conn.execute(lock + " NOWAIT" if nowait else lock, (account,))
+    except psycopg.errors.LockNotAvailable as e:
+        raise BucketBusy(account) from e
     cur = await conn.execute(
         _REFILL, {"a": account, "inc": me.incarnation, "window": active_window}
     )
@@ -161,10 +200,26 @@ async def reserve(
     assert share_row is not None
     share = float(share_row[0])
     n = max(0, min(want, math.floor(tokens), math.floor(share)))
-    return Grant(n, stamp, tokens, share, rate, 1 + len(others), share_rate)
+    if n > 0:
+        await conn.execute(_TAKE, {"n": n, "a": account, "inc": me.incarnation})
+    return Grant(n, stamp, tokens, share, rate, burst, 1 + len(others), share_rate)
 
 
-async def debit(
+async def take(
+    conn: AsyncConnection[TupleRow],
+    account: str,
+    me: Incarnation,
+    want: int,
+    *,
+    nowait: bool = False,
+) -> Grant:
+    """`reserve` in a short transaction of its own, before the claim's (in the caller's
+    if `conn` is in one already)."""
+    async with _short(conn):
+        return await reserve(conn, account, me, want, nowait=nowait)
+
+
+async def settle(
     conn: AsyncConnection[TupleRow],
     account: str,
     me: Incarnation,
@@ -173,19 +228,40 @@ async def debit(
     asked: int,
     demand: float | None = None,
 ) -> float:
-    """In the claim's transaction: take off the `got` claimed of the `asked` this node
-    would have taken (what was due), and report its demand: `demand` if the caller
-    states one (tokens a second), else measured from `asked`, or more than it gets if
-    its own share was what cut it short (a refusal by the account's row alone says
-    another node took the tokens, not that this one deserves a larger part). Returns the
-    seconds until both buckets hold a whole token again (0 if they do now)."""
+    """After the claim (in a short transaction of its own, or the caller's): give back
+    the tokens taken for `grant` beyond the `got` claimed of the `asked` this node would
+    have taken (what was due), and report its demand: `demand` if the caller states one
+    (tokens a second), else measured from `asked`, or more than it gets if its own share
+    was what cut it short (a refusal by the account's row alone says another node took
+    the tokens, not that this one deserves a larger part). Returns `retry_after`."""
     starved = grant.n < asked
     capped = starved and math.floor(grant.share) <= math.floor(grant.tokens)
-    await conn.execute(
-        _DEBIT,
-        {"got": got, "a": account, "starved": starved, "inc": me.incarnation,
-            "stated": demand, "capped": capped, "asked": asked, "window": ACTIVE_WINDOW,
-            "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT},
-    )  # fmt: skip
+    back = max(0, grant.n - got)
+    async with _short(conn):
+        if back:  # the account's row first, as `reserve` locks them: one lock order
+            await conn.execute(_GIVE_BACK, {"back": back, "a": account})
+        await conn.execute(
+            _SETTLE,
+            {"back": back, "burst": grant.burst, "a": account, "starved": starved,
+                "inc": me.incarnation, "stated": demand, "capped": capped, "asked": asked,
+                "window": ACTIVE_WINDOW, "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT},
+        )  # fmt: skip
+    return retry_after(grant, got)
+
+
+def retry_after(grant: Grant, got: int) -> float:
+    """Seconds until both buckets hold a whole token again after `got` of `grant` were
+    claimed (0 if they do now)."""
     tokens, share = grant.tokens - got, grant.share - got
     return max(0.0, (1 - tokens) / grant.rate, (1 - share) / grant.share_rate)
+
+
+@contextlib.asynccontextmanager
+async def _short(conn: AsyncConnection[TupleRow]) -> AsyncIterator[None]:
+    """A transaction of its own committed without waiting for the flush (the module's
+    docstring says why that is safe), or a savepoint in the caller's transaction."""
+    own = conn.info.transaction_status == TransactionStatus.IDLE
+    async with conn.transaction():
+        if own:
+            await conn.execute("SET LOCAL synchronous_commit = off")
+        yield
