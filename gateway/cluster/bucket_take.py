@@ -8,6 +8,11 @@ statement; sent on its own (autocommit), the lock lasts that statement and its c
 `buckets.reserve` calls it and says what it does; `buckets.fair_share` is the share's
 reference in Python (the loop below is the same). `p_async`: the commit does not wait
 for the flush (only for a take in a transaction of its own: `buckets.take`).
+
+A critical message's lane: a take for messages (`p_ids`) one of which is critical (or
+`p_critical`: an accept's, before its rows are written) may go past this node's share
+(then in debt: fairness is settled by the share's later refills; the account's row is
+the cap, and it never goes below zero).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 MIGRATION_28 = """
 CREATE FUNCTION rate_take(
     p_account text, p_inc bigint, p_want integer, p_window double precision,
-    p_nowait boolean, p_async boolean
+    p_nowait boolean, p_async boolean, p_ids text[], p_critical boolean
 ) RETURNS TABLE (
     o_n integer, o_stamp timestamptz, o_tokens double precision, o_share double precision,
     o_rate double precision, o_burst double precision, o_nodes integer,
@@ -33,6 +38,7 @@ DECLARE
     v_share_rate double precision;
     v_share double precision;
     v_n integer;
+    v_critical boolean;
 BEGIN
     IF p_async THEN
         PERFORM set_config('synchronous_commit', 'off', true);
@@ -78,7 +84,13 @@ BEGIN
         gap = extract(epoch FROM excluded.stamp - s.stamp),
         stamp = excluded.stamp, share = v_share_rate
     RETURNING s.tokens INTO v_share;
-    v_n := greatest(0, least(p_want, floor(v_tokens), floor(v_share)))::integer;
+    v_critical := p_critical OR p_ids IS NOT NULL AND EXISTS (
+        SELECT 1 FROM messages m WHERE m.id = ANY(p_ids) AND m.priority = 0);
+    IF v_critical THEN
+        v_n := greatest(0, least(p_want, floor(v_tokens)))::integer;
+    ELSE
+        v_n := greatest(0, least(p_want, floor(v_tokens), floor(v_share)))::integer;
+    END IF;
     IF v_n > 0 THEN
         UPDATE rate_accounts a SET tokens = a.tokens - v_n WHERE a.account = p_account;
         UPDATE rate_shares s SET tokens = s.tokens - v_n

@@ -74,7 +74,7 @@ def fair_share(rate: float, others: list[float]) -> float:
 
 
 # `bucket_take.py`'s function: the whole take in one statement.
-_TAKE = "SELECT * FROM rate_take(%s, %s, %s, %s, %s, %s)"
+_TAKE = "SELECT * FROM rate_take(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 # The settling statements, when on their own (autocommit), commit without waiting for
 # the flush: lost in a crash, they lose only tokens given back and a demand's sample.
@@ -153,12 +153,16 @@ async def reserve(
     active_window: float = ACTIVE_WINDOW,
     *,
     nowait: bool = False,
+    ids: list[str] | None = None,
+    critical: bool = False,
 ) -> Grant:
     """In the caller's transaction: refill and lock the account's row and this node's
     share, say how many messages may be claimed now and take that many tokens off both
     (`settle` gives back what was not claimed). `nowait`: raise `BucketBusy` rather than
-    wait for the account's row."""
-    return await _reserve(conn, account, me, want, active_window, nowait, flush=True)
+    wait for the account's row. `ids`: the messages to be claimed (a critical one among
+    them may take the last token, past the share: `bucket_take.py`); `critical`: one is,
+    whether its row is written yet or not."""
+    return await _reserve(conn, account, me, want, active_window, nowait, ids, critical, flush=True)
 
 
 async def take(
@@ -168,13 +172,17 @@ async def take(
     want: int,
     *,
     nowait: bool = False,
+    ids: list[str] | None = None,
+    critical: bool = False,
 ) -> Grant:
     """`reserve` before the claim's transaction, in one statement on its own that does
     not wait for the flush (in the caller's transaction if `conn` is in one)."""
     if conn.info.transaction_status != TransactionStatus.IDLE:
-        return await reserve(conn, account, me, want, nowait=nowait)
+        return await reserve(conn, account, me, want, nowait=nowait, ids=ids, critical=critical)
     async with _alone(conn):
-        return await _reserve(conn, account, me, want, ACTIVE_WINDOW, nowait, flush=False)
+        return await _reserve(
+            conn, account, me, want, ACTIVE_WINDOW, nowait, ids, critical, flush=False
+        )
 
 
 async def _reserve(
@@ -184,13 +192,14 @@ async def _reserve(
     want: int,
     active_window: float,
     nowait: bool,
+    ids: list[str] | None,
+    critical: bool,
     *,
     flush: bool,
 ) -> Grant:
+    params = (account, me.incarnation, want, active_window, nowait, not flush, ids, critical)
     try:
-        cur = await conn.execute(
-            _TAKE, (account, me.incarnation, want, active_window, nowait, not flush)
-        )
+        cur = await conn.execute(_TAKE, params)
     except psycopg.errors.LockNotAvailable as e:
         raise BucketBusy(account) from e
     row = await cur.fetchone()

@@ -199,7 +199,12 @@ class ClusterQueue:
                 grant = None
                 if account is not None:  # never waits on the account's row (S6)
                     try:
-                        grant = await buckets.take(conn, account, me, len(ids), nowait=True)
+                        critical = any(
+                            m.priority is Priority.CRITICAL for m in messages if m.id in ids
+                        )
+                        grant = await buckets.take(
+                            conn, account, me, len(ids), nowait=True, critical=critical
+                        )
                         self.grants[account] = grant
                     except buckets.BucketBusy:
                         busy = True
@@ -466,7 +471,9 @@ class ClusterQueue:
         async with self._pool.connection() as conn:
             grant = None
             if account is not None:
-                grant = await buckets.take(conn, account, me, want or max(1, len(ids)))
+                grant = await buckets.take(
+                    conn, account, me, want or max(1, len(ids)), ids=ids or None
+                )
                 self.grants[account] = grant
             got, asked = 0, want or len(ids)  # none claimed if the claim fails: all back
             try:
