@@ -18,7 +18,7 @@ from gateway.cluster.lease import Pool
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.schema import migrate
 from gateway.models import Priority
-from gateway.store.claim_check import ACCOUNT_BUSY, Held
+from gateway.store.claim_check import ACCOUNT_BUSY, ACCOUNT_EMPTY, Held
 from gateway.store.store import ClaimedMessage
 from tests.pg.test_store_contract import NOW, ROUTE, Backend, _cluster, message
 
@@ -132,3 +132,32 @@ async def test_tokens_a_claim_did_not_use_go_back_to_the_account(cluster: Backen
         cur = await conn.execute("SELECT tokens FROM rate_accounts WHERE account = 'slow'")
         row = await cur.fetchone()
     assert row is not None and int(row[0]) == 2  # 5 - 1 - 3 + 1 given back
+
+
+async def test_a_critical_message_takes_the_accounts_token_past_its_nodes_share(
+    cluster: Backend,
+) -> None:
+    """The account's row is the cap, the node's share only fairness: with the share
+    spent and the account still holding tokens, a bulk claim is held and a critical one
+    takes a token (the share goes into debt). Rates so low that no refill counts."""
+    queue = cluster.b
+    assert isinstance(queue, ClusterQueue) and cluster.pool is not None
+    async with cluster.pool.connection() as conn:
+        await buckets.configure(conn, "slow", 0.001, 10)
+    queue.accounts[ROUTE] = "slow"
+    bulk, later, urgent = message(9), message(10), message(11, priority=Priority.CRITICAL)
+    await queue.accept([bulk, later, urgent])
+    [first] = await queue.claim_group([bulk.id], ROUTE, NOW)  # makes this node's share
+    assert isinstance(first, ClaimedMessage)
+    async with cluster.pool.connection() as conn:
+        await conn.execute("UPDATE rate_shares SET tokens = 0")
+    [held] = await queue.claim_group([later.id], ROUTE, NOW)
+    assert isinstance(held, Held) and held.reason == ACCOUNT_EMPTY
+    [got] = await queue.claim_group([urgent.id], ROUTE, NOW)
+    assert isinstance(got, ClaimedMessage)
+    async with cluster.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT a.tokens, s.tokens FROM rate_accounts a JOIN rate_shares s USING (account)"
+        )
+        row = await cur.fetchone()
+    assert row is not None and (int(row[0]), round(row[1])) == (8, -1)
