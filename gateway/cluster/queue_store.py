@@ -210,29 +210,26 @@ class ClusterQueue:
                         busy = True
                     except Exception as e:  # the accept goes on, queued as usual
                         future.set_exception(e)
+                committed = False
                 try:
                     async with conn.transaction():
                         await self.insert_within(conn, messages, answer, links, extra)
                         if not (busy or future.done()):
+                            # A savepoint: a claim that fails leaves the accept whole.
                             try:
-                                async with conn.transaction():  # a savepoint: a claim that
-                                    claimed = await self._claim_in(  # fails leaves the
-                                        conn,
-                                        me,
-                                        ids,
-                                        route,
-                                        now,
-                                        None,
-                                        grant,  # accept whole
+                                async with conn.transaction():
+                                    claimed = await self._claim_in(
+                                        conn, me, ids, route, now, None, grant
                                     )
                             except Exception as e:
                                 future.set_exception(e)
+                    committed = True
                 finally:
                     wait = 0.0
                     if grant is not None and account is not None:
-                        got, asked = (
-                            (0, len(ids)) if claimed is None else (len(claimed[0]), claimed[4])
-                        )
+                        got, asked = 0, len(ids)  # a failed accept claimed none: all back
+                        if committed and claimed is not None:
+                            got, asked = len(claimed[0]), claimed[4]
                         wait = await self._settle(conn, me, account, grant, got, asked)
         except BaseException:
             if not future.done():
