@@ -5,6 +5,7 @@
     .venv/bin/python bench/cluster.py --soak 600       # plus S9: 10 minutes with xmin held
     .venv/bin/python bench/cluster.py --only-recovery  # S3's recovery alone (~40 s)
     .venv/bin/python bench/cluster.py --only-priority  # S6 priority alone (~1 min)
+    .venv/bin/python bench/cluster.py --only-account   # S6 on a shared account (~1 min)
     .venv/bin/python bench/cluster.py --only-hl7       # HL7 over MLLP into nodes (~1 min)
 
 1. throughput: N messages posted in batches of 100, spread over 1, 2 and 3 nodes on one
@@ -27,7 +28,11 @@
    held it, and the most in any 1 s window over the run (at most cap + burst).
 5. S6 priority across nodes: two nodes, a bulk backlog on node 1 (routes at 100/s), 50
    critical messages posted to node 2 20 ms apart; accept -> `sending` from the events
-   (p50/p99; target p99 < 50 ms). The peer: one SQLite node, both on it.
+   (p50/p99; target p99 < 50 ms); then bulk on both nodes, then bulk on both sending
+   on one carrier account (`--account`, 100,2) instead of 100/s each: the critical's
+   POST must not wait behind the nodes' bulk claims on the account's bucket row
+   (`--only-account`: the two bulk-on-both rows alone). The peer: one SQLite node, both
+   on it.
 6. --soak S: S9, a REPEATABLE READ transaction held open (xmin pinned) while two nodes
    take a steady load for S seconds; the nodes' healthz `xmin_age_seconds`, accept ->
    `sending` at the start and the end, and S9's own figure, the claims' p99 in the first
@@ -334,16 +339,30 @@ async def _events(dsn: str, ids: list[str]) -> list[float]:
 
 
 async def priority(
-    pg: PgServer, backlog: int, sqlite: bool, critical: int = 50, *, bulk_both: bool = False
+    pg: PgServer,
+    backlog: int,
+    sqlite: bool,
+    critical: int = 50,
+    *,
+    bulk_both: bool = False,
+    account: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Bulk on node 1 (`bulk_both`: on both), criticals on node 2 (one node on SQLite:
     both on it). `accept_*`: the critical's POST round trip (its accept's commit);
-    `carrier_*`: its POST's start -> its submit_sm at the simulator."""
+    `carrier_*`: its POST's start -> its submit_sm at the simulator. With `account`
+    (rate, burst) the route sends on a carrier account the nodes share instead of each
+    its own 100/s; `waits` then counts the sessions seen waiting on a lock (sampled
+    from `pg_stat_activity` while the criticals are posted) by their statement."""
     dsn = None if sqlite else pg.create_database()
-    async with _site(1 if sqlite else 2, dsn, route_extra="rate = 100\n") as site:
+    options: dict[str, Any] = {"route_extra": "rate = 100\n"}
+    if account is not None:
+        options = {"account": account}
+    async with _site(1 if sqlite else 2, dsn, **options) as site:
         smsc = site.smsc
         bulk_nodes = site.nodes if bulk_both else site.nodes[:1]
         await _post(site, bulk_nodes, [f"bulk {i}" for i in range(backlog)], "bulk")
+        sampling = asyncio.Event()
+        sampler = asyncio.create_task(_lock_waits(dsn, sampling)) if dsn is not None else None
         ids: list[str] = []
         posts: list[float] = []
         started: dict[str, float] = {}  # body -> the loop time its POST began
@@ -354,6 +373,8 @@ async def priority(
             ids += await _post(site, site.nodes[-1:], [f"crit {i}"], "critical")
             posts.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(0.02)
+        sampling.set()
+        waits = {} if sampler is None else await sampler
         await asyncio.wait_for(
             smsc.wait_until(
                 lambda: sum(m.text.startswith("crit") for m in smsc.submitted) >= critical
@@ -371,14 +392,35 @@ async def priority(
         ]
     out = {"backend": "sqlite" if sqlite else "postgresql", "backlog": backlog,
            "bulk_on": "both" if bulk_both and not sqlite else "node 1",
+           "account": None if account is None else list(account),
            "critical": critical, "p50_ms": round(statistics.median(lat), 1),
            "p99_ms": round(_pct(lat, 0.99), 1),
            "accept_p50_ms": round(statistics.median(posts), 1),
            "accept_p99_ms": round(_pct(posts, 0.99), 1),
            "carrier_p50_ms": round(statistics.median(carrier), 1),
-           "carrier_p99_ms": round(_pct(carrier, 0.99), 1), "load": _load()}  # fmt: skip
+           "carrier_p99_ms": round(_pct(carrier, 0.99), 1), "waits": waits,
+           "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
+
+
+async def _lock_waits(dsn: str, done: asyncio.Event) -> dict[str, int]:
+    """Until `done`: every 5 ms, the sessions waiting on a lock, counted by the first
+    words of their statement (which statement queues behind which row)."""
+    seen: dict[str, int] = {}
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while not done.is_set():
+            rows = await (
+                await conn.execute(
+                    "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 60) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            ).fetchall()
+            for (query,) in rows:
+                seen[query] = seen.get(query, 0) + 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.005)
+    return dict(sorted(seen.items(), key=lambda kv: -kv[1])[:5])
 
 
 async def _api_delays(site: Site, ids: list[str]) -> list[float]:
@@ -571,10 +613,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["soak"] = await soak(pg, args.soak or 600, args.soak_rate)
             result["load_after"] = _load()
             return result
+        if args.only_account:  # with the same bulk on both at 100/s each, for reference
+            result["priority"] = [
+                await priority(pg, args.backlog, False, bulk_both=True),
+                await priority(pg, args.backlog, False, bulk_both=True, account=args.account),
+            ]
+            result["load_after"] = _load()
+            return result
         if args.only_priority:
             result["priority"] = [
                 await priority(pg, args.backlog, False),
                 await priority(pg, args.backlog, False, bulk_both=True),
+                await priority(pg, args.backlog, False, bulk_both=True, account=args.account),
                 await priority(pg, args.backlog, True),
             ]
             result["load_after"] = _load()
@@ -624,6 +674,17 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=15, help="S3 recovery: the account's")
     parser.add_argument("--only-recovery", action="store_true", help="run S3 recovery alone")
     parser.add_argument("--only-priority", action="store_true", help="run S6 priority alone")
+    parser.add_argument(
+        "--account",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=(100.0, 2.0),
+        help="S6's shared-account row: RATE,BURST of the account both nodes send on",
+    )
+    parser.add_argument(
+        "--only-account",
+        action="store_true",
+        help="S6 bulk on both, 100/s each then the account (~1 min)",
+    )
     parser.add_argument("--only-hl7", action="store_true", help="HL7 over MLLP alone")
     parser.add_argument("--hl7", type=int, default=2000, help="HL7: messages per site")
     parser.add_argument("--hl7-window", type=int, default=16, help="HL7: outstanding each")
@@ -639,7 +700,7 @@ if __name__ == "__main__":
     latest = LATEST
     if args.only_recovery:
         latest = RECOVERY_LATEST
-    elif args.only_priority:
+    elif args.only_priority or args.only_account:
         latest = PRIORITY_LATEST
     elif args.only_soak:
         latest = SOAK_LATEST

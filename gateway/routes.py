@@ -53,6 +53,8 @@ class RouteRuntime:
     estimator: RateEstimator | None = None  # made at the first carrier answer
     shared_rate: SharedRate | None = None  # on a cluster, a route sending on an account
     # Monotonic time before which nothing is claimed: the account's shared bucket is empty.
+    # Not in a critical message's lane: its take is one statement and may find a token
+    # no bulk claim took yet (S6); refused, it waits as long (`Held`).
     held_until: float = 0.0
     here: bool = True  # False on a cluster node not in the route's `eligible_nodes`
 
@@ -90,12 +92,12 @@ class RouteRuntime:
         """0 if a submit may start now; inf while the window is full."""
         if self.dispatched >= self._limit(lane):
             return math.inf
-        if now < self.held_until:
+        if now < self.held_until and not lane:
             return self.held_until - now
         return self.bucket.wait_time(now)
 
     def take(self, now: float, *, critical: bool = False, lane: bool = False) -> bool:
-        if now < self.held_until:
+        if now < self.held_until and not lane:
             return False
         if self.dispatched >= self._limit(lane) or not self.bucket.try_take(now):
             return False

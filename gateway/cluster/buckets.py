@@ -1,13 +1,27 @@
-"""Carrier accounts' rates across nodes: a locked bucket row, debited in the claim.
+"""Carrier accounts' rates across nodes: a locked bucket row, taken from before a claim.
 
 Theory of operation. An account's row (`rate_accounts`) is a token bucket: `rate`
-tokens a second, at most `burst` saved. A claim (`claims.py`) first refills and locks it
-in one UPDATE (`reserve`), on the database's clock, so every node's claims on that
-account queue behind one row lock and see one clock; it then claims at most the whole
-tokens there are and, still in the same transaction, takes off what it claimed
-(`debit`). In any window of T seconds the account's claims therefore number at most
-`burst + rate * T` (the claims' `claimed_at` is the refill's stamp): configure
-`rate + burst` at or under the contract's per-second figure.
+tokens a second, at most `burst` saved. A claim (`claims.py`, the cluster queue) first
+takes its tokens (`take`): in a statement of its own it locks and refills the row on
+the database's clock, so every node's takes on that account queue behind one row lock
+and see one clock, and takes off as many tokens as it may claim (`reserve`). It then
+claims at most that many messages in its own transaction, and once that is over gives
+back what it did not claim (`settle`). In any window of T seconds the account's
+claims therefore number at most `burst + rate * T` (the claims' `claimed_at` is the
+take's stamp; a give-back never lifts the bucket past `burst`, so it never counts more
+than a bucket that saw only the claims): configure `rate + burst` at or under the
+contract's per-second figure.
+
+Why apart from the claim (S6 on a shared account): a lock taken in the claim's
+transaction is held through its statements and its commit's flush, and every claim of
+every node (the rounds' bulk groups, an accept's claim) queued behind the one before:
+seconds under load. A take is one statement on its own (`rate_take`, a server-side
+function: `bucket_take.py`), so it holds the row for that statement only, not across
+its node's round trips, and commits without waiting for the flush
+(`synchronous_commit = off`): a crash that loses it loses only tokens, unless a claim
+that used them committed, and that claim's commit, later in the log, flushed it. An
+accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked it leaves its
+message to the next round rather than hold the accept.
 
 Fairness: max-min shares from reported demand. Each node also has a sub-bucket per
 account (`rate_shares`), and with each claim it reports what it wants a second
@@ -29,11 +43,15 @@ of its share instead of losing them, and the account's row still bounds every wi
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from gateway.cluster.nodes import Incarnation
@@ -55,38 +73,25 @@ def fair_share(rate: float, others: list[float]) -> float:
     return rest / wanting
 
 
-# The account's bucket refilled on the database's clock, with the reported demands of
-# the other live nodes that claimed within the window (NULL: more than they get).
-_REFILL = """
-UPDATE rate_accounts a SET tokens = least(a.burst, a.tokens + a.rate
-    * greatest(0, extract(epoch FROM t.now - a.stamp))), stamp = t.now
-FROM (SELECT clock_timestamp() AS now) t WHERE a.account = %(a)s
-RETURNING a.tokens, a.rate, a.burst, a.stamp, ARRAY(
-    SELECT coalesce(s.demand, 'Infinity') FROM rate_shares s JOIN nodes d USING (incarnation)
-    WHERE s.account = a.account AND s.incarnation <> %(inc)s
-        AND s.stamp > t.now - make_interval(secs => %(window)s)
-        AND d.recovered_at IS NULL AND d.lease_until > t.now)
-"""
+# `bucket_take.py`'s function: the whole take in one statement.
+_TAKE = "SELECT * FROM rate_take(%s, %s, %s, %s, %s, %s, %s, %s)"
 
-# This node's sub-bucket, refilled at its fair share (a new row starts with its part of
-# the burst); `gap` keeps the time since its last claim for the demand's average, `share`
-# the refill rate (to look at).
-_SHARE = """
-INSERT INTO rate_shares AS s (account, incarnation, tokens, stamp, share)
-VALUES (%(a)s, %(inc)s, greatest(1, %(burst)s * %(share)s / %(rate)s), %(now)s, %(share)s)
-ON CONFLICT (account, incarnation) DO UPDATE SET
-    tokens = least(%(burst)s, s.tokens
-        + %(share)s * greatest(0, extract(epoch FROM excluded.stamp - s.stamp))),
-    gap = extract(epoch FROM excluded.stamp - s.stamp),
-    stamp = excluded.stamp, share = %(share)s
-RETURNING s.tokens
-"""
+# The settling statements, when on their own (autocommit), commit without waiting for
+# the flush: lost in a crash, they lose only tokens given back and a demand's sample.
+# (In the caller's transaction `off` is None: its setting is kept.)
+_NO_FLUSH = """(SELECT set_config('synchronous_commit',
+    coalesce(%(off)s, current_setting('synchronous_commit')), true)) f"""
 
-# Take off what was claimed; report the demand: the caller's figure, else NULL if its
+# The tokens taken and not claimed back in the account's bucket (never past its burst).
+_GIVE_BACK = f"""
+UPDATE rate_accounts SET tokens = least(burst, tokens + %(back)s) FROM {_NO_FLUSH}
+WHERE account = %(a)s
+"""  # noqa: S608 - fixed text
+
+# ... and in this node's share; report the demand: the caller's figure, else NULL if its
 # share cut the claim short, else the moving average of what it asked for a second.
-_DEBIT = """
-WITH a AS (UPDATE rate_accounts SET tokens = tokens - %(got)s WHERE account = %(a)s)
-UPDATE rate_shares SET tokens = tokens - %(got)s,
+_SETTLE = f"""
+UPDATE rate_shares SET tokens = least(%(burst)s, tokens + %(back)s),
     starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END,
     demand = CASE
         WHEN %(stated)s::float8 IS NOT NULL THEN %(stated)s::float8
@@ -95,12 +100,17 @@ UPDATE rate_shares SET tokens = tokens - %(got)s,
             THEN %(asked)s / greatest(coalesce(gap, %(window)s), %(min_gap)s)
         ELSE (1 - %(weight)s) * demand + %(weight)s * %(asked)s / greatest(gap, %(min_gap)s)
     END
+FROM {_NO_FLUSH}
 WHERE account = %(a)s AND incarnation = %(inc)s
-"""
+"""  # noqa: S608 - fixed text
 
 
 class UnknownAccount(LookupError):
     """A claim named a rate account that is not configured."""
+
+
+class BucketBusy(RuntimeError):
+    """The account's row is locked by another take (`take(..., nowait=True)`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,7 @@ class Grant:
     tokens: float  # the account's whole bucket, before the debit
     share: float  # this node's sub-bucket, before the debit
     rate: float
+    burst: float
     nodes: int  # the live nodes counted in the shares, this one included
     share_rate: float  # this node's fair share, tokens a second
 
@@ -140,31 +151,66 @@ async def reserve(
     me: Incarnation,
     want: int,
     active_window: float = ACTIVE_WINDOW,
+    *,
+    nowait: bool = False,
+    ids: list[str] | None = None,
+    critical: bool = False,
 ) -> Grant:
-    """In the claim's transaction: refill and lock the account's row and this node's
-    share, and say how many messages may be claimed now."""
-    # Lock first, then read the clock: a clock read before waiting for the lock would
-    # stamp this claim earlier than the one it waited for, and refill twice over.
-    await conn.execute("SELECT 1 FROM rate_accounts WHERE account = %s FOR UPDATE", (account,))
-    cur = await conn.execute(
-        _REFILL, {"a": account, "inc": me.incarnation, "window": active_window}
-    )
+    """In the caller's transaction: refill and lock the account's row and this node's
+    share, say how many messages may be claimed now and take that many tokens off both
+    (`settle` gives back what was not claimed). `nowait`: raise `BucketBusy` rather than
+    wait for the account's row. `ids`: the messages to be claimed (a critical one among
+    them may take the last token, past the share: `bucket_take.py`); `critical`: one is,
+    whether its row is written yet or not."""
+    return await _reserve(conn, account, me, want, active_window, nowait, ids, critical, flush=True)
+
+
+async def take(
+    conn: AsyncConnection[TupleRow],
+    account: str,
+    me: Incarnation,
+    want: int,
+    *,
+    nowait: bool = False,
+    ids: list[str] | None = None,
+    critical: bool = False,
+) -> Grant:
+    """`reserve` before the claim's transaction, in one statement on its own that does
+    not wait for the flush (in the caller's transaction if `conn` is in one)."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        return await reserve(conn, account, me, want, nowait=nowait, ids=ids, critical=critical)
+    async with _alone(conn):
+        return await _reserve(
+            conn, account, me, want, ACTIVE_WINDOW, nowait, ids, critical, flush=False
+        )
+
+
+async def _reserve(
+    conn: AsyncConnection[TupleRow],
+    account: str,
+    me: Incarnation,
+    want: int,
+    active_window: float,
+    nowait: bool,
+    ids: list[str] | None,
+    critical: bool,
+    *,
+    flush: bool,
+) -> Grant:
+    params = (account, me.incarnation, want, active_window, nowait, not flush, ids, critical)
+    try:
+        cur = await conn.execute(_TAKE, params)
+    except psycopg.errors.LockNotAvailable as e:
+        raise BucketBusy(account) from e
     row = await cur.fetchone()
     if row is None:
         raise UnknownAccount(account)
-    tokens, rate, burst, stamp = float(row[0]), float(row[1]), float(row[2]), row[3]
-    others = [float(d) for d in row[4]]
-    share_rate = fair_share(rate, others)
-    params = {"a": account, "inc": me.incarnation, "now": stamp, "rate": rate,
-        "burst": burst, "share": share_rate}  # fmt: skip
-    share_row = await (await conn.execute(_SHARE, params)).fetchone()
-    assert share_row is not None
-    share = float(share_row[0])
-    n = max(0, min(want, math.floor(tokens), math.floor(share)))
-    return Grant(n, stamp, tokens, share, rate, 1 + len(others), share_rate)
+    n, stamp, tokens, share, rate, burst, nodes, share_rate = row
+    return Grant(int(n), stamp, float(tokens), float(share), float(rate), float(burst),
+        int(nodes), float(share_rate))  # fmt: skip
 
 
-async def debit(
+async def settle(
     conn: AsyncConnection[TupleRow],
     account: str,
     me: Incarnation,
@@ -173,19 +219,42 @@ async def debit(
     asked: int,
     demand: float | None = None,
 ) -> float:
-    """In the claim's transaction: take off the `got` claimed of the `asked` this node
+    """After the claim (statements on their own, or in the caller's transaction): give
+    back the tokens taken for `grant` beyond the `got` claimed of the `asked` this node
     would have taken (what was due), and report its demand: `demand` if the caller
     states one (tokens a second), else measured from `asked`, or more than it gets if
     its own share was what cut it short (a refusal by the account's row alone says
-    another node took the tokens, not that this one deserves a larger part). Returns the
-    seconds until both buckets hold a whole token again (0 if they do now)."""
+    another node took the tokens, not that this one deserves a larger part). Returns
+    `retry_after`."""
     starved = grant.n < asked
     capped = starved and math.floor(grant.share) <= math.floor(grant.tokens)
-    await conn.execute(
-        _DEBIT,
-        {"got": got, "a": account, "starved": starved, "inc": me.incarnation,
-            "stated": demand, "capped": capped, "asked": asked, "window": ACTIVE_WINDOW,
-            "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT},
-    )  # fmt: skip
+    back = max(0, grant.n - got)
+    alone = conn.info.transaction_status == TransactionStatus.IDLE
+    params = {"back": back, "burst": grant.burst, "a": account, "starved": starved,
+        "inc": me.incarnation, "stated": demand, "capped": capped, "asked": asked,
+        "window": ACTIVE_WINDOW, "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT,
+        "off": "off" if alone else None}  # fmt: skip
+    async with _alone(conn) if alone else contextlib.nullcontext():
+        if back:  # the account's row first, as `rate_take` locks them: one lock order
+            await conn.execute(_GIVE_BACK, params)
+        await conn.execute(_SETTLE, params)
+    return retry_after(grant, got)
+
+
+def retry_after(grant: Grant, got: int) -> float:
+    """Seconds until both buckets hold a whole token again after `got` of `grant` were
+    claimed (0 if they do now)."""
     tokens, share = grant.tokens - got, grant.share - got
     return max(0.0, (1 - tokens) / grant.rate, (1 - share) / grant.share_rate)
+
+
+@contextlib.asynccontextmanager
+async def _alone(conn: AsyncConnection[TupleRow]) -> AsyncIterator[None]:
+    """Each statement in a transaction of its own (autocommit), its row locks held for
+    that statement only."""
+    was = conn.autocommit
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        await conn.set_autocommit(was)

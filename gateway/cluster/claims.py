@@ -1,15 +1,17 @@
 """Claiming a group of due messages from the shared queue, in one transaction.
 
 Theory of operation. A node claims from one *route group* (the set of routes a message
-may leave by) through a route it holds. In one transaction it (1) holds its own
-incarnation's row, refusing to claim once its lease has ended in database time
-(`nodes.lock_live`: the server-side half of fencing); (2) if the route sends on a
-carrier account, refills and locks that account's bucket and learns how many messages
-it may take (`buckets.reserve`); (3) claims at most that many queued, due rows in
-class, due-time and id order with `FOR UPDATE SKIP LOCKED` through the one partial
-index `messages_claim`, making them `sending` with its node id, incarnation and a new
-claim epoch, and writes their events; (4) debits the bucket. The commit makes them
-`sending` durably before the caller hands a byte to a driver, as in the SQLite store.
+may leave by) through a route it holds. If the route sends on a carrier account, it
+first takes the tokens it may use from that account's bucket, in a short transaction
+of its own (`buckets.take`: the row's lock is not held through the claim). Then, in one
+transaction, it (1) holds its own incarnation's row, refusing to claim once its lease
+has ended in database time (`nodes.lock_live`: the server-side half of fencing); (2)
+claims at most as many queued, due rows as it has tokens in class, due-time and id
+order with `FOR UPDATE SKIP LOCKED` through the one partial index `messages_claim`,
+making them `sending` with its node id, incarnation and a new claim epoch, and writes
+their events. The commit makes them `sending` durably before the caller hands a byte to
+a driver, as in the SQLite store. (3) The tokens it did not use go back
+(`buckets.settle`).
 
 Concurrent claimers never take the same row: a row another transaction has locked is
 skipped, and one it has already claimed no longer matches `state = 'queued'` when it
@@ -20,6 +22,7 @@ so the planner cannot update more rows than were selected.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,39 +132,46 @@ async def claim(
 
     `now` is the gateway's clock (due times are), the rate buckets run on the
     database's; `demand` (tokens a second) is what this node reports it wants of the
-    account (default: measured, `buckets.debit`); with `floors`, each class is read from
+    account (default: measured, `buckets.settle`); with `floors`, each class is read from
     its floor on, and the floors move once the claim committed. Raises `LeaseLost` if
     this incarnation may no longer claim."""
     if want < 1:
         raise ValueError("want must be at least 1")
     taken: dict[Priority, list[float]] = {}
-    async with conn.transaction():
-        await lock_live(conn, me)
-        grant = None if account is None else await buckets.reserve(conn, account, me, want)
-        n = want if grant is None else grant.n
-        rows: list[TupleRow] = []
-        if n > 0:
-            params = {
-                "group": group,
-                "now": now,
-                "n": n,
-                "route": route,
-                "node": me.node_id,
-                "inc": me.incarnation,
-                "stamp": None if grant is None else grant.stamp,
-            }
-            if floors is None:
-                rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
-            else:
-                await conn.execute(SORT_OFF)
-                rows, taken = await _from_floors(conn, params, floors)
-        retry_after = 0.0
-        if grant is not None and account is not None:
+    grant = None if account is None else await buckets.take(conn, account, me, want)
+    n = want if grant is None else grant.n
+    rows: list[TupleRow] = []
+    asked = 0
+    try:
+        async with conn.transaction():
+            await lock_live(conn, me)
+            if n > 0:
+                params = {
+                    "group": group,
+                    "now": now,
+                    "n": n,
+                    "route": route,
+                    "node": me.node_id,
+                    "inc": me.incarnation,
+                    "stamp": None if grant is None else grant.stamp,
+                }
+                if floors is None:
+                    rows = await (await conn.execute(CLAIM_SQL, params)).fetchall()
+                else:
+                    await conn.execute(SORT_OFF)
+                    rows, taken = await _from_floors(conn, params, floors)
             asked = len(rows)  # what was due: all it took, unless the buckets stopped it
-            if len(rows) == grant.n < want:
+            if grant is not None and len(rows) == grant.n < want:
                 more = {"group": group, "now": now, "n": want - len(rows)}
                 asked += await _due_count(conn, more, floors)
-            retry_after = await buckets.debit(conn, account, me, grant, len(rows), asked, demand)
+    except Exception:
+        if grant is not None and account is not None:  # nothing claimed: all of them back
+            with contextlib.suppress(Exception):
+                await buckets.settle(conn, account, me, grant, 0, want, demand)
+        raise
+    retry_after = 0.0
+    if grant is not None and account is not None:
+        retry_after = await buckets.settle(conn, account, me, grant, len(rows), asked, demand)
     if floors is not None and n > 0:  # a class the claim did not reach keeps its floor
         for prio, due in taken.items():
             floors.after_claim(group, prio, due, now)

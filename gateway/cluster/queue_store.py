@@ -38,7 +38,7 @@ from gateway.links.placeholders import Minted
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store import crypto
-from gateway.store.claim_check import ACCOUNT_EMPTY, Held
+from gateway.store.claim_check import ACCOUNT_BUSY, ACCOUNT_EMPTY, Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
@@ -191,26 +191,61 @@ class ClusterQueue:
             return
         ids, route, now, future = soon
         me = self._me()
+        account = self.accounts.get(route)
+        claimed = None
+        busy = False
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                await self.insert_within(conn, messages, answer, links, extra)
+            async with self._pool.connection() as conn:
+                grant = None
+                if account is not None:  # never waits on the account's row (S6)
+                    try:
+                        critical = any(
+                            m.priority is Priority.CRITICAL for m in messages if m.id in ids
+                        )
+                        grant = await buckets.take(
+                            conn, account, me, len(ids), nowait=True, critical=critical
+                        )
+                        self.grants[account] = grant
+                    except buckets.BucketBusy:
+                        busy = True
+                    except Exception as e:  # the accept goes on, queued as usual
+                        future.set_exception(e)
+                committed = False
                 try:
-                    async with conn.transaction():  # a savepoint: a claim that fails
-                        claimed = await self._claim_in(conn, me, ids, route, now, None)
-                except Exception as e:  # leaves the accept whole, queued as usual
-                    future.set_exception(e)
+                    async with conn.transaction():
+                        await self.insert_within(conn, messages, answer, links, extra)
+                        if not (busy or future.done()):
+                            # A savepoint: a claim that fails leaves the accept whole.
+                            try:
+                                async with conn.transaction():
+                                    claimed = await self._claim_in(
+                                        conn, me, ids, route, now, None, grant
+                                    )
+                            except Exception as e:
+                                future.set_exception(e)
+                    committed = True
+                finally:
+                    wait = 0.0
+                    if grant is not None and account is not None:
+                        got, asked = 0, len(ids)  # a failed accept claimed none: all back
+                        if committed and claimed is not None:
+                            got, asked = len(claimed[0]), claimed[4]
+                        wait = await self._settle(conn, me, account, grant, got, asked)
         except BaseException:
             if not future.done():
                 future.set_exception(RuntimeError("the accept failed: nothing was claimed"))
             raise
+        if busy:  # left to the next round, now that the accept committed
+            future.set_result([Held(now, ACCOUNT_BUSY)] * len(ids))
         if future.done():
             return
+        assert claimed is not None
         try:  # committed: the accept stands whatever happens to the opening
             found = await self._opened(claimed[0], claimed[1], me)
         except Exception as e:  # the row waits `sending` for the lease's recovery
             future.set_exception(e)
             return
-        future.set_result(self._answers(ids, found, claimed[3], claimed[4], now))
+        future.set_result(self._answers(ids, found, claimed[3], wait, now))
 
     def claim_group_soon(
         self, message_ids: Sequence[str], route: str, now: float
@@ -429,25 +464,60 @@ class ClusterQueue:
         until its next token."""
         me = self._me()
         started = time.perf_counter()
-        async with self._pool.connection() as conn, conn.transaction():
-            rows, judged, ids, short, wait = await self._claim_in(conn, me, ids, route, now, want)
+        account = self.accounts.get(route)
+        async with self._pool.connection() as conn:
+            grant = None
+            if account is not None:
+                grant = await buckets.take(
+                    conn, account, me, want or max(1, len(ids)), ids=ids or None
+                )
+                self.grants[account] = grant
+            got, asked = 0, want or len(ids)  # none claimed if the claim fails: all back
+            try:
+                async with conn.transaction():
+                    rows, judged, ids, short, asked = await self._claim_in(
+                        conn, me, ids, route, now, want, grant
+                    )
+                got = len(rows)
+            finally:
+                wait = 0.0
+                if grant is not None and account is not None:
+                    wait = await self._settle(conn, me, account, grant, got, asked)
         if self.claim_observer is not None:
             self.claim_observer(time.perf_counter() - started)
         return await self._opened(rows, judged, me), ids, short, wait
 
+    async def _settle(
+        self, conn: Conn, me: Incarnation, account: str, grant: buckets.Grant, got: int, asked: int
+    ) -> float:
+        """After a claim: the tokens it did not use back in the account's buckets
+        (`buckets.settle`), and the seconds until the next one if the claim got fewer
+        than it asked for (0 if not)."""
+        starved = grant.n < asked
+        self.starved[account] = self.starved.get(account, 0) + starved
+        try:
+            wait = await buckets.settle(conn, account, me, grant, got, asked)
+        except Exception as e:  # tokens not given back: only fewer sends for a moment
+            log.warning("account_settle_failed", account=account, error=exception_summary(e))
+            wait = buckets.retry_after(grant, got)
+        return max(wait, 1e-3) if starved else 0.0
+
     async def _claim_in(
-        self, conn: Conn, me: Incarnation, ids: list[str], route: str, now: float, want: int | None
-    ) -> tuple[list[Any], dict[str, Held | str], list[str], set[str], float]:
-        """`_claim`'s statements in the caller's transaction: the rows claimed, the claim
-        check's verdicts, the ids looked at, those left for want of tokens, the wait."""
-        account = self.accounts.get(route)
-        wait, short = 0.0, set[str]()
+        self,
+        conn: Conn,
+        me: Incarnation,
+        ids: list[str],
+        route: str,
+        now: float,
+        want: int | None,
+        grant: buckets.Grant | None,
+    ) -> tuple[list[Any], dict[str, Held | str], list[str], set[str], int]:
+        """`_claim`'s statements in the caller's transaction, with the account's tokens
+        taken before (`grant`; None: no account): the rows claimed, the claim check's
+        verdicts, the ids looked at, those left for want of tokens, and how many it would
+        have claimed (what it asked the account for, for `_settle`)."""
+        short = set[str]()
         await lock_live(conn, me)
-        # The account's bucket is locked before any message row (one lock order).
-        grant = None
-        if account is not None:
-            grant = await buckets.reserve(conn, account, me, want or max(1, len(ids)))
-            self.grants[account] = grant
         if want is not None:
             n = want if grant is None else grant.n
             due = await (await conn.execute(queue_sql.CLAIM_DUE, {"now": now, "n": n})).fetchall()
@@ -468,13 +538,7 @@ class ClusterQueue:
         rows = await (
             await conn.execute(queue_sql.CLAIM_IDS, {**params, "inc": me.incarnation})
         ).fetchall()
-        if grant is not None and account is not None:
-            asked = want or len(candidates)
-            starved = grant.n < asked
-            self.starved[account] = self.starved.get(account, 0) + starved
-            wait = await buckets.debit(conn, account, me, grant, len(rows), asked)
-            wait = max(wait, 1e-3) if starved else 0.0
-        return rows, judged, ids, short, wait
+        return rows, judged, ids, short, want or len(candidates)
 
     async def _opened(
         self, rows: list[Any], judged: dict[str, Held | str], me: Incarnation

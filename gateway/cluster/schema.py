@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import seal_guard
+from gateway.cluster.bucket_take import MIGRATION_28
 from gateway.cluster.schema_features import FEATURE_MIGRATIONS, WRITE_BACK_MARKS
 
 MIGRATION_LOCK = 0x736D7367_77000001  # pg_advisory_xact_lock key: "smsgw" + 1
@@ -674,6 +675,9 @@ MIGRATIONS: tuple[str, ...] = (
     seal_guard.migration_26(),
     # 27 (issue 18, write-back handover): `schema_features.WRITE_BACK_MARKS`.
     WRITE_BACK_MARKS,
+    # 28 (issue 18, S6 on a shared account): a carrier account's token take in one
+    #    statement (`bucket_take.py`).
+    MIGRATION_28,
 )
 
 

@@ -30,6 +30,9 @@ class ClaimSubject:
 
 
 ACCOUNT_EMPTY = "rate:account"  # a Held's reason: a carrier account's shared bucket is empty
+# A Held's reason: a cluster's claim at accept found the account's bucket row locked by
+# another node's take, and left the message to the next round (`buckets.BucketBusy`).
+ACCOUNT_BUSY = "rate:account_busy"
 
 
 @dataclass(frozen=True, slots=True)
