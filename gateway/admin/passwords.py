@@ -16,7 +16,7 @@ import asyncio
 import functools
 import re
 import unicodedata
-from importlib import resources
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -42,7 +42,11 @@ def normalise(password: str) -> str:
 
 @functools.cache
 def common_passwords() -> frozenset[str]:
-    text = resources.files("gateway.admin").joinpath("common-passwords.txt").read_text("utf-8")
+    # Beside this module, read as a plain file: `importlib.resources` would import its
+    # readers on first use, and `smsgw user add` run by root checks the password after
+    # dropping to the data directory's owner, who may not read the interpreter's library
+    # (a Python installed under /root): the op failed with ModuleNotFoundError.
+    text = Path(__file__).with_name("common-passwords.txt").read_text("utf-8")
     return frozenset(
         line.strip().casefold() for line in text.splitlines() if line.strip() and line[0] != "#"
     )
