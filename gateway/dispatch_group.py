@@ -126,7 +126,6 @@ class GroupSender:
                 metrics.in_flight.dec()
                 self._freed()
 
-        at_accept = claims is not None  # if that claim fails, so did its accept
         try:
             if claims is None:
                 if self._fence is not None:
@@ -145,8 +144,12 @@ class GroupSender:
                     count=len(group),
                     error=exception_summary(e),
                 )
-                if not at_accept:
-                    await self._give_back(group, route)
+                # Given back even when the claim rode in its accept: on a cluster that
+                # accept may have committed all the same (the database went away between
+                # its COMMIT and the answer) and been answered on the client's retry by
+                # its idempotency key, leaving the row `sending` here under a live lease
+                # (S8). A row the accept never stored is skipped by its next claim.
+                await self._give_back(group, route)
                 return
             ready: list[tuple[int, ClaimedMessage]] = []
             for i, (entry, claimed) in enumerate(zip(group, answers, strict=True)):
