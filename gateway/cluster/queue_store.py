@@ -233,7 +233,9 @@ class ClusterQueue:
                         wait = await self._settle(conn, me, account, grant, got, asked)
         except BaseException:
             if not future.done():
-                future.set_exception(RuntimeError("the accept failed: nothing was claimed"))
+                # Committed or not is unknown here (a COMMIT whose answer was lost): the
+                # dispatcher gives the claim back either way (`GroupSender._give_back`).
+                future.set_exception(RuntimeError("the accept's claim has no answer"))
             raise
         if busy:  # left to the next round, now that the accept committed
             future.set_result([Held(now, ACCOUNT_BUSY)] * len(ids))
