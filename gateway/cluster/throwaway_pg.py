@@ -87,7 +87,10 @@ class ThrowawayPostgres:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "fsync = on\nsynchronous_commit = on\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.root}'\nmax_connections = 60\n{extra}"
+                f"unix_socket_directories = '{self.root}'\nmax_connections = 60\n"
+                # in the data directory, not /dev/shm: an immediate stop (or kill -9)
+                # leaves POSIX segments behind, and this server's directory is removed
+                f"dynamic_shared_memory_type = mmap\n{extra}"
             )
 
     def _launch(self) -> None:
