@@ -143,6 +143,7 @@ async def _sent_503_within_bound(api: Api) -> dict[str, Any]:
     error = await _error(r, 503, "store_unavailable")
     assert r.headers["Retry-After"] == "2"
     assert CANARY_NUMBER not in error["message"]
+    assert "nothing was accepted" in error["message"]  # refused before its COMMIT
     assert answered_in < ANSWERED_WITHIN, answered_in  # not the pool's 30 s
     return error
 
