@@ -58,3 +58,16 @@ def database_unreachable(e: BaseException) -> str | None:
             return type(seen).__name__
         seen = seen.__cause__
     return None
+
+
+def outcome_unknown(e: BaseException) -> bool:
+    """Whether `e` (or what it was raised from) is a COMMIT sent whose answer was lost
+    (`cluster/checked.CommitUnanswered`): the transaction may have committed."""
+    seen: BaseException | None = e
+    for _ in range(4):  # the error itself, or a use case's wrapping of it
+        if seen is None:
+            return False
+        if getattr(seen, "outcome_unknown", False):
+            return True
+        seen = seen.__cause__
+    return False

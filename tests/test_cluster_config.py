@@ -47,6 +47,7 @@ def test_a_valid_block_is_accepted(tmp_path: Path) -> None:
         ({"password_file": "a", "password_credential": "b"}, "cluster.password_file"),
         ({"pool_size": 1}, "cluster.pool_size"),
         ({"audit_anchor_seconds": 0}, "cluster.audit_anchor_seconds"),
+        ({"request_timeout": 0}, "cluster.request_timeout"),
     ],
 )
 def test_a_bad_value_names_its_key_and_never_echoes_a_password(

@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import request_scope
 from gateway.api import analytics as an
 from gateway.api import appointments as ap
 from gateway.api import campaigns as cmp  # i15-campaigns
@@ -523,6 +524,7 @@ def _guard(endpoint: Endpoint, gateway: Gateway, check: RequestCheck | None) -> 
     tokens = gateway.tokens
 
     async def guarded(request: web.Request) -> web.StreamResponse:
+        mark = request_scope.begin()  # the cluster's pool answers it without long waits
         try:
             if check is not None:
                 request = check(request)
@@ -551,6 +553,8 @@ def _guard(endpoint: Endpoint, gateway: Gateway, check: RequestCheck | None) -> 
             return await handler(request)
         except Exception as e:  # every error gets the shape (cancellation is not one)
             return error_answer(request, e)
+        finally:
+            request_scope.end(mark)
 
     return guarded
 

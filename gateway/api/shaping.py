@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import request_scope
 from gateway.errors import ApiError
 from gateway.logs import exception_summary
 from gateway.store_failure import KeyRetired, database_unreachable, storage_failure
@@ -97,10 +98,13 @@ def shaped(handler: Handler, check: RequestCheck | None) -> Handler:
     """`handler` behind `check`, every error it raises answered in the error shape."""
 
     async def shaped_handler(request: web.Request) -> web.StreamResponse:
+        mark = request_scope.begin()  # the cluster's pool answers it without long waits
         try:
             return await handler(request if check is None else check(request))
         except Exception as e:  # every error gets the shape (cancellation is not one)
             return error_answer(request, e)
+        finally:
+            request_scope.end(mark)
 
     return shaped_handler
 

@@ -20,9 +20,17 @@ from contextlib import asynccontextmanager, contextmanager
 
 import psycopg
 from psycopg import AsyncTransaction, Transaction
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 NOT_COMMITTED = "the connection was lost before the transaction's COMMIT: it did not commit"
+UNANSWERED = "the connection was lost under the transaction's COMMIT: it may have committed"
+
+
+class CommitUnanswered(psycopg.OperationalError):
+    """The COMMIT was sent and its answer lost: committed or not is unknown."""
+
+    outcome_unknown = True  # read by `store_failure.outcome_unknown`
 
 
 class CheckedAsyncConnection(psycopg.AsyncConnection[TupleRow]):
@@ -30,8 +38,16 @@ class CheckedAsyncConnection(psycopg.AsyncConnection[TupleRow]):
     async def transaction(
         self, savepoint_name: str | None = None, force_rollback: bool = False
     ) -> AsyncIterator[AsyncTransaction]:
-        async with super().transaction(savepoint_name, force_rollback) as tx:
-            yield tx
+        outer = self.pgconn.transaction_status == TransactionStatus.IDLE
+        ran = False
+        try:
+            async with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+                ran = True
+        except psycopg.OperationalError as e:
+            if ran and outer and self.broken:  # the body ran: the COMMIT failed
+                raise CommitUnanswered(UNANSWERED) from e
+            raise
         if tx.status is tx.Status.FAILED:
             raise psycopg.OperationalError(NOT_COMMITTED)
 
@@ -41,7 +57,15 @@ class CheckedConnection(psycopg.Connection[TupleRow]):
     def transaction(
         self, savepoint_name: str | None = None, force_rollback: bool = False
     ) -> Iterator[Transaction]:
-        with super().transaction(savepoint_name, force_rollback) as tx:
-            yield tx
+        outer = self.pgconn.transaction_status == TransactionStatus.IDLE
+        ran = False
+        try:
+            with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+                ran = True
+        except psycopg.OperationalError as e:
+            if ran and outer and self.broken:  # the body ran: the COMMIT failed
+                raise CommitUnanswered(UNANSWERED) from e
+            raise
         if tx.status is tx.Status.FAILED:
             raise psycopg.OperationalError(NOT_COMMITTED)

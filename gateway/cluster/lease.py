@@ -13,7 +13,9 @@ lease had not lapsed in the database after all) lifts the fence; a refused one m
 the lease is gone (lapsed or superseded): the node registers a new incarnation and
 carries on under it, while its old claims are recovered by whoever sweeps first; then
 `on_rejoined` runs (the node's scheduler keeps only the rows it still holds, under the
-new incarnation: `Scheduler.rehold`), retried at each heartbeat until it succeeds.
+new incarnation: `Scheduler.rehold`), retried at each heartbeat until it succeeds. A
+renewal that could not be asked calls `on_unreachable` (the node's requests then answer
+503 at once: `db_breaker.py`).
 
 After each successful renewal the node sweeps for lapsed leases (`nodes.recover_expired`),
 first finishing what it still owes (`before_sweep`: the outcome journal's replay), so
@@ -92,6 +94,7 @@ class Membership:
         on_recovered: Callable[[list[Recovered]], None] | None = None,
         before_sweep: Callable[[], Awaitable[object]] | None = None,
         on_rejoined: Callable[[], Awaitable[object]] | None = None,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         if interval >= lease - margin:
             raise ValueError("heartbeats must come more often than the fence deadline")
@@ -102,6 +105,7 @@ class Membership:
         self._on_recovered = on_recovered
         self._before_sweep = before_sweep
         self._on_rejoined = on_rejoined
+        self._on_unreachable = on_unreachable
         self._rejoin_owed = False  # registered anew, and `on_rejoined` has not succeeded
         self.fence = Fence(clock, lease, margin)
         self._me: Incarnation | None = None
@@ -178,6 +182,8 @@ class Membership:
                     return await nodes.renew(conn, self.me, self.fence.lease)
         except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as e:
             log.warning("lease_renewal_failed", node=self.node_id, error=exception_summary(e))
+            if self._on_unreachable is not None:  # requests stop waiting for it
+                self._on_unreachable(type(e).__name__)
             return None
 
     async def _beat(self) -> None:

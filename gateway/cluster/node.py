@@ -50,6 +50,7 @@ from gateway.cluster.bindslots import ClusterBindSlots
 from gateway.cluster.checked import CheckedAsyncConnection
 from gateway.cluster.clinical_thread import ClinicalThreads
 from gateway.cluster.consent_store import merge_migrated
+from gateway.cluster.db_breaker import Breaker
 from gateway.cluster.dlr_wishes import SharedDlrWishes
 from gateway.cluster.horizon import HorizonWatch
 from gateway.cluster.inbound import ClusterInbound
@@ -99,7 +100,7 @@ class ClusterNode:
         self,
         settings: ClusterConfig,
         conninfo: str,
-        pool: Pool,
+        pool: GuardedPool,
         membership: Membership,
         queue: ClusterQueue,
         clock: Clock,
@@ -172,6 +173,8 @@ class ClusterNode:
             min_size=2,
             max_size=settings.pool_size,
             open=False,
+            node_id=settings.node_id,
+            request_timeout=settings.request_timeout,  # background work keeps 30 s
         )
         await pool.open(wait=True, timeout=30)
         try:
@@ -212,6 +215,7 @@ class ClusterNode:
                 on_recovered=recovered,
                 before_sweep=lambda: queue.replay_journal(),
                 on_rejoined=rejoined,
+                on_unreachable=pool.lost,  # requests answer 503 at once until it is back
             )
             queue = ClusterQueue(pool, cipher, lambda: membership.me)
             queue.journal = journal
@@ -243,6 +247,11 @@ class ClusterNode:
     @property
     def pool(self) -> Pool:
         return self._pool
+
+    @property
+    def breaker(self) -> Breaker:
+        """Whether requests wait for the database or answer 503 at once (`db_breaker`)."""
+        return self._pool.breaker
 
     @property
     def fenced(self) -> bool:
@@ -409,6 +418,12 @@ class ClusterNode:
                 "smsgw_cluster_journaled_outcomes",
                 "Outcomes waiting in this node's journal for the database to take them",
                 lambda: float(node.queue.journal.pending if node.queue.journal else 0),
+            ),
+            (
+                "smsgw_cluster_database_reachable",
+                "0 while this node knows the shared database is away (requests answer 503"
+                " store_unavailable at once), else 1",
+                lambda: 0.0 if node.breaker.away else 1.0,
             ),
             (
                 "smsgw_cluster_xmin_age_seconds",

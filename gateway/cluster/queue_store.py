@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from gateway.cluster import buckets, queue_sql, reads, seal_guard
+from gateway.cluster import account_takes, buckets, queue_sql, reads, seal_guard
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -38,7 +38,7 @@ from gateway.links.placeholders import Minted
 from gateway.logs import exception_summary
 from gateway.models import Priority, State
 from gateway.store import crypto
-from gateway.store.claim_check import ACCOUNT_BUSY, ACCOUNT_EMPTY, Held
+from gateway.store.claim_check import ACCOUNT_BUSY, Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
@@ -80,10 +80,13 @@ class ClusterQueue:
         self.claim_observer: Callable[[float], None] | None = None
         self.master_key = b""  # set by the wiring: route credentials' MAC key derives from it
         self.keys: KeyringWatch | None = None  # set by the wiring: takes up a rotation
-        # Route -> carrier account; a claim for the route debits its bucket.
-        self.accounts: dict[str, str] = {}
-        self.grants: dict[str, buckets.Grant] = {}  # each account's last grant here
-        self.starved: dict[str, int] = {}  # per account: claims here that got fewer tokens
+        # Route -> carrier account, and this node's takes from each (`account_takes.py`).
+        self.takes = account_takes.AccountTakes()
+        self.accounts, self.grants, self.starved = (
+            self.takes.accounts,
+            self.takes.grants,
+            self.takes.starved,
+        )
         # Set by the wiring with `[consent] enabled`: the send policy's check in each claim.
         self.claim_check: ClusterClaimCheck | None = None
         # Set by the wiring: outcomes past the retry window wait there for the database.
@@ -198,18 +201,10 @@ class ClusterQueue:
             async with self._pool.connection() as conn:
                 grant = None
                 if account is not None:  # never waits on the account's row (S6)
-                    try:
-                        critical = any(
-                            m.priority is Priority.CRITICAL for m in messages if m.id in ids
-                        )
-                        grant = await buckets.take(
-                            conn, account, me, len(ids), nowait=True, critical=critical
-                        )
-                        self.grants[account] = grant
-                    except buckets.BucketBusy:
-                        busy = True
-                    except Exception as e:  # the accept goes on, queued as usual
-                        future.set_exception(e)
+                    critical = any(m.priority is Priority.CRITICAL for m in messages if m.id in ids)
+                    grant, busy = await self.takes.take_for_accept(
+                        conn, account, me, len(ids), critical, future
+                    )
                 committed = False
                 try:
                     async with conn.transaction():
@@ -230,7 +225,7 @@ class ClusterQueue:
                         got, asked = 0, len(ids)  # a failed accept claimed none: all back
                         if committed and claimed is not None:
                             got, asked = len(claimed[0]), claimed[4]
-                        wait = await self._settle(conn, me, account, grant, got, asked)
+                        wait = await self.takes.settle(conn, me, account, grant, got, asked)
         except BaseException:
             if not future.done():
                 # Committed or not is unknown here (a COMMIT whose answer was lost): the
@@ -247,7 +242,7 @@ class ClusterQueue:
         except Exception as e:  # the row waits `sending` for the lease's recovery
             future.set_exception(e)
             return
-        future.set_result(self._answers(ids, found, claimed[3], wait, now))
+        future.set_result(account_takes.answers(ids, found, claimed[3], wait, now))
 
     def claim_group_soon(
         self, message_ids: Sequence[str], route: str, now: float
@@ -428,26 +423,7 @@ class ClusterQueue:
         who opted out: now `blocked`). Raises `LeaseLost` once this node may not claim."""
         ids = list(message_ids)
         found, _, short, wait = await self._claim(ids, route, now, None)
-        return self._answers(ids, found, short, wait, now)
-
-    @staticmethod
-    def _answers(
-        ids: list[str],
-        found: dict[str, ClaimedMessage | Held | str],
-        short: set[str],
-        wait: float,
-        now: float,
-    ) -> list[ClaimedMessage | Held | Exception | None]:
-        # Not claimed for want of the account's tokens: back in the cache until a token.
-        held = Held(now + wait, ACCOUNT_EMPTY)
-        answers: list[ClaimedMessage | Held | Exception | None] = []
-        for i in ids:
-            v = found.get(i)
-            if isinstance(v, str):  # blocked by the claim check
-                answers.append(None)
-            else:
-                answers.append(held if v is None and i in short else v)
-        return answers
+        return account_takes.answers(ids, found, short, wait, now)
 
     async def claim_due(self, route: str, want: int, now: float) -> list[ClaimedMessage]:
         """The first `want` due, unexpired queued messages no other claimer holds, in
@@ -470,10 +446,9 @@ class ClusterQueue:
         async with self._pool.connection() as conn:
             grant = None
             if account is not None:
-                grant = await buckets.take(
+                grant = await self.takes.take(
                     conn, account, me, want or max(1, len(ids)), ids=ids or None
                 )
-                self.grants[account] = grant
             got, asked = 0, want or len(ids)  # none claimed if the claim fails: all back
             try:
                 async with conn.transaction():
@@ -484,25 +459,10 @@ class ClusterQueue:
             finally:
                 wait = 0.0
                 if grant is not None and account is not None:
-                    wait = await self._settle(conn, me, account, grant, got, asked)
+                    wait = await self.takes.settle(conn, me, account, grant, got, asked)
         if self.claim_observer is not None:
             self.claim_observer(time.perf_counter() - started)
         return await self._opened(rows, judged, me), ids, short, wait
-
-    async def _settle(
-        self, conn: Conn, me: Incarnation, account: str, grant: buckets.Grant, got: int, asked: int
-    ) -> float:
-        """After a claim: the tokens it did not use back in the account's buckets
-        (`buckets.settle`), and the seconds until the next one if the claim got fewer
-        than it asked for (0 if not)."""
-        starved = grant.n < asked
-        self.starved[account] = self.starved.get(account, 0) + starved
-        try:
-            wait = await buckets.settle(conn, account, me, grant, got, asked)
-        except Exception as e:  # tokens not given back: only fewer sends for a moment
-            log.warning("account_settle_failed", account=account, error=exception_summary(e))
-            wait = buckets.retry_after(grant, got)
-        return max(wait, 1e-3) if starved else 0.0
 
     async def _claim_in(
         self,

@@ -34,17 +34,21 @@ sealed column.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway import request_scope
+from gateway.cluster.db_breaker import Breaker
+from gateway.logs import exception_summary
 from gateway.store_failure import KeyRetired
 
 if TYPE_CHECKING:
@@ -185,22 +189,64 @@ async def _take_up(keys: KeyringWatch | None) -> None:
 class GuardedPool(AsyncConnectionPool[AsyncConnection[TupleRow]]):
     """The node's pool: the guard's refusal, raised out of a `connection()` block, is
     raised again as `KeyRetired` once `keys` (set when the keyring is loaded) took the
-    current generation up: every write path of the node meets it so."""
+    current generation up: every write path of the node meets it so. It also keeps the
+    node's `Breaker` (`db_breaker.py`): a request waits at most `request_timeout` for a
+    connection, and none while the database is known to be away."""
 
     keys: KeyringWatch | None = None
+
+    def __init__(
+        self, conninfo: str, *, node_id: str, request_timeout: float, **options: Any
+    ) -> None:
+        super().__init__(conninfo, configure=self._connected, **options)
+        self.breaker = Breaker(node_id)
+        self.request_timeout = request_timeout
+        self._checking: asyncio.Task[None] | None = None
 
     def connection(  # type: ignore[override]  # the same use, one frame cheaper
         self,
         timeout: float | None = None,
     ) -> _Guarded:
+        if request_scope.answering():
+            self.breaker.admit()
+            limit = self.request_timeout
+            timeout = limit if timeout is None else min(timeout, limit)
         return _Guarded(super().connection(timeout), self)
+
+    async def _connected(self, conn: AsyncConnection[TupleRow]) -> None:
+        self.breaker.answered()  # a new connection: the database answers again
+
+    def lost(self, why: str) -> None:
+        """The database did not answer (`why`: the kind of failure): requests are
+        refused until it does, and the idle connections are checked now (a dead one
+        replaced), so that the first requests after it is back do not meet them."""
+        if self.breaker.away:
+            return
+        self.breaker.failed(why)
+        if self._checking is None:
+            self._checking = asyncio.create_task(self._check_idle(), name="cluster-pool-check")
+
+    async def _check_idle(self) -> None:
+        try:
+            await self.check()
+        except Exception as e:  # the pool closing: nothing left to check
+            log.warning("pool_check_failed", error=exception_summary(e))
+        finally:
+            self._checking = None
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - the pool's own
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.gather(self._checking, return_exceptions=True)
+        await super().close(timeout)
 
 
 class _Guarded:
-    """`pool.connection()`'s block with the refusal turned into `KeyRetired` (a class,
-    not a generator: every statement of the node passes here, the accept's too)."""
+    """`pool.connection()`'s block with the refusal turned into `KeyRetired`, and the
+    database's answer (or its silence) told to the pool's breaker (a class, not a
+    generator: every statement of the node passes here, the accept's too)."""
 
-    __slots__ = ("_inner", "_pool")
+    __slots__ = ("_conn", "_inner", "_pool")
 
     def __init__(
         self,
@@ -211,11 +257,21 @@ class _Guarded:
         self._pool = pool
 
     async def __aenter__(self) -> AsyncConnection[TupleRow]:
-        return await self._inner.__aenter__()
+        try:
+            self._conn = await self._inner.__aenter__()
+        except PoolTimeout:
+            self._pool.lost("PoolTimeout")
+            raise
+        return self._conn
 
     async def __aexit__(
         self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
+        if e is None:
+            if self._pool.breaker.away:
+                self._pool.breaker.answered()
+        elif self._conn.broken:  # lost under a statement or before its COMMIT
+            self._pool.lost(type(e).__name__)
         try:
             done = await self._inner.__aexit__(kind, e, tb)  # rolled back, given back
         except psycopg.errors.CheckViolation as raised:  # what the guard raises

@@ -44,6 +44,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     margin_seconds: Seconds = 3.0
     heartbeat_seconds: Seconds = 2.0
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=100)] = 8
+    # How long an API or panel request waits for a database connection before it answers
+    # 503 store_unavailable (background work keeps the pool's 30 s): below the clients'
+    # own timeouts, above a busy pool's usual wait (`cluster/db_breaker.py`).
+    request_timeout: Seconds = 5.0
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
     # How long a node keeps trying to record what the carrier answered while PostgreSQL

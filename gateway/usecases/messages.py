@@ -31,7 +31,7 @@ from gateway.store.queue_store import AcceptStore
 from gateway.store.records import MessageQuery, StoredMessage
 from gateway.store.store import Store
 from gateway.store.writer import Statement
-from gateway.store_failure import KeyRetired, database_unreachable
+from gateway.store_failure import KeyRetired, database_unreachable, outcome_unknown
 from gateway.usecases.accept_within import WithinAccepts
 from gateway.usecases.audit import AuditSink
 from gateway.usecases.caller import Caller
@@ -41,6 +41,13 @@ from gateway.usecases.records import EventRecord, MessagePage, MessageRecord, Re
 T = TypeVar("T")
 REFERENCE_SCAN_LIMIT = 10_000  # references have no index: search the newest this many
 RETRYABLE = frozenset({State.FAILED, State.EXPIRED})
+_NOT_ACCEPTED = "the message store could not commit; nothing was accepted"
+# The shared database lost under the COMMIT: a retry with the same Idempotency-Key is
+# answered from what was committed (202 and the same ids), or accepted then.
+_UNKNOWN = (
+    "the connection to the message store was lost during the commit, which may have gone"
+    " through: send again with the same Idempotency-Key to be answered what was accepted"
+)
 
 
 class BatchAccepted(msgspec.Struct, frozen=True):
@@ -306,7 +313,7 @@ class Messages(WithinAccepts):
             raise ApiError(
                 503,
                 "store_unavailable",
-                "the message store could not commit; nothing was accepted",
+                _UNKNOWN if outcome_unknown(e) else _NOT_ACCEPTED,
                 headers={"Retry-After": "2"} if database_unreachable(e) else None,
             ) from e
         intake.accepted(prepared)

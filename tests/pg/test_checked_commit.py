@@ -1,7 +1,8 @@
 """A transaction block whose connection was lost before its COMMIT raises (S8).
 
 psycopg itself ends such a block silently, as if it had committed: the first test
-shows that on a plain connection, so the second one is known to test the difference."""
+shows that on a plain connection, so the second one is known to test the difference.
+A COMMIT sent whose answer never came raises `CommitUnanswered` (its outcome unknown)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.cluster.checked import CheckedAsyncConnection, CheckedConnection
+from gateway.cluster.checked import CheckedAsyncConnection, CheckedConnection, CommitUnanswered
+from gateway.store_failure import outcome_unknown
 
 WAIT = 10.0  # an upper bound, never an expected duration
 
@@ -62,6 +64,29 @@ async def test_a_checked_connection_raises_there_and_nothing_is_committed(pg_dsn
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as check:
         found = await (await check.execute("SELECT to_regclass('t')")).fetchone()
     assert found == (None,)
+
+
+async def test_a_commit_sent_on_a_lost_connection_raises_its_outcome_unknown(
+    pg_dsn: str,
+) -> None:
+    """The server ended the session, unread by the client, which then sends its COMMIT:
+    from the client's side the COMMIT went out and no answer came back."""
+    conn = await CheckedAsyncConnection.connect(pg_dsn, autocommit=True)
+    try:
+        with pytest.raises(CommitUnanswered) as raised:
+            await _create_table_ending_the_session_unread(conn, pg_dsn)
+        assert outcome_unknown(raised.value)
+    finally:
+        await conn.close()
+
+
+async def _create_table_ending_the_session_unread(
+    conn: psycopg.AsyncConnection[Any], pg_dsn: str
+) -> None:
+    async with conn.transaction():
+        await conn.execute("CREATE TABLE t (x int)")
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
 
 
 def _create_table_losing_the_connection_sync(conn: psycopg.Connection[Any], pg_dsn: str) -> None:

@@ -55,7 +55,8 @@ async def test_a_partitioned_node_fences_itself_before_its_lease_lapses_then_rej
     recovered: asyncio.Queue[list[Recovered]] = asyncio.Queue()
     timing = {"lease": 2.5, "margin": 1.2, "interval": 0.25}
     async with AsyncConnectionPool(through_proxy, min_size=1, max_size=4, open=False) as pool_a:
-        a = Membership(pool_a, "site-a", clock, **timing)
+        unreachable: list[str] = []  # the node's requests answer 503 at once from here
+        a = Membership(pool_a, "site-a", clock, on_unreachable=unreachable.append, **timing)
         b = Membership(pool, "site-b", clock, on_recovered=recovered.put_nowait, **timing)
         await a.start()
         await b.start()
@@ -73,6 +74,7 @@ async def test_a_partitioned_node_fences_itself_before_its_lease_lapses_then_rej
                 (old.incarnation,),
             )
             assert lease_left == [(True,)]
+            assert unreachable  # told before it fenced itself: its renewals failed
             with pytest.raises(Fenced):
                 await Claimer(pool_a, a, clock).take("g", "smsc", 1)
 
