@@ -51,8 +51,7 @@ async def take(conn: Conn, digest: bytes, since: float, owner: int | None) -> st
         return None
     inbound_id = str(rows[0][0])
     await conn.execute(
-        "UPDATE inbound_doubt SET owner = %s, failed = false"
-        " WHERE digest = %s AND inbound_id = %s",
+        "UPDATE inbound_doubt SET owner = %s, failed = false WHERE digest = %s AND inbound_id = %s",
         (owner, digest, inbound_id),
     )
     return inbound_id

@@ -25,9 +25,7 @@ def settle(conn: sqlite3.Connection, s: Settle, owner: str) -> None:
             [(d, owner) for d in s.failed],
         )
     if s.cleared:
-        conn.executemany(
-            "DELETE FROM inbound_doubt WHERE digest = ? AND inbound_id = ?", s.cleared
-        )
+        conn.executemany("DELETE FROM inbound_doubt WHERE digest = ? AND inbound_id = ?", s.cleared)
     if s.expired is not None:
         conn.execute("DELETE FROM inbound_doubt WHERE at <= ?", (s.expired,))
 

@@ -670,9 +670,10 @@ class Store:
         def job(conn: sqlite3.Connection) -> StoredOnce:
             inbound_doubt_sql.settle(conn, marked.settle, owner)
             earlier = inbound_doubt_sql.take(conn, marked.digest, now - marked.keep, owner)
-            if earlier is not None and conn.execute(
-                "SELECT 1 FROM inbound WHERE id = ?", (earlier,)
-            ).fetchone():
+            if (
+                earlier is not None
+                and conn.execute("SELECT 1 FROM inbound WHERE id = ?", (earlier,)).fetchone()
+            ):
                 return StoredOnce(earlier, False)
             iid = inbound_id if earlier is None else earlier
             statement = inbound_parts.inbound_statement(
@@ -690,9 +691,7 @@ class Store:
     async def settle_inbound_doubt(self, settle: Settle) -> None:
         """Clears and flags of marks in doubt, riding the next commit (lazily)."""
         owner = self._doubt_owner
-        await self.writer.run(
-            lambda conn: inbound_doubt_sql.settle(conn, settle, owner), lazy=True
-        )
+        await self.writer.run(lambda conn: inbound_doubt_sql.settle(conn, settle, owner), lazy=True)
 
     async def file_inbound_part(
         self,
