@@ -188,8 +188,8 @@ async def test_marks_of_live_deliveries_are_not_in_doubt_dead_ones_are_until_exp
         assert digest != a.inbound.inbound_digest("route:r", NUMBER, "4000", "NO")
         assert digest != a.inbound.inbound_digest("route:r", NUMBER, "400", "0YES")
 
-        async def deliver(n: Node, iid: str, at: float, settle: Settle = Settle()) -> StoredOnce:
-            marked = Marked(digest, 100.0, settle)
+        async def deliver(n: Node, iid: str, at: float, settle: Settle | None = None) -> StoredOnce:
+            marked = Marked(digest, 100.0, settle or Settle())
             return await n.inbound.insert_inbound_once(
                 iid, "r", NUMBER, "YES", "4000", None, at, marked
             )
