@@ -15,7 +15,8 @@ cluster). The digest is keyed with the site's blind-index key (`FieldCipher.
 keyed_digest`), so every node computes the same one and the table holds no number or
 text. Once the deliver_sm_resp ESME_ROK is written the mark is cleared; a delivery not
 acknowledged flags its marks `failed`. Neither costs a commit of its own: both wait in
-`InDoubt` and ride the next inbound transaction, or a lazy one `SETTLE_DELAY` later.
+`InDoubt` and ride the next inbound transaction (one of them each), or a lazy one
+`SETTLE_DELAY` later.
 
 A delivery takes, in its transaction, the oldest mark of its digest kept less than
 `keep` seconds that is in doubt: flagged failed, or owned by a process or incarnation
@@ -103,18 +104,26 @@ class InDoubt:
         self._task: asyncio.Task[None] | None = None
 
     def riding(self, now: float) -> Settle:
-        """What the next transaction takes along (removed with `settled` after its commit)."""
+        """What the next transaction takes along: taken from here, so that deliveries
+        stored together do not each carry it (`unsettled` gives it back)."""
         expired = None
         if self._swept_at is None or now - self._swept_at >= SWEEP_EVERY:
             expired = now - self.keep
-        return Settle(tuple(self._cleared), tuple(self._failed), expired)
-
-    def settled(self, done: Settle, now: float) -> None:
-        for key in done.cleared:
-            self._cleared.pop(key, None)
-        self._failed.difference_update(done.failed)
-        if done.expired is not None:
             self._swept_at = now
+        done = Settle(tuple(self._cleared), tuple(self._failed), expired)
+        self._cleared.clear()
+        self._failed.clear()
+        return done
+
+    def unsettled(self, back: Settle) -> None:
+        """A transaction that carried `back` did not commit (or did not say)."""
+        for key in back.cleared:
+            self._cleared[key] = None
+        self._failed.update(back.failed)
+        if back.expired is not None:
+            self._swept_at = None
+        if back:
+            self._soon()
 
     def answered(self, digest: bytes, inbound_id: str, acknowledged: bool) -> None:
         """The delivery stored under `inbound_id` was acknowledged (ESME_ROK written), or
@@ -147,14 +156,16 @@ class InDoubt:
         done = self.riding(self._clock())
         try:
             await self._settle(done)
-        except Exception as e:  # the store is away: they ride a later transaction
+        except BaseException as e:  # the store is away: they ride a later transaction
             log.debug("inbound_doubt_not_settled", error=type(e).__name__)
             self._delay = min(self._delay * 2, RETRY_MAX)
-        else:
-            self.settled(done, self._clock())
-            self._delay = self._first_delay
-        finally:
             self._task = None
+            self.unsettled(done)
+            if not isinstance(e, Exception):
+                raise
+            return
+        self._delay = self._first_delay
+        self._task = None
         if self._cleared or self._failed:
             self._soon()
 

@@ -204,7 +204,6 @@ class GatewaySink:
                 Marked(digest, self._in_doubt.keep, riding),
                 then=hook,
             )
-            self._in_doubt.settled(riding, now)
             if once.stored:
                 self._metrics.inbound.labels(route).inc()
                 log.info("inbound_stored", route=route, inbound_id=once.inbound_id)
@@ -212,6 +211,7 @@ class GatewaySink:
                 log.info("inbound_stored_before", route=route, inbound_id=once.inbound_id)
             await self._after_commit(handled)
         except BaseException:  # not acknowledged: the carrier delivers it again
+            self._in_doubt.unsettled(riding)  # again: its commit may not have happened
             self._in_doubt.not_answered(digest)
             raise
         return functools.partial(self._in_doubt.answered, digest, once.inbound_id)
