@@ -26,10 +26,13 @@ is acknowledged. Two genuinely separate messages with the same text from one sen
 still two: each acknowledged one clears its mark, and a mark whose delivery is still in
 flight on a live owner (or acknowledged, its clear not yet written) is not in doubt.
 
-What is left: the answer to a failed delivery flagged only when the store comes back
-(the flag rides the next transaction that commits); a redelivery reaching another node
-before that, while this node lives, is stored again. Marks older than `keep` are swept.
-Nothing here is logged.
+What is left. A failed delivery is flagged only when the store takes this owner's next
+transaction: a redelivery reaching another node before that, while this node lives, is
+stored again. An ESME_ROK written to a link the carrier had just dropped counts as
+acknowledged (the driver cannot know): that redelivery is stored again too. A process
+killed within `SETTLE_DELAY` of acknowledging leaves that mark: an identical message
+from the same sender within `keep` is then taken for its redelivery. Marks older than
+`keep` are swept (riding a transaction every `SWEEP_EVERY`). Nothing here is logged.
 """
 
 from __future__ import annotations
