@@ -5,6 +5,8 @@ parts: the gateway's sink and SMPP driver bound to the SMSC simulator, one store
   task stops there, nothing after it runs): the carrier delivers it again to the
   gateway started next on the same store, which stores it under the same id, once.
 - Two separate identical MOs, both acknowledged: two rows, and no mark is left.
+- The sink's pending clears and flags ride one transaction each, come back when it
+  fails, and are settled on their own soon after when no delivery comes.
 
 Waits are on conditions (the simulator's counters), bounded by `WAIT`, never timed.
 """
@@ -26,6 +28,7 @@ from drivers.clock import FakeClock, SystemClock
 from drivers.smpp.driver import SmppDriver
 from drivers.smpp.options import SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
+from gateway.inbound_doubt import InDoubt, Settle
 from gateway.metrics import Metrics
 from gateway.sink import GatewaySink
 from gateway.store.store import Store
@@ -139,3 +142,33 @@ async def test_separate_identical_mos_both_acknowledged_are_two_and_leave_no_mar
         assert tuple(await cur.fetchone()) == (0,)  # cleared: a restart takes none for in doubt
     finally:
         await store.close()
+
+
+async def test_clears_and_flags_ride_one_transaction_come_back_on_failure_and_settle_alone() -> (
+    None
+):
+    settled: list[Settle] = []
+    refuse = [OSError("the store is away")]
+    changed = asyncio.Event()
+
+    async def settle(s: Settle) -> None:
+        changed.set()
+        if refuse:
+            raise refuse.pop()
+        settled.append(s)
+
+    doubt = InDoubt(settle, lambda: 1000.0, keep_seconds=60.0, settle_delay=0.0)
+    first = doubt.riding(1000.0)
+    assert first == Settle(expired=940.0)  # the first sweeps; nothing else pending
+    doubt.answered(b"d1", "in-1", True)
+    doubt.answered(b"d2", "in-2", False)
+    riding = doubt.riding(1000.0)
+    assert riding == Settle(((b"d1", "in-1"),), (b"d2",))
+    assert not doubt.riding(1000.0)  # taken: the next transaction carries none of it
+    doubt.unsettled(riding)  # that transaction did not commit: back, settled alone
+    async with asyncio.timeout(WAIT):
+        while not settled:
+            await changed.wait()
+            changed.clear()
+    assert settled == [riding]  # after one refusal
+    await doubt.aclose()
