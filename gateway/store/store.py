@@ -667,6 +667,14 @@ class Store:
         that one was); what `marked.settle` carries rides the same transaction."""
         c, owner = self._crypto, self._doubt_owner
 
+        def rows(iid: str) -> list[Statement]:
+            statement = inbound_parts.inbound_statement(
+                c, iid, route, sender, body, recipient, carrier_id, now
+            )
+            return [statement, outbox_sql.inbound_statement(iid, route, now)]
+
+        sealed = rows(inbound_id)  # here, not on the writer's thread: the common case
+
         def job(conn: sqlite3.Connection) -> StoredOnce:
             inbound_doubt_sql.settle(conn, marked.settle, owner)
             earlier = inbound_doubt_sql.take(conn, marked.digest, now - marked.keep, owner)
@@ -676,10 +684,7 @@ class Store:
             ):
                 return StoredOnce(earlier, False)
             iid = inbound_id if earlier is None else earlier
-            statement = inbound_parts.inbound_statement(
-                c, iid, route, sender, body, recipient, carrier_id, now
-            )
-            for sql, params in (statement, outbox_sql.inbound_statement(iid, route, now)):
+            for sql, params in sealed if earlier is None else rows(earlier):
                 conn.execute(sql, params)
             inbound_doubt_sql.mark(conn, marked.digest, iid, now, owner)
             if then is not None:
