@@ -7,6 +7,8 @@ parts: the gateway's sink and SMPP driver bound to the SMSC simulator, one store
 - Two separate identical MOs, both acknowledged: two rows, and no mark is left.
 - The sink's pending clears and flags ride one transaction each, come back when it
   fails, and are settled on their own soon after when no delivery comes.
+- In the store: this process's mark in flight is not in doubt, flagged failed it is; an
+  earlier process's is; not past the keep window, when it is swept.
 
 Waits are on conditions (the simulator's counters), bounded by `WAIT`, never timed.
 """
@@ -28,7 +30,7 @@ from drivers.clock import FakeClock, SystemClock
 from drivers.smpp.driver import SmppDriver
 from drivers.smpp.options import SmppOptions
 from drivers.smpp.simulator import SimulatorConfig, SmscSimulator
-from gateway.inbound_doubt import InDoubt, Settle
+from gateway.inbound_doubt import InDoubt, Marked, Settle, StoredOnce
 from gateway.metrics import Metrics
 from gateway.sink import GatewaySink
 from gateway.store.store import Store
@@ -172,3 +174,37 @@ async def test_clears_and_flags_ride_one_transaction_come_back_on_failure_and_se
             changed.clear()
     assert settled == [riding]  # after one refusal
     await doubt.aclose()
+
+
+async def test_marks_in_doubt_in_the_store(tmp_path: Path) -> None:
+    stores = [Store(tmp_path / "gw.db", bytes(32)) for _ in range(2)]  # two processes' in turn
+    for store in stores:
+        await store.open()
+    try:
+        first, later = stores
+        digest = first.inbound_digest("route:r", NUMBER, "4000", "YES")
+        assert digest == later.inbound_digest("route:r", NUMBER, "4000", "YES")
+        assert digest != first.inbound_digest("route:r", NUMBER, "400", "0YES")
+
+        async def deliver(
+            store: Store, iid: str, at: float, settle: Settle | None = None
+        ) -> StoredOnce:
+            marked = Marked(digest, 100.0, settle or Settle())
+            return await store.insert_inbound_once(
+                iid, "r", NUMBER, "YES", "4000", None, at, marked
+            )
+
+        assert await deliver(first, "in-a", 1000.0) == StoredOnce("in-a", True)
+        assert await deliver(first, "in-b", 1001.0) == StoredOnce("in-b", True)  # a's in flight
+        failed = Settle(failed=(digest,))  # both answered with an error: the oldest first
+        assert await deliver(first, "in-c", 1002.0, failed) == StoredOnce("in-a", False)
+        assert await deliver(first, "in-d", 1003.0) == StoredOnce("in-b", False)
+        # The process stops without clearing: the next one's deliveries take its marks.
+        assert await deliver(later, "in-e", 1004.0) == StoredOnce("in-a", False)
+        assert await deliver(later, "in-f", 1100.5) == StoredOnce("in-b", False)  # a is ours now
+        await later.settle_inbound_doubt(Settle(expired=1000.5))
+        cur = await later.reader.execute("SELECT inbound_id FROM inbound_doubt ORDER BY at")
+        assert [r[0] for r in await cur.fetchall()] == ["in-b"]
+    finally:
+        for store in stores:
+            await store.close()
