@@ -250,6 +250,20 @@ class EventSink(Protocol):
 
 
 @runtime_checkable
+class AnsweredInboundSink(Protocol):
+    """An `EventSink` told whether each inbound message's acknowledgement was written.
+
+    `inbound_to_answer` stores as `inbound` does and returns the call to make once the
+    driver wrote the carrier's answer: `answered(True)` once an acknowledgement
+    (deliver_sm_resp ESME_ROK) is written, `answered(False)` if none will be (the
+    session ended first). A delivery stored whose acknowledgement was never written is
+    recognised when the carrier delivers it again, on any node, and stored once.
+    """
+
+    async def inbound_to_answer(self, route: str, sms: InboundSms) -> Callable[[bool], None]: ...
+
+
+@runtime_checkable
 class GroupReceiptSink(Protocol):
     """An `EventSink` that makes a group of receipts durable at once.
 

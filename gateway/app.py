@@ -157,6 +157,8 @@ class Gateway(UseCaseWiring):
             config.inbound.reassembly_timeout,
             receipts=queue,
             inbound=None if node is None else node.inbound,
+            in_doubt_seconds=config.inbound.in_doubt_seconds,
+            accounts={rc.name: rc.account for rc in config.routes if rc.account},
         )
         routes: dict[str, RouteRuntime] = {}
         rules = []
@@ -519,6 +521,8 @@ class Gateway(UseCaseWiring):
         for route in self.routes.values():
             await steps.run(f"route {route.name}", route.driver.aclose)
         await steps.run("background loops", self._cancel_tasks)
+        # The marks of inbound answered, cleared: else a restart takes them for in doubt.
+        await steps.run("inbound marks", self.sink.aclose)
         outbox_grace = self.config.outbox.shutdown_grace
         await steps.run(  # MQTT still up for it
             "outbox", lambda: self.outbox.stop(outbox_grace), outbox_grace + STEP_LIMIT

@@ -163,6 +163,10 @@ class InboundConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     # How long the parts of a concatenated inbound message wait for the rest of their
     # set (counted from the first part) before what came is stored flagged incomplete.
     reassembly_timeout: PositiveFloat = 300.0
+    # How long a delivery left unacknowledged (its store may have committed) is matched
+    # by the carrier's redelivery, on any node, so it is stored once (a day: a carrier's
+    # validity period; `gateway/inbound_doubt.py`).
+    in_doubt_seconds: PositiveFloat = 86_400.0
 
 
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

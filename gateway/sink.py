@@ -5,23 +5,25 @@ An inbound message's keywords (STOP, START, HELP, revocation phrases) are decide
 the transaction that stores it (`consent/inbound.py`); a reply it earned is handed to
 the scheduler after that commit. On a cluster inbound messages are filed in the shared
 PostgreSQL tables (`cluster/inbound.py`), the keyword step right after their commit.
-A whole message whose delivery was not acknowledged (the store failed, or failed to
-say) is stored under the same id when the carrier delivers it again, so it is stored
-once (`inbound_doubt.py`)."""
+A whole message is stored with a durable mark, cleared once its acknowledgement is
+written: one whose delivery was not acknowledged (the store failed, or failed to say;
+the node died before answering) is stored under the same id when the carrier delivers
+it again, to this node or another, after a restart too: it is stored once
+(`inbound_doubt.py`)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from drivers.base import InboundSms, Receipt, RouteHealth
 from drivers.clock import Clock
-from gateway.inbound_doubt import InDoubt
+from gateway.inbound_doubt import KEEP_SECONDS, InDoubt, Marked
 from gateway.metrics import Metrics
 from gateway.models import State, new_message_id
 from gateway.store.inbound_parts import Filed, InboundHook, StoredInbound
@@ -49,6 +51,9 @@ class GatewaySink:
         reassembly_timeout: float = DEFAULT_REASSEMBLY_TIMEOUT,
         receipts: ReceiptStore | None = None,
         inbound: InboundStore | None = None,
+        *,
+        in_doubt_seconds: float = KEEP_SECONDS,
+        accounts: Mapping[str, str] | None = None,
     ) -> None:
         self._store = store
         # Where receipts are matched: the message queue's store (shared on a cluster).
@@ -60,9 +65,11 @@ class GatewaySink:
         self.reassembly_timeout = reassembly_timeout
         self._wakers: list[Callable[[], None]] = []
         self._quarantine = Quarantine(store)
-        # Inbound not acknowledged after an attempt to store it: the id it is stored
-        # under when the carrier delivers it again (`gateway/inbound_doubt.py`).
-        self._in_doubt = InDoubt()
+        # Marks of inbound deliveries to clear once acknowledged, or to flag failed
+        # (`gateway/inbound_doubt.py`); a route's redelivery may come on another route
+        # of its carrier account, so the digest names the account where there is one.
+        self._in_doubt = InDoubt(self._inbound.settle_inbound_doubt, clock.time, in_doubt_seconds)
+        self._scopes = {r: f"account:{a}" for r, a in (accounts or {}).items()}
         self._consent: InboundConsent | None = None
         self._replies: InboundReplies | None = None
         self._surveys: SurveyStep | None = None
@@ -170,35 +177,48 @@ class GatewaySink:
         )
 
     async def inbound(self, route: str, sms: InboundSms) -> None:
+        """Store `sms`; its acknowledgement taken as written once this returns."""
+        answered = await self.inbound_to_answer(route, sms)
+        answered(True)
+
+    async def inbound_to_answer(self, route: str, sms: InboundSms) -> Callable[[bool], None]:
+        """`drivers.base.AnsweredInboundSink`: store `sms` with its mark in doubt; the
+        call that clears it (acknowledged) or flags it failed."""
         if sms.part is not None and sms.part.total > 1:
             await self._inbound_part(route, sms)
-            return
+            return _no_mark
         now = self._clock.time()
-        digest = self._in_doubt.digest(route, sms.sender, sms.recipient, sms.body)
-        earlier = self._in_doubt.take(digest, now)
-        inbound_id = earlier or new_message_id()
+        scope = self._scopes.get(route) or f"route:{route}"
+        digest = self._inbound.inbound_digest(scope, sms.sender, sms.recipient, sms.body)
+        riding = self._in_doubt.riding(now)
         hook, handled = self._keyword_step()
         try:
-            stored = await self._inbound.insert_inbound(
-                inbound_id,
+            once = await self._inbound.insert_inbound_once(
+                new_message_id(),
                 route,
                 sms.sender,
                 sms.body,
                 sms.recipient,
                 sms.carrier_id,
                 now,
+                Marked(digest, self._in_doubt.keep, riding),
                 then=hook,
-                again=earlier is not None,
             )
-            if stored:
+            if once.stored:
                 self._metrics.inbound.labels(route).inc()
-                log.info("inbound_stored", route=route, inbound_id=inbound_id)
-            else:  # the delivery we did not acknowledge was stored after all
-                log.info("inbound_stored_before", route=route, inbound_id=inbound_id)
+                log.info("inbound_stored", route=route, inbound_id=once.inbound_id)
+            else:  # the delivery not acknowledged was stored after all
+                log.info("inbound_stored_before", route=route, inbound_id=once.inbound_id)
             await self._after_commit(handled)
         except BaseException:  # not acknowledged: the carrier delivers it again
-            self._in_doubt.put(digest, inbound_id, now)
+            self._in_doubt.unsettled(riding)  # again: its commit may not have happened
+            self._in_doubt.not_answered(digest)
             raise
+        return functools.partial(self._in_doubt.answered, digest, once.inbound_id)
+
+    async def aclose(self) -> None:
+        """Clear the marks of deliveries acknowledged (a clean stop)."""
+        await self._in_doubt.aclose()
 
     async def _inbound_part(self, route: str, sms: InboundSms) -> None:
         assert sms.part is not None
@@ -245,3 +265,7 @@ class GatewaySink:
         log.info("route_health", route=route, state=health.state.value, detail=health.detail)
         for callback in self._wakers:
             callback()
+
+
+def _no_mark(acknowledged: bool) -> None:
+    """A part leaves no mark in doubt: a part delivered again is recognised by its set."""

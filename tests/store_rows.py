@@ -22,7 +22,9 @@ async def inbound_rows(store: Store, limit: int) -> list[sqlite3.Row]:
 def undo_migrations_from_40(conn: sqlite3.Connection) -> None:
     """Back to the store migration 39 left (for a test of an older migration on data):
     the index of messages awaiting a receipt and the one by creation time, no receipt
-    floor (40, 41), no write-back attempt marks (42). The caller sets `user_version`."""
+    floor (40, 41), no write-back attempt marks (42), no inbound marks in doubt (43).
+    The caller sets `user_version`."""
+    conn.execute("DROP TABLE inbound_doubt")
     conn.execute("ALTER TABLE hl7_outbound DROP COLUMN sending_at")
     conn.execute("ALTER TABLE hl7_outbound DROP COLUMN possible_duplicate")
     conn.execute("DROP TRIGGER messages_sent_below_receipt_floor")

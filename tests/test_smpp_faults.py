@@ -645,7 +645,7 @@ async def test_inbound_is_committed_before_it_is_acknowledged(
 
         return wrapped
 
-    monkeypatch.setattr(store, "insert_inbound", committing(store.insert_inbound))
+    monkeypatch.setattr(store, "insert_inbound_once", committing(store.insert_inbound_once))
     monkeypatch.setattr(store, "file_inbound_part", committing(store.file_inbound_part))
     rig.sim.inject_mo("+12025550147", "4000", "STOP")
 
@@ -759,18 +759,18 @@ async def test_a_whole_mo_stored_then_refused_is_stored_once_when_redelivered(
     a cluster, `tests/pg/test_inbound_outage.py`)."""
     rig = await open_rig()
     store = rig.gw.store
-    insert_inbound = store.insert_inbound
+    insert_inbound = store.insert_inbound_once
     used: list[tuple[str, bool]] = []
     failures = [RuntimeError("the step after the commit failed")]
 
-    async def stored_then_failed(*args: Any, **kwargs: Any) -> bool:
-        stored = await insert_inbound(*args, **kwargs)
-        used.append((args[0], stored))
+    async def stored_then_failed(*args: Any, **kwargs: Any) -> Any:
+        once = await insert_inbound(*args, **kwargs)
+        used.append((once.inbound_id, once.stored))
         if failures:
             raise failures.pop()
-        return stored
+        return once
 
-    monkeypatch.setattr(store, "insert_inbound", stored_then_failed)
+    monkeypatch.setattr(store, "insert_inbound_once", stored_then_failed)
     rig.sim.inject_mo("+12025550147", "4000", "C")
     await rig.until(lambda: rig.sim.mo_sent == 1)
     assert rig.sim.delivery_error_statuses == {Status.ESME_RX_T_APPN: 1}

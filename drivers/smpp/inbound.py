@@ -9,7 +9,9 @@ simply one of the carrier's unanswered ones.) Receipts read together go, to a
 sink that takes groups (`GroupReceiptSink`), as one group: one store call, then each
 deliver_sm_resp. A receipt is correlated by the carrier's id in any spelling it may
 have been recorded under; an inbound message goes part by part (UDH or sar_* TLVs).
-If the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers.
+If the sink fails, the answer is ESME_RX_T_APPN and the carrier redelivers. A sink that
+wants to know (`AnsweredInboundSink`) is told, for each whole message it stored, whether
+its ESME_ROK was written: one stored and not acknowledged is in doubt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import structlog
 
 from drivers.base import (
+    AnsweredInboundSink,
     EventSink,
     GroupReceiptSink,
     InboundPart,
@@ -49,6 +52,7 @@ class Inbound:
         self._sink = sink
         # Checked once: a runtime protocol check costs more than a receipt's parse.
         self._group_sink = sink if isinstance(sink, GroupReceiptSink) else None
+        self._answered_sink = sink if isinstance(sink, AnsweredInboundSink) else None
         self._counters = counters
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -130,22 +134,29 @@ class Inbound:
         session = link.session
         if pdu.command not in (Command.DELIVER_SM, Command.DATA_SM) or session is None:
             return
+        answered: Callable[[bool], None] | None = None
         try:
             receipt = self._receipt(pdu)
             if receipt is not None:
                 await self._sink.receipt(self._route, receipt)
                 self._counters["receipts"] += 1
             else:
-                await self._inbound_sms(pdu)
+                answered = await self._inbound_sms(pdu)
         except Exception as e:  # the gateway could not store it: let the carrier retry
             log.error("smpp_inbound_not_stored", route=self._route, error=type(e).__name__)
             status = Status.ESME_RX_T_APPN
         else:
             status = Status.ESME_ROK
-        if not session.closed:
-            session.respond(pdu, status)
-            if link.session is session:
-                link.nudge()
+        written = False
+        try:
+            if not session.closed:
+                session.respond(pdu, status)
+                written = True
+                if link.session is session:
+                    link.nudge()
+        finally:
+            if answered is not None:
+                answered(written)
 
     def _receipt(self, pdu: Pdu) -> Receipt | None:
         esm_class = pdu.param("esm_class", int)
@@ -156,7 +167,9 @@ class Inbound:
         text = pdu.params.get("short_message", b"")
         return dlr.receipt(text if isinstance(text, bytes) else None, tlvs)
 
-    async def _inbound_sms(self, pdu: Pdu) -> None:
+    async def _inbound_sms(self, pdu: Pdu) -> Callable[[bool], None] | None:
+        """Hand the message to the sink; the call to make once its answer is written,
+        if the sink wants one."""
         data = pdu.params.get("short_message", b"")
         if not data and Tag.MESSAGE_PAYLOAD in pdu.tlvs:
             data = pdu.tlvs[Tag.MESSAGE_PAYLOAD]
@@ -171,7 +184,11 @@ class Inbound:
         part = None
         if concat is not None and concat.total > 1:
             part = InboundPart(concat.reference, concat.ref_bits, concat.total, concat.seq)
-        await self._sink.inbound(
-            self._route, InboundSms(sender, decoded.text, recipient, part=part)
-        )
+        sms = InboundSms(sender, decoded.text, recipient, part=part)
+        answered = None
+        if self._answered_sink is not None:
+            answered = await self._answered_sink.inbound_to_answer(self._route, sms)
+        else:
+            await self._sink.inbound(self._route, sms)
         self._counters["inbound"] += 1
+        return answered

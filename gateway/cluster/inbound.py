@@ -21,25 +21,27 @@ SQLite writer: on a cluster it classifies the text and the decision itself goes 
 PostgreSQL afterwards (`consent_inbound.py`, keyed by the inbound id, so it is made
 once); the node-local steps (surveys) keep their SQLite tables. A crash between the
 two leaves a stored inbound whose keyword was not decided; the carrier, not answered,
-redelivers: a message in one piece is then stored again and decided, a part is
-recognised and dropped (the set's keyword stays undecided; docs/ops/cluster.md).
+redelivers: a message in one piece is then stored under the same id, its mark in doubt
+left by the crash (`inbound_marks.py`), and decided; a part is recognised and dropped
+(the set's keyword stays undecided; docs/ops/cluster.md).
 
 Nothing here logs, and no exception carries a number or a text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from drivers.base import InboundSms
-from gateway.cluster import seal_guard
+from gateway.cluster import inbound_marks, seal_guard
 from gateway.cluster.lease import Pool
 from gateway.cluster.outbox_store import inbound_row
 from gateway.inbound import join_parts
+from gateway.inbound_doubt import DIGEST_PURPOSE, Marked, Settle, StoredOnce
 from gateway.models import new_message_id
 from gateway.store import inbound_parts
 from gateway.store.crypto import FieldCipher
@@ -55,6 +57,7 @@ from gateway.store.inbound_parts import (
 from gateway.store.store import Store
 
 if TYPE_CHECKING:
+    from gateway.cluster.nodes import Incarnation
     from gateway.cluster.shared_keys import KeyringWatch
 
 Conn = AsyncConnection[TupleRow]
@@ -87,12 +90,14 @@ class ClusterInbound:
         store: Store,
         node_id: str,
         keys: KeyringWatch | None = None,
+        me: Callable[[], Incarnation] | None = None,
     ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._store = store  # its writer runs the keyword step
         self._node_id = node_id
         self._keys = keys  # a write the seal guard refused runs again under the key taken up
+        self._me = me  # the owner of this node's marks in doubt (none: every mark is)
 
     async def insert_inbound(
         self,
@@ -123,6 +128,54 @@ class ClusterInbound:
         new = await seal_guard.retried(self._keys, write)
         await self._then(then, [stored])
         return new
+
+    def inbound_digest(self, scope: str, sender: str, recipient: str | None, body: str) -> bytes:
+        return self._cipher.keyed_digest(DIGEST_PURPOSE, scope, sender, recipient or "", body)
+
+    async def insert_inbound_once(
+        self,
+        inbound_id: str,
+        route: str,
+        sender: str,
+        body: str,
+        recipient: str | None,
+        carrier_id: str | None,
+        now: float,
+        marked: Marked,
+        *,
+        then: InboundHook | None = None,
+    ) -> StoredOnce:
+        """As `Store.insert_inbound_once`, on the shared tables; `then` runs also for an
+        id stored before (its attempt may have failed before its keyword step, whose
+        decisions are keyed by the inbound id: made once)."""
+        owner = self._owner()
+
+        async def write() -> StoredOnce:
+            async with self._pool.connection() as conn, conn.transaction():
+                await inbound_marks.settle(conn, marked.settle, owner)
+                earlier = await inbound_marks.take(conn, marked.digest, now - marked.keep, owner)
+                if earlier is not None and await _all(
+                    conn, "SELECT 1 FROM inbound WHERE id = %s", earlier
+                ):
+                    return StoredOnce(earlier, False)
+                iid = inbound_id if earlier is None else earlier
+                stored = StoredInbound(iid, route, sender, body, recipient, now)
+                await self._insert(conn, stored, carrier_id, incomplete=False)
+                await inbound_marks.mark(conn, marked.digest, iid, now, owner)
+                return StoredOnce(iid, True)
+
+        once = await seal_guard.retried(self._keys, write)
+        stored = StoredInbound(once.inbound_id, route, sender, body, recipient, now)
+        await self._then(then, [stored])
+        return once
+
+    async def settle_inbound_doubt(self, settle: Settle) -> None:
+        owner = self._owner()
+        async with self._pool.connection() as conn, conn.transaction():
+            await inbound_marks.settle(conn, settle, owner)
+
+    def _owner(self) -> int | None:
+        return None if self._me is None else self._me().incarnation
 
     async def file_inbound_part(
         self,

@@ -83,6 +83,15 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
         TableCopy("inbound", "inbound", ("id",), fixed={"node_id": node_id}),
         TableCopy("inbound_parts", "inbound_parts", ("id",), fixed={"node_id": node_id}),
         TableCopy("inbound_sets_done", "inbound_sets_done", ("set_key", "seq")),
+        # Marks of deliveries in doubt (cluster 29), ownerless: the SQLite gateway that
+        # left them is stopped, so the carrier's redelivery to any node takes them.
+        TableCopy(
+            "inbound_doubt",
+            "inbound_doubt",
+            ("digest", "inbound_id"),
+            fixed={"owner": None},
+            left_out=("owner",),
+        ),
         # Tracked links: the named links, the tokens of messages sent (their short URLs
         # keep redirecting), the clicks (their seqs kept; no node answered them).
         TableCopy("links", "links", ("id",)),

@@ -116,7 +116,9 @@ class ClusterNode:
         self.queue = queue
         self.reads = ClusterReads(pool, queue.cipher, keys)
         # Inbound messages: filed and read in the shared tables (`inbound.py`).
-        self.inbound = ClusterInbound(pool, queue.cipher, store, settings.node_id, keys)
+        self.inbound = ClusterInbound(
+            pool, queue.cipher, store, settings.node_id, keys, lambda: membership.me
+        )
         self.inbound_reads = ClusterInboundReads(pool, queue.cipher, keys)
         # Kannel dlr-urls: written with the shared messages, read by the lane's leader.
         self.dlr_wishes = SharedDlrWishes(pool, queue.cipher, keys)

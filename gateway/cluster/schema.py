@@ -678,6 +678,23 @@ MIGRATIONS: tuple[str, ...] = (
     # 28 (issue 18, S6 on a shared account): a carrier account's token take in one
     #    statement (`bucket_take.py`).
     MIGRATION_28,
+    # 29 (issue 18, inbound in doubt): SQLite's migration 43 for every node. Each whole
+    #    inbound message's mark, written with its row and cleared once its
+    #    deliver_sm_resp is written; owned by the incarnation that delivered it last, so
+    #    a delivery a node left unacknowledged (its COMMIT's answer lost, the node
+    #    killed) is stored under the same id when the carrier delivers it again to any
+    #    node (`gateway/cluster/inbound_marks.py`). The digest is keyed with the blind
+    #    index key: no number or text.
+    """
+    CREATE TABLE inbound_doubt (
+        digest      bytea NOT NULL,
+        inbound_id  text NOT NULL,
+        at          double precision NOT NULL,
+        owner       bigint,
+        failed      boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (digest, inbound_id)
+    );
+    """,
 )
 
 

@@ -238,4 +238,21 @@ LATER: tuple[str, ...] = (
     ALTER TABLE hl7_outbound ADD COLUMN sending_at REAL;
     ALTER TABLE hl7_outbound ADD COLUMN possible_duplicate INTEGER NOT NULL DEFAULT 0;
     """,
+    # ---
+    # 43 (issue 18, inbound in doubt): each whole inbound message's mark, written with
+    #    its row and cleared once its deliver_sm_resp is written, so a delivery left
+    #    unacknowledged (the answer to COMMIT lost, the gateway killed before answering)
+    #    is stored under the same id when the carrier delivers it again, after a
+    #    restart too (`gateway/inbound_doubt.py`). The digest is keyed with the blind
+    #    index key; no number or text. Few rows: marks are cleared within a second.
+    """
+    CREATE TABLE inbound_doubt (
+        digest      BLOB NOT NULL,
+        inbound_id  TEXT NOT NULL,
+        at          REAL NOT NULL,
+        owner       TEXT NOT NULL,
+        failed      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (digest, inbound_id)
+    ) WITHOUT ROWID;
+    """,
 )

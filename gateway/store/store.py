@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import InboundSms
+from gateway.inbound_doubt import DIGEST_PURPOSE, Marked, Settle, StoredOnce
 from gateway.integrations.events import EVENT_TYPES, MESSAGE_STATUS
 from gateway.lifecycle import CANCELLABLE, IllegalTransition
 from gateway.links.placeholders import Minted
@@ -28,6 +30,7 @@ from gateway.models import STATE_VALUES, Priority, State
 from gateway.store import (
     crypto,
     group_sql,
+    inbound_doubt_sql,
     inbound_parts,
     keyring_sql,
     outbox_sql,
@@ -85,6 +88,8 @@ class Store:
         # The event types some outbox consumer takes (`OutboxRepo.keep_only`): an
         # accept leaves out a status row the outbox's trigger would drop anyway.
         self.outbox_types: frozenset[str] = EVENT_TYPES
+        # The owner of this process's inbound marks in doubt (`inbound_doubt_sql.py`).
+        self._doubt_owner = secrets.token_hex(8)
 
     # -- life --------------------------------------------------------------------------
 
@@ -637,6 +642,61 @@ class Store:
             return True
 
         return await self.writer.run(job)
+
+    def inbound_digest(self, scope: str, sender: str, recipient: str | None, body: str) -> bytes:
+        """The keyed digest a delivery's mark in doubt is kept under (`inbound_doubt.py`)."""
+        cipher = self.cipher
+        assert cipher is not None, "store is not open"
+        return cipher.keyed_digest(DIGEST_PURPOSE, scope, sender, recipient or "", body)
+
+    async def insert_inbound_once(
+        self,
+        inbound_id: str,
+        route: str,
+        sender: str,
+        body: str,
+        recipient: str | None,
+        carrier_id: str | None,
+        now: float,
+        marked: Marked,
+        *,
+        then: inbound_parts.InboundHook | None = None,
+    ) -> StoredOnce:
+        """Store one whole inbound message with its mark in doubt, under the id of an
+        earlier delivery in doubt with its digest if there is one (nothing stored if
+        that one was); what `marked.settle` carries rides the same transaction."""
+        c, owner = self._crypto, self._doubt_owner
+
+        def rows(iid: str) -> list[Statement]:
+            statement = inbound_parts.inbound_statement(
+                c, iid, route, sender, body, recipient, carrier_id, now
+            )
+            return [statement, outbox_sql.inbound_statement(iid, route, now)]
+
+        sealed = rows(inbound_id)  # here, not on the writer's thread: the common case
+
+        def job(conn: sqlite3.Connection) -> StoredOnce:
+            inbound_doubt_sql.settle(conn, marked.settle, owner)
+            earlier = inbound_doubt_sql.take(conn, marked.digest, now - marked.keep, owner)
+            if (
+                earlier is not None
+                and conn.execute("SELECT 1 FROM inbound WHERE id = ?", (earlier,)).fetchone()
+            ):
+                return StoredOnce(earlier, False)
+            iid = inbound_id if earlier is None else earlier
+            for sql, params in sealed if earlier is None else rows(earlier):
+                conn.execute(sql, params)
+            inbound_doubt_sql.mark(conn, marked.digest, iid, now, owner)
+            if then is not None:
+                then(conn, inbound_parts.StoredInbound(iid, route, sender, body, recipient, now))
+            return StoredOnce(iid, True)
+
+        return await self.writer.run(job)
+
+    async def settle_inbound_doubt(self, settle: Settle) -> None:
+        """Clears and flags of marks in doubt, riding the next commit (lazily)."""
+        owner = self._doubt_owner
+        await self.writer.run(lambda conn: inbound_doubt_sql.settle(conn, settle, owner), lazy=True)
 
     async def file_inbound_part(
         self,

@@ -13,7 +13,8 @@ real SMSC, sends a deliver_sm answered with a temporary error again after
   loop while the carrier delivers them again, every receipt and every MO ends stored
   exactly once: each message delivered with one `delivered` event, each MO one row.
 - A store whose commit went through but whose answer was lost (the connection died
-  under COMMIT's answer): the carrier's redelivery is stored under the same id, once.
+  under COMMIT's answer): the carrier's redelivery is stored under the same id, once
+  (its durable mark in doubt, flagged failed, `gateway/inbound_doubt.py`).
 
 Waits are on conditions (the simulator's counters), bounded by `WAIT`, never timed.
 """
@@ -47,6 +48,7 @@ from gateway.cluster.lease import Pool
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.config_sections import QueueConfig, RouteConfig
 from gateway.dispatch_group import GroupSender
+from gateway.inbound_doubt import StoredOnce
 from gateway.metrics import Metrics
 from gateway.models import Priority
 from gateway.ratelimit import TokenBucket
@@ -162,7 +164,7 @@ async def node(pool: Pool, pg_dsn: str, smsc: SmscSimulator, tmp_path: Path) -> 
             me = await nodes.register(conn, "gw1", 600.0)
         cipher = FieldCipher({1: bytes(range(32))}, bytes(32))
         queue = ClusterQueue(node_pool, cipher, lambda: me)
-        inbound = ClusterInbound(node_pool, cipher, store, "gw1")
+        inbound = ClusterInbound(node_pool, cipher, store, "gw1", me=lambda: me)
         sink = GatewaySink(store, clock, Metrics(), receipts=queue, inbound=inbound)
         options = SmppOptions(host="127.0.0.1", port=smsc.port, system_id="acme", password="pw")
         driver = SmppDriver(ROUTE, options, sink, clock)
@@ -245,18 +247,18 @@ async def test_an_mo_whose_commit_answer_was_lost_is_stored_once(
     """The commit went through, the answer to COMMIT did not come back (what a
     connection ended under it gives, `cluster/checked.py`): not acknowledged, and the
     redelivery is recognised by the id the first attempt used."""
-    real = node.inbound.insert_inbound
+    real = node.inbound.insert_inbound_once
     lost = [psycopg.OperationalError("the connection was lost at COMMIT")]
     used: list[str] = []
 
-    async def commit_answer_lost(*args: Any, **kwargs: Any) -> bool:
-        stored = await real(*args, **kwargs)
-        used.append(args[0])
+    async def commit_answer_lost(*args: Any, **kwargs: Any) -> StoredOnce:
+        once = await real(*args, **kwargs)
+        used.append(once.inbound_id)
         if lost:
             raise lost.pop()
-        return stored
+        return once
 
-    monkeypatch.setattr(node.inbound, "insert_inbound", commit_answer_lost)
+    monkeypatch.setattr(node.inbound, "insert_inbound_once", commit_answer_lost)
     with capture_logs() as logs:
         async with carrier_time(smsc):
             smsc.inject_mo(NUMBER, "4000", "C")
