@@ -21,7 +21,12 @@ from prometheus_client import (
 )
 
 from gateway import __version__
-from gateway.metrics_loop import LoopCounter, LoopHistogram
+from gateway.metrics_loop import (
+    LabelledLoopHistogram,
+    LoopCounter,
+    LoopHistogram,
+    LoopHistogramSeries,
+)
 from gateway.metrics_state import StateCollector
 from gateway.models import Priority
 
@@ -34,7 +39,7 @@ class RouteMetrics:
 
     in_flight: Gauge
     sends: Mapping[str, Counter]  # by outcome: sent, failed, retry
-    submit_latency: Histogram
+    submit_latency: LoopHistogramSeries  # observed on the event loop only
 
 
 class Metrics:
@@ -95,19 +100,21 @@ class Metrics:
             _LATENCY_BUCKETS,
             r,
         )
-        self.queue_latency = Histogram(
+        # Observed once per dispatched message, on the event loop (the scheduler, the
+        # group sender): plain counts, not prometheus_client's locked walk of buckets.
+        self.queue_latency = LabelledLoopHistogram(
             "smsgw_queue_seconds",
             "Time from due to sending, per class",
-            ["priority"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "priority",
+            _LATENCY_BUCKETS,
+            r,
         )
-        self.submit_latency = Histogram(
+        self.submit_latency = LabelledLoopHistogram(
             "smsgw_submit_seconds",
             "Driver submit time per route",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "route",
+            _LATENCY_BUCKETS,
+            r,
         )
         self.queue_latency_by_class = {p: self.queue_latency.labels(p.label) for p in Priority}
         self._routes: dict[str, RouteMetrics] = {}

@@ -134,13 +134,14 @@ class RouteRuntime:
             return
         self._adapt(self._estimator(now).throttled(now), now)
 
-    def succeeded(self, now: float) -> None:
-        """A submit went through: while the rate limits us and no throttle came for a
-        second, probe upward, never above the configured rate."""
+    def succeeded(self, now: float, count: int = 1) -> None:
+        """`count` submits went through: while the rate limits us and no throttle came
+        for a second, probe upward, never above the configured rate."""
         if self.shared_rate is not None:
-            self.shared_rate.accepted(now)
+            for _ in range(count):
+                self.shared_rate.accepted(now)
             return
-        self._adapt(self._estimator(now).accepted(now), now)
+        self._adapt(self._estimator(now).accepted(now, count), now)
 
     @property
     def discovered_rate(self) -> float | None:
