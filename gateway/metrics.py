@@ -24,6 +24,7 @@ from gateway import __version__
 from gateway.metrics_loop import (
     LabelledLoopHistogram,
     LoopCounter,
+    LoopGaugeValue,
     LoopHistogram,
     LoopHistogramSeries,
 )
@@ -37,7 +38,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class RouteMetrics:
     """One route's labelled series, looked up once rather than on every submit."""
 
-    in_flight: Gauge
+    in_flight: LoopGaugeValue  # moved on the event loop only
     sends: Mapping[str, Counter]  # by outcome: sent, failed, retry
     submit_latency: LoopHistogramSeries  # observed on the event loop only
 
@@ -211,8 +212,10 @@ class Metrics:
     def route(self, name: str) -> RouteMetrics:
         found = self._routes.get(name)
         if found is None:
+            in_flight = LoopGaugeValue()
+            self.in_flight.labels(name).set_function(in_flight.get)
             found = self._routes[name] = RouteMetrics(
-                self.in_flight.labels(name),
+                in_flight,
                 {o: self.sends.labels(name, o) for o in ("sent", "failed", "retry")},
                 self.submit_latency.labels(name),
             )

@@ -132,3 +132,23 @@ class LabelledLoopHistogram(Collector):
                 cumulative.append((le, running))
             family.add_metric([value], cumulative, sum_value=total)
         yield family
+
+
+class LoopGaugeValue:
+    """A gauge's value moved on the event loop only, as a plain number (a dispatched
+    message's in-flight count goes up and down once each), read at scrape time through
+    `Gauge.set_function`: prometheus_client's `inc`/`dec` take a lock each."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.value -= amount
+
+    def get(self) -> float:
+        return float(self.value)
