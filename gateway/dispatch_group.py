@@ -267,10 +267,7 @@ class GroupSender:
                         await turns.acquire(ticket)
                         holding = True
                         continue
-                    take = 1
-                    while take < len(pending) and not route.slots.locked():
-                        await route.slots.acquire()
-                        take += 1
+                    take = 1 + route.slots.take_free(len(pending) - 1)
                     chunk, pending = pending[:take], pending[take:]
                     route.in_flight += take
                     handed = self._hand_over(route, chunk)
