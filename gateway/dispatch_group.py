@@ -59,6 +59,8 @@ RECORD_RETRY_FIRST, RECORD_RETRY_MAX, RECORD_WINDOW = 0.25, 5.0, 60.0
 T = TypeVar("T")
 # Where a cluster node keeps outcomes the database would not take within the window.
 Journal = Callable[[list[SentItem], list[tuple[Transition, float]]], Awaitable[None]]
+# A claimed row's encoding without an enum call per message (EnumType.__call__).
+_ENCODING_OF = {e.value: e for e in Encoding}
 JOURNALED = State.SENDING  # a sent message's state while its outcome waits in the journal
 
 
@@ -315,7 +317,8 @@ class GroupSender:
             return futures
 
     def _outbound(self, claimed: ClaimedMessage) -> OutboundSms:
-        plan = split(claimed.body, encoding=Encoding(claimed.encoding))
+        encoding = _ENCODING_OF.get(claimed.encoding) or Encoding(claimed.encoding)
+        plan = split(claimed.body, encoding=encoding)
         return OutboundSms(
             message_id=claimed.id,
             to=claimed.to,
