@@ -418,6 +418,7 @@ class Scheduler(QueueFeeding):
         usable: dict[str, bool] = {}
         opened: set[str] = set()  # routes that took a token this round: no more gathering
         ready: list[Priority] = []
+        heads: dict[Priority, Entry] = {}  # the ready classes' heads, as the scan found them
         while self._claiming:
             if (
                 len(ready) == 1
@@ -429,21 +430,23 @@ class Scheduler(QueueFeeding):
                 # order would find this class alone again. Its next head is all there
                 # is to look at, once per message instead of once per class.
                 order: list[Priority] = ready
+                heads[ready[0]] = head
             else:
                 ready = []
+                heads.clear()
                 for p in _CLASSES:
                     head = self._head(p)
                     if head is None:
                         continue
                     if head.due_at <= now:
                         ready.append(p)
+                        heads[p] = head
                     else:
                         next_wake = min(next_wake, head.due_at - now)
                 order = self._shares.order(ready)
             started = False
             for p in order:
-                entry = self._head(p)
-                assert entry is not None
+                entry = heads[p]
                 route, wait = self._take_route(entry, mono, usable, opened)
                 if route is None:
                     next_wake = min(next_wake, wait)
