@@ -59,6 +59,8 @@ RECORD_RETRY_FIRST, RECORD_RETRY_MAX, RECORD_WINDOW = 0.25, 5.0, 60.0
 T = TypeVar("T")
 # Where a cluster node keeps outcomes the database would not take within the window.
 Journal = Callable[[list[SentItem], list[tuple[Transition, float]]], Awaitable[None]]
+# A claimed row's encoding without an enum call per message (EnumType.__call__).
+_ENCODING_OF = {e.value: e for e in Encoding}
 JOURNALED = State.SENDING  # a sent message's state while its outcome waits in the journal
 
 
@@ -227,19 +229,25 @@ class GroupSender:
         ready: list[tuple[int, ClaimedMessage]],
         release: Callable[[int], None],
     ) -> None:
-        started = self._clock.monotonic()
-        latency = self._metrics.route(route.name).submit_latency
+        monotonic = self._clock.monotonic
+        started = monotonic()
+        observe = self._metrics.route(route.name).submit_latency.observe
         futures: list[asyncio.Future[SubmitResult]] = []
+        # Each answer's slot is freed by one shared callback, and the group waits on one
+        # future set by the last answer: no closure per message, and none of
+        # `asyncio.wait`'s per-future callbacks and sets.
+        slot_of: dict[asyncio.Future[SubmitResult], int] = {}
+        all_answered = asyncio.get_running_loop().create_future()
 
-        def answered(i: int) -> Callable[[object], None]:
-            def done(_: object) -> None:
-                route.in_flight -= 1
-                route.slots.release()
-                release(i)
-                latency.observe(self._clock.monotonic() - started)
+        def done(future: asyncio.Future[SubmitResult]) -> None:
+            route.in_flight -= 1
+            route.slots.release()
+            release(slot_of.pop(future))
+            observe(monotonic() - started)
+            if not slot_of and not pending and not all_answered.done():
+                all_answered.set_result(None)
 
-            return done
-
+        pending: list[tuple[int, OutboundSms]] = []
         try:
             pending = [(i, self._outbound(claimed)) for i, claimed in ready]
             # The route's window at the carrier, group after group, the most urgent class
@@ -261,20 +269,20 @@ class GroupSender:
                         await turns.acquire(ticket)
                         holding = True
                         continue
-                    take = 1
-                    while take < len(pending) and not route.slots.locked():
-                        await route.slots.acquire()
-                        take += 1
+                    take = 1 + route.slots.take_free(len(pending) - 1)
                     chunk, pending = pending[:take], pending[take:]
                     route.in_flight += take
-                    for (i, _), future in zip(chunk, self._hand_over(route, chunk), strict=True):
-                        future.add_done_callback(answered(i))
-                        futures.append(future)
+                    handed = self._hand_over(route, chunk)
+                    for (i, _), future in zip(chunk, handed, strict=True):
+                        slot_of[future] = i
+                        future.add_done_callback(done)
+                    futures += handed
             finally:
                 if holding:
                     turns.release()
-            if futures:
-                await asyncio.wait(futures)
+            pending = []  # a fenced node hands over no more: the last answer ends the wait
+            if slot_of:
+                await all_answered
         except asyncio.CancelledError:
             # Shutdown cut the group short: what was not answered may have reached the carrier.
             for future in futures:
@@ -309,7 +317,8 @@ class GroupSender:
             return futures
 
     def _outbound(self, claimed: ClaimedMessage) -> OutboundSms:
-        plan = split(claimed.body, encoding=Encoding(claimed.encoding))
+        encoding = _ENCODING_OF.get(claimed.encoding) or Encoding(claimed.encoding)
+        plan = split(claimed.body, encoding=encoding)
         return OutboundSms(
             message_id=claimed.id,
             to=claimed.to,
@@ -334,6 +343,7 @@ class GroupSender:
         back in the queue."""
         now = self._clock.time()
         plan = _Plan()
+        accepted = 0
         for n, (i, _) in enumerate(ready):
             entry = group[i]
             future = futures[n] if n < len(futures) else None
@@ -346,10 +356,15 @@ class GroupSender:
                 continue
             error = future.exception()
             if error is None:
-                route.succeeded(self._clock.monotonic())
                 plan.sent.append((entry, future.result()))
-            else:
-                self._failure(plan, entry, route, error, now)
+                accepted += 1
+                continue
+            if accepted:  # the accepts before a throttle count before it, as they came
+                route.succeeded(self._clock.monotonic(), accepted)
+                accepted = 0
+            self._failure(plan, entry, route, error, now)
+        if accepted:  # the carrier's accepts, for the rate it allows: once per run of them
+            route.succeeded(self._clock.monotonic(), accepted)
         states, done = await self._record_outcomes(
             [(e.id, route.name, r.carrier_ids, now) for e, r in plan.sent],
             [(t, now) for t, _ in plan.changes],

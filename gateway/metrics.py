@@ -21,7 +21,13 @@ from prometheus_client import (
 )
 
 from gateway import __version__
-from gateway.metrics_loop import LoopCounter, LoopHistogram
+from gateway.metrics_loop import (
+    LabelledLoopHistogram,
+    LoopCounter,
+    LoopGaugeValue,
+    LoopHistogram,
+    LoopHistogramSeries,
+)
 from gateway.metrics_state import StateCollector
 from gateway.models import Priority
 
@@ -32,9 +38,9 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class RouteMetrics:
     """One route's labelled series, looked up once rather than on every submit."""
 
-    in_flight: Gauge
+    in_flight: LoopGaugeValue  # moved on the event loop only
     sends: Mapping[str, Counter]  # by outcome: sent, failed, retry
-    submit_latency: Histogram
+    submit_latency: LoopHistogramSeries  # observed on the event loop only
 
 
 class Metrics:
@@ -95,19 +101,21 @@ class Metrics:
             _LATENCY_BUCKETS,
             r,
         )
-        self.queue_latency = Histogram(
+        # Observed once per dispatched message, on the event loop (the scheduler, the
+        # group sender): plain counts, not prometheus_client's locked walk of buckets.
+        self.queue_latency = LabelledLoopHistogram(
             "smsgw_queue_seconds",
             "Time from due to sending, per class",
-            ["priority"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "priority",
+            _LATENCY_BUCKETS,
+            r,
         )
-        self.submit_latency = Histogram(
+        self.submit_latency = LabelledLoopHistogram(
             "smsgw_submit_seconds",
             "Driver submit time per route",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "route",
+            _LATENCY_BUCKETS,
+            r,
         )
         self.queue_latency_by_class = {p: self.queue_latency.labels(p.label) for p in Priority}
         self._routes: dict[str, RouteMetrics] = {}
@@ -204,8 +212,10 @@ class Metrics:
     def route(self, name: str) -> RouteMetrics:
         found = self._routes.get(name)
         if found is None:
+            in_flight = LoopGaugeValue()
+            self.in_flight.labels(name).set_function(in_flight.get)
             found = self._routes[name] = RouteMetrics(
-                self.in_flight.labels(name),
+                in_flight,
                 {o: self.sends.labels(name, o) for o in ("sent", "failed", "retry")},
                 self.submit_latency.labels(name),
             )

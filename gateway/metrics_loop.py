@@ -75,3 +75,80 @@ class LoopHistogram(Collector):
         yield HistogramMetricFamily(
             self._name, self._documentation, buckets=cumulative, sum_value=total
         )
+
+
+class LoopHistogramSeries:
+    """One label value's counts in a `LabelledLoopHistogram`."""
+
+    __slots__ = ("_bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, amount: float) -> None:
+        # bisect_left: a value equal to a bound counts in that bound's bucket (le).
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.total += amount
+
+
+class LabelledLoopHistogram(Collector):
+    """`LoopHistogram` with one label, for what the dispatch path observes once per
+    message on the event loop (a message's wait in the queue, a submit's answer time):
+    `labels(value)` returns the series to observe, as prometheus_client's does, and only
+    the values asked for are exposed."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._bounds = tuple(float(b) for b in buckets)
+        self._series: dict[str, LoopHistogramSeries] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> LoopHistogramSeries:
+        series = self._series.get(value)
+        if series is None:
+            series = self._series[value] = LoopHistogramSeries(self._bounds)
+        return series
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, series in list(self._series.items()):
+            counts, total = list(series.counts), series.total
+            cumulative: list[tuple[str, float]] = []
+            running = 0
+            for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
+                running += n
+                le: str = floatToGoString(bound)  # type: ignore[no-untyped-call]  # untyped upstream
+                cumulative.append((le, running))
+            family.add_metric([value], cumulative, sum_value=total)
+        yield family
+
+
+class LoopGaugeValue:
+    """A gauge's value moved on the event loop only, as a plain number (a dispatched
+    message's in-flight count goes up and down once each), read at scrape time through
+    `Gauge.set_function`: prometheus_client's `inc`/`dec` take a lock each."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.value -= amount
+
+    def get(self) -> float:
+        return float(self.value)

@@ -27,6 +27,20 @@ MIN_DISCOVERED_RATE = 1.0  # ... nor one with no configured rate below this, per
 DISCOVERED_BURST_S = 0.02
 
 
+class WindowSlots(asyncio.Semaphore):
+    """A route's slots at the carrier's window: a semaphore that also hands out every
+    slot free now in one call (`take_free`), for a group taking as many as it can."""
+
+    def take_free(self, most: int) -> int:
+        """Up to `most` slots free now, taken without waiting: as many `acquire()`s as
+        would not wait, one after the other (none while someone waits for a slot)."""
+        if most <= 0 or self.locked():
+            return 0
+        taken = min(most, self._value)
+        self._value -= taken
+        return taken
+
+
 class SharedRate(Protocol):
     """A carrier account's rate shared with other nodes (`gateway/cluster/shared_rate.py`):
     the carrier's answers adapt it there, for every node, instead of this route's bucket."""
@@ -49,7 +63,7 @@ class RouteRuntime:
     cool_until: float = 0.0
     reported_state: str | None = None  # the health state last put in the outbox
     counters: dict[str, int] = field(default_factory=dict)
-    slots: asyncio.Semaphore = field(init=False)
+    slots: WindowSlots = field(init=False)
     estimator: RateEstimator | None = None  # made at the first carrier answer
     shared_rate: SharedRate | None = None  # on a cluster, a route sending on an account
     # Monotonic time before which nothing is claimed: the account's shared bucket is empty.
@@ -70,7 +84,7 @@ class RouteRuntime:
         return not self.paused and now >= self.cool_until and self.health().can_send
 
     def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.config.window)
+        self.slots = WindowSlots(self.config.window)
 
     @property
     def dispatch_limit(self) -> int:
@@ -134,13 +148,14 @@ class RouteRuntime:
             return
         self._adapt(self._estimator(now).throttled(now), now)
 
-    def succeeded(self, now: float) -> None:
-        """A submit went through: while the rate limits us and no throttle came for a
-        second, probe upward, never above the configured rate."""
+    def succeeded(self, now: float, count: int = 1) -> None:
+        """`count` submits went through: while the rate limits us and no throttle came
+        for a second, probe upward, never above the configured rate."""
         if self.shared_rate is not None:
-            self.shared_rate.accepted(now)
+            for _ in range(count):
+                self.shared_rate.accepted(now)
             return
-        self._adapt(self._estimator(now).accepted(now), now)
+        self._adapt(self._estimator(now).accepted(now, count), now)
 
     @property
     def discovered_rate(self) -> float | None:

@@ -417,20 +417,36 @@ class Scheduler(QueueFeeding):
         # per route, not once per message (an SMPP route's `health()` builds a record).
         usable: dict[str, bool] = {}
         opened: set[str] = set()  # routes that took a token this round: no more gathering
+        ready: list[Priority] = []
+        heads: dict[Priority, Entry] = {}  # the ready classes' heads, as the scan found them
         while self._claiming:
-            ready: list[Priority] = []
-            for p in _CLASSES:
-                head = self._head(p)
-                if head is None:
-                    continue
-                if head.due_at <= now:
-                    ready.append(p)
-                else:
-                    next_wake = min(next_wake, head.due_at - now)
+            if (
+                len(ready) == 1
+                and (head := self._head(ready[0])) is not None
+                and (head.due_at <= now)
+            ):
+                # The only class with due work was served: the others' heads cannot
+                # change in this loop (no await), so the scan and the share guard's
+                # order would find this class alone again. Its next head is all there
+                # is to look at, once per message instead of once per class.
+                order: list[Priority] = ready
+                heads[ready[0]] = head
+            else:
+                ready = []
+                heads.clear()
+                for p in _CLASSES:
+                    head = self._head(p)
+                    if head is None:
+                        continue
+                    if head.due_at <= now:
+                        ready.append(p)
+                        heads[p] = head
+                    else:
+                        next_wake = min(next_wake, head.due_at - now)
+                order = self._shares.order(ready)
             started = False
-            for p in self._shares.order(ready):
-                entry = self._head(p)
-                assert entry is not None
+            for p in order:
+                entry = heads[p]
                 route, wait = self._take_route(entry, mono, usable, opened)
                 if route is None:
                     next_wake = min(next_wake, wait)

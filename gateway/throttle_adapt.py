@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import repeat
 
 MARGIN = 0.95  # a throttle sets the rate this far under what the carrier accepted
 PROBE_SHARE = 0.01  # the first probe step: this share of the rate, per second
@@ -63,9 +64,18 @@ class RateEstimator:
         span = min(self.window, max(now - self._started, self.window / 100))
         return len(self._accepts) / span
 
-    def accepted(self, now: float) -> float | None:
+    def accepted(self, now: float, count: int = 1) -> float | None:
+        """`count` accepts at `now`: as many calls at that time would answer (the first
+        may probe; the rest find no time elapsed and only count)."""
         self._accepts.append(now)
         self._forget(now)
+        try:
+            return self._probe(now)
+        finally:
+            if count > 1:
+                self._accepts.extend(repeat(now, count - 1))
+
+    def _probe(self, now: float) -> float | None:
         elapsed, self._probed_at = min(now - self._probed_at, self.window), now
         rate = self.rate
         if rate is None or elapsed <= 0 or now - self._last_throttle < self.window:

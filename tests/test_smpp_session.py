@@ -966,3 +966,45 @@ def test_any_input_yields_events_only(
         assert 0 <= session.outstanding <= session.config.window
     session.on_timer(T0 + 1000)
     assert session.state is State.CLOSED
+
+
+# -- a group of requests in one call -------------------------------------------------------
+
+
+def test_send_requests_writes_what_send_request_would() -> None:
+    one, group = bound_pair(), bound_pair()
+    params = [{**SUBMIT, "destination_addr": f"1202555{i:04d}"} for i in range(3)]
+    for i, p in enumerate(params):
+        one.esme.send_request(Command.SUBMIT_SM, p, token=i, now=T0)
+    assert group.esme.send_requests(
+        Command.SUBMIT_SM, [(p, None, i) for i, p in enumerate(params)], now=T0
+    ) == [None, None, None]
+    assert group.esme.data_to_send() == one.esme.data_to_send()
+    assert group.esme.in_flight == one.esme.in_flight
+    assert group.esme.next_deadline() == one.esme.next_deadline()
+    assert group.submit("next") == one.submit("next") == 5
+
+
+def test_send_requests_refuses_what_the_window_cannot_take_whole() -> None:
+    pair = bound_pair(config=SessionConfig(window=2))
+    with pytest.raises(LocalProtocolError, match="window"):
+        pair.esme.send_requests(Command.SUBMIT_SM, [(SUBMIT, None, t) for t in "abc"], now=T0)
+    assert pair.esme.outstanding == 0 and pair.esme.data_to_send() == b""
+    unbound = Pair()
+    with pytest.raises(LocalProtocolError):
+        unbound.esme.send_requests(Command.SUBMIT_SM, [(SUBMIT, None, "a")], now=T0)
+    with pytest.raises(LocalProtocolError):
+        pair.esme.send_requests(Command.ENQUIRE_LINK, [({}, None, "a")], now=T0)
+
+
+def test_send_requests_skips_only_a_value_that_does_not_fit() -> None:
+    pair = bound_pair()
+    bad = {**SUBMIT, "destination_addr": "1" * 30}
+    outcomes = pair.esme.send_requests(
+        Command.SUBMIT_SM, [(SUBMIT, None, "a"), (bad, None, "b"), (SUBMIT, None, "c")], now=T0
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], LocalProtocolError)
+    assert outcomes[1].code == "smpp:0x0000000b"
+    assert [p.sequence for p in frames(pair.esme.data_to_send())] == [2, 3]
+    assert [f.token for f in pair.esme.in_flight] == ["a", "c"]

@@ -79,7 +79,7 @@ from drivers.smpp.gate import AUTH_REFUSALS, CredentialGate
 from drivers.smpp.inbound import Inbound
 from drivers.smpp.link import Link
 from drivers.smpp.options import SmppOptions
-from drivers.smpp.pdu import Command
+from drivers.smpp.pdu import Command, Value
 from drivers.smpp.session import (
     BindMode,
     BindRejected,
@@ -196,44 +196,47 @@ class SmppDriver:
 
     def submit_many(self, group: Sequence[OutboundSms]) -> list[asyncio.Future[SubmitResult]]:
         """`GroupSubmitter`: one-part messages go as submit_sm on one link while its
-        window has room, written together at the end of this loop turn (`Link.nudge`),
-        each answer settling its message's future; a long message, or one that finds no
-        room, takes `submit()`'s way (which waits for room and keeps a message's parts
-        on one link)."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[SubmitResult]] = []
+        window has room, encoded in one session call and written together at the end of
+        this loop turn (`Link.nudge`), each answer settling its message's future; a long
+        message, or one that finds no room, takes `submit()`'s way (which waits for room
+        and keeps a message's parts on one link)."""
         try:
             link = self._pick_link()
         except (DriverNotReady, DriverAuthFailed):
             link = None  # each submit() raises it for its own message
         session = None if link is None else link.session
-        now = self._now()
-        written = False
+        if link is None or session is None:
+            return [asyncio.ensure_future(self.submit(sms)) for sms in group]
+        loop = asyncio.get_running_loop()
+        room = session.window_free if session.can_send_request() else 0
+        futures: list[asyncio.Future[SubmitResult]] = []
+        requests: list[tuple[Mapping[str, Value], Mapping[int, Value], object]] = []
+        answers: list[asyncio.Future[SubmitResult]] = []
         for sms in group:
             parts = submit_parts(sms, self._encoding)
-            if link is None or session is None or len(parts) != 1 or not session.can_send_request():
+            if len(parts) != 1 or len(requests) >= room:
                 futures.append(asyncio.ensure_future(self.submit(sms)))
                 continue
             part = parts[0]
             future: asyncio.Future[SubmitResult] = loop.create_future()
-            try:
-                session.send_request(
-                    Command.SUBMIT_SM,
-                    self._submit_params(sms, part),  # type: ignore[arg-type]  # params are codec values
-                    part.tlvs,
-                    token=_Answer(link, future),
-                    now=now,
-                )
-            except LocalProtocolError as e:  # refused before a byte was written
-                future.set_exception(DriverNotReady(f"route {self.name} cannot send now: {e}"))
-            else:
-                written = True
+            requests.append((self._submit_params(sms, part), part.tlvs, _Answer(link, future)))
+            answers.append(future)
             futures.append(future)
-        if written and link is not None:
-            link.nudge()
+        if requests:
+            try:
+                refused = session.send_requests(Command.SUBMIT_SM, requests, now=self._now())
+            except LocalProtocolError as e:  # refused before a byte was written
+                refused = [e] * len(requests)
+            for future, error in zip(answers, refused, strict=True):
+                if error is not None:
+                    future.set_exception(
+                        DriverNotReady(f"route {self.name} cannot send now: {error}")
+                    )
+            if any(error is None for error in refused):
+                link.nudge()
         return futures
 
-    def _submit_params(self, sms: OutboundSms, part: PartParams) -> dict[str, object]:
+    def _submit_params(self, sms: OutboundSms, part: PartParams) -> dict[str, Value]:
         return {
             "source_addr_ton": self._opts.source_addr_ton,
             "source_addr_npi": self._opts.source_addr_npi,

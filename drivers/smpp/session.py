@@ -54,7 +54,7 @@ requests (`in_doubt`: they may or may not have reached the peer). Flush
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from drivers.base import ProtocolError
@@ -284,6 +284,40 @@ class Session:
         if command not in NO_ANSWER and self.window_free <= 0:
             raise LocalProtocolError(f"window of {self.config.window} requests is full")
         return self._send_request(command, params, tlvs, token, now)
+
+    def send_requests(
+        self,
+        command: Command,
+        requests: Sequence[tuple[Params, Tlvs | None, object]],
+        *,
+        now: float,
+    ) -> list[LocalProtocolError | None]:
+        """`send_request(command, params, tlvs, token=token)` for each (params, tlvs,
+        token) of `requests`, in order, with the state and the window checked once for
+        the group: LocalProtocolError if the state does not allow `command` or the window
+        has no room for them all (nothing sent). Per request None once sent, or the
+        LocalProtocolError of a value that does not fit its field (that one not sent,
+        the others are)."""
+        if command in CONTROL or command.is_response or command in NO_ANSWER:
+            raise LocalProtocolError(f"{command.name.lower()}: use send_request")
+        self._check_may_send(command)
+        if self.window_free < len(requests):
+            raise LocalProtocolError(f"window of {self.config.window} requests is full")
+        outcomes: list[LocalProtocolError | None] = []
+        deadline = now + self.config.response_timeout
+        track, out = self._pending.track, self._outgoing
+        for params, tlvs, token in requests:
+            sequence = self._next_sequence
+            try:
+                out += encode(Pdu(command, sequence, Status.ESME_ROK, params, tlvs or {}))
+            except SmppEncodeError as error:
+                outcomes.append(LocalProtocolError(str(error), code=error.code))
+                continue
+            self._next_sequence = sequence % MAX_SEQUENCE + 1
+            track(InFlight(command, sequence, token, now, deadline))
+            outcomes.append(None)
+        self._advance(command, True)  # the same state after each: a request, then none
+        return outcomes
 
     def respond(
         self,

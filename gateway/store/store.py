@@ -494,7 +494,7 @@ class Store:
             c.decrypt(row[0], message_id, "to"),
             c.decrypt(row[1], message_id, "body"),
             row[2],
-            Priority(row[3]),
+            _PRIORITIES[row[3]],  # not Priority(): an enum call per claimed message
             row[4],
             bool(row[5]),
         )
