@@ -39,7 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sends", type=int, default=400, help="counted sends, in all")
     p.add_argument("--clients", type=int, default=4, help="client threads (connections)")
-    p.add_argument("--top", type=int, default=60)
+    p.add_argument("--top", type=int, default=60, help="functions listed")
+    p.add_argument("--files", type=int, default=25, help="files listed")
     p.add_argument("--target", choices=("gateway", "ceiling"), default="gateway")
     return p.parse_args(argv)
 
@@ -110,14 +111,14 @@ def where(code: CodeType) -> str:
     return f"{path}:{code.co_firstlineno} {code.co_qualname}"
 
 
-def report(tally: Tally, sends: int, top: int) -> None:
+def report(tally: Tally, sends: int, top: int, files: int) -> None:
     ops, frames = sum(tally.opcodes.values()), sum(tally.frames.values())
     print(f"per accept: {ops / sends:,.0f} bytecodes, {frames / sends:.1f} frames entered")
     by_module: Counter[str] = Counter()
     for code, n in tally.opcodes.items():
         by_module[where(code).split(":")[0]] += n
     print("\nbytecodes per accept by file:")
-    for name, n in by_module.most_common(25):
+    for name, n in by_module.most_common(files):
         print(f"  {n / sends:8.1f}  {name}")
     print(f"\nbytecodes (frames) per accept by function, top {top}:")
     for code, n in tally.opcodes.most_common(top):
@@ -139,7 +140,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         finally:
             sys.settrace(before)
         assert set(statuses) == {202}, sorted(set(statuses))
-        report(tally, len(statuses), args.top)
+        report(tally, len(statuses), args.top, args.files)
     finally:
         await runner.cleanup()
         if args.gateway is not None:
