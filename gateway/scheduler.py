@@ -89,6 +89,9 @@ _ENTRY_OF = itemgetter(2)
 _FIRST = itemgetter(0)
 _CLASSES = tuple(Priority)  # iterating the enum itself builds a generator each time
 _CRITICAL_ONLY = (Priority.CRITICAL,)
+# Every class, a message's own first: under load a due message waits there, and one is
+# enough to leave a claim to the round (`claim_with_accept`).
+_OWN_CLASS_FIRST = {p: (p, *(q for q in _CLASSES if q is not p)) for p in _CLASSES}
 
 
 class Scheduler(QueueFeeding):
@@ -190,7 +193,7 @@ class Scheduler(QueueFeeding):
             except Exception:  # the round's claim finds it fenced too
                 return False
         critical = entry.priority is Priority.CRITICAL
-        for p in _CRITICAL_ONLY if critical else _CLASSES:
+        for p in _CRITICAL_ONLY if critical else _OWN_CLASS_FIRST[entry.priority]:
             head = self._head(p)
             if head is not None and head.due_at <= now:
                 return False

@@ -37,6 +37,7 @@ from gateway.tokens import TokenRecord
 from gateway.usecases import Caller
 from gateway.usecases.messages import IDEMPOTENCY_KEY_MAX, IdempotencyKey, MessageSearch
 from gateway.web.context import JSON_HEADERS, gateway_of, json_response
+from gateway.web.rendered import Rendered
 
 log = structlog.get_logger("smsgw.api")
 IDEMPOTENCY_LOCKS: web.AppKey[dict[tuple[str, bytes], asyncio.Lock]] = web.AppKey(
@@ -166,7 +167,7 @@ async def _send(request: web.Request, handle: SendHandler) -> web.Response:
         return json_response(await handle(gw, caller, raw, idem.key), status=202)
 
 
-async def send_message(request: web.Request) -> web.Response:
+async def send_message(request: web.Request) -> web.StreamResponse:
     if "Idempotency-Key" in request.headers:
         return await _send(request, _send_one)
     # Most sends, `_send` without its layers (each awaited layer is resumed per request).
@@ -174,7 +175,7 @@ async def send_message(request: web.Request) -> web.Response:
     messages.check_accepting()
     caller = _caller(request)
     accepted = await messages.accept(caller, decode_send(await request.read()))
-    return json_response(accepted, status=202)
+    return Rendered(_encode(accepted), status=202)  # aiohttp's answer, in one write
 
 
 async def send_batch(request: web.Request) -> web.Response:

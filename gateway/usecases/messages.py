@@ -175,7 +175,8 @@ class Messages(WithinAccepts):
         `shutting_down`, `store_unavailable`) and then stores nothing."""
         self._require_send(caller)
         self.check_accepting()
-        await self._intake.links.ensure([request.body])
+        if "{" in request.body:  # a named link's placeholder, maybe: no coroutine without
+            await self._intake.links.ensure([request.body])
         known = self._token_purposes.known(caller.token_id)  # read once: no coroutine after
         default = known[0] if known else await self._token_purposes.default_for(caller.token_id)
         prepared = self._intake.prepare(

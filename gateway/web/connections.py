@@ -40,6 +40,7 @@ from gateway.config import HttpConfig
 from gateway.logs import exception_summary
 from gateway.web.client import ProxyTrust
 from gateway.web.errors import error_body
+from gateway.web.guard import KnownConnection
 from gateway.web.headers import SECURITY_HEADERS
 
 log = structlog.get_logger("smsgw.http")
@@ -117,17 +118,25 @@ def answer_expectations(handler: RequestHandlerFn) -> RequestHandlerFn:
     aiohttp answers one itself, before any middleware, in plain text quoting the value
     (and with a 500 when the value is not ASCII)."""
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+    # A plain function handing back the handler's own coroutine: a coroutine of its own
+    # here would be one more layer resumed at every await of every request.
+    def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         expect = request.headers.get("Expect")
         if (
             expect is not None
             and request.version >= (1, 1)
             and expect.strip().lower() != "100-continue"
         ):
-            return json_error(417, "expectation_failed", "only Expect: 100-continue is supported")
-        return await handler(request)
+            return _answered(
+                json_error(417, "expectation_failed", "only Expect: 100-continue is supported")
+            )
+        return handler(request)
 
     return handle
+
+
+async def _answered(response: web.StreamResponse) -> web.StreamResponse:
+    return response
 
 
 class GuardedServer(web.Server):
@@ -167,7 +176,7 @@ class GuardedServer(web.Server):
             del self.per_address[address]
 
 
-class GuardedRequestHandler(web.RequestHandler):
+class GuardedRequestHandler(web.RequestHandler, KnownConnection):
     """One connection, with the timers and the caps (module docstring)."""
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
@@ -188,6 +197,7 @@ class GuardedRequestHandler(web.RequestHandler):
             self.force_close()
             return
         self._address = address
+        self.know(transport, self._guard.trust)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._address is not None:
@@ -197,18 +207,26 @@ class GuardedRequestHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        waiting = self._request_count == 0 or (self._waiter is not None and not self._waiter.done())
         before = self._request_count
+        # Whether the next request's headers are awaited, as it stood before this data:
+        # worked out only where a header timer may be armed (an accept's request ends in
+        # the data that starts it, and reading its body hands aiohttp an empty chunk).
+        arm = (
+            data
+            and self._header_timer is None
+            and (before == 0 or (self._waiter is not None and not self._waiter.done()))
+        )
         super().data_received(data)
         if self._request_count != before:
-            self._cancel_timers()
+            if self._header_timer is not None or self._body_timer is not None:
+                self._cancel_timers()
             if self._messages:
                 payload = self._messages[-1][1]
                 if not payload.is_eof():
                     self._body_timer = self._loop.call_later(
                         self._guard.limits.body_timeout, self._body_overdue, payload
                     )
-        elif data and waiting and self._header_timer is None and not self._force_close:
+        elif arm and not self._force_close:
             self._header_timer = self._loop.call_later(
                 self._guard.limits.header_timeout, self._headers_overdue, before
             )

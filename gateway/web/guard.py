@@ -16,6 +16,7 @@ a refusal into the JSON error, and the security headers follow):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import re
@@ -23,9 +24,10 @@ import socket
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import ApiError
-from gateway.web.client import CLIENT, ProxyTrust
+from gateway.web.client import CLIENT, Client, ProxyTrust
 
 # Names a DNS-rebinding page cannot make a browser send for its own origin.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -81,11 +83,36 @@ def default_local_names(listen: str) -> tuple[str, ...]:
 
 def _local_address(request: web.BaseRequest) -> tuple[str | None, int | None]:
     """The address and port the connection came in on."""
-    transport = request.transport
+    return local_address_of(request.transport)
+
+
+def local_address_of(transport: asyncio.BaseTransport | None) -> tuple[str | None, int | None]:
+    """The address (as a Host header names it) and port `transport` came in on."""
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
         return _host_form(str(sockname[0])), sockname[1]
     return None, None
+
+
+class KnownConnection:
+    """A connection's protocol that worked out, once, what the checks ask of every
+    request on it (`connections.GuardedRequestHandler`): where it came in, and the
+    client when the peer is no trusted proxy (then no header can change who it is)."""
+
+    local: tuple[str | None, int | None] = (None, None)
+    direct: Client | None = None
+
+    def know(self, transport: asyncio.BaseTransport, trust: ProxyTrust) -> None:
+        self.local = local_address_of(transport)
+        peer = transport.get_extra_info("peername")
+        # As aiohttp's `request.remote` and `request.scheme` read them.
+        remote = None if peer is None else str(peer[0] if isinstance(peer, list | tuple) else peer)
+        scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        if not trust.trusts(remote):
+            self.direct = trust.resolve(remote, scheme, _NO_HEADERS)
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 # Parsing an address costs about 9 us, on every request; a server listens on a few.
@@ -109,14 +136,18 @@ def request_check(trust: ProxyTrust, names: ServerNames) -> RequestCheck:
     allows = functools.lru_cache(maxsize=256)(names.allows)
 
     def check(request: web.Request) -> web.Request:
-        client = trust.resolve(request.remote, request.scheme, request.headers)
+        connection = request.protocol
+        known = connection if isinstance(connection, KnownConnection) else None
+        client = known.direct if known is not None else None
+        if client is None:
+            client = trust.resolve(request.remote, request.scheme, request.headers)
         request[CLIENT] = client
         if _CONTROL.search(request.path):
             raise ApiError(400, "invalid_path", "the path holds a control character")
         host = request.headers.get("Host")
         if not host:
             raise ApiError(400, "missing_host", "the request has no Host header")
-        local_ip, local_port = _local_address(request)
+        local_ip, local_port = known.local if known is not None else _local_address(request)
         if not allows(host, local_ip, local_port):
             raise ApiError(
                 421,
