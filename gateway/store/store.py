@@ -250,7 +250,7 @@ class Store:
         if reference is None and callback_url is None:  # most sends
             cipher = self.cipher
             assert cipher is not None, "store is not open"
-            to_ct, body_ct = cipher.encrypt_row(message_id, ((to, "to"), (body, "body")))
+            to_ct, body_ct = cipher.encrypt_to_and_body(message_id, to, body)
             return to_ct, body_ct, None, None
         fields = [(to, "to"), (body, "body")]
         if reference is not None:
