@@ -4,7 +4,9 @@ one call, each the same as the step it replaces."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 
 from gateway.intake import SendRequest
 from gateway.models import IdGenerator, encode_id, encode_run
+from gateway.store import writer as writer_mod
 from gateway.store.crypto import NONCE_BYTES, DecryptError, FieldCipher, generation_prefix
+from gateway.store.writer import GroupCommitWriter
 from gateway.tokens import create_token
 from gateway.usecases import Caller
 from tests.conftest import GatewayFactory
@@ -82,3 +86,34 @@ async def test_a_batch_queues_each_message_once_in_its_place(
     assert depths["scheduled"] == {"critical": 0, "high": 0, "normal": 1, "bulk": 0}
     counted = {p: n - before[p] for p, n in gw.metrics.accepted.counts.items()}
     assert sum(counted.values()) == 4
+
+
+async def test_a_bulk_transaction_checkpoints_as_rarely_as_a_quiet_one(tmp_path: Path) -> None:
+    """While work waits behind the commits the writer checkpoints every 1,000 frames,
+    but a transaction of many rows (a batch request's) sets 4,000: at 1,000 each such
+    commit would checkpoint (`test_write_budget.py` for the rest of the rule)."""
+    w = GroupCommitWriter(tmp_path / "w.db")
+    await w.open()
+
+    async def every() -> int:
+        return int(
+            await w.call_outside_transaction(
+                lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            )
+        )
+
+    try:
+        await w.run(lambda c: c.execute("CREATE TABLE t (v)"))
+        rows = [("INSERT INTO t VALUES (?)", (i,)) for i in range(writer_mod.BULK_TRANSACTION_ROWS)]
+        first = w.insert([("INSERT INTO t VALUES (?)", (-1,))])
+        await asyncio.sleep(0)  # its transaction is in flight ...
+        behind = w.insert(rows)  # ... and this one waits behind it: load, but a bulk one
+        await asyncio.gather(first, behind)
+        assert await every() == writer_mod.WAL_AUTOCHECKPOINT_QUIET == 4000
+        first = w.insert([("INSERT INTO t VALUES (?)", (-2,))])
+        await asyncio.sleep(0)
+        behind = w.insert(rows[:1])  # a small one behind: short checkpoints again
+        await asyncio.gather(first, behind)
+        assert await every() == writer_mod.WAL_AUTOCHECKPOINT == 1000
+    finally:
+        await w.close()
