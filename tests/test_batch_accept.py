@@ -117,3 +117,22 @@ async def test_a_bulk_transaction_checkpoints_as_rarely_as_a_quiet_one(tmp_path:
         assert await every() == writer_mod.WAL_AUTOCHECKPOINT == 1000
     finally:
         await w.close()
+
+
+async def test_the_writing_connection_keeps_a_larger_page_cache(tmp_path: Path) -> None:
+    """The recipients' index is written at random leaves: the writer keeps 8 MiB of
+    pages (SQLite's default is about 2 MB), a reading connection the default."""
+    w = GroupCommitWriter(tmp_path / "w.db")
+    await w.open()
+    try:
+        size = await w.call_outside_transaction(
+            lambda c: c.execute("PRAGMA cache_size").fetchone()[0]
+        )
+    finally:
+        await w.close()
+    assert size == -writer_mod.WRITER_CACHE_KIB == -8192
+    reader = writer_mod.connect(tmp_path / "w.db", "FULL", read_only=True)
+    try:
+        assert reader.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    finally:
+        reader.close()
