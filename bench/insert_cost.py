@@ -5,6 +5,7 @@
     .venv/bin/python bench/insert_cost.py --checkpoint 0        # no automatic checkpoint
     .venv/bin/python bench/insert_cost.py --short-key           # messages_to on an 8-byte key
     .venv/bin/python bench/insert_cost.py --savepoint           # the rows inside a savepoint
+    .venv/bin/python bench/insert_cost.py --no-triggers         # without `messages`' triggers
 
 A fresh store (`gateway.store.schema.migrate`, the writer's own `connect`, so its page
 size, WAL and `synchronous = FULL`, and the statement journals in memory as `Store.open`
@@ -48,6 +49,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=int, default=None, help="wal_autocheckpoint frames")
     p.add_argument("--savepoint", action="store_true", help="each group inside a savepoint")
     p.add_argument(
+        "--no-triggers",
+        action="store_true",
+        help="drop the triggers that fire on a message's insert (what they cost a row)",
+    )
+    p.add_argument(
         "--short-key",
         action="store_true",
         help="messages_to keyed by the blind index's first 8 bytes as an integer column",
@@ -64,6 +70,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, float]:
         conn.execute(f"PRAGMA wal_autocheckpoint = {args.checkpoint}")
     for index in args.drop:
         conn.execute(f"DROP INDEX {index}")  # names from the command line, a bench only
+    if args.no_triggers:
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'messages'"
+            " AND sql LIKE '%AFTER INSERT ON messages%'"
+        ).fetchall():
+            conn.execute(f"DROP TRIGGER {name}")  # names from the schema, a bench only
     if args.short_key:
         # A narrower recipient key (an 8-byte integer, not the 16-byte blob): more keys
         # per page, the same random place per row. Readers would match `to_key` first.
@@ -116,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dropped += "; messages_to on an 8-byte key"
     if args.savepoint:
         dropped += "; inside a savepoint"
+    if args.no_triggers:
+        dropped += "; no insert triggers"
     checkpoint = "default" if args.checkpoint is None else args.checkpoint
     print(
         f"dropped: {dropped}; checkpoint: {checkpoint}; per row:"

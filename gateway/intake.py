@@ -12,7 +12,7 @@ import re
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 import phonenumbers
@@ -28,7 +28,7 @@ from gateway.integrations.callbacks import check_callback
 from gateway.links.placeholders import LinkBook, Minted, has_placeholder
 from gateway.links.store import token_statements
 from gateway.metrics import Metrics
-from gateway.models import PRIORITY_LABELS, Priority, State, new_message_id
+from gateway.models import PRIORITY_LABELS, Priority, State, new_message_id, new_message_ids
 from gateway.router import Router
 from gateway.scheduler import Scheduler
 from gateway.scheduler_feed import Entry
@@ -343,12 +343,14 @@ class Intake:
         *,
         token_purpose: str | None = None,
         to_index: bytes | None = None,
+        message_id: str | None = None,
     ) -> Prepared:
         """Validate and shape one message; raises `ApiError` naming the field. Its
         purpose is the one named, else `token_purpose` (the token's default), else the
         config's default. `to_index`: `req.to` is a contact's stored number, E.164 with
         this blind index, and is not parsed again (a campaign's recipients: parsing was
-        over a quarter of the runner's CPU per recipient)."""
+        over a quarter of the runner's CPU per recipient). `message_id`: one drawn
+        beforehand (`prepare_batch` draws a batch's together)."""
         if to_index is not None and _E164.fullmatch(req.to):
             to: str | None = req.to
         else:
@@ -360,7 +362,8 @@ class Intake:
                 f"{field_prefix}to: not a valid phone number",
                 field=f"{field_prefix}to",
             )
-        message_id = new_message_id()
+        if message_id is None:
+            message_id = new_message_id()
         body: str = req.body
         links: tuple[Minted, ...] = ()
         if "{" in body and has_placeholder(body):  # most bodies: no call
@@ -452,6 +455,38 @@ class Intake:
             links,
         )
 
+    def prepare_batch(
+        self,
+        items: Sequence[SendRequest | ApiError],
+        token_id: str | None,
+        now: float,
+        token_purpose: str | None,
+    ) -> tuple[list[Prepared], dict[int, dict[str, Any]]]:
+        """`prepare` of each item of a batch (an `ApiError` item is one its front end
+        could not decode), errors naming it as `messages[i].`: the valid ones prepared,
+        and each refused one's error body by its place. The ids are drawn together."""
+        prepared: list[Prepared] = []
+        errors: dict[int, dict[str, Any]] = {}
+        prepare = self.prepare
+        ids = new_message_ids(len(items))
+        for i, (item, message_id) in enumerate(zip(items, ids, strict=True)):
+            try:
+                if isinstance(item, ApiError):
+                    raise item
+                prepared.append(
+                    prepare(
+                        item,
+                        token_id,
+                        now,
+                        f"messages[{i}].",
+                        token_purpose=token_purpose,
+                        message_id=message_id,
+                    )
+                )
+            except ApiError as e:
+                errors[i] = e.body()
+        return prepared, errors
+
     def _shape(
         self,
         named: str | None,
@@ -500,12 +535,11 @@ class Intake:
                 self._scheduler.add(p.entry, scheduled=p.scheduled)
                 self._metrics.accepted.counts[p.message.priority] += 1
             return
-        counted: dict[Priority, int] = {}
+        counts = self._metrics.accepted.counts
+        added: list[tuple[Entry, bool]] = []
         for p in prepared:
-            if p.message.blocked is not None:
-                continue
-            self._scheduler.add(p.entry, scheduled=p.scheduled)
-            priority = p.message.priority
-            counted[priority] = counted.get(priority, 0) + 1
-        for priority, n in counted.items():  # a batch's counts: one increment per class
-            self._metrics.accepted.counts[priority] += n
+            m = p.message
+            if m.blocked is None:
+                added.append((p.entry, p.scheduled))
+                counts[m.priority] += 1
+        self._scheduler.add_many(added)

@@ -298,6 +298,25 @@ class QueueFeeding:
             heapq.heappush(self._expiry, (entry.expires_at, entry.id))
         self._wake.set()
 
+    def add_many(self, added: Sequence[tuple[Entry, bool]]) -> None:
+        """`add` of each (entry, scheduled): a batch's messages, with the checks that
+        hold for all of them made once, and one wake."""
+        if self._at_accept or self._elsewhere is not None or self._added_later is not None:
+            for entry, scheduled in added:
+                self.add(entry, scheduled=scheduled)
+            return
+        waiting, heaps, expiry, later = self._waiting, self._heaps, self._expiry, self._scheduled
+        push = heapq.heappush
+        for entry, scheduled in added:
+            if scheduled:
+                push(later, (entry.due_at, entry.id, entry))
+            else:
+                waiting[entry.id] = entry
+                push(heaps[entry.priority], (entry.due_at, entry.id))
+                push(expiry, (entry.expires_at, entry.id))
+        if added:
+            self._wake.set()
+
     def forget(self, message_id: str) -> None:
         """Drop a message that left the queue by other means (cancelled)."""
         self._waiting.pop(message_id, None)

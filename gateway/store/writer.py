@@ -34,7 +34,9 @@ message than one commit each (`bench/diskwrites.py`).
 Checkpoints: SQLite's automatic one runs in this thread right after a COMMIT once the WAL
 holds `wal_autocheckpoint` frames. While eager work piles up behind the commits (load)
 that is every 1,000 frames, short stalls; while nothing waits, every 4,000, so the hot
-pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`).
+pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`); and after a transaction
+of many rows (`BULK_TRANSACTION_ROWS`: batch requests) every 4,000 too, as at 1,000 each
+such commit would checkpoint.
 
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's
@@ -116,6 +118,22 @@ WAL_AUTOCHECKPOINT = 1000
 # tails, the newest rows) go into the file a quarter as often (bench/wal_pages.py
 # --trickle: 1.13 -> 0.72 checkpoint pages per message). A WAL of up to about 8 MB.
 WAL_AUTOCHECKPOINT_QUIET = 4000
+# ... and after a transaction that changed this many rows (a batch request's messages:
+# about a WAL frame each, the recipients' index pages being random): at 1,000 frames
+# every such commit would checkpoint, each stall as long as the transaction. At 4,000
+# one commit in three or four does, and a page hit by several of them is written into
+# the file once: 12.6 -> 9.9 and 10.4 -> 7.8 us of the writer thread's CPU per row of
+# 1,000-row transactions, wall time per row 187 -> 154 and 136 -> 99 us (the fsyncs;
+# alternating in one process, busy machine: bench/README.md, batch accepts).
+BULK_TRANSACTION_ROWS = 500
+# The writing connection's page cache, KiB (SQLite's default is 2,000). A message's row
+# lands on a random leaf of the recipients' index (`messages_to`: about 5,000 pages of
+# 2 KiB at 150,000 rows); once that index outgrows the cache most rows read their leaf
+# back from the WAL or the file. Rows 75,000-150,000 of 1,000-row transactions,
+# alternating in one process: insert 24.6 -> 20.5 us a row at 8 MiB (19.8 at 16 MiB);
+# rows 50,000-100,000: 23.8 -> 19.8 at 16 MiB (bench/README.md, batch accepts). The
+# cache fills only as the writer touches pages: at most 6 MiB more resident memory.
+WRITER_CACHE_KIB = 8192
 
 
 def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3.Connection:
@@ -128,6 +146,7 @@ def connect(path: Path, synchronous: str, *, read_only: bool = False) -> sqlite3
         if mode.lower() != "wal":
             raise RuntimeError(f"could not switch {path} to WAL (got {mode})")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     return conn
 
@@ -341,9 +360,7 @@ class GroupCommitWriter:
     def _commit(self, batch: _Batch, checkpoint_every: int = WAL_AUTOCHECKPOINT) -> list[Any]:
         conn = self._conn
         assert conn is not None
-        if checkpoint_every != self._checkpoint_every:  # read by SQLite after the COMMIT
-            conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_every}")
-            self._checkpoint_every = checkpoint_every
+        changed_before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
             steps = batch.steps
@@ -359,6 +376,11 @@ class GroupCommitWriter:
                     outcomes.extend(self._group(conn, step))
                 else:
                     outcomes.append(self._savepoint(conn, step[0]))
+            if conn.total_changes - changed_before >= BULK_TRANSACTION_ROWS:
+                checkpoint_every = WAL_AUTOCHECKPOINT_QUIET
+            if checkpoint_every != self._checkpoint_every:  # read by SQLite after the COMMIT
+                conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_every}")
+                self._checkpoint_every = checkpoint_every
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

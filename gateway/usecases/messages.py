@@ -222,19 +222,7 @@ class Messages(WithinAccepts):
         now = self._clock.time()
         known = self._token_purposes.known(caller.token_id)  # read once: no coroutine after
         default = known[0] if known else await self._token_purposes.default_for(caller.token_id)
-        prepared: list[Prepared] = []
-        errors: dict[int, dict[str, Any]] = {}
-        for i, item in enumerate(items):
-            try:
-                if isinstance(item, ApiError):
-                    raise item
-                prepared.append(
-                    self._intake.prepare(
-                        item, caller.token_id, now, f"messages[{i}].", token_purpose=default
-                    )
-                )
-            except ApiError as e:
-                errors[i] = e.body()
+        prepared, errors = self._intake.prepare_batch(items, caller.token_id, now, default)
         if not prepared:
             raise ApiError(
                 422, "batch_rejected", "no message in the batch was valid", field="messages"
