@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import seal_guard
+from gateway.cluster.bucket_reserve import MIGRATION_29
 from gateway.cluster.bucket_take import MIGRATION_28
 from gateway.cluster.schema_features import FEATURE_MIGRATIONS, WRITE_BACK_MARKS
 
@@ -678,6 +679,9 @@ MIGRATIONS: tuple[str, ...] = (
     # 28 (issue 18, S6 on a shared account): a carrier account's token take in one
     #    statement (`bucket_take.py`).
     MIGRATION_28,
+    # 29 (issue 18, S6 on a shared account): the critical reserve in an account's bucket
+    #    and the take that keeps it (`bucket_reserve.py`).
+    MIGRATION_29,
 )
 
 

@@ -10,6 +10,7 @@ refused at start (`refused_features`), so no setting is silently ignored.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -25,13 +26,30 @@ _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
+# The critical reserve's default, in seconds of the account's rate: as long as a critical
+# message takes the next token ahead of the other classes on one node
+# (`gateway.scheduler.CRITICAL_AHEAD_S`; not imported: the scheduler imports the config).
+CRITICAL_RESERVE_S = 0.05
+
+
 class RateAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A carrier account's contract (`[[cluster.accounts]]`): at most `rate` submits a
-    second across every node, `burst` at once; routes name it with `account`."""
+    second across every node, `burst` at once; routes name it with `account`.
+    `critical_reserve`: the bottom tokens of its bucket only critical messages may take
+    (`gateway/cluster/bucket_reserve.py`); unset, `reserve()`'s default."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     rate: Annotated[float, msgspec.Meta(gt=0)]
     burst: Annotated[float, msgspec.Meta(ge=1)] = 1.0
+    critical_reserve: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+    def reserve(self) -> float:
+        """The critical reserve in tokens: as configured, else `CRITICAL_RESERVE_S` of
+        the rate, at least one token and at most half the burst (bulk keeps the rest)."""
+        if self.critical_reserve is not None:
+            return self.critical_reserve
+        ahead = max(1.0, math.ceil(self.rate * CRITICAL_RESERVE_S))
+        return float(min(ahead, math.floor(self.burst / 2)))
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -80,6 +98,12 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             return "cluster.password_file: set it or cluster.password_credential, not both"
         if self.margin_seconds >= self.lease_seconds:
             return "cluster.margin_seconds: must be less than cluster.lease_seconds"
+        for account in self.accounts:
+            if account.reserve() > account.burst - 1:
+                return (
+                    f"cluster.accounts: {account.name}'s critical_reserve must be at most"
+                    " its burst minus 1 (bulk claims take only the tokens above it)"
+                )
         if self.heartbeat_seconds >= self.lease_seconds - self.margin_seconds:
             return (
                 "cluster.heartbeat_seconds: must be less than cluster.lease_seconds minus"
