@@ -101,12 +101,6 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             return "cluster.password_file: set it or cluster.password_credential, not both"
         if self.margin_seconds >= self.lease_seconds:
             return "cluster.margin_seconds: must be less than cluster.lease_seconds"
-        for account in self.accounts:
-            if account.reserve() > account.burst - 1:
-                return (
-                    f"cluster.accounts: {account.name}'s critical_reserve must be at most"
-                    " its burst minus 1 (bulk claims take only the tokens above it)"
-                )
         if self.heartbeat_seconds >= self.lease_seconds - self.margin_seconds:
             return (
                 "cluster.heartbeat_seconds: must be less than cluster.lease_seconds minus"
