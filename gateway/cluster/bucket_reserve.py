@@ -12,6 +12,8 @@ sees a bucket of `burst - reserve`, at the same rate; criticals take from bulk's
 not on top of it. A reserve is capped at `burst - 1`, so bulk always has a token.
 
 `rate_take_reserved` is `rate_take` (migration 28, `bucket_take.py`) with that floor,
+a lock wait that may be bounded (`p_lock_wait`: an accept's critical take waits a
+moment for the row rather than leave its message to the next round, `buckets.take`),
 and it also says what it applied (`o_floor`: the tokens this take had to leave; 0 for
 a critical one) and whether the take was critical (`o_critical`: a critical take is
 not bound by its node's share, so its wait is the account's alone). `rate_take` stays
@@ -27,7 +29,7 @@ ALTER TABLE rate_accounts ADD COLUMN reserve double precision NOT NULL DEFAULT 0
 
 CREATE FUNCTION rate_take_reserved(
     p_account text, p_inc bigint, p_want integer, p_window double precision,
-    p_nowait boolean, p_async boolean, p_ids text[], p_critical boolean
+    p_lock_wait double precision, p_async boolean, p_ids text[], p_critical boolean
 ) RETURNS TABLE (
     o_n integer, o_stamp timestamptz, o_tokens double precision, o_share double precision,
     o_rate double precision, o_burst double precision, o_nodes integer,
@@ -48,6 +50,7 @@ DECLARE
     v_floor double precision;
     v_n integer;
     v_critical boolean;
+    v_lock_timeout text;
 BEGIN
     IF p_async THEN
         PERFORM set_config('synchronous_commit', 'off', true);
@@ -57,10 +60,18 @@ BEGIN
         SELECT 1 FROM messages m WHERE m.id = ANY(p_ids) AND m.priority = 0);
     -- Lock first, then read the clock: a clock read before waiting for the lock would
     -- stamp this take earlier than the one it waited for, and refill twice over.
-    IF p_nowait THEN
+    -- `p_lock_wait`: NULL waits for the row, 0 does not (NOWAIT), else at most that
+    -- many seconds (then lock_not_available, as NOWAIT's).
+    IF p_lock_wait IS NULL THEN
+        PERFORM 1 FROM rate_accounts a WHERE a.account = p_account FOR UPDATE;
+    ELSIF p_lock_wait <= 0 THEN
         PERFORM 1 FROM rate_accounts a WHERE a.account = p_account FOR UPDATE NOWAIT;
     ELSE
+        v_lock_timeout := current_setting('lock_timeout');
+        PERFORM set_config('lock_timeout', greatest(1, round(p_lock_wait * 1000))::text, true);
         PERFORM 1 FROM rate_accounts a WHERE a.account = p_account FOR UPDATE;
+        -- Back as it was: in a caller's transaction, its later statements' waits.
+        PERFORM set_config('lock_timeout', v_lock_timeout, true);
     END IF;
     v_now := clock_timestamp();
     UPDATE rate_accounts a SET tokens = least(a.burst, a.tokens + a.rate

@@ -17,11 +17,13 @@ transaction is held through its statements and its commit's flush, and every cla
 every node (the rounds' bulk groups, an accept's claim) queued behind the one before:
 seconds under load. A take is one statement on its own (`rate_take_reserved`, a
 server-side function: `bucket_reserve.py`, `bucket_take.py`), so it holds the row for
-that statement only, not across its node's round trips, and commits without waiting for the flush
-(`synchronous_commit = off`): a crash that loses it loses only tokens, unless a claim
-that used them committed, and that claim's commit, later in the log, flushed it. An
+that statement only, not across its node's round trips, and commits without waiting
+for the flush (`synchronous_commit = off`): a crash that loses it loses only tokens,
+unless a claim that used them committed, and that claim's commit, later in the log,
+flushed it. An
 accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked it leaves its
-message to the next round rather than hold the accept.
+message to the next round rather than hold the accept; a critical one's waits for the
+row at most `CRITICAL_LOCK_WAIT` first (a take is short, the next round is not).
 
 Priority across nodes (S6): the bottom `reserve` tokens of an account's row are for
 takes of critical messages alone (`bucket_reserve.py`, cluster schema 29). A bulk take
@@ -67,6 +69,11 @@ from gateway.cluster.nodes import Incarnation
 ACTIVE_WINDOW = 1.0  # seconds a node keeps counting in the shares after its last claim
 DEMAND_WEIGHT = 0.25  # of the newest sample in a node's moving average of its demand
 MIN_GAP = 0.05  # seconds: a shorter time between two claims counts as this long
+# Seconds a critical message's accept waits for the account's row (`take(nowait=True)`):
+# a take holds it for one short statement, and a message left to the next round waited
+# hundreds of milliseconds for it on a loaded machine (bench/README.md, S6 on a shared
+# account). As long as a critical takes a token ahead (`scheduler.CRITICAL_AHEAD_S`).
+CRITICAL_LOCK_WAIT = 0.05
 
 
 def fair_share(rate: float, others: list[float]) -> float:
@@ -176,9 +183,10 @@ async def reserve(
     """In the caller's transaction: refill and lock the account's row and this node's
     share, say how many messages may be claimed now and take that many tokens off both
     (`settle` gives back what was not claimed). `nowait`: raise `BucketBusy` rather than
-    wait for the account's row. `ids`: the messages to be claimed (a critical one among
-    them may draw the reserve, past the share: `bucket_reserve.py`); `critical`: one
-    is, whether its row is written yet or not."""
+    wait for the account's row (with `critical`, wait at most `CRITICAL_LOCK_WAIT`).
+    `ids`: the messages to be claimed (a critical one among them may draw the reserve,
+    past the share: `bucket_reserve.py`); `critical`: one is, whether its row is written
+    yet or not."""
     return await _reserve(conn, account, me, want, active_window, nowait, ids, critical, flush=True)
 
 
@@ -214,7 +222,8 @@ async def _reserve(
     *,
     flush: bool,
 ) -> Grant:
-    params = (account, me.incarnation, want, active_window, nowait, not flush, ids, critical)
+    lock_wait = (CRITICAL_LOCK_WAIT if critical else 0.0) if nowait else None
+    params = (account, me.incarnation, want, active_window, lock_wait, not flush, ids, critical)
     try:
         cur = await conn.execute(_TAKE, params)
     except psycopg.errors.LockNotAvailable as e:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -19,7 +20,7 @@ from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, register
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.models import Priority
-from gateway.store.claim_check import ACCOUNT_EMPTY, Held
+from gateway.store.claim_check import ACCOUNT_BUSY, ACCOUNT_EMPTY, Held
 from gateway.store.store import ClaimedMessage
 from tests.pg.test_rates import jain, max_in_any_window
 from tests.pg.test_store_contract import NOW, ROUTE, Backend, _cluster, message
@@ -65,6 +66,47 @@ async def test_a_critical_message_draws_the_reserve_another_nodes_bulk_left(
     assert row is not None and int(row[0]) == 0
 
 
+async def test_a_critical_accept_waits_for_the_accounts_row_a_bulk_one_does_not(
+    cluster: Backend, migrated_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another node's take holds the account's row: a bulk message's accept leaves it to
+    the next round at once (NOWAIT); a critical one's waits for the row (at most
+    `CRITICAL_LOCK_WAIT`, here longer than the test) and is claimed in its accept as
+    soon as the row is free, instead of waiting for a round (S6 on a shared account)."""
+    monkeypatch.setattr(buckets, "CRITICAL_LOCK_WAIT", 60.0)
+    queue = cluster.b
+    assert isinstance(queue, ClusterQueue) and cluster.pool is not None
+    async with cluster.pool.connection() as conn:
+        await buckets.configure(conn, "acme", 100.0, 10, reserve=2)
+    queue.accounts[ROUTE] = "acme"
+    bulk, urgent = message(60), message(61, priority=Priority.CRITICAL)
+    async with (
+        await psycopg.AsyncConnection.connect(migrated_dsn) as holder,  # the cluster's
+        await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as watcher,
+    ):
+        await holder.execute("SELECT 1 FROM rate_accounts WHERE account = 'acme' FOR UPDATE")
+        left = queue.claim_group_soon([bulk.id], ROUTE, NOW)
+        await asyncio.wait_for(queue.accept([bulk]), 60)
+        assert left.result() == [Held(NOW, ACCOUNT_BUSY)]
+        claimed = queue.claim_group_soon([urgent.id], ROUTE, NOW)
+        accept = asyncio.create_task(queue.accept([urgent]))
+
+        async def waiting() -> None:
+            while not await (
+                await watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%rate_take_reserved%%'"
+                )
+            ).fetchone():
+                assert not accept.done()
+
+        await asyncio.wait_for(waiting(), 60)
+        await holder.rollback()
+        await asyncio.wait_for(accept, 60)
+    [got] = claimed.result()
+    assert isinstance(got, ClaimedMessage)
+
+
 def test_a_critical_takes_wait_is_the_accounts_alone_a_bulk_ones_above_the_reserve() -> None:
     """When to come back: a critical take is not bound by its node's share (in debt
     after criticals past it), so only the account's next token counts; a bulk take
@@ -105,7 +147,7 @@ async def test_interleaved_takes_keep_the_cap_and_bulk_never_draws_the_reserve(
                 critical = urgent * 10 <= out and rng.random() < 0.5
                 want = 1 if critical else rng.randint(1, 4)
                 cur = await conn.execute(
-                    "SELECT * FROM rate_take_reserved(%s, %s, %s, 1.0, false, true, NULL, %s)",
+                    "SELECT * FROM rate_take_reserved(%s, %s, %s, 1.0, NULL, true, NULL, %s)",
                     ("acct", me.incarnation, want, critical),
                 )
                 row = await cur.fetchone()
