@@ -20,10 +20,9 @@ server-side function: `bucket_reserve.py`, `bucket_take.py`), so it holds the ro
 that statement only, not across its node's round trips, and commits without waiting
 for the flush (`synchronous_commit = off`): a crash that loses it loses only tokens,
 unless a claim that used them committed, and that claim's commit, later in the log,
-flushed it. An
-accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked it leaves its
-message to the next round rather than hold the accept; a critical one's waits for the
-row at most `CRITICAL_LOCK_WAIT` first (a take is short, the next round is not).
+flushed it. An accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked
+it leaves its message to the next round rather than hold the accept; a critical one's
+waits for the row at most `CRITICAL_LOCK_WAIT` first (a take is short, a round not).
 
 Priority across nodes (S6): the bottom `reserve` tokens of an account's row are for
 takes of critical messages alone (`bucket_reserve.py`, cluster schema 29). A bulk take
@@ -231,9 +230,9 @@ async def _reserve(
     row = await cur.fetchone()
     if row is None:
         raise UnknownAccount(account)
-    n, stamp, tokens, share, rate, burst, nodes, share_rate, floor, critical = row
+    n, stamp, tokens, share, rate, burst, nodes, share_rate, floor, as_critical = row
     return Grant(int(n), stamp, float(tokens), float(share), float(rate), float(burst),
-        int(nodes), float(share_rate), float(floor), bool(critical))  # fmt: skip
+        int(nodes), float(share_rate), float(floor), bool(as_critical))  # fmt: skip
 
 
 async def settle(
