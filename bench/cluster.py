@@ -390,6 +390,14 @@ async def priority(
             for m, (at, _) in zip(smsc.submitted, smsc.arrivals, strict=True)
             if m.text in started
         ]
+        # Its POST's answer -> its submit_sm: the wait the accept's round trip leaves out
+        # (a shared account's token, a round), apart from the loaded node's accept.
+        answered = {f"crit {i}": started[f"crit {i}"] + ms / 1000 for i, ms in enumerate(posts)}
+        queued = [
+            (at - answered[m.text]) * 1000
+            for m, (at, _) in zip(smsc.submitted, smsc.arrivals, strict=True)
+            if m.text in answered
+        ]
     out = {"backend": "sqlite" if sqlite else "postgresql", "backlog": backlog,
            "bulk_on": "both" if bulk_both and not sqlite else "node 1",
            "account": None if account is None else list(account),
@@ -398,7 +406,9 @@ async def priority(
            "accept_p50_ms": round(statistics.median(posts), 1),
            "accept_p99_ms": round(_pct(posts, 0.99), 1),
            "carrier_p50_ms": round(statistics.median(carrier), 1),
-           "carrier_p99_ms": round(_pct(carrier, 0.99), 1), "waits": waits,
+           "carrier_p99_ms": round(_pct(carrier, 0.99), 1),
+           "answered_p50_ms": round(statistics.median(queued), 1),
+           "answered_p99_ms": round(_pct(queued, 0.99), 1), "waits": waits,
            "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
@@ -677,8 +687,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--account",
         type=lambda v: tuple(float(x) for x in v.split(",")),
-        default=(100.0, 2.0),
-        help="S6's shared-account row: RATE,BURST of the account both nodes send on",
+        default=(100.0, 10.0),
+        help="S6's shared-account row: RATE,BURST of the account both nodes send on"
+        " (a burst of 4 or more keeps a critical reserve: docs/ops/cluster.md)",
     )
     parser.add_argument(
         "--only-account",

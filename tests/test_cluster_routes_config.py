@@ -1,5 +1,6 @@
 """The routes' cluster keys (issue 18 points 3 and 4): `eligible_nodes`, `max_binds`,
-`bind_grace_seconds`, `account` and `[[cluster.accounts]]`, each problem naming its key."""
+`bind_grace_seconds`, `account` and `[[cluster.accounts]]` (with the critical reserve's
+default), each problem naming its key."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from gateway.cluster.settings import CRITICAL_RESERVE_S, RateAccount
 from gateway.config import ConfigError, from_mapping
+from gateway.scheduler import CRITICAL_AHEAD_S
 
 SMPP = {"name": "carrier", "type": "smpp", "host": "127.0.0.1", "system_id": "s", "password": "p"}
 ACCOUNTS = [{"name": "acme", "rate": 100, "burst": 2}]
@@ -51,6 +54,16 @@ def test_a_route_on_a_cluster_declares_nodes_binds_and_account(tmp_path: Path) -
         ({}, {"accounts": [*ACCOUNTS, *ACCOUNTS]}, "cluster.accounts[1].name"),
         ({}, {"accounts": [{"name": "x", "rate": 0}]}, "cluster.accounts[0].rate"),
         ({}, {"accounts": [{"name": "x", "rate": 5, "burst": 0.5}]}, "cluster.accounts[0].burst"),
+        (
+            {},
+            {"accounts": [{"name": "x", "rate": 5, "burst": 4, "critical_reserve": 3.5}]},
+            "cluster.accounts[0].critical_reserve",
+        ),
+        (
+            {},
+            {"accounts": [{"name": "x", "rate": 5, "critical_reserve": -1}]},
+            "cluster.accounts[0].critical_reserve",
+        ),
     ],
 )
 def test_a_bad_cluster_key_of_a_route_names_it(
@@ -80,3 +93,20 @@ def test_the_cluster_keys_are_refused_without_a_cluster(tmp_path: Path, key: str
     value: Any = {"eligible_nodes": ["gw1"], "max_binds": 1, "account": "acme"}[key]
     with pytest.raises(ConfigError, match=rf"^routes\[0\]\.{key}: only with cluster.enabled"):
         config(tmp_path, {key: value}, cluster=False)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "reserve"),
+    [
+        (100, 10, 2),  # a quarter of the burst: bulk keeps 8 to save up
+        (100, 40, 5),  # CRITICAL_RESERVE_S (50 ms) of the rate
+        (10, 4, 1),  # at least one token
+        (48, 2, 0),  # none under a burst of 4: bulk's bucket would be one token
+    ],
+)
+def test_the_critical_reserve_defaults_to_50_ms_of_the_rate_within_a_quarter_of_the_burst(
+    rate: float, burst: float, reserve: float
+) -> None:
+    assert CRITICAL_RESERVE_S == CRITICAL_AHEAD_S  # as long as one node takes ahead
+    assert RateAccount(name="a", rate=rate, burst=burst).reserve() == reserve
+    assert RateAccount(name="a", rate=rate, burst=burst, critical_reserve=0).reserve() == 0

@@ -15,13 +15,22 @@ contract's per-second figure.
 Why apart from the claim (S6 on a shared account): a lock taken in the claim's
 transaction is held through its statements and its commit's flush, and every claim of
 every node (the rounds' bulk groups, an accept's claim) queued behind the one before:
-seconds under load. A take is one statement on its own (`rate_take`, a server-side
-function: `bucket_take.py`), so it holds the row for that statement only, not across
-its node's round trips, and commits without waiting for the flush
-(`synchronous_commit = off`): a crash that loses it loses only tokens, unless a claim
-that used them committed, and that claim's commit, later in the log, flushed it. An
-accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked it leaves its
-message to the next round rather than hold the accept.
+seconds under load. A take is one statement on its own (`rate_take_reserved`, a
+server-side function: `bucket_reserve.py`, `bucket_take.py`), so it holds the row for
+that statement only, not across its node's round trips, and commits without waiting
+for the flush (`synchronous_commit = off`): a crash that loses it loses only tokens,
+unless a claim that used them committed, and that claim's commit, later in the log,
+flushed it. An accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked
+it leaves its message to the next round rather than hold the accept; a critical one's
+waits for the row at most `CRITICAL_LOCK_WAIT` first (a take is short, a round not).
+
+Priority across nodes (S6): the bottom `reserve` tokens of an account's row are for
+takes of critical messages alone (`bucket_reserve.py`, cluster schema 29). A bulk take
+leaves them; a critical take (a claim with a critical message among its ids, or an
+accept's of one) draws them and may also go past its node's share. So a critical
+message finds a token at once although the other nodes' bulk takes every token above
+the reserve as it comes; the row never goes below zero, so the windows' bound above
+holds as it is. Bulk claims see a bucket of `burst - reserve` at the same rate.
 
 Fairness: max-min shares from reported demand. Each node also has a sub-bucket per
 account (`rate_shares`), and with each claim it reports what it wants a second
@@ -59,6 +68,11 @@ from gateway.cluster.nodes import Incarnation
 ACTIVE_WINDOW = 1.0  # seconds a node keeps counting in the shares after its last claim
 DEMAND_WEIGHT = 0.25  # of the newest sample in a node's moving average of its demand
 MIN_GAP = 0.05  # seconds: a shorter time between two claims counts as this long
+# Seconds a critical message's accept waits for the account's row (`take(nowait=True)`):
+# a take holds it for one short statement, and a message left to the next round waited
+# hundreds of milliseconds for it on a loaded machine (bench/README.md, S6 on a shared
+# account). As long as a critical takes a token ahead (`scheduler.CRITICAL_AHEAD_S`).
+CRITICAL_LOCK_WAIT = 0.05
 
 
 def fair_share(rate: float, others: list[float]) -> float:
@@ -73,8 +87,8 @@ def fair_share(rate: float, others: list[float]) -> float:
     return rest / wanting
 
 
-# `bucket_take.py`'s function: the whole take in one statement.
-_TAKE = "SELECT * FROM rate_take(%s, %s, %s, %s, %s, %s, %s, %s)"
+# The whole take in one statement (`bucket_reserve.py`, `bucket_take.py`).
+_TAKE = "SELECT * FROM rate_take_reserved(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 # The settling statements, when on their own (autocommit), commit without waiting for
 # the flush: lost in a crash, they lose only tokens given back and a demand's sample.
@@ -125,23 +139,32 @@ class Grant:
     burst: float
     nodes: int  # the live nodes counted in the shares, this one included
     share_rate: float  # this node's fair share, tokens a second
+    floor: float = 0.0  # the account's tokens this take had to leave (the critical reserve)
+    critical: bool = False  # a critical take: bound by the account's row, not the share
 
 
 async def configure(
-    conn: AsyncConnection[TupleRow], account: str, rate: float, burst: float
+    conn: AsyncConnection[TupleRow],
+    account: str,
+    rate: float,
+    burst: float,
+    reserve: float = 0.0,
 ) -> None:
     """Create or change an account's bucket (a change keeps its tokens, capped). `rate`
-    is the contract: the same one again keeps the rate throttling lowered it to."""
+    is the contract: the same one again keeps the rate throttling lowered it to.
+    `reserve`: the bottom tokens only critical takes may draw (`bucket_reserve.py`)."""
     if rate <= 0 or burst < 1:
         raise ValueError("rate must be > 0 and burst >= 1")
+    if not 0 <= reserve <= burst - 1:
+        raise ValueError("reserve must be >= 0 and <= burst - 1")
     await conn.execute(
-        "INSERT INTO rate_accounts (account, rate, burst, tokens, contract)"
-        " VALUES (%s, %s, %s, %s, %s)"
+        "INSERT INTO rate_accounts (account, rate, burst, tokens, contract, reserve)"
+        " VALUES (%s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (account) DO UPDATE SET burst = excluded.burst,"
         " rate = CASE WHEN rate_accounts.contract = excluded.contract THEN rate_accounts.rate"
         " ELSE excluded.rate END, contract = excluded.contract,"
-        " tokens = least(rate_accounts.tokens, excluded.burst)",
-        (account, rate, burst, burst, rate),
+        " tokens = least(rate_accounts.tokens, excluded.burst), reserve = excluded.reserve",
+        (account, rate, burst, burst, rate, reserve),
     )
 
 
@@ -159,9 +182,10 @@ async def reserve(
     """In the caller's transaction: refill and lock the account's row and this node's
     share, say how many messages may be claimed now and take that many tokens off both
     (`settle` gives back what was not claimed). `nowait`: raise `BucketBusy` rather than
-    wait for the account's row. `ids`: the messages to be claimed (a critical one among
-    them may take the last token, past the share: `bucket_take.py`); `critical`: one is,
-    whether its row is written yet or not."""
+    wait for the account's row (with `critical`, wait at most `CRITICAL_LOCK_WAIT`).
+    `ids`: the messages to be claimed (a critical one among them may draw the reserve,
+    past the share: `bucket_reserve.py`); `critical`: one is, whether its row is written
+    yet or not."""
     return await _reserve(conn, account, me, want, active_window, nowait, ids, critical, flush=True)
 
 
@@ -197,7 +221,8 @@ async def _reserve(
     *,
     flush: bool,
 ) -> Grant:
-    params = (account, me.incarnation, want, active_window, nowait, not flush, ids, critical)
+    lock_wait = (CRITICAL_LOCK_WAIT if critical else 0.0) if nowait else None
+    params = (account, me.incarnation, want, active_window, lock_wait, not flush, ids, critical)
     try:
         cur = await conn.execute(_TAKE, params)
     except psycopg.errors.LockNotAvailable as e:
@@ -205,9 +230,9 @@ async def _reserve(
     row = await cur.fetchone()
     if row is None:
         raise UnknownAccount(account)
-    n, stamp, tokens, share, rate, burst, nodes, share_rate = row
+    n, stamp, tokens, share, rate, burst, nodes, share_rate, floor, as_critical = row
     return Grant(int(n), stamp, float(tokens), float(share), float(rate), float(burst),
-        int(nodes), float(share_rate))  # fmt: skip
+        int(nodes), float(share_rate), float(floor), bool(as_critical))  # fmt: skip
 
 
 async def settle(
@@ -227,7 +252,11 @@ async def settle(
     another node took the tokens, not that this one deserves a larger part). Returns
     `retry_after`."""
     starved = grant.n < asked
-    capped = starved and math.floor(grant.share) <= math.floor(grant.tokens)
+    capped = (  # a critical take is not bound by the share: its refusal is the account's
+        starved
+        and not grant.critical
+        and math.floor(grant.share) <= math.floor(grant.tokens - grant.floor)
+    )
     back = max(0, grant.n - got)
     alone = conn.info.transaction_status == TransactionStatus.IDLE
     params = {"back": back, "burst": grant.burst, "a": account, "starved": starved,
@@ -242,10 +271,14 @@ async def settle(
 
 
 def retry_after(grant: Grant, got: int) -> float:
-    """Seconds until both buckets hold a whole token again after `got` of `grant` were
-    claimed (0 if they do now)."""
-    tokens, share = grant.tokens - got, grant.share - got
-    return max(0.0, (1 - tokens) / grant.rate, (1 - share) / grant.share_rate)
+    """Seconds until both buckets hold a whole token again for a take like `grant`
+    after `got` of it were claimed (0 if they do now): above the reserve for a bulk
+    take, and a critical one is bound by the account's row alone."""
+    tokens, share = grant.tokens - grant.floor - got, grant.share - got
+    account = (1 - tokens) / grant.rate
+    if grant.critical:
+        return max(0.0, account)
+    return max(0.0, account, (1 - share) / grant.share_rate)
 
 
 @contextlib.asynccontextmanager

@@ -183,7 +183,9 @@ class ClusterNode:
             async with pool.connection() as conn:
                 await migrate(conn)
                 for account in settings.accounts:  # the carriers' contracts
-                    await buckets.configure(conn, account.name, account.rate, account.burst)
+                    await buckets.configure(
+                        conn, account.name, account.rate, account.burst, account.reserve()
+                    )
                 merged = await merge_migrated(conn)  # SQLite's standing, once
             if merged:
                 log.info("consent_merged", rows=merged)

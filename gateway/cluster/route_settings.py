@@ -19,6 +19,12 @@ def route_problem(config: Config) -> str | None:
     for i, name in enumerate(names):
         if name in names[:i]:
             return f"cluster.accounts[{i}].name: duplicate account name {name!r}"
+    for i, account in enumerate(cluster.accounts):
+        if account.reserve() > account.burst - 1:
+            return (
+                f"cluster.accounts[{i}].critical_reserve: at most burst - 1 (bulk claims"
+                " take only the tokens above it)"
+            )
     for i, route in enumerate(config.routes):
         if problem := _one(f"routes[{i}]", route, config, set(names)):
             return problem

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from gateway.cluster import seal_guard
+from gateway.cluster.bucket_reserve import MIGRATION_30
 from gateway.cluster.bucket_take import MIGRATION_28
 from gateway.cluster.schema_features import FEATURE_MIGRATIONS, WRITE_BACK_MARKS
 
@@ -695,6 +696,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (digest, inbound_id)
     );
     """,
+    # 30 (issue 18, S6 on a shared account): the critical reserve in an account's bucket
+    #    and the take that keeps it (`bucket_reserve.py`).
+    MIGRATION_30,
 )
 
 

@@ -10,6 +10,7 @@ refused at start (`refused_features`), so no setting is silently ignored.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -25,13 +26,33 @@ _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
+# The critical reserve's default, in seconds of the account's rate: as long as a critical
+# message takes the next token ahead of the other classes on one node
+# (`gateway.scheduler.CRITICAL_AHEAD_S`; not imported: the scheduler imports the config).
+CRITICAL_RESERVE_S = 0.05
+
+
 class RateAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A carrier account's contract (`[[cluster.accounts]]`): at most `rate` submits a
-    second across every node, `burst` at once; routes name it with `account`."""
+    second across every node, `burst` at once; routes name it with `account`.
+    `critical_reserve`: the bottom tokens of its bucket only critical messages may take
+    (`gateway/cluster/bucket_reserve.py`); unset, `reserve()`'s default."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     rate: Annotated[float, msgspec.Meta(gt=0)]
     burst: Annotated[float, msgspec.Meta(ge=1)] = 1.0
+    critical_reserve: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+    def reserve(self) -> float:
+        """The critical reserve in tokens: as configured, else `CRITICAL_RESERVE_S` of
+        the rate (at least one token) but at most a quarter of the burst, so none below
+        a burst of 4. It comes out of what bulk claims may save up: with a burst of 2,
+        one token kept back would leave bulk a bucket of one, and every claim later
+        than a token's interval would lose one (S4's survivor at 48/s fell under 95 %)."""
+        if self.critical_reserve is not None:
+            return self.critical_reserve
+        ahead = max(1.0, math.ceil(self.rate * CRITICAL_RESERVE_S))
+        return float(min(ahead, math.floor(self.burst / 4)))
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
