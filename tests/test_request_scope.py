@@ -30,3 +30,21 @@ async def test_requests_answered_one_after_another_in_one_task_are_each_marked()
         assert request_scope.answering()
         request_scope.end(mark)
         assert not request_scope.answering()
+
+
+async def test_a_kannel_sendsms_request_is_answered_as_a_request() -> None:
+    """The Kannel-compatible listener's requests get the same short waits as the API's."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.integrations.kannel_server import kannel_middleware
+
+    async def probe(request: web.Request) -> web.Response:
+        return web.Response(text=str(request_scope.answering()))
+
+    app = web.Application(middlewares=[kannel_middleware])
+    app.router.add_get("/probe", probe)
+    async with TestClient(TestServer(app)) as client:
+        answers = [await (await client.get("/probe")).text() for _ in range(2)]
+    assert answers == ["True", "True"]
+    assert not request_scope.answering()

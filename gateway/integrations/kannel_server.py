@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import request_scope
 from gateway.admin.accounts import Accounts
 from gateway.app import Gateway
 from gateway.errors import ApiError
@@ -221,6 +222,7 @@ async def kannel_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Every outcome as Kannel answers it: its refusals, 404 "Unknown request.", and an
     empty 400 for a method it does not serve."""
     started = time.perf_counter()
+    mark = request_scope.begin()  # the cluster's pool answers it without long waits
     try:
         response = await handler(request)
     except kannel.Refused as e:
@@ -234,6 +236,8 @@ async def kannel_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as e:
         log.error("kannel_unhandled_error", error=exception_summary(e))
         response = answer(*kannel.TEMPORARY)
+    finally:
+        request_scope.end(mark)
     log.debug(
         "kannel_http",
         method=request.method,
