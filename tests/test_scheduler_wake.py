@@ -3,6 +3,7 @@ it may go now, or it falls due or expires before the round the loop planned."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from drivers.clock import FakeClock
@@ -92,3 +93,38 @@ async def test_a_critical_message_with_no_critical_ahead_wakes_a_round(
     await run_until(gw, clock, clock.time() + 1.0)
     await gw.scheduler._settle()
     assert (await state_of(gw, critical), await state_of(gw, waiting)) == ("sent", "queued")
+
+
+async def test_accepts_behind_a_backlog_leave_the_running_loop_asleep(
+    open_gateway: GatewayFactory, clock: FakeClock
+) -> None:
+    gw = await open_gateway(ONE_A_SECOND)
+    scheduler = gw.scheduler
+    await accept(gw, body="first")
+    await scheduler.run_until_idle()  # the bucket's one token spent
+    waiting = await accept(gw, body="second")
+    rounds = 0
+    rounded = asyncio.Event()
+    real_round = scheduler._round
+
+    async def counted_round() -> float:
+        nonlocal rounds
+        delay = await real_round()
+        rounds += 1
+        rounded.set()
+        return delay
+
+    scheduler._round = counted_round  # type: ignore[method-assign]
+    loop = asyncio.create_task(scheduler.run())
+    try:
+        async with asyncio.timeout(10):
+            await rounded.wait()  # `run` goes to sleep in the same step
+        assert scheduler._sleep_until == clock.time() + 1.0
+        for i in range(20):
+            await accept(gw, body=f"behind {i}")
+            assert not scheduler._wake.is_set()
+        assert (rounds, await state_of(gw, waiting)) == (1, "queued")
+    finally:
+        scheduler.stop_claiming()
+        async with asyncio.timeout(10):
+            await loop
