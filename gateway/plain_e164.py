@@ -2,16 +2,17 @@
 generic parse: the verdict `normalise_number` would give, or `UNSURE` when a cheap
 check cannot prove it (the caller then takes the full path).
 
-`phonenumbers.parse` of `+<code><national>` extracts the first 1-3 digits that are a
-known country code, strips a national prefix when the country's `national_prefix_for_parsing`
-matches the national part's start, and keeps leading zeros (Italy's). When no prefix
-can match, the number it reads is the input's own digits, so the E.164 form is the
-input itself; a prefix that may match is left to it. Validity is phonenumbers'
-`is_valid_number` worked out from the same metadata with the patterns compiled once
-per country code: the region is the first of the code's regions whose leading digits
-match or whose types take the number, and the number is valid when the region's
-general pattern and one of its types' patterns (each with its possible lengths) take
-it. `tests/test_plain_e164.py` holds it to phonenumbers over generated numbers.
+`phonenumbers.parse` of `+<code><national>` extracts the first 1-3 digits that are
+a known country code, strips a national prefix when the country's
+`national_prefix_for_parsing` matches the national part's start, and keeps leading
+zeros (Italy's). When no prefix can match, the number it reads is the input's own
+digits, so the E.164 form is the input itself; a prefix that may match is left to it.
+Validity is phonenumbers' `is_valid_number` worked out from the same metadata, each
+region's patterns compiled once, when a number first needs them: the region is the
+first of the code's regions whose leading digits match or whose types take the number
+(the only one if the code has one), and the number is valid when the region's general
+pattern and one of its types' patterns (each with its possible lengths) take it.
+`tests/test_plain_e164.py` holds it to phonenumbers over generated numbers.
 """
 
 from __future__ import annotations
@@ -71,16 +72,6 @@ class _Region:
         return any(_matches(p, national) for p in self.types)
 
 
-class _Code:
-    """What one country code needs: the national prefix's pattern, its regions."""
-
-    __slots__ = ("prefix", "regions")
-
-    def __init__(self, prefix: re.Pattern[str] | None, regions: list[_Region]) -> None:
-        self.prefix = prefix
-        self.regions = regions
-
-
 def _pattern(desc: PhoneNumberDesc | None) -> _Pattern | None:
     if desc is None or not desc.national_number_pattern:
         return None
@@ -95,29 +86,36 @@ def _matches(pattern: _Pattern, national: str) -> bool:
 
 
 @functools.cache
-def _code(cc: int) -> _Code | None:
-    region_codes = COUNTRY_CODE_TO_REGION_CODE[cc]
-    main = PhoneMetadata.metadata_for_region_or_calling_code(cc, region_codes[0])
+def _prefix(cc: int) -> re.Pattern[str] | Unsure | None:
+    """The national prefix's pattern `parse` tries for this country code."""
+    main = PhoneMetadata.metadata_for_region_or_calling_code(cc, COUNTRY_CODE_TO_REGION_CODE[cc][0])
     if main is None:
-        return None
+        return UNSURE
     prefix = main.national_prefix_for_parsing
-    regions: list[_Region] = []
-    for code in region_codes:
-        if code == REGION_CODE_FOR_NON_GEO_ENTITY:
-            metadata = PhoneMetadata.metadata_for_nongeo_region(cc, None)
-        else:
-            metadata = PhoneMetadata.metadata_for_region(code.upper(), None)
-        if metadata is None:
-            return None  # phonenumbers skips it; too rare to mirror
-        regions.append(_Region(metadata))
-    return _Code(re.compile(prefix) if prefix else None, regions)
+    return re.compile(prefix) if prefix else None
 
 
-def _valid(code: _Code, national: str) -> bool:
-    regions = code.regions
-    if len(regions) == 1:
-        return regions[0].takes(national)
-    for region in regions:
+# Built as numbers need them: +1 has 25 regions, whose patterns (and phonenumbers'
+# metadata) would take 25 ms to load at once, while a US number needs only the first.
+@functools.cache
+def _region(cc: int, code: str) -> _Region | None:
+    if code == REGION_CODE_FOR_NON_GEO_ENTITY:
+        metadata = PhoneMetadata.metadata_for_nongeo_region(cc, None)
+    else:
+        metadata = PhoneMetadata.metadata_for_region(code.upper(), None)
+    return None if metadata is None else _Region(metadata)
+
+
+def _valid(cc: int, national: str) -> bool | Unsure:
+    """phonenumbers' `is_valid_number`: the region, then its types."""
+    codes = COUNTRY_CODE_TO_REGION_CODE[cc]
+    if len(codes) == 1:
+        only = _region(cc, codes[0])
+        return UNSURE if only is None else only.takes(national)
+    for code in codes:
+        region = _region(cc, code)
+        if region is None:
+            return UNSURE  # phonenumbers skips it; too rare to mirror
         if region.leading is not None:
             if region.leading.match(national):
                 return region.takes(national)
@@ -140,7 +138,10 @@ def read_plain_e164(raw: str) -> str | Unsure | None:
     national = raw[1 + width :]
     if not _MIN_NSN <= len(national) <= _MAX_NSN:
         return UNSURE
-    code = _code(cc)
-    if code is None or (code.prefix is not None and code.prefix.match(national)):
+    prefix = _prefix(cc)
+    if prefix is UNSURE or (prefix is not None and prefix.match(national)):
         return UNSURE
-    return raw if _valid(code, national) else None
+    valid = _valid(cc, national)
+    if valid is UNSURE:
+        return UNSURE
+    return raw if valid else None
