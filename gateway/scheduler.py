@@ -38,7 +38,10 @@ rest once it serves (`load_later`); until that is done no scheduled row due past
 horizon is promoted, so the order among due messages is decided with all of them known.
 
 The loop sleeps until the next due time, token or expiry, or until something wakes it:
-a new message, a freed window slot, a route's health changing. Tests call
+a new message, a freed window slot, a route's health changing. A new message wakes it
+only if the round would do something for it before the planned one (it may go now, or
+falls due or expires sooner): one queued behind a due message of its class, as every
+accept is under a backlog, waits for the planned round. Tests call
 `run_until_idle()` instead, which runs rounds until nothing is due now and nothing is
 in flight, with time moved by a `FakeClock`.
 """
@@ -133,6 +136,7 @@ class Scheduler(QueueFeeding):
         self._shares = ShareGuard({p: queue.policy(p).min_share for p in Priority})
         self._spread = frozenset(Priority.parse(c) for c in queue.spread_classes)
         self._wake = asyncio.Event()
+        self._sleep_until: float | None = None
         self._claiming = True
         self._stopped = asyncio.Event()
         self._receipts_due = -math.inf  # wall time of the next receipt-deadline sweep
@@ -266,7 +270,12 @@ class Scheduler(QueueFeeding):
         while self._claiming:
             self._wake.clear()
             delay = await self._round()
-            await wait_event(self._clock, self._wake, None if math.isinf(delay) else delay)
+            # Until that round, `add` wakes one early only for what needs it.
+            self._sleep_until = self._clock.time() + delay
+            try:
+                await wait_event(self._clock, self._wake, None if math.isinf(delay) else delay)
+            finally:
+                self._sleep_until = None
         self._stopped.set()
 
     async def run_until_idle(self) -> None:

@@ -104,6 +104,8 @@ class QueueFeeding:
     _scheduled: list[tuple[float, str, Entry]]
     _expiry: list[tuple[float, str]]
     _wake: asyncio.Event
+    # While `run` sleeps: the wall time its next round is planned for (inf: none).
+    _sleep_until: float | None
     # Claims made with their accept (`claim_with_accept`), until the accept hands the
     # message over (`add`) or the send ends.
     _at_accept: dict[str, asyncio.Future[list[Claim]]]
@@ -296,7 +298,27 @@ class QueueFeeding:
             self._waiting[entry.id] = entry
             heapq.heappush(self._heaps[entry.priority], (entry.due_at, entry.id))
             heapq.heappush(self._expiry, (entry.expires_at, entry.id))
-        self._wake.set()
+        if self._sleep_until is None or self._round_needed(entry, scheduled, self._sleep_until):
+            self._wake.set()
+
+    def _round_needed(self, entry: Entry, scheduled: bool, planned: float) -> bool:
+        """Would a round now, rather than the one planned, do anything for `entry`?
+        Not when it cannot fall due or expire before the planned round, nor when it is
+        queued behind a due message of its class: a round looks only at each class's
+        head, and the head still there is one the last round could not send (what would
+        let it go, a freed slot or a route's health, wakes a round itself) or one due
+        since, whose round is the planned one. Under a backlog that is every accept."""
+        if entry.expires_at < planned:
+            return True
+        if entry.due_at >= planned:
+            return False
+        if scheduled:
+            return True
+        due, head_id = self._heaps[entry.priority][0]
+        if head_id == entry.id or due > self._clock.time():
+            return True
+        head = self._waiting.get(head_id)
+        return head is None or head.due_at != due  # a stale top: let a round sort it out
 
     def add_many(self, added: Sequence[tuple[Entry, bool]]) -> None:
         """`add` of each (entry, scheduled): a batch's messages, with the checks that
@@ -314,7 +336,8 @@ class QueueFeeding:
                 waiting[entry.id] = entry
                 push(heaps[entry.priority], (entry.due_at, entry.id))
                 push(expiry, (entry.expires_at, entry.id))
-        if added:
+        planned = self._sleep_until
+        if added and (planned is None or any(self._round_needed(e, s, planned) for e, s in added)):
             self._wake.set()
 
     def forget(self, message_id: str) -> None:

@@ -326,6 +326,28 @@ async def test_an_http_accept_runs_few_bytecodes_on_the_event_loop(
     assert per_send <= HTTP_ACCEPT_BYTECODES, f"{per_send:.0f} bytecodes per send"
 
 
+# Bytecodes of a number's first normalisation, for the benchmark's plain E.164 numbers:
+# 2,618 through phonenumbers' parse, validation and format (40-60 us), 298 read as
+# plain E.164 (`gateway/plain_e164.py`, session 34, s34-accepts2).
+FIRST_NUMBER_BYTECODES = 320
+
+
+def test_a_first_plain_e164_number_runs_few_bytecodes() -> None:
+    numbers = [number(i) for i in range(5_000, 5_050)]
+    normalise_number(number(4_999), "US")  # the country's patterns compiled
+    normalise_number.cache_clear()
+    counted = Opcodes()
+    before = sys.gettrace()
+    sys.settrace(counted.trace)
+    try:
+        normalised = [normalise_number(n, "US") for n in numbers]
+    finally:
+        sys.settrace(before)
+    assert normalised == numbers
+    per_number = counted.count / len(numbers)
+    assert per_number <= FIRST_NUMBER_BYTECODES, f"{per_number:.0f} bytecodes per number"
+
+
 def test_the_number_cache_holds_the_benchmarks_recipients() -> None:
     """Sends spread over 10,000 numbers (the accept benchmark's) parse each number once:
     a miss costs phonenumbers' parse and validation, 30-100 us."""
