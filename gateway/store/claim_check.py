@@ -76,6 +76,4 @@ def hold(
         (held.until, now, message_id),
     )
     seq = next_seq(conn, events)  # listed on the row by the trigger (no UPDATE of state)
-    events.append(
-        (message_id, now, State.QUEUED.value, None, None, held.reason, None, seq, None)
-    )
+    events.append((message_id, now, State.QUEUED.value, None, None, held.reason, None, seq, None))

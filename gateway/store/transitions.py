@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 from gateway.lifecycle import IllegalTransition, check_transition, sources_of
 from gateway.models import State
 from gateway.store import outbox_sql
-from gateway.store.event_seqs import INSERT_NUMBERED, next_seq
 from gateway.store.claim_check import ClaimCheck, Held, claim_verdict, hold
+from gateway.store.event_seqs import INSERT_NUMBERED, next_seq
 
 
 @dataclass(frozen=True, slots=True)
