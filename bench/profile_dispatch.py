@@ -58,7 +58,7 @@ BIND_TIMEOUT_S = 20.0
 RUN_TIMEOUT_S = 300.0
 
 
-async def run(n: int, receipts: bool, top: int, sql: int) -> None:
+async def run(n: int, receipts: bool, top: int, sql: int, drop: list[str]) -> None:
     scenario = next(s for s in SCENARIOS if s.name == ("clinical" if receipts else "raw"))
     pinning = harness.setup_pinning()  # this process on CPU 1 for now
     placement = Placement(pinning.server, pinning.client, "")
@@ -81,6 +81,10 @@ async def run(n: int, receipts: bool, top: int, sql: int) -> None:
             if sql:
                 sql_cost.install()
             gw = await Gateway.open(gateway_config.load(home.config_path))
+            for name in drop:  # a lever measured before it is built (readers not served)
+                await gw.store.writer.call_outside_transaction(
+                    lambda c, name=name: c.execute(f"DROP {name}")
+                )
             now = gw.clock.time()
             prepared = [
                 gw.intake.prepare(
@@ -162,9 +166,16 @@ def main() -> None:
     p.add_argument("--receipts", action="store_true", help="a receipt per message")
     p.add_argument("--cprofile", type=int, default=0, metavar="TOP", help="profile; top N")
     p.add_argument("--sql", type=int, default=0, metavar="TOP", help="writer's top N statements")
+    p.add_argument(
+        "--drop",
+        nargs="*",
+        default=[],
+        metavar="WHAT",
+        help='schema objects dropped before the run, e.g. "INDEX messages_state"',
+    )
     args = p.parse_args()
     uvloop.install()
-    asyncio.run(run(args.n, args.receipts, args.cprofile, args.sql))
+    asyncio.run(run(args.n, args.receipts, args.cprofile, args.sql, args.drop))
 
 
 if __name__ == "__main__":

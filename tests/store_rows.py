@@ -22,8 +22,15 @@ async def inbound_rows(store: Store, limit: int) -> list[sqlite3.Row]:
 def undo_migrations_from_40(conn: sqlite3.Connection) -> None:
     """Back to the store migration 39 left (for a test of an older migration on data):
     the index of messages awaiting a receipt and the one by creation time, no receipt
-    floor (40, 41), no write-back attempt marks (42), no inbound marks in doubt (43).
-    The caller sets `user_version`."""
+    floor (40, 41), no write-back attempt marks (42), no inbound marks in doubt (43),
+    every event's seq listed by the trigger (44). The caller sets `user_version`."""
+    conn.execute("DROP TRIGGER message_events_on_message")
+    conn.execute(
+        "CREATE TRIGGER message_events_on_message AFTER INSERT ON message_events BEGIN"
+        " UPDATE messages SET event_seqs = json_insert(event_seqs, '$[#]', NEW.seq)"
+        " WHERE id = NEW.message_id; END"
+    )
+    conn.execute("ALTER TABLE message_events DROP COLUMN on_row")
     conn.execute("DROP TABLE inbound_doubt")
     conn.execute("ALTER TABLE hl7_outbound DROP COLUMN sending_at")
     conn.execute("ALTER TABLE hl7_outbound DROP COLUMN possible_duplicate")

@@ -59,7 +59,12 @@ def tables(node_id: str) -> tuple[TableCopy, ...]:
             extra={"route_group": _route_group},
             left_out=("event_seqs",),  # SQLite's events by message (migration 38)
         ),
-        TableCopy("message_events", "message_events", ("seq",)),
+        TableCopy(
+            "message_events",
+            "message_events",
+            ("seq",),
+            left_out=("on_row",),  # SQLite's mark of a seq its UPDATE listed (migration 44)
+        ),
         TableCopy("carrier_ids", "carrier_ids", ("route", "carrier_id")),
         # A Kannel sendsms's dlr-url wish, sealed bound to its message id (cluster 13).
         TableCopy("kannel_dlr", "kannel_dlr", ("message_id",)),

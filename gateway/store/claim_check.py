@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.models import Priority, State
+from gateway.store.event_seqs import next_seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +75,5 @@ def hold(
         "UPDATE messages SET due_at = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
         (held.until, now, message_id),
     )
-    events.append((message_id, now, State.QUEUED.value, None, None, held.reason, None))
+    seq = next_seq(conn, events)  # listed on the row by the trigger (no UPDATE of state)
+    events.append((message_id, now, State.QUEUED.value, None, None, held.reason, None, seq, None))

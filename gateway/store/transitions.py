@@ -16,6 +16,7 @@ from gateway.lifecycle import IllegalTransition, check_transition, sources_of
 from gateway.models import State
 from gateway.store import outbox_sql
 from gateway.store.claim_check import ClaimCheck, Held, claim_verdict, hold
+from gateway.store.event_seqs import INSERT_NUMBERED, next_seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +72,22 @@ def apply(
         duplicate is not None,
         t.count_attempt,
     )
-    sql = update_sql(t.target, shape, only_from, returning, unless_parts_pending)
+    sql = update_sql(t.target, shape, only_from, returning, unless_parts_pending, True)
     where = (t.message_id, t.message_id) if unless_parts_pending else (t.message_id,)
-    # One statement checks the transition and makes it; only a refusal looks further.
+    pending = () if events is None else events
+    seq = next_seq(conn, pending)
+    # One statement checks the transition, makes it and lists its event on the row;
+    # only a refusal looks further.
     row: tuple[Any, ...] | None = conn.execute(
-        sql, (t.target.value, now, *changed, *where)
+        sql, (t.target.value, now, seq, *changed, *where)
     ).fetchone()
     if row is None:
         if unless_parts_pending:
             raise _PartsPending(t.message_id)
         _refuse(conn, t.message_id, t.target)
-    event = (t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0])
+    event = (
+        t.message_id, now, t.target.value, t.route, t.carrier_id, t.error_code, row[0], seq, 1
+    )  # fmt: skip
     if events is None:
         write_events(conn, [event])
     else:
@@ -121,8 +127,9 @@ def block_waiting(conn: sqlite3.Connection, message_id: str, reason: str, now: f
 
 
 def write_events(conn: sqlite3.Connection, events: Sequence[tuple[Any, ...]]) -> None:
-    """A group's transitions: their history rows and their outbox rows, together."""
-    conn.executemany(INSERT_EVENT, events)
+    """A group's transitions: their history rows (numbered, `event_seqs.py`) and their
+    outbox rows, together."""
+    conn.executemany(INSERT_NUMBERED, events)
     outbox_sql.write_status(conn, events)
 
 
@@ -140,12 +147,16 @@ def update_sql(
     only_from: State | None,
     returning: str,
     unless_parts_pending: bool,
+    appends_seq: bool = False,
 ) -> str:
     """The UPDATE for one shape of transition (built once, then served from the cache):
-    parameters are the target, the time, the columns `shape` marks present, the id (and
-    the id again when `unless_parts_pending`). The last item of `shape` adds one to
-    `attempts`, which RETURNING then reports."""
+    parameters are the target, the time, with `appends_seq` the event's seq (appended
+    to `event_seqs`), the columns `shape` marks present, the id (and the id again when
+    `unless_parts_pending`). The last item of `shape` adds one to `attempts`, which
+    RETURNING then reports."""
     sets = ["state = ?", "updated_at = ?"]
+    if appends_seq:
+        sets.append("event_seqs = json_insert(event_seqs, '$[#]', ?)")
     *optional, count_attempt = shape
     sets += [
         f"{column} = ?"
