@@ -88,6 +88,15 @@ async def test_a_full_store_refuses_sends_and_recovers_without_restart(
         with pytest.raises(NoRoom):
             await gw.store.probe(clock.time())  # what the daemon's store watch tries
         assert gw.store.failing == "disk_full"
+        # A commit that needs no room (a send's state rewritten in its page) is no sign
+        # the store can take new rows: the store stays failing and not ready.
+        await gw.store.writer.run(
+            lambda conn: conn.execute(
+                "UPDATE messages SET attempts = attempts WHERE id = ?", (first["id"],)
+            )
+        )
+        assert gw.store.failing == "disk_full"
+        assert (await client.get("/api/v1/healthz")).status == 503
         assert await _writable(client, auth) == 0.0
 
         # Nothing half-written: exactly the acknowledged messages are stored.

@@ -152,7 +152,9 @@ class Store:
 
     async def probe(self, now: float) -> None:
         """A small real write: while the store is failing, one that commits clears it."""
-        await self.writer.run(lambda conn: space.probe(conn, self.path.parent, now))
+        await self.writer.run(
+            lambda conn: space.probe(conn, self.path.parent, now), proves_room=True
+        )
 
     @property
     def master_key(self) -> bytes:

@@ -82,6 +82,7 @@ class _Batch:
     groups: dict[GroupJob, _Group] = field(default_factory=dict)
     size: int = 0
     eager: int = 0  # items that want a transaction now (not lazy ones)
+    proves_room: bool = False  # a commit of it shows the store can grow (a probe's)
 
     def __len__(self) -> int:
         return self.size
@@ -183,7 +184,8 @@ class GroupCommitWriter:
         self.batches = 0
         self.items = 0
         # Why the last transaction could not be written (`store_failure.storage_failure`: the
-        # disk is full or failing), until one commits again.
+        # disk is full or failing), until one that needed room commits (new rows, or the
+        # store's probe for room).
         self.failure: str | None = None
         # Called on the loop after each commit (the outbox dispatcher's wake): cheap,
         # never blocking.
@@ -217,13 +219,18 @@ class GroupCommitWriter:
         return fut
 
     def run(
-        self, job: Callable[[sqlite3.Connection], T], *, lazy: bool = False
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        lazy: bool = False,
+        proves_room: bool = False,
     ) -> asyncio.Future[T]:
         """Run `job` in the writer's next transaction, in its own savepoint (`lazy`: see
-        `run_grouped`)."""
+        `run_grouped`; `proves_room`: its commit clears a failing store, see `failure`)."""
         fut: asyncio.Future[T] = self._loop().create_future()
         self._enqueue(lazy)
         self._pending.steps.append((job, fut))
+        self._pending.proves_room |= proves_room
         self._pending.size += 1
         self._pending.eager += not lazy
         return fut
@@ -326,7 +333,11 @@ class GroupCommitWriter:
         error = done.exception()
         self.failed_batches += error is not None
         futures = batch.futures()
-        self._note_failure(error, None if error is not None else done.result())
+        self._note_failure(
+            error,
+            None if error is not None else done.result(),
+            proves_room=batch.proves_room or bool(batch.inserts),
+        )
         if error is not None:
             for fut in futures:
                 if not fut.done():
@@ -345,7 +356,9 @@ class GroupCommitWriter:
         self._backlog = self._pending.eager > 0 or bool(self._later)
         self._flush()
 
-    def _note_failure(self, error: BaseException | None, outcomes: list[Any] | None) -> None:
+    def _note_failure(
+        self, error: BaseException | None, outcomes: list[Any] | None, *, proves_room: bool
+    ) -> None:
         failed = (error,) if error is not None else (outcomes or ())
         for e in failed:
             if isinstance(e, BaseException) and (why := storage_failure(e)) is not None:
@@ -353,7 +366,10 @@ class GroupCommitWriter:
                     log.error("store_failing", reason=why)
                 self.failure = why
                 return
-        if error is None and self.failure is not None:
+        # Only new rows, or the probe's check for room, clear it: a full disk still lets
+        # an update that fits the pages it has commit (a send's state), and readiness
+        # would flap back while every accept still fails.
+        if error is None and self.failure is not None and proves_room:
             log.info("store_recovered", was=self.failure)
             self.failure = None
 
