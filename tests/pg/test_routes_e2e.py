@@ -38,17 +38,21 @@ from tests.pg.carrier_windows import LoopStalls, max_in_window
 from tests.pg.node_proc import Node
 from tests.ports import free_port
 
-CAP = 50  # the carrier's contract, submits a second across the nodes
-# The account as configured: rate + burst at the contract's 1 s figure, the burst letting
-# a claim that came late catch up on the tokens it missed; the 2 % the carrier tolerates
-# (one message here) left to the jitter between a token taken and its submit arriving.
-ACCOUNT_RATE, ACCOUNT_BURST = 48, 2
-BACKLOG = 400  # messages accepted on each node before measuring
+CAP = 100  # the carrier's contract, submits a second across the nodes (the research's S4)
+# The account as configured: rate + burst under the contract's 1 s figure, the burst
+# letting a claim that came late catch up on the tokens it missed. A token is taken at
+# the claim and its submit arrives after the `sending` commit, whose time varies: on a
+# loaded 2-core machine a window held 2-3 % more submits than rate + burst (S4 read 52
+# at a cap of 50 with 48 + 2, 102-103 at 100 with 97 + 3). 96 + 2 leaves that jitter
+# room under the carrier's 2 %, as a site would configure an account a little under
+# its contract; the survivor's 95 % is still in reach.
+ACCOUNT_RATE, ACCOUNT_BURST = 96, 2
+BACKLOG = 800  # messages accepted on each node before measuring
 # Leases as S3's: a loaded machine must not fence a node while three start. GRACE: fair
 # shares forget a node one ACTIVE_WINDOW after its last claim, and the survivor's bucket
 # takes a moment to be claimed at full rate.
 LEASE, GRACE, S5_LEASE = 8.0, 2.0, 8.0
-STEADY = 200  # submits seen while both nodes send before one is killed
+STEADY = 400  # submits seen while both nodes send before one is killed
 
 
 class _Watched(Node):
