@@ -48,37 +48,9 @@ class LoopCounter(Collector, Generic[K]):
         yield family
 
 
-class LoopHistogram(Collector):
-    def __init__(
-        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
-    ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._bounds = tuple(float(b) for b in buckets)
-        self._counts = [0] * (len(self._bounds) + 1)  # the last: above every bound (+Inf)
-        self._sum = 0.0
-        registry.register(self)
-
-    def observe(self, amount: float) -> None:
-        # bisect_left: a value equal to a bound counts in that bound's bucket (le).
-        self._counts[bisect_left(self._bounds, amount)] += 1
-        self._sum += amount
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        counts, total = list(self._counts), self._sum
-        cumulative: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
-            running += n
-            le: str = floatToGoString(bound)  # type: ignore[no-untyped-call]  # untyped upstream
-            cumulative.append((le, running))
-        yield HistogramMetricFamily(
-            self._name, self._documentation, buckets=cumulative, sum_value=total
-        )
-
-
 class LoopHistogramSeries:
-    """One label value's counts in a `LabelledLoopHistogram`."""
+    """One histogram's counts (a `LoopHistogram`'s, or one label value's in a
+    `LabelledLoopHistogram`)."""
 
     __slots__ = ("_bounds", "counts", "total")
 
@@ -91,6 +63,34 @@ class LoopHistogramSeries:
         # bisect_left: a value equal to a bound counts in that bound's bucket (le).
         self.counts[bisect_left(self._bounds, amount)] += 1
         self.total += amount
+
+    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
+        """The exposition's `le` buckets (cumulative counts) and the sum."""
+        counts, total = list(self.counts), self.total
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
+            running += n
+            le: str = floatToGoString(bound)  # type: ignore[no-untyped-call]  # untyped upstream
+            buckets.append((le, running))
+        return buckets, total
+
+
+class LoopHistogram(Collector):
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._series = LoopHistogramSeries(tuple(float(b) for b in buckets))
+        self.observe = self._series.observe  # the series' own: no frame in between
+        registry.register(self)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        buckets, total = self._series.cumulative()
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
 
 
 class LabelledLoopHistogram(Collector):
@@ -123,14 +123,8 @@ class LabelledLoopHistogram(Collector):
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
         for value, series in list(self._series.items()):
-            counts, total = list(series.counts), series.total
-            cumulative: list[tuple[str, float]] = []
-            running = 0
-            for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
-                running += n
-                le: str = floatToGoString(bound)  # type: ignore[no-untyped-call]  # untyped upstream
-                cumulative.append((le, running))
-            family.add_metric([value], cumulative, sum_value=total)
+            buckets, total = series.cumulative()
+            family.add_metric([value], buckets, sum_value=total)
         yield family
 
 
