@@ -69,6 +69,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     # 503 store_unavailable (background work keeps the pool's 30 s): below the clients'
     # own timeouts, above a busy pool's usual wait (`cluster/db_breaker.py`).
     request_timeout: Seconds = 5.0
+    # Once the database answers again, the node has a connection within this many
+    # seconds, however long it was away: the pool's reconnection delay never grows past
+    # it (`cluster/reconnect.py`); below `lease_seconds - margin_seconds`.
+    reconnect_max_delay: Seconds = 3.0
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
     # How long a node keeps trying to record what the carrier answered while PostgreSQL
@@ -109,6 +113,11 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             return (
                 "cluster.heartbeat_seconds: must be less than cluster.lease_seconds minus"
                 " cluster.margin_seconds (a renewal must land before the node fences itself)"
+            )
+        if self.reconnect_max_delay >= self.lease_seconds - self.margin_seconds:
+            return (
+                "cluster.reconnect_max_delay: must be less than cluster.lease_seconds minus"
+                " cluster.margin_seconds (after a short outage, a node reconnects before it fences itself)"
             )
         return None
 
