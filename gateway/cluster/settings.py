@@ -117,7 +117,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         if self.reconnect_max_delay >= self.lease_seconds - self.margin_seconds:
             return (
                 "cluster.reconnect_max_delay: must be less than cluster.lease_seconds minus"
-                " cluster.margin_seconds (after a short outage, a node reconnects before it fences itself)"
+                " cluster.margin_seconds (after a short outage, a node must reconnect before"
+                " it fences itself)"
             )
         return None
 

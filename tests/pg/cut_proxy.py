@@ -3,8 +3,9 @@
 `cut()` closes every open connection and then holds new ones without forwarding a
 byte (as a silent network does: the client's connect hangs rather than being
 refused); `down()` closes them all and every new one at once, counting them (a stopped
-PostgreSQL on a live host: each attempt fails fast); `heal()` forwards again. `tc netem` and nftables are not available here, so
-this stands in for a link going down between one node and PostgreSQL.
+PostgreSQL on a live host: each attempt fails fast); `heal()` forwards again. `tc
+netem` and nftables are not available here, so this stands in for a link going down
+between one node and PostgreSQL.
 """
 
 from __future__ import annotations
