@@ -26,6 +26,8 @@ from psycopg_pool import AsyncConnectionPool
 
 async def restart_attempts(pool: AsyncConnectionPool[Any]) -> None:
     """`reconnect_failed`: a series of attempts ended without a connection; start the
-    next one now (none once the pool is closing)."""
-    if not pool.closed:
+    next one now. Not once the pool is closing, nor while it holds idle connections
+    (the database answers, but not to one more: e.g. `max_connections` reached), since
+    `check()` would take them all out to test them; then the pool grows on demand."""
+    if not pool.closed and not pool.get_stats().get("pool_available"):
         await pool.check()
