@@ -1,5 +1,6 @@
 """After a long outage a node is back within `cluster.reconnect_max_delay` of the
-database answering again, however long it was away (issue 18, `cluster/reconnect.py`).
+database answering again, however long it was away (issue 18, `cluster/reconnect.py`):
+its API accepts again, and its lease renewal, waiting on the pool, goes through.
 
 psycopg_pool alone retries each connection at 0, 1, 3, 7, 15 … s (doubling, ±10 %):
 healed after the fourth refused attempt of each of its two connections (past 1 + 2 + 4
@@ -34,16 +35,25 @@ async def test_a_send_is_accepted_within_the_bound_after_a_long_outage(
     async with _node_api(tmp_path, clock, pg_dsn, **cluster) as (api, proxy):
         assert api.gw.cluster is not None
         breaker = api.gw.cluster.breaker
+        membership = api.gw.cluster.membership
         assert (await api.post("/api/v1/messages", SEND)).status == 202
+        renewed = membership.fence.deadline
 
         proxy.down()
         await _error(await api.post("/api/v1/messages", SEND), 503, "store_unavailable")
         assert breaker.away
+        # The next heartbeat: its renewal waits on the pool through the outage.
+        clock.advance(api.gw.cluster.settings.heartbeat_seconds)
         await asyncio.wait_for(proxy.refused_at_least(REFUSALS), DOWN_WITHIN)
         await _error(await api.post("/api/v1/messages", SEND), 503, "store_unavailable")
+        assert membership.fence.deadline == renewed
 
         proxy.heal()
         await asyncio.wait_for(_accepted(api), BACK_WITHIN)
+        # And the lease is renewed with the same connections.
+        await asyncio.wait_for(
+            membership.wait_until(lambda: membership.fence.deadline > renewed), BACK_WITHIN
+        )
 
 
 async def _accepted(api: Api) -> None:
