@@ -71,8 +71,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     request_timeout: Seconds = 5.0
     # Once the database answers again, the node has a connection within this many
     # seconds, however long it was away: the pool's reconnection delay never grows past
-    # it (`cluster/reconnect.py`); below `lease_seconds - margin_seconds`.
-    reconnect_max_delay: Seconds = 3.0
+    # it (`cluster/reconnect.py`); below `lease_seconds - margin_seconds`, and not so
+    # small that a node's attempts hammer a database that is starting up.
+    reconnect_max_delay: Annotated[float, msgspec.Meta(ge=0.25)] = 3.0
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
     # How long a node keeps trying to record what the carrier answered while PostgreSQL
