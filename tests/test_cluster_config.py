@@ -48,6 +48,8 @@ def test_a_valid_block_is_accepted(tmp_path: Path) -> None:
         ({"pool_size": 1}, "cluster.pool_size"),
         ({"audit_anchor_seconds": 0}, "cluster.audit_anchor_seconds"),
         ({"request_timeout": 0}, "cluster.request_timeout"),
+        ({"reconnect_max_delay": 0.1}, "cluster.reconnect_max_delay"),
+        ({"reconnect_max_delay": 61}, "cluster.reconnect_max_delay"),
     ],
 )
 def test_a_bad_value_names_its_key_and_never_echoes_a_password(

@@ -4,8 +4,9 @@ Theory of operation. One state per node, `away`, shared by every request. It tur
 when the node learns the database is unreachable: a connection of its pool lost under a
 statement (or a COMMIT that never ran), a wait for a connection that timed out, the
 lease's renewal failing. It turns off when the database answers again: the pool makes a
-new connection (its own reconnection attempts, with their backoff, are the probe), or
-any block of work on a connection ends cleanly (a heartbeat's renewal, a claim).
+new connection (its own reconnection attempts are the probe, never more than
+`cluster.reconnect_max_delay` apart: `reconnect.py`), or any block of work on a
+connection ends cleanly (a heartbeat's renewal, a claim).
 
 While `away`, a request (`request_scope.answering`) that asks the pool for a connection
 is refused at once with `DatabaseAway`, a `PoolTimeout`: the API answers `503

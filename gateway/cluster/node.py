@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import PoolTimeout
 
 from drivers.clock import Clock
@@ -63,6 +63,7 @@ from gateway.cluster.outcome_journal import OutcomeJournal
 from gateway.cluster.panel import ClusterPanel
 from gateway.cluster.queue_store import ClusterQueue
 from gateway.cluster.reads import ClusterReads
+from gateway.cluster.reconnect import restart_attempts
 from gateway.cluster.schema import migrate
 from gateway.cluster.seal_guard import GuardedPool
 from gateway.cluster.session import session_options
@@ -71,7 +72,7 @@ from gateway.cluster.shared_keys import KeyringMismatch, KeyringWatch, check_sam
 from gateway.cluster.shared_rate import SharedRate
 from gateway.cluster.status import NodeView, PublishedRoute, cluster_status, publish_routes
 from gateway.cluster.tokens import ClusterTokens
-from gateway.cluster.wakeup import Notifier, Waker
+from gateway.cluster.wakeup import RECONNECT_DELAY, Notifier, Waker
 from gateway.config import Config, ConfigError
 from gateway.logs import exception_summary
 from gateway.startup import StartupFault
@@ -88,6 +89,10 @@ log = structlog.get_logger("smsgw.cluster")
 RECOVERED = "recovered"  # the NOTIFY payload after a sweep requeued a dead node's rows
 # The claim's latency buckets (seconds): S9's "claim p99 < 100 ms" reads off them.
 CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+# libpq's connect_timeout unless the conninfo sets one: a connection attempt to a silent
+# host (a dead primary) gives up then, not after the kernel's SYN retries (about 2 min),
+# so the pool's next attempt keeps to `reconnect_max_delay` (`reconnect.py`).
+CONNECT_TIMEOUT = 5
 CLINICAL_THREADS = 4  # connections for keyed clinical jobs, beside the pool's
 PRUNE_EVERY = 3600.0  # seconds between prunings of old incarnations (at most)
 # `Scheduler.adopt`: takes in what a source's pages hold, due before a time.
@@ -129,7 +134,9 @@ class ClusterNode:
         self._store = store
         self._clock = clock
         self._notifier = Notifier(pool, clock)
-        self._waker = Waker(conninfo, clock)
+        self._waker = Waker(
+            conninfo, clock, reconnect_delay=min(RECONNECT_DELAY, settings.reconnect_max_delay)
+        )
         self._conninfo = conninfo
         self.horizon = HorizonWatch(pool, clock, settings.heartbeat_seconds)
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,6 +171,8 @@ class ClusterNode:
         }
         if password is not None:
             extra["password"] = password
+        if "connect_timeout" not in conninfo_to_dict(settings.conninfo):
+            extra["connect_timeout"] = CONNECT_TIMEOUT
         conninfo = make_conninfo(settings.conninfo, **extra)
         # One connection first: a refused or misconfigured one fails now, in one line,
         # not after the pool's retries.
@@ -177,6 +186,9 @@ class ClusterNode:
             open=False,
             node_id=settings.node_id,
             request_timeout=settings.request_timeout,  # background work keeps 30 s
+            # Attempts never further apart than this once the database is away.
+            reconnect_timeout=settings.reconnect_max_delay,
+            reconnect_failed=restart_attempts,
         )
         await pool.open(wait=True, timeout=30)
         try:

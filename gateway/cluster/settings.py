@@ -69,6 +69,13 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     # 503 store_unavailable (background work keeps the pool's 30 s): below the clients'
     # own timeouts, above a busy pool's usual wait (`cluster/db_breaker.py`).
     request_timeout: Seconds = 5.0
+    # Once the database answers again, the node has a connection within this many
+    # seconds, however long it was away: the pool's reconnection delay never grows past
+    # it (`cluster/reconnect.py`). Not so small that a node's attempts hammer a database
+    # that is starting up; best below `lease_seconds - margin_seconds`, so that a short
+    # outage does not fence the node (not required: a deployment with a shorter lease
+    # keeps the default, and its node unfences at the renewal that follows).
+    reconnect_max_delay: Annotated[float, msgspec.Meta(ge=0.25, le=60)] = 3.0
     # How often a node anchors every node's audit chain head (only when one moved).
     audit_anchor_seconds: Seconds = 60.0
     # How long a node keeps trying to record what the carrier answered while PostgreSQL

@@ -2,8 +2,10 @@
 
 `cut()` closes every open connection and then holds new ones without forwarding a
 byte (as a silent network does: the client's connect hangs rather than being
-refused); `heal()` forwards again. `tc netem` and nftables are not available here, so
-this stands in for a link going down between one node and PostgreSQL.
+refused); `down()` closes them all and every new one at once, counting them (a stopped
+PostgreSQL on a live host: each attempt fails fast); `heal()` forwards again. `tc
+netem` and nftables are not available here, so this stands in for a link going down
+between one node and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ class CutProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._open = asyncio.Event()
         self._open.set()
+        self._refusing = False
+        self.refused = 0  # connections closed at once while `down`
+        self._knocked = asyncio.Event()  # set at each of them
         self.port = 0
 
     async def start(self) -> None:
@@ -35,8 +40,19 @@ class CutProxy:
         self._open.clear()
         self._close_all()
 
+    def down(self) -> None:
+        self._refusing = True
+        self.cut()
+
     def heal(self) -> None:
+        self._refusing = False
         self._open.set()
+
+    async def refused_at_least(self, count: int) -> None:
+        """Until `count` connections were refused while `down`."""
+        while self.refused < count:
+            self._knocked.clear()
+            await self._knocked.wait()
 
     def _close_all(self) -> None:
         for writer in list(self._writers):
@@ -44,6 +60,11 @@ class CutProxy:
         self._writers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            self.refused += 1
+            self._knocked.set()
+            writer.transport.abort()
+            return
         self._writers.add(writer)
         try:
             await self._open.wait()  # a cut link: the client's bytes go nowhere

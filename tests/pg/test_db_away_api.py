@@ -30,7 +30,7 @@ from tests.pg.test_consent_cluster import CAPS
 from tests.pg.two_nodes import in_process_nodes
 from tests.test_api import Api, _error, start_client
 
-BACK_WITHIN = 20.0  # the pool reconnects with its backoff after the link heals
+BACK_WITHIN = 20.0  # generous: the pool reconnects within `reconnect_max_delay` (3 s) of the heal
 REQUEST_TIMEOUT = 1.5  # `cluster.request_timeout` of the fail-fast test
 # Far under the pool's 30 s, far over the bound: a busy machine answers well within it.
 ANSWERED_WITHIN = 12.0
