@@ -3,8 +3,8 @@ first, queued (in `_waiting`, due or backing off) and scheduled (not yet due): c
 as entries come and go, so `/queue`, `/metrics` and the dashboard read them in
 O(classes x route sets) instead of walking a hundred thousand entries per request.
 
-Counted per (class, route set): the key is two attributes of the entry that never
-change while it is held (`Entry.due_at` does), read in C. The scheduler calls
+Counted per (class, route set): two attributes an entry keeps while it is held (unlike
+its `due_at`), read together in C. The scheduler calls
 `enter` and `leave` wherever it puts an entry in, or takes one out of, `_waiting` or
 `_scheduled`, so the counts equal a recount of those at every moment the event loop
 lets a reader look (`tests/test_queue_depths.py` checks it after every step)."""
