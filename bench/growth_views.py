@@ -7,7 +7,8 @@ figures of `bench/growth.py` that a busy machine's wall clock hides (issue 16, p
 DIR is a data directory `bench/growth.py` built (`--reuse` keeps it). Opens the gateway
 on it without its loops, then: process CPU (every thread: the read pool's SQLite too) of
 `Gateway.start` (loading the queue), VmRSS after it, and CPU per call of the queue's
-status (`/api/v1/queue`), the metrics refresh (`/metrics`) and the dashboard's snapshot.
+status (`/api/v1/queue`), the metrics refresh (`/metrics`) and the dashboard's snapshot,
+then microseconds of CPU per call of the scheduler's `depths()` and `depths_by_route()`.
 Prints one JSON line.
 """
 
@@ -55,6 +56,15 @@ async def measure(data_dir: Path, calls: int) -> dict[str, Any]:
         for _ in range(calls):
             await view()
         out[f"{name}_cpu_ms"] = round((time.process_time() - t) * 1000 / calls, 2)
+    # The scheduler's counts alone, which every one of those reads (once per request).
+    for name, count in (
+        ("depths", gw.scheduler.depths),
+        ("depths_by_route", gw.scheduler.depths_by_route),
+    ):
+        t = time.process_time()
+        for _ in range(calls * 10):
+            count()
+        out[f"{name}_us"] = round((time.process_time() - t) * 1e6 / (calls * 10), 1)
     await gw.stop()
     return out
 

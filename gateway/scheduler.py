@@ -52,9 +52,7 @@ import asyncio
 import heapq
 import math
 import random
-from collections import Counter
 from collections.abc import Callable
-from operator import attrgetter, itemgetter
 
 import structlog
 
@@ -64,6 +62,7 @@ from gateway.dispatch_group import RECORD_WINDOW, GroupSender, Journal
 from gateway.logs import exception_summary
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
+from gateway.queue_depths import QueueDepths
 from gateway.router import Router
 from gateway.routes import RouteRuntime, note_parks, restore_parks
 from gateway.scheduler_feed import ADOPT_PAGE, Claim, ClaimSoon, Entry, QueueFeeding, StagedLoad
@@ -86,10 +85,6 @@ GATHER_SLACK_S = 0.05
 # `sending` that long before its submit would come back a possible duplicate after a
 # crash for nothing.
 CRITICAL_AHEAD_S = 0.05
-_PRIORITY_OF = attrgetter("priority")
-_CANDIDATES_OF = attrgetter("candidates")
-_ENTRY_OF = itemgetter(2)
-_FIRST = itemgetter(0)
 _CLASSES = tuple(Priority)  # iterating the enum itself builds a generator each time
 _CRITICAL_ONLY = (Priority.CRITICAL,)
 # Every class, a message's own first: under load a due message waits there, and one is
@@ -129,6 +124,7 @@ class Scheduler(QueueFeeding):
         self._waiting: dict[str, Entry] = {}
         self._scheduled: list[tuple[float, str, Entry]] = []
         self._expiry: list[tuple[float, str]] = []
+        self._depths = QueueDepths()  # of `_waiting` and `_scheduled`, kept as they change
         self._tasks: set[asyncio.Task[None]] = set()
         self.adopt_page = ADOPT_PAGE
         self._sending = dict.fromkeys(Priority, 0)  # dispatched and not yet answered
@@ -216,27 +212,16 @@ class Scheduler(QueueFeeding):
 
     # -- views ---------------------------------------------------------------------------
 
-    # The views count in C (Counter over map): /metrics, /queue and the dashboard read
-    # them on every request, over a queue that may hold a hundred thousand messages.
+    # /metrics, /queue and the dashboard read these on every request, over a queue that
+    # may hold a hundred thousand messages: counted as entries come and go.
     def depths(self) -> dict[str, dict[str, int]]:
-        waiting = Counter(map(_PRIORITY_OF, self._waiting.values()))
-        scheduled = Counter(map(_PRIORITY_OF, map(_ENTRY_OF, self._scheduled)))
-        return {
-            "queued": {p.label: waiting[p] for p in Priority},
-            "scheduled": {p.label: scheduled[p] for p in Priority},
-        }
+        """Per class: messages held `queued` (due or backing off) and `scheduled`."""
+        return self._depths.by_class()
 
     def depths_by_route(self) -> dict[str, dict[str, int]]:
         """Per the route they would try first: messages due (`queued`) and not yet due
         (`scheduled`), counted apart as `depths()` counts them per class."""
-        counts = {kind: dict.fromkeys(self._routes, 0) for kind in ("queued", "scheduled")}
-        for kind, entries in (
-            ("queued", self._waiting.values()),
-            ("scheduled", map(_ENTRY_OF, self._scheduled)),
-        ):
-            firsts = Counter(map(_FIRST, filter(None, map(_CANDIDATES_OF, entries))))
-            counts[kind].update(firsts)
-        return counts
+        return self._depths.by_first_route(self._routes)
 
     def sending_by_class(self) -> dict[str, int]:
         return {p.label: n for p, n in self._sending.items()}
@@ -345,7 +330,9 @@ class Scheduler(QueueFeeding):
         due: list[Entry] = []
         until = min(now, self._loaded_until)
         while self._scheduled and self._scheduled[0][0] <= until:
-            due.append(heapq.heappop(self._scheduled)[2])
+            entry = heapq.heappop(self._scheduled)[2]
+            self._depths.leave(entry, True)
+            due.append(entry)
         if not due:
             return
         done = await self._store.transition_many(
@@ -361,6 +348,7 @@ class Scheduler(QueueFeeding):
             _, message_id = heapq.heappop(self._expiry)
             entry = self._waiting.pop(message_id, None)
             if entry is not None:
+                self._depths.leave(entry, False)
                 expired.append(entry)
         if expired:
             await self._store.transition_many(
@@ -467,6 +455,7 @@ class Scheduler(QueueFeeding):
                     not_before[route.name] = max(not_before.get(route.name, 0.0), mono + wait)
                 heapq.heappop(self._heaps[p])
                 del self._waiting[entry.id]
+                self._depths.leave(entry, False)
                 self._shares.served(p, ready)
                 self._metrics.queue_latency_by_class[entry.priority].observe(
                     max(0.0, now - entry.due_at)

@@ -16,6 +16,7 @@ import structlog
 from drivers.clock import Clock
 from gateway.metrics import Metrics
 from gateway.models import Priority, State
+from gateway.queue_depths import QueueDepths
 from gateway.router import Router
 from gateway.routes import RouteRuntime
 from gateway.store.claim_check import Held
@@ -103,6 +104,8 @@ class QueueFeeding:
     _waiting: dict[str, Entry]
     _scheduled: list[tuple[float, str, Entry]]
     _expiry: list[tuple[float, str]]
+    # Counts of `_waiting` and `_scheduled`: whatever changes them changes these too.
+    _depths: QueueDepths
     _wake: asyncio.Event
     # While `run` sleeps: the wall time its next round is planned for (inf: none).
     _sleep_until: float | None
@@ -139,19 +142,27 @@ class QueueFeeding:
         orphans: list[Transition] = []
         here: dict[tuple[str, ...], bool] = {}
         waiting = []
+        scheduled = []
         async for m in rows:
             entry = self._loaded(m, here, orphans)
             if entry is None:
                 continue
             if m.state is State.SCHEDULED:  # nothing runs a round yet: heapified below
                 self._scheduled.append((m.due_at, m.id, entry))
+                scheduled.append(entry)
             else:
                 waiting.append(entry)
         # In bulk (a hundred thousand rows): the heaps built once (heapify is linear).
+        if self._waiting:  # held already (a test's load into a used scheduler): replaced
+            for entry in waiting:
+                if (held := self._waiting.get(entry.id)) is not None:
+                    self._depths.leave(held, False)
         for entry in waiting:
             self._waiting[entry.id] = entry
             self._heaps[entry.priority].append((entry.due_at, entry.id))
             self._expiry.append((entry.expires_at, entry.id))
+        self._depths.enter_all(waiting, False)
+        self._depths.enter_all(scheduled, True)
         for heap in (*self._heaps.values(), self._expiry):
             heapq.heapify(heap)
         heapq.heapify(self._scheduled)
@@ -174,6 +185,7 @@ class QueueFeeding:
             entry = self._loaded(m, here, orphans)
             if entry is not None:
                 heapq.heappush(self._scheduled, (m.due_at, m.id, entry))
+                self._depths.enter(entry, True)
                 taken += 1
         self._loaded_until, self._added_later = math.inf, None
         self._wake.set()
@@ -249,10 +261,13 @@ class QueueFeeding:
         """Stop holding these (another node holds them now): neither sent nor promoted."""
         gone = set(message_ids)
         for message_id in gone:
-            self._waiting.pop(message_id, None)  # its heap entries are skipped lazily
+            entry = self._waiting.pop(message_id, None)  # its heap entries are skipped lazily
+            if entry is not None:
+                self._depths.leave(entry, False)
         if any(entry.id in gone for _, _, entry in self._scheduled):
             self._scheduled = [item for item in self._scheduled if item[2].id not in gone]
             heapq.heapify(self._scheduled)
+            self._depths.recount_scheduled(entry for _, _, entry in self._scheduled)
 
     def servable(self) -> list[tuple[str, Priority]]:
         """The (route group, class) pairs this node may send by a route of its own,
@@ -295,9 +310,12 @@ class QueueFeeding:
                 self._added_later.add(entry.id)
             heapq.heappush(self._scheduled, (entry.due_at, entry.id, entry))
         else:
+            if (held := self._waiting.get(entry.id)) is not None:  # one entry per id
+                self._depths.leave(held, False)
             self._waiting[entry.id] = entry
             heapq.heappush(self._heaps[entry.priority], (entry.due_at, entry.id))
             heapq.heappush(self._expiry, (entry.expires_at, entry.id))
+        self._depths.enter(entry, scheduled)
         if self._sleep_until is None or self._round_needed(entry, scheduled, self._sleep_until):
             self._wake.set()
 
@@ -328,18 +346,23 @@ class QueueFeeding:
                 self.add(entry, scheduled=scheduled)
             return
         waiting, heaps, expiry, later = self._waiting, self._heaps, self._expiry, self._scheduled
-        push = heapq.heappush
+        push, depths = heapq.heappush, self._depths
         for entry, scheduled in added:
             if scheduled:
                 push(later, (entry.due_at, entry.id, entry))
             else:
+                if (held := waiting.get(entry.id)) is not None:  # one entry per id
+                    depths.leave(held, False)
                 waiting[entry.id] = entry
                 push(heaps[entry.priority], (entry.due_at, entry.id))
                 push(expiry, (entry.expires_at, entry.id))
+            depths.enter(entry, scheduled)
         planned = self._sleep_until
         if added and (planned is None or any(self._round_needed(e, s, planned) for e, s in added)):
             self._wake.set()
 
     def forget(self, message_id: str) -> None:
         """Drop a message that left the queue by other means (cancelled)."""
-        self._waiting.pop(message_id, None)
+        entry = self._waiting.pop(message_id, None)
+        if entry is not None:
+            self._depths.leave(entry, False)
