@@ -3,6 +3,7 @@
     .venv/bin/python bench/wal_pages.py                     # 200 messages, one commit per step
     .venv/bin/python bench/wal_pages.py --prefill 100000    # in a store already holding 100,000
     .venv/bin/python bench/wal_pages.py --trickle --lag 20  # 10/s: one commit per message
+    .venv/bin/python bench/wal_pages.py --inbound apart     # MOs, each mark cleared alone
 
 The real store (`gateway/store/`, in this process, `synchronous = FULL`) with its
 auto-checkpoint off: each message is accepted, claimed, marked `sent` and given its
@@ -36,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.inbound_doubt import KEEP_SECONDS, Marked, Settle  # noqa: E402
 from gateway.models import Priority, new_message_id  # noqa: E402
 from gateway.store import outbox_sql, writer  # noqa: E402
 from gateway.store.store import NewMessage, Store  # noqa: E402
@@ -148,6 +150,36 @@ async def trickle(store: Store, count: int, lag: int, step: Any) -> None:
         step("accept+claim+sent+receipt")
 
 
+async def inbound(store: Store, count: int, mode: str, step: Any) -> None:
+    """Mobile-originated messages stored one at a time, as the sink stores them. `plain`:
+    no mark in doubt (as before SQLite migration 43); `apart`: each with its mark, and
+    the mark's clear committed alone (MOs further apart than the sink's settle delay);
+    `close`: each MO's commit carrying the previous one's clear (MOs close together)."""
+    now = time.time()
+    cleared: list[tuple[bytes, str]] = []
+    for i in range(count):
+        iid, body = new_message_id(), f"YES {i}"
+        sender = f"+1202{i % 10_000_000:07d}"
+        if mode == "plain":
+            await store.insert_inbound(iid, ROUTE, sender, body, "+15550100", None, now)
+            step("inbound")
+            continue
+        digest = store.inbound_digest(f"route:{ROUTE}", sender, "+15550100", body)
+        riding = Settle(tuple(cleared))
+        cleared = []
+        marked = Marked(digest, KEEP_SECONDS, riding)
+        once = await store.insert_inbound_once(
+            iid, ROUTE, sender, body, "+15550100", None, now, marked
+        )
+        assert once.stored
+        step("inbound+mark" if not riding else "inbound+mark+clear")
+        if mode == "apart":
+            await store.settle_inbound_doubt(Settle(((digest, iid),)))
+            step("clear")
+        else:
+            cleared.append((digest, iid))
+
+
 async def prefill(store: Store, count: int, chunk: int = 2000) -> None:
     for start in range(0, count, chunk):
         now = time.time()
@@ -197,7 +229,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             per_step.setdefault(name, []).append(wal.new_frames())
 
         now = time.time()
-        if args.saturated:
+        if args.inbound:
+            await inbound(store, args.messages, args.inbound, step)
+        elif args.saturated:
             await saturated(store, args.messages, args.lag, args.group, step)
         elif args.trickle:
             await trickle(store, args.messages, args.lag, step)
@@ -251,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--saturated", action="store_true", help="claims one by one, lazy work joining")
     p.add_argument(
         "--trickle", action="store_true", help="one commit per message: accept, claim, lazy work"
+    )
+    p.add_argument(
+        "--inbound",
+        choices=["plain", "apart", "close"],
+        help="MOs instead: without marks, marks cleared alone, or each clear riding the next MO",
     )
     p.add_argument("--group", type=int, default=1, help="claims per commit (with --saturated)")
     p.add_argument("--lag", type=int, default=100, help="messages between a submit and its receipt")
