@@ -283,7 +283,7 @@ class PduSpec:
     names: frozenset[str] = field(init=False)
     steps: tuple[Step, ...] = field(init=False, repr=False)
     # The mandatory fields' quick encoder: a submit_sm's written out, else the walk.
-    quick: Callable[[Mapping[str, Value]], bytes] = field(init=False, repr=False)
+    quick: Callable[[Mapping[str, Value]], bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(f.name for f in self.fields))
