@@ -9,7 +9,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from drivers.base import Receipt, ReceiptState
+from drivers.base import OutboundSms, Receipt, ReceiptState
+from drivers.smpp.encoding import LinkEncoding, submit_parts
 from drivers.smpp.inbound import Inbound
 from drivers.smpp.pdu import Command, Pdu, Tag
 
@@ -63,3 +64,15 @@ def test_a_receipt_whose_tlvs_say_it_all_is_not_read_as_text() -> None:
     )
     # 1,386 bytecodes when the text was parsed whole (keys, dates, counts) as well; 535 now.
     assert cost < 700
+
+
+def test_a_one_part_gsm7_body_is_counted_and_encoded_in_one_pass() -> None:
+    """A submit's text fields (`submit_parts`), for the common message: one part in the
+    default alphabet. Its septets are counted from their encoding, not by a second
+    alphabet check and a regex count first (197 bytecodes before, 134 after)."""
+    sms = OutboundSms("m1", "+12025550147", ("x" * 150,), "gsm7")
+    link = LinkEncoding()
+    submit_parts(sms, link)  # the part limits' cache warm
+    parts, cost = counted(lambda: submit_parts(sms, link))
+    assert len(parts) == 1 and parts[0].short_message == b"x" * 150
+    assert cost <= 150

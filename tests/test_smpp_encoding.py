@@ -334,6 +334,25 @@ def test_one_part_check_agrees_with_the_character_walk(body: str, udh_octets: in
         assert _fits(body, data_coding, limit) == (len(_split(body, data_coding, limit)) == 1)
 
 
+@given(body=gsm_text)
+def test_a_default_coded_body_is_one_part_exactly_when_its_septets_fit(body: str) -> None:
+    """The default coding's one-part check counts the encoded septets: one part, the
+    septets themselves, when the walk over the characters makes one part of them."""
+    limit = part_limit(0, 0)
+    parts = submit_parts(sms_for(body), LinkEncoding(gsm_coding=0))
+    one = len(_split(body, 0, limit)) == 1
+    assert (len(parts) == 1 and not parts[0].esm_class) == one
+    if one:
+        assert parts[0] == PartParams(encode_gsm7_septets(body), 0)
+
+
+def test_extension_characters_count_two_septets_at_the_one_part_limit() -> None:
+    """160 septets, five of them escapes, go as one submit_sm; one septet more does not."""
+    link = LinkEncoding(gsm_coding=0)
+    assert len(submit_parts(sms_for("x" * 150 + "€" * 5), link)) == 1
+    assert len(submit_parts(sms_for("x" * 151 + "€" * 5), link)) == 2
+
+
 @given(st.integers(1, 3000))
 def test_re_split_is_minimal(length: int) -> None:
     parts = submit_parts(sms_for("e" * length), LinkEncoding(gsm_coding=3, ref_bits=16))

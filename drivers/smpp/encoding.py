@@ -261,7 +261,13 @@ def submit_parts(sms: OutboundSms, link: LinkEncoding) -> list[PartParams]:
     """
     body = "".join(sms.parts)
     data_coding = choose_data_coding(body, sms.encoding, link)
-    if _fits(body, data_coding, part_limit(data_coding, 0)):
+    if data_coding == DC_DEFAULT:
+        # Unpacked, one octet per septet: the encoded body's length is its septet count
+        # (and octets), so one pass counts and encodes it (not a regex count, then this).
+        septets = encode_gsm7_septets(body)
+        if len(septets) <= part_limit(DC_DEFAULT, 0).octets:
+            return [PartParams(septets, data_coding)]
+    elif _fits(body, data_coding, part_limit(data_coding, 0)):
         return [PartParams(_encode(body, data_coding), data_coding)]
     if link.long_mode == "payload":
         payload = _encode(body, data_coding)

@@ -36,12 +36,23 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar, Literal, TypeVar
 
 from drivers.base import ProtocolError
-from drivers.smpp.pdu_quick import CSTRING, INTS, OCTETS, WIDE, Step, quick_body, quick_fields
+from drivers.smpp.pdu_quick import (
+    CSTRING,
+    INTS,
+    OCTETS,
+    SUBMIT_SM_STEPS,
+    WIDE,
+    Step,
+    quick_body,
+    quick_fields,
+    quick_submit_sm,
+)
 from drivers.smpp.status import Status, status_code
 
 HEADER_SIZE = 16
@@ -271,10 +282,15 @@ class PduSpec:
     takes_tlvs: bool = False
     names: frozenset[str] = field(init=False)
     steps: tuple[Step, ...] = field(init=False, repr=False)
+    # The mandatory fields' quick encoder: a submit_sm's written out, else the walk.
+    quick: Callable[[Mapping[str, Value]], bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(f.name for f in self.fields))
-        object.__setattr__(self, "steps", _steps(self.fields))
+        steps = _steps(self.fields)
+        object.__setattr__(self, "steps", steps)
+        quick = quick_submit_sm if steps == SUBMIT_SM_STEPS else partial(quick_body, steps)
+        object.__setattr__(self, "quick", quick)
 
     @property
     def name(self) -> str:
@@ -503,7 +519,7 @@ def _encode_body(
     try:
         if not spec.names.issuperset(params):
             raise LookupError("a field not in the spec")
-        out += quick_body(spec.steps, params)
+        out += spec.quick(params)
     except Exception:  # a value that does not fit: the checked way names the field
         for spec_field in spec.fields:
             spec_field.write(params.get(spec_field.name, spec_field.default), out)
