@@ -46,9 +46,10 @@ three hops per batch.
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,6 +100,73 @@ class _Batch:
 
 class WriterClosed(RuntimeError):
     pass
+
+
+# What the writer's thread hands back to the loop: (result, None) or (None, error).
+Deliver = Callable[[Any, BaseException | None], None]
+
+
+class _WriterThread:
+    """The one thread that uses the writing connection: calls from the loop in order,
+    each outcome handed back to the loop by one `call_soon_threadsafe`. A
+    `ThreadPoolExecutor` did the same through two futures per transaction (the
+    executor's, its asyncio wrapper) and their callbacks, a lock and a condition on
+    each side: Python that ran once per transaction on both threads, which at 16
+    clients (groups of about 8) weighed 2-3 us of every accept (bench/README.md, ninth
+    pass)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, Callable[..., Any], tuple[Any, ...], Deliver] | None
+        ] = queue.SimpleQueue()
+        # A daemon: a store never closed must not hold the interpreter's exit. A commit
+        # cut off there was never answered: its callers got no 202.
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        deliver: Deliver,
+    ) -> None:
+        self._calls.put((loop, fn, args, deliver))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on this thread, awaited."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            if fut.done():  # the awaiting task was cancelled
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self.call(loop, fn, args, deliver)
+        return await fut
+
+    def _serve(self) -> None:
+        get = self._calls.get
+        while (call := get()) is not None:
+            loop, fn, args, deliver = call
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to the caller, as an executor's future does
+                error = e
+            if not loop.is_closed():  # else nobody waits for it (as asyncio's wrap_future)
+                loop.call_soon_threadsafe(deliver, result, error)
+            del call, fn, args, deliver, result, error  # no reference kept while idle
+
+    def stop(self) -> None:
+        """After every call handed in so far."""
+        self._calls.put(None)
+        self._thread.join()
 
 
 # A new store's page size (an existing one keeps its own). Every commit writes each page
@@ -172,7 +240,7 @@ class GroupCommitWriter:
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._lazy_due = False
         self._draining = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-writer")
+        self._thread: _WriterThread | None = None  # started by `open`
         self._conn: sqlite3.Connection | None = None
         self._pending = _Batch()
         self._later: list[tuple[Job, asyncio.Future[Any]]] = []  # `run_after_others`
@@ -196,18 +264,16 @@ class GroupCommitWriter:
         self._checkpoint_every = WAL_AUTOCHECKPOINT  # the connection's, on the writer thread
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(
-            self._executor, connect, self._path, self._synchronous
-        )
+        self._thread = _WriterThread("smsgw-db-writer")
+        self._conn = await self._thread.run(connect, self._path, self._synchronous)
 
     async def call_outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the writer thread with no transaction open (migrations, checkpoints)."""
         await self.drain()
         conn = self._conn
-        if conn is None:
+        if conn is None or self._thread is None:
             raise WriterClosed("the store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        return await self._thread.run(fn, conn)
 
     def insert(self, statements: list[Statement]) -> asyncio.Future[None]:
         """Insert rows that commit together (e.g. a message and its first event)."""
@@ -322,28 +388,30 @@ class GroupCommitWriter:
         self._commit_soon(batch)
 
     def _commit_soon(self, batch: _Batch) -> None:
-        loop = asyncio.get_running_loop()
         every = WAL_AUTOCHECKPOINT if self._backlog else WAL_AUTOCHECKPOINT_QUIET
-        done = loop.run_in_executor(self._executor, self._commit, batch, every)
-        done.add_done_callback(lambda f: self._settle(batch, f))
+        thread = self._thread
+        assert thread is not None
+        thread.call(
+            asyncio.get_running_loop(),
+            self._commit,
+            (batch, every),
+            lambda outcomes, error: self._settle(batch, outcomes, error),
+        )
 
-    def _settle(self, batch: _Batch, done: asyncio.Future[list[Any]]) -> None:
+    def _settle(
+        self, batch: _Batch, outcomes: list[Any] | None, error: BaseException | None
+    ) -> None:
         self.batches += 1
-        self.items += len(batch)
-        error = done.exception()
+        self.items += batch.size
         self.failed_batches += error is not None
         futures = batch.futures()
-        self._note_failure(
-            error,
-            None if error is not None else done.result(),
-            proves_room=batch.proves_room or bool(batch.inserts),
-        )
-        if error is not None:
+        self._note_failure(error, outcomes, proves_room=batch.proves_room or bool(batch.inserts))
+        if error is not None or outcomes is None:
+            failed = error if error is not None else RuntimeError("the commit gave no outcomes")
             for fut in futures:
                 if not fut.done():
-                    fut.set_exception(error)
+                    fut.set_exception(failed)
         else:
-            outcomes = done.result()
             for fut, outcome in zip(futures, outcomes, strict=True):
                 if fut.done():
                     continue
@@ -489,11 +557,12 @@ class GroupCommitWriter:
             return
         await self.drain()
         self._closed = True
-        conn = self._conn
+        conn, thread = self._conn, self._thread
+        if thread is None:
+            return
         if conn is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, _checkpoint_and_close, conn)
-        self._executor.shutdown(wait=True)
+            await thread.run(_checkpoint_and_close, conn)
+        thread.stop()  # idle by now: its last call was delivered
 
 
 def _begin_again(conn: sqlite3.Connection) -> None:
