@@ -33,7 +33,8 @@ message than one commit each (`bench/diskwrites.py`).
 
 Checkpoints: SQLite's automatic one runs in this thread right after a COMMIT once the WAL
 holds `wal_autocheckpoint` frames. While eager work piles up behind the commits (load)
-that is every 1,000 frames, short stalls; while nothing waits, every 4,000, so the hot
+that is every 1,000 frames, short stalls; while nothing waits (`QUIET_AFTER_COMMITS`
+commits in a row found nothing behind them), every 4,000, so the hot
 pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`); and after a transaction
 of many rows (`BULK_TRANSACTION_ROWS`: batch requests) every 4,000 too, as at 1,000 each
 such commit would checkpoint.
@@ -187,6 +188,12 @@ WAL_AUTOCHECKPOINT = 1000
 # tails, the newest rows) go into the file a quarter as often (bench/wal_pages.py
 # --trickle: 1.13 -> 0.72 checkpoint pages per message). A WAL of up to about 8 MB.
 WAL_AUTOCHECKPOINT_QUIET = 4000
+# Commits in a row that found nothing waiting before the writer counts as quiet. Under
+# load at 16 clients a third of the commits return to find nothing waiting yet (the
+# answered clients' next requests still on their way), and switching at each cost two
+# `PRAGMA wal_autocheckpoint` statements per flip, about 40 us of the writer's CPU,
+# 1.7 us per accept (`profile_accept.py -c 16 --sql 8`); a trickle stays quiet as before.
+QUIET_AFTER_COMMITS = 4
 # ... and after a transaction that changed this many rows (a batch request's messages:
 # about a WAL frame each, the recipients' index pages being random): at 1,000 frames
 # every such commit would checkpoint, each stall as long as the transaction. At 4,000
@@ -259,8 +266,10 @@ class GroupCommitWriter:
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
         self.failed_batches = 0  # transactions that failed to commit (for /metrics)
-        # Eager work was waiting when the last commit returned: checkpoint often and short.
+        # Eager work was waiting when one of the last few commits returned: checkpoint
+        # often and short.
         self._backlog = True
+        self._lone_commits = 0  # commits in a row that found nothing waiting
         self._checkpoint_every = WAL_AUTOCHECKPOINT  # the connection's, on the writer thread
 
     async def open(self) -> None:
@@ -421,7 +430,12 @@ class GroupCommitWriter:
                     fut.set_result(outcome)
             for callback in self.after_commit:
                 callback()
-        self._backlog = self._pending.eager > 0 or bool(self._later)
+        if self._pending.eager > 0 or self._later:
+            self._lone_commits = 0
+            self._backlog = True
+        else:
+            self._lone_commits += 1
+            self._backlog = self._lone_commits < QUIET_AFTER_COMMITS
         self._flush()
 
     def _note_failure(
