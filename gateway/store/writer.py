@@ -52,6 +52,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -400,12 +401,8 @@ class GroupCommitWriter:
         every = WAL_AUTOCHECKPOINT if self._backlog else WAL_AUTOCHECKPOINT_QUIET
         thread = self._thread
         assert thread is not None
-        thread.call(
-            asyncio.get_running_loop(),
-            self._commit,
-            (batch, every),
-            lambda outcomes, error: self._settle(batch, outcomes, error),
-        )
+        settle = partial(self._settle, batch)  # no frame of its own, as a lambda's
+        thread.call(asyncio.get_running_loop(), self._commit, (batch, every), settle)
 
     def _settle(
         self, batch: _Batch, outcomes: list[Any] | None, error: BaseException | None
