@@ -1,7 +1,7 @@
 """Group commit: many callers, one transaction, one fsync.
 
 Theory of operation. Every write goes through one `GroupCommitWriter`, which owns the
-only writing connection (plain `sqlite3` on a one-thread executor). Callers hand it
+only writing connection (plain `sqlite3` on a thread of its own). Callers hand it
 either rows to insert (`insert`) or a job, a function run against the connection
 (`run`). While a transaction is in flight, new work piles up on the event loop; when it
 commits, everything that piled up goes in the next transaction. Under load batches
@@ -113,9 +113,8 @@ class _WriterThread:
     each outcome handed back to the loop by one `call_soon_threadsafe`. A
     `ThreadPoolExecutor` did the same through two futures per transaction (the
     executor's, its asyncio wrapper) and their callbacks, a lock and a condition on
-    each side: Python that ran once per transaction on both threads, which at 16
-    clients (groups of about 8) weighed 2-3 us of every accept (bench/README.md, ninth
-    pass)."""
+    each side: Python run once per transaction on both threads, about 140 bytecodes of
+    every accept at 16 clients (groups of 5-8; bench/README.md, ninth pass)."""
 
     def __init__(self, name: str) -> None:
         self._calls: queue.SimpleQueue[
