@@ -273,8 +273,13 @@ class GroupCommitWriter:
         self._checkpoint_every = WAL_AUTOCHECKPOINT  # the connection's, on the writer thread
 
     async def open(self) -> None:
-        self._thread = _WriterThread("smsgw-db-writer")
-        self._conn = await self._thread.run(connect, self._path, self._synchronous)
+        thread = _WriterThread("smsgw-db-writer")
+        try:
+            self._conn = await thread.run(connect, self._path, self._synchronous)
+        except BaseException:
+            thread.stop()  # idle: its one call was delivered
+            raise
+        self._thread = thread
 
     async def call_outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the writer thread with no transaction open (migrations, checkpoints)."""
