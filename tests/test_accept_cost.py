@@ -267,7 +267,7 @@ def test_in_lists_come_in_a_few_sizes_and_read_each_row_once(tmp_path: Path) -> 
 # histogram walk, unused fields' names formatted, an HMAC per number), 7,600 to 7,800 after.
 # 7,383-7,493 at session 34's start, 6,794 after its sixth pass (the 202 written whole,
 # `gateway/web/rendered.py`; the guard's per-connection facts; see the frames below).
-# Ninth pass (session 35, s35-accepts16): 6,827 before, 5,803 after (the writer's own
+# Ninth pass (session 35, s35-accepts16): 6,827 before, 5,803-5,877 after (the writer's own
 # thread: no executor's submit, no future chained to an asyncio one per transaction, and
 # here every send is a transaction of its own).
 HTTP_ACCEPT_BYTECODES = 6_200
@@ -419,9 +419,9 @@ def test_a_kept_blind_index_is_the_keyed_digest(numbers: list[str]) -> None:
 # worked out once per connection, `web/guard.KnownConnection`; no header-timer state for
 # the empty chunk aiohttp feeds at each body read; no link-book coroutine for a body
 # without `{`; a message's own class looked at first by `claim_with_accept`; the number
-# and body sealed without a loop). Ninth pass (s35-accepts16): 135.4 before, 134.6 after
-# (the executor's frames were the standard library's, not counted here; the writer's
-# hand-off in our code, one frame more).
+# and body sealed without a loop). Ninth pass (s35-accepts16): 135.4 before, 131.2-134.6 after
+# (the executor's frames were the standard library's, not counted here; `run_grouped`
+# without its `_loop` call, and `_enqueue` only when no transaction is in flight).
 HTTP_ACCEPT_FRAMES = 140
 STDLIB = sysconfig.get_paths()["stdlib"]
 

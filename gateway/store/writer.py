@@ -329,8 +329,13 @@ class GroupCommitWriter:
         hot paths: claims, sends, receipts). If the call raises, each item is retried on
         its own so that one bad item rolls back alone. A `lazy` item waits up to
         `lazy_delay` for a transaction started by other work."""
-        fut: asyncio.Future[Any] = self._loop().create_future()
-        self._enqueue(lazy)
+        # `_loop` and `_enqueue` written out: every accept, claim and send comes here,
+        # and under load a transaction is in flight, so `_enqueue` would do nothing.
+        if self._closed or self._conn is None:
+            raise WriterClosed("the store is closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._busy:
+            self._enqueue(lazy)
         batch = self._pending
         group = batch.groups.get(fn)
         if group is None:
