@@ -47,6 +47,7 @@ three hops per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -160,8 +161,11 @@ class _WriterThread:
                 result = fn(*args)
             except BaseException as e:  # handed to the caller, as an executor's future does
                 error = e
-            if not loop.is_closed():  # else nobody waits for it (as asyncio's wrap_future)
-                loop.call_soon_threadsafe(deliver, result, error)
+            # A closed loop has nobody waiting (asyncio's `wrap_future` skips it too); it
+            # may close between the check and the call, and the thread must live on.
+            with contextlib.suppress(RuntimeError):
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(deliver, result, error)
             del call, fn, args, deliver, result, error  # no reference kept while idle
 
     def stop(self) -> None:
