@@ -3,6 +3,7 @@
     .venv/bin/python bench/accept_opcodes.py                # the gateway, 4 clients
     .venv/bin/python bench/accept_opcodes.py --top 80 --clients 16
     .venv/bin/python bench/accept_opcodes.py --target ceiling
+    .venv/bin/python bench/accept_opcodes.py --clients 16 --writer  # its thread's too
 
 CPU per accept on a shared machine moves with the load; the bytecodes the event loop
 runs for it do not. The server is built in this process as `profile_accept.py` builds it
@@ -42,6 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=60, help="functions listed")
     p.add_argument("--files", type=int, default=25, help="files listed")
     p.add_argument("--target", choices=("gateway", "ceiling"), default="gateway")
+    p.add_argument(
+        "--writer", action="store_true", help="count the writer's thread too, apart from the loop"
+    )
     return p.parse_args(argv)
 
 
@@ -132,15 +136,22 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
     per_client = max(1, args.sends // args.clients)
     try:
         assert set(await load(args, per_client)) == {202}  # caches, imports, the token
-        tally = Tally()
+        tally, on_writer = Tally(), Tally()
+        if args.writer:  # the writer's thread runs this between two transactions
+            await _writer.call_outside_transaction(lambda _conn: sys.settrace(on_writer.trace))
         before = sys.gettrace()
         sys.settrace(tally.trace)
         try:
             statuses = await load(args, per_client)
         finally:
             sys.settrace(before)
+        if args.writer:
+            await _writer.call_outside_transaction(lambda _conn: sys.settrace(None))
         assert set(statuses) == {202}, sorted(set(statuses))
         report(tally, len(statuses), args.top, args.files)
+        if args.writer:
+            print("\nthe writer's thread:")
+            report(on_writer, len(statuses), args.top, args.files)
     finally:
         await runner.cleanup()
         if args.gateway is not None:

@@ -252,7 +252,8 @@ async def test_the_writer_checkpoints_often_only_while_work_waits_behind_it(
 ) -> None:
     """Larger checkpoints write less but stall the writer's commits longer (the accept
     p99 under load): every 1,000 frames while eager work piles up behind the commits,
-    every 4,000 while nothing waits (a trickle, a paced route)."""
+    every 4,000 once a few commits in a row found nothing waiting (a trickle, a paced
+    route)."""
     w = GroupCommitWriter(tmp_path / "w.db")
     await w.open()
 
@@ -263,17 +264,28 @@ async def test_the_writer_checkpoints_often_only_while_work_waits_behind_it(
             )
         )
 
+    async def alone(times: int) -> None:
+        for v in range(times):
+            await w.insert([("INSERT INTO t VALUES (?)", (v,))])
+
     try:
         await w.run(lambda c: c.execute("CREATE TABLE t (v)"))
-        assert await every() == writer_mod.WAL_AUTOCHECKPOINT == 1000  # until one was alone
-        await w.insert([("INSERT INTO t VALUES (?)", (1,))])
+        # A commit sets what the ones before it found: with the CREATE's, these make
+        # QUIET_AFTER_COMMITS that found nothing waiting, and the next one is quiet.
+        await alone(writer_mod.QUIET_AFTER_COMMITS - 1)
+        assert await every() == writer_mod.WAL_AUTOCHECKPOINT == 1000
+        await alone(1)
         assert await every() == writer_mod.WAL_AUTOCHECKPOINT_QUIET == 4000
         first = w.insert([("INSERT INTO t VALUES (?)", (2,))])
         await asyncio.sleep(0)  # its transaction is in flight ...
         behind = w.insert([("INSERT INTO t VALUES (?)", (3,))])  # ... and this waits behind it
         await asyncio.gather(first, behind)
         assert await every() == 1000
-        await w.insert([("INSERT INTO t VALUES (?)", (4,))])
+        # Work that found nothing behind it now and then (load at a few clients) keeps
+        # the short checkpoints: no PRAGMA per flip.
+        await alone(writer_mod.QUIET_AFTER_COMMITS - 1)
+        assert await every() == 1000
+        await alone(1)
         assert await every() == 4000
     finally:
         await w.close()

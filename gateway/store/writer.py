@@ -1,7 +1,7 @@
 """Group commit: many callers, one transaction, one fsync.
 
 Theory of operation. Every write goes through one `GroupCommitWriter`, which owns the
-only writing connection (plain `sqlite3` on a one-thread executor). Callers hand it
+only writing connection (plain `sqlite3` on a thread of its own). Callers hand it
 either rows to insert (`insert`) or a job, a function run against the connection
 (`run`). While a transaction is in flight, new work piles up on the event loop; when it
 commits, everything that piled up goes in the next transaction. Under load batches
@@ -33,7 +33,8 @@ message than one commit each (`bench/diskwrites.py`).
 
 Checkpoints: SQLite's automatic one runs in this thread right after a COMMIT once the WAL
 holds `wal_autocheckpoint` frames. While eager work piles up behind the commits (load)
-that is every 1,000 frames, short stalls; while nothing waits, every 4,000, so the hot
+that is every 1,000 frames, short stalls; while nothing waits (`QUIET_AFTER_COMMITS`
+commits in a row found nothing behind them), every 4,000, so the hot
 pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`); and after a transaction
 of many rows (`BULK_TRANSACTION_ROWS`: batch requests) every 4,000 too, as at 1,000 each
 such commit would checkpoint.
@@ -46,10 +47,13 @@ three hops per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +105,75 @@ class WriterClosed(RuntimeError):
     pass
 
 
+# What the writer's thread hands back to the loop: (result, None) or (None, error).
+Deliver = Callable[[Any, BaseException | None], None]
+
+
+class _WriterThread:
+    """The one thread that uses the writing connection: calls from the loop in order,
+    each outcome handed back to the loop by one `call_soon_threadsafe`. A
+    `ThreadPoolExecutor` did the same through two futures per transaction (the
+    executor's, its asyncio wrapper) and their callbacks, a lock and a condition on
+    each side: Python run once per transaction on both threads, about 140 bytecodes of
+    every accept at 16 clients (groups of 5-8; bench/README.md, ninth pass)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, Callable[..., Any], tuple[Any, ...], Deliver] | None
+        ] = queue.SimpleQueue()
+        # A daemon: a store never closed must not hold the interpreter's exit. A commit
+        # cut off there was never answered: its callers got no 202.
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        deliver: Deliver,
+    ) -> None:
+        self._calls.put((loop, fn, args, deliver))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on this thread, awaited."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            if fut.done():  # the awaiting task was cancelled
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self.call(loop, fn, args, deliver)
+        return await fut
+
+    def _serve(self) -> None:
+        get = self._calls.get
+        while (call := get()) is not None:
+            loop, fn, args, deliver = call
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to the caller, as an executor's future does
+                error = e
+            # A closed loop has nobody waiting (asyncio's `wrap_future` skips it too); it
+            # may close between the check and the call, and the thread must live on.
+            with contextlib.suppress(RuntimeError):
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(deliver, result, error)
+            del call, fn, args, deliver, result, error  # no reference kept while idle
+
+    def stop(self) -> None:
+        """After every call handed in so far."""
+        self._calls.put(None)
+        self._thread.join()
+
+
 # A new store's page size (an existing one keeps its own). Every commit writes each page
 # it touched whole; at one message's changes per commit, 2 KiB pages write about a third
 # less than 4 KiB ones (bench/diskwrites.py). A row of a one-segment message fits one.
@@ -119,6 +192,12 @@ WAL_AUTOCHECKPOINT = 1000
 # tails, the newest rows) go into the file a quarter as often (bench/wal_pages.py
 # --trickle: 1.13 -> 0.72 checkpoint pages per message). A WAL of up to about 8 MB.
 WAL_AUTOCHECKPOINT_QUIET = 4000
+# Commits in a row that found nothing waiting before the writer counts as quiet. Under
+# load at 16 clients a third of the commits return to find nothing waiting yet (the
+# answered clients' next requests still on their way), and switching at each cost two
+# `PRAGMA wal_autocheckpoint` statements per flip, about 40 us of the writer's CPU,
+# 1.7 us per accept (`profile_accept.py -c 16 --sql 8`); a trickle stays quiet as before.
+QUIET_AFTER_COMMITS = 4
 # ... and after a transaction that changed this many rows (a batch request's messages:
 # about a WAL frame each, the recipients' index pages being random): at 1,000 frames
 # every such commit would checkpoint, each stall as long as the transaction. At 4,000
@@ -172,7 +251,7 @@ class GroupCommitWriter:
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._lazy_due = False
         self._draining = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="smsgw-db-writer")
+        self._thread: _WriterThread | None = None  # started by `open`
         self._conn: sqlite3.Connection | None = None
         self._pending = _Batch()
         self._later: list[tuple[Job, asyncio.Future[Any]]] = []  # `run_after_others`
@@ -191,23 +270,28 @@ class GroupCommitWriter:
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
         self.failed_batches = 0  # transactions that failed to commit (for /metrics)
-        # Eager work was waiting when the last commit returned: checkpoint often and short.
+        # Eager work was waiting when one of the last few commits returned: checkpoint
+        # often and short.
         self._backlog = True
+        self._lone_commits = 0  # commits in a row that found nothing waiting
         self._checkpoint_every = WAL_AUTOCHECKPOINT  # the connection's, on the writer thread
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(
-            self._executor, connect, self._path, self._synchronous
-        )
+        thread = _WriterThread("smsgw-db-writer")
+        try:
+            self._conn = await thread.run(connect, self._path, self._synchronous)
+        except BaseException:
+            thread.stop()  # idle: its one call was delivered
+            raise
+        self._thread = thread
 
     async def call_outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the writer thread with no transaction open (migrations, checkpoints)."""
         await self.drain()
         conn = self._conn
-        if conn is None:
+        if conn is None or self._thread is None:
             raise WriterClosed("the store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        return await self._thread.run(fn, conn)
 
     def insert(self, statements: list[Statement]) -> asyncio.Future[None]:
         """Insert rows that commit together (e.g. a message and its first event)."""
@@ -249,8 +333,13 @@ class GroupCommitWriter:
         hot paths: claims, sends, receipts). If the call raises, each item is retried on
         its own so that one bad item rolls back alone. A `lazy` item waits up to
         `lazy_delay` for a transaction started by other work."""
-        fut: asyncio.Future[Any] = self._loop().create_future()
-        self._enqueue(lazy)
+        # `_loop` and `_enqueue` written out: every accept, claim and send comes here,
+        # and under load a transaction is in flight, so `_enqueue` would do nothing.
+        if self._closed or self._conn is None:
+            raise WriterClosed("the store is closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._busy:
+            self._enqueue(lazy)
         batch = self._pending
         group = batch.groups.get(fn)
         if group is None:
@@ -322,28 +411,26 @@ class GroupCommitWriter:
         self._commit_soon(batch)
 
     def _commit_soon(self, batch: _Batch) -> None:
-        loop = asyncio.get_running_loop()
         every = WAL_AUTOCHECKPOINT if self._backlog else WAL_AUTOCHECKPOINT_QUIET
-        done = loop.run_in_executor(self._executor, self._commit, batch, every)
-        done.add_done_callback(lambda f: self._settle(batch, f))
+        thread = self._thread
+        assert thread is not None
+        settle = partial(self._settle, batch)  # no frame of its own, as a lambda's
+        thread.call(asyncio.get_running_loop(), self._commit, (batch, every), settle)
 
-    def _settle(self, batch: _Batch, done: asyncio.Future[list[Any]]) -> None:
+    def _settle(
+        self, batch: _Batch, outcomes: list[Any] | None, error: BaseException | None
+    ) -> None:
         self.batches += 1
-        self.items += len(batch)
-        error = done.exception()
+        self.items += batch.size
         self.failed_batches += error is not None
         futures = batch.futures()
-        self._note_failure(
-            error,
-            None if error is not None else done.result(),
-            proves_room=batch.proves_room or bool(batch.inserts),
-        )
-        if error is not None:
+        self._note_failure(error, outcomes, proves_room=batch.proves_room or bool(batch.inserts))
+        if error is not None or outcomes is None:
+            failed = error if error is not None else RuntimeError("the commit gave no outcomes")
             for fut in futures:
                 if not fut.done():
-                    fut.set_exception(error)
+                    fut.set_exception(failed)
         else:
-            outcomes = done.result()
             for fut, outcome in zip(futures, outcomes, strict=True):
                 if fut.done():
                     continue
@@ -353,7 +440,12 @@ class GroupCommitWriter:
                     fut.set_result(outcome)
             for callback in self.after_commit:
                 callback()
-        self._backlog = self._pending.eager > 0 or bool(self._later)
+        if self._pending.eager > 0 or self._later:
+            self._lone_commits = 0
+            self._backlog = True
+        else:
+            self._lone_commits += 1
+            self._backlog = self._lone_commits < QUIET_AFTER_COMMITS
         self._flush()
 
     def _note_failure(
@@ -489,11 +581,12 @@ class GroupCommitWriter:
             return
         await self.drain()
         self._closed = True
-        conn = self._conn
+        conn, thread = self._conn, self._thread
+        if thread is None:
+            return
         if conn is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, _checkpoint_and_close, conn)
-        self._executor.shutdown(wait=True)
+            await thread.run(_checkpoint_and_close, conn)
+        thread.stop()  # idle by now: its last call was delivered
 
 
 def _begin_again(conn: sqlite3.Connection) -> None:
