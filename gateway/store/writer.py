@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.store.bulk_insert import insert_rows
 from gateway.store_failure import storage_failure
 
 log = structlog.get_logger("smsgw.store")
@@ -415,7 +416,7 @@ class GroupCommitWriter:
                 by_sql.setdefault(sql, []).append(params)
         try:
             for sql, rows in by_sql.items():
-                conn.executemany(sql, rows)
+                insert_rows(conn, sql, rows)
             return [None] * len(inserts)
         except sqlite3.Error:
             if not conn.in_transaction:  # SQLite rolled it all back (disk full): no retry
