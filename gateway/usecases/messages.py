@@ -613,8 +613,9 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
     """Judge the messages of every request that arrived meanwhile, in order, from one
     read of what the policy needs to know of all their recipients (each sees the ones
     judged before it), then insert all their rows at once (`insert_rows`: a batch's in
-    multi-row statements, else one executemany per statement). If anything fails, the writer runs each request alone. Written for the
-    single send, most jobs: it runs in the writer for every message accepted."""
+    multi-row statements, else one executemany per statement). If anything fails, the
+    writer runs each request alone. Written for the single send, most jobs: it runs in
+    the writer for every message accepted."""
     if not jobs:
         return []
     intake = jobs[0].intake
