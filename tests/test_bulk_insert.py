@@ -63,3 +63,13 @@ def test_a_bad_row_fails_the_insert() -> None:
         insert_rows(conn, INSERT, rows)
     conn.execute("ROLLBACK")
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_chunk_of_rows_is_one_statement() -> None:
+    conn = _db()
+    started: list[str] = []
+    conn.set_trace_callback(started.append)
+    insert_rows(conn, INSERT, _rows(2 * CHUNK_ROWS + 1))
+    # SQLite calls back at a statement's start and at its trigger's (the statement's
+    # text again): its distinct texts, each with its own rows' values.
+    assert len({sql for sql in started if sql.startswith("INSERT INTO t ")}) == 3
