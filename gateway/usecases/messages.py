@@ -230,6 +230,8 @@ class Messages(WithinAccepts):
             )
 
         def build(accepted: list[Accepted]) -> BatchAccepted:
+            if not errors:  # every item accepted (the writer's thread runs this)
+                return BatchAccepted(len(accepted), 0, accepted)
             it = iter(accepted)
             results = [errors[i] if i in errors else next(it) for i in range(len(items))]
             return BatchAccepted(len(accepted), len(errors), results)
