@@ -1,11 +1,11 @@
 """Many rows of one `INSERT` statement, as few statements as the rows allow.
 
 `executemany` runs the statement once per row, and each run is a statement of its own to
-SQLite: its set-up, and, as `messages` has insert triggers, a statement journal opened and
-closed and a trigger program entered per row. A statement with a multi-row `VALUES`
-(`CHUNK_ROWS` rows of parameters) pays that once per chunk: a batch request's message rows
-took 21.8 -> 18.7 us of the writer thread's CPU a row (1,000-row transactions,
-alternating in one process: bench/README.md, tenth pass). The rows go in the same order
+SQLite: its start, its statement journal (`messages` has insert triggers), the GIL
+released and taken back. A statement with a multi-row `VALUES` (`CHUNK_ROWS` rows of
+parameters) pays that once per chunk (the triggers still run per row): a batch
+request's message rows took 21.8 -> 18.7 us of the writer thread's CPU a row (1,000-row
+transactions, alternating in one process: bench/README.md, tenth pass). The rows go in the same order
 and fire the same triggers; a row that fails aborts its chunk's statement whole, where
 `executemany` stopped at it, and every caller rolls the transaction or savepoint back on
 any failure anyway.
