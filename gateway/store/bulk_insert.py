@@ -5,10 +5,10 @@ SQLite: its start, its statement journal (`messages` has insert triggers), the G
 released and taken back. A statement with a multi-row `VALUES` (`CHUNK_ROWS` rows of
 parameters) pays that once per chunk (the triggers still run per row): a batch
 request's message rows took 21.8 -> 18.7 us of the writer thread's CPU a row (1,000-row
-transactions, alternating in one process: bench/README.md, tenth pass). The rows go in the same order
-and fire the same triggers; a row that fails aborts its chunk's statement whole, where
-`executemany` stopped at it, and every caller rolls the transaction or savepoint back on
-any failure anyway.
+transactions, alternating in one process: bench/README.md, tenth pass). The rows go in
+the same order and fire the same triggers; a row that fails aborts its chunk's statement
+whole, where `executemany` stopped at it, and every caller rolls the transaction or
+savepoint back on any failure anyway.
 """
 
 from __future__ import annotations
