@@ -129,7 +129,7 @@ WAL_AUTOCHECKPOINT_QUIET = 4000
 # alternating in one process, busy machine: bench/README.md, batch accepts). At 8,000
 # (`WAL_AUTOCHECKPOINT_BULK`) more of a checkpoint's pages were hit more than once:
 # `COMMIT` 10.0 -> 8.8 us a row, 16,000 only 8.6 (bench/README.md, tenth pass). A WAL
-# of up to about 16 MB; a single send's commit after such a batch checkpoints what the
+# of up to about 16-20 MB; a single send's commit after such a batch checkpoints what the
 # batches left, a stall twice as long as at 4,000 at most.
 BULK_TRANSACTION_ROWS = 500
 WAL_AUTOCHECKPOINT_BULK = 8000
