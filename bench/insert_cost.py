@@ -8,6 +8,7 @@
     .venv/bin/python bench/insert_cost.py --no-triggers         # without `messages`' triggers
     .venv/bin/python bench/insert_cost.py --group 8 --rows 20000 --synchronous OFF
                                                     # single accepts' groups, no fsync
+    .venv/bin/python bench/insert_cost.py --multi-row           # as the writer inserts a batch
 
 A fresh store (`gateway.store.schema.migrate`, the writer's own `connect`, so its page
 size, WAL and `synchronous = FULL`, and the statement journals in memory as `Store.open`
@@ -20,7 +21,9 @@ does). It prints this thread's CPU per row for the `executemany` (the B-trees: t
 table and each index a row enters) and for the `COMMIT` (the WAL frames of every page
 the transaction dirtied, their fsync, and the automatic checkpoint when one falls
 due). The first fifth of the rows only fills the store and is not counted. Thread
-CPU, not wall time: the figure barely moves with the machine's load. `--savepoint`: each
+CPU, not wall time: the figure barely moves with the machine's load. `--multi-row`: the
+rows through `bulk_insert.insert_rows` (statements of 250 rows), as the writer inserts a
+batch request's since session 35. `--savepoint`: each
 group's rows inside a savepoint, as the writer ran a transaction's first step until
 session 33 (and runs every later one): each insert fires a trigger, so it keeps a
 statement journal, and SQLite walks the savepoint's in-memory journal at its end.
@@ -39,6 +42,7 @@ from pathlib import Path
 import ceiling_server
 
 from gateway.models import new_message_id
+from gateway.store.bulk_insert import insert_rows
 from gateway.store.schema import migrate
 from gateway.store.writer import connect
 
@@ -50,6 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--drop", nargs="*", default=[], metavar="INDEX", help="indexes to drop")
     p.add_argument("--checkpoint", type=int, default=None, help="wal_autocheckpoint frames")
     p.add_argument("--savepoint", action="store_true", help="each group inside a savepoint")
+    p.add_argument("--multi-row", action="store_true", help="rows in multi-row statements")
     p.add_argument(
         "--no-triggers",
         action="store_true",
@@ -110,7 +115,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, float]:
         conn.execute("BEGIN IMMEDIATE")
         if args.savepoint:
             conn.execute("SAVEPOINT grouped")
-        conn.executemany(sql, [params for _, params in rows])
+        if args.multi_row:
+            insert_rows(conn, sql, [params for _, params in rows])
+        else:
+            conn.executemany(sql, [params for _, params in rows])
         if args.savepoint:
             conn.execute("RELEASE grouped")
         inserted = time.thread_time()
@@ -142,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dropped += "; inside a savepoint"
     if args.no_triggers:
         dropped += "; no insert triggers"
+    if args.multi_row:
+        dropped += "; multi-row statements"
     checkpoint = "default" if args.checkpoint is None else args.checkpoint
     print(
         f"dropped: {dropped}; checkpoint: {checkpoint}; synchronous {args.synchronous};"

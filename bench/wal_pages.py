@@ -206,6 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Off for the run: the writer sets its own before each transaction, and a WAL
         # restarted by a checkpoint would hide the frames written over the old ones.
         writer.WAL_AUTOCHECKPOINT = writer.WAL_AUTOCHECKPOINT_QUIET = 0
+        writer.WAL_AUTOCHECKPOINT_BULK = 0
         store = Store(path, os.urandom(32))
         await store.open()
         store.writer.lazy_delay = 0.0  # one commit per step here, at once

@@ -358,8 +358,31 @@ class QueueFeeding:
                 push(expiry, (entry.expires_at, entry.id))
             depths.enter(entry, scheduled)
         planned = self._sleep_until
-        if added and (planned is None or any(self._round_needed(e, s, planned) for e, s in added)):
+        if added and (planned is None or self._any_round_needed(added, planned)):
             self._wake.set()
+
+    def _any_round_needed(self, added: Sequence[tuple[Entry, bool]], planned: float) -> bool:
+        """`_round_needed` of any of a batch's entries (all in the queue already), the
+        full check only for the first that is due before `planned` in each class: the
+        class's head is the same for the others, and the clock only moves on, so its
+        head holds them back too unless one of them is that head. Under a backlog that
+        was a call and a clock read per message."""
+        heads: dict[Priority, str] = {}  # a class's head, seen to hold back its entries
+        for entry, scheduled in added:
+            if entry.expires_at < planned:
+                return True
+            if entry.due_at >= planned:
+                continue
+            if scheduled:
+                return True
+            head_id = heads.get(entry.priority)
+            if head_id is None:
+                if self._round_needed(entry, False, planned):
+                    return True
+                heads[entry.priority] = self._heaps[entry.priority][0][1]
+            elif head_id == entry.id:
+                return True
+        return False
 
     def forget(self, message_id: str) -> None:
         """Drop a message that left the queue by other means (cancelled)."""

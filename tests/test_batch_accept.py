@@ -88,9 +88,9 @@ async def test_a_batch_queues_each_message_once_in_its_place(
     assert sum(counted.values()) == 4
 
 
-async def test_a_bulk_transaction_checkpoints_as_rarely_as_a_quiet_one(tmp_path: Path) -> None:
+async def test_a_bulk_transaction_checkpoints_more_rarely_than_a_quiet_one(tmp_path: Path) -> None:
     """While work waits behind the commits the writer checkpoints every 1,000 frames,
-    but a transaction of many rows (a batch request's) sets 4,000: at 1,000 each such
+    but a transaction of many rows (a batch request's) sets 8,000: at 1,000 each such
     commit would checkpoint (`test_write_budget.py` for the rest of the rule)."""
     w = GroupCommitWriter(tmp_path / "w.db")
     await w.open()
@@ -109,7 +109,7 @@ async def test_a_bulk_transaction_checkpoints_as_rarely_as_a_quiet_one(tmp_path:
         await asyncio.sleep(0)  # its transaction is in flight ...
         behind = w.insert(rows)  # ... and this one waits behind it: load, but a bulk one
         await asyncio.gather(first, behind)
-        assert await every() == writer_mod.WAL_AUTOCHECKPOINT_QUIET == 4000
+        assert await every() == writer_mod.WAL_AUTOCHECKPOINT_BULK == 8000
         first = w.insert([("INSERT INTO t VALUES (?)", (-2,))])
         await asyncio.sleep(0)
         behind = w.insert(rows[:1])  # a small one behind: short checkpoints again

@@ -36,8 +36,8 @@ holds `wal_autocheckpoint` frames. While eager work piles up behind the commits 
 that is every 1,000 frames, short stalls; while nothing waits (`QUIET_AFTER_COMMITS`
 commits in a row found nothing behind them), every 4,000, so the hot
 pages go into the file less often (`WAL_AUTOCHECKPOINT_QUIET`); and after a transaction
-of many rows (`BULK_TRANSACTION_ROWS`: batch requests) every 4,000 too, as at 1,000 each
-such commit would checkpoint.
+of many rows (`BULK_TRANSACTION_ROWS`: batch requests) every 8,000, as at 1,000 each
+such commit would checkpoint (`WAL_AUTOCHECKPOINT_BULK`).
 
 Measured here (`../shared/reference/performance.md` §3d): the batch formed on the loop
 with one transaction in flight beat both a writer thread woken per item and aiosqlite's
@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.store.bulk_insert import insert_rows
 from gateway.store_failure import storage_failure
 
 log = structlog.get_logger("smsgw.store")
@@ -204,8 +205,13 @@ QUIET_AFTER_COMMITS = 4
 # one commit in three or four does, and a page hit by several of them is written into
 # the file once: 12.6 -> 9.9 and 10.4 -> 7.8 us of the writer thread's CPU per row of
 # 1,000-row transactions, wall time per row 187 -> 154 and 136 -> 99 us (the fsyncs;
-# alternating in one process, busy machine: bench/README.md, batch accepts).
+# alternating in one process, busy machine: bench/README.md, batch accepts). At 8,000
+# (`WAL_AUTOCHECKPOINT_BULK`) more of a checkpoint's pages were hit more than once:
+# `COMMIT` 10.0 -> 8.8 us a row, 16,000 only 8.6 (bench/README.md, tenth pass). A WAL
+# of up to about 16-20 MB; a single send's commit after such a batch checkpoints what the
+# batches left, a stall twice as long as at 4,000 at most.
 BULK_TRANSACTION_ROWS = 500
+WAL_AUTOCHECKPOINT_BULK = 8000
 # The writing connection's page cache, KiB (SQLite's default is 2,000). A message's row
 # lands on a random leaf of the recipients' index (`messages_to`: about 5,000 pages of
 # 2 KiB at 150,000 rows); once that index outgrows the cache most rows read their leaf
@@ -485,7 +491,7 @@ class GroupCommitWriter:
                 else:
                     outcomes.append(self._savepoint(conn, step[0]))
             if conn.total_changes - changed_before >= BULK_TRANSACTION_ROWS:
-                checkpoint_every = WAL_AUTOCHECKPOINT_QUIET
+                checkpoint_every = WAL_AUTOCHECKPOINT_BULK
             if checkpoint_every != self._checkpoint_every:  # read by SQLite after the COMMIT
                 conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_every}")
                 self._checkpoint_every = checkpoint_every
@@ -507,7 +513,7 @@ class GroupCommitWriter:
                 by_sql.setdefault(sql, []).append(params)
         try:
             for sql, rows in by_sql.items():
-                conn.executemany(sql, rows)
+                insert_rows(conn, sql, rows)
             return [None] * len(inserts)
         except sqlite3.Error:
             if not conn.in_transaction:  # SQLite rolled it all back (disk full): no retry

@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.models import Priority, State
 from gateway.scheduler import Scheduler
 from gateway.scheduler_feed import ClaimSoon
+from gateway.store.bulk_insert import insert_rows
 from gateway.store.idempotency import IdempotentAnswer
 from gateway.store.message_reads import LocalReads, MessageReads
 from gateway.store.queue_store import AcceptStore
@@ -229,6 +230,8 @@ class Messages(WithinAccepts):
             )
 
         def build(accepted: list[Accepted]) -> BatchAccepted:
+            if not errors:  # every item accepted (the writer's thread runs this)
+                return BatchAccepted(len(accepted), 0, accepted)
             it = iter(accepted)
             results = [errors[i] if i in errors else next(it) for i in range(len(items))]
             return BatchAccepted(len(accepted), len(errors), results)
@@ -611,9 +614,10 @@ class _AcceptJob(msgspec.Struct, Generic[T], frozen=True):
 def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[_Judged[Any]]:
     """Judge the messages of every request that arrived meanwhile, in order, from one
     read of what the policy needs to know of all their recipients (each sees the ones
-    judged before it), then insert all their rows at once: one executemany per
-    statement. If anything fails, the writer runs each request alone. Written for the
-    single send, most jobs: it runs in the writer for every message accepted."""
+    judged before it), then insert all their rows at once (`insert_rows`: a batch's in
+    multi-row statements, else one executemany per statement). If anything fails, the
+    writer runs each request alone. Written for the single send, most jobs: it runs in
+    the writer for every message accepted."""
     if not jobs:
         return []
     intake = jobs[0].intake
@@ -658,7 +662,7 @@ def _judged_jobs(conn: sqlite3.Connection, jobs: list[_AcceptJob[Any]]) -> list[
                 batch.append(params)
         outcomes.append(_Judged(judged, answer))
     for sql, batch in by_sql.items():
-        conn.executemany(sql, batch)
+        insert_rows(conn, sql, batch)
     return outcomes
 
 
