@@ -9,6 +9,7 @@ import heapq
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import Protocol
 
 import structlog
@@ -37,6 +38,8 @@ class Entry:
     attempts: int = 0
 
 
+_ENTRY = itemgetter(0)  # of an (entry, scheduled) pair
+_ID = attrgetter("id")
 ADOPT_PAGE = 500  # rows taken into the heaps per adoption read (a cluster's)
 # `load(later=True)`: scheduled rows due within this many seconds are read before the
 # gateway serves, the rest just after (`load_later`: about a second per 100,000).
@@ -347,16 +350,23 @@ class QueueFeeding:
             return
         waiting, heaps, expiry, later = self._waiting, self._heaps, self._expiry, self._scheduled
         push, depths = heapq.heappush, self._depths
+        if not waiting.keys().isdisjoint(map(_ID, map(_ENTRY, added))):  # one entry per id
+            for entry, scheduled in added:
+                if not scheduled and (held := waiting.get(entry.id)) is not None:
+                    depths.leave(held, False)
+        queued: list[Entry] = []
+        later_ones: list[Entry] = []
         for entry, scheduled in added:
             if scheduled:
                 push(later, (entry.due_at, entry.id, entry))
+                later_ones.append(entry)
             else:
-                if (held := waiting.get(entry.id)) is not None:  # one entry per id
-                    depths.leave(held, False)
                 waiting[entry.id] = entry
                 push(heaps[entry.priority], (entry.due_at, entry.id))
                 push(expiry, (entry.expires_at, entry.id))
-            depths.enter(entry, scheduled)
+                queued.append(entry)
+        depths.enter_all(queued, False)  # counted in C, not a call per message
+        depths.enter_all(later_ones, True)
         planned = self._sleep_until
         if added and (planned is None or self._any_round_needed(added, planned)):
             self._wake.set()
