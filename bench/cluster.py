@@ -55,6 +55,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -357,7 +358,11 @@ async def priority(
     options: dict[str, Any] = {"route_extra": "rate = 100\n"}
     if account is not None:
         options = {"account": account}
+    # The nodes' breakdown of each claimed accept (`gateway/cluster/accept_phases.py`).
+    phases_file = Path(tempfile.mkdtemp(prefix="smsgw-bench-phases-")) / "phases.jsonl"
+    os.environ["SMSGW_ACCEPT_PHASES"] = str(phases_file)
     async with _site(1 if sqlite else 2, dsn, **options) as site:
+        del os.environ["SMSGW_ACCEPT_PHASES"]  # the nodes have it
         smsc = site.smsc
         bulk_nodes = site.nodes if bulk_both else site.nodes[:1]
         await _post(site, bulk_nodes, [f"bulk {i}" for i in range(backlog)], "bulk")
@@ -409,9 +414,25 @@ async def priority(
            "carrier_p99_ms": round(_pct(carrier, 0.99), 1),
            "answered_p50_ms": round(statistics.median(queued), 1),
            "answered_p99_ms": round(_pct(queued, 0.99), 1), "waits": waits,
-           "load": _load()}  # fmt: skip
+           "phases": _phases(phases_file), "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
+
+
+def _phases(path: Path) -> dict[str, list[float]]:
+    """Per phase of the claimed accepts (`accept_phases.py`): [p50, p99, count], ms from
+    the accept's start to the phase's end."""
+    marks: dict[str, list[float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            for name, ms in json.loads(line).items():
+                marks.setdefault(name, []).append(ms)
+        path.unlink()
+    path.parent.rmdir()
+    return {
+        k: [round(statistics.median(v), 1), round(_pct(v, 0.99), 1), len(v)]
+        for k, v in marks.items()
+    }
 
 
 async def _lock_waits(dsn: str, done: asyncio.Event) -> dict[str, int]:

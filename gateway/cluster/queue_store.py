@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from gateway.cluster import account_takes, buckets, queue_sql, reads, seal_guard
+from gateway.cluster import accept_phases, account_takes, buckets, queue_sql, reads, seal_guard
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -197,18 +197,25 @@ class ClusterQueue:
         account = self.accounts.get(route)
         claimed = None
         busy = False
+        phases = accept_phases.start()
         try:
             async with self._pool.connection() as conn:
+                if phases is not None:
+                    phases.mark("conn")
                 grant = None
                 if account is not None:  # never waits on the account's row (S6)
                     critical = any(m.priority is Priority.CRITICAL for m in messages if m.id in ids)
                     grant, busy = await self.takes.take_for_accept(
                         conn, account, me, len(ids), critical, future
                     )
+                    if phases is not None:
+                        phases.mark("busy" if busy else "take")
                 committed = False
                 try:
                     async with conn.transaction():
                         await self.insert_within(conn, messages, answer, links, extra)
+                        if phases is not None:
+                            phases.mark("insert")
                         if not (busy or future.done()):
                             # A savepoint: a claim that fails leaves the accept whole.
                             try:
@@ -218,7 +225,11 @@ class ClusterQueue:
                                     )
                             except Exception as e:
                                 future.set_exception(e)
+                            if phases is not None:
+                                phases.mark("claim")
                     committed = True
+                    if phases is not None:
+                        phases.mark("commit")
                 finally:
                     wait = 0.0
                     if grant is not None and account is not None:
@@ -226,6 +237,8 @@ class ClusterQueue:
                         if committed and claimed is not None:
                             got, asked = len(claimed[0]), claimed[4]
                         wait = await self.takes.settle(conn, me, account, grant, got, asked)
+                        if phases is not None:
+                            phases.mark("settle")
         except BaseException:
             if not future.done():
                 # Committed or not is unknown here (a COMMIT whose answer was lost): the
@@ -235,6 +248,8 @@ class ClusterQueue:
         if busy:  # left to the next round, now that the accept committed
             future.set_result([Held(now, ACCOUNT_BUSY)] * len(ids))
         if future.done():
+            if phases is not None:
+                phases.write()
             return
         assert claimed is not None
         try:  # committed: the accept stands whatever happens to the opening
@@ -243,6 +258,9 @@ class ClusterQueue:
             future.set_exception(e)
             return
         future.set_result(account_takes.answers(ids, found, claimed[3], wait, now))
+        if phases is not None:
+            phases.mark("opened")
+            phases.write()
 
     def claim_group_soon(
         self, message_ids: Sequence[str], route: str, now: float
