@@ -28,7 +28,7 @@ class Phases:
         self._marks[name] = round((time.perf_counter() - self._start) * 1000, 3)
 
     def write(self) -> None:
-        with open(self._path, "a", encoding="utf-8") as f:  # noqa: ASYNC230 - bench only
+        with open(self._path, "a", encoding="utf-8") as f:
             f.write(json.dumps(self._marks) + "\n")
 
 

@@ -17,6 +17,7 @@ could not take for the group sender's whole retry window go to the node's local 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from itertools import groupby
@@ -461,11 +462,15 @@ class ClusterQueue:
         me = self._me()
         started = time.perf_counter()
         account = self.accounts.get(route)
-        async with self._pool.connection() as conn:
+        async with contextlib.AsyncExitStack() as stack:
             grant = None
-            if account is not None:
-                grant = await self.takes.take(
-                    conn, account, me, want or max(1, len(ids)), ids=ids or None
+            if account is None:
+                conn = await stack.enter_async_context(self._pool.connection())
+            else:  # the connection once the account's row gave the tokens (S6)
+                conn, grant = await stack.enter_async_context(
+                    self.takes.claim_turn(
+                        self._pool, account, me, want or max(1, len(ids)), ids or None
+                    )
                 )
             got, asked = 0, want or len(ids)  # none claimed if the claim fails: all back
             try:
