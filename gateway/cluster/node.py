@@ -442,6 +442,18 @@ class ClusterNode:
                 lambda: 0.0 if node.breaker.away else 1.0,
             ),
             (
+                "smsgw_cluster_account_busy_retries",
+                "Round claims' takes on a carrier account tried again since this node"
+                " started: the account's row was held past the take's short wait",
+                lambda: float(node.queue.takes.busy_retries),
+            ),
+            (
+                "smsgw_cluster_account_settles_owed",
+                "Settles on a carrier account that found a row held since this node"
+                " started (their give-back went with the account's next settle)",
+                lambda: float(node.queue.takes.settles_owed),
+            ),
+            (
                 "smsgw_cluster_xmin_age_seconds",
                 "Age of the oldest transaction holding the database's xmin horizon (-1: unknown)",
                 lambda: -1.0 if node.horizon.last is None else node.horizon.last.seconds,
