@@ -387,6 +387,7 @@ async def priority(
             120,
         )
         lat = await (_api_delays(site, ids) if sqlite else _events(str(dsn), ids))
+        counters = {} if sqlite or account is None else await _account_counters(site)
         # POST -> submit_sm at the carrier (the simulator answers every submit ESME_ROK
         # here, so its arrivals and submitted messages pair up one to one).
         assert len(smsc.arrivals) == len(smsc.submitted)
@@ -414,7 +415,8 @@ async def priority(
            "carrier_p99_ms": round(_pct(carrier, 0.99), 1),
            "answered_p50_ms": round(statistics.median(queued), 1),
            "answered_p99_ms": round(_pct(queued, 0.99), 1), "waits": waits,
-           "phases": _phases(phases_file), "load": _load()}  # fmt: skip
+           "phases": _phases(phases_file), "account_counters": counters,
+           "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
 
@@ -606,6 +608,23 @@ async def _claim_buckets(site: Site) -> dict[float, float]:
                 le = math.inf if bound == "+Inf" else float(bound)
                 total[le] = total.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def _account_counters(site: Site) -> dict[str, float]:
+    """The nodes' round takes on the account tried again (its row held past the take's
+    short wait) and settles that owed their give-back, summed
+    (`gateway/cluster/account_takes.py`)."""
+    auth = {"Authorization": f"Bearer {site.token}"}
+    names = ("smsgw_cluster_account_busy_retries", "smsgw_cluster_account_settles_owed")
+    total = dict.fromkeys(names, 0.0)
+    for node in site.nodes:
+        async with site.http.get(f"{node.url}/api/v1/metrics", headers=auth) as r:
+            text = await r.text()
+        for line in text.splitlines():
+            name = line.split("{", 1)[0]
+            if name in total:
+                total[name] += float(line.rsplit(" ", 1)[1])
+    return {k.removeprefix("smsgw_cluster_account_"): v for k, v in total.items()}
 
 
 def _minus(now: dict[float, float], before: dict[float, float]) -> dict[float, float]:
