@@ -23,6 +23,9 @@ unless a claim that used them committed, and that claim's commit, later in the l
 flushed it. An accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked
 it leaves its message to the next round rather than hold the accept; a critical one's
 waits for the row at most `CRITICAL_LOCK_WAIT` first (a take is short, a round not).
+A round's claim waits a few ms (`lock_wait`) and a settle too, then gives its pooled
+connection back and tries again later (`account_takes.py`): no connection of the node
+waits out a queue on the row.
 
 Priority across nodes (S6): the bottom `reserve` tokens of an account's row are for
 takes of critical messages alone (`bucket_reserve.py`, cluster schema 29). A bulk take
