@@ -26,7 +26,15 @@ from typing import Any
 import psycopg
 import structlog
 
-from gateway.cluster import accept_phases, account_takes, buckets, queue_sql, reads, seal_guard
+from gateway.cluster import (
+    accept_phases,
+    account_takes,
+    buckets,
+    critical_lane,
+    queue_sql,
+    reads,
+    seal_guard,
+)
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -96,6 +104,8 @@ class ClusterQueue:
         self.on_requeued: Callable[[], None] | None = None
         # A claim to run in the next accept's transaction (`claim_group_soon`).
         self._soon: tuple[list[str], str, float, asyncio.Future[Any]] | None = None
+        # Set by the wiring: connections kept for critical accepts (`critical_lane.py`).
+        self.lane: Pool | None = None
 
     # -- accept ------------------------------------------------------------------------
 
@@ -189,8 +199,9 @@ class ClusterQueue:
         extra: Sequence[Statement],
     ) -> None:
         soon, self._soon = self._soon, None
+        pool = critical_lane.for_accept(self._pool, self.lane, messages)
         if soon is None:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with pool.connection() as conn, conn.transaction():
                 await self.insert_within(conn, messages, answer, links, extra)
             return
         ids, route, now, future = soon
@@ -200,7 +211,7 @@ class ClusterQueue:
         busy = False
         phases = accept_phases.start()
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 if phases is not None:
                     phases.mark("conn")
                 grant = None
