@@ -3,8 +3,8 @@
 The node's pool is first come, first served: under a bulk load its connections go to
 the rounds' claims and outcomes, and a critical message's POST waited its turn behind
 them (bench/README.md, S6 on a shared account, session 35: at load 10 its wait for a
-connection was 118-365 ms at p99 while the round claims no longer held any on the
-account's row). So the node keeps `LANE_SIZE` connections of their own for accepts
+connection was 118-496 ms at p99 while the round claims no longer held any on the
+account's row; 0.1-5 ms on the lane). So the node keeps `LANE_SIZE` connections of their own for accepts
 with a critical message (and the claim riding in one): the lane, a second pool with
 the node pool's options, seal guard, breaker and `request_timeout`. When the lane's
 connection is taken (two criticals at once), the accept takes the node pool's turn as
