@@ -4,12 +4,12 @@ The node's pool is first come, first served: under a bulk load its connections g
 the rounds' claims and outcomes, and a critical message's POST waited its turn behind
 them (bench/README.md, S6 on a shared account, session 35: at load 10 its wait for a
 connection was 118-496 ms at p99 while the round claims no longer held any on the
-account's row; 0.1-5 ms on the lane). So the node keeps `LANE_SIZE` connections of their own for accepts
-with a critical message (and the claim riding in one): the lane, a second pool with
-the node pool's options, seal guard, breaker and `request_timeout`. When the lane's
-connection is taken (two criticals at once), the accept takes the node pool's turn as
-before, so the lane never makes a critical wait longer than it did. Count it when
-sizing PostgreSQL's `max_connections`: `pool_size + LANE_SIZE` a node.
+account's row; 0.1-5 ms on the lane). So the node keeps `LANE_SIZE` connections of
+their own for accepts with a critical message (and the claim riding in one): the lane,
+a second pool with the node pool's options, seal guard, breaker and `request_timeout`.
+When the lane's connection is taken (two criticals at once), the accept takes the node
+pool's turn as before, so the lane never makes a critical wait longer than it did.
+Count it when sizing PostgreSQL's `max_connections`: `pool_size + LANE_SIZE` a node.
 """
 
 from __future__ import annotations
