@@ -55,6 +55,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -357,7 +358,11 @@ async def priority(
     options: dict[str, Any] = {"route_extra": "rate = 100\n"}
     if account is not None:
         options = {"account": account}
+    # The nodes' breakdown of each claimed accept (`gateway/cluster/accept_phases.py`).
+    phases_file = Path(tempfile.mkdtemp(prefix="smsgw-bench-phases-")) / "phases.jsonl"
+    os.environ["SMSGW_ACCEPT_PHASES"] = str(phases_file)
     async with _site(1 if sqlite else 2, dsn, **options) as site:
+        del os.environ["SMSGW_ACCEPT_PHASES"]  # the nodes have it
         smsc = site.smsc
         bulk_nodes = site.nodes if bulk_both else site.nodes[:1]
         await _post(site, bulk_nodes, [f"bulk {i}" for i in range(backlog)], "bulk")
@@ -382,6 +387,7 @@ async def priority(
             120,
         )
         lat = await (_api_delays(site, ids) if sqlite else _events(str(dsn), ids))
+        counters = {} if sqlite or account is None else await _account_counters(site)
         # POST -> submit_sm at the carrier (the simulator answers every submit ESME_ROK
         # here, so its arrivals and submitted messages pair up one to one).
         assert len(smsc.arrivals) == len(smsc.submitted)
@@ -409,9 +415,26 @@ async def priority(
            "carrier_p99_ms": round(_pct(carrier, 0.99), 1),
            "answered_p50_ms": round(statistics.median(queued), 1),
            "answered_p99_ms": round(_pct(queued, 0.99), 1), "waits": waits,
+           "phases": _phases(phases_file), "account_counters": counters,
            "load": _load()}  # fmt: skip
     print(f"priority: {out}")
     return out
+
+
+def _phases(path: Path) -> dict[str, list[float]]:
+    """Per phase of the claimed accepts (`accept_phases.py`): [p50, p99, count], ms from
+    the accept's start to the phase's end."""
+    marks: dict[str, list[float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            for name, ms in json.loads(line).items():
+                marks.setdefault(name, []).append(ms)
+        path.unlink()
+    path.parent.rmdir()
+    return {
+        k: [round(statistics.median(v), 1), round(_pct(v, 0.99), 1), len(v)]
+        for k, v in marks.items()
+    }
 
 
 async def _lock_waits(dsn: str, done: asyncio.Event) -> dict[str, int]:
@@ -585,6 +608,23 @@ async def _claim_buckets(site: Site) -> dict[float, float]:
                 le = math.inf if bound == "+Inf" else float(bound)
                 total[le] = total.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def _account_counters(site: Site) -> dict[str, float]:
+    """The nodes' round takes on the account tried again (its row held past the take's
+    short wait) and settles that owed their give-back, summed
+    (`gateway/cluster/account_takes.py`)."""
+    auth = {"Authorization": f"Bearer {site.token}"}
+    names = ("smsgw_cluster_account_busy_retries", "smsgw_cluster_account_settles_owed")
+    total = dict.fromkeys(names, 0.0)
+    for node in site.nodes:
+        async with site.http.get(f"{node.url}/api/v1/metrics", headers=auth) as r:
+            text = await r.text()
+        for line in text.splitlines():
+            name = line.split("{", 1)[0]
+            if name in total:
+                total[name] += float(line.rsplit(" ", 1)[1])
+    return {k.removeprefix("smsgw_cluster_account_"): v for k, v in total.items()}
 
 
 def _minus(now: dict[float, float], before: dict[float, float]) -> dict[float, float]:

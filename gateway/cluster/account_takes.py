@@ -8,16 +8,31 @@ whatever became of the claim (`settle`). A claim that rides in an accept
 the next round (`take_for_accept`). What this node last got per account (`grants`) and
 how many of its claims got fewer tokens than they asked for (`starved`) are what the
 shared rate's adaptation reads (`shared_rate.py`).
+
+A round's claims never sit on a pooled connection waiting for the account's row (S6 on
+a shared account, session 35): every claim of both nodes' rounds queued there, each on
+one of the node's few pooled connections, so a critical POST waited for a connection
+behind them. Now this node's round claims on an account take their tokens one at a
+time (`claim_turn`: the others wait in this process, holding no connection), each
+waiting at most `TAKE_LOCK_WAIT` for the row; past that (a take or a long transaction
+of another node holds it) the connection goes back to the pool and the take is tried
+again after a pause (`RETRY_FIRST`, doubling to `RETRY_MAX`; counted in
+`busy_retries`). Settles wait at most `SETTLE_LOCK_WAIT` for a row; what one could not
+give back then is `owed` and given back by the account's next settle here (until then
+only fewer sends for a moment: the row still bounds every window).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 
 from gateway.cluster import buckets
+from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation
 from gateway.cluster.queue_sql import Conn
 from gateway.logs import exception_summary
@@ -25,6 +40,15 @@ from gateway.store.claim_check import ACCOUNT_EMPTY, Held
 from gateway.store.store import ClaimedMessage
 
 log = structlog.get_logger("smsgw.cluster")
+
+# Seconds a round's take / any settle waits for its row before giving the connection
+# back: a take holds the row for one short statement, so longer means a queue or a
+# long transaction, which the connection must not wait out.
+TAKE_LOCK_WAIT = 0.005
+SETTLE_LOCK_WAIT = 0.005
+# Seconds before a busy take is tried again, doubling up to the last (within one token
+# of a 100/s account: a bulk claim loses little, and the pauses are not a spin).
+RETRY_FIRST, RETRY_MAX = 0.002, 0.016
 
 
 class AccountTakes:
@@ -35,20 +59,50 @@ class AccountTakes:
         self.accounts: dict[str, str] = {}
         self.grants: dict[str, buckets.Grant] = {}  # each account's last grant here
         self.starved: dict[str, int] = {}  # per account: claims here that got fewer tokens
+        self.busy_retries = 0  # round takes tried again: the account's row was held
+        self.settles_owed = 0  # settles that left tokens `owed`: a row was held
+        self._turns: dict[str, asyncio.Lock] = {}  # per account: this node's round takes
+        self._owed: dict[str, tuple[int, int]] = {}  # per account: (its row, this share)
 
-    async def take(
+    @contextlib.asynccontextmanager
+    async def claim_turn(
         self,
-        conn: Conn,
+        pool: Pool,
         account: str,
         me: Incarnation,
         want: int,
-        *,
         ids: list[str] | None = None,
-    ) -> buckets.Grant:
-        """A claim's tokens, before its transaction (`buckets.take`)."""
-        grant = await buckets.take(conn, account, me, want, ids=ids)
-        self.grants[account] = grant
-        return grant
+    ) -> AsyncIterator[tuple[Conn, buckets.Grant]]:
+        """A round claim's pooled connection and tokens (`buckets.take`), taken after this
+        node's earlier round takes on `account`, never waiting on the account's row with
+        the connection for more than `TAKE_LOCK_WAIT`: busy, the connection goes back to
+        the pool for a pause and the take is tried again. The connection is the claim's
+        for the rest of the block; the next take's turn starts once this one is taken."""
+        turn = self._turns.setdefault(account, asyncio.Lock())
+        pause = RETRY_FIRST
+        await turn.acquire()
+        taken = False
+        try:
+            while True:
+                async with pool.connection() as conn:
+                    try:
+                        grant = await buckets.take(
+                            conn, account, me, want, ids=ids, lock_wait=TAKE_LOCK_WAIT
+                        )
+                    except buckets.BucketBusy:
+                        pass
+                    else:
+                        self.grants[account] = grant
+                        taken = True
+                        turn.release()
+                        yield conn, grant
+                        return
+                self.busy_retries += 1
+                await asyncio.sleep(pause)  # without the connection
+                pause = min(2 * pause, RETRY_MAX)
+        finally:
+            if not taken:  # failed or cancelled before its take: the next one's turn
+                turn.release()
 
     async def take_for_accept(
         self,
@@ -80,8 +134,16 @@ class AccountTakes:
         than it asked for (0 if not)."""
         starved = grant.n < asked
         self.starved[account] = self.starved.get(account, 0) + starved
+        owed = self._owed.pop(account, (0, 0))
         try:
-            wait = await buckets.settle(conn, account, me, grant, got, asked)
+            wait = await buckets.settle(
+                conn, account, me, grant, got, asked, owed=owed, lock_wait=SETTLE_LOCK_WAIT
+            )
+        except buckets.SettleBusy as e:  # a row held: given back by the next settle here
+            self.settles_owed += 1
+            before = self._owed.get(account, (0, 0))  # another settle's, left meanwhile
+            self._owed[account] = (before[0] + e.owed[0], before[1] + e.owed[1])
+            wait = buckets.retry_after(grant, got)
         except Exception as e:  # tokens not given back: only fewer sends for a moment
             log.warning("account_settle_failed", account=account, error=exception_summary(e))
             wait = buckets.retry_after(grant, got)

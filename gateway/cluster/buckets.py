@@ -23,6 +23,9 @@ unless a claim that used them committed, and that claim's commit, later in the l
 flushed it. An accept's claim takes with `NOWAIT` (`BucketBusy`): if the row is locked
 it leaves its message to the next round rather than hold the accept; a critical one's
 waits for the row at most `CRITICAL_LOCK_WAIT` first (a take is short, a round not).
+A round's claim waits a few ms (`lock_wait`) and a settle too, then gives its pooled
+connection back and tries again later (`account_takes.py`): no connection of the node
+waits out a queue on the row.
 
 Priority across nodes (S6): the bottom `reserve` tokens of an account's row are for
 takes of critical messages alone (`bucket_reserve.py`, cluster schema 29). A bulk take
@@ -91,10 +94,12 @@ def fair_share(rate: float, others: list[float]) -> float:
 _TAKE = "SELECT * FROM rate_take_reserved(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 # The settling statements, when on their own (autocommit), commit without waiting for
-# the flush: lost in a crash, they lose only tokens given back and a demand's sample.
-# (In the caller's transaction `off` is None: its setting is kept.)
+# the flush: lost in a crash, they lose only tokens given back and a demand's sample;
+# and with `lock_ms` they wait at most that long for their row (`SettleBusy`). (In the
+# caller's transaction both are None: its settings are kept.)
 _NO_FLUSH = """(SELECT set_config('synchronous_commit',
-    coalesce(%(off)s, current_setting('synchronous_commit')), true)) f"""
+    coalesce(%(off)s, current_setting('synchronous_commit')), true),
+    set_config('lock_timeout', coalesce(%(lock_ms)s, current_setting('lock_timeout')), true)) f"""
 
 # The tokens taken and not claimed back in the account's bucket (never past its burst).
 _GIVE_BACK = f"""
@@ -105,7 +110,7 @@ WHERE account = %(a)s
 # ... and in this node's share; report the demand: the caller's figure, else NULL if its
 # share cut the claim short, else the moving average of what it asked for a second.
 _SETTLE = f"""
-UPDATE rate_shares SET tokens = least(%(burst)s, tokens + %(back)s),
+UPDATE rate_shares SET tokens = least(%(burst)s, tokens + %(share_back)s),
     starved_at = CASE WHEN %(starved)s THEN stamp ELSE starved_at END,
     demand = CASE
         WHEN %(stated)s::float8 IS NOT NULL THEN %(stated)s::float8
@@ -124,7 +129,17 @@ class UnknownAccount(LookupError):
 
 
 class BucketBusy(RuntimeError):
-    """The account's row is locked by another take (`take(..., nowait=True)`)."""
+    """The account's row is locked by another take (`take(..., nowait=True)`, or past
+    its `lock_wait`)."""
+
+
+class SettleBusy(RuntimeError):
+    """A settle's row stayed locked past its `lock_wait`: the tokens it did not give
+    back yet (to the account's row, to this node's share), for a later settle (`owed`)."""
+
+    def __init__(self, account: str, owed: tuple[int, int]) -> None:
+        super().__init__(account)
+        self.owed = owed
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,15 +213,19 @@ async def take(
     nowait: bool = False,
     ids: list[str] | None = None,
     critical: bool = False,
+    lock_wait: float | None = None,
 ) -> Grant:
     """`reserve` before the claim's transaction, in one statement on its own that does
-    not wait for the flush (in the caller's transaction if `conn` is in one)."""
+    not wait for the flush (in the caller's transaction if `conn` is in one).
+    `lock_wait` (without `nowait`): wait at most that many seconds for the account's row,
+    then raise `BucketBusy`."""
     if conn.info.transaction_status != TransactionStatus.IDLE:
         return await reserve(conn, account, me, want, nowait=nowait, ids=ids, critical=critical)
     async with _alone(conn):
         return await _reserve(
-            conn, account, me, want, ACTIVE_WINDOW, nowait, ids, critical, flush=False
-        )
+            conn, account, me, want, ACTIVE_WINDOW, nowait, ids, critical,
+            flush=False, lock_wait=lock_wait,
+        )  # fmt: skip
 
 
 async def _reserve(
@@ -220,8 +239,10 @@ async def _reserve(
     critical: bool,
     *,
     flush: bool,
+    lock_wait: float | None = None,
 ) -> Grant:
-    lock_wait = (CRITICAL_LOCK_WAIT if critical else 0.0) if nowait else None
+    if nowait:
+        lock_wait = CRITICAL_LOCK_WAIT if critical else 0.0
     params = (account, me.incarnation, want, active_window, lock_wait, not flush, ids, critical)
     try:
         cur = await conn.execute(_TAKE, params)
@@ -243,6 +264,9 @@ async def settle(
     got: int,
     asked: int,
     demand: float | None = None,
+    *,
+    owed: tuple[int, int] = (0, 0),
+    lock_wait: float | None = None,
 ) -> float:
     """After the claim (statements on their own, or in the caller's transaction): give
     back the tokens taken for `grant` beyond the `got` claimed of the `asked` this node
@@ -250,7 +274,10 @@ async def settle(
     states one (tokens a second), else measured from `asked`, or more than it gets if
     its own share was what cut it short (a refusal by the account's row alone says
     another node took the tokens, not that this one deserves a larger part). Returns
-    `retry_after`."""
+    `retry_after`. `owed`: tokens an earlier settle could not give back yet (to the
+    account's row, to this node's share), given back too. `lock_wait` (statements on
+    their own only): wait at most that many seconds for each row, else raise
+    `SettleBusy` with what is still owed (a demand's sample is then lost)."""
     starved = grant.n < asked
     capped = (  # a critical take is not bound by the share: its refusal is the account's
         starved
@@ -258,15 +285,26 @@ async def settle(
         and math.floor(grant.share) <= math.floor(grant.tokens - grant.floor)
     )
     back = max(0, grant.n - got)
+    to_account, to_share = back + owed[0], back + owed[1]
     alone = conn.info.transaction_status == TransactionStatus.IDLE
-    params = {"back": back, "burst": grant.burst, "a": account, "starved": starved,
-        "inc": me.incarnation, "stated": demand, "capped": capped, "asked": asked,
-        "window": ACTIVE_WINDOW, "min_gap": MIN_GAP, "weight": DEMAND_WEIGHT,
-        "off": "off" if alone else None}  # fmt: skip
+    lock_ms = None
+    if alone and lock_wait is not None:
+        lock_ms = f"{max(1, round(lock_wait * 1000))}ms"
+    params = {"back": to_account, "share_back": to_share, "burst": grant.burst,
+        "a": account, "starved": starved, "inc": me.incarnation, "stated": demand,
+        "capped": capped, "asked": asked, "window": ACTIVE_WINDOW, "min_gap": MIN_GAP,
+        "weight": DEMAND_WEIGHT, "off": "off" if alone else None,
+        "lock_ms": lock_ms}  # fmt: skip
     async with _alone(conn) if alone else contextlib.nullcontext():
-        if back:  # the account's row first, as `rate_take` locks them: one lock order
-            await conn.execute(_GIVE_BACK, params)
-        await conn.execute(_SETTLE, params)
+        try:
+            if to_account:  # the account's row first, as `rate_take` locks them: one order
+                await conn.execute(_GIVE_BACK, params)
+                to_account = 0
+            await conn.execute(_SETTLE, params)
+        except psycopg.errors.LockNotAvailable as e:
+            if lock_ms is None:
+                raise
+            raise SettleBusy(account, (to_account, to_share)) from e
     return retry_after(grant, got)
 
 

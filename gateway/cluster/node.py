@@ -43,7 +43,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import PoolTimeout
 
 from drivers.clock import Clock
-from gateway.cluster import buckets
+from gateway.cluster import buckets, critical_lane
 from gateway.cluster.adoption import ClusterAdoption
 from gateway.cluster.audit_ship import AuditShipper, ChainDiverged
 from gateway.cluster.bindslots import ClusterBindSlots
@@ -178,20 +178,26 @@ class ClusterNode:
         # not after the pool's retries.
         probe = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=10)
         await probe.close()
+        options: dict[str, Any] = {
+            "connection_class": CheckedAsyncConnection,  # a COMMIT that never ran raises
+            "open": False,
+            # Attempts never further apart than this once the database is away.
+            "reconnect_timeout": settings.reconnect_max_delay,
+            "reconnect_failed": restart_attempts,
+        }
         pool = GuardedPool(  # the seal guard's refusal raised as `KeyRetired`
             conninfo,
-            connection_class=CheckedAsyncConnection,  # a COMMIT that never ran raises
             min_size=2,
             max_size=settings.pool_size,
-            open=False,
             node_id=settings.node_id,
             request_timeout=settings.request_timeout,  # background work keeps 30 s
-            # Attempts never further apart than this once the database is away.
-            reconnect_timeout=settings.reconnect_max_delay,
-            reconnect_failed=restart_attempts,
+            **options,
         )
+        # Connections kept for critical accepts (`critical_lane.py`).
+        lane = critical_lane.lane_pool(conninfo, pool, settings.node_id, **options)
         await pool.open(wait=True, timeout=30)
         try:
+            await lane.open(wait=True, timeout=30)
             async with pool.connection() as conn:
                 await migrate(conn)
                 for account in settings.accounts:  # the carriers' contracts
@@ -237,7 +243,8 @@ class ClusterNode:
             queue.journal = journal
             queue.master_key = store.master_key
             watch = KeyringWatch(pool, master, cipher, lambda: membership.me)
-            queue.keys = pool.keys = watch
+            queue.keys = pool.keys = lane.keys = watch
+            queue.lane = lane
             shipper = AuditShipper(pool, store.reader, settings.node_id, audit_key(keys.root))
             node = cls(settings, conninfo, pool, membership, queue, clock, watch, shipper, store)
             queue.on_requeued = node.wake_peers
@@ -245,6 +252,7 @@ class ClusterNode:
             await node.panel.copy_local_once(store.reader, settings.node_id, clock.time())
             await membership.start()
         except BaseException:
+            await lane.close()
             await pool.close()
             raise
         return node
@@ -442,6 +450,18 @@ class ClusterNode:
                 lambda: 0.0 if node.breaker.away else 1.0,
             ),
             (
+                "smsgw_cluster_account_busy_retries",
+                "Round claims' takes on a carrier account tried again since this node"
+                " started: the account's row was held past the take's short wait",
+                lambda: float(node.queue.takes.busy_retries),
+            ),
+            (
+                "smsgw_cluster_account_settles_owed",
+                "Settles on a carrier account that found a row held since this node"
+                " started (their give-back went with the account's next settle)",
+                lambda: float(node.queue.takes.settles_owed),
+            ),
+            (
                 "smsgw_cluster_xmin_age_seconds",
                 "Age of the oldest transaction holding the database's xmin horizon (-1: unknown)",
                 lambda: -1.0 if node.horizon.last is None else node.horizon.last.seconds,
@@ -479,6 +499,8 @@ class ClusterNode:
             await self.membership.stop(release=True)
         finally:
             await asyncio.to_thread(self.clinical_threads.close)
+            if self.queue.lane is not None:
+                await self.queue.lane.close()
             await self._pool.close()
 
 

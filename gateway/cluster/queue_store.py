@@ -17,6 +17,7 @@ could not take for the group sender's whole retry window go to the node's local 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from itertools import groupby
@@ -25,7 +26,15 @@ from typing import Any
 import psycopg
 import structlog
 
-from gateway.cluster import account_takes, buckets, queue_sql, reads, seal_guard
+from gateway.cluster import (
+    accept_phases,
+    account_takes,
+    buckets,
+    critical_lane,
+    queue_sql,
+    reads,
+    seal_guard,
+)
 from gateway.cluster.consent_claim import ClusterClaimCheck
 from gateway.cluster.lease import Pool
 from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
@@ -95,6 +104,8 @@ class ClusterQueue:
         self.on_requeued: Callable[[], None] | None = None
         # A claim to run in the next accept's transaction (`claim_group_soon`).
         self._soon: tuple[list[str], str, float, asyncio.Future[Any]] | None = None
+        # Set by the wiring: connections kept for critical accepts (`critical_lane.py`).
+        self.lane: Pool | None = None
 
     # -- accept ------------------------------------------------------------------------
 
@@ -188,8 +199,9 @@ class ClusterQueue:
         extra: Sequence[Statement],
     ) -> None:
         soon, self._soon = self._soon, None
+        pool = critical_lane.for_accept(self._pool, self.lane, messages)
         if soon is None:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with pool.connection() as conn, conn.transaction():
                 await self.insert_within(conn, messages, answer, links, extra)
             return
         ids, route, now, future = soon
@@ -197,18 +209,25 @@ class ClusterQueue:
         account = self.accounts.get(route)
         claimed = None
         busy = False
+        phases = accept_phases.start()
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
+                if phases is not None:
+                    phases.mark("conn")
                 grant = None
                 if account is not None:  # never waits on the account's row (S6)
                     critical = any(m.priority is Priority.CRITICAL for m in messages if m.id in ids)
                     grant, busy = await self.takes.take_for_accept(
                         conn, account, me, len(ids), critical, future
                     )
+                    if phases is not None:
+                        phases.mark("busy" if busy else "take")
                 committed = False
                 try:
                     async with conn.transaction():
                         await self.insert_within(conn, messages, answer, links, extra)
+                        if phases is not None:
+                            phases.mark("insert")
                         if not (busy or future.done()):
                             # A savepoint: a claim that fails leaves the accept whole.
                             try:
@@ -218,7 +237,11 @@ class ClusterQueue:
                                     )
                             except Exception as e:
                                 future.set_exception(e)
+                            if phases is not None:
+                                phases.mark("claim")
                     committed = True
+                    if phases is not None:
+                        phases.mark("commit")
                 finally:
                     wait = 0.0
                     if grant is not None and account is not None:
@@ -226,6 +249,8 @@ class ClusterQueue:
                         if committed and claimed is not None:
                             got, asked = len(claimed[0]), claimed[4]
                         wait = await self.takes.settle(conn, me, account, grant, got, asked)
+                        if phases is not None:
+                            phases.mark("settle")
         except BaseException:
             if not future.done():
                 # Committed or not is unknown here (a COMMIT whose answer was lost): the
@@ -235,6 +260,8 @@ class ClusterQueue:
         if busy:  # left to the next round, now that the accept committed
             future.set_result([Held(now, ACCOUNT_BUSY)] * len(ids))
         if future.done():
+            if phases is not None:
+                phases.write()
             return
         assert claimed is not None
         try:  # committed: the accept stands whatever happens to the opening
@@ -243,6 +270,9 @@ class ClusterQueue:
             future.set_exception(e)
             return
         future.set_result(account_takes.answers(ids, found, claimed[3], wait, now))
+        if phases is not None:
+            phases.mark("opened")
+            phases.write()
 
     def claim_group_soon(
         self, message_ids: Sequence[str], route: str, now: float
@@ -443,11 +473,15 @@ class ClusterQueue:
         me = self._me()
         started = time.perf_counter()
         account = self.accounts.get(route)
-        async with self._pool.connection() as conn:
+        async with contextlib.AsyncExitStack() as stack:
             grant = None
-            if account is not None:
-                grant = await self.takes.take(
-                    conn, account, me, want or max(1, len(ids)), ids=ids or None
+            if account is None:
+                conn = await stack.enter_async_context(self._pool.connection())
+            else:  # the connection once the account's row gave the tokens (S6)
+                conn, grant = await stack.enter_async_context(
+                    self.takes.claim_turn(
+                        self._pool, account, me, want or max(1, len(ids)), ids or None
+                    )
                 )
             got, asked = 0, want or len(ids)  # none claimed if the claim fails: all back
             try:
