@@ -109,6 +109,11 @@ async def observe(source: Path, work: Path, args: argparse.Namespace) -> list[li
             names = page_names(work / "data" / "smsgw.db")
     finally:
         diskwrites.stop(gw)
+    return commits_of(frames, names)
+
+
+def commits_of(frames: list[tuple[int, bool]], names: dict[int, str]) -> list[list[str]]:
+    """The WAL's frames grouped by commit: each commit's pages named by their b-tree."""
     commits: list[list[str]] = []
     current: list[str] = []
     for page, ends in frames:

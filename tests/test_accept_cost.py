@@ -107,24 +107,28 @@ class Opcodes:
         return self.trace
 
 
+def _swap_trace(trace: Any) -> Any:
+    """Set this thread's trace function; the one it replaces."""
+    before = sys.gettrace()
+    sys.settrace(trace)
+    return before
+
+
 async def accept_counted(gw: Gateway, who: Caller, items: list[SendRequest]) -> tuple[Any, int]:
     """`accept_batch` of `items`, and the bytecodes both threads ran for it (a tracer
     already there, a coverage run's, is put back after)."""
     on_loop, on_writer = Opcodes(), Opcodes()
     writer = gw.store.writer
 
-    def swap(trace: Any) -> Any:
-        before = sys.gettrace()
-        sys.settrace(trace)
-        return before
-
-    writer_before = await writer.call_outside_transaction(lambda _conn: swap(on_writer.trace))
-    loop_before = swap(on_loop.trace)
+    writer_before = await writer.call_outside_transaction(
+        lambda _conn: _swap_trace(on_writer.trace)
+    )
+    loop_before = _swap_trace(on_loop.trace)
     try:
         answer = await gw.usecases.messages.accept_batch(who, items)
     finally:
         sys.settrace(loop_before)
-        await writer.call_outside_transaction(lambda _conn: swap(writer_before))
+        await writer.call_outside_transaction(lambda _conn: _swap_trace(writer_before))
     return answer, on_loop.count + on_writer.count
 
 
@@ -590,23 +594,20 @@ async def test_a_batch_runs_few_bytecodes_per_message(open_gateway: GatewayFacto
     on_loop, on_writer = Opcodes(), Opcodes()
     writer = gw.store.writer
 
-    def swap(trace: Any) -> Any:
-        before = sys.gettrace()
-        sys.settrace(trace)
-        return before
-
     try:
         site = GuardedTCPSite(runner, "127.0.0.1", 0)
         await site.start()
         numbers = [number(i) for i in range(BATCH)]
         assert await asyncio.to_thread(_post_batch, site.port, token.text, numbers) == 202
-        writer_before = await writer.call_outside_transaction(lambda _c: swap(on_writer.trace))
-        loop_before = swap(on_loop.trace)
+        writer_before = await writer.call_outside_transaction(
+            lambda _c: _swap_trace(on_writer.trace)
+        )
+        loop_before = _swap_trace(on_loop.trace)
         try:
             status = await asyncio.to_thread(_post_batch, site.port, token.text, numbers)
         finally:
             sys.settrace(loop_before)
-            await writer.call_outside_transaction(lambda _c: swap(writer_before))
+            await writer.call_outside_transaction(lambda _c: _swap_trace(writer_before))
     finally:
         await runner.cleanup()
     assert status == 202
@@ -633,22 +634,17 @@ async def test_an_accepts_transaction_runs_few_bytecodes_on_the_writers_thread(
     on_writer = Opcodes()
     writer = gw.store.writer
 
-    def swap(trace: Any) -> Any:
-        before = sys.gettrace()
-        sys.settrace(trace)
-        return before
-
     try:
         site = GuardedTCPSite(runner, "127.0.0.1", 0)
         await site.start()
         numbers = [number(i) for i in range(COUNTED_SENDS)]
         await asyncio.to_thread(_post_all, site.port, token.text, numbers)  # caches warm
         transactions = writer.batches
-        before = await writer.call_outside_transaction(lambda _c: swap(on_writer.trace))
+        before = await writer.call_outside_transaction(lambda _c: _swap_trace(on_writer.trace))
         try:
             statuses = await asyncio.to_thread(_post_all, site.port, token.text, numbers)
         finally:
-            await writer.call_outside_transaction(lambda _c: swap(before))
+            await writer.call_outside_transaction(lambda _c: _swap_trace(before))
         transactions = writer.batches - transactions
     finally:
         await runner.cleanup()

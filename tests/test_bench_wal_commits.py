@@ -34,13 +34,7 @@ def test_a_wal_is_read_as_commits_of_named_btrees(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert sum(ends for _, ends in frames) == 3 and frames[-1][1]
-    commits: list[list[str]] = []
-    current: list[str] = []
-    for page, ends in frames:
-        current.append(names.get(page, "(freed or new)"))
-        if ends:
-            commits.append(current)
-            current = []
+    commits = wal_commits.commits_of(frames, names)
     result = wal_commits.summary(commits, per=3)
     assert result["commits"] == 3 and result["commits_per"] == 1.0
     assert {"t", "t_v"} <= set(result["by_btree"])
