@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from itertools import groupby
 from typing import Any
 
@@ -41,6 +41,7 @@ from gateway.cluster.nodes import Incarnation, lock_live, recover_expired
 from gateway.cluster.outcome_journal import OutcomeJournal
 from gateway.cluster.outcomes import claimed_outcomes, finish
 from gateway.cluster.parks import ClusterParks
+from gateway.cluster.queue_receipts import ClusterReceipts
 from gateway.cluster.queue_sql import Conn
 from gateway.cluster.shared_keys import KeyringWatch
 from gateway.links.placeholders import Minted
@@ -51,7 +52,6 @@ from gateway.store.claim_check import ACCOUNT_BUSY, Held
 from gateway.store.crypto import FieldCipher
 from gateway.store.group_sql import SentItem
 from gateway.store.idempotency import IdempotentAnswer, StoredIdempotent
-from gateway.store.receipt_deadline import ERROR_CODE, EVENT, NOT_EXPECTED, OVERDUE, Sweep
 from gateway.store.records import StoredEvent, StoredMessage
 from gateway.store.store import LIVE_PAGE, ClaimedMessage, LiveMessage, NewMessage, Sealed
 from gateway.store.transitions import CLAIM_UNANSWERED, Transition
@@ -71,7 +71,7 @@ class LateOutcome(Exception):
         self.message_id = message_id
 
 
-class ClusterQueue:
+class ClusterQueue(ClusterReceipts):
     """`QueueStore` on PostgreSQL for one node. `me` is this node's incarnation now
     (`Membership.me`: it changes when the node rejoins after a lost lease)."""
 
@@ -674,81 +674,6 @@ class ClusterQueue:
         async with self._pool.connection() as conn, conn.transaction():
             rows = await (await conn.execute(queue_sql.EXPIRE_SQL, params)).fetchall()
         return [r[0] for r in rows]
-
-    # -- receipts ----------------------------------------------------------------------
-
-    async def apply_receipt(
-        self,
-        route: str,
-        carrier_id: str,
-        state: str,
-        error_code: str | None,
-        now: float,
-        alternate_ids: Sequence[str] = (),
-    ) -> tuple[str, State] | None:
-        async with self._pool.connection() as conn, conn.transaction():
-            return await queue_sql.receipt(
-                conn, route, (carrier_id, *alternate_ids), state, error_code, now, self._me()
-            )
-
-    async def apply_receipts(
-        self, route: str, receipts: Sequence[tuple[str, str, str | None, Sequence[str]]], now: float
-    ) -> list[tuple[str, State] | Exception | None]:
-        me = self._me()
-        out: list[tuple[str, State] | Exception | None] = []
-        async with self._pool.connection() as conn, conn.transaction():
-            # The batch's locks in one order first (receipts one by one would not be).
-            await queue_sql.lock_carrier_ids(
-                conn, [(route, c) for cid, _, _, alts in receipts for c in (cid, *alts)]
-            )
-            for cid, state, code, alternates in receipts:
-                try:
-                    async with conn.transaction():
-                        out.append(
-                            await queue_sql.receipt(
-                                conn, route, (cid, *alternates), state, code, now, me
-                            )
-                        )
-                except Exception as e:  # one bad receipt fails alone (its savepoint)
-                    out.append(e)
-        return out
-
-    async def sweep_receipts(
-        self, sent_before: float, wanting_receipts: Collection[int], now: float, limit: int
-    ) -> Sweep:
-        me = self._me()
-        async with self._pool.connection() as conn, conn.transaction():
-            due = await (
-                await conn.execute(
-                    "SELECT id, priority, route, attempts FROM messages"
-                    " WHERE state = 'sent' AND receipt_overdue = 0 AND updated_at <= %s"
-                    " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (sent_before, limit),
-                )
-            ).fetchall()
-            async with conn.cursor() as cur:
-                marks = [(OVERDUE if r[1] in wanting_receipts else NOT_EXPECTED, r[0]) for r in due]
-                if marks:
-                    await cur.executemany(
-                        "UPDATE messages SET receipt_overdue = %s WHERE id = %s", marks
-                    )
-                overdue = [r for r in due if r[1] in wanting_receipts]
-                if overdue:
-                    await cur.executemany(
-                        queue_sql.INSERT_EVENT,
-                        [
-                            (i, now, EVENT, route, None, ERROR_CODE, n, me.node_id, me.incarnation)
-                            for i, _, route, n in overdue
-                        ],
-                    )
-            oldest = await (
-                await conn.execute(
-                    "SELECT min(updated_at) FROM messages"
-                    " WHERE state = 'sent' AND receipt_overdue = 0"
-                )
-            ).fetchone()
-        first = None if oldest is None or oldest[0] is None else float(oldest[0])
-        return Sweep([(r[0], r[2]) for r in overdue], len(due) == limit, first)
 
     # -- parked routes -----------------------------------------------------------------
 
