@@ -10,33 +10,18 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.models import Priority, new_message_id
 from gateway.store.schema import MIGRATIONS
-from gateway.store.store import NewMessage, Store
-from tests.store_rows import undo_migrations_from_40
+from gateway.store.store import Store
+from tests.store_rows import reminder, undo_migrations_from_40
 
 ROUTE = "r1"
-
-
-def _message(i: int, now: float) -> NewMessage:
-    return NewMessage(
-        id=new_message_id(),
-        token_id=None,
-        priority=Priority.NORMAL,
-        to=f"+1202555{i:04d}",
-        body=f"reminder {i}",
-        encoding="gsm7",
-        segments=1,
-        created_at=now,
-        expires_at=now + 86_400,
-    )
 
 
 async def _interleaved_lives(store: Store, count: int) -> list[str]:
     """`count` messages whose events interleave: all claimed, then all sent, then
     receipts newest first; the last one stays queued, with no event."""
     now = time.time()
-    batch = [_message(i, now) for i in range(count)]
+    batch = [reminder(i, now) for i in range(count)]
     for m in batch:
         await store.insert(store.insert_statements(m))
     moving = batch[:-1]
@@ -71,7 +56,7 @@ def _as_at_37(path: Path) -> None:
     conn.close()
 
 
-def _events_by_message(path: Path) -> dict[str, list[tuple[object, ...]]]:
+def _events_byreminder(path: Path) -> dict[str, list[tuple[object, ...]]]:
     conn = sqlite3.connect(path)
     rows = conn.execute(
         "SELECT message_id, seq, at, state, route, carrier_id FROM message_events ORDER BY seq"
@@ -91,7 +76,7 @@ async def test_migration_38_keeps_each_message_events_and_their_order(tmp_path: 
     histories = {i: await store.events(i) for i in ids}
     await store.close()
     _as_at_37(path)
-    before = _events_by_message(path)
+    before = _events_byreminder(path)
     assert len(before) == 5  # the queued one has none
 
     store = Store(path, key)
@@ -116,7 +101,7 @@ async def test_migration_38_keeps_each_message_events_and_their_order(tmp_path: 
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert _events_by_message(path).items() >= before.items()  # seqs, times, ids intact
+        assert _events_byreminder(path).items() >= before.items()  # seqs, times, ids intact
         for message_id, events in before.items():
             (kept,) = conn.execute(
                 "SELECT event_seqs FROM messages WHERE id = ?", (message_id,)

@@ -9,26 +9,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.models import Priority, new_message_id
 from gateway.store.claim_check import ClaimSubject, Held
-from gateway.store.store import NewMessage, Store
+from gateway.store.store import Store
 from gateway.store.transitions import INSERT_EVENT
+from tests.store_rows import reminder, undo_migration_44
 
 ROUTE = "r1"
-
-
-def _message(i: int, now: float) -> NewMessage:
-    return NewMessage(
-        id=new_message_id(),
-        token_id=None,
-        priority=Priority.NORMAL,
-        to=f"+1202555{i:04d}",
-        body=f"reminder {i}",
-        encoding="gsm7",
-        segments=1,
-        created_at=now,
-        expires_at=now + 86_400,
-    )
 
 
 def _listed_and_written(path: Path) -> dict[str, tuple[str, list[int], list[object]]]:
@@ -56,7 +42,7 @@ async def test_a_groups_events_are_listed_by_their_updates_and_a_holds_by_the_tr
     store = Store(path, os.urandom(32))
     await store.open()
     try:
-        batch = [_message(i, now) for i in range(6)]
+        batch = [reminder(i, now) for i in range(6)]
         for m in batch:
             await store.insert(store.insert_statements(m))
         held, blocked = {batch[1].id, batch[4].id}, batch[2].id
@@ -97,18 +83,12 @@ async def test_migration_44_keeps_the_seqs_and_marks_no_old_event(tmp_path: Path
     path, now, key = tmp_path / "smsgw.db", time.time(), os.urandom(32)
     store = Store(path, key)
     await store.open()
-    m = _message(1, now)
+    m = reminder(1, now)
     await store.insert(store.insert_statements(m))
     await store.claim(m.id, ROUTE, now)
     await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("DROP TRIGGER message_events_on_message")
-    conn.execute(
-        "CREATE TRIGGER message_events_on_message AFTER INSERT ON message_events BEGIN"
-        " UPDATE messages SET event_seqs = json_insert(event_seqs, '$[#]', NEW.seq)"
-        " WHERE id = NEW.message_id; END"
-    )
-    conn.execute("ALTER TABLE message_events DROP COLUMN on_row")
+    undo_migration_44(conn)
     conn.execute("PRAGMA user_version = 43")
     conn.close()
 
