@@ -276,10 +276,9 @@ class GroupCommitWriter:
         # never blocking.
         self.after_commit: list[Callable[[], None]] = []
         self.failed_batches = 0  # transactions that failed to commit (for /metrics)
-        # Eager work was waiting when one of the last few commits returned: checkpoint
-        # often and short.
-        self._backlog = True
-        self._lone_commits = 0  # commits in a row that found nothing waiting
+        # Commits in a row that found nothing waiting: under QUIET_AFTER_COMMITS, eager
+        # work was waiting after one of the last few, so checkpoint often and short.
+        self._lone_commits = 0
         self._checkpoint_every = WAL_AUTOCHECKPOINT  # the connection's, on the writer thread
 
     async def open(self) -> None:
@@ -417,7 +416,8 @@ class GroupCommitWriter:
         self._commit_soon(batch)
 
     def _commit_soon(self, batch: _Batch) -> None:
-        every = WAL_AUTOCHECKPOINT if self._backlog else WAL_AUTOCHECKPOINT_QUIET
+        backlog = self._lone_commits < QUIET_AFTER_COMMITS
+        every = WAL_AUTOCHECKPOINT if backlog else WAL_AUTOCHECKPOINT_QUIET
         thread = self._thread
         assert thread is not None
         settle = partial(self._settle, batch)  # no frame of its own, as a lambda's
@@ -448,10 +448,8 @@ class GroupCommitWriter:
                 callback()
         if self._pending.eager > 0 or self._later:
             self._lone_commits = 0
-            self._backlog = True
         else:
             self._lone_commits += 1
-            self._backlog = self._lone_commits < QUIET_AFTER_COMMITS
         self._flush()
 
     def _note_failure(
